@@ -1,0 +1,210 @@
+/**
+ * The one small command-line layer of stoa: `node:util` `parseArgs` plus subcommands, help
+ * rendering and zod validation of flag values. Every file in src/cli/ describes its command
+ * with {@link defineCommand}; src/main.ts lists them in a table of lazy loaders so that only
+ * the command that runs is loaded.
+ *
+ * Conventions: flags are declared with camelCase keys and spelled kebab-case on the command
+ * line (`logLevel` → `--log-level`). `-h`/`--help` is added to every command. Usage errors are
+ * `StoaError("usage")` (exit 2); anything else a command throws is a runtime failure (exit 1).
+ */
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { StoaError } from "../core/errors.ts";
+
+/** One flag: how parseArgs reads it, how help shows it, and the zod schema its value must pass. */
+export interface Flag<T> {
+  readonly kind: "string" | "boolean";
+  readonly description: string;
+  readonly short?: string;
+  readonly multiple?: boolean;
+  /** Shown in help: `--port <port>`. */
+  readonly placeholder?: string;
+  /** The raw default, shown in help and fed through the schema when the flag is absent. */
+  readonly default?: string | boolean | string[];
+  readonly schema: z.ZodType<T>;
+  /** Values offered by shell completion and listed in help. */
+  readonly choices?: readonly string[];
+}
+
+type FlagMap = Record<string, Flag<unknown>>;
+export type FlagValues<F extends FlagMap> = { [K in keyof F]: F[K] extends Flag<infer T> ? T : never };
+
+/** A boolean switch, false unless given. */
+export function bool(description: string, opts: { short?: string } = {}): Flag<boolean> {
+  return { kind: "boolean", description, default: false, schema: z.boolean(), ...opts };
+}
+
+interface StringOpts<T> {
+  short?: string;
+  placeholder?: string;
+  choices?: readonly string[];
+  schema?: z.ZodType<T, string>;
+}
+
+/**
+ * A flag that takes a value. With a default the value is always present; without one it is
+ * `undefined` when not given.
+ * @example
+ * const port = str("port to listen on", { default: "8081", schema: z.coerce.number().int() });
+ */
+export function str<T = string>(description: string, opts: StringOpts<T> & { default: string }): Flag<T>;
+export function str<T = string>(description: string, opts?: StringOpts<T>): Flag<T | undefined>;
+export function str<T>(description: string, opts: StringOpts<T> & { default?: string } = {}): Flag<T | undefined> {
+  const base = opts.schema ?? (opts.choices ? z.enum(opts.choices as [string, ...string[]]) : z.string());
+  const schema = opts.default === undefined ? base.optional() : base;
+  return { kind: "string", description, ...opts, schema: schema as z.ZodType<T | undefined> };
+}
+
+/** A repeatable flag (`--tunnel a --tunnel b`); each value passes through `schema`. */
+export function list<T = string>(
+  description: string,
+  opts: { short?: string; placeholder?: string; schema?: z.ZodType<T, string> } = {},
+): Flag<T[]> {
+  const item = opts.schema ?? z.string();
+  return {
+    kind: "string",
+    description,
+    multiple: true,
+    default: [],
+    short: opts.short,
+    placeholder: opts.placeholder,
+    schema: z.array(item) as unknown as z.ZodType<T[]>,
+  };
+}
+
+export interface Positional {
+  readonly name: string;
+  readonly description: string;
+  readonly required?: boolean;
+  readonly variadic?: boolean;
+  readonly choices?: readonly string[];
+}
+
+export interface Context<F extends FlagMap> {
+  readonly flags: FlagValues<F>;
+  readonly args: string[];
+  /** The full command path, e.g. `stoa addr add`, for messages. */
+  readonly path: string;
+  /** The program's command table, for commands that describe the program (completion). */
+  readonly commands: readonly CommandEntry[];
+}
+
+/** What src/main.ts lists for each top-level command: enough to print `stoa --help` unloaded. */
+export interface CommandEntry {
+  readonly name: string;
+  readonly summary: string;
+  readonly load: () => Promise<{ default: Command }>;
+}
+
+export interface LeafCommand<F extends FlagMap = FlagMap> {
+  readonly name: string;
+  readonly summary: string;
+  readonly description?: string;
+  readonly flags: F;
+  readonly positionals?: readonly Positional[];
+  readonly examples: readonly string[];
+  /** Returns the exit code (default 0). */
+  run(ctx: Context<F>): Promise<number | void> | number | void;
+}
+
+export interface GroupCommand {
+  readonly name: string;
+  readonly summary: string;
+  readonly description?: string;
+  readonly subcommands: readonly Command[];
+  readonly examples: readonly string[];
+}
+
+export type Command = LeafCommand<FlagMap> | GroupCommand;
+
+/** Declares a command; the identity function that makes flag types flow into `run`. */
+export function defineCommand<F extends FlagMap>(cmd: LeafCommand<F>): Command {
+  return cmd as unknown as Command;
+}
+
+export function defineGroup(cmd: GroupCommand): Command {
+  return cmd;
+}
+
+export function isGroup(cmd: Command): cmd is GroupCommand {
+  return "subcommands" in cmd;
+}
+
+/** `logLevel` → `log-level`. */
+export function kebab(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
+/** Parses argv for one leaf command and validates every flag. Throws StoaError("usage"). */
+export function parseCommandLine<F extends FlagMap>(
+  cmd: LeafCommand<F>,
+  argv: string[],
+  path: string,
+  commands: readonly CommandEntry[] = [],
+): { help: true } | { help: false; ctx: Context<F> } {
+  const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
+    help: { type: "boolean", short: "h" },
+  };
+  for (const [key, flag] of Object.entries(cmd.flags)) {
+    options[kebab(key)] = {
+      type: flag.kind,
+      ...(flag.short ? { short: flag.short } : {}),
+      ...(flag.multiple ? { multiple: true } : {}),
+    };
+  }
+  let parsed: { values: Record<string, unknown>; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new StoaError("usage", `${path}: ${explainParseError(err)} (see '${path} --help')`);
+  }
+  if (parsed.values.help === true) return { help: true };
+
+  const values: Record<string, unknown> = {};
+  for (const [key, flag] of Object.entries(cmd.flags)) {
+    const raw = parsed.values[kebab(key)] ?? flag.default;
+    const result = flag.schema.safeParse(raw);
+    if (!result.success) {
+      const issue = result.error.issues[0];
+      const shown = Array.isArray(raw) ? raw.join(", ") : String(raw);
+      const reason = flag.choices ? `expected one of ${flag.choices.join("|")}` : (issue?.message ?? "invalid value");
+      throw new StoaError("usage", `${path}: invalid --${kebab(key)} '${shown}': ${reason}`);
+    }
+    values[key] = result.data;
+  }
+  checkPositionals(cmd.positionals ?? [], parsed.positionals, path);
+  return { help: false, ctx: { flags: values as FlagValues<F>, args: parsed.positionals, path, commands } };
+}
+
+function checkPositionals(specs: readonly Positional[], args: string[], path: string): void {
+  const variadic = specs.some((p) => p.variadic);
+  const required = specs.filter((p) => p.required).length;
+  if (args.length < required) {
+    const missing = specs[args.length];
+    throw new StoaError("usage", `${path}: missing <${missing?.name ?? "argument"}> (see '${path} --help')`);
+  }
+  if (!variadic && args.length > specs.length) {
+    throw new StoaError("usage", `${path}: unexpected argument '${args[specs.length]}' (see '${path} --help')`);
+  }
+  specs.forEach((spec, i) => {
+    const value = args[i];
+    if (value !== undefined && spec.choices && !spec.choices.includes(value)) {
+      throw new StoaError("usage", `${path}: <${spec.name}> must be one of ${spec.choices.join("|")}, got '${value}'`);
+    }
+  });
+}
+
+function explainParseError(err: unknown): string {
+  const code = err instanceof Error && "code" in err ? String(err.code) : "";
+  const message = err instanceof Error ? err.message : String(err);
+  const option = /'(-[^']*)'/.exec(message)?.[1];
+  switch (code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
+      return `unknown flag ${option ?? message}`;
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
+      return option ? `flag ${option.split(" ")[0]} ${/argument missing/.test(message) ? "needs a value" : "takes no value"}` : message;
+    default:
+      return message;
+  }
+}

@@ -1,0 +1,32 @@
+import { bool, defineCommand } from "./command.ts";
+import { runChecks } from "../doctor/checks.ts";
+
+export default defineCommand({
+  name: "doctor",
+  summary: "check this host: capabilities, io_uring, tools, free ports",
+  description:
+    "Reports the kernel, root and capabilities (CAP_NET_ADMIN, CAP_NET_RAW), io_uring, the tools\n" +
+    "some subsystems use (ip, ovs-vsctl, redis-server, nginx) and whether the gateway's ports are\n" +
+    "free. Every finding that is not ok says what to do. Exits 0 unless --strict finds a problem.",
+  flags: {
+    json: bool("print one JSON object: {ok, checks: [{name, status, detail, fix?}]}"),
+    strict: bool("exit 1 when any check is not ok (for CI smoke tests)"),
+  },
+  examples: ["stoa doctor", "stoa doctor --json | jq '.checks[] | select(.status != \"ok\")'", "stoa doctor --strict && stoa up"],
+  async run({ flags }) {
+    const checks = await runChecks();
+    const ok = checks.every((c) => c.status === "ok");
+    if (flags.json) {
+      process.stdout.write(`${JSON.stringify({ ok, checks })}\n`);
+    } else {
+      const width = Math.max(...checks.map((c) => c.name.length));
+      for (const c of checks) {
+        const fix = c.fix ? `\n${" ".repeat(width + 9)}→ ${c.fix}` : "";
+        process.stdout.write(`${c.status.padEnd(5)} ${c.name.padEnd(width)}   ${c.detail}${fix}\n`);
+      }
+      const problems = checks.filter((c) => c.status !== "ok").length;
+      process.stdout.write(problems === 0 ? "\nall checks passed\n" : `\n${problems} check(s) need attention\n`);
+    }
+    return flags.strict && !ok ? 1 : 0;
+  },
+});

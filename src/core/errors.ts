@@ -1,0 +1,43 @@
+/**
+ * Typed errors for the whole of stoa.
+ *
+ * Every failure a user can cause or meet is a `StoaError` with a stable `code` and a message
+ * that says what to do. Exit codes are mapped here and nowhere else: usage errors exit 2,
+ * everything else 1.
+ */
+
+/** Stable machine-readable error codes. Add new ones here, never inline strings. */
+export type ErrorCode =
+  | "usage" // bad command line: unknown command, bad flag, bad flag value
+  | "config" // bad config file or environment value
+  | "decode" // a peer sent bytes we cannot decode (CBOR, frame, HLNK, ...)
+  | "too_large" // a message or frame over its size limit
+  | "schema" // decoded fine but does not match the zod schema
+  | "endpoint" // unparsable endpoint string
+  | "in_use" // a socket path or port owned by a live process
+  | "io" // a system call failed
+  | "closed" // the peer or the resource is gone
+  | "timeout"
+  | "internal";
+
+export class StoaError extends Error {
+  override readonly name = "StoaError";
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** The process exit code for an error: 2 for usage errors, 1 for everything else. */
+export function exitCodeFor(err: unknown): 1 | 2 {
+  return err instanceof StoaError && err.code === "usage" ? 2 : 1;
+}
+
+/** One line for a user: the message of a StoaError, or the message of anything else. */
+export function describeError(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

@@ -1,0 +1,175 @@
+/**
+ * Length-delimited framing for byte streams.
+ *
+ * Wire format: each frame is a 4-byte big-endian unsigned payload length followed by that many
+ * payload bytes. Zero-length frames are allowed. The header does not count towards the limit.
+ *
+ * `FrameDecoder` is a streaming state machine: feed it whatever the socket delivers (a frame
+ * split over many reads, a header split in two, many frames in one read) and it returns the
+ * complete frames. A length over the limit is rejected as soon as its header is complete,
+ * before any of the payload is buffered; a decoder that has rejected a frame stays failed,
+ * because after a bad length the stream has no frame boundaries left to trust. Close the
+ * connection.
+ *
+ * Memory: a frame that arrives whole in one chunk is copied once. A split frame is gathered
+ * in a buffer that grows geometrically up to the announced length and becomes the returned
+ * frame, so each byte is copied a constant number of times however the stream is split, and
+ * what we allocate follows the bytes actually received, not the length a peer announces. (A
+ * list of chunk copies would cost an object per read: a peer trickling one byte per read could
+ * make a 16 MiB frame cost over a gigabyte.)
+ */
+import { StoaError } from "./errors.ts";
+
+/** Bytes in a frame header: a big-endian u32 payload length. */
+export const FRAME_HEADER_BYTES = 4;
+
+/** Default largest frame payload (16 MiB): room for bulk transfers in few frames, while one
+ * connection can make us hold at most this much of a frame it has not finished sending. */
+export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+/** First allocation for a split frame; it doubles from here, capped at the frame's length. */
+const MIN_GATHER_BYTES = 4096;
+
+/** The header is a u32, so no limit above this can be expressed on the wire. */
+const LARGEST_EXPRESSIBLE = 0xffff_ffff;
+
+/** Options for framing; `maxBytes` (payload limit) defaults to `MAX_FRAME_BYTES`. */
+export interface FrameOptions {
+  maxBytes?: number;
+}
+
+/**
+ * Returns header + payload in one new buffer (one write, one syscall).
+ * Throws `StoaError` "too_large" if the payload is over `maxBytes`: the peer would reject it.
+ */
+export function encodeFrame(payload: Uint8Array, options: FrameOptions = {}): Uint8Array {
+  const maxBytes = checkMaxBytes(options.maxBytes);
+  if (payload.byteLength > maxBytes) {
+    throw new StoaError(
+      "too_large",
+      `frame payload of ${payload.byteLength} bytes is over the ${maxBytes}-byte limit; split the data into smaller frames`,
+    );
+  }
+  const frame = new Uint8Array(FRAME_HEADER_BYTES + payload.byteLength);
+  new DataView(frame.buffer).setUint32(0, payload.byteLength);
+  frame.set(payload, FRAME_HEADER_BYTES);
+  return frame;
+}
+
+/**
+ * Splits a byte stream into frames.
+ *
+ * `push` copies whatever it keeps, so the caller may reuse `chunk` as soon as `push` returns;
+ * returned frames are fresh buffers the caller owns and may keep. When the stream ends,
+ * `buffered > 0` means the peer stopped in the middle of a frame.
+ * @example
+ * const frames = new FrameDecoder({ maxBytes: 1 << 20 });
+ * // in the socket's data handler:
+ * try {
+ *   for (const frame of frames.push(data)) handle(frame);
+ * } catch (err) {
+ *   socket.end(); // a StoaError: the peer broke the framing, nothing more can be trusted
+ * }
+ */
+export class FrameDecoder {
+  readonly #maxBytes: number;
+  readonly #header = new Uint8Array(FRAME_HEADER_BYTES);
+  #headerFill = 0;
+  /** Payload length of the frame being read, or -1 while reading a header. */
+  #length = -1;
+  /** The split frame being gathered: `#fill` bytes received, capacity <= `#length`. */
+  #payload = new Uint8Array(0);
+  #fill = 0;
+  #failure: StoaError | null = null;
+
+  constructor(options: FrameOptions = {}) {
+    this.#maxBytes = checkMaxBytes(options.maxBytes);
+  }
+
+  /** Bytes received for the incomplete frame, header included. Memory held for it is at most
+   * twice this (geometric growth), or 4 KiB, whichever is larger. */
+  get buffered(): number {
+    return this.#length < 0 ? this.#headerFill : FRAME_HEADER_BYTES + this.#fill;
+  }
+
+  /**
+   * Feeds bytes from the stream; returns the frames they complete, in order (often none).
+   * Throws `StoaError` "too_large" for a length over the limit, then on every later call.
+   * Frames completed earlier in the same chunk as a bad header are dropped with it.
+   */
+  push(chunk: Uint8Array): Uint8Array[] {
+    if (this.#failure !== null) throw this.#failure;
+    const frames: Uint8Array[] = [];
+    let offset = 0;
+    while (offset < chunk.byteLength) {
+      if (this.#length < 0) {
+        const take = Math.min(FRAME_HEADER_BYTES - this.#headerFill, chunk.byteLength - offset);
+        this.#header.set(chunk.subarray(offset, offset + take), this.#headerFill);
+        this.#headerFill += take;
+        offset += take;
+        if (this.#headerFill < FRAME_HEADER_BYTES) break;
+        const h = this.#header;
+        const length = ((h[0] ?? 0) * 0x100_0000 + ((h[1] ?? 0) << 16)) + ((h[2] ?? 0) << 8) + (h[3] ?? 0);
+        if (length > this.#maxBytes) this.#fail(length);
+        this.#headerFill = 0;
+        if (length === 0) {
+          frames.push(new Uint8Array(0));
+          continue;
+        }
+        this.#length = length;
+        continue;
+      }
+      const wanted = this.#length - this.#fill;
+      const available = chunk.byteLength - offset;
+      if (available < wanted) {
+        // Copied, not kept as a view: the caller may reuse the chunk once we return.
+        this.#reserve(this.#fill + available);
+        this.#payload.set(chunk.subarray(offset), this.#fill);
+        this.#fill += available;
+        break;
+      }
+      const tail = chunk.subarray(offset, offset + wanted);
+      offset += wanted;
+      if (this.#fill === 0) {
+        frames.push(tail.slice());
+      } else {
+        this.#reserve(this.#length);
+        this.#payload.set(tail, this.#fill);
+        frames.push(this.#payload);
+        this.#payload = new Uint8Array(0);
+        this.#fill = 0;
+      }
+      this.#length = -1;
+    }
+    return frames;
+  }
+
+  /** Grows the gather buffer to hold `needed` bytes; capacity never exceeds the frame length,
+   * so once full the buffer is exactly the frame. */
+  #reserve(needed: number): void {
+    if (needed <= this.#payload.byteLength) return;
+    const capacity = Math.min(this.#length, Math.max(needed, this.#payload.byteLength * 2, MIN_GATHER_BYTES));
+    const grown = new Uint8Array(capacity);
+    grown.set(this.#payload.subarray(0, this.#fill));
+    this.#payload = grown;
+  }
+
+  #fail(length: number): never {
+    this.#failure = new StoaError(
+      "too_large",
+      `peer announced a ${length}-byte frame, over the ${this.#maxBytes}-byte limit; close the connection (raise the limit only if such frames are expected)`,
+    );
+    throw this.#failure;
+  }
+}
+
+function checkMaxBytes(maxBytes: number | undefined): number {
+  if (maxBytes === undefined) return MAX_FRAME_BYTES;
+  if (!Number.isInteger(maxBytes) || maxBytes < 0 || maxBytes > LARGEST_EXPRESSIBLE) {
+    throw new StoaError(
+      "config",
+      `frame size limit must be a whole number of bytes from 0 to ${LARGEST_EXPRESSIBLE} (the 4-byte header's range), got ${maxBytes}`,
+    );
+  }
+  return maxBytes;
+}

@@ -1,0 +1,195 @@
+/**
+ * One way to log: structured lines, one per event, to a sink (stderr by default).
+ *
+ * - text: `2026-11-22T03:32:42.123Z INFO  msg key=value key2="quoted value"` — logfmt-style;
+ *   a value is quoted (JSON string escapes) when it is empty or holds a space, `"`, `=`, `\`
+ *   or a control character, so every entry stays on one line.
+ * - json: one object per line, `{"ts":…,"level":…,"name"?:…,"msg":…,…fields}`.
+ *
+ * Field values: an Error is written as its message, a bigint as its decimal string, a Date as
+ * ISO 8601, `undefined` is left out, anything else as JSON. A field named like a reserved key
+ * (`ts`, `level`, `name`, `msg`) is written with a leading underscore so it cannot forge one.
+ * Levels below the threshold are bound to a no-op function: a disabled call costs one call.
+ * Logging never throws: an unserialisable value is written as `"[unserializable]"`.
+ */
+import { z } from "zod";
+
+/** Log levels, lowest first. */
+export const LogLevel = z.enum(["debug", "info", "warn", "error"]);
+export type LogLevel = z.infer<typeof LogLevel>;
+
+/** Output formats for `--log-format`. */
+export const LogFormat = z.enum(["text", "json"]);
+export type LogFormat = z.infer<typeof LogFormat>;
+
+/** Structured context attached to an entry. */
+export type LogFields = Record<string, unknown>;
+
+/** Anything with a `write(string)`: `process.stderr`, a file writer, a test buffer. */
+export interface LogSink {
+  write(chunk: string): unknown;
+}
+
+export interface Logger {
+  readonly level: LogLevel;
+  debug(msg: string, fields?: LogFields): void;
+  info(msg: string, fields?: LogFields): void;
+  warn(msg: string, fields?: LogFields): void;
+  error(msg: string, fields?: LogFields): void;
+  /** Whether an entry at `level` would be written (to skip building costly fields). */
+  enabled(level: LogLevel): boolean;
+  /** A logger that adds `fields` to every entry (the child's own fields win on a clash). */
+  child(fields: LogFields): Logger;
+}
+
+export interface LoggerOptions {
+  level?: LogLevel;
+  format?: LogFormat;
+  stream?: LogSink;
+  /** Component name, written after the level (text) or as `name` (json). */
+  name?: string;
+}
+
+const RANK: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+const LABEL: Record<LogLevel, string> = {
+  debug: "DEBUG",
+  info: "INFO ",
+  warn: "WARN ",
+  error: "ERROR",
+};
+const RESERVED = new Set(["ts", "level", "name", "msg"]);
+const UNSERIALIZABLE = "[unserializable]";
+
+const noop = (): void => {};
+
+/**
+ * Create a logger.
+ *
+ * @example
+ * ```ts
+ * const log = createLogger({ level: "info", format: "json", name: "gateway" });
+ * const conn = log.child({ peer: "10.0.0.7:4100" });
+ * conn.info("accepted", { port: 8081 });
+ * conn.debug("hello frame", { bytes: 42 }); // dropped at level info
+ * ```
+ */
+export function createLogger(options: LoggerOptions = {}): Logger {
+  const config: Config = {
+    level: options.level ?? "info",
+    format: options.format ?? "text",
+    sink: options.stream ?? process.stderr,
+    name: options.name,
+  };
+  return makeLogger(config, {});
+}
+
+interface Config {
+  level: LogLevel;
+  format: LogFormat;
+  sink: LogSink;
+  name: string | undefined;
+}
+
+function makeLogger(config: Config, bound: LogFields): Logger {
+  const threshold = RANK[config.level];
+  const method = (level: LogLevel) =>
+    RANK[level] < threshold
+      ? noop
+      : (msg: string, fields?: LogFields): void => {
+          const all = fields === undefined ? bound : { ...bound, ...fields };
+          const line =
+            config.format === "json"
+              ? jsonLine(level, config.name, msg, all)
+              : textLine(level, config.name, msg, all);
+          try {
+            config.sink.write(line);
+          } catch {
+            // A broken sink (closed stderr) must not take the process down with it.
+          }
+        };
+  return {
+    level: config.level,
+    debug: method("debug"),
+    info: method("info"),
+    warn: method("warn"),
+    error: method("error"),
+    enabled: (level) => RANK[level] >= threshold,
+    child: (fields) => makeLogger(config, { ...bound, ...fields }),
+  };
+}
+
+function fieldKey(key: string): string {
+  return RESERVED.has(key) ? `_${key}` : key;
+}
+
+function jsonLine(level: LogLevel, name: string | undefined, msg: string, fields: LogFields): string {
+  const entry: Record<string, unknown> = { ts: new Date().toISOString(), level };
+  if (name !== undefined) entry.name = name;
+  entry.msg = msg;
+  for (const [key, value] of Object.entries(fields)) entry[fieldKey(key)] = value;
+  try {
+    return `${JSON.stringify(entry, replacer)}\n`;
+  } catch {
+    // Circular values and throwing toJSON: keep the entry, lose only the bad fields.
+    for (const [key, value] of Object.entries(entry)) {
+      entry[key] = safeJson(value) === undefined ? UNSERIALIZABLE : value;
+    }
+    return `${JSON.stringify(entry, replacer)}\n`;
+  }
+}
+
+function replacer(_key: string, value: unknown): unknown {
+  if (typeof value === "bigint") return value.toString();
+  if (value instanceof Error) return value.message;
+  return value;
+}
+
+function safeJson(value: unknown): string | undefined {
+  try {
+    return JSON.stringify(value, replacer) ?? "null";
+  } catch {
+    return undefined;
+  }
+}
+
+function textLine(level: LogLevel, name: string | undefined, msg: string, fields: LogFields): string {
+  let line = `${new Date().toISOString()} ${LABEL[level]} `;
+  if (name !== undefined) line += `${name}: `;
+  line += escapeControl(msg);
+  for (const [key, value] of Object.entries(fields)) {
+    if (value === undefined) continue;
+    line += ` ${textKey(fieldKey(key))}=${textValue(value)}`;
+  }
+  return `${line}\n`;
+}
+
+// Keys are identifiers in practice; anything that would break `key=value` parsing becomes `_`.
+function textKey(key: string): string {
+  return key === "" ? "_" : key.replace(/[\s="\\\p{Cc}]/gu, "_");
+}
+
+function textValue(value: unknown): string {
+  let text: string;
+  if (typeof value === "string") text = value;
+  else if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint")
+    text = String(value);
+  else if (value === null) text = "null";
+  else if (value instanceof Error) text = value.message;
+  else if (value instanceof Date) text = Number.isNaN(value.getTime()) ? "Invalid Date" : value.toISOString();
+  else text = safeJson(value) ?? UNSERIALIZABLE;
+  return needsQuotes(text) ? JSON.stringify(text) : text;
+}
+
+function needsQuotes(text: string): boolean {
+  return text === "" || /[\s="\\\p{Cc}]/u.test(text);
+}
+
+// The message is free text, unquoted, but must not split the entry over lines.
+function escapeControl(text: string): string {
+  return text.replace(/\p{Cc}/gu, (c) => {
+    if (c === "\n") return "\\n";
+    if (c === "\r") return "\\r";
+    if (c === "\t") return "\\t";
+    return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+  });
+}

@@ -1,0 +1,315 @@
+/**
+ * One Prometheus registry, rendered in the text exposition format 0.0.4.
+ *
+ * Metrics are created on a `Registry` (usually the shared `metrics`) and updated in place;
+ * `render()` walks them in creation order, series in first-use order. Names are checked against
+ * the Prometheus grammar when a metric is created, label sets when a series is first used; both
+ * are programming errors and throw `StoaError("internal")`. Creating a metric whose name exists
+ * returns the existing one when type, label names (and buckets) match, and throws otherwise, so
+ * two modules may share a metric by declaring it the same way.
+ *
+ * Label-less counters, gauges and histograms render zeros before their first update, as the
+ * official client libraries do. Each metric holds at most `MAX_SERIES_PER_METRIC` label sets: a
+ * label fed from peer input must not grow memory without bound.
+ */
+import { StoaError } from "./errors.ts";
+
+/** The `Content-Type` of a `render()` body. */
+export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+/** Distinct label sets per metric; beyond this, a new label set throws. */
+export const MAX_SERIES_PER_METRIC = 10_000;
+
+/** Label values of one observation, keyed by label name. */
+export type Labels = Readonly<Record<string, string | number>>;
+
+// From the Prometheus data model: https://prometheus.io/docs/concepts/data_model/
+const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
+
+type MetricType = "counter" | "gauge" | "histogram";
+
+abstract class Metric<S> {
+  abstract readonly type: MetricType;
+  /** Label-set key → [label values, state]; a Map keeps first-use order for rendering. */
+  protected readonly series = new Map<string, { values: string[]; state: S }>();
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly labelNames: readonly string[],
+  ) {}
+
+  protected abstract fresh(): S;
+  abstract renderSeries(out: string[]): void;
+
+  protected stateFor(labels: Labels | undefined): S {
+    const values = this.labelValues(labels);
+    const key = values.join("\u0000");
+    let entry = this.series.get(key);
+    if (entry === undefined) {
+      if (this.series.size >= MAX_SERIES_PER_METRIC) {
+        throw new StoaError(
+          "internal",
+          `metric ${this.name} would exceed ${MAX_SERIES_PER_METRIC} label sets; ` +
+            "do not label it with unbounded values such as peer addresses",
+        );
+      }
+      entry = { values, state: this.fresh() };
+      this.series.set(key, entry);
+    }
+    return entry.state;
+  }
+
+  private labelValues(labels: Labels | undefined): string[] {
+    const given = labels === undefined ? [] : Object.keys(labels);
+    const ok =
+      given.length === this.labelNames.length && this.labelNames.every((n) => labels?.[n] !== undefined);
+    if (!ok) {
+      throw new StoaError(
+        "internal",
+        `metric ${this.name} takes labels {${this.labelNames.join(", ")}}, got {${given.join(", ")}}`,
+      );
+    }
+    return this.labelNames.map((n) => String(labels?.[n]));
+  }
+
+  /** Series to render: label-less metrics always have their one series. */
+  protected entries(): Iterable<{ values: string[]; state: S }> {
+    if (this.labelNames.length === 0 && this.series.size === 0) this.stateFor(undefined);
+    return this.series.values();
+  }
+
+  protected labelText(values: readonly string[], extra?: [string, string]): string {
+    const pairs = this.labelNames.map((n, i) => `${n}="${escapeLabelValue(values[i] ?? "")}"`);
+    if (extra !== undefined) pairs.push(`${extra[0]}="${escapeLabelValue(extra[1])}"`);
+    return pairs.length === 0 ? "" : `{${pairs.join(",")}}`;
+  }
+}
+
+/** A value that only goes up (requests served, bytes relayed). */
+export class Counter extends Metric<{ value: number }> {
+  readonly type = "counter";
+
+  protected fresh() {
+    return { value: 0 };
+  }
+
+  /**
+   * Add `n` (default 1). A negative `n` throws: counters never go down.
+   * @example
+   * ```ts
+   * requests.inc();                        // no labels
+   * bytes.inc({ dir: "in" }, chunk.length);
+   * ```
+   */
+  inc(labelsOrN?: Labels | number, n?: number): void {
+    const [labels, by] = splitArgs(labelsOrN, n, 1);
+    if (!(by >= 0)) throw new StoaError("internal", `counter ${this.name} cannot go down (inc by ${by})`);
+    this.stateFor(labels).value += by;
+  }
+
+  renderSeries(out: string[]): void {
+    for (const { values, state } of this.entries()) {
+      out.push(`${this.name}${this.labelText(values)} ${formatNumber(state.value)}`);
+    }
+  }
+}
+
+/** A value that goes up and down (open connections, queue depth). */
+export class Gauge extends Metric<{ value: number }> {
+  readonly type = "gauge";
+
+  protected fresh() {
+    return { value: 0 };
+  }
+
+  /** Set the value: `set(3)` or `set({ circle: "a" }, 3)`. */
+  set(labelsOrValue: Labels | number, value?: number): void {
+    const [labels, v] = splitArgs(labelsOrValue, value, Number.NaN);
+    this.stateFor(labels).value = v;
+  }
+
+  /** Add `n` (default 1). */
+  inc(labelsOrN?: Labels | number, n?: number): void {
+    const [labels, by] = splitArgs(labelsOrN, n, 1);
+    this.stateFor(labels).value += by;
+  }
+
+  /** Subtract `n` (default 1). */
+  dec(labelsOrN?: Labels | number, n?: number): void {
+    const [labels, by] = splitArgs(labelsOrN, n, 1);
+    this.stateFor(labels).value -= by;
+  }
+
+  renderSeries(out: string[]): void {
+    for (const { values, state } of this.entries()) {
+      out.push(`${this.name}${this.labelText(values)} ${formatNumber(state.value)}`);
+    }
+  }
+}
+
+/** Observations counted into fixed buckets (latencies, message sizes). */
+export class Histogram extends Metric<{ counts: number[]; sum: number; count: number }> {
+  readonly type = "histogram";
+
+  constructor(
+    name: string,
+    help: string,
+    /** Upper bounds, strictly increasing, without `+Inf` (always implied). */
+    readonly buckets: readonly number[],
+    labelNames: readonly string[],
+  ) {
+    super(name, help, labelNames);
+  }
+
+  protected fresh() {
+    return { counts: new Array<number>(this.buckets.length).fill(0), sum: 0, count: 0 };
+  }
+
+  /** Record one observation: `observe(0.004)` or `observe({ op: "get" }, 0.004)`. */
+  observe(labelsOrValue: Labels | number, value?: number): void {
+    const [labels, v] = splitArgs(labelsOrValue, value, Number.NaN);
+    const state = this.stateFor(labels);
+    // Buckets are few (tens); a linear scan beats a binary search at this size.
+    for (let i = 0; i < this.buckets.length; i++) {
+      if (v <= (this.buckets[i] ?? Number.POSITIVE_INFINITY)) {
+        state.counts[i] = (state.counts[i] ?? 0) + 1;
+        break;
+      }
+    }
+    state.sum += v;
+    state.count += 1;
+  }
+
+  renderSeries(out: string[]): void {
+    for (const { values, state } of this.entries()) {
+      let cumulative = 0;
+      this.buckets.forEach((bound, i) => {
+        cumulative += state.counts[i] ?? 0;
+        const labels = this.labelText(values, ["le", formatNumber(bound)]);
+        out.push(`${this.name}_bucket${labels} ${formatNumber(cumulative)}`);
+      });
+      out.push(`${this.name}_bucket${this.labelText(values, ["le", "+Inf"])} ${formatNumber(state.count)}`);
+      out.push(`${this.name}_sum${this.labelText(values)} ${formatNumber(state.sum)}`);
+      out.push(`${this.name}_count${this.labelText(values)} ${formatNumber(state.count)}`);
+    }
+  }
+}
+
+type AnyMetric = Counter | Gauge | Histogram;
+
+/**
+ * A set of metrics rendered together. Most code uses the shared `metrics`; tests make their own.
+ *
+ * @example
+ * ```ts
+ * const relayed = metrics.counter("stoa_gateway_bytes_total", "Bytes relayed.", ["dir"]);
+ * relayed.inc({ dir: "in" }, 512);
+ * app.get("/metrics", (c) => c.text(metrics.render(), 200, { "Content-Type": CONTENT_TYPE }));
+ * ```
+ */
+export class Registry {
+  private readonly byName = new Map<string, AnyMetric>();
+
+  counter(name: string, help: string, labelNames: readonly string[] = []): Counter {
+    return this.register(name, labelNames, Counter, () => new Counter(name, help, labelNames));
+  }
+
+  gauge(name: string, help: string, labelNames: readonly string[] = []): Gauge {
+    return this.register(name, labelNames, Gauge, () => new Gauge(name, help, labelNames));
+  }
+
+  /** `buckets`: upper bounds, strictly increasing and finite; `+Inf` is added for you. */
+  histogram(name: string, help: string, buckets: readonly number[], labelNames: readonly string[] = []): Histogram {
+    const bounds = buckets.at(-1) === Number.POSITIVE_INFINITY ? buckets.slice(0, -1) : [...buckets];
+    bounds.forEach((b, i) => {
+      if (!Number.isFinite(b) || (i > 0 && b <= (bounds[i - 1] ?? b))) {
+        throw new StoaError(
+          "internal",
+          `histogram ${name}: buckets must be finite and strictly increasing, got [${buckets.join(", ")}]`,
+        );
+      }
+    });
+    if (labelNames.includes("le")) {
+      throw new StoaError("internal", `histogram ${name}: the label name "le" is reserved for buckets`);
+    }
+    const metric = this.register(name, labelNames, Histogram, () => new Histogram(name, help, bounds, labelNames));
+    if (metric.buckets.join(",") !== bounds.join(",")) {
+      throw new StoaError("internal", `histogram ${name} already exists with buckets [${metric.buckets.join(", ")}]`);
+    }
+    return metric;
+  }
+
+  /** The whole registry in the Prometheus text format, ending with a newline (empty if none). */
+  render(): string {
+    const out: string[] = [];
+    for (const metric of this.byName.values()) {
+      out.push(`# HELP ${metric.name} ${escapeHelp(metric.help)}`);
+      out.push(`# TYPE ${metric.name} ${metric.type}`);
+      metric.renderSeries(out);
+    }
+    return out.length === 0 ? "" : `${out.join("\n")}\n`;
+  }
+
+  private register<M extends AnyMetric>(
+    name: string,
+    labelNames: readonly string[],
+    kind: abstract new (...args: never[]) => M,
+    create: () => M,
+  ): M {
+    if (!METRIC_NAME.test(name)) {
+      throw new StoaError("internal", `metric name ${JSON.stringify(name)} must match ${METRIC_NAME.source}`);
+    }
+    for (const label of labelNames) {
+      if (!LABEL_NAME.test(label) || label.startsWith("__")) {
+        throw new StoaError(
+          "internal",
+          `label name ${JSON.stringify(label)} of ${name} must match ${LABEL_NAME.source} and not start with "__"`,
+        );
+      }
+    }
+    if (new Set(labelNames).size !== labelNames.length) {
+      throw new StoaError("internal", `metric ${name} lists a label name twice: ${labelNames.join(", ")}`);
+    }
+    const existing = this.byName.get(name);
+    if (existing !== undefined) {
+      if (!(existing instanceof kind) || existing.labelNames.join(",") !== labelNames.join(",")) {
+        throw new StoaError(
+          "internal",
+          `metric ${name} already exists as a ${existing.type} with labels {${existing.labelNames.join(", ")}}; ` +
+            "declare it the same way everywhere or pick another name",
+        );
+      }
+      return existing;
+    }
+    const metric = create();
+    this.byName.set(name, metric);
+    return metric;
+  }
+}
+
+/** The process-wide registry that `/metrics` endpoints render. */
+export const metrics = new Registry();
+
+function splitArgs(first: Labels | number | undefined, second: number | undefined, fallback: number) {
+  return typeof first === "number" || first === undefined
+    ? ([undefined, first ?? fallback] as const)
+    : ([first, second ?? fallback] as const);
+}
+
+// Go's strconv.FormatFloat(v, 'g', -1, 64) spellings for the special values, as Prometheus parses them.
+function formatNumber(v: number): string {
+  if (Number.isNaN(v)) return "NaN";
+  if (v === Number.POSITIVE_INFINITY) return "+Inf";
+  if (v === Number.NEGATIVE_INFINITY) return "-Inf";
+  return String(v);
+}
+
+function escapeHelp(text: string): string {
+  return text.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
+}
+
+function escapeLabelValue(text: string): string {
+  return text.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}

@@ -1,0 +1,129 @@
+/**
+ * `stoa doctor`: what this host offers stoa's subsystems, each finding with what to do when
+ * something is missing. Checks only read and probe: nothing is changed or left behind (a ring
+ * or a listener opened to test is closed at once).
+ */
+import { readFile } from "node:fs/promises";
+import { release } from "node:os";
+import { probeIoUring } from "../ffi/io_uring.ts";
+
+export type Status = "ok" | "warn";
+
+export interface Finding {
+  name: string;
+  status: Status;
+  detail: string;
+  /** What to do, present when status is not ok. */
+  fix?: string;
+}
+
+/** Capability bit numbers from linux/capability.h. */
+const CAP_NET_ADMIN = 12;
+const CAP_NET_RAW = 13;
+
+/** The gateway's fixed ports (service, string, ping). */
+export const GATEWAY_PORTS = [8081, 8082, 8083] as const;
+
+/** External tools, the Debian package that has each, and who needs it. */
+const TOOLS = [
+  { bin: "ip", pkg: "iproute2", why: "network-namespace tests and `ip` comparisons in benchmarks" },
+  { bin: "ovs-vsctl", pkg: "openvswitch-switch", why: "`stoa flows` programs Open vSwitch" },
+  { bin: "redis-server", pkg: "redis-server", why: "`stoa circles --redis-url` uses Redis as its queue" },
+  { bin: "nginx", pkg: "nginx", why: "the gateway benchmark compares against nginx's stream proxy" },
+] as const;
+
+/** Parses the effective capability mask out of /proc/<pid>/status text. */
+export function effectiveCaps(status: string): bigint | undefined {
+  const hex = /^CapEff:\s*([0-9a-fA-F]+)\s*$/m.exec(status)?.[1];
+  return hex === undefined ? undefined : BigInt(`0x${hex}`);
+}
+
+function hasCap(mask: bigint | undefined, bit: number): boolean {
+  return mask !== undefined && (mask & (1n << BigInt(bit))) !== 0n;
+}
+
+async function portFree(port: number): Promise<{ free: true } | { free: false; reason: string }> {
+  try {
+    const listener = Bun.listen({ hostname: "::", port, socket: { data() {} } });
+    listener.stop(true);
+    return { free: true };
+  } catch (err) {
+    const code = err instanceof Error && "code" in err ? String(err.code) : "";
+    return { free: false, reason: code === "EADDRINUSE" ? "in use" : err instanceof Error ? err.message : String(err) };
+  }
+}
+
+export async function runChecks(): Promise<Finding[]> {
+  const findings: Finding[] = [];
+  findings.push({ name: "kernel", status: "ok", detail: `Linux ${release()} ${process.arch}` });
+
+  const uid = process.getuid?.() ?? -1;
+  findings.push(
+    uid === 0
+      ? { name: "root", status: "ok", detail: "running as root (uid 0)" }
+      : {
+          name: "root",
+          status: "warn",
+          detail: `running as uid ${uid}`,
+          fix: "addr, flows and supervisor need root or the capabilities below; run them with sudo",
+        },
+  );
+
+  const caps = effectiveCaps(await readFile("/proc/self/status", "utf8").catch(() => ""));
+  const setcap = "run as root, or: sudo setcap cap_net_admin,cap_net_raw+ep \"$(command -v stoa)\"";
+  for (const [name, bit, why] of [
+    ["cap_net_admin", CAP_NET_ADMIN, "addresses and routes over rtnetlink (stoa addr)"],
+    ["cap_net_raw", CAP_NET_RAW, "raw and packet sockets (stoa supervisor)"],
+  ] as const) {
+    findings.push(
+      hasCap(caps, bit)
+        ? { name, status: "ok", detail: `${name.toUpperCase()} is effective` }
+        : { name, status: "warn", detail: `${name.toUpperCase()} is missing: needed for ${why}`, fix: setcap },
+    );
+  }
+
+  const ring = probeIoUring();
+  const disabled = (await readFile("/proc/sys/kernel/io_uring_disabled", "utf8").catch(() => "")).trim();
+  findings.push(
+    ring.ok
+      ? { name: "io_uring", status: "ok", detail: "io_uring rings can be created" }
+      : {
+          name: "io_uring",
+          status: "warn",
+          detail: `cannot create an io_uring ring: ${ring.reason}`,
+          fix:
+            disabled !== "" && disabled !== "0"
+              ? `kernel.io_uring_disabled is ${disabled}: sudo sysctl -w kernel.io_uring_disabled=0`
+              : "stoa supervisor's io_uring ingress needs it; use a kernel and container policy that allow io_uring",
+        },
+  );
+
+  for (const tool of TOOLS) {
+    const path = Bun.which(tool.bin, { PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin` });
+    findings.push(
+      path
+        ? { name: tool.bin, status: "ok", detail: `found at ${path}` }
+        : {
+            name: tool.bin,
+            status: "warn",
+            detail: `not installed: ${tool.why}`,
+            fix: `sudo apt-get install ${tool.pkg}`,
+          },
+    );
+  }
+
+  for (const port of GATEWAY_PORTS) {
+    const result = await portFree(port);
+    findings.push(
+      result.free
+        ? { name: `port ${port}`, status: "ok", detail: "free for stoa gateway" }
+        : {
+            name: `port ${port}`,
+            status: "warn",
+            detail: `cannot listen on [::]:${port}: ${result.reason}`,
+            fix: `find the owner with: ss -ltnp 'sport = :${port}' — stop it, or give stoa gateway other --ports`,
+          },
+    );
+  }
+  return findings;
+}

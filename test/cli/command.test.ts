@@ -1,0 +1,84 @@
+import { describe, expect, test } from "bun:test";
+import { z } from "zod";
+import { bool, defineCommand, kebab, list, parseCommandLine, str, type LeafCommand } from "../../src/cli/command.ts";
+import { commandHelp } from "../../src/cli/help.ts";
+import { StoaError } from "../../src/core/errors.ts";
+
+const cmd = defineCommand({
+  name: "serve",
+  summary: "serve things",
+  flags: {
+    port: str("port to listen on", { default: "8081", placeholder: "port", schema: z.coerce.number().int().min(1).max(65535) }),
+    logLevel: str("log level", { default: "info", choices: ["debug", "info", "warn", "error"] }),
+    users: str("users file", { placeholder: "file" }),
+    tunnel: list("a tunnel CHANNEL=HOST:PORT", { short: "t" }),
+    json: bool("print JSON", { short: "j" }),
+  },
+  positionals: [{ name: "name", description: "what to serve", required: true }],
+  examples: ["stoa serve a --port 9000"],
+  run: () => 0,
+}) as LeafCommand;
+
+function parse(argv: string[]) {
+  const result = parseCommandLine(cmd, argv, "stoa serve");
+  if (result.help) throw new Error("unexpected help");
+  return result.ctx;
+}
+
+function usageError(argv: string[]): string {
+  try {
+    parseCommandLine(cmd, argv, "stoa serve");
+  } catch (err) {
+    expect(err).toBeInstanceOf(StoaError);
+    expect((err as StoaError).code).toBe("usage");
+    return (err as StoaError).message;
+  }
+  throw new Error(`no error for ${argv.join(" ")}`);
+}
+
+describe("flag parsing", () => {
+  test("applies defaults through each flag's schema", () => {
+    const { flags, args } = parse(["thing"]);
+    expect(flags).toEqual({ port: 8081, logLevel: "info", users: undefined, tunnel: [], json: false });
+    expect(args).toEqual(["thing"]);
+  });
+
+  test("reads kebab-case long flags, short flags and repeated flags", () => {
+    const { flags } = parse(["x", "--port", "9000", "--log-level=debug", "-t", "a=b:1", "--tunnel", "c=d:2", "-j", "--users", "/etc/u"]);
+    expect(flags).toEqual({ port: 9000, logLevel: "debug", users: "/etc/u", tunnel: ["a=b:1", "c=d:2"], json: true });
+  });
+
+  test("--help wins over everything else, even bad flags' values", () => {
+    expect(parseCommandLine(cmd, ["--port", "nope", "--help"], "stoa serve")).toEqual({ help: true });
+  });
+
+  test("bad values name the flag, the value and the rule", () => {
+    expect(usageError(["x", "--port", "99999"])).toContain("invalid --port '99999'");
+    expect(usageError(["x", "--log-level", "loud"])).toContain("expected one of debug|info|warn|error");
+  });
+
+  test("unknown flags, missing values and missing arguments are usage errors", () => {
+    expect(usageError(["x", "--nope"])).toBe("stoa serve: unknown flag --nope (see 'stoa serve --help')");
+    expect(usageError(["x", "--port"])).toContain("--port needs a value");
+    expect(usageError([])).toContain("missing <name>");
+    expect(usageError(["x", "y"])).toContain("unexpected argument 'y'");
+  });
+});
+
+describe("help", () => {
+  const help = commandHelp(cmd, "stoa serve");
+
+  test("shows usage, arguments, flags with placeholders and defaults, and examples", () => {
+    expect(help).toContain("Usage:\n  stoa serve <name> [flags]");
+    expect(help).toMatch(/--port <port>\s+port to listen on \(default: 8081\)/);
+    expect(help).toMatch(/--log-level <debug\|info\|warn\|error>\s+log level \(default: info\)/);
+    expect(help).toMatch(/-t, --tunnel <value>\s+a tunnel CHANNEL=HOST:PORT \(repeatable\)/);
+    expect(help).toMatch(/-h, --help\s+show this help/);
+    expect(help).toContain("Examples:\n  stoa serve a --port 9000");
+  });
+
+  test("kebab-cases camelCase keys", () => {
+    expect(kebab("logLevel")).toBe("log-level");
+    expect(kebab("drainTimeoutMs")).toBe("drain-timeout-ms");
+  });
+});

@@ -1,0 +1,91 @@
+import { describe, expect, test } from "bun:test";
+import { StoaError } from "../../src/core/errors.ts";
+import { FrameDecoder, encodeFrame } from "../../src/core/frame.ts";
+import { type Prng, fuzzSeed, mutate, prng } from "../helpers/prng.ts";
+
+const ITERATIONS = 100_000;
+
+/** The obvious whole-buffer parser, to check the streaming one against. */
+function reference(stream: Uint8Array, maxBytes: number): { frames: Uint8Array[]; rest: number; tooLarge: boolean } {
+  const view = new DataView(stream.buffer, stream.byteOffset, stream.byteLength);
+  const frames: Uint8Array[] = [];
+  let at = 0;
+  while (stream.length - at >= 4) {
+    const length = view.getUint32(at);
+    if (length > maxBytes) return { frames, rest: 4, tooLarge: true };
+    if (stream.length - at - 4 < length) break;
+    frames.push(stream.slice(at + 4, at + 4 + length));
+    at += 4 + length;
+  }
+  return { frames, rest: stream.length - at, tooLarge: false };
+}
+
+function randomStream(rng: Prng): Uint8Array {
+  const frames = Array.from({ length: rng.int(6) }, () => encodeFrame(rng.bytes(rng.pick([0, 1, rng.int(40), rng.int(400)]))));
+  const out = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+  let at = 0;
+  for (const frame of frames) {
+    out.set(frame, at);
+    at += frame.length;
+  }
+  return out;
+}
+
+/** Random cut points: single bytes, small pieces, or the whole rest. */
+function split(rng: Prng, data: Uint8Array): Uint8Array[] {
+  const chunks: Uint8Array[] = [];
+  for (let at = 0; at < data.length; ) {
+    const n = rng.pick([1, 1 + rng.int(8), 1 + rng.int(64), data.length]);
+    chunks.push(data.subarray(at, at + n));
+    at += n;
+  }
+  if (rng.int(8) === 0) chunks.splice(rng.int(chunks.length + 1), 0, new Uint8Array(0));
+  return chunks;
+}
+
+describe("frame decoder fuzzing", () => {
+  test(`${ITERATIONS} random and mutated streams in random splits match a whole-buffer parser`, () => {
+    const seed = fuzzSeed(0xf4a3e);
+    const rng = prng(seed);
+    let failures = 0;
+    let i = 0;
+    let input: Uint8Array = new Uint8Array(0);
+    try {
+      for (; i < ITERATIONS; i++) {
+        const roll = rng.int(10);
+        input = roll < 7 ? mutate(rng, randomStream(rng)) : roll < 9 ? randomStream(rng) : rng.bytes(rng.int(100));
+        const maxBytes = rng.pick([0, rng.int(64), rng.int(500), 1000]);
+        const decoder = new FrameDecoder({ maxBytes });
+        const frames: Uint8Array[] = [];
+        let error: unknown = null;
+        for (const chunk of split(rng, input)) {
+          try {
+            frames.push(...decoder.push(chunk));
+          } catch (err) {
+            error = err;
+            break;
+          }
+          expect(decoder.buffered).toBeLessThanOrEqual(4 + maxBytes);
+        }
+        const expected = reference(input, maxBytes);
+        if (error !== null) {
+          failures++;
+          expect(error).toBeInstanceOf(StoaError);
+          expect((error as StoaError).code).toBe("too_large");
+          expect(expected.tooLarge).toBe(true);
+          expect(decoder.buffered).toBeLessThanOrEqual(4);
+          expect(() => decoder.push(new Uint8Array(1))).toThrow(StoaError);
+        } else {
+          expect(expected.tooLarge).toBe(false);
+          expect(frames).toEqual(expected.frames);
+          expect(decoder.buffered).toBe(expected.rest);
+        }
+      }
+    } catch (err) {
+      console.error(`frame fuzz failed: STOA_FUZZ_SEED=${seed}, iteration ${i}, input ${Buffer.from(input).toString("hex")}`);
+      throw err;
+    }
+    expect(failures).toBeGreaterThan(1000);
+    expect(failures).toBeLessThan(ITERATIONS - 1000);
+  });
+});

@@ -1,0 +1,259 @@
+import { describe, expect, test } from "bun:test";
+import { StoaError } from "../../src/core/errors.ts";
+import { FRAME_HEADER_BYTES, FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from "../../src/core/frame.ts";
+
+const bytes = (...values: number[]): Uint8Array => Uint8Array.from(values);
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.byteLength;
+  }
+  return out;
+}
+
+function header(length: number): Uint8Array {
+  const out = new Uint8Array(FRAME_HEADER_BYTES);
+  new DataView(out.buffer).setUint32(0, length);
+  return out;
+}
+
+/** Pushes each chunk in turn and collects every frame. */
+function decodeAll(decoder: FrameDecoder, chunks: Uint8Array[]): Uint8Array[] {
+  return chunks.flatMap((chunk) => decoder.push(chunk));
+}
+
+function pushError(decoder: FrameDecoder, chunk: Uint8Array): StoaError {
+  try {
+    decoder.push(chunk);
+  } catch (err) {
+    expect(err).toBeInstanceOf(StoaError);
+    return err as StoaError;
+  }
+  throw new Error("expected push to throw");
+}
+
+const payloads = [bytes(1, 2, 3), new Uint8Array(0), bytes(0xff), Uint8Array.from({ length: 300 }, (_, i) => i & 0xff)];
+const stream = concat(payloads.map((p) => encodeFrame(p)));
+
+describe("encodeFrame", () => {
+  test("writes a 4-byte big-endian length, then the payload, in one buffer", () => {
+    expect(encodeFrame(bytes(0xaa, 0xbb))).toEqual(bytes(0, 0, 0, 2, 0xaa, 0xbb));
+    expect(encodeFrame(new Uint8Array(0x010203))).toHaveLength(4 + 0x010203);
+    expect(encodeFrame(new Uint8Array(0x010203)).subarray(0, 4)).toEqual(bytes(0, 1, 2, 3));
+  });
+
+  test("writes an empty payload as a bare header", () => {
+    expect(encodeFrame(new Uint8Array(0))).toEqual(bytes(0, 0, 0, 0));
+  });
+
+  test("encodes a payload that is a view into a larger buffer", () => {
+    const big = bytes(9, 9, 1, 2, 9);
+    expect(encodeFrame(big.subarray(2, 4))).toEqual(bytes(0, 0, 0, 2, 1, 2));
+  });
+
+  test("refuses a payload over the limit", () => {
+    expect(() => encodeFrame(new Uint8Array(11), { maxBytes: 10 })).toThrow(/over the 10-byte limit/);
+    expect(encodeFrame(new Uint8Array(10), { maxBytes: 10 })).toHaveLength(14);
+  });
+});
+
+describe("FrameDecoder: split and coalesced reads", () => {
+  test("decodes a stream split in two at every byte position", () => {
+    for (let cut = 0; cut <= stream.length; cut++) {
+      const decoder = new FrameDecoder();
+      expect(decodeAll(decoder, [stream.subarray(0, cut), stream.subarray(cut)])).toEqual(payloads);
+      expect(decoder.buffered).toBe(0);
+    }
+  });
+
+  test("decodes a stream split in three at every pair of positions", () => {
+    const short = concat([encodeFrame(bytes(1, 2, 3)), encodeFrame(new Uint8Array(0)), encodeFrame(bytes(4))]);
+    const expected = [bytes(1, 2, 3), new Uint8Array(0), bytes(4)];
+    for (let a = 0; a <= short.length; a++) {
+      for (let b = a; b <= short.length; b++) {
+        const chunks = [short.subarray(0, a), short.subarray(a, b), short.subarray(b)];
+        expect(decodeAll(new FrameDecoder(), chunks)).toEqual(expected);
+      }
+    }
+  });
+
+  test("decodes a stream fed one byte at a time", () => {
+    const decoder = new FrameDecoder();
+    const chunks = Array.from(stream, (b) => bytes(b));
+    expect(decodeAll(decoder, chunks)).toEqual(payloads);
+  });
+
+  test("returns every frame of a coalesced read, in order", () => {
+    const many = Array.from({ length: 1000 }, (_, i) => Uint8Array.from({ length: i % 17 }, () => i & 0xff));
+    const frames = new FrameDecoder().push(concat(many.map((p) => encodeFrame(p))));
+    expect(frames).toEqual(many);
+  });
+
+  test("returns consecutive zero-length frames", () => {
+    const decoder = new FrameDecoder();
+    expect(decoder.push(new Uint8Array(12))).toEqual([new Uint8Array(0), new Uint8Array(0), new Uint8Array(0)]);
+    expect(decoder.buffered).toBe(0);
+  });
+
+  test("returns nothing for an empty chunk", () => {
+    const decoder = new FrameDecoder();
+    expect(decoder.push(new Uint8Array(0))).toEqual([]);
+    expect(decoder.buffered).toBe(0);
+  });
+
+  test("reports the bytes held for an incomplete frame, header included", () => {
+    const decoder = new FrameDecoder();
+    expect(decoder.push(bytes(0, 0))).toEqual([]);
+    expect(decoder.buffered).toBe(2);
+    expect(decoder.push(bytes(0, 5, 1, 2))).toEqual([]);
+    expect(decoder.buffered).toBe(6);
+    expect(decoder.push(bytes(3, 4, 5, 0, 0))).toEqual([bytes(1, 2, 3, 4, 5)]);
+    expect(decoder.buffered).toBe(2);
+  });
+});
+
+describe("FrameDecoder: ownership of buffers", () => {
+  test("frames stay intact when the caller reuses its read buffer", () => {
+    const readBuffer = new Uint8Array(7);
+    const decoder = new FrameDecoder();
+    const frames: Uint8Array[] = [];
+    for (let at = 0; at < stream.length; at += readBuffer.length) {
+      const n = Math.min(readBuffer.length, stream.length - at);
+      readBuffer.set(stream.subarray(at, at + n));
+      frames.push(...decoder.push(readBuffer.subarray(0, n)));
+      readBuffer.fill(0xee);
+    }
+    expect(frames).toEqual(payloads);
+  });
+
+  test("a frame from a single chunk is a copy that owns exactly its bytes", () => {
+    const chunk = encodeFrame(bytes(7, 8, 9));
+    const [frame] = new FrameDecoder().push(chunk);
+    chunk.fill(0);
+    expect(frame).toEqual(bytes(7, 8, 9));
+    expect(frame?.buffer.byteLength).toBe(3);
+  });
+
+  test("a frame gathered from many chunks owns exactly its bytes", () => {
+    const payload = Uint8Array.from({ length: 100_000 }, (_, i) => i % 251);
+    const whole = encodeFrame(payload);
+    const decoder = new FrameDecoder();
+    const frames: Uint8Array[] = [];
+    for (let at = 0; at < whole.length; at += 999) frames.push(...decoder.push(whole.slice(at, at + 999)));
+    expect(frames).toHaveLength(1);
+    expect(frames[0]).toEqual(payload);
+    expect(frames[0]?.buffer.byteLength).toBe(payload.byteLength);
+  });
+});
+
+describe("FrameDecoder: size limit", () => {
+  test("accepts a frame of exactly the limit", () => {
+    const decoder = new FrameDecoder({ maxBytes: 1000 });
+    expect(decoder.push(encodeFrame(new Uint8Array(1000).fill(7)))).toEqual([new Uint8Array(1000).fill(7)]);
+  });
+
+  test("rejects limit+1 as soon as the header is read, before any payload", () => {
+    const decoder = new FrameDecoder({ maxBytes: 1000 });
+    const error = pushError(decoder, header(1001));
+    expect(error.code).toBe("too_large");
+    expect(error.message).toContain("1001-byte frame");
+    expect(decoder.buffered).toBeLessThanOrEqual(4);
+  });
+
+  test("rejects an oversize header split across pushes on its last byte", () => {
+    const decoder = new FrameDecoder({ maxBytes: 1000 });
+    const h = header(0xffff_ffff);
+    expect(decoder.push(h.subarray(0, 1))).toEqual([]);
+    expect(decoder.push(h.subarray(1, 3))).toEqual([]);
+    expect(pushError(decoder, h.subarray(3)).code).toBe("too_large");
+    expect(decoder.buffered).toBeLessThanOrEqual(4);
+  });
+
+  test("does not buffer the payload that follows an oversize header in the same chunk", () => {
+    const decoder = new FrameDecoder({ maxBytes: 1000 });
+    pushError(decoder, concat([header(1001), new Uint8Array(1001)]));
+    expect(decoder.buffered).toBeLessThanOrEqual(4);
+  });
+
+  test("stays failed: every later push throws the same error", () => {
+    const decoder = new FrameDecoder({ maxBytes: 10 });
+    const first = pushError(decoder, header(11));
+    expect(pushError(decoder, encodeFrame(bytes(1)))).toBe(first);
+    expect(pushError(decoder, new Uint8Array(0))).toBe(first);
+  });
+
+  test("the default limit is MAX_FRAME_BYTES (16 MiB), exactly accepted", () => {
+    expect(MAX_FRAME_BYTES).toBe(16 * 1024 * 1024);
+    const whole = encodeFrame(new Uint8Array(MAX_FRAME_BYTES).fill(1));
+    const decoder = new FrameDecoder();
+    const frames: Uint8Array[] = [];
+    for (let at = 0; at < whole.length; at += 65536) frames.push(...decoder.push(whole.subarray(at, at + 65536)));
+    expect(frames).toHaveLength(1);
+    expect(frames[0]?.byteLength).toBe(MAX_FRAME_BYTES);
+    expect(pushError(new FrameDecoder(), header(MAX_FRAME_BYTES + 1)).code).toBe("too_large");
+  });
+
+  test("a limit of zero allows only empty frames", () => {
+    const decoder = new FrameDecoder({ maxBytes: 0 });
+    expect(decoder.push(header(0))).toEqual([new Uint8Array(0)]);
+    expect(pushError(decoder, header(1)).code).toBe("too_large");
+  });
+
+  test("rejects a limit the 4-byte header cannot express", () => {
+    for (const maxBytes of [-1, 1.5, 2 ** 32, NaN]) {
+      expect(() => new FrameDecoder({ maxBytes })).toThrow(StoaError);
+      expect(() => encodeFrame(new Uint8Array(0), { maxBytes })).toThrow(StoaError);
+    }
+  });
+});
+
+describe("FrameDecoder over a real TCP connection", () => {
+  test("recovers every frame however the kernel splits and coalesces the stream", async () => {
+    const sent = Array.from({ length: 300 }, (_, i) => Uint8Array.from({ length: (i * 7919) % 70_000 }, (_, j) => (i + j) & 0xff));
+    const wire = concat(sent.map((p) => encodeFrame(p)));
+    const received: Uint8Array[] = [];
+    const { promise: done, resolve, reject } = Promise.withResolvers<void>();
+    const decoder = new FrameDecoder({ maxBytes: 70_000 });
+
+    const server = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        data(_socket, chunk) {
+          try {
+            received.push(...decoder.push(chunk));
+            if (received.length === sent.length) resolve();
+          } catch (err) {
+            reject(err);
+          }
+        },
+      },
+    });
+    let offset = 0;
+    const writeMore = (socket: { write(data: Uint8Array): number }): void => {
+      // write() takes what fits and drops the rest; resume on drain.
+      while (offset < wire.length) {
+        const written = socket.write(wire.subarray(offset, offset + 50_000));
+        offset += written;
+        if (written === 0) return;
+      }
+    };
+    const client = await Bun.connect({
+      hostname: "127.0.0.1",
+      port: server.port,
+      socket: { data() {}, drain: writeMore },
+    });
+    try {
+      writeMore(client);
+      await done;
+      expect(received).toEqual(sent);
+      expect(decoder.buffered).toBe(0);
+    } finally {
+      client.end();
+      server.stop(true);
+    }
+  });
+});

@@ -1,0 +1,183 @@
+import { describe, expect, test } from "bun:test";
+import { createLogger, LogFormat, LogLevel, type LoggerOptions } from "../../src/core/log.ts";
+
+function capture(options: Omit<LoggerOptions, "stream"> = {}) {
+  const lines: string[] = [];
+  const log = createLogger({
+    ...options,
+    stream: {
+      write(chunk: string) {
+        lines.push(chunk);
+      },
+    },
+  });
+  return { log, lines };
+}
+
+const TS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /;
+
+describe("text format", () => {
+  test("writes timestamp, padded level, message and logfmt fields on one line", () => {
+    const { log, lines } = capture({ level: "debug" });
+    log.info("listening", { port: 8081, path: "/run/stoa.sock", ok: true });
+    expect(lines).toHaveLength(1);
+    const line = lines[0] ?? "";
+    expect(line).toMatch(TS);
+    expect(line.slice(25)).toBe("INFO  listening port=8081 path=/run/stoa.sock ok=true\n");
+  });
+
+  test("quotes values with spaces, quotes, equals signs, backslashes or newlines", () => {
+    const { log, lines } = capture();
+    log.warn("odd values", {
+      a: "two words",
+      b: 'say "hi"',
+      c: "k=v",
+      d: "line1\nline2",
+      e: "",
+      f: "C:\\dir",
+    });
+    expect(lines[0]?.slice(25)).toBe(
+      'WARN  odd values a="two words" b="say \\"hi\\"" c="k=v" d="line1\\nline2" e="" f="C:\\\\dir"\n',
+    );
+  });
+
+  test("renders errors as their message, bigints as digits, omits undefined, JSON for objects", () => {
+    const { log, lines } = capture();
+    log.error("failed", {
+      err: new Error("connection refused"),
+      n: 12345678901234567890n,
+      gone: undefined,
+      nil: null,
+      list: [1, 2],
+    });
+    expect(lines[0]?.slice(25)).toBe(
+      'ERROR failed err="connection refused" n=12345678901234567890 nil=null list=[1,2]\n',
+    );
+  });
+
+  test("keeps a multi-line message on one line", () => {
+    const { log, lines } = capture();
+    log.info("first\nsecond");
+    expect(lines[0]?.slice(25)).toBe("INFO  first\\nsecond\n");
+  });
+
+  test("writes the logger name before the message", () => {
+    const { log, lines } = capture({ name: "gateway" });
+    log.info("up");
+    expect(lines[0]?.slice(25)).toBe("INFO  gateway: up\n");
+  });
+});
+
+describe("json format", () => {
+  test("writes one parseable object per line with ts, level, msg first", () => {
+    const { log, lines } = capture({ format: "json", name: "meta" });
+    log.info("registered", { id: 7, err: new Error("boom"), big: 2n ** 70n });
+    expect(lines).toHaveLength(1);
+    const line = lines[0] ?? "";
+    expect(line.endsWith("\n")).toBe(true);
+    expect(line.indexOf("\n")).toBe(line.length - 1);
+    const entry = JSON.parse(line) as Record<string, unknown>;
+    expect(Object.keys(entry)).toEqual(["ts", "level", "name", "msg", "id", "err", "big"]);
+    expect(entry).toMatchObject({
+      level: "info",
+      name: "meta",
+      msg: "registered",
+      id: 7,
+      err: "boom",
+      big: "1180591620717411303424",
+    });
+    expect(String(entry.ts)).toMatch(/^\d{4}-\d\d-\d\dT.*Z$/);
+  });
+
+  test("does not let a field overwrite a reserved key", () => {
+    const { log, lines } = capture({ format: "json" });
+    log.warn("real", { msg: "forged", level: "debug" });
+    const entry = JSON.parse(lines[0] ?? "") as Record<string, unknown>;
+    expect(entry).toMatchObject({ level: "warn", msg: "real", _msg: "forged", _level: "debug" });
+  });
+
+  test("survives a circular value and keeps the other fields", () => {
+    const { log, lines } = capture({ format: "json" });
+    const loop: Record<string, unknown> = {};
+    loop.self = loop;
+    log.info("cycle", { loop, ok: 1 });
+    const entry = JSON.parse(lines[0] ?? "") as Record<string, unknown>;
+    expect(entry).toMatchObject({ msg: "cycle", loop: "[unserializable]", ok: 1 });
+  });
+});
+
+describe("levels", () => {
+  test("drops entries below the threshold", () => {
+    const { log, lines } = capture({ level: "warn" });
+    log.debug("d");
+    log.info("i");
+    log.warn("w");
+    log.error("e");
+    expect(lines.map((l) => l.slice(25, 30))).toEqual(["WARN ", "ERROR"]);
+    expect(log.enabled("info")).toBe(false);
+    expect(log.enabled("error")).toBe(true);
+  });
+
+  test("does not touch the fields of a disabled entry", () => {
+    const { log, lines } = capture({ level: "error" });
+    const fields = {
+      get expensive(): string {
+        throw new Error("must not be read");
+      },
+    };
+    log.debug("skipped", fields);
+    expect(lines).toHaveLength(0);
+  });
+
+  test("defaults to info and text", () => {
+    const { log, lines } = capture();
+    log.debug("hidden");
+    log.info("shown");
+    expect(log.level).toBe("info");
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(TS);
+  });
+
+  test("exports the level and format enums for the command line", () => {
+    expect(LogLevel.options).toEqual(["debug", "info", "warn", "error"]);
+    expect(LogFormat.options).toEqual(["text", "json"]);
+    expect(LogLevel.safeParse("verbose").success).toBe(false);
+  });
+});
+
+describe("child loggers", () => {
+  test("add their fields to every entry, call fields winning on a clash", () => {
+    const { log, lines } = capture();
+    const child = log.child({ peer: "a", conn: 1 }).child({ conn: 2 });
+    child.info("hello", { extra: "x" });
+    child.info("again", { conn: 3 });
+    log.info("parent");
+    expect(lines.map((l) => l.slice(25))).toEqual([
+      "INFO  hello peer=a conn=2 extra=x\n",
+      "INFO  again peer=a conn=3\n",
+      "INFO  parent\n",
+    ]);
+  });
+
+  test("inherit level and format", () => {
+    const { log, lines } = capture({ level: "warn", format: "json" });
+    const child = log.child({ c: 1 });
+    child.info("no");
+    child.warn("yes");
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0] ?? "")).toMatchObject({ msg: "yes", c: 1 });
+  });
+});
+
+describe("a broken sink", () => {
+  test("does not make logging throw", () => {
+    const log = createLogger({
+      stream: {
+        write() {
+          throw new Error("EPIPE");
+        },
+      },
+    });
+    expect(() => log.error("still fine")).not.toThrow();
+  });
+});

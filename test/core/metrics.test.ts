@@ -1,0 +1,176 @@
+import { describe, expect, test } from "bun:test";
+import { StoaError } from "../../src/core/errors.ts";
+import { CONTENT_TYPE, MAX_SERIES_PER_METRIC, metrics, Registry } from "../../src/core/metrics.ts";
+
+function internalError(fn: () => unknown, message: RegExp): void {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(StoaError);
+    expect((err as StoaError).code).toBe("internal");
+    expect((err as StoaError).message).toMatch(message);
+    return;
+  }
+  throw new Error("expected a StoaError");
+}
+
+describe("rendering", () => {
+  test("renders a small registry exactly", () => {
+    const r = new Registry();
+    const requests = r.counter("stoa_requests_total", "Requests served.", ["method", "code"]);
+    const open = r.gauge("stoa_open_connections", "Connections open now.");
+    const latency = r.histogram("stoa_latency_seconds", "Request latency.", [0.01, 0.1, 1]);
+    requests.inc({ method: "GET", code: 200 });
+    requests.inc({ method: "GET", code: 200 }, 2);
+    requests.inc({ method: "POST", code: 500 });
+    open.set(3);
+    open.dec();
+    latency.observe(0.005);
+    latency.observe(0.05);
+    latency.observe(0.05);
+    latency.observe(5);
+    expect(r.render()).toBe(
+      [
+        "# HELP stoa_requests_total Requests served.",
+        "# TYPE stoa_requests_total counter",
+        'stoa_requests_total{method="GET",code="200"} 3',
+        'stoa_requests_total{method="POST",code="500"} 1',
+        "# HELP stoa_open_connections Connections open now.",
+        "# TYPE stoa_open_connections gauge",
+        "stoa_open_connections 2",
+        "# HELP stoa_latency_seconds Request latency.",
+        "# TYPE stoa_latency_seconds histogram",
+        'stoa_latency_seconds_bucket{le="0.01"} 1',
+        'stoa_latency_seconds_bucket{le="0.1"} 3',
+        'stoa_latency_seconds_bucket{le="1"} 3',
+        'stoa_latency_seconds_bucket{le="+Inf"} 4',
+        "stoa_latency_seconds_sum 5.105",
+        "stoa_latency_seconds_count 4",
+        "",
+      ].join("\n"),
+    );
+  });
+
+  test("escapes backslash, double quote and newline in label values, backslash and newline in help", () => {
+    const r = new Registry();
+    r.counter("weird_total", "Help with \\ and\nnewline.", ["path"]).inc({ path: 'C:\\a "b"\nc' });
+    expect(r.render()).toBe(
+      [
+        "# HELP weird_total Help with \\\\ and\\nnewline.",
+        "# TYPE weird_total counter",
+        'weird_total{path="C:\\\\a \\"b\\"\\nc"} 1',
+        "",
+      ].join("\n"),
+    );
+  });
+
+  test("renders labelled histograms with le last and zero-filled label-less metrics", () => {
+    const r = new Registry();
+    r.counter("idle_total", "Never touched.");
+    r.gauge("labelled", "Labelled, never touched.", ["x"]);
+    r.histogram("size_bytes", "Sizes.", [10, 100, Number.POSITIVE_INFINITY], ["dir"]).observe({ dir: "in" }, 50);
+    expect(r.render()).toBe(
+      [
+        "# HELP idle_total Never touched.",
+        "# TYPE idle_total counter",
+        "idle_total 0",
+        "# HELP labelled Labelled, never touched.",
+        "# TYPE labelled gauge",
+        "# HELP size_bytes Sizes.",
+        "# TYPE size_bytes histogram",
+        'size_bytes_bucket{dir="in",le="10"} 0',
+        'size_bytes_bucket{dir="in",le="100"} 1',
+        'size_bytes_bucket{dir="in",le="+Inf"} 1',
+        'size_bytes_sum{dir="in"} 50',
+        'size_bytes_count{dir="in"} 1',
+        "",
+      ].join("\n"),
+    );
+  });
+
+  test("spells special float values the way Prometheus parses them", () => {
+    const r = new Registry();
+    const g = r.gauge("g", "G.", ["k"]);
+    g.set({ k: "a" }, Number.POSITIVE_INFINITY);
+    g.set({ k: "b" }, Number.NEGATIVE_INFINITY);
+    g.set({ k: "c" }, Number.NaN);
+    g.set({ k: "d" }, -1.5);
+    expect(r.render().split("\n").slice(2, 6)).toEqual([
+      'g{k="a"} +Inf',
+      'g{k="b"} -Inf',
+      'g{k="c"} NaN',
+      'g{k="d"} -1.5',
+    ]);
+  });
+
+  test("renders an empty registry as an empty body and exports the exposition content type", () => {
+    expect(new Registry().render()).toBe("");
+    expect(CONTENT_TYPE).toBe("text/plain; version=0.0.4; charset=utf-8");
+  });
+});
+
+describe("registration", () => {
+  test("returns the existing metric for the same name, type and labels", () => {
+    const r = new Registry();
+    const a = r.counter("hits_total", "Hits.", ["k"]);
+    const b = r.counter("hits_total", "Hits again.", ["k"]);
+    expect(b).toBe(a);
+    const h1 = r.histogram("h", "H.", [1, 2]);
+    expect(r.histogram("h", "H.", [1, 2])).toBe(h1);
+  });
+
+  test("rejects the same name with another type, other labels or other buckets", () => {
+    const r = new Registry();
+    r.counter("x_total", "X.", ["a"]);
+    internalError(() => r.gauge("x_total", "X."), /already exists as a counter/);
+    internalError(() => r.counter("x_total", "X.", ["b"]), /already exists/);
+    r.histogram("h", "H.", [1, 2]);
+    internalError(() => r.histogram("h", "H.", [1, 3]), /already exists with buckets \[1, 2\]/);
+  });
+
+  test("validates metric and label names against the Prometheus grammar", () => {
+    const r = new Registry();
+    internalError(() => r.counter("9lives", "Bad."), /metric name "9lives"/);
+    internalError(() => r.counter("has-dash", "Bad."), /metric name "has-dash"/);
+    internalError(() => r.counter("ok", "Bad label.", ["a:b"]), /label name "a:b"/);
+    internalError(() => r.counter("ok", "Reserved label.", ["__x"]), /label name "__x"/);
+    internalError(() => r.counter("ok", "Twice.", ["a", "a"]), /twice/);
+    internalError(() => r.histogram("h", "le is taken.", [1], ["le"]), /"le" is reserved/);
+    expect(r.counter("ns:sub_total", "Colons are fine in metric names.").name).toBe("ns:sub_total");
+  });
+
+  test("rejects unsorted, repeated or non-finite buckets", () => {
+    const r = new Registry();
+    internalError(() => r.histogram("h1", "H.", [2, 1]), /strictly increasing/);
+    internalError(() => r.histogram("h2", "H.", [1, 1]), /strictly increasing/);
+    internalError(() => r.histogram("h3", "H.", [Number.NaN]), /finite/);
+  });
+});
+
+describe("updates", () => {
+  test("rejects missing, extra or misnamed labels", () => {
+    const c = new Registry().counter("c_total", "C.", ["a", "b"]);
+    internalError(() => c.inc({ a: "1" }), /takes labels \{a, b\}, got \{a\}/);
+    internalError(() => c.inc({ a: "1", b: "2", c: "3" }), /got \{a, b, c\}/);
+    internalError(() => c.inc({ a: "1", c: "2" }), /got \{a, c\}/);
+    internalError(() => c.inc(), /got \{\}/);
+  });
+
+  test("refuses to decrease a counter", () => {
+    const c = new Registry().counter("c_total", "C.");
+    internalError(() => c.inc(-1), /cannot go down/);
+  });
+
+  test("caps the number of label sets per metric", () => {
+    const c = new Registry().counter("peers_total", "Per peer.", ["peer"]);
+    for (let i = 0; i < MAX_SERIES_PER_METRIC; i++) c.inc({ peer: i });
+    c.inc({ peer: 0 });
+    internalError(() => c.inc({ peer: "one too many" }), /would exceed/);
+  });
+
+  test("the shared registry is one instance for the whole process", async () => {
+    const again = await import("../../src/core/metrics.ts");
+    expect(again.metrics).toBe(metrics);
+    expect(metrics).toBeInstanceOf(Registry);
+  });
+});

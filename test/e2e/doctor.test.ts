@@ -1,0 +1,59 @@
+import { describe, expect, test } from "bun:test";
+import { stoa } from "../helpers/stoa.ts";
+
+interface Finding {
+  name: string;
+  status: "ok" | "warn";
+  detail: string;
+  fix?: string;
+}
+
+function doctor(args: string[] = []): { code: number; ok: boolean; checks: Finding[] } {
+  const run = stoa(["doctor", "--json", ...args]);
+  const parsed = JSON.parse(run.stdout) as { ok: boolean; checks: Finding[] };
+  return { code: run.code, ...parsed };
+}
+
+describe("stoa doctor", () => {
+  test("--json reports every check, and each problem says what to do", () => {
+    const { code, ok, checks } = doctor();
+    expect(code).toBe(0);
+    const names = checks.map((c) => c.name);
+    for (const name of ["kernel", "root", "cap_net_admin", "cap_net_raw", "io_uring", "ip", "ovs-vsctl", "redis-server", "nginx", "port 8081", "port 8082", "port 8083"]) {
+      expect(names).toContain(name);
+    }
+    for (const c of checks) if (c.status !== "ok") expect(c.fix, c.name).toBeTruthy();
+    expect(ok).toBe(checks.every((c) => c.status === "ok"));
+  });
+
+  test("root and capabilities match this process's own view", () => {
+    const { checks } = doctor();
+    const root = checks.find((c) => c.name === "root");
+    expect(root?.status).toBe(process.getuid?.() === 0 ? "ok" : "warn");
+  });
+
+  test("a taken gateway port is reported with how to find its owner, and --strict exits 1", () => {
+    let listener: { stop(closeActive?: boolean): void } | undefined;
+    try {
+      listener = Bun.listen({ hostname: "::", port: 8082, socket: { data() {} } });
+    } catch {
+      // Someone else holds 8082 already: doctor must then report it all the same.
+    }
+    try {
+      const { checks } = doctor();
+      const port = checks.find((c) => c.name === "port 8082");
+      expect(port?.status).toBe("warn");
+      expect(port?.fix).toContain("ss -ltnp");
+      expect(doctor(["--strict"]).code).toBe(1);
+    } finally {
+      listener?.stop(true);
+    }
+  });
+
+  test("text output marks each check and ends with a summary", () => {
+    const run = stoa(["doctor"]);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/^ok {4}kernel/m);
+    expect(run.stdout).toMatch(/(all checks passed|\d+ check\(s\) need attention)\n$/);
+  });
+});
