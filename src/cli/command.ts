@@ -39,7 +39,7 @@ interface StringOpts<T> {
   short?: string;
   placeholder?: string;
   choices?: readonly string[];
-  schema?: z.ZodType<T, string>;
+  schema?: z.ZodType<T>;
 }
 
 /**
@@ -59,7 +59,7 @@ export function str<T>(description: string, opts: StringOpts<T> & { default?: st
 /** A repeatable flag (`--tunnel a --tunnel b`); each value passes through `schema`. */
 export function list<T = string>(
   description: string,
-  opts: { short?: string; placeholder?: string; schema?: z.ZodType<T, string> } = {},
+  opts: { short?: string; placeholder?: string; schema?: z.ZodType<T> } = {},
 ): Flag<T[]> {
   const item = opts.schema ?? z.string();
   return {
