@@ -10,6 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { kebab } from "../core/config.ts";
 import { StoaError } from "../core/errors.ts";
 
 /** One flag: how parseArgs reads it, how help shows it, and the zod schema its value must pass. */
@@ -131,10 +132,7 @@ export function isGroup(cmd: Command): cmd is GroupCommand {
   return "subcommands" in cmd;
 }
 
-/** `logLevel` → `log-level`. */
-export function kebab(key: string): string {
-  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-}
+export { kebab };
 
 /** Parses argv for one leaf command and validates every flag. Throws StoaError("usage"). */
 export function parseCommandLine<F extends FlagMap>(

@@ -122,7 +122,8 @@ function words(key: string): string {
     .toUpperCase();
 }
 
-function kebab(key: string): string {
+/** `logLevel` (or `log_level`) → `log-level`: how a key is spelled as a command-line flag. */
+export function kebab(key: string): string {
   return words(key).toLowerCase().replace(/_/g, "-");
 }
 
