@@ -10,7 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { kebab } from "../core/config.ts";
+import { kebab, resolveConfig } from "../core/config.ts";
 import { StoaError } from "../core/errors.ts";
 
 /** One flag: how parseArgs reads it, how help shows it, and the zod schema its value must pass. */
@@ -105,6 +105,11 @@ export interface LeafCommand<F extends FlagMap = FlagMap> {
   readonly flags: F;
   readonly positionals?: readonly Positional[];
   readonly examples: readonly string[];
+  /**
+   * Also read flags from `STOA_<FLAG>` environment variables and a `--config` JSON file (the
+   * command must declare `config: configFlag()`), for long-running commands.
+   */
+  readonly config?: boolean;
   /** Returns the exit code (default 0). */
   run(ctx: Context<F>): Promise<number | void> | number | void;
 }
@@ -160,8 +165,11 @@ export function parseCommandLine<F extends FlagMap>(
   if (parsed.values.help === true) return { help: true };
 
   const values: Record<string, unknown> = {};
+  const explicit: Record<string, unknown> = {};
   for (const [key, flag] of Object.entries(cmd.flags)) {
-    const raw = parsed.values[kebab(key)] ?? flag.default;
+    const given = parsed.values[kebab(key)];
+    if (given !== undefined) explicit[key] = given;
+    const raw = given ?? flag.default;
     const result = flag.schema.safeParse(raw);
     if (!result.success) {
       const issue = result.error.issues[0];
@@ -171,9 +179,35 @@ export function parseCommandLine<F extends FlagMap>(
     }
     values[key] = result.data;
   }
+  if (cmd.config) Object.assign(values, layeredFlags(cmd.flags, explicit, path));
   checkPositionals(cmd.positionals ?? [], parsed.positionals, path);
   return { help: false, ctx: { flags: values as FlagValues<F>, args: parsed.positionals, path, commands } };
 }
+
+/**
+ * For commands with `config: true`: flags the user did not give come from `STOA_<FLAG>` in the
+ * environment, then from the JSON file named by `--config` / `STOA_CONFIG`, then the default
+ * (src/core/config.ts does the merging and says where a bad value came from).
+ */
+function layeredFlags(flags: FlagMap, explicit: Record<string, unknown>, path: string): Record<string, unknown> {
+  const file = typeof explicit.config === "string" ? explicit.config : process.env.STOA_CONFIG || undefined;
+  const shape: Record<string, z.ZodType> = {};
+  for (const [key, flag] of Object.entries(flags)) {
+    if (key === "config") continue;
+    shape[key] = flag.default === undefined ? flag.schema : flag.schema.prefault(flag.default);
+  }
+  const given = Object.fromEntries(Object.entries(explicit).filter(([key]) => key !== "config"));
+  try {
+    return resolveConfig(z.object(shape), { flags: given, file });
+  } catch (err) {
+    if (err instanceof StoaError) throw new StoaError(err.code, `${path}: ${err.message}`);
+    throw err;
+  }
+}
+
+/** The `--config` flag every `config: true` command declares. */
+export const configFlag = (): Flag<string | undefined> =>
+  str("JSON file of flag values (flags > STOA_* env > this file)", { placeholder: "file" });
 
 function checkPositionals(specs: readonly Positional[], args: string[], path: string): void {
   const variadic = specs.some((p) => p.variadic);

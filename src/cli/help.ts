@@ -81,9 +81,20 @@ function leafHelp(cmd: LeafCommand, path: string): string {
     "",
     "Flags:",
     table(flagRows),
+    ...(cmd.config ? ["", ...configNote(cmd)] : []),
     "",
     "Examples:",
     ...cmd.examples.map((e) => `  ${e}`),
     "",
   ].join("\n");
+}
+
+function configNote(cmd: LeafCommand): string[] {
+  const sample = Object.keys(cmd.flags).find((k) => k !== "config") ?? "logLevel";
+  const env = `STOA_${kebab(sample).toUpperCase().replace(/-/g, "_")}`;
+  return [
+    "Environment and config file:",
+    `  Every flag can also be set as STOA_<FLAG> (e.g. ${env}) or as a key of the JSON file`,
+    "  given by --config (or STOA_CONFIG). Flags win over the environment, which wins over the file.",
+  ];
 }

@@ -2,8 +2,8 @@
  * Typed errors for the whole of stoa.
  *
  * Every failure a user can cause or meet is a `StoaError` with a stable `code` and a message
- * that says what to do. Exit codes are mapped here and nowhere else: usage errors exit 2,
- * everything else 1.
+ * that says what to do. Exit codes are mapped here and nowhere else: usage and configuration
+ * errors exit 2, everything else 1.
  */
 
 /** Stable machine-readable error codes. Add new ones here, never inline strings. */
@@ -31,9 +31,9 @@ export class StoaError extends Error {
   }
 }
 
-/** The process exit code for an error: 2 for usage errors, 1 for everything else. */
+/** The process exit code for an error: 2 for usage and configuration errors, 1 for the rest. */
 export function exitCodeFor(err: unknown): 1 | 2 {
-  return err instanceof StoaError && err.code === "usage" ? 2 : 1;
+  return err instanceof StoaError && (err.code === "usage" || err.code === "config") ? 2 : 1;
 }
 
 /** One line for a user: the message of a StoaError, or the message of anything else. */

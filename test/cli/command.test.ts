@@ -1,6 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import { z } from "zod";
-import { bool, defineCommand, kebab, list, parseCommandLine, str, type LeafCommand } from "../../src/cli/command.ts";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { bool, configFlag, defineCommand, kebab, list, parseCommandLine, str, type LeafCommand } from "../../src/cli/command.ts";
 import { commandHelp } from "../../src/cli/help.ts";
 import { StoaError } from "../../src/core/errors.ts";
 
@@ -80,5 +83,63 @@ describe("help", () => {
   test("kebab-cases camelCase keys", () => {
     expect(kebab("logLevel")).toBe("log-level");
     expect(kebab("drainTimeoutMs")).toBe("drain-timeout-ms");
+  });
+});
+
+describe("flags from the environment and a config file", () => {
+  const layered = defineCommand({
+    name: "serve",
+    summary: "serve",
+    config: true,
+    flags: {
+      port: str("port", { default: "8081", schema: z.coerce.number().int().min(1).max(65535) }),
+      runDir: str("run dir", { default: "/run/stoa" }),
+      verbose: bool("more output"),
+      config: configFlag(),
+    },
+    examples: ["x"],
+    run: () => 0,
+  }) as LeafCommand;
+
+  const withEnv = <T>(env: Record<string, string>, fn: () => T): T => {
+    const saved = { ...process.env };
+    Object.assign(process.env, env);
+    try {
+      return fn();
+    } finally {
+      for (const key of Object.keys(env)) delete process.env[key];
+      Object.assign(process.env, saved);
+    }
+  };
+  const flagsOf = (argv: string[]) => {
+    const result = parseCommandLine(layered, argv, "stoa serve");
+    if (result.help) throw new Error("help");
+    return result.ctx.flags;
+  };
+
+  test("flags > STOA_* environment > --config file > defaults", () => {
+    const dir = mkdtempSync(join(tmpdir(), "stoa-cfg-"));
+    try {
+      const file = join(dir, "c.json");
+      writeFileSync(file, JSON.stringify({ port: 7000, "run-dir": "/from/file", verbose: true }));
+      expect(flagsOf(["--config", file])).toMatchObject({ port: 7000, runDir: "/from/file", verbose: true });
+      withEnv({ STOA_PORT: "7100", STOA_RUN_DIR: "/from/env" }, () => {
+        expect(flagsOf(["--config", file])).toMatchObject({ port: 7100, runDir: "/from/env", verbose: true });
+        expect(flagsOf(["--config", file, "--port", "7200"])).toMatchObject({ port: 7200, runDir: "/from/env" });
+      });
+      expect(flagsOf([])).toMatchObject({ port: 8081, runDir: "/run/stoa", verbose: false });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a bad environment value is an error that names the variable", () => {
+    withEnv({ STOA_PORT: "eighty" }, () => {
+      expect(() => flagsOf([])).toThrow(/STOA_PORT/);
+    });
+  });
+
+  test("help says how the environment and the file apply", () => {
+    expect(commandHelp(layered, "stoa serve")).toContain("STOA_PORT");
   });
 });
