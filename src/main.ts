@@ -8,6 +8,11 @@ import type { CommandEntry } from "./cli/command.ts";
 import { runCli } from "./cli/run.ts";
 
 const commands: CommandEntry[] = [
+  { name: "up", summary: "run a whole host node: gateway + metaserver in one process", load: () => import("./cli/up.ts") },
+  { name: "gateway", summary: "route three fixed ports to this host's publishers", load: () => import("./cli/gateway.ts") },
+  { name: "pub", summary: "publish stdin as a stream under a name", load: () => import("./cli/pub.ts") },
+  { name: "sub", summary: "subscribe to a stream by name and print its values", load: () => import("./cli/sub.ts") },
+  { name: "meta", summary: "run the metaserver: who publishes what, on which host", load: () => import("./cli/meta.ts") },
   { name: "doctor", summary: "check this host: capabilities, io_uring, tools, free ports", load: () => import("./cli/doctor.ts") },
   { name: "completion", summary: "print shell completion for bash, zsh or fish", load: () => import("./cli/completion.ts") },
   { name: "version", summary: "print version, Bun version and build info", load: () => import("./cli/version.ts") },

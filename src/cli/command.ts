@@ -49,8 +49,8 @@ interface StringOpts<T> {
  * @example
  * const port = str("port to listen on", { default: "8081", schema: z.coerce.number().int() });
  */
-export function str<T = string>(description: string, opts: StringOpts<T> & { default: string }): Flag<T>;
-export function str<T = string>(description: string, opts?: StringOpts<T>): Flag<T | undefined>;
+export function str<T = string>(description: string, opts: StringOpts<T> & { default: string }): Flag<NoInfer<T>>;
+export function str<T = string>(description: string, opts?: StringOpts<T>): Flag<NoInfer<T> | undefined>;
 export function str<T>(description: string, opts: StringOpts<T> & { default?: string } = {}): Flag<T | undefined> {
   const base = opts.schema ?? (opts.choices ? z.enum(opts.choices as [string, ...string[]]) : z.string());
   const schema = opts.default === undefined ? base.optional() : base;
@@ -61,7 +61,7 @@ export function str<T>(description: string, opts: StringOpts<T> & { default?: st
 export function list<T = string>(
   description: string,
   opts: { short?: string; placeholder?: string; schema?: z.ZodType<T> } = {},
-): Flag<T[]> {
+): Flag<NoInfer<T>[]> {
   const item = opts.schema ?? z.string();
   return {
     kind: "string",

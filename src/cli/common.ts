@@ -2,8 +2,11 @@
  * Flags and wiring shared by the long-running commands (gateway, meta, up, pub, …): logging
  * flags, the logger built from them, and graceful shutdown on SIGINT/SIGTERM.
  */
+import { z } from "zod";
 import { str } from "./command.ts";
+import { parseEndpoint } from "../core/endpoint.ts";
 import { type LogFormat, type LogLevel, type Logger, createLogger } from "../core/log.ts";
+import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
 import { installSignalHandlers } from "../core/shutdown.ts";
 
 /** `--log-level` and `--log-format`, spread into a command's flags. */
@@ -17,9 +20,49 @@ export function logFlags() {
   };
 }
 
-/** The command's logger, on stderr, and SIGINT/SIGTERM handlers that log through it. */
-export function startService(name: string, flags: { logLevel: LogLevel; logFormat: LogFormat }): Logger {
+/**
+ * The command's logger, on stderr, and SIGINT/SIGTERM handlers that log through it and give
+ * the registered cleanups `shutdownTimeoutMs` in all (a gateway's drain needs more than the
+ * default 5 s).
+ */
+export function startService(
+  name: string,
+  flags: { logLevel: LogLevel; logFormat: LogFormat },
+  options: { shutdownTimeoutMs?: number } = {},
+): Logger {
   const log = createLogger({ level: flags.logLevel, format: flags.logFormat, name });
-  installSignalHandlers({ log });
+  installSignalHandlers({ log, timeoutMs: options.shutdownTimeoutMs });
   return log;
 }
+
+/**
+ * Serves `GET /metrics` (the shared Prometheus registry) on `listen`; `refresh` runs before
+ * each scrape (e.g. to fold in counters from worker threads). Returns the server to stop.
+ */
+export function serveMetrics(listen: { hostname: string; port: number }, refresh?: () => Promise<unknown>) {
+  return Bun.serve({
+    hostname: listen.hostname,
+    port: listen.port,
+    async fetch(req) {
+      if (new URL(req.url).pathname !== "/metrics") return new Response("not found: try /metrics\n", { status: 404 });
+      await refresh?.();
+      return new Response(metrics.render(), { headers: { "content-type": CONTENT_TYPE } });
+    },
+  });
+}
+
+/**
+ * A `HOST:PORT` flag value (`[::]:8090`, `127.0.0.1:8090`, `localhost:8090`, or `:8090` for
+ * every address) → `{hostname, port}` for Bun.serve / Bun.listen.
+ */
+export const HostPort = z.string().transform((text, ctx) => {
+  const spec = text.startsWith(":") ? `[::]${text}` : text;
+  try {
+    const endpoint = parseEndpoint(`tcp:${spec}`);
+    if (endpoint.kind !== "tcp") throw new Error("not a TCP address");
+    return { hostname: endpoint.host, port: endpoint.port };
+  } catch {
+    ctx.addIssue({ code: "custom", message: "expected HOST:PORT, e.g. [::]:8090, 127.0.0.1:8090 or :8090" });
+    return z.NEVER;
+  }
+});

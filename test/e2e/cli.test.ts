@@ -2,31 +2,36 @@ import { describe, expect, test } from "bun:test";
 import pkg from "../../package.json" with { type: "json" };
 import { ROOT, stoa } from "../helpers/stoa.ts";
 
-/** Command names as `stoa --help` lists them (indented name, spaces, summary). */
-function listedCommands(): string[] {
+/** [name, summary] of each command as `stoa --help` lists them (indented name, spaces, summary). */
+function listedCommands(): [string, string][] {
   const help = stoa(["--help"]).stdout;
   const section = help.split("Commands:\n")[1]?.split("\n\n")[0] ?? "";
-  return section.split("\n").map((line) => line.trim().split(/\s{2,}/)[0] ?? "").filter(Boolean);
+  return section.split("\n").map((line) => {
+    const [name = "", summary = ""] = line.trim().split(/\s{2,}/);
+    return [name, summary];
+  });
 }
 
 describe("stoa --help", () => {
   test("lists every command, one per indented line with a summary", () => {
     const run = stoa(["--help"]);
     expect(run.code).toBe(0);
-    for (const name of ["version", "completion", "doctor"]) {
+    for (const name of ["up", "gateway", "meta", "pub", "sub", "version", "completion", "doctor"]) {
       expect(run.stdout).toMatch(new RegExp(`^  ${name}\\s{3,}\\S.+$`, "m"));
     }
   });
 
-  test("every listed command has help with usage, flags and an example", () => {
-    const names = listedCommands();
-    expect(names.length).toBeGreaterThanOrEqual(3);
-    for (const name of names) {
+  test("every listed command has help with its summary, usage, flags and an example", () => {
+    const commands = listedCommands();
+    expect(commands.length).toBeGreaterThanOrEqual(3);
+    for (const [name, summary] of commands) {
       const run = stoa([name, "--help"]);
       expect(run.code, name).toBe(0);
+      expect(run.stdout.split("\n")[0], name).toBe(`stoa ${name} — ${summary}`);
       expect(run.stdout, name).toContain(`Usage:\n  stoa ${name}`);
       expect(run.stdout, name).toContain("Flags:\n");
-      expect(run.stdout, name).toMatch(/Examples:\n {2}stoa /);
+      const examples = run.stdout.split("Examples:\n")[1] ?? "";
+      expect(examples, name).toContain(`stoa ${name}`);
     }
   });
 

@@ -1,0 +1,86 @@
+import { availableParallelism } from "node:os";
+import { z } from "zod";
+import { configFlag, defineCommand, list, str } from "./command.ts";
+import { HostPort, logFlags, serveMetrics, startService } from "./common.ts";
+import { Duration } from "../core/duration.ts";
+import { StoaError } from "../core/errors.ts";
+import { defaultRunDir } from "../core/paths.ts";
+import { onShutdown, shutdown } from "../core/shutdown.ts";
+import { startGateway } from "../gateway/gateway.ts";
+import { MAX_WORKERS, parsePorts } from "../gateway/protocol.ts";
+
+/** `--ports S,T,P` → {service, string, ping}. */
+export const PortsFlag = z.string().transform((text, ctx) => {
+  try {
+    return parsePorts(text);
+  } catch (err) {
+    ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+    return z.NEVER;
+  }
+});
+
+/** Extra time the shutdown budget gives beyond the drain, for the rest of the cleanups. */
+const SHUTDOWN_SLACK_MS = 5_000;
+
+export default defineCommand({
+  name: "gateway",
+  summary: "route three fixed ports to this host's publishers",
+  description:
+    "Listens on the service, string and ping ports (8081, 8082, 8083) and routes each connection\n" +
+    "by the pub_id in its first line (GET /pub/<pub_id> … or the raw prelude 'STOA1 <pub_id>') to\n" +
+    "the publisher's Unix socket <run dir>/<pub_id>/<kind>.sock, or to a target registered on the\n" +
+    "control socket <run dir>/gateway.sock. Starting a gateway on the ports and run dir of a\n" +
+    "running one takes over without dropping connections: the old one drains and exits.",
+  config: true,
+  flags: {
+    listen: list("address to listen on (repeatable or comma-separated; default [::], all addresses)", { placeholder: "addr" }),
+    ports: str("service,string,ping ports", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
+    runDir: str("where publishers' sockets and the control socket live (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    workers: str("routers sharing each port (SO_REUSEPORT)", {
+      default: String(Math.min(availableParallelism(), MAX_WORKERS)),
+      placeholder: "n",
+      schema: z.coerce.number().int().min(1).max(MAX_WORKERS),
+    }),
+    drainTimeout: str("on stop or takeover, how long open connections may finish", { default: "30s", placeholder: "duration", schema: Duration }),
+    tlsCert: str("PEM certificate: terminate TLS on the three ports (with --tls-key)", { placeholder: "file" }),
+    tlsKey: str("PEM private key for --tls-cert", { placeholder: "file" }),
+    metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
+    ...logFlags(),
+    config: configFlag(),
+  },
+  examples: [
+    "stoa gateway",
+    "stoa gateway --listen fd00::1 --ports 9081,9082,9083 --run-dir /tmp/stoa --workers 1",
+    "stoa gateway --tls-cert cert.pem --tls-key key.pem --metrics-listen 127.0.0.1:9100",
+  ],
+  async run({ flags, path }) {
+    if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
+      throw new StoaError("usage", `${path}: --tls-cert and --tls-key go together`);
+    }
+    const log = startService("gateway", flags, { shutdownTimeoutMs: flags.drainTimeout + SHUTDOWN_SLACK_MS });
+    const listen = flags.listen.flatMap((l) => l.split(",")).map((l) => l.trim()).filter(Boolean);
+    const gw = await startGateway({
+      runDir: flags.runDir ?? defaultRunDir(),
+      listen: listen.length > 0 ? listen : undefined,
+      ports: flags.ports,
+      workers: flags.workers,
+      drainTimeoutMs: flags.drainTimeout,
+      tls: flags.tlsCert && flags.tlsKey ? { cert: flags.tlsCert, key: flags.tlsKey } : undefined,
+      log,
+    });
+    onShutdown("gateway", async () => {
+      await gw.drain();
+    });
+    if (flags.metricsListen) {
+      const server = serveMetrics(flags.metricsListen, () => gw.stats());
+      onShutdown("metrics", () => server.stop(true));
+    }
+    const { service, string, ping } = gw.ports;
+    process.stdout.write(
+      `gateway: service ${service}, string ${string}, ping ${ping} on ${gw.listen.join(", ")}${gw.tls ? " (TLS)" : ""}; ` +
+        `run dir ${gw.runDir}; ${gw.workers} worker(s)${gw.tookOverFrom !== null ? `; took over from pid ${gw.tookOverFrom}` : ""}\n`,
+    );
+    const closed = await gw.closed;
+    return await shutdown(closed.reason === "handover" ? "handed over to a new gateway" : "gateway stopped");
+  },
+});

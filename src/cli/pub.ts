@@ -1,0 +1,71 @@
+import { z } from "zod";
+import { bool, configFlag, defineCommand, str } from "./command.ts";
+import { logFlags, startService } from "./common.ts";
+import { StoaError } from "../core/errors.ts";
+import { defaultRunDir } from "../core/paths.ts";
+import { onShutdown, shutdown } from "../core/shutdown.ts";
+import { DEFAULT_META_PORT } from "../meta/protocol.ts";
+import { InputFormats, readValues } from "../stream/input.ts";
+import { PubId } from "../stream/names.ts";
+import { startPublishing } from "../stream/session.ts";
+
+export default defineCommand({
+  name: "pub",
+  summary: "publish stdin as a stream under a name",
+  description:
+    "Registers NAME with the metaserver, serves the stream behind this host's gateway (Unix\n" +
+    "sockets in the run dir), gets confirmed through the gateway, then publishes each value read\n" +
+    "from stdin. At the end of stdin it deregisters and exits (or keeps serving with --stay).",
+  config: true,
+  positionals: [{ name: "name", description: "hierarchical name, e.g. lab/sensors/temp", required: true }],
+  flags: {
+    meta: str("metaserver URL", { default: `http://[::1]:${DEFAULT_META_PORT}`, placeholder: "url" }),
+    runDir: str("run dir of the local gateway (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    format: str("how stdin becomes values: lines (one string each), json (one JSON value per line), raw (byte chunks)", {
+      default: "lines",
+      choices: InputFormats,
+    }),
+    slow: str("what a too-slow subscriber gets", { default: "drop-oldest", choices: ["drop-oldest", "disconnect"] }),
+    pubId: str("stable pub_id (default: a fresh random one)", { placeholder: "id", schema: PubId }),
+    host: str("host address clients reach the gateway at (default: from the gateway)", { placeholder: "addr" }),
+    internal: str("how the gateway reaches this publisher", { default: "unix", choices: ["unix", "tcp"] }),
+    stay: bool("keep serving the latest value after stdin ends, until SIGINT/SIGTERM"),
+    ...logFlags(),
+    config: configFlag(),
+  },
+  examples: [
+    "seq 1 100 | stoa pub demo/counter",
+    "tail -F /var/log/app.json | stoa pub app/log --format json --meta http://[fd00::2]:8090",
+    "echo ready | stoa pub jobs/42/status --stay",
+  ],
+  async run({ flags, args }) {
+    const log = startService("pub", flags);
+    const name = args[0] ?? "";
+    const session = await startPublishing({
+      name,
+      pubId: flags.pubId,
+      metaUrl: flags.meta,
+      runDir: flags.runDir ?? defaultRunDir(),
+      host: flags.host,
+      internal: z.enum(["unix", "tcp"]).parse(flags.internal),
+      slow: z.enum(["drop-oldest", "disconnect"]).parse(flags.slow),
+      log,
+    });
+    onShutdown("publisher", () => session.close());
+    process.stderr.write(`publishing ${session.info.name} as ${session.info.pub_id}: ${session.info.urls.service}\n`);
+    const format = z.enum(InputFormats).parse(flags.format);
+    for await (const value of readValues(Bun.stdin.stream(), format, (bad) => log.warn("skipped a line of stdin", { line: bad.line, reason: bad.reason }))) {
+      try {
+        session.publisher.publish(value);
+      } catch (err) {
+        if (!(err instanceof StoaError) || err.code === "closed") throw err;
+        log.warn("skipped a value", { reason: err.message });
+      }
+    }
+    if (flags.stay) {
+      log.info("stdin ended; serving the latest value until stopped");
+      return await new Promise<number>(() => {});
+    }
+    return await shutdown("end of stdin");
+  },
+});

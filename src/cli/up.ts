@@ -1,0 +1,68 @@
+import { join } from "node:path";
+import { configFlag, defineCommand, list, str } from "./command.ts";
+import { HostPort, logFlags, serveMetrics, startService } from "./common.ts";
+import { PortsFlag } from "./gateway.ts";
+import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
+import { onShutdown, shutdown } from "../core/shutdown.ts";
+import { startGateway } from "../gateway/gateway.ts";
+import { DEFAULT_META_PORT } from "../meta/protocol.ts";
+import { startMeta } from "../meta/server.ts";
+
+/** `stoa up` drains faster than a standalone gateway: it is the interactive, Ctrl-C'd one. */
+const UP_DRAIN_MS = 5_000;
+
+export default defineCommand({
+  name: "up",
+  summary: "run a whole host node: gateway + metaserver in one process",
+  description:
+    "The main job on embedded defaults: a gateway on the three fixed ports and a metaserver\n" +
+    "(SQLite in the state dir) in one process. Prints the URLs and how to publish and subscribe.\n" +
+    "Ctrl-C stops it cleanly.",
+  config: true,
+  flags: {
+    listen: list("gateway address (repeatable or comma-separated; default [::], all addresses)", { placeholder: "addr" }),
+    ports: str("gateway service,string,ping ports", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
+    metaListen: str("metaserver address and port", { default: `[::]:${DEFAULT_META_PORT}`, placeholder: "host:port", schema: HostPort }),
+    stateDir: str("where the metaserver keeps meta.db (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
+    runDir: str("where publishers' sockets live (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    metricsListen: str("serve Prometheus /metrics on this HOST:PORT (the metaserver also serves /metrics)", { placeholder: "host:port", schema: HostPort }),
+    ...logFlags(),
+    config: configFlag(),
+  },
+  examples: ["stoa up", "stoa up --listen fd00::1 --meta-listen [fd00::1]:8090", "stoa up --ports 9081,9082,9083 --meta-listen 127.0.0.1:9090 --state-dir /tmp/s --run-dir /tmp/r"],
+  async run({ flags }) {
+    const log = startService("up", flags, { shutdownTimeoutMs: UP_DRAIN_MS + 5_000 });
+    const runDir = flags.runDir ?? defaultRunDir();
+    const db = join(flags.stateDir ?? defaultStateDir(), "meta.db");
+    const listen = flags.listen.flatMap((l) => l.split(",")).map((l) => l.trim()).filter(Boolean);
+    const meta = startMeta({ listen: flags.metaListen, db, log: log.child({ part: "meta" }) });
+    onShutdown("metaserver", () => meta.close());
+    const gw = await startGateway({
+      runDir,
+      listen: listen.length > 0 ? listen : undefined,
+      ports: flags.ports,
+      drainTimeoutMs: UP_DRAIN_MS,
+      log: log.child({ part: "gateway" }),
+    });
+    onShutdown("gateway", async () => {
+      await gw.drain();
+    });
+    if (flags.metricsListen) {
+      const server = serveMetrics(flags.metricsListen, () => gw.stats());
+      onShutdown("metrics", () => server.stop(true));
+    }
+    const { service, string, ping } = gw.ports;
+    const opts = `--meta ${meta.url}${flags.runDir ? ` --run-dir ${runDir}` : ""}`;
+    process.stdout.write(
+      [
+        `stoa up: gateway on ${gw.listen.join(", ")} ports service ${service}, string ${string}, ping ${ping} (run dir ${runDir})`,
+        `         metaserver ${meta.url}/v1 (db ${db})`,
+        `try:     seq 1 100 | stoa pub demo/counter --stay ${opts}`,
+        `         stoa sub demo/counter --meta ${meta.url}`,
+        "",
+      ].join("\n"),
+    );
+    const closed = await gw.closed;
+    return await shutdown(closed.reason === "handover" ? "gateway handed over" : "gateway stopped");
+  },
+});

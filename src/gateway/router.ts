@@ -1,0 +1,430 @@
+/**
+ * The hot path: one `Router` per thread, listening on the three external ports.
+ *
+ * Life of a client connection (rules and error responses in protocol.ts):
+ *   open     TCP_NODELAY, first-line timer started
+ *   line     bytes go to a `FirstLineParser`; an error is answered at once
+ *   dialing  the client is paused; the target (explicit or conventional) is connected
+ *   piping   a core `Pipe` splices client and target, starting with the forwarded bytes
+ *   rejecting an error response was written; the client's input is discarded until it closes
+ *            or `ERROR_LINGER_MS` passes
+ * Every handler is total: nothing a client sends can throw out of it, and a handler that fails
+ * anyway (Bun's `error` event) costs that one connection. Listeners use SO_REUSEPORT so that
+ * workers and a successor gateway share the ports.
+ */
+import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
+import { StoaError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
+import { Pipe, pipeHandlers, type PipeEnd } from "../core/pipe.ts";
+import { FirstLineParser } from "./firstline.ts";
+import { HealthReporter, type HealthEvent } from "./health.ts";
+import {
+  ERROR_LINGER_MS,
+  KINDS,
+  type Kind,
+  type Ports,
+  type RouteError,
+  routeErrorResponse,
+  type Target,
+} from "./protocol.ts";
+import type { RouteTable } from "./routes.ts";
+import { type RouterSnapshot, Tally } from "./stats.ts";
+
+/** Everything a router needs; structured-clonable, so a worker can receive it. */
+export interface RouterConfig {
+  router: number;
+  runDir: string;
+  listen: readonly string[];
+  /** Bound ports (never 0 here: the main thread resolved them). */
+  ports: Ports;
+  /** PEM text, not paths: read once by the main thread. */
+  tls: { cert: string; key: string } | null;
+  firstLineTimeoutMs: number;
+  connectTimeoutMs: number;
+  maxFirstLineBytes: number;
+}
+
+export interface RouterHooks {
+  log: Logger;
+  onHealth(event: HealthEvent): void;
+  /** Called once, when the router is draining and its last connection closed. */
+  onIdle(): void;
+}
+
+type Phase = "line" | "dialing" | "piping" | "rejecting";
+
+/** Per-client state, in `socket.data`; a `PipeEnd` so the Pipe can find itself. */
+interface Conn extends PipeEnd {
+  readonly kind: Kind;
+  phase: Phase;
+  closed: boolean;
+  parser: FirstLineParser | null;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  pubId: string;
+  /** Input that arrived while dialing (the socket is paused, so at most a read or two). */
+  pending: Uint8Array[] | null;
+  clientEnded: boolean;
+  /** The part of an error response the socket did not take yet. */
+  unsent: Uint8Array | null;
+  /** Pipe byte counts already added to the tally. */
+  countedIn: number;
+  countedOut: number;
+}
+
+type Client = Socket<Conn>;
+
+export class Router {
+  readonly #config: RouterConfig;
+  readonly #routes: RouteTable;
+  readonly #log: Logger;
+  readonly #hooks: RouterHooks;
+  readonly #health: HealthReporter;
+  readonly #tally: Tally;
+  readonly #conns = new Set<Client>();
+  readonly #upstream = pipeHandlers<PipeEnd>();
+  #listeners: TCPSocketListener<Conn>[] = [];
+  #draining = false;
+  #idleSent = false;
+
+  constructor(config: RouterConfig, routes: RouteTable, hooks: RouterHooks) {
+    this.#config = config;
+    this.#routes = routes;
+    this.#hooks = hooks;
+    this.#log = hooks.log;
+    this.#health = new HealthReporter((event) => hooks.onHealth(event));
+    this.#tally = new Tally(config.router);
+  }
+
+  /** Binds every (kind, address) listener. Throws `StoaError` "in_use"/"io", binding nothing. */
+  start(): void {
+    const { listen, ports, tls } = this.#config;
+    try {
+      for (const kind of KINDS) {
+        const socket = this.#handlers(kind);
+        for (const hostname of listen) {
+          // reusePort is missing from Bun's listen types but honoured (measured).
+          const options: TCPSocketListenOptions<Conn> & { reusePort: boolean } = {
+            hostname,
+            port: ports[kind],
+            reusePort: true,
+            allowHalfOpen: true,
+            socket,
+            ...(tls === null ? {} : { tls }),
+          };
+          try {
+            this.#listeners.push(Bun.listen<Conn>(options));
+          } catch (err) {
+            throw bindError(err, hostname, ports[kind], kind);
+          }
+        }
+      }
+    } catch (err) {
+      for (const l of this.#listeners) l.stop(true);
+      this.#listeners = [];
+      throw err;
+    }
+  }
+
+  /** Client connections open now. */
+  get open(): number {
+    return this.#conns.size;
+  }
+
+  /** Stops accepting; open connections go on. `onIdle` fires once the last one closes. */
+  stopAccepting(): void {
+    for (const l of this.#listeners) l.stop(false);
+    this.#listeners = [];
+    this.#draining = true;
+    this.#checkIdle();
+  }
+
+  /** Cuts every open connection now; returns how many there were. */
+  terminateAll(): number {
+    const cut = this.#conns.size;
+    for (const sock of [...this.#conns]) {
+      const pipe = sock.data.pipe;
+      if (pipe !== null) pipe.destroy(new StoaError("closed", "the gateway stopped before this connection ended"));
+      else sock.terminate();
+    }
+    return cut;
+  }
+
+  /** Counters so far (see stats.ts); also folds in the bytes of connections still open. */
+  snapshot(): RouterSnapshot {
+    for (const sock of this.#conns) this.#countBytes(sock.data);
+    return this.#tally.snapshot();
+  }
+
+  #handlers(kind: Kind): SocketHandler<Conn> {
+    const handlers: SocketHandler<Conn> = {
+      open: (sock) => this.#onOpen(sock, kind),
+      data: (sock, chunk) => this.#onData(sock, chunk),
+      drain: (sock) => this.#onDrain(sock),
+      end: (sock) => this.#onEnd(sock),
+      close: (sock, err) => this.#onClose(sock, err),
+      error: (sock, err) => this.#onError(sock, err),
+    };
+    // With a handshake handler Bun calls `open` at accept rather than after the handshake, so
+    // the first-line timer also bounds a client that never finishes its TLS handshake.
+    if (this.#config.tls !== null) handlers.handshake = () => {};
+    return handlers;
+  }
+
+  #onOpen(sock: Client, kind: Kind): void {
+    const conn: Conn = {
+      pipe: null,
+      side: "a",
+      kind,
+      phase: "line",
+      closed: false,
+      parser: new FirstLineParser(this.#config.maxFirstLineBytes),
+      timer: undefined,
+      pubId: "",
+      pending: null,
+      clientEnded: false,
+      unsent: null,
+      countedIn: 0,
+      countedOut: 0,
+    };
+    sock.data = conn;
+    sock.setNoDelay(true);
+    conn.timer = setTimeout(() => this.#onFirstLineTimeout(sock), this.#config.firstLineTimeoutMs);
+    this.#conns.add(sock);
+    this.#tally.accepted[kind]++;
+    this.#tally.open[kind]++;
+  }
+
+  #onData(sock: Client, chunk: Uint8Array): void {
+    const conn = sock.data;
+    switch (conn.phase) {
+      case "piping":
+        conn.pipe?.onData("a", chunk);
+        return;
+      case "line": {
+        const result = conn.parser?.push(chunk) ?? { state: "more" };
+        if (result.state === "more") return;
+        clearTimeout(conn.timer);
+        conn.parser = null;
+        if (result.state === "error") return this.#reject(sock, result.error, result.message);
+        conn.phase = "dialing";
+        conn.pubId = result.pubId;
+        sock.pause();
+        void this.#dial(sock, result.forward);
+        return;
+      }
+      case "dialing":
+        // Bun may deliver what it had already read after pause(); keep it for the target.
+        (conn.pending ??= []).push(new Uint8Array(chunk));
+        return;
+      case "rejecting":
+        return; // discarded: the client is being turned away
+    }
+  }
+
+  #onDrain(sock: Client): void {
+    const conn = sock.data;
+    if (conn.phase === "piping") conn.pipe?.onDrain("a");
+    else if (conn.phase === "rejecting") this.#flushUnsent(sock);
+  }
+
+  #onEnd(sock: Client): void {
+    const conn = sock.data;
+    switch (conn.phase) {
+      case "piping":
+        conn.pipe?.onEnd("a");
+        return;
+      case "dialing":
+        conn.clientEnded = true;
+        return;
+      case "line":
+        if ((conn.parser?.buffered ?? 0) === 0) {
+          clearTimeout(conn.timer);
+          sock.end();
+          return;
+        }
+        return this.#reject(sock, "bad_request_line", "the client half-closed the connection before the first line ended");
+      case "rejecting":
+        if (conn.unsent === null) sock.end();
+        return;
+    }
+  }
+
+  #onClose(sock: Client, err?: Error): void {
+    const conn = sock.data as Conn | undefined;
+    if (conn === undefined || conn.closed) return;
+    conn.closed = true;
+    clearTimeout(conn.timer);
+    if (conn.phase === "piping") conn.pipe?.onClose("a", err);
+    conn.parser = null;
+    conn.pending = null;
+    this.#conns.delete(sock);
+    this.#tally.open[conn.kind]--;
+    this.#checkIdle();
+  }
+
+  #onError(sock: Client, err: Error): void {
+    // Bun's error event: a handler threw (a bug) or the TLS session failed. Drop this client.
+    const conn = sock.data as Conn | undefined;
+    this.#log.debug("client connection failed", { kind: conn?.kind, pub_id: conn?.pubId || undefined, err });
+    if (conn?.pipe) conn.pipe.destroy(err);
+    else sock.terminate();
+  }
+
+  #onFirstLineTimeout(sock: Client): void {
+    const conn = sock.data;
+    if (conn.phase !== "line" || conn.closed) return;
+    conn.parser = null;
+    this.#reject(
+      sock,
+      "first_line_timeout",
+      `no complete first line within ${this.#config.firstLineTimeoutMs} ms; send "GET /pub/<pub_id> HTTP/1.1" or "STOA1 <pub_id>\\n" right after connecting`,
+    );
+  }
+
+  async #dial(sock: Client, forward: Uint8Array): Promise<void> {
+    const conn = sock.data;
+    const { kind, pubId } = conn;
+    try {
+      const resolved = this.#routes.resolve(kind, pubId, this.#config.runDir);
+      const started = performance.now();
+      let upstream: Socket<PipeEnd>;
+      try {
+        upstream = await this.#connect(resolved.target);
+      } catch (err) {
+        if (conn.closed) return;
+        const code = errnoOf(err);
+        if (resolved.source === "convention" && (code === "ENOENT" || code === "ENOTDIR")) {
+          return this.#reject(sock, "unknown_pub_id", `no publisher "${pubId}" with a ${kind} endpoint on this host`);
+        }
+        const why = code ?? (err instanceof Error ? err.message : String(err));
+        this.#health.report(kind, pubId, "down", why);
+        return this.#reject(
+          sock,
+          "target_down",
+          `publisher "${pubId}" did not accept the ${kind} connection (${why}); it may have stopped or be restarting`,
+        );
+      }
+      this.#tally.connected(kind, pubId, (performance.now() - started) / 1000);
+      this.#health.report(kind, pubId, "up", null);
+      if (conn.closed) {
+        upstream.terminate();
+        return;
+      }
+      upstream.setNoDelay(true);
+      const pending = conn.pending;
+      conn.pending = null;
+      conn.phase = "piping";
+      const pipe = new Pipe(sock, upstream, { initial: pending === null ? forward : concat(forward, pending) });
+      if (conn.clientEnded) pipe.onEnd("a");
+      void pipe.done.then(() => this.#countBytes(conn));
+      if (this.#log.enabled("debug")) {
+        this.#log.debug("routed", { kind, pub_id: pubId, peer: sock.remoteAddress, target: describeTarget(resolved.target) });
+      }
+    } catch (err) {
+      // Only a bug gets here; it costs this connection, never the gateway.
+      this.#log.error("routing failed unexpectedly", { kind, pub_id: pubId, err });
+      sock.terminate();
+    }
+  }
+
+  #connect(target: Target): Promise<Socket<PipeEnd>> {
+    const data: PipeEnd = { pipe: null, side: "b" };
+    if (target.kind === "unix") {
+      return Bun.connect<PipeEnd>({ unix: target.path, allowHalfOpen: true, data, socket: this.#upstream });
+    }
+    const attempt = Bun.connect<PipeEnd>({
+      hostname: target.host,
+      port: target.port,
+      allowHalfOpen: true,
+      data,
+      socket: this.#upstream,
+    });
+    const ms = this.#config.connectTimeoutMs;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        attempt.then((s) => s.terminate(), () => {});
+        reject(new StoaError("timeout", `no answer within ${ms} ms`));
+      }, ms);
+    });
+    return Promise.race([attempt, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  #reject(sock: Client, error: RouteError, message: string): void {
+    const conn = sock.data;
+    this.#tally.error(error);
+    conn.phase = "rejecting";
+    conn.pending = null;
+    clearTimeout(conn.timer);
+    if (this.#log.enabled("debug")) {
+      this.#log.debug("rejected", { kind: conn.kind, peer: sock.remoteAddress, error, message });
+    }
+    conn.unsent = routeErrorResponse(error, message);
+    this.#flushUnsent(sock);
+    sock.resume(); // read and discard, so closing does not turn into a reset that eats the reply
+    conn.timer = setTimeout(() => {
+      if (conn.unsent !== null) sock.terminate();
+      else sock.end();
+    }, ERROR_LINGER_MS);
+  }
+
+  #flushUnsent(sock: Client): void {
+    const conn = sock.data;
+    const unsent = conn.unsent;
+    if (unsent === null || conn.closed) return;
+    const n = Math.max(0, sock.write(unsent));
+    if (n < unsent.length) {
+      conn.unsent = unsent.subarray(n);
+      return;
+    }
+    conn.unsent = null;
+    sock.shutdown();
+  }
+
+  #countBytes(conn: Conn): void {
+    const pipe = conn.pipe;
+    if (pipe === null) return;
+    const stats = pipe.stats;
+    this.#tally.bytesIn[conn.kind] += stats.bytesAtoB - conn.countedIn;
+    this.#tally.bytesOut[conn.kind] += stats.bytesBtoA - conn.countedOut;
+    conn.countedIn = stats.bytesAtoB;
+    conn.countedOut = stats.bytesBtoA;
+  }
+
+  #checkIdle(): void {
+    if (!this.#draining || this.#idleSent || this.#conns.size > 0) return;
+    this.#idleSent = true;
+    queueMicrotask(() => this.#hooks.onIdle());
+  }
+}
+
+function concat(first: Uint8Array, rest: Uint8Array[]): Uint8Array {
+  let length = first.length;
+  for (const r of rest) length += r.length;
+  const out = new Uint8Array(length);
+  out.set(first);
+  let at = first.length;
+  for (const r of rest) {
+    out.set(r, at);
+    at += r.length;
+  }
+  return out;
+}
+
+function errnoOf(err: unknown): string | undefined {
+  if (typeof err === "object" && err !== null && "code" in err && typeof err.code === "string") return err.code;
+  return undefined;
+}
+
+function describeTarget(target: Target): string {
+  return target.kind === "unix" ? `unix:${target.path}` : `tcp:${target.host}:${target.port}`;
+}
+
+function bindError(err: unknown, hostname: string, port: number, kind: Kind): StoaError {
+  const where = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+  if (errnoOf(err) === "EADDRINUSE") {
+    return new StoaError("in_use", `cannot listen on ${where} (${kind}): the port is in use; stop its owner or choose other --ports`, { cause: err });
+  }
+  const reason = err instanceof Error ? err.message : String(err);
+  return new StoaError("io", `cannot listen on ${where} (${kind}): ${reason}; check --listen and --ports`, { cause: err });
+}

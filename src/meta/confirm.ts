@@ -1,0 +1,437 @@
+/**
+ * Confirmation: one ping to a publisher through the gateway of its host, the path every remote
+ * client takes — `ws://[host]:<ping port>/pub/<pub_id>`, text `ping`, one text reply
+ * `{"value", "seq", "ts"}` (src/stream/protocol.ts: `PingReply`, `MAX_PING_REPLY_BYTES`).
+ *
+ * A small WebSocket client of its own rather than the global `WebSocket`: that one reports every
+ * failure as "Failed to connect" or "Expected 101 status code", while a user needs to hear
+ * whether nothing listens on the host (no gateway?), the gateway does not know the pub_id (404,
+ * with the gateway's own message), the publisher behind it is down (502), or it accepted and
+ * stayed silent. Every read is bounded (`MAX_RESPONSE_HEAD_BYTES`, `MAX_ERROR_BODY_BYTES`,
+ * `MAX_PING_REPLY_BYTES`) and the whole round trip by one deadline. It never throws: the
+ * outcome is a value, and the reason is a sentence for the user.
+ */
+import type { Socket } from "bun";
+import { StoaError } from "../core/errors.ts";
+import { MAX_PING_REPLY_BYTES, PingReply } from "../stream/protocol.ts";
+import { publisherUrls, urlHost } from "./protocol.ts";
+
+/** Largest HTTP response head from a gateway; the gateway's own cap on request heads is 8 KiB. */
+const MAX_RESPONSE_HEAD_BYTES = 16 * 1024;
+/** Enough of an error body to quote the gateway's `{error, message}`. */
+const MAX_ERROR_BODY_BYTES = 4 * 1024;
+/** RFC 6455 §1.3: the GUID the server appends to the key for Sec-WebSocket-Accept. */
+const WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+const OP_CONTINUATION = 0x0;
+const OP_TEXT = 0x1;
+const OP_BINARY = 0x2;
+const OP_CLOSE = 0x8;
+const OP_PING = 0x9;
+
+export interface PingTarget {
+  host: string;
+  /** The gateway's ping port on that host. */
+  port: number;
+  pubId: string;
+}
+
+export type PingOutcome =
+  | { ok: true; reply: PingReply }
+  | { ok: false; timedOut: boolean; reason: string };
+
+export interface PingOptions {
+  timeoutMs: number;
+  /** Aborting ends the attempt at once (the metaserver is shutting down). */
+  signal?: AbortSignal;
+}
+
+/** A confirmation function: the server's default is `pingThroughGateway`; tests may swap it. */
+export type Pinger = (target: PingTarget, options: PingOptions) => Promise<PingOutcome>;
+
+type Phase = "connect" | "response" | "body" | "reply" | "done";
+
+/**
+ * Pings a publisher through its host's gateway. Never throws.
+ *
+ * @example
+ * ```ts
+ * const out = await pingThroughGateway({ host: "fd00::1", port: 8083, pubId: "abc" }, { timeoutMs: 3000 });
+ * if (!out.ok) console.error(out.reason); // "could not reach ws://[fd00::1]:8083/pub/abc: connection refused — …"
+ * ```
+ */
+export function pingThroughGateway(target: PingTarget, options: PingOptions): Promise<PingOutcome> {
+  return new Promise<PingOutcome>((resolve) => new PingAttempt(target, options, resolve).start());
+}
+
+class PingAttempt {
+  private phase: Phase = "connect";
+  private socket: Socket<undefined> | null = null;
+  private readonly inbox = new Inbox();
+  private readonly pending: Uint8Array[] = [];
+  private readonly key = Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("base64");
+  private readonly url: string;
+  private readonly timer: Timer;
+  private status = 0;
+  private contentLength: number | null = null;
+  private fragments: Uint8Array[] = [];
+  private fragmentBytes = 0;
+  private readonly onAbort = () => this.fail("the metaserver is shutting down");
+
+  constructor(
+    private readonly target: PingTarget,
+    private readonly options: PingOptions,
+    private readonly resolve: (outcome: PingOutcome) => void,
+  ) {
+    this.url = publisherUrls(target.host, { service: 1, string: 1, ping: target.port }, target.pubId).ping;
+    this.timer = setTimeout(() => this.timeout(), options.timeoutMs);
+  }
+
+  start(): void {
+    if (this.options.signal?.aborted) return this.onAbort();
+    this.options.signal?.addEventListener("abort", this.onAbort, { once: true });
+    Bun.connect<undefined>({
+      hostname: this.target.host,
+      port: this.target.port,
+      socket: {
+        open: (socket) => {
+          if (this.phase === "done") return void socket.terminate();
+          this.socket = socket;
+          this.phase = "response";
+          this.write(new TextEncoder().encode(this.upgradeRequest()));
+        },
+        data: (_socket, data) => this.onData(data),
+        drain: () => this.flush(),
+        end: () => this.onClosed(),
+        close: () => this.onClosed(),
+        error: (_socket, err) => this.fail(`the connection to ${this.url} failed: ${err.message}`),
+        connectError: () => {}, // reported through the rejected promise below
+      },
+    }).catch((err: unknown) => this.fail(this.connectFailure(err)));
+  }
+
+  private upgradeRequest(): string {
+    return [
+      `GET /pub/${this.target.pubId} HTTP/1.1`,
+      `Host: ${urlHost(this.target.host)}:${this.target.port}`,
+      "Upgrade: websocket",
+      "Connection: Upgrade",
+      `Sec-WebSocket-Key: ${this.key}`,
+      "Sec-WebSocket-Version: 13",
+      "User-Agent: stoa-meta",
+      "",
+      "",
+    ].join("\r\n");
+  }
+
+  private connectFailure(err: unknown): string {
+    const code = err instanceof Error && "code" in err ? String(err.code) : "";
+    const host = this.target.host;
+    switch (code) {
+      case "ECONNREFUSED":
+        return `could not reach ${this.url}: connection refused — no gateway on host ${host}? (start one there with: stoa gateway)`;
+      case "ENOTFOUND":
+      case "EAI_NONAME":
+        return `could not reach ${this.url}: the host name ${host} does not resolve; register the host's address`;
+      case "EHOSTUNREACH":
+      case "ENETUNREACH":
+        return `could not reach ${this.url}: no route to host ${host} from the metaserver; check the network between them`;
+      default:
+        return `could not reach ${this.url}: ${err instanceof Error ? err.message : String(err)}`;
+    }
+  }
+
+  private timeout(): void {
+    const s = `${this.options.timeoutMs / 1000}s`;
+    const gateway = `the gateway at ${urlHost(this.target.host)}:${this.target.port}`;
+    const reason: Record<Phase, string> = {
+      connect: `could not reach ${this.url} within ${s} — is host ${this.target.host} reachable from the metaserver (firewall, routing)?`,
+      response: `${gateway} accepted the connection but did not answer the WebSocket upgrade within ${s}`,
+      body: `${gateway} answered HTTP ${this.status} and then stalled`,
+      reply: `publisher ${this.target.pubId} accepted the WebSocket at ${this.url} but did not answer the ping within ${s}`,
+      done: "",
+    };
+    if (this.phase === "body") return this.finishHttpError();
+    this.settle({ ok: false, timedOut: true, reason: reason[this.phase] });
+  }
+
+  private onData(data: Uint8Array): void {
+    if (this.phase === "done") return;
+    this.inbox.push(data);
+    try {
+      if (this.phase === "response") this.readHead();
+      if (this.phase === "body") this.readBody();
+      if (this.phase === "reply") this.readFrames();
+    } catch (err) {
+      this.fail(err instanceof Error ? err.message : String(err));
+    }
+  }
+
+  private onClosed(): void {
+    if (this.phase === "done") return;
+    if (this.phase === "body") return this.finishHttpError();
+    this.fail(
+      this.phase === "reply"
+        ? `publisher ${this.target.pubId} closed the connection at ${this.url} without answering the ping`
+        : `the gateway at ${urlHost(this.target.host)}:${this.target.port} closed the connection without an HTTP answer; is that port a stoa gateway's ping port?`,
+    );
+  }
+
+  private readHead(): void {
+    const end = indexOfHeadEnd(this.inbox.bytes);
+    if (end < 0) {
+      if (this.inbox.bytes.length > MAX_RESPONSE_HEAD_BYTES) {
+        throw new StoaError("too_large", `the answer from ${this.url} has no end of headers within ${MAX_RESPONSE_HEAD_BYTES} bytes`);
+      }
+      return;
+    }
+    const head = new TextDecoder().decode(this.inbox.bytes.subarray(0, end));
+    this.inbox.consume(end + 4);
+    const [statusLine = "", ...lines] = head.split("\r\n");
+    const m = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine);
+    if (!m) throw new StoaError("decode", `${this.url} did not answer with HTTP (is that port a stoa gateway's ping port?)`);
+    this.status = Number(m[1]);
+    const headers = new Map<string, string>();
+    for (const line of lines) {
+      const colon = line.indexOf(":");
+      if (colon > 0) headers.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
+    }
+    if (this.status !== 101) {
+      const length = Number(headers.get("content-length") ?? Number.NaN);
+      this.contentLength = Number.isInteger(length) && length >= 0 ? length : null;
+      this.phase = "body";
+      return;
+    }
+    const accept = new Bun.CryptoHasher("sha1").update(this.key + WS_GUID).digest("base64");
+    if (headers.get("sec-websocket-accept") !== accept) {
+      throw new StoaError("decode", `${this.url} answered 101 without a valid Sec-WebSocket-Accept; it is not a WebSocket server`);
+    }
+    this.phase = "reply";
+    this.write(clientFrame(OP_TEXT, new TextEncoder().encode("ping")));
+  }
+
+  private readBody(): void {
+    const want = Math.min(this.contentLength ?? MAX_ERROR_BODY_BYTES, MAX_ERROR_BODY_BYTES);
+    if (this.inbox.bytes.length >= want) this.finishHttpError();
+  }
+
+  private finishHttpError(): void {
+    const text = new TextDecoder().decode(this.inbox.bytes.subarray(0, MAX_ERROR_BODY_BYTES));
+    let said = "";
+    try {
+      const body: unknown = JSON.parse(text);
+      if (typeof body === "object" && body !== null && "message" in body && typeof body.message === "string") said = body.message;
+    } catch {
+      said = text;
+    }
+    said = said.replace(/\p{Cc}+/gu, " ").trim().slice(0, 300);
+    const host = this.target.host;
+    const quoted = said === "" ? "" : ` (${said})`;
+    let reason: string;
+    if (this.status === 404) {
+      reason = `gateway answered 404${quoted}: publisher ${this.target.pubId} is not served on host ${host}; is it running there, with the same --run-dir as the gateway?`;
+    } else if (this.status === 502) {
+      reason = `gateway answered 502${quoted}: publisher ${this.target.pubId} is known on host ${host} but its ping socket does not answer`;
+    } else {
+      reason = `${this.url} answered HTTP ${this.status}${quoted} instead of upgrading to WebSocket`;
+    }
+    this.fail(reason);
+  }
+
+  private readFrames(): void {
+    for (;;) {
+      const frame = parseServerFrame(this.inbox.bytes, this.url);
+      if (frame === null) return;
+      this.inbox.consume(frame.size);
+      switch (frame.opcode) {
+        case OP_PING:
+          this.write(clientFrame(0xa, frame.payload));
+          continue;
+        case OP_CLOSE: {
+          const code = frame.payload.length >= 2 ? (frame.payload[0] ?? 0) * 256 + (frame.payload[1] ?? 0) : 1005;
+          const why = new TextDecoder().decode(frame.payload.subarray(2)).slice(0, 200);
+          return this.fail(`publisher ${this.target.pubId} closed the WebSocket (code ${code}${why ? `: ${why}` : ""}) instead of answering the ping`);
+        }
+        case OP_BINARY:
+          return this.fail(`publisher ${this.target.pubId} answered the ping with a binary frame; its ping endpoint answers text`);
+        case OP_TEXT:
+        case OP_CONTINUATION: {
+          this.fragmentBytes += frame.payload.length;
+          if (this.fragmentBytes > MAX_PING_REPLY_BYTES) {
+            return this.fail(`publisher ${this.target.pubId}'s ping reply is larger than ${MAX_PING_REPLY_BYTES} bytes`);
+          }
+          this.fragments.push(frame.payload.slice()); // the inbox reuses its memory
+          if (frame.fin) return this.finishReply();
+          continue;
+        }
+        default:
+          continue; // pong and reserved control frames carry nothing for us
+      }
+    }
+  }
+
+  private finishReply(): void {
+    let json: unknown;
+    try {
+      json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(concat(...this.fragments)));
+    } catch {
+      return this.fail(`publisher ${this.target.pubId} answered the ping with something that is not JSON`);
+    }
+    const reply = PingReply.safeParse(json);
+    if (!reply.success) {
+      return this.fail(`publisher ${this.target.pubId} answered the ping without the fields {value, seq, ts}`);
+    }
+    // Settle first: ending the socket may run the close handler synchronously.
+    this.settle({ ok: true, reply: reply.data }, false);
+    // Close politely (1000); the answer is in hand, so do not wait for the peer's close frame.
+    this.write(clientFrame(OP_CLOSE, Uint8Array.of(0x03, 0xe8)));
+    this.socket?.end();
+  }
+
+  private write(bytes: Uint8Array): void {
+    this.pending.push(bytes);
+    this.flush();
+  }
+
+  // Bun's write() may take only part of the bytes: keep the rest until drain.
+  private flush(): void {
+    const socket = this.socket;
+    while (socket !== null && this.pending.length > 0) {
+      const head = this.pending[0] as Uint8Array;
+      const n = socket.write(head);
+      if (n < head.length) {
+        this.pending[0] = head.subarray(Math.max(0, n));
+        return;
+      }
+      this.pending.shift();
+    }
+  }
+
+  private fail(reason: string): void {
+    this.settle({ ok: false, timedOut: false, reason });
+  }
+
+  private settle(outcome: PingOutcome, terminate = true): void {
+    if (this.phase === "done") return;
+    this.phase = "done";
+    clearTimeout(this.timer);
+    this.options.signal?.removeEventListener("abort", this.onAbort);
+    if (terminate) this.socket?.terminate();
+    this.inbox.clear();
+    this.fragments = [];
+    this.resolve(outcome);
+  }
+}
+
+/** Received bytes not yet consumed. Grows by doubling, so a large reply costs O(n) copying. */
+class Inbox {
+  private store = new Uint8Array(4096);
+  private start = 0;
+  private end = 0;
+
+  get bytes(): Uint8Array {
+    return this.store.subarray(this.start, this.end);
+  }
+
+  push(data: Uint8Array): void {
+    if (this.end + data.length > this.store.length) {
+      const length = this.end - this.start;
+      const needed = length + data.length;
+      if (needed > this.store.length) {
+        const grown = new Uint8Array(Math.max(needed, this.store.length * 2));
+        grown.set(this.bytes);
+        this.store = grown;
+      } else {
+        this.store.copyWithin(0, this.start, this.end);
+      }
+      this.start = 0;
+      this.end = length;
+    }
+    this.store.set(data, this.end);
+    this.end += data.length;
+  }
+
+  consume(n: number): void {
+    this.start += n;
+    if (this.start >= this.end) this.start = this.end = 0;
+  }
+
+  clear(): void {
+    this.store = new Uint8Array(0);
+    this.start = this.end = 0;
+  }
+}
+
+interface Frame {
+  fin: boolean;
+  opcode: number;
+  payload: Uint8Array;
+  /** Bytes the frame took in the buffer. */
+  size: number;
+}
+
+/** One complete server frame at the start of `buf`, null if more bytes are needed. */
+function parseServerFrame(buf: Uint8Array, url: string): Frame | null {
+  if (buf.length < 2) return null;
+  const b0 = buf[0] ?? 0;
+  const b1 = buf[1] ?? 0;
+  if ((b1 & 0x80) !== 0) throw new StoaError("decode", `${url} sent a masked frame; a WebSocket server must not`);
+  let length = b1 & 0x7f;
+  let offset = 2;
+  if (length === 126) {
+    if (buf.length < 4) return null;
+    length = ((buf[2] ?? 0) << 8) | (buf[3] ?? 0);
+    offset = 4;
+  } else if (length === 127) {
+    if (buf.length < 10) return null;
+    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    const big = view.getBigUint64(2);
+    length = big > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(big);
+    offset = 10;
+  }
+  // Checked on the header, before buffering the payload.
+  if (length > MAX_PING_REPLY_BYTES) {
+    throw new StoaError("too_large", `${url} announced a ${length}-byte frame; a ping reply is at most ${MAX_PING_REPLY_BYTES} bytes`);
+  }
+  if (buf.length < offset + length) return null;
+  return { fin: (b0 & 0x80) !== 0, opcode: b0 & 0x0f, payload: buf.subarray(offset, offset + length), size: offset + length };
+}
+
+/** A client frame: FIN set, masked as RFC 6455 §5.3 requires of clients. */
+function clientFrame(opcode: number, payload: Uint8Array): Uint8Array {
+  const extended = payload.length < 126 ? 0 : payload.length < 65536 ? 2 : 8;
+  const out = new Uint8Array(2 + extended + 4 + payload.length);
+  out[0] = 0x80 | opcode;
+  const view = new DataView(out.buffer);
+  if (extended === 0) out[1] = 0x80 | payload.length;
+  else if (extended === 2) {
+    out[1] = 0x80 | 126;
+    view.setUint16(2, payload.length);
+  } else {
+    out[1] = 0x80 | 127;
+    view.setBigUint64(2, BigInt(payload.length));
+  }
+  const maskAt = 2 + extended;
+  out.set(crypto.getRandomValues(new Uint8Array(4)), maskAt);
+  for (let i = 0; i < payload.length; i++) out[maskAt + 4 + i] = (payload[i] ?? 0) ^ (out[maskAt + (i % 4)] ?? 0);
+  return out;
+}
+
+function indexOfHeadEnd(buf: Uint8Array): number {
+  for (let i = 0; i + 3 < buf.length; i++) {
+    if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) return i;
+  }
+  return -1;
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const p of parts) length += p.length;
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

@@ -1,0 +1,138 @@
+/**
+ * A running metaserver: the store, the API served by `Bun.serve`, and the sweeper that turns
+ * silent publishers stale and then removes them. `stoa meta` and `stoa up` start it with
+ * `startMeta` and stop it with `close()`.
+ */
+import { StoaError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
+import { metrics as sharedMetrics, type Registry } from "../core/metrics.ts";
+import { createApi } from "./api.ts";
+import { type Pinger, pingThroughGateway } from "./confirm.ts";
+import {
+  CONFIRM_TIMEOUT_MS,
+  DEFAULT_DEREGISTER_AFTER_MS,
+  DEFAULT_TTL_MS,
+  MAX_BODY_BYTES,
+  urlHost,
+} from "./protocol.ts";
+import { MetaStore } from "./store.ts";
+
+/** How long `close()` lets requests in flight finish before cutting their connections. */
+const CLOSE_GRACE_MS = 5_000;
+
+export interface MetaOptions {
+  /** Where to listen; port 0 picks a free one (see `port` on the handle). */
+  listen: { hostname: string; port: number };
+  /** SQLite file (created with its directory), or `:memory:`. */
+  db: string;
+  /** Heartbeat TTL (default 15 s). */
+  ttlMs?: number;
+  /** How long a stale registration is kept before removal (default 60 s). */
+  deregisterAfterMs?: number;
+  log: Logger;
+  /** Confirmation: the ping timeout (default 3 s) and, for tests, the ping itself. */
+  confirm?: { timeoutMs?: number; ping?: Pinger };
+  /** How often TTLs are applied (default a fifth of the TTL, between 50 ms and 1 s). */
+  sweepIntervalMs?: number;
+  /** Most registrations held (default `MAX_PUBLISHERS`). */
+  maxPublishers?: number;
+  /** Where metrics go (default the process's shared registry). */
+  metrics?: Registry;
+}
+
+export interface MetaServer {
+  /** Base URL for clients, e.g. `http://[::1]:8090`; an unspecified listen address becomes loopback. */
+  readonly url: string;
+  readonly hostname: string;
+  readonly port: number;
+  /** Stops accepting, ends confirmations in flight, lets requests finish, closes the database. */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the store and serves the API. Throws `StoaError` ("in_use", "io", "config") when the
+ * database or the port cannot be had.
+ *
+ * @example
+ * ```ts
+ * const meta = startMeta({ listen: { hostname: "::", port: 8090 }, db: "/var/lib/stoa/meta.db", log });
+ * console.log(`metaserver on ${meta.url}`);
+ * onShutdown("meta", () => meta.close());
+ * ```
+ */
+export function startMeta(options: MetaOptions): MetaServer {
+  const ttlMs = options.ttlMs ?? DEFAULT_TTL_MS;
+  const deregisterAfterMs = options.deregisterAfterMs ?? DEFAULT_DEREGISTER_AFTER_MS;
+  const confirmTimeoutMs = options.confirm?.timeoutMs ?? CONFIRM_TIMEOUT_MS;
+  const registry = options.metrics ?? sharedMetrics;
+  const log = options.log;
+  const store = MetaStore.open(options.db, { maxPublishers: options.maxPublishers });
+  const shutdown = new AbortController();
+  const app = createApi({
+    store,
+    log,
+    metrics: registry,
+    ttlMs,
+    deregisterAfterMs,
+    confirmTimeoutMs,
+    ping: options.confirm?.ping ?? pingThroughGateway,
+    shutdown: shutdown.signal,
+  });
+
+  let server: ReturnType<typeof Bun.serve>;
+  try {
+    server = Bun.serve({
+      hostname: options.listen.hostname,
+      port: options.listen.port,
+      fetch: app.fetch,
+      // Our reader answers 413 with a JSON body up to MAX_BODY_BYTES; this is Bun's backstop.
+      maxRequestBodySize: MAX_BODY_BYTES * 16,
+      // A confirmation may take the whole ping timeout; the connection must outlive it.
+      idleTimeout: Math.min(255, Math.max(10, Math.ceil(confirmTimeoutMs / 1000) + 5)),
+    });
+  } catch (err) {
+    store.close();
+    const where = `${urlHost(options.listen.hostname)}:${options.listen.port}`;
+    const code = err instanceof Error && "code" in err ? String(err.code) : "";
+    if (code === "EADDRINUSE") {
+      throw new StoaError("in_use", `cannot listen on ${where}: the port is in use (another stoa meta or stoa up?); pick another with --listen`, { cause: err });
+    }
+    throw new StoaError("io", `cannot listen on ${where}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  const port = server.port ?? options.listen.port;
+
+  const expired = registry.counter("stoa_meta_expired_total", "Registrations that missed their TTL, by what happened.", ["to"]);
+  const sweepEvery = options.sweepIntervalMs ?? Math.min(1_000, Math.max(50, Math.floor(ttlMs / 5)));
+  const sweeper = setInterval(() => {
+    try {
+      const { staled, removed } = store.sweep(ttlMs, deregisterAfterMs);
+      for (const info of staled) log.info("stale: no heartbeat within the TTL", { publisher: info.name, pub_id: info.pub_id });
+      for (const info of removed) log.info("removed: stale for too long", { publisher: info.name, pub_id: info.pub_id });
+      if (staled.length > 0) expired.inc({ to: "stale" }, staled.length);
+      if (removed.length > 0) expired.inc({ to: "removed" }, removed.length);
+    } catch (err) {
+      log.error("sweep failed", { error: err });
+    }
+  }, sweepEvery);
+  sweeper.unref();
+
+  const hostname = options.listen.hostname;
+  const shown = hostname === "::" ? "::1" : hostname === "0.0.0.0" ? "127.0.0.1" : hostname;
+  let closing: Promise<void> | null = null;
+  return {
+    url: `http://${urlHost(shown)}:${port}`,
+    hostname,
+    port,
+    close() {
+      closing ??= (async () => {
+        clearInterval(sweeper);
+        shutdown.abort();
+        const graceful = server.stop(false);
+        const timer = new Promise<"late">((r) => setTimeout(() => r("late"), CLOSE_GRACE_MS).unref());
+        if ((await Promise.race([graceful.then(() => "done" as const), timer])) === "late") await server.stop(true);
+        store.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,193 @@
+/**
+ * The stream protocol: what a publisher serves on its three endpoints, and what a subscriber
+ * may expect. Everything on the wire is defined here.
+ *
+ * Endpoints. A publisher serves three WebSocket servers (RFC 6455) on Unix sockets
+ * `<run_dir>/<pub_id>/{service,string,ping}.sock`, or on loopback TCP `[::1]:<ephemeral>` with
+ * `internal: "tcp"`. Each accepts the upgrade on any request path: the gateway forwards the
+ * client's request line unchanged (`GET /pub/<pub_id> HTTP/1.1`), and local clients use `/`
+ * (`ws+unix:///run/stoa/<pub_id>/service.sock:/`). A request that is not an upgrade gets
+ * `426 Upgrade Required`. No extensions (no permessage-deflate), no subprotocol.
+ *
+ * Sequence numbers. Every published value gets `seq`: 1 for the first value of a publisher
+ * instance, then +1 per value, never reused. A restarted publisher is a new instance, with a new
+ * random `epoch` and seq starting again at 1. `ts` is the publish time as an RFC 3339 UTC
+ * string with milliseconds (`2026-03-01T12:00:00.123Z`), the form `--json` output and ping
+ * replies use too.
+ *
+ * service.sock — binary frames, each exactly one CBOR map (core/codec.ts data model), keyed
+ * by `t`. Publisher → subscriber only:
+ *   {t:"hello", v:1, epoch, next}   first frame of every connection. `v` is the protocol version
+ *                                   (changes only incompatibly); `epoch` names this publisher
+ *                                   instance (1–64 chars); `next` is the seq of the next value
+ *                                   this connection will get. A subscriber that reconnects
+ *                                   compares them with what it saw: same epoch and a larger
+ *                                   `next` than it expected → it missed values; another epoch →
+ *                                   the publisher restarted and seq began again at 1.
+ *   {t:"v", seq, ts, value}         one published value (`value`: see value.ts).
+ *   {t:"gap", next, dropped}        this subscriber was too slow and the publisher dropped its
+ *                                   `dropped` oldest queued values (policy drop-oldest); the
+ *                                   next value frame has seq `next`. Sent just before that
+ *                                   frame, so values and notices stay in seq order.
+ * A subscriber sends nothing; messages it sends are ignored, and ones over
+ * `MAX_CLIENT_MESSAGE_BYTES` close the connection (1009).
+ *
+ * string.sock — text frames, one per value: the value's text form (value.ts: a string as
+ * itself, valid UTF-8 bytes as text, other bytes as base64, anything else as JSON). No hello,
+ * no seq and no gap frames: it is the schema-less stream for any client. Values dropped for a
+ * slow string subscriber are counted in the publisher's metrics and stats only.
+ *
+ * ping.sock — request/response over text frames. The client sends `ping`; the publisher answers
+ * one text frame, JSON `{"value": <latest value's text form, or null if none yet>, "seq": <seq
+ * of the latest value, 0 if none>, "ts": "<RFC 3339 time of the latest value, or now if
+ * none>"}`. A connection may ping many times; replies come in order, each with the latest
+ * value when it is written. A client that sends more than `MAX_PENDING_PINGS` pings while its
+ * replies back up is closed (1008); so is any other message (1003 for binary, 1008 for text). The metaserver's confirmation and
+ * `stoa sub --latest` use exactly this, through the gateway's ping port.
+ *
+ * Slow subscribers (service and string). Each subscriber has a queue bounded in messages and
+ * bytes (`DEFAULT_QUEUE`); frames wait there while its socket is backed up, and only there: at
+ * most one frame (and a gap notice) sits in the socket's own buffer. When a frame would overflow the queue:
+ *   drop-oldest (default): the oldest queued frames are dropped until it fits and counted; the
+ *     subscriber gets a gap notice before the next value it does receive;
+ *   disconnect: the subscriber is closed with `CLOSE_TOO_SLOW` (4000) and a reason.
+ * Queued frames are shared between subscribers, so queues cost at most about the byte bound
+ * per kind, whatever the number of subscribers.
+ *
+ * Close codes sent by the publisher: 1001 "going away" when it stops (after flushing what it
+ * can for up to `CLOSE_DRAIN_TIMEOUT_MS`), 4000 "too slow" (policy disconnect), 1003/1008 on
+ * ping.sock misuse or too many pings in flight, 1009 for an oversized client message.
+ *
+ * Limits: a value's CBOR encoding is at most `MAX_VALUE_BYTES` and its text form at most
+ * `MAX_TEXT_BYTES` (publish refuses bigger ones); a service frame is at most
+ * `MAX_SERVICE_FRAME_BYTES`, which decoders enforce before decoding.
+ */
+import { z } from "zod";
+import { encode, safeDecodeMessage } from "../core/codec.ts";
+import type { StoaError } from "../core/errors.ts";
+import { valueProblem, type Value } from "./value.ts";
+
+/** Protocol version in the hello frame. */
+export const PROTOCOL_VERSION = 1;
+
+/** Largest CBOR encoding of one value (1 MiB): bulk data should be split into many values. */
+export const MAX_VALUE_BYTES = 1024 * 1024;
+
+/** What the envelope of a value frame adds at most: map header, keys `t`, `seq`, `ts`,
+ * `value`, a 9-byte seq and a 24-byte timestamp take under 64 bytes; 256 leaves room. */
+export const ENVELOPE_MAX_BYTES = 256;
+
+/** Largest service frame a decoder accepts. */
+export const MAX_SERVICE_FRAME_BYTES = MAX_VALUE_BYTES + ENVELOPE_MAX_BYTES;
+
+/** Largest text form of a value, in UTF-8 bytes (2 MiB): base64 of a full-size byte value
+ * (4/3 of it) fits, and JSON of a value is rarely twice its CBOR size. */
+export const MAX_TEXT_BYTES = 2 * 1024 * 1024;
+
+/** Largest ping reply: JSON-escaping the text may multiply it by 6 (`\u0000`), plus the keys. */
+export const MAX_PING_REPLY_BYTES = 6 * MAX_TEXT_BYTES + 1024;
+
+/** Largest message a publisher accepts from a client (a ping, or ignored subscriber chatter). */
+export const MAX_CLIENT_MESSAGE_BYTES = 1024;
+
+/** Pings a client may send ahead of reading replies the socket could not take: pipelining a
+ * few is fine, an unbounded backlog of replies is not. Beyond it the connection is closed. */
+export const MAX_PENDING_PINGS = 128;
+
+/** The request a ping client sends. */
+export const PING_REQUEST = "ping";
+
+/** Close code for a subscriber that fell too far behind under policy disconnect. */
+export const CLOSE_TOO_SLOW = 4000;
+
+/** Close code when the publisher stops (RFC 6455 "going away"). */
+export const CLOSE_GOING_AWAY = 1001;
+
+/** How long a stopping publisher lets subscribers drain their queues before closing them. */
+export const CLOSE_DRAIN_TIMEOUT_MS = 2_000;
+
+/** Per-subscriber queue bounds; a frame waits here while the subscriber's socket is full. */
+export interface QueueLimits {
+  /** Frames queued at most (at least 1). */
+  maxMessages: number;
+  /** Bytes queued at most (at least 1); a single larger frame still gets through alone. */
+  maxBytes: number;
+}
+
+/** Defaults: a few seconds of a busy stream, and a bound on what one subscriber can pin. */
+export const DEFAULT_QUEUE: Readonly<QueueLimits> = { maxMessages: 4096, maxBytes: 8 * 1024 * 1024 };
+
+/** What to do with a subscriber whose queue overflows. */
+export const SlowPolicy = z.enum(["drop-oldest", "disconnect"]);
+export type SlowPolicy = z.infer<typeof SlowPolicy>;
+
+const Seq = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+const Timestamp = z.iso.datetime({ offset: true });
+
+/** A value of the stream data model (value.ts), checked without recursion. */
+export const StreamValue = z.custom<Value>().superRefine((v, ctx) => {
+  const problem = valueProblem(v);
+  if (problem !== null) ctx.addIssue({ code: "custom", message: problem });
+});
+
+export const HelloMessage = z.object({
+  t: z.literal("hello"),
+  v: z.literal(PROTOCOL_VERSION),
+  epoch: z.string().min(1).max(64),
+  next: Seq,
+});
+
+export const ValueMessage = z.object({
+  t: z.literal("v"),
+  seq: Seq,
+  ts: Timestamp,
+  value: StreamValue,
+});
+
+export const GapMessage = z.object({
+  t: z.literal("gap"),
+  next: Seq,
+  dropped: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+});
+
+/** Every frame of service.sock. */
+export const ServiceMessage = z.discriminatedUnion("t", [HelloMessage, ValueMessage, GapMessage]);
+export type ServiceMessage = z.infer<typeof ServiceMessage>;
+
+/** The reply to a ping. */
+export const PingReply = z.object({
+  value: z.string().nullable(),
+  seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  ts: Timestamp,
+});
+export type PingReply = z.infer<typeof PingReply>;
+
+/**
+ * Encodes one service frame. Throws `StoaError` "too_large" over `MAX_SERVICE_FRAME_BYTES`.
+ * The publisher checks values before it gets here; other callers (tests, other publishers)
+ * get the codec's checks.
+ */
+export function encodeServiceMessage(message: ServiceMessage): Uint8Array {
+  return encode(message, { maxBytes: MAX_SERVICE_FRAME_BYTES });
+}
+
+/**
+ * Decodes one service frame: size limit first, then CBOR well-formedness, then the schema.
+ * Throws `StoaError` "too_large", "decode" or "schema", and nothing else, whatever the bytes.
+ * @example
+ * const msg = decodeServiceFrame(new Uint8Array(event.data));
+ * if (msg.t === "v") console.log(msg.seq, msg.value);
+ */
+export function decodeServiceFrame(bytes: Uint8Array | ArrayBuffer): ServiceMessage {
+  const result = safeDecodeServiceFrame(bytes);
+  if (!result.ok) throw result.error;
+  return result.value;
+}
+
+/** Like `decodeServiceFrame`, but returns the error instead of throwing it. */
+export function safeDecodeServiceFrame(
+  bytes: Uint8Array | ArrayBuffer,
+): { ok: true; value: ServiceMessage } | { ok: false; error: StoaError } {
+  const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  return safeDecodeMessage(view, ServiceMessage, { maxBytes: MAX_SERVICE_FRAME_BYTES });
+}

@@ -1,0 +1,126 @@
+/**
+ * A publisher's whole life on a host, the way `stoa pub` runs it (and programs may too):
+ *
+ *   1. ask the local gateway (control socket in the run dir) for its ports and addresses —
+ *      with no gateway there is nothing to register: fail with what to start;
+ *   2. register with the metaserver as {name, pub_id, host, ports};
+ *   3. start the three endpoints (and, with loopback TCP endpoints, register them with the
+ *      gateway explicitly);
+ *   4. ask the metaserver to confirm — it pings us through our gateway, the path clients take;
+ *   5. heartbeat well inside the metaserver's TTL; a heartbeat answered 404 (we were removed,
+ *      e.g. after a long pause) registers and confirms again.
+ * `close()` undoes all of it: deregisters, stops the endpoints, removes the sockets.
+ */
+import { StoaError } from "../core/errors.ts";
+import { formatEndpoint } from "../core/endpoint.ts";
+import { advertisedAddress } from "../core/hostaddr.ts";
+import type { Logger } from "../core/log.ts";
+import { controlRequest } from "../gateway/control.ts";
+import { MetaClient } from "../meta/client.ts";
+import type { PublisherInfo } from "../meta/protocol.ts";
+import { KINDS, newPubId } from "./names.ts";
+import type { SlowPolicy } from "./protocol.ts";
+import { type Publisher, createPublisher } from "./publisher.ts";
+
+/** Heartbeats go out at a third of the metaserver's TTL, at most this often and at least this rarely. */
+const MIN_HEARTBEAT_MS = 200;
+const MAX_HEARTBEAT_MS = 5_000;
+
+export interface SessionOptions {
+  name: string;
+  /** Stable id; a fresh one when absent. */
+  pubId?: string;
+  /** Metaserver base URL, e.g. `http://[fd00::2]:8090`. */
+  metaUrl: string;
+  runDir: string;
+  /** The host address clients reach the gateway at; default from the gateway's listen addresses. */
+  host?: string;
+  internal?: "unix" | "tcp";
+  slow?: SlowPolicy;
+  log: Logger;
+}
+
+export interface Session {
+  readonly publisher: Publisher;
+  /** The registration as the metaserver last answered it. */
+  readonly info: PublisherInfo;
+  close(): Promise<void>;
+}
+
+/** Runs steps 1–5 above; on any failure undoes what was done and throws a StoaError. */
+export async function startPublishing(options: SessionOptions): Promise<Session> {
+  const { log, runDir } = options;
+  const gateway = await controlRequest(runDir, { type: "info" }).catch((err: unknown) => {
+    throw new StoaError(
+      "io",
+      `no gateway serves ${runDir}: start one with 'stoa gateway --run-dir ${runDir}' (or 'stoa up'), ` +
+        `or give the --run-dir of the one that runs (${err instanceof Error ? err.message : String(err)})`,
+    );
+  });
+  const host = options.host ?? advertisedAddress(gateway.listen);
+  const meta = new MetaClient(options.metaUrl);
+  const request = { name: options.name, pub_id: options.pubId ?? newPubId(), host, ports: gateway.ports };
+
+  let info = await meta.register(request);
+  const pubId = info.pub_id;
+  const undo: (() => Promise<unknown>)[] = [() => meta.deregister(pubId)];
+  const unwind = async () => {
+    for (const step of undo.reverse()) await step().catch(() => {});
+  };
+  let publisher: Publisher;
+  try {
+    publisher = await createPublisher({ pubId, runDir, internal: options.internal, slow: options.slow, log });
+    undo.push(() => publisher.close());
+    if (options.internal === "tcp") {
+      undo.push(() => controlRequest(runDir, { type: "deregister", pub_id: pubId }));
+      for (const kind of KINDS) {
+        await controlRequest(runDir, { type: "register", pub_id: pubId, kind, target: formatEndpoint(publisher.endpoints[kind]) });
+      }
+    }
+    info = await meta.confirm(pubId);
+  } catch (err) {
+    await unwind();
+    throw err;
+  }
+  log.info("publishing", { publisher: info.name, pub_id: pubId, service: info.urls.service });
+
+  const ttlMs = await meta.health().then((h) => h.ttl_ms, () => 15_000);
+  const every = Math.min(MAX_HEARTBEAT_MS, Math.max(MIN_HEARTBEAT_MS, Math.floor(ttlMs / 3)));
+  let beating = false;
+  const timer = setInterval(async () => {
+    if (beating) return; // one heartbeat at a time, however slow the metaserver is
+    beating = true;
+    try {
+      info = await meta.heartbeat(pubId);
+    } catch (err) {
+      if (err instanceof StoaError && "status" in err && err.status === 404) {
+        log.warn("the metaserver forgot this publisher; registering again", { pub_id: pubId });
+        await meta
+          .register({ ...request, pub_id: pubId })
+          .then(() => meta.confirm(pubId))
+          .then((fresh) => (info = fresh))
+          .catch((again: unknown) => log.warn("registering again failed", { error: again }));
+      } else {
+        log.warn("heartbeat failed", { pub_id: pubId, error: err });
+      }
+    } finally {
+      beating = false;
+    }
+  }, every);
+
+  let closing: Promise<void> | undefined;
+  return {
+    publisher,
+    get info() {
+      return info;
+    },
+    close() {
+      closing ??= (async () => {
+        clearInterval(timer);
+        await unwind();
+        log.info("stopped publishing", { publisher: info.name, pub_id: pubId });
+      })();
+      return closing;
+    },
+  };
+}

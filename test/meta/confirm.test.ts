@@ -1,0 +1,313 @@
+import { describe, expect, test } from "bun:test";
+import type { Socket } from "bun";
+import { type PingOutcome, pingThroughGateway } from "../../src/meta/confirm.ts";
+import { MetaApiError } from "../../src/meta/protocol.ts";
+import { fakeGateway } from "../fixtures/meta-gateway.ts";
+import { startTestMeta } from "../fixtures/meta-helpers.ts";
+
+/** A port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
+function freePort(): number {
+  const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response() });
+  const port = probe.port ?? 0;
+  probe.stop(true);
+  return port;
+}
+
+async function rejection(p: Promise<unknown>): Promise<MetaApiError> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof MetaApiError) return err;
+    throw err;
+  }
+  throw new Error("expected the call to fail");
+}
+
+describe("confirmation through the host's gateway", () => {
+  test("a publisher that answers the ping on [::1] becomes live", async () => {
+    const gw = fakeGateway({ hostname: "::1", serves: ["abc"] });
+    const t = startTestMeta();
+    try {
+      const reg = await t.client.register({ name: "lab/temp", pub_id: "abc", host: "::1", ports: { ping: gw.port, service: 1, string: 2 } });
+      expect(reg.urls.ping).toBe(`ws://[::1]:${gw.port}/pub/abc`);
+      expect((await t.client.confirm("abc")).state).toBe("live");
+      expect(gw.pings).toEqual(["abc"]);
+      expect((await t.client.get("abc")).state).toBe("live");
+    } finally {
+      await t.meta.close();
+      await gw.stop();
+    }
+  });
+
+  test("nothing listening on the host: 502, the registration is removed, the message suggests the gateway", async () => {
+    const t = startTestMeta();
+    const port = freePort();
+    try {
+      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: port, service: 1, string: 2 } });
+      const err = await rejection(t.client.confirm("abc"));
+      expect([err.status, err.error]).toEqual([502, "confirm_failed"]);
+      expect(err.message).toBe(
+        `could not confirm x (pub_id abc), so its registration was removed: could not reach ws://127.0.0.1:${port}/pub/abc: ` +
+          "connection refused — no gateway on host 127.0.0.1? (start one there with: stoa gateway)",
+      );
+      expect((await rejection(t.client.get("abc"))).status).toBe(404);
+    } finally {
+      await t.meta.close();
+    }
+  });
+
+  test("a gateway that does not serve the pub_id: 502 quoting the gateway's 404", async () => {
+    const gw = fakeGateway({ serves: [] });
+    const t = startTestMeta();
+    try {
+      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+      const err = await rejection(t.client.confirm("abc"));
+      expect(err.status).toBe(502);
+      expect(err.message).toContain("gateway answered 404 (no publisher abc on this host): publisher abc is not served on host 127.0.0.1");
+      expect(await t.client.list("")).toEqual([]);
+    } finally {
+      await t.meta.close();
+      await gw.stop();
+    }
+  });
+
+  test("a publisher that upgrades but never answers: 504 after the timeout, removed", async () => {
+    const gw = fakeGateway({ serves: ["abc"], mode: "silent" });
+    const t = startTestMeta({ confirm: { timeoutMs: 300 } });
+    try {
+      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+      const err = await rejection(t.client.confirm("abc"));
+      expect([err.status, err.error, err.code]).toEqual([504, "confirm_failed", "timeout"]);
+      expect(err.message).toContain(`publisher abc accepted the WebSocket at ws://127.0.0.1:${gw.port}/pub/abc but did not answer the ping within 0.3s`);
+      expect(await t.client.list("")).toEqual([]);
+      expect(gw.pings).toEqual(["abc"]);
+    } finally {
+      await t.meta.close();
+      await gw.stop();
+    }
+  });
+
+  test("a slow confirmation does not hold up other requests", async () => {
+    const gw = fakeGateway({ serves: ["slow"], delayMs: 1_000 });
+    const t = startTestMeta();
+    try {
+      await t.client.register({ name: "slow", pub_id: "slow", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+      let confirmed = false;
+      const confirming = t.client.confirm("slow").then((info) => {
+        confirmed = true;
+        return info;
+      });
+      while (gw.pings.length === 0) await Bun.sleep(5); // the ping is in flight
+      const during: boolean[] = [];
+      for (let i = 0; i < 10; i++) {
+        const { pub_id } = await t.client.register({ name: `other/${i}`, host: "h" });
+        await t.client.heartbeat(pub_id);
+        await t.client.list("other");
+        await t.client.get("slow");
+        await t.client.deregister(pub_id);
+        during.push(confirmed);
+      }
+      expect(during.every((done) => !done)).toBe(true);
+      expect((await confirming).state).toBe("live");
+    } finally {
+      await t.meta.close();
+      await gw.stop();
+    }
+  });
+
+  test("a registration deregistered while its confirmation runs: 404 saying so", async () => {
+    const gw = fakeGateway({ serves: ["abc"], delayMs: 200 });
+    const t = startTestMeta();
+    try {
+      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+      const confirming = rejection(t.client.confirm("abc"));
+      while (gw.pings.length === 0) await Bun.sleep(5);
+      await t.client.deregister("abc");
+      const err = await confirming;
+      expect(err.status).toBe(404);
+      expect(err.message).toBe("publisher abc was deregistered while it was being confirmed");
+    } finally {
+      await t.meta.close();
+      await gw.stop();
+    }
+  });
+
+  test("a registration replaced while its confirmation runs is left alone: 409", async () => {
+    const gw = fakeGateway({ serves: ["abc"], delayMs: 200 });
+    const t = startTestMeta();
+    try {
+      const ports = { ping: gw.port, service: 1, string: 2 };
+      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
+      const confirming = rejection(t.client.confirm("abc"));
+      while (gw.pings.length === 0) await Bun.sleep(5);
+      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
+      const err = await confirming;
+      expect([err.status, err.error]).toEqual([409, "changed"]);
+      expect((await t.client.get("abc")).state).toBe("pending");
+    } finally {
+      await t.meta.close();
+      await gw.stop();
+    }
+  });
+
+  test("two confirmations of one registration share one ping", async () => {
+    const gw = fakeGateway({ serves: ["abc"], delayMs: 100 });
+    const t = startTestMeta();
+    try {
+      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+      const both = await Promise.all([t.client.confirm("abc"), t.client.confirm("abc")]);
+      expect(both.map((i) => i.state)).toEqual(["live", "live"]);
+      expect(gw.pings).toEqual(["abc"]);
+    } finally {
+      await t.meta.close();
+      await gw.stop();
+    }
+  });
+
+  test("closing the metaserver ends a confirmation in flight", async () => {
+    const gw = fakeGateway({ serves: ["abc"], mode: "silent" });
+    const t = startTestMeta({ confirm: { timeoutMs: 10_000 } });
+    try {
+      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+      const confirming = t.client.confirm("abc").then(
+        () => "confirmed",
+        (err: Error) => err.message,
+      );
+      while (gw.pings.length === 0) await Bun.sleep(5);
+      await t.meta.close();
+      expect(await confirming).toMatch(/shutting down|cannot reach/);
+    } finally {
+      await gw.stop();
+    }
+  });
+});
+
+/**
+ * A TCP server that completes the WebSocket handshake by hand and then runs `script` on the
+ * socket, for replies a well-behaved server would never send.
+ */
+function rawServer(script: (socket: Socket<{ head: string }>) => void, handshake = true) {
+  return Bun.listen<{ head: string }>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(s) {
+        s.data = { head: "" };
+        if (!handshake) script(s);
+      },
+      data(s, chunk) {
+        if (!handshake) return;
+        s.data.head += chunk.toString("latin1");
+        if (!s.data.head.includes("\r\n\r\n")) return;
+        const key = /sec-websocket-key: *(\S+)/i.exec(s.data.head)?.[1] ?? "";
+        const accept = new Bun.CryptoHasher("sha1").update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest("base64");
+        s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+        s.data.head = "";
+        script(s);
+      },
+    },
+  });
+}
+
+function frame(opcode: number, payload: Uint8Array | string, fin = true): Uint8Array {
+  const body = typeof payload === "string" ? new TextEncoder().encode(payload) : payload;
+  if (body.length >= 126) throw new Error("test frames are short");
+  return Uint8Array.of((fin ? 0x80 : 0) | opcode, body.length, ...body);
+}
+
+async function pingRaw(script: (socket: Socket<{ head: string }>) => void, handshake = true, timeoutMs = 1_000): Promise<PingOutcome> {
+  const server = rawServer(script, handshake);
+  try {
+    return await pingThroughGateway({ host: "127.0.0.1", port: server.port, pubId: "abc" }, { timeoutMs });
+  } finally {
+    server.stop(true);
+  }
+}
+
+const REPLY = JSON.stringify({ value: null, seq: 0, ts: "2025-01-01T00:00:00Z" });
+
+describe("the ping client reads only what it should", () => {
+  test("accepts a reply in fragments, after a ping from the server", async () => {
+    const out = await pingRaw((s) => {
+      s.write(frame(0x9, "hi"));
+      s.write(frame(0x1, REPLY.slice(0, 10), false));
+      s.write(frame(0x0, REPLY.slice(10)));
+    });
+    expect(out).toEqual({ ok: true, reply: { value: null, seq: 0, ts: "2025-01-01T00:00:00Z" } });
+  });
+
+  test("accepts a large reply arriving in many reads", async () => {
+    const value = "v".repeat(3 * 1024 * 1024);
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req, srv) => (srv.upgrade(req) ? undefined : new Response("no", { status: 426 })),
+      websocket: { message: (ws) => void ws.send(JSON.stringify({ value, seq: 3, ts: new Date().toISOString() })) },
+    });
+    try {
+      const out = await pingThroughGateway({ host: "127.0.0.1", port: server.port ?? 0, pubId: "abc" }, { timeoutMs: 5_000 });
+      expect(out.ok && out.reply.value?.length).toBe(value.length);
+    } finally {
+      await server.stop(true);
+    }
+  });
+
+  const failures: [string, (s: Socket<{ head: string }>) => void, boolean, RegExp][] = [
+    ["a reply that is not JSON", (s) => void s.write(frame(0x1, "pong")), true, /not JSON/],
+    ["a reply without the fields", (s) => void s.write(frame(0x1, '{"value":1}')), true, /without the fields \{value, seq, ts\}/],
+    ["a binary reply", (s) => void s.write(frame(0x2, REPLY.slice(0, 100))), true, /binary frame/],
+    ["a close frame", (s) => void s.write(frame(0x8, Uint8Array.of(0x03, 0xf3, 0x62, 0x79, 0x65))), true, /closed the WebSocket \(code 1011: bye\)/],
+    ["a masked frame", (s) => void s.write(Uint8Array.of(0x81, 0x84, 1, 2, 3, 4, 0, 0, 0, 0)), true, /masked frame/],
+    ["a frame announced beyond the limit", (s) => void s.write(Uint8Array.of(0x81, 127, 0, 0, 0, 1, 0, 0, 0, 0)), true, /announced a 4294967296-byte frame/],
+    ["a hang-up before the reply", (s) => void s.end(), true, /closed the connection .* without answering the ping/],
+    ["a server that is not HTTP", (s) => void s.write("SSH-2.0-OpenSSH\r\n\r\n"), false, /did not answer with HTTP/],
+    ["a hang-up before any answer", (s) => void s.end(), false, /closed the connection without an HTTP answer/],
+    [
+      "a gateway's 502",
+      (s) => void s.write('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 43\r\n\r\n{"error":"down","message":"target is down"}'),
+      false,
+      /gateway answered 502 \(target is down\): publisher abc is known on host 127\.0\.0\.1 but its ping socket does not answer/,
+    ],
+    ["an HTTP server that does not upgrade", (s) => void s.write("HTTP/1.1 200 OK\r\n\r\nhello"), false, /answered HTTP 200 \(hello\) instead of upgrading/],
+    ["a 101 with a wrong accept key", (s) => void s.write("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n\r\n"), false, /without a valid Sec-WebSocket-Accept/],
+  ];
+  for (const [what, script, handshake, reason] of failures) {
+    test(`fails on ${what}`, async () => {
+      const out = await pingRaw(script, handshake);
+      expect(out.ok).toBe(false);
+      if (!out.ok) {
+        expect(out.reason).toMatch(reason);
+        expect(out.timedOut).toBe(false);
+      }
+    });
+  }
+
+  test("an endless response head is cut at its limit", async () => {
+    const out = await pingRaw((s) => {
+      s.write("HTTP/1.1 101 Switching Protocols\r\n");
+      for (let i = 0; i < 400; i++) s.write(`X-Filler-${i}: ${"y".repeat(60)}\r\n`);
+    }, false);
+    expect(out.ok ? "" : out.reason).toMatch(/no end of headers within 16384 bytes/);
+  });
+
+  test("a connection that never answers HTTP times out with a reason", async () => {
+    const out = await pingRaw(() => {}, false, 200);
+    expect(out).toEqual({
+      ok: false,
+      timedOut: true,
+      reason: expect.stringContaining("accepted the connection but did not answer the WebSocket upgrade within 0.2s"),
+    });
+  });
+
+  test("an aborted ping ends at once", async () => {
+    const server = rawServer(() => {}, false);
+    try {
+      const abort = new AbortController();
+      const pending = pingThroughGateway({ host: "127.0.0.1", port: server.port, pubId: "abc" }, { timeoutMs: 10_000, signal: abort.signal });
+      abort.abort();
+      expect(await pending).toEqual({ ok: false, timedOut: false, reason: "the metaserver is shutting down" });
+    } finally {
+      server.stop(true);
+    }
+  });
+});

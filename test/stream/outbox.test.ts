@@ -1,0 +1,135 @@
+import { describe, expect, test } from "bun:test";
+import { type Frame, Outbox, type Sink } from "../../src/stream/outbox.ts";
+import { CLOSE_TOO_SLOW, type QueueLimits, type SlowPolicy } from "../../src/stream/protocol.ts";
+
+/** A sink that takes `room` frames, then reports backpressure until `open()` is called. */
+function fakeSink(room: number) {
+  const sent: (string | Uint8Array)[] = [];
+  const closes: [number, string][] = [];
+  let left = room;
+  const sink: Sink = {
+    send(data) {
+      sent.push(data);
+      left--;
+      return left >= 0 ? 1 : -1;
+    },
+    close(code, reason) {
+      closes.push([code, reason]);
+    },
+  };
+  return { sink, sent, closes, open: (n: number) => (left = n) };
+}
+
+const frame = (seq: number, size = 10): Frame => ({ seq, data: `v${seq}`, size });
+
+function outbox(sink: Sink, policy: SlowPolicy, limits: QueueLimits) {
+  const counts = { dropped: 0, overflows: 0 };
+  const box = new Outbox(sink, {
+    limits,
+    policy,
+    gapFrame: (next, dropped) => `gap ${next} ${dropped}`,
+    onDrop: (n) => (counts.dropped += n),
+    onOverflow: () => counts.overflows++,
+  });
+  return { box, counts };
+}
+
+describe("outbox", () => {
+  test("writes straight through while the socket takes data", () => {
+    const s = fakeSink(100);
+    const { box } = outbox(s.sink, "drop-oldest", { maxMessages: 2, maxBytes: 100 });
+    for (let i = 1; i <= 50; i++) box.offer(frame(i));
+    expect(s.sent).toHaveLength(50);
+    expect(box.length).toBe(0);
+    expect(box.idle).toBe(true);
+  });
+
+  test("queues behind backpressure and sends in order on drain", () => {
+    const s = fakeSink(1);
+    const { box } = outbox(s.sink, "drop-oldest", { maxMessages: 10, maxBytes: 1000 });
+    for (let i = 1; i <= 5; i++) box.offer(frame(i));
+    expect(s.sent).toEqual(["v1", "v2"]); // v2 went into the socket's buffer with -1
+    expect(box.length).toBe(3);
+    s.open(100);
+    box.drain();
+    expect(s.sent).toEqual(["v1", "v2", "v3", "v4", "v5"]);
+    expect(box.idle).toBe(true);
+  });
+
+  test("drops the oldest beyond the message bound and sends a gap notice before the next value", () => {
+    const s = fakeSink(0);
+    const { box, counts } = outbox(s.sink, "drop-oldest", { maxMessages: 3, maxBytes: 1000 });
+    for (let i = 1; i <= 10; i++) box.offer(frame(i));
+    // v1 is in the socket; v2..v10 competed for 3 slots.
+    expect(counts.dropped).toBe(6);
+    expect(box.length).toBe(3);
+    s.open(100);
+    box.drain();
+    expect(s.sent).toEqual(["v1", "gap 8 6", "v8", "v9", "v10"]);
+  });
+
+  test("bounds the queue in bytes, letting a single oversized frame through alone", () => {
+    const s = fakeSink(0);
+    const { box, counts } = outbox(s.sink, "drop-oldest", { maxMessages: 100, maxBytes: 25 });
+    box.offer(frame(1));
+    for (let i = 2; i <= 4; i++) box.offer(frame(i)); // 10 bytes each: two fit
+    expect(box.length).toBe(2);
+    expect(counts.dropped).toBe(1);
+    box.offer(frame(5, 500));
+    expect(box.length).toBe(1);
+    expect(box.queuedBytes).toBe(500);
+    s.open(100);
+    box.drain();
+    expect(s.sent).toEqual(["v1", "gap 5 3", "v5"]);
+  });
+
+  test("keeps a gap notice that hit backpressure ahead of its value", () => {
+    const s = fakeSink(0);
+    const { box } = outbox(s.sink, "drop-oldest", { maxMessages: 1, maxBytes: 1000 });
+    for (let i = 1; i <= 4; i++) box.offer(frame(i));
+    s.open(0); // the notice is taken with -1, the value must wait
+    box.drain();
+    expect(s.sent).toEqual(["v1", "gap 4 2"]);
+    s.open(10);
+    box.drain();
+    expect(s.sent).toEqual(["v1", "gap 4 2", "v4"]);
+  });
+
+  test("closes the subscriber with 4000 instead of dropping under disconnect", () => {
+    const s = fakeSink(0);
+    const { box, counts } = outbox(s.sink, "disconnect", { maxMessages: 2, maxBytes: 1000 });
+    for (let i = 1; i <= 10; i++) box.offer(frame(i));
+    expect(counts).toEqual({ dropped: 0, overflows: 1 });
+    expect(s.closes).toHaveLength(1);
+    expect(s.closes[0]?.[0]).toBe(CLOSE_TOO_SLOW);
+    expect(s.closes[0]?.[1]).toContain("too slow");
+    expect(box.closed).toBe(true);
+    expect(s.sent).toEqual(["v1"]);
+  });
+
+  test("flushAll hands everything over despite backpressure", () => {
+    const s = fakeSink(0);
+    const { box } = outbox(s.sink, "drop-oldest", { maxMessages: 10, maxBytes: 1000 });
+    for (let i = 1; i <= 4; i++) box.offer(frame(i));
+    box.flushAll();
+    expect(s.sent).toEqual(["v1", "v2", "v3", "v4"]);
+    expect(box.length).toBe(0);
+  });
+
+  test("compacts its storage while staying in order over many frames", () => {
+    const s = fakeSink(0);
+    const { box } = outbox(s.sink, "drop-oldest", { maxMessages: 5_000, maxBytes: 1e9 });
+    for (let i = 1; i <= 20_000; i++) {
+      box.offer(frame(i));
+      if (i % 3 === 0) {
+        s.open(2);
+        box.drain();
+      }
+    }
+    s.open(1e9);
+    box.drain();
+    const seqs = s.sent.map((d) => String(d)).filter((d) => d.startsWith("v")).map((d) => Number(d.slice(1)));
+    expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+    expect(seqs.at(-1)).toBe(20_000);
+  });
+});
