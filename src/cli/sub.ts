@@ -49,7 +49,7 @@ export default defineCommand({
         if (flags.count !== undefined && ++seen >= flags.count) done.resolve(0);
       },
       onGap: ({ next, dropped, reason }) => log.warn("missed values", { dropped, next, reason }),
-      onOpen: () => log.info("subscribed", { name: info.name, url: info.urls.service }),
+      onOpen: () => log.info("subscribed", { publisher: info.name, url: info.urls.service }),
       onClose: (code, reason, willRetry) => log.info("connection closed", { code, reason, retrying: willRetry }),
     });
     onShutdown("subscription", () => sub.close());
