@@ -122,6 +122,12 @@ export class FirstLineParser {
       const query = rest.indexOf("?");
       const end = Math.min(slash < 0 ? rest.length : slash, query < 0 ? rest.length : query);
       pubId = rest.slice(0, end);
+      // Only the first segment routes, but a proxy in front may normalise `a/../b` to `b` and
+      // authorise it as `b` while we route to `a`: refuse paths two readers could disagree on.
+      const path = query < 0 ? rest : rest.slice(0, query);
+      if (path.split("/").some((seg) => seg === "." || seg === "..") || /%2e|%2f|%5c|\\/i.test(path)) {
+        return this.#fail("invalid_pub_id", "the path must not hold '.' or '..' segments, or encoded '.', '/' or '\\'");
+      }
     } else {
       pubId = text.slice(PRELUDE_PREFIX.length);
     }

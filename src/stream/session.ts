@@ -3,17 +3,19 @@
  *
  *   1. ask the local gateway (control socket in the run dir) for its ports and addresses —
  *      with no gateway there is nothing to register: fail with what to start;
- *   2. register with the metaserver as {name, pub_id, host, ports};
- *   3. start the three endpoints (and, with loopback TCP endpoints, register them with the
- *      gateway explicitly);
+ *   2. start the three endpoints — first, so that a pub_id a live publisher serves is refused
+ *      before any registration changes (and, with loopback TCP endpoints, register them with
+ *      the gateway explicitly);
+ *   3. register with the metaserver as {name, pub_id, host, ports};
  *   4. ask the metaserver to confirm — it pings us through our gateway, the path clients take;
  *   5. heartbeat well inside the metaserver's TTL; a heartbeat answered 404 (we were removed,
  *      e.g. after a long pause) registers and confirms again.
  * `close()` undoes all of it: deregisters, stops the endpoints, removes the sockets.
  */
 import { StoaError } from "../core/errors.ts";
-import { formatEndpoint } from "../core/endpoint.ts";
+import { formatEndpoint, parseEndpoint } from "../core/endpoint.ts";
 import { advertisedAddress } from "../core/hostaddr.ts";
+import { gatewayControlPath } from "../core/paths.ts";
 import type { Logger } from "../core/log.ts";
 import { controlRequest } from "../gateway/control.ts";
 import { MetaClient } from "../meta/client.ts";
@@ -51,32 +53,41 @@ export interface Session {
 export async function startPublishing(options: SessionOptions): Promise<Session> {
   const { log, runDir } = options;
   const gateway = await controlRequest(runDir, { type: "info" }).catch((err: unknown) => {
+    if (!(err instanceof StoaError) || err.code !== "closed") throw err;
     throw new StoaError(
       "io",
-      `no gateway serves ${runDir}: start one with 'stoa gateway --run-dir ${runDir}' (or 'stoa up'), ` +
-        `or give the --run-dir of the one that runs (${err instanceof Error ? err.message : String(err)})`,
+      `no gateway serves ${runDir} (nothing answers on ${gatewayControlPath(runDir)}): start one with ` +
+        `'stoa gateway --run-dir ${runDir}' (or 'stoa up'), or give the --run-dir of the one that runs`,
     );
   });
   const host = options.host ?? advertisedAddress(gateway.listen);
   const meta = new MetaClient(options.metaUrl);
-  const request = { name: options.name, pub_id: options.pubId ?? newPubId(), host, ports: gateway.ports };
+  const pubId = options.pubId ?? newPubId();
+  const request = { name: options.name, pub_id: pubId, host, ports: gateway.ports };
 
-  let info = await meta.register(request);
-  const pubId = info.pub_id;
-  const undo: (() => Promise<unknown>)[] = [() => meta.deregister(pubId)];
+  // Own the endpoints before touching any registration: a pub_id already served by a live
+  // publisher must be refused without disturbing that publisher's routes or registration.
+  const undo: (() => Promise<unknown>)[] = [];
   const unwind = async () => {
     for (const step of undo.reverse()) await step().catch(() => {});
   };
   let publisher: Publisher;
+  let info: PublisherInfo;
+  const routeTcp = async () => {
+    for (const kind of KINDS) {
+      await controlRequest(runDir, { type: "register", pub_id: pubId, kind, target: formatEndpoint(publisher.endpoints[kind]) });
+    }
+  };
   try {
+    if (options.internal === "tcp") await refuseLiveRoutes(runDir, pubId);
     publisher = await createPublisher({ pubId, runDir, internal: options.internal, slow: options.slow, log });
     undo.push(() => publisher.close());
     if (options.internal === "tcp") {
       undo.push(() => controlRequest(runDir, { type: "deregister", pub_id: pubId }));
-      for (const kind of KINDS) {
-        await controlRequest(runDir, { type: "register", pub_id: pubId, kind, target: formatEndpoint(publisher.endpoints[kind]) });
-      }
+      await routeTcp();
     }
+    info = await meta.register(request);
+    undo.push(() => meta.deregister(pubId));
     info = await meta.confirm(pubId);
   } catch (err) {
     await unwind();
@@ -95,8 +106,8 @@ export async function startPublishing(options: SessionOptions): Promise<Session>
     } catch (err) {
       if (err instanceof StoaError && "status" in err && err.status === 404) {
         log.warn("the metaserver forgot this publisher; registering again", { pub_id: pubId });
-        await meta
-          .register({ ...request, pub_id: pubId })
+        await (options.internal === "tcp" ? routeTcp() : Promise.resolve())
+          .then(() => meta.register(request))
           .then(() => meta.confirm(pubId))
           .then((fresh) => (info = fresh))
           .catch((again: unknown) => log.warn("registering again failed", { error: again }));
@@ -123,4 +134,44 @@ export async function startPublishing(options: SessionOptions): Promise<Session>
       return closing;
     },
   };
+}
+
+/** How long a probe of an explicit route's target may take before it counts as dead. */
+const ROUTE_PROBE_TIMEOUT_MS = 300;
+
+/**
+ * With loopback TCP endpoints there are no socket files to guard a pub_id: refuse it when the
+ * gateway already routes it to a target that answers (a stale route to a dead target is fine
+ * to replace).
+ */
+async function refuseLiveRoutes(runDir: string, pubId: string): Promise<void> {
+  const { entries } = await controlRequest(runDir, { type: "list" });
+  for (const entry of entries) {
+    if (entry.pub_id !== pubId || entry.source !== "explicit") continue;
+    const target = parseEndpoint(entry.target);
+    if (target.kind !== "tcp" && target.kind !== "unix") continue;
+    if (await answers(target)) {
+      throw new StoaError(
+        "in_use",
+        `pub_id ${pubId} is served by a live publisher (${entry.kind} at ${entry.target}); stop it or choose another --pub-id`,
+      );
+    }
+  }
+}
+
+async function answers(target: { kind: "tcp"; host: string; port: number } | { kind: "unix"; path: string }): Promise<boolean> {
+  const handler = { socket: { data() {} } };
+  const dial = target.kind === "tcp" ? Bun.connect({ hostname: target.host, port: target.port, ...handler }) : Bun.connect({ unix: target.path, ...handler });
+  const timeout = Bun.sleep(ROUTE_PROBE_TIMEOUT_MS).then(() => null);
+  try {
+    const socket = await Promise.race([dial, timeout]);
+    if (socket === null) {
+      void dial.then((s) => s.end(), () => {});
+      return false;
+    }
+    socket.end();
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -52,8 +52,11 @@ function reference(input: Uint8Array, max: number): Expected {
   if (prefix === "GET /pub/") {
     const m = /^GET \/pub\/([^ ]*) HTTP\/1\.1$/.exec(line);
     if (m === null) return { state: "error", error: "bad_request_line" };
-    const pubId = (m[1] ?? "").split(/[/?]/)[0] ?? "";
-    return PUB_ID.test(pubId) ? { state: "done", mode: "http", pubId, lf } : { state: "error", error: "invalid_pub_id" };
+    const target = m[1] ?? "";
+    const pubId = target.split(/[/?]/)[0] ?? "";
+    const path = target.split("?")[0] ?? "";
+    const ambiguous = path.split("/").some((seg) => seg === "." || seg === "..") || /%2e|%2f|%5c|\\/i.test(path);
+    return PUB_ID.test(pubId) && !ambiguous ? { state: "done", mode: "http", pubId, lf } : { state: "error", error: "invalid_pub_id" };
   }
   const pubId = line.slice("STOA1 ".length);
   return PUB_ID.test(pubId) ? { state: "done", mode: "prelude", pubId, lf } : { state: "error", error: "invalid_pub_id" };

@@ -156,3 +156,20 @@ describe("limits", () => {
     expect(() => parser.push(bytes("x"))).toThrow("after the first line was settled");
   });
 });
+
+describe("paths a proxy in front could read differently", () => {
+  test.each(["/pub/a/../b", "/pub/a/./b", "/pub/a/..", "/pub/a/%2e%2e/b", "/pub/a/%2F", "/pub/a/x%5cy", "/pub/a/x\\y"])(
+    "refuses GET %s with invalid_pub_id",
+    (path) => {
+      const parser = new FirstLineParser();
+      const result = parser.push(new TextEncoder().encode(`GET ${path} HTTP/1.1\r\n`));
+      expect(result.state).toBe("error");
+      if (result.state === "error") expect(result.error).toBe("invalid_pub_id");
+    },
+  );
+
+  test("a query may hold anything", () => {
+    const result = new FirstLineParser().push(new TextEncoder().encode("GET /pub/a/x?p=../%2e HTTP/1.1\r\n"));
+    expect(result.state).toBe("done");
+  });
+});
