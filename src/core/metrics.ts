@@ -9,15 +9,18 @@
  * two modules may share a metric by declaring it the same way.
  *
  * Label-less counters, gauges and histograms render zeros before their first update, as the
- * official client libraries do. Each metric holds at most `MAX_SERIES_PER_METRIC` label sets: a
- * label fed from peer input must not grow memory without bound.
+ * official client libraries do. Each metric holds at most `MAX_SERIES_PER_METRIC` label sets (a
+ * label fed from peer input must not grow memory without bound); `remove(labels)` forgets one.
  */
 import { StoaError } from "./errors.ts";
 
 /** The `Content-Type` of a `render()` body. */
 export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
-/** Distinct label sets per metric; beyond this, a new label set throws. */
+/**
+ * Distinct label sets per metric. Beyond this a new label set is not recorded (and counted in
+ * `overflowed`): metrics must never take the data path down, whatever a caller labels by.
+ */
 export const MAX_SERIES_PER_METRIC = 10_000;
 
 /** Label values of one observation, keyed by label name. */
@@ -33,6 +36,8 @@ abstract class Metric<S> {
   abstract readonly type: MetricType;
   /** Label-set key → [label values, state]; a Map keeps first-use order for rendering. */
   protected readonly series = new Map<string, { values: string[]; state: S }>();
+  /** Updates to label sets beyond `MAX_SERIES_PER_METRIC`, not recorded. */
+  overflowed = 0;
 
   constructor(
     readonly name: string,
@@ -49,16 +54,18 @@ abstract class Metric<S> {
     let entry = this.series.get(key);
     if (entry === undefined) {
       if (this.series.size >= MAX_SERIES_PER_METRIC) {
-        throw new StoaError(
-          "internal",
-          `metric ${this.name} would exceed ${MAX_SERIES_PER_METRIC} label sets; ` +
-            "do not label it with unbounded values such as peer addresses",
-        );
+        this.overflowed++;
+        return this.fresh(); // updated, then forgotten
       }
       entry = { values, state: this.fresh() };
       this.series.set(key, entry);
     }
     return entry.state;
+  }
+
+  /** Forgets one label set (e.g. a publisher that closed), so series do not pile up. */
+  remove(labels: Labels): void {
+    this.series.delete(this.labelValues(labels).join("\u0000"));
   }
 
   private labelValues(labels: Labels | undefined): string[] {

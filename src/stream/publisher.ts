@@ -318,7 +318,14 @@ class StreamPublisher implements Publisher {
     }
     const kept = await this.net.stop();
     if (kept !== undefined) this.log?.warn("cannot remove publisher directory", { dir: this.dir, error: kept });
-    for (const kind of KINDS) this.m.subscribers.set({ pub_id: this.pubId, kind }, 0);
+    // Forget this publisher's series: a process that starts and stops many publishers must not
+    // accumulate one set per pub_id it ever had.
+    this.m.published.remove({ pub_id: this.pubId });
+    for (const kind of KINDS) this.m.subscribers.remove({ pub_id: this.pubId, kind });
+    for (const kind of STREAM_KINDS) {
+      this.m.dropped.remove({ pub_id: this.pubId, kind });
+      this.m.disconnects.remove({ pub_id: this.pubId, kind });
+    }
     this.log?.info("publisher stopped", { published: this.seq });
   }
 

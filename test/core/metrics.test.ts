@@ -161,11 +161,25 @@ describe("updates", () => {
     internalError(() => c.inc(-1), /cannot go down/);
   });
 
-  test("caps the number of label sets per metric", () => {
-    const c = new Registry().counter("peers_total", "Per peer.", ["peer"]);
+  test("caps the number of label sets per metric without ever throwing on the data path", () => {
+    const registry = new Registry();
+    const c = registry.counter("peers_total", "Per peer.", ["peer"]);
     for (let i = 0; i < MAX_SERIES_PER_METRIC; i++) c.inc({ peer: i });
     c.inc({ peer: 0 });
-    internalError(() => c.inc({ peer: "one too many" }), /would exceed/);
+    c.inc({ peer: "one too many" });
+    expect(c.overflowed).toBe(1);
+    expect(registry.render()).not.toContain("one too many");
+    expect(registry.render()).toContain('peers_total{peer="0"} 2');
+  });
+
+  test("a removed label set is forgotten and frees its place", () => {
+    const registry = new Registry();
+    const g = registry.gauge("subs", "Subscribers.", ["pub_id"]);
+    g.set({ pub_id: "a" }, 3);
+    g.set({ pub_id: "b" }, 1);
+    g.remove({ pub_id: "a" });
+    expect(registry.render()).not.toContain('pub_id="a"');
+    expect(registry.render()).toContain('subs{pub_id="b"} 1');
   });
 
   test("the shared registry is one instance for the whole process", async () => {
