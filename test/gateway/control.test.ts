@@ -1,33 +1,14 @@
-import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { encode } from "../../src/core/codec.ts";
 import { StoaError } from "../../src/core/errors.ts";
 import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts";
 import { gatewayControlPath, publisherSocketPath } from "../../src/core/paths.ts";
 import { controlRequest } from "../../src/gateway/control.ts";
-import type { Gateway } from "../../src/gateway/gateway.ts";
 import { type ControlResponse, controlResponseCodec, MAX_CONTROL_REQUEST_BYTES } from "../../src/gateway/protocol.ts";
-import { rawEcho, staleSocket, tempRunDir, testGateway } from "../fixtures/gateway-helpers.ts";
+import { rawEcho, staleSocket, testGateway, gatewayTestScope } from "../fixtures/gateway-helpers.ts";
 
-let runDir = "";
-let removeRunDir = () => {};
-const cleanups: (() => Promise<void> | void)[] = [];
-
-beforeEach(() => {
-  const t = tempRunDir();
-  runDir = t.dir;
-  removeRunDir = t.remove;
-});
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  removeRunDir();
-});
-
-async function gateway(options: Parameters<typeof testGateway>[1] = {}): Promise<Gateway> {
-  const gw = await testGateway(runDir, options);
-  cleanups.push(() => gw.close());
-  return gw;
-}
+const scope = gatewayTestScope();
+const { gateway, own, defer } = scope;
 
 /** A raw control connection: write bytes, read decoded answers. */
 async function rawControl(): Promise<{ write(b: Uint8Array): void; next(): Promise<ControlResponse>; closed: Promise<void> }> {
@@ -36,7 +17,7 @@ async function rawControl(): Promise<{ write(b: Uint8Array): void; next(): Promi
   const waiting: ((r: ControlResponse) => void)[] = [];
   const closed = Promise.withResolvers<void>();
   const sock = await Bun.connect({
-    unix: gatewayControlPath(runDir),
+    unix: gatewayControlPath(scope.runDir),
     socket: {
       data(_s, chunk) {
         for (const f of frames.push(chunk)) {
@@ -49,7 +30,7 @@ async function rawControl(): Promise<{ write(b: Uint8Array): void; next(): Promi
       close: () => closed.resolve(),
     },
   });
-  cleanups.push(() => void sock.end());
+  defer(() => void sock.end());
   return {
     write: (b) => void sock.write(b),
     next: () => {
@@ -63,25 +44,25 @@ async function rawControl(): Promise<{ write(b: Uint8Array): void; next(): Promi
 describe("control requests", () => {
   test("info tells a publisher the ports and the gateway's identity", async () => {
     const gw = await gateway();
-    const info = await controlRequest(runDir, { type: "info" });
+    const info = await controlRequest(scope.runDir, { type: "info" });
     expect(info).toEqual({ type: "info", ports: gw.ports, listen: ["127.0.0.1"], pid: process.pid, version: expect.any(String), tls: false, workers: 1 });
   });
 
   test("health reports serving, open connections and target counts", async () => {
     await gateway();
-    const health = await controlRequest(runDir, { type: "health" });
+    const health = await controlRequest(scope.runDir, { type: "health" });
     expect(health).toMatchObject({ status: "serving", pid: process.pid, connections_open: 0, targets: { up: 0, down: 0 } });
   });
 
   test("register, list and deregister explicit routes; list also shows the run dir's sockets", async () => {
     await gateway();
-    const echo = await rawEcho(publisherSocketPath(runDir, "conv", "ping"));
-    cleanups.push(() => echo.close());
-    await controlRequest(runDir, { type: "register", pub_id: "x1", kind: "service", target: "tcp:[::1]:4100" });
-    await controlRequest(runDir, { type: "register", pub_id: "x1", kind: "string", target: "unix:/tmp/elsewhere.sock" });
+    const echo = await rawEcho(publisherSocketPath(scope.runDir, "conv", "ping"));
+    defer(() => echo.close());
+    await controlRequest(scope.runDir, { type: "register", pub_id: "x1", kind: "service", target: "tcp:[::1]:4100" });
+    await controlRequest(scope.runDir, { type: "register", pub_id: "x1", kind: "string", target: "unix:/tmp/elsewhere.sock" });
     // Registering the same key again replaces it.
-    await controlRequest(runDir, { type: "register", pub_id: "x1", kind: "string", target: "unix:/tmp/other.sock" });
-    const list = await controlRequest(runDir, { type: "list" });
+    await controlRequest(scope.runDir, { type: "register", pub_id: "x1", kind: "string", target: "unix:/tmp/other.sock" });
+    const list = await controlRequest(scope.runDir, { type: "list" });
     expect(list.truncated).toBe(false);
     expect(list.entries).toEqual([
       { pub_id: "x1", kind: "service", target: "tcp:[::1]:4100", source: "explicit", health: { state: "unknown", error: null, since: null } },
@@ -89,19 +70,19 @@ describe("control requests", () => {
       {
         pub_id: "conv",
         kind: "ping",
-        target: `unix:${publisherSocketPath(runDir, "conv", "ping")}`,
+        target: `unix:${publisherSocketPath(scope.runDir, "conv", "ping")}`,
         source: "convention",
         health: { state: "unknown", error: null, since: null },
       },
     ]);
-    expect((await controlRequest(runDir, { type: "deregister", pub_id: "x1", kind: "string" })).removed).toBe(1);
-    expect((await controlRequest(runDir, { type: "deregister", pub_id: "x1" })).removed).toBe(1);
-    expect((await controlRequest(runDir, { type: "deregister", pub_id: "x1" })).removed).toBe(0);
+    expect((await controlRequest(scope.runDir, { type: "deregister", pub_id: "x1", kind: "string" })).removed).toBe(1);
+    expect((await controlRequest(scope.runDir, { type: "deregister", pub_id: "x1" })).removed).toBe(1);
+    expect((await controlRequest(scope.runDir, { type: "deregister", pub_id: "x1" })).removed).toBe(0);
   });
 
   test("targets are stored canonical: a registration in another spelling is normalised", async () => {
     await gateway();
-    const answer = await controlRequest(runDir, { type: "register", pub_id: "c1", kind: "ping", target: "TCP:[0:0:0:0:0:0:0:1]:80" });
+    const answer = await controlRequest(scope.runDir, { type: "register", pub_id: "c1", kind: "ping", target: "TCP:[0:0:0:0:0:0:0:1]:80" });
     expect(answer.entry.target).toBe("tcp:[::1]:80");
   });
 
@@ -151,7 +132,7 @@ describe("control requests", () => {
   });
 
   test("without a gateway, a request fails with a StoaError that says how to start one", async () => {
-    const err = await controlRequest(runDir, { type: "info" }).catch((e: unknown) => e);
+    const err = await controlRequest(scope.runDir, { type: "info" }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StoaError);
     expect((err as StoaError).code).toBe("closed");
     expect((err as StoaError).message).toContain("stoa gateway");
@@ -161,23 +142,23 @@ describe("control requests", () => {
 describe("one gateway per run dir", () => {
   test("a second gateway that may not take over fails with in_use and leaves the first serving", async () => {
     const first = await gateway();
-    const err = await testGateway(runDir, { takeOver: false }).catch((e: unknown) => e);
+    const err = await testGateway(scope.runDir, { takeOver: false }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StoaError);
     expect((err as StoaError).code).toBe("in_use");
-    expect((await controlRequest(runDir, { type: "info" })).ports).toEqual(first.ports);
+    expect((await controlRequest(scope.runDir, { type: "info" })).ports).toEqual(first.ports);
   });
 
   test("a stale control socket (a gateway that was killed) is reclaimed", async () => {
-    staleSocket(gatewayControlPath(runDir));
+    staleSocket(gatewayControlPath(scope.runDir));
     const gw = await gateway({ takeOver: false });
     expect(gw.tookOverFrom).toBeNull();
-    expect((await controlRequest(runDir, { type: "info" })).ports).toEqual(gw.ports);
+    expect((await controlRequest(scope.runDir, { type: "info" })).ports).toEqual(gw.ports);
   });
 
   test("a port held by another program is refused, not shared", async () => {
     const squatter = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    cleanups.push(() => squatter.stop(true));
-    const err = await testGateway(runDir, { ports: { service: squatter.port, string: 0, ping: 0 } }).catch((e: unknown) => e);
+    defer(() => squatter.stop(true));
+    const err = await testGateway(scope.runDir, { ports: { service: squatter.port, string: 0, ping: 0 } }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StoaError);
     expect((err as StoaError).code).toBe("in_use");
     expect((err as StoaError).message).toContain(String(squatter.port));

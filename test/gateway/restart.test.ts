@@ -1,46 +1,21 @@
-import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { StoaError } from "../../src/core/errors.ts";
 import { publisherSocketPath } from "../../src/core/paths.ts";
 import { controlRequest } from "../../src/gateway/control.ts";
-import type { Gateway } from "../../src/gateway/gateway.ts";
 import type { Ports } from "../../src/gateway/protocol.ts";
 import {
-  type Closable,
   counterClient,
   eventually,
   rawEcho,
   rawExchange,
   streamingPublisher,
-  tempRunDir,
-  testGateway,
+  gatewayTestScope,
 } from "../fixtures/gateway-helpers.ts";
 
-let runDir = "";
-let removeRunDir = () => {};
-const cleanups: (() => Promise<void> | void)[] = [];
+const scope = gatewayTestScope();
+const { gateway, own, defer } = scope;
 
-beforeEach(() => {
-  const t = tempRunDir();
-  runDir = t.dir;
-  removeRunDir = t.remove;
-});
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  removeRunDir();
-});
-
-async function gateway(options: Parameters<typeof testGateway>[1] = {}): Promise<Gateway> {
-  const gw = await testGateway(runDir, options);
-  cleanups.push(() => gw.close());
-  return gw;
-}
-
-function own<T extends Closable>(thing: T): T {
-  cleanups.push(() => thing.close());
-  return thing;
-}
 
 /** True when the counters are 0, 1, 2, ... with nothing lost or repeated. */
 function gapless(counters: number[]): boolean {
@@ -62,7 +37,7 @@ async function gatewayProcess(options: Record<string, unknown>): Promise<{
     stdout: "pipe",
     stderr: "inherit",
   });
-  cleanups.push(async () => {
+  defer(async () => {
     proc.kill("SIGKILL");
     await proc.exited;
   });
@@ -84,11 +59,11 @@ async function gatewayProcess(options: Record<string, unknown>): Promise<{
 describe("zero-downtime restart", () => {
   test("a new gateway takes over while clients stream: their streams go on and new clients reach it", async () => {
     const old = await gateway({ workers: 2 });
-    own(await streamingPublisher(runDir, "s1", "service"));
-    const registered = own(await rawEcho(join(runDir, "registered.sock")));
-    await controlRequest(runDir, { type: "register", pub_id: "r1", kind: "ping", target: `unix:${join(runDir, "registered.sock")}` });
+    own(await streamingPublisher(scope.runDir, "s1", "service"));
+    const registered = own(await rawEcho(join(scope.runDir, "registered.sock")));
+    await controlRequest(scope.runDir, { type: "register", pub_id: "r1", kind: "ping", target: `unix:${join(scope.runDir, "registered.sock")}` });
     const clients = await Promise.all(Array.from({ length: 4 }, () => counterClient(`ws://127.0.0.1:${old.ports.service}/pub/s1`)));
-    cleanups.push(() => clients.forEach((c) => c.ws.close()));
+    defer(() => clients.forEach((c) => c.ws.close()));
     await eventually(() => clients.every((c) => c.counters.length >= 5), 5_000, "streams to start");
 
     const fresh = await gateway({ workers: 2, ports: old.ports });
@@ -105,7 +80,7 @@ describe("zero-downtime restart", () => {
     // New connections go to the new gateway, which serves the control socket with the
     // registrations it inherited.
     const newcomers = await Promise.all(Array.from({ length: 6 }, () => counterClient(`ws://127.0.0.1:${old.ports.service}/pub/s1`)));
-    cleanups.push(() => newcomers.forEach((c) => c.ws.close()));
+    defer(() => newcomers.forEach((c) => c.ws.close()));
     await eventually(() => newcomers.every((c) => c.counters.length > 0), 5_000, "new streams");
     expect((await fresh.stats()).connections.service.total).toBe(6);
     expect((await old.stats()).connections.service.total).toBe(4);
@@ -122,10 +97,10 @@ describe("zero-downtime restart", () => {
   }, 30_000);
 
   test("a gateway restarted as a new process loses no streaming connection, and the old process exits", async () => {
-    own(await streamingPublisher(runDir, "p1", "string"));
-    const old = await gatewayProcess({ runDir, listen: ["127.0.0.1"], ports: { service: 0, string: 0, ping: 0 }, workers: 1 });
+    own(await streamingPublisher(scope.runDir, "p1", "string"));
+    const old = await gatewayProcess({ runDir: scope.runDir, listen: ["127.0.0.1"], ports: { service: 0, string: 0, ping: 0 }, workers: 1 });
     const client = await counterClient(`ws://127.0.0.1:${old.ports.string}/pub/p1`);
-    cleanups.push(() => client.ws.close());
+    defer(() => client.ws.close());
     await eventually(() => client.counters.length >= 5, 5_000, "stream to start");
 
     const fresh = await gateway({ ports: old.ports });
@@ -133,7 +108,7 @@ describe("zero-downtime restart", () => {
     const before = client.counters.length;
     await eventually(() => client.counters.length >= before + 20, 5_000, "stream to go on");
     const newcomer = await counterClient(`ws://127.0.0.1:${old.ports.string}/pub/p1`);
-    cleanups.push(() => newcomer.ws.close());
+    defer(() => newcomer.ws.close());
     await eventually(() => newcomer.counters.length > 0, 5_000, "new stream");
     expect((await fresh.stats()).connections.string.total).toBe(1);
 
@@ -149,14 +124,14 @@ describe("zero-downtime restart", () => {
 describe("drain", () => {
   test("drain stops accepting, releases the control socket, and cuts what is left at the timeout", async () => {
     const gw = await gateway({ drainTimeoutMs: 300 });
-    own(await streamingPublisher(runDir, "d1", "service"));
+    own(await streamingPublisher(scope.runDir, "d1", "service"));
     const client = await counterClient(`ws://127.0.0.1:${gw.ports.service}/pub/d1`);
     await eventually(() => client.counters.length > 0, 5_000, "stream to start");
     const drained = gw.drain();
     await eventually(() => gw.state === "draining", 1_000, "draining");
     const refused = await Bun.connect({ hostname: "127.0.0.1", port: gw.ports.service, socket: { data() {} } }).catch((e: unknown) => e);
     expect((refused as { code?: string }).code).toBe("ECONNREFUSED");
-    const noControl = await controlRequest(runDir, { type: "info" }).catch((e: unknown) => e);
+    const noControl = await controlRequest(scope.runDir, { type: "info" }).catch((e: unknown) => e);
     expect((noControl as StoaError).code).toBe("closed");
     // Still streaming until the deadline.
     const during = client.counters.length;
@@ -167,7 +142,7 @@ describe("drain", () => {
 
   test("drain finishes as soon as the last connection ends", async () => {
     const gw = await gateway({ drainTimeoutMs: 60_000 });
-    own(await rawEcho(publisherSocketPath(runDir, "q1", "ping")));
+    own(await rawEcho(publisherSocketPath(scope.runDir, "q1", "ping")));
     const drained = gw.drain();
     expect(await settledWithin(drained, 2_000)).toEqual({ reason: "drain", cut: 0 });
     expect(gw.state).toBe("closed");

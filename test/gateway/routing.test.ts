@@ -1,57 +1,32 @@
-import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { Registry } from "../../src/core/metrics.ts";
 import { publisherSocketPath } from "../../src/core/paths.ts";
 import { controlRequest } from "../../src/gateway/control.ts";
-import type { Gateway } from "../../src/gateway/gateway.ts";
 import { KINDS } from "../../src/gateway/protocol.ts";
 import {
-  type Closable,
   eventually,
   openWs,
   rawEcho,
   rawExchange,
   staleSocket,
-  tempRunDir,
-  testGateway,
   wsAsk,
   wsPublisher,
+  gatewayTestScope,
 } from "../fixtures/gateway-helpers.ts";
 
-let runDir = "";
-let removeRunDir = () => {};
-const cleanups: (() => Promise<void> | void)[] = [];
+const scope = gatewayTestScope();
+const { gateway, own, defer } = scope;
 
-beforeEach(() => {
-  const t = tempRunDir();
-  runDir = t.dir;
-  removeRunDir = t.remove;
-});
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  removeRunDir();
-});
-
-async function gateway(options: Parameters<typeof testGateway>[1] = {}): Promise<Gateway> {
-  const gw = await testGateway(runDir, options);
-  cleanups.push(() => gw.close());
-  return gw;
-}
-
-function own<T extends Closable>(thing: T): T {
-  cleanups.push(() => thing.close());
-  return thing;
-}
 
 function ownWs(ws: WebSocket): WebSocket {
-  cleanups.push(() => ws.close());
+  defer(() => ws.close());
   return ws;
 }
 
 describe("routing", () => {
   test("a WebSocket client reaches the publisher of each kind through that kind's port", async () => {
     const gw = await gateway();
-    const publishers = await Promise.all(KINDS.map((kind) => wsPublisher(runDir, "p1", kind).then(own)));
+    const publishers = await Promise.all(KINDS.map((kind) => wsPublisher(scope.runDir, "p1", kind).then(own)));
     for (const [i, kind] of KINDS.entries()) {
       const ws = ownWs(await openWs(`ws://127.0.0.1:${gw.ports[kind]}/pub/p1/deep/path?x=1`));
       expect(await wsAsk(ws, "hello")).toBe(`${kind}:p1:hello`);
@@ -63,7 +38,7 @@ describe("routing", () => {
 
   test("the raw prelude is stripped: the target sees only the bytes after it", async () => {
     const gw = await gateway();
-    const echo = own(await rawEcho(publisherSocketPath(runDir, "raw1", "string")));
+    const echo = own(await rawEcho(publisherSocketPath(scope.runDir, "raw1", "string")));
     const reply = await rawExchange(gw.ports.string, "STOA1 raw1\nhello through the gateway", { halfClose: true });
     expect(reply.text).toBe("hello through the gateway");
     expect(echo.received().map(String)).toEqual(["hello through the gateway"]);
@@ -80,28 +55,28 @@ describe("routing", () => {
         end: (s) => void s.end(),
       },
     });
-    cleanups.push(() => tcpEcho.stop(true));
-    const answer = await controlRequest(runDir, { type: "register", pub_id: "t1", kind: "ping", target: `tcp:127.0.0.1:${tcpEcho.port}` });
+    defer(() => tcpEcho.stop(true));
+    const answer = await controlRequest(scope.runDir, { type: "register", pub_id: "t1", kind: "ping", target: `tcp:127.0.0.1:${tcpEcho.port}` });
     expect(answer.entry).toEqual({ pub_id: "t1", kind: "ping", target: `tcp:127.0.0.1:${tcpEcho.port}` });
     expect((await rawExchange(gw.ports.ping, "STOA1 t1\nping?", { halfClose: true })).text).toBe("ping?");
     // Only that kind: the other ports still use the convention.
     expect((await rawExchange(gw.ports.service, "STOA1 t1\n")).status).toBe(404);
-    expect((await controlRequest(runDir, { type: "deregister", pub_id: "t1" })).removed).toBe(1);
+    expect((await controlRequest(scope.runDir, { type: "deregister", pub_id: "t1" })).removed).toBe(1);
     expect((await rawExchange(gw.ports.ping, "STOA1 t1\n")).status).toBe(404);
   });
 
   test("an explicit registration wins over the run-dir convention", async () => {
     const gw = await gateway();
-    own(await wsPublisher(runDir, "p2", "service"));
-    const elsewhere = own(await rawEcho(`${runDir}/elsewhere.sock`));
-    await controlRequest(runDir, { type: "register", pub_id: "p2", kind: "service", target: `unix:${runDir}/elsewhere.sock` });
+    own(await wsPublisher(scope.runDir, "p2", "service"));
+    const elsewhere = own(await rawEcho(`${scope.runDir}/elsewhere.sock`));
+    await controlRequest(scope.runDir, { type: "register", pub_id: "p2", kind: "service", target: `unix:${scope.runDir}/elsewhere.sock` });
     expect((await rawExchange(gw.ports.service, "STOA1 p2\nx", { halfClose: true })).text).toBe("x");
     expect(elsewhere.received().map(String)).toEqual(["x"]);
   });
 
   test("listening on :: serves IPv4 and IPv6 clients alike", async () => {
     const gw = await gateway({ listen: ["::"] });
-    own(await rawEcho(publisherSocketPath(runDir, "dual", "service")));
+    own(await rawEcho(publisherSocketPath(scope.runDir, "dual", "service")));
     for (const host of ["127.0.0.1", "::1"]) {
       expect((await rawExchange(gw.ports.service, `STOA1 dual\n${host}`, { host, halfClose: true })).text).toBe(host);
     }
@@ -153,8 +128,8 @@ describe("error responses", () => {
 
   test("502 for a stale socket, shown as down in list, then up once a publisher serves it", async () => {
     const gw = await gateway();
-    const path = publisherSocketPath(runDir, "gone", "service");
-    own(await rawEcho(publisherSocketPath(runDir, "gone", "ping"))); // creates the 0700 dir
+    const path = publisherSocketPath(scope.runDir, "gone", "service");
+    own(await rawEcho(publisherSocketPath(scope.runDir, "gone", "ping"))); // creates the 0700 dir
     staleSocket(path);
     const reply = await rawExchange(gw.ports.service, "STOA1 gone\n");
     expect(reply.status).toBe(502);
@@ -164,7 +139,7 @@ describe("error responses", () => {
     // A publisher restarts on the same path (reclaiming the stale file): the next client gets through.
     own(await rawEcho(path));
     expect((await rawExchange(gw.ports.service, "STOA1 gone\nback", { halfClose: true })).text).toBe("back");
-    const list = await controlRequest(runDir, { type: "list" });
+    const list = await controlRequest(scope.runDir, { type: "list" });
     expect(list.entries.find((e) => e.pub_id === "gone" && e.kind === "service")?.health.state).toBe("up");
   });
 
@@ -173,7 +148,7 @@ describe("error responses", () => {
     const closed = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
     const port = closed.port;
     closed.stop(true);
-    await controlRequest(runDir, { type: "register", pub_id: "dead", kind: "string", target: `tcp:127.0.0.1:${port}` });
+    await controlRequest(scope.runDir, { type: "register", pub_id: "dead", kind: "string", target: `tcp:127.0.0.1:${port}` });
     expect((await rawExchange(gw.ports.string, "STOA1 dead\n")).status).toBe(502);
     const entry = (await gw.list()).entries.find((e) => e.pub_id === "dead");
     expect(entry).toMatchObject({ source: "explicit", health: { state: "down" } });
@@ -183,7 +158,7 @@ describe("error responses", () => {
 describe("robustness and metrics", () => {
   test("garbage, resets and half-sent lines from many clients leave other connections working", async () => {
     const gw = await gateway({ firstLineTimeoutMs: 300 });
-    own(await wsPublisher(runDir, "steady", "service"));
+    own(await wsPublisher(scope.runDir, "steady", "service"));
     const ws = ownWs(await openWs(`ws://127.0.0.1:${gw.ports.service}/pub/steady`));
     const abuse: Promise<unknown>[] = [];
     for (let i = 0; i < 50; i++) {
@@ -206,7 +181,7 @@ describe("robustness and metrics", () => {
   test("counts connections, bytes, routing errors and connect latency in the registry", async () => {
     const registry = new Registry();
     const gw = await gateway({ registry });
-    own(await rawEcho(publisherSocketPath(runDir, "m1", "ping")));
+    own(await rawEcho(publisherSocketPath(scope.runDir, "m1", "ping")));
     await rawExchange(gw.ports.ping, "STOA1 m1\n12345", { halfClose: true });
     await rawExchange(gw.ports.ping, "STOA1 nobody\n");
     await rawExchange(gw.ports.ping, "STOA1 ..\n");

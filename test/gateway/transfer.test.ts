@@ -1,31 +1,12 @@
-import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { publisherSocketPath } from "../../src/core/paths.ts";
 import { bindUnix } from "../../src/core/unixsock.ts";
-import type { Gateway } from "../../src/gateway/gateway.ts";
-import { rawEcho, tempRunDir, testGateway } from "../fixtures/gateway-helpers.ts";
+import { rawEcho, gatewayTestScope } from "../fixtures/gateway-helpers.ts";
 import { Outbox } from "../fixtures/pipe-helpers.ts";
 
-let runDir = "";
-let removeRunDir = () => {};
-const cleanups: (() => Promise<void> | void)[] = [];
-
-beforeEach(() => {
-  const t = tempRunDir();
-  runDir = t.dir;
-  removeRunDir = t.remove;
-});
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  removeRunDir();
-});
-
-async function gateway(): Promise<Gateway> {
-  const gw = await testGateway(runDir);
-  cleanups.push(() => gw.close());
-  return gw;
-}
+const scope = gatewayTestScope();
+const { gateway, own, defer } = scope;
 
 interface Client {
   out: Outbox;
@@ -53,7 +34,7 @@ async function client(port: number): Promise<Client> {
       },
     },
   });
-  cleanups.push(() => void sock.end());
+  defer(() => void sock.end());
   out = new Outbox(sock);
   return { out, received: () => Buffer.concat(chunks).toString(), ended: ended.promise, closed: closed.promise };
 }
@@ -62,7 +43,7 @@ describe("half-close through the gateway", () => {
   test("the client's FIN reaches the publisher, whose reply still reaches the client", async () => {
     const gw = await gateway();
     const got: Buffer[] = [];
-    const binding = await bindUnix(publisherSocketPath(runDir, "h1", "service"), (unix) =>
+    const binding = await bindUnix(publisherSocketPath(scope.runDir, "h1", "service"), (unix) =>
       Bun.listen({
         unix,
         allowHalfOpen: true,
@@ -76,7 +57,7 @@ describe("half-close through the gateway", () => {
         },
       }),
     );
-    cleanups.push(() => binding.close(true));
+    defer(() => binding.close(true));
     const c = await client(gw.ports.service);
     c.out.write("STOA1 h1\nthe whole request");
     c.out.finish("shutdown");
@@ -88,7 +69,7 @@ describe("half-close through the gateway", () => {
     const gw = await gateway();
     const afterFin = Promise.withResolvers<string>();
     const got: Buffer[] = [];
-    const binding = await bindUnix(publisherSocketPath(runDir, "h2", "string"), (unix) =>
+    const binding = await bindUnix(publisherSocketPath(scope.runDir, "h2", "string"), (unix) =>
       Bun.listen({
         unix,
         allowHalfOpen: true,
@@ -107,7 +88,7 @@ describe("half-close through the gateway", () => {
         },
       }),
     );
-    cleanups.push(() => binding.close(true));
+    defer(() => binding.close(true));
     const c = await client(gw.ports.string);
     c.out.write("STOA1 h2\n");
     await c.ended;
@@ -121,8 +102,8 @@ describe("half-close through the gateway", () => {
 describe("large transfers", () => {
   test("64 MiB through the gateway and back arrive intact (SHA-256)", async () => {
     const gw = await gateway();
-    const echo = await rawEcho(publisherSocketPath(runDir, "big", "service"), { keep: false });
-    cleanups.push(() => echo.close());
+    const echo = await rawEcho(publisherSocketPath(scope.runDir, "big", "service"), { keep: false });
+    defer(() => echo.close());
     const payload = randomBytes(64 * 1024 * 1024);
     const expected = new Bun.CryptoHasher("sha256").update(payload).digest("hex");
     const hasher = new Bun.CryptoHasher("sha256");
@@ -143,7 +124,7 @@ describe("large transfers", () => {
         close: () => done.resolve(),
       },
     });
-    cleanups.push(() => void sock.end());
+    defer(() => void sock.end());
     out = new Outbox(sock);
     out.write("STOA1 big\n");
     for (let at = 0; at < payload.length; at += 1024 * 1024) out.write(payload.subarray(at, at + 1024 * 1024));

@@ -1,39 +1,20 @@
-import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { publisherSocketPath } from "../../src/core/paths.ts";
 import { controlRequest } from "../../src/gateway/control.ts";
-import type { Gateway } from "../../src/gateway/gateway.ts";
 import { KINDS } from "../../src/gateway/protocol.ts";
-import { eventually, rawEcho, rawExchange, staleSocket, tempRunDir, testGateway } from "../fixtures/gateway-helpers.ts";
+import { eventually, rawEcho, rawExchange, staleSocket, testGateway, gatewayTestScope } from "../fixtures/gateway-helpers.ts";
 
-let runDir = "";
-let removeRunDir = () => {};
-const cleanups: (() => Promise<void> | void)[] = [];
-
-beforeEach(() => {
-  const t = tempRunDir();
-  runDir = t.dir;
-  removeRunDir = t.remove;
-});
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  removeRunDir();
-});
-
-async function gateway(options: Parameters<typeof testGateway>[1] = {}): Promise<Gateway> {
-  const gw = await testGateway(runDir, options);
-  cleanups.push(() => gw.close());
-  return gw;
-}
+const scope = gatewayTestScope();
+const { gateway, own, defer } = scope;
 
 describe("--workers N", () => {
   test("every router shares the ports, and a registration reaches all of them before register answers", async () => {
     const gw = await gateway({ workers: 3 });
     expect(gw.workers).toBe(3);
-    const echo = await rawEcho(join(runDir, "explicit.sock"));
-    cleanups.push(() => echo.close());
-    await controlRequest(runDir, { type: "register", pub_id: "w1", kind: "service", target: `unix:${join(runDir, "explicit.sock")}` });
+    const echo = await rawEcho(join(scope.runDir, "explicit.sock"));
+    defer(() => echo.close());
+    await controlRequest(scope.runDir, { type: "register", pub_id: "w1", kind: "service", target: `unix:${join(scope.runDir, "explicit.sock")}` });
     // Right after the answer, whichever router the kernel picks knows the route.
     const replies = await Promise.all(
       Array.from({ length: 60 }, (_, i) => rawExchange(gw.ports.service, `STOA1 w1\nn${i}`, { halfClose: true })),
@@ -49,9 +30,9 @@ describe("--workers N", () => {
 
   test("a worker's failed connects show up as down in list", async () => {
     const gw = await gateway({ workers: 2 });
-    const ping = await rawEcho(publisherSocketPath(runDir, "dead", "ping"));
-    cleanups.push(() => ping.close());
-    staleSocket(publisherSocketPath(runDir, "dead", "string"));
+    const ping = await rawEcho(publisherSocketPath(scope.runDir, "dead", "ping"));
+    defer(() => ping.close());
+    staleSocket(publisherSocketPath(scope.runDir, "dead", "string"));
     const replies = await Promise.all(Array.from({ length: 20 }, () => rawExchange(gw.ports.string, "STOA1 dead\n")));
     expect(replies.every((r) => r.status === 502)).toBe(true);
     await eventually(
@@ -63,7 +44,7 @@ describe("--workers N", () => {
   });
 
   test("close stops every worker and frees the ports", async () => {
-    const gw = await testGateway(runDir, { workers: 2 });
+    const gw = await testGateway(scope.runDir, { workers: 2 });
     await gw.close();
     expect(gw.state).toBe("closed");
     for (const kind of KINDS) {
