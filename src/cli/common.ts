@@ -7,7 +7,7 @@ import { str } from "./command.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { type LogFormat, type LogLevel, type Logger, createLogger } from "../core/log.ts";
 import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
-import { installSignalHandlers } from "../core/shutdown.ts";
+import { installSignalHandlers, onShutdown } from "../core/shutdown.ts";
 
 /** `--log-level` and `--log-format`, spread into a command's flags. */
 export function logFlags() {
@@ -36,11 +36,12 @@ export function startService(
 }
 
 /**
- * Serves `GET /metrics` (the shared Prometheus registry) on `listen`; `refresh` runs before
- * each scrape (e.g. to fold in counters from worker threads). Returns the server to stop.
+ * Serves `GET /metrics` (the shared Prometheus registry) on `listen` until shutdown; `refresh`
+ * runs before each scrape (e.g. to fold in counters from worker threads). No-op without `listen`.
  */
-export function serveMetrics(listen: { hostname: string; port: number }, refresh?: () => Promise<unknown>) {
-  return Bun.serve({
+export function serveMetrics(listen: { hostname: string; port: number } | undefined, refresh?: () => Promise<unknown>): void {
+  if (listen === undefined) return;
+  const server = Bun.serve({
     hostname: listen.hostname,
     port: listen.port,
     async fetch(req) {
@@ -49,6 +50,12 @@ export function serveMetrics(listen: { hostname: string; port: number }, refresh
       return new Response(metrics.render(), { headers: { "content-type": CONTENT_TYPE } });
     },
   });
+  onShutdown("metrics", () => server.stop(true));
+}
+
+/** Values of a repeatable flag that may also be comma-separated: `--listen a,b --listen c`. */
+export function splitList(values: readonly string[]): string[] {
+  return values.flatMap((v) => v.split(",")).map((v) => v.trim()).filter(Boolean);
 }
 
 /**

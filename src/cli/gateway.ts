@@ -1,7 +1,7 @@
 import { availableParallelism } from "node:os";
 import { z } from "zod";
 import { configFlag, defineCommand, list, str } from "./command.ts";
-import { HostPort, logFlags, serveMetrics, startService } from "./common.ts";
+import { HostPort, logFlags, serveMetrics, splitList, startService } from "./common.ts";
 import { Duration } from "../core/duration.ts";
 import { StoaError } from "../core/errors.ts";
 import { defaultRunDir } from "../core/paths.ts";
@@ -58,7 +58,7 @@ export default defineCommand({
       throw new StoaError("usage", `${path}: --tls-cert and --tls-key go together`);
     }
     const log = startService("gateway", flags, { shutdownTimeoutMs: flags.drainTimeout + SHUTDOWN_SLACK_MS });
-    const listen = flags.listen.flatMap((l) => l.split(",")).map((l) => l.trim()).filter(Boolean);
+    const listen = splitList(flags.listen);
     const gw = await startGateway({
       runDir: flags.runDir ?? defaultRunDir(),
       listen: listen.length > 0 ? listen : undefined,
@@ -71,10 +71,7 @@ export default defineCommand({
     onShutdown("gateway", async () => {
       await gw.drain();
     });
-    if (flags.metricsListen) {
-      const server = serveMetrics(flags.metricsListen, () => gw.stats());
-      onShutdown("metrics", () => server.stop(true));
-    }
+    serveMetrics(flags.metricsListen, () => gw.stats());
     const { service, string, ping } = gw.ports;
     process.stdout.write(
       `gateway: service ${service}, string ${string}, ping ${ping} on ${gw.listen.join(", ")}${gw.tls ? " (TLS)" : ""}; ` +

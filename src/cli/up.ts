@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { configFlag, defineCommand, list, str } from "./command.ts";
-import { HostPort, logFlags, serveMetrics, startService } from "./common.ts";
+import { HostPort, logFlags, serveMetrics, splitList, startService } from "./common.ts";
 import { PortsFlag } from "./gateway.ts";
 import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
@@ -34,7 +34,7 @@ export default defineCommand({
     const log = startService("up", flags, { shutdownTimeoutMs: UP_DRAIN_MS + 5_000 });
     const runDir = flags.runDir ?? defaultRunDir();
     const db = join(flags.stateDir ?? defaultStateDir(), "meta.db");
-    const listen = flags.listen.flatMap((l) => l.split(",")).map((l) => l.trim()).filter(Boolean);
+    const listen = splitList(flags.listen);
     const meta = startMeta({ listen: flags.metaListen, db, log: log.child({ part: "meta" }) });
     onShutdown("metaserver", () => meta.close());
     const gw = await startGateway({
@@ -47,10 +47,7 @@ export default defineCommand({
     onShutdown("gateway", async () => {
       await gw.drain();
     });
-    if (flags.metricsListen) {
-      const server = serveMetrics(flags.metricsListen, () => gw.stats());
-      onShutdown("metrics", () => server.stop(true));
-    }
+    serveMetrics(flags.metricsListen, () => gw.stats());
     const { service, string, ping } = gw.ports;
     const opts = `--meta ${meta.url}${flags.runDir ? ` --run-dir ${runDir}` : ""}`;
     process.stdout.write(
