@@ -18,6 +18,9 @@ export type ErrorCode =
   | "io" // a system call failed
   | "closed" // the peer or the resource is gone
   | "timeout"
+  | "permission" // the process lacks a privilege or capability (e.g. CAP_NET_ADMIN)
+  | "not_found" // a named thing does not exist: interface, address, route
+  | "exists" // the thing to create is already there
   | "internal";
 
 export class StoaError extends Error {

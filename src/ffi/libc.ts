@@ -12,6 +12,19 @@ const symbols = {
     returns: FFIType.i64,
   },
   close: { args: [FFIType.i32], returns: FFIType.i32 },
+  // Sockets (netlink.ts): int socket(int, int, int); int bind(int, const sockaddr *, socklen_t); …
+  socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+  bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+  setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+  // ssize_t sendto(int, const void *, size_t, int, const sockaddr *, socklen_t)
+  sendto: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i64_fast },
+  // ssize_t recvfrom(int, void *, size_t, int, sockaddr *, socklen_t *)
+  recvfrom: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i64_fast },
+  // Interface names ↔ indexes, resolved in the caller's network namespace.
+  if_nametoindex: { args: [FFIType.ptr], returns: FFIType.u32 },
+  if_indextoname: { args: [FFIType.u32, FFIType.ptr], returns: FFIType.ptr },
+  // int flock(int fd, int op): advisory whole-file locks, released by the kernel when the fd closes.
+  flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
   strerror: { args: [FFIType.i32], returns: FFIType.cstring },
 } as const;
@@ -36,11 +49,18 @@ export function strerror(code: number): string {
   return String(libc().strerror(code));
 }
 
+/** A NUL-terminated copy of `text` for a `const char *` argument (keep it referenced during the call). */
+export function cString(text: string): Buffer {
+  return Buffer.from(`${text}\0`, "utf8");
+}
+
 /** Linux errno values stoa reacts to (asm-generic/errno-base.h, errno.h). */
 export const Errno = {
   EPERM: 1,
   ENOENT: 2,
+  ESRCH: 3,
   EINTR: 4,
+  ENXIO: 6,
   EBADF: 9,
   EAGAIN: 11,
   ENOMEM: 12,
@@ -51,5 +71,6 @@ export const Errno = {
   ENOSYS: 38,
   EADDRINUSE: 98,
   EADDRNOTAVAIL: 99,
+  ENOBUFS: 105,
   ECONNREFUSED: 111,
 } as const;
