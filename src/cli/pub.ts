@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { bool, configFlag, defineCommand, str } from "./command.ts";
 import { logFlags, startService } from "./common.ts";
+import { PortsFlag } from "./gateway.ts";
 import { StoaError } from "../core/errors.ts";
 import { defaultRunDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
@@ -15,7 +16,9 @@ export default defineCommand({
   description:
     "Registers NAME with the metaserver, serves the stream behind this host's gateway (Unix\n" +
     "sockets in the run dir), gets confirmed through the gateway, then publishes each value read\n" +
-    "from stdin. At the end of stdin it deregisters and exits (or keeps serving with --stay).",
+    "from stdin. At the end of stdin it deregisters and exits (or keeps serving with --stay).\n" +
+    "With --addr auto there is no gateway: the publisher adds its own /128 (nodad) to --dev,\n" +
+    "serves the three ports on it directly and deletes it on exit (stoa addr gc after a crash).",
   config: true,
   positionals: [{ name: "name", description: "hierarchical name, e.g. lab/sensors/temp", required: true }],
   flags: {
@@ -30,17 +33,30 @@ export default defineCommand({
     host: str("host address clients reach the gateway at (default: from the gateway)", { placeholder: "addr" }),
     internal: str("how the gateway reaches this publisher", { default: "unix", choices: ["unix", "tcp"] }),
     stay: bool("keep serving the latest value after stdin ends, until SIGINT/SIGTERM"),
+    addr: str("'auto': no gateway — serve on a random /128 of --prefix added to --dev (needs CAP_NET_ADMIN)", {
+      choices: ["auto"],
+    }),
+    prefix: str("with --addr auto: the on-link prefix to draw the address from", { placeholder: "P/64" }),
+    dev: str("with --addr auto: the interface to add the address to", { placeholder: "IF" }),
+    ports: str("with --addr auto: service,string,ping ports to serve on", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
     ...logFlags(),
     config: configFlag(),
   },
   examples: [
     "seq 1 100 | stoa pub demo/counter",
+    "sensor-read | sudo stoa pub lab/temp --addr auto --prefix fd00:1:2:3::/64 --dev eth0 --meta http://[fd00:1:2:3::9]:8090",
     "tail -F /var/log/app.json | stoa pub app/log --format json --meta http://[fd00::2]:8090",
     "echo ready | stoa pub jobs/42/status --stay",
   ],
-  async run({ flags, args }) {
+  async run({ flags, args, path }) {
     const log = startService("pub", flags);
     const name = args[0] ?? "";
+    if (flags.addr === "auto" && (flags.prefix === undefined || flags.dev === undefined)) {
+      throw new StoaError("usage", `${path}: --addr auto needs --prefix P/64 and --dev IF`);
+    }
+    if (flags.addr === undefined && (flags.prefix !== undefined || flags.dev !== undefined)) {
+      throw new StoaError("usage", `${path}: --prefix and --dev go with --addr auto`);
+    }
     const session = await startPublishing({
       name,
       pubId: flags.pubId,
@@ -48,6 +64,7 @@ export default defineCommand({
       runDir: flags.runDir ?? defaultRunDir(),
       host: flags.host,
       internal: z.enum(["unix", "tcp"]).parse(flags.internal),
+      ownAddress: flags.addr === "auto" && flags.prefix && flags.dev ? { prefix: flags.prefix, dev: flags.dev, ports: flags.ports } : undefined,
       slow: z.enum(["drop-oldest", "disconnect"]).parse(flags.slow),
       log,
     });

@@ -8,7 +8,8 @@
  *   reclaimed. On any failure the sockets bound so far are removed, and the directory too if
  *   this call created it: a failed start leaves nothing behind and touches nothing live. Once
  *   all three are bound the directory is ours and gets mode 0700.
- * - TCP: three servers on `[::1]`, ephemeral ports; no files.
+ * - TCP: three servers on `[::1]`, ephemeral ports; no files. Or, for a publisher that owns
+ *   its own address (`stoa pub --addr auto`), on that address with the fixed ports.
  * - `unlink()` removes the socket files only (nobody new connects); `stop()` stops the servers,
  *   gracefully for a moment and then forcibly, and removes the directory.
  */
@@ -45,33 +46,41 @@ export interface Listening {
   stop(): Promise<string | undefined>;
 }
 
+/** TCP address and ports to bind the endpoints on, instead of the run dir. */
+export interface TcpListen {
+  host: string;
+  /** Port per kind; 0 picks a free one. */
+  ports: Readonly<Record<Kind, number>>;
+}
+
 /** Binds the three endpoints of `pubId` (see the module header). */
 export async function listenEndpoints<D>(
   pubId: string,
-  internal: "unix" | "tcp",
+  internal: "unix" | "tcp" | TcpListen,
   runDir: string,
   serverFor: (kind: Kind) => EndpointServer<D>,
 ): Promise<Listening> {
-  return internal === "tcp" ? listenTcp(pubId, serverFor) : listenUnixDir(pubId, resolve(runDir), serverFor);
+  if (internal === "unix") return listenUnixDir(pubId, resolve(runDir), serverFor);
+  return listenTcp(pubId, serverFor, internal === "tcp" ? { host: "::1", ports: { service: 0, string: 0, ping: 0 } } : internal);
 }
 
-async function listenTcp<D>(pubId: string, serverFor: (kind: Kind) => EndpointServer<D>): Promise<Listening> {
+async function listenTcp<D>(pubId: string, serverFor: (kind: Kind) => EndpointServer<D>, where: TcpListen): Promise<Listening> {
   const servers: Server<D>[] = [];
   const endpoints: Partial<Record<Kind, InternalEndpoint>> = {};
   const urls: Partial<Record<Kind, string>> = {};
+  const host = where.host;
+  const shown = host.includes(":") ? `[${host}]` : host;
   try {
     for (const kind of KINDS) {
-      const server = Bun.serve<D>({ hostname: "::1", port: 0, ...serverFor(kind) });
+      const server = Bun.serve<D>({ hostname: host, port: where.ports[kind], ...serverFor(kind) });
       servers.push(server);
       const port = server.port ?? 0;
-      endpoints[kind] = { kind: "tcp", host: "::1", port };
-      urls[kind] = `ws://[::1]:${port}/`;
+      endpoints[kind] = { kind: "tcp", host, port };
+      urls[kind] = `ws://${shown}:${port}/`;
     }
   } catch (err) {
     for (const server of servers) await server.stop(true);
-    throw new StoaError("io", `cannot listen on [::1] for ${pubId}: ${messageOf(err)}; is IPv6 loopback up?`, {
-      cause: err,
-    });
+    throw new StoaError("io", `cannot listen on ${shown} for ${pubId}: ${messageOf(err)}`, { cause: err });
   }
   return {
     endpoints: complete(endpoints),

@@ -20,7 +20,7 @@ import { StoaError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { metrics as sharedMetrics, type Registry } from "../core/metrics.ts";
 import { defaultRunDir } from "../core/paths.ts";
-import { type EndpointServer, type InternalEndpoint, type Listening, listenEndpoints } from "./listen.ts";
+import { type EndpointServer, type InternalEndpoint, type Listening, type TcpListen, listenEndpoints } from "./listen.ts";
 import { isValidPubId, KINDS, type Kind } from "./names.ts";
 import { type Frame, Outbox } from "./outbox.ts";
 import {
@@ -44,15 +44,18 @@ import { type Value, valueProblem, valueText } from "./value.ts";
 export type StreamKind = Exclude<Kind, "ping">;
 const STREAM_KINDS: readonly StreamKind[] = ["service", "string"];
 
-export type { InternalEndpoint } from "./listen.ts";
+export type { InternalEndpoint, TcpListen } from "./listen.ts";
 
 export interface PublisherOptions {
   /** The stream's pub_id (names.ts rules). */
   pubId: string;
   /** Run dir holding `<pub_id>/`; default core/paths.ts `defaultRunDir()`. Unused for "tcp". */
   runDir?: string;
-  /** "unix" (default): sockets in the run dir; "tcp": loopback `[::1]` ephemeral ports. */
-  internal?: "unix" | "tcp";
+  /**
+   * "unix" (default): sockets in the run dir; "tcp": loopback `[::1]` ephemeral ports; or an
+   * address and ports of its own (a publisher reached directly, without a gateway).
+   */
+  internal?: "unix" | "tcp" | TcpListen;
   /** What happens to a subscriber whose queue overflows; default "drop-oldest". */
   slow?: SlowPolicy;
   /** Per-subscriber queue bounds; default `DEFAULT_QUEUE`. */

@@ -19,8 +19,9 @@ import { gatewayControlPath } from "../core/paths.ts";
 import type { Logger } from "../core/log.ts";
 import { controlRequest } from "../gateway/control.ts";
 import { MetaClient } from "../meta/client.ts";
-import type { PublisherInfo } from "../meta/protocol.ts";
-import { KINDS, newPubId } from "./names.ts";
+import { DEFAULT_TTL_MS, type PublisherInfo, type RegisterRequest } from "../meta/protocol.ts";
+import { addRandomOwnedAddress } from "../addr/manager.ts";
+import { KINDS, type Kind, newPubId } from "./names.ts";
 import type { SlowPolicy } from "./protocol.ts";
 import { type Publisher, createPublisher } from "./publisher.ts";
 
@@ -38,6 +39,12 @@ export interface SessionOptions {
   /** The host address clients reach the gateway at; default from the gateway's listen addresses. */
   host?: string;
   internal?: "unix" | "tcp";
+  /**
+   * Option 1 of the design (no gateway): add a random address of `prefix` (the on-link /64) to
+   * `dev` as a /128 with nodad, serve the three endpoints on it with `ports` directly, register
+   * that address, and delete it on close. Needs CAP_NET_ADMIN.
+   */
+  ownAddress?: { prefix: string; dev: string; ports: Readonly<Record<Kind, number>> };
   slow?: SlowPolicy;
   log: Logger;
 }
@@ -51,6 +58,7 @@ export interface Session {
 
 /** Runs steps 1–5 above; on any failure undoes what was done and throws a StoaError. */
 export async function startPublishing(options: SessionOptions): Promise<Session> {
+  if (options.ownAddress) return startOnOwnAddress(options, options.ownAddress);
   const { log, runDir } = options;
   const gateway = await controlRequest(runDir, { type: "info" }).catch((err: unknown) => {
     if (!(err instanceof StoaError) || err.code !== "closed") throw err;
@@ -93,9 +101,54 @@ export async function startPublishing(options: SessionOptions): Promise<Session>
     await unwind();
     throw err;
   }
-  log.info("publishing", { publisher: info.name, pub_id: pubId, service: info.urls.service });
+  return liveSession({ meta, request, publisher, info, unwind, log, reregister: options.internal === "tcp" ? routeTcp : undefined });
+}
 
-  const ttlMs = await meta.health().then((h) => h.ttl_ms, () => 15_000);
+/** Option 1: a publisher on its own /128, reached without a gateway. */
+async function startOnOwnAddress(options: SessionOptions, own: NonNullable<SessionOptions["ownAddress"]>): Promise<Session> {
+  const { log, runDir } = options;
+  const meta = new MetaClient(options.metaUrl);
+  const pubId = options.pubId ?? newPubId();
+  const undo: (() => Promise<unknown>)[] = [];
+  const unwind = async () => {
+    for (const step of undo.reverse()) await step().catch(() => {});
+  };
+  let publisher: Publisher;
+  let info: PublisherInfo;
+  let request: RegisterRequest;
+  try {
+    const owned = addRandomOwnedAddress({ prefix: own.prefix, dev: own.dev, runDir });
+    undo.push(async () => owned.remove());
+    log.info("added address", { addr: owned.addr, dev: own.dev });
+    publisher = await createPublisher({ pubId, runDir, internal: { host: owned.addr, ports: own.ports }, slow: options.slow, log });
+    undo.push(() => publisher.close());
+    request = { name: options.name, pub_id: pubId, host: owned.addr, ports: own.ports };
+    info = await meta.register(request);
+    undo.push(() => meta.deregister(pubId));
+    info = await meta.confirm(pubId);
+  } catch (err) {
+    await unwind();
+    throw err;
+  }
+  return liveSession({ meta, request, publisher, info, unwind, log });
+}
+
+/** Heartbeats for a confirmed registration, and the `close()` that undoes everything. */
+async function liveSession(s: {
+  meta: MetaClient;
+  request: RegisterRequest;
+  publisher: Publisher;
+  info: PublisherInfo;
+  unwind: () => Promise<void>;
+  log: Logger;
+  /** Re-creates what the gateway must know before registering again (explicit routes). */
+  reregister?: () => Promise<void>;
+}): Promise<Session> {
+  const { meta, request, publisher, unwind, log } = s;
+  const pubId = publisher.pubId;
+  let info = s.info;
+  log.info("publishing", { publisher: info.name, pub_id: pubId, service: info.urls.service });
+  const ttlMs = await meta.health().then((h) => h.ttl_ms, () => DEFAULT_TTL_MS);
   const every = Math.min(MAX_HEARTBEAT_MS, Math.max(MIN_HEARTBEAT_MS, Math.floor(ttlMs / 3)));
   let beating = false;
   const timer = setInterval(async () => {
@@ -106,7 +159,7 @@ export async function startPublishing(options: SessionOptions): Promise<Session>
     } catch (err) {
       if (err instanceof StoaError && "status" in err && err.status === 404) {
         log.warn("the metaserver forgot this publisher; registering again", { pub_id: pubId });
-        await (options.internal === "tcp" ? routeTcp() : Promise.resolve())
+        await (s.reregister ?? (async () => {}))()
           .then(() => meta.register(request))
           .then(() => meta.confirm(pubId))
           .then((fresh) => (info = fresh))
