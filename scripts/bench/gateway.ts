@@ -9,32 +9,54 @@
  * cross-CPU wake-up costs tens of µs here and drowns the difference) and unpinned.
  * Goal: stoa's p50 ≤ nginx's, throughput ≥ nginx's.
  *
- *   bun scripts/bench/gateway.ts [--json] [--count 20000] [--mib 1024] [--workers 1]
+ * This machine's speed drifts (a VM: the same direct round trip takes 8.5 µs for a while, then
+ * 12.5 µs), so the paths are measured interleaved rather than one after the other: a pass runs
+ * `--runs` rounds over the same processes, and each round takes `--count` round trips and
+ * `--mib` MiB per path in `--blocks` blocks, cycling through the paths block by block (in an
+ * order rotated every block), so that a slow spell falls on every path alike. Echo round trips
+ * run on one connection per path and round; each stream block is its own connection. A round's
+ * p50/p99 are over all its samples of that path, its MB/s is total bytes over total time; each
+ * figure printed is the median over the rounds, the spread of p50 and MB/s in brackets.
+ *
+ *   bun scripts/bench/gateway.ts [--json] [--count 20000] [--mib 1024] [--runs 5] [--blocks 10]
+ *                                [--workers 1] [--stoa path/to/other/build]
  */
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { type Target, echoRtt, freePort, percentile, throughput, waitForPort } from "./lib/client.ts";
+import { type EchoConnection, type Target, freePort, openEcho, percentile, throughput, waitForPort } from "./lib/client.ts";
 
 const { values } = parseArgs({
   options: {
     json: { type: "boolean", default: false },
     count: { type: "string", default: "20000" },
     mib: { type: "string", default: "1024" },
+    runs: { type: "string", default: "5" },
+    blocks: { type: "string", default: "10" },
     workers: { type: "string", default: "1" },
+    /** Another build to measure instead of dist/stoa, e.g. the previous commit's, for a before/after. */
+    stoa: { type: "string" },
     inner: { type: "boolean", default: false },
   },
 });
 const root = join(import.meta.dir, "..", "..");
-const stoaBin = join(root, "dist", "stoa");
+const stoaBin = values.stoa ?? join(root, "dist", "stoa");
 const nginxBin = ["/usr/sbin/nginx", "/usr/bin/nginx"].find(existsSync) ?? Bun.which("nginx");
 const streamModule = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
+/** One path's figures: medians over the rounds, and every round's own figures. */
 interface Row {
   path: string;
   p50: number;
   p99: number;
   mbps: number;
+  rounds: { p50: number; p99: number; mbps: number }[];
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? (sorted[mid] ?? Number.NaN) : ((sorted[mid - 1] ?? Number.NaN) + (sorted[mid] ?? Number.NaN)) / 2;
 }
 
 async function inner(): Promise<Row[]> {
@@ -82,19 +104,64 @@ stream {
       targets.push(["nginx stream proxy", (pub) => ({ hostname: "127.0.0.1", port: pub === "echo" ? echoPort : sinkPort })]);
     }
 
-    const rows: Row[] = [];
     const count = Number(values.count);
     const bytes = Number(values.mib) * 1024 * 1024;
-    for (const [path, target] of targets) {
-      const rtts = await echoRtt(target("echo"), count).catch((err: Error) => {
-        throw new Error(`${path}, echo: ${err.message}`);
+    const runs = Math.max(1, Number(values.runs));
+    const blocks = Math.max(1, Math.min(Number(values.blocks), count));
+    const rounds = new Map<string, Row["rounds"]>(targets.map(([path]) => [path, []]));
+    /** Index into `targets` of the i-th path measured in block `block`: rotated every block. */
+    const nth = (block: number, i: number) => (block + i) % targets.length;
+    const fail = (path: string, what: string) => (err: Error) => {
+      throw new Error(`${path}, ${what}: ${err.message}`);
+    };
+    for (let round = 0; round < runs; round++) {
+      const echo: EchoConnection[] = [];
+      const rtts: number[][] = targets.map(() => []);
+      const streamed = targets.map(() => ({ bytes: 0, seconds: 0 }));
+      try {
+        for (const [path, target] of targets) {
+          const conn = await openEcho(target("echo")).catch(fail(path, "echo"));
+          echo.push(conn);
+          await conn.measure(500).catch(fail(path, "echo")); // warm-up, untimed
+        }
+        for (let block = 0; block < blocks; block++) {
+          const n = Math.floor((count * (block + 1)) / blocks) - Math.floor((count * block) / blocks);
+          for (let i = 0; i < targets.length; i++) {
+            const t = nth(round * blocks + block, i);
+            const path = (targets[t] as (typeof targets)[number])[0];
+            (rtts[t] as number[]).push(...(await (echo[t] as EchoConnection).measure(n).catch(fail(path, "echo"))));
+          }
+        }
+      } finally {
+        for (const conn of echo) conn.close();
+      }
+      for (let block = 0; block < blocks; block++) {
+        const n = Math.floor((bytes * (block + 1)) / blocks) - Math.floor((bytes * block) / blocks);
+        for (let i = 0; i < targets.length; i++) {
+          const t = nth(round * blocks + block, i);
+          const [path, target] = targets[t] as (typeof targets)[number];
+          const mbps = await throughput(target("sink"), n).catch(fail(path, "stream"));
+          const acc = streamed[t] as { bytes: number; seconds: number };
+          acc.bytes += n;
+          acc.seconds += n / (mbps * 1e6);
+        }
+      }
+      targets.forEach(([path], t) => {
+        const sorted = (rtts[t] as number[]).sort((a, b) => a - b);
+        const acc = streamed[t] as { bytes: number; seconds: number };
+        rounds.get(path)?.push({ p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), mbps: acc.bytes / acc.seconds / 1e6 });
       });
-      const mbps = await throughput(target("sink"), bytes).catch((err: Error) => {
-        throw new Error(`${path}, stream: ${err.message}`);
-      });
-      rows.push({ path, p50: percentile(rtts, 0.5), p99: percentile(rtts, 0.99), mbps });
     }
-    return rows;
+    return targets.map(([path]) => {
+      const r = rounds.get(path) ?? [];
+      return {
+        path,
+        p50: median(r.map((x) => x.p50)),
+        p99: median(r.map((x) => x.p99)),
+        mbps: median(r.map((x) => x.mbps)),
+        rounds: r,
+      };
+    });
   } finally {
     for (const child of children) child.kill("SIGTERM");
     await Promise.all(children.map((c) => c.exited));
@@ -103,7 +170,7 @@ stream {
 }
 
 async function run(pinned: boolean): Promise<Row[]> {
-  const argv = [process.execPath, import.meta.path, "--inner", "--count", String(values.count), "--mib", String(values.mib), "--workers", String(values.workers)];
+  const argv = [process.execPath, import.meta.path, "--inner", "--count", String(values.count), "--mib", String(values.mib), "--runs", String(values.runs), "--blocks", String(values.blocks), "--workers", String(values.workers), "--stoa", stoaBin];
   const proc = Bun.spawn(pinned ? ["taskset", "-c", "0", ...argv] : argv, { stdout: "pipe", stderr: "inherit" });
   const out = await new Response(proc.stdout).text();
   if ((await proc.exited) !== 0) throw new Error(`benchmark pass (${pinned ? "pinned" : "unpinned"}) failed`);
@@ -119,11 +186,17 @@ if (values.inner) {
   } else {
     const mib = Number(values.mib);
     console.log(`gateway benchmark — 1 KiB echo RTT (µs) over ${values.count} round trips; ${mib} MiB one way (MB/s)`);
+    console.log(`paths interleaved in ${values.blocks} blocks; medians over ${values.runs} rounds, [lowest–highest round] for p50 and MB/s`);
+    const spread = (xs: number[], digits: number) => `[${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}]`;
     for (const [label, rows] of [["pinned to CPU 0 (taskset -c 0)", result.pinned], ["unpinned", result.unpinned]] as const) {
       console.log(`\n${label}`);
-      console.log(`  ${"path".padEnd(22)} ${"p50".padStart(8)} ${"p99".padStart(8)} ${"MB/s".padStart(8)}`);
+      console.log(`  ${"path".padEnd(22)} ${"p50".padStart(8)} ${"".padEnd(13)} ${"p99".padStart(8)} ${"MB/s".padStart(8)}`);
       for (const r of rows) {
-        console.log(`  ${r.path.padEnd(22)} ${r.p50.toFixed(1).padStart(8)} ${r.p99.toFixed(1).padStart(8)} ${r.mbps.toFixed(0).padStart(8)}`);
+        const p50s = spread(r.rounds.map((x) => x.p50), 1);
+        const mbpss = spread(r.rounds.map((x) => x.mbps), 0);
+        console.log(
+          `  ${r.path.padEnd(22)} ${r.p50.toFixed(1).padStart(8)} ${p50s.padEnd(13)} ${r.p99.toFixed(1).padStart(8)} ${r.mbps.toFixed(0).padStart(8)} ${mbpss}`,
+        );
       }
     }
     if (!nginxBin) console.log("\nnginx is not installed (apt-get install nginx): no nginx comparison in this run");

@@ -7,10 +7,10 @@
  *   `onData`/`onDrain`/`onEnd`/`onClose`, or uses `pipeHandlers()` with a `PipeEnd` in
  *   `socket.data` (the Pipe attaches itself there when it is created).
  * - `socket.write()` may take fewer bytes than given and silently drops the rest. The unwritten
- *   tail is copied into a queue for that destination, the source is paused, and the
- *   destination's `drain` flushes the queue and resumes the source. A healthy pipe therefore holds
- *   about one read (Bun reads at most 512 KiB at a time) per direction; `maxQueueBytes` is the
- *   hard cap for a source that ignores `pause()`.
+ *   tail is queued for that destination (copied, unless `freshChunks` says the caller never
+ *   reuses a chunk), the source is paused, and the destination's `drain` flushes the queue and
+ *   resumes the source. A healthy pipe therefore holds about one read (Bun reads at most 512 KiB
+ *   at a time) per direction; `maxQueueBytes` is the hard cap for a source that ignores `pause()`.
  * - A FIN from one side becomes a write half-close (`shutdown()`) of the other, once the bytes
  *   queued for it are written. Both sockets need `allowHalfOpen: true` and an `end` handler, or
  *   Bun closes them at the peer's FIN and the reply is lost.
@@ -63,6 +63,13 @@ export interface PipeOptions {
   lingerMs?: number;
   /** Per-direction cap on queued bytes; exceeding it destroys the pipe with `too_large`. */
   maxQueueBytes?: number;
+  /**
+   * The caller never reuses or changes a buffer it passed to `onData`, so an unwritten tail may
+   * be queued as a view instead of a copy. True of chunks straight from Bun's `data` event:
+   * Bun 1.4 copies every read into a new buffer. Saves copying most of a read (up to 512 KiB)
+   * on every short write, which is the common case when streaming. Default false: copy.
+   */
+  freshChunks?: boolean;
 }
 
 /** Default grace for the surviving side to flush and close once its partner closed. */
@@ -160,6 +167,7 @@ export class Pipe {
   readonly #b: End;
   readonly #lingerMs: number;
   readonly #maxQueue: number;
+  readonly #freshChunks: boolean;
   #error: Error | null = null;
   #finished = false;
   #linger: ReturnType<typeof setTimeout> | undefined;
@@ -175,6 +183,7 @@ export class Pipe {
     this.#b = newEnd("b", b);
     this.#lingerMs = options.lingerMs ?? PIPE_LINGER_MS;
     this.#maxQueue = options.maxQueueBytes ?? PIPE_MAX_QUEUE_BYTES;
+    this.#freshChunks = options.freshChunks ?? false;
     this.done = new Promise((resolve) => {
       this.#resolve = resolve;
     });
@@ -186,7 +195,7 @@ export class Pipe {
       }
     }
     if (options.initial !== undefined && options.initial.byteLength > 0) {
-      this.#send(this.#a, this.#b, options.initial);
+      this.#send(this.#a, this.#b, options.initial, false);
     }
     for (const end of [this.#a, this.#b]) {
       const seen = early.get(end.sock);
@@ -214,8 +223,8 @@ export class Pipe {
 
   /** Route the socket's `data` event here. */
   onData(side: Side, chunk: Uint8Array): void {
-    const src = this.#end(side);
-    this.#send(src, this.#peer(src), chunk);
+    if (side === "a") this.#send(this.#a, this.#b, chunk, this.#freshChunks);
+    else this.#send(this.#b, this.#a, chunk, this.#freshChunks);
   }
 
   /** Route the socket's `drain` event here. */
@@ -278,7 +287,8 @@ export class Pipe {
     return end === this.#a ? this.#b : this.#a;
   }
 
-  #send(src: End, dst: End, chunk: Uint8Array): void {
+  /** `fresh`: `chunk` is never reused by whoever passed it, so it may be queued without a copy. */
+  #send(src: End, dst: End, chunk: Uint8Array, fresh: boolean): void {
     if (dst.closed) return; // input for a closed side is discarded
     let rest = chunk;
     if (dst.queue.length === 0) {
@@ -296,9 +306,8 @@ export class Pipe {
       );
       return;
     }
-    // Copy: the chunk may be Bun's read buffer. Bun 1.4.5 hands out a fresh buffer per read
-    // (checked), but nothing promises it, and only the unwritten tail is copied.
-    dst.queue.push(new Uint8Array(rest));
+    // Copy unless told otherwise: a caller may reuse its read buffer, and only the tail is copied.
+    dst.queue.push(fresh ? rest : new Uint8Array(rest));
     dst.queued += rest.byteLength;
     if (dst.queued > dst.maxQueued) dst.maxQueued = dst.queued;
     if (!src.paused && !src.closed) {

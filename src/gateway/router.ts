@@ -310,11 +310,16 @@ export class Router {
         upstream.terminate();
         return;
       }
-      upstream.setNoDelay(true);
+      // Nagle is a TCP matter: on a Unix socket the option only costs a failing syscall.
+      if (resolved.target.kind === "tcp") upstream.setNoDelay(true);
       const pending = conn.pending;
       conn.pending = null;
       conn.phase = "piping";
-      const pipe = new Pipe(sock, upstream, { initial: pending === null ? forward : concat(forward, pending) });
+      const pipe = new Pipe(sock, upstream, {
+        initial: pending === null ? forward : concat(forward, pending),
+        // Both sockets' chunks come straight from Bun's data events (see PipeOptions).
+        freshChunks: true,
+      });
       if (conn.clientEnded) pipe.onEnd("a");
       void pipe.done.then(() => this.#countBytes(conn));
       if (this.#log.enabled("debug")) {

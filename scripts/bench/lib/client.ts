@@ -35,30 +35,51 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.floor((sorted.length - 1) * p)] ?? Number.NaN;
 }
 
-/** Round-trip times in microseconds of `count` 1 KiB messages (after `warmup` untimed ones). */
-export async function echoRtt(target: Target, count: number, warmup = 500): Promise<number[]> {
+/** One connection to an echo peer, kept open so that measurements can be taken in blocks. */
+export interface EchoConnection {
+  /** Round-trip times in microseconds of `count` 1 KiB messages, in the order taken. */
+  measure(count: number): Promise<number[]>;
+  close(): void;
+}
+
+/** Opens a connection to an echo peer (sending the target's prelude, if any). */
+export async function openEcho(target: Target): Promise<EchoConnection> {
   const s = await connect(target);
   const msg = new Uint8Array(1024).fill(0x61);
-  const times: number[] = [];
+  return {
+    async measure(count) {
+      const times: number[] = [];
+      for (let i = 0; i < count; i++) {
+        const t0 = Bun.nanoseconds();
+        await new Promise<void>((resolve, reject) => {
+          let got = 0;
+          s.data.onData = (chunk) => {
+            got += chunk.byteLength;
+            if (got >= msg.byteLength) resolve();
+          };
+          s.data.onClose = () => reject(new Error("connection closed during the round trip"));
+          const n = s.write(msg);
+          if (n !== msg.byteLength) reject(new Error(`short write of a 1 KiB message (${n})`));
+        });
+        times.push((Bun.nanoseconds() - t0) / 1000);
+      }
+      return times;
+    },
+    close() {
+      s.end();
+    },
+  };
+}
+
+/** Round-trip times in microseconds of `count` 1 KiB messages (after `warmup` untimed ones), sorted. */
+export async function echoRtt(target: Target, count: number, warmup = 500): Promise<number[]> {
+  const conn = await openEcho(target);
   try {
-    for (let i = 0; i < warmup + count; i++) {
-      const t0 = Bun.nanoseconds();
-      await new Promise<void>((resolve, reject) => {
-        let got = 0;
-        s.data.onData = (chunk) => {
-          got += chunk.byteLength;
-          if (got >= msg.byteLength) resolve();
-        };
-        s.data.onClose = () => reject(new Error("connection closed during the round trip"));
-        const n = s.write(msg);
-        if (n !== msg.byteLength) reject(new Error(`short write of a 1 KiB message (${n})`));
-      });
-      if (i >= warmup) times.push((Bun.nanoseconds() - t0) / 1000);
-    }
+    await conn.measure(warmup);
+    return (await conn.measure(count)).sort((a, b) => a - b);
   } finally {
-    s.end();
+    conn.close();
   }
-  return times.sort((a, b) => a - b);
 }
 
 /** Sends `bytes` one way, waits for the sink's count; returns MB/s (10^6 bytes per second). */
