@@ -23,7 +23,8 @@
  *   (`%2e%2e`, `%2F`, `%00` are all 400), so there is exactly one spelling of each pub_id and
  *   `..`, `.`, `/` and NUL can never reach a path.
  * - Everything read so far (the HTTP form) or everything after the prelude's LF is sent to the
- *   target first, then the two sockets are spliced (src/core/pipe.ts) with TCP_NODELAY on both.
+ *   target first, then the two sockets are spliced (src/core/pipe.ts), with TCP_NODELAY on each
+ *   TCP socket (a Unix socket has no Nagle delay to turn off).
  *   The gateway never terminates WebSocket: it is a layer-4 proxy chosen by one line.
  *
  * ## Resolving a target, in order
