@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { type Net, canUseNetns, createNet } from "../helpers/netns.ts";
-import { Proc, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { NetProcs, type Proc, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { STOA } from "../helpers/stoa.ts";
 
 const can = canUseNetns();
@@ -16,14 +16,9 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
   let net: Net;
   let runDir: string;
   let metaUrl: string;
-  const procs: Proc[] = [];
+  let procs: NetProcs;
 
-  const spawn = (host: string, name: string, args: string[], stdin = false): Proc => {
-    const proc = net.spawn(host, [STOA, ...args], { stdin: stdin ? "pipe" : "ignore", stdout: "pipe", stderr: "pipe" });
-    const p = new Proc(`${name}@${host}`, proc as ConstructorParameters<typeof Proc>[1]);
-    procs.push(p);
-    return p;
-  };
+  const spawn = (host: string, name: string, args: string[], stdin = false): Proc => procs.stoa(host, name, args, stdin);
 
   /** Addresses on A's link interface, as `ip -6 -o addr show` prints them. */
   const addressesOfA = async (): Promise<string> => (await net.exec("a", ["ip", "-6", "-o", "addr", "show", "dev", net.iface("a", "b")])).stdout;
@@ -40,6 +35,7 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
   beforeAll(async () => {
     requireBinary();
     net = await createNet({ hosts: ["a", "b"], links: [["a", "b"]] });
+    procs = new NetProcs(net);
     runDir = mkdtempSync("/tmp/e2a-");
     const b = net.addr("b", "a");
     metaUrl = `http://[${b}]:8090`;
@@ -48,8 +44,7 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
   }, 60_000);
 
   afterAll(async () => {
-    for (const p of procs) if (p.running) p.proc.kill("SIGTERM");
-    await Promise.all(procs.map((p) => Promise.race([p.exited, Bun.sleep(3_000)])));
+    await procs?.stop();
     await net?.destroy();
     if (runDir) rmSync(runDir, { recursive: true, force: true });
   });

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { type Net, canUseNetns, createNet } from "../helpers/netns.ts";
-import { Proc, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { NetProcs, type Proc, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { STOA } from "../helpers/stoa.ts";
 
 const can = canUseNetns();
@@ -15,20 +15,16 @@ if (!can.ok) console.warn(`skipping cross-host tests: ${can.reason}`);
 describe.if(can.ok)("cross host over IPv6: publisher + gateway on A, metaserver + subscriber on B", () => {
   let net: Net;
   let runDir: string;
-  const procs: Proc[] = [];
+  let procs: NetProcs;
   let metaUrl: string;
   let pub: Proc;
 
-  const spawn = (host: string, name: string, args: string[], stdin = false): Proc => {
-    const proc = net.spawn(host, [STOA, ...args], { stdin: stdin ? "pipe" : "ignore", stdout: "pipe", stderr: "pipe" });
-    const p = new Proc(`${name}@${host}`, proc as ConstructorParameters<typeof Proc>[1]);
-    procs.push(p);
-    return p;
-  };
+  const spawn = (host: string, name: string, args: string[], stdin = false): Proc => procs.stoa(host, name, args, stdin);
 
   beforeAll(async () => {
     requireBinary();
     net = await createNet({ hosts: ["a", "b"], links: [["a", "b"]] });
+    procs = new NetProcs(net);
     runDir = mkdtempSync("/tmp/e2x-");
     const a = net.addr("a", "b");
     const b = net.addr("b", "a");
@@ -42,8 +38,7 @@ describe.if(can.ok)("cross host over IPv6: publisher + gateway on A, metaserver 
   }, 60_000);
 
   afterAll(async () => {
-    for (const p of procs) if (p.running) p.proc.kill("SIGTERM");
-    await Promise.all(procs.map((p) => Promise.race([p.exited, Bun.sleep(3_000)])));
+    await procs?.stop();
     await net?.destroy();
     if (runDir) rmSync(runDir, { recursive: true, force: true });
   });
