@@ -3,7 +3,8 @@
  * Gateway benchmark (issue 3, spec gateway-meta.md): 1 KiB echo round trip p50/p99 and one-way
  * stream throughput, side by side in one run, for
  *   (a) a client straight to the publisher's Unix socket,
- *   (b) through `stoa gateway` (raw prelude `STOA1 <pub_id>\n`),
+ *   (b) through `stoa gateway` (raw prelude `STOA1 <pub_id>\n`), on its default epoll data path
+ *       and, for comparison, with `--data-path bun` (Bun's sockets),
  *   (c) through nginx's stream proxy to the same socket, when nginx is installed.
  * Twice: every process pinned to one CPU (`taskset -c 0`; the figures the goal refers to — a
  * cross-CPU wake-up costs tens of µs here and drowns the difference) and unpinned.
@@ -21,7 +22,7 @@
  *   bun scripts/bench/gateway.ts [--json] [--count 20000] [--mib 1024] [--runs 5] [--blocks 10]
  *                                [--workers 1] [--stoa path/to/other/build]
  */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type EchoConnection, type Target, freePort, openEcho, percentile, throughput, waitForPort } from "./lib/client.ts";
@@ -62,6 +63,7 @@ function median(values: number[]): number {
 async function inner(): Promise<Row[]> {
   if (!existsSync(stoaBin)) throw new Error(`${stoaBin} is missing: run 'bun run build' first`);
   const dir = mkdtempSync("/tmp/gwb-");
+  const cleanupDirs: string[] = [];
   const children: ReturnType<typeof Bun.spawn>[] = [];
   const spawn = (argv: string[]) => {
     const child = Bun.spawn(argv, { stdout: "pipe", stderr: "inherit", stdin: "ignore" });
@@ -78,10 +80,19 @@ async function inner(): Promise<Row[]> {
     const [svc, str, ping] = [freePort(), freePort(), freePort()];
     spawn([stoaBin, "gateway", "--listen", "127.0.0.1", "--ports", `${svc},${str},${ping}`, "--run-dir", dir, "--workers", String(values.workers), "--log-level", "warn"]);
     await waitForPort("127.0.0.1", svc);
+    // The same gateway on Bun's sockets, for comparison: its own run dir (one gateway per run
+    // dir) whose publisher directories link to the real ones.
+    const bunDir = mkdtempSync("/tmp/gwb-");
+    for (const pub of ["echo", "sink"]) symlinkSync(join(dir, pub), join(bunDir, pub));
+    const bunSvc = freePort();
+    spawn([stoaBin, "gateway", "--listen", "127.0.0.1", "--ports", `${bunSvc},${freePort()},${freePort()}`, "--run-dir", bunDir, "--workers", String(values.workers), "--data-path", "bun", "--log-level", "warn"]);
+    await waitForPort("127.0.0.1", bunSvc);
+    cleanupDirs.push(bunDir);
 
     const targets: [string, (pub: "echo" | "sink") => Target][] = [
       ["direct Unix socket", (pub) => ({ unix: join(dir, pub, "service.sock") })],
       ["stoa gateway", (pub) => ({ hostname: "127.0.0.1", port: svc, prelude: `STOA1 ${pub}\n` })],
+      ["stoa --data-path bun", (pub) => ({ hostname: "127.0.0.1", port: bunSvc, prelude: `STOA1 ${pub}\n` })],
     ];
     if (nginxBin) {
       const [echoPort, sinkPort] = [freePort(), freePort()];
@@ -165,7 +176,7 @@ stream {
   } finally {
     for (const child of children) child.kill("SIGTERM");
     await Promise.all(children.map((c) => c.exited));
-    rmSync(dir, { recursive: true, force: true });
+    for (const d of [dir, ...cleanupDirs]) rmSync(d, { recursive: true, force: true });
   }
 }
 

@@ -44,6 +44,11 @@ export default defineCommand({
     drainTimeout: str("on stop or takeover, how long open connections may finish", { default: "30s", placeholder: "duration", schema: Duration }),
     tlsCert: str("PEM certificate: terminate TLS on the three ports (with --tls-key)", { placeholder: "file" }),
     tlsKey: str("PEM private key for --tls-cert", { placeholder: "file" }),
+    dataPath: str("how routed bytes move: epoll (raw sockets in a splicer thread per worker) or bun (Bun's sockets; always used with TLS)", {
+      default: "epoll",
+      placeholder: "epoll|bun",
+      schema: z.enum(["epoll", "bun"]),
+    }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
     ...logFlags(),
     config: configFlag(),
@@ -66,6 +71,7 @@ export default defineCommand({
       workers: flags.workers,
       drainTimeoutMs: flags.drainTimeout,
       tls: flags.tlsCert && flags.tlsKey ? { cert: flags.tlsCert, key: flags.tlsKey } : undefined,
+      dataPath: flags.dataPath,
       log,
     });
     onShutdown("gateway", async () => {

@@ -385,6 +385,14 @@ export class Pipe {
 }
 
 /**
+ * Whether `pipeHandlers()` kept events for `sock` that no pipe has taken yet (see `early`): a
+ * caller about to take the socket away from Bun must not lose them.
+ */
+export function hasEarlyEvents(sock: object): boolean {
+  return early.has(sock);
+}
+
+/**
  * Socket handlers that route every event to the pipe in `socket.data` (a `PipeEnd`). Spread
  * them into your own handler object to add `open`, or call them from handlers that do more.
  * Events that arrive before a pipe is attached are kept (and the socket paused) until it is.

@@ -39,7 +39,7 @@ import {
   type ResponseFor,
   type RouteEntry,
 } from "./protocol.ts";
-import type { RouterConfig } from "./router.ts";
+import type { DataPath, RouterConfig } from "./router.ts";
 import { type RouteUpdate, RouteTable, scanRunDir } from "./routes.ts";
 import { GatewayMetrics, type GatewayStats } from "./stats.ts";
 import { localRouter, type RouterPort, workerRouter } from "./workers.ts";
@@ -66,6 +66,11 @@ export interface GatewayOptions {
   connectTimeoutMs?: number;
   /** PEM files: terminate TLS on the external ports. */
   tls?: { cert: string; key: string };
+  /**
+   * How routed bytes move: "epoll" (default) on raw fds in a splicer thread per router, "bun"
+   * through Bun's sockets. TLS connections always use "bun". See router.ts.
+   */
+  dataPath?: DataPath;
   /** Take over from a gateway serving the same run dir (default true); false: fail instead. */
   takeOver?: boolean;
   log?: Logger;
@@ -115,6 +120,7 @@ const Options = z.object({
   connectTimeoutMs: Duration.default(CONNECT_TIMEOUT_MS),
   tls: z.object({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
   takeOver: z.boolean().default(true),
+  dataPath: z.enum(["epoll", "bun"]).default("epoll"),
 });
 
 /**
@@ -169,6 +175,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       firstLineTimeoutMs: o.firstLineTimeoutMs,
       connectTimeoutMs: o.connectTimeoutMs,
       maxFirstLineBytes: MAX_FIRST_LINE_BYTES,
+      dataPath: o.dataPath,
     });
     if (previous !== null) {
       const answer = await controlRequest(

@@ -5,7 +5,10 @@
  *   open     TCP_NODELAY, first-line timer started
  *   line     bytes go to a `FirstLineParser`; an error is answered at once
  *   dialing  the client is paused; the target (explicit or conventional) is connected
- *   piping   a core `Pipe` splices client and target, starting with the forwarded bytes
+ *   spliced  both sockets were handed to the router's `FdSplicer` (core/fdsplice.ts): the data
+ *            path runs on raw fds in the splicer's thread, starting with the forwarded bytes
+ *   piping   the fallback data path (TLS, `dataPath: "bun"`, or anything unusual at hand-over):
+ *            a core `Pipe` splices the Bun sockets
  *   rejecting an error response was written; the client's input is discarded until it closes
  *            or `ERROR_LINGER_MS` passes
  * Every handler is total: nothing a client sends can throw out of it, and a handler that fails
@@ -15,7 +18,9 @@
 import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
 import { StoaError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
-import { Pipe, pipeHandlers, type PipeEnd } from "../core/pipe.ts";
+import { FdSplicer, takeSocketFd } from "../core/fdsplice.ts";
+import { sys } from "../ffi/epoll.ts";
+import { Pipe, pipeHandlers, type PipeEnd, type PipeStats, hasEarlyEvents } from "../core/pipe.ts";
 import { FirstLineParser } from "./firstline.ts";
 import { HealthReporter, type HealthEvent } from "./health.ts";
 import {
@@ -42,7 +47,14 @@ export interface RouterConfig {
   firstLineTimeoutMs: number;
   connectTimeoutMs: number;
   maxFirstLineBytes: number;
+  /**
+   * "epoll": once routed, a connection's bytes move on raw fds in a splicer thread (fast);
+   * "bun": through Bun's sockets (`Pipe`). TLS connections always take the Bun path.
+   */
+  dataPath: DataPath;
 }
+
+export type DataPath = "epoll" | "bun";
 
 export interface RouterHooks {
   log: Logger;
@@ -51,7 +63,7 @@ export interface RouterHooks {
   onIdle(): void;
 }
 
-type Phase = "line" | "dialing" | "piping" | "rejecting";
+type Phase = "line" | "dialing" | "piping" | "spliced" | "rejecting";
 
 /** Per-client state, in `socket.data`; a `PipeEnd` so the Pipe can find itself. */
 interface Conn extends PipeEnd {
@@ -82,6 +94,12 @@ export class Router {
   readonly #tally: Tally;
   readonly #conns = new Set<Client>();
   readonly #upstream = pipeHandlers<PipeEnd>();
+  /** Created on the first routed connection when the epoll data path is on. */
+  #splicer: FdSplicer | null = null;
+  /** Connections handed to the splicer, by splice id. */
+  readonly #spliced = new Map<number, Conn>();
+  /** Splicer byte totals already added to the tally, per kind. */
+  readonly #splicedCounted = { in: [0, 0, 0], out: [0, 0, 0] };
   #listeners: TCPSocketListener<Conn>[] = [];
   #draining = false;
   #idleSent = false;
@@ -127,7 +145,7 @@ export class Router {
 
   /** Client connections open now. */
   get open(): number {
-    return this.#conns.size;
+    return this.#conns.size + this.#spliced.size;
   }
 
   /** Stops accepting; open connections go on. `onIdle` fires once the last one closes. */
@@ -140,7 +158,8 @@ export class Router {
 
   /** Cuts every open connection now; returns how many there were. */
   terminateAll(): number {
-    const cut = this.#conns.size;
+    const cut = this.#conns.size + this.#spliced.size;
+    if (this.#spliced.size > 0) void this.#splicer?.destroyAll("the gateway stopped before this connection ended");
     for (const sock of [...this.#conns]) {
       const pipe = sock.data.pipe;
       if (pipe !== null) pipe.destroy(new StoaError("closed", "the gateway stopped before this connection ended"));
@@ -152,7 +171,17 @@ export class Router {
   /** Counters so far (see stats.ts); also folds in the bytes of connections still open. */
   snapshot(): RouterSnapshot {
     for (const sock of this.#conns) this.#countBytes(sock.data);
+    this.#countSpliced();
     return this.#tally.snapshot();
+  }
+
+  /** Cuts every connection and stops the splicer thread. */
+  async close(): Promise<void> {
+    this.stopAccepting();
+    this.terminateAll();
+    const splicer = this.#splicer;
+    this.#splicer = null;
+    await splicer?.close();
   }
 
   #handlers(kind: Kind): SocketHandler<Conn> {
@@ -254,10 +283,12 @@ export class Router {
     if (conn === undefined || conn.closed) return;
     conn.closed = true;
     clearTimeout(conn.timer);
+    this.#conns.delete(sock);
+    // Handed over: the socket Bun closed is a second descriptor; the connection lives on.
+    if (conn.phase === "spliced") return;
     if (conn.phase === "piping") conn.pipe?.onClose("a", err);
     conn.parser = null;
     conn.pending = null;
-    this.#conns.delete(sock);
     this.#tally.open[conn.kind]--;
     this.#checkIdle();
   }
@@ -314,9 +345,16 @@ export class Router {
       if (resolved.target.kind === "tcp") upstream.setNoDelay(true);
       const pending = conn.pending;
       conn.pending = null;
+      const initial = pending === null ? forward : concat(forward, pending);
+      if (this.#splice(sock, upstream, initial)) {
+        if (this.#log.enabled("debug")) {
+          this.#log.debug("routed", { kind, pub_id: pubId, peer: sock.remoteAddress, target: describeTarget(resolved.target), data_path: "epoll" });
+        }
+        return;
+      }
       conn.phase = "piping";
       const pipe = new Pipe(sock, upstream, {
-        initial: pending === null ? forward : concat(forward, pending),
+        initial,
         // Both sockets' chunks come straight from Bun's data events (see PipeOptions).
         freshChunks: true,
       });
@@ -329,6 +367,70 @@ export class Router {
       // Only a bug gets here; it costs this connection, never the gateway.
       this.#log.error("routing failed unexpectedly", { kind, pub_id: pubId, err });
       sock.terminate();
+    }
+  }
+
+  /**
+   * Hands both sockets to the splicer; false (nothing changed) when this connection must take
+   * the Bun path: TLS, the "bun" data path, or a target that already sent or closed something
+   * (rare; `Pipe` replays such early events faithfully).
+   */
+  #splice(sock: Client, upstream: Socket<PipeEnd>, initial: Uint8Array): boolean {
+    if (this.#config.dataPath !== "epoll" || this.#config.tls !== null) return false;
+    if (hasEarlyEvents(upstream)) return false;
+    let splicer = this.#splicer;
+    if (splicer === null) {
+      try {
+        splicer = new FdSplicer();
+      } catch (err) {
+        this.#log.warn("the epoll data path is unavailable; using Bun sockets", { err });
+        this.#config.dataPath = "bun";
+        return false;
+      }
+      this.#splicer = splicer;
+    }
+    const conn = sock.data;
+    const clientEnded = conn.clientEnded;
+    conn.phase = "spliced"; // before takeSocketFd: Bun fires close() from inside it
+    const b = takeSocketFd(upstream);
+    const a = b < 0 ? -1 : takeSocketFd(sock);
+    if (a < 0 || b < 0) {
+      // Cannot happen for open sockets; if it does, this connection is lost, not the router.
+      if (b >= 0) sys().close(b);
+      upstream.terminate();
+      sock.terminate();
+      this.#finishSpliced(conn, null);
+      return true;
+    }
+    const { id, done } = splicer.splice(a, b, { tag: KIND_TAG[conn.kind], toB: initial, aEnded: clientEnded });
+    this.#tally.spliced++;
+    this.#spliced.set(id, conn);
+    void done.then((stats) => {
+      this.#spliced.delete(id);
+      this.#finishSpliced(conn, stats);
+    });
+    return true;
+  }
+
+  #finishSpliced(conn: Conn, stats: PipeStats | null): void {
+    this.#tally.open[conn.kind]--;
+    if (stats?.error && this.#log.enabled("debug")) {
+      this.#log.debug("connection ended with an error", { kind: conn.kind, pub_id: conn.pubId, err: stats.error });
+    }
+    this.#checkIdle();
+  }
+
+  /** Adds what the splicer moved since the last call to the tally. */
+  #countSpliced(): void {
+    const splicer = this.#splicer;
+    if (splicer === null) return;
+    for (const kind of KINDS) {
+      const tag = KIND_TAG[kind];
+      const t = splicer.totals(tag);
+      this.#tally.bytesIn[kind] += t.aToB - (this.#splicedCounted.in[tag] ?? 0);
+      this.#tally.bytesOut[kind] += t.bToA - (this.#splicedCounted.out[tag] ?? 0);
+      this.#splicedCounted.in[tag] = t.aToB;
+      this.#splicedCounted.out[tag] = t.bToA;
     }
   }
 
@@ -397,11 +499,14 @@ export class Router {
   }
 
   #checkIdle(): void {
-    if (!this.#draining || this.#idleSent || this.#conns.size > 0) return;
+    if (!this.#draining || this.#idleSent || this.#conns.size > 0 || this.#spliced.size > 0) return;
     this.#idleSent = true;
     queueMicrotask(() => this.#hooks.onIdle());
   }
 }
+
+/** The splicer's counter slot per kind. */
+const KIND_TAG: Record<Kind, number> = { service: 0, string: 1, ping: 2 };
 
 function concat(first: Uint8Array, rest: Uint8Array[]): Uint8Array {
   let length = first.length;

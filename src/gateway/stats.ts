@@ -12,6 +12,8 @@
  *   stoa_gateway_bytes_total{kind,direction}       bytes spliced; in = client → publisher
  *   stoa_gateway_routing_errors_total{status,error} error responses sent (protocol.ts ROUTE_ERRORS)
  *   stoa_gateway_upstream_connect_seconds{kind}    time to connect to a target
+ *   stoa_gateway_spliced_connections_total         routed connections handed to the epoll data
+ *       path (router.ts); the others went through Bun's sockets (TLS, --data-path bun)
  *   stoa_gateway_pub_connections_total{kind,pub_id} routed connections per publisher, for the
  *       first `MAX_PUB_ID_LABELS` pub_ids seen; later ones are counted under pub_id="_other", so
  *       a long-lived gateway with publishers coming and going cannot grow without bound.
@@ -42,6 +44,8 @@ export interface RouterSnapshot {
   errors: Partial<Record<RouteError, number>>;
   /** Successful upstream connects. */
   connects: number;
+  /** Connections handed to the epoll data path. */
+  spliced: number;
   /** Since the previous snapshot: connect latencies in seconds, with their kinds. */
   latencies: { kind: Kind; seconds: number }[];
   /** Since the previous snapshot: routed connections per `kind\0pub_id`. */
@@ -56,6 +60,8 @@ export interface GatewayStats {
   errors: Partial<Record<RouteError, number>>;
   /** Successful upstream connects. */
   upstreamConnects: number;
+  /** Routed connections whose bytes moved on the epoll data path. */
+  splicedConnections: number;
   routers: { router: number; accepted: number; open: number }[];
 }
 
@@ -68,6 +74,7 @@ export class Tally {
   readonly bytesOut = perKind();
   readonly errors: Partial<Record<RouteError, number>> = {};
   connects = 0;
+  spliced = 0;
   #latencies: { kind: Kind; seconds: number }[] = [];
   #routed = new Map<string, number>();
 
@@ -97,6 +104,7 @@ export class Tally {
       bytesOut: { ...this.bytesOut },
       errors: { ...this.errors },
       connects: this.connects,
+      spliced: this.spliced,
       latencies: this.#latencies,
       routed: [...this.#routed],
     };
@@ -113,6 +121,7 @@ interface Series {
   errors: Counter;
   connect: Histogram;
   pub: Counter;
+  spliced: Counter;
 }
 
 /** Main-thread aggregation of router snapshots into Prometheus metrics and `GatewayStats`. */
@@ -146,6 +155,10 @@ export class GatewayMetrics {
         `Connections routed per publisher (the first ${MAX_PUB_ID_LABELS} pub_ids; the rest as _other).`,
         ["kind", "pub_id"],
       ),
+      spliced: registry.counter(
+        "stoa_gateway_spliced_connections_total",
+        "Routed connections whose bytes moved on the epoll data path (the rest used Bun's sockets).",
+      ),
     };
   }
 
@@ -164,6 +177,8 @@ export class GatewayMetrics {
       const delta = n - (prev?.errors[error] ?? 0);
       if (delta > 0) s.errors.inc({ status: ROUTE_ERRORS[error], error }, delta);
     }
+    const splicedDelta = snap.spliced - (prev?.spliced ?? 0);
+    if (splicedDelta > 0) s.spliced.inc({}, splicedDelta);
     for (const { kind, seconds } of snap.latencies) s.connect.observe({ kind }, seconds);
     for (const [k, n] of snap.routed) {
       const [kind = "service", pubId = OTHER] = k.split("\u0000");
@@ -192,6 +207,7 @@ export class GatewayMetrics {
       bytes: { service: { in: 0, out: 0 }, string: { in: 0, out: 0 }, ping: { in: 0, out: 0 } },
       errors: {},
       upstreamConnects: 0,
+      splicedConnections: 0,
       routers: [],
     };
     for (const snap of this.#last.values()) {
@@ -206,6 +222,7 @@ export class GatewayMetrics {
         open += snap.open[kind];
       }
       out.upstreamConnects += snap.connects;
+      out.splicedConnections += snap.spliced;
       for (const [error, n] of Object.entries(snap.errors) as [RouteError, number][]) {
         out.errors[error] = (out.errors[error] ?? 0) + n;
       }

@@ -1,7 +1,7 @@
 /**
  * Entry point of a gateway Worker thread: one `Router` on the shared ports, driven by the main
  * thread's messages (listed in workers.ts). Its logs and health reports go to the main thread.
- * In a compiled binary this file must be a build entrypoint (see workers.ts `workerEntry`).
+ * In a compiled binary this file must be a build entrypoint (see src/core/worker-entry.ts).
  */
 import { StoaError } from "../core/errors.ts";
 import type { LogFields, Logger, LogLevel } from "../core/log.ts";
@@ -84,6 +84,11 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       case "terminate":
         post({ type: "reply", id: msg.id, cut: router?.terminateAll() ?? 0 });
         return;
+      case "close": {
+        const id = msg.id;
+        void (router?.close() ?? Promise.resolve()).finally(() => post({ type: "reply", id }));
+        return;
+      }
     }
   } catch (err) {
     const error = err instanceof StoaError ? err : new StoaError("internal", String(err));

@@ -9,12 +9,12 @@
  *   → snapshot {id}                          ← reply {id, snapshot}
  *   → stop {id}                              ← reply {id}, later idle (no connection left)
  *   → terminate {id}                         ← reply {id, cut}
+ *   → close {id}                             ← reply {id}   (connections cut, splicer stopped)
  *                                            ← health {event} | log {level, msg, fields}
  */
-import { readdirSync } from "node:fs";
-import { dirname, join } from "node:path";
 import type { ErrorCode } from "../core/errors.ts";
 import { StoaError } from "../core/errors.ts";
+import { workerEntry } from "../core/worker-entry.ts";
 import type { LogFields, Logger, LogLevel } from "../core/log.ts";
 import type { HealthEvent } from "./health.ts";
 import type { Registration } from "./protocol.ts";
@@ -30,7 +30,8 @@ export type ToWorker =
   | { type: "routes"; id: number; update: RouteUpdate }
   | { type: "snapshot"; id: number }
   | { type: "stop"; id: number }
-  | { type: "terminate"; id: number };
+  | { type: "terminate"; id: number }
+  | { type: "close"; id: number };
 
 export type FromWorker =
   | { type: "ready" }
@@ -71,39 +72,19 @@ export function localRouter(config: RouterConfig, routes: RouteTable, hooks: Por
     stopAccepting: async () => router.stopAccepting(),
     idle: idle.promise,
     terminateAll: async () => router.terminateAll(),
-    dispose: async () => {
-      router.stopAccepting();
-      router.terminateAll();
-    },
+    dispose: () => router.close(),
   };
 }
 
-/**
- * Where the worker's code is. From source: next to this file. In a `bun build --compile` binary
- * an extra entrypoint is embedded as `<its path relative to the entrypoints' common
- * directory>.js` beside the main module (measured on Bun 1.4.5; `import.meta.url` is not usable
- * there with --bytecode), so it is looked up in the embedded filesystem.
- */
-function workerEntry(): string {
-  if (!Bun.main.startsWith("/$bunfs/")) return new URL("./worker.ts", import.meta.url).href;
-  const root = dirname(Bun.main);
-  const found = readdirSync(root, { recursive: true })
-    .map(String)
-    .find((p) => p === "gateway/worker.js" || p.endsWith("/gateway/worker.js"));
-  if (found === undefined) {
-    throw new StoaError(
-      "config",
-      "this stoa binary was built without the gateway worker (src/gateway/worker.ts must be a build entrypoint); run the gateway with --workers 1 or rebuild with scripts/build.ts",
-    );
-  }
-  return join(root, found);
+function gatewayWorkerEntry(): string {
+  return workerEntry(new URL("./worker.ts", import.meta.url), "gateway/worker.js", "run the gateway with --workers 1");
 }
 
 type ReplyOf = Extract<FromWorker, { type: "reply" }>;
 
 /** Starts a router in a new Worker; resolves once it listens. */
 export async function workerRouter(config: RouterConfig, routes: Registration[], hooks: PortHooks): Promise<RouterPort> {
-  const worker = new Worker(workerEntry());
+  const worker = new Worker(gatewayWorkerEntry());
   const log = hooks.log.child({ router: config.router });
   const idle = Promise.withResolvers<void>();
   const ready = Promise.withResolvers<void>();
@@ -152,7 +133,7 @@ export async function workerRouter(config: RouterConfig, routes: Registration[],
   });
   worker.addEventListener("close", () => died("exited"));
 
-  const request = (msg: { type: "routes"; update: RouteUpdate } | { type: "snapshot" | "stop" | "terminate" }): Promise<ReplyOf> => {
+  const request = (msg: { type: "routes"; update: RouteUpdate } | { type: "snapshot" | "stop" | "terminate" | "close" }): Promise<ReplyOf> => {
     if (!alive) return Promise.reject(new StoaError("closed", `gateway worker ${config.router} is gone`));
     const id = nextId++;
     const reply = new Promise<ReplyOf>((resolve, reject) => pending.set(id, { resolve, reject }));
@@ -182,6 +163,8 @@ export async function workerRouter(config: RouterConfig, routes: Registration[],
     idle: idle.promise,
     terminateAll: async () => (alive ? ((await request({ type: "terminate" })).cut ?? 0) : 0),
     dispose: async () => {
+      // Let the router stop its splicer thread; a worker that does not answer is cut anyway.
+      if (alive) await request({ type: "close" }).catch(() => {});
       alive = false;
       worker.terminate();
       idle.resolve();

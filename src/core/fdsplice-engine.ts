@@ -1,0 +1,487 @@
+/**
+ * The splice engine: the loop that runs in fdsplice's Worker thread and moves bytes between the
+ * two sockets of each splice with epoll + recv/send through bun:ffi (the contract, and why, are
+ * in fdsplice.ts). This module holds the loop and its state; fdsplice-worker.ts is the Worker
+ * entry that feeds it messages.
+ *
+ * The loop blocks in epoll_wait, so the thread's event loop is frozen while it runs. New work
+ * arrives as Worker messages, announced by a counter in shared memory and an eventfd in the epoll
+ * set: when the eventfd fires and a message is outstanding, `run()` returns so Bun can deliver
+ * it, and the message handler calls `run()` again once no message is outstanding.
+ *
+ * Per direction there is one shared read buffer: a read is written to the destination at once,
+ * and only the part the destination did not take is copied into that destination's queue; the
+ * source is then paused (no EPOLLIN) until the queue is written. So memory per splice is zero
+ * when bytes flow and at most one read per direction when a reader is slow.
+ */
+import { ptr } from "bun:ffi";
+import { errno, strerror } from "../ffi/libc.ts";
+import {
+  EPOLL_CLOEXEC,
+  EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
+  EPOLL_CTL_MOD,
+  EPOLL_DATA_WORD,
+  EPOLL_EVENT_WORDS,
+  EPOLLERR,
+  EPOLLHUP,
+  EPOLLIN,
+  EPOLLOUT,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  SHUT_WR,
+  epollCtl,
+  setLingerReset,
+  sys,
+  wouldBlock,
+} from "../ffi/epoll.ts";
+
+/** Bytes read per recv(); a full read is followed by another before going back to epoll. */
+export const SPLICE_READ_BYTES = 256 * 1024;
+/** Reads in a row from one socket before others get a turn. */
+const READS_PER_TURN = 4;
+const MAX_EVENTS = 256;
+/** Most counter slots (`tag`s) a caller may use for byte totals. */
+export const SPLICE_TAGS = 8;
+
+/** Engine ← host. `id`s are chosen by the host; fds become the engine's to close. */
+export type ToEngine =
+  | { type: "init"; efd: number; control: SharedArrayBuffer; totals: SharedArrayBuffer }
+  | {
+      type: "add";
+      id: number;
+      a: number;
+      b: number;
+      tag: number;
+      lingerMs: number;
+      maxQueueBytes: number;
+      toA: Uint8Array | null;
+      toB: Uint8Array | null;
+      aEnded: boolean;
+      bEnded: boolean;
+    }
+  | { type: "destroy"; id: number; reason: string }
+  | { type: "destroyAll"; reason: string }
+  | { type: "stop" };
+
+/** Engine → host. */
+export type FromEngine =
+  | { type: "done"; id: number; aToB: number; bToA: number; maxQueuedAtoB: number; maxQueuedBtoA: number; error: string | null }
+  | { type: "destroyed"; count: number }
+  | { type: "stopped" }
+  | { type: "fatal"; message: string };
+
+interface End {
+  readonly fd: number;
+  readonly side: "a" | "b";
+  peer: End;
+  readonly splice: Splice;
+  /** Bytes waiting to be written to this socket (copies of reads it could not take at once). */
+  queue: Uint8Array[];
+  queued: number;
+  maxQueued: number;
+  written: number;
+  readEnded: boolean;
+  writeShut: boolean;
+  closed: boolean;
+  /** Current epoll interest. */
+  interest: number;
+}
+
+interface Splice {
+  readonly id: number;
+  readonly tag: number;
+  readonly lingerMs: number;
+  readonly maxQueue: number;
+  a: End;
+  b: End;
+  error: string | null;
+  /** performance.now() deadline for the surviving side once the other closed; 0 = none. */
+  lingerAt: number;
+  finished: boolean;
+}
+
+/** The libc calls, looked up once: this module only ever runs in the engine's thread. */
+const S = sys();
+
+export class SpliceEngine {
+  readonly #post: (msg: FromEngine) => void;
+  readonly #ep: number;
+  #efd = -1;
+  /** [0]: messages the host has posted (Atomics). */
+  #control: Int32Array | null = null;
+  /** Bytes moved per tag: [tag * 2] a→b, [tag * 2 + 1] b→a. */
+  #totals: Float64Array | null = null;
+  #processed = 0;
+  #running = false;
+  #stopped = false;
+  readonly #ends: (End | undefined)[] = [];
+  readonly #splices = new Map<number, Splice>();
+  readonly #lingering = new Set<Splice>();
+  readonly #buf = new Uint8Array(SPLICE_READ_BYTES);
+  readonly #bufPtr = ptr(this.#buf);
+  readonly #events = new Uint32Array(MAX_EVENTS * EPOLL_EVENT_WORDS);
+  readonly #eventsPtr = ptr(this.#events);
+  readonly #counter = new BigUint64Array(1);
+
+  constructor(post: (msg: FromEngine) => void) {
+    this.#post = post;
+    this.#ep = S.epoll_create1(EPOLL_CLOEXEC);
+    if (this.#ep < 0) throw new Error(`epoll_create1: ${strerror(errno())}`);
+  }
+
+  /** Handles one host message; runs the loop when no other message is outstanding. */
+  onMessage(msg: ToEngine): void {
+    this.#processed++;
+    if (this.#stopped) return;
+    switch (msg.type) {
+      case "init":
+        this.#efd = msg.efd;
+        this.#control = new Int32Array(msg.control);
+        this.#totals = new Float64Array(msg.totals);
+        if (epollCtl(this.#ep, EPOLL_CTL_ADD, msg.efd, EPOLLIN) < 0) {
+          throw new Error(`epoll_ctl(eventfd): ${strerror(errno())}`);
+        }
+        break;
+      case "add":
+        this.#add(msg);
+        break;
+      case "destroy": {
+        const s = this.#splices.get(msg.id);
+        if (s !== undefined) this.#destroy(s, msg.reason);
+        break;
+      }
+      case "destroyAll": {
+        const count = this.#splices.size;
+        for (const s of [...this.#splices.values()]) this.#destroy(s, msg.reason);
+        this.#post({ type: "destroyed", count });
+        break;
+      }
+      case "stop":
+        for (const s of [...this.#splices.values()]) this.#destroy(s, "the splice engine stopped");
+        this.#stopped = true;
+        S.close(this.#ep);
+        this.#post({ type: "stopped" });
+        return;
+    }
+    if (this.#control !== null && Atomics.load(this.#control, 0) === this.#processed) this.#run();
+  }
+
+  #add(msg: Extract<ToEngine, { type: "add" }>): void {
+    const splice: Splice = {
+      id: msg.id,
+      tag: msg.tag,
+      lingerMs: msg.lingerMs,
+      maxQueue: msg.maxQueueBytes,
+      a: undefined as unknown as End,
+      b: undefined as unknown as End,
+      error: null,
+      lingerAt: 0,
+      finished: false,
+    };
+    const a = newEnd(msg.a, "a", splice);
+    const b = newEnd(msg.b, "b", splice);
+    a.peer = b;
+    b.peer = a;
+    splice.a = a;
+    splice.b = b;
+    this.#splices.set(msg.id, splice);
+    this.#ends[a.fd] = a;
+    this.#ends[b.fd] = b;
+    for (const end of [a, b]) {
+      if (epollCtl(this.#ep, EPOLL_CTL_ADD, end.fd, 0) < 0) {
+        this.#fail(end, `epoll_ctl: ${strerror(errno())}`);
+        return;
+      }
+    }
+    // Bytes the host read before handing over go first, in order.
+    if (msg.toB !== null && msg.toB.byteLength > 0) this.#enqueue(b, msg.toB);
+    if (msg.toA !== null && msg.toA.byteLength > 0) this.#enqueue(a, msg.toA);
+    if (msg.aEnded) this.#eof(a);
+    if (msg.bEnded) this.#eof(b);
+    for (const end of [a, b]) {
+      if (!end.closed) this.#flush(end);
+    }
+    for (const end of [a, b]) this.#updateInterest(end);
+  }
+
+  /** The loop; returns when a host message is outstanding. */
+  #run(): void {
+    if (this.#running || this.#stopped) return;
+    this.#running = true;
+    try {
+      for (;;) {
+        const timeout = this.#lingerTimeout();
+        const n = S.epoll_wait(this.#ep, this.#eventsPtr, MAX_EVENTS, timeout);
+        if (n < 0) {
+          if (wouldBlock()) continue;
+          throw new Error(`epoll_wait: ${strerror(errno())}`);
+        }
+        let wake = false;
+        for (let i = 0; i < n; i++) {
+          const base = i * EPOLL_EVENT_WORDS;
+          const events = this.#events[base] ?? 0;
+          const fd = this.#events[base + EPOLL_DATA_WORD] ?? -1;
+          if (fd === this.#efd) {
+            wake = true;
+            continue;
+          }
+          const end = this.#ends[fd];
+          if (end === undefined || end.closed) continue;
+          try {
+            this.#onEvent(end, events);
+          } catch (err) {
+            // A bug: cost this splice, never the others.
+            this.#destroy(end.splice, `internal error: ${err instanceof Error ? err.message : String(err)}`);
+          }
+        }
+        if (this.#lingering.size > 0) this.#expireLinger();
+        if (wake) {
+          S.read(this.#efd, ptr(this.#counter), 8);
+          if (this.#control !== null && Atomics.load(this.#control, 0) !== this.#processed) return;
+        }
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  #onEvent(end: End, events: number): void {
+    if ((events & EPOLLOUT) !== 0 && end.queued > 0) {
+      this.#flush(end);
+      if (end.closed) return;
+    }
+    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) === 0) return;
+    if (!end.readEnded) {
+      this.#read(end);
+    } else if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
+      // Nothing more to read, and the other end is gone entirely (a hang-up or an error):
+      // writes to it can only fail, so it is closed like a failed socket.
+      this.#fail(end, (events & EPOLLERR) !== 0 ? "connection failed" : null);
+    }
+  }
+
+  /** Reads from `src` and writes to its peer (or discards, if the peer is closed). */
+  #read(src: End): void {
+    const dst = src.peer;
+    for (let turn = 0; turn < READS_PER_TURN; turn++) {
+      const r = S.recv(src.fd, this.#bufPtr, SPLICE_READ_BYTES, MSG_DONTWAIT);
+      if (r < 0) {
+        if (wouldBlock()) return;
+        this.#fail(src, strerror(errno()));
+        return;
+      }
+      if (r === 0) {
+        this.#eof(src);
+        return;
+      }
+      if (dst.closed) continue; // the survivor's input is read and dropped (fdsplice.ts)
+      if (dst.queued > 0) {
+        // Only after a hang-up of a paused source: keep what it had sent, bounded.
+        this.#enqueue(dst, this.#buf.slice(0, r));
+        return;
+      }
+      let w = S.send(dst.fd, this.#bufPtr, r, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w < 0) {
+        if (!wouldBlock()) {
+          this.#fail(dst, strerror(errno()));
+          continue; // src is now the survivor: its data is discarded from here on
+        }
+        w = 0;
+      }
+      this.#count(dst, w);
+      if (w < r) {
+        this.#enqueue(dst, this.#buf.slice(w, r));
+        return;
+      }
+      if (r < SPLICE_READ_BYTES) return;
+    }
+  }
+
+  /** Queues `bytes` (owned by the engine from now on) for `dst` and pauses its source. */
+  #enqueue(dst: End, bytes: Uint8Array): void {
+    const splice = dst.splice;
+    if (dst.queued + bytes.byteLength > splice.maxQueue) {
+      this.#destroy(splice, `queue for side ${dst.side} would exceed ${splice.maxQueue} bytes`);
+      return;
+    }
+    dst.queue.push(bytes);
+    dst.queued += bytes.byteLength;
+    if (dst.queued > dst.maxQueued) dst.maxQueued = dst.queued;
+    this.#updateInterest(dst);
+    this.#updateInterest(dst.peer);
+  }
+
+  /** Writes what is queued for `dst`. */
+  #flush(dst: End): void {
+    while (dst.queue.length > 0) {
+      const head = dst.queue[0];
+      if (head === undefined) break;
+      const w = S.send(dst.fd, ptr(head), head.byteLength, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w < 0) {
+        if (wouldBlock()) break;
+        this.#fail(dst, strerror(errno()));
+        return;
+      }
+      this.#count(dst, w);
+      dst.queued -= w;
+      if (w < head.byteLength) {
+        dst.queue[0] = head.subarray(w);
+        break;
+      }
+      dst.queue.shift();
+    }
+    if (dst.queued === 0) {
+      const src = dst.peer;
+      if (src.readEnded || src.closed) this.#shutWrite(dst);
+    }
+    if (!dst.closed) this.#updateInterest(dst);
+    if (!dst.peer.closed) this.#updateInterest(dst.peer);
+  }
+
+  #count(dst: End, n: number): void {
+    if (n <= 0) return;
+    dst.written += n;
+    const totals = this.#totals;
+    if (totals === null) return;
+    const slot = dst.splice.tag * 2 + (dst.side === "b" ? 0 : 1);
+    totals[slot] = (totals[slot] ?? 0) + n;
+  }
+
+  /** `src` sent its FIN: forward it once the bytes queued for the peer are written. */
+  #eof(src: End): void {
+    if (src.readEnded) return;
+    src.readEnded = true;
+    const dst = src.peer;
+    if (dst.queued === 0) this.#shutWrite(dst);
+    this.#settle(src);
+    if (!src.closed) this.#updateInterest(src);
+  }
+
+  #shutWrite(end: End): void {
+    if (end.closed || end.writeShut) return;
+    end.writeShut = true;
+    S.shutdown(end.fd, SHUT_WR);
+    this.#settle(end);
+  }
+
+  /** Both halves of `end` are finished: close it. */
+  #settle(end: End): void {
+    if (!end.closed && end.readEnded && end.writeShut) this.#closeEnd(end, false);
+  }
+
+  /**
+   * `end` failed (or hung up): close it, drop what was queued for it; the survivor gets every
+   * byte already read from it, then a FIN, and lingers (fdsplice.ts).
+   */
+  #fail(end: End, error: string | null): void {
+    if (end.closed) return;
+    const splice = end.splice;
+    if (error !== null && splice.error === null) splice.error = error;
+    end.queue = [];
+    end.queued = 0;
+    this.#closeEnd(end, true);
+  }
+
+  #closeEnd(end: End, reset: boolean): void {
+    if (end.closed) return;
+    end.closed = true;
+    end.readEnded = true;
+    epollCtl(this.#ep, EPOLL_CTL_DEL, end.fd, 0);
+    if (reset) setLingerReset(end.fd, true);
+    S.close(end.fd);
+    if (this.#ends[end.fd] === end) this.#ends[end.fd] = undefined;
+    const other = end.peer;
+    const splice = end.splice;
+    if (other.closed) {
+      this.#finish(splice);
+      return;
+    }
+    // The survivor: forward the FIN once its queue is written, read and drop its input.
+    if (other.queued === 0) this.#shutWrite(other);
+    if (other.closed) return;
+    this.#updateInterest(other);
+    if (splice.lingerAt === 0) {
+      splice.lingerAt = performance.now() + splice.lingerMs;
+      this.#lingering.add(splice);
+    }
+  }
+
+  /** Resets both sockets now, dropping queued bytes. */
+  #destroy(splice: Splice, reason: string): void {
+    if (splice.finished) return;
+    if (splice.error === null) splice.error = reason;
+    for (const end of [splice.a, splice.b]) {
+      end.queue = [];
+      end.queued = 0;
+    }
+    this.#closeEnd(splice.a, true);
+    this.#closeEnd(splice.b, true);
+  }
+
+  #finish(splice: Splice): void {
+    if (splice.finished) return;
+    splice.finished = true;
+    this.#splices.delete(splice.id);
+    this.#lingering.delete(splice);
+    this.#post({
+      type: "done",
+      id: splice.id,
+      aToB: splice.b.written,
+      bToA: splice.a.written,
+      maxQueuedAtoB: splice.b.maxQueued,
+      maxQueuedBtoA: splice.a.maxQueued,
+      error: splice.error,
+    });
+  }
+
+  /**
+   * What the socket should be polled for: input while its peer can take more (or is closed, so
+   * input is dropped), output while bytes are queued for it.
+   */
+  #updateInterest(end: End): void {
+    if (end.closed) return;
+    let want = 0;
+    if (!end.readEnded && (end.peer.closed || end.peer.queued === 0)) want |= EPOLLIN;
+    if (end.queued > 0) want |= EPOLLOUT;
+    if (want === end.interest) return;
+    end.interest = want;
+    epollCtl(this.#ep, EPOLL_CTL_MOD, end.fd, want);
+  }
+
+  #lingerTimeout(): number {
+    if (this.#lingering.size === 0) return -1;
+    let soonest = Number.POSITIVE_INFINITY;
+    for (const s of this.#lingering) if (s.lingerAt < soonest) soonest = s.lingerAt;
+    return Math.max(0, Math.ceil(soonest - performance.now()));
+  }
+
+  #expireLinger(): void {
+    const now = performance.now();
+    for (const s of [...this.#lingering]) {
+      if (s.lingerAt > now) continue;
+      this.#lingering.delete(s);
+      for (const end of [s.a, s.b]) {
+        // Graceful if nothing is left to write, else a reset (its bytes cannot be delivered).
+        if (!end.closed) this.#closeEnd(end, end.queued > 0);
+      }
+    }
+  }
+}
+
+function newEnd(fd: number, side: "a" | "b", splice: Splice): End {
+  return {
+    fd,
+    side,
+    peer: undefined as unknown as End,
+    splice,
+    queue: [],
+    queued: 0,
+    maxQueued: 0,
+    written: 0,
+    readEnded: false,
+    writeShut: false,
+    closed: false,
+    interest: 0,
+  };
+}
