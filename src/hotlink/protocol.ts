@@ -1,0 +1,437 @@
+/**
+ * The hotlink session protocol: what a client daemon and the relay server say to each other.
+ * Everything on the wire between them is defined here (HLNK frames, for IPC sockets and direct
+ * connections, are in hlnk.ts).
+ *
+ * Transport. One WebSocket per client daemon, `GET /v1/hotlink` (`HOTLINK_WS_PATH`), with
+ * `Authorization: Bearer <user>:<token>` (users.ts). A wrong or missing token gets 401 before
+ * the upgrade. Every message is one binary WebSocket frame holding one CBOR map (core/codec.ts
+ * data model) whose field `t` is its type; text frames are a protocol error. Unknown fields
+ * are ignored (a newer peer may add optional ones); an unknown `t` is a schema error.
+ *
+ * Message types (the seed's numbers 9–14; 1–5 are new, 6–8 unused):
+ *   1  Hello   {v, agt?}                 client → server, first message. `v`: the version the
+ *                                        client speaks; `agt`: its software, for logs.
+ *   2  Welcome {v, usr, mmb, mpb}        server → client, reply to Hello. `usr`: who the token
+ *                                        authenticated; `mmb`: largest message the server
+ *                                        accepts; `mpb`: largest Data `pay` that fits in it.
+ *   3  Ping    {n}                       either way; the other side answers at once with
+ *   4  Pong    {n}                       the same `n` (RTT, liveness of the relay path).
+ *   5  Error   {code, msg, sid?}         either way: the peer did something wrong (below).
+ *   9  Open    {sid, pth, to?, frm?}     sender opens session `sid` for path `pth`, for user
+ *                                        `to` only if given.
+ *  10  Accept  {sid, frm?}               a receiver takes the session.
+ *  11  Reject  {sid, rsn}                a receiver (or the server) refuses it.
+ *  12  Data    {sid, seq, pth?, etg?, pay} one payload; `pth`/`etg` as in HLNK frames.
+ *  13  Close   {sid, rsn?}               the session (or one receiver's part in it) ends.
+ *  14  Signal  {sid, knd, ...}           direct-path negotiation, relayed by the server.
+ * `frm` is the user a message came from: the server sets it on every Open, Accept and Signal
+ * it forwards, overwriting whatever the client put there.
+ *
+ * Fields. `sid`: 1–64 of [A-Za-z0-9_-], chosen by the opener; make it unguessable and unique
+ * (`crypto.randomUUID()`), since the server refuses an Open whose sid is in use. `pth`: a
+ * hotlink path (acl.ts: ≤ 4096 UTF-8 bytes, segments joined by "/", no empty, "." or ".."
+ * segment, no control characters); its first segment is the owning user. User names: users.ts.
+ * `seq`: 1 for a session's first Data, +1 per Data frame, per session; a positive integer up to
+ * 2^53-1, so it is a JS number (a u64 in an 8-byte CBOR integer is accepted too and becomes a
+ * number). `etg`: ≤ 128 UTF-8 bytes. `pay`: a byte string; decoded payloads are fresh copies.
+ * `rsn`, `msg`, `err`: human-readable, ≤ 1024 characters.
+ *
+ * Session flow (relay):
+ *   client                      server                          receiver(s)
+ *   Hello{v} ─────────────────>  (token checked at upgrade)
+ *            <───────────────── Welcome{v, usr, mmb, mpb}
+ *   Open{sid, pth, to?} ──────>  needs write on pth ─── Open{…, frm} ──> every connection of
+ *                                                                        users with read on pth
+ *                                                                        (only `to` if given),
+ *                                                                        never the sender's user
+ *            <── Accept{sid, frm} ──── needs read on pth <───── Accept{sid}
+ *   Data{sid, seq=1..} ───────>  only from the session's sender ── Data ──> accepted receivers
+ *                                                                        still allowed to read
+ *   Close{sid} ───────────────>  session ends for everyone ─── Close ───> receivers
+ * - No receiver to offer the Open to, no write access, or a sid in use: the server answers
+ *   Reject {sid, rsn} at once ("no receiver", "forbidden", "sid in use"). A receiver that
+ *   refuses sends Reject; when no receiver is left pending or accepted, the sender gets the
+ *   Reject and the session ends.
+ * - The sender sends Data only after an Accept. Data goes to the receivers accepted when it
+ *   arrives, so with one receiver (a tunnel names it in `to`) every seq from 1 reaches it. The
+ *   server may relay a session's Data out of order: receivers reorder by seq (reorder.ts).
+ * - Close from the sender ends the session for everyone. Close from a receiver removes that
+ *   receiver; when none is left, the session ends and the sender gets Close {sid, rsn}.
+ * - A connection that goes away closes its sessions: Close {sid, rsn: "peer gone"} to the other
+ *   side. The server holds no session whose connections are all gone.
+ * - No silent drops. A slow receiver applies backpressure: the server stops reading the
+ *   sender's connection while the receiver's send buffer is over its limit, and closes a
+ *   receiver still stuck past a deadline with Close {sid, rsn} to both sides.
+ *
+ * Errors (Error.code, snake_case, ≤ 32 chars; a receiver must accept codes it does not know):
+ *   version          Hello.v unsupported; the server closes the connection after the Error.
+ *   decode, schema,  a malformed or oversize (over `mmb`) message; the connection is closed
+ *   too_large        (WebSocket 1008, or 1009 for size) and its sessions with it.
+ *   protocol         a valid message at the wrong time (anything before Hello, a second Hello).
+ *   not_sender       Data or Close-as-sender from a connection that is not the session's sender.
+ *   unknown_session  a message for a sid the server does not know (or no longer knows).
+ *   forbidden        access lost in the middle of a session (ACL reloaded).
+ *   internal         a bug on the side that sends it.
+ *
+ * Direct upgrade (Signal, `knd`), all relayed by the server like Data: a receiver's Signal goes
+ * to the session's sender; the sender's goes to receiver `to`, or to all accepted receivers.
+ *   direct_offer  {adr, tok, fpr}  receiver → sender, after it accepted: `adr` lists 1–16
+ *                 candidates "host:port" (IPv6 bracketed, each with its port) where it
+ *                 listens for this session over TLS with a per-session self-signed
+ *                 certificate; `fpr` is that certificate's SHA-256 fingerprint, 64 lowercase
+ *                 hex digits (Node's `cert.fingerprint256` without ":" and lower-cased);
+ *                 `tok` a one-time token (16–128 of [A-Za-z0-9_-]).
+ *   direct_answer {err?}           sender → receiver: it dialled the candidates (a short
+ *                 timeout each), verified the fingerprint (never "accept any certificate"),
+ *                 presented the token, and now sends Data as HLNK frames on that connection;
+ *                 with `err`, it failed and the session stays on the relay.
+ * On any failure the session stays on, or returns to, the relay; seq numbering is shared by
+ * both paths, so nothing is lost or duplicated that the reorder buffer cannot fix.
+ *   sdp_offer, sdp_answer, ice_candidate {tok?, err?}  reserved for WebRTC (a later step):
+ *                 `tok` carries the JSON SDP or ICE candidate (≤ 16 Ki characters).
+ *
+ * Limits: a message is at most `MAX_MESSAGE_BYTES` (8 MiB of payload + `MAX_ENVELOPE_BYTES`)
+ * unless both ends agree otherwise (Welcome.mmb); decoders check it before decoding. An HLNK
+ * frame larger than Welcome.mpb must be split into several Data messages by the sending daemon.
+ */
+import { Buffer } from "node:buffer";
+import { z } from "zod";
+import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
+import { parseEndpoint } from "../core/endpoint.ts";
+import { StoaError } from "../core/errors.ts";
+import { pathProblem } from "./acl.ts";
+import { MAX_HLNK_ETAG_BYTES } from "./hlnk.ts";
+import { UserName } from "./users.ts";
+
+/** Protocol version in Hello and Welcome; changes only incompatibly. */
+export const PROTOCOL_VERSION = 1;
+
+/** The WebSocket request path of the relay server. */
+export const HOTLINK_WS_PATH = "/v1/hotlink";
+
+/** Largest Data payload by default (8 MiB, the spec's message limit): big enough that a bulk
+ * transfer is a few messages, small enough that one message does not stall a connection. */
+export const MAX_DATA_PAYLOAD_BYTES = 8 * 1024 * 1024;
+
+/** What a message may hold besides a payload: a Data envelope is under 4.5 KiB (sid 64,
+ * path 4096, etag 128, keys and headers), a Signal under 64 KiB (token 16 Ki characters of
+ * at most 3 UTF-8 bytes each, 16 candidates, reason). */
+export const MAX_ENVELOPE_BYTES = 64 * 1024;
+
+/** Default largest message, in encoded bytes. */
+export const MAX_MESSAGE_BYTES = MAX_DATA_PAYLOAD_BYTES + MAX_ENVELOPE_BYTES;
+
+/** Longest session id. */
+export const MAX_SID_LENGTH = 64;
+
+/** Longest `rsn`, `msg` and `err`, in characters. */
+export const MAX_REASON_LENGTH = 1024;
+
+/** Most direct-path candidates in one offer. */
+export const MAX_CANDIDATES = 16;
+
+/** Longest `tok` of the reserved WebRTC signals, in characters (an SDP is a few KiB). */
+export const MAX_SIGNAL_TOKEN_LENGTH = 16 * 1024;
+
+/** Message type numbers (`t`). */
+export const MessageType = {
+  Hello: 1,
+  Welcome: 2,
+  Ping: 3,
+  Pong: 4,
+  Error: 5,
+  Open: 9,
+  Accept: 10,
+  Reject: 11,
+  Data: 12,
+  Close: 13,
+  Signal: 14,
+} as const;
+
+/** A session id: 1–64 of [A-Za-z0-9_-]. */
+export const SessionId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "a sid is 1–64 of A-Z a-z 0-9 _ -");
+
+/** A hotlink path (see acl.ts for the rules). */
+export const HotlinkPath = z.string().superRefine((path, ctx) => {
+  const problem = pathProblem(path);
+  if (problem !== null) ctx.addIssue({ code: "custom", message: problem });
+});
+
+const Etag = z.string().superRefine((etag, ctx) => {
+  if (!etag.isWellFormed()) ctx.addIssue({ code: "custom", message: "an etag must be well-formed Unicode" });
+  else if (etag.length * 3 > MAX_HLNK_ETAG_BYTES && Buffer.byteLength(etag, "utf8") > MAX_HLNK_ETAG_BYTES) {
+    ctx.addIssue({ code: "custom", message: `an etag is at most ${MAX_HLNK_ETAG_BYTES} bytes of UTF-8` });
+  }
+});
+
+const Reason = z.string().max(MAX_REASON_LENGTH);
+const Count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+
+/** seq: a number, or a bigint from a peer whose CBOR encoder wrote an 8-byte integer. */
+const Seq = z.union([
+  z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+  z.bigint().min(1n).max(BigInt(Number.MAX_SAFE_INTEGER)).transform(Number),
+]);
+
+/** "host:port" as `tcp:` endpoints write it (core/endpoint.ts), with a port to dial. */
+const Candidate = z
+  .string()
+  .max(300)
+  .superRefine((candidate, ctx) => {
+    let port = 0;
+    try {
+      const endpoint = parseEndpoint(`tcp:${candidate}`);
+      if (endpoint.kind === "tcp") port = endpoint.port;
+    } catch (err) {
+      ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+      return;
+    }
+    if (port === 0) ctx.addIssue({ code: "custom", message: "a candidate needs a port from 1 to 65535" });
+  });
+
+const Hello = z.object({
+  t: z.literal(MessageType.Hello),
+  v: z.number().int().min(1).max(0xffff),
+  agt: z.string().max(128).optional(),
+});
+
+const Welcome = z.object({
+  t: z.literal(MessageType.Welcome),
+  v: z.number().int().min(1).max(0xffff),
+  usr: UserName,
+  mmb: z.number().int().min(1024).max(0xffff_ffff),
+  mpb: z.number().int().min(0).max(0xffff_ffff),
+});
+
+const Ping = z.object({ t: z.literal(MessageType.Ping), n: Count });
+const Pong = z.object({ t: z.literal(MessageType.Pong), n: Count });
+
+const ErrorMessage = z.object({
+  t: z.literal(MessageType.Error),
+  code: z.string().regex(/^[a-z][a-z0-9_]{0,31}$/, "an error code is snake_case, at most 32 characters"),
+  msg: Reason,
+  sid: SessionId.optional(),
+});
+
+const Open = z.object({
+  t: z.literal(MessageType.Open),
+  sid: SessionId,
+  pth: HotlinkPath,
+  to: UserName.optional(),
+  frm: UserName.optional(),
+});
+
+const Accept = z.object({ t: z.literal(MessageType.Accept), sid: SessionId, frm: UserName.optional() });
+
+const Reject = z.object({ t: z.literal(MessageType.Reject), sid: SessionId, rsn: Reason.min(1) });
+
+const Data = z.object({
+  t: z.literal(MessageType.Data),
+  sid: SessionId,
+  seq: Seq,
+  pth: HotlinkPath.optional(),
+  etg: Etag.optional(),
+  pay: z.custom<Uint8Array>((value) => value instanceof Uint8Array, "pay must be a byte string"),
+});
+
+const Close = z.object({ t: z.literal(MessageType.Close), sid: SessionId, rsn: Reason.optional() });
+
+const signal = {
+  t: z.literal(MessageType.Signal),
+  sid: SessionId,
+  to: UserName.optional(),
+  frm: UserName.optional(),
+};
+
+const Signal = z.discriminatedUnion("knd", [
+  z.object({
+    ...signal,
+    knd: z.literal("direct_offer"),
+    adr: z.array(Candidate).min(1).max(MAX_CANDIDATES),
+    tok: z.string().regex(/^[A-Za-z0-9_-]{16,128}$/, "a direct token is 16–128 of A-Z a-z 0-9 _ -"),
+    fpr: z.string().regex(/^[0-9a-f]{64}$/, "a fingerprint is 64 lowercase hex digits (SHA-256)"),
+  }),
+  z.object({ ...signal, knd: z.literal("direct_answer"), err: Reason.optional() }),
+  z.object({
+    ...signal,
+    knd: z.enum(["sdp_offer", "sdp_answer", "ice_candidate"]),
+    tok: z.string().max(MAX_SIGNAL_TOKEN_LENGTH).optional(),
+    err: Reason.optional(),
+  }),
+]);
+
+/** Every hotlink message, by `t`. */
+export const HotlinkMessage = z.discriminatedUnion("t", [
+  Hello,
+  Welcome,
+  Ping,
+  Pong,
+  ErrorMessage,
+  Open,
+  Accept,
+  Reject,
+  Data,
+  Close,
+  Signal,
+]);
+
+/** A decoded message. */
+export type HotlinkMessage = z.output<typeof HotlinkMessage>;
+/** A message to encode (`seq` may be a bigint). */
+export type HotlinkMessageInput = z.input<typeof HotlinkMessage>;
+
+export type HelloMessage = z.output<typeof Hello>;
+export type WelcomeMessage = z.output<typeof Welcome>;
+export type PingMessage = z.output<typeof Ping>;
+export type PongMessage = z.output<typeof Pong>;
+export type ErrorMessage = z.output<typeof ErrorMessage>;
+export type OpenMessage = z.output<typeof Open>;
+export type AcceptMessage = z.output<typeof Accept>;
+export type RejectMessage = z.output<typeof Reject>;
+export type DataMessage = z.output<typeof Data>;
+export type CloseMessage = z.output<typeof Close>;
+export type SignalMessage = z.output<typeof Signal>;
+
+const defaultCodec = createCodec(HotlinkMessage, { maxBytes: MAX_MESSAGE_BYTES });
+
+/**
+ * Validates and encodes one message. Data is written straight into its one output buffer, so
+ * its payload is copied once. Throws `StoaError` "schema" for an invalid message and
+ * "too_large" over `maxBytes` (default `MAX_MESSAGE_BYTES`): the peer would refuse either.
+ * @example
+ * ws.send(encodeMessage({ t: MessageType.Data, sid, seq: next++, pay: chunk }));
+ */
+export function encodeMessage(message: HotlinkMessageInput, options: CodecOptions = {}): Uint8Array {
+  const parsed = HotlinkMessage.safeParse(message);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue === undefined || issue.path.length === 0 ? "(message)" : issue.path.map(String).join(".");
+    throw new StoaError("schema", `invalid hotlink message: ${where}: ${issue?.message ?? "invalid"}`, { cause: parsed.error });
+  }
+  const value = parsed.data;
+  if (value.t === MessageType.Data) return encodeData(value, options.maxBytes ?? MAX_MESSAGE_BYTES);
+  return options.maxBytes === undefined ? defaultCodec.encode(value) : encode(value, options);
+}
+
+/**
+ * Decodes one message from a peer: size limit first (default `MAX_MESSAGE_BYTES`), then CBOR,
+ * then the schema. Throws `StoaError` "too_large", "decode" or "schema", nothing else.
+ * @example
+ * const msg = parseMessage(data);
+ * if (msg.t === MessageType.Data) reorder.push(msg.seq, msg.pay);
+ */
+export function parseMessage(bytes: Uint8Array | ArrayBuffer, options: CodecOptions = {}): HotlinkMessage {
+  const result = safeParseMessage(bytes, options);
+  if (!result.ok) throw result.error;
+  return result.value;
+}
+
+/** Like `parseMessage`, but returns the error instead of throwing; never throws on any bytes. */
+export function safeParseMessage(bytes: Uint8Array | ArrayBuffer, options: CodecOptions = {}): DecodeResult<HotlinkMessage> {
+  const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  if (options.maxBytes === undefined) return defaultCodec.safeDecode(view);
+  return safeDecodeMessage(view, HotlinkMessage, options);
+}
+
+/**
+ * Data in CBOR written by hand: cbor-x would encode the payload into its own buffer and the
+ * codec would copy it out again. The same data model as the codec (text keys, shortest
+ * lengths; a seq over 2^32-1 as an 8-byte integer, which the schema accepts back).
+ */
+function encodeData(message: DataMessage, maxBytes: number): Uint8Array {
+  const sidLen = message.sid.length; // ASCII, by the schema
+  const pthLen = message.pth === undefined ? -1 : Buffer.byteLength(message.pth, "utf8");
+  const etgLen = message.etg === undefined ? -1 : Buffer.byteLength(message.etg, "utf8");
+  const payLen = message.pay.byteLength;
+  const entries = 4 + (pthLen >= 0 ? 1 : 0) + (etgLen >= 0 ? 1 : 0);
+  const size =
+    1 +
+    (2 + 1) +
+    (4 + headSize(sidLen) + sidLen) +
+    (4 + headSize(message.seq)) +
+    (pthLen >= 0 ? 4 + headSize(pthLen) + pthLen : 0) +
+    (etgLen >= 0 ? 4 + headSize(etgLen) + etgLen : 0) +
+    (4 + headSize(payLen) + payLen);
+  if (size > maxBytes) {
+    throw new StoaError(
+      "too_large",
+      `message is ${size} bytes, over the ${maxBytes}-byte limit; send at most ${Math.max(0, maxBytes - MAX_ENVELOPE_BYTES)} payload bytes per Data message`,
+    );
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  const head = (major: number, value: number): void => {
+    at = writeHead(out, at, major, value);
+  };
+  const key = (name: string): void => {
+    head(MAJOR_TEXT, name.length);
+    for (let i = 0; i < name.length; i++) out[at++] = name.charCodeAt(i);
+  };
+  const text = (value: string, length: number): void => {
+    head(MAJOR_TEXT, length);
+    at += encoder.encodeInto(value, out.subarray(at, at + length)).written;
+  };
+  head(MAJOR_MAP, entries);
+  key("t");
+  head(MAJOR_UINT, MessageType.Data);
+  key("sid");
+  text(message.sid, sidLen);
+  key("seq");
+  head(MAJOR_UINT, message.seq);
+  if (message.pth !== undefined) {
+    key("pth");
+    text(message.pth, pthLen);
+  }
+  if (message.etg !== undefined) {
+    key("etg");
+    text(message.etg, etgLen);
+  }
+  key("pay");
+  head(MAJOR_BYTES, payLen);
+  out.set(message.pay, at);
+  return out;
+}
+
+const encoder = new TextEncoder();
+const MAJOR_UINT = 0;
+const MAJOR_BYTES = 2;
+const MAJOR_TEXT = 3;
+const MAJOR_MAP = 5;
+
+/** Bytes of a CBOR head carrying `value` in its shortest form. */
+function headSize(value: number): number {
+  if (value < 24) return 1;
+  if (value < 0x100) return 2;
+  if (value < 0x1_0000) return 3;
+  if (value < 0x1_0000_0000) return 5;
+  return 9;
+}
+
+function writeHead(out: Uint8Array, at: number, major: number, value: number): number {
+  const type = major << 5;
+  if (value < 24) {
+    out[at] = type | value;
+    return at + 1;
+  }
+  if (value < 0x100) {
+    out[at] = type | 24;
+    out[at + 1] = value;
+    return at + 2;
+  }
+  if (value < 0x1_0000) {
+    out[at] = type | 25;
+    out[at + 1] = value >>> 8;
+    out[at + 2] = value & 0xff;
+    return at + 3;
+  }
+  const view = new DataView(out.buffer, out.byteOffset + at, Math.min(9, out.byteLength - at));
+  if (value < 0x1_0000_0000) {
+    out[at] = type | 26;
+    view.setUint32(1, value);
+    return at + 5;
+  }
+  out[at] = type | 27;
+  view.setBigUint64(1, BigInt(value));
+  return at + 9;
+}
