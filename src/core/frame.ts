@@ -131,7 +131,9 @@ export class FrameDecoder {
       const tail = chunk.subarray(offset, offset + wanted);
       offset += wanted;
       if (this.#fill === 0) {
-        frames.push(tail.slice());
+        // Uint8Array.prototype.slice copies even when `chunk` is a Buffer, whose own slice()
+        // would return a view of the caller's (reusable) memory.
+        frames.push(Uint8Array.prototype.slice.call(tail));
       } else {
         this.#reserve(this.#length);
         this.#payload.set(tail, this.#fill);

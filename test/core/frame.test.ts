@@ -137,6 +137,14 @@ describe("FrameDecoder: ownership of buffers", () => {
     expect(frame?.buffer.byteLength).toBe(3);
   });
 
+  test("a frame from a Buffer chunk (what Bun sockets deliver) is a copy, not a view of it", () => {
+    const chunk = Buffer.from(encodeFrame(bytes(9, 9, 9)));
+    const [frame] = new FrameDecoder().push(chunk);
+    chunk.fill(0);
+    expect(frame).toEqual(bytes(9, 9, 9));
+    expect(frame?.buffer).not.toBe(chunk.buffer);
+  });
+
   test("a frame gathered from many chunks owns exactly its bytes", () => {
     const payload = Uint8Array.from({ length: 100_000 }, (_, i) => i % 251);
     const whole = encodeFrame(payload);
