@@ -23,7 +23,8 @@
  *  10  Accept  {sid, frm?}               a receiver takes the session.
  *  11  Reject  {sid, rsn}                a receiver (or the server) refuses it.
  *  12  Data    {sid, seq, pth?, etg?, pay} one payload; `pth`/`etg` as in HLNK frames.
- *  13  Close   {sid, rsn?}               the session (or one receiver's part in it) ends.
+ *  13  Close   {sid, rsn?, lst?}         the session (or one receiver's part in it) ends; from the
+ *                                        sender, `lst` is the seq of its last Data (0: none).
  *  14  Signal  {sid, knd, ...}           direct-path negotiation, relayed by the server.
  * `frm` is the user a message came from: the server sets it on every Open, Accept and Signal
  * it forwards, overwriting whatever the client put there.
@@ -56,7 +57,11 @@
  * - The sender sends Data only after an Accept. Data goes to the receivers accepted when it
  *   arrives, so with one receiver (a tunnel names it in `to`) every seq from 1 reaches it. The
  *   server may relay a session's Data out of order: receivers reorder by seq (reorder.ts).
- * - Close from the sender ends the session for everyone. Close from a receiver removes that
+ * - Close from the sender ends the session for everyone. Without `rsn` it is an orderly end
+ *   (a tunnel's FIN): it carries `lst`, and a receiver delivers every seq up to `lst` first —
+ *   Close and the last Data may travel different paths (relay, direct), so Close can overtake
+ *   them. With `rsn` it is an abort: the receiver stops at once. The server forwards a sender's
+ *   Close as it came. Close from a receiver removes that
  *   receiver; when none is left, the session ends and the sender gets Close {sid, rsn}.
  * - A connection that goes away closes its sessions: Close {sid, rsn: "peer gone"} to the other
  *   side. The server holds no session whose connections are all gone.
@@ -235,7 +240,7 @@ const Data = z.object({
   pay: z.custom<Uint8Array>((value) => value instanceof Uint8Array, "pay must be a byte string"),
 });
 
-const Close = z.object({ t: z.literal(MessageType.Close), sid: SessionId, rsn: Reason.optional() });
+const Close = z.object({ t: z.literal(MessageType.Close), sid: SessionId, rsn: Reason.optional(), lst: Count.optional() });
 
 const signal = {
   t: z.literal(MessageType.Signal),

@@ -39,6 +39,11 @@ export interface ReorderOptions {
   firstSeq?: number;
 }
 
+/** What the buffer holds: payload bytes, or any item that knows its size (e.g. a frame with its path). */
+export interface Sized {
+  readonly byteLength: number;
+}
+
 /**
  * Restores seq order for one session.
  * @example
@@ -50,10 +55,10 @@ export interface ReorderOptions {
  *   closeSession(msg.sid, describeError(err)); // overflow: the reason reaches the sender
  * }
  */
-export class ReorderBuffer {
+export class ReorderBuffer<T extends Sized = Uint8Array> {
   readonly #maxFrames: number;
   readonly #maxBytes: number;
-  #ring: (Uint8Array | undefined)[] | undefined;
+  #ring: (T | undefined)[] | undefined;
   #next: number;
   #failed: StoaError | undefined;
   #frames = 0;
@@ -84,7 +89,7 @@ export class ReorderBuffer {
    * Takes one frame; returns the payloads now deliverable, in order (often just this one,
    * `[]` while waiting for a gap or for a duplicate). Throws on overflow — see the module header.
    */
-  push(seq: number | bigint, payload: Uint8Array): Uint8Array[] {
+  push(seq: number | bigint, payload: T): T[] {
     if (this.#failed !== undefined) throw this.#failed;
     const s = toSeq(seq);
     const next = this.#next;
@@ -108,7 +113,7 @@ export class ReorderBuffer {
           "a frame was lost or the peer is too far ahead",
       );
     }
-    this.#ring ??= new Array<Uint8Array | undefined>(this.#maxFrames);
+    this.#ring ??= new Array<T | undefined>(this.#maxFrames);
     const slot = s % this.#maxFrames;
     if (this.#ring[slot] !== undefined) {
       this.#duplicates++;
@@ -169,7 +174,7 @@ export class ReorderBuffer {
     return this.#failed;
   }
 
-  #drain(out: Uint8Array[]): void {
+  #drain(out: T[]): void {
     const ring = this.#ring;
     if (ring === undefined) return;
     while (this.#frames > 0) {

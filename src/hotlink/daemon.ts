@@ -1,0 +1,224 @@
+/**
+ * The hotlink client daemon (`stoa hotlink connect`): one relay link, the tunnels and IPC
+ * channels declared for it, and the dispatch of server messages to their sessions.
+ *
+ * - Sessions are found by sid. An Open from the server is offered to the tunnel or IPC channel
+ *   declared for its path (tunnels first: a path is one or the other, never both — seed 003,
+ *   lesson 4); nobody here for it → Reject.
+ * - When the relay link drops, every session ends (the server dropped them too): tunnels reset
+ *   their application connections, IPC channels keep their applications and re-open on the
+ *   next frame. The link reconnects with backoff.
+ */
+import type { Logger } from "../core/log.ts";
+import { StoaError } from "../core/errors.ts";
+import { RelayLink } from "./link.ts";
+import { IpcChannel, type IpcSpec, type IpcStatus } from "./ipc.ts";
+import { type HotlinkMessage, MessageType } from "./protocol.ts";
+import type { Incoming } from "./sessions.ts";
+import { Tunnel, type TunnelSpec, type TunnelStatus } from "./tunnel.ts";
+
+export interface DaemonOptions {
+  /** ws://host:port/v1/hotlink (a bare ws://host:port gets the path added). */
+  server: string;
+  user: string;
+  token: string;
+  tunnels?: TunnelSpec[];
+  ipc?: IpcSpec[];
+  log: Logger;
+  /** Reconnect backoff floor in ms. */
+  minDelayMs?: number;
+}
+
+export interface DaemonStatus {
+  user: string;
+  server: string;
+  connected: boolean;
+  tunnels: TunnelStatus[];
+  ipc: IpcStatus[];
+  link: RelayLink["counters"];
+}
+
+export class HotlinkDaemon {
+  readonly #options: DaemonOptions;
+  readonly #log: Logger;
+  readonly link: RelayLink;
+  readonly #tunnels = new Map<string, Tunnel>();
+  readonly #ipc = new Map<string, IpcChannel>();
+  #upWaiters: (() => void)[] = [];
+
+  private constructor(options: DaemonOptions) {
+    this.#options = options;
+    this.#log = options.log;
+    this.link = new RelayLink({
+      url: relayUrl(options.server),
+      user: options.user,
+      token: options.token,
+      log: options.log,
+      minDelayMs: options.minDelayMs,
+      onUp: (welcome) => {
+        this.#log.info("connected to the relay server", { server: options.server, user: welcome.usr });
+        for (const t of this.#tunnels.values()) t.onLinkUp();
+        for (const c of this.#ipc.values()) c.onLinkUp();
+        for (const w of this.#upWaiters.splice(0)) w();
+      },
+      onDown: (reason) => {
+        for (const t of this.#tunnels.values()) t.onLinkDown(reason);
+        for (const c of this.#ipc.values()) c.onLinkDown(reason);
+      },
+      onMessage: (message) => this.#dispatch(message),
+    });
+  }
+
+  /** Starts the daemon: binds every tunnel port and IPC socket, dials the server. */
+  static async start(options: DaemonOptions): Promise<HotlinkDaemon> {
+    const daemon = new HotlinkDaemon(options);
+    try {
+      for (const spec of options.tunnels ?? []) daemon.addTunnel(spec);
+      for (const spec of options.ipc ?? []) await daemon.addIpc(spec);
+    } catch (err) {
+      await daemon.close();
+      throw err;
+    }
+    return daemon;
+  }
+
+  /** Resolves once connected to the server (at once if already). */
+  connected(): Promise<void> {
+    if (this.link.up) return Promise.resolve();
+    return new Promise((resolve) => this.#upWaiters.push(resolve));
+  }
+
+  addTunnel(spec: TunnelSpec): Tunnel {
+    if (this.#tunnels.has(spec.channel) || this.#ipc.has(spec.channel)) {
+      throw new StoaError("exists", `channel ${spec.channel} is already declared here`);
+    }
+    const tunnel = new Tunnel(spec, this.link, this.#log);
+    try {
+      tunnel.listen();
+    } catch (err) {
+      throw new StoaError("in_use", `tunnel ${spec.channel}: cannot listen on ${spec.host}:${spec.port}: ${String(err)}`, { cause: err });
+    }
+    this.#tunnels.set(spec.channel, tunnel);
+    return tunnel;
+  }
+
+  async addIpc(spec: IpcSpec): Promise<IpcChannel> {
+    if (this.#tunnels.has(spec.channel) || this.#ipc.has(spec.channel)) {
+      throw new StoaError("exists", `channel ${spec.channel} is already declared here`);
+    }
+    const channel = new IpcChannel(spec, this.link, this.#log);
+    this.#ipc.set(spec.channel, channel);
+    try {
+      await channel.listen();
+    } catch (err) {
+      this.#ipc.delete(spec.channel);
+      throw err;
+    }
+    return channel;
+  }
+
+  /** Removes a tunnel or IPC channel, ending its sessions. False if there was none. */
+  async remove(channel: string): Promise<boolean> {
+    const tunnel = this.#tunnels.get(channel);
+    if (tunnel !== undefined) {
+      this.#tunnels.delete(channel);
+      tunnel.close("the tunnel was removed");
+      return true;
+    }
+    const ipc = this.#ipc.get(channel);
+    if (ipc !== undefined) {
+      this.#ipc.delete(channel);
+      await ipc.close("the channel was removed");
+      return true;
+    }
+    return false;
+  }
+
+  tunnel(channel: string): Tunnel | undefined {
+    return this.#tunnels.get(channel);
+  }
+
+  status(): DaemonStatus {
+    return {
+      user: this.#options.user,
+      server: this.#options.server,
+      connected: this.link.up,
+      tunnels: [...this.#tunnels.values()].map((t) => t.status()),
+      ipc: [...this.#ipc.values()].map((c) => c.status()),
+      link: { ...this.link.counters },
+    };
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.#tunnels.values()) t.close("the daemon is stopping");
+    for (const c of this.#ipc.values()) await c.close("the daemon is stopping");
+    this.#tunnels.clear();
+    this.#ipc.clear();
+    await this.link.close();
+  }
+
+  #dispatch(message: HotlinkMessage): void {
+    const link = this.link;
+    switch (message.t) {
+      case MessageType.Open: {
+        const { sid, pth, frm } = message;
+        const tunnel = this.#tunnels.get(pth);
+        const ipc = tunnel === undefined ? this.#ipc.get(pth) : undefined;
+        let session: Incoming | string;
+        if (link.incoming.has(sid)) session = `session ${sid} is already open here`;
+        else if (tunnel !== undefined) session = tunnel.offer(sid, frm);
+        else if (ipc !== undefined) session = ipc.offer(sid, frm);
+        else session = `no tunnel or channel ${pth} is declared on ${this.#options.user}'s daemon`;
+        if (typeof session === "string") link.send({ t: MessageType.Reject, sid, rsn: session });
+        else session.accept();
+        return;
+      }
+      case MessageType.Data:
+        // A session we already left is dropped here; the server knows we left.
+        link.incoming.get(message.sid)?.onData(message);
+        return;
+      case MessageType.Close: {
+        const s = link.incoming.get(message.sid);
+        if (s !== undefined) s.onClose(message.rsn, message.lst);
+        else link.outgoing.get(message.sid)?.onClose(message.rsn);
+        return;
+      }
+      case MessageType.Accept:
+        link.outgoing.get(message.sid)?.onAccept(message.frm);
+        return;
+      case MessageType.Reject:
+        link.outgoing.get(message.sid)?.onReject(message.rsn);
+        return;
+      case MessageType.Error:
+        this.#log.warn("the relay server reported an error", { code: message.code, msg: message.msg, sid: message.sid });
+        if (message.sid !== undefined) {
+          link.outgoing.get(message.sid)?.onClose(`${message.code}: ${message.msg}`);
+          link.incoming.get(message.sid)?.onClose(`${message.code}: ${message.msg}`, undefined);
+        }
+        return;
+      case MessageType.Signal:
+        // This daemon does not negotiate direct paths yet: it says so, and the session stays on the relay.
+        if (message.knd === "direct_offer") {
+          link.send({ t: MessageType.Signal, sid: message.sid, knd: "direct_answer", err: "direct paths are not enabled on this daemon" });
+        }
+        return;
+      default:
+        return;
+    }
+  }
+}
+
+/** Accepts ws://host:port, ws://host:port/ or the full ws://host:port/v1/hotlink. */
+export function relayUrl(server: string): string {
+  let url: URL;
+  try {
+    url = new URL(server);
+  } catch {
+    throw new StoaError("usage", `--server ${JSON.stringify(server)} is not a URL; use ws://host:port or wss://host:port`);
+  }
+  if (url.protocol !== "ws:" && url.protocol !== "wss:") {
+    throw new StoaError("usage", `--server must be a ws:// or wss:// URL, got ${url.protocol}`);
+  }
+  if (url.pathname === "" || url.pathname === "/") url.pathname = "/v1/hotlink";
+  return url.toString();
+}

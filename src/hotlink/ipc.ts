@@ -1,0 +1,331 @@
+/**
+ * An HLNK IPC channel: `--ipc CHANNEL=unix:PATH`. Applications connect to the Unix socket
+ * (mode 0600) and write HLNK frames (hlnk.ts) whose path is CHANNEL or below it; every peer
+ * daemon that declared the same channel delivers each frame, as an HLNK frame, to every
+ * application connected to its own socket for that channel.
+ *
+ * - Sending: one session per channel (pth = CHANNEL, no `to`: every reader), opened on the first
+ *   frame. Frames wait, in order, until it is accepted (at most `PENDING_BYTES`; the
+ *   applications are not read meanwhile). "no receiver" is retried every `OPEN_RETRY_MS` for
+ *   `HOLD_MS`; after that the waiting frames are dropped with an error in the log and the
+ *   applications' connections are closed, so a writer learns that its frames went nowhere.
+ * - A frame whose path is outside the channel, a payload over the server's Data limit, or bytes
+ *   that are not HLNK are a broken application: its connection is closed (and logged). The
+ *   decoder resynchronises on garbage, but garbage means lost frames, so it is not tolerated.
+ * - Receiving: every peer's session for CHANNEL is accepted; frames go through that session's
+ *   reorder buffer to the applications connected now. With none connected, frames are held
+ *   (`HOLD_BYTES`, `HOLD_MS`) and delivered to the first one that connects; past either bound
+ *   the session is closed with a reason that reaches the sender.
+ * The frame's `seq` on delivery is the session's seq (1, 2, …): what the application wrote as
+ * seq is not carried (Data has one sequence number, the session's).
+ * TCP tunnels are separate code (tunnel.ts; seed 003, lesson 4).
+ */
+import type { Socket } from "bun";
+import type { Logger } from "../core/log.ts";
+import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
+import { HlnkDecoder, encodeHlnk } from "./hlnk.ts";
+import type { RelayLink } from "./link.ts";
+import { type Delivery, Incoming, Outgoing } from "./sessions.ts";
+import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
+
+/** Frame bytes waiting for the session to be accepted before applications stop being read. */
+export const PENDING_BYTES = 16 * 1024 * 1024;
+
+export interface IpcSpec {
+  channel: string;
+  path: string;
+}
+
+interface AppState {
+  decoder: HlnkDecoder;
+  queue: Uint8Array[];
+  queued: number;
+}
+
+type App = Socket<AppState>;
+
+interface Pending {
+  pay: Uint8Array;
+  pth: string;
+  etg: string;
+}
+
+export interface IpcStatus {
+  channel: string;
+  path: string;
+  apps: number;
+  out: { sid: string; state: string; seq: number; bytes: number } | null;
+  in: { sid: string; from: string | undefined; delivered: number; bytes: number; duplicates: number }[];
+  held: number;
+}
+
+export class IpcChannel {
+  readonly spec: IpcSpec;
+  readonly #link: RelayLink;
+  readonly #log: Logger;
+  #binding: UnixBinding<{ stop(closeActive?: boolean): void }> | null = null;
+  readonly #apps = new Set<App>();
+  #out: Outgoing | null = null;
+  #openingSince = 0;
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  #pending: Pending[] = [];
+  #pendingBytes = 0;
+  #appsPaused = false;
+  readonly #ins = new Set<Incoming>();
+  #held: Uint8Array[] = [];
+  #heldBytes = 0;
+  #holdTimer: ReturnType<typeof setTimeout> | undefined;
+  #holdingLink = false;
+  readonly counters = { txFrames: 0, txBytes: 0, rxFrames: 0, rxBytes: 0, badApps: 0 };
+
+  constructor(spec: IpcSpec, link: RelayLink, log: Logger) {
+    this.spec = spec;
+    this.#link = link;
+    this.#log = log.child({ ipc: spec.channel });
+  }
+
+  async listen(): Promise<void> {
+    this.#binding = await bindUnix(this.spec.path, (unix) =>
+      Bun.listen<AppState>({
+        unix,
+        data: { decoder: new HlnkDecoder(), queue: [], queued: 0 },
+        socket: {
+          open: (s) => this.#onAppOpen(s),
+          data: (s, chunk) => this.#onAppData(s, chunk),
+          drain: (s) => this.#flushApp(s),
+          close: (s) => this.#onAppClose(s),
+          error: (s) => s.terminate(),
+        },
+      }),
+    );
+  }
+
+  offer(sid: string, frm: string | undefined): Incoming {
+    const session: Incoming = new Incoming(this.#link, sid, this.spec.channel, frm, {
+      deliver: (item) => this.#deliver(item),
+      ended: (reason) => {
+        this.#ins.delete(session);
+        if (reason !== null) this.#log.info("an incoming session ended", { sid, from: frm, reason });
+      },
+    });
+    this.#ins.add(session);
+    return session;
+  }
+
+  onLinkUp(): void {
+    if (this.#pending.length > 0 && this.#out === null) this.#openOut();
+  }
+
+  onLinkDown(reason: string): void {
+    this.#out?.onLinkDown(reason);
+    for (const s of [...this.#ins]) s.onLinkDown(reason);
+  }
+
+  status(): IpcStatus {
+    const out = this.#out;
+    return {
+      channel: this.spec.channel,
+      path: this.spec.path,
+      apps: this.#apps.size,
+      out: out === null ? null : { sid: out.sid, state: out.state, seq: out.seq, bytes: out.sentBytes },
+      in: [...this.#ins].map((s) => ({ sid: s.sid, from: s.frm, delivered: s.delivered, bytes: s.deliveredBytes, duplicates: s.duplicates })),
+      held: this.#heldBytes,
+    };
+  }
+
+  async close(reason: string): Promise<void> {
+    clearTimeout(this.#retry);
+    clearTimeout(this.#holdTimer);
+    this.#out?.abort(reason);
+    for (const s of [...this.#ins]) s.close(reason);
+    for (const app of this.#apps) app.end();
+    await this.#binding?.close(true);
+    this.#binding = null;
+  }
+
+  #onAppOpen(s: App): void {
+    s.data = { decoder: new HlnkDecoder(), queue: [], queued: 0 };
+    this.#apps.add(s);
+    if (this.#appsPaused) s.pause();
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
+    const held = this.#held;
+    this.#held = [];
+    this.#heldBytes = 0;
+    for (const frame of held) this.#writeApp(s, frame);
+  }
+
+  #onAppClose(s: App): void {
+    this.#apps.delete(s);
+    if (s.data.queued > 0) this.#log.warn("an application left with frames still to be written to it", { bytes: s.data.queued });
+    this.#updateLinkHold();
+  }
+
+  #onAppData(s: App, chunk: Uint8Array): void {
+    const frames = s.data.decoder.push(chunk);
+    if (s.data.decoder.skipped > 0) return this.#badApp(s, "it wrote bytes that are not HLNK frames");
+    const channel = this.spec.channel;
+    const max = this.#link.maxPayload;
+    for (const f of frames) {
+      if (f.path !== channel && !f.path.startsWith(`${channel}/`)) {
+        return this.#badApp(s, `it wrote a frame for ${JSON.stringify(f.path)}, outside the channel ${channel}`);
+      }
+      if (max > 0 && f.payload.byteLength > max) {
+        return this.#badApp(s, `it wrote a ${f.payload.byteLength}-byte payload; the relay server takes at most ${max} per frame`);
+      }
+      this.#send({ pay: f.payload, pth: f.path, etg: f.etag });
+    }
+  }
+
+  #badApp(s: App, why: string): void {
+    this.counters.badApps++;
+    this.#log.warn(`closing an application connection: ${why}`);
+    s.end();
+  }
+
+  #send(frame: Pending): void {
+    const out = this.#out;
+    if (out !== null && out.state === "open" && this.#pending.length === 0) {
+      this.#transmit(out, frame);
+      return;
+    }
+    this.#pending.push(frame);
+    this.#pendingBytes += frame.pay.byteLength;
+    if (this.#pendingBytes > PENDING_BYTES) this.#pauseApps();
+    if (out === null) this.#openOut();
+  }
+
+  #transmit(out: Outgoing, frame: Pending): void {
+    out.send(frame.pay, frame.pth === this.spec.channel ? undefined : frame.pth, frame.etg === "" ? undefined : frame.etg);
+    this.counters.txFrames++;
+    this.counters.txBytes += frame.pay.byteLength;
+    if (this.#link.busy) {
+      this.#pauseApps();
+      this.#link.whenWritable(() => this.#resumeApps());
+    }
+  }
+
+  #openOut(): void {
+    if (!this.#link.up) return; // onLinkUp opens it
+    const out: Outgoing = new Outgoing(this.#link, this.spec.channel, undefined, {
+      accepted: () => {
+        this.#openingSince = 0;
+        const pending = this.#pending;
+        this.#pending = [];
+        this.#pendingBytes = 0;
+        for (const frame of pending) this.#transmit(out, frame);
+        if (!this.#link.busy) this.#resumeApps();
+      },
+      ended: (reason, rejected) => {
+        if (this.#out !== out) return;
+        this.#out = null;
+        if (reason === null) return;
+        const waited = performance.now() - this.#openingSince;
+        if (rejected && this.#openingSince !== 0 && waited < HOLD_MS) {
+          this.#retry = setTimeout(() => {
+            if (this.#out === null && this.#pending.length > 0) this.#openOut();
+          }, OPEN_RETRY_MS);
+          return;
+        }
+        this.#openingSince = 0;
+        if (this.#pending.length > 0 || !rejected) {
+          this.#log.error("frames could not be delivered; closing the applications' connections", {
+            reason,
+            frames: this.#pending.length,
+          });
+          this.#pending = [];
+          this.#pendingBytes = 0;
+          for (const app of this.#apps) app.end();
+        }
+      },
+    });
+    this.#out = out;
+    if (this.#openingSince === 0) this.#openingSince = performance.now();
+    out.open();
+  }
+
+  #pauseApps(): void {
+    if (this.#appsPaused) return;
+    this.#appsPaused = true;
+    for (const app of this.#apps) app.pause();
+  }
+
+  #resumeApps(): void {
+    if (!this.#appsPaused || this.#pendingBytes > PENDING_BYTES) return;
+    if (this.#link.busy) {
+      this.#link.whenWritable(() => this.#resumeApps());
+      return;
+    }
+    this.#appsPaused = false;
+    for (const app of this.#apps) app.resume();
+  }
+
+  #deliver(item: Delivery): void {
+    const frame = encodeHlnk({ path: item.pth ?? this.spec.channel, etag: item.etg ?? "", seq: BigInt(item.seq), payload: item.pay });
+    this.counters.rxFrames++;
+    this.counters.rxBytes += item.byteLength;
+    if (this.#apps.size === 0) {
+      if (this.#heldBytes + frame.byteLength > HOLD_BYTES) {
+        for (const s of [...this.#ins]) s.close(`no application connected to ${this.spec.path} and ${HOLD_BYTES} bytes already held`);
+        return;
+      }
+      this.#held.push(frame);
+      this.#heldBytes += frame.byteLength;
+      if (this.#holdTimer === undefined) {
+        this.#holdTimer = setTimeout(() => {
+          this.#holdTimer = undefined;
+          if (this.#apps.size > 0) return;
+          const why = `no application connected to ${this.spec.path} within ${HOLD_MS / 1000} s`;
+          this.#log.error("dropping held frames", { reason: why, bytes: this.#heldBytes });
+          this.#held = [];
+          this.#heldBytes = 0;
+          for (const s of [...this.#ins]) s.close(why);
+        }, HOLD_MS);
+      }
+      return;
+    }
+    for (const app of this.#apps) this.#writeApp(app, frame);
+  }
+
+  #writeApp(app: App, frame: Uint8Array): void {
+    const st = app.data;
+    let rest = frame;
+    if (st.queued === 0) {
+      const n = Math.max(0, app.write(frame));
+      if (n === frame.byteLength) return;
+      rest = frame.subarray(n);
+    }
+    st.queue.push(rest);
+    st.queued += rest.byteLength;
+    this.#updateLinkHold();
+  }
+
+  #flushApp(app: App): void {
+    const st = app.data;
+    while (st.queue.length > 0) {
+      const head = st.queue[0];
+      if (head === undefined) break;
+      const n = Math.max(0, app.write(head));
+      st.queued -= n;
+      if (n < head.byteLength) {
+        st.queue[0] = head.subarray(n);
+        break;
+      }
+      st.queue.shift();
+    }
+    this.#updateLinkHold();
+  }
+
+  /** The relay socket is not read while any application is too far behind. */
+  #updateLinkHold(): void {
+    let behind = false;
+    for (const app of this.#apps) if (app.data.queued > APP_HIGH_WATER) behind = true;
+    if (behind && !this.#holdingLink) {
+      this.#holdingLink = true;
+      this.#link.hold(this);
+    } else if (!behind && this.#holdingLink) {
+      this.#holdingLink = false;
+      this.#link.release(this);
+    }
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * A client daemon's connection to the relay server: one WebSocket (core/ws.ts, reconnecting
+ * with jittered backoff), Hello → Welcome, then hotlink messages both ways.
+ *
+ * Contract:
+ * - `onUp(welcome)` after every successful Hello/Welcome; `onDown(reason)` when that connection
+ *   is lost. The server closes a connection's sessions when it goes, so after `onDown` every
+ *   session is gone and the daemon must end them locally (protocol.ts).
+ * - `send` returns false when the link is down (the message is not queued: a session message
+ *   belongs to the connection it was opened on).
+ * - Flow control, both ways. Outgoing: `busy` is true while the socket holds more than
+ *   `LINK_HIGH_WATER` unsent bytes; `whenWritable(fn)` calls `fn` once it is below
+ *   `LINK_LOW_WATER` (Bun's client WebSocket has no drain event, so this polls, only while
+ *   someone waits). Incoming: `hold(key)` stops reading the socket until every holder called
+ *   `release(key)`, so a slow local application pushes back through the server to the sender.
+ */
+import type { Logger } from "../core/log.ts";
+import { ReconnectingWebSocket } from "../core/ws.ts";
+import type { Incoming, Outgoing } from "./sessions.ts";
+import { formatAuthorization } from "./users.ts";
+import {
+  type HotlinkMessage,
+  type HotlinkMessageInput,
+  MessageType,
+  PROTOCOL_VERSION,
+  type WelcomeMessage,
+  encodeMessage,
+  safeParseMessage,
+} from "./protocol.ts";
+
+/** Unsent bytes on the relay socket above which senders stop reading their sources. */
+export const LINK_HIGH_WATER = 4 * 1024 * 1024;
+/** ... and below which they start again. */
+export const LINK_LOW_WATER = 1024 * 1024;
+const POLL_MS = 1;
+
+export interface LinkOptions {
+  /** ws:// or wss:// URL of the server's /v1/hotlink. */
+  url: string;
+  user: string;
+  token: string;
+  log: Logger;
+  onUp(welcome: WelcomeMessage): void;
+  onDown(reason: string): void;
+  onMessage(message: HotlinkMessage): void;
+  /** Reconnect backoff floor, ms (tests use small values). */
+  minDelayMs?: number;
+}
+
+export class RelayLink {
+  readonly #options: LinkOptions;
+  readonly #conn: ReconnectingWebSocket;
+  #ws: WebSocket | null = null;
+  #welcome: WelcomeMessage | null = null;
+  #refused = false;
+  #waiters: (() => void)[] = [];
+  #poll: ReturnType<typeof setTimeout> | undefined;
+  readonly #holders = new Set<unknown>();
+  /**
+   * The sessions on this link by sid, kept by the sessions themselves (sessions.ts): they
+   * register when they start and leave when they end, so dispatch is one lookup.
+   */
+  readonly outgoing = new Map<string, Outgoing>();
+  readonly incoming = new Map<string, Incoming>();
+  /** Messages sent and received, and bytes, for telemetry. */
+  readonly counters = { txMessages: 0, txBytes: 0, rxMessages: 0, rxBytes: 0 };
+
+  constructor(options: LinkOptions) {
+    this.#options = options;
+    const log = options.log;
+    this.#conn = new ReconnectingWebSocket(options.url, {
+      headers: { Authorization: formatAuthorization(options.user, options.token) },
+      minDelayMs: options.minDelayMs ?? 200,
+      maxDelayMs: 5_000,
+      onOpen: (ws) => {
+        this.#ws = ws;
+        ws.send(encodeMessage({ t: MessageType.Hello, v: PROTOCOL_VERSION, agt: "stoa" }));
+      },
+      onMessage: (data) => this.#onData(data),
+      onClose: (code, reason, willRetry) => {
+        const was = this.#welcome !== null;
+        this.#ws = null;
+        this.#welcome = null;
+        if (was) {
+          log.warn("lost the relay server", { code, reason, retrying: willRetry });
+          options.onDown(reason || `connection closed (${code})`);
+        } else if (code === 1006 || code === 1002) {
+          log.debug("relay server not reachable", { code, reason, retrying: willRetry });
+        }
+        this.#wake();
+      },
+      onError: (err) => {
+        // A refused token will not fix itself: say so loudly (once per outage), not at debug.
+        if (/\b401\b/.test(err.message)) {
+          if (!this.#refused) log.error("the relay server refused this user's token (401); check --user and --token-file", { server: options.url });
+          this.#refused = true;
+        } else log.debug("relay connection failed", { err });
+      },
+    });
+  }
+
+  /** True between Welcome and the loss of that connection. */
+  get up(): boolean {
+    return this.#welcome !== null;
+  }
+
+  get welcome(): WelcomeMessage | null {
+    return this.#welcome;
+  }
+
+  /** Largest Data payload the server takes (from Welcome). */
+  get maxPayload(): number {
+    return this.#welcome?.mpb ?? 0;
+  }
+
+  send(message: HotlinkMessageInput): boolean {
+    return this.sendEncoded(encodeMessage(message, { maxBytes: this.#welcome?.mmb }));
+  }
+
+  sendEncoded(bytes: Uint8Array): boolean {
+    const ws = this.#ws;
+    if (ws === null || this.#welcome === null) return false;
+    ws.send(bytes);
+    this.counters.txMessages++;
+    this.counters.txBytes += bytes.byteLength;
+    return true;
+  }
+
+  get buffered(): number {
+    return this.#ws?.bufferedAmount ?? 0;
+  }
+
+  get busy(): boolean {
+    return this.buffered > LINK_HIGH_WATER;
+  }
+
+  /** Calls `fn` once the socket's unsent bytes are below the low-water mark (or the link is down). */
+  whenWritable(fn: () => void): void {
+    this.#waiters.push(fn);
+    if (this.#poll === undefined) this.#poll = setTimeout(() => this.#check(), POLL_MS);
+  }
+
+  /** Stop reading from the server until every `hold` is released. */
+  hold(key: unknown): void {
+    this.#holders.add(key);
+    this.#ws?.pause();
+  }
+
+  release(key: unknown): void {
+    if (!this.#holders.delete(key)) return;
+    if (this.#holders.size === 0) this.#ws?.resume();
+  }
+
+  close(): Promise<void> {
+    this.#conn.close(1000, "daemon stopping");
+    clearTimeout(this.#poll);
+    this.#poll = undefined;
+    return this.#conn.closed;
+  }
+
+  #check(): void {
+    this.#poll = undefined;
+    if (this.#ws !== null && this.buffered > LINK_LOW_WATER) {
+      this.#poll = setTimeout(() => this.#check(), POLL_MS);
+      return;
+    }
+    this.#wake();
+  }
+
+  #wake(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const fn of waiters) fn();
+  }
+
+  #onData(data: string | ArrayBuffer): void {
+    if (typeof data === "string") {
+      this.#options.log.warn("the relay server sent a text frame; ignored");
+      return;
+    }
+    this.counters.rxMessages++;
+    this.counters.rxBytes += data.byteLength;
+    const result = safeParseMessage(data, { maxBytes: this.#welcome?.mmb });
+    if (!result.ok) {
+      this.#options.log.warn("the relay server sent a message this daemon cannot read; ignored", { err: result.error });
+      return;
+    }
+    const message = result.value;
+    if (message.t === MessageType.Welcome) {
+      if (this.#welcome !== null) return;
+      this.#welcome = message;
+      this.#refused = false;
+      if (this.#holders.size > 0) this.#ws?.pause();
+      this.#options.onUp(message);
+      return;
+    }
+    if (message.t === MessageType.Ping) {
+      this.send({ t: MessageType.Pong, n: message.n });
+      return;
+    }
+    if (this.#welcome === null) return;
+    this.#options.onMessage(message);
+  }
+}

@@ -1,0 +1,393 @@
+/**
+ * A TCP tunnel: `--tunnel CHANNEL=HOST:PORT@PEER`. Both peers declare the same channel; each
+ * listens on its own local port, and the application connection on one side and the one on the
+ * other behave as one full-duplex TCP connection, half-close included.
+ *
+ * - One application connection per tunnel at a time (a second one is refused, with a warning).
+ * - Each direction is its own session: the side whose application connected opens one to PEER
+ *   (pth = CHANNEL, to = PEER) and reads its application only once that session is accepted.
+ *   "no receiver" (the peer daemon is not there yet) is retried every `OPEN_RETRY_MS` for
+ *   `HOLD_MS`; then the application connection is reset.
+ * - The peer's session for CHANNEL is accepted whether or not an application is connected here:
+ *   what arrives before it connects is held (at most `HOLD_BYTES`, for `HOLD_MS`) and written
+ *   when it connects (seed 003, lesson 3); past either bound the session is closed with a
+ *   reason that reaches the sender. Nothing is dropped silently.
+ * - Close: the application's FIN becomes an orderly Close (with the last seq); the peer writes
+ *   everything up to it, then half-closes its application's connection. A reset or a lost relay
+ *   becomes an abort: the other side resets its application's connection, so a broken stream is
+ *   never mistaken for a complete one.
+ * - Backpressure: the application is not read while the relay socket is over its high-water
+ *   mark; the relay socket is not read while the application's unsent bytes are over
+ *   `APP_HIGH_WATER`.
+ * This is the TCP path only; IPC channels (ipc.ts) are separate code (seed 003, lesson 4).
+ */
+import type { Socket, TCPSocketListener } from "bun";
+import type { Logger } from "../core/log.ts";
+import type { RelayLink } from "./link.ts";
+import { type Delivery, Incoming, Outgoing } from "./sessions.ts";
+
+export const HOLD_BYTES = 64 * 1024 * 1024;
+export const HOLD_MS = 30_000;
+export const OPEN_RETRY_MS = 500;
+/** Unsent bytes to the application above which the relay socket is not read. */
+export const APP_HIGH_WATER = 4 * 1024 * 1024;
+
+export interface TunnelSpec {
+  channel: string;
+  host: string;
+  port: number;
+  peer: string;
+}
+
+export interface TunnelStatus {
+  channel: string;
+  listen: string;
+  peer: string;
+  app: boolean;
+  out: { sid: string; state: string; seq: number; bytes: number } | null;
+  in: { sid: string; delivered: number; bytes: number; duplicates: number } | null;
+  held: number;
+}
+
+type App = Socket<{ tunnel: Tunnel }>;
+
+export class Tunnel {
+  readonly spec: TunnelSpec;
+  readonly #link: RelayLink;
+  readonly #log: Logger;
+  #listener: TCPSocketListener<{ tunnel: Tunnel }> | null = null;
+  #app: App | null = null;
+  #appEnded = false;
+  #out: Outgoing | null = null;
+  #openingSince = 0;
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  #in: Incoming | null = null;
+  /** The incoming session ended in order: FIN to the application once its queue is written. */
+  #inFinished = false;
+  #held: Uint8Array[] = [];
+  #heldBytes = 0;
+  #holdTimer: ReturnType<typeof setTimeout> | undefined;
+  /** What the application sent before its session was accepted, in order. */
+  #early: Uint8Array[] = [];
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #holdingLink = false;
+  /** Counters for telemetry. */
+  readonly counters = { connections: 0, txBytes: 0, rxBytes: 0, resets: 0 };
+
+  constructor(spec: TunnelSpec, link: RelayLink, log: Logger) {
+    this.spec = spec;
+    this.#link = link;
+    this.#log = log.child({ tunnel: spec.channel });
+  }
+
+  get port(): number {
+    return this.#listener?.port ?? this.spec.port;
+  }
+
+  /** Binds the local port. Throws like Bun.listen (EADDRINUSE …). */
+  listen(): void {
+    this.#listener = Bun.listen<{ tunnel: Tunnel }>({
+      hostname: this.spec.host,
+      port: this.spec.port,
+      allowHalfOpen: true,
+      data: { tunnel: this },
+      socket: {
+        open: (s) => this.#onAppOpen(s),
+        data: (s, chunk) => this.#onAppData(s, chunk),
+        drain: (s) => this.#onAppDrain(s),
+        end: (s) => this.#onAppEnd(s),
+        close: (s) => this.#onAppClose(s),
+        error: (s) => s.terminate(),
+      },
+    });
+  }
+
+  /** An Open for this channel from the peer: accept it (or say why not). */
+  offer(sid: string, frm: string | undefined): Incoming | string {
+    if (frm !== this.spec.peer) return `tunnel ${this.spec.channel} here pairs with ${this.spec.peer}, not ${frm ?? "?"}`;
+    if (this.#in !== null || this.#inFinished) return `tunnel ${this.spec.channel} is busy with another connection`;
+    const session = new Incoming(this.#link, sid, this.spec.channel, frm, {
+      deliver: (item) => this.#deliver(item),
+      ended: (reason) => this.#onInEnded(session, reason),
+    });
+    this.#in = session;
+    if (this.#app === null) this.#startHoldTimer();
+    return session;
+  }
+
+  /** The relay connection came back: an application waiting for its session gets one now. */
+  onLinkUp(): void {
+    if (this.#app !== null && this.#out === null) this.#openOut();
+  }
+
+  /** The relay connection is gone, and every session with it. */
+  onLinkDown(reason: string): void {
+    this.#out?.onLinkDown(reason);
+    this.#in?.onLinkDown(reason);
+  }
+
+  status(): TunnelStatus {
+    const out = this.#out;
+    const inc = this.#in;
+    return {
+      channel: this.spec.channel,
+      listen: `${this.spec.host}:${this.port}`,
+      peer: this.spec.peer,
+      app: this.#app !== null,
+      out: out === null ? null : { sid: out.sid, state: out.state, seq: out.seq, bytes: out.sentBytes },
+      in: inc === null ? null : { sid: inc.sid, delivered: inc.delivered, bytes: inc.deliveredBytes, duplicates: inc.duplicates },
+      held: this.#heldBytes,
+    };
+  }
+
+  /** Stops listening and resets the application connection. */
+  close(reason: string): void {
+    this.#listener?.stop(true);
+    this.#listener = null;
+    this.#out?.abort(reason);
+    this.#in?.close(reason);
+    this.#app?.terminate();
+    clearTimeout(this.#retry);
+    clearTimeout(this.#holdTimer);
+  }
+
+  #onAppOpen(s: App): void {
+    if (this.#app !== null) {
+      this.#log.warn("refused a second application connection: a tunnel carries one at a time", { peer: s.remoteAddress });
+      s.end();
+      return;
+    }
+    this.#app = s;
+    this.#appEnded = false;
+    this.counters.connections++;
+    s.setNoDelay(true);
+    s.pause(); // read once our session is accepted
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
+    const held = this.#held;
+    this.#held = [];
+    this.#heldBytes = 0;
+    for (const chunk of held) this.#write(chunk);
+    if (this.#inFinished && this.#queued === 0) this.#app.shutdown();
+    this.#openOut();
+  }
+
+  #openOut(): void {
+    if (!this.#link.up) return; // onLinkUp opens it
+    const out = new Outgoing(this.#link, this.spec.channel, this.spec.peer, {
+      accepted: () => {
+        this.#openingSince = 0;
+        if (this.#app === null || this.#out !== out) return;
+        const early = this.#early;
+        this.#early = [];
+        for (const chunk of early) {
+          out.send(chunk);
+          this.counters.txBytes += chunk.byteLength;
+        }
+        if (this.#appEnded) out.finish();
+        else this.#readApp();
+      },
+      ended: (reason, rejected) => this.#onOutEnded(out, reason, rejected),
+    });
+    this.#out = out;
+    if (this.#openingSince === 0) this.#openingSince = performance.now();
+    out.open();
+  }
+
+  #readApp(): void {
+    if (this.#link.busy) {
+      this.#link.whenWritable(() => this.#readApp());
+      return;
+    }
+    this.#app?.resume();
+  }
+
+  #onAppData(s: App, chunk: Uint8Array): void {
+    if (s !== this.#app) return;
+    const out = this.#out;
+    if (out === null || out.state !== "open" || this.#early.length > 0) {
+      // Bun may deliver what it had already read after pause(): keep it for the session.
+      this.#early.push(new Uint8Array(chunk));
+      s.pause();
+      return;
+    }
+    out.send(chunk);
+    this.counters.txBytes += chunk.byteLength;
+    if (this.#link.busy) {
+      s.pause();
+      this.#link.whenWritable(() => this.#readApp());
+    }
+  }
+
+  #onAppEnd(s: App): void {
+    if (s !== this.#app) return;
+    this.#appEnded = true;
+    const out = this.#out;
+    // Still opening (or re-opening): the FIN goes after the early bytes, once accepted.
+    if (out?.state === "open" && this.#early.length === 0) out.finish();
+    this.#maybeDone();
+  }
+
+  #onAppClose(s: App): void {
+    if (s !== this.#app) return;
+    this.#app = null;
+    const out = this.#out;
+    if (out !== null && out.state !== "closed") out.abort("the application connection was reset");
+    this.#in?.close("the application connection closed");
+    this.#resetConnection();
+  }
+
+  #onAppDrain(s: App): void {
+    if (s !== this.#app) return;
+    this.#flush();
+  }
+
+  #deliver(item: Delivery): void {
+    this.counters.rxBytes += item.byteLength;
+    if (this.#app === null) {
+      if (this.#heldBytes + item.byteLength > HOLD_BYTES) {
+        this.#in?.close(`no application connected to ${this.spec.host}:${this.port} and ${HOLD_BYTES} bytes already held`);
+        return;
+      }
+      this.#held.push(item.pay);
+      this.#heldBytes += item.byteLength;
+      return;
+    }
+    this.#write(item.pay);
+  }
+
+  #write(chunk: Uint8Array): void {
+    const app = this.#app;
+    if (app === null) return;
+    if (this.#queued === 0) {
+      const n = Math.max(0, app.write(chunk));
+      if (n === chunk.byteLength) return;
+      chunk = chunk.subarray(n);
+    }
+    this.#queue.push(chunk);
+    this.#queued += chunk.byteLength;
+    if (this.#queued > APP_HIGH_WATER && !this.#holdingLink) {
+      this.#holdingLink = true;
+      this.#link.hold(this);
+    }
+  }
+
+  #flush(): void {
+    const app = this.#app;
+    if (app === null) return;
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0];
+      if (head === undefined) break;
+      const n = Math.max(0, app.write(head));
+      this.#queued -= n;
+      if (n < head.byteLength) {
+        this.#queue[0] = head.subarray(n);
+        break;
+      }
+      this.#queue.shift();
+    }
+    if (this.#holdingLink && this.#queued < APP_HIGH_WATER / 4) {
+      this.#holdingLink = false;
+      this.#link.release(this);
+    }
+    if (this.#queued === 0 && this.#inFinished) {
+      app.shutdown();
+      this.#maybeDone();
+    }
+  }
+
+  #onInEnded(session: Incoming, reason: string | null): void {
+    if (this.#in !== session) return;
+    this.#in = null;
+    if (reason !== null) {
+      clearTimeout(this.#holdTimer);
+      this.#holdTimer = undefined;
+      this.#log.warn("the peer's side of the tunnel ended abnormally; resetting the application connection", { reason });
+      this.#held = [];
+      this.#heldBytes = 0;
+      this.#fail();
+      return;
+    }
+    this.#inFinished = true;
+    if (this.#app !== null && this.#queued === 0) {
+      this.#app.shutdown();
+      this.#maybeDone();
+    }
+  }
+
+  #onOutEnded(out: Outgoing, reason: string | null, rejected: boolean): void {
+    if (this.#out !== out) return;
+    if (reason === null) return; // finished by us: the application sent its FIN
+    this.#out = null;
+    const app = this.#app;
+    if (app === null) return;
+    const waited = performance.now() - this.#openingSince;
+    if (rejected && this.#openingSince !== 0 && waited < HOLD_MS) {
+      // The peer daemon (or its tunnel) is not there yet: try again, the application waits.
+      this.#log.debug("session not accepted yet; retrying", { reason });
+      this.#retry = setTimeout(() => {
+        if (this.#app === app && this.#out === null) this.#openOut();
+      }, OPEN_RETRY_MS);
+      return;
+    }
+    this.#log.warn("the tunnel's session ended abnormally; resetting the application connection", { reason });
+    this.#fail();
+  }
+
+  /** Reset the application connection: its stream cannot be completed faithfully. */
+  #fail(): void {
+    this.counters.resets++;
+    const app = this.#app;
+    this.#app = null;
+    this.#out?.abort("the other direction of the tunnel failed");
+    this.#in?.close("the other direction of the tunnel failed");
+    app?.terminate();
+    this.#resetConnection();
+  }
+
+  /** Both directions finished in order: close the application connection. */
+  #maybeDone(): void {
+    const out = this.#out;
+    const outDone = this.#appEnded && (out === null || out.state === "closed");
+    if (!outDone || !this.#inFinished || this.#queued > 0) return;
+    const app = this.#app;
+    this.#app = null;
+    app?.end();
+    this.#resetConnection();
+  }
+
+  #resetConnection(): void {
+    clearTimeout(this.#retry);
+    this.#out = null;
+    this.#openingSince = 0;
+    this.#appEnded = false;
+    this.#inFinished = false;
+    this.#early = [];
+    this.#queue = [];
+    this.#queued = 0;
+    if (this.#holdingLink) {
+      this.#holdingLink = false;
+      this.#link.release(this);
+    }
+    if (this.#in !== null) this.#startHoldTimer();
+  }
+
+  #startHoldTimer(): void {
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = setTimeout(() => {
+      this.#holdTimer = undefined;
+      if (this.#app !== null) return;
+      const why = `no application connected to ${this.spec.host}:${this.port} within ${HOLD_MS / 1000} s`;
+      if (this.#in !== null) {
+        this.#in.close(why);
+      } else if (this.#inFinished) {
+        // The sender finished before we could tell it: say so loudly, then free the tunnel.
+        this.#log.error("dropping a finished stream nobody collected", { reason: why, bytes: this.#heldBytes });
+        this.#held = [];
+        this.#heldBytes = 0;
+        this.#inFinished = false;
+      }
+    }, HOLD_MS);
+  }
+}

@@ -1,0 +1,239 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import type { Socket } from "bun";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { createLogger } from "../../src/core/log.ts";
+import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
+import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
+import { type Misbehaviour, startTestRelay, type TestRelay } from "../fixtures/hotlink-relay.ts";
+
+const log = createLogger({ level: "error", stream: { write: () => {} } });
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const CHANNEL = "alice/mpc/run1/0_to_1";
+const TOKEN = `hlk_${"A".repeat(43)}`;
+
+async function pair(misbehave?: Misbehaviour) {
+  const relay = startTestRelay(misbehave);
+  cleanups.push(() => relay.close());
+  const start = async (user: string, peer: string) => {
+    const d = await HotlinkDaemon.start({
+      server: relay.url,
+      user,
+      token: TOKEN,
+      tunnels: [{ channel: CHANNEL, host: "127.0.0.1", port: 0, peer }],
+      log,
+      minDelayMs: 20,
+    });
+    cleanups.push(() => d.close());
+    await d.connected();
+    return d;
+  };
+  const alice = await start("alice", "bob");
+  const bob = await start("bob", "alice");
+  const port = (d: HotlinkDaemon) => d.tunnel(CHANNEL)?.port ?? 0;
+  return { relay, alice, bob, alicePort: port(alice), bobPort: port(bob) };
+}
+
+interface App {
+  sock: Socket<undefined>;
+  received(): Buffer;
+  bytes(): number;
+  ended: Promise<void>;
+  closed: Promise<void>;
+  /** Writes everything, respecting backpressure. */
+  send(data: Uint8Array): Promise<void>;
+}
+
+async function app(port: number): Promise<App> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  const ended = Promise.withResolvers<void>();
+  const closed = Promise.withResolvers<void>();
+  let drained: (() => void) | null = null;
+  const sock = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    allowHalfOpen: true,
+    socket: {
+      data: (_s, d) => {
+        chunks.push(Buffer.from(d));
+        n += d.byteLength;
+      },
+      drain: () => {
+        const d = drained;
+        drained = null;
+        d?.();
+      },
+      end: () => ended.resolve(),
+      close: () => {
+        ended.resolve();
+        closed.resolve();
+      },
+    },
+  });
+  cleanups.push(() => sock.terminate());
+  const send = async (data: Uint8Array) => {
+    let rest = data;
+    while (rest.byteLength > 0) {
+      const w = Math.max(0, sock.write(rest));
+      rest = rest.subarray(w);
+      if (rest.byteLength > 0) await new Promise<void>((r) => (drained = r));
+    }
+  };
+  return { sock, received: () => Buffer.concat(chunks), bytes: () => n, ended: ended.promise, closed: closed.promise, send };
+}
+
+/** The seed's chunks: chunk i is u32be(i) then 4092 bytes of i & 0xFF. */
+function seedChunks(count: number): Uint8Array[] {
+  return Array.from({ length: count }, (_, i) => {
+    const c = new Uint8Array(4096);
+    new DataView(c.buffer).setUint32(0, i);
+    c.fill(i & 0xff, 4);
+    return c;
+  });
+}
+
+function checkSeedChunks(got: Buffer, count: number): void {
+  expect(got.byteLength).toBe(count * 4096);
+  for (let i = 0; i < count; i++) {
+    const c = got.subarray(i * 4096, (i + 1) * 4096);
+    expect(c.readUInt32BE(0)).toBe(i);
+    expect(c.subarray(4).every((b) => b === (i & 0xff))).toBe(true);
+  }
+}
+
+async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
+const sha = (b: Uint8Array) => new Bun.CryptoHasher("sha256").update(b).digest("hex");
+
+describe("tunnels over the relay", () => {
+  test("the seed's acceptance test: 20 × 4096-byte chunks, bob's app connected first, all in order", async () => {
+    const { alicePort, bobPort } = await pair();
+    const bobApp = await app(bobPort);
+    await Bun.sleep(50);
+    const aliceApp = await app(alicePort);
+    for (const c of seedChunks(20)) await aliceApp.send(c);
+    await until(() => bobApp.bytes() >= 81_920, "bob's app to read 81,920 bytes");
+    await Bun.sleep(50);
+    checkSeedChunks(bobApp.received(), 20);
+  });
+
+  test("data sent before the receiving application connects is held and delivered when it connects", async () => {
+    const { alicePort, bobPort, bob } = await pair();
+    const aliceApp = await app(alicePort);
+    for (const c of seedChunks(50)) await aliceApp.send(c);
+    await until(() => (bob.tunnel(CHANNEL)?.status().held ?? 0) === 50 * 4096, "bob's daemon to hold everything");
+    const bobApp = await app(bobPort);
+    await until(() => bobApp.bytes() >= 50 * 4096, "bob's app to get the held bytes");
+    checkSeedChunks(bobApp.received(), 50);
+  });
+
+  test("a relay that permutes and duplicates Data messages: the stream still arrives intact", async () => {
+    const { relay, alicePort, bobPort } = await pair({ window: 8, duplicate: 0.2, seed: 7 });
+    const bobApp = await app(bobPort);
+    const aliceApp = await app(alicePort);
+    const payload = randomBytes(4 * 1024 * 1024);
+    // Small writes, so that there are many Data messages to shuffle.
+    for (let at = 0; at < payload.length; at += 16 * 1024) await aliceApp.send(payload.subarray(at, at + 16 * 1024));
+    aliceApp.sock.shutdown();
+    await bobApp.ended;
+    expect(bobApp.bytes()).toBe(payload.length);
+    expect(sha(bobApp.received())).toBe(sha(payload));
+    // How many Data messages there are depends on how TCP coalesced the writes; some always are.
+    expect(relay.mischief.reordered).toBeGreaterThan(0);
+    expect(relay.mischief.duplicated).toBeGreaterThan(0);
+  });
+
+  test("64 MiB of random bytes both ways at once arrive intact (SHA-256), and FINs end both sides", async () => {
+    const { relay, alicePort, bobPort } = await pair();
+    const bobApp = await app(bobPort);
+    const aliceApp = await app(alicePort);
+    const size = 64 * 1024 * 1024;
+    const a2b = randomBytes(size);
+    const b2a = randomBytes(size);
+    const send = async (a: App, data: Uint8Array) => {
+      for (let at = 0; at < data.length; at += 256 * 1024) await a.send(data.subarray(at, at + 256 * 1024));
+      a.sock.shutdown();
+    };
+    await Promise.all([send(aliceApp, a2b), send(bobApp, b2a), aliceApp.ended, bobApp.ended]);
+    const got = bobApp.received();
+    expect(got.byteLength).toBe(size);
+    let first = -1;
+    for (let i = 0; i < size; i++) if (got[i] !== a2b[i]) { first = i; break; }
+    expect(first).toBe(-1);
+    expect(sha(bobApp.received())).toBe(sha(a2b));
+    expect(sha(aliceApp.received())).toBe(sha(b2a));
+    await Promise.all([aliceApp.closed, bobApp.closed]);
+    await until(() => relay.sessions() === 0, "the relay to hold no session");
+  }, 120_000);
+
+  test("a reset application connection resets the peer's application connection", async () => {
+    const { alicePort, bobPort } = await pair();
+    const bobApp = await app(bobPort);
+    const aliceApp = await app(alicePort);
+    await aliceApp.send(new Uint8Array(1000));
+    await until(() => bobApp.bytes() === 1000, "the first bytes");
+    aliceApp.sock.terminate();
+    await bobApp.closed;
+  });
+
+  test("a second application connection on a busy tunnel is refused, the first goes on", async () => {
+    const { alicePort, bobPort } = await pair();
+    const bobApp = await app(bobPort);
+    const first = await app(alicePort);
+    const second = await app(alicePort);
+    await second.ended;
+    await first.send(new Uint8Array(10).fill(1));
+    await until(() => bobApp.bytes() === 10, "bytes from the first connection");
+  });
+});
+
+describe("HLNK IPC channels over the relay", () => {
+  test("frames written to alice's socket reach every application on bob's socket, in order", async () => {
+    const relay = startTestRelay();
+    cleanups.push(() => relay.close());
+    const dir = mkdtempSync("/tmp/hl-");
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const channel = "alice/bench/ipc";
+    const start = async (user: string) => {
+      const d = await HotlinkDaemon.start({ server: relay.url, user, token: TOKEN, ipc: [{ channel, path: join(dir, `${user}.sock`) }], log, minDelayMs: 20 });
+      cleanups.push(() => d.close());
+      await d.connected();
+      return d;
+    };
+    await start("alice");
+    await start("bob");
+    const reader = async () => {
+      const dec = new HlnkDecoder();
+      const frames: { path: string; payload: Uint8Array }[] = [];
+      const s = await Bun.connect({ unix: join(dir, "bob.sock"), socket: { data: (_s, d) => void frames.push(...dec.push(d)) } });
+      cleanups.push(() => s.terminate());
+      return frames;
+    };
+    const r1 = await reader();
+    const r2 = await reader();
+    const w = await Bun.connect({ unix: join(dir, "alice.sock"), socket: { data: () => {} } });
+    cleanups.push(() => w.terminate());
+    for (let i = 0; i < 100; i++) {
+      w.write(encodeHlnk({ path: i % 2 === 0 ? channel : `${channel}/sub`, etag: `e${i}`, seq: BigInt(i), payload: new Uint8Array(100).fill(i) }));
+    }
+    await until(() => r1.length === 100 && r2.length === 100, "both readers to get 100 frames");
+    for (const frames of [r1, r2]) {
+      frames.forEach((f, i) => {
+        expect(f.path).toBe(i % 2 === 0 ? channel : `${channel}/sub`);
+        expect(f.payload[0]).toBe(i);
+      });
+    }
+  });
+});
