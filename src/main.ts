@@ -13,6 +13,7 @@ const commands: CommandEntry[] = [
   { name: "pub", summary: "publish stdin as a stream under a name", load: () => import("./cli/pub.ts") },
   { name: "sub", summary: "subscribe to a stream by name and print its values", load: () => import("./cli/sub.ts") },
   { name: "meta", summary: "run the metaserver: who publishes what, on which host", load: () => import("./cli/meta.ts") },
+  { name: "hotlink", summary: "lowest-latency peer data path: relay server, TCP tunnels, HLNK sockets", load: () => import("./cli/hotlink.ts") },
   { name: "addr", summary: "IPv6 addresses over rtnetlink: /128s with nodad, local prefixes, gc", load: () => import("./cli/addr.ts") },
   { name: "doctor", summary: "check this host: capabilities, io_uring, tools, free ports", load: () => import("./cli/doctor.ts") },
   { name: "completion", summary: "print shell completion for bash, zsh or fish", load: () => import("./cli/completion.ts") },

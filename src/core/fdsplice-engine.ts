@@ -84,8 +84,15 @@ interface End {
   readEnded: boolean;
   writeShut: boolean;
   closed: boolean;
-  /** Current epoll interest. */
+  /** Current epoll interest, while in the epoll set. */
   interest: number;
+  /**
+   * Out of the epoll set: a paused source that hung up. Epoll reports a hang-up whatever the
+   * interest, and reading the source then would pull everything its kernel buffer holds into
+   * the peer's queue; so it waits outside the set until its peer's queue is written, and the
+   * splice lingers meanwhile (a peer that never reads again is not waited for forever).
+   */
+  parked: boolean;
 }
 
 interface Splice {
@@ -253,7 +260,9 @@ export class SpliceEngine {
     }
     if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) === 0) return;
     if (!end.readEnded) {
-      this.#read(end);
+      const paused = !end.peer.closed && end.peer.queued > 0;
+      if (paused && (events & (EPOLLIN | EPOLLERR)) === 0) this.#park(end);
+      else this.#read(end);
     } else if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
       // Nothing more to read, and the other end is gone entirely (a hang-up or an error):
       // writes to it can only fail, so it is closed like a failed socket.
@@ -310,6 +319,18 @@ export class SpliceEngine {
     if (dst.queued > dst.maxQueued) dst.maxQueued = dst.queued;
     this.#updateInterest(dst);
     this.#updateInterest(dst.peer);
+  }
+
+  /** A paused source hung up: out of the set until its peer drains (see `parked`). */
+  #park(end: End): void {
+    epollCtl(this.#ep, EPOLL_CTL_DEL, end.fd, 0);
+    end.parked = true;
+    end.interest = 0;
+    const splice = end.splice;
+    if (splice.lingerAt === 0) {
+      splice.lingerAt = performance.now() + splice.lingerMs;
+      this.#lingering.add(splice);
+    }
   }
 
   /** Writes what is queued for `dst`. */
@@ -387,7 +408,8 @@ export class SpliceEngine {
     if (end.closed) return;
     end.closed = true;
     end.readEnded = true;
-    epollCtl(this.#ep, EPOLL_CTL_DEL, end.fd, 0);
+    if (!end.parked) epollCtl(this.#ep, EPOLL_CTL_DEL, end.fd, 0);
+    end.parked = false;
     if (reset) setLingerReset(end.fd, true);
     S.close(end.fd);
     if (this.#ends[end.fd] === end) this.#ends[end.fd] = undefined;
@@ -414,6 +436,7 @@ export class SpliceEngine {
     for (const end of [splice.a, splice.b]) {
       end.queue = [];
       end.queued = 0;
+      end.writeShut = true; // no FIN to the second end: before its reset it would make a cut stream look complete
     }
     this.#closeEnd(splice.a, true);
     this.#closeEnd(splice.b, true);
@@ -444,6 +467,19 @@ export class SpliceEngine {
     let want = 0;
     if (!end.readEnded && (end.peer.closed || end.peer.queued === 0)) want |= EPOLLIN;
     if (end.queued > 0) want |= EPOLLOUT;
+    if (end.parked) {
+      if (want === 0) return;
+      // Its peer caught up: back into the set, and no longer idle.
+      end.parked = false;
+      end.interest = want;
+      epollCtl(this.#ep, EPOLL_CTL_ADD, end.fd, want);
+      const splice = end.splice;
+      if (!end.peer.closed && splice.lingerAt !== 0) {
+        splice.lingerAt = 0;
+        this.#lingering.delete(splice);
+      }
+      return;
+    }
     if (want === end.interest) return;
     end.interest = want;
     epollCtl(this.#ep, EPOLL_CTL_MOD, end.fd, want);
@@ -483,5 +519,6 @@ function newEnd(fd: number, side: "a" | "b", splice: Splice): End {
     writeShut: false,
     closed: false,
     interest: 0,
+    parked: false,
   };
 }

@@ -117,7 +117,7 @@ export class FdSplicer {
     if (!Number.isInteger(tag) || tag < 0 || tag >= SPLICE_TAGS) {
       throw new StoaError("usage", `splice tag must be an integer in [0, ${SPLICE_TAGS}), got ${tag}`);
     }
-    if (!this.#alive) {
+    if (!this.#alive || this.#stopped !== null) {
       sys().close(a);
       sys().close(b);
       const error = new StoaError("closed", `the splice engine is gone${this.#fatal === null ? "" : `: ${this.#fatal}`}`);
@@ -155,12 +155,16 @@ export class FdSplicer {
 
   /** Bytes moved so far under `tag`, including splices still running. */
   totals(tag: number): SpliceTotals {
+    if (!Number.isInteger(tag) || tag < 0 || tag >= SPLICE_TAGS) {
+      throw new StoaError("usage", `splice tag must be an integer in [0, ${SPLICE_TAGS}), got ${tag}`);
+    }
     return { aToB: this.#totals[tag * 2] ?? 0, bToA: this.#totals[tag * 2 + 1] ?? 0 };
   }
 
   /** Resets every splice and stops the thread. */
   async close(): Promise<void> {
     if (!this.#alive) return;
+    if (this.#stopped !== null) return this.#stopped.promise;
     this.#stopped = Promise.withResolvers<void>();
     this.#send({ type: "stop" });
     let timer: ReturnType<typeof setTimeout> | undefined;

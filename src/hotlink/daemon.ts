@@ -15,6 +15,7 @@ import { RelayLink } from "./link.ts";
 import { IpcChannel, type IpcSpec, type IpcStatus } from "./ipc.ts";
 import { type HotlinkMessage, MessageType } from "./protocol.ts";
 import type { Incoming } from "./sessions.ts";
+import { startTelemetry } from "./telemetry.ts";
 import { Tunnel, type TunnelSpec, type TunnelStatus } from "./tunnel.ts";
 
 export interface DaemonOptions {
@@ -27,6 +28,8 @@ export interface DaemonOptions {
   log: Logger;
   /** Reconnect backoff floor in ms. */
   minDelayMs?: number;
+  /** Rewrite this JSON file every second (telemetry.ts). */
+  telemetry?: string;
 }
 
 export interface DaemonStatus {
@@ -35,7 +38,7 @@ export interface DaemonStatus {
   connected: boolean;
   tunnels: TunnelStatus[];
   ipc: IpcStatus[];
-  link: RelayLink["counters"];
+  link: RelayLink["messages"];
 }
 
 export class HotlinkDaemon {
@@ -45,6 +48,7 @@ export class HotlinkDaemon {
   readonly #tunnels = new Map<string, Tunnel>();
   readonly #ipc = new Map<string, IpcChannel>();
   #upWaiters: (() => void)[] = [];
+  #telemetry: { stop(): void } | null = null;
 
   private constructor(options: DaemonOptions) {
     this.#options = options;
@@ -75,6 +79,14 @@ export class HotlinkDaemon {
     try {
       for (const spec of options.tunnels ?? []) daemon.addTunnel(spec);
       for (const spec of options.ipc ?? []) await daemon.addIpc(spec);
+      if (options.telemetry !== undefined) {
+        const link = daemon.link;
+        daemon.#telemetry = startTelemetry(
+          options.telemetry,
+          { connected: () => link.up, counters: link.counters, sessions: () => ({ tunnels: daemon.status().tunnels, ipc: daemon.status().ipc }) },
+          options.log,
+        );
+      }
     } catch (err) {
       await daemon.close();
       throw err;
@@ -145,11 +157,13 @@ export class HotlinkDaemon {
       connected: this.link.up,
       tunnels: [...this.#tunnels.values()].map((t) => t.status()),
       ipc: [...this.#ipc.values()].map((c) => c.status()),
-      link: { ...this.link.counters },
+      link: { ...this.link.messages },
     };
   }
 
   async close(): Promise<void> {
+    this.#telemetry?.stop();
+    this.#telemetry = null;
     for (const t of this.#tunnels.values()) t.close("the daemon is stopping");
     for (const c of this.#ipc.values()) await c.close("the daemon is stopping");
     this.#tunnels.clear();

@@ -17,6 +17,7 @@
 import type { Logger } from "../core/log.ts";
 import { ReconnectingWebSocket } from "../core/ws.ts";
 import type { Incoming, Outgoing } from "./sessions.ts";
+import { DaemonCounters } from "./telemetry.ts";
 import { formatAuthorization } from "./users.ts";
 import {
   type HotlinkMessage,
@@ -62,8 +63,9 @@ export class RelayLink {
    */
   readonly outgoing = new Map<string, Outgoing>();
   readonly incoming = new Map<string, Incoming>();
-  /** Messages sent and received, and bytes, for telemetry. */
-  readonly counters = { txMessages: 0, txBytes: 0, rxMessages: 0, rxBytes: 0 };
+  /** Messages on this link, and the daemon's telemetry counters (telemetry.ts). */
+  readonly messages = { tx: 0, txBytes: 0, rx: 0, rxBytes: 0 };
+  readonly counters = new DaemonCounters();
 
   constructor(options: LinkOptions) {
     this.#options = options;
@@ -121,8 +123,8 @@ export class RelayLink {
     const ws = this.#ws;
     if (ws === null || this.#welcome === null) return false;
     ws.send(bytes);
-    this.counters.txMessages++;
-    this.counters.txBytes += bytes.byteLength;
+    this.messages.tx++;
+    this.messages.txBytes += bytes.byteLength;
     return true;
   }
 
@@ -178,8 +180,8 @@ export class RelayLink {
       this.#options.log.warn("the relay server sent a text frame; ignored");
       return;
     }
-    this.counters.rxMessages++;
-    this.counters.rxBytes += data.byteLength;
+    this.messages.rx++;
+    this.messages.rxBytes += data.byteLength;
     const result = safeParseMessage(data, { maxBytes: this.#welcome?.mmb });
     if (!result.ok) {
       this.#options.log.warn("the relay server sent a message this daemon cannot read; ignored", { err: result.error });

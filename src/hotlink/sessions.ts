@@ -70,6 +70,7 @@ export class Outgoing {
   send(pay: Uint8Array, pth?: string, etg?: string): boolean {
     if (this.state !== "open") return false;
     const seq = ++this.#seq;
+    const started = performance.now();
     const ok = this.#link.send({
       t: MessageType.Data,
       sid: this.sid,
@@ -83,6 +84,10 @@ export class Outgoing {
       return false;
     }
     this.sentBytes += pay.byteLength;
+    const c = this.#link.counters;
+    c.send.add((performance.now() - started) * 1000);
+    c.relay.txPackets++;
+    c.relay.txBytes += pay.byteLength;
     return true;
   }
 
@@ -171,6 +176,9 @@ export class Incoming {
 
   onData(message: DataMessage): void {
     if (this.state === "closed") return;
+    const c = this.#link.counters;
+    c.relay.rxPackets++;
+    c.relay.rxBytes += message.pay.byteLength;
     const item: Delivery = { seq: message.seq, pay: message.pay, pth: message.pth, etg: message.etg, byteLength: message.pay.byteLength };
     let ready: Delivery[];
     try {
@@ -180,7 +188,9 @@ export class Incoming {
       return;
     }
     for (const r of ready) {
+      const started = performance.now();
       this.#events.deliver(r);
+      c.write.add((performance.now() - started) * 1000);
       if (this.#ended()) return; // the sink may end the session (e.g. over its hold bound)
     }
     this.#checkLast();

@@ -36,13 +36,14 @@ export interface TunnelSpec {
   channel: string;
   host: string;
   port: number;
-  peer: string;
+  /** The other side's user; absent: any user with access to the channel (the server decides). */
+  peer?: string;
 }
 
 export interface TunnelStatus {
   channel: string;
   listen: string;
-  peer: string;
+  peer: string | null;
   app: boolean;
   out: { sid: string; state: string; seq: number; bytes: number } | null;
   in: { sid: string; delivered: number; bytes: number; duplicates: number } | null;
@@ -105,7 +106,7 @@ export class Tunnel {
 
   /** An Open for this channel from the peer: accept it (or say why not). */
   offer(sid: string, frm: string | undefined): Incoming | string {
-    if (frm !== this.spec.peer) return `tunnel ${this.spec.channel} here pairs with ${this.spec.peer}, not ${frm ?? "?"}`;
+    if (this.spec.peer !== undefined && frm !== this.spec.peer) return `tunnel ${this.spec.channel} here pairs with ${this.spec.peer}, not ${frm ?? "?"}`;
     if (this.#in !== null || this.#inFinished) return `tunnel ${this.spec.channel} is busy with another connection`;
     const session = new Incoming(this.#link, sid, this.spec.channel, frm, {
       deliver: (item) => this.#deliver(item),
@@ -133,7 +134,7 @@ export class Tunnel {
     return {
       channel: this.spec.channel,
       listen: `${this.spec.host}:${this.port}`,
-      peer: this.spec.peer,
+      peer: this.spec.peer ?? null,
       app: this.#app !== null,
       out: out === null ? null : { sid: out.sid, state: out.state, seq: out.seq, bytes: out.sentBytes },
       in: inc === null ? null : { sid: inc.sid, delivered: inc.delivered, bytes: inc.deliveredBytes, duplicates: inc.duplicates },

@@ -1,0 +1,184 @@
+/**
+ * `stoa hotlink`: the relay server and its users. Each subcommand is defined on its own and
+ * listed in `subcommands` at the bottom; a new one (connect, tunnel, ...) is one more
+ * definition and one more entry there.
+ */
+import { z } from "zod";
+import { type Command, bool, configFlag, defineCommand, defineGroup, str } from "./command.ts";
+import { HostPort, logFlags, serveMetrics, startService } from "./common.ts";
+import { StoaError } from "../core/errors.ts";
+import { onShutdown } from "../core/shutdown.ts";
+import { MAX_MESSAGE_BYTES } from "../hotlink/protocol.ts";
+import { MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES, startHotlinkServer } from "../hotlink/server.ts";
+import { addUser, loadUsers, removeUser } from "../hotlink/users.ts";
+import { connect } from "./hotlink-connect.ts";
+
+const usersFlag = () => str("the users file, JSON with hashed tokens (required)", { placeholder: "file" });
+
+/** A flag the command cannot run without (kept optional in the schema so help shows no default). */
+function required<T>(value: T | undefined, flag: string, path: string, example: string): T {
+  if (value === undefined) throw new StoaError("usage", `${path}: --${flag} is required, e.g. --${flag} ${example} (see '${path} --help')`);
+  return value;
+}
+
+/** Prefixes errors from the library with the command, like every other stoa error line. */
+function under<T>(path: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof StoaError) throw new StoaError(err.code, `${path}: ${err.message}`, { cause: err });
+    throw err;
+  }
+}
+
+const serve = defineCommand({
+  name: "serve",
+  summary: "run the relay server: WebSocket /v1/hotlink with token auth and path ACLs",
+  description:
+    "Serves the hotlink protocol (src/hotlink/protocol.ts) on ws://HOST:PORT/v1/hotlink. Each\n" +
+    "client daemon authenticates with 'Authorization: Bearer <user>:<token>' (a wrong token gets\n" +
+    "401 before the upgrade), opens sessions on paths it may write, and the relay offers them to\n" +
+    "the users who may read them. Access: a path's first segment is its owner (full access); the\n" +
+    "--acl file adds rules {pattern, read: [users|*], write: [users|*]} with * ? ** globs.\n" +
+    "A slow receiver pauses its sender instead of losing data. SIGHUP re-reads the users and ACL\n" +
+    "files (a bad file is logged and the old one kept; removed users are disconnected). Prints\n" +
+    "'hotlink: <url>' when ready; /v1/health answers without a token.",
+  config: true,
+  flags: {
+    listen: str("address and port to serve on (required)", { placeholder: "host:port", schema: HostPort }),
+    users: usersFlag(),
+    acl: str("ACL file (JSON rules); without it only owners have access", { placeholder: "file" }),
+    metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
+    maxMessageBytes: str(`largest message accepted, in bytes (${MIN_MESSAGE_BYTES} to ${MAX_MESSAGE_BYTES_LIMIT})`, {
+      default: String(MAX_MESSAGE_BYTES),
+      placeholder: "n",
+      schema: z.coerce.number().int().min(MIN_MESSAGE_BYTES).max(MAX_MESSAGE_BYTES_LIMIT),
+    }),
+    ...logFlags(),
+    config: configFlag(),
+  },
+  examples: [
+    "stoa hotlink user add alice@example.org --users /etc/stoa/hotlink-users.json",
+    "stoa hotlink serve --listen [::]:8470 --users /etc/stoa/hotlink-users.json",
+    "stoa hotlink serve --listen :8470 --users users.json --acl acl.json --metrics-listen 127.0.0.1:9470",
+    "kill -HUP $relay_pid   # re-read the users and ACL files",
+  ],
+  async run({ flags, path }) {
+    const listen = required(flags.listen, "listen", path, "[::]:8470");
+    const usersFile = required(flags.users, "users", path, "/etc/stoa/hotlink-users.json");
+    const log = startService("hotlink", flags);
+    const relay = under(path, () =>
+      startHotlinkServer({
+        hostname: listen.hostname,
+        port: listen.port,
+        usersFile,
+        aclFile: flags.acl,
+        maxMessageBytes: flags.maxMessageBytes,
+        log,
+      }),
+    );
+    onShutdown("hotlink relay", () => relay.close());
+    serveMetrics(flags.metricsListen);
+    process.on("SIGHUP", () => {
+      relay.reload(); // logs what it did, and keeps the old files' content on error
+    });
+    log.info("hotlink relay listening", { url: relay.url });
+    process.stdout.write(`hotlink: ${relay.url}\n`);
+    await new Promise(() => {}); // runs until a signal; shutdown exits the process
+  },
+});
+
+const nameArg = [{ name: "NAME", description: "user name: lowercase a-z 0-9 . _ @ + -, e.g. alice@example.org", required: true }];
+
+const userAdd = defineCommand({
+  name: "add",
+  summary: "add a user and print its new token",
+  description:
+    "Adds NAME to the users file (created, mode 0600, when missing) with a fresh random token and\n" +
+    "prints the token as the last line of stdout. Only a salted hash is stored: the token is shown\n" +
+    "this once, so hand it to the user now (e.g. into a token file for 'stoa hotlink connect').\n" +
+    "A running server accepts it after SIGHUP.",
+  flags: {
+    users: usersFlag(),
+    replace: bool("issue a new token for an existing user (the old one stops working on reload)"),
+  },
+  positionals: nameArg,
+  examples: [
+    "stoa hotlink user add alice@example.org --users users.json | tail -n 1 > alice.token",
+    "stoa hotlink user add alice@example.org --users users.json --replace",
+  ],
+  run({ flags, args, path }) {
+    const file = required(flags.users, "users", path, "users.json");
+    const name = args[0] ?? "";
+    const token = under(path, () => addUser(file, name, { replace: flags.replace }));
+    process.stdout.write(
+      `${flags.replace ? "new token" : "token"} for ${name} below; only its hash is stored in ${file}, so this is the only time it is shown.\n` +
+        "A running 'stoa hotlink serve' loads it on SIGHUP.\n" +
+        `${token}\n`,
+    );
+  },
+});
+
+const userRemove = defineCommand({
+  name: "remove",
+  summary: "remove a user; its token stops working at the server's next reload",
+  flags: { users: usersFlag() },
+  positionals: nameArg,
+  examples: ["stoa hotlink user remove alice@example.org --users users.json && kill -HUP $relay_pid"],
+  run({ flags, args, path }) {
+    const file = required(flags.users, "users", path, "users.json");
+    const name = args[0] ?? "";
+    under(path, () => removeUser(file, name));
+    process.stdout.write(`removed ${name} from ${file}; a running server disconnects it on SIGHUP\n`);
+  },
+});
+
+const userLs = defineCommand({
+  name: "ls",
+  summary: "list the users of a users file",
+  flags: {
+    users: usersFlag(),
+    json: bool('print one JSON object: {"users": [names]}'),
+  },
+  examples: ["stoa hotlink user ls --users users.json", "stoa hotlink user ls --users users.json --json | jq -r '.users[]'"],
+  run({ flags, path }) {
+    const file = required(flags.users, "users", path, "users.json");
+    const names = under(path, () => loadUsers(file).names());
+    if (flags.json) process.stdout.write(`${JSON.stringify({ users: names })}\n`);
+    else for (const name of names) process.stdout.write(`${name}\n`);
+  },
+});
+
+const user = defineGroup({
+  name: "user",
+  summary: "manage the relay's users and their tokens",
+  description:
+    "Users authenticate to 'stoa hotlink serve' with a bearer token. The users file keeps a salted\n" +
+    "SHA-256 hash of each token, never the token; it is rewritten atomically, so a server may\n" +
+    "re-read it at any time (SIGHUP).",
+  subcommands: [userAdd, userRemove, userLs],
+  examples: [
+    "stoa hotlink user add bob@example.org --users users.json",
+    "stoa hotlink user ls --users users.json",
+    "stoa hotlink user remove bob@example.org --users users.json",
+  ],
+});
+
+/** The subcommands of `stoa hotlink`, in help order: define a new one above and add it here. */
+export const subcommands: Command[] = [serve, connect, user];
+
+export default defineGroup({
+  name: "hotlink",
+  summary: "lowest-latency peer data path: relay server, TCP tunnels, HLNK sockets",
+  description:
+    "Peers exchange bytes through a relay server ('serve') over one WebSocket each, with tokens\n" +
+    "per user and path ACLs; sessions carry CBOR Data messages with sequence numbers, so a\n" +
+    "receiver can reorder what arrives over the relay and a direct path alike.",
+  subcommands,
+  examples: [
+    "stoa hotlink user add alice@example.org --users users.json",
+    "stoa hotlink serve --listen [::]:8470 --users users.json --acl acl.json",
+    "stoa hotlink connect --server ws://relay:8470 --user alice@example.org --token-file alice.token \\\n" +
+      "    --tunnel alice@example.org/mpc/0_to_1=127.0.0.1:10001@bob@example.org",
+  ],
+});

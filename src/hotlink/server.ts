@@ -1,0 +1,231 @@
+/**
+ * The hotlink relay server (`stoa hotlink serve`): a `Bun.serve` WebSocket endpoint at
+ * `/v1/hotlink` that authenticates each connection before the upgrade and hands its messages to
+ * the switchboard (switchboard.ts), which applies the session rules of protocol.ts.
+ *
+ * HTTP. `GET /v1/hotlink` with `Authorization: Bearer <user>:<token>` (users.ts) upgrades;
+ * a missing or wrong token gets 401 with `WWW-Authenticate` before anything else, so an
+ * unauthenticated client never reaches the WebSocket layer; an authenticated request that is not
+ * a WebSocket upgrade gets 426. `GET /v1/health` answers 200 JSON. Everything else is 404.
+ *
+ * Files. The users file is required; without an ACL file only the owner rule applies (acl.ts).
+ * `reload()` re-reads both (SIGHUP in the CLI): a bad file is logged and the old one kept.
+ * After a reload, connections whose token no longer verifies (user removed or token replaced)
+ * are closed with Error "forbidden", and every session is checked against the ACL again.
+ *
+ * WebSocket settings. Bun accepts messages up to `maxMessageBytes + OVERSIZE_SLACK_BYTES`, so
+ * a message a little over the limit reaches the switchboard and gets Error "too_large" (Bun
+ * closes with 1009 beyond that). Bun's per-connection buffer limit sits far above the
+ * high-water mark at which the switchboard pauses senders, so Bun drops nothing in normal
+ * operation, and if it ever does, the switchboard treats it as a failed receiver. No
+ * compression (it costs latency and the payloads are the application's). Bun pings idle
+ * connections and closes those that stop answering after `IDLE_TIMEOUT_S`.
+ */
+import type { Server } from "bun";
+import { StoaError, describeError } from "../core/errors.ts";
+import { type Logger, createLogger } from "../core/log.ts";
+import { type Registry, metrics as sharedMetrics } from "../core/metrics.ts";
+import { type Acl, loadAcl, parseAcl } from "./acl.ts";
+import { HOTLINK_WS_PATH, MAX_ENVELOPE_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION } from "./protocol.ts";
+import { type Conn, Switchboard, type SwitchboardStats } from "./switchboard.ts";
+import { loadUsers, parseAuthorization } from "./users.ts";
+
+/** Default buffered bytes for one receiver over which its senders are paused: a few 1 MiB
+ * messages in flight keep a fast link busy; more only adds latency and memory. */
+export const DEFAULT_HIGH_WATER_BYTES = 4 * 1024 * 1024;
+
+/** Default time a receiver may stay over the high-water mark before it leaves its sessions. */
+export const DEFAULT_STUCK_TIMEOUT_MS = 30_000;
+
+/** Smallest `maxMessageBytes`: every control message (a Signal may be 64 KiB) plus 1 KiB of payload. */
+export const MIN_MESSAGE_BYTES = MAX_ENVELOPE_BYTES + 1024;
+
+/** Largest `maxMessageBytes`: Bun buffers a whole message before handing it over. */
+export const MAX_MESSAGE_BYTES_LIMIT = 1024 * 1024 * 1024;
+
+/** How far over the limit Bun still delivers a message, so that it gets Error "too_large". */
+const OVERSIZE_SLACK_BYTES = 1024 * 1024;
+
+/** Bun's buffer limit per connection, in messages of the largest size beyond the high-water
+ * mark: a paused sender still delivers what was already read (up to a socket read and one
+ * message), and several senders may feed one receiver. */
+const BACKPRESSURE_MESSAGES = 16;
+
+/** Seconds of silence before Bun pings, then closes, a connection (Bun's range is 8–960). */
+const IDLE_TIMEOUT_S = 60;
+
+/** How long `close()` waits for connections to finish their close handshake before cutting them. */
+const CLOSE_GRACE_MS = 2_000;
+
+const U32_MAX = 0xffff_ffff;
+
+export interface HotlinkServerOptions {
+  hostname: string;
+  /** 0 picks a free port (see `port` on the result). */
+  port: number;
+  usersFile: string;
+  /** Without it only the owner rule applies. */
+  aclFile?: string;
+  /** Largest message accepted (default `MAX_MESSAGE_BYTES` of protocol.ts). */
+  maxMessageBytes?: number;
+  /** A receiver's buffered bytes over which its senders are paused (default 4 MiB). */
+  highWaterBytes?: number;
+  /** A receiver over the mark this long leaves its sessions with Close "receiver too slow" (default 30 s). */
+  stuckTimeoutMs?: number;
+  /** Default: warnings and errors on stderr. */
+  log?: Logger;
+  /** Where metrics go (default the process's shared registry). */
+  registry?: Registry;
+}
+
+/** `stats()` of a running server. */
+export type HotlinkStats = SwitchboardStats;
+
+export interface HotlinkServer {
+  /** `ws://host:port/v1/hotlink`; an unspecified listen address is shown as loopback. */
+  readonly url: string;
+  readonly hostname: string;
+  readonly port: number;
+  readonly sessionCount: number;
+  stats(): HotlinkStats;
+  /**
+   * Re-reads the users and ACL files; a file that is bad is logged and its old content kept.
+   * Returns the problems (empty when both were read).
+   */
+  reload(): { ok: boolean; errors: string[] };
+  /** Stops accepting, closes every connection (1001), and stops the server. */
+  close(): Promise<void>;
+}
+
+/**
+ * Loads the users (and ACL) file and starts serving. Throws `StoaError`: "config" for a bad
+ * file or option, "in_use" when the port is taken, "io" when it cannot listen.
+ * @example
+ * const relay = startHotlinkServer({ hostname: "::", port: 8470, usersFile: "/etc/stoa/hotlink-users.json", log });
+ * process.on("SIGHUP", () => relay.reload());
+ * onShutdown("hotlink", () => relay.close());
+ */
+export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer {
+  const maxMessageBytes = checkInt("maxMessageBytes", options.maxMessageBytes ?? MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES_LIMIT);
+  const highWaterBytes = checkInt("highWaterBytes", options.highWaterBytes ?? DEFAULT_HIGH_WATER_BYTES, 1, U32_MAX);
+  const stuckTimeoutMs = checkInt("stuckTimeoutMs", options.stuckTimeoutMs ?? DEFAULT_STUCK_TIMEOUT_MS, 1, 2 ** 31 - 1);
+  const log = options.log ?? createLogger({ level: "warn", name: "hotlink" });
+  let users = loadUsers(options.usersFile);
+  const acl: Acl = options.aclFile === undefined ? parseAcl({ rules: [] }) : loadAcl(options.aclFile);
+  const board = new Switchboard({
+    acl,
+    log,
+    registry: options.registry ?? sharedMetrics,
+    maxMessageBytes,
+    highWaterBytes,
+    stuckTimeoutMs,
+  });
+  let closing = false;
+
+  const fetch = (req: Request, server: Server<Conn>): Response | undefined => {
+    const path = new URL(req.url).pathname;
+    if (path === "/v1/health") return Response.json({ ok: !closing, v: PROTOCOL_VERSION });
+    if (path !== HOTLINK_WS_PATH) return new Response(`not found: the hotlink endpoint is ${HOTLINK_WS_PATH}\n`, { status: 404 });
+    // Authentication comes first: nothing else is said to a client without a valid token.
+    const auth = parseAuthorization(req.headers.get("authorization"));
+    if (auth === null || !users.verify(auth.user, auth.token)) {
+      return new Response("unauthorized: send Authorization: Bearer <user>:<token> with a token from 'stoa hotlink user add'\n", {
+        status: 401,
+        headers: { "WWW-Authenticate": 'Bearer realm="stoa hotlink"' },
+      });
+    }
+    if (closing) return new Response("the relay is stopping; try again shortly\n", { status: 503 });
+    if (req.method !== "GET") return new Response("method not allowed: use GET with a WebSocket upgrade\n", { status: 405, headers: { Allow: "GET" } });
+    const ip = server.requestIP(req);
+    const remote = ip === null ? "?" : ip.family === "IPv6" ? `[${ip.address}]:${ip.port}` : `${ip.address}:${ip.port}`;
+    if (server.upgrade(req, { data: board.createConn(auth.user, auth.token, remote) })) return undefined;
+    return new Response("upgrade required: connect with a WebSocket client\n", { status: 426, headers: { Upgrade: "websocket" } });
+  };
+
+  let server: Server<Conn>;
+  try {
+    server = Bun.serve<Conn>({
+      hostname: options.hostname,
+      port: options.port,
+      fetch,
+      websocket: {
+        maxPayloadLength: Math.min(U32_MAX, maxMessageBytes + OVERSIZE_SLACK_BYTES),
+        backpressureLimit: Math.min(U32_MAX, highWaterBytes + BACKPRESSURE_MESSAGES * maxMessageBytes),
+        closeOnBackpressureLimit: false,
+        perMessageDeflate: false,
+        idleTimeout: IDLE_TIMEOUT_S,
+        sendPings: true,
+        open: (ws) => board.opened(ws.data, ws),
+        message: (ws, message) => board.message(ws.data, message),
+        drain: (ws) => board.drained(ws.data),
+        close: (ws, code, reason) => board.closed(ws.data, code, reason),
+        error: (err, ws) => log.error("hotlink WebSocket handler failed", { conn: ws.data.id, error: describeError(err) }),
+      },
+    });
+  } catch (err) {
+    const where = `${hostForUrl(options.hostname)}:${options.port}`;
+    const code = err instanceof Error && "code" in err ? String(err.code) : "";
+    if (code === "EADDRINUSE") {
+      throw new StoaError("in_use", `cannot listen on ${where}: the port is in use; pick another with --listen`, { cause: err });
+    }
+    throw new StoaError("io", `cannot listen on ${where}: ${describeError(err)}`, { cause: err });
+  }
+  const port = server.port ?? options.port;
+  const shown = options.hostname === "::" ? "::1" : options.hostname === "0.0.0.0" ? "127.0.0.1" : options.hostname;
+  let stopped: Promise<void> | undefined;
+
+  return {
+    url: `ws://${hostForUrl(shown)}:${port}${HOTLINK_WS_PATH}`,
+    hostname: options.hostname,
+    port,
+    get sessionCount() {
+      return board.sessionCount;
+    },
+    stats: () => board.stats(),
+    reload() {
+      const errors: string[] = [];
+      let usersReloaded = false;
+      try {
+        users = loadUsers(options.usersFile);
+        usersReloaded = true;
+      } catch (err) {
+        errors.push(describeError(err));
+        log.error("users file not reloaded; keeping the users loaded before", { error: describeError(err) });
+      }
+      if (acl.source !== undefined) {
+        try {
+          acl.reload();
+        } catch (err) {
+          errors.push(describeError(err));
+          log.error("ACL file not reloaded; keeping the rules loaded before", { error: describeError(err) });
+        }
+      }
+      const current = users;
+      const revoked = usersReloaded ? board.revoke((user, token) => !current.verify(user, token)) : 0;
+      board.recheckAccess();
+      log.info("reloaded", { users: users.names().length, rules: acl.size, revoked, ok: errors.length === 0 });
+      return { ok: errors.length === 0, errors };
+    },
+    close() {
+      stopped ??= (async () => {
+        closing = true;
+        board.closeAll(1001, "relay stopping");
+        const graceful = server.stop(false);
+        const late = new Promise<"late">((resolve) => setTimeout(() => resolve("late"), CLOSE_GRACE_MS).unref());
+        if ((await Promise.race([graceful.then(() => "done" as const), late])) === "late") await server.stop(true);
+      })();
+      return stopped;
+    },
+  };
+}
+
+function checkInt(name: string, value: number, min: number, max: number): number {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new StoaError("config", `hotlink server option ${name} must be an integer from ${min} to ${max}, got ${value}`);
+  }
+  return value;
+}
+
+function hostForUrl(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}

@@ -1,0 +1,682 @@
+/**
+ * The relay's switchboard: every connection and every session of a hotlink server, and the
+ * rules of protocol.ts ("Session flow", "Errors") applied to each message a connection sends.
+ * server.ts owns the listening socket, authentication and the users/ACL files; this module
+ * owns the state, so it can be reasoned about (and reloaded) in one place.
+ *
+ * Messages. Each binary message is parsed once (size, CBOR, schema). Data is forwarded as the
+ * bytes the sender wrote, never re-encoded: that is the hot path. Open, Accept and Signal are
+ * re-encoded, because the server sets `frm`; a sender's Close is forwarded as it came (its
+ * `lst` is for the receivers). Close and Reject for a sid the server no longer knows are
+ * ignored: both ask for what has already happened (a sender's Close crossing the server's, say).
+ * Data with a `pth` outside the session's path (itself or below it, as a daemon's IPC channel
+ * sends) is refused: access is granted per session, so a frame cannot be labelled with a path
+ * the session was not opened for. A text frame or a message that does not decode
+ * gets Error and the connection is closed (1008, or 1009 for size); nothing a peer sends
+ * touches another connection, and every handler is total: a bug becomes Error "internal" and
+ * the close of that one connection.
+ *
+ * Invariants.
+ * - A session is in `#sessions` exactly while it is in its sender's `sending` and in each of
+ *   its receivers' `receiving`. Ending a session (or removing a receiver) updates all of them
+ *   before any message about it is sent, so a send that fails in the middle — and detaches
+ *   the connection it failed on — never meets half a session.
+ * - A connection that is detached ("gone": closed, failed, or closed by us) is in no session
+ *   and no index, blocks nobody and is blocked by nobody. The server holds no session whose
+ *   connections are gone.
+ *
+ * Backpressure (never a silent drop). After a send, a receiver whose WebSocket buffer is over
+ * `highWaterBytes` blocks the connection the message came from: that connection is paused
+ * (the server stops reading it, so TCP pushes back to the sending daemon) until every receiver
+ * blocking it has drained to `highWaterBytes / 2` (the gap keeps a flow from flapping between
+ * paused and running). A receiver that stays over the mark for `stuckTimeoutMs` is removed from
+ * its sessions with Close "receiver too slow", which reaches the sender when it was the last
+ * receiver. A send Bun refuses (its own buffer limit, or a socket already closing) fails that
+ * receiver's connection with a reason: its sessions end as on a disconnect.
+ */
+import { Buffer } from "node:buffer";
+import { StoaError, describeError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
+import type { Counter, Gauge, Registry } from "../core/metrics.ts";
+import type { Acl } from "./acl.ts";
+import {
+  type AcceptMessage,
+  type CloseMessage,
+  type DataMessage,
+  type HotlinkMessageInput,
+  MAX_ENVELOPE_BYTES,
+  MAX_MESSAGE_BYTES,
+  MAX_REASON_LENGTH,
+  MessageType,
+  type OpenMessage,
+  PROTOCOL_VERSION,
+  type RejectMessage,
+  type SignalMessage,
+  encodeMessage,
+  safeParseMessage,
+} from "./protocol.ts";
+
+/** Sessions one connection may have open as sender: far beyond a daemon's tunnels and sockets;
+ * bounds what one client can make the server hold. */
+export const MAX_SESSIONS_PER_CONNECTION = 4096;
+
+/** WebSocket close codes (RFC 6455 §7.4.1). */
+const CLOSE_POLICY = 1008;
+const CLOSE_TOO_BIG = 1009;
+const CLOSE_INTERNAL = 1011;
+/** A close reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5: control frames ≤ 125 bytes). */
+const MAX_CLOSE_REASON_BYTES = 123;
+
+/** What the switchboard needs of a connection's WebSocket (Bun's `ServerWebSocket`). */
+export interface Link {
+  /** >0: bytes sent; -1: queued behind earlier data; 0: dropped (Bun's buffer limit, or closed). */
+  sendBinary(data: Uint8Array): number;
+  getBufferedAmount(): number;
+  pause(): void;
+  resume(): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** One authenticated WebSocket connection. Created by the server when it upgrades a request. */
+export class Conn {
+  /** "new" until Hello, "ready" after, "gone" once detached. */
+  state: "new" | "ready" | "gone" = "new";
+  link: Link | undefined;
+  /** Sessions this connection opened, by sid. */
+  readonly sending = new Map<string, Session>();
+  /** Sessions offered to (pending) or accepted by this connection, by sid. */
+  readonly receiving = new Map<string, Session>();
+  /** Receivers whose buffers are over the high-water mark because of this connection's messages. */
+  readonly blockedBy = new Set<Conn>();
+  /** Connections paused because this one's buffer is over the high-water mark. */
+  readonly blocking = new Set<Conn>();
+  stuckTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly user: string,
+    /** Kept so a reload can tell whether the token still works (removed or replaced users). */
+    readonly token: string,
+    readonly remote: string,
+  ) {}
+}
+
+interface Session {
+  readonly sid: string;
+  readonly pth: string;
+  readonly sender: Conn;
+  readonly pending: Set<Conn>;
+  readonly accepted: Set<Conn>;
+}
+
+export interface SwitchboardOptions {
+  acl: Acl;
+  log: Logger;
+  registry: Registry;
+  maxMessageBytes: number;
+  highWaterBytes: number;
+  stuckTimeoutMs: number;
+}
+
+/** Counters of a running relay, for `stats()` and tests. */
+export interface SwitchboardStats {
+  /** Connections that said Hello and are not gone. */
+  connections: number;
+  sessions: number;
+  /** Connections paused because a receiver is behind. */
+  pausedSenders: number;
+  /** Data messages relayed (one per receiver) and their bytes. */
+  relayedMessages: number;
+  relayedBytes: number;
+  /** Error messages sent to clients. */
+  errors: number;
+  /** Bytes queued in the server for all connections right now (what a slow receiver costs). */
+  bufferedBytes: number;
+}
+
+const TYPE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
+  Object.entries(MessageType).map(([name, t]) => [t, name.toLowerCase()]),
+);
+
+/** The relay's state and message handling (see the module header). */
+export class Switchboard {
+  readonly #acl: Acl;
+  readonly #log: Logger;
+  readonly #parseOptions: { maxBytes?: number };
+  readonly #maxMessageBytes: number;
+  readonly #highWater: number;
+  readonly #lowWater: number;
+  readonly #stuckTimeoutMs: number;
+  readonly #sessions = new Map<string, Session>();
+  /** Ready connections by user: who an Open can be offered to. */
+  readonly #byUser = new Map<string, Set<Conn>>();
+  /** Every connection that is open and not gone (including those before Hello). */
+  readonly #conns = new Set<Conn>();
+  #nextId = 1;
+  #paused = 0;
+  #relayedMessages = 0;
+  #relayedBytes = 0;
+  #errors = 0;
+  readonly #m: { connections: Gauge; sessions: Gauge; messages: Counter; bytes: Counter; errors: Counter; paused: Gauge };
+
+  constructor(options: SwitchboardOptions) {
+    this.#acl = options.acl;
+    this.#log = options.log;
+    this.#maxMessageBytes = options.maxMessageBytes;
+    // The default limit lets protocol.ts use its prebuilt codec.
+    this.#parseOptions = options.maxMessageBytes === MAX_MESSAGE_BYTES ? {} : { maxBytes: options.maxMessageBytes };
+    this.#highWater = options.highWaterBytes;
+    this.#lowWater = Math.floor(options.highWaterBytes / 2);
+    this.#stuckTimeoutMs = options.stuckTimeoutMs;
+    const r = options.registry;
+    this.#m = {
+      connections: r.gauge("stoa_hotlink_connections", "Hotlink WebSocket connections past Hello."),
+      sessions: r.gauge("stoa_hotlink_sessions", "Hotlink sessions open on the relay."),
+      messages: r.counter("stoa_hotlink_messages_total", "Hotlink messages received from clients, by type.", ["type"]),
+      bytes: r.counter("stoa_hotlink_bytes_total", "Bytes of Data messages relayed to receivers (each copy counted)."),
+      errors: r.counter("stoa_hotlink_errors_total", "Hotlink Error messages sent to clients, by code.", ["code"]),
+      paused: r.gauge("stoa_hotlink_paused_senders", "Hotlink connections not read because a receiver is behind."),
+    };
+  }
+
+  /** A connection for an authenticated upgrade; it joins when `opened` is called. */
+  createConn(user: string, token: string, remote: string): Conn {
+    return new Conn(this.#nextId++, user, token, remote);
+  }
+
+  get sessionCount(): number {
+    return this.#sessions.size;
+  }
+
+  stats(): SwitchboardStats {
+    let bufferedBytes = 0;
+    let ready = 0;
+    for (const conn of this.#conns) {
+      bufferedBytes += conn.link?.getBufferedAmount() ?? 0;
+      if (conn.state === "ready") ready++;
+    }
+    return {
+      connections: ready,
+      sessions: this.#sessions.size,
+      pausedSenders: this.#paused,
+      relayedMessages: this.#relayedMessages,
+      relayedBytes: this.#relayedBytes,
+      errors: this.#errors,
+      bufferedBytes,
+    };
+  }
+
+  /** Bun's `open`. */
+  opened(conn: Conn, link: Link): void {
+    conn.link = link;
+    this.#conns.add(conn);
+    this.#log.debug("connection open", { conn: conn.id, user: conn.user, remote: conn.remote });
+  }
+
+  /** Bun's `message`. Never throws. */
+  message(conn: Conn, data: string | Uint8Array): void {
+    try {
+      this.#message(conn, data);
+    } catch (err) {
+      this.#log.error("bug in the hotlink relay: closing the connection", { conn: conn.id, user: conn.user, error: describeError(err) });
+      this.#fatal(conn, "internal", "the relay failed on this message; the connection is closed", CLOSE_INTERNAL);
+    }
+  }
+
+  /** Bun's `drain`: the connection's buffer went down; resume what it blocked once it is low. */
+  drained(conn: Conn): void {
+    try {
+      if (conn.blocking.size === 0 || conn.link === undefined || conn.link.getBufferedAmount() > this.#lowWater) return;
+      this.#release(conn);
+    } catch (err) {
+      this.#log.error("bug in the hotlink relay (drain)", { conn: conn.id, error: describeError(err) });
+    }
+  }
+
+  /** Bun's `close`. */
+  closed(conn: Conn, code: number, reason: string): void {
+    try {
+      if (conn.state === "gone") return;
+      this.#log.info("disconnected", { conn: conn.id, user: conn.user, code, reason: reason || undefined, sessions: conn.sending.size + conn.receiving.size });
+      this.#detach(conn, "peer gone");
+    } catch (err) {
+      this.#log.error("bug in the hotlink relay (close)", { conn: conn.id, error: describeError(err) });
+    }
+  }
+
+  /**
+   * Closes every connection for which `revoked(user, token)` is true (its token was removed or
+   * replaced), with Error "forbidden". Returns how many.
+   */
+  revoke(revoked: (user: string, token: string) => boolean): number {
+    let n = 0;
+    for (const conn of [...this.#conns]) {
+      if (conn.state === "gone" || !revoked(conn.user, conn.token)) continue;
+      n++;
+      this.#log.info("token no longer valid: closing the connection", { conn: conn.id, user: conn.user });
+      this.#fatal(conn, "forbidden", "your token was removed or replaced on the server; get a new one", CLOSE_POLICY);
+    }
+    return n;
+  }
+
+  /**
+   * Applies the ACL (after a reload) to every session: a sender that lost write ends its session,
+   * a receiver that lost read leaves it; each with Error "forbidden" and Close "forbidden".
+   * Sessions are checked here, the only time access can change, not on every Data message.
+   */
+  recheckAccess(): void {
+    for (const s of [...this.#sessions.values()]) {
+      if (!this.#sessions.has(s.sid)) continue; // ended by an earlier step of this loop
+      if (!this.#acl.canWrite(s.sender.user, s.pth)) {
+        this.#error(s.sender, "forbidden", `you lost write access to ${s.pth}; the session is closed`, s.sid);
+        this.#endSession(s, "forbidden");
+        continue;
+      }
+      for (const r of [...s.pending, ...s.accepted]) {
+        if (r.state === "gone" || this.#acl.canRead(r.user, s.pth)) continue;
+        this.#removeReceiver(s, r, MessageType.Close, "forbidden");
+        this.#error(r, "forbidden", `you lost read access to ${s.pth}; the session is closed`, s.sid);
+        this.#send(null, r, this.#encode({ t: MessageType.Close, sid: s.sid, rsn: "forbidden" }));
+      }
+    }
+  }
+
+  /** Closes every connection (server stopping) without per-session messages: all sides go. */
+  closeAll(code: number, reason: string): void {
+    for (const conn of [...this.#conns]) {
+      this.#detach(conn, undefined);
+      conn.link?.close(code, reason);
+    }
+  }
+
+  // --- messages -------------------------------------------------------------------------
+
+  #message(conn: Conn, data: string | Uint8Array): void {
+    if (conn.state === "gone") return;
+    if (typeof data === "string") {
+      this.#fatal(conn, "decode", "text frames are not hotlink messages; send each message as one binary frame of CBOR", CLOSE_POLICY);
+      return;
+    }
+    const parsed = safeParseMessage(data, this.#parseOptions);
+    if (!parsed.ok) {
+      const code = parsed.error.code;
+      this.#fatal(conn, code === "too_large" || code === "decode" || code === "schema" ? code : "internal", parsed.error.message, code === "too_large" ? CLOSE_TOO_BIG : CLOSE_POLICY);
+      return;
+    }
+    const msg = parsed.value;
+    this.#m.messages.inc({ type: TYPE_NAMES[msg.t] ?? "unknown" });
+    if (conn.state === "new") {
+      if (msg.t === MessageType.Hello) this.#hello(conn, msg.v, msg.agt);
+      else this.#error(conn, "protocol", "send Hello first");
+      return;
+    }
+    switch (msg.t) {
+      case MessageType.Data:
+        this.#data(conn, msg, data);
+        return;
+      case MessageType.Open:
+        this.#open(conn, msg);
+        return;
+      case MessageType.Accept:
+        this.#accept(conn, msg);
+        return;
+      case MessageType.Reject:
+        this.#reject(conn, msg);
+        return;
+      case MessageType.Close:
+        this.#close(conn, msg, data);
+        return;
+      case MessageType.Signal:
+        this.#signal(conn, msg);
+        return;
+      case MessageType.Ping:
+        this.#send(conn, conn, this.#encode({ t: MessageType.Pong, n: msg.n }));
+        return;
+      case MessageType.Pong:
+        return; // we send no Ping of our own: Bun's WebSocket pings keep the connection alive
+      case MessageType.Error:
+        this.#log.debug("client reported an error", { conn: conn.id, user: conn.user, code: msg.code, msg: msg.msg, sid: msg.sid });
+        return;
+      case MessageType.Hello:
+        this.#error(conn, "protocol", "Hello was already received on this connection");
+        return;
+      case MessageType.Welcome:
+        this.#error(conn, "protocol", "Welcome is sent by the server, not to it");
+        return;
+    }
+  }
+
+  #hello(conn: Conn, version: number, agent: string | undefined): void {
+    if (version !== PROTOCOL_VERSION) {
+      this.#fatal(conn, "version", `this server speaks hotlink protocol version ${PROTOCOL_VERSION}, not ${version}; upgrade the older side`, CLOSE_POLICY);
+      return;
+    }
+    conn.state = "ready";
+    let same = this.#byUser.get(conn.user);
+    if (same === undefined) {
+      same = new Set();
+      this.#byUser.set(conn.user, same);
+    }
+    same.add(conn);
+    this.#m.connections.inc();
+    this.#log.info("connected", { conn: conn.id, user: conn.user, remote: conn.remote, agent });
+    const mpb = Math.max(0, this.#maxMessageBytes - MAX_ENVELOPE_BYTES);
+    this.#send(conn, conn, this.#encode({ t: MessageType.Welcome, v: PROTOCOL_VERSION, usr: conn.user, mmb: this.#maxMessageBytes, mpb }));
+  }
+
+  #open(conn: Conn, msg: OpenMessage): void {
+    const { sid, pth, to } = msg;
+    const refuse = (rsn: string): void => void this.#send(conn, conn, this.#encode({ t: MessageType.Reject, sid, rsn }));
+    if (this.#sessions.has(sid)) return refuse("sid in use");
+    if (!this.#acl.canWrite(conn.user, pth)) return refuse("forbidden");
+    if (conn.sending.size >= MAX_SESSIONS_PER_CONNECTION) {
+      return refuse(`too many sessions: a connection may open at most ${MAX_SESSIONS_PER_CONNECTION}; close some first`);
+    }
+    const receivers: Conn[] = [];
+    const offer = (user: string, conns: Set<Conn>): void => {
+      if (user !== conn.user && this.#acl.canRead(user, pth)) receivers.push(...conns);
+    };
+    if (to !== undefined) {
+      const conns = this.#byUser.get(to);
+      if (conns !== undefined) offer(to, conns);
+    } else {
+      for (const [user, conns] of this.#byUser) offer(user, conns);
+    }
+    if (receivers.length === 0) return refuse("no receiver");
+    const session: Session = { sid, pth, sender: conn, pending: new Set(receivers), accepted: new Set() };
+    this.#sessions.set(sid, session);
+    conn.sending.set(sid, session);
+    for (const r of receivers) r.receiving.set(sid, session);
+    this.#m.sessions.inc();
+    this.#log.debug("session open", { sid, pth, from: conn.user, to, receivers: receivers.length });
+    const bytes = this.#encode({ t: MessageType.Open, sid, pth, ...(to === undefined ? {} : { to }), frm: conn.user });
+    for (const r of receivers) this.#send(conn, r, bytes);
+  }
+
+  #accept(conn: Conn, msg: AcceptMessage): void {
+    const s = this.#sessions.get(msg.sid);
+    if (s === undefined || (!s.pending.has(conn) && !s.accepted.has(conn))) {
+      this.#error(conn, "unknown_session", "no session with this sid was offered to you (it may have ended)", msg.sid);
+      return;
+    }
+    if (s.accepted.has(conn)) {
+      this.#error(conn, "protocol", "you already accepted this session", msg.sid);
+      return;
+    }
+    if (!this.#acl.canRead(conn.user, s.pth)) {
+      this.#removeReceiver(s, conn, MessageType.Reject, "forbidden");
+      this.#error(conn, "forbidden", `you have no read access to ${s.pth}`, s.sid);
+      return;
+    }
+    s.pending.delete(conn);
+    s.accepted.add(conn);
+    this.#send(conn, s.sender, this.#encode({ t: MessageType.Accept, sid: s.sid, frm: conn.user }));
+  }
+
+  #reject(conn: Conn, msg: RejectMessage): void {
+    const s = this.#sessions.get(msg.sid);
+    if (s === undefined) return; // already over
+    if (s.pending.has(conn) || s.accepted.has(conn)) {
+      this.#removeReceiver(s, conn, MessageType.Reject, msg.rsn);
+      return;
+    }
+    this.#error(conn, s.sender === conn ? "protocol" : "unknown_session", "only a receiver the session was offered to can reject it; a sender sends Close", msg.sid);
+  }
+
+  #close(conn: Conn, msg: CloseMessage, bytes: Uint8Array): void {
+    const s = this.#sessions.get(msg.sid);
+    if (s === undefined) return; // already over
+    if (s.sender === conn) {
+      // As it came: an orderly Close carries fields (`lst`) that only the receivers interpret.
+      this.#endSession(s, msg.rsn, bytes);
+    } else if (s.pending.has(conn) || s.accepted.has(conn)) {
+      this.#removeReceiver(s, conn, MessageType.Close, msg.rsn);
+    } else {
+      this.#error(conn, "not_sender", "you are not a party to this session", msg.sid);
+    }
+  }
+
+  #data(conn: Conn, msg: DataMessage, bytes: Uint8Array): void {
+    const s = this.#sessions.get(msg.sid);
+    if (s === undefined) {
+      this.#error(conn, "unknown_session", "no such session (it may have ended); open a new one", msg.sid);
+      return;
+    }
+    if (s.sender !== conn) {
+      this.#error(conn, "not_sender", "only the session's sender may send Data; open your own session to send", msg.sid);
+      return;
+    }
+    if (s.accepted.size === 0) {
+      this.#error(conn, "protocol", "no receiver has accepted this session yet; send Data after an Accept", msg.sid);
+      return;
+    }
+    if (msg.pth !== undefined && msg.pth !== s.pth && !msg.pth.startsWith(`${s.pth}/`)) {
+      this.#error(conn, "forbidden", `a Data pth must be the session's path ${s.pth} or below it; the message was not relayed`, msg.sid);
+      return;
+    }
+    for (const r of s.accepted) {
+      if (this.#send(conn, r, bytes)) {
+        this.#relayedMessages++;
+        this.#relayedBytes += bytes.byteLength;
+        this.#m.bytes.inc(bytes.byteLength);
+      }
+    }
+  }
+
+  #signal(conn: Conn, msg: SignalMessage): void {
+    const s = this.#sessions.get(msg.sid);
+    if (s === undefined) {
+      this.#error(conn, "unknown_session", "no such session (it may have ended)", msg.sid);
+      return;
+    }
+    if (s.sender === conn) {
+      const targets = [...s.accepted].filter((r) => msg.to === undefined || r.user === msg.to);
+      if (targets.length === 0) {
+        this.#error(conn, "protocol", msg.to === undefined ? "no receiver has accepted this session" : `${msg.to} has not accepted this session`, msg.sid);
+        return;
+      }
+      const bytes = this.#encode({ ...msg, frm: conn.user });
+      for (const r of targets) this.#send(conn, r, bytes);
+    } else if (s.accepted.has(conn)) {
+      const { to: _to, ...rest } = msg;
+      this.#send(conn, s.sender, this.#encode({ ...rest, frm: conn.user }));
+    } else if (s.pending.has(conn)) {
+      this.#error(conn, "protocol", "accept the session before signalling", msg.sid);
+    } else {
+      this.#error(conn, "unknown_session", "no session with this sid was offered to you", msg.sid);
+    }
+  }
+
+  // --- session lifecycle --------------------------------------------------------------
+
+  /** The sender ends the session (or it goes): every receiver gets Close (`bytes` if given). */
+  #endSession(s: Session, rsn: string | undefined, bytes?: Uint8Array): void {
+    const receivers = this.#forget(s);
+    const close = bytes ?? this.#encode({ t: MessageType.Close, sid: s.sid, ...(rsn === undefined ? {} : { rsn }) });
+    for (const r of receivers) this.#send(null, r, close);
+  }
+
+  /** One receiver leaves; when it was the last, the sender gets its Reject or Close. */
+  #removeReceiver(s: Session, r: Conn, kind: typeof MessageType.Reject | typeof MessageType.Close, rsn: string | undefined): void {
+    s.pending.delete(r);
+    s.accepted.delete(r);
+    r.receiving.delete(s.sid);
+    if (s.pending.size > 0 || s.accepted.size > 0) return;
+    this.#forget(s);
+    const message: HotlinkMessageInput =
+      kind === MessageType.Reject
+        ? { t: MessageType.Reject, sid: s.sid, rsn: rsn || "rejected" }
+        : { t: MessageType.Close, sid: s.sid, ...(rsn === undefined ? {} : { rsn }) };
+    this.#send(null, s.sender, this.#encode(message));
+  }
+
+  /** Removes a session from every index; returns the receivers it had. */
+  #forget(s: Session): Conn[] {
+    if (this.#sessions.get(s.sid) !== s) return [];
+    this.#sessions.delete(s.sid);
+    this.#m.sessions.dec();
+    s.sender.sending.delete(s.sid);
+    const receivers = [...s.pending, ...s.accepted];
+    for (const r of receivers) r.receiving.delete(s.sid);
+    s.pending.clear();
+    s.accepted.clear();
+    this.#log.debug("session closed", { sid: s.sid, pth: s.pth });
+    return receivers;
+  }
+
+  /**
+   * Takes a connection out of everything. `rsn`: the Close reason the other side of each of its
+   * sessions gets; undefined sends nothing (the whole server is stopping).
+   */
+  #detach(conn: Conn, rsn: string | undefined): void {
+    if (conn.state === "gone") return;
+    const wasReady = conn.state === "ready";
+    conn.state = "gone";
+    this.#conns.delete(conn);
+    if (wasReady) {
+      this.#m.connections.dec();
+      const same = this.#byUser.get(conn.user);
+      same?.delete(conn);
+      if (same?.size === 0) this.#byUser.delete(conn.user);
+    }
+    const wasPaused = conn.blockedBy.size > 0;
+    this.#release(conn);
+    for (const receiver of conn.blockedBy) {
+      receiver.blocking.delete(conn);
+      if (receiver.blocking.size === 0 && receiver.stuckTimer !== undefined) {
+        clearTimeout(receiver.stuckTimer);
+        receiver.stuckTimer = undefined;
+      }
+    }
+    conn.blockedBy.clear();
+    if (wasPaused) this.#setPaused(-1);
+    for (const s of [...conn.sending.values()]) {
+      if (rsn === undefined) this.#forget(s);
+      else this.#endSession(s, rsn);
+    }
+    for (const s of [...conn.receiving.values()]) {
+      if (rsn === undefined) this.#forget(s);
+      else this.#removeReceiver(s, conn, MessageType.Close, rsn);
+    }
+  }
+
+  // --- sending and backpressure -------------------------------------------------------
+
+  /**
+   * Sends `bytes` to `to`; `from` is the connection whose message caused it (null: the server's
+   * own), which `to`'s backpressure pauses. Returns whether the bytes were taken.
+   */
+  #send(from: Conn | null, to: Conn, bytes: Uint8Array): boolean {
+    const link = to.link;
+    if (to.state === "gone" || link === undefined) return false;
+    const status = link.sendBinary(bytes);
+    if (status === 0) {
+      // Bun refused the message (its buffer limit, or the socket is closing): the receiver
+      // cannot get this stream intact any more, so it leaves every session, with a reason.
+      this.#log.warn("send refused: closing the receiving connection", { conn: to.id, user: to.user, buffered: link.getBufferedAmount() });
+      link.close(CLOSE_POLICY, "send buffer overflow: read faster");
+      this.#detach(to, "receiver too slow");
+      return false;
+    }
+    if (status === -1 && from !== null && from.state !== "gone" && link.getBufferedAmount() > this.#highWater) this.#block(from, to);
+    return true;
+  }
+
+  #block(sender: Conn, receiver: Conn): void {
+    if (receiver.blocking.has(sender)) return;
+    receiver.blocking.add(sender);
+    sender.blockedBy.add(receiver);
+    if (sender.blockedBy.size === 1) {
+      sender.link?.pause();
+      this.#setPaused(1);
+    }
+    receiver.stuckTimer ??= setTimeout(() => this.#stuck(receiver), this.#stuckTimeoutMs);
+  }
+
+  /**
+   * `conn` no longer holds anyone back: resume every connection only it was blocking. (A gone
+   * sender is in no one's `blocking`, except a connection blocking itself while it detaches,
+   * whose paused count `#detach` settles.)
+   */
+  #release(conn: Conn): void {
+    if (conn.stuckTimer !== undefined) {
+      clearTimeout(conn.stuckTimer);
+      conn.stuckTimer = undefined;
+    }
+    for (const sender of conn.blocking) {
+      sender.blockedBy.delete(conn);
+      if (sender.blockedBy.size === 0 && sender.state !== "gone") {
+        sender.link?.resume();
+        this.#setPaused(-1);
+      }
+    }
+    conn.blocking.clear();
+  }
+
+  #stuck(receiver: Conn): void {
+    try {
+      receiver.stuckTimer = undefined;
+      if (receiver.state === "gone" || receiver.blocking.size === 0) return;
+      const buffered = receiver.link?.getBufferedAmount() ?? 0;
+      if (buffered <= this.#lowWater) {
+        this.#release(receiver);
+        return;
+      }
+      this.#log.warn("receiver too slow: removing it from its sessions", {
+        conn: receiver.id,
+        user: receiver.user,
+        buffered,
+        sessions: receiver.receiving.size,
+      });
+      const close = (sid: string): Uint8Array => this.#encode({ t: MessageType.Close, sid, rsn: "receiver too slow" });
+      for (const s of [...receiver.receiving.values()]) {
+        this.#removeReceiver(s, receiver, MessageType.Close, "receiver too slow");
+        this.#send(null, receiver, close(s.sid));
+      }
+      this.#release(receiver);
+    } catch (err) {
+      this.#log.error("bug in the hotlink relay (stuck receiver)", { conn: receiver.id, error: describeError(err) });
+    }
+  }
+
+  #setPaused(delta: number): void {
+    this.#paused += delta;
+    this.#m.paused.inc(delta);
+  }
+
+  // --- errors ---------------------------------------------------------------------------
+
+  #error(conn: Conn, code: string, msg: string, sid?: string): void {
+    this.#errors++;
+    this.#m.errors.inc({ code });
+    this.#log.debug("error sent to client", { conn: conn.id, user: conn.user, code, msg, sid });
+    const text = msg.length > MAX_REASON_LENGTH ? `${msg.slice(0, MAX_REASON_LENGTH - 1)}…` : msg;
+    this.#send(conn, conn, this.#encode({ t: MessageType.Error, code, msg: text, ...(sid === undefined ? {} : { sid }) }));
+  }
+
+  /** Error, then the connection is closed and its sessions with it. */
+  #fatal(conn: Conn, code: string, msg: string, closeCode: number): void {
+    if (conn.state === "gone") return;
+    this.#log.info("closing connection after a protocol error", { conn: conn.id, user: conn.user, code, msg });
+    this.#error(conn, code, msg);
+    conn.link?.close(closeCode, closeReason(`${code}: ${msg}`));
+    this.#detach(conn, "peer gone");
+  }
+
+  #encode(message: HotlinkMessageInput): Uint8Array {
+    try {
+      // The default limit: what the server itself writes is a control message, far below it.
+      return encodeMessage(message);
+    } catch (err) {
+      throw new StoaError("internal", `cannot encode a ${TYPE_NAMES[message.t] ?? "?"} message: ${describeError(err)}`, { cause: err });
+    }
+  }
+}
+
+/** `text` cut to what a WebSocket close frame can carry, on a character boundary. */
+function closeReason(text: string): string {
+  if (Buffer.byteLength(text, "utf8") <= MAX_CLOSE_REASON_BYTES) return text;
+  let cut = text.slice(0, MAX_CLOSE_REASON_BYTES - 3);
+  while (Buffer.byteLength(`${cut}...`, "utf8") > MAX_CLOSE_REASON_BYTES || !cut.isWellFormed()) cut = cut.slice(0, -1);
+  return `${cut}...`;
+}

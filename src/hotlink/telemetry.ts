@@ -1,0 +1,103 @@
+/**
+ * The daemon's telemetry file (`--telemetry FILE`), in the spirit of the seed's
+ * hotlink_telemetry.json: rewritten atomically (temp file + rename, so a reader never sees half
+ * a file) every `TELEMETRY_INTERVAL_MS`, and once more at stop.
+ *
+ * Fields: `time`; `mode` ("relay" — "direct" and "mixed" once direct paths carry data);
+ * `connected`; `tx`/`rx` {packets, bytes} over every path, and `relay`/`direct` with the same
+ * split per path; `latency_us` {send_avg, send_max, write_avg, write_max} — send: encoding and
+ * handing one Data to the relay socket; write: handing one delivery to the local application;
+ * `direct` {offers, answers, failures, fallbacks}; `sessions`: the tunnels' and channels' status.
+ */
+import { renameSync, writeFileSync } from "node:fs";
+import type { Logger } from "../core/log.ts";
+
+export const TELEMETRY_INTERVAL_MS = 1_000;
+
+/** Average and maximum of durations, in microseconds. */
+export class LatencyStat {
+  count = 0;
+  sumUs = 0;
+  maxUs = 0;
+
+  add(us: number): void {
+    this.count++;
+    this.sumUs += us;
+    if (us > this.maxUs) this.maxUs = us;
+  }
+
+  get avgUs(): number {
+    return this.count === 0 ? 0 : this.sumUs / this.count;
+  }
+}
+
+/** Counters every part of the daemon adds to. */
+export class DaemonCounters {
+  readonly relay = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 };
+  readonly direct = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, offers: 0, answers: 0, failures: 0, fallbacks: 0 };
+  readonly send = new LatencyStat();
+  readonly write = new LatencyStat();
+}
+
+export interface TelemetrySource {
+  connected(): boolean;
+  counters: DaemonCounters;
+  sessions(): unknown;
+}
+
+export function telemetrySnapshot(source: TelemetrySource): Record<string, unknown> {
+  const c = source.counters;
+  const r = c.relay;
+  const d = c.direct;
+  const mode = d.txPackets + d.rxPackets === 0 ? "relay" : r.txPackets + r.rxPackets === 0 ? "direct" : "mixed";
+  return {
+    time: new Date().toISOString(),
+    mode,
+    connected: source.connected(),
+    tx: { packets: r.txPackets + d.txPackets, bytes: r.txBytes + d.txBytes },
+    rx: { packets: r.rxPackets + d.rxPackets, bytes: r.rxBytes + d.rxBytes },
+    relay: { tx: { packets: r.txPackets, bytes: r.txBytes }, rx: { packets: r.rxPackets, bytes: r.rxBytes } },
+    direct: {
+      tx: { packets: d.txPackets, bytes: d.txBytes },
+      rx: { packets: d.rxPackets, bytes: d.rxBytes },
+      offers: d.offers,
+      answers: d.answers,
+      failures: d.failures,
+      fallbacks: d.fallbacks,
+    },
+    latency_us: {
+      send_avg: round(c.send.avgUs),
+      send_max: round(c.send.maxUs),
+      write_avg: round(c.write.avgUs),
+      write_max: round(c.write.maxUs),
+    },
+    sessions: source.sessions(),
+  };
+}
+
+const round = (x: number): number => Math.round(x * 10) / 10;
+
+/** Writes `file` now and every interval until `stop()` (which writes it a last time). */
+export function startTelemetry(file: string, source: TelemetrySource, log: Logger): { stop(): void } {
+  let failed = false;
+  const write = (): void => {
+    const tmp = `${file}.${process.pid}.tmp`;
+    try {
+      writeFileSync(tmp, `${JSON.stringify(telemetrySnapshot(source), null, 2)}\n`, { mode: 0o644 });
+      renameSync(tmp, file);
+      failed = false;
+    } catch (err) {
+      if (!failed) log.warn("cannot write the telemetry file", { file, err });
+      failed = true;
+    }
+  };
+  write();
+  const timer = setInterval(write, TELEMETRY_INTERVAL_MS);
+  timer.unref();
+  return {
+    stop: () => {
+      clearInterval(timer);
+      write();
+    },
+  };
+}

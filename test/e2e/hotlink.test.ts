@@ -1,0 +1,162 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import type { Socket } from "bun";
+import { randomBytes } from "node:crypto";
+import { chmodSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Scope, freePorts, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { STOA } from "../helpers/stoa.ts";
+
+const scope = new Scope();
+afterAll(() => scope.cleanup());
+
+const CHANNEL = "alice/mpc/run1/0_to_1";
+
+/** A relay server and the daemons of alice and bob with one tunnel between them, all compiled stoa processes. */
+async function setUp() {
+  requireBinary();
+  const dir = scope.tempDir();
+  const users = join(dir, "users.json");
+  const tokenFile = (user: string) => {
+    const run = Bun.spawnSync([STOA, "hotlink", "user", "add", user, "--users", users]);
+    expect(run.exitCode).toBe(0);
+    const lines = run.stdout.toString().trim().split("\n");
+    const file = join(dir, `${user}.token`);
+    writeFileSync(file, `${lines[lines.length - 1]}\n`);
+    chmodSync(file, 0o600);
+    return file;
+  };
+  const tokens = { alice: tokenFile("alice"), bob: tokenFile("bob") };
+  const acl = join(dir, "acl.json");
+  writeFileSync(acl, JSON.stringify({ rules: [{ pattern: "alice/mpc/**", read: ["bob"], write: ["bob"] }] }));
+  const [relayPort, metricsPort, alicePort, bobPort] = freePorts(4);
+  const server = scope.stoa("server", [
+    "hotlink", "serve", "--listen", `127.0.0.1:${relayPort}`, "--users", users, "--acl", acl,
+    "--metrics-listen", `127.0.0.1:${metricsPort}`,
+  ]);
+  await server.waitFor("out", /ws:\/\//);
+  const url = `ws://127.0.0.1:${relayPort}`;
+  const daemon = (user: "alice" | "bob", port: number, peer: string) =>
+    scope.stoa(user, [
+      "hotlink", "connect", "--server", url, "--user", user, "--token-file", tokens[user],
+      "--tunnel", `${CHANNEL}=127.0.0.1:${port}@${peer}`, "--telemetry", join(dir, `${user}.json`),
+    ]);
+  const alice = daemon("alice", alicePort ?? 0, "bob");
+  const bob = daemon("bob", bobPort ?? 0, "alice");
+  await alice.waitFor("out", /^hotlink: /m);
+  await bob.waitFor("out", /^hotlink: /m);
+  const sessions = async () => {
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const m = text.match(/^stoa_hotlink_sessions (\d+)/m);
+    return m === null ? -1 : Number(m[1]);
+  };
+  return { dir, server, alice, bob, alicePort: alicePort ?? 0, bobPort: bobPort ?? 0, sessions };
+}
+
+interface App {
+  sock: Socket<undefined>;
+  received(): Buffer;
+  bytes(): number;
+  ended: Promise<void>;
+  closed: Promise<void>;
+  send(data: Uint8Array): Promise<void>;
+}
+
+async function app(port: number): Promise<App> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  const ended = Promise.withResolvers<void>();
+  const closed = Promise.withResolvers<void>();
+  let drained: (() => void) | null = null;
+  const sock = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    allowHalfOpen: true,
+    socket: {
+      data: (_s, d) => {
+        chunks.push(Buffer.from(d));
+        n += d.byteLength;
+      },
+      drain: () => {
+        const d = drained;
+        drained = null;
+        d?.();
+      },
+      end: () => ended.resolve(),
+      close: () => {
+        ended.resolve();
+        closed.resolve();
+      },
+    },
+  });
+  const send = async (data: Uint8Array) => {
+    let rest = data;
+    while (rest.byteLength > 0) {
+      const w = Math.max(0, sock.write(rest));
+      rest = rest.subarray(w);
+      if (rest.byteLength > 0) await new Promise<void>((r) => (drained = r));
+    }
+  };
+  return { sock, received: () => Buffer.concat(chunks), bytes: () => n, ended: ended.promise, closed: closed.promise, send };
+}
+
+const sha = (b: Uint8Array) => new Bun.CryptoHasher("sha256").update(b).digest("hex");
+
+describe("stoa hotlink: relay server and two daemons as separate processes", () => {
+  test("the seed's tunnel test, then 256 MiB of random bytes both ways at once (SHA-256 equal)", async () => {
+    const { alicePort, bobPort, sessions, dir } = await setUp();
+    // The seed's test: bob's application connected first; 20 chunks of 4096 bytes in order.
+    const bobApp = await app(bobPort);
+    await Bun.sleep(100);
+    const aliceApp = await app(alicePort);
+    for (let i = 0; i < 20; i++) {
+      const c = new Uint8Array(4096);
+      new DataView(c.buffer).setUint32(0, i);
+      c.fill(i & 0xff, 4);
+      await aliceApp.send(c);
+    }
+    await poll("81,920 bytes at bob's application", () => (bobApp.bytes() >= 81_920 ? true : undefined));
+    const got = bobApp.received();
+    expect(got.byteLength).toBe(81_920);
+    for (let i = 0; i < 20; i++) {
+      expect(got.readUInt32BE(i * 4096)).toBe(i);
+      expect(got.subarray(i * 4096 + 4, (i + 1) * 4096).every((b) => b === (i & 0xff))).toBe(true);
+    }
+    aliceApp.sock.shutdown();
+    bobApp.sock.shutdown();
+    await Promise.all([aliceApp.closed, bobApp.closed]);
+
+    const size = 256 * 1024 * 1024;
+    const a2b = randomBytes(size);
+    const b2a = randomBytes(size);
+    const bob2 = await app(bobPort);
+    const alice2 = await app(alicePort);
+    const pump = async (a: App, data: Uint8Array) => {
+      for (let at = 0; at < data.length; at += 1024 * 1024) await a.send(data.subarray(at, at + 1024 * 1024));
+      a.sock.shutdown();
+    };
+    await Promise.all([pump(alice2, a2b), pump(bob2, b2a), alice2.ended, bob2.ended]);
+    expect(bob2.bytes()).toBe(size);
+    expect(alice2.bytes()).toBe(size);
+    expect(sha(bob2.received())).toBe(sha(a2b));
+    expect(sha(alice2.received())).toBe(sha(b2a));
+    await poll("the server to hold no session", async () => ((await sessions()) === 0 ? true : undefined));
+    // Telemetry: rewritten every second, with what went through.
+    const telemetry = await poll("telemetry with the bytes", async () => {
+      const t = (await Bun.file(join(dir, "bob.json")).json()) as { rx: { bytes: number }; mode: string };
+      return t.rx.bytes >= size ? t : undefined;
+    });
+    expect(telemetry.mode).toBe("relay");
+  }, 120_000);
+
+  test("the sender's daemon killed mid-stream: the receiving application's connection is reset, the server holds no session", async () => {
+    const { alice, alicePort, bobPort, sessions } = await setUp();
+    const bobApp = await app(bobPort);
+    const aliceApp = await app(alicePort);
+    await aliceApp.send(new Uint8Array(100_000));
+    await poll("the first bytes at bob's application", () => (bobApp.bytes() >= 100_000 ? true : undefined));
+    expect(await sessions()).toBe(2);
+    alice.proc.kill("SIGKILL");
+    await bobApp.closed;
+    await poll("the server to hold no session", async () => ((await sessions()) === 0 ? true : undefined));
+  }, 60_000);
+});
