@@ -98,7 +98,7 @@ export class Tunnel {
         data: (s, chunk) => this.#onAppData(s, chunk),
         drain: (s) => this.#onAppDrain(s),
         end: (s) => this.#onAppEnd(s),
-        close: (s) => this.#onAppClose(s),
+        close: (s, err) => this.#onAppClose(s, err),
         error: (s) => s.terminate(),
       },
     });
@@ -230,11 +230,21 @@ export class Tunnel {
     this.#maybeDone();
   }
 
-  #onAppClose(s: App): void {
+  /**
+   * The application's connection closed. Without an error it is an orderly end of what it
+   * sends: Bun reports a FIN on a socket whose write side is already shut as `close` without
+   * `end` (measured, see core/pipe.ts), and an application that close()s has sent all it meant
+   * to. With an error (a reset), its stream is broken. Either way it reads nothing more, so a
+   * peer still sending to it is told.
+   */
+  #onAppClose(s: App, err?: Error): void {
     if (s !== this.#app) return;
     this.#app = null;
     const out = this.#out;
-    if (out !== null && out.state !== "closed") out.abort("the application connection was reset");
+    if (out !== null && out.state !== "closed") {
+      if (err === undefined && out.state === "open" && this.#early.length === 0) out.finish();
+      else out.abort(err === undefined ? "the application closed before its session was accepted" : "the application connection was reset");
+    }
     this.#in?.close("the application connection closed");
     this.#resetConnection();
   }

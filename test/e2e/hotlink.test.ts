@@ -103,7 +103,7 @@ const sha = (b: Uint8Array) => new Bun.CryptoHasher("sha256").update(b).digest("
 
 describe("stoa hotlink: relay server and two daemons as separate processes", () => {
   test("the seed's tunnel test, then 256 MiB of random bytes both ways at once (SHA-256 equal)", async () => {
-    const { alicePort, bobPort, sessions, dir } = await setUp();
+    const { alicePort, bobPort, sessions, dir, server, alice, bob } = await setUp();
     // The seed's test: bob's application connected first; 20 chunks of 4096 bytes in order.
     const bobApp = await app(bobPort);
     await Bun.sleep(100);
@@ -135,6 +135,10 @@ describe("stoa hotlink: relay server and two daemons as separate processes", () 
       a.sock.shutdown();
     };
     await Promise.all([pump(alice2, a2b), pump(bob2, b2a), alice2.ended, bob2.ended]);
+    if (bob2.bytes() !== size || alice2.bytes() !== size) {
+      await Bun.sleep(200);
+      console.log(server.describe(), alice.describe(), bob.describe());
+    }
     expect(bob2.bytes()).toBe(size);
     expect(alice2.bytes()).toBe(size);
     expect(sha(bob2.received())).toBe(sha(a2b));
