@@ -228,7 +228,7 @@ export class IpcChannel {
           return;
         }
         this.#openingSince = 0;
-        if (this.#pending.length > 0 || !rejected) {
+        if (this.#pending.length > 0) {
           this.#log.error("frames could not be delivered; closing the applications' connections", {
             reason,
             frames: this.#pending.length,
