@@ -104,17 +104,17 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number }> {
         },
       },
     });
-    const writer = await Bun.connect({ unix: join(dir, "alice.sock"), socket: { data() {} } });
-    const sendOne = (size: number): Promise<number> => {
+    let writable: (() => void) | null = null;
+    const writer = await Bun.connect({ unix: join(dir, "alice.sock"), socket: { data() {}, drain: () => writable?.() } });
+    const sendOne = async (size: number): Promise<number> => {
       const payload = new Uint8Array(size);
       const done = new Promise<number>((resolve) => (arrived = resolve));
       new DataView(payload.buffer).setBigUint64(0, BigInt(Bun.nanoseconds()), true);
       const frame = encodeHlnk({ path: CHANNEL, etag: "", seq: 0n, payload });
-      let at = 0;
-      while (at < frame.byteLength) {
-        const n = writer.write(frame.subarray(at));
-        at += Math.max(0, n);
-        if (at < frame.byteLength) Bun.sleepSync(0);
+      // A short write waits for drain: spinning here would starve the daemons on a pinned CPU.
+      for (let at = 0; at < frame.byteLength; ) {
+        at += Math.max(0, writer.write(frame.subarray(at)));
+        if (at < frame.byteLength) await new Promise<void>((r) => (writable = r));
       }
       return done;
     };
