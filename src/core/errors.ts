@@ -21,6 +21,7 @@ export type ErrorCode =
   | "permission" // the process lacks a privilege or capability (e.g. CAP_NET_ADMIN)
   | "not_found" // a named thing does not exist: interface, address, route
   | "exists" // the thing to create is already there
+  | "auth" // a peer failed authentication: bad token, certificate fingerprint not the pinned one
   | "internal";
 
 export class StoaError extends Error {
