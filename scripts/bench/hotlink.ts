@@ -84,6 +84,7 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number }> {
       spawn([
         stoaBin, "hotlink", "connect", "--server", `ws://127.0.0.1:${relay}`, "--user", user, "--token-file", tokens[user],
         "--ipc", `${CHANNEL}=unix:${join(dir, `${user}.sock`)}`, "--tunnel", `${TUNNEL}=127.0.0.1:${port}@${peer}`, "--log-level", "warn",
+        "--run-dir", join(dir, "run"), // not the host's: a daemon of the same user may run there
       ]);
       await waitForPort("127.0.0.1", port);
     }

@@ -2,14 +2,35 @@
  * `stoa hotlink connect`: the client daemon (src/hotlink/daemon.ts). Kept apart from the rest
  * of the `hotlink` group (cli/hotlink.ts) because it is the largest subcommand.
  */
+import { z } from "zod";
 import { readFileSync, statSync } from "node:fs";
 import { configFlag, defineCommand, list, str } from "./command.ts";
-import { logFlags, startService } from "./common.ts";
+import { logFlags, splitList, startService } from "./common.ts";
+import { controlFlags } from "./hotlink-control.ts";
 import { StoaError } from "../core/errors.ts";
+import { defaultRunDir } from "../core/paths.ts";
 import { onShutdown } from "../core/shutdown.ts";
+import { prepareUnixPath } from "../core/unixsock.ts";
+import { type HotlinkControl, hotlinkControlPath, startHotlinkControl } from "../hotlink/control.ts";
 import { HotlinkDaemon, relayUrl } from "../hotlink/daemon.ts";
 import { parseIpcSpec, parseTunnelSpec } from "../hotlink/specs.ts";
 import { userNameProblem } from "../hotlink/users.ts";
+import { type MarkerWatcher, watchMarkers } from "../hotlink/watch.ts";
+
+/**
+ * A bind error of the control socket, as one line under the command. A live socket means this
+ * user's daemon already runs here: say so, and how to run two.
+ */
+function inUse(err: unknown, path: string, user: string, socket: string): unknown {
+  if (!(err instanceof StoaError)) return err;
+  if (err.code !== "in_use") return new StoaError(err.code, `${path}: control socket: ${err.message}`, { cause: err });
+  return new StoaError(
+    "in_use",
+    `${path}: a hotlink daemon for user ${user} is already running with control socket ${socket} (${err.message}); ` +
+      "stop it, or give this one another --run-dir or --control",
+    { cause: err },
+  );
+}
 
 /** Reads a token file: one line, the token. Refuses a file others may read. */
 export function readTokenFile(file: string): string {
@@ -40,15 +61,28 @@ export const connect = defineCommand({
     "channel with its own port, and an application connection on each side become one full-duplex\n" +
     "TCP connection (data sent before the other side's application connects is held, up to 30 s).\n" +
     "--ipc CHANNEL=unix:PATH serves a Unix socket (0600) where applications write and read HLNK\n" +
-    "frames for CHANNEL and paths below it; every peer declaring the channel receives them.",
+    "frames for CHANNEL and paths below it; every peer declaring the channel receives them.\n" +
+    "--watch DIR turns marker files DIR/<channel>/stream.tcp holding {\"from\", \"to\", \"ports\":\n" +
+    "{user: port}} into tunnels (listening on 127.0.0.1:ports[user]), started and stopped as the\n" +
+    "files come and go. The control socket (<run-dir>/hotlink/<user>.sock, mode 0600) lets\n" +
+    "'stoa hotlink tunnel|ipc|ls|close' change the running daemon; one daemon per user and run dir.",
   config: true,
   flags: {
     server: str("relay server URL (ws://host:port or wss://host:port)", { placeholder: "url" }),
     user: str("this peer's user name on the server", { placeholder: "name" }),
     tokenFile: str("file holding the user's token (mode 0600)", { placeholder: "file" }),
-    tunnel: list("a TCP tunnel CHANNEL=HOST:PORT[@PEER] (repeatable)", { placeholder: "spec" }),
-    ipc: list("an HLNK socket CHANNEL=unix:PATH (repeatable)", { placeholder: "spec" }),
+    tunnel: list("a TCP tunnel CHANNEL=HOST:PORT[@PEER]", { placeholder: "spec" }),
+    ipc: list("an HLNK socket CHANNEL=unix:PATH", { placeholder: "spec" }),
+    watch: str("start and stop tunnels from stream.tcp marker files under this directory", { placeholder: "dir" }),
     telemetry: str("rewrite this JSON file every second with counters and latencies", { placeholder: "file" }),
+    direct: str("upgrade sessions to a direct TLS connection between the peers when one is reachable", {
+      default: "on",
+      placeholder: "on|off",
+      schema: z.enum(["on", "off"]),
+    }),
+    directListen: str("address to accept direct connections on (:: for all)", { default: "::", placeholder: "addr" }),
+    directAdvertise: list("address to offer peers for direct connections (repeatable; default: this host's addresses)", { placeholder: "addr" }),
+    ...controlFlags(),
     ...logFlags(),
     config: configFlag(),
   },
@@ -57,6 +91,8 @@ export const connect = defineCommand({
       "    --tunnel alice/mpc/run1/0_to_1=127.0.0.1:10001@bob",
     "stoa hotlink connect --server ws://127.0.0.1:8443 --user bob --token-file bob.token \\\n" +
       "    --ipc alice/bench/ipc=unix:/tmp/bob.sock --telemetry /tmp/bob-telemetry.json",
+    "stoa hotlink connect --server wss://relay.example.org --user alice --token-file alice.token \\\n" +
+      "    --watch ~/datasites   # tunnels from DIR/alice/mpc/run1/0_to_1/stream.tcp and the like",
   ],
   async run({ flags, path }) {
     const need = (value: string | undefined, flag: string): string => {
@@ -71,9 +107,12 @@ export const connect = defineCommand({
     const token = readTokenFile(need(flags.tokenFile, "--token-file"));
     const tunnels = flags.tunnel.map(parseTunnelSpec);
     const ipc = flags.ipc.map(parseIpcSpec);
-    if (tunnels.length + ipc.length === 0) {
-      throw new StoaError("usage", `${path}: declare at least one --tunnel or --ipc channel`);
-    }
+    // No channel at start is fine: the control socket and --watch add them later.
+    const socket = flags.control ?? hotlinkControlPath(flags.runDir ?? defaultRunDir(), user);
+    // Fail before dialing the relay when this user's daemon already runs here.
+    await prepareUnixPath(socket).catch((err: unknown) => {
+      throw inUse(err, path, user, socket);
+    });
     const log = startService("hotlink", flags);
     const daemon = await HotlinkDaemon.start({
       server,
@@ -83,10 +122,37 @@ export const connect = defineCommand({
       ipc,
       log,
       ...(flags.telemetry === undefined ? {} : { telemetry: flags.telemetry }),
+      ...(flags.direct === "off"
+        ? {}
+        : {
+            direct: {
+              listen: flags.directListen.replace(/^\[(.*)\]$/, "$1"),
+              ...(flags.directAdvertise.length === 0 ? {} : { advertise: splitList(flags.directAdvertise) }),
+            },
+          }),
     });
+    let control: HotlinkControl | null = null;
+    let watcher: MarkerWatcher | null = null;
+    try {
+      control = await startHotlinkControl(socket, daemon, log).catch((err: unknown) => {
+        throw inUse(err, path, user, socket);
+      });
+      if (flags.watch !== undefined) watcher = await watchMarkers({ dir: flags.watch, user, target: daemon, log });
+    } catch (err) {
+      await control?.close();
+      await daemon.close();
+      throw err;
+    }
+    // Shutdown runs these in reverse: the watcher and the control socket stop before the daemon.
     onShutdown("hotlink daemon", () => daemon.close());
+    const controlled = control;
+    onShutdown("hotlink control socket", () => controlled.close());
+    const watching = watcher;
+    if (watching !== null) onShutdown("hotlink marker files", () => watching.close());
     for (const t of daemon.status().tunnels) process.stdout.write(`tunnel ${t.channel}: ${t.listen}${t.peer === null ? "" : ` <-> ${t.peer}`}\n`);
     for (const c of daemon.status().ipc) process.stdout.write(`ipc ${c.channel}: unix:${c.path}\n`);
+    process.stdout.write(`control: ${control.path}\n`);
+    if (flags.watch !== undefined) process.stdout.write(`watch: ${flags.watch}\n`);
     process.stdout.write(`hotlink: ${user} via ${server}\n`);
     await new Promise(() => {}); // runs until a signal; shutdown exits the process
   },

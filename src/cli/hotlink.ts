@@ -12,6 +12,7 @@ import { MAX_MESSAGE_BYTES } from "../hotlink/protocol.ts";
 import { MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES, startHotlinkServer } from "../hotlink/server.ts";
 import { addUser, loadUsers, removeUser } from "../hotlink/users.ts";
 import { connect } from "./hotlink-connect.ts";
+import { closeCommand, ipcCommand, lsCommand, tunnelCommand } from "./hotlink-control.ts";
 
 const usersFlag = () => str("the users file, JSON with hashed tokens (required)", { placeholder: "file" });
 
@@ -165,7 +166,7 @@ const user = defineGroup({
 });
 
 /** The subcommands of `stoa hotlink`, in help order: define a new one above and add it here. */
-export const subcommands: Command[] = [serve, connect, user];
+export const subcommands: Command[] = [serve, connect, tunnelCommand, ipcCommand, lsCommand, closeCommand, user];
 
 export default defineGroup({
   name: "hotlink",
@@ -173,12 +174,17 @@ export default defineGroup({
   description:
     "Peers exchange bytes through a relay server ('serve') over one WebSocket each, with tokens\n" +
     "per user and path ACLs; sessions carry CBOR Data messages with sequence numbers, so a\n" +
-    "receiver can reorder what arrives over the relay and a direct path alike.",
+    "receiver can reorder what arrives over the relay and a direct path alike. Each peer runs a\n" +
+    "daemon ('connect'); 'tunnel', 'ipc', 'ls' and 'close' change a running daemon through its\n" +
+    "control socket.",
   subcommands,
   examples: [
     "stoa hotlink user add alice@example.org --users users.json",
     "stoa hotlink serve --listen [::]:8470 --users users.json --acl acl.json",
     "stoa hotlink connect --server ws://relay:8470 --user alice@example.org --token-file alice.token \\\n" +
       "    --tunnel alice@example.org/mpc/0_to_1=127.0.0.1:10001@bob@example.org",
+    "stoa hotlink tunnel alice@example.org/mpc/1_to_0=127.0.0.1:10002@bob@example.org",
+    "stoa hotlink ls",
+    "stoa hotlink close alice@example.org/mpc/1_to_0",
   ],
 });

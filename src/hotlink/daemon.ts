@@ -8,6 +8,9 @@
  * - When the relay link drops, every session ends (the server dropped them too): tunnels reset
  *   their application connections, IPC channels keep their applications and re-open on the
  *   next frame. The link reconnects with backoff.
+ * - Channels come from flags at start, and later from the control socket (control.ts) or marker
+ *   files (watch.ts); each remembers where it came from (`origin`, shown by `ls`). At most
+ *   `MAX_CHANNELS` of them.
  */
 import type { Logger } from "../core/log.ts";
 import { StoaError } from "../core/errors.ts";
@@ -15,8 +18,17 @@ import { RelayLink } from "./link.ts";
 import { IpcChannel, type IpcSpec, type IpcStatus } from "./ipc.ts";
 import { type HotlinkMessage, MessageType } from "./protocol.ts";
 import type { Incoming } from "./sessions.ts";
-import { startTelemetry } from "./telemetry.ts";
+import { type DaemonCounters, startTelemetry } from "./telemetry.ts";
 import { Tunnel, type TunnelSpec, type TunnelStatus } from "./tunnel.ts";
+
+/**
+ * Tunnels plus IPC channels one daemon serves: each holds a port or a socket, and all of them
+ * are listed in one control answer (`ls`), which must stay well under its size limit.
+ */
+export const MAX_CHANNELS = 4096;
+
+/** Who declared a channel: a command-line flag, the control socket, or a marker file. */
+export type ChannelOrigin = "flag" | "control" | "watch";
 
 export interface DaemonOptions {
   /** ws://host:port/v1/hotlink (a bare ws://host:port gets the path added). */
@@ -30,14 +42,29 @@ export interface DaemonOptions {
   minDelayMs?: number;
   /** Rewrite this JSON file every second (telemetry.ts). */
   telemetry?: string;
+  /**
+   * Direct paths (direct.ts): listen on `listen` ("::" for every address) for the sessions this
+   * daemon receives, offering `advertise` (default: this host's addresses); and dial the
+   * offers of the sessions it sends. Absent: relay only.
+   */
+  direct?: { listen: string; advertise?: string[] };
 }
 
 export interface DaemonStatus {
   user: string;
   server: string;
   connected: boolean;
-  tunnels: TunnelStatus[];
-  ipc: IpcStatus[];
+  /** Each with the port it listens on (the bound one when PORT was 0) and its origin. */
+  tunnels: (TunnelStatus & { port: number; origin: ChannelOrigin })[];
+  ipc: (IpcStatus & { origin: ChannelOrigin })[];
+  /** Sessions open on the relay link now. */
+  sessions: { outgoing: number; incoming: number };
+  /** The telemetry counters (telemetry.ts), as plain numbers. */
+  counters: {
+    relay: DaemonCounters["relay"];
+    direct: DaemonCounters["direct"];
+    latency_us: { send_avg: number; send_max: number; write_avg: number; write_max: number };
+  };
   link: RelayLink["messages"];
 }
 
@@ -47,6 +74,7 @@ export class HotlinkDaemon {
   readonly link: RelayLink;
   readonly #tunnels = new Map<string, Tunnel>();
   readonly #ipc = new Map<string, IpcChannel>();
+  readonly #origins = new Map<string, ChannelOrigin>();
   #upWaiters: (() => void)[] = [];
   #telemetry: { stop(): void } | null = null;
 
@@ -71,6 +99,14 @@ export class HotlinkDaemon {
       },
       onMessage: (message) => this.#dispatch(message),
     });
+    if (options.direct !== undefined) {
+      this.link.direct = {
+        listen: options.direct.listen,
+        ...(options.direct.advertise === undefined ? {} : { advertise: options.direct.advertise }),
+        log: options.log,
+        counters: this.link.counters,
+      };
+    }
   }
 
   /** Starts the daemon: binds every tunnel port and IPC socket, dials the server. */
@@ -100,10 +136,12 @@ export class HotlinkDaemon {
     return new Promise((resolve) => this.#upWaiters.push(resolve));
   }
 
-  addTunnel(spec: TunnelSpec): Tunnel {
-    if (this.#tunnels.has(spec.channel) || this.#ipc.has(spec.channel)) {
-      throw new StoaError("exists", `channel ${spec.channel} is already declared here`);
-    }
+  /**
+   * Declares a tunnel and binds its port now. Throws StoaError "exists" (the channel is declared
+   * here already), "in_use" (the port cannot be bound) or "too_large" (`MAX_CHANNELS`).
+   */
+  addTunnel(spec: TunnelSpec, origin: ChannelOrigin = "flag"): Tunnel {
+    this.#checkNew(spec.channel);
     const tunnel = new Tunnel(spec, this.link, this.#log);
     try {
       tunnel.listen();
@@ -111,22 +149,43 @@ export class HotlinkDaemon {
       throw new StoaError("in_use", `tunnel ${spec.channel}: cannot listen on ${spec.host}:${spec.port}: ${String(err)}`, { cause: err });
     }
     this.#tunnels.set(spec.channel, tunnel);
+    this.#origins.set(spec.channel, origin);
     return tunnel;
   }
 
-  async addIpc(spec: IpcSpec): Promise<IpcChannel> {
-    if (this.#tunnels.has(spec.channel) || this.#ipc.has(spec.channel)) {
-      throw new StoaError("exists", `channel ${spec.channel} is already declared here`);
-    }
+  /** Declares an HLNK IPC channel and binds its socket; throws like `addTunnel`. */
+  async addIpc(spec: IpcSpec, origin: ChannelOrigin = "flag"): Promise<IpcChannel> {
+    this.#checkNew(spec.channel);
     const channel = new IpcChannel(spec, this.link, this.#log);
+    // Declared before the await, so that a concurrent add of the same channel is refused.
     this.#ipc.set(spec.channel, channel);
+    this.#origins.set(spec.channel, origin);
     try {
       await channel.listen();
     } catch (err) {
-      this.#ipc.delete(spec.channel);
+      if (this.#ipc.get(spec.channel) === channel) {
+        this.#ipc.delete(spec.channel);
+        this.#origins.delete(spec.channel);
+      }
       throw err;
     }
     return channel;
+  }
+
+  #checkNew(channel: string): void {
+    if (this.#tunnels.has(channel) || this.#ipc.has(channel)) {
+      throw new StoaError("exists", `channel ${channel} is already declared on this daemon; close it first (stoa hotlink close ${channel})`);
+    }
+    if (this.#tunnels.size + this.#ipc.size >= MAX_CHANNELS) {
+      throw new StoaError("too_large", `this daemon already serves ${MAX_CHANNELS} tunnels and channels; close some first`);
+    }
+  }
+
+  /** Whether `channel` is a tunnel, an IPC channel, or not declared here. */
+  channelKind(channel: string): "tunnel" | "ipc" | null {
+    if (this.#tunnels.has(channel)) return "tunnel";
+    if (this.#ipc.has(channel)) return "ipc";
+    return null;
   }
 
   /** Removes a tunnel or IPC channel, ending its sessions. False if there was none. */
@@ -134,12 +193,14 @@ export class HotlinkDaemon {
     const tunnel = this.#tunnels.get(channel);
     if (tunnel !== undefined) {
       this.#tunnels.delete(channel);
+      this.#origins.delete(channel);
       tunnel.close("the tunnel was removed");
       return true;
     }
     const ipc = this.#ipc.get(channel);
     if (ipc !== undefined) {
       this.#ipc.delete(channel);
+      this.#origins.delete(channel);
       await ipc.close("the channel was removed");
       return true;
     }
@@ -151,12 +212,20 @@ export class HotlinkDaemon {
   }
 
   status(): DaemonStatus {
+    const origin = (channel: string): ChannelOrigin => this.#origins.get(channel) ?? "flag";
+    const c = this.link.counters;
     return {
       user: this.#options.user,
       server: this.#options.server,
       connected: this.link.up,
-      tunnels: [...this.#tunnels.values()].map((t) => t.status()),
-      ipc: [...this.#ipc.values()].map((c) => c.status()),
+      tunnels: [...this.#tunnels.values()].map((t) => ({ ...t.status(), port: t.port, origin: origin(t.spec.channel) })),
+      ipc: [...this.#ipc.values()].map((ch) => ({ ...ch.status(), origin: origin(ch.spec.channel) })),
+      sessions: { outgoing: this.link.outgoing.size, incoming: this.link.incoming.size },
+      counters: {
+        relay: { ...c.relay },
+        direct: { ...c.direct },
+        latency_us: { send_avg: c.send.avgUs, send_max: c.send.maxUs, write_avg: c.write.avgUs, write_max: c.write.maxUs },
+      },
       link: { ...this.link.messages },
     };
   }
@@ -168,6 +237,7 @@ export class HotlinkDaemon {
     for (const c of this.#ipc.values()) await c.close("the daemon is stopping");
     this.#tunnels.clear();
     this.#ipc.clear();
+    this.#origins.clear();
     await this.link.close();
   }
 
@@ -211,9 +281,13 @@ export class HotlinkDaemon {
         }
         return;
       case MessageType.Signal:
-        // This daemon does not negotiate direct paths yet: it says so, and the session stays on the relay.
+        // Direct upgrades (direct.ts): an offer is for a session we send on, an answer for one we receive.
         if (message.knd === "direct_offer") {
-          link.send({ t: MessageType.Signal, sid: message.sid, knd: "direct_answer", err: "direct paths are not enabled on this daemon" });
+          const out = link.outgoing.get(message.sid);
+          if (out !== undefined) out.onDirectOffer(message);
+          else link.send({ t: MessageType.Signal, sid: message.sid, knd: "direct_answer", err: "no such session on the sending daemon" });
+        } else if (message.knd === "direct_answer") {
+          link.incoming.get(message.sid)?.onDirectAnswer(message.err);
         }
         return;
       default:

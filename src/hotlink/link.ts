@@ -16,6 +16,7 @@
  */
 import type { Logger } from "../core/log.ts";
 import { ReconnectingWebSocket } from "../core/ws.ts";
+import type { DirectConfig } from "./direct.ts";
 import type { Incoming, Outgoing } from "./sessions.ts";
 import { DaemonCounters } from "./telemetry.ts";
 import { formatAuthorization } from "./users.ts";
@@ -62,6 +63,8 @@ export class RelayLink {
    * register when they start and leave when they end, so dispatch is one lookup.
    */
   readonly outgoing = new Map<string, Outgoing>();
+  /** Direct paths (direct.ts): null when off. Set by the daemon. */
+  direct: DirectConfig | null = null;
   readonly incoming = new Map<string, Incoming>();
   /** Messages on this link, and the daemon's telemetry counters (telemetry.ts). */
   readonly messages = { tx: 0, txBytes: 0, rx: 0, rxBytes: 0 };

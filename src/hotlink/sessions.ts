@@ -12,6 +12,7 @@
 import { randomUUID } from "node:crypto";
 import { describeError } from "../core/errors.ts";
 import type { RelayLink } from "./link.ts";
+import { DirectReceiver, DirectSender, dialDirect } from "./direct.ts";
 import { type DataMessage, MessageType } from "./protocol.ts";
 import { ReorderBuffer } from "./reorder.ts";
 
@@ -46,6 +47,12 @@ export class Outgoing {
   readonly #events: OutgoingEvents;
   /** Bytes and frames sent, for telemetry. */
   sentBytes = 0;
+  /** Receivers that accepted: direct is used only while there is exactly one (direct.ts). */
+  #receivers = 0;
+  #direct: DirectSender | null = null;
+  #dialing = false;
+  /** finish() was called while direct frames were unacknowledged: Close waits for them. */
+  #finishing = false;
 
   constructor(link: RelayLink, pth: string, to: string | undefined, events: OutgoingEvents) {
     this.#link = link;
@@ -66,11 +73,41 @@ export class Outgoing {
     return ok;
   }
 
-  /** Sends one Data; only while open. The payload is encoded at once (the caller may reuse it). */
+  /** "direct" once the session's Data goes on a direct connection, else "relay". */
+  get path(): "relay" | "direct" {
+    return this.#direct === null ? "relay" : "direct";
+  }
+
+  /** The source should stop for now: the transport in use holds too much unsent. */
+  get busy(): boolean {
+    return this.#direct !== null ? this.#direct.busy : this.#link.busy;
+  }
+
+  /** Calls `fn` once the transport in use can take more. */
+  whenWritable(fn: () => void): void {
+    if (this.#direct !== null) this.#direct.whenWritable(fn);
+    else this.#link.whenWritable(fn);
+  }
+
+  /**
+   * Sends one Data; only while open. The payload is not copied when it goes direct: pass a
+   * buffer nobody reuses (Bun's read chunks and decoded frames are fresh).
+   */
   send(pay: Uint8Array, pth?: string, etg?: string): boolean {
     if (this.state !== "open") return false;
     const seq = ++this.#seq;
     const started = performance.now();
+    const direct = this.#direct;
+    if (direct !== null) {
+      direct.send(seq, pay, pth, etg);
+      this.sentBytes += pay.byteLength;
+      this.#link.counters.send.add((performance.now() - started) * 1000);
+      return true;
+    }
+    return this.#sendRelay(seq, pay, pth, etg, started);
+  }
+
+  #sendRelay(seq: number, pay: Uint8Array, pth: string | undefined, etg: string | undefined, started: number): boolean {
     const ok = this.#link.send({
       t: MessageType.Data,
       sid: this.sid,
@@ -81,6 +118,7 @@ export class Outgoing {
     });
     if (!ok) {
       this.#end("the relay server connection was lost", false);
+      this.#forget();
       return false;
     }
     this.sentBytes += pay.byteLength;
@@ -91,43 +129,133 @@ export class Outgoing {
     return true;
   }
 
-  /** The orderly end: every Data sent so far, then Close with `lst`. */
+  /**
+   * The orderly end: every Data sent so far, then Close with `lst`. With frames still
+   * unacknowledged on a direct connection, Close waits for them (a fallback may have to send
+   * them on the relay, which the server would refuse after a Close).
+   */
   finish(): void {
     if (this.state === "closed") return;
-    this.#link.send({ t: MessageType.Close, sid: this.sid, lst: this.#seq });
     this.#end(null, false);
+    this.#finishing = true;
+    this.#closeWhenAcknowledged();
+  }
+
+  #closeWhenAcknowledged(): void {
+    const direct = this.#direct;
+    if (direct !== null && direct.unacknowledged().length > 0) {
+      direct.whenAcknowledged(() => this.#closeWhenAcknowledged());
+      return;
+    }
+    this.#link.send({ t: MessageType.Close, sid: this.sid, lst: this.#seq });
+    this.#forget();
+    this.#direct?.close();
+    this.#direct = null;
   }
 
   abort(reason: string): void {
-    if (this.state === "closed") return;
+    if (this.state === "closed" && !this.#finishing) return;
+    this.#finishing = false;
     this.#link.send({ t: MessageType.Close, sid: this.sid, rsn: reason });
+    this.#direct?.close();
+    this.#direct = null;
     this.#end(reason, false);
+    this.#forget();
   }
 
   /** From the server: */
   onAccept(frm: string | undefined): void {
+    this.#receivers++;
+    if (this.#receivers > 1 && this.#direct !== null) this.#fallBack("a second receiver accepted the session");
     if (this.state !== "opening") return;
     this.state = "open";
     this.#events.accepted(frm);
   }
 
+  /** A receiver offered a direct path (Signal direct_offer). */
+  onDirectOffer(offer: { adr: string[]; tok: string; fpr: string }): void {
+    const link = this.#link;
+    const config = link.direct;
+    const answer = (err?: string): void => {
+      link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_answer", ...(err === undefined ? {} : { err }) });
+    };
+    if (config === null) return answer("direct paths are off on the sending daemon");
+    if (this.state !== "open" || this.#receivers !== 1) return answer("the session has more than one receiver, or is not open");
+    if (this.#dialing || this.#direct !== null) return;
+    this.#dialing = true;
+    let sender: DirectSender | null = null;
+    void dialDirect(this.sid, offer, {
+      data: (ack) => sender?.onAck(ack),
+      drain: () => sender?.onDrain(),
+      close: () => {
+        if (sender !== null && this.#direct === sender) this.#fallBack("the direct connection closed");
+      },
+    }).then((result) => {
+      this.#dialing = false;
+      if (!result.ok) {
+        config.counters.direct.failures++;
+        config.log.info("no direct path; the session stays on the relay", { sid: this.sid, err: result.error });
+        return answer(result.error);
+      }
+      if (this.state !== "open" || this.#receivers !== 1) {
+        result.socket.end();
+        return answer("the session changed while dialling");
+      }
+      sender = new DirectSender(result.socket, this.pth, config.counters);
+      this.#direct = sender;
+      config.counters.direct.answers++;
+      config.log.info("session upgraded to a direct connection", { sid: this.sid, via: result.via });
+      answer();
+    });
+  }
+
+  /** The direct connection failed: resend what it did not acknowledge on the relay, stay there. */
+  #fallBack(why: string): void {
+    const direct = this.#direct;
+    if (direct === null) return;
+    this.#direct = null;
+    direct.failed = true;
+    const config = this.#link.direct;
+    if (config !== null) {
+      config.counters.direct.fallbacks++;
+      config.log.info("back to the relay", { sid: this.sid, reason: why });
+    }
+    for (const f of direct.unacknowledged()) {
+      if (!this.#sendRelay(f.seq, f.pay, f.pth, f.etg, performance.now())) break;
+    }
+    direct.close();
+    if (this.#finishing) this.#closeWhenAcknowledged();
+  }
+
+  #forget(): void {
+    if (this.#link.outgoing.get(this.sid) === this) this.#link.outgoing.delete(this.sid);
+  }
+
   onReject(reason: string): void {
     this.#end(reason, true);
+    this.#forget();
   }
 
   onClose(reason: string | undefined): void {
+    this.#finishing = false;
+    this.#direct?.close();
+    this.#direct = null;
     this.#end(reason ?? "closed by the receiver", false);
+    this.#forget();
   }
 
   /** The link went down: the server has dropped the session. */
   onLinkDown(reason: string): void {
+    this.#finishing = false;
+    this.#direct?.close();
+    this.#direct = null;
     this.#end(`the relay server connection was lost (${reason})`, false);
+    this.#forget();
   }
 
   #end(reason: string | null, rejected: boolean): void {
     if (this.state === "closed") return;
     this.state = "closed";
-    if (this.#link.outgoing.get(this.sid) === this) this.#link.outgoing.delete(this.sid);
     this.#events.ended(reason, rejected);
   }
 }
@@ -148,6 +276,7 @@ export class Incoming {
   readonly #reorder = new ReorderBuffer<Delivery>({ maxFrames: REORDER_MAX_FRAMES, maxBytes: REORDER_MAX_BYTES });
   /** Set by an orderly Close: the session ends once every seq up to it was delivered. */
   #last: number | null = null;
+  #direct: DirectReceiver | null = null;
 
   constructor(link: RelayLink, sid: string, pth: string, frm: string | undefined, events: IncomingEvents) {
     this.#link = link;
@@ -170,15 +299,43 @@ export class Incoming {
     return this.#reorder.duplicates;
   }
 
+  /** Accepts, and offers a direct path when the daemon has them on (direct.ts). */
   accept(): boolean {
-    return this.#link.send({ t: MessageType.Accept, sid: this.sid });
+    const link = this.#link;
+    if (!link.send({ t: MessageType.Accept, sid: this.sid })) return false;
+    const config = link.direct;
+    if (config !== null) {
+      const direct = DirectReceiver.start(this.sid, this.pth, config, {
+        data: (m) => this.onData(m, true),
+        delivered: () => this.#reorder.nextSeq - 1,
+      });
+      if (direct !== null) {
+        this.#direct = direct;
+        config.counters.direct.offers++;
+        link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_offer", ...direct.offer });
+      }
+    }
+    return true;
   }
 
-  onData(message: DataMessage): void {
+  /** The sender's answer to our offer: on an error it stays on the relay. */
+  onDirectAnswer(err: string | undefined): void {
+    if (err === undefined || this.#direct === null) return;
+    this.#link.direct?.log.info("the sender could not use the direct path; staying on the relay", { sid: this.sid, err });
+    if (!this.#direct.connected) {
+      this.#direct.close();
+      this.#direct = null;
+    }
+  }
+
+  /** Data from the relay, or (`direct`) from the direct connection (counted there). */
+  onData(message: DataMessage, direct = false): void {
     if (this.state === "closed") return;
     const c = this.#link.counters;
-    c.relay.rxPackets++;
-    c.relay.rxBytes += message.pay.byteLength;
+    if (!direct) {
+      c.relay.rxPackets++;
+      c.relay.rxBytes += message.pay.byteLength;
+    }
     const item: Delivery = { seq: message.seq, pay: message.pay, pth: message.pth, etg: message.etg, byteLength: message.pay.byteLength };
     let ready: Delivery[];
     try {
@@ -193,6 +350,7 @@ export class Incoming {
       c.write.add((performance.now() - started) * 1000);
       if (this.#ended()) return; // the sink may end the session (e.g. over its hold bound)
     }
+    if (!direct && ready.length > 0) this.#direct?.ack();
     this.#checkLast();
   }
 
@@ -229,6 +387,8 @@ export class Incoming {
   #end(reason: string | null): void {
     if (this.state === "closed") return;
     this.state = "closed";
+    this.#direct?.close();
+    this.#direct = null;
     if (this.#link.incoming.get(this.sid) === this) this.#link.incoming.delete(this.sid);
     this.#events.ended(reason);
   }

@@ -189,7 +189,7 @@ describe.if(can.ok)("hotlink across three hosts: relay on S, alice on A, bob on 
       procs.stoa(host, user, [
         "hotlink", "connect", "--server", `ws://[${net.addr("s", host)}]:${RELAY_PORT}`, "--user", user,
         "--token-file", tokens[user], "--tunnel", `${CHANNEL}=127.0.0.1:${port}@${peer}`,
-        "--telemetry", join(dir, `${user}.json`),
+        "--telemetry", join(dir, `${user}.json`), "--run-dir", join(dir, "run"),
       ]);
     daemons = [daemon("a", "alice", ALICE_PORT, "bob"), daemon("b", "bob", BOB_PORT, "alice")];
     for (const d of daemons) await d.waitFor("out", /^hotlink: /m);

@@ -1,0 +1,452 @@
+/**
+ * The hotlink daemon's control socket, through which `stoa hotlink tunnel|ipc|ls|close` change
+ * a running `stoa hotlink connect`: server and client.
+ *
+ * Where: `<run_dir>/hotlink/<user>.sock` by default (`hotlinkControlPath`), mode 0600 in a
+ * directory created 0700, bound with core/unixsock.ts, so a second daemon for the same user and
+ * run dir finds the socket alive and fails with "in_use" instead of taking it over.
+ *
+ * Wire: core/frame.ts frames (4-byte big-endian length), each holding one CBOR message
+ * (core/codec.ts, validated by the zod schemas below). The client sends requests; each is
+ * answered, in order, by one message:
+ *   {type: "tunnel", spec}    → {ok: true, type: "tunnel", tunnel}  spec as --tunnel:
+ *                                CHANNEL=HOST:PORT[@PEER]; `tunnel.port` is the bound port
+ *   {type: "ipc", spec}       → {ok: true, type: "ipc", ipc}        spec as --ipc: CHANNEL=unix:PATH
+ *   {type: "ls"}              → {ok: true, type: "ls", status}      the daemon's status: user,
+ *                                server, connected, tunnels, ipc, sessions, counters, link
+ *   {type: "close", channel}  → {ok: true, type: "close", channel, kind: "tunnel" | "ipc"}
+ * or {ok: false, code, message}, code a StoaError code: "usage" (bad spec), "exists",
+ * "in_use" (port or socket taken), "not_found" (close of an unknown channel), "too_large",
+ * "decode"/"schema" (not a request), "internal".
+ *
+ * Limits: requests ≤ `MAX_REQUEST_BYTES`, answers ≤ `MAX_ANSWER_BYTES`, at most
+ * `MAX_PIPELINED` unanswered requests per connection and `MAX_CONNECTIONS` connections; idle
+ * connections close after `IDLE_TIMEOUT_MS`. A request that does not decode is answered with an
+ * error and the connection stays usable; a frame header over the limit is answered with an
+ * error and the connection closed (no frame boundaries are left to trust).
+ */
+import type { Socket } from "bun";
+import { join } from "node:path";
+import { z } from "zod";
+import { createCodec, encode } from "../core/codec.ts";
+import { type ErrorCode, StoaError } from "../core/errors.ts";
+import { encodeFrame, FrameDecoder } from "../core/frame.ts";
+import type { Logger } from "../core/log.ts";
+import { listenUnix } from "../core/unixsock.ts";
+import { MAX_PATH_BYTES } from "./acl.ts";
+import { type DaemonStatus, MAX_CHANNELS } from "./daemon.ts";
+import type { IpcSpec } from "./ipc.ts";
+import { parseIpcSpec, parseTunnelSpec } from "./specs.ts";
+import type { TunnelSpec } from "./tunnel.ts";
+
+/** A spec is a channel path (≤ 4096 bytes), `=`, and an address: far below this. */
+export const MAX_REQUEST_BYTES = 64 * 1024;
+/** `ls` of `MAX_CHANNELS` channels at well under 1 KiB each fits with room to spare. */
+export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
+export const MAX_PIPELINED = 16;
+export const MAX_CONNECTIONS = 64;
+export const IDLE_TIMEOUT_MS = 60_000;
+/** How long a client waits for an answer; binding a port or a socket takes milliseconds. */
+export const REQUEST_TIMEOUT_MS = 10_000;
+const MAX_SPEC_CHARS = MAX_PATH_BYTES + 1024;
+const MAX_MESSAGE_CHARS = 4096;
+
+/** `<run_dir>/hotlink/<user>.sock`: the control socket of `user`'s daemon. */
+export function hotlinkControlPath(runDir: string, user: string): string {
+  return join(runDir, "hotlink", `${user}.sock`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+const Spec = z.string().min(1).max(MAX_SPEC_CHARS);
+
+const ControlRequest = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("tunnel"), spec: Spec }),
+  z.object({ type: z.literal("ipc"), spec: Spec }),
+  z.object({ type: z.literal("ls") }),
+  z.object({ type: z.literal("close"), channel: z.string().min(1).max(MAX_PATH_BYTES) }),
+]);
+export type ControlRequest = z.output<typeof ControlRequest>;
+
+const Count = z.number().int().min(0);
+const Channel = z.string().max(MAX_PATH_BYTES);
+const Origin = z.enum(["flag", "control", "watch"]);
+// Loose objects: a newer daemon may report more than this client prints; --json shows it all.
+const SessionView = z.looseObject({ state: z.string().max(32), bytes: Count }).nullable();
+
+const TunnelView = z.looseObject({
+  channel: Channel,
+  listen: z.string().max(300),
+  port: z.number().int().min(0).max(65535),
+  peer: z.string().max(256).nullable(),
+  app: z.boolean(),
+  held: Count,
+  origin: Origin,
+  out: SessionView,
+  in: z.looseObject({ bytes: Count }).nullable(),
+});
+
+const IpcView = z.looseObject({
+  channel: Channel,
+  path: z.string().max(4096),
+  apps: Count,
+  held: Count,
+  origin: Origin,
+  out: SessionView,
+  in: z.array(z.looseObject({ bytes: Count })).max(100_000),
+});
+
+const StatusView = z.looseObject({
+  user: z.string().max(256),
+  server: z.string().max(4096),
+  connected: z.boolean(),
+  tunnels: z.array(TunnelView).max(MAX_CHANNELS),
+  ipc: z.array(IpcView).max(MAX_CHANNELS),
+  sessions: z.object({ outgoing: Count, incoming: Count }),
+  counters: z.looseObject({}),
+});
+export type StatusView = z.output<typeof StatusView>;
+
+const OkAnswer = z.discriminatedUnion("type", [
+  z.object({ ok: z.literal(true), type: z.literal("tunnel"), tunnel: TunnelView }),
+  z.object({ ok: z.literal(true), type: z.literal("ipc"), ipc: IpcView }),
+  z.object({ ok: z.literal(true), type: z.literal("ls"), status: StatusView }),
+  z.object({ ok: z.literal(true), type: z.literal("close"), channel: Channel, kind: z.enum(["tunnel", "ipc"]) }),
+]);
+type OkAnswer = z.output<typeof OkAnswer>;
+/** The answer to a request of type `T`. */
+export type AnswerFor<T extends ControlRequest["type"]> = Extract<OkAnswer, { type: T }>;
+
+// A string, not an enum: a newer daemon may send a code this client does not know.
+const ErrorAnswer = z.object({ ok: z.literal(false), code: z.string().max(64), message: z.string().max(MAX_MESSAGE_CHARS) });
+
+const ControlAnswer = z.union([OkAnswer, ErrorAnswer]);
+export type ControlAnswer = z.output<typeof ControlAnswer>;
+
+export const controlRequestCodec = createCodec(ControlRequest, { maxBytes: MAX_REQUEST_BYTES });
+export const controlAnswerCodec = createCodec(ControlAnswer, { maxBytes: MAX_ANSWER_BYTES });
+
+// ---------------------------------------------------------------------------------------------
+// Answering
+
+/** What the control socket changes: a `HotlinkDaemon` (an interface, so tests can stand in). */
+export interface ControlTarget {
+  addTunnel(spec: TunnelSpec, origin: "control"): unknown;
+  addIpc(spec: IpcSpec, origin: "control"): Promise<unknown>;
+  remove(channel: string): Promise<boolean>;
+  channelKind(channel: string): "tunnel" | "ipc" | null;
+  status(): DaemonStatus;
+}
+
+/** An answer as the daemon builds it (typed by its own status), before it goes on the wire. */
+type DaemonAnswer =
+  | { ok: true; type: "tunnel"; tunnel: DaemonStatus["tunnels"][number] }
+  | { ok: true; type: "ipc"; ipc: DaemonStatus["ipc"][number] }
+  | { ok: true; type: "ls"; status: DaemonStatus }
+  | { ok: true; type: "close"; channel: string; kind: "tunnel" | "ipc" }
+  | { ok: false; code: string; message: string };
+
+async function handle(target: ControlTarget, request: ControlRequest): Promise<DaemonAnswer> {
+  switch (request.type) {
+    case "tunnel": {
+      const spec = parseTunnelSpec(request.spec);
+      target.addTunnel(spec, "control");
+      const tunnel = target.status().tunnels.find((t) => t.channel === spec.channel);
+      if (tunnel === undefined) throw new StoaError("internal", `tunnel ${spec.channel} was added but is not listed`);
+      return { ok: true, type: "tunnel", tunnel: plain(tunnel) };
+    }
+    case "ipc": {
+      const spec = parseIpcSpec(request.spec);
+      await target.addIpc(spec, "control");
+      const ipc = target.status().ipc.find((c) => c.channel === spec.channel);
+      if (ipc === undefined) throw new StoaError("internal", `channel ${spec.channel} was added but is not listed`);
+      return { ok: true, type: "ipc", ipc: plain(ipc) };
+    }
+    case "ls":
+      return { ok: true, type: "ls", status: plain(target.status()) };
+    case "close": {
+      const kind = target.channelKind(request.channel);
+      if (kind === null || !(await target.remove(request.channel))) {
+        throw new StoaError("not_found", `no tunnel or channel ${request.channel} is declared on this daemon (see stoa hotlink ls)`);
+      }
+      return { ok: true, type: "close", channel: request.channel, kind };
+    }
+  }
+}
+
+/** The status as CBOR's data model takes it: no `undefined` fields, no class instances. */
+function plain<T>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
+}
+
+function errorAnswer(error: StoaError): DaemonAnswer {
+  return { ok: false, code: error.code, message: error.message.slice(0, MAX_MESSAGE_CHARS) };
+}
+
+/**
+ * One request message's bytes in, its answer's bytes out (a frame payload each): what the
+ * server does for every frame. Never throws; whatever the bytes, the answer is a valid
+ * message within `MAX_ANSWER_BYTES`.
+ */
+export async function answerControlMessage(target: ControlTarget, bytes: Uint8Array, log: Logger): Promise<Uint8Array> {
+  const decoded = controlRequestCodec.safeDecode(bytes);
+  let answer: DaemonAnswer;
+  if (!decoded.ok) answer = errorAnswer(decoded.error);
+  else {
+    try {
+      answer = await handle(target, decoded.value);
+    } catch (err) {
+      if (err instanceof StoaError) answer = errorAnswer(err);
+      else {
+        log.error("a control request failed unexpectedly", { type: decoded.value.type, err });
+        answer = errorAnswer(new StoaError("internal", `the daemon failed to answer: ${String(err)}`));
+      }
+    }
+  }
+  try {
+    return encode(answer, { maxBytes: MAX_ANSWER_BYTES });
+  } catch (err) {
+    const error = err instanceof StoaError ? err : new StoaError("internal", String(err));
+    return encode(errorAnswer(error), { maxBytes: MAX_ANSWER_BYTES });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+export interface HotlinkControl {
+  readonly path: string;
+  /** Stops accepting, removes the socket file (if still ours) and ends every connection. */
+  close(): Promise<void>;
+}
+
+interface Conn {
+  frames: FrameDecoder;
+  queue: Uint8Array[];
+  busy: boolean;
+  unsent: Uint8Array[];
+  /** End once everything queued is answered and written. */
+  closing: boolean;
+  closed: boolean;
+}
+
+/**
+ * Serves the control socket at `path` for `target`. Throws StoaError "in_use" when a live
+ * process (another daemon) serves that path.
+ * @example
+ * const control = await startHotlinkControl(hotlinkControlPath(defaultRunDir(), "alice"), daemon, log);
+ * onShutdown("hotlink control", () => control.close());
+ */
+export async function startHotlinkControl(path: string, target: ControlTarget, log: Logger): Promise<HotlinkControl> {
+  const conns = new Set<Socket<Conn>>();
+
+  const finishIfDone = (sock: Socket<Conn>): void => {
+    const c = sock.data;
+    if (c.closing && !c.busy && c.queue.length === 0 && c.unsent.length === 0 && !c.closed) sock.end();
+  };
+
+  const flush = (sock: Socket<Conn>): void => {
+    const c = sock.data;
+    while (c.unsent.length > 0 && !c.closed) {
+      const head = c.unsent[0] as Uint8Array;
+      const n = Math.max(0, sock.write(head));
+      if (n < head.byteLength) {
+        c.unsent[0] = head.subarray(n);
+        return;
+      }
+      c.unsent.shift();
+    }
+    finishIfDone(sock);
+  };
+
+  const send = (sock: Socket<Conn>, message: Uint8Array): void => {
+    if (sock.data.closed) return;
+    sock.data.unsent.push(encodeFrame(message, { maxBytes: MAX_ANSWER_BYTES }));
+    flush(sock);
+  };
+
+  const pump = async (sock: Socket<Conn>): Promise<void> => {
+    const c = sock.data;
+    if (c.busy) return;
+    c.busy = true;
+    try {
+      for (let frame = c.queue.shift(); frame !== undefined && !c.closed; frame = c.queue.shift()) {
+        send(sock, await answerControlMessage(target, frame, log));
+      }
+    } finally {
+      c.busy = false;
+    }
+    finishIfDone(sock);
+  };
+
+  const refuse = (sock: Socket<Conn>, error: StoaError): void => {
+    const c = sock.data;
+    c.queue = [];
+    c.closing = true;
+    sock.pause();
+    send(sock, encode(errorAnswer(error), { maxBytes: MAX_ANSWER_BYTES }));
+  };
+
+  const binding = await listenUnix<Conn>(path, {
+    allowHalfOpen: true,
+    socket: {
+      open(sock) {
+        sock.data = { frames: new FrameDecoder({ maxBytes: MAX_REQUEST_BYTES }), queue: [], busy: false, unsent: [], closing: false, closed: false };
+        if (conns.size >= MAX_CONNECTIONS) {
+          log.warn("too many control connections; refusing one", { limit: MAX_CONNECTIONS });
+          sock.terminate();
+          return;
+        }
+        conns.add(sock);
+        sock.timeout(Math.ceil(IDLE_TIMEOUT_MS / 1000));
+      },
+      data(sock, chunk) {
+        const c = sock.data;
+        if (c.closing || c.closed) return;
+        let frames: Uint8Array[];
+        try {
+          frames = c.frames.push(chunk);
+        } catch (err) {
+          refuse(sock, err instanceof StoaError ? err : new StoaError("decode", String(err)));
+          return;
+        }
+        for (const frame of frames) {
+          if (c.queue.length >= MAX_PIPELINED) {
+            refuse(sock, new StoaError("too_large", `more than ${MAX_PIPELINED} unanswered requests; wait for answers before sending more`));
+            return;
+          }
+          c.queue.push(frame);
+        }
+        void pump(sock);
+      },
+      drain(sock) {
+        flush(sock);
+      },
+      end(sock) {
+        sock.data.closing = true;
+        finishIfDone(sock);
+      },
+      timeout(sock) {
+        sock.end();
+      },
+      close(sock) {
+        const c = sock.data as Conn | undefined;
+        if (c !== undefined) c.closed = true;
+        conns.delete(sock);
+      },
+      error(sock, err) {
+        log.debug("control connection failed", { err });
+        sock.terminate();
+      },
+    },
+  });
+
+  let closing: Promise<void> | undefined;
+  return {
+    path: binding.path,
+    close: () =>
+      (closing ??= (async () => {
+        await binding.close(false);
+        for (const sock of conns) {
+          sock.data.closing = true;
+          finishIfDone(sock);
+        }
+      })()),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+export interface ControlRequestOptions {
+  /** Default `REQUEST_TIMEOUT_MS`. */
+  timeoutMs?: number;
+  /** Appended to the "no daemon" error, e.g. "; is `stoa hotlink connect` running for user alice?" */
+  hint?: string;
+}
+
+const KNOWN_CODES: readonly ErrorCode[] = [
+  "usage", "config", "decode", "too_large", "schema", "endpoint", "in_use", "io",
+  "closed", "timeout", "permission", "not_found", "exists", "internal",
+];
+
+/**
+ * Sends one request to the daemon serving the control socket `path` and returns its answer.
+ * Throws StoaError: "closed" when no daemon serves `path`, "timeout", "decode"/"schema" for an
+ * answer that is not one, or the daemon's own error (its code, message prefixed "hotlink daemon:").
+ * @example
+ * const { tunnel } = await hotlinkControlRequest(path, { type: "tunnel", spec: "alice/x=127.0.0.1:0@bob" });
+ * console.log(tunnel.port); // the port the daemon bound
+ */
+export async function hotlinkControlRequest<R extends ControlRequest>(
+  path: string,
+  request: R,
+  options: ControlRequestOptions = {},
+): Promise<AnswerFor<R["type"]>> {
+  const timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS;
+  const frame = encodeFrame(controlRequestCodec.encode(request), { maxBytes: MAX_REQUEST_BYTES });
+  const decoder = new FrameDecoder({ maxBytes: MAX_ANSWER_BYTES });
+  const answer = Promise.withResolvers<ControlAnswer>();
+  let unsent: Uint8Array = frame;
+  const flush = (sock: Socket<undefined>): void => {
+    if (unsent.byteLength > 0) unsent = unsent.subarray(Math.max(0, sock.write(unsent)));
+  };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new StoaError("timeout", `the hotlink daemon at ${path} did not answer ${request.type} within ${timeoutMs} ms; is it stuck?`)),
+      timeoutMs,
+    );
+  });
+  let sock: Socket<undefined> | undefined;
+  try {
+    sock = await Promise.race([
+      Bun.connect({
+        unix: path,
+        socket: {
+          data(_s, chunk) {
+            try {
+              const [first] = decoder.push(chunk);
+              if (first !== undefined) answer.resolve(controlAnswerCodec.decode(first));
+            } catch (err) {
+              answer.reject(err);
+            }
+          },
+          drain: (s) => flush(s),
+          close() {
+            answer.reject(new StoaError("closed", `the hotlink daemon at ${path} closed the connection before answering ${request.type}`));
+          },
+          error(_s, err) {
+            answer.reject(err);
+          },
+        },
+      }).catch((err: unknown) => {
+        throw noDaemon(path, err, options.hint ?? "");
+      }),
+      deadline,
+    ]);
+    flush(sock);
+    const got = await Promise.race([answer.promise, deadline]);
+    if (!got.ok) throw new StoaError(KNOWN_CODES.find((c) => c === got.code) ?? "internal", `hotlink daemon: ${got.message}`);
+    if (answers<R["type"]>(got, request.type)) return got;
+    throw new StoaError("decode", `the hotlink daemon answered "${got.type}" to a "${request.type}" request; is it a compatible version?`);
+  } finally {
+    clearTimeout(timer);
+    answer.promise.catch(() => {}); // settled after we stopped listening: not an unhandled rejection
+    sock?.end();
+  }
+}
+
+function answers<T extends ControlRequest["type"]>(answer: OkAnswer, type: T): answer is AnswerFor<T> {
+  return answer.type === type;
+}
+
+function noDaemon(path: string, err: unknown, hint: string): StoaError {
+  const code = typeof err === "object" && err !== null && "code" in err ? String(err.code) : "";
+  if (code === "ENOENT" || code === "ECONNREFUSED") {
+    return new StoaError("closed", `no hotlink daemon is running with control socket ${path}${hint}`, { cause: err });
+  }
+  const reason = err instanceof Error ? err.message : String(err);
+  return new StoaError("io", `cannot connect to the hotlink control socket ${path}: ${code || reason}`, { cause: err });
+}

@@ -1,0 +1,403 @@
+/**
+ * The direct path of a session (spec: "Transports and the upgrade ladder", step 2): after the
+ * receiver accepted, it listens for this session alone over TLS with a fresh self-signed
+ * certificate (cert.ts) and offers candidates over the relay (Signal direct_offer {adr, tok,
+ * fpr}); the sender dials them one by one (`DIRECT_DIAL_TIMEOUT_MS` each), pins the
+ * certificate's SHA-256 fingerprint, presents the one-time token, answers direct_answer, and
+ * from then on sends the session's Data as HLNK frames on that connection.
+ *
+ * Wire on the direct connection:
+ *   sender → receiver   "HLD1 <sid> <tok>\n", then HLNK frames (hlnk.ts): path = the frame's
+ *                       path (the session's when Data had none), etag, seq = the session's seq,
+ *                       payload.
+ *   receiver → sender   acknowledgements: 8-byte big-endian integers, each the highest seq
+ *                       delivered in order so far (sent after every chunk that advanced it).
+ * No loss on failure: the sender keeps every frame it sent directly until it is acknowledged
+ * (at most `DIRECT_RETAIN_BYTES`; past that the source is not read). If the direct connection
+ * fails, the session falls back to the relay and the unacknowledged frames are sent again there
+ * with the same seqs; the receiver's reorder buffer drops whatever arrives twice. Close stays
+ * on the relay and carries `lst`, so it cannot overtake the last direct frames.
+ * Direct is used only while the session has one receiver (an IPC session that gains a second
+ * one falls back to the relay for all).
+ */
+import type { Socket, TCPSocketListener } from "bun";
+import { randomBytes, timingSafeEqual } from "node:crypto";
+import { networkInterfaces } from "node:os";
+import type { Logger } from "../core/log.ts";
+import { DIRECT_TLS_SERVER_NAME, createSessionCertificate, verifyPinnedPeer } from "./cert.ts";
+import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
+import type { DataMessage } from "./protocol.ts";
+import { MessageType } from "./protocol.ts";
+import type { DaemonCounters } from "./telemetry.ts";
+
+export const DIRECT_DIAL_TIMEOUT_MS = 1_500;
+/** How long a receiver waits for the sender to dial before it closes its listener. */
+export const DIRECT_ACCEPT_TIMEOUT_MS = 10_000;
+/** Frames sent directly and not yet acknowledged, at most (then the source waits). */
+export const DIRECT_RETAIN_BYTES = 32 * 1024 * 1024;
+/** Unwritten bytes on the direct socket above which the source waits. */
+export const DIRECT_HIGH_WATER = 4 * 1024 * 1024;
+const HELLO_MAX = 256;
+
+/** How a daemon uses direct paths (`--direct`, `--direct-listen`). */
+export interface DirectConfig {
+  /** Address to listen on for direct connections; "::" (default) or "0.0.0.0" or one address. */
+  listen: string;
+  /** Addresses to offer; default every address of this host's interfaces, loopback last. */
+  advertise?: string[];
+  log: Logger;
+  counters: DaemonCounters;
+}
+
+/** What an offer carries (Signal direct_offer without the envelope). */
+export interface DirectOffer {
+  adr: string[];
+  tok: string;
+  fpr: string;
+}
+
+const encoder = new TextEncoder();
+
+function candidates(config: DirectConfig, port: number): string[] {
+  let hosts = config.advertise;
+  if (hosts === undefined) {
+    const found: { host: string; loopback: boolean }[] = [];
+    for (const list of Object.values(networkInterfaces())) {
+      for (const a of list ?? []) {
+        if (a.family === "IPv6" && a.address.startsWith("fe80")) continue; // needs a scope id
+        const wildcardV4 = config.listen === "0.0.0.0";
+        if (wildcardV4 && a.family !== "IPv4") continue;
+        if (config.listen !== "::" && !wildcardV4 && a.address !== config.listen) continue;
+        found.push({ host: a.address, loopback: a.internal });
+      }
+    }
+    found.sort((x, y) => Number(x.loopback) - Number(y.loopback));
+    hosts = found.map((f) => f.host);
+  }
+  return hosts.slice(0, 16).map((h) => (h.includes(":") ? `[${h}]:${port}` : `${h}:${port}`));
+}
+
+// ---------------------------------------------------------------- receiver side
+
+export interface DirectReceiverEvents {
+  /** A Data frame that came on the direct connection (to merge through the reorder buffer). */
+  data(message: DataMessage): void;
+  /** The highest seq delivered in order, for acknowledgements. */
+  delivered(): number;
+}
+
+/** The receiver's listener and connection for one session. */
+export class DirectReceiver {
+  readonly offer: DirectOffer;
+  readonly #sid: string;
+  readonly #pth: string;
+  readonly #config: DirectConfig;
+  readonly #events: DirectReceiverEvents;
+  readonly #token: string;
+  #listener: TCPSocketListener<{ hello: Uint8Array[]; ok: boolean; decoder: HlnkDecoder }> | null;
+  #conn: Socket<{ hello: Uint8Array[]; ok: boolean; decoder: HlnkDecoder }> | null = null;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #acked = 0;
+  #closed = false;
+
+  private constructor(sid: string, pth: string, config: DirectConfig, events: DirectReceiverEvents) {
+    this.#sid = sid;
+    this.#pth = pth;
+    this.#config = config;
+    this.#events = events;
+    this.#token = randomBytes(24).toString("base64url");
+    const cert = createSessionCertificate();
+    this.#listener = Bun.listen({
+      hostname: config.listen,
+      port: 0,
+      tls: { cert: cert.certPem, key: cert.keyPem },
+      data: { hello: [], ok: false, decoder: new HlnkDecoder() },
+      socket: {
+        open: (s) => {
+          s.data = { hello: [], ok: false, decoder: new HlnkDecoder() };
+        },
+        data: (s, chunk) => this.#onData(s, chunk),
+        close: (s) => {
+          if (s === this.#conn) {
+            this.#conn = null;
+            if (!this.#closed) config.log.debug("the direct connection closed", { sid });
+          }
+        },
+        error: (s) => s.terminate(),
+      },
+    });
+    this.offer = { adr: candidates(config, this.#listener.port), tok: this.#token, fpr: cert.fingerprint };
+    this.#timer = setTimeout(() => this.#stopListening(), DIRECT_ACCEPT_TIMEOUT_MS);
+    this.#timer.unref?.();
+  }
+
+  /** Starts listening for one session; null when there is nothing to offer. */
+  static start(sid: string, pth: string, config: DirectConfig, events: DirectReceiverEvents): DirectReceiver | null {
+    try {
+      const r = new DirectReceiver(sid, pth, config, events);
+      if (r.offer.adr.length === 0) {
+        r.close();
+        return null;
+      }
+      return r;
+    } catch (err) {
+      config.log.warn("cannot listen for a direct connection; the session stays on the relay", { sid, err });
+      return null;
+    }
+  }
+
+  get connected(): boolean {
+    return this.#conn !== null;
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#stopListening();
+    this.#conn?.end();
+    this.#conn = null;
+  }
+
+  #stopListening(): void {
+    clearTimeout(this.#timer);
+    this.#listener?.stop(false);
+    this.#listener = null;
+  }
+
+  #onData(s: Socket<{ hello: Uint8Array[]; ok: boolean; decoder: HlnkDecoder }>, chunk: Uint8Array): void {
+    if (!s.data.ok) {
+      s.data.hello.push(new Uint8Array(chunk));
+      const all = Buffer.concat(s.data.hello);
+      const nl = all.indexOf(10);
+      if (nl < 0) {
+        if (all.byteLength > HELLO_MAX) s.terminate();
+        return;
+      }
+      const line = all.subarray(0, nl).toString("latin1");
+      const expected = `HLD1 ${this.#sid} ${this.#token}`;
+      const a = Buffer.from(line);
+      const b = Buffer.from(expected);
+      if (this.#conn !== null || a.byteLength !== b.byteLength || !timingSafeEqual(a, b)) {
+        this.#config.log.warn("refused a direct connection with a wrong session or token", { sid: this.#sid });
+        s.terminate();
+        return;
+      }
+      s.data.ok = true;
+      s.data.hello = [];
+      this.#conn = s;
+      s.setNoDelay(true);
+      this.#stopListening(); // one connection per session, and the token is used up
+      const rest = all.subarray(nl + 1);
+      if (rest.byteLength === 0) return;
+      chunk = rest;
+    }
+    if (s !== this.#conn) return;
+    const counters = this.#config.counters;
+    for (const f of s.data.decoder.push(chunk)) {
+      counters.direct.rxPackets++;
+      counters.direct.rxBytes += f.payload.byteLength;
+      this.#events.data({
+        t: MessageType.Data,
+        sid: this.#sid,
+        seq: Number(f.seq),
+        pay: f.payload,
+        ...(f.path === this.#pth ? {} : { pth: f.path }),
+        ...(f.etag === "" ? {} : { etg: f.etag }),
+      });
+    }
+    if (s.data.decoder.skipped > 0) {
+      this.#config.log.warn("the direct connection carried bytes that are not HLNK frames; closing it", { sid: this.#sid });
+      s.terminate();
+      return;
+    }
+    this.ack();
+  }
+
+  /**
+   * Acknowledges what was delivered in order so far, if that advanced. Also called for frames
+   * that came on the relay: a direct frame can wait in the reorder buffer for one of those, and
+   * the sender must hear when it was delivered.
+   */
+  ack(): void {
+    const conn = this.#conn;
+    if (conn === null) return;
+    const delivered = this.#events.delivered();
+    if (delivered <= this.#acked) return;
+    this.#acked = delivered;
+    const ack = new Uint8Array(8);
+    new DataView(ack.buffer).setBigUint64(0, BigInt(delivered));
+    conn.write(ack); // 8 bytes: a short write here would need a full send buffer the other way
+  }
+}
+
+// ---------------------------------------------------------------- sender side
+
+interface Retained {
+  seq: number;
+  pay: Uint8Array;
+  pth: string | undefined;
+  etg: string | undefined;
+}
+
+/** Dials an offer; resolves with a pinned, authenticated socket, or the reasons it failed. */
+export async function dialDirect(
+  sid: string,
+  offer: DirectOffer,
+  events: { data(ack: Uint8Array): void; drain(): void; close(): void },
+): Promise<{ ok: true; socket: Socket<undefined>; via: string } | { ok: false; error: string }> {
+  const errors: string[] = [];
+  for (const candidate of offer.adr) {
+    const m = /^\[?([^\]]+)\]?:(\d+)$/.exec(candidate);
+    if (m === null || m[1] === undefined) continue;
+    const host = m[1];
+    const port = Number(m[2]);
+    const attempt = await new Promise<{ socket: Socket<undefined> } | { error: string }>((resolve) => {
+      let settled = false;
+      const done = (r: { socket: Socket<undefined> } | { error: string }) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(r);
+      };
+      const timer = setTimeout(() => done({ error: `${candidate}: no TLS handshake within ${DIRECT_DIAL_TIMEOUT_MS} ms` }), DIRECT_DIAL_TIMEOUT_MS);
+      Bun.connect({
+        hostname: host,
+        port,
+        tls: { rejectUnauthorized: false, serverName: DIRECT_TLS_SERVER_NAME },
+        socket: {
+          handshake(s) {
+            const pin = verifyPinnedPeer(s, offer.fpr);
+            if (!pin.ok) return done({ error: `${candidate}: ${pin.error.message}` });
+            s.setNoDelay(true);
+            s.write(encoder.encode(`HLD1 ${sid} ${offer.tok}\n`));
+            done({ socket: s });
+          },
+          data: (_s, d) => events.data(d),
+          drain: () => events.drain(),
+          close: () => {
+            done({ error: `${candidate}: closed` });
+            events.close();
+          },
+          error: (s) => s.terminate(),
+        },
+      }).catch((err: unknown) => done({ error: `${candidate}: ${err instanceof Error ? err.message : String(err)}` }));
+    });
+    if ("socket" in attempt) return { ok: true, socket: attempt.socket, via: candidate };
+    errors.push(attempt.error);
+  }
+  return { ok: false, error: errors.join("; ").slice(0, 1000) || "no usable candidate" };
+}
+
+/** The sender's side of a direct connection: frames out, acknowledgements in, retention. */
+export class DirectSender {
+  readonly #socket: Socket<undefined>;
+  readonly #pth: string;
+  readonly #counters: DaemonCounters;
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #retained: Retained[] = [];
+  #retainedHead = 0;
+  #retainedBytes = 0;
+  #ackBuf = new Uint8Array(0);
+  #waiters: (() => void)[] = [];
+  #ackWaiters: (() => void)[] = [];
+  failed = false;
+
+  constructor(socket: Socket<undefined>, pth: string, counters: DaemonCounters) {
+    this.#socket = socket;
+    this.#pth = pth;
+    this.#counters = counters;
+  }
+
+  get busy(): boolean {
+    return this.#queued > DIRECT_HIGH_WATER || this.#retainedBytes > DIRECT_RETAIN_BYTES;
+  }
+
+  whenWritable(fn: () => void): void {
+    if (!this.busy || this.failed) fn();
+    else this.#waiters.push(fn);
+  }
+
+  send(seq: number, pay: Uint8Array, pth: string | undefined, etg: string | undefined): void {
+    const path = encoder.encode(pth ?? this.#pth);
+    const etag = encoder.encode(etg ?? "");
+    this.#write(hlnkHeader(path, etag, pay.byteLength, BigInt(seq)));
+    this.#write(pay);
+    this.#retained.push({ seq, pay, pth, etg });
+    this.#retainedBytes += pay.byteLength;
+    this.#counters.direct.txPackets++;
+    this.#counters.direct.txBytes += pay.byteLength;
+  }
+
+  /** Calls `fn` once every frame sent is acknowledged, or the connection failed. */
+  whenAcknowledged(fn: () => void): void {
+    if (this.failed || this.#retainedHead >= this.#retained.length) fn();
+    else this.#ackWaiters.push(fn);
+  }
+
+  /** Frames not acknowledged yet, in seq order (for the relay after a failure). */
+  unacknowledged(): Retained[] {
+    return this.#retained.slice(this.#retainedHead);
+  }
+
+  onAck(bytes: Uint8Array): void {
+    const all = this.#ackBuf.byteLength === 0 ? bytes : Buffer.concat([this.#ackBuf, bytes]);
+    let at = 0;
+    let acked = -1;
+    const view = new DataView(all.buffer, all.byteOffset, all.byteLength);
+    for (; at + 8 <= all.byteLength; at += 8) acked = Number(view.getBigUint64(at));
+    this.#ackBuf = all.slice(at);
+    if (acked < 0) return;
+    const r = this.#retained;
+    while (this.#retainedHead < r.length && (r[this.#retainedHead]?.seq ?? Infinity) <= acked) {
+      this.#retainedBytes -= r[this.#retainedHead]?.pay.byteLength ?? 0;
+      this.#retainedHead++;
+    }
+    if (this.#retainedHead > 1024 && this.#retainedHead * 2 > r.length) {
+      this.#retained = r.slice(this.#retainedHead);
+      this.#retainedHead = 0;
+    }
+    this.#wake();
+  }
+
+  onDrain(): void {
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0];
+      if (head === undefined) break;
+      const n = Math.max(0, this.#socket.write(head));
+      this.#queued -= n;
+      if (n < head.byteLength) {
+        this.#queue[0] = head.subarray(n);
+        break;
+      }
+      this.#queue.shift();
+    }
+    this.#wake();
+  }
+
+  close(): void {
+    this.#socket.end();
+    this.#wake();
+  }
+
+  #write(bytes: Uint8Array): void {
+    if (this.#queued === 0) {
+      const n = Math.max(0, this.#socket.write(bytes));
+      if (n === bytes.byteLength) return;
+      bytes = bytes.subarray(n);
+    }
+    this.#queue.push(bytes);
+    this.#queued += bytes.byteLength;
+  }
+
+  #wake(): void {
+    if (this.failed || this.#retainedHead >= this.#retained.length) {
+      const a = this.#ackWaiters;
+      this.#ackWaiters = [];
+      for (const fn of a) fn();
+    }
+    if (this.busy && !this.failed) return;
+    const w = this.#waiters;
+    this.#waiters = [];
+    for (const fn of w) fn();
+  }
+}
