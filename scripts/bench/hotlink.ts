@@ -11,8 +11,10 @@
  * Twice: every process pinned to CPU 0 (`taskset -c 0`; the figures the goals refer to — a
  * cross-CPU wake-up costs tens of µs here) and unpinned.
  * Reference (seed, Go client, relay): P50 ≈ 330 µs, P99 ≈ 1.1 ms.
- * Goals: relay P50 ≤ 110 µs and P99 ≤ 1 ms; tunnel ≥ 300 MB/s over the relay. The direct path
- * (P50 ≤ 60 µs, tunnel ≥ 600 MB/s) is measured once the daemon negotiates it.
+ * Each pass runs twice: daemons with `--direct off` (everything over the relay) and with
+ * `--direct on` (sessions upgraded to a TLS connection between the daemons after the warm-up).
+ * Goals: relay P50 ≤ 110 µs and P99 ≤ 1 ms; direct P50 ≤ 60 µs; tunnel ≥ 300 MB/s over the
+ * relay, ≥ 600 MB/s direct.
  *
  *   bun scripts/bench/hotlink.ts [--json] [--mib 1024] [--stoa path/to/stoa]
  */
@@ -29,6 +31,7 @@ const { values } = parseArgs({
     mib: { type: "string", default: "1024" },
     stoa: { type: "string" },
     inner: { type: "boolean", default: false },
+    path: { type: "string", default: "relay" },
   },
 });
 const root = join(import.meta.dir, "..", "..");
@@ -84,6 +87,7 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number }> {
       spawn([
         stoaBin, "hotlink", "connect", "--server", `ws://127.0.0.1:${relay}`, "--user", user, "--token-file", tokens[user],
         "--ipc", `${CHANNEL}=unix:${join(dir, `${user}.sock`)}`, "--tunnel", `${TUNNEL}=127.0.0.1:${port}@${peer}`, "--log-level", "warn",
+        "--direct", values.path === "direct" ? "on" : "off", "--direct-listen", "127.0.0.1",
         "--run-dir", join(dir, "run"), // not the host's: a daemon of the same user may run there
       ]);
       await waitForPort("127.0.0.1", port);
@@ -176,29 +180,34 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number }> {
 if (values.inner) {
   console.log(JSON.stringify(await inner()));
 } else {
-  const argv = [process.execPath, import.meta.path, "--inner", "--mib", String(values.mib), "--stoa", stoaBin];
-  const run = async (pinned: boolean) => {
+  const run = async (pinned: boolean, path: "relay" | "direct") => {
+    const argv = [process.execPath, import.meta.path, "--inner", "--path", path, "--mib", String(values.mib), "--stoa", stoaBin];
     const proc = Bun.spawn(pinned ? ["taskset", "-c", "0", ...argv] : argv, { stdout: "pipe", stderr: "inherit" });
     const out = await new Response(proc.stdout).text();
     if ((await proc.exited) !== 0) throw new Error("benchmark pass failed");
     return JSON.parse(out.trim().split("\n").pop() ?? "{}") as Awaited<ReturnType<typeof inner>>;
   };
-  const result = { pinned: await run(true), unpinned: await run(false) };
+  const result = {
+    pinned: { relay: await run(true, "relay"), direct: await run(true, "direct") },
+    unpinned: { relay: await run(false, "relay"), direct: await run(false, "direct") },
+  };
   if (values.json) {
     console.log(JSON.stringify(result));
   } else {
-    console.log("hotlink benchmark — one-way latency (µs), HLNK frames alice's IPC socket → relay → bob's IPC socket");
-    console.log("(seed method; nearest-rank-low percentiles; reference: seed's Go client P50 ≈ 330 µs, P99 ≈ 1.1 ms)");
-    for (const [label, r] of [["pinned to CPU 0 (taskset -c 0)", result.pinned], ["unpinned", result.unpinned]] as const) {
-      console.log(`\n${label} — relay`);
-      console.log(`  ${"case".padEnd(12)} ${"n".padStart(5)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p95".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)}`);
-      for (const c of r.cases) {
-        const f = (x: number) => x.toFixed(1).padStart(8);
-        console.log(`  ${c.name.padEnd(12)} ${String(c.n).padStart(5)} ${f(c.p50)} ${f(c.p90)} ${f(c.p95)} ${f(c.p99)} ${f(c.max)}`);
+    console.log("hotlink benchmark — one-way latency (µs), HLNK frames alice's IPC socket → bob's IPC socket");
+    console.log("(seed method; nearest-rank-low percentiles; reference: seed's Go client over the relay P50 ≈ 330 µs, P99 ≈ 1.1 ms)");
+    for (const [label, byPath] of [["pinned to CPU 0 (taskset -c 0)", result.pinned], ["unpinned", result.unpinned]] as const) {
+      for (const path of ["relay", "direct"] as const) {
+        const r = byPath[path];
+        console.log(`\n${label} — ${path === "relay" ? "relay (--direct off)" : "direct (TLS between the daemons)"}`);
+        console.log(`  ${"case".padEnd(12)} ${"n".padStart(5)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p95".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)}`);
+        for (const c of r.cases) {
+          const f = (x: number) => x.toFixed(1).padStart(8);
+          console.log(`  ${c.name.padEnd(12)} ${String(c.n).padStart(5)} ${f(c.p50)} ${f(c.p90)} ${f(c.p95)} ${f(c.p99)} ${f(c.max)}`);
+        }
+        console.log(`  tunnel: ${r.tunnelMBps.toFixed(0)} MB/s (${values.mib} MiB)`);
       }
-      console.log(`  tunnel over the relay: ${r.tunnelMBps.toFixed(0)} MB/s (${values.mib} MiB)`);
     }
-    console.log("\ngoals: relay P50 ≤ 110 µs, P99 ≤ 1 ms (1 KB ×2000, pinned); tunnel ≥ 300 MB/s over the relay");
-    console.log("direct path: not negotiated by this build yet, so not measured");
+    console.log("\ngoals (1 KB ×2000, pinned): relay P50 ≤ 110 µs, P99 ≤ 1 ms; direct P50 ≤ 60 µs; tunnel ≥ 300 MB/s relay, ≥ 600 MB/s direct");
   }
 }
