@@ -5,7 +5,7 @@
  * writes HLNK frames into alice's IPC socket with the first 8 payload bytes a little-endian
  * nanosecond timestamp and reads them at bob's IPC socket; latency = time read minus the stamp
  * (one-way; both ends are this process, so one clock). One frame in flight at a time, so the
- * figures are the path's latency, not queueing. Percentiles are nearest-rank-low:
+ * figures are the path's latency, not queueing; 20 unmeasured frames of each size go first. Percentiles are nearest-rank-low:
  * sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
  * Then tunnel throughput: --mib MiB through a TCP tunnel, alice's port to bob's.
  * Twice: every process pinned to CPU 0 (`taskset -c 0`; the figures the goals refer to — a
@@ -127,6 +127,8 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number }> {
     for (let i = 0; i < 300; i++) await sendOne(1000);
     const cases: CaseResult[] = [];
     for (const [name, size, n] of CASES) {
+      // Steady state, not the first large frames' allocations and compilation: 20 unmeasured first.
+      for (let i = 0; i < 20; i++) await sendOne(size);
       const us: number[] = [];
       for (let i = 0; i < n; i++) us.push((await sendOne(size)) / 1000);
       us.sort((a, b) => a - b);
