@@ -27,6 +27,7 @@ import {
   PROTOCOL_VERSION,
   type WelcomeMessage,
   encodeMessage,
+  parseDataFast,
   safeParseMessage,
 } from "./protocol.ts";
 
@@ -185,6 +186,12 @@ export class RelayLink {
     }
     this.messages.rx++;
     this.messages.rxBytes += data.byteLength;
+    // Data, the bulk of the traffic, without copying its payload (a message's buffer is fresh).
+    const fast = this.#welcome === null ? null : parseDataFast(new Uint8Array(data), this.#welcome.mmb);
+    if (fast !== null) {
+      this.#options.onMessage(fast);
+      return;
+    }
     const result = safeParseMessage(data, { maxBytes: this.#welcome?.mmb });
     if (!result.ok) {
       this.#options.log.warn("the relay server sent a message this daemon cannot read; ignored", { err: result.error });

@@ -440,3 +440,123 @@ function writeHead(out: Uint8Array, at: number, major: number, value: number): n
   view.setBigUint64(1, BigInt(value));
   return at + 9;
 }
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+const SID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+/** The last path `parseDataFast` checked: a session's Data carries the same few paths. */
+let lastGoodPath = "";
+
+/**
+ * Data without a copy of its payload: the hot path of the server and the daemons. It reads only
+ * the plain form stoa's encoder writes (a definite map of at most 6 entries whose text keys are
+ * among t, sid, seq, pth, etg, pay, each once, with shortest-form heads) and checks every field
+ * as the schema would; anything else returns null and goes to `safeParseMessage`, which gives
+ * the full checks and errors. `pay` is a VIEW of `bytes`: use it only when nobody reuses them
+ * (a WebSocket message's buffer is fresh per message).
+ */
+export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): DataMessage | null {
+  const n = bytes.byteLength;
+  if (n > maxBytes || n < 2) return null;
+  const b0 = bytes[0] ?? 0;
+  if (b0 >> 5 !== MAJOR_MAP) return null;
+  const entries = b0 & 0x1f;
+  if (entries < 4 || entries > 6) return null;
+  let at = 1;
+  // Reads a head of `major`; returns its value, or -1 for anything but a definite, shortest head.
+  const head = (major: number): number => {
+    const ib = bytes[at];
+    if (ib === undefined || ib >> 5 !== major) return -1;
+    const ai = ib & 0x1f;
+    if (ai < 24) {
+      at += 1;
+      return ai;
+    }
+    if (ai === 24 && at + 1 < n) {
+      const v = bytes[at + 1] ?? 0;
+      at += 2;
+      return v >= 24 ? v : -1;
+    }
+    if (ai === 25 && at + 2 < n) {
+      const v = ((bytes[at + 1] ?? 0) << 8) | (bytes[at + 2] ?? 0);
+      at += 3;
+      return v > 0xff ? v : -1;
+    }
+    if (ai === 26 && at + 4 < n) {
+      const v = ((bytes[at + 1] ?? 0) * 0x100_0000) + (((bytes[at + 2] ?? 0) << 16) | ((bytes[at + 3] ?? 0) << 8) | (bytes[at + 4] ?? 0));
+      at += 5;
+      return v > 0xffff ? v : -1;
+    }
+    return -1; // 8-byte heads (a seq over 2^32-1, a giant payload) go the slow way
+  };
+  const text = (): string | null => {
+    const len = head(MAJOR_TEXT);
+    if (len < 0 || at + len > n) return null;
+    try {
+      const s = strictUtf8.decode(bytes.subarray(at, at + len));
+      at += len;
+      return s;
+    } catch {
+      return null;
+    }
+  };
+  let t = -1;
+  let sid: string | null = null;
+  let seq = -1;
+  let pth: string | undefined;
+  let etg: string | undefined;
+  let pay: Uint8Array | null = null;
+  for (let i = 0; i < entries; i++) {
+    const klen = head(MAJOR_TEXT);
+    if (klen < 1 || klen > 3 || at + klen > n) return null;
+    let key = "";
+    for (let k = 0; k < klen; k++) key += String.fromCharCode(bytes[at + k] ?? 0);
+    at += klen;
+    switch (key) {
+      case "t":
+        if (t !== -1) return null;
+        t = head(MAJOR_UINT);
+        if (t !== MessageType.Data) return null;
+        break;
+      case "sid":
+        if (sid !== null) return null;
+        sid = text();
+        if (sid === null || !SID_RE.test(sid)) return null;
+        break;
+      case "seq":
+        if (seq !== -1) return null;
+        seq = head(MAJOR_UINT);
+        if (seq < 1) return null;
+        break;
+      case "pth": {
+        if (pth !== undefined) return null;
+        const p = text();
+        if (p === null) return null;
+        if (p !== lastGoodPath) {
+          if (pathProblem(p) !== null) return null;
+          lastGoodPath = p;
+        }
+        pth = p;
+        break;
+      }
+      case "etg": {
+        if (etg !== undefined) return null;
+        const e = text();
+        if (e === null || Buffer.byteLength(e, "utf8") > MAX_HLNK_ETAG_BYTES) return null;
+        etg = e;
+        break;
+      }
+      case "pay": {
+        if (pay !== null) return null;
+        const len = head(MAJOR_BYTES);
+        if (len < 0 || at + len > n) return null;
+        pay = bytes.subarray(at, at + len);
+        at += len;
+        break;
+      }
+      default:
+        return null;
+    }
+  }
+  if (at !== n || t !== MessageType.Data || sid === null || seq < 1 || pay === null) return null;
+  return { t: MessageType.Data, sid, seq, pay, ...(pth === undefined ? {} : { pth }), ...(etg === undefined ? {} : { etg }) };
+}

@@ -53,6 +53,7 @@ import {
   type RejectMessage,
   type SignalMessage,
   encodeMessage,
+  parseDataFast,
   safeParseMessage,
 } from "./protocol.ts";
 
@@ -297,7 +298,9 @@ export class Switchboard {
       this.#fatal(conn, "decode", "text frames are not hotlink messages; send each message as one binary frame of CBOR", CLOSE_POLICY);
       return;
     }
-    const parsed = safeParseMessage(data, this.#parseOptions);
+    // Data without copying its payload (it is forwarded as received anyway).
+    const fast = conn.state === "new" ? null : parseDataFast(data, this.#parseOptions.maxBytes);
+    const parsed = fast !== null ? ({ ok: true, value: fast } as const) : safeParseMessage(data, this.#parseOptions);
     if (!parsed.ok) {
       const code = parsed.error.code;
       this.#fatal(conn, code === "too_large" || code === "decode" || code === "schema" ? code : "internal", parsed.error.message, code === "too_large" ? CLOSE_TOO_BIG : CLOSE_POLICY);

@@ -1,0 +1,64 @@
+import { describe, expect, test } from "bun:test";
+import { MessageType, encodeMessage, parseDataFast, safeParseMessage } from "../../src/hotlink/protocol.ts";
+import { prng } from "../helpers/prng.ts";
+
+const seed = Number(process.env.STOA_FUZZ_SEED ?? 20261122);
+
+describe("parseDataFast: Data without copying the payload", () => {
+  test("reads every Data message the encoder writes exactly as the full parser does, the payload as a view", () => {
+    const r = prng(seed);
+    for (let i = 0; i < 5_000; i++) {
+      const pay = r.bytes(r.int(3) === 0 ? r.int(70_000) : r.int(300));
+      const msg = {
+        t: MessageType.Data,
+        sid: `s${r.int(1e9)}`,
+        seq: 1 + (r.int(4) === 0 ? r.int(2 ** 31) : r.int(300)),
+        pay,
+        ...(r.int(2) === 0 ? { pth: `alice/x/${r.int(1000)}` } : {}),
+        ...(r.int(2) === 0 ? { etg: `e${r.int(1000)}é` } : {}),
+      } as const;
+      const bytes = encodeMessage(msg);
+      const fast = parseDataFast(bytes);
+      const full = safeParseMessage(bytes);
+      expect(full.ok).toBe(true);
+      expect(fast).not.toBeNull();
+      if (full.ok) expect(fast).toEqual(full.value);
+      expect(fast?.pay.buffer).toBe(bytes.buffer);
+    }
+  });
+
+  test("never accepts what the full parser refuses, and never throws (random and mutated input)", () => {
+    const r = prng(seed + 1);
+    const base = encodeMessage({ t: MessageType.Data, sid: "abc", seq: 7, pth: "alice/p", etg: "x", pay: new Uint8Array(40) });
+    let accepted = 0;
+    for (let i = 0; i < 100_000; i++) {
+      let bytes: Uint8Array;
+      if (r.int(2) === 0) {
+        bytes = r.bytes(r.int(80));
+        if (bytes.length > 0 && r.int(2) === 0) bytes[0] = 0xa0 | (4 + r.int(3)); // look like a map
+      } else {
+        bytes = base.slice();
+        for (let k = 0, m = 1 + r.int(4); k < m; k++) bytes[r.int(bytes.length)] = r.int(256);
+        if (r.int(8) === 0) bytes = bytes.subarray(0, r.int(bytes.length));
+      }
+      const fast = parseDataFast(bytes);
+      if (fast === null) continue;
+      accepted++;
+      const full = safeParseMessage(bytes);
+      if (!full.ok) throw new Error(`fast path accepted bytes the full parser refuses: ${Buffer.from(bytes).toString("hex")} (${full.error.message})`);
+      expect(fast).toEqual(full.value as typeof fast);
+    }
+    expect(accepted).toBeGreaterThan(0);
+  });
+
+  test("other message types, traversal paths and oversize messages go to the full parser", () => {
+    expect(parseDataFast(encodeMessage({ t: MessageType.Close, sid: "a", lst: 3 }))).toBeNull();
+    expect(parseDataFast(encodeMessage({ t: MessageType.Data, sid: "a", seq: 1, pay: new Uint8Array(10) }), 10)).toBeNull();
+    // A path the schema refuses, written by hand (the encoder would refuse it).
+    const bad = encodeMessage({ t: MessageType.Data, sid: "a", seq: 1, pth: "alice/xx", pay: new Uint8Array(1) });
+    const at = Buffer.from(bad).indexOf("alice/xx");
+    bad.set(new TextEncoder().encode("alice/.."), at);
+    expect(parseDataFast(bad)).toBeNull();
+    expect(safeParseMessage(bad).ok).toBe(false);
+  });
+});
