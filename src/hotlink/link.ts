@@ -27,6 +27,8 @@ import {
   PROTOCOL_VERSION,
   type WelcomeMessage,
   encodeMessage,
+  type DataMessage,
+  encodeDataMessage,
   parseDataFast,
   safeParseMessage,
 } from "./protocol.ts";
@@ -121,6 +123,12 @@ export class RelayLink {
 
   send(message: HotlinkMessageInput): boolean {
     return this.sendEncoded(encodeMessage(message, { maxBytes: this.#welcome?.mmb }));
+  }
+
+  /** Data built from checked values (sessions.ts): encoded without the schema pass. */
+  sendData(message: DataMessage): boolean {
+    if (this.#ws === null || this.#welcome === null) return false;
+    return this.sendEncoded(encodeDataMessage(message, this.#welcome.mmb));
   }
 
   sendEncoded(bytes: Uint8Array): boolean {

@@ -340,6 +340,15 @@ export function safeParseMessage(bytes: Uint8Array | ArrayBuffer, options: Codec
 }
 
 /**
+ * Encodes a Data message the caller built from values it already checked (its own sid and seq,
+ * a declared channel's path, an etag from a decoded HLNK frame): `encodeMessage` without the
+ * schema pass, for the sending hot path. Throws "too_large" over `maxBytes`.
+ */
+export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_BYTES): Uint8Array {
+  return encodeData(message, maxBytes);
+}
+
+/**
  * Data in CBOR written by hand: cbor-x would encode the payload into its own buffer and the
  * codec would copy it out again. The same data model as the codec (text keys, shortest
  * lengths; a seq over 2^32-1 as an 8-byte integer, which the schema accepts back).

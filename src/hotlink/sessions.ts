@@ -108,7 +108,7 @@ export class Outgoing {
   }
 
   #sendRelay(seq: number, pay: Uint8Array, pth: string | undefined, etg: string | undefined, started: number): boolean {
-    const ok = this.#link.send({
+    const ok = this.#link.sendData({
       t: MessageType.Data,
       sid: this.sid,
       seq,

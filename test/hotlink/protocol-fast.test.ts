@@ -22,7 +22,7 @@ describe("parseDataFast: Data without copying the payload", () => {
       const full = safeParseMessage(bytes);
       expect(full.ok).toBe(true);
       expect(fast).not.toBeNull();
-      if (full.ok) expect(fast).toEqual(full.value);
+      if (full.ok) expect(fast).toEqual(full.value as typeof fast);
       expect(fast?.pay.buffer).toBe(bytes.buffer);
     }
   });
