@@ -379,6 +379,11 @@ export class DirectSender {
     this.#wake();
   }
 
+  /** Resets the connection (its close event then makes the session fall back to the relay). */
+  cut(): void {
+    this.#socket.terminate();
+  }
+
   #write(bytes: Uint8Array): void {
     if (this.#queued === 0) {
       const n = Math.max(0, this.#socket.write(bytes));

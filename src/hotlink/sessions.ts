@@ -209,6 +209,17 @@ export class Outgoing {
     });
   }
 
+  /**
+   * Cuts the direct connection, as a network failure would: the session falls back to the
+   * relay, resending what was not acknowledged. False when the session is not direct.
+   */
+  cutDirect(): boolean {
+    const direct = this.#direct;
+    if (direct === null) return false;
+    direct.cut();
+    return true;
+  }
+
   /** The direct connection failed: resend what it did not acknowledge on the relay, stay there. */
   #fallBack(why: string): void {
     const direct = this.#direct;

@@ -107,4 +107,28 @@ describe("direct upgrade", () => {
     expect(bob.link.counters.direct.rxBytes).toBe(0);
     expect(bob.link.counters.relay.rxBytes).toBe(payload.length);
   }, 60_000);
+
+  test("the direct connection cut mid-stream: the session falls back to the relay and nothing is lost", async () => {
+    const { alice, bob, alicePort, bobPort } = await pair({ listen: "127.0.0.1" });
+    const bobApp = await app(bobPort);
+    const aliceApp = await app(alicePort);
+    const payload = randomBytes(32 * 1024 * 1024);
+    let cut = false;
+    for (let at = 0; at < payload.length; at += 256 * 1024) {
+      await aliceApp.send(payload.subarray(at, at + 256 * 1024));
+      if (!cut && at > 8 * 1024 * 1024 && bob.link.counters.direct.rxBytes > 0) {
+        for (const out of alice.link.outgoing.values()) cut = out.cutDirect() || cut;
+      }
+    }
+    expect(cut).toBe(true);
+    aliceApp.sock.shutdown();
+    bobApp.sock.shutdown();
+    await bobApp.ended;
+    expect(bobApp.bytes()).toBe(payload.length);
+    expect(sha(bobApp.received())).toBe(sha(payload));
+    expect(alice.link.counters.direct.fallbacks).toBe(1);
+    // Both paths carried part of the stream.
+    expect(bob.link.counters.direct.rxBytes).toBeGreaterThan(0);
+    expect(bob.link.counters.relay.rxBytes).toBeGreaterThan(0);
+  }, 60_000);
 });
