@@ -1,9 +1,9 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import type { Socket } from "bun";
 import { randomBytes } from "node:crypto";
 import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Scope, freePorts, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { type App, app, sha256hex } from "../fixtures/hotlink-apps.ts";
 import { STOA } from "../helpers/stoa.ts";
 
 const scope = new Scope();
@@ -54,62 +54,17 @@ async function setUp() {
   return { dir, server, alice, bob, alicePort: alicePort ?? 0, bobPort: bobPort ?? 0, sessions };
 }
 
-interface App {
-  sock: Socket<undefined>;
-  received(): Buffer;
-  bytes(): number;
-  ended: Promise<void>;
-  closed: Promise<void>;
-  send(data: Uint8Array): Promise<void>;
-}
-
-async function app(port: number): Promise<App> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  const ended = Promise.withResolvers<void>();
-  const closed = Promise.withResolvers<void>();
-  let drained: (() => void) | null = null;
-  const sock = await Bun.connect({
-    hostname: "127.0.0.1",
-    port,
-    allowHalfOpen: true,
-    socket: {
-      data: (_s, d) => {
-        chunks.push(Buffer.from(d));
-        n += d.byteLength;
-      },
-      drain: () => {
-        const d = drained;
-        drained = null;
-        d?.();
-      },
-      end: () => ended.resolve(),
-      close: () => {
-        ended.resolve();
-        closed.resolve();
-      },
-    },
-  });
-  const send = async (data: Uint8Array) => {
-    let rest = data;
-    while (rest.byteLength > 0) {
-      const w = Math.max(0, sock.write(rest));
-      rest = rest.subarray(w);
-      if (rest.byteLength > 0) await new Promise<void>((r) => (drained = r));
-    }
-  };
-  return { sock, received: () => Buffer.concat(chunks), bytes: () => n, ended: ended.promise, closed: closed.promise, send };
-}
-
-const sha = (b: Uint8Array) => new Bun.CryptoHasher("sha256").update(b).digest("hex");
+const sha = sha256hex;
+/** Application sockets end with their test; the daemons and the server are the scope's. */
+const own = (): void => {};
 
 describe("stoa hotlink: relay server and two daemons as separate processes", () => {
   test("the seed's tunnel test, then 256 MiB of random bytes both ways at once (SHA-256 equal)", async () => {
     const { alicePort, bobPort, sessions, dir, server, alice, bob } = await setUp();
     // The seed's test: bob's application connected first; 20 chunks of 4096 bytes in order.
-    const bobApp = await app(bobPort);
+    const bobApp = await app(bobPort, own);
     await Bun.sleep(100);
-    const aliceApp = await app(alicePort);
+    const aliceApp = await app(alicePort, own);
     for (let i = 0; i < 20; i++) {
       const c = new Uint8Array(4096);
       new DataView(c.buffer).setUint32(0, i);
@@ -130,8 +85,8 @@ describe("stoa hotlink: relay server and two daemons as separate processes", () 
     const size = 256 * 1024 * 1024;
     const a2b = randomBytes(size);
     const b2a = randomBytes(size);
-    const bob2 = await app(bobPort);
-    const alice2 = await app(alicePort);
+    const bob2 = await app(bobPort, own);
+    const alice2 = await app(alicePort, own);
     const pump = async (a: App, data: Uint8Array) => {
       for (let at = 0; at < data.length; at += 1024 * 1024) await a.send(data.subarray(at, at + 1024 * 1024));
       a.sock.shutdown();
@@ -159,8 +114,8 @@ describe("stoa hotlink: relay server and two daemons as separate processes", () 
 
   test("the sender's daemon killed mid-stream: the receiving application's connection is reset, the server holds no session", async () => {
     const { alice, alicePort, bobPort, sessions } = await setUp();
-    const bobApp = await app(bobPort);
-    const aliceApp = await app(alicePort);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
     await aliceApp.send(new Uint8Array(100_000));
     await poll("the first bytes at bob's application", () => (bobApp.bytes() >= 100_000 ? true : undefined));
     expect(await sessions()).toBe(2);

@@ -1,12 +1,12 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import type { Socket } from "bun";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
-import { type Misbehaviour, startTestRelay, type TestRelay } from "../fixtures/hotlink-relay.ts";
+import { type App, TOKEN, app, checkSeedChunks, seedChunks, sha256hex, until } from "../fixtures/hotlink-apps.ts";
+import { type Misbehaviour, startTestRelay } from "../fixtures/hotlink-relay.ts";
 
 const log = createLogger({ level: "error", stream: { write: () => {} } });
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -15,7 +15,6 @@ afterEach(async () => {
 });
 
 const CHANNEL = "alice/mpc/run1/0_to_1";
-const TOKEN = `hlk_${"A".repeat(43)}`;
 
 async function pair(misbehave?: Misbehaviour) {
   const relay = startTestRelay(misbehave);
@@ -39,90 +38,15 @@ async function pair(misbehave?: Misbehaviour) {
   return { relay, alice, bob, alicePort: port(alice), bobPort: port(bob) };
 }
 
-interface App {
-  sock: Socket<undefined>;
-  received(): Buffer;
-  bytes(): number;
-  ended: Promise<void>;
-  closed: Promise<void>;
-  /** Writes everything, respecting backpressure. */
-  send(data: Uint8Array): Promise<void>;
-}
-
-async function app(port: number): Promise<App> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  const ended = Promise.withResolvers<void>();
-  const closed = Promise.withResolvers<void>();
-  let drained: (() => void) | null = null;
-  const sock = await Bun.connect({
-    hostname: "127.0.0.1",
-    port,
-    allowHalfOpen: true,
-    socket: {
-      data: (_s, d) => {
-        chunks.push(Buffer.from(d));
-        n += d.byteLength;
-      },
-      drain: () => {
-        const d = drained;
-        drained = null;
-        d?.();
-      },
-      end: () => ended.resolve(),
-      close: () => {
-        ended.resolve();
-        closed.resolve();
-      },
-    },
-  });
-  cleanups.push(() => sock.terminate());
-  const send = async (data: Uint8Array) => {
-    let rest = data;
-    while (rest.byteLength > 0) {
-      const w = Math.max(0, sock.write(rest));
-      rest = rest.subarray(w);
-      if (rest.byteLength > 0) await new Promise<void>((r) => (drained = r));
-    }
-  };
-  return { sock, received: () => Buffer.concat(chunks), bytes: () => n, ended: ended.promise, closed: closed.promise, send };
-}
-
-/** The seed's chunks: chunk i is u32be(i) then 4092 bytes of i & 0xFF. */
-function seedChunks(count: number): Uint8Array[] {
-  return Array.from({ length: count }, (_, i) => {
-    const c = new Uint8Array(4096);
-    new DataView(c.buffer).setUint32(0, i);
-    c.fill(i & 0xff, 4);
-    return c;
-  });
-}
-
-function checkSeedChunks(got: Buffer, count: number): void {
-  expect(got.byteLength).toBe(count * 4096);
-  for (let i = 0; i < count; i++) {
-    const c = got.subarray(i * 4096, (i + 1) * 4096);
-    expect(c.readUInt32BE(0)).toBe(i);
-    expect(c.subarray(4).every((b) => b === (i & 0xff))).toBe(true);
-  }
-}
-
-async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
-
-const sha = (b: Uint8Array) => new Bun.CryptoHasher("sha256").update(b).digest("hex");
+const sha = sha256hex;
+const own = (cleanup: () => void): void => void cleanups.push(cleanup);
 
 describe("tunnels over the relay", () => {
   test("the seed's acceptance test: 20 × 4096-byte chunks, bob's app connected first, all in order", async () => {
     const { alicePort, bobPort } = await pair();
-    const bobApp = await app(bobPort);
+    const bobApp = await app(bobPort, own);
     await Bun.sleep(50);
-    const aliceApp = await app(alicePort);
+    const aliceApp = await app(alicePort, own);
     for (const c of seedChunks(20)) await aliceApp.send(c);
     await until(() => bobApp.bytes() >= 81_920, "bob's app to read 81,920 bytes");
     await Bun.sleep(50);
@@ -131,18 +55,18 @@ describe("tunnels over the relay", () => {
 
   test("data sent before the receiving application connects is held and delivered when it connects", async () => {
     const { alicePort, bobPort, bob } = await pair();
-    const aliceApp = await app(alicePort);
+    const aliceApp = await app(alicePort, own);
     for (const c of seedChunks(50)) await aliceApp.send(c);
     await until(() => (bob.tunnel(CHANNEL)?.status().held ?? 0) === 50 * 4096, "bob's daemon to hold everything");
-    const bobApp = await app(bobPort);
+    const bobApp = await app(bobPort, own);
     await until(() => bobApp.bytes() >= 50 * 4096, "bob's app to get the held bytes");
     checkSeedChunks(bobApp.received(), 50);
   });
 
   test("a relay that permutes and duplicates Data messages: the stream still arrives intact", async () => {
     const { relay, alicePort, bobPort } = await pair({ window: 8, duplicate: 0.2, seed: 7 });
-    const bobApp = await app(bobPort);
-    const aliceApp = await app(alicePort);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
     const payload = randomBytes(4 * 1024 * 1024);
     // Small writes, so that there are many Data messages to shuffle.
     for (let at = 0; at < payload.length; at += 16 * 1024) await aliceApp.send(payload.subarray(at, at + 16 * 1024));
@@ -157,8 +81,8 @@ describe("tunnels over the relay", () => {
 
   test("64 MiB of random bytes both ways at once arrive intact (SHA-256), and FINs end both sides", async () => {
     const { relay, alicePort, bobPort } = await pair();
-    const bobApp = await app(bobPort);
-    const aliceApp = await app(alicePort);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
     const size = 64 * 1024 * 1024;
     const a2b = randomBytes(size);
     const b2a = randomBytes(size);
@@ -180,8 +104,8 @@ describe("tunnels over the relay", () => {
 
   test("a reset application connection resets the peer's application connection", async () => {
     const { alicePort, bobPort } = await pair();
-    const bobApp = await app(bobPort);
-    const aliceApp = await app(alicePort);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
     await aliceApp.send(new Uint8Array(1000));
     await until(() => bobApp.bytes() === 1000, "the first bytes");
     aliceApp.sock.terminate();
@@ -190,9 +114,9 @@ describe("tunnels over the relay", () => {
 
   test("a second application connection on a busy tunnel is refused, the first goes on", async () => {
     const { alicePort, bobPort } = await pair();
-    const bobApp = await app(bobPort);
-    const first = await app(alicePort);
-    const second = await app(alicePort);
+    const bobApp = await app(bobPort, own);
+    const first = await app(alicePort, own);
+    const second = await app(alicePort, own);
     await second.ended;
     await first.send(new Uint8Array(10).fill(1));
     await until(() => bobApp.bytes() === 10, "bytes from the first connection");

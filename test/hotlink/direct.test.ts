@@ -1,8 +1,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import type { Socket } from "bun";
 import { randomBytes } from "node:crypto";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
+import { TOKEN, app, sha256hex } from "../fixtures/hotlink-apps.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 
 const log = createLogger({ level: "error", stream: { write: () => {} } });
@@ -12,7 +12,6 @@ afterEach(async () => {
 });
 
 const CHANNEL = "alice/mpc/direct";
-const TOKEN = `hlk_${"A".repeat(43)}`;
 
 /** Two daemons on a test relay with one tunnel; `advertise` overrides bob's offered addresses. */
 async function pair(direct: { listen: string; advertise?: string[] }) {
@@ -37,42 +36,14 @@ async function pair(direct: { listen: string; advertise?: string[] }) {
   return { alice, bob, alicePort: alice.tunnel(CHANNEL)?.port ?? 0, bobPort: bob.tunnel(CHANNEL)?.port ?? 0 };
 }
 
-async function app(port: number) {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  const ended = Promise.withResolvers<void>();
-  let drained: (() => void) | null = null;
-  const sock: Socket<undefined> = await Bun.connect({
-    hostname: "127.0.0.1",
-    port,
-    allowHalfOpen: true,
-    socket: {
-      data: (_s, d) => {
-        chunks.push(Buffer.from(d));
-        n += d.byteLength;
-      },
-      drain: () => drained?.(),
-      end: () => ended.resolve(),
-      close: () => ended.resolve(),
-    },
-  });
-  cleanups.push(() => sock.terminate());
-  const send = async (data: Uint8Array) => {
-    for (let at = 0; at < data.byteLength; ) {
-      at += Math.max(0, sock.write(data.subarray(at)));
-      if (at < data.byteLength) await new Promise<void>((r) => (drained = r));
-    }
-  };
-  return { sock, send, ended: ended.promise, bytes: () => n, received: () => Buffer.concat(chunks) };
-}
-
-const sha = (b: Uint8Array) => new Bun.CryptoHasher("sha256").update(b).digest("hex");
+const sha = sha256hex;
+const own = (cleanup: () => void): void => void cleanups.push(cleanup);
 
 describe("direct upgrade", () => {
   test("a reachable receiver: the session moves to a pinned TLS connection and the stream arrives intact", async () => {
     const { alice, bob, alicePort, bobPort } = await pair({ listen: "127.0.0.1" });
-    const bobApp = await app(bobPort);
-    const aliceApp = await app(alicePort);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
     const payload = randomBytes(32 * 1024 * 1024);
     for (let at = 0; at < payload.length; at += 256 * 1024) await aliceApp.send(payload.subarray(at, at + 256 * 1024));
     aliceApp.sock.shutdown();
@@ -93,8 +64,8 @@ describe("direct upgrade", () => {
   test("an unreachable direct address: the transfer completes over the relay with nothing lost", async () => {
     // bob listens on 127.0.0.1 but offers 127.0.0.3, where nothing listens: every dial fails.
     const { alice, bob, alicePort, bobPort } = await pair({ listen: "127.0.0.1", advertise: ["127.0.0.3"] });
-    const bobApp = await app(bobPort);
-    const aliceApp = await app(alicePort);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
     const payload = randomBytes(8 * 1024 * 1024);
     for (let at = 0; at < payload.length; at += 64 * 1024) await aliceApp.send(payload.subarray(at, at + 64 * 1024));
     aliceApp.sock.shutdown();
@@ -110,8 +81,8 @@ describe("direct upgrade", () => {
 
   test("the direct connection cut mid-stream: the session falls back to the relay and nothing is lost", async () => {
     const { alice, bob, alicePort, bobPort } = await pair({ listen: "127.0.0.1" });
-    const bobApp = await app(bobPort);
-    const aliceApp = await app(alicePort);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
     const payload = randomBytes(32 * 1024 * 1024);
     let cut = false;
     for (let at = 0; at < payload.length; at += 256 * 1024) {
