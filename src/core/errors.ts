@@ -7,22 +7,30 @@
  */
 
 /** Stable machine-readable error codes. Add new ones here, never inline strings. */
-export type ErrorCode =
-  | "usage" // bad command line: unknown command, bad flag, bad flag value
-  | "config" // bad config file or environment value
-  | "decode" // a peer sent bytes we cannot decode (CBOR, frame, HLNK, ...)
-  | "too_large" // a message or frame over its size limit
-  | "schema" // decoded fine but does not match the zod schema
-  | "endpoint" // unparsable endpoint string
-  | "in_use" // a socket path or port owned by a live process
-  | "io" // a system call failed
-  | "closed" // the peer or the resource is gone
-  | "timeout"
-  | "permission" // the process lacks a privilege or capability (e.g. CAP_NET_ADMIN)
-  | "not_found" // a named thing does not exist: interface, address, route
-  | "exists" // the thing to create is already there
-  | "auth" // a peer failed authentication: bad token, certificate fingerprint not the pinned one
-  | "internal";
+export const ERROR_CODES = [
+  "usage", // bad command line: unknown command, bad flag, bad flag value
+  "config", // bad config file or environment value
+  "decode", // a peer sent bytes we cannot decode (CBOR, frame, HLNK, ...)
+  "too_large", // a message or frame over its size limit
+  "schema", // decoded fine but does not match the zod schema
+  "endpoint", // unparsable endpoint string
+  "in_use", // a socket path or port owned by a live process
+  "io", // a system call failed
+  "closed", // the peer or the resource is gone
+  "timeout",
+  "permission", // the process lacks a privilege or capability (e.g. CAP_NET_ADMIN)
+  "not_found", // a named thing does not exist: interface, address, route
+  "exists", // the thing to create is already there
+  "auth", // a peer failed authentication: bad token, certificate fingerprint not the pinned one
+  "internal",
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/** The code for one received from a peer (a control answer, say); unknown codes become "internal". */
+export function errorCodeFromWire(code: string): ErrorCode {
+  return ERROR_CODES.find((known) => known === code) ?? "internal";
+}
 
 export class StoaError extends Error {
   override readonly name = "StoaError";

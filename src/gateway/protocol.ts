@@ -100,8 +100,7 @@
  * still plain Unix/TCP sockets. Clients use `wss://` (or TLS + the prelude).
  */
 import { z } from "zod";
-import type { ErrorCode } from "../core/errors.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, errorCodeFromWire } from "../core/errors.ts";
 import { createCodec } from "../core/codec.ts";
 import { formatEndpoint, MAX_ENDPOINT_LENGTH, parseEndpoint } from "../core/endpoint.ts";
 import { KINDS, PubId, type Kind } from "../stream/names.ts";
@@ -338,24 +337,8 @@ export type ResponseFor<T extends ControlRequest["type"]> = Extract<ControlRespo
 export const controlRequestCodec = createCodec(ControlRequest, { maxBytes: MAX_CONTROL_REQUEST_BYTES });
 export const controlResponseCodec = createCodec(ControlResponse, { maxBytes: MAX_CONTROL_RESPONSE_BYTES });
 
-const ERROR_CODES: readonly ErrorCode[] = [
-  "usage",
-  "config",
-  "decode",
-  "too_large",
-  "schema",
-  "endpoint",
-  "in_use",
-  "io",
-  "closed",
-  "timeout",
-  "internal",
-];
-
-/** The StoaError code for a code received on the wire; unknown codes become "internal". */
-export function errorCodeFromWire(code: string): ErrorCode {
-  return ERROR_CODES.find((known) => known === code) ?? "internal";
-}
+/** The StoaError code for a code received on the wire (core/errors.ts). */
+export { errorCodeFromWire };
 
 /** Kinds in port order, re-exported for the gateway's users. */
 export { KINDS, type Kind };

@@ -25,14 +25,12 @@
  * error and the connection stays usable; a frame header over the limit is answered with an
  * error and the connection closed (no frame boundaries are left to trust).
  */
-import type { Socket } from "bun";
 import { join } from "node:path";
 import { z } from "zod";
 import { createCodec, encode } from "../core/codec.ts";
-import { type ErrorCode, StoaError } from "../core/errors.ts";
-import { encodeFrame, FrameDecoder } from "../core/frame.ts";
+import { StoaError, errorCodeFromWire } from "../core/errors.ts";
+import { connectErrorCode, framedRequest, serveFramed } from "../core/framed-socket.ts";
 import type { Logger } from "../core/log.ts";
-import { listenUnix } from "../core/unixsock.ts";
 import { MAX_PATH_BYTES } from "./acl.ts";
 import { type DaemonStatus, MAX_CHANNELS } from "./daemon.ts";
 import type { IpcSpec } from "./ipc.ts";
@@ -221,16 +219,6 @@ export interface HotlinkControl {
   close(): Promise<void>;
 }
 
-interface Conn {
-  frames: FrameDecoder;
-  queue: Uint8Array[];
-  busy: boolean;
-  unsent: Uint8Array[];
-  /** End once everything queued is answered and written. */
-  closing: boolean;
-  closed: boolean;
-}
-
 /**
  * Serves the control socket at `path` for `target`. Throws StoaError "in_use" when a live
  * process (another daemon) serves that path.
@@ -239,121 +227,17 @@ interface Conn {
  * onShutdown("hotlink control", () => control.close());
  */
 export async function startHotlinkControl(path: string, target: ControlTarget, log: Logger): Promise<HotlinkControl> {
-  const conns = new Set<Socket<Conn>>();
-
-  const finishIfDone = (sock: Socket<Conn>): void => {
-    const c = sock.data;
-    if (c.closing && !c.busy && c.queue.length === 0 && c.unsent.length === 0 && !c.closed) sock.end();
-  };
-
-  const flush = (sock: Socket<Conn>): void => {
-    const c = sock.data;
-    while (c.unsent.length > 0 && !c.closed) {
-      const head = c.unsent[0] as Uint8Array;
-      const n = Math.max(0, sock.write(head));
-      if (n < head.byteLength) {
-        c.unsent[0] = head.subarray(n);
-        return;
-      }
-      c.unsent.shift();
-    }
-    finishIfDone(sock);
-  };
-
-  const send = (sock: Socket<Conn>, message: Uint8Array): void => {
-    if (sock.data.closed) return;
-    sock.data.unsent.push(encodeFrame(message, { maxBytes: MAX_ANSWER_BYTES }));
-    flush(sock);
-  };
-
-  const pump = async (sock: Socket<Conn>): Promise<void> => {
-    const c = sock.data;
-    if (c.busy) return;
-    c.busy = true;
-    try {
-      for (let frame = c.queue.shift(); frame !== undefined && !c.closed; frame = c.queue.shift()) {
-        send(sock, await answerControlMessage(target, frame, log));
-      }
-    } finally {
-      c.busy = false;
-    }
-    finishIfDone(sock);
-  };
-
-  const refuse = (sock: Socket<Conn>, error: StoaError): void => {
-    const c = sock.data;
-    c.queue = [];
-    c.closing = true;
-    sock.pause();
-    send(sock, encode(errorAnswer(error), { maxBytes: MAX_ANSWER_BYTES }));
-  };
-
-  const binding = await listenUnix<Conn>(path, {
-    allowHalfOpen: true,
-    socket: {
-      open(sock) {
-        sock.data = { frames: new FrameDecoder({ maxBytes: MAX_REQUEST_BYTES }), queue: [], busy: false, unsent: [], closing: false, closed: false };
-        if (conns.size >= MAX_CONNECTIONS) {
-          log.warn("too many control connections; refusing one", { limit: MAX_CONNECTIONS });
-          sock.terminate();
-          return;
-        }
-        conns.add(sock);
-        sock.timeout(Math.ceil(IDLE_TIMEOUT_MS / 1000));
-      },
-      data(sock, chunk) {
-        const c = sock.data;
-        if (c.closing || c.closed) return;
-        let frames: Uint8Array[];
-        try {
-          frames = c.frames.push(chunk);
-        } catch (err) {
-          refuse(sock, err instanceof StoaError ? err : new StoaError("decode", String(err)));
-          return;
-        }
-        for (const frame of frames) {
-          if (c.queue.length >= MAX_PIPELINED) {
-            refuse(sock, new StoaError("too_large", `more than ${MAX_PIPELINED} unanswered requests; wait for answers before sending more`));
-            return;
-          }
-          c.queue.push(frame);
-        }
-        void pump(sock);
-      },
-      drain(sock) {
-        flush(sock);
-      },
-      end(sock) {
-        sock.data.closing = true;
-        finishIfDone(sock);
-      },
-      timeout(sock) {
-        sock.end();
-      },
-      close(sock) {
-        const c = sock.data as Conn | undefined;
-        if (c !== undefined) c.closed = true;
-        conns.delete(sock);
-      },
-      error(sock, err) {
-        log.debug("control connection failed", { err });
-        sock.terminate();
-      },
-    },
+  const server = await serveFramed(path, {
+    maxRequestBytes: MAX_REQUEST_BYTES,
+    maxAnswerBytes: MAX_ANSWER_BYTES,
+    maxPipelined: MAX_PIPELINED,
+    maxConnections: MAX_CONNECTIONS,
+    idleTimeoutMs: IDLE_TIMEOUT_MS,
+    answer: (frame) => answerControlMessage(target, frame, log),
+    refusal: (error) => encode(errorAnswer(error), { maxBytes: MAX_ANSWER_BYTES }),
+    log,
   });
-
-  let closing: Promise<void> | undefined;
-  return {
-    path: binding.path,
-    close: () =>
-      (closing ??= (async () => {
-        await binding.close(false);
-        for (const sock of conns) {
-          sock.data.closing = true;
-          finishIfDone(sock);
-        }
-      })()),
-  };
+  return { path: server.path, close: () => server.close() };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,10 +250,6 @@ export interface ControlRequestOptions {
   hint?: string;
 }
 
-const KNOWN_CODES: readonly ErrorCode[] = [
-  "usage", "config", "decode", "too_large", "schema", "endpoint", "in_use", "io",
-  "closed", "timeout", "permission", "not_found", "exists", "internal",
-];
 
 /**
  * Sends one request to the daemon serving the control socket `path` and returns its answer.
@@ -384,58 +264,18 @@ export async function hotlinkControlRequest<R extends ControlRequest>(
   request: R,
   options: ControlRequestOptions = {},
 ): Promise<AnswerFor<R["type"]>> {
-  const timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS;
-  const frame = encodeFrame(controlRequestCodec.encode(request), { maxBytes: MAX_REQUEST_BYTES });
-  const decoder = new FrameDecoder({ maxBytes: MAX_ANSWER_BYTES });
-  const answer = Promise.withResolvers<ControlAnswer>();
-  let unsent: Uint8Array = frame;
-  const flush = (sock: Socket<undefined>): void => {
-    if (unsent.byteLength > 0) unsent = unsent.subarray(Math.max(0, sock.write(unsent)));
-  };
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new StoaError("timeout", `the hotlink daemon at ${path} did not answer ${request.type} within ${timeoutMs} ms; is it stuck?`)),
-      timeoutMs,
-    );
+  const bytes = await framedRequest(path, controlRequestCodec.encode(request), {
+    maxRequestBytes: MAX_REQUEST_BYTES,
+    maxAnswerBytes: MAX_ANSWER_BYTES,
+    timeoutMs: options.timeoutMs ?? REQUEST_TIMEOUT_MS,
+    peer: `the hotlink daemon at ${path}`,
+    what: request.type,
+    noServer: (err) => noDaemon(path, err, options.hint ?? ""),
   });
-  let sock: Socket<undefined> | undefined;
-  try {
-    sock = await Promise.race([
-      Bun.connect({
-        unix: path,
-        socket: {
-          data(_s, chunk) {
-            try {
-              const [first] = decoder.push(chunk);
-              if (first !== undefined) answer.resolve(controlAnswerCodec.decode(first));
-            } catch (err) {
-              answer.reject(err);
-            }
-          },
-          drain: (s) => flush(s),
-          close() {
-            answer.reject(new StoaError("closed", `the hotlink daemon at ${path} closed the connection before answering ${request.type}`));
-          },
-          error(_s, err) {
-            answer.reject(err);
-          },
-        },
-      }).catch((err: unknown) => {
-        throw noDaemon(path, err, options.hint ?? "");
-      }),
-      deadline,
-    ]);
-    flush(sock);
-    const got = await Promise.race([answer.promise, deadline]);
-    if (!got.ok) throw new StoaError(KNOWN_CODES.find((c) => c === got.code) ?? "internal", `hotlink daemon: ${got.message}`);
-    if (answers<R["type"]>(got, request.type)) return got;
-    throw new StoaError("decode", `the hotlink daemon answered "${got.type}" to a "${request.type}" request; is it a compatible version?`);
-  } finally {
-    clearTimeout(timer);
-    answer.promise.catch(() => {}); // settled after we stopped listening: not an unhandled rejection
-    sock?.end();
-  }
+  const got = controlAnswerCodec.decode(bytes);
+  if (!got.ok) throw new StoaError(errorCodeFromWire(got.code), `hotlink daemon: ${got.message}`);
+  if (answers<R["type"]>(got, request.type)) return got;
+  throw new StoaError("decode", `the hotlink daemon answered "${got.type}" to a "${request.type}" request; is it a compatible version?`);
 }
 
 function answers<T extends ControlRequest["type"]>(answer: OkAnswer, type: T): answer is AnswerFor<T> {
@@ -443,7 +283,7 @@ function answers<T extends ControlRequest["type"]>(answer: OkAnswer, type: T): a
 }
 
 function noDaemon(path: string, err: unknown, hint: string): StoaError {
-  const code = typeof err === "object" && err !== null && "code" in err ? String(err.code) : "";
+  const code = connectErrorCode(err);
   if (code === "ENOENT" || code === "ECONNREFUSED") {
     return new StoaError("closed", `no hotlink daemon is running with control socket ${path}${hint}`, { cause: err });
   }

@@ -1,0 +1,246 @@
+/**
+ * Request/answer over a Unix socket in core/frame.ts frames: the machinery of stoa's control
+ * sockets (the gateway's, a hotlink daemon's). What a frame holds is the caller's business.
+ *
+ * Server (`serveFramed`): each connection has a `FrameDecoder`; complete frames are queued (at
+ * most `maxPipelined`) and answered one at a time, in order, by `answer`. Answers the socket does
+ * not take at once are queued and written on drain. A frame header over the limit, or too many
+ * unanswered requests, gets the `refusal` answer and the connection is closed (no frame
+ * boundaries are left to trust). At most `maxConnections` connections; idle ones close after
+ * `idleTimeoutMs`. The socket is bound with core/unixsock.ts: a live one is never taken over.
+ *
+ * Client (`framedRequest`): opens a connection, sends one frame, returns the first frame that
+ * comes back and closes; bounded by a timeout.
+ */
+import type { Socket, UnixSocketListener } from "bun";
+import { StoaError } from "./errors.ts";
+import { encodeFrame, FrameDecoder } from "./frame.ts";
+import type { Logger } from "./log.ts";
+import { listenUnix, type UnixBinding } from "./unixsock.ts";
+
+export interface FramedServerOptions {
+  maxRequestBytes: number;
+  maxAnswerBytes: number;
+  maxPipelined: number;
+  maxConnections: number;
+  idleTimeoutMs: number;
+  /** Answers one request frame with the answer's payload. Must not throw: errors are answers. */
+  answer(frame: Uint8Array): Promise<Uint8Array>;
+  /** The payload of an error answer, for a request refused before `answer` saw it. */
+  refusal(error: StoaError): Uint8Array;
+  log: Logger;
+}
+
+export interface FramedServer {
+  readonly path: string;
+  /** Stops accepting and unlinks the socket file if it is still ours; open connections stay. */
+  release(): Promise<void>;
+  /** `release()`, then ends every connection once its queued answers are written. */
+  close(): Promise<void>;
+}
+
+interface Conn {
+  frames: FrameDecoder;
+  queue: Uint8Array[];
+  busy: boolean;
+  unsent: Uint8Array[];
+  /** End the connection once everything queued is answered and written. */
+  closing: boolean;
+  closed: boolean;
+}
+
+/** Binds `path` and serves it. Throws `StoaError` "in_use" when a live process serves it. */
+export async function serveFramed(path: string, o: FramedServerOptions): Promise<FramedServer> {
+  const conns = new Set<Socket<Conn>>();
+
+  const finishIfDone = (sock: Socket<Conn>): void => {
+    const c = sock.data;
+    if (c.closing && !c.busy && c.queue.length === 0 && c.unsent.length === 0 && !c.closed) sock.end();
+  };
+
+  const flush = (sock: Socket<Conn>): void => {
+    const c = sock.data;
+    while (c.unsent.length > 0 && !c.closed) {
+      const head = c.unsent[0] as Uint8Array;
+      const n = Math.max(0, sock.write(head));
+      if (n < head.byteLength) {
+        c.unsent[0] = head.subarray(n);
+        return;
+      }
+      c.unsent.shift();
+    }
+    finishIfDone(sock);
+  };
+
+  const send = (sock: Socket<Conn>, payload: Uint8Array): void => {
+    const c = sock.data;
+    if (c.closed) return;
+    let frame: Uint8Array;
+    try {
+      frame = encodeFrame(payload, { maxBytes: o.maxAnswerBytes });
+    } catch (err) {
+      frame = encodeFrame(o.refusal(err instanceof StoaError ? err : new StoaError("internal", String(err))));
+    }
+    c.unsent.push(frame);
+    flush(sock);
+  };
+
+  const pump = async (sock: Socket<Conn>): Promise<void> => {
+    const c = sock.data;
+    if (c.busy) return;
+    c.busy = true;
+    try {
+      for (let frame = c.queue.shift(); frame !== undefined && !c.closed; frame = c.queue.shift()) {
+        send(sock, await o.answer(frame));
+      }
+    } finally {
+      c.busy = false;
+    }
+    finishIfDone(sock);
+  };
+
+  const refuse = (sock: Socket<Conn>, error: StoaError): void => {
+    const c = sock.data;
+    c.queue = [];
+    c.closing = true;
+    sock.pause();
+    send(sock, o.refusal(error));
+  };
+
+  const binding: UnixBinding<UnixSocketListener<Conn>> = await listenUnix<Conn>(path, {
+    allowHalfOpen: true,
+    socket: {
+      open(sock) {
+        sock.data = { frames: new FrameDecoder({ maxBytes: o.maxRequestBytes }), queue: [], busy: false, unsent: [], closing: false, closed: false };
+        if (conns.size >= o.maxConnections) {
+          o.log.warn("too many control connections; refusing one", { limit: o.maxConnections });
+          sock.terminate();
+          return;
+        }
+        conns.add(sock);
+        sock.timeout(Math.ceil(o.idleTimeoutMs / 1000));
+      },
+      data(sock, chunk) {
+        const c = sock.data;
+        if (c.closing || c.closed) return;
+        let frames: Uint8Array[];
+        try {
+          frames = c.frames.push(chunk);
+        } catch (err) {
+          refuse(sock, err instanceof StoaError ? err : new StoaError("decode", String(err)));
+          return;
+        }
+        for (const frame of frames) {
+          if (c.queue.length >= o.maxPipelined) {
+            refuse(sock, new StoaError("too_large", `more than ${o.maxPipelined} unanswered requests; wait for answers before sending more`));
+            return;
+          }
+          c.queue.push(frame);
+        }
+        void pump(sock);
+      },
+      drain(sock) {
+        flush(sock);
+      },
+      end(sock) {
+        sock.data.closing = true;
+        finishIfDone(sock);
+      },
+      timeout(sock) {
+        sock.end();
+      },
+      close(sock) {
+        const c = sock.data as Conn | undefined;
+        if (c !== undefined) c.closed = true;
+        conns.delete(sock);
+      },
+      error(sock, err) {
+        o.log.debug("control connection failed", { err });
+        sock.terminate();
+      },
+    },
+  });
+
+  let released: Promise<void> | undefined;
+  const release = (): Promise<void> => (released ??= binding.close(false));
+  return {
+    path: binding.path,
+    release,
+    async close() {
+      await release();
+      for (const sock of conns) {
+        sock.data.closing = true;
+        finishIfDone(sock);
+      }
+    },
+  };
+}
+
+export interface FramedRequestOptions {
+  maxRequestBytes: number;
+  maxAnswerBytes: number;
+  timeoutMs: number;
+  /** Who answers, for messages: e.g. "the gateway at /run/stoa/gateway.sock". */
+  peer: string;
+  /** What is asked, for messages: e.g. the request's type. */
+  what: string;
+  /** The error for a failed connect (ENOENT / ECONNREFUSED: nobody serves `path`). */
+  noServer(err: unknown): StoaError;
+}
+
+/**
+ * Sends `payload` as one frame to the server at `path` and returns the payload of its answer.
+ * Throws `StoaError`: `noServer(...)` when the connect fails, "timeout", "closed" when the server
+ * hangs up first, "too_large" for an answer over the limit.
+ */
+export async function framedRequest(path: string, payload: Uint8Array, o: FramedRequestOptions): Promise<Uint8Array> {
+  const decoder = new FrameDecoder({ maxBytes: o.maxAnswerBytes });
+  const answer = Promise.withResolvers<Uint8Array>();
+  let unsent: Uint8Array = encodeFrame(payload, { maxBytes: o.maxRequestBytes });
+  const flush = (sock: Socket<undefined>): void => {
+    if (unsent.byteLength > 0) unsent = unsent.subarray(Math.max(0, sock.write(unsent)));
+  };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new StoaError("timeout", `${o.peer} did not answer ${o.what} within ${o.timeoutMs} ms; is it overloaded or stuck?`)), o.timeoutMs);
+  });
+  let sock: Socket<undefined> | undefined;
+  try {
+    sock = await Promise.race([
+      Bun.connect({
+        unix: path,
+        socket: {
+          data(_s, chunk) {
+            try {
+              const [first] = decoder.push(chunk);
+              if (first !== undefined) answer.resolve(first);
+            } catch (err) {
+              answer.reject(err);
+            }
+          },
+          drain: (s) => flush(s),
+          close() {
+            answer.reject(new StoaError("closed", `${o.peer} closed the connection before answering ${o.what}`));
+          },
+          error(_s, err) {
+            answer.reject(err);
+          },
+        },
+      }).catch((err: unknown) => {
+        throw o.noServer(err);
+      }),
+      deadline,
+    ]);
+    flush(sock);
+    return await Promise.race([answer.promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+    answer.promise.catch(() => {}); // settled after we stopped listening: not an unhandled rejection
+    sock?.end();
+  }
+}
+
+/** The errno-style code of a failed connect ("ENOENT", "ECONNREFUSED", ...), or "". */
+export function connectErrorCode(err: unknown): string {
+  return typeof err === "object" && err !== null && "code" in err ? String(err.code) : "";
+}
