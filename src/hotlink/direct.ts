@@ -24,6 +24,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { networkInterfaces } from "node:os";
 import type { Logger } from "../core/log.ts";
+import { Outbox } from "../core/outbox.ts";
 import { DIRECT_TLS_SERVER_NAME, createSessionCertificate, verifyPinnedPeer } from "./cert.ts";
 import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
 import type { DataMessage } from "./protocol.ts";
@@ -292,8 +293,7 @@ export class DirectSender {
   readonly #socket: Socket<undefined>;
   readonly #pth: string;
   readonly #counters: DaemonCounters;
-  #queue: Uint8Array[] = [];
-  #queued = 0;
+  readonly #outbox: Outbox;
   #retained: Retained[] = [];
   #retainedHead = 0;
   #retainedBytes = 0;
@@ -304,12 +304,13 @@ export class DirectSender {
 
   constructor(socket: Socket<undefined>, pth: string, counters: DaemonCounters) {
     this.#socket = socket;
+    this.#outbox = new Outbox(socket);
     this.#pth = pth;
     this.#counters = counters;
   }
 
   get busy(): boolean {
-    return this.#queued > DIRECT_HIGH_WATER || this.#retainedBytes > DIRECT_RETAIN_BYTES;
+    return this.#outbox.queued > DIRECT_HIGH_WATER || this.#retainedBytes > DIRECT_RETAIN_BYTES;
   }
 
   whenWritable(fn: () => void): void {
@@ -320,8 +321,8 @@ export class DirectSender {
   send(seq: number, pay: Uint8Array, pth: string | undefined, etg: string | undefined): void {
     const path = encoder.encode(pth ?? this.#pth);
     const etag = encoder.encode(etg ?? "");
-    this.#write(hlnkHeader(path, etag, pay.byteLength, BigInt(seq)));
-    this.#write(pay);
+    this.#outbox.write(hlnkHeader(path, etag, pay.byteLength, BigInt(seq)));
+    this.#outbox.write(pay);
     this.#retained.push({ seq, pay, pth, etg });
     this.#retainedBytes += pay.byteLength;
     this.#counters.direct.txPackets++;
@@ -360,17 +361,7 @@ export class DirectSender {
   }
 
   onDrain(): void {
-    while (this.#queue.length > 0) {
-      const head = this.#queue[0];
-      if (head === undefined) break;
-      const n = Math.max(0, this.#socket.write(head));
-      this.#queued -= n;
-      if (n < head.byteLength) {
-        this.#queue[0] = head.subarray(n);
-        break;
-      }
-      this.#queue.shift();
-    }
+    this.#outbox.flush();
     this.#wake();
   }
 
@@ -382,16 +373,6 @@ export class DirectSender {
   /** Resets the connection (its close event then makes the session fall back to the relay). */
   cut(): void {
     this.#socket.terminate();
-  }
-
-  #write(bytes: Uint8Array): void {
-    if (this.#queued === 0) {
-      const n = Math.max(0, this.#socket.write(bytes));
-      if (n === bytes.byteLength) return;
-      bytes = bytes.subarray(n);
-    }
-    this.#queue.push(bytes);
-    this.#queued += bytes.byteLength;
   }
 
   #wake(): void {

@@ -22,6 +22,7 @@
  */
 import type { Socket } from "bun";
 import type { Logger } from "../core/log.ts";
+import { Outbox } from "../core/outbox.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
 import { HlnkDecoder, encodeHlnk } from "./hlnk.ts";
 import type { RelayLink } from "./link.ts";
@@ -38,8 +39,8 @@ export interface IpcSpec {
 
 interface AppState {
   decoder: HlnkDecoder;
-  queue: Uint8Array[];
-  queued: number;
+  /** Frames for the application that its socket did not take yet. */
+  outbox: Outbox | null;
 }
 
 type App = Socket<AppState>;
@@ -88,7 +89,7 @@ export class IpcChannel {
     this.#binding = await bindUnix(this.spec.path, (unix) =>
       Bun.listen<AppState>({
         unix,
-        data: { decoder: new HlnkDecoder(), queue: [], queued: 0 },
+        data: { decoder: new HlnkDecoder(), outbox: null },
         socket: {
           open: (s) => this.#onAppOpen(s),
           data: (s, chunk) => this.#onAppData(s, chunk),
@@ -144,7 +145,7 @@ export class IpcChannel {
   }
 
   #onAppOpen(s: App): void {
-    s.data = { decoder: new HlnkDecoder(), queue: [], queued: 0 };
+    s.data = { decoder: new HlnkDecoder(), outbox: new Outbox(s) };
     this.#apps.add(s);
     if (this.#appsPaused) s.pause();
     clearTimeout(this.#holdTimer);
@@ -157,7 +158,8 @@ export class IpcChannel {
 
   #onAppClose(s: App): void {
     this.#apps.delete(s);
-    if (s.data.queued > 0) this.#log.warn("an application left with frames still to be written to it", { bytes: s.data.queued });
+    const left = s.data.outbox?.queued ?? 0;
+    if (left > 0) this.#log.warn("an application left with frames still to be written to it", { bytes: left });
     this.#updateLinkHold();
   }
 
@@ -288,38 +290,19 @@ export class IpcChannel {
   }
 
   #writeApp(app: App, frame: Uint8Array): void {
-    const st = app.data;
-    let rest = frame;
-    if (st.queued === 0) {
-      const n = Math.max(0, app.write(frame));
-      if (n === frame.byteLength) return;
-      rest = frame.subarray(n);
-    }
-    st.queue.push(rest);
-    st.queued += rest.byteLength;
+    app.data.outbox?.write(frame);
     this.#updateLinkHold();
   }
 
   #flushApp(app: App): void {
-    const st = app.data;
-    while (st.queue.length > 0) {
-      const head = st.queue[0];
-      if (head === undefined) break;
-      const n = Math.max(0, app.write(head));
-      st.queued -= n;
-      if (n < head.byteLength) {
-        st.queue[0] = head.subarray(n);
-        break;
-      }
-      st.queue.shift();
-    }
+    app.data.outbox?.flush();
     this.#updateLinkHold();
   }
 
   /** The relay socket is not read while any application is too far behind. */
   #updateLinkHold(): void {
     let behind = false;
-    for (const app of this.#apps) if (app.data.queued > APP_HIGH_WATER) behind = true;
+    for (const app of this.#apps) if ((app.data.outbox?.queued ?? 0) > APP_HIGH_WATER) behind = true;
     if (behind && !this.#holdingLink) {
       this.#holdingLink = true;
       this.#link.hold(this);

@@ -23,6 +23,7 @@
  */
 import type { Socket, TCPSocketListener } from "bun";
 import type { Logger } from "../core/log.ts";
+import { Outbox } from "../core/outbox.ts";
 import type { RelayLink } from "./link.ts";
 import { type Delivery, Incoming, Outgoing } from "./sessions.ts";
 
@@ -70,8 +71,8 @@ export class Tunnel {
   #holdTimer: ReturnType<typeof setTimeout> | undefined;
   /** What the application sent before its session was accepted, in order. */
   #early: Uint8Array[] = [];
-  #queue: Uint8Array[] = [];
-  #queued = 0;
+  /** Bytes for the application that its socket did not take yet. */
+  #outbox: Outbox | null = null;
   #holdingLink = false;
   /** Counters for telemetry. */
   readonly counters = { connections: 0, txBytes: 0, rxBytes: 0, resets: 0 };
@@ -160,6 +161,7 @@ export class Tunnel {
       return;
     }
     this.#app = s;
+    this.#outbox = new Outbox(s);
     this.#appEnded = false;
     this.counters.connections++;
     s.setNoDelay(true);
@@ -269,16 +271,10 @@ export class Tunnel {
   }
 
   #write(chunk: Uint8Array): void {
-    const app = this.#app;
-    if (app === null) return;
-    if (this.#queued === 0) {
-      const n = Math.max(0, app.write(chunk));
-      if (n === chunk.byteLength) return;
-      chunk = chunk.subarray(n);
-    }
-    this.#queue.push(chunk);
-    this.#queued += chunk.byteLength;
-    if (this.#queued > APP_HIGH_WATER && !this.#holdingLink) {
+    const outbox = this.#outbox;
+    if (outbox === null) return;
+    outbox.write(chunk);
+    if (outbox.queued > APP_HIGH_WATER && !this.#holdingLink) {
       this.#holdingLink = true;
       this.#link.hold(this);
     }
@@ -286,26 +282,22 @@ export class Tunnel {
 
   #flush(): void {
     const app = this.#app;
-    if (app === null) return;
-    while (this.#queue.length > 0) {
-      const head = this.#queue[0];
-      if (head === undefined) break;
-      const n = Math.max(0, app.write(head));
-      this.#queued -= n;
-      if (n < head.byteLength) {
-        this.#queue[0] = head.subarray(n);
-        break;
-      }
-      this.#queue.shift();
-    }
-    if (this.#holdingLink && this.#queued < APP_HIGH_WATER / 4) {
+    const outbox = this.#outbox;
+    if (app === null || outbox === null) return;
+    outbox.flush();
+    if (this.#holdingLink && outbox.queued < APP_HIGH_WATER / 4) {
       this.#holdingLink = false;
       this.#link.release(this);
     }
-    if (this.#queued === 0 && this.#inFinished) {
+    if (outbox.queued === 0 && this.#inFinished) {
       app.shutdown();
       this.#maybeDone();
     }
+  }
+
+  /** Bytes queued for the application. */
+  get #queued(): number {
+    return this.#outbox?.queued ?? 0;
   }
 
   #onInEnded(session: Incoming, reason: string | null): void {
@@ -375,8 +367,7 @@ export class Tunnel {
     this.#appEnded = false;
     this.#inFinished = false;
     this.#early = [];
-    this.#queue = [];
-    this.#queued = 0;
+    this.#outbox = null;
     if (this.#holdingLink) {
       this.#holdingLink = false;
       this.#link.release(this);
