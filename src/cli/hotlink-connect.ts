@@ -65,7 +65,10 @@ export const connect = defineCommand({
     "--watch DIR turns marker files DIR/<channel>/stream.tcp holding {\"from\", \"to\", \"ports\":\n" +
     "{user: port}} into tunnels (listening on 127.0.0.1:ports[user]), started and stopped as the\n" +
     "files come and go. The control socket (<run-dir>/hotlink/<user>.sock, mode 0600) lets\n" +
-    "'stoa hotlink tunnel|ipc|ls|close' change the running daemon; one daemon per user and run dir.",
+    "'stoa hotlink tunnel|ipc|ls|close' change the running daemon; one daemon per user and run dir.\n" +
+    "With --direct on (the default) a receiving daemon offers each session a direct TLS connection\n" +
+    "(per-session certificate pinned by fingerprint); data moves there when the sender can reach it,\n" +
+    "and falls back to the relay without loss when it cannot or the connection fails.",
   config: true,
   flags: {
     server: str("relay server URL (ws://host:port or wss://host:port)", { placeholder: "url" }),
@@ -81,7 +84,7 @@ export const connect = defineCommand({
       schema: z.enum(["on", "off"]),
     }),
     directListen: str("address to accept direct connections on (:: for all)", { default: "::", placeholder: "addr" }),
-    directAdvertise: list("address to offer peers for direct connections (repeatable; default: this host's addresses)", { placeholder: "addr" }),
+    directAdvertise: list("address to offer peers for direct connections (default: this host's addresses)", { placeholder: "addr" }),
     ...controlFlags(),
     ...logFlags(),
     config: configFlag(),
