@@ -19,7 +19,7 @@
  *   bun scripts/bench/hotlink.ts [--json] [--mib 1024] [--stoa path/to/stoa]
  */
 import type { Socket } from "bun";
-import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
@@ -57,7 +57,22 @@ interface CaseResult {
 
 const rank = (sorted: number[], p: number): number => sorted[Math.floor((sorted.length - 1) * p)] ?? Number.NaN;
 
-async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number }> {
+/** CPU seconds (user + system) a process has used so far, from /proc. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+interface TunnelCpu {
+  /** CPU seconds per GiB moved, by process. */
+  apps: number;
+  server: number;
+  alice: number;
+  bob: number;
+}
+
+async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu }> {
   if (!existsSync(stoaBin)) throw new Error(`${stoaBin} is missing: run 'bun run build' first`);
   const dir = mkdtempSync("/tmp/hlb-");
   const children: ReturnType<typeof Bun.spawn>[] = [];
@@ -161,6 +176,8 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number }> {
       allowHalfOpen: true,
       socket: { data() {}, drain: () => drained?.() },
     });
+    const pids = { apps: process.pid, server: children[0]?.pid ?? 0, alice: children[1]?.pid ?? 0, bob: children[2]?.pid ?? 0 };
+    const cpuBefore = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
     const started = performance.now();
     for (let sent = 0; sent < bytes; ) {
       const n = Math.max(0, source.write(chunk.subarray(0, Math.min(chunk.byteLength, bytes - sent))));
@@ -169,9 +186,13 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number }> {
     }
     await finished.promise;
     const tunnelMBps = got / 1e6 / ((performance.now() - started) / 1000);
+    const gib = got / 2 ** 30;
+    const cpu = Object.fromEntries(
+      Object.entries(pids).map(([k, pid]) => [k, (cpuSeconds(pid) - (cpuBefore[k] ?? 0)) / gib]),
+    ) as unknown as TunnelCpu;
     source.end();
     sink.end();
-    return { cases, tunnelMBps };
+    return { cases, tunnelMBps, cpu };
   } finally {
     for (const child of children) child.kill("SIGTERM");
     await Promise.all(children.map((c) => c.exited));
@@ -207,7 +228,11 @@ if (values.inner) {
           const f = (x: number) => x.toFixed(1).padStart(8);
           console.log(`  ${c.name.padEnd(12)} ${String(c.n).padStart(5)} ${f(c.p50)} ${f(c.p90)} ${f(c.p95)} ${f(c.p99)} ${f(c.max)}`);
         }
-        console.log(`  tunnel: ${r.tunnelMBps.toFixed(0)} MB/s (${values.mib} MiB)`);
+        const c = r.cpu;
+        console.log(
+          `  tunnel: ${r.tunnelMBps.toFixed(0)} MB/s (${values.mib} MiB); CPU s per GiB: apps ${c.apps.toFixed(2)}, ` +
+            `server ${c.server.toFixed(2)}, alice ${c.alice.toFixed(2)}, bob ${c.bob.toFixed(2)}`,
+        );
       }
     }
     console.log("\ngoals (1 KB ×2000, pinned): relay P50 ≤ 110 µs, P99 ≤ 1 ms; direct P50 ≤ 60 µs; tunnel ≥ 300 MB/s relay, ≥ 600 MB/s direct");

@@ -100,6 +100,7 @@ export class DirectReceiver {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #acked = 0;
   #closed = false;
+  #paused = false;
 
   private constructor(sid: string, pth: string, config: DirectConfig, events: DirectReceiverEvents) {
     this.#sid = sid;
@@ -151,6 +152,17 @@ export class DirectReceiver {
     return this.#conn !== null;
   }
 
+  /** Stop reading the connection (the local application is behind); what comes waits in the kernel. */
+  pause(): void {
+    this.#paused = true;
+    this.#conn?.pause();
+  }
+
+  resume(): void {
+    this.#paused = false;
+    this.#conn?.resume();
+  }
+
   close(): void {
     this.#closed = true;
     this.#stopListening();
@@ -186,6 +198,7 @@ export class DirectReceiver {
       s.data.hello = [];
       this.#conn = s;
       s.setNoDelay(true);
+      if (this.#paused) s.pause();
       this.#stopListening(); // one connection per session, and the token is used up
       const rest = all.subarray(nl + 1);
       if (rest.byteLength === 0) return;
@@ -238,6 +251,9 @@ interface Retained {
   pth: string | undefined;
   etg: string | undefined;
 }
+
+/** What an acknowledged slot of the retention array holds until the array is compacted. */
+const ACKNOWLEDGED: Retained = { seq: 0, pay: new Uint8Array(0), pth: undefined, etg: undefined };
 
 /** Dials an offer; resolves with a pinned, authenticated socket, or the reasons it failed. */
 export async function dialDirect(
@@ -351,6 +367,9 @@ export class DirectSender {
     const r = this.#retained;
     while (this.#retainedHead < r.length && (r[this.#retainedHead]?.seq ?? Infinity) <= acked) {
       this.#retainedBytes -= r[this.#retainedHead]?.pay.byteLength ?? 0;
+      // Let go of the payload now, not when the array is next compacted: 1,024 acknowledged
+      // 512 KiB reads would otherwise stay reachable (half a gigabyte).
+      r[this.#retainedHead] = ACKNOWLEDGED;
       this.#retainedHead++;
     }
     if (this.#retainedHead > 1024 && this.#retainedHead * 2 > r.length) {

@@ -201,9 +201,9 @@ export class IpcChannel {
     out.send(frame.pay, frame.pth === this.spec.channel ? undefined : frame.pth, frame.etg === "" ? undefined : frame.etg);
     this.counters.txFrames++;
     this.counters.txBytes += frame.pay.byteLength;
-    if (this.#link.busy) {
+    if (out.busy) {
       this.#pauseApps();
-      this.#link.whenWritable(() => this.#resumeApps());
+      out.whenWritable(() => this.#resumeApps());
     }
   }
 
@@ -216,7 +216,7 @@ export class IpcChannel {
         this.#pending = [];
         this.#pendingBytes = 0;
         for (const frame of pending) this.#transmit(out, frame);
-        if (!this.#link.busy) this.#resumeApps();
+        if (!out.busy) this.#resumeApps();
       },
       ended: (reason, rejected) => {
         if (this.#out !== out) return;
@@ -254,8 +254,11 @@ export class IpcChannel {
 
   #resumeApps(): void {
     if (!this.#appsPaused || this.#pendingBytes > PENDING_BYTES) return;
-    if (this.#link.busy) {
-      this.#link.whenWritable(() => this.#resumeApps());
+    // The transport the session uses: its direct connection, or the relay socket.
+    const out = this.#out;
+    if (out !== null ? out.busy : this.#link.busy) {
+      if (out !== null) out.whenWritable(() => this.#resumeApps());
+      else this.#link.whenWritable(() => this.#resumeApps());
       return;
     }
     this.#appsPaused = false;

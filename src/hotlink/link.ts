@@ -11,8 +11,10 @@
  * - Flow control, both ways. Outgoing: `busy` is true while the socket holds more than
  *   `LINK_HIGH_WATER` unsent bytes; `whenWritable(fn)` calls `fn` once it is below
  *   `LINK_LOW_WATER` (Bun's client WebSocket has no drain event, so this polls, only while
- *   someone waits). Incoming: `hold(key)` stops reading the socket until every holder called
- *   `release(key)`, so a slow local application pushes back through the server to the sender.
+ *   someone waits); a session on a direct connection asks its Outgoing instead (its `busy`
+ *   covers that connection). Incoming: `hold(key)` stops reading the socket and every incoming
+ *   session's direct connection until every holder called `release(key)`, so a slow local
+ *   application pushes back through the server, or the direct connection, to the sender.
  */
 import type { Logger } from "../core/log.ts";
 import { ReconnectingWebSocket } from "../core/ws.ts";
@@ -154,15 +156,28 @@ export class RelayLink {
     if (this.#poll === undefined) this.#poll = setTimeout(() => this.#check(), POLL_MS);
   }
 
-  /** Stop reading from the server until every `hold` is released. */
+  /**
+   * Stop reading from the server, and every incoming session's direct connection, until every
+   * `hold` is released: a local application that does not keep up stops what feeds it on both
+   * paths (a direct connection accepted meanwhile starts paused: see `held`).
+   */
   hold(key: unknown): void {
+    const first = this.#holders.size === 0;
     this.#holders.add(key);
     this.#ws?.pause();
+    if (first) for (const s of this.incoming.values()) s.pauseDirect();
   }
 
   release(key: unknown): void {
     if (!this.#holders.delete(key)) return;
-    if (this.#holders.size === 0) this.#ws?.resume();
+    if (this.#holders.size > 0) return;
+    this.#ws?.resume();
+    for (const s of this.incoming.values()) s.resumeDirect();
+  }
+
+  /** True while someone holds the link: incoming data waits in the kernel. */
+  get held(): boolean {
+    return this.#holders.size > 0;
   }
 
   close(): Promise<void> {

@@ -322,11 +322,21 @@ export class Incoming {
       });
       if (direct !== null) {
         this.#direct = direct;
+        if (link.held) direct.pause();
         config.counters.direct.offers++;
         link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_offer", ...direct.offer });
       }
     }
     return true;
+  }
+
+  /** Stop reading the direct connection (the link is held: see RelayLink.hold). */
+  pauseDirect(): void {
+    this.#direct?.pause();
+  }
+
+  resumeDirect(): void {
+    this.#direct?.resume();
   }
 
   /** The sender's answer to our offer: on an error it stays on the relay. */

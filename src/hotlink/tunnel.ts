@@ -16,9 +16,9 @@
  *   everything up to it, then half-closes its application's connection. A reset or a lost relay
  *   becomes an abort: the other side resets its application's connection, so a broken stream is
  *   never mistaken for a complete one.
- * - Backpressure: the application is not read while the relay socket is over its high-water
- *   mark; the relay socket is not read while the application's unsent bytes are over
- *   `APP_HIGH_WATER`.
+ * - Backpressure: the application is not read while the transport its session uses (the relay
+ *   socket or the direct connection) is over its high-water mark; the relay socket and direct
+ *   connections are not read while the application's unsent bytes are over `APP_HIGH_WATER`.
  * This is the TCP path only; IPC channels (ipc.ts) are separate code (seed 003, lesson 4).
  */
 import type { Socket, TCPSocketListener } from "bun";
@@ -198,9 +198,11 @@ export class Tunnel {
     out.open();
   }
 
+  /** Reads the application again once the transport the session uses (relay or direct) can take more. */
   #readApp(): void {
-    if (this.#link.busy) {
-      this.#link.whenWritable(() => this.#readApp());
+    const out = this.#out;
+    if (out !== null && out.busy) {
+      out.whenWritable(() => this.#readApp());
       return;
     }
     this.#app?.resume();
@@ -217,9 +219,9 @@ export class Tunnel {
     }
     out.send(chunk);
     this.counters.txBytes += chunk.byteLength;
-    if (this.#link.busy) {
+    if (out.busy) {
       s.pause();
-      this.#link.whenWritable(() => this.#readApp());
+      out.whenWritable(() => this.#readApp());
     }
   }
 

@@ -1,8 +1,11 @@
+import type { Socket } from "bun";
 import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
-import { TOKEN, app, sha256hex } from "../fixtures/hotlink-apps.ts";
+import { DirectSender } from "../../src/hotlink/direct.ts";
+import { DaemonCounters } from "../../src/hotlink/telemetry.ts";
+import { TOKEN, app, sha256hex, until } from "../fixtures/hotlink-apps.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 
 const log = createLogger({ level: "error", stream: { write: () => {} } });
@@ -102,4 +105,70 @@ describe("direct upgrade", () => {
     expect(bob.link.counters.direct.rxBytes).toBeGreaterThan(0);
     expect(bob.link.counters.relay.rxBytes).toBeGreaterThan(0);
   }, 60_000);
+
+  test("a receiving application that stops reading pauses the sending one through the direct connection; nothing is lost", async () => {
+    const { alice, bob, alicePort, bobPort } = await pair({ listen: "127.0.0.1" });
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    // Upgrade first, with bob's application reading.
+    const first = randomBytes(4 * 1024 * 1024);
+    await aliceApp.send(first);
+    await until(() => bobApp.bytes() === first.length && bob.link.counters.direct.rxBytes > 0, "the session on its direct connection");
+    bobApp.sock.pause();
+    const payload = randomBytes(160 * 1024 * 1024);
+    let accepted = 0;
+    const pump = (async () => {
+      for (let at = 0; at < payload.length; at += 1024 * 1024) {
+        await aliceApp.send(payload.subarray(at, at + 1024 * 1024));
+        accepted = at + 1024 * 1024;
+      }
+    })();
+    // Accepted bytes stop growing: kernel buffers, the daemons' bounded queues and the
+    // sender's unacknowledged frames (DIRECT_RETAIN_BYTES) fill, then alice's app is not read.
+    let last = -1;
+    await until(async () => {
+      const now = accepted;
+      const still = now === last;
+      last = now;
+      await Bun.sleep(300);
+      return still && now > 0;
+    }, "the sending application to be paused", 30_000);
+    expect(accepted).toBeLessThan(100 * 1024 * 1024);
+    bobApp.sock.resume();
+    await pump;
+    aliceApp.sock.shutdown();
+    bobApp.sock.shutdown();
+    await bobApp.ended;
+    expect(bobApp.bytes()).toBe(first.length + payload.length);
+    expect(sha(bobApp.received())).toBe(sha(Buffer.concat([first, payload])));
+    expect(alice.link.counters.direct.fallbacks).toBe(0);
+    expect(bob.link.counters.direct.rxBytes).toBeGreaterThan(payload.length);
+  }, 90_000);
+});
+
+describe("the sender's retention", () => {
+  test("acknowledged payloads are let go at once, not when the retention array is compacted", async () => {
+    const socket = { write: (b: Uint8Array) => b.byteLength, end() {}, terminate() {} } as unknown as Socket<undefined>;
+    const sender = new DirectSender(socket, CHANNEL, new DaemonCounters());
+    const refs: WeakRef<Uint8Array>[] = [];
+    // Fewer frames than the compaction threshold, so only the per-frame release can free them.
+    for (let seq = 1; seq <= 100; seq++) {
+      const pay = new Uint8Array(64 * 1024);
+      refs.push(new WeakRef(pay));
+      sender.send(seq, pay, undefined, undefined);
+    }
+    const ack = new Uint8Array(8);
+    new DataView(ack.buffer).setBigUint64(0, 90n);
+    sender.onAck(ack);
+    expect(sender.unacknowledged().map((f) => f.seq)).toEqual([91, 92, 93, 94, 95, 96, 97, 98, 99, 100]);
+    Bun.gc(true);
+    await Bun.sleep(0);
+    Bun.gc(true);
+    const alive = refs.map((r) => r.deref() !== undefined);
+    // The unacknowledged ten are kept (a fallback resends them); most acknowledged ones are gone
+    // (a conservative GC may still see a stray pointer to one or two).
+    expect(alive.slice(90).every((a) => a)).toBe(true);
+    expect(alive.slice(0, 90).filter((a) => a).length).toBeLessThan(10);
+    expect(sender.unacknowledged()).toHaveLength(10); // the sender itself stays reachable until here
+  });
 });
