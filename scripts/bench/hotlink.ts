@@ -5,9 +5,10 @@
  * writes HLNK frames into alice's IPC socket with the first 8 payload bytes a little-endian
  * nanosecond timestamp and reads them at bob's IPC socket; latency = time read minus the stamp
  * (one-way; both ends are this process, so one clock). One frame in flight at a time, so the
- * figures are the path's latency, not queueing; 20 unmeasured frames of each size go first. Percentiles are nearest-rank-low:
- * sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
- * Then tunnel throughput: --mib MiB through a TCP tunnel, alice's port to bob's.
+ * figures are the path's latency, not queueing; 3,000 warm-up frames, then 20 unmeasured frames
+ * of each size go first. Percentiles are nearest-rank-low: sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
+ * Then tunnel throughput: --mib MiB through a TCP tunnel, alice's port to bob's, with the CPU
+ * seconds each process spent per GiB (from /proc: where the time goes).
  * Twice: every process pinned to CPU 0 (`taskset -c 0`; the figures the goals refer to — a
  * cross-CPU wake-up costs tens of µs here) and unpinned.
  * Reference (seed, Go client, relay): P50 ≈ 330 µs, P99 ≈ 1.1 ms.
@@ -54,6 +55,8 @@ interface CaseResult {
   p99: number;
   max: number;
 }
+
+const WARM_UP_FRAMES = 3000;
 
 const rank = (sorted: number[], p: number): number => sorted[Math.floor((sorted.length - 1) * p)] ?? Number.NaN;
 
@@ -138,8 +141,10 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: 
       }
       return done;
     };
-    // Warm-up: the session opens on the first frame, and the JIT settles.
-    for (let i = 0; i < 300; i++) await sendOne(1000);
+    // Warm-up: the session opens on the first frame, and the JIT settles. With 300 frames the
+    // daemons' hot paths were still being compiled during the measured frames (slow samples at
+    // the same indices run after run, on a CPU the compiler threads share); 3,000 is past that.
+    for (let i = 0; i < WARM_UP_FRAMES; i++) await sendOne(1000);
     const cases: CaseResult[] = [];
     for (const [name, size, n] of CASES) {
       // Steady state, not the first large frames' allocations and compilation: 20 unmeasured first.

@@ -113,10 +113,10 @@ export class DirectReceiver {
       hostname: config.listen,
       port: 0,
       tls: { cert: cert.certPem, key: cert.keyPem },
-      data: { hello: [], ok: false, decoder: new HlnkDecoder() },
+      data: { hello: [], ok: false, decoder: new HlnkDecoder({ views: true }) },
       socket: {
         open: (s) => {
-          s.data = { hello: [], ok: false, decoder: new HlnkDecoder() };
+          s.data = { hello: [], ok: false, decoder: new HlnkDecoder({ views: true }) };
         },
         data: (s, chunk) => this.#onData(s, chunk),
         close: (s) => {
@@ -214,8 +214,8 @@ export class DirectReceiver {
         sid: this.#sid,
         seq: Number(f.seq),
         pay: f.payload,
-        ...(f.path === this.#pth ? {} : { pth: f.path }),
-        ...(f.etag === "" ? {} : { etg: f.etag }),
+        pth: f.path === this.#pth ? undefined : f.path,
+        etg: f.etag === "" ? undefined : f.etag,
       });
     }
     if (s.data.decoder.skipped > 0) {

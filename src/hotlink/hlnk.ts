@@ -105,6 +105,12 @@ export interface HlnkDecoderOptions extends HlnkLimits {
    * earlier in that call are lost.
    */
   onGarbage?: (bytes: Uint8Array, reason: HlnkGarbageReason) => void;
+  /**
+   * The caller's chunks are fresh and nobody writes them after `push` (a Bun socket's data
+   * event): a frame that lies whole in one chunk gets a view of it as its payload instead of a
+   * copy. Off by default: a payload must not change under its frame.
+   */
+  views?: boolean;
 }
 
 interface Limits {
@@ -236,10 +242,12 @@ export class HlnkDecoder {
   #resyncs = 0;
   #frames = 0;
   #inGarbage = false;
+  readonly #views: boolean;
 
   constructor(options: HlnkDecoderOptions = {}) {
     this.#limits = resolveLimits(options);
     this.#onGarbage = options.onGarbage;
+    this.#views = options.views === true;
   }
 
   /** Bytes skipped as garbage so far. */
@@ -297,7 +305,7 @@ export class HlnkDecoder {
       const start = pos + head.headLen;
       const stop = start + head.payloadLen;
       if (stop <= end) {
-        frames.push(this.#frame(buf.slice(start, stop)));
+        frames.push(this.#frame(this.#views ? buf.subarray(start, stop) : buf.slice(start, stop)));
         return stop;
       }
       this.#beginPayload().set(buf.subarray(start, end));
@@ -376,7 +384,9 @@ export class HlnkDecoder {
 
   /** Allocates the payload of the frame whose head was just read, at its checked length. */
   #beginPayload(): Uint8Array {
-    const payload = new Uint8Array(this.#head.payloadLen);
+    // Not zero-filled: the frame is handed out only once every byte was written.
+    const raw = Buffer.allocUnsafeSlow(this.#head.payloadLen);
+    const payload = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
     this.#payload = payload;
     this.#payloadFill = 0;
     return payload;

@@ -89,7 +89,7 @@ export class IpcChannel {
     this.#binding = await bindUnix(this.spec.path, (unix) =>
       Bun.listen<AppState>({
         unix,
-        data: { decoder: new HlnkDecoder(), outbox: null },
+        data: { decoder: new HlnkDecoder({ views: true }), outbox: null },
         socket: {
           open: (s) => this.#onAppOpen(s),
           data: (s, chunk) => this.#onAppData(s, chunk),
@@ -145,7 +145,7 @@ export class IpcChannel {
   }
 
   #onAppOpen(s: App): void {
-    s.data = { decoder: new HlnkDecoder(), outbox: new Outbox(s) };
+    s.data = { decoder: new HlnkDecoder({ views: true }), outbox: new Outbox(s) };
     this.#apps.add(s);
     if (this.#appsPaused) s.pause();
     clearTimeout(this.#holdTimer);

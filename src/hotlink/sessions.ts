@@ -108,14 +108,9 @@ export class Outgoing {
   }
 
   #sendRelay(seq: number, pay: Uint8Array, pth: string | undefined, etg: string | undefined, started: number): boolean {
-    const ok = this.#link.sendData({
-      t: MessageType.Data,
-      sid: this.sid,
-      seq,
-      pay,
-      ...(pth === undefined ? {} : { pth }),
-      ...(etg === undefined ? {} : { etg }),
-    });
+    // One object of one shape, no spreads: this runs for every message (less garbage, fewer GCs).
+    const message: DataMessage = { t: MessageType.Data, sid: this.sid, seq, pay, pth, etg };
+    const ok = this.#link.sendData(message);
     if (!ok) {
       this.#end("the relay server connection was lost", false);
       this.#forget();

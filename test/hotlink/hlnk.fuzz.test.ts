@@ -25,6 +25,8 @@ function decode(chunks: Uint8Array[], limits: HlnkLimits): Run {
   const garbage: Run["garbage"] = [];
   const decoder: HlnkDecoder = new HlnkDecoder({
     ...limits,
+    views: (chunks.length & 1) === 1, // both modes over the runs: the chunks are never written
+
     onGarbage: (bytes) => garbage.push({ before: decoder.frames, bytes: bytes.slice() }),
   });
   const frames = chunks.flatMap((chunk) => decoder.push(chunk));

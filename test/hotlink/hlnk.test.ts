@@ -257,6 +257,24 @@ describe("streaming decoder", () => {
     }
   });
 
+  test("with views on, a frame whole in one fresh chunk is a view of it; split ones are still gathered", () => {
+    for (let round = 0; round < 20; round++) {
+      const decoder = new HlnkDecoder({ views: true });
+      const frames: HlnkFrame[] = [];
+      for (const chunk of split(rng, stream)) {
+        const fresh = new Uint8Array(chunk); // as a socket's data event gives
+        frames.push(...decoder.push(fresh));
+      }
+      expect(frames).toEqual(all);
+      expect(decoder.buffered).toBe(0);
+    }
+    // One chunk holding the whole stream: every non-empty payload is a view of it.
+    const whole = new Uint8Array(stream);
+    const frames = new HlnkDecoder({ views: true }).push(whole);
+    expect(frames).toEqual(all);
+    for (const f of frames) if (f.payload.byteLength > 0) expect(f.payload.buffer).toBe(whole.buffer);
+  });
+
   test("reports a frame in progress as buffered until it completes", () => {
     const frame = encodeHlnk({ path: "a", seq: 1n, payload: new Uint8Array(100) });
     const decoder = new HlnkDecoder();
