@@ -25,6 +25,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import { freePort, waitForPort } from "./lib/client.ts";
+import { passthroughChain } from "./lib/passthrough.ts";
 
 const { values } = parseArgs({
   options: {
@@ -75,7 +76,81 @@ interface TunnelCpu {
   bob: number;
 }
 
-async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu }> {
+interface SinkHandlers {
+  data(s: Socket<undefined>, d: Uint8Array): void;
+  end(): void;
+}
+
+/**
+ * Streams `bytes` from a source connected to `sourcePort` to a sink `openSink` sets up (it gets
+ * the handlers to install); MB/s from the first write to the last byte at the sink.
+ */
+async function stream(
+  bytes: number,
+  sourcePort: number,
+  openSink: (handlers: SinkHandlers) => Promise<() => void>,
+): Promise<{ mbps: number; got: number }> {
+  let got = 0;
+  const finished = Promise.withResolvers<void>();
+  const closeSink = await openSink({
+    data(_s, d) {
+      got += d.byteLength;
+      if (got >= bytes) finished.resolve();
+    },
+    end: () => finished.resolve(),
+  });
+  const chunk = new Uint8Array(256 * 1024);
+  let drained: (() => void) | null = null;
+  const source: Socket<undefined> = await Bun.connect({
+    hostname: "127.0.0.1",
+    port: sourcePort,
+    allowHalfOpen: true,
+    socket: { data() {}, drain: () => drained?.() },
+  });
+  const started = performance.now();
+  for (let sent = 0; sent < bytes; ) {
+    const n = Math.max(0, source.write(chunk.subarray(0, Math.min(chunk.byteLength, bytes - sent))));
+    sent += n;
+    if (n < chunk.byteLength && sent < bytes) await new Promise<void>((r) => (drained = r));
+  }
+  await finished.promise;
+  const mbps = got / 1e6 / ((performance.now() - started) / 1000);
+  source.end();
+  closeSink();
+  return { mbps, got };
+}
+
+/**
+ * The ceiling of the path's shape: the same bytes through bare Bun pass-through processes
+ * (lib/passthrough.ts) — three plain hops like the relay path, or two with TLS between them
+ * like the direct one — with no protocol at all.
+ */
+async function floorMBps(path: string, bytes: number): Promise<number> {
+  const sink = Bun.listen<undefined>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: { data: (s, d) => handlers?.data(s, d), close: () => handlers?.end() },
+  });
+  let handlers: SinkHandlers | null = null;
+  const chain = await passthroughChain(path === "direct" ? 2 : 3, sink.port, path === "direct" ? { tlsAfter: 1 } : {});
+  try {
+    const { mbps } = await stream(bytes, chain.port, async (h) => {
+      handlers = h;
+      return () => {};
+    });
+    return mbps;
+  } finally {
+    await chain.stop();
+    sink.stop(true);
+  }
+}
+
+async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu; floorMBps: number }> {
+  const measured = await measure();
+  return { ...measured, floorMBps: await floorMBps(values.path, Number(values.mib) * 1024 * 1024) };
+}
+
+async function measure(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu }> {
   if (!existsSync(stoaBin)) throw new Error(`${stoaBin} is missing: run 'bun run build' first`);
   const dir = mkdtempSync("/tmp/hlb-");
   const children: ReturnType<typeof Bun.spawn>[] = [];
@@ -159,44 +234,16 @@ async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: 
 
     // Tunnel throughput: bob's application connects first and counts, alice's writes.
     const bytes = Number(values.mib) * 1024 * 1024;
-    let got = 0;
-    const finished = Promise.withResolvers<void>();
-    const sink = await Bun.connect({
-      hostname: "127.0.0.1",
-      port: bobPort,
-      allowHalfOpen: true,
-      socket: {
-        data(_s, d) {
-          got += d.byteLength;
-          if (got >= bytes) finished.resolve();
-        },
-        end: () => finished.resolve(),
-      },
-    });
-    const chunk = new Uint8Array(256 * 1024);
-    let drained: (() => void) | null = null;
-    const source: Socket<undefined> = await Bun.connect({
-      hostname: "127.0.0.1",
-      port: alicePort,
-      allowHalfOpen: true,
-      socket: { data() {}, drain: () => drained?.() },
-    });
     const pids = { apps: process.pid, server: children[0]?.pid ?? 0, alice: children[1]?.pid ?? 0, bob: children[2]?.pid ?? 0 };
     const cpuBefore = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
-    const started = performance.now();
-    for (let sent = 0; sent < bytes; ) {
-      const n = Math.max(0, source.write(chunk.subarray(0, Math.min(chunk.byteLength, bytes - sent))));
-      sent += n;
-      if (n < chunk.byteLength && sent < bytes) await new Promise<void>((r) => (drained = r));
-    }
-    await finished.promise;
-    const tunnelMBps = got / 1e6 / ((performance.now() - started) / 1000);
+    const { mbps: tunnelMBps, got } = await stream(bytes, alicePort, async (sink) => {
+      const s = await Bun.connect({ hostname: "127.0.0.1", port: bobPort, allowHalfOpen: true, socket: sink });
+      return () => s.end();
+    });
     const gib = got / 2 ** 30;
     const cpu = Object.fromEntries(
       Object.entries(pids).map(([k, pid]) => [k, (cpuSeconds(pid) - (cpuBefore[k] ?? 0)) / gib]),
     ) as unknown as TunnelCpu;
-    source.end();
-    sink.end();
     return { cases, tunnelMBps, cpu };
   } finally {
     for (const child of children) child.kill("SIGTERM");
@@ -237,6 +284,10 @@ if (values.inner) {
         console.log(
           `  tunnel: ${r.tunnelMBps.toFixed(0)} MB/s (${values.mib} MiB); CPU s per GiB: apps ${c.apps.toFixed(2)}, ` +
             `server ${c.server.toFixed(2)}, alice ${c.alice.toFixed(2)}, bob ${c.bob.toFixed(2)}`,
+        );
+        console.log(
+          `  ceiling of this shape: ${r.floorMBps.toFixed(0)} MB/s — bare Bun pass-through processes, ` +
+            (path === "relay" ? "three plain hops" : "two hops with TLS between them") + ", no protocol",
         );
       }
     }

@@ -344,8 +344,17 @@ export function safeParseMessage(bytes: Uint8Array | ArrayBuffer, options: Codec
  * a declared channel's path, an etag from a decoded HLNK frame): `encodeMessage` without the
  * schema pass, for the sending hot path. Throws "too_large" over `maxBytes`.
  */
-export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_BYTES): Uint8Array {
-  return encodeData(message, maxBytes);
+export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_BYTES, scratch?: EncodeScratch): Uint8Array {
+  return encodeData(message, maxBytes, scratch);
+}
+
+/**
+ * A buffer `encodeDataMessage` may write into instead of allocating one per message; it grows
+ * to the largest message seen. The result is then a view of it, valid until the next encode
+ * with the same scratch: only for a consumer that copies at once (a WebSocket's send()).
+ */
+export interface EncodeScratch {
+  buffer: Uint8Array;
 }
 
 /**
@@ -353,7 +362,7 @@ export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_B
  * codec would copy it out again. The same data model as the codec (text keys, shortest
  * lengths; a seq over 2^32-1 as an 8-byte integer, which the schema accepts back).
  */
-function encodeData(message: DataMessage, maxBytes: number): Uint8Array {
+function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScratch): Uint8Array {
   const sidLen = message.sid.length; // ASCII, by the schema
   const pthLen = message.pth === undefined ? -1 : Buffer.byteLength(message.pth, "utf8");
   const etgLen = message.etg === undefined ? -1 : Buffer.byteLength(message.etg, "utf8");
@@ -376,8 +385,14 @@ function encodeData(message: DataMessage, maxBytes: number): Uint8Array {
   // Every byte is written below (the size is exact), so no zero fill: that memset was a tenth
   // of a relay sender's CPU time. Its own memory, not the shared pool: nobody else writes it.
   // A plain Uint8Array over it, not the Buffer: callers' slice() must copy, as it does for one.
-  const raw = Buffer.allocUnsafeSlow(size);
-  const out = new Uint8Array(raw.buffer, raw.byteOffset, size);
+  let out: Uint8Array;
+  if (scratch !== undefined && scratch.buffer.byteLength >= size) {
+    out = scratch.buffer.subarray(0, size);
+  } else {
+    const raw = Buffer.allocUnsafeSlow(size);
+    out = new Uint8Array(raw.buffer, raw.byteOffset, size);
+    if (scratch !== undefined) scratch.buffer = out;
+  }
   let at = 0;
   const head = (major: number, value: number): void => {
     at = writeHead(out, at, major, value);
