@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { MessageType, encodeMessage, parseDataFast, safeParseMessage } from "../../src/hotlink/protocol.ts";
+import { type EncodeScratch, MessageType, encodeDataMessage, encodeMessage, parseDataFast, safeParseMessage } from "../../src/hotlink/protocol.ts";
 import { prng } from "../helpers/prng.ts";
 
 const seed = Number(process.env.STOA_FUZZ_SEED ?? 20261122);
@@ -60,5 +60,34 @@ describe("parseDataFast: Data without copying the payload", () => {
     bad.set(new TextEncoder().encode("alice/.."), at);
     expect(parseDataFast(bad)).toBeNull();
     expect(safeParseMessage(bad).ok).toBe(false);
+  });
+});
+
+describe("encodeDataMessage into a reused buffer", () => {
+  test("writes the same bytes as encodeMessage, reusing the scratch and growing it only for a larger message", () => {
+    const scratch: EncodeScratch = { buffer: new Uint8Array(0) };
+    const r = prng(seed + 2);
+    let grown = 0;
+    let last = scratch.buffer;
+    for (let i = 0; i < 300; i++) {
+      const msg = {
+        t: MessageType.Data,
+        sid: `s${r.int(1000)}`,
+        seq: r.int(2 ** 32),
+        pay: r.bytes(r.int(3000)),
+        pth: r.int(2) === 0 ? undefined : "alice/p/q",
+        etg: r.int(2) === 0 ? undefined : "e1",
+      } as const;
+      const got = encodeDataMessage(msg, undefined, scratch);
+      const want = encodeMessage(Object.fromEntries(Object.entries(msg).filter(([, v]) => v !== undefined)) as typeof msg);
+      expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
+      expect(got.buffer).toBe(scratch.buffer.buffer);
+      if (scratch.buffer !== last) {
+        grown++;
+        expect(scratch.buffer.byteLength).toBe(got.byteLength); // grew to exactly what was needed
+        last = scratch.buffer;
+      }
+    }
+    expect(grown).toBeLessThan(30); // grows with the largest message so far, not per message
   });
 });
