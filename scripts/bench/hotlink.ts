@@ -8,7 +8,10 @@
  * figures are the path's latency, not queueing; 3,000 warm-up frames, then 20 unmeasured frames
  * of each size go first. Percentiles are nearest-rank-low: sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
  * Then tunnel throughput: --mib MiB through a TCP tunnel, alice's port to bob's, with the CPU
- * seconds each process spent per GiB (from /proc: where the time goes).
+ * seconds each process spent per GiB (from /proc: where the time goes), and next to it the
+ * ceiling of the path's shape on this machine, measured in the same pass with bare Bun
+ * pass-through processes (lib/passthrough.ts): three plain TCP hops and the same over Bun's
+ * WebSocket for the relay, two hops with TLS between them for direct.
  * Twice: every process pinned to CPU 0 (`taskset -c 0`; the figures the goals refer to — a
  * cross-CPU wake-up costs tens of µs here) and unpinned.
  * Reference (seed, Go client, relay): P50 ≈ 330 µs, P99 ≈ 1.1 ms.
@@ -25,7 +28,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import { freePort, waitForPort } from "./lib/client.ts";
-import { passthroughChain } from "./lib/passthrough.ts";
+import { passthroughChain, wsChain } from "./lib/passthrough.ts";
 
 const { values } = parseArgs({
   options: {
@@ -125,14 +128,16 @@ async function stream(
  * (lib/passthrough.ts) — three plain hops like the relay path, or two with TLS between them
  * like the direct one — with no protocol at all.
  */
-async function floorMBps(path: string, bytes: number): Promise<number> {
+async function floorMBps(path: string, bytes: number, overWebSocket = false): Promise<number> {
   const sink = Bun.listen<undefined>({
     hostname: "127.0.0.1",
     port: 0,
     socket: { data: (s, d) => handlers?.data(s, d), close: () => handlers?.end() },
   });
   let handlers: SinkHandlers | null = null;
-  const chain = await passthroughChain(path === "direct" ? 2 : 3, sink.port, path === "direct" ? { tlsAfter: 1 } : {});
+  const chain = overWebSocket
+    ? await wsChain(sink.port)
+    : await passthroughChain(path === "direct" ? 2 : 3, sink.port, path === "direct" ? { tlsAfter: 1 } : {});
   try {
     const { mbps } = await stream(bytes, chain.port, async (h) => {
       handlers = h;
@@ -145,9 +150,14 @@ async function floorMBps(path: string, bytes: number): Promise<number> {
   }
 }
 
-async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu; floorMBps: number }> {
+async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu; floorMBps: number; wsFloorMBps: number | null }> {
   const measured = await measure();
-  return { ...measured, floorMBps: await floorMBps(values.path, Number(values.mib) * 1024 * 1024) };
+  const bytes = Number(values.mib) * 1024 * 1024;
+  return {
+    ...measured,
+    floorMBps: await floorMBps(values.path, bytes),
+    wsFloorMBps: values.path === "relay" ? await floorMBps(values.path, bytes, true) : null,
+  };
 }
 
 async function measure(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu }> {
@@ -289,6 +299,12 @@ if (values.inner) {
           `  ceiling of this shape: ${r.floorMBps.toFixed(0)} MB/s — bare Bun pass-through processes, ` +
             (path === "relay" ? "three plain hops" : "two hops with TLS between them") + ", no protocol",
         );
+        if (r.wsFloorMBps !== null) {
+          console.log(
+            `  ceiling over Bun's WebSocket: ${r.wsFloorMBps.toFixed(0)} MB/s — TCP → client → server → client → TCP, ` +
+              "raw bytes as messages, no protocol (client frames masked, as RFC 6455 requires)",
+          );
+        }
       }
     }
     console.log("\ngoals (1 KB ×2000, pinned): relay P50 ≤ 110 µs, P99 ≤ 1 ms; direct P50 ≤ 60 µs; tunnel ≥ 300 MB/s relay, ≥ 600 MB/s direct");

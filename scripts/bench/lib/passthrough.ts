@@ -3,13 +3,20 @@
  * A bare pass-through chain: the ceiling for any Bun program of a given shape on this machine.
  * Each hop process accepts one connection, connects onward and copies bytes with nothing else
  * (no framing, no protocol, no bookkeeping beyond a queue for short writes). The hotlink
- * benchmark runs it with the shapes of its two paths and prints the figure next to stoa's:
- *   relay  — three hops, all plain TCP (application → alice → server → bob → application)
+ * benchmark runs it with the shapes of its two paths and prints the figures next to stoa's:
+ *   relay  — three hops, all plain TCP (application → alice → server → bob → application);
+ *            and the same over WebSocket (`wsChain`): TCP → WebSocket client → Bun.serve
+ *            forwarding each message → WebSocket client → TCP, raw bytes as binary messages,
+ *            with the flow control a relay needs: the ceiling of any relay over Bun's WebSocket
+ *            (client frames are masked, RFC 6455 5.3, and the server unmasks them)
  *   direct — two hops, TLS between them (application → alice ⇒ bob → application)
  *
  *   bun scripts/bench/lib/passthrough.ts --listen PORT --to PORT [--tls-in] [--tls-out]
- * A hop prints "ready" once it listens. `passthroughChain` starts the hops; they inherit the
- * caller's CPU affinity (a benchmark run under `taskset -c 0` pins them too).
+ *   bun scripts/bench/lib/passthrough.ts --tcp-to-ws PORT --to WS_PORT
+ *   bun scripts/bench/lib/passthrough.ts --ws-server PORT
+ *   bun scripts/bench/lib/passthrough.ts --ws-to-tcp WS_PORT --to PORT
+ * `passthroughChain` and `wsChain` start the processes; they inherit the caller's CPU affinity
+ * (a benchmark run under `taskset -c 0` pins them too).
  */
 import type { Socket } from "bun";
 import { parseArgs } from "node:util";
@@ -113,6 +120,131 @@ export async function passthroughChain(
   };
 }
 
+const WS_HIGH_WATER = 4 * 1024 * 1024;
+const WS_LOW_WATER = 1024 * 1024;
+
+/** TCP in, one WebSocket client out (each read one binary message); polls bufferedAmount as
+ * Bun's client has no drain event. */
+function tcpToWs(listen: number, wsPort: number): void {
+  Bun.listen<{ ws: WebSocket | null; waiting: boolean }>({
+    hostname: "127.0.0.1",
+    port: listen,
+    data: { ws: null, waiting: false },
+    socket: {
+      open(s) {
+        s.pause();
+        const ws = new WebSocket(`ws://127.0.0.1:${wsPort}/in`);
+        s.data = { ws: null, waiting: false };
+        ws.onopen = () => {
+          s.data.ws = ws;
+          s.resume();
+        };
+        ws.onclose = () => void s.end();
+      },
+      data(s, chunk) {
+        const ws = s.data.ws;
+        if (ws === null) return;
+        ws.send(chunk);
+        if (ws.bufferedAmount > WS_HIGH_WATER && !s.data.waiting) {
+          s.data.waiting = true;
+          s.pause();
+          const check = () => {
+            if (ws.bufferedAmount > WS_LOW_WATER) return void setTimeout(check, 1);
+            s.data.waiting = false;
+            s.resume();
+          };
+          setTimeout(check, 1);
+        }
+      },
+      close: (s) => s.data.ws?.close(),
+    },
+  });
+  console.log("ready");
+}
+
+/** Forwards every message from the /in client to the /out client, pausing /in while /out is behind. */
+function wsServer(port: number): void {
+  type Ws = import("bun").ServerWebSocket<{ path: string }>;
+  let out: Ws | null = null;
+  let input: Ws | null = null;
+  Bun.serve<{ path: string }>({
+    hostname: "127.0.0.1",
+    port,
+    fetch: (req, server) => (server.upgrade(req, { data: { path: new URL(req.url).pathname } }) ? undefined : new Response("", { status: 426 })),
+    websocket: {
+      maxPayloadLength: 64 * 1024 * 1024,
+      backpressureLimit: 64 * 1024 * 1024,
+      closeOnBackpressureLimit: false,
+      perMessageDeflate: false,
+      open(ws) {
+        if (ws.data.path === "/out") out = ws;
+        else input = ws;
+      },
+      message(_ws, message) {
+        if (out === null) return;
+        out.send(message);
+        if (out.getBufferedAmount() > WS_HIGH_WATER) (input as unknown as { pause(): void } | null)?.pause();
+      },
+      drain(ws) {
+        if (ws === out && ws.getBufferedAmount() < WS_HIGH_WATER / 2) (input as unknown as { resume(): void } | null)?.resume();
+      },
+      close(ws) {
+        if (ws === input) out?.close();
+      },
+    },
+  });
+  console.log("ready");
+}
+
+/** One WebSocket client in (/out), TCP out. */
+async function wsToTcp(wsPort: number, to: number): Promise<void> {
+  const state: Hop = { peer: null, queue: [], source: null };
+  const ws = new WebSocket(`ws://127.0.0.1:${wsPort}/out`);
+  ws.binaryType = "arraybuffer";
+  ws.onmessage = (e) => forward(state, new Uint8Array(e.data as ArrayBuffer));
+  state.peer = await Bun.connect<Hop>({
+    hostname: "127.0.0.1",
+    port: to,
+    data: state,
+    socket: { data() {}, drain: () => flush(state), close: () => ws.close() },
+  });
+  ws.onclose = () => void state.peer?.end();
+  await new Promise((r) => (ws.onopen = r));
+  console.log("ready");
+}
+
+/**
+ * The relay's shape over WebSocket with no protocol: TCP → client → server → client → TCP,
+ * ending at `sinkPort`. Returns the first port and a stop function.
+ */
+export async function wsChain(sinkPort: number): Promise<{ port: number; stop: () => Promise<void> }> {
+  const [inPort, wsPort] = [freePort(), freePort()];
+  const children: ReturnType<typeof Bun.spawn>[] = [];
+  // In order, each once it says "ready": a probe connection would take the place of a client.
+  const start = async (args: string[]) => {
+    const child = Bun.spawn([process.execPath, import.meta.path, ...args], { stdout: "pipe", stderr: "inherit" });
+    children.push(child);
+    const reader = child.stdout.getReader();
+    let said = "";
+    while (!said.includes("ready")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`passthrough ${args.join(" ")} exited before it was ready`);
+      said += new TextDecoder().decode(value);
+    }
+    reader.releaseLock();
+  };
+  await start(["--ws-server", String(wsPort)]);
+  await start(["--ws-to-tcp", String(wsPort), "--to", String(sinkPort)]);
+  await start(["--tcp-to-ws", String(inPort), "--to", String(wsPort)]);
+  return {
+    port: inPort,
+    stop: async () => {
+      for (const c of children) c.kill("SIGTERM");
+      await Promise.all(children.map((c) => c.exited));
+    },
+  };
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     options: {
@@ -120,11 +252,21 @@ if (import.meta.main) {
       to: { type: "string" },
       "tls-in": { type: "boolean", default: false },
       "tls-out": { type: "boolean", default: false },
+      "tcp-to-ws": { type: "string" },
+      "ws-server": { type: "string" },
+      "ws-to-tcp": { type: "string" },
     },
   });
-  if (values.listen === undefined || values.to === undefined) {
+  if (values["ws-server"] !== undefined) {
+    wsServer(Number(values["ws-server"]));
+  } else if (values["tcp-to-ws"] !== undefined && values.to !== undefined) {
+    tcpToWs(Number(values["tcp-to-ws"]), Number(values.to));
+  } else if (values["ws-to-tcp"] !== undefined && values.to !== undefined) {
+    await wsToTcp(Number(values["ws-to-tcp"]), Number(values.to));
+  } else if (values.listen === undefined || values.to === undefined) {
     console.error("usage: passthrough.ts --listen PORT --to PORT [--tls-in] [--tls-out]");
     process.exit(2);
+  } else {
+    hop(Number(values.listen), Number(values.to), values["tls-in"], values["tls-out"]);
   }
-  hop(Number(values.listen), Number(values.to), values["tls-in"], values["tls-out"]);
 }
