@@ -58,6 +58,7 @@ export interface LinkOptions {
 export class RelayLink {
   readonly #options: LinkOptions;
   readonly #conn: ReconnectingWebSocket;
+  #stopping = false;
   #ws: WebSocket | null = null;
   #welcome: WelcomeMessage | null = null;
   #refused = false;
@@ -94,7 +95,9 @@ export class RelayLink {
         this.#ws = null;
         this.#welcome = null;
         if (was) {
-          log.warn("lost the relay server", { code, reason, retrying: willRetry });
+          // Our own close (the daemon stopping) is no loss worth a warning.
+          if (this.#stopping) log.debug("closed the relay server connection", { code, reason });
+          else log.warn("lost the relay server", { code, reason, retrying: willRetry });
           options.onDown(reason || `connection closed (${code})`);
         } else if (code === 1006 || code === 1002) {
           log.debug("relay server not reachable", { code, reason, retrying: willRetry });
@@ -187,6 +190,7 @@ export class RelayLink {
   }
 
   close(): Promise<void> {
+    this.#stopping = true;
     this.#conn.close(1000, "daemon stopping");
     clearTimeout(this.#poll);
     this.#poll = undefined;

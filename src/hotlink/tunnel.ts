@@ -148,10 +148,32 @@ export class Tunnel {
     this.#listener?.stop(true);
     this.#listener = null;
     this.#out?.abort(reason);
-    this.#in?.close(reason);
+    this.#closeIn(reason);
     this.#app?.terminate();
     clearTimeout(this.#retry);
     clearTimeout(this.#holdTimer);
+  }
+
+  /**
+   * Ends the incoming session from this side (its reason reaches the sender). Detached first,
+   * so that its end is not taken for the peer's (#onInEnded).
+   */
+  #closeIn(reason: string): void {
+    const inc = this.#in;
+    if (inc === null) return;
+    this.#in = null;
+    inc.close(reason);
+  }
+
+  /** No application took what the peer sent, within the bounds: say so, drop it, tell the sender. */
+  #dropHeld(why: string): void {
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
+    if (this.#heldBytes > 0) this.#log.error("dropping held bytes; the sender is told", { reason: why, bytes: this.#heldBytes });
+    else this.#log.warn("closing the peer's session; the sender is told", { reason: why });
+    this.#held = [];
+    this.#heldBytes = 0;
+    this.#closeIn(why);
   }
 
   #onAppOpen(s: App): void {
@@ -249,7 +271,7 @@ export class Tunnel {
       if (err === undefined && out.state === "open" && this.#early.length === 0) out.finish();
       else out.abort(err === undefined ? "the application closed before its session was accepted" : "the application connection was reset");
     }
-    this.#in?.close("the application connection closed");
+    this.#closeIn("the application connection closed");
     this.#resetConnection();
   }
 
@@ -262,7 +284,7 @@ export class Tunnel {
     this.counters.rxBytes += item.byteLength;
     if (this.#app === null) {
       if (this.#heldBytes + item.byteLength > HOLD_BYTES) {
-        this.#in?.close(`no application connected to ${this.spec.host}:${this.port} and ${HOLD_BYTES} bytes already held`);
+        this.#dropHeld(`no application connected to ${this.spec.host}:${this.port} and ${HOLD_BYTES} bytes already held`);
         return;
       }
       this.#held.push(item.pay);
@@ -346,7 +368,7 @@ export class Tunnel {
     const app = this.#app;
     this.#app = null;
     this.#out?.abort("the other direction of the tunnel failed");
-    this.#in?.close("the other direction of the tunnel failed");
+    this.#closeIn("the other direction of the tunnel failed");
     app?.terminate();
     this.#resetConnection();
   }
@@ -384,7 +406,7 @@ export class Tunnel {
       if (this.#app !== null) return;
       const why = `no application connected to ${this.spec.host}:${this.port} within ${HOLD_MS / 1000} s`;
       if (this.#in !== null) {
-        this.#in.close(why);
+        this.#dropHeld(why);
       } else if (this.#inFinished) {
         // The sender finished before we could tell it: say so loudly, then free the tunnel.
         this.#log.error("dropping a finished stream nobody collected", { reason: why, bytes: this.#heldBytes });

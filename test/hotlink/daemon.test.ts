@@ -16,7 +16,7 @@ afterEach(async () => {
 
 const CHANNEL = "alice/mpc/run1/0_to_1";
 
-async function pair(misbehave?: Misbehaviour) {
+async function pair(misbehave?: Misbehaviour, logger = log) {
   const relay = startTestRelay(misbehave);
   cleanups.push(() => relay.close());
   const start = async (user: string, peer: string) => {
@@ -25,7 +25,7 @@ async function pair(misbehave?: Misbehaviour) {
       user,
       token: TOKEN,
       tunnels: [{ channel: CHANNEL, host: "127.0.0.1", port: 0, peer }],
-      log,
+      log: logger,
       minDelayMs: 20,
     });
     cleanups.push(() => d.close());
@@ -110,6 +110,27 @@ describe("tunnels over the relay", () => {
     await until(() => bobApp.bytes() === 1000, "the first bytes");
     aliceApp.sock.terminate();
     await bobApp.closed;
+  });
+
+  test("a server application that answers and ends: the client gets the whole answer and a FIN, no reset, no warning", async () => {
+    const lines: string[] = [];
+    const { alice, bob, alicePort, bobPort } = await pair(undefined, createLogger({ level: "warn", stream: { write: (l: string) => void lines.push(l) } }));
+    const server = await app(bobPort, own);
+    const client = await app(alicePort, own);
+    const answer = randomBytes(8 * 1024 * 1024);
+    await client.send(new TextEncoder().encode("GET /\n"));
+    await until(() => server.bytes() === 6, "the request at the server");
+    await server.send(answer);
+    server.sock.end();
+    await client.ended;
+    expect(client.bytes()).toBe(answer.length);
+    expect(sha(client.received())).toBe(sha(answer));
+    // The client ends its side too; then both connections close in order.
+    client.sock.end();
+    await Promise.all([client.closed, server.closed]);
+    for (const d of [alice, bob]) expect(d.tunnel(CHANNEL)?.counters.resets).toBe(0);
+    await Promise.all([alice.close(), bob.close()]);
+    expect(lines).toEqual([]);
   });
 
   test("a second application connection on a busy tunnel is refused, the first goes on", async () => {
