@@ -31,6 +31,7 @@
  * is one whole frame.
  */
 import { Buffer, isUtf8 } from "node:buffer";
+import { uninitializedBytes } from "../core/bytes.ts";
 import { StoaError } from "../core/errors.ts";
 
 /** Bytes of the fixed header: magic 4 + version 1 + path_len 2 + etag_len 2 + payload_len 4 + seq 8. */
@@ -385,8 +386,7 @@ export class HlnkDecoder {
   /** Allocates the payload of the frame whose head was just read, at its checked length. */
   #beginPayload(): Uint8Array {
     // Not zero-filled: the frame is handed out only once every byte was written.
-    const raw = Buffer.allocUnsafeSlow(this.#head.payloadLen);
-    const payload = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+    const payload = uninitializedBytes(this.#head.payloadLen);
     this.#payload = payload;
     this.#payloadFill = 0;
     return payload;

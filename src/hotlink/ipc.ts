@@ -254,11 +254,10 @@ export class IpcChannel {
 
   #resumeApps(): void {
     if (!this.#appsPaused || this.#pendingBytes > PENDING_BYTES) return;
-    // The transport the session uses: its direct connection, or the relay socket.
-    const out = this.#out;
-    if (out !== null ? out.busy : this.#link.busy) {
-      if (out !== null) out.whenWritable(() => this.#resumeApps());
-      else this.#link.whenWritable(() => this.#resumeApps());
+    // The transport the session uses (its direct connection or the relay), or the relay.
+    const transport = this.#out ?? this.#link;
+    if (transport.busy) {
+      transport.whenWritable(() => this.#resumeApps());
       return;
     }
     this.#appsPaused = false;

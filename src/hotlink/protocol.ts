@@ -102,6 +102,7 @@
  */
 import { Buffer } from "node:buffer";
 import { z } from "zod";
+import { uninitializedBytes } from "../core/bytes.ts";
 import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { StoaError } from "../core/errors.ts";
@@ -383,14 +384,12 @@ function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScra
     );
   }
   // Every byte is written below (the size is exact), so no zero fill: that memset was a tenth
-  // of a relay sender's CPU time. Its own memory, not the shared pool: nobody else writes it.
-  // A plain Uint8Array over it, not the Buffer: callers' slice() must copy, as it does for one.
+  // of a relay sender's CPU time.
   let out: Uint8Array;
   if (scratch !== undefined && scratch.buffer.byteLength >= size) {
     out = scratch.buffer.subarray(0, size);
   } else {
-    const raw = Buffer.allocUnsafeSlow(size);
-    out = new Uint8Array(raw.buffer, raw.byteOffset, size);
+    out = uninitializedBytes(size);
     if (scratch !== undefined) scratch.buffer = out;
   }
   let at = 0;
