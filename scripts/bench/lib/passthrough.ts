@@ -20,43 +20,32 @@
  */
 import type { Socket } from "bun";
 import { parseArgs } from "node:util";
+import { Outbox } from "../../../src/core/outbox.ts";
 import { createSessionCertificate } from "../../../src/hotlink/cert.ts";
 import { freePort, waitForPort } from "./client.ts";
 
+/** One direction of a hop: bytes for `peer` (null until connected), through core's Outbox. */
 interface Hop {
   peer: Socket<Hop> | null;
-  queue: Uint8Array[];
+  outbox: Outbox;
   source: Socket<Hop> | null;
 }
 
-/** Writes to `to`, queueing what it does not take and pausing the source until drain. */
+function newHop(source: Socket<Hop> | null): Hop {
+  // Until the peer is connected nothing is taken, so everything queues.
+  const hop: Hop = { peer: null, source, outbox: new Outbox({ write: (b) => (hop.peer === null ? 0 : hop.peer.write(b)) }) };
+  return hop;
+}
+
+/** Writes to the peer; the source waits while anything is queued. */
 function forward(hop: Hop, chunk: Uint8Array): void {
-  const to = hop.peer;
-  if (to === null || hop.queue.length > 0) {
-    hop.queue.push(chunk);
-    hop.source?.pause();
-    return;
-  }
-  const n = Math.max(0, to.write(chunk));
-  if (n < chunk.byteLength) {
-    hop.queue.push(chunk.subarray(n));
-    hop.source?.pause();
-  }
+  hop.outbox.write(chunk);
+  if (hop.outbox.queued > 0) hop.source?.pause();
 }
 
 function flush(hop: Hop): void {
-  const to = hop.peer;
-  if (to === null) return;
-  while (hop.queue.length > 0) {
-    const chunk = hop.queue[0] as Uint8Array;
-    const n = Math.max(0, to.write(chunk));
-    if (n < chunk.byteLength) {
-      hop.queue[0] = chunk.subarray(n);
-      return;
-    }
-    hop.queue.shift();
-  }
-  hop.source?.resume();
+  hop.outbox.flush();
+  if (hop.outbox.queued === 0) hop.source?.resume();
 }
 
 function hop(listen: number, to: number, tlsIn: boolean, tlsOut: boolean): void {
@@ -65,10 +54,10 @@ function hop(listen: number, to: number, tlsIn: boolean, tlsOut: boolean): void 
     hostname: "127.0.0.1",
     port: listen,
     ...(cert === null ? {} : { tls: { cert: cert.certPem, key: cert.keyPem } }),
-    data: { peer: null, queue: [], source: null },
+    data: newHop(null),
     socket: {
       open(s) {
-        const state: Hop = { peer: null, queue: [], source: s };
+        const state = newHop(s);
         s.data = state;
         void Bun.connect<Hop>({
           hostname: "127.0.0.1",
@@ -198,7 +187,7 @@ function wsServer(port: number): void {
 
 /** One WebSocket client in (/out), TCP out. */
 async function wsToTcp(wsPort: number, to: number): Promise<void> {
-  const state: Hop = { peer: null, queue: [], source: null };
+  const state = newHop(null);
   const ws = new WebSocket(`ws://127.0.0.1:${wsPort}/out`);
   ws.binaryType = "arraybuffer";
   ws.onmessage = (e) => forward(state, new Uint8Array(e.data as ArrayBuffer));
