@@ -13,6 +13,7 @@ afterAll(() => scope.cleanup());
 async function welcome(url: string, user: string, token: string): Promise<string> {
   const ws = new WebSocket(url, { headers: { Authorization: formatAuthorization(user, token) } });
   ws.binaryType = "arraybuffer";
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
     return await new Promise<string>((resolve, reject) => {
       ws.onopen = () => ws.send(encodeMessage({ t: MessageType.Hello, v: PROTOCOL_VERSION }));
@@ -22,8 +23,12 @@ async function welcome(url: string, user: string, token: string): Promise<string
         else reject(new Error(`expected Welcome, got type ${m.t}`));
       };
       ws.onerror = () => reject(new Error("the WebSocket did not open"));
+      // A refused upgrade may end in close without error: never wait forever for either.
+      ws.onclose = (e: CloseEvent) => reject(new Error(`the WebSocket did not open, or closed before Welcome (${e.code})`));
+      timer = setTimeout(() => reject(new Error("no Welcome within 5 s (the WebSocket did not open?)")), 5_000);
     });
   } finally {
+    clearTimeout(timer);
     ws.close();
   }
 }
