@@ -11,7 +11,10 @@
  * - A cleanup that throws, rejects or times out is logged and does not stop the others; it makes
  *   the exit code 1. Otherwise a graceful stop exits 0 — also on a signal (not 130/143): stopping
  *   a long-running command on request is success.
- * - A second SIGINT/SIGTERM during shutdown exits 1 at once.
+ * - A second SIGINT/SIGTERM exits 1 at once. Only signals count: a shutdown that began for
+ *   another reason (end of stdin) is joined by the first signal, not cut short by it — a
+ *   `producer | stoa pub` stopped by Ctrl-C gets SIGINT and EOF together, in either order, and
+ *   must still deregister.
  *
  * The state lives in `ShutdownManager` so tests can inject `exit`; the process uses the
  * singleton behind `onShutdown`, `installSignalHandlers` and `shutdown`.
@@ -47,6 +50,8 @@ export class ShutdownManager {
   private timeoutMs: number;
   private log: Logger;
   private running: Promise<number> | undefined;
+  /** SIGINT/SIGTERMs received; the second one ends the process at once. */
+  private signals = 0;
   private uninstall: (() => void) | undefined;
 
   constructor(options: ShutdownManagerOptions = {}) {
@@ -80,7 +85,8 @@ export class ShutdownManager {
   }
 
   /**
-   * Run `shutdown` on the first SIGINT or SIGTERM; exit 1 at once on a second one.
+   * Run `shutdown` on the first SIGINT or SIGTERM (or let a shutdown already running go on);
+   * exit 1 at once on a second signal.
    * Returns a function that removes the handlers.
    */
   installSignalHandlers(options: ShutdownOptions = {}): () => void {
@@ -88,9 +94,14 @@ export class ShutdownManager {
     if (options.log !== undefined) this.log = options.log;
     this.uninstall?.();
     const handler = (signal: NodeJS.Signals): void => {
-      if (this.running !== undefined) {
+      this.signals++;
+      if (this.signals > 1 && this.running !== undefined) {
         this.log.error("second signal during shutdown; exiting now", { signal });
         this.exit(1);
+        return;
+      }
+      if (this.running !== undefined) {
+        this.log.info("signal during shutdown; still cleaning up (a second one exits at once)", { signal });
         return;
       }
       void this.shutdown(signal);

@@ -216,3 +216,46 @@ describe("signals, in a real process", () => {
     expect(stderr).toContain("second signal during shutdown");
   });
 });
+
+describe("end of stdin and a signal together (D9: `producer | stoa pub` stopped by Ctrl-C)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "stoa-shutdown-eof-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const fixture = join(import.meta.dir, "..", "fixtures", "shutdown-cleanups.ts");
+  let n = 0;
+
+  test("a signal during a shutdown begun by end of stdin lets every cleanup run and exits 0", async () => {
+    const out = join(dir, `self-${++n}.txt`);
+    const proc = Bun.spawn([process.execPath, fixture, out, "stdin-self-signal"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    proc.stdin.end();
+    expect(await proc.exited).toBe(0);
+    expect(readFileSync(out, "utf8")).toBe("listener\nasync store\nidle timer\n");
+    const stderr = await new Response(proc.stderr).text();
+    expect(stderr).not.toContain("second signal");
+    expect(stderr).toContain('"reason":"end of stdin"');
+  });
+
+  test("SIGINT to the whole pipeline's process group, 20 times: every run cleans up and exits 0", async () => {
+    const runs = 20;
+    const outcomes: { code: number | null; out: string; stderr: string }[] = [];
+    for (let i = 0; i < runs; i++) {
+      const out = join(dir, `group-${++n}.txt`);
+      // setsid: the shell leads a new process group, like a terminal's foreground job; the
+      // producer (sleep) dies of the SIGINT, so EOF reaches the fixture with the same signal.
+      // The shell traps SIGINT (children get the default back) to report the fixture's code.
+      const script = `trap : INT; sleep 30 | "$0" "$1" "$2" stdin; exit $?`;
+      const proc = Bun.spawn(["setsid", "sh", "-c", script, process.execPath, fixture, out], {
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const reader = proc.stdout.getReader();
+      const first = await reader.read();
+      reader.releaseLock();
+      expect(new TextDecoder().decode(first.value)).toBe("ready\n");
+      process.kill(-proc.pid, "SIGINT");
+      const code = await proc.exited;
+      outcomes.push({ code, out: existsSync(out) ? readFileSync(out, "utf8") : "", stderr: await new Response(proc.stderr).text() });
+    }
+    const bad = outcomes.filter((o) => o.code !== 0 || o.out !== "listener\nasync store\nidle timer\n");
+    expect(bad.map((o) => ({ code: o.code, out: o.out, stderr: o.stderr.slice(-300) }))).toEqual([]);
+  });
+});
