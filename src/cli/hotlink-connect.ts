@@ -13,6 +13,7 @@ import { onShutdown } from "../core/shutdown.ts";
 import { prepareUnixPath } from "../core/unixsock.ts";
 import { type HotlinkControl, hotlinkControlPath, startHotlinkControl } from "../hotlink/control.ts";
 import { HotlinkDaemon, relayUrl } from "../hotlink/daemon.ts";
+import { MAX_DIALED_CANDIDATES } from "../hotlink/protocol.ts";
 import { parseIpcSpec, parseTunnelSpec } from "../hotlink/specs.ts";
 import { userNameProblem } from "../hotlink/users.ts";
 import { type MarkerWatcher, watchMarkers } from "../hotlink/watch.ts";
@@ -68,7 +69,8 @@ export const connect = defineCommand({
     "'stoa hotlink tunnel|ipc|ls|close' change the running daemon; one daemon per user and run dir.\n" +
     "With --direct on (the default) a receiving daemon offers each session a direct TLS connection\n" +
     "(per-session certificate pinned by fingerprint); data moves there when the sender can reach it,\n" +
-    "and falls back to the relay without loss when it cannot or the connection fails.",
+    "and falls back to the relay without loss when it cannot or the connection fails. A sender\n" +
+    `dials only its own sessions' first offer, and at most ${MAX_DIALED_CANDIDATES} of the addresses in it.`,
   config: true,
   flags: {
     server: str("relay server URL (ws://host:port or wss://host:port)", { placeholder: "url" }),
@@ -84,7 +86,7 @@ export const connect = defineCommand({
       schema: z.enum(["on", "off"]),
     }),
     directListen: str("address to accept direct connections on (:: for all)", { default: "::", placeholder: "addr" }),
-    directAdvertise: list("address to offer peers for direct connections (default: this host's addresses)", { placeholder: "addr" }),
+    directAdvertise: list(`address to offer peers for direct connections (default: this host's addresses; the first ${MAX_DIALED_CANDIDATES} are offered)`, { placeholder: "addr" }),
     ...controlFlags(),
     ...logFlags(),
     config: configFlag(),

@@ -8,7 +8,13 @@ import { type Command, bool, configFlag, defineCommand, defineGroup, str } from 
 import { HostPort, logFlags, serveMetrics, startService } from "./common.ts";
 import { StoaError } from "../core/errors.ts";
 import { onShutdown } from "../core/shutdown.ts";
-import { MAX_MESSAGE_BYTES } from "../hotlink/protocol.ts";
+import {
+  HELLO_TIMEOUT_MS,
+  MAX_CONNECTIONS_PER_USER,
+  MAX_MESSAGE_BYTES,
+  MAX_SESSIONS_PER_CONNECTION,
+  MAX_SESSIONS_PER_USER,
+} from "../hotlink/protocol.ts";
 import { MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES, startHotlinkServer } from "../hotlink/server.ts";
 import { addUser, loadUsers, removeUser } from "../hotlink/users.ts";
 import { connect } from "./hotlink-connect.ts";
@@ -42,8 +48,10 @@ const serve = defineCommand({
     "the users who may read them. Access: a path's first segment is its owner (full access); the\n" +
     "--acl file adds rules {pattern, read: [users|*], write: [users|*]} with * ? ** globs.\n" +
     "A slow receiver pauses its sender instead of losing data. SIGHUP re-reads the users and ACL\n" +
-    "files (a bad file is logged and the old one kept; removed users are disconnected). Prints\n" +
-    "'hotlink: <url>' when ready; /v1/health answers without a token.",
+    "files (a bad file is logged and the old one kept; removed users are disconnected). Limits:\n" +
+    `a connection that sends no Hello within ${HELLO_TIMEOUT_MS / 1000} s is closed; a user holds at most ${MAX_CONNECTIONS_PER_USER} connections\n` +
+    `(more get 429) and ${MAX_SESSIONS_PER_USER} sessions, ${MAX_SESSIONS_PER_CONNECTION} per connection. Prints 'hotlink: <url>' when ready;\n` +
+    "/v1/health answers without a token.",
   config: true,
   flags: {
     listen: str("address and port to serve on (required)", { placeholder: "host:port", schema: HostPort }),

@@ -2,7 +2,8 @@
  * The direct path of a session (spec: "Transports and the upgrade ladder", step 2): after the
  * receiver accepted, it listens for this session alone over TLS with a fresh self-signed
  * certificate (cert.ts) and offers candidates over the relay (Signal direct_offer {adr, tok,
- * fpr}); the sender dials them one by one (`DIRECT_DIAL_TIMEOUT_MS` each), pins the
+ * fpr}); the sender dials them one by one (`DIRECT_DIAL_TIMEOUT_MS` each, only the first
+ * `MAX_DIALED_CANDIDATES`, and only while the session still wants them), pins the
  * certificate's SHA-256 fingerprint, presents the one-time token, answers direct_answer, and
  * from then on sends the session's Data as HLNK frames on that connection.
  *
@@ -28,7 +29,7 @@ import { Outbox } from "../core/outbox.ts";
 import { DIRECT_TLS_SERVER_NAME, createSessionCertificate, verifyPinnedPeer } from "./cert.ts";
 import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
 import type { DataMessage } from "./protocol.ts";
-import { MessageType } from "./protocol.ts";
+import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
 import type { DaemonCounters } from "./telemetry.ts";
 
 export const DIRECT_DIAL_TIMEOUT_MS = 1_500;
@@ -75,7 +76,8 @@ function candidates(config: DirectConfig, port: number): string[] {
     found.sort((x, y) => Number(x.loopback) - Number(y.loopback));
     hosts = found.map((f) => f.host);
   }
-  return hosts.slice(0, 16).map((h) => (h.includes(":") ? `[${h}]:${port}` : `${h}:${port}`));
+  // The sender dials only the first MAX_DIALED_CANDIDATES: offering more would be noise.
+  return hosts.slice(0, MAX_DIALED_CANDIDATES).map((h) => (h.includes(":") ? `[${h}]:${port}` : `${h}:${port}`));
 }
 
 // ---------------------------------------------------------------- receiver side
@@ -255,24 +257,42 @@ interface Retained {
 /** What an acknowledged slot of the retention array holds until the array is compacted. */
 const ACKNOWLEDGED: Retained = { seq: 0, pay: new Uint8Array(0), pth: undefined, etg: undefined };
 
-/** Dials an offer; resolves with a pinned, authenticated socket, or the reasons it failed. */
+/**
+ * Dials an offer: its first `MAX_DIALED_CANDIDATES` candidates in turn (the rest are the
+ * peer's to waste, not ours to dial), each only while `wanted()` (the session still open);
+ * resolves with a pinned, authenticated socket, or the reasons it failed.
+ */
 export async function dialDirect(
   sid: string,
   offer: DirectOffer,
   events: { data(ack: Uint8Array): void; drain(): void; close(): void },
+  wanted: () => boolean = () => true,
 ): Promise<{ ok: true; socket: Socket<undefined>; via: string } | { ok: false; error: string }> {
   const errors: string[] = [];
-  for (const candidate of offer.adr) {
+  if (offer.adr.length > MAX_DIALED_CANDIDATES) {
+    errors.push(`dialled only the first ${MAX_DIALED_CANDIDATES} of ${offer.adr.length} candidates`);
+  }
+  for (const candidate of offer.adr.slice(0, MAX_DIALED_CANDIDATES)) {
+    if (!wanted()) {
+      errors.push("the session ended while dialling");
+      break;
+    }
     const m = /^\[?([^\]]+)\]?:(\d+)$/.exec(candidate);
     if (m === null || m[1] === undefined) continue;
     const host = m[1];
     const port = Number(m[2]);
     const attempt = await new Promise<{ socket: Socket<undefined> } | { error: string }>((resolve) => {
       let settled = false;
+      /** This attempt's socket became the session's: only then do its events reach `events`. */
+      let won = false;
+      let socket: Socket<undefined> | undefined;
       const done = (r: { socket: Socket<undefined> } | { error: string }) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        // A failed attempt's socket goes now: it must neither linger nor feed the session.
+        if ("error" in r) socket?.terminate();
+        else won = true;
         resolve(r);
       };
       const timer = setTimeout(() => done({ error: `${candidate}: no TLS handshake within ${DIRECT_DIAL_TIMEOUT_MS} ms` }), DIRECT_DIAL_TIMEOUT_MS);
@@ -281,22 +301,38 @@ export async function dialDirect(
         port,
         tls: { rejectUnauthorized: false, serverName: DIRECT_TLS_SERVER_NAME },
         socket: {
+          open(s) {
+            socket = s;
+            if (settled) s.terminate();
+          },
           handshake(s) {
+            if (settled) return void s.terminate(); // too late: this attempt already failed
+            socket = s;
             const pin = verifyPinnedPeer(s, offer.fpr);
             if (!pin.ok) return done({ error: `${candidate}: ${pin.error.message}` });
             s.setNoDelay(true);
             s.write(encoder.encode(`HLD1 ${sid} ${offer.tok}\n`));
             done({ socket: s });
           },
-          data: (_s, d) => events.data(d),
-          drain: () => events.drain(),
+          data: (_s, d) => {
+            if (won) events.data(d);
+          },
+          drain: () => {
+            if (won) events.drain();
+          },
           close: () => {
-            done({ error: `${candidate}: closed` });
-            events.close();
+            if (won) events.close();
+            else done({ error: `${candidate}: closed` });
           },
           error: (s) => s.terminate(),
         },
-      }).catch((err: unknown) => done({ error: `${candidate}: ${err instanceof Error ? err.message : String(err)}` }));
+      }).then(
+        (s) => {
+          socket = s;
+          if (settled && !won) s.terminate();
+        },
+        (err: unknown) => done({ error: `${candidate}: ${err instanceof Error ? err.message : String(err)}` }),
+      );
     });
     if ("socket" in attempt) return { ok: true, socket: attempt.socket, via: candidate };
     errors.push(attempt.error);

@@ -5,9 +5,12 @@
  *
  * Transport. One WebSocket per client daemon, `GET /v1/hotlink` (`HOTLINK_WS_PATH`), with
  * `Authorization: Bearer <user>:<token>` (users.ts). A wrong or missing token gets 401 before
- * the upgrade. Every message is one binary WebSocket frame holding one CBOR map (core/codec.ts
- * data model) whose field `t` is its type; text frames are a protocol error. Unknown fields
- * are ignored (a newer peer may add optional ones); an unknown `t` is a schema error.
+ * the upgrade; a user already holding `MAX_CONNECTIONS_PER_USER` (64) connections gets 429.
+ * The client sends Hello within `HELLO_TIMEOUT_MS` (5 s) of the upgrade, or the server closes
+ * the connection (Error "timeout", WebSocket 1008). Every message is one binary WebSocket
+ * frame holding one CBOR map (core/codec.ts data model) whose field `t` is its type; text
+ * frames are a protocol error. Unknown fields are ignored (a newer peer may add optional
+ * ones); an unknown `t` is a schema error.
  *
  * Message types (the seed's numbers 9–14; 1–5 are new, 6–8 unused):
  *   1  Hello   {v, agt?}                 client → server, first message. `v`: the version the
@@ -50,8 +53,11 @@
  *   Data{sid, seq=1..} ───────>  only from the session's sender ── Data ──> accepted receivers
  *                                                                        still allowed to read
  *   Close{sid} ───────────────>  session ends for everyone ─── Close ───> receivers
- * - No receiver to offer the Open to, no write access, or a sid in use: the server answers
- *   Reject {sid, rsn} at once ("no receiver", "forbidden", "sid in use"). A receiver that
+ * - No receiver to offer the Open to, no write access, a sid in use, or a session limit
+ *   reached: the server answers Reject {sid, rsn} at once ("no receiver", "forbidden", "sid in
+ *   use", "too many sessions: …"). A connection has at most `MAX_SESSIONS_PER_CONNECTION` (4,096)
+ *   sessions open as sender, a user at most `MAX_SESSIONS_PER_USER` (8,192) across all of its
+ *   connections. A receiver that
  *   refuses sends Reject; when no receiver is left pending or accepted, the sender gets the
  *   Reject and the session ends.
  * - The sender sends Data only after an Accept. Data goes to the receivers accepted when it
@@ -74,6 +80,8 @@
  *   decode, schema,  a malformed or oversize (over `mmb`) message; the connection is closed
  *   too_large        (WebSocket 1008, or 1009 for size) and its sessions with it.
  *   protocol         a valid message at the wrong time (anything before Hello, a second Hello).
+ *   timeout          no Hello within `HELLO_TIMEOUT_MS` of the upgrade; the connection is closed
+ *                    (WebSocket 1008).
  *   not_sender       Data or Close-as-sender from a connection that is not the session's sender.
  *   unknown_session  a message for a sid the server does not know (or no longer knows).
  *   forbidden        access lost in the middle of a session (ACL reloaded).
@@ -82,11 +90,18 @@
  * Direct upgrade (Signal, `knd`), all relayed by the server like Data: a receiver's Signal goes
  * to the session's sender; the sender's goes to receiver `to`, or to all accepted receivers.
  *   direct_offer  {adr, tok, fpr}  receiver → sender, after it accepted: `adr` lists 1–16
- *                 candidates "host:port" (IPv6 bracketed, each with its port) where it
+ *                 (`MAX_CANDIDATES`) candidates "host:port" (IPv6 bracketed, each with its
+ *                 port), best first, where it
  *                 listens for this session over TLS with a per-session self-signed
  *                 certificate; `fpr` is that certificate's SHA-256 fingerprint, 64 lowercase
  *                 hex digits (Node's `cert.fingerprint256` without ":" and lower-cased);
- *                 `tok` a one-time token (16–128 of [A-Za-z0-9_-]).
+ *                 `tok` a one-time token (16–128 of [A-Za-z0-9_-]). The addresses are the
+ *                 receiver's choice, so the sender bounds what it dials for them: only a
+ *                 session it opened and that is open with this one receiver (the one that
+ *                 accepted), only the first offer of the session, and only its first
+ *                 `MAX_DIALED_CANDIDATES` (4) candidates, stopping once the session ends. A
+ *                 receiver therefore offers at most 4. Every other offer gets direct_answer
+ *                 with `err` and dials nothing.
  *   direct_answer {err?}           sender → receiver: it dialled the candidates (a short
  *                 timeout each), verified the fingerprint (never "accept any certificate"),
  *                 presented the token, and now sends Data as HLNK frames on that connection;
@@ -99,6 +114,10 @@
  * Limits: a message is at most `MAX_MESSAGE_BYTES` (8 MiB of payload + `MAX_ENVELOPE_BYTES`)
  * unless both ends agree otherwise (Welcome.mmb); decoders check it before decoding. An HLNK
  * frame larger than Welcome.mpb must be split into several Data messages by the sending daemon.
+ * What one user can make the server hold is bounded: `MAX_CONNECTIONS_PER_USER` connections
+ * (counted from the upgrade, Hello or not), each for at most `HELLO_TIMEOUT_MS` before Hello,
+ * `MAX_SESSIONS_PER_CONNECTION` sessions per connection and `MAX_SESSIONS_PER_USER` in all; and
+ * what one peer can make another daemon dial: `MAX_DIALED_CANDIDATES` addresses per session.
  */
 import { Buffer } from "node:buffer";
 import { z } from "zod";
@@ -134,8 +153,30 @@ export const MAX_SID_LENGTH = 64;
 /** Longest `rsn`, `msg` and `err`, in characters. */
 export const MAX_REASON_LENGTH = 1024;
 
-/** Most direct-path candidates in one offer. */
+/** Most direct-path candidates in one offer on the wire (a peer that sends more breaks the schema). */
 export const MAX_CANDIDATES = 16;
+
+/** Most candidates of one offer a sender dials, the first ones: an offer's addresses are the
+ * receiver's choice, so this bounds the connections one peer can make another daemon attempt
+ * (at most this many per session, one offer per session). A receiver offers at most this many,
+ * best first. */
+export const MAX_DIALED_CANDIDATES = 4;
+
+/** How long a client has, from the upgrade, to send Hello; then the server closes the
+ * connection (Error "timeout", WebSocket 1008). A daemon sends Hello as soon as it is open. */
+export const HELLO_TIMEOUT_MS = 5_000;
+
+/** Connections one user may hold on the relay at once, Hello or not: a daemon holds one, so
+ * this leaves room for many hosts per user; past it the upgrade is refused with 429. */
+export const MAX_CONNECTIONS_PER_USER = 64;
+
+/** Sessions one user may have open as sender, across all of its connections: two daemons at
+ * their per-connection limit (`MAX_SESSIONS_PER_CONNECTION`); bounds what one user can make the
+ * server hold, however many connections it opens. */
+export const MAX_SESSIONS_PER_USER = 8192;
+
+/** Sessions one connection may have open as sender: far beyond a daemon's tunnels and sockets. */
+export const MAX_SESSIONS_PER_CONNECTION = 4096;
 
 /** Longest `tok` of the reserved WebRTC signals, in characters (an SDP is a few KiB). */
 export const MAX_SIGNAL_TOKEN_LENGTH = 16 * 1024;

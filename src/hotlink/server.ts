@@ -6,7 +6,9 @@
  * HTTP. `GET /v1/hotlink` with `Authorization: Bearer <user>:<token>` (users.ts) upgrades;
  * a missing or wrong token gets 401 with `WWW-Authenticate` before anything else, so an
  * unauthenticated client never reaches the WebSocket layer; an authenticated request that is not
- * a WebSocket upgrade gets 426. `GET /v1/health` answers 200 JSON. Everything else is 404.
+ * a WebSocket upgrade gets 426. A user already holding `maxConnectionsPerUser` connections
+ * (protocol.ts `MAX_CONNECTIONS_PER_USER`) gets 429 before the upgrade, with a body that says so.
+ * `GET /v1/health` answers 200 JSON. Everything else is 404.
  *
  * Files. The users file is required; without an ACL file only the owner rule applies (acl.ts).
  * `reload()` re-reads both (SIGHUP in the CLI): a bad file is logged and the old one kept.
@@ -26,7 +28,16 @@ import { StoaError, describeError } from "../core/errors.ts";
 import { type Logger, createLogger } from "../core/log.ts";
 import { type Registry, metrics as sharedMetrics } from "../core/metrics.ts";
 import { type Acl, loadAcl, parseAcl } from "./acl.ts";
-import { HOTLINK_WS_PATH, MAX_ENVELOPE_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION } from "./protocol.ts";
+import {
+  HELLO_TIMEOUT_MS,
+  HOTLINK_WS_PATH,
+  MAX_CONNECTIONS_PER_USER,
+  MAX_ENVELOPE_BYTES,
+  MAX_MESSAGE_BYTES,
+  MAX_SESSIONS_PER_CONNECTION,
+  MAX_SESSIONS_PER_USER,
+  PROTOCOL_VERSION,
+} from "./protocol.ts";
 import { type Conn, Switchboard, type SwitchboardStats } from "./switchboard.ts";
 import { loadUsers, parseAuthorization } from "./users.ts";
 
@@ -72,6 +83,14 @@ export interface HotlinkServerOptions {
   highWaterBytes?: number;
   /** A receiver over the mark this long leaves its sessions with Close "receiver too slow" (default 30 s). */
   stuckTimeoutMs?: number;
+  /** Time from the upgrade to Hello, then the connection is closed (default `HELLO_TIMEOUT_MS`, 5 s). */
+  helloTimeoutMs?: number;
+  /** Connections one user may hold, Hello or not (default `MAX_CONNECTIONS_PER_USER`, 64). */
+  maxConnectionsPerUser?: number;
+  /** Sessions one user may send across its connections (default `MAX_SESSIONS_PER_USER`, 8,192). */
+  maxSessionsPerUser?: number;
+  /** Sessions one connection may send (default `MAX_SESSIONS_PER_CONNECTION`, 4,096). */
+  maxSessionsPerConnection?: number;
   /** Default: warnings and errors on stderr. */
   log?: Logger;
   /** Where metrics go (default the process's shared registry). */
@@ -119,6 +138,10 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     maxMessageBytes,
     highWaterBytes,
     stuckTimeoutMs,
+    helloTimeoutMs: checkInt("helloTimeoutMs", options.helloTimeoutMs ?? HELLO_TIMEOUT_MS, 1, 2 ** 31 - 1),
+    maxConnectionsPerUser: checkInt("maxConnectionsPerUser", options.maxConnectionsPerUser ?? MAX_CONNECTIONS_PER_USER, 1, U32_MAX),
+    maxSessionsPerUser: checkInt("maxSessionsPerUser", options.maxSessionsPerUser ?? MAX_SESSIONS_PER_USER, 1, U32_MAX),
+    maxSessionsPerConnection: checkInt("maxSessionsPerConnection", options.maxSessionsPerConnection ?? MAX_SESSIONS_PER_CONNECTION, 1, U32_MAX),
   });
   let closing = false;
 
@@ -136,6 +159,8 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     }
     if (closing) return new Response("the relay is stopping; try again shortly\n", { status: 503 });
     if (req.method !== "GET") return new Response("method not allowed: use GET with a WebSocket upgrade\n", { status: 405, headers: { Allow: "GET" } });
+    const full = board.refuseConnection(auth.user);
+    if (full !== null) return new Response(`${full}\n`, { status: 429, headers: { "Retry-After": "5" } });
     const ip = server.requestIP(req);
     const remote = ip === null ? "?" : ip.family === "IPv6" ? `[${ip.address}]:${ip.port}` : `${ip.address}:${ip.port}`;
     if (server.upgrade(req, { data: board.createConn(auth.user, auth.token, remote) })) return undefined;

@@ -8,6 +8,11 @@
  *   (seed 003, lesson 2) to one sink — the one writer of this session (lesson: never two
  *   writers); an orderly Close ends the session only once every seq up to `lst` was delivered.
  * Both report their end exactly once through `ended(reason)`: null for an orderly end.
+ *
+ * Direct offers (direct.ts) carry addresses the receiver chose, so an `Outgoing` dials for
+ * one only as protocol.ts allows: the first offer of a session it opened, while that session
+ * is open with exactly one receiver, from that receiver, and only its first
+ * `MAX_DIALED_CANDIDATES` addresses; every other offer is answered with an error.
  */
 import { randomUUID } from "node:crypto";
 import { describeError } from "../core/errors.ts";
@@ -49,8 +54,11 @@ export class Outgoing {
   sentBytes = 0;
   /** Receivers that accepted: direct is used only while there is exactly one (direct.ts). */
   #receivers = 0;
+  /** The user of the first receiver that accepted (the server's `frm`). */
+  #acceptedBy: string | undefined;
   #direct: DirectSender | null = null;
-  #dialing = false;
+  /** A direct offer came: a session dials for one offer at most. */
+  #offered = false;
   /** finish() was called while direct frames were unacknowledged: Close waits for them. */
   #finishing = false;
 
@@ -161,38 +169,47 @@ export class Outgoing {
   /** From the server: */
   onAccept(frm: string | undefined): void {
     this.#receivers++;
+    if (this.#receivers === 1) this.#acceptedBy = frm;
     if (this.#receivers > 1 && this.#direct !== null) this.#fallBack("a second receiver accepted the session");
     if (this.state !== "opening") return;
     this.state = "open";
     this.#events.accepted(frm);
   }
 
-  /** A receiver offered a direct path (Signal direct_offer). */
-  onDirectOffer(offer: { adr: string[]; tok: string; fpr: string }): void {
+  /** A receiver offered a direct path (Signal direct_offer); see the module header for when it is dialled. */
+  onDirectOffer(offer: { adr: string[]; tok: string; fpr: string; frm?: string | undefined }): void {
     const link = this.#link;
     const config = link.direct;
     const answer = (err?: string): void => {
       link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_answer", ...(err === undefined ? {} : { err }) });
     };
     if (config === null) return answer("direct paths are off on the sending daemon");
+    if (this.#offered) return answer("a session takes one direct offer; this one was not dialled");
+    this.#offered = true;
     if (this.state !== "open" || this.#receivers !== 1) return answer("the session has more than one receiver, or is not open");
-    if (this.#dialing || this.#direct !== null) return;
-    this.#dialing = true;
+    if (offer.frm !== undefined && offer.frm !== this.#acceptedBy) {
+      return answer(`the offer came from ${offer.frm}, not from the receiver that accepted the session`);
+    }
+    const wanted = (): boolean => this.state === "open" && this.#receivers === 1;
     let sender: DirectSender | null = null;
-    void dialDirect(this.sid, offer, {
-      data: (ack) => sender?.onAck(ack),
-      drain: () => sender?.onDrain(),
-      close: () => {
-        if (sender !== null && this.#direct === sender) this.#fallBack("the direct connection closed");
+    void dialDirect(
+      this.sid,
+      offer,
+      {
+        data: (ack) => sender?.onAck(ack),
+        drain: () => sender?.onDrain(),
+        close: () => {
+          if (sender !== null && this.#direct === sender) this.#fallBack("the direct connection closed");
+        },
       },
-    }).then((result) => {
-      this.#dialing = false;
+      wanted,
+    ).then((result) => {
       if (!result.ok) {
         config.counters.direct.failures++;
         config.log.info("no direct path; the session stays on the relay", { sid: this.sid, err: result.error });
         return answer(result.error);
       }
-      if (this.state !== "open" || this.#receivers !== 1) {
+      if (!wanted()) {
         result.socket.end();
         return answer("the session changed while dialling");
       }

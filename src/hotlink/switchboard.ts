@@ -33,6 +33,13 @@
  * its sessions with Close "receiver too slow", which reaches the sender when it was the last
  * receiver. A send Bun refuses (its own buffer limit, or a socket already closing) fails that
  * receiver's connection with a reason: its sessions end as on a disconnect.
+ *
+ * Limits per user (protocol.ts). A connection counts from the upgrade, Hello or not: in
+ * `stoa_hotlink_connections{state}` and against its user's `maxConnectionsPerUser` (server.ts
+ * asks `refuseConnection` before upgrading; `opened` checks again, should upgrades ever cross).
+ * One without Hello after `helloTimeoutMs` is closed (Error "timeout", 1008). Sessions count
+ * against their sender's connection and user (`maxSessionsPerConnection`, `maxSessionsPerUser`);
+ * an Open over either is rejected. Every refusal is counted in `stoa_hotlink_refused_total{reason}`.
  */
 import { Buffer } from "node:buffer";
 import { StoaError, describeError } from "../core/errors.ts";
@@ -44,9 +51,13 @@ import {
   type CloseMessage,
   type DataMessage,
   type HotlinkMessageInput,
+  HELLO_TIMEOUT_MS,
+  MAX_CONNECTIONS_PER_USER,
   MAX_ENVELOPE_BYTES,
   MAX_MESSAGE_BYTES,
   MAX_REASON_LENGTH,
+  MAX_SESSIONS_PER_CONNECTION,
+  MAX_SESSIONS_PER_USER,
   MessageType,
   type OpenMessage,
   PROTOCOL_VERSION,
@@ -56,10 +67,6 @@ import {
   parseDataFast,
   safeParseMessage,
 } from "./protocol.ts";
-
-/** Sessions one connection may have open as sender: far beyond a daemon's tunnels and sockets;
- * bounds what one client can make the server hold. */
-export const MAX_SESSIONS_PER_CONNECTION = 4096;
 
 /** WebSocket close codes (RFC 6455 §7.4.1). */
 const CLOSE_POLICY = 1008;
@@ -92,6 +99,8 @@ export class Conn {
   /** Connections paused because this one's buffer is over the high-water mark. */
   readonly blocking = new Set<Conn>();
   stuckTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Closes the connection if it is still "new" when it fires (`helloTimeoutMs`). */
+  helloTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly id: number,
@@ -117,12 +126,27 @@ export interface SwitchboardOptions {
   maxMessageBytes: number;
   highWaterBytes: number;
   stuckTimeoutMs: number;
+  /** Default `HELLO_TIMEOUT_MS`. */
+  helloTimeoutMs?: number;
+  /** Default `MAX_CONNECTIONS_PER_USER`. */
+  maxConnectionsPerUser?: number;
+  /** Default `MAX_SESSIONS_PER_USER`. */
+  maxSessionsPerUser?: number;
+  /** Default `MAX_SESSIONS_PER_CONNECTION`. */
+  maxSessionsPerConnection?: number;
 }
+
+/** Why the relay refused a connection or session, or closed one, for a limit (the metric's label). */
+type RefusedReason = "user_connections" | "user_sessions" | "connection_sessions" | "hello_timeout";
 
 /** Counters of a running relay, for `stats()` and tests. */
 export interface SwitchboardStats {
-  /** Connections that said Hello and are not gone. */
+  /** Connections upgraded and not gone, Hello or not. */
   connections: number;
+  /** Those of them that have not said Hello yet. */
+  awaitingHello: number;
+  /** Connections and sessions refused, and connections closed, for a limit (by reason). */
+  refused: Record<RefusedReason, number>;
   sessions: number;
   /** Connections paused because a receiver is behind. */
   pausedSenders: number;
@@ -153,12 +177,28 @@ export class Switchboard {
   readonly #byUser = new Map<string, Set<Conn>>();
   /** Every connection that is open and not gone (including those before Hello). */
   readonly #conns = new Set<Conn>();
+  /** Per user with a connection or a session: its connections (from the upgrade) and the sessions it sends. */
+  readonly #users = new Map<string, { conns: number; sending: number }>();
+  readonly #helloTimeoutMs: number;
+  readonly #maxConnectionsPerUser: number;
+  readonly #maxSessionsPerUser: number;
+  readonly #maxSessionsPerConnection: number;
   #nextId = 1;
+  #awaitingHello = 0;
   #paused = 0;
   #relayedMessages = 0;
   #relayedBytes = 0;
   #errors = 0;
-  readonly #m: { connections: Gauge; sessions: Gauge; messages: Counter; bytes: Counter; errors: Counter; paused: Gauge };
+  readonly #refused: Record<RefusedReason, number> = { user_connections: 0, user_sessions: 0, connection_sessions: 0, hello_timeout: 0 };
+  readonly #m: {
+    connections: Gauge;
+    sessions: Gauge;
+    messages: Counter;
+    bytes: Counter;
+    errors: Counter;
+    paused: Gauge;
+    refused: Counter;
+  };
 
   constructor(options: SwitchboardOptions) {
     this.#acl = options.acl;
@@ -169,15 +209,31 @@ export class Switchboard {
     this.#highWater = options.highWaterBytes;
     this.#lowWater = Math.floor(options.highWaterBytes / 2);
     this.#stuckTimeoutMs = options.stuckTimeoutMs;
+    this.#helloTimeoutMs = options.helloTimeoutMs ?? HELLO_TIMEOUT_MS;
+    this.#maxConnectionsPerUser = options.maxConnectionsPerUser ?? MAX_CONNECTIONS_PER_USER;
+    this.#maxSessionsPerUser = options.maxSessionsPerUser ?? MAX_SESSIONS_PER_USER;
+    this.#maxSessionsPerConnection = options.maxSessionsPerConnection ?? MAX_SESSIONS_PER_CONNECTION;
     const r = options.registry;
     this.#m = {
-      connections: r.gauge("stoa_hotlink_connections", "Hotlink WebSocket connections past Hello."),
+      connections: r.gauge(
+        "stoa_hotlink_connections",
+        "Hotlink WebSocket connections from the upgrade on, by state (awaiting_hello, ready).",
+        ["state"],
+      ),
       sessions: r.gauge("stoa_hotlink_sessions", "Hotlink sessions open on the relay."),
       messages: r.counter("stoa_hotlink_messages_total", "Hotlink messages received from clients, by type.", ["type"]),
       bytes: r.counter("stoa_hotlink_bytes_total", "Bytes of Data messages relayed to receivers (each copy counted)."),
       errors: r.counter("stoa_hotlink_errors_total", "Hotlink Error messages sent to clients, by code.", ["code"]),
       paused: r.gauge("stoa_hotlink_paused_senders", "Hotlink connections not read because a receiver is behind."),
+      refused: r.counter(
+        "stoa_hotlink_refused_total",
+        "Hotlink connections and sessions refused, and connections closed, for a limit, by reason.",
+        ["reason"],
+      ),
     };
+    // Both states from the start, so that a scrape shows 0 rather than nothing.
+    this.#m.connections.inc({ state: "awaiting_hello" }, 0);
+    this.#m.connections.inc({ state: "ready" }, 0);
   }
 
   /** A connection for an authenticated upgrade; it joins when `opened` is called. */
@@ -191,13 +247,11 @@ export class Switchboard {
 
   stats(): SwitchboardStats {
     let bufferedBytes = 0;
-    let ready = 0;
-    for (const conn of this.#conns) {
-      bufferedBytes += conn.link?.getBufferedAmount() ?? 0;
-      if (conn.state === "ready") ready++;
-    }
+    for (const conn of this.#conns) bufferedBytes += conn.link?.getBufferedAmount() ?? 0;
     return {
-      connections: ready,
+      connections: this.#conns.size,
+      awaitingHello: this.#awaitingHello,
+      refused: { ...this.#refused },
       sessions: this.#sessions.size,
       pausedSenders: this.#paused,
       relayedMessages: this.#relayedMessages,
@@ -207,10 +261,35 @@ export class Switchboard {
     };
   }
 
-  /** Bun's `open`. */
+  /**
+   * Why a new connection of `user` is refused (its user is at `maxConnectionsPerUser`), counted;
+   * null when it may connect. The server asks before the upgrade.
+   */
+  refuseConnection(user: string): string | null {
+    const held = this.#users.get(user)?.conns ?? 0;
+    if (held < this.#maxConnectionsPerUser) return null;
+    this.#refuse("user_connections");
+    this.#log.info("refused a connection: the user holds the most connections allowed", { user, connections: held });
+    return `too many connections: ${user} already holds ${held} connections to this relay, the most allowed; close some first`;
+  }
+
+  /** Bun's `open`: the connection counts from here, and has `helloTimeoutMs` to say Hello. */
   opened(conn: Conn, link: Link): void {
     conn.link = link;
+    // Checked again here in case upgrades of one user ever cross in flight (Bun 1.4 runs `open`
+    // right after `fetch` returns, so the check before the upgrade already saw every earlier one).
+    const refusal = this.refuseConnection(conn.user);
+    if (refusal !== null) {
+      conn.state = "gone";
+      link.close(CLOSE_POLICY, closeReason(refusal));
+      return;
+    }
     this.#conns.add(conn);
+    this.#userRecord(conn.user).conns++;
+    this.#awaitingHello++;
+    this.#m.connections.inc({ state: "awaiting_hello" });
+    conn.helloTimer = setTimeout(() => this.#helloTimeout(conn), this.#helloTimeoutMs);
+    conn.helloTimer.unref?.();
     this.#log.debug("connection open", { conn: conn.id, user: conn.user, remote: conn.remote });
   }
 
@@ -355,13 +434,17 @@ export class Switchboard {
       return;
     }
     conn.state = "ready";
+    clearTimeout(conn.helloTimer);
+    conn.helloTimer = undefined;
     let same = this.#byUser.get(conn.user);
     if (same === undefined) {
       same = new Set();
       this.#byUser.set(conn.user, same);
     }
     same.add(conn);
-    this.#m.connections.inc();
+    this.#awaitingHello--;
+    this.#m.connections.dec({ state: "awaiting_hello" });
+    this.#m.connections.inc({ state: "ready" });
     this.#log.info("connected", { conn: conn.id, user: conn.user, remote: conn.remote, agent });
     const mpb = Math.max(0, this.#maxMessageBytes - MAX_ENVELOPE_BYTES);
     this.#send(conn, conn, this.#encode({ t: MessageType.Welcome, v: PROTOCOL_VERSION, usr: conn.user, mmb: this.#maxMessageBytes, mpb }));
@@ -372,8 +455,14 @@ export class Switchboard {
     const refuse = (rsn: string): void => void this.#send(conn, conn, this.#encode({ t: MessageType.Reject, sid, rsn }));
     if (this.#sessions.has(sid)) return refuse("sid in use");
     if (!this.#acl.canWrite(conn.user, pth)) return refuse("forbidden");
-    if (conn.sending.size >= MAX_SESSIONS_PER_CONNECTION) {
-      return refuse(`too many sessions: a connection may open at most ${MAX_SESSIONS_PER_CONNECTION}; close some first`);
+    if (conn.sending.size >= this.#maxSessionsPerConnection) {
+      this.#refuse("connection_sessions");
+      return refuse(`too many sessions: a connection may open at most ${this.#maxSessionsPerConnection}; close some first`);
+    }
+    const owner = this.#userRecord(conn.user);
+    if (owner.sending >= this.#maxSessionsPerUser) {
+      this.#refuse("user_sessions");
+      return refuse(`too many sessions: ${conn.user} has ${owner.sending} open on this relay across its connections, the most allowed; close some first`);
     }
     const receivers: Conn[] = [];
     const offer = (user: string, conns: Set<Conn>): void => {
@@ -389,6 +478,7 @@ export class Switchboard {
     const session: Session = { sid, pth, sender: conn, pending: new Set(receivers), accepted: new Set() };
     this.#sessions.set(sid, session);
     conn.sending.set(sid, session);
+    owner.sending++;
     for (const r of receivers) r.receiving.set(sid, session);
     this.#m.sessions.inc();
     this.#log.debug("session open", { sid, pth, from: conn.user, to, receivers: receivers.length });
@@ -519,6 +609,7 @@ export class Switchboard {
     this.#sessions.delete(s.sid);
     this.#m.sessions.dec();
     s.sender.sending.delete(s.sid);
+    this.#userLeft(s.sender.user, 0, 1);
     const receivers = [...s.pending, ...s.accepted];
     for (const r of receivers) r.receiving.delete(s.sid);
     s.pending.clear();
@@ -535,9 +626,17 @@ export class Switchboard {
     if (conn.state === "gone") return;
     const wasReady = conn.state === "ready";
     conn.state = "gone";
-    this.#conns.delete(conn);
+    clearTimeout(conn.helloTimer);
+    conn.helloTimer = undefined;
+    if (this.#conns.delete(conn)) {
+      this.#userLeft(conn.user, 1, 0);
+      if (wasReady) this.#m.connections.dec({ state: "ready" });
+      else {
+        this.#awaitingHello--;
+        this.#m.connections.dec({ state: "awaiting_hello" });
+      }
+    }
     if (wasReady) {
-      this.#m.connections.dec();
       const same = this.#byUser.get(conn.user);
       same?.delete(conn);
       if (same?.size === 0) this.#byUser.delete(conn.user);
@@ -560,6 +659,43 @@ export class Switchboard {
     for (const s of [...conn.receiving.values()]) {
       if (rsn === undefined) this.#forget(s);
       else this.#removeReceiver(s, conn, MessageType.Close, rsn);
+    }
+  }
+
+  // --- limits ---------------------------------------------------------------------------
+
+  #userRecord(user: string): { conns: number; sending: number } {
+    let record = this.#users.get(user);
+    if (record === undefined) {
+      record = { conns: 0, sending: 0 };
+      this.#users.set(user, record);
+    }
+    return record;
+  }
+
+  /** `user` lost `conns` connections and `sessions` sessions; forgotten once it holds none. */
+  #userLeft(user: string, conns: number, sessions: number): void {
+    const record = this.#users.get(user);
+    if (record === undefined) return;
+    record.conns -= conns;
+    record.sending -= sessions;
+    if (record.conns <= 0 && record.sending <= 0) this.#users.delete(user);
+  }
+
+  #refuse(reason: RefusedReason): void {
+    this.#refused[reason]++;
+    this.#m.refused.inc({ reason });
+  }
+
+  /** A connection still without Hello when its timer fires: Error "timeout", then 1008. */
+  #helloTimeout(conn: Conn): void {
+    try {
+      conn.helloTimer = undefined;
+      if (conn.state !== "new") return;
+      this.#refuse("hello_timeout");
+      this.#fatal(conn, "timeout", `no Hello within ${this.#helloTimeoutMs} ms of the upgrade; send Hello first`, CLOSE_POLICY);
+    } catch (err) {
+      this.#log.error("bug in the hotlink relay (Hello deadline)", { conn: conn.id, error: describeError(err) });
     }
   }
 

@@ -5,17 +5,10 @@ import { join } from "node:path";
 import { encode } from "../../src/core/codec.ts";
 import { createLogger } from "../../src/core/log.ts";
 import { Registry } from "../../src/core/metrics.ts";
-import {
-  type DataMessage,
-  type HotlinkMessage,
-  type HotlinkMessageInput,
-  MessageType,
-  PROTOCOL_VERSION,
-  encodeMessage,
-  parseMessage,
-} from "../../src/hotlink/protocol.ts";
+import { type HotlinkMessage, type HotlinkMessageInput, MessageType, PROTOCOL_VERSION, encodeMessage } from "../../src/hotlink/protocol.ts";
 import { type HotlinkServer, type HotlinkServerOptions, MIN_MESSAGE_BYTES, startHotlinkServer } from "../../src/hotlink/server.ts";
 import { addUser, formatAuthorization, removeUser } from "../../src/hotlink/users.ts";
+import { HotlinkPeer, until } from "../fixtures/hotlink-peer.ts";
 import { type Prng, fuzzSeed, mutate, prng } from "../helpers/prng.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-hotlink-server-"));
@@ -48,96 +41,14 @@ function serve(options: Partial<HotlinkServerOptions> = {}): HotlinkServer {
   return server;
 }
 
-async function until(what: string, check: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await Bun.sleep(2);
-  }
-}
-
 type Of<T extends HotlinkMessage["t"]> = Extract<HotlinkMessage, { t: T }>;
 
-/** A hotlink client speaking protocol.ts over Bun's WebSocket; records what it receives. */
-class Peer {
-  readonly inbox: HotlinkMessage[] = [];
-  /** Every binary message as it arrived, when `keepRaw` is set. */
-  readonly raw: Uint8Array[] = [];
-  keepRaw = false;
-  closed: { code: number; reason: string } | undefined;
-  /** When set, Data goes here instead of the inbox (bulk transfers). */
-  onData: ((m: DataMessage) => void) | undefined;
-  #pings = 0;
-
-  private constructor(
-    readonly ws: WebSocket,
-    readonly user: string,
-  ) {
-    ws.binaryType = "arraybuffer";
-    ws.onmessage = (e: MessageEvent) => {
-      const bytes = new Uint8Array(e.data as ArrayBuffer);
-      if (this.keepRaw) this.raw.push(bytes);
-      const m = parseMessage(bytes);
-      if (m.t === MessageType.Data && this.onData !== undefined) this.onData(m);
-      else this.inbox.push(m);
-    };
-    ws.onclose = (e: CloseEvent) => {
-      this.closed = { code: e.code, reason: e.reason };
-    };
-  }
-
-  /** Opens the WebSocket (no Hello); rejects if it closes before opening. */
-  static async open(server: HotlinkServer, user: string, token: string): Promise<Peer> {
-    const ws = new WebSocket(server.url, { headers: { Authorization: formatAuthorization(user, token) } });
-    const peer = new Peer(ws, user);
-    peers.push(peer);
-    await new Promise<void>((resolve, reject) => {
-      ws.onopen = () => resolve();
-      ws.onerror = () => reject(new Error(`${user}: the WebSocket did not open`));
-    });
-    return peer;
-  }
-
-  /** Opens, says Hello and waits for the Welcome. */
-  static async join(server: HotlinkServer, user: User): Promise<Peer> {
-    const peer = await Peer.open(server, user, tokens[user]);
-    peer.send({ t: MessageType.Hello, v: PROTOCOL_VERSION, agt: "server.test" });
-    await peer.take(MessageType.Welcome);
-    return peer;
-  }
-
-  send(m: HotlinkMessageInput): void {
-    this.ws.send(encodeMessage(m));
-  }
-
-  /** Removes and returns the first message of type `t` matching `pred`, waiting for it. */
-  async take<T extends HotlinkMessage["t"]>(t: T, pred: (m: Of<T>) => boolean = () => true, timeoutMs = 5_000): Promise<Of<T>> {
-    let found: Of<T> | undefined;
-    await until(`${this.user} to receive a message of type ${t}`, () => {
-      const i = this.inbox.findIndex((m) => m.t === t && pred(m as Of<T>));
-      if (i < 0) return false;
-      found = this.inbox.splice(i, 1)[0] as Of<T>;
-      return true;
-    }, timeoutMs);
-    return found as Of<T>;
-  }
-
-  /** A Ping/Pong round trip: whatever the server sent this peer before has arrived. */
-  async sync(): Promise<void> {
-    const n = ++this.#pings;
-    this.send({ t: MessageType.Ping, n });
-    await this.take(MessageType.Pong, (m) => m.n === n);
-  }
-
-  async waitClosed(timeoutMs = 5_000): Promise<{ code: number; reason: string }> {
-    await until(`${this.user}'s connection to close`, () => this.closed !== undefined, timeoutMs);
-    return this.closed as { code: number; reason: string };
-  }
-
-  close(): void {
-    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.close();
-  }
-}
+/** The shared raw client (fixtures/hotlink-peer.ts), bound to this file's users and cleanup. */
+type Peer = HotlinkPeer;
+const Peer = {
+  open: (server: HotlinkServer, user: string, token: string): Promise<Peer> => HotlinkPeer.open(server.url, user, token, peers),
+  join: (server: HotlinkServer, user: User): Promise<Peer> => HotlinkPeer.join(server.url, user, tokens[user], peers),
+};
 
 /** alice opens `sid` on `pth` (for `to`), each of `receivers` accepts; returns when alice has every Accept. */
 async function session(alice: Peer, receivers: Peer[], sid: string, pth = "alice/mpc/run1/0_to_1", to?: string): Promise<void> {
@@ -639,7 +550,8 @@ test("metrics count connections, sessions, messages by type, relayed bytes and e
   bob.send({ t: MessageType.Data, sid: "m1", seq: 1, pay: payload(1, 1) });
   await bob.take(MessageType.Error);
   const text = registry.render();
-  expect(text).toContain("stoa_hotlink_connections 2\n");
+  expect(text).toContain('stoa_hotlink_connections{state="ready"} 2\n');
+  expect(text).toContain('stoa_hotlink_connections{state="awaiting_hello"} 0\n');
   expect(text).toContain("stoa_hotlink_sessions 1\n");
   expect(text).toContain('stoa_hotlink_messages_total{type="data"} 4\n');
   expect(text).toContain('stoa_hotlink_messages_total{type="open"} 1\n');
