@@ -3,11 +3,11 @@
  * of the `hotlink` group (cli/hotlink.ts) because it is the largest subcommand.
  */
 import { z } from "zod";
-import { readFileSync, statSync } from "node:fs";
 import { configFlag, defineCommand, list, str } from "./command.ts";
 import { logFlags, splitList, startService } from "./common.ts";
 import { controlFlags } from "./hotlink-control.ts";
 import { StoaError } from "../core/errors.ts";
+import { readTokenFile } from "../core/token.ts";
 import { defaultRunDir } from "../core/paths.ts";
 import { onShutdown } from "../core/shutdown.ts";
 import { prepareUnixPath } from "../core/unixsock.ts";
@@ -31,26 +31,6 @@ function inUse(err: unknown, path: string, user: string, socket: string): unknow
       "stop it, or give this one another --run-dir or --control",
     { cause: err },
   );
-}
-
-/** Reads a token file: one line, the token. Refuses a file others may read. */
-export function readTokenFile(file: string): string {
-  let text: string;
-  try {
-    const mode = statSync(file).mode & 0o077;
-    if (mode !== 0) {
-      throw new StoaError("permission", `token file ${file} is readable by others (mode ${(statSync(file).mode & 0o777).toString(8)}); chmod 600 ${file}`);
-    }
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    if (err instanceof StoaError) throw err;
-    throw new StoaError("config", `cannot read the token file ${file}: ${err instanceof Error ? err.message : String(err)}`);
-  }
-  const token = text.trim();
-  if (token.length === 0 || token.length > 256 || /\s/.test(token)) {
-    throw new StoaError("config", `token file ${file} must hold one token on one line (as printed by 'stoa hotlink user add')`);
-  }
-  return token;
 }
 
 export const connect = defineCommand({
@@ -109,7 +89,7 @@ export const connect = defineCommand({
     const user = need(flags.user, "--user");
     const problem = userNameProblem(user);
     if (problem !== null) throw new StoaError("usage", `${path}: --user ${problem}`);
-    const token = readTokenFile(need(flags.tokenFile, "--token-file"));
+    const token = readTokenFile(need(flags.tokenFile, "--token-file"), "one token on one line (as printed by 'stoa hotlink user add')");
     const tunnels = flags.tunnel.map(parseTunnelSpec);
     const ipc = flags.ipc.map(parseIpcSpec);
     // No channel at start is fine: the control socket and --watch add them later.

@@ -3,7 +3,8 @@ import { bool, configFlag, defineCommand, str } from "./command.ts";
 import { logFlags, startService } from "./common.ts";
 import { PortsFlag } from "./gateway.ts";
 import { StoaError } from "../core/errors.ts";
-import { defaultRunDir } from "../core/paths.ts";
+import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
+import { clientToken } from "../meta/client.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { DEFAULT_META_PORT } from "../meta/protocol.ts";
 import { InputFormats, readValues } from "../stream/input.ts";
@@ -24,6 +25,8 @@ export default defineCommand({
   flags: {
     meta: str("metaserver URL", { default: `http://[::1]:${DEFAULT_META_PORT}`, placeholder: "url" }),
     runDir: str("run dir of the local gateway (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    tokenFile: str("the metaserver's token, mode 0600 (default: $STOA_META_TOKEN, else the state dir's meta.token if --meta is on this host)", { placeholder: "file" }),
+    stateDir: str("where a local stoa up/meta keeps meta.token (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
     format: str("how stdin becomes values: lines (one string each), json (one JSON value per line), raw (byte chunks)", {
       default: "lines",
       choices: InputFormats,
@@ -45,7 +48,7 @@ export default defineCommand({
   examples: [
     "seq 1 100 | stoa pub demo/counter",
     "sensor-read | sudo stoa pub lab/temp --addr auto --prefix fd00:1:2:3::/64 --dev eth0 --meta http://[fd00:1:2:3::9]:8090",
-    "tail -F /var/log/app.json | stoa pub app/log --format json --meta http://[fd00::2]:8090",
+    "tail -F /var/log/app.json | stoa pub app/log --format json --meta http://[fd00::2]:8090 --token-file ~/.stoa/meta.token",
     "echo ready | stoa pub jobs/42/status --stay",
   ],
   async run({ flags, args, path }) {
@@ -61,6 +64,7 @@ export default defineCommand({
       name,
       pubId: flags.pubId,
       metaUrl: flags.meta,
+      metaToken: clientToken({ metaUrl: flags.meta, tokenFile: flags.tokenFile, stateDir: flags.stateDir ?? defaultStateDir() }),
       runDir: flags.runDir ?? defaultRunDir(),
       host: flags.host,
       internal: z.enum(["unix", "tcp"]).parse(flags.internal),

@@ -3,7 +3,8 @@ import { bool, configFlag, defineCommand, str } from "./command.ts";
 import { logFlags, startService } from "./common.ts";
 import { StoaError } from "../core/errors.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
-import { MetaClient } from "../meta/client.ts";
+import { defaultStateDir } from "../core/paths.ts";
+import { clientToken, MetaClient } from "../meta/client.ts";
 import { DEFAULT_META_PORT } from "../meta/protocol.ts";
 import { latest, subscribe } from "../stream/subscriber.ts";
 import { valueText, valueToJson } from "../stream/value.ts";
@@ -19,6 +20,8 @@ export default defineCommand({
   positionals: [{ name: "name", description: "the publisher's name, e.g. lab/sensors/temp", required: true }],
   flags: {
     meta: str("metaserver URL", { default: `http://[::1]:${DEFAULT_META_PORT}`, placeholder: "url" }),
+    tokenFile: str("token for a metaserver whose reads need one, mode 0600 (default: $STOA_META_TOKEN, else the state dir's meta.token if --meta is on this host)", { placeholder: "file" }),
+    stateDir: str("where a local stoa up/meta keeps meta.token (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
     json: bool('one JSON object per value: {"seq":n,"ts":"…","value":…}'),
     latest: bool("print the latest value once (a ping through the gateway) and exit"),
     count: str("exit after this many values", { placeholder: "n", schema: z.coerce.number().int().min(1) }),
@@ -33,7 +36,8 @@ export default defineCommand({
   ],
   async run({ flags, args }) {
     const log = startService("sub", flags);
-    const info = await new MetaClient(flags.meta).lookup(args[0] ?? "");
+    const token = clientToken({ metaUrl: flags.meta, tokenFile: flags.tokenFile, stateDir: flags.stateDir ?? defaultStateDir() });
+    const info = await new MetaClient(flags.meta, { token }).lookup(args[0] ?? "");
     if (flags.latest) {
       const reply = await latest(info.urls.ping);
       if (flags.json) process.stdout.write(`${JSON.stringify(reply)}\n`);

@@ -6,7 +6,8 @@ import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { startGateway } from "../gateway/gateway.ts";
 import { DEFAULT_META_PORT } from "../meta/protocol.ts";
-import { startMeta } from "../meta/server.ts";
+import { startMetaThread } from "../meta/thread.ts";
+import { authFlags, metaAuth } from "./meta.ts";
 
 /** `stoa up` drains faster than a standalone gateway: it is the interactive, Ctrl-C'd one. */
 const UP_DRAIN_MS = 5_000;
@@ -16,16 +17,18 @@ export default defineCommand({
   summary: "run a whole host node: gateway + metaserver in one process",
   description:
     "The main job on embedded defaults: a gateway on the three fixed ports and a metaserver\n" +
-    "(SQLite in the state dir) in one process. Prints the URLs and how to publish and subscribe.\n" +
-    "Ctrl-C stops it cleanly.",
+    "(SQLite in the state dir) in one process, the metaserver on its own thread. Prints the URLs\n" +
+    "and how to publish and subscribe. Writes to the metaserver need its token (see stoa meta\n" +
+    "--help); stoa pub on this host finds it in the state dir. Ctrl-C stops it cleanly.",
   config: true,
   flags: {
     listen: list("gateway address (repeatable or comma-separated; default [::], all addresses)", { placeholder: "addr" }),
     ports: str("gateway service,string,ping ports", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
     metaListen: str("metaserver address and port", { default: `[::]:${DEFAULT_META_PORT}`, placeholder: "host:port", schema: HostPort }),
-    stateDir: str("where the metaserver keeps meta.db (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
+    stateDir: str("where the metaserver keeps meta.db and meta.token (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
     runDir: str("where publishers' sockets live (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT (the metaserver also serves /metrics)", { placeholder: "host:port", schema: HostPort }),
+    ...authFlags(),
     ...logFlags(),
     config: configFlag(),
   },
@@ -33,9 +36,19 @@ export default defineCommand({
   async run({ flags }) {
     const log = startService("up", flags, { shutdownTimeoutMs: UP_DRAIN_MS + 5_000 });
     const runDir = flags.runDir ?? defaultRunDir();
-    const db = join(flags.stateDir ?? defaultStateDir(), "meta.db");
+    const stateDir = flags.stateDir ?? defaultStateDir();
+    const db = join(stateDir, "meta.db");
     const listen = splitList(flags.listen);
-    const meta = startMeta({ listen: flags.metaListen, db, log: log.child({ part: "meta" }) });
+    const { auth, banner } = metaAuth(flags, stateDir, log.child({ part: "meta" }));
+    // Its own thread: a slow query or a big list page never holds up router 0 on this one.
+    const meta = await startMetaThread(
+      { listen: flags.metaListen, db, auth },
+      { level: flags.logLevel, format: flags.logFormat, name: "up", fields: { part: "meta" } },
+      (reason) => {
+        log.error(reason);
+        void shutdown(reason, 1);
+      },
+    );
     onShutdown("metaserver", () => meta.close());
     const gw = await startGateway({
       runDir,
@@ -49,11 +62,11 @@ export default defineCommand({
     });
     serveMetrics(flags.metricsListen, () => gw.stats());
     const { service, string, ping } = gw.ports;
-    const opts = `--meta ${meta.url}${flags.runDir ? ` --run-dir ${runDir}` : ""}`;
+    const opts = `--meta ${meta.url}${flags.runDir ? ` --run-dir ${runDir}` : ""}${flags.stateDir ? ` --state-dir ${stateDir}` : ""}`;
     process.stdout.write(
       [
         `stoa up: gateway on ${gw.listen.join(", ")} ports service ${service}, string ${string}, ping ${ping} (run dir ${runDir})`,
-        `         metaserver ${meta.url}/v1 (db ${db})`,
+        `         metaserver ${meta.url}/v1 (db ${db}; ${banner})`,
         `try:     seq 1 100 | stoa pub demo/counter --stay ${opts}`,
         `         stoa sub demo/counter --meta ${meta.url}`,
         "",

@@ -9,7 +9,8 @@
  * `salt` is 16 random bytes and `digest` is SHA-256(salt ‖ token), both base64url. `created` is
  * when the current token was issued (a `replace` renews it). The token itself is never stored.
  *
- * Tokens are `hlk_` + 32 random bytes from the CSPRNG in base64url (47 characters). Why SHA-256
+ * Tokens are `hlk_` + 32 random bytes from the CSPRNG in base64url (47 characters; issuing,
+ * hashing and comparing are src/core/token.ts's, shared with the metaserver). Why SHA-256
  * and not scrypt/argon2: those exist to slow down guessing of low-entropy passwords. A 256-bit
  * random token cannot be guessed however fast the hash is, so a slow hash buys nothing and would
  * cost milliseconds of CPU on every WebSocket upgrade — an easy denial of service. The salt only
@@ -27,11 +28,12 @@
  * Writers (`addUser`, `removeUser`) hold an exclusive flock on `<file>.lock` for their
  * read-modify-write, so parallel invocations never lose an update.
  */
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
 import { z } from "zod";
 import { StoaError } from "../core/errors.ts";
+import { newToken, sameDigest, tokenDigest } from "../core/token.ts";
 import { Errno, errno, libc, strerror } from "../ffi/libc.ts";
 
 /** Longest user name: room for real e-mail style names, short enough for a path segment. */
@@ -43,9 +45,7 @@ export const MAX_USERS_FILE_BYTES = 32 * 1024 * 1024;
 
 /** Every token starts with this, so a leaked one is recognisable (secret scanners, logs). */
 export const TOKEN_PREFIX = "hlk_";
-/** Random bytes in a token: 256 bits, beyond any guessing. */
-const TOKEN_BYTES = 32;
-/** Length of a token we issue: prefix + base64url of 32 bytes without padding. */
+/** Length of a token we issue (core/token.ts's `newToken`): prefix + base64url of 32 bytes without padding. */
 const TOKEN_LENGTH = TOKEN_PREFIX.length + 43;
 const TOKEN_SHAPE = /^hlk_[A-Za-z0-9_-]{43}$/;
 const SALT_BYTES = 16;
@@ -125,8 +125,8 @@ class Users {
     const credential = known ?? NOBODY;
     // Tokens have one fixed length; anything else is refused before hashing attacker input.
     const shaped = token.length === TOKEN_LENGTH && TOKEN_SHAPE.test(token);
-    const digest = hashToken(credential.salt, shaped ? token : "");
-    const equal = timingSafeEqual(digest, credential.digest);
+    const digest = tokenDigest(shaped ? token : "", credential.salt);
+    const equal = sameDigest(digest, credential.digest);
     return equal && shaped && known !== undefined;
   }
 
@@ -179,9 +179,9 @@ export function addUser(file: string, name: string, options: { replace?: boolean
     if (!Object.hasOwn(current.users, name) && Object.keys(current.users).length >= MAX_USERS) {
       throw new StoaError("too_large", `${file} already holds ${MAX_USERS} users, the limit; remove unused users first`);
     }
-    const token = TOKEN_PREFIX + randomBytes(TOKEN_BYTES).toString("base64url");
+    const token = newToken(TOKEN_PREFIX);
     const salt = randomBytes(SALT_BYTES);
-    const hash = `sha256:${salt.toString("base64url")}:${hashToken(salt, token).toString("base64url")}`;
+    const hash = `sha256:${salt.toString("base64url")}:${tokenDigest(token, salt).toString("base64url")}`;
     const users = { ...current.users, [name]: { hash, created: new Date().toISOString() } };
     writeUsersFile(file, { users });
     return token;
@@ -220,10 +220,6 @@ export function parseAuthorization(header: string | null | undefined): { user: s
 /** The `Authorization` header value a client sends: `Bearer <user>:<token>`. */
 export function formatAuthorization(user: string, token: string): string {
   return `Bearer ${user}:${token}`;
-}
-
-function hashToken(salt: Buffer, token: string): Buffer {
-  return createHash("sha256").update(salt).update(token, "utf8").digest();
 }
 
 /** The parsed file, or undefined when it does not exist. */

@@ -8,26 +8,46 @@
  * - Confirmation reads the registration, lets go of the store, pings through the gateway, and
  *   only then writes the outcome — and only onto the same registration (its generation). Store
  *   calls are synchronous, so no request ever waits behind another one's ping. Two confirms of
- *   one registration share one ping; at most `MAX_CONCURRENT_CONFIRMS` run at once.
+ *   one registration share one ping; at most `MAX_CONCURRENT_CONFIRMS` run at once, and each
+ *   registration may start at most `CONFIRM_RATE_LIMIT` per `CONFIRM_RATE_WINDOW_MS`.
+ * - Writes need a writer (auth.ts): 401 without a known token, 403 for a registration another
+ *   token owns (the store checks ownership in the same synchronous step as the write). Tokens
+ *   are never logged: only their caller kind is known past the check.
+ * - Lists are pages (at most `MAX_PAGE_LIMIT` publishers), written out as a stream of chunks of
+ *   `LIST_CHUNK` entries rather than one string.
  */
 import { Hono } from "hono";
 import type { Context } from "hono";
 import { routePath } from "hono/route";
 import type { Logger } from "../core/log.ts";
 import { CONTENT_TYPE, type Registry } from "../core/metrics.ts";
-import { isValidPubId, newPubId } from "../stream/names.ts";
+import { isValidPubId, nameProblem, newPubId } from "../stream/names.ts";
+import type { Authority } from "./auth.ts";
 import type { Pinger } from "./confirm.ts";
 import {
   type ApiErrorCode,
+  AUTH_REALM,
+  CONFIRM_RATE_LIMIT,
+  CONFIRM_RATE_WINDOW_MS,
+  encodeCursor,
   type Health,
   MAX_BODY_BYTES,
   MAX_CONCURRENT_CONFIRMS,
   MetaApiError,
+  parseCursor,
+  parseLimit,
   parsePrefix,
   type PublisherInfo,
   RegisterRequest,
 } from "./protocol.ts";
+import type { Writer } from "./owners.ts";
 import type { MetaStore } from "./store.ts";
+
+/** Entries per chunk of a streamed list page. */
+const LIST_CHUNK = 256;
+
+/** What the server adds to each request: the client's address (for --no-auth quotas). */
+export type ApiEnv = { Bindings: { ip?: string }; Variables: { writer: Writer } };
 
 export interface ApiOptions {
   store: MetaStore;
@@ -39,6 +59,10 @@ export interface ApiOptions {
   ping: Pinger;
   /** Aborted when the server shuts down: pings in flight end, their requests answer 503. */
   shutdown: AbortSignal;
+  /** Who may write and read. */
+  auth: Authority;
+  /** Milliseconds, for the confirm rate limit (tests move time by hand). */
+  clock?: () => number;
 }
 
 type ConfirmResult = { ok: true; info: PublisherInfo } | { ok: false; error: MetaApiError };
@@ -53,8 +77,9 @@ const FIELD_CODES: Record<string, ApiErrorCode> = {
 /**
  * The metaserver's hono app; serve it with `Bun.serve({ fetch: app.fetch })` (see server.ts).
  */
-export function createApi(options: ApiOptions): Hono {
-  const { store, log, metrics } = options;
+export function createApi(options: ApiOptions): Hono<ApiEnv> {
+  const { store, log, metrics, auth } = options;
+  const now = options.clock ?? Date.now;
   const requests = metrics.counter("stoa_meta_requests_total", "HTTP requests answered, by route and status.", [
     "route",
     "status",
@@ -66,9 +91,12 @@ export function createApi(options: ApiOptions): Hono {
     [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 3, 10],
   );
   const publishers = metrics.gauge("stoa_meta_publishers", "Registrations held, by state.", ["state"]);
+  const refused = metrics.counter("stoa_meta_auth_refused_total", "Requests refused by authentication, by status.", ["status"]);
   const inFlight = new Map<string, Promise<ConfirmResult>>();
+  /** Confirmation pings started per pub_id in the current window. */
+  const confirmWindows = new Map<string, { start: number; n: number }>();
 
-  const app = new Hono();
+  const app = new Hono<ApiEnv>();
 
   app.use("*", async (c, next) => {
     await next();
@@ -83,18 +111,39 @@ export function createApi(options: ApiOptions): Hono {
     await next();
   });
 
+  // Authentication before anything is read or looked up: writes need a writer, reads a reader
+  // when the server has a read token. Health and metrics stay open for probes.
+  app.use("/v1/*", async (c, next) => {
+    const path = new URL(c.req.url).pathname;
+    if (path === "/v1/health") return next();
+    const write = c.req.method !== "GET" && c.req.method !== "HEAD";
+    if (!write && !auth.readRequired) return next();
+    const caller = auth.caller(c.req.header("authorization"), c.env?.ip ?? "unknown");
+    if (caller.kind === "none") {
+      refused.inc({ status: 401 });
+      throw unauthorized(caller.why, write);
+    }
+    if (caller.kind === "reader" && write) {
+      refused.inc({ status: 403 });
+      throw new MetaApiError("forbidden", "this token may only read; writes need the metaserver's admin token or a writer token from its --tokens-file");
+    }
+    if (caller.kind === "writer") c.set("writer", caller.writer);
+    return next();
+  });
+
   app.post("/v1/publishers", async (c) => {
     const body = await readJson(c);
     const parsed = RegisterRequest.safeParse(body);
     if (!parsed.success) throw validationError(parsed.error.issues, body);
     const pubId = parsed.data.pub_id ?? newPubId();
-    const { info, created } = store.register({ ...parsed.data, pub_id: pubId });
+    const { info, created } = store.register({ ...parsed.data, pub_id: pubId }, c.get("writer"));
     log.info(created ? "registered" : "registered again", { publisher: info.name, pub_id: pubId, host: info.host });
     return json(info, created ? 201 : 200, { Location: `/v1/publishers/${pubId}` });
   });
 
   app.post("/v1/publishers/:pub_id/confirm", async (c) => {
     const pubId = pubIdParam(c.req.param("pub_id"));
+    if (!store.authorize(pubId, c.get("writer"))) throw notFound(pubId);
     const current = store.get(pubId);
     if (current === null) throw notFound(pubId);
     const key = `${pubId}#${current.generation}`;
@@ -103,6 +152,7 @@ export function createApi(options: ApiOptions): Hono {
       if (inFlight.size >= MAX_CONCURRENT_CONFIRMS) {
         throw new MetaApiError("busy", `${MAX_CONCURRENT_CONFIRMS} confirmations are already running; try again in a few seconds`);
       }
+      takeConfirmSlot(pubId);
       pending = confirm(current.info, current.generation).finally(() => inFlight.delete(key));
       inFlight.set(key, pending);
     }
@@ -146,6 +196,27 @@ export function createApi(options: ApiOptions): Hono {
     };
   }
 
+  /** Counts one confirmation ping of `pubId` against its rate limit, or throws 429. */
+  function takeConfirmSlot(pubId: string): void {
+    const t = now();
+    if (confirmWindows.size > 10_000) {
+      for (const [id, w] of confirmWindows) if (t - w.start >= CONFIRM_RATE_WINDOW_MS) confirmWindows.delete(id);
+    }
+    let window = confirmWindows.get(pubId);
+    if (window === undefined || t - window.start >= CONFIRM_RATE_WINDOW_MS) {
+      window = { start: t, n: 0 };
+      confirmWindows.set(pubId, window);
+    }
+    if (window.n >= CONFIRM_RATE_LIMIT) {
+      const wait = Math.ceil((window.start + CONFIRM_RATE_WINDOW_MS - t) / 1000);
+      throw new MetaApiError(
+        "rate_limited",
+        `publisher ${pubId} was confirmed ${CONFIRM_RATE_LIMIT} times in the last ${CONFIRM_RATE_WINDOW_MS / 1000}s, the limit; try again in ${wait}s`,
+      );
+    }
+    window.n++;
+  }
+
   function changedMeanwhile(pubId: string): MetaApiError {
     return store.get(pubId) === null
       ? new MetaApiError("not_found", `publisher ${pubId} was deregistered while it was being confirmed`)
@@ -154,7 +225,7 @@ export function createApi(options: ApiOptions): Hono {
 
   app.post("/v1/publishers/:pub_id/heartbeat", (c) => {
     const pubId = pubIdParam(c.req.param("pub_id"));
-    const info = store.heartbeat(pubId);
+    const info = store.heartbeat(pubId, c.get("writer"));
     if (info === null) throw notFound(pubId);
     return json(info, 200);
   });
@@ -166,13 +237,29 @@ export function createApi(options: ApiOptions): Hono {
     return json(found.info, 200);
   });
 
-  app.get("/v1/publishers", (c) => json({ publishers: store.list(parsePrefix(c.req.query("prefix"))) }, 200));
+  app.get("/v1/publishers", (c) => {
+    const name = c.req.query("name");
+    if (name !== undefined) {
+      if (c.req.query("prefix") !== undefined || c.req.query("cursor") !== undefined) {
+        throw new MetaApiError("bad_request", "name= looks up one publisher; it goes without prefix= and cursor=");
+      }
+      const found = store.byName(parseName(name));
+      return json({ publishers: found === null ? [] : [found], next_cursor: null }, 200);
+    }
+    const prefix = parsePrefix(c.req.query("prefix"));
+    const page = store.page(prefix, parseLimit(c.req.query("limit")), parseCursor(c.req.query("cursor")));
+    return streamedList(page.publishers, page.next === null ? null : encodeCursor(page.next));
+  });
 
-  app.get("/v1/tree", (c) => json({ tree: store.tree(parsePrefix(c.req.query("prefix"))) }, 200));
+  app.get("/v1/tree", (c) => {
+    const prefix = parsePrefix(c.req.query("prefix"));
+    const page = store.tree(prefix, parseLimit(c.req.query("limit")), parseCursor(c.req.query("cursor")));
+    return json({ tree: page.tree, next_cursor: page.next === null ? null : encodeCursor(page.next) }, 200);
+  });
 
   app.delete("/v1/publishers/:pub_id", (c) => {
     const pubId = pubIdParam(c.req.param("pub_id"));
-    const removed = store.remove(pubId);
+    const removed = store.remove(pubId, c.get("writer"));
     if (removed === null) throw notFound(pubId);
     log.info("deregistered", { publisher: removed.name, pub_id: pubId });
     return json(removed, 200);
@@ -199,7 +286,10 @@ export function createApi(options: ApiOptions): Hono {
   });
 
   app.onError((err, c) => {
-    if (err instanceof MetaApiError) return json(err.body(), err.status);
+    if (err instanceof MetaApiError) {
+      const headers: Record<string, string> = err.status === 401 ? { "WWW-Authenticate": `Bearer realm="${AUTH_REALM}"` } : {};
+      return json(err.body(), err.status, headers);
+    }
     log.error("request failed", { method: c.req.method, path: new URL(c.req.url).pathname.slice(0, 200), error: err });
     return json({ error: "internal", message: `internal error: ${err.message}` }, 500);
   });
@@ -212,6 +302,44 @@ function json(data: unknown, status: number, headers: Record<string, string> = {
     status,
     headers: { "Content-Type": "application/json; charset=utf-8", ...headers },
   });
+}
+
+/** One page of publishers as a JSON stream, chunk by chunk: never one string of the whole page. */
+function streamedList(publishers: PublisherInfo[], nextCursor: string | null): Response {
+  const encoder = new TextEncoder();
+  let at = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      const batch = publishers.slice(at, at + LIST_CHUNK).map((p) => JSON.stringify(p));
+      let text = (at === 0 ? '{"publishers":[' : ",") + batch.join(",");
+      at += LIST_CHUNK;
+      if (at >= publishers.length) text += `],"next_cursor":${JSON.stringify(nextCursor)}}`;
+      controller.enqueue(encoder.encode(text));
+      if (at >= publishers.length) controller.close();
+    },
+  });
+  return new Response(body, { status: 200, headers: { "Content-Type": "application/json; charset=utf-8" } });
+}
+
+function unauthorized(why: "missing" | "garbled" | "unknown", write: boolean): MetaApiError {
+  const what = write ? "writes to this metaserver" : "this metaserver's reads";
+  const fix =
+    "stoa pub on the metaserver's host, run as the same user, finds its token in the state dir (meta.token; " +
+    "--state-dir DIR if not the default); otherwise give --token-file with a copy of that file (mode 0600) or a " +
+    "writer token, or set STOA_META_TOKEN";
+  const said =
+    why === "missing"
+      ? `${what} need a token: send Authorization: Bearer <token>`
+      : why === "garbled"
+        ? "the Authorization header is not 'Bearer <token>' with a token of 22-256 printable characters"
+        : "the token is not one this metaserver knows";
+  return new MetaApiError("unauthorized", `${said}; ${fix}`);
+}
+
+function parseName(raw: string): string {
+  const problem = nameProblem(raw);
+  if (problem !== null) throw new MetaApiError("bad_name", `name ${JSON.stringify(raw.slice(0, 64))}: ${problem}`);
+  return raw;
 }
 
 function pubIdParam(raw: string): string {

@@ -6,13 +6,23 @@
  * `MetaApiError` (a StoaError with the server's `status`, `error` and message intact, e.g.
  * status 404 when a heartbeat finds its registration gone); a metaserver that cannot be reached
  * is `StoaError("io")`, one that does not answer in time `StoaError("timeout")`.
+ *
+ * With a `token` every request carries `Authorization: Bearer <token>` (never logged, never in
+ * a URL). Lists follow `next_cursor` page by page; lookups by name ask for that name only.
  */
 import { StoaError } from "../core/errors.ts";
+import { readTokenFile } from "../core/token.ts";
+import { existsSync } from "node:fs";
+import { networkInterfaces } from "node:os";
+import { join } from "node:path";
 import { isValidPubId, nameProblem } from "../stream/names.ts";
 import {
   ApiErrorBody,
   CONFIRM_TIMEOUT_MS,
   Health,
+  MAX_PAGE_LIMIT,
+  META_TOKEN_ENV as TOKEN_ENV,
+  META_TOKEN_FILE,
   MetaApiError,
   PublisherInfo,
   PublisherList,
@@ -24,12 +34,14 @@ import type { z } from "zod";
 
 /** Per-request deadline, by default; a confirmation gets the ping timeout on top. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
-/** Largest answer read: a full list of `MAX_PUBLISHERS` is about 50 MB of JSON. */
-const MAX_RESPONSE_BYTES = 128 * 1024 * 1024;
+/** Largest answer read: a page of `MAX_PAGE_LIMIT` publishers is about 4 MB of JSON. */
+const MAX_RESPONSE_BYTES = 32 * 1024 * 1024;
 
 export interface MetaClientOptions {
   /** Deadline of each request (default 10 s). */
   timeoutMs?: number;
+  /** Bearer token sent with every request (writes need one unless the server runs --no-auth). */
+  token?: string;
 }
 
 /**
@@ -48,10 +60,12 @@ export class MetaClient {
   /** The normalized base URL, without a trailing slash. */
   readonly baseUrl: string;
   private readonly timeoutMs: number;
+  readonly #token: string | undefined;
 
   constructor(baseUrl: string, options: MetaClientOptions = {}) {
     this.baseUrl = normalizeBase(baseUrl);
     this.timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.#token = options.token;
   }
 
   /** Registers a publisher (state `pending`); the answer carries its pub_id and URLs. */
@@ -74,16 +88,33 @@ export class MetaClient {
     return this.call("GET", publisherPath(pubId), PublisherInfo);
   }
 
-  /** Publishers named `prefix` or below it (`a/b` matches `a/b` and `a/b/…`), by name. */
-  async list(prefix = ""): Promise<PublisherInfo[]> {
-    const query = prefix === "" ? "" : `?prefix=${encodeURIComponent(prefix)}`;
-    return (await this.call("GET", `/v1/publishers${query}`, PublisherList)).publishers;
+  /** One page of publishers named `prefix` or below it, by name, and the cursor of the next (null: last). */
+  page(prefix = "", options: { limit?: number; cursor?: string | null } = {}): Promise<PublisherList> {
+    return this.call("GET", `/v1/publishers${listQuery(prefix, options.limit, options.cursor)}`, PublisherList);
   }
 
-  /** The names under `prefix` (all by default) as directory nodes with publishers as leaves. */
+  /** Publishers named `prefix` or below it (`a/b` matches `a/b` and `a/b/…`), by name: every page. */
+  async list(prefix = ""): Promise<PublisherInfo[]> {
+    const out: PublisherInfo[] = [];
+    for (let cursor: string | null = null; ; ) {
+      const page: PublisherList = await this.page(prefix, { limit: MAX_PAGE_LIMIT, cursor });
+      out.push(...page.publishers);
+      if (page.next_cursor === null) return out;
+      if (page.next_cursor === cursor) throw new StoaError("schema", `the metaserver at ${this.baseUrl} answered the same cursor twice`);
+      cursor = page.next_cursor;
+    }
+  }
+
+  /** The names under `prefix` (all by default) as directory nodes with publishers as leaves: every page, merged. */
   async tree(prefix = ""): Promise<TreeNode[]> {
-    const query = prefix === "" ? "" : `?prefix=${encodeURIComponent(prefix)}`;
-    return (await this.call("GET", `/v1/tree${query}`, TreeResponse)).tree;
+    const root: TreeNode[] = [];
+    for (let cursor: string | null = null; ; ) {
+      const page: TreeResponse = await this.call("GET", `/v1/tree${listQuery(prefix, MAX_PAGE_LIMIT, cursor)}`, TreeResponse);
+      mergeTree(root, page.tree);
+      if (page.next_cursor === null) return root;
+      if (page.next_cursor === cursor) throw new StoaError("schema", `the metaserver at ${this.baseUrl} answered the same cursor twice`);
+      cursor = page.next_cursor;
+    }
   }
 
   /** Removes a registration; answers it as it was. */
@@ -100,7 +131,8 @@ export class MetaClient {
   async findByName(name: string): Promise<PublisherInfo | null> {
     const problem = nameProblem(name);
     if (problem !== null) throw new StoaError("usage", `invalid publisher name ${JSON.stringify(name.slice(0, 80))}: ${problem}`);
-    return (await this.list(name)).find((p) => p.name === name) ?? null;
+    const { publishers } = await this.call("GET", `/v1/publishers?name=${encodeURIComponent(name)}`, PublisherList);
+    return publishers.find((p) => p.name === name) ?? null;
   }
 
   /**
@@ -110,12 +142,13 @@ export class MetaClient {
   async lookup(name: string): Promise<PublisherInfo> {
     const problem = nameProblem(name);
     if (problem !== null) throw new StoaError("usage", `invalid publisher name ${JSON.stringify(name.slice(0, 80))}: ${problem}`);
-    const found = await this.list(name);
-    const exact = found.find((p) => p.name === name);
-    if (exact !== undefined) return exact;
-    if (found.length > 0) {
-      const shown = found.slice(0, 5).map((p) => p.name).join(", ") + (found.length > 5 ? ", …" : "");
-      throw new StoaError("usage", `${name} is a directory, not a publisher; it holds ${found.length}: ${shown}`);
+    const exact = await this.findByName(name);
+    if (exact !== null) return exact;
+    const below = await this.page(name, { limit: 5 });
+    if (below.publishers.length > 0) {
+      const names = below.publishers.map((p) => p.name).join(", ");
+      const held = below.next_cursor === null ? `${below.publishers.length}: ${names}` : `more than ${below.publishers.length}: ${names}, …`;
+      throw new StoaError("usage", `${name} is a directory, not a publisher; it holds ${held}`);
     }
     throw new StoaError("closed", `no publisher named ${name} is registered at ${this.baseUrl}; is it running?`);
   }
@@ -130,9 +163,11 @@ export class MetaClient {
     const url = this.baseUrl + path;
     let response: Response;
     try {
+      const headers: Record<string, string> = body === undefined ? {} : { "Content-Type": "application/json" };
+      if (this.#token !== undefined) headers.Authorization = `Bearer ${this.#token}`;
       response = await fetch(url, {
         method,
-        headers: body === undefined ? {} : { "Content-Type": "application/json" },
+        headers,
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(timeoutMs),
         redirect: "error",
@@ -185,6 +220,25 @@ export class MetaClient {
   }
 }
 
+function listQuery(prefix: string, limit?: number, cursor?: string | null): string {
+  const params = new URLSearchParams();
+  if (prefix !== "") params.set("prefix", prefix);
+  if (limit !== undefined) params.set("limit", String(limit));
+  if (cursor !== undefined && cursor !== null) params.set("cursor", cursor);
+  const text = params.toString();
+  return text === "" ? "" : `?${text}`;
+}
+
+/** Adds one page's tree to `into`: a directory met again on a later page gets the new children. */
+function mergeTree(into: TreeNode[], page: readonly TreeNode[]): void {
+  const byPath = new Map(into.map((n) => [n.path, n]));
+  for (const node of page) {
+    const same = byPath.get(node.path);
+    if (same?.children !== undefined && node.children !== undefined) mergeTree(same.children, node.children);
+    else into.push(node);
+  }
+}
+
 function publisherPath(pubId: string): string {
   // Checked here too: "..", say, would be resolved away by URL parsing into another route.
   if (!isValidPubId(pubId)) {
@@ -232,4 +286,27 @@ async function readCapped(response: Response): Promise<string> {
     chunks.push(value);
   }
   return new TextDecoder().decode(Buffer.concat(chunks));
+}
+
+/**
+ * The token a client sends, first match wins: `tokenFile` (--token-file), `STOA_META_TOKEN`,
+ * else `<stateDir>/meta.token` — the token `stoa meta`/`stoa up` keep there — but only when the
+ * metaserver is on this host (a loopback address or one of this host's own), so a local admin
+ * token is never sent to another machine by accident. Undefined when there is none.
+ */
+export function clientToken(options: { metaUrl: string; tokenFile?: string; stateDir: string; env?: NodeJS.ProcessEnv }): string | undefined {
+  if (options.tokenFile !== undefined) return readTokenFile(options.tokenFile);
+  const env = options.env ?? process.env;
+  const fromEnv = env[TOKEN_ENV]?.trim();
+  if (fromEnv) return fromEnv;
+  const file = join(options.stateDir, META_TOKEN_FILE);
+  if (!existsSync(file) || !isThisHost(new URL(normalizeBase(options.metaUrl)).hostname)) return undefined;
+  return readTokenFile(file);
+}
+
+function isThisHost(hostname: string): boolean {
+  const bare = hostname.startsWith("[") ? hostname.slice(1, -1) : hostname;
+  if (bare === "localhost" || bare === "::1" || /^127\./.test(bare)) return true;
+  const own = Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address.toLowerCase()));
+  return own.includes(bare.toLowerCase());
 }

@@ -5,15 +5,27 @@
  *
  * A small WebSocket client of its own rather than the global `WebSocket`: that one reports every
  * failure as "Failed to connect" or "Expected 101 status code", while a user needs to hear
- * whether nothing listens on the host (no gateway?), the gateway does not know the pub_id (404,
- * with the gateway's own message), the publisher behind it is down (502), or it accepted and
- * stayed silent. Every read is bounded (`MAX_RESPONSE_HEAD_BYTES`, `MAX_ERROR_BODY_BYTES`,
- * `MAX_PING_REPLY_BYTES`) and the whole round trip by one deadline. It never throws: the
- * outcome is a value, and the reason is a sentence for the user.
+ * whether the gateway does not know the pub_id (404), the publisher behind it is down (502), or
+ * it accepted and stayed silent. Every read is bounded (`MAX_RESPONSE_HEAD_BYTES`,
+ * `MAX_ERROR_BODY_BYTES`, `MAX_PING_REPLY_BYTES`) and the whole round trip by one deadline. It
+ * never throws: the outcome is a value, and the reason is a sentence for the user.
+ *
+ * Not a port scanner. `host` and the ping port come from whoever registered, so the reason must
+ * not tell an attacker anything about a service that is not a stoa gateway: only two kinds of
+ * answer are told apart —
+ * - a stoa gateway's routing error (src/gateway/protocol.ts: an HTTP error whose JSON body's
+ *   `error` is one of `ROUTE_ERRORS` with its status) is named by its code, never quoted;
+ * - a `101` that is a valid WebSocket upgrade and names the pub_id asked for
+ *   (`PUB_ID_HEADER`, src/stream/protocol.ts) is the publisher; what it then does wrong is
+ *   named too (no reply, not JSON, wrong fields, closed), its bytes are not quoted.
+ * Everything else — refused, reset, unreachable, a name that does not resolve, closed, silent
+ * until the deadline, not HTTP, any other HTTP answer, a foreign WebSocket — is one reason,
+ * `notAGateway`, with the same wording and the same `timedOut: false`.
  */
 import type { Socket } from "bun";
 import { StoaError } from "../core/errors.ts";
-import { MAX_PING_REPLY_BYTES, PingReply } from "../stream/protocol.ts";
+import { ROUTE_ERRORS } from "../gateway/protocol.ts";
+import { MAX_PING_REPLY_BYTES, PingReply, PUB_ID_HEADER } from "../stream/protocol.ts";
 import { publisherUrls, urlHost } from "./protocol.ts";
 
 /** Largest HTTP response head from a gateway; the gateway's own cap on request heads is 8 KiB. */
@@ -104,10 +116,10 @@ class PingAttempt {
         drain: () => this.flush(),
         end: () => this.onClosed(),
         close: () => this.onClosed(),
-        error: (_socket, err) => this.fail(`the connection to ${this.url} failed: ${err.message}`),
+        error: () => this.fail(this.phase === "reply" ? `the connection to publisher ${this.target.pubId} at ${this.url} failed` : this.notAGateway()),
         connectError: () => {}, // reported through the rejected promise below
       },
-    }).catch((err: unknown) => this.fail(this.connectFailure(err)));
+    }).catch(() => this.fail(this.notAGateway()));
   }
 
   private upgradeRequest(): string {
@@ -124,35 +136,24 @@ class PingAttempt {
     ].join("\r\n");
   }
 
-  private connectFailure(err: unknown): string {
-    const code = err instanceof Error && "code" in err ? String(err.code) : "";
-    const host = this.target.host;
-    switch (code) {
-      case "ECONNREFUSED":
-        return `could not reach ${this.url}: connection refused — no gateway on host ${host}? (start one there with: stoa gateway)`;
-      case "ENOTFOUND":
-      case "EAI_NONAME":
-        return `could not reach ${this.url}: the host name ${host} does not resolve; register the host's address`;
-      case "EHOSTUNREACH":
-      case "ENETUNREACH":
-        return `could not reach ${this.url}: no route to host ${host} from the metaserver; check the network between them`;
-      default:
-        return `could not reach ${this.url}: ${err instanceof Error ? err.message : String(err)}`;
-    }
+  /** The one reason for every answer that is not a stoa gateway's or the publisher's. */
+  private notAGateway(): string {
+    const at = `${urlHost(this.target.host)}:${this.target.port}`;
+    return (
+      `no stoa gateway answered at ${at} (nothing listening, unreachable, silent, or another service); ` +
+      `check the registered host and ping port, and that stoa gateway (or stoa up) runs there`
+    );
   }
 
   private timeout(): void {
     const s = `${this.options.timeoutMs / 1000}s`;
-    const gateway = `the gateway at ${urlHost(this.target.host)}:${this.target.port}`;
-    const reason: Record<Phase, string> = {
-      connect: `could not reach ${this.url} within ${s} — is host ${this.target.host} reachable from the metaserver (firewall, routing)?`,
-      response: `${gateway} accepted the connection but did not answer the WebSocket upgrade within ${s}`,
-      body: `${gateway} answered HTTP ${this.status} and then stalled`,
-      reply: `publisher ${this.target.pubId} accepted the WebSocket at ${this.url} but did not answer the ping within ${s}`,
-      done: "",
-    };
     if (this.phase === "body") return this.finishHttpError();
-    this.settle({ ok: false, timedOut: true, reason: reason[this.phase] });
+    if (this.phase !== "reply") return this.fail(this.notAGateway());
+    this.settle({
+      ok: false,
+      timedOut: true,
+      reason: `publisher ${this.target.pubId} accepted the WebSocket at ${this.url} but did not answer the ping within ${s}`,
+    });
   }
 
   private onData(data: Uint8Array): void {
@@ -163,7 +164,8 @@ class PingAttempt {
       if (this.phase === "body") this.readBody();
       if (this.phase === "reply") this.readFrames();
     } catch (err) {
-      this.fail(err instanceof Error ? err.message : String(err));
+      // Before the publisher is identified, what went wrong is the foreign service's business.
+      this.fail(this.phase === "reply" && err instanceof Error ? err.message : this.notAGateway());
     }
   }
 
@@ -171,25 +173,21 @@ class PingAttempt {
     if (this.phase === "done") return;
     if (this.phase === "body") return this.finishHttpError();
     this.fail(
-      this.phase === "reply"
-        ? `publisher ${this.target.pubId} closed the connection at ${this.url} without answering the ping`
-        : `the gateway at ${urlHost(this.target.host)}:${this.target.port} closed the connection without an HTTP answer; is that port a stoa gateway's ping port?`,
+      this.phase === "reply" ? `publisher ${this.target.pubId} closed the connection at ${this.url} without answering the ping` : this.notAGateway(),
     );
   }
 
   private readHead(): void {
     const end = indexOfHeadEnd(this.inbox.bytes);
     if (end < 0) {
-      if (this.inbox.bytes.length > MAX_RESPONSE_HEAD_BYTES) {
-        throw new StoaError("too_large", `the answer from ${this.url} has no end of headers within ${MAX_RESPONSE_HEAD_BYTES} bytes`);
-      }
+      if (this.inbox.bytes.length > MAX_RESPONSE_HEAD_BYTES) throw new StoaError("too_large", "no end of the response head");
       return;
     }
     const head = new TextDecoder().decode(this.inbox.bytes.subarray(0, end));
     this.inbox.consume(end + 4);
     const [statusLine = "", ...lines] = head.split("\r\n");
     const m = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine);
-    if (!m) throw new StoaError("decode", `${this.url} did not answer with HTTP (is that port a stoa gateway's ping port?)`);
+    if (!m) throw new StoaError("decode", "not HTTP");
     this.status = Number(m[1]);
     const headers = new Map<string, string>();
     for (const line of lines) {
@@ -203,9 +201,9 @@ class PingAttempt {
       return;
     }
     const accept = new Bun.CryptoHasher("sha1").update(this.key + WS_GUID).digest("base64");
-    if (headers.get("sec-websocket-accept") !== accept) {
-      throw new StoaError("decode", `${this.url} answered 101 without a valid Sec-WebSocket-Accept; it is not a WebSocket server`);
-    }
+    if (headers.get("sec-websocket-accept") !== accept) throw new StoaError("decode", "not a WebSocket upgrade");
+    // Only the publisher asked for may answer: a foreign WebSocket server is not confirmed.
+    if (headers.get(PUB_ID_HEADER.toLowerCase()) !== this.target.pubId) throw new StoaError("decode", "not this publisher");
     this.phase = "reply";
     this.write(clientFrame(OP_TEXT, new TextEncoder().encode("ping")));
   }
@@ -216,26 +214,17 @@ class PingAttempt {
   }
 
   private finishHttpError(): void {
-    const text = new TextDecoder().decode(this.inbox.bytes.subarray(0, MAX_ERROR_BODY_BYTES));
-    let said = "";
-    try {
-      const body: unknown = JSON.parse(text);
-      if (typeof body === "object" && body !== null && "message" in body && typeof body.message === "string") said = body.message;
-    } catch {
-      said = text;
-    }
-    said = said.replace(/\p{Cc}+/gu, " ").trim().slice(0, 300);
+    const code = gatewayErrorCode(this.status, this.inbox.bytes.subarray(0, MAX_ERROR_BODY_BYTES));
     const host = this.target.host;
-    const quoted = said === "" ? "" : ` (${said})`;
-    let reason: string;
-    if (this.status === 404) {
-      reason = `gateway answered 404${quoted}: publisher ${this.target.pubId} is not served on host ${host}; is it running there, with the same --run-dir as the gateway?`;
-    } else if (this.status === 502) {
-      reason = `gateway answered 502${quoted}: publisher ${this.target.pubId} is known on host ${host} but its ping socket does not answer`;
-    } else {
-      reason = `${this.url} answered HTTP ${this.status}${quoted} instead of upgrading to WebSocket`;
+    const pubId = this.target.pubId;
+    if (code === null) return this.fail(this.notAGateway());
+    if (code === "unknown_pub_id") {
+      return this.fail(`the stoa gateway on host ${host} does not serve publisher ${pubId} (404); is it running there, with the same --run-dir as the gateway?`);
     }
-    this.fail(reason);
+    if (code === "target_down") {
+      return this.fail(`the stoa gateway on host ${host} knows publisher ${pubId} but its ping socket does not answer (502)`);
+    }
+    this.fail(`the stoa gateway on host ${host} refused the ping with ${this.status} ${code}`);
   }
 
   private readFrames(): void {
@@ -249,8 +238,7 @@ class PingAttempt {
           continue;
         case OP_CLOSE: {
           const code = frame.payload.length >= 2 ? (frame.payload[0] ?? 0) * 256 + (frame.payload[1] ?? 0) : 1005;
-          const why = new TextDecoder().decode(frame.payload.subarray(2)).slice(0, 200);
-          return this.fail(`publisher ${this.target.pubId} closed the WebSocket (code ${code}${why ? `: ${why}` : ""}) instead of answering the ping`);
+          return this.fail(`publisher ${this.target.pubId} closed the WebSocket (code ${code}) instead of answering the ping`);
         }
         case OP_BINARY:
           return this.fail(`publisher ${this.target.pubId} answered the ping with a binary frame; its ping endpoint answers text`);
@@ -434,4 +422,20 @@ function concat(...parts: Uint8Array[]): Uint8Array {
     at += p.length;
   }
   return out;
+}
+
+/**
+ * The routing error code of a stoa gateway's error answer (`status` and a JSON body
+ * `{"error": code, …}` with `ROUTE_ERRORS[code] === status`), or null for anything else.
+ */
+function gatewayErrorCode(status: number, body: Uint8Array): string | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(body));
+  } catch {
+    return null;
+  }
+  if (typeof parsed !== "object" || parsed === null || !("error" in parsed) || typeof parsed.error !== "string") return null;
+  const code = parsed.error;
+  return Object.hasOwn(ROUTE_ERRORS, code) && (ROUTE_ERRORS as Record<string, number>)[code] === status ? code : null;
 }

@@ -8,11 +8,46 @@
  *   POST   /v1/publishers/{pub_id}/confirm  → 200 PublisherInfo (state live), or 502/504
  *   POST   /v1/publishers/{pub_id}/heartbeat → 200 PublisherInfo
  *   GET    /v1/publishers/{pub_id}          → 200 PublisherInfo
- *   GET    /v1/publishers?prefix=a/b        → 200 {"publishers": [PublisherInfo, …]} by name
- *   GET    /v1/tree[?prefix=a/b]            → 200 {"tree": [TreeNode, …]}
+ *   GET    /v1/publishers?prefix=a/b&limit=n&cursor=c
+ *                                           → 200 {"publishers": [PublisherInfo, …], "next_cursor": c|null}
+ *   GET    /v1/publishers?name=a/b          → 200 the same shape, the one publisher so named or none
+ *   GET    /v1/tree[?prefix=a/b&limit=n&cursor=c] → 200 {"tree": [TreeNode, …], "next_cursor": c|null}
  *   DELETE /v1/publishers/{pub_id}          → 200 PublisherInfo (as it was before removal)
  *   GET    /v1/health                       → 200 Health
  *   GET    /metrics                         → Prometheus text format
+ *
+ * Authentication: writes — register, confirm, heartbeat, delete — carry
+ * `Authorization: Bearer <token>`. The server knows an admin token (its `--token-file`,
+ * `STOA_META_TOKEN`, or `<state dir>/meta.token`, created 0600 when missing) and optionally
+ * writer tokens (`--tokens-file`: one `sha256:<64 hex digits> [label]` per line, `#` comments).
+ * A registration records the SHA-256 of the token that made it (its owner); only that token or
+ * the admin token may register the same pub_id or name again, confirm, heartbeat or delete it.
+ * The admin token may do anything. Registrations without an owner (made under `--no-auth`, or
+ * written by schema 1) are taken over by the first authenticated write to them. Reads (GET)
+ * need no token unless the server has a `--read-token-file`: then they need that token, the
+ * admin token or a writer token. `/v1/health` and `/metrics` are always open.
+ *   no token, a garbled one or an unknown one → 401 `unauthorized` with
+ *     `WWW-Authenticate: Bearer realm="stoa meta"`;
+ *   a valid token that does not own the registration (or a read token writing) → 403 `forbidden`.
+ * With `--no-auth` (a warning at start) nothing is checked, as before; quotas then count per
+ * source address instead of per token.
+ *
+ * Quotas (each answers 429 `quota_exceeded` with what to do): every writer other than the admin —
+ * each writer token, each source address under `--no-auth` — holds at most
+ * `WRITER_MAX_PUBLISHERS` registrations and `WRITER_MAX_PENDING` of them pending; all of them
+ * together at most `NON_ADMIN_MAX_PUBLISHERS` and `NON_ADMIN_MAX_PENDING`, which leaves the admin
+ * token room under the global `MAX_PUBLISHERS` (503 `full`). A registration still `pending`
+ * `PENDING_EXPIRY_MS` after it was registered is removed: heartbeats do not extend that. A
+ * registration may start at most `CONFIRM_RATE_LIMIT` confirmation pings per
+ * `CONFIRM_RATE_WINDOW_MS` (429 `rate_limited`).
+ *
+ * Pagination: lists are ordered by name and cut into pages of `limit` (default
+ * `DEFAULT_PAGE_LIMIT`, at most `MAX_PAGE_LIMIT`) publishers. `next_cursor` is null on the last
+ * page; otherwise pass it as `cursor` (with the same prefix) for the next. A cursor is the
+ * base64url of the last name returned: pages continue after it, so registrations added or removed
+ * meanwhile never make an untouched one repeat or go missing. `/v1/tree` pages the same way by
+ * publisher: each page is the tree of its publishers (a directory may show up on several pages;
+ * merge them by `path`).
  *
  * PublisherInfo:
  *   {name, pub_id, host, ports: {service, string, ping}, urls: {service, string, ping},
@@ -45,9 +80,11 @@
  * Errors: `{"error": <code>, "message": <what happened and what to do>}`, with the status of
  * `ERROR_STATUS[code]` (confirm_failed: 502, or 504 when the publisher did not answer in time):
  *   400 bad_json, bad_request, bad_name, bad_pub_id, bad_host, bad_ports, bad_prefix,
- *       parent_is_publisher, name_is_directory
+ *       bad_limit, bad_cursor, parent_is_publisher, name_is_directory
+ *   401 unauthorized   403 forbidden
  *   404 not_found      409 duplicate_name, duplicate_pub_id, changed
  *   413 too_large (any route whose body is over MAX_BODY_BYTES)
+ *   429 quota_exceeded, rate_limited
  *   500 internal       502/504 confirm_failed      503 full, busy, shutting_down
  *
  * TreeNode: `{name: segment, path: full name, children: [TreeNode, …]}` for a directory node,
@@ -62,6 +99,40 @@ import { KINDS, type Kind, nameProblem, PublisherName, PubId } from "../stream/n
 export const MAX_BODY_BYTES = 64 * 1024;
 /** Most registrations held at once; beyond this, registering answers 503 `full`. */
 export const MAX_PUBLISHERS = 100_000;
+/**
+ * Most registrations of one writer other than the admin (a writer token, or a source address
+ * under --no-auth): a tenth of the registry, so no single one fills it.
+ */
+export const WRITER_MAX_PUBLISHERS = 10_000;
+/** Most registrations of all non-admin writers together: the last tenth stays the admin's. */
+export const NON_ADMIN_MAX_PUBLISHERS = 90_000;
+/**
+ * Most `pending` registrations of one non-admin writer. A real publisher is pending for one
+ * confirmation round trip (milliseconds); 64 covers a host starting many at once.
+ */
+export const WRITER_MAX_PENDING = 64;
+/** Most `pending` registrations of all non-admin writers together. */
+export const NON_ADMIN_MAX_PENDING = 4_096;
+/**
+ * A registration still `pending` this long after it was registered is removed; heartbeats do
+ * not extend it. A confirmation takes at most `CONFIRM_TIMEOUT_MS`; 30 s covers retries.
+ */
+export const PENDING_EXPIRY_MS = 30_000;
+/** Confirmation pings one registration may start per `CONFIRM_RATE_WINDOW_MS`. */
+export const CONFIRM_RATE_LIMIT = 5;
+export const CONFIRM_RATE_WINDOW_MS = 60_000;
+/** Publishers per page of `GET /v1/publishers` and `/v1/tree` when `limit` is not given. */
+export const DEFAULT_PAGE_LIMIT = 1_000;
+/** Largest `limit`: a page of 10,000 is about 3.7 MB of JSON. */
+export const MAX_PAGE_LIMIT = 10_000;
+/** The realm of `WWW-Authenticate` on a 401. */
+export const AUTH_REALM = "stoa meta";
+/** Prefix of the tokens the metaserver issues, so a leaked one is recognisable. */
+export const META_TOKEN_PREFIX = "stm_";
+/** File name of the admin token in the state dir. */
+export const META_TOKEN_FILE = "meta.token";
+/** The environment variable that may hold a token (never a flag: a command line is public). */
+export const META_TOKEN_ENV = "STOA_META_TOKEN";
 /**
  * Confirmations in flight at once; each holds a socket and may buffer a ping reply of up to
  * src/stream's `MAX_PING_REPLY_BYTES` (about 12 MiB). Beyond this: 503 `busy`.
@@ -174,8 +245,8 @@ export const PublisherInfo = z.object({
 });
 export type PublisherInfo = z.infer<typeof PublisherInfo>;
 
-/** `GET /v1/publishers?prefix=`. */
-export const PublisherList = z.object({ publishers: z.array(PublisherInfo) });
+/** `GET /v1/publishers?prefix=&limit=&cursor=`: one page. */
+export const PublisherList = z.object({ publishers: z.array(PublisherInfo), next_cursor: z.string().nullable() });
 export type PublisherList = z.infer<typeof PublisherList>;
 
 export interface TreeNode {
@@ -194,8 +265,8 @@ export const TreeNode: z.ZodType<TreeNode> = z.object({
   pub_id: z.string().optional(),
   state: PublisherState.optional(),
 });
-/** `GET /v1/tree`: the top-level nodes. */
-export const TreeResponse = z.object({ tree: z.array(TreeNode) });
+/** `GET /v1/tree`: the top-level nodes of one page. */
+export const TreeResponse = z.object({ tree: z.array(TreeNode), next_cursor: z.string().nullable() });
 export type TreeResponse = z.infer<typeof TreeResponse>;
 
 /** `GET /v1/health`: registrations by state, and the TTLs publishers should heartbeat within. */
@@ -216,13 +287,19 @@ export const ERROR_STATUS = {
   bad_host: 400,
   bad_ports: 400,
   bad_prefix: 400,
+  bad_limit: 400,
+  bad_cursor: 400,
   parent_is_publisher: 400,
   name_is_directory: 400,
+  unauthorized: 401,
+  forbidden: 403,
   not_found: 404,
   duplicate_name: 409,
   duplicate_pub_id: 409,
   changed: 409,
   too_large: 413,
+  quota_exceeded: 429,
+  rate_limited: 429,
   internal: 500,
   confirm_failed: 502,
   full: 503,
@@ -259,6 +336,7 @@ export class MetaApiError extends StoaError {
 // Bad input is the caller's mistake (exit 2 from a CLI); the rest are runtime failures.
 function stoaCodeFor(status: number) {
   if (status === 400) return "usage" as const;
+  if (status === 401 || status === 403) return "auth" as const;
   if (status === 404) return "closed" as const;
   if (status === 409) return "in_use" as const;
   if (status === 413) return "too_large" as const;
@@ -285,4 +363,29 @@ export function parsePrefix(raw: string | undefined): string {
   const problem = nameProblem(prefix);
   if (problem !== null) throw new MetaApiError("bad_prefix", `prefix ${JSON.stringify(raw.slice(0, 64))}: ${problem}`);
   return prefix;
+}
+
+/** The cursor that continues a list after `name`. */
+export function encodeCursor(name: string): string {
+  return Buffer.from(name, "utf8").toString("base64url");
+}
+
+/** A `cursor` query → the name it continues after (null for none), or a MetaApiError `bad_cursor`. */
+export function parseCursor(raw: string | undefined): string | null {
+  if (raw === undefined || raw === "") return null;
+  const name = /^[A-Za-z0-9_-]{1,1400}$/.test(raw) ? Buffer.from(raw, "base64url").toString("utf8") : "";
+  if (name === "" || nameProblem(name) !== null || encodeCursor(name) !== raw) {
+    throw new MetaApiError("bad_cursor", "cursor is not one this server handed out; start again without cursor");
+  }
+  return name;
+}
+
+/** A `limit` query → a page size, or a MetaApiError `bad_limit`. */
+export function parseLimit(raw: string | undefined): number {
+  if (raw === undefined || raw === "") return DEFAULT_PAGE_LIMIT;
+  const n = /^[0-9]{1,6}$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!(n >= 1 && n <= MAX_PAGE_LIMIT)) {
+    throw new MetaApiError("bad_limit", `limit ${JSON.stringify(raw.slice(0, 20))} must be a whole number from 1 to ${MAX_PAGE_LIMIT}`);
+  }
+  return n;
 }

@@ -7,6 +7,7 @@ import { StoaError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { metrics as sharedMetrics, type Registry } from "../core/metrics.ts";
 import { createApi } from "./api.ts";
+import { type AuthConfig, Authority, NO_AUTH } from "./auth.ts";
 import { type Pinger, pingThroughGateway } from "./confirm.ts";
 import {
   CONFIRM_TIMEOUT_MS,
@@ -15,7 +16,7 @@ import {
   MAX_BODY_BYTES,
   urlHost,
 } from "./protocol.ts";
-import { MetaStore } from "./store.ts";
+import { MetaStore, type StoreOptions } from "./store.ts";
 
 /** How long `close()` lets requests in flight finish before cutting their connections. */
 const CLOSE_GRACE_MS = 5_000;
@@ -36,6 +37,11 @@ export interface MetaOptions {
   sweepIntervalMs?: number;
   /** Most registrations held (default `MAX_PUBLISHERS`). */
   maxPublishers?: number;
+  /** Quotas and pending expiry other than protocol.ts's, for tests. */
+  quotas?: StoreOptions["quotas"];
+  pendingExpiryMs?: number;
+  /** Who may write and read (auth.ts's `loadAuth`); default `NO_AUTH`, as with --no-auth. */
+  auth?: AuthConfig;
   /** Where metrics go (default the process's shared registry). */
   metrics?: Registry;
 }
@@ -66,9 +72,16 @@ export function startMeta(options: MetaOptions): MetaServer {
   const confirmTimeoutMs = options.confirm?.timeoutMs ?? CONFIRM_TIMEOUT_MS;
   const registry = options.metrics ?? sharedMetrics;
   const log = options.log;
-  const store = MetaStore.open(options.db, { maxPublishers: options.maxPublishers });
+  const auth = new Authority(options.auth ?? NO_AUTH);
+  const store = MetaStore.open(options.db, {
+    maxPublishers: options.maxPublishers,
+    quotas: options.quotas,
+    pendingExpiryMs: options.pendingExpiryMs,
+    adminOwner: auth.adminOwner,
+  });
   const shutdown = new AbortController();
   const app = createApi({
+    auth,
     store,
     log,
     metrics: registry,
@@ -84,7 +97,7 @@ export function startMeta(options: MetaOptions): MetaServer {
     server = Bun.serve({
       hostname: options.listen.hostname,
       port: options.listen.port,
-      fetch: app.fetch,
+      fetch: (req, srv) => app.fetch(req, { ip: srv.requestIP(req)?.address }),
       // Our reader answers 413 with a JSON body up to MAX_BODY_BYTES; this is Bun's backstop.
       maxRequestBodySize: MAX_BODY_BYTES * 16,
       // A confirmation may take the whole ping timeout; the connection must outlive it.
@@ -105,7 +118,9 @@ export function startMeta(options: MetaOptions): MetaServer {
   const sweepEvery = options.sweepIntervalMs ?? Math.min(1_000, Math.max(50, Math.floor(ttlMs / 5)));
   const sweeper = setInterval(() => {
     try {
-      const { staled, removed } = store.sweep(ttlMs, deregisterAfterMs);
+      const { staled, removed, expired: unconfirmed } = store.sweep(ttlMs, deregisterAfterMs);
+      for (const info of unconfirmed) log.info("removed: never confirmed", { publisher: info.name, pub_id: info.pub_id });
+      if (unconfirmed.length > 0) expired.inc({ to: "unconfirmed" }, unconfirmed.length);
       for (const info of staled) log.info("stale: no heartbeat within the TTL", { publisher: info.name, pub_id: info.pub_id });
       for (const info of removed) log.info("removed: stale for too long", { publisher: info.name, pub_id: info.pub_id });
       if (staled.length > 0) expired.inc({ to: "stale" }, staled.length);

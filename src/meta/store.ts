@@ -12,15 +12,22 @@
  *   the same registration (its `generation`) and report when it changed meanwhile.
  * - Rule violations throw `MetaApiError` with the rule in words; the HTTP layer only maps codes.
  * - Opening the store restarts every TTL clock: the metaserver's own downtime does not count
- *   against publishers, whose heartbeats could not reach it.
+ *   against publishers, whose heartbeats could not reach it. (The pending clock of an
+ *   unconfirmed registration, `PENDING_EXPIRY_MS` from `registered_at`, is not restarted.)
+ * - Each registration has an owner: `t:<hex SHA-256 of the token>` that made it, `a:<address>`
+ *   for one made under --no-auth, or "" (written by schema 1). Only a `t:` owner is enforced;
+ *   the others are taken over by the first authenticated write (`mayWrite`, `claim`). Quotas
+ *   (protocol.ts) count registrations by owner.
  */
 import { Database } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { StoaError } from "../core/errors.ts";
+import { ANYONE, checkQuotas, DEFAULT_QUOTAS, mayWrite, notOwner, type Quotas, type Writer } from "./owners.ts";
 import {
   MAX_PUBLISHERS,
   MetaApiError,
+  PENDING_EXPIRY_MS,
   type PublisherInfo,
   publisherUrls,
   type PublisherState,
@@ -28,8 +35,11 @@ import {
   type TreeNode,
 } from "./protocol.ts";
 
-/** Bumped when the table layout changes; a newer file is refused rather than misread. */
-const SCHEMA_VERSION = 1;
+/**
+ * Bumped when the table layout changes; a newer file is refused rather than misread, an older
+ * one migrated (`MIGRATIONS`). 2 added `owner`.
+ */
+export const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS publishers (
@@ -43,10 +53,19 @@ CREATE TABLE IF NOT EXISTS publishers (
   state         TEXT NOT NULL CHECK (state IN ('pending', 'live', 'stale')),
   confirmed     INTEGER NOT NULL DEFAULT 0,        -- ever confirmed: where a heartbeat brings a stale one back
   registered_at INTEGER NOT NULL,                  -- ms since the epoch
-  last_seen     INTEGER NOT NULL                   -- ms: last register, confirm or heartbeat
+  last_seen     INTEGER NOT NULL,                  -- ms: last register, confirm or heartbeat
+  owner         TEXT NOT NULL DEFAULT ''           -- who may write it, and whose quota it counts in
 ) STRICT;
 CREATE INDEX IF NOT EXISTS publishers_last_seen ON publishers (last_seen);
+CREATE INDEX IF NOT EXISTS publishers_owner ON publishers (owner, state);
+CREATE INDEX IF NOT EXISTS publishers_unconfirmed ON publishers (confirmed, registered_at);
+CREATE INDEX IF NOT EXISTS publishers_state ON publishers (state);
 `;
+
+/** From version N (the key) to N+1, run before SCHEMA (which adds what is new, e.g. indexes). */
+const MIGRATIONS: Record<number, string> = {
+  1: "ALTER TABLE publishers ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+};
 
 interface Row {
   generation: number;
@@ -60,6 +79,7 @@ interface Row {
   confirmed: number;
   registered_at: number;
   last_seen: number;
+  owner: string;
 }
 
 /** A registration as stored: the API's view plus what confirmation and sweeping need. */
@@ -68,6 +88,13 @@ export interface StoredPublisher {
   /** Identifies this registration; a re-registration of the same pub_id gets a new one. */
   generation: number;
   lastSeen: number;
+  owner: string;
+}
+
+/** One page of a list: the publishers, and the name to continue after (null on the last page). */
+export interface Page {
+  publishers: PublisherInfo[];
+  next: string | null;
 }
 
 export interface StoreOptions {
@@ -75,15 +102,24 @@ export interface StoreOptions {
   clock?: () => number;
   /** Most registrations held at once (default `MAX_PUBLISHERS`). */
   maxPublishers?: number;
+  /** Quotas (defaults from protocol.ts), for tests that cannot register tens of thousands. */
+  quotas?: Partial<Quotas>;
+  /** How long a registration may stay pending (default `PENDING_EXPIRY_MS`). */
+  pendingExpiryMs?: number;
+  /** The owner key of the admin token: its registrations do not count against non-admin quotas. */
+  adminOwner?: string;
 }
+
 
 export interface SweepResult {
   staled: PublisherInfo[];
   removed: PublisherInfo[];
+  /** Pending registrations never confirmed within the pending expiry. */
+  expired: PublisherInfo[];
 }
 
 const COLUMNS =
-  "generation, pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen";
+  "generation, pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen, owner";
 
 // Names are ASCII and '0' follows '/' in byte order, so everything strictly below `p` (`p/...`)
 // sorts in [p + "/", p + "0"): a range scan on the name index, with no LIKE escaping of '_'.
@@ -105,6 +141,9 @@ function belowRange(prefix: string): [string, string] {
 export class MetaStore {
   private readonly now: () => number;
   private readonly maxPublishers: number;
+  private readonly quotas: Quotas;
+  private readonly adminOwner: string;
+  readonly pendingExpiryMs: number;
 
   private constructor(
     private readonly db: Database,
@@ -112,6 +151,9 @@ export class MetaStore {
   ) {
     this.now = options.clock ?? Date.now;
     this.maxPublishers = options.maxPublishers ?? MAX_PUBLISHERS;
+    this.pendingExpiryMs = options.pendingExpiryMs ?? PENDING_EXPIRY_MS;
+    this.adminOwner = options.adminOwner ?? "";
+    this.quotas = { ...DEFAULT_QUOTAS, ...options.quotas };
   }
 
   /** Opens (creating if needed) the database at `path`, or an in-memory one for `:memory:`. */
@@ -140,6 +182,14 @@ export class MetaStore {
       if (version > SCHEMA_VERSION) {
         throw new StoaError("config", `${path} was written by a newer stoa (schema ${version}, this one knows ${SCHEMA_VERSION}); upgrade stoa or use another --db`);
       }
+      const tables = db.query<{ n: number }, []>("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'publishers'").get();
+      if ((tables?.n ?? 0) > 0) {
+        for (let v = Math.max(version, 1); v < SCHEMA_VERSION; v++) {
+          const step = MIGRATIONS[v];
+          if (step === undefined) throw new StoaError("internal", `no migration of the metaserver schema from version ${v}`);
+          db.exec(step);
+        }
+      }
       db.exec(SCHEMA);
       db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
       const store = new MetaStore(db, options);
@@ -160,12 +210,15 @@ export class MetaStore {
   /**
    * Adds a registration, or replaces the one with the same pub_id and name (a restarted
    * publisher), or takes over the name of a stale one. `created` is false for a replacement.
-   * Throws `MetaApiError` for duplicates (409), name rules (400) and a full store (503).
+   * Only the registration's owner or the admin may replace it or take its stale name (403).
+   * Throws `MetaApiError` for duplicates (409), name rules (400), quotas (429) and a full
+   * store (503).
    */
-  register(reg: Registration & { pub_id: string }): { info: PublisherInfo; created: boolean } {
+  register(reg: Registration & { pub_id: string }, writer: Writer = ANYONE): { info: PublisherInfo; created: boolean } {
     const run = this.db.transaction((): { info: PublisherInfo; created: boolean } => {
       const now = this.now();
       const byId = this.rowByPubId(reg.pub_id);
+      if (byId !== null && mayWrite(byId.owner, writer) === "no") throw notOwner(byId.pub_id, byId.name);
       if (byId !== null && byId.name !== reg.name) {
         throw new MetaApiError(
           "duplicate_pub_id",
@@ -174,62 +227,100 @@ export class MetaStore {
       }
       const byName = byId ?? this.db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(reg.name);
       if (byName !== null && byName.pub_id !== reg.pub_id) {
-        if (byName.state !== "stale") {
+        if (byName.state !== "stale" || mayWrite(byName.owner, writer) === "no") {
           const ago = Math.max(0, Math.round((now - byName.last_seen) / 1000));
+          const wait = byName.state === "stale" ? "wait until it is removed" : "wait until it misses its heartbeats and turns stale";
           throw new MetaApiError(
             "duplicate_name",
             `name ${reg.name} is registered by pub_id ${byName.pub_id} (${byName.state}, last heard from ${ago}s ago); ` +
-              "choose another name, deregister that one, or wait until it misses its heartbeats and turns stale",
+              `choose another name, deregister that one, or ${wait}`,
           );
         }
         this.db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
       }
       this.checkLeaf(reg.name);
       const replaced = byName !== null && byName.pub_id === reg.pub_id;
-      if (replaced) {
-        this.db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
-      } else if (this.count() >= this.maxPublishers) {
-        throw new MetaApiError(
-          "full",
-          `the metaserver holds its maximum of ${this.maxPublishers} publishers; deregister unused ones and try again`,
-        );
-      }
+      if (replaced) this.db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
+      checkQuotas(this.db, { ...this.quotas, maxPublishers: this.maxPublishers, adminOwner: this.adminOwner }, writer, replaced);
       const row = this.db
-        .query<Row, [string, string, string, number, number, number, number, number]>(
-          `INSERT INTO publishers (pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen)
-           VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?) RETURNING ${COLUMNS}`,
+        .query<Row, [string, string, string, number, number, number, number, number, string]>(
+          `INSERT INTO publishers (pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen, owner)
+           VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) RETURNING ${COLUMNS}`,
         )
-        .get(reg.pub_id, reg.name, reg.host, reg.ports.service, reg.ports.string, reg.ports.ping, now, now);
+        .get(reg.pub_id, reg.name, reg.host, reg.ports.service, reg.ports.string, reg.ports.ping, now, now, writer.owner);
       if (row === null) throw new StoaError("internal", "INSERT … RETURNING returned no row");
       return { info: toInfo(row), created: !replaced };
     });
     return run.immediate();
   }
 
+  /** Gives a registration without a token owner to `owner` (the first authenticated write). */
+  claim(pubId: string, owner: string): void {
+    this.db.query("UPDATE publishers SET owner = ? WHERE pub_id = ? AND owner NOT LIKE 't:%'").run(owner, pubId);
+  }
+
   /** The registration with this pub_id, or null. */
   get(pubId: string): StoredPublisher | null {
     const row = this.rowByPubId(pubId);
-    return row === null ? null : { info: toInfo(row), generation: row.generation, lastSeen: row.last_seen };
+    return row === null ? null : { info: toInfo(row), generation: row.generation, lastSeen: row.last_seen, owner: row.owner };
   }
 
-  /** Registrations whose name is `prefix` or lies below it ("" for all), ordered by name. */
-  list(prefix: string): PublisherInfo[] {
+  /**
+   * Registrations whose name is `prefix` or lies below it ("" for all), ordered by name: at most
+   * `limit` of them after the name `after` (null: from the start).
+   */
+  page(prefix: string, limit: number, after: string | null): Page {
+    const rows: Row[] = [];
+    const from = after ?? "";
+    // limit + 1 rows say whether there is a next page.
     if (prefix === "") {
-      return this.db.query<Row, []>(`SELECT ${COLUMNS} FROM publishers ORDER BY name`).all().map(toInfo);
+      rows.push(...this.db.query<Row, [string, number]>(`SELECT ${COLUMNS} FROM publishers WHERE name > ? ORDER BY name LIMIT ?`).all(from, limit + 1));
+    } else {
+      // `prefix` itself sorts before everything below it; names between the two ("a-x" for "a")
+      // are not scanned: two index lookups instead of one range with a filter.
+      if (prefix > from) {
+        const exact = this.db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(prefix);
+        if (exact !== null) rows.push(exact);
+      }
+      const [lo, hi] = belowRange(prefix);
+      rows.push(
+        ...this.db
+          .query<Row, [string, string, string, number]>(
+            `SELECT ${COLUMNS} FROM publishers WHERE name >= ? AND name > ? AND name < ? ORDER BY name LIMIT ?`,
+          )
+          .all(lo, from, hi, limit + 1 - rows.length),
+      );
     }
-    const [from, to] = belowRange(prefix);
-    return this.db
-      .query<Row, [string, string, string]>(
-        `SELECT ${COLUMNS} FROM publishers WHERE name = ? OR (name >= ? AND name < ?) ORDER BY name`,
-      )
-      .all(prefix, from, to)
-      .map(toInfo);
+    const more = rows.length > limit;
+    const shown = more ? rows.slice(0, limit) : rows;
+    return { publishers: shown.map(toInfo), next: more ? (shown.at(-1)?.name ?? null) : null };
   }
 
-  /** The names under `prefix` ("" for all) as nested directory nodes with publishers as leaves. */
-  tree(prefix: string): TreeNode[] {
+  /** Every registration under `prefix` ("" for all), by name; for tests and small registries. */
+  list(prefix: string): PublisherInfo[] {
+    const out: PublisherInfo[] = [];
+    for (let after: string | null = null; ; ) {
+      const { publishers, next } = this.page(prefix, 10_000, after);
+      out.push(...publishers);
+      if (next === null) return out;
+      after = next;
+    }
+  }
+
+  /** The registration named exactly `name`, or null. */
+  byName(name: string): PublisherInfo | null {
+    const row = this.db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(name);
+    return row === null ? null : toInfo(row);
+  }
+
+  /**
+   * The names of one page (`page`'s arguments) as nested directory nodes with publishers as
+   * leaves, and where the next page starts.
+   */
+  tree(prefix: string, limit = Number.MAX_SAFE_INTEGER, after: string | null = null): { tree: TreeNode[]; next: string | null } {
     const root: TreeNode[] = [];
-    for (const info of this.list(prefix)) {
+    const { publishers, next } = this.page(prefix, Math.min(limit, 1_000_000), after);
+    for (const info of publishers) {
       const segments = info.name.split("/");
       let level = root;
       segments.forEach((segment, i) => {
@@ -245,14 +336,16 @@ export class MetaStore {
       });
     }
     sortTree(root);
-    return root;
+    return { tree: root, next };
   }
 
   /**
    * Records a heartbeat: restarts the TTL clock and brings a stale registration back (`live`
-   * if it was ever confirmed, else `pending`). Null when there is no such registration.
+   * if it was ever confirmed, else `pending`). Null when there is no such registration; 403
+   * when `writer` does not own it.
    */
-  heartbeat(pubId: string): PublisherInfo | null {
+  heartbeat(pubId: string, writer: Writer = ANYONE): PublisherInfo | null {
+    if (!this.authorize(pubId, writer)) return null;
     const row = this.db
       .query<Row, [number, string]>(
         `UPDATE publishers SET last_seen = ?,
@@ -279,8 +372,9 @@ export class MetaStore {
     return this.db.query("DELETE FROM publishers WHERE pub_id = ? AND generation = ?").run(pubId, generation).changes > 0;
   }
 
-  /** Removes the registration with this pub_id and returns it as it was, or null. */
-  remove(pubId: string): PublisherInfo | null {
+  /** Removes the registration with this pub_id and returns it as it was, or null; 403 when `writer` does not own it. */
+  remove(pubId: string, writer: Writer = ANYONE): PublisherInfo | null {
+    if (!this.authorize(pubId, writer)) return null;
     const row = this.db.query<Row, [string]>(`DELETE FROM publishers WHERE pub_id = ? RETURNING ${COLUMNS}`).get(pubId);
     return row === null ? null : toInfo(row);
   }
@@ -296,13 +390,20 @@ export class MetaStore {
         .query<Row, [number]>(`DELETE FROM publishers WHERE last_seen <= ? RETURNING ${COLUMNS}`)
         .all(now - ttlMs - deregisterAfterMs)
         .map(toInfo);
+      // Never confirmed in time: removed whatever heartbeats say (only the register counts).
+      const expired = this.db
+        .query<Row, [number]>(
+          `DELETE FROM publishers WHERE confirmed = 0 AND registered_at <= ? RETURNING ${COLUMNS}`,
+        )
+        .all(now - this.pendingExpiryMs)
+        .map(toInfo);
       const staled = this.db
         .query<Row, [number]>(
           `UPDATE publishers SET state = 'stale' WHERE state != 'stale' AND last_seen <= ? RETURNING ${COLUMNS}`,
         )
         .all(now - ttlMs)
         .map(toInfo);
-      return { staled, removed };
+      return { staled, removed, expired };
     });
     return run.immediate();
   }
@@ -322,13 +423,24 @@ export class MetaStore {
     this.db.close();
   }
 
+  /**
+   * Whether the registration exists and `writer` may change it (taking it over when it has no
+   * token owner); throws the 403 when it may not. Synchronous: nothing runs between this check
+   * and the caller's write.
+   */
+  authorize(pubId: string, writer: Writer): boolean {
+    const row = this.rowByPubId(pubId);
+    if (row === null) return false;
+    const may = mayWrite(row.owner, writer);
+    if (may === "no") throw notOwner(row.pub_id, row.name);
+    if (may === "claim") this.claim(pubId, writer.owner);
+    return true;
+  }
+
   private rowByPubId(pubId: string): Row | null {
     return this.db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE pub_id = ?`).get(pubId);
   }
 
-  private count(): number {
-    return this.db.query<{ n: number }, []>("SELECT count(*) AS n FROM publishers").get()?.n ?? 0;
-  }
 
   /** Names are leaves: nothing registered above `name`, nothing below it. */
   private checkLeaf(name: string): void {

@@ -35,6 +35,8 @@ export interface SessionOptions {
   pubId?: string;
   /** Metaserver base URL, e.g. `http://[fd00::2]:8090`. */
   metaUrl: string;
+  /** Bearer token for the metaserver's writes (meta/client.ts's `clientToken` finds one). */
+  metaToken?: string;
   runDir: string;
   /** The host address clients reach the gateway at; default from the gateway's listen addresses. */
   host?: string;
@@ -69,7 +71,7 @@ export async function startPublishing(options: SessionOptions): Promise<Session>
     );
   });
   const host = options.host ?? advertisedAddress(gateway.listen);
-  const meta = new MetaClient(options.metaUrl);
+  const meta = new MetaClient(options.metaUrl, { token: options.metaToken });
   const pubId = options.pubId ?? newPubId();
   const request = { name: options.name, pub_id: pubId, host, ports: gateway.ports };
 
@@ -107,7 +109,7 @@ export async function startPublishing(options: SessionOptions): Promise<Session>
 /** Option 1: a publisher on its own /128, reached without a gateway. */
 async function startOnOwnAddress(options: SessionOptions, own: NonNullable<SessionOptions["ownAddress"]>): Promise<Session> {
   const { log, runDir } = options;
-  const meta = new MetaClient(options.metaUrl);
+  const meta = new MetaClient(options.metaUrl, { token: options.metaToken });
   const pubId = options.pubId ?? newPubId();
   const undo: (() => Promise<unknown>)[] = [];
   const unwind = async () => {

@@ -138,7 +138,7 @@ describe("the publisher lifecycle over HTTP", () => {
       expect((await t.client.list("lab")).map((p) => p.name)).toEqual(["lab/hum/in", "lab/temp"]);
       expect((await t.client.list("lab/")).map((p) => p.name)).toEqual(["lab/hum/in", "lab/temp"]);
       const raw = await call(t.meta.url, "GET", "/v1/publishers?prefix=lab%2Fhum");
-      expect(Object.keys(raw.json ?? {})).toEqual(["publishers"]);
+      expect(Object.keys(raw.json ?? {})).toEqual(["publishers", "next_cursor"]);
       expect((await t.client.list("")).length).toBe(4);
       const tree = await t.client.tree();
       expect(tree.map((n) => n.name)).toEqual(["lab", "lab-2", "labx"]);

@@ -95,7 +95,7 @@ describe("MetaClient", () => {
         `the metaserver at http://127.0.0.1:${other.port} sent an unexpected answer to GET /v1/health; is that URL a stoa metaserver of this version?`,
       ]);
       const notMeta = await failure(client.list());
-      expect(notMeta.message).toContain("answered GET /v1/publishers with HTTP 404; is that URL a stoa metaserver?");
+      expect(notMeta.message).toContain("answered GET /v1/publishers?limit=10000 with HTTP 404; is that URL a stoa metaserver?");
     } finally {
       await other.stop(true);
     }

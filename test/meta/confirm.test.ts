@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { type PingOutcome, pingThroughGateway } from "../../src/meta/confirm.ts";
 import { MetaApiError } from "../../src/meta/protocol.ts";
+import { PUB_ID_HEADER } from "../../src/stream/protocol.ts";
 import { fakeGateway } from "../fixtures/meta-gateway.ts";
 import { startTestMeta } from "../fixtures/meta-helpers.ts";
 
@@ -47,8 +48,8 @@ describe("confirmation through the host's gateway", () => {
       const err = await rejection(t.client.confirm("abc"));
       expect([err.status, err.error]).toEqual([502, "confirm_failed"]);
       expect(err.message).toBe(
-        `could not confirm x (pub_id abc), so its registration was removed: could not reach ws://127.0.0.1:${port}/pub/abc: ` +
-          "connection refused — no gateway on host 127.0.0.1? (start one there with: stoa gateway)",
+        `could not confirm x (pub_id abc), so its registration was removed: no stoa gateway answered at 127.0.0.1:${port} ` +
+          "(nothing listening, unreachable, silent, or another service); check the registered host and ping port, and that stoa gateway (or stoa up) runs there",
       );
       expect((await rejection(t.client.get("abc"))).status).toBe(404);
     } finally {
@@ -56,14 +57,15 @@ describe("confirmation through the host's gateway", () => {
     }
   });
 
-  test("a gateway that does not serve the pub_id: 502 quoting the gateway's 404", async () => {
+  test("a gateway that does not serve the pub_id: 502 naming the gateway's 404 (its message is not quoted)", async () => {
     const gw = fakeGateway({ serves: [] });
     const t = startTestMeta();
     try {
       await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
       const err = await rejection(t.client.confirm("abc"));
       expect(err.status).toBe(502);
-      expect(err.message).toContain("gateway answered 404 (no publisher abc on this host): publisher abc is not served on host 127.0.0.1");
+      expect(err.message).toContain("the stoa gateway on host 127.0.0.1 does not serve publisher abc (404)");
+      expect(err.message).not.toContain("no publisher abc on this host");
       expect(await t.client.list("")).toEqual([]);
     } finally {
       await t.meta.close();
@@ -201,7 +203,7 @@ function rawServer(script: (socket: Socket<{ head: string }>) => void, handshake
         if (!s.data.head.includes("\r\n\r\n")) return;
         const key = /sec-websocket-key: *(\S+)/i.exec(s.data.head)?.[1] ?? "";
         const accept = new Bun.CryptoHasher("sha1").update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest("base64");
-        s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+        s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\nX-Stoa-Pub-Id: abc\r\n\r\n`);
         s.data.head = "";
         script(s);
       },
@@ -241,7 +243,7 @@ describe("the ping client reads only what it should", () => {
     const server = Bun.serve({
       hostname: "127.0.0.1",
       port: 0,
-      fetch: (req, srv) => (srv.upgrade(req) ? undefined : new Response("no", { status: 426 })),
+      fetch: (req, srv) => (srv.upgrade(req, { headers: { [PUB_ID_HEADER]: "abc" } }) ? undefined : new Response("no", { status: 426 })),
       websocket: { message: (ws) => void ws.send(JSON.stringify({ value, seq: 3, ts: new Date().toISOString() })) },
     });
     try {
@@ -256,20 +258,23 @@ describe("the ping client reads only what it should", () => {
     ["a reply that is not JSON", (s) => void s.write(frame(0x1, "pong")), true, /not JSON/],
     ["a reply without the fields", (s) => void s.write(frame(0x1, '{"value":1}')), true, /without the fields \{value, seq, ts\}/],
     ["a binary reply", (s) => void s.write(frame(0x2, REPLY.slice(0, 100))), true, /binary frame/],
-    ["a close frame", (s) => void s.write(frame(0x8, Uint8Array.of(0x03, 0xf3, 0x62, 0x79, 0x65))), true, /closed the WebSocket \(code 1011: bye\)/],
+    ["a close frame", (s) => void s.write(frame(0x8, Uint8Array.of(0x03, 0xf3, 0x62, 0x79, 0x65))), true, /closed the WebSocket \(code 1011\) instead/],
     ["a masked frame", (s) => void s.write(Uint8Array.of(0x81, 0x84, 1, 2, 3, 4, 0, 0, 0, 0)), true, /masked frame/],
     ["a frame announced beyond the limit", (s) => void s.write(Uint8Array.of(0x81, 127, 0, 0, 0, 1, 0, 0, 0, 0)), true, /announced a 4294967296-byte frame/],
     ["a hang-up before the reply", (s) => void s.end(), true, /closed the connection .* without answering the ping/],
-    ["a server that is not HTTP", (s) => void s.write("SSH-2.0-OpenSSH\r\n\r\n"), false, /did not answer with HTTP/],
-    ["a hang-up before any answer", (s) => void s.end(), false, /closed the connection without an HTTP answer/],
+    // A stoa gateway's routing errors are named by their code, never quoted.
     [
-      "a gateway's 502",
-      (s) => void s.write('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 43\r\n\r\n{"error":"down","message":"target is down"}'),
+      "a stoa gateway's 502",
+      (s) => void s.write('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 50\r\n\r\n{"error":"target_down","message":"secret-internals"}'),
       false,
-      /gateway answered 502 \(target is down\): publisher abc is known on host 127\.0\.0\.1 but its ping socket does not answer/,
+      /^the stoa gateway on host 127\.0\.0\.1 knows publisher abc but its ping socket does not answer \(502\)$/,
     ],
-    ["an HTTP server that does not upgrade", (s) => void s.write("HTTP/1.1 200 OK\r\n\r\nhello"), false, /answered HTTP 200 \(hello\) instead of upgrading/],
-    ["a 101 with a wrong accept key", (s) => void s.write("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n\r\n"), false, /without a valid Sec-WebSocket-Accept/],
+    [
+      "a stoa gateway's 404",
+      (s) => void s.write('HTTP/1.1 404 Not Found\r\nContent-Length: 53\r\n\r\n{"error":"unknown_pub_id","message":"secret-internals"}'),
+      false,
+      /^the stoa gateway on host 127\.0\.0\.1 does not serve publisher abc \(404\)/,
+    ],
   ];
   for (const [what, script, handshake, reason] of failures) {
     test(`fails on ${what}`, async () => {
@@ -277,26 +282,56 @@ describe("the ping client reads only what it should", () => {
       expect(out.ok).toBe(false);
       if (!out.ok) {
         expect(out.reason).toMatch(reason);
+        expect(out.reason).not.toContain("secret");
         expect(out.timedOut).toBe(false);
       }
     });
   }
 
-  test("an endless response head is cut at its limit", async () => {
-    const out = await pingRaw((s) => {
+  // D6: the metaserver must not be a port scanner. Whatever answers on a registered host and
+  // port that is not a stoa gateway (or the publisher itself), the outcome reads the same.
+  const foreign: [string, (s: Socket<{ head: string }>) => void, boolean][] = [
+    ["a server that is not HTTP (an SSH banner)", (s) => void s.write("SSH-2.0-OpenSSH_9.2 secret-banner\r\n\r\n"), false],
+    ["a hang-up before any answer", (s) => void s.end(), false],
+    ["an HTTP server that does not upgrade", (s) => void s.write("HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nsecret-banner"), false],
+    ["an HTTP error that is not a stoa gateway's", (s) => void s.write('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 38\r\n\r\n{"error":"down","message":"secret-x"}'), false],
+    ["a 404 with a stoa code but the wrong status", (s) => void s.write('HTTP/1.1 403 Forbidden\r\nContent-Length: 50\r\n\r\n{"error":"unknown_pub_id","message":"secret-x"}'), false],
+    ["a 101 with a wrong accept key", (s) => void s.write("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n\r\n"), false],
+    ["an endless response head", (s) => {
       s.write("HTTP/1.1 101 Switching Protocols\r\n");
-      for (let i = 0; i < 400; i++) s.write(`X-Filler-${i}: ${"y".repeat(60)}\r\n`);
-    }, false);
-    expect(out.ok ? "" : out.reason).toMatch(/no end of headers within 16384 bytes/);
+      for (let i = 0; i < 400; i++) s.write(`X-Secret-${i}: ${"y".repeat(60)}\r\n`);
+    }, false],
+    ["a server that accepts and stays silent", () => {}, false],
+  ];
+  for (const [what, script, handshake] of foreign) {
+    test(`${what}: the one generic reason, nothing quoted, not a timeout`, async () => {
+      const out = await pingRaw(script, handshake, 300);
+      expect(out).toEqual({ ok: false, timedOut: false, reason: expect.stringMatching(/^no stoa gateway answered at 127\.0\.0\.1:\d+ \(nothing listening, unreachable, silent, or another service\)/) });
+      expect(out.ok ? "" : out.reason).not.toContain("secret");
+    });
+  }
+
+  test("a foreign WebSocket server (valid upgrade, but not naming the pub_id) is not confirmed", async () => {
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req, srv) => (srv.upgrade(req) ? undefined : new Response("no", { status: 426 })),
+      websocket: { message: (ws) => void ws.send(REPLY) },
+    });
+    try {
+      const out = await pingThroughGateway({ host: "127.0.0.1", port: server.port ?? 0, pubId: "abc" }, { timeoutMs: 2_000 });
+      expect(out).toEqual({ ok: false, timedOut: false, reason: expect.stringMatching(/^no stoa gateway answered/) });
+    } finally {
+      await server.stop(true);
+    }
   });
 
-  test("a connection that never answers HTTP times out with a reason", async () => {
-    const out = await pingRaw(() => {}, false, 200);
-    expect(out).toEqual({
-      ok: false,
-      timedOut: true,
-      reason: expect.stringContaining("accepted the connection but did not answer the WebSocket upgrade within 0.2s"),
-    });
+  test("refused, and a host name that does not resolve, read the same as a foreign service", async () => {
+    const refused = await pingThroughGateway({ host: "127.0.0.1", port: freePort(), pubId: "abc" }, { timeoutMs: 2_000 });
+    const unresolved = await pingThroughGateway({ host: "no-such-host.invalid", port: 8083, pubId: "abc" }, { timeoutMs: 2_000 });
+    for (const out of [refused, unresolved]) {
+      expect(out).toEqual({ ok: false, timedOut: false, reason: expect.stringMatching(/^no stoa gateway answered at /) });
+    }
   });
 
   test("an aborted ping ends at once", async () => {

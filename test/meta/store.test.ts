@@ -1,10 +1,11 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { StoaError } from "../../src/core/errors.ts";
 import { DEFAULT_PORTS, MetaApiError, type Registration } from "../../src/meta/protocol.ts";
-import { MetaStore } from "../../src/meta/store.ts";
+import { MetaStore, SCHEMA_VERSION, type StoreOptions } from "../../src/meta/store.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-meta-store-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -14,7 +15,7 @@ function reg(name: string, pub_id: string, host = "fd00::1"): Registration & { p
 }
 
 /** A store on a clock the test moves by hand. */
-function clocked(path = ":memory:", options: { maxPublishers?: number } = {}) {
+function clocked(path = ":memory:", options: StoreOptions = {}) {
   const clock = { now: 1_000_000 };
   const store = MetaStore.open(path, { clock: () => clock.now, ...options });
   return { store, clock };
@@ -154,7 +155,7 @@ describe("listing and the tree", () => {
 
   test("the tree nests directory nodes with publishers as leaves, in segment order", () => {
     const { store } = sample();
-    expect(store.tree("lab")).toEqual([
+    expect(store.tree("lab").tree).toEqual([
       {
         name: "lab",
         path: "lab",
@@ -171,7 +172,7 @@ describe("listing and the tree", () => {
         ],
       },
     ]);
-    expect(store.tree("").map((n) => n.name)).toEqual(["lab", "lab-2", "labx", "z"]);
+    expect(store.tree("").tree.map((n) => n.name)).toEqual(["lab", "lab-2", "labx", "z"]);
     store.close();
   });
 });
@@ -180,8 +181,9 @@ describe("liveness", () => {
   test("missing the TTL makes a registration stale; deregister-after later removes it", () => {
     const { store, clock } = clocked();
     store.register(reg("a", "p1"));
+    store.markLive("p1", store.get("p1")?.generation ?? -1);
     clock.now += 14_999;
-    expect(store.sweep(15_000, 60_000)).toEqual({ staled: [], removed: [] });
+    expect(store.sweep(15_000, 60_000)).toEqual({ staled: [], removed: [], expired: [] });
     clock.now += 1;
     const first = store.sweep(15_000, 60_000);
     expect(first.staled.map((p) => [p.pub_id, p.state])).toEqual([["p1", "stale"]]);
@@ -194,7 +196,7 @@ describe("liveness", () => {
   });
 
   test("heartbeats restart the clock and bring a stale registration back to what it was", () => {
-    const { store, clock } = clocked();
+    const { store, clock } = clocked(":memory:", { pendingExpiryMs: 3_600_000 }); // the pending timer is tested apart
     const { info } = store.register(reg("a", "p1"));
     store.register(reg("b", "p2"));
     const gen = store.get("p1")?.generation ?? -1;
@@ -249,12 +251,12 @@ describe("a database file", () => {
     first.store.close();
 
     const clock = { now: 1_000_000 + 3_600_000 }; // an hour later
-    const second = MetaStore.open(path, { clock: () => clock.now });
+    const second = MetaStore.open(path, { clock: () => clock.now, pendingExpiryMs: 7_200_000 });
     expect(second.list("lab").map((p) => [p.name, p.state])).toEqual([
       ["lab/hum", "pending"],
       ["lab/temp", "live"],
     ]);
-    expect(second.sweep(15_000, 60_000)).toEqual({ staled: [], removed: [] });
+    expect(second.sweep(15_000, 60_000)).toEqual({ staled: [], removed: [], expired: [] });
     second.close();
   });
 
@@ -274,7 +276,90 @@ describe("a database file", () => {
     MetaStore.open(path).close(); // free again
   });
 
+  test("a version-1 file is migrated: its registrations kept, unowned until an authenticated write claims them", () => {
+    const path = join(dir, "v1.db");
+    // The table exactly as schema 1 wrote it.
+    const v1 = new Database(path, { create: true });
+    v1.exec(`CREATE TABLE publishers (
+      generation INTEGER PRIMARY KEY AUTOINCREMENT, pub_id TEXT NOT NULL UNIQUE, name TEXT NOT NULL UNIQUE,
+      host TEXT NOT NULL, port_service INTEGER NOT NULL, port_string INTEGER NOT NULL, port_ping INTEGER NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('pending', 'live', 'stale')), confirmed INTEGER NOT NULL DEFAULT 0,
+      registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL) STRICT;
+      CREATE INDEX publishers_last_seen ON publishers (last_seen);
+      INSERT INTO publishers (pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen)
+        VALUES ('old1', 'lab/old', 'fd00::1', 8081, 8082, 8083, 'live', 1, 1000, 1000);
+      PRAGMA user_version = 1;`);
+    v1.close();
+
+    const { store } = clocked(path, { adminOwner: "t:admin" });
+    expect(store.list("").map((p) => [p.pub_id, p.name, p.state])).toEqual([["old1", "lab/old", "live"]]);
+    expect(store.get("old1")?.owner).toBe("");
+    const alice = { owner: "t:alice", admin: false, enforce: true };
+    const mallory = { owner: "t:mallory", admin: false, enforce: true };
+    expect(store.heartbeat("old1", alice)?.state).toBe("live"); // the first authenticated write takes it
+    expect(store.get("old1")?.owner).toBe("t:alice");
+    expect(rejects(() => store.heartbeat("old1", mallory)).status).toBe(403);
+    store.close();
+    const check = new Database(path);
+    expect(check.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(SCHEMA_VERSION);
+    check.close();
+    MetaStore.open(path).close(); // and it opens again as the current version
+  });
+
+  test("a file from a newer stoa is refused, not misread", () => {
+    const path = join(dir, "v99.db");
+    const future = new Database(path, { create: true });
+    future.exec("PRAGMA user_version = 99");
+    future.close();
+    expect(() => MetaStore.open(path)).toThrow(/written by a newer stoa \(schema 99/);
+  });
+
   test("a path that cannot be created is a clear error", () => {
     expect(() => MetaStore.open("/proc/stoa-no/meta.db")).toThrow(/cannot open the metaserver database/);
+  });
+});
+
+describe("pages", () => {
+  test("a prefix page holds the prefix itself, then what lies below it, and continues after the cursor", () => {
+    const { store } = clocked();
+    // "a-x" and "a.b" sort between "a" and "a/…" without being below "a": never on its pages.
+    for (const [i, name] of ["a-x", "a.b", "a/1", "a/2", "a/3", "b"].entries()) store.register(reg(name, `p${i}`));
+    const names = (page: { publishers: { name: string }[] }) => page.publishers.map((p) => p.name);
+    const first = store.page("a", 2, null);
+    expect([names(first), first.next]).toEqual([["a/1", "a/2"], "a/2"]);
+    const second = store.page("a", 2, first.next);
+    expect([names(second), second.next]).toEqual([["a/3"], null]);
+    expect(names(store.page("", 3, "a.b"))).toEqual(["a/1", "a/2", "a/3"]);
+    expect(store.page("", 10, "b")).toEqual({ publishers: [], next: null });
+    store.close();
+  });
+
+  test("a page of exactly the rest says there is no next page", () => {
+    const { store } = clocked();
+    for (let i = 0; i < 4; i++) store.register(reg(`n/${i}`, `p${i}`));
+    expect(store.page("n", 4, null).next).toBeNull();
+    expect(store.page("n", 3, null).next).toBe("n/2");
+    store.close();
+  });
+});
+
+describe("the pending timer", () => {
+  test("an unconfirmed registration is removed after the pending expiry although it heartbeats; a confirmed one is not", () => {
+    const { store, clock } = clocked(":memory:", { pendingExpiryMs: 30_000 });
+    store.register(reg("squat", "p1"));
+    store.register(reg("real", "p2"));
+    store.markLive("p2", store.get("p2")?.generation ?? -1);
+    for (let t = 0; t < 29_000; t += 1_000) {
+      clock.now += 1_000;
+      store.heartbeat("p1");
+      store.heartbeat("p2");
+      expect(store.sweep(15_000, 60_000).expired).toEqual([]);
+    }
+    clock.now += 1_000;
+    store.heartbeat("p1");
+    expect(store.sweep(15_000, 60_000).expired.map((p) => p.pub_id)).toEqual(["p1"]);
+    expect(store.get("p1")).toBeNull();
+    expect(store.get("p2")?.info.state).toBe("live");
+    store.close();
   });
 });
