@@ -15,7 +15,7 @@ const commands: CommandEntry[] = [
   { name: "meta", summary: "run the metaserver: who publishes what, on which host", load: () => import("./cli/meta.ts") },
   { name: "hotlink", summary: "lowest-latency peer data path: relay server, TCP tunnels, HLNK sockets", load: () => import("./cli/hotlink.ts") },
   { name: "addr", summary: "IPv6 addresses over rtnetlink: /128s with nodad, local prefixes, gc", load: () => import("./cli/addr.ts") },
-  { name: "doctor", summary: "check this host: capabilities, io_uring, tools, free ports", load: () => import("./cli/doctor.ts") },
+  { name: "doctor", summary: "check this host: capabilities, io_uring, tools, free ports, run dir", load: () => import("./cli/doctor.ts") },
   { name: "completion", summary: "print shell completion for bash, zsh or fish", load: () => import("./cli/completion.ts") },
   { name: "version", summary: "print version, Bun version and build info", load: () => import("./cli/version.ts") },
 ];

@@ -25,6 +25,7 @@
 import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { publishersDir, publisherSocketPath } from "../../src/core/paths.ts";
 import { type EchoConnection, type Target, freePort, openEcho, percentile, throughput, waitForPort } from "./lib/client.ts";
 
 const { values } = parseArgs({
@@ -81,16 +82,16 @@ async function inner(): Promise<Row[]> {
     spawn([stoaBin, "gateway", "--listen", "127.0.0.1", "--ports", `${svc},${str},${ping}`, "--run-dir", dir, "--workers", String(values.workers), "--log-level", "warn"]);
     await waitForPort("127.0.0.1", svc);
     // The same gateway on Bun's sockets, for comparison: its own run dir (one gateway per run
-    // dir) whose publisher directories link to the real ones.
+    // dir) whose publishers' subtree links to the real one.
     const bunDir = mkdtempSync("/tmp/gwb-");
-    for (const pub of ["echo", "sink"]) symlinkSync(join(dir, pub), join(bunDir, pub));
+    symlinkSync(publishersDir(dir), publishersDir(bunDir));
     const bunSvc = freePort();
     spawn([stoaBin, "gateway", "--listen", "127.0.0.1", "--ports", `${bunSvc},${freePort()},${freePort()}`, "--run-dir", bunDir, "--workers", String(values.workers), "--data-path", "bun", "--log-level", "warn"]);
     await waitForPort("127.0.0.1", bunSvc);
     cleanupDirs.push(bunDir);
 
     const targets: [string, (pub: "echo" | "sink") => Target][] = [
-      ["direct Unix socket", (pub) => ({ unix: join(dir, pub, "service.sock") })],
+      ["direct Unix socket", (pub) => ({ unix: publisherSocketPath(dir, pub, "service") })],
       ["stoa gateway", (pub) => ({ hostname: "127.0.0.1", port: svc, prelude: `STOA1 ${pub}\n` })],
       ["stoa --data-path bun", (pub) => ({ hostname: "127.0.0.1", port: bunSvc, prelude: `STOA1 ${pub}\n` })],
     ];
@@ -105,8 +106,8 @@ pid ${dir}/nginx.pid;
 error_log ${dir}/nginx.err warn;
 events { worker_connections 1024; }
 stream {
-  server { listen 127.0.0.1:${echoPort}; proxy_pass unix:${dir}/echo/service.sock; tcp_nodelay on; proxy_half_close on; }
-  server { listen 127.0.0.1:${sinkPort}; proxy_pass unix:${dir}/sink/service.sock; tcp_nodelay on; proxy_half_close on; }
+  server { listen 127.0.0.1:${echoPort}; proxy_pass unix:${publisherSocketPath(dir, "echo", "service")}; tcp_nodelay on; proxy_half_close on; }
+  server { listen 127.0.0.1:${sinkPort}; proxy_pass unix:${publisherSocketPath(dir, "sink", "service")}; tcp_nodelay on; proxy_half_close on; }
 }
 `,
       );

@@ -74,8 +74,7 @@ export const MAX_OWNED_ADDRESSES = 32_768;
 /** How long to wait for another stoa process's lock before failing. */
 export const LOCK_TIMEOUT_MS = 5_000;
 
-/** Directory and file names under the run dir. */
-export const STATE_DIR = "addr";
+/** File names in the run dir's `addr/` subtree (core/paths.ts). */
 export const STATE_FILE = "owned.json";
 export const LOCK_FILE = "owned.lock";
 

@@ -6,8 +6,9 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { StoaError } from "../core/errors.ts";
+import { subtreeDir } from "../core/paths.ts";
 import { Errno, errno, libc, strerror } from "../ffi/libc.ts";
-import { LOCK_FILE, LOCK_TIMEOUT_MS, MAX_STATE_BYTES, OwnedRecord, STATE_DIR, STATE_FILE, STATE_VERSION, StateFile } from "./model.ts";
+import { LOCK_FILE, LOCK_TIMEOUT_MS, MAX_STATE_BYTES, OwnedRecord, STATE_FILE, STATE_VERSION, StateFile } from "./model.ts";
 
 /** flock(2) operations, sys/file.h. */
 const LOCK_EX = 2;
@@ -22,7 +23,7 @@ export interface State {
 }
 
 export function statePath(runDir: string): string {
-  return join(runDir, STATE_DIR, STATE_FILE);
+  return join(subtreeDir(runDir, "addr"), STATE_FILE);
 }
 
 /**
@@ -70,7 +71,7 @@ function corrupt(why: string): State & { corrupt: true } {
  * renamed to `owned.json.corrupt-<time>` first.
  */
 export function withState<T>(runDir: string, fn: (state: State) => { result: T; changed: boolean }): T {
-  const dir = join(runDir, STATE_DIR);
+  const dir = subtreeDir(runDir, "addr");
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (err) {

@@ -1,20 +1,22 @@
-import { bool, defineCommand } from "./command.ts";
+import { bool, defineCommand, str } from "./command.ts";
 import { runChecks } from "../doctor/checks.ts";
 
 export default defineCommand({
   name: "doctor",
-  summary: "check this host: capabilities, io_uring, tools, free ports",
+  summary: "check this host: capabilities, io_uring, tools, free ports, run dir",
   description:
     "Reports the kernel, root and capabilities (CAP_NET_ADMIN, CAP_NET_RAW), io_uring, the tools\n" +
     "some subsystems use (ip, ovs-vsctl, redis-server, nginx) and whether the gateway's ports are\n" +
-    "free. Every finding that is not ok says what to do. Exits 0 unless --strict finds a problem.",
+    "free, and the run dir: its publishers, and directories an older stoa left there. Every finding\n" +
+    "that is not ok says what to do. Exits 0 unless --strict finds a problem.",
   flags: {
     json: bool("print one JSON object: {ok, checks: [{name, status, detail, fix?}]}"),
     strict: bool("exit 1 when any check is not ok (for CI smoke tests)"),
+    runDir: str("run dir to look at (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
   },
   examples: ["stoa doctor", "stoa doctor --json | jq '.checks[] | select(.status != \"ok\")'", "stoa doctor --strict && stoa up"],
   async run({ flags }) {
-    const checks = await runChecks();
+    const checks = await runChecks({ runDir: flags.runDir });
     const ok = checks.every((c) => c.status === "ok");
     if (flags.json) {
       process.stdout.write(`${JSON.stringify({ ok, checks })}\n`);

@@ -28,9 +28,10 @@ export default defineCommand({
   description:
     "Listens on the service, string and ping ports (8081, 8082, 8083) and routes each connection\n" +
     "by the pub_id in its first line (GET /pub/<pub_id> … or the raw prelude 'STOA1 <pub_id>') to\n" +
-    "the publisher's Unix socket <run dir>/<pub_id>/<kind>.sock, or to a target registered on the\n" +
-    "control socket <run dir>/gateway.sock. Starting a gateway on the ports and run dir of a\n" +
-    "running one takes over without dropping connections: the old one drains and exits.",
+    "the publisher's Unix socket <run dir>/pub/<pub_id>/<kind>.sock (only a socket owned by the\n" +
+    "gateway's own user, reached without following symlinks; anything else is 404), or to a target\n" +
+    "registered on the control socket <run dir>/gateway.sock. Starting a gateway on the ports and\n" +
+    "run dir of a running one takes over without dropping connections: the old one drains and exits.",
   config: true,
   flags: {
     listen: list("address to listen on (repeatable or comma-separated; default [::], all addresses)", { placeholder: "addr" }),

@@ -7,7 +7,7 @@ import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { type Flag, bool, defineCommand, str } from "./command.ts";
 import { StoaError } from "../core/errors.ts";
-import { defaultRunDir } from "../core/paths.ts";
+import { defaultRunDir, subtreeDir } from "../core/paths.ts";
 import { type ControlRequest, type StatusView, hotlinkControlPath, hotlinkControlRequest } from "../hotlink/control.ts";
 import { parseIpcSpec, parseTunnelSpec } from "../hotlink/specs.ts";
 import { userNameProblem } from "../hotlink/users.ts";
@@ -51,7 +51,7 @@ function locate(flags: Pick): { socket: string; hint: string } {
     if (problem !== null) throw new StoaError("usage", `--user ${problem}`);
     return { socket: hotlinkControlPath(runDir, flags.user), hint: `; is \`stoa hotlink connect\` running for user ${flags.user}${withRunDir}?` };
   }
-  const dir = join(runDir, "hotlink");
+  const dir = subtreeDir(runDir, "hotlink");
   const users = socketsIn(dir);
   if (users.length === 1) {
     const user = users[0] as string;

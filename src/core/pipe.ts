@@ -147,7 +147,7 @@ function isPipeEnd(value: unknown): value is PipeEnd {
  *       client.pause(); // the pipe resumes it
  *       try {
  *         const target = await Bun.connect<PipeEnd>({
- *           unix: "/run/stoa/p1/service.sock", allowHalfOpen: true,
+ *           unix: "/run/stoa/pub/p1/service.sock", allowHalfOpen: true,
  *           data: { pipe: null, side: "b" }, socket: pipeHandlers(),
  *         });
  *         const pipe = new Pipe(client, target);

@@ -226,7 +226,7 @@ async function placeAt(from: string, to: string): Promise<void> {
  *
  * @example
  * ```ts
- * const ping = await bindUnix("/run/stoa/p1/ping.sock", (unix) =>
+ * const ping = await bindUnix("/run/stoa/pub/p1/ping.sock", (unix) =>
  *   Bun.serve({ unix, fetch: (req, srv) => srv.upgrade(req) ? undefined : new Response("no", { status: 426 }),
  *               websocket: { message: (ws, m) => ws.send(m) } }));
  * onShutdown(() => ping.close());

@@ -5,7 +5,9 @@
  */
 import { readFile } from "node:fs/promises";
 import { release } from "node:os";
+import { defaultRunDir } from "../core/paths.ts";
 import { probeIoUring } from "../ffi/io_uring.ts";
+import { runDirFinding } from "./rundir.ts";
 
 export type Status = "ok" | "warn";
 
@@ -53,7 +55,7 @@ async function portFree(port: number): Promise<{ free: true } | { free: false; r
   }
 }
 
-export async function runChecks(): Promise<Finding[]> {
+export async function runChecks(options: { runDir?: string } = {}): Promise<Finding[]> {
   const findings: Finding[] = [];
   findings.push({ name: "kernel", status: "ok", detail: `Linux ${release()} ${process.arch}` });
 
@@ -125,5 +127,6 @@ export async function runChecks(): Promise<Finding[]> {
           },
     );
   }
+  findings.push(runDirFinding(options.runDir ?? defaultRunDir()));
   return findings;
 }

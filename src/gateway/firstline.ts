@@ -124,9 +124,11 @@ export class FirstLineParser {
       pubId = rest.slice(0, end);
       // Only the first segment routes, but a proxy in front may normalise `a/../b` to `b` and
       // authorise it as `b` while we route to `a`: refuse paths two readers could disagree on.
+      // `%25` is an encoded `%`: refusing it refuses every double (or deeper) encoding at once,
+      // `%252e%252e` as much as `%25252f`, and no stoa path ever needs a literal `%`.
       const path = query < 0 ? rest : rest.slice(0, query);
-      if (path.split("/").some((seg) => seg === "." || seg === "..") || /%2e|%2f|%5c|\\/i.test(path)) {
-        return this.#fail("invalid_pub_id", "the path must not hold '.' or '..' segments, or encoded '.', '/' or '\\'");
+      if (path.split("/").some((seg) => seg === "." || seg === "..") || /%2e|%2f|%5c|%25|\\/i.test(path)) {
+        return this.#fail("invalid_pub_id", "the path must not hold '.' or '..' segments, or encoded '.', '/', '\\' or '%'");
       }
     } else {
       pubId = text.slice(PRELUDE_PREFIX.length);

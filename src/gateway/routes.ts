@@ -1,14 +1,25 @@
 /**
  * Where a (kind, pub_id) goes: explicit registrations first, then the run-dir convention
- * `<run_dir>/<pub_id>/<kind>.sock` (protocol.ts). The main thread owns the authoritative table
- * and sends every change to the workers as a `RouteUpdate`, which each applies to its copy.
- * Callers pass only validated pub_ids: a pub_id cannot contain `/` or start with `.`, so the
- * convention path never leaves the run dir.
+ * `<run_dir>/pub/<pub_id>/<kind>.sock` (protocol.ts; the layout is core/paths.ts'). The main
+ * thread owns the authoritative table and sends every change to the workers as a `RouteUpdate`,
+ * which each applies to its copy.
+ *
+ * A conventional target is only ever a socket in the publishers' subtree: callers pass only
+ * validated pub_ids (no `/`, never starting with `.`), so the path cannot leave `<run_dir>/pub/`,
+ * and before connecting one the router asks `conventionalTargetProblem`, which lstat()s (never
+ * following a symlink) the pub_id's directory and the socket: a real directory and a real socket,
+ * both owned by the expected uid (the gateway's effective uid), or it is not a publisher (404).
+ * So nothing else in the run dir — the control socket, a hotlink daemon's socket, a leftover of
+ * the old `<run_dir>/<pub_id>/` layout, a file, a symlink, another user's socket — is reachable.
  */
-import { readdir } from "node:fs/promises";
-import { publisherDir, publisherSocketPath } from "../core/paths.ts";
+import { lstatSync, type Stats } from "node:fs";
+import { lstat, readdir } from "node:fs/promises";
+import { publisherDir, publishersDir, publisherSocketPath } from "../core/paths.ts";
 import { isValidPubId } from "../stream/names.ts";
 import { KINDS, type Kind, parseTarget, type Registration, type Target } from "./protocol.ts";
+
+/** Whom a publisher's directory and sockets must belong to: the gateway's own effective uid. */
+export const PUBLISHER_UID: number = process.geteuid?.() ?? -1;
 
 /** A change to the table, applied in the same order on the main thread and in every worker. */
 export type RouteUpdate =
@@ -83,7 +94,33 @@ export class RouteTable {
   }
 }
 
-/** A conventional socket found in the run dir. */
+/**
+ * Why the conventional target of (pubId, kind) must not be connected, or null when it may: its
+ * directory must be a directory and the target a socket, neither a symlink, both owned by `uid`.
+ * Two lstat() calls, no following of symlinks below `<run_dir>/pub/`. A file replaced between
+ * this check and the connect could only be by someone who may write the publisher's directory.
+ */
+export function conventionalTargetProblem(runDir: string, pubId: string, kind: Kind, uid = PUBLISHER_UID): string | null {
+  try {
+    const dir = lstatSync(publisherDir(runDir, pubId), { throwIfNoEntry: false });
+    if (dir === undefined) return "no such publisher directory";
+    if (!dir.isDirectory()) return "the publisher's path is not a directory";
+    if (dir.uid !== uid) return `the publisher directory belongs to uid ${dir.uid}, not ${uid}`;
+    const sock = lstatSync(publisherSocketPath(runDir, pubId, kind), { throwIfNoEntry: false });
+    return socketProblem(sock, uid);
+  } catch (err) {
+    return `cannot inspect it (${errnoOf(err) ?? String(err)})`;
+  }
+}
+
+function socketProblem(st: Stats | undefined, uid: number): string | null {
+  if (st === undefined) return "no such socket";
+  if (!st.isSocket()) return "not a socket";
+  if (st.uid !== uid) return `the socket belongs to uid ${st.uid}, not ${uid}`;
+  return null;
+}
+
+/** A conventional socket found in the publishers' subtree. */
 export interface ConventionEntry {
   pubId: string;
   kind: Kind;
@@ -91,32 +128,45 @@ export interface ConventionEntry {
 }
 
 /**
- * The conventional sockets present in `runDir`, at most `limit` of them (`truncated` when more
- * may exist). Directories whose names are not valid pub_ids are skipped: no path outside the
- * run dir is ever built.
+ * The conventional sockets in `<run_dir>/pub/`, at most `limit` of them (`truncated` when more
+ * may exist): exactly those the router would connect (see `conventionalTargetProblem`). Names
+ * that are not valid pub_ids are skipped, so no path outside the subtree is ever built; the rest
+ * of the run dir (other subsystems, leftovers of the old layout) is never looked at.
  */
-export async function scanRunDir(runDir: string, limit: number): Promise<{ entries: ConventionEntry[]; truncated: boolean }> {
+export async function scanRunDir(
+  runDir: string,
+  limit: number,
+  uid = PUBLISHER_UID,
+): Promise<{ entries: ConventionEntry[]; truncated: boolean }> {
   const entries: ConventionEntry[] = [];
   let dirs: string[];
   try {
-    dirs = (await readdir(runDir, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name);
+    // A Dirent of a symlink is not a directory: symlinked publisher directories are skipped.
+    dirs = (await readdir(publishersDir(runDir), { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name);
   } catch {
-    return { entries, truncated: false }; // no run dir yet: nothing published
+    return { entries, truncated: false }; // no publishers' subtree yet: nothing published
   }
   dirs.sort();
   for (const pubId of dirs) {
     if (!isValidPubId(pubId)) continue;
     let names: Set<string>;
     try {
+      if ((await lstat(publisherDir(runDir, pubId))).uid !== uid) continue;
       names = new Set(await readdir(publisherDir(runDir, pubId)));
     } catch {
       continue; // removed meanwhile, or not ours to read
     }
     for (const kind of KINDS) {
       if (!names.has(`${kind}.sock`)) continue;
+      const path = publisherSocketPath(runDir, pubId, kind);
+      if (socketProblem(await lstat(path).catch(() => undefined), uid) !== null) continue;
       if (entries.length >= limit) return { entries, truncated: true };
-      entries.push({ pubId, kind, path: publisherSocketPath(runDir, pubId, kind) });
+      entries.push({ pubId, kind, path });
     }
   }
   return { entries, truncated: false };
+}
+
+function errnoOf(err: unknown): string | undefined {
+  return typeof err === "object" && err !== null && "code" in err && typeof err.code === "string" ? err.code : undefined;
 }

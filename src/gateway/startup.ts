@@ -1,12 +1,14 @@
 /**
  * What a gateway checks before it serves: a predecessor on the same run dir (to take over
- * from), the ports (shared only with that predecessor, never with a stranger), and the TLS
- * files. Used by `startGateway` (gateway.ts).
+ * from), the ports (shared only with that predecessor, never with a stranger), the TLS files,
+ * and the run dir (how long a pub_id fits; publishers an older stoa left outside `pub/`). Used
+ * by `startGateway` (gateway.ts).
  */
 import { readFileSync } from "node:fs";
 import { StoaError } from "../core/errors.ts";
 import { MAX_UNIX_PATH_BYTES } from "../core/endpoint.ts";
-import { gatewayControlPath, publisherSocketPath } from "../core/paths.ts";
+import type { Logger } from "../core/log.ts";
+import { gatewayControlPath, oldLayoutPublisherDirs, publishersDir, publisherSocketPath } from "../core/paths.ts";
 import { controlRequest } from "./control.ts";
 import { KINDS, type Kind, type Ports, type ResponseFor, type RouteEntry } from "./protocol.ts";
 
@@ -119,6 +121,23 @@ export function readTls(tls: { cert: string; key: string }): { cert: string; key
  * pub_id limit). A deep run dir silently makes long pub_ids unreachable; the caller warns.
  */
 export function longestServablePubId(runDir: string): number {
-  const fixed = Buffer.byteLength(publisherSocketPath(runDir, "", "service"));
+  // "service" is the longest kind name; a one-byte placeholder keeps the pub_id's own segment.
+  const fixed = Buffer.byteLength(publisherSocketPath(runDir, "x", "service")) - 1;
   return Math.max(0, Math.min(MAX_PUB_ID_LENGTH, MAX_UNIX_PATH_BYTES - fixed));
+}
+
+/**
+ * Warns once about publisher directories an older stoa left directly in the run dir: this
+ * gateway routes only to `<run_dir>/pub/`, so a publisher still serving there is unreachable
+ * until it is restarted (`stoa doctor` names them too).
+ */
+export function warnOldLayout(runDir: string, log: Logger): void {
+  const old = oldLayoutPublisherDirs(runDir);
+  if (old.length === 0) return;
+  log.warn("the run dir holds publisher directories of an older stoa; they are not routed: restart those publishers (they now serve in pub/) and remove the directories", {
+    run_dir: runDir,
+    publishers_dir: publishersDir(runDir),
+    old: old.slice(0, 10).join(","),
+    count: old.length,
+  });
 }

@@ -25,7 +25,6 @@
  * error and the connection stays usable; a frame header over the limit is answered with an
  * error and the connection closed (no frame boundaries are left to trust).
  */
-import { join } from "node:path";
 import { z } from "zod";
 import { createCodec, encode } from "../core/codec.ts";
 import { StoaError, errorCodeFromWire } from "../core/errors.ts";
@@ -49,10 +48,8 @@ export const REQUEST_TIMEOUT_MS = 10_000;
 const MAX_SPEC_CHARS = MAX_PATH_BYTES + 1024;
 const MAX_MESSAGE_CHARS = 4096;
 
-/** `<run_dir>/hotlink/<user>.sock`: the control socket of `user`'s daemon. */
-export function hotlinkControlPath(runDir: string, user: string): string {
-  return join(runDir, "hotlink", `${user}.sock`);
-}
+/** `<run_dir>/hotlink/<user>.sock`: the control socket of `user`'s daemon (core/paths.ts owns the layout). */
+export { hotlinkControlPath } from "../core/paths.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Messages

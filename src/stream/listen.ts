@@ -1,6 +1,6 @@
 /**
  * Where a publisher listens: its three WebSocket servers, on Unix sockets in
- * `<run_dir>/<pub_id>/` or on loopback TCP, and how they are torn down.
+ * `<run_dir>/pub/<pub_id>/` (core/paths.ts) or on loopback TCP, and how they are torn down.
  *
  * Contract:
  * - Unix: `service.sock` is bound first, with core/unixsock.ts, so a live publisher of the same

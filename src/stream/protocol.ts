@@ -3,11 +3,14 @@
  * may expect. Everything on the wire is defined here.
  *
  * Endpoints. A publisher serves three WebSocket servers (RFC 6455) on Unix sockets
- * `<run_dir>/<pub_id>/{service,string,ping}.sock`, or on loopback TCP `[::1]:<ephemeral>` with
+ * `<run_dir>/pub/<pub_id>/{service,string,ping}.sock`, or on loopback TCP `[::1]:<ephemeral>` with
  * `internal: "tcp"`. Each accepts the upgrade on any request path: the gateway forwards the
  * client's request line unchanged (`GET /pub/<pub_id> HTTP/1.1`), and local clients use `/`
- * (`ws+unix:///run/stoa/<pub_id>/service.sock:/`). A request that is not an upgrade gets
- * `426 Upgrade Required`. No extensions (no permessage-deflate), no subprotocol.
+ * (`ws+unix:///run/stoa/pub/<pub_id>/service.sock:/`). A request that is not an upgrade gets
+ * `426 Upgrade Required`. No extensions (no permessage-deflate), no subprotocol. The upgrade's
+ * `101` answer carries `X-Stoa-Pub-Id: <pub_id>` (`PUB_ID_HEADER`): a metaserver's confirmation
+ * accepts only an answer that names the pub_id it asked for, so a WebSocket server that is not
+ * that stoa publisher cannot confirm it.
  *
  * Sequence numbers. Every published value gets `seq`: 1 for the first value of a publisher
  * instance, then +1 per value, never reused. A restarted publisher is a new instance, with a new
@@ -68,6 +71,9 @@ import type { StoaError } from "../core/errors.ts";
 import { valueProblem, type Value } from "./value.ts";
 
 /** Protocol version in the hello frame. */
+/** Header of a publisher's `101` answer naming its pub_id (see the header above). */
+export const PUB_ID_HEADER = "X-Stoa-Pub-Id";
+
 export const PROTOCOL_VERSION = 1;
 
 /** Largest CBOR encoding of one value (1 MiB): bulk data should be split into many values. */

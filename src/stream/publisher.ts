@@ -3,7 +3,7 @@
  * published value out to its subscribers through bounded per-subscriber queues (outbox.ts).
  *
  * Contract:
- * - `createPublisher` binds `<run_dir>/<pub_id>/{service,string,ping}.sock` with core/unixsock.ts:
+ * - `createPublisher` binds `<run_dir>/pub/<pub_id>/{service,string,ping}.sock` with core/unixsock.ts:
  *   a stale directory left by a killed publisher is reclaimed, a live publisher's sockets are
  *   never touched (`in_use`, and nothing of ours is left behind). With `internal: "tcp"` it
  *   listens on `[::1]` ephemeral ports instead, and touches no files.
@@ -37,6 +37,7 @@ import {
   PROTOCOL_VERSION,
   type QueueLimits,
   type SlowPolicy,
+  PUB_ID_HEADER,
 } from "./protocol.ts";
 import { type Value, valueProblem, valueText } from "./value.ts";
 
@@ -49,7 +50,7 @@ export type { InternalEndpoint, TcpListen } from "./listen.ts";
 export interface PublisherOptions {
   /** The stream's pub_id (names.ts rules). */
   pubId: string;
-  /** Run dir holding `<pub_id>/`; default core/paths.ts `defaultRunDir()`. Unused for "tcp". */
+  /** Run dir holding `pub/<pub_id>/`; default core/paths.ts `defaultRunDir()`. Unused for "tcp". */
   runDir?: string;
   /**
    * "unix" (default): sockets in the run dir; "tcp": loopback `[::1]` ephemeral ports; or an
@@ -117,7 +118,7 @@ export interface Publisher {
  * const pub = await createPublisher({ pubId: "cam1", runDir: "/run/stoa" });
  * pub.publish({ frame: 1, objects: ["cat"] }); // 1
  * pub.publish(new Uint8Array([1, 2, 3]));      // 2
- * console.log(pub.endpoints.service);          // { kind: "unix", path: "/run/stoa/cam1/service.sock" }
+ * console.log(pub.endpoints.service);          // { kind: "unix", path: "/run/stoa/pub/cam1/service.sock" }
  * await pub.close();
  * ```
  */
@@ -370,7 +371,7 @@ class StreamPublisher implements Publisher {
     };
     return {
       fetch: (req, server) => {
-        if (server.upgrade(req, { data: { kind } })) return undefined;
+        if (server.upgrade(req, { data: { kind }, headers: { [PUB_ID_HEADER]: this.pubId } })) return undefined;
         return Response.json(
           { error: "upgrade_required", message: `this is the ${kind} endpoint of a stoa publisher: connect with a WebSocket client` },
           { status: 426, headers: { Upgrade: "websocket" } },

@@ -4,7 +4,9 @@
  * B; the address is gone after SIGTERM, and after `stoa addr gc` following a SIGKILL.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { type Net, canUseNetns, createNet } from "../helpers/netns.ts";
 import { NetProcs, type Proc, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { STOA } from "../helpers/stoa.ts";
@@ -19,6 +21,8 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
   let procs: NetProcs;
 
   const spawn = (host: string, name: string, args: string[], stdin = false): Proc => procs.stoa(host, name, args, stdin);
+  /** The metaserver's token, as an operator would copy it to the publisher's host. */
+  const tokenFile = () => join(runDir, "meta.token");
 
   /** Addresses on A's link interface, as `ip -6 -o addr show` prints them. */
   const addressesOfA = async (): Promise<string> => (await net.exec("a", ["ip", "-6", "-o", "addr", "show", "dev", net.iface("a", "b")])).stdout;
@@ -26,7 +30,7 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
   const startPub = async (name: string): Promise<{ pub: Proc; host: string }> => {
     const pub = spawn("a", "pub", [
       "pub", name, "--addr", "auto", "--prefix", net.prefix("a", "b"), "--dev", net.iface("a", "b"),
-      "--meta", metaUrl, "--run-dir", runDir, "--stay",
+      "--meta", metaUrl, "--run-dir", runDir, "--token-file", tokenFile(), "--stay",
     ], true);
     const m = await pub.waitFor("err", /^publishing \S+ as \S+: ws:\/\/\[([0-9a-f:]+)\]:8081\//m, 15_000);
     return { pub, host: m[1] ?? "" };
@@ -39,7 +43,8 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
     runDir = mkdtempSync("/tmp/e2a-");
     const b = net.addr("b", "a");
     metaUrl = `http://[${b}]:8090`;
-    const meta = spawn("b", "meta", ["meta", "--listen", `[${b}]:8090`, "--db", ":memory:"]);
+    writeFileSync(tokenFile(), `stm_${randomBytes(32).toString("base64url")}\n`, { mode: 0o600 });
+    const meta = spawn("b", "meta", ["meta", "--listen", `[${b}]:8090`, "--db", ":memory:", "--token-file", tokenFile()]);
     await meta.waitFor("out", /^metaserver: /m);
   }, 60_000);
 

@@ -41,7 +41,7 @@ describe("bash completion", () => {
   });
 
   test("completes a command's flags and fixed argument choices", () => {
-    expect(complete(["stoa", "doctor", "--"])).toEqual(["--json", "--strict", "--help"]);
+    expect(complete(["stoa", "doctor", "--"])).toEqual(["--json", "--strict", "--run-dir", "--help"]);
     expect(complete(["stoa", "completion", "z"])).toEqual(["zsh"]);
   });
 });

@@ -4,7 +4,9 @@
  * metaserver's confirmation ping takes that same path.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { type Net, canUseNetns, createNet } from "../helpers/netns.ts";
 import { NetProcs, type Proc, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { STOA } from "../helpers/stoa.ts";
@@ -29,11 +31,14 @@ describe.if(can.ok)("cross host over IPv6: publisher + gateway on A, metaserver 
     const a = net.addr("a", "b");
     const b = net.addr("b", "a");
     metaUrl = `http://[${b}]:8090`;
+    // The metaserver's token, as an operator would copy it to the publisher's host.
+    const token = join(runDir, "meta.token");
+    writeFileSync(token, `stm_${randomBytes(32).toString("base64url")}\n`, { mode: 0o600 });
     const gateway = spawn("a", "gateway", ["gateway", "--listen", a, "--run-dir", runDir, "--workers", "1"]);
     await gateway.waitFor("out", /^gateway: service 8081/m);
-    const meta = spawn("b", "meta", ["meta", "--listen", `[${b}]:8090`, "--db", ":memory:"]);
+    const meta = spawn("b", "meta", ["meta", "--listen", `[${b}]:8090`, "--db", ":memory:", "--token-file", token]);
     await meta.waitFor("out", /^metaserver: /m);
-    pub = spawn("a", "pub", ["pub", "lab/temp", "--meta", metaUrl, "--run-dir", runDir, "--stay"], true);
+    pub = spawn("a", "pub", ["pub", "lab/temp", "--meta", metaUrl, "--run-dir", runDir, "--token-file", token, "--stay"], true);
     await pub.waitFor("err", /^publishing lab\/temp as /m, 15_000);
   }, 60_000);
 

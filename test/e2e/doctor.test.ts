@@ -1,4 +1,6 @@
 import { describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { stoa } from "../helpers/stoa.ts";
 
 interface Finding {
@@ -19,7 +21,7 @@ describe("stoa doctor", () => {
     const { code, ok, checks } = doctor();
     expect(code).toBe(0);
     const names = checks.map((c) => c.name);
-    for (const name of ["kernel", "root", "cap_net_admin", "cap_net_raw", "io_uring", "ip", "ovs-vsctl", "redis-server", "nginx", "port 8081", "port 8082", "port 8083"]) {
+    for (const name of ["kernel", "root", "cap_net_admin", "cap_net_raw", "io_uring", "ip", "ovs-vsctl", "redis-server", "nginx", "port 8081", "port 8082", "port 8083", "run dir"]) {
       expect(names).toContain(name);
     }
     for (const c of checks) if (c.status !== "ok") expect(c.fix, c.name).toBeTruthy();
@@ -47,6 +49,31 @@ describe("stoa doctor", () => {
       expect(doctor(["--strict"]).code).toBe(1);
     } finally {
       listener?.stop(true);
+    }
+  });
+
+  test("the run dir: publishers in pub/ are counted, an older stoa's <run_dir>/<pub_id>/ directories are named with how to remove them", () => {
+    const runDir = mkdtempSync("/tmp/doc-");
+    try {
+      mkdirSync(join(runDir, "pub", "new1"), { recursive: true });
+      mkdirSync(join(runDir, "hotlink"));
+      writeFileSync(join(runDir, "hotlink", "ping.sock"), "");
+      mkdirSync(join(runDir, "notapub"));
+      expect(doctor(["--run-dir", runDir]).checks.find((c) => c.name === "run dir")).toEqual({
+        name: "run dir",
+        status: "ok",
+        detail: `${runDir}: 1 publisher directory in ${join(runDir, "pub")}`,
+      });
+      mkdirSync(join(runDir, "old1"));
+      writeFileSync(join(runDir, "old1", "service.sock"), "");
+      const found = doctor(["--run-dir", runDir]).checks.find((c) => c.name === "run dir");
+      expect(found?.status).toBe("warn");
+      expect(found?.detail).toContain(join(runDir, "old1"));
+      expect(found?.detail).not.toContain("hotlink");
+      expect(found?.detail).not.toContain("notapub");
+      expect(found?.fix).toContain(`rm -r ${join(runDir, "old1")}`);
+    } finally {
+      rmSync(runDir, { recursive: true, force: true });
     }
   });
 

@@ -8,12 +8,13 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { publisherSocketPath } from "../../src/core/paths.ts";
 import { rawExchange } from "../fixtures/gateway-helpers.ts";
 import { freePorts, poll, type Proc, requireBinary, Scope } from "../fixtures/e2e-helpers.ts";
 
 const scope = new Scope();
 let runDir = "";
+let stateDir = "";
 /** The metaserver with a 1 s TTL and 1 s deregister-after. */
 let meta = "";
 let ports = { service: 0, string: 0, ping: 0 };
@@ -22,11 +23,12 @@ const KINDS = ["service", "string", "ping"] as const;
 beforeAll(async () => {
   requireBinary();
   runDir = scope.tempDir();
+  stateDir = scope.tempDir();
   const [s = 0, t = 0, p = 0, m = 0] = freePorts(4);
   ports = { service: s, string: t, ping: p };
   meta = `http://127.0.0.1:${m}`;
   const gw = scope.stoa("gateway", ["gateway", "--listen", "127.0.0.1", "--ports", `${s},${t},${p}`, "--run-dir", runDir, "--workers", "2"]);
-  const ms = scope.stoa("meta", ["meta", "--listen", `127.0.0.1:${m}`, "--db", ":memory:", "--ttl", "1s", "--deregister-after", "1s"]);
+  const ms = scope.stoa("meta", ["meta", "--listen", `127.0.0.1:${m}`, "--db", ":memory:", "--state-dir", stateDir, "--ttl", "1s", "--deregister-after", "1s"]);
   await Promise.all([gw.waitFor("out", /^gateway: /m, 15_000), ms.waitFor("out", /^metaserver: /m, 15_000)]);
 });
 
@@ -36,7 +38,7 @@ afterAll(async () => {
 
 /** `stoa pub NAME … --stay`, fed `value`; resolves with its pub_id once confirmed. */
 async function startPub(name: string, metaUrl: string, value: string, extra: string[] = []): Promise<{ pub: Proc; pubId: string }> {
-  const pub = scope.stoa(`pub ${name}`, ["pub", name, "--meta", metaUrl, "--run-dir", runDir, "--stay", ...extra], { stdin: true });
+  const pub = scope.stoa(`pub ${name}`, ["pub", name, "--meta", metaUrl, "--run-dir", runDir, "--state-dir", stateDir, "--stay", ...extra], { stdin: true });
   const m = await pub.waitFor("err", /^publishing \S+ as (\S+): /m, 15_000);
   pub.write(`${value}\n`);
   return { pub, pubId: m[1] ?? "" };
@@ -100,6 +102,8 @@ describe("routing errors from the compiled gateway", () => {
     ["a/../b in a prelude", "STOA1 a/../b\n"],
     [".. in a prelude", "STOA1 ..\n"],
     ["%2e%2e in a prelude", "STOA1 %2e%2e\n"],
+    ["%252e%252e (double-encoded) after the pub_id", "GET /pub/p/%252e%252e/gateway.sock HTTP/1.1\r\n\r\n"],
+    ["%252f (double-encoded) after the pub_id", "GET /pub/p/x%252fy HTTP/1.1\r\n\r\n"],
   ])(
     "a traversal attempt (%s) is a 400 invalid_pub_id with a JSON body",
     async (_what, line) => {
@@ -135,7 +139,7 @@ describe("a publisher that dies without cleaning up", () => {
       await latestIs("err/dead", meta, "last words");
       pub.proc.kill("SIGKILL");
       await pub.exited;
-      for (const kind of KINDS) expect(existsSync(join(runDir, pubId, `${kind}.sock`))).toBe(true);
+      for (const kind of KINDS) expect(existsSync(publisherSocketPath(runDir, pubId, kind))).toBe(true);
 
       for (const kind of KINDS) {
         const ws = await rawExchange(ports[kind], upgradeRequest(pubId));
@@ -175,7 +179,7 @@ describe("a publisher that dies without cleaning up", () => {
       await latestIs("err/phoenix", meta, "first life");
       pub.proc.kill("SIGKILL");
       await pub.exited;
-      expect(existsSync(join(runDir, pubId, "ping.sock"))).toBe(true);
+      expect(existsSync(publisherSocketPath(runDir, pubId, "ping"))).toBe(true);
       expect((await rawExchange(ports.ping, `STOA1 ${pubId}\n`)).status).toBe(502);
 
       // Same name and pub_id: the metaserver takes it as the publisher restarting.
@@ -199,7 +203,7 @@ describe("a live publisher is never stolen", () => {
   beforeAll(async () => {
     const [m = 0] = freePorts(1);
     meta15 = `http://127.0.0.1:${m}`;
-    const ms = scope.stoa("meta (ttl 15s)", ["meta", "--listen", `127.0.0.1:${m}`, "--db", ":memory:"]);
+    const ms = scope.stoa("meta (ttl 15s)", ["meta", "--listen", `127.0.0.1:${m}`, "--db", ":memory:", "--state-dir", stateDir]);
     await ms.waitFor("out", /^metaserver: /m, 15_000);
   });
 
@@ -216,7 +220,7 @@ describe("a live publisher is never stolen", () => {
         ws.onerror = () => reject(new Error("cannot subscribe"));
       });
       try {
-        const thief = scope.stoa("pub (same pub_id)", ["pub", "err/owner", "--meta", meta15, "--run-dir", runDir, "--pub-id", pubId], { stdin: true });
+        const thief = scope.stoa("pub (same pub_id)", ["pub", "err/owner", "--meta", meta15, "--run-dir", runDir, "--state-dir", stateDir, "--pub-id", pubId], { stdin: true });
         thief.write("stolen\n");
         thief.endStdin();
         const r = await thief.output();
@@ -224,7 +228,7 @@ describe("a live publisher is never stolen", () => {
         expect(r.err).toContain("served by a live process");
 
         // The live publisher still serves on its sockets, through the gateway...
-        for (const kind of KINDS) expect(existsSync(join(runDir, pubId, `${kind}.sock`))).toBe(true);
+        for (const kind of KINDS) expect(existsSync(publisherSocketPath(runDir, pubId, kind))).toBe(true);
         pub.write("still mine\n");
         await poll("the subscriber to get the next value", () => (texts.includes("still mine") ? true : undefined), 5_000);
         expect(texts).not.toContain("stolen");
@@ -250,7 +254,7 @@ describe("a live publisher is never stolen", () => {
       // metaserver's registration are all there is, and neither may be taken over.
       const { pubId } = await startPub("err/tcp-owner", meta15, "mine over tcp", ["--internal", "tcp"]);
       await latestIs("err/tcp-owner", meta15, "mine over tcp");
-      const thief = scope.stoa("pub tcp (same pub_id)", ["pub", "err/tcp-owner", "--meta", meta15, "--run-dir", runDir, "--pub-id", pubId, "--internal", "tcp"], { stdin: true });
+      const thief = scope.stoa("pub tcp (same pub_id)", ["pub", "err/tcp-owner", "--meta", meta15, "--run-dir", runDir, "--state-dir", stateDir, "--pub-id", pubId, "--internal", "tcp"], { stdin: true });
       thief.write("stolen\n");
       thief.endStdin();
       const r = await thief.output();

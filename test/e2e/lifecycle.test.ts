@@ -6,21 +6,25 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
+import { publisherDir, publisherSocketPath } from "../../src/core/paths.ts";
 import { freePorts, poll, type Proc, requireBinary, Scope, socketFiles } from "../fixtures/e2e-helpers.ts";
 
 const scope = new Scope();
 let runDir = "";
+let stateDir = "";
 let meta = "";
 let ports = { service: 0, string: 0, ping: 0 };
 
 beforeAll(async () => {
   requireBinary();
   runDir = scope.tempDir();
+  stateDir = scope.tempDir();
   const [s = 0, t = 0, p = 0, m = 0] = freePorts(4);
   ports = { service: s, string: t, ping: p };
   meta = `http://127.0.0.1:${m}`;
   const gw = scope.stoa("gateway", ["gateway", "--listen", "127.0.0.1", "--ports", `${s},${t},${p}`, "--run-dir", runDir, "--workers", "1"]);
-  const ms = scope.stoa("meta", ["meta", "--listen", `127.0.0.1:${m}`, "--db", ":memory:"]);
+  // The metaserver keeps its token in stateDir; every stoa pub here finds it there.
+  const ms = scope.stoa("meta", ["meta", "--listen", `127.0.0.1:${m}`, "--db", ":memory:", "--state-dir", stateDir]);
   await Promise.all([gw.waitFor("out", /^gateway: /m, 15_000), ms.waitFor("out", /^metaserver: /m, 15_000)]);
 });
 
@@ -28,8 +32,8 @@ afterAll(async () => {
   await scope.cleanup();
 });
 
-function pubArgs(name: string, metaUrl = meta, dir = runDir): string[] {
-  return ["pub", name, "--meta", metaUrl, "--run-dir", dir];
+function pubArgs(name: string, metaUrl = meta, dir = runDir, state = stateDir): string[] {
+  return ["pub", name, "--meta", metaUrl, "--run-dir", dir, "--state-dir", state];
 }
 
 async function pubIdOf(pub: Proc): Promise<string> {
@@ -52,12 +56,12 @@ describe("stoa pub leaves nothing behind", () => {
     async () => {
       const pub = scope.stoa("pub", pubArgs("life/once"), { stdin: true });
       const pubId = await pubIdOf(pub);
-      expect(existsSync(join(runDir, pubId, "service.sock"))).toBe(true);
+      expect(existsSync(publisherSocketPath(runDir, pubId, "service"))).toBe(true);
       expect((await registration(meta, pubId)).status).toBe(200);
       pub.write("a\nb\nc\n");
       pub.endStdin();
       expect(await pub.exitWithin(10_000)).toBe(0);
-      expect(existsSync(join(runDir, pubId))).toBe(false);
+      expect(existsSync(publisherDir(runDir, pubId))).toBe(false);
       expect((await registration(meta, pubId)).status).toBe(404);
       expect(socketFiles(runDir)).toEqual(["gateway.sock"]);
     },
@@ -78,7 +82,7 @@ describe("stoa pub leaves nothing behind", () => {
       expect(pub.running).toBe(true);
       pub.proc.kill("SIGTERM");
       expect(await pub.exitWithin(10_000)).toBe(0);
-      expect(existsSync(join(runDir, pubId))).toBe(false);
+      expect(existsSync(publisherDir(runDir, pubId))).toBe(false);
       expect((await registration(meta, pubId)).status).toBe(404);
     },
     30_000,
@@ -102,6 +106,24 @@ describe("failing clearly", () => {
       expect(readdirSync(empty)).toEqual([]);
       // Nothing unreachable was registered.
       const listed = (await (await fetch(`${meta}/v1/publishers?prefix=life/orphan`)).json()) as { publishers: unknown[] };
+      expect(listed.publishers).toEqual([]);
+    },
+    30_000,
+  );
+
+  test(
+    "stoa pub without the metaserver's token exits 1 saying where to get one, and leaves nothing behind",
+    async () => {
+      const pub = scope.stoa("pub (no token)", pubArgs("life/tokenless", meta, runDir, scope.tempDir()), { stdin: true });
+      pub.write("x\n");
+      pub.endStdin();
+      const r = await pub.output();
+      expect(r.code).toBe(1);
+      const lines = messageLines(r.err);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toContain("need a token");
+      expect(lines[0]).toContain("--token-file");
+      const listed = (await (await fetch(`${meta}/v1/publishers?prefix=life/tokenless`)).json()) as { publishers: unknown[] };
       expect(listed.publishers).toEqual([]);
     },
     30_000,
@@ -146,7 +168,7 @@ describe("stopping and restarting services", () => {
       await up.waitFor("out", /^try: /m, 15_000);
       expect(socketFiles(dir)).toEqual(["gateway.sock"]);
       // A publisher came and went through it.
-      const pub = scope.stoa("pub", pubArgs("life/up", `http://127.0.0.1:${m}`, dir), { stdin: true });
+      const pub = scope.stoa("pub", pubArgs("life/up", `http://127.0.0.1:${m}`, dir, state), { stdin: true });
       await pubIdOf(pub);
       pub.write("1\n2\n");
       pub.endStdin();
@@ -175,7 +197,7 @@ describe("stopping and restarting services", () => {
       const url = `http://127.0.0.1:${m}`;
       // A 1 s TTL: the publisher heartbeats every ~333 ms, so the registration has to survive
       // heartbeats failing during the restart; a re-registration would show as a new registered_at.
-      const args = ["meta", "--listen", `127.0.0.1:${m}`, "--db", db, "--ttl", "1s", "--deregister-after", "30s"];
+      const args = ["meta", "--listen", `127.0.0.1:${m}`, "--db", db, "--state-dir", stateDir, "--ttl", "1s", "--deregister-after", "30s"];
       const first = scope.stoa("meta #1", args);
       await first.waitFor("out", /^metaserver: /m, 15_000);
       const pub = scope.stoa("pub", [...pubArgs("life/kept", url), "--stay"], { stdin: true });

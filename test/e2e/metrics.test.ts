@@ -28,7 +28,7 @@ describe("Prometheus metrics of the serving commands", () => {
 
   test("stoa meta serves /metrics on its own port", async () => {
     const [port] = freePorts(1);
-    const meta = scope.stoa("meta", ["meta", "--listen", `127.0.0.1:${port}`, "--db", ":memory:"]);
+    const meta = scope.stoa("meta", ["meta", "--listen", `127.0.0.1:${port}`, "--db", ":memory:", "--state-dir", scope.tempDir()]);
     await meta.waitFor("out", /^metaserver: /m);
     const res = await fetch(`http://127.0.0.1:${port}/metrics`);
     expect(res.status).toBe(200);

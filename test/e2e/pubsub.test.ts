@@ -6,6 +6,8 @@
  * what only the binaries do: reading stdin, printing --json lines, exiting after --count.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { freePorts, type Proc, requireBinary, Scope, TcpWsClient } from "../fixtures/e2e-helpers.ts";
 
 const scope = new Scope();
@@ -13,6 +15,8 @@ let runDir = "";
 let meta = "";
 let ports = { service: 0, string: 0, ping: 0 };
 let up: Proc;
+/** stoa up's state dir: its metaserver's token is there, where stoa pub finds it. */
+let stateDir = "";
 
 interface Line {
   seq: number;
@@ -23,7 +27,7 @@ interface Line {
 beforeAll(async () => {
   requireBinary();
   runDir = scope.tempDir();
-  const stateDir = scope.tempDir();
+  stateDir = scope.tempDir();
   const [s = 0, t = 0, p = 0, m = 0] = freePorts(4);
   ports = { service: s, string: t, ping: p };
   meta = `http://127.0.0.1:${m}`;
@@ -45,7 +49,7 @@ afterAll(async () => {
 
 /** Starts `stoa pub NAME … --stay` with a stdin pipe; resolves with its pub_id once it is live. */
 async function startPub(name: string, extra: string[] = []): Promise<{ pub: Proc; pubId: string }> {
-  const pub = scope.stoa(`pub ${name}`, ["pub", name, "--meta", meta, "--run-dir", runDir, "--stay", ...extra], { stdin: true });
+  const pub = scope.stoa(`pub ${name}`, ["pub", name, "--meta", meta, "--run-dir", runDir, "--state-dir", stateDir, "--stay", ...extra], { stdin: true });
   const m = await pub.waitFor("err", /^publishing (\S+) as (\S+): (\S+)$/m, 15_000);
   expect(m[1]).toBe(name);
   return { pub, pubId: m[2] ?? "" };
@@ -77,7 +81,12 @@ describe("stoa up, pub and sub on one host", () => {
   test("stoa up prints where it serves and how to publish and subscribe", () => {
     expect(up.out).toContain(`ports service ${ports.service}, string ${ports.string}, ping ${ports.ping} (run dir ${runDir})`);
     expect(up.out).toContain(`metaserver ${meta}/v1`);
-    expect(up.out).toMatch(new RegExp(`^try: +seq 1 100 \\| stoa pub demo/counter --stay --meta ${meta} --run-dir ${runDir}$`, "m"));
+    expect(up.out).toMatch(new RegExp(`^try: +seq 1 100 \\| stoa pub demo/counter --stay --meta ${meta} --run-dir ${runDir} --state-dir ${stateDir}$`, "m"));
+    // Where the token is, never the token itself.
+    const token = readFileSync(join(stateDir, "meta.token"), "utf8").trim();
+    expect(up.out).toContain(`writes need the token in ${join(stateDir, "meta.token")}`);
+    expect(up.out + up.err).not.toContain(token);
+    expect(statSync(join(stateDir, "meta.token")).mode & 0o777).toBe(0o600);
     expect(up.out).toMatch(new RegExp(`^ +stoa sub demo/counter --meta ${meta}$`, "m"));
   });
 

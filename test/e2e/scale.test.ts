@@ -112,7 +112,7 @@ describe("one gateway, 1,000 publishers, 1,000 subscribers", () => {
     async () => {
       requireBinary();
       expect(openFilesLimit(), "raise the open files limit (ulimit -n) to run the scale test").toBeGreaterThanOrEqual(MIN_OPEN_FILES);
-      const runDir = scope.tempDir(); // /tmp/e2-XXXXXX/p0001/service.sock: far below 107 bytes
+      const runDir = scope.tempDir(); // /tmp/e2-XXXXXX/pub/p0001/service.sock: far below 107 bytes
       const [s = 0, t = 0, p = 0] = freePorts(3);
       const gw = scope.stoa("gateway", [
         "gateway", "--listen", "127.0.0.1", "--ports", `${s},${t},${p}`, "--run-dir", runDir, "--workers", "2", "--log-level", "warn",

@@ -55,7 +55,7 @@ function reference(input: Uint8Array, max: number): Expected {
     const target = m[1] ?? "";
     const pubId = target.split(/[/?]/)[0] ?? "";
     const path = target.split("?")[0] ?? "";
-    const ambiguous = path.split("/").some((seg) => seg === "." || seg === "..") || /%2e|%2f|%5c|\\/i.test(path);
+    const ambiguous = path.split("/").some((seg) => seg === "." || seg === "..") || /%2e|%2f|%5c|%25|\\/i.test(path);
     return PUB_ID.test(pubId) && !ambiguous ? { state: "done", mode: "http", pubId, lf } : { state: "error", error: "invalid_pub_id" };
   }
   const pubId = line.slice("STOA1 ".length);
@@ -75,7 +75,7 @@ function validish(rng: Prng): Uint8Array {
   const rest = rng.pick(["", "Host: x\r\n\r\n", "payload", "\x00\xff"]);
   const line =
     rng.int(2) === 0
-      ? `GET /pub/${id}${rng.pick(["", "/", "/x/y", "?q=1", "/../..", "%2e"])} ${rng.pick(["HTTP/1.1", "HTTP/1.0", "HTTP/1.1 "])}`
+      ? `GET /pub/${id}${rng.pick(["", "/", "/x/y", "?q=1", "", "/x/y", "/../..", "%2e", "/%252e%252e/x", "?q=%252e"])} ${rng.pick(["HTTP/1.1", "HTTP/1.0", "HTTP/1.1 "])}`
       : `STOA1 ${id}`;
   const padded = rng.int(20) === 0 ? line + "x".repeat(rng.int(300)) : line;
   return Buffer.from(padded + eol + rest, "latin1");

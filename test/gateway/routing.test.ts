@@ -88,6 +88,7 @@ describe("error responses", () => {
     ["..", "GET /pub/.. HTTP/1.1\r\n\r\n", "invalid_pub_id"],
     ["%2e%2e", "GET /pub/%2e%2e/x HTTP/1.1\r\n\r\n", "invalid_pub_id"],
     ["%2F", "GET /pub/a%2Fb HTTP/1.1\r\n\r\n", "invalid_pub_id"],
+    ["a double-encoded %252e%252e after the pub_id", "GET /pub/a/%252e%252e/x HTTP/1.1\r\n\r\n", "invalid_pub_id"],
     ["a/b in a prelude", "STOA1 a/b\n", "invalid_pub_id"],
     ["../ in a prelude", "STOA1 ../etc\n", "invalid_pub_id"],
     ["an empty pub_id", "GET /pub/ HTTP/1.1\r\n\r\n", "invalid_pub_id"],

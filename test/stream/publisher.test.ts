@@ -3,6 +3,7 @@ import type { Subprocess } from "bun";
 import { existsSync, lstatSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Registry } from "../../src/core/metrics.ts";
+import { publisherDir, publishersDir, publisherSocketPath } from "../../src/core/paths.ts";
 import { decodeServiceFrame, MAX_PENDING_PINGS, MAX_VALUE_BYTES } from "../../src/stream/protocol.ts";
 import {
   createPublisher,
@@ -242,10 +243,11 @@ describe("publish", () => {
 });
 
 describe("lifecycle of the socket directory", () => {
-  test("creates <run_dir>/<pub_id>/ with mode 0700 and sockets with mode 0600", async () => {
+  test("creates <run_dir>/pub/<pub_id>/ with mode 0700 and sockets with mode 0600", async () => {
     const runDir = tempDir();
     const pub = await start({ runDir });
-    const dir = join(runDir, "p1");
+    const dir = publisherDir(runDir, "p1");
+    expect(dir).toBe(join(runDir, "pub", "p1"));
     expect(pub.dir).toBe(dir);
     expect(statSync(dir).mode & 0o777).toBe(0o700);
     expect(readdirSync(dir).sort()).toEqual(["ping.sock", "service.sock", "string.sock"]);
@@ -267,8 +269,9 @@ describe("lifecycle of the socket directory", () => {
     expect((await service.closed).code).toBe(1001);
     expect((await text.closed).code).toBe(1001);
     expect(text.messages).toEqual(["last words"]);
-    expect(existsSync(join(runDir, "p1"))).toBe(false);
-    expect(readdirSync(runDir)).toEqual([]);
+    expect(existsSync(publisherDir(runDir, "p1"))).toBe(false);
+    // The publishers' subtree stays (another publisher may be creating its directory in it).
+    expect(readdirSync(publishersDir(runDir))).toEqual([]);
     await pub.close(); // idempotent
   });
 
@@ -276,13 +279,14 @@ describe("lifecycle of the socket directory", () => {
     const runDir = tempDir();
     const first = await start({ runDir });
     first.publish("still mine");
-    const inodes = readdirSync(join(runDir, "p1")).map((n) => lstatSync(join(runDir, "p1", n)).ino);
+    const dir = publisherDir(runDir, "p1");
+    const inodes = readdirSync(dir).map((n) => lstatSync(join(dir, n)).ino);
 
     const err = await rejection(createPublisher({ pubId: "p1", runDir, metrics: new Registry() }));
     expect(err.code).toBe("in_use");
     expect(err.message).toContain("p1");
 
-    expect(readdirSync(join(runDir, "p1")).map((n) => lstatSync(join(runDir, "p1", n)).ino)).toEqual(inodes);
+    expect(readdirSync(dir).map((n) => lstatSync(join(dir, n)).ino)).toEqual(inodes);
     expect((await latest(first.urls.ping)).value).toBe("still mine");
   });
 
@@ -303,8 +307,8 @@ describe("lifecycle of the socket directory", () => {
       seen += new TextDecoder().decode(value);
     }
     reader.releaseLock();
-    const servicePath = join(runDir, "p1", "service.sock");
-    expect((await latest(`ws+unix://${join(runDir, "p1", "ping.sock")}:/`)).value).toBe("from the fixture");
+    const servicePath = publisherSocketPath(runDir, "p1", "service");
+    expect((await latest(`ws+unix://${publisherSocketPath(runDir, "p1", "ping")}:/`)).value).toBe("from the fixture");
 
     proc.kill("SIGKILL");
     await proc.exited;

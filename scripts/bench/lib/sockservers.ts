@@ -2,12 +2,13 @@
 /**
  * Benchmark peers on Unix sockets, run as their own process so they never share an event loop
  * with the client being timed:
- *   <dir>/echo/service.sock  echoes every byte back (round-trip latency)
- *   <dir>/sink/service.sock  counts bytes until the peer's FIN, answers the count as u64be, ends
+ *   <dir>/pub/echo/service.sock  echoes every byte back (round-trip latency)
+ *   <dir>/pub/sink/service.sock  counts bytes until the peer's FIN, answers the count as u64be, ends
+ * (DIR is the gateway's run dir; the layout is src/core/paths.ts'.)
  * Prints "ready" on stdout once both listen; stops on SIGTERM/SIGINT, removing the sockets.
  */
 import { mkdirSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { publisherDir, publisherSocketPath } from "../../../src/core/paths.ts";
 
 const dir = process.argv[2];
 if (!dir) {
@@ -20,8 +21,8 @@ interface EchoState {
 }
 
 function listen(name: string, socket: Parameters<typeof Bun.listen<EchoState & { count: number }>>[0]["socket"]) {
-  const path = join(dir as string, name, "service.sock");
-  mkdirSync(join(dir as string, name), { recursive: true, mode: 0o700 });
+  const path = publisherSocketPath(dir as string, name, "service");
+  mkdirSync(publisherDir(dir as string, name), { recursive: true, mode: 0o700 });
   rmSync(path, { force: true });
   return Bun.listen<EchoState & { count: number }>({ unix: path, allowHalfOpen: true, socket, data: { pending: [], count: 0 } });
 }
