@@ -5,6 +5,7 @@
 import { z } from "zod";
 import { str } from "./command.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
+import { fdReserve, raiseFdLimit } from "../core/fdlimit.ts";
 import { type LogFormat, type LogLevel, type Logger, createLogger } from "../core/log.ts";
 import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
 import { installSignalHandlers, onShutdown } from "../core/shutdown.ts";
@@ -23,7 +24,8 @@ export function logFlags() {
 /**
  * The command's logger, on stderr, and SIGINT/SIGTERM handlers that log through it and give
  * the registered cleanups `shutdownTimeoutMs` in all (a gateway's drain needs more than the
- * default 5 s).
+ * default 5 s). Also raises the file descriptor limit to the hard limit (core/fdlimit.ts):
+ * every connection of a daemon costs one.
  */
 export function startService(
   name: string,
@@ -32,6 +34,13 @@ export function startService(
 ): Logger {
   const log = createLogger({ level: flags.logLevel, format: flags.logFormat, name });
   installSignalHandlers({ log, timeoutMs: options.shutdownTimeoutMs });
+  try {
+    const { from, to, hard, error } = raiseFdLimit();
+    if (error !== undefined) log.warn("could not raise the file descriptor limit", { from, hard, error });
+    else log.debug("file descriptor limit", { from, to, reserve: fdReserve(to) });
+  } catch (err) {
+    log.warn("could not read the file descriptor limit", { err });
+  }
   return log;
 }
 

@@ -11,8 +11,11 @@
  * Label-less counters, gauges and histograms render zeros before their first update, as the
  * official client libraries do. Each metric holds at most `MAX_SERIES_PER_METRIC` label sets (a
  * label fed from peer input must not grow memory without bound); `remove(labels)` forgets one.
+ * A gauge may instead be read at each render (`setFunction`): the shared registry so shows
+ * `process_open_fds` and `process_max_fds` (fdlimit.ts) on every /metrics.
  */
 import { StoaError } from "./errors.ts";
+import { fdLimit, fdsInUse } from "./fdlimit.ts";
 
 /** The `Content-Type` of a `render()` body. */
 export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -149,7 +152,30 @@ export class Gauge extends Metric<{ value: number }> {
     this.stateFor(labels).value -= by;
   }
 
+  #read: (() => number) | undefined;
+
+  /**
+   * Collect on scrape: `read()` gives the value each time the registry renders (label-less
+   * gauges only), like the Python client's `set_function`. A throwing `read` renders NaN.
+   * @example
+   * metrics.gauge("process_open_fds", "Number of open file descriptors.").setFunction(fdsInUse);
+   */
+  setFunction(read: () => number): this {
+    if (this.labelNames.length > 0) throw new StoaError("internal", `gauge ${this.name} has labels; setFunction is for label-less gauges`);
+    this.#read = read;
+    return this;
+  }
+
   renderSeries(out: string[]): void {
+    if (this.#read !== undefined) {
+      let v: number;
+      try {
+        v = this.#read();
+      } catch {
+        v = Number.NaN;
+      }
+      this.set(v);
+    }
     for (const { values, state } of this.entries()) {
       out.push(`${this.name}${this.labelText(values)} ${formatNumber(state.value)}`);
     }
@@ -298,6 +324,11 @@ export class Registry {
 
 /** The process-wide registry that `/metrics` endpoints render. */
 export const metrics = new Registry();
+
+// Every /metrics shows the process's descriptors, under the names of the official clients'
+// process collector (so dashboards for other exporters work); read at each scrape.
+metrics.gauge("process_open_fds", "Number of open file descriptors.").setFunction(fdsInUse);
+metrics.gauge("process_max_fds", "Maximum number of open file descriptors.").setFunction(fdLimit);
 
 function splitArgs(first: Labels | number | undefined, second: number | undefined, fallback: number) {
   return typeof first === "number" || first === undefined

@@ -25,6 +25,10 @@ const symbols = {
   if_indextoname: { args: [FFIType.u32, FFIType.ptr], returns: FFIType.ptr },
   // int flock(int fd, int op): advisory whole-file locks, released by the kernel when the fd closes.
   flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+  // int getrlimit(int resource, struct rlimit *); int setrlimit(int, const struct rlimit *):
+  // process-wide on Linux (the limits live in the shared signal struct, not per thread).
+  getrlimit: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+  setrlimit: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
   strerror: { args: [FFIType.i32], returns: FFIType.cstring },
 } as const;
@@ -54,6 +58,44 @@ export function cString(text: string): Buffer {
   return Buffer.from(`${text}\0`, "utf8");
 }
 
+/** `RLIMIT_NOFILE` (asm-generic/resource.h): one more than the highest fd number a process may open. */
+export const RLIMIT_NOFILE = 7;
+
+/** A resource limit: `cur` (soft, enforced) and `max` (hard, the ceiling `cur` may be raised to). */
+export interface Rlimit {
+  cur: number;
+  max: number;
+}
+
+/**
+ * getrlimit(2). `RLIM_INFINITY` comes back as `Infinity`. Throws on failure (it cannot fail for
+ * a valid resource).
+ * @example
+ * const { cur, max } = getRlimit(RLIMIT_NOFILE);
+ */
+export function getRlimit(resource: number): Rlimit {
+  // struct rlimit { rlim_t rlim_cur; rlim_t rlim_max; }: two u64 on every 64-bit Linux.
+  const buf = new BigUint64Array(2);
+  if (libc().getrlimit(resource, buf) !== 0) throw new Error(`getrlimit(${resource}): ${strerror(errno())}`);
+  return { cur: fromRlim(buf[0] ?? 0n), max: fromRlim(buf[1] ?? 0n) };
+}
+
+/** setrlimit(2); returns 0 or the errno (EPERM: above the hard limit without CAP_SYS_RESOURCE). */
+export function setRlimit(resource: number, limit: Rlimit): number {
+  const buf = new BigUint64Array([toRlim(limit.cur), toRlim(limit.max)]);
+  return libc().setrlimit(resource, buf) === 0 ? 0 : errno();
+}
+
+const RLIM_INFINITY = 0xffff_ffff_ffff_ffffn;
+
+function fromRlim(v: bigint): number {
+  return v === RLIM_INFINITY ? Number.POSITIVE_INFINITY : Number(v);
+}
+
+function toRlim(v: number): bigint {
+  return v === Number.POSITIVE_INFINITY ? RLIM_INFINITY : BigInt(Math.floor(v));
+}
+
 /** Linux errno values stoa reacts to (asm-generic/errno-base.h, errno.h). */
 export const Errno = {
   EPERM: 1,
@@ -68,6 +110,8 @@ export const Errno = {
   EEXIST: 17,
   ENODEV: 19,
   EINVAL: 22,
+  ENFILE: 23,
+  EMFILE: 24,
   ENOSYS: 38,
   EADDRINUSE: 98,
   EADDRNOTAVAIL: 99,

@@ -15,7 +15,7 @@ import { createLogger, type Logger } from "../core/log.ts";
 import { metrics as sharedRegistry, type Registry } from "../core/metrics.ts";
 import { gatewayControlPath } from "../core/paths.ts";
 import { controlRequest, type ControlServer, startControlServer } from "./control.ts";
-import { choosePorts, findPrevious, longestServablePubId, readTls } from "./startup.ts";
+import { choosePorts, findPrevious, longestServablePubId, readTls, warnOldLayout } from "./startup.ts";
 import { HealthTable } from "./health.ts";
 import {
   CONNECT_TIMEOUT_MS,
@@ -50,7 +50,7 @@ export type { GatewayStats } from "./stats.ts";
 export const METRICS_COLLECT_MS = 1_000;
 
 export interface GatewayOptions {
-  /** Holds the control socket and the publishers' sockets (`<run_dir>/<pub_id>/<kind>.sock`). */
+  /** Holds the control socket and the publishers' sockets (`<run_dir>/pub/<pub_id>/<kind>.sock`). */
   runDir: string;
   /** Addresses to listen on; default `["::"]` (dual-stack). Brackets are optional. */
   listen?: readonly string[];
@@ -154,6 +154,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       longest_pub_id: servable,
     });
   }
+  warnOldLayout(o.runDir, log);
   const previous = await findPrevious(o.runDir, o.takeOver);
   const runtime = new Runtime({
     runDir: o.runDir,

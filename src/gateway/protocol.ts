@@ -17,7 +17,10 @@
  *   an SSH banner) is refused at its first wrong byte, not after the timeout.
  * - HTTP form: exactly `GET`, one space, a request target starting with `/pub/`, one space,
  *   `HTTP/1.1`. The pub_id is the target's segment after `/pub/`, up to the next `/` or `?`; what
- *   follows is the publisher's business (publishers accept any path) and is not inspected.
+ *   follows is the publisher's business (publishers accept any path), except that the path (not
+ *   the query) must not hold `.` or `..` segments, `\`, or `%2e`, `%2f`, `%5c` or `%25` in any
+ *   case: a proxy in front could normalise or decode those differently (so `%252e%252e`, a
+ *   double-encoded `..`, is 400 like `%2e%2e`).
  * - The pub_id must be a valid pub_id (`[A-Za-z0-9][A-Za-z0-9._-]{0,63}`), checked before the
  *   gateway touches the filesystem. Percent-encoding is refused outright rather than decoded
  *   (`%2e%2e`, `%2F`, `%00` are all 400), so there is exactly one spelling of each pub_id and
@@ -30,10 +33,15 @@
  * ## Resolving a target, in order
  * 1. an explicit registration for (kind, pub_id) made over the control socket: `unix:/path` or
  *    `tcp:host:port` (src/core/endpoint.ts forms);
- * 2. the convention `<run_dir>/<pub_id>/<kind>.sock`. Connecting is the existence check: ENOENT
- *    means no such publisher (404), so there is no window between a check and the connect.
+ * 2. the convention `<run_dir>/pub/<pub_id>/<kind>.sock` (the publishers' subtree of the run
+ *    dir, core/paths.ts). Before connecting, the gateway lstat()s the pub_id's directory and the
+ *    socket: each must be what it says (a directory, a socket; never a symlink) and owned by the
+ *    gateway's effective uid (routes.ts). Anything else — missing, a file, a symlink, another
+ *    user's socket — is no publisher: 404, and never marked down. ENOENT at the connect (removed
+ *    meanwhile) is a 404 too.
  * A target that refuses (ECONNREFUSED: a stale socket file, a dead TCP port), or does not accept
- * within `CONNECT_TIMEOUT_MS`, is a 502 and is marked down; the next successful connect marks it
+ * within `CONNECT_TIMEOUT_MS`, is a 502 and is marked down (unless the gateway is out of
+ * descriptors itself: 503 out_of_fds below); the next successful connect marks it
  * up. Health is informational: a target marked down is still tried for every new client.
  *
  * ## Error responses (before any upgrade; `ROUTE_ERRORS`)
@@ -43,11 +51,28 @@
  *   Content-Type: application/json\r\n  Content-Length: n\r\n  Connection: close\r\n\r\n
  *   {"error":"unknown_pub_id","message":"..."}
  *   400 bad_request_line     not one of the two forms (wrong method or version, not /pub/, bytes)
- *   400 invalid_pub_id       empty, too long, bad characters, any `%`, `..`, a `/` in a prelude
- *   404 unknown_pub_id       no registration and no `<kind>.sock` for it in the run dir
+ *   400 invalid_pub_id       empty, too long, bad characters, any `%`, `..`, a `/` in a prelude;
+ *                            in the path after it a `.`/`..` segment, `\`, `%2e` `%2f` `%5c` `%25`
+ *   404 unknown_pub_id       no registration and no publisher socket `pub/<pub_id>/<kind>.sock`
  *   408 first_line_timeout   no complete first line within the timeout
  *   431 first_line_too_long  no LF within the first 8 KiB
  *   502 target_down          the target refused or did not accept in time
+ *   503 out_of_fds           "server out of file descriptors": the gateway's own limit, not the
+ *                            target's fault (never marked down); try again shortly
+ *
+ * ## Out of file descriptors (core/fdlimit.ts, fdguard.ts)
+ * The gateway raises RLIMIT_NOFILE to the hard limit and keeps the top `fdReserve()` descriptors
+ * (64, or 5 % of the limit up to 4,096) for connections it already admitted. A new client whose
+ * descriptor falls in that reserve, or that arrives once the count in use has reached it, is
+ * refused at once with 503 out_of_fds, before its first line: closed as soon as what it sent is
+ * read, when it closes, or after `REFUSAL_LINGER_MS`; closed without an answer beyond
+ * `MAX_LINGERING_REFUSALS` per router, with less than a quarter of the reserve left, or with
+ * TLS. So each refusal frees its descriptor. A first line that arrives with less than half the
+ * reserve left gets the same 503 instead of a connect, and a connect that fails for want of
+ * descriptors (EMFILE/ENFILE, which Bun reports as ECONNREFUSED) is 503 out_of_fds too, never a
+ * 502: the target keeps its health. If the limit is reached and stays (Bun would spin in
+ * accept), a router closes its listeners for at least `FD_BACKOFF_MS` and listens again once
+ * descriptors are free. Refusals are logged once per `FD_LOG_INTERVAL_MS` (10 s) per router.
  *
  * ## Control socket: `<run_dir>/gateway.sock` (mode 0600; control.ts)
  * Frames of src/core/frame.ts (4-byte big-endian length), each holding one CBOR message
@@ -167,6 +192,7 @@ export const ROUTE_ERRORS = {
   first_line_timeout: 408,
   first_line_too_long: 431,
   target_down: 502,
+  out_of_fds: 503,
 } as const;
 export type RouteError = keyof typeof ROUTE_ERRORS;
 
@@ -176,6 +202,7 @@ const REASONS: Record<number, string> = {
   408: "Request Timeout",
   431: "Request Header Fields Too Large",
   502: "Bad Gateway",
+  503: "Service Unavailable",
 };
 
 /**

@@ -10,7 +10,10 @@
  *   piping   the fallback data path (TLS, `dataPath: "bun"`, or anything unusual at hand-over):
  *            a core `Pipe` splices the Bun sockets
  *   rejecting an error response was written; the client's input is discarded until it closes
- *            or `ERROR_LINGER_MS` passes
+ *            or `ERROR_LINGER_MS` passes (`REFUSAL_LINGER_MS` for a 503 out_of_fds)
+ * Out of file descriptors (protocol.ts): a client accepted into the reserve is refused at open,
+ * a connect that fails for want of descriptors is a 503, and an `FdWatch` closes the listeners
+ * while the limit is reached (Bun would spin in accept) and binds them again after.
  * Every handler is total: nothing a client sends can throw out of it, and a handler that fails
  * anyway (Bun's `error` event) costs that one connection. Listeners use SO_REUSEPORT so that
  * workers and a successor gateway share the ports.
@@ -18,7 +21,9 @@
 import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
 import { StoaError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
-import { FdSplicer, takeSocketFd } from "../core/fdsplice.ts";
+import { FdSplicer, socketFd, takeSocketFd } from "../core/fdsplice.ts";
+import { FdWatch, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_MS } from "../core/fdguard.ts";
+import { canAffordAnswer, fdPressure, fdReserve, isFdExhaustion, overFdBudget, RefusalLog } from "../core/fdlimit.ts";
 import { sys } from "../ffi/epoll.ts";
 import { Pipe, pipeHandlers, type PipeEnd, type PipeStats, hasEarlyEvents } from "../core/pipe.ts";
 import { FirstLineParser } from "./firstline.ts";
@@ -32,7 +37,7 @@ import {
   routeErrorResponse,
   type Target,
 } from "./protocol.ts";
-import type { RouteTable } from "./routes.ts";
+import { conventionalTargetProblem, type RouteTable } from "./routes.ts";
 import { type RouterSnapshot, Tally } from "./stats.ts";
 
 /** Everything a router needs; structured-clonable, so a worker can receive it. */
@@ -81,6 +86,8 @@ interface Conn extends PipeEnd {
   /** Pipe byte counts already added to the tally. */
   countedIn: number;
   countedOut: number;
+  /** Refused for want of descriptors, and counted in `#lingeringRefusals` until it closes. */
+  refusedForFds: boolean;
 }
 
 type Client = Socket<Conn>;
@@ -103,6 +110,11 @@ export class Router {
   #listeners: TCPSocketListener<Conn>[] = [];
   #draining = false;
   #idleSent = false;
+  /** Closes the listeners while the process is out of descriptors; made by `start()`. */
+  #fdWatch: FdWatch | null = null;
+  /** Clients answered 503 out_of_fds that have not closed yet (bounded: each holds a descriptor). */
+  #lingeringRefusals = 0;
+  readonly #fdRefusals: RefusalLog;
 
   constructor(config: RouterConfig, routes: RouteTable, hooks: RouterHooks) {
     this.#config = config;
@@ -111,10 +123,38 @@ export class Router {
     this.#log = hooks.log;
     this.#health = new HealthReporter((event) => hooks.onHealth(event));
     this.#tally = new Tally(config.router);
+    this.#fdRefusals = new RefusalLog(this.#log, `router ${config.router}: refusing connections, out of file descriptors (answered 503 out_of_fds)`);
   }
 
-  /** Binds every (kind, address) listener. Throws `StoaError` "in_use"/"io", binding nothing. */
+  /**
+   * Binds every (kind, address) listener and watches the descriptors (they are closed while the
+   * process is out of them). Throws `StoaError` "in_use"/"io", binding nothing.
+   */
   start(): void {
+    this.#bind();
+    this.#fdWatch = new FdWatch({
+      pauseAt: "limit",
+      pause: () => {
+        for (const l of this.#listeners) l.stop(false);
+        this.#listeners = [];
+      },
+      resume: () => {
+        if (this.#draining) return true; // stopped meanwhile: nothing to resume
+        try {
+          this.#bind();
+          return true;
+        } catch (err) {
+          this.#log.debug("could not listen again yet", { err });
+          return false;
+        }
+      },
+      log: this.#log,
+      what: `gateway router ${this.#config.router}`,
+    });
+  }
+
+  /** Binds every listener, or none (throws). */
+  #bind(): void {
     const { listen, ports, tls } = this.#config;
     try {
       for (const kind of KINDS) {
@@ -150,6 +190,8 @@ export class Router {
 
   /** Stops accepting; open connections go on. `onIdle` fires once the last one closes. */
   stopAccepting(): void {
+    this.#fdWatch?.stop();
+    this.#fdRefusals.stop();
     for (const l of this.#listeners) l.stop(false);
     this.#listeners = [];
     this.#draining = true;
@@ -214,13 +256,31 @@ export class Router {
       unsent: null,
       countedIn: 0,
       countedOut: 0,
+      refusedForFds: false,
     };
     sock.data = conn;
-    sock.setNoDelay(true);
-    conn.timer = setTimeout(() => this.#onFirstLineTimeout(sock), this.#config.firstLineTimeoutMs);
     this.#conns.add(sock);
     this.#tally.accepted[kind]++;
     this.#tally.open[kind]++;
+    // In the descriptor reserve, by its own number or by the count in use: refused at once.
+    if (overFdBudget(socketFd(sock))) return this.#refuseForFds(sock);
+    sock.setNoDelay(true);
+    conn.timer = setTimeout(() => this.#onFirstLineTimeout(sock), this.#config.firstLineTimeoutMs);
+  }
+
+  /** A client accepted into the descriptor reserve: a 503 at once, or just closed (protocol.ts). */
+  #refuseForFds(sock: Client): void {
+    const conn = sock.data;
+    conn.parser = null;
+    this.#fdRefusals.count({ kind: conn.kind });
+    if (this.#config.tls !== null || this.#lingeringRefusals >= MAX_LINGERING_REFUSALS || !canAffordAnswer()) {
+      this.#tally.error("out_of_fds");
+      sock.terminate();
+      return;
+    }
+    conn.refusedForFds = true;
+    this.#lingeringRefusals++;
+    this.#reject(sock, "out_of_fds", OUT_OF_FDS_MESSAGE, REFUSAL_LINGER_MS);
   }
 
   #onData(sock: Client, chunk: Uint8Array): void {
@@ -246,7 +306,11 @@ export class Router {
         (conn.pending ??= []).push(new Uint8Array(chunk));
         return;
       case "rejecting":
-        return; // discarded: the client is being turned away
+        // Discarded: the client is being turned away. A refusal for descriptors closes as soon
+        // as its answer is out and what the client sent is read (no unread bytes: a FIN, not a
+        // reset that would eat the answer), to free its descriptor before the linger ends.
+        if (conn.refusedForFds && conn.unsent === null) sock.end();
+        return;
     }
   }
 
@@ -284,6 +348,7 @@ export class Router {
     conn.closed = true;
     clearTimeout(conn.timer);
     this.#conns.delete(sock);
+    if (conn.refusedForFds) this.#lingeringRefusals--;
     // Handed over: the socket Bun closed is a second descriptor; the connection lives on.
     if (conn.phase === "spliced") return;
     if (conn.phase === "piping") conn.pipe?.onClose("a", err);
@@ -315,8 +380,21 @@ export class Router {
   async #dial(sock: Client, forward: Uint8Array): Promise<void> {
     const conn = sock.data;
     const { kind, pubId } = conn;
+    // Half the reserve stays for accepting (and refusing) and for the rest of the process.
+    if (fdPressure(Math.ceil(fdReserve() / 2))) {
+      this.#fdRefusals.count({ kind });
+      return this.#reject(sock, "out_of_fds", OUT_OF_FDS_MESSAGE, REFUSAL_LINGER_MS);
+    }
     try {
       const resolved = this.#routes.resolve(kind, pubId, this.#config.runDir);
+      if (resolved.source === "convention") {
+        // Only a publisher's own socket is routed (routes.ts); anything else is nobody: 404, not down.
+        const problem = conventionalTargetProblem(this.#config.runDir, pubId, kind);
+        if (problem !== null) {
+          if (this.#log.enabled("debug")) this.#log.debug("not a publisher socket", { kind, pub_id: pubId, problem });
+          return this.#reject(sock, "unknown_pub_id", `no publisher "${pubId}" with a ${kind} endpoint on this host`);
+        }
+      }
       const started = performance.now();
       let upstream: Socket<PipeEnd>;
       try {
@@ -324,6 +402,11 @@ export class Router {
       } catch (err) {
         if (conn.closed) return;
         const code = errnoOf(err);
+        // Our own EMFILE (Bun calls it ECONNREFUSED): not the target's fault, so not marked down.
+        if (isFdExhaustion(code)) {
+          this.#fdRefusals.count({ kind });
+          return this.#reject(sock, "out_of_fds", OUT_OF_FDS_MESSAGE, REFUSAL_LINGER_MS);
+        }
         if (resolved.source === "convention" && (code === "ENOENT" || code === "ENOTDIR")) {
           return this.#reject(sock, "unknown_pub_id", `no publisher "${pubId}" with a ${kind} endpoint on this host`);
         }
@@ -393,6 +476,11 @@ export class Router {
     const clientEnded = conn.clientEnded;
     conn.phase = "spliced"; // before takeSocketFd: Bun fires close() from inside it
     const b = takeSocketFd(upstream);
+    if (b < 0 && socketFd(upstream) >= 0) {
+      // No descriptor for the copy (EMFILE), nothing taken yet: Bun's path needs none.
+      conn.phase = "dialing";
+      return false;
+    }
     const a = b < 0 ? -1 : takeSocketFd(sock);
     if (a < 0 || b < 0) {
       // Cannot happen for open sockets; if it does, this connection is lost, not the router.
@@ -457,7 +545,7 @@ export class Router {
     return Promise.race([attempt, timeout]).finally(() => clearTimeout(timer));
   }
 
-  #reject(sock: Client, error: RouteError, message: string): void {
+  #reject(sock: Client, error: RouteError, message: string, lingerMs = ERROR_LINGER_MS): void {
     const conn = sock.data;
     this.#tally.error(error);
     conn.phase = "rejecting";
@@ -472,7 +560,7 @@ export class Router {
     conn.timer = setTimeout(() => {
       if (conn.unsent !== null) sock.terminate();
       else sock.end();
-    }, ERROR_LINGER_MS);
+    }, lingerMs);
   }
 
   #flushUnsent(sock: Client): void {
@@ -504,6 +592,9 @@ export class Router {
     queueMicrotask(() => this.#hooks.onIdle());
   }
 }
+
+/** The 503's message: what a client of an out-of-descriptors gateway reads. */
+const OUT_OF_FDS_MESSAGE = "server out of file descriptors; try again shortly";
 
 /** The splicer's counter slot per kind. */
 const KIND_TAG: Record<Kind, number> = { service: 0, string: 1, ping: 2 };

@@ -10,6 +10,13 @@
  * (protocol.ts `MAX_CONNECTIONS_PER_USER`) gets 429 before the upgrade, with a body that says so.
  * `GET /v1/health` answers 200 JSON. Everything else is 404.
  *
+ * Out of file descriptors (core/fdlimit.ts). Every request, before anything else, gets 503
+ * "server out of file descriptors" while the descriptors in use reach the reserve; and while
+ * that lasts the listener itself gives way to a refuser that answers the same 503 at
+ * accept and closes (core/fdguard.ts `guardServer`: Bun.serve would hold idle connections until
+ * its timeout, and spin in accept at the limit). Counted as `stoa_hotlink_refused_total
+ * {reason="out_of_fds"}`, logged once per 10 s; the relay listens again once descriptors are free.
+ *
  * Files. The users file is required; without an ACL file only the owner rule applies (acl.ts).
  * `reload()` re-reads both (SIGHUP in the CLI): a bad file is logged and the old one kept.
  * After a reload, connections whose token no longer verifies (user removed or token replaced)
@@ -27,6 +34,8 @@ import type { Server } from "bun";
 import { StoaError, describeError } from "../core/errors.ts";
 import { type Logger, createLogger } from "../core/log.ts";
 import { type Registry, metrics as sharedMetrics } from "../core/metrics.ts";
+import { guardServer } from "../core/fdguard.ts";
+import { fdPressure, RefusalLog } from "../core/fdlimit.ts";
 import { type Acl, loadAcl, parseAcl } from "./acl.ts";
 import {
   HELLO_TIMEOUT_MS,
@@ -69,6 +78,13 @@ const IDLE_TIMEOUT_S = 60;
 const CLOSE_GRACE_MS = 2_000;
 
 const U32_MAX = 0xffff_ffff;
+
+/** What a client of a relay out of file descriptors reads (fetch, or the refuser of fdguard.ts). */
+const OUT_OF_FDS_TEXT = "server out of file descriptors; try again shortly\n";
+const OUT_OF_FDS_RESPONSE = Buffer.from(
+  "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n" +
+    `Content-Length: ${OUT_OF_FDS_TEXT.length}\r\nConnection: close\r\n\r\n${OUT_OF_FDS_TEXT}`,
+);
 
 export interface HotlinkServerOptions {
   hostname: string;
@@ -144,8 +160,25 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     maxSessionsPerConnection: checkInt("maxSessionsPerConnection", options.maxSessionsPerConnection ?? MAX_SESSIONS_PER_CONNECTION, 1, U32_MAX),
   });
   let closing = false;
+  // Same declaration as the switchboard's, so both count into one metric.
+  const refused = (options.registry ?? sharedMetrics).counter(
+    "stoa_hotlink_refused_total",
+    "Hotlink connections and sessions refused, and connections closed, for a limit, by reason.",
+    ["reason"],
+  );
+  const fdRefusals = new RefusalLog(log, "hotlink relay: refusing requests, out of file descriptors (answered 503)");
+  const countOutOfFds = (): void => {
+    refused.inc({ reason: "out_of_fds" });
+    fdRefusals.count();
+  };
+  const outOfFds = (): Response => {
+    countOutOfFds();
+    return new Response(OUT_OF_FDS_TEXT, { status: 503, headers: { "Retry-After": "1", Connection: "close" } });
+  };
 
   const fetch = (req: Request, server: Server<Conn>): Response | undefined => {
+    // Before anything else: a WebSocket costs a descriptor for as long as it lives (fdlimit.ts).
+    if (fdPressure()) return outOfFds();
     const path = new URL(req.url).pathname;
     if (path === "/v1/health") return Response.json({ ok: !closing, v: PROTOCOL_VERSION });
     if (path !== HOTLINK_WS_PATH) return new Response(`not found: the hotlink endpoint is ${HOTLINK_WS_PATH}\n`, { status: 404 });
@@ -168,10 +201,11 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
   };
 
   let server: Server<Conn>;
-  try {
-    server = Bun.serve<Conn>({
+  // A function: under descriptor pressure the listener is closed and later served anew (fdguard.ts).
+  const serve = (port: number): Server<Conn> =>
+    Bun.serve<Conn>({
       hostname: options.hostname,
-      port: options.port,
+      port,
       fetch,
       websocket: {
         maxPayloadLength: Math.min(U32_MAX, maxMessageBytes + OVERSIZE_SLACK_BYTES),
@@ -187,6 +221,8 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
         error: (err, ws) => log.error("hotlink WebSocket handler failed", { conn: ws.data.id, error: describeError(err) }),
       },
     });
+  try {
+    server = serve(options.port);
   } catch (err) {
     const where = `${hostForUrl(options.hostname)}:${options.port}`;
     const code = err instanceof Error && "code" in err ? String(err.code) : "";
@@ -196,6 +232,18 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     throw new StoaError("io", `cannot listen on ${where}: ${describeError(err)}`, { cause: err });
   }
   const port = server.port ?? options.port;
+  const fdGuard = guardServer({
+    what: "hotlink relay",
+    log,
+    hostname: options.hostname,
+    port,
+    response: OUT_OF_FDS_RESPONSE,
+    onRefused: () => countOutOfFds(),
+    pause: () => void server.stop(false),
+    resume: () => {
+      server = serve(port);
+    },
+  });
   const shown = options.hostname === "::" ? "::1" : options.hostname === "0.0.0.0" ? "127.0.0.1" : options.hostname;
   let stopped: Promise<void> | undefined;
 
@@ -234,6 +282,8 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     close() {
       stopped ??= (async () => {
         closing = true;
+        fdGuard.stop();
+        fdRefusals.stop();
         board.closeAll(1001, "relay stopping");
         const graceful = server.stop(false);
         const late = new Promise<"late">((resolve) => setTimeout(() => resolve("late"), CLOSE_GRACE_MS).unref());
