@@ -45,6 +45,12 @@ export interface FdWatchOptions {
   log: Logger;
   /** What is paused, for the log. */
   what: string;
+  /**
+   * With "reserve": how far below the limit the pause begins (default the whole reserve). A
+   * server that shares its process with one refusing at the reserve (the metaserver beside the
+   * gateway in `stoa up`) takes half of it, so it goes on answering while the other refuses.
+   */
+  margin?: number;
 }
 
 /**
@@ -89,9 +95,10 @@ export class FdWatch {
     const used = fdsUsed();
     const limit = fdLimit();
     const reserve = fdReserve(limit);
+    const margin = Math.min(this.#options.margin ?? reserve, reserve);
     const now = performance.now();
     if (!this.#paused) {
-      const over = this.#options.pauseAt === "limit" ? this.#exhaustedRun >= FD_EXHAUSTED_SAMPLES : exhausted || used >= limit - reserve;
+      const over = this.#options.pauseAt === "limit" ? this.#exhaustedRun >= FD_EXHAUSTED_SAMPLES : exhausted || used >= limit - margin;
       if (!over) return;
       this.#paused = true;
       this.#pausedAt = now;
@@ -99,8 +106,8 @@ export class FdWatch {
       this.#options.pause();
       return;
     }
-    // Hysteresis: listen again only with half a reserve to spare below the reserve itself.
-    if (now - this.#pausedAt < FD_BACKOFF_MS || exhausted || used >= limit - reserve - Math.floor(reserve / 2)) return;
+    // Hysteresis: listen again only with half a reserve to spare below where the pause began.
+    if (now - this.#pausedAt < FD_BACKOFF_MS || exhausted || used >= limit - margin - Math.floor(reserve / 2)) return;
     if (!this.#options.resume()) return;
     this.#paused = false;
     this.#options.log.info(`${this.#options.what}: listening again`, { fds_used: used, fd_limit: limit });
@@ -158,6 +165,19 @@ export function listenRefuser(options: { hostname: string; port: number; respons
  * @example
  * const guard = guardServer({ what: "relay", log, hostname, port, response, pause: () => void server.stop(false), resume: () => { server = serve(port); } });
  */
+/**
+ * The complete HTTP/1.1 503 a refused connection gets from `listenRefuser`, with `body` (of
+ * `contentType`) saying the server is out of file descriptors.
+ * @example
+ * const response = outOfFdsResponse("text/plain; charset=utf-8", "server out of file descriptors; try again shortly\n");
+ */
+export function outOfFdsResponse(contentType: string, body: string): Uint8Array {
+  return Buffer.from(
+    `HTTP/1.1 503 Service Unavailable\r\nContent-Type: ${contentType}\r\nRetry-After: 1\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
 export function guardServer(options: {
   what: string;
   log: Logger;
@@ -166,6 +186,8 @@ export function guardServer(options: {
   /** The whole HTTP response each refused connection gets. */
   response: Uint8Array;
   onRefused?: () => void;
+  /** Where the pause begins below the limit (FdWatchOptions.margin; default the reserve). */
+  margin?: number;
   pause(): void;
   resume(): void;
 }): { stop(): void } {
@@ -180,6 +202,7 @@ export function guardServer(options: {
   };
   const watch = new FdWatch({
     pauseAt: "reserve",
+    margin: options.margin,
     what: options.what,
     log: options.log,
     pause: () => {

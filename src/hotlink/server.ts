@@ -34,7 +34,7 @@ import type { Server } from "bun";
 import { StoaError, describeError } from "../core/errors.ts";
 import { type Logger, createLogger } from "../core/log.ts";
 import { type Registry, metrics as sharedMetrics } from "../core/metrics.ts";
-import { guardServer } from "../core/fdguard.ts";
+import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 import { fdPressure, RefusalLog } from "../core/fdlimit.ts";
 import { type Acl, loadAcl, parseAcl } from "./acl.ts";
 import {
@@ -81,10 +81,7 @@ const U32_MAX = 0xffff_ffff;
 
 /** What a client of a relay out of file descriptors reads (fetch, or the refuser of fdguard.ts). */
 const OUT_OF_FDS_TEXT = "server out of file descriptors; try again shortly\n";
-const OUT_OF_FDS_RESPONSE = Buffer.from(
-  "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n" +
-    `Content-Length: ${OUT_OF_FDS_TEXT.length}\r\nConnection: close\r\n\r\n${OUT_OF_FDS_TEXT}`,
-);
+const OUT_OF_FDS_RESPONSE = outOfFdsResponse("text/plain; charset=utf-8", OUT_OF_FDS_TEXT);
 
 export interface HotlinkServerOptions {
   hostname: string;

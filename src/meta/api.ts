@@ -23,6 +23,7 @@ import type { Logger } from "../core/log.ts";
 import { CONTENT_TYPE, type Registry } from "../core/metrics.ts";
 import { isValidPubId, nameProblem, newPubId } from "../stream/names.ts";
 import type { Authority } from "./auth.ts";
+import { fdPressure } from "../core/fdlimit.ts";
 import type { Pinger } from "./confirm.ts";
 import {
   type ApiErrorCode,
@@ -152,6 +153,8 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
       if (inFlight.size >= MAX_CONCURRENT_CONFIRMS) {
         throw new MetaApiError("busy", `${MAX_CONCURRENT_CONFIRMS} confirmations are already running; try again in a few seconds`);
       }
+      // A ping needs a descriptor; one that fails for want of ours must not remove the publisher.
+      if (fdPressure()) throw outOfFds();
       takeConfirmSlot(pubId);
       pending = confirm(current.info, current.generation).finally(() => inFlight.delete(key));
       inFlight.set(key, pending);
@@ -181,6 +184,11 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
         return { ok: true, info: live };
       }
       return { ok: false, error: changedMeanwhile(info.pub_id) };
+    }
+    if (fdPressure()) {
+      // Bun reports its own EMFILE as a refused connection (core/fdlimit.ts): not the publisher's fault.
+      confirmations.inc({ result: "out_of_fds" });
+      return { ok: false, error: outOfFds() };
     }
     confirmations.inc({ result: outcome.timedOut ? "timeout" : "failed" });
     const removed = store.removeIf(info.pub_id, generation);
@@ -215,6 +223,10 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
       );
     }
     window.n++;
+  }
+
+  function outOfFds(): MetaApiError {
+    return new MetaApiError("out_of_fds", "server out of file descriptors; the registration is kept, confirm again shortly");
   }
 
   function changedMeanwhile(pubId: string): MetaApiError {

@@ -85,7 +85,9 @@
  *   404 not_found      409 duplicate_name, duplicate_pub_id, changed
  *   413 too_large (any route whose body is over MAX_BODY_BYTES)
  *   429 quota_exceeded, rate_limited
- *   500 internal       502/504 confirm_failed      503 full, busy, shutting_down
+ *   500 internal       502/504 confirm_failed      503 full, busy, shutting_down, out_of_fds
+ *   (out_of_fds: the metaserver is near its file-descriptor limit, core/fdlimit.ts; new
+ *   connections get it at once and are closed, and while it lasts the port answers nothing else)
  *
  * TreeNode: `{name: segment, path: full name, children: [TreeNode, …]}` for a directory node,
  * `{name, path, pub_id, state}` for a publisher (a leaf).
@@ -305,6 +307,7 @@ export const ERROR_STATUS = {
   full: 503,
   busy: 503,
   shutting_down: 503,
+  out_of_fds: 503,
 } as const;
 export type ApiErrorCode = keyof typeof ERROR_STATUS;
 

@@ -4,6 +4,8 @@
  * `startMeta` and stop it with `close()`.
  */
 import { StoaError } from "../core/errors.ts";
+import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
+import { fdReserve, RefusalLog } from "../core/fdlimit.ts";
 import type { Logger } from "../core/log.ts";
 import { metrics as sharedMetrics, type Registry } from "../core/metrics.ts";
 import { createApi } from "./api.ts";
@@ -17,6 +19,9 @@ import {
   urlHost,
 } from "./protocol.ts";
 import { MetaStore, type StoreOptions } from "./store.ts";
+
+/** What a client gets while the metaserver is out of file descriptors. */
+const OUT_OF_FDS_BODY = JSON.stringify({ error: "out_of_fds", message: "server out of file descriptors; try again shortly" });
 
 /** How long `close()` lets requests in flight finish before cutting their connections. */
 const CLOSE_GRACE_MS = 5_000;
@@ -92,17 +97,20 @@ export function startMeta(options: MetaOptions): MetaServer {
     shutdown: shutdown.signal,
   });
 
-  let server: ReturnType<typeof Bun.serve>;
-  try {
-    server = Bun.serve({
+  const serve = (port: number) =>
+    Bun.serve({
       hostname: options.listen.hostname,
-      port: options.listen.port,
+      port,
       fetch: (req, srv) => app.fetch(req, { ip: srv.requestIP(req)?.address }),
       // Our reader answers 413 with a JSON body up to MAX_BODY_BYTES; this is Bun's backstop.
       maxRequestBodySize: MAX_BODY_BYTES * 16,
       // A confirmation may take the whole ping timeout; the connection must outlive it.
       idleTimeout: Math.min(255, Math.max(10, Math.ceil(confirmTimeoutMs / 1000) + 5)),
     });
+  const fdRefusals = new RefusalLog(log, "out of file descriptors: answering new connections 503");
+  let server: ReturnType<typeof Bun.serve>;
+  try {
+    server = serve(options.listen.port);
   } catch (err) {
     store.close();
     const where = `${urlHost(options.listen.hostname)}:${options.listen.port}`;
@@ -113,6 +121,24 @@ export function startMeta(options: MetaOptions): MetaServer {
     throw new StoaError("io", `cannot listen on ${where}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
   const port = server.port ?? options.listen.port;
+  // Near the descriptor limit Bun.serve would spin in accept: a refuser takes the port meanwhile,
+  // and the connections it held are closed (they are short requests, or a flood's idle ones).
+  // From a quarter of the reserve on: in `stoa up` the gateway beside it refuses new clients
+  // from the reserve on and connects to publishers into its first half, and the registry goes
+  // on answering meanwhile.
+  const fdGuard = guardServer({
+    what: "metaserver",
+    log,
+    hostname: options.listen.hostname,
+    port,
+    response: outOfFdsResponse("application/json; charset=utf-8", OUT_OF_FDS_BODY),
+    onRefused: () => fdRefusals.count(),
+    margin: Math.floor(fdReserve() / 4),
+    pause: () => void server.stop(true),
+    resume: () => {
+      server = serve(port);
+    },
+  });
 
   const expired = registry.counter("stoa_meta_expired_total", "Registrations that missed their TTL, by what happened.", ["to"]);
   const sweepEvery = options.sweepIntervalMs ?? Math.min(1_000, Math.max(50, Math.floor(ttlMs / 5)));
@@ -141,6 +167,8 @@ export function startMeta(options: MetaOptions): MetaServer {
     close() {
       closing ??= (async () => {
         clearInterval(sweeper);
+        fdGuard.stop();
+        fdRefusals.stop();
         shutdown.abort();
         const graceful = server.stop(false);
         const timer = new Promise<"late">((r) => setTimeout(() => r("late"), CLOSE_GRACE_MS).unref());

@@ -306,3 +306,47 @@ describe("stoa hotlink serve under an idle flood at a low descriptor limit", () 
     90_000,
   );
 });
+
+describe("stoa meta under an idle flood of its own port at a low descriptor limit", () => {
+  let url = "";
+  let meta: Proc;
+
+  beforeAll(async () => {
+    requireBinary();
+    const [m = 0] = freePorts(1);
+    url = `http://127.0.0.1:${m}`;
+    meta = limited("meta", ["meta", "--listen", `127.0.0.1:${m}`, "--state-dir", scope.tempDir()]);
+    await meta.waitFor("out", /^metaserver: /m, 15_000);
+    expect((await fetch(`${url}/v1/health`)).status).toBe(200);
+  }, 30_000);
+
+  /** A new client's request on a fresh connection: its status and body (null when cut unanswered). */
+  async function health(): Promise<{ status: number | null; text: string }> {
+    const r = await rawExchange(Number(new URL(url).port), "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", {
+      halfClose: false,
+    }).catch((err: unknown) => ({ status: null, text: String(err) }));
+    return { status: r.status, text: r.text };
+  }
+
+  test(
+    "stays under 20 % CPU, answers new clients 503 out_of_fds in JSON, and recovers",
+    async () => {
+      const f = await flood(Number(new URL(url).port), meta.pid);
+      try {
+        const cpu = await cpuOver(meta.pid, 2_500);
+        expect(cpu).toBeLessThan(MAX_CPU);
+        const r = await poll("a 503 for a new client", async () => {
+          const got = await health();
+          return got.status === 503 ? got : undefined;
+        }, 5_000, 100);
+        expect(r.text).toContain('{"error":"out_of_fds","message":"server out of file descriptors; try again shortly"}');
+      } finally {
+        await stopFlood(f);
+      }
+      const ok = await poll("the metaserver answering again", async () => ((await health()).status === 200 ? true : undefined), 20_000, 200);
+      expect(ok).toBe(true);
+      expect(meta.err).toContain("out of file descriptors");
+    },
+    90_000,
+  );
+});
