@@ -9,6 +9,7 @@ import { fdReserve, raiseFdLimit } from "../core/fdlimit.ts";
 import { type LogFormat, type LogLevel, type Logger, createLogger } from "../core/log.ts";
 import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
 import { installSignalHandlers, onShutdown } from "../core/shutdown.ts";
+import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 
 /** `--log-level` and `--log-format`, spread into a command's flags. */
 export function logFlags() {
@@ -48,18 +49,38 @@ export function startService(
  * Serves `GET /metrics` (the shared Prometheus registry) on `listen` until shutdown; `refresh`
  * runs before each scrape (e.g. to fold in counters from worker threads). No-op without `listen`.
  */
-export function serveMetrics(listen: { hostname: string; port: number } | undefined, refresh?: () => Promise<unknown>): void {
+export function serveMetrics(listen: { hostname: string; port: number } | undefined, log: Logger, refresh?: () => Promise<unknown>): void {
   if (listen === undefined) return;
-  const server = Bun.serve({
+  const serve = (port: number) =>
+    Bun.serve({
+      hostname: listen.hostname,
+      port,
+      async fetch(req) {
+        if (new URL(req.url).pathname !== "/metrics") return new Response("not found: try /metrics\n", { status: 404 });
+        await refresh?.();
+        return new Response(metrics.render(), { headers: { "content-type": CONTENT_TYPE } });
+      },
+    });
+  let server = serve(listen.port);
+  const port = server.port ?? listen.port;
+  // Like every listener: no accept spin at the descriptor limit (core/fdguard.ts). A scrape is
+  // short, so it goes on into the reserve, where the daemon's own listeners already refuse.
+  const guard = guardServer({
+    what: "metrics listener",
+    log,
     hostname: listen.hostname,
-    port: listen.port,
-    async fetch(req) {
-      if (new URL(req.url).pathname !== "/metrics") return new Response("not found: try /metrics\n", { status: 404 });
-      await refresh?.();
-      return new Response(metrics.render(), { headers: { "content-type": CONTENT_TYPE } });
+    port,
+    margin: Math.floor(fdReserve() / 4),
+    response: outOfFdsResponse("text/plain; charset=utf-8", "server out of file descriptors; try again shortly\n"),
+    pause: () => void server.stop(true),
+    resume: () => {
+      server = serve(port);
     },
   });
-  onShutdown("metrics", () => server.stop(true));
+  onShutdown("metrics", () => {
+    guard.stop();
+    return server.stop(true);
+  });
 }
 
 /** Values of a repeatable flag that may also be comma-separated: `--listen a,b --listen c`. */

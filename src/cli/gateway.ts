@@ -78,7 +78,7 @@ export default defineCommand({
     onShutdown("gateway", async () => {
       await gw.drain();
     });
-    serveMetrics(flags.metricsListen, () => gw.stats());
+    serveMetrics(flags.metricsListen, log, () => gw.stats());
     const { service, string, ping } = gw.ports;
     process.stdout.write(
       `gateway: service ${service}, string ${string}, ping ${ping} on ${gw.listen.join(", ")}${gw.tls ? " (TLS)" : ""}; ` +

@@ -87,7 +87,7 @@ const serve = defineCommand({
       }),
     );
     onShutdown("hotlink relay", () => relay.close());
-    serveMetrics(flags.metricsListen);
+    serveMetrics(flags.metricsListen, log);
     process.on("SIGHUP", () => {
       relay.reload(); // logs what it did, and keeps the old files' content on error
     });

@@ -60,7 +60,7 @@ export default defineCommand({
     onShutdown("gateway", async () => {
       await gw.drain();
     });
-    serveMetrics(flags.metricsListen, () => gw.stats());
+    serveMetrics(flags.metricsListen, log, () => gw.stats());
     const { service, string, ping } = gw.ports;
     const opts = `--meta ${meta.url}${flags.runDir ? ` --run-dir ${runDir}` : ""}${flags.stateDir ? ` --state-dir ${stateDir}` : ""}`;
     process.stdout.write(
