@@ -1,15 +1,17 @@
 import { z } from "zod";
 import { bool, configFlag, defineCommand, str } from "./command.ts";
-import { logFlags, startService } from "./common.ts";
+import { clientLogFlags, clientLogLevel, startService, waitFlag } from "./common.ts";
 import { PortsFlag } from "./gateway.ts";
 import { StoaError } from "../core/errors.ts";
 import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
-import { clientToken } from "../meta/client.ts";
-import { onShutdown, shutdown } from "../core/shutdown.ts";
+import { clientToken, MetaClient } from "../meta/client.ts";
+import { onShutdown, shutdown, shutdownManager } from "../core/shutdown.ts";
 import { DEFAULT_META_PORT } from "../meta/protocol.ts";
 import { InputFormats, readValues } from "../stream/input.ts";
 import { PubId } from "../stream/names.ts";
+import { DEFAULT_HISTORY, MAX_HISTORY } from "../stream/protocol.ts";
 import { startPublishing } from "../stream/session.ts";
+import { waitForGateway, waitForMeta } from "../status/reach.ts";
 
 export default defineCommand({
   name: "pub",
@@ -36,23 +38,29 @@ export default defineCommand({
     host: str("host address clients reach the gateway at (default: from the gateway)", { placeholder: "addr" }),
     internal: str("how the gateway reaches this publisher", { default: "unix", choices: ["unix", "tcp"] }),
     stay: bool("keep serving the latest value after stdin ends, until SIGINT/SIGTERM"),
+    history: str(`values kept for subscribers that start before now (stoa sub --from oldest), 1-${MAX_HISTORY}; 1 keeps the latest`, {
+      default: String(DEFAULT_HISTORY),
+      placeholder: "n",
+      schema: z.coerce.number().int().min(1).max(MAX_HISTORY),
+    }),
     addr: str("'auto': no gateway — serve on a random /128 of --prefix added to --dev (needs CAP_NET_ADMIN)", {
       choices: ["auto"],
     }),
     prefix: str("with --addr auto: the on-link prefix to draw the address from", { placeholder: "P/64" }),
     dev: str("with --addr auto: the interface to add the address to", { placeholder: "IF" }),
     ports: str("with --addr auto: service,string,ping ports to serve on", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
-    ...logFlags(),
+    ...waitFlag("the gateway and the metaserver"),
+    ...clientLogFlags(),
     config: configFlag(),
   },
   examples: [
-    "seq 1 100 | stoa pub demo/counter",
+    "seq 1 100 | stoa pub demo/counter --stay --history 100   # then: stoa sub demo/counter --from oldest",
     "sensor-read | sudo stoa pub lab/temp --addr auto --prefix fd00:1:2:3::/64 --dev eth0 --meta http://[fd00:1:2:3::9]:8090",
     "tail -F /var/log/app.json | stoa pub app/log --format json --meta http://[fd00::2]:8090 --token-file ~/.stoa/meta.token",
     "echo ready | stoa pub jobs/42/status --stay",
   ],
   async run({ flags, args, path }) {
-    const log = startService("pub", flags);
+    const log = startService("pub", { logLevel: clientLogLevel(flags), logFormat: flags.logFormat });
     const name = args[0] ?? "";
     if (flags.addr === "auto" && (flags.prefix === undefined || flags.dev === undefined)) {
       throw new StoaError("usage", `${path}: --addr auto needs --prefix P/64 and --dev IF`);
@@ -60,22 +68,31 @@ export default defineCommand({
     if (flags.addr === undefined && (flags.prefix !== undefined || flags.dev !== undefined)) {
       throw new StoaError("usage", `${path}: --prefix and --dev go with --addr auto`);
     }
+    const runDir = flags.runDir ?? defaultRunDir();
+    // A script starts `stoa up &` and this at once: wait for both to answer (--wait), and only
+    // then look for the token, which a starting `stoa up` creates.
+    const started = performance.now();
+    if (flags.addr === undefined) await waitForGateway(runDir, flags.wait, log);
+    await waitForMeta(new MetaClient(flags.meta), Math.max(0, flags.wait - (performance.now() - started)), log);
+    const metaToken = clientToken({ metaUrl: flags.meta, tokenFile: flags.tokenFile, stateDir: flags.stateDir ?? defaultStateDir() });
     const session = await startPublishing({
       name,
       pubId: flags.pubId,
       metaUrl: flags.meta,
-      metaToken: clientToken({ metaUrl: flags.meta, tokenFile: flags.tokenFile, stateDir: flags.stateDir ?? defaultStateDir() }),
-      runDir: flags.runDir ?? defaultRunDir(),
+      metaToken,
+      runDir,
       host: flags.host,
       internal: z.enum(["unix", "tcp"]).parse(flags.internal),
       ownAddress: flags.addr === "auto" && flags.prefix && flags.dev ? { prefix: flags.prefix, dev: flags.dev, ports: flags.ports } : undefined,
       slow: z.enum(["drop-oldest", "disconnect"]).parse(flags.slow),
+      history: flags.history,
       log,
     });
     onShutdown("publisher", () => session.close());
-    process.stderr.write(`publishing ${session.info.name} as ${session.info.pub_id}: ${session.info.urls.service}\n`);
     const format = z.enum(InputFormats).parse(flags.format);
     for await (const value of readValues(Bun.stdin.stream(), format, (bad) => log.warn("skipped a line of stdin", { line: bad.line, reason: bad.reason }))) {
+      // A signal's shutdown closes the publisher while stdin still flows: let it finish and exit.
+      if (shutdownManager.stopping) return await new Promise<number>(() => {});
       try {
         session.publisher.publish(value);
       } catch (err) {

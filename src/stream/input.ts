@@ -5,9 +5,17 @@
  *            `onBadLine` with its number and skipped — one typo does not end a stream;
  * - `raw`:   each chunk as it arrives, as bytes (at most `MAX_VALUE_BYTES` per value).
  * A line longer than `MAX_VALUE_BYTES` is reported and skipped without being held whole.
+ *
+ * A producer that never pauses (`yes | stoa pub …`) keeps stdin readable forever, and reading
+ * it is all promise jobs: without a turn of the event loop, no timer (heartbeats), no socket and
+ * no signal handler ever runs. So every `YIELD_EVERY_MS` of reading the generator gives the
+ * event loop one full turn (a timer) before it goes on.
  */
 import { MAX_VALUE_BYTES } from "./protocol.ts";
 import type { Value } from "./value.ts";
+
+/** Longest stretch of reading stdin before the event loop gets a turn (see the header). */
+export const YIELD_EVERY_MS = 20;
 
 export const InputFormats = ["lines", "json", "raw"] as const;
 export type InputFormat = (typeof InputFormats)[number];
@@ -22,8 +30,15 @@ export async function* readValues(
   format: InputFormat,
   onBadLine: (bad: BadLine) => void,
 ): AsyncGenerator<Value> {
+  let turnAt = performance.now() + YIELD_EVERY_MS;
+  const turn = async (): Promise<void> => {
+    if (performance.now() < turnAt) return;
+    await new Promise<void>((resolve) => setTimeout(resolve, 0));
+    turnAt = performance.now() + YIELD_EVERY_MS;
+  };
   if (format === "raw") {
     for await (const chunk of source) {
+      await turn();
       for (let at = 0; at < chunk.byteLength; at += MAX_VALUE_BYTES) {
         yield chunk.slice(at, at + MAX_VALUE_BYTES);
       }
@@ -49,6 +64,7 @@ export async function* readValues(
     }
   };
   for await (const chunk of source) {
+    await turn();
     pending += decoder.decode(chunk, { stream: true });
     for (let nl = pending.indexOf("\n"); nl >= 0; nl = pending.indexOf("\n")) {
       const text = pending.slice(0, nl);
