@@ -30,6 +30,7 @@ import {
   AUTH_REALM,
   CONFIRM_RATE_LIMIT,
   CONFIRM_RATE_WINDOW_MS,
+  WRITER_CONFIRM_RATE_LIMIT,
   encodeCursor,
   type Health,
   MAX_BODY_BYTES,
@@ -155,7 +156,11 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
       }
       // A ping needs a descriptor; one that fails for want of ours must not remove the publisher.
       if (fdPressure()) throw outOfFds();
-      takeConfirmSlot(pubId);
+      const writer = c.get("writer");
+      if (!writer.admin) {
+        takeConfirmSlot(`w:${writer.owner}`, WRITER_CONFIRM_RATE_LIMIT, `this writer started ${WRITER_CONFIRM_RATE_LIMIT} confirmations`);
+      }
+      takeConfirmSlot(`p:${pubId}`, CONFIRM_RATE_LIMIT, `publisher ${pubId} was confirmed ${CONFIRM_RATE_LIMIT} times`);
       pending = confirm(current.info, current.generation).finally(() => inFlight.delete(key));
       inFlight.set(key, pending);
     }
@@ -205,22 +210,19 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
   }
 
   /** Counts one confirmation ping of `pubId` against its rate limit, or throws 429. */
-  function takeConfirmSlot(pubId: string): void {
+  function takeConfirmSlot(key: string, limit: number, what: string): void {
     const t = now();
     if (confirmWindows.size > 10_000) {
       for (const [id, w] of confirmWindows) if (t - w.start >= CONFIRM_RATE_WINDOW_MS) confirmWindows.delete(id);
     }
-    let window = confirmWindows.get(pubId);
+    let window = confirmWindows.get(key);
     if (window === undefined || t - window.start >= CONFIRM_RATE_WINDOW_MS) {
       window = { start: t, n: 0 };
-      confirmWindows.set(pubId, window);
+      confirmWindows.set(key, window);
     }
-    if (window.n >= CONFIRM_RATE_LIMIT) {
+    if (window.n >= limit) {
       const wait = Math.ceil((window.start + CONFIRM_RATE_WINDOW_MS - t) / 1000);
-      throw new MetaApiError(
-        "rate_limited",
-        `publisher ${pubId} was confirmed ${CONFIRM_RATE_LIMIT} times in the last ${CONFIRM_RATE_WINDOW_MS / 1000}s, the limit; try again in ${wait}s`,
-      );
+      throw new MetaApiError("rate_limited", `${what} in the last ${CONFIRM_RATE_WINDOW_MS / 1000}s, the limit; try again in ${wait}s`);
     }
     window.n++;
   }

@@ -11,8 +11,9 @@
  * a URL). Lists follow `next_cursor` page by page; lookups by name ask for that name only.
  */
 import { StoaError } from "../core/errors.ts";
+import { listenerUids } from "../core/listeners.ts";
 import { readTokenFile } from "../core/token.ts";
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { isValidPubId, nameProblem } from "../stream/names.ts";
@@ -40,8 +41,11 @@ const MAX_RESPONSE_BYTES = 32 * 1024 * 1024;
 export interface MetaClientOptions {
   /** Deadline of each request (default 10 s). */
   timeoutMs?: number;
-  /** Bearer token sent with every request (writes need one unless the server runs --no-auth). */
-  token?: string;
+  /**
+   * Bearer token sent with every request (writes need one unless the server runs --no-auth); a
+   * function is asked before each request and may decline (`clientToken`'s local token does).
+   */
+  token?: MetaToken;
 }
 
 /**
@@ -60,7 +64,7 @@ export class MetaClient {
   /** The normalized base URL, without a trailing slash. */
   readonly baseUrl: string;
   private readonly timeoutMs: number;
-  readonly #token: string | undefined;
+  readonly #token: MetaToken | undefined;
 
   constructor(baseUrl: string, options: MetaClientOptions = {}) {
     this.baseUrl = normalizeBase(baseUrl);
@@ -164,7 +168,8 @@ export class MetaClient {
     let response: Response;
     try {
       const headers: Record<string, string> = body === undefined ? {} : { "Content-Type": "application/json" };
-      if (this.#token !== undefined) headers.Authorization = `Bearer ${this.#token}`;
+      const token = typeof this.#token === "function" ? this.#token() : this.#token;
+      if (token !== undefined) headers.Authorization = `Bearer ${token}`;
       response = await fetch(url, {
         method,
         headers,
@@ -288,20 +293,46 @@ async function readCapped(response: Response): Promise<string> {
   return new TextDecoder().decode(Buffer.concat(chunks));
 }
 
+/** A token, or a function asked before each request that may decline (undefined: no token). */
+export type MetaToken = string | (() => string | undefined);
+
 /**
  * The token a client sends, first match wins: `tokenFile` (--token-file), `STOA_META_TOKEN`,
  * else `<stateDir>/meta.token` — the token `stoa meta`/`stoa up` keep there — but only when the
  * metaserver is on this host (a loopback address or one of this host's own), so a local admin
- * token is never sent to another machine by accident. Undefined when there is none.
+ * token is never sent to another machine by accident, and only while every TCP listener a
+ * connection to it could reach belongs to the token file's owner (core/listeners.ts): on a shared
+ * host another user may hold the port while the metaserver is down. That last check runs before
+ * each request (the metaserver may start after the client). Undefined when there is none.
  */
-export function clientToken(options: { metaUrl: string; tokenFile?: string; stateDir: string; env?: NodeJS.ProcessEnv }): string | undefined {
+export function clientToken(options: {
+  metaUrl: string;
+  tokenFile?: string;
+  stateDir: string;
+  env?: NodeJS.ProcessEnv;
+  /** Where the check looks (tests); core/listeners.ts by default. */
+  listeners?: (host: string, port: number) => number[] | null;
+}): MetaToken | undefined {
   if (options.tokenFile !== undefined) return readTokenFile(options.tokenFile);
   const env = options.env ?? process.env;
   const fromEnv = env[TOKEN_ENV]?.trim();
   if (fromEnv) return fromEnv;
   const file = join(options.stateDir, META_TOKEN_FILE);
-  if (!existsSync(file) || !isThisHost(new URL(normalizeBase(options.metaUrl)).hostname)) return undefined;
-  return readTokenFile(file);
+  const url = new URL(normalizeBase(options.metaUrl));
+  if (!existsSync(file) || !isThisHost(url.hostname)) return undefined;
+  const owner = statSync(file).uid;
+  const token = readTokenFile(file);
+  const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
+  const hosts = url.hostname === "localhost" ? ["::1", "127.0.0.1"] : [url.hostname];
+  const uidsOf = options.listeners ?? listenerUids;
+  return () => {
+    for (const host of hosts) {
+      const uids = uidsOf(host, port);
+      // None listening: nothing to send it to (the request fails); any other owner: not ours.
+      if (uids === null || uids.length === 0 || uids.some((uid) => uid !== owner)) return undefined;
+    }
+    return token;
+  };
 }
 
 function isThisHost(hostname: string): boolean {

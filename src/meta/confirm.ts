@@ -20,7 +20,8 @@
  *   named too (no reply, not JSON, wrong fields, closed), its bytes are not quoted.
  * Everything else — refused, reset, unreachable, a name that does not resolve, closed, silent
  * until the deadline, not HTTP, any other HTTP answer, a foreign WebSocket — is one reason,
- * `notAGateway`, with the same wording and the same `timedOut: false`.
+ * `notAGateway`, with the same wording and the same `timedOut: false`, given only when the
+ * deadline passes however soon it was known (a refused port and a silent one take as long).
  */
 import type { Socket } from "bun";
 import { StoaError } from "../core/errors.ts";
@@ -61,7 +62,8 @@ export interface PingOptions {
 /** A confirmation function: the server's default is `pingThroughGateway`; tests may swap it. */
 export type Pinger = (target: PingTarget, options: PingOptions) => Promise<PingOutcome>;
 
-type Phase = "connect" | "response" | "body" | "reply" | "done";
+/** `foreign`: what answered is not a stoa gateway; the outcome waits for the deadline. */
+type Phase = "connect" | "response" | "body" | "reply" | "foreign" | "done";
 
 /**
  * Pings a publisher through its host's gateway. Never throws.
@@ -116,10 +118,10 @@ class PingAttempt {
         drain: () => this.flush(),
         end: () => this.onClosed(),
         close: () => this.onClosed(),
-        error: () => this.fail(this.phase === "reply" ? `the connection to publisher ${this.target.pubId} at ${this.url} failed` : this.notAGateway()),
+        error: () => (this.phase === "reply" ? this.fail(`the connection to publisher ${this.target.pubId} at ${this.url} failed`) : this.foreign()),
         connectError: () => {}, // reported through the rejected promise below
       },
-    }).catch(() => this.fail(this.notAGateway()));
+    }).catch(() => this.foreign());
   }
 
   private upgradeRequest(): string {
@@ -136,6 +138,18 @@ class PingAttempt {
     ].join("\r\n");
   }
 
+  /**
+   * What answered is not a stoa gateway (or nothing did): drop the connection now, but say so
+   * only at the deadline, so how soon the answer came (refused at once, a banner, silence) tells
+   * nothing about the service either.
+   */
+  private foreign(): void {
+    if (this.phase === "done" || this.phase === "foreign") return;
+    this.phase = "foreign";
+    this.socket?.terminate();
+    this.inbox.clear();
+  }
+
   /** The one reason for every answer that is not a stoa gateway's or the publisher's. */
   private notAGateway(): string {
     const at = `${urlHost(this.target.host)}:${this.target.port}`;
@@ -146,18 +160,18 @@ class PingAttempt {
   }
 
   private timeout(): void {
-    const s = `${this.options.timeoutMs / 1000}s`;
-    if (this.phase === "body") return this.finishHttpError();
-    if (this.phase !== "reply") return this.fail(this.notAGateway());
+    if (this.phase === "body") this.finishHttpError(); // what came of the body is all there is
+    if (this.phase === "done") return;
+    if (this.phase !== "reply") return this.fail(this.notAGateway()); // foreign, connect, response
     this.settle({
       ok: false,
       timedOut: true,
-      reason: `publisher ${this.target.pubId} accepted the WebSocket at ${this.url} but did not answer the ping within ${s}`,
+      reason: `publisher ${this.target.pubId} accepted the WebSocket at ${this.url} but did not answer the ping within ${this.options.timeoutMs / 1000}s`,
     });
   }
 
   private onData(data: Uint8Array): void {
-    if (this.phase === "done") return;
+    if (this.phase === "done" || this.phase === "foreign") return;
     this.inbox.push(data);
     try {
       if (this.phase === "response") this.readHead();
@@ -165,16 +179,16 @@ class PingAttempt {
       if (this.phase === "reply") this.readFrames();
     } catch (err) {
       // Before the publisher is identified, what went wrong is the foreign service's business.
-      this.fail(this.phase === "reply" && err instanceof Error ? err.message : this.notAGateway());
+      if (this.phase === "reply" && err instanceof Error) this.fail(err.message);
+      else this.foreign();
     }
   }
 
   private onClosed(): void {
-    if (this.phase === "done") return;
+    if (this.phase === "done" || this.phase === "foreign") return;
     if (this.phase === "body") return this.finishHttpError();
-    this.fail(
-      this.phase === "reply" ? `publisher ${this.target.pubId} closed the connection at ${this.url} without answering the ping` : this.notAGateway(),
-    );
+    if (this.phase === "reply") this.fail(`publisher ${this.target.pubId} closed the connection at ${this.url} without answering the ping`);
+    else this.foreign();
   }
 
   private readHead(): void {
@@ -217,7 +231,7 @@ class PingAttempt {
     const code = gatewayErrorCode(this.status, this.inbox.bytes.subarray(0, MAX_ERROR_BODY_BYTES));
     const host = this.target.host;
     const pubId = this.target.pubId;
-    if (code === null) return this.fail(this.notAGateway());
+    if (code === null) return this.foreign();
     if (code === "unknown_pub_id") {
       return this.fail(`the stoa gateway on host ${host} does not serve publisher ${pubId} (404); is it running there, with the same --run-dir as the gateway?`);
     }

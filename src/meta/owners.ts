@@ -27,11 +27,14 @@ export const ANYONE: Writer = { owner: "", admin: true, enforce: false };
 
 /**
  * Whether `writer` may change a registration owned by `owner`: "yes", "claim" (it has no token
- * owner yet: take it), or "no".
+ * owner yet: take it), or "no". A registration without a token owner (made under --no-auth, or
+ * by schema 1) is taken over only by the admin: were any writer token enough, whoever wrote to
+ * it first after authentication was turned on would own another's publisher. Writers wait until
+ * it is removed (its publisher has no token, so its heartbeats stop counting) or ask the admin.
  */
 export function mayWrite(owner: string, writer: Writer): "yes" | "claim" | "no" {
   if (!writer.enforce) return "yes";
-  if (!owner.startsWith("t:")) return writer.owner.startsWith("t:") ? "claim" : "yes";
+  if (!owner.startsWith("t:")) return writer.admin ? "claim" : "no";
   return writer.admin || owner === writer.owner ? "yes" : "no";
 }
 
@@ -75,7 +78,8 @@ export function checkQuotas(db: Database, limits: Quotas & { maxPublishers: numb
         `this writer already holds ${mine} registrations, its limit of ${q.writerPublishers}; deregister unused ones, or ask the metaserver's operator for a token of its own`,
       );
     }
-    const minePending = count("WHERE owner = ? AND state = 'pending'", writer.owner);
+    // Unconfirmed, whatever the state: a stale unconfirmed entry is as much a squat as a pending one.
+    const minePending = count("WHERE owner = ? AND confirmed = 0", writer.owner);
     if (minePending >= q.writerPending) {
       throw new MetaApiError(
         "quota_exceeded",
@@ -90,7 +94,7 @@ export function checkQuotas(db: Database, limits: Quotas & { maxPublishers: numb
         `writers other than the admin already hold ${others} registrations, their limit of ${q.nonAdminPublishers}; deregister unused ones and try again`,
       );
     }
-    const othersPending = count("WHERE state = 'pending'") - count("WHERE owner = ? AND state = 'pending'", limits.adminOwner);
+    const othersPending = count("WHERE confirmed = 0") - count("WHERE owner = ? AND confirmed = 0", limits.adminOwner);
     if (othersPending >= q.nonAdminPending) {
       throw new MetaApiError(
         "quota_exceeded",

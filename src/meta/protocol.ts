@@ -23,7 +23,9 @@
  * A registration records the SHA-256 of the token that made it (its owner); only that token or
  * the admin token may register the same pub_id or name again, confirm, heartbeat or delete it.
  * The admin token may do anything. Registrations without an owner (made under `--no-auth`, or
- * written by schema 1) are taken over by the first authenticated write to them. Reads (GET)
+ * written by schema 1) are taken over only by the admin token (any writer token would let the
+ * first writer after authentication was turned on own another's publisher); writers get 403
+ * until the record is removed for missing heartbeats. Reads (GET)
  * need no token unless the server has a `--read-token-file`: then they need that token, the
  * admin token or a writer token. `/v1/health` and `/metrics` are always open.
  *   no token, a garbled one or an unknown one → 401 `unauthorized` with
@@ -39,7 +41,9 @@
  * token room under the global `MAX_PUBLISHERS` (503 `full`). A registration still `pending`
  * `PENDING_EXPIRY_MS` after it was registered is removed: heartbeats do not extend that. A
  * registration may start at most `CONFIRM_RATE_LIMIT` confirmation pings per
- * `CONFIRM_RATE_WINDOW_MS` (429 `rate_limited`).
+ * `CONFIRM_RATE_WINDOW_MS`, and one non-admin writer (a token; an address under --no-auth) at
+ * most `WRITER_CONFIRM_RATE_LIMIT` in all (429 `rate_limited`): a failed confirmation removes its
+ * registration, so without the second a writer could probe a new host and port per pub_id.
  *
  * Pagination: lists are ordered by name and cut into pages of `limit` (default
  * `DEFAULT_PAGE_LIMIT`, at most `MAX_PAGE_LIMIT`) publishers. `next_cursor` is null on the last
@@ -123,6 +127,8 @@ export const PENDING_EXPIRY_MS = 30_000;
 /** Confirmation pings one registration may start per `CONFIRM_RATE_WINDOW_MS`. */
 export const CONFIRM_RATE_LIMIT = 5;
 export const CONFIRM_RATE_WINDOW_MS = 60_000;
+/** Confirmation pings one non-admin writer may start per `CONFIRM_RATE_WINDOW_MS`: a host's restart of all its publishers fits. */
+export const WRITER_CONFIRM_RATE_LIMIT = 120;
 /** Publishers per page of `GET /v1/publishers` and `/v1/tree` when `limit` is not given. */
 export const DEFAULT_PAGE_LIMIT = 1_000;
 /** Largest `limit`: a page of 10,000 is about 3.7 MB of JSON. */

@@ -16,11 +16,11 @@
  *   unconfirmed registration, `PENDING_EXPIRY_MS` from `registered_at`, is not restarted.)
  * - Each registration has an owner: `t:<hex SHA-256 of the token>` that made it, `a:<address>`
  *   for one made under --no-auth, or "" (written by schema 1). Only a `t:` owner is enforced;
- *   the others are taken over by the first authenticated write (`mayWrite`, `claim`). Quotas
- *   (protocol.ts) count registrations by owner.
+ *   the others are taken over only by the admin (`mayWrite`, `claim`). Quotas (protocol.ts)
+ *   count registrations by owner; "pending" there means never confirmed, whatever the state.
  */
 import { Database } from "bun:sqlite";
-import { mkdirSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { StoaError } from "../core/errors.ts";
 import { ANYONE, checkQuotas, DEFAULT_QUOTAS, mayWrite, notOwner, type Quotas, type Writer } from "./owners.ts";
@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS publishers (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS publishers_last_seen ON publishers (last_seen);
 CREATE INDEX IF NOT EXISTS publishers_owner ON publishers (owner, state);
+CREATE INDEX IF NOT EXISTS publishers_owner_unconfirmed ON publishers (owner, confirmed);
 CREATE INDEX IF NOT EXISTS publishers_unconfirmed ON publishers (confirmed, registered_at);
 CREATE INDEX IF NOT EXISTS publishers_state ON publishers (state);
 `;
@@ -175,6 +176,11 @@ export class MetaStore {
         // NORMAL in WAL mode survives a crash of this process; only power loss may drop the
         // last commits, and publishers re-register when a heartbeat answers 404.
         db.exec("PRAGMA synchronous = NORMAL");
+        // Only the metaserver's user reads who registered what (owner hashes included), whatever
+        // the directory's mode; the WAL and shared-memory files SQLite made go the same way.
+        for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+          if (existsSync(file)) chmodSync(file, 0o600);
+        }
       }
       db.exec("PRAGMA busy_timeout = 0");
       db.exec("BEGIN IMMEDIATE"); // takes the exclusive lock now, not at the first request
@@ -241,13 +247,16 @@ export class MetaStore {
       this.checkLeaf(reg.name);
       const replaced = byName !== null && byName.pub_id === reg.pub_id;
       if (replaced) this.db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
+      // Registering again does not restart the pending clock of one never confirmed: otherwise
+      // re-registering every few seconds would keep an unconfirmable entry forever.
+      const since = replaced && byName.confirmed === 0 ? byName.registered_at : now;
       checkQuotas(this.db, { ...this.quotas, maxPublishers: this.maxPublishers, adminOwner: this.adminOwner }, writer, replaced);
       const row = this.db
         .query<Row, [string, string, string, number, number, number, number, number, string]>(
           `INSERT INTO publishers (pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen, owner)
            VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) RETURNING ${COLUMNS}`,
         )
-        .get(reg.pub_id, reg.name, reg.host, reg.ports.service, reg.ports.string, reg.ports.ping, now, now, writer.owner);
+        .get(reg.pub_id, reg.name, reg.host, reg.ports.service, reg.ports.string, reg.ports.ping, since, now, writer.owner);
       if (row === null) throw new StoaError("internal", "INSERT … RETURNING returned no row");
       return { info: toInfo(row), created: !replaced };
     });

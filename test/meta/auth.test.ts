@@ -102,10 +102,75 @@ describe("the client's token", () => {
     const { file, token: fromFile } = tokenFile();
     expect(clientToken({ metaUrl: "http://[fd00::99]:8090", tokenFile: file, stateDir, env: {} })).toBe(fromFile);
     expect(clientToken({ metaUrl: "http://[fd00::99]:8090", stateDir, env: { STOA_META_TOKEN: "from-env-aaaaaaaaaaaaaaaaa" } })).toBe("from-env-aaaaaaaaaaaaaaaaa");
-    for (const url of ["http://[::1]:8090", "http://127.0.0.1:8090", "localhost:8090"]) expect(clientToken({ metaUrl: url, stateDir, env: {} })).toBe(token);
+    const mine = () => [process.getuid?.() ?? 0];
+    for (const url of ["http://[::1]:8090", "http://127.0.0.1:8090", "localhost:8090"]) {
+      const found = clientToken({ metaUrl: url, stateDir, env: {}, listeners: mine });
+      expect(typeof found === "function" ? found() : found).toBe(token);
+    }
     // Never sent to another machine by accident.
     expect(clientToken({ metaUrl: "http://[fd00::99]:8090", stateDir, env: {} })).toBeUndefined();
     expect(clientToken({ metaUrl: "http://meta.example.org:8090", stateDir, env: {} })).toBeUndefined();
     expect(clientToken({ metaUrl: "http://[::1]:8090", stateDir: fresh(), env: {} })).toBeUndefined();
+  });
+});
+
+describe("the local token goes only to a listener of its owner (a shared host)", () => {
+  test("another user's listener on the metaserver's port, or none, gets no token; the owner's gets it", () => {
+    const stateDir = fresh();
+    loadAuth({ stateDir, env: {} });
+    const token = readFileSync(join(stateDir, "meta.token"), "utf8").trim();
+    const me = process.getuid?.() ?? 0;
+    const ask = (uids: number[] | null) => {
+      const found = clientToken({ metaUrl: "http://[::1]:8090", stateDir, env: {}, listeners: () => uids });
+      return typeof found === "function" ? found() : found;
+    };
+    expect(ask([me])).toBe(token);
+    expect(ask([me, me])).toBe(token);
+    expect(ask([me + 1000])).toBeUndefined(); // someone else holds [::1]:8090
+    expect(ask([me, me + 1000])).toBeUndefined(); // ours on [::], theirs on [::1]
+    expect(ask(null)).toBeUndefined(); // cannot tell
+  });
+
+  test("decided before each request from the real listener table: nothing listening, then ours", async () => {
+    const stateDir = fresh();
+    loadAuth({ stateDir, env: {} });
+    const token = readFileSync(join(stateDir, "meta.token"), "utf8").trim();
+    const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response() });
+    const port = probe.port ?? 0;
+    await probe.stop(true);
+    const found = clientToken({ metaUrl: `http://127.0.0.1:${port}`, stateDir, env: {} });
+    expect(typeof found).toBe("function");
+    const ask = () => (typeof found === "function" ? found() : found);
+    expect(ask()).toBeUndefined();
+    const server = Bun.serve({ hostname: "127.0.0.1", port, fetch: () => new Response() });
+    try {
+      expect(ask()).toBe(token);
+    } finally {
+      await server.stop(true);
+    }
+  });
+
+  test("a listener owned by another uid (a child that dropped to nobody) gets no token", async () => {
+    if (process.getuid?.() !== 0) {
+      console.log("skipped: needs root to start a listener as another user");
+      return;
+    }
+    const stateDir = fresh();
+    loadAuth({ stateDir, env: {} });
+    const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response() });
+    const port = probe.port ?? 0;
+    await probe.stop(true);
+    // perl is in every Debian (perl-base); the listener belongs to nobody (65534).
+    const listen = `use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => ${port}, Listen => 5, ReuseAddr => 1) or die $!; $| = 1; print "up\\n"; sleep 30;`;
+    const child = Bun.spawn(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "perl", "-e", listen], { stdout: "pipe" });
+    try {
+      const reader = child.stdout.getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toContain("up");
+      const found = clientToken({ metaUrl: `http://127.0.0.1:${port}`, stateDir, env: {} });
+      expect(typeof found === "function" ? found() : found).toBeUndefined();
+    } finally {
+      child.kill();
+      await child.exited;
+    }
   });
 });

@@ -311,6 +311,22 @@ describe("the ping client reads only what it should", () => {
     });
   }
 
+  test("how soon a foreign service answered tells nothing: refused, a banner and silence all end at the deadline", async () => {
+    const timeoutMs = 400;
+    const timed = async (run: () => Promise<PingOutcome>) => {
+      const started = performance.now();
+      const out = await run();
+      return { out, ms: performance.now() - started };
+    };
+    const refused = await timed(() => pingThroughGateway({ host: "127.0.0.1", port: freePort(), pubId: "abc" }, { timeoutMs }));
+    const banner = await timed(() => pingRaw((s) => void s.write("SSH-2.0-x\r\n\r\n"), false, timeoutMs));
+    const silent = await timed(() => pingRaw(() => {}, false, timeoutMs));
+    for (const { out, ms } of [refused, banner, silent]) {
+      expect(out).toEqual({ ok: false, timedOut: false, reason: expect.stringMatching(/^no stoa gateway answered/) });
+      expect(ms).toBeGreaterThanOrEqual(timeoutMs - 5);
+    }
+  });
+
   test("a foreign WebSocket server (valid upgrade, but not naming the pub_id) is not confirmed", async () => {
     const server = Bun.serve({
       hostname: "127.0.0.1",

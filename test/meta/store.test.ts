@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { StoaError } from "../../src/core/errors.ts";
@@ -276,7 +276,7 @@ describe("a database file", () => {
     MetaStore.open(path).close(); // free again
   });
 
-  test("a version-1 file is migrated: its registrations kept, unowned until an authenticated write claims them", () => {
+  test("a version-1 file is migrated: its registrations kept, unowned until the admin claims them", () => {
     const path = join(dir, "v1.db");
     // The table exactly as schema 1 wrote it.
     const v1 = new Database(path, { create: true });
@@ -295,10 +295,12 @@ describe("a database file", () => {
     expect(store.list("").map((p) => [p.pub_id, p.name, p.state])).toEqual([["old1", "lab/old", "live"]]);
     expect(store.get("old1")?.owner).toBe("");
     const alice = { owner: "t:alice", admin: false, enforce: true };
-    const mallory = { owner: "t:mallory", admin: false, enforce: true };
-    expect(store.heartbeat("old1", alice)?.state).toBe("live"); // the first authenticated write takes it
-    expect(store.get("old1")?.owner).toBe("t:alice");
-    expect(rejects(() => store.heartbeat("old1", mallory)).status).toBe(403);
+    const admin = { owner: "t:admin", admin: true, enforce: true };
+    expect(rejects(() => store.heartbeat("old1", alice)).status).toBe(403); // a writer cannot take it
+    expect(store.get("old1")?.owner).toBe("");
+    expect(store.heartbeat("old1", admin)?.state).toBe("live"); // the admin can
+    expect(store.get("old1")?.owner).toBe("t:admin");
+    expect(rejects(() => store.heartbeat("old1", alice)).status).toBe(403);
     store.close();
     const check = new Database(path);
     expect(check.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(SCHEMA_VERSION);
@@ -361,5 +363,23 @@ describe("the pending timer", () => {
     expect(store.get("p1")).toBeNull();
     expect(store.get("p2")?.info.state).toBe("live");
     store.close();
+  });
+});
+
+describe("the database file's mode", () => {
+  test("meta.db and its WAL files are readable by the metaserver's user only, whatever the directory allows", () => {
+    const base = mkdtempSync(join(tmpdir(), "stoa-meta-mode-"));
+    try {
+      chmodSync(base, 0o755);
+      const path = join(base, "meta.db");
+      const store = MetaStore.open(path);
+      store.register({ name: "m/x", pub_id: "mx", host: "fd00::1", ports: { service: 8081, string: 8082, ping: 8083 } });
+      for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+        if (existsSync(file)) expect((statSync(file).mode & 0o777).toString(8)).toBe("600");
+      }
+      store.close();
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 });

@@ -13,7 +13,7 @@ import { newToken, tokenDigest } from "../../src/core/token.ts";
 import type { AuthConfig } from "../../src/meta/auth.ts";
 import { MetaClient } from "../../src/meta/client.ts";
 import type { Pinger } from "../../src/meta/confirm.ts";
-import { MetaApiError, type PublisherInfo, WRITER_MAX_PENDING } from "../../src/meta/protocol.ts";
+import { MetaApiError, type PublisherInfo, WRITER_CONFIRM_RATE_LIMIT, WRITER_MAX_PENDING } from "../../src/meta/protocol.ts";
 import type { MetaOptions } from "../../src/meta/server.ts";
 import { MetaStore } from "../../src/meta/store.ts";
 import { startTestMeta, type TestMeta, waitFor } from "../fixtures/meta-helpers.ts";
@@ -173,7 +173,7 @@ describe("writes need a token (D1)", () => {
     }
   });
 
-  test("a registration made under --no-auth is taken over by the first authenticated write once auth is on", async () => {
+  test("a registration made under --no-auth is taken over only by the admin token once auth is on, not by whichever writer comes first", async () => {
     const db = join(dir, "noauth.db");
     let t = start({ db, auth: undefined });
     try {
@@ -181,10 +181,15 @@ describe("writes need a token (D1)", () => {
       await open.register(victim);
       expect((await open.heartbeat(victim.pub_id)).pub_id).toBe(victim.pub_id);
       await t.meta.close();
-      // Authentication turned on: the first authenticated write takes the unowned record over.
+      // Authentication turned on: an owner-less record is nobody's to claim but the admin's.
       t = start({ db });
       expect((await failure(as(t, undefined).heartbeat(victim.pub_id))).status).toBe(401);
-      expect((await as(t, ALICE).heartbeat(victim.pub_id)).pub_id).toBe(victim.pub_id);
+      for (const writer of [MALLORY, ALICE]) {
+        expect((await failure(as(t, writer).heartbeat(victim.pub_id))).status).toBe(403);
+        expect((await failure(as(t, writer).register(victim))).status).toBe(403);
+        expect((await failure(as(t, writer).deregister(victim.pub_id))).status).toBe(403);
+      }
+      expect((await as(t, ADMIN).heartbeat(victim.pub_id)).pub_id).toBe(victim.pub_id);
       expect((await failure(as(t, MALLORY).heartbeat(victim.pub_id))).status).toBe(403);
     } finally {
       await t.meta.close();
@@ -282,6 +287,74 @@ describe("quotas (D4)", () => {
       expect(gone).toBeGreaterThan(0); // removed although it heartbeat every 50 ms
       expect(t.logs.join("\n")).toContain("removed: never confirmed");
       expect((await as(t, undefined).get(victim.pub_id)).state).toBe("live");
+    } finally {
+      await t.meta.close();
+    }
+  });
+
+  test("registering the same pending pub_id again does not restart its pending clock", async () => {
+    const t = start({ pendingExpiryMs: 600, sweepIntervalMs: 20 });
+    try {
+      const mallory = as(t, MALLORY);
+      const squat = { name: "squat/again", pub_id: "squat-2", host: "fd00::bad" };
+      await mallory.register(squat);
+      const started = Date.now();
+      let gone = 0;
+      while (Date.now() - started < 5_000) {
+        const again = await mallory.register(squat).then(
+          () => null,
+          (e: unknown) => e,
+        );
+        // Removed by the sweeper between two of our calls: the next register is a fresh one,
+        // so look at whether it was ever gone, via the log.
+        if (t.logs.join("\n").includes("removed: never confirmed")) {
+          gone = Date.now() - started;
+          break;
+        }
+        if (again !== null) throw again;
+        await Bun.sleep(50);
+      }
+      expect(gone).toBeGreaterThan(0); // re-registered every 50 ms, yet expired
+      expect(gone).toBeLessThan(3_000);
+    } finally {
+      await t.meta.close();
+    }
+  });
+
+  test("an unconfirmed registration that went stale still counts as pending against the quota", async () => {
+    const t = start({ ttlMs: 100, deregisterAfterMs: 60_000, pendingExpiryMs: 60_000, sweepIntervalMs: 20 });
+    try {
+      const mallory = as(t, MALLORY);
+      for (let i = 0; i < WRITER_MAX_PENDING; i++) await mallory.register({ name: `stale/a${i}`, pub_id: `sa-${i}`, host: "fd00::bad" });
+      await waitFor("the squats to turn stale", async () => ((await as(t, undefined).health()).publishers.stale === WRITER_MAX_PENDING), 5_000);
+      const err = await failure(mallory.register({ name: "stale/more", pub_id: "sa-more", host: "fd00::bad" }));
+      expect([err.status, err.error]).toEqual([429, "quota_exceeded"]);
+      // Someone else is not held up by them.
+      expect((await as(t, ALICE).register(victim)).pub_id).toBe(victim.pub_id);
+    } finally {
+      await t.meta.close();
+    }
+  });
+
+  test("one writer may start only so many confirmation pings in all, one fresh pub_id each (no port scanning by re-registering)", async () => {
+    let pings = 0;
+    const down: Pinger = async () => (pings++, { ok: false, timedOut: false, reason: "no stoa gateway answered" });
+    const t = start({ confirm: { ping: down } });
+    try {
+      const mallory = as(t, MALLORY);
+      let limited: MetaApiError | null = null;
+      for (let i = 0; i < WRITER_CONFIRM_RATE_LIMIT + 5 && limited === null; i++) {
+        await mallory.register({ name: `scan/p${i}`, pub_id: `scan-${i}`, host: "fd00::bad" });
+        const err = await failure(mallory.confirm(`scan-${i}`));
+        if (err.status === 429) limited = err;
+        else expect([err.status, err.error]).toEqual([502, "confirm_failed"]);
+      }
+      expect(limited?.error).toBe("rate_limited");
+      expect(pings).toBe(WRITER_CONFIRM_RATE_LIMIT);
+      // Another writer, and the admin, still confirm.
+      await as(t, ALICE).register(victim);
+      expect((await failure(as(t, ALICE).confirm(victim.pub_id))).status).toBe(502);
+      expect(pings).toBe(WRITER_CONFIRM_RATE_LIMIT + 1);
     } finally {
       await t.meta.close();
     }
