@@ -1,9 +1,9 @@
 #!/usr/bin/env bun
 /**
  * Builds dist/stoa: `bun build --compile` of src/main.ts into one executable, with the git
- * commit and build time baked in. `--minify --bytecode` measured fastest to start (see
- * scripts/bench/startup.ts). With `--release`, also writes dist/stoa-linux-<arch> and its
- * .sha256 — the two files install.sh downloads in its `curl … | sh` mode.
+ * commit and build time baked in, and dist/stoa.1 (`stoa man`). `--minify --bytecode` measured
+ * fastest to start (see scripts/bench/startup.ts). With `--release`, also writes
+ * dist/stoa-linux-<arch> and its .sha256 — the two files install.sh downloads in its `curl … | sh` mode.
  *
  *   bun run build            # dist/stoa
  *   bun run release          # + dist/stoa-linux-x64, dist/stoa-linux-x64.sha256
@@ -45,6 +45,31 @@ if (result.exitCode !== 0) {
   process.exit(1);
 }
 console.log(`built ${out} (commit ${commit}) in ${Math.round(performance.now() - started)} ms`);
+
+// The manual page, from the binary just built (same command table, same version and build time).
+const man = await $`${out} man`.nothrow().quiet();
+if (man.exitCode !== 0) {
+  process.stderr.write(man.stderr);
+  process.stderr.write("build: dist/stoa man failed\n");
+  process.exit(1);
+}
+await Bun.write(join(dist, "stoa.1"), man.stdout);
+
+// systemd units, from the binary just built (`stoa service unit`): generated like the manual, so
+// they never drift from the daemons' flags. ExecStart names /usr/local/bin/stoa, where install.sh
+// puts it; `stoa service unit NAME` prints one for wherever stoa actually is.
+const units = join(dist, "systemd");
+await mkdir(units, { recursive: true });
+for (const name of ["up", "gateway", "meta", "hotlink-serve"]) {
+  const text = await $`${out} service unit ${name}`.nothrow().quiet();
+  if (text.exitCode !== 0) {
+    process.stderr.write(text.stderr);
+    process.stderr.write(`build: dist/stoa service unit ${name} failed\n`);
+    process.exit(1);
+  }
+  await Bun.write(join(units, `stoa-${name}.service`), text.stdout.toString().replaceAll(`ExecStart=${out} `, "ExecStart=/usr/local/bin/stoa "));
+}
+await Bun.write(join(units, "stoa-gateway.socket"), (await $`${out} service unit gateway.socket`.quiet()).stdout);
 
 if (release) {
   const name = releaseName();

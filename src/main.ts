@@ -15,8 +15,11 @@ const commands: CommandEntry[] = [
   { name: "meta", summary: "run the metaserver: who publishes what, on which host", load: () => import("./cli/meta.ts") },
   { name: "hotlink", summary: "lowest-latency peer data path: relay server, TCP tunnels, HLNK sockets", load: () => import("./cli/hotlink.ts") },
   { name: "addr", summary: "IPv6 addresses over rtnetlink: /128s with nodad, local prefixes, gc", load: () => import("./cli/addr.ts") },
+  { name: "status", summary: "show this host's gateway, publishers and hotlink daemons; exit 0 when healthy", load: () => import("./cli/status.ts") },
+  { name: "service", summary: "systemd integration: unit files for stoa's daemons", load: () => import("./cli/service.ts") },
   { name: "doctor", summary: "check this host: capabilities, io_uring, tools, free ports, run dir", load: () => import("./cli/doctor.ts") },
   { name: "completion", summary: "print shell completion for bash, zsh or fish", load: () => import("./cli/completion.ts") },
+  { name: "man", summary: "print the stoa(1) manual page (roff)", load: () => import("./cli/man.ts") },
   { name: "version", summary: "print version, Bun version and build info", load: () => import("./cli/version.ts") },
 ];
 

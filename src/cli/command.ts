@@ -26,6 +26,27 @@ export interface Flag<T> {
   readonly schema: z.ZodType<T>;
   /** Values offered by shell completion and listed in help. */
   readonly choices?: readonly string[];
+  /** What shell completion offers for the value: file or directory names (see {@link valueCompletion}). */
+  readonly complete?: ValueCompletion;
+}
+
+/** Names a shell completes after a flag: any file (or socket), or directories only. */
+export type ValueCompletion = "file" | "dir";
+
+/**
+ * A flag's completion kind: `complete` when given, else from its placeholder — `file` and `path`
+ * complete file names, `dir` directories — so that help and completion agree without a second list.
+ */
+export function valueCompletion(opts: { placeholder?: string; complete?: ValueCompletion }): ValueCompletion | undefined {
+  if (opts.complete !== undefined) return opts.complete;
+  if (opts.placeholder === "file" || opts.placeholder === "path") return "file";
+  if (opts.placeholder === "dir") return "dir";
+  return undefined;
+}
+
+/** The values a flag's schema admits, when it is a plain `z.enum` (offered like `choices`). */
+function enumChoices(schema: z.ZodType | undefined): readonly string[] | undefined {
+  return schema instanceof z.ZodEnum ? (schema.options as readonly string[]) : undefined;
 }
 
 type FlagMap = Record<string, Flag<unknown>>;
@@ -41,6 +62,8 @@ interface StringOpts<T> {
   placeholder?: string;
   choices?: readonly string[];
   schema?: z.ZodType<T>;
+  /** Completion of the value; inferred from a `file`/`path`/`dir` placeholder (see {@link valueCompletion}). */
+  complete?: ValueCompletion;
 }
 
 /**
@@ -54,15 +77,25 @@ export function str<T = string>(description: string, opts?: StringOpts<T>): Flag
 export function str<T>(description: string, opts: StringOpts<T> & { default?: string } = {}): Flag<T | undefined> {
   const base = opts.schema ?? (opts.choices ? z.enum(opts.choices as [string, ...string[]]) : z.string());
   const schema = opts.default === undefined ? base.optional() : base;
-  return { kind: "string", description, ...opts, schema: schema as z.ZodType<T | undefined> };
+  const choices = opts.choices ?? enumChoices(opts.schema);
+  const complete = valueCompletion(opts);
+  return {
+    kind: "string",
+    description,
+    ...opts,
+    ...(choices ? { choices } : {}),
+    ...(complete ? { complete } : {}),
+    schema: schema as z.ZodType<T | undefined>,
+  };
 }
 
 /** A repeatable flag (`--tunnel a --tunnel b`); each value passes through `schema`. */
 export function list<T = string>(
   description: string,
-  opts: { short?: string; placeholder?: string; schema?: z.ZodType<T> } = {},
+  opts: { short?: string; placeholder?: string; schema?: z.ZodType<T>; complete?: ValueCompletion } = {},
 ): Flag<NoInfer<T>[]> {
   const item = opts.schema ?? z.string();
+  const complete = valueCompletion(opts);
   return {
     kind: "string",
     description,
@@ -70,6 +103,7 @@ export function list<T = string>(
     default: [],
     short: opts.short,
     placeholder: opts.placeholder,
+    ...(complete ? { complete } : {}),
     schema: z.array(item) as unknown as z.ZodType<T[]>,
   };
 }
@@ -158,7 +192,7 @@ export function parseCommandLine<F extends FlagMap>(
   }
   let parsed: { values: Record<string, unknown>; positionals: string[] };
   try {
-    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: dashValues(argv, options), allowPositionals: true, options, strict: true });
   } catch (err) {
     throw new StoaError("usage", `${path}: ${explainParseError(err)} (see '${path} --help')`);
   }
@@ -227,6 +261,43 @@ function checkPositionals(specs: readonly Positional[], args: string[], path: st
   });
 }
 
+/**
+ * parseArgs takes every argument that starts with `-` for a flag, so `--count -1` reads as
+ * `--count` without its value and the error would blame the flag, not the value. A flag that
+ * takes a value takes the next argument as that value when it is not one of the command's own
+ * flags (`--count --json` still says `--count` needs a value); the value then gets its own
+ * check and error ("invalid --count '-1': …").
+ */
+function dashValues(argv: string[], options: Record<string, { type: "string" | "boolean"; short?: string }>): string[] {
+  const takesValue = new Set<string>();
+  const known = new Set<string>();
+  for (const [name, opt] of Object.entries(options)) {
+    known.add(`--${name}`);
+    if (opt.short) known.add(`-${opt.short}`);
+    if (opt.type === "string") {
+      takesValue.add(`--${name}`);
+      if (opt.short) takesValue.add(`-${opt.short}`);
+    }
+  }
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? "";
+    if (arg === "--") {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const next = argv[i + 1];
+    const flagOfNext = next?.split("=")[0] ?? "";
+    if (takesValue.has(arg) && next !== undefined && next.startsWith("-") && next !== "-" && next !== "--" && !known.has(flagOfNext)) {
+      out.push(arg.startsWith("--") ? `${arg}=${next}` : `${arg}${next}`);
+      i++;
+      continue;
+    }
+    out.push(arg);
+  }
+  return out;
+}
+
 function explainParseError(err: unknown): string {
   const code = err instanceof Error && "code" in err ? String(err.code) : "";
   const message = err instanceof Error ? err.message : String(err);
@@ -235,7 +306,7 @@ function explainParseError(err: unknown): string {
     case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
       return `unknown flag ${option ?? message}`;
     case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
-      return option ? `flag ${option.split(" ")[0]} ${/argument missing/.test(message) ? "needs a value" : "takes no value"}` : message;
+      return option ? `flag ${option.split(" ")[0]} ${/argument missing|argument is ambiguous/.test(message) ? "needs a value" : "takes no value"}` : message;
     default:
       return message;
   }

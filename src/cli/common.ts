@@ -1,14 +1,18 @@
 /**
  * Flags and wiring shared by the long-running commands (gateway, meta, up, pub, …): logging
- * flags, the logger built from them, and graceful shutdown on SIGINT/SIGTERM.
+ * flags, the logger built from them, graceful shutdown on SIGINT/SIGTERM, and the daemon
+ * conventions of core/daemon.ts (SIGHUP, systemd notify and watchdog).
  */
 import { z } from "zod";
-import { str } from "./command.ts";
+import { bool, str } from "./command.ts";
+import { Duration } from "../core/duration.ts";
+import { DEFAULT_WAIT_MS } from "../core/wait.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { fdReserve, raiseFdLimit } from "../core/fdlimit.ts";
 import { type LogFormat, type LogLevel, type Logger, createLogger } from "../core/log.ts";
 import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
 import { installSignalHandlers, onShutdown } from "../core/shutdown.ts";
+import { installDaemon, readiness } from "../core/daemon.ts";
 import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 
 /** `--log-level` and `--log-format`, spread into a command's flags. */
@@ -23,18 +27,52 @@ export function logFlags() {
 }
 
 /**
+ * The log flags of a client command (`sub`, `pub`, `hotlink user add`): data goes to stdout and
+ * only warnings to stderr, unless `-v`/`--verbose` (info) or an explicit `--log-level`.
+ */
+export function clientLogFlags() {
+  return {
+    logLevel: str<LogLevel>("debug|info|warn|error; debug also prints stack traces (default: warn, info with -v)", {
+      choices: ["debug", "info", "warn", "error"],
+    }),
+    logFormat: str<LogFormat>("text, or json for one object per line", { default: "text", choices: ["text", "json"] }),
+    verbose: bool("also log what happens (connections, registrations) at info level", { short: "v" }),
+  };
+}
+
+/** The level of a client's logger from `clientLogFlags()`. */
+export function clientLogLevel(flags: { logLevel?: LogLevel; verbose: boolean }): LogLevel {
+  return flags.logLevel ?? (flags.verbose ? "info" : "warn");
+}
+
+/** `--wait D`: how long a client waits for what it needs (gateway, metaserver, relay, publisher). */
+export function waitFlag(what: string) {
+  return {
+    wait: str(`wait up to this long for ${what} to answer, then fail (0: do not wait)`, {
+      default: `${DEFAULT_WAIT_MS / 1000}s`,
+      placeholder: "duration",
+      schema: Duration,
+    }),
+  };
+}
+
+/**
  * The command's logger, on stderr, and SIGINT/SIGTERM handlers that log through it and give
  * the registered cleanups `shutdownTimeoutMs` in all (a gateway's drain needs more than the
  * default 5 s). Also raises the file descriptor limit to the hard limit (core/fdlimit.ts):
  * every connection of a daemon costs one.
+ * `daemon: true` (servers): SIGHUP runs the `onReload` hooks and never exits, and the systemd
+ * watchdog is pinged when `$WATCHDOG_USEC` asks; the command calls `announceReady()` once it
+ * serves. Otherwise (clients: pub, sub) SIGHUP, a terminal hangup, shuts down like SIGINT.
  */
 export function startService(
   name: string,
   flags: { logLevel: LogLevel; logFormat: LogFormat },
-  options: { shutdownTimeoutMs?: number } = {},
+  options: { shutdownTimeoutMs?: number; daemon?: boolean } = {},
 ): Logger {
   const log = createLogger({ level: flags.logLevel, format: flags.logFormat, name });
   installSignalHandlers({ log, timeoutMs: options.shutdownTimeoutMs });
+  installDaemon(log, options.daemon === true ? "daemon" : "client");
   try {
     const { from, to, hard, error } = raiseFdLimit();
     if (error !== undefined) log.warn("could not raise the file descriptor limit", { from, hard, error });
@@ -46,8 +84,12 @@ export function startService(
 }
 
 /**
- * Serves `GET /metrics` (the shared Prometheus registry) on `listen` until shutdown; `refresh`
- * runs before each scrape (e.g. to fold in counters from worker threads). No-op without `listen`.
+ * Serves `GET /metrics` (the shared Prometheus registry) on `listen`; `refresh` runs before
+ * each scrape (e.g. to fold in counters from worker threads). No-op without `listen`. Also:
+ *   GET /healthz   200 `ok` while the process is alive (liveness)
+ *   GET /ready     200 `ready` once the daemon announced it serves (core/daemon.ts), 503
+ *                  `starting` before and `draining` from the start of shutdown (readiness)
+ * The listener stays up until the process exits, so a load balancer sees the drain as 503.
  */
 export function serveMetrics(listen: { hostname: string; port: number } | undefined, log: Logger, refresh?: () => Promise<unknown>): void {
   if (listen === undefined) return;
@@ -56,7 +98,16 @@ export function serveMetrics(listen: { hostname: string; port: number } | undefi
       hostname: listen.hostname,
       port,
       async fetch(req) {
-        if (new URL(req.url).pathname !== "/metrics") return new Response("not found: try /metrics\n", { status: 404 });
+        const path = new URL(req.url).pathname;
+        if (path === "/healthz") return new Response("ok\n", { headers: { "content-type": "text/plain; charset=utf-8" } });
+        if (path === "/ready") {
+          const state = readiness();
+          return new Response(`${state === "serving" ? "ready" : state}\n`, {
+            status: state === "serving" ? 200 : 503,
+            headers: { "content-type": "text/plain; charset=utf-8" },
+          });
+        }
+        if (path !== "/metrics") return new Response("not found: try /metrics, /ready or /healthz\n", { status: 404 });
         await refresh?.();
         return new Response(metrics.render(), { headers: { "content-type": CONTENT_TYPE } });
       },
@@ -77,10 +128,8 @@ export function serveMetrics(listen: { hostname: string; port: number } | undefi
       server = serve(port);
     },
   });
-  onShutdown("metrics", () => {
-    guard.stop();
-    return server.stop(true);
-  });
+  // Not stopped at shutdown: /ready answers 503 through the drain; the exit closes it.
+  onShutdown("metrics guard", () => guard.stop());
 }
 
 /** Values of a repeatable flag that may also be comma-separated: `--listen a,b --listen c`. */

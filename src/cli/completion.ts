@@ -6,7 +6,11 @@ const SHELLS = ["bash", "zsh", "fish"] as const;
 export default defineCommand({
   name: "completion",
   summary: "print shell completion for bash, zsh or fish",
-  description: "Prints a completion script for every stoa command, subcommand and flag.",
+  description:
+    "Prints a completion script for every stoa command, subcommand and flag. After a flag that\n" +
+    "takes a value it completes that value: file names (--config, --users, --token-file, ...),\n" +
+    "directories (--run-dir, --state-dir), a flag's choices (--data-path, --log-level, ...), or\n" +
+    "nothing for free-form values such as ports.",
   flags: {},
   positionals: [{ name: "shell", description: "the shell to complete for", required: true, choices: SHELLS }],
   examples: [

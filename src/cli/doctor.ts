@@ -6,17 +6,19 @@ export default defineCommand({
   summary: "check this host: capabilities, io_uring, tools, free ports, run dir",
   description:
     "Reports the kernel, root and capabilities (CAP_NET_ADMIN, CAP_NET_RAW), io_uring, the tools\n" +
-    "some subsystems use (ip, ovs-vsctl, redis-server, nginx) and whether the gateway's ports are\n" +
-    "free, and the run dir: its publishers, and directories an older stoa left there. Every finding\n" +
-    "that is not ok says what to do. Exits 0 unless --strict finds a problem.",
+    "this stoa's commands use (with --dev also those of the tests and benchmarks: ip, nginx),\n" +
+    "whether the gateway's ports are free (or held by this host's own gateway), and the run dir:\n" +
+    "its publishers, and directories an older stoa left there. Every finding that is not ok says\n" +
+    "what to do. Exits 0 unless --strict finds a problem.",
   flags: {
     json: bool("print one JSON object: {ok, checks: [{name, status, detail, fix?}]}"),
     strict: bool("exit 1 when any check is not ok (for CI smoke tests)"),
+    dev: bool("also check the tools the checkout's tests and benchmarks use (ip, nginx)"),
     runDir: str("run dir to look at (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
   },
   examples: ["stoa doctor", "stoa doctor --json | jq '.checks[] | select(.status != \"ok\")'", "stoa doctor --strict && stoa up"],
-  async run({ flags }) {
-    const checks = await runChecks({ runDir: flags.runDir });
+  async run({ flags, commands }) {
+    const checks = await runChecks({ runDir: flags.runDir, commands: commands.map((c) => c.name), dev: flags.dev });
     const ok = checks.every((c) => c.status === "ok");
     if (flags.json) {
       process.stdout.write(`${JSON.stringify({ ok, checks })}\n`);

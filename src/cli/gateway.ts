@@ -7,6 +7,9 @@ import { StoaError } from "../core/errors.ts";
 import { defaultRunDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { startGateway } from "../gateway/gateway.ts";
+import { announceReady, listenFds, onReload } from "../core/daemon.ts";
+import { assignActivatedSockets } from "../gateway/activation.ts";
+import { readTls } from "../gateway/startup.ts";
 import { MAX_WORKERS, parsePorts } from "../gateway/protocol.ts";
 
 /** `--ports S,T,P` → {service, string, ping}. */
@@ -18,6 +21,22 @@ export const PortsFlag = z.string().transform((text, ctx) => {
     return z.NEVER;
   }
 });
+
+/**
+ * SIGHUP's part for TLS: re-read and check the certificate and key files. The routers hold the
+ * PEM they started with (Bun cannot swap a listener's TLS context), so a changed pair takes
+ * effect through a takeover (`stoa gateway` again, or `systemctl restart`), which drops no
+ * connection; the log line says which.
+ */
+function tlsReloader(cert: string, key: string): () => string {
+  let loaded = readTls({ cert, key });
+  return () => {
+    const now = readTls({ cert, key }); // throws on a bad file: logged, the old pair stays
+    const changed = now.cert !== loaded.cert || now.key !== loaded.key;
+    loaded = now;
+    return changed ? "changed; start a gateway again to take over with it" : "unchanged";
+  };
+}
 
 /** Extra time the shutdown budget gives beyond the drain, for the rest of the cleanups. */
 const SHUTDOWN_SLACK_MS = 5_000;
@@ -31,7 +50,10 @@ export default defineCommand({
     "the publisher's Unix socket <run dir>/pub/<pub_id>/<kind>.sock (only a socket owned by the\n" +
     "gateway's own user, reached without following symlinks; anything else is 404), or to a target\n" +
     "registered on the control socket <run dir>/gateway.sock. Starting a gateway on the ports and\n" +
-    "run dir of a running one takes over without dropping connections: the old one drains and exits.",
+    "run dir of a running one takes over without dropping connections: the old one drains and exits.\n" +
+    "GET /ready and GET /healthz on the ports are answered by the gateway itself. SIGHUP re-reads\n" +
+    "the TLS files. Under systemd: READY=1/STOPPING=1/WATCHDOG=1 and socket activation\n" +
+    "(stoa service unit gateway gateway.socket).",
   config: true,
   flags: {
     listen: list("address to listen on (repeatable or comma-separated; default [::], all addresses)", { placeholder: "addr" }),
@@ -51,6 +73,7 @@ export default defineCommand({
       schema: z.enum(["epoll", "bun"]),
     }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
+    readyFile: str("once serving, write this file (JSON: pid, ports, listen, run dir) atomically; removed at exit", { placeholder: "file" }),
     ...logFlags(),
     config: configFlag(),
   },
@@ -63,9 +86,15 @@ export default defineCommand({
     if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
       throw new StoaError("usage", `${path}: --tls-cert and --tls-key go together`);
     }
-    const log = startService("gateway", flags, { shutdownTimeoutMs: flags.drainTimeout + SHUTDOWN_SLACK_MS });
+    const log = startService("gateway", flags, { shutdownTimeoutMs: flags.drainTimeout + SHUTDOWN_SLACK_MS, daemon: true });
+    if (flags.tlsCert && flags.tlsKey) onReload("tls", tlsReloader(flags.tlsCert, flags.tlsKey));
     const listen = splitList(flags.listen);
+    // Under a .socket unit (stoa service unit gateway.socket) systemd holds the ports.
+    const inherited = listenFds();
+    const activated = inherited.length > 0 ? assignActivatedSockets(inherited) : undefined;
+    if (activated !== undefined) log.info("socket activation: serving on the sockets systemd passed", { fds: inherited.length });
     const gw = await startGateway({
+      activated,
       runDir: flags.runDir ?? defaultRunDir(),
       listen: listen.length > 0 ? listen : undefined,
       ports: flags.ports,
@@ -84,6 +113,12 @@ export default defineCommand({
       `gateway: service ${service}, string ${string}, ping ${ping} on ${gw.listen.join(", ")}${gw.tls ? " (TLS)" : ""}; ` +
         `run dir ${gw.runDir}; ${gw.workers} worker(s)${gw.tookOverFrom !== null ? `; took over from pid ${gw.tookOverFrom}` : ""}\n`,
     );
+    // Every listener answers: the ready file and systemd's READY=1 at this one moment.
+    announceReady({
+      status: `gateway on ${service},${string},${ping}`,
+      readyFile: flags.readyFile,
+      fields: { ports: gw.ports, listen: gw.listen, run_dir: gw.runDir },
+    });
     const closed = await gw.closed;
     return await shutdown(closed.reason === "handover" ? "handed over to a new gateway" : "gateway stopped");
   },

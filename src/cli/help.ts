@@ -2,10 +2,11 @@
  * Help text for the program, command groups and commands. Plain text, aligned columns, every
  * command with at least one example; written for a terminal 80 columns wide.
  */
-import { type Command, type CommandEntry, type GroupCommand, type LeafCommand, isGroup, kebab } from "./command.ts";
+import { type Command, type CommandEntry, type Flag, type GroupCommand, type LeafCommand, isGroup, kebab } from "./command.ts";
+import { envName } from "../core/config.ts";
 
 export const PROGRAM = "stoa";
-const TAGLINE = "the plumbing at the edge of a network, in one executable";
+export const TAGLINE = "the plumbing at the edge of a network, in one executable";
 
 function table(rows: [string, string][], indent = 2): string {
   const width = Math.max(...rows.map(([left]) => left.length));
@@ -56,18 +57,28 @@ function groupHelp(cmd: GroupCommand, path: string): string {
   ].join("\n");
 }
 
-function leafHelp(cmd: LeafCommand, path: string): string {
+/** A flag as help and the man page show it: `-c, --config` and ` <file>`, and its help line. */
+export function flagParts(key: string, flag: Flag<unknown>): { name: string; value: string; text: string } {
+  const name = `${flag.short ? `-${flag.short}, ` : ""}--${kebab(key)}`;
+  const value = flag.kind === "string" ? ` <${flag.placeholder ?? (flag.choices ? flag.choices.join("|") : "value")}>` : "";
+  const shownDefault = flag.kind === "string" && typeof flag.default === "string" ? ` (default: ${flag.default})` : "";
+  const repeat = flag.multiple ? " (repeatable)" : "";
+  return { name, value, text: `${flag.description}${shownDefault}${repeat}` };
+}
+
+/** The usage line of a leaf command: `stoa addr add <ADDR/128> [flags]`. */
+export function leafUsage(cmd: LeafCommand, path: string): string {
   const positionals = (cmd.positionals ?? []).map((p) => {
     const name = `${p.choices ? p.choices.join("|") : p.name}${p.variadic ? "..." : ""}`;
     return p.required ? `<${name}>` : `[${name}]`;
   });
+  return [path, ...positionals, Object.keys(cmd.flags).length > 0 ? "[flags]" : ""].filter(Boolean).join(" ");
+}
+
+function leafHelp(cmd: LeafCommand, path: string): string {
   const flagRows: [string, string][] = Object.entries(cmd.flags).map(([key, flag]) => {
-    const name = `${flag.short ? `-${flag.short}, ` : ""}--${kebab(key)}`;
-    const value = flag.kind === "string" ? ` <${flag.placeholder ?? (flag.choices ? flag.choices.join("|") : "value")}>` : "";
-    const shownDefault =
-      flag.kind === "string" && typeof flag.default === "string" ? ` (default: ${flag.default})` : "";
-    const repeat = flag.multiple ? " (repeatable)" : "";
-    return [`${name}${value}`, `${flag.description}${shownDefault}${repeat}`];
+    const { name, value, text } = flagParts(key, flag);
+    return [`${name}${value}`, text];
   });
   flagRows.push(["-h, --help", "show this help"]);
   const argRows: [string, string][] = (cmd.positionals ?? []).map((p) => [p.name, p.description]);
@@ -76,7 +87,7 @@ function leafHelp(cmd: LeafCommand, path: string): string {
     ...(cmd.description ? ["", cmd.description] : []),
     "",
     "Usage:",
-    `  ${[path, ...positionals, Object.keys(cmd.flags).length > 0 ? "[flags]" : ""].filter(Boolean).join(" ")}`,
+    `  ${leafUsage(cmd, path)}`,
     ...(argRows.length > 0 ? ["", "Arguments:", table(argRows)] : []),
     "",
     "Flags:",
@@ -91,7 +102,7 @@ function leafHelp(cmd: LeafCommand, path: string): string {
 
 function configNote(cmd: LeafCommand): string[] {
   const sample = Object.keys(cmd.flags).find((k) => k !== "config") ?? "logLevel";
-  const env = `STOA_${kebab(sample).toUpperCase().replace(/-/g, "_")}`;
+  const env = envName(sample);
   return [
     "Environment and config file:",
     `  Every flag can also be set as STOA_<FLAG> (e.g. ${env}) or as a key of the JSON file`,

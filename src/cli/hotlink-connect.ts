@@ -4,12 +4,14 @@
  */
 import { z } from "zod";
 import { configFlag, defineCommand, list, str } from "./command.ts";
-import { logFlags, splitList, startService } from "./common.ts";
+import { logFlags, splitList, startService, waitFlag } from "./common.ts";
 import { controlFlags } from "./hotlink-control.ts";
 import { StoaError } from "../core/errors.ts";
 import { readTokenFile } from "../core/token.ts";
 import { defaultRunDir } from "../core/paths.ts";
+import type { Logger } from "../core/log.ts";
 import { onShutdown } from "../core/shutdown.ts";
+import { WAIT_QUIET_MS } from "../core/wait.ts";
 import { prepareUnixPath } from "../core/unixsock.ts";
 import { type HotlinkControl, hotlinkControlPath, startHotlinkControl } from "../hotlink/control.ts";
 import { HotlinkDaemon, relayUrl } from "../hotlink/daemon.ts";
@@ -37,8 +39,10 @@ export const connect = defineCommand({
   name: "connect",
   summary: "run the client daemon: tunnels and HLNK sockets over the relay",
   description:
-    "Keeps one WebSocket to the relay server (reconnecting with backoff) and serves this peer's\n" +
-    "channels. --tunnel CHANNEL=HOST:PORT[@PEER] listens on HOST:PORT; the peer declares the same\n" +
+    "Keeps one WebSocket to the relay server (reconnecting with backoff, said at info once per\n" +
+    "backoff step while it is unreachable) and serves this peer's channels; at start it waits up to\n" +
+    "--wait for the relay's first welcome, prints its lines on stdout, or fails. This peer's\n" +
+    "--tunnel CHANNEL=HOST:PORT[@PEER] listens on HOST:PORT; the peer declares the same\n" +
     "channel with its own port, and an application connection on each side become one full-duplex\n" +
     "TCP connection (data sent before the other side's application connects is held, up to 30 s).\n" +
     "--ipc CHANNEL=unix:PATH serves a Unix socket (0600) where applications write and read HLNK\n" +
@@ -67,6 +71,7 @@ export const connect = defineCommand({
     }),
     directListen: str("address to accept direct connections on (:: for all)", { default: "::", placeholder: "addr" }),
     directAdvertise: list(`address to offer peers for direct connections (default: this host's addresses; the first ${MAX_DIALED_CANDIDATES} are offered)`, { placeholder: "addr" }),
+    ...waitFlag("the relay server (the first connection; later losses are retried for ever)"),
     ...controlFlags(),
     ...logFlags(),
     config: configFlag(),
@@ -128,6 +133,19 @@ export const connect = defineCommand({
       await daemon.close();
       throw err;
     }
+    // A script starts the relay and its daemons together: the lines below (what scripts wait
+    // for) come once the relay has welcomed us, or never if it does not within --wait.
+    if (flags.wait > 0 && !(await reachedRelay(daemon, flags.wait, server, log))) {
+      await watcher?.close();
+      await control.close();
+      await daemon.close();
+      const why = daemon.link.lastFailure;
+      throw new StoaError(
+        "io",
+        `cannot reach the relay server at ${server} within ${flags.wait / 1000}s${why === "" ? "" : ` (${why})`}; is stoa hotlink serve running there? ` +
+          "(--wait 0 starts without it and retries in the background)",
+      );
+    }
     // Shutdown runs these in reverse: the watcher and the control socket stop before the daemon.
     onShutdown("hotlink daemon", () => daemon.close());
     const controlled = control;
@@ -142,3 +160,15 @@ export const connect = defineCommand({
     await new Promise(() => {}); // runs until a signal; shutdown exits the process
   },
 });
+
+/** Whether the relay welcomes the daemon within `waitMs`; says once what it waits for after a second. */
+async function reachedRelay(daemon: HotlinkDaemon, waitMs: number, server: string, log: Logger): Promise<boolean> {
+  const up = daemon.connected().then(() => true);
+  const quiet = Math.min(WAIT_QUIET_MS, waitMs);
+  if (await Promise.race([up, Bun.sleep(quiet).then(() => false)])) return true;
+  if (quiet < waitMs) {
+    log.info("waiting for the relay server", { server, up_to: `${Math.round(waitMs / 1000)}s` });
+    return await Promise.race([up, Bun.sleep(waitMs - quiet).then(() => false)]);
+  }
+  return false;
+}

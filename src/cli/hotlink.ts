@@ -8,6 +8,7 @@ import { type Command, bool, configFlag, defineCommand, defineGroup, str } from 
 import { HostPort, logFlags, serveMetrics, startService } from "./common.ts";
 import { StoaError } from "../core/errors.ts";
 import { onShutdown } from "../core/shutdown.ts";
+import { announceReady, onReload } from "../core/daemon.ts";
 import {
   HELLO_TIMEOUT_MS,
   MAX_CONNECTIONS_PER_USER,
@@ -42,7 +43,7 @@ const serve = defineCommand({
   name: "serve",
   summary: "run the relay server: WebSocket /v1/hotlink with token auth and path ACLs",
   description:
-    "Serves the hotlink protocol (src/hotlink/protocol.ts) on ws://HOST:PORT/v1/hotlink. Each\n" +
+    "Serves the hotlink protocol (CBOR messages over WebSocket) on ws://HOST:PORT/v1/hotlink. Each\n" +
     "client daemon authenticates with 'Authorization: Bearer <user>:<token>' (a wrong token gets\n" +
     "401 before the upgrade), opens sessions on paths it may write, and the relay offers them to\n" +
     "the users who may read them. Access: a path's first segment is its owner (full access); the\n" +
@@ -75,7 +76,7 @@ const serve = defineCommand({
   async run({ flags, path }) {
     const listen = required(flags.listen, "listen", path, "[::]:8470");
     const usersFile = required(flags.users, "users", path, "/etc/stoa/hotlink-users.json");
-    const log = startService("hotlink", flags);
+    const log = startService("hotlink", flags, { daemon: true });
     const relay = under(path, () =>
       startHotlinkServer({
         hostname: listen.hostname,
@@ -88,11 +89,13 @@ const serve = defineCommand({
     );
     onShutdown("hotlink relay", () => relay.close());
     serveMetrics(flags.metricsListen, log);
-    process.on("SIGHUP", () => {
-      relay.reload(); // logs what it did, and keeps the old files' content on error
+    onReload("users and acl", () => {
+      const { ok, errors } = relay.reload(); // logs what it did, and keeps the old files' content on error
+      if (!ok) throw new Error(errors.join("; "));
     });
     log.info("hotlink relay listening", { url: relay.url });
     process.stdout.write(`hotlink: ${relay.url}\n`);
+    announceReady({ status: `hotlink relay ${relay.url}` });
     await new Promise(() => {}); // runs until a signal; shutdown exits the process
   },
 });
@@ -104,27 +107,31 @@ const userAdd = defineCommand({
   summary: "add a user and print its new token",
   description:
     "Adds NAME to the users file (created, mode 0600, when missing) with a fresh random token and\n" +
-    "prints the token as the last line of stdout. Only a salted hash is stored: the token is shown\n" +
-    "this once, so hand it to the user now (e.g. into a token file for 'stoa hotlink connect').\n" +
+    "prints the token, alone, on stdout. Only a salted hash is stored: the token is shown this\n" +
+    "once, so hand it to the user now (e.g. into a token file for 'stoa hotlink connect').\n" +
     "A running server accepts it after SIGHUP.",
   flags: {
     users: usersFlag(),
     replace: bool("issue a new token for an existing user (the old one stops working on reload)"),
+    verbose: bool("also say on stderr where the hash went and what to do next", { short: "v" }),
   },
   positionals: nameArg,
   examples: [
-    "stoa hotlink user add alice@example.org --users users.json | tail -n 1 > alice.token",
+    "stoa hotlink user add alice@example.org --users users.json > alice.token && chmod 600 alice.token",
     "stoa hotlink user add alice@example.org --users users.json --replace",
   ],
   run({ flags, args, path }) {
     const file = required(flags.users, "users", path, "users.json");
     const name = args[0] ?? "";
     const token = under(path, () => addUser(file, name, { replace: flags.replace }));
-    process.stdout.write(
-      `${flags.replace ? "new token" : "token"} for ${name} below; only its hash is stored in ${file}, so this is the only time it is shown.\n` +
-        "A running 'stoa hotlink serve' loads it on SIGHUP.\n" +
-        `${token}\n`,
-    );
+    // The token is the data (`> alice.token`); the words about it only with -v.
+    process.stdout.write(`${token}\n`);
+    if (flags.verbose) {
+      process.stderr.write(
+        `${flags.replace ? "new token" : "token"} for ${name} on stdout; only its hash is stored in ${file}, so this is the only time it is shown.\n` +
+          "A running 'stoa hotlink serve' loads it on SIGHUP.\n",
+      );
+    }
   },
 });
 

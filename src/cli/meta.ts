@@ -4,8 +4,10 @@ import { HostPort, logFlags, startService } from "./common.ts";
 import { Duration } from "../core/duration.ts";
 import type { Logger } from "../core/log.ts";
 import { defaultStateDir } from "../core/paths.ts";
+import { isLoopback } from "../core/hostaddr.ts";
 import { onShutdown } from "../core/shutdown.ts";
-import { loadAuth, type AuthConfig } from "../meta/auth.ts";
+import { announceReady, onReload } from "../core/daemon.ts";
+import { loadAuth, readWriters, type AuthConfig } from "../meta/auth.ts";
 import { DEFAULT_META_PORT, META_TOKEN_FILE } from "../meta/protocol.ts";
 import { startMeta } from "../meta/server.ts";
 
@@ -38,19 +40,31 @@ export function metaAuth(
   return { auth: config, banner: `writes need the token in ${where}; ${reads}` };
 }
 
+/** SIGHUP re-reads `--tokens-file` (a bad file is logged and the old writers kept). */
+export function reloadWritersOnHangup(flags: { tokensFile?: string; noAuth: boolean }, meta: { setWriters(writers: readonly string[]): void }): void {
+  const file = flags.tokensFile;
+  if (file === undefined || flags.noAuth) return;
+  onReload("writer tokens", () => {
+    const writers = readWriters(file);
+    meta.setWriters(writers);
+    return `${writers.length} from ${file}`;
+  });
+}
+
 export default defineCommand({
   name: "meta",
   summary: "run the metaserver: who publishes what, on which host",
   description:
-    "Serves the registry of publishers over HTTP+JSON under /v1 (see src/meta/protocol.ts):\n" +
+    "Serves the registry of publishers over HTTP+JSON under /v1 (errors are {error, message}):\n" +
     "registration, confirmation pinged through the publisher's gateway, TTL heartbeats, lookup\n" +
     "by name or prefix (paginated), /v1/health and /metrics. Registrations are kept in SQLite (--db).\n" +
     "Writes need a bearer token: the admin token (--token-file, $STOA_META_TOKEN, or\n" +
-    `<state dir>/${META_TOKEN_FILE}, created 0600 when missing) or a writer token (--tokens-file).\n` +
-    "stoa pub on this host finds the state dir's token by itself; elsewhere give it --token-file.",
+    `<state dir>/${META_TOKEN_FILE}, created 0600 when missing) or a writer token (--tokens-file,\n` +
+    "re-read on SIGHUP). stoa pub on this host finds the state dir's token by itself; elsewhere\n" +
+    "give it --token-file.",
   config: true,
   flags: {
-    listen: str("address and port to serve on", { default: `[::]:${DEFAULT_META_PORT}`, placeholder: "host:port", schema: HostPort }),
+    listen: str("address and port to serve on (default loopback only; [::]:8090 for all addresses)", { default: `[::1]:${DEFAULT_META_PORT}`, placeholder: "host:port", schema: HostPort }),
     db: str("SQLite file, or :memory: (default: <state dir>/meta.db)", { placeholder: "path" }),
     stateDir: str("where meta.db and meta.token live (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
     ttl: str("a publisher that sends no heartbeat for this long turns stale", { default: "15s", placeholder: "duration", schema: Duration }),
@@ -60,7 +74,7 @@ export default defineCommand({
     config: configFlag(),
   },
   examples: [
-    "stoa meta",
+    "stoa meta --listen [::]:8090   # serve other hosts (the default is loopback only)",
     "stoa meta --listen 127.0.0.1:8090 --db /var/lib/stoa/meta.db --ttl 30s",
     "stoa meta --token-file /etc/stoa/meta.token --tokens-file /etc/stoa/writers.txt",
     "# a writer token for host-a: the token to host-a (stoa pub --token-file host-a.token), its hash to writers.txt\n" +
@@ -69,7 +83,7 @@ export default defineCommand({
     "curl -s 'http://127.0.0.1:8090/v1/publishers?prefix=sensors&limit=100' | jq",
   ],
   async run({ flags }) {
-    const log = startService("meta", flags);
+    const log = startService("meta", flags, { daemon: true });
     const stateDir = flags.stateDir ?? defaultStateDir();
     const { auth, banner } = metaAuth(flags, stateDir, log);
     const meta = startMeta({
@@ -81,8 +95,10 @@ export default defineCommand({
       log,
     });
     onShutdown("metaserver", () => meta.close());
+    reloadWritersOnHangup(flags, meta);
     log.info("metaserver listening", { url: meta.url });
-    process.stdout.write(`metaserver: ${meta.url}/v1 (${banner})\n`);
+    announceReady({ status: `metaserver ${meta.url}` });
+    process.stdout.write(`metaserver: ${meta.url}/v1 (${isLoopback(flags.listen.hostname) ? "loopback only; --listen [::]:8090 for other hosts" : "reachable from other hosts"}; ${banner})\n`);
     await new Promise(() => {}); // runs until a signal; shutdown exits the process
   },
 });

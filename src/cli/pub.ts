@@ -20,6 +20,9 @@ export default defineCommand({
     "Registers NAME with the metaserver, serves the stream behind this host's gateway (Unix\n" +
     "sockets in the run dir), gets confirmed through the gateway, then publishes each value read\n" +
     "from stdin. At the end of stdin it deregisters and exits (or keeps serving with --stay).\n" +
+    "It waits up to --wait for the gateway and the metaserver to answer (a script may start\n" +
+    "'stoa up &' just before), prints 'publishing NAME as PUB_ID: URL' on stdout once live, and\n" +
+    "on stderr only warnings (-v: what it does).\n" +
     "With --addr auto there is no gateway: the publisher adds its own /128 (nodad) to --dev,\n" +
     "serves the three ports on it directly and deletes it on exit (stoa addr gc after a crash).",
   config: true,
@@ -54,7 +57,7 @@ export default defineCommand({
     config: configFlag(),
   },
   examples: [
-    "seq 1 100 | stoa pub demo/counter --stay --history 100   # then: stoa sub demo/counter --from oldest",
+    "seq 1 100 | stoa pub demo/counter --stay --history 100",
     "sensor-read | sudo stoa pub lab/temp --addr auto --prefix fd00:1:2:3::/64 --dev eth0 --meta http://[fd00:1:2:3::9]:8090",
     "tail -F /var/log/app.json | stoa pub app/log --format json --meta http://[fd00::2]:8090 --token-file ~/.stoa/meta.token",
     "echo ready | stoa pub jobs/42/status --stay",
@@ -72,8 +75,9 @@ export default defineCommand({
     // A script starts `stoa up &` and this at once: wait for both to answer (--wait), and only
     // then look for the token, which a starting `stoa up` creates.
     const started = performance.now();
-    if (flags.addr === undefined) await waitForGateway(runDir, flags.wait, log);
-    await waitForMeta(new MetaClient(flags.meta), Math.max(0, flags.wait - (performance.now() - started)), log);
+    // Waited for, not failed on: without them startPublishing fails with what to start.
+    const gatewayUp = flags.addr !== undefined || (await waitForGateway(runDir, flags.wait, log).then(() => true, () => false));
+    if (gatewayUp) await waitForMeta(new MetaClient(flags.meta), Math.max(0, flags.wait - (performance.now() - started)), log).catch(() => {});
     const metaToken = clientToken({ metaUrl: flags.meta, tokenFile: flags.tokenFile, stateDir: flags.stateDir ?? defaultStateDir() });
     const session = await startPublishing({
       name,
@@ -89,6 +93,8 @@ export default defineCommand({
       log,
     });
     onShutdown("publisher", () => session.close());
+    // Not a log line: what a script may want to know (its pub_id, its URL), on stdout, once live.
+    process.stdout.write(`publishing ${session.info.name} as ${session.info.pub_id}: ${session.info.urls.service}\n`);
     const format = z.enum(InputFormats).parse(flags.format);
     for await (const value of readValues(Bun.stdin.stream(), format, (bad) => log.warn("skipped a line of stdin", { line: bad.line, reason: bad.reason }))) {
       // A signal's shutdown closes the publisher while stdin still flows: let it finish and exit.

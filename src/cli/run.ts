@@ -7,9 +7,12 @@
 import { type Command, type CommandEntry, isGroup, parseCommandLine } from "./command.ts";
 import { PROGRAM, commandHelp, programHelp } from "./help.ts";
 import { StoaError, describeError, exitCodeFor } from "../core/errors.ts";
+import { endOnBrokenStdout } from "../core/stdout.ts";
 
 /** Runs the program and resolves to the exit code; never throws. */
 export async function runCli(entries: readonly CommandEntry[], argv: string[]): Promise<number> {
+  // `stoa … | head -1`: a reader that stops reading ends us quietly, exit 0 (core/stdout.ts).
+  endOnBrokenStdout();
   const debug = process.env.STOA_DEBUG === "1" || argv.some((a, i) => a === "--log-level=debug" || (a === "--log-level" && argv[i + 1] === "debug"));
   try {
     return await dispatch(entries, argv);

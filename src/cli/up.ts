@@ -6,8 +6,16 @@ import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { startGateway } from "../gateway/gateway.ts";
 import { DEFAULT_META_PORT } from "../meta/protocol.ts";
+import { announceReady } from "../core/daemon.ts";
+import { isLoopback } from "../core/hostaddr.ts";
 import { startMetaThread } from "../meta/thread.ts";
-import { authFlags, metaAuth } from "./meta.ts";
+import { authFlags, metaAuth, reloadWritersOnHangup } from "./meta.ts";
+
+/**
+ * Where `stoa up` listens unless told otherwise: loopback only. Serving other hosts is a choice
+ * (`--listen ::`, `--meta-listen [::]:8090`), said in the banner either way.
+ */
+export const UP_LOOPBACK = ["::1", "127.0.0.1"] as const;
 
 /** `stoa up` drains faster than a standalone gateway: it is the interactive, Ctrl-C'd one. */
 const UP_DRAIN_MS = 5_000;
@@ -22,19 +30,20 @@ export default defineCommand({
     "--help); stoa pub on this host finds it in the state dir. Ctrl-C stops it cleanly.",
   config: true,
   flags: {
-    listen: list("gateway address (repeatable or comma-separated; default [::], all addresses)", { placeholder: "addr" }),
+    listen: list("gateway address (repeatable or comma-separated; default ::1 and 127.0.0.1, loopback only; :: for all addresses)", { placeholder: "addr" }),
     ports: str("gateway service,string,ping ports", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
-    metaListen: str("metaserver address and port", { default: `[::]:${DEFAULT_META_PORT}`, placeholder: "host:port", schema: HostPort }),
+    metaListen: str("metaserver address and port ([::]:8090 for all addresses)", { default: `[::1]:${DEFAULT_META_PORT}`, placeholder: "host:port", schema: HostPort }),
     stateDir: str("where the metaserver keeps meta.db and meta.token (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
     runDir: str("where publishers' sockets live (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT (the metaserver also serves /metrics)", { placeholder: "host:port", schema: HostPort }),
+    readyFile: str("once serving, write this file (JSON: pid, ports, metaserver URL) atomically; removed at exit", { placeholder: "file" }),
     ...authFlags(),
     ...logFlags(),
     config: configFlag(),
   },
-  examples: ["stoa up", "stoa up --listen fd00::1 --meta-listen [fd00::1]:8090", "stoa up --ports 9081,9082,9083 --meta-listen 127.0.0.1:9090 --state-dir /tmp/s --run-dir /tmp/r"],
+  examples: ["stoa up", "stoa up --listen :: --meta-listen [::]:8090   # serve other hosts too", "stoa up --listen fd00::1 --meta-listen [fd00::1]:8090", "stoa up --ports 9081,9082,9083 --meta-listen 127.0.0.1:9090 --state-dir /tmp/s --run-dir /tmp/r"],
   async run({ flags }) {
-    const log = startService("up", flags, { shutdownTimeoutMs: UP_DRAIN_MS + 5_000 });
+    const log = startService("up", flags, { shutdownTimeoutMs: UP_DRAIN_MS + 5_000, daemon: true });
     const runDir = flags.runDir ?? defaultRunDir();
     const stateDir = flags.stateDir ?? defaultStateDir();
     const db = join(stateDir, "meta.db");
@@ -50,9 +59,10 @@ export default defineCommand({
       },
     );
     onShutdown("metaserver", () => meta.close());
+    reloadWritersOnHangup(flags, meta);
     const gw = await startGateway({
       runDir,
-      listen: listen.length > 0 ? listen : undefined,
+      listen: listen.length > 0 ? listen : [...UP_LOOPBACK],
       ports: flags.ports,
       drainTimeoutMs: UP_DRAIN_MS,
       log: log.child({ part: "gateway" }),
@@ -63,16 +73,24 @@ export default defineCommand({
     serveMetrics(flags.metricsListen, log, () => gw.stats());
     const { service, string, ping } = gw.ports;
     const opts = `--meta ${meta.url}${flags.runDir ? ` --run-dir ${runDir}` : ""}${flags.stateDir ? ` --state-dir ${stateDir}` : ""}`;
+    const reach = (loopback: boolean, flag: string) => (loopback ? `loopback only; ${flag} for other hosts` : "reachable from other hosts");
     process.stdout.write(
       [
-        `stoa up: gateway on ${gw.listen.join(", ")} ports service ${service}, string ${string}, ping ${ping} (run dir ${runDir})`,
-        `         metaserver ${meta.url}/v1 (db ${db}; ${banner})`,
+        `stoa up: gateway on ${gw.listen.join(", ")} ports service ${service}, string ${string}, ping ${ping} (${reach(gw.listen.every(isLoopback), "--listen ::")}; run dir ${runDir})`,
+        `         metaserver ${meta.url}/v1 (${reach(isLoopback(flags.metaListen.hostname), "--meta-listen [::]:8090")}; db ${db}; ${banner})`,
         `try:     seq 1 100 | stoa pub demo/counter --stay ${opts}`,
         `         stoa sub demo/counter --meta ${meta.url}`,
         "",
       ].join("\n"),
     );
+    // Every listener answers: the ready file and systemd's READY=1 at this one moment.
+    announceReady({
+      status: `gateway on ${service},${string},${ping}; metaserver ${meta.url}`,
+      readyFile: flags.readyFile,
+      fields: { ports: gw.ports, listen: gw.listen, meta: meta.url, run_dir: runDir },
+    });
     const closed = await gw.closed;
     return await shutdown(closed.reason === "handover" ? "gateway handed over" : "gateway stopped");
   },
 });
+

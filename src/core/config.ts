@@ -81,7 +81,7 @@ export function resolveConfig<S extends z.ZodObject>(schema: S, options: Resolve
   }
 
   for (const [key, type] of Object.entries(shape)) {
-    const name = prefix + words(key);
+    const name = envName(key, prefix);
     const raw = env[name];
     if (raw === undefined || raw === "") continue;
     const where = `environment variable ${name}`;
@@ -120,6 +120,11 @@ function words(key: string): string {
     .replace(/([a-z0-9])([A-Z])/g, "$1_$2")
     .replace(/-/g, "_")
     .toUpperCase();
+}
+
+/** `runDir` → `STOA_RUN_DIR`: the environment variable a key is read from. */
+export function envName(key: string, prefix = "STOA_"): string {
+  return prefix + words(key);
 }
 
 /** `logLevel` (or `log_level`) → `log-level`: how a key is spelled as a command-line flag. */

@@ -13,6 +13,12 @@ export function isWildcard(address: string): boolean {
   return address === "::" || address === "0.0.0.0" || address === "[::]";
 }
 
+/** A loopback address (`::1`, 127.0.0.0/8, `localhost`; brackets allowed): reachable from this host only. */
+export function isLoopback(address: string): boolean {
+  const bare = address.replace(/^\[(.*)\]$/, "$1").toLowerCase();
+  return bare === "::1" || bare === "localhost" || /^127\./.test(bare);
+}
+
 function rank(a: Iface): number {
   if (a.family === "IPv6") {
     if (a.internal || a.address === "::1") return 3;

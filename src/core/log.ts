@@ -5,6 +5,9 @@
  *   a value is quoted (JSON string escapes) when it is empty or holds a space, `"`, `=`, `\`
  *   or a control character, so every entry stays on one line.
  * - json: one object per line, `{"ts":…,"level":…,"name"?:…,"msg":…,…fields}`.
+ * - Under systemd (`$JOURNAL_STREAM` names the stderr we write to, systemd.exec(5)) text lines
+ *   carry no timestamp — journald adds its own — and start with the syslog priority `<N>`
+ *   (sd-daemon(3); journald strips it and records the level).
  *
  * Field values: an Error is written as its message, a bigint as its decimal string, a Date as
  * ISO 8601, `undefined` is left out, anything else as JSON. A field named like a reserved key
@@ -12,6 +15,7 @@
  * Levels below the threshold are bound to a no-op function: a disabled call costs one call.
  * Logging never throws: an unserialisable value is written as `"[unserializable]"`.
  */
+import { fstatSync } from "node:fs";
 import { z } from "zod";
 
 /** Log levels, lowest first. */
@@ -48,7 +52,27 @@ export interface LoggerOptions {
   stream?: LogSink;
   /** Component name, written after the level (text) or as `name` (json). */
   name?: string;
+  /** Journal-style text lines (no timestamp, `<N>` priority); default: `journalStderr()`. */
+  journal?: boolean;
 }
+
+/**
+ * Whether stderr is connected to journald: `$JOURNAL_STREAM` is `<device>:<inode>` of the
+ * stream systemd gave us, and stderr is still that stream (not redirected by a script).
+ */
+export function journalStderr(env: NodeJS.ProcessEnv = process.env): boolean {
+  const stream = env.JOURNAL_STREAM;
+  if (stream === undefined || stream === "") return false;
+  try {
+    const st = fstatSync(2);
+    return stream === `${st.dev}:${st.ino}`;
+  } catch {
+    return false;
+  }
+}
+
+// syslog(3) priorities, as sd-daemon(3) prefixes them.
+const PRIORITY: Record<LogLevel, string> = { debug: "<7>", info: "<6>", warn: "<4>", error: "<3>" };
 
 const RANK: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 const LABEL: Record<LogLevel, string> = {
@@ -79,6 +103,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     format: options.format ?? "text",
     sink: options.stream ?? process.stderr,
     name: options.name,
+    journal: options.journal ?? journalStderr(),
   };
   return makeLogger(config, {});
 }
@@ -88,6 +113,7 @@ interface Config {
   format: LogFormat;
   sink: LogSink;
   name: string | undefined;
+  journal: boolean;
 }
 
 function makeLogger(config: Config, bound: LogFields): Logger {
@@ -100,7 +126,7 @@ function makeLogger(config: Config, bound: LogFields): Logger {
           const line =
             config.format === "json"
               ? jsonLine(level, config.name, msg, all)
-              : textLine(level, config.name, msg, all);
+              : textLine(level, config.name, msg, all, config.journal);
           try {
             config.sink.write(line);
           } catch {
@@ -152,8 +178,8 @@ function safeJson(value: unknown): string | undefined {
   }
 }
 
-function textLine(level: LogLevel, name: string | undefined, msg: string, fields: LogFields): string {
-  let line = `${new Date().toISOString()} ${LABEL[level]} `;
+function textLine(level: LogLevel, name: string | undefined, msg: string, fields: LogFields, journal: boolean): string {
+  let line = journal ? `${PRIORITY[level]}${LABEL[level]} ` : `${new Date().toISOString()} ${LABEL[level]} `;
   if (name !== undefined) line += `${name}: `;
   line += escapeControl(msg);
   for (const [key, value] of Object.entries(fields)) {

@@ -11,11 +11,14 @@
  * Label-less counters, gauges and histograms render zeros before their first update, as the
  * official client libraries do. Each metric holds at most `MAX_SERIES_PER_METRIC` label sets (a
  * label fed from peer input must not grow memory without bound); `remove(labels)` forgets one.
- * A gauge may instead be read at each render (`setFunction`): the shared registry so shows
- * `process_open_fds` and `process_max_fds` (fdlimit.ts) on every /metrics.
+ * A gauge or counter may instead be read at each render (`setFunction`): the shared registry so
+ * shows the official clients' `process_*` metrics (cpu, memory, start time, threads, descriptors:
+ * procstat.ts, fdlimit.ts) and `stoa_build_info{version,commit,bun} 1` on every /metrics.
  */
 import { StoaError } from "./errors.ts";
+import { buildInfo } from "./buildinfo.ts";
 import { fdLimit, fdsInUse } from "./fdlimit.ts";
+import { cpuSeconds, residentBytes, startTimeSeconds, threads, virtualBytes } from "./procstat.ts";
 
 /** The `Content-Type` of a `render()` body. */
 export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -119,7 +122,28 @@ export class Counter extends Metric<{ value: number }> {
     this.stateFor(labels).value += by;
   }
 
+  #read: (() => number) | undefined;
+
+  /**
+   * Collect on scrape, for a total another counts (the kernel's CPU time): label-less only, a
+   * throwing `read` renders NaN.
+   */
+  setFunction(read: () => number): this {
+    if (this.labelNames.length > 0) throw new StoaError("internal", `counter ${this.name} has labels; setFunction is for label-less counters`);
+    this.#read = read;
+    return this;
+  }
+
   renderSeries(out: string[]): void {
+    if (this.#read !== undefined) {
+      let v: number;
+      try {
+        v = this.#read();
+      } catch {
+        v = Number.NaN;
+      }
+      this.stateFor(undefined).value = v;
+    }
     for (const { values, state } of this.entries()) {
       out.push(`${this.name}${this.labelText(values)} ${formatNumber(state.value)}`);
     }
@@ -329,6 +353,15 @@ export const metrics = new Registry();
 // process collector (so dashboards for other exporters work); read at each scrape.
 metrics.gauge("process_open_fds", "Number of open file descriptors.").setFunction(fdsInUse);
 metrics.gauge("process_max_fds", "Maximum number of open file descriptors.").setFunction(fdLimit);
+metrics.counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.").setFunction(cpuSeconds);
+metrics.gauge("process_resident_memory_bytes", "Resident memory size in bytes.").setFunction(residentBytes);
+metrics.gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.").setFunction(virtualBytes);
+metrics.gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.").setFunction(startTimeSeconds);
+metrics.gauge("process_threads", "Number of OS threads in the process.").setFunction(threads);
+{
+  const { version, commit, bun } = buildInfo();
+  metrics.gauge("stoa_build_info", "A metric with a constant '1' labelled with stoa's version, git commit and Bun version.", ["version", "commit", "bun"]).set({ version, commit, bun }, 1);
+}
 
 function splitArgs(first: Labels | number | undefined, second: number | undefined, fallback: number) {
   return typeof first === "number" || first === undefined

@@ -53,6 +53,7 @@ export class ShutdownManager {
   /** SIGINT/SIGTERMs received; the second one ends the process at once. */
   private signals = 0;
   private uninstall: (() => void) | undefined;
+  private readonly starting: (() => void)[] = [];
 
   constructor(options: ShutdownManagerOptions = {}) {
     this.exit = options.exit ?? ((code) => process.exit(code));
@@ -82,6 +83,11 @@ export class ShutdownManager {
       const i = this.stack.indexOf(entry);
       if (i !== -1) this.stack.splice(i, 1);
     };
+  }
+
+  /** Call `fn` the moment shutdown begins, before any cleanup (core/daemon.ts: STOPPING=1, /ready 503). */
+  onStart(fn: () => void): void {
+    if (!this.starting.includes(fn)) this.starting.push(fn);
   }
 
   /**
@@ -128,6 +134,13 @@ export class ShutdownManager {
     const log = this.log;
     const timeoutMs = this.timeoutMs;
     log.info("shutting down", { reason });
+    for (const fn of this.starting) {
+      try {
+        fn();
+      } catch (err) {
+        log.error("shutdown start hook failed", { err });
+      }
+    }
     let failed = false;
     let timedOut = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -180,6 +193,9 @@ export const shutdownManager = new ShutdownManager();
 
 /** Register a cleanup on the process-wide manager; returns its unregister function. */
 export const onShutdown = (name: string, fn: Cleanup): (() => void) => shutdownManager.onShutdown(name, fn);
+
+/** Call `fn` when the process-wide shutdown begins, before the cleanups. */
+export const onShutdownStart = (fn: () => void): void => shutdownManager.onStart(fn);
 
 /** Make SIGINT/SIGTERM run the process-wide cleanups, then exit. */
 export const installSignalHandlers = (options?: ShutdownOptions): (() => void) =>

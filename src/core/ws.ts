@@ -20,7 +20,15 @@
  * - `close()` stops for good: no timers stay behind, and `closed` resolves once the socket is
  *   gone. After `close()` the only callback left is the `onClose(…, false)` of a connection that
  *   was open, once its close handshake ends. Giving up after `maxAttempts` resolves `closed` too.
+ * - Refused upgrades: Bun's `WebSocket` hides a non-101 answer (a close 1006, or "Expected 101
+ *   status code: 502" and no body). Where the answer matters (`onRefused` given, and
+ *   `dialWebSocket` for one-shot clients), the dial goes through the `ws` package's client
+ *   (Bun ships its own implementation of it), which hands over the response: its status and
+ *   up to `MAX_REFUSAL_BODY_BYTES` of body become an `UpgradeRefusal` — `error`/`message` when
+ *   it is the JSON `{"error","message"}` a stoa gateway or publisher answers — reported before
+ *   the attempt's `onClose`, whose reason is then `describeRefusal(…)`.
  */
+import WsClient from "ws";
 import { StoaError } from "./errors.ts";
 
 export interface BackoffOptions {
@@ -46,6 +54,95 @@ export const DEFAULT_STABLE_AFTER_MS = 5_000;
 const CLOSE_HANDSHAKE_TIMEOUT_MS = 2_000;
 
 const SCHEMES = new Set(["ws:", "wss:", "ws+unix:", "wss+unix:"]);
+
+/** Body of a refused upgrade read at most: a stoa error body is a few hundred bytes. */
+export const MAX_REFUSAL_BODY_BYTES = 4096;
+/** Time to read a refused upgrade's body before reporting what arrived. */
+const REFUSAL_BODY_TIMEOUT_MS = 2_000;
+
+/** A server's non-101 answer to an upgrade. */
+export interface UpgradeRefusal {
+  status: number;
+  /** The `error` of a JSON `{"error","message"}` body (stoa's gateway and publishers), else undefined. */
+  error: string | undefined;
+  /** Its `message`, else the body as text (cut at `MAX_REFUSAL_BODY_BYTES`), else "". */
+  message: string;
+}
+
+/**
+ * One line for a refused upgrade.
+ * @example
+ * describeRefusal({ status: 502, error: "target_down", message: "publisher cam1 is not running" });
+ * // "502 target_down: publisher cam1 is not running"
+ */
+export function describeRefusal(refusal: UpgradeRefusal): string {
+  const what = refusal.error === undefined ? `${refusal.status}` : `${refusal.status} ${refusal.error}`;
+  return refusal.message === "" ? what : `${what}: ${refusal.message}`;
+}
+
+/** Parses a refused upgrade's body (see `UpgradeRefusal`); never throws. */
+export function parseRefusal(status: number, body: Uint8Array): UpgradeRefusal {
+  const text = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString("utf8").trim();
+  try {
+    const json: unknown = JSON.parse(text);
+    if (json !== null && typeof json === "object" && !Array.isArray(json)) {
+      const { error, message } = json as Record<string, unknown>;
+      if (typeof error === "string" || typeof message === "string") {
+        return { status, error: typeof error === "string" ? error : undefined, message: typeof message === "string" ? message : "" };
+      }
+    }
+  } catch {
+    // not JSON: the text itself
+  }
+  return { status, error: undefined, message: text.replace(/[\x00-\x1f\x7f]+/g, " ") };
+}
+
+/**
+ * Opens a WebSocket (the `ws` package's client, as `WebSocket`'s interface) that reports a
+ * refused upgrade to `onRefused` before its `error` and `close` events (see the module header).
+ *
+ * @example
+ * ```ts
+ * const ws = dialWebSocket("ws://[::1]:8083/pub/cam1", {}, (r) => console.error(describeRefusal(r)));
+ * ws.onopen = () => ws.send("ping");
+ * ```
+ */
+export function dialWebSocket(
+  url: string,
+  init: { headers?: Record<string, string>; protocols?: string | string[] },
+  onRefused: (refusal: UpgradeRefusal) => void,
+): WebSocket {
+  const ws = new WsClient(url, init.protocols, { headers: init.headers ?? {}, perMessageDeflate: false });
+  // An `error` with no listener would be thrown (EventEmitter), e.g. closing while connecting
+  // after the caller set `onerror = null`: errors reach `onerror` when one is set, else nobody.
+  ws.on("error", () => {});
+  ws.on("unexpected-response", (_req, res) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let reported = false;
+    const report = (): void => {
+      if (reported) return;
+      reported = true;
+      clearTimeout(timer);
+      onRefused(parseRefusal(res.statusCode ?? 0, Buffer.concat(chunks)));
+      res.destroy();
+      ws.terminate();
+    };
+    const timer = setTimeout(report, REFUSAL_BODY_TIMEOUT_MS);
+    res.on("data", (chunk: Buffer) => {
+      const room = MAX_REFUSAL_BODY_BYTES - size;
+      if (room > 0) chunks.push(chunk.subarray(0, room));
+      size += chunk.byteLength;
+      if (size >= MAX_REFUSAL_BODY_BYTES) report();
+    });
+    res.on("end", report);
+    res.on("error", report);
+    res.on("close", report);
+  });
+  // The interface both clients share (onopen/onmessage/onerror/onclose, send, close,
+  // terminate, readyState, bufferedAmount, binaryType "arraybuffer").
+  return ws as unknown as WebSocket;
+}
 
 /**
  * Delay before reconnect attempt `attempt` (1-based; values below 1 count as 1).
@@ -95,6 +192,13 @@ export interface ReconnectOptions extends Partial<BackoffOptions> {
   onClose?: (code: number, reason: string, willRetry: boolean) => void;
   /** A connect failed (`io`) or timed out (`timeout`). */
   onError?: (err: StoaError) => void;
+  /**
+   * The server answered an upgrade with something other than 101 (see the module header);
+   * called before that attempt's `onClose`. Giving it dials with the `ws` package's client.
+   */
+  onRefused?: (refusal: UpgradeRefusal) => void;
+  /** The URL for each dial (e.g. to resume where the last connection stopped); default `url`. */
+  urlFor?: () => string | URL;
 }
 
 /**
@@ -236,14 +340,26 @@ export class ReconnectingWebSocket {
     this.currentState = "connecting";
     this.openedAt = undefined;
     let ws: WebSocket;
+    /** Set when this attempt's upgrade was refused: the close's reason. */
+    let refused: string | undefined;
+    const url = this.options.urlFor === undefined ? this.url : String(this.options.urlFor());
     try {
+      const onRefused = this.options.onRefused;
       const init: Bun.WebSocketOptions = { headers: this.options.headers ?? {} };
-      ws =
-        this.options.protocols === undefined
-          ? new WebSocket(this.url, init)
-          : new WebSocket(this.url, { ...init, protocols: this.options.protocols });
+      if (onRefused !== undefined) {
+        ws = dialWebSocket(url, { headers: this.options.headers, protocols: this.options.protocols }, (refusal) => {
+          if (this.current !== ws) return;
+          refused = describeRefusal(refusal);
+          onRefused(refusal);
+        });
+      } else {
+        ws =
+          this.options.protocols === undefined
+            ? new WebSocket(url, init)
+            : new WebSocket(url, { ...init, protocols: this.options.protocols });
+      }
     } catch (err) {
-      this.options.onError?.(new StoaError("io", `websocket ${this.url}: ${messageOf(err)}`, { cause: err }));
+      this.options.onError?.(new StoaError("io", `websocket ${url}: ${messageOf(err)}`, { cause: err }));
       this.ended(1006, messageOf(err));
       return;
     }
@@ -273,12 +389,13 @@ export class ReconnectingWebSocket {
       if (typeof data === "string" || data instanceof ArrayBuffer) this.options.onMessage?.(data);
     };
     ws.onerror = (event) => {
-      const message = event instanceof ErrorEvent ? event.message : "connection error";
-      this.options.onError?.(new StoaError("io", `websocket ${this.url}: ${message}`));
+      if (refused !== undefined) return; // reported to onRefused already
+      const message = "message" in event && typeof event.message === "string" ? event.message : "connection error";
+      this.options.onError?.(new StoaError("io", `websocket ${url}: ${message}`));
     };
     ws.onclose = (event) => {
       this.abandon(ws);
-      this.ended(event.code, event.reason);
+      this.ended(event.code, refused ?? event.reason);
     };
   }
 

@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import { release } from "node:os";
 import { defaultRunDir } from "../core/paths.ts";
 import { probeIoUring } from "../ffi/io_uring.ts";
+import { controlRequest } from "../gateway/control.ts";
 import { runDirFinding } from "./rundir.ts";
 
 export type Status = "ok" | "warn";
@@ -26,13 +27,25 @@ const CAP_NET_RAW = 13;
 /** The gateway's fixed ports (service, string, ping). */
 export const GATEWAY_PORTS = [8081, 8082, 8083] as const;
 
-/** External tools, the Debian package that has each, and who needs it. */
-const TOOLS = [
+/**
+ * External tools, the Debian package that has each, and who needs it: a command (checked only
+ * when this stoa has that command, so a tool of a later issue's command is no warning today), or
+ * the checkout's tests and benchmarks (checked with --dev).
+ */
+const TOOLS: readonly { bin: string; pkg: string; why: string; command?: string }[] = [
   { bin: "ip", pkg: "iproute2", why: "network-namespace tests and `ip` comparisons in benchmarks" },
-  { bin: "ovs-vsctl", pkg: "openvswitch-switch", why: "`stoa flows` programs Open vSwitch" },
-  { bin: "redis-server", pkg: "redis-server", why: "`stoa circles --redis-url` uses Redis as its queue" },
+  { bin: "ovs-vsctl", pkg: "openvswitch-switch", why: "`stoa flows` programs Open vSwitch", command: "flows" },
+  { bin: "redis-server", pkg: "redis-server", why: "`stoa circles --redis-url` uses Redis as its queue", command: "circles" },
   { bin: "nginx", pkg: "nginx", why: "the gateway benchmark compares against nginx's stream proxy" },
-] as const;
+];
+
+export interface CheckOptions {
+  runDir?: string;
+  /** The commands this stoa has (its command table): tools are checked for these only. */
+  commands?: readonly string[];
+  /** Also the tools the checkout's tests and benchmarks use. */
+  dev?: boolean;
+}
 
 /** Parses the effective capability mask out of /proc/<pid>/status text. */
 export function effectiveCaps(status: string): bigint | undefined {
@@ -55,7 +68,8 @@ async function portFree(port: number): Promise<{ free: true } | { free: false; r
   }
 }
 
-export async function runChecks(options: { runDir?: string } = {}): Promise<Finding[]> {
+export async function runChecks(options: CheckOptions = {}): Promise<Finding[]> {
+  const runDir = options.runDir ?? defaultRunDir();
   const findings: Finding[] = [];
   findings.push({ name: "kernel", status: "ok", detail: `Linux ${release()} ${process.arch}` });
 
@@ -100,7 +114,8 @@ export async function runChecks(options: { runDir?: string } = {}): Promise<Find
         },
   );
 
-  for (const tool of TOOLS) {
+  const shipped = new Set(options.commands ?? []);
+  for (const tool of TOOLS.filter((t) => (t.command === undefined ? options.dev === true : shipped.has(t.command)))) {
     const path = Bun.which(tool.bin, { PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin` });
     findings.push(
       path
@@ -114,12 +129,17 @@ export async function runChecks(options: { runDir?: string } = {}): Promise<Find
     );
   }
 
+  // A port held by this host's own gateway is in use as it should be, not a conflict.
+  const own = await controlRequest(runDir, { type: "info" }, { timeoutMs: 2_000 }).catch(() => null);
+  const ownPorts = new Set(own === null ? [] : [own.ports.service, own.ports.string, own.ports.ping]);
   for (const port of GATEWAY_PORTS) {
     const result = await portFree(port);
     findings.push(
       result.free
         ? { name: `port ${port}`, status: "ok", detail: "free for stoa gateway" }
-        : {
+        : own !== null && ownPorts.has(port)
+          ? { name: `port ${port}`, status: "ok", detail: `in use by this host's stoa gateway (pid ${own.pid}, run dir ${runDir})` }
+          : {
             name: `port ${port}`,
             status: "warn",
             detail: `cannot listen on [::]:${port}: ${result.reason}`,
@@ -127,6 +147,6 @@ export async function runChecks(options: { runDir?: string } = {}): Promise<Find
           },
     );
   }
-  findings.push(runDirFinding(options.runDir ?? defaultRunDir()));
+  findings.push(runDirFinding(runDir));
   return findings;
 }

@@ -16,6 +16,10 @@ const symbols = {
   socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
   setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+  // int getsockname(int, sockaddr *, socklen_t *): the address an inherited socket is bound to.
+  getsockname: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  // int fcntl(int, int, int): F_DUPFD_CLOEXEC, so each listener owns (and closes) its own copy.
+  fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   // ssize_t sendto(int, const void *, size_t, int, const sockaddr *, socklen_t)
   sendto: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i64_fast },
   // ssize_t recvfrom(int, void *, size_t, int, sockaddr *, socklen_t *)

@@ -9,7 +9,15 @@
  */
 import { StoaError } from "../core/errors.ts";
 import { isValidPubId } from "../stream/names.ts";
-import { HTTP_PREFIX, HTTP_VERSION, MAX_FIRST_LINE_BYTES, PRELUDE_PREFIX, type RouteError } from "./protocol.ts";
+import {
+  HEALTH_LINES,
+  type HealthCheck,
+  HTTP_PREFIX,
+  HTTP_VERSION,
+  MAX_FIRST_LINE_BYTES,
+  PRELUDE_PREFIX,
+  type RouteError,
+} from "./protocol.ts";
 
 /** The outcome of feeding bytes to the parser. */
 export type FirstLineResult =
@@ -21,14 +29,22 @@ export type FirstLineResult =
       /** Bytes to send the target first: the whole input (http) or what followed the prelude. */
       forward: Uint8Array;
     }
+  /** `GET /ready` or `GET /healthz`: the router answers it itself. */
+  | { state: "health"; check: HealthCheck }
   | { state: "error"; error: Extract<RouteError, "bad_request_line" | "invalid_pub_id" | "first_line_too_long">; message: string };
 
 const LF = 0x0a;
 const CR = 0x0d;
 const HTTP = Buffer.from(HTTP_PREFIX, "latin1");
 const PRELUDE = Buffer.from(PRELUDE_PREFIX, "latin1");
+/** Whole request lines matched as fixed prefixes; the line must end right after them. */
+const HEALTH = new Map<Buffer, HealthCheck>(
+  (Object.entries(HEALTH_LINES) as [HealthCheck, string][]).map(([check, line]) => [Buffer.from(line, "latin1"), check]),
+);
+/** Every fixed start a first line may have; the first byte and then each next one narrow it. */
+const PREFIXES: readonly Buffer[] = [HTTP, PRELUDE, ...HEALTH.keys()];
 const MORE: FirstLineResult = { state: "more" };
-const FORMS = `send "GET /pub/<pub_id> HTTP/1.1" or the prelude "STOA1 <pub_id>\\n"`;
+const FORMS = `send "GET /pub/<pub_id> HTTP/1.1" or the prelude "STOA1 <pub_id>\\n" (or GET /ready, GET /healthz)`;
 
 /** Parser states: matching the fixed prefix, reading the rest of the line, settled. */
 const PREFIX = 0;
@@ -92,11 +108,17 @@ export class FirstLineParser {
   #prefixByte(b: number): string | null {
     const at = this.#length;
     if (this.#prefix === null) {
-      if (b === HTTP[0]) this.#prefix = HTTP;
-      else if (b === PRELUDE[0]) this.#prefix = PRELUDE;
-      else return `the first line is neither an HTTP request nor a stoa prelude; ${FORMS}`;
+      const first = PREFIXES.find((p) => p[0] === b);
+      if (first === undefined) return `the first line is neither an HTTP request nor a stoa prelude; ${FORMS}`;
+      this.#prefix = first;
     }
-    const prefix = this.#prefix;
+    let prefix = this.#prefix;
+    if (b !== prefix[at]) {
+      // Another fixed start with the same bytes so far (`GET /` of /pub/, /ready, /healthz)?
+      const seen = prefix.subarray(0, at);
+      const other = PREFIXES.find((p) => p.length > at && p[at] === b && p.subarray(0, at).equals(seen));
+      if (other !== undefined) prefix = this.#prefix = other;
+    }
     if (b !== prefix[at]) {
       if (prefix === PRELUDE) return `expected the prelude "STOA1 <pub_id>"; ${FORMS}`;
       if (at < 4) return `only GET requests are routed; ${FORMS}`;
@@ -110,6 +132,15 @@ export class FirstLineParser {
   #finish(chunk: Uint8Array, lf: number): FirstLineResult {
     const lineEnd = this.#sawCR ? lf - 1 : lf; // index in `chunk` where the line text ends
     const text = this.#lineText(chunk, lineEnd);
+    const check = this.#prefix === null ? undefined : HEALTH.get(this.#prefix);
+    if (check !== undefined) {
+      if (text !== HEALTH_LINES[check]) {
+        return this.#fail("bad_request_line", `a health check is exactly "${HEALTH_LINES[check]}"; ${FORMS}`);
+      }
+      this.#state = FINISHED;
+      this.#chunks = [];
+      return { state: "health", check };
+    }
     const http = this.#prefix === HTTP;
     let pubId: string;
     if (http) {

@@ -41,8 +41,10 @@ import {
 } from "./protocol.ts";
 import type { DataPath, RouterConfig } from "./router.ts";
 import { type RouteUpdate, RouteTable, scanRunDir } from "./routes.ts";
+import { SWEEP_INTERVAL_MS, sweepDeadPublishers } from "./sweep.ts";
 import { GatewayMetrics, type GatewayStats } from "./stats.ts";
 import { localRouter, type RouterPort, workerRouter } from "./workers.ts";
+import type { ActivatedSockets } from "./activation.ts";
 
 export type { GatewayStats } from "./stats.ts";
 
@@ -71,6 +73,11 @@ export interface GatewayOptions {
    * through Bun's sockets. TLS connections always use "bun". See router.ts.
    */
   dataPath?: DataPath;
+  /**
+   * Socket activation: serve on these inherited sockets (gateway/activation.ts) instead of
+   * binding `listen` × `ports`, which are then ignored.
+   */
+  activated?: ActivatedSockets;
   /** Take over from a gateway serving the same run dir (default true); false: fail instead. */
   takeOver?: boolean;
   log?: Logger;
@@ -142,7 +149,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   }
   const o = parsed.data;
   const log = options.log ?? createLogger({ name: "gateway" });
-  const listen = o.listen.map((a) => (a.startsWith("[") && a.endsWith("]") ? a.slice(1, -1) : a));
+  const activated = options.activated;
+  const listen = activated?.listen ?? o.listen.map((a) => (a.startsWith("[") && a.endsWith("]") ? a.slice(1, -1) : a));
   const wanted: Ports = { ...DEFAULT_PORTS, ...o.ports };
   const tls = o.tls === undefined ? null : readTls(o.tls);
   const workers = o.workers ?? Math.max(1, Math.min(MAX_WORKERS, availableParallelism()));
@@ -166,13 +174,14 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     registry: options.registry ?? sharedRegistry,
   });
   if (previous !== null) runtime.preload(previous.explicit);
-  const ports = await choosePorts(listen, wanted, previous?.info.ports ?? null);
+  const ports = activated?.ports ?? (await choosePorts(listen, wanted, previous?.info.ports ?? null));
   try {
     await runtime.startRouters({
       runDir: o.runDir,
       listen,
       ports,
       tls,
+      fds: activated?.fds ?? null,
       firstLineTimeoutMs: o.firstLineTimeoutMs,
       connectTimeoutMs: o.connectTimeoutMs,
       maxFirstLineBytes: MAX_FIRST_LINE_BYTES,
@@ -199,6 +208,11 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     run_dir: o.runDir,
     took_over_from: previous?.info.pid,
   });
+  // Crashed publishers' pub/<pub_id>/ directories: reclaimed now and then while serving (sweep.ts).
+  void sweepDeadPublishers(o.runDir, log);
+  const sweeper = setInterval(() => void sweepDeadPublishers(o.runDir, log), SWEEP_INTERVAL_MS);
+  sweeper.unref();
+  void runtime.closed.then(() => clearInterval(sweeper));
   return runtime;
 }
 

@@ -30,6 +30,22 @@
  *   TCP socket (a Unix socket has no Nagle delay to turn off).
  *   The gateway never terminates WebSocket: it is a layer-4 proxy chosen by one line.
  *
+ * ## Health checks, answered before routing
+ *   GET /healthz HTTP/1.1\r\n   200 {"status":"alive"}: the router answering is alive
+ *   GET /ready HTTP/1.1\r\n     200 {"status":"ready"} while the router serves,
+ *                               503 {"status":"draining"} once it drains (stop or takeover)
+ * On every one of the three ports (plain or TLS), for load balancers and `curl`: exactly these
+ * request lines (no query), recognised by the first-line parser like a route; the rest of the
+ * request is read and discarded and the connection closed as after an error response. They never
+ * reach a publisher (`/ready` and `/healthz` are not `/pub/…`). Metrics listeners answer the
+ * same paths (src/cli/common.ts).
+ *
+ * ## Socket activation (gateway/activation.ts)
+ * Under systemd (`stoa service unit gateway.socket`), `$LISTEN_FDS` sockets are served instead
+ * of binding `--listen` × `--ports`: sockets named `service`, `string`, `ping`
+ * (`FileDescriptorName=`), or else exactly three in the order service, string, ping. Each router
+ * listens on its own copy of each (F_DUPFD_CLOEXEC: Bun closes the fd it listens on at stop).
+ *
  * ## Resolving a target, in order
  * 1. an explicit registration for (kind, pub_id) made over the control socket: `unix:/path` or
  *    `tcp:host:port` (src/core/endpoint.ts forms);
@@ -183,6 +199,25 @@ export const HTTP_PREFIX = "GET /pub/";
 export const PRELUDE_PREFIX = "STOA1 ";
 /** The only HTTP version the gateway routes (WebSocket needs 1.1). */
 export const HTTP_VERSION = "HTTP/1.1";
+/** The health checks' request lines (without the line end), answered by the router itself. */
+export const HEALTH_LINES = { ready: "GET /ready HTTP/1.1", healthz: "GET /healthz HTTP/1.1" } as const;
+export type HealthCheck = keyof typeof HEALTH_LINES;
+
+/**
+ * The answer to a health check: `/healthz` is 200 whenever a router answers; `/ready` is 200
+ * while `serving`, else 503.
+ */
+export function healthResponse(check: HealthCheck, serving: boolean): Uint8Array {
+  const ok = check === "healthz" || serving;
+  const body = `${JSON.stringify({ status: check === "healthz" ? "alive" : serving ? "ready" : "draining" })}\n`;
+  const head =
+    `HTTP/1.1 ${ok ? "200 OK" : "503 Service Unavailable"}\r\n` +
+    "Content-Type: application/json\r\n" +
+    `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+    "Cache-Control: no-store\r\n" +
+    "Connection: close\r\n\r\n";
+  return Buffer.from(head + body, "utf8");
+}
 
 /** Routing failures, each with its HTTP status. */
 export const ROUTE_ERRORS = {

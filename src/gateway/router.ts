@@ -3,7 +3,8 @@
  *
  * Life of a client connection (rules and error responses in protocol.ts):
  *   open     TCP_NODELAY, first-line timer started
- *   line     bytes go to a `FirstLineParser`; an error is answered at once
+ *   line     bytes go to a `FirstLineParser`; an error is answered at once, and so is a
+ *            health check (`GET /ready`, `GET /healthz`: protocol.ts)
  *   dialing  the client is paused; the target (explicit or conventional) is connected
  *   spliced  both sockets were handed to the router's `FdSplicer` (core/fdsplice.ts): the data
  *            path runs on raw fds in the splicer's thread, starting with the forwarded bytes
@@ -25,6 +26,7 @@ import { FdSplicer, socketFd, takeSocketFd } from "../core/fdsplice.ts";
 import { FdWatch, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_MS } from "../core/fdguard.ts";
 import { canAffordAnswer, fdPressure, fdReserve, isFdExhaustion, overFdBudget, RefusalLog } from "../core/fdlimit.ts";
 import { sys } from "../ffi/epoll.ts";
+import { dupFd } from "../ffi/sockets.ts";
 import { Pipe, pipeHandlers, type PipeEnd, type PipeStats, hasEarlyEvents } from "../core/pipe.ts";
 import { FirstLineParser } from "./firstline.ts";
 import { HealthReporter, type HealthEvent } from "./health.ts";
@@ -34,6 +36,7 @@ import {
   type Kind,
   type Ports,
   type RouteError,
+  healthResponse,
   routeErrorResponse,
   type Target,
 } from "./protocol.ts";
@@ -49,6 +52,12 @@ export interface RouterConfig {
   ports: Ports;
   /** PEM text, not paths: read once by the main thread. */
   tls: { cert: string; key: string } | null;
+  /**
+   * Socket activation: listen on these inherited sockets (a copy each, so a stop never closes
+   * the original) instead of binding `listen` × `ports`. Descriptors are process-wide, so
+   * every router's thread can use them.
+   */
+  fds?: Record<Kind, number[]> | null;
   firstLineTimeoutMs: number;
   connectTimeoutMs: number;
   maxFirstLineBytes: number;
@@ -155,10 +164,20 @@ export class Router {
 
   /** Binds every listener, or none (throws). */
   #bind(): void {
-    const { listen, ports, tls } = this.#config;
+    const { listen, ports, tls, fds } = this.#config;
     try {
       for (const kind of KINDS) {
         const socket = this.#handlers(kind);
+        for (const fd of fds?.[kind] ?? []) {
+          // `fd` is missing from Bun's listen types but honoured (measured on 1.4.5).
+          const options = { fd: dupFd(fd), allowHalfOpen: true, socket, ...(tls === null ? {} : { tls }) };
+          try {
+            this.#listeners.push(Bun.listen<Conn>(options as unknown as TCPSocketListenOptions<Conn>));
+          } catch (err) {
+            throw bindError(err, `inherited fd ${fd}`, ports[kind], kind);
+          }
+        }
+        if (fds) continue;
         for (const hostname of listen) {
           // reusePort is missing from Bun's listen types but honoured (measured).
           const options: TCPSocketListenOptions<Conn> & { reusePort: boolean } = {
@@ -295,6 +314,7 @@ export class Router {
         clearTimeout(conn.timer);
         conn.parser = null;
         if (result.state === "error") return this.#reject(sock, result.error, result.message);
+        if (result.state === "health") return this.#answer(sock, healthResponse(result.check, !this.#draining), ERROR_LINGER_MS);
         conn.phase = "dialing";
         conn.pubId = result.pubId;
         sock.pause();
@@ -548,13 +568,19 @@ export class Router {
   #reject(sock: Client, error: RouteError, message: string, lingerMs = ERROR_LINGER_MS): void {
     const conn = sock.data;
     this.#tally.error(error);
-    conn.phase = "rejecting";
-    conn.pending = null;
-    clearTimeout(conn.timer);
     if (this.#log.enabled("debug")) {
       this.#log.debug("rejected", { kind: conn.kind, peer: sock.remoteAddress, error, message });
     }
-    conn.unsent = routeErrorResponse(error, message);
+    this.#answer(sock, routeErrorResponse(error, message), lingerMs);
+  }
+
+  /** Writes `response`, then reads and discards until the client closes or `lingerMs` passes. */
+  #answer(sock: Client, response: Uint8Array, lingerMs: number): void {
+    const conn = sock.data;
+    conn.phase = "rejecting";
+    conn.pending = null;
+    clearTimeout(conn.timer);
+    conn.unsent = response;
     this.#flushUnsent(sock);
     sock.resume(); // read and discard, so closing does not turn into a reset that eats the reply
     conn.timer = setTimeout(() => {

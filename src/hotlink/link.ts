@@ -17,7 +17,7 @@
  *   application pushes back through the server, or the direct connection, to the sender.
  */
 import type { Logger } from "../core/log.ts";
-import { ReconnectingWebSocket } from "../core/ws.ts";
+import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
 import type { DirectConfig } from "./direct.ts";
 import type { Incoming, Outgoing } from "./sessions.ts";
 import { DaemonCounters } from "./telemetry.ts";
@@ -62,6 +62,9 @@ export class RelayLink {
   #ws: WebSocket | null = null;
   #welcome: WelcomeMessage | null = null;
   #refused = false;
+  /** Why the last dial failed, and the backoff step last said at info (0: none since the last Welcome). */
+  #lastFailure = "";
+  #saidStep = 0;
   #waiters: (() => void)[] = [];
   #poll: ReturnType<typeof setTimeout> | undefined;
   readonly #holders = new Set<unknown>();
@@ -81,10 +84,11 @@ export class RelayLink {
   constructor(options: LinkOptions) {
     this.#options = options;
     const log = options.log;
+    const backoff = { minDelayMs: options.minDelayMs ?? 200, maxDelayMs: 5_000, factor: 2, jitter: "none" as const };
     this.#conn = new ReconnectingWebSocket(options.url, {
       headers: { Authorization: formatAuthorization(options.user, options.token) },
-      minDelayMs: options.minDelayMs ?? 200,
-      maxDelayMs: 5_000,
+      minDelayMs: backoff.minDelayMs,
+      maxDelayMs: backoff.maxDelayMs,
       onOpen: (ws) => {
         this.#ws = ws;
         ws.send(encodeMessage({ t: MessageType.Hello, v: PROTOCOL_VERSION, agt: "stoa" }));
@@ -100,7 +104,14 @@ export class RelayLink {
           else log.warn("lost the relay server", { code, reason, retrying: willRetry });
           options.onDown(reason || `connection closed (${code})`);
         } else if (code === 1006 || code === 1002) {
-          log.debug("relay server not reachable", { code, reason, retrying: willRetry });
+          // At the default level, once per backoff step (then the step stays at its ceiling):
+          // a daemon that cannot reach its relay says so, without a line per dial.
+          const step = backoffDelay(this.#conn?.attempts ?? 1, backoff);
+          const fields = { server: options.url, reason: this.#lastFailure || reason || `connection closed (${code})`, retrying: willRetry, retry_in_ms: step };
+          if (step !== this.#saidStep && willRetry) {
+            this.#saidStep = step;
+            log.info("relay server not reachable; retrying", fields);
+          } else log.debug("relay server not reachable", fields);
         }
         this.#wake();
       },
@@ -110,8 +121,14 @@ export class RelayLink {
           if (!this.#refused) log.error("the relay server refused this user's token (401); check --user and --token-file", { server: options.url });
           this.#refused = true;
         } else log.debug("relay connection failed", { err });
+        this.#lastFailure = err.message;
       },
     });
+  }
+
+  /** Why the last dial since the last Welcome failed ("" when none has). */
+  get lastFailure(): string {
+    return this.#lastFailure;
   }
 
   /** True between Welcome and the loss of that connection. */
@@ -235,6 +252,8 @@ export class RelayLink {
       if (this.#welcome !== null) return;
       this.#welcome = message;
       this.#refused = false;
+      this.#saidStep = 0;
+      this.#lastFailure = "";
       if (this.#holders.size > 0) this.#ws?.pause();
       this.#options.onUp(message);
       return;

@@ -54,7 +54,7 @@ export class Authority {
   /** The owner key of the admin's registrations (`t:<hex>`), "" under --no-auth. */
   readonly adminOwner: string;
   readonly #admin: Buffer;
-  readonly #writers: Buffer[];
+  #writers: Buffer[];
   readonly #read: Buffer | null;
 
   constructor(config: AuthConfig) {
@@ -64,6 +64,11 @@ export class Authority {
     this.#admin = Buffer.from(config.admin, "hex");
     this.#writers = config.writers.map((hex) => Buffer.from(hex, "hex"));
     this.#read = config.read === null ? null : Buffer.from(config.read, "hex");
+  }
+
+  /** Replaces the writer tokens (SIGHUP re-read `--tokens-file`); the admin and read tokens stay. */
+  setWriters(writers: readonly string[]): void {
+    this.#writers = writers.map((hex) => Buffer.from(hex, "hex"));
   }
 
   /** The caller of a request with this `Authorization` header (`address`: its source, for --no-auth quotas). */
@@ -128,7 +133,8 @@ export function loadAuth(sources: AuthSources): { config: AuthConfig; where: str
   return { config: { required: true, admin: tokenDigest(token).toString("hex"), writers, read }, where, created };
 }
 
-function readWriters(file: string): string[] {
+/** The digests of a `--tokens-file` (format above); throws `StoaError("config")` on a bad file. */
+export function readWriters(file: string): string[] {
   let text: string;
   try {
     const size = statSync(file).size;

@@ -149,6 +149,9 @@ export class MetaClient {
     const exact = await this.findByName(name);
     if (exact !== null) return exact;
     const below = await this.page(name, { limit: 5 });
+    // Registered between the two requests: the prefix page holds the name itself.
+    const meanwhile = below.publishers.find((p) => p.name === name);
+    if (meanwhile !== undefined) return meanwhile;
     if (below.publishers.length > 0) {
       const names = below.publishers.map((p) => p.name).join(", ");
       const held = below.next_cursor === null ? `${below.publishers.length}: ${names}` : `more than ${below.publishers.length}: ${names}, …`;

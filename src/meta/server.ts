@@ -58,6 +58,8 @@ export interface MetaServer {
   readonly port: number;
   /** Stops accepting, ends confirmations in flight, lets requests finish, closes the database. */
   close(): Promise<void>;
+  /** Replaces the writer tokens (digests, hex) for the next requests: SIGHUP re-reads `--tokens-file`. */
+  setWriters(writers: readonly string[]): void;
 }
 
 /**
@@ -164,6 +166,7 @@ export function startMeta(options: MetaOptions): MetaServer {
     url: `http://${urlHost(shown)}:${port}`,
     hostname,
     port,
+    setWriters: (writers) => auth.setWriters(writers),
     close() {
       closing ??= (async () => {
         clearInterval(sweeper);

@@ -20,6 +20,7 @@ export type ThreadOptions = Omit<MetaOptions, "log" | "metrics" | "confirm"> & {
 
 export type ToMetaThread =
   | { type: "start"; options: ThreadOptions; log: { level: LogLevel; format: LogFormat; name: string; fields: Record<string, string> } }
+  | { type: "writers"; writers: string[] }
   | { type: "close" };
 
 export type FromMetaThread =
@@ -78,6 +79,10 @@ export async function startMetaThread(
     url: ready.url,
     hostname: ready.hostname,
     port: ready.port,
+    setWriters(writers) {
+      // No answer: the worker handles messages in order, so the next request sees them.
+      worker.postMessage({ type: "writers", writers: [...writers] } satisfies ToMetaThread);
+    },
     close() {
       closing ??= (async () => {
         const closed = next("close");

@@ -27,6 +27,8 @@ self.onmessage = async (event: MessageEvent<ToMetaThread>) => {
     } catch (err) {
       post(err instanceof StoaError ? { type: "failed", code: err.code, message: err.message } : { type: "failed", code: "internal", message: String(err) });
     }
+  } else if (msg.type === "writers") {
+    meta?.setWriters(msg.writers);
   } else if (msg.type === "close") {
     try {
       await meta?.close();

@@ -13,6 +13,10 @@
  *     next frame that is sent, with that frame's seq;
  *   - "disconnect": the queue is cleared and the sink closed with `CLOSE_TOO_SLOW`.
  * - `offer` never blocks and never throws: a slow subscriber costs the publisher a queue push.
+ * - `replay(frames)` puts history frames ahead of everything offered later: they go out in order
+ *   at the sink's pace and are outside the bounds (the history holds them anyway; this only
+ *   keeps references), so a subscriber starting at the oldest value is never dropped or
+ *   disconnected for the history itself. Values offered meanwhile queue behind them, bounded.
  * - `drain()` is the sink's drain event. `flushAll()` pushes everything queued into the sink,
  *   ignoring backpressure, for a publisher that is stopping.
  */
@@ -55,6 +59,9 @@ export class Outbox {
   /** Frames dropped since the last gap notice went out. */
   private pendingGap = 0;
   private done = false;
+  /** History frames to send before the queue (`replay`), from `backlogHead` on. */
+  private backlog: readonly Frame[] = [];
+  private backlogHead = 0;
 
   constructor(
     private readonly sink: Sink,
@@ -73,7 +80,20 @@ export class Outbox {
 
   /** Nothing queued and the socket took the last write: everything is on its way. */
   get idle(): boolean {
-    return !this.blocked && this.length === 0 && !this.done;
+    return !this.blocked && this.length === 0 && this.backlogLeft === 0 && !this.done;
+  }
+
+  /** History frames not sent yet. */
+  get backlogLeft(): number {
+    return this.backlog.length - this.backlogHead;
+  }
+
+  /** Sends `frames` (in order) before anything offered from now on; see the module header. */
+  replay(frames: readonly Frame[]): void {
+    if (this.done || frames.length === 0) return;
+    this.backlog = this.backlogLeft === 0 ? frames : [...this.backlog.slice(this.backlogHead), ...frames];
+    this.backlogHead = 0;
+    if (!this.blocked) this.pump(false);
   }
 
   /** Whether the outbox is finished (closed for overflow, or `stop()`ped). */
@@ -83,7 +103,7 @@ export class Outbox {
 
   offer(frame: Frame): void {
     if (this.done) return;
-    if (!this.blocked && this.length === 0) {
+    if (!this.blocked && this.length === 0 && this.backlogLeft === 0) {
       this.write(frame);
       return;
     }
@@ -124,9 +144,20 @@ export class Outbox {
     this.queue = [];
     this.head = 0;
     this.bytes = 0;
+    this.backlog = [];
+    this.backlogHead = 0;
   }
 
   private pump(force: boolean): void {
+    while ((force || !this.blocked) && this.backlogLeft > 0 && !this.done) {
+      const frame = this.backlog[this.backlogHead++];
+      if (frame !== undefined) this.write(frame);
+    }
+    if (this.backlogLeft === 0 && this.backlog.length > 0) {
+      this.backlog = [];
+      this.backlogHead = 0;
+    }
+    if (this.backlogLeft > 0) return;
     while ((force || !this.blocked) && this.length > 0 && !this.done) {
       const frame = this.queue[this.head];
       if (frame === undefined) break;

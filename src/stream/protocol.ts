@@ -12,6 +12,27 @@
  * accepts only an answer that names the pub_id it asked for, so a WebSocket server that is not
  * that stoa publisher cannot confirm it.
  *
+ * Where a subscription starts (service.sock and string.sock). The upgrade's request target may
+ * carry a query (the gateway forwards `GET /pub/<pub_id>?… HTTP/1.1` unchanged):
+ *   ?from=latest          the latest value first, then live values (the default, also without
+ *                         a query): a subscriber that connects after the last value still sees it
+ *   ?from=now             only values published after the connection opened
+ *   ?from=oldest          every value the publisher still holds in its history, oldest first,
+ *                         then live values
+ *   ?from=<seq>[&epoch=E] resume: values from seq on, when E is this publisher instance's epoch
+ *                         (or absent); another epoch means another instance, so it starts at
+ *                         its oldest. A subscriber reconnects this way (subscriber.ts).
+ * Other parameters are ignored (room to grow); `from` or `epoch` given twice, an unknown `from`,
+ * a seq that is not 1–2^53-1, an invalid epoch, or a query over `MAX_SUBSCRIBE_QUERY_BYTES` is
+ * answered `400 {"error":"bad_query","message":…}` before any upgrade (`parseSubscribeQuery`).
+ * History: a publisher keeps its last `history` values (default `DEFAULT_HISTORY` = 1, at most
+ * `MAX_HISTORY`), and at most `historyBytes` of them (default and bound `MAX_HISTORY_BYTES`;
+ * the latest value is always kept). Values keep their seq: the hello's `next` is the seq of the
+ * first value the connection gets, so a subscriber that asked for an older seq than the
+ * history still holds sees the hole (`next` beyond what it expected) and reports a gap. The
+ * history is replayed to a subscriber at its own pace, outside its queue bounds (the frames are
+ * the history's own; they are not copied).
+ *
  * Sequence numbers. Every published value gets `seq`: 1 for the first value of a publisher
  * instance, then +1 per value, never reused. A restarted publisher is a new instance, with a new
  * random `epoch` and seq starting again at 1. `ts` is the publish time as an RFC 3339 UTC
@@ -43,7 +64,8 @@
  * ping.sock — request/response over text frames. The client sends `ping`; the publisher answers
  * one text frame, JSON `{"value": <latest value's text form, or null if none yet>, "seq": <seq
  * of the latest value, 0 if none>, "ts": "<RFC 3339 time of the latest value, or now if
- * none>"}`. A connection may ping many times; replies come in order, each with the latest
+ * none>", "json": <the latest value as JSON (value.ts valueToJson: byte strings as base64),
+ * null if none>}` — `json` is the exact value `stoa sub --json` prints, `value` its text. A connection may ping many times; replies come in order, each with the latest
  * value when it is written. A client that sends more than `MAX_PENDING_PINGS` pings while its
  * replies back up is closed (1008); so is any other message (1003 for binary, 1008 for text). The metaserver's confirmation and
  * `stoa sub --latest` use exactly this, through the gateway's ping port.
@@ -90,8 +112,18 @@ export const MAX_SERVICE_FRAME_BYTES = MAX_VALUE_BYTES + ENVELOPE_MAX_BYTES;
  * (4/3 of it) fits, and JSON of a value is rarely twice its CBOR size. */
 export const MAX_TEXT_BYTES = 2 * 1024 * 1024;
 
-/** Largest ping reply: JSON-escaping the text may multiply it by 6 (`\u0000`), plus the keys. */
-export const MAX_PING_REPLY_BYTES = 6 * MAX_TEXT_BYTES + 1024;
+/** Largest ping reply: JSON-escaping may multiply the text by 6 (`\u0000`), and `json` holds
+ * the value once more (as large as its text form, escaped alike), plus the keys. */
+export const MAX_PING_REPLY_BYTES = 12 * MAX_TEXT_BYTES + 1024;
+
+/** Values a publisher keeps by default: the latest, so a late subscriber still sees it. */
+export const DEFAULT_HISTORY = 1;
+/** Most values a history may hold (`stoa pub --history`): a few minutes of a busy sensor. */
+export const MAX_HISTORY = 10_000;
+/** Bytes (service frames, plus text frames when built) a history holds at most, and by default. */
+export const MAX_HISTORY_BYTES = 64 * 1024 * 1024;
+/** Longest subscribe query, `?` excluded: `from=<16 digits>&epoch=<64 chars>` is under 100. */
+export const MAX_SUBSCRIBE_QUERY_BYTES = 1024;
 
 /** Largest message a publisher accepts from a client (a ping, or ignored subscriber chatter). */
 export const MAX_CLIENT_MESSAGE_BYTES = 1024;
@@ -160,13 +192,83 @@ export const GapMessage = z.object({
 export const ServiceMessage = z.discriminatedUnion("t", [HelloMessage, ValueMessage, GapMessage]);
 export type ServiceMessage = z.infer<typeof ServiceMessage>;
 
-/** The reply to a ping. */
+/** The reply to a ping (`json` is absent from older publishers). */
 export const PingReply = z.object({
   value: z.string().nullable(),
   seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   ts: Timestamp,
+  json: z.json().optional(),
 });
 export type PingReply = z.infer<typeof PingReply>;
+
+/** Where a subscription starts (see "Where a subscription starts" above). */
+export type From =
+  | { at: "latest" }
+  | { at: "now" }
+  | { at: "oldest" }
+  | { at: "seq"; seq: number; epoch: string | undefined };
+
+/** The `from` words a user may pick (`stoa sub --from`). */
+export const FROM_WORDS = ["latest", "now", "oldest"] as const;
+
+const EPOCH = /^[A-Za-z0-9_-]{1,64}$/;
+const SEQ_DIGITS = /^[1-9][0-9]{0,15}$/;
+
+/**
+ * Parses the query of a subscriber's upgrade request (`URL.search`, with or without its `?`).
+ * Never throws: a bad query is `{ok: false, message}` (the publisher answers 400 bad_query).
+ * @example
+ * parseSubscribeQuery("?from=oldest");       // { ok: true, from: { at: "oldest" } }
+ * parseSubscribeQuery("");                   // { ok: true, from: { at: "latest" } }
+ * parseSubscribeQuery("from=12&epoch=Ab3");  // { ok: true, from: { at: "seq", seq: 12, epoch: "Ab3" } }
+ */
+export function parseSubscribeQuery(search: string): { ok: true; from: From } | { ok: false; message: string } {
+  const query = search.startsWith("?") ? search.slice(1) : search;
+  if (query.length > MAX_SUBSCRIBE_QUERY_BYTES) {
+    return { ok: false, message: `the query is longer than ${MAX_SUBSCRIBE_QUERY_BYTES} characters` };
+  }
+  let from: string | undefined;
+  let epoch: string | undefined;
+  // One pass over `key=value` pairs; the values stoa knows are plain ASCII, so nothing is
+  // percent-decoded: an encoded spelling of one is simply not that value.
+  for (const pair of query === "" ? [] : query.split("&")) {
+    const eq = pair.indexOf("=");
+    const key = eq < 0 ? pair : pair.slice(0, eq);
+    const value = eq < 0 ? "" : pair.slice(eq + 1);
+    if (key === "from") {
+      if (from !== undefined) return { ok: false, message: "from is given twice" };
+      from = value;
+    } else if (key === "epoch") {
+      if (epoch !== undefined) return { ok: false, message: "epoch is given twice" };
+      if (!EPOCH.test(value)) return { ok: false, message: "epoch must be 1-64 characters of [A-Za-z0-9_-]" };
+      epoch = value;
+    }
+  }
+  if (from === undefined) {
+    if (epoch !== undefined) return { ok: false, message: "epoch goes with from=<seq>" };
+    return { ok: true, from: { at: "latest" } };
+  }
+  if (from === "latest" || from === "now" || from === "oldest") {
+    if (epoch !== undefined) return { ok: false, message: "epoch goes with from=<seq>" };
+    return { ok: true, from: { at: from } };
+  }
+  if (SEQ_DIGITS.test(from)) {
+    const seq = Number(from);
+    if (Number.isSafeInteger(seq)) return { ok: true, from: { at: "seq", seq, epoch } };
+  }
+  return { ok: false, message: `from must be latest, now, oldest or a seq 1-${Number.MAX_SAFE_INTEGER}` };
+}
+
+/**
+ * The query for `from` (with its `?`; "" for the default), what `parseSubscribeQuery` reads back.
+ * @example
+ * subscribeQuery({ at: "oldest" }); // "?from=oldest"
+ */
+export function subscribeQuery(from: From): string {
+  if (from.at === "latest") return "";
+  if (from.at !== "seq") return `?from=${from.at}`;
+  return `?from=${from.seq}${from.epoch === undefined ? "" : `&epoch=${from.epoch}`}`;
+}
 
 /**
  * Encodes one service frame. Throws `StoaError` "too_large" over `MAX_SERVICE_FRAME_BYTES`.

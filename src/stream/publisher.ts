@@ -7,8 +7,11 @@
  *   a stale directory left by a killed publisher is reclaimed, a live publisher's sockets are
  *   never touched (`in_use`, and nothing of ours is left behind). With `internal: "tcp"` it
  *   listens on `[::1]` ephemeral ports instead, and touches no files.
- * - `publish(value)` is synchronous: it checks and encodes the value once per kind, hands the
- *   shared frames to every subscriber's queue and returns the value's seq. It never waits for a
+ * - `publish(value)` is synchronous: it checks and encodes the value once per kind, keeps it in
+ *   the bounded history (`history` values, `historyBytes`; protocol.ts), hands the shared
+ *   frames to every subscriber's queue and returns the value's seq.
+ * - A subscriber starts where its upgrade's query says (`?from=`, protocol.ts): the history it
+ *   asks for is replayed through its outbox ahead of live values. It never waits for a
  *   subscriber; a slow one only costs a queue push, then drops or a disconnect (policy `slow`).
  * - `close()` stops new connections (socket files removed first), closes ping clients, lets
  *   subscribers drain their queues for up to `CLOSE_DRAIN_TIMEOUT_MS`, closes them with 1001
@@ -26,20 +29,25 @@ import { type Frame, Outbox } from "./outbox.ts";
 import {
   CLOSE_DRAIN_TIMEOUT_MS,
   CLOSE_GOING_AWAY,
+  DEFAULT_HISTORY,
   DEFAULT_QUEUE,
+  type From,
+  MAX_HISTORY,
+  MAX_HISTORY_BYTES,
   encodeServiceMessage,
   MAX_CLIENT_MESSAGE_BYTES,
   MAX_PENDING_PINGS,
   MAX_SERVICE_FRAME_BYTES,
   MAX_TEXT_BYTES,
   MAX_VALUE_BYTES,
+  parseSubscribeQuery,
   PING_REQUEST,
   PROTOCOL_VERSION,
   type QueueLimits,
   type SlowPolicy,
   PUB_ID_HEADER,
 } from "./protocol.ts";
-import { type Value, valueProblem, valueText } from "./value.ts";
+import { type Value, valueProblem, valueText, valueToJson } from "./value.ts";
 
 /** The kinds that carry the stream (ping.sock only answers pings). */
 export type StreamKind = Exclude<Kind, "ping">;
@@ -61,6 +69,10 @@ export interface PublisherOptions {
   slow?: SlowPolicy;
   /** Per-subscriber queue bounds; default `DEFAULT_QUEUE`. */
   queue?: Partial<QueueLimits>;
+  /** Values kept for subscribers that start before now (1–`MAX_HISTORY`); default 1, the latest. */
+  history?: number;
+  /** Bytes the history holds at most (the latest value is always kept); default `MAX_HISTORY_BYTES`. */
+  historyBytes?: number;
   log?: Logger;
   /** Where the `stoa_pub_*` metrics live; default the shared registry. */
   metrics?: Registry;
@@ -137,7 +149,15 @@ export async function createPublisher(options: PublisherOptions): Promise<Publis
   if (!(Number.isSafeInteger(limits.maxBytes) && limits.maxBytes >= 1)) {
     throw new StoaError("config", `queue.maxBytes must be a whole number >= 1, got ${limits.maxBytes}`);
   }
-  const pub = new StreamPublisher(pubId, limits, options);
+  const history = options.history ?? DEFAULT_HISTORY;
+  if (!(Number.isSafeInteger(history) && history >= 1 && history <= MAX_HISTORY)) {
+    throw new StoaError("config", `history must be a whole number from 1 to ${MAX_HISTORY}, got ${history}`);
+  }
+  const historyBytes = options.historyBytes ?? MAX_HISTORY_BYTES;
+  if (!(Number.isSafeInteger(historyBytes) && historyBytes >= 1 && historyBytes <= MAX_HISTORY_BYTES)) {
+    throw new StoaError("config", `historyBytes must be a whole number from 1 to ${MAX_HISTORY_BYTES}, got ${historyBytes}`);
+  }
+  const pub = new StreamPublisher(pubId, limits, { history, historyBytes }, options);
   const listening = await listenEndpoints(pubId, options.internal ?? "unix", options.runDir ?? defaultRunDir(), (kind) =>
     pub.serverFor(kind),
   );
@@ -147,6 +167,8 @@ export async function createPublisher(options: PublisherOptions): Promise<Publis
 
 interface Conn {
   readonly kind: Kind;
+  /** Where a service or string subscriber starts. */
+  readonly from?: From;
   /** Service and string subscribers: the bounded queue. */
   outbox?: Outbox;
   /** Ping clients: a reply is waiting in the socket, and pings received meanwhile. */
@@ -177,6 +199,10 @@ class StreamPublisher implements Publisher {
   private readonly disconnected: Record<StreamKind, number> = { service: 0, string: 0 };
   private seq = 0;
   private last: Entry | undefined;
+  /** The history, oldest first, from `historyHead` on (a queue in an array, compacted now and then). */
+  private history: (Entry | undefined)[] = [];
+  private historyHead = 0;
+  private historyBytes = 0;
   private closing: Promise<void> | undefined;
   /** Called when the last subscriber connection is gone while closing. */
   private onAllClosed: (() => void) | undefined;
@@ -191,6 +217,7 @@ class StreamPublisher implements Publisher {
   constructor(
     readonly pubId: string,
     private readonly limits: QueueLimits,
+    private readonly keep: { history: number; historyBytes: number },
     options: PublisherOptions,
   ) {
     this.policy = options.slow ?? "drop-oldest";
@@ -281,6 +308,7 @@ class StreamPublisher implements Publisher {
     else if (!(value instanceof Uint8Array)) entry.text = textFrame(seq, valueText(value));
     this.seq = seq;
     this.last = entry;
+    this.remember(entry);
     this.m.published.inc({ pub_id: this.pubId });
     for (const ws of this.conns.service) ws.data.outbox?.offer(entry.service);
     if (this.conns.string.size > 0) {
@@ -333,6 +361,33 @@ class StreamPublisher implements Publisher {
     this.log?.info("publisher stopped", { published: this.seq });
   }
 
+  /** Adds the newest entry to the history and trims it to its bounds (it keeps at least this one). */
+  private remember(entry: Entry): void {
+    this.history.push(entry);
+    this.historyBytes += entrySize(entry);
+    while (this.history.length - this.historyHead > this.keep.history || (this.historyBytes > this.keep.historyBytes && this.history.length - this.historyHead > 1)) {
+      const old = this.history[this.historyHead];
+      this.history[this.historyHead] = undefined;
+      this.historyHead++;
+      if (old !== undefined) this.historyBytes -= entrySize(old);
+    }
+    if (this.historyHead >= 1024 && this.historyHead * 2 >= this.history.length) {
+      this.history = this.history.slice(this.historyHead);
+      this.historyHead = 0;
+    }
+  }
+
+  /** The history entries a subscriber starting at `from` gets, oldest first. */
+  private backlog(from: From): Entry[] {
+    const oldest = this.history[this.historyHead];
+    if (oldest === undefined || from.at === "now") return [];
+    if (from.at === "latest") return this.last === undefined ? [] : [this.last];
+    // The history holds consecutive seqs, oldest first. Another instance's seq means nothing
+    // here: it starts at our oldest.
+    const start = from.at === "seq" && (from.epoch === undefined || from.epoch === this.epoch) ? Math.max(0, from.seq - oldest.seq) : 0;
+    return this.history.slice(this.historyHead + start) as Entry[];
+  }
+
   private streamConns(): number {
     return this.conns.service.size + this.conns.string.size;
   }
@@ -352,8 +407,8 @@ class StreamPublisher implements Publisher {
 
   private pingReply(): string {
     const last = this.last;
-    if (last === undefined) return JSON.stringify({ value: null, seq: 0, ts: new Date().toISOString() });
-    return JSON.stringify({ value: this.textOf(last).data, seq: last.seq, ts: last.ts });
+    if (last === undefined) return JSON.stringify({ value: null, seq: 0, ts: new Date().toISOString(), json: null });
+    return JSON.stringify({ value: this.textOf(last).data, seq: last.seq, ts: last.ts, json: valueToJson(last.value) });
   }
 
   /** The fetch and WebSocket handlers of one endpoint. */
@@ -371,7 +426,15 @@ class StreamPublisher implements Publisher {
     };
     return {
       fetch: (req, server) => {
-        if (server.upgrade(req, { data: { kind }, headers: { [PUB_ID_HEADER]: this.pubId } })) return undefined;
+        let from: From | undefined;
+        if (kind !== "ping") {
+          const query = parseSubscribeQuery(new URL(req.url).search);
+          if (!query.ok) {
+            return Response.json({ error: "bad_query", message: `${query.message}; use ?from=latest, now or oldest` }, { status: 400 });
+          }
+          from = query.from;
+        }
+        if (server.upgrade(req, { data: { kind, from }, headers: { [PUB_ID_HEADER]: this.pubId } })) return undefined;
         return Response.json(
           { error: "upgrade_required", message: `this is the ${kind} endpoint of a stoa publisher: connect with a WebSocket client` },
           { status: 426, headers: { Upgrade: "websocket" } },
@@ -391,8 +454,10 @@ class StreamPublisher implements Publisher {
     this.m.subscribers.inc({ pub_id: this.pubId, kind });
     this.log?.debug("subscriber connected", { kind });
     if (kind === "ping") return;
+    const backlog = this.backlog(ws.data.from ?? { at: "latest" });
     if (kind === "service") {
-      ws.sendBinary(encodeServiceMessage({ t: "hello", v: PROTOCOL_VERSION, epoch: this.epoch, next: this.seq + 1 }));
+      const next = backlog[0]?.seq ?? this.seq + 1;
+      ws.sendBinary(encodeServiceMessage({ t: "hello", v: PROTOCOL_VERSION, epoch: this.epoch, next }));
     }
     let warned = false;
     ws.data.outbox = new Outbox(
@@ -419,6 +484,7 @@ class StreamPublisher implements Publisher {
         },
       },
     );
+    ws.data.outbox.replay(kind === "service" ? backlog.map((e) => e.service) : backlog.map((e) => this.textOf(e)));
   }
 
   private received(ws: Ws, message: string | Buffer): void {
@@ -474,6 +540,12 @@ class StreamPublisher implements Publisher {
     this.log?.debug("subscriber disconnected", { kind, code, reason });
     if (this.closing !== undefined && this.streamConns() === 0) this.onAllClosed?.();
   }
+}
+
+/** What an entry costs the history: its service frame, and its text frame when publish built it
+ * (a byte value's text is built later, for string subscribers, and bounded by MAX_TEXT_BYTES). */
+function entrySize(entry: Entry): number {
+  return entry.service.size + (entry.value instanceof Uint8Array ? 0 : (entry.text?.size ?? 0));
 }
 
 function textFrame(seq: number, text: string): TextFrame {

@@ -18,7 +18,7 @@ import { advertisedAddress } from "../core/hostaddr.ts";
 import { gatewayControlPath } from "../core/paths.ts";
 import type { Logger } from "../core/log.ts";
 import { controlRequest } from "../gateway/control.ts";
-import { MetaClient } from "../meta/client.ts";
+import { MetaClient, type MetaToken } from "../meta/client.ts";
 import { DEFAULT_TTL_MS, type PublisherInfo, type RegisterRequest } from "../meta/protocol.ts";
 import { addRandomOwnedAddress } from "../addr/manager.ts";
 import { KINDS, type Kind, newPubId } from "./names.ts";
@@ -36,7 +36,7 @@ export interface SessionOptions {
   /** Metaserver base URL, e.g. `http://[fd00::2]:8090`. */
   metaUrl: string;
   /** Bearer token for the metaserver's writes (meta/client.ts's `clientToken` finds one). */
-  metaToken?: string;
+  metaToken?: MetaToken;
   runDir: string;
   /** The host address clients reach the gateway at; default from the gateway's listen addresses. */
   host?: string;
@@ -48,6 +48,8 @@ export interface SessionOptions {
    */
   ownAddress?: { prefix: string; dev: string; ports: Readonly<Record<Kind, number>> };
   slow?: SlowPolicy;
+  /** Values the publisher keeps for late subscribers (publisher.ts); default 1, the latest. */
+  history?: number;
   log: Logger;
 }
 
@@ -90,7 +92,7 @@ export async function startPublishing(options: SessionOptions): Promise<Session>
   };
   try {
     if (options.internal === "tcp") await refuseLiveRoutes(runDir, pubId);
-    publisher = await createPublisher({ pubId, runDir, internal: options.internal, slow: options.slow, log });
+    publisher = await createPublisher({ pubId, runDir, internal: options.internal, slow: options.slow, history: options.history, log });
     undo.push(() => publisher.close());
     if (options.internal === "tcp") {
       undo.push(() => controlRequest(runDir, { type: "deregister", pub_id: pubId }));
@@ -122,7 +124,7 @@ async function startOnOwnAddress(options: SessionOptions, own: NonNullable<Sessi
     const owned = addRandomOwnedAddress({ prefix: own.prefix, dev: own.dev, runDir });
     undo.push(async () => owned.remove());
     log.info("added address", { addr: owned.addr, dev: own.dev });
-    publisher = await createPublisher({ pubId, runDir, internal: { host: owned.addr, ports: own.ports }, slow: options.slow, log });
+    publisher = await createPublisher({ pubId, runDir, internal: { host: owned.addr, ports: own.ports }, slow: options.slow, history: options.history, log });
     undo.push(() => publisher.close());
     request = { name: options.name, pub_id: pubId, host: owned.addr, ports: own.ports };
     info = await meta.register(request);

@@ -16,18 +16,26 @@
  *   and dropped, reported to `onError` as well).
  * - A malformed frame after the hello is reported to `onError` and skipped; the connection
  *   stays up.
+ * - Where it starts: `from` (protocol.ts `?from=`; default "latest", the latest value first).
+ *   Every reconnect resumes at the seq it expects next (`?from=<seq>&epoch=<epoch>`), so values
+ *   the publisher's history still holds are not lost; older ones are reported as a gap.
+ * - An upgrade the gateway or publisher refuses (404 unknown_pub_id, 502 target_down, ...) goes
+ *   to `onRefused` with its status and message (core/ws.ts), and the subscription retries.
  *
- * Kind "string" delivers each text frame to `onText`: no seq, so no gap detection.
+ * Kind "string" delivers each text frame to `onText`: no seq, so no gap detection; it starts at
+ * `from` and resumes with live values after a reconnect.
  */
 import { StoaError } from "../core/errors.ts";
-import { ReconnectingWebSocket, type ReconnectOptions, type WsState } from "../core/ws.ts";
+import { dialWebSocket, describeRefusal, ReconnectingWebSocket, type ReconnectOptions, type UpgradeRefusal, type WsState } from "../core/ws.ts";
 import {
+  type From,
   MAX_PING_REPLY_BYTES,
   MAX_TEXT_BYTES,
   PING_REQUEST,
   PingReply,
   safeDecodeServiceFrame,
   type ServiceMessage,
+  subscribeQuery,
 } from "./protocol.ts";
 import type { Value } from "./value.ts";
 
@@ -70,6 +78,10 @@ interface CommonOptions {
   reconnect?: ReconnectTuning;
   /** Extra request headers (for a proxy in front of the gateway). */
   headers?: Record<string, string>;
+  /** Where the first connection starts; default the latest value (protocol.ts). */
+  from?: From;
+  /** The gateway or publisher refused an upgrade (its status and message); it retries. */
+  onRefused?: (refusal: UpgradeRefusal) => void;
 }
 
 /** Options for a subscription to service.sock: exact values, seq and gaps. */
@@ -123,9 +135,11 @@ function subscribeService(url: string | URL, options: ServiceSubscribeOptions): 
   const where = String(url);
   /** The current connection's hello has arrived. */
   let greeted = false;
-  let epoch: string | undefined;
-  /** The seq we expect next, once we have seen a hello. */
-  let expected: number | undefined;
+  const from = options.from ?? { at: "latest" };
+  // Asked for a seq: what the publisher no longer holds of it is a gap like after a reconnect.
+  let epoch: string | undefined = from.at === "seq" ? from.epoch : undefined;
+  /** The seq we expect next, once we have seen a hello (or asked for one). */
+  let expected: number | undefined = from.at === "seq" ? from.seq : undefined;
   let lastSeq = 0;
 
   const gap = (next: number, dropped: number, reason: Gap["reason"]): void => {
@@ -133,8 +147,8 @@ function subscribeService(url: string | URL, options: ServiceSubscribeOptions): 
   };
 
   const onHello = (hello: Extract<ServiceMessage, { t: "hello" }>, attempt: number): void => {
-    if (epoch !== undefined && expected !== undefined) {
-      if (hello.epoch !== epoch) gap(hello.next, hello.next - 1, "restarted");
+    if (expected !== undefined) {
+      if (epoch !== undefined && hello.epoch !== epoch) gap(hello.next, hello.next - 1, "restarted");
       else if (hello.next > expected) gap(hello.next, hello.next - expected, "disconnected");
     }
     epoch = hello.epoch;
@@ -147,6 +161,11 @@ function subscribeService(url: string | URL, options: ServiceSubscribeOptions): 
   const conn: ReconnectingWebSocket = new ReconnectingWebSocket(url, {
     ...options.reconnect,
     headers: options.headers,
+    urlFor: () => {
+      if (expected === undefined) return withFrom(url, from);
+      return withFrom(url, { at: "seq", seq: expected, epoch: epoch !== undefined && RESUMABLE_EPOCH.test(epoch) ? epoch : undefined });
+    },
+    onRefused: (refusal) => options.onRefused?.(refusal),
     onOpen: (_ws, n) => {
       greeted = false;
       attempt = n;
@@ -204,10 +223,16 @@ function subscribeService(url: string | URL, options: ServiceSubscribeOptions): 
 
 function subscribeText(url: string | URL, options: StringSubscribeOptions): Subscription {
   const where = String(url);
+  let opened = false;
   const conn = new ReconnectingWebSocket(url, {
     ...options.reconnect,
     headers: options.headers,
-    onOpen: (_ws, attempt) => options.onOpen?.({ attempt }),
+    urlFor: () => withFrom(url, opened ? { at: "now" } : (options.from ?? { at: "latest" })),
+    onRefused: (refusal) => options.onRefused?.(refusal),
+    onOpen: (_ws, attempt) => {
+      opened = true;
+      options.onOpen?.({ attempt });
+    },
     onMessage: (data) => {
       if (typeof data !== "string") {
         options.onError?.(new StoaError("decode", `${where} sent a binary frame: is it a service endpoint? use kind "service" there`));
@@ -224,6 +249,18 @@ function subscribeText(url: string | URL, options: StringSubscribeOptions): Subs
     onError: options.onError,
   });
   return handle(conn, () => 0);
+}
+
+/** Epochs that may go in a query (protocol.ts); another publisher's odd epoch resumes by seq alone. */
+const RESUMABLE_EPOCH = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** `url` with the query for `from` (in place of any `from`/`epoch` it had; other parameters stay). */
+function withFrom(url: string | URL, from: From): string {
+  const u = new URL(String(url));
+  u.searchParams.delete("from");
+  u.searchParams.delete("epoch");
+  for (const [key, value] of new URLSearchParams(subscribeQuery(from))) u.searchParams.append(key, value);
+  return u.href;
 }
 
 function handle(conn: ReconnectingWebSocket, lastSeq: () => number): Subscription {
@@ -274,7 +311,9 @@ export function latest(
   const { promise, resolve, reject } = Promise.withResolvers<PingReply>();
   let ws: WebSocket;
   try {
-    ws = new WebSocket(where, { headers: options.headers ?? {} });
+    ws = dialWebSocket(where, { headers: options.headers }, (refusal) => {
+      finish(new StoaError(refusal.status === 404 ? "not_found" : "io", `${where} refused the ping: ${describeRefusal(refusal)}`));
+    });
   } catch (err) {
     return Promise.reject(new StoaError("io", `cannot ping ${where}: ${messageOf(err)}`, { cause: err }));
   }

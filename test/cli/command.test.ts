@@ -60,6 +60,15 @@ describe("flag parsing", () => {
     expect(usageError(["x", "--log-level", "loud"])).toContain("expected one of debug|info|warn|error");
   });
 
+  test("a value that starts with '-' is the flag's value (and gets its check), unless it is one of the command's flags", () => {
+    expect(usageError(["x", "--port", "-1"])).toContain("invalid --port '-1'");
+    expect(usageError(["x", "--port", "-1"])).not.toContain("takes no value");
+    expect(parse(["x", "--users", "-weird-name", "-t", "-a=b:1"]).flags).toMatchObject({ users: "-weird-name", tunnel: ["-a=b:1"] });
+    expect(usageError(["x", "--port", "--json"])).toContain("--port needs a value");
+    expect(usageError(["x", "--port", "-j"])).toContain("--port needs a value");
+    expect(usageError(["--", "x", "--port"])).toContain("unexpected argument '--port'"); // after `--`, arguments only
+  });
+
   test("unknown flags, missing values and missing arguments are usage errors", () => {
     expect(usageError(["x", "--nope"])).toBe("stoa serve: unknown flag --nope (see 'stoa serve --help')");
     expect(usageError(["x", "--port"])).toContain("--port needs a value");

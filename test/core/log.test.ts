@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { createLogger, LogFormat, LogLevel, type LoggerOptions } from "../../src/core/log.ts";
+import { fstatSync } from "node:fs";
+import { createLogger, journalStderr, LogFormat, LogLevel, type LoggerOptions } from "../../src/core/log.ts";
 
 function capture(options: Omit<LoggerOptions, "stream"> = {}) {
   const lines: string[] = [];
@@ -179,5 +180,29 @@ describe("a broken sink", () => {
       },
     });
     expect(() => log.error("still fine")).not.toThrow();
+  });
+});
+
+describe("under journald", () => {
+  test("journal lines have no timestamp and start with the syslog priority of their level", () => {
+    const { log, lines } = capture({ level: "debug", journal: true, name: "gateway" });
+    log.debug("a");
+    log.info("b", { port: 1 });
+    log.warn("c");
+    log.error("d");
+    expect(lines).toEqual(["<7>DEBUG gateway: a\n", "<6>INFO  gateway: b port=1\n", "<4>WARN  gateway: c\n", "<3>ERROR gateway: d\n"]);
+  });
+
+  test("json lines keep their ts field", () => {
+    const { log, lines } = capture({ journal: true, format: "json" });
+    log.info("x");
+    expect(JSON.parse(lines[0] ?? "{}")).toHaveProperty("ts");
+  });
+
+  test("JOURNAL_STREAM counts only when it names the stderr we write to", () => {
+    const st = fstatSync(2);
+    expect(journalStderr({ JOURNAL_STREAM: `${st.dev}:${st.ino}` })).toBe(true);
+    expect(journalStderr({ JOURNAL_STREAM: `${st.dev}:${st.ino + 1}` })).toBe(false);
+    expect(journalStderr({})).toBe(false);
   });
 });

@@ -188,3 +188,24 @@ describe("updates", () => {
     expect(metrics).toBeInstanceOf(Registry);
   });
 });
+
+describe("the process metrics of the shared registry", () => {
+  test("process_* are read at each scrape and stoa_build_info names this build", () => {
+    const text = metrics.render();
+    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
+    expect(text).toContain("# TYPE process_cpu_seconds_total counter");
+    expect(value("process_cpu_seconds_total")).toBeGreaterThan(0);
+    expect(value("process_resident_memory_bytes")).toBe(value("process_resident_memory_bytes")); // not NaN
+    expect(value("process_resident_memory_bytes")).toBeGreaterThan(0);
+    expect(value("process_virtual_memory_bytes")).toBeGreaterThan(0);
+    expect(value("process_threads")).toBeGreaterThanOrEqual(1);
+    expect(Math.abs(value("process_start_time_seconds") - (Date.now() / 1000 - process.uptime()))).toBeLessThan(5);
+    expect(text).toMatch(new RegExp(`^stoa_build_info\\{version="[^"]+",commit="[^"]+",bun="${Bun.version.replace(/\./g, "\\.")}"\\} 1$`, "m"));
+    // Read again, not cached: CPU time only grows.
+    let spin = 0;
+    for (let i = 0; i < 2_000_000; i++) spin += i;
+    expect(spin).toBeGreaterThan(0);
+    const later = Number(/^process_cpu_seconds_total (\S+)$/m.exec(metrics.render())?.[1]);
+    expect(later).toBeGreaterThan(value("process_cpu_seconds_total"));
+  });
+});

@@ -3,7 +3,16 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { StoaError } from "../../src/core/errors.ts";
-import { backoffDelay, DEFAULT_BACKOFF, ReconnectingWebSocket, type ReconnectOptions } from "../../src/core/ws.ts";
+import {
+  backoffDelay,
+  DEFAULT_BACKOFF,
+  describeRefusal,
+  MAX_REFUSAL_BODY_BYTES,
+  parseRefusal,
+  ReconnectingWebSocket,
+  type ReconnectOptions,
+  type UpgradeRefusal,
+} from "../../src/core/ws.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-ws-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -394,6 +403,81 @@ console.log(JSON.stringify({ before: after, after: closes, state: conn.state }))
       expect(conn.attempts).toBe(1);
     } finally {
       silent.stop(true);
+    }
+  });
+});
+
+describe("refused upgrades", () => {
+  test("a stoa JSON error body gives its error and message; anything else its text", () => {
+    const json = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+    expect(parseRefusal(502, json({ error: "target_down", message: "cam1 does not answer" }))).toEqual({ status: 502, error: "target_down", message: "cam1 does not answer" });
+    expect(parseRefusal(401, json({ message: "bad token" }))).toEqual({ status: 401, error: undefined, message: "bad token" });
+    expect(parseRefusal(500, new TextEncoder().encode("oops\r\n\u0007here"))).toEqual({ status: 500, error: undefined, message: "oops here" });
+    expect(parseRefusal(503, json([1, 2]))).toEqual({ status: 503, error: undefined, message: "[1,2]" });
+    expect(parseRefusal(404, new Uint8Array(0))).toEqual({ status: 404, error: undefined, message: "" });
+    expect(describeRefusal({ status: 404, error: "unknown_pub_id", message: "no such publisher" })).toBe("404 unknown_pub_id: no such publisher");
+    expect(describeRefusal({ status: 500, error: undefined, message: "" })).toBe("500");
+  });
+
+  test("onRefused gets the status and message before the attempt's onClose, whose reason says the same; retries go on", async () => {
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () => Response.json({ error: "target_down", message: "x".repeat(3 * MAX_REFUSAL_BODY_BYTES) }, { status: 502 }),
+    });
+    const events: string[] = [];
+    const refusals: UpgradeRefusal[] = [];
+    const conn = new ReconnectingWebSocket(`ws://127.0.0.1:${server.port}/pub/a`, {
+      minDelayMs: 10,
+      maxDelayMs: 10,
+      jitter: "none",
+      onRefused: (r) => {
+        refusals.push(r);
+        events.push("refused");
+      },
+      onClose: (code, reason) => events.push(`close ${code} ${reason.slice(0, 20)}`),
+      onError: (err) => events.push(`error ${err.message}`),
+    });
+    try {
+      const until = Date.now() + 5_000;
+      while (refusals.length < 2 && Date.now() < until) await Bun.sleep(5);
+      expect(events[0]).toBe("refused");
+      expect(events[1]).toStartWith("close 1006 502: {");
+      // The body was cut at the bound, so the JSON did not parse: its text, bounded.
+      expect(refusals[0]?.status).toBe(502);
+      expect(refusals[0]?.message.length).toBeLessThanOrEqual(MAX_REFUSAL_BODY_BYTES);
+      expect(events.some((e) => e.startsWith("error"))).toBe(false);
+    } finally {
+      conn.close();
+      server.stop(true);
+    }
+  });
+
+  test("urlFor picks the URL of each dial", async () => {
+    const paths: string[] = [];
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req) => {
+        paths.push(new URL(req.url).pathname + new URL(req.url).search);
+        return new Response("no", { status: 404 });
+      },
+    });
+    let n = 0;
+    const conn = new ReconnectingWebSocket(`ws://127.0.0.1:${server.port}/`, {
+      minDelayMs: 5,
+      maxDelayMs: 5,
+      jitter: "none",
+      onRefused: () => {},
+      urlFor: () => `ws://127.0.0.1:${server.port}/try?n=${++n}`,
+    });
+    try {
+      const until = Date.now() + 5_000;
+      while (paths.length < 3 && Date.now() < until) await Bun.sleep(5);
+      expect(paths.slice(0, 3)).toEqual(["/try?n=1", "/try?n=2", "/try?n=3"]);
+    } finally {
+      conn.close();
+      server.stop(true);
     }
   });
 });

@@ -32,7 +32,7 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
       "pub", name, "--addr", "auto", "--prefix", net.prefix("a", "b"), "--dev", net.iface("a", "b"),
       "--meta", metaUrl, "--run-dir", runDir, "--token-file", tokenFile(), "--stay",
     ], true);
-    const m = await pub.waitFor("err", /^publishing \S+ as \S+: ws:\/\/\[([0-9a-f:]+)\]:8081\//m, 15_000);
+    const m = await pub.waitFor("out", /^publishing \S+ as \S+: ws:\/\/\[([0-9a-f:]+)\]:8081\//m, 15_000);
     return { pub, host: m[1] ?? "" };
   };
 
@@ -58,7 +58,7 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
     const { pub, host } = await startPub("direct/temp");
     expect(host).not.toBe(net.addr("a", "b"));
     expect(await addressesOfA()).toContain(`${host}/128`);
-    const sub = spawn("b", "sub", ["sub", "direct/temp", "--meta", metaUrl, "--json", "--count", "50"]);
+    const sub = spawn("b", "sub", ["sub", "direct/temp", "--meta", metaUrl, "--json", "--count", "50", "-v"]);
     await sub.waitFor("err", /subscribed/, 15_000);
     for (let i = 1; i <= 50; i++) pub.write(`t${i}\n`);
     expect(await sub.exitWithin(20_000)).toBe(0);

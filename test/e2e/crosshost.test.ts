@@ -39,7 +39,7 @@ describe.if(can.ok)("cross host over IPv6: publisher + gateway on A, metaserver 
     const meta = spawn("b", "meta", ["meta", "--listen", `[${b}]:8090`, "--db", ":memory:", "--token-file", token]);
     await meta.waitFor("out", /^metaserver: /m);
     pub = spawn("a", "pub", ["pub", "lab/temp", "--meta", metaUrl, "--run-dir", runDir, "--token-file", token, "--stay"], true);
-    await pub.waitFor("err", /^publishing lab\/temp as /m, 15_000);
+    await pub.waitFor("out", /^publishing lab\/temp as /m, 15_000);
   }, 60_000);
 
   afterAll(async () => {
@@ -61,7 +61,7 @@ describe.if(can.ok)("cross host over IPv6: publisher + gateway on A, metaserver 
   }, 30_000);
 
   test("a subscriber on B gets every value in order through A's gateway, and --latest the last", async () => {
-    const sub = spawn("b", "sub", ["sub", "lab/temp", "--meta", metaUrl, "--json", "--count", "200"]);
+    const sub = spawn("b", "sub", ["sub", "lab/temp", "--meta", metaUrl, "--json", "--count", "200", "-v"]);
     await sub.waitFor("err", /subscribed/, 15_000);
     for (let i = 1; i <= 200; i++) pub.write(`reading ${i}\n`);
     expect(await sub.exitWithin(20_000)).toBe(0);

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { stoa } from "../helpers/stoa.ts";
+import { STOA, stoa } from "../helpers/stoa.ts";
 
 interface Finding {
   name: string;
@@ -21,12 +21,40 @@ describe("stoa doctor", () => {
     const { code, ok, checks } = doctor();
     expect(code).toBe(0);
     const names = checks.map((c) => c.name);
-    for (const name of ["kernel", "root", "cap_net_admin", "cap_net_raw", "io_uring", "ip", "ovs-vsctl", "redis-server", "nginx", "port 8081", "port 8082", "port 8083", "run dir"]) {
+    for (const name of ["kernel", "root", "cap_net_admin", "cap_net_raw", "io_uring", "port 8081", "port 8082", "port 8083", "run dir"]) {
       expect(names).toContain(name);
     }
     for (const c of checks) if (c.status !== "ok") expect(c.fix, c.name).toBeTruthy();
     expect(ok).toBe(checks.every((c) => c.status === "ok"));
   });
+
+  test("tools are checked only for commands this stoa has (no flows, no circles yet); --dev adds the tests' and benchmarks' tools", () => {
+    const names = doctor().checks.map((c) => c.name);
+    for (const tool of ["ovs-vsctl", "redis-server", "ip", "nginx"]) expect(names).not.toContain(tool);
+    const dev = doctor(["--dev"]).checks.map((c) => c.name);
+    expect(dev).toContain("ip");
+    expect(dev).toContain("nginx");
+    for (const tool of ["ovs-vsctl", "redis-server"]) expect(dev).not.toContain(tool);
+  });
+
+  test.if(process.getuid?.() === 0)("ports held by this host's own gateway are ok, not 'in use'", async () => {
+    // A private network namespace, so the default ports are this test's alone.
+    const proc = Bun.spawn(
+      [
+        "unshare", "--net", "--pid", "--fork", "--kill-child", "sh", "-c",
+        `ip link set lo up; d=$(mktemp -d); "${STOA}" gateway --run-dir "$d" --ready-file "$d/ready" >/dev/null 2>&1 &
+         while [ ! -e "$d/ready" ]; do sleep 0.02; done; "${STOA}" doctor --json --run-dir "$d"; rm -rf "$d"`,
+      ],
+      { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
+    );
+    const [out] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    const { checks } = JSON.parse(out) as { checks: Finding[] };
+    for (const port of [8081, 8082, 8083]) {
+      const finding = checks.find((c) => c.name === `port ${port}`);
+      expect(finding?.status).toBe("ok");
+      expect(finding?.detail).toContain("in use by this host's stoa gateway");
+    }
+  }, 30_000);
 
   test("root and capabilities match this process's own view", () => {
     const { checks } = doctor();

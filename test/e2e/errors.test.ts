@@ -39,7 +39,7 @@ afterAll(async () => {
 /** `stoa pub NAME … --stay`, fed `value`; resolves with its pub_id once confirmed. */
 async function startPub(name: string, metaUrl: string, value: string, extra: string[] = []): Promise<{ pub: Proc; pubId: string }> {
   const pub = scope.stoa(`pub ${name}`, ["pub", name, "--meta", metaUrl, "--run-dir", runDir, "--state-dir", stateDir, "--stay", ...extra], { stdin: true });
-  const m = await pub.waitFor("err", /^publishing \S+ as (\S+): /m, 15_000);
+  const m = await pub.waitFor("out", /^publishing \S+ as (\S+): /m, 15_000);
   pub.write(`${value}\n`);
   return { pub, pubId: m[1] ?? "" };
 }

@@ -34,15 +34,18 @@ async function welcome(url: string, user: string, token: string): Promise<string
 }
 
 describe("stoa hotlink", () => {
-  test("user add prints the token last and stores only its hash; ls lists, remove removes", () => {
+  test("user add prints only the token on stdout (the words with -v, on stderr) and stores only its hash; ls lists, remove removes", () => {
     requireBinary();
     const users = join(scope.tempDir(), "users.json");
     const add = stoa(["hotlink", "user", "add", "alice@example.org", "--users", users]);
     expect(add.code).toBe(0);
-    const lines = add.stdout.trimEnd().split("\n");
-    const token = lines.at(-1) ?? "";
+    expect(add.stderr).toBe("");
+    const token = add.stdout.trimEnd();
     expect(token).toMatch(/^hlk_[A-Za-z0-9_-]{43}$/);
-    expect(lines[0]).toContain("only its hash is stored");
+    const verbose = stoa(["hotlink", "user", "add", "carol", "--users", users, "-v"]);
+    expect(verbose.stdout).toMatch(/^hlk_[A-Za-z0-9_-]{43}\n$/);
+    expect(verbose.stderr).toContain("only its hash is stored");
+    expect(stoa(["hotlink", "user", "remove", "carol", "--users", users]).code).toBe(0);
     const file = readFileSync(users, "utf8");
     expect(file).not.toContain(token);
     expect(file).not.toContain(token.slice(4));

@@ -37,7 +37,7 @@ function pubArgs(name: string, metaUrl = meta, dir = runDir, state = stateDir): 
 }
 
 async function pubIdOf(pub: Proc): Promise<string> {
-  return (await pub.waitFor("err", /^publishing \S+ as (\S+): /m, 15_000))[1] ?? "";
+  return (await pub.waitFor("out", /^publishing \S+ as (\S+): /m, 15_000))[1] ?? "";
 }
 
 async function registration(metaUrl: string, pubId: string): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -94,7 +94,7 @@ describe("failing clearly", () => {
     "stoa pub with no gateway on its run dir exits 1 and says to start one",
     async () => {
       const empty = scope.tempDir();
-      const pub = scope.stoa("pub (no gateway)", pubArgs("life/orphan", meta, empty), { stdin: true });
+      const pub = scope.stoa("pub (no gateway)", [...pubArgs("life/orphan", meta, empty), "--wait", "1s"], { stdin: true });
       pub.write("x\n");
       pub.endStdin();
       const r = await pub.output();
@@ -132,7 +132,7 @@ describe("failing clearly", () => {
   test(
     "stoa sub of a name nobody publishes exits non-zero with one line naming it",
     async () => {
-      const r = await scope.stoa("sub (unknown)", ["sub", "life/nobody", "--meta", meta]).output();
+      const r = await scope.stoa("sub (unknown)", ["sub", "life/nobody", "--meta", meta, "--wait", "1s"]).output();
       expect(r.code).not.toBe(0);
       expect(r.out).toBe("");
       const lines = messageLines(r.err);
@@ -147,7 +147,7 @@ describe("failing clearly", () => {
     "stoa sub with no metaserver at the URL exits non-zero with one line naming the URL",
     async () => {
       const [dead = 0] = freePorts(1);
-      const r = await scope.stoa("sub (no meta)", ["sub", "life/x", "--meta", `http://127.0.0.1:${dead}`]).output();
+      const r = await scope.stoa("sub (no meta)", ["sub", "life/x", "--meta", `http://127.0.0.1:${dead}`, "--wait", "1s"]).output();
       expect(r.code).not.toBe(0);
       const lines = messageLines(r.err);
       expect(lines).toHaveLength(1);
@@ -231,7 +231,7 @@ describe("stopping and restarting services", () => {
     async () => {
       const first = scope.stoa("pub #1", [...pubArgs("life/restart"), "--stay"], { stdin: true });
       const pubId = await pubIdOf(first);
-      const sub = scope.stoa("sub", ["sub", "life/restart", "--meta", meta, "--json", "--count", "4"]);
+      const sub = scope.stoa("sub", ["sub", "life/restart", "--meta", meta, "--json", "--count", "4", "-v"]);
       await sub.waitFor("err", /INFO +sub: subscribed/, 15_000);
       first.write("one\ntwo\n");
       await poll("two values", () => (sub.out.split("\n").length >= 3 ? true : undefined));

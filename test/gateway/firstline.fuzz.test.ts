@@ -9,7 +9,10 @@ const ID_CHARS = "abcXYZ019._-%/?#. ";
 type Expected =
   | { state: "more" }
   | { state: "error"; error: string }
-  | { state: "done"; mode: "http" | "prelude"; pubId: string; lf: number };
+  | { state: "done"; mode: "http" | "prelude"; pubId: string; lf: number }
+  | { state: "health"; check: "ready" | "healthz" };
+
+const HEALTH: Record<string, "ready" | "healthz"> = { "GET /ready HTTP/1.1": "ready", "GET /healthz HTTP/1.1": "healthz" };
 
 /**
  * The same rules stated over the whole input: the earliest failing position wins (a wrong
@@ -18,7 +21,9 @@ type Expected =
  */
 function reference(input: Uint8Array, max: number): Expected {
   const first = input[0];
-  const prefix = first === 0x47 ? "GET /pub/" : first === 0x53 ? "STOA1 " : null;
+  // The three GET forms share "GET /"; the sixth byte picks which one the line is held to.
+  const get = input[5] === 0x72 ? "GET /ready HTTP/1.1" : input[5] === 0x68 ? "GET /healthz HTTP/1.1" : "GET /pub/";
+  const prefix = first === 0x47 ? get : first === 0x53 ? "STOA1 " : null;
   let fail: { at: number; error: string } | null = null;
   const failAt = (at: number, error: string) => {
     if (fail === null || at < fail.at) fail = { at, error };
@@ -49,6 +54,8 @@ function reference(input: Uint8Array, max: number): Expected {
   if (failure !== null) return { state: "error", error: failure.error };
   if (lf < 0) return { state: "more" };
   const line = Buffer.from(input.subarray(0, lf)).toString("latin1").replace(/\r$/, "");
+  const check = HEALTH[prefix ?? ""];
+  if (check !== undefined) return line === prefix ? { state: "health", check } : { state: "error", error: "bad_request_line" };
   if (prefix === "GET /pub/") {
     const m = /^GET \/pub\/([^ ]*) HTTP\/1\.1$/.exec(line);
     if (m === null) return { state: "error", error: "bad_request_line" };
@@ -73,8 +80,11 @@ function validish(rng: Prng): Uint8Array {
   const id = randomId(rng);
   const eol = rng.pick(["\r\n", "\n", "\r", ""]);
   const rest = rng.pick(["", "Host: x\r\n\r\n", "payload", "\x00\xff"]);
+  const roll = rng.int(20);
   const line =
-    rng.int(2) === 0
+    roll === 0
+      ? rng.pick(["GET /ready HTTP/1.1", "GET /healthz HTTP/1.1", "GET /ready?x HTTP/1.1", "GET /healthz HTTP/1.0", "GET /readyz HTTP/1.1"])
+      : roll < 10
       ? `GET /pub/${id}${rng.pick(["", "/", "/x/y", "?q=1", "", "/x/y", "/../..", "%2e", "/%252e%252e/x", "?q=%252e"])} ${rng.pick(["HTTP/1.1", "HTTP/1.0", "HTTP/1.1 "])}`
       : `STOA1 ${id}`;
   const padded = rng.int(20) === 0 ? line + "x".repeat(rng.int(300)) : line;
@@ -98,7 +108,7 @@ describe("first-line parser fuzzing", () => {
     const rng = prng(seed);
     let i = 0;
     let input: Uint8Array = new Uint8Array(0);
-    const seen = { done: 0, error: 0, more: 0 };
+    const seen = { done: 0, error: 0, more: 0, health: 0 };
     try {
       for (; i < ITERATIONS; i++) {
         const roll = rng.int(10);
@@ -117,6 +127,7 @@ describe("first-line parser fuzzing", () => {
         seen[result.state]++;
         expect(result.state).toBe(expected.state);
         if (result.state === "error" && expected.state === "error") expect(result.error as string).toBe(expected.error);
+        if (result.state === "health" && expected.state === "health") expect(result.check).toBe(expected.check);
         if (result.state === "done" && expected.state === "done") {
           expect(result.mode).toBe(expected.mode);
           expect(result.pubId).toBe(expected.pubId);
@@ -131,5 +142,6 @@ describe("first-line parser fuzzing", () => {
     expect(seen.done).toBeGreaterThan(ITERATIONS / 20);
     expect(seen.error).toBeGreaterThan(ITERATIONS / 20);
     expect(seen.more).toBeGreaterThan(0);
+    expect(seen.health).toBeGreaterThan(0);
   });
 });

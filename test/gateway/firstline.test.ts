@@ -188,3 +188,22 @@ describe("paths a proxy in front could read differently", () => {
     expect(result.state).toBe("done");
   });
 });
+
+describe("health checks, answered before routing", () => {
+  test("GET /ready and GET /healthz are recognised, split anywhere", () => {
+    expect(feed("GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")).toEqual({ state: "health", check: "ready" });
+    expect(feed("GET /heal", "thz HTTP/1.1\r", "\n")).toEqual({ state: "health", check: "healthz" });
+    expect(feed("GET /healthz HTTP/1.1\n")).toEqual({ state: "health", check: "healthz" });
+  });
+
+  test("only the exact lines: a query, another version or a longer path is a bad line", () => {
+    expectError(feed("GET /ready?full=1 HTTP/1.1\r\n"), "bad_request_line");
+    expectError(feed("GET /healthz HTTP/1.0\r\n"), "bad_request_line");
+    expectError(feed("GET /readyz HTTP/1.1\r\n"), "bad_request_line");
+    expectError(feed("GET /health HTTP/1.1\r\n"), "bad_request_line");
+  });
+
+  test("a publisher's path that merely looks like one is still routed", () => {
+    expect(feed("GET /pub/ready HTTP/1.1\r\n")).toMatchObject({ state: "done", pubId: "ready" });
+  });
+});

@@ -111,3 +111,33 @@ describe("MetaClient", () => {
     }
   });
 });
+
+describe("lookup while the publisher registers", () => {
+  test("a name registered between the exact query and the prefix query is found, not called a directory", async () => {
+    const info = {
+      name: "demo/clock",
+      pub_id: "c1",
+      host: "::1",
+      ports: { service: 8081, string: 8082, ping: 8083 },
+      urls: { service: "ws://[::1]:8081/pub/c1", string: "ws://[::1]:8082/pub/c1", ping: "ws://[::1]:8083/pub/c1" },
+      state: "pending",
+      registered_at: new Date().toISOString(),
+    };
+    // The exact query comes first and finds nothing; by the prefix query the name is there.
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req) => {
+        const url = new URL(req.url);
+        const publishers = url.searchParams.has("name") ? [] : [info];
+        return Response.json({ publishers, next_cursor: null });
+      },
+    });
+    try {
+      const client = new MetaClient(`http://127.0.0.1:${server.port}`);
+      expect((await client.lookup("demo/clock")).pub_id).toBe("c1");
+    } finally {
+      await server.stop(true);
+    }
+  });
+});

@@ -163,7 +163,7 @@ describe("stoa up (gateway + metaserver) under an idle flood at a low descriptor
     ]);
     await up.waitFor("out", /^try: .*\n\s+stoa sub .*\n/m, 30_000);
     const pub = scope.stoa("pub", ["pub", "fd/ping", "--meta", metaUrl, "--run-dir", runDir, "--state-dir", stateDir, "--stay"], { stdin: true });
-    pubId = (await pub.waitFor("err", /^publishing \S+ as (\S+): /m, 20_000))[1] ?? "";
+    pubId = (await pub.waitFor("out", /^publishing \S+ as (\S+): /m, 20_000))[1] ?? "";
     pub.write("here\n");
     expect(await ping(ports.ping, pubId)).toContain(`"value":"here"`);
   }, 60_000);

@@ -97,7 +97,7 @@ beforeAll(async () => {
   ]);
   await up.waitFor("out", /^try: .*\n\s+stoa sub .*\n/m, 30_000);
   const pub = scope.stoa("pub", ["pub", "iso/ping", "--meta", metaUrl, "--run-dir", runDir, "--state-dir", stateDir, "--stay"], { stdin: true });
-  pubId = (await pub.waitFor("err", /^publishing \S+ as (\S+): /m, 20_000))[1] ?? "";
+  pubId = (await pub.waitFor("out", /^publishing \S+ as (\S+): /m, 20_000))[1] ?? "";
   pub.write("here\n");
 }, 60_000);
 

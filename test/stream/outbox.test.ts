@@ -35,6 +35,36 @@ function outbox(sink: Sink, policy: SlowPolicy, limits: QueueLimits) {
 }
 
 describe("outbox", () => {
+  test("replays history frames ahead of live ones, at the socket's pace and outside the bounds", () => {
+    const s = fakeSink(2);
+    const { box, counts } = outbox(s.sink, "disconnect", { maxMessages: 2, maxBytes: 100 });
+    box.replay(Array.from({ length: 20 }, (_, i) => frame(i + 1)));
+    expect(s.sent).toEqual(["v1", "v2", "v3"]); // v3 went into the socket's buffer with -1
+    expect(box.backlogLeft).toBe(17);
+    box.offer(frame(21));
+    box.offer(frame(22));
+    expect(box.idle).toBe(false);
+    s.open(5);
+    box.drain();
+    expect(s.sent).toHaveLength(9);
+    s.open(100);
+    box.drain();
+    expect(s.sent).toEqual(Array.from({ length: 22 }, (_, i) => `v${i + 1}`));
+    expect(counts).toEqual({ dropped: 0, overflows: 0 });
+    expect(box.idle).toBe(true);
+  });
+
+  test("live values offered during a replay are still bounded, with a gap notice after the history", () => {
+    const s = fakeSink(0);
+    const { box, counts } = outbox(s.sink, "drop-oldest", { maxMessages: 2, maxBytes: 100 });
+    box.replay([frame(1), frame(2)]);
+    for (let i = 3; i <= 6; i++) box.offer(frame(i));
+    s.open(100);
+    box.drain();
+    expect(s.sent).toEqual(["v1", "v2", "gap 5 2", "v5", "v6"]);
+    expect(counts.dropped).toBe(2);
+  });
+
   test("writes straight through while the socket takes data", () => {
     const s = fakeSink(100);
     const { box } = outbox(s.sink, "drop-oldest", { maxMessages: 2, maxBytes: 100 });

@@ -95,7 +95,7 @@ describe("delivery on all three endpoints", () => {
     pub.publish({ temp: 21.5 });
     pub.publish("second");
     const after = await latest(pub.urls.ping);
-    expect(after).toEqual({ value: "second", seq: 2, ts: pub.latest?.ts ?? "" });
+    expect(after).toEqual({ value: "second", seq: 2, ts: pub.latest?.ts ?? "", json: "second" });
 
     pub.publish(42);
     expect((await latest(pub.urls.ping)).value).toBe("42");
@@ -162,16 +162,26 @@ describe("delivery on all three endpoints", () => {
     expect(await res.json()).toMatchObject({ error: "upgrade_required" });
   });
 
-  test("starts every service connection with a hello naming the next seq", async () => {
+  test("starts every service connection with a hello naming the next seq: the latest value's by default, the next one's with from=now", async () => {
     const pub = await start({ runDir: tempDir() });
     pub.publish(1);
     pub.publish(2);
     const client = await plainClient(pub.urls.service);
     cleanups.push(() => client.ws.close());
-    await waitFor("the hello", () => client.messages.length === 1);
-    const first = client.messages[0];
-    if (!(first instanceof ArrayBuffer)) throw new Error("expected a binary frame");
-    expect(decodeServiceFrame(first)).toEqual({ t: "hello", v: 1, epoch: pub.epoch, next: 3 });
+    await waitFor("the hello and the latest value", () => client.messages.length === 2);
+    const [first, second] = client.messages;
+    if (!(first instanceof ArrayBuffer) || !(second instanceof ArrayBuffer)) throw new Error("expected binary frames");
+    expect(decodeServiceFrame(first)).toEqual({ t: "hello", v: 1, epoch: pub.epoch, next: 2 });
+    expect(decodeServiceFrame(second)).toMatchObject({ t: "v", seq: 2, value: 2 });
+
+    const now = await plainClient(`${pub.urls.service}?from=now`);
+    cleanups.push(() => now.ws.close());
+    await waitFor("the hello", () => now.messages.length === 1);
+    const hello = now.messages[0];
+    if (!(hello instanceof ArrayBuffer)) throw new Error("expected a binary frame");
+    expect(decodeServiceFrame(hello)).toEqual({ t: "hello", v: 1, epoch: pub.epoch, next: 3 });
+    await Bun.sleep(50);
+    expect(now.messages).toHaveLength(1);
   });
 
   test("serves on loopback TCP with internal tcp", async () => {

@@ -1,0 +1,84 @@
+/**
+ * AF_UNIX datagram sockets through libc, for what Bun cannot do: `Bun.udpSocket` takes IP
+ * addresses only (1.4.5). Used to send sd_notify messages (core/daemon.ts) and, in tests, to
+ * receive them.
+ *
+ * `struct sockaddr_un` (sys/un.h): `sa_family_t sun_family` (u16, AF_UNIX) then
+ * `char sun_path[108]`. A path address is NUL-terminated; an abstract one (`@name` in
+ * NOTIFY_SOCKET) starts with a NUL and its length is exactly what is given.
+ */
+import { ptr } from "bun:ffi";
+import { errno, libc, strerror } from "./libc.ts";
+
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+/** No SIGPIPE if the receiver went away (socket.h). */
+const MSG_NOSIGNAL = 0x4000;
+const MSG_DONTWAIT = 0x40;
+/** sizeof(sun_path). */
+const SUN_PATH_BYTES = 108;
+
+/** `address` (`/path` or `@abstract`) as a sockaddr_un and its length. */
+function sockaddr(address: string): { addr: Buffer; len: number } {
+  const abstract = address.startsWith("@");
+  const name = Buffer.from(abstract ? address.slice(1) : address, "utf8");
+  // A path needs room for its NUL; an abstract name has a leading NUL instead.
+  if (name.length + 1 > SUN_PATH_BYTES) throw new Error(`unix socket address too long (${name.length} bytes): ${address}`);
+  const addr = Buffer.alloc(2 + SUN_PATH_BYTES);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  name.copy(addr, abstract ? 3 : 2);
+  return { addr, len: 2 + name.length + 1 };
+}
+
+/** Sends one datagram to `address`; returns null or what went wrong. Never throws. */
+export function sendUnixDatagram(address: string, data: Uint8Array): string | null {
+  let target: { addr: Buffer; len: number };
+  try {
+    target = sockaddr(address);
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+  const c = libc();
+  const fd = c.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return `socket: ${strerror(errno())}`;
+  try {
+    const body = data.length === 0 ? new Uint8Array(1) : data;
+    const sent = c.sendto(fd, ptr(body), data.length, MSG_NOSIGNAL, ptr(target.addr), target.len);
+    return sent < 0 ? `sendto ${address}: ${strerror(errno())}` : null;
+  } finally {
+    c.close(fd);
+  }
+}
+
+/**
+ * A bound AF_UNIX datagram socket to read from without blocking (tests: a NOTIFY_SOCKET
+ * listener). `receive()` returns the next datagram as text, or null when none is queued.
+ */
+export class UnixDatagramReceiver {
+  readonly #fd: number;
+  readonly #buf = Buffer.alloc(65_536);
+
+  constructor(readonly path: string) {
+    const { addr, len } = sockaddr(path);
+    const c = libc();
+    this.#fd = c.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (this.#fd < 0) throw new Error(`socket: ${strerror(errno())}`);
+    if (c.bind(this.#fd, ptr(addr), len) !== 0) {
+      const e = errno();
+      c.close(this.#fd);
+      throw new Error(`bind ${path}: ${strerror(e)}`);
+    }
+    // A path keeps its file: the caller removes it (it owns the directory).
+  }
+
+  receive(): string | null {
+    const n = libc().recvfrom(this.#fd, ptr(this.#buf), this.#buf.length, MSG_DONTWAIT, null, null);
+    return n < 0 ? null : this.#buf.toString("utf8", 0, Number(n));
+  }
+
+  close(): void {
+    libc().close(this.#fd);
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * README.md's quick start and both walkthroughs ("A first stream", "A first tunnel"), taken
+ * from the file and run as printed, pasted one after the other into one `sh -e` — the way a new
+ * user tries them. They run as root with the defaults they print (/run/stoa, /var/lib/stoa,
+ * ports 8081-8083, 8090, 8470), so the script gets a private mount namespace (tmpfs on those
+ * two dirs), network namespace (lo only) and pid namespace (everything it started dies with it).
+ * Only three things are added around the blocks: the quick start runs in the checkout (it is
+ * `./install.sh`, with PREFIX in a temp dir that goes first on PATH) under the build lock,
+ * the walkthroughs in a scratch dir, and after them a check of the tunnel's promise.
+ */
+import { describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ROOT } from "../helpers/stoa.ts";
+
+const BUILD_LOCK = "/tmp/stoa-build.lock";
+
+/** The first ```sh block after the heading `## title`. */
+function block(readme: string, title: string): string {
+  const at = readme.indexOf(`\n## ${title}\n`);
+  if (at < 0) throw new Error(`README.md has no section "## ${title}"`);
+  const next = readme.indexOf("\n## ", at + 1);
+  const section = readme.slice(at, next < 0 ? undefined : next);
+  const m = section.match(/```sh\n([^]*?)```/);
+  if (m?.[1] === undefined) throw new Error(`section "## ${title}" of README.md has no sh block`);
+  return m[1];
+}
+
+const canRun = process.getuid?.() === 0 && Bun.which("unshare") !== null && Bun.which("flock") !== null;
+if (!canRun) console.warn("readme.test.ts needs root, unshare and flock");
+
+describe.if(canRun)("README.md as a script", () => {
+  test(
+    "the quick start, 'A first stream' and 'A first tunnel' pasted as one script all succeed and do what the README says",
+    async () => {
+      const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+      const work = mkdtempSync(join(tmpdir(), "stoa-readme-"));
+      try {
+        const prefix = join(work, "prefix");
+        const scratch = join(work, "scratch");
+        mkdirSync(scratch);
+        mkdirSync(join(work, "home"));
+        const script = [
+          "set -e",
+          "mkdir -p /run/stoa /var/lib/stoa && mount -t tmpfs tmpfs /run/stoa && mount -t tmpfs tmpfs /var/lib/stoa",
+          "ip link set lo up",
+          `cd '${ROOT}'`,
+          // The quick start builds dist/stoa: under the lock every build here takes. The lock is
+          // released on its open file (stoa up, started meanwhile, inherits only the descriptor).
+          `exec 9>'${BUILD_LOCK}'; flock 9`,
+          block(readme, "Quick start"),
+          "flock -u 9; exec 9>&-",
+          "echo '--- quick start done'",
+          `cd '${scratch}'`,
+          block(readme, "A first stream"),
+          "echo '--- stream done'",
+          block(readme, "A first tunnel"),
+          "echo '--- tunnel done'",
+          `'${process.execPath}' '${join(ROOT, "test/fixtures/readme-tunnel.ts")}' 10001 10002`,
+        ].join("\n");
+        const file = join(work, "readme.sh");
+        writeFileSync(file, script);
+        const proc = Bun.spawn(["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "sh", file], {
+          cwd: work,
+          env: {
+            PATH: `${join(prefix, "bin")}:${process.env.PATH ?? "/usr/bin:/bin"}`,
+            PREFIX: prefix,
+            HOME: join(work, "home"),
+          },
+          stdin: "ignore",
+          stdout: "pipe",
+          stderr: "pipe",
+        });
+        const timer = setTimeout(() => proc.kill("SIGKILL"), 150_000);
+        const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+        clearTimeout(timer);
+        const context = `stdout:\n${out}\nstderr:\n${err}`;
+        expect({ code, context }).toEqual({ code: 0, context });
+        const [, stream = "", tunnel = ""] = out.split(/^--- (?:quick start|stream) done$/m);
+        // Quick start: stoa up's banner says loopback only; status reported healthy.
+        expect(out).toContain("loopback only");
+        expect(out).toMatch(/^healthy$/m);
+        // A first stream: three times from --count 3, then the latest as JSON.
+        const times = stream.match(/^\d\d:\d\d:\d\d$/gm) ?? [];
+        expect(times.length).toBeGreaterThanOrEqual(3);
+        const json = stream.split("\n").find((l) => l.startsWith("{"));
+        expect(json).toBeDefined();
+        expect(JSON.stringify(JSON.parse(json ?? "{}").value)).toMatch(/\d\d:\d\d:\d\d/);
+        // A first tunnel: both daemons on the relay (status healthy after them), bytes both ways.
+        expect(tunnel).toMatch(/alice via ws:\/\/127\.0\.0\.1:8470: connected/);
+        expect(tunnel).toMatch(/bob via ws:\/\/127\.0\.0\.1:8470: connected/);
+        expect(out).toContain("tunnel ok");
+        // Clients say nothing on stderr in normal operation (daemons log their start at info).
+        expect(err).not.toMatch(/\b(ERROR|WARN) +(pub|sub|status):/);
+      } finally {
+        rmSync(work, { recursive: true, force: true });
+      }
+    },
+    180_000,
+  );
+});
