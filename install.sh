@@ -38,6 +38,14 @@ place() {
   chmod 755 "$PREFIX/bin/.stoa.new.$$"
   mv -f "$PREFIX/bin/.stoa.new.$$" "$PREFIX/bin/stoa"
   say "installed $("$PREFIX/bin/stoa" version | head -n 1) to $PREFIX/bin/stoa"
+  # The man page comes from the binary itself (the same command table as --help): stoa(1).
+  if mkdir -p "$PREFIX/share/man/man1" 2>/dev/null && "$PREFIX/bin/stoa" man > "$PREFIX/share/man/man1/.stoa.1.$$" 2>/dev/null; then
+    mv -f "$PREFIX/share/man/man1/.stoa.1.$$" "$PREFIX/share/man/man1/stoa.1"
+    say "installed the man page to $PREFIX/share/man/man1/stoa.1"
+  else
+    rm -f "$PREFIX/share/man/man1/.stoa.1.$$"
+    say "could not install the man page into $PREFIX/share/man/man1 (stoa man prints it)"
+  fi
   case ":$PATH:" in
     *":$PREFIX/bin:"*) say "$PREFIX/bin is on PATH: run 'stoa --help'" ;;
     *) say "$PREFIX/bin is NOT on PATH: add it with  export PATH=\"$PREFIX/bin:\$PATH\"" ;;

@@ -58,6 +58,10 @@ describe("install.sh without a checkout (curl | sh)", () => {
     expect(run.code).toBe(0);
     expect(run.stderr).toContain(`installed stoa`);
     expect(run.stderr).toContain("NOT on PATH");
+    // stoa(1), written from the installed binary's own command table.
+    const page = readFileSync(join(prefix, "share", "man", "man1", "stoa.1"), "utf8");
+    expect(page).toContain('\n.TH STOA 1 ');
+    expect(page).toContain("hotlink serve");
     const version = Bun.spawnSync([join(prefix, "bin", "stoa"), "version", "--json"]);
     expect(version.exitCode).toBe(0);
     expect(JSON.parse(version.stdout.toString()).compiled).toBe(true);
