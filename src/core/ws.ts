@@ -27,6 +27,10 @@
  *   up to `MAX_REFUSAL_BODY_BYTES` of body become an `UpgradeRefusal` — `error`/`message` when
  *   it is the JSON `{"error","message"}` a stoa gateway or publisher answers — reported before
  *   the attempt's `onClose`, whose reason is then `describeRefusal(…)`.
+ * - Bounds of a `dialWebSocket` dial: the response head is bounded by Bun's HTTP client (about
+ *   16 KiB; a longer one fails the dial, and `ws`'s `maxHeaderSize` is not honoured), a refused
+ *   upgrade's body by `MAX_REFUSAL_BODY_BYTES`, a message by `DialOptions.maxPayload`.
+ *   `onUpgrade` sees a 101's headers (e.g. to tell which server upgraded).
  */
 import WsClient from "ws";
 import { StoaError } from "./errors.ts";
@@ -97,6 +101,37 @@ export function parseRefusal(status: number, body: Uint8Array): UpgradeRefusal {
   return { status, error: undefined, message: text.replace(/[\x00-\x1f\x7f]+/g, " ") };
 }
 
+/** The `error.code` of the `error` event of a message over `DialOptions.maxPayload`. */
+export const WS_PAYLOAD_TOO_LARGE = "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH";
+
+/** How `dialWebSocket` dials; every field is optional. */
+export interface DialOptions {
+  headers?: Record<string, string>;
+  protocols?: string | string[];
+  /**
+   * Largest message accepted, in bytes. Checked on each frame's header (a message's fragments
+   * add up) before its payload is buffered; a larger one fails the connection: an `error` whose
+   * `wsErrorCode` is `WS_PAYLOAD_TOO_LARGE`, then close 1006. Default: the `ws` package's 100 MiB.
+   */
+  maxPayload?: number;
+  /**
+   * The headers of a `101` answer (names in lower case), before its handshake is checked:
+   * `open` follows only when it is a valid upgrade (Sec-WebSocket-Accept, protocol, extensions).
+   */
+  onUpgrade?: (headers: Readonly<Record<string, string | string[] | undefined>>) => void;
+}
+
+/**
+ * The `ws` package's code for what failed a connection (`WS_ERR_…` for a protocol violation by
+ * the server, e.g. `WS_ERR_UNEXPECTED_MASK`; a system code such as `ECONNRESET`), taken from an
+ * `error` event of a `dialWebSocket` socket; undefined when it has none.
+ */
+export function wsErrorCode(event: Event): string | undefined {
+  const error: unknown = "error" in event ? event.error : undefined;
+  if (error === null || typeof error !== "object" || !("code" in error)) return undefined;
+  return typeof error.code === "string" ? error.code : undefined;
+}
+
 /**
  * Opens a WebSocket (the `ws` package's client, as `WebSocket`'s interface) that reports a
  * refused upgrade to `onRefused` before its `error` and `close` events (see the module header).
@@ -109,13 +144,20 @@ export function parseRefusal(status: number, body: Uint8Array): UpgradeRefusal {
  */
 export function dialWebSocket(
   url: string,
-  init: { headers?: Record<string, string>; protocols?: string | string[] },
+  init: DialOptions,
   onRefused: (refusal: UpgradeRefusal) => void,
 ): WebSocket {
-  const ws = new WsClient(url, init.protocols, { headers: init.headers ?? {}, perMessageDeflate: false });
+  const ws = new WsClient(url, init.protocols, {
+    headers: init.headers ?? {},
+    perMessageDeflate: false,
+    followRedirects: false, // the default, said out loud: a redirect is a refusal, never followed
+    ...(init.maxPayload === undefined ? {} : { maxPayload: init.maxPayload }),
+  });
   // An `error` with no listener would be thrown (EventEmitter), e.g. closing while connecting
   // after the caller set `onerror = null`: errors reach `onerror` when one is set, else nobody.
   ws.on("error", () => {});
+  const onUpgrade = init.onUpgrade;
+  if (onUpgrade !== undefined) ws.on("upgrade", (res) => onUpgrade(res.headers));
   ws.on("unexpected-response", (_req, res) => {
     const chunks: Buffer[] = [];
     let size = 0;

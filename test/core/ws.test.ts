@@ -6,12 +6,16 @@ import { StoaError } from "../../src/core/errors.ts";
 import {
   backoffDelay,
   DEFAULT_BACKOFF,
+  type DialOptions,
   describeRefusal,
+  dialWebSocket,
   MAX_REFUSAL_BODY_BYTES,
   parseRefusal,
   ReconnectingWebSocket,
   type ReconnectOptions,
   type UpgradeRefusal,
+  WS_PAYLOAD_TOO_LARGE,
+  wsErrorCode,
 } from "../../src/core/ws.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-ws-"));
@@ -477,6 +481,104 @@ describe("refused upgrades", () => {
       expect(paths.slice(0, 3)).toEqual(["/try?n=1", "/try?n=2", "/try?n=3"]);
     } finally {
       conn.close();
+      server.stop(true);
+    }
+  });
+});
+
+describe("dialWebSocket's bounds and the 101's headers", () => {
+  /** Opens one dialWebSocket and records its events until it closes. */
+  async function dialOnce(url: string, init: DialOptions, onOpen: (ws: WebSocket) => void = () => {}) {
+    const events: string[] = [];
+    const ws = dialWebSocket(url, init, (r) => events.push(`refused ${r.status}`));
+    ws.binaryType = "arraybuffer";
+    await new Promise<void>((resolve) => {
+      ws.onopen = () => {
+        events.push("open");
+        onOpen(ws);
+      };
+      ws.onmessage = (e) => {
+        events.push(`message ${typeof e.data === "string" ? e.data.length : "binary"}`);
+        ws.close(1000);
+      };
+      ws.onerror = (e) => events.push(`error ${wsErrorCode(e) ?? "-"}`);
+      ws.onclose = (e) => {
+        events.push(`close ${e.code}`);
+        resolve();
+      };
+    });
+    return events;
+  }
+
+  test("onUpgrade sees the 101's headers before open; a refused upgrade never calls it", async () => {
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req, srv) =>
+        new URL(req.url).pathname === "/up" && srv.upgrade(req, { headers: { "X-Stoa-Pub-Id": "cam1" } })
+          ? undefined
+          : Response.json({ error: "unknown_pub_id", message: "no" }, { status: 404 }),
+      websocket: { message: () => {} },
+    });
+    try {
+      const seen: string[] = [];
+      const onUpgrade = (h: Readonly<Record<string, string | string[] | undefined>>) => void seen.push(`upgrade ${String(h["x-stoa-pub-id"])}`);
+      const up = await dialOnce(`ws://127.0.0.1:${server.port}/up`, { onUpgrade }, (ws) => {
+        seen.push("open");
+        ws.close(1000);
+      });
+      expect(seen).toEqual(["upgrade cam1", "open"]);
+      expect(up).toEqual(["open", "close 1000"]);
+      seen.length = 0;
+      const refused = await dialOnce(`ws://127.0.0.1:${server.port}/other`, { onUpgrade });
+      expect(seen).toEqual([]);
+      expect(refused[0]).toBe("refused 404");
+      expect(refused).not.toContain("open");
+    } finally {
+      await server.stop(true);
+    }
+  });
+
+  test("maxPayload: a message at the bound arrives, one byte more fails the connection with WS_PAYLOAD_TOO_LARGE", async () => {
+    const limit = 64 * 1024;
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req, srv) => (srv.upgrade(req) ? undefined : new Response("no", { status: 426 })),
+      websocket: { message: (ws, m) => void ws.send("x".repeat(Number(m))) },
+    });
+    try {
+      const url = `ws://127.0.0.1:${server.port}/`;
+      expect(await dialOnce(url, { maxPayload: limit }, (ws) => ws.send(String(limit)))).toEqual(["open", `message ${limit}`, "close 1000"]);
+      const over = await dialOnce(url, { maxPayload: limit }, (ws) => ws.send(String(limit + 1)));
+      expect(over).toEqual(["open", `error ${WS_PAYLOAD_TOO_LARGE}`, "close 1006"]);
+      // Without it, the `ws` package's default (100 MiB) lets the same message through.
+      expect(await dialOnce(url, {}, (ws) => ws.send(String(limit + 1)))).toEqual(["open", `message ${limit + 1}`, "close 1000"]);
+    } finally {
+      await server.stop(true);
+    }
+  });
+
+  test("a response head that never ends fails the dial: it is not read without bound", async () => {
+    let written = 0;
+    const server = Bun.listen<undefined>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        data(s) {
+          s.write("HTTP/1.1 101 Switching Protocols\r\n");
+          // 1 MiB of headers, in writes the client must read (or refuse) one by one.
+          const line = `X-Pad: ${"p".repeat(1000)}\r\n`;
+          for (let i = 0; i < 1024; i++) written += s.write(line);
+        },
+      },
+    });
+    try {
+      const events = await dialOnce(`ws://127.0.0.1:${server.port}/`, {});
+      expect(events).not.toContain("open");
+      expect(events.at(-1)).toBe("close 1006");
+      expect(written).toBeGreaterThan(16 * 1024);
+    } finally {
       server.stop(true);
     }
   });

@@ -1,8 +1,9 @@
 import { describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
 import type { Socket } from "bun";
 import { type PingOutcome, pingThroughGateway } from "../../src/meta/confirm.ts";
 import { MetaApiError } from "../../src/meta/protocol.ts";
-import { PUB_ID_HEADER } from "../../src/stream/protocol.ts";
+import { MAX_PING_REPLY_BYTES, PUB_ID_HEADER } from "../../src/stream/protocol.ts";
 import { fakeGateway } from "../fixtures/meta-gateway.ts";
 import { startTestMeta } from "../fixtures/meta-helpers.ts";
 
@@ -226,6 +227,15 @@ async function pingRaw(script: (socket: Socket<{ head: string }>) => void, hands
   }
 }
 
+/** A frame header announcing `length` payload bytes (64-bit length form). */
+function bigFrameHeader(length: number, opcode = 0x1, fin = true): Uint8Array {
+  const out = new Uint8Array(10);
+  out[0] = (fin ? 0x80 : 0) | opcode;
+  out[1] = 127;
+  new DataView(out.buffer).setBigUint64(2, BigInt(length));
+  return out;
+}
+
 const REPLY = JSON.stringify({ value: null, seq: 0, ts: "2025-01-01T00:00:00Z" });
 
 describe("the ping client reads only what it should", () => {
@@ -259,19 +269,28 @@ describe("the ping client reads only what it should", () => {
     ["a reply without the fields", (s) => void s.write(frame(0x1, '{"value":1}')), true, /without the fields \{value, seq, ts\}/],
     ["a binary reply", (s) => void s.write(frame(0x2, REPLY.slice(0, 100))), true, /binary frame/],
     ["a close frame", (s) => void s.write(frame(0x8, Uint8Array.of(0x03, 0xf3, 0x62, 0x79, 0x65))), true, /closed the WebSocket \(code 1011\) instead/],
-    ["a masked frame", (s) => void s.write(Uint8Array.of(0x81, 0x84, 1, 2, 3, 4, 0, 0, 0, 0)), true, /masked frame/],
-    ["a frame announced beyond the limit", (s) => void s.write(Uint8Array.of(0x81, 127, 0, 0, 0, 1, 0, 0, 0, 0)), true, /announced a 4294967296-byte frame/],
+    // Frames a server must not send fail the confirmation with a fixed reason, nothing quoted.
+    ["a masked frame", (s) => void s.write(Uint8Array.of(0x81, 0x84, 0x73, 0x65, 0x63, 0x72, 0, 0, 0, 0)), true, /^publisher abc broke the WebSocket protocol at ws:\/\/127\.0\.0\.1:\d+\/pub\/abc \(an invalid frame\) instead of answering the ping$/],
+    ["a text frame that is not UTF-8", (s) => void s.write(frame(0x1, Uint8Array.of(0x73, 0x65, 0xff, 0xfe))), true, /^publisher abc broke the WebSocket protocol at .* \(an invalid frame\)/],
+    // Checked on the frame's header: the payload never comes, and the answer is not a timeout.
+    ["a frame announced beyond the limit", (s) => void s.write(Uint8Array.of(0x81, 127, 0, 0, 0, 1, 0, 0, 0, 0)), true, new RegExp(`^publisher abc's ping reply is larger than ${MAX_PING_REPLY_BYTES} bytes$`)],
+    ["a frame announced one byte beyond the limit", (s) => void s.write(bigFrameHeader(MAX_PING_REPLY_BYTES + 1)), true, /ping reply is larger than/],
+    // A message's fragments add up: 4 bytes, then a continuation announcing the rest plus one.
+    ["fragments adding up beyond the limit", (s) => {
+      s.write(frame(0x1, "yyyy", false));
+      s.write(bigFrameHeader(MAX_PING_REPLY_BYTES - 3, 0x0));
+    }, true, /ping reply is larger than/],
     ["a hang-up before the reply", (s) => void s.end(), true, /closed the connection .* without answering the ping/],
     // A stoa gateway's routing errors are named by their code, never quoted.
     [
       "a stoa gateway's 502",
-      (s) => void s.write('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 50\r\n\r\n{"error":"target_down","message":"secret-internals"}'),
+      (s) => void s.write('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 52\r\n\r\n{"error":"target_down","message":"secret-internals"}'),
       false,
       /^the stoa gateway on host 127\.0\.0\.1 knows publisher abc but its ping socket does not answer \(502\)$/,
     ],
     [
       "a stoa gateway's 404",
-      (s) => void s.write('HTTP/1.1 404 Not Found\r\nContent-Length: 53\r\n\r\n{"error":"unknown_pub_id","message":"secret-internals"}'),
+      (s) => void s.write('HTTP/1.1 404 Not Found\r\nContent-Length: 55\r\n\r\n{"error":"unknown_pub_id","message":"secret-internals"}'),
       false,
       /^the stoa gateway on host 127\.0\.0\.1 does not serve publisher abc \(404\)/,
     ],
@@ -342,6 +361,19 @@ describe("the ping client reads only what it should", () => {
     }
   });
 
+  test("a redirect is not followed: the service it points to is not pinged, and the reason is the generic one", async () => {
+    const target = fakeGateway({ serves: ["abc"] });
+    const redirect = rawServer((s) => void s.write(`HTTP/1.1 307 Temporary Redirect\r\nLocation: ws://127.0.0.1:${target.port}/pub/abc\r\nContent-Length: 0\r\n\r\n`), false);
+    try {
+      const out = await pingThroughGateway({ host: "127.0.0.1", port: redirect.port, pubId: "abc" }, { timeoutMs: 300 });
+      expect(out).toEqual({ ok: false, timedOut: false, reason: expect.stringMatching(/^no stoa gateway answered/) });
+      expect(target.pings).toEqual([]);
+    } finally {
+      redirect.stop(true);
+      await target.stop();
+    }
+  });
+
   test("refused, and a host name that does not resolve, read the same as a foreign service", async () => {
     const refused = await pingThroughGateway({ host: "127.0.0.1", port: freePort(), pubId: "abc" }, { timeoutMs: 2_000 });
     const unresolved = await pingThroughGateway({ host: "no-such-host.invalid", port: 8083, pubId: "abc" }, { timeoutMs: 2_000 });
@@ -361,4 +393,109 @@ describe("the ping client reads only what it should", () => {
       server.stop(true);
     }
   });
+});
+
+describe("the ping client's limits and what it leaves behind", () => {
+  test("accepts a reply of exactly MAX_PING_REPLY_BYTES", async () => {
+    const empty = JSON.stringify({ value: "", seq: 1, ts: "2025-01-01T00:00:00Z" });
+    const value = "v".repeat(MAX_PING_REPLY_BYTES - empty.length);
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req, srv) => (srv.upgrade(req, { headers: { [PUB_ID_HEADER]: "abc" } }) ? undefined : new Response("no", { status: 426 })),
+      websocket: { message: (ws) => void ws.send(JSON.stringify({ value, seq: 1, ts: "2025-01-01T00:00:00Z" })) },
+    });
+    try {
+      const out = await pingThroughGateway({ host: "127.0.0.1", port: server.port ?? 0, pubId: "abc" }, { timeoutMs: 10_000 });
+      expect(out.ok && out.reply.value?.length).toBe(value.length);
+    } finally {
+      await server.stop(true);
+    }
+  });
+
+  test("many pings of every outcome leave no socket open", async () => {
+    const fds = () => readdirSync("/proc/self/fd").length;
+    const good = fakeGateway({ serves: ["abc"] });
+    const unknown = fakeGateway({ serves: [] });
+    const silent = fakeGateway({ serves: ["abc"], mode: "silent" });
+    const banner = rawServer((s) => void s.write("SSH-2.0-x\r\n\r\n"), false);
+    const mute = rawServer(() => {}, false);
+    const closing = rawServer((s) => void s.write(frame(0x8, Uint8Array.of(0x03, 0xe8))));
+    const refused = freePort();
+    try {
+      const ping = (port: number, timeoutMs = 200, signal?: AbortSignal) =>
+        pingThroughGateway({ host: "127.0.0.1", port, pubId: "abc" }, { timeoutMs, ...(signal ? { signal } : {}) });
+      await ping(good.port); // warm up whatever the first dial loads
+      const before = fds();
+      for (let round = 0; round < 4; round++) {
+        const aborts = Array.from({ length: 10 }, () => new AbortController());
+        const all = [
+          ...Array.from({ length: 10 }, () => ping(good.port)),
+          ...Array.from({ length: 10 }, () => ping(unknown.port)),
+          ...Array.from({ length: 10 }, () => ping(silent.port)),
+          ...Array.from({ length: 10 }, () => ping(banner.port)),
+          ...Array.from({ length: 10 }, () => ping(mute.port)),
+          ...Array.from({ length: 10 }, () => ping(closing.port)),
+          ...Array.from({ length: 10 }, () => ping(refused)),
+          ...aborts.map((a) => ping(mute.port, 10_000, a.signal)),
+        ];
+        await Bun.sleep(20);
+        for (const a of aborts) a.abort();
+        const outcomes = await Promise.all(all);
+        const kinds = outcomes.map((o) => (o.ok ? "ok" : o.timedOut ? "timeout" : o.reason.split(" ").slice(0, 3).join(" ")));
+        expect(kinds.filter((k) => k === "ok").length).toBe(10);
+        expect(kinds.filter((k) => k === "timeout").length).toBe(10);
+        expect(kinds.filter((k) => k === "no stoa gateway").length).toBe(30);
+        expect(kinds.filter((k) => k === "the metaserver is").length).toBe(10);
+      }
+      // Closing sockets go asynchronously: wait for the count to come back, then compare.
+      for (let i = 0; i < 100 && fds() > before; i++) await Bun.sleep(20);
+      expect(fds()).toBeLessThanOrEqual(before);
+    } finally {
+      for (const s of [banner, mute, closing]) s.stop(true);
+      await Promise.all([good.stop(), unknown.stop(), silent.stop()]);
+    }
+  });
+
+  test("a process that pinged every kind of server exits on its own: no timer or socket keeps it alive", async () => {
+    const confirm = new URL("../../src/meta/confirm.ts", import.meta.url).pathname;
+    const gateway = new URL("../fixtures/meta-gateway.ts", import.meta.url).pathname;
+    const script = `
+      import { pingThroughGateway } from ${JSON.stringify(confirm)};
+      import { fakeGateway } from ${JSON.stringify(gateway)};
+      const good = fakeGateway({ serves: ["abc"] });
+      const unknown = fakeGateway({ serves: [] });
+      const silent = fakeGateway({ serves: ["abc"], mode: "silent" });
+      const body = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data(s) {
+        s.write('HTTP/1.1 502 Bad Gateway\\r\\nContent-Length: 900\\r\\n\\r\\n{"error":');
+      } } });
+      const mute = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+      // Long deadlines where the outcome comes early: a deadline timer left running shows.
+      const ping = (port, timeoutMs, signal) => pingThroughGateway({ host: "127.0.0.1", port, pubId: "abc" }, { timeoutMs, signal });
+      const outcomes = [];
+      for (let i = 0; i < 20; i++) {
+        const abort = new AbortController();
+        const round = [ping(good.port, 60_000), ping(unknown.port, 60_000), ping(silent.port, 200), ping(body.port, 200), ping(mute.port, 60_000, abort.signal)];
+        setTimeout(() => abort.abort(), 20);
+        outcomes.push(...(await Promise.all(round)));
+      }
+      await Promise.all([good.stop(), unknown.stop(), silent.stop()]);
+      body.stop(true);
+      mute.stop(true);
+      const done = performance.now();
+      process.on("beforeExit", () => console.log(JSON.stringify({ ok: outcomes.map((o) => o.ok), lingerMs: performance.now() - done })));
+    `;
+    const child = Bun.spawn([process.execPath, "-e", script], { stdout: "pipe", stderr: "pipe" });
+    // A timer or socket left behind (the ws close timer, a refusal body's timer) keeps it running.
+    const killer = setTimeout(() => child.kill(), 20_000);
+    const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+    clearTimeout(killer);
+    expect(err).toBe("");
+    expect(code).toBe(0);
+    const report = JSON.parse(out) as { ok: boolean[]; lingerMs: number };
+    expect(report.ok.filter(Boolean).length).toBe(20);
+    expect(report.ok.length).toBe(100);
+    // Normally a few ms; a 2 s refusal-body timer or a 30 s close timer would show here.
+    expect(report.lingerMs).toBeLessThan(1_500);
+  }, 30_000);
 });
