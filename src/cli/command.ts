@@ -123,6 +123,12 @@ export interface Context<F extends FlagMap> {
   readonly path: string;
   /** The program's command table, for commands that describe the program (completion). */
   readonly commands: readonly CommandEntry[];
+  /**
+   * `config: true` commands started with `--config F` (or `$STOA_CONFIG`): F, and the flags
+   * resolved again — the same command line and environment, F read anew — for a daemon's
+   * SIGHUP (cli/common.ts `reloadConfigOnHangup`). Throws `StoaError("config")` for a bad F.
+   */
+  readonly config?: { file: string; reread(): FlagValues<F> };
 }
 
 /** What src/main.ts lists for each top-level command: enough to print `stoa --help` unloaded. */
@@ -213,9 +219,14 @@ export function parseCommandLine<F extends FlagMap>(
     }
     values[key] = result.data;
   }
-  if (cmd.config) Object.assign(values, layeredFlags(cmd.flags, explicit, path));
+  let config: Context<F>["config"];
+  if (cmd.config) {
+    Object.assign(values, layeredFlags(cmd.flags, explicit, path));
+    const file = configFile(explicit);
+    if (file !== undefined) config = { file, reread: () => ({ ...values, ...layeredFlags(cmd.flags, explicit, path) }) as FlagValues<F> };
+  }
   checkPositionals(cmd.positionals ?? [], parsed.positionals, path);
-  return { help: false, ctx: { flags: values as FlagValues<F>, args: parsed.positionals, path, commands } };
+  return { help: false, ctx: { flags: values as FlagValues<F>, args: parsed.positionals, path, commands, ...(config ? { config } : {}) } };
 }
 
 /**
@@ -224,7 +235,7 @@ export function parseCommandLine<F extends FlagMap>(
  * (src/core/config.ts does the merging and says where a bad value came from).
  */
 function layeredFlags(flags: FlagMap, explicit: Record<string, unknown>, path: string): Record<string, unknown> {
-  const file = typeof explicit.config === "string" ? explicit.config : process.env.STOA_CONFIG || undefined;
+  const file = configFile(explicit);
   const shape: Record<string, z.ZodType> = {};
   for (const [key, flag] of Object.entries(flags)) {
     if (key === "config") continue;
@@ -237,6 +248,10 @@ function layeredFlags(flags: FlagMap, explicit: Record<string, unknown>, path: s
     if (err instanceof StoaError) throw new StoaError(err.code, `${path}: ${err.message}`);
     throw err;
   }
+}
+
+function configFile(explicit: Record<string, unknown>): string | undefined {
+  return typeof explicit.config === "string" ? explicit.config : process.env.STOA_CONFIG || undefined;
 }
 
 /** The `--config` flag every `config: true` command declares. */

@@ -9,10 +9,12 @@ import { Duration } from "../core/duration.ts";
 import { DEFAULT_WAIT_MS } from "../core/wait.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { fdReserve, raiseFdLimit } from "../core/fdlimit.ts";
-import { type LogFormat, type LogLevel, type Logger, createLogger } from "../core/log.ts";
+import { type LogFormat, type LogLevel, type Logger, createLogger, reconfigureLogger } from "../core/log.ts";
+import { kebab } from "../core/config.ts";
+import { describeError } from "../core/errors.ts";
 import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
 import { installSignalHandlers, onShutdown } from "../core/shutdown.ts";
-import { installDaemon, readiness } from "../core/daemon.ts";
+import { installDaemon, onReload, readiness } from "../core/daemon.ts";
 import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 
 /** `--log-level` and `--log-format`, spread into a command's flags. */
@@ -130,6 +132,76 @@ export function serveMetrics(listen: { hostname: string; port: number } | undefi
   });
   // Not stopped at shutdown: /ready answers 503 through the drain; the exit closes it.
   onShutdown("metrics guard", () => guard.stop());
+}
+
+/**
+ * Settings a daemon can change while it runs: these flag keys (read together, e.g. a
+ * certificate and its key) are applied by `apply` with the new and the running values. A throw
+ * keeps the running values of those keys (logged; the next SIGHUP tries again).
+ */
+export interface Reloadable<V> {
+  keys: readonly (keyof V & string)[];
+  apply(next: V, running: V): string | void | Promise<string | void>;
+}
+
+/**
+ * SIGHUP re-reads the `--config` file of a daemon started with one (no-op otherwise): the
+ * flags are resolved again (same command line and environment) and validated by the same
+ * schemas — a bad file is logged and nothing changes. Then what changed is applied: the log
+ * level and format (always, on `log` and everything sharing it), and each `reloadable` entry;
+ * a changed setting no entry covers (ports, listen addresses, run dir, …) is logged as needing
+ * a restart, and the daemon keeps running with its old value. Register it before the hooks
+ * that re-read files it may repoint (TLS, tokens), so they read the new ones.
+ *
+ * @example
+ * ```ts
+ * reloadConfigOnHangup(ctx, log, [
+ *   { keys: ["tlsCert", "tlsKey"], apply: (next) => gw.reloadTls({ cert: next.tlsCert, key: next.tlsKey }) },
+ * ]);
+ * ```
+ */
+export function reloadConfigOnHangup<V extends { logLevel: LogLevel; logFormat: LogFormat }>(
+  ctx: { flags: V; config?: { file: string; reread(): V } },
+  log: Logger,
+  reloadable: readonly Reloadable<V>[] = [],
+): void {
+  const config = ctx.config;
+  if (config === undefined) return;
+  const running: V = { ...ctx.flags };
+  const entries: Reloadable<V>[] = [
+    {
+      keys: ["logLevel", "logFormat"],
+      apply: (next) => void reconfigureLogger(log, { level: next.logLevel, format: next.logFormat }),
+    },
+    ...reloadable,
+  ];
+  const covered = new Set<string>(entries.flatMap((e) => e.keys));
+  onReload("config", async () => {
+    const next = config.reread(); // throws on a bad file: logged by the reload, nothing changed
+    const changed = Object.keys(next).filter((key) => key !== "config" && !Bun.deepEquals(next[key as keyof V], running[key as keyof V]));
+    const restart = changed.filter((key) => !covered.has(key)).map(kebab);
+    const applied: string[] = [];
+    const failed: string[] = [];
+    for (const entry of entries) {
+      if (!entry.keys.some((key) => changed.includes(key))) continue;
+      const names = entry.keys.filter((key) => changed.includes(key) && !applied.includes(kebab(key))).map(kebab).join(",");
+      try {
+        await entry.apply(next, running);
+        for (const key of entry.keys) running[key] = next[key];
+        if (names !== "") applied.push(names);
+      } catch (err) {
+        failed.push(`${names}: ${describeError(err)}`);
+      }
+    }
+    if (applied.length > 0) log.info("config: applied changed settings", { file: config.file, applied: applied.join(",") });
+    // After applying: in the new log format, if that changed too.
+    if (restart.length > 0) {
+      log.warn("config: changed settings that need a restart; still running with the old values", { file: config.file, needs_restart: restart.join(",") });
+    }
+    if (failed.length > 0) throw new Error(`config ${config.file}: kept the running values of ${failed.join("; ")}`);
+    const parts = [applied.length > 0 ? `applied ${applied.join(",")}` : "", restart.length > 0 ? `needs restart: ${restart.join(",")}` : ""].filter(Boolean);
+    return `${config.file}: ${parts.join("; ") || "unchanged"}`;
+  });
 }
 
 /** Values of a repeatable flag that may also be comma-separated: `--listen a,b --listen c`. */

@@ -1,15 +1,15 @@
 import { availableParallelism } from "node:os";
 import { z } from "zod";
 import { configFlag, defineCommand, list, str } from "./command.ts";
-import { HostPort, logFlags, serveMetrics, splitList, startService } from "./common.ts";
+import { HostPort, logFlags, reloadConfigOnHangup, serveMetrics, splitList, startService } from "./common.ts";
 import { Duration } from "../core/duration.ts";
 import { StoaError } from "../core/errors.ts";
 import { defaultRunDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
-import { startGateway } from "../gateway/gateway.ts";
+import { type Gateway, startGateway } from "../gateway/gateway.ts";
+import type { LogFormat, Logger, LogLevel } from "../core/log.ts";
 import { announceReady, listenFds, onReload } from "../core/daemon.ts";
 import { assignActivatedSockets } from "../gateway/activation.ts";
-import { readTls } from "../gateway/startup.ts";
 import { MAX_WORKERS, parsePorts } from "../gateway/protocol.ts";
 
 /** `--ports S,T,P` → {service, string, ping}. */
@@ -23,19 +23,34 @@ export const PortsFlag = z.string().transform((text, ctx) => {
 });
 
 /**
- * SIGHUP's part for TLS: re-read and check the certificate and key files. The routers hold the
- * PEM they started with (Bun cannot swap a listener's TLS context), so a changed pair takes
- * effect through a takeover (`stoa gateway` again, or `systemctl restart`), which drops no
- * connection; the log line says which.
+ * What SIGHUP reloads on a gateway: the `--config` file (log level and format, the TLS file
+ * paths; anything else is logged as needing a restart), then the TLS pair, which every router
+ * serves to new connections from then on (open ones keep theirs). A bad pair or file is logged
+ * and nothing changes.
  */
-function tlsReloader(cert: string, key: string): () => string {
-  let loaded = readTls({ cert, key });
-  return () => {
-    const now = readTls({ cert, key }); // throws on a bad file: logged, the old pair stays
-    const changed = now.cert !== loaded.cert || now.key !== loaded.key;
-    loaded = now;
-    return changed ? "changed; start a gateway again to take over with it" : "unchanged";
-  };
+function reloadOnHangup<V extends { logLevel: LogLevel; logFormat: LogFormat; tlsCert?: string; tlsKey?: string }>(
+  gw: Gateway,
+  log: Logger,
+  ctx: { flags: V; config?: { file: string; reread(): V } },
+): void {
+  reloadConfigOnHangup(ctx, log, [
+    { keys: ["logLevel"], apply: (next) => gw.setLogLevel(next.logLevel) },
+    {
+      keys: ["tlsCert", "tlsKey"],
+      apply: async (next) => {
+        if (next.tlsCert === undefined || next.tlsKey === undefined || !gw.tls) {
+          throw new StoaError("config", "turning TLS on or off needs a restart (--tls-cert and --tls-key go together)");
+        }
+        await gw.reloadTls({ cert: next.tlsCert, key: next.tlsKey });
+      },
+    },
+  ]);
+  if (gw.tls) {
+    onReload("tls", async () => {
+      const { changed, pair } = await gw.reloadTls();
+      return changed ? `new certificate sha256 ${pair.fingerprint}` : "unchanged";
+    });
+  }
 }
 
 /** Extra time the shutdown budget gives beyond the drain, for the rest of the cleanups. */
@@ -52,7 +67,9 @@ export default defineCommand({
     "registered on the control socket <run dir>/gateway.sock. Starting a gateway on the ports and\n" +
     "run dir of a running one takes over without dropping connections: the old one drains and exits.\n" +
     "GET /ready and GET /healthz on the ports are answered by the gateway itself. SIGHUP re-reads\n" +
-    "the TLS files. Under systemd: READY=1/STOPPING=1/WATCHDOG=1 and socket activation\n" +
+    "the TLS files (checked as a pair; new connections get the new certificate on every worker,\n" +
+    "open ones keep theirs; a bad pair is logged and the old one kept) and the --config file (log\n" +
+    "level and format, TLS paths; other changes are logged as needing a restart). Under systemd: READY=1/STOPPING=1/WATCHDOG=1 and socket activation\n" +
     "(stoa service unit gateway gateway.socket).",
   config: true,
   flags: {
@@ -82,12 +99,12 @@ export default defineCommand({
     "stoa gateway --listen fd00::1 --ports 9081,9082,9083 --run-dir /tmp/stoa --workers 1",
     "stoa gateway --tls-cert cert.pem --tls-key key.pem --metrics-listen 127.0.0.1:9100",
   ],
-  async run({ flags, path }) {
+  async run(ctx) {
+    const { flags, path } = ctx;
     if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
       throw new StoaError("usage", `${path}: --tls-cert and --tls-key go together`);
     }
     const log = startService("gateway", flags, { shutdownTimeoutMs: flags.drainTimeout + SHUTDOWN_SLACK_MS, daemon: true });
-    if (flags.tlsCert && flags.tlsKey) onReload("tls", tlsReloader(flags.tlsCert, flags.tlsKey));
     const listen = splitList(flags.listen);
     // Under a .socket unit (stoa service unit gateway.socket) systemd holds the ports.
     const inherited = listenFds();
@@ -107,6 +124,7 @@ export default defineCommand({
     onShutdown("gateway", async () => {
       await gw.drain();
     });
+    reloadOnHangup(gw, log, ctx);
     serveMetrics(flags.metricsListen, log, () => gw.stats());
     const { service, string, ping } = gw.ports;
     process.stdout.write(

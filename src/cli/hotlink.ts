@@ -5,7 +5,7 @@
  */
 import { z } from "zod";
 import { type Command, bool, configFlag, defineCommand, defineGroup, str } from "./command.ts";
-import { HostPort, logFlags, serveMetrics, startService } from "./common.ts";
+import { HostPort, logFlags, reloadConfigOnHangup, serveMetrics, startService } from "./common.ts";
 import { StoaError } from "../core/errors.ts";
 import { onShutdown } from "../core/shutdown.ts";
 import { announceReady, onReload } from "../core/daemon.ts";
@@ -49,7 +49,9 @@ const serve = defineCommand({
     "the users who may read them. Access: a path's first segment is its owner (full access); the\n" +
     "--acl file adds rules {pattern, read: [users|*], write: [users|*]} with * ? ** globs.\n" +
     "A slow receiver pauses its sender instead of losing data. SIGHUP re-reads the users and ACL\n" +
-    "files (a bad file is logged and the old one kept; removed users are disconnected). Limits:\n" +
+    "files (a bad file is logged and the old one kept; removed users are disconnected) and the\n" +
+    "--config file (log level and format, --users and --acl paths; other changes are logged as\n" +
+    "needing a restart). Limits:\n" +
     `a connection that sends no Hello within ${HELLO_TIMEOUT_MS / 1000} s is closed; a user holds at most ${MAX_CONNECTIONS_PER_USER} connections\n` +
     `(more get 429) and ${MAX_SESSIONS_PER_USER} sessions, ${MAX_SESSIONS_PER_CONNECTION} per connection. Prints 'hotlink: <url>' when ready;\n` +
     "/v1/health answers without a token.",
@@ -73,7 +75,8 @@ const serve = defineCommand({
     "stoa hotlink serve --listen :8470 --users users.json --acl acl.json --metrics-listen 127.0.0.1:9470",
     "kill -HUP $relay_pid   # re-read the users and ACL files",
   ],
-  async run({ flags, path }) {
+  async run(ctx) {
+    const { flags, path } = ctx;
     const listen = required(flags.listen, "listen", path, "[::]:8470");
     const usersFile = required(flags.users, "users", path, "/etc/stoa/hotlink-users.json");
     const log = startService("hotlink", flags, { daemon: true });
@@ -89,7 +92,24 @@ const serve = defineCommand({
     );
     onShutdown("hotlink relay", () => relay.close());
     serveMetrics(flags.metricsListen, log);
+    // The config file's log settings and users/ACL paths; other changes need a restart (logged).
+    let fresh = false; // the config reload read the users and ACL already
+    reloadConfigOnHangup(ctx, log, [
+      {
+        keys: ["users", "acl"],
+        apply: (next) => {
+          if (next.users === undefined) throw new StoaError("config", "hotlink serve needs --users; keeping the users file it has");
+          fresh = true;
+          const { ok, errors } = relay.reload({ usersFile: next.users, aclFile: next.acl });
+          if (!ok) throw new Error(errors.join("; "));
+        },
+      },
+    ]);
     onReload("users and acl", () => {
+      if (fresh) {
+        fresh = false;
+        return "with the config";
+      }
       const { ok, errors } = relay.reload(); // logs what it did, and keeps the old files' content on error
       if (!ok) throw new Error(errors.join("; "));
     });

@@ -1,8 +1,8 @@
 import { join } from "node:path";
 import { bool, configFlag, defineCommand, str } from "./command.ts";
-import { HostPort, logFlags, startService } from "./common.ts";
+import { HostPort, logFlags, type Reloadable, reloadConfigOnHangup, startService } from "./common.ts";
 import { Duration } from "../core/duration.ts";
-import type { Logger } from "../core/log.ts";
+import type { LogFormat, Logger, LogLevel } from "../core/log.ts";
 import { defaultStateDir } from "../core/paths.ts";
 import { isLoopback } from "../core/hostaddr.ts";
 import { onShutdown } from "../core/shutdown.ts";
@@ -40,11 +40,36 @@ export function metaAuth(
   return { auth: config, banner: `writes need the token in ${where}; ${reads}` };
 }
 
-/** SIGHUP re-reads `--tokens-file` (a bad file is logged and the old writers kept). */
-export function reloadWritersOnHangup(flags: { tokensFile?: string; noAuth: boolean }, meta: { setWriters(writers: readonly string[]): void }): void {
-  const file = flags.tokensFile;
-  if (file === undefined || flags.noAuth) return;
+/**
+ * What SIGHUP reloads on a metaserver: the `--config` file (log level and format, which
+ * `--tokens-file` to read; anything else is logged as needing a restart), then the writer
+ * tokens file (a bad file is logged and the old writers kept).
+ */
+export function reloadMetaOnHangup<V extends { logLevel: LogLevel; logFormat: LogFormat; tokensFile?: string; noAuth: boolean }>(
+  ctx: { flags: V; config?: { file: string; reread(): V } },
+  log: Logger,
+  meta: { setWriters(writers: readonly string[]): void },
+  more: readonly Reloadable<V>[] = [],
+): void {
+  if (ctx.flags.noAuth) {
+    reloadConfigOnHangup(ctx, log, more);
+    return;
+  }
+  let file = ctx.flags.tokensFile;
+  reloadConfigOnHangup(ctx, log, [
+    ...more,
+    {
+      keys: ["tokensFile"],
+      apply: (next) => {
+        const writers = next.tokensFile === undefined ? [] : readWriters(next.tokensFile); // throws: old file kept
+        meta.setWriters(writers);
+        file = next.tokensFile;
+      },
+    },
+  ]);
+  if (file === undefined && ctx.config === undefined) return;
   onReload("writer tokens", () => {
+    if (file === undefined) return "none";
     const writers = readWriters(file);
     meta.setWriters(writers);
     return `${writers.length} from ${file}`;
@@ -60,7 +85,8 @@ export default defineCommand({
     "by name or prefix (paginated), /v1/health and /metrics. Registrations are kept in SQLite (--db).\n" +
     "Writes need a bearer token: the admin token (--token-file, $STOA_META_TOKEN, or\n" +
     `<state dir>/${META_TOKEN_FILE}, created 0600 when missing) or a writer token (--tokens-file,\n` +
-    "re-read on SIGHUP). stoa pub on this host finds the state dir's token by itself; elsewhere\n" +
+    "re-read on SIGHUP, with the --config file: log level and format, --tokens-file; other changes\n" +
+    "are logged as needing a restart). stoa pub on this host finds the state dir's token by itself; elsewhere\n" +
     "give it --token-file.",
   config: true,
   flags: {
@@ -82,7 +108,8 @@ export default defineCommand({
       "  echo \"sha256:$(printf %s \"$t\" | sha256sum | cut -d' ' -f1) host-a\" >> /etc/stoa/writers.txt",
     "curl -s 'http://127.0.0.1:8090/v1/publishers?prefix=sensors&limit=100' | jq",
   ],
-  async run({ flags }) {
+  async run(ctx) {
+    const { flags } = ctx;
     const log = startService("meta", flags, { daemon: true });
     const stateDir = flags.stateDir ?? defaultStateDir();
     const { auth, banner } = metaAuth(flags, stateDir, log);
@@ -95,7 +122,7 @@ export default defineCommand({
       log,
     });
     onShutdown("metaserver", () => meta.close());
-    reloadWritersOnHangup(flags, meta);
+    reloadMetaOnHangup(ctx, log, meta);
     log.info("metaserver listening", { url: meta.url });
     announceReady({ status: `metaserver ${meta.url}` });
     process.stdout.write(`metaserver: ${meta.url}/v1 (${isLoopback(flags.listen.hostname) ? "loopback only; --listen [::]:8090 for other hosts" : "reachable from other hosts"}; ${banner})\n`);

@@ -9,7 +9,7 @@ import { DEFAULT_META_PORT } from "../meta/protocol.ts";
 import { announceReady } from "../core/daemon.ts";
 import { isLoopback } from "../core/hostaddr.ts";
 import { startMetaThread } from "../meta/thread.ts";
-import { authFlags, metaAuth, reloadWritersOnHangup } from "./meta.ts";
+import { authFlags, metaAuth, reloadMetaOnHangup } from "./meta.ts";
 
 /**
  * Where `stoa up` listens unless told otherwise: loopback only. Serving other hosts is a choice
@@ -27,7 +27,9 @@ export default defineCommand({
     "The main job on embedded defaults: a gateway on the three fixed ports and a metaserver\n" +
     "(SQLite in the state dir) in one process, the metaserver on its own thread. Prints the URLs\n" +
     "and how to publish and subscribe. Writes to the metaserver need its token (see stoa meta\n" +
-    "--help); stoa pub on this host finds it in the state dir. Ctrl-C stops it cleanly.",
+    "--help); stoa pub on this host finds it in the state dir. Ctrl-C stops it cleanly. SIGHUP\n" +
+    "re-reads --tokens-file and the --config file (log level and format, --tokens-file; other\n" +
+    "changes are logged as needing a restart).",
   config: true,
   flags: {
     listen: list("gateway address (repeatable or comma-separated; default ::1 and 127.0.0.1, loopback only; :: for all addresses)", { placeholder: "addr" }),
@@ -42,7 +44,8 @@ export default defineCommand({
     config: configFlag(),
   },
   examples: ["stoa up", "stoa up --listen :: --meta-listen [::]:8090   # serve other hosts too", "stoa up --listen fd00::1 --meta-listen [fd00::1]:8090", "stoa up --ports 9081,9082,9083 --meta-listen 127.0.0.1:9090 --state-dir /tmp/s --run-dir /tmp/r"],
-  async run({ flags }) {
+  async run(ctx) {
+    const { flags } = ctx;
     const log = startService("up", flags, { shutdownTimeoutMs: UP_DRAIN_MS + 5_000, daemon: true });
     const runDir = flags.runDir ?? defaultRunDir();
     const stateDir = flags.stateDir ?? defaultStateDir();
@@ -59,7 +62,6 @@ export default defineCommand({
       },
     );
     onShutdown("metaserver", () => meta.close());
-    reloadWritersOnHangup(flags, meta);
     const gw = await startGateway({
       runDir,
       listen: listen.length > 0 ? listen : [...UP_LOOPBACK],
@@ -70,6 +72,17 @@ export default defineCommand({
     onShutdown("gateway", async () => {
       await gw.drain();
     });
+    // SIGHUP: the config file's log settings (on every thread), the writer tokens; anything else
+    // in the file is logged as needing a restart.
+    reloadMetaOnHangup(ctx, log, meta, [
+      {
+        keys: ["logLevel", "logFormat"],
+        apply: async (next) => {
+          meta.setLog({ level: next.logLevel, format: next.logFormat });
+          await gw.setLogLevel(next.logLevel);
+        },
+      },
+    ]);
     serveMetrics(flags.metricsListen, log, () => gw.stats());
     const { service, string, ping } = gw.ports;
     const opts = `--meta ${meta.url}${flags.runDir ? ` --run-dir ${runDir}` : ""}${flags.stateDir ? ` --state-dir ${stateDir}` : ""}`;

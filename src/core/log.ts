@@ -13,6 +13,9 @@
  * ISO 8601, `undefined` is left out, anything else as JSON. A field named like a reserved key
  * (`ts`, `level`, `name`, `msg`) is written with a leading underscore so it cannot forge one.
  * Levels below the threshold are bound to a no-op function: a disabled call costs one call.
+ * `reconfigureLogger` changes the level and format of a logger and of every logger related to
+ * it (parent, children) at run time (a daemon's SIGHUP): it binds the methods again, so the
+ * disabled path stays one call to a no-op.
  * Logging never throws: an unserialisable value is written as `"[unserializable]"`.
  */
 import { fstatSync } from "node:fs";
@@ -104,8 +107,31 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     sink: options.stream ?? process.stderr,
     name: options.name,
     journal: options.journal ?? journalStderr(),
+    family: new Set(),
   };
   return makeLogger(config, {});
+}
+
+/**
+ * Changes the level and/or format of `log`, of the logger it was made from and of every child:
+ * they share one configuration. Returns false (nothing changed) for a logger not made by
+ * `createLogger` (a worker's forwarding logger has its own way).
+ * @example
+ * reconfigureLogger(log, { level: "debug" }); // log.debug(...) writes from now on
+ */
+export function reconfigureLogger(log: Logger, changes: { level?: LogLevel; format?: LogFormat }): boolean {
+  const config = configs.get(log);
+  if (config === undefined) return false;
+  if (changes.format !== undefined) config.format = changes.format; // read at each write
+  if (changes.level !== undefined && changes.level !== config.level) {
+    config.level = changes.level;
+    for (const ref of config.family) {
+      const member = ref.deref();
+      if (member === undefined) config.family.delete(ref);
+      else member.bind();
+    }
+  }
+  return true;
 }
 
 interface Config {
@@ -114,9 +140,44 @@ interface Config {
   sink: LogSink;
   name: string | undefined;
   journal: boolean;
+  /** Every logger sharing this configuration, to bind again when the level changes. */
+  family: Set<WeakRef<Member>>;
 }
 
+/** A logger's mutable form: `bind()` puts the methods for the current level in place. */
+interface Member {
+  level: LogLevel;
+  debug(msg: string, fields?: LogFields): void;
+  info(msg: string, fields?: LogFields): void;
+  warn(msg: string, fields?: LogFields): void;
+  error(msg: string, fields?: LogFields): void;
+  enabled(level: LogLevel): boolean;
+  child(fields: LogFields): Logger;
+  bind(): void;
+}
+
+const configs = new WeakMap<Logger, Config>();
+
 function makeLogger(config: Config, bound: LogFields): Logger {
+  const member: Member = {
+    level: config.level,
+    debug: noop,
+    info: noop,
+    warn: noop,
+    error: noop,
+    enabled: () => false,
+    child: (fields) => makeLogger(config, { ...bound, ...fields }),
+    bind: () => bindMethods(member, config, bound),
+  };
+  member.bind();
+  // Dead children (a closed tunnel's) are dropped at the next level change; few are made.
+  config.family.add(new WeakRef(member));
+  const logger: Logger = member;
+  configs.set(logger, config);
+  return logger;
+}
+
+function bindMethods(member: Member, config: Config, bound: LogFields): void {
   const threshold = RANK[config.level];
   const method = (level: LogLevel) =>
     RANK[level] < threshold
@@ -133,15 +194,12 @@ function makeLogger(config: Config, bound: LogFields): Logger {
             // A broken sink (closed stderr) must not take the process down with it.
           }
         };
-  return {
-    level: config.level,
-    debug: method("debug"),
-    info: method("info"),
-    warn: method("warn"),
-    error: method("error"),
-    enabled: (level) => RANK[level] >= threshold,
-    child: (fields) => makeLogger(config, { ...bound, ...fields }),
-  };
+  member.level = config.level;
+  member.debug = method("debug");
+  member.info = method("info");
+  member.warn = method("warn");
+  member.error = method("error");
+  member.enabled = (level) => RANK[level] >= threshold;
 }
 
 function fieldKey(key: string): string {

@@ -11,11 +11,12 @@ import { availableParallelism } from "node:os";
 import { z } from "zod";
 import { buildInfo } from "../core/buildinfo.ts";
 import { StoaError } from "../core/errors.ts";
-import { createLogger, type Logger } from "../core/log.ts";
+import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
 import { metrics as sharedRegistry, type Registry } from "../core/metrics.ts";
 import { gatewayControlPath } from "../core/paths.ts";
 import { controlRequest, type ControlServer, startControlServer } from "./control.ts";
-import { choosePorts, findPrevious, longestServablePubId, readTls, warnOldLayout } from "./startup.ts";
+import { choosePorts, findPrevious, longestServablePubId, warnOldLayout } from "./startup.ts";
+import { loadTlsPair, type TlsPair } from "./tls.ts";
 import { HealthTable } from "./health.ts";
 import {
   CONNECT_TIMEOUT_MS,
@@ -113,6 +114,15 @@ export interface Gateway {
   drain(): Promise<GatewayClosed>;
   /** Stop now, cutting every connection. */
   close(): Promise<void>;
+  /**
+   * SIGHUP's TLS part: reads and checks the pair (the same files, or `paths`) once, then every
+   * router serves new connections with it; established connections keep theirs. A bad pair
+   * throws `StoaError("config")` and nothing changes. Resolves with the pair now served and
+   * whether it changed. Throws `config` for a gateway started without TLS.
+   */
+  reloadTls(paths?: { cert: string; key: string }): Promise<{ changed: boolean; pair: TlsPair }>;
+  /** Workers' log entries below `level` are dropped from now on (the main logger is the caller's). */
+  setLogLevel(level: LogLevel): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }
 
@@ -152,7 +162,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const activated = options.activated;
   const listen = activated?.listen ?? o.listen.map((a) => (a.startsWith("[") && a.endsWith("]") ? a.slice(1, -1) : a));
   const wanted: Ports = { ...DEFAULT_PORTS, ...o.ports };
-  const tls = o.tls === undefined ? null : readTls(o.tls);
+  const tls = o.tls === undefined ? null : loadTlsPair(o.tls);
   const workers = o.workers ?? Math.max(1, Math.min(MAX_WORKERS, availableParallelism()));
 
   const servable = longestServablePubId(o.runDir);
@@ -169,7 +179,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     listen,
     workers,
     drainTimeoutMs: o.drainTimeoutMs,
-    tls: tls !== null,
+    tls: tls === null || o.tls === undefined ? null : { paths: o.tls, pair: tls },
     log,
     registry: options.registry ?? sharedRegistry,
   });
@@ -180,7 +190,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       runDir: o.runDir,
       listen,
       ports,
-      tls,
+      tls: tls === null ? null : { cert: tls.cert, key: tls.key },
       fds: activated?.fds ?? null,
       firstLineTimeoutMs: o.firstLineTimeoutMs,
       connectTimeoutMs: o.connectTimeoutMs,
@@ -205,6 +215,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     ports: `${ports.service},${ports.string},${ports.ping}`,
     workers,
     tls: tls !== null,
+    tls_sha256: tls?.fingerprint,
+    tls_not_after: tls?.notAfter,
     run_dir: o.runDir,
     took_over_from: previous?.info.pid,
   });
@@ -221,7 +233,8 @@ interface RuntimeSettings {
   listen: readonly string[];
   workers: number;
   drainTimeoutMs: number;
-  tls: boolean;
+  /** The files and the pair served now (replaced by `reloadTls`). */
+  tls: { paths: { cert: string; key: string }; pair: TlsPair } | null;
   log: Logger;
   registry: Registry;
 }
@@ -256,7 +269,7 @@ class Runtime implements Gateway {
     this.runDir = settings.runDir;
     this.controlPath = gatewayControlPath(settings.runDir);
     this.workers = settings.workers;
-    this.tls = settings.tls;
+    this.tls = settings.tls !== null;
     this.#metrics = new GatewayMetrics(settings.registry);
   }
 
@@ -354,6 +367,37 @@ class Runtime implements Gateway {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  async reloadTls(paths?: { cert: string; key: string }): Promise<{ changed: boolean; pair: TlsPair }> {
+    const current = this.#settings.tls;
+    if (current === null) throw new StoaError("config", "this gateway serves without TLS; start it with --tls-cert and --tls-key to use them");
+    const files = paths ?? current.paths;
+    const pair = loadTlsPair(files); // throws on a bad pair: nothing changed
+    if (pair.cert === current.pair.cert && pair.key === current.pair.key) {
+      current.paths = files;
+      return { changed: false, pair };
+    }
+    const pem = { cert: pair.cert, key: pair.key };
+    // Router 0 first: a failure there (the likeliest, out of descriptors) leaves every router as it was.
+    const [first, ...rest] = this.#routers;
+    await first?.reloadTls(pem);
+    const results = await Promise.allSettled(rest.map((r) => r.reloadTls(pem)));
+    const failed = results.flatMap((r, i) => (r.status === "rejected" ? [`router ${rest[i]?.id}: ${r.reason instanceof Error ? r.reason.message : String(r.reason)}`] : []));
+    this.#settings.tls = { paths: files, pair };
+    this.#log.info("TLS certificate reloaded: new connections get it, open ones keep theirs", {
+      cert: files.cert,
+      sha256: pair.fingerprint,
+      not_after: pair.notAfter,
+      subject: pair.subject,
+      routers: this.#routers.length - failed.length,
+    });
+    if (failed.length > 0) throw new StoaError("io", `some routers kept the old certificate: ${failed.join("; ")}`);
+    return { changed: true, pair };
+  }
+
+  async setLogLevel(level: LogLevel): Promise<void> {
+    await Promise.allSettled(this.#routers.map((r) => r.setLogLevel(level)));
   }
 
   async #handle(req: ControlRequest): Promise<ControlResponse> {

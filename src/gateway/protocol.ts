@@ -139,6 +139,11 @@
  * ## TLS
  * With `tls: {cert, key}` (PEM files) the three external ports terminate TLS; targets are
  * still plain Unix/TCP sockets. Clients use `wss://` (or TLS + the prelude).
+ * SIGHUP (`reloadTls`, gateway.ts): the main thread reads the pair and checks that the key
+ * belongs to the certificate (tls.ts); a bad pair changes nothing. Then each router replaces its
+ * listeners by new ones on copies of the same kernel sockets (router.ts `reloadTls`): new
+ * connections get the new certificate, established ones keep their session, and no port ever
+ * closes (so no accept queue is reset, unlike a takeover).
  */
 import { z } from "zod";
 import { StoaError, errorCodeFromWire } from "../core/errors.ts";

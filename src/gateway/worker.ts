@@ -34,19 +34,24 @@ function cloneable(fields: LogFields): LogFields {
   return out;
 }
 
+/** Entries below this are not sent to the main thread; set at start, changed on SIGHUP. */
+let level: LogLevel = "info";
+
 /** A Logger whose entries are written by the main thread's logger. */
-function forwardingLogger(level: LogLevel, base: LogFields = {}): Logger {
+function forwardingLogger(base: LogFields = {}): Logger {
   const at = (l: LogLevel) => (msg: string, fields?: LogFields) => {
     if (RANK[l] >= RANK[level]) post({ type: "log", level: l, msg, fields: cloneable({ ...base, ...fields }) });
   };
   return {
-    level,
+    get level() {
+      return level;
+    },
     debug: at("debug"),
     info: at("info"),
     warn: at("warn"),
     error: at("error"),
     enabled: (l) => RANK[l] >= RANK[level],
-    child: (fields) => forwardingLogger(level, { ...base, ...fields }),
+    child: (fields) => forwardingLogger({ ...base, ...fields }),
   };
 }
 
@@ -59,8 +64,9 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
     switch (msg.type) {
       case "start": {
         routes.apply({ op: "replace", registrations: msg.routes });
+        level = msg.logLevel;
         const r = new Router(msg.config, routes, {
-          log: forwardingLogger(msg.logLevel),
+          log: forwardingLogger(),
           onHealth: (health) => post({ type: "health", event: health }),
           onIdle: () => post({ type: "idle" }),
         });
@@ -83,6 +89,19 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
         return;
       case "terminate":
         post({ type: "reply", id: msg.id, cut: router?.terminateAll() ?? 0 });
+        return;
+      case "tls":
+        try {
+          router?.reloadTls(msg.tls);
+          post({ type: "reply", id: msg.id });
+        } catch (err) {
+          const error = err instanceof StoaError ? err : new StoaError("internal", String(err));
+          post({ type: "reply", id: msg.id, error: { code: error.code, message: error.message } });
+        }
+        return;
+      case "logLevel":
+        level = msg.level;
+        post({ type: "reply", id: msg.id });
         return;
       case "close": {
         const id = msg.id;

@@ -10,6 +10,8 @@
  *   → stop {id}                              ← reply {id}, later idle (no connection left)
  *   → terminate {id}                         ← reply {id, cut}
  *   → close {id}                             ← reply {id}   (connections cut, splicer stopped)
+ *   → tls {id, tls}                          ← reply {id, error?}  (new connections get it)
+ *   → logLevel {id, level}                   ← reply {id}
  *                                            ← health {event} | log {level, msg, fields}
  */
 import type { ErrorCode } from "../core/errors.ts";
@@ -31,12 +33,14 @@ export type ToWorker =
   | { type: "snapshot"; id: number }
   | { type: "stop"; id: number }
   | { type: "terminate"; id: number }
-  | { type: "close"; id: number };
+  | { type: "close"; id: number }
+  | { type: "tls"; id: number; tls: { cert: string; key: string } }
+  | { type: "logLevel"; id: number; level: LogLevel };
 
 export type FromWorker =
   | { type: "ready" }
   | { type: "failed"; code: ErrorCode; message: string }
-  | { type: "reply"; id: number; snapshot?: RouterSnapshot; cut?: number }
+  | { type: "reply"; id: number; snapshot?: RouterSnapshot; cut?: number; error?: { code: ErrorCode; message: string } }
   | { type: "health"; event: HealthEvent }
   | { type: "idle" }
   | { type: "log"; level: LogLevel; msg: string; fields: LogFields };
@@ -52,6 +56,10 @@ export interface RouterPort {
   readonly idle: Promise<void>;
   /** Cuts every connection; resolves with how many there were. */
   terminateAll(): Promise<number>;
+  /** New connections get this PEM pair (Router.reloadTls); rejects, changing nothing, on failure. */
+  reloadTls(tls: { cert: string; key: string }): Promise<void>;
+  /** The level below which the router's log entries are dropped (router 0: the main logger's). */
+  setLogLevel(level: LogLevel): Promise<void>;
   dispose(): Promise<void>;
 }
 
@@ -72,6 +80,8 @@ export function localRouter(config: RouterConfig, routes: RouteTable, hooks: Por
     stopAccepting: async () => router.stopAccepting(),
     idle: idle.promise,
     terminateAll: async () => router.terminateAll(),
+    reloadTls: async (tls) => router.reloadTls(tls),
+    setLogLevel: async () => {}, // the main thread's logger, reconfigured by its owner
     dispose: () => router.close(),
   };
 }
@@ -112,7 +122,8 @@ export async function workerRouter(config: RouterConfig, routes: Registration[],
         ready.reject(new StoaError(msg.code, msg.message));
         return;
       case "reply":
-        pending.get(msg.id)?.resolve(msg);
+        if (msg.error !== undefined) pending.get(msg.id)?.reject(new StoaError(msg.error.code, msg.error.message));
+        else pending.get(msg.id)?.resolve(msg);
         pending.delete(msg.id);
         return;
       case "health":
@@ -133,7 +144,12 @@ export async function workerRouter(config: RouterConfig, routes: Registration[],
   });
   worker.addEventListener("close", () => died("exited"));
 
-  const request = (msg: { type: "routes"; update: RouteUpdate } | { type: "snapshot" | "stop" | "terminate" | "close" }): Promise<ReplyOf> => {
+  type Request =
+    | { type: "routes"; update: RouteUpdate }
+    | { type: "tls"; tls: { cert: string; key: string } }
+    | { type: "logLevel"; level: LogLevel }
+    | { type: "snapshot" | "stop" | "terminate" | "close" };
+  const request = (msg: Request): Promise<ReplyOf> => {
     if (!alive) return Promise.reject(new StoaError("closed", `gateway worker ${config.router} is gone`));
     const id = nextId++;
     const reply = new Promise<ReplyOf>((resolve, reject) => pending.set(id, { resolve, reject }));
@@ -162,6 +178,12 @@ export async function workerRouter(config: RouterConfig, routes: Registration[],
     },
     idle: idle.promise,
     terminateAll: async () => (alive ? ((await request({ type: "terminate" })).cut ?? 0) : 0),
+    reloadTls: async (tls) => {
+      if (alive) await request({ type: "tls", tls });
+    },
+    setLogLevel: async (level) => {
+      if (alive) await request({ type: "logLevel", level });
+    },
     dispose: async () => {
       // Let the router stop its splicer thread; a worker that does not answer is cut anyway.
       if (alive) await request({ type: "close" }).catch(() => {});

@@ -131,12 +131,16 @@ const WRITE = 2;
 class Acl {
   #rules: Rule[];
   #cache = new Map<string, number>();
-  /** The file the rules came from (undefined for `parseAcl`). */
-  readonly source: string | undefined;
+  #source: string | undefined;
 
   constructor(rules: Rule[], source: string | undefined) {
     this.#rules = rules;
-    this.source = source;
+    this.#source = source;
+  }
+
+  /** The file the rules came from (undefined for `parseAcl`). */
+  get source(): string | undefined {
+    return this.#source;
   }
 
   /** Whether `user` may read `path` (receive its sessions' Open and Data). */
@@ -155,17 +159,19 @@ class Acl {
   }
 
   /**
-   * Re-reads `source` and replaces the rules; on any error throws the `StoaError("config")` of
-   * `loadAcl` and keeps the current rules.
+   * Re-reads `source` (or reads `file`, which becomes the source: a config reload that names
+   * another ACL file) and replaces the rules; on any error throws the `StoaError("config")` of
+   * `loadAcl` and keeps the current rules and source.
    * @example
    * process.on("SIGHUP", () => {
    *   try { acl.reload(); log.info("acl reloaded", { rules: acl.size }); }
    *   catch (err) { log.error("acl reload failed; keeping the old rules", { err: describeError(err) }); }
    * });
    */
-  reload(): void {
-    if (this.source === undefined) throw new StoaError("internal", "this ACL was not loaded from a file, so it cannot be reloaded");
-    this.#rules = compile(readAclFile(this.source), this.source);
+  reload(file: string | undefined = this.#source): void {
+    if (file === undefined) throw new StoaError("internal", "this ACL was not loaded from a file, so it cannot be reloaded");
+    this.#rules = compile(readAclFile(file), file);
+    this.#source = file;
     this.#cache = new Map();
   }
 

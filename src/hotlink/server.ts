@@ -124,7 +124,11 @@ export interface HotlinkServer {
    * Re-reads the users and ACL files; a file that is bad is logged and its old content kept.
    * Returns the problems (empty when both were read).
    */
-  reload(): { ok: boolean; errors: string[] };
+  /**
+   * Re-reads the users and ACL files — the ones it started with, or `files` from now on (a
+   * config reload); a file that fails keeps what was loaded before, and its old path.
+   */
+  reload(files?: { usersFile: string; aclFile?: string }): { ok: boolean; errors: string[] };
   /** Stops accepting, closes every connection (1001), and stops the server. */
   close(): Promise<void>;
 }
@@ -142,7 +146,8 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
   const highWaterBytes = checkInt("highWaterBytes", options.highWaterBytes ?? DEFAULT_HIGH_WATER_BYTES, 1, U32_MAX);
   const stuckTimeoutMs = checkInt("stuckTimeoutMs", options.stuckTimeoutMs ?? DEFAULT_STUCK_TIMEOUT_MS, 1, 2 ** 31 - 1);
   const log = options.log ?? createLogger({ level: "warn", name: "hotlink" });
-  let users = loadUsers(options.usersFile);
+  let usersFile = options.usersFile;
+  let users = loadUsers(usersFile);
   const acl: Acl = options.aclFile === undefined ? parseAcl({ rules: [] }) : loadAcl(options.aclFile);
   const board = new Switchboard({
     acl,
@@ -252,19 +257,24 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
       return board.sessionCount;
     },
     stats: () => board.stats(),
-    reload() {
+    reload(files) {
       const errors: string[] = [];
       let usersReloaded = false;
       try {
-        users = loadUsers(options.usersFile);
+        const file = files?.usersFile ?? usersFile;
+        users = loadUsers(file);
+        usersFile = file;
         usersReloaded = true;
       } catch (err) {
         errors.push(describeError(err));
         log.error("users file not reloaded; keeping the users loaded before", { error: describeError(err) });
       }
-      if (acl.source !== undefined) {
+      const aclFile = files === undefined ? acl.source : files.aclFile;
+      if (aclFile === undefined && acl.source !== undefined) {
+        errors.push(`the relay keeps the ACL of ${acl.source}: removing --acl needs a restart`);
+      } else if (aclFile !== undefined) {
         try {
-          acl.reload();
+          acl.reload(aclFile);
         } catch (err) {
           errors.push(describeError(err));
           log.error("ACL file not reloaded; keeping the rules loaded before", { error: describeError(err) });

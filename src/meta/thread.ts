@@ -4,6 +4,8 @@
  *
  * Main ↔ worker messages (structured clones; both ends are this code, so typed, not validated):
  *   → start {options, log}     ← ready {url, hostname, port} | failed {code, message}
+ *   → writers {writers}        (no answer; applied before the next request)
+ *   → log {level, format}      (no answer; a daemon's SIGHUP changed them)
  *   → close                    ← closed   (server stopped, database closed: nothing lost)
  * The worker writes its own log lines to stderr, with the main logger's level and format.
  */
@@ -21,7 +23,11 @@ export type ThreadOptions = Omit<MetaOptions, "log" | "metrics" | "confirm"> & {
 export type ToMetaThread =
   | { type: "start"; options: ThreadOptions; log: { level: LogLevel; format: LogFormat; name: string; fields: Record<string, string> } }
   | { type: "writers"; writers: string[] }
+  | { type: "log"; level: LogLevel; format: LogFormat }
   | { type: "close" };
+
+/** The metaserver on its thread: a `MetaServer` whose log level and format can change. */
+export type MetaThread = MetaServer & { setLog(log: { level: LogLevel; format: LogFormat }): void };
 
 export type FromMetaThread =
   | { type: "ready"; url: string; hostname: string; port: number }
@@ -37,7 +43,7 @@ export async function startMetaThread(
   log: { level: LogLevel; format: LogFormat; name: string; fields?: Record<string, string> },
   /** Called if the thread ends without being closed (it crashed): the caller should stop too. */
   onLost: (reason: string) => void = () => {},
-): Promise<MetaServer> {
+): Promise<MetaThread> {
   const entry = workerEntry(new URL("./worker.ts", import.meta.url), "meta/worker.js", "run 'stoa meta' and 'stoa gateway' separately");
   const worker = new Worker(entry);
   const replies: ((m: FromMetaThread) => void)[] = [];
@@ -82,6 +88,9 @@ export async function startMetaThread(
     setWriters(writers) {
       // No answer: the worker handles messages in order, so the next request sees them.
       worker.postMessage({ type: "writers", writers: [...writers] } satisfies ToMetaThread);
+    },
+    setLog({ level, format }) {
+      worker.postMessage({ type: "log", level, format } satisfies ToMetaThread);
     },
     close() {
       closing ??= (async () => {

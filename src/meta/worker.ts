@@ -4,7 +4,7 @@
  * src/core/worker-entry.ts and scripts/build.ts).
  */
 import { StoaError } from "../core/errors.ts";
-import { createLogger } from "../core/log.ts";
+import { createLogger, type Logger, reconfigureLogger } from "../core/log.ts";
 import { type MetaServer, startMeta } from "./server.ts";
 import type { FromMetaThread, ToMetaThread } from "./thread.ts";
 
@@ -15,12 +15,13 @@ function post(message: FromMetaThread): void {
 }
 
 let meta: MetaServer | null = null;
+let log: Logger | null = null;
 
 self.onmessage = async (event: MessageEvent<ToMetaThread>) => {
   const msg = event.data;
   if (msg.type === "start") {
     try {
-      const log = createLogger({ level: msg.log.level, format: msg.log.format, name: msg.log.name }).child(msg.log.fields);
+      log = createLogger({ level: msg.log.level, format: msg.log.format, name: msg.log.name }).child(msg.log.fields);
       const { confirmTimeoutMs, ...options } = msg.options;
       meta = startMeta({ ...options, log, confirm: confirmTimeoutMs === undefined ? undefined : { timeoutMs: confirmTimeoutMs } });
       post({ type: "ready", url: meta.url, hostname: meta.hostname, port: meta.port });
@@ -29,6 +30,8 @@ self.onmessage = async (event: MessageEvent<ToMetaThread>) => {
     }
   } else if (msg.type === "writers") {
     meta?.setWriters(msg.writers);
+  } else if (msg.type === "log") {
+    if (log !== null) reconfigureLogger(log, { level: msg.level, format: msg.format });
   } else if (msg.type === "close") {
     try {
       await meta?.close();

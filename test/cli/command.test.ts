@@ -142,6 +142,27 @@ describe("flags from the environment and a config file", () => {
     }
   });
 
+  test("config.reread() reads the --config file again with the same flags (a daemon's SIGHUP); none without a file", () => {
+    const dir = mkdtempSync(join(tmpdir(), "stoa-cfg-"));
+    try {
+      const file = join(dir, "c.json");
+      writeFileSync(file, JSON.stringify({ port: 7000, runDir: "/a" }));
+      const result = parseCommandLine(layered, ["--config", file, "--run-dir", "/flag"], "stoa serve");
+      if (result.help) throw new Error("help");
+      const config = result.ctx.config;
+      expect(config?.file).toBe(file);
+      writeFileSync(file, JSON.stringify({ port: 7001, runDir: "/b" }));
+      expect(config?.reread()).toMatchObject({ port: 7001, runDir: "/flag" });
+      expect(result.ctx.flags).toMatchObject({ port: 7000 });
+      writeFileSync(file, JSON.stringify({ port: "seventy" }));
+      expect(() => config?.reread()).toThrow(/config file .* key "port"/);
+      const plain = parseCommandLine(layered, [], "stoa serve");
+      expect(plain.help === false && plain.ctx.config).toBeUndefined();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("a bad environment value is an error that names the variable", () => {
     withEnv({ STOA_PORT: "eighty" }, () => {
       expect(() => flagsOf([])).toThrow(/STOA_PORT/);

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { fstatSync } from "node:fs";
-import { createLogger, journalStderr, LogFormat, LogLevel, type LoggerOptions } from "../../src/core/log.ts";
+import { createLogger, journalStderr, LogFormat, LogLevel, type LoggerOptions, reconfigureLogger, type Logger } from "../../src/core/log.ts";
 
 function capture(options: Omit<LoggerOptions, "stream"> = {}) {
   const lines: string[] = [];
@@ -143,6 +143,51 @@ describe("levels", () => {
     expect(LogLevel.options).toEqual(["debug", "info", "warn", "error"]);
     expect(LogFormat.options).toEqual(["text", "json"]);
     expect(LogLevel.safeParse("verbose").success).toBe(false);
+  });
+});
+
+describe("changing level and format at run time (SIGHUP)", () => {
+  test("a new level applies to the logger, its parent and every child, made before or after", () => {
+    const { log, lines } = capture({ level: "info" });
+    const child = log.child({ part: "gateway" });
+    child.debug("hidden");
+    expect(reconfigureLogger(child, { level: "debug" })).toBe(true);
+    child.debug("now shown");
+    log.debug("parent too");
+    log.child({ late: 1 }).debug("and a new child");
+    expect(log.level).toBe("debug");
+    expect(child.enabled("debug")).toBe(true);
+    expect(lines.map((l) => l.slice(25))).toEqual([
+      "DEBUG now shown part=gateway\n",
+      "DEBUG parent too\n",
+      "DEBUG and a new child late=1\n",
+    ]);
+    reconfigureLogger(log, { level: "error" });
+    child.warn("dropped");
+    expect(lines).toHaveLength(3);
+    expect(child.enabled("warn")).toBe(false);
+  });
+
+  test("a disabled level stays bound to the no-op it had at creation (one call, nothing read)", () => {
+    const { log } = capture({ level: "debug" });
+    const fresh = capture({ level: "info" }).log;
+    reconfigureLogger(log, { level: "info" });
+    expect(log.debug).toBe(fresh.debug);
+    expect(log.debug).not.toBe(log.info);
+  });
+
+  test("a new format applies to the next entries", () => {
+    const { log, lines } = capture({ format: "text" });
+    const child = log.child({ c: 1 });
+    reconfigureLogger(log, { format: "json" });
+    child.info("as json");
+    expect(JSON.parse(lines[0] ?? "")).toMatchObject({ level: "info", msg: "as json", c: 1 });
+  });
+
+  test("refuses a logger it did not make, changing nothing", () => {
+    const other: Logger = { ...createLogger({ level: "warn" }) };
+    expect(reconfigureLogger(other, { level: "debug" })).toBe(false);
+    expect(other.level).toBe("warn");
   });
 });
 
