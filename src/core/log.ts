@@ -145,14 +145,8 @@ interface Config {
 }
 
 /** A logger's mutable form: `bind()` puts the methods for the current level in place. */
-interface Member {
+interface Member extends Omit<Logger, "level"> {
   level: LogLevel;
-  debug(msg: string, fields?: LogFields): void;
-  info(msg: string, fields?: LogFields): void;
-  warn(msg: string, fields?: LogFields): void;
-  error(msg: string, fields?: LogFields): void;
-  enabled(level: LogLevel): boolean;
-  child(fields: LogFields): Logger;
   bind(): void;
 }
 

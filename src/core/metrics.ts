@@ -100,36 +100,22 @@ abstract class Metric<S> {
   }
 }
 
-/** A value that only goes up (requests served, bytes relayed). */
-export class Counter extends Metric<{ value: number }> {
-  readonly type = "counter";
+/**
+ * A metric of one number per label set (counters and gauges). `setFunction(read)` collects on
+ * scrape: `read()` gives the value each time the registry renders (label-less metrics only),
+ * like the Python client's `set_function`; a throwing `read` renders NaN.
+ * @example
+ * metrics.gauge("process_open_fds", "Number of open file descriptors.").setFunction(fdsInUse);
+ */
+abstract class ValueMetric extends Metric<{ value: number }> {
+  #read: (() => number) | undefined;
 
   protected fresh() {
     return { value: 0 };
   }
 
-  /**
-   * Add `n` (default 1). A negative `n` throws: counters never go down.
-   * @example
-   * ```ts
-   * requests.inc();                        // no labels
-   * bytes.inc({ dir: "in" }, chunk.length);
-   * ```
-   */
-  inc(labelsOrN?: Labels | number, n?: number): void {
-    const [labels, by] = splitArgs(labelsOrN, n, 1);
-    if (!(by >= 0)) throw new StoaError("internal", `counter ${this.name} cannot go down (inc by ${by})`);
-    this.stateFor(labels).value += by;
-  }
-
-  #read: (() => number) | undefined;
-
-  /**
-   * Collect on scrape, for a total another counts (the kernel's CPU time): label-less only, a
-   * throwing `read` renders NaN.
-   */
   setFunction(read: () => number): this {
-    if (this.labelNames.length > 0) throw new StoaError("internal", `counter ${this.name} has labels; setFunction is for label-less counters`);
+    if (this.labelNames.length > 0) throw new StoaError("internal", `${this.type} ${this.name} has labels; setFunction is for label-less ones`);
     this.#read = read;
     return this;
   }
@@ -150,13 +136,28 @@ export class Counter extends Metric<{ value: number }> {
   }
 }
 
-/** A value that goes up and down (open connections, queue depth). */
-export class Gauge extends Metric<{ value: number }> {
-  readonly type = "gauge";
+/** A value that only goes up (requests served, bytes relayed); `setFunction` for a total another counts (the kernel's CPU time). */
+export class Counter extends ValueMetric {
+  readonly type = "counter";
 
-  protected fresh() {
-    return { value: 0 };
+  /**
+   * Add `n` (default 1). A negative `n` throws: counters never go down.
+   * @example
+   * ```ts
+   * requests.inc();                        // no labels
+   * bytes.inc({ dir: "in" }, chunk.length);
+   * ```
+   */
+  inc(labelsOrN?: Labels | number, n?: number): void {
+    const [labels, by] = splitArgs(labelsOrN, n, 1);
+    if (!(by >= 0)) throw new StoaError("internal", `counter ${this.name} cannot go down (inc by ${by})`);
+    this.stateFor(labels).value += by;
   }
+}
+
+/** A value that goes up and down (open connections, queue depth). */
+export class Gauge extends ValueMetric {
+  readonly type = "gauge";
 
   /** Set the value: `set(3)` or `set({ circle: "a" }, 3)`. */
   set(labelsOrValue: Labels | number, value?: number): void {
@@ -174,35 +175,6 @@ export class Gauge extends Metric<{ value: number }> {
   dec(labelsOrN?: Labels | number, n?: number): void {
     const [labels, by] = splitArgs(labelsOrN, n, 1);
     this.stateFor(labels).value -= by;
-  }
-
-  #read: (() => number) | undefined;
-
-  /**
-   * Collect on scrape: `read()` gives the value each time the registry renders (label-less
-   * gauges only), like the Python client's `set_function`. A throwing `read` renders NaN.
-   * @example
-   * metrics.gauge("process_open_fds", "Number of open file descriptors.").setFunction(fdsInUse);
-   */
-  setFunction(read: () => number): this {
-    if (this.labelNames.length > 0) throw new StoaError("internal", `gauge ${this.name} has labels; setFunction is for label-less gauges`);
-    this.#read = read;
-    return this;
-  }
-
-  renderSeries(out: string[]): void {
-    if (this.#read !== undefined) {
-      let v: number;
-      try {
-        v = this.#read();
-      } catch {
-        v = Number.NaN;
-      }
-      this.set(v);
-    }
-    for (const { values, state } of this.entries()) {
-      out.push(`${this.name}${this.labelText(values)} ${formatNumber(state.value)}`);
-    }
   }
 }
 
