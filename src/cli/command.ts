@@ -11,7 +11,7 @@
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { kebab, resolveConfig } from "../core/config.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 
 /** One flag: how parseArgs reads it, how help shows it, and the zod schema its value must pass. */
 export interface Flag<T> {
@@ -315,7 +315,7 @@ function dashValues(argv: string[], options: Record<string, { type: "string" | "
 
 function explainParseError(err: unknown): string {
   const code = err instanceof Error && "code" in err ? String(err.code) : "";
-  const message = err instanceof Error ? err.message : String(err);
+  const message = describeError(err);
   const option = /'(-[^']*)'/.exec(message)?.[1];
   switch (code) {
     case "ERR_PARSE_ARGS_UNKNOWN_OPTION":

@@ -3,7 +3,7 @@ import { z } from "zod";
 import { configFlag, defineCommand, list, str } from "./command.ts";
 import { HostPort, logFlags, reloadConfigOnHangup, serveMetrics, splitList, startService } from "./common.ts";
 import { Duration } from "../core/duration.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { defaultRunDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { type Gateway, startGateway } from "../gateway/gateway.ts";
@@ -17,7 +17,7 @@ export const PortsFlag = z.string().transform((text, ctx) => {
   try {
     return parsePorts(text);
   } catch (err) {
-    ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+    ctx.addIssue({ code: "custom", message: describeError(err) });
     return z.NEVER;
   }
 });

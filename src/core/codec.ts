@@ -31,7 +31,7 @@
 import { Decoder, Encoder } from "cbor-x";
 import type { z } from "zod";
 import { checkWellFormed } from "./cbor-scan.ts";
-import { StoaError } from "./errors.ts";
+import { StoaError, describeError } from "./errors.ts";
 
 /** Default largest encoded message, in bytes (1 MiB): far above any control message, small
  * enough that a hostile peer cannot make us hold much. Bulk data belongs in frames/streams. */
@@ -185,7 +185,7 @@ function fail(code: "too_large" | "decode" | "schema", message: string, cause?: 
 }
 
 function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return describeError(err);
 }
 
 function summarizeIssues(issues: readonly z.core.$ZodIssue[]): string {

@@ -18,7 +18,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { z } from "zod";
-import { StoaError } from "./errors.ts";
+import { StoaError, describeError } from "./errors.ts";
 
 /** A config file larger than this is refused before it is read. */
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
@@ -153,7 +153,7 @@ function readConfigFile(path: string): Record<string, unknown> {
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    const detail = err instanceof Error ? err.message : String(err);
+    const detail = describeError(err);
     throw new StoaError("config", `config file ${path} is not valid JSON (${detail}); fix its syntax`, {
       cause: err,
     });

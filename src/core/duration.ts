@@ -4,7 +4,7 @@
  * cannot turn into a timer that never fires.
  */
 import { z } from "zod";
-import { StoaError } from "./errors.ts";
+import { StoaError, describeError } from "./errors.ts";
 
 /** Longest accepted duration: 7 days (setTimeout's own ceiling is ~24.8 days). */
 export const MAX_DURATION_MS = 7 * 24 * 3600 * 1000;
@@ -41,7 +41,7 @@ export const Duration = z.string().transform((text, ctx) => {
   try {
     return parseDuration(text);
   } catch (err) {
-    ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+    ctx.addIssue({ code: "custom", message: describeError(err) });
     return z.NEVER;
   }
 });

@@ -21,8 +21,8 @@
  * `fdsInUse()` is the exact count for metrics and logs (a directory listing on old kernels).
  */
 import { closeSync, openSync, readdirSync, statSync } from "node:fs";
-import { dupCloexec, sys } from "../ffi/epoll.ts";
-import { getRlimit, RLIMIT_NOFILE, setRlimit, strerror } from "../ffi/libc.ts";
+import { dupCloexec } from "../ffi/epoll.ts";
+import { getRlimit, libc, RLIMIT_NOFILE, setRlimit, strerror } from "../ffi/libc.ts";
 import type { LogFields, Logger } from "./log.ts";
 
 /** Fewest descriptors kept in reserve: a few connects, requests and refusals at once. */
@@ -96,7 +96,7 @@ export function nextFd(how: "dup" | "open" = "dup"): number {
     if (probe < 0) probe = openOrMinusOne();
     if (probe >= 0) {
       const fd = dupCloexec(probe);
-      if (fd >= 0) sys().close(fd);
+      if (fd >= 0) libc().close(fd);
       return fd;
     }
   }

@@ -15,7 +15,7 @@
  * when bytes flow and at most one read per direction when a reader is slow.
  */
 import { ptr } from "bun:ffi";
-import { errno, strerror } from "../ffi/libc.ts";
+import { errno, libc, strerror } from "../ffi/libc.ts";
 import {
   EPOLL_CLOEXEC,
   EPOLL_CTL_ADD,
@@ -32,9 +32,9 @@ import {
   SHUT_WR,
   epollCtl,
   setLingerReset,
-  sys,
   wouldBlock,
 } from "../ffi/epoll.ts";
+import { describeError } from "./errors.ts";
 
 /** Bytes read per recv(); a full read is followed by another before going back to epoll. */
 export const SPLICE_READ_BYTES = 256 * 1024;
@@ -109,7 +109,7 @@ interface Splice {
 }
 
 /** The libc calls, looked up once: this module only ever runs in the engine's thread. */
-const S = sys();
+const S = libc();
 
 export class SpliceEngine {
   readonly #post: (msg: FromEngine) => void;
@@ -239,7 +239,7 @@ export class SpliceEngine {
             this.#onEvent(end, events);
           } catch (err) {
             // A bug: cost this splice, never the others.
-            this.#destroy(end.splice, `internal error: ${err instanceof Error ? err.message : String(err)}`);
+            this.#destroy(end.splice, `internal error: ${describeError(err)}`);
           }
         }
         if (this.#lingering.size > 0) this.#expireLinger();

@@ -4,6 +4,7 @@
  * (scripts/build.ts, worker-entry.ts).
  */
 import { type FromEngine, SpliceEngine, type ToEngine } from "./fdsplice-engine.ts";
+import { describeError } from "./errors.ts";
 
 declare const self: Worker;
 
@@ -15,6 +16,6 @@ self.onmessage = (event: MessageEvent<ToEngine>) => {
     engine ??= new SpliceEngine(post);
     engine.onMessage(event.data);
   } catch (err) {
-    post({ type: "fatal", message: err instanceof Error ? err.message : String(err) });
+    post({ type: "fatal", message: describeError(err) });
   }
 };

@@ -26,8 +26,8 @@
  * The engine's thread is unref'd: it does not keep the process alive; `close()` stops it.
  */
 import type { Socket } from "bun";
-import { EFD_CLOEXEC, EFD_NONBLOCK, dupCloexec, setLingerReset, signalEventfd, sys } from "../ffi/epoll.ts";
-import { errno, strerror } from "../ffi/libc.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, dupCloexec, setLingerReset, signalEventfd } from "../ffi/epoll.ts";
+import { errno, libc, strerror } from "../ffi/libc.ts";
 import { StoaError } from "./errors.ts";
 import { type FromEngine, SPLICE_TAGS, type ToEngine } from "./fdsplice-engine.ts";
 import { PIPE_LINGER_MS, PIPE_MAX_QUEUE_BYTES, type PipeStats } from "./pipe.ts";
@@ -87,7 +87,7 @@ export class FdSplicer {
   #stopped: PromiseWithResolvers<void> | null = null;
 
   constructor() {
-    this.#efd = sys().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    this.#efd = libc().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (this.#efd < 0) throw new StoaError("io", `eventfd: ${strerror(errno())}`);
     this.#worker = new Worker(
       workerEntry(new URL("./fdsplice-worker.ts", import.meta.url), "core/fdsplice-worker.js", "the fast data path is unavailable"),
@@ -118,8 +118,8 @@ export class FdSplicer {
       throw new StoaError("usage", `splice tag must be an integer in [0, ${SPLICE_TAGS}), got ${tag}`);
     }
     if (!this.#alive || this.#stopped !== null) {
-      sys().close(a);
-      sys().close(b);
+      libc().close(a);
+      libc().close(b);
       const error = new StoaError("closed", `the splice engine is gone${this.#fatal === null ? "" : `: ${this.#fatal}`}`);
       return { id, done: Promise.resolve(emptyStats(error)) };
     }
@@ -217,7 +217,7 @@ export class FdSplicer {
     this.#alive = false;
     if (why !== "closed") this.#fatal = why;
     this.#worker.terminate();
-    sys().close(this.#efd);
+    libc().close(this.#efd);
     const error = new StoaError("closed", `the splice engine stopped: ${why}`);
     for (const resolve of this.#pending.values()) resolve(emptyStats(error));
     this.#pending.clear();

@@ -23,7 +23,7 @@ import { randomBytes } from "node:crypto";
 import { lstatSync, unlinkSync } from "node:fs";
 import { chmod, link, lstat, mkdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
-import { StoaError } from "./errors.ts";
+import { StoaError, describeError } from "./errors.ts";
 
 /** Longest socket path Linux accepts: `sun_path` is 108 bytes including the final NUL. */
 export const UNIX_PATH_MAX = 107;
@@ -77,7 +77,7 @@ function errnoOf(err: unknown): string | undefined {
 }
 
 function reason(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return describeError(err);
 }
 
 /** The directories from `dir` up to the first one `mkdir -p` created, deepest first. */

@@ -10,6 +10,7 @@
  * waiting. `waitMs` 0 is one attempt.
  */
 import type { Logger } from "./log.ts";
+import { describeError } from "./errors.ts";
 
 /** First pause between attempts; doubled after each, up to `WAIT_MAX_RETRY_MS`. */
 export const WAIT_FIRST_RETRY_MS = 50;
@@ -50,9 +51,9 @@ export async function waitFor<T>(attempt: () => Promise<T>, options: WaitOptions
       if (!options.retryable(err) || now >= deadline) throw err;
       if (!said && now - start >= WAIT_QUIET_MS) {
         said = true;
-        options.log.warn(`waiting for ${options.what}`, { up_to: `${Math.round(options.waitMs / 1000)}s`, reason: err instanceof Error ? err.message : String(err) });
+        options.log.warn(`waiting for ${options.what}`, { up_to: `${Math.round(options.waitMs / 1000)}s`, reason: describeError(err) });
       } else {
-        options.log.debug(`waiting for ${options.what}`, { reason: err instanceof Error ? err.message : String(err) });
+        options.log.debug(`waiting for ${options.what}`, { reason: describeError(err) });
       }
       // Wake at the quiet mark too, so a wait past it is said even when the next pause is long.
       const untilSaid = said ? Number.POSITIVE_INFINITY : start + WAIT_QUIET_MS - now;

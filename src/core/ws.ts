@@ -33,7 +33,7 @@
  *   `onUpgrade` sees a 101's headers (e.g. to tell which server upgraded).
  */
 import WsClient from "ws";
-import { StoaError } from "./errors.ts";
+import { StoaError, describeError } from "./errors.ts";
 
 export interface BackoffOptions {
   minDelayMs: number;
@@ -493,5 +493,5 @@ function copyBytes(data: ArrayBuffer | Uint8Array): Uint8Array {
 }
 
 function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return describeError(err);
 }

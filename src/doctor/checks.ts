@@ -9,6 +9,7 @@ import { defaultRunDir } from "../core/paths.ts";
 import { probeIoUring } from "../ffi/io_uring.ts";
 import { controlRequest } from "../gateway/control.ts";
 import { runDirFinding } from "./rundir.ts";
+import { describeError } from "../core/errors.ts";
 
 export type Status = "ok" | "warn";
 
@@ -64,7 +65,7 @@ async function portFree(port: number): Promise<{ free: true } | { free: false; r
     return { free: true };
   } catch (err) {
     const code = err instanceof Error && "code" in err ? String(err.code) : "";
-    return { free: false, reason: code === "EADDRINUSE" ? "in use" : err instanceof Error ? err.message : String(err) };
+    return { free: false, reason: code === "EADDRINUSE" ? "in use" : describeError(err) };
   }
 }
 

@@ -3,7 +3,7 @@
  * inherited listening sockets (core/daemon.ts `listenFds`) assigned to the three kinds.
  */
 import type { ListenFd } from "../core/daemon.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { boundAddress } from "../ffi/sockets.ts";
 import { KINDS, type Kind, type Ports } from "./protocol.ts";
 
@@ -41,7 +41,7 @@ export function assignActivatedSockets(inherited: readonly ListenFd[]): Activate
       try {
         bound = boundAddress(fd);
       } catch (err) {
-        throw new StoaError("config", `inherited socket ${fd} for the ${kind} port: ${err instanceof Error ? err.message : String(err)}`);
+        throw new StoaError("config", `inherited socket ${fd} for the ${kind} port: ${describeError(err)}`);
       }
       if (ports[kind] !== 0 && ports[kind] !== bound.port) {
         throw new StoaError("config", `the ${kind} sockets systemd passed are on different ports (${ports[kind]}, ${bound.port})`);

@@ -8,7 +8,7 @@
  * Client: `controlRequest` opens a connection, sends one request, returns its typed answer and
  * closes. An error answer becomes a `StoaError` with the gateway's code and message.
  */
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { connectErrorCode, type FramedServer, framedRequest, serveFramed } from "../core/framed-socket.ts";
 import type { Logger } from "../core/log.ts";
 import { gatewayControlPath } from "../core/paths.ts";
@@ -118,6 +118,6 @@ function noGateway(path: string, err: unknown): StoaError {
   if (code === "ENOENT" || code === "ECONNREFUSED") {
     return new StoaError("closed", `no gateway is running with control socket ${path}; start one with \`stoa gateway\` (or \`stoa up\`) on this run dir`, { cause: err });
   }
-  const reason = err instanceof Error ? err.message : String(err);
+  const reason = describeError(err);
   return new StoaError("io", `cannot connect to the gateway control socket ${path}: ${code || reason}`, { cause: err });
 }

@@ -10,7 +10,7 @@
 import { availableParallelism } from "node:os";
 import { z } from "zod";
 import { buildInfo } from "../core/buildinfo.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
 import { metrics as sharedRegistry, type Registry } from "../core/metrics.ts";
 import { gatewayControlPath } from "../core/paths.ts";
@@ -295,7 +295,7 @@ class Runtime implements Gateway {
       else failure ??= s.reason;
     }
     if (failure !== null) {
-      const why = failure instanceof Error ? failure.message : String(failure);
+      const why = describeError(failure);
       throw failure instanceof StoaError && failure.code !== "internal" && failure.code !== "timeout"
         ? failure
         : new StoaError("internal", `${why}; a compiled stoa needs src/gateway/worker.ts as a build entrypoint, or use --workers 1`);
@@ -383,7 +383,7 @@ class Runtime implements Gateway {
     const [first, ...rest] = this.#routers;
     await first?.reloadTls(pem);
     const results = await Promise.allSettled(rest.map((r) => r.reloadTls(pem)));
-    const failed = results.flatMap((r, i) => (r.status === "rejected" ? [`router ${rest[i]?.id}: ${r.reason instanceof Error ? r.reason.message : String(r.reason)}`] : []));
+    const failed = results.flatMap((r, i) => (r.status === "rejected" ? [`router ${rest[i]?.id}: ${describeError(r.reason)}`] : []));
     this.#settings.tls = { paths: files, pair };
     this.#log.info("TLS certificate reloaded: new connections get it, open ones keep theirs", {
       cert: files.cert,

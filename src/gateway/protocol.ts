@@ -146,7 +146,7 @@
  * closes (so no accept queue is reset, unlike a takeover).
  */
 import { z } from "zod";
-import { StoaError, errorCodeFromWire } from "../core/errors.ts";
+import { StoaError, errorCodeFromWire, describeError } from "../core/errors.ts";
 import { createCodec } from "../core/codec.ts";
 import { formatEndpoint, MAX_ENDPOINT_LENGTH, parseEndpoint } from "../core/endpoint.ts";
 import { KINDS, PubId, type Kind } from "../stream/names.ts";
@@ -324,7 +324,7 @@ const TargetString = z
     try {
       return formatTarget(parseTarget(text));
     } catch (err) {
-      ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+      ctx.addIssue({ code: "custom", message: describeError(err) });
       return z.NEVER;
     }
   });

@@ -20,12 +20,12 @@
  * workers and a successor gateway share the ports.
  */
 import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { FdSplicer, socketFd, takeSocketFd } from "../core/fdsplice.ts";
 import { FdWatch, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_MS } from "../core/fdguard.ts";
 import { canAffordAnswer, fdPressure, fdReserve, isFdExhaustion, overFdBudget, RefusalLog } from "../core/fdlimit.ts";
-import { sys } from "../ffi/epoll.ts";
+import { libc } from "../ffi/libc.ts";
 import { dupFd } from "../ffi/sockets.ts";
 import { Pipe, pipeHandlers, type PipeEnd, type PipeStats, hasEarlyEvents } from "../core/pipe.ts";
 import { FirstLineParser } from "./firstline.ts";
@@ -224,7 +224,7 @@ export class Router {
       }
     } catch (err) {
       for (const { listener } of next) listener.stop(true); // a copy's stop closes only the copy
-      throw err instanceof StoaError ? err : new StoaError("io", `could not listen with the new certificate: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      throw err instanceof StoaError ? err : new StoaError("io", `could not listen with the new certificate: ${describeError(err)}`, { cause: err });
     }
     for (const { listener } of this.#listeners) listener.stop(false);
     this.#listeners = next;
@@ -459,7 +459,7 @@ export class Router {
         if (resolved.source === "convention" && (code === "ENOENT" || code === "ENOTDIR")) {
           return this.#reject(sock, "unknown_pub_id", `no publisher "${pubId}" with a ${kind} endpoint on this host`);
         }
-        const why = code ?? (err instanceof Error ? err.message : String(err));
+        const why = code ?? describeError(err);
         this.#health.report(kind, pubId, "down", why);
         return this.#reject(
           sock,
@@ -533,7 +533,7 @@ export class Router {
     const a = b < 0 ? -1 : takeSocketFd(sock);
     if (a < 0 || b < 0) {
       // Cannot happen for open sockets; if it does, this connection is lost, not the router.
-      if (b >= 0) sys().close(b);
+      if (b >= 0) libc().close(b);
       upstream.terminate();
       sock.terminate();
       this.#finishSpliced(conn, null);
@@ -681,6 +681,6 @@ function bindError(err: unknown, hostname: string, port: number, kind: Kind): St
   if (errnoOf(err) === "EADDRINUSE") {
     return new StoaError("in_use", `cannot listen on ${where} (${kind}): the port is in use; stop its owner or choose other --ports`, { cause: err });
   }
-  const reason = err instanceof Error ? err.message : String(err);
+  const reason = describeError(err);
   return new StoaError("io", `cannot listen on ${where} (${kind}): ${reason}; check --listen and --ports`, { cause: err });
 }

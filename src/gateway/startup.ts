@@ -5,7 +5,7 @@
  * by `startGateway` (gateway.ts).
  */
 import { readFileSync } from "node:fs";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { MAX_UNIX_PATH_BYTES } from "../core/endpoint.ts";
 import type { Logger } from "../core/log.ts";
 import { gatewayControlPath, oldLayoutPublisherDirs, publishersDir, publisherSocketPath } from "../core/paths.ts";
@@ -30,7 +30,7 @@ export async function findPrevious(runDir: string, takeOver: boolean): Promise<P
   } catch (err) {
     // No socket, a stale one, or a gateway hanging up because it is stopping: nothing to take over.
     if (err instanceof StoaError && err.code === "closed") return null;
-    const why = err instanceof Error ? err.message : String(err);
+    const why = describeError(err);
     throw new StoaError("in_use", `${path} is served by something that does not answer like a gateway (${why}); stop it or choose another run dir`, { cause: err });
   }
   if (!takeOver) {
@@ -80,7 +80,7 @@ function checkFree(listen: readonly string[], port: number, kind: Kind, held: { 
       if (code === "EADDRINUSE") {
         throw new StoaError("in_use", `port ${where} (${kind}) is in use by another program; stop it or choose other --ports`, { cause: err });
       }
-      throw new StoaError("io", `cannot listen on ${where} (${kind}): ${err instanceof Error ? err.message : String(err)}; check --listen`, { cause: err });
+      throw new StoaError("io", `cannot listen on ${where} (${kind}): ${describeError(err)}; check --listen`, { cause: err });
     }
   }
   return port;
@@ -108,7 +108,7 @@ export function readTls(tls: { cert: string; key: string }): { cert: string; key
     try {
       text = readFileSync(path, "utf8");
     } catch (err) {
-      throw new StoaError("config", `cannot read the TLS ${what} ${path}: ${err instanceof Error ? err.message : String(err)}; check ${flag}`);
+      throw new StoaError("config", `cannot read the TLS ${what} ${path}: ${describeError(err)}; check ${flag}`);
     }
     if (!text.includes("-----BEGIN")) throw new StoaError("config", `${path} is not a PEM ${what}; check ${flag}`);
     return text;

@@ -19,6 +19,7 @@ import { publisherDir, publishersDir } from "../core/paths.ts";
 import { prepareUnixPath } from "../core/unixsock.ts";
 import { isValidPubId } from "../stream/names.ts";
 import { PUBLISHER_UID } from "./routes.ts";
+import { describeError } from "../core/errors.ts";
 
 /** How often a running gateway sweeps. */
 export const SWEEP_INTERVAL_MS = 60_000;
@@ -62,7 +63,7 @@ export async function sweepDeadPublishers(runDir: string, log: Logger, options: 
       reclaimed.push(pubId);
     } catch (err) {
       // Live, changed meanwhile, or not ours: leave it.
-      log.debug("kept a publisher directory", { pub_id: pubId, reason: err instanceof Error ? err.message : String(err) });
+      log.debug("kept a publisher directory", { pub_id: pubId, reason: describeError(err) });
     }
   }
   if (reclaimed.length > 0) log.info("removed crashed publishers' socket directories", { count: reclaimed.length, pub_ids: reclaimed.slice(0, 10).join(",") });

@@ -5,7 +5,7 @@
  * here and the old pair stays in use everywhere.
  */
 import { X509Certificate, createPrivateKey } from "node:crypto";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { readTls } from "./startup.ts";
 
 /** A checked PEM pair and what the log says about it. */
@@ -31,13 +31,13 @@ export function loadTlsPair(paths: { cert: string; key: string }): TlsPair {
   try {
     x509 = new X509Certificate(pem.cert);
   } catch (err) {
-    throw new StoaError("config", `${paths.cert} is not a valid PEM certificate (${err instanceof Error ? err.message : String(err)}); check --tls-cert`);
+    throw new StoaError("config", `${paths.cert} is not a valid PEM certificate (${describeError(err)}); check --tls-cert`);
   }
   let matches: boolean;
   try {
     matches = x509.checkPrivateKey(createPrivateKey(pem.key));
   } catch (err) {
-    throw new StoaError("config", `${paths.key} is not a valid PEM private key (${err instanceof Error ? err.message : String(err)}); check --tls-key`);
+    throw new StoaError("config", `${paths.key} is not a valid PEM private key (${describeError(err)}); check --tls-key`);
   }
   if (!matches) throw new StoaError("config", `the key ${paths.key} does not belong to the certificate ${paths.cert}; replace both files together`);
   const notAfter = new Date(x509.validTo);

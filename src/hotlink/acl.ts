@@ -31,7 +31,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { z } from "zod";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { UserName } from "./users.ts";
 
 /** Longest path in UTF-8 bytes: the HLNK frame's path limit, so every path fits a frame. */
@@ -227,7 +227,7 @@ export function parseAcl(json: unknown, where = "ACL"): Acl {
     try {
       value = JSON.parse(json);
     } catch (err) {
-      const detail = err instanceof Error ? err.message : String(err);
+      const detail = describeError(err);
       throw new StoaError("config", `${where} is not valid JSON (${detail}); fix its syntax`);
     }
   }
@@ -251,7 +251,7 @@ function readAclFile(file: string): unknown {
   try {
     return JSON.parse(text);
   } catch (err) {
-    const detail = err instanceof Error ? err.message : String(err);
+    const detail = describeError(err);
     throw new StoaError("config", `ACL file ${file} is not valid JSON (${detail}); fix its syntax`);
   }
 }

@@ -27,7 +27,7 @@
  */
 import { z } from "zod";
 import { createCodec, encode } from "../core/codec.ts";
-import { StoaError, errorCodeFromWire } from "../core/errors.ts";
+import { StoaError, errorCodeFromWire, describeError } from "../core/errors.ts";
 import { connectErrorCode, framedRequest, serveFramed } from "../core/framed-socket.ts";
 import type { Logger } from "../core/log.ts";
 import { MAX_PATH_BYTES } from "./acl.ts";
@@ -284,6 +284,6 @@ function noDaemon(path: string, err: unknown, hint: string): StoaError {
   if (code === "ENOENT" || code === "ECONNREFUSED") {
     return new StoaError("closed", `no hotlink daemon is running with control socket ${path}${hint}`, { cause: err });
   }
-  const reason = err instanceof Error ? err.message : String(err);
+  const reason = describeError(err);
   return new StoaError("io", `cannot connect to the hotlink control socket ${path}: ${code || reason}`, { cause: err });
 }

@@ -31,6 +31,7 @@ import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
 import type { DataMessage } from "./protocol.ts";
 import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
 import type { DaemonCounters } from "./telemetry.ts";
+import { describeError } from "../core/errors.ts";
 
 export const DIRECT_DIAL_TIMEOUT_MS = 1_500;
 /** How long a receiver waits for the sender to dial before it closes its listener. */
@@ -331,7 +332,7 @@ export async function dialDirect(
           socket = s;
           if (settled && !won) s.terminate();
         },
-        (err: unknown) => done({ error: `${candidate}: ${err instanceof Error ? err.message : String(err)}` }),
+        (err: unknown) => done({ error: `${candidate}: ${describeError(err)}` }),
       );
     });
     if ("socket" in attempt) return { ok: true, socket: attempt.socket, via: candidate };

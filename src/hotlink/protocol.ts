@@ -124,7 +124,7 @@ import { z } from "zod";
 import { uninitializedBytes } from "../core/bytes.ts";
 import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { pathProblem } from "./acl.ts";
 import { MAX_HLNK_ETAG_BYTES } from "./hlnk.ts";
 import { UserName } from "./users.ts";
@@ -231,7 +231,7 @@ const Candidate = z
       const endpoint = parseEndpoint(`tcp:${candidate}`);
       if (endpoint.kind === "tcp") port = endpoint.port;
     } catch (err) {
-      ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+      ctx.addIssue({ code: "custom", message: describeError(err) });
       return;
     }
     if (port === 0) ctx.addIssue({ code: "custom", message: "a candidate needs a port from 1 to 65535" });

@@ -29,7 +29,7 @@ import { type Dirent, type FSWatcher, watch } from "node:fs";
 import { lstat, open, readdir, stat } from "node:fs/promises";
 import { join, relative, resolve, sep } from "node:path";
 import { z } from "zod";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { pathProblem } from "./acl.ts";
 import type { TunnelSpec } from "./tunnel.ts";
@@ -262,7 +262,7 @@ class Watcher {
           peer: spec.peer,
         });
       } catch (err) {
-        const why = err instanceof Error ? err.message : String(err);
+        const why = describeError(err);
         this.#log.warn(`cannot start the tunnel of a marker file: ${why}; fix it and touch the file to retry`, { file: f.file });
       }
     }
@@ -319,14 +319,14 @@ class Watcher {
     try {
       text = await readBounded(f.file);
     } catch (err) {
-      return { unreadable: err instanceof Error ? err.message : String(err) };
+      return { unreadable: describeError(err) };
     }
     if (text.trim() === "") return { unreadable: "it is empty (still being written?)" };
     let raw: unknown;
     try {
       raw = JSON.parse(text);
     } catch (err) {
-      return { unreadable: `not JSON (${err instanceof Error ? err.message : String(err)})` };
+      return { unreadable: `not JSON (${describeError(err)})` };
     }
     const parsed = Marker.safeParse(raw);
     if (!parsed.success) {

@@ -16,7 +16,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { bearerToken, ensureTokenFile, readTokenFile, sameDigest, tokenDigest, tokenProblem } from "../core/token.ts";
 import { META_TOKEN_ENV as TOKEN_ENV, META_TOKEN_FILE, META_TOKEN_PREFIX } from "./protocol.ts";
 import type { Writer } from "./owners.ts";
@@ -142,7 +142,7 @@ export function readWriters(file: string): string[] {
     text = readFileSync(file, "utf8");
   } catch (err) {
     if (err instanceof StoaError) throw err;
-    throw new StoaError("config", `cannot read the tokens file ${file}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    throw new StoaError("config", `cannot read the tokens file ${file}: ${describeError(err)}`, { cause: err });
   }
   const out: string[] = [];
   for (const [i, raw] of text.split("\n").entries()) {

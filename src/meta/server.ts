@@ -3,7 +3,7 @@
  * silent publishers stale and then removes them. `stoa meta` and `stoa up` start it with
  * `startMeta` and stop it with `close()`.
  */
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 import { fdReserve, RefusalLog } from "../core/fdlimit.ts";
 import type { Logger } from "../core/log.ts";
@@ -120,7 +120,7 @@ export function startMeta(options: MetaOptions): MetaServer {
     if (code === "EADDRINUSE") {
       throw new StoaError("in_use", `cannot listen on ${where}: the port is in use (another stoa meta or stoa up?); pick another with --listen`, { cause: err });
     }
-    throw new StoaError("io", `cannot listen on ${where}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    throw new StoaError("io", `cannot listen on ${where}: ${describeError(err)}`, { cause: err });
   }
   const port = server.port ?? options.listen.port;
   // Near the descriptor limit Bun.serve would spin in accept: a refuser takes the port meanwhile,

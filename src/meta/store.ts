@@ -22,7 +22,7 @@
 import { Database } from "bun:sqlite";
 import { chmodSync, existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { ANYONE, checkQuotas, DEFAULT_QUOTAS, mayWrite, notOwner, type Quotas, type Writer } from "./owners.ts";
 import {
   MAX_PUBLISHERS,
@@ -503,5 +503,5 @@ function sortTree(nodes: TreeNode[]): void {
 }
 
 function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return describeError(err);
 }

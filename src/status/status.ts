@@ -11,7 +11,7 @@
  */
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
-import { StoaError } from "../core/errors.ts";
+import { describeError } from "../core/errors.ts";
 import { RUN_DIR_SUBTREES } from "../core/paths.ts";
 import { controlRequest } from "../gateway/control.ts";
 import type { ResponseFor, RouteEntry } from "../gateway/protocol.ts";
@@ -76,7 +76,7 @@ async function gatewayPart(runDir: string): Promise<StatusReport["gateway"]> {
     const { entries, truncated } = await controlRequest(runDir, { type: "list" }, opts);
     return { run_dir: runDir, info, health, routes: entries, truncated };
   } catch (err) {
-    return { run_dir: runDir, error: `gateway: ${messageOf(err)}` };
+    return { run_dir: runDir, error: `gateway: ${describeError(err)}` };
   }
 }
 
@@ -99,7 +99,7 @@ async function metaPart(options: StatusOptions): Promise<StatusReport["meta"]> {
     }
     return { url: client.baseUrl, health, publishers: publishers.slice(0, MAX_STATUS_PUBLISHERS), more };
   } catch (err) {
-    return { url: client.baseUrl, error: `metaserver: ${messageOf(err)}` };
+    return { url: client.baseUrl, error: `metaserver: ${describeError(err)}` };
   }
 }
 
@@ -118,12 +118,8 @@ async function hotlinkPart(runDir: string): Promise<StatusReport["hotlink"]> {
         const { status } = await hotlinkControlRequest(socket, { type: "ls" }, { timeoutMs: STATUS_REQUEST_TIMEOUT_MS });
         return { socket, status };
       } catch (err) {
-        return { socket, error: messageOf(err) };
+        return { socket, error: describeError(err) };
       }
     }),
   );
-}
-
-function messageOf(err: unknown): string {
-  return err instanceof StoaError || err instanceof Error ? err.message : String(err);
 }

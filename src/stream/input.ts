@@ -13,6 +13,7 @@
  */
 import { MAX_VALUE_BYTES } from "./protocol.ts";
 import type { Value } from "./value.ts";
+import { describeError } from "../core/errors.ts";
 
 /** Longest stretch of reading stdin before the event loop gets a turn (see the header). */
 export const YIELD_EVERY_MS = 20;
@@ -60,7 +61,7 @@ export async function* readValues(
     try {
       yield JSON.parse(clean) as Value;
     } catch (err) {
-      onBadLine({ line, reason: `not JSON: ${err instanceof Error ? err.message : String(err)}` });
+      onBadLine({ line, reason: `not JSON: ${describeError(err)}` });
     }
   };
   for await (const chunk of source) {

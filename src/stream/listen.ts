@@ -18,7 +18,7 @@ import { existsSync } from "node:fs";
 import { chmod, rmdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { Endpoint } from "../core/endpoint.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { publisherDir, publisherSocketPath } from "../core/paths.ts";
 import { bindUnix, UNIX_DIR_MODE, type UnixBinding } from "../core/unixsock.ts";
 import { KINDS, type Kind } from "./names.ts";
@@ -166,5 +166,5 @@ function errnoOf(err: unknown): string | undefined {
 }
 
 function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return describeError(err);
 }

@@ -89,7 +89,7 @@
  */
 import { z } from "zod";
 import { encode, safeDecodeMessage } from "../core/codec.ts";
-import type { StoaError } from "../core/errors.ts";
+import { StoaError } from "../core/errors.ts";
 import { valueProblem, type Value } from "./value.ts";
 
 /** Protocol version in the hello frame. */
@@ -277,6 +277,25 @@ export function subscribeQuery(from: From): string {
  */
 export function encodeServiceMessage(message: ServiceMessage): Uint8Array {
   return encode(message, { maxBytes: MAX_SERVICE_FRAME_BYTES });
+}
+
+/**
+ * Encodes the value message `{t: "v", seq, ts, value}` a publisher sends and keeps in its
+ * history. Encoded without the codec's frame limit first, so a value over `MAX_VALUE_BYTES` is
+ * refused with its own size (the frame's minus the envelope's): `StoaError` "too_large".
+ */
+export function encodeValueMessage(seq: number, ts: string, value: Value): Uint8Array {
+  const data = encode({ t: "v", seq, ts, value }, { maxBytes: Number.MAX_SAFE_INTEGER });
+  if (data.byteLength > MAX_VALUE_BYTES) {
+    const envelope = encode({ t: "v", seq, ts, value: null }).byteLength - 1;
+    if (data.byteLength - envelope > MAX_VALUE_BYTES) {
+      throw new StoaError(
+        "too_large",
+        `cannot publish a value of ${data.byteLength - envelope} bytes (CBOR): the limit is ${MAX_VALUE_BYTES}; split it into smaller values`,
+      );
+    }
+  }
+  return data;
 }
 
 /**

@@ -18,7 +18,6 @@
  *   "going away", stops the servers and removes the publisher's directory. Idempotent.
  */
 import type { ServerWebSocket } from "bun";
-import { encode } from "../core/codec.ts";
 import { StoaError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { metrics as sharedMetrics, type Registry } from "../core/metrics.ts";
@@ -35,11 +34,11 @@ import {
   MAX_HISTORY,
   MAX_HISTORY_BYTES,
   encodeServiceMessage,
+  encodeValueMessage,
   MAX_CLIENT_MESSAGE_BYTES,
   MAX_PENDING_PINGS,
   MAX_SERVICE_FRAME_BYTES,
   MAX_TEXT_BYTES,
-  MAX_VALUE_BYTES,
   parseSubscribeQuery,
   PING_REQUEST,
   PROTOCOL_VERSION,
@@ -290,17 +289,7 @@ class StreamPublisher implements Publisher {
     }
     const seq = this.seq + 1;
     const ts = new Date().toISOString();
-    // Encoded without the codec's frame limit, so an oversized value gets the message below.
-    const data = encode({ t: "v", seq, ts, value }, { maxBytes: Number.MAX_SAFE_INTEGER });
-    if (data.byteLength > MAX_VALUE_BYTES) {
-      const envelope = encode({ t: "v", seq, ts, value: null }).byteLength - 1;
-      if (data.byteLength - envelope > MAX_VALUE_BYTES) {
-        throw new StoaError(
-          "too_large",
-          `cannot publish a value of ${data.byteLength - envelope} bytes (CBOR): the limit is ${MAX_VALUE_BYTES}; split it into smaller values`,
-        );
-      }
-    }
+    const data = encodeValueMessage(seq, ts, value);
     const entry: Entry = { seq, ts, value, service: { seq, data, size: data.byteLength } };
     // Byte strings' text is computed when first needed (it is bounded: base64 is 4/3 of
     // MAX_VALUE_BYTES); JSON text is checked now, so a value is refused whoever listens.

@@ -25,7 +25,7 @@
  * Kind "string" delivers each text frame to `onText`: no seq, so no gap detection; it starts at
  * `from` and resumes with live values after a reconnect.
  */
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
 import { dialWebSocket, describeRefusal, ReconnectingWebSocket, type ReconnectOptions, type UpgradeRefusal, type WsState } from "../core/ws.ts";
 import {
   type From,
@@ -370,5 +370,5 @@ export function latest(
 }
 
 function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return describeError(err);
 }

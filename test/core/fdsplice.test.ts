@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { StoaError } from "../../src/core/errors.ts";
 import { FdSplicer, SPLICE_TAGS, type Splice, type SpliceOptions, takeSocketFd } from "../../src/core/fdsplice.ts";
 import { SPLICE_READ_BYTES } from "../../src/core/fdsplice-engine.ts";
-import { sys } from "../../src/ffi/epoll.ts";
+import { libc } from "../../src/ffi/libc.ts";
 import { Outbox } from "../fixtures/pipe-helpers.ts";
 
 /** Where a test server listens: TCP on 127.0.0.1 or a Unix socket. */
@@ -239,7 +239,7 @@ function setSendBuffer(sock: Socket<Peer>, bytes: number): void {
   if (typeof fd !== "number") throw new Error("the socket has no fd");
   const SOL_SOCKET = 1;
   const SO_SNDBUF = 7;
-  expect(sys().setsockopt(fd, SOL_SOCKET, SO_SNDBUF, ptr(new Int32Array([bytes])), 4)).toBe(0);
+  expect(libc().setsockopt(fd, SOL_SOCKET, SO_SNDBUF, ptr(new Int32Array([bytes])), 4)).toBe(0);
 }
 
 /** This process's descriptors, each as "fd -> what it refers to" (so a reused number differs). */
@@ -937,7 +937,7 @@ describe("takeSocketFd", () => {
     expect(fd).toBeGreaterThanOrEqual(0);
     expect(takeSocketFd(open.sock)).toBe(-1);
     // Bun's terminate() armed a reset; closing the taken descriptor must be a plain FIN again.
-    sys().close(fd);
+    libc().close(fd);
     await peer.ended;
     expect(peer.finSeen).toBe(true);
   });
