@@ -29,7 +29,14 @@
 import { readdirSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import type { Kind } from "../stream/names.ts";
+
+/**
+ * The three endpoints every publisher serves, in port order (8081, 8082, 8083 by default), each
+ * a `<kind>.sock` in the publisher's directory. Defined here, with the layout that names the
+ * sockets, so the core never imports a subsystem; `stream/names.ts` re-exports them.
+ */
+export const KINDS = ["service", "string", "ping"] as const;
+export type Kind = (typeof KINDS)[number];
 
 function uid(): number {
   return process.getuid?.() ?? -1;
@@ -89,7 +96,7 @@ export function hotlinkControlPath(runDir: string, user: string): string {
 }
 
 /** The socket names of a publisher's directory, one per kind. */
-const PUBLISHER_SOCKETS: readonly `${Kind}.sock`[] = ["service.sock", "string.sock", "ping.sock"];
+const PUBLISHER_SOCKETS: readonly `${Kind}.sock`[] = KINDS.map((kind) => `${kind}.sock` as const);
 
 /**
  * Leftovers of the layout before `pub/`: directories directly in the run dir, other than the

@@ -1,7 +1,10 @@
 /**
- * The libc symbols stoa calls through bun:ffi, opened once on first use. Only libc — never a
- * raw syscall for something libc wraps with process-wide semantics (setresuid & co., see
- * bun-notes). Each binding module in src/ffi/ builds on `libc()` and `errno()`.
+ * The libc symbols stoa calls through bun:ffi, opened once on first use: this is the one
+ * `dlopen` of libc (once per thread — a Worker, such as the fdsplice engine's, has its own module
+ * state and so its own table). A binding module that needs another libc function adds it to
+ * the table below rather than opening libc itself. Only libc — never a raw syscall for
+ * something libc wraps with process-wide semantics (setresuid & co., see bun-notes). Each
+ * binding module in src/ffi/ builds on `libc()` and `errno()`.
  */
 import { FFIType, dlopen, read } from "bun:ffi";
 
@@ -33,6 +36,19 @@ const symbols = {
   // process-wide on Linux (the limits live in the shared signal struct, not per thread).
   getrlimit: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
   setrlimit: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+  // The data path (epoll.ts, core/fdsplice-engine.ts): epoll, eventfd and plain socket I/O on
+  // raw fds. recv/send/read/write are declared to return i32: a ssize_t below 2^31 (every read
+  // and write there is at most a few hundred KiB) keeps its value and -1 stays -1, and an i32
+  // result avoids the slower 64-bit return path of bun:ffi.
+  epoll_create1: { args: [FFIType.i32], returns: FFIType.i32 },
+  epoll_ctl: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+  epoll_wait: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+  recv: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+  send: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+  shutdown: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+  eventfd: { args: [FFIType.u32, FFIType.i32], returns: FFIType.i32 },
+  read: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+  write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
   strerror: { args: [FFIType.i32], returns: FFIType.cstring },
 } as const;
@@ -40,7 +56,10 @@ const symbols = {
 type Libc = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
 let opened: Libc | undefined;
 
-/** The libc symbol table (opened lazily: commands that never touch FFI never load libc). */
+/**
+ * The libc symbol table, opened on first use in each thread (lazily: commands that never touch
+ * FFI never load libc).
+ */
 export function libc(): Libc {
   opened ??= dlopen("libc.so.6", symbols).symbols;
   return opened;

@@ -45,9 +45,8 @@ export const PubId = z
   .string()
   .regex(PUB_ID, "a pub_id is 1-64 characters of [A-Za-z0-9._-] starting with a letter or digit");
 
-/** The three endpoints every publisher serves, in port order (8081, 8082, 8083 by default). */
-export const KINDS = ["service", "string", "ping"] as const;
-export type Kind = (typeof KINDS)[number];
+/** The three endpoints every publisher serves, in port order: defined with the run dir's layout. */
+export { KINDS, type Kind } from "../core/paths.ts";
 
 /** A fresh pub_id: 16 random bytes, base64url (22 characters). */
 export function newPubId(): string {
