@@ -3,8 +3,9 @@
  * read-modify-write, atomic replacement, defensive reading, and the facts a record is judged by —
  * the current network namespace and whether its owner process is still the same process.
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { writeFileAtomic } from "../core/atomicfile.ts";
 import { StoaError } from "../core/errors.ts";
 import { subtreeDir } from "../core/paths.ts";
 import { Errno, errno, libc, strerror } from "../ffi/libc.ts";
@@ -102,21 +103,9 @@ export function withState<T>(runDir: string, fn: (state: State) => { result: T; 
 
 function writeState(runDir: string, records: OwnedRecord[]): void {
   const path = statePath(runDir);
-  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
   const text = `${JSON.stringify({ version: STATE_VERSION, addresses: records }, null, 1)}\n`;
   if (text.length > MAX_STATE_BYTES) throw new StoaError("too_large", `${path} would exceed ${MAX_STATE_BYTES} bytes; run 'stoa addr gc'`);
-  try {
-    const fd = openSync(tmp, "w", 0o600);
-    try {
-      writeSync(fd, text);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, path);
-  } catch (err) {
-    throw new StoaError("io", `cannot write ${path}: ${(err as Error).message}`);
-  }
+  writeFileAtomic(path, text, { mode: 0o600 });
 }
 
 /** Takes an exclusive flock on `path` (created if needed), waiting up to LOCK_TIMEOUT_MS. */

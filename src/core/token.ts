@@ -10,14 +10,16 @@
  *   `sameDigest` (`timingSafeEqual`), so the time taken says nothing about how much matched.
  * - A token file holds one token on one line and must not be readable by group or others
  *   (mode 0600): `readTokenFile` refuses it otherwise. `ensureTokenFile` creates one with a fresh
- *   token when missing — written under a temporary name and hard-linked into place, so two
- *   processes starting at once end up with the same token and no reader ever sees half a file.
+ *   token when missing — `writeFileAtomic` with `replace: false` (a temporary file hard-linked
+ *   into place), so two processes starting at once end up with the same token and no reader
+ *   ever sees half a file.
  * - Tokens never appear on a command line (files and environment only) and never in logs.
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { closeSync, fsyncSync, linkSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { mkdirSync, readFileSync, statSync } from "node:fs";
 import { dirname } from "node:path";
-import { StoaError } from "./errors.ts";
+import { writeFileAtomic } from "./atomicfile.ts";
+import { StoaError, describeError } from "./errors.ts";
 
 /** Random bytes in a token we issue: 256 bits, beyond any guessing. */
 export const TOKEN_BYTES = 32;
@@ -101,34 +103,20 @@ export function readTokenFile(file: string, hint = "one token on one line"): str
 export function ensureTokenFile(file: string, prefix: string): { token: string; created: boolean } {
   if (exists(file)) return { token: readTokenFile(file), created: false };
   const token = newToken(prefix);
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
   try {
     mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-    // "wx": never write through a file or symlink someone placed at the temporary name.
-    const fd = openSync(tmp, "wx", 0o600);
-    try {
-      writeSync(fd, `${token}\n`);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    try {
-      linkSync(tmp, file); // fails if another process created it first: then theirs wins
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      return { token: readTokenFile(file), created: false };
-    }
-    return { token, created: true };
   } catch (err) {
-    if (err instanceof StoaError) throw err;
-    throw new StoaError("io", `cannot create the token file ${file}: ${(err as Error).message}; check the directory is writable or pass --token-file`, { cause: err });
-  } finally {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // never created
-    }
+    throw new StoaError("io", `cannot create the token file ${file}: ${describeError(err)}; check the directory is writable or pass --token-file`, { cause: err });
   }
+  try {
+    // replace: false links it into place: fails if another process created it first, then theirs wins.
+    writeFileAtomic(file, `${token}\n`, { mode: 0o600, replace: false, what: "the token file" });
+  } catch (err) {
+    if (err instanceof StoaError && err.code === "exists") return { token: readTokenFile(file), created: false };
+    const why = err instanceof StoaError && err.cause !== undefined ? err.cause : err;
+    throw new StoaError("io", `cannot create the token file ${file}: ${describeError(why)}; check the directory is writable or pass --token-file`, { cause: err });
+  }
+  return { token, created: true };
 }
 
 function exists(file: string): boolean {

@@ -1,6 +1,6 @@
 /**
  * The daemon's telemetry file (`--telemetry FILE`), in the spirit of the seed's
- * hotlink_telemetry.json: rewritten atomically (temp file + rename, so a reader never sees half
+ * hotlink_telemetry.json: rewritten atomically (core/atomicfile.ts, so a reader never sees half
  * a file) every `TELEMETRY_INTERVAL_MS`, and once more at stop.
  *
  * Fields: `time`; `mode` ("relay" — "direct" and "mixed" once direct paths carry data);
@@ -9,7 +9,7 @@
  * handing one Data to the relay socket; write: handing one delivery to the local application;
  * `direct` {offers, answers, failures, fallbacks}; `sessions`: the tunnels' and channels' status.
  */
-import { renameSync, writeFileSync } from "node:fs";
+import { writeFileAtomic } from "../core/atomicfile.ts";
 import type { Logger } from "../core/log.ts";
 
 export const TELEMETRY_INTERVAL_MS = 1_000;
@@ -81,10 +81,10 @@ const round = (x: number): number => Math.round(x * 10) / 10;
 export function startTelemetry(file: string, source: TelemetrySource, log: Logger): { stop(): void } {
   let failed = false;
   const write = (): void => {
-    const tmp = `${file}.${process.pid}.tmp`;
     try {
-      writeFileSync(tmp, `${JSON.stringify(telemetrySnapshot(source), null, 2)}\n`, { mode: 0o644 });
-      renameSync(tmp, file);
+      // Not durable: rewritten every second on the event loop, where an fsync could stall the
+      // data path, and a lost last version is harmless.
+      writeFileAtomic(file, `${JSON.stringify(telemetrySnapshot(source), null, 2)}\n`, { mode: 0o644, durable: false, what: "telemetry file" });
       failed = false;
     } catch (err) {
       if (!failed) log.warn("cannot write the telemetry file", { file, err });

@@ -1,8 +1,8 @@
 /**
  * The hotlink users file and bearer-token authentication.
  *
- * File (JSON, mode 0600, replaced atomically by write-temp + fsync + rename, so a server that
- * re-reads it never sees half a file):
+ * File (JSON, mode 0600, replaced atomically by core/atomicfile.ts, so a server that re-reads it
+ * never sees half a file):
  *
  *   {"users": {"alice@example.org": {"hash": "sha256:<salt>:<digest>", "created": "<RFC 3339>"}}}
  *
@@ -29,9 +29,10 @@
  * read-modify-write, so parallel invocations never lose an update.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readFileSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { z } from "zod";
+import { writeFileAtomic } from "../core/atomicfile.ts";
 import { StoaError } from "../core/errors.ts";
 import { newToken, sameDigest, tokenDigest } from "../core/token.ts";
 import { Errno, errno, libc, strerror } from "../ffi/libc.ts";
@@ -261,26 +262,7 @@ function readUsersFile(file: string): UsersFile | undefined {
 }
 
 function writeUsersFile(file: string, content: UsersFile): void {
-  const text = `${JSON.stringify(content, null, 2)}\n`;
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-  try {
-    // "wx": never write through a file or symlink someone placed at the temporary name.
-    const fd = openSync(tmp, "wx", 0o600);
-    try {
-      writeSync(fd, text);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, file);
-  } catch (err) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // never created, or already renamed
-    }
-    throw new StoaError("io", `cannot write users file ${file}: ${(err as Error).message}`, { cause: err });
-  }
+  writeFileAtomic(file, `${JSON.stringify(content, null, 2)}\n`, { mode: 0o600, what: "users file" });
 }
 
 /** Runs `fn` holding an exclusive flock on `<file>.lock` (the file itself is replaced by rename). */
