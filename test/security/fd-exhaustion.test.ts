@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { controlRequest } from "../../src/gateway/control.ts";
 import { formatAuthorization } from "../../src/hotlink/users.ts";
 import { freePorts, poll, type Proc, requireBinary, Scope } from "../fixtures/e2e-helpers.ts";
-import { parseReply, rawExchange, type RawReply } from "../fixtures/gateway-helpers.ts";
+import { parseReply, pingViaPrelude as ping, rawExchange, type RawReply } from "../fixtures/gateway-helpers.ts";
 import { STOA, stoa } from "../helpers/stoa.ts";
 
 const LIMIT = 1024;
@@ -99,45 +99,6 @@ async function upgradeVia(port: number, pubId: string): Promise<RawReply> {
   } finally {
     clearTimeout(timer);
     sock.terminate();
-  }
-}
-
-/** One ping round trip through the gateway's ping port to the live publisher. */
-async function ping(port: number, pubId: string): Promise<string> {
-  const done = Promise.withResolvers<string>();
-  let buf = Buffer.alloc(0);
-  let upgraded = false;
-  const sock = await Bun.connect({
-    hostname: "127.0.0.1",
-    port,
-    socket: {
-      data(s, chunk) {
-        buf = Buffer.concat([buf, chunk]);
-        if (!upgraded) {
-          const end = buf.indexOf("\r\n\r\n");
-          if (end < 0) return;
-          const head = buf.subarray(0, end).toString("latin1");
-          if (!head.startsWith("HTTP/1.1 101")) return done.reject(new Error(buf.toString("latin1")));
-          buf = buf.subarray(end + 4);
-          upgraded = true;
-          s.write(Buffer.from([0x81, 0x84, 1, 2, 3, 4, 0x70 ^ 1, 0x69 ^ 2, 0x6e ^ 3, 0x67 ^ 4])); // masked "ping"
-        }
-        if (buf.length >= 2 && ((buf[0] as number) & 0x0f) === 1) done.resolve(buf.subarray(2, 2 + ((buf[1] as number) & 0x7f)).toString());
-      },
-      close: () => done.reject(new Error(`closed before the reply: ${buf.toString("latin1")}`)),
-      error: (_s, err) => done.reject(err),
-    },
-  });
-  sock.write(
-    `STOA1 ${pubId}\nGET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-  );
-  const timer = setTimeout(() => done.reject(new Error("no ping reply within 5 s")), 5_000);
-  try {
-    return await done.promise;
-  } finally {
-    clearTimeout(timer);
-    sock.end();
   }
 }
 

@@ -11,6 +11,7 @@ import { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { MetaStore } from "../../src/meta/store.ts";
 import { freePorts, type Proc, requireBinary, Scope } from "../fixtures/e2e-helpers.ts";
+import { pingViaPrelude } from "../fixtures/gateway-helpers.ts";
 
 /** With the live publisher, 100,000: the registry's maximum (MAX_PUBLISHERS). */
 const REGISTRATIONS = 99_999;
@@ -35,39 +36,8 @@ afterAll(async () => {
 /** One ping round trip on a new connection through the gateway's ping port, in ms. */
 async function ping(port: number, id: string): Promise<number> {
   const started = performance.now();
-  const done = Promise.withResolvers<void>();
-  let buf = Buffer.alloc(0);
-  let upgraded = false;
-  const sock = await Bun.connect({
-    hostname: "127.0.0.1",
-    port,
-    socket: {
-      data(s, chunk) {
-        buf = Buffer.concat([buf, chunk]);
-        if (!upgraded) {
-          const end = buf.indexOf("\r\n\r\n");
-          if (end < 0) return;
-          if (!buf.subarray(0, end).toString("latin1").startsWith("HTTP/1.1 101")) done.reject(new Error(buf.toString("latin1", 0, end)));
-          buf = buf.subarray(end + 4);
-          upgraded = true;
-          s.write(Buffer.from([0x81, 0x84, 1, 2, 3, 4, 0x70 ^ 1, 0x69 ^ 2, 0x6e ^ 3, 0x67 ^ 4])); // masked "ping"
-        }
-        if (buf.length >= 2 && ((buf[0] as number) & 0x0f) === 1) done.resolve();
-      },
-      close: () => done.reject(new Error("closed before the reply")),
-      error: (_s, err) => done.reject(err),
-    },
-  });
-  sock.write(
-    `STOA1 ${id}\nGET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-  );
-  try {
-    await done.promise;
-    return performance.now() - started;
-  } finally {
-    sock.end();
-  }
+  await pingViaPrelude(port, id);
+  return performance.now() - started;
 }
 
 function populate(db: string): void {

@@ -2,7 +2,7 @@
  * Where a subscription starts (`?from=`), the publisher's bounded history, and refused upgrades
  * reported with their status and message.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { Registry } from "../../src/core/metrics.ts";
 import type { UpgradeRefusal } from "../../src/core/ws.ts";
@@ -10,18 +10,9 @@ import { MAX_HISTORY } from "../../src/stream/protocol.ts";
 import { createPublisher, type Publisher, type PublisherOptions } from "../../src/stream/publisher.ts";
 import { type Gap, latest, type Received, subscribe } from "../../src/stream/subscriber.ts";
 import type { From } from "../../src/stream/protocol.ts";
-import { rejection, shortTempDir, waitFor } from "./util.ts";
+import { rejection, waitFor, perTestCleanups } from "./util.ts";
 
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-function tempDir(): string {
-  const t = shortTempDir();
-  cleanups.push(t.remove);
-  return t.dir;
-}
+const { cleanups, tempDir } = perTestCleanups();
 
 async function start(options: Partial<PublisherOptions> = {}): Promise<Publisher> {
   const pub = await createPublisher({ pubId: "p1", runDir: tempDir(), metrics: new Registry(), ...options });

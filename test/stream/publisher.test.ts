@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { existsSync, lstatSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -14,18 +14,9 @@ import {
 import { latest, subscribe, type Gap, type Received } from "../../src/stream/subscriber.ts";
 import type { Value } from "../../src/stream/value.ts";
 import { closeCode, RawWsClient } from "./rawws.ts";
-import { plainClient, rejection, shortTempDir, thrown, waitFor } from "./util.ts";
+import { plainClient, rejection, thrown, waitFor, perTestCleanups } from "./util.ts";
 
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-function tempDir(): string {
-  const t = shortTempDir();
-  cleanups.push(t.remove);
-  return t.dir;
-}
+const { cleanups, tempDir } = perTestCleanups();
 
 async function start(options: Partial<PublisherOptions> & { runDir: string }): Promise<Publisher> {
   const pub = await createPublisher({ pubId: "p1", metrics: new Registry(), ...options });

@@ -1,21 +1,12 @@
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { Registry } from "../../src/core/metrics.ts";
 import { encodeServiceMessage, type ServiceMessage } from "../../src/stream/protocol.ts";
 import { createPublisher, type Publisher, type PublisherOptions } from "../../src/stream/publisher.ts";
 import { type Gap, latest, type OpenInfo, type Received, subscribe, type SubscribeOptions } from "../../src/stream/subscriber.ts";
-import { rejection, shortTempDir, thrown, waitFor } from "./util.ts";
+import { rejection, thrown, waitFor, perTestCleanups } from "./util.ts";
 
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-function tempDir(): string {
-  const t = shortTempDir();
-  cleanups.push(t.remove);
-  return t.dir;
-}
+const { cleanups, tempDir } = perTestCleanups();
 
 async function start(runDir: string, options: Partial<PublisherOptions> = {}): Promise<Publisher> {
   const pub = await createPublisher({ pubId: "p1", runDir, metrics: new Registry(), ...options });

@@ -1,4 +1,5 @@
 /** Helpers shared by the stream tests. */
+import { afterEach } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { StoaError } from "../../src/core/errors.ts";
 
@@ -59,4 +60,23 @@ export async function plainClient(url: string): Promise<{
     ws.onerror = () => reject(new Error(`cannot open ${url}`));
   });
   return { ws, messages, closed };
+}
+
+/**
+ * Per-test cleanups, run after each test in reverse order, and a short temp dir removed with
+ * them. Call once at a test file's top level.
+ */
+export function perTestCleanups(): { cleanups: (() => unknown)[]; tempDir(): string } {
+  const cleanups: (() => unknown)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+  return {
+    cleanups,
+    tempDir() {
+      const t = shortTempDir();
+      cleanups.push(t.remove);
+      return t.dir;
+    },
+  };
 }
