@@ -6,7 +6,7 @@
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic } from "../core/atomicfile.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, errnoCode } from "../core/errors.ts";
 import { subtreeDir } from "../core/paths.ts";
 import { Errno, errno, libc, strerror } from "../ffi/libc.ts";
 import { LOCK_FILE, LOCK_TIMEOUT_MS, MAX_STATE_BYTES, OwnedRecord, STATE_FILE, STATE_VERSION, StateFile } from "./model.ts";
@@ -38,7 +38,7 @@ export function readState(runDir: string): State {
     if (statSync(path).size > MAX_STATE_BYTES) return corrupt(`${path} is over ${MAX_STATE_BYTES} bytes`);
     text = readFileSync(path, "utf8");
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { records: [], warnings: [] };
+    if (errnoCode(err) === "ENOENT") return { records: [], warnings: [] };
     throw new StoaError("io", `cannot read ${path}: ${(err as Error).message}`);
   }
   let json: unknown;
@@ -162,7 +162,7 @@ export function netnsInUse(ino: number, roots = { proc: "/proc", named: "/run/ne
     try {
       if (readlinkSync(join(roots.proc, pid, "ns", "net")) === want) return true;
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
+      const code = errnoCode(err);
       if (code === "EACCES" || code === "EPERM") return true;
     }
   }

@@ -19,7 +19,7 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, fsyncSync, linkSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
-import { StoaError, describeError } from "./errors.ts";
+import { StoaError, describeError, errnoCode } from "./errors.ts";
 
 /** Temporary names tried before giving up: a collision of 48 random bits is already a sign of an attack. */
 export const MAX_TEMP_ATTEMPTS = 8;
@@ -66,7 +66,7 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, options
       try {
         linkSync(tmp, path);
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "EEXIST") throw new StoaError("exists", `${name} exists already`, { cause: err });
+        if (errnoCode(err) === "EEXIST") throw new StoaError("exists", `${name} exists already`, { cause: err });
         throw err;
       }
     }
@@ -90,7 +90,7 @@ function openTemp(path: string, mode: number, suffix: () => string, name: string
     try {
       return { fd: openSync(tmp, "wx", mode), tmp };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") {
+      if (errnoCode(err) !== "EEXIST") {
         throw new StoaError("io", `cannot write ${name}: ${describeError(err)}${advice(err, path)}`, { cause: err });
       }
       last = err;
@@ -109,7 +109,7 @@ function syncDirectory(dir: string): void {
     fsyncSync(fd);
   } catch (err) {
     // Some filesystems cannot fsync a directory; the rename is as durable as they make it.
-    if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
+    if (errnoCode(err) !== "EINVAL") throw err;
   } finally {
     closeSync(fd);
   }
@@ -125,7 +125,7 @@ function removeQuietly(tmp: string): void {
 
 /** What to check, by errno. */
 function advice(err: unknown, path: string): string {
-  switch ((err as NodeJS.ErrnoException).code) {
+  switch (errnoCode(err)) {
     case "ENOENT":
       return `; create ${dirname(path)} first`;
     case "EACCES":

@@ -18,7 +18,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { z } from "zod";
-import { StoaError, describeError } from "./errors.ts";
+import { StoaError, describeError, errnoCode } from "./errors.ts";
 
 /** A config file larger than this is refused before it is read. */
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
@@ -145,7 +145,7 @@ function readConfigFile(path: string): Record<string, unknown> {
     text = readFileSync(path, "utf8");
   } catch (err) {
     if (err instanceof StoaError) throw err;
-    const code = (err as NodeJS.ErrnoException).code;
+    const code = errnoCode(err);
     const why = code === "ENOENT" ? "does not exist" : `cannot be read (${code ?? String(err)})`;
     throw new StoaError("config", `config file ${path} ${why}; check the path you passed`, { cause: err });
   }

@@ -53,3 +53,8 @@ export function describeError(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);
 }
+
+/** The `code` a Node or Bun system error carries ("ENOENT", "EADDRINUSE", "ConnectionRefused"), or "". */
+export function errnoCode(err: unknown): string {
+  return err instanceof Error && "code" in err && err.code !== undefined ? String(err.code) : "";
+}

@@ -14,6 +14,7 @@
  */
 import { readFileSync } from "node:fs";
 import { isIPv4, isIPv6 } from "node:net";
+import { errnoCode } from "./errors.ts";
 
 const LISTEN = "0A";
 /** Lines read per table at most; a bigger table is not trusted (the check fails closed). */
@@ -66,7 +67,7 @@ function readTable(path: string, family: 4 | 6): Listener[] {
     text = readFileSync(path, "latin1");
   } catch (err) {
     // No IPv6 in this kernel or namespace: no IPv6 listeners.
-    if (family === 6 && err instanceof Error && "code" in err && err.code === "ENOENT") return [];
+    if (family === 6 && errnoCode(err) === "ENOENT") return [];
     throw err;
   }
   const out: Listener[] = [];

@@ -9,13 +9,15 @@
  * EPIPE on stderr (`stoa … 2>&1 | head -1`) is ignored: nobody is left to read a complaint, and
  * stdout's own EPIPE ends the process. src/cli/run.ts installs it once for every command.
  */
+import { errnoCode } from "./errors.ts";
 import { shutdown } from "./shutdown.ts";
 
 let installed = false;
 
 /** Whether `err` is a write to a pipe (or socket) whose reader has closed it. */
 export function isBrokenPipe(err: unknown): boolean {
-  return err instanceof Error && "code" in err && (err.code === "EPIPE" || err.code === "ERR_STREAM_DESTROYED");
+  const code = errnoCode(err);
+  return code === "EPIPE" || code === "ERR_STREAM_DESTROYED";
 }
 
 /**

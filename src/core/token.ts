@@ -19,7 +19,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { mkdirSync, readFileSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { writeFileAtomic } from "./atomicfile.ts";
-import { StoaError, describeError } from "./errors.ts";
+import { StoaError, describeError, errnoCode } from "./errors.ts";
 
 /** Random bytes in a token we issue: 256 bits, beyond any guessing. */
 export const TOKEN_BYTES = 32;
@@ -85,8 +85,8 @@ export function readTokenFile(file: string, hint = "one token on one line"): str
     text = readFileSync(file, "utf8");
   } catch (err) {
     if (err instanceof StoaError) throw err;
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === "ENOENT" ? "it does not exist" : err instanceof Error ? err.message : String(err);
+    const code = errnoCode(err);
+    const why = code === "ENOENT" ? "it does not exist" : describeError(err);
     throw new StoaError("config", `cannot read the token file ${file}: ${why}`, { cause: err });
   }
   const token = text.trim();
@@ -124,7 +124,7 @@ function exists(file: string): boolean {
     statSync(file);
     return true;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    if (errnoCode(err) === "ENOENT") return false;
     throw new StoaError("io", `cannot use the token file ${file}: ${(err as Error).message}`, { cause: err });
   }
 }

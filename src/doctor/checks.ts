@@ -9,7 +9,7 @@ import { defaultRunDir } from "../core/paths.ts";
 import { probeIoUring } from "../ffi/io_uring.ts";
 import { controlRequest } from "../gateway/control.ts";
 import { runDirFinding } from "./rundir.ts";
-import { describeError } from "../core/errors.ts";
+import { describeError, errnoCode } from "../core/errors.ts";
 
 export type Status = "ok" | "warn";
 
@@ -64,7 +64,7 @@ async function portFree(port: number): Promise<{ free: true } | { free: false; r
     listener.stop(true);
     return { free: true };
   } catch (err) {
-    const code = err instanceof Error && "code" in err ? String(err.code) : "";
+    const code = errnoCode(err);
     return { free: false, reason: code === "EADDRINUSE" ? "in use" : describeError(err) };
   }
 }

@@ -8,6 +8,7 @@
  * NOTIFY_SOCKET) starts with a NUL and its length is exactly what is given.
  */
 import { ptr } from "bun:ffi";
+import { describeError } from "../core/errors.ts";
 import { errno, libc, strerror } from "./libc.ts";
 
 const AF_UNIX = 1;
@@ -38,7 +39,7 @@ export function sendUnixDatagram(address: string, data: Uint8Array): string | nu
   try {
     target = sockaddr(address);
   } catch (err) {
-    return err instanceof Error ? err.message : String(err);
+    return describeError(err);
   }
   const c = libc();
   const fd = c.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);

@@ -31,7 +31,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { z } from "zod";
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError, describeError, errnoCode } from "../core/errors.ts";
 import { UserName } from "./users.ts";
 
 /** Longest path in UTF-8 bytes: the HLNK frame's path limit, so every path fits a frame. */
@@ -244,7 +244,7 @@ function readAclFile(file: string): unknown {
     text = readFileSync(file, "utf8");
   } catch (err) {
     if (err instanceof StoaError) throw err;
-    const code = (err as NodeJS.ErrnoException).code;
+    const code = errnoCode(err);
     const why = code === "ENOENT" ? "does not exist" : `cannot be read (${code ?? String(err)})`;
     throw new StoaError("config", `ACL file ${file} ${why}; check the --acl path`, { cause: err });
   }

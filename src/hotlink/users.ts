@@ -33,7 +33,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, statSync } from "node:fs"
 import { dirname } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../core/atomicfile.ts";
-import { StoaError } from "../core/errors.ts";
+import { StoaError, describeError, errnoCode } from "../core/errors.ts";
 import { newToken, sameDigest, tokenDigest } from "../core/token.ts";
 import { Errno, errno, libc, strerror } from "../ffi/libc.ts";
 
@@ -234,7 +234,7 @@ function readUsersFile(file: string): UsersFile | undefined {
     text = readFileSync(file, "utf8");
   } catch (err) {
     if (err instanceof StoaError) throw err;
-    const code = (err as NodeJS.ErrnoException).code;
+    const code = errnoCode(err);
     if (code === "ENOENT") return undefined;
     throw new StoaError("config", `users file ${file} cannot be read (${code ?? String(err)}); check its permissions`, { cause: err });
   }
@@ -242,7 +242,7 @@ function readUsersFile(file: string): UsersFile | undefined {
   try {
     json = JSON.parse(text);
   } catch (err) {
-    const detail = err instanceof Error ? err.message : String(err);
+    const detail = describeError(err);
     throw new StoaError("config", `users file ${file} is not valid JSON (${detail}); fix it or recreate it by adding the users again`);
   }
   const result = UsersFile.safeParse(json);

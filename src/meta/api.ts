@@ -19,6 +19,7 @@
 import { Hono } from "hono";
 import type { Context } from "hono";
 import { routePath } from "hono/route";
+import { describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { CONTENT_TYPE, type Registry } from "../core/metrics.ts";
 import { isValidPubId, nameProblem, newPubId } from "../stream/names.ts";
@@ -403,7 +404,7 @@ async function readJson(c: Context): Promise<unknown> {
   try {
     return JSON.parse(text);
   } catch (err) {
-    const why = err instanceof Error ? err.message.slice(0, 200) : "";
+    const why = describeError(err).slice(0, 200);
     throw new MetaApiError("bad_json", `the request body is not valid JSON (${why}); send a JSON object`);
   }
 }

@@ -10,7 +10,7 @@
  * With a `token` every request carries `Authorization: Bearer <token>` (never logged, never in
  * a URL). Lists follow `next_cursor` page by page; lookups by name ask for that name only.
  */
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError, describeError, errnoCode } from "../core/errors.ts";
 import { listenerUids } from "../core/listeners.ts";
 import { readTokenFile } from "../core/token.ts";
 import { existsSync, statSync } from "node:fs";
@@ -220,7 +220,7 @@ export class MetaClient {
         cause: err,
       });
     }
-    const code = err instanceof Error && "code" in err ? String(err.code) : "";
+    const code = errnoCode(err);
     const reason = code === "ConnectionRefused" || code === "ECONNREFUSED" ? "connection refused" : describeError(err);
     return new StoaError("io", `cannot reach the metaserver at ${this.baseUrl}: ${reason}; is stoa meta (or stoa up) running there?`, {
       cause: err,

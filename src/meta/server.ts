@@ -3,7 +3,7 @@
  * silent publishers stale and then removes them. `stoa meta` and `stoa up` start it with
  * `startMeta` and stop it with `close()`.
  */
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError, describeError, errnoCode } from "../core/errors.ts";
 import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 import { fdReserve, RefusalLog } from "../core/fdlimit.ts";
 import type { Logger } from "../core/log.ts";
@@ -116,7 +116,7 @@ export function startMeta(options: MetaOptions): MetaServer {
   } catch (err) {
     store.close();
     const where = `${urlHost(options.listen.hostname)}:${options.listen.port}`;
-    const code = err instanceof Error && "code" in err ? String(err.code) : "";
+    const code = errnoCode(err);
     if (code === "EADDRINUSE") {
       throw new StoaError("in_use", `cannot listen on ${where}: the port is in use (another stoa meta or stoa up?); pick another with --listen`, { cause: err });
     }

@@ -22,7 +22,7 @@
 import { Database } from "bun:sqlite";
 import { chmodSync, existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError, describeError, errnoCode } from "../core/errors.ts";
 import { ANYONE, checkQuotas, DEFAULT_QUOTAS, mayWrite, notOwner, type Quotas, type Writer } from "./owners.ts";
 import {
   MAX_PUBLISHERS,
@@ -205,7 +205,7 @@ export class MetaStore {
     } catch (err) {
       db.close();
       if (err instanceof StoaError) throw err;
-      const busy = err instanceof Error && "code" in err && String(err.code).startsWith("SQLITE_BUSY");
+      const busy = errnoCode(err).startsWith("SQLITE_BUSY");
       if (busy) {
         throw new StoaError("in_use", `the metaserver database ${path} is in use by another process (another stoa meta or stoa up?); stop it or pass another --db`, { cause: err });
       }
