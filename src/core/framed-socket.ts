@@ -4,10 +4,10 @@
  *
  * Server (`serveFramed`): each connection has a `FrameDecoder`; complete frames are queued (at
  * most `maxPipelined`) and answered one at a time, in order, by `answer`. Answers the socket does
- * not take at once are queued and written on drain. A frame header over the limit, or too many
- * unanswered requests, gets the `refusal` answer and the connection is closed (no frame
- * boundaries are left to trust). At most `maxConnections` connections; idle ones close after
- * `idleTimeoutMs`. The socket is bound with core/unixsock.ts: a live one is never taken over.
+ * not take at once are queued (core/outbox.ts) and written on drain. A frame header over the
+ * limit, or too many unanswered requests, gets the `refusal` answer and the connection is closed
+ * (no frame boundaries are left to trust). At most `maxConnections` connections; idle ones close
+ * after `idleTimeoutMs`. The socket is bound with core/unixsock.ts: a live one is never taken over.
  *
  * Client (`framedRequest`): opens a connection, sends one frame, returns the first frame that
  * comes back and closes; bounded by a timeout.
@@ -16,6 +16,7 @@ import type { Socket, UnixSocketListener } from "bun";
 import { StoaError } from "./errors.ts";
 import { encodeFrame, FrameDecoder } from "./frame.ts";
 import type { Logger } from "./log.ts";
+import { Outbox } from "./outbox.ts";
 import { listenUnix, type UnixBinding } from "./unixsock.ts";
 
 export interface FramedServerOptions {
@@ -39,11 +40,14 @@ export interface FramedServer {
   close(): Promise<void>;
 }
 
-interface Conn {
+/** One server connection's state, in `socket.data`. */
+interface FramedConn {
   frames: FrameDecoder;
+  /** Requests not answered yet. */
   queue: Uint8Array[];
   busy: boolean;
-  unsent: Uint8Array[];
+  /** Answers the socket did not take yet. */
+  out: Outbox;
   /** End the connection once everything queued is answered and written. */
   closing: boolean;
   closed: boolean;
@@ -51,28 +55,14 @@ interface Conn {
 
 /** Binds `path` and serves it. Throws `StoaError` "in_use" when a live process serves it. */
 export async function serveFramed(path: string, o: FramedServerOptions): Promise<FramedServer> {
-  const conns = new Set<Socket<Conn>>();
+  const conns = new Set<Socket<FramedConn>>();
 
-  const finishIfDone = (sock: Socket<Conn>): void => {
+  const finishIfDone = (sock: Socket<FramedConn>): void => {
     const c = sock.data;
-    if (c.closing && !c.busy && c.queue.length === 0 && c.unsent.length === 0 && !c.closed) sock.end();
+    if (c.closing && !c.busy && c.queue.length === 0 && c.out.queued === 0 && !c.closed) sock.end();
   };
 
-  const flush = (sock: Socket<Conn>): void => {
-    const c = sock.data;
-    while (c.unsent.length > 0 && !c.closed) {
-      const head = c.unsent[0] as Uint8Array;
-      const n = Math.max(0, sock.write(head));
-      if (n < head.byteLength) {
-        c.unsent[0] = head.subarray(n);
-        return;
-      }
-      c.unsent.shift();
-    }
-    finishIfDone(sock);
-  };
-
-  const send = (sock: Socket<Conn>, payload: Uint8Array): void => {
+  const send = (sock: Socket<FramedConn>, payload: Uint8Array): void => {
     const c = sock.data;
     if (c.closed) return;
     let frame: Uint8Array;
@@ -81,11 +71,11 @@ export async function serveFramed(path: string, o: FramedServerOptions): Promise
     } catch (err) {
       frame = encodeFrame(o.refusal(err instanceof StoaError ? err : new StoaError("internal", String(err))));
     }
-    c.unsent.push(frame);
-    flush(sock);
+    c.out.write(frame);
+    finishIfDone(sock);
   };
 
-  const pump = async (sock: Socket<Conn>): Promise<void> => {
+  const pump = async (sock: Socket<FramedConn>): Promise<void> => {
     const c = sock.data;
     if (c.busy) return;
     c.busy = true;
@@ -99,7 +89,7 @@ export async function serveFramed(path: string, o: FramedServerOptions): Promise
     finishIfDone(sock);
   };
 
-  const refuse = (sock: Socket<Conn>, error: StoaError): void => {
+  const refuse = (sock: Socket<FramedConn>, error: StoaError): void => {
     const c = sock.data;
     c.queue = [];
     c.closing = true;
@@ -107,11 +97,11 @@ export async function serveFramed(path: string, o: FramedServerOptions): Promise
     send(sock, o.refusal(error));
   };
 
-  const binding: UnixBinding<UnixSocketListener<Conn>> = await listenUnix<Conn>(path, {
+  const binding: UnixBinding<UnixSocketListener<FramedConn>> = await listenUnix<FramedConn>(path, {
     allowHalfOpen: true,
     socket: {
       open(sock) {
-        sock.data = { frames: new FrameDecoder({ maxBytes: o.maxRequestBytes }), queue: [], busy: false, unsent: [], closing: false, closed: false };
+        sock.data = { frames: new FrameDecoder({ maxBytes: o.maxRequestBytes }), queue: [], busy: false, out: new Outbox(sock), closing: false, closed: false };
         if (conns.size >= o.maxConnections) {
           o.log.warn("too many control connections; refusing one", { limit: o.maxConnections });
           sock.terminate();
@@ -140,7 +130,8 @@ export async function serveFramed(path: string, o: FramedServerOptions): Promise
         void pump(sock);
       },
       drain(sock) {
-        flush(sock);
+        sock.data.out.flush(); // cleared, so a no-op, once closed
+        finishIfDone(sock);
       },
       end(sock) {
         sock.data.closing = true;
@@ -150,8 +141,11 @@ export async function serveFramed(path: string, o: FramedServerOptions): Promise
         sock.end();
       },
       close(sock) {
-        const c = sock.data as Conn | undefined;
-        if (c !== undefined) c.closed = true;
+        const c = sock.data as FramedConn | undefined;
+        if (c !== undefined) {
+          c.closed = true;
+          c.out.clear();
+        }
         conns.delete(sock);
       },
       error(sock, err) {
@@ -196,10 +190,8 @@ export interface FramedRequestOptions {
 export async function framedRequest(path: string, payload: Uint8Array, o: FramedRequestOptions): Promise<Uint8Array> {
   const decoder = new FrameDecoder({ maxBytes: o.maxAnswerBytes });
   const answer = Promise.withResolvers<Uint8Array>();
-  let unsent: Uint8Array = encodeFrame(payload, { maxBytes: o.maxRequestBytes });
-  const flush = (sock: Socket<undefined>): void => {
-    if (unsent.byteLength > 0) unsent = unsent.subarray(Math.max(0, sock.write(unsent)));
-  };
+  const request = encodeFrame(payload, { maxBytes: o.maxRequestBytes });
+  let out: Outbox | undefined; // made once connected
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new StoaError("timeout", `${o.peer} did not answer ${o.what} within ${o.timeoutMs} ms; is it overloaded or stuck?`)), o.timeoutMs);
@@ -218,7 +210,7 @@ export async function framedRequest(path: string, payload: Uint8Array, o: Framed
               answer.reject(err);
             }
           },
-          drain: (s) => flush(s),
+          drain: () => void out?.flush(),
           close() {
             answer.reject(new StoaError("closed", `${o.peer} closed the connection before answering ${o.what}`));
           },
@@ -231,7 +223,8 @@ export async function framedRequest(path: string, payload: Uint8Array, o: Framed
       }),
       deadline,
     ]);
-    flush(sock);
+    out = new Outbox(sock);
+    out.write(request);
     return await Promise.race([answer.promise, deadline]);
   } finally {
     clearTimeout(timer);

@@ -7,10 +7,11 @@
  *   `onData`/`onDrain`/`onEnd`/`onClose`, or uses `pipeHandlers()` with a `PipeEnd` in
  *   `socket.data` (the Pipe attaches itself there when it is created).
  * - `socket.write()` may take fewer bytes than given and silently drops the rest. The unwritten
- *   tail is queued for that destination (copied, unless `freshChunks` says the caller never
- *   reuses a chunk), the source is paused, and the destination's `drain` flushes the queue and
- *   resumes the source. A healthy pipe therefore holds about one read (Bun reads at most 512 KiB
- *   at a time) per direction; `maxQueueBytes` is the hard cap for a source that ignores `pause()`.
+ *   tail is queued for that destination in a core/outbox.ts `Outbox` (copied, unless
+ *   `freshChunks` says the caller never reuses a chunk), the source is paused, and the
+ *   destination's `drain` flushes the queue and resumes the source. A healthy pipe therefore
+ *   holds about one read (Bun reads at most 512 KiB at a time) per direction; `maxQueueBytes`
+ *   is the hard cap for a source that ignores `pause()`.
  * - A FIN from one side becomes a write half-close (`shutdown()`) of the other, once the bytes
  *   queued for it are written. Both sockets need `allowHalfOpen: true` and an `end` handler, or
  *   Bun closes them at the peer's FIN and the reply is lost.
@@ -26,6 +27,7 @@
 
 import type { Socket, SocketHandler } from "bun";
 import { StoaError } from "./errors.ts";
+import { Outbox } from "./outbox.ts";
 
 /** Which socket an event belongs to: `a` is the one given first (usually the accepted client). */
 export type Side = "a" | "b";
@@ -92,11 +94,7 @@ interface End {
   closed: boolean;
   /** Paused by this pipe (and only then resumed by it). */
   paused: boolean;
-  queue: Uint8Array[];
-  queued: number;
-  maxQueued: number;
-  /** Bytes this socket's write() accepted. */
-  written: number;
+  readonly out: Outbox;
 }
 
 interface EarlyEvents {
@@ -113,19 +111,8 @@ interface EarlyEvents {
  */
 const early = new WeakMap<object, EarlyEvents>();
 
-function newEnd(side: Side, sock: PipeSocket): End {
-  return {
-    side,
-    sock,
-    readEnded: false,
-    writeShut: false,
-    closed: false,
-    paused: false,
-    queue: [],
-    queued: 0,
-    maxQueued: 0,
-    written: 0,
-  };
+function newEnd(side: Side, sock: PipeSocket, out: Outbox): End {
+  return { side, sock, readEnded: false, writeShut: false, closed: false, paused: false, out };
 }
 
 function isPipeEnd(value: unknown): value is PipeEnd {
@@ -179,10 +166,10 @@ export class Pipe {
    * Create it synchronously after `await Bun.connect(...)`, or route through `pipeHandlers()`.
    */
   constructor(a: PipeSocket, b: PipeSocket, options: PipeOptions = {}) {
-    this.#a = newEnd("a", a);
-    this.#b = newEnd("b", b);
-    this.#lingerMs = options.lingerMs ?? PIPE_LINGER_MS;
     this.#maxQueue = options.maxQueueBytes ?? PIPE_MAX_QUEUE_BYTES;
+    this.#a = newEnd("a", a, new Outbox(a, { maxQueuedBytes: this.#maxQueue }));
+    this.#b = newEnd("b", b, new Outbox(b, { maxQueuedBytes: this.#maxQueue }));
+    this.#lingerMs = options.lingerMs ?? PIPE_LINGER_MS;
     this.#freshChunks = options.freshChunks ?? false;
     this.done = new Promise((resolve) => {
       this.#resolve = resolve;
@@ -213,10 +200,10 @@ export class Pipe {
   /** Counts so far (final once `done` resolved). */
   get stats(): PipeStats {
     return {
-      bytesAtoB: this.#b.written,
-      bytesBtoA: this.#a.written,
-      maxQueuedAtoB: this.#b.maxQueued,
-      maxQueuedBtoA: this.#a.maxQueued,
+      bytesAtoB: this.#b.out.written,
+      bytesBtoA: this.#a.out.written,
+      maxQueuedAtoB: this.#b.out.maxQueued,
+      maxQueuedBtoA: this.#a.out.maxQueued,
       error: this.#error,
     };
   }
@@ -240,7 +227,7 @@ export class Pipe {
     if (src.readEnded) return;
     src.readEnded = true;
     const dst = this.#peer(src);
-    if (dst.queue.length === 0) this.#shutdownWrite(dst);
+    if (dst.out.queued === 0) this.#shutdownWrite(dst);
     this.#settle(src);
   }
 
@@ -256,8 +243,7 @@ export class Pipe {
     gone.readEnded = true;
     gone.paused = false;
     if (error !== undefined && this.#error === null) this.#error = error;
-    gone.queue = [];
-    gone.queued = 0;
+    gone.out.clear();
     const other = this.#peer(gone);
     if (!other.closed && this.#flush(other)) this.#afterFlush(other);
     if (other.closed) {
@@ -290,14 +276,8 @@ export class Pipe {
   /** `fresh`: `chunk` is never reused by whoever passed it, so it may be queued without a copy. */
   #send(src: End, dst: End, chunk: Uint8Array, fresh: boolean): void {
     if (dst.closed) return; // input for a closed side is discarded
-    let rest = chunk;
-    if (dst.queue.length === 0) {
-      const n = Math.max(0, dst.sock.write(rest));
-      dst.written += n;
-      if (n === rest.byteLength || dst.closed) return;
-      rest = rest.subarray(n);
-    }
-    if (dst.queued + rest.byteLength > this.#maxQueue) {
+    // Copy unless told otherwise: a caller may reuse its read buffer, and only the tail is copied.
+    if (!dst.out.write(chunk, { copy: !fresh })) {
       this.destroy(
         new StoaError(
           "too_large",
@@ -306,32 +286,16 @@ export class Pipe {
       );
       return;
     }
-    // Copy unless told otherwise: a caller may reuse its read buffer, and only the tail is copied.
-    dst.queue.push(fresh ? rest : new Uint8Array(rest));
-    dst.queued += rest.byteLength;
-    if (dst.queued > dst.maxQueued) dst.maxQueued = dst.queued;
-    if (!src.paused && !src.closed) {
+    // Queued (nothing is when `dst` closed from inside the write): stop reading until its drain.
+    if (dst.out.queued > 0 && !src.paused && !src.closed) {
       src.paused = true;
       src.sock.pause();
     }
   }
 
-  /** Writes what is queued for `dst`; true when the queue is empty. */
+  /** Writes what is queued for `dst`; true when the queue is empty and `dst` still open. */
   #flush(dst: End): boolean {
-    while (dst.queue.length > 0) {
-      const head = dst.queue[0];
-      if (head === undefined) break;
-      const n = Math.max(0, dst.sock.write(head));
-      dst.written += n;
-      dst.queued -= n;
-      if (dst.closed) return false;
-      if (n < head.byteLength) {
-        dst.queue[0] = head.subarray(n);
-        return false;
-      }
-      dst.queue.shift();
-    }
-    return true;
+    return dst.out.flush() && !dst.closed;
   }
 
   /** The queue for `dst` is empty: forward a pending FIN, or let the source read again. */
@@ -371,7 +335,7 @@ export class Pipe {
     if (this.#linger !== undefined || this.#finished) return;
     this.#linger = setTimeout(() => {
       for (const end of [this.#a, this.#b]) {
-        this.#closeSocket(end, end.queue.length > 0 ? "terminate" : "end");
+        this.#closeSocket(end, end.out.queued > 0 ? "terminate" : "end");
       }
     }, this.#lingerMs);
   }

@@ -24,6 +24,7 @@ import { StoaError, describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { FdSplicer, socketFd, takeSocketFd } from "../core/fdsplice.ts";
 import { FdWatch, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_MS } from "../core/fdguard.ts";
+import { Outbox } from "../core/outbox.ts";
 import { canAffordAnswer, fdPressure, fdReserve, isFdExhaustion, overFdBudget, RefusalLog } from "../core/fdlimit.ts";
 import { libc } from "../ffi/libc.ts";
 import { dupFd } from "../ffi/sockets.ts";
@@ -80,7 +81,7 @@ export interface RouterHooks {
 type Phase = "line" | "dialing" | "piping" | "spliced" | "rejecting";
 
 /** Per-client state, in `socket.data`; a `PipeEnd` so the Pipe can find itself. */
-interface Conn extends PipeEnd {
+interface RouterConn extends PipeEnd {
   readonly kind: Kind;
   phase: Phase;
   closed: boolean;
@@ -90,8 +91,8 @@ interface Conn extends PipeEnd {
   /** Input that arrived while dialing (the socket is paused, so at most a read or two). */
   pending: Uint8Array[] | null;
   clientEnded: boolean;
-  /** The part of an error response the socket did not take yet. */
-  unsent: Uint8Array | null;
+  /** An error or health answer the socket did not take all of yet; null when none is waiting. */
+  unsent: Outbox | null;
   /** Pipe byte counts already added to the tally. */
   countedIn: number;
   countedOut: number;
@@ -99,7 +100,7 @@ interface Conn extends PipeEnd {
   refusedForFds: boolean;
 }
 
-type Client = Socket<Conn>;
+type Client = Socket<RouterConn>;
 
 export class Router {
   readonly #config: RouterConfig;
@@ -113,10 +114,10 @@ export class Router {
   /** Created on the first routed connection when the epoll data path is on. */
   #splicer: FdSplicer | null = null;
   /** Connections handed to the splicer, by splice id. */
-  readonly #spliced = new Map<number, Conn>();
+  readonly #spliced = new Map<number, RouterConn>();
   /** Splicer byte totals already added to the tally, per kind. */
   readonly #splicedCounted = { in: [0, 0, 0], out: [0, 0, 0] };
-  #listeners: { kind: Kind; listener: TCPSocketListener<Conn> }[] = [];
+  #listeners: { kind: Kind; listener: TCPSocketListener<RouterConn> }[] = [];
   #draining = false;
   #idleSent = false;
   /** Closes the listeners while the process is out of descriptors; made by `start()`. */
@@ -172,7 +173,7 @@ export class Router {
           // `fd` is missing from Bun's listen types but honoured (measured on 1.4.5).
           const options = { fd: dupFd(fd), allowHalfOpen: true, socket, ...(tls === null ? {} : { tls }) };
           try {
-            this.#listeners.push({ kind, listener: Bun.listen<Conn>(options as unknown as TCPSocketListenOptions<Conn>) });
+            this.#listeners.push({ kind, listener: Bun.listen<RouterConn>(options as unknown as TCPSocketListenOptions<RouterConn>) });
           } catch (err) {
             throw bindError(err, `inherited fd ${fd}`, ports[kind], kind);
           }
@@ -180,7 +181,7 @@ export class Router {
         if (fds) continue;
         for (const hostname of listen) {
           // reusePort is missing from Bun's listen types but honoured (measured).
-          const options: TCPSocketListenOptions<Conn> & { reusePort: boolean } = {
+          const options: TCPSocketListenOptions<RouterConn> & { reusePort: boolean } = {
             hostname,
             port: ports[kind],
             reusePort: true,
@@ -189,7 +190,7 @@ export class Router {
             ...(tls === null ? {} : { tls }),
           };
           try {
-            this.#listeners.push({ kind, listener: Bun.listen<Conn>(options) });
+            this.#listeners.push({ kind, listener: Bun.listen<RouterConn>(options) });
           } catch (err) {
             throw bindError(err, hostname, ports[kind], kind);
           }
@@ -214,13 +215,13 @@ export class Router {
    */
   reloadTls(tls: { cert: string; key: string }): void {
     if (this.#config.tls === null) throw new StoaError("config", "this gateway serves without TLS; start it with --tls-cert and --tls-key to use them");
-    const next: { kind: Kind; listener: TCPSocketListener<Conn> }[] = [];
+    const next: { kind: Kind; listener: TCPSocketListener<RouterConn> }[] = [];
     try {
       for (const { kind, listener } of this.#listeners) {
         const fd: unknown = Reflect.get(listener, "fd"); // missing from Bun's types, present (1.4.5)
         if (typeof fd !== "number" || fd < 0) throw new StoaError("internal", `a ${kind} listener has no descriptor`);
         const options = { fd: dupFd(fd), allowHalfOpen: true, socket: this.#handlers(kind), tls };
-        next.push({ kind, listener: Bun.listen<Conn>(options as unknown as TCPSocketListenOptions<Conn>) });
+        next.push({ kind, listener: Bun.listen<RouterConn>(options as unknown as TCPSocketListenOptions<RouterConn>) });
       }
     } catch (err) {
       for (const { listener } of next) listener.stop(true); // a copy's stop closes only the copy
@@ -274,8 +275,8 @@ export class Router {
     await splicer?.close();
   }
 
-  #handlers(kind: Kind): SocketHandler<Conn> {
-    const handlers: SocketHandler<Conn> = {
+  #handlers(kind: Kind): SocketHandler<RouterConn> {
+    const handlers: SocketHandler<RouterConn> = {
       open: (sock) => this.#onOpen(sock, kind),
       data: (sock, chunk) => this.#onData(sock, chunk),
       drain: (sock) => this.#onDrain(sock),
@@ -290,7 +291,7 @@ export class Router {
   }
 
   #onOpen(sock: Client, kind: Kind): void {
-    const conn: Conn = {
+    const conn: RouterConn = {
       pipe: null,
       side: "a",
       kind,
@@ -392,7 +393,7 @@ export class Router {
   }
 
   #onClose(sock: Client, err?: Error): void {
-    const conn = sock.data as Conn | undefined;
+    const conn = sock.data as RouterConn | undefined;
     if (conn === undefined || conn.closed) return;
     conn.closed = true;
     clearTimeout(conn.timer);
@@ -409,7 +410,7 @@ export class Router {
 
   #onError(sock: Client, err: Error): void {
     // Bun's error event: a handler threw (a bug) or the TLS session failed. Drop this client.
-    const conn = sock.data as Conn | undefined;
+    const conn = sock.data as RouterConn | undefined;
     this.#log.debug("client connection failed", { kind: conn?.kind, pub_id: conn?.pubId || undefined, err });
     if (conn?.pipe) conn.pipe.destroy(err);
     else sock.terminate();
@@ -549,7 +550,7 @@ export class Router {
     return true;
   }
 
-  #finishSpliced(conn: Conn, stats: PipeStats | null): void {
+  #finishSpliced(conn: RouterConn, stats: PipeStats | null): void {
     this.#tally.open[conn.kind]--;
     if (stats?.error && this.#log.enabled("debug")) {
       this.#log.debug("connection ended with an error", { kind: conn.kind, pub_id: conn.pubId, err: stats.error });
@@ -609,8 +610,8 @@ export class Router {
     conn.phase = "rejecting";
     conn.pending = null;
     clearTimeout(conn.timer);
-    conn.unsent = response;
-    this.#flushUnsent(sock);
+    conn.unsent = new Outbox(sock);
+    this.#flushUnsent(sock, response);
     sock.resume(); // read and discard, so closing does not turn into a reset that eats the reply
     conn.timer = setTimeout(() => {
       if (conn.unsent !== null) sock.terminate();
@@ -618,20 +619,19 @@ export class Router {
     }, lingerMs);
   }
 
-  #flushUnsent(sock: Client): void {
+  /** Writes `answer`, or on drain what is left of it; once all of it is out, half-closes. */
+  #flushUnsent(sock: Client, answer?: Uint8Array): void {
     const conn = sock.data;
     const unsent = conn.unsent;
     if (unsent === null || conn.closed) return;
-    const n = Math.max(0, sock.write(unsent));
-    if (n < unsent.length) {
-      conn.unsent = unsent.subarray(n);
-      return;
-    }
+    if (answer !== undefined) unsent.write(answer);
+    else unsent.flush();
+    if (unsent.queued > 0) return;
     conn.unsent = null;
     sock.shutdown();
   }
 
-  #countBytes(conn: Conn): void {
+  #countBytes(conn: RouterConn): void {
     const pipe = conn.pipe;
     if (pipe === null) return;
     const stats = pipe.stats;

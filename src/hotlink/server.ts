@@ -47,7 +47,7 @@ import {
   MAX_SESSIONS_PER_USER,
   PROTOCOL_VERSION,
 } from "./protocol.ts";
-import { type Conn, Switchboard, type SwitchboardStats } from "./switchboard.ts";
+import { Switchboard, type SwitchboardConn, type SwitchboardStats } from "./switchboard.ts";
 import { loadUsers, parseAuthorization } from "./users.ts";
 
 /** Default buffered bytes for one receiver over which its senders are paused: a few 1 MiB
@@ -178,7 +178,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     return new Response(OUT_OF_FDS_TEXT, { status: 503, headers: { "Retry-After": "1", Connection: "close" } });
   };
 
-  const fetch = (req: Request, server: Server<Conn>): Response | undefined => {
+  const fetch = (req: Request, server: Server<SwitchboardConn>): Response | undefined => {
     // Before anything else: a WebSocket costs a descriptor for as long as it lives (fdlimit.ts).
     if (fdPressure()) return outOfFds();
     const path = new URL(req.url).pathname;
@@ -202,10 +202,10 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     return new Response("upgrade required: connect with a WebSocket client\n", { status: 426, headers: { Upgrade: "websocket" } });
   };
 
-  let server: Server<Conn>;
+  let server: Server<SwitchboardConn>;
   // A function: under descriptor pressure the listener is closed and later served anew (fdguard.ts).
-  const serve = (port: number): Server<Conn> =>
-    Bun.serve<Conn>({
+  const serve = (port: number): Server<SwitchboardConn> =>
+    Bun.serve<SwitchboardConn>({
       hostname: options.hostname,
       port,
       fetch,

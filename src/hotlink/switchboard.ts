@@ -86,7 +86,7 @@ export interface Link {
 }
 
 /** One authenticated WebSocket connection. Created by the server when it upgrades a request. */
-export class Conn {
+export class SwitchboardConn {
   /** "new" until Hello, "ready" after, "gone" once detached. */
   state: "new" | "ready" | "gone" = "new";
   link: Link | undefined;
@@ -95,9 +95,9 @@ export class Conn {
   /** Sessions offered to (pending) or accepted by this connection, by sid. */
   readonly receiving = new Map<string, Session>();
   /** Receivers whose buffers are over the high-water mark because of this connection's messages. */
-  readonly blockedBy = new Set<Conn>();
+  readonly blockedBy = new Set<SwitchboardConn>();
   /** Connections paused because this one's buffer is over the high-water mark. */
-  readonly blocking = new Set<Conn>();
+  readonly blocking = new Set<SwitchboardConn>();
   stuckTimer: ReturnType<typeof setTimeout> | undefined;
   /** Closes the connection if it is still "new" when it fires (`helloTimeoutMs`). */
   helloTimer: ReturnType<typeof setTimeout> | undefined;
@@ -114,9 +114,9 @@ export class Conn {
 interface Session {
   readonly sid: string;
   readonly pth: string;
-  readonly sender: Conn;
-  readonly pending: Set<Conn>;
-  readonly accepted: Set<Conn>;
+  readonly sender: SwitchboardConn;
+  readonly pending: Set<SwitchboardConn>;
+  readonly accepted: Set<SwitchboardConn>;
 }
 
 export interface SwitchboardOptions {
@@ -174,9 +174,9 @@ export class Switchboard {
   readonly #stuckTimeoutMs: number;
   readonly #sessions = new Map<string, Session>();
   /** Ready connections by user: who an Open can be offered to. */
-  readonly #byUser = new Map<string, Set<Conn>>();
+  readonly #byUser = new Map<string, Set<SwitchboardConn>>();
   /** Every connection that is open and not gone (including those before Hello). */
-  readonly #conns = new Set<Conn>();
+  readonly #conns = new Set<SwitchboardConn>();
   /** Per user with a connection or a session: its connections (from the upgrade) and the sessions it sends. */
   readonly #users = new Map<string, { conns: number; sending: number }>();
   readonly #helloTimeoutMs: number;
@@ -237,8 +237,8 @@ export class Switchboard {
   }
 
   /** A connection for an authenticated upgrade; it joins when `opened` is called. */
-  createConn(user: string, token: string, remote: string): Conn {
-    return new Conn(this.#nextId++, user, token, remote);
+  createConn(user: string, token: string, remote: string): SwitchboardConn {
+    return new SwitchboardConn(this.#nextId++, user, token, remote);
   }
 
   get sessionCount(): number {
@@ -274,7 +274,7 @@ export class Switchboard {
   }
 
   /** Bun's `open`: the connection counts from here, and has `helloTimeoutMs` to say Hello. */
-  opened(conn: Conn, link: Link): void {
+  opened(conn: SwitchboardConn, link: Link): void {
     conn.link = link;
     // Checked again here in case upgrades of one user ever cross in flight (Bun 1.4 runs `open`
     // right after `fetch` returns, so the check before the upgrade already saw every earlier one).
@@ -294,7 +294,7 @@ export class Switchboard {
   }
 
   /** Bun's `message`. Never throws. */
-  message(conn: Conn, data: string | Uint8Array): void {
+  message(conn: SwitchboardConn, data: string | Uint8Array): void {
     try {
       this.#message(conn, data);
     } catch (err) {
@@ -304,7 +304,7 @@ export class Switchboard {
   }
 
   /** Bun's `drain`: the connection's buffer went down; resume what it blocked once it is low. */
-  drained(conn: Conn): void {
+  drained(conn: SwitchboardConn): void {
     try {
       if (conn.blocking.size === 0 || conn.link === undefined || conn.link.getBufferedAmount() > this.#lowWater) return;
       this.#release(conn);
@@ -314,7 +314,7 @@ export class Switchboard {
   }
 
   /** Bun's `close`. */
-  closed(conn: Conn, code: number, reason: string): void {
+  closed(conn: SwitchboardConn, code: number, reason: string): void {
     try {
       if (conn.state === "gone") return;
       this.#log.info("disconnected", { conn: conn.id, user: conn.user, code, reason: reason || undefined, sessions: conn.sending.size + conn.receiving.size });
@@ -371,7 +371,7 @@ export class Switchboard {
 
   // --- messages -------------------------------------------------------------------------
 
-  #message(conn: Conn, data: string | Uint8Array): void {
+  #message(conn: SwitchboardConn, data: string | Uint8Array): void {
     if (conn.state === "gone") return;
     if (typeof data === "string") {
       this.#fatal(conn, "decode", "text frames are not hotlink messages; send each message as one binary frame of CBOR", CLOSE_POLICY);
@@ -428,7 +428,7 @@ export class Switchboard {
     }
   }
 
-  #hello(conn: Conn, version: number, agent: string | undefined): void {
+  #hello(conn: SwitchboardConn, version: number, agent: string | undefined): void {
     if (version !== PROTOCOL_VERSION) {
       this.#fatal(conn, "version", `this server speaks hotlink protocol version ${PROTOCOL_VERSION}, not ${version}; upgrade the older side`, CLOSE_POLICY);
       return;
@@ -450,7 +450,7 @@ export class Switchboard {
     this.#send(conn, conn, this.#encode({ t: MessageType.Welcome, v: PROTOCOL_VERSION, usr: conn.user, mmb: this.#maxMessageBytes, mpb }));
   }
 
-  #open(conn: Conn, msg: OpenMessage): void {
+  #open(conn: SwitchboardConn, msg: OpenMessage): void {
     const { sid, pth, to } = msg;
     const refuse = (rsn: string): void => void this.#send(conn, conn, this.#encode({ t: MessageType.Reject, sid, rsn }));
     if (this.#sessions.has(sid)) return refuse("sid in use");
@@ -464,8 +464,8 @@ export class Switchboard {
       this.#refuse("user_sessions");
       return refuse(`too many sessions: ${conn.user} has ${owner.sending} open on this relay across its connections, the most allowed; close some first`);
     }
-    const receivers: Conn[] = [];
-    const offer = (user: string, conns: Set<Conn>): void => {
+    const receivers: SwitchboardConn[] = [];
+    const offer = (user: string, conns: Set<SwitchboardConn>): void => {
       if (user !== conn.user && this.#acl.canRead(user, pth)) receivers.push(...conns);
     };
     if (to !== undefined) {
@@ -486,7 +486,7 @@ export class Switchboard {
     for (const r of receivers) this.#send(conn, r, bytes);
   }
 
-  #accept(conn: Conn, msg: AcceptMessage): void {
+  #accept(conn: SwitchboardConn, msg: AcceptMessage): void {
     const s = this.#sessions.get(msg.sid);
     if (s === undefined || (!s.pending.has(conn) && !s.accepted.has(conn))) {
       this.#error(conn, "unknown_session", "no session with this sid was offered to you (it may have ended)", msg.sid);
@@ -506,7 +506,7 @@ export class Switchboard {
     this.#send(conn, s.sender, this.#encode({ t: MessageType.Accept, sid: s.sid, frm: conn.user }));
   }
 
-  #reject(conn: Conn, msg: RejectMessage): void {
+  #reject(conn: SwitchboardConn, msg: RejectMessage): void {
     const s = this.#sessions.get(msg.sid);
     if (s === undefined) return; // already over
     if (s.pending.has(conn) || s.accepted.has(conn)) {
@@ -516,7 +516,7 @@ export class Switchboard {
     this.#error(conn, s.sender === conn ? "protocol" : "unknown_session", "only a receiver the session was offered to can reject it; a sender sends Close", msg.sid);
   }
 
-  #close(conn: Conn, msg: CloseMessage, bytes: Uint8Array): void {
+  #close(conn: SwitchboardConn, msg: CloseMessage, bytes: Uint8Array): void {
     const s = this.#sessions.get(msg.sid);
     if (s === undefined) return; // already over
     if (s.sender === conn) {
@@ -529,7 +529,7 @@ export class Switchboard {
     }
   }
 
-  #data(conn: Conn, msg: DataMessage, bytes: Uint8Array): void {
+  #data(conn: SwitchboardConn, msg: DataMessage, bytes: Uint8Array): void {
     const s = this.#sessions.get(msg.sid);
     if (s === undefined) {
       this.#error(conn, "unknown_session", "no such session (it may have ended); open a new one", msg.sid);
@@ -556,7 +556,7 @@ export class Switchboard {
     }
   }
 
-  #signal(conn: Conn, msg: SignalMessage): void {
+  #signal(conn: SwitchboardConn, msg: SignalMessage): void {
     const s = this.#sessions.get(msg.sid);
     if (s === undefined) {
       this.#error(conn, "unknown_session", "no such session (it may have ended)", msg.sid);
@@ -590,7 +590,7 @@ export class Switchboard {
   }
 
   /** One receiver leaves; when it was the last, the sender gets its Reject or Close. */
-  #removeReceiver(s: Session, r: Conn, kind: typeof MessageType.Reject | typeof MessageType.Close, rsn: string | undefined): void {
+  #removeReceiver(s: Session, r: SwitchboardConn, kind: typeof MessageType.Reject | typeof MessageType.Close, rsn: string | undefined): void {
     s.pending.delete(r);
     s.accepted.delete(r);
     r.receiving.delete(s.sid);
@@ -604,7 +604,7 @@ export class Switchboard {
   }
 
   /** Removes a session from every index; returns the receivers it had. */
-  #forget(s: Session): Conn[] {
+  #forget(s: Session): SwitchboardConn[] {
     if (this.#sessions.get(s.sid) !== s) return [];
     this.#sessions.delete(s.sid);
     this.#m.sessions.dec();
@@ -622,7 +622,7 @@ export class Switchboard {
    * Takes a connection out of everything. `rsn`: the Close reason the other side of each of its
    * sessions gets; undefined sends nothing (the whole server is stopping).
    */
-  #detach(conn: Conn, rsn: string | undefined): void {
+  #detach(conn: SwitchboardConn, rsn: string | undefined): void {
     if (conn.state === "gone") return;
     const wasReady = conn.state === "ready";
     conn.state = "gone";
@@ -688,7 +688,7 @@ export class Switchboard {
   }
 
   /** A connection still without Hello when its timer fires: Error "timeout", then 1008. */
-  #helloTimeout(conn: Conn): void {
+  #helloTimeout(conn: SwitchboardConn): void {
     try {
       conn.helloTimer = undefined;
       if (conn.state !== "new") return;
@@ -705,7 +705,7 @@ export class Switchboard {
    * Sends `bytes` to `to`; `from` is the connection whose message caused it (null: the server's
    * own), which `to`'s backpressure pauses. Returns whether the bytes were taken.
    */
-  #send(from: Conn | null, to: Conn, bytes: Uint8Array): boolean {
+  #send(from: SwitchboardConn | null, to: SwitchboardConn, bytes: Uint8Array): boolean {
     const link = to.link;
     if (to.state === "gone" || link === undefined) return false;
     const status = link.sendBinary(bytes);
@@ -721,7 +721,7 @@ export class Switchboard {
     return true;
   }
 
-  #block(sender: Conn, receiver: Conn): void {
+  #block(sender: SwitchboardConn, receiver: SwitchboardConn): void {
     if (receiver.blocking.has(sender)) return;
     receiver.blocking.add(sender);
     sender.blockedBy.add(receiver);
@@ -737,7 +737,7 @@ export class Switchboard {
    * sender is in no one's `blocking`, except a connection blocking itself while it detaches,
    * whose paused count `#detach` settles.)
    */
-  #release(conn: Conn): void {
+  #release(conn: SwitchboardConn): void {
     if (conn.stuckTimer !== undefined) {
       clearTimeout(conn.stuckTimer);
       conn.stuckTimer = undefined;
@@ -752,7 +752,7 @@ export class Switchboard {
     conn.blocking.clear();
   }
 
-  #stuck(receiver: Conn): void {
+  #stuck(receiver: SwitchboardConn): void {
     try {
       receiver.stuckTimer = undefined;
       if (receiver.state === "gone" || receiver.blocking.size === 0) return;
@@ -785,7 +785,7 @@ export class Switchboard {
 
   // --- errors ---------------------------------------------------------------------------
 
-  #error(conn: Conn, code: string, msg: string, sid?: string): void {
+  #error(conn: SwitchboardConn, code: string, msg: string, sid?: string): void {
     this.#errors++;
     this.#m.errors.inc({ code });
     this.#log.debug("error sent to client", { conn: conn.id, user: conn.user, code, msg, sid });
@@ -794,7 +794,7 @@ export class Switchboard {
   }
 
   /** Error, then the connection is closed and its sessions with it. */
-  #fatal(conn: Conn, code: string, msg: string, closeCode: number): void {
+  #fatal(conn: SwitchboardConn, code: string, msg: string, closeCode: number): void {
     if (conn.state === "gone") return;
     this.#log.info("closing connection after a protocol error", { conn: conn.id, user: conn.user, code, msg });
     this.#error(conn, code, msg);

@@ -1,6 +1,7 @@
 /**
  * The publisher: serves one stream on three WebSocket endpoints (protocol.ts) and fans every
- * published value out to its subscribers through bounded per-subscriber queues (outbox.ts).
+ * published value out to its subscribers through bounded per-subscriber queues
+ * (subscriber-queue.ts).
  *
  * Contract:
  * - `createPublisher` binds `<run_dir>/pub/<pub_id>/{service,string,ping}.sock` with core/unixsock.ts:
@@ -11,7 +12,7 @@
  *   the bounded history (`history` values, `historyBytes`; protocol.ts), hands the shared
  *   frames to every subscriber's queue and returns the value's seq.
  * - A subscriber starts where its upgrade's query says (`?from=`, protocol.ts): the history it
- *   asks for is replayed through its outbox ahead of live values. It never waits for a
+ *   asks for is replayed through its queue ahead of live values. It never waits for a
  *   subscriber; a slow one only costs a queue push, then drops or a disconnect (policy `slow`).
  * - `close()` stops new connections (socket files removed first), closes ping clients, lets
  *   subscribers drain their queues for up to `CLOSE_DRAIN_TIMEOUT_MS`, closes them with 1001
@@ -24,7 +25,7 @@ import { metrics as sharedMetrics, type Registry } from "../core/metrics.ts";
 import { defaultRunDir } from "../core/paths.ts";
 import { type EndpointServer, type InternalEndpoint, type Listening, type TcpListen, listenEndpoints } from "./listen.ts";
 import { isValidPubId, KINDS, type Kind } from "./names.ts";
-import { type Frame, Outbox } from "./outbox.ts";
+import { type Frame, SubscriberQueue } from "./subscriber-queue.ts";
 import {
   CLOSE_DRAIN_TIMEOUT_MS,
   CLOSE_GOING_AWAY,
@@ -164,18 +165,19 @@ export async function createPublisher(options: PublisherOptions): Promise<Publis
   return pub;
 }
 
-interface Conn {
+/** One WebSocket client's state (a subscriber's, or a ping client's), in `ws.data`. */
+interface SubscriberConn {
   readonly kind: Kind;
   /** Where a service or string subscriber starts. */
   readonly from?: From;
   /** Service and string subscribers: the bounded queue. */
-  outbox?: Outbox;
+  queue?: SubscriberQueue;
   /** Ping clients: a reply is waiting in the socket, and pings received meanwhile. */
   pingBlocked?: boolean;
   pendingPings?: number;
 }
 
-type Ws = ServerWebSocket<Conn>;
+type Ws = ServerWebSocket<SubscriberConn>;
 
 /** A text frame of string.sock. */
 interface TextFrame extends Frame {
@@ -299,10 +301,10 @@ class StreamPublisher implements Publisher {
     this.last = entry;
     this.remember(entry);
     this.m.published.inc({ pub_id: this.pubId });
-    for (const ws of this.conns.service) ws.data.outbox?.offer(entry.service);
+    for (const ws of this.conns.service) ws.data.queue?.offer(entry.service);
     if (this.conns.string.size > 0) {
       const text = this.textOf(entry);
-      for (const ws of this.conns.string) ws.data.outbox?.offer(text);
+      for (const ws of this.conns.string) ws.data.queue?.offer(text);
     }
     return seq;
   }
@@ -332,8 +334,8 @@ class StreamPublisher implements Publisher {
     for (const kind of STREAM_KINDS) {
       for (const ws of [...this.conns[kind]]) {
         // Bun keeps flushing a closed socket's buffer, so a reader that wakes up gets the rest.
-        ws.data.outbox?.flushAll();
-        ws.data.outbox?.stop();
+        ws.data.queue?.flushAll();
+        ws.data.queue?.stop();
         ws.close(CLOSE_GOING_AWAY, "publisher stopping");
       }
     }
@@ -383,9 +385,9 @@ class StreamPublisher implements Publisher {
 
   /** While closing: close a subscriber once everything queued for it has left the socket. */
   private closeIfDrained(ws: Ws): void {
-    const outbox = ws.data.outbox;
-    if (outbox !== undefined && !outbox.closed && (!outbox.idle || ws.getBufferedAmount() > 0)) return;
-    outbox?.stop();
+    const queue = ws.data.queue;
+    if (queue !== undefined && !queue.closed && (!queue.idle || ws.getBufferedAmount() > 0)) return;
+    queue?.stop();
     ws.close(CLOSE_GOING_AWAY, "publisher stopping");
   }
 
@@ -401,8 +403,8 @@ class StreamPublisher implements Publisher {
   }
 
   /** The fetch and WebSocket handlers of one endpoint. */
-  serverFor(kind: Kind): EndpointServer<Conn> {
-    const websocket: EndpointServer<Conn>["websocket"] = {
+  serverFor(kind: Kind): EndpointServer<SubscriberConn> {
+    const websocket: EndpointServer<SubscriberConn>["websocket"] = {
       maxPayloadLength: MAX_CLIENT_MESSAGE_BYTES,
       // Above anything we hand a socket (one frame, a gap notice, a queue flushed on close),
       // so Bun never silently drops a frame for us.
@@ -449,7 +451,7 @@ class StreamPublisher implements Publisher {
       ws.sendBinary(encodeServiceMessage({ t: "hello", v: PROTOCOL_VERSION, epoch: this.epoch, next }));
     }
     let warned = false;
-    ws.data.outbox = new Outbox(
+    ws.data.queue = new SubscriberQueue(
       {
         send: (data) => (typeof data === "string" ? ws.sendText(data) : ws.sendBinary(data)),
         close: (code, reason) => ws.close(code, reason),
@@ -473,7 +475,7 @@ class StreamPublisher implements Publisher {
         },
       },
     );
-    ws.data.outbox.replay(kind === "service" ? backlog.map((e) => e.service) : backlog.map((e) => this.textOf(e)));
+    ws.data.queue.replay(kind === "service" ? backlog.map((e) => e.service) : backlog.map((e) => this.textOf(e)));
   }
 
   private received(ws: Ws, message: string | Buffer): void {
@@ -517,13 +519,13 @@ class StreamPublisher implements Publisher {
       if (!conn.pingBlocked) ws.resume();
       return;
     }
-    ws.data.outbox?.drain();
+    ws.data.queue?.drain();
     if (this.closing !== undefined) this.closeIfDrained(ws);
   }
 
   private closed(ws: Ws, code: number, reason: string): void {
     const { kind } = ws.data;
-    ws.data.outbox?.stop();
+    ws.data.queue?.stop();
     if (!this.conns[kind].delete(ws)) return;
     this.m.subscribers.dec({ pub_id: this.pubId, kind });
     this.log?.debug("subscriber disconnected", { kind, code, reason });

@@ -33,13 +33,13 @@ export interface Frame {
 /** Bun's send status: -1 buffered under backpressure, 0 dropped (connection gone), else bytes sent. */
 export type SendStatus = number;
 
-/** The socket side, as an outbox needs it. */
+/** The socket side, as a subscriber queue needs it. */
 export interface Sink {
   send(data: string | Uint8Array): SendStatus;
   close(code: number, reason: string): void;
 }
 
-export interface OutboxOptions {
+export interface SubscriberQueueOptions {
   limits: QueueLimits;
   policy: SlowPolicy;
   /** The gap notice to send before frame `next` after `dropped` frames were dropped; null for none. */
@@ -50,7 +50,8 @@ export interface OutboxOptions {
   onOverflow?: () => void;
 }
 
-export class Outbox {
+/** One subscriber's queue; see the module header. */
+export class SubscriberQueue {
   // Slots before `head` are already sent or dropped; cleared so they can be collected.
   private queue: (Frame | undefined)[] = [];
   private head = 0;
@@ -65,7 +66,7 @@ export class Outbox {
 
   constructor(
     private readonly sink: Sink,
-    private readonly options: OutboxOptions,
+    private readonly options: SubscriberQueueOptions,
   ) {}
 
   /** Frames waiting in the queue. */
@@ -96,7 +97,7 @@ export class Outbox {
     if (!this.blocked) this.pump(false);
   }
 
-  /** Whether the outbox is finished (closed for overflow, or `stop()`ped). */
+  /** Whether the queue is finished (closed for overflow, or `stop()`ped). */
   get closed(): boolean {
     return this.done;
   }
