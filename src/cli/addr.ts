@@ -1,6 +1,6 @@
 import { z } from "zod";
-import { bool, defineCommand, defineGroup, str } from "./command.ts";
-import { StoaError } from "../core/errors.ts";
+import { bool, defineCommand, defineGroup, str, under } from "./command.ts";
+import { runDirFlag } from "./flags.ts";
 import { defaultRunDir } from "../core/paths.ts";
 import { parseHostAddress, parsePrefix } from "../addr/ipv6.ts";
 import {
@@ -14,24 +14,9 @@ import {
   removePrefix,
 } from "../addr/manager.ts";
 
-const runDirFlag = () =>
-  str("where stoa records the addresses it added (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" });
-const devFlag = (what: string) => str(what, { placeholder: "IF" });
-
-/** Kernel and state errors carry no command name; usage errors from the parsers neither. */
-function under<T>(path: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    if (err instanceof StoaError) throw new StoaError(err.code, `${path}: ${err.message}`, { cause: err });
-    throw err;
-  }
-}
-
-function requireDev(dev: string | undefined, path: string): string {
-  if (dev === undefined) throw new StoaError("usage", `${path}: --dev is required: the interface to use, e.g. --dev eth0 (see '${path} --help')`);
-  return dev;
-}
+const recordsFlag = () => runDirFlag("where stoa records the addresses it added");
+/** The interface an address goes on (or comes off). */
+const devFlag = () => str("the interface", { placeholder: "IF", required: { example: "eth0" } });
 
 const ownerFlag = str("record the address as owned by this process: 'stoa addr gc' deletes it once PID is gone (default: owned by nobody, never collected)", {
   placeholder: "pid",
@@ -48,10 +33,10 @@ const add = defineCommand({
     "recorded in the run dir; with --owner PID, 'stoa addr gc' deletes it once PID has exited.\n" +
     "Needs CAP_NET_ADMIN.",
   flags: {
-    dev: devFlag("the interface (required)"),
+    dev: devFlag(),
     nodad: bool("skip duplicate address detection: usable at once"),
     owner: ownerFlag,
-    runDir: runDirFlag(),
+    runDir: recordsFlag(),
   },
   positionals: [{ name: "ADDR/128", description: "the IPv6 address, with /128", required: true }],
   examples: [
@@ -60,7 +45,7 @@ const add = defineCommand({
   ],
   run({ flags, args, path }) {
     under(path, () => parseHostAddress(args[0] ?? ""));
-    const dev = requireDev(flags.dev, path);
+    const { dev } = flags;
     const owned = under(path, () =>
       addOwnedAddress({ addr: args[0] ?? "", dev, nodad: flags.nodad, runDir: flags.runDir ?? defaultRunDir(), owner: flags.owner ?? null }),
     );
@@ -72,12 +57,12 @@ const del = defineCommand({
   name: "del",
   summary: "delete a /128 address from an interface",
   description: "Deletes ADDR/128 from IF and forgets stoa's record of it. Needs CAP_NET_ADMIN.",
-  flags: { dev: devFlag("the interface (required)"), runDir: runDirFlag() },
+  flags: { dev: devFlag(), runDir: recordsFlag() },
   positionals: [{ name: "ADDR/128", description: "the IPv6 address, with /128", required: true }],
   examples: ["sudo stoa addr del fd00:1:2:3::10/128 --dev eth0"],
   run({ flags, args, path }) {
     under(path, () => parseHostAddress(args[0] ?? ""));
-    const dev = requireDev(flags.dev, path);
+    const { dev } = flags;
     under(path, () => removeAddress({ addr: args[0] ?? "", dev, runDir: flags.runDir ?? defaultRunDir() }));
     process.stdout.write(`deleted ${args[0]} from ${dev}\n`);
   },
@@ -97,10 +82,10 @@ const ls = defineCommand({
     "stoa added, the owner; then the local prefixes stoa routes to this host. OWNER is '-' for\n" +
     "addresses stoa did not add, 'stoa' for ones added without an owner, 'pid N' otherwise.",
   flags: {
-    dev: devFlag("only this interface"),
+    dev: str("only this interface", { placeholder: "IF" }),
     owned: bool("only the addresses stoa added"),
     json: bool("print one JSON object: {addresses: [{addr, prefixlen, dev, ifindex, scope, flags, owner}], prefixes: [{prefix, dev}]}"),
-    runDir: runDirFlag(),
+    runDir: recordsFlag(),
   },
   examples: ["stoa addr ls", "stoa addr ls --dev eth0 --owned", "stoa addr ls --json | jq -r '.addresses[] | select(.owner) | .addr'"],
   run({ flags, path }) {
@@ -178,7 +163,7 @@ const gc = defineCommand({
     "added without an owner are kept. Only this network namespace's records are acted on.",
   flags: {
     json: bool("print one JSON object: {removed: [{addr, dev, pid}], dropped: [{addr, dev, reason}], kept}"),
-    runDir: runDirFlag(),
+    runDir: recordsFlag(),
   },
   examples: ["sudo stoa addr gc", "stoa addr gc --json --run-dir /tmp/stoa"],
   run({ flags, path }) {

@@ -7,6 +7,9 @@
  * Conventions: flags are declared with camelCase keys and spelled kebab-case on the command
  * line (`logLevel` → `--log-level`). `-h`/`--help` is added to every command. Usage errors are
  * `StoaError("usage")` (exit 2); anything else a command throws is a runtime failure (exit 1).
+ * The parser checks what it can, once, so a command's `run` gets values of their final type: a
+ * flag of `choices` has their union as its type, a `required` one is never undefined. Errors from
+ * the layers below carry no command name; {@link under} puts it in front.
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
@@ -28,6 +31,19 @@ export interface Flag<T> {
   readonly choices?: readonly string[];
   /** What shell completion offers for the value: file or directory names (see {@link valueCompletion}). */
   readonly complete?: ValueCompletion;
+  /** The command cannot run without it: see {@link RequiredFlag}. */
+  readonly required?: RequiredFlag;
+}
+
+/**
+ * A flag the command cannot run without. The parser refuses its absence (or an empty value) with
+ * one wording, `stoa addr add: --dev is required, e.g. --dev eth0 (see 'stoa addr add --help')`,
+ * exit 2 — after the environment and `--config` file of a `config: true` command had their say —
+ * and help marks it "(required)". It has no default: the user must say which.
+ */
+export interface RequiredFlag {
+  /** A value to show in the error, e.g. `eth0`. */
+  readonly example: string;
 }
 
 /** Names a shell completes after a flag: any file (or socket), or directories only. */
@@ -57,24 +73,41 @@ export function bool(description: string, opts: { short?: string } = {}): Flag<b
   return { kind: "boolean", description, default: false, schema: z.boolean(), ...opts };
 }
 
-interface StringOpts<T> {
+interface ValueOpts {
   short?: string;
   placeholder?: string;
-  choices?: readonly string[];
-  schema?: z.ZodType<T>;
   /** Completion of the value; inferred from a `file`/`path`/`dir` placeholder (see {@link valueCompletion}). */
   complete?: ValueCompletion;
 }
 
+interface StringOpts<T> extends ValueOpts {
+  schema?: z.ZodType<T>;
+}
+
+interface ChoiceOpts<C extends string> extends ValueOpts {
+  choices: readonly C[];
+}
+
+/** What makes a value always present: a default, or the parser's refusal to go without it. */
+type Present<D extends string> = { default: D; required?: never } | { required: RequiredFlag; default?: never };
+
 /**
- * A flag that takes a value. With a default the value is always present; without one it is
- * `undefined` when not given.
+ * A flag that takes a value. With a default, or `required`, the value is always present;
+ * otherwise it is `undefined` when not given. A flag of `choices` takes one of them, and its
+ * value's type is their union: `run` needs no check or cast of its own.
  * @example
  * const port = str("port to listen on", { default: "8081", schema: z.coerce.number().int() });
+ * const mode = str("how to run", { default: "fast", choices: ["fast", "safe"] }); // Flag<"fast" | "safe">
+ * const dev = str("the interface", { placeholder: "IF", required: { example: "eth0" } }); // Flag<string>
  */
-export function str<T = string>(description: string, opts: StringOpts<T> & { default: string }): Flag<NoInfer<T>>;
+export function str<const C extends string>(description: string, opts: ChoiceOpts<C> & Present<NoInfer<C>>): Flag<C>;
+export function str<const C extends string>(description: string, opts: ChoiceOpts<C>): Flag<C | undefined>;
+export function str<T = string>(description: string, opts: StringOpts<T> & Present<string>): Flag<NoInfer<T>>;
 export function str<T = string>(description: string, opts?: StringOpts<T>): Flag<NoInfer<T> | undefined>;
-export function str<T>(description: string, opts: StringOpts<T> & { default?: string } = {}): Flag<T | undefined> {
+export function str<T>(
+  description: string,
+  opts: StringOpts<T> & { choices?: readonly string[]; default?: string; required?: RequiredFlag } = {},
+): Flag<T | undefined> {
   const base = opts.schema ?? (opts.choices ? z.enum(opts.choices as [string, ...string[]]) : z.string());
   const schema = opts.default === undefined ? base.optional() : base;
   const choices = opts.choices ?? enumChoices(opts.schema);
@@ -223,9 +256,15 @@ export function parseCommandLine<F extends FlagMap>(
   if (cmd.config) {
     Object.assign(values, layeredFlags(cmd.flags, explicit, path));
     const file = configFile(explicit);
-    if (file !== undefined) config = { file, reread: () => ({ ...values, ...layeredFlags(cmd.flags, explicit, path) }) as FlagValues<F> };
+    const reread = (): FlagValues<F> => {
+      const next = { ...values, ...layeredFlags(cmd.flags, explicit, path) };
+      checkRequired(cmd.flags, next, path, "config");
+      return next as FlagValues<F>;
+    };
+    if (file !== undefined) config = { file, reread };
   }
   checkPositionals(cmd.positionals ?? [], parsed.positionals, path);
+  checkRequired(cmd.flags, values, path, "usage");
   return { help: false, ctx: { flags: values as FlagValues<F>, args: parsed.positionals, path, commands, ...(config ? { config } : {}) } };
 }
 
@@ -257,6 +296,40 @@ function configFile(explicit: Record<string, unknown>): string | undefined {
 /** The `--config` flag every `config: true` command declares. */
 export const configFlag = (): Flag<string | undefined> =>
   str("JSON file of flag values (flags > STOA_* env > this file)", { placeholder: "file" });
+
+/**
+ * Every `required` flag has a value (an empty one does not count), in the one wording of
+ * {@link RequiredFlag}: a usage error at start, a config error when a daemon re-reads its
+ * `--config` file (the reload keeps the running values).
+ */
+function checkRequired(flags: FlagMap, values: Record<string, unknown>, path: string, code: "usage" | "config"): void {
+  for (const [key, flag] of Object.entries(flags)) {
+    const value = values[key];
+    if (flag.required === undefined || (value !== undefined && value !== "")) continue;
+    const name = `--${kebab(key)}`;
+    throw new StoaError(code, `${path}: ${name} is required, e.g. ${name} ${flag.required.example} (see '${path} --help')`);
+  }
+}
+
+/**
+ * Runs `fn` and puts the command path before the message of a StoaError it throws (or its
+ * promise rejects with): errors from src/<subsystem>/ carry no command name, and every stoa
+ * error line starts with one. Other errors pass unchanged.
+ * @example
+ * const owned = under(path, () => addOwnedAddress({ addr, dev, runDir })); // "stoa addr add: cannot add …"
+ */
+export function under<T>(path: string, fn: () => T): T {
+  const prefixed = (err: unknown): never => {
+    if (err instanceof StoaError) throw new StoaError(err.code, `${path}: ${err.message}`, { cause: err });
+    throw err;
+  };
+  try {
+    const result = fn();
+    return (result instanceof Promise ? result.catch(prefixed) : result) as T;
+  } catch (err) {
+    return prefixed(err);
+  }
+}
 
 function checkPositionals(specs: readonly Positional[], args: string[], path: string): void {
   const variadic = specs.some((p) => p.variadic);

@@ -1,7 +1,8 @@
 /**
  * Flags and wiring shared by the long-running commands (gateway, meta, up, pub, …): logging
- * flags, the logger built from them, graceful shutdown on SIGINT/SIGTERM, and the daemon
- * conventions of core/daemon.ts (SIGHUP, systemd notify and watchdog).
+ * flags, the logger built from them, `--wait`, the gateway's `--ports`, graceful shutdown on
+ * SIGINT/SIGTERM, and the daemon conventions of core/daemon.ts (SIGHUP, systemd notify and
+ * watchdog). Flags without wiring (`--run-dir`, `--state-dir`) are in flags.ts.
  */
 import { z } from "zod";
 import { bool, str } from "./command.ts";
@@ -9,9 +10,11 @@ import { Duration } from "../core/duration.ts";
 import { DEFAULT_WAIT_MS } from "../core/wait.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { fdReserve, raiseFdLimit } from "../core/fdlimit.ts";
-import { type LogFormat, type LogLevel, type Logger, createLogger, reconfigureLogger } from "../core/log.ts";
+import { LogFormat, LogLevel, type Logger, createLogger, reconfigureLogger } from "../core/log.ts";
 import { kebab } from "../core/config.ts";
 import { describeError } from "../core/errors.ts";
+import { KINDS } from "../core/paths.ts";
+import { DEFAULT_PORTS, parsePorts } from "../gateway/protocol.ts";
 import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
 import { installSignalHandlers, onShutdown } from "../core/shutdown.ts";
 import { installDaemon, onReload, readiness } from "../core/daemon.ts";
@@ -20,11 +23,8 @@ import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 /** `--log-level` and `--log-format`, spread into a command's flags. */
 export function logFlags() {
   return {
-    logLevel: str<LogLevel>("debug|info|warn|error; debug also prints stack traces", {
-      default: "info",
-      choices: ["debug", "info", "warn", "error"],
-    }),
-    logFormat: str<LogFormat>("text, or json for one object per line", { default: "text", choices: ["text", "json"] }),
+    logLevel: str("debug|info|warn|error; debug also prints stack traces", { default: "info", choices: LogLevel.options }),
+    logFormat: str("text, or json for one object per line", { default: "text", choices: LogFormat.options }),
   };
 }
 
@@ -34,10 +34,8 @@ export function logFlags() {
  */
 export function clientLogFlags() {
   return {
-    logLevel: str<LogLevel>("debug|info|warn|error; debug also prints stack traces (default: warn, info with -v)", {
-      choices: ["debug", "info", "warn", "error"],
-    }),
-    logFormat: str<LogFormat>("text, or json for one object per line", { default: "text", choices: ["text", "json"] }),
+    logLevel: str("debug|info|warn|error; debug also prints stack traces (default: warn, info with -v)", { choices: LogLevel.options }),
+    logFormat: str("text, or json for one object per line", { default: "text", choices: LogFormat.options }),
     verbose: bool("also log what happens (connections, registrations) at info level", { short: "v" }),
   };
 }
@@ -56,6 +54,24 @@ export function waitFlag(what: string) {
       schema: Duration,
     }),
   };
+}
+
+/** `--ports S,T,P` value → {service, string, ping} (gateway/protocol.ts `parsePorts`). */
+const Ports = z.string().transform((text, ctx) => {
+  try {
+    return parsePorts(text);
+  } catch (err) {
+    ctx.addIssue({ code: "custom", message: describeError(err) });
+    return z.NEVER;
+  }
+});
+
+/**
+ * `--ports S,T,P`: the gateway's service, string and ping ports, for `what`; the default is
+ * DEFAULT_PORTS in KINDS' (port) order, 8081,8082,8083.
+ */
+export function portsFlag(what: string) {
+  return str(what, { default: KINDS.map((kind) => DEFAULT_PORTS[kind]).join(","), placeholder: "S,T,P", schema: Ports });
 }
 
 /**

@@ -1,4 +1,5 @@
-import { bool, defineCommand, str } from "./command.ts";
+import { bool, defineCommand } from "./command.ts";
+import { runDirFlag } from "./flags.ts";
 import { runChecks } from "../doctor/checks.ts";
 
 export default defineCommand({
@@ -14,7 +15,7 @@ export default defineCommand({
     json: bool("print one JSON object: {ok, checks: [{name, status, detail, fix?}]}"),
     strict: bool("exit 1 when any check is not ok (for CI smoke tests)"),
     dev: bool("also check the tools the checkout's tests and benchmarks use (ip, nginx)"),
-    runDir: str("run dir to look at (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    runDir: runDirFlag("run dir to look at"),
   },
   examples: ["stoa doctor", "stoa doctor --json | jq '.checks[] | select(.status != \"ok\")'", "stoa doctor --strict && stoa up"],
   async run({ flags, commands }) {

@@ -1,26 +1,17 @@
 import { availableParallelism } from "node:os";
 import { z } from "zod";
 import { configFlag, defineCommand, list, str } from "./command.ts";
-import { HostPort, logFlags, reloadConfigOnHangup, serveMetrics, splitList, startService } from "./common.ts";
+import { HostPort, logFlags, portsFlag, reloadConfigOnHangup, serveMetrics, splitList, startService } from "./common.ts";
+import { runDirFlag } from "./flags.ts";
 import { Duration } from "../core/duration.ts";
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError } from "../core/errors.ts";
 import { defaultRunDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { type Gateway, startGateway } from "../gateway/gateway.ts";
 import type { LogFormat, Logger, LogLevel } from "../core/log.ts";
 import { announceReady, listenFds, onReload } from "../core/daemon.ts";
 import { assignActivatedSockets } from "../gateway/activation.ts";
-import { MAX_WORKERS, parsePorts } from "../gateway/protocol.ts";
-
-/** `--ports S,T,P` → {service, string, ping}. */
-export const PortsFlag = z.string().transform((text, ctx) => {
-  try {
-    return parsePorts(text);
-  } catch (err) {
-    ctx.addIssue({ code: "custom", message: describeError(err) });
-    return z.NEVER;
-  }
-});
+import { MAX_WORKERS } from "../gateway/protocol.ts";
 
 /**
  * What SIGHUP reloads on a gateway: the `--config` file (log level and format, the TLS file
@@ -74,8 +65,8 @@ export default defineCommand({
   config: true,
   flags: {
     listen: list("address to listen on (repeatable or comma-separated; default [::], all addresses)", { placeholder: "addr" }),
-    ports: str("service,string,ping ports", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
-    runDir: str("where publishers' sockets and the control socket live (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    ports: portsFlag("service,string,ping ports"),
+    runDir: runDirFlag("where publishers' sockets and the control socket live"),
     workers: str("routers sharing each port (SO_REUSEPORT)", {
       default: String(Math.min(availableParallelism(), MAX_WORKERS)),
       placeholder: "n",
@@ -86,8 +77,7 @@ export default defineCommand({
     tlsKey: str("PEM private key for --tls-cert", { placeholder: "file" }),
     dataPath: str("how routed bytes move: epoll (raw sockets in a splicer thread per worker) or bun (Bun's sockets; always used with TLS)", {
       default: "epoll",
-      placeholder: "epoll|bun",
-      schema: z.enum(["epoll", "bun"]),
+      choices: ["epoll", "bun"],
     }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
     readyFile: str("once serving, write this file (JSON: pid, ports, listen, run dir) atomically; removed at exit", { placeholder: "file" }),

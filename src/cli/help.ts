@@ -62,8 +62,9 @@ export function flagParts(key: string, flag: Flag<unknown>): { name: string; val
   const name = `${flag.short ? `-${flag.short}, ` : ""}--${kebab(key)}`;
   const value = flag.kind === "string" ? ` <${flag.placeholder ?? (flag.choices ? flag.choices.join("|") : "value")}>` : "";
   const shownDefault = flag.kind === "string" && typeof flag.default === "string" ? ` (default: ${flag.default})` : "";
+  const required = flag.required ? " (required)" : "";
   const repeat = flag.multiple ? " (repeatable)" : "";
-  return { name, value, text: `${flag.description}${shownDefault}${repeat}` };
+  return { name, value, text: `${flag.description}${shownDefault}${required}${repeat}` };
 }
 
 /** The usage line of a leaf command: `stoa addr add <ADDR/128> [flags]`. */

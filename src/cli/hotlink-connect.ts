@@ -2,10 +2,9 @@
  * `stoa hotlink connect`: the client daemon (src/hotlink/daemon.ts). Kept apart from the rest
  * of the `hotlink` group (cli/hotlink.ts) because it is the largest subcommand.
  */
-import { z } from "zod";
 import { configFlag, defineCommand, list, str } from "./command.ts";
 import { logFlags, splitList, startService, waitFlag } from "./common.ts";
-import { controlFlags } from "./hotlink-control.ts";
+import { hotlinkControlFlags } from "./flags.ts";
 import { StoaError } from "../core/errors.ts";
 import { readTokenFile } from "../core/token.ts";
 import { defaultRunDir } from "../core/paths.ts";
@@ -57,22 +56,18 @@ export const connect = defineCommand({
     `dials only its own sessions' first offer, and at most ${MAX_DIALED_CANDIDATES} of the addresses in it.`,
   config: true,
   flags: {
-    server: str("relay server URL (ws://host:port or wss://host:port)", { placeholder: "url" }),
-    user: str("this peer's user name on the server", { placeholder: "name" }),
-    tokenFile: str("file holding the user's token (mode 0600)", { placeholder: "file" }),
+    server: str("relay server URL (ws://host:port or wss://host:port)", { placeholder: "url", required: { example: "ws://relay:8470" } }),
+    user: str("this peer's user name on the server", { placeholder: "name", required: { example: "alice@example.org" } }),
+    tokenFile: str("file holding the user's token (mode 0600)", { placeholder: "file", required: { example: "alice.token" } }),
     tunnel: list("a TCP tunnel CHANNEL=HOST:PORT[@PEER]", { placeholder: "spec" }),
     ipc: list("an HLNK socket CHANNEL=unix:PATH", { placeholder: "spec" }),
     watch: str("start and stop tunnels from stream.tcp marker files under this directory", { placeholder: "dir" }),
     telemetry: str("rewrite this JSON file every second with counters and latencies", { placeholder: "file" }),
-    direct: str("upgrade sessions to a direct TLS connection between the peers when one is reachable", {
-      default: "on",
-      placeholder: "on|off",
-      schema: z.enum(["on", "off"]),
-    }),
+    direct: str("upgrade sessions to a direct TLS connection between the peers when one is reachable", { default: "on", choices: ["on", "off"] }),
     directListen: str("address to accept direct connections on (:: for all)", { default: "::", placeholder: "addr" }),
     directAdvertise: list(`address to offer peers for direct connections (default: this host's addresses; the first ${MAX_DIALED_CANDIDATES} are offered)`, { placeholder: "addr" }),
     ...waitFlag("the relay server (the first connection; later losses are retried for ever)"),
-    ...controlFlags(),
+    ...hotlinkControlFlags(),
     ...logFlags(),
     config: configFlag(),
   },
@@ -85,16 +80,11 @@ export const connect = defineCommand({
       "    --watch ~/datasites   # tunnels from DIR/alice/mpc/run1/0_to_1/stream.tcp and the like",
   ],
   async run({ flags, path }) {
-    const need = (value: string | undefined, flag: string): string => {
-      if (value === undefined || value === "") throw new StoaError("usage", `${path}: ${flag} is required`);
-      return value;
-    };
-    const server = need(flags.server, "--server");
+    const { server, user } = flags;
     relayUrl(server); // a bad URL fails here, before anything starts
-    const user = need(flags.user, "--user");
     const problem = userNameProblem(user);
     if (problem !== null) throw new StoaError("usage", `${path}: --user ${problem}`);
-    const token = readTokenFile(need(flags.tokenFile, "--token-file"), "one token on one line (as printed by 'stoa hotlink user add')");
+    const token = readTokenFile(flags.tokenFile, "one token on one line (as printed by 'stoa hotlink user add')");
     const tunnels = flags.tunnel.map(parseTunnelSpec);
     const ipc = flags.ipc.map(parseIpcSpec);
     // No channel at start is fine: the control socket and --watch add them later.

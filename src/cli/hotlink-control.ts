@@ -5,23 +5,18 @@
  */
 import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { type Flag, bool, defineCommand, str } from "./command.ts";
+import { bool, defineCommand, str, under } from "./command.ts";
+import { hotlinkControlFlags } from "./flags.ts";
 import { StoaError } from "../core/errors.ts";
 import { defaultRunDir, subtreeDir } from "../core/paths.ts";
-import { type ControlRequest, type StatusView, hotlinkControlPath, hotlinkControlRequest } from "../hotlink/control.ts";
+import { hotlinkControlPath, hotlinkControlRequest } from "../hotlink/control.ts";
+import type { ControlRequest, DaemonStatus } from "../hotlink/protocol.ts";
 import { parseIpcSpec, parseTunnelSpec } from "../hotlink/specs.ts";
 import { userNameProblem } from "../hotlink/users.ts";
 
-const RUN_DIR_HELP = "run dir of the daemon (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)";
-
-/** The flags that pick the daemon, shared with `connect` (which binds what these find). */
-export const controlFlags = (): { control: Flag<string | undefined>; runDir: Flag<string | undefined> } => ({
-  control: str("the daemon's control socket (default: <run-dir>/hotlink/<user>.sock)", { placeholder: "path" }),
-  runDir: str(RUN_DIR_HELP, { placeholder: "dir" }),
-});
-
+/** The flags that pick the daemon: those `connect` binds its control socket by, and its user. */
 const pickFlags = () => ({
-  ...controlFlags(),
+  ...hotlinkControlFlags(),
   user: str("the daemon's user, when several daemons run in the run dir", { placeholder: "name" }),
 });
 
@@ -29,16 +24,6 @@ interface Pick {
   control?: string;
   runDir?: string;
   user?: string;
-}
-
-/** Prefixes a StoaError with the command, like every other stoa error line. */
-async function under<T>(path: string, fn: () => Promise<T> | T): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (err instanceof StoaError) throw new StoaError(err.code, `${path}: ${err.message}`, { cause: err });
-    throw err;
-  }
 }
 
 /** The control socket to talk to, and what to say if nobody answers there. */
@@ -161,7 +146,7 @@ export const closeCommand = defineCommand({
 });
 
 /** `ls` for a terminal: a summary line, then one row per tunnel or channel. */
-export function formatStatus(status: StatusView): string {
+export function formatStatus(status: DaemonStatus): string {
   const relay = record(status.counters.relay);
   const num = (key: string): number => (typeof relay[key] === "number" ? relay[key] : 0);
   const lines = [

@@ -4,9 +4,8 @@
  * definition and one more entry there.
  */
 import { z } from "zod";
-import { type Command, bool, configFlag, defineCommand, defineGroup, str } from "./command.ts";
+import { type Command, bool, configFlag, defineCommand, defineGroup, str, under } from "./command.ts";
 import { HostPort, logFlags, reloadConfigOnHangup, serveMetrics, startService } from "./common.ts";
-import { StoaError } from "../core/errors.ts";
 import { onShutdown } from "../core/shutdown.ts";
 import { announceReady, onReload } from "../core/daemon.ts";
 import {
@@ -21,23 +20,7 @@ import { addUser, loadUsers, removeUser } from "../hotlink/users.ts";
 import { connect } from "./hotlink-connect.ts";
 import { closeCommand, ipcCommand, lsCommand, tunnelCommand } from "./hotlink-control.ts";
 
-const usersFlag = () => str("the users file, JSON with hashed tokens (required)", { placeholder: "file" });
-
-/** A flag the command cannot run without (kept optional in the schema so help shows no default). */
-function required<T>(value: T | undefined, flag: string, path: string, example: string): T {
-  if (value === undefined) throw new StoaError("usage", `${path}: --${flag} is required, e.g. --${flag} ${example} (see '${path} --help')`);
-  return value;
-}
-
-/** Prefixes errors from the library with the command, like every other stoa error line. */
-function under<T>(path: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    if (err instanceof StoaError) throw new StoaError(err.code, `${path}: ${err.message}`, { cause: err });
-    throw err;
-  }
-}
+const usersFlag = (example: string) => str("the users file, JSON with hashed tokens", { placeholder: "file", required: { example } });
 
 const serve = defineCommand({
   name: "serve",
@@ -57,8 +40,8 @@ const serve = defineCommand({
     "/v1/health answers without a token.",
   config: true,
   flags: {
-    listen: str("address and port to serve on (required)", { placeholder: "host:port", schema: HostPort }),
-    users: usersFlag(),
+    listen: str("address and port to serve on", { placeholder: "host:port", schema: HostPort, required: { example: "[::]:8470" } }),
+    users: usersFlag("/etc/stoa/hotlink-users.json"),
     acl: str("ACL file (JSON rules); without it only owners have access", { placeholder: "file" }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
     maxMessageBytes: str(`largest message accepted, in bytes (${MIN_MESSAGE_BYTES} to ${MAX_MESSAGE_BYTES_LIMIT})`, {
@@ -77,14 +60,12 @@ const serve = defineCommand({
   ],
   async run(ctx) {
     const { flags, path } = ctx;
-    const listen = required(flags.listen, "listen", path, "[::]:8470");
-    const usersFile = required(flags.users, "users", path, "/etc/stoa/hotlink-users.json");
     const log = startService("hotlink", flags, { daemon: true });
     const relay = under(path, () =>
       startHotlinkServer({
-        hostname: listen.hostname,
-        port: listen.port,
-        usersFile,
+        hostname: flags.listen.hostname,
+        port: flags.listen.port,
+        usersFile: flags.users,
         aclFile: flags.acl,
         maxMessageBytes: flags.maxMessageBytes,
         log,
@@ -98,7 +79,6 @@ const serve = defineCommand({
       {
         keys: ["users", "acl"],
         apply: (next) => {
-          if (next.users === undefined) throw new StoaError("config", "hotlink serve needs --users; keeping the users file it has");
           fresh = true;
           const { ok, errors } = relay.reload({ usersFile: next.users, aclFile: next.acl });
           if (!ok) throw new Error(errors.join("; "));
@@ -131,7 +111,7 @@ const userAdd = defineCommand({
     "once, so hand it to the user now (e.g. into a token file for 'stoa hotlink connect').\n" +
     "A running server accepts it after SIGHUP.",
   flags: {
-    users: usersFlag(),
+    users: usersFlag("users.json"),
     replace: bool("issue a new token for an existing user (the old one stops working on reload)"),
     verbose: bool("also say on stderr where the hash went and what to do next", { short: "v" }),
   },
@@ -141,7 +121,7 @@ const userAdd = defineCommand({
     "stoa hotlink user add alice@example.org --users users.json --replace",
   ],
   run({ flags, args, path }) {
-    const file = required(flags.users, "users", path, "users.json");
+    const file = flags.users;
     const name = args[0] ?? "";
     const token = under(path, () => addUser(file, name, { replace: flags.replace }));
     // The token is the data (`> alice.token`); the words about it only with -v.
@@ -158,11 +138,11 @@ const userAdd = defineCommand({
 const userRemove = defineCommand({
   name: "remove",
   summary: "remove a user; its token stops working at the server's next reload",
-  flags: { users: usersFlag() },
+  flags: { users: usersFlag("users.json") },
   positionals: nameArg,
   examples: ["stoa hotlink user remove alice@example.org --users users.json && kill -HUP $relay_pid"],
   run({ flags, args, path }) {
-    const file = required(flags.users, "users", path, "users.json");
+    const file = flags.users;
     const name = args[0] ?? "";
     under(path, () => removeUser(file, name));
     process.stdout.write(`removed ${name} from ${file}; a running server disconnects it on SIGHUP\n`);
@@ -173,12 +153,12 @@ const userLs = defineCommand({
   name: "ls",
   summary: "list the users of a users file",
   flags: {
-    users: usersFlag(),
+    users: usersFlag("users.json"),
     json: bool('print one JSON object: {"users": [names]}'),
   },
   examples: ["stoa hotlink user ls --users users.json", "stoa hotlink user ls --users users.json --json | jq -r '.users[]'"],
   run({ flags, path }) {
-    const file = required(flags.users, "users", path, "users.json");
+    const file = flags.users;
     const names = under(path, () => loadUsers(file).names());
     if (flags.json) process.stdout.write(`${JSON.stringify({ users: names })}\n`);
     else for (const name of names) process.stdout.write(`${name}\n`);

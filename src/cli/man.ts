@@ -12,6 +12,7 @@ import { gatewayControlPath, hotlinkControlPath, publisherSocketPath, subtreeDir
 import { META_TOKEN_ENV, META_TOKEN_FILE } from "../meta/protocol.ts";
 import { KINDS } from "../stream/names.ts";
 import { type Command, type CommandEntry, type LeafCommand, defineCommand, isGroup } from "./command.ts";
+import { RUN_DIR_DEFAULT, STATE_DIR_DEFAULT } from "./flags.ts";
 import { PROGRAM, TAGLINE, flagParts, leafUsage } from "./help.ts";
 
 /**
@@ -94,12 +95,12 @@ function files(): string[] {
   const state = "<state dir>";
   const entry = (path: string, text: string) => [".TP", italic(path), esc(text)];
   return [
-    ...entry(run, "Unix sockets, lost at reboot: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa, else /tmp/stoa-<uid> (--run-dir). Created 0700."),
+    ...entry(run, `Unix sockets, lost at reboot: ${RUN_DIR_DEFAULT} (--run-dir). Created 0700.`),
     ...entry(gatewayControlPath(run), "the gateway's control socket"),
     ...KINDS.flatMap((kind) => entry(publisherSocketPath(run, "<pub_id>", kind), `a publisher's ${kind} socket, the only place the gateway routes to`)),
     ...entry(hotlinkControlPath(run, "<user>"), "the control socket of a user's hotlink daemon (stoa hotlink tunnel, ipc, ls, close)"),
     ...entry(join(subtreeDir(run, "addr"), STATE_FILE), `the addresses stoa added (stoa addr), locked by ${LOCK_FILE}`),
-    ...entry(state, "data that survives restarts: /var/lib/stoa as root, else $XDG_STATE_HOME/stoa, else ~/.local/state/stoa (--state-dir)"),
+    ...entry(state, `data that survives restarts: ${STATE_DIR_DEFAULT} (--state-dir)`),
     ...entry(join(state, "meta.db"), "the metaserver's SQLite database (stoa meta, stoa up)"),
     ...entry(join(state, META_TOKEN_FILE), "the metaserver's admin token, mode 0600, created when missing"),
   ];

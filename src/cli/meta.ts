@@ -1,80 +1,15 @@
 import { join } from "node:path";
-import { bool, configFlag, defineCommand, str } from "./command.ts";
-import { HostPort, logFlags, type Reloadable, reloadConfigOnHangup, startService } from "./common.ts";
+import { configFlag, defineCommand, str } from "./command.ts";
+import { HostPort, logFlags, startService } from "./common.ts";
+import { stateDirFlag } from "./flags.ts";
+import { authFlags, metaAuth, reloadMetaOnHangup } from "./meta-auth.ts";
 import { Duration } from "../core/duration.ts";
-import type { LogFormat, Logger, LogLevel } from "../core/log.ts";
 import { defaultStateDir } from "../core/paths.ts";
 import { isLoopback } from "../core/hostaddr.ts";
 import { onShutdown } from "../core/shutdown.ts";
-import { announceReady, onReload } from "../core/daemon.ts";
-import { loadAuth, readWriters, type AuthConfig } from "../meta/auth.ts";
+import { announceReady } from "../core/daemon.ts";
 import { DEFAULT_META_PORT, META_TOKEN_FILE } from "../meta/protocol.ts";
 import { startMeta } from "../meta/server.ts";
-
-/** The metaserver's authentication flags, shared by `stoa meta` and `stoa up`. */
-export function authFlags() {
-  return {
-    tokenFile: str(`admin token file, mode 0600 (default: $STOA_META_TOKEN, else <state dir>/${META_TOKEN_FILE}, created when missing)`, { placeholder: "file" }),
-    tokensFile: str("extra writer tokens: one 'sha256:<hex of the token's SHA-256> [label]' per line (example below)", { placeholder: "file" }),
-    readTokenFile: str("reads (GET) need this token, the admin's or a writer's; default: reads are open", { placeholder: "file" }),
-    noAuth: bool("no tokens at all: anyone who reaches the port may register, replace and delete (quotas per address)"),
-  };
-}
-
-/**
- * The metaserver's AuthConfig from its flags, a warning when authentication is off, and the
- * banner's words for where the token is (never the token).
- */
-export function metaAuth(
-  flags: { tokenFile?: string; tokensFile?: string; readTokenFile?: string; noAuth: boolean },
-  stateDir: string,
-  log: Logger,
-): { auth: AuthConfig; banner: string } {
-  const { config, where, created } = loadAuth({ ...flags, stateDir });
-  if (!config.required) {
-    log.warn("authentication is off (--no-auth): anyone who reaches the metaserver can register, replace and delete publishers");
-    return { auth: config, banner: "no auth: anyone may write" };
-  }
-  if (created) log.info("created the admin token", { file: where });
-  const reads = config.read === null ? "reads open" : "reads need a token";
-  return { auth: config, banner: `writes need the token in ${where}; ${reads}` };
-}
-
-/**
- * What SIGHUP reloads on a metaserver: the `--config` file (log level and format, which
- * `--tokens-file` to read; anything else is logged as needing a restart), then the writer
- * tokens file (a bad file is logged and the old writers kept).
- */
-export function reloadMetaOnHangup<V extends { logLevel: LogLevel; logFormat: LogFormat; tokensFile?: string; noAuth: boolean }>(
-  ctx: { flags: V; config?: { file: string; reread(): V } },
-  log: Logger,
-  meta: { setWriters(writers: readonly string[]): void },
-  more: readonly Reloadable<V>[] = [],
-): void {
-  if (ctx.flags.noAuth) {
-    reloadConfigOnHangup(ctx, log, more);
-    return;
-  }
-  let file = ctx.flags.tokensFile;
-  reloadConfigOnHangup(ctx, log, [
-    ...more,
-    {
-      keys: ["tokensFile"],
-      apply: (next) => {
-        const writers = next.tokensFile === undefined ? [] : readWriters(next.tokensFile); // throws: old file kept
-        meta.setWriters(writers);
-        file = next.tokensFile;
-      },
-    },
-  ]);
-  if (file === undefined && ctx.config === undefined) return;
-  onReload("writer tokens", () => {
-    if (file === undefined) return "none";
-    const writers = readWriters(file);
-    meta.setWriters(writers);
-    return `${writers.length} from ${file}`;
-  });
-}
 
 export default defineCommand({
   name: "meta",
@@ -92,7 +27,7 @@ export default defineCommand({
   flags: {
     listen: str("address and port to serve on (default loopback only; [::]:8090 for all addresses)", { default: `[::1]:${DEFAULT_META_PORT}`, placeholder: "host:port", schema: HostPort }),
     db: str("SQLite file, or :memory: (default: <state dir>/meta.db)", { placeholder: "path" }),
-    stateDir: str("where meta.db and meta.token live (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
+    stateDir: stateDirFlag("where meta.db and meta.token live"),
     ttl: str("a publisher that sends no heartbeat for this long turns stale", { default: "15s", placeholder: "duration", schema: Duration }),
     deregisterAfter: str("a stale publisher is removed after this much more silence", { default: "60s", placeholder: "duration", schema: Duration }),
     ...authFlags(),

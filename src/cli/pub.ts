@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { bool, configFlag, defineCommand, str } from "./command.ts";
-import { clientLogFlags, clientLogLevel, startService, waitFlag } from "./common.ts";
-import { PortsFlag } from "./gateway.ts";
+import { clientLogFlags, clientLogLevel, portsFlag, startService, waitFlag } from "./common.ts";
+import { runDirFlag, stateDirFlag } from "./flags.ts";
 import { StoaError } from "../core/errors.ts";
 import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
 import { clientToken, MetaClient } from "../meta/client.ts";
@@ -9,7 +9,7 @@ import { onShutdown, shutdown, shutdownManager } from "../core/shutdown.ts";
 import { DEFAULT_META_PORT } from "../meta/protocol.ts";
 import { InputFormats, readValues } from "../stream/input.ts";
 import { PubId } from "../stream/names.ts";
-import { DEFAULT_HISTORY, MAX_HISTORY } from "../stream/protocol.ts";
+import { DEFAULT_HISTORY, MAX_HISTORY, SlowPolicy } from "../stream/protocol.ts";
 import { startPublishing } from "../stream/session.ts";
 import { waitForGateway, waitForMeta } from "../status/reach.ts";
 
@@ -29,14 +29,14 @@ export default defineCommand({
   positionals: [{ name: "name", description: "hierarchical name, e.g. lab/sensors/temp", required: true }],
   flags: {
     meta: str("metaserver URL", { default: `http://[::1]:${DEFAULT_META_PORT}`, placeholder: "url" }),
-    runDir: str("run dir of the local gateway (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    runDir: runDirFlag("run dir of the local gateway"),
     tokenFile: str("the metaserver's token, mode 0600 (default: $STOA_META_TOKEN, else the state dir's meta.token if --meta is on this host)", { placeholder: "file" }),
-    stateDir: str("where a local stoa up/meta keeps meta.token (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
+    stateDir: stateDirFlag("where a local stoa up/meta keeps meta.token"),
     format: str("how stdin becomes values: lines (one string each), json (one JSON value per line), raw (byte chunks)", {
       default: "lines",
       choices: InputFormats,
     }),
-    slow: str("what a too-slow subscriber gets", { default: "drop-oldest", choices: ["drop-oldest", "disconnect"] }),
+    slow: str("what a too-slow subscriber gets", { default: "drop-oldest", choices: SlowPolicy.options }),
     pubId: str("stable pub_id (default: a fresh random one)", { placeholder: "id", schema: PubId }),
     host: str("host address clients reach the gateway at (default: from the gateway)", { placeholder: "addr" }),
     internal: str("how the gateway reaches this publisher", { default: "unix", choices: ["unix", "tcp"] }),
@@ -51,7 +51,7 @@ export default defineCommand({
     }),
     prefix: str("with --addr auto: the on-link prefix to draw the address from", { placeholder: "P/64" }),
     dev: str("with --addr auto: the interface to add the address to", { placeholder: "IF" }),
-    ports: str("with --addr auto: service,string,ping ports to serve on", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
+    ports: portsFlag("with --addr auto: service,string,ping ports to serve on"),
     ...waitFlag("the gateway and the metaserver"),
     ...clientLogFlags(),
     config: configFlag(),
@@ -86,17 +86,16 @@ export default defineCommand({
       metaToken,
       runDir,
       host: flags.host,
-      internal: z.enum(["unix", "tcp"]).parse(flags.internal),
+      internal: flags.internal,
       ownAddress: flags.addr === "auto" && flags.prefix && flags.dev ? { prefix: flags.prefix, dev: flags.dev, ports: flags.ports } : undefined,
-      slow: z.enum(["drop-oldest", "disconnect"]).parse(flags.slow),
+      slow: flags.slow,
       history: flags.history,
       log,
     });
     onShutdown("publisher", () => session.close());
     // Not a log line: what a script may want to know (its pub_id, its URL), on stdout, once live.
     process.stdout.write(`publishing ${session.info.name} as ${session.info.pub_id}: ${session.info.urls.service}\n`);
-    const format = z.enum(InputFormats).parse(flags.format);
-    for await (const value of readValues(Bun.stdin.stream(), format, (bad) => log.warn("skipped a line of stdin", { line: bad.line, reason: bad.reason }))) {
+    for await (const value of readValues(Bun.stdin.stream(), flags.format, (bad) => log.warn("skipped a line of stdin", { line: bad.line, reason: bad.reason }))) {
       // A signal's shutdown closes the publisher while stdin still flows: let it finish and exit.
       if (shutdownManager.stopping) return await new Promise<number>(() => {});
       try {

@@ -1,5 +1,6 @@
 import { bool, defineCommand, str } from "./command.ts";
 import { clientLogFlags, clientLogLevel, startService } from "./common.ts";
+import { runDirFlag, stateDirFlag } from "./flags.ts";
 import { Duration } from "../core/duration.ts";
 import { StoaError } from "../core/errors.ts";
 import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
@@ -24,10 +25,10 @@ export default defineCommand({
   flags: {
     json: bool("the whole report as one JSON object (also when unhealthy)"),
     wait: str("ask again until healthy, for up to this long", { default: "0", placeholder: "duration", schema: Duration }),
-    runDir: str("run dir of the gateway and hotlink daemons (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    runDir: runDirFlag("run dir of the gateway and hotlink daemons"),
     meta: str(`metaserver URL (default ${DEFAULT_META_URL}, not a problem when nothing answers there)`, { placeholder: "url" }),
     tokenFile: str("token for a metaserver whose reads need one", { placeholder: "file" }),
-    stateDir: str("where a local stoa up/meta keeps meta.token (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
+    stateDir: stateDirFlag("where a local stoa up/meta keeps meta.token"),
     ...clientLogFlags(),
   },
   examples: ["stoa status", "stoa up & stoa status --wait 10s && run-the-smoke-test", "stoa status --json | jq '.meta.publishers[].name'"],

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { bool, configFlag, defineCommand, str } from "./command.ts";
 import { clientLogFlags, clientLogLevel, startService, waitFlag } from "./common.ts";
+import { stateDirFlag } from "./flags.ts";
 import { StoaError } from "../core/errors.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { defaultStateDir } from "../core/paths.ts";
@@ -29,7 +30,7 @@ export default defineCommand({
   flags: {
     meta: str("metaserver URL", { default: `http://[::1]:${DEFAULT_META_PORT}`, placeholder: "url" }),
     tokenFile: str("token for a metaserver whose reads need one, mode 0600 (default: $STOA_META_TOKEN, else the state dir's meta.token if --meta is on this host)", { placeholder: "file" }),
-    stateDir: str("where a local stoa up/meta keeps meta.token (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
+    stateDir: stateDirFlag("where a local stoa up/meta keeps meta.token"),
     json: bool('one JSON object per value: {"seq":n,"ts":"…","value":…}'),
     latest: bool("print the latest value once (a ping through the gateway) and exit"),
     from: str("where to start: latest (the last value, then live), now (only new values), oldest (the publisher's whole --history, then live)", {
@@ -69,7 +70,7 @@ export default defineCommand({
     const done = Promise.withResolvers<number>();
     let refusal = "";
     const sub = subscribe(info.urls.service, {
-      from: { at: z.enum(FROM_WORDS).parse(flags.from) },
+      from: { at: flags.from },
       // Each new answer once at warning level (a dead publisher's 502 and its message), its
       // repeats while retrying at info.
       onRefused: (r) => {

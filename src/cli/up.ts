@@ -1,7 +1,8 @@
 import { join } from "node:path";
 import { configFlag, defineCommand, list, str } from "./command.ts";
-import { HostPort, logFlags, serveMetrics, splitList, startService } from "./common.ts";
-import { PortsFlag } from "./gateway.ts";
+import { HostPort, logFlags, portsFlag, serveMetrics, splitList, startService } from "./common.ts";
+import { runDirFlag, stateDirFlag } from "./flags.ts";
+import { authFlags, metaAuth, reloadMetaOnHangup } from "./meta-auth.ts";
 import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { startGateway } from "../gateway/gateway.ts";
@@ -9,7 +10,6 @@ import { DEFAULT_META_PORT } from "../meta/protocol.ts";
 import { announceReady } from "../core/daemon.ts";
 import { isLoopback } from "../core/hostaddr.ts";
 import { startMetaThread } from "../meta/thread.ts";
-import { authFlags, metaAuth, reloadMetaOnHangup } from "./meta.ts";
 
 /**
  * Where `stoa up` listens unless told otherwise: loopback only. Serving other hosts is a choice
@@ -33,10 +33,10 @@ export default defineCommand({
   config: true,
   flags: {
     listen: list("gateway address (repeatable or comma-separated; default ::1 and 127.0.0.1, loopback only; :: for all addresses)", { placeholder: "addr" }),
-    ports: str("gateway service,string,ping ports", { default: "8081,8082,8083", placeholder: "S,T,P", schema: PortsFlag }),
+    ports: portsFlag("gateway service,string,ping ports"),
     metaListen: str("metaserver address and port ([::]:8090 for all addresses)", { default: `[::1]:${DEFAULT_META_PORT}`, placeholder: "host:port", schema: HostPort }),
-    stateDir: str("where the metaserver keeps meta.db and meta.token (default: /var/lib/stoa as root, else ~/.local/state/stoa)", { placeholder: "dir" }),
-    runDir: str("where publishers' sockets live (default: /run/stoa as root, else $XDG_RUNTIME_DIR/stoa)", { placeholder: "dir" }),
+    stateDir: stateDirFlag("where the metaserver keeps meta.db and meta.token"),
+    runDir: runDirFlag("where publishers' sockets live"),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT (the metaserver also serves /metrics)", { placeholder: "host:port", schema: HostPort }),
     readyFile: str("once serving, write this file (JSON: pid, ports, metaserver URL) atomically; removed at exit", { placeholder: "file" }),
     ...authFlags(),
