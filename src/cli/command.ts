@@ -254,10 +254,13 @@ export function parseCommandLine<F extends FlagMap>(
   }
   let config: Context<F>["config"];
   if (cmd.config) {
+    // A re-read starts again from the command line and the defaults, so a setting deleted from
+    // the file goes back to its default instead of keeping the value the file gave at start.
+    const fromArgv = { ...values };
     Object.assign(values, layeredFlags(cmd.flags, explicit, path));
     const file = configFile(explicit);
     const reread = (): FlagValues<F> => {
-      const next = { ...values, ...layeredFlags(cmd.flags, explicit, path) };
+      const next = { ...fromArgv, ...layeredFlags(cmd.flags, explicit, path) };
       checkRequired(cmd.flags, next, path, "config");
       return next as FlagValues<F>;
     };

@@ -154,6 +154,9 @@ describe("flags from the environment and a config file", () => {
       writeFileSync(file, JSON.stringify({ port: 7001, runDir: "/b" }));
       expect(config?.reread()).toMatchObject({ port: 7001, runDir: "/flag" });
       expect(result.ctx.flags).toMatchObject({ port: 7000 });
+      // A setting deleted from the file goes back to its default (it kept 7001 before).
+      writeFileSync(file, JSON.stringify({ runDir: "/c" }));
+      expect(config?.reread()).toMatchObject({ port: 8081, runDir: "/flag" });
       writeFileSync(file, JSON.stringify({ port: "seventy" }));
       expect(() => config?.reread()).toThrow(/config file .* key "port"/);
       const plain = parseCommandLine(layered, [], "stoa serve");
