@@ -4,6 +4,9 @@ import { StoaError } from "../../src/core/errors.ts";
 import { contains, formatIPv6, parseHostAddress, parseIPv6, parsePrefix, randomAddressIn } from "../../src/addr/ipv6.ts";
 import { fuzzSeed, prng } from "../helpers/prng.ts";
 
+/** The random-input tests: about 0.2 s each on an idle machine, several times that on a loaded 2-core one (Bun's default is 5 s). */
+const RANDOM_ROUNDS_TIMEOUT_MS = 20_000;
+
 const hex = (b: Uint8Array | undefined) => (b === undefined ? undefined : Buffer.from(b).toString("hex"));
 
 function usage(fn: () => unknown): string {
@@ -64,7 +67,7 @@ describe("parsing IPv6 text", () => {
       if (/(^|[:.])0\d/.test(text.split(":").pop() ?? "") && text.includes(".")) continue;
       expect({ text, ok: ours }).toEqual({ text, ok: isIPv6(text) });
     }
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 });
 
 describe("formatting IPv6 (RFC 5952)", () => {
@@ -90,7 +93,7 @@ describe("formatting IPv6 (RFC 5952)", () => {
       expect(hex(parseIPv6(text))).toBe(hex(bytes));
       expect(`[${text}]`).toBe(new URL(`http://[${text}]/`).hostname);
     }
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 });
 
 describe("ADDR/128 and prefixes", () => {
@@ -144,7 +147,7 @@ describe("random addresses in a prefix", () => {
       const addr = parseIPv6(randomAddressIn(prefix)) ?? new Uint8Array(16);
       expect({ prefix, inside: contains({ bytes: base, length }, addr) }).toEqual({ prefix, inside: true });
     }
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 
   test("never the Subnet-Router anycast (all-zero host) nor a /64's reserved anycast ids", () => {
     const zeros = () => new Uint8Array(16);

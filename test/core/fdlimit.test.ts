@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { FD_BACKOFF_MS, FD_WATCH_INTERVAL_MS, REFUSAL_LINGER_MS } from "../../src/core/fdguard.ts";
 import { FD_RESERVE_MAX, FD_RESERVE_MIN, fdLimit, fdReserve, fdsInUse, nextFd, overFdBudget, RefusalLog } from "../../src/core/fdlimit.ts";
 import { metrics, Registry } from "../../src/core/metrics.ts";
-import { eventually, memoryLogger } from "../fixtures/gateway-helpers.ts";
+import { memoryLogger } from "../fixtures/gateway-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const FIXTURE = join(import.meta.dir, "..", "fixtures", "fd-pressure.ts");
 
@@ -126,9 +127,9 @@ describe("RefusalLog", () => {
     expect(lines[0]).toContain("WARN");
     expect(lines[0]).toContain("refusing for a test");
     expect(lines[0]).toContain("fd_limit=");
-    await eventually(() => lines.length >= 2, 5_000, "the interval's summary");
+    await eventually("the interval's summary", () => lines.length >= 2);
     expect(lines[1]).toContain("refused=49");
-    await eventually(() => lines.length >= 3, 5_000, "the all-clear");
+    await eventually("the all-clear", () => lines.length >= 3);
     expect(lines[2]).toContain("INFO");
     expect(lines[2]).toContain("none in the last");
     expect(refusals.total).toBe(50);

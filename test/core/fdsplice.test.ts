@@ -10,6 +10,7 @@ import { FdSplicer, SPLICE_TAGS, type Splice, type SpliceOptions, takeSocketFd }
 import { SPLICE_READ_BYTES } from "../../src/core/fdsplice-engine.ts";
 import { libc } from "../../src/ffi/libc.ts";
 import { Outbox } from "../fixtures/pipe-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 /** Where a test server listens: TCP on 127.0.0.1 or a Unix socket. */
 type Where = { port: number } | { unix: string };
@@ -223,15 +224,6 @@ const echo: Behaviour = {
   data: (p, chunk) => p.out.write(new Uint8Array(chunk)),
   end: (p) => p.out.finish("end"),
 };
-
-/** Polls `check` until it holds; fails with `what` after `ms`. */
-async function until(check: () => boolean, what: string, ms = 5_000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!check()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
 
 /** Raises SO_SNDBUF of a Bun socket (the kernel doubles it, up to net.core.wmem_max). */
 function setSendBuffer(sock: Socket<Peer>, bytes: number): void {
@@ -514,13 +506,14 @@ describe("backpressure", () => {
     };
     // Write until every buffer on the way is full (the client does not read), then hang up.
     let last = -1;
-    await until(() => {
+    await eventually("the buffers to fill", () => {
       pump();
       const same = accepted === last;
       last = accepted;
       return same && splicer.totals(0).bToA > 0;
-    }, "the buffers to fill");
+    });
     upstream.sock.end();
+    // The FIN reaches the splicer before the client reads (no state of the splicer shows it).
     await Bun.sleep(100);
     client.sock.resume();
     await client.ended;
@@ -579,10 +572,10 @@ describe("failures", () => {
     const splice = await proxy.next();
     const upstream = await server.next();
     // Let the kernel buffers and the splicer's queue fill, then reset the server's end.
-    await until(() => splicer.totals(0).bToA > 0, "bytes to flow");
+    await eventually("bytes to flow", () => splicer.totals(0).bToA > 0);
     await Bun.sleep(100);
     upstream.sock.terminate();
-    await Bun.sleep(50);
+    await Bun.sleep(50); // the reset reaches the splicer before the client reads (no state of the splicer shows it)
     client.sock.resume();
     await client.ended;
     expect(client.finSeen).toBe(true);
@@ -690,7 +683,7 @@ describe("failures", () => {
       expect(splicer.active).toBe(0);
       // Bun closes the test's own sockets asynchronously; wait for them, then compare.
       const leaked = (): string[] => [...openFds()].filter((fd) => !before.has(fd));
-      await until(() => leaked().length === 0, "every descriptor opened since the warm-up to close").catch(() => {});
+      await eventually("every descriptor opened since the warm-up to close", () => leaked().length === 0).catch(() => {});
       expect(leaked()).toEqual([]);
     },
     30_000,
@@ -723,7 +716,7 @@ describe("linger", () => {
     const splice = await proxy.next();
     const upstream = await server.next();
     // Let the buffers and the splicer's queue fill, then hang up the server's end.
-    await until(() => splicer.totals(0).bToA > 0, "bytes to flow");
+    await eventually("bytes to flow", () => splicer.totals(0).bToA > 0);
     await Bun.sleep(100);
     upstream.sock.end();
     const stats = await splice.done;
@@ -797,7 +790,7 @@ describe("totals", () => {
     await a.waitFor(8);
     b.out.write("x".repeat(1000));
     await b.waitFor(1000);
-    await until(() => splicer.totals(1).bToA === 8 && splicer.totals(SPLICE_TAGS - 1).bToA === 1000, "the totals");
+    await eventually("the totals", () => splicer.totals(1).bToA === 8 && splicer.totals(SPLICE_TAGS - 1).bToA === 1000);
     expect(splicer.totals(1)).toEqual({ aToB: 8, bToA: 8 });
     expect(splicer.totals(SPLICE_TAGS - 1)).toEqual({ aToB: 1000, bToA: 1000 });
     expect(splicer.totals(0)).toEqual({ aToB: 0, bToA: 0 });

@@ -137,7 +137,7 @@ describe("FrameDecoder: ownership of buffers", () => {
     expect(frame?.buffer.byteLength).toBe(3);
   });
 
-  test("a frame from a Buffer chunk (what Bun sockets deliver) is a copy, not a view of it", () => {
+  test("a frame from a Buffer chunk (what Bun sockets deliver) is a copy, not a view of it (regression: frames were views of the caller's memory)", () => {
     const chunk = Buffer.from(encodeFrame(bytes(9, 9, 9)));
     const [frame] = new FrameDecoder().push(chunk);
     chunk.fill(0);

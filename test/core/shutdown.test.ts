@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createLogger } from "../../src/core/log.ts";
 import { ShutdownManager, shutdownManager, onShutdown, shutdown } from "../../src/core/shutdown.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 function harness(timeoutMs = 1_000) {
   const lines: string[] = [];
@@ -208,7 +209,7 @@ describe("signals, in a real process", () => {
   test("a second signal during shutdown exits 1 at once", async () => {
     const { proc, read } = await start("hang");
     proc.kill("SIGTERM");
-    while (!read().includes("hanging")) await Bun.sleep(5);
+    await eventually("the shutdown to begin", () => read().includes("hanging"));
     proc.kill("SIGINT");
     expect(await proc.exited).toBe(1);
     expect(read()).toBe("hanging\n");
@@ -217,7 +218,7 @@ describe("signals, in a real process", () => {
   });
 });
 
-describe("end of stdin and a signal together (D9: `producer | stoa pub` stopped by Ctrl-C)", () => {
+describe("end of stdin and a signal together — regression, issue 9 D9: `producer | stoa pub` stopped by Ctrl-C left its registration and sockets", () => {
   const dir = mkdtempSync(join(tmpdir(), "stoa-shutdown-eof-"));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const fixture = join(import.meta.dir, "..", "fixtures", "shutdown-cleanups.ts");

@@ -17,17 +17,10 @@ import {
   WS_PAYLOAD_TOO_LARGE,
   wsErrorCode,
 } from "../../src/core/ws.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-ws-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
 
 interface Seen {
   upgrades: { path: string; header: string | null; protocol: string | null }[];
@@ -141,12 +134,12 @@ describe("connecting", () => {
       onOpen: (ws) => expect(ws.protocol).toBe("stoa.v1"),
     });
     try {
-      await waitFor("open", () => conn.state === "open");
+      await eventually("open", () => conn.state === "open");
       expect(log.opens).toEqual([1]);
       expect(seen.upgrades).toEqual([{ path: "/feed?x=1", header: "yes", protocol: "stoa.v1, stoa.v0" }]);
       expect(conn.send("hello")).toBe(true);
       expect(conn.send(new Uint8Array([1, 2, 3]))).toBe(true);
-      await waitFor("echoes", () => log.messages.length === 2);
+      await eventually("echoes", () => log.messages.length === 2);
       expect(log.messages[0]).toBe("hello");
       expect(log.messages[1]).toBeInstanceOf(ArrayBuffer);
       expect([...new Uint8Array(log.messages[1] as ArrayBuffer)]).toEqual([1, 2, 3]);
@@ -162,9 +155,9 @@ describe("connecting", () => {
     const { server, seen } = echoServer(path);
     const { conn, log } = client(`ws+unix://${path}:/stream/cam1`);
     try {
-      await waitFor("open", () => conn.state === "open");
+      await eventually("open", () => conn.state === "open");
       conn.send("over unix");
-      await waitFor("echo", () => log.messages.length === 1);
+      await eventually("echo", () => log.messages.length === 1);
       expect(log.messages).toEqual(["over unix"]);
       expect(seen.upgrades[0]?.path).toBe("/stream/cam1");
     } finally {
@@ -195,14 +188,14 @@ describe("reconnecting", () => {
     const port = server.port ?? 0;
     const { conn, log } = client(`ws://127.0.0.1:${port}/`);
     try {
-      await waitFor("first open", () => conn.state === "open");
+      await eventually("first open", () => conn.state === "open");
       server.stop(true);
-      await waitFor("close noticed", () => log.closes.length >= 1);
+      await eventually("close noticed", () => log.closes.length >= 1);
       expect(log.closes[0]?.willRetry).toBe(true);
       ({ server } = echoServer(port));
-      await waitFor("second open", () => log.opens.length === 2 && conn.state === "open");
+      await eventually("second open", () => log.opens.length === 2 && conn.state === "open");
       conn.send("again");
-      await waitFor("echo after reconnect", () => log.messages.includes("again"));
+      await eventually("echo after reconnect", () => log.messages.includes("again"));
     } finally {
       conn.close();
       await conn.closed;
@@ -229,7 +222,7 @@ describe("reconnecting", () => {
       expect(conn.attempts).toBe(failed + (conn.state === "connecting" ? 1 : 0));
 
       server = echoServer(port).server;
-      await waitFor("open once the server is up", () => conn.state === "open");
+      await eventually("open once the server is up", () => conn.state === "open");
       expect(log.opens).toEqual([conn.attempts]);
     } finally {
       conn.close();
@@ -254,7 +247,7 @@ describe("reconnecting", () => {
     const stable = client(`ws://127.0.0.1:${server.port}/`, { stableAfterMs: 30 });
     const unstable = client(`ws://127.0.0.1:${server.port}/`, { stableAfterMs: 60_000 });
     try {
-      await waitFor("three opens each", () => stable.log.opens.length >= 3 && unstable.log.opens.length >= 3);
+      await eventually("three opens each", () => stable.log.opens.length >= 3 && unstable.log.opens.length >= 3);
       expect(stable.log.opens.slice(0, 3)).toEqual([1, 1, 1]);
       expect(unstable.log.opens.slice(0, 3)).toEqual([1, 2, 3]);
       expect(stable.log.closes[0]).toMatchObject({ code: 4000, reason: "bye", willRetry: true });
@@ -271,7 +264,7 @@ describe("reconnecting", () => {
     const silent = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
     const { conn, log } = client(`ws://127.0.0.1:${silent.port}/`, { connectTimeoutMs: 100 });
     try {
-      await waitFor("two timeouts", () => log.errors.length >= 2);
+      await eventually("two timeouts", () => log.errors.length >= 2);
       expect(log.errors[0]?.code).toBe("timeout");
       expect(log.errors[0]?.message).toContain("did not open within 100 ms");
       expect(log.closes[0]).toMatchObject({ code: 1006, reason: "connect timeout", willRetry: true });
@@ -318,7 +311,7 @@ describe("sending while disconnected", () => {
       expect(conn.send("xyz")).toBe(false); // 5 + 3 + 3 > 10
       expect(conn.send("ab")).toBe(true);
       server = echoServer(port).server;
-      await waitFor("all echoes", () => log.messages.length === 4);
+      await eventually("all echoes", () => log.messages.length === 4);
       expect(log.messages.slice(0, 2)).toEqual(["hello", "12345"]);
       expect([...new Uint8Array(log.messages[2] as ArrayBuffer)]).toEqual([7, 7, 7]);
       expect(log.messages[3]).toBe("ab");
@@ -335,12 +328,12 @@ describe("closing", () => {
     const { server, seen } = echoServer(0);
     const { conn, log } = client(`ws://127.0.0.1:${server.port}/`);
     try {
-      await waitFor("open", () => conn.state === "open");
+      await eventually("open", () => conn.state === "open");
       conn.close(4001, "done here");
       expect(conn.state).toBe("closing");
       await conn.closed;
       expect(conn.state).toBe("closed");
-      await waitFor("server saw the close", () => seen.closes.length === 1);
+      await eventually("server saw the close", () => seen.closes.length === 1);
       expect(seen.closes[0]).toEqual({ code: 4001, reason: "done here" });
       expect(log.closes).toHaveLength(1);
       expect(log.closes[0]).toMatchObject({ willRetry: false });
@@ -401,7 +394,7 @@ console.log(JSON.stringify({ before: after, after: closes, state: conn.state }))
       expect(conn.state).toBe("connecting");
       conn.close();
       await conn.closed;
-      await Bun.sleep(50);
+      await Bun.sleep(50); // a dial still under way must not open after close()
       expect(log.opens).toEqual([]);
       expect(log.closes).toEqual([]);
       expect(conn.attempts).toBe(1);
@@ -443,8 +436,7 @@ describe("refused upgrades", () => {
       onError: (err) => events.push(`error ${err.message}`),
     });
     try {
-      const until = Date.now() + 5_000;
-      while (refusals.length < 2 && Date.now() < until) await Bun.sleep(5);
+      await eventually("two refusals", () => refusals.length >= 2);
       expect(events[0]).toBe("refused");
       expect(events[1]).toStartWith("close 1006 502: {");
       // The body was cut at the bound, so the JSON did not parse: its text, bounded.
@@ -476,8 +468,7 @@ describe("refused upgrades", () => {
       urlFor: () => `ws://127.0.0.1:${server.port}/try?n=${++n}`,
     });
     try {
-      const until = Date.now() + 5_000;
-      while (paths.length < 3 && Date.now() < until) await Bun.sleep(5);
+      await eventually("three attempts", () => paths.length >= 3);
       expect(paths.slice(0, 3)).toEqual(["/try?n=1", "/try?n=2", "/try?n=3"]);
     } finally {
       conn.close();

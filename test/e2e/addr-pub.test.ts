@@ -8,8 +8,9 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Net, canUseNetns, createNet } from "../helpers/netns.ts";
-import { NetProcs, type Proc, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { NetProcs, type Proc, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { STOA } from "../helpers/stoa.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const can = canUseNetns();
 if (!can.ok) console.warn(`skipping stoa pub --addr auto tests: ${can.reason}`);
@@ -77,6 +78,6 @@ describe.if(can.ok)("stoa pub --addr auto: a publisher on its own /128, no gatew
     const gc = await net.exec("a", [STOA, "addr", "gc", "--run-dir", runDir, "--json"]);
     expect(gc.code).toBe(0);
     expect(JSON.parse(gc.stdout).removed.map((r: { addr: string }) => r.addr)).toContain(host);
-    await poll("address gone", async () => ((await addressesOfA()).includes(host) ? undefined : true));
+    await eventually("address gone", async () => !(await addressesOfA()).includes(host), { timeoutMs: 10_000 });
   }, 60_000);
 });

@@ -9,7 +9,8 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { newToken, tokenDigest } from "../../src/core/token.ts";
 import { UnixDatagramReceiver } from "../../src/ffi/unixdgram.ts";
-import { type Proc, Scope, freePorts, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { type Proc, Scope, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { STOA, stoa } from "../helpers/stoa.ts";
 
 const scope = new Scope();
@@ -33,7 +34,7 @@ class NotifyListener {
 
   /** Waits for a datagram holding the line `line` (polled every 2 ms, so "at once" is close). */
   async waitFor(line: string, ms = 10_000): Promise<string> {
-    return await poll(`${line} on NOTIFY_SOCKET`, () => this.drain().find((m) => m.split("\n").includes(line)), ms, 2);
+    return await eventually(`${line} on NOTIFY_SOCKET`, () => this.drain().find((m) => m.split("\n").includes(line)), { timeoutMs: ms, everyMs: 2 });
   }
 
   close(): void {
@@ -85,7 +86,7 @@ describe("stoa gateway under systemd", () => {
     expect(ready).toContain(`STATUS=gateway on ${service},${string},${ping}`);
     expect(notify.messages.filter((m) => m.includes("READY=1"))).toHaveLength(1);
     // Every WATCHDOG_USEC / 2 = 100 ms: a few within a second, whatever the load.
-    await poll("three watchdog pings", () => (notify.drain().filter((m) => m === "WATCHDOG=1").length >= 3 ? true : undefined), 5_000);
+    await eventually("three watchdog pings", () => notify.drain().filter((m) => m === "WATCHDOG=1").length >= 3);
     expect(notify.messages.some((m) => m.includes("STOPPING=1"))).toBe(false);
     gw.proc.kill("SIGTERM");
     expect(await gw.exitWithin(10_000)).toBe(0);

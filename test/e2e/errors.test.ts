@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { publisherSocketPath } from "../../src/core/paths.ts";
 import { rawExchange } from "../fixtures/gateway-helpers.ts";
-import { freePorts, poll, type Proc, requireBinary, Scope } from "../fixtures/e2e-helpers.ts";
+import { freePorts, type Proc, requireBinary, Scope } from "../fixtures/e2e-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
 let runDir = "";
@@ -47,11 +48,11 @@ async function startPub(name: string, metaUrl: string, value: string, extra: str
 /** `stoa sub NAME --latest` until it prints `want` (the value may still be on its way). */
 async function latestIs(name: string, metaUrl: string, want: string): Promise<void> {
   let last = "";
-  await poll(`${name} to have the latest value ${want}`, async () => {
+  await eventually(`${name} to have the latest value ${want}`, async () => {
     const r = await scope.stoa("sub --latest", ["sub", name, "--meta", metaUrl, "--latest"]).output();
     last = `exit ${r.code}: ${r.out}${r.err}`;
     return r.code === 0 && r.out === `${want}\n` ? true : undefined;
-  }, 10_000).catch((err: unknown) => {
+  }, { timeoutMs: 10_000 }).catch((err: unknown) => {
     throw new Error(`${String(err)}; last try: ${last}`);
   });
 }
@@ -154,7 +155,7 @@ describe("a publisher that dies without cleaning up", () => {
 
       // TTL 1 s, then 1 s stale before removal: well inside 10 s.
       const states = new Set<string>();
-      await poll(
+      await eventually(
         "the metaserver to remove the dead publisher",
         async () => {
           const res = await fetch(`${meta}/v1/publishers/${pubId}`);
@@ -162,8 +163,7 @@ describe("a publisher that dies without cleaning up", () => {
           states.add(((await res.json()) as { state: string }).state);
           return undefined;
         },
-        10_000,
-        50,
+        { timeoutMs: 10_000, everyMs: 50 },
       );
       expect(states.has("stale")).toBe(true);
       const listed = (await (await fetch(`${meta}/v1/publishers?prefix=err/dead`)).json()) as { publishers: unknown[] };
@@ -187,10 +187,10 @@ describe("a publisher that dies without cleaning up", () => {
       expect(again.pubId).toBe(pubId);
       await latestIs("err/phoenix", meta, "second life");
       // Confirmed again (polled: with a 1 s TTL a heartbeat late under load briefly shows stale).
-      await poll("the registration to be live", async () => {
+      await eventually("the registration to be live", async () => {
         const info = (await (await fetch(`${meta}/v1/publishers/${pubId}`)).json()) as { state: string };
         return info.state === "live" ? true : undefined;
-      }, 5_000);
+      });
     },
     30_000,
   );
@@ -230,7 +230,7 @@ describe("a live publisher is never stolen", () => {
         // The live publisher still serves on its sockets, through the gateway...
         for (const kind of KINDS) expect(existsSync(publisherSocketPath(runDir, pubId, kind))).toBe(true);
         pub.write("still mine\n");
-        await poll("the subscriber to get the next value", () => (texts.includes("still mine") ? true : undefined), 5_000);
+        await eventually("the subscriber to get the next value", () => texts.includes("still mine"));
         expect(texts).not.toContain("stolen");
         // ...and stays registered and findable by name, unchanged.
         const res = await fetch(`${meta15}/v1/publishers/${pubId}`);

@@ -2,8 +2,9 @@ import { afterAll, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { chmodSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Scope, cleanEnv, freePorts, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { Scope, cleanEnv, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { STOA } from "../helpers/stoa.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
 afterAll(() => scope.cleanup());
@@ -82,9 +83,11 @@ describe("stoa hotlink tunnel | ls | close against running daemons", () => {
     expect(b.code).toBe(0);
     expect(b.out).toBe(`tunnel ${CHANNEL}: 127.0.0.1:${bobPort} <-> alice\n`);
 
+    const bobTunnel = () =>
+      (JSON.parse(run(["hotlink", "ls", "--json", "--user", "bob", "--run-dir", runDir]).out) as { status: { tunnels: { out: { state: string } | null }[] } }).status.tunnels[0];
     const message = Buffer.from("hello bob, from alice's application\n".repeat(100));
     const bobApp = await exchange(bobPort, new Uint8Array(0));
-    await Bun.sleep(50);
+    await eventually("bob's session to be open", () => bobTunnel()?.out?.state === "open", { timeoutMs: 10_000 });
     const aliceApp = await exchange(alicePort, message);
     aliceApp.sock.shutdown(); // alice's FIN reaches bob's application after the bytes
     expect(await bobApp.received).toEqual(message);
@@ -139,10 +142,10 @@ describe("stoa hotlink tunnel | ls | close against running daemons", () => {
     writeFileSync(join(channelDir, "stream.tcp"), JSON.stringify({ from: "alice", to: "bob", port: pa, ports: { alice: pa, bob: pb } }));
     const listed = (user: string) =>
       (JSON.parse(run(["hotlink", "ls", "--json", "--user", user, "--run-dir", runDir]).out) as { status: { tunnels: { port: number; origin: string }[] } }).status.tunnels;
-    await poll("both tunnels from the marker", () => (listed("alice")[0]?.port === pa && listed("bob")[0]?.port === pb ? true : undefined));
+    await eventually("both tunnels from the marker", () => listed("alice")[0]?.port === pa && listed("bob")[0]?.port === pb, { timeoutMs: 10_000 });
     expect(listed("alice")[0]?.origin).toBe("watch");
     rmSync(join(channelDir, "stream.tcp"));
-    await poll("both tunnels to stop", () => (listed("alice").length + listed("bob").length === 0 ? true : undefined));
+    await eventually("both tunnels to stop", () => listed("alice").length + listed("bob").length === 0, { timeoutMs: 10_000 });
   }, 60_000);
 
   test("with no daemon running, ls exits 1 with one line that says what to do", () => {

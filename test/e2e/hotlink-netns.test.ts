@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Net, canUseNetns, createNet } from "../helpers/netns.ts";
-import { NetProcs, type Proc, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { NetProcs, type Proc, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { STOA } from "../helpers/stoa.ts";
 
 const can = canUseNetns();
@@ -193,7 +194,7 @@ describe.if(can.ok)("hotlink across three hosts: relay on S, alice on A, bob on 
       ]);
     daemons = [daemon("a", "alice", ALICE_PORT, "bob"), daemon("b", "bob", BOB_PORT, "alice")];
     for (const d of daemons) await d.waitFor("out", /^hotlink: /m);
-    await poll("both daemons on the relay", async () => ((await metric('stoa_hotlink_connections{state="ready"}')) === 2 ? true : undefined), 10_000, 100);
+    await eventually("both daemons on the relay", async () => (await metric('stoa_hotlink_connections{state="ready"}')) === 2, { timeoutMs: 10_000, everyMs: 100 });
   }, 30_000);
 
   afterAll(async () => {
@@ -241,10 +242,10 @@ describe.if(can.ok)("hotlink across three hosts: relay on S, alice on A, bob on 
     expect(alice.receivedSha).toBe(bob.sentSha);
     expect(alice.sentSha).not.toBe(bob.sentSha);
 
-    await poll("the relay in S to hold no session", async () => ((await metric("stoa_hotlink_sessions")) === 0 ? true : undefined), 10_000, 100);
+    await eventually("the relay in S to hold no session", async () => (await metric("stoa_hotlink_sessions")) === 0, { timeoutMs: 10_000, everyMs: 100 });
     expect(await metric("stoa_hotlink_sessions")).toBe(0);
     // Everything bob received went through the relay: there is no other path.
-    const telemetry = await poll("bob's telemetry with every byte", () => {
+    const telemetry = await eventually("bob's telemetry with every byte", () => {
       if (!existsSync(join(dir, "bob.json"))) return undefined;
       const t = JSON.parse(readFileSync(join(dir, "bob.json"), "utf8")) as { mode: string; rx: { bytes: number } };
       return t.rx.bytes >= SEED_BYTES + RANDOM_BYTES ? t : undefined;

@@ -3,8 +3,9 @@ import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { MessageType, PROTOCOL_VERSION, encodeMessage, parseMessage } from "../../src/hotlink/protocol.ts";
 import { formatAuthorization } from "../../src/hotlink/users.ts";
-import { Scope, freePorts, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { Scope, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { stoa } from "../helpers/stoa.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
 afterAll(() => scope.cleanup());
@@ -85,7 +86,7 @@ describe("stoa hotlink", () => {
     const bob = stoa(["hotlink", "user", "add", "bob", "--users", users]).stdout.trimEnd().split("\n").at(-1) ?? "";
     await expect(welcome(url, "bob", bob)).rejects.toThrow("did not open");
     relay.proc.kill("SIGHUP");
-    await poll("bob to be let in", async () => ((await welcome(url, "bob", bob).catch(() => undefined)) === "bob" ? true : undefined));
+    await eventually("bob to be let in", async () => (await welcome(url, "bob", bob).catch(() => undefined)) === "bob", { timeoutMs: 10_000 });
 
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     expect(metrics).toContain("stoa_hotlink_connections");

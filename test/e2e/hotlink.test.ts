@@ -2,9 +2,10 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Scope, freePorts, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { Scope, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { type App, app, sha256hex } from "../fixtures/hotlink-apps.ts";
 import { STOA } from "../helpers/stoa.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
 afterAll(() => scope.cleanup());
@@ -63,7 +64,7 @@ describe("stoa hotlink: relay server and two daemons as separate processes", () 
     const { alicePort, bobPort, sessions, dir, server, alice, bob } = await setUp();
     // The seed's test: bob's application connected first; 20 chunks of 4096 bytes in order.
     const bobApp = await app(bobPort, own);
-    await Bun.sleep(100);
+    await eventually("bob's session on the server", async () => (await sessions()) === 1, { timeoutMs: 10_000 });
     const aliceApp = await app(alicePort, own);
     for (let i = 0; i < 20; i++) {
       const c = new Uint8Array(4096);
@@ -71,7 +72,7 @@ describe("stoa hotlink: relay server and two daemons as separate processes", () 
       c.fill(i & 0xff, 4);
       await aliceApp.send(c);
     }
-    await poll("81,920 bytes at bob's application", () => (bobApp.bytes() >= 81_920 ? true : undefined));
+    await eventually("81,920 bytes at bob's application", () => bobApp.bytes() >= 81_920);
     const got = bobApp.received();
     expect(got.byteLength).toBe(81_920);
     for (let i = 0; i < 20; i++) {
@@ -93,16 +94,16 @@ describe("stoa hotlink: relay server and two daemons as separate processes", () 
     };
     await Promise.all([pump(alice2, a2b), pump(bob2, b2a), alice2.ended, bob2.ended]);
     if (bob2.bytes() !== size || alice2.bytes() !== size) {
-      await Bun.sleep(200);
+      await Bun.sleep(200); // the processes' last log lines, for the diagnosis below
       console.log(server.describe(), alice.describe(), bob.describe());
     }
     expect(bob2.bytes()).toBe(size);
     expect(alice2.bytes()).toBe(size);
     expect(sha(bob2.received())).toBe(sha(a2b));
     expect(sha(alice2.received())).toBe(sha(b2a));
-    await poll("the server to hold no session", async () => ((await sessions()) === 0 ? true : undefined));
+    await eventually("the server to hold no session", async () => (await sessions()) === 0);
     // Telemetry: rewritten every second, with what went through.
-    const telemetry = await poll("telemetry with the bytes", async () => {
+    const telemetry = await eventually("telemetry with the bytes", async () => {
       const t = (await Bun.file(join(dir, "bob.json")).json()) as { rx: { bytes: number }; mode: string; direct: { rx: { bytes: number } } };
       return t.rx.bytes >= size ? t : undefined;
     });
@@ -117,12 +118,15 @@ describe("stoa hotlink: relay server and two daemons as separate processes", () 
     const bobApp = await app(bobPort, own);
     const aliceApp = await app(alicePort, own);
     await aliceApp.send(new Uint8Array(100_000));
-    await poll("the first bytes at bob's application", () => (bobApp.bytes() >= 100_000 ? true : undefined));
+    await eventually("the first bytes at bob's application", () => bobApp.bytes() >= 100_000, { timeoutMs: 10_000 });
     // Bob's daemon may have held alice's first bytes before it took its application's connection
     // (tunnel.ts: what arrives first is held), so its own session may open a moment later.
-    await poll("both directions' sessions on the server", async () => ((await sessions()) === 2 ? true : undefined));
+    await eventually("both directions' sessions on the server", async () => (await sessions()) === 2, { timeoutMs: 10_000 });
     alice.proc.kill("SIGKILL");
-    await bobApp.closed;
-    await poll("the server to hold no session", async () => ((await sessions()) === 0 ? true : undefined));
+    // A FIN would tell bob's application that alice's stream ended complete.
+    await bobApp.ended;
+    expect(bobApp.finSeen()).toBe(false);
+    expect(await bobApp.closed).toBeInstanceOf(Error);
+    await eventually("the server to hold no session", async () => (await sessions()) === 0, { timeoutMs: 10_000 });
   }, 60_000);
 });

@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { publisherDir, publisherSocketPath } from "../../src/core/paths.ts";
-import { freePorts, poll, type Proc, requireBinary, Scope, socketFiles } from "../fixtures/e2e-helpers.ts";
+import { freePorts, type Proc, requireBinary, Scope, socketFiles } from "../fixtures/e2e-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
 let runDir = "";
@@ -75,7 +76,7 @@ describe("stoa pub leaves nothing behind", () => {
       const pubId = await pubIdOf(pub);
       pub.write("kept\n");
       pub.endStdin();
-      await poll("the latest value", async () => {
+      await eventually("the latest value", async () => {
         const r = await scope.stoa("sub --latest", ["sub", "life/stay", "--meta", meta, "--latest"]).output();
         return r.out === "kept\n" ? true : undefined;
       });
@@ -234,7 +235,7 @@ describe("stopping and restarting services", () => {
       const sub = scope.stoa("sub", ["sub", "life/restart", "--meta", meta, "--json", "--count", "4", "-v"]);
       await sub.waitFor("err", /INFO +sub: subscribed/, 15_000);
       first.write("one\ntwo\n");
-      await poll("two values", () => (sub.out.split("\n").length >= 3 ? true : undefined));
+      await eventually("two values", () => sub.out.split("\n").length >= 3, { timeoutMs: 10_000 });
       first.proc.kill("SIGTERM");
       expect(await first.exitWithin(10_000)).toBe(0);
 

@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { Scope, freePorts, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { Scope, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
 afterAll(() => scope.cleanup());
@@ -18,7 +19,7 @@ describe("Prometheus metrics of the serving commands", () => {
     const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
     expect(res.headers.get("content-type")).toContain("text/plain; version=0.0.4");
     // Every one of the ten, whichever worker the kernel gave it to.
-    const text = await poll("all ten counted", async () => {
+    const text = await eventually("all ten counted", async () => {
       const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
       return body.includes('stoa_gateway_routing_errors_total{status="404",error="unknown_pub_id"} 10') ? body : undefined;
     });

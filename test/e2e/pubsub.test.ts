@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { freePorts, type Proc, requireBinary, Scope, TcpWsClient } from "../fixtures/e2e-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
 let runDir = "";
@@ -142,8 +143,7 @@ describe("stoa up, pub and sub on one host", () => {
       for (const l of got) expect(Number.isNaN(Date.parse(l.ts))).toBe(false);
       expect(sub.err).not.toContain("missed values");
 
-      const deadline = Date.now() + 10_000;
-      while (texts.length < N && Date.now() < deadline) await Bun.sleep(10);
+      await eventually(`${N} text frames at the plain client`, () => texts.length >= N, { timeoutMs: 10_000 });
       plain.close();
       expect(binaryFrames).toBe(0);
       expect(texts).toEqual(lines);

@@ -12,9 +12,10 @@ import { join } from "node:path";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import { publisherSocketPath } from "../../src/core/paths.ts";
 import { newToken, tokenDigest } from "../../src/core/token.ts";
-import { type Proc, Scope, freePorts, poll, requireBinary } from "../fixtures/e2e-helpers.ts";
+import { type Proc, Scope, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { rawEcho } from "../fixtures/gateway-helpers.ts";
 import { stoa } from "../helpers/stoa.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
 const closers: (() => unknown)[] = [];
@@ -90,7 +91,7 @@ async function onEveryRouter(gw: Proc, port: number, from: number): Promise<Echo
     const c = await tlsEcho(port);
     conns.push(c);
     expect(await c.echo(`hi ${i}`)).toBe(`hi ${i}`); // routed: its debug line is written by now
-    if (conns.length >= 4 && (await poll("routed lines", () => (routers(gw.err.slice(from)).size >= 2 ? true : undefined), 2_000).catch(() => false))) break;
+    if (conns.length >= 4 && (await eventually("routed lines", () => routers(gw.err.slice(from)).size >= 2, { timeoutMs: 2_000 }).catch(() => false))) break;
   }
   expect([...routers(gw.err.slice(from))].sort()).toEqual(["0", "1"]);
   return conns;
@@ -99,7 +100,7 @@ async function onEveryRouter(gw: Proc, port: number, from: number): Promise<Echo
 async function hangUp(p: Proc, re: RegExp): Promise<void> {
   const from = p.err.length;
   p.proc.kill("SIGHUP");
-  await poll(`${re} after SIGHUP`, () => (re.test(p.err.slice(from)) ? true : undefined), 10_000);
+  await eventually(`${re} after SIGHUP`, () => re.test(p.err.slice(from)), { timeoutMs: 10_000 });
   expect(p.running).toBe(true);
 }
 
@@ -186,7 +187,7 @@ describe("SIGHUP re-reads --config", () => {
     expect(gw.err).toMatch(/WARN  gateway: config: changed settings that need a restart; still running with the old values file=\S+ needs_restart=ports/);
     const mark = gw.err.length;
     for (let i = 0; i < 8; i++) expect(await rawStatus(service, "/pub/nobody")).toBe(404);
-    await poll("debug lines", () => (/DEBUG gateway: rejected .*error=unknown_pub_id/.test(gw.err.slice(mark)) ? true : undefined), 5_000);
+    await eventually("debug lines", () => /DEBUG gateway: rejected .*error=unknown_pub_id/.test(gw.err.slice(mark)));
     // The port stays; the new one is not bound.
     expect(await rawStatus(service, "/ready")).toBe(200);
     expect(await rawStatus(other, "/ready")).toBe(0);
@@ -198,7 +199,7 @@ describe("SIGHUP re-reads --config", () => {
     await hangUp(gw, /reload failed; keeping what was loaded before what=config error=".*config file \S+ key \\"logLevel\\"/);
     const mark2 = gw.err.length;
     expect(await rawStatus(service, "/pub/nobody")).toBe(404);
-    await poll("debug lines", () => (/DEBUG gateway: rejected /.test(gw.err.slice(mark2)) ? true : undefined), 5_000);
+    await eventually("debug lines", () => /DEBUG gateway: rejected /.test(gw.err.slice(mark2)));
     gw.proc.kill("SIGTERM");
     expect(await gw.exitWithin(15_000)).toBe(0);
   }, 60_000);
@@ -238,7 +239,7 @@ describe("SIGHUP re-reads --config", () => {
     await hangUp(up, /reloaded reason=SIGHUP reloaded="config \(\S+up\.json: applied log-level; needs restart: meta-listen\), writer tokens \(none\)"/);
     const mark = up.err.length;
     for (let i = 0; i < 4; i++) expect(await rawStatus(service, "/pub/nobody")).toBe(404);
-    await poll("debug lines", () => (/DEBUG up: rejected .*part=gateway/.test(up.err.slice(mark)) ? true : undefined), 5_000);
+    await eventually("debug lines", () => /DEBUG up: rejected .*part=gateway/.test(up.err.slice(mark)));
     expect((await fetch(`http://127.0.0.1:${metaPort}/v1/health`)).status).toBe(200);
     up.proc.kill("SIGTERM");
     expect(await up.exitWithin(15_000)).toBe(0);

@@ -10,7 +10,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { controlRequest } from "../../src/gateway/control.ts";
 import { safeDecodeServiceFrame } from "../../src/stream/protocol.ts";
-import { freePorts, poll, requireBinary, rssKiB, Scope } from "../fixtures/e2e-helpers.ts";
+import { freePorts, requireBinary, rssKiB, Scope } from "../fixtures/e2e-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const PUBLISHERS = 1_000;
 /** One value per publisher this often: 10,000 values/s through the gateway in all. */
@@ -94,7 +95,7 @@ async function subscribeAll(port: number): Promise<{ subs: Sub[]; sockets: WebSo
 
 /** Waits until every subscriber has at least `n` values; names the laggards on timeout. */
 async function everyoneHas(subs: Sub[], n: number, timeoutMs = 30_000): Promise<void> {
-  await poll(`every subscriber to receive ${n} values`, () => (subs.every((x) => x.values >= n) ? true : undefined), timeoutMs, 50).catch(
+  await eventually(`every subscriber to receive ${n} values`, () => subs.every((x) => x.values >= n), { timeoutMs, everyMs: 50 }).catch(
     (err: unknown) => {
       const behind = subs.map((x, i) => [pubIdOf(i + 1), x.values] as const).filter(([, v]) => v < n);
       throw new Error(`${String(err)}: ${behind.length} behind, e.g. ${JSON.stringify(behind.slice(0, 5))}`);
@@ -137,9 +138,9 @@ describe("one gateway, 1,000 publishers, 1,000 subscribers", () => {
 
       // Round 2: everyone leaves; the gateway lets go of every connection; everyone comes back.
       for (const ws of first.sockets) ws.close();
-      await poll("the gateway to close every connection", async () =>
-        (await controlRequest(runDir, { type: "health" })).connections_open === 0 ? true : undefined,
-      );
+      await eventually("the gateway to close every connection", async () => (await controlRequest(runDir, { type: "health" })).connections_open === 0, {
+        timeoutMs: 10_000,
+      });
       const second = await subscribeAll(s);
       await everyoneHas(second.subs, 2);
       const rssAgain = rssKiB(gw.pid);

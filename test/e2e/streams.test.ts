@@ -159,7 +159,7 @@ describe("streams that show something", () => {
     await oldest.waitFor("out", /"seq":81,/, 15_000);
     const now = scope.stoa("sub --from now", ["sub", "demo/hist", "--meta", meta, "--from", "now", "--count", "1", "-v"]);
     await now.waitFor("err", /subscribed/, 15_000);
-    await Bun.sleep(300);
+    await Bun.sleep(300); // --from now: nothing is printed before the next value
     expect(now.out).toBe("");
     pub.write("live1\nlive2\n");
 

@@ -6,12 +6,12 @@ import { controlRequest } from "../../src/gateway/control.ts";
 import type { Ports } from "../../src/gateway/protocol.ts";
 import {
   counterClient,
-  eventually,
   rawEcho,
   rawExchange,
   streamingPublisher,
   gatewayTestScope,
 } from "../fixtures/gateway-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = gatewayTestScope();
 const { gateway, own, defer } = scope;
@@ -64,7 +64,7 @@ describe("zero-downtime restart", () => {
     await controlRequest(scope.runDir, { type: "register", pub_id: "r1", kind: "ping", target: `unix:${join(scope.runDir, "registered.sock")}` });
     const clients = await Promise.all(Array.from({ length: 4 }, () => counterClient(`ws://127.0.0.1:${old.ports.service}/pub/s1`)));
     defer(() => clients.forEach((c) => c.ws.close()));
-    await eventually(() => clients.every((c) => c.counters.length >= 5), 5_000, "streams to start");
+    await eventually("streams to start", () => clients.every((c) => c.counters.length >= 5));
 
     const fresh = await gateway({ workers: 2, ports: old.ports });
     expect(fresh.tookOverFrom).toBe(process.pid);
@@ -72,16 +72,16 @@ describe("zero-downtime restart", () => {
 
     // The old gateway keeps every established stream flowing, in both directions.
     const before = clients.map((c) => c.counters.length);
-    await eventually(() => clients.every((c, i) => c.counters.length >= (before[i] ?? 0) + 20), 5_000, "streams to go on");
+    await eventually("streams to go on", () => clients.every((c, i) => c.counters.length >= (before[i] ?? 0) + 20));
     for (const c of clients) c.ws.send("after the handover");
-    await eventually(() => clients.every((c) => c.echoes.includes("after the handover")), 5_000, "echoes");
+    await eventually("echoes", () => clients.every((c) => c.echoes.includes("after the handover")));
     expect(clients.every((c) => gapless(c.counters))).toBe(true);
 
     // New connections go to the new gateway, which serves the control socket with the
     // registrations it inherited.
     const newcomers = await Promise.all(Array.from({ length: 6 }, () => counterClient(`ws://127.0.0.1:${old.ports.service}/pub/s1`)));
     defer(() => newcomers.forEach((c) => c.ws.close()));
-    await eventually(() => newcomers.every((c) => c.counters.length > 0), 5_000, "new streams");
+    await eventually("new streams", () => newcomers.every((c) => c.counters.length > 0));
     expect((await fresh.stats()).connections.service.total).toBe(6);
     expect((await old.stats()).connections.service.total).toBe(4);
     expect((await rawExchange(old.ports.ping, "STOA1 r1\ninherited", { halfClose: true })).text).toBe("inherited");
@@ -101,15 +101,15 @@ describe("zero-downtime restart", () => {
     const old = await gatewayProcess({ runDir: scope.runDir, listen: ["127.0.0.1"], ports: { service: 0, string: 0, ping: 0 }, workers: 1 });
     const client = await counterClient(`ws://127.0.0.1:${old.ports.string}/pub/p1`);
     defer(() => client.ws.close());
-    await eventually(() => client.counters.length >= 5, 5_000, "stream to start");
+    await eventually("stream to start", () => client.counters.length >= 5);
 
     const fresh = await gateway({ ports: old.ports });
     expect(fresh.tookOverFrom).toBe(old.proc.pid);
     const before = client.counters.length;
-    await eventually(() => client.counters.length >= before + 20, 5_000, "stream to go on");
+    await eventually("stream to go on", () => client.counters.length >= before + 20);
     const newcomer = await counterClient(`ws://127.0.0.1:${old.ports.string}/pub/p1`);
     defer(() => newcomer.ws.close());
-    await eventually(() => newcomer.counters.length > 0, 5_000, "new stream");
+    await eventually("new stream", () => newcomer.counters.length > 0);
     expect((await fresh.stats()).connections.string.total).toBe(1);
 
     client.ws.close();
@@ -126,16 +126,16 @@ describe("drain", () => {
     const gw = await gateway({ drainTimeoutMs: 300 });
     own(await streamingPublisher(scope.runDir, "d1", "service"));
     const client = await counterClient(`ws://127.0.0.1:${gw.ports.service}/pub/d1`);
-    await eventually(() => client.counters.length > 0, 5_000, "stream to start");
+    await eventually("stream to start", () => client.counters.length > 0);
     const drained = gw.drain();
-    await eventually(() => gw.state === "draining", 1_000, "draining");
+    await eventually("draining", () => gw.state === "draining", { timeoutMs: 1_000 });
     const refused = await Bun.connect({ hostname: "127.0.0.1", port: gw.ports.service, socket: { data() {} } }).catch((e: unknown) => e);
     expect((refused as { code?: string }).code).toBe("ECONNREFUSED");
     const noControl = await controlRequest(scope.runDir, { type: "info" }).catch((e: unknown) => e);
     expect((noControl as StoaError).code).toBe("closed");
     // Still streaming until the deadline.
     const during = client.counters.length;
-    await eventually(() => client.counters.length > during + 5, 2_000, "stream during drain");
+    await eventually("stream during drain", () => client.counters.length > during + 5, { timeoutMs: 2_000 });
     expect(await drained).toEqual({ reason: "drain", cut: 1 });
     await client.closed;
   });

@@ -4,7 +4,6 @@ import { publisherSocketPath } from "../../src/core/paths.ts";
 import { controlRequest } from "../../src/gateway/control.ts";
 import { KINDS } from "../../src/gateway/protocol.ts";
 import {
-  eventually,
   openWs,
   rawEcho,
   rawExchange,
@@ -13,6 +12,7 @@ import {
   wsPublisher,
   gatewayTestScope,
 } from "../fixtures/gateway-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = gatewayTestScope();
 const { gateway, own, defer } = scope;
@@ -176,7 +176,7 @@ describe("robustness and metrics", () => {
     await Promise.all(abuse);
     const fresh = ownWs(await openWs(`ws://127.0.0.1:${gw.ports.service}/pub/steady`));
     expect(await wsAsk(fresh, "new")).toBe("service:steady:new");
-    await eventually(async () => (await gw.stats()).connections.service.open === 2, 5_000, "abusive clients to be gone");
+    await eventually("abusive clients to be gone", async () => (await gw.stats()).connections.service.open === 2);
   });
 
   test("counts connections, bytes, routing errors and connect latency in the registry", async () => {
@@ -187,7 +187,7 @@ describe("robustness and metrics", () => {
     await rawExchange(gw.ports.ping, "STOA1 nobody\n");
     await rawExchange(gw.ports.ping, "STOA1 ..\n");
     // The client saw the gateway close; the gateway may see the client's close a moment later.
-    await eventually(async () => (await gw.stats()).connections.ping.open === 0, 5_000, "connections to close");
+    await eventually("connections to close", async () => (await gw.stats()).connections.ping.open === 0);
     const stats = await gw.stats();
     expect(stats.connections.ping).toEqual({ open: 0, total: 3 });
     expect(stats.bytes.ping).toEqual({ in: 5, out: 5 });

@@ -3,7 +3,8 @@ import { join } from "node:path";
 import { publisherSocketPath } from "../../src/core/paths.ts";
 import { controlRequest } from "../../src/gateway/control.ts";
 import { KINDS } from "../../src/gateway/protocol.ts";
-import { eventually, rawEcho, rawExchange, staleSocket, testGateway, gatewayTestScope } from "../fixtures/gateway-helpers.ts";
+import { rawEcho, rawExchange, staleSocket, testGateway, gatewayTestScope } from "../fixtures/gateway-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = gatewayTestScope();
 const { gateway, own, defer } = scope;
@@ -36,9 +37,8 @@ describe("--workers N", () => {
     const replies = await Promise.all(Array.from({ length: 20 }, () => rawExchange(gw.ports.string, "STOA1 dead\n")));
     expect(replies.every((r) => r.status === 502)).toBe(true);
     await eventually(
-      async () => (await gw.list()).entries.some((e) => e.pub_id === "dead" && e.kind === "string" && e.health.state === "down"),
-      5_000,
       "the target to be marked down",
+      async () => (await gw.list()).entries.some((e) => e.pub_id === "dead" && e.kind === "string" && e.health.state === "down"),
     );
     expect((await gw.stats()).errors.target_down).toBe(20);
   });

@@ -6,6 +6,9 @@ import { StoaError } from "../../src/core/errors.ts";
 import { MAX_ACL_FILE_BYTES, MAX_ACL_RULES, loadAcl, parseAcl, pathProblem, validatePath } from "../../src/hotlink/acl.ts";
 import { fuzzSeed, prng } from "../helpers/prng.ts";
 
+/** The random-input tests: about 0.25 s each on an idle machine, several times that on a loaded 2-core one (Bun's default is 5 s). */
+const RANDOM_ROUNDS_TIMEOUT_MS = 20_000;
+
 const dir = mkdtempSync(join(tmpdir(), "stoa-acl-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -162,7 +165,7 @@ describe("globs", () => {
       if (want) matched++;
     }
     expect(matched).toBeGreaterThan(500);
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 
   test("pathological patterns finish: many '**' and '*' against a long path that does not match", () => {
     const longPath = `carol/${Array.from({ length: 1000 }, () => "a").join("/")}`;

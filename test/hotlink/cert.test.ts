@@ -16,6 +16,9 @@ import {
 } from "../../src/hotlink/cert.ts";
 import { fuzzSeed, mutate, prng } from "../helpers/prng.ts";
 
+/** The random-input tests: about 0.35 s each on an idle machine, several times that on a loaded 2-core one (Bun's default is 5 s). */
+const RANDOM_ROUNDS_TIMEOUT_MS = 20_000;
+
 const HEX64 = /^[0-9a-f]{64}$/;
 
 /** Node's "AB:CD:…" fingerprint in the form of `direct_offer.fpr`. */
@@ -129,7 +132,7 @@ describe("fingerprintOf", () => {
         if (!(err instanceof StoaError)) throw new Error(`seed ${seed} iteration ${i}: ${String(err)}`);
       }
     }
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 });
 
 describe("DER lengths", () => {

@@ -5,8 +5,9 @@ import { join } from "node:path";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
-import { type App, TOKEN, app, checkSeedChunks, seedChunks, sha256hex, until } from "../fixtures/hotlink-apps.ts";
+import { type App, TOKEN, app, checkSeedChunks, seedChunks, sha256hex } from "../fixtures/hotlink-apps.ts";
 import { type Misbehaviour, startTestRelay } from "../fixtures/hotlink-relay.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const log = createLogger({ level: "error", stream: { write: () => {} } });
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -43,13 +44,13 @@ const own = (cleanup: () => void): void => void cleanups.push(cleanup);
 
 describe("tunnels over the relay", () => {
   test("the seed's acceptance test: 20 × 4096-byte chunks, bob's app connected first, all in order", async () => {
-    const { alicePort, bobPort } = await pair();
+    const { alicePort, bobPort, bob } = await pair();
     const bobApp = await app(bobPort, own);
-    await Bun.sleep(50);
+    await eventually("bob's session to be open", () => bob.tunnel(CHANNEL)?.status().out?.state === "open");
     const aliceApp = await app(alicePort, own);
     for (const c of seedChunks(20)) await aliceApp.send(c);
-    await until(() => bobApp.bytes() >= 81_920, "bob's app to read 81,920 bytes");
-    await Bun.sleep(50);
+    await eventually("bob's app to read 81,920 bytes", () => bobApp.bytes() >= 81_920);
+    await Bun.sleep(50); // nothing more may arrive: checkSeedChunks checks the length too
     checkSeedChunks(bobApp.received(), 20);
   });
 
@@ -57,9 +58,9 @@ describe("tunnels over the relay", () => {
     const { alicePort, bobPort, bob } = await pair();
     const aliceApp = await app(alicePort, own);
     for (const c of seedChunks(50)) await aliceApp.send(c);
-    await until(() => (bob.tunnel(CHANNEL)?.status().held ?? 0) === 50 * 4096, "bob's daemon to hold everything");
+    await eventually("bob's daemon to hold everything", () => (bob.tunnel(CHANNEL)?.status().held ?? 0) === 50 * 4096);
     const bobApp = await app(bobPort, own);
-    await until(() => bobApp.bytes() >= 50 * 4096, "bob's app to get the held bytes");
+    await eventually("bob's app to get the held bytes", () => bobApp.bytes() >= 50 * 4096);
     checkSeedChunks(bobApp.received(), 50);
   });
 
@@ -99,7 +100,7 @@ describe("tunnels over the relay", () => {
     expect(sha(bobApp.received())).toBe(sha(a2b));
     expect(sha(aliceApp.received())).toBe(sha(b2a));
     await Promise.all([aliceApp.closed, bobApp.closed]);
-    await until(() => relay.sessions() === 0, "the relay to hold no session");
+    await eventually("the relay to hold no session", () => relay.sessions() === 0, { timeoutMs: 10_000 });
   }, 120_000);
 
   test("a reset application connection resets the peer's application connection", async () => {
@@ -107,19 +108,22 @@ describe("tunnels over the relay", () => {
     const bobApp = await app(bobPort, own);
     const aliceApp = await app(alicePort, own);
     await aliceApp.send(new Uint8Array(1000));
-    await until(() => bobApp.bytes() === 1000, "the first bytes");
+    await eventually("the first bytes", () => bobApp.bytes() === 1000);
     aliceApp.sock.terminate();
-    await bobApp.closed;
+    // A FIN would tell bob's application that alice's stream ended complete.
+    await bobApp.ended;
+    expect(bobApp.finSeen()).toBe(false);
+    expect(await bobApp.closed).toBeInstanceOf(Error);
   });
 
-  test("a server application that answers and ends: the client gets the whole answer and a FIN, no reset, no warning", async () => {
+  test("a server application that answers and ends: the client gets the whole answer and a FIN, no reset, no warning (regression: the tunnel's own close of the incoming session was logged as the peer's abnormal end)", async () => {
     const lines: string[] = [];
     const { alice, bob, alicePort, bobPort } = await pair(undefined, createLogger({ level: "warn", stream: { write: (l: string) => void lines.push(l) } }));
     const server = await app(bobPort, own);
     const client = await app(alicePort, own);
     const answer = randomBytes(8 * 1024 * 1024);
     await client.send(new TextEncoder().encode("GET /\n"));
-    await until(() => server.bytes() === 6, "the request at the server");
+    await eventually("the request at the server", () => server.bytes() === 6);
     await server.send(answer);
     server.sock.end();
     await client.ended;
@@ -140,7 +144,7 @@ describe("tunnels over the relay", () => {
     const second = await app(alicePort, own);
     await second.ended;
     await first.send(new Uint8Array(10).fill(1));
-    await until(() => bobApp.bytes() === 10, "bytes from the first connection");
+    await eventually("bytes from the first connection", () => bobApp.bytes() === 10);
   });
 });
 
@@ -173,7 +177,7 @@ describe("HLNK IPC channels over the relay", () => {
     for (let i = 0; i < 100; i++) {
       w.write(encodeHlnk({ path: i % 2 === 0 ? channel : `${channel}/sub`, etag: `e${i}`, seq: BigInt(i), payload: new Uint8Array(100).fill(i) }));
     }
-    await until(() => r1.length === 100 && r2.length === 100, "both readers to get 100 frames");
+    await eventually("both readers to get 100 frames", () => r1.length === 100 && r2.length === 100);
     for (const frames of [r1, r2]) {
       frames.forEach((f, i) => {
         expect(f.path).toBe(i % 2 === 0 ? channel : `${channel}/sub`);

@@ -11,6 +11,8 @@ import {
 import { type Prng, fuzzSeed, mutate, prng } from "../helpers/prng.ts";
 
 const ITERATIONS = 100_000;
+/** The longest test here takes about 3.8 s on an idle machine, several times that on a loaded 2-core one (Bun's default is 5 s). */
+const FUZZ_TIMEOUT_MS = 60_000;
 
 interface Run {
   frames: HlnkFrame[];
@@ -141,5 +143,5 @@ describe("HLNK decoder fuzzing", () => {
     // The inputs exercised both paths a lot.
     expect(framesSeen).toBeGreaterThan(ITERATIONS);
     expect(garbageSeen).toBeGreaterThan(ITERATIONS / 4);
-  });
+  }, FUZZ_TIMEOUT_MS);
 });

@@ -16,6 +16,9 @@ import {
 } from "../../src/hotlink/hlnk.ts";
 import { type Prng, fuzzSeed, prng } from "../helpers/prng.ts";
 
+/** The random-input tests: up to about 0.8 s each on an idle machine, several times that on a loaded 2-core one (Bun's default is 5 s). */
+const RANDOM_ROUNDS_TIMEOUT_MS = 20_000;
+
 const utf8 = new TextEncoder();
 const MAGIC = utf8.encode("HLNK");
 
@@ -226,7 +229,7 @@ describe("streaming decoder", () => {
     expect(decoder.frames).toBe(all.length);
     expect(decoder.skipped).toBe(0);
     expect(decoder.buffered).toBe(0);
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 
   test("decodes the same stream in one chunk and in random chunks", () => {
     expect(new HlnkDecoder().push(stream)).toEqual(all);
@@ -235,7 +238,7 @@ describe("streaming decoder", () => {
       expect(split(rng, stream).flatMap((chunk) => decoder.push(chunk))).toEqual(all);
       expect(decoder.buffered).toBe(0);
     }
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 
   test("returns payloads that own their memory, so the caller may reuse its chunk", () => {
     const decoder = new HlnkDecoder();
@@ -312,7 +315,7 @@ describe("resynchronisation on garbage", () => {
       expect(decoder.resyncs).toBe(inserted.length);
       expect(decoder.buffered).toBe(0);
     }
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 
   test("names why it skipped, for each kind of bad header, and decodes the next frame", () => {
     const next = encodeHlnk({ path: "ok", seq: 7n, payload: Uint8Array.of(1) });

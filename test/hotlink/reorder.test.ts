@@ -3,6 +3,9 @@ import { StoaError } from "../../src/core/errors.ts";
 import { ReorderBuffer } from "../../src/hotlink/reorder.ts";
 import { type Prng, fuzzSeed, prng } from "../helpers/prng.ts";
 
+/** The random-input tests: about 0.25 s each on an idle machine, several times that on a loaded 2-core one (Bun's default is 5 s). */
+const RANDOM_ROUNDS_TIMEOUT_MS = 20_000;
+
 /** A payload that says which frame it is. */
 function frame(seq: number, size = 4): Uint8Array {
   const out = new Uint8Array(Math.max(4, size));
@@ -152,7 +155,7 @@ describe("random permutations with duplicates", () => {
       expect(buffer.bufferedBytes).toBe(0);
       expect(buffer.nextSeq).toBe(n + 1);
     }
-  });
+  }, RANDOM_ROUNDS_TIMEOUT_MS);
 });
 
 describe("overflow", () => {

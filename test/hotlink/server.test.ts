@@ -8,8 +8,9 @@ import { Registry } from "../../src/core/metrics.ts";
 import { type HotlinkMessage, type HotlinkMessageInput, MessageType, PROTOCOL_VERSION, encodeMessage } from "../../src/hotlink/protocol.ts";
 import { type HotlinkServer, type HotlinkServerOptions, MIN_MESSAGE_BYTES, startHotlinkServer } from "../../src/hotlink/server.ts";
 import { addUser, formatAuthorization, removeUser } from "../../src/hotlink/users.ts";
-import { HotlinkPeer, until } from "../fixtures/hotlink-peer.ts";
+import { HotlinkPeer } from "../fixtures/hotlink-peer.ts";
 import { type Prng, fuzzSeed, mutate, prng } from "../helpers/prng.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-hotlink-server-"));
 const usersFile = join(dir, "users.json");
@@ -346,7 +347,7 @@ describe("lifecycle: the server holds no session whose connections are gone", ()
     expect((await carol.take(MessageType.Close, (m) => m.sid === "x3")).rsn).toBe("peer gone");
     for (const sid of ["x1", "x2"]) expect((await bob.take(MessageType.Close, (m) => m.sid === sid)).rsn).toBe("peer gone");
     expect(server.sessionCount).toBe(0);
-    await until("the connection count to drop", () => server.stats().connections === 2);
+    await eventually("the connection count to drop", () => server.stats().connections === 2);
   });
 
   test("receivers that disconnect leave; the sender gets Close 'peer gone' when the last one goes", async () => {
@@ -363,7 +364,7 @@ describe("lifecycle: the server holds no session whose connections are gone", ()
     expect(await alice.take(MessageType.Close)).toEqual({ t: MessageType.Close, sid: "y1", rsn: "peer gone" });
     expect(server.sessionCount).toBe(0);
     alice.close();
-    await until("no connection left", () => server.stats().connections === 0);
+    await eventually("no connection left", () => server.stats().connections === 0);
   });
 });
 
@@ -415,7 +416,7 @@ describe("malformed input closes only the connection that sent it", () => {
           for (let i = 0; i < 25; i++, sent++) peer.ws.send(randomFrame(rng, samples));
           // Either the server closed it for a bad message, or it answers a Ping after all 25.
           peer.send({ t: MessageType.Ping, n: 0xfeed });
-          await until("an answer or a close", () => peer.closed !== undefined || peer.inbox.some((m) => m.t === MessageType.Pong && m.n === 0xfeed));
+          await eventually("an answer or a close", () => peer.closed !== undefined || peer.inbox.some((m) => m.t === MessageType.Pong && m.n === 0xfeed));
           if (peer.closed !== undefined) fatal++;
           peer.close();
         }),
@@ -431,7 +432,7 @@ describe("malformed input closes only the connection that sent it", () => {
     expect(server.stats().errors).toBeGreaterThan(fatal);
     const carol = await Peer.join(server, "carol");
     await carol.sync();
-    await until("the fuzzing connections to be gone", () => server.stats().connections === 3);
+    await eventually("the fuzzing connections to be gone", () => server.stats().connections === 3);
   }, 30_000);
 });
 
@@ -453,7 +454,7 @@ describe("backpressure: a slow receiver pauses its sender, nothing is dropped", 
     expect(bob.ws.pause()).toBe(true);
     for (let seq = 1; seq <= COUNT; seq++) alice.send({ t: MessageType.Data, sid: "bulk", seq, pay: payload(seq, CHUNK) });
 
-    await until("the server to pause alice", () => server.stats().pausedSenders === 1, 10_000);
+    await eventually("the server to pause alice", () => server.stats().pausedSenders === 1, { timeoutMs: 10_000 });
     let maxBuffered = 0;
     for (let i = 0; i < 50; i++) {
       maxBuffered = Math.max(maxBuffered, server.stats().bufferedBytes);
@@ -467,7 +468,7 @@ describe("backpressure: a slow receiver pauses its sender, nothing is dropped", 
     expect(maxBuffered).toBeLessThan(highWaterBytes + 4 * 1024 * 1024);
 
     bob.ws.resume();
-    await until("every seq at bob", () => seen.length >= COUNT, 30_000);
+    await eventually("every seq at bob", () => seen.length >= COUNT, { timeoutMs: 30_000 });
     await bob.sync();
     expect(seen.length).toBe(COUNT);
     expect(seen.every((seq, i) => seq === i + 1)).toBe(true);
@@ -489,14 +490,14 @@ describe("backpressure: a slow receiver pauses its sender, nothing is dropped", 
     for (let seq = 1; seq <= 256; seq++) alice.send({ t: MessageType.Data, sid: "stuck", seq, pay: payload(seq, 64 * 1024) });
     expect(await alice.take(MessageType.Close, () => true, 10_000)).toEqual({ t: MessageType.Close, sid: "stuck", rsn: "receiver too slow" });
     expect(server.sessionCount).toBe(0);
-    await until("alice to be resumed", () => server.stats().pausedSenders === 0);
+    await eventually("alice to be resumed", () => server.stats().pausedSenders === 0);
     bob.ws.resume();
     expect(await bob.take(MessageType.Close, () => true, 10_000)).toEqual({ t: MessageType.Close, sid: "stuck", rsn: "receiver too slow" });
     // What bob got before the Close is a gapless prefix: nothing vanished in the middle.
     expect(seen.length).toBeLessThan(256);
     expect(seen.every((seq, i) => seq === i + 1)).toBe(true);
     // The Data alice had already sent for the ended session is refused, not lost silently.
-    await until("alice's late Data to be answered", () => alice.inbox.some((m) => m.t === MessageType.Error && m.code === "unknown_session"), 10_000);
+    await eventually("alice's late Data to be answered", () => alice.inbox.some((m) => m.t === MessageType.Error && m.code === "unknown_session"), { timeoutMs: 10_000 });
     expect(alice.closed).toBeUndefined();
     expect(bob.closed).toBeUndefined();
   }, 30_000);

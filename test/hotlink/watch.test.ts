@@ -8,7 +8,8 @@ import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import { MAX_MARKER_BYTES, type MarkerWatcher, watchMarkers } from "../../src/hotlink/watch.ts";
 import { freePorts } from "../fixtures/e2e-helpers.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
-import { TOKEN, portFree, transfer, until } from "../fixtures/hotlink-apps.ts";
+import { TOKEN, portFree, transfer } from "../fixtures/hotlink-apps.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const cleanups: (() => Promise<void> | void)[] = [];
 const own = (c: () => Promise<void> | void) => cleanups.push(c);
@@ -67,7 +68,7 @@ describe("marker files start and stop tunnels", () => {
     const { get, mark, unmark, tunnelPort } = await setUp();
     const [pa, pb] = freePorts(2) as [number, number];
     mark(CHANNEL, { from: "alice", to: "bob", port: pa, ports: { alice: pa, bob: pb } });
-    await until(() => tunnelPort("alice") === pa && tunnelPort("bob") === pb, "both tunnels to start");
+    await eventually("both tunnels to start", () => tunnelPort("alice") === pa && tunnelPort("bob") === pb);
     const status = get("alice").daemon.status().tunnels[0];
     expect(status).toMatchObject({ channel: CHANNEL, listen: `127.0.0.1:${pa}`, peer: "bob", origin: "watch" });
     expect(get("bob").daemon.status().tunnels[0]).toMatchObject({ peer: "alice", port: pb });
@@ -77,7 +78,7 @@ describe("marker files start and stop tunnels", () => {
     await transfer(pb, pa, own);
 
     unmark(CHANNEL);
-    await until(() => tunnelPort("alice") === undefined && tunnelPort("bob") === undefined, "both tunnels to stop");
+    await eventually("both tunnels to stop", () => tunnelPort("alice") === undefined && tunnelPort("bob") === undefined);
     expect(portFree(pa)).toBe(true);
     expect(portFree(pb)).toBe(true);
     expect(get("alice").watcher.channels()).toEqual([]);
@@ -87,10 +88,10 @@ describe("marker files start and stop tunnels", () => {
     const { get, mark, tunnelPort } = await setUp();
     const [pa, pb, pa2] = freePorts(3) as [number, number, number];
     mark(CHANNEL, { from: "alice", to: "bob", ports: { alice: pa, bob: pb } });
-    await until(() => tunnelPort("alice") === pa && tunnelPort("bob") === pb, "both tunnels to start");
+    await eventually("both tunnels to start", () => tunnelPort("alice") === pa && tunnelPort("bob") === pb);
     const before = get("bob").daemon.tunnel(CHANNEL);
     mark(CHANNEL, { from: "alice", to: "bob", ports: { alice: pa2, bob: pb } });
-    await until(() => tunnelPort("alice") === pa2, "alice's tunnel to move");
+    await eventually("alice's tunnel to move", () => tunnelPort("alice") === pa2);
     expect(portFree(pa)).toBe(true);
     await get("bob").watcher.scan();
     expect(get("bob").daemon.tunnel(CHANNEL)).toBe(before); // bob's side did not change
@@ -118,7 +119,7 @@ describe("markers that declare nothing for this daemon", () => {
   test("a marker between two other users is ignored with a warning", async () => {
     const { get, mark } = await setUp(["alice"]);
     mark("carol/x", { from: "carol", to: "dave", ports: { carol: 1, dave: 2 } });
-    await until(() => get("alice").warnings().includes("between carol and dave, not alice"), "the warning");
+    await eventually("the warning", () => get("alice").warnings().includes("between carol and dave, not alice"));
     expect(get("alice").daemon.status().tunnels).toEqual([]);
     // Said once per version of the file, not at every poll.
     await Bun.sleep(500);
@@ -127,7 +128,7 @@ describe("markers that declare nothing for this daemon", () => {
 
   test("unreadable markers are reported and change nothing; a running tunnel survives a bad rewrite", async () => {
     const { dir, get, mark, tunnelPort } = await setUp(["alice"]);
-    const warned = (text: string) => until(() => get("alice").warnings().includes(text), `a warning with ${JSON.stringify(text)}`);
+    const warned = (text: string) => eventually(`a warning with ${JSON.stringify(text)}`, () => get("alice").warnings().includes(text));
     mark("alice/bad1", "{not json");
     await warned("not JSON");
     mark("alice/bad2", { from: "alice", to: "bob", ports: { bob: 1 } });
@@ -144,13 +145,13 @@ describe("markers that declare nothing for this daemon", () => {
 
     const [pa] = freePorts(1) as [number];
     mark("alice/good", { from: "alice", to: "bob", ports: { alice: pa } });
-    await until(() => tunnelPort("alice", "alice/good") === pa, "the tunnel");
+    await eventually("the tunnel", () => tunnelPort("alice", "alice/good") === pa);
     mark("alice/good", "{half-writ");
     await warned("the tunnel it declared before keeps running");
     expect(tunnelPort("alice", "alice/good")).toBe(pa);
     // Valid, but no longer for alice: that stops it.
     mark("alice/good", { from: "carol", to: "bob", ports: { carol: 1 } });
-    await until(() => tunnelPort("alice", "alice/good") === undefined, "the tunnel to stop");
+    await eventually("the tunnel to stop", () => tunnelPort("alice", "alice/good") === undefined);
   });
 
   test("a channel declared by a flag is left alone by a marker for it", async () => {
@@ -174,7 +175,7 @@ describe("markers that declare nothing for this daemon", () => {
     mkdirSync(join(dir, ...CHANNEL.split("/")), { recursive: true });
     const file = join(dir, ...CHANNEL.split("/"), "stream.tcp");
     writeFileSync(file, JSON.stringify({ from: "alice", to: "bob", ports: { alice: 1 } }));
-    await until(() => warnings().includes("already declared"), "the warning");
+    await eventually("the warning", () => warnings().includes("already declared"));
     rmSync(file);
     await watcher.scan();
     expect(daemon.tunnel(CHANNEL)).toBe(flagged);

@@ -7,6 +7,8 @@ import { fuzzSeed, mutate, type Prng, prng } from "../helpers/prng.ts";
 import { startTestMeta } from "../fixtures/meta-helpers.ts";
 
 const ITERATIONS = 2_400;
+/** Each run takes about 0.5 s on an idle machine, several times that on a loaded 2-core one (Bun's default is 5 s). */
+const FUZZ_TIMEOUT_MS = 20_000;
 /** Requests in flight at once: enough to interleave handlers, few enough for one loopback server. */
 const CONCURRENCY = 24;
 
@@ -110,7 +112,7 @@ test(`${ITERATIONS} random and mutated requests get 2xx or 4xx answers, and the 
   } finally {
     await t.meta.close();
   }
-});
+}, FUZZ_TIMEOUT_MS);
 
 test(`${ITERATIONS} requests with random Authorization headers and list queries: 401/403 or an answer, never a 5xx, never a write without the token`, async () => {
   const seed = fuzzSeed(0xa07);
@@ -187,4 +189,4 @@ test(`${ITERATIONS} requests with random Authorization headers and list queries:
   } finally {
     await t.meta.close();
   }
-});
+}, FUZZ_TIMEOUT_MS);

@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { isValidPubId } from "../../src/stream/names.ts";
 import { MAX_BODY_BYTES } from "../../src/meta/protocol.ts";
 import type { PingOutcome } from "../../src/meta/confirm.ts";
-import { startTestMeta, type TestMeta, waitFor } from "../fixtures/meta-helpers.ts";
+import { startTestMeta, type TestMeta } from "../fixtures/meta-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-meta-api-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -186,7 +187,7 @@ describe("liveness over time", () => {
     try {
       const { pub_id } = await t.client.register({ name: "quiet", host: "h" });
       const states: string[] = [];
-      await waitFor("removal", async () => {
+      await eventually("removal", async () => {
         const res = await call(t.meta.url, "GET", `/v1/publishers/${pub_id}`);
         const state = res.status === 404 ? "removed" : String(res.json?.state);
         if (states.at(-1) !== state) states.push(state);

@@ -114,7 +114,7 @@ describe("the client's token", () => {
   });
 });
 
-describe("the local token goes only to a listener of its owner (a shared host)", () => {
+describe("the local token goes only to a listener of its owner (a shared host; regression, found attacking the issue 9 D1 fix: another user could hold [::1]:8090)", () => {
   test("another user's listener on the metaserver's port, or none, gets no token; the owner's gets it", () => {
     const stateDir = fresh();
     loadAuth({ stateDir, env: {} });

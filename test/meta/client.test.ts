@@ -113,7 +113,7 @@ describe("MetaClient", () => {
 });
 
 describe("lookup while the publisher registers", () => {
-  test("a name registered between the exact query and the prefix query is found, not called a directory", async () => {
+  test("a name registered between the exact query and the prefix query is found, not called a directory (regression, issue 10)", async () => {
     const info = {
       name: "demo/clock",
       pub_id: "c1",

@@ -6,6 +6,7 @@ import { MetaApiError } from "../../src/meta/protocol.ts";
 import { MAX_PING_REPLY_BYTES, PUB_ID_HEADER } from "../../src/stream/protocol.ts";
 import { fakeGateway } from "../fixtures/meta-gateway.ts";
 import { startTestMeta } from "../fixtures/meta-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 /** A port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
 function freePort(): number {
@@ -100,7 +101,7 @@ describe("confirmation through the host's gateway", () => {
         confirmed = true;
         return info;
       });
-      while (gw.pings.length === 0) await Bun.sleep(5); // the ping is in flight
+      await eventually("the ping to be in flight", () => gw.pings.length > 0);
       const during: boolean[] = [];
       for (let i = 0; i < 10; i++) {
         const { pub_id } = await t.client.register({ name: `other/${i}`, host: "h" });
@@ -124,7 +125,7 @@ describe("confirmation through the host's gateway", () => {
     try {
       await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
       const confirming = rejection(t.client.confirm("abc"));
-      while (gw.pings.length === 0) await Bun.sleep(5);
+      await eventually("the ping to be in flight", () => gw.pings.length > 0);
       await t.client.deregister("abc");
       const err = await confirming;
       expect(err.status).toBe(404);
@@ -142,7 +143,7 @@ describe("confirmation through the host's gateway", () => {
       const ports = { ping: gw.port, service: 1, string: 2 };
       await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
       const confirming = rejection(t.client.confirm("abc"));
-      while (gw.pings.length === 0) await Bun.sleep(5);
+      await eventually("the ping to be in flight", () => gw.pings.length > 0);
       await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
       const err = await confirming;
       expect([err.status, err.error]).toEqual([409, "changed"]);
@@ -176,7 +177,7 @@ describe("confirmation through the host's gateway", () => {
         () => "confirmed",
         (err: Error) => err.message,
       );
-      while (gw.pings.length === 0) await Bun.sleep(5);
+      await eventually("the ping to be in flight", () => gw.pings.length > 0);
       await t.meta.close();
       expect(await confirming).toMatch(/shutting down|cannot reach/);
     } finally {
@@ -330,7 +331,7 @@ describe("the ping client reads only what it should", () => {
     });
   }
 
-  test("how soon a foreign service answered tells nothing: refused, a banner and silence all end at the deadline", async () => {
+  test("how soon a foreign service answered tells nothing: refused, a banner and silence all end at the deadline (regression, found attacking the issue 9 D6 fix)", async () => {
     const timeoutMs = 400;
     const timed = async (run: () => Promise<PingOutcome>) => {
       const started = performance.now();
@@ -439,7 +440,7 @@ describe("the ping client's limits and what it leaves behind", () => {
           ...Array.from({ length: 10 }, () => ping(refused)),
           ...aborts.map((a) => ping(mute.port, 10_000, a.signal)),
         ];
-        await Bun.sleep(20);
+        await Bun.sleep(20); // the aborted pings get under way before they are aborted
         for (const a of aborts) a.abort();
         const outcomes = await Promise.all(all);
         const kinds = outcomes.map((o) => (o.ok ? "ok" : o.timedOut ? "timeout" : o.reason.split(" ").slice(0, 3).join(" ")));
@@ -449,7 +450,7 @@ describe("the ping client's limits and what it leaves behind", () => {
         expect(kinds.filter((k) => k === "the metaserver is").length).toBe(10);
       }
       // Closing sockets go asynchronously: wait for the count to come back, then compare.
-      for (let i = 0; i < 100 && fds() > before; i++) await Bun.sleep(20);
+      await eventually("the descriptors to close", () => fds() <= before, { timeoutMs: 2_000, everyMs: 20 });
       expect(fds()).toBeLessThanOrEqual(before);
     } finally {
       for (const s of [banner, mute, closing]) s.stop(true);

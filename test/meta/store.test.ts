@@ -367,7 +367,7 @@ describe("the pending timer", () => {
 });
 
 describe("the database file's mode", () => {
-  test("meta.db and its WAL files are readable by the metaserver's user only, whatever the directory allows", () => {
+  test("meta.db and its WAL files are readable by the metaserver's user only, whatever the directory allows (regression, found attacking the issue 9 fixes)", () => {
     const base = mkdtempSync(join(tmpdir(), "stoa-meta-mode-"));
     try {
       chmodSync(base, 0o755);

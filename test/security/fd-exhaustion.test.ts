@@ -15,9 +15,10 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { controlRequest } from "../../src/gateway/control.ts";
 import { formatAuthorization } from "../../src/hotlink/users.ts";
-import { freePorts, poll, type Proc, requireBinary, Scope } from "../fixtures/e2e-helpers.ts";
+import { freePorts, type Proc, requireBinary, Scope } from "../fixtures/e2e-helpers.ts";
 import { parseReply, pingViaPrelude as ping, rawExchange, type RawReply } from "../fixtures/gateway-helpers.ts";
 import { STOA, stoa } from "../helpers/stoa.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const LIMIT = 1024;
 const FLOOD = 1_500;
@@ -57,7 +58,7 @@ function limited(name: string, args: string[], stdin = false): Proc {
 /** The idle flood against `port`; resolves once the server holds nearly all it can. */
 async function flood(port: number, serverPid: number, first = ""): Promise<Proc> {
   const f = scope.spawn("flood", [process.execPath, FLOOD_SCRIPT, String(port), String(FLOOD), "1000", first], { stdin: true });
-  await poll(`the server to hold close to ${LIMIT} descriptors`, () => (openFds(serverPid) >= LIMIT - 200 ? true : undefined), 20_000, 50);
+  await eventually(`the server to hold close to ${LIMIT} descriptors`, () => openFds(serverPid) >= LIMIT - 200, { timeoutMs: 20_000, everyMs: 50 });
   await Bun.sleep(500); // the accept queue drained into refusals
   return f;
 }
@@ -171,7 +172,7 @@ describe("stoa up (gateway + metaserver) under an idle flood at a low descriptor
     }
 
     // Recovers by itself: routed normally again, and the health entry never went down.
-    const reply = await poll("a routed ping after the flood", () => ping(ports.ping, pubId).catch(() => undefined), 20_000, 200);
+    const reply = await eventually("a routed ping after the flood", () => ping(ports.ping, pubId).catch(() => undefined), { timeoutMs: 20_000, everyMs: 200 });
     expect(reply).toContain(`"value":"here"`);
     expect(await health()).toEqual(before);
 
@@ -247,10 +248,10 @@ describe("stoa hotlink serve under an idle flood at a low descriptor limit", () 
       try {
         const cpu = await cpuOver(relay.pid, 2_500);
         expect(cpu).toBeLessThan(MAX_CPU);
-        const r = await poll("a 503 for a new client", async () => {
+        const r = await eventually("a 503 for a new client", async () => {
           const got = await upgrade();
           return got.status === 503 ? got : undefined;
-        }, 5_000, 100);
+        }, { everyMs: 100 });
         expect(r.text).toContain("server out of file descriptors");
         expect(r.text).not.toContain(" 101 ");
         const text = await (await fetch(metricsUrl, { signal: AbortSignal.timeout(5_000) })).text();
@@ -261,7 +262,7 @@ describe("stoa hotlink serve under an idle flood at a low descriptor limit", () 
         await stopFlood(f);
       }
       // Listening again, by itself: a WebSocket upgrade succeeds.
-      await poll("the relay to upgrade again", () => opens(), 30_000, 200);
+      await eventually("the relay to upgrade again", () => opens(), { timeoutMs: 30_000, everyMs: 200 });
       expect(relay.err).toContain("hotlink relay: refusing requests, out of file descriptors");
     },
     90_000,
@@ -296,15 +297,15 @@ describe("stoa meta under an idle flood of its own port at a low descriptor limi
       try {
         const cpu = await cpuOver(meta.pid, 2_500);
         expect(cpu).toBeLessThan(MAX_CPU);
-        const r = await poll("a 503 for a new client", async () => {
+        const r = await eventually("a 503 for a new client", async () => {
           const got = await health();
           return got.status === 503 ? got : undefined;
-        }, 5_000, 100);
+        }, { everyMs: 100 });
         expect(r.text).toContain('{"error":"out_of_fds","message":"server out of file descriptors; try again shortly"}');
       } finally {
         await stopFlood(f);
       }
-      const ok = await poll("the metaserver answering again", async () => ((await health()).status === 200 ? true : undefined), 20_000, 200);
+      const ok = await eventually("the metaserver answering again", async () => (await health()).status === 200, { timeoutMs: 20_000, everyMs: 200 });
       expect(ok).toBe(true);
       expect(meta.err).toContain("out of file descriptors");
     },

@@ -14,7 +14,8 @@ import { hotlinkControlPath, publishersDir, publisherSocketPath } from "../../sr
 import { controlRequest } from "../../src/gateway/control.ts";
 import type { Gateway } from "../../src/gateway/gateway.ts";
 import { KINDS, type Kind } from "../../src/gateway/protocol.ts";
-import { eventually, gatewayTestScope, memoryLogger, openWs, rawEcho, rawExchange, staleSocket, wsAsk, wsPublisher } from "../fixtures/gateway-helpers.ts";
+import { gatewayTestScope, memoryLogger, openWs, rawEcho, rawExchange, staleSocket, wsAsk, wsPublisher } from "../fixtures/gateway-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const scope = gatewayTestScope();
 const { gateway, own, defer } = scope;
@@ -63,7 +64,7 @@ describe("the gateway never reaches a hotlink daemon's control socket (D2)", () 
     // The count could have moved: a local client does reach the control socket.
     const local = await Bun.connect({ unix: hotlinkControlPath(scope.runDir, "ping"), socket: { data() {} } });
     local.write("x");
-    await eventually(() => daemons.connections() === 1, 5_000, "the local connection to be seen");
+    await eventually("the local connection to be seen", () => daemons.connections() === 1);
     local.end();
   });
 

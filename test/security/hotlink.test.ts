@@ -16,7 +16,8 @@ import { MAX_CANDIDATES, MAX_DIALED_CANDIDATES, MessageType } from "../../src/ho
 import { type HotlinkServer, type HotlinkServerOptions, startHotlinkServer } from "../../src/hotlink/server.ts";
 import { addUser, formatAuthorization } from "../../src/hotlink/users.ts";
 import { app } from "../fixtures/hotlink-apps.ts";
-import { HotlinkPeer, until } from "../fixtures/hotlink-peer.ts";
+import { HotlinkPeer } from "../fixtures/hotlink-peer.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-security-hotlink-"));
 const usersFile = join(dir, "users.json");
@@ -89,7 +90,7 @@ describe("D7: a connection that never says Hello", () => {
     expect(closed.code).toBe(1008);
     expect(closed.reason).toContain("Hello");
     expect(silent.inbox).toContainEqual(expect.objectContaining({ t: MessageType.Error, code: "timeout" }));
-    await until("the server to drop the silent connection", () => server.stats().connections === 1);
+    await eventually("the server to drop the silent connection", () => server.stats().connections === 1);
     expect(metric(registry, 'stoa_hotlink_connections{state="awaiting_hello"}')).toBe(0);
     expect(metric(registry, 'stoa_hotlink_refused_total{reason="hello_timeout"}')).toBe(1);
 
@@ -105,7 +106,7 @@ describe("D7: a connection that never says Hello", () => {
     const silent = await Promise.all(Array.from({ length: 40 }, () => open(server, "mallory")));
     expect(server.stats().awaitingHello).toBe(40);
     for (const s of silent) expect((await s.waitClosed(10_000)).code).toBe(1008);
-    await until("every silent connection to be gone", () => server.stats().connections === 0);
+    await eventually("every silent connection to be gone", () => server.stats().connections === 0);
     expect(metric(registry, 'stoa_hotlink_connections{state="awaiting_hello"}')).toBe(0);
     expect(metric(registry, 'stoa_hotlink_refused_total{reason="hello_timeout"}')).toBe(40);
   });
@@ -132,7 +133,7 @@ describe("D7: connections per user", () => {
     expect(server.stats().connections).toBe(4);
 
     held[0]?.close();
-    await until("the closed connection to be gone", () => server.stats().connections === 3);
+    await eventually("the closed connection to be gone", () => server.stats().connections === 3);
     const again = await join_(server, "mallory");
     await again.sync();
   });
@@ -142,7 +143,7 @@ describe("D7: connections per user", () => {
     const results = await Promise.all(Array.from({ length: 30 }, () => open(server, "mallory").then(() => true, () => false)));
     // Refused before the upgrade, or (should upgrades cross in flight) closed on open: 5 stay.
     expect(results.filter(Boolean).length).toBeGreaterThanOrEqual(5);
-    await until("at most the cap to remain", () => server.stats().connections <= 5);
+    await eventually("at most the cap to remain", () => server.stats().connections <= 5);
     expect(server.stats().connections).toBe(5);
     expect(metric(registry, 'stoa_hotlink_refused_total{reason="user_connections"}')).toBe(25);
   });
@@ -159,7 +160,7 @@ describe("D7: sessions per user, across connections", () => {
     const openOn = async (conn: HotlinkPeer, owner: HotlinkPeer = conn, path = "alice/s"): Promise<string> => {
       const sid = `s${++n}`;
       owner.send({ t: MessageType.Open, sid, pth: path, to: "bob" });
-      await until(`an answer to ${sid}`, () =>
+      await eventually(`an answer to ${sid}`, () =>
         bob.inbox.some((m) => m.t === MessageType.Open && m.sid === sid) || owner.inbox.some((m) => m.t === MessageType.Reject && m.sid === sid),
       );
       const reject = owner.inbox.find((m) => m.t === MessageType.Reject && m.sid === sid);
@@ -192,7 +193,7 @@ describe("D7: sessions per user, across connections", () => {
 
     // A connection that goes takes its sessions off its user's count.
     a1.close();
-    await until("a1's sessions to end", () => server.sessionCount === 4);
+    await eventually("a1's sessions to end", () => server.sessionCount === 4);
     expect(await openOn(a3)).toBe("open");
   });
 });
@@ -286,7 +287,7 @@ describe("D10: a peer's direct offers", () => {
     // Each of these takes the TCP connection and never answers TLS: a dial waits out its timeout.
     const slow = listeners(MAX_DIALED_CANDIDATES, "hang");
     mallory.send({ t: MessageType.Signal, sid: open.sid, knd: "direct_offer", adr: slow.adr, tok: TOK, fpr: FPR });
-    await until("the first dial", () => slow.attempts() >= 1, 10_000);
+    await eventually("the first dial", () => slow.attempts() >= 1, { timeoutMs: 10_000 });
     mallory.send({ t: MessageType.Close, sid: open.sid, rsn: "bye" });
     // Long enough for two more dial timeouts (1.5 s each) of the old, unbounded loop.
     await Bun.sleep(4_000);

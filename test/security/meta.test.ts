@@ -16,7 +16,8 @@ import type { Pinger } from "../../src/meta/confirm.ts";
 import { MetaApiError, type PublisherInfo, WRITER_CONFIRM_RATE_LIMIT, WRITER_MAX_PENDING } from "../../src/meta/protocol.ts";
 import type { MetaOptions } from "../../src/meta/server.ts";
 import { MetaStore } from "../../src/meta/store.ts";
-import { startTestMeta, type TestMeta, waitFor } from "../fixtures/meta-helpers.ts";
+import { startTestMeta, type TestMeta } from "../fixtures/meta-helpers.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-meta-sec-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -147,7 +148,7 @@ describe("writes need a token (D1)", () => {
     try {
       await as(t, ALICE).register(victim);
       await as(t, ALICE).confirm(victim.pub_id);
-      await waitFor("stale", async () => (await as(t, undefined).get(victim.pub_id)).state === "stale");
+      await eventually("stale", async () => (await as(t, undefined).get(victim.pub_id)).state === "stale");
       const err = await failure(as(t, MALLORY).register({ ...victim, pub_id: "thief-1", host: "fd00::bad" }));
       expect([err.status, err.error]).toEqual([409, "duplicate_name"]);
       // Its owner may come back under a new pub_id (a restarted publisher without --pub-id).
@@ -173,7 +174,7 @@ describe("writes need a token (D1)", () => {
     }
   });
 
-  test("a registration made under --no-auth is taken over only by the admin token once auth is on, not by whichever writer comes first", async () => {
+  test("a registration made under --no-auth is taken over only by the admin token once auth is on, not by whichever writer comes first (regression, found attacking the D1 fix)", async () => {
     const db = join(dir, "noauth.db");
     let t = start({ db, auth: undefined });
     try {
@@ -292,7 +293,7 @@ describe("quotas (D4)", () => {
     }
   });
 
-  test("registering the same pending pub_id again does not restart its pending clock", async () => {
+  test("registering the same pending pub_id again does not restart its pending clock (regression, found attacking the D4 fix)", async () => {
     const t = start({ pendingExpiryMs: 600, sweepIntervalMs: 20 });
     try {
       const mallory = as(t, MALLORY);
@@ -321,12 +322,12 @@ describe("quotas (D4)", () => {
     }
   });
 
-  test("an unconfirmed registration that went stale still counts as pending against the quota", async () => {
+  test("an unconfirmed registration that went stale still counts as pending against the quota (regression, found attacking the D4 fix)", async () => {
     const t = start({ ttlMs: 100, deregisterAfterMs: 60_000, pendingExpiryMs: 60_000, sweepIntervalMs: 20 });
     try {
       const mallory = as(t, MALLORY);
       for (let i = 0; i < WRITER_MAX_PENDING; i++) await mallory.register({ name: `stale/a${i}`, pub_id: `sa-${i}`, host: "fd00::bad" });
-      await waitFor("the squats to turn stale", async () => ((await as(t, undefined).health()).publishers.stale === WRITER_MAX_PENDING), 5_000);
+      await eventually("the squats to turn stale", async () => ((await as(t, undefined).health()).publishers.stale === WRITER_MAX_PENDING));
       const err = await failure(mallory.register({ name: "stale/more", pub_id: "sa-more", host: "fd00::bad" }));
       expect([err.status, err.error]).toEqual([429, "quota_exceeded"]);
       // Someone else is not held up by them.
@@ -336,7 +337,7 @@ describe("quotas (D4)", () => {
     }
   });
 
-  test("one writer may start only so many confirmation pings in all, one fresh pub_id each (no port scanning by re-registering)", async () => {
+  test("one writer may start only so many confirmation pings in all, one fresh pub_id each (no port scanning by re-registering; regression, found attacking the D6 fix)", async () => {
     let pings = 0;
     const down: Pinger = async () => (pings++, { ok: false, timedOut: false, reason: "no stoa gateway answered" });
     const t = start({ confirm: { ping: down } });

@@ -10,7 +10,8 @@ import { MAX_HISTORY } from "../../src/stream/protocol.ts";
 import { createPublisher, type Publisher, type PublisherOptions } from "../../src/stream/publisher.ts";
 import { type Gap, latest, type Received, subscribe } from "../../src/stream/subscriber.ts";
 import type { From } from "../../src/stream/protocol.ts";
-import { rejection, waitFor, perTestCleanups } from "./util.ts";
+import { rejection, perTestCleanups } from "./util.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const { cleanups, tempDir } = perTestCleanups();
 
@@ -51,10 +52,10 @@ describe("where a subscription starts", () => {
     pub.publish("one");
     pub.publish("two");
     const r = record(pub.urls.service);
-    await waitFor("the latest value", () => r.values.length === 1);
+    await eventually("the latest value", () => r.values.length === 1);
     expect(r.values[0]).toMatchObject({ seq: 2, value: "two" });
     pub.publish("three");
-    await waitFor("the live value", () => r.values.length === 2);
+    await eventually("the live value", () => r.values.length === 2);
     expect(r.values.map((v) => v.value)).toEqual(["two", "three"]);
     expect(r.gaps).toEqual([]);
   });
@@ -63,11 +64,11 @@ describe("where a subscription starts", () => {
     const pub = await start();
     pub.publish("old");
     const r = record(pub.urls.service, { at: "now" });
-    await waitFor("the open", () => r.opens() === 1);
-    await Bun.sleep(100);
+    await eventually("the open", () => r.opens() === 1);
+    await Bun.sleep(100); // at: now — the old value must not follow
     expect(r.values).toEqual([]);
     pub.publish("new");
-    await waitFor("the new value", () => r.values.length === 1);
+    await eventually("the new value", () => r.values.length === 1);
     expect(r.values[0]).toMatchObject({ seq: 2, value: "new" });
   });
 
@@ -75,9 +76,9 @@ describe("where a subscription starts", () => {
     const pub = await start({ history: 100 });
     for (let i = 1; i <= 150; i++) pub.publish(i);
     const r = record(pub.urls.service, { at: "oldest" });
-    await waitFor("the history", () => r.values.length === 100);
+    await eventually("the history", () => r.values.length === 100);
     pub.publish(151);
-    await waitFor("the live value", () => r.values.length === 101);
+    await eventually("the live value", () => r.values.length === 101);
     expect(r.values.map((v) => v.seq)).toEqual(Array.from({ length: 101 }, (_, i) => 51 + i));
     expect(r.values.map((v) => v.value)).toEqual(Array.from({ length: 101 }, (_, i) => 51 + i));
     expect(r.gaps).toEqual([]);
@@ -88,7 +89,7 @@ describe("where a subscription starts", () => {
     const payload = "z".repeat(500);
     for (let i = 0; i < MAX_HISTORY; i++) pub.publish(payload);
     const r = record(pub.urls.service, { at: "oldest" });
-    await waitFor("the history", () => r.values.length === MAX_HISTORY, 20_000);
+    await eventually("the history", () => r.values.length === MAX_HISTORY, { timeoutMs: 20_000 });
     expect(r.values.at(0)?.seq).toBe(1);
     expect(r.values.at(-1)?.seq).toBe(MAX_HISTORY);
     expect(r.opens()).toBe(1);
@@ -103,7 +104,7 @@ describe("where a subscription starts", () => {
     const a = subscribe(pub.urls.string, { kind: "string", onText: (t) => texts.push(t) });
     const b = subscribe(pub.urls.string, { kind: "string", from: { at: "oldest" }, onText: (t) => oldest.push(t) });
     cleanups.push(() => a.close(), () => b.close());
-    await waitFor("both", () => texts.length === 1 && oldest.length === 3);
+    await eventually("both", () => texts.length === 1 && oldest.length === 3);
     expect(texts).toEqual(["d"]);
     expect(oldest).toEqual(["b", "c", "d"]);
   });
@@ -112,7 +113,7 @@ describe("where a subscription starts", () => {
     const pub = await start({ history: 3 });
     for (let i = 1; i <= 10; i++) pub.publish(i);
     const r = record(pub.urls.service, { at: "seq", seq: 5, epoch: pub.epoch });
-    await waitFor("the history", () => r.values.length === 3);
+    await eventually("the history", () => r.values.length === 3);
     expect(r.values.map((v) => v.seq)).toEqual([8, 9, 10]);
     expect(r.gaps).toEqual([{ next: 8, dropped: 3, reason: "disconnected" }]);
   });
@@ -120,12 +121,12 @@ describe("where a subscription starts", () => {
   test("a reconnect resumes where it stopped: values published meanwhile come from the history, no gap", async () => {
     const pub = await start({ history: 1_000, slow: "disconnect", queue: { maxMessages: 10, maxBytes: 1024 * 1024 } });
     const r = record(pub.urls.service);
-    await waitFor("the open", () => r.opens() === 1);
+    await eventually("the open", () => r.opens() === 1);
     // A synchronous burst overflows the queue: policy disconnect cuts the subscriber off.
     for (let i = 1; i <= 500; i++) pub.publish(i);
-    await waitFor("the reconnect", () => r.opens() === 2);
+    await eventually("the reconnect", () => r.opens() === 2);
     pub.publish(501);
-    await waitFor("everything", () => r.values.at(-1)?.seq === 501);
+    await eventually("everything", () => r.values.at(-1)?.seq === 501);
     expect(pub.stats.disconnected.service).toBe(1);
     expect(r.values.map((v) => v.seq)).toEqual(Array.from({ length: 501 }, (_, i) => i + 1));
     expect(r.gaps).toEqual([]);
@@ -137,8 +138,8 @@ describe("the history", () => {
     const pub = await start({ history: 5 });
     for (let i = 1; i <= 12; i++) pub.publish(i);
     const r = record(pub.urls.service, { at: "oldest" });
-    await waitFor("the history", () => r.values.length === 5);
-    await Bun.sleep(50);
+    await eventually("the history", () => r.values.length === 5);
+    await Bun.sleep(50); // nothing more may follow the history
     expect(r.values.map((v) => v.seq)).toEqual([8, 9, 10, 11, 12]);
   });
 
@@ -147,14 +148,14 @@ describe("the history", () => {
     for (let i = 1; i <= 100; i++) pub.publish("x".repeat(1_000));
     pub.publish("y".repeat(20_000)); // alone over the bound: still kept, as the latest
     const r = record(pub.urls.service, { at: "oldest" });
-    await waitFor("the history", () => r.values.length >= 1);
-    await Bun.sleep(50);
+    await eventually("the history", () => r.values.length >= 1);
+    await Bun.sleep(50); // nothing more may follow the history
     expect(r.values.map((v) => v.seq)).toEqual([101]);
 
     for (let i = 1; i <= 30; i++) pub.publish("x".repeat(1_000));
     const s = record(pub.urls.service, { at: "oldest" });
-    await waitFor("the history", () => s.values.length >= 4);
-    await Bun.sleep(50);
+    await eventually("the history", () => s.values.length >= 4);
+    await Bun.sleep(50); // nothing more may follow the history
     // Each value costs its service frame and its text: about 2,000 bytes.
     expect(s.values.length).toBeGreaterThanOrEqual(4);
     expect(s.values.length).toBeLessThanOrEqual(5);
@@ -195,7 +196,7 @@ describe("refused upgrades", () => {
       onClose: (_code, reason) => closes.push(reason),
     });
     cleanups.push(() => sub.close());
-    await waitFor("two refusals", () => refusals.length >= 2 && closes.length >= 2);
+    await eventually("two refusals", () => refusals.length >= 2 && closes.length >= 2);
     expect(refusals[0]).toEqual({ status: 502, error: "target_down", message: "publisher p1 does not answer" });
     expect(closes[0]).toBe("502 target_down: publisher p1 does not answer");
   });

@@ -11,6 +11,8 @@ import { valueProblem, type Value } from "../../src/stream/value.ts";
 import { fuzzSeed, mutate, type Prng, prng } from "../helpers/prng.ts";
 
 const ITERATIONS = 100_000;
+/** The longest test here takes about 1.1 s on an idle machine, several times that on a loaded 2-core one (Bun's default is 5 s). */
+const FUZZ_TIMEOUT_MS = 30_000;
 const ts = "2026-03-01T12:00:00.123Z";
 
 function randomValue(rng: Prng, depth: number): Value {
@@ -72,7 +74,7 @@ describe("service frame decoder", () => {
       const msg = randomMessage(rng);
       expect(decodeServiceFrame(encodeServiceMessage(msg))).toEqual(msg);
     }
-  });
+  }, FUZZ_TIMEOUT_MS);
 
   test("refuses an oversized frame before decoding it", () => {
     const err = (() => {
@@ -84,7 +86,7 @@ describe("service frame decoder", () => {
     })();
     expect(err).toBeInstanceOf(StoaError);
     expect((err as StoaError).code).toBe("too_large");
-  });
+  }, FUZZ_TIMEOUT_MS);
 
   test(`throws only StoaError on ${ITERATIONS.toLocaleString("en")} random and mutated inputs`, () => {
     const seed = fuzzSeed(0x5eed_0003);
@@ -113,5 +115,5 @@ describe("service frame decoder", () => {
     }
     // Mutations leave many frames valid; a decoder that refused everything would be broken too.
     expect(accepted).toBeGreaterThan(ITERATIONS / 100);
-  });
+  }, FUZZ_TIMEOUT_MS);
 });

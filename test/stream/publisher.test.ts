@@ -14,7 +14,8 @@ import {
 import { latest, subscribe, type Gap, type Received } from "../../src/stream/subscriber.ts";
 import type { Value } from "../../src/stream/value.ts";
 import { closeCode, RawWsClient } from "./rawws.ts";
-import { plainClient, rejection, thrown, waitFor, perTestCleanups } from "./util.ts";
+import { plainClient, rejection, thrown, perTestCleanups } from "./util.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const { cleanups, tempDir } = perTestCleanups();
 
@@ -54,7 +55,7 @@ describe("delivery on all three endpoints", () => {
     cleanups.push(() => sub.close());
     await opened.promise;
     await publishMany(pub, 10_000, makeValue);
-    await waitFor("all values", () => got.length === 10_000);
+    await eventually("all values", () => got.length === 10_000);
     expect(gaps).toEqual([]);
     expect(got.map((v) => v.seq)).toEqual(Array.from({ length: 10_000 }, (_, i) => i + 1));
     expect(got[2]?.value).toEqual({ i: 2, tags: ["a", "b"], ok: true });
@@ -68,9 +69,9 @@ describe("delivery on all three endpoints", () => {
     const pub = await start({ runDir: tempDir() });
     const client = await plainClient(pub.urls.string);
     cleanups.push(() => client.ws.close());
-    await waitFor("the subscriber to be counted", () => pub.stats.subscribers.string === 1);
+    await eventually("the subscriber to be counted", () => pub.stats.subscribers.string === 1);
     await publishMany(pub, 10_000, makeValue);
-    await waitFor("all values", () => client.messages.length === 10_000);
+    await eventually("all values", () => client.messages.length === 10_000);
     expect(client.messages.every((m) => typeof m === "string")).toBe(true);
     expect(client.messages.slice(0, 5)).toEqual(["line 0", "1", '{"i":2,"tags":["a","b"],"ok":true}', "A/4=", "null"]);
     expect(client.messages[9_995]).toBe("line 9995");
@@ -98,7 +99,7 @@ describe("delivery on all three endpoints", () => {
     const client = await plainClient(pub.urls.ping);
     cleanups.push(() => client.ws.close());
     for (let i = 0; i < 50; i++) client.ws.send("ping");
-    await waitFor("50 replies", () => client.messages.length === 50);
+    await eventually("50 replies", () => client.messages.length === 50);
     for (const m of client.messages) expect(JSON.parse(String(m))).toMatchObject({ value: "x", seq: 1 });
   });
 
@@ -109,7 +110,7 @@ describe("delivery on all three endpoints", () => {
     cleanups.push(() => client.end());
     client.pause();
     client.send(1, "ping", MAX_PENDING_PINGS - 28);
-    await Bun.sleep(50);
+    await Bun.sleep(50); // the pings reach the publisher while this client reads nothing
     client.resume();
     await client.waitFor("every reply", () => client.dataFrames().length === MAX_PENDING_PINGS - 28);
     expect(client.dataFrames().every((f) => f.opcode === 1 && f.payload.length > 10_000)).toBe(true);
@@ -123,7 +124,7 @@ describe("delivery on all three endpoints", () => {
     cleanups.push(() => client.end());
     client.pause();
     client.send(1, "ping", 1_000);
-    await waitFor("the server to give up", () => pub.stats.subscribers.ping === 0);
+    await eventually("the server to give up", () => pub.stats.subscribers.ping === 0);
     client.resume();
     await client.waitFor("the close frame", () => client.dataFrames().at(-1)?.opcode === 8);
     expect(closeCode(client.dataFrames().at(-1) ?? { opcode: 0, payload: new Uint8Array() })).toBe(1008);
@@ -159,7 +160,7 @@ describe("delivery on all three endpoints", () => {
     pub.publish(2);
     const client = await plainClient(pub.urls.service);
     cleanups.push(() => client.ws.close());
-    await waitFor("the hello and the latest value", () => client.messages.length === 2);
+    await eventually("the hello and the latest value", () => client.messages.length === 2);
     const [first, second] = client.messages;
     if (!(first instanceof ArrayBuffer) || !(second instanceof ArrayBuffer)) throw new Error("expected binary frames");
     expect(decodeServiceFrame(first)).toEqual({ t: "hello", v: 1, epoch: pub.epoch, next: 2 });
@@ -167,11 +168,11 @@ describe("delivery on all three endpoints", () => {
 
     const now = await plainClient(`${pub.urls.service}?from=now`);
     cleanups.push(() => now.ws.close());
-    await waitFor("the hello", () => now.messages.length === 1);
+    await eventually("the hello", () => now.messages.length === 1);
     const hello = now.messages[0];
     if (!(hello instanceof ArrayBuffer)) throw new Error("expected a binary frame");
     expect(decodeServiceFrame(hello)).toEqual({ t: "hello", v: 1, epoch: pub.epoch, next: 3 });
-    await Bun.sleep(50);
+    await Bun.sleep(50); // nothing follows the hello until a value is published
     expect(now.messages).toHaveLength(1);
   });
 
@@ -196,7 +197,7 @@ describe("delivery on all three endpoints", () => {
     cleanups.push(() => sub.close());
     await opened.promise;
     await publishMany(pub, 1_000, (i) => i);
-    await waitFor("all values", () => got.length === 1_000);
+    await eventually("all values", () => got.length === 1_000);
     expect((await latest(pub.urls.ping)).seq).toBe(1_000);
   });
 });
@@ -264,7 +265,7 @@ describe("lifecycle of the socket directory", () => {
     const pub = await start({ runDir });
     const service = await plainClient(pub.urls.service);
     const text = await plainClient(pub.urls.string);
-    await waitFor("subscribers", () => pub.stats.subscribers.service === 1 && pub.stats.subscribers.string === 1);
+    await eventually("subscribers", () => pub.stats.subscribers.service === 1 && pub.stats.subscribers.string === 1);
     pub.publish("last words");
     await pub.close();
     expect((await service.closed).code).toBe(1001);
@@ -337,7 +338,7 @@ describe("metrics", () => {
     const pub = await start({ runDir: tempDir(), metrics });
     const client = await plainClient(pub.urls.string);
     cleanups.push(() => client.ws.close());
-    await waitFor("the subscriber", () => pub.stats.subscribers.string === 1);
+    await eventually("the subscriber", () => pub.stats.subscribers.string === 1);
     pub.publish(1);
     pub.publish(2);
     const text = metrics.render();

@@ -5,7 +5,8 @@ import { CLOSE_TOO_SLOW, decodeServiceFrame, type ServiceMessage } from "../../s
 import { createPublisher, type Publisher, type PublisherOptions } from "../../src/stream/publisher.ts";
 import { subscribe, type Gap } from "../../src/stream/subscriber.ts";
 import { closeCode, RawWsClient } from "./rawws.ts";
-import { shortTempDir, waitFor } from "./util.ts";
+import { shortTempDir } from "./util.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -44,7 +45,7 @@ async function stalled(pub: Publisher, kind: "service" | "string"): Promise<RawW
   const slow = await RawWsClient.connect(ep.path, "/pub/p1");
   cleanups.push(() => slow.end());
   if (kind === "service") await slow.waitFor("the hello", () => slow.dataFrames().length === 1);
-  await waitFor("the slow subscriber", () => pub.stats.subscribers[kind] === 1 + (kind === "service" ? 1 : 0));
+  await eventually("the slow subscriber", () => pub.stats.subscribers[kind] === 1 + (kind === "service" ? 1 : 0));
   slow.pause();
   return slow;
 }
@@ -53,9 +54,9 @@ async function stalled(pub: Publisher, kind: "service" | "string"): Promise<RawW
 async function publishPacedByFast(pub: Publisher, fast: number[]): Promise<void> {
   for (let i = 1; i <= VALUES; i++) {
     pub.publish(`${i} ${PAYLOAD}`);
-    if (i % 50 === 0) await waitFor(`the fast subscriber to reach ${i}`, () => fast.length === i);
+    if (i % 50 === 0) await eventually(`the fast subscriber to reach ${i}`, () => fast.length === i);
   }
-  await waitFor("the fast subscriber to get everything", () => fast.length === VALUES);
+  await eventually("the fast subscriber to get everything", () => fast.length === VALUES);
 }
 
 function decodeAll(client: RawWsClient): ServiceMessage[] {

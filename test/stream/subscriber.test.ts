@@ -4,7 +4,8 @@ import { Registry } from "../../src/core/metrics.ts";
 import { encodeServiceMessage, type ServiceMessage } from "../../src/stream/protocol.ts";
 import { createPublisher, type Publisher, type PublisherOptions } from "../../src/stream/publisher.ts";
 import { type Gap, latest, type OpenInfo, type Received, subscribe, type SubscribeOptions } from "../../src/stream/subscriber.ts";
-import { rejection, thrown, waitFor, perTestCleanups } from "./util.ts";
+import { rejection, thrown, perTestCleanups } from "./util.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const { cleanups, tempDir } = perTestCleanups();
 
@@ -60,19 +61,19 @@ describe("gaps", () => {
     const runDir = tempDir();
     const first = await createPublisher({ pubId: "p1", runDir, metrics: new Registry() });
     const r = recorder(first.urls.service, { reconnect: { minDelayMs: 300, maxDelayMs: 300, jitter: "none" } });
-    await waitFor("the first open", () => r.opens().length === 1);
+    await eventually("the first open", () => r.opens().length === 1);
     for (let i = 1; i <= 5; i++) first.publish(i);
-    await waitFor("five values", () => r.values().length === 5);
+    await eventually("five values", () => r.values().length === 5);
 
     await first.close();
-    await waitFor("the close", () => r.events.some((e) => e[0] === "close"));
+    await eventually("the close", () => r.events.some((e) => e[0] === "close"));
     expect(r.events.find((e) => e[0] === "close")).toEqual(["close", 1001, true]);
 
     const second = await start(runDir);
     for (let i = 1; i <= 3; i++) second.publish(`new ${i}`);
-    await waitFor("the reconnect", () => r.opens().length === 2);
+    await eventually("the reconnect", () => r.opens().length === 2);
     second.publish("new 4");
-    await waitFor("the fourth new value", () => r.values().at(-1)?.value === "new 4");
+    await eventually("the fourth new value", () => r.values().at(-1)?.value === "new 4");
 
     const [before, after] = r.opens();
     expect(after?.epoch).not.toBe(before?.epoch);
@@ -94,13 +95,13 @@ describe("gaps", () => {
     const runDir = tempDir();
     const pub = await start(runDir, { slow: "disconnect", queue: { maxMessages: 10, maxBytes: 1024 * 1024 } });
     const r = recorder(pub.urls.service);
-    await waitFor("the open", () => r.opens().length === 1);
+    await eventually("the open", () => r.opens().length === 1);
     // One synchronous burst: the subscriber cannot read, its queue overflows, it is cut off.
     const payload = "y".repeat(1_000);
     for (let i = 1; i <= 3_000; i++) pub.publish(payload);
-    await waitFor("the reconnect", () => r.opens().length === 2);
+    await eventually("the reconnect", () => r.opens().length === 2);
     pub.publish("after");
-    await waitFor("the value after the reconnect", () => r.values().at(-1)?.value === "after");
+    await eventually("the value after the reconnect", () => r.values().at(-1)?.value === "after");
 
     expect(r.events.find((e) => e[0] === "close")).toEqual(["close", 4000, true]);
     const gaps = r.gaps();
@@ -126,7 +127,7 @@ describe("gaps", () => {
       frame({ t: "v", seq: 14, ts, value: "d" }),
     ]);
     const r = recorder(url);
-    await waitFor("the last value", () => r.values().at(-1)?.value === "d");
+    await eventually("the last value", () => r.values().at(-1)?.value === "d");
     expect(r.opens()[0]).toEqual({ attempt: 1, epoch: "e1", next: 7 });
     expect(r.values().map((v) => v.value)).toEqual(["a", "b", "c", "d"]);
     expect(r.gaps()).toEqual([
@@ -142,9 +143,9 @@ describe("gaps", () => {
     pub.publish(1);
     pub.publish(2);
     const r = recorder(pub.urls.service);
-    await waitFor("the open", () => r.opens().length === 1);
+    await eventually("the open", () => r.opens().length === 1);
     pub.publish(3);
-    await waitFor("the values", () => r.values().length === 2);
+    await eventually("the values", () => r.values().length === 2);
     expect(r.gaps()).toEqual([]);
     expect(r.values().map((v) => v.seq)).toEqual([2, 3]);
   });
@@ -154,7 +155,7 @@ describe("endpoints", () => {
   test("stops with a decode error when pointed at a string endpoint", async () => {
     const pub = await start(tempDir());
     const r = recorder(pub.urls.string);
-    await waitFor("the connection", () => pub.stats.subscribers.string === 1);
+    await eventually("the connection", () => pub.stats.subscribers.string === 1);
     pub.publish("text");
     await r.sub.closed;
     expect(r.errors()[0]).toStartWith("decode:");
@@ -180,21 +181,21 @@ describe("endpoints", () => {
     const texts: string[] = [];
     const sub = subscribe(pub.urls.string, { kind: "string", onText: (t) => texts.push(t) });
     cleanups.push(() => sub.close());
-    await waitFor("the connection", () => pub.stats.subscribers.string === 1);
+    await eventually("the connection", () => pub.stats.subscribers.string === 1);
     pub.publish("plain");
     pub.publish({ n: 1 });
-    await waitFor("two texts", () => texts.length === 2);
+    await eventually("two texts", () => texts.length === 2);
     expect(texts).toEqual(["plain", '{"n":1}']);
   });
 
   test("close() stops for good", async () => {
     const pub = await start(tempDir());
     const r = recorder(pub.urls.service);
-    await waitFor("the open", () => r.opens().length === 1);
+    await eventually("the open", () => r.opens().length === 1);
     r.sub.close();
     await r.sub.closed;
     expect(r.sub.state).toBe("closed");
-    await waitFor("the publisher to notice", () => pub.stats.subscribers.service === 0);
+    await eventually("the publisher to notice", () => pub.stats.subscribers.service === 0);
     await Bun.sleep(150); // three backoff periods: no reconnect may happen
     expect(pub.stats.subscribers.service).toBe(0);
     expect(r.opens()).toHaveLength(1);
@@ -225,7 +226,7 @@ describe("latest", () => {
     const pub = await start(tempDir());
     // The string endpoint ignores the ping and closes when the publisher stops.
     const pending = rejection(latest(pub.urls.string, { timeoutMs: 5_000 }));
-    await waitFor("the connection", () => pub.stats.subscribers.string === 1);
+    await eventually("the connection", () => pub.stats.subscribers.string === 1);
     await pub.close();
     const err = await pending;
     expect(err.code).toBe("io");

@@ -9,14 +9,6 @@ export function shortTempDir(): { dir: string; remove(): void } {
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-export async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(2);
-  }
-}
-
 /** The StoaError a promise rejects with (fails on success or another error type). */
 export async function rejection(p: Promise<unknown>): Promise<StoaError> {
   try {
