@@ -6,121 +6,36 @@
  * directory created 0700, bound with core/unixsock.ts, so a second daemon for the same user and
  * run dir finds the socket alive and fails with "in_use" instead of taking it over.
  *
- * Wire: core/frame.ts frames (4-byte big-endian length), each holding one CBOR message
- * (core/codec.ts, validated by the zod schemas below). The client sends requests; each is
- * answered, in order, by one message:
- *   {type: "tunnel", spec}    → {ok: true, type: "tunnel", tunnel}  spec as --tunnel:
- *                                CHANNEL=HOST:PORT[@PEER]; `tunnel.port` is the bound port
- *   {type: "ipc", spec}       → {ok: true, type: "ipc", ipc}        spec as --ipc: CHANNEL=unix:PATH
- *   {type: "ls"}              → {ok: true, type: "ls", status}      the daemon's status: user,
- *                                server, connected, tunnels, ipc, sessions, counters, link
- *   {type: "close", channel}  → {ok: true, type: "close", channel, kind: "tunnel" | "ipc"}
- * or {ok: false, code, message}, code a StoaError code: "usage" (bad spec), "exists",
- * "in_use" (port or socket taken), "not_found" (close of an unknown channel), "too_large",
- * "decode"/"schema" (not a request), "internal".
- *
- * Limits: requests ≤ `MAX_REQUEST_BYTES`, answers ≤ `MAX_ANSWER_BYTES`, at most
- * `MAX_PIPELINED` unanswered requests per connection and `MAX_CONNECTIONS` connections; idle
- * connections close after `IDLE_TIMEOUT_MS`. A request that does not decode is answered with an
- * error and the connection stays usable; a frame header over the limit is answered with an
- * error and the connection closed (no frame boundaries are left to trust).
+ * Wire: protocol.ts ("Control socket"): the requests, the answers, the daemon's status and the
+ * limits, with their schemas and codecs. This module serves them (core/framed-socket.ts: frames,
+ * pipelining, connection cap, idle timeout) and sends them.
  */
-import { z } from "zod";
-import { createCodec, encode } from "../core/codec.ts";
 import { StoaError, errorCodeFromWire, describeError } from "../core/errors.ts";
 import { connectErrorCode, framedRequest, serveFramed } from "../core/framed-socket.ts";
 import type { Logger } from "../core/log.ts";
-import { MAX_PATH_BYTES } from "./acl.ts";
-import { type DaemonStatus, MAX_CHANNELS } from "./daemon.ts";
 import type { IpcSpec } from "./ipc.ts";
+import {
+  type AnswerFor,
+  CONTROL_IDLE_TIMEOUT_MS,
+  type ControlAnswer,
+  type ControlRequest,
+  type DaemonStatus,
+  MAX_CONTROL_ANSWER_BYTES,
+  MAX_CONTROL_CONNECTIONS,
+  MAX_CONTROL_ERROR_LENGTH,
+  MAX_CONTROL_PIPELINED,
+  MAX_CONTROL_REQUEST_BYTES,
+  controlAnswerCodec,
+  controlRequestCodec,
+} from "./protocol.ts";
 import { parseIpcSpec, parseTunnelSpec } from "./specs.ts";
 import type { TunnelSpec } from "./tunnel.ts";
 
-/** A spec is a channel path (≤ 4096 bytes), `=`, and an address: far below this. */
-export const MAX_REQUEST_BYTES = 64 * 1024;
-/** `ls` of `MAX_CHANNELS` channels at well under 1 KiB each fits with room to spare. */
-export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
-export const MAX_PIPELINED = 16;
-export const MAX_CONNECTIONS = 64;
-export const IDLE_TIMEOUT_MS = 60_000;
 /** How long a client waits for an answer; binding a port or a socket takes milliseconds. */
 export const REQUEST_TIMEOUT_MS = 10_000;
-const MAX_SPEC_CHARS = MAX_PATH_BYTES + 1024;
-const MAX_MESSAGE_CHARS = 4096;
 
 /** `<run_dir>/hotlink/<user>.sock`: the control socket of `user`'s daemon (core/paths.ts owns the layout). */
 export { hotlinkControlPath } from "../core/paths.ts";
-
-// ---------------------------------------------------------------------------------------------
-// Messages
-
-const Spec = z.string().min(1).max(MAX_SPEC_CHARS);
-
-const ControlRequest = z.discriminatedUnion("type", [
-  z.object({ type: z.literal("tunnel"), spec: Spec }),
-  z.object({ type: z.literal("ipc"), spec: Spec }),
-  z.object({ type: z.literal("ls") }),
-  z.object({ type: z.literal("close"), channel: z.string().min(1).max(MAX_PATH_BYTES) }),
-]);
-export type ControlRequest = z.output<typeof ControlRequest>;
-
-const Count = z.number().int().min(0);
-const Channel = z.string().max(MAX_PATH_BYTES);
-const Origin = z.enum(["flag", "control", "watch"]);
-// Loose objects: a newer daemon may report more than this client prints; --json shows it all.
-const SessionView = z.looseObject({ state: z.string().max(32), bytes: Count }).nullable();
-
-const TunnelView = z.looseObject({
-  channel: Channel,
-  listen: z.string().max(300),
-  port: z.number().int().min(0).max(65535),
-  peer: z.string().max(256).nullable(),
-  app: z.boolean(),
-  held: Count,
-  origin: Origin,
-  out: SessionView,
-  in: z.looseObject({ bytes: Count }).nullable(),
-});
-
-const IpcView = z.looseObject({
-  channel: Channel,
-  path: z.string().max(4096),
-  apps: Count,
-  held: Count,
-  origin: Origin,
-  out: SessionView,
-  in: z.array(z.looseObject({ bytes: Count })).max(100_000),
-});
-
-const StatusView = z.looseObject({
-  user: z.string().max(256),
-  server: z.string().max(4096),
-  connected: z.boolean(),
-  tunnels: z.array(TunnelView).max(MAX_CHANNELS),
-  ipc: z.array(IpcView).max(MAX_CHANNELS),
-  sessions: z.object({ outgoing: Count, incoming: Count }),
-  counters: z.looseObject({}),
-});
-export type StatusView = z.output<typeof StatusView>;
-
-const OkAnswer = z.discriminatedUnion("type", [
-  z.object({ ok: z.literal(true), type: z.literal("tunnel"), tunnel: TunnelView }),
-  z.object({ ok: z.literal(true), type: z.literal("ipc"), ipc: IpcView }),
-  z.object({ ok: z.literal(true), type: z.literal("ls"), status: StatusView }),
-  z.object({ ok: z.literal(true), type: z.literal("close"), channel: Channel, kind: z.enum(["tunnel", "ipc"]) }),
-]);
-type OkAnswer = z.output<typeof OkAnswer>;
-/** The answer to a request of type `T`. */
-export type AnswerFor<T extends ControlRequest["type"]> = Extract<OkAnswer, { type: T }>;
-
-// A string, not an enum: a newer daemon may send a code this client does not know.
-const ErrorAnswer = z.object({ ok: z.literal(false), code: z.string().max(64), message: z.string().max(MAX_MESSAGE_CHARS) });
-
-const ControlAnswer = z.union([OkAnswer, ErrorAnswer]);
-export type ControlAnswer = z.output<typeof ControlAnswer>;
-
-export const controlRequestCodec = createCodec(ControlRequest, { maxBytes: MAX_REQUEST_BYTES });
-export const controlAnswerCodec = createCodec(ControlAnswer, { maxBytes: MAX_ANSWER_BYTES });
 
 // ---------------------------------------------------------------------------------------------
 // Answering
@@ -134,15 +49,7 @@ export interface ControlTarget {
   status(): DaemonStatus;
 }
 
-/** An answer as the daemon builds it (typed by its own status), before it goes on the wire. */
-type DaemonAnswer =
-  | { ok: true; type: "tunnel"; tunnel: DaemonStatus["tunnels"][number] }
-  | { ok: true; type: "ipc"; ipc: DaemonStatus["ipc"][number] }
-  | { ok: true; type: "ls"; status: DaemonStatus }
-  | { ok: true; type: "close"; channel: string; kind: "tunnel" | "ipc" }
-  | { ok: false; code: string; message: string };
-
-async function handle(target: ControlTarget, request: ControlRequest): Promise<DaemonAnswer> {
+async function handle(target: ControlTarget, request: ControlRequest): Promise<ControlAnswer> {
   switch (request.type) {
     case "tunnel": {
       const spec = parseTunnelSpec(request.spec);
@@ -175,18 +82,18 @@ function plain<T>(value: T): T {
   return JSON.parse(JSON.stringify(value)) as T;
 }
 
-function errorAnswer(error: StoaError): DaemonAnswer {
-  return { ok: false, code: error.code, message: error.message.slice(0, MAX_MESSAGE_CHARS) };
+function errorAnswer(error: StoaError): ControlAnswer {
+  return { ok: false, code: error.code, message: error.message.slice(0, MAX_CONTROL_ERROR_LENGTH) };
 }
 
 /**
  * One request message's bytes in, its answer's bytes out (a frame payload each): what the
  * server does for every frame. Never throws; whatever the bytes, the answer is a valid
- * message within `MAX_ANSWER_BYTES`.
+ * message within `MAX_CONTROL_ANSWER_BYTES`.
  */
 export async function answerControlMessage(target: ControlTarget, bytes: Uint8Array, log: Logger): Promise<Uint8Array> {
   const decoded = controlRequestCodec.safeDecode(bytes);
-  let answer: DaemonAnswer;
+  let answer: ControlAnswer;
   if (!decoded.ok) answer = errorAnswer(decoded.error);
   else {
     try {
@@ -200,10 +107,10 @@ export async function answerControlMessage(target: ControlTarget, bytes: Uint8Ar
     }
   }
   try {
-    return encode(answer, { maxBytes: MAX_ANSWER_BYTES });
+    return controlAnswerCodec.encode(answer);
   } catch (err) {
     const error = err instanceof StoaError ? err : new StoaError("internal", String(err));
-    return encode(errorAnswer(error), { maxBytes: MAX_ANSWER_BYTES });
+    return controlAnswerCodec.encode(errorAnswer(error));
   }
 }
 
@@ -225,13 +132,13 @@ export interface HotlinkControl {
  */
 export async function startHotlinkControl(path: string, target: ControlTarget, log: Logger): Promise<HotlinkControl> {
   const server = await serveFramed(path, {
-    maxRequestBytes: MAX_REQUEST_BYTES,
-    maxAnswerBytes: MAX_ANSWER_BYTES,
-    maxPipelined: MAX_PIPELINED,
-    maxConnections: MAX_CONNECTIONS,
-    idleTimeoutMs: IDLE_TIMEOUT_MS,
+    maxRequestBytes: MAX_CONTROL_REQUEST_BYTES,
+    maxAnswerBytes: MAX_CONTROL_ANSWER_BYTES,
+    maxPipelined: MAX_CONTROL_PIPELINED,
+    maxConnections: MAX_CONTROL_CONNECTIONS,
+    idleTimeoutMs: CONTROL_IDLE_TIMEOUT_MS,
     answer: (frame) => answerControlMessage(target, frame, log),
-    refusal: (error) => encode(errorAnswer(error), { maxBytes: MAX_ANSWER_BYTES }),
+    refusal: (error) => controlAnswerCodec.encode(errorAnswer(error)),
     log,
   });
   return { path: server.path, close: () => server.close() };
@@ -262,8 +169,8 @@ export async function hotlinkControlRequest<R extends ControlRequest>(
   options: ControlRequestOptions = {},
 ): Promise<AnswerFor<R["type"]>> {
   const bytes = await framedRequest(path, controlRequestCodec.encode(request), {
-    maxRequestBytes: MAX_REQUEST_BYTES,
-    maxAnswerBytes: MAX_ANSWER_BYTES,
+    maxRequestBytes: MAX_CONTROL_REQUEST_BYTES,
+    maxAnswerBytes: MAX_CONTROL_ANSWER_BYTES,
     timeoutMs: options.timeoutMs ?? REQUEST_TIMEOUT_MS,
     peer: `the hotlink daemon at ${path}`,
     what: request.type,
@@ -275,7 +182,7 @@ export async function hotlinkControlRequest<R extends ControlRequest>(
   throw new StoaError("decode", `the hotlink daemon answered "${got.type}" to a "${request.type}" request; is it a compatible version?`);
 }
 
-function answers<T extends ControlRequest["type"]>(answer: OkAnswer, type: T): answer is AnswerFor<T> {
+function answers<T extends ControlRequest["type"]>(answer: Extract<ControlAnswer, { ok: true }>, type: T): answer is AnswerFor<T> {
   return answer.type === type;
 }
 

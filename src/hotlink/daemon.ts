@@ -15,20 +15,11 @@
 import type { Logger } from "../core/log.ts";
 import { StoaError } from "../core/errors.ts";
 import { RelayLink } from "./link.ts";
-import { IpcChannel, type IpcSpec, type IpcStatus } from "./ipc.ts";
-import { type HotlinkMessage, MessageType } from "./protocol.ts";
+import { IpcChannel, type IpcSpec } from "./ipc.ts";
+import { type ChannelOrigin, type DaemonStatus, type HotlinkMessage, MAX_CHANNELS, MessageType } from "./protocol.ts";
 import type { Incoming } from "./sessions.ts";
-import { type DaemonCounters, startTelemetry } from "./telemetry.ts";
-import { Tunnel, type TunnelSpec, type TunnelStatus } from "./tunnel.ts";
-
-/**
- * Tunnels plus IPC channels one daemon serves: each holds a port or a socket, and all of them
- * are listed in one control answer (`ls`), which must stay well under its size limit.
- */
-export const MAX_CHANNELS = 4096;
-
-/** Who declared a channel: a command-line flag, the control socket, or a marker file. */
-export type ChannelOrigin = "flag" | "control" | "watch";
+import { startTelemetry } from "./telemetry.ts";
+import { Tunnel, type TunnelSpec } from "./tunnel.ts";
 
 export interface DaemonOptions {
   /** ws://host:port/v1/hotlink (a bare ws://host:port gets the path added). */
@@ -48,24 +39,6 @@ export interface DaemonOptions {
    * offers of the sessions it sends. Absent: relay only.
    */
   direct?: { listen: string; advertise?: string[] };
-}
-
-export interface DaemonStatus {
-  user: string;
-  server: string;
-  connected: boolean;
-  /** Each with the port it listens on (the bound one when PORT was 0) and its origin. */
-  tunnels: (TunnelStatus & { port: number; origin: ChannelOrigin })[];
-  ipc: (IpcStatus & { origin: ChannelOrigin })[];
-  /** Sessions open on the relay link now. */
-  sessions: { outgoing: number; incoming: number };
-  /** The telemetry counters (telemetry.ts), as plain numbers. */
-  counters: {
-    relay: DaemonCounters["relay"];
-    direct: DaemonCounters["direct"];
-    latency_us: { send_avg: number; send_max: number; write_avg: number; write_max: number };
-  };
-  link: RelayLink["messages"];
 }
 
 export class HotlinkDaemon {

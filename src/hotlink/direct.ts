@@ -7,12 +7,17 @@
  * certificate's SHA-256 fingerprint, presents the one-time token, answers direct_answer, and
  * from then on sends the session's Data as HLNK frames on that connection.
  *
- * Wire on the direct connection:
+ * Wire on the direct connection (the hello and the acknowledgements, and their readers, are in
+ * direct-wire.ts):
  *   sender → receiver   "HLD1 <sid> <tok>\n", then HLNK frames (hlnk.ts): path = the frame's
  *                       path (the session's when Data had none), etag, seq = the session's seq,
  *                       payload.
  *   receiver → sender   acknowledgements: 8-byte big-endian integers, each the highest seq
  *                       delivered in order so far (sent after every chunk that advanced it).
+ * A connection whose hello is malformed, or names another session or token, is refused; one
+ * that then carries bytes that are not HLNK frames is closed. A sender that reads a malformed
+ * acknowledgement (one that does not advance, or a seq over 2^53-1) cuts the connection and
+ * falls back to the relay.
  * No loss on failure: the sender keeps every frame it sent directly until it is acknowledged
  * (at most `DIRECT_RETAIN_BYTES`; past that the source is not read). If the direct connection
  * fails, the session falls back to the relay and the unacknowledged frames are sent again there
@@ -27,6 +32,7 @@ import { networkInterfaces } from "node:os";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { DIRECT_TLS_SERVER_NAME, createSessionCertificate, verifyPinnedPeer } from "./cert.ts";
+import { AckReader, HelloReader, encodeDirectAck, encodeDirectHello } from "./direct-wire.ts";
 import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
 import type { DataMessage } from "./protocol.ts";
 import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
@@ -40,7 +46,8 @@ export const DIRECT_ACCEPT_TIMEOUT_MS = 10_000;
 export const DIRECT_RETAIN_BYTES = 32 * 1024 * 1024;
 /** Unwritten bytes on the direct socket above which the source waits. */
 export const DIRECT_HIGH_WATER = 4 * 1024 * 1024;
-const HELLO_MAX = 256;
+/** Random bytes of a direct token: 32 characters of base64url, within the offer's limits. */
+const DIRECT_TOKEN_BYTES = 24;
 
 /** How a daemon uses direct paths (`--direct`, `--direct-listen`). */
 export interface DirectConfig {
@@ -90,6 +97,15 @@ export interface DirectReceiverEvents {
   delivered(): number;
 }
 
+/** What the receiver keeps per accepted socket: its hello until read, then its HLNK decoder. */
+interface DirectConn {
+  /** Null once the hello was read and accepted. */
+  hello: HelloReader | null;
+  decoder: HlnkDecoder;
+}
+
+const newDirectConn = (): DirectConn => ({ hello: new HelloReader(), decoder: new HlnkDecoder({ views: true }) });
+
 /** The receiver's listener and connection for one session. */
 export class DirectReceiver {
   readonly offer: DirectOffer;
@@ -98,8 +114,8 @@ export class DirectReceiver {
   readonly #config: DirectConfig;
   readonly #events: DirectReceiverEvents;
   readonly #token: string;
-  #listener: TCPSocketListener<{ hello: Uint8Array[]; ok: boolean; decoder: HlnkDecoder }> | null;
-  #conn: Socket<{ hello: Uint8Array[]; ok: boolean; decoder: HlnkDecoder }> | null = null;
+  #listener: TCPSocketListener<DirectConn> | null;
+  #conn: Socket<DirectConn> | null = null;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #acked = 0;
   #closed = false;
@@ -110,16 +126,16 @@ export class DirectReceiver {
     this.#pth = pth;
     this.#config = config;
     this.#events = events;
-    this.#token = randomBytes(24).toString("base64url");
+    this.#token = randomBytes(DIRECT_TOKEN_BYTES).toString("base64url");
     const cert = createSessionCertificate();
     this.#listener = Bun.listen({
       hostname: config.listen,
       port: 0,
       tls: { cert: cert.certPem, key: cert.keyPem },
-      data: { hello: [], ok: false, decoder: new HlnkDecoder({ views: true }) },
+      data: newDirectConn(),
       socket: {
         open: (s) => {
-          s.data = { hello: [], ok: false, decoder: new HlnkDecoder({ views: true }) };
+          s.data = newDirectConn();
         },
         data: (s, chunk) => this.#onData(s, chunk),
         close: (s) => {
@@ -179,33 +195,28 @@ export class DirectReceiver {
     this.#listener = null;
   }
 
-  #onData(s: Socket<{ hello: Uint8Array[]; ok: boolean; decoder: HlnkDecoder }>, chunk: Uint8Array): void {
-    if (!s.data.ok) {
-      s.data.hello.push(new Uint8Array(chunk));
-      const all = Buffer.concat(s.data.hello);
-      const nl = all.indexOf(10);
-      if (nl < 0) {
-        if (all.byteLength > HELLO_MAX) s.terminate();
+  #onData(s: Socket<DirectConn>, chunk: Uint8Array): void {
+    const hello = s.data.hello;
+    if (hello !== null) {
+      const read = hello.push(chunk);
+      if (read.state === "more") return;
+      if (read.state === "error") {
+        this.#config.log.warn("refused a direct connection: its hello is malformed", { sid: this.#sid, err: read.error });
+        s.terminate();
         return;
       }
-      const line = all.subarray(0, nl).toString("latin1");
-      const expected = `HLD1 ${this.#sid} ${this.#token}`;
-      const a = Buffer.from(line);
-      const b = Buffer.from(expected);
-      if (this.#conn !== null || a.byteLength !== b.byteLength || !timingSafeEqual(a, b)) {
+      if (this.#conn !== null || read.sid !== this.#sid || !sameToken(read.tok, this.#token)) {
         this.#config.log.warn("refused a direct connection with a wrong session or token", { sid: this.#sid });
         s.terminate();
         return;
       }
-      s.data.ok = true;
-      s.data.hello = [];
+      s.data.hello = null;
       this.#conn = s;
       s.setNoDelay(true);
       if (this.#paused) s.pause();
       this.#stopListening(); // one connection per session, and the token is used up
-      const rest = all.subarray(nl + 1);
-      if (rest.byteLength === 0) return;
-      chunk = rest;
+      if (read.rest.byteLength === 0) return;
+      chunk = read.rest;
     }
     if (s !== this.#conn) return;
     const counters = this.#config.counters;
@@ -240,10 +251,15 @@ export class DirectReceiver {
     const delivered = this.#events.delivered();
     if (delivered <= this.#acked) return;
     this.#acked = delivered;
-    const ack = new Uint8Array(8);
-    new DataView(ack.buffer).setBigUint64(0, BigInt(delivered));
-    conn.write(ack); // 8 bytes: a short write here would need a full send buffer the other way
+    conn.write(encodeDirectAck(delivered)); // 8 bytes: a short write here would need a full send buffer the other way
   }
+}
+
+/** Whether the hello's token is ours, in time that does not depend on where they differ. */
+function sameToken(got: string, expected: string): boolean {
+  const a = Buffer.from(got, "latin1");
+  const b = Buffer.from(expected, "latin1");
+  return a.byteLength === b.byteLength && timingSafeEqual(a, b);
 }
 
 // ---------------------------------------------------------------- sender side
@@ -312,7 +328,7 @@ export async function dialDirect(
             const pin = verifyPinnedPeer(s, offer.fpr);
             if (!pin.ok) return done({ error: `${candidate}: ${pin.error.message}` });
             s.setNoDelay(true);
-            s.write(encoder.encode(`HLD1 ${sid} ${offer.tok}\n`));
+            s.write(encodeDirectHello(sid, offer.tok));
             done({ socket: s });
           },
           data: (_s, d) => {
@@ -346,20 +362,22 @@ export class DirectSender {
   readonly #socket: Socket<undefined>;
   readonly #pth: string;
   readonly #counters: DaemonCounters;
+  readonly #log: Logger;
   readonly #outbox: Outbox;
   #retained: Retained[] = [];
   #retainedHead = 0;
   #retainedBytes = 0;
-  #ackBuf = new Uint8Array(0);
+  readonly #acks = new AckReader();
   #waiters: (() => void)[] = [];
   #ackWaiters: (() => void)[] = [];
   failed = false;
 
-  constructor(socket: Socket<undefined>, pth: string, counters: DaemonCounters) {
+  constructor(socket: Socket<undefined>, pth: string, config: Pick<DirectConfig, "counters" | "log">) {
     this.#socket = socket;
     this.#outbox = new Outbox(socket);
     this.#pth = pth;
-    this.#counters = counters;
+    this.#counters = config.counters;
+    this.#log = config.log;
   }
 
   get busy(): boolean {
@@ -393,14 +411,16 @@ export class DirectSender {
     return this.#retained.slice(this.#retainedHead);
   }
 
+  /** Bytes from the receiver: acknowledgements. A malformed one cuts the connection (the
+   * session then falls back to the relay and resends what is not acknowledged). */
   onAck(bytes: Uint8Array): void {
-    const all = this.#ackBuf.byteLength === 0 ? bytes : Buffer.concat([this.#ackBuf, bytes]);
-    let at = 0;
-    let acked = -1;
-    const view = new DataView(all.buffer, all.byteOffset, all.byteLength);
-    for (; at + 8 <= all.byteLength; at += 8) acked = Number(view.getBigUint64(at));
-    this.#ackBuf = all.slice(at);
-    if (acked < 0) return;
+    const read = this.#acks.push(bytes);
+    if (!read.ok) {
+      this.#log.warn("the direct connection carried a malformed acknowledgement; back to the relay", { pth: this.#pth, err: read.error });
+      this.cut();
+      return;
+    }
+    const acked = read.acked;
     const r = this.#retained;
     while (this.#retainedHead < r.length && (r[this.#retainedHead]?.seq ?? Infinity) <= acked) {
       this.#retainedBytes -= r[this.#retainedHead]?.pay.byteLength ?? 0;

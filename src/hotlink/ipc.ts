@@ -26,6 +26,7 @@ import { Outbox } from "../core/outbox.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
 import { HlnkDecoder, encodeHlnk } from "./hlnk.ts";
 import type { RelayLink } from "./link.ts";
+import type { IpcStatus } from "./protocol.ts";
 import { type Delivery, Incoming, Outgoing } from "./sessions.ts";
 import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
 
@@ -49,15 +50,6 @@ interface Pending {
   pay: Uint8Array;
   pth: string;
   etg: string;
-}
-
-export interface IpcStatus {
-  channel: string;
-  path: string;
-  apps: number;
-  out: { sid: string; state: string; seq: number; bytes: number } | null;
-  in: { sid: string; from: string | undefined; delivered: number; bytes: number; duplicates: number }[];
-  held: number;
 }
 
 export class IpcChannel {

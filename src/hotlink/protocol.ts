@@ -1,7 +1,23 @@
 /**
- * The hotlink session protocol: what a client daemon and the relay server say to each other.
- * Everything on the wire between them is defined here (HLNK frames, for IPC sockets and direct
- * connections, are in hlnk.ts).
+ * The hotlink wire formats: the session protocol (what a client daemon and the relay server
+ * say to each other) and the daemon's control socket are defined here; every other format
+ * hotlink reads or writes is in the one file the index names.
+ *
+ * Index (format — what it is — where it lives):
+ *   relay upgrade     `GET /v1/hotlink`, Bearer auth, 401/426/429  here ("Transport"); HTTP
+ *                     answers in server.ts, `Authorization` and tokens in users.ts
+ *   session messages  CBOR maps over that WebSocket, Hello…Signal  here (below)
+ *   HLNK frames       IPC sockets and direct connections           hlnk.ts
+ *   direct hello      "HLD1 <sid> <tok>\n", sender → receiver      direct-wire.ts (direct.ts uses it)
+ *   direct acks       u64 seqs, receiver → sender                  direct-wire.ts
+ *   direct TLS        per-session self-signed X.509 (DER), pinned  cert.ts
+ *   control socket    frames of CBOR requests and answers          here ("Control socket");
+ *                     at `<run_dir>/hotlink/<user>.sock`           control.ts serves and asks it
+ *   channel specs     --tunnel/--ipc forms, also in control specs  specs.ts
+ *   users file        JSON, hashed tokens; user names              users.ts
+ *   ACL file, paths   JSON rules; the path syntax                  acl.ts
+ *   telemetry file    JSON, rewritten every second                 telemetry.ts
+ *   marker files      `stream.tcp` JSON under --watch DIR          watch.ts
  *
  * Transport. One WebSocket per client daemon, `GET /v1/hotlink` (`HOTLINK_WS_PATH`), with
  * `Authorization: Bearer <user>:<token>` (users.ts). A wrong or missing token gets 401 before
@@ -32,7 +48,7 @@
  * `frm` is the user a message came from: the server sets it on every Open, Accept and Signal
  * it forwards, overwriting whatever the client put there.
  *
- * Fields. `sid`: 1–64 of [A-Za-z0-9_-], chosen by the opener; make it unguessable and unique
+ * Fields. `sid`: 1–`MAX_SID_LENGTH` (64) of [A-Za-z0-9_-], chosen by the opener; make it unguessable and unique
  * (`crypto.randomUUID()`), since the server refuses an Open whose sid is in use. `pth`: a
  * hotlink path (acl.ts: ≤ 4096 UTF-8 bytes, segments joined by "/", no empty, "." or ".."
  * segment, no control characters); its first segment is the owning user. User names: users.ts.
@@ -95,7 +111,8 @@
  *                 listens for this session over TLS with a per-session self-signed
  *                 certificate; `fpr` is that certificate's SHA-256 fingerprint, 64 lowercase
  *                 hex digits (Node's `cert.fingerprint256` without ":" and lower-cased);
- *                 `tok` a one-time token (16–128 of [A-Za-z0-9_-]). The addresses are the
+ *                 `tok` a one-time token (`MIN_DIRECT_TOKEN_LENGTH`–`MAX_DIRECT_TOKEN_LENGTH`,
+ *                 16–128, of [A-Za-z0-9_-]). The addresses are the
  *                 receiver's choice, so the sender bounds what it dials for them: only a
  *                 session it opened and that is open with this one receiver (the one that
  *                 accepted), only the first offer of the session, and only its first
@@ -104,8 +121,9 @@
  *                 with `err` and dials nothing.
  *   direct_answer {err?}           sender → receiver: it dialled the candidates (a short
  *                 timeout each), verified the fingerprint (never "accept any certificate"),
- *                 presented the token, and now sends Data as HLNK frames on that connection;
- *                 with `err`, it failed and the session stays on the relay.
+ *                 presented the token ("HLD1 <sid> <tok>\n", direct-wire.ts), and now sends
+ *                 Data as HLNK frames on that connection, acknowledged by the receiver (also
+ *                 direct-wire.ts); with `err`, it failed and the session stays on the relay.
  * On any failure the session stays on, or returns to, the relay; seq numbering is shared by
  * both paths, so nothing is lost or duplicated that the reorder buffer cannot fix.
  *   sdp_offer, sdp_answer, ice_candidate {tok?, err?}  reserved for WebRTC (a later step):
@@ -118,6 +136,29 @@
  * (counted from the upgrade, Hello or not), each for at most `HELLO_TIMEOUT_MS` before Hello,
  * `MAX_SESSIONS_PER_CONNECTION` sessions per connection and `MAX_SESSIONS_PER_USER` in all; and
  * what one peer can make another daemon dial: `MAX_DIALED_CANDIDATES` addresses per session.
+ *
+ * Control socket: how `stoa hotlink tunnel|ipc|ls|close` (and `stoa status`) talk to a running
+ * daemon over its Unix socket (control.ts). core/frame.ts frames (4-byte big-endian length),
+ * each holding one CBOR message (core/codec.ts, checked by the zod schemas at the end of this
+ * file). The client sends requests; each is answered, in order, by one message:
+ *   {type: "tunnel", spec}    → {ok: true, type: "tunnel", tunnel}  spec as --tunnel (specs.ts):
+ *                                CHANNEL=HOST:PORT[@PEER]; `tunnel.port` is the bound port
+ *   {type: "ipc", spec}       → {ok: true, type: "ipc", ipc}        spec as --ipc: CHANNEL=unix:PATH
+ *   {type: "ls"}              → {ok: true, type: "ls", status}      the daemon's status
+ *                                (`DaemonStatus`): user, server, connected, tunnels, ipc,
+ *                                sessions, counters {relay, direct, latency_us}, link
+ *   {type: "close", channel}  → {ok: true, type: "close", channel, kind: "tunnel" | "ipc"}
+ * or {ok: false, code, message}, code a StoaError code: "usage" (bad spec), "exists",
+ * "in_use" (port or socket taken), "not_found" (close of an unknown channel), "too_large",
+ * "decode"/"schema" (not a request), "internal". A client takes a code it does not know (a
+ * newer daemon's) as it comes; fields it does not know are dropped.
+ * Limits: requests ≤ `MAX_CONTROL_REQUEST_BYTES`, answers ≤ `MAX_CONTROL_ANSWER_BYTES`, at
+ * most `MAX_CONTROL_PIPELINED` unanswered requests per connection and
+ * `MAX_CONTROL_CONNECTIONS` connections; idle connections close after
+ * `CONTROL_IDLE_TIMEOUT_MS`; a daemon serves at most `MAX_CHANNELS` tunnels and channels. A
+ * request that does not decode is answered with an error and the connection stays usable; a
+ * frame header over the limit is answered with an error and the connection closed (no frame
+ * boundaries are left to trust).
  */
 import { Buffer } from "node:buffer";
 import { z } from "zod";
@@ -125,7 +166,7 @@ import { uninitializedBytes } from "../core/bytes.ts";
 import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { StoaError, describeError } from "../core/errors.ts";
-import { pathProblem } from "./acl.ts";
+import { MAX_PATH_BYTES, pathProblem } from "./acl.ts";
 import { MAX_HLNK_ETAG_BYTES } from "./hlnk.ts";
 import { UserName } from "./users.ts";
 
@@ -147,8 +188,22 @@ export const MAX_ENVELOPE_BYTES = 64 * 1024;
 /** Default largest message, in encoded bytes. */
 export const MAX_MESSAGE_BYTES = MAX_DATA_PAYLOAD_BYTES + MAX_ENVELOPE_BYTES;
 
-/** Longest session id. */
+/** Longest session id: a `crypto.randomUUID()` (36) fits with room. */
 export const MAX_SID_LENGTH = 64;
+
+/** Shortest and longest one-time token of a direct offer (`tok`); a receiver sends 32
+ * characters (24 random bytes in base64url, direct.ts). */
+export const MIN_DIRECT_TOKEN_LENGTH = 16;
+export const MAX_DIRECT_TOKEN_LENGTH = 128;
+
+/** Longest direct-path candidate, "host:port": a DNS name (at most 253) with its port fits. */
+export const MAX_CANDIDATE_LENGTH = 300;
+
+/** Longest Hello `agt` (the client's software, for logs). */
+export const MAX_AGENT_LENGTH = 128;
+
+/** Longest Error `code`, snake_case. */
+export const MAX_ERROR_CODE_LENGTH = 32;
 
 /** Longest `rsn`, `msg` and `err`, in characters. */
 export const MAX_REASON_LENGTH = 1024;
@@ -196,8 +251,9 @@ export const MessageType = {
   Signal: 14,
 } as const;
 
-/** A session id: 1–64 of [A-Za-z0-9_-]. */
-export const SessionId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "a sid is 1–64 of A-Z a-z 0-9 _ -");
+/** A session id: 1–`MAX_SID_LENGTH` of [A-Za-z0-9_-]. */
+const SID_RE = new RegExp(`^[A-Za-z0-9_-]{1,${MAX_SID_LENGTH}}$`);
+export const SessionId = z.string().regex(SID_RE, `a sid is 1–${MAX_SID_LENGTH} of A-Z a-z 0-9 _ -`);
 
 /** A hotlink path (see acl.ts for the rules). */
 export const HotlinkPath = z.string().superRefine((path, ctx) => {
@@ -224,7 +280,7 @@ const Seq = z.union([
 /** "host:port" as `tcp:` endpoints write it (core/endpoint.ts), with a port to dial. */
 const Candidate = z
   .string()
-  .max(300)
+  .max(MAX_CANDIDATE_LENGTH)
   .superRefine((candidate, ctx) => {
     let port = 0;
     try {
@@ -240,7 +296,7 @@ const Candidate = z
 const Hello = z.object({
   t: z.literal(MessageType.Hello),
   v: z.number().int().min(1).max(0xffff),
-  agt: z.string().max(128).optional(),
+  agt: z.string().max(MAX_AGENT_LENGTH).optional(),
 });
 
 const Welcome = z.object({
@@ -256,7 +312,9 @@ const Pong = z.object({ t: z.literal(MessageType.Pong), n: Count });
 
 const ErrorMessage = z.object({
   t: z.literal(MessageType.Error),
-  code: z.string().regex(/^[a-z][a-z0-9_]{0,31}$/, "an error code is snake_case, at most 32 characters"),
+  code: z
+    .string()
+    .regex(new RegExp(`^[a-z][a-z0-9_]{0,${MAX_ERROR_CODE_LENGTH - 1}}$`), `an error code is snake_case, at most ${MAX_ERROR_CODE_LENGTH} characters`),
   msg: Reason,
   sid: SessionId.optional(),
 });
@@ -296,7 +354,12 @@ const Signal = z.discriminatedUnion("knd", [
     ...signal,
     knd: z.literal("direct_offer"),
     adr: z.array(Candidate).min(1).max(MAX_CANDIDATES),
-    tok: z.string().regex(/^[A-Za-z0-9_-]{16,128}$/, "a direct token is 16–128 of A-Z a-z 0-9 _ -"),
+    tok: z
+      .string()
+      .regex(
+        new RegExp(`^[A-Za-z0-9_-]{${MIN_DIRECT_TOKEN_LENGTH},${MAX_DIRECT_TOKEN_LENGTH}}$`),
+        `a direct token is ${MIN_DIRECT_TOKEN_LENGTH}–${MAX_DIRECT_TOKEN_LENGTH} of A-Z a-z 0-9 _ -`,
+      ),
     fpr: z.string().regex(/^[0-9a-f]{64}$/, "a fingerprint is 64 lowercase hex digits (SHA-256)"),
   }),
   z.object({ ...signal, knd: z.literal("direct_answer"), err: Reason.optional() }),
@@ -511,7 +574,6 @@ function writeHead(out: Uint8Array, at: number, major: number, value: number): n
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-const SID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 /** The last path `parseDataFast` checked: a session's Data carries the same few paths. */
 let lastGoodPath = "";
 
@@ -629,3 +691,147 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): 
   if (at !== n || t !== MessageType.Data || sid === null || seq < 1 || pay === null) return null;
   return { t: MessageType.Data, sid, seq, pay, ...(pth === undefined ? {} : { pth }), ...(etg === undefined ? {} : { etg }) };
 }
+
+// ---------------------------------------------------------------------------------------------
+// The control socket (header: "Control socket"; control.ts serves and asks it)
+
+/** Tunnels plus IPC channels one daemon serves: each holds a port or a socket, and all of them
+ * are listed in one control answer (`ls`), which must stay well under its size limit. */
+export const MAX_CHANNELS = 4096;
+
+/** A spec is a channel path (≤ 4096 bytes), `=`, and an address: far below this. */
+export const MAX_CONTROL_REQUEST_BYTES = 64 * 1024;
+
+/** `ls` of `MAX_CHANNELS` channels at well under 1 KiB each fits with room to spare. */
+export const MAX_CONTROL_ANSWER_BYTES = 8 * 1024 * 1024;
+
+/** Unanswered requests per connection: a CLI sends one at a time. */
+export const MAX_CONTROL_PIPELINED = 16;
+
+/** Connections to one daemon's control socket at once. */
+export const MAX_CONTROL_CONNECTIONS = 64;
+
+/** A control connection with no request for this long is closed. */
+export const CONTROL_IDLE_TIMEOUT_MS = 60_000;
+
+/** Longest spec: a channel path and an address. */
+const MAX_CONTROL_SPEC_LENGTH = MAX_PATH_BYTES + 1024;
+
+/** Longest error answer `message`, in characters. */
+export const MAX_CONTROL_ERROR_LENGTH = 4096;
+
+/** Longest error answer `code` (a StoaError code, or a newer daemon's). */
+const MAX_CONTROL_CODE_LENGTH = 64;
+
+/** Longest `listen` of a tunnel: a host as --tunnel takes it and a port. */
+const MAX_LISTEN_LENGTH = 300;
+
+/** Longest socket path of an IPC channel as a status reports it. */
+const MAX_SOCKET_PATH_LENGTH = 4096;
+
+/** Longest `user`, `peer` and `server` as a status reports them. */
+const MAX_STATUS_USER_LENGTH = 256;
+const MAX_STATUS_SERVER_LENGTH = 4096;
+
+/** Incoming sessions one IPC channel reports (one per sending peer). */
+const MAX_STATUS_INCOMING = 100_000;
+
+const ControlSpec = z.string().min(1).max(MAX_CONTROL_SPEC_LENGTH);
+
+/** A request to a daemon's control socket, by `type`. */
+export const ControlRequest = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("tunnel"), spec: ControlSpec }),
+  z.object({ type: z.literal("ipc"), spec: ControlSpec }),
+  z.object({ type: z.literal("ls") }),
+  z.object({ type: z.literal("close"), channel: z.string().min(1).max(MAX_PATH_BYTES) }),
+]);
+export type ControlRequest = z.output<typeof ControlRequest>;
+
+const Channel = z.string().max(MAX_PATH_BYTES);
+const Port = z.number().int().min(0).max(65535);
+/** Microseconds: averages have fractions. */
+const Micros = z.number().min(0);
+
+/** Who declared a channel: a command-line flag, the control socket, or a marker file (watch.ts). */
+const ChannelOrigin = z.enum(["flag", "control", "watch"]);
+export type ChannelOrigin = z.output<typeof ChannelOrigin>;
+
+/** A channel's outgoing session (sessions.ts `Outgoing`): its state, last seq, bytes sent. */
+const OutgoingStatus = z.object({ sid: SessionId, state: z.enum(["opening", "open", "closed"]), seq: Count, bytes: Count });
+
+/** An incoming session (sessions.ts `Incoming`): seqs and bytes delivered, duplicates dropped. */
+const IncomingStatus = z.object({ sid: SessionId, delivered: Count, bytes: Count, duplicates: Count });
+
+/** A tunnel as `Tunnel.status()` reports it (tunnel.ts); `held`: bytes held for its application. */
+export const TunnelStatus = z.object({
+  channel: Channel,
+  listen: z.string().max(MAX_LISTEN_LENGTH),
+  peer: z.string().max(MAX_STATUS_USER_LENGTH).nullable(),
+  app: z.boolean(),
+  out: OutgoingStatus.nullable(),
+  in: IncomingStatus.nullable(),
+  held: Count,
+});
+export type TunnelStatus = z.output<typeof TunnelStatus>;
+
+/** An IPC channel as `IpcChannel.status()` reports it (ipc.ts): one incoming session per sender. */
+export const IpcStatus = z.object({
+  channel: Channel,
+  path: z.string().max(MAX_SOCKET_PATH_LENGTH),
+  apps: Count,
+  out: OutgoingStatus.nullable(),
+  in: z.array(IncomingStatus.extend({ from: z.string().max(MAX_STATUS_USER_LENGTH).optional() })).max(MAX_STATUS_INCOMING),
+  held: Count,
+});
+export type IpcStatus = z.output<typeof IpcStatus>;
+
+/** A tunnel in `ls`: with the port it listens on (the bound one when PORT was 0) and its origin. */
+const TunnelEntry = TunnelStatus.extend({ port: Port, origin: ChannelOrigin });
+const IpcEntry = IpcStatus.extend({ origin: ChannelOrigin });
+
+/** Packets and bytes of one path (telemetry.ts `DaemonCounters.relay`). */
+const RelayCounters = z.object({ txPackets: Count, txBytes: Count, rxPackets: Count, rxBytes: Count });
+
+/** The direct path's packets and bytes, and its upgrades (telemetry.ts `DaemonCounters.direct`). */
+const DirectCounters = RelayCounters.extend({ offers: Count, answers: Count, failures: Count, fallbacks: Count });
+
+/** Sending one Data and writing one delivery (telemetry.ts `LatencyStat`). */
+const LatencyCounters = z.object({ send_avg: Micros, send_max: Micros, write_avg: Micros, write_max: Micros });
+
+/** Messages and bytes on the relay link (link.ts `RelayLink.messages`). */
+const LinkCounters = z.object({ tx: Count, txBytes: Count, rx: Count, rxBytes: Count });
+
+/** What a daemon reports (`HotlinkDaemon.status()`, the `ls` answer). */
+export const DaemonStatus = z.object({
+  user: z.string().max(MAX_STATUS_USER_LENGTH),
+  server: z.string().max(MAX_STATUS_SERVER_LENGTH),
+  connected: z.boolean(),
+  tunnels: z.array(TunnelEntry).max(MAX_CHANNELS),
+  ipc: z.array(IpcEntry).max(MAX_CHANNELS),
+  /** Sessions open on the relay link now. */
+  sessions: z.object({ outgoing: Count, incoming: Count }),
+  counters: z.object({ relay: RelayCounters, direct: DirectCounters, latency_us: LatencyCounters }),
+  link: LinkCounters,
+});
+export type DaemonStatus = z.output<typeof DaemonStatus>;
+
+const OkAnswer = z.discriminatedUnion("type", [
+  z.object({ ok: z.literal(true), type: z.literal("tunnel"), tunnel: TunnelEntry }),
+  z.object({ ok: z.literal(true), type: z.literal("ipc"), ipc: IpcEntry }),
+  z.object({ ok: z.literal(true), type: z.literal("ls"), status: DaemonStatus }),
+  z.object({ ok: z.literal(true), type: z.literal("close"), channel: Channel, kind: z.enum(["tunnel", "ipc"]) }),
+]);
+type OkAnswer = z.output<typeof OkAnswer>;
+/** The answer to a request of type `T`. */
+export type AnswerFor<T extends ControlRequest["type"]> = Extract<OkAnswer, { type: T }>;
+
+// A string, not an enum: a newer daemon may send a code this client does not know.
+const ErrorAnswer = z.object({ ok: z.literal(false), code: z.string().max(MAX_CONTROL_CODE_LENGTH), message: z.string().max(MAX_CONTROL_ERROR_LENGTH) });
+
+/** An answer from a daemon's control socket. */
+export const ControlAnswer = z.union([OkAnswer, ErrorAnswer]);
+export type ControlAnswer = z.output<typeof ControlAnswer>;
+
+/** Requests and answers as frame payloads: size limit, CBOR, schema (core/codec.ts). */
+export const controlRequestCodec = createCodec(ControlRequest, { maxBytes: MAX_CONTROL_REQUEST_BYTES });
+export const controlAnswerCodec = createCodec(ControlAnswer, { maxBytes: MAX_CONTROL_ANSWER_BYTES });

@@ -213,7 +213,7 @@ export class Outgoing {
         result.socket.end();
         return answer("the session changed while dialling");
       }
-      sender = new DirectSender(result.socket, this.pth, config.counters);
+      sender = new DirectSender(result.socket, this.pth, config);
       this.#direct = sender;
       config.counters.direct.answers++;
       config.log.info("session upgraded to a direct connection", { sid: this.sid, via: result.via });

@@ -25,6 +25,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import type { RelayLink } from "./link.ts";
+import type { TunnelStatus } from "./protocol.ts";
 import { type Delivery, Incoming, Outgoing } from "./sessions.ts";
 
 export const HOLD_BYTES = 64 * 1024 * 1024;
@@ -39,16 +40,6 @@ export interface TunnelSpec {
   port: number;
   /** The other side's user; absent: any user with access to the channel (the server decides). */
   peer?: string;
-}
-
-export interface TunnelStatus {
-  channel: string;
-  listen: string;
-  peer: string | null;
-  app: boolean;
-  out: { sid: string; state: string; seq: number; bytes: number } | null;
-  in: { sid: string; delivered: number; bytes: number; duplicates: number } | null;
-  held: number;
 }
 
 type App = Socket<{ tunnel: Tunnel }>;

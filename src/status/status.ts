@@ -15,7 +15,8 @@ import { describeError } from "../core/errors.ts";
 import { RUN_DIR_SUBTREES } from "../core/paths.ts";
 import { controlRequest } from "../gateway/control.ts";
 import type { ResponseFor, RouteEntry } from "../gateway/protocol.ts";
-import { hotlinkControlRequest, type StatusView } from "../hotlink/control.ts";
+import { hotlinkControlRequest } from "../hotlink/control.ts";
+import type { DaemonStatus } from "../hotlink/protocol.ts";
 import { MetaClient, type MetaToken } from "../meta/client.ts";
 import type { Health, PublisherInfo } from "../meta/protocol.ts";
 
@@ -39,7 +40,7 @@ export interface StatusReport {
     | { run_dir: string; info: ResponseFor<"info">; health: ResponseFor<"health">; routes: RouteEntry[]; truncated: boolean }
     | { run_dir: string; error: string };
   meta: { url: string; health: Health; publishers: PublisherInfo[]; more: boolean } | { url: string; error: string };
-  hotlink: ({ socket: string; status: StatusView } | { socket: string; error: string })[];
+  hotlink: ({ socket: string; status: DaemonStatus } | { socket: string; error: string })[];
 }
 
 /** Gathers the report; never throws for what it finds down (that is in `problems`). */

@@ -6,14 +6,8 @@ import { encode } from "../../src/core/codec.ts";
 import { type ErrorCode, StoaError } from "../../src/core/errors.ts";
 import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts";
 import { createLogger } from "../../src/core/log.ts";
-import {
-  controlAnswerCodec,
-  hotlinkControlPath,
-  hotlinkControlRequest,
-  MAX_REQUEST_BYTES,
-  startHotlinkControl,
-  type HotlinkControl,
-} from "../../src/hotlink/control.ts";
+import { hotlinkControlPath, hotlinkControlRequest, startHotlinkControl, type HotlinkControl } from "../../src/hotlink/control.ts";
+import { MAX_CONTROL_REQUEST_BYTES, controlAnswerCodec } from "../../src/hotlink/protocol.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 import { TOKEN, portFree, transfer, until } from "../fixtures/hotlink-apps.ts";
@@ -104,9 +98,11 @@ describe("changing a running daemon over its control socket", () => {
     expect(status.tunnels).toHaveLength(1);
     expect(status.tunnels[0]).toMatchObject({ channel: CHANNEL, port: a.tunnel.port, peer: "bob", origin: "control" });
     expect(status.sessions).toEqual({ outgoing: expect.any(Number), incoming: expect.any(Number) });
-    const relayCounters = status.counters.relay as { txBytes: number; rxBytes: number };
-    expect(relayCounters.txBytes).toBeGreaterThanOrEqual(20 * 4096); // one transfer each way
-    expect(relayCounters.rxBytes).toBeGreaterThanOrEqual(20 * 4096);
+    expect(status.counters.relay.txBytes).toBeGreaterThanOrEqual(20 * 4096); // one transfer each way
+    expect(status.counters.relay.rxBytes).toBeGreaterThanOrEqual(20 * 4096);
+    expect(Object.keys(status.counters.direct).sort()).toEqual(["answers", "failures", "fallbacks", "offers", "rxBytes", "rxPackets", "txBytes", "txPackets"]);
+    expect(Object.keys(status.counters.latency_us).sort()).toEqual(["send_avg", "send_max", "write_avg", "write_max"]);
+    expect(status.link.tx).toBeGreaterThan(0);
 
     expect(portFree(a.tunnel.port)).toBe(false);
     const closed = await hotlinkControlRequest(alice.path, { type: "close", channel: CHANNEL });
@@ -192,7 +188,7 @@ describe("errors are answers, never crashes", () => {
     const path = get("alice").path;
     const conn = await rawConn(path);
     const header = new Uint8Array(4);
-    new DataView(header.buffer).setUint32(0, MAX_REQUEST_BYTES + 1);
+    new DataView(header.buffer).setUint32(0, MAX_CONTROL_REQUEST_BYTES + 1);
     conn.sock.write(header);
     await until(() => conn.closed(), "the server to close the connection");
     expect(conn.answers).toEqual([{ ok: false, code: "too_large", message: expect.stringContaining("over the") }]);

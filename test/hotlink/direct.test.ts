@@ -3,7 +3,10 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
-import { DirectSender } from "../../src/hotlink/direct.ts";
+import { DirectReceiver, DirectSender } from "../../src/hotlink/direct.ts";
+import { encodeDirectAck, encodeDirectHello } from "../../src/hotlink/direct-wire.ts";
+import { encodeHlnk } from "../../src/hotlink/hlnk.ts";
+import type { DataMessage } from "../../src/hotlink/protocol.ts";
 import { DaemonCounters } from "../../src/hotlink/telemetry.ts";
 import { TOKEN, app, sha256hex, until } from "../fixtures/hotlink-apps.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
@@ -149,7 +152,7 @@ describe("direct upgrade", () => {
 describe("the sender's retention", () => {
   test("acknowledged payloads are let go at once, not when the retention array is compacted", async () => {
     const socket = { write: (b: Uint8Array) => b.byteLength, end() {}, terminate() {} } as unknown as Socket<undefined>;
-    const sender = new DirectSender(socket, CHANNEL, new DaemonCounters());
+    const sender = new DirectSender(socket, CHANNEL, { counters: new DaemonCounters(), log });
     const refs: WeakRef<Uint8Array>[] = [];
     // Fewer frames than the compaction threshold, so only the per-frame release can free them.
     for (let seq = 1; seq <= 100; seq++) {
@@ -170,5 +173,104 @@ describe("the sender's retention", () => {
     expect(alive.slice(90).every((a) => a)).toBe(true);
     expect(alive.slice(0, 90).filter((a) => a).length).toBeLessThan(10);
     expect(sender.unacknowledged()).toHaveLength(10); // the sender itself stays reachable until here
+  });
+});
+
+/** A logger whose lines the test can read. */
+function capturedLog() {
+  const lines: string[] = [];
+  return { lines, log: createLogger({ level: "warn", stream: { write: (line: string) => void lines.push(line) } }) };
+}
+
+describe("the receiver's hello", () => {
+  const SID = "0b5e3c9a-6a55-4f4e-9b8f-1d2c3b4a5f60";
+
+  function listen() {
+    const { lines, log: warnings } = capturedLog();
+    const frames: DataMessage[] = [];
+    const receiver = DirectReceiver.start(
+      SID,
+      CHANNEL,
+      { listen: "127.0.0.1", advertise: ["127.0.0.1"], log: warnings, counters: new DaemonCounters() },
+      { data: (m) => void frames.push(m), delivered: () => frames.length },
+    );
+    if (receiver === null) throw new Error("no direct listener");
+    own(() => receiver.close());
+    return { receiver, frames, lines, port: Number(receiver.offer.adr[0]?.split(":")[1]) };
+  }
+
+  /** Dials the receiver and writes `chunks` one by one, a moment apart; resolves with what came back. */
+  async function dial(port: number, chunks: Uint8Array[]) {
+    const received: Uint8Array[] = [];
+    const closed = Promise.withResolvers<void>();
+    const ready = Promise.withResolvers<Socket<undefined>>();
+    await Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      tls: { rejectUnauthorized: false, serverName: "stoa-hotlink" },
+      socket: {
+        handshake: (s) => ready.resolve(s),
+        data: (_s, d) => void received.push(new Uint8Array(d)),
+        close: () => closed.resolve(),
+        error: (s) => s.terminate(),
+      },
+    });
+    const socket = await ready.promise;
+    own(() => socket.terminate());
+    socket.setNoDelay(true);
+    for (const chunk of chunks) {
+      socket.write(chunk);
+      await Bun.sleep(5);
+    }
+    return { socket, received, closed: closed.promise };
+  }
+
+  test("a hello split over many writes, then HLNK frames: accepted, delivered and acknowledged", async () => {
+    const { receiver, frames, port } = listen();
+    const hello = encodeDirectHello(SID, receiver.offer.tok);
+    const frame = encodeHlnk({ path: CHANNEL, seq: 1n, payload: new Uint8Array([1, 2, 3]) });
+    const chunks = [...Array.from(hello.subarray(0, 12), (b) => Uint8Array.of(b)), Buffer.concat([hello.subarray(12), frame.subarray(0, 5)]), frame.subarray(5)];
+    const conn = await dial(port, chunks);
+    await until(() => frames.length === 1 && conn.received.length > 0, "the frame and its acknowledgement");
+    expect(receiver.connected).toBe(true);
+    expect(frames[0]).toMatchObject({ sid: SID, seq: 1, pay: new Uint8Array([1, 2, 3]) });
+    expect(Buffer.concat(conn.received).equals(Buffer.from(encodeDirectAck(1)))).toBe(true);
+  });
+
+  test("a malformed hello is refused at its first wrong byte, with the reason in the log", async () => {
+    const { receiver, lines, port } = listen();
+    const conn = await dial(port, [Buffer.from(`HLD1 ${SID} ${receiver.offer.tok}\r\n`, "latin1")]);
+    await conn.closed;
+    expect(receiver.connected).toBe(false);
+    expect(lines.join("")).toContain("its hello is malformed");
+    expect(lines.join("")).toContain("byte 0x0d is not allowed");
+  });
+
+  test("a well-formed hello with another token is refused, and the token stays usable", async () => {
+    const { receiver, lines, port } = listen();
+    const wrong = await dial(port, [encodeDirectHello(SID, "x".repeat(receiver.offer.tok.length))]);
+    await wrong.closed;
+    expect(lines.join("")).toContain("wrong session or token");
+    expect(receiver.connected).toBe(false);
+    await dial(port, [encodeDirectHello(SID, receiver.offer.tok)]);
+    await until(() => receiver.connected, "the right token to be accepted");
+  });
+});
+
+describe("the sender's acknowledgements", () => {
+  test("a malformed acknowledgement cuts the connection (the session falls back) and says why", () => {
+    let cut = 0;
+    const socket = { write: (b: Uint8Array) => b.byteLength, end() {}, terminate: () => void cut++ } as unknown as Socket<undefined>;
+    const { lines, log: warnings } = capturedLog();
+    const sender = new DirectSender(socket, CHANNEL, { counters: new DaemonCounters(), log: warnings });
+    for (let seq = 1; seq <= 3; seq++) sender.send(seq, new Uint8Array(10), undefined, undefined);
+    sender.onAck(Buffer.concat([encodeDirectAck(2), encodeDirectAck(2).subarray(0, 3)]));
+    expect(sender.unacknowledged().map((f) => f.seq)).toEqual([3]);
+    expect(cut).toBe(0);
+    sender.onAck(encodeDirectAck(2).subarray(3)); // completes a second "2": no progress
+    expect(cut).toBe(1);
+    expect(lines.join("")).toContain("malformed acknowledgement");
+    expect(lines.join("")).toContain("does not advance past 2");
+    expect(sender.unacknowledged().map((f) => f.seq)).toEqual([3]); // kept for the relay
   });
 });

@@ -2,9 +2,19 @@ import { describe, expect, test } from "bun:test";
 import { encode } from "../../src/core/codec.ts";
 import { StoaError } from "../../src/core/errors.ts";
 import {
+  DaemonStatus,
   type HotlinkMessage,
   type HotlinkMessageInput,
+  MAX_AGENT_LENGTH,
+  MAX_CANDIDATE_LENGTH,
   MAX_CANDIDATES,
+  MAX_CHANNELS,
+  MAX_DIRECT_TOKEN_LENGTH,
+  MAX_ERROR_CODE_LENGTH,
+  MAX_SID_LENGTH,
+  MIN_DIRECT_TOKEN_LENGTH,
+  controlAnswerCodec,
+  controlRequestCodec,
   MAX_DATA_PAYLOAD_BYTES,
   MAX_MESSAGE_BYTES,
   MAX_REASON_LENGTH,
@@ -243,6 +253,102 @@ describe("rejection", () => {
       expect(errorOf(() => parseMessage(bytes)).code).toBe("decode");
       const result = safeParseMessage(bytes);
       expect(result.ok).toBe(false);
+    }
+  });
+});
+
+describe("named limits", () => {
+  const offer = (tok: string, adr = ["h:1"]) => ({ t: MessageType.Signal, sid: "s1", knd: "direct_offer", adr, tok, fpr: FPR });
+
+  test("each limit is where the schema draws its line: the largest value passes, one more is a schema error", () => {
+    const cases: [unknown, unknown][] = [
+      [data({ sid: "s".repeat(MAX_SID_LENGTH) }), data({ sid: "s".repeat(MAX_SID_LENGTH + 1) })],
+      [offer("t".repeat(MIN_DIRECT_TOKEN_LENGTH)), offer("t".repeat(MIN_DIRECT_TOKEN_LENGTH - 1))],
+      [offer("t".repeat(MAX_DIRECT_TOKEN_LENGTH)), offer("t".repeat(MAX_DIRECT_TOKEN_LENGTH + 1))],
+      // The longest DNS name (253) with the longest port is within MAX_CANDIDATE_LENGTH.
+      [offer(TOKEN, [`${`${"h".repeat(63)}.`.repeat(3)}${"h".repeat(61)}:65535`]), offer(TOKEN, [`${"h".repeat(MAX_CANDIDATE_LENGTH - 1)}:1`])],
+      [offer(TOKEN, Array.from({ length: MAX_CANDIDATES }, (_, i) => `10.0.0.${i}:1`)), offer(TOKEN, Array.from({ length: MAX_CANDIDATES + 1 }, (_, i) => `10.0.0.${i}:1`))],
+      [{ t: MessageType.Hello, v: 1, agt: "a".repeat(MAX_AGENT_LENGTH) }, { t: MessageType.Hello, v: 1, agt: "a".repeat(MAX_AGENT_LENGTH + 1) }],
+      [
+        { t: MessageType.Error, code: "e".repeat(MAX_ERROR_CODE_LENGTH), msg: "x" },
+        { t: MessageType.Error, code: "e".repeat(MAX_ERROR_CODE_LENGTH + 1), msg: "x" },
+      ],
+    ];
+    for (const [largest, over] of cases) {
+      expect({ largest, code: parseCode(largest) }).toEqual({ largest, code: "ok" });
+      expect({ over, code: parseCode(over) }).toEqual({ over, code: "schema" });
+    }
+  });
+});
+
+describe("the control socket's messages", () => {
+  const tunnel = {
+    channel: "alice/x",
+    listen: "127.0.0.1:4000",
+    port: 4000,
+    peer: "bob",
+    app: true,
+    out: { sid: "s1", state: "open", seq: 7, bytes: 4096 },
+    in: { sid: "s2", delivered: 3, bytes: 99, duplicates: 1 },
+    held: 0,
+    origin: "control",
+  };
+  const status = {
+    user: "alice",
+    server: "ws://127.0.0.1:8090/v1/hotlink",
+    connected: true,
+    tunnels: [tunnel],
+    ipc: [{ channel: "alice/i", path: "/tmp/i.sock", apps: 1, out: null, in: [{ sid: "s3", delivered: 1, bytes: 2, duplicates: 0 }], held: 5, origin: "flag" }],
+    sessions: { outgoing: 1, incoming: 2 },
+    counters: {
+      relay: { txPackets: 1, txBytes: 2, rxPackets: 3, rxBytes: 4 },
+      direct: { txPackets: 5, txBytes: 6, rxPackets: 7, rxBytes: 8, offers: 1, answers: 1, failures: 0, fallbacks: 0 },
+      latency_us: { send_avg: 12.5, send_max: 40, write_avg: 3.25, write_max: 9 },
+    },
+    link: { tx: 10, txBytes: 20, rx: 30, rxBytes: 40 },
+  };
+
+  test("a daemon's status comes back whole: every counter is part of the schema", () => {
+    const bytes = encode({ ok: true, type: "ls", status });
+    expect(controlAnswerCodec.decode(bytes)).toEqual({ ok: true, type: "ls", status } as never);
+    expect(DaemonStatus.parse(status)).toEqual(status as never);
+  });
+
+  test("a status missing a counter, or with one that is not a count, is a schema error", () => {
+    const without = structuredClone(status) as { counters: { direct: Record<string, unknown> } };
+    delete without.counters.direct.fallbacks;
+    const negative = structuredClone(status);
+    negative.counters.relay.rxBytes = -1;
+    const text = structuredClone(status) as unknown as { link: Record<string, unknown> };
+    text.link.tx = "10";
+    const fraction = structuredClone(status);
+    fraction.sessions.outgoing = 1.5;
+    for (const bad of [without, negative, text, fraction]) {
+      const result = controlAnswerCodec.safeDecode(encode({ ok: true, type: "ls", status: bad }));
+      expect(result.ok).toBe(false);
+      if (!result.ok) expect(result.error.code).toBe("schema");
+    }
+  });
+
+  test("fields a client does not know are dropped, not an error; an error code it does not know is kept", () => {
+    const newer = { ...status, uptime: 5, counters: { ...status.counters, quic: { txPackets: 1 } } };
+    const decoded = controlAnswerCodec.decode(encode({ ok: true, type: "ls", status: newer }));
+    expect(decoded).toEqual({ ok: true, type: "ls", status } as never);
+    expect(controlAnswerCodec.decode(encode({ ok: false, code: "a_newer_code", message: "m" }))).toEqual({ ok: false, code: "a_newer_code", message: "m" });
+  });
+
+  test(`a status lists at most MAX_CHANNELS (${MAX_CHANNELS}) tunnels`, () => {
+    const many = { ...status, tunnels: Array.from({ length: MAX_CHANNELS + 1 }, () => tunnel) };
+    const result = controlAnswerCodec.safeDecode(encode({ ok: true, type: "ls", status: many }));
+    expect(result.ok).toBe(false);
+  });
+
+  test("requests: the four types, nothing else", () => {
+    for (const request of [{ type: "ls" }, { type: "close", channel: "alice/x" }, { type: "tunnel", spec: "alice/x=127.0.0.1:0" }, { type: "ipc", spec: "alice/i=unix:/tmp/i" }]) {
+      expect(controlRequestCodec.decode(encode(request))).toEqual(request as never);
+    }
+    for (const request of [{ type: "LS" }, { type: "close" }, { type: "tunnel", spec: "" }, { type: "close", channel: "" }]) {
+      expect(controlRequestCodec.safeDecode(encode(request)).ok).toBe(false);
     }
   });
 });
