@@ -32,7 +32,7 @@ import { networkInterfaces } from "node:os";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { DIRECT_TLS_SERVER_NAME, createSessionCertificate, verifyPinnedPeer } from "./cert.ts";
-import { AckReader, HelloReader, encodeDirectAck, encodeDirectHello } from "./direct-wire.ts";
+import { AckReader, HelloReader, encodeDirectAck } from "./direct-wire.ts";
 import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
 import type { DataMessage } from "./protocol.ts";
 import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
@@ -46,6 +46,8 @@ export const DIRECT_ACCEPT_TIMEOUT_MS = 10_000;
 export const DIRECT_RETAIN_BYTES = 32 * 1024 * 1024;
 /** Unwritten bytes on the direct socket above which the source waits. */
 export const DIRECT_HIGH_WATER = 4 * 1024 * 1024;
+/** How long an accepted connection may take to send its whole hello before it is closed. */
+export const DIRECT_HELLO_TIMEOUT_MS = 5_000;
 /** Random bytes of a direct token: 32 characters of base64url, within the offer's limits. */
 const DIRECT_TOKEN_BYTES = 24;
 
@@ -101,10 +103,12 @@ export interface DirectReceiverEvents {
 interface DirectConn {
   /** Null once the hello was read and accepted. */
   hello: HelloReader | null;
+  /** Closes the connection if its hello is not complete within `DIRECT_HELLO_TIMEOUT_MS`. */
+  deadline: ReturnType<typeof setTimeout> | undefined;
   decoder: HlnkDecoder;
 }
 
-const newDirectConn = (): DirectConn => ({ hello: new HelloReader(), decoder: new HlnkDecoder({ views: true }) });
+const newDirectConn = (): DirectConn => ({ hello: new HelloReader(), deadline: undefined, decoder: new HlnkDecoder({ views: true }) });
 
 /** The receiver's listener and connection for one session. */
 export class DirectReceiver {
@@ -136,9 +140,14 @@ export class DirectReceiver {
       socket: {
         open: (s) => {
           s.data = newDirectConn();
+          s.data.deadline = setTimeout(() => {
+            config.log.warn("closed a direct connection that sent no complete hello in time", { sid, ms: DIRECT_HELLO_TIMEOUT_MS });
+            s.terminate();
+          }, DIRECT_HELLO_TIMEOUT_MS);
         },
         data: (s, chunk) => this.#onData(s, chunk),
         close: (s) => {
+          clearTimeout(s.data.deadline);
           if (s === this.#conn) {
             this.#conn = null;
             if (!this.#closed) config.log.debug("the direct connection closed", { sid });
@@ -211,6 +220,7 @@ export class DirectReceiver {
         return;
       }
       s.data.hello = null;
+      clearTimeout(s.data.deadline);
       this.#conn = s;
       s.setNoDelay(true);
       if (this.#paused) s.pause();
@@ -277,7 +287,8 @@ const ACKNOWLEDGED: Retained = { seq: 0, pay: new Uint8Array(0), pth: undefined,
 /**
  * Dials an offer: its first `MAX_DIALED_CANDIDATES` candidates in turn (the rest are the
  * peer's to waste, not ours to dial), each only while `wanted()` (the session still open);
- * resolves with a pinned, authenticated socket, or the reasons it failed.
+ * resolves with a pinned, authenticated socket, or the reasons it failed. The caller sends the
+ * hello first (`DirectSender`'s `hello`), so that every byte goes through one outbox.
  */
 export async function dialDirect(
   sid: string,
@@ -328,8 +339,7 @@ export async function dialDirect(
             const pin = verifyPinnedPeer(s, offer.fpr);
             if (!pin.ok) return done({ error: `${candidate}: ${pin.error.message}` });
             s.setNoDelay(true);
-            s.write(encodeDirectHello(sid, offer.tok));
-            done({ socket: s });
+            done({ socket: s }); // the hello goes first through the DirectSender's outbox
           },
           data: (_s, d) => {
             if (won) events.data(d);
@@ -372,9 +382,11 @@ export class DirectSender {
   #ackWaiters: (() => void)[] = [];
   failed = false;
 
-  constructor(socket: Socket<undefined>, pth: string, config: Pick<DirectConfig, "counters" | "log">) {
+  /** `hello`: `encodeDirectHello(sid, tok)` for a connection `dialDirect` made, written before any frame. */
+  constructor(socket: Socket<undefined>, pth: string, config: Pick<DirectConfig, "counters" | "log">, hello?: Uint8Array) {
     this.#socket = socket;
     this.#outbox = new Outbox(socket);
+    if (hello !== undefined) this.#outbox.write(hello);
     this.#pth = pth;
     this.#counters = config.counters;
     this.#log = config.log;

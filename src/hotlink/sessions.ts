@@ -18,6 +18,7 @@ import { randomUUID } from "node:crypto";
 import { describeError } from "../core/errors.ts";
 import type { RelayLink } from "./link.ts";
 import { DirectReceiver, DirectSender, dialDirect } from "./direct.ts";
+import { encodeDirectHello } from "./direct-wire.ts";
 import { type DataMessage, MessageType } from "./protocol.ts";
 import { ReorderBuffer } from "./reorder.ts";
 
@@ -213,7 +214,7 @@ export class Outgoing {
         result.socket.end();
         return answer("the session changed while dialling");
       }
-      sender = new DirectSender(result.socket, this.pth, config);
+      sender = new DirectSender(result.socket, this.pth, config, encodeDirectHello(this.sid, offer.tok));
       this.#direct = sender;
       config.counters.direct.answers++;
       config.log.info("session upgraded to a direct connection", { sid: this.sid, via: result.via });

@@ -10,7 +10,8 @@ import { hotlinkControlPath, hotlinkControlRequest, startHotlinkControl, type Ho
 import { MAX_CONTROL_REQUEST_BYTES, controlAnswerCodec } from "../../src/hotlink/protocol.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
-import { TOKEN, portFree, transfer, until } from "../fixtures/hotlink-apps.ts";
+import { TOKEN, portFree, transfer } from "../fixtures/hotlink-apps.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const log = createLogger({ level: "error", stream: { write: () => {} } });
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -177,7 +178,7 @@ describe("errors are answers, never crashes", () => {
     conn.sock.write(encodeFrame(encode({ type: "tunnel" })));
     conn.sock.write(encodeFrame(encode({ type: "reboot" })));
     conn.sock.write(encodeFrame(encode({ type: "ls" })));
-    await until(() => conn.answers.length === 4, "four answers");
+    await eventually("four answers", () => conn.answers.length === 4, { timeoutMs: 10_000 });
     expect(conn.answers.slice(0, 3).map((a) => (a as { code: string }).code)).toEqual(["decode", "schema", "schema"]);
     expect(conn.answers[3]).toMatchObject({ ok: true, type: "ls" });
     expect(conn.closed()).toBe(false);
@@ -190,7 +191,7 @@ describe("errors are answers, never crashes", () => {
     const header = new Uint8Array(4);
     new DataView(header.buffer).setUint32(0, MAX_CONTROL_REQUEST_BYTES + 1);
     conn.sock.write(header);
-    await until(() => conn.closed(), "the server to close the connection");
+    await eventually("the server to close the connection", () => conn.closed(), { timeoutMs: 10_000 });
     expect(conn.answers).toEqual([{ ok: false, code: "too_large", message: expect.stringContaining("over the") }]);
     expect((await hotlinkControlRequest(path, { type: "ls" })).ok).toBe(true);
   });
@@ -206,7 +207,7 @@ describe("errors are answers, never crashes", () => {
       encodeFrame(encode({ type: "ls" })),
     ];
     conn.sock.write(Buffer.concat(frames));
-    await until(() => conn.answers.length === 5, "five answers");
+    await eventually("five answers", () => conn.answers.length === 5, { timeoutMs: 10_000 });
     expect(conn.answers.map((a) => {
       const x = a as { ok: boolean; type?: string; code?: string };
       return x.ok ? x.type : x.code;

@@ -3,12 +3,13 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
-import { DirectReceiver, DirectSender } from "../../src/hotlink/direct.ts";
+import { DIRECT_HELLO_TIMEOUT_MS, DirectReceiver, DirectSender } from "../../src/hotlink/direct.ts";
 import { encodeDirectAck, encodeDirectHello } from "../../src/hotlink/direct-wire.ts";
 import { encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import type { DataMessage } from "../../src/hotlink/protocol.ts";
 import { DaemonCounters } from "../../src/hotlink/telemetry.ts";
-import { TOKEN, app, sha256hex, until } from "../fixtures/hotlink-apps.ts";
+import { TOKEN, app, sha256hex } from "../fixtures/hotlink-apps.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 
 const log = createLogger({ level: "error", stream: { write: () => {} } });
@@ -78,9 +79,7 @@ describe("direct upgrade", () => {
     bobApp.sock.shutdown();
     await bobApp.ended;
     expect(sha(bobApp.received())).toBe(sha(payload));
-    const deadline = Date.now() + 5_000;
-    while (alice.link.counters.direct.failures === 0 && Date.now() < deadline) await Bun.sleep(10);
-    expect(alice.link.counters.direct.failures).toBeGreaterThanOrEqual(1);
+    await eventually("the failed direct dial to be counted", () => alice.link.counters.direct.failures >= 1);
     expect(bob.link.counters.direct.rxBytes).toBe(0);
     expect(bob.link.counters.relay.rxBytes).toBe(payload.length);
   }, 60_000);
@@ -116,7 +115,7 @@ describe("direct upgrade", () => {
     // Upgrade first, with bob's application reading.
     const first = randomBytes(4 * 1024 * 1024);
     await aliceApp.send(first);
-    await until(() => bobApp.bytes() === first.length && bob.link.counters.direct.rxBytes > 0, "the session on its direct connection");
+    await eventually("the session on its direct connection", () => bobApp.bytes() === first.length && bob.link.counters.direct.rxBytes > 0, { timeoutMs: 10_000 });
     bobApp.sock.pause();
     const payload = randomBytes(160 * 1024 * 1024);
     let accepted = 0;
@@ -129,13 +128,17 @@ describe("direct upgrade", () => {
     // Accepted bytes stop growing: kernel buffers, the daemons' bounded queues and the
     // sender's unacknowledged frames (DIRECT_RETAIN_BYTES) fill, then alice's app is not read.
     let last = -1;
-    await until(async () => {
-      const now = accepted;
-      const still = now === last;
-      last = now;
-      await Bun.sleep(300);
-      return still && now > 0;
-    }, "the sending application to be paused", 30_000);
+    await eventually(
+      "the sending application to be paused",
+      async () => {
+        const now = accepted;
+        const still = now === last;
+        last = now;
+        await Bun.sleep(300);
+        return still && now > 0;
+      },
+      { timeoutMs: 30_000 },
+    );
     expect(accepted).toBeLessThan(100 * 1024 * 1024);
     bobApp.sock.resume();
     await pump;
@@ -150,7 +153,7 @@ describe("direct upgrade", () => {
 });
 
 describe("the sender's retention", () => {
-  test("acknowledged payloads are let go at once, not when the retention array is compacted", async () => {
+  test("regression (628ab60: alice at 3.7 GB RSS on a 4 GiB transfer): acknowledged payloads are let go at once, not when the retention array is compacted", async () => {
     const socket = { write: (b: Uint8Array) => b.byteLength, end() {}, terminate() {} } as unknown as Socket<undefined>;
     const sender = new DirectSender(socket, CHANNEL, { counters: new DaemonCounters(), log });
     const refs: WeakRef<Uint8Array>[] = [];
@@ -231,7 +234,7 @@ describe("the receiver's hello", () => {
     const frame = encodeHlnk({ path: CHANNEL, seq: 1n, payload: new Uint8Array([1, 2, 3]) });
     const chunks = [...Array.from(hello.subarray(0, 12), (b) => Uint8Array.of(b)), Buffer.concat([hello.subarray(12), frame.subarray(0, 5)]), frame.subarray(5)];
     const conn = await dial(port, chunks);
-    await until(() => frames.length === 1 && conn.received.length > 0, "the frame and its acknowledgement");
+    await eventually("the frame and its acknowledgement", () => frames.length === 1 && conn.received.length > 0, { timeoutMs: 10_000 });
     expect(receiver.connected).toBe(true);
     expect(frames[0]).toMatchObject({ sid: SID, seq: 1, pay: new Uint8Array([1, 2, 3]) });
     expect(Buffer.concat(conn.received).equals(Buffer.from(encodeDirectAck(1)))).toBe(true);
@@ -246,6 +249,15 @@ describe("the receiver's hello", () => {
     expect(lines.join("")).toContain("byte 0x0d is not allowed");
   });
 
+  test("a connection that never completes its hello is closed after DIRECT_HELLO_TIMEOUT_MS", async () => {
+    const { receiver, lines, port } = listen();
+    const conn = await dial(port, [Buffer.from(`HLD1 ${SID}`, "latin1")]);
+    const outcome = await Promise.race([conn.closed.then(() => "closed"), Bun.sleep(DIRECT_HELLO_TIMEOUT_MS + 3_000).then(() => "still open")]);
+    expect(outcome).toBe("closed");
+    expect(receiver.connected).toBe(false);
+    expect(lines.join("")).toContain("sent no complete hello in time");
+  }, DIRECT_HELLO_TIMEOUT_MS + 10_000);
+
   test("a well-formed hello with another token is refused, and the token stays usable", async () => {
     const { receiver, lines, port } = listen();
     const wrong = await dial(port, [encodeDirectHello(SID, "x".repeat(receiver.offer.tok.length))]);
@@ -253,7 +265,7 @@ describe("the receiver's hello", () => {
     expect(lines.join("")).toContain("wrong session or token");
     expect(receiver.connected).toBe(false);
     await dial(port, [encodeDirectHello(SID, receiver.offer.tok)]);
-    await until(() => receiver.connected, "the right token to be accepted");
+    await eventually("the right token to be accepted", () => receiver.connected, { timeoutMs: 10_000 });
   });
 });
 
