@@ -9,7 +9,7 @@ import { StoaError } from "../../src/core/errors.ts";
 import { FdSplicer, SPLICE_TAGS, type Splice, type SpliceOptions, takeSocketFd } from "../../src/core/fdsplice.ts";
 import { SPLICE_READ_BYTES } from "../../src/core/fdsplice-engine.ts";
 import { libc } from "../../src/ffi/libc.ts";
-import { Outbox } from "../fixtures/pipe-helpers.ts";
+import { FinishingOutbox } from "../fixtures/pipe-helpers.ts";
 import { eventually } from "../helpers/eventually.ts";
 
 /** Where a test server listens: TCP on 127.0.0.1 or a Unix socket. */
@@ -18,7 +18,7 @@ type Where = { port: number } | { unix: string };
 /** Records what one Bun socket receives; the same class serves clients, servers and the proxy. */
 class Peer {
   sock!: Socket<Peer>;
-  out!: Outbox;
+  out!: FinishingOutbox;
   readonly chunks: Buffer[] = [];
   total = 0;
   /** The peer's FIN arrived as an `end` event (not folded into `close`). */
@@ -72,7 +72,7 @@ function peerHandlers(behaviour: Behaviour = {}): SocketHandler<Peer> {
     open(s) {
       if (!(s.data instanceof Peer)) s.data = new Peer();
       s.data.sock = s;
-      s.data.out = new Outbox(s);
+      s.data.out = new FinishingOutbox(s);
       behaviour.open?.(s.data);
     },
     data(s, chunk) {

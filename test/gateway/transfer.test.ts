@@ -3,13 +3,13 @@ import { randomBytes } from "node:crypto";
 import { publisherSocketPath } from "../../src/core/paths.ts";
 import { bindUnix } from "../../src/core/unixsock.ts";
 import { rawEcho, gatewayTestScope } from "../fixtures/gateway-helpers.ts";
-import { Outbox } from "../fixtures/pipe-helpers.ts";
+import { FinishingOutbox } from "../fixtures/pipe-helpers.ts";
 
 const scope = gatewayTestScope();
 const { gateway, own, defer } = scope;
 
 interface Client {
-  out: Outbox;
+  out: FinishingOutbox;
   received(): string;
   ended: Promise<void>;
   closed: Promise<void>;
@@ -19,7 +19,7 @@ async function client(port: number): Promise<Client> {
   const chunks: Buffer[] = [];
   const ended = Promise.withResolvers<void>();
   const closed = Promise.withResolvers<void>();
-  let out: Outbox | undefined;
+  let out: FinishingOutbox | undefined;
   const sock = await Bun.connect({
     hostname: "127.0.0.1",
     port,
@@ -35,7 +35,7 @@ async function client(port: number): Promise<Client> {
     },
   });
   defer(() => void sock.end());
-  out = new Outbox(sock);
+  out = new FinishingOutbox(sock);
   return { out, received: () => Buffer.concat(chunks).toString(), ended: ended.promise, closed: closed.promise };
 }
 
@@ -112,7 +112,7 @@ for (const dataPath of ["epoll", "bun"] as const) {
         const hasher = new Bun.CryptoHasher("sha256");
         let received = 0;
         const done = Promise.withResolvers<void>();
-        let out: Outbox | undefined;
+        let out: FinishingOutbox | undefined;
         const sock = await Bun.connect({
           hostname: "127.0.0.1",
           port: gw.ports.service,
@@ -128,7 +128,7 @@ for (const dataPath of ["epoll", "bun"] as const) {
           },
         });
         defer(() => void sock.end());
-        out = new Outbox(sock);
+        out = new FinishingOutbox(sock);
         out.write("STOA1 big\n");
         for (let at = 0; at < payload.length; at += 1024 * 1024) out.write(payload.subarray(at, at + 1024 * 1024));
         out.finish("shutdown");
