@@ -12,7 +12,7 @@ import type { OwnedRecord } from "./model.ts";
 import { currentNetns, netnsInUse, ownerAlive, statePath, withState } from "./state.ts";
 
 /** What `gc` did. */
-export interface GcReport {
+interface GcReport {
   /** Addresses deleted because their owner is gone. */
   removed: { addr: string; dev: string; pid: number | null }[];
   /** Records dropped because their address was already gone (or their namespace). */

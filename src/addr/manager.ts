@@ -28,7 +28,6 @@ import { formatIPv6, parseIPv6, parsePrefix, randomAddressIn } from "./ipv6.ts";
 import { MAX_OWNED_ADDRESSES, type OwnedRecord } from "./model.ts";
 import { currentNetns, hasNetAdmin, ownerAlive, processStart, readState, statePath, withState } from "./state.ts";
 
-export { randomAddressIn } from "./ipv6.ts";
 export { addPrefix, listPrefixes, removePrefix } from "./prefix.ts";
 export { collectGarbage } from "./gc.ts";
 
@@ -38,7 +37,7 @@ const HOST_PREFIXLEN = 128;
 const RANDOM_ADD_ATTEMPTS = 8;
 
 /** An address this process added and will remove. */
-export interface OwnedAddress {
+interface OwnedAddress {
   /** Canonical text (RFC 5952), ready for bind/connect. */
   readonly addr: string;
   readonly prefixlen: number;
@@ -49,7 +48,7 @@ export interface OwnedAddress {
   [Symbol.dispose](): void;
 }
 
-export interface AddOptions {
+interface AddOptions {
   /** An IPv6 address, `fd00::5` or `fd00::5/128`. */
   addr: string;
   dev: string;

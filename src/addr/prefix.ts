@@ -47,7 +47,7 @@ export function removePrefix(prefix: string): string {
 }
 
 /** A local prefix stoa added. */
-export interface PrefixInfo {
+interface PrefixInfo {
   prefix: string;
   dev: string;
 }

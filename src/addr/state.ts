@@ -17,7 +17,7 @@ const LOCK_NB = 4;
 /** Pause between attempts to take a contended lock (holders keep it for well under a millisecond). */
 const LOCK_RETRY_MS = 1;
 
-export interface State {
+interface State {
   records: OwnedRecord[];
   /** What was wrong with the file, for the user (records dropped, a corrupt file set aside). */
   warnings: string[];

@@ -41,7 +41,7 @@ export interface Flag<T> {
  * exit 2 — after the environment and `--config` file of a `config: true` command had their say —
  * and help marks it "(required)". It has no default: the user must say which.
  */
-export interface RequiredFlag {
+interface RequiredFlag {
   /** A value to show in the error, e.g. `eth0`. */
   readonly example: string;
 }
@@ -53,7 +53,7 @@ export type ValueCompletion = "file" | "dir";
  * A flag's completion kind: `complete` when given, else from its placeholder — `file` and `path`
  * complete file names, `dir` directories — so that help and completion agree without a second list.
  */
-export function valueCompletion(opts: { placeholder?: string; complete?: ValueCompletion }): ValueCompletion | undefined {
+function valueCompletion(opts: { placeholder?: string; complete?: ValueCompletion }): ValueCompletion | undefined {
   if (opts.complete !== undefined) return opts.complete;
   if (opts.placeholder === "file" || opts.placeholder === "path") return "file";
   if (opts.placeholder === "dir") return "dir";
@@ -66,7 +66,7 @@ function enumChoices(schema: z.ZodType | undefined): readonly string[] | undefin
 }
 
 type FlagMap = Record<string, Flag<unknown>>;
-export type FlagValues<F extends FlagMap> = { [K in keyof F]: F[K] extends Flag<infer T> ? T : never };
+type FlagValues<F extends FlagMap> = { [K in keyof F]: F[K] extends Flag<infer T> ? T : never };
 
 /** A boolean switch, false unless given. */
 export function bool(description: string, opts: { short?: string } = {}): Flag<boolean> {
@@ -141,7 +141,7 @@ export function list<T = string>(
   };
 }
 
-export interface Positional {
+interface Positional {
   readonly name: string;
   readonly description: string;
   readonly required?: boolean;
@@ -149,7 +149,7 @@ export interface Positional {
   readonly choices?: readonly string[];
 }
 
-export interface Context<F extends FlagMap> {
+interface Context<F extends FlagMap> {
   readonly flags: FlagValues<F>;
   readonly args: string[];
   /** The full command path, e.g. `stoa addr add`, for messages. */

@@ -146,7 +146,7 @@ export const closeCommand = defineCommand({
 });
 
 /** `ls` for a terminal: a summary line, then one row per tunnel or channel. */
-export function formatStatus(status: DaemonStatus): string {
+function formatStatus(status: DaemonStatus): string {
   const relay = record(status.counters.relay);
   const num = (key: string): number => (typeof relay[key] === "number" ? relay[key] : 0);
   const lines = [

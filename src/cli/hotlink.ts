@@ -181,7 +181,7 @@ const user = defineGroup({
 });
 
 /** The subcommands of `stoa hotlink`, in help order: define a new one above and add it here. */
-export const subcommands: Command[] = [serve, connect, tunnelCommand, ipcCommand, lsCommand, closeCommand, user];
+const subcommands: Command[] = [serve, connect, tunnelCommand, ipcCommand, lsCommand, closeCommand, user];
 
 export default defineGroup({
   name: "hotlink",

@@ -107,7 +107,7 @@ function files(): string[] {
 }
 
 /** The whole page. */
-export async function manPage(entries: readonly CommandEntry[]): Promise<string> {
+async function manPage(entries: readonly CommandEntry[]): Promise<string> {
   const info = buildInfo();
   const date = info.built === "unknown" ? new Date().toISOString().slice(0, 10) : info.built.slice(0, 10);
   const commands = await Promise.all(entries.map(async (e) => ({ cmd: (await e.load()).default, path: `${PROGRAM} ${e.name}` })));

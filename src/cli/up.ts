@@ -15,7 +15,7 @@ import { startMetaThread } from "../meta/thread.ts";
  * Where `stoa up` listens unless told otherwise: loopback only. Serving other hosts is a choice
  * (`--listen ::`, `--meta-listen [::]:8090`), said in the banner either way.
  */
-export const UP_LOOPBACK = ["::1", "127.0.0.1"] as const;
+const UP_LOOPBACK = ["::1", "127.0.0.1"] as const;
 
 /** `stoa up` drains faster than a standalone gateway: it is the interactive, Ctrl-C'd one. */
 const UP_DRAIN_MS = 5_000;

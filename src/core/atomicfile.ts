@@ -24,7 +24,7 @@ import { StoaError, describeError, errnoCode } from "./errors.ts";
 /** Temporary names tried before giving up: a collision of 48 random bits is already a sign of an attack. */
 export const MAX_TEMP_ATTEMPTS = 8;
 
-export interface AtomicWriteOptions {
+interface AtomicWriteOptions {
   /** Permission bits of the new file (0o600 for secrets), applied when it is created. */
   mode: number;
   /** false: create only if the target does not exist (hard link); a StoaError "exists" if it does. Default true. */

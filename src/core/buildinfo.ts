@@ -8,7 +8,7 @@ import pkg from "../../package.json" with { type: "json" };
 declare const STOA_BUILD_COMMIT: string;
 declare const STOA_BUILD_TIME: string;
 
-export interface BuildInfo {
+interface BuildInfo {
   version: string;
   bun: string;
   commit: string;

@@ -150,7 +150,7 @@ export function safeDecodeMessage<S extends z.ZodType>(
 }
 
 /** A codec bound to one schema and size limit. */
-export interface Codec<S extends z.ZodType> {
+interface Codec<S extends z.ZodType> {
   encode(value: z.input<S>): Uint8Array;
   decode(bytes: Uint8Array): z.output<S>;
   safeDecode(bytes: Uint8Array): DecodeResult<z.output<S>>;

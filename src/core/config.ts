@@ -23,7 +23,7 @@ import { StoaError, describeError, errnoCode } from "./errors.ts";
 /** A config file larger than this is refused before it is read. */
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
 
-export interface ResolveOptions {
+interface ResolveOptions {
   /** Flags the user actually set, keyed by flag or schema name. */
   flags?: Record<string, unknown>;
   /** Defaults to `process.env`. */

@@ -28,7 +28,7 @@ import { sendUnixDatagram } from "../ffi/unixdgram.ts";
 import { onShutdown, onShutdownStart, shutdown } from "./shutdown.ts";
 
 /** Where a daemon is in its life; `/ready` is 200 only in `serving`. */
-export type Readiness = "starting" | "serving" | "draining";
+type Readiness = "starting" | "serving" | "draining";
 
 let state: Readiness = "starting";
 let log: Logger | undefined;

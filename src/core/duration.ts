@@ -7,7 +7,7 @@ import { z } from "zod";
 import { StoaError, describeError } from "./errors.ts";
 
 /** Longest accepted duration: 7 days (setTimeout's own ceiling is ~24.8 days). */
-export const MAX_DURATION_MS = 7 * 24 * 3600 * 1000;
+const MAX_DURATION_MS = 7 * 24 * 3600 * 1000;
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 const PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/y;

@@ -7,7 +7,7 @@
  */
 
 /** Stable machine-readable error codes. Add new ones here, never inline strings. */
-export const ERROR_CODES = [
+const ERROR_CODES = [
   "usage", // bad command line: unknown command, bad flag, bad flag value
   "config", // bad config file or environment value
   "decode", // a peer sent bytes we cannot decode (CBOR, frame, HLNK, ...)

@@ -27,7 +27,7 @@ export const FD_WATCH_INTERVAL_MS = 100;
  * the limit for a moment (Bun accepts its whole queue in one loop iteration and frees what it
  * closed only after it), which costs no spin; the spin is the limit that stays.
  */
-export const FD_EXHAUSTED_SAMPLES = 3;
+const FD_EXHAUSTED_SAMPLES = 3;
 /** Shortest pause of a listener: descriptors are freed by timeouts of seconds, not at once. */
 export const FD_BACKOFF_MS = 1_000;
 /** How long a refused client has to read its 503 and close before it is cut (not a reset that eats the answer). */
@@ -35,7 +35,7 @@ export const REFUSAL_LINGER_MS = 200;
 /** Refused sockets held at once (per listener owner); more are closed without an answer. */
 export const MAX_LINGERING_REFUSALS = 16;
 
-export interface FdWatchOptions {
+interface FdWatchOptions {
   /** "limit": pause only when no descriptor is left; "reserve": as soon as the reserve is reached. */
   pauseAt: "limit" | "reserve";
   /** Close the listening sockets. */

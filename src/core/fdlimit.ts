@@ -28,11 +28,11 @@ import type { LogFields, Logger } from "./log.ts";
 /** Fewest descriptors kept in reserve: a few connects, requests and refusals at once. */
 export const FD_RESERVE_MIN = 64;
 /** The reserve as a share of the limit, for larger limits: 5 % (3,277 of 65,536). */
-export const FD_RESERVE_FRACTION = 0.05;
+const FD_RESERVE_FRACTION = 0.05;
 /** Most descriptors kept in reserve: beyond this many a larger share buys nothing. */
 export const FD_RESERVE_MAX = 4_096;
 /** How often a refusal log line may repeat: at most one line per interval, with a count. */
-export const FD_LOG_INTERVAL_MS = 10_000;
+const FD_LOG_INTERVAL_MS = 10_000;
 
 /** The limit stoa ever uses, whatever the hard limit says (`RLIM_INFINITY` is not a number of fds). */
 const FD_LIMIT_CEILING = 1 << 30;

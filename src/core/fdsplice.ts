@@ -53,7 +53,7 @@ export interface Splice {
 }
 
 /** Bytes moved so far for one tag: `aToB` and `bToA`. */
-export interface SpliceTotals {
+interface SpliceTotals {
   aToB: number;
   bToA: number;
 }

@@ -34,7 +34,7 @@ const MIN_GATHER_BYTES = 4096;
 const LARGEST_EXPRESSIBLE = 0xffff_ffff;
 
 /** Options for framing; `maxBytes` (payload limit) defaults to `MAX_FRAME_BYTES`. */
-export interface FrameOptions {
+interface FrameOptions {
   maxBytes?: number;
 }
 

@@ -19,7 +19,7 @@ import type { Logger } from "./log.ts";
 import { Outbox } from "./outbox.ts";
 import { listenUnix, type UnixBinding } from "./unixsock.ts";
 
-export interface FramedServerOptions {
+interface FramedServerOptions {
   maxRequestBytes: number;
   maxAnswerBytes: number;
   maxPipelined: number;
@@ -170,7 +170,7 @@ export async function serveFramed(path: string, o: FramedServerOptions): Promise
   };
 }
 
-export interface FramedRequestOptions {
+interface FramedRequestOptions {
   maxRequestBytes: number;
   maxAnswerBytes: number;
   timeoutMs: number;

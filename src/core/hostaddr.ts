@@ -9,7 +9,7 @@ import { networkInterfaces } from "node:os";
 type Iface = { address: string; family: string; internal: boolean };
 
 /** Unspecified listen addresses: the gateway serves every address of the host. */
-export function isWildcard(address: string): boolean {
+function isWildcard(address: string): boolean {
   return address === "::" || address === "0.0.0.0" || address === "[::]";
 }
 

@@ -33,7 +33,7 @@ export type LogFormat = z.infer<typeof LogFormat>;
 export type LogFields = Record<string, unknown>;
 
 /** Anything with a `write(string)`: `process.stderr`, a file writer, a test buffer. */
-export interface LogSink {
+interface LogSink {
   write(chunk: string): unknown;
 }
 

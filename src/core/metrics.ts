@@ -30,7 +30,7 @@ export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 export const MAX_SERIES_PER_METRIC = 10_000;
 
 /** Label values of one observation, keyed by label name. */
-export type Labels = Readonly<Record<string, string | number>>;
+type Labels = Readonly<Record<string, string | number>>;
 
 // From the Prometheus data model: https://prometheus.io/docs/concepts/data_model/
 const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
@@ -41,7 +41,7 @@ type MetricType = "counter" | "gauge" | "histogram";
 abstract class Metric<S> {
   abstract readonly type: MetricType;
   /** Label-set key → [label values, state]; a Map keeps first-use order for rendering. */
-  protected readonly series = new Map<string, { values: string[]; state: S }>();
+  readonly #series = new Map<string, { values: string[]; state: S }>();
   /** Updates to label sets beyond `MAX_SERIES_PER_METRIC`, not recorded. */
   overflowed = 0;
 
@@ -55,26 +55,26 @@ abstract class Metric<S> {
   abstract renderSeries(out: string[]): void;
 
   protected stateFor(labels: Labels | undefined): S {
-    const values = this.labelValues(labels);
+    const values = this.#labelValues(labels);
     const key = values.join("\u0000");
-    let entry = this.series.get(key);
+    let entry = this.#series.get(key);
     if (entry === undefined) {
-      if (this.series.size >= MAX_SERIES_PER_METRIC) {
+      if (this.#series.size >= MAX_SERIES_PER_METRIC) {
         this.overflowed++;
         return this.fresh(); // updated, then forgotten
       }
       entry = { values, state: this.fresh() };
-      this.series.set(key, entry);
+      this.#series.set(key, entry);
     }
     return entry.state;
   }
 
   /** Forgets one label set (e.g. a publisher that closed), so series do not pile up. */
   remove(labels: Labels): void {
-    this.series.delete(this.labelValues(labels).join("\u0000"));
+    this.#series.delete(this.#labelValues(labels).join("\u0000"));
   }
 
-  private labelValues(labels: Labels | undefined): string[] {
+  #labelValues(labels: Labels | undefined): string[] {
     const given = labels === undefined ? [] : Object.keys(labels);
     const ok =
       given.length === this.labelNames.length && this.labelNames.every((n) => labels?.[n] !== undefined);
@@ -89,8 +89,8 @@ abstract class Metric<S> {
 
   /** Series to render: label-less metrics always have their one series. */
   protected entries(): Iterable<{ values: string[]; state: S }> {
-    if (this.labelNames.length === 0 && this.series.size === 0) this.stateFor(undefined);
-    return this.series.values();
+    if (this.labelNames.length === 0 && this.#series.size === 0) this.stateFor(undefined);
+    return this.#series.values();
   }
 
   protected labelText(values: readonly string[], extra?: [string, string]): string {
@@ -239,14 +239,14 @@ type AnyMetric = Counter | Gauge | Histogram;
  * ```
  */
 export class Registry {
-  private readonly byName = new Map<string, AnyMetric>();
+  readonly #byName = new Map<string, AnyMetric>();
 
   counter(name: string, help: string, labelNames: readonly string[] = []): Counter {
-    return this.register(name, labelNames, Counter, () => new Counter(name, help, labelNames));
+    return this.#register(name, labelNames, Counter, () => new Counter(name, help, labelNames));
   }
 
   gauge(name: string, help: string, labelNames: readonly string[] = []): Gauge {
-    return this.register(name, labelNames, Gauge, () => new Gauge(name, help, labelNames));
+    return this.#register(name, labelNames, Gauge, () => new Gauge(name, help, labelNames));
   }
 
   /** `buckets`: upper bounds, strictly increasing and finite; `+Inf` is added for you. */
@@ -263,7 +263,7 @@ export class Registry {
     if (labelNames.includes("le")) {
       throw new StoaError("internal", `histogram ${name}: the label name "le" is reserved for buckets`);
     }
-    const metric = this.register(name, labelNames, Histogram, () => new Histogram(name, help, bounds, labelNames));
+    const metric = this.#register(name, labelNames, Histogram, () => new Histogram(name, help, bounds, labelNames));
     if (metric.buckets.join(",") !== bounds.join(",")) {
       throw new StoaError("internal", `histogram ${name} already exists with buckets [${metric.buckets.join(", ")}]`);
     }
@@ -273,7 +273,7 @@ export class Registry {
   /** The whole registry in the Prometheus text format, ending with a newline (empty if none). */
   render(): string {
     const out: string[] = [];
-    for (const metric of this.byName.values()) {
+    for (const metric of this.#byName.values()) {
       out.push(`# HELP ${metric.name} ${escapeHelp(metric.help)}`);
       out.push(`# TYPE ${metric.name} ${metric.type}`);
       metric.renderSeries(out);
@@ -281,7 +281,7 @@ export class Registry {
     return out.length === 0 ? "" : `${out.join("\n")}\n`;
   }
 
-  private register<M extends AnyMetric>(
+  #register<M extends AnyMetric>(
     name: string,
     labelNames: readonly string[],
     kind: abstract new (...args: never[]) => M,
@@ -301,7 +301,7 @@ export class Registry {
     if (new Set(labelNames).size !== labelNames.length) {
       throw new StoaError("internal", `metric ${name} lists a label name twice: ${labelNames.join(", ")}`);
     }
-    const existing = this.byName.get(name);
+    const existing = this.#byName.get(name);
     if (existing !== undefined) {
       if (!(existing instanceof kind) || existing.labelNames.join(",") !== labelNames.join(",")) {
         throw new StoaError(
@@ -313,7 +313,7 @@ export class Registry {
       return existing;
     }
     const metric = create();
-    this.byName.set(name, metric);
+    this.#byName.set(name, metric);
     return metric;
   }
 }

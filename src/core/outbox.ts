@@ -26,12 +26,12 @@
  */
 
 /** What an outbox needs of a socket; every Bun `Socket` has it. */
-export interface OutboxSocket {
+interface OutboxSocket {
   /** Bun's contract: returns how many bytes it took (a negative count is read as 0), drops the rest. */
   write(data: Uint8Array): number;
 }
 
-export interface OutboxOptions {
+interface OutboxOptions {
   /** The most bytes the queue may hold; a write past it returns false. Default: no cap. */
   maxQueuedBytes?: number;
 }

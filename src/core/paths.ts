@@ -63,7 +63,7 @@ export const RUN_DIR_SUBTREES = {
   flows: "flows",
   supervisor: "supervisor",
 } as const;
-export type RunDirSubtree = keyof typeof RUN_DIR_SUBTREES;
+type RunDirSubtree = keyof typeof RUN_DIR_SUBTREES;
 
 /** `<run_dir>/<subtree>/`: the directory of one subsystem. */
 export function subtreeDir(runDir: string, subtree: RunDirSubtree): string {

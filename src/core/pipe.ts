@@ -30,7 +30,7 @@ import { StoaError } from "./errors.ts";
 import { Outbox } from "./outbox.ts";
 
 /** Which socket an event belongs to: `a` is the one given first (usually the accepted client). */
-export type Side = "a" | "b";
+type Side = "a" | "b";
 
 /** The socket methods a pipe uses; every Bun `Socket` has them. */
 export type PipeSocket = Pick<

@@ -22,7 +22,7 @@
 import { createLogger, type Logger } from "./log.ts";
 
 /** Overall budget for all cleanups, unless the caller says otherwise. */
-export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 5_000;
+const DEFAULT_SHUTDOWN_TIMEOUT_MS = 5_000;
 
 const SIGNALS = ["SIGINT", "SIGTERM"] as const;
 
@@ -33,38 +33,38 @@ interface Entry {
   fn: Cleanup;
 }
 
-export interface ShutdownOptions {
+interface ShutdownOptions {
   /** Budget for the whole run of cleanups. */
   timeoutMs?: number;
   log?: Logger;
 }
 
-export interface ShutdownManagerOptions extends ShutdownOptions {
+interface ShutdownManagerOptions extends ShutdownOptions {
   /** Called with the exit code when shutdown ends; `process.exit` by default. */
   exit?: (code: number) => void;
 }
 
 export class ShutdownManager {
-  private readonly stack: Entry[] = [];
-  private readonly exit: (code: number) => void;
-  private timeoutMs: number;
-  private log: Logger;
-  private running: Promise<number> | undefined;
+  readonly #stack: Entry[] = [];
+  readonly #exit: (code: number) => void;
+  #timeoutMs: number;
+  #log: Logger;
+  #running: Promise<number> | undefined;
   /** SIGINT/SIGTERMs received; the second one ends the process at once. */
-  private signals = 0;
-  private uninstall: (() => void) | undefined;
-  private readonly starting: (() => void)[] = [];
+  #signals = 0;
+  #uninstall: (() => void) | undefined;
+  readonly #starting: (() => void)[] = [];
 
   constructor(options: ShutdownManagerOptions = {}) {
-    this.exit = options.exit ?? ((code) => process.exit(code));
-    this.timeoutMs = options.timeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;
+    this.#exit = options.exit ?? ((code) => process.exit(code));
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;
     // Without a configured logger, failures must still reach the operator.
-    this.log = options.log ?? createLogger({ level: "warn", name: "shutdown" });
+    this.#log = options.log ?? createLogger({ level: "warn", name: "shutdown" });
   }
 
   /** True once shutdown has started. */
   get stopping(): boolean {
-    return this.running !== undefined;
+    return this.#running !== undefined;
   }
 
   /**
@@ -78,16 +78,16 @@ export class ShutdownManager {
    */
   onShutdown(name: string, fn: Cleanup): () => void {
     const entry: Entry = { name, fn };
-    this.stack.push(entry);
+    this.#stack.push(entry);
     return () => {
-      const i = this.stack.indexOf(entry);
-      if (i !== -1) this.stack.splice(i, 1);
+      const i = this.#stack.indexOf(entry);
+      if (i !== -1) this.#stack.splice(i, 1);
     };
   }
 
   /** Call `fn` the moment shutdown begins, before any cleanup (core/daemon.ts: STOPPING=1, /ready 503). */
   onStart(fn: () => void): void {
-    if (!this.starting.includes(fn)) this.starting.push(fn);
+    if (!this.#starting.includes(fn)) this.#starting.push(fn);
   }
 
   /**
@@ -96,18 +96,18 @@ export class ShutdownManager {
    * Returns a function that removes the handlers.
    */
   installSignalHandlers(options: ShutdownOptions = {}): () => void {
-    if (options.timeoutMs !== undefined) this.timeoutMs = options.timeoutMs;
-    if (options.log !== undefined) this.log = options.log;
-    this.uninstall?.();
+    if (options.timeoutMs !== undefined) this.#timeoutMs = options.timeoutMs;
+    if (options.log !== undefined) this.#log = options.log;
+    this.#uninstall?.();
     const handler = (signal: NodeJS.Signals): void => {
-      this.signals++;
-      if (this.signals > 1 && this.running !== undefined) {
-        this.log.error("second signal during shutdown; exiting now", { signal });
-        this.exit(1);
+      this.#signals++;
+      if (this.#signals > 1 && this.#running !== undefined) {
+        this.#log.error("second signal during shutdown; exiting now", { signal });
+        this.#exit(1);
         return;
       }
-      if (this.running !== undefined) {
-        this.log.info("signal during shutdown; still cleaning up (a second one exits at once)", { signal });
+      if (this.#running !== undefined) {
+        this.#log.info("signal during shutdown; still cleaning up (a second one exits at once)", { signal });
         return;
       }
       void this.shutdown(signal);
@@ -115,9 +115,9 @@ export class ShutdownManager {
     for (const signal of SIGNALS) process.on(signal, handler);
     const uninstall = () => {
       for (const signal of SIGNALS) process.off(signal, handler);
-      if (this.uninstall === uninstall) this.uninstall = undefined;
+      if (this.#uninstall === uninstall) this.#uninstall = undefined;
     };
-    this.uninstall = uninstall;
+    this.#uninstall = uninstall;
     return uninstall;
   }
 
@@ -126,15 +126,15 @@ export class ShutdownManager {
    * Idempotent: later calls return the first call's promise, which resolves to the exit code.
    */
   shutdown(reason: string, exitCode = 0): Promise<number> {
-    this.running ??= this.run(reason, exitCode);
-    return this.running;
+    this.#running ??= this.#run(reason, exitCode);
+    return this.#running;
   }
 
-  private async run(reason: string, exitCode: number): Promise<number> {
-    const log = this.log;
-    const timeoutMs = this.timeoutMs;
+  async #run(reason: string, exitCode: number): Promise<number> {
+    const log = this.#log;
+    const timeoutMs = this.#timeoutMs;
     log.info("shutting down", { reason });
-    for (const fn of this.starting) {
+    for (const fn of this.#starting) {
       try {
         fn();
       } catch (err) {
@@ -155,7 +155,7 @@ export class ShutdownManager {
       log.error("cleanup failed", { cleanup: name, err });
     };
     try {
-      for (let entry = this.stack.pop(); entry !== undefined; entry = this.stack.pop()) {
+      for (let entry = this.#stack.pop(); entry !== undefined; entry = this.#stack.pop()) {
         const { name, fn } = entry;
         log.debug("cleanup", { cleanup: name });
         let result: void | Promise<void>;
@@ -183,7 +183,7 @@ export class ShutdownManager {
     }
     const code = failed ? 1 : exitCode;
     log.info("shutdown complete", { code });
-    this.exit(code);
+    this.#exit(code);
     return code;
   }
 }

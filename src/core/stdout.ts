@@ -15,7 +15,7 @@ import { shutdown } from "./shutdown.ts";
 let installed = false;
 
 /** Whether `err` is a write to a pipe (or socket) whose reader has closed it. */
-export function isBrokenPipe(err: unknown): boolean {
+function isBrokenPipe(err: unknown): boolean {
   const code = errnoCode(err);
   return code === "EPIPE" || code === "ERR_STREAM_DESTROYED";
 }

@@ -22,13 +22,13 @@ import { writeFileAtomic } from "./atomicfile.ts";
 import { StoaError, describeError, errnoCode } from "./errors.ts";
 
 /** Random bytes in a token we issue: 256 bits, beyond any guessing. */
-export const TOKEN_BYTES = 32;
+const TOKEN_BYTES = 32;
 /** Shortest token accepted from a file or the environment: 128 bits of base64url. */
-export const MIN_TOKEN_LENGTH = 22;
+const MIN_TOKEN_LENGTH = 22;
 /** Longest token accepted (and longest line of a token file). */
-export const MAX_TOKEN_LENGTH = 256;
+const MAX_TOKEN_LENGTH = 256;
 /** An `Authorization` header longer than this is refused before it is split. */
-export const MAX_AUTHORIZATION_LENGTH = 512;
+const MAX_AUTHORIZATION_LENGTH = 512;
 /** A token file larger than this is not one: refused before it is read. */
 const MAX_TOKEN_FILE_BYTES = 4096;
 

@@ -29,26 +29,26 @@ import { StoaError, describeError } from "./errors.ts";
 export const UNIX_PATH_MAX = 107;
 
 /** How long a connect probe waits before it treats a silent socket as alive. */
-export const UNIX_PROBE_TIMEOUT_MS = 300;
+const UNIX_PROBE_TIMEOUT_MS = 300;
 
 /** Default mode of a bound socket: only the owner may connect. */
-export const UNIX_SOCKET_MODE = 0o600;
+const UNIX_SOCKET_MODE = 0o600;
 
 /** Mode of the parent directories we create. */
 export const UNIX_DIR_MODE = 0o700;
 
-export interface PrepareOptions {
+interface PrepareOptions {
   /** How long to wait for an existing socket to answer; default `UNIX_PROBE_TIMEOUT_MS`. */
   probeTimeoutMs?: number;
 }
 
-export interface BindOptions extends PrepareOptions {
+interface BindOptions extends PrepareOptions {
   /** Mode of the socket file; default `UNIX_SOCKET_MODE` (0600). */
   mode?: number;
 }
 
 /** Anything with Bun's `stop()`: a `Bun.listen` listener or a `Bun.serve` server. */
-export interface Stoppable {
+interface Stoppable {
   stop(closeActiveConnections?: boolean): unknown;
 }
 

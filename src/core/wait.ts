@@ -20,7 +20,7 @@ export const WAIT_QUIET_MS = 1_000;
 /** `--wait`'s default for the clients. */
 export const DEFAULT_WAIT_MS = 10_000;
 
-export interface WaitOptions {
+interface WaitOptions {
   /** What is waited for, as the line says it: "the gateway of /run/stoa". */
   what: string;
   /** How long to go on trying, from the first attempt. */

@@ -35,7 +35,7 @@
 import WsClient from "ws";
 import { StoaError, describeError } from "./errors.ts";
 
-export interface BackoffOptions {
+interface BackoffOptions {
   minDelayMs: number;
   maxDelayMs: number;
   factor: number;
@@ -51,9 +51,9 @@ export const DEFAULT_BACKOFF: Readonly<BackoffOptions> = {
 };
 
 /** A connect that has not opened by then is abandoned and retried. */
-export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 /** A connection open this long counts as a success and resets the backoff. */
-export const DEFAULT_STABLE_AFTER_MS = 5_000;
+const DEFAULT_STABLE_AFTER_MS = 5_000;
 /** After `close()`, a peer that does not answer the close handshake is cut off after this. */
 const CLOSE_HANDSHAKE_TIMEOUT_MS = 2_000;
 
@@ -214,7 +214,7 @@ export function backoffDelay(
 }
 
 export type WsState = "connecting" | "open" | "waiting" | "closing" | "closed";
-export type WsData = string | ArrayBuffer | Uint8Array;
+type WsData = string | ArrayBuffer | Uint8Array;
 
 export interface ReconnectOptions extends Partial<BackoffOptions> {
   headers?: Record<string, string>;
@@ -260,74 +260,74 @@ export class ReconnectingWebSocket {
   /** Resolves once the client has stopped for good (after `close()` or giving up). */
   readonly closed: Promise<void>;
 
-  private readonly url: string;
-  private readonly backoff: BackoffOptions;
-  private readonly maxAttempts: number;
-  private readonly connectTimeoutMs: number;
-  private readonly stableAfterMs: number;
-  private readonly outboxLimit: number;
-  private readonly random: () => number;
-  private readonly options: ReconnectOptions;
+  readonly #url: string;
+  readonly #backoff: BackoffOptions;
+  readonly #maxAttempts: number;
+  readonly #connectTimeoutMs: number;
+  readonly #stableAfterMs: number;
+  readonly #outboxLimit: number;
+  readonly #random: () => number;
+  readonly #options: ReconnectOptions;
 
-  private current: WebSocket | undefined;
-  private currentState: WsState = "connecting";
-  private attemptCount = 0;
-  private openedAt: number | undefined;
-  private stopped = false;
-  private retryTimer: ReturnType<typeof setTimeout> | undefined;
-  private connectTimer: ReturnType<typeof setTimeout> | undefined;
-  private closeTimer: ReturnType<typeof setTimeout> | undefined;
-  private outbox: WsData[] = [];
-  private outboxSize = 0;
-  private resolveClosed: () => void = () => {};
+  #current: WebSocket | undefined;
+  #currentState: WsState = "connecting";
+  #attemptCount = 0;
+  #openedAt: number | undefined;
+  #stopped = false;
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #connectTimer: ReturnType<typeof setTimeout> | undefined;
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  #outbox: WsData[] = [];
+  #outboxSize = 0;
+  #resolveClosed: () => void = () => {};
 
   constructor(url: string | URL, options: ReconnectOptions = {}) {
-    this.url = String(url);
+    this.#url = String(url);
     let scheme: string;
     try {
-      scheme = new URL(this.url).protocol;
+      scheme = new URL(this.#url).protocol;
     } catch {
       scheme = "";
     }
     if (!SCHEMES.has(scheme)) {
       throw new StoaError(
         "endpoint",
-        `cannot dial ${JSON.stringify(this.url)}: use ws://host:port/path, wss://… or ws+unix:///path/to.sock:/path`,
+        `cannot dial ${JSON.stringify(this.#url)}: use ws://host:port/path, wss://… or ws+unix:///path/to.sock:/path`,
       );
     }
-    this.backoff = {
+    this.#backoff = {
       minDelayMs: options.minDelayMs ?? DEFAULT_BACKOFF.minDelayMs,
       maxDelayMs: options.maxDelayMs ?? Math.max(DEFAULT_BACKOFF.maxDelayMs, options.minDelayMs ?? 0),
       factor: options.factor ?? DEFAULT_BACKOFF.factor,
       jitter: options.jitter ?? DEFAULT_BACKOFF.jitter,
     };
-    const b = this.backoff;
+    const b = this.#backoff;
     if (!(b.minDelayMs >= 0 && b.maxDelayMs >= b.minDelayMs && b.factor >= 1)) {
       throw new StoaError(
         "internal",
         `bad backoff ${JSON.stringify(b)}: need 0 <= minDelayMs <= maxDelayMs and factor >= 1`,
       );
     }
-    this.maxAttempts = options.maxAttempts ?? Number.POSITIVE_INFINITY;
-    if (!(this.maxAttempts >= 1)) throw new StoaError("internal", `maxAttempts must be >= 1, got ${this.maxAttempts}`);
-    this.connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    this.stableAfterMs = options.stableAfterMs ?? DEFAULT_STABLE_AFTER_MS;
-    this.outboxLimit = options.outboxBytes ?? 0;
-    this.random = options.random ?? Math.random;
-    this.options = options;
+    this.#maxAttempts = options.maxAttempts ?? Number.POSITIVE_INFINITY;
+    if (!(this.#maxAttempts >= 1)) throw new StoaError("internal", `maxAttempts must be >= 1, got ${this.#maxAttempts}`);
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.#stableAfterMs = options.stableAfterMs ?? DEFAULT_STABLE_AFTER_MS;
+    this.#outboxLimit = options.outboxBytes ?? 0;
+    this.#random = options.random ?? Math.random;
+    this.#options = options;
     this.closed = new Promise((resolve) => {
-      this.resolveClosed = resolve;
+      this.#resolveClosed = resolve;
     });
-    this.dial();
+    this.#dial();
   }
 
   get state(): WsState {
-    return this.currentState;
+    return this.#currentState;
   }
 
   /** Dials since the last stable connection, including the current one. */
   get attempts(): number {
-    return this.attemptCount;
+    return this.#attemptCount;
   }
 
   /**
@@ -335,154 +335,154 @@ export class ReconnectingWebSocket {
    * dropped; throws `StoaError("closed")` after `close()` or giving up.
    */
   send(data: WsData): boolean {
-    if (this.stopped) {
-      throw new StoaError("closed", `websocket ${this.url} is closed; create a new client to send again`);
+    if (this.#stopped) {
+      throw new StoaError("closed", `websocket ${this.#url} is closed; create a new client to send again`);
     }
-    if (this.currentState === "open" && this.current !== undefined) {
-      this.current.send(data);
+    if (this.#currentState === "open" && this.#current !== undefined) {
+      this.#current.send(data);
       return true;
     }
     const size = typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
-    if (this.outboxSize + size > this.outboxLimit) return false;
+    if (this.#outboxSize + size > this.#outboxLimit) return false;
     // Copy binary data: the caller may reuse its buffer before we reconnect.
-    this.outbox.push(typeof data === "string" ? data : copyBytes(data));
-    this.outboxSize += size;
+    this.#outbox.push(typeof data === "string" ? data : copyBytes(data));
+    this.#outboxSize += size;
     return true;
   }
 
   /** Stop for good: close the connection (if any), cancel retries, drop the outbox. */
   close(code = 1000, reason = ""): void {
-    if (this.stopped) return;
+    if (this.#stopped) return;
     if (code !== 1000 && !(code >= 3000 && code <= 4999)) {
       throw new StoaError("internal", `close code ${code} not allowed: use 1000 or 3000-4999`);
     }
-    this.stopped = true;
-    this.outbox = [];
-    this.outboxSize = 0;
-    clearTimeout(this.retryTimer);
-    clearTimeout(this.connectTimer);
-    const ws = this.current;
-    if (ws !== undefined && this.currentState === "open") {
-      this.currentState = "closing";
+    this.#stopped = true;
+    this.#outbox = [];
+    this.#outboxSize = 0;
+    clearTimeout(this.#retryTimer);
+    clearTimeout(this.#connectTimer);
+    const ws = this.#current;
+    if (ws !== undefined && this.#currentState === "open") {
+      this.#currentState = "closing";
       ws.close(code, reason);
-      this.closeTimer = setTimeout(() => {
-        if (this.current !== ws) return;
+      this.#closeTimer = setTimeout(() => {
+        if (this.#current !== ws) return;
         ws.terminate();
-        this.abandon(ws);
-        this.ended(1006, "close handshake timeout");
+        this.#abandon(ws);
+        this.#ended(1006, "close handshake timeout");
       }, CLOSE_HANDSHAKE_TIMEOUT_MS);
       return;
     }
-    if (ws !== undefined) this.abandon(ws);
-    this.finish();
+    if (ws !== undefined) this.#abandon(ws);
+    this.#finish();
   }
 
-  private dial(): void {
-    this.attemptCount++;
-    this.currentState = "connecting";
-    this.openedAt = undefined;
+  #dial(): void {
+    this.#attemptCount++;
+    this.#currentState = "connecting";
+    this.#openedAt = undefined;
     let ws: WebSocket;
     /** Set when this attempt's upgrade was refused: the close's reason. */
     let refused: string | undefined;
-    const url = this.options.urlFor === undefined ? this.url : String(this.options.urlFor());
+    const url = this.#options.urlFor === undefined ? this.#url : String(this.#options.urlFor());
     try {
-      const onRefused = this.options.onRefused;
-      const init: Bun.WebSocketOptions = { headers: this.options.headers ?? {} };
+      const onRefused = this.#options.onRefused;
+      const init: Bun.WebSocketOptions = { headers: this.#options.headers ?? {} };
       if (onRefused !== undefined) {
-        ws = dialWebSocket(url, { headers: this.options.headers, protocols: this.options.protocols }, (refusal) => {
-          if (this.current !== ws) return;
+        ws = dialWebSocket(url, { headers: this.#options.headers, protocols: this.#options.protocols }, (refusal) => {
+          if (this.#current !== ws) return;
           refused = describeRefusal(refusal);
           onRefused(refusal);
         });
       } else {
         ws =
-          this.options.protocols === undefined
+          this.#options.protocols === undefined
             ? new WebSocket(url, init)
-            : new WebSocket(url, { ...init, protocols: this.options.protocols });
+            : new WebSocket(url, { ...init, protocols: this.#options.protocols });
       }
     } catch (err) {
-      this.options.onError?.(new StoaError("io", `websocket ${url}: ${messageOf(err)}`, { cause: err }));
-      this.ended(1006, messageOf(err));
+      this.#options.onError?.(new StoaError("io", `websocket ${url}: ${messageOf(err)}`, { cause: err }));
+      this.#ended(1006, messageOf(err));
       return;
     }
     ws.binaryType = "arraybuffer";
-    this.current = ws;
-    this.connectTimer = setTimeout(() => {
-      if (this.current !== ws || this.currentState !== "connecting") return;
-      this.abandon(ws);
-      this.options.onError?.(
+    this.#current = ws;
+    this.#connectTimer = setTimeout(() => {
+      if (this.#current !== ws || this.#currentState !== "connecting") return;
+      this.#abandon(ws);
+      this.#options.onError?.(
         new StoaError(
           "timeout",
-          `websocket ${this.url} did not open within ${this.connectTimeoutMs} ms; is the server up and reachable?`,
+          `websocket ${this.#url} did not open within ${this.#connectTimeoutMs} ms; is the server up and reachable?`,
         ),
       );
-      this.ended(1006, "connect timeout");
-    }, this.connectTimeoutMs);
+      this.#ended(1006, "connect timeout");
+    }, this.#connectTimeoutMs);
 
     ws.onopen = () => {
-      clearTimeout(this.connectTimer);
-      this.currentState = "open";
-      this.openedAt = performance.now();
-      this.options.onOpen?.(ws, this.attemptCount);
-      this.flush(ws);
+      clearTimeout(this.#connectTimer);
+      this.#currentState = "open";
+      this.#openedAt = performance.now();
+      this.#options.onOpen?.(ws, this.#attemptCount);
+      this.#flush(ws);
     };
     ws.onmessage = (event) => {
       const data: unknown = event.data;
-      if (typeof data === "string" || data instanceof ArrayBuffer) this.options.onMessage?.(data);
+      if (typeof data === "string" || data instanceof ArrayBuffer) this.#options.onMessage?.(data);
     };
     ws.onerror = (event) => {
       if (refused !== undefined) return; // reported to onRefused already
       const message = "message" in event && typeof event.message === "string" ? event.message : "connection error";
-      this.options.onError?.(new StoaError("io", `websocket ${url}: ${message}`));
+      this.#options.onError?.(new StoaError("io", `websocket ${url}: ${message}`));
     };
     ws.onclose = (event) => {
-      this.abandon(ws);
-      this.ended(event.code, refused ?? event.reason);
+      this.#abandon(ws);
+      this.#ended(event.code, refused ?? event.reason);
     };
   }
 
-  private flush(ws: WebSocket): void {
+  #flush(ws: WebSocket): void {
     // onOpen may have closed us, or the socket may already be gone.
-    while (this.outbox.length > 0 && this.current === ws && this.currentState === "open") {
-      const data = this.outbox.shift();
+    while (this.#outbox.length > 0 && this.#current === ws && this.#currentState === "open") {
+      const data = this.#outbox.shift();
       if (data === undefined) break;
-      this.outboxSize -= typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
+      this.#outboxSize -= typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
       ws.send(data);
     }
   }
 
   /** Forget a socket: no more events from it reach us. */
-  private abandon(ws: WebSocket): void {
+  #abandon(ws: WebSocket): void {
     ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
     if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close();
-    if (this.current === ws) this.current = undefined;
-    clearTimeout(this.connectTimer);
+    if (this.#current === ws) this.#current = undefined;
+    clearTimeout(this.#connectTimer);
   }
 
   /** One attempt is over: report it, then retry or stop. */
-  private ended(code: number, reason: string): void {
-    if (this.openedAt !== undefined && performance.now() - this.openedAt >= this.stableAfterMs) {
-      this.attemptCount = 0;
+  #ended(code: number, reason: string): void {
+    if (this.#openedAt !== undefined && performance.now() - this.#openedAt >= this.#stableAfterMs) {
+      this.#attemptCount = 0;
     }
-    this.openedAt = undefined;
-    const willRetry = !this.stopped && this.attemptCount < this.maxAttempts;
+    this.#openedAt = undefined;
+    const willRetry = !this.#stopped && this.#attemptCount < this.#maxAttempts;
     if (willRetry) {
-      this.currentState = "waiting";
-      const delay = backoffDelay(this.attemptCount, this.backoff, this.random);
-      this.retryTimer = setTimeout(() => this.dial(), delay);
+      this.#currentState = "waiting";
+      const delay = backoffDelay(this.#attemptCount, this.#backoff, this.#random);
+      this.#retryTimer = setTimeout(() => this.#dial(), delay);
     } else {
-      this.stopped = true;
-      this.outbox = [];
-      this.outboxSize = 0;
+      this.#stopped = true;
+      this.#outbox = [];
+      this.#outboxSize = 0;
     }
-    this.options.onClose?.(code, reason, willRetry);
-    if (!willRetry) this.finish();
+    this.#options.onClose?.(code, reason, willRetry);
+    if (!willRetry) this.#finish();
   }
 
-  private finish(): void {
-    clearTimeout(this.closeTimer);
-    this.currentState = "closed";
-    this.resolveClosed();
+  #finish(): void {
+    clearTimeout(this.#closeTimer);
+    this.#currentState = "closed";
+    this.#resolveClosed();
   }
 }
 

@@ -11,7 +11,7 @@ import { controlRequest } from "../gateway/control.ts";
 import { runDirFinding } from "./rundir.ts";
 import { describeError, errnoCode } from "../core/errors.ts";
 
-export type Status = "ok" | "warn";
+type Status = "ok" | "warn";
 
 export interface Finding {
   name: string;
@@ -26,7 +26,7 @@ const CAP_NET_ADMIN = 12;
 const CAP_NET_RAW = 13;
 
 /** The gateway's fixed ports (service, string, ping). */
-export const GATEWAY_PORTS = [8081, 8082, 8083] as const;
+const GATEWAY_PORTS = [8081, 8082, 8083] as const;
 
 /**
  * External tools, the Debian package that has each, and who needs it: a command (checked only
@@ -40,7 +40,7 @@ const TOOLS: readonly { bin: string; pkg: string; why: string; command?: string 
   { bin: "nginx", pkg: "nginx", why: "the gateway benchmark compares against nginx's stream proxy" },
 ];
 
-export interface CheckOptions {
+interface CheckOptions {
   runDir?: string;
   /** The commands this stoa has (its command table): tools are checked for these only. */
   commands?: readonly string[];
@@ -49,7 +49,7 @@ export interface CheckOptions {
 }
 
 /** Parses the effective capability mask out of /proc/<pid>/status text. */
-export function effectiveCaps(status: string): bigint | undefined {
+function effectiveCaps(status: string): bigint | undefined {
   const hex = /^CapEff:\s*([0-9a-fA-F]+)\s*$/m.exec(status)?.[1];
   return hex === undefined ? undefined : BigInt(`0x${hex}`);
 }

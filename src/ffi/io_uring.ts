@@ -10,7 +10,7 @@ const SYS_io_uring_setup = 425;
 /** sizeof(struct io_uring_params) in linux/io_uring.h: 10 u32 fields + two 40-byte offset structs. */
 const IO_URING_PARAMS_SIZE = 120;
 
-export type IoUringProbe = { ok: true } | { ok: false; errno: number; reason: string };
+type IoUringProbe = { ok: true } | { ok: false; errno: number; reason: string };
 
 /** Creates and closes a 1-entry ring. */
 export function probeIoUring(): IoUringProbe {

@@ -85,7 +85,7 @@ export function cString(text: string): Buffer {
 export const RLIMIT_NOFILE = 7;
 
 /** A resource limit: `cur` (soft, enforced) and `max` (hard, the ceiling `cur` may be raised to). */
-export interface Rlimit {
+interface Rlimit {
   cur: number;
   max: number;
 }

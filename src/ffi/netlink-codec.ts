@@ -16,11 +16,11 @@ import { StoaError } from "../core/errors.ts";
 const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** sizeof(struct nlmsghdr), linux/netlink.h. */
-export const NLMSG_HDRLEN = 16;
+const NLMSG_HDRLEN = 16;
 /** sizeof(struct ifaddrmsg), linux/if_addr.h. */
-export const IFADDRMSG_LEN = 8;
+const IFADDRMSG_LEN = 8;
 /** sizeof(struct rtmsg), linux/rtnetlink.h. */
-export const RTMSG_LEN = 12;
+const RTMSG_LEN = 12;
 /** sizeof(struct rtattr), linux/rtnetlink.h. */
 const RTA_HDRLEN = 4;
 /** sizeof(struct nlmsgerr) without the echoed request's payload: int error + struct nlmsghdr. */
@@ -31,7 +31,7 @@ export const MAX_DATAGRAM_BYTES = 64 * 1024;
 /** Attributes read from one message; the kernel sends about ten per address or route. */
 export const MAX_ATTRS_PER_MESSAGE = 256;
 /** Entries kept from one dump (addresses or routes): far above any real host, bounds memory. */
-export const MAX_DUMP_ENTRIES = 1 << 20;
+const MAX_DUMP_ENTRIES = 1 << 20;
 /** Longest kernel error string kept from an extended ACK. */
 const MAX_EXTACK_CHARS = 512;
 
@@ -99,7 +99,7 @@ export const RT_TABLE_LOCAL = 255;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_HOST = 254;
 
-export interface Attr {
+interface Attr {
   readonly type: number;
   readonly value: Uint8Array;
 }
@@ -163,7 +163,7 @@ export function rtmsg(m: {
   return out;
 }
 
-export interface NlMessage {
+interface NlMessage {
   readonly type: number;
   readonly flags: number;
   readonly seq: number;
@@ -311,7 +311,7 @@ function cText(bytes: Uint8Array, max: number): string {
 }
 
 /** The outcome carried by an NLMSG_ERROR message: errno 0 is an ACK. */
-export interface Ack {
+interface Ack {
   errno: number;
   /** The kernel's own words (extended ACK, NETLINK_EXT_ACK), when it sent some. */
   extack: string | undefined;
@@ -347,18 +347,22 @@ export class ReplyCollector {
   /** The kernel's table changed during the dump (NLM_F_DUMP_INTR): the entries may be inconsistent. */
   interrupted = false;
 
-  constructor(
-    private readonly seq: number,
-    private readonly dump: boolean,
-    /** The data message type a dump returns (RTM_NEWADDR, RTM_NEWROUTE). */
-    private readonly entryType = 0,
-  ) {}
+  readonly #seq: number;
+  readonly #dump: boolean;
+  /** The data message type a dump returns (RTM_NEWADDR, RTM_NEWROUTE). */
+  readonly #entryType: number;
+
+  constructor(seq: number, dump: boolean, entryType = 0) {
+    this.#seq = seq;
+    this.#dump = dump;
+    this.#entryType = entryType;
+  }
 
   feed(datagram: Uint8Array): void {
     for (const msg of splitDatagram(datagram)) {
       if (this.done) return;
       // A reply to an earlier request that timed out: not ours.
-      if (msg.seq !== this.seq) continue;
+      if (msg.seq !== this.#seq) continue;
       if (msg.flags & Flag.DUMP_INTR) this.interrupted = true;
       switch (msg.type) {
         case MsgType.NOOP:
@@ -371,7 +375,7 @@ export class ReplyCollector {
           break;
         }
         case MsgType.DONE: {
-          if (!this.dump) throw bad("NLMSG_DONE in reply to a request that is not a dump");
+          if (!this.#dump) throw bad("NLMSG_DONE in reply to a request that is not a dump");
           // The dump's status: 0, or a negative errno when the dump failed part-way.
           const status = msg.payload.length >= 4 ? view(msg.payload).getInt32(0, LE) : 0;
           this.errno = status < 0 ? -status : 0;
@@ -381,7 +385,7 @@ export class ReplyCollector {
         case MsgType.OVERRUN:
           throw bad("the kernel reported a receive overrun (data lost)");
         default:
-          if (!this.dump || msg.type !== this.entryType) break;
+          if (!this.#dump || msg.type !== this.#entryType) break;
           if (this.entries.length >= MAX_DUMP_ENTRIES) {
             throw new StoaError("too_large", `netlink: a dump of more than ${MAX_DUMP_ENTRIES} entries`);
           }

@@ -42,8 +42,6 @@ import {
   u32Attr,
 } from "./netlink-codec.ts";
 
-export type { AddrEntry, RouteEntry } from "./netlink-codec.ts";
-
 /** socket(2) arguments, linux/socket.h, linux/net.h, linux/netlink.h. */
 const AF_NETLINK = 16;
 const SOCK_RAW = 3;
@@ -60,10 +58,10 @@ const NETLINK_EXT_ACK = 11; // errors carry the kernel's own message
 /** recv flag: return the datagram's real length, so truncation is detected (netlink honours it). */
 const MSG_TRUNC = 0x20;
 /** Linux IFNAMSIZ (16) minus the NUL. */
-export const IFNAME_MAX = 15;
+const IFNAME_MAX = 15;
 
 /** The longest a request may take, all datagrams of a dump included. */
-export const REPLY_TIMEOUT_MS = 2_000;
+const REPLY_TIMEOUT_MS = 2_000;
 /** A dump the kernel marks inconsistent (table changed meanwhile) is retried this often. */
 const DUMP_ATTEMPTS = 3;
 
@@ -83,7 +81,7 @@ export class NetlinkError extends StoaError {
 }
 
 /** Names the object of a request in error messages: `address fd00::5/128`, `dev eth0`. */
-export interface Subject {
+interface Subject {
   readonly object: string;
   readonly dev?: string;
 }
@@ -120,13 +118,17 @@ export function kernelError(code: number, extack: string | undefined, action: "a
 }
 
 class RouteSocket {
-  private seq = Math.floor(Math.random() * 0x7fff_ffff);
+  #seq = Math.floor(Math.random() * 0x7fff_ffff);
   // Kept for the life of the socket: FFI reads and writes them during each call.
-  private readonly buf = new Uint8Array(MAX_DATAGRAM_BYTES);
-  private readonly from = new Uint8Array(SOCKADDR_NL_LEN);
-  private readonly fromLen = new Uint32Array(1);
+  readonly #buf = new Uint8Array(MAX_DATAGRAM_BYTES);
+  readonly #from = new Uint8Array(SOCKADDR_NL_LEN);
+  readonly #fromLen = new Uint32Array(1);
 
-  private constructor(private fd: number) {}
+  #fd: number;
+
+  private constructor(fd: number) {
+    this.#fd = fd;
+  }
 
   static open(): RouteSocket {
     const c = libc();
@@ -151,44 +153,44 @@ class RouteSocket {
   }
 
   nextSeq(): number {
-    this.seq = (this.seq + 1) >>> 0;
-    return this.seq;
+    this.#seq = (this.#seq + 1) >>> 0;
+    return this.#seq;
   }
 
   /** Sends `request` (built with `seq`) and feeds every datagram to `reply` until it is done. */
   exchange(request: Uint8Array, reply: ReplyCollector): void {
     const c = libc();
     for (;;) {
-      const sent = c.sendto(this.fd, request, request.length, 0, null, 0);
+      const sent = c.sendto(this.#fd, request, request.length, 0, null, 0);
       if (Number(sent) >= 0) break;
       const code = errno();
       if (code !== Errno.EINTR) throw sysError("send to the kernel (netlink)", code);
     }
     const deadline = performance.now() + REPLY_TIMEOUT_MS;
     while (!reply.done) {
-      if (performance.now() > deadline) throw this.timeout();
-      this.fromLen[0] = SOCKADDR_NL_LEN;
-      const n = Number(c.recvfrom(this.fd, this.buf, this.buf.length, MSG_TRUNC, this.from, this.fromLen));
+      if (performance.now() > deadline) throw this.#timeout();
+      this.#fromLen[0] = SOCKADDR_NL_LEN;
+      const n = Number(c.recvfrom(this.#fd, this.#buf, this.#buf.length, MSG_TRUNC, this.#from, this.#fromLen));
       if (n < 0) {
         const code = errno();
         if (code === Errno.EINTR) continue;
-        if (code === Errno.EAGAIN) throw this.timeout();
+        if (code === Errno.EAGAIN) throw this.#timeout();
         throw sysError("receive from the kernel (netlink)", code);
       }
-      if (n > this.buf.length) throw new StoaError("too_large", `netlink: a ${n}-byte reply exceeds the ${this.buf.length}-byte buffer`);
+      if (n > this.#buf.length) throw new StoaError("too_large", `netlink: a ${n}-byte reply exceeds the ${this.#buf.length}-byte buffer`);
       // Port id 0 is the kernel; anything else is another process writing to our port.
-      if (new DataView(this.from.buffer).getUint32(4, true) !== 0) continue;
-      reply.feed(this.buf.subarray(0, n));
+      if (new DataView(this.#from.buffer).getUint32(4, true) !== 0) continue;
+      reply.feed(this.#buf.subarray(0, n));
     }
   }
 
-  private timeout(): StoaError {
+  #timeout(): StoaError {
     return new StoaError("timeout", `the kernel did not answer a netlink request within ${REPLY_TIMEOUT_MS} ms; try again`);
   }
 
   close(): void {
-    if (this.fd >= 0) libc().close(this.fd);
-    this.fd = -1;
+    if (this.#fd >= 0) libc().close(this.#fd);
+    this.#fd = -1;
   }
 }
 
@@ -249,7 +251,7 @@ function familyOf(address: Uint8Array): number {
 }
 
 /** An address on an interface: network-order bytes (16 for IPv6), prefix length, ifindex. */
-export interface AddressRequest {
+interface AddressRequest {
   readonly address: Uint8Array;
   readonly prefixlen: number;
   readonly ifindex: number;
@@ -289,7 +291,7 @@ export function listAddresses(family: number = AF_INET6): AddrEntry[] {
 }
 
 /** A `local` route (RTN_LOCAL, table local, scope host): every address under dst/dstLen is this host's. */
-export interface LocalRouteRequest {
+interface LocalRouteRequest {
   readonly dst: Uint8Array;
   readonly dstLen: number;
   /** Normally `lo`'s index. */

@@ -29,7 +29,7 @@ import {
 } from "./protocol.ts";
 
 /** Answers one decoded request; a thrown StoaError becomes an error answer. */
-export type ControlHandler = (request: ControlRequest) => Promise<ControlResponse>;
+type ControlHandler = (request: ControlRequest) => Promise<ControlResponse>;
 
 /** `release()` stops accepting (connections stay); `close()` also ends them once answered. */
 export type ControlServer = FramedServer;
@@ -73,7 +73,7 @@ function errorAnswer(error: StoaError): ControlResponse {
   return { type: "error", error: { code: error.code, message: error.message.slice(0, 4096) } };
 }
 
-export interface ControlRequestOptions {
+interface ControlRequestOptions {
   /** How long to wait for the answer; default `CONTROL_REQUEST_TIMEOUT_MS`. */
   timeoutMs?: number;
 }

@@ -47,10 +47,8 @@ import { GatewayMetrics, type GatewayStats } from "./stats.ts";
 import { localRouter, type RouterPort, workerRouter } from "./workers.ts";
 import type { ActivatedSockets } from "./activation.ts";
 
-export type { GatewayStats } from "./stats.ts";
-
 /** How often worker counters are folded into the Prometheus registry. */
-export const METRICS_COLLECT_MS = 1_000;
+const METRICS_COLLECT_MS = 1_000;
 
 export interface GatewayOptions {
   /** Holds the control socket and the publishers' sockets (`<run_dir>/pub/<pub_id>/<kind>.sock`). */
@@ -86,7 +84,7 @@ export interface GatewayOptions {
   registry?: Registry;
 }
 
-export interface GatewayClosed {
+interface GatewayClosed {
   reason: "handover" | "drain" | "close";
   /** Connections still open at the end, and cut. */
   cut: number;

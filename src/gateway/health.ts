@@ -11,7 +11,7 @@ import type { Kind } from "../stream/names.ts";
 import { type HealthView, MAX_HEALTH_ENTRIES, MAX_HEALTH_ERROR_CHARS } from "./protocol.ts";
 
 /** How often a router repeats an unchanged outcome for one target. */
-export const HEALTH_REPORT_INTERVAL_MS = 1_000;
+const HEALTH_REPORT_INTERVAL_MS = 1_000;
 
 /** One connect outcome, as a router reports it. `at`: ms since the epoch. */
 export interface HealthEvent {

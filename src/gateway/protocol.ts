@@ -293,7 +293,7 @@ export function parsePorts(text: string): Ports {
 
 const Port = z.number().int().min(0).max(65535);
 export const PortsSchema = z.object({ service: Port, string: Port, ping: Port });
-export const KindSchema = z.enum(KINDS);
+const KindSchema = z.enum(KINDS);
 
 /** A target is `unix:/abs/path` or `tcp:host:port` (port ≥ 1), kept in canonical form. */
 export type Target = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: number };
@@ -329,8 +329,8 @@ const TargetString = z
     }
   });
 
-export const HealthState = z.enum(["up", "down", "unknown"]);
-export type HealthState = z.infer<typeof HealthState>;
+const HealthState = z.enum(["up", "down", "unknown"]);
+type HealthState = z.infer<typeof HealthState>;
 
 /** A target's health as `list` shows it. `since`: RFC 3339 time of the last change. */
 export const HealthView = z.object({

@@ -71,7 +71,7 @@ export interface RouterConfig {
 
 export type DataPath = "epoll" | "bun";
 
-export interface RouterHooks {
+interface RouterHooks {
   log: Logger;
   onHealth(event: HealthEvent): void;
   /** Called once, when the router is draining and its last connection closed. */

@@ -28,7 +28,7 @@ export type RouteUpdate =
   | { op: "replace"; registrations: Registration[] };
 
 /** A resolved target and where it came from. */
-export interface Resolved {
+interface Resolved {
   source: "explicit" | "convention";
   target: Target;
 }
@@ -121,7 +121,7 @@ function socketProblem(st: Stats | undefined, uid: number): string | null {
 }
 
 /** A conventional socket found in the publishers' subtree. */
-export interface ConventionEntry {
+interface ConventionEntry {
   pubId: string;
   kind: Kind;
   path: string;

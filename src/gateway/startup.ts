@@ -16,7 +16,7 @@ import { KINDS, type Kind, type Ports, type ResponseFor, type RouteEntry } from 
 const MAX_PUB_ID_LENGTH = 64;
 
 /** A gateway already serving the run dir: what it said, and its explicit routes. */
-export interface Previous {
+interface Previous {
   info: ResponseFor<"info">;
   explicit: RouteEntry[];
 }

@@ -22,9 +22,9 @@ import type { Counter, Gauge, Histogram, Registry } from "../core/metrics.ts";
 import { KINDS, type Kind, ROUTE_ERRORS, type RouteError } from "./protocol.ts";
 
 /** Distinct pub_id label values, across kinds, before `_other` takes over. */
-export const MAX_PUB_ID_LABELS = 1_000;
+const MAX_PUB_ID_LABELS = 1_000;
 /** Connect latencies kept between two snapshots of one router; more are dropped, not stored. */
-export const MAX_LATENCY_SAMPLES = 10_000;
+const MAX_LATENCY_SAMPLES = 10_000;
 /** Routed (kind, pub_id) counts kept between two snapshots of one router; more go to `_other`. */
 const MAX_PUB_COUNTS = 2_000;
 

@@ -24,9 +24,9 @@ import { describeError } from "../core/errors.ts";
 /** How often a running gateway sweeps. */
 export const SWEEP_INTERVAL_MS = 60_000;
 /** A directory changed more recently than this may belong to a publisher that is starting. */
-export const SWEEP_GRACE_MS = 10_000;
+const SWEEP_GRACE_MS = 10_000;
 /** Most directories looked at per sweep (the rest wait for the next one). */
-export const MAX_SWEPT_PER_PASS = 1_000;
+const MAX_SWEPT_PER_PASS = 1_000;
 
 /** Removes crashed publishers' directories; returns the pub_ids reclaimed. Never throws. */
 export async function sweepDeadPublishers(runDir: string, log: Logger, options: { graceMs?: number; uid?: number } = {}): Promise<string[]> {

@@ -25,7 +25,7 @@ import type { RouteTable, RouteUpdate } from "./routes.ts";
 import type { RouterSnapshot } from "./stats.ts";
 
 /** How long a worker may take to start (load modules, bind) or to answer a request. */
-export const WORKER_REPLY_TIMEOUT_MS = 10_000;
+const WORKER_REPLY_TIMEOUT_MS = 10_000;
 
 export type ToWorker =
   | { type: "start"; config: RouterConfig; routes: Registration[]; logLevel: LogLevel }
@@ -63,7 +63,7 @@ export interface RouterPort {
   dispose(): Promise<void>;
 }
 
-export interface PortHooks {
+interface PortHooks {
   log: Logger;
   onHealth(event: HealthEvent): void;
 }

@@ -37,11 +37,11 @@ import { UserName } from "./users.ts";
 /** Longest path in UTF-8 bytes: the HLNK frame's path limit, so every path fits a frame. */
 export const MAX_PATH_BYTES = 4096;
 /** Longest pattern, in characters: a pattern never needs to be longer than the paths it matches. */
-export const MAX_PATTERN_LENGTH = 4096;
+const MAX_PATTERN_LENGTH = 4096;
 /** Most rules in one ACL file: far beyond hand-written use; bounds load time and check time. */
 export const MAX_ACL_RULES = 10_000;
 /** Most users in one rule's `read` or `write` list. */
-export const MAX_RULE_USERS = 1_000;
+const MAX_RULE_USERS = 1_000;
 /** An ACL file larger than this is refused before it is read. */
 export const MAX_ACL_FILE_BYTES = 16 * 1024 * 1024;
 /** Cached (user, path) decisions; the cache is dropped whole when full (sessions re-fill it). */

@@ -88,7 +88,7 @@ const TAG_EXPLICIT_EXTENSIONS = 0xa3; // [3] EXPLICIT, constructed
 const TAG_SAN_DNS_NAME = 0x82; // GeneralName dNSName: [2] IMPLICIT IA5String
 
 /** A session certificate and its private key, both PEM, and the pin to put in `direct_offer.fpr`. */
-export interface SessionCertificate {
+interface SessionCertificate {
   certPem: string;
   keyPem: string;
   /** SHA-256 of the certificate DER, 64 lowercase hex digits. */

@@ -32,7 +32,7 @@ import { parseIpcSpec, parseTunnelSpec } from "./specs.ts";
 import type { TunnelSpec } from "./tunnel.ts";
 
 /** How long a client waits for an answer; binding a port or a socket takes milliseconds. */
-export const REQUEST_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 10_000;
 
 /** `<run_dir>/hotlink/<user>.sock`: the control socket of `user`'s daemon (core/paths.ts owns the layout). */
 export { hotlinkControlPath } from "../core/paths.ts";
@@ -147,7 +147,7 @@ export async function startHotlinkControl(path: string, target: ControlTarget, l
 // ---------------------------------------------------------------------------------------------
 // Client
 
-export interface ControlRequestOptions {
+interface ControlRequestOptions {
   /** Default `REQUEST_TIMEOUT_MS`. */
   timeoutMs?: number;
   /** Appended to the "no daemon" error, e.g. "; is `stoa hotlink connect` running for user alice?" */

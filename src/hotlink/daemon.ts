@@ -21,7 +21,7 @@ import type { Incoming } from "./sessions.ts";
 import { startTelemetry } from "./telemetry.ts";
 import { Tunnel, type TunnelSpec } from "./tunnel.ts";
 
-export interface DaemonOptions {
+interface DaemonOptions {
   /** ws://host:port/v1/hotlink (a bare ws://host:port gets the path added). */
   server: string;
   user: string;

@@ -25,7 +25,7 @@ import { StoaError } from "../core/errors.ts";
 import { MAX_DIRECT_TOKEN_LENGTH, MAX_SID_LENGTH, MIN_DIRECT_TOKEN_LENGTH } from "./protocol.ts";
 
 /** What a direct hello starts with. */
-export const DIRECT_HELLO_PREFIX = "HLD1 ";
+const DIRECT_HELLO_PREFIX = "HLD1 ";
 
 /** The longest hello: prefix, the longest sid, a space, the longest token, LF. */
 export const MAX_DIRECT_HELLO_BYTES = DIRECT_HELLO_PREFIX.length + MAX_SID_LENGTH + 1 + MAX_DIRECT_TOKEN_LENGTH + 1;

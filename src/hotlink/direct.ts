@@ -39,13 +39,13 @@ import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
 import type { DaemonCounters } from "./telemetry.ts";
 import { describeError } from "../core/errors.ts";
 
-export const DIRECT_DIAL_TIMEOUT_MS = 1_500;
+const DIRECT_DIAL_TIMEOUT_MS = 1_500;
 /** How long a receiver waits for the sender to dial before it closes its listener. */
-export const DIRECT_ACCEPT_TIMEOUT_MS = 10_000;
+const DIRECT_ACCEPT_TIMEOUT_MS = 10_000;
 /** Frames sent directly and not yet acknowledged, at most (then the source waits). */
-export const DIRECT_RETAIN_BYTES = 32 * 1024 * 1024;
+const DIRECT_RETAIN_BYTES = 32 * 1024 * 1024;
 /** Unwritten bytes on the direct socket above which the source waits. */
-export const DIRECT_HIGH_WATER = 4 * 1024 * 1024;
+const DIRECT_HIGH_WATER = 4 * 1024 * 1024;
 /** How long an accepted connection may take to send its whole hello before it is closed. */
 export const DIRECT_HELLO_TIMEOUT_MS = 5_000;
 /** Random bytes of a direct token: 32 characters of base64url, within the offer's limits. */
@@ -62,7 +62,7 @@ export interface DirectConfig {
 }
 
 /** What an offer carries (Signal direct_offer without the envelope). */
-export interface DirectOffer {
+interface DirectOffer {
   adr: string[];
   tok: string;
   fpr: string;
@@ -92,7 +92,7 @@ function candidates(config: DirectConfig, port: number): string[] {
 
 // ---------------------------------------------------------------- receiver side
 
-export interface DirectReceiverEvents {
+interface DirectReceiverEvents {
   /** A Data frame that came on the direct connection (to merge through the reorder buffer). */
   data(message: DataMessage): void;
   /** The highest seq delivered in order, for acknowledgements. */

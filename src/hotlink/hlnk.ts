@@ -97,7 +97,7 @@ export type HlnkGarbageReason =
   | "etag_utf8";
 
 /** Decoder options: the limits, and a callback for skipped bytes. */
-export interface HlnkDecoderOptions extends HlnkLimits {
+interface HlnkDecoderOptions extends HlnkLimits {
   /**
    * Called for each run of skipped bytes, after the counters are updated. `bytes` is a view
    * into the caller's chunk or the decoder's own buffer, valid only during the call: copy it

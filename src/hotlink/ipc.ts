@@ -31,7 +31,7 @@ import { type Delivery, Incoming, Outgoing } from "./sessions.ts";
 import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
 
 /** Frame bytes waiting for the session to be accepted before applications stop being read. */
-export const PENDING_BYTES = 16 * 1024 * 1024;
+const PENDING_BYTES = 16 * 1024 * 1024;
 
 export interface IpcSpec {
   channel: string;

@@ -37,12 +37,12 @@ import {
 } from "./protocol.ts";
 
 /** Unsent bytes on the relay socket above which senders stop reading their sources. */
-export const LINK_HIGH_WATER = 4 * 1024 * 1024;
+const LINK_HIGH_WATER = 4 * 1024 * 1024;
 /** ... and below which they start again. */
-export const LINK_LOW_WATER = 1024 * 1024;
+const LINK_LOW_WATER = 1024 * 1024;
 const POLL_MS = 1;
 
-export interface LinkOptions {
+interface LinkOptions {
   /** ws:// or wss:// URL of the server's /v1/hotlink. */
   url: string;
   user: string;

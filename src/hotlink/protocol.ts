@@ -234,7 +234,7 @@ export const MAX_SESSIONS_PER_USER = 8192;
 export const MAX_SESSIONS_PER_CONNECTION = 4096;
 
 /** Longest `tok` of the reserved WebRTC signals, in characters (an SDP is a few KiB). */
-export const MAX_SIGNAL_TOKEN_LENGTH = 16 * 1024;
+const MAX_SIGNAL_TOKEN_LENGTH = 16 * 1024;
 
 /** Message type numbers (`t`). */
 export const MessageType = {
@@ -253,10 +253,10 @@ export const MessageType = {
 
 /** A session id: 1–`MAX_SID_LENGTH` of [A-Za-z0-9_-]. */
 const SID_RE = new RegExp(`^[A-Za-z0-9_-]{1,${MAX_SID_LENGTH}}$`);
-export const SessionId = z.string().regex(SID_RE, `a sid is 1–${MAX_SID_LENGTH} of A-Z a-z 0-9 _ -`);
+const SessionId = z.string().regex(SID_RE, `a sid is 1–${MAX_SID_LENGTH} of A-Z a-z 0-9 _ -`);
 
 /** A hotlink path (see acl.ts for the rules). */
-export const HotlinkPath = z.string().superRefine((path, ctx) => {
+const HotlinkPath = z.string().superRefine((path, ctx) => {
   const problem = pathProblem(path);
   if (problem !== null) ctx.addIssue({ code: "custom", message: problem });
 });
@@ -391,11 +391,8 @@ export type HotlinkMessage = z.output<typeof HotlinkMessage>;
 /** A message to encode (`seq` may be a bigint). */
 export type HotlinkMessageInput = z.input<typeof HotlinkMessage>;
 
-export type HelloMessage = z.output<typeof Hello>;
 export type WelcomeMessage = z.output<typeof Welcome>;
-export type PingMessage = z.output<typeof Ping>;
-export type PongMessage = z.output<typeof Pong>;
-export type ErrorMessage = z.output<typeof ErrorMessage>;
+type ErrorMessage = z.output<typeof ErrorMessage>;
 export type OpenMessage = z.output<typeof Open>;
 export type AcceptMessage = z.output<typeof Accept>;
 export type RejectMessage = z.output<typeof Reject>;

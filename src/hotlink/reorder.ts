@@ -28,9 +28,9 @@
 import { StoaError } from "../core/errors.ts";
 
 /** Largest `maxFrames`: the ring has this many slots, 8 bytes each. */
-export const MAX_REORDER_FRAMES = 1 << 20;
+const MAX_REORDER_FRAMES = 1 << 20;
 
-export interface ReorderOptions {
+interface ReorderOptions {
   /** Most frames held while waiting for a gap; also how far ahead of `nextSeq` a seq may be. */
   maxFrames: number;
   /** Most payload bytes held while waiting for a gap. */
@@ -40,7 +40,7 @@ export interface ReorderOptions {
 }
 
 /** What the buffer holds: payload bytes, or any item that knows its size (e.g. a frame with its path). */
-export interface Sized {
+interface Sized {
   readonly byteLength: number;
 }
 

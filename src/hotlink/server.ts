@@ -52,10 +52,10 @@ import { loadUsers, parseAuthorization } from "./users.ts";
 
 /** Default buffered bytes for one receiver over which its senders are paused: a few 1 MiB
  * messages in flight keep a fast link busy; more only adds latency and memory. */
-export const DEFAULT_HIGH_WATER_BYTES = 4 * 1024 * 1024;
+const DEFAULT_HIGH_WATER_BYTES = 4 * 1024 * 1024;
 
 /** Default time a receiver may stay over the high-water mark before it leaves its sessions. */
-export const DEFAULT_STUCK_TIMEOUT_MS = 30_000;
+const DEFAULT_STUCK_TIMEOUT_MS = 30_000;
 
 /** Smallest `maxMessageBytes`: every control message (a Signal may be 64 KiB) plus 1 KiB of payload. */
 export const MIN_MESSAGE_BYTES = MAX_ENVELOPE_BYTES + 1024;
@@ -111,7 +111,7 @@ export interface HotlinkServerOptions {
 }
 
 /** `stats()` of a running server. */
-export type HotlinkStats = SwitchboardStats;
+type HotlinkStats = SwitchboardStats;
 
 export interface HotlinkServer {
   /** `ws://host:port/v1/hotlink`; an unspecified listen address is shown as loopback. */

@@ -23,9 +23,9 @@ import { type DataMessage, MessageType } from "./protocol.ts";
 import { ReorderBuffer } from "./reorder.ts";
 
 /** Frames a receiver holds while waiting for a gap (relay and direct paths can interleave). */
-export const REORDER_MAX_FRAMES = 65_536;
+const REORDER_MAX_FRAMES = 65_536;
 /** Bytes a receiver holds while waiting for a gap. */
-export const REORDER_MAX_BYTES = 64 * 1024 * 1024;
+const REORDER_MAX_BYTES = 64 * 1024 * 1024;
 
 /** What an incoming session delivers, in seq order. */
 export interface Delivery {
@@ -36,7 +36,7 @@ export interface Delivery {
   readonly byteLength: number;
 }
 
-export interface OutgoingEvents {
+interface OutgoingEvents {
   accepted(by: string | undefined): void;
   /** The session ended: null when this side finished it, else why (rejected, closed, link lost). */
   ended(reason: string | null, rejected: boolean): void;
@@ -284,7 +284,7 @@ export class Outgoing {
   }
 }
 
-export interface IncomingEvents {
+interface IncomingEvents {
   deliver(item: Delivery): void;
   ended(reason: string | null): void;
 }

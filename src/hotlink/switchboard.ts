@@ -76,7 +76,7 @@ const CLOSE_INTERNAL = 1011;
 const MAX_CLOSE_REASON_BYTES = 123;
 
 /** What the switchboard needs of a connection's WebSocket (Bun's `ServerWebSocket`). */
-export interface Link {
+interface Link {
   /** >0: bytes sent; -1: queued behind earlier data; 0: dropped (Bun's buffer limit, or closed). */
   sendBinary(data: Uint8Array): number;
   getBufferedAmount(): number;
@@ -119,7 +119,7 @@ interface Session {
   readonly accepted: Set<SwitchboardConn>;
 }
 
-export interface SwitchboardOptions {
+interface SwitchboardOptions {
   acl: Acl;
   log: Logger;
   registry: Registry;

@@ -12,10 +12,10 @@
 import { writeFileAtomic } from "../core/atomicfile.ts";
 import type { Logger } from "../core/log.ts";
 
-export const TELEMETRY_INTERVAL_MS = 1_000;
+const TELEMETRY_INTERVAL_MS = 1_000;
 
 /** Average and maximum of durations, in microseconds. */
-export class LatencyStat {
+class LatencyStat {
   count = 0;
   sumUs = 0;
   maxUs = 0;
@@ -39,13 +39,13 @@ export class DaemonCounters {
   readonly write = new LatencyStat();
 }
 
-export interface TelemetrySource {
+interface TelemetrySource {
   connected(): boolean;
   counters: DaemonCounters;
   sessions(): unknown;
 }
 
-export function telemetrySnapshot(source: TelemetrySource): Record<string, unknown> {
+function telemetrySnapshot(source: TelemetrySource): Record<string, unknown> {
   const c = source.counters;
   const r = c.relay;
   const d = c.direct;

@@ -38,9 +38,9 @@ import { newToken, sameDigest, tokenDigest } from "../core/token.ts";
 import { Errno, errno, libc, strerror } from "../ffi/libc.ts";
 
 /** Longest user name: room for real e-mail style names, short enough for a path segment. */
-export const MAX_USER_NAME_LENGTH = 64;
+const MAX_USER_NAME_LENGTH = 64;
 /** Most users in one file: far beyond a relay's real use; bounds memory and parse time. */
-export const MAX_USERS = 100_000;
+const MAX_USERS = 100_000;
 /** A users file larger than this is refused before it is read (MAX_USERS entries fit easily). */
 export const MAX_USERS_FILE_BYTES = 32 * 1024 * 1024;
 
@@ -141,8 +141,6 @@ class Users {
     return [...this.#credentials.keys()].sort();
   }
 }
-
-export type { Users };
 
 /**
  * Reads and validates a users file. Every problem — missing, unreadable, oversize, not JSON,

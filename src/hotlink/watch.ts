@@ -35,16 +35,16 @@ import { pathProblem } from "./acl.ts";
 import type { TunnelSpec } from "./tunnel.ts";
 import { userNameProblem } from "./users.ts";
 
-export const MARKER_NAME = "stream.tcp";
+const MARKER_NAME = "stream.tcp";
 /** A marker is a few hundred bytes; anything this big is not one. */
 export const MAX_MARKER_BYTES = 64 * 1024;
-export const MAX_MARKERS = 1024;
+const MAX_MARKERS = 1024;
 /** Directory entries a scan looks at; a bigger tree is scanned in part, with a warning. */
-export const MAX_SCAN_ENTRIES = 100_000;
-export const MAX_DEPTH = 32;
+const MAX_SCAN_ENTRIES = 100_000;
+const MAX_DEPTH = 32;
 /** The fallback scan interval (the spec's "slow poll"). */
-export const POLL_MS = 2_000;
-export const DEBOUNCE_MS = 50;
+const POLL_MS = 2_000;
+const DEBOUNCE_MS = 50;
 /** The tunnels' local address: markers declare ports on this host only. */
 const HOST = "127.0.0.1";
 
@@ -58,12 +58,12 @@ const Marker = z.object({
 });
 
 /** What the watcher changes: a `HotlinkDaemon` (an interface, so tests can stand in). */
-export interface MarkerTarget {
+interface MarkerTarget {
   addTunnel(spec: TunnelSpec, origin: "watch"): unknown;
   remove(channel: string): Promise<boolean>;
 }
 
-export interface WatchOptions {
+interface WatchOptions {
   dir: string;
   /** This daemon's user: picks `ports[user]` and the peer. */
   user: string;

@@ -50,9 +50,9 @@ import type { MetaStore } from "./store.ts";
 const LIST_CHUNK = 256;
 
 /** What the server adds to each request: the client's address (for --no-auth quotas). */
-export type ApiEnv = { Bindings: { ip?: string }; Variables: { writer: Writer } };
+type ApiEnv = { Bindings: { ip?: string }; Variables: { writer: Writer } };
 
-export interface ApiOptions {
+interface ApiOptions {
   store: MetaStore;
   log: Logger;
   metrics: Registry;

@@ -39,7 +39,7 @@ export interface AuthConfig {
 export const NO_AUTH: AuthConfig = { required: false, admin: "", writers: [], read: null };
 
 /** A request's caller; `writer` is what the store records and counts. */
-export type Caller =
+type Caller =
   | { kind: "writer"; writer: Writer }
   | { kind: "reader" }
   | { kind: "none"; why: "missing" | "garbled" | "unknown" };
@@ -90,7 +90,7 @@ export class Authority {
   }
 }
 
-export interface AuthSources {
+interface AuthSources {
   /** --no-auth. */
   noAuth?: boolean;
   tokenFile?: string;

@@ -34,11 +34,11 @@ import {
 import type { z } from "zod";
 
 /** Per-request deadline, by default; a confirmation gets the ping timeout on top. */
-export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 /** Largest answer read: a page of `MAX_PAGE_LIMIT` publishers is about 4 MB of JSON. */
 const MAX_RESPONSE_BYTES = 32 * 1024 * 1024;
 
-export interface MetaClientOptions {
+interface MetaClientOptions {
   /** Deadline of each request (default 10 s). */
   timeoutMs?: number;
   /**
@@ -63,38 +63,38 @@ export interface MetaClientOptions {
 export class MetaClient {
   /** The normalized base URL, without a trailing slash. */
   readonly baseUrl: string;
-  private readonly timeoutMs: number;
+  readonly #timeoutMs: number;
   readonly #token: MetaToken | undefined;
 
   constructor(baseUrl: string, options: MetaClientOptions = {}) {
     this.baseUrl = normalizeBase(baseUrl);
-    this.timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.#token = options.token;
   }
 
   /** Registers a publisher (state `pending`); the answer carries its pub_id and URLs. */
   register(request: RegisterRequest): Promise<PublisherInfo> {
-    return this.call("POST", "/v1/publishers", PublisherInfo, request);
+    return this.#call("POST", "/v1/publishers", PublisherInfo, request);
   }
 
   /** Asks the metaserver to ping the publisher through its gateway; `live` on success. */
   confirm(pubId: string): Promise<PublisherInfo> {
-    return this.call("POST", `${publisherPath(pubId)}/confirm`, PublisherInfo, undefined, this.timeoutMs + CONFIRM_TIMEOUT_MS);
+    return this.#call("POST", `${publisherPath(pubId)}/confirm`, PublisherInfo, undefined, this.#timeoutMs + CONFIRM_TIMEOUT_MS);
   }
 
   /** Restarts the registration's TTL clock. A 404 means it is gone: register again. */
   heartbeat(pubId: string): Promise<PublisherInfo> {
-    return this.call("POST", `${publisherPath(pubId)}/heartbeat`, PublisherInfo);
+    return this.#call("POST", `${publisherPath(pubId)}/heartbeat`, PublisherInfo);
   }
 
   /** One registration by pub_id (404 → MetaApiError with status 404). */
   get(pubId: string): Promise<PublisherInfo> {
-    return this.call("GET", publisherPath(pubId), PublisherInfo);
+    return this.#call("GET", publisherPath(pubId), PublisherInfo);
   }
 
   /** One page of publishers named `prefix` or below it, by name, and the cursor of the next (null: last). */
   page(prefix = "", options: { limit?: number; cursor?: string | null } = {}): Promise<PublisherList> {
-    return this.call("GET", `/v1/publishers${listQuery(prefix, options.limit, options.cursor)}`, PublisherList);
+    return this.#call("GET", `/v1/publishers${listQuery(prefix, options.limit, options.cursor)}`, PublisherList);
   }
 
   /** Publishers named `prefix` or below it (`a/b` matches `a/b` and `a/b/…`), by name: every page. */
@@ -113,7 +113,7 @@ export class MetaClient {
   async tree(prefix = ""): Promise<TreeNode[]> {
     const root: TreeNode[] = [];
     for (let cursor: string | null = null; ; ) {
-      const page: TreeResponse = await this.call("GET", `/v1/tree${listQuery(prefix, MAX_PAGE_LIMIT, cursor)}`, TreeResponse);
+      const page: TreeResponse = await this.#call("GET", `/v1/tree${listQuery(prefix, MAX_PAGE_LIMIT, cursor)}`, TreeResponse);
       mergeTree(root, page.tree);
       if (page.next_cursor === null) return root;
       if (page.next_cursor === cursor) throw new StoaError("schema", `the metaserver at ${this.baseUrl} answered the same cursor twice`);
@@ -123,19 +123,19 @@ export class MetaClient {
 
   /** Removes a registration; answers it as it was. */
   deregister(pubId: string): Promise<PublisherInfo> {
-    return this.call("DELETE", publisherPath(pubId), PublisherInfo);
+    return this.#call("DELETE", publisherPath(pubId), PublisherInfo);
   }
 
   /** Registrations by state and the TTLs: a publisher heartbeats well within `ttl_ms`. */
   health(): Promise<Health> {
-    return this.call("GET", "/v1/health", Health);
+    return this.#call("GET", "/v1/health", Health);
   }
 
   /** The publisher with exactly this name, or null. */
   async findByName(name: string): Promise<PublisherInfo | null> {
     const problem = nameProblem(name);
     if (problem !== null) throw new StoaError("usage", `invalid publisher name ${JSON.stringify(name.slice(0, 80))}: ${problem}`);
-    const { publishers } = await this.call("GET", `/v1/publishers?name=${encodeURIComponent(name)}`, PublisherList);
+    const { publishers } = await this.#call("GET", `/v1/publishers?name=${encodeURIComponent(name)}`, PublisherList);
     return publishers.find((p) => p.name === name) ?? null;
   }
 
@@ -160,12 +160,12 @@ export class MetaClient {
     throw new StoaError("closed", `no publisher named ${name} is registered at ${this.baseUrl}; is it running?`);
   }
 
-  private async call<S extends z.ZodType>(
+  async #call<S extends z.ZodType>(
     method: string,
     path: string,
     schema: S,
     body?: unknown,
-    timeoutMs = this.timeoutMs,
+    timeoutMs = this.#timeoutMs,
   ): Promise<z.output<S>> {
     const url = this.baseUrl + path;
     let response: Response;
@@ -181,13 +181,13 @@ export class MetaClient {
         redirect: "error",
       });
     } catch (err) {
-      throw this.transportError(err, method, path, timeoutMs);
+      throw this.#transportError(err, method, path, timeoutMs);
     }
     let text: string;
     try {
       text = await readCapped(response);
     } catch (err) {
-      throw err instanceof StoaError ? err : this.transportError(err, method, path, timeoutMs);
+      throw err instanceof StoaError ? err : this.#transportError(err, method, path, timeoutMs);
     }
     let json: unknown;
     try {
@@ -214,7 +214,7 @@ export class MetaClient {
     return parsed.data;
   }
 
-  private transportError(err: unknown, method: string, path: string, timeoutMs: number): StoaError {
+  #transportError(err: unknown, method: string, path: string, timeoutMs: number): StoaError {
     if (err instanceof Error && (err.name === "TimeoutError" || err.name === "AbortError")) {
       return new StoaError("timeout", `the metaserver at ${this.baseUrl} did not answer ${method} ${path} within ${timeoutMs / 1000}s`, {
         cause: err,

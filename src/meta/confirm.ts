@@ -37,7 +37,7 @@ import { ROUTE_ERRORS } from "../gateway/protocol.ts";
 import { MAX_PING_REPLY_BYTES, PingReply, PUB_ID_HEADER } from "../stream/protocol.ts";
 import { publisherUrls, urlHost } from "./protocol.ts";
 
-export interface PingTarget {
+interface PingTarget {
   host: string;
   /** The gateway's ping port on that host. */
   port: number;
@@ -48,7 +48,7 @@ export type PingOutcome =
   | { ok: true; reply: PingReply }
   | { ok: false; timedOut: boolean; reason: string };
 
-export interface PingOptions {
+interface PingOptions {
   timeoutMs: number;
   /** Aborting ends the attempt at once (the metaserver is shutting down). */
   signal?: AbortSignal;
@@ -77,54 +77,56 @@ export function pingThroughGateway(target: PingTarget, options: PingOptions): Pr
 }
 
 class PingAttempt {
-  private phase: Phase = "handshake";
-  private ws: WebSocket | null = null;
+  #phase: Phase = "handshake";
+  #ws: WebSocket | null = null;
   /** `PUB_ID_HEADER` of the 101, once one arrived (undefined: absent). */
-  private upgradedPubId: string | undefined;
-  private readonly url: string;
-  private readonly timer: Timer;
-  private readonly onAbort = () => this.fail("the metaserver is shutting down");
+  #upgradedPubId: string | undefined;
+  readonly #url: string;
+  readonly #timer: Timer;
+  readonly #onAbort = () => this.#fail("the metaserver is shutting down");
+  readonly #target: PingTarget;
+  readonly #options: PingOptions;
+  readonly #resolve: (outcome: PingOutcome) => void;
 
-  constructor(
-    private readonly target: PingTarget,
-    private readonly options: PingOptions,
-    private readonly resolve: (outcome: PingOutcome) => void,
-  ) {
-    this.url = publisherUrls(target.host, { service: 1, string: 1, ping: target.port }, target.pubId).ping;
-    this.timer = setTimeout(() => this.timeout(), options.timeoutMs);
+  constructor(target: PingTarget, options: PingOptions, resolve: (outcome: PingOutcome) => void) {
+    this.#target = target;
+    this.#options = options;
+    this.#resolve = resolve;
+    this.#url = publisherUrls(target.host, { service: 1, string: 1, ping: target.port }, target.pubId).ping;
+    this.#timer = setTimeout(() => this.#timeout(), options.timeoutMs);
   }
 
   start(): void {
-    if (this.options.signal?.aborted) return this.onAbort();
-    this.options.signal?.addEventListener("abort", this.onAbort, { once: true });
+    if (this.#options.signal?.aborted) return this.#onAbort();
+    this.#options.signal?.addEventListener("abort", this.#onAbort, { once: true });
     let ws: WebSocket;
     try {
       ws = dialWebSocket(
-        this.url,
+        this.#url,
         {
           headers: { "User-Agent": "stoa-meta" },
           maxPayload: MAX_PING_REPLY_BYTES,
           onUpgrade: (headers) => {
             const value = headers[PUB_ID_HEADER.toLowerCase()];
-            this.upgradedPubId = typeof value === "string" ? value : undefined;
+            this.#upgradedPubId = typeof value === "string" ? value : undefined;
           },
         },
-        (refusal) => this.refused(refusal),
+        (refusal) => this.#refused(refusal),
       );
     } catch {
-      return this.foreign(); // a URL it cannot dial
+      return this.#foreign(); // a URL it cannot dial
     }
-    this.ws = ws;
+    this.#ws = ws;
     ws.binaryType = "arraybuffer";
-    ws.onopen = () => this.opened();
-    ws.onmessage = (event) => this.message(event.data);
-    ws.onerror = (event) => this.errored(event);
-    ws.onclose = (event) => this.closed(event.code);
+    ws.onopen = () => this.#opened();
+    ws.onmessage = (event) => this.#message(event.data);
+    ws.onerror = (event) => this.#errored(event);
+    ws.onclose = (event) => this.#closed(event.code);
   }
 
   /** The one reason for every answer that is not a stoa gateway's or the publisher's. */
-  private notAGateway(): string {
-    const at = `${urlHost(this.target.host)}:${this.target.port}`;
+  #notAGateway(): string {
+    const at = `${urlHost(this.#target.host)}:${this.#target.port}`;
     return (
       `no stoa gateway answered at ${at} (nothing listening, unreachable, silent, or another service); ` +
       `check the registered host and ping port, and that stoa gateway (or stoa up) runs there`
@@ -136,108 +138,108 @@ class PingAttempt {
    * only at the deadline, so how soon the answer came (refused at once, a banner, silence) tells
    * nothing about the service either.
    */
-  private foreign(): void {
-    if (this.phase === "done" || this.phase === "foreign") return;
-    this.phase = "foreign";
-    this.drop();
+  #foreign(): void {
+    if (this.#phase === "done" || this.#phase === "foreign") return;
+    this.#phase = "foreign";
+    this.#drop();
   }
 
-  private timeout(): void {
-    if (this.phase === "done") return;
-    if (this.phase !== "reply") return this.fail(this.notAGateway()); // foreign, handshake
-    this.settle({
+  #timeout(): void {
+    if (this.#phase === "done") return;
+    if (this.#phase !== "reply") return this.#fail(this.#notAGateway()); // foreign, handshake
+    this.#settle({
       ok: false,
       timedOut: true,
-      reason: `publisher ${this.target.pubId} accepted the WebSocket at ${this.url} but did not answer the ping within ${this.options.timeoutMs / 1000}s`,
+      reason: `publisher ${this.#target.pubId} accepted the WebSocket at ${this.#url} but did not answer the ping within ${this.#options.timeoutMs / 1000}s`,
     });
   }
 
   /** A non-101 answer: a stoa gateway's routing error is named, anything else is foreign. */
-  private refused(refusal: UpgradeRefusal): void {
-    if (this.phase !== "handshake") return;
+  #refused(refusal: UpgradeRefusal): void {
+    if (this.#phase !== "handshake") return;
     const code = gatewayErrorCode(refusal);
-    const host = this.target.host;
-    const pubId = this.target.pubId;
-    if (code === null) return this.foreign();
+    const host = this.#target.host;
+    const pubId = this.#target.pubId;
+    if (code === null) return this.#foreign();
     if (code === "unknown_pub_id") {
-      return this.fail(`the stoa gateway on host ${host} does not serve publisher ${pubId} (404); is it running there, with the same --run-dir as the gateway?`);
+      return this.#fail(`the stoa gateway on host ${host} does not serve publisher ${pubId} (404); is it running there, with the same --run-dir as the gateway?`);
     }
     if (code === "target_down") {
-      return this.fail(`the stoa gateway on host ${host} knows publisher ${pubId} but its ping socket does not answer (502)`);
+      return this.#fail(`the stoa gateway on host ${host} knows publisher ${pubId} but its ping socket does not answer (502)`);
     }
-    this.fail(`the stoa gateway on host ${host} refused the ping with ${refusal.status} ${code}`);
+    this.#fail(`the stoa gateway on host ${host} refused the ping with ${refusal.status} ${code}`);
   }
 
   /** A valid upgrade; only the publisher asked for may answer: a foreign WebSocket server is not confirmed. */
-  private opened(): void {
-    if (this.phase !== "handshake") return;
-    if (this.upgradedPubId !== this.target.pubId) return this.foreign();
-    this.phase = "reply";
-    this.ws?.send("ping");
+  #opened(): void {
+    if (this.#phase !== "handshake") return;
+    if (this.#upgradedPubId !== this.#target.pubId) return this.#foreign();
+    this.#phase = "reply";
+    this.#ws?.send("ping");
   }
 
-  private message(data: unknown): void {
-    if (this.phase !== "reply") return;
-    const pubId = this.target.pubId;
+  #message(data: unknown): void {
+    if (this.#phase !== "reply") return;
+    const pubId = this.#target.pubId;
     if (typeof data !== "string") {
-      return this.fail(`publisher ${pubId} answered the ping with a binary frame; its ping endpoint answers text`);
+      return this.#fail(`publisher ${pubId} answered the ping with a binary frame; its ping endpoint answers text`);
     }
     let json: unknown;
     try {
       json = JSON.parse(data);
     } catch {
-      return this.fail(`publisher ${pubId} answered the ping with something that is not JSON`);
+      return this.#fail(`publisher ${pubId} answered the ping with something that is not JSON`);
     }
     const reply = PingReply.safeParse(json);
     if (!reply.success) {
-      return this.fail(`publisher ${pubId} answered the ping without the fields {value, seq, ts}`);
+      return this.#fail(`publisher ${pubId} answered the ping without the fields {value, seq, ts}`);
     }
-    this.settle({ ok: true, reply: reply.data });
+    this.#settle({ ok: true, reply: reply.data });
   }
 
   /** Before the publisher is identified, what went wrong is the foreign service's business. */
-  private errored(event: Event): void {
-    if (this.phase !== "reply") return this.foreign();
-    const pubId = this.target.pubId;
+  #errored(event: Event): void {
+    if (this.#phase !== "reply") return this.#foreign();
+    const pubId = this.#target.pubId;
     const code = wsErrorCode(event);
     if (code === WS_PAYLOAD_TOO_LARGE) {
-      return this.fail(`publisher ${pubId}'s ping reply is larger than ${MAX_PING_REPLY_BYTES} bytes`);
+      return this.#fail(`publisher ${pubId}'s ping reply is larger than ${MAX_PING_REPLY_BYTES} bytes`);
     }
     if (code?.startsWith("WS_ERR_")) {
-      return this.fail(`publisher ${pubId} broke the WebSocket protocol at ${this.url} (an invalid frame) instead of answering the ping`);
+      return this.#fail(`publisher ${pubId} broke the WebSocket protocol at ${this.#url} (an invalid frame) instead of answering the ping`);
     }
-    this.fail(`the connection to publisher ${pubId} at ${this.url} failed`);
+    this.#fail(`the connection to publisher ${pubId} at ${this.#url} failed`);
   }
 
   /** 1006: no close frame (a hang-up or a reset); any other code came in the publisher's close frame. */
-  private closed(code: number): void {
-    if (this.phase !== "reply") return this.foreign();
-    const pubId = this.target.pubId;
-    if (code === 1006) return this.fail(`publisher ${pubId} closed the connection at ${this.url} without answering the ping`);
-    this.fail(`publisher ${pubId} closed the WebSocket (code ${code}) instead of answering the ping`);
+  #closed(code: number): void {
+    if (this.#phase !== "reply") return this.#foreign();
+    const pubId = this.#target.pubId;
+    if (code === 1006) return this.#fail(`publisher ${pubId} closed the connection at ${this.#url} without answering the ping`);
+    this.#fail(`publisher ${pubId} closed the WebSocket (code ${code}) instead of answering the ping`);
   }
 
-  private fail(reason: string): void {
-    this.settle({ ok: false, timedOut: false, reason });
+  #fail(reason: string): void {
+    this.#settle({ ok: false, timedOut: false, reason });
   }
 
-  private settle(outcome: PingOutcome): void {
-    if (this.phase === "done") return;
-    this.phase = "done";
-    clearTimeout(this.timer);
-    this.options.signal?.removeEventListener("abort", this.onAbort);
-    this.drop(outcome.ok);
-    this.resolve(outcome);
+  #settle(outcome: PingOutcome): void {
+    if (this.#phase === "done") return;
+    this.#phase = "done";
+    clearTimeout(this.#timer);
+    this.#options.signal?.removeEventListener("abort", this.#onAbort);
+    this.#drop(outcome.ok);
+    this.#resolve(outcome);
   }
 
   /**
    * Forget the socket and end it now: after a reply with a close frame (1000) first, sent before
    * the connection is cut, so nothing waits for the peer's close frame.
    */
-  private drop(polite = false): void {
-    const ws = this.ws;
+  #drop(polite = false): void {
+    const ws = this.#ws;
     if (ws === null) return;
-    this.ws = null;
+    this.#ws = null;
     ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
     if (polite && ws.readyState === WebSocket.OPEN) ws.close(1000);
     ws.terminate();

@@ -130,7 +130,7 @@ export const CONFIRM_RATE_WINDOW_MS = 60_000;
 /** Confirmation pings one non-admin writer may start per `CONFIRM_RATE_WINDOW_MS`: a host's restart of all its publishers fits. */
 export const WRITER_CONFIRM_RATE_LIMIT = 120;
 /** Publishers per page of `GET /v1/publishers` and `/v1/tree` when `limit` is not given. */
-export const DEFAULT_PAGE_LIMIT = 1_000;
+const DEFAULT_PAGE_LIMIT = 1_000;
 /** Largest `limit`: a page of 10,000 is about 3.7 MB of JSON. */
 export const MAX_PAGE_LIMIT = 10_000;
 /** The realm of `WWW-Authenticate` on a 401. */
@@ -157,15 +157,15 @@ export const DEFAULT_DEREGISTER_AFTER_MS = 60_000;
 /** How long a confirmation waits for the whole ping round trip through the gateway. */
 export const CONFIRM_TIMEOUT_MS = 3_000;
 /** Longest `host`: a DNS name is at most 253 characters; IPv6 text is shorter. */
-export const MAX_HOST_LENGTH = 253;
+const MAX_HOST_LENGTH = 253;
 
 export const PublisherState = z.enum(["pending", "live", "stale"]);
 export type PublisherState = z.infer<typeof PublisherState>;
 
 const Port = z.number().int().min(1).max(65535);
 
-export const Ports = z.object({ service: Port, string: Port, ping: Port });
-export type Ports = z.infer<typeof Ports>;
+const Ports = z.object({ service: Port, string: Port, ping: Port });
+type Ports = z.infer<typeof Ports>;
 
 /**
  * `host` as registered → its canonical form, or a reason it is not one a client can dial.
@@ -176,7 +176,7 @@ export type Ports = z.infer<typeof Ports>;
  * canonicalHost("::");           // { problem: "… the unspecified address …" }
  * ```
  */
-export function canonicalHost(text: string): { host: string } | { problem: string } {
+function canonicalHost(text: string): { host: string } | { problem: string } {
   const shown = JSON.stringify(text.slice(0, 64));
   if (text.length === 0) return { problem: "host is empty; give the address clients reach the publisher's host at" };
   if (text.length > MAX_HOST_LENGTH + 2) return { problem: `host is longer than ${MAX_HOST_LENGTH} characters` };
@@ -287,7 +287,7 @@ export const Health = z.object({
 export type Health = z.infer<typeof Health>;
 
 /** Error codes of the API and the HTTP status of each: the one place they are mapped. */
-export const ERROR_STATUS = {
+const ERROR_STATUS = {
   bad_json: 400,
   bad_request: 400,
   bad_name: 400,

@@ -84,7 +84,7 @@ interface Row {
 }
 
 /** A registration as stored: the API's view plus what confirmation and sweeping need. */
-export interface StoredPublisher {
+interface StoredPublisher {
   info: PublisherInfo;
   /** Identifies this registration; a re-registration of the same pub_id gets a new one. */
   generation: number;
@@ -93,7 +93,7 @@ export interface StoredPublisher {
 }
 
 /** One page of a list: the publishers, and the name to continue after (null on the last page). */
-export interface Page {
+interface Page {
   publishers: PublisherInfo[];
   next: string | null;
 }
@@ -112,7 +112,7 @@ export interface StoreOptions {
 }
 
 
-export interface SweepResult {
+interface SweepResult {
   staled: PublisherInfo[];
   removed: PublisherInfo[];
   /** Pending registrations never confirmed within the pending expiry. */
@@ -140,21 +140,20 @@ function belowRange(prefix: string): [string, string] {
  * ```
  */
 export class MetaStore {
-  private readonly now: () => number;
-  private readonly maxPublishers: number;
-  private readonly quotas: Quotas;
-  private readonly adminOwner: string;
+  readonly #now: () => number;
+  readonly #maxPublishers: number;
+  readonly #quotas: Quotas;
+  readonly #adminOwner: string;
   readonly pendingExpiryMs: number;
+  readonly #db: Database;
 
-  private constructor(
-    private readonly db: Database,
-    options: StoreOptions,
-  ) {
-    this.now = options.clock ?? Date.now;
-    this.maxPublishers = options.maxPublishers ?? MAX_PUBLISHERS;
+  private constructor(db: Database, options: StoreOptions) {
+    this.#db = db;
+    this.#now = options.clock ?? Date.now;
+    this.#maxPublishers = options.maxPublishers ?? MAX_PUBLISHERS;
     this.pendingExpiryMs = options.pendingExpiryMs ?? PENDING_EXPIRY_MS;
-    this.adminOwner = options.adminOwner ?? "";
-    this.quotas = { ...DEFAULT_QUOTAS, ...options.quotas };
+    this.#adminOwner = options.adminOwner ?? "";
+    this.#quotas = { ...DEFAULT_QUOTAS, ...options.quotas };
   }
 
   /** Opens (creating if needed) the database at `path`, or an in-memory one for `:memory:`. */
@@ -199,7 +198,7 @@ export class MetaStore {
       db.exec(SCHEMA);
       db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
       const store = new MetaStore(db, options);
-      db.query("UPDATE publishers SET last_seen = max(last_seen, ?)").run(store.now());
+      db.query("UPDATE publishers SET last_seen = max(last_seen, ?)").run(store.#now());
       db.exec("COMMIT");
       return store;
     } catch (err) {
@@ -221,9 +220,9 @@ export class MetaStore {
    * store (503).
    */
   register(reg: Registration & { pub_id: string }, writer: Writer = ANYONE): { info: PublisherInfo; created: boolean } {
-    const run = this.db.transaction((): { info: PublisherInfo; created: boolean } => {
-      const now = this.now();
-      const byId = this.rowByPubId(reg.pub_id);
+    const run = this.#db.transaction((): { info: PublisherInfo; created: boolean } => {
+      const now = this.#now();
+      const byId = this.#rowByPubId(reg.pub_id);
       if (byId !== null && mayWrite(byId.owner, writer) === "no") throw notOwner(byId.pub_id, byId.name);
       if (byId !== null && byId.name !== reg.name) {
         throw new MetaApiError(
@@ -231,7 +230,7 @@ export class MetaStore {
           `pub_id ${reg.pub_id} is already registered as ${byId.name}; omit pub_id to get a fresh one`,
         );
       }
-      const byName = byId ?? this.db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(reg.name);
+      const byName = byId ?? this.#db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(reg.name);
       if (byName !== null && byName.pub_id !== reg.pub_id) {
         if (byName.state !== "stale" || mayWrite(byName.owner, writer) === "no") {
           const ago = Math.max(0, Math.round((now - byName.last_seen) / 1000));
@@ -242,16 +241,16 @@ export class MetaStore {
               `choose another name, deregister that one, or ${wait}`,
           );
         }
-        this.db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
+        this.#db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
       }
-      this.checkLeaf(reg.name);
+      this.#checkLeaf(reg.name);
       const replaced = byName !== null && byName.pub_id === reg.pub_id;
-      if (replaced) this.db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
+      if (replaced) this.#db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
       // Registering again does not restart the pending clock of one never confirmed: otherwise
       // re-registering every few seconds would keep an unconfirmable entry forever.
       const since = replaced && byName.confirmed === 0 ? byName.registered_at : now;
-      checkQuotas(this.db, { ...this.quotas, maxPublishers: this.maxPublishers, adminOwner: this.adminOwner }, writer, replaced);
-      const row = this.db
+      checkQuotas(this.#db, { ...this.#quotas, maxPublishers: this.#maxPublishers, adminOwner: this.#adminOwner }, writer, replaced);
+      const row = this.#db
         .query<Row, [string, string, string, number, number, number, number, number, string]>(
           `INSERT INTO publishers (pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen, owner)
            VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) RETURNING ${COLUMNS}`,
@@ -265,12 +264,12 @@ export class MetaStore {
 
   /** Gives a registration without a token owner to `owner` (the first authenticated write). */
   claim(pubId: string, owner: string): void {
-    this.db.query("UPDATE publishers SET owner = ? WHERE pub_id = ? AND owner NOT LIKE 't:%'").run(owner, pubId);
+    this.#db.query("UPDATE publishers SET owner = ? WHERE pub_id = ? AND owner NOT LIKE 't:%'").run(owner, pubId);
   }
 
   /** The registration with this pub_id, or null. */
   get(pubId: string): StoredPublisher | null {
-    const row = this.rowByPubId(pubId);
+    const row = this.#rowByPubId(pubId);
     return row === null ? null : { info: toInfo(row), generation: row.generation, lastSeen: row.last_seen, owner: row.owner };
   }
 
@@ -283,17 +282,17 @@ export class MetaStore {
     const from = after ?? "";
     // limit + 1 rows say whether there is a next page.
     if (prefix === "") {
-      rows.push(...this.db.query<Row, [string, number]>(`SELECT ${COLUMNS} FROM publishers WHERE name > ? ORDER BY name LIMIT ?`).all(from, limit + 1));
+      rows.push(...this.#db.query<Row, [string, number]>(`SELECT ${COLUMNS} FROM publishers WHERE name > ? ORDER BY name LIMIT ?`).all(from, limit + 1));
     } else {
       // `prefix` itself sorts before everything below it; names between the two ("a-x" for "a")
       // are not scanned: two index lookups instead of one range with a filter.
       if (prefix > from) {
-        const exact = this.db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(prefix);
+        const exact = this.#db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(prefix);
         if (exact !== null) rows.push(exact);
       }
       const [lo, hi] = belowRange(prefix);
       rows.push(
-        ...this.db
+        ...this.#db
           .query<Row, [string, string, string, number]>(
             `SELECT ${COLUMNS} FROM publishers WHERE name >= ? AND name > ? AND name < ? ORDER BY name LIMIT ?`,
           )
@@ -318,7 +317,7 @@ export class MetaStore {
 
   /** The registration named exactly `name`, or null. */
   byName(name: string): PublisherInfo | null {
-    const row = this.db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(name);
+    const row = this.#db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(name);
     return row === null ? null : toInfo(row);
   }
 
@@ -355,36 +354,36 @@ export class MetaStore {
    */
   heartbeat(pubId: string, writer: Writer = ANYONE): PublisherInfo | null {
     if (!this.authorize(pubId, writer)) return null;
-    const row = this.db
+    const row = this.#db
       .query<Row, [number, string]>(
         `UPDATE publishers SET last_seen = ?,
            state = CASE WHEN state = 'stale' THEN (CASE WHEN confirmed = 1 THEN 'live' ELSE 'pending' END) ELSE state END
          WHERE pub_id = ? RETURNING ${COLUMNS}`,
       )
-      .get(this.now(), pubId);
+      .get(this.#now(), pubId);
     return row === null ? null : toInfo(row);
   }
 
   /** Marks that registration live after a successful confirmation; null if it changed or went away. */
   markLive(pubId: string, generation: number): PublisherInfo | null {
-    const row = this.db
+    const row = this.#db
       .query<Row, [number, string, number]>(
         `UPDATE publishers SET state = 'live', confirmed = 1, last_seen = ?
          WHERE pub_id = ? AND generation = ? RETURNING ${COLUMNS}`,
       )
-      .get(this.now(), pubId, generation);
+      .get(this.#now(), pubId, generation);
     return row === null ? null : toInfo(row);
   }
 
   /** Removes that registration (after a failed confirmation); false if it changed or went away. */
   removeIf(pubId: string, generation: number): boolean {
-    return this.db.query("DELETE FROM publishers WHERE pub_id = ? AND generation = ?").run(pubId, generation).changes > 0;
+    return this.#db.query("DELETE FROM publishers WHERE pub_id = ? AND generation = ?").run(pubId, generation).changes > 0;
   }
 
   /** Removes the registration with this pub_id and returns it as it was, or null; 403 when `writer` does not own it. */
   remove(pubId: string, writer: Writer = ANYONE): PublisherInfo | null {
     if (!this.authorize(pubId, writer)) return null;
-    const row = this.db.query<Row, [string]>(`DELETE FROM publishers WHERE pub_id = ? RETURNING ${COLUMNS}`).get(pubId);
+    const row = this.#db.query<Row, [string]>(`DELETE FROM publishers WHERE pub_id = ? RETURNING ${COLUMNS}`).get(pubId);
     return row === null ? null : toInfo(row);
   }
 
@@ -393,20 +392,20 @@ export class MetaStore {
    * for `ttlMs + deregisterAfterMs` are removed.
    */
   sweep(ttlMs: number, deregisterAfterMs: number): SweepResult {
-    const run = this.db.transaction((): SweepResult => {
-      const now = this.now();
-      const removed = this.db
+    const run = this.#db.transaction((): SweepResult => {
+      const now = this.#now();
+      const removed = this.#db
         .query<Row, [number]>(`DELETE FROM publishers WHERE last_seen <= ? RETURNING ${COLUMNS}`)
         .all(now - ttlMs - deregisterAfterMs)
         .map(toInfo);
       // Never confirmed in time: removed whatever heartbeats say (only the register counts).
-      const expired = this.db
+      const expired = this.#db
         .query<Row, [number]>(
           `DELETE FROM publishers WHERE confirmed = 0 AND registered_at <= ? RETURNING ${COLUMNS}`,
         )
         .all(now - this.pendingExpiryMs)
         .map(toInfo);
-      const staled = this.db
+      const staled = this.#db
         .query<Row, [number]>(
           `UPDATE publishers SET state = 'stale' WHERE state != 'stale' AND last_seen <= ? RETURNING ${COLUMNS}`,
         )
@@ -420,7 +419,7 @@ export class MetaStore {
   /** How many registrations are in each state. */
   counts(): Record<PublisherState, number> {
     const out: Record<PublisherState, number> = { pending: 0, live: 0, stale: 0 };
-    const rows = this.db
+    const rows = this.#db
       .query<{ state: PublisherState; n: number }, []>("SELECT state, count(*) AS n FROM publishers GROUP BY state")
       .all();
     for (const { state, n } of rows) out[state] = n;
@@ -429,7 +428,7 @@ export class MetaStore {
 
   /** Closes the database (a file database is checkpointed and its lock released). */
   close(): void {
-    this.db.close();
+    this.#db.close();
   }
 
   /**
@@ -438,7 +437,7 @@ export class MetaStore {
    * and the caller's write.
    */
   authorize(pubId: string, writer: Writer): boolean {
-    const row = this.rowByPubId(pubId);
+    const row = this.#rowByPubId(pubId);
     if (row === null) return false;
     const may = mayWrite(row.owner, writer);
     if (may === "no") throw notOwner(row.pub_id, row.name);
@@ -446,17 +445,17 @@ export class MetaStore {
     return true;
   }
 
-  private rowByPubId(pubId: string): Row | null {
-    return this.db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE pub_id = ?`).get(pubId);
+  #rowByPubId(pubId: string): Row | null {
+    return this.#db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE pub_id = ?`).get(pubId);
   }
 
 
   /** Names are leaves: nothing registered above `name`, nothing below it. */
-  private checkLeaf(name: string): void {
+  #checkLeaf(name: string): void {
     const segments = name.split("/");
     const ancestors = segments.slice(0, -1).map((_, i) => segments.slice(0, i + 1).join("/"));
     if (ancestors.length > 0) {
-      const parent = this.db
+      const parent = this.#db
         .query<{ name: string; pub_id: string }, string[]>(
           `SELECT name, pub_id FROM publishers WHERE name IN (${ancestors.map(() => "?").join(", ")}) ORDER BY name LIMIT 1`,
         )
@@ -469,7 +468,7 @@ export class MetaStore {
       }
     }
     const [from, to] = belowRange(name);
-    const below = this.db
+    const below = this.#db
       .query<{ name: string }, [string, string]>("SELECT name FROM publishers WHERE name >= ? AND name < ? ORDER BY name LIMIT 4")
       .all(from, to)
       .map((r) => r.name);

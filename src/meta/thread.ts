@@ -18,7 +18,7 @@ import type { MetaOptions, MetaServer } from "./server.ts";
 const THREAD_REPLY_TIMEOUT_MS = 15_000;
 
 /** What crosses to the worker: MetaOptions without the logger, metrics and test hooks. */
-export type ThreadOptions = Omit<MetaOptions, "log" | "metrics" | "confirm"> & { confirmTimeoutMs?: number };
+type ThreadOptions = Omit<MetaOptions, "log" | "metrics" | "confirm"> & { confirmTimeoutMs?: number };
 
 export type ToMetaThread =
   | { type: "start"; options: ThreadOptions; log: { level: LogLevel; format: LogFormat; name: string; fields: Record<string, string> } }
@@ -27,7 +27,7 @@ export type ToMetaThread =
   | { type: "close" };
 
 /** The metaserver on its thread: a `MetaServer` whose log level and format can change. */
-export type MetaThread = MetaServer & { setLog(log: { level: LogLevel; format: LogFormat }): void };
+type MetaThread = MetaServer & { setLog(log: { level: LogLevel; format: LogFormat }): void };
 
 export type FromMetaThread =
   | { type: "ready"; url: string; hostname: string; port: number }

@@ -21,11 +21,11 @@ import { MetaClient, type MetaToken } from "../meta/client.ts";
 import type { Health, PublisherInfo } from "../meta/protocol.ts";
 
 /** Most publishers a status report lists (the metaserver may hold far more: the rest are counted). */
-export const MAX_STATUS_PUBLISHERS = 1_000;
+const MAX_STATUS_PUBLISHERS = 1_000;
 /** How long each control socket or the metaserver may take to answer a status request. */
-export const STATUS_REQUEST_TIMEOUT_MS = 3_000;
+const STATUS_REQUEST_TIMEOUT_MS = 3_000;
 
-export interface StatusOptions {
+interface StatusOptions {
   runDir: string;
   metaUrl: string;
   /** Whether the metaserver was named (`--meta`): then not reaching it is a problem. */

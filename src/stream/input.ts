@@ -16,10 +16,10 @@ import type { Value } from "./value.ts";
 import { describeError } from "../core/errors.ts";
 
 /** Longest stretch of reading stdin before the event loop gets a turn (see the header). */
-export const YIELD_EVERY_MS = 20;
+const YIELD_EVERY_MS = 20;
 
 export const InputFormats = ["lines", "json", "raw"] as const;
-export type InputFormat = (typeof InputFormats)[number];
+type InputFormat = (typeof InputFormats)[number];
 
 export interface BadLine {
   line: number;

@@ -14,7 +14,7 @@ import { z } from "zod";
 /** Longest publisher name, in characters: far beyond real use, bounded for storage and URLs. */
 export const MAX_NAME_LENGTH = 512;
 /** Deepest name: `a/b/c/...` with at most this many segments. */
-export const MAX_NAME_SEGMENTS = 32;
+const MAX_NAME_SEGMENTS = 32;
 
 const SEGMENT = /^[A-Za-z0-9_-]+$/;
 const PUB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

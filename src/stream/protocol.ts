@@ -103,7 +103,7 @@ export const MAX_VALUE_BYTES = 1024 * 1024;
 
 /** What the envelope of a value frame adds at most: map header, keys `t`, `seq`, `ts`,
  * `value`, a 9-byte seq and a 24-byte timestamp take under 64 bytes; 256 leaves room. */
-export const ENVELOPE_MAX_BYTES = 256;
+const ENVELOPE_MAX_BYTES = 256;
 
 /** Largest service frame a decoder accepts. */
 export const MAX_SERVICE_FRAME_BYTES = MAX_VALUE_BYTES + ENVELOPE_MAX_BYTES;
@@ -163,26 +163,26 @@ const Seq = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
 const Timestamp = z.iso.datetime({ offset: true });
 
 /** A value of the stream data model (value.ts), checked without recursion. */
-export const StreamValue = z.custom<Value>().superRefine((v, ctx) => {
+const StreamValue = z.custom<Value>().superRefine((v, ctx) => {
   const problem = valueProblem(v);
   if (problem !== null) ctx.addIssue({ code: "custom", message: problem });
 });
 
-export const HelloMessage = z.object({
+const HelloMessage = z.object({
   t: z.literal("hello"),
   v: z.literal(PROTOCOL_VERSION),
   epoch: z.string().min(1).max(64),
   next: Seq,
 });
 
-export const ValueMessage = z.object({
+const ValueMessage = z.object({
   t: z.literal("v"),
   seq: Seq,
   ts: Timestamp,
   value: StreamValue,
 });
 
-export const GapMessage = z.object({
+const GapMessage = z.object({
   t: z.literal("gap"),
   next: Seq,
   dropped: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),

@@ -50,10 +50,10 @@ import {
 import { type Value, valueProblem, valueText, valueToJson } from "./value.ts";
 
 /** The kinds that carry the stream (ping.sock only answers pings). */
-export type StreamKind = Exclude<Kind, "ping">;
+type StreamKind = Exclude<Kind, "ping">;
 const STREAM_KINDS: readonly StreamKind[] = ["service", "string"];
 
-export type { InternalEndpoint, TcpListen } from "./listen.ts";
+export type { InternalEndpoint } from "./listen.ts";
 
 export interface PublisherOptions {
   /** The stream's pub_id (names.ts rules). */
@@ -79,14 +79,14 @@ export interface PublisherOptions {
 }
 
 /** The latest published value. */
-export interface Latest {
+interface Latest {
   readonly seq: number;
   /** RFC 3339 publish time. */
   readonly ts: string;
   readonly value: Value;
 }
 
-export interface PublisherStats {
+interface PublisherStats {
   /** Values published so far (= the latest seq). */
   published: number;
   /** Connections open now, per endpoint. */
@@ -191,40 +191,44 @@ interface Entry extends Latest {
 
 class StreamPublisher implements Publisher {
   readonly epoch = Buffer.from(crypto.getRandomValues(new Uint8Array(12))).toString("base64url");
-  private net!: Listening;
+  #net!: Listening;
 
-  private readonly policy: SlowPolicy;
-  private readonly log: Logger | undefined;
-  private readonly conns: Record<Kind, Set<Ws>> = { service: new Set(), string: new Set(), ping: new Set() };
-  private readonly dropped: Record<StreamKind, number> = { service: 0, string: 0 };
-  private readonly disconnected: Record<StreamKind, number> = { service: 0, string: 0 };
-  private seq = 0;
-  private last: Entry | undefined;
-  /** The history, oldest first, from `historyHead` on (a queue in an array, compacted now and then). */
-  private history: (Entry | undefined)[] = [];
-  private historyHead = 0;
-  private historyBytes = 0;
-  private closing: Promise<void> | undefined;
+  readonly #policy: SlowPolicy;
+  readonly #log: Logger | undefined;
+  readonly #conns: Record<Kind, Set<Ws>> = { service: new Set(), string: new Set(), ping: new Set() };
+  readonly #dropped: Record<StreamKind, number> = { service: 0, string: 0 };
+  readonly #disconnected: Record<StreamKind, number> = { service: 0, string: 0 };
+  #seq = 0;
+  #last: Entry | undefined;
+  /** The history, oldest first, from `#historyHead` on (a queue in an array, compacted now and then). */
+  #history: (Entry | undefined)[] = [];
+  #historyHead = 0;
+  #historyBytes = 0;
+  #closing: Promise<void> | undefined;
   /** Called when the last subscriber connection is gone while closing. */
-  private onAllClosed: (() => void) | undefined;
+  #onAllClosed: (() => void) | undefined;
 
-  private readonly m: {
+  readonly #m: {
     published: ReturnType<Registry["counter"]>;
     dropped: ReturnType<Registry["counter"]>;
     disconnects: ReturnType<Registry["counter"]>;
     subscribers: ReturnType<Registry["gauge"]>;
   };
+  readonly #limits: QueueLimits;
+  readonly #keep: { history: number; historyBytes: number };
 
   constructor(
     readonly pubId: string,
-    private readonly limits: QueueLimits,
-    private readonly keep: { history: number; historyBytes: number },
+    limits: QueueLimits,
+    keep: { history: number; historyBytes: number },
     options: PublisherOptions,
   ) {
-    this.policy = options.slow ?? "drop-oldest";
-    this.log = options.log?.child({ pub_id: pubId });
+    this.#limits = limits;
+    this.#keep = keep;
+    this.#policy = options.slow ?? "drop-oldest";
+    this.#log = options.log?.child({ pub_id: pubId });
     const registry = options.metrics ?? sharedMetrics;
-    this.m = {
+    this.#m = {
       published: registry.counter("stoa_pub_published_total", "Values published.", ["pub_id"]),
       dropped: registry.counter(
         "stoa_pub_dropped_total",
@@ -239,57 +243,57 @@ class StreamPublisher implements Publisher {
       subscribers: registry.gauge("stoa_pub_subscribers", "Open connections per endpoint.", ["pub_id", "kind"]),
     };
     // Every series exists from the start, so dashboards see zeros rather than gaps.
-    this.m.published.inc({ pub_id: pubId }, 0);
+    this.#m.published.inc({ pub_id: pubId }, 0);
     for (const kind of KINDS) {
-      this.m.subscribers.set({ pub_id: pubId, kind }, 0);
+      this.#m.subscribers.set({ pub_id: pubId, kind }, 0);
       if (kind !== "ping") {
-        this.m.dropped.inc({ pub_id: pubId, kind }, 0);
-        this.m.disconnects.inc({ pub_id: pubId, kind }, 0);
+        this.#m.dropped.inc({ pub_id: pubId, kind }, 0);
+        this.#m.disconnects.inc({ pub_id: pubId, kind }, 0);
       }
     }
   }
 
   get latest(): Latest | undefined {
-    const last = this.last;
+    const last = this.#last;
     return last === undefined ? undefined : { seq: last.seq, ts: last.ts, value: last.value };
   }
 
   get stats(): PublisherStats {
     return {
-      published: this.seq,
-      subscribers: { service: this.conns.service.size, string: this.conns.string.size, ping: this.conns.ping.size },
-      dropped: { ...this.dropped },
-      disconnected: { ...this.disconnected },
+      published: this.#seq,
+      subscribers: { service: this.#conns.service.size, string: this.#conns.string.size, ping: this.#conns.ping.size },
+      dropped: { ...this.#dropped },
+      disconnected: { ...this.#disconnected },
     };
   }
 
   get endpoints(): Readonly<Record<Kind, InternalEndpoint>> {
-    return this.net.endpoints;
+    return this.#net.endpoints;
   }
 
   get urls(): Readonly<Record<Kind, string>> {
-    return this.net.urls;
+    return this.#net.urls;
   }
 
   get dir(): string | undefined {
-    return this.net.dir;
+    return this.#net.dir;
   }
 
   /** Called once by `createPublisher`, when the endpoints are bound. */
   listening(net: Listening): void {
-    this.net = net;
-    this.log?.info("publisher listening", { epoch: this.epoch, ...net.urls });
+    this.#net = net;
+    this.#log?.info("publisher listening", { epoch: this.epoch, ...net.urls });
   }
 
   publish(value: Value): number {
-    if (this.closing !== undefined) {
+    if (this.#closing !== undefined) {
       throw new StoaError("closed", `publisher ${this.pubId} is closed; start a new one to publish again`);
     }
     const problem = valueProblem(value);
     if (problem !== null) {
       throw new StoaError("schema", `cannot publish: ${problem}; publish strings, finite numbers, booleans, null, Uint8Array, arrays and plain objects`);
     }
-    const seq = this.seq + 1;
+    const seq = this.#seq + 1;
     const ts = new Date().toISOString();
     const data = encodeValueMessage(seq, ts, value);
     const entry: Entry = { seq, ts, value, service: { seq, data, size: data.byteLength } };
@@ -297,109 +301,109 @@ class StreamPublisher implements Publisher {
     // MAX_VALUE_BYTES); JSON text is checked now, so a value is refused whoever listens.
     if (typeof value === "string") entry.text = { seq, data: value, size: Buffer.byteLength(value) };
     else if (!(value instanceof Uint8Array)) entry.text = textFrame(seq, valueText(value));
-    this.seq = seq;
-    this.last = entry;
-    this.remember(entry);
-    this.m.published.inc({ pub_id: this.pubId });
-    for (const ws of this.conns.service) ws.data.queue?.offer(entry.service);
-    if (this.conns.string.size > 0) {
-      const text = this.textOf(entry);
-      for (const ws of this.conns.string) ws.data.queue?.offer(text);
+    this.#seq = seq;
+    this.#last = entry;
+    this.#remember(entry);
+    this.#m.published.inc({ pub_id: this.pubId });
+    for (const ws of this.#conns.service) ws.data.queue?.offer(entry.service);
+    if (this.#conns.string.size > 0) {
+      const text = this.#textOf(entry);
+      for (const ws of this.#conns.string) ws.data.queue?.offer(text);
     }
     return seq;
   }
 
   close(drainTimeoutMs = CLOSE_DRAIN_TIMEOUT_MS): Promise<void> {
-    this.closing ??= this.shutdown(drainTimeoutMs);
-    return this.closing;
+    this.#closing ??= this.#shutdown(drainTimeoutMs);
+    return this.#closing;
   }
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
 
-  private async shutdown(drainTimeoutMs: number): Promise<void> {
+  async #shutdown(drainTimeoutMs: number): Promise<void> {
     // Nobody new finds us while the rest winds down.
-    this.net.unlink();
-    for (const ws of [...this.conns.ping]) ws.close(CLOSE_GOING_AWAY, "publisher stopping");
-    for (const kind of STREAM_KINDS) for (const ws of [...this.conns[kind]]) this.closeIfDrained(ws);
-    if (this.streamConns() > 0) {
+    this.#net.unlink();
+    for (const ws of [...this.#conns.ping]) ws.close(CLOSE_GOING_AWAY, "publisher stopping");
+    for (const kind of STREAM_KINDS) for (const ws of [...this.#conns[kind]]) this.#closeIfDrained(ws);
+    if (this.#streamConns() > 0) {
       const { promise, resolve } = Promise.withResolvers<void>();
-      this.onAllClosed = resolve;
+      this.#onAllClosed = resolve;
       const timer = setTimeout(resolve, drainTimeoutMs);
       await promise;
       clearTimeout(timer);
-      this.onAllClosed = undefined;
+      this.#onAllClosed = undefined;
     }
     for (const kind of STREAM_KINDS) {
-      for (const ws of [...this.conns[kind]]) {
+      for (const ws of [...this.#conns[kind]]) {
         // Bun keeps flushing a closed socket's buffer, so a reader that wakes up gets the rest.
         ws.data.queue?.flushAll();
         ws.data.queue?.stop();
         ws.close(CLOSE_GOING_AWAY, "publisher stopping");
       }
     }
-    const kept = await this.net.stop();
-    if (kept !== undefined) this.log?.warn("cannot remove publisher directory", { dir: this.dir, error: kept });
+    const kept = await this.#net.stop();
+    if (kept !== undefined) this.#log?.warn("cannot remove publisher directory", { dir: this.dir, error: kept });
     // Forget this publisher's series: a process that starts and stops many publishers must not
     // accumulate one set per pub_id it ever had.
-    this.m.published.remove({ pub_id: this.pubId });
-    for (const kind of KINDS) this.m.subscribers.remove({ pub_id: this.pubId, kind });
+    this.#m.published.remove({ pub_id: this.pubId });
+    for (const kind of KINDS) this.#m.subscribers.remove({ pub_id: this.pubId, kind });
     for (const kind of STREAM_KINDS) {
-      this.m.dropped.remove({ pub_id: this.pubId, kind });
-      this.m.disconnects.remove({ pub_id: this.pubId, kind });
+      this.#m.dropped.remove({ pub_id: this.pubId, kind });
+      this.#m.disconnects.remove({ pub_id: this.pubId, kind });
     }
-    this.log?.info("publisher stopped", { published: this.seq });
+    this.#log?.info("publisher stopped", { published: this.#seq });
   }
 
   /** Adds the newest entry to the history and trims it to its bounds (it keeps at least this one). */
-  private remember(entry: Entry): void {
-    this.history.push(entry);
-    this.historyBytes += entrySize(entry);
-    while (this.history.length - this.historyHead > this.keep.history || (this.historyBytes > this.keep.historyBytes && this.history.length - this.historyHead > 1)) {
-      const old = this.history[this.historyHead];
-      this.history[this.historyHead] = undefined;
-      this.historyHead++;
-      if (old !== undefined) this.historyBytes -= entrySize(old);
+  #remember(entry: Entry): void {
+    this.#history.push(entry);
+    this.#historyBytes += entrySize(entry);
+    while (this.#history.length - this.#historyHead > this.#keep.history || (this.#historyBytes > this.#keep.historyBytes && this.#history.length - this.#historyHead > 1)) {
+      const old = this.#history[this.#historyHead];
+      this.#history[this.#historyHead] = undefined;
+      this.#historyHead++;
+      if (old !== undefined) this.#historyBytes -= entrySize(old);
     }
-    if (this.historyHead >= 1024 && this.historyHead * 2 >= this.history.length) {
-      this.history = this.history.slice(this.historyHead);
-      this.historyHead = 0;
+    if (this.#historyHead >= 1024 && this.#historyHead * 2 >= this.#history.length) {
+      this.#history = this.#history.slice(this.#historyHead);
+      this.#historyHead = 0;
     }
   }
 
   /** The history entries a subscriber starting at `from` gets, oldest first. */
-  private backlog(from: From): Entry[] {
-    const oldest = this.history[this.historyHead];
+  #backlog(from: From): Entry[] {
+    const oldest = this.#history[this.#historyHead];
     if (oldest === undefined || from.at === "now") return [];
-    if (from.at === "latest") return this.last === undefined ? [] : [this.last];
+    if (from.at === "latest") return this.#last === undefined ? [] : [this.#last];
     // The history holds consecutive seqs, oldest first. Another instance's seq means nothing
     // here: it starts at our oldest.
     const start = from.at === "seq" && (from.epoch === undefined || from.epoch === this.epoch) ? Math.max(0, from.seq - oldest.seq) : 0;
-    return this.history.slice(this.historyHead + start) as Entry[];
+    return this.#history.slice(this.#historyHead + start) as Entry[];
   }
 
-  private streamConns(): number {
-    return this.conns.service.size + this.conns.string.size;
+  #streamConns(): number {
+    return this.#conns.service.size + this.#conns.string.size;
   }
 
   /** While closing: close a subscriber once everything queued for it has left the socket. */
-  private closeIfDrained(ws: Ws): void {
+  #closeIfDrained(ws: Ws): void {
     const queue = ws.data.queue;
     if (queue !== undefined && !queue.closed && (!queue.idle || ws.getBufferedAmount() > 0)) return;
     queue?.stop();
     ws.close(CLOSE_GOING_AWAY, "publisher stopping");
   }
 
-  private textOf(entry: Entry): TextFrame {
+  #textOf(entry: Entry): TextFrame {
     entry.text ??= textFrame(entry.seq, valueText(entry.value));
     return entry.text;
   }
 
-  private pingReply(): string {
-    const last = this.last;
+  #pingReply(): string {
+    const last = this.#last;
     if (last === undefined) return JSON.stringify({ value: null, seq: 0, ts: new Date().toISOString(), json: null });
-    return JSON.stringify({ value: this.textOf(last).data, seq: last.seq, ts: last.ts, json: valueToJson(last.value) });
+    return JSON.stringify({ value: this.#textOf(last).data, seq: last.seq, ts: last.ts, json: valueToJson(last.value) });
   }
 
   /** The fetch and WebSocket handlers of one endpoint. */
@@ -408,12 +412,12 @@ class StreamPublisher implements Publisher {
       maxPayloadLength: MAX_CLIENT_MESSAGE_BYTES,
       // Above anything we hand a socket (one frame, a gap notice, a queue flushed on close),
       // so Bun never silently drops a frame for us.
-      backpressureLimit: Math.min(0xffff_ffff, this.limits.maxBytes + 4 * MAX_TEXT_BYTES + MAX_SERVICE_FRAME_BYTES),
+      backpressureLimit: Math.min(0xffff_ffff, this.#limits.maxBytes + 4 * MAX_TEXT_BYTES + MAX_SERVICE_FRAME_BYTES),
       perMessageDeflate: false,
-      open: (ws) => this.opened(ws),
-      message: (ws, message) => this.received(ws, message),
-      drain: (ws) => this.drained(ws),
-      close: (ws, code, reason) => this.closed(ws, code, reason),
+      open: (ws) => this.#opened(ws),
+      message: (ws, message) => this.#received(ws, message),
+      drain: (ws) => this.#drained(ws),
+      close: (ws, code, reason) => this.#closed(ws, code, reason),
     };
     return {
       fetch: (req, server) => {
@@ -435,19 +439,19 @@ class StreamPublisher implements Publisher {
     };
   }
 
-  private opened(ws: Ws): void {
+  #opened(ws: Ws): void {
     const { kind } = ws.data;
-    if (this.closing !== undefined) {
+    if (this.#closing !== undefined) {
       ws.close(CLOSE_GOING_AWAY, "publisher stopping");
       return;
     }
-    this.conns[kind].add(ws);
-    this.m.subscribers.inc({ pub_id: this.pubId, kind });
-    this.log?.debug("subscriber connected", { kind });
+    this.#conns[kind].add(ws);
+    this.#m.subscribers.inc({ pub_id: this.pubId, kind });
+    this.#log?.debug("subscriber connected", { kind });
     if (kind === "ping") return;
-    const backlog = this.backlog(ws.data.from ?? { at: "latest" });
+    const backlog = this.#backlog(ws.data.from ?? { at: "latest" });
     if (kind === "service") {
-      const next = backlog[0]?.seq ?? this.seq + 1;
+      const next = backlog[0]?.seq ?? this.#seq + 1;
       ws.sendBinary(encodeServiceMessage({ t: "hello", v: PROTOCOL_VERSION, epoch: this.epoch, next }));
     }
     let warned = false;
@@ -457,28 +461,28 @@ class StreamPublisher implements Publisher {
         close: (code, reason) => ws.close(code, reason),
       },
       {
-        limits: this.limits,
-        policy: this.policy,
+        limits: this.#limits,
+        policy: this.#policy,
         gapFrame: (next, dropped) => (kind === "service" ? encodeServiceMessage({ t: "gap", next, dropped }) : null),
         onDrop: (n) => {
-          this.dropped[kind] += n;
-          this.m.dropped.inc({ pub_id: this.pubId, kind }, n);
+          this.#dropped[kind] += n;
+          this.#m.dropped.inc({ pub_id: this.pubId, kind }, n);
           if (!warned) {
             warned = true;
-            this.log?.warn("subscriber too slow: dropping its oldest values", { kind });
+            this.#log?.warn("subscriber too slow: dropping its oldest values", { kind });
           }
         },
         onOverflow: () => {
-          this.disconnected[kind]++;
-          this.m.disconnects.inc({ pub_id: this.pubId, kind });
-          this.log?.warn("subscriber too slow: disconnecting it", { kind });
+          this.#disconnected[kind]++;
+          this.#m.disconnects.inc({ pub_id: this.pubId, kind });
+          this.#log?.warn("subscriber too slow: disconnecting it", { kind });
         },
       },
     );
-    ws.data.queue.replay(kind === "service" ? backlog.map((e) => e.service) : backlog.map((e) => this.textOf(e)));
+    ws.data.queue.replay(kind === "service" ? backlog.map((e) => e.service) : backlog.map((e) => this.#textOf(e)));
   }
 
-  private received(ws: Ws, message: string | Buffer): void {
+  #received(ws: Ws, message: string | Buffer): void {
     if (ws.data.kind !== "ping") return; // subscribers have nothing to say yet
     if (typeof message !== "string") {
       ws.close(1003, `send the text frame "${PING_REQUEST}"`);
@@ -497,39 +501,39 @@ class StreamPublisher implements Publisher {
       }
       return;
     }
-    this.answerPing(ws);
+    this.#answerPing(ws);
   }
 
   /** Replies to one ping; a client whose replies back up is not read until it catches up. */
-  private answerPing(ws: Ws): void {
-    if (ws.sendText(this.pingReply()) === -1) {
+  #answerPing(ws: Ws): void {
+    if (ws.sendText(this.#pingReply()) === -1) {
       ws.data.pingBlocked = true;
       ws.pause();
     }
   }
 
-  private drained(ws: Ws): void {
+  #drained(ws: Ws): void {
     const conn = ws.data;
     if (conn.kind === "ping") {
       conn.pingBlocked = false;
       while ((conn.pendingPings ?? 0) > 0 && !conn.pingBlocked) {
         conn.pendingPings = (conn.pendingPings ?? 0) - 1;
-        this.answerPing(ws);
+        this.#answerPing(ws);
       }
       if (!conn.pingBlocked) ws.resume();
       return;
     }
     ws.data.queue?.drain();
-    if (this.closing !== undefined) this.closeIfDrained(ws);
+    if (this.#closing !== undefined) this.#closeIfDrained(ws);
   }
 
-  private closed(ws: Ws, code: number, reason: string): void {
+  #closed(ws: Ws, code: number, reason: string): void {
     const { kind } = ws.data;
     ws.data.queue?.stop();
-    if (!this.conns[kind].delete(ws)) return;
-    this.m.subscribers.dec({ pub_id: this.pubId, kind });
-    this.log?.debug("subscriber disconnected", { kind, code, reason });
-    if (this.closing !== undefined && this.streamConns() === 0) this.onAllClosed?.();
+    if (!this.#conns[kind].delete(ws)) return;
+    this.#m.subscribers.dec({ pub_id: this.pubId, kind });
+    this.#log?.debug("subscriber disconnected", { kind, code, reason });
+    if (this.#closing !== undefined && this.#streamConns() === 0) this.#onAllClosed?.();
   }
 }
 

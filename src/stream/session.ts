@@ -29,7 +29,7 @@ import { type Publisher, createPublisher } from "./publisher.ts";
 const MIN_HEARTBEAT_MS = 200;
 const MAX_HEARTBEAT_MS = 5_000;
 
-export interface SessionOptions {
+interface SessionOptions {
   name: string;
   /** Stable id; a fresh one when absent. */
   pubId?: string;
@@ -53,7 +53,7 @@ export interface SessionOptions {
   log: Logger;
 }
 
-export interface Session {
+interface Session {
   readonly publisher: Publisher;
   /** The registration as the metaserver last answered it. */
   readonly info: PublisherInfo;

@@ -31,7 +31,7 @@ export interface Frame {
 }
 
 /** Bun's send status: -1 buffered under backpressure, 0 dropped (connection gone), else bytes sent. */
-export type SendStatus = number;
+type SendStatus = number;
 
 /** The socket side, as a subscriber queue needs it. */
 export interface Sink {
@@ -39,7 +39,7 @@ export interface Sink {
   close(code: number, reason: string): void;
 }
 
-export interface SubscriberQueueOptions {
+interface SubscriberQueueOptions {
   limits: QueueLimits;
   policy: SlowPolicy;
   /** The gap notice to send before frame `next` after `dropped` frames were dropped; null for none. */
@@ -52,135 +52,137 @@ export interface SubscriberQueueOptions {
 
 /** One subscriber's queue; see the module header. */
 export class SubscriberQueue {
-  // Slots before `head` are already sent or dropped; cleared so they can be collected.
-  private queue: (Frame | undefined)[] = [];
-  private head = 0;
-  private bytes = 0;
-  private blocked = false;
+  // Slots before `#head` are already sent or dropped; cleared so they can be collected.
+  #queue: (Frame | undefined)[] = [];
+  #head = 0;
+  #bytes = 0;
+  #blocked = false;
   /** Frames dropped since the last gap notice went out. */
-  private pendingGap = 0;
-  private done = false;
-  /** History frames to send before the queue (`replay`), from `backlogHead` on. */
-  private backlog: readonly Frame[] = [];
-  private backlogHead = 0;
+  #pendingGap = 0;
+  #done = false;
+  /** History frames to send before the queue (`replay`), from `#backlogHead` on. */
+  #backlog: readonly Frame[] = [];
+  #backlogHead = 0;
+  readonly #sink: Sink;
+  readonly #options: SubscriberQueueOptions;
 
-  constructor(
-    private readonly sink: Sink,
-    private readonly options: SubscriberQueueOptions,
-  ) {}
+  constructor(sink: Sink, options: SubscriberQueueOptions) {
+    this.#sink = sink;
+    this.#options = options;
+  }
 
   /** Frames waiting in the queue. */
   get length(): number {
-    return this.queue.length - this.head;
+    return this.#queue.length - this.#head;
   }
 
   /** Bytes waiting in the queue. */
   get queuedBytes(): number {
-    return this.bytes;
+    return this.#bytes;
   }
 
   /** Nothing queued and the socket took the last write: everything is on its way. */
   get idle(): boolean {
-    return !this.blocked && this.length === 0 && this.backlogLeft === 0 && !this.done;
+    return !this.#blocked && this.length === 0 && this.backlogLeft === 0 && !this.#done;
   }
 
   /** History frames not sent yet. */
   get backlogLeft(): number {
-    return this.backlog.length - this.backlogHead;
+    return this.#backlog.length - this.#backlogHead;
   }
 
   /** Sends `frames` (in order) before anything offered from now on; see the module header. */
   replay(frames: readonly Frame[]): void {
-    if (this.done || frames.length === 0) return;
-    this.backlog = this.backlogLeft === 0 ? frames : [...this.backlog.slice(this.backlogHead), ...frames];
-    this.backlogHead = 0;
-    if (!this.blocked) this.pump(false);
+    if (this.#done || frames.length === 0) return;
+    this.#backlog = this.backlogLeft === 0 ? frames : [...this.#backlog.slice(this.#backlogHead), ...frames];
+    this.#backlogHead = 0;
+    if (!this.#blocked) this.#pump(false);
   }
 
   /** Whether the queue is finished (closed for overflow, or `stop()`ped). */
   get closed(): boolean {
-    return this.done;
+    return this.#done;
   }
 
   offer(frame: Frame): void {
-    if (this.done) return;
-    if (!this.blocked && this.length === 0 && this.backlogLeft === 0) {
-      this.write(frame);
+    if (this.#done) return;
+    if (!this.#blocked && this.length === 0 && this.backlogLeft === 0) {
+      this.#write(frame);
       return;
     }
-    const { maxMessages, maxBytes } = this.options.limits;
+    const { maxMessages, maxBytes } = this.#options.limits;
     let dropped = 0;
-    while (this.length > 0 && (this.length >= maxMessages || this.bytes + frame.size > maxBytes)) {
-      if (this.options.policy === "disconnect") {
-        this.overflow();
+    while (this.length > 0 && (this.length >= maxMessages || this.#bytes + frame.size > maxBytes)) {
+      if (this.#options.policy === "disconnect") {
+        this.#overflow();
         return;
       }
-      this.shift();
+      this.#shift();
       dropped++;
     }
     if (dropped > 0) {
-      this.pendingGap += dropped;
-      this.options.onDrop?.(dropped);
+      this.#pendingGap += dropped;
+      this.#options.onDrop?.(dropped);
     }
-    this.queue.push(frame);
-    this.bytes += frame.size;
+    this.#queue.push(frame);
+    this.#bytes += frame.size;
   }
 
   /** The socket has room again: send queued frames until it is full or the queue is empty. */
   drain(): void {
-    if (this.done) return;
-    this.blocked = false;
-    this.pump(false);
+    if (this.#done) return;
+    this.#blocked = false;
+    this.#pump(false);
   }
 
   /** Hand every queued frame to the socket now, backpressure or not (the publisher is stopping). */
   flushAll(): void {
-    if (this.done) return;
-    this.pump(true);
+    if (this.#done) return;
+    this.#pump(true);
   }
 
   /** Forget the queue; later offers are ignored (the connection is closing or closed). */
   stop(): void {
-    this.done = true;
-    this.queue = [];
-    this.head = 0;
-    this.bytes = 0;
-    this.backlog = [];
-    this.backlogHead = 0;
+    this.#done = true;
+    this.#queue = [];
+    this.#head = 0;
+    this.#bytes = 0;
+    this.#backlog = [];
+    this.#backlogHead = 0;
   }
 
-  private pump(force: boolean): void {
-    while ((force || !this.blocked) && this.backlogLeft > 0 && !this.done) {
-      const frame = this.backlog[this.backlogHead++];
-      if (frame !== undefined) this.write(frame);
+  #pump(force: boolean): void {
+    while ((force || !this.#blocked) && this.backlogLeft > 0 && !this.#done) {
+      const frame = this.#backlog[this.#backlogHead++];
+      if (frame !== undefined) this.#write(frame);
     }
-    if (this.backlogLeft === 0 && this.backlog.length > 0) {
-      this.backlog = [];
-      this.backlogHead = 0;
+    if (this.backlogLeft === 0 && this.#backlog.length > 0) {
+      this.#backlog = [];
+      this.#backlogHead = 0;
     }
     if (this.backlogLeft > 0) return;
-    while ((force || !this.blocked) && this.length > 0 && !this.done) {
-      const frame = this.queue[this.head];
+    while ((force || !this.#blocked) && this.length > 0 && !this.#done) {
+      const frame = this.#queue[this.#head];
       if (frame === undefined) break;
-      if (this.pendingGap > 0) {
-        const gap = this.options.gapFrame(frame.seq, this.pendingGap);
-        this.pendingGap = 0;
-        if (gap !== null && !this.put(gap)) continue;
+      if (this.#pendingGap > 0) {
+        const gap = this.#options.gapFrame(frame.seq, this.#pendingGap);
+        this.#pendingGap = 0;
+        if (gap !== null && !this.#put(gap)) continue;
       }
-      this.shift();
-      this.write(frame);
+      this.#shift();
+      this.#write(frame);
     }
   }
 
-  private write(frame: Frame): void {
-    this.put(frame.data);
+  #write(frame: Frame): void {
+    this.#put(frame.data);
   }
 
   /** Sends; false when the socket is now backed up (or gone). */
-  private put(data: string | Uint8Array): boolean {
-    const status = this.sink.send(data);
+  #put(data: string | Uint8Array): boolean {
+    const status = this.#sink.send(data);
     if (status === -1) {
-      this.blocked = true;
+      this.#blocked = true;
       return false;
     }
     if (status === 0) {
@@ -191,22 +193,22 @@ export class SubscriberQueue {
     return true;
   }
 
-  private shift(): void {
-    const frame = this.queue[this.head];
-    this.queue[this.head] = undefined;
-    this.head++;
-    if (frame !== undefined) this.bytes -= frame.size;
+  #shift(): void {
+    const frame = this.#queue[this.#head];
+    this.#queue[this.#head] = undefined;
+    this.#head++;
+    if (frame !== undefined) this.#bytes -= frame.size;
     // Compact now and then, so the array does not grow with everything ever queued.
-    if (this.head >= 1024 && this.head * 2 >= this.queue.length) {
-      this.queue = this.queue.slice(this.head);
-      this.head = 0;
+    if (this.#head >= 1024 && this.#head * 2 >= this.#queue.length) {
+      this.#queue = this.#queue.slice(this.#head);
+      this.#head = 0;
     }
   }
 
-  private overflow(): void {
-    const { maxMessages, maxBytes } = this.options.limits;
+  #overflow(): void {
+    const { maxMessages, maxBytes } = this.#options.limits;
     this.stop();
-    this.options.onOverflow?.();
-    this.sink.close(CLOSE_TOO_SLOW, `too slow: more than ${maxMessages} messages or ${maxBytes} bytes queued`);
+    this.#options.onOverflow?.();
+    this.#sink.close(CLOSE_TOO_SLOW, `too slow: more than ${maxMessages} messages or ${maxBytes} bytes queued`);
   }
 }

@@ -65,7 +65,7 @@ export interface OpenInfo {
 }
 
 /** Reconnect tuning, from core/ws.ts. */
-export type ReconnectTuning = Pick<
+type ReconnectTuning = Pick<
   ReconnectOptions,
   "minDelayMs" | "maxDelayMs" | "factor" | "jitter" | "maxAttempts" | "connectTimeoutMs" | "stableAfterMs" | "random"
 >;
@@ -85,7 +85,7 @@ interface CommonOptions {
 }
 
 /** Options for a subscription to service.sock: exact values, seq and gaps. */
-export interface ServiceSubscribeOptions extends CommonOptions {
+interface ServiceSubscribeOptions extends CommonOptions {
   kind?: "service";
   onValue: (value: Received) => void;
   onGap?: (gap: Gap) => void;
@@ -93,7 +93,7 @@ export interface ServiceSubscribeOptions extends CommonOptions {
 }
 
 /** Options for a subscription to string.sock: one text per value. */
-export interface StringSubscribeOptions extends CommonOptions {
+interface StringSubscribeOptions extends CommonOptions {
   kind: "string";
   onText: (text: string) => void;
   onOpen?: (info: { attempt: number }) => void;
@@ -101,7 +101,7 @@ export interface StringSubscribeOptions extends CommonOptions {
 
 export type SubscribeOptions = ServiceSubscribeOptions | StringSubscribeOptions;
 
-export interface Subscription {
+interface Subscription {
   readonly state: WsState;
   /** The seq of the last value delivered, 0 before the first (service kind). */
   readonly lastSeq: number;
@@ -278,7 +278,7 @@ function handle(conn: ReconnectingWebSocket, lastSeq: () => number): Subscriptio
 }
 
 /** Default wait for a ping reply. */
-export const DEFAULT_PING_TIMEOUT_MS = 5_000;
+const DEFAULT_PING_TIMEOUT_MS = 5_000;
 
 /**
  * One ping round trip (protocol.ts): the latest value's text form, seq and time. `value` is

@@ -22,7 +22,7 @@ import { Buffer, isUtf8 } from "node:buffer";
 export type Value = string | number | boolean | null | Uint8Array | Value[] | { [key: string]: Value };
 
 /** A value with byte strings replaced by base64 strings: what `JSON.stringify` can write. */
-export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
 
 /** Deepest nesting of arrays and objects in a value. The service envelope adds one level, and
  * core/codec.ts refuses more than 64, so this leaves room while no real value comes near it. */
