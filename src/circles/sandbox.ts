@@ -53,6 +53,7 @@ import {
 import variant from "@jitl/quickjs-singlefile-mjs-release-sync";
 import { checkKey, checkValue, KV_LIMITS, type CircleKv } from "./kv.ts";
 import { describeError } from "../core/errors.ts";
+import { truncateUtf8 } from "./protocol.ts";
 
 /**
  * The built-ins a script gets. Left out: Proxy, TypedArrays, StringNormalize, BigInt — each
@@ -128,15 +129,6 @@ interface Attempt {
 
 function isPromise(value: unknown): value is Promise<unknown> {
   return value instanceof Promise;
-}
-
-/** `text` cut to `maxBytes` UTF-8 bytes, "…" marking a cut. */
-export function truncateUtf8(text: string, maxBytes: number): string {
-  const bytes = Buffer.from(text);
-  if (bytes.length <= maxBytes) return text;
-  const ellipsis = "…";
-  const kept = bytes.subarray(0, Math.max(0, maxBytes - Buffer.byteLength(ellipsis))).toString();
-  return kept.replace(/\uFFFD$/, "") + ellipsis;
 }
 
 export class Sandbox {

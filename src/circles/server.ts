@@ -42,12 +42,12 @@
  * (core/fdguard.ts): new requests get 503 while the process is in its descriptor reserve.
  */
 import type { Server, ServerWebSocket } from "bun";
-import { StoaError, describeError, errnoCode } from "../core/errors.ts";
+import { StoaError, describeError, listenError } from "../core/errors.ts";
 import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 import { fdPressure, RefusalLog } from "../core/fdlimit.ts";
 import type { Logger } from "../core/log.ts";
 import { CONTENT_TYPE, type Registry, metrics as sharedMetrics } from "../core/metrics.ts";
-import { MAX_NONCES_PER_CONNECTION, NonceStore, type PublicKey, parsePublicKey, verifySignature } from "./auth.ts";
+import { NonceStore, type PublicKey, parsePublicKey, verifySignature } from "./auth.ts";
 import {
   type AuthenticateParams,
   type ErrorResponse,
@@ -64,6 +64,7 @@ import {
 } from "./protocol.ts";
 import type { PlayOutcome, TaskQueue } from "./queue.ts";
 import consolePage from "./console.html";
+import { urlHost } from "../core/endpoint.ts";
 
 /** Bun pings a socket idle this long and closes it when the pong does not come. */
 export const IDLE_TIMEOUT_S = 120;
@@ -390,11 +391,7 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
   try {
     server = serve(options.port);
   } catch (err) {
-    const where = `${hostForUrl(options.host)}:${options.port}`;
-    if (errnoCode(err) === "EADDRINUSE") {
-      throw new StoaError("in_use", `cannot listen on ${where}: the port is in use; pick another with --port`, { cause: err });
-    }
-    throw new StoaError("io", `cannot listen on ${where}: ${describeError(err)}`, { cause: err });
+    throw listenError(err, `${urlHost(options.host)}:${options.port}`, { inUse: "pick another with --port" });
   }
   const port = server.port ?? options.port;
   const fdGuard = guardServer({
@@ -414,8 +411,8 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
   const secure = options.tls !== undefined;
   let stopped: Promise<void> | undefined;
   return {
-    url: `${secure ? "https" : "http"}://${hostForUrl(shown)}:${port}`,
-    wsUrl: `${secure ? "wss" : "ws"}://${hostForUrl(shown)}:${port}`,
+    url: `${secure ? "https" : "http"}://${urlHost(shown)}:${port}`,
+    wsUrl: `${secure ? "wss" : "ws"}://${urlHost(shown)}:${port}`,
     port,
     get connections() {
       return sockets.size;
@@ -449,6 +446,3 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
   };
 }
 
-function hostForUrl(host: string): string {
-  return host.includes(":") ? `[${host}]` : host;
-}

@@ -1,7 +1,7 @@
 /**
  * Flags several commands take, declared once so that their help says the same true thing: the
- * run and state dirs (with core/paths.ts's default chain) and the flags that find a hotlink
- * daemon's control socket. Light on purpose — it imports only the flag DSL — so a command that
+ * run and state dirs (with core/paths.ts's default chain), the metaserver's URL and the flags
+ * that find a hotlink daemon's control socket. Light on purpose — it imports only the flag DSL — so a command that
  * takes `--run-dir` pays nothing more for it. The flags of the long-running commands that come
  * with wiring (`logFlags`, `waitFlag`, `portsFlag`) are in common.ts.
  */
@@ -21,6 +21,16 @@ export const STATE_DIR_DEFAULT = "/var/lib/stoa as root, else $XDG_STATE_HOME/st
  */
 export function runDirFlag(what: string): Flag<string | undefined> {
   return str(`${what} (default: ${RUN_DIR_DEFAULT})`, { placeholder: "dir" });
+}
+
+/**
+ * `--meta URL`: the metaserver a client command talks to, by default the one on this host at
+ * `port` (meta/protocol.ts `DEFAULT_META_PORT`, passed in so that this module stays light).
+ * @example
+ * flags: { meta: metaFlag(DEFAULT_META_PORT) }
+ */
+export function metaFlag(port: number): Flag<string> {
+  return str("metaserver URL", { default: `http://[::1]:${port}`, placeholder: "url" });
 }
 
 /** `--state-dir DIR`, like {@link runDirFlag} with `defaultStateDir()`. */

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { bool, configFlag, defineCommand, str } from "./command.ts";
 import { clientLogFlags, clientLogLevel, portsFlag, startService, waitFlag } from "./common.ts";
-import { runDirFlag, stateDirFlag } from "./flags.ts";
+import { metaFlag, runDirFlag, stateDirFlag } from "./flags.ts";
 import { StoaError } from "../core/errors.ts";
 import { defaultRunDir, defaultStateDir } from "../core/paths.ts";
 import { clientToken, MetaClient } from "../meta/client.ts";
@@ -28,7 +28,7 @@ export default defineCommand({
   config: true,
   positionals: [{ name: "name", description: "hierarchical name, e.g. lab/sensors/temp", required: true }],
   flags: {
-    meta: str("metaserver URL", { default: `http://[::1]:${DEFAULT_META_PORT}`, placeholder: "url" }),
+    meta: metaFlag(DEFAULT_META_PORT),
     runDir: runDirFlag("run dir of the local gateway"),
     tokenFile: str("the metaserver's token, mode 0600 (default: $STOA_META_TOKEN, else the state dir's meta.token if --meta is on this host)", { placeholder: "file" }),
     stateDir: stateDirFlag("where a local stoa up/meta keeps meta.token"),

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { bool, configFlag, defineCommand, str } from "./command.ts";
 import { clientLogFlags, clientLogLevel, startService, waitFlag } from "./common.ts";
-import { stateDirFlag } from "./flags.ts";
+import { metaFlag, stateDirFlag } from "./flags.ts";
 import { StoaError } from "../core/errors.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { defaultStateDir } from "../core/paths.ts";
@@ -28,7 +28,7 @@ export default defineCommand({
   config: true,
   positionals: [{ name: "name", description: "the publisher's name, e.g. lab/sensors/temp", required: true }],
   flags: {
-    meta: str("metaserver URL", { default: `http://[::1]:${DEFAULT_META_PORT}`, placeholder: "url" }),
+    meta: metaFlag(DEFAULT_META_PORT),
     tokenFile: str("token for a metaserver whose reads need one, mode 0600 (default: $STOA_META_TOKEN, else the state dir's meta.token if --meta is on this host)", { placeholder: "file" }),
     stateDir: stateDirFlag("where a local stoa up/meta keeps meta.token"),
     json: bool('one JSON object per value: {"seq":n,"ts":"…","value":…}'),

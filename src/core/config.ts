@@ -16,9 +16,9 @@
  * Every failure is a `StoaError("config")` naming where the bad value came from — the flag, the
  * variable or the file and key — and the rule it broke.
  */
-import { readFileSync, statSync } from "node:fs";
 import { z } from "zod";
-import { StoaError, describeError, errnoCode } from "./errors.ts";
+import { StoaError, describeError } from "./errors.ts";
+import { readSmallFile } from "./smallfile.ts";
 
 /** A config file larger than this is refused before it is read. */
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
@@ -133,22 +133,7 @@ export function kebab(key: string): string {
 }
 
 function readConfigFile(path: string): Record<string, unknown> {
-  let text: string;
-  try {
-    const size = statSync(path).size;
-    if (size > MAX_CONFIG_FILE_BYTES) {
-      throw new StoaError(
-        "config",
-        `config file ${path} is ${size} bytes, over the ${MAX_CONFIG_FILE_BYTES}-byte limit; is it the right file?`,
-      );
-    }
-    text = readFileSync(path, "utf8");
-  } catch (err) {
-    if (err instanceof StoaError) throw err;
-    const code = errnoCode(err);
-    const why = code === "ENOENT" ? "does not exist" : `cannot be read (${code ?? String(err)})`;
-    throw new StoaError("config", `config file ${path} ${why}; check the path you passed`, { cause: err });
-  }
+  const text = readSmallFile(path, { maxBytes: MAX_CONFIG_FILE_BYTES, what: "config file", fix: "check the path you passed" });
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

@@ -84,10 +84,10 @@ function format(endpoint: Endpoint): string {
     case "unix":
       return `unix:${endpoint.path}`;
     case "tcp":
-      return `tcp:${bracketed(endpoint.host)}:${endpoint.port}`;
+      return `tcp:${urlHost(endpoint.host)}:${endpoint.port}`;
     case "ws": {
       const port = endpoint.port === defaultPort(endpoint.secure) ? "" : `:${endpoint.port}`;
-      return `${endpoint.secure ? "wss" : "ws"}://${bracketed(endpoint.host)}${port}${endpoint.path}`;
+      return `${endpoint.secure ? "wss" : "ws"}://${urlHost(endpoint.host)}${port}${endpoint.path}`;
     }
   }
 }
@@ -171,7 +171,8 @@ function defaultPort(secure: boolean): number {
   return secure ? 443 : 80;
 }
 
-function bracketed(host: string): string {
+/** `host` as it goes into a URL or a `host:port`: IPv6 in brackets, anything else as is. */
+export function urlHost(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
 }
 

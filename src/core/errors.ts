@@ -56,5 +56,19 @@ export function describeError(err: unknown): string {
 
 /** The `code` a Node or Bun system error carries ("ENOENT", "EADDRINUSE", "ConnectionRefused"), or "". */
 export function errnoCode(err: unknown): string {
-  return err instanceof Error && "code" in err && err.code !== undefined ? String(err.code) : "";
+  if (typeof err !== "object" || err === null || !("code" in err)) return "";
+  const code = err.code;
+  return typeof code === "string" || typeof code === "number" ? String(code) : "";
+}
+
+/**
+ * The error for a listener that could not bind `where` (`host:port`): `in_use` with `inUseFix`
+ * for EADDRINUSE ("the port is in use; <inUseFix>"), `io` with the system's reason otherwise.
+ */
+export function listenError(err: unknown, where: string, fix: { inUse: string; other?: string }): StoaError {
+  if (errnoCode(err) === "EADDRINUSE") {
+    return new StoaError("in_use", `cannot listen on ${where}: the port is in use; ${fix.inUse}`, { cause: err });
+  }
+  const other = fix.other === undefined ? "" : `; ${fix.other}`;
+  return new StoaError("io", `cannot listen on ${where}: ${describeError(err)}${other}`, { cause: err });
 }

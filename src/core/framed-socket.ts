@@ -8,6 +8,7 @@
  * limit, or too many unanswered requests, gets the `refusal` answer and the connection is closed
  * (no frame boundaries are left to trust). At most `maxConnections` connections; idle ones close
  * after `idleTimeoutMs`. The socket is bound with core/unixsock.ts: a live one is never taken over.
+ * Every limit defaults to the control sockets' own (`MAX_CONTROL_*`, `CONTROL_IDLE_TIMEOUT_MS` below).
  *
  * Client (`framedRequest`): opens a connection, sends one frame, returns the first frame that
  * comes back and closes; bounded by a timeout.
@@ -19,12 +20,31 @@ import type { Logger } from "./log.ts";
 import { Outbox } from "./outbox.ts";
 import { listenUnix, type UnixBinding } from "./unixsock.ts";
 
+// The limits of stoa's control sockets, the defaults of both ends: a protocol overrides only
+// what it needs otherwise (gateway/protocol.ts and hotlink/protocol.ts use them as they are).
+
+/** A control request is a few hundred bytes; this leaves room for long paths and nothing else. */
+export const MAX_CONTROL_REQUEST_BYTES = 64 * 1024;
+/** The longest answer, a full listing (the gateway's `list`, a hotlink daemon's `ls`), fits with room to spare. */
+export const MAX_CONTROL_ANSWER_BYTES = 8 * 1024 * 1024;
+/** Unanswered requests one connection may queue before it is closed: a CLI sends one at a time. */
+export const MAX_CONTROL_PIPELINED = 16;
+/** Concurrent connections; more are closed at once (local clients only: generous). */
+export const MAX_CONTROL_CONNECTIONS = 64;
+/** A connection with no traffic for this long is closed. */
+export const CONTROL_IDLE_TIMEOUT_MS = 60_000;
+
 interface FramedServerOptions {
-  maxRequestBytes: number;
-  maxAnswerBytes: number;
-  maxPipelined: number;
-  maxConnections: number;
-  idleTimeoutMs: number;
+  /** Default `MAX_CONTROL_REQUEST_BYTES`. */
+  maxRequestBytes?: number;
+  /** Default `MAX_CONTROL_ANSWER_BYTES`. */
+  maxAnswerBytes?: number;
+  /** Default `MAX_CONTROL_PIPELINED`. */
+  maxPipelined?: number;
+  /** Default `MAX_CONTROL_CONNECTIONS`. */
+  maxConnections?: number;
+  /** Default `CONTROL_IDLE_TIMEOUT_MS`. */
+  idleTimeoutMs?: number;
   /** Answers one request frame with the answer's payload. Must not throw: errors are answers. */
   answer(frame: Uint8Array): Promise<Uint8Array>;
   /** The payload of an error answer, for a request refused before `answer` saw it. */
@@ -54,7 +74,15 @@ interface FramedConn {
 }
 
 /** Binds `path` and serves it. Throws `StoaError` "in_use" when a live process serves it. */
-export async function serveFramed(path: string, o: FramedServerOptions): Promise<FramedServer> {
+export async function serveFramed(path: string, options: FramedServerOptions): Promise<FramedServer> {
+  const o = {
+    ...options,
+    maxRequestBytes: options.maxRequestBytes ?? MAX_CONTROL_REQUEST_BYTES,
+    maxAnswerBytes: options.maxAnswerBytes ?? MAX_CONTROL_ANSWER_BYTES,
+    maxPipelined: options.maxPipelined ?? MAX_CONTROL_PIPELINED,
+    maxConnections: options.maxConnections ?? MAX_CONTROL_CONNECTIONS,
+    idleTimeoutMs: options.idleTimeoutMs ?? CONTROL_IDLE_TIMEOUT_MS,
+  };
   const conns = new Set<Socket<FramedConn>>();
 
   const finishIfDone = (sock: Socket<FramedConn>): void => {
@@ -171,8 +199,10 @@ export async function serveFramed(path: string, o: FramedServerOptions): Promise
 }
 
 interface FramedRequestOptions {
-  maxRequestBytes: number;
-  maxAnswerBytes: number;
+  /** Default `MAX_CONTROL_REQUEST_BYTES`. */
+  maxRequestBytes?: number;
+  /** Default `MAX_CONTROL_ANSWER_BYTES`. */
+  maxAnswerBytes?: number;
   timeoutMs: number;
   /** Who answers, for messages: e.g. "the gateway at /run/stoa/gateway.sock". */
   peer: string;
@@ -188,9 +218,9 @@ interface FramedRequestOptions {
  * hangs up first, "too_large" for an answer over the limit.
  */
 export async function framedRequest(path: string, payload: Uint8Array, o: FramedRequestOptions): Promise<Uint8Array> {
-  const decoder = new FrameDecoder({ maxBytes: o.maxAnswerBytes });
+  const decoder = new FrameDecoder({ maxBytes: o.maxAnswerBytes ?? MAX_CONTROL_ANSWER_BYTES });
   const answer = Promise.withResolvers<Uint8Array>();
-  const request = encodeFrame(payload, { maxBytes: o.maxRequestBytes });
+  const request = encodeFrame(payload, { maxBytes: o.maxRequestBytes ?? MAX_CONTROL_REQUEST_BYTES });
   let out: Outbox | undefined; // made once connected
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<never>((_, reject) => {

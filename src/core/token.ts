@@ -16,10 +16,11 @@
  * - Tokens never appear on a command line (files and environment only) and never in logs.
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { mkdirSync, readFileSync, statSync } from "node:fs";
+import { mkdirSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { writeFileAtomic } from "./atomicfile.ts";
 import { StoaError, describeError, errnoCode } from "./errors.ts";
+import { readSmallFile } from "./smallfile.ts";
 
 /** Random bytes in a token we issue: 256 bits, beyond any guessing. */
 const TOKEN_BYTES = 32;
@@ -75,20 +76,7 @@ export function bearerToken(header: string | null | undefined): string | null {
  * how to fix it; `hint` says where such a file comes from.
  */
 export function readTokenFile(file: string, hint = "one token on one line"): string {
-  let text: string;
-  try {
-    const st = statSync(file);
-    if ((st.mode & 0o077) !== 0) {
-      throw new StoaError("permission", `token file ${file} is readable by others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 ${file}`);
-    }
-    if (st.size > MAX_TOKEN_FILE_BYTES) throw new StoaError("config", `token file ${file} is ${st.size} bytes; it must hold ${hint}`);
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    if (err instanceof StoaError) throw err;
-    const code = errnoCode(err);
-    const why = code === "ENOENT" ? "it does not exist" : describeError(err);
-    throw new StoaError("config", `cannot read the token file ${file}: ${why}`, { cause: err });
-  }
+  const text = readSmallFile(file, { maxBytes: MAX_TOKEN_FILE_BYTES, what: "token file", fix: `pass the file that holds ${hint}`, secret: true });
   const token = text.trim();
   if (token.length === 0 || token.length > MAX_TOKEN_LENGTH || /\s/.test(token)) {
     throw new StoaError("config", `token file ${file} must hold ${hint}`);

@@ -23,7 +23,7 @@ import { randomBytes } from "node:crypto";
 import { lstatSync, unlinkSync } from "node:fs";
 import { chmod, link, lstat, mkdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
-import { StoaError, describeError } from "./errors.ts";
+import { StoaError, describeError, errnoCode } from "./errors.ts";
 
 /** Longest socket path Linux accepts: `sun_path` is 108 bytes including the final NUL. */
 export const UNIX_PATH_MAX = 107;
@@ -69,16 +69,7 @@ interface Identity {
   ino: number;
 }
 
-function errnoOf(err: unknown): string | undefined {
-  if (typeof err === "object" && err !== null && "code" in err && typeof err.code === "string") {
-    return err.code;
-  }
-  return undefined;
-}
 
-function reason(err: unknown): string {
-  return describeError(err);
-}
 
 /** The directories from `dir` up to the first one `mkdir -p` created, deepest first. */
 function createdChain(dir: string, firstCreated: string): string[] {
@@ -96,7 +87,7 @@ async function ensureParents(dir: string): Promise<void> {
   } catch (err) {
     throw new StoaError(
       "io",
-      `cannot create directory ${dir} for a unix socket: ${reason(err)}; choose a directory you can write`,
+      `cannot create directory ${dir} for a unix socket: ${describeError(err)}; choose a directory you can write`,
       { cause: err },
     );
   }
@@ -123,12 +114,12 @@ async function probe(path: string, timeoutMs: number): Promise<ProbeResult> {
     if (result === "silent") attempt.then((sock) => sock.end(), () => {});
     return result;
   } catch (err) {
-    const code = errnoOf(err);
+    const code = errnoCode(err);
     if (code === "ECONNREFUSED") return "refused";
     if (code === "ENOENT") return "gone";
     throw new StoaError(
       "io",
-      `cannot check whether ${path} is in use (${code ?? reason(err)}); fix its permissions or choose another path`,
+      `cannot check whether ${path} is in use (${code || describeError(err)}); fix its permissions or choose another path`,
       { cause: err },
     );
   } finally {
@@ -160,8 +151,8 @@ export async function prepareUnixPath(path: string, options: PrepareOptions = {}
   // Each pass either returns, throws, or saw the file change under it; a few passes suffice.
   for (let pass = 0; pass < 3; pass++) {
     const found = await lstat(abs).catch((err: unknown) => {
-      if (errnoOf(err) === "ENOENT") return null;
-      throw new StoaError("io", `cannot inspect ${abs}: ${reason(err)}; choose another path`, { cause: err });
+      if (errnoCode(err) === "ENOENT") return null;
+      throw new StoaError("io", `cannot inspect ${abs}: ${describeError(err)}; choose another path`, { cause: err });
     });
     if (found === null) return abs;
     if (!found.isSocket()) {
@@ -184,8 +175,8 @@ export async function prepareUnixPath(path: string, options: PrepareOptions = {}
       const now = await lstat(abs).catch(() => null);
       if (now !== null && now.dev === found.dev && now.ino === found.ino) {
         await unlink(abs).catch((err: unknown) => {
-          if (errnoOf(err) !== "ENOENT") {
-            throw new StoaError("io", `cannot remove stale socket ${abs}: ${reason(err)}`, { cause: err });
+          if (errnoCode(err) !== "ENOENT") {
+            throw new StoaError("io", `cannot remove stale socket ${abs}: ${describeError(err)}`, { cause: err });
           }
         });
       }
@@ -206,7 +197,7 @@ async function placeAt(from: string, to: string): Promise<void> {
   try {
     await link(from, to);
   } catch (err) {
-    const code = errnoOf(err);
+    const code = errnoCode(err);
     if (code === "EEXIST") {
       throw new StoaError("in_use", `${to} was taken by another process while binding; stop it or choose another path`);
     }
@@ -215,7 +206,7 @@ async function placeAt(from: string, to: string): Promise<void> {
       await rename(from, to);
       return;
     }
-    throw new StoaError("io", `cannot bind ${to}: ${reason(err)}`, { cause: err });
+    throw new StoaError("io", `cannot bind ${to}: ${describeError(err)}`, { cause: err });
   }
 }
 
@@ -244,7 +235,7 @@ export async function bindUnix<T extends Stoppable>(
   try {
     server = bind(temp);
   } catch (err) {
-    throw new StoaError("io", `cannot listen on ${abs}: ${reason(err)}`, { cause: err });
+    throw new StoaError("io", `cannot listen on ${abs}: ${describeError(err)}`, { cause: err });
   }
   let identity: Identity;
   try {
@@ -256,7 +247,7 @@ export async function bindUnix<T extends Stoppable>(
     await Promise.resolve(server.stop(true)).catch(() => {});
     throw err instanceof StoaError
       ? err
-      : new StoaError("io", `cannot set up ${abs}: ${reason(err)}`, { cause: err });
+      : new StoaError("io", `cannot set up ${abs}: ${describeError(err)}`, { cause: err });
   } finally {
     await unlink(temp).catch(() => {});
   }

@@ -1,7 +1,7 @@
 /**
  * The control socket `<run_dir>/gateway.sock`: server and client (protocol in protocol.ts).
  *
- * Server: core/framed-socket.ts, with the limits of protocol.ts; requests are answered in order
+ * Server: core/framed-socket.ts, with its limits (protocol.ts); requests are answered in order
  * by the gateway's handler. A message that does not decode is answered with an error and the
  * connection stays usable; a frame header over the limit closes it.
  *
@@ -13,7 +13,6 @@ import { connectErrorCode, type FramedServer, framedRequest, serveFramed } from 
 import type { Logger } from "../core/log.ts";
 import { gatewayControlPath } from "../core/paths.ts";
 import {
-  CONTROL_IDLE_TIMEOUT_MS,
   CONTROL_REQUEST_TIMEOUT_MS,
   type ControlRequest,
   type ControlRequestInput,
@@ -21,10 +20,6 @@ import {
   controlRequestCodec,
   controlResponseCodec,
   errorCodeFromWire,
-  MAX_CONTROL_CONNECTIONS,
-  MAX_CONTROL_REQUEST_BYTES,
-  MAX_CONTROL_RESPONSE_BYTES,
-  MAX_PIPELINED_REQUESTS,
   type ResponseFor,
 } from "./protocol.ts";
 
@@ -58,11 +53,6 @@ export async function startControlServer(path: string, handle: ControlHandler, l
     }
   };
   return serveFramed(path, {
-    maxRequestBytes: MAX_CONTROL_REQUEST_BYTES,
-    maxAnswerBytes: MAX_CONTROL_RESPONSE_BYTES,
-    maxPipelined: MAX_PIPELINED_REQUESTS,
-    maxConnections: MAX_CONTROL_CONNECTIONS,
-    idleTimeoutMs: CONTROL_IDLE_TIMEOUT_MS,
     answer: async (frame) => encodeAnswer(await respond(frame)),
     refusal: (error) => encodeAnswer(errorAnswer(error)),
     log,
@@ -94,8 +84,6 @@ export async function controlRequest<R extends ControlRequestInput>(
 ): Promise<ResponseFor<R["type"]>> {
   const path = gatewayControlPath(runDir);
   const answer = await framedRequest(path, controlRequestCodec.encode(request), {
-    maxRequestBytes: MAX_CONTROL_REQUEST_BYTES,
-    maxAnswerBytes: MAX_CONTROL_RESPONSE_BYTES,
     timeoutMs: options.timeoutMs ?? CONTROL_REQUEST_TIMEOUT_MS,
     peer: `the gateway at ${path}`,
     what: request.type,

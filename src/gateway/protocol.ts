@@ -105,10 +105,11 @@
  *   info                               → {ports: {service, string, ping}, listen, pid, version,
  *                                         tls, workers}   how a publisher learns the ports
  *   handover   {pid, version}          → {registrations}   see the restart below
- * Limits: requests ≤ `MAX_CONTROL_REQUEST_BYTES`, responses ≤ `MAX_CONTROL_RESPONSE_BYTES`,
- * ≤ `MAX_PIPELINED_REQUESTS` unanswered requests per connection, ≤ `MAX_CONTROL_CONNECTIONS`
- * connections, idle ones closed after `CONTROL_IDLE_TIMEOUT_MS`. A message that does not decode
- * gets an error response; a broken frame header closes the connection.
+ * Limits (core/framed-socket.ts's, the same for every control socket): requests ≤
+ * `MAX_CONTROL_REQUEST_BYTES`, responses ≤ `MAX_CONTROL_ANSWER_BYTES`, ≤ `MAX_CONTROL_PIPELINED`
+ * unanswered requests per connection, ≤ `MAX_CONTROL_CONNECTIONS` connections, idle ones closed
+ * after `CONTROL_IDLE_TIMEOUT_MS`. A message that does not decode gets an error response; a
+ * broken frame header closes the connection.
  *
  * ## Workers (`--workers N`, default one per core; gateway.ts, workers.ts, worker.ts)
  * Every listener is bound with SO_REUSEPORT, so the kernel spreads new connections over all the
@@ -149,6 +150,7 @@ import { z } from "zod";
 import { StoaError, errorCodeFromWire, describeError } from "../core/errors.ts";
 import { createCodec } from "../core/codec.ts";
 import { formatEndpoint, MAX_ENDPOINT_LENGTH, parseEndpoint } from "../core/endpoint.ts";
+import { MAX_CONTROL_ANSWER_BYTES, MAX_CONTROL_REQUEST_BYTES } from "../core/framed-socket.ts";
 import { KINDS, PubId, type Kind } from "../stream/names.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -169,16 +171,9 @@ export const ERROR_LINGER_MS = 2_000;
 /** Default bound on a drain (SIGTERM or handover) before remaining connections are cut. */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
 
-/** A control request is a few hundred bytes; this leaves room for long paths and nothing else. */
-export const MAX_CONTROL_REQUEST_BYTES = 64 * 1024;
-/** A full `list` (`MAX_LIST_ENTRIES` entries of ≤ ~500 bytes) fits with room to spare. */
-export const MAX_CONTROL_RESPONSE_BYTES = 8 * 1024 * 1024;
-/** Unanswered requests one control connection may queue before it is closed. */
-export const MAX_PIPELINED_REQUESTS = 16;
-/** Concurrent control connections; more are closed at once (local clients only: generous). */
-export const MAX_CONTROL_CONNECTIONS = 64;
-/** A control connection with no traffic for this long is closed. */
-export const CONTROL_IDLE_TIMEOUT_MS = 60_000;
+/** The control socket's frame limits are core/framed-socket.ts's: a full `list` (`MAX_LIST_ENTRIES`
+ * entries of ≤ ~500 bytes) fits in `MAX_CONTROL_ANSWER_BYTES` with room to spare. */
+export { MAX_CONTROL_REQUEST_BYTES };
 /** Default time a control client waits for its answer. */
 export const CONTROL_REQUEST_TIMEOUT_MS = 5_000;
 /** Time for the old gateway to answer `handover` (it only stops listeners and unlinks a file). */
@@ -402,7 +397,7 @@ export type ControlResponse = z.output<typeof ControlResponse>;
 export type ResponseFor<T extends ControlRequest["type"]> = Extract<ControlResponse, { type: T }>;
 
 export const controlRequestCodec = createCodec(ControlRequest, { maxBytes: MAX_CONTROL_REQUEST_BYTES });
-export const controlResponseCodec = createCodec(ControlResponse, { maxBytes: MAX_CONTROL_RESPONSE_BYTES });
+export const controlResponseCodec = createCodec(ControlResponse, { maxBytes: MAX_CONTROL_ANSWER_BYTES });
 
 /** The StoaError code for a code received on the wire (core/errors.ts). */
 export { errorCodeFromWire };

@@ -20,7 +20,7 @@
  * workers and a successor gateway share the ports.
  */
 import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError, describeError, errnoCode, listenError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { FdSplicer, socketFd, takeSocketFd } from "../core/fdsplice.ts";
 import { FdWatch, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_MS } from "../core/fdguard.ts";
@@ -43,6 +43,7 @@ import {
 } from "./protocol.ts";
 import { conventionalTargetProblem, type RouteTable } from "./routes.ts";
 import { type RouterSnapshot, Tally } from "./stats.ts";
+import { urlHost } from "../core/endpoint.ts";
 
 /** Everything a router needs; structured-clonable, so a worker can receive it. */
 export interface RouterConfig {
@@ -451,7 +452,7 @@ export class Router {
         upstream = await this.#connect(resolved.target);
       } catch (err) {
         if (conn.closed) return;
-        const code = errnoOf(err);
+        const code = errnoCode(err);
         // Our own EMFILE (Bun calls it ECONNREFUSED): not the target's fault, so not marked down.
         if (isFdExhaustion(code)) {
           this.#fdRefusals.count({ kind });
@@ -460,7 +461,7 @@ export class Router {
         if (resolved.source === "convention" && (code === "ENOENT" || code === "ENOTDIR")) {
           return this.#reject(sock, "unknown_pub_id", `no publisher "${pubId}" with a ${kind} endpoint on this host`);
         }
-        const why = code ?? describeError(err);
+        const why = code || describeError(err);
         this.#health.report(kind, pubId, "down", why);
         return this.#reject(
           sock,
@@ -667,20 +668,11 @@ function concat(first: Uint8Array, rest: Uint8Array[]): Uint8Array {
   return out;
 }
 
-function errnoOf(err: unknown): string | undefined {
-  if (typeof err === "object" && err !== null && "code" in err && typeof err.code === "string") return err.code;
-  return undefined;
-}
 
 function describeTarget(target: Target): string {
   return target.kind === "unix" ? `unix:${target.path}` : `tcp:${target.host}:${target.port}`;
 }
 
 function bindError(err: unknown, hostname: string, port: number, kind: Kind): StoaError {
-  const where = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
-  if (errnoOf(err) === "EADDRINUSE") {
-    return new StoaError("in_use", `cannot listen on ${where} (${kind}): the port is in use; stop its owner or choose other --ports`, { cause: err });
-  }
-  const reason = describeError(err);
-  return new StoaError("io", `cannot listen on ${where} (${kind}): ${reason}; check --listen and --ports`, { cause: err });
+  return listenError(err, `${urlHost(hostname)}:${port} (${kind})`, { inUse: "stop its owner or choose other --ports", other: "check --listen and --ports" });
 }

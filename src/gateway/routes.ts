@@ -17,6 +17,7 @@ import { lstat, readdir } from "node:fs/promises";
 import { publisherDir, publishersDir, publisherSocketPath } from "../core/paths.ts";
 import { isValidPubId } from "../stream/names.ts";
 import { KINDS, type Kind, parseTarget, type Registration, type Target } from "./protocol.ts";
+import { errnoCode, describeError } from "../core/errors.ts";
 
 /** Whom a publisher's directory and sockets must belong to: the gateway's own effective uid. */
 export const PUBLISHER_UID: number = process.geteuid?.() ?? -1;
@@ -109,7 +110,7 @@ export function conventionalTargetProblem(runDir: string, pubId: string, kind: K
     const sock = lstatSync(publisherSocketPath(runDir, pubId, kind), { throwIfNoEntry: false });
     return socketProblem(sock, uid);
   } catch (err) {
-    return `cannot inspect it (${errnoOf(err) ?? String(err)})`;
+    return `cannot inspect it (${errnoCode(err) || describeError(err)})`;
   }
 }
 
@@ -167,6 +168,3 @@ export async function scanRunDir(
   return { entries, truncated: false };
 }
 
-function errnoOf(err: unknown): string | undefined {
-  return typeof err === "object" && err !== null && "code" in err && typeof err.code === "string" ? err.code : undefined;
-}

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { StoaError, describeError } from "../core/errors.ts";
-import { MAX_UNIX_PATH_BYTES } from "../core/endpoint.ts";
+import { MAX_UNIX_PATH_BYTES, urlHost } from "../core/endpoint.ts";
 import type { Logger } from "../core/log.ts";
 import { gatewayControlPath, oldLayoutPublisherDirs, publishersDir, publisherSocketPath } from "../core/paths.ts";
 import { controlRequest } from "./control.ts";
@@ -76,7 +76,7 @@ function checkFree(listen: readonly string[], port: number, kind: Kind, held: { 
       held.push(probeListen(hostname, port));
     } catch (err) {
       const code = typeof err === "object" && err !== null && "code" in err ? String(err.code) : "";
-      const where = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+      const where = `${urlHost(hostname)}:${port}`;
       if (code === "EADDRINUSE") {
         throw new StoaError("in_use", `port ${where} (${kind}) is in use by another program; stop it or choose other --ports`, { cause: err });
       }

@@ -29,9 +29,9 @@
  * many wildcards a pattern holds. Results are cached per (user, path), since a session checks
  * the same path on every frame; the cache is bounded and dropped on reload.
  */
-import { readFileSync, statSync } from "node:fs";
 import { z } from "zod";
-import { StoaError, describeError, errnoCode } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
+import { readSmallFile } from "../core/smallfile.ts";
 import { UserName } from "./users.ts";
 
 /** Longest path in UTF-8 bytes: the HLNK frame's path limit, so every path fits a frame. */
@@ -235,19 +235,7 @@ export function parseAcl(json: unknown, where = "ACL"): Acl {
 }
 
 function readAclFile(file: string): unknown {
-  let text: string;
-  try {
-    const size = statSync(file).size;
-    if (size > MAX_ACL_FILE_BYTES) {
-      throw new StoaError("config", `ACL file ${file} is ${size} bytes, over the ${MAX_ACL_FILE_BYTES}-byte limit; is it the right file?`);
-    }
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    if (err instanceof StoaError) throw err;
-    const code = errnoCode(err);
-    const why = code === "ENOENT" ? "does not exist" : `cannot be read (${code ?? String(err)})`;
-    throw new StoaError("config", `ACL file ${file} ${why}; check the --acl path`, { cause: err });
-  }
+  const text = readSmallFile(file, { maxBytes: MAX_ACL_FILE_BYTES, what: "ACL file", fix: "check the --acl path" });
   try {
     return JSON.parse(text);
   } catch (err) {

@@ -16,15 +16,10 @@ import type { Logger } from "../core/log.ts";
 import type { IpcSpec } from "./ipc.ts";
 import {
   type AnswerFor,
-  CONTROL_IDLE_TIMEOUT_MS,
   type ControlAnswer,
   type ControlRequest,
   type DaemonStatus,
-  MAX_CONTROL_ANSWER_BYTES,
-  MAX_CONTROL_CONNECTIONS,
   MAX_CONTROL_ERROR_LENGTH,
-  MAX_CONTROL_PIPELINED,
-  MAX_CONTROL_REQUEST_BYTES,
   controlAnswerCodec,
   controlRequestCodec,
 } from "./protocol.ts";
@@ -132,11 +127,6 @@ export interface HotlinkControl {
  */
 export async function startHotlinkControl(path: string, target: ControlTarget, log: Logger): Promise<HotlinkControl> {
   const server = await serveFramed(path, {
-    maxRequestBytes: MAX_CONTROL_REQUEST_BYTES,
-    maxAnswerBytes: MAX_CONTROL_ANSWER_BYTES,
-    maxPipelined: MAX_CONTROL_PIPELINED,
-    maxConnections: MAX_CONTROL_CONNECTIONS,
-    idleTimeoutMs: CONTROL_IDLE_TIMEOUT_MS,
     answer: (frame) => answerControlMessage(target, frame, log),
     refusal: (error) => controlAnswerCodec.encode(errorAnswer(error)),
     log,
@@ -169,8 +159,6 @@ export async function hotlinkControlRequest<R extends ControlRequest>(
   options: ControlRequestOptions = {},
 ): Promise<AnswerFor<R["type"]>> {
   const bytes = await framedRequest(path, controlRequestCodec.encode(request), {
-    maxRequestBytes: MAX_CONTROL_REQUEST_BYTES,
-    maxAnswerBytes: MAX_CONTROL_ANSWER_BYTES,
     timeoutMs: options.timeoutMs ?? REQUEST_TIMEOUT_MS,
     peer: `the hotlink daemon at ${path}`,
     what: request.type,

@@ -152,11 +152,11 @@
  * "in_use" (port or socket taken), "not_found" (close of an unknown channel), "too_large",
  * "decode"/"schema" (not a request), "internal". A client takes a code it does not know (a
  * newer daemon's) as it comes; fields it does not know are dropped.
- * Limits: requests ≤ `MAX_CONTROL_REQUEST_BYTES`, answers ≤ `MAX_CONTROL_ANSWER_BYTES`, at
- * most `MAX_CONTROL_PIPELINED` unanswered requests per connection and
- * `MAX_CONTROL_CONNECTIONS` connections; idle connections close after
- * `CONTROL_IDLE_TIMEOUT_MS`; a daemon serves at most `MAX_CHANNELS` tunnels and channels. A
- * request that does not decode is answered with an error and the connection stays usable; a
+ * Limits (core/framed-socket.ts's, the same for every control socket): requests ≤
+ * `MAX_CONTROL_REQUEST_BYTES`, answers ≤ `MAX_CONTROL_ANSWER_BYTES`, at most
+ * `MAX_CONTROL_PIPELINED` unanswered requests per connection and `MAX_CONTROL_CONNECTIONS`
+ * connections; idle connections close after `CONTROL_IDLE_TIMEOUT_MS`; a daemon serves at most
+ * `MAX_CHANNELS` tunnels and channels. A request that does not decode is answered with an error and the connection stays usable; a
  * frame header over the limit is answered with an error and the connection closed (no frame
  * boundaries are left to trust).
  */
@@ -166,6 +166,7 @@ import { uninitializedBytes } from "../core/bytes.ts";
 import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { StoaError, describeError } from "../core/errors.ts";
+import { MAX_CONTROL_ANSWER_BYTES, MAX_CONTROL_REQUEST_BYTES } from "../core/framed-socket.ts";
 import { MAX_PATH_BYTES, pathProblem } from "./acl.ts";
 import { MAX_HLNK_ETAG_BYTES } from "./hlnk.ts";
 import { UserName } from "./users.ts";
@@ -696,20 +697,10 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): 
  * are listed in one control answer (`ls`), which must stay well under its size limit. */
 export const MAX_CHANNELS = 4096;
 
-/** A spec is a channel path (≤ 4096 bytes), `=`, and an address: far below this. */
-export const MAX_CONTROL_REQUEST_BYTES = 64 * 1024;
-
-/** `ls` of `MAX_CHANNELS` channels at well under 1 KiB each fits with room to spare. */
-export const MAX_CONTROL_ANSWER_BYTES = 8 * 1024 * 1024;
-
-/** Unanswered requests per connection: a CLI sends one at a time. */
-export const MAX_CONTROL_PIPELINED = 16;
-
-/** Connections to one daemon's control socket at once. */
-export const MAX_CONTROL_CONNECTIONS = 64;
-
-/** A control connection with no request for this long is closed. */
-export const CONTROL_IDLE_TIMEOUT_MS = 60_000;
+/** The frame limits are core/framed-socket.ts's: a spec (a channel path ≤ 4096 bytes, `=`, an
+ * address) is far below `MAX_CONTROL_REQUEST_BYTES`, and `ls` of `MAX_CHANNELS` channels at well
+ * under 1 KiB each fits in `MAX_CONTROL_ANSWER_BYTES` with room to spare. */
+export { MAX_CONTROL_ANSWER_BYTES, MAX_CONTROL_REQUEST_BYTES };
 
 /** Longest spec: a channel path and an address. */
 const MAX_CONTROL_SPEC_LENGTH = MAX_PATH_BYTES + 1024;

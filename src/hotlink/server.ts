@@ -31,7 +31,7 @@
  * connections and closes those that stop answering after `IDLE_TIMEOUT_S`.
  */
 import type { Server } from "bun";
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError, describeError, listenError } from "../core/errors.ts";
 import { type Logger, createLogger } from "../core/log.ts";
 import { type Registry, metrics as sharedMetrics } from "../core/metrics.ts";
 import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
@@ -49,6 +49,7 @@ import {
 } from "./protocol.ts";
 import { Switchboard, type SwitchboardConn, type SwitchboardStats } from "./switchboard.ts";
 import { loadUsers, parseAuthorization } from "./users.ts";
+import { urlHost } from "../core/endpoint.ts";
 
 /** Default buffered bytes for one receiver over which its senders are paused: a few 1 MiB
  * messages in flight keep a fast link busy; more only adds latency and memory. */
@@ -226,12 +227,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
   try {
     server = serve(options.port);
   } catch (err) {
-    const where = `${hostForUrl(options.hostname)}:${options.port}`;
-    const code = err instanceof Error && "code" in err ? String(err.code) : "";
-    if (code === "EADDRINUSE") {
-      throw new StoaError("in_use", `cannot listen on ${where}: the port is in use; pick another with --listen`, { cause: err });
-    }
-    throw new StoaError("io", `cannot listen on ${where}: ${describeError(err)}`, { cause: err });
+    throw listenError(err, `${urlHost(options.hostname)}:${options.port}`, { inUse: "pick another with --listen" });
   }
   const port = server.port ?? options.port;
   const fdGuard = guardServer({
@@ -250,7 +246,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
   let stopped: Promise<void> | undefined;
 
   return {
-    url: `ws://${hostForUrl(shown)}:${port}${HOTLINK_WS_PATH}`,
+    url: `ws://${urlHost(shown)}:${port}${HOTLINK_WS_PATH}`,
     hostname: options.hostname,
     port,
     get sessionCount() {
@@ -308,6 +304,3 @@ function checkInt(name: string, value: number, min: number, max: number): number
   return value;
 }
 
-function hostForUrl(host: string): string {
-  return host.includes(":") ? `[${host}]` : host;
-}

@@ -29,11 +29,12 @@
  * read-modify-write, so parallel invocations never lose an update.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, mkdirSync, openSync, readFileSync, statSync } from "node:fs";
+import { closeSync, mkdirSync, openSync } from "node:fs";
 import { dirname } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../core/atomicfile.ts";
-import { StoaError, describeError, errnoCode } from "../core/errors.ts";
+import { StoaError, describeError } from "../core/errors.ts";
+import { readSmallFile } from "../core/smallfile.ts";
 import { newToken, sameDigest, tokenDigest } from "../core/token.ts";
 import { Errno, errno, libc, strerror } from "../ffi/libc.ts";
 
@@ -223,19 +224,8 @@ export function formatAuthorization(user: string, token: string): string {
 
 /** The parsed file, or undefined when it does not exist. */
 function readUsersFile(file: string): UsersFile | undefined {
-  let text: string;
-  try {
-    const size = statSync(file).size;
-    if (size > MAX_USERS_FILE_BYTES) {
-      throw new StoaError("config", `users file ${file} is ${size} bytes, over the ${MAX_USERS_FILE_BYTES}-byte limit; is it the right file?`);
-    }
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    if (err instanceof StoaError) throw err;
-    const code = errnoCode(err);
-    if (code === "ENOENT") return undefined;
-    throw new StoaError("config", `users file ${file} cannot be read (${code ?? String(err)}); check its permissions`, { cause: err });
-  }
+  const text = readSmallFile(file, { maxBytes: MAX_USERS_FILE_BYTES, what: "users file", fix: "check its permissions", optional: true });
+  if (text === undefined) return undefined;
   let json: unknown;
   try {
     json = JSON.parse(text);

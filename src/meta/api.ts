@@ -20,6 +20,7 @@ import { Hono } from "hono";
 import type { Context } from "hono";
 import { routePath } from "hono/route";
 import { describeError } from "../core/errors.ts";
+import { readBodyLimited } from "../core/http-body.ts";
 import type { Logger } from "../core/log.ts";
 import { CONTENT_TYPE, type Registry } from "../core/metrics.ts";
 import { isValidPubId, nameProblem, newPubId } from "../stream/names.ts";
@@ -374,30 +375,17 @@ function notFound(pubId: string): MetaApiError {
   );
 }
 
-/** The request body as JSON, read under `MAX_BODY_BYTES` as it streams in. */
 function tooLarge(): MetaApiError {
   return new MetaApiError("too_large", `the request body is larger than ${MAX_BODY_BYTES} bytes`);
 }
 
+/** The request body as JSON, read under `MAX_BODY_BYTES` as it streams in. */
 async function readJson(c: Context): Promise<unknown> {
-  const stream = c.req.raw.body;
-  if (stream === null) throw new MetaApiError("bad_json", "the request has no body; send a JSON object");
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  const reader = stream.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.length;
-    if (size > MAX_BODY_BYTES) {
-      void reader.cancel().catch(() => {});
-      throw tooLarge();
-    }
-    chunks.push(value);
-  }
+  const bytes = await readBodyLimited(c.req.raw, MAX_BODY_BYTES, tooLarge);
+  if (bytes === null) throw new MetaApiError("bad_json", "the request has no body; send a JSON object");
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(Buffer.concat(chunks));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
     throw new MetaApiError("bad_json", "the request body is not UTF-8 text; send a JSON object");
   }

@@ -14,9 +14,9 @@
  *
  * The read token (`--read-token-file F`) is one token file like the admin's.
  */
-import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError } from "../core/errors.ts";
+import { readSmallFile } from "../core/smallfile.ts";
 import { bearerToken, ensureTokenFile, readTokenFile, sameDigest, tokenDigest, tokenProblem } from "../core/token.ts";
 import { META_TOKEN_ENV as TOKEN_ENV, META_TOKEN_FILE, META_TOKEN_PREFIX } from "./protocol.ts";
 import type { Writer } from "./owners.ts";
@@ -135,15 +135,7 @@ export function loadAuth(sources: AuthSources): { config: AuthConfig; where: str
 
 /** The digests of a `--tokens-file` (format above); throws `StoaError("config")` on a bad file. */
 export function readWriters(file: string): string[] {
-  let text: string;
-  try {
-    const size = statSync(file).size;
-    if (size > MAX_TOKENS_FILE_BYTES) throw new StoaError("config", `tokens file ${file} is ${size} bytes, over the ${MAX_TOKENS_FILE_BYTES}-byte limit`);
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    if (err instanceof StoaError) throw err;
-    throw new StoaError("config", `cannot read the tokens file ${file}: ${describeError(err)}`, { cause: err });
-  }
+  const text = readSmallFile(file, { maxBytes: MAX_TOKENS_FILE_BYTES, what: "tokens file", fix: "check the --tokens-file path" });
   const out: string[] = [];
   for (const [i, raw] of text.split("\n").entries()) {
     const line = raw.trim();

@@ -11,6 +11,7 @@
  * a URL). Lists follow `next_cursor` page by page; lookups by name ask for that name only.
  */
 import { StoaError, describeError, errnoCode } from "../core/errors.ts";
+import { readBodyLimited } from "../core/http-body.ts";
 import { listenerUids } from "../core/listeners.ts";
 import { readTokenFile } from "../core/token.ts";
 import { existsSync, statSync } from "node:fs";
@@ -273,27 +274,9 @@ function normalizeBase(raw: string): string {
 }
 
 async function readCapped(response: Response): Promise<string> {
-  const declared = Number(response.headers.get("content-length") ?? "0");
   const tooLarge = () => new StoaError("too_large", `the metaserver's answer is larger than ${MAX_RESPONSE_BYTES} bytes`);
-  if (declared > MAX_RESPONSE_BYTES) {
-    await response.body?.cancel().catch(() => {});
-    throw tooLarge();
-  }
-  if (response.body === null) return "";
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  const reader = response.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.length;
-    if (size > MAX_RESPONSE_BYTES) {
-      await reader.cancel().catch(() => {});
-      throw tooLarge();
-    }
-    chunks.push(value);
-  }
-  return new TextDecoder().decode(Buffer.concat(chunks));
+  const bytes = await readBodyLimited(response, MAX_RESPONSE_BYTES, tooLarge);
+  return bytes === null ? "" : new TextDecoder().decode(bytes);
 }
 
 /** A token, or a function asked before each request that may decline (undefined: no token). */

@@ -35,7 +35,8 @@
 import { dialWebSocket, type UpgradeRefusal, WS_PAYLOAD_TOO_LARGE, wsErrorCode } from "../core/ws.ts";
 import { ROUTE_ERRORS } from "../gateway/protocol.ts";
 import { MAX_PING_REPLY_BYTES, PingReply, PUB_ID_HEADER } from "../stream/protocol.ts";
-import { publisherUrls, urlHost } from "./protocol.ts";
+import { urlHost } from "../core/endpoint.ts";
+import { publisherUrls } from "./protocol.ts";
 
 interface PingTarget {
   host: string;

@@ -98,7 +98,7 @@
  */
 import { z } from "zod";
 import { StoaError } from "../core/errors.ts";
-import { parseEndpoint } from "../core/endpoint.ts";
+import { parseEndpoint, urlHost } from "../core/endpoint.ts";
 import { KINDS, type Kind, nameProblem, PublisherName, PubId } from "../stream/names.ts";
 
 /** Largest request body. A registration is under 1 KiB; 64 KiB leaves room and bounds reads. */
@@ -353,10 +353,6 @@ function stoaCodeFor(status: number) {
   return "io" as const;
 }
 
-/** `host` as it goes into a URL: IPv6 in brackets, anything else as is. */
-export function urlHost(host: string): string {
-  return host.includes(":") ? `[${host}]` : host;
-}
 
 /** The three gateway URLs of a publisher. */
 export function publisherUrls(host: string, ports: Ports, pubId: string): Record<Kind, string> {

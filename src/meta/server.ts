@@ -3,7 +3,7 @@
  * silent publishers stale and then removes them. `stoa meta` and `stoa up` start it with
  * `startMeta` and stop it with `close()`.
  */
-import { StoaError, describeError, errnoCode } from "../core/errors.ts";
+import { listenError } from "../core/errors.ts";
 import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 import { fdReserve, RefusalLog } from "../core/fdlimit.ts";
 import type { Logger } from "../core/log.ts";
@@ -16,9 +16,9 @@ import {
   DEFAULT_DEREGISTER_AFTER_MS,
   DEFAULT_TTL_MS,
   MAX_BODY_BYTES,
-  urlHost,
 } from "./protocol.ts";
 import { MetaStore, type StoreOptions } from "./store.ts";
+import { urlHost } from "../core/endpoint.ts";
 
 /** What a client gets while the metaserver is out of file descriptors. */
 const OUT_OF_FDS_BODY = JSON.stringify({ error: "out_of_fds", message: "server out of file descriptors; try again shortly" });
@@ -115,12 +115,9 @@ export function startMeta(options: MetaOptions): MetaServer {
     server = serve(options.listen.port);
   } catch (err) {
     store.close();
-    const where = `${urlHost(options.listen.hostname)}:${options.listen.port}`;
-    const code = errnoCode(err);
-    if (code === "EADDRINUSE") {
-      throw new StoaError("in_use", `cannot listen on ${where}: the port is in use (another stoa meta or stoa up?); pick another with --listen`, { cause: err });
-    }
-    throw new StoaError("io", `cannot listen on ${where}: ${describeError(err)}`, { cause: err });
+    throw listenError(err, `${urlHost(options.listen.hostname)}:${options.listen.port}`, {
+      inUse: "another stoa meta or stoa up? pick another with --listen",
+    });
   }
   const port = server.port ?? options.listen.port;
   // Near the descriptor limit Bun.serve would spin in accept: a refuser takes the port meanwhile,

@@ -18,10 +18,11 @@ import { existsSync } from "node:fs";
 import { chmod, rmdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { Endpoint } from "../core/endpoint.ts";
-import { StoaError, describeError } from "../core/errors.ts";
+import { StoaError, describeError, errnoCode } from "../core/errors.ts";
 import { publisherDir, publisherSocketPath } from "../core/paths.ts";
 import { bindUnix, UNIX_DIR_MODE, type UnixBinding } from "../core/unixsock.ts";
 import { KINDS, type Kind } from "./names.ts";
+import { urlHost } from "../core/endpoint.ts";
 
 /** Where one endpoint listens: a Unix socket path, or `[::1]:<port>` with `internal: "tcp"`. */
 export type InternalEndpoint = Extract<Endpoint, { kind: "unix" } | { kind: "tcp" }>;
@@ -69,7 +70,7 @@ async function listenTcp<D>(pubId: string, serverFor: (kind: Kind) => EndpointSe
   const endpoints: Partial<Record<Kind, InternalEndpoint>> = {};
   const urls: Partial<Record<Kind, string>> = {};
   const host = where.host;
-  const shown = host.includes(":") ? `[${host}]` : host;
+  const shown = urlHost(host);
   try {
     for (const kind of KINDS) {
       const server = Bun.serve<D>({ hostname: host, port: where.ports[kind], ...serverFor(kind) });
@@ -80,7 +81,7 @@ async function listenTcp<D>(pubId: string, serverFor: (kind: Kind) => EndpointSe
     }
   } catch (err) {
     for (const server of servers) await server.stop(true);
-    throw new StoaError("io", `cannot listen on ${shown} for ${pubId}: ${messageOf(err)}`, { cause: err });
+    throw new StoaError("io", `cannot listen on ${shown} for ${pubId}: ${describeError(err)}`, { cause: err });
   }
   return {
     endpoints: complete(endpoints),
@@ -136,7 +137,7 @@ async function listenUnixDir<D>(
       }
       return rmdir(dir).then(
         () => undefined,
-        (err: unknown) => (errnoOf(err) === "ENOENT" ? undefined : messageOf(err)),
+        (err: unknown) => (errnoCode(err) === "ENOENT" ? undefined : describeError(err)),
       );
     },
   };
@@ -161,10 +162,4 @@ async function stopServer<D>(server: Server<D>): Promise<void> {
   if (!stopped) await server.stop(true);
 }
 
-function errnoOf(err: unknown): string | undefined {
-  return typeof err === "object" && err !== null && "code" in err && typeof err.code === "string" ? err.code : undefined;
-}
 
-function messageOf(err: unknown): string {
-  return describeError(err);
-}

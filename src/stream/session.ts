@@ -79,33 +79,20 @@ export async function startPublishing(options: SessionOptions): Promise<Session>
 
   // Own the endpoints before touching any registration: a pub_id already served by a live
   // publisher must be refused without disturbing that publisher's routes or registration.
-  const undo: (() => Promise<unknown>)[] = [];
-  const unwind = async () => {
-    for (const step of undo.reverse()) await step().catch(() => {});
-  };
-  let publisher: Publisher;
-  let info: PublisherInfo;
-  const routeTcp = async () => {
-    for (const kind of KINDS) {
-      await controlRequest(runDir, { type: "register", pub_id: pubId, kind, target: formatEndpoint(publisher.endpoints[kind]) });
-    }
-  };
-  try {
+  return establish(meta, log, async (undo) => {
     if (options.internal === "tcp") await refuseLiveRoutes(runDir, pubId);
-    publisher = await createPublisher({ pubId, runDir, internal: options.internal, slow: options.slow, history: options.history, log });
-    undo.push(() => publisher.close());
-    if (options.internal === "tcp") {
-      undo.push(() => controlRequest(runDir, { type: "deregister", pub_id: pubId }));
-      await routeTcp();
-    }
-    info = await meta.register(request);
-    undo.push(() => meta.deregister(pubId));
-    info = await meta.confirm(pubId);
-  } catch (err) {
-    await unwind();
-    throw err;
-  }
-  return liveSession({ meta, request, publisher, info, unwind, log, reregister: options.internal === "tcp" ? routeTcp : undefined });
+    const publisher = await createPublisher({ pubId, runDir, internal: options.internal, slow: options.slow, history: options.history, log });
+    undo(() => publisher.close());
+    if (options.internal !== "tcp") return { publisher, request };
+    const routeTcp = async () => {
+      for (const kind of KINDS) {
+        await controlRequest(runDir, { type: "register", pub_id: pubId, kind, target: formatEndpoint(publisher.endpoints[kind]) });
+      }
+    };
+    undo(() => controlRequest(runDir, { type: "deregister", pub_id: pubId }));
+    await routeTcp();
+    return { publisher, request, reregister: routeTcp };
+  });
 }
 
 /** Option 1: a publisher on its own /128, reached without a gateway. */
@@ -113,28 +100,46 @@ async function startOnOwnAddress(options: SessionOptions, own: NonNullable<Sessi
   const { log, runDir } = options;
   const meta = new MetaClient(options.metaUrl, { token: options.metaToken });
   const pubId = options.pubId ?? newPubId();
+  return establish(meta, log, async (undo) => {
+    const owned = addRandomOwnedAddress({ prefix: own.prefix, dev: own.dev, runDir });
+    undo(async () => owned.remove());
+    log.info("added address", { addr: owned.addr, dev: own.dev });
+    const publisher = await createPublisher({ pubId, runDir, internal: { host: owned.addr, ports: own.ports }, slow: options.slow, history: options.history, log });
+    undo(() => publisher.close());
+    return { publisher, request: { name: options.name, pub_id: pubId, host: owned.addr, ports: own.ports } };
+  });
+}
+
+/** What `establish` starts before registering; `undo` takes the step that reverses each part. */
+type Setup = (undo: (step: () => Promise<unknown>) => void) => Promise<{
+  publisher: Publisher;
+  request: RegisterRequest;
+  /** Re-creates what the gateway must know before registering again (explicit routes). */
+  reregister?: () => Promise<void>;
+}>;
+
+/**
+ * Steps 2–5 for either path: `setUp` starts the endpoints, then the registration is made and
+ * confirmed; on any failure everything done so far is undone, in reverse, and the error thrown.
+ */
+async function establish(meta: MetaClient, log: Logger, setUp: Setup): Promise<Session> {
   const undo: (() => Promise<unknown>)[] = [];
   const unwind = async () => {
     for (const step of undo.reverse()) await step().catch(() => {});
   };
-  let publisher: Publisher;
+  let started: Awaited<ReturnType<Setup>>;
   let info: PublisherInfo;
-  let request: RegisterRequest;
   try {
-    const owned = addRandomOwnedAddress({ prefix: own.prefix, dev: own.dev, runDir });
-    undo.push(async () => owned.remove());
-    log.info("added address", { addr: owned.addr, dev: own.dev });
-    publisher = await createPublisher({ pubId, runDir, internal: { host: owned.addr, ports: own.ports }, slow: options.slow, history: options.history, log });
-    undo.push(() => publisher.close());
-    request = { name: options.name, pub_id: pubId, host: owned.addr, ports: own.ports };
-    info = await meta.register(request);
+    started = await setUp((step) => undo.push(step));
+    const { pubId } = started.publisher;
+    await meta.register(started.request);
     undo.push(() => meta.deregister(pubId));
     info = await meta.confirm(pubId);
   } catch (err) {
     await unwind();
     throw err;
   }
-  return liveSession({ meta, request, publisher, info, unwind, log });
+  return liveSession({ ...started, meta, info, unwind, log });
 }
 
 /** Heartbeats for a confirmed registration, and the `close()` that undoes everything. */
