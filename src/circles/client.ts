@@ -9,7 +9,7 @@
  * away, "io" for any other JSON-RPC error (-32000 execution, -326xx) — the message is the
  * server's, and `rpcCode` carries the JSON-RPC code when there was one.
  */
-import { StoaError, type ErrorCode } from "../core/errors.ts";
+import { StoaError, describeError, type ErrorCode } from "../core/errors.ts";
 import { type UpgradeRefusal, describeRefusal, dialWebSocket } from "../core/ws.ts";
 import { readKeyFile, signNonce } from "./auth.ts";
 import {
@@ -91,7 +91,7 @@ class RpcSocket {
         refusal = r;
       });
     } catch (err) {
-      throw new PlayError("usage", `cannot connect to ${url}: ${err instanceof Error ? err.message : String(err)}; give --url ws://HOST:PORT/<circle_pk>`);
+      throw new PlayError("usage", `cannot connect to ${url}: ${describeError(err)}; give --url ws://HOST:PORT/<circle_pk>`);
     }
     const socket = new RpcSocket(ws, url, Date.now() + timeoutMs);
     ws.onmessage = (event) => socket.#answer?.(typeof event.data === "string" ? event.data : Buffer.from(event.data as ArrayBuffer).toString("utf8"));

@@ -11,6 +11,7 @@
 import { secp256k1 } from "@noble/curves/secp256k1.js";
 import { keccak_256 } from "@noble/hashes/sha3.js";
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
+import { describeError } from "../../core/errors.ts";
 
 interface Element {
   value: string;
@@ -121,7 +122,7 @@ function showOutput(text: string, failed: boolean): void {
 
 function describe(err: unknown): string {
   if (err instanceof RpcFailure) return `error ${err.code}: ${err.message}`;
-  return err instanceof Error ? err.message : String(err);
+  return describeError(err);
 }
 
 /** The private key in the key field, or undefined when it is empty; throws when it is not a key. */
