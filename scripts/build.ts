@@ -34,7 +34,7 @@ const built = new Date().toISOString().replace(/\.\d+Z$/, "Z");
 const out = join(dist, "stoa");
 const started = performance.now();
 // Every Bun Worker entry must be bundled as its own entrypoint (src/core/worker-entry.ts).
-const result = await $`bun build --compile --minify --bytecode ${join(root, "src/main.ts")} ${join(root, "src/gateway/worker.ts")} ${join(root, "src/core/fdsplice-worker.ts")} ${join(root, "src/meta/worker.ts")} --outfile ${out} --define STOA_BUILD_COMMIT=${JSON.stringify(commit)} --define STOA_BUILD_TIME=${JSON.stringify(built)}`
+const result = await $`bun build --compile --minify --bytecode ${join(root, "src/main.ts")} ${join(root, "src/gateway/worker.ts")} ${join(root, "src/core/fdsplice-worker.ts")} ${join(root, "src/meta/worker.ts")} ${join(root, "src/circles/worker.ts")} --outfile ${out} --define STOA_BUILD_COMMIT=${JSON.stringify(commit)} --define STOA_BUILD_TIME=${JSON.stringify(built)}`
   .cwd(root)
   .nothrow()
   .quiet();

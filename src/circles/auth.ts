@@ -41,7 +41,7 @@ export const NONCE_TTL_MS = 5 * 60_000;
 /** Nonces one connection holds at once; a client needs one per authenticate, 8 covers retries. */
 export const MAX_NONCES_PER_CONNECTION = 8;
 /** Random bytes in a nonce: 256 bits, never guessed, never repeated. */
-export const NONCE_BYTES = 32;
+const NONCE_BYTES = 32;
 /** Largest key file read: a key is 64 hex digits; anything much bigger is not a key file. */
 export const MAX_KEY_FILE_BYTES = 1024;
 
@@ -67,7 +67,7 @@ export interface PublicKey {
 }
 
 /** A private key and its public key. */
-export interface KeyPair {
+interface KeyPair {
   /** 32 bytes, a scalar in [1, n-1]. */
   readonly privateKey: Uint8Array;
   readonly publicKey: PublicKey;
@@ -109,7 +109,7 @@ export function ethSignedMessageHash(message: string): Uint8Array {
 }
 
 /** Whether a signature checks out, and if not, why (for the JSON-RPC error message). */
-export type VerifyResult = { readonly ok: true } | { readonly ok: false; readonly reason: string };
+type VerifyResult = { readonly ok: true } | { readonly ok: false; readonly reason: string };
 
 /**
  * Checks that `signature` (hex r‖s‖v or r‖s, 0x optional) signs `nonce` eth-style with the key
@@ -257,7 +257,7 @@ export function writeKeyFile(path: string, privateKey: Uint8Array, options: { ov
  * expired, other_connection / other_circle / other_pubkey (issued, but not for this). `redeem`:
  * none (no nonce outstanding for this connection, circle and pubkey), expired, bad_signature.
  */
-export type NonceRejection =
+type NonceRejection =
   | "unknown"
   | "expired"
   | "other_connection"
@@ -266,11 +266,11 @@ export type NonceRejection =
   | "none"
   | "bad_signature";
 
-export type ConsumeResult =
+type ConsumeResult =
   | { readonly ok: true }
   | { readonly ok: false; readonly reason: NonceRejection; readonly message: string };
 
-export interface NonceStoreOptions {
+interface NonceStoreOptions {
   /** Lifetime of a nonce; default `NONCE_TTL_MS`. */
   ttlMs?: number;
   /** Nonces one connection holds; default `MAX_NONCES_PER_CONNECTION`. */

@@ -10,6 +10,8 @@
  * server's, and `rpcCode` carries the JSON-RPC code when there was one.
  */
 import { StoaError, describeError, type ErrorCode } from "../core/errors.ts";
+import { type Logger, createLogger } from "../core/log.ts";
+import { waitFor } from "../core/wait.ts";
 import { type UpgradeRefusal, describeRefusal, dialWebSocket } from "../core/ws.ts";
 import { readKeyFile, signNonce } from "./auth.ts";
 import {
@@ -27,7 +29,7 @@ import {
 /** Default bound of one `playOnce`: connect, authenticate and play. */
 export const DEFAULT_PLAY_TIMEOUT_MS = 30_000;
 
-export interface PlayOptions {
+interface PlayOptions {
   /** `ws://host:port/<circle_pk>` (or wss://). */
   url: string;
   /** A key file (auth.ts `readKeyFile`): authenticate with it before the play. */
@@ -35,14 +37,21 @@ export interface PlayOptions {
   script: string;
   /** Bound of the whole exchange (default DEFAULT_PLAY_TIMEOUT_MS). */
   timeoutMs?: number;
+  /** Before that: go on dialling a server that is not there (yet) this long (core/wait.ts; default 0). */
+  waitMs?: number;
+  /** Says once what it waits for (with `waitMs`). */
+  log?: Logger;
 }
 
 /** A failed play: the StoaError, with the JSON-RPC error code when the server answered one. */
 export class PlayError extends StoaError {
   readonly rpcCode: number | undefined;
-  constructor(code: ErrorCode, message: string, rpcCode?: number) {
+  /** Nothing answered at the URL (no server yet): worth dialling again while waiting. */
+  readonly unreachable: boolean;
+  constructor(code: ErrorCode, message: string, rpcCode?: number, unreachable = false) {
     super(code, message);
     this.rpcCode = rpcCode;
+    this.unreachable = unreachable;
   }
 }
 
@@ -54,7 +63,16 @@ export class PlayError extends StoaError {
 export async function playOnce(options: PlayOptions): Promise<string> {
   const keys = options.keyFile === undefined ? undefined : readKeyFile(options.keyFile);
   const timeoutMs = options.timeoutMs ?? DEFAULT_PLAY_TIMEOUT_MS;
-  const rpc = await RpcSocket.open(options.url, timeoutMs);
+  const waitMs = options.waitMs ?? 0;
+  const rpc =
+    waitMs > 0
+      ? await waitFor(() => RpcSocket.open(options.url, timeoutMs), {
+          what: `the circles server at ${options.url}`,
+          waitMs,
+          retryable: (err) => err instanceof PlayError && err.unreachable,
+          log: options.log ?? createLogger({ level: "warn" }),
+        })
+      : await RpcSocket.open(options.url, timeoutMs);
   try {
     if (keys !== undefined) {
       const pubkey = keys.publicKey.hex;
@@ -97,13 +115,14 @@ class RpcSocket {
     ws.onmessage = (event) => socket.#answer?.(typeof event.data === "string" ? event.data : Buffer.from(event.data as ArrayBuffer).toString("utf8"));
     let opened = false;
     ws.onclose = (event) => {
+      const unreachable = refusal === undefined && !opened;
       const why =
         refusal !== undefined
           ? `the server refused the connection: ${describeRefusal(refusal)}`
           : opened
             ? `the connection to ${url} closed (${event.code}${event.reason === "" ? "" : ` ${event.reason}`})`
             : `cannot connect to ${url}: no server answered there (is stoa circles serve running on that port?)`;
-      socket.#fail(new PlayError("closed", why));
+      socket.#fail(new PlayError("closed", why, undefined, unreachable));
     };
     return socket.#bounded("connecting", (resolve) => {
       ws.onopen = () => {

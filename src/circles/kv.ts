@@ -29,7 +29,7 @@ export const KV_LIMITS = {
 } as const;
 
 /** A value now (SQLite) or later (Redis): the sandbox uses the first kind without waiting. */
-export type MaybePromise<T> = T | Promise<T>;
+type MaybePromise<T> = T | Promise<T>;
 
 export interface CircleKv {
   /** What the store is, for messages: "SQLite /path/…", "Redis hash circle_db:…". */

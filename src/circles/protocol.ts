@@ -119,13 +119,13 @@ export const RPC_ERROR = {
   invalidCredentials: -32002,
   timeout: -32003,
 } as const;
-export type RpcErrorCode = (typeof RPC_ERROR)[keyof typeof RPC_ERROR];
+type RpcErrorCode = (typeof RPC_ERROR)[keyof typeof RPC_ERROR];
 
 export const METHODS = ["fetch_nonce", "authenticate", "play"] as const;
 export type Method = (typeof METHODS)[number];
 
 /** A request id. JSON-RPC also allows null and no id (a notification); this protocol does not: every request is answered by id. */
-export const IdSchema = z.union([z.number(), z.string().max(MAX_ID_CHARS)]);
+const IdSchema = z.union([z.number(), z.string().max(MAX_ID_CHARS)]);
 export type Id = z.infer<typeof IdSchema>;
 
 const PubkeyParam = z
@@ -149,15 +149,15 @@ const ScriptParam = z
   });
 
 /** Each method's params: by name (an object) and by position (an array, in the order listed). */
-export const PARAMS = {
+const PARAMS = {
   fetch_nonce: { names: ["pubkey"], schema: z.object({ pubkey: PubkeyParam }) },
   authenticate: { names: ["pubkey", "signature"], schema: z.object({ pubkey: PubkeyParam, signature: SignatureParam }) },
   play: { names: ["script"], schema: z.object({ script: ScriptParam }) },
 } as const satisfies Record<Method, { names: readonly string[]; schema: z.ZodType }>;
 
-export type FetchNonceParams = z.output<typeof PARAMS.fetch_nonce.schema>;
+type FetchNonceParams = z.output<typeof PARAMS.fetch_nonce.schema>;
 export type AuthenticateParams = z.output<typeof PARAMS.authenticate.schema>;
-export type PlayParams = z.output<typeof PARAMS.play.schema>;
+type PlayParams = z.output<typeof PARAMS.play.schema>;
 
 /** A decoded request: params always by name, pubkeys parsed to canonical form. */
 export type Request =
@@ -174,17 +174,17 @@ export const RESULTS = {
   authenticate: AuthenticateResultSchema,
   play: PlayResultSchema,
 } as const satisfies Record<Method, z.ZodType>;
-export type Result = z.infer<(typeof RESULTS)[Method]>;
+type Result = z.infer<(typeof RESULTS)[Method]>;
 
-export const ErrorObjectSchema = z.object({ code: z.number().int(), message: z.string(), data: z.unknown().optional() });
-export const SuccessResponseSchema = z.object({ jsonrpc: z.literal("2.0"), id: IdSchema, result: z.unknown() });
+const ErrorObjectSchema = z.object({ code: z.number().int(), message: z.string(), data: z.unknown().optional() });
+const SuccessResponseSchema = z.object({ jsonrpc: z.literal("2.0"), id: IdSchema, result: z.unknown() });
 export const ErrorResponseSchema = z.object({ jsonrpc: z.literal("2.0"), id: IdSchema.nullable(), error: ErrorObjectSchema });
 export const ResponseSchema = z.union([SuccessResponseSchema, ErrorResponseSchema]);
-export type SuccessResponse = z.infer<typeof SuccessResponseSchema>;
+type SuccessResponse = z.infer<typeof SuccessResponseSchema>;
 export type ErrorResponse = z.infer<typeof ErrorResponseSchema>;
 export type Response = z.infer<typeof ResponseSchema>;
 
-export type DecodedRequest = { ok: true; request: Request } | { ok: false; response: ErrorResponse };
+type DecodedRequest = { ok: true; request: Request } | { ok: false; response: ErrorResponse };
 
 /**
  * Decodes one request message. Never throws: anything that is not a valid request comes back as
@@ -332,7 +332,7 @@ export function truncateUtf8(text: string, maxBytes: number): string {
 }
 
 /** UTF-8 length of a string (a lone surrogate counts as U+FFFD: 3 bytes, as it is sent). */
-export function utf8Length(text: string): number {
+function utf8Length(text: string): number {
   return Buffer.byteLength(text, "utf8");
 }
 
@@ -352,7 +352,7 @@ const boundedText = (what: string, maxBytes: number) =>
 /** A count of milliseconds (or ms since the epoch), as a number in memory. */
 const Millis = z.number().int().nonnegative();
 
-export const TaskRecordSchema = z.object({
+const TaskRecordSchema = z.object({
   id: z.string().regex(TASK_ID, { error: "id must be 1–128 of A-Z a-z 0-9 . _ : -" }),
   /** The circle's canonical public key. */
   circle: z.string().regex(CANONICAL_KEY, { error: "circle must be a canonical public key (66 lowercase hex digits)" }),

@@ -85,7 +85,7 @@ export const SANDBOX_DEFAULTS = {
 /** Restarts a play may take to await reads of an asynchronous db (see the header). */
 export const MAX_DB_FETCH_ROUNDS = 64;
 
-export interface SandboxOptions {
+interface SandboxOptions {
   memoryBytes?: number;
   stackBytes?: number;
   outputBytes?: number;
@@ -104,7 +104,7 @@ export interface PlayContext {
   db: CircleKv;
 }
 
-export type PlayFailureKind = "error" | "timeout" | "too_large" | "memory" | "stack";
+type PlayFailureKind = "error" | "timeout" | "too_large" | "memory" | "stack";
 export type PlayResult = { ok: true; output: string } | { ok: false; kind: PlayFailureKind; message: string };
 
 type Settings = Required<SandboxOptions>;

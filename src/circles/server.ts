@@ -69,7 +69,7 @@ import { urlHost } from "../core/endpoint.ts";
 /** Bun pings a socket idle this long and closes it when the pong does not come. */
 export const IDLE_TIMEOUT_S = 120;
 /** Pubkeys holding HTTP-issued nonces (`GET /auth/nonce`) at once; the oldest is dropped beyond. */
-export const MAX_HTTP_NONCE_KEYS = 4096;
+const MAX_HTTP_NONCE_KEYS = 4096;
 /** Bytes queued for a client that does not read its answers before it is disconnected. */
 const BACKPRESSURE_LIMIT_BYTES = 4 * MAX_RESPONSE_BYTES;
 /** The NonceStore connection id of a pubkey's HTTP-issued nonces (connection ids are decimal). */
@@ -83,7 +83,7 @@ const MAX_SHOWN_PATH_CHARS = 140;
 const JSON_TYPE = "application/json; charset=utf-8";
 const STOPPING = "server stopping";
 
-export interface CirclesServerOptions {
+interface CirclesServerOptions {
   /** Address to listen on; port 0 picks a free one (see `port` on the handle). */
   host: string;
   port: number;
@@ -159,6 +159,7 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
   const registry = options.metrics ?? sharedMetrics;
   const connectionsGauge = registry.gauge("stoa_circles_connections", "Open circles WebSocket connections.");
   const connectionsTotal = registry.counter("stoa_circles_connections_total", "Circles WebSocket connections accepted.");
+  const playsInFlight = registry.gauge("stoa_circles_plays_in_flight", "Plays submitted to the queue and not answered yet.");
   const plays = registry.counter("stoa_circles_plays_total", "Plays answered, by outcome (ok, error, timeout, rejected).", ["outcome"]);
   const playSeconds = registry.histogram("stoa_circles_play_seconds", "Time from a play's request to its outcome.", PLAY_SECONDS_BUCKETS);
   const dropped = registry.counter("stoa_circles_answers_dropped_total", "Play answers not sent: the client had disconnected.");
@@ -174,6 +175,7 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
     if (play.done) return;
     play.done = true;
     pending.delete(play);
+    playsInFlight.dec();
     const conn = play.ws.data;
     conn.inflight--;
     playSeconds.observe((performance.now() - play.started) / 1000);
@@ -239,6 +241,7 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
     conn.inflight++;
     const entry: PendingPlay = { ws, id, started: performance.now(), done: false };
     pending.add(entry);
+    playsInFlight.inc();
     void queue
       .submit({ circle: conn.circle, caller: conn.caller, script, timeoutMs: taskTimeoutMs })
       .then(

@@ -8,6 +8,9 @@ import { RedisClient } from "bun";
 import { KV_LIMITS, RedisKv, SqliteKv, type CircleKv } from "../../src/circles/kv.ts";
 import { startRedis } from "../fixtures/redis.ts";
 
+/** Plays that run into a limit (memory, time, output): each takes a second or more on a loaded 2-core machine. */
+const HEAVY_TIMEOUT_MS = 30_000;
+
 const CIRCLE_A = "02" + "a".repeat(64);
 const CIRCLE_B = "03" + "b".repeat(64);
 const CALLER = "04" + "c".repeat(128);
@@ -174,7 +177,7 @@ describe("failures are mapped, and the sandbox keeps working after each", () => 
     expect((await failure("try { for (;;) {} } catch (e) { 'caught' }", { timeoutMs: 200 })).kind).toBe("timeout");
     expect((await failure("({ toString() { for (;;) {} } })", { timeoutMs: 200 })).kind).toBe("timeout");
     await stillWorks();
-  });
+  }, HEAVY_TIMEOUT_MS);
 
   test("a memory bomb is a memory error", async () => {
     const { kind, message } = await failure("const a = []; for (;;) a.push({ n: a.length })");
@@ -182,7 +185,7 @@ describe("failures are mapped, and the sandbox keeps working after each", () => 
     expect(message).toContain(String(SANDBOX_DEFAULTS.memoryBytes));
     expect((await failure("new Array(1e8).fill(0)")).kind).toBe("memory");
     await stillWorks();
-  });
+  }, HEAVY_TIMEOUT_MS);
 
   test("a memory bomb does not leave its heap with the thread (the QuickJS instance is replaced)", async () => {
     await stillWorks();
@@ -193,14 +196,14 @@ describe("failures are mapped, and the sandbox keeps working after each", () => 
     Bun.gc(true);
     // Without the new instance the wasm memory stays at its high-water mark, ~130 MB over.
     expect(process.memoryUsage().rss - before).toBeLessThan(80 * 1024 * 1024);
-  });
+  }, HEAVY_TIMEOUT_MS);
 
   test("deep recursion is a stack error", async () => {
     const { kind, message } = await failure("function down(n) { return down(n + 1) + 1 } down(0)");
     expect(kind).toBe("stack");
     expect(message).toContain("stack overflow");
     await stillWorks();
-  });
+  }, HEAVY_TIMEOUT_MS);
 
   test("printing 10 MB stops at the output cap, promptly, uncatchably", async () => {
     const started = performance.now();
@@ -212,7 +215,7 @@ describe("failures are mapped, and the sandbox keeps working after each", () => 
     expect((await failure('"x".repeat(2 * 1024 * 1024)')).kind).toBe("too_large");
     expect(performance.now() - started).toBeLessThan(5_000);
     await stillWorks();
-  });
+  }, HEAVY_TIMEOUT_MS);
 
   test("output exactly at the cap passes", async () => {
     const exact = SANDBOX_DEFAULTS.outputBytes - 1;

@@ -105,6 +105,8 @@ describe.if(hasZsh)("zsh completion", () => {
 
   // The real completion system: test/helpers/zsh-complete.zsh types the line and a Tab into an
   // interactive zsh (compinit, the script on $fpath) and prints what the completion added.
+  /** Each completion starts zsh's completion system afresh (~0.5 s idle, several seconds on a loaded 2-core machine). */
+  const ZSH_TIMEOUT_MS = 30_000;
   const zshComplete = (line: string): string[] => {
     const fpath = join(dir, "zfunc");
     mkdirSync(fpath, { recursive: true });
@@ -116,7 +118,7 @@ describe.if(hasZsh)("zsh completion", () => {
     expect(zshComplete("stoa hotlink serve --users ")).toEqual(FILES.map((f) => f.replace(/ /g, "\\ ")));
     expect(zshComplete("stoa gateway --config u")).toEqual(["users.json"]);
     expect(zshComplete("stoa hotlink serve --acl=a")).toEqual(["acl.json"]);
-  });
+  }, ZSH_TIMEOUT_MS);
 
   test("offers only directories after a flag that takes one, and choices after a choice flag", () => {
     expect(zshComplete("stoa meta --state-dir ")).toEqual(DIRS.map((f) => f.replace(/ /g, "\\ ")));
@@ -124,7 +126,7 @@ describe.if(hasZsh)("zsh completion", () => {
     expect(zshComplete("stoa gateway --log-level w")).toEqual(["warn"]);
     expect(zshComplete("stoa gateway --ports ")).toEqual([]);
     expect(zshComplete("stoa hotlink user ")).toEqual(["add", "ls", "remove"]);
-  });
+  }, ZSH_TIMEOUT_MS);
 });
 
 describe.if(hasFish)("fish completion", () => {

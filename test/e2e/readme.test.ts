@@ -1,5 +1,5 @@
 /**
- * README.md's quick start and both walkthroughs ("A first stream", "A first tunnel"), taken
+ * README.md's quick start and the walkthroughs ("A first stream", "A first tunnel", "A first circle"), taken
  * from the file and run as printed, pasted one after the other into one `sh -e` — the way a new
  * user tries them. They run as root with the defaults they print (/run/stoa, /var/lib/stoa,
  * ports 8081-8083, 8090, 8470), so the script gets a private mount namespace (tmpfs on those
@@ -41,7 +41,7 @@ if (!canRun) console.warn("readme.test.ts needs root, unshare and flock");
 
 describe.if(canRun)("README.md as a script", () => {
   test(
-    "the quick start, 'A first stream' and 'A first tunnel' pasted as one script all succeed and do what the README says",
+    "the quick start, 'A first stream', 'A first tunnel' and 'A first circle' pasted as one script all succeed and do what the README says",
     async () => {
       const readme = readFileSync(join(ROOT, "README.md"), "utf8");
       const work = mkdtempSync(join(tmpdir(), "stoa-readme-"));
@@ -68,6 +68,8 @@ describe.if(canRun)("README.md as a script", () => {
           block(readme, "A first tunnel"),
           "echo '--- tunnel done'",
           `'${process.execPath}' '${join(ROOT, "test/fixtures/readme-tunnel.ts")}' 10001 10002`,
+          block(readme, "A first circle"),
+          "echo '--- circle done'",
         ].join("\n");
         const file = join(work, "readme.sh");
         writeFileSync(file, script);
@@ -101,6 +103,9 @@ describe.if(canRun)("README.md as a script", () => {
         expect(tunnel).toMatch(/alice via ws:\/\/127\.0\.0\.1:8470: connected/);
         expect(tunnel).toMatch(/bob via ws:\/\/127\.0\.0\.1:8470: connected/);
         expect(out).toContain("tunnel ok");
+        // A first circle: 42, alpha's own db value, and nothing of it in beta's db.
+        const circle = out.split(/^tunnel ok$/m)[1] ?? "";
+        expect(circle).toMatch(/^42\n(?:.*\n)*?from [0-9a-f]{6}\n(?:.*\n)*?null\n(?:.*\n)*?--- circle done$/m);
         // Clients say nothing on stderr in normal operation (daemons log their start at info).
         expect(err).not.toMatch(/\b(ERROR|WARN) +(pub|sub|status):/);
       } finally {

@@ -1,0 +1,630 @@
+/**
+ * The Redis task queue (queues.ts has the design): `RedisTaskQueue` is the server's side
+ * (submit, wait for the reply), `RedisWorkers` runs worker threads (worker.ts) for some circles
+ * in this process — `serve --redis-url` and `stoa circles worker` both use it — with their
+ * heartbeats and the reclaiming of dead workers' plays. `RedisScripts` are the Lua steps both
+ * sides run, one round trip each.
+ *
+ * Keys (the seed's names where it had them):
+ *
+ *   rhai_tasks:<circle>                 list of task ids: LPUSH by the server, taken from the right
+ *   rhai_task:<id>                      hash: the TaskRecord (protocol.ts) + reply_to (the channel of
+ *                                       the server that waits); expires TASK_TTL_S after it settles
+ *   rhai_reply:<id>                     list: "<status>\n<output or error>" when no server heard the
+ *                                       PUBLISH (it was reconnecting, say); expires REPLY_TTL_S
+ *   rhai_done:<dispatcher>              pub/sub channel of one server: "<id>\n<status>\n<text>"
+ *   rhai_processing:<circle>:<worker>   list: the ids a worker claimed and has not completed
+ *   rhai_workers:<circle>               set: worker ids that may hold a processing list
+ *   rhai_worker:<worker>                heartbeat, PX HEARTBEAT_TTL_MS, refreshed by the worker's process
+ *
+ * Round trips per play: the server's SUBMIT (HSET + EXPIRE + LPUSH), the worker's CLAIM (LMOVE
+ * + attempts + status, up to CLAIM_BATCH plays at once; BLMOVE first when the list is empty) and
+ * COMPLETE (status, output, error, LREM, PUBLISH, or the reply list when nobody heard it). The
+ * reply reaches the server in the PUBLISH; a server that missed it LPOPs the list at the deadline.
+ * A worker does not wait for one play's COMPLETE before it starts the next (one turn of the event
+ * loop sends it): a worker's rate is the sandbox's, not the sandbox's plus a round trip.
+ *
+ * Scripts name the task hash from the id (`'rhai_task:' .. id`): single-instance Redis, not Cluster.
+ * The worker measures a play's time left from `created_at` (the server's clock): keep clocks in sync.
+ */
+import { RedisClient } from "bun";
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { describeError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
+import type { TaskStatus } from "./protocol.ts";
+import type { PlayOutcome, PlaySubmission, TaskQueue } from "./queue.ts";
+import { DEADLINE_MARGIN_MS, MAX_LOSSES, circleWorkerEntry, type FromWorker, type ToWorker } from "./embedded-queue.ts";
+
+/** Plays one CLAIM takes at most (and at most its share of the list): fewer round trips under load. */
+export const CLAIM_BATCH = 16;
+/** BLMOVE's block, seconds: how long a stopping worker may wait for its blocked read to end. */
+export const REDIS_BLOCK_S = 1;
+/** A connection attempt fails after this long (a host that drops packets). */
+export const REDIS_CONNECT_TIMEOUT_MS = 2_000;
+/** Pause before trying Redis again after a failure. */
+export const REDIS_RETRY_MS = 250;
+/** A worker unheard of this long is dead: its claimed plays are requeued (or failed). */
+export const HEARTBEAT_TTL_MS = 3_000;
+/** How often a process refreshes its workers' heartbeats and looks for dead workers. */
+const HEARTBEAT_EVERY_MS = 1_000;
+/** A settled task's hash stays this long (to read its status), seconds. */
+const TASK_TTL_S = 60;
+/** A reply list stays this long, seconds. */
+const REPLY_TTL_S = 60;
+/** `healthy()` answers "down" when PING takes longer. */
+const HEALTH_TIMEOUT_MS = 1_000;
+/** How often the server checks its plays' deadlines. */
+const DEADLINE_SWEEP_MS = 100;
+/** How long a stopping worker thread gets to finish its play before it is terminated (its play requeued). */
+const THREAD_STOP_MS = 2_000;
+const STOPPING = "server stopping";
+
+export const redisKeys = {
+  tasks: (circle: string) => `rhai_tasks:${circle}`,
+  task: (id: string) => `rhai_task:${id}`,
+  reply: (id: string) => `rhai_reply:${id}`,
+  done: (dispatcher: string) => `rhai_done:${dispatcher}`,
+  processing: (circle: string, worker: string) => `rhai_processing:${circle}:${worker}`,
+  workers: (circle: string) => `rhai_workers:${circle}`,
+  heartbeat: (worker: string) => `rhai_worker:${worker}`,
+};
+
+const LUA = {
+  /**
+   * KEYS: task hash, tasks list. ARGV: ttl, reply_to, then the record's fields and values
+   * (encodeTaskRecord) that are not their initial value: id, circle, caller, script, created_at, timeout_ms.
+   */
+  submit: `redis.call('HSET', KEYS[1], 'reply_to', ARGV[2], 'status', 'pending', 'output', '', 'error', '', 'attempts', '0', unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'updated_at', redis.call('HGET', KEYS[1], 'created_at'))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+return 1`,
+  /**
+   * KEYS: tasks, processing, workers set. ARGV: now, max, an id BLMOVE moved already or "".
+   * Answers HGETALLs. Takes at most its share of the list (length / workers), so one worker does
+   * not hoard plays while another idles.
+   */
+  claim: `local out = {}
+local function claim(id)
+  local key = 'rhai_task:' .. id
+  if redis.call('EXISTS', key) == 0 then redis.call('LREM', KEYS[2], 1, id) return end
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSET', key, 'status', 'processing', 'updated_at', ARGV[1])
+  out[#out + 1] = redis.call('HGETALL', key)
+end
+if ARGV[3] ~= '' then claim(ARGV[3]) end
+local share = math.ceil(redis.call('LLEN', KEYS[1]) / math.max(1, redis.call('SCARD', KEYS[3])))
+local max = math.min(tonumber(ARGV[2]), #out + share)
+while #out < max do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not id then break end
+  claim(id)
+end
+return out`,
+  /** KEYS: task hash, processing, reply. ARGV: id, status, text, now, task ttl, reply ttl. 0: not ours any more. */
+  complete: `if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local output, err = '', ''
+if ARGV[2] == 'completed' then output = ARGV[3] else err = ARGV[3] end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', output, 'error', err, 'updated_at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local reply = ARGV[2] .. '\\n' .. ARGV[3]
+local to = redis.call('HGET', KEYS[1], 'reply_to')
+if not to or redis.call('PUBLISH', to, ARGV[1] .. '\\n' .. reply) == 0 then
+  redis.call('LPUSH', KEYS[3], reply)
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+return 1`,
+  /**
+   * KEYS: workers set, heartbeat, processing, tasks. ARGV: worker, now, task ttl, reply ttl,
+   * message, max losses. {-1, 0} while the heartbeat lives; else {requeued, failed}.
+   */
+  reclaim: `if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, 0} end
+local requeued, failed = 0, 0
+while true do
+  local id = redis.call('LPOP', KEYS[3])
+  if not id then break end
+  local key = 'rhai_task:' .. id
+  if redis.call('EXISTS', key) == 1 then
+    local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0') or 0
+    if attempts >= tonumber(ARGV[6]) then
+      redis.call('HSET', key, 'status', 'error', 'error', ARGV[5], 'updated_at', ARGV[2])
+      redis.call('EXPIRE', key, ARGV[3])
+      local reply = 'error\\n' .. ARGV[5]
+      local to = redis.call('HGET', key, 'reply_to')
+      if not to or redis.call('PUBLISH', to, id .. '\\n' .. reply) == 0 then
+        local replies = 'rhai_reply:' .. id
+        redis.call('LPUSH', replies, reply)
+        redis.call('EXPIRE', replies, ARGV[4])
+      end
+      failed = failed + 1
+    else
+      redis.call('HSET', key, 'status', 'pending', 'updated_at', ARGV[2])
+      redis.call('RPUSH', KEYS[4], id)
+      requeued = requeued + 1
+    end
+  end
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+return {requeued, failed}`,
+  /** KEYS: workers set, heartbeat, processing, tasks. ARGV: worker, now. A stopping worker's claimed plays go back, uncharged. */
+  release: `local n = 0
+while true do
+  local id = redis.call('LPOP', KEYS[3])
+  if not id then break end
+  local key = 'rhai_task:' .. id
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HINCRBY', key, 'attempts', -1)
+    redis.call('HSET', key, 'status', 'pending', 'updated_at', ARGV[2])
+    redis.call('RPUSH', KEYS[4], id)
+    n = n + 1
+  end
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return n`,
+} as const;
+type ScriptName = keyof typeof LUA;
+
+const SHA = Object.fromEntries(
+  Object.entries(LUA).map(([name, text]) => [name, new Bun.CryptoHasher("sha1").update(text).digest("hex")]),
+) as Record<ScriptName, string>;
+
+/** The Lua steps on one client: EVALSHA, and EVAL when Redis does not have the script (a restarted Redis). */
+export class RedisScripts {
+  #client: RedisClient;
+
+  constructor(client: RedisClient) {
+    this.#client = client;
+  }
+
+  async #run(name: ScriptName, keys: string[], args: string[]): Promise<unknown> {
+    try {
+      return await this.#client.send("EVALSHA", [SHA[name], String(keys.length), ...keys, ...args]);
+    } catch (err) {
+      if (!describeError(err).includes("NOSCRIPT")) throw err;
+      return await this.#client.send("EVAL", [LUA[name], String(keys.length), ...keys, ...args]);
+    }
+  }
+
+  /** `fields`: the record's fields that differ from a new record's (see LUA.submit). */
+  submit(id: string, circle: string, replyTo: string, fields: string[]): Promise<unknown> {
+    return this.#run("submit", [redisKeys.task(id), redisKeys.tasks(circle)], [String(TASK_TTL_S), replyTo, ...fields]);
+  }
+
+  /** Up to `max` claimed tasks (flat HGETALL arrays), `first` (moved by BLMOVE) first. */
+  async claim(circle: string, worker: string, max: number, first: string): Promise<string[][]> {
+    const keys = [redisKeys.tasks(circle), redisKeys.processing(circle, worker), redisKeys.workers(circle)];
+    return (await this.#run("claim", keys, [String(Date.now()), String(max), first])) as string[][];
+  }
+
+  complete(id: string, processing: string, status: TaskStatus, text: string): Promise<unknown> {
+    return this.#run("complete", [redisKeys.task(id), processing, redisKeys.reply(id)], [id, status, text, String(Date.now()), String(TASK_TTL_S), String(REPLY_TTL_S)]);
+  }
+
+  /** [-1, 0] while `worker` is alive; else [requeued, failed]. */
+  async reclaim(circle: string, worker: string): Promise<[number, number]> {
+    const message = `the worker ${worker} that ran this play stopped answering (its heartbeat expired), ${MAX_LOSSES} times: it was not retried again`;
+    const keys = [redisKeys.workers(circle), redisKeys.heartbeat(worker), redisKeys.processing(circle, worker), redisKeys.tasks(circle)];
+    return (await this.#run("reclaim", keys, [worker, String(Date.now()), String(TASK_TTL_S), String(REPLY_TTL_S), message, String(MAX_LOSSES)])) as [number, number];
+  }
+
+  /** Gives a stopping worker's claimed plays back to the list; answers how many. */
+  async release(circle: string, worker: string): Promise<number> {
+    const keys = [redisKeys.workers(circle), redisKeys.heartbeat(worker), redisKeys.processing(circle, worker), redisKeys.tasks(circle)];
+    return (await this.#run("release", keys, [worker, String(Date.now())])) as number;
+  }
+}
+
+function newClient(url: string): RedisClient {
+  return new RedisClient(url, { autoReconnect: false, enableOfflineQueue: false, connectionTimeout: REDIS_CONNECT_TIMEOUT_MS });
+}
+
+/**
+ * A connection that comes back: on close it says so (`onDown`) and dials again every
+ * REDIS_RETRY_MS until it is up (`onUp`). Commands while down fail at once (no offline queue).
+ */
+class RedisLink {
+  #url: string;
+  #client: RedisClient | null = null;
+  #closed = false;
+  #down: string | null = "not connected yet";
+  #onUp: (client: RedisClient) => Promise<void> | void;
+  #onDown: (reason: string) => void;
+  #retry: Timer | null = null;
+
+  constructor(url: string, handlers: { onUp?: (client: RedisClient) => Promise<void> | void; onDown?: (reason: string) => void } = {}) {
+    this.#url = url;
+    this.#onUp = handlers.onUp ?? (() => {});
+    this.#onDown = handlers.onDown ?? (() => {});
+  }
+
+  /** The client while connected, else null. */
+  get client(): RedisClient | null {
+    return this.#down === null ? this.#client : null;
+  }
+
+  /** Why it is down, or null. */
+  get down(): string | null {
+    return this.#down;
+  }
+
+  /** Connects once; on failure keeps trying in the background. */
+  async start(): Promise<void> {
+    await this.#dial();
+  }
+
+  async #dial(): Promise<void> {
+    this.#retry = null;
+    if (this.#closed) return;
+    const client = newClient(this.#url);
+    try {
+      await client.connect();
+      if (this.#closed) return client.close();
+      this.#client = client;
+      client.onclose = (err) => this.#lost(client, describeError(err));
+      await this.#onUp(client);
+      this.#down = null;
+    } catch (err) {
+      client.close();
+      this.#lost(client, describeError(err));
+    }
+  }
+
+  #lost(client: RedisClient, reason: string): void {
+    if (this.#closed || (this.#client !== null && this.#client !== client)) return;
+    this.#client = null;
+    const first = this.#down === null;
+    this.#down = reason;
+    if (first) this.#onDown(reason);
+    this.#retry ??= setTimeout(() => void this.#dial(), REDIS_RETRY_MS);
+  }
+
+  close(): void {
+    this.#closed = true;
+    if (this.#retry !== null) clearTimeout(this.#retry);
+    this.#client?.close();
+    this.#client = null;
+  }
+}
+
+interface Waiting {
+  readonly circle: string;
+  readonly timeoutMs: number;
+  readonly deadline: number;
+  readonly resolve: (outcome: PlayOutcome) => void;
+  /** Set while the deadline's last look (LPOP the reply, HGET the status) is out. */
+  checking: boolean;
+}
+
+/** A reply "<status>\n<text>" as the play's outcome. */
+function replyOutcome(status: string, text: string): PlayOutcome {
+  if (status === "completed") return { ok: true, output: text };
+  return { ok: false, kind: status === "timeout" ? "timeout" : "execution", message: text };
+}
+
+export class RedisTaskQueue implements TaskQueue {
+  readonly circles: readonly string[];
+  #url: string;
+  #log: Logger;
+  #dispatcher = randomBytes(8).toString("hex");
+  #channel: string;
+  #seq = 0;
+  #waiting = new Map<string, Waiting>();
+  #commands: RedisLink;
+  #subscriber: RedisLink;
+  #scripts: RedisScripts | null = null;
+  #workers: RedisWorkers | null = null;
+  #sweep: Timer;
+  #closing = false;
+  #closed: Promise<void> | null = null;
+  #drained: (() => void) | null = null;
+
+  private constructor(o: { url: string; circles: readonly string[]; log: Logger }) {
+    this.circles = o.circles;
+    this.#url = o.url;
+    this.#log = o.log;
+    this.#channel = redisKeys.done(this.#dispatcher);
+    this.#commands = new RedisLink(o.url, {
+      onUp: (client) => {
+        this.#scripts = new RedisScripts(client);
+        this.#log.info("connected to Redis", { url: this.#url });
+      },
+      onDown: (reason) => this.#lostRedis(reason),
+    });
+    this.#subscriber = new RedisLink(o.url, {
+      onUp: async (client) => {
+        await client.subscribe(this.#channel, (message) => this.#onReply(message));
+      },
+    });
+    this.#sweep = setInterval(() => this.#expire(), DEADLINE_SWEEP_MS);
+    this.#sweep.unref();
+  }
+
+  /**
+   * The queue at `url`, with `workersHere` workers per circle in this process (0: only others'
+   * `stoa circles worker`). Redis down at start is no error: plays answer so until it is up.
+   */
+  static async start(o: { url: string; circles: readonly string[]; log: Logger; workersHere: number }): Promise<RedisTaskQueue> {
+    const queue = new RedisTaskQueue(o);
+    await Promise.all([queue.#commands.start(), queue.#subscriber.start()]);
+    if (queue.#commands.down !== null) queue.#log.warn("Redis is not reachable yet; plays fail until it is", { url: o.url, reason: queue.#commands.down });
+    if (o.workersHere > 0) queue.#workers = await RedisWorkers.start({ url: o.url, circles: o.circles, log: o.log, perCircle: o.workersHere });
+    return queue;
+  }
+
+  #unavailable(reason: string): PlayOutcome {
+    return { ok: false, kind: "execution", message: `Redis at ${this.#url} is unavailable (${reason}): the play did not run; check that redis-server is up` };
+  }
+
+  submit(play: PlaySubmission): Promise<PlayOutcome> {
+    if (this.#closing) return Promise.resolve({ ok: false, kind: "execution", message: STOPPING });
+    const scripts = this.#scripts;
+    const down = this.#commands.down ?? this.#subscriber.down;
+    if (down !== null || scripts === null) return Promise.resolve(this.#unavailable(down ?? "not connected"));
+    const id = `${this.#dispatcher}.${++this.#seq}`;
+    const now = Date.now();
+    // The TaskRecord's fields (protocol.ts encodeTaskRecord) that a new record does not have by
+    // default; SUBMIT adds status pending, output, error, attempts 0 and updated_at = created_at.
+    const fields = ["id", id, "circle", play.circle, "caller", play.caller, "script", play.script, "created_at", String(now), "timeout_ms", String(play.timeoutMs)];
+    const { promise, resolve } = Promise.withResolvers<PlayOutcome>();
+    this.#waiting.set(id, { circle: play.circle, timeoutMs: play.timeoutMs, deadline: now + play.timeoutMs + DEADLINE_MARGIN_MS, resolve, checking: false });
+    scripts.submit(id, play.circle, this.#channel, fields).catch((err: unknown) => this.#settle(id, this.#unavailable(describeError(err))));
+    return promise;
+  }
+
+  #settle(id: string, outcome: PlayOutcome): void {
+    const waiting = this.#waiting.get(id);
+    if (waiting === undefined) return;
+    this.#waiting.delete(id);
+    waiting.resolve(outcome);
+    if (this.#waiting.size === 0) this.#drained?.();
+  }
+
+  /** A PUBLISH on our channel: "<id>\n<status>\n<text>". */
+  #onReply(message: string): void {
+    const a = message.indexOf("\n");
+    const b = message.indexOf("\n", a + 1);
+    if (a < 0 || b < 0) return;
+    this.#settle(message.slice(0, a), replyOutcome(message.slice(a + 1, b), message.slice(b + 1)));
+  }
+
+  /** Redis went away: every waiting play answers so now, not at its deadline. */
+  #lostRedis(reason: string): void {
+    this.#log.warn("lost the connection to Redis; plays fail until it is back", { url: this.#url, reason });
+    for (const id of [...this.#waiting.keys()]) this.#settle(id, this.#unavailable(`connection lost: ${reason}`));
+  }
+
+  #expire(): void {
+    if (this.#waiting.size === 0) return;
+    const now = Date.now();
+    for (const [id, waiting] of this.#waiting) {
+      if (waiting.checking || waiting.deadline > now) continue;
+      waiting.checking = true;
+      void this.#lastLook(id, waiting);
+    }
+  }
+
+  /** At the deadline: the reply if it came without its PUBLISH, else why there is none. */
+  async #lastLook(id: string, waiting: Waiting): Promise<void> {
+    const client = this.#commands.client;
+    if (client === null) return this.#settle(id, this.#unavailable(this.#commands.down ?? "not connected"));
+    try {
+      const [reply, status] = (await Promise.all([client.send("LPOP", [redisKeys.reply(id)]), client.send("HGET", [redisKeys.task(id), "status"])])) as [string | null, string | null];
+      if (reply !== null) {
+        const cut = reply.indexOf("\n");
+        return this.#settle(id, replyOutcome(reply.slice(0, cut), reply.slice(cut + 1)));
+      }
+      if (status === "pending") {
+        return this.#settle(id, {
+          ok: false,
+          kind: "execution",
+          message: `no worker took the play within its time limit (${waiting.timeoutMs} ms): start one with stoa circles worker --redis-url ${this.#url} -k ${waiting.circle}`,
+        });
+      }
+      this.#settle(id, { ok: false, kind: "timeout", message: `the play did not finish within its time limit (${waiting.timeoutMs} ms): its worker did not answer` });
+    } catch (err) {
+      this.#settle(id, this.#unavailable(describeError(err)));
+    }
+  }
+
+  async healthy(): Promise<{ ok: boolean; detail: string }> {
+    const client = this.#commands.client;
+    if (client === null) return { ok: false, detail: `Redis at ${this.#url} is down: ${this.#commands.down ?? "not connected"}` };
+    let timer: Timer | undefined;
+    const late = new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve(`no PING answer within ${HEALTH_TIMEOUT_MS} ms`), HEALTH_TIMEOUT_MS);
+    });
+    try {
+      const answer = await Promise.race([client.send("PING", []).then(String, describeError), late]);
+      return answer === "PONG" ? { ok: true, detail: `Redis at ${this.#url}: ${this.#waiting.size} plays waiting` } : { ok: false, detail: `Redis at ${this.#url}: ${answer}` };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  close(graceMs: number): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#closing = true;
+      if (this.#waiting.size > 0) {
+        const { promise, resolve } = Promise.withResolvers<void>();
+        this.#drained = resolve;
+        const timer = setTimeout(resolve, graceMs);
+        await promise;
+        clearTimeout(timer);
+      }
+      for (const id of [...this.#waiting.keys()]) this.#settle(id, { ok: false, kind: "execution", message: STOPPING });
+      clearInterval(this.#sweep);
+      await this.#workers?.close();
+      this.#subscriber.close();
+      this.#commands.close();
+    })();
+    return this.#closed;
+  }
+}
+
+interface Thread {
+  readonly circle: string;
+  readonly workerId: string;
+  readonly worker: Worker;
+  readonly stopped: Promise<void>;
+  stopping: boolean;
+}
+
+/**
+ * Worker threads for some circles in this process (`perCircle` each), their heartbeats, and the
+ * sweep that gives a dead worker's claimed plays to the others (any process serving the circle
+ * sweeps: the first one to see the heartbeat gone reclaims, atomically).
+ */
+export class RedisWorkers {
+  readonly circles: readonly string[];
+  #url: string;
+  #log: Logger;
+  #threads: Thread[] = [];
+  #link: RedisLink;
+  #beat: Timer;
+  #closed: Promise<void> | null = null;
+  #count = 0;
+  #prefix = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
+
+  private constructor(o: { url: string; circles: readonly string[]; log: Logger }) {
+    this.circles = o.circles;
+    this.#url = o.url;
+    this.#log = o.log;
+    this.#link = new RedisLink(o.url, { onUp: (client) => this.#heartbeat(client) });
+    this.#beat = setInterval(() => void this.#tick(), HEARTBEAT_EVERY_MS);
+  }
+
+  /**
+   * Starts `perCircle` worker threads for each circle.
+   * @example
+   * const workers = await RedisWorkers.start({ url: "redis://127.0.0.1:6379", circles: [pk], log, perCircle: 1 });
+   * onShutdown("circle workers", () => workers.close());
+   */
+  static async start(o: { url: string; circles: readonly string[]; log: Logger; perCircle: number }): Promise<RedisWorkers> {
+    const workers = new RedisWorkers(o);
+    await workers.#link.start();
+    for (const circle of o.circles) for (let i = 0; i < o.perCircle; i++) await workers.#spawn(circle);
+    return workers;
+  }
+
+  /** The worker ids of the threads (for tests and logs). */
+  get workerIds(): string[] {
+    return this.#threads.map((thread) => thread.workerId);
+  }
+
+  async #spawn(circle: string): Promise<void> {
+    const workerId = `${this.#prefix}-${++this.#count}`;
+    const client = this.#link.client;
+    // Alive before it can claim anything: a sweeper must never take a live worker's plays.
+    if (client !== null) await this.#register(client, circle, workerId).catch(() => undefined);
+    const worker = new Worker(circleWorkerEntry());
+    const { promise: stopped, resolve } = Promise.withResolvers<void>();
+    const thread: Thread = { circle, workerId, worker, stopped, stopping: false };
+    const ready = Promise.withResolvers<void>();
+    let dead = false;
+    let started = false;
+    const died = (reason: string): void => {
+      if (dead) return;
+      dead = true;
+      worker.terminate();
+      resolve();
+      ready.resolve();
+      if (thread.stopping) return;
+      // One that dies before it is ready would die again: no restart loop.
+      if (started) {
+        void this.#replace(thread, reason);
+      } else {
+        this.#threads = this.#threads.filter((t) => t !== thread);
+        this.#log.error("a circle worker thread could not start; this circle has one worker fewer here", { circle, worker: workerId, reason });
+      }
+    };
+    worker.onmessage = (event: MessageEvent<FromWorker>) => {
+      const msg = event.data;
+      if (msg.t === "ready") {
+        started = true;
+        ready.resolve();
+      } else if (msg.t === "failed") died(`it could not start: ${msg.message}`);
+      else if (msg.t === "log") this.#log[msg.level](msg.msg, msg.fields);
+      else if (msg.t === "stopped") resolve();
+    };
+    worker.addEventListener("error", (event) => died(`it failed: ${(event as ErrorEvent).message}`));
+    worker.addEventListener("close", () => died("it exited"));
+    this.#threads.push(thread);
+    worker.postMessage({ t: "redis", url: this.#url, circle, workerId } satisfies ToWorker);
+    await ready.promise;
+  }
+
+  /** A thread died: its claimed plays are lost once (requeued or failed) and a new worker takes its place. */
+  async #replace(thread: Thread, reason: string): Promise<void> {
+    this.#threads = this.#threads.filter((t) => t !== thread);
+    this.#log.warn("circle worker thread died; replacing it", { circle: thread.circle, worker: thread.workerId, reason });
+    const client = this.#link.client;
+    if (client !== null) {
+      await client.send("DEL", [redisKeys.heartbeat(thread.workerId)]).catch(() => undefined);
+      await new RedisScripts(client).reclaim(thread.circle, thread.workerId).catch(() => undefined);
+    }
+    if (this.#closed === null) await this.#spawn(thread.circle);
+  }
+
+  async #register(client: RedisClient, circle: string, workerId: string): Promise<void> {
+    await Promise.all([
+      client.send("SET", [redisKeys.heartbeat(workerId), circle, "PX", String(HEARTBEAT_TTL_MS)]),
+      client.send("SADD", [redisKeys.workers(circle), workerId]),
+    ]);
+  }
+
+  async #heartbeat(client: RedisClient): Promise<void> {
+    await Promise.all(this.#threads.filter((t) => !t.stopping).map((t) => this.#register(client, t.circle, t.workerId)));
+  }
+
+  /** Heartbeats, then the sweep: the workers of our circles whose heartbeat is gone lose their claims. */
+  async #tick(): Promise<void> {
+    const client = this.#link.client;
+    if (client === null) return;
+    try {
+      await this.#heartbeat(client);
+      const scripts = new RedisScripts(client);
+      const ours = new Set(this.workerIds);
+      for (const circle of this.circles) {
+        const members = (await client.send("SMEMBERS", [redisKeys.workers(circle)])) as string[];
+        for (const worker of members) {
+          if (ours.has(worker)) continue;
+          const [requeued, failed] = await scripts.reclaim(circle, worker);
+          if (requeued >= 0) this.#log.warn("reclaimed the plays of a dead worker", { circle, worker, requeued, failed });
+        }
+      }
+    } catch (err) {
+      this.#log.debug("heartbeat or sweep failed; next tick tries again", { url: this.#url, error: describeError(err) });
+    }
+  }
+
+  /** Debug hook for tests: kill the thread of `workerId` as a crash would (its plays are reclaimed at once). */
+  terminateThread(workerId: string): void {
+    this.#threads.find((thread) => thread.workerId === workerId)?.worker.terminate();
+  }
+
+  /**
+   * Stops every thread: the play running finishes (up to THREAD_STOP_MS), claimed plays go back to
+   * the list, heartbeats are removed. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      clearInterval(this.#beat);
+      await Promise.all(
+        this.#threads.map(async (thread) => {
+          thread.stopping = true;
+          thread.worker.postMessage({ t: "stop" } satisfies ToWorker);
+          const clean = await Promise.race([thread.stopped.then(() => true), Bun.sleep(THREAD_STOP_MS + REDIS_BLOCK_S * 1000).then(() => false)]);
+          thread.worker.terminate();
+          const client = this.#link.client;
+          if (!clean && client !== null) await new RedisScripts(client).release(thread.circle, thread.workerId).catch(() => undefined);
+        }),
+      );
+      this.#threads = [];
+      this.#link.close();
+    })();
+    return this.#closed;
+  }
+}
