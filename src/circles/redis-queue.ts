@@ -217,6 +217,21 @@ export class RedisScripts {
   }
 }
 
+/**
+ * A Redis URL as messages, logs and /health show it: its password (`redis://:secret@…`,
+ * `redis://user:secret@…`) replaced by `***` — plays' error messages reach every client.
+ */
+export function shownRedisUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password === "") return url;
+    parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return url.replace(/\/\/[^@/]*@/, "//***@");
+  }
+}
+
 function newClient(url: string): RedisClient {
   return new RedisClient(url, { autoReconnect: false, enableOfflineQueue: false, connectionTimeout: REDIS_CONNECT_TIMEOUT_MS });
 }
@@ -307,6 +322,8 @@ function replyOutcome(status: string, text: string): PlayOutcome {
 export class RedisTaskQueue implements TaskQueue {
   readonly circles: readonly string[];
   #url: string;
+  /** `#url` without its password, for every message. */
+  #shownUrl: string;
   #log: Logger;
   #dispatcher = randomBytes(8).toString("hex");
   #channel: string;
@@ -324,12 +341,13 @@ export class RedisTaskQueue implements TaskQueue {
   private constructor(o: { url: string; circles: readonly string[]; log: Logger }) {
     this.circles = o.circles;
     this.#url = o.url;
+    this.#shownUrl = shownRedisUrl(o.url);
     this.#log = o.log;
     this.#channel = redisKeys.done(this.#dispatcher);
     this.#commands = new RedisLink(o.url, {
       onUp: (client) => {
         this.#scripts = new RedisScripts(client);
-        this.#log.info("connected to Redis", { url: this.#url });
+        this.#log.info("connected to Redis", { url: this.#shownUrl });
       },
       onDown: (reason) => this.#lostRedis(reason),
     });
@@ -349,13 +367,13 @@ export class RedisTaskQueue implements TaskQueue {
   static async start(o: { url: string; circles: readonly string[]; log: Logger; workersHere: number }): Promise<RedisTaskQueue> {
     const queue = new RedisTaskQueue(o);
     await Promise.all([queue.#commands.start(), queue.#subscriber.start()]);
-    if (queue.#commands.down !== null) queue.#log.warn("Redis is not reachable yet; plays fail until it is", { url: o.url, reason: queue.#commands.down });
+    if (queue.#commands.down !== null) queue.#log.warn("Redis is not reachable yet; plays fail until it is", { url: queue.#shownUrl, reason: queue.#commands.down });
     if (o.workersHere > 0) queue.#workers = await RedisWorkers.start({ url: o.url, circles: o.circles, log: o.log, perCircle: o.workersHere });
     return queue;
   }
 
   #unavailable(reason: string): PlayOutcome {
-    return { ok: false, kind: "execution", message: `Redis at ${this.#url} is unavailable (${reason}): the play did not run; check that redis-server is up` };
+    return { ok: false, kind: "execution", message: `Redis at ${this.#shownUrl} is unavailable (${reason}): the play did not run; check that redis-server is up` };
   }
 
   submit(play: PlaySubmission): Promise<PlayOutcome> {
@@ -392,7 +410,7 @@ export class RedisTaskQueue implements TaskQueue {
 
   /** Redis went away: every waiting play answers so now, not at its deadline. */
   #lostRedis(reason: string): void {
-    this.#log.warn("lost the connection to Redis; plays fail until it is back", { url: this.#url, reason });
+    this.#log.warn("lost the connection to Redis; plays fail until it is back", { url: this.#shownUrl, reason });
     for (const id of [...this.#waiting.keys()]) this.#settle(id, this.#unavailable(`connection lost: ${reason}`));
   }
 
@@ -420,7 +438,7 @@ export class RedisTaskQueue implements TaskQueue {
         return this.#settle(id, {
           ok: false,
           kind: "execution",
-          message: `no worker took the play within its time limit (${waiting.timeoutMs} ms): start one with stoa circles worker --redis-url ${this.#url} -k ${waiting.circle}`,
+          message: `no worker took the play within its time limit (${waiting.timeoutMs} ms): start one with stoa circles worker --redis-url ${this.#shownUrl} -k ${waiting.circle}`,
         });
       }
       this.#settle(id, { ok: false, kind: "timeout", message: `the play did not finish within its time limit (${waiting.timeoutMs} ms): its worker did not answer` });
@@ -431,14 +449,14 @@ export class RedisTaskQueue implements TaskQueue {
 
   async healthy(): Promise<{ ok: boolean; detail: string }> {
     const client = this.#commands.client;
-    if (client === null) return { ok: false, detail: `Redis at ${this.#url} is down: ${this.#commands.down ?? "not connected"}` };
+    if (client === null) return { ok: false, detail: `Redis at ${this.#shownUrl} is down: ${this.#commands.down ?? "not connected"}` };
     let timer: Timer | undefined;
     const late = new Promise<string>((resolve) => {
       timer = setTimeout(() => resolve(`no PING answer within ${HEALTH_TIMEOUT_MS} ms`), HEALTH_TIMEOUT_MS);
     });
     try {
       const answer = await Promise.race([client.send("PING", []).then(String, describeError), late]);
-      return answer === "PONG" ? { ok: true, detail: `Redis at ${this.#url}: ${this.#waiting.size} plays waiting` } : { ok: false, detail: `Redis at ${this.#url}: ${answer}` };
+      return answer === "PONG" ? { ok: true, detail: `Redis at ${this.#shownUrl}: ${this.#waiting.size} plays waiting` } : { ok: false, detail: `Redis at ${this.#shownUrl}: ${answer}` };
     } finally {
       clearTimeout(timer);
     }
@@ -480,6 +498,8 @@ interface Thread {
 export class RedisWorkers {
   readonly circles: readonly string[];
   #url: string;
+  /** `#url` without its password, for every message. */
+  #shownUrl: string;
   #log: Logger;
   #threads: Thread[] = [];
   #link: RedisLink;
@@ -491,6 +511,7 @@ export class RedisWorkers {
   private constructor(o: { url: string; circles: readonly string[]; log: Logger }) {
     this.circles = o.circles;
     this.#url = o.url;
+    this.#shownUrl = shownRedisUrl(o.url);
     this.#log = o.log;
     this.#link = new RedisLink(o.url, { onUp: (client) => this.#heartbeat(client) });
     this.#beat = setInterval(() => void this.#tick(), HEARTBEAT_EVERY_MS);
@@ -596,7 +617,7 @@ export class RedisWorkers {
         }
       }
     } catch (err) {
-      this.#log.debug("heartbeat or sweep failed; next tick tries again", { url: this.#url, error: describeError(err) });
+      this.#log.debug("heartbeat or sweep failed; next tick tries again", { url: this.#shownUrl, error: describeError(err) });
     }
   }
 

@@ -20,10 +20,14 @@
  *
  * Output: everything printed, then — when the script's completion value is not undefined — that
  * value converted like String(x), with no newline added: `40 + 2` → "42", `print(1); 2` →
- * "1\n2", `print(1)` → "1\n". Promise jobs queued by the script run before the play ends.
+ * "1\n2", `print(1)` → "1\n". Promise jobs queued by the script run before the play ends, within
+ * its time limit (a job stopped at the deadline makes the play a "timeout").
  *
  * db writes are a play's own until it succeeds: `set`/`del` go to an overlay the play reads back,
- * applied to the store when the play ends well and dropped when it fails (error, timeout, limit).
+ * applied to the store when the play ends well and dropped when it fails (error, timeout, limit);
+ * at most `KV_LIMITS.playWriteBytes` of them per play (a `db.set` past it throws a RangeError),
+ * applied all or none where the store can (SQLite: one transaction, which also fails whole when
+ * it would take the circle's file over its quota, `KV_LIMITS.circleBytes`).
  * Reads from a synchronous store (SQLite) are direct. An asynchronous store (Redis) cannot answer
  * inside a synchronous QuickJS call, so a read it has not answered yet stops the attempt, the
  * host awaits the answer, and the play starts again in a fresh context with the answer cached
@@ -125,6 +129,8 @@ interface Attempt {
   output: string[];
   outputBytes: number;
   writes: Map<string, string | null>;
+  /** UTF-8 bytes of `writes` (keys, and values set), held to KV_LIMITS.playWriteBytes. */
+  writeBytes: number;
 }
 
 function isPromise(value: unknown): value is Promise<unknown> {
@@ -206,7 +212,7 @@ export class Sandbox {
   async #play(script: string, ctx: PlayContext): Promise<PlayResult> {
     const state: PlayState = { ctx, deadline: Date.now() + ctx.timeoutMs, fetched: new Map() };
     for (let round = 0; ; round++) {
-      const attempt: Attempt = { output: [], outputBytes: 0, writes: new Map() };
+      const attempt: Attempt = { output: [], outputBytes: 0, writes: new Map(), writeBytes: 0 };
       this.#deadline = state.deadline;
       this.#abort = null;
       if (this.#renew !== null) await this.#renewEngine();
@@ -249,8 +255,9 @@ export class Sandbox {
     }
   }
 
-  /** Applies a play's writes, all at once: Bun's RedisClient pipelines them; SQLite answers each at once. */
+  /** Applies a play's writes, all at once: SQLite in one transaction (applyAll); Bun's RedisClient pipelines them. */
   async #commit(db: CircleKv, writes: Map<string, string | null>): Promise<void> {
+    if (db.applyAll !== undefined) return db.applyAll(writes);
     const pending: unknown[] = [];
     for (const [key, value] of writes) pending.push(value === null ? db.del(key) : db.set(key, value));
     await Promise.all(pending);
@@ -264,20 +271,31 @@ export class Sandbox {
       // String(x) for what is neither a string nor a number, taken before the script runs: a
       // script that replaces String does not change how its output is converted.
       const toStringFn = vm.getProp(vm.global, "String");
+      const stringifyFn = vm.getProp(vm.global, "JSON").consume((json) => vm.getProp(json, "stringify"));
       try {
+        const exact = (handle: QuickJSHandle): string => {
+          // getString goes through a C string: it stops at a NUL and makes a lone surrogate three
+          // U+FFFD. When that may have happened, the string comes over as JSON (escapes are exact).
+          const text = vm.getString(handle);
+          if (!text.includes("\uFFFD") && text.length === vm.getProp(handle, "length").consume((n) => vm.getNumber(n))) return text;
+          const quoted = vm.callFunction(stringifyFn, vm.undefined, handle);
+          if (quoted.error !== undefined) throw quoted.error;
+          return JSON.parse(quoted.value.consume((json) => vm.getString(json))) as string;
+        };
         const toText = (handle: QuickJSHandle): string => {
           const type = vm.typeof(handle);
-          if (type === "string") return vm.getString(handle);
+          if (type === "string") return exact(handle);
           if (type === "number") return String(vm.getNumber(handle));
           const converted = vm.callFunction(toStringFn, vm.undefined, handle);
           // A handle thrown out of a host function is rethrown in the script as it is.
           if (converted.error !== undefined) throw converted.error;
-          return converted.value.consume((text) => vm.getString(text));
+          return converted.value.consume(exact);
         };
         this.#installGlobals(vm, state, attempt, toText);
         result = this.#evaluate(vm, script, attempt, toText);
       } finally {
         toStringFn.dispose();
+        stringifyFn.dispose();
       }
       if (!result.ok && result.kind === "memory") this.#renew = "module";
       else if (!result.ok && result.kind === "stack") this.#renew = "runtime";
@@ -312,6 +330,8 @@ export class Sandbox {
       jobs.dispose();
     }
     if (this.#abort !== null) return this.#aborted();
+    // A job stopped at the deadline only rejects its own promise: the play still ran over.
+    if (Date.now() >= this.#deadline) return this.#fail("timeout", "the script ran longer than its time limit and was stopped");
     if (completion !== undefined) {
       attempt.outputBytes += Buffer.byteLength(completion);
       if (attempt.outputBytes > this.#settings.outputBytes) return this.#outputTooLarge();
@@ -405,7 +425,7 @@ export class Sandbox {
     };
     const stringArg = (what: string, handle: QuickJSHandle | undefined): string => {
       if (handle === undefined || vm.typeof(handle) !== "string") throw new TypeError(`${what} must be a string`);
-      return vm.getString(handle);
+      return toText(handle);
     };
     const checked = (check: () => void): void => {
       try {
@@ -423,6 +443,16 @@ export class Sandbox {
       if (this.#abort !== null) throw new Error("stopped");
     };
     const currentValue = (k: string): string | null | undefined => (writes.has(k) ? writes.get(k) : read(`g:${k}`, () => db.get(k)));
+    const cost = (k: string, v: string | null | undefined): number => (v === undefined ? 0 : Buffer.byteLength(k) + (v === null ? 0 : Buffer.byteLength(v)));
+    /** Records a write in the overlay, refused (catchably, nothing kept) past KV_LIMITS.playWriteBytes. */
+    const write = (k: string, v: string | null): void => {
+      const bytes = attempt.writeBytes + cost(k, v) - cost(k, writes.get(k));
+      if (bytes > KV_LIMITS.playWriteBytes) {
+        throw new RangeError(`the play's db writes are over ${KV_LIMITS.playWriteBytes} bytes: write less per play`);
+      }
+      attempt.writeBytes = bytes;
+      writes.set(k, v);
+    };
 
     // db is built at first use: most plays never touch it, and each host function costs ~5 µs.
     const buildDb = (): QuickJSHandle => {
@@ -438,13 +468,13 @@ export class Sandbox {
           const k = key(keyHandle);
           const v = stringArg("db value", valueHandle);
           checked(() => checkValue(v));
-          writes.set(k, v);
+          write(k, v);
         }).consume((fn) => vm.setProp(dbObject, "set", fn));
         vm.newFunction("del", (keyHandle) => {
           guard();
           const k = key(keyHandle);
           const existed = currentValue(k);
-          writes.set(k, null);
+          write(k, null);
           return existed === null || existed === undefined ? vm.false : vm.true;
         }).consume((fn) => vm.setProp(dbObject, "del", fn));
         vm.newFunction("list", (prefixHandle) => {

@@ -23,7 +23,7 @@ import { SqliteKv, RedisKv } from "./kv.ts";
 import { MAX_ERROR_TEXT_BYTES, MAX_OUTPUT_BYTES, decodeTaskRecord, type TaskStatus } from "./protocol.ts";
 import { type PlayResult, Sandbox } from "./sandbox.ts";
 import { CODE, type FromWorker, type ToWorker } from "./embedded-queue.ts";
-import { CLAIM_BATCH, REDIS_BLOCK_S, REDIS_CONNECT_TIMEOUT_MS, REDIS_RETRY_MS, RedisScripts, redisKeys } from "./redis-queue.ts";
+import { CLAIM_BATCH, REDIS_BLOCK_S, REDIS_CONNECT_TIMEOUT_MS, REDIS_RETRY_MS, RedisScripts, redisKeys, shownRedisUrl } from "./redis-queue.ts";
 
 declare const self: Worker;
 
@@ -148,7 +148,7 @@ async function redisLoop(state: RedisState): Promise<void> {
       holding = false;
     } catch (err) {
       if (state.stopping) break;
-      post({ t: "log", level: "warn", msg: "circle worker: Redis failed, retrying", fields: { url: state.url, circle: state.circle, error: describeError(err) } });
+      post({ t: "log", level: "warn", msg: "circle worker: Redis failed, retrying", fields: { url: shownRedisUrl(state.url), circle: state.circle, error: describeError(err) } });
       client?.close();
       client = null;
       await Bun.sleep(REDIS_RETRY_MS);
