@@ -22,8 +22,11 @@ import { MAX_INFLIGHT_PER_CONNECTION, MAX_SCRIPT_BYTES } from "../circles/protoc
 import { startCirclesServer } from "../circles/server.ts";
 import { DEFAULT_PLAY_TIMEOUT_MS, playOnce } from "../circles/client.ts";
 import { createTaskQueue } from "../circles/queues.ts";
+import { KV_LIMITS } from "../circles/kv.ts";
 import { RedisWorkers } from "../circles/redis-queue.ts";
 import { bytesToHex } from "@noble/hashes/utils.js";
+
+const MiB = 1024 * 1024;
 
 /** How long the queue gets to stop once the server has answered or failed every play. */
 const QUEUE_CLOSE_GRACE_MS = 2_000;
@@ -54,6 +57,8 @@ const serve = defineCommand({
     "own db) through a task queue: embedded (in this process, db in SQLite under the state dir) or,\n" +
     "with --redis-url, Redis lists rhai_tasks:<circle_pk> served by workers anywhere. Also GET /health,\n" +
     "/metrics, /auth/nonce?public_key=PK (a nonce good on any connection) and the browser console at /.\n" +
+    `A circle's db holds up to ${KV_LIMITS.circleBytes / MiB} MiB (embedded; with Redis its maxmemory is the bound) and one play\n` +
+    `writes at most ${KV_LIMITS.playWriteBytes / MiB} MiB, all or nothing.\n` +
     `A connection runs at most ${MAX_INFLIGHT_PER_CONNECTION} plays at once. On SIGTERM plays in flight get up to --task-timeout\n` +
     "to finish, then answer -32000 \"server stopping\". Prints 'circles: <url>' and one line per circle when ready.",
   flags: {
