@@ -68,6 +68,8 @@ import { urlHost } from "../core/endpoint.ts";
 
 /** Bun pings a socket idle this long and closes it when the pong does not come. */
 export const IDLE_TIMEOUT_S = 120;
+/** With --enable-auth, a connection that has not authenticated this long after opening is closed (1008). */
+export const AUTH_DEADLINE_MS = 60_000;
 /** Pubkeys holding HTTP-issued nonces (`GET /auth/nonce`) at once; the oldest is dropped beyond. */
 const MAX_HTTP_NONCE_KEYS = 4096;
 /** Bytes queued for a client that does not read its answers before it is disconnected. */
@@ -101,6 +103,8 @@ interface CirclesServerOptions {
   metrics?: Registry;
   /** The nonces' clock (ms since the epoch), for tests; default Date.now. */
   now?: () => number;
+  /** With `enableAuth`: close connections not authenticated this long after opening (default AUTH_DEADLINE_MS). */
+  authDeadlineMs?: number;
 }
 
 export interface CirclesServer {
@@ -126,6 +130,8 @@ interface Conn {
   /** Plays being worked on. */
   inflight: number;
   open: boolean;
+  /** With auth on: closes the connection unless it authenticates in time. */
+  authDeadline: ReturnType<typeof setTimeout> | undefined;
 }
 
 /** A play waiting for its outcome; `done` once answered (by the queue or by close). */
@@ -159,6 +165,7 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
   const registry = options.metrics ?? sharedMetrics;
   const connectionsGauge = registry.gauge("stoa_circles_connections", "Open circles WebSocket connections.");
   const connectionsTotal = registry.counter("stoa_circles_connections_total", "Circles WebSocket connections accepted.");
+  const authDeadlineMs = options.authDeadlineMs ?? AUTH_DEADLINE_MS;
   const playsInFlight = registry.gauge("stoa_circles_plays_in_flight", "Plays submitted to the queue and not answered yet.");
   const plays = registry.counter("stoa_circles_plays_total", "Plays answered, by outcome (ok, error, timeout, rejected).", ["outcome"]);
   const playSeconds = registry.histogram("stoa_circles_play_seconds", "Time from a play's request to its outcome.", PLAY_SECONDS_BUCKETS);
@@ -213,6 +220,8 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
       return;
     }
     conn.caller = pubkey;
+    clearTimeout(conn.authDeadline);
+    conn.authDeadline = undefined;
     log.debug("authenticated", { conn: conn.id, circle: conn.circle, pubkey });
     send(ws, resultResponse(id, { authenticated: true }));
   };
@@ -351,7 +360,7 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
         { Upgrade: "websocket" },
       );
     }
-    const conn: Conn = { id: String(nextConn++), circle: circle.hex, caller: "", inflight: 0, open: false };
+    const conn: Conn = { id: String(nextConn++), circle: circle.hex, caller: "", inflight: 0, open: false, authDeadline: undefined };
     if (server.upgrade(req, { data: conn })) return undefined;
     refusedUpgrades.inc({ reason: "bad_handshake" });
     return json(400, { error: "Bad request", message: "not a valid WebSocket handshake (Sec-WebSocket-Key, Sec-WebSocket-Version 13)" });
@@ -375,6 +384,13 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
         open(ws) {
           ws.data.open = true;
           sockets.add(ws);
+          if (options.enableAuth) {
+            // Unauthenticated connections cost a descriptor each and do nothing: not forever.
+            ws.data.authDeadline = setTimeout(() => {
+              authFailures.inc({ reason: "deadline" });
+              ws.close(1008, `authenticate within ${Math.round(authDeadlineMs / 1000)} s of connecting`);
+            }, authDeadlineMs);
+          }
           connectionsGauge.inc();
           connectionsTotal.inc();
           log.debug("connected", { conn: ws.data.id, circle: ws.data.circle });
@@ -382,6 +398,7 @@ export function startCirclesServer(options: CirclesServerOptions): CirclesServer
         message,
         close(ws, code) {
           ws.data.open = false;
+          clearTimeout(ws.data.authDeadline);
           sockets.delete(ws);
           connectionsGauge.dec();
           nonces.dropConnection(ws.data.id);

@@ -19,7 +19,7 @@ import { onShutdown } from "../core/shutdown.ts";
 import { announceReady } from "../core/daemon.ts";
 import { type PublicKey, generateKey, parsePublicKey, writeKeyFile } from "../circles/auth.ts";
 import { MAX_INFLIGHT_PER_CONNECTION, MAX_SCRIPT_BYTES } from "../circles/protocol.ts";
-import { startCirclesServer } from "../circles/server.ts";
+import { AUTH_DEADLINE_MS, startCirclesServer } from "../circles/server.ts";
 import { DEFAULT_PLAY_TIMEOUT_MS, playOnce } from "../circles/client.ts";
 import { createTaskQueue } from "../circles/queues.ts";
 import { KV_LIMITS } from "../circles/kv.ts";
@@ -59,6 +59,7 @@ const serve = defineCommand({
     "/metrics, /auth/nonce?public_key=PK (a nonce good on any connection) and the browser console at /.\n" +
     `A circle's db holds up to ${KV_LIMITS.circleBytes / MiB} MiB (embedded; with Redis its maxmemory is the bound) and one play\n` +
     `writes at most ${KV_LIMITS.playWriteBytes / MiB} MiB, all or nothing.\n` +
+    `With --enable-auth a connection must authenticate within ${AUTH_DEADLINE_MS / 1000} s of connecting (else closed, 1008).\n` +
     `A connection runs at most ${MAX_INFLIGHT_PER_CONNECTION} plays at once. On SIGTERM plays in flight get up to --task-timeout\n` +
     "to finish, then answer -32000 \"server stopping\". Prints 'circles: <url>' and one line per circle when ready.",
   flags: {

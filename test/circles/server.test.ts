@@ -40,7 +40,9 @@ afterEach(async () => {
   for (const harness of running.splice(0)) await harness.server.close(0);
 });
 
-function start(options: { enableAuth?: boolean; queue?: FakeQueue; circles?: PublicKey[]; tls?: { cert: string; key: string } } = {}): Harness {
+function start(
+  options: { enableAuth?: boolean; queue?: FakeQueue; circles?: PublicKey[]; tls?: { cert: string; key: string }; authDeadlineMs?: number } = {},
+): Harness {
   const circles = options.circles ?? CIRCLES;
   const queue = options.queue ?? new FakeQueue(circles.map((key) => key.hex));
   const registry = new Registry();
@@ -56,6 +58,7 @@ function start(options: { enableAuth?: boolean; queue?: FakeQueue; circles?: Pub
     metrics: registry,
     now: () => clock.now,
     ...(options.tls === undefined ? {} : { tls: options.tls }),
+    ...(options.authDeadlineMs === undefined ? {} : { authDeadlineMs: options.authDeadlineMs }),
   });
   const harness: Harness = {
     server,
@@ -179,6 +182,19 @@ describe("authentication", () => {
     expect((await client.authenticate(key)).result).toEqual({ authenticated: true });
     expect((await client.call("play", { script: "x" })).result).toEqual({ output: "x" });
     expect(h.queue.submissions.map((play) => play.caller)).toEqual([publicKeyHex(key)]);
+  });
+
+  test("with auth on, a connection that does not authenticate in time is closed 1008; one that did stays", async () => {
+    const h = start({ enableAuth: true, authDeadlineMs: 300 });
+    const idle = await h.open(A);
+    const authed = await h.open(A);
+    expect((await authed.authenticate(newPrivateKey())).result).toEqual({ authenticated: true });
+    const closed = await idle.closed;
+    expect(closed.code).toBe(1008);
+    expect(closed.reason).toContain("authenticate within");
+    await Bun.sleep(400); // past the deadline: the authenticated connection must still be served
+    expect((await authed.call("play", { script: "still here" })).result).toEqual({ output: "still here" });
+    expect(h.registry.render()).toMatch(/stoa_circles_auth_failures_total\{reason="deadline"\} 1/);
   });
 
   test("the seed's client shape works unchanged: raw JSON text, an uncompressed key, v 27/28", async () => {
