@@ -20,7 +20,7 @@ import { join } from "node:path";
 import { StoaError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { workerEntry } from "../core/worker-entry.ts";
-import type { PlayOutcome, PlaySubmission, TaskQueue } from "./queue.ts";
+import { type PlayOutcome, type PlaySubmission, STOPPING, type TaskQueue, drainWithin } from "./queue.ts";
 
 /** An answer's kind on the thread's wire. */
 export const CODE = { ok: 0, execution: 1, timeout: 2 } as const;
@@ -58,7 +58,6 @@ const STOP_TIMEOUT_MS = 1_000;
 const DEFAULT_THREADS_PER_CIRCLE = 1;
 /** A play is lost this many times (its thread died running it) before it answers an error. */
 export const MAX_LOSSES = 2;
-const STOPPING = "server stopping";
 
 /** The worker thread's code, from source or inside the compiled binary. */
 export function circleWorkerEntry(): string {
@@ -290,13 +289,7 @@ class CircleWorker {
 
   async close(graceMs: number): Promise<void> {
     this.#closing = true;
-    if (this.#tasks.size > 0) {
-      const { promise, resolve } = Promise.withResolvers<void>();
-      this.#drained = resolve;
-      const timer = setTimeout(resolve, graceMs);
-      await promise;
-      clearTimeout(timer);
-    }
+    if (this.#tasks.size > 0) await drainWithin(graceMs, (done) => (this.#drained = done));
     for (const task of [...this.#tasks.values()]) this.#settle(task, { ok: false, kind: "execution", message: STOPPING });
     clearInterval(this.#sweep);
     const threads = this.#threads;

@@ -41,3 +41,20 @@ export interface TaskQueue {
    */
   close(graceMs: number): Promise<void>;
 }
+
+/** The reason every play gets that a stopping server or queue does not run: clients see it in -32000. */
+export const STOPPING = "server stopping";
+
+/**
+ * A `close(graceMs)`'s wait for the plays in flight: resolves once `arm`'s callback is called
+ * (the queue calls it when its last play settles) or after `graceMs`, whichever comes first.
+ * @example
+ * if (this.#tasks.size > 0) await drainWithin(graceMs, (done) => (this.#drained = done));
+ */
+export async function drainWithin(graceMs: number, arm: (done: () => void) => void): Promise<void> {
+  const { promise, resolve } = Promise.withResolvers<void>();
+  arm(resolve);
+  const timer = setTimeout(resolve, graceMs);
+  await promise;
+  clearTimeout(timer);
+}

@@ -33,7 +33,7 @@ import { hostname } from "node:os";
 import { describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { TaskStatus } from "./protocol.ts";
-import type { PlayOutcome, PlaySubmission, TaskQueue } from "./queue.ts";
+import { type PlayOutcome, type PlaySubmission, STOPPING, type TaskQueue, drainWithin } from "./queue.ts";
 import { DEADLINE_MARGIN_MS, MAX_LOSSES, circleWorkerEntry, type FromWorker, type ToWorker } from "./embedded-queue.ts";
 
 /** Plays one CLAIM takes at most (and at most its share of the list): fewer round trips under load. */
@@ -58,7 +58,6 @@ const HEALTH_TIMEOUT_MS = 1_000;
 const DEADLINE_SWEEP_MS = 100;
 /** How long a stopping worker thread gets to finish its play before it is terminated (its play requeued). */
 const THREAD_STOP_MS = 2_000;
-const STOPPING = "server stopping";
 
 export const redisKeys = {
   tasks: (circle: string) => `rhai_tasks:${circle}`,
@@ -465,13 +464,7 @@ export class RedisTaskQueue implements TaskQueue {
   close(graceMs: number): Promise<void> {
     this.#closed ??= (async () => {
       this.#closing = true;
-      if (this.#waiting.size > 0) {
-        const { promise, resolve } = Promise.withResolvers<void>();
-        this.#drained = resolve;
-        const timer = setTimeout(resolve, graceMs);
-        await promise;
-        clearTimeout(timer);
-      }
+      if (this.#waiting.size > 0) await drainWithin(graceMs, (done) => (this.#drained = done));
       for (const id of [...this.#waiting.keys()]) this.#settle(id, { ok: false, kind: "execution", message: STOPPING });
       clearInterval(this.#sweep);
       await this.#workers?.close();

@@ -62,7 +62,7 @@ import {
   errorResponse,
   resultResponse,
 } from "./protocol.ts";
-import type { PlayOutcome, TaskQueue } from "./queue.ts";
+import { type PlayOutcome, STOPPING, type TaskQueue } from "./queue.ts";
 import consolePage from "./console.html";
 import { urlHost } from "../core/endpoint.ts";
 
@@ -83,7 +83,6 @@ const PLAY_SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 /** Longest part of a refused path shown back in its error message. */
 const MAX_SHOWN_PATH_CHARS = 140;
 const JSON_TYPE = "application/json; charset=utf-8";
-const STOPPING = "server stopping";
 
 interface CirclesServerOptions {
   /** Address to listen on; port 0 picks a free one (see `port` on the handle). */
