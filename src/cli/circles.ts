@@ -36,7 +36,7 @@ const SHUTDOWN_SLACK_MS = 1_000;
 const WORKER_SHUTDOWN_MS = 5_000;
 const EXAMPLE_KEY = "02a1…(66 hex digits)";
 
-/** `-v`, repeatable (the seed's launcher took -v, -vv): any count logs at debug level. */
+/** `-v`, repeatable (the seed's launcher took -v, -vv): each count logs at debug level. */
 const verboseFlag: Flag<number> = {
   kind: "boolean",
   description: "log at debug level (-vv, as the seed's launcher took it, is the same)",
@@ -63,7 +63,7 @@ const serve = defineCommand({
     `A connection runs at most ${MAX_INFLIGHT_PER_CONNECTION} plays at once. On SIGTERM plays in flight get up to --task-timeout\n` +
     "to finish, then answer -32000 \"server stopping\". Prints 'circles: <url>' and one line per circle when ready.",
   flags: {
-    port: str("port to serve on (0: any free port)", { default: "8080", placeholder: "port", schema: z.coerce.number().int().min(0).max(65535) }),
+    port: str("port to serve on (0 picks a free one)", { default: "8080", placeholder: "port", schema: z.coerce.number().int().min(0).max(65535) }),
     host: str("address to serve on (0.0.0.0 or :: for every address)", { default: "127.0.0.1", placeholder: "host" }),
     publicKey: list("a circle's public key (hex, compressed or not); several: -k a -k b or -k a,b", { short: "k", placeholder: "pk" }),
     enableAuth: bool("refuse play (-32001) until the connection authenticated"),

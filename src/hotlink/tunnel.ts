@@ -38,7 +38,7 @@ export interface TunnelSpec {
   channel: string;
   host: string;
   port: number;
-  /** The other side's user; absent: any user with access to the channel (the server decides). */
+  /** The other side's user; absent, every user with access to the channel (the server decides). */
   peer?: string;
 }
 

@@ -207,7 +207,7 @@ const Host = z.string().transform((text, ctx) => {
   return result.host;
 });
 
-/** `ports` in a registration: any subset, defaults for the rest, three distinct numbers. */
+/** `ports` in a registration: a subset, defaults for the rest, three distinct numbers. */
 const PortsRequest = z
   .strictObject({ service: Port.optional(), string: Port.optional(), ping: Port.optional() })
   .optional()
