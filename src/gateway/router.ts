@@ -125,6 +125,8 @@ export class Router {
   #fdWatch: FdWatch | null = null;
   /** Clients answered 503 out_of_fds that have not closed yet (bounded: each holds a descriptor). */
   #lingeringRefusals = 0;
+  /** Upstream connects started and not settled: each is about to take a descriptor. */
+  #dialing = 0;
   readonly #fdRefusals: RefusalLog;
 
   constructor(config: RouterConfig, routes: RouteTable, hooks: RouterHooks) {
@@ -431,8 +433,10 @@ export class Router {
   async #dial(sock: Client, forward: Uint8Array): Promise<void> {
     const conn = sock.data;
     const { kind, pubId } = conn;
-    // Half the reserve stays for accepting (and refusing) and for the rest of the process.
-    if (fdPressure(Math.ceil(fdReserve() / 2))) {
+    // Half the reserve stays for accepting (and refusing) and for the rest of the process; the
+    // connects in flight count as taken (a burst of first lines would otherwise all pass at once
+    // and overshoot into what the metaserver beside us keeps for itself).
+    if (fdPressure(Math.ceil(fdReserve() / 2) + this.#dialing)) {
       this.#fdRefusals.count({ kind });
       return this.#reject(sock, "out_of_fds", OUT_OF_FDS_MESSAGE, REFUSAL_LINGER_MS);
     }
@@ -449,7 +453,12 @@ export class Router {
       const started = performance.now();
       let upstream: Socket<PipeEnd>;
       try {
-        upstream = await this.#connect(resolved.target);
+        this.#dialing++;
+        try {
+          upstream = await this.#connect(resolved.target);
+        } finally {
+          this.#dialing--;
+        }
       } catch (err) {
         if (conn.closed) return;
         const code = errnoCode(err);
