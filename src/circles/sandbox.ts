@@ -1,14 +1,17 @@
 /**
- * The play sandbox: a circle's script runs in QuickJS (quickjs-emscripten, the single-file
- * build with the wasm embedded, so it works inside the compiled binary) with no host access.
+ * The play sandbox: a circle's script runs in QuickJS (quickjs-emscripten's release build, its
+ * wasm file carried inside the compiled binary) with no host access.
  *
- * One `Sandbox` owns one QuickJS runtime (its memory limit, stack limit and interrupt handler)
- * and runs one play at a time (calls to `run` queue). Every play gets a fresh context: nothing a
- * play defines — globals, changed built-ins, closures — reaches the next one. The only state
- * that outlives a play is what it wrote to `db`. (Building the context is most of a play's cost
- * — ~110-170 µs with `SANDBOX_INTRINSICS`, against ~5 µs to evaluate `40 + 2` — but a reused
- * context cannot be reset: top-level `let`, patched prototypes and kept closures would leak.
- * scripts/bench/lib/sandbox-probe.ts measures it.)
+ * One `Sandbox` owns one QuickJS instance with one runtime (its memory limit, stack limit and
+ * interrupt handler) and one context, and runs one play at a time (calls to `run` queue). Every
+ * play starts from the same state, exactly: the context is built and its globals installed once,
+ * the instance's memory is saved (quickjs-image.ts), and after every play the saved bytes are
+ * put back. Nothing a play defines — globals, top-level `let`, changed built-ins, closures,
+ * pending jobs, garbage — reaches the next one; the only state that outlives a play is what it
+ * wrote to `db`. Putting the image back costs a few µs where building a context cost ~110-170
+ * (scripts/bench/lib/sandbox-probe.ts measures both), and no play ever pays for a collection of
+ * another's garbage. `Math.random` is the host's: QuickJS's own generator state would be put
+ * back with the rest, and every play would draw the same numbers.
  *
  * What a script sees (`SANDBOX_INTRINSICS` + these globals, nothing else: no fs, net, process,
  * timers, require, import):
@@ -30,7 +33,7 @@
  * it would take the circle's file over its quota, `KV_LIMITS.circleBytes`).
  * Reads from a synchronous store (SQLite) are direct. An asynchronous store (Redis) cannot answer
  * inside a synchronous QuickJS call, so a read it has not answered yet stops the attempt, the
- * host awaits the answer, and the play starts again in a fresh context with the answer cached
+ * host awaits the answer, and the play starts again from the saved state with the answer cached
  * (output and writes of the stopped attempt are dropped; at most `MAX_DB_FETCH_ROUNDS` rounds).
  * A script that reads k new keys from Redis therefore runs k + 1 times; `40 + 2` runs once and
  * pays nothing. (Measured alternatives: the asyncify build of QuickJS halves the rate of every
@@ -42,36 +45,23 @@
  * the store), "timeout" (the interrupt handler stopped the script at the deadline), "too_large"
  * (output over the cap: print() stops the script at once, uncatchably), "memory" (over the
  * runtime's memory limit), "stack" (over the stack limit). Messages are cut to `errorBytes`.
- * After "stack" the runtime is replaced, after "memory" the whole QuickJS instance (its wasm
- * memory grew and cannot shrink), before the next play: it starts from a clean heap.
+ * After "memory" (its wasm memory grew and cannot shrink) or a failure of the host side the
+ * whole QuickJS instance is replaced before the next play; after every other play its saved
+ * state is put back.
  */
-import {
-  Lifetime,
-  newQuickJSWASMModuleFromVariant,
-  type Intrinsics,
-  type QuickJSContext,
-  type QuickJSHandle,
-  type QuickJSRuntime,
-  type QuickJSWASMModule,
-} from "quickjs-emscripten-core";
-import variant from "@jitl/quickjs-singlefile-mjs-release-sync";
+import { DefaultIntrinsics, Lifetime, type Intrinsics, type QuickJSContext, type QuickJSHandle, type QuickJSRuntime } from "quickjs-emscripten-core";
 import { checkKey, checkValue, KV_LIMITS, type CircleKv } from "./kv.ts";
 import { describeError } from "../core/errors.ts";
 import { truncateUtf8 } from "./protocol.ts";
+import { QuickJSInstance } from "./quickjs-image.ts";
 
 /**
- * The built-ins a script gets. Left out: Proxy, TypedArrays, StringNormalize, BigInt — each
- * costs context build time on every play (TypedArrays alone ~30 µs) and a db of strings needs none.
+ * The built-ins a script gets: QuickJS's defaults (BaseObjects, Date, Eval, StringNormalize,
+ * RegExp, JSON, Proxy, MapSet, TypedArrays, Promise). Built once into the image, they cost a
+ * play nothing but their share of the bytes put back (~12 KB more than the few a db of strings
+ * needs; scripts/bench/lib/sandbox-probe.ts).
  */
-export const SANDBOX_INTRINSICS: Intrinsics = {
-  BaseObjects: true,
-  Eval: true, // evalCode needs it
-  JSON: true,
-  RegExp: true,
-  MapSet: true,
-  Date: true,
-  Promise: true,
-};
+export const SANDBOX_INTRINSICS: Intrinsics = DefaultIntrinsics;
 
 /** Defaults of `SandboxOptions`; the server passes the protocol's limits instead. */
 export const SANDBOX_DEFAULTS = {
@@ -94,7 +84,7 @@ interface SandboxOptions {
   stackBytes?: number;
   outputBytes?: number;
   errorBytes?: number;
-  /** The built-ins of every play's context (default `SANDBOX_INTRINSICS`; `Eval` is required). */
+  /** The built-ins of the context (default `SANDBOX_INTRINSICS`; `Eval` is required). */
   intrinsics?: Intrinsics;
 }
 
@@ -124,8 +114,9 @@ interface PlayState {
   fetched: Map<string, unknown>;
 }
 
-/** One attempt: a fresh context's output and writes. */
+/** One attempt, from the saved state: its output and writes. */
 interface Attempt {
+  state: PlayState;
   output: string[];
   outputBytes: number;
   writes: Map<string, string | null>;
@@ -133,35 +124,55 @@ interface Attempt {
   writeBytes: number;
 }
 
+/** One QuickJS instance with its runtime and context, built once and put back after every play. */
+interface Engine {
+  instance: QuickJSInstance;
+  runtime: QuickJSRuntime;
+  vm: QuickJSContext;
+  /** A value's text, like String(x) with the String of the saved state (a script that replaces String changes nothing). */
+  toText: (handle: QuickJSHandle) => string;
+  /** Handles held for the engine's life: String, JSON.stringify and every host function (see quickjs-image.ts). */
+  held: QuickJSHandle[];
+}
+
 function isPromise(value: unknown): value is Promise<unknown> {
   return value instanceof Promise;
 }
 
 export class Sandbox {
-  #module: QuickJSWASMModule;
   #settings: Settings;
-  #runtime: QuickJSRuntime;
+  #engine: Engine;
   #deadline = 0;
   #abort: Abort | null = null;
-  /** Set by a failed attempt: what to build anew before the next one. */
-  #renew: "runtime" | "module" | null = null;
+  /** The attempt running now; the host functions of the engine act on it. */
+  #attempt: Attempt | null = null;
+  /** Set by a failed attempt: the engine cannot be put back, build a new one before the next. */
+  #renew = false;
   #tail: Promise<unknown> = Promise.resolve();
   #disposed = false;
 
-  private constructor(module: QuickJSWASMModule, settings: Settings) {
-    this.#module = module;
+  private constructor(engine: Engine, settings: Settings) {
     this.#settings = settings;
-    this.#runtime = this.#newRuntime();
+    this.#engine = engine;
   }
 
   /**
-   * A sandbox with its own QuickJS instance (loading one costs ~50 ms) and runtime.
+   * A sandbox with its own QuickJS instance (the first in a thread compiles the binary, ~50 ms;
+   * later ones take a few ms), its runtime and its context.
    * @example
    *   const sandbox = await Sandbox.create();
    *   await sandbox.run("40 + 2", { circle, caller: "", timeoutMs: 5000, db }); // { ok: true, output: "42" }
    */
   static async create(options: SandboxOptions = {}): Promise<Sandbox> {
-    return new Sandbox(await newQuickJSWASMModuleFromVariant(variant), { ...SANDBOX_DEFAULTS, ...options });
+    const settings = { ...SANDBOX_DEFAULTS, ...options };
+    const sandbox = new Sandbox(null as unknown as Engine, settings);
+    sandbox.#engine = await sandbox.#newEngine();
+    return sandbox;
+  }
+
+  /** Bytes copied back after every play, and the instance's linear memory (for the probe and tests). */
+  get footprint(): { imageBytes: number; memoryBytes: number } {
+    return { imageBytes: this.#engine.instance.imageBytes, memoryBytes: this.#engine.instance.memoryBytes };
   }
 
   /** Runs `script` as one play, after the plays already queued on this sandbox. */
@@ -172,37 +183,66 @@ export class Sandbox {
     return result;
   }
 
-  /** Refuses new plays; the runtime is freed once the plays already queued have ended. */
+  /** Refuses new plays; the engine is freed once the plays already queued have ended. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    void this.#tail.then(() => this.#runtime.dispose());
+    void this.#tail.then(() => this.#freeEngine(this.#engine));
   }
 
-  #newRuntime(): QuickJSRuntime {
-    const runtime = this.#module.newRuntime();
+  #freeEngine(engine: Engine): void {
+    try {
+      for (const handle of engine.held) handle.dispose();
+      engine.vm.dispose();
+      engine.runtime.dispose();
+    } catch {
+      // An engine that cannot be freed cleanly goes with its instance's memory.
+    }
+  }
+
+  /** A new instance, runtime and context with the globals installed, and its image taken. */
+  async #newEngine(): Promise<Engine> {
+    const instance = await QuickJSInstance.load();
+    const runtime = instance.module.newRuntime();
     runtime.setMemoryLimit(this.#settings.memoryBytes);
     runtime.setMaxStackSize(this.#settings.stackBytes);
     runtime.setInterruptHandler(() => this.#abort !== null || Date.now() >= this.#deadline);
-    return runtime;
-  }
-
-  /**
-   * After a stack overflow, a new runtime (a clean heap). After running out of memory, a new
-   * QuickJS instance too: wasm memory never shrinks, and the runtime's heap grew to the limit
-   * (~130 MB of linear memory for the 32 MiB default), which would stay with the thread for good.
-   */
-  async #renewEngine(): Promise<void> {
-    const renew = this.#renew;
-    this.#renew = null;
+    const vm = runtime.newContext({ intrinsics: this.#settings.intrinsics });
+    void vm.global; // the wrapper takes its handle to the global object at first use: now, inside the image
+    const held: QuickJSHandle[] = [];
+    const hold = (handle: QuickJSHandle): QuickJSHandle => {
+      held.push(handle);
+      return handle;
+    };
+    const toStringFn = hold(vm.getProp(vm.global, "String"));
+    const stringifyFn = hold(vm.getProp(vm.global, "JSON").consume((json) => vm.getProp(json, "stringify")));
+    const exact = (handle: QuickJSHandle): string => {
+      // getString goes through a C string: it stops at a NUL and makes a lone surrogate three
+      // U+FFFD. When that may have happened, the string comes over as JSON (escapes are exact).
+      const text = vm.getString(handle);
+      if (!text.includes("\uFFFD") && text.length === vm.getProp(handle, "length").consume((n) => vm.getNumber(n))) return text;
+      const quoted = vm.callFunction(stringifyFn, vm.undefined, handle);
+      if (quoted.error !== undefined) throw quoted.error;
+      return JSON.parse(quoted.value.consume((json) => vm.getString(json))) as string;
+    };
+    const toText = (handle: QuickJSHandle): string => {
+      const type = vm.typeof(handle);
+      if (type === "string") return exact(handle);
+      if (type === "number") return String(vm.getNumber(handle));
+      const converted = vm.callFunction(toStringFn, vm.undefined, handle);
+      // A handle thrown out of a host function is rethrown in the script as it is.
+      if (converted.error !== undefined) throw converted.error;
+      return converted.value.consume(exact);
+    };
+    const engine: Engine = { instance, runtime, vm, toText, held };
     try {
-      this.#runtime.dispose();
-    } catch {
-      // A runtime that cannot be freed cleanly is dropped with its instance.
-      this.#module = await newQuickJSWASMModuleFromVariant(variant);
+      this.#installGlobals(engine, hold);
+      instance.capture();
+    } catch (err) {
+      this.#freeEngine(engine);
+      throw err;
     }
-    if (renew === "module") this.#module = await newQuickJSWASMModuleFromVariant(variant);
-    this.#runtime = this.#newRuntime();
+    return engine;
   }
 
   #fail(kind: PlayFailureKind, message: string): PlayResult {
@@ -212,11 +252,16 @@ export class Sandbox {
   async #play(script: string, ctx: PlayContext): Promise<PlayResult> {
     const state: PlayState = { ctx, deadline: Date.now() + ctx.timeoutMs, fetched: new Map() };
     for (let round = 0; ; round++) {
-      const attempt: Attempt = { output: [], outputBytes: 0, writes: new Map(), writeBytes: 0 };
+      if (this.#renew) {
+        this.#renew = false;
+        const old = this.#engine;
+        this.#engine = await this.#newEngine();
+        this.#freeEngine(old);
+      }
+      const attempt: Attempt = { state, output: [], outputBytes: 0, writes: new Map(), writeBytes: 0 };
       this.#deadline = state.deadline;
       this.#abort = null;
-      if (this.#renew !== null) await this.#renewEngine();
-      const result = this.#attempt(script, state, attempt);
+      const result = this.#run(script, attempt);
       const abort = this.#abort as Abort | null;
       this.#abort = null;
       if (abort?.kind !== "fetch") {
@@ -263,53 +308,28 @@ export class Sandbox {
     await Promise.all(pending);
   }
 
-  /** One attempt in a fresh context; `this.#abort` says afterwards whether the host stopped it. */
-  #attempt(script: string, state: PlayState, attempt: Attempt): PlayResult {
-    const vm = this.#runtime.newContext({ intrinsics: this.#settings.intrinsics });
+  /** One attempt from the saved state, which is put back after it; `this.#abort` says afterwards whether the host stopped it. */
+  #run(script: string, attempt: Attempt): PlayResult {
+    const { vm, instance } = this.#engine;
     let result: PlayResult;
+    this.#attempt = attempt;
     try {
-      // String(x) for what is neither a string nor a number, taken before the script runs: a
-      // script that replaces String does not change how its output is converted.
-      const toStringFn = vm.getProp(vm.global, "String");
-      const stringifyFn = vm.getProp(vm.global, "JSON").consume((json) => vm.getProp(json, "stringify"));
-      try {
-        const exact = (handle: QuickJSHandle): string => {
-          // getString goes through a C string: it stops at a NUL and makes a lone surrogate three
-          // U+FFFD. When that may have happened, the string comes over as JSON (escapes are exact).
-          const text = vm.getString(handle);
-          if (!text.includes("\uFFFD") && text.length === vm.getProp(handle, "length").consume((n) => vm.getNumber(n))) return text;
-          const quoted = vm.callFunction(stringifyFn, vm.undefined, handle);
-          if (quoted.error !== undefined) throw quoted.error;
-          return JSON.parse(quoted.value.consume((json) => vm.getString(json))) as string;
-        };
-        const toText = (handle: QuickJSHandle): string => {
-          const type = vm.typeof(handle);
-          if (type === "string") return exact(handle);
-          if (type === "number") return String(vm.getNumber(handle));
-          const converted = vm.callFunction(toStringFn, vm.undefined, handle);
-          // A handle thrown out of a host function is rethrown in the script as it is.
-          if (converted.error !== undefined) throw converted.error;
-          return converted.value.consume(exact);
-        };
-        this.#installGlobals(vm, state, attempt, toText);
-        result = this.#evaluate(vm, script, attempt, toText);
-      } finally {
-        toStringFn.dispose();
-        stringifyFn.dispose();
-      }
-      if (!result.ok && result.kind === "memory") this.#renew = "module";
-      else if (!result.ok && result.kind === "stack") this.#renew = "runtime";
+      const constant = (name: string, value: string): void => {
+        vm.newString(value).consume((handle) => vm.defineProp(vm.global, name, { value: handle, configurable: false, enumerable: true }));
+      };
+      constant("CONTEXT_ID", attempt.state.ctx.circle);
+      constant("CALLER_ID", attempt.state.ctx.caller);
+      result = this.#evaluate(script, attempt);
+      if (!result.ok && result.kind === "memory") this.#renew = true;
     } catch (err) {
       // A failure of the host side (QuickJS could not even allocate the answer): start clean.
-      this.#renew = "module";
+      this.#renew = true;
       result = this.#classifyHostError(err);
     } finally {
-      try {
-        vm.dispose();
-      } catch {
-        this.#renew = "module";
-      }
+      this.#attempt = null;
     }
+    // Every handle of the attempt is disposed by now: the image can go back under them.
+    if (!this.#renew) instance.restore();
     return result;
   }
 
@@ -319,14 +339,15 @@ export class Sandbox {
     return this.#fail("error", text);
   }
 
-  #evaluate(vm: QuickJSContext, script: string, attempt: Attempt, toText: (h: QuickJSHandle) => string): PlayResult {
+  #evaluate(script: string, attempt: Attempt): PlayResult {
+    const { vm, runtime } = this.#engine;
     const evaluated = vm.evalCode(script, "play.js", { type: "global" });
-    if (evaluated.error !== undefined) return evaluated.error.consume((error) => this.#failure(vm, error));
-    const completion = evaluated.value.consume((value) => (vm.typeof(value) === "undefined" ? undefined : this.#text(vm, value, toText)));
+    if (evaluated.error !== undefined) return evaluated.error.consume((error) => this.#failure(error));
+    const completion = evaluated.value.consume((value) => (vm.typeof(value) === "undefined" ? undefined : this.#text(value)));
     if (typeof completion === "object") return completion;
-    if (this.#runtime.hasPendingJob()) {
-      const jobs = this.#runtime.executePendingJobs();
-      if (jobs.error !== undefined) return jobs.error.consume((error) => this.#failure(vm, error));
+    if (runtime.hasPendingJob()) {
+      const jobs = runtime.executePendingJobs();
+      if (jobs.error !== undefined) return jobs.error.consume((error) => this.#failure(error));
       jobs.dispose();
     }
     if (this.#abort !== null) return this.#aborted();
@@ -341,11 +362,11 @@ export class Sandbox {
   }
 
   /** The completion value's text, or the failure converting it (a toString that throws or loops). */
-  #text(vm: QuickJSContext, value: QuickJSHandle, toText: (h: QuickJSHandle) => string): string | PlayResult {
+  #text(value: QuickJSHandle): string | PlayResult {
     try {
-      return toText(value);
+      return this.#engine.toText(value);
     } catch (err) {
-      if (err instanceof Lifetime) return (err as QuickJSHandle).consume((error) => this.#failure(vm, error));
+      if (err instanceof Lifetime) return (err as QuickJSHandle).consume((error) => this.#failure(error));
       throw err;
     }
   }
@@ -363,11 +384,11 @@ export class Sandbox {
   }
 
   /** Maps an exception out of QuickJS to the play's failure; host-side stops take precedence. */
-  #failure(vm: QuickJSContext, error: QuickJSHandle): PlayResult {
+  #failure(error: QuickJSHandle): PlayResult {
     if (this.#abort !== null) return this.#aborted();
     let dumped: unknown;
     try {
-      dumped = vm.dump(error);
+      dumped = this.#engine.vm.dump(error);
     } catch {
       dumped = undefined;
     }
@@ -389,38 +410,53 @@ export class Sandbox {
     return this.#fail("error", `uncaught exception: ${typeof dumped === "string" ? dumped : JSON.stringify(dumped) ?? String(dumped)}`);
   }
 
-  #installGlobals(vm: QuickJSContext, state: PlayState, attempt: Attempt, toText: (h: QuickJSHandle) => string): void {
-    const constant = (name: string, value: string): void => {
-      vm.newString(value).consume((handle) => vm.defineProp(vm.global, name, { value: handle, configurable: false, enumerable: true }));
+  /**
+   * print, db and Math.random, once per engine (inside its image). Each host function acts on
+   * `this.#attempt`, the attempt running when the script calls it.
+   */
+  #installGlobals(engine: Engine, hold: (handle: QuickJSHandle) => QuickJSHandle): void {
+    const { vm, toText } = engine;
+    const current = (): Attempt => {
+      const attempt = this.#attempt;
+      if (attempt === null) throw new Error("no play is running");
+      return attempt;
     };
-    constant("CONTEXT_ID", state.ctx.circle);
-    constant("CALLER_ID", state.ctx.caller);
-
-    vm.newFunction("print", (...args) => {
+    const guard = (): Attempt => {
       if (this.#abort !== null) throw new Error("stopped");
-      const line = `${args.map(toText).join(" ")}\n`;
-      attempt.outputBytes += Buffer.byteLength(line);
-      if (attempt.outputBytes > this.#settings.outputBytes) {
-        this.#abort = { kind: "too_large" };
-        throw new RangeError("output over its size limit");
-      }
-      attempt.output.push(line);
-    }).consume((fn) => vm.setProp(vm.global, "print", fn));
+      return current();
+    };
 
-    const db = state.ctx.db;
-    const { writes } = attempt;
+    const print = hold(
+      vm.newFunction("print", (...args) => {
+        const attempt = guard();
+        const line = `${args.map(toText).join(" ")}\n`;
+        attempt.outputBytes += Buffer.byteLength(line);
+        if (attempt.outputBytes > this.#settings.outputBytes) {
+          this.#abort = { kind: "too_large" };
+          throw new RangeError("output over its size limit");
+        }
+        attempt.output.push(line);
+      }),
+    );
+    vm.setProp(vm.global, "print", print);
+
+    // QuickJS's generator state is part of the image: put back after every play, it would draw the same numbers each time.
+    const random = hold(vm.newFunction("random", () => vm.newNumber(Math.random())));
+    vm.getProp(vm.global, "Math").consume((math) => vm.defineProp(math, "random", { value: random, configurable: true, enumerable: false }));
+
     /** A db answer now, or undefined after asking an asynchronous db to load it (the attempt stops). */
-    const read = <T>(cacheKey: string, ask: () => T | Promise<T>): T | undefined => {
-      if (state.fetched.has(cacheKey)) return state.fetched.get(cacheKey) as T;
+    const read = <T>(attempt: Attempt, cacheKey: string, ask: (db: CircleKv) => T | Promise<T>): T | undefined => {
+      const { fetched, ctx } = attempt.state;
+      if (fetched.has(cacheKey)) return fetched.get(cacheKey) as T;
       let answer: T | Promise<T>;
       try {
-        answer = ask();
+        answer = ask(ctx.db);
       } catch (err) {
         this.#abort = { kind: "db", message: describeError(err) };
         throw new Error("db failed");
       }
       if (!isPromise(answer)) return answer;
-      this.#abort = { kind: "fetch", answer: answer.then((value) => state.fetched.set(cacheKey, value)) };
+      this.#abort = { kind: "fetch", answer: answer.then((value) => fetched.set(cacheKey, value)) };
       throw new Error("db entry loading");
     };
     const stringArg = (what: string, handle: QuickJSHandle | undefined): string => {
@@ -439,66 +475,56 @@ export class Sandbox {
       checked(() => checkKey(k));
       return k;
     };
-    const guard = (): void => {
-      if (this.#abort !== null) throw new Error("stopped");
-    };
-    const currentValue = (k: string): string | null | undefined => (writes.has(k) ? writes.get(k) : read(`g:${k}`, () => db.get(k)));
+    const currentValue = (attempt: Attempt, k: string): string | null | undefined => (attempt.writes.has(k) ? attempt.writes.get(k) : read(attempt, `g:${k}`, (db) => db.get(k)));
     const cost = (k: string, v: string | null | undefined): number => (v === undefined ? 0 : Buffer.byteLength(k) + (v === null ? 0 : Buffer.byteLength(v)));
     /** Records a write in the overlay, refused (catchably, nothing kept) past KV_LIMITS.playWriteBytes. */
-    const write = (k: string, v: string | null): void => {
-      const bytes = attempt.writeBytes + cost(k, v) - cost(k, writes.get(k));
+    const write = (attempt: Attempt, k: string, v: string | null): void => {
+      const bytes = attempt.writeBytes + cost(k, v) - cost(k, attempt.writes.get(k));
       if (bytes > KV_LIMITS.playWriteBytes) {
         throw new RangeError(`the play's db writes are over ${KV_LIMITS.playWriteBytes} bytes: write less per play`);
       }
       attempt.writeBytes = bytes;
-      writes.set(k, v);
+      attempt.writes.set(k, v);
     };
 
-    // db is built at first use: most plays never touch it, and each host function costs ~5 µs.
-    const buildDb = (): QuickJSHandle => {
-      const dbObject = vm.newObject();
-      try {
-        vm.newFunction("get", (keyHandle) => {
-          guard();
-          const value = currentValue(key(keyHandle));
-          return value === null || value === undefined ? vm.null : vm.newString(value);
-        }).consume((fn) => vm.setProp(dbObject, "get", fn));
-        vm.newFunction("set", (keyHandle, valueHandle) => {
-          guard();
-          const k = key(keyHandle);
-          const v = stringArg("db value", valueHandle);
-          checked(() => checkValue(v));
-          write(k, v);
-        }).consume((fn) => vm.setProp(dbObject, "set", fn));
-        vm.newFunction("del", (keyHandle) => {
-          guard();
-          const k = key(keyHandle);
-          const existed = currentValue(k);
-          write(k, null);
-          return existed === null || existed === undefined ? vm.false : vm.true;
-        }).consume((fn) => vm.setProp(dbObject, "del", fn));
-        vm.newFunction("list", (prefixHandle) => {
-          guard();
-          const prefix = prefixHandle === undefined || vm.typeof(prefixHandle) === "undefined" ? "" : stringArg("db.list prefix", prefixHandle);
-          const stored = read(`l:${prefix}`, () => db.list(prefix)) ?? [];
-          const keys = new Set(stored);
-          for (const [k, v] of writes) {
-            if (!k.startsWith(prefix)) continue;
-            if (v === null) keys.delete(k);
-            else keys.add(k);
-          }
-          const sorted = [...keys].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))).slice(0, KV_LIMITS.listKeys);
-          const array = vm.newArray();
-          sorted.forEach((k, i) => vm.newString(k).consume((s) => vm.setProp(array, i, s)));
-          return array;
-        }).consume((fn) => vm.setProp(dbObject, "list", fn));
-        vm.defineProp(vm.global, "db", { value: dbObject, configurable: false, enumerable: true });
-      } catch (err) {
-        dbObject.dispose();
-        throw err;
-      }
-      return dbObject;
+    const dbObject = hold(vm.newObject());
+    const method = (name: string, fn: Parameters<QuickJSContext["newFunction"]>[1]): void => {
+      vm.setProp(dbObject, name, hold(vm.newFunction(name, fn)));
     };
-    vm.defineProp(vm.global, "db", { get: buildDb, configurable: true, enumerable: true });
+    method("get", (keyHandle) => {
+      const attempt = guard();
+      const value = currentValue(attempt, key(keyHandle));
+      return value === null || value === undefined ? vm.null : vm.newString(value);
+    });
+    method("set", (keyHandle, valueHandle) => {
+      const attempt = guard();
+      const k = key(keyHandle);
+      const v = stringArg("db value", valueHandle);
+      checked(() => checkValue(v));
+      write(attempt, k, v);
+    });
+    method("del", (keyHandle) => {
+      const attempt = guard();
+      const k = key(keyHandle);
+      const existed = currentValue(attempt, k);
+      write(attempt, k, null);
+      return existed === null || existed === undefined ? vm.false : vm.true;
+    });
+    method("list", (prefixHandle) => {
+      const attempt = guard();
+      const prefix = prefixHandle === undefined || vm.typeof(prefixHandle) === "undefined" ? "" : stringArg("db.list prefix", prefixHandle);
+      const stored = read(attempt, `l:${prefix}`, (db) => db.list(prefix)) ?? [];
+      const keys = new Set(stored);
+      for (const [k, v] of attempt.writes) {
+        if (!k.startsWith(prefix)) continue;
+        if (v === null) keys.delete(k);
+        else keys.add(k);
+      }
+      const sorted = [...keys].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))).slice(0, KV_LIMITS.listKeys);
+      const array = vm.newArray();
+      sorted.forEach((k, i) => vm.newString(k).consume((s) => vm.setProp(array, i, s)));
+      return array;
+    });
+    vm.defineProp(vm.global, "db", { value: dbObject, configurable: false, enumerable: true });
   }
 }

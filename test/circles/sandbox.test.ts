@@ -124,7 +124,7 @@ describe("no state leaks between plays", () => {
   test("globals, top-level let and var, patched built-ins are gone in the next play", async () => {
     await output("var v = 1; let l = 2; const c = 3; globalThis.g = 4; function f() {}; Array.prototype.leak = 5; Object.prototype.oops = 6; JSON.parse = () => 7; String = null; Math.random = () => 0; ({})");
     expect(await output("[typeof v, typeof l, typeof c, typeof g, typeof f, [].leak, ({}).oops, JSON.parse('8'), typeof String, Math.random() === 0].join(',')")).toBe("undefined,undefined,undefined,undefined,undefined,,,8,function,false");
-    // Redeclaring a top-level let of the previous play is fine: a new context, not a reused one.
+    // Redeclaring a top-level let of the previous play is fine: every play starts from the saved state.
     expect(await output("let l = 9; l")).toBe("9");
   });
 
@@ -137,6 +137,34 @@ describe("no state leaks between plays", () => {
     await output('db.set("carried", "yes")');
     expect(await output('db.get("carried")')).toBe("yes");
   });
+
+  test("Math.random draws new numbers in every play (its state is not put back with the rest)", async () => {
+    const draws = new Set<string>();
+    for (let i = 0; i < 5; i++) draws.add(await output("Math.random()"));
+    expect(draws.size).toBe(5);
+    for (const draw of draws) expect(Number(draw)).toBeGreaterThanOrEqual(0);
+  });
+
+  test("a play that deletes print, db, Math.random, String and JSON: the next has them all, working", async () => {
+    await output("delete globalThis.print; delete Math.random; delete globalThis.String; delete globalThis.JSON; try { delete globalThis.db } catch {}; [].concat(new Array(1e5).fill({})).length");
+    expect(await output('print("still"); db.set("k", "v"); [db.get("k"), typeof Math.random(), String(1), JSON.stringify([1])].join(",")')).toBe("still\nv,number,1,[1]");
+  });
+
+  test("promise jobs left by a play that timed out never run in a later one", async () => {
+    const { kind } = await failure('Promise.resolve().then(() => db.set("late", "ran")); for (;;) {}', { timeoutMs: 200 });
+    expect(kind).toBe("timeout");
+    expect(await output('String(db.get("late"))')).toBe("null");
+  });
+
+  test("after a stack overflow, plays recurse as deep as before; after big allocations, allocate as much again", async () => {
+    const depth = "let d = 0; function down() { d++; down() } try { down() } catch {} d";
+    const first = await output(depth);
+    expect((await failure("function down(n) { return down(n + 1) + 1 } down(0)")).kind).toBe("stack");
+    expect(await output(depth)).toBe(first);
+    // 20 MB held of the 32 MiB limit, five times: the runtime's counters go back with the image.
+    for (let i = 0; i < 5; i++) expect(await output('const s = "x".repeat(20 * 1024 * 1024); s.length')).toBe(String(20 * 1024 * 1024));
+    expect(sandbox.footprint.imageBytes).toBeLessThan(1024 * 1024);
+  }, HEAVY_TIMEOUT_MS);
 });
 
 describe("failures are mapped, and the sandbox keeps working after each", () => {

@@ -96,9 +96,9 @@ describe("hostile messages", () => {
     const count = 20_000;
     const last = flood.answer(count - 1);
     for (let i = 0; i < count; i++) flood.ws.send(`{"jsonrpc":"2.0","id":${i},"method":"fetch_nonce","params":{"pubkey":"${A.hex}"}}`);
-    const started = performance.now();
     expect(await output(good, "40 + 2")).toBe("42");
-    expect(performance.now() - started).toBeLessThan(2_000);
+    // Answered meanwhile: before the flood's answers were all out, not after them.
+    expect(flood.received.length).toBeLessThan(count);
     await last;
     expect(flood.received.length).toBe(count);
   }, 20_000);
