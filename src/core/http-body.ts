@@ -5,6 +5,7 @@
  * at most `maxBytes` plus one chunk is ever held.
  */
 import { Buffer } from "node:buffer";
+import { describeError } from "./errors.ts";
 
 /**
  * The bytes of `message`'s body, or null when it has none. Throws `tooLarge()` — the caller's
@@ -34,4 +35,28 @@ export async function readBodyLimited(message: Request | Response, maxBytes: num
     chunks.push(value);
   }
   return Buffer.concat(chunks);
+}
+
+/**
+ * The JSON value of `message`'s body (read as `readBodyLimited`), or the caller's error from
+ * `bad(reason)` when there is no body, it is not UTF-8, or not JSON — the reason says which,
+ * ending with what to send instead.
+ * @example
+ * const json = await readJsonBody(c.req.raw, MAX_BODY_BYTES, { tooLarge, bad: (why) => new ApiError("bad_json", why) });
+ */
+export async function readJsonBody(message: Request | Response, maxBytes: number, errors: { tooLarge: () => Error; bad: (reason: string) => Error }): Promise<unknown> {
+  const bytes = await readBodyLimited(message, maxBytes, errors.tooLarge);
+  if (bytes === null) throw errors.bad("the request has no body; send a JSON object");
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw errors.bad("the request body is not UTF-8 text; send a JSON object");
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    const why = describeError(err).slice(0, 200);
+    throw errors.bad(`the request body is not valid JSON (${why}); send a JSON object`);
+  }
 }

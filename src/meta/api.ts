@@ -19,8 +19,7 @@
 import { Hono } from "hono";
 import type { Context } from "hono";
 import { routePath } from "hono/route";
-import { describeError } from "../core/errors.ts";
-import { readBodyLimited } from "../core/http-body.ts";
+import { readJsonBody } from "../core/http-body.ts";
 import type { Logger } from "../core/log.ts";
 import { CONTENT_TYPE, type Registry } from "../core/metrics.ts";
 import { isValidPubId, nameProblem, newPubId } from "../stream/names.ts";
@@ -380,21 +379,8 @@ function tooLarge(): MetaApiError {
 }
 
 /** The request body as JSON, read under `MAX_BODY_BYTES` as it streams in. */
-async function readJson(c: Context): Promise<unknown> {
-  const bytes = await readBodyLimited(c.req.raw, MAX_BODY_BYTES, tooLarge);
-  if (bytes === null) throw new MetaApiError("bad_json", "the request has no body; send a JSON object");
-  let text: string;
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    throw new MetaApiError("bad_json", "the request body is not UTF-8 text; send a JSON object");
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    const why = describeError(err).slice(0, 200);
-    throw new MetaApiError("bad_json", `the request body is not valid JSON (${why}); send a JSON object`);
-  }
+function readJson(c: Context): Promise<unknown> {
+  return readJsonBody(c.req.raw, MAX_BODY_BYTES, { tooLarge, bad: (why) => new MetaApiError("bad_json", why) });
 }
 
 interface Issue {
