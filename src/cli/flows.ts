@@ -141,12 +141,14 @@ const serve = defineCommand({
     "a container: a namespace on the first bridge with an address from its \"subnet\"),\n" +
     "DELETE /api/containers/ID, GET /api/services/NAME, GET /api/services, GET /api/flows (with counters),\n" +
     "POST /api/apply, GET /metrics, GET /health. Peers (the state's \"peers\" and --peers) are pulled every\n" +
-    "few seconds and told at once of this node's changes, so a query on any node answers for the mesh.\n" +
+    "few seconds and told at once of this node's changes, so a query on any node answers for the mesh;\n" +
+    "with --redis-url every node writes its services to Redis (a key that expires unless refreshed) and reads the others'.\n" +
     "SIGHUP re-reads --state. Prints 'flows: <url>' when ready.",
   flags: {
     state: stateFlag(),
     listen: str("address and port to serve on (loopback by default: the API creates namespaces and changes flows)", { default: `127.0.0.1:${DEFAULT_PORT}`, placeholder: "host:port", schema: HostPort }),
-    peers: list("other nodes' API URLs, besides the state's peers (-p a,b or repeated)", { placeholder: "url" }),
+    peers: list("other nodes' API URLs, besides the state's peers (a,b or repeated)", { placeholder: "url" }),
+    redisUrl: str("also share this node's services through Redis at this URL, and read every other node's there (for meshes that outgrow a peer list)", { placeholder: "url" }),
     ovsdb: ovsdbFlag(),
     stateDir: stateDirFlag("where the registry of API-registered containers lives (flows/registry.sqlite)"),
     readyFile: str("once serving, write this file (JSON: pid, url, port, node) atomically; removed at exit", { placeholder: "file" }),
@@ -155,6 +157,7 @@ const serve = defineCommand({
   examples: [
     "stoa flows serve --state state.json",
     "stoa flows serve --state node1.json --listen 0.0.0.0:9573 --peers http://node2:9573",
+    "stoa flows serve --state node1.json --redis-url redis://10.0.0.5:6379   # every node on one Redis",
     `curl -X POST ${DEFAULT_SERVER}/api/containers/create -H "Content-Type: application/json" -d '{"name": "vector-db", "services": [{"name": "vector-db", "protocol": "tcp", "port": 6333, "exposed": true}]}'`,
     `curl -s ${DEFAULT_SERVER}/api/services/vector-db`,
   ],
@@ -165,7 +168,7 @@ const serve = defineCommand({
     const registry = new Registry(file, flags.stateDir ?? defaultStateDir());
     let server: Awaited<ReturnType<typeof startFlowsServer>>;
     try {
-      server = await startFlowsServer({ registry, ovsdb: client, env, listen: flags.listen, peers: splitList(flags.peers), log });
+      server = await startFlowsServer({ registry, ovsdb: client, env, listen: flags.listen, peers: splitList(flags.peers), ...(flags.redisUrl === undefined ? {} : { redisUrl: flags.redisUrl }), log });
     } catch (err) {
       registry.close();
       client.close();

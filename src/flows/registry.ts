@@ -108,6 +108,13 @@ export class Registry {
     return before === undefined || JSON.stringify(before.services) !== JSON.stringify(services);
   }
 
+  /** Forgets a peer at once (it left the mesh cleanly): true when it had services. */
+  dropPeer(node: string): boolean {
+    const entry = this.#peers.get(node);
+    this.#peers.delete(node);
+    return entry !== undefined && entry.services.length > 0;
+  }
+
   /** Drops peers not heard of within PEER_TTL_MS: true when one went. */
   expirePeers(now = Date.now()): boolean {
     let changed = false;

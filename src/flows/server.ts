@@ -21,7 +21,9 @@
  *
  * Peers (the state's `peers` and --peers): every PEER_SYNC_MS each peer's /api/registry is pulled,
  * and after every change of this node's services they are pushed to each peer; a peer not heard
- * of within PEER_TTL_MS counts as gone. Each node is authoritative for its own containers.
+ * of within PEER_TTL_MS counts as gone. With `redisUrl` the same through Redis (redis-mesh.ts):
+ * this node's key rewritten every PEER_SYNC_MS and on change, every other node's read. Each node
+ * is authoritative for its own containers.
  */
 import { Hono, type Context } from "hono";
 import { StoaError, describeError, listenError } from "../core/errors.ts";
@@ -34,7 +36,8 @@ import { ContainerSchema, ServiceSchema, hostAddress, cookieKind } from "./model
 import { dumpFlows } from "./ofctl.ts";
 import type { OvsdbClient } from "./ovsdb.ts";
 import { applyState, attachVeths, type Report } from "./reconcile.ts";
-import type { Registry } from "./registry.ts";
+import { PEER_TTL_MS, type Registry } from "./registry.ts";
+import { RedisMesh } from "./redis-mesh.ts";
 import { z } from "zod";
 
 /** A request body (a container with its services) is at most this large. */
@@ -83,6 +86,8 @@ export async function startFlowsServer(o: {
   env: NodeJS.ProcessEnv;
   listen: { hostname: string; port: number };
   peers: readonly string[];
+  /** The mesh through Redis too (redis-mesh.ts). */
+  redisUrl?: string;
   log: Logger;
 }): Promise<FlowsServer> {
   const { registry, ovsdb, env, log } = o;
@@ -168,10 +173,53 @@ export async function startFlowsServer(o: {
   };
   const peerTimer = setInterval(() => void pullAll(), PEER_SYNC_MS);
   peerTimer.unref();
+  // ---- the mesh through Redis ----
+  let mesh: RedisMesh | null = null;
+  const fromRedis = new Set<string>();
+  const readMesh = async (): Promise<void> => {
+    if (mesh === null) return;
+    try {
+      const nodes = await mesh.read();
+      let changed = false;
+      const present = new Set(nodes.map((n) => n.node));
+      for (const n of nodes) {
+        fromRedis.add(n.node);
+        if (registry.setPeer(n.node, n.services)) changed = true;
+      }
+      for (const node of [...fromRedis]) {
+        if (present.has(node)) continue;
+        fromRedis.delete(node);
+        if (registry.dropPeer(node)) changed = true;
+      }
+      if (changed) kick();
+    } catch (err) {
+      peerErrors.inc({ peer: "redis" });
+      log.warn("reading the mesh from Redis failed", { error: describeError(err) });
+    }
+  };
+  const writeMesh = async (announce: boolean): Promise<void> => {
+    if (mesh === null) return;
+    await mesh.write(registry.localServices(), announce).catch((err: unknown) => {
+      peerErrors.inc({ peer: "redis" });
+      log.warn("writing this node's services to Redis failed", { error: describeError(err) });
+    });
+  };
+  if (o.redisUrl !== undefined) {
+    try {
+      mesh = await RedisMesh.connect({ url: o.redisUrl, node: registry.node, ttlMs: PEER_TTL_MS, log, onChange: () => void readMesh() });
+    } catch (err) {
+      clearInterval(peerTimer);
+      throw new StoaError("io", `cannot connect to Redis at ${o.redisUrl}: ${describeError(err)} (is redis-server running there?)`);
+    }
+  }
+  const meshTimer = setInterval(() => void writeMesh(false).then(readMesh), PEER_SYNC_MS);
+  meshTimer.unref();
+
   /** After a change of this node's containers: flows, then the peers. */
   const changedLocally = async (): Promise<Report> => {
     const report = await reconcile();
     pushAll();
+    void writeMesh(true);
     return report;
   };
 
@@ -300,6 +348,8 @@ export async function startFlowsServer(o: {
   });
   await reconcile().catch(() => undefined); // a first failure is logged; the server runs and retries on the next change
   void pullAll().then(pushAll);
+  await writeMesh(true);
+  await readMesh();
   const port = server.port ?? o.listen.port;
   const shown = o.listen.hostname === "0.0.0.0" ? "127.0.0.1" : o.listen.hostname === "::" ? "::1" : o.listen.hostname;
   return {
@@ -308,7 +358,9 @@ export async function startFlowsServer(o: {
     reconcile,
     async close() {
       clearInterval(peerTimer);
+      clearInterval(meshTimer);
       unwatch();
+      await mesh?.close();
       await server.stop(true);
       await (running ?? Promise.resolve()).catch(() => undefined);
     },

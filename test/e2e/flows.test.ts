@@ -16,6 +16,7 @@ import { Scope, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { type Ovs, ovsMissing, startOvs } from "../fixtures/ovs.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { canUseNetns } from "../helpers/netns.ts";
+import { REDIS_SERVER } from "../fixtures/redis.ts";
 import { ROOT, STOA, stoa, type Run } from "../helpers/stoa.ts";
 
 requireBinary();
@@ -59,8 +60,8 @@ function run(args: string[]): Run {
 }
 /** An HTTP request from the switch's namespace (where the servers listen): status and JSON body. */
 function http(method: string, url: string, body?: string): { status: number; json: Record<string, unknown> } {
-  const args = ["curl", "-s", "-w", "\n%{http_code}", "-X", method, url, ...(body === undefined ? [] : ["-H", "Content-Type: application/json", "-d", body])];
-  const proc = Bun.spawnSync(inSwitch(args), { stdin: "ignore" });
+  const args = ["curl", "-s", "-w", "\n%{http_code}", "-X", method, url, ...(body === undefined ? [] : ["-H", "Content-Type: application/json", "--data-binary", "@-"])];
+  const proc = Bun.spawnSync(inSwitch(args), { stdin: body === undefined ? "ignore" : Buffer.from(body) });
   const text = proc.stdout.toString();
   const cut = text.lastIndexOf("\n");
   return { status: Number(text.slice(cut + 1)), json: cut > 0 ? (JSON.parse(text.slice(0, cut)) as Record<string, unknown>) : {} };
@@ -246,6 +247,24 @@ describe.skipIf(missing !== null)("stoa flows serve", () => {
     await eventually("the late container's flows gone with its port", () => !flowsOf(url).some((f) => f.match.includes("10.80.0.12")) || undefined);
   }, 60_000);
 
+  test("bad requests get a 4xx that says what is wrong, and change nothing", async () => {
+    const bridge = `fb${uniq()}`;
+    await ovs.addBridge(bridge);
+    const { url } = await serve({ node: "n1", bridges: [{ name: bridge }], containers: [{ container_id: "f1", veth: `vf${uniq()}`, bridge, ipv4_address: "10.84.0.1/24", services: [] }] });
+    const post = (body: string) => http("POST", `${url}/api/containers`, body);
+    expect(post("{not json")).toMatchObject({ status: 400, json: { error: expect.stringContaining("not valid JSON") } });
+    expect(post(JSON.stringify({ container_id: "x" }))).toMatchObject({ status: 400, json: { error: expect.stringContaining("veth") } });
+    expect(post(JSON.stringify({ container_id: "x", veth: "v", bridge, ipv4_address: "10.84.0.1/24", services: [] }))).toMatchObject({ status: 409, json: { error: expect.stringContaining("address 10.84.0.1") } });
+    expect(post(JSON.stringify({ container_id: "x", veth: "v", bridge: "nope", ipv4_address: "10.84.0.2/24", services: [] }))).toMatchObject({ status: 409, json: { error: expect.stringContaining("bridge nope") } });
+    expect(post(JSON.stringify({ container_id: "x", veth: "v", bridge, ipv4_address: "10.84.0.2/24", services: [], pad: "x".repeat(2 * 1024 * 1024) })).status).toBe(413);
+    expect(http("POST", `${url}/api/containers/create`, JSON.stringify({ name: "y", services: [] }))).toMatchObject({ status: 400, json: { error: expect.stringContaining("no subnet") } });
+    expect(http("DELETE", `${url}/api/containers/nope`)).toMatchObject({ status: 404 });
+    expect(http("GET", `${url}/api/nothing`)).toMatchObject({ status: 404, json: { error: expect.stringContaining("no route GET /api/nothing") } });
+    expect(http("POST", `${url}/api/registry`, JSON.stringify({ node: "n1", services: [] }))).toMatchObject({ status: 409 });
+    expect(http("GET", `${url}/api/containers`).json.containers).toHaveLength(1);
+    expect(http("GET", `${url}/health`).status).toBe(200);
+  }, 60_000);
+
   test("the seed's curl -X POST /api/containers/create works as written, and the service is found", async () => {
     const bridge = `fb${uniq()}`;
     await ovs.addBridge(bridge);
@@ -309,5 +328,41 @@ describe.skipIf(missing !== null)("stoa flows serve", () => {
       expect(http("DELETE", `${url1}/api/containers/${server}`).status).toBe(200);
       await eventually("node 2 no longer finds vector-db", () => http("GET", `${url2}/api/services/vector-db`).status === 404 || undefined, { timeoutMs: 15_000 });
     }
+  }, 90_000);
+
+  test("two nodes over one Redis, no peer list: node 2 finds node 1's service, and loses it when node 1 removes it or stops", async () => {
+    // Redis where the servers are: in the switch's namespace.
+    const [redisPort] = freePorts(1);
+    const redis = scope.spawn("redis-server", inSwitch([REDIS_SERVER, "--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]));
+    await redis.waitFor("out", /Ready to accept connections/);
+    const redisUrl = `redis://127.0.0.1:${redisPort}`;
+    const [b1, b2] = [`fr${uniq()}`, `fr${uniq()}`];
+    await ovs.addBridge(b1);
+    await ovs.addBridge(b2);
+    const [p1, p2] = freePorts(2);
+    const dir = scope.tempDir();
+    const start = async (node: string, bridge: string, port: number) => {
+      const proc = scope.spawn(`flows serve ${node}`, inSwitch([STOA, "flows", "serve", "--state", writeState(dir, { node, bridges: [{ name: bridge }] }), "--listen", `127.0.0.1:${port}`, "--redis-url", redisUrl, "--state-dir", join(dir, node)]), { env: env() });
+      return { proc, url: (await proc.waitFor("out", /^flows: (http:\/\/\S+) /m, 20_000))[1]! };
+    };
+    const unreachable = run(["flows", "serve", "--state", writeState(dir, { node: "x", bridges: [{ name: b1 }] }), "--listen", "127.0.0.1:0", "--redis-url", "redis://127.0.0.1:1", "--state-dir", join(dir, "x")]);
+    expect(unreachable.code).toBe(1);
+    expect(unreachable.stderr).toContain("cannot connect to Redis at redis://127.0.0.1:1");
+    const node1 = await start("rnode1", b1, p1!);
+    const node2 = await start("rnode2", b2, p2!);
+    const name = `r${uniq()}`;
+    container(name, b1, "10.83.0.11/24", ["udp:5353:mdns-r"], node1.url);
+    const found = await eventually("node 2 finds mdns-r through Redis", () => {
+      const res = http("GET", `${node2.url}/api/services/mdns-r`);
+      return res.status === 200 ? res.json : undefined;
+    }, { timeoutMs: 15_000 });
+    expect(found).toMatchObject({ service: "mdns-r", node: "rnode1", ip: "10.83.0.11", port: 5353, protocol: "udp" });
+    expect(http("DELETE", `${node1.url}/api/containers/${name}`).status).toBe(200);
+    await eventually("node 2 no longer finds mdns-r", () => http("GET", `${node2.url}/api/services/mdns-r`).status === 404 || undefined, { timeoutMs: 15_000 });
+    container(`${name}b`, b1, "10.83.0.12/24", ["udp:5353:mdns-r"], node1.url);
+    await eventually("node 2 finds it again", () => http("GET", `${node2.url}/api/services/mdns-r`).status === 200 || undefined, { timeoutMs: 15_000 });
+    node1.proc.proc.kill("SIGTERM");
+    expect(await node1.proc.exitWithin(10_000)).toBe(0);
+    await eventually("node 2 forgets node 1 after its clean stop", () => http("GET", `${node2.url}/api/services/mdns-r`).status === 404 || undefined, { timeoutMs: 15_000 });
   }, 90_000);
 });
