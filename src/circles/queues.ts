@@ -11,12 +11,12 @@
  * thread can be a pool (`threadsPerCircle`, default 1: the seed's one worker, plays of a circle
  * one after another); one thread runs ~4,000 plays/s of `40 + 2` here, the sandbox's own rate.
  *
- * Redis (`--redis-url`, redis-queue.ts): the server runs one Lua SUBMIT per play (the TaskRecord
+ * Redis (`--redis-url`, redis-queue.ts): the server runs a Lua SUBMIT per turn's plays (the TaskRecord
  * hash `rhai_task:<id>` + LPUSH `rhai_tasks:<circle>`), workers claim (BLMOVE / LMOVE into
  * `rhai_processing:<circle>:<worker>`, status processing, attempts + 1) and complete (status
  * completed | error | timeout, output, error, the reply LPUSHed to `rhai_reply:<id>` and
  * PUBLISHed on the waiting server's channel `rhai_done:<dispatcher>`, which it subscribes to
- * once — no blocked connection per waiting play). ~3 round trips per play. Workers run in this
+ * once — no blocked connection per waiting play). ~1 round trip per play a side. Workers run in this
  * process (one thread per circle) and anywhere else with `stoa circles worker`; each has a
  * heartbeat key refreshed by its process, and any process serving the circle requeues a dead
  * worker's claimed plays once (a second loss: status error and a reply). Redis down: plays

@@ -17,14 +17,22 @@
  *   rhai_workers:<circle>               set: worker ids that may hold a processing list
  *   rhai_worker:<worker>                heartbeat, PX HEARTBEAT_TTL_MS, refreshed by the worker's process
  *
- * Round trips per play: the server's SUBMIT (HSET + EXPIRE + LPUSH), the worker's CLAIM (LMOVE
- * + attempts + status, up to CLAIM_BATCH plays at once; BLMOVE first when the list is empty) and
- * COMPLETE (status, output, error, LREM, PUBLISH, or the reply list when nobody heard it). The
- * reply reaches the server in the PUBLISH; a server that missed it LPOPs the list at the deadline.
- * A worker does not wait for one play's COMPLETE before it starts the next (one turn of the event
- * loop sends it): a worker's rate is the sandbox's, not the sandbox's plus a round trip.
+ * Round trips per play: the server's SUBMIT (HSET of the whole record + EXPIRE + LPUSH), one
+ * EVALSHA for all the plays submitted in one turn of its event loop (up to SUBMIT_BATCH, any
+ * circles); the worker's CLAIM (LMOVE + HGETALL + HSET of attempts and status, up to CLAIM_BATCH
+ * plays at once) and COMPLETE (LREM, EXPIRE, HSET of status, output, error, PUBLISH — or the reply
+ * list when nobody heard it; a play no longer in the worker's processing list is skipped). A
+ * worker sends each play's COMPLETE before it starts the next play (one turn of the event loop
+ * sends it; a finished play's answer never waits behind another play) — the last play of a batch
+ * rides in the next CLAIM (one EVALSHA completes it, then claims). Only a CLAIM that finds the
+ * list empty is followed by a BLMOVE that waits for a play (then a CLAIM of it). So a batch of k
+ * plays costs the worker k EVALSHAs (k − 1 COMPLETEs and the next CLAIM), plus a BLMOVE and a
+ * CLAIM when the list ran dry.
+ * The reply reaches the server in the PUBLISH; a server that missed it LPOPs the list at the
+ * deadline.
  *
- * Scripts name the task hash from the id (`'rhai_task:' .. id`): single-instance Redis, not Cluster.
+ * Scripts name keys from ids and circles (`'rhai_task:' .. id`, `'rhai_reply:' .. id`,
+ * `'rhai_tasks:' .. circle`): single-instance Redis, not Cluster.
  * The worker measures a play's time left from `created_at` (the server's clock): keep clocks in sync.
  */
 import { RedisClient } from "bun";
@@ -36,6 +44,8 @@ import type { TaskStatus } from "./protocol.ts";
 import { type PlayOutcome, type PlaySubmission, STOPPING, type TaskQueue, drainWithin } from "./queue.ts";
 import { DEADLINE_MARGIN_MS, MAX_LOSSES, circleWorkerEntry, type FromWorker, type ToWorker } from "./embedded-queue.ts";
 
+/** Plays one SUBMIT queues at most (those submitted in one turn of the event loop go together). */
+const SUBMIT_BATCH = 64;
 /** Plays one CLAIM takes at most (and at most its share of the list): fewer round trips under load. */
 export const CLAIM_BATCH = 16;
 /** BLMOVE's block, seconds: how long a stopping worker may wait for its blocked read to end. */
@@ -69,51 +79,87 @@ export const redisKeys = {
   heartbeat: (worker: string) => `rhai_worker:${worker}`,
 };
 
+/**
+ * Lua of COMPLETE, shared by `complete` and `claim`: `completeAll(processing, at)` completes the
+ * tasks in ARGV from `at` on — ARGV[at - 4 .. at - 1]: now, task ttl, reply ttl, count; then per
+ * task id, status, text, reply_to (the claimed record's). Per task: not in the processing list
+ * (reclaimed meanwhile) or its hash gone → skipped, the others go on; else its status, output,
+ * error and updated_at, its hash's expiry, and the reply PUBLISHed to reply_to — or LPUSHed to
+ * `rhai_reply:<id>` when nobody heard it.
+ */
+const COMPLETE_LUA = `local function completeAll(processing, at)
+  local now, ttl, replyTtl, n = ARGV[at - 4], ARGV[at - 3], ARGV[at - 2], tonumber(ARGV[at - 1])
+  for i = at, at + 4 * (n - 1), 4 do
+    local id, status, text, to = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local key = 'rhai_task:' .. id
+    -- EXPIRE answers 0 when the hash is gone; HSET after it keeps the expiry.
+    if redis.call('LREM', processing, 1, id) == 1 and redis.call('EXPIRE', key, ttl) == 1 then
+      local output, err = '', ''
+      if status == 'completed' then output = text else err = text end
+      redis.call('HSET', key, 'status', status, 'output', output, 'error', err, 'updated_at', now)
+      local reply = status .. '\\n' .. text
+      if to == '' or redis.call('PUBLISH', to, id .. '\\n' .. reply) == 0 then
+        local replies = 'rhai_reply:' .. id
+        redis.call('LPUSH', replies, reply)
+        redis.call('EXPIRE', replies, replyTtl)
+      end
+    end
+  end
+end
+`;
+
 const LUA = {
   /**
-   * KEYS: task hash, tasks list. ARGV: ttl, reply_to, then the record's fields and values
-   * (encodeTaskRecord) that are not their initial value: id, circle, caller, script, created_at, timeout_ms.
+   * ARGV: ttl, reply_to, then six per task: id, circle, caller, script, created_at, timeout_ms.
+   * Each, in order: its whole TaskRecord hash (status pending, output and error "", attempts 0,
+   * updated_at = created_at) + reply_to, its expiry, LPUSH on its circle's list.
    */
-  submit: `redis.call('HSET', KEYS[1], 'reply_to', ARGV[2], 'status', 'pending', 'output', '', 'error', '', 'attempts', '0', unpack(ARGV, 3))
-redis.call('HSET', KEYS[1], 'updated_at', redis.call('HGET', KEYS[1], 'created_at'))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('LPUSH', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+  submit: `for i = 3, #ARGV, 6 do
+  local id, circle, created = ARGV[i], ARGV[i + 1], ARGV[i + 4]
+  local key = 'rhai_task:' .. id
+  redis.call('HSET', key, 'id', id, 'circle', circle, 'caller', ARGV[i + 2], 'script', ARGV[i + 3], 'created_at', created, 'timeout_ms', ARGV[i + 5],
+    'updated_at', created, 'status', 'pending', 'output', '', 'error', '', 'attempts', '0', 'reply_to', ARGV[2])
+  redis.call('EXPIRE', key, ARGV[1])
+  redis.call('LPUSH', 'rhai_tasks:' .. circle, id)
+end
 return 1`,
   /**
-   * KEYS: tasks, processing, workers set. ARGV: now, max, an id BLMOVE moved already or "".
-   * Answers HGETALLs. Takes at most its share of the list (length / workers), so one worker does
-   * not hoard plays while another idles.
+   * KEYS: tasks, processing, workers set. ARGV: max, an id BLMOVE moved already or "", then the
+   * plays to complete first (COMPLETE_LUA, from ARGV[7]). Answers the claimed records as HGETALL
+   * arrays. Takes at most its share of the list (length / workers), so one worker does not hoard
+   * plays while another idles.
    */
-  claim: `local out = {}
+  claim: `${COMPLETE_LUA}completeAll(KEYS[2], 7)
+local now = ARGV[3]
+local out = {}
 local function claim(id)
-  local key = 'rhai_task:' .. id
-  if redis.call('EXISTS', key) == 0 then redis.call('LREM', KEYS[2], 1, id) return end
-  redis.call('HINCRBY', key, 'attempts', 1)
-  redis.call('HSET', key, 'status', 'processing', 'updated_at', ARGV[1])
-  out[#out + 1] = redis.call('HGETALL', key)
+  local record = redis.call('HGETALL', 'rhai_task:' .. id)
+  if #record == 0 then redis.call('LREM', KEYS[2], 1, id) return end
+  -- The record as HSET leaves it (attempts + 1, status processing, updated_at now), read before it.
+  local attempts = 1
+  for i = 1, #record, 2 do
+    if record[i] == 'attempts' then attempts = (tonumber(record[i + 1]) or 0) + 1 end
+  end
+  local set = {attempts = tostring(attempts), status = 'processing', updated_at = now}
+  redis.call('HSET', 'rhai_task:' .. id, 'attempts', set.attempts, 'status', 'processing', 'updated_at', now)
+  for i = 1, #record, 2 do
+    local value = set[record[i]]
+    if value then record[i + 1] = value set[record[i]] = nil end
+  end
+  for name, value in pairs(set) do record[#record + 1] = name record[#record + 1] = value end
+  out[#out + 1] = record
 end
-if ARGV[3] ~= '' then claim(ARGV[3]) end
+if ARGV[2] ~= '' then claim(ARGV[2]) end
 local share = math.ceil(redis.call('LLEN', KEYS[1]) / math.max(1, redis.call('SCARD', KEYS[3])))
-local max = math.min(tonumber(ARGV[2]), #out + share)
+local max = math.min(tonumber(ARGV[1]), #out + share)
 while #out < max do
   local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not id then break end
   claim(id)
 end
 return out`,
-  /** KEYS: task hash, processing, reply. ARGV: id, status, text, now, task ttl, reply ttl. 0: not ours any more. */
-  complete: `if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local output, err = '', ''
-if ARGV[2] == 'completed' then output = ARGV[3] else err = ARGV[3] end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', output, 'error', err, 'updated_at', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-local reply = ARGV[2] .. '\\n' .. ARGV[3]
-local to = redis.call('HGET', KEYS[1], 'reply_to')
-if not to or redis.call('PUBLISH', to, ARGV[1] .. '\\n' .. reply) == 0 then
-  redis.call('LPUSH', KEYS[3], reply)
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
-end
+  /** KEYS: processing. ARGV: the plays to complete (COMPLETE_LUA, from ARGV[5]). */
+  complete: `${COMPLETE_LUA}completeAll(KEYS[1], 5)
 return 1`,
   /**
    * KEYS: workers set, heartbeat, processing, tasks. ARGV: worker, now, task ttl, reply ttl,
@@ -170,6 +216,40 @@ const SHA = Object.fromEntries(
   Object.entries(LUA).map(([name, text]) => [name, new Bun.CryptoHasher("sha1").update(text).digest("hex")]),
 ) as Record<ScriptName, string>;
 
+/** A play for SUBMIT. */
+export interface NewTask {
+  readonly id: string;
+  readonly circle: string;
+  readonly caller: string;
+  readonly script: string;
+  /** ms since the epoch, the server's clock. */
+  readonly createdAt: number;
+  readonly timeoutMs: number;
+}
+
+/** A play a worker ran (or did not: stale, bad record), for COMPLETE. */
+export interface Completion {
+  readonly id: string;
+  readonly status: TaskStatus;
+  readonly text: string;
+  /** The claimed record's reply_to ("" when it had none: the reply goes to the reply list). */
+  readonly replyTo: string;
+}
+
+/** COMPLETE_LUA's arguments: now, the ttls, the count, then id, status, text, reply_to each. */
+function completionArgs(done: readonly Completion[]): string[] {
+  const args = [String(Date.now()), String(TASK_TTL_S), String(REPLY_TTL_S), String(done.length)];
+  for (const c of done) args.push(c.id, c.status, c.text, c.replyTo);
+  return args;
+}
+
+/** A flat HGETALL array as a map. */
+function fieldsOf(flat: readonly string[]): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i] as string] = flat[i + 1] as string;
+  return fields;
+}
+
 /** The Lua steps on one client: EVALSHA, and EVAL when Redis does not have the script (a restarted Redis). */
 export class RedisScripts {
   #client: RedisClient;
@@ -187,19 +267,25 @@ export class RedisScripts {
     }
   }
 
-  /** `fields`: the record's fields that differ from a new record's (see LUA.submit). */
-  submit(id: string, circle: string, replyTo: string, fields: string[]): Promise<unknown> {
-    return this.#run("submit", [redisKeys.task(id), redisKeys.tasks(circle)], [String(TASK_TTL_S), replyTo, ...fields]);
+  /** Queues `tasks` (any circles), in order, in one round trip; their replies go to `replyTo`. */
+  async submit(replyTo: string, tasks: readonly NewTask[]): Promise<void> {
+    const args = [String(TASK_TTL_S), replyTo];
+    for (const t of tasks) args.push(t.id, t.circle, t.caller, t.script, String(t.createdAt), String(t.timeoutMs));
+    await this.#run("submit", [], args);
   }
 
-  /** Up to `max` claimed tasks (flat HGETALL arrays), `first` (moved by BLMOVE) first. */
-  async claim(circle: string, worker: string, max: number, first: string): Promise<string[][]> {
+  /**
+   * Completes `done` (COMPLETE), then claims up to `max` tasks, `first` (moved by BLMOVE) first —
+   * one round trip. Answers the records (HGETALL as CLAIM left them).
+   */
+  async claim(circle: string, worker: string, max: number, first: string, done: readonly Completion[]): Promise<Record<string, string>[]> {
     const keys = [redisKeys.tasks(circle), redisKeys.processing(circle, worker), redisKeys.workers(circle)];
-    return (await this.#run("claim", keys, [String(Date.now()), String(max), first])) as string[][];
+    return ((await this.#run("claim", keys, [String(max), first, ...completionArgs(done)])) as string[][]).map(fieldsOf);
   }
 
-  complete(id: string, processing: string, status: TaskStatus, text: string): Promise<unknown> {
-    return this.#run("complete", [redisKeys.task(id), processing, redisKeys.reply(id)], [id, status, text, String(Date.now()), String(TASK_TTL_S), String(REPLY_TTL_S)]);
+  /** Completes `done` (plays of `worker`) in one round trip. */
+  async complete(circle: string, worker: string, done: readonly Completion[]): Promise<void> {
+    await this.#run("complete", [redisKeys.processing(circle, worker)], completionArgs(done));
   }
 
   /** [-1, 0] while `worker` is alive; else [requeued, failed]. */
@@ -328,6 +414,8 @@ export class RedisTaskQueue implements TaskQueue {
   #channel: string;
   #seq = 0;
   #waiting = new Map<string, Waiting>();
+  /** Plays submitted in this turn of the event loop, not sent yet (#sendOutbox). */
+  #outbox: NewTask[] = [];
   #commands: RedisLink;
   #subscriber: RedisLink;
   #scripts: RedisScripts | null = null;
@@ -382,13 +470,27 @@ export class RedisTaskQueue implements TaskQueue {
     if (down !== null || scripts === null) return Promise.resolve(this.#unavailable(down ?? "not connected"));
     const id = `${this.#dispatcher}.${++this.#seq}`;
     const now = Date.now();
-    // The TaskRecord's fields (protocol.ts encodeTaskRecord) that a new record does not have by
-    // default; SUBMIT adds status pending, output, error, attempts 0 and updated_at = created_at.
-    const fields = ["id", id, "circle", play.circle, "caller", play.caller, "script", play.script, "created_at", String(now), "timeout_ms", String(play.timeoutMs)];
     const { promise, resolve } = Promise.withResolvers<PlayOutcome>();
     this.#waiting.set(id, { circle: play.circle, timeoutMs: play.timeoutMs, deadline: now + play.timeoutMs + DEADLINE_MARGIN_MS, resolve, checking: false });
-    scripts.submit(id, play.circle, this.#channel, fields).catch((err: unknown) => this.#settle(id, this.#unavailable(describeError(err))));
+    this.#outbox.push({ id, circle: play.circle, caller: play.caller, script: play.script, createdAt: now, timeoutMs: play.timeoutMs });
+    if (this.#outbox.length === 1) setImmediate(() => this.#sendOutbox());
     return promise;
+  }
+
+  /** The plays submitted in this turn of the event loop: one SUBMIT per SUBMIT_BATCH of them. */
+  #sendOutbox(): void {
+    const tasks = this.#outbox.filter((task) => this.#waiting.has(task.id));
+    this.#outbox = [];
+    const scripts = this.#scripts;
+    const down = this.#commands.down;
+    for (let at = 0; at < tasks.length; at += SUBMIT_BATCH) {
+      const batch = tasks.slice(at, at + SUBMIT_BATCH);
+      const failed = (reason: string): void => {
+        for (const task of batch) this.#settle(task.id, this.#unavailable(reason));
+      };
+      if (down !== null || scripts === null) failed(down ?? "not connected");
+      else scripts.submit(this.#channel, batch).catch((err: unknown) => failed(describeError(err)));
+    }
   }
 
   #settle(id: string, outcome: PlayOutcome): void {

@@ -12,18 +12,20 @@
  * a dead thread was running (that one was lost; the others had not started).
  *
  * Redis: claim up to CLAIM_BATCH tasks (and at most this worker's share of the list) in one
- * EVAL, or block in BLMOVE for one when the list is empty; run each; one EVAL to complete it
- * (status, output, error, PUBLISH), sent before the next play starts and awaited after the
- * batch. After a Redis failure the worker gives back what it still holds before claiming again.
- * Stop: the play running finishes, claimed plays not started go back to the list.
+ * EVAL, or block in BLMOVE for one when the list is empty; run each; one EVAL completes the
+ * plays finished so far (status, output, error, PUBLISH), sent before the next play starts (an
+ * answer never waits behind another play) and awaited after the batch; the batch's last play is
+ * completed by the next CLAIM's EVAL (redis-queue.ts, "Round trips per play"). After a Redis failure the worker gives back what it still holds before
+ * claiming again. Stop: the play running finishes and is completed, claimed plays not started go
+ * back to the list.
  */
 import { RedisClient } from "bun";
 import { describeError } from "../core/errors.ts";
 import { SqliteKv, RedisKv } from "./kv.ts";
-import { MAX_ERROR_TEXT_BYTES, MAX_OUTPUT_BYTES, decodeTaskRecord, type TaskStatus } from "./protocol.ts";
+import { MAX_ERROR_TEXT_BYTES, MAX_OUTPUT_BYTES, decodeTaskRecord, type TaskRecord, type TaskStatus } from "./protocol.ts";
 import { type PlayResult, Sandbox } from "./sandbox.ts";
 import { CODE, type FromWorker, type ToWorker } from "./embedded-queue.ts";
-import { CLAIM_BATCH, REDIS_BLOCK_S, REDIS_CONNECT_TIMEOUT_MS, REDIS_RETRY_MS, RedisScripts, redisKeys, shownRedisUrl } from "./redis-queue.ts";
+import { CLAIM_BATCH, type Completion, REDIS_BLOCK_S, REDIS_CONNECT_TIMEOUT_MS, REDIS_RETRY_MS, RedisScripts, redisKeys, shownRedisUrl } from "./redis-queue.ts";
 
 declare const self: Worker;
 
@@ -94,12 +96,6 @@ interface RedisState {
   done: Promise<void>;
 }
 
-function fieldsOf(flat: string[]): Record<string, string> {
-  const fields: Record<string, string> = {};
-  for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i] as string] = flat[i + 1] as string;
-  return fields;
-}
-
 async function connect(url: string): Promise<RedisClient> {
   const client = new RedisClient(url, { autoReconnect: false, enableOfflineQueue: false, connectionTimeout: REDIS_CONNECT_TIMEOUT_MS });
   try {
@@ -116,7 +112,9 @@ async function redisLoop(state: RedisState): Promise<void> {
   let client: RedisClient | null = null;
   let scripts: RedisScripts | null = null;
   /** After a failure the plays this worker holds may or may not have completed: it gives back what it still holds. */
-  let holding = false;
+  let failed = false;
+  /** Plays run and not completed yet: they go with the next CLAIM. */
+  let finished: Completion[] = [];
   while (!state.stopping) {
     try {
       if (client === null || !client.connected) {
@@ -125,63 +123,82 @@ async function redisLoop(state: RedisState): Promise<void> {
         scripts = new RedisScripts(client);
       }
       const s = scripts as RedisScripts;
-      if (holding) {
+      if (failed) {
         await s.release(state.circle, state.workerId);
-        holding = false;
+        failed = false;
       }
-      let claimed = await s.claim(state.circle, state.workerId, CLAIM_BATCH, "");
+      let claimed = await s.claim(state.circle, state.workerId, CLAIM_BATCH, "", finished);
+      finished = [];
       if (claimed.length === 0) {
         const id = (await client.send("BLMOVE", [keys.tasks, keys.processing, "RIGHT", "LEFT", String(REDIS_BLOCK_S)])) as string | null;
         if (id === null) continue;
-        claimed = await s.claim(state.circle, state.workerId, CLAIM_BATCH, id);
+        claimed = await s.claim(state.circle, state.workerId, CLAIM_BATCH, id, []);
       }
-      holding = true;
       const db = new RedisKv(client, state.circle);
-      const completions: Promise<unknown>[] = [];
-      for (const flat of claimed) {
+      const completions: Promise<void>[] = [];
+      for (const fields of claimed) {
         if (state.stopping) break;
-        completions.push((await runTask(state, s, db, keys.processing, fieldsOf(flat))).sent);
-        // One turn of the event loop sends the COMPLETE (and lets a stop message in).
-        await new Promise((resolve) => setImmediate(resolve));
+        const task = taskOf(fields);
+        if (task.record !== null && finished.length > 0) {
+          // A finished play's COMPLETE is not held while another play runs: one turn of the event
+          // loop sends it (and lets a stop message in).
+          completions.push(s.complete(state.circle, state.workerId, finished));
+          finished = [];
+          await new Promise((resolve) => setImmediate(resolve));
+          if (state.stopping) break;
+        }
+        finished.push(await runTask(state, db, task));
       }
       await Promise.all(completions);
-      holding = false;
     } catch (err) {
       if (state.stopping) break;
       post({ t: "log", level: "warn", msg: "circle worker: Redis failed, retrying", fields: { url: shownRedisUrl(state.url), circle: state.circle, error: describeError(err) } });
       client?.close();
       client = null;
+      // What it held is given back (release) after reconnecting, run or not.
+      failed = true;
+      finished = [];
       await Bun.sleep(REDIS_RETRY_MS);
     }
   }
-  // Claimed plays that did not start go back to the list, for another worker.
   if (client !== null && scripts !== null) {
-    await scripts.release(state.circle, state.workerId).catch((err: unknown) => {
-      post({ t: "log", level: "warn", msg: "circle worker: could not give back its claimed plays", fields: { error: describeError(err) } });
-    });
+    // The plays that ran are completed; claimed plays that did not start go back to the list, for another worker.
+    const s = scripts;
+    await (finished.length > 0 ? s.complete(state.circle, state.workerId, finished) : Promise.resolve())
+      .then(() => s.release(state.circle, state.workerId))
+      .catch((err: unknown) => {
+        post({ t: "log", level: "warn", msg: "circle worker: could not complete or give back its claimed plays", fields: { error: describeError(err) } });
+      });
   }
   client?.close();
 }
 
-/** Runs one claimed task; answers its COMPLETE, sent and not awaited. */
-async function runTask(state: RedisState, scripts: RedisScripts, db: RedisKv, processing: string, fields: Record<string, string>): Promise<{ sent: Promise<unknown> }> {
-  const id = fields.id ?? "";
-  let status: TaskStatus;
-  let text: string;
+/** A claimed task: its record to run, or, when the record is unreadable, the error it completes with. */
+type ClaimedTask = { readonly id: string; readonly replyTo: string } & ({ readonly record: TaskRecord } | { readonly record: null; readonly error: string });
+
+function taskOf(fields: Record<string, string>): ClaimedTask {
+  const [id, replyTo] = [fields.id ?? "", fields.reply_to ?? ""];
   try {
-    const record = decodeTaskRecord(fields);
-    const left = record.created_at + record.timeout_ms - Date.now();
-    if (left <= 0) {
-      [status, text] = ["timeout", STALE];
-    } else {
-      const result = await state.sandbox.run(record.script, { circle: record.circle, caller: record.caller, timeoutMs: left, db });
-      const [code, answer] = outcome(result, record.timeout_ms);
-      [status, text] = [code === CODE.ok ? "completed" : code === CODE.timeout ? "timeout" : "error", answer];
-    }
+    return { id, replyTo, record: decodeTaskRecord(fields) };
   } catch (err) {
-    [status, text] = ["error", `the task record is not one this worker can run: ${describeError(err)}`];
+    return { id, replyTo, record: null, error: `the task record is not one this worker can run: ${describeError(err)}` };
   }
-  return { sent: scripts.complete(id, processing, status, text) };
+}
+
+/** Runs one claimed task (unless it is unreadable or waited past its time limit); answers its completion. */
+async function runTask(state: RedisState, db: RedisKv, task: ClaimedTask): Promise<Completion> {
+  const { id, replyTo, record } = task;
+  if (record === null) return { id, replyTo, status: "error", text: task.error };
+  const left = record.created_at + record.timeout_ms - Date.now();
+  if (left <= 0) return { id, replyTo, status: "timeout", text: STALE };
+  try {
+    const result = await state.sandbox.run(record.script, { circle: record.circle, caller: record.caller, timeoutMs: left, db });
+    const [code, text] = outcome(result, record.timeout_ms);
+    return { id, replyTo, status: code === CODE.ok ? "completed" : code === CODE.timeout ? "timeout" : "error", text };
+  } catch (err) {
+    // Not a Redis failure: the play answers it rather than going back to the list to fail again.
+    return { id, replyTo, status: "error", text: `the worker's sandbox could not run the play: ${describeError(err)}` };
+  }
 }
 
 // ---- messages ----

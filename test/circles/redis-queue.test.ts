@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
-import { RedisTaskQueue, RedisWorkers } from "../../src/circles/redis-queue.ts";
+import { RedisScripts, RedisTaskQueue, RedisWorkers } from "../../src/circles/redis-queue.ts";
 import { decodeTaskRecord } from "../../src/circles/protocol.ts";
 import type { PlayOutcome } from "../../src/circles/queue.ts";
 import { createLogger } from "../../src/core/log.ts";
@@ -134,6 +134,98 @@ describe("the task record", () => {
     } finally {
       await q.close(0);
     }
+  });
+});
+
+/** EVALSHA and EVAL calls this redis-server ran so far (INFO commandstats). */
+async function scriptCalls(): Promise<number> {
+  const info = String(await client.send("INFO", ["commandstats"]));
+  return [...info.matchAll(/^cmdstat_eval(?:sha)?:calls=(\d+)/gm)].reduce((sum, match) => sum + Number(match[1]), 0);
+}
+
+describe("batched round trips", () => {
+  test("plays submitted at once (two circles) go in one SUBMIT each turn, in order, and all settle in their hashes", async () => {
+    const [C, D] = [publicKeyHex(newPrivateKey()), publicKeyHex(newPrivateKey())];
+    const q = await RedisTaskQueue.start({ url: redis.url, circles: [C, D], log, workersHere: 0 });
+    let workers: RedisWorkers | null = null;
+    try {
+      const before = await scriptCalls();
+      const answers = Array.from({ length: 150 }, (_, i) => play(q, i % 3 ? C : D, `${i} + 1`, 10_000));
+      const queued = await eventually("all are queued", async () => {
+        const [c, d] = (await Promise.all([client.send("LRANGE", [`rhai_tasks:${C}`, "0", "-1"]), client.send("LRANGE", [`rhai_tasks:${D}`, "0", "-1"])])) as [string[], string[]];
+        return c.length + d.length === 150 ? [...c, ...d] : undefined;
+      });
+      // LPUSHed in submission order: the oldest at the right, taken first.
+      const seqs = (await client.send("LRANGE", [`rhai_tasks:${C}`, "0", "-1"])) as string[];
+      expect(seqs.map((id) => Number(id.split(".")[1]))).toEqual(seqs.map((id) => Number(id.split(".")[1])).sort((a, b) => b - a));
+      for (const id of queued) expect(await client.send("HGET", [`rhai_task:${id}`, "status"])).toBe("pending");
+      // 150 plays in one turn: a SUBMIT per 64 (and an EVAL after a NOSCRIPT at most), not one per play.
+      expect((await scriptCalls()) - before).toBeLessThanOrEqual(6);
+      workers = await RedisWorkers.start({ url: redis.url, circles: [C, D], log, perCircle: 1 });
+      (await Promise.all(answers)).forEach((outcome, i) => expect(outcome).toEqual({ ok: true, output: String(i + 1) }));
+      for (const id of queued) {
+        const record = decodeTaskRecord((await client.send("HGETALL", [`rhai_task:${id}`])) as Record<string, string>);
+        expect(record).toMatchObject({ status: "completed", error: "", attempts: 1 });
+        expect(record.output).toBe(String(Number(record.script.split(" ")[0]) + 1));
+      }
+      expect(await client.send("KEYS", [`rhai_processing:${C}:*`])).toEqual([]);
+    } finally {
+      await workers?.close();
+      await q.close(0);
+    }
+  }, 20_000);
+
+  test("one COMPLETE of several plays skips the one reclaimed meanwhile (and one whose hash is gone) and completes the others", async () => {
+    const C = publicKeyHex(newPrivateKey());
+    const scripts = new RedisScripts(client);
+    const now = Date.now();
+    const ids = ["batch.1", "batch.2", "batch.3", "batch.4"].map((id) => `${C.slice(0, 8)}.${id}`);
+    await scripts.submit("", ids.map((id, i) => ({ id, circle: C, caller: "", script: `${i}`, createdAt: now, timeoutMs: 5_000 })));
+    const claimed = await scripts.claim(C, "w-test", 16, "", []);
+    expect(claimed.map((record) => record.id)).toEqual(ids);
+    expect(await client.send("LLEN", [`rhai_tasks:${C}`])).toBe(0);
+    for (const record of claimed) {
+      expect(decodeTaskRecord(record)).toMatchObject({ status: "processing", attempts: 1 });
+      expect(await client.send("HGETALL", [`rhai_task:${record.id}`])).toEqual(record);
+    }
+    const [first, reclaimed, gone, last] = ids as [string, string, string, string];
+    // Another worker took `reclaimed` meanwhile; `gone` expired.
+    await client.send("LREM", [`rhai_processing:${C}:w-test`, "1", reclaimed]);
+    await client.send("LPUSH", [`rhai_processing:${C}:w-other`, reclaimed]);
+    await client.send("DEL", [`rhai_task:${gone}`]);
+    await scripts.complete(C, "w-test", [
+      { id: first, status: "completed", text: "0", replyTo: "" },
+      { id: reclaimed, status: "completed", text: "stale answer", replyTo: "" },
+      { id: gone, status: "error", text: "x", replyTo: "" },
+      { id: last, status: "timeout", text: "too slow", replyTo: "" },
+    ]);
+    expect(await client.send("HGETALL", [`rhai_task:${first}`])).toMatchObject({ status: "completed", output: "0", error: "" });
+    expect(await client.send("HGETALL", [`rhai_task:${last}`])).toMatchObject({ status: "timeout", output: "", error: "too slow" });
+    expect(await client.send("HGETALL", [`rhai_task:${reclaimed}`])).toMatchObject({ status: "processing", output: "" });
+    expect(await client.send("EXISTS", [`rhai_task:${gone}`])).toBe(0);
+    // Nobody subscribed (reply_to ""): the replies wait in their lists; none for the skipped two.
+    expect(await client.send("LRANGE", [`rhai_reply:${first}`, "0", "-1"])).toEqual(["completed\n0"]);
+    expect(await client.send("LRANGE", [`rhai_reply:${last}`, "0", "-1"])).toEqual(["timeout\ntoo slow"]);
+    expect(await client.send("EXISTS", [`rhai_reply:${reclaimed}`])).toBe(0);
+    expect(await client.send("EXISTS", [`rhai_reply:${gone}`])).toBe(0);
+    expect(await client.send("TTL", [`rhai_task:${first}`])).toBeGreaterThan(0);
+    expect(await client.send("LRANGE", [`rhai_processing:${C}:w-test`, "0", "-1"])).toEqual([]);
+    expect(await client.send("LRANGE", [`rhai_processing:${C}:w-other`, "0", "-1"])).toEqual([reclaimed]);
+  });
+
+  test("CLAIM completes the plays it is given first, then claims: one round trip", async () => {
+    const C = publicKeyHex(newPrivateKey());
+    const scripts = new RedisScripts(client);
+    const [a, b, c] = ["1", "2", "3"].map((n) => `${C.slice(0, 8)}.claim.${n}`) as [string, string, string];
+    await scripts.submit("", [{ id: a, circle: C, caller: "", script: "1", createdAt: Date.now(), timeoutMs: 5_000 }]);
+    const one = await scripts.claim(C, "w-test", 16, "", []);
+    expect(one.map((record) => record.id)).toEqual([a]);
+    await scripts.submit("", [b, c].map((id) => ({ id, circle: C, caller: "", script: "2", createdAt: Date.now(), timeoutMs: 5_000 })));
+    const two = await scripts.claim(C, "w-test", 1, "", [{ id: a, status: "completed", text: "1", replyTo: "" }]);
+    expect(await client.send("HGET", [`rhai_task:${a}`, "status"])).toBe("completed");
+    expect(two).toMatchObject([{ id: b, status: "processing", attempts: "1" }]);
+    expect(await client.send("LRANGE", [`rhai_processing:${C}:w-test`, "0", "-1"])).toEqual([b]);
+    expect(await client.send("LRANGE", [`rhai_tasks:${C}`, "0", "-1"])).toEqual([c]);
   });
 });
 
