@@ -6,11 +6,14 @@
  */
 import { z } from "zod";
 import { type Command, bool, defineCommand, defineGroup, list, str } from "./command.ts";
-import { HostPort, logFlags, splitList, startService } from "./common.ts";
+import { HostPort, logFlags, splitList, startService, waitFlag } from "./common.ts";
 import { stateDirFlag } from "./flags.ts";
 import { StoaError, describeError } from "../core/errors.ts";
 import { announceReady, onReload } from "../core/daemon.ts";
+import { Duration } from "../core/duration.ts";
+import { createLogger } from "../core/log.ts";
 import { defaultStateDir } from "../core/paths.ts";
+import { waitFor } from "../core/wait.ts";
 import { onShutdown } from "../core/shutdown.ts";
 import { createContainer, deleteContainer, vethOf } from "../flows/container.ts";
 import { ContainerSchema, ServiceSchema, type Container } from "../flows/model.ts";
@@ -194,16 +197,24 @@ const serve = defineCommand({
 
 const serverFlag = () => str("the flows server's URL", { default: DEFAULT_SERVER, placeholder: "url" });
 
-/** A request to a flows server: its JSON answer, or a StoaError with its message. */
-async function callServer(server: string, path: string, init: RequestInit = {}): Promise<{ status: number; body: Record<string, unknown> }> {
-  let res: Response;
-  try {
-    res = await fetch(`${server.replace(/\/+$/, "")}${path}`, { ...init, signal: AbortSignal.timeout(30_000) });
-  } catch (err) {
-    throw new StoaError("closed", `no flows server answered at ${server} (${describeError(err)}): start one with stoa flows serve, or give --server`);
-  }
-  const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-  return { status: res.status, body };
+/** A request to a flows server: its JSON answer, or a StoaError("closed") when none answers within `waitMs`. */
+async function callServer(server: string, path: string, init: RequestInit = {}, waitMs = 0): Promise<{ status: number; body: Record<string, unknown> }> {
+  const once = async (): Promise<{ status: number; body: Record<string, unknown> }> => {
+    let res: Response;
+    try {
+      res = await fetch(`${server.replace(/\/+$/, "")}${path}`, { ...init, signal: AbortSignal.timeout(30_000) });
+    } catch (err) {
+      throw new StoaError("closed", `no flows server answered at ${server} (${describeError(err)}): start one with stoa flows serve, or give --server`);
+    }
+    const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+    return { status: res.status, body };
+  };
+  return waitFor(once, {
+    what: `the flows server at ${server}`,
+    waitMs,
+    retryable: (err) => err instanceof StoaError && err.code === "closed",
+    log: createLogger({ level: "warn", format: "text", name: "flows" }),
+  });
 }
 
 const query = defineCommand({
@@ -215,12 +226,13 @@ const query = defineCommand({
   flags: {
     server: serverFlag(),
     json: bool("print the answer as JSON: {service, container_id, node, ip, port, protocol}"),
+    ...waitFlag("the flows server"),
   },
   positionals: [{ name: "NAME", description: "the service's name", required: true }],
   examples: ["stoa flows query vector-db", "stoa flows query vector-db --server http://node2:9573 --json | jq -r .ip"],
   async run({ flags, args }) {
     const name = args[0]!;
-    const { status, body } = await callServer(flags.server, `/api/services/${encodeURIComponent(name)}`);
+    const { status, body } = await callServer(flags.server, `/api/services/${encodeURIComponent(name)}`, {}, flags.wait);
     if (status !== 200) throw new StoaError("not_found", String(body.error ?? `HTTP ${status} from ${flags.server}`));
     if (flags.json) process.stdout.write(`${JSON.stringify(body)}\n`);
     else process.stdout.write(`${body.service} ${body.ip}:${body.port}/${body.protocol} on ${body.node} (container ${body.container_id})\n`);
@@ -250,6 +262,7 @@ const containerCreate = defineCommand({
     ip: str("its address with prefix", { placeholder: "a.b.c.d/n", required: { example: "10.0.0.103/24" } }),
     service: list("a service it offers: PROTO:PORT[:NAME] (NAME defaults to the container's); repeatable", { placeholder: "proto:port", schema: ServiceArg }),
     server: serverFlag(),
+    wait: str("wait up to this long for the flows server to answer before printing the container's JSON instead (0: do not wait)", { default: "0s", placeholder: "duration", schema: Duration }),
     ovsdb: ovsdbFlag(),
   },
   positionals: [{ name: "NAME", description: "the container's name (its container_id)", required: true }],
@@ -274,7 +287,7 @@ const containerCreate = defineCommand({
     }
     let registered = false;
     try {
-      const { status, body } = await callServer(flags.server, "/api/containers", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(container) });
+      const { status, body } = await callServer(flags.server, "/api/containers", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(container) }, flags.wait);
       if (status !== 201) throw new StoaError("exists", `the flows server at ${flags.server} refused the container: ${String(body.error ?? status)}`);
       registered = true;
     } catch (err) {
