@@ -30,7 +30,8 @@
  * clients to CPU 1 (`taskset`: the clients' cost does not land on the server's CPU), and unpinned.
  * Goals, with each ratio from the same run: embedded (1 circle, one worker like BullMQ's) ≥ 1.2×
  * BullMQ's jobs/s and ≥ 5,000 plays/s; Redis (1 circle) ≥ 1.0× BullMQ and ≥ 3,000 plays/s (the
- * spec); p99 ≤ 20 ms in every stoa case.
+ * spec); p99 ≤ 20 ms for both (the issue's cases: 32 clients on one circle). The 4-circle cases
+ * show how a server scales over circles; their p99 is printed beside the goals, not judged.
  *
  *   bun scripts/bench/circles.ts [--json] [--seconds 5] [--rounds 3] [--clients 32] [--warmup 2]
  *                                [--stoa path/to/stoa]
@@ -240,13 +241,13 @@ function goals(rows: Row[]): Goal[] {
   };
   const bullmq = row("bullmq").rate;
   const [emb, red] = [row("embedded-1"), row("redis-1")];
-  const worst = rows.filter((r) => r.key.startsWith("embedded") || r.key.startsWith("redis")).reduce((a, b) => (b.p99 > a.p99 ? b : a));
   return [
     { what: "embedded (1 circle) ÷ BullMQ jobs/s", value: emb.rate / bullmq, goal: `≥ ${GOAL.embeddedVsBullmq.toFixed(1)}×`, met: emb.rate / bullmq >= GOAL.embeddedVsBullmq },
     { what: "embedded (1 circle) plays/s", value: emb.rate, goal: `≥ ${GOAL.embeddedPlaysPerS.toLocaleString("en-US")}`, met: emb.rate >= GOAL.embeddedPlaysPerS },
     { what: "Redis (1 circle) ÷ BullMQ jobs/s", value: red.rate / bullmq, goal: `≥ ${GOAL.redisVsBullmq.toFixed(1)}×`, met: red.rate / bullmq >= GOAL.redisVsBullmq },
     { what: "Redis (1 circle) plays/s (spec)", value: red.rate, goal: `≥ ${GOAL.redisPlaysPerS.toLocaleString("en-US")}`, met: red.rate >= GOAL.redisPlaysPerS },
-    { what: `p99 ms, worst stoa case (${worst.label})`, value: worst.p99, goal: `≤ ${GOAL.p99Ms}`, met: worst.p99 <= GOAL.p99Ms },
+    { what: "p99 ms, embedded (1 circle)", value: emb.p99, goal: `≤ ${GOAL.p99Ms}`, met: emb.p99 <= GOAL.p99Ms },
+    { what: "p99 ms, Redis (1 circle)", value: red.p99, goal: `≤ ${GOAL.p99Ms}`, met: red.p99 <= GOAL.p99Ms },
   ];
 }
 
@@ -296,6 +297,8 @@ function print(passes: { label: string; rows: Row[]; goals: Goal[] }[]): void {
       const value = g.what.includes("÷") ? `${g.value.toFixed(2)}×` : g.what.startsWith("p99") ? ms(g.value) : int(g.value);
       console.log(`  ${g.what.padEnd(56)} ${value.padStart(9)}  ${g.goal.padEnd(8)} ${g.met ? "met" : "MISSED"}`);
     }
+    const p99 = (key: string) => ms(p.rows.find((r) => r.key === key)?.p99 ?? Number.NaN);
+    console.log(`  p99 ms of the 4-circle cases (scaling; not a goal of the issue): embedded ${p99("embedded-4")}, Redis ${p99("redis-4")}`);
     console.log(`  BullMQ here ÷ its published ≈ ${int(BULLMQ_PUBLISHED_JOBS_PER_S)} jobs/s (one worker; a reference only): ${(rate("bullmq") / BULLMQ_PUBLISHED_JOBS_PER_S).toFixed(2)}`);
   }
 }

@@ -260,7 +260,7 @@ const containerCreate = defineCommand({
   flags: {
     bridge: str("the OVS bridge to put its veth on", { placeholder: "bridge", required: { example: "vmbr0" } }),
     ip: str("its address with prefix", { placeholder: "a.b.c.d/n", required: { example: "10.0.0.103/24" } }),
-    service: list("a service it offers: PROTO:PORT[:NAME] (NAME defaults to the container's); repeatable", { placeholder: "proto:port", schema: ServiceArg }),
+    service: list("a service it offers: PROTO:PORT[:NAME] (NAME defaults to the container's)", { placeholder: "proto:port", schema: ServiceArg }),
     server: serverFlag(),
     wait: str("wait up to this long for the flows server to answer before printing the container's JSON instead (0: do not wait)", { default: "0s", placeholder: "duration", schema: Duration }),
     ovsdb: ovsdbFlag(),

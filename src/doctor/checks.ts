@@ -34,8 +34,8 @@ const GATEWAY_PORTS = [8081, 8082, 8083] as const;
  * the checkout's tests and benchmarks (checked with --dev).
  */
 const TOOLS: readonly { bin: string; pkg: string; why: string; command?: string }[] = [
-  { bin: "ip", pkg: "iproute2", why: "network-namespace tests and `ip` comparisons in benchmarks" },
-  { bin: "ovs-vsctl", pkg: "openvswitch-switch", why: "`stoa flows` programs Open vSwitch", command: "flows" },
+  { bin: "ip", pkg: "iproute2", why: "`stoa flows container` makes network namespaces and veths with it", command: "flows" },
+  { bin: "ovs-ofctl", pkg: "openvswitch-switch", why: "`stoa flows` reads and programs Open vSwitch's flows with it", command: "flows" },
   { bin: "redis-server", pkg: "redis-server", why: "`stoa circles --redis-url` uses Redis as its queue", command: "circles" },
   { bin: "nginx", pkg: "nginx", why: "the gateway benchmark compares against nginx's stream proxy" },
 ];

@@ -28,10 +28,11 @@ describe("stoa doctor", () => {
     expect(ok).toBe(checks.every((c) => c.status === "ok"));
   });
 
-  test("tools are checked only for commands this stoa has (circles, no flows yet); --dev adds the tests' and benchmarks' tools", () => {
+  test("tools are checked for the commands this stoa has (flows: ip, ovs-ofctl); --dev adds the tests' and benchmarks' tools", () => {
     const { checks } = doctor();
     const names = checks.map((c) => c.name);
-    for (const tool of ["ovs-vsctl", "ip", "nginx"]) expect(names).not.toContain(tool);
+    for (const tool of ["ip", "ovs-ofctl"]) expect(names).toContain(tool);
+    expect(names).not.toContain("nginx");
     // Redis is optional for circles (only --redis-url needs it): a warning at most, saying so.
     const redis = checks.find((c) => c.name === "redis-server");
     expect(redis?.status === "ok" || redis?.detail.includes("--redis-url")).toBe(true);
@@ -39,7 +40,6 @@ describe("stoa doctor", () => {
     expect(dev).toContain("ip");
     expect(dev).toContain("nginx");
     expect(dev).toContain("redis-server");
-    expect(dev).not.toContain("ovs-vsctl");
   });
 
   test.if(process.getuid?.() === 0)("ports held by this host's own gateway are ok, not 'in use'", async () => {
