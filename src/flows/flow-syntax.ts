@@ -184,6 +184,27 @@ export function canonicalMatch(items: readonly string[], ports: Ports): string {
 }
 
 /**
+ * The matches and action lists compile.ts writes, as a dump prints them back, are canonical as
+ * they are: `compiledMatch` and `canonicalActions` return them without parsing (what parsing
+ * them would give — test/flows/compile.test.ts checks it over many values), so a dump of
+ * 20,000 compiled flows is not read field by field.
+ */
+const COMPILED_MATCH = /^(?:(?:tcp|udp),nw_dst=(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]),tp_dst=([1-9][0-9]{0,4})|in_port=([1-9][0-9]{0,4}))$/;
+const COMPILED_ACTIONS = /^(?:learn\(table=1,hard_timeout=300,priority=110,delete_learned,cookie=0x[1-9a-f][0-9a-f]{0,15},NXM_OF_ETH_DST\[\]=NXM_OF_ETH_SRC\[\],output:NXM_OF_IN_PORT\[\]\),output:([1-9][0-9]{0,4})|resubmit\(,1\)|NORMAL)$/;
+/** Ports from here up are reserved (printed by name) in OpenFlow 1.0. */
+const FIRST_RESERVED_PORT = 0xfff8;
+const MAX_TP_PORT = 0xffff;
+
+/** `text` (a match without priority) when it is one of compile.ts's shapes, already canonical; else null. */
+export function compiledMatch(text: string): string | null {
+  const m = COMPILED_MATCH.exec(text);
+  if (m === null) return null;
+  if (m[1] !== undefined && Number(m[1]) > MAX_TP_PORT) return null;
+  if (m[2] !== undefined && Number(m[2]) >= FIRST_RESERVED_PORT) return null;
+  return text;
+}
+
+/**
  * Canonical actions of dumped flows, by their text: a bridge's flows share a few action lists
  * (`output:N`, the compiler's learn), and canonicalizing them is most of a dump's parse time.
  */
@@ -193,6 +214,8 @@ const MAX_CACHED_ACTIONS = 4096;
 /** The canonical action list for the text after `actions=`. */
 export function canonicalActions(text: string, ports: Ports): string {
   if (ports !== undefined) return actionList(text, ports);
+  const compiled = COMPILED_ACTIONS.exec(text);
+  if (compiled !== null && (compiled[1] === undefined || Number(compiled[1]) < FIRST_RESERVED_PORT)) return text;
   const cached = dumpedActions.get(text);
   if (cached !== undefined) return cached;
   const canonical = actionList(text, undefined);
@@ -308,6 +331,11 @@ function outputTo(text: string, ports: Ports): string {
   const p = portName(text, ports, "output");
   if (p === "CONTROLLER") return "CONTROLLER:65535";
   return /^[0-9]+$/.test(p) ? `output:${p}` : p;
+}
+
+/** The canonical action that outputs to ofport `ofport` (`output:3`, or `LOCAL` for 65534): what compile.ts emits without parsing. */
+export function outputAction(ofport: number): string {
+  return outputTo(String(ofport), undefined);
 }
 
 function portNumber(text: string, ports: Ports): string {

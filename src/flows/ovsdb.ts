@@ -1,15 +1,19 @@
 /**
  * An OVSDB client (RFC 7047) for the Open_vSwitch database: ensure bridges and ports, read
- * ofport numbers, and monitor the Interface table — JSON-RPC 1.0 over ovsdb-server's Unix socket,
- * written for stoa (the wire and its splitter: ovsdb-wire.ts).
+ * ofport numbers, and monitor the Interface table and the switch's ports — JSON-RPC 1.0 over
+ * ovsdb-server's Unix socket, written for stoa (the wire and its splitter: ovsdb-wire.ts).
  *
  * - One persistent connection, kept by ovsdb-session.ts: request ids and deadlines (`timeoutMs`,
  *   default `OVSDB_REQUEST_TIMEOUT_MS`, waiting for a connection included), `echo` answered; a lost
  *   connection fails the requests already sent (clearly: "lost the connection to ovsdb-server at
  *   PATH … before it answered transact"), then reconnects with backoff, and every watch gets the
  *   full current state again.
- * - Wait-free: nothing waits for ovs-vswitchd to act on a change (no `next_cfg` handshake).
- *   ovs-vswitchd assigns a new port's ofport asynchronously; `watchInterfaces` is how to learn it.
+ * - A bridge `ensureBridge` creates (or changes) exists in ovs-vswitchd when it returns: it bumps
+ *   `next_cfg` and waits for ovs-vswitchd's `cur_cfg` to reach it, as `ovs-vsctl` does (the bridge's
+ *   OpenFlow socket is there for ovs-ofctl). Ports are not waited for: ovs-vswitchd assigns a new
+ *   port's ofport asynchronously; `watchInterfaces`/`watchPorts` is how to learn it.
+ * - `watchPorts` keeps the switch's ports (interface → bridge, ofport) from a monitor of Bridge,
+ *   Port and Interface, so a server reads them from memory instead of selecting three tables.
  * - `ensureBridge`/`ensurePort`/`removePort` read, then write in one transaction guarded by a
  *   `wait` op (the row is still absent), so two writers racing cannot create a name twice; a
  *   lost race reads again.
@@ -34,6 +38,9 @@ const DEFAULT_OVS_RUNDIR = "/var/run/openvswitch";
 const DATABASE = "Open_vSwitch";
 /** Read-then-write rounds of ensurePort before giving up: each lost round means another writer changed the same rows. */
 const MAX_ENSURE_ATTEMPTS = 3;
+/** How long ensureBridge waits for ovs-vswitchd to create the bridge, and how often it looks. */
+const APPLY_TIMEOUT_MS = 10_000;
+const APPLY_POLL_MS = 10;
 
 /**
  * The OVSDB target of a `--ovsdb` flag: `unix:PATH`, checked; without a flag, Open vSwitch's own
@@ -117,6 +124,7 @@ export class OvsdbClient {
     if (existing !== undefined) {
       if (opts.datapathType !== undefined && existing.datapath_type !== opts.datapathType) {
         await this.transact([{ op: "update", table: "Bridge", where: [["name", "==", name]], row: { datapath_type: opts.datapathType } }]);
+        await this.#applied(`bridge ${name}'s datapath_type`);
       }
       return;
     }
@@ -139,6 +147,28 @@ export class OvsdbClient {
       }
     } catch (err) {
       if (!(err instanceof LostRace)) throw err;
+    }
+    await this.#applied(`bridge ${name}`);
+  }
+
+  /**
+   * Waits until ovs-vswitchd has acted on the database as it is now: bumps Open_vSwitch.next_cfg
+   * and polls cur_cfg, which ovs-vswitchd sets once it reconfigured (`ovs-vsctl`'s handshake).
+   */
+  async #applied(what: string): Promise<void> {
+    const [, bumped] = await this.transact([
+      { op: "mutate", table: "Open_vSwitch", where: [], mutations: [["next_cfg", "+=", 1]] },
+      { op: "select", table: "Open_vSwitch", where: [], columns: ["next_cfg"] },
+    ]);
+    const target = Number(SelectResult.parse(bumped).rows[0]?.next_cfg);
+    const deadline = Date.now() + APPLY_TIMEOUT_MS;
+    for (;;) {
+      const [now] = await this.transact([{ op: "select", table: "Open_vSwitch", where: [], columns: ["cur_cfg"] }]);
+      if (Number(SelectResult.parse(now).rows[0]?.cur_cfg) >= target) return;
+      if (Date.now() >= deadline) {
+        throw new OvsdbError(`ovs-vswitchd has not applied ${what} within ${APPLY_TIMEOUT_MS / 1000} s: is ovs-vswitchd running (systemctl status openvswitch-switch)?`, { code: "timeout" });
+      }
+      await Bun.sleep(APPLY_POLL_MS);
     }
   }
 
@@ -197,25 +227,33 @@ export class OvsdbClient {
   }
 
   /**
-   * Interface name → its bridge and ofport (-1 or 0 while ovs-vswitchd has not opened it), for
-   * every interface of every port of every bridge (Bridge.ports → Port.interfaces), in one read.
+   * Monitors Bridge(name, ports), Port(interfaces) and Interface(name, ofport): `ports()` is
+   * interface name → its bridge and ofport (-1 or 0 while ovs-vswitchd has not opened it), for
+   * every interface of every port of every bridge, from the monitor's copy of the three tables —
+   * no request (ovsdb-server sends the whole tables once, ~2.5 MB for 10,000 ports, then only
+   * changes). `onChange(reconnected)` is called after every change, and with `reconnected` when a
+   * new connection sent the whole tables again (what happened meanwhile is not known).
    */
-  async ports(): Promise<Map<string, { bridge: string; ofport: number }>> {
-    const [bridges, ports, interfaces] = (await this.transact([select("Bridge", ["name", "ports"]), select("Port", ["_uuid", "interfaces"]), select("Interface", ["_uuid", "name", "ofport"])])).map((r) => SelectResult.parse(r).rows);
-    const iface = new Map<string, { name: string; ofport: number }>();
-    for (const row of interfaces ?? []) iface.set(uuidsOf(row._uuid)[0] ?? "", { name: String(row.name), ofport: optionalInteger(row.ofport) ?? -1 });
-    const portIfaces = new Map<string, string[]>();
-    for (const row of ports ?? []) portIfaces.set(uuidsOf(row._uuid)[0] ?? "", uuidsOf(row.interfaces));
-    const out = new Map<string, { bridge: string; ofport: number }>();
-    for (const row of bridges ?? []) {
-      for (const port of uuidsOf(row.ports)) {
-        for (const id of portIfaces.get(port) ?? []) {
-          const found = iface.get(id);
-          if (found !== undefined) out.set(found.name, { bridge: String(row.name), ofport: found.ofport });
+  async watchPorts(onChange: (reconnected: boolean) => void): Promise<PortsWatch> {
+    const tables = new Map<string, Map<string, Record<string, unknown>>>(PORT_TABLES.map((t) => [t, new Map()]));
+    let joined: Map<string, SwitchPortRow> | null = null;
+    let started = false;
+    const requests = { Bridge: { columns: ["name", "ports"] }, Port: { columns: ["interfaces"] }, Interface: { columns: ["name", "ofport"] } };
+    const unwatch = await this.#session.monitor(DATABASE, "stoa-ports", requests, (updates, initial) => {
+      if (initial) for (const rows of tables.values()) rows.clear();
+      for (const [table, changes] of Object.entries(TableUpdates.parse(updates))) {
+        const rows = tables.get(table);
+        if (rows === undefined) continue;
+        for (const [uuid, change] of Object.entries(changes)) {
+          if (change.new === undefined) rows.delete(uuid);
+          else rows.set(uuid, { ...rows.get(uuid), ...change.new });
         }
       }
-    }
-    return out;
+      joined = null;
+      if (started) onChange(initial);
+    });
+    started = true;
+    return { ports: () => (joined ??= joinPorts(tables)), close: unwatch };
   }
 
   /** A key of the Open_vSwitch row's other_config (e.g. "userspace-tso-enable"), or undefined. */
@@ -259,6 +297,38 @@ export class OvsdbClient {
   close(): void {
     this.#session.close();
   }
+}
+
+/** A port of the switch: its bridge and ofport (compile.ts SwitchPort). */
+interface SwitchPortRow {
+  bridge: string;
+  ofport: number;
+}
+
+/** The switch's ports as `watchPorts` keeps them. */
+export interface PortsWatch {
+  /** Interface name → bridge and ofport, now (the monitor's copy; computed once per change). */
+  ports(): ReadonlyMap<string, SwitchPortRow>;
+  /** Stops the monitor. */
+  close(): void;
+}
+
+const PORT_TABLES = ["Bridge", "Port", "Interface"] as const;
+
+/** Bridge.ports → Port.interfaces → Interface(name, ofport), over rows by uuid. */
+function joinPorts(tables: ReadonlyMap<string, ReadonlyMap<string, Record<string, unknown>>>): Map<string, SwitchPortRow> {
+  const interfaces = tables.get("Interface");
+  const ports = tables.get("Port");
+  const out = new Map<string, SwitchPortRow>();
+  for (const bridge of tables.get("Bridge")?.values() ?? []) {
+    for (const port of uuidsOf(bridge.ports)) {
+      for (const id of uuidsOf(ports?.get(port)?.interfaces)) {
+        const row = interfaces?.get(id);
+        if (row !== undefined) out.set(String(row.name), { bridge: String(bridge.name), ofport: optionalInteger(row.ofport) ?? -1 });
+      }
+    }
+  }
+  return out;
 }
 
 /** name → ofport of rows with an ofport ovs-vswitchd assigned (> 0; -1 is a failed port, none yet is the empty set). */

@@ -1,8 +1,11 @@
 /**
  * `stoa flows serve`: the registry (registry.ts) behind a hono API, reconciled onto the switch
- * (reconcile.ts) after every change — a registration, a removal, a peer's news, a port OVSDB
- * reports appearing or leaving — one reconcile at a time, the changes that arrive meanwhile
- * folded into the next.
+ * by reconcile.ts's engine (`Reconciler`: the ports from an OVSDB monitor, each bridge's flows
+ * remembered between reconciles) after every change — a registration, a removal, a peer's news,
+ * a port OVSDB reports appearing, leaving or renumbered — one reconcile at a time, the changes
+ * that arrive meanwhile folded into the next. Every VERIFY_MS, and after OVSDB reconnects, the
+ * engine forgets what it remembers and the next reconcile dumps the bridges: what changed behind
+ * stoa's back is put right (or reported, for a foreign flow in the place of one of stoa's).
  *
  *   POST   /api/containers           register a container (the seed's fields: container_id, veth,
  *                                     bridge, ipv4_address, services), or — with the seed's
@@ -35,7 +38,8 @@ import { allocateAddress, containerExists, createContainer, deleteContainer, vet
 import { ContainerSchema, ServiceSchema, hostAddress, cookieKind } from "./model.ts";
 import { dumpFlows } from "./ofctl.ts";
 import type { OvsdbClient } from "./ovsdb.ts";
-import { applyState, attachVeths, type Report } from "./reconcile.ts";
+import type { SwitchPort } from "./compile.ts";
+import { Reconciler, VERIFY_MS, attachVeths, type Report } from "./reconcile.ts";
 import { PEER_TTL_MS, type Registry } from "./registry.ts";
 import { RedisMesh } from "./redis-mesh.ts";
 import { z } from "zod";
@@ -99,6 +103,25 @@ export async function startFlowsServer(o: {
   const peerErrors = metrics.counter("stoa_flows_peer_errors_total", "Failed pulls and pushes, by peer.", ["peer"]);
   const made = new Set<string>(); // containers this server created (their namespaces go with them)
 
+  // A port of the state's (a container's veth, the mesh port) that appears, leaves, moves or is renumbered.
+  const portAt = (ports: ReadonlyMap<string, SwitchPort>, name: string): string => {
+    const p = ports.get(name);
+    return p === undefined || p.ofport <= 0 ? "" : `${p.bridge} ${p.ofport}`;
+  };
+  let seen: ReadonlyMap<string, SwitchPort> = new Map();
+  const engine = await Reconciler.start({
+    ovsdb,
+    env,
+    onPorts: (ports, reconnected) => {
+      const state = registry.state;
+      const names = [...state.containers.map((c) => c.veth), ...(state.mesh_port === undefined ? [] : [state.mesh_port])];
+      const moved = names.some((name) => portAt(ports, name) !== portAt(seen, name));
+      seen = ports;
+      if (moved || reconnected) kick();
+    },
+  });
+  seen = engine.ports;
+
   // ---- reconcile: one at a time, later requests folded into one run after it ----
   let running: Promise<Report> | null = null;
   let again: Promise<Report> | null = null;
@@ -107,7 +130,7 @@ export async function startFlowsServer(o: {
   const runOnce = async (): Promise<Report> => {
     const state = registry.state;
     try {
-      const report = await applyState(state, { ovsdb, env, remote: registry.remoteServices(), ensurePorts: false });
+      const report = await engine.apply(state, registry.remoteServices());
       last = report;
       reconciles.inc({ result: "ok" });
       flowMods.inc(report.changes);
@@ -173,6 +196,16 @@ export async function startFlowsServer(o: {
   };
   const peerTimer = setInterval(() => void pullAll(), PEER_SYNC_MS);
   peerTimer.unref();
+  const verifyTimer = setInterval(() => {
+    engine.forget();
+    kick();
+  }, VERIFY_MS);
+  verifyTimer.unref();
+  const stopBackground = (): void => {
+    clearInterval(peerTimer);
+    clearInterval(verifyTimer);
+    engine.close();
+  };
   // ---- the mesh through Redis ----
   let mesh: RedisMesh | null = null;
   const fromRedis = new Set<string>();
@@ -208,7 +241,7 @@ export async function startFlowsServer(o: {
     try {
       mesh = await RedisMesh.connect({ url: o.redisUrl, node: registry.node, ttlMs: PEER_TTL_MS, log, onChange: () => void readMesh() });
     } catch (err) {
-      clearInterval(peerTimer);
+      stopBackground();
       throw new StoaError("io", `cannot connect to Redis at ${o.redisUrl}: ${describeError(err)} (is redis-server running there?)`);
     }
   }
@@ -259,7 +292,7 @@ export async function startFlowsServer(o: {
       if (!parsed.success) throw new ApiError(400, issues(parsed.error));
       container = parsed.data;
       registry.register(container);
-      await attachVeths([container], ovsdb); // once: later, its port comes and goes with its runtime
+      await attachVeths([container], ovsdb, engine.ports); // once: later, its port comes and goes with its runtime
     }
     log.info(isCreate ? "container created" : "container registered", { container: container.container_id, veth: container.veth, ip: container.ipv4_address });
     const report = await changedLocally();
@@ -334,18 +367,9 @@ export async function startFlowsServer(o: {
   try {
     server = Bun.serve({ hostname: o.listen.hostname, port: o.listen.port, fetch: app.fetch });
   } catch (err) {
-    clearInterval(peerTimer);
+    stopBackground();
     throw listenError(err, `${urlHost(o.listen.hostname)}:${o.listen.port}`, { inUse: "another stoa flows serve? pick another with --listen" });
   }
-  // A port of the state's (a container's veth, the mesh port) that appears, leaves or is renumbered.
-  let seen = new Map<string, number>();
-  const unwatch = await ovsdb.watchInterfaces((ofports) => {
-    const state = registry.state;
-    const names = [...state.containers.map((c) => c.veth), ...(state.mesh_port === undefined ? [] : [state.mesh_port])];
-    const moved = names.some((name) => (ofports.get(name) ?? 0) !== (seen.get(name) ?? 0));
-    seen = ofports;
-    if (moved) kick();
-  });
   await reconcile().catch(() => undefined); // a first failure is logged; the server runs and retries on the next change
   void pullAll().then(pushAll);
   await writeMesh(true);
@@ -357,9 +381,8 @@ export async function startFlowsServer(o: {
     port,
     reconcile,
     async close() {
-      clearInterval(peerTimer);
+      stopBackground();
       clearInterval(meshTimer);
-      unwatch();
       await mesh?.close();
       await server.stop(true);
       await (running ?? Promise.resolve()).catch(() => undefined);
