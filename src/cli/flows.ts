@@ -14,6 +14,8 @@ import { Duration } from "../core/duration.ts";
 import { createLogger } from "../core/log.ts";
 import { defaultStateDir } from "../core/paths.ts";
 import { waitFor } from "../core/wait.ts";
+import { isLoopback } from "../core/hostaddr.ts";
+import { readTokenFile, tokenProblem } from "../core/token.ts";
 import { onShutdown } from "../core/shutdown.ts";
 import { createContainer, deleteContainer, vethOf } from "../flows/container.ts";
 import { ContainerSchema, ServiceSchema, type Container } from "../flows/model.ts";
@@ -154,24 +156,31 @@ const serve = defineCommand({
     redisUrl: str("also share this node's services through Redis at this URL, and read every other node's there (for meshes that outgrow a peer list)", { placeholder: "url" }),
     ovsdb: ovsdbFlag(),
     stateDir: stateDirFlag("where the registry of API-registered containers lives (flows/registry.sqlite)"),
+    tokenFile: str("writes (POST, DELETE) need the token in this file (0600; one token, 22+ characters), and pushes to peers carry it; required when --listen is not loopback", { placeholder: "file" }),
     readyFile: str("once serving, write this file (JSON: pid, url, port, node) atomically; removed at exit", { placeholder: "file" }),
     ...logFlags(),
   },
   examples: [
     "stoa flows serve --state state.json",
-    "stoa flows serve --state node1.json --listen 0.0.0.0:9573 --peers http://node2:9573",
+    "stoa flows serve --state node1.json --listen 0.0.0.0:9573 --token-file /etc/stoa/flows.token --peers http://node2:9573",
     "stoa flows serve --state node1.json --redis-url redis://10.0.0.5:6379   # every node on one Redis",
     `curl -X POST ${DEFAULT_SERVER}/api/containers/create -H "Content-Type: application/json" -d '{"name": "vector-db", "services": [{"name": "vector-db", "protocol": "tcp", "port": 6333, "exposed": true}]}'`,
     `curl -s ${DEFAULT_SERVER}/api/services/vector-db`,
   ],
   async run({ flags }) {
     const file = readStateFile(flags.state);
+    if (flags.tokenFile === undefined && !isLoopback(flags.listen.hostname)) {
+      throw new StoaError("usage", `--listen ${flags.listen.hostname} serves other hosts: give --token-file F (a 0600 file with one token, e.g. openssl rand -hex 24 > F; the same on every node), since writes create namespaces and change the switch`);
+    }
+    const token = flags.tokenFile === undefined ? undefined : readTokenFile(flags.tokenFile, "the mesh's token");
+    const weak = token === undefined ? null : tokenProblem(token);
+    if (weak !== null) throw new StoaError("config", `--token-file ${flags.tokenFile}: ${weak} (e.g. openssl rand -hex 24 > ${flags.tokenFile})`);
     const log = startService("flows", flags, { daemon: true });
     const { client, env } = await openSwitch(flags.ovsdb);
     const registry = new Registry(file, flags.stateDir ?? defaultStateDir());
     let server: Awaited<ReturnType<typeof startFlowsServer>>;
     try {
-      server = await startFlowsServer({ registry, ovsdb: client, env, listen: flags.listen, peers: splitList(flags.peers), ...(flags.redisUrl === undefined ? {} : { redisUrl: flags.redisUrl }), log });
+      server = await startFlowsServer({ registry, ovsdb: client, env, listen: flags.listen, peers: splitList(flags.peers), ...(flags.redisUrl === undefined ? {} : { redisUrl: flags.redisUrl }), ...(token === undefined ? {} : { token }), log });
     } catch (err) {
       registry.close();
       client.close();
@@ -196,13 +205,15 @@ const serve = defineCommand({
 });
 
 const serverFlag = () => str("the flows server's URL", { default: DEFAULT_SERVER, placeholder: "url" });
+const tokenFileFlag = () => str("the flows server's token file (its serve --token-file), for a server that needs one", { placeholder: "file" });
 
 /** A request to a flows server: its JSON answer, or a StoaError("closed") when none answers within `waitMs`. */
-async function callServer(server: string, path: string, init: RequestInit = {}, waitMs = 0): Promise<{ status: number; body: Record<string, unknown> }> {
+async function callServer(server: string, path: string, init: RequestInit = {}, waitMs = 0, tokenFile?: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const auth: Record<string, string> = tokenFile === undefined ? {} : { authorization: `Bearer ${readTokenFile(tokenFile, "the flows server's token")}` };
   const once = async (): Promise<{ status: number; body: Record<string, unknown> }> => {
     let res: Response;
     try {
-      res = await fetch(`${server.replace(/\/+$/, "")}${path}`, { ...init, signal: AbortSignal.timeout(30_000) });
+      res = await fetch(`${server.replace(/\/+$/, "")}${path}`, { ...init, headers: { ...(init.headers as Record<string, string> | undefined), ...auth }, signal: AbortSignal.timeout(30_000) });
     } catch (err) {
       throw new StoaError("closed", `no flows server answered at ${server} (${describeError(err)}): start one with stoa flows serve, or give --server`);
     }
@@ -263,6 +274,7 @@ const containerCreate = defineCommand({
     service: list("a service it offers: PROTO:PORT[:NAME] (NAME defaults to the container's)", { placeholder: "proto:port", schema: ServiceArg }),
     server: serverFlag(),
     wait: str("wait up to this long for the flows server to answer before printing the container's JSON instead (0: do not wait)", { default: "0s", placeholder: "duration", schema: Duration }),
+    tokenFile: tokenFileFlag(),
     ovsdb: ovsdbFlag(),
   },
   positionals: [{ name: "NAME", description: "the container's name (its container_id)", required: true }],
@@ -279,20 +291,24 @@ const containerCreate = defineCommand({
     if (!parsed.success) throw new StoaError("usage", parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
     const container: Container = parsed.data;
     const { client } = await openSwitch(flags.ovsdb);
+    let registered = false;
     try {
       await client.ensureBridge(container.bridge);
       await createContainer({ name, bridge: container.bridge, cidr: container.ipv4_address, ovsdb: client });
+      try {
+        const { status, body } = await callServer(flags.server, "/api/containers", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(container) }, flags.wait, flags.tokenFile);
+        if (status !== 201) throw new StoaError("exists", `the flows server at ${flags.server} refused the container (HTTP ${status}): ${String(body.error ?? "no reason given")}; the container was not kept`);
+        registered = true;
+      } catch (err) {
+        if (!(err instanceof StoaError) || err.code !== "closed") {
+          // Refused: nothing half-made stays (the user asked for a registered container).
+          await deleteContainer({ name, bridge: container.bridge, ovsdb: client }).catch(() => undefined);
+          throw err;
+        }
+        process.stderr.write(`stoa flows container create: ${describeError(err)}; add this container to your state file:\n`);
+      }
     } finally {
       client.close();
-    }
-    let registered = false;
-    try {
-      const { status, body } = await callServer(flags.server, "/api/containers", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(container) }, flags.wait);
-      if (status !== 201) throw new StoaError("exists", `the flows server at ${flags.server} refused the container: ${String(body.error ?? status)}`);
-      registered = true;
-    } catch (err) {
-      if (!(err instanceof StoaError) || err.code !== "closed") throw err;
-      process.stderr.write(`stoa flows container create: ${describeError(err)}; add this container to your state file:\n`);
     }
     process.stdout.write(`${JSON.stringify(container)}\n`);
     if (registered) process.stderr.write(`container ${name}: netns stoa-${name}, veth ${container.veth} on ${container.bridge}, registered at ${flags.server}\n`);
@@ -306,6 +322,7 @@ const containerDelete = defineCommand({
   flags: {
     bridge: str("its bridge, when no server knows the container", { placeholder: "bridge" }),
     server: serverFlag(),
+    tokenFile: tokenFileFlag(),
     ovsdb: ovsdbFlag(),
   },
   positionals: [{ name: "NAME", description: "the container's name", required: true }],
@@ -318,7 +335,7 @@ const containerDelete = defineCommand({
       const entry = ((known.body.containers ?? []) as Container[]).find((c) => c.container_id === name);
       if (entry !== undefined) {
         bridge ??= entry.bridge;
-        const { status, body } = await callServer(flags.server, `/api/containers/${encodeURIComponent(name)}`, { method: "DELETE" });
+        const { status, body } = await callServer(flags.server, `/api/containers/${encodeURIComponent(name)}`, { method: "DELETE" }, 0, flags.tokenFile);
         if (status !== 200 && status !== 404) throw new StoaError("exists", `the flows server at ${flags.server} refused: ${String(body.error ?? status)}`);
       }
     } catch (err) {

@@ -22,6 +22,11 @@
  *   POST   /api/registry             a peer pushes its {node, services}
  *   GET    /metrics, GET /health
  *
+ * With a token (`serve --token-file`), every POST and DELETE needs `Authorization: Bearer <token>`
+ * (401 otherwise) and pushes to peers carry it: the nodes of a mesh share one token. Reads stay
+ * open (queries, flows, metrics). Without one — loopback only, the seed's way — any local
+ * process may write.
+ *
  * Peers (the state's `peers` and --peers): every PEER_SYNC_MS each peer's /api/registry is pulled,
  * and after every change of this node's services they are pushed to each peer; a peer not heard
  * of within PEER_TTL_MS counts as gone. With `redisUrl` the same through Redis (redis-mesh.ts):
@@ -32,6 +37,7 @@ import { Hono, type Context } from "hono";
 import { StoaError, describeError, listenError } from "../core/errors.ts";
 import { urlHost } from "../core/endpoint.ts";
 import { readJsonBody } from "../core/http-body.ts";
+import { bearerToken, sameDigest, tokenDigest } from "../core/token.ts";
 import type { Logger } from "../core/log.ts";
 import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
 import { allocateAddress, containerExists, createContainer, deleteContainer, vethOf } from "./container.ts";
@@ -92,6 +98,8 @@ export async function startFlowsServer(o: {
   peers: readonly string[];
   /** The mesh through Redis too (redis-mesh.ts). */
   redisUrl?: string;
+  /** When set, every write (POST, DELETE) needs `Authorization: Bearer <token>`; peers are sent it too. */
+  token?: string;
   log: Logger;
 }): Promise<FlowsServer> {
   const { registry, ovsdb, env, log } = o;
@@ -101,6 +109,8 @@ export async function startFlowsServer(o: {
   const waitingGauge = metrics.gauge("stoa_flows_containers_waiting", "Containers whose veth has no ofport yet.");
   const remoteGauge = metrics.gauge("stoa_flows_remote_services", "Services known from peers.");
   const peerErrors = metrics.counter("stoa_flows_peer_errors_total", "Failed pulls and pushes, by peer.", ["peer"]);
+  const tokenDigestWanted = o.token === undefined ? null : tokenDigest(o.token);
+  const authHeaders: Record<string, string> = o.token === undefined ? {} : { authorization: `Bearer ${o.token}` };
   const made = new Set<string>(); // containers this server created (their namespaces go with them)
 
   // A port of the state's (a container's veth, the mesh port) that appears, leaves, moves or is renumbered.
@@ -167,7 +177,7 @@ export async function startFlowsServer(o: {
   const pushAll = (): void => {
     const body = JSON.stringify({ node: registry.node, services: registry.localServices() });
     for (const peer of peers) {
-      fetch(`${peer}/api/registry`, { method: "POST", headers: { "content-type": "application/json" }, body, signal: AbortSignal.timeout(PEER_TIMEOUT_MS) })
+      fetch(`${peer}/api/registry`, { method: "POST", headers: { "content-type": "application/json", ...authHeaders }, body, signal: AbortSignal.timeout(PEER_TIMEOUT_MS) })
         .then((res) => {
           if (!res.ok) throw new Error(`HTTP ${res.status}`);
         })
@@ -258,6 +268,15 @@ export async function startFlowsServer(o: {
 
   // ---- the API ----
   const app = new Hono();
+  // Writes create namespaces and change the switch: with a token, only its holders (and the peers given it) may.
+  app.use("/api/*", async (c, next) => {
+    if (tokenDigestWanted === null || c.req.method === "GET" || c.req.method === "HEAD") return next();
+    const given = bearerToken(c.req.header("authorization"));
+    if (given === null || !sameDigest(tokenDigest(given), tokenDigestWanted)) {
+      return c.json({ error: "writes need the flows server's token: send Authorization: Bearer <the token in its --token-file> (stoa flows container takes --token-file)" }, 401);
+    }
+    return next();
+  });
   const readJson = (c: Context): Promise<unknown> =>
     readJsonBody(c.req.raw, MAX_BODY_BYTES, { tooLarge: () => new ApiError(413, `the body is over ${MAX_BODY_BYTES} bytes`), bad: (why) => new ApiError(400, why) });
   const issues = (error: z.ZodError): string => error.issues.slice(0, 10).map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`).join("; ");

@@ -10,7 +10,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Scope, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { type Ovs, ovsMissing, startOvs } from "../fixtures/ovs.ts";
@@ -263,6 +263,33 @@ describe.skipIf(missing !== null)("stoa flows serve", () => {
     expect(http("POST", `${url}/api/registry`, JSON.stringify({ node: "n1", services: [] }))).toMatchObject({ status: 409 });
     expect(http("GET", `${url}/api/containers`).json.containers).toHaveLength(1);
     expect(http("GET", `${url}/health`).status).toBe(200);
+  }, 60_000);
+
+  test("with --token-file, writes need the token (401 without), reads stay open; beyond loopback the token is required", async () => {
+    const bridge = `fb${uniq()}`;
+    await ovs.addBridge(bridge);
+    const dir = scope.tempDir();
+    const tokenFile = join(dir, "flows.token");
+    writeFileSync(tokenFile, `${randomBytes(24).toString("hex")}\n`, { mode: 0o600 });
+    const { url } = await serve({ node: "n1", bridges: [{ name: bridge }] }, ["--token-file", tokenFile]);
+    const body = JSON.stringify({ container_id: "t1", veth: `vt${uniq()}`, bridge, ipv4_address: "10.85.0.1/24", services: [{ name: "tok", protocol: "tcp", port: 1 }] });
+    expect(http("POST", `${url}/api/containers`, body)).toMatchObject({ status: 401, json: { error: expect.stringContaining("--token-file") } });
+    expect(http("DELETE", `${url}/api/containers/t1`).status).toBe(401);
+    expect(http("GET", `${url}/api/containers`).status).toBe(200);
+    const name = `t${uniq()}`;
+    const refused = run(["flows", "container", "create", name, "--bridge", bridge, "--ip", "10.85.0.2/24", "--server", url]);
+    made.push({ name, bridge });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("refused the container (HTTP 401): writes need the flows server's token");
+    expect(existsSync(`/run/netns/stoa-${name}`)).toBe(false);
+    const created = run(["flows", "container", "create", name, "--bridge", bridge, "--ip", "10.85.0.2/24", "--service", "tcp:7", "--server", url, "--token-file", tokenFile]);
+    expect(created.code).toBe(0);
+    expect(http("GET", `${url}/api/services/${name}`).json).toMatchObject({ container_id: name, ip: "10.85.0.2" });
+    expect(run(["flows", "container", "delete", name, "--server", url, "--token-file", tokenFile]).code).toBe(0);
+    expect(http("GET", `${url}/api/services/${name}`).status).toBe(404);
+    const open = run(["flows", "serve", "--state", writeState(dir, { node: "n2", bridges: [{ name: bridge }] }), "--listen", "0.0.0.0:0"]);
+    expect(open.code).toBe(2);
+    expect(open.stderr).toContain("give --token-file");
   }, 60_000);
 
   test("the seed's curl -X POST /api/containers/create works as written, and the service is found", async () => {
