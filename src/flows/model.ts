@@ -56,8 +56,9 @@
  * learned kinds (3, 5) alone: OVS adds and expires them. Everything else on the switch is
  * foreign and never touched; a desired flow that would replace a foreign one (same table,
  * priority and match) is an error, not an overwrite. (The server's engine plans against its
- * memory of the bridge between dumps — reconcile.ts: a foreign flow is seen as of its last dump,
- * which it repeats every minute.)
+ * memory of the bridge between dumps, kept true by a flow monitor — reconcile.ts: a foreign
+ * flow's update makes its next reconcile dump the bridge, so the guarantee holds as on the
+ * one-shot path, from the last update to the bundle.)
  *
  * ## Plan
  *

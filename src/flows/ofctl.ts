@@ -22,6 +22,8 @@
  *   actions only (it keeps the timeouts it has): a timeout change is a delete_strict plus an add.
  *   (An `add` with the table, priority and match of an existing flow replaces it whatever its
  *   cookie: OVS identifies a flow by those three alone.)
+ * - `printedFlow` reads a match and actions as ovs-ofctl prints them, for dumps and for the flow
+ *   monitor's events (ofmonitor.ts).
  */
 import { StoaError, describeError } from "../core/errors.ts";
 import { canonicalActions, canonicalMatch, compiledMatch, splitItems } from "./flow-syntax.ts";
@@ -163,6 +165,24 @@ function dumpLine(line: string): DumpedFlow {
   for (const key of ["idle_age", "hard_age", "importance"]) take(key, MAX_U64, 0n);
   const [unknownKey] = header.keys();
   if (unknownKey !== undefined) throw new FlowSyntaxError(`unknown field ${unknownKey}=`);
+  return {
+    cookie,
+    table,
+    ...printedFlow(matchPart, line.slice(actionsAt + 9)),
+    idleTimeout,
+    hardTimeout,
+    packets,
+    bytes,
+    durationS: Number(duration.slice(0, -1)),
+  };
+}
+
+/**
+ * A match (with its `priority=`, as OVS prints them) and actions as `ovs-ofctl` prints a flow —
+ * in a dump, or in a flow monitor's event (ofmonitor.ts: no priority there) — in canonical form.
+ * @throws FlowSyntaxError saying what it cannot read.
+ */
+export function printedFlow(matchPart: string, actionsText: string): { priority: number; match: string; actions: string } {
   let priority = DEFAULT_PRIORITY;
   let match: string | null = null;
   const compiled = COMPILED_PRIORITY.exec(matchPart);
@@ -170,6 +190,8 @@ function dumpLine(line: string): DumpedFlow {
     // compile.ts's flows: "priority=N" and a match of its shapes (flow-syntax.ts compiledMatch).
     match = compiled[2] === undefined ? "" : compiledMatch(compiled[2]);
     if (match !== null) priority = Number(compiled[1]);
+  } else if (!matchPart.includes("priority=")) {
+    match = matchPart === "" ? "" : compiledMatch(matchPart); // a monitor's event, or the default priority
   }
   if (match === null) {
     const matchItems: string[] = [];
@@ -180,18 +202,7 @@ function dumpLine(line: string): DumpedFlow {
     }
     match = canonicalMatch(matchItems, undefined);
   }
-  return {
-    cookie,
-    table,
-    priority,
-    idleTimeout,
-    hardTimeout,
-    match,
-    actions: canonicalActions(line.slice(actionsAt + 9), undefined),
-    packets,
-    bytes,
-    durationS: Number(duration.slice(0, -1)),
-  };
+  return { priority, match, actions: canonicalActions(actionsText, undefined) };
 }
 
 /**

@@ -13,28 +13,42 @@
  *   each bridge's flows are known — stoa's are the desired ones, the others as the last dump
  *   showed them (plan.ts `BridgeFlows`) — so the next reconcile plans against that memory
  *   instead of dumping: the same state again sends nothing and costs a compile and a diff, one
- *   service's change sends only its mods. The first reconcile dumps; so does the one after
- *   `forget()` — which the server calls every VERIFY_MS — after a failed reconcile (a refused
- *   bundle included), and after OVSDB reconnects. What changes behind stoa's back is seen at
- *   that verify: a flow of stoa's deleted or altered by hand is put back; a foreign flow put at
- *   the place (table, priority, match) of one of stoa's fails the reconcile as a conflict
- *   (plan.ts), as on the one-shot path. Until then the memory is trusted: a foreign flow added
- *   since the last dump at exactly the place of a flow stoa then adds is replaced by that add
- *   (OVS identifies a flow by its place alone) — the one guarantee that holds only as of the
- *   last verify.
+ *   service's change sends only its mods. The memory is kept true by a flow monitor per bridge
+ *   (ofmonitor.ts: one `ovs-ofctl monitor BR watch:` each, started by the first reconcile that
+ *   has the bridge, stopped with it or by `close()`) and flow-memory.ts: the updates of stoa's
+ *   own bundle are crossed off as they come; a flow of stoa's deleted or modified by hand is
+ *   followed, so the next reconcile puts it back without a dump; any other update — a foreign
+ *   flow added, changed or deleted (updates carry no priority, and the foreign places must be
+ *   exact), an update arriving while stoa's own are still due, an ABBREV — drops that bridge's
+ *   memory, and the next reconcile dumps it, so a foreign flow put at the place (table,
+ *   priority, match) of one stoa would add or has fails that reconcile as a conflict (plan.ts)
+ *   instead of being replaced (OVS identifies a flow by its place alone). Ordering: a reconcile
+ *   first waits (a barrier through the monitor) for every update already sent — so a dump is
+ *   older than every update after it — then plans; an update that arrives while it plans has
+ *   those bridges planned again from a dump; one that arrives while the bundle is sent must be
+ *   one of the bundle's own, or the bridge is dropped. What holds is then what the one-shot
+ *   path has: the window is from the last update (or dump) to the bundle. A monitor that dies
+ *   drops its bridge's memory and is started again by the next reconcile, which dumps; a bridge
+ *   whose monitor cannot start is dumped every time (a warning in the report). The first
+ *   reconcile dumps; so does the one after `forget()` — which the server calls every VERIFY_MS,
+ *   as a backstop — after a failed reconcile (a refused bundle included), and after OVSDB
+ *   reconnects.
  */
 import { StoaError, describeError } from "../core/errors.ts";
 import { compile, ownedFlows, type SwitchPort, type WaitingContainer } from "./compile.ts";
 import { interfaceExists } from "./container.ts";
 import type { Container, ServiceLocation, State } from "./model.ts";
+import { isLearnedCookie } from "./model.ts";
 import { applyFlowMods, dumpFlows, dumpPorts } from "./ofctl.ts";
+import { BridgeMemory, expectedUpdates } from "./flow-memory.ts";
+import { FlowMonitor, type FlowMessage } from "./ofmonitor.ts";
 import type { OvsdbClient, PortsWatch } from "./ovsdb.ts";
 import { indexFlows, planAgainst, type BridgeFlows, type BridgePlan } from "./plan.ts";
 
 /** How long apply waits for OVS to give new ports their ofport. */
 const PORT_WAIT_MS = 5_000;
-/** How often the server has its engine dump every bridge anyway (`Reconciler.forget`): what changed behind stoa's back is seen within this. */
-export const VERIFY_MS = 60_000;
+/** How often the server has its engine dump every bridge anyway (`Reconciler.forget`): a backstop, the flow monitors keep the memory true between. */
+export const VERIFY_MS = 300_000;
 
 export interface BridgeReport extends BridgePlan {
   /** False when the bridge is not on the switch yet (plan only: apply creates it). */
@@ -201,9 +215,17 @@ export async function applyState(state: State, access: SwitchAccess & { ensurePo
   return report;
 }
 
+/** Flow-monitor messages a reconcile holds per bridge to check; past this the bridge is dumped next time. */
+const MAX_HELD_MESSAGES = 1_000_000;
+
+/** Whether any of `held` may have changed the bridge (learned flows come and go on their own). */
+const changesBridge = (held: readonly FlowMessage[] | undefined): boolean =>
+  (held ?? []).some((m) => m.type !== "flow" || !isLearnedCookie(m.flow.cookie));
+
 /**
  * The reconcile engine of `stoa flows serve` (this file's header): the switch's ports from an
- * OVSDB monitor, each bridge's flows remembered from the last successful reconcile.
+ * OVSDB monitor, each bridge's flows remembered from the last successful reconcile and kept true
+ * by a flow monitor per bridge (ofmonitor.ts).
  * @example
  *   const engine = await Reconciler.start({ ovsdb, env, onPorts: (ports, reconnected) => kick() });
  *   const report = await engine.apply(registry.state, registry.remoteServices());
@@ -213,11 +235,18 @@ export class Reconciler {
   readonly #ovsdb: OvsdbClient;
   readonly #env: NodeJS.ProcessEnv;
   readonly #watch: PortsWatch;
-  /** Each bridge's flows after the last successful reconcile; a bridge not here is dumped. */
-  #known = new Map<string, BridgeFlows>();
+  /** Each bridge's flows after the last successful reconcile, kept true by its monitor; a bridge not here is dumped. */
+  #known = new Map<string, BridgeMemory>();
   /** Counts `forget()`s: a reconcile that ran across one does not keep what it planned against. */
   #generation = 0;
   #dumps = 0;
+  /** The flow monitor of each bridge of the last state; only a monitored bridge is remembered. */
+  readonly #monitors = new Map<string, FlowMonitor>();
+  /** What the monitors report while a reconcile runs, by bridge: checked against what it sent. */
+  #held: Map<string, FlowMessage[]> | null = null;
+  #updates = 0;
+  #monitorStarts = 0;
+  #closed: Promise<void> | null = null;
 
   private constructor(ovsdb: OvsdbClient, env: NodeJS.ProcessEnv, watch: PortsWatch) {
     this.#ovsdb = ovsdb;
@@ -228,7 +257,8 @@ export class Reconciler {
   /**
    * Starts the ports monitor (ovsdb-server sends every bridge, port and interface once). After
    * every change of them `onPorts(reconnected)` is called; after a reconnect the engine has
-   * forgotten the flows first (the next reconcile dumps).
+   * forgotten the flows first (the next reconcile dumps). The flow monitors start with the first
+   * reconcile (the bridges are the state's).
    */
   static async start(o: { ovsdb: OvsdbClient; env: NodeJS.ProcessEnv; onPorts?: (ports: ReadonlyMap<string, SwitchPort>, reconnected: boolean) => void }): Promise<Reconciler> {
     let engine: Reconciler | undefined;
@@ -251,6 +281,21 @@ export class Reconciler {
     return this.#dumps;
   }
 
+  /** How many messages the flow monitors have reported (flow updates, of anyone). */
+  get updates(): number {
+    return this.#updates;
+  }
+
+  /** How many flow monitors the engine has started or tried to (one per bridge, again after one dies). */
+  get monitorStarts(): number {
+    return this.#monitorStarts;
+  }
+
+  /** The process ids of the running flow monitors, by bridge. */
+  get monitorPids(): ReadonlyMap<string, number> {
+    return new Map([...this.#monitors].map(([bridge, m]) => [bridge, m.pid]));
+  }
+
   /** The next reconcile dumps every bridge and plans against what is really there. */
   forget(): void {
     this.#known = new Map();
@@ -263,23 +308,140 @@ export class Reconciler {
    * A failure — a conflict, a refused bundle — forgets the memory and throws.
    */
   async apply(state: State, remote: readonly ServiceLocation[] = []): Promise<Report> {
-    const known = this.#known;
     const generation = this.#generation;
-    this.#known = new Map();
     await ensureBridges(state, this.#ovsdb);
-    const planned = await planAll(state, this.ports, { ovsdb: this.#ovsdb, env: this.#env, remote }, async (bridge) => {
-      const remembered = known.get(bridge);
-      if (remembered !== undefined) return remembered;
-      this.#dumps++;
-      return dumped(bridge, this.#env);
-    });
-    await send(planned.report, this.#env);
-    if (generation === this.#generation) this.#known = planned.after;
-    return planned.report;
+    const warnings = await this.#monitor(state.bridges.map((b) => b.name));
+    await this.#settle(state.bridges.map((b) => b.name)); // every update already sent reaches the memory first
+    const held = new Map<string, FlowMessage[]>();
+    const known = this.#known;
+    this.#known = new Map();
+    this.#held = held;
+    let kept = new Map<string, BridgeMemory>();
+    try {
+      let planned = await this.#plan(state, remote, known);
+      // The switch changed while planning: those bridges again, from a dump, so nothing is sent against what was.
+      const changed = [...held.keys()].filter((bridge) => changesBridge(held.get(bridge)));
+      if (changed.length > 0) {
+        for (const bridge of changed) known.delete(bridge);
+        held.clear();
+        planned = await this.#plan(state, remote, known);
+      }
+      const { report, after, current } = planned;
+      await send(report, this.#env);
+      // What came meanwhile must be this bundle's own updates; the rest of them come to the memory as they arrive.
+      for (const plan of report.bridges) {
+        const flows = after.get(plan.bridge);
+        const before = current.get(plan.bridge);
+        if (!this.#monitors.has(plan.bridge) || flows === undefined || before === undefined) continue;
+        const memory = new BridgeMemory(flows, expectedUpdates(before, flows, plan));
+        if ((held.get(plan.bridge) ?? []).every((m) => memory.take(m))) kept.set(plan.bridge, memory);
+      }
+      report.warnings.push(...warnings);
+      return report;
+    } catch (err) {
+      kept = new Map();
+      throw err;
+    } finally {
+      this.#held = null;
+      if (generation === this.#generation) this.#known = kept;
+    }
   }
 
-  /** Stops the ports monitor. */
-  close(): void {
-    this.#watch.close();
+  /**
+   * Waits until each remembered bridge has seen its last bundle's updates, or its monitor's
+   * barrier says they will not come (the memory is given up then) — updates usually arrive
+   * within a millisecond or two of the bundle, a barrier's reply at ovs-vswitchd's next turn —
+   * and until each of `toDump` that is not remembered has had every update sent so far (a
+   * barrier): a dump after that is older than every update that comes after it.
+   */
+  async #settle(toDump: readonly string[]): Promise<void> {
+    const drain = toDump.filter((bridge) => !this.#known.has(bridge));
+    await Promise.all([
+      ...drain.map((bridge) => this.#monitors.get(bridge)?.barrier().catch(() => undefined)),
+      ...[...this.#known].map(async ([bridge, memory]) => {
+        const monitor = this.#monitors.get(bridge);
+        if (memory.settled) return;
+        if (monitor !== undefined) await Promise.race([memory.whenSettled(), monitor.barrier().catch(() => undefined)]);
+        if (!memory.settled && this.#known.get(bridge) === memory) this.#known.delete(bridge);
+      }),
+    ]);
+  }
+
+  /** Compiles and plans against the memory, dumping the bridges it lacks. */
+  async #plan(state: State, remote: readonly ServiceLocation[], known: ReadonlyMap<string, BridgeMemory>): Promise<Planned & { current: Map<string, BridgeFlows> }> {
+    const current = new Map<string, BridgeFlows>();
+    const planned = await planAll(state, this.ports, { ovsdb: this.#ovsdb, env: this.#env, remote }, async (bridge) => {
+      let flows = known.get(bridge)?.flows;
+      if (flows === undefined) {
+        this.#dumps++;
+        flows = await dumped(bridge, this.#env);
+      }
+      current.set(bridge, flows);
+      return flows;
+    });
+    return { ...planned, current };
+  }
+
+  /** Runs a flow monitor on each of `bridges` (and none on others); warnings for those it cannot watch. */
+  async #monitor(bridges: readonly string[]): Promise<string[]> {
+    if (this.#closed !== null) return [];
+    const wanted = new Set(bridges);
+    for (const [bridge, monitor] of this.#monitors) {
+      if (wanted.has(bridge)) continue;
+      this.#monitors.delete(bridge);
+      await monitor.stop();
+    }
+    const warnings: string[] = [];
+    await Promise.all(
+      bridges
+        .filter((bridge) => !this.#monitors.has(bridge))
+        .map(async (bridge) => {
+          let monitor: FlowMonitor | undefined;
+          try {
+            this.#monitorStarts++;
+            monitor = await FlowMonitor.start({
+              bridge,
+              env: this.#env,
+              onMessage: (m) => this.#onMessage(bridge, m),
+              onExit: () => {
+                if (monitor === undefined || this.#monitors.get(bridge) !== monitor) return;
+                this.#monitors.delete(bridge); // the next reconcile starts another and dumps
+                this.#known.delete(bridge);
+              },
+            });
+          } catch (err) {
+            warnings.push(`bridge ${bridge}: no flow monitor (${describeError(err)}): every reconcile dumps it`);
+            return;
+          }
+          if (this.#closed !== null) await monitor.stop();
+          else this.#monitors.set(bridge, monitor);
+        }),
+    );
+    return warnings;
+  }
+
+  #onMessage(bridge: string, m: FlowMessage): void {
+    this.#updates++;
+    if (this.#held !== null) {
+      const held = this.#held.get(bridge) ?? [];
+      if (held.length < MAX_HELD_MESSAGES) held.push(m);
+      else held[0] = { type: "abbrev" }; // too many to check: an unknown change, so not kept
+      this.#held.set(bridge, held);
+      return;
+    }
+    const memory = this.#known.get(bridge);
+    if (memory !== undefined && !memory.take(m)) this.#known.delete(bridge); // not remembered: the next reconcile dumps it
+  }
+
+  /** Stops the ports monitor and the flow monitors (their processes ended when it resolves). */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#watch.close();
+      const monitors = [...this.#monitors.values()];
+      this.#monitors.clear();
+      this.#known = new Map();
+      await Promise.all(monitors.map((m) => m.stop()));
+    })();
+    return this.#closed;
   }
 }

@@ -3,9 +3,10 @@
  * by reconcile.ts's engine (`Reconciler`: the ports from an OVSDB monitor, each bridge's flows
  * remembered between reconciles) after every change — a registration, a removal, a peer's news,
  * a port OVSDB reports appearing, leaving or renumbered — one reconcile at a time, the changes
- * that arrive meanwhile folded into the next. Every VERIFY_MS, and after OVSDB reconnects, the
- * engine forgets what it remembers and the next reconcile dumps the bridges: what changed behind
- * stoa's back is put right (or reported, for a foreign flow in the place of one of stoa's).
+ * that arrive meanwhile folded into the next. What changes behind stoa's back reaches the
+ * engine through its flow monitors (reconcile.ts): the next reconcile puts it right (or reports
+ * a foreign flow in the place of one of stoa's). Every VERIFY_MS, as a backstop, and after
+ * OVSDB reconnects, the engine forgets what it remembers and the next reconcile dumps the bridges.
  *
  *   POST   /api/containers           register a container (the seed's fields: container_id, veth,
  *                                     bridge, ipv4_address, services), or — with the seed's
@@ -214,7 +215,7 @@ export async function startFlowsServer(o: {
   const stopBackground = (): void => {
     clearInterval(peerTimer);
     clearInterval(verifyTimer);
-    engine.close();
+    void engine.close();
   };
   // ---- the mesh through Redis ----
   let mesh: RedisMesh | null = null;
@@ -401,6 +402,7 @@ export async function startFlowsServer(o: {
     reconcile,
     async close() {
       stopBackground();
+      await engine.close(); // its flow monitors ended
       clearInterval(meshTimer);
       await mesh?.close();
       await server.stop(true);
