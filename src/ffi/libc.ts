@@ -19,6 +19,8 @@ const symbols = {
   socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
   setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+  // int connect(int, const sockaddr *, socklen_t): the supervisor's output sockets (a UDP socket connected to group:port).
+  connect: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
   // int getsockname(int, sockaddr *, socklen_t *): the address an inherited socket is bound to.
   getsockname: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   // int fcntl(int, int, int): F_DUPFD_CLOEXEC, so each listener owns (and closes) its own copy.
@@ -49,6 +51,19 @@ const symbols = {
   eventfd: { args: [FFIType.u32, FFIType.i32], returns: FFIType.i32 },
   read: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
   write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+  // io_uring.ts: void *mmap(void *, size_t, int prot, int flags, int fd, off_t) maps a ring;
+  // declared to return i64 so MAP_FAILED ((void *)-1) arrives as -1, not as a pointer.
+  mmap: { args: [FFIType.u64, FFIType.u64, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i64], returns: FFIType.i64 },
+  munmap: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+  // int socketpair(int domain, int type, int protocol, int sv[2]): two connected sockets.
+  socketpair: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+  // Descriptor passing (fdpass.ts, with socketpair above): ssize_t sendmsg(int, const struct
+  // msghdr *, int); ssize_t recvmsg(int, struct msghdr *, int). i32 results for the reason given
+  // for recv/send: a message is at most fdpass's MAX_MESSAGE_BYTES (64 KiB).
+  // int pipe2(int fds[2], int flags): the descriptors fdpass's tests pass to a child.
+  sendmsg: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+  recvmsg: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+  pipe2: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
   strerror: { args: [FFIType.i32], returns: FFIType.cstring },
 } as const;
@@ -135,9 +150,11 @@ export const Errno = {
   EINVAL: 22,
   ENFILE: 23,
   EMFILE: 24,
+  EPIPE: 32,
   ENOSYS: 38,
   EADDRINUSE: 98,
   EADDRNOTAVAIL: 99,
+  ECONNRESET: 104,
   ENOBUFS: 105,
   ECONNREFUSED: 111,
 } as const;

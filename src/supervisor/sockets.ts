@@ -1,0 +1,114 @@
+/**
+ * The sockets the privileged supervisor opens for the data plane (protocol.ts's diagram says
+ * who holds and closes each): the ingress AF_PACKET socket of an input interface, joined to the
+ * interface's PACKET_FANOUT group so the data-plane workers share its packets (each packet to
+ * one worker, by flow hash), and one UDP socket per output, bound to its interface and connected
+ * to its group:port, so a worker only ever `send`s (io_uring SEND) and needs no privilege.
+ *
+ * Ingress details: SOCK_RAW with protocol ETH_P_IP (IPv4 frames only, Ethernet header included),
+ * bound to the interface's index; PACKET_IGNORE_OUTGOING, since an AF_PACKET socket also sees the
+ * packets sent out of its interface (a relay whose output shares the interface would otherwise
+ * read its own output); non-blocking (the ring does the waiting). All structures are Linux's on
+ * 64-bit (x86_64, aarch64 alike): sockaddr_ll 20 bytes, sockaddr_in 16.
+ */
+import { StoaError } from "../core/errors.ts";
+import { interfaceIndex } from "../ffi/netlink.ts";
+import { Errno, cString, errno, libc, strerror } from "../ffi/libc.ts";
+
+const AF_INET = 2;
+const AF_PACKET = 17;
+const SOCK_DGRAM = 2;
+const SOCK_RAW = 3;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const ETH_P_IP = 0x0800;
+const SOL_SOCKET = 1;
+const SO_BINDTODEVICE = 25;
+const SOL_PACKET = 263;
+const PACKET_FANOUT = 18;
+const PACKET_IGNORE_OUTGOING = 23;
+/** PACKET_FANOUT_HASH: packets of one flow go to one socket (in order). */
+const PACKET_FANOUT_HASH = 0;
+const IPPROTO_IP = 0;
+const IP_MULTICAST_TTL = 33;
+const IP_MULTICAST_LOOP = 34;
+/** Multicast hops for relayed packets (the kernel's default of 1 stays on the link). */
+export const OUTPUT_MULTICAST_TTL = 8;
+
+function htons(n: number): number {
+  return ((n & 0xff) << 8) | ((n >> 8) & 0xff);
+}
+
+function fail(what: string): never {
+  const code = errno();
+  if (code === Errno.EPERM || code === Errno.EACCES) throw new StoaError("permission", `${what}: ${strerror(code)} (the supervisor needs root, or CAP_NET_RAW for AF_PACKET)`);
+  throw new StoaError("io", `${what}: ${strerror(code)}`);
+}
+
+function setInt(fd: number, level: number, option: number, value: number, what: string): void {
+  const v = new Int32Array([value]);
+  if (libc().setsockopt(fd, level, option, v, 4) !== 0) {
+    const code = errno();
+    libc().close(fd);
+    if (code === Errno.EPERM || code === Errno.EACCES) throw new StoaError("permission", `${what}: ${strerror(code)}`);
+    throw new StoaError("io", `${what}: ${strerror(code)}`);
+  }
+}
+
+/**
+ * An AF_PACKET socket receiving the IPv4 frames of `ifname`, in fanout group `fanoutId` (the
+ * same id for every worker's socket of that interface; a 16-bit number). The caller owns the fd.
+ */
+export function openPacketSocket(ifname: string, fanoutId: number): number {
+  const index = interfaceIndex(ifname);
+  const fd = libc().socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_IP));
+  if (fd < 0) fail(`AF_PACKET socket for ${ifname}`);
+  // struct sockaddr_ll { u16 family; u16 protocol (BE); i32 ifindex; u16 hatype; u8 pkttype; u8 halen; u8 addr[8]; }
+  const addr = new Uint8Array(20);
+  const view = new DataView(addr.buffer);
+  view.setUint16(0, AF_PACKET, true);
+  view.setUint16(2, ETH_P_IP, false);
+  view.setInt32(4, index, true);
+  if (libc().bind(fd, addr, addr.length) !== 0) {
+    const message = `bind AF_PACKET socket to ${ifname}: ${strerror(errno())}`;
+    libc().close(fd);
+    throw new StoaError("io", message);
+  }
+  setInt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1, `PACKET_IGNORE_OUTGOING on ${ifname}`);
+  setInt(fd, SOL_PACKET, PACKET_FANOUT, (fanoutId & 0xffff) | (PACKET_FANOUT_HASH << 16), `PACKET_FANOUT group ${fanoutId} on ${ifname}`);
+  return fd;
+}
+
+/**
+ * A UDP socket that sends out of `ifname` to `group:port` (connected: a worker only calls send).
+ * Multicast groups get OUTPUT_MULTICAST_TTL and no loopback to this host. The caller owns the fd.
+ */
+export function openOutputSocket(ifname: string, group: string, port: number): number {
+  interfaceIndex(ifname); // a clear "no such interface" before anything is opened
+  const fd = libc().socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) fail(`UDP socket for ${group}:${port} on ${ifname}`);
+  const name = cString(ifname);
+  if (libc().setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, name, name.length) !== 0) {
+    const code = errno();
+    libc().close(fd);
+    if (code === Errno.EPERM) throw new StoaError("permission", `SO_BINDTODEVICE ${ifname}: ${strerror(code)} (needs CAP_NET_RAW)`);
+    throw new StoaError("io", `SO_BINDTODEVICE ${ifname}: ${strerror(code)}`);
+  }
+  const first = Number(group.split(".")[0]);
+  if (first >= 224 && first <= 239) {
+    setInt(fd, IPPROTO_IP, IP_MULTICAST_TTL, OUTPUT_MULTICAST_TTL, `IP_MULTICAST_TTL for ${group}`);
+    setInt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, 0, `IP_MULTICAST_LOOP for ${group}`);
+  }
+  // struct sockaddr_in { u16 family; u16 port (BE); u8 addr[4]; u8 zero[8]; }
+  const addr = new Uint8Array(16);
+  const view = new DataView(addr.buffer);
+  view.setUint16(0, AF_INET, true);
+  view.setUint16(2, port, false);
+  addr.set(group.split(".").map(Number), 4);
+  if (libc().connect(fd, addr, addr.length) !== 0) {
+    const message = `connect the output socket to ${group}:${port} on ${ifname}: ${strerror(errno())}`;
+    libc().close(fd);
+    throw new StoaError("io", message);
+  }
+  return fd;
+}
