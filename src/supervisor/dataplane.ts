@@ -1,0 +1,368 @@
+/**
+ * One data-plane worker's loop (spec/supervisor.md, "Data plane"): frames from the ingress
+ * AF_PACKET sockets → parse (packet-wire.ts) → match (rules.ts `MatchTable`) → for each output of
+ * the rule a copy of the payload, sent with io_uring SEND on that output's connected UDP socket.
+ * Everything here is the worker's own (protocol.ts's diagram): the ring, the eventfd, the buffer
+ * pools; the sockets arrive with `addRule` and are closed once, here, when their rule goes or at
+ * `close()`.
+ *
+ * user_data (64 bits, below 2^53 so it is exact as a JS number):
+ *
+ *   bits 32..39  kind    RECV (1) a frame read into receive buffer `index`
+ *                        SEND (2) a payload copy sent from send buffer `index`
+ *                        EVENT (3) the 8-byte READ of the command eventfd (`index` 0)
+ *   bits 0..31   index   the buffer's index in the pool of its kind
+ *
+ * Kind 0 is never used, so a zeroed user_data means nothing. A completion names its buffer, so
+ * completions are handled in any order (the seed read every one from buffer 0).
+ *
+ * Buffers: two pools, so a burst of SENDs can never take the buffers the RECV batch lives on —
+ * RECV_BUFFERS frames (RECV_BATCH per ingress socket, MAX_INPUTS sockets) and SEND_BUFFERS
+ * payload copies. A receive buffer is re-posted as soon as its frame is parsed and copied; a
+ * send buffer goes back when its SEND completes. An empty send pool drops that copy and counts
+ * `buffer_exhausted`.
+ *
+ * One `runOnce`: top up RECV_BATCH RECVs on every ingress socket and one READ on the eventfd,
+ * submit and wait for at least one completion (bounded), handle what completed, then — when the
+ * eventfd fired — call `onCommand` (the caller drains its command queue there, through addRule /
+ * removeRule: rules change between batches, never inside one); the next batch posts the READ
+ * again. A wake written while the READ is not posted stays in the eventfd's counter and
+ * completes the next READ at once: no wake-up is lost.
+ *
+ * Removing the last rule of an ingress socket closes our fd, but its RECVs already in the ring
+ * keep the socket alive until each completes (the ring holds a reference to the file, and
+ * IoUring has no ASYNC_CANCEL yet): those frames are dropped and their buffers given back, not
+ * re-posted. Everything left in flight is cancelled by the kernel at `close()`.
+ */
+import { ptr } from "bun:ffi";
+import { StoaError } from "../core/errors.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, signalEventfd } from "../ffi/epoll.ts";
+import { OwnedFd } from "../ffi/fdpass.ts";
+import { IoUring } from "../ffi/io_uring.ts";
+import { errno, libc, strerror } from "../ffi/libc.ts";
+import { BufferPool } from "./buffers.ts";
+import { parseUdpFrame, type UdpView } from "./packet-wire.ts";
+import type { Rule, WorkerCounters } from "./protocol.ts";
+import { MatchTable } from "./rules.ts";
+
+/** RECVs kept outstanding on each ingress socket. */
+export const RECV_BATCH = 64;
+/** Ingress sockets (input interfaces) one worker reads. */
+export const MAX_INPUTS = 4;
+/** A received frame: Ethernet + one VLAN tag + a 1500-byte IPv4 packet fit, with room. */
+const RECV_BUFFER_BYTES = 2048;
+const RECV_BUFFERS = RECV_BATCH * MAX_INPUTS;
+/** A payload copy: the largest payload a RECV buffer can hold fits. */
+const SEND_BUFFER_BYTES = 2048;
+export const SEND_BUFFERS = 512;
+/**
+ * SQ entries (the CQ gets twice as many): every operation that can be in flight at once —
+ * RECV_BUFFERS + SEND_BUFFERS + 1 READ — fits the CQ, so no completion overflows it.
+ */
+const RING_ENTRIES = 512;
+
+export const UserDataKind = { RECV: 1, SEND: 2, EVENT: 3 } as const;
+export type UserDataKind = (typeof UserDataKind)[keyof typeof UserDataKind];
+const KIND_SHIFT = 2 ** 32;
+
+/** The user_data of an operation on buffer `index` of `kind` (see the header). */
+export function encodeUserData(kind: UserDataKind, index: number): bigint {
+  if (!Number.isInteger(index) || index < 0 || index >= KIND_SHIFT) throw new RangeError(`buffer index ${index} does not fit user_data's 32 bits`);
+  return BigInt(kind * KIND_SHIFT + index);
+}
+
+/** The kind and index a completion's user_data names; kind 0 (or an unknown one) is not ours. */
+export function decodeUserData(userData: bigint): { kind: number; index: number } {
+  const n = Number(userData);
+  return { kind: Math.floor(n / KIND_SHIFT), index: n % KIND_SHIFT };
+}
+
+/** The ring operations the loop uses (an `IoUring`; a test may drive the loop with its own). */
+export type Ring = Pick<IoUring, "prepRecv" | "prepSend" | "prepRead" | "submitAndWait" | "reap" | "close" | "sqSpace">;
+
+interface Ingress {
+  readonly iface: string;
+  readonly fd: OwnedFd;
+  /** Kept apart from `fd`: the RECVs are posted on this number, `fd` may be closed first. */
+  readonly number: number;
+  /** The rules that read this socket; the socket is closed when the last one goes. */
+  readonly rules: Set<string>;
+  /** RECVs in the ring. */
+  outstanding: number;
+  closed: boolean;
+}
+
+interface RuleSockets {
+  ingress: Ingress;
+  outputs: OwnedFd[];
+  outputNumbers: number[];
+}
+
+export interface DataPlaneOptions {
+  /** Called after a batch in which the eventfd was written (`wake`): apply queued commands here. */
+  onCommand?: (plane: DataPlane) => void;
+  /** The ring to use (default: a new IoUring of its own); the plane closes it either way. */
+  ring?: Ring;
+}
+
+/**
+ * One worker's data plane. Not thread-safe: one thread calls everything except writing the
+ * eventfd (`eventFd`), which any thread or process may do.
+ * @example
+ *   const plane = new DataPlane({ onCommand: (p) => { for (const c of queue.splice(0)) p.addRule(c.rule, c.input, c.outputs); } });
+ *   plane.addRule(rule, openPacketSocket(rule.input_interface, 7), rule.outputs.map((o) => openOutputSocket(o.interface, o.group, o.port)));
+ *   while (running) plane.runOnce(100);
+ *   plane.close();
+ */
+export class DataPlane {
+  readonly #ring: Ring;
+  readonly #recvPool = new BufferPool([{ size: RECV_BUFFER_BYTES, count: RECV_BUFFERS }]);
+  readonly #sendPool = new BufferPool([{ size: SEND_BUFFER_BYTES, count: SEND_BUFFERS }]);
+  /** Per buffer, made once: its bytes, its address, its user_data (nothing allocated per packet). */
+  readonly #recvViews: Uint8Array[];
+  readonly #recvAddrs: number[];
+  readonly #recvData: bigint[];
+  readonly #sendViews: Uint8Array[];
+  readonly #sendAddrs: number[];
+  readonly #sendData: bigint[];
+  /** Which ingress each receive buffer's RECV was posted on. */
+  readonly #recvOwner: (Ingress | undefined)[];
+  readonly #table = new MatchTable();
+  readonly #ingress = new Map<string, Ingress>();
+  readonly #sockets = new Map<string, RuleSockets>();
+  readonly #event: OwnedFd;
+  readonly #eventNumber: number;
+  readonly #eventBuffer = new BigUint64Array(1);
+  readonly #eventData = encodeUserData(UserDataKind.EVENT, 0);
+  #eventPosted = false;
+  #commandPending = false;
+  readonly #onCommand: ((plane: DataPlane) => void) | undefined;
+  readonly #udp: UdpView = { dst: 0, dstPort: 0, srcPort: 0, payloadOffset: 0, payloadLength: 0 };
+  readonly #counters: WorkerCounters = { received: 0, matched: 0, sent: 0, filtered: 0, no_match: 0, buffer_exhausted: 0, errors: 0 };
+  readonly #onCompletion = (userData: bigint, res: number): void => this.#complete(userData, res);
+  #closed = false;
+
+  constructor(o: DataPlaneOptions = {}) {
+    this.#onCommand = o.onCommand;
+    const efd = libc().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0) throw new StoaError("io", `eventfd for the data plane's commands: ${strerror(errno())} (too many open files? raise the fd limit)`);
+    this.#event = new OwnedFd(efd, "the data plane's eventfd");
+    this.#eventNumber = efd;
+    try {
+      this.#ring = o.ring ?? IoUring.create(RING_ENTRIES);
+    } catch (err) {
+      this.#event.close();
+      throw err;
+    }
+    const recvBase = ptr(this.#recvPool.memory);
+    const sendBase = ptr(this.#sendPool.memory);
+    this.#recvViews = Array.from({ length: RECV_BUFFERS }, (_, i) => this.#recvPool.view(i));
+    this.#recvAddrs = this.#recvViews.map((v) => recvBase + v.byteOffset);
+    this.#recvData = this.#recvViews.map((_, i) => encodeUserData(UserDataKind.RECV, i));
+    this.#recvOwner = new Array<Ingress | undefined>(RECV_BUFFERS).fill(undefined);
+    this.#sendViews = Array.from({ length: SEND_BUFFERS }, (_, i) => this.#sendPool.view(i));
+    this.#sendAddrs = this.#sendViews.map((v) => sendBase + v.byteOffset);
+    this.#sendData = this.#sendViews.map((_, i) => encodeUserData(UserDataKind.SEND, i));
+  }
+
+  /** The command eventfd: write an 8-byte 1 to it (`wake`, or from another thread or process). */
+  get eventFd(): number {
+    return this.#eventNumber;
+  }
+
+  /** A copy of the worker's counters. */
+  counters(): WorkerCounters {
+    return { ...this.#counters };
+  }
+
+  /** The rules' counters and rates (MatchTable). */
+  get rules(): MatchTable {
+    return this.#table;
+  }
+
+  /** Buffers held now (by operations in the ring): for checks that every one comes back. */
+  buffersInUse(): { recv: number; send: number } {
+    return { recv: RECV_BUFFERS - this.#recvPool.freeCounts()[0]!, send: SEND_BUFFERS - this.#sendPool.freeCounts()[0]! };
+  }
+
+  /** Makes the next (or the current) `runOnce` call `onCommand`. */
+  wake(): void {
+    this.#open();
+    signalEventfd(this.#eventNumber);
+  }
+
+  /**
+   * Adds (or replaces, by id) a rule with its sockets: `outputFds[i]` sends to `rule.outputs[i]`.
+   * `inputFd` is the AF_PACKET socket of `rule.input_interface`; leave it out when another rule
+   * already reads that interface (a second socket for it is closed at once: one reader suffices).
+   * Every fd passed is this plane's from the call on, also when the call throws (then it is closed).
+   */
+  addRule(rule: Rule, inputFd: number | undefined, outputFds: readonly number[]): void {
+    const input = inputFd === undefined ? undefined : new OwnedFd(inputFd, `the AF_PACKET socket of ${rule.input_interface}`);
+    const outputs = outputFds.map((fd, i) => new OwnedFd(fd, `rule ${rule.rule_id}'s output ${i}`));
+    try {
+      this.#open();
+      if (outputs.length !== rule.outputs.length) {
+        throw new StoaError("internal", `rule ${rule.rule_id} has ${rule.outputs.length} outputs but came with ${outputs.length} sockets: send one per output`);
+      }
+      let ingress = this.#ingress.get(rule.input_interface);
+      if (ingress === undefined) {
+        if (input === undefined) throw new StoaError("internal", `rule ${rule.rule_id} came without a socket for ${rule.input_interface}, which no rule reads yet: send its AF_PACKET socket with it`);
+        if (this.#ingress.size >= MAX_INPUTS) throw new StoaError("too_large", `a data-plane worker reads at most ${MAX_INPUTS} interfaces: remove the rules of one first`);
+        ingress = { iface: rule.input_interface, fd: input, number: input.fd, rules: new Set(), outstanding: 0, closed: false };
+        this.#ingress.set(ingress.iface, ingress);
+      } else input?.close();
+      ingress.rules.add(rule.rule_id);
+      const old = this.#sockets.get(rule.rule_id);
+      if (old !== undefined) {
+        for (const fd of old.outputs) fd.close();
+        if (old.ingress !== ingress) this.#leave(old.ingress, rule.rule_id);
+      }
+      this.#sockets.set(rule.rule_id, { ingress, outputs, outputNumbers: outputs.map((fd) => fd.fd) });
+      this.#table.set(rule);
+    } catch (err) {
+      if (input !== undefined && this.#ingress.get(rule.input_interface)?.fd !== input) input.close();
+      for (const fd of outputs) fd.close();
+      throw err;
+    }
+  }
+
+  /** Removes a rule and closes its output sockets (and its ingress socket when no other rule reads it). False for an unknown id. */
+  removeRule(id: string): boolean {
+    this.#open();
+    const sockets = this.#sockets.get(id);
+    if (sockets === undefined) return false;
+    this.#sockets.delete(id);
+    this.#table.remove(id);
+    for (const fd of sockets.outputs) fd.close();
+    this.#leave(sockets.ingress, id);
+    return true;
+  }
+
+  /**
+   * One batch (see the header): answers the completions handled. Blocks the thread up to
+   * `timeoutMs` when nothing completes sooner.
+   */
+  runOnce(timeoutMs: number): number {
+    this.#open();
+    for (const ingress of this.#ingress.values()) this.#topUp(ingress);
+    if (!this.#eventPosted) {
+      this.#room();
+      this.#ring.prepRead(this.#eventNumber, ptr(this.#eventBuffer), 8, this.#eventData);
+      this.#eventPosted = true;
+    }
+    this.#ring.submitAndWait(1, timeoutMs);
+    const handled = this.#ring.reap(this.#onCompletion);
+    if (this.#commandPending) {
+      this.#commandPending = false;
+      this.#onCommand?.(this);
+    }
+    return handled;
+  }
+
+  /** Closes the ring (the kernel cancels what is in flight), the eventfd and every socket. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#ring.close();
+    this.#event.close();
+    for (const sockets of this.#sockets.values()) for (const fd of sockets.outputs) fd.close();
+    for (const ingress of this.#ingress.values()) {
+      ingress.closed = true;
+      ingress.fd.close();
+    }
+    this.#sockets.clear();
+    this.#ingress.clear();
+  }
+
+  #leave(ingress: Ingress, id: string): void {
+    ingress.rules.delete(id);
+    if (ingress.rules.size > 0) return;
+    ingress.closed = true;
+    ingress.fd.close();
+    this.#ingress.delete(ingress.iface);
+  }
+
+  /** Posts RECVs on `ingress` until RECV_BATCH are outstanding or the receive pool is empty. */
+  #topUp(ingress: Ingress): void {
+    while (ingress.outstanding < RECV_BATCH) {
+      const index = this.#recvPool.take(RECV_BUFFER_BYTES);
+      if (index < 0) return;
+      this.#postRecv(ingress, index);
+    }
+  }
+
+  #postRecv(ingress: Ingress, index: number): void {
+    this.#room();
+    this.#recvOwner[index] = ingress;
+    ingress.outstanding++;
+    this.#ring.prepRecv(ingress.number, this.#recvAddrs[index]!, RECV_BUFFER_BYTES, this.#recvData[index]!);
+  }
+
+  /** Hands the prepared SQEs to the kernel when the SQ is full (no wait). */
+  #room(): void {
+    if (this.#ring.sqSpace === 0) this.#ring.submitAndWait(0, 0);
+  }
+
+  #complete(userData: bigint, res: number): void {
+    const { kind, index } = decodeUserData(userData);
+    if (kind === UserDataKind.RECV) this.#received(index, res);
+    else if (kind === UserDataKind.SEND) {
+      this.#sendPool.give(index);
+      if (res < 0) this.#counters.errors++;
+      else this.#counters.sent++;
+    } else if (kind === UserDataKind.EVENT) {
+      this.#eventPosted = false;
+      this.#commandPending = true;
+    } else throw new StoaError("internal", `a completion with user_data ${userData} that no operation of this data plane had: an ownership bug`);
+  }
+
+  #received(index: number, res: number): void {
+    const ingress = this.#recvOwner[index];
+    if (ingress === undefined) throw new StoaError("internal", `a RECV completion for receive buffer ${index}, which no RECV held: an ownership bug`);
+    this.#recvOwner[index] = undefined;
+    ingress.outstanding--;
+    if (ingress.closed) {
+      this.#recvPool.give(index);
+      return;
+    }
+    if (res < 0) this.#counters.errors++;
+    else this.#relay(ingress, this.#recvViews[index]!, res);
+    this.#postRecv(ingress, index);
+  }
+
+  #relay(ingress: Ingress, frame: Uint8Array, length: number): void {
+    const c = this.#counters;
+    c.received++;
+    const udp = this.#udp;
+    if (parseUdpFrame(frame, length, udp) !== null) {
+      c.filtered++;
+      return;
+    }
+    const live = this.#table.match(udp.dst, udp.dstPort);
+    // The table is keyed by (group, port) alone: a rule relays only what arrives on its own interface.
+    if (live === undefined || live.rule.input_interface !== ingress.iface) {
+      c.no_match++;
+      return;
+    }
+    c.matched++;
+    live.packets++;
+    live.bytes += udp.payloadLength;
+    const outputs = this.#sockets.get(live.rule.rule_id)!.outputNumbers;
+    const payload = frame.subarray(udp.payloadOffset, udp.payloadOffset + udp.payloadLength);
+    for (const fd of outputs) {
+      const s = this.#sendPool.take(udp.payloadLength);
+      if (s < 0) {
+        c.buffer_exhausted++;
+        continue;
+      }
+      this.#sendViews[s]!.set(payload);
+      this.#room();
+      this.#ring.prepSend(fd, this.#sendAddrs[s]!, udp.payloadLength, this.#sendData[s]!);
+    }
+  }
+
+  #open(): void {
+    if (this.#closed) throw new StoaError("closed", "the data plane is closed; create a new one");
+  }
+}
