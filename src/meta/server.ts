@@ -122,9 +122,11 @@ export function startMeta(options: MetaOptions): MetaServer {
   const port = server.port ?? options.listen.port;
   // Near the descriptor limit Bun.serve would spin in accept: a refuser takes the port meanwhile,
   // and the connections it held are closed (they are short requests, or a flood's idle ones).
-  // From a quarter of the reserve on: in `stoa up` the gateway beside it refuses new clients
-  // from the reserve on and connects to publishers into its first half, and the registry goes
-  // on answering meanwhile.
+  // From an eighth of the reserve on: in `stoa up` the gateway beside it refuses new clients
+  // from the reserve on, connects to publishers into its first half and answers its refusals
+  // (503 out_of_fds) until a quarter is left (canAffordAnswer) — so the gateway alone never
+  // takes the descriptors where the metaserver would pause, and the registry goes on answering.
+  // (At a quarter, as before, a flood's refusals reached it: fd-exhaustion.test.ts saw 503.)
   const fdGuard = guardServer({
     what: "metaserver",
     log,
@@ -132,7 +134,7 @@ export function startMeta(options: MetaOptions): MetaServer {
     port,
     response: outOfFdsResponse("application/json; charset=utf-8", OUT_OF_FDS_BODY),
     onRefused: () => fdRefusals.count(),
-    margin: Math.floor(fdReserve() / 4),
+    margin: Math.floor(fdReserve() / 8),
     pause: () => void server.stop(true),
     resume: () => {
       server = serve(port);
