@@ -1,8 +1,13 @@
 /**
  * io_uring through libc `syscall()` and `mmap()`: `probeIoUring()` (whether this kernel lets
  * this process create a ring at all; `stoa doctor` asks) and `IoUring`, a minimal ring for the
- * supervisor's data plane — RECV/SEND on sockets, READ on an eventfd, submit and wait with a
- * bounded timeout, reap completions by their user_data.
+ * supervisor's data plane — RECV/SEND on sockets, READ on an eventfd, ASYNC_CANCEL of one
+ * operation by its user_data, submit and wait with a bounded timeout, reap completions by their
+ * user_data.
+ *
+ * Opcodes used (enum io_uring_op in linux/io_uring.h): ASYNC_CANCEL 14 (sqe.fd -1, sqe.addr =
+ * the user_data of the operation to cancel; Linux ≥ 5.5, older than `create` accepts), READ 22, SEND 26,
+ * RECV 27.
  *
  * Layouts (linux/io_uring.h; all little-endian, the same on x86_64 and aarch64):
  *
@@ -42,7 +47,8 @@
  * a kernel without it.
  *
  * Buffers. A prepared RECV, SEND or READ holds a raw pointer until its completion is reaped: the
- * caller keeps the memory referenced (and does not reuse it) until then.
+ * caller keeps the memory referenced (and does not reuse it) until then — also after cancelling
+ * it: a cancelled operation still completes (-ECANCELED), and only then is its buffer free.
  */
 import { ptr, toArrayBuffer } from "bun:ffi";
 import { StoaError } from "../core/errors.ts";
@@ -102,6 +108,7 @@ const IORING_OFF_SQ_RING = 0n;
 const IORING_OFF_CQ_RING = 0x8000000n;
 const IORING_OFF_SQES = 0x10000000n;
 
+const IORING_OP_ASYNC_CANCEL = 14;
 const IORING_OP_READ = 22;
 const IORING_OP_SEND = 26;
 const IORING_OP_RECV = 27;
@@ -142,7 +149,7 @@ interface Mapping {
 
 /**
  * An io_uring instance: its fd and the three (or two, with IORING_FEAT_SINGLE_MMAP) mappings.
- * Prepare SQEs with `prepRecv`/`prepSend`/`prepRead`, hand them to the kernel with
+ * Prepare SQEs with `prepRecv`/`prepSend`/`prepRead`/`prepCancel`, hand them to the kernel with
  * `submitAndWait`, then `reap` the completions. One thread uses a ring; nothing here locks.
  * @example
  * const ring = IoUring.create(64);
@@ -272,6 +279,19 @@ export class IoUring {
   }
 
   /**
+   * Queues an ASYNC_CANCEL of the operation whose user_data is `targetUserData` (the first one
+   * found, so give every operation its own). The target, when found, completes with -ECANCELED
+   * (or with its result, had it just finished); the cancel itself completes with `userData` and
+   * 0 (found and cancelled), -ENOENT (not in flight: already completed) or -EALREADY (running;
+   * it completes by itself). Submitted in order after the SQEs prepared before it, so it finds
+   * those.
+   */
+  prepCancel(targetUserData: bigint, userData: bigint): void {
+    const at = this.#prep(IORING_OP_ASYNC_CANCEL, -1, 0, 0, false, 0, userData);
+    this.#sqes.setBigUint64(at + SQE_ADDR, targetUserData, true);
+  }
+
+  /**
    * Hands every prepared SQE to the kernel and waits until at least `minComplete` completions are
    * ready or `timeoutMs` passed (0: do not wait). Blocks the calling thread — see the header.
    * A timed-out or interrupted (EINTR) wait is not an error: `ready` says what there is.
@@ -338,7 +358,8 @@ export class IoUring {
     libc().close(this.#fd);
   }
 
-  #prep(opcode: number, fd: number, addr: number, len: number, atOwnPosition: boolean, opFlags: number, userData: bigint): void {
+  /** Fills the next SQE; answers its byte offset (for a field the arguments do not cover). */
+  #prep(opcode: number, fd: number, addr: number, len: number, atOwnPosition: boolean, opFlags: number, userData: bigint): number {
     if (this.sqSpace === 0) {
       throw new StoaError("internal", `io_uring: all ${this.#sqEntries} SQEs are prepared; call submitAndWait before preparing more`);
     }
@@ -358,6 +379,7 @@ export class IoUring {
     sqe.setUint32(at + SQE_OP_FLAGS, opFlags, true);
     sqe.setBigUint64(at + SQE_USER_DATA, userData, true);
     this.#tail = (this.#tail + 1) >>> 0;
+    return at;
   }
 
   /** Completions waiting in the CQ. */

@@ -3,14 +3,15 @@
  * AF_PACKET sockets → parse (packet-wire.ts) → match (rules.ts `MatchTable`) → for each output of
  * the rule a copy of the payload, sent with io_uring SEND on that output's connected UDP socket.
  * Everything here is the worker's own (protocol.ts's diagram): the ring, the eventfd, the buffer
- * pools; the sockets arrive with `addRule` and are closed once, here, when their rule goes or at
- * `close()`.
+ * pools; the sockets arrive with `addRule` and are closed once, here, when their rule goes (an
+ * ingress socket once its RECVs are drained, below) or at `close()`.
  *
  * user_data (64 bits, below 2^53 so it is exact as a JS number):
  *
  *   bits 32..39  kind    RECV (1) a frame read into receive buffer `index`
  *                        SEND (2) a payload copy sent from send buffer `index`
  *                        EVENT (3) the 8-byte READ of the command eventfd (`index` 0)
+ *                        CANCEL (4) the ASYNC_CANCEL of the RECV on receive buffer `index`
  *   bits 0..31   index   the buffer's index in the pool of its kind
  *
  * Kind 0 is never used, so a zeroed user_data means nothing. A completion names its buffer, so
@@ -29,10 +30,14 @@
  * again. A wake written while the READ is not posted stays in the eventfd's counter and
  * completes the next READ at once: no wake-up is lost.
  *
- * Removing the last rule of an ingress socket closes our fd, but its RECVs already in the ring
- * keep the socket alive until each completes (the ring holds a reference to the file, and
- * IoUring has no ASYNC_CANCEL yet): those frames are dropped and their buffers given back, not
- * re-posted. Everything left in flight is cancelled by the kernel at `close()`.
+ * Removing the last rule of an ingress socket drains it: one ASYNC_CANCEL per RECV it has in the
+ * ring (by that RECV's user_data), and no RECV is posted on it again. Each of its completions —
+ * -ECANCELED, or a frame that came first (dropped, not counted) — gives its buffer back and is
+ * not re-posted; when the last one has been reaped the fd is closed, once (a socket with no RECV
+ * outstanding is closed at once). Until then the fd stays open, so its number is not reused
+ * while the ring still reads the socket. An interface may get a new socket meanwhile: the
+ * draining one is no longer its ingress. `close()` closes the draining sockets too; the kernel
+ * cancels everything left in flight with the ring.
  */
 import { ptr } from "bun:ffi";
 import { StoaError } from "../core/errors.ts";
@@ -57,11 +62,15 @@ const SEND_BUFFER_BYTES = 2048;
 export const SEND_BUFFERS = 512;
 /**
  * SQ entries (the CQ gets twice as many): every operation that can be in flight at once —
- * RECV_BUFFERS + SEND_BUFFERS + 1 READ — fits the CQ, so no completion overflows it.
+ * RECV_BUFFERS, a cancel for each, SEND_BUFFERS and 1 READ — fits the CQ, so no completion
+ * overflows it.
  */
-const RING_ENTRIES = 512;
+const RING_ENTRIES = 1024;
+/** A cancel's results that are not errors: it found nothing (the RECV had completed), or the RECV was already running and completes by itself. */
+const ENOENT = 2;
+const EALREADY = 114;
 
-export const UserDataKind = { RECV: 1, SEND: 2, EVENT: 3 } as const;
+export const UserDataKind = { RECV: 1, SEND: 2, EVENT: 3, CANCEL: 4 } as const;
 export type UserDataKind = (typeof UserDataKind)[keyof typeof UserDataKind];
 const KIND_SHIFT = 2 ** 32;
 
@@ -78,18 +87,19 @@ export function decodeUserData(userData: bigint): { kind: number; index: number 
 }
 
 /** The ring operations the loop uses (an `IoUring`; a test may drive the loop with its own). */
-export type Ring = Pick<IoUring, "prepRecv" | "prepSend" | "prepRead" | "submitAndWait" | "reap" | "close" | "sqSpace">;
+export type Ring = Pick<IoUring, "prepRecv" | "prepSend" | "prepRead" | "prepCancel" | "submitAndWait" | "reap" | "close" | "sqSpace">;
 
 interface Ingress {
   readonly iface: string;
   readonly fd: OwnedFd;
-  /** Kept apart from `fd`: the RECVs are posted on this number, `fd` may be closed first. */
+  /** `fd`'s number, read once (the RECVs are posted on it). */
   readonly number: number;
-  /** The rules that read this socket; the socket is closed when the last one goes. */
+  /** The rules that read this socket; it drains when the last one goes. */
   readonly rules: Set<string>;
-  /** RECVs in the ring. */
+  /** RECVs in the ring (posted and not yet reaped). */
   outstanding: number;
-  closed: boolean;
+  /** No rule reads it: its RECVs are cancelled, never re-posted; the fd closes after the last one. */
+  draining: boolean;
 }
 
 interface RuleSockets {
@@ -129,6 +139,8 @@ export class DataPlane {
   readonly #recvOwner: (Ingress | undefined)[];
   readonly #table = new MatchTable();
   readonly #ingress = new Map<string, Ingress>();
+  /** Sockets whose last rule went, until their last RECV is reaped (see the header). */
+  readonly #draining = new Set<Ingress>();
   readonly #sockets = new Map<string, RuleSockets>();
   readonly #event: OwnedFd;
   readonly #eventNumber: number;
@@ -209,7 +221,7 @@ export class DataPlane {
       if (ingress === undefined) {
         if (input === undefined) throw new StoaError("internal", `rule ${rule.rule_id} came without a socket for ${rule.input_interface}, which no rule reads yet: send its AF_PACKET socket with it`);
         if (this.#ingress.size >= MAX_INPUTS) throw new StoaError("too_large", `a data-plane worker reads at most ${MAX_INPUTS} interfaces: remove the rules of one first`);
-        ingress = { iface: rule.input_interface, fd: input, number: input.fd, rules: new Set(), outstanding: 0, closed: false };
+        ingress = { iface: rule.input_interface, fd: input, number: input.fd, rules: new Set(), outstanding: 0, draining: false };
         this.#ingress.set(ingress.iface, ingress);
       } else input?.close();
       ingress.rules.add(rule.rule_id);
@@ -227,7 +239,7 @@ export class DataPlane {
     }
   }
 
-  /** Removes a rule and closes its output sockets (and its ingress socket when no other rule reads it). False for an unknown id. */
+  /** Removes a rule and closes its output sockets (and drains its ingress socket when no other rule reads it: see the header). False for an unknown id. */
   removeRule(id: string): boolean {
     this.#open();
     const sockets = this.#sockets.get(id);
@@ -260,27 +272,38 @@ export class DataPlane {
     return handled;
   }
 
-  /** Closes the ring (the kernel cancels what is in flight), the eventfd and every socket. Idempotent. */
+  /** Closes the ring (the kernel cancels what is in flight), the eventfd and every socket, draining ones too. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#ring.close();
     this.#event.close();
     for (const sockets of this.#sockets.values()) for (const fd of sockets.outputs) fd.close();
-    for (const ingress of this.#ingress.values()) {
-      ingress.closed = true;
+    for (const ingress of [...this.#ingress.values(), ...this.#draining]) {
+      ingress.draining = true;
       ingress.fd.close();
     }
     this.#sockets.clear();
     this.#ingress.clear();
+    this.#draining.clear();
   }
 
+  /** Drops rule `id` from `ingress`; the last one to go starts its drain (see the header). */
   #leave(ingress: Ingress, id: string): void {
     ingress.rules.delete(id);
     if (ingress.rules.size > 0) return;
-    ingress.closed = true;
-    ingress.fd.close();
+    ingress.draining = true;
     this.#ingress.delete(ingress.iface);
+    if (ingress.outstanding === 0) {
+      ingress.fd.close();
+      return;
+    }
+    this.#draining.add(ingress);
+    for (let index = 0; index < RECV_BUFFERS; index++) {
+      if (this.#recvOwner[index] !== ingress) continue;
+      this.#room();
+      this.#ring.prepCancel(this.#recvData[index]!, encodeUserData(UserDataKind.CANCEL, index));
+    }
   }
 
   /** Posts RECVs on `ingress` until RECV_BATCH are outstanding or the receive pool is empty. */
@@ -314,6 +337,9 @@ export class DataPlane {
     } else if (kind === UserDataKind.EVENT) {
       this.#eventPosted = false;
       this.#commandPending = true;
+    } else if (kind === UserDataKind.CANCEL) {
+      // The RECV it aimed at completes (or completed) by itself; only a refused cancel is an error.
+      if (res < 0 && res !== -ENOENT && res !== -EALREADY) this.#counters.errors++;
     } else throw new StoaError("internal", `a completion with user_data ${userData} that no operation of this data plane had: an ownership bug`);
   }
 
@@ -322,8 +348,9 @@ export class DataPlane {
     if (ingress === undefined) throw new StoaError("internal", `a RECV completion for receive buffer ${index}, which no RECV held: an ownership bug`);
     this.#recvOwner[index] = undefined;
     ingress.outstanding--;
-    if (ingress.closed) {
+    if (ingress.draining) {
       this.#recvPool.give(index);
+      if (ingress.outstanding === 0 && this.#draining.delete(ingress)) ingress.fd.close();
       return;
     }
     if (res < 0) this.#counters.errors++;

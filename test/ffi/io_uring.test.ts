@@ -2,7 +2,7 @@
  * The io_uring ring against this host's kernel: RECVs on AF_UNIX datagram socket pairs with
  * their buffer index in user_data, completions out of submission order (issue 14: the seed read
  * every completion from buffer 0), an eventfd READ woken from another thread, the bounded wait,
- * SEND, close, and no fd or mapping left behind. Skipped, with the reason printed, where the
+ * SEND, ASYNC_CANCEL of an idle RECV, close, and no fd or mapping left behind. Skipped, with the reason printed, where the
  * kernel refuses io_uring.
  */
 import { afterEach, describe, expect, test } from "bun:test";
@@ -228,6 +228,38 @@ describe("IoUring", () => {
     const into = new Uint8Array(BUFFER_BYTES);
     const n = libc().recv(b, ptr(into), BUFFER_BYTES, MSG_DONTWAIT);
     expect(text(into, n)).toBe("sent through the ring");
+  });
+
+  ringTest("ASYNC_CANCEL of a RECV waiting on an idle socket: it completes -ECANCELED, the cancel 0, and its buffer is free to reuse", () => {
+    const ECANCELED = 125;
+    const ENOENT = 2;
+    const r = ring(4);
+    const [a, b] = socketPair();
+    const buffer = new Uint8Array(BUFFER_BYTES);
+    r.prepRecv(b, ptr(buffer), BUFFER_BYTES, 1n);
+    expect(r.submitAndWait(0, 0)).toEqual({ submitted: 1, ready: 0 });
+    // Target user_data above 2^32: all 64 bits of sqe.addr are written.
+    r.prepRecv(b, ptr(buffer, BUFFER_BYTES / 2), BUFFER_BYTES / 2, 5n << 40n);
+    r.prepCancel(5n << 40n, 3n);
+    r.prepCancel(1n, 2n);
+    const got = reapCount(r, 4);
+    expect(got.map((c) => ({ userData: c.userData, res: c.res })).sort((x, y) => Number(x.userData - y.userData))).toEqual([
+      { userData: 1n, res: -ECANCELED },
+      { userData: 2n, res: 0 },
+      { userData: 3n, res: 0 },
+      { userData: 5n << 40n, res: -ECANCELED },
+    ]);
+    // Nothing left in flight: a cancel finds nothing, and data sent now goes to the buffer's next RECV alone.
+    r.prepCancel(1n, 4n);
+    expect(reapCount(r, 1)).toEqual([{ userData: 4n, res: -ENOENT, flags: 0 }]);
+    buffer.fill(0);
+    r.prepRecv(b, ptr(buffer), BUFFER_BYTES, 6n);
+    r.submitAndWait(0, 0);
+    sendText(a, "after the cancel");
+    const [after] = reapCount(r, 1);
+    expect(after).toMatchObject({ userData: 6n, res: "after the cancel".length });
+    expect(text(buffer, after!.res)).toBe("after the cancel");
+    expect(r.reap(() => {})).toBe(0);
   });
 
   ringTest("a full SQ refuses another SQE and says to submit", () => {

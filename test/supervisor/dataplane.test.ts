@@ -2,8 +2,10 @@
  * The data-plane loop (src/supervisor/dataplane.ts): the user_data encoding; completions of SEND
  * and RECV in any order against a scripted ring, each naming the buffer it held (each copy
  * checked when its SEND completes, so a buffer given back early shows as a corrupt payload);
- * the real ring over AF_UNIX datagram pairs (frames in, payload copies out, counters, commands
- * through the eventfd, sockets closed once); and, with root and network namespaces, 1,000 ×
+ * the removal of an interface's last rule (each RECV cancelled, late frames dropped, the fd
+ * closed once the last completion is reaped), scripted and on the real ring over AF_UNIX
+ * datagram pairs (frames in, payload copies out, counters, commands through the eventfd, sockets
+ * closed once); and, with root and network namespaces, 1,000 ×
  * 1,400 B relayed gen → relay → sink through AF_PACKET with ≥ 99 % arriving intact.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
@@ -60,7 +62,7 @@ describe("user_data", () => {
         expect(decodeUserData(u)).toEqual({ kind, index });
       }
     }
-    expect(new Set(Object.values(UserDataKind)).size).toBe(3);
+    expect(new Set(Object.values(UserDataKind)).size).toBe(4);
     expect(Object.values(UserDataKind)).not.toContain(0);
     expect(() => encodeUserData(UserDataKind.RECV, 2 ** 32)).toThrow(RangeError);
     expect(() => encodeUserData(UserDataKind.SEND, -1)).toThrow(RangeError);
@@ -68,13 +70,15 @@ describe("user_data", () => {
 });
 
 interface Op {
-  op: "recv" | "send" | "read";
+  op: "recv" | "send" | "read" | "cancel";
   fd: number;
   addr: number;
   len: number;
   userData: bigint;
   /** A SEND's bytes when it was prepared: they must be the same when it completes. */
   bytes?: Uint8Array;
+  /** A cancel's target user_data. */
+  target?: bigint;
 }
 
 /** A ring that completes nothing by itself: the test chooses which operation completes, and when. */
@@ -95,11 +99,14 @@ class ScriptedRing implements Ring {
   prepRead(fd: number, addr: number, len: number, userData: bigint): void {
     this.prepared.push({ op: "read", fd, addr, len, userData });
   }
+  prepCancel(target: bigint, userData: bigint): void {
+    this.prepared.push({ op: "cancel", fd: -1, addr: 0, len: 0, userData, target });
+  }
   submitAndWait(): { submitted: number; ready: number } {
     const submitted = this.prepared.length;
     this.inFlight.push(...this.prepared.splice(0));
     // Ownership: no two operations in flight ever share a buffer.
-    const addrs = this.inFlight.map((o) => o.addr);
+    const addrs = this.inFlight.filter((o) => o.op !== "cancel").map((o) => o.addr);
     if (new Set(addrs).size !== addrs.length) throw new Error("two operations in flight hold the same buffer");
     return { submitted, ready: this.ready.length };
   }
@@ -210,6 +217,53 @@ describe("completions in any order (scripted ring)", () => {
     expect([...ring.inFlight, ...ring.prepared].filter((o) => o.op === "recv").length).toBe(RECV_BATCH);
     plane.close();
   });
+
+  test("the last rule's removal cancels each RECV of its socket; frames that still come are dropped; the fd closes once the last completion is reaped", () => {
+    const ring = new ScriptedRing();
+    const plane = new DataPlane({ ring });
+    const [input, out0] = placeholders(2);
+    plane.addRule(rule("r", 5000, 1), input!, [out0!]);
+    plane.runOnce(0);
+    // One RECV completes just before the removal: its copy and its re-posted RECV are prepared, not yet submitted.
+    const [first, at] = ring.of("recv")[0]!;
+    deliver(ring, first, at, seqFrame(0, 64));
+    plane.runOnce(0);
+    const reposted = ring.prepared.find((o) => o.op === "recv")!;
+    expect(reposted.userData).toBe(first.userData);
+    expect(plane.removeRule("r")).toBe(true);
+    expect(existsSync(`/proc/self/fd/${out0}`)).toBe(false);
+    expect(existsSync(`/proc/self/fd/${input}`)).toBe(true);
+    plane.runOnce(0);
+    const [send, sendAt] = ring.of("send")[0]!;
+    ring.complete(sendAt, send.len);
+    const recvs = ring.of("recv").map(([o]) => o);
+    const cancels = ring.of("cancel").map(([o]) => o);
+    expect(recvs.length).toBe(RECV_BATCH);
+    // Each cancel is submitted after the RECV it aims at (the re-posted one too).
+    for (const c of cancels) expect(ring.inFlight.indexOf(c)).toBeGreaterThan(ring.inFlight.findIndex((o) => o.userData === c.target));
+    expect(cancels.map((c) => c.target).sort()).toEqual(recvs.map((r) => r.userData).sort());
+    for (const c of cancels) expect(decodeUserData(c.userData)).toEqual({ kind: UserDataKind.CANCEL, index: decodeUserData(c.target!).index });
+    // Two frames win the race (dropped, not counted); one cancel finds its RECV done (-ENOENT, not an error).
+    for (let k = 0; k < 2; k++) {
+      const [op, i] = ring.of("recv")[0]!;
+      deliver(ring, op, i, seqFrame(1 + k, 64));
+    }
+    ring.complete(ring.of("cancel")[0]![1], -2);
+    for (let left = ring.of("recv").length; left > 1; left--) {
+      ring.complete(ring.of("recv")[0]![1], -125);
+      ring.complete(ring.of("cancel")[0]![1], 0);
+      plane.runOnce(0);
+      expect(existsSync(`/proc/self/fd/${input}`)).toBe(true);
+    }
+    ring.complete(ring.of("recv")[0]![1], -125);
+    plane.runOnce(0);
+    expect(existsSync(`/proc/self/fd/${input}`)).toBe(false);
+    // Nothing was re-posted on the drained socket, every buffer is back, and the late frames were not counted.
+    expect([...ring.inFlight, ...ring.prepared].filter((o) => o.op === "recv")).toEqual([]);
+    expect(plane.buffersInUse()).toEqual({ recv: 0, send: 0 });
+    expect(plane.counters()).toEqual({ received: 1, matched: 1, sent: 1, filtered: 0, no_match: 0, buffer_exhausted: 0, errors: 0 } satisfies WorkerCounters);
+    plane.close();
+  });
 });
 
 const probe = probeIoUring();
@@ -280,7 +334,9 @@ describe.skipIf(!probe.ok)("the loop on a real ring (AF_UNIX datagram pairs stan
     expect(plane.buffersInUse().send).toBe(0);
     expect(plane.removeRule("r")).toBe(true);
     expect(plane.removeRule("r")).toBe(false);
+    runUntil(plane, () => !existsSync(`/proc/self/fd/${input}`), outs);
     for (const fd of [input, a, b]) expect(existsSync(`/proc/self/fd/${fd}`)).toBe(false);
+    expect(plane.buffersInUse()).toEqual({ recv: 0, send: 0 });
     plane.close();
     plane.close();
     expect(() => plane.runOnce(0)).toThrow(StoaError);
@@ -318,7 +374,41 @@ describe.skipIf(!probe.ok)("the loop on a real ring (AF_UNIX datagram pairs stan
     expect(existsSync(`/proc/self/fd/${a}`)).toBe(false);
     expect(existsSync(`/proc/self/fd/${input}`)).toBe(true);
     plane.removeRule("second");
+    runUntil(plane, () => !existsSync(`/proc/self/fd/${input}`), outs);
     expect(existsSync(`/proc/self/fd/${input}`)).toBe(false);
+    plane.close();
+  });
+
+  test("removing the last rule on an ingress cancels its RECVs: the socket is released after a few batches, buffers back, later frames not counted", () => {
+    const plane = new DataPlane();
+    const [input, feed] = pair();
+    const [a, aPeer] = pair();
+    plane.addRule(rule("r", 5000), input, [a]);
+    const got: Uint8Array[] = [];
+    const outs: [number, Uint8Array[]][] = [[aPeer, got]];
+    push(feed, seqFrame(0, 64));
+    runUntil(plane, () => got.length === 1 && plane.counters().sent === 1, outs);
+    const idle = { recv: 0, send: 0 };
+    expect(plane.buffersInUse()).toEqual({ recv: RECV_BATCH, send: 0 });
+    const before = plane.counters();
+    expect(plane.removeRule("r")).toBe(true);
+    // Its RECVs are still in the ring: the fd stays open until they are reaped. A frame now may complete one of them: dropped.
+    expect(existsSync(`/proc/self/fd/${input}`)).toBe(true);
+    push(feed, seqFrame(1, 64));
+    let batches = 0;
+    for (; batches < 10 && existsSync(`/proc/self/fd/${input}`); batches++) plane.runOnce(20);
+    expect(batches).toBeLessThan(10);
+    expect(existsSync(`/proc/self/fd/${input}`)).toBe(false);
+    expect(plane.buffersInUse()).toEqual(idle);
+    // The socket itself is gone (no RECV in the ring holds it any more): its peer's send is refused.
+    const late = seqFrame(2, 64);
+    expect(libc().send(feed, ptr(late), late.length, MSG_DONTWAIT)).toBe(-1);
+    expect(errno()).toBe(111); // ECONNREFUSED
+    for (let k = 0; k < 3; k++) plane.runOnce(0);
+    drain(aPeer, got);
+    expect(got.length).toBe(1);
+    expect(plane.counters()).toEqual(before);
+    expect(plane.buffersInUse()).toEqual(idle);
     plane.close();
   });
 
