@@ -16,6 +16,7 @@ const commands: CommandEntry[] = [
   { name: "hotlink", summary: "lowest-latency peer data path: relay server, TCP tunnels, HLNK sockets", load: () => import("./cli/hotlink.ts") },
   { name: "circles", summary: "many circles on one WebSocket port: secp256k1 auth, sandboxed scripts over a queue", load: () => import("./cli/circles.ts") },
   { name: "flows", summary: "services to OpenFlow on Open vSwitch, applied atomically", load: () => import("./cli/flows.ts") },
+  { name: "supervisor", summary: "a UDP/multicast packet relay: supervisor, control plane, one io_uring data plane per core", load: () => import("./cli/supervisor.ts") },
   { name: "addr", summary: "IPv6 addresses over rtnetlink: /128s with nodad, local prefixes, gc", load: () => import("./cli/addr.ts") },
   { name: "status", summary: "show this host's gateway, publishers and hotlink daemons; exit 0 when healthy", load: () => import("./cli/status.ts") },
   { name: "service", summary: "systemd integration: unit files for stoa's daemons", load: () => import("./cli/service.ts") },

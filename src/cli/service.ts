@@ -1,12 +1,10 @@
-import { realpathSync } from "node:fs";
 import { bool, defineCommand, defineGroup } from "./command.ts";
-import { buildInfo } from "../core/buildinfo.ts";
+import { selfArgv } from "../core/self.ts";
 import { renderGatewaySocket, renderUnit, SOCKET_UNIT, UNIT_NAMES, type UnitName, unitFileName } from "../service/units.ts";
 
 /** How systemd should start this stoa: the compiled binary's real path, or bun + the source. */
 function execLine(): string {
-  if (buildInfo().compiled) return realpathSync(process.execPath);
-  return `${realpathSync(process.execPath)} ${realpathSync(Bun.main)}`;
+  return selfArgv().join(" ");
 }
 
 const unit = defineCommand({

@@ -13,8 +13,8 @@
  * Client (`framedRequest`): opens a connection, sends one frame, returns the first frame that
  * comes back and closes; bounded by a timeout.
  */
-import type { Socket, UnixSocketListener } from "bun";
-import { StoaError } from "./errors.ts";
+import type { Socket, SocketHandler, UnixSocketListener } from "bun";
+import { StoaError, describeError } from "./errors.ts";
 import { encodeFrame, FrameDecoder } from "./frame.ts";
 import type { Logger } from "./log.ts";
 import { Outbox } from "./outbox.ts";
@@ -45,6 +45,12 @@ interface FramedServerOptions {
   maxConnections?: number;
   /** Default `CONTROL_IDLE_TIMEOUT_MS`. */
   idleTimeoutMs?: number;
+  /**
+   * Serve this listening Unix socket, bound elsewhere (a supervisor passed it on), instead of
+   * binding `path` (then only a name in messages). The server owns it from the call on: `close()`
+   * stops it and leaves the socket file alone — whoever bound it removes it.
+   */
+  fd?: number;
   /** Answers one request frame with the answer's payload. Must not throw: errors are answers. */
   answer(frame: Uint8Array): Promise<Uint8Array>;
   /** The payload of an error answer, for a request refused before `answer` saw it. */
@@ -125,63 +131,62 @@ export async function serveFramed(path: string, options: FramedServerOptions): P
     send(sock, o.refusal(error));
   };
 
-  const binding: UnixBinding<UnixSocketListener<FramedConn>> = await listenUnix<FramedConn>(path, {
-    allowHalfOpen: true,
-    socket: {
-      open(sock) {
-        sock.data = { frames: new FrameDecoder({ maxBytes: o.maxRequestBytes }), queue: [], busy: false, out: new Outbox(sock), closing: false, closed: false };
-        if (conns.size >= o.maxConnections) {
-          o.log.warn("too many control connections; refusing one", { limit: o.maxConnections });
-          sock.terminate();
-          return;
-        }
-        conns.add(sock);
-        sock.timeout(Math.ceil(o.idleTimeoutMs / 1000));
-      },
-      data(sock, chunk) {
-        const c = sock.data;
-        if (c.closing || c.closed) return;
-        let frames: Uint8Array[];
-        try {
-          frames = c.frames.push(chunk);
-        } catch (err) {
-          refuse(sock, err instanceof StoaError ? err : new StoaError("decode", String(err)));
-          return;
-        }
-        for (const frame of frames) {
-          if (c.queue.length >= o.maxPipelined) {
-            refuse(sock, new StoaError("too_large", `more than ${o.maxPipelined} unanswered requests; wait for answers before sending more`));
-            return;
-          }
-          c.queue.push(frame);
-        }
-        void pump(sock);
-      },
-      drain(sock) {
-        sock.data.out.flush(); // cleared, so a no-op, once closed
-        finishIfDone(sock);
-      },
-      end(sock) {
-        sock.data.closing = true;
-        finishIfDone(sock);
-      },
-      timeout(sock) {
-        sock.end();
-      },
-      close(sock) {
-        const c = sock.data as FramedConn | undefined;
-        if (c !== undefined) {
-          c.closed = true;
-          c.out.clear();
-        }
-        conns.delete(sock);
-      },
-      error(sock, err) {
-        o.log.debug("control connection failed", { err });
+  const handlers: SocketHandler<FramedConn> = {
+    open(sock) {
+      sock.data = { frames: new FrameDecoder({ maxBytes: o.maxRequestBytes }), queue: [], busy: false, out: new Outbox(sock), closing: false, closed: false };
+      if (conns.size >= o.maxConnections) {
+        o.log.warn("too many control connections; refusing one", { limit: o.maxConnections });
         sock.terminate();
-      },
+        return;
+      }
+      conns.add(sock);
+      sock.timeout(Math.ceil(o.idleTimeoutMs / 1000));
     },
-  });
+    data(sock, chunk) {
+      const c = sock.data;
+      if (c.closing || c.closed) return;
+      let frames: Uint8Array[];
+      try {
+        frames = c.frames.push(chunk);
+      } catch (err) {
+        refuse(sock, err instanceof StoaError ? err : new StoaError("decode", String(err)));
+        return;
+      }
+      for (const frame of frames) {
+        if (c.queue.length >= o.maxPipelined) {
+          refuse(sock, new StoaError("too_large", `more than ${o.maxPipelined} unanswered requests; wait for answers before sending more`));
+          return;
+        }
+        c.queue.push(frame);
+      }
+      void pump(sock);
+    },
+    drain(sock) {
+      sock.data.out.flush(); // cleared, so a no-op, once closed
+      finishIfDone(sock);
+    },
+    end(sock) {
+      sock.data.closing = true;
+      finishIfDone(sock);
+    },
+    timeout(sock) {
+      sock.end();
+    },
+    close(sock) {
+      const c = sock.data as FramedConn | undefined;
+      if (c !== undefined) {
+        c.closed = true;
+        c.out.clear();
+      }
+      conns.delete(sock);
+    },
+    error(sock, err) {
+      o.log.debug("control connection failed", { err });
+      sock.terminate();
+    },
+  };
+  const binding: Pick<UnixBinding<UnixSocketListener<FramedConn>>, "path" | "close"> =
+    o.fd === undefined ? await listenUnix<FramedConn>(path, { allowHalfOpen: true, socket: handlers }) : adopt(o.fd, path, handlers);
 
   let released: Promise<void> | undefined;
   const release = (): Promise<void> => (released ??= binding.close(false));
@@ -196,6 +201,17 @@ export async function serveFramed(path: string, options: FramedServerOptions): P
       }
     },
   };
+}
+
+/** A server on a listening socket bound by someone else (see `fd`): stopping it never unlinks a file. */
+function adopt(fd: number, path: string, socket: SocketHandler<FramedConn>): Pick<UnixBinding<UnixSocketListener<FramedConn>>, "path" | "close"> {
+  let listener: { stop(closeActive?: boolean): void };
+  try {
+    listener = Bun.listen<FramedConn>({ fd, allowHalfOpen: true, socket } as unknown as Parameters<typeof Bun.listen<FramedConn>>[0]);
+  } catch (err) {
+    throw new StoaError("io", `cannot serve the control socket ${path} (fd ${fd}): ${describeError(err)}`, { cause: err });
+  }
+  return { path, close: async () => listener.stop(false) };
 }
 
 interface FramedRequestOptions {

@@ -21,7 +21,7 @@
  *   ├── addr/owned.json, owned.lock addresses stoa added (src/addr/model.ts)
  *   ├── circles/                    reserved for stoa circles
  *   ├── flows/                      reserved for stoa flows
- *   └── supervisor/                 reserved for stoa supervisor
+ *   └── supervisor/control.sock     stoa supervisor run's control socket (src/supervisor/supervisor.ts)
  *
  * Before this layout publishers lived in `<run_dir>/<pub_id>/`; such leftovers are ignored
  * (never routed, never listed) and can be removed.
@@ -93,6 +93,11 @@ export function publisherSocketPath(runDir: string, pubId: string, kind: Kind): 
 /** `<run_dir>/hotlink/<user>.sock`: the control socket of `user`'s hotlink daemon. */
 export function hotlinkControlPath(runDir: string, user: string): string {
   return join(runDir, RUN_DIR_SUBTREES.hotlink, `${user}.sock`);
+}
+
+/** `<run_dir>/supervisor/control.sock`: `stoa supervisor run`'s control socket. */
+export function supervisorControlPath(runDir: string): string {
+  return join(runDir, RUN_DIR_SUBTREES.supervisor, "control.sock");
 }
 
 /** The socket names of a publisher's directory, one per kind. */

@@ -19,6 +19,10 @@ const symbols = {
   socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
   setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+  // int getsockopt(int, int, int, void *, socklen_t *): a fanout group's id, a socket's type.
+  getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  // int listen(int, int): the supervisor's control socket, bound before its fd is passed on.
+  listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   // int connect(int, const sockaddr *, socklen_t): the supervisor's output sockets (a UDP socket connected to group:port).
   connect: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
   // int getsockname(int, sockaddr *, socklen_t *): the address an inherited socket is bound to.

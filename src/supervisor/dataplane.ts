@@ -47,13 +47,13 @@ import { IoUring } from "../ffi/io_uring.ts";
 import { errno, libc, strerror } from "../ffi/libc.ts";
 import { BufferPool } from "./buffers.ts";
 import { parseUdpFrame, type UdpView } from "./packet-wire.ts";
-import type { Rule, WorkerCounters } from "./protocol.ts";
+import { MAX_INPUT_INTERFACES, type Rule, type WorkerCounters } from "./protocol.ts";
 import { MatchTable } from "./rules.ts";
 
 /** RECVs kept outstanding on each ingress socket. */
 export const RECV_BATCH = 64;
 /** Ingress sockets (input interfaces) one worker reads. */
-export const MAX_INPUTS = 4;
+export const MAX_INPUTS = MAX_INPUT_INTERFACES;
 /** A received frame: Ethernet + one VLAN tag + a 1500-byte IPv4 packet fit, with room. */
 const RECV_BUFFER_BYTES = 2048;
 const RECV_BUFFERS = RECV_BATCH * MAX_INPUTS;
@@ -366,9 +366,8 @@ export class DataPlane {
       c.filtered++;
       return;
     }
-    const live = this.#table.match(udp.dst, udp.dstPort);
-    // The table is keyed by (group, port) alone: a rule relays only what arrives on its own interface.
-    if (live === undefined || live.rule.input_interface !== ingress.iface) {
+    const live = this.#table.match(ingress.iface, udp.dst, udp.dstPort);
+    if (live === undefined) {
       c.no_match++;
       return;
     }

@@ -6,32 +6,47 @@
  *
  * ## Processes and descriptors (who holds each fd, who closes it)
  *
- *   supervisor (root)                                  `stoa supervisor run`
- *    ├─ control socket  unix:PATH (listening)          opened and closed by the supervisor only
+ *   supervisor (root)                                  `stoa supervisor run` (supervisor.ts)
+ *    ├─ control socket  unix:PATH (listening)          bound by the supervisor (a root-owned run dir);
+ *    │                                                 a copy goes to the control-plane worker with
+ *    │                                                 `listen` (SCM_RIGHTS) after each of its starts;
+ *    │                                                 the supervisor keeps its own, so the socket and
+ *    │                                                 its backlog outlive a worker's restart, and
+ *    │                                                 closes it and unlinks the file at exit
  *    ├─ per worker: one end of a SOCK_SEQPACKET        made by socketpair() in the supervisor; the
- *    │  socketpair ("the worker's stream")             supervisor keeps end A, end B is the
+ *    │  socketpair ("the worker's stream", stream.ts)  supervisor keeps end A, end B is the
  *    │                                                 child's fd 3 (Bun.spawn stdio) and the
  *    │                                                 supervisor closes its copy of B right
  *    │                                                 after the spawn: then the stream has exactly
  *    │                                                 one holder on each side, and EOF on it means
  *    │                                                 the other side is gone (no filesystem socket,
  *    │                                                 no socket nobody listens on — the seed's bug)
- *    ├─ per data-plane worker: the AF_PACKET socket    opened by the supervisor (needs CAP_NET_RAW),
- *    │  of each input interface (PACKET_FANOUT group)  sent with SCM_RIGHTS in `sockets`, then
- *    │  and one UDP socket per output                  closed by the supervisor at once: after the
- *    │                                                 send the worker's copy is the only one
- *    │                                                 (closed once, by the worker, when the rule
- *    │                                                 goes or the worker ends — the seed closed
- *    │                                                 them twice)
- *   control-plane worker (dropped to --user)            answers the control API's reads from the
- *                                                      state the supervisor posts it
- *   data-plane worker × N (dropped to --user)           its ring (io_uring), its eventfd, its buffer
- *                                                      pool: created and closed by the worker itself
+ *    ├─ per data-plane worker: a copy of its eventfd    sent by the worker with its `hello`; the
+ *    │                                                 supervisor writes it after each message it
+ *    │                                                 sends (the worker's ring has a READ on it) and
+ *    │                                                 closes it when the worker's stream ends
+ *    └─ per data-plane worker: the AF_PACKET socket    opened by the supervisor (needs CAP_NET_RAW),
+ *       of each input interface (PACKET_FANOUT group)  sent with SCM_RIGHTS in `add_rule` (and `fds`
+ *       and one UDP socket per output                  before it when a rule has more than
+ *                                                      MAX_FDS_PER_MESSAGE), closed by the supervisor
+ *                                                      once sent: then the worker's copy is the only
+ *                                                      one (closed once, by the worker, when the rule
+ *                                                      goes or the worker ends — the seed closed
+ *                                                      them twice)
+ *   control-plane worker (dropped to --user)            control-worker.ts: accepts on the control
+ *                                                      socket, reads and checks every frame, passes
+ *                                                      each request on as `request` and writes the
+ *                                                      `answer` back: the parser of untrusted bytes
+ *                                                      runs unprivileged, and the supervisor only
+ *                                                      ever reads its own children's messages
+ *   data-plane worker × N (dropped to --user)           data-worker.ts: its ring (io_uring), its
+ *                                                      eventfd, its buffer pool: created and closed
+ *                                                      by the worker itself
  *
- * A worker drops privileges (libc setgroups, setresgid, setresuid — never the raw syscall, which
- * changes one thread only) after its first `sockets`, so it can use what it was given and cannot
- * open a new AF_PACKET socket. Rules added later get their sockets the same way: the supervisor,
- * still privileged, opens them and passes them on.
+ * Workers drop privileges (libc setgroups, setresgid, setresuid — never the raw syscall, which
+ * changes one thread only) as they start, before their `hello`: they use what they are given and
+ * cannot open a new AF_PACKET socket. Rules added later get their sockets the same way: the
+ * supervisor, still privileged, opens them and passes them on.
  *
  * ## The control API (unix:PATH, one request → one answer, in order)
  *
@@ -44,20 +59,28 @@
  *   {type: "shutdown"}                → {type: "shutdown"}              then the supervisor stops
  *   any failure                       → {type: "error", error: {code, message}}  (a StoaError code)
  *
- * ## Supervisor ↔ worker (the worker's stream; SEQPACKET: one message per datagram)
+ * ## Supervisor ↔ worker (the worker's stream; one message per SEQPACKET message, stream.ts)
  *
- *   supervisor → worker   {type: "rules", rules}            the whole set (at start, after a restart)
- *                         {type: "add_rule", rule} + fds    one rule's sockets attached (SCM_RIGHTS),
- *                                                           in the order of `fds`: ["input", "output 0", …]
+ *   supervisor → data     {type: "add_rule", rule, fds} + fds  one rule's sockets attached, in the
+ *                                                      order of `fds`: ["input"?, "output 0", …];
+ *                                                      "input" only when no rule of the worker reads
+ *                                                      that interface yet (a second AF_PACKET socket
+ *                                                      in the fanout group would take packets away)
+ *                         {type: "fds", rule_id, fds} + fds    the first MAX_FDS_PER_MESSAGE of a rule
+ *                                                      with more; its `add_rule` follows
  *                         {type: "remove_rule", rule_id}
  *                         {type: "stats"}                   → {type: "stats", worker: WorkerStats, rules: [RuleStats]}
- *                         {type: "health", seq}             → {type: "health", seq}  every HEALTH_EVERY_MS
+ *   supervisor → control  {type: "listen"} + the control socket
+ *                         {type: "answer", id, answer}      the answer to `request` `id`
+ *   supervisor → both     {type: "health", seq}             → {type: "health", seq}  every HEALTH_EVERY_MS
  *                         {type: "shutdown"}                → the worker stops within SHUTDOWN_GRACE_MS
- *   worker → supervisor   {type: "hello", role, index, pid} first, once
+ *   worker → supervisor   {type: "hello", role, index, pid} first, once (a data worker's with its eventfd)
+ *                         {type: "request", id, request}    control: a client's request, checked
  *                         the answers above
  */
 import { z } from "zod";
 import { createCodec } from "../core/codec.ts";
+import { MAX_FDS_PER_MESSAGE } from "../ffi/fdpass.ts";
 
 /** A control or worker message is at most this many bytes (its frame). */
 export const MAX_CONTROL_FRAME_BYTES = 1024 * 1024;
@@ -65,6 +88,8 @@ export const MAX_CONTROL_FRAME_BYTES = 1024 * 1024;
 export const MAX_RULES = 4096;
 /** Outputs of one rule. */
 export const MAX_OUTPUTS_PER_RULE = 64;
+/** Input interfaces the rules of one supervisor read (each data-plane worker reads all of them). */
+export const MAX_INPUT_INTERFACES = 4;
 /** A Linux interface name: IFNAMSIZ (16) with the NUL. */
 export const MAX_INTERFACE_NAME = 15;
 /** How often the supervisor checks each worker, and how long a worker may take to answer. */
@@ -124,7 +149,8 @@ export type NewRule = z.infer<typeof NewRule>;
 
 /**
  * Checks of a rule against this host, one line per problem (empty: fine): interfaces that do not
- * exist, and — across rules — an input (interface, group, port) another rule already takes.
+ * exist, and — across rules — an input (interface, group, port) another rule already takes, or
+ * an input interface beyond MAX_INPUT_INTERFACES.
  */
 export function ruleProblems(rule: Rule, o: { interfaceExists: (name: string) => boolean; rules: readonly Rule[] }): string[] {
   const problems: string[] = [];
@@ -135,6 +161,10 @@ export function ruleProblems(rule: Rule, o: { interfaceExists: (name: string) =>
     if (other.input_interface === rule.input_interface && other.input_group === rule.input_group && other.input_port === rule.input_port) {
       problems.push(`rule ${other.rule_id} already relays ${rule.input_group}:${rule.input_port} on ${rule.input_interface}`);
     }
+  }
+  const inputs = new Set(o.rules.filter((other) => other.rule_id !== rule.rule_id).map((other) => other.input_interface));
+  if (!inputs.has(rule.input_interface) && inputs.size >= MAX_INPUT_INTERFACES) {
+    problems.push(`the rules read ${MAX_INPUT_INTERFACES} input interfaces already (${[...inputs].join(", ")}), the most a data-plane worker reads: put this rule on one of them, or remove the rules of one`);
   }
   return problems;
 }
@@ -170,6 +200,7 @@ export const WorkerInfo = z.object({
   restarts: z.number().int().nonnegative(),
   since_ms: z.number().nonnegative(),
 });
+export type WorkerInfo = z.infer<typeof WorkerInfo>;
 
 // ---- the control API ----
 
@@ -200,13 +231,18 @@ export type ControlAnswer = z.infer<typeof ControlAnswer>;
 
 // ---- supervisor ↔ worker ----
 
-/** Names of the sockets attached to an `add_rule`, in the order of its fds. */
+/** A control request the control-plane worker passes on, and its answer, carry this number. */
+const RequestId = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+
+/** Names of the sockets attached to an `add_rule` (or an `fds` before it), in the order of its fds. */
 export const SocketRole = z.union([z.literal("input"), z.string().regex(/^output \d{1,2}$/)]);
 
 export const ToWorker = z.discriminatedUnion("type", [
-  z.object({ type: z.literal("rules"), rules: z.array(Rule).max(MAX_RULES) }),
-  z.object({ type: z.literal("add_rule"), rule: Rule, fds: z.array(SocketRole).max(MAX_OUTPUTS_PER_RULE + 1) }),
+  z.object({ type: z.literal("add_rule"), rule: Rule, fds: z.array(SocketRole).max(MAX_FDS_PER_MESSAGE) }),
+  z.object({ type: z.literal("fds"), rule_id: RuleId, fds: z.array(SocketRole).min(1).max(MAX_FDS_PER_MESSAGE) }),
   z.object({ type: z.literal("remove_rule"), rule_id: RuleId }),
+  z.object({ type: z.literal("listen") }),
+  z.object({ type: z.literal("answer"), id: RequestId, answer: ControlAnswer }),
   z.object({ type: z.literal("stats") }),
   z.object({ type: z.literal("health"), seq: z.number().int().nonnegative() }),
   z.object({ type: z.literal("shutdown") }),
@@ -215,6 +251,7 @@ export type ToWorker = z.infer<typeof ToWorker>;
 
 export const FromWorker = z.discriminatedUnion("type", [
   z.object({ type: z.literal("hello"), role: WorkerRole, index: z.number().int().nonnegative(), pid: z.number().int().positive() }),
+  z.object({ type: z.literal("request"), id: RequestId, request: ControlRequest }),
   z.object({ type: z.literal("stats"), worker: WorkerStats, rules: z.array(RuleStats).max(MAX_RULES) }),
   z.object({ type: z.literal("health"), seq: z.number().int().nonnegative() }),
   ErrorAnswer,

@@ -7,8 +7,9 @@
  * reader never sees half a file), so a restart starts with them. A file that does not read as a
  * list of rules is refused at start with the reason (nothing is overwritten).
  *
- * `MatchTable` is a data-plane worker's: (destination address, port) → the rule and its
- * counters, one Map lookup per packet by protocol's integer key (packet-wire.ts `matchKey`).
+ * `MatchTable` is a data-plane worker's: (input interface, destination address, port) → the rule
+ * and its counters — two Map lookups per packet, the second by the integer key of packet-wire.ts
+ * `matchKey` — so one group:port may be relayed from several interfaces by different rules.
  * Changes arrive between batches, so a lookup never sees a half-applied rule.
  */
 import { existsSync } from "node:fs";
@@ -66,6 +67,14 @@ export class RuleSet {
 
   /** Adds (or replaces, by id) a rule after every check; answers the stored rule. One line per problem in the error. */
   add(input: NewRule): Rule {
+    return this.put(this.check(input));
+  }
+
+  /**
+   * Every check of `add`, and the id, without storing anything: the supervisor opens the rule's
+   * sockets between `check` and `put`, so a rule whose sockets cannot be opened is never stored.
+   */
+  check(input: NewRule): Rule {
     const parsed = NewRule.safeParse(input);
     if (!parsed.success) throw new StoaError("usage", parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("\n"));
     let id = parsed.data.rule_id;
@@ -75,9 +84,14 @@ export class RuleSet {
     if (this.#rules.size >= MAX_RULES && !this.#rules.has(id)) throw new StoaError("too_large", `the supervisor holds ${MAX_RULES} rules already: remove one first`);
     const problems = ruleProblems(checked.data, { interfaceExists: this.#interfaceExists, rules: this.list() });
     if (problems.length > 0) throw new StoaError("usage", problems.join("\n"));
-    this.#rules.set(id, checked.data);
-    this.#save();
     return checked.data;
+  }
+
+  /** Stores a rule `check` answered (replacing one with its id) and rewrites the file. */
+  put(rule: Rule): Rule {
+    this.#rules.set(rule.rule_id, rule);
+    this.#save();
+    return rule;
   }
 
   /** Removes a rule; an unknown id is a not_found error. */
@@ -100,7 +114,8 @@ export interface LiveRule {
 }
 
 export class MatchTable {
-  #byKey = new Map<number, LiveRule>();
+  /** Input interface → (matchKey → rule). */
+  #byInput = new Map<string, Map<number, LiveRule>>();
   #byId = new Map<string, LiveRule>();
   /** The counters at the last `stats()`, for the rates. */
   #last = new Map<string, { packets: number; bytes: number; at: number }>();
@@ -110,21 +125,25 @@ export class MatchTable {
     this.remove(rule.rule_id);
     const live: LiveRule = { rule, packets: 0, bytes: 0 };
     this.#byId.set(rule.rule_id, live);
-    this.#byKey.set(matchKey(ipv4ToNumber(rule.input_group), rule.input_port), live);
+    let keys = this.#byInput.get(rule.input_interface);
+    if (keys === undefined) this.#byInput.set(rule.input_interface, (keys = new Map()));
+    keys.set(matchKey(ipv4ToNumber(rule.input_group), rule.input_port), live);
   }
 
   remove(id: string): boolean {
     const live = this.#byId.get(id);
     if (live === undefined) return false;
     this.#byId.delete(id);
-    this.#byKey.delete(matchKey(ipv4ToNumber(live.rule.input_group), live.rule.input_port));
+    const keys = this.#byInput.get(live.rule.input_interface)!;
+    keys.delete(matchKey(ipv4ToNumber(live.rule.input_group), live.rule.input_port));
+    if (keys.size === 0) this.#byInput.delete(live.rule.input_interface);
     this.#last.delete(id);
     return true;
   }
 
-  /** The rule for a packet to (dst, port), or undefined. */
-  match(dst: number, port: number): LiveRule | undefined {
-    return this.#byKey.get(matchKey(dst, port));
+  /** The rule for a packet to (dst, port) that arrived on `input`, or undefined. */
+  match(input: string, dst: number, port: number): LiveRule | undefined {
+    return this.#byInput.get(input)?.get(matchKey(dst, port));
   }
 
   get size(): number {

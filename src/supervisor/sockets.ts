@@ -29,6 +29,15 @@ const PACKET_FANOUT = 18;
 const PACKET_IGNORE_OUTGOING = 23;
 /** PACKET_FANOUT_HASH: packets of one flow go to one socket (in order). */
 const PACKET_FANOUT_HASH = 0;
+/** With id 0: the kernel picks an id no group in this namespace has (read it with `fanoutIdOf`). */
+const PACKET_FANOUT_FLAG_UNIQUEID = 0x2000;
+const SO_RCVBUFFORCE = 33;
+/**
+ * An ingress socket's receive queue: frames wait here while the worker's RECVs are all busy
+ * (a burst, a worker being restarted). The default (~208 KiB) holds ~150 frames of 1,400 B; this
+ * holds ~3,000. SO_RCVBUFFORCE, so net.core.rmem_max does not cap it (the supervisor is root).
+ */
+export const INGRESS_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
 const IPPROTO_IP = 0;
 const IP_MULTICAST_TTL = 33;
 const IP_MULTICAST_LOOP = 34;
@@ -57,7 +66,9 @@ function setInt(fd: number, level: number, option: number, value: number, what: 
 
 /**
  * An AF_PACKET socket receiving the IPv4 frames of `ifname`, in fanout group `fanoutId` (the
- * same id for every worker's socket of that interface; a 16-bit number). The caller owns the fd.
+ * same id for every worker's socket of that interface; a 16-bit number), or — `fanoutId` 0 — in
+ * a new group with an id no other group here has (`fanoutIdOf` reads it, for the next sockets).
+ * The caller owns the fd.
  */
 export function openPacketSocket(ifname: string, fanoutId: number): number {
   const index = interfaceIndex(ifname);
@@ -75,8 +86,18 @@ export function openPacketSocket(ifname: string, fanoutId: number): number {
     throw new StoaError("io", message);
   }
   setInt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1, `PACKET_IGNORE_OUTGOING on ${ifname}`);
-  setInt(fd, SOL_PACKET, PACKET_FANOUT, (fanoutId & 0xffff) | (PACKET_FANOUT_HASH << 16), `PACKET_FANOUT group ${fanoutId} on ${ifname}`);
+  setInt(fd, SOL_SOCKET, SO_RCVBUFFORCE, INGRESS_RECEIVE_BUFFER_BYTES, `SO_RCVBUFFORCE on ${ifname}'s AF_PACKET socket`);
+  const mode = fanoutId === 0 ? PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID : PACKET_FANOUT_HASH;
+  setInt(fd, SOL_PACKET, PACKET_FANOUT, (fanoutId & 0xffff) | (mode << 16), `PACKET_FANOUT group ${fanoutId === 0 ? "(new)" : fanoutId} on ${ifname}`);
   return fd;
+}
+
+/** The fanout group id of an AF_PACKET socket that joined one (getsockopt PACKET_FANOUT: id in the low 16 bits). */
+export function fanoutIdOf(fd: number): number {
+  const value = new Int32Array(1);
+  const length = new Uint32Array([4]);
+  if (libc().getsockopt(fd, SOL_PACKET, PACKET_FANOUT, value, length) !== 0) throw new StoaError("io", `getsockopt PACKET_FANOUT on fd ${fd}: ${strerror(errno())}`);
+  return value[0]! & 0xffff;
 }
 
 /**

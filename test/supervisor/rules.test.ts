@@ -14,7 +14,7 @@ const dir = (): string => {
   dirs.push(d);
   return d;
 };
-const here = (name: string) => ["eth0", "eth1", "eth2"].includes(name);
+const here = (name: string) => ["eth0", "eth1", "eth2"].includes(name) || /^(eth8|in\d)$/.test(name);
 const newRule = (over: Record<string, unknown> = {}) => ({ input_interface: "eth0", input_group: "239.1.1.1", input_port: 5000, outputs: [{ group: "239.2.2.2", port: 6000, interface: "eth1" }], ...over });
 
 describe("RuleSet", () => {
@@ -58,18 +58,40 @@ describe("MatchTable", () => {
     const set = new RuleSet({ interfaceExists: here });
     const r = set.add(newRule());
     table.set(r);
-    const live = table.match(ipv4ToNumber("239.1.1.1"), 5000)!;
+    const live = table.match("eth0", ipv4ToNumber("239.1.1.1"), 5000)!;
     expect(live.rule.rule_id).toBe("r1");
-    expect(table.match(ipv4ToNumber("239.1.1.1"), 5001)).toBeUndefined();
+    expect(table.match("eth0", ipv4ToNumber("239.1.1.1"), 5001)).toBeUndefined();
     expect(table.stats(0)).toEqual([{ rule_id: "r1", packets: 0, bytes: 0, pps: 0, bps: 0 }]);
     live.packets += 100;
     live.bytes += 100_000;
     expect(table.stats(1000)).toEqual([{ rule_id: "r1", packets: 100, bytes: 100_000, pps: 100, bps: 800_000 }]);
     table.set({ ...r, input_port: 6001 });
-    expect(table.match(ipv4ToNumber("239.1.1.1"), 5000)).toBeUndefined();
-    expect(table.match(ipv4ToNumber("239.1.1.1"), 6001)?.packets).toBe(0);
+    expect(table.match("eth0", ipv4ToNumber("239.1.1.1"), 5000)).toBeUndefined();
+    expect(table.match("eth0", ipv4ToNumber("239.1.1.1"), 6001)?.packets).toBe(0);
     expect(table.remove("r1")).toBe(true);
     expect(table.remove("r1")).toBe(false);
     expect(table.size).toBe(0);
+  });
+
+  test("one group:port relayed from two interfaces by two rules: each packet finds the rule of the interface it came in on", () => {
+    const table = new MatchTable();
+    const set = new RuleSet({ interfaceExists: here });
+    const a = set.add(newRule());
+    const b = set.add({ ...newRule(), input_interface: "eth8", outputs: [{ group: "239.9.9.9", port: 9, interface: "eth0" }] });
+    table.set(a);
+    table.set(b);
+    expect(table.match("eth0", ipv4ToNumber("239.1.1.1"), 5000)?.rule.rule_id).toBe(a.rule_id);
+    expect(table.match("eth8", ipv4ToNumber("239.1.1.1"), 5000)?.rule.rule_id).toBe(b.rule_id);
+    expect(table.match("eth5", ipv4ToNumber("239.1.1.1"), 5000)).toBeUndefined();
+    table.remove(a.rule_id);
+    expect(table.match("eth0", ipv4ToNumber("239.1.1.1"), 5000)).toBeUndefined();
+    expect(table.match("eth8", ipv4ToNumber("239.1.1.1"), 5000)?.rule.rule_id).toBe(b.rule_id);
+  });
+
+  test("a fifth input interface is refused with the four in use named; a rule on one of them is fine", () => {
+    const set = new RuleSet({ interfaceExists: here });
+    for (let i = 0; i < 4; i++) set.add({ ...newRule(), input_interface: `in${i}`, input_port: 5000 + i });
+    expect(() => set.add({ ...newRule(), input_interface: "in4" })).toThrow(/4 input interfaces already \(in0, in1, in2, in3\)/);
+    expect(set.add({ ...newRule(), input_interface: "in2", input_port: 7000 }).input_interface).toBe("in2");
   });
 });

@@ -1,0 +1,48 @@
+/**
+ * What both kinds of worker do as they start (protocol.ts's diagram): take the supervisor's
+ * stream from fd 3 — refusing to run when fd 3 is not a SEQPACKET socket, i.e. when a user
+ * started `stoa supervisor worker` by hand — and drop privileges to `--user` for good.
+ */
+import { StoaError } from "../core/errors.ts";
+import { OwnedFd } from "../ffi/fdpass.ts";
+import { errno, libc, strerror } from "../ffi/libc.ts";
+import { dropPrivileges, lookupUser } from "../ffi/privileges.ts";
+import { MessageStream } from "./stream.ts";
+
+/** Where Bun.spawn's fourth stdio entry puts the worker's end of its stream. */
+export const STREAM_FD = 3;
+
+const SOL_SOCKET = 1;
+const SO_TYPE = 3;
+const SOCK_SEQPACKET = 5;
+const AF_PACKET = 17;
+const SOCK_RAW = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
+
+/** The supervisor's stream on fd 3 (made non-blocking), or a usage error for a worker started by hand. */
+export function supervisorStream(): MessageStream {
+  const type = new Int32Array(1);
+  const length = new Uint32Array([4]);
+  if (libc().getsockopt(STREAM_FD, SOL_SOCKET, SO_TYPE, type, length) !== 0 || type[0] !== SOCK_SEQPACKET) {
+    throw new StoaError("usage", "stoa supervisor worker runs only as a child of stoa supervisor run (it needs the supervisor's stream on fd 3); start stoa supervisor run instead");
+  }
+  if (libc().fcntl(STREAM_FD, F_SETFL, O_NONBLOCK) !== 0) throw new StoaError("io", `fcntl O_NONBLOCK on fd 3: ${strerror(errno())}`);
+  return new MessageStream(new OwnedFd(STREAM_FD, "the supervisor's stream"), "the supervisor");
+}
+
+/**
+ * Becomes `user` (libc setgroups/setresgid/setresuid, every thread checked), then proves it: a
+ * new AF_PACKET socket must be refused, or the worker refuses to go on. No `user`: nothing changes.
+ */
+export function dropTo(user: string | undefined): void {
+  if (user === undefined) return;
+  const account = lookupUser(user);
+  dropPrivileges(account);
+  if (account.uid === 0) return;
+  const fd = libc().socket(AF_PACKET, SOCK_RAW, 0);
+  if (fd >= 0) {
+    libc().close(fd);
+    throw new StoaError("internal", `still able to open an AF_PACKET socket after dropping to ${account.name}: refusing to run with privileges`);
+  }
+}
