@@ -6,17 +6,18 @@
 import { availableParallelism } from "node:os";
 import { z } from "zod";
 import { type Command, bool, defineCommand, defineGroup, list, str } from "./command.ts";
-import { logFlags, startService } from "./common.ts";
+import { logFlags, startService, waitFlag } from "./common.ts";
 import { runDirFlag } from "./flags.ts";
 import { announceReady } from "../core/daemon.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { StoaError } from "../core/errors.ts";
 import { createLogger } from "../core/log.ts";
+import { waitFor } from "../core/wait.ts";
 import { defaultRunDir, supervisorControlPath } from "../core/paths.ts";
 import { onShutdown, shutdown } from "../core/shutdown.ts";
 import { lookupUser } from "../ffi/privileges.ts";
 import { supervisorRequest } from "../supervisor/control-client.ts";
-import { MAX_OUTPUTS_PER_RULE, NewRule, type Output, type Rule, SHUTDOWN_GRACE_MS } from "../supervisor/protocol.ts";
+import { type ControlRequest, MAX_OUTPUTS_PER_RULE, NewRule, type Output, type Rule, SHUTDOWN_GRACE_MS } from "../supervisor/protocol.ts";
 import { MAX_DATA_WORKERS, Supervisor } from "../supervisor/supervisor.ts";
 
 /** `--control unix:PATH` (or a plain path): the control socket. */
@@ -39,10 +40,22 @@ const ControlPath = z.string().transform((text, ctx) => {
 const controlFlags = () => ({
   control: str("the supervisor's control socket, unix:PATH (default: unix:<run-dir>/supervisor/control.sock)", { placeholder: "unix:path", schema: ControlPath }),
   runDir: runDirFlag("run dir of the supervisor"),
+  ...waitFlag("the supervisor"),
 });
 
 function controlPathOf(flags: { control?: string; runDir?: string }): string {
   return flags.control ?? supervisorControlPath(flags.runDir ?? defaultRunDir());
+}
+
+/** One request to the supervisor, waiting up to --wait for one to serve the control socket (`run &` then a client). */
+function ask<R extends ControlRequest>(flags: { control?: string; runDir?: string; wait: number }, request: R): ReturnType<typeof supervisorRequest<R>> {
+  const path = controlPathOf(flags);
+  return waitFor(() => supervisorRequest(path, request), {
+    what: `the supervisor at ${path}`,
+    waitMs: flags.wait,
+    retryable: (err) => err instanceof StoaError && err.code === "closed",
+    log: createLogger({ level: "warn", name: "supervisor" }),
+  });
 }
 
 const json = (what: string) => bool(`print ${what} as JSON`);
@@ -72,7 +85,8 @@ const run = defineCommand({
     "SIGTERM or SIGINT: workers are told to stop, killed after 3 s, and the control socket removed.",
   flags: {
     workers: str("data-plane workers (default: one per core)", { placeholder: "n", schema: z.coerce.number().int().min(1).max(MAX_DATA_WORKERS) }),
-    ...controlFlags(),
+    control: controlFlags().control,
+    runDir: controlFlags().runDir,
     user: str("the account workers drop to (default: nobody when run as root, else none)", { placeholder: "user" }),
     rules: str("a JSON list of rules: loaded at start, rewritten on every change (stoa supervisor list-rules --json writes one)", { placeholder: "file" }),
     readyFile: str("once every worker runs, write this file (JSON: pid, control, workers) atomically; removed at exit", { placeholder: "file" }),
@@ -147,7 +161,7 @@ const addRule = defineCommand({
     };
     const checked = NewRule.safeParse(input);
     if (!checked.success) throw new StoaError("usage", checked.error.issues.map((i) => `${flagOf(i.path)}: ${i.message}`).join("\n"));
-    const { rule_id } = await supervisorRequest(controlPathOf(flags), { type: "add_rule", rule: checked.data });
+    const { rule_id } = await ask(flags, { type: "add_rule", rule: checked.data });
     if (flags.json) print({ rule_id });
     else process.stdout.write(`${rule_id}\n`);
   },
@@ -168,7 +182,7 @@ const removeRule = defineCommand({
   positionals: [{ name: "ID", description: "the rule's id (stoa supervisor list-rules)", required: true }],
   examples: ["stoa supervisor remove-rule r1"],
   async run({ flags, args }) {
-    const { rule_id } = await supervisorRequest(controlPathOf(flags), { type: "remove_rule", rule_id: args[0]! });
+    const { rule_id } = await ask(flags, { type: "remove_rule", rule_id: args[0]! });
     if (flags.json) print({ rule_id });
     else process.stdout.write(`removed ${rule_id}\n`);
   },
@@ -180,7 +194,7 @@ const listRules = defineCommand({
   flags: { ...controlFlags(), json: json("the list of rules (a file for run --rules)") },
   examples: ["stoa supervisor list-rules", "stoa supervisor list-rules --json > rules.json"],
   async run({ flags }) {
-    const { rules } = await supervisorRequest(controlPathOf(flags), { type: "list_rules" });
+    const { rules } = await ask(flags, { type: "list_rules" });
     if (flags.json) {
       print(rules);
       return;
@@ -200,7 +214,7 @@ const stats = defineCommand({
   flags: { ...controlFlags(), json: json("{workers: [...], rules: [...]}") },
   examples: ["stoa supervisor stats", "stoa supervisor stats --json | jq '.rules[] | {rule_id, pps}'"],
   async run({ flags }) {
-    const answer = await supervisorRequest(controlPathOf(flags), { type: "get_stats" });
+    const answer = await ask(flags, { type: "get_stats" });
     if (flags.json) {
       print({ workers: answer.workers, rules: answer.rules });
       return;
@@ -218,7 +232,7 @@ const workers = defineCommand({
   flags: { ...controlFlags(), json: json("the list of workers") },
   examples: ["stoa supervisor workers", "stoa supervisor workers --json | jq '.[] | select(.role == \"data\") | .pid'"],
   async run({ flags }) {
-    const answer = await supervisorRequest(controlPathOf(flags), { type: "list_workers" });
+    const answer = await ask(flags, { type: "list_workers" });
     if (flags.json) {
       print(answer.workers);
       return;
@@ -230,11 +244,11 @@ const workers = defineCommand({
 
 const ping = defineCommand({
   name: "ping",
-  summary: "is the supervisor answering? (exit 0 yes, 1 no)",
+  summary: "is the supervisor answering? (exit 0 yes, 1 no, after --wait)",
   flags: { ...controlFlags(), json: json("{pid, uptime_ms}") },
-  examples: ["stoa supervisor ping", "until stoa supervisor ping >/dev/null 2>&1; do sleep 0.1; done"],
+  examples: ["stoa supervisor ping", "stoa supervisor ping --wait 0 || echo 'not running'"],
   async run({ flags }) {
-    const answer = await supervisorRequest(controlPathOf(flags), { type: "ping" });
+    const answer = await ask(flags, { type: "ping" });
     if (flags.json) print({ pid: answer.pid, uptime_ms: answer.uptime_ms });
     else process.stdout.write(`pong from supervisor pid ${answer.pid}, up ${(answer.uptime_ms / 1000).toFixed(1)} s\n`);
   },

@@ -72,7 +72,8 @@ export async function runControlWorker(o: { index: number; user: string | undefi
         waiting.get(m.id)?.(m.answer);
         break;
       case "health":
-        stream.send(codecs.fromWorker.encode({ type: "health", seq: m.seq }));
+      case "sync":
+        stream.send(codecs.fromWorker.encode({ type: m.type, seq: m.seq }));
         break;
       case "shutdown":
         done.resolve(0);

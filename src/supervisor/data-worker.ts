@@ -87,6 +87,9 @@ export async function runDataWorker(o: { index: number; user: string | undefined
       case "health":
         send({ type: "health", seq: m.seq });
         break;
+      case "sync":
+        send({ type: "sync", seq: m.seq }); // everything before it was applied, in order
+        break;
       case "shutdown":
         running = false;
         break;

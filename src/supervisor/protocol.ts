@@ -69,6 +69,10 @@
  *                         {type: "fds", rule_id, fds} + fds    the first MAX_FDS_PER_MESSAGE of a rule
  *                                                      with more; its `add_rule` follows
  *                         {type: "remove_rule", rule_id}
+ *                         {type: "sync", seq}               → {type: "sync", seq} once everything sent
+ *                                                      before it is applied: add-rule and remove-rule
+ *                                                      answer after every data worker's sync, so a
+ *                                                      script's next packet meets the new rules
  *                         {type: "stats"}                   → {type: "stats", worker: WorkerStats, rules: [RuleStats]}
  *   supervisor → control  {type: "listen"} + the control socket
  *                         {type: "answer", id, answer}      the answer to `request` `id`
@@ -245,6 +249,7 @@ export const ToWorker = z.discriminatedUnion("type", [
   z.object({ type: z.literal("answer"), id: RequestId, answer: ControlAnswer }),
   z.object({ type: z.literal("stats") }),
   z.object({ type: z.literal("health"), seq: z.number().int().nonnegative() }),
+  z.object({ type: z.literal("sync"), seq: z.number().int().nonnegative() }),
   z.object({ type: z.literal("shutdown") }),
 ]);
 export type ToWorker = z.infer<typeof ToWorker>;
@@ -254,6 +259,7 @@ export const FromWorker = z.discriminatedUnion("type", [
   z.object({ type: z.literal("request"), id: RequestId, request: ControlRequest }),
   z.object({ type: z.literal("stats"), worker: WorkerStats, rules: z.array(RuleStats).max(MAX_RULES) }),
   z.object({ type: z.literal("health"), seq: z.number().int().nonnegative() }),
+  z.object({ type: z.literal("sync"), seq: z.number().int().nonnegative() }),
   ErrorAnswer,
 ]);
 export type FromWorker = z.infer<typeof FromWorker>;

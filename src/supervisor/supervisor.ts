@@ -14,8 +14,9 @@
  *
  * A starting worker gets, after its `hello`, what it needs: the control worker a copy of the
  * listening control socket (`listen`); a data worker every current rule with freshly opened
- * sockets (`add_rule`). Rule changes go to every data worker that said hello; one still starting
- * gets them with the rest once it does. Health: every HEALTH_EVERY_MS each running worker is sent
+ * sockets (`add_rule`). Rule changes go to every data worker that said hello — and are answered
+ * once each has confirmed (`sync`) that it applied them; one still starting gets them with the
+ * rest once it does. Health: every HEALTH_EVERY_MS each running worker is sent
  * `health`; one that has not answered for HEALTH_TIMEOUT_MS is killed (and so restarted).
  *
  * The streams are non-blocking and read on a STREAM_POLL_MS timer (Bun cannot watch a raw fd);
@@ -58,6 +59,8 @@ import { MessageStream, STREAM_POLL_MS } from "./stream.ts";
 export const HEALTH_TIMEOUT_MS = 2_000;
 /** A started worker that has not said hello within this is killed and restarted. */
 export const HELLO_TIMEOUT_MS = 10_000;
+/** How long add-rule and remove-rule wait for each data worker to confirm it applied the change. */
+export const SYNC_TIMEOUT_MS = 2_000;
 /** How long `get_stats` waits for each data worker's counters. */
 export const STATS_TIMEOUT_MS = 1_000;
 /** Data-plane workers: at least one, at most this many. */
@@ -99,6 +102,9 @@ interface Slot {
   healthSentAt: number;
   /** Interface → the rules of this worker reading it (a data worker's ingress sockets). */
   readonly inputs: Map<string, Set<string>>;
+  /** Waiting `sync`s by seq. */
+  readonly syncWaiting: Map<number, () => void>;
+  syncSeq: number;
   /** Waiting `stats` requests, answered in order. */
   readonly statsWaiting: ((answer: Extract<FromWorker, { type: "stats" }> | undefined) => void)[];
   exited: Promise<void> | undefined;
@@ -243,6 +249,8 @@ export class Supervisor {
       healthSentAt: 0,
       inputs: new Map(),
       statsWaiting: [],
+      syncWaiting: new Map(),
+      syncSeq: 0,
       exited: undefined,
     };
   }
@@ -334,6 +342,31 @@ export class Supervisor {
     slot.helloed = false;
     slot.inputs.clear();
     for (const waiting of slot.statsWaiting.splice(0)) waiting(undefined);
+    for (const done of slot.syncWaiting.values()) done();
+    slot.syncWaiting.clear();
+  }
+
+  /** Resolves once every data worker that said hello has applied what was sent to it before (or is gone, or SYNC_TIMEOUT_MS passed). */
+  #syncAll(): Promise<void> {
+    const slots = this.#slots.filter((s) => s.role === "data" && s.helloed);
+    return Promise.all(
+      slots.map(
+        (slot) =>
+          new Promise<void>((resolve) => {
+            const seq = ++slot.syncSeq;
+            const timer = setTimeout(() => {
+              slot.syncWaiting.delete(seq);
+              this.#log.warn("a data worker did not confirm a rule change in time", { index: slot.index, pid: slot.pid, timeout_ms: SYNC_TIMEOUT_MS });
+              resolve();
+            }, SYNC_TIMEOUT_MS);
+            slot.syncWaiting.set(seq, () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            if (!this.#send(slot, { type: "sync", seq })) slot.syncWaiting.get(seq)?.();
+          }),
+      ),
+    ).then(() => {});
   }
 
   #send(slot: Slot, message: ToWorker, fds: OwnedFd[] = []): boolean {
@@ -389,12 +422,25 @@ export class Supervisor {
       case "health":
         if (m.seq === slot.healthSeq) slot.healthSentAt = 0;
         return;
+      case "sync": {
+        const done = slot.syncWaiting.get(m.seq);
+        slot.syncWaiting.delete(m.seq);
+        done?.();
+        return;
+      }
       case "stats":
         slot.statsWaiting.shift()?.(m);
         return;
       case "request":
         if (slot.role !== "control") throw new StoaError("decode", "a data worker sent a control request");
-        void this.#answer(m.request).then((answer) => this.#send(slot, { type: "answer", id: m.id, answer }));
+        {
+          // The answer goes to the process that asked: ids are per control-worker process, and
+          // a slow answer (get_stats) may outlive it — its successor must never get it.
+          const asker = slot.stream;
+          void this.#answer(m.request).then((answer) => {
+            if (slot.stream === asker) this.#send(slot, { type: "answer", id: m.id, answer });
+          });
+        }
         return;
       case "error":
         this.#log.error("worker reports an error", { role: slot.role, index: slot.index, code: m.error.code, message: m.error.message });
@@ -516,6 +562,7 @@ export class Supervisor {
         }
         this.#rules.put(rule);
         for (const o of opened) this.#sendRuleWith(o.slot, rule, o.roles, o.fds);
+        await this.#syncAll();
         this.#log.info("rule added", { rule_id: rule.rule_id, input: `${rule.input_group}:${rule.input_port}@${rule.input_interface}`, outputs: rule.outputs.length });
         return { type: "add_rule", rule_id: rule.rule_id };
       }
@@ -529,6 +576,7 @@ export class Supervisor {
             if (ids.size === 0) slot.inputs.delete(iface);
           }
         }
+        await this.#syncAll();
         this.#log.info("rule removed", { rule_id: request.rule_id });
         return { type: "remove_rule", rule_id: request.rule_id };
       }
