@@ -1,6 +1,6 @@
 /**
  * README.md's quick start and the walkthroughs ("A first stream", "A first tunnel", "A first circle",
- * "A first service mesh" — after starting Open vSwitch the way its service does), taken
+ * "A first relay", "A first service mesh" — after starting Open vSwitch the way its service does), taken
  * from the file and run as printed, pasted one after the other into one `sh -e` — the way a new
  * user tries them. They run as root with the defaults they print (/run/stoa, /var/lib/stoa,
  * ports 8081-8083, 8090, 8470), so the script gets a private mount namespace (tmpfs on those
@@ -37,14 +37,14 @@ function quickStart(text: string): string {
   return lines.filter((l) => !tests.includes(l)).join("\n");
 }
 
-const canRun = process.getuid?.() === 0 && Bun.which("unshare") !== null && Bun.which("flock") !== null;
+const canRun = process.getuid?.() === 0 && Bun.which("unshare") !== null && Bun.which("flock") !== null && Bun.which("socat") !== null;
 const haveOvs = existsSync("/usr/sbin/ovs-vswitchd") && Bun.which("ovs-vsctl") !== null;
 if (canRun && !haveOvs) console.warn("readme.test.ts leaves out 'A first service mesh': Open vSwitch is not installed (apt install openvswitch-switch)");
-if (!canRun) console.warn("readme.test.ts needs root, unshare and flock");
+if (!canRun) console.warn("readme.test.ts needs root, unshare, flock and socat (apt install socat)");
 
 describe.if(canRun)("README.md as a script", () => {
   test(
-    "the quick start, 'A first stream', 'A first tunnel', 'A first circle' and 'A first service mesh' pasted as one script all succeed and do what the README says",
+    "the quick start, 'A first stream', 'A first tunnel', 'A first circle', 'A first relay' and 'A first service mesh' pasted as one script all succeed and do what the README says",
     async () => {
       const readme = readFileSync(join(ROOT, "README.md"), "utf8");
       const work = mkdtempSync(join(tmpdir(), "stoa-readme-"));
@@ -56,6 +56,8 @@ describe.if(canRun)("README.md as a script", () => {
         const script = [
           "set -e",
           "mkdir -p /run/stoa /var/lib/stoa && mount -t tmpfs tmpfs /run/stoa && mount -t tmpfs tmpfs /var/lib/stoa",
+          // /run/netns too: `ip netns add` (the relay's and the mesh's) leaves a file there on the host's disk otherwise.
+          "mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns",
           "ip link set lo up",
           `cd '${ROOT}'`,
           // The quick start builds dist/stoa: under the lock every build here takes. The lock is
@@ -73,13 +75,15 @@ describe.if(canRun)("README.md as a script", () => {
           `'${process.execPath}' '${join(ROOT, "test/fixtures/readme-tunnel.ts")}' 10001 10002`,
           block(readme, "A first circle"),
           "echo '--- circle done'",
+          block(readme, "A first relay"),
+          "sleep 0.2", // socat's output in the sink namespace, written as the datagram arrives
+          "echo '--- relay done'",
           // Open vSwitch as the openvswitch-switch service runs it, on its default paths (private
           // tmpfs), with the userspace datapath the walkthrough names (no kernel module here).
           ...(haveOvs
             ? [
-                // /run/netns too: `ip netns add` leaves a file there on the host's disk otherwise.
-                "mkdir -p /run/openvswitch /etc/openvswitch /var/log/openvswitch /run/netns",
-                "for d in /run/openvswitch /etc/openvswitch /var/log/openvswitch /run/netns; do mount -t tmpfs tmpfs $d; done",
+                "mkdir -p /run/openvswitch /etc/openvswitch /var/log/openvswitch",
+                "for d in /run/openvswitch /etc/openvswitch /var/log/openvswitch; do mount -t tmpfs tmpfs $d; done",
                 "ovsdb-tool create /etc/openvswitch/conf.db /usr/share/openvswitch/vswitch.ovsschema",
                 "/usr/sbin/ovsdb-server /etc/openvswitch/conf.db --remote=punix:/run/openvswitch/db.sock --pidfile --detach --log-file",
                 "ovs-vsctl --no-wait init && ovs-vsctl --no-wait set Open_vSwitch . other_config:userspace-tso-enable=true",
@@ -124,9 +128,15 @@ describe.if(canRun)("README.md as a script", () => {
         // A first circle: 42, alpha's own db value, and nothing of it in beta's db.
         const circle = out.split(/^tunnel ok$/m)[1] ?? "";
         expect(circle).toMatch(/^42\n(?:.*\n)*?from [0-9a-f]{6}\n(?:.*\n)*?null\n(?:.*\n)*?--- circle done$/m);
+        // A first relay: the rule's id, the datagram at the receiver, counted on one worker and the rule.
+        const relay = (out.split(/^--- circle done$/m)[1] ?? "").split(/^--- relay done$/m)[0] ?? "";
+        expect(relay).toMatch(/^r1$/m);
+        expect(relay).toMatch(/^hello, relay$/m);
+        expect(relay).toMatch(/^WORKER +PID +RECEIVED +MATCHED +SENT/m);
+        expect(relay).toMatch(/^r1 +1 +13 /m);
         // A first service mesh: the query, the client's request through the flows, the seed's create.
         if (haveOvs) {
-          const mesh = out.split(/^--- circle done$/m)[1] ?? "";
+          const mesh = out.split(/^--- relay done$/m)[1] ?? "";
           expect(mesh).toContain("vector-db 10.0.0.103:6333/tcp on node1 (container vector-db)\n");
           expect(mesh).toMatch(/^<!DOCTYPE HTML>/m);
           expect(mesh).toContain('"ipv4_address":"10.0.0.2/24"');
