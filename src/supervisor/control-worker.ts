@@ -6,16 +6,17 @@
  * supervisor as `request` with a number; the `answer` with that number is written back. A frame
  * that is not a request is answered with an error here and never reaches the supervisor.
  *
- * The worker runs on Bun's event loop and reads its stream every STREAM_POLL_MS. If the
- * supervisor goes away (EOF), the worker stops; if the worker dies, the supervisor starts a new
- * one and passes the same listening socket again, so clients see at most a slower answer.
+ * The worker runs on Bun's event loop and reads its stream when the supervisor rings its doorbell
+ * (a byte on stdin; stream.ts), and every HEALTH_EVERY_MS anyway. If the supervisor goes away
+ * (EOF on the stream or on stdin), the worker stops; if the worker dies, the supervisor starts a
+ * new one and passes the same listening socket again, so clients see at most a slower answer.
  */
 import { StoaError } from "../core/errors.ts";
 import { type FramedServer, serveFramed } from "../core/framed-socket.ts";
 import type { Logger } from "../core/log.ts";
 import type { OwnedFd } from "../ffi/fdpass.ts";
-import { type ControlAnswer, MAX_CONTROL_FRAME_BYTES, type ToWorker, codecs } from "./protocol.ts";
-import { STREAM_POLL_MS } from "./stream.ts";
+import { type ControlAnswer, HEALTH_EVERY_MS, MAX_CONTROL_FRAME_BYTES, type ToWorker, codecs } from "./protocol.ts";
+import { STREAM_RETRY_MS } from "./stream.ts";
 import { dropTo, supervisorStream } from "./worker-common.ts";
 
 /** How long a request may wait for the supervisor's answer. */
@@ -41,6 +42,7 @@ export async function runControlWorker(o: { index: number; user: string | undefi
     if (!stream.send(codecs.fromWorker.encode({ type: "request", id, request: got.value }))) {
       reply.resolve({ type: "error", error: { code: "closed", message: "the supervisor is gone" } });
     }
+    flushLater();
     const a = await reply.promise;
     clearTimeout(timer);
     waiting.delete(id);
@@ -84,7 +86,16 @@ export async function runControlWorker(o: { index: number; user: string | undefi
     for (const fd of fds) fd.close();
   };
 
-  const poll = setInterval(() => {
+  let retry: ReturnType<typeof setTimeout> | undefined;
+  const flushLater = (): void => {
+    if (retry !== undefined || stream.queued === 0) return;
+    retry = setTimeout(() => {
+      retry = undefined;
+      stream.flush();
+      flushLater();
+    }, STREAM_RETRY_MS);
+  };
+  const read = (): void => {
     if (stream.queued > 0) stream.flush();
     const state = stream.receive((bytes, fds) => {
       const got = codecs.toWorker.safeDecode(bytes);
@@ -102,11 +113,17 @@ export async function runControlWorker(o: { index: number; user: string | undefi
       log.info("the supervisor is gone; stopping", { problem: stream.problem || undefined });
       done.resolve(0);
     }
-  }, STREAM_POLL_MS);
+    flushLater();
+  };
+  const poll = setInterval(read, HEALTH_EVERY_MS); // the safety net; the doorbell is what wakes us
+  process.stdin.on("data", read);
+  process.stdin.on("end", () => done.resolve(0)); // the supervisor is gone
 
   stream.send(codecs.fromWorker.encode({ type: "hello", role: "control", index: o.index, pid: process.pid }));
   const code = await done.promise;
   clearInterval(poll);
+  clearTimeout(retry);
+  process.stdin.pause();
   await server?.close();
   for (const reply of waiting.values()) reply({ type: "error", error: { code: "closed", message: "the control worker is stopping" } });
   stream.flush();

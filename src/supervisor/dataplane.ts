@@ -51,7 +51,7 @@ import { MAX_INPUT_INTERFACES, type Rule, type WorkerCounters } from "./protocol
 import { MatchTable } from "./rules.ts";
 
 /** RECVs kept outstanding on each ingress socket. */
-export const RECV_BATCH = 64;
+export const RECV_BATCH = Number(process.env.STOA_RECV_BATCH ?? 64);
 /** Ingress sockets (input interfaces) one worker reads. */
 export const MAX_INPUTS = MAX_INPUT_INTERFACES;
 /** A received frame: Ethernet + one VLAN tag + a 1500-byte IPv4 packet fit, with room. */

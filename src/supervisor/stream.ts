@@ -13,16 +13,23 @@
  *
  * Both ends are non-blocking: `send` queues (the queue owns the message's descriptors from then
  * on and closes each once its piece was sent — the kernel holds its own references in flight —
- * or at `close`), `flush` writes what the socket takes, `receive` reads what has arrived. The
- * owner calls them from its loop: the supervisor on a short timer, a data-plane worker between
- * batches when its eventfd fired. Nothing here ever blocks.
+ * or at `close`), `flush` writes what the socket takes, `receive` reads what has arrived. Nothing
+ * here ever blocks.
+ *
+ * Bun's event loop cannot watch a raw fd, so each direction has a doorbell the receiver can wait
+ * on: after `flush` sent something it calls `ring` — the supervisor writes a data worker's eventfd
+ * (its ring has a READ on it) or a byte to the control worker's stdin pipe; a worker writes a
+ * byte to its stdout pipe, which the supervisor reads — and the receiver, woken, calls `receive`.
+ * A message is always in the socket before its doorbell rings, so a wake-up never finds less
+ * than was announced. The owners also read every HEALTH_EVERY_MS without a wake (a safety net)
+ * and retry `flush` soon while `queued` > 0 (the socket was full).
  */
 import { StoaError, describeError } from "../core/errors.ts";
 import { MAX_FDS_PER_MESSAGE, MAX_MESSAGE_BYTES, type OwnedFd, recvFds, sendFds } from "../ffi/fdpass.ts";
 import { MAX_CONTROL_FRAME_BYTES } from "./protocol.ts";
 
-/** How often an event-loop owner (the supervisor, the control worker) reads its streams: Bun cannot watch a raw fd. */
-export const STREAM_POLL_MS = 5;
+/** While pieces wait for room in the socket, the owner flushes again this soon. */
+export const STREAM_RETRY_MS = 5;
 
 const LAST = 0;
 const MORE = 1;
@@ -48,10 +55,16 @@ export class MessageStream {
   #state: StreamState = "open";
   #problem = "";
 
-  /** Takes ownership of `sock` (a non-blocking SEQPACKET end); `what` names the peer in errors. */
-  constructor(sock: OwnedFd, what: string) {
+  readonly #ring: () => void;
+
+  /**
+   * Takes ownership of `sock` (a non-blocking SEQPACKET end); `what` names the peer in errors;
+   * `ring` is the peer's doorbell, rung after a `flush` that sent something (see the header).
+   */
+  constructor(sock: OwnedFd, what: string, ring: () => void = () => {}) {
     this.#sock = sock;
     this.#what = what;
+    this.#ring = ring;
   }
 
   /** "open", "closed" (the peer went away, or `close`) or "broken" (a protocol error: `problem`). */
@@ -113,6 +126,7 @@ export class MessageStream {
       for (const fd of piece.fds) fd.close();
       sent++;
     }
+    if (sent > 0) this.#ring();
     return sent;
   }
 

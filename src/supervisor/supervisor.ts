@@ -19,8 +19,10 @@
  * rest once it does. Health: every HEALTH_EVERY_MS each running worker is sent
  * `health`; one that has not answered for HEALTH_TIMEOUT_MS is killed (and so restarted).
  *
- * The streams are non-blocking and read on a STREAM_POLL_MS timer (Bun cannot watch a raw fd);
- * a data worker is woken for each message by its eventfd, which it sent with its `hello`.
+ * The streams are non-blocking; each direction has a doorbell (stream.ts): a worker writes a byte
+ * to its stdout pipe after it sent something, which wakes the supervisor to read that stream; the
+ * supervisor writes a data worker's eventfd (sent with its `hello`) or a byte to the control
+ * worker's stdin pipe. Idle, nothing runs but the health check.
  *
  * Stopping (SIGTERM, SIGINT, or the `shutdown` request): `shutdown` to every worker, then
  * SHUTDOWN_GRACE_MS for them to exit, then SIGKILL for the rest; then the control socket is
@@ -53,10 +55,12 @@ import {
 } from "./protocol.ts";
 import { RuleSet } from "./rules.ts";
 import { fanoutIdOf, openOutputSocket, openPacketSocket } from "./sockets.ts";
-import { MessageStream, STREAM_POLL_MS } from "./stream.ts";
+import { MessageStream, STREAM_RETRY_MS } from "./stream.ts";
 
 /** A running worker that has not answered `health` for this long is killed and restarted. */
 export const HEALTH_TIMEOUT_MS = 2_000;
+/** The byte a doorbell pipe carries (its value means nothing: any byte is a wake-up). */
+const DOORBELL = new Uint8Array([1]);
 /** A started worker that has not said hello within this is killed and restarted. */
 export const HELLO_TIMEOUT_MS = 10_000;
 /** How long add-rule and remove-rule wait for each data worker to confirm it applied the change. */
@@ -146,7 +150,8 @@ export class Supervisor {
   /** Interface → its PACKET_FANOUT group id (made by the kernel for the first socket). */
   readonly #fanout = new Map<string, number>();
   #control: UnixBinding<FdListener> | undefined;
-  #poll: ReturnType<typeof setInterval> | undefined;
+  /** A quick retry while some stream has pieces the socket did not take yet. */
+  #retry: ReturnType<typeof setTimeout> | undefined;
   #health: ReturnType<typeof setInterval> | undefined;
   #stopping: Promise<void> | undefined;
   readonly #ready = Promise.withResolvers<void>();
@@ -173,8 +178,10 @@ export class Supervisor {
     try {
       s.#slots.push(s.#slot("control", 0));
       for (let i = 0; i < o.workers; i++) s.#slots.push(s.#slot("data", i));
-      s.#poll = setInterval(() => s.#pollStreams(), STREAM_POLL_MS);
-      s.#health = setInterval(() => s.#checkHealth(), HEALTH_EVERY_MS);
+      s.#health = setInterval(() => {
+        s.#pollStreams(); // the safety net: every stream read without a doorbell too
+        s.#checkHealth();
+      }, HEALTH_EVERY_MS);
       for (const slot of s.#slots) s.#spawn(slot);
       await s.#ready.promise;
     } catch (err) {
@@ -224,7 +231,7 @@ export class Supervisor {
       }
       await Promise.all(exits);
     }
-    clearInterval(this.#poll);
+    clearTimeout(this.#retry);
     for (const slot of this.#slots) this.#release(slot);
     await this.#control?.close();
     this.#ready.reject(new StoaError("closed", "the supervisor stopped before its workers were ready"));
@@ -258,12 +265,14 @@ export class Supervisor {
   #spawn(slot: Slot): void {
     if (this.#stopping !== undefined) return;
     const [mine, theirs] = socketPair({ nonBlocking: true });
+    const control = slot.role === "control";
     const argv = [...selfArgv(), "supervisor", "worker", "--role", slot.role, "--index", String(slot.index), "--control", this.controlPath, ...this.#o.workerFlags];
     if (this.#o.user !== undefined) argv.push("--user", this.#o.user);
     let proc: Subprocess;
     try {
+      // stdout: the worker's doorbell to us; stdin: ours to the control worker (a data worker has its eventfd).
       proc = Bun.spawn(argv, {
-        stdio: ["ignore", "inherit", "inherit", theirs.fd],
+        stdio: [control ? "pipe" : "ignore", "pipe", "inherit", theirs.fd],
         onExit: (_p, code, signal) => this.#exited(slot, proc, code, signal),
       });
     } catch (err) {
@@ -276,7 +285,22 @@ export class Supervisor {
     theirs.close(); // the child has its own copy as fd 3 (see protocol.ts)
     slot.proc = proc;
     slot.pid = proc.pid;
-    slot.stream = new MessageStream(mine, `${slot.role} worker ${slot.index} (pid ${proc.pid})`);
+    const stdin = control ? (proc.stdin as import("bun").FileSink) : undefined;
+    const ring = (): void => {
+      if (slot.proc !== proc) return;
+      if (stdin !== undefined) {
+        try {
+          stdin.write(DOORBELL);
+          void stdin.flush();
+        } catch {
+          // The pipe is closed: the worker is going; its exit is handled on its own.
+        }
+      } else if (slot.eventfd !== undefined) signalEventfd(slot.eventfd.fd);
+    };
+    slot.stream = new MessageStream(mine, `${slot.role} worker ${slot.index} (pid ${proc.pid})`, ring);
+    void (async () => {
+      for await (const _ of proc.stdout as ReadableStream<Uint8Array>) if (slot.proc === proc) this.#pollSlot(slot);
+    })().catch(() => {});
     slot.state = "starting";
     slot.since = Date.now();
     slot.helloed = false;
@@ -376,12 +400,18 @@ export class Supervisor {
       return false;
     }
     const sent = stream.send(codecs.toWorker.encode(message), fds);
-    this.#wake(slot);
+    if (stream.queued > 0) this.#retrySoon();
     return sent;
   }
 
-  #wake(slot: Slot): void {
-    if (slot.eventfd !== undefined) signalEventfd(slot.eventfd.fd);
+  /** Flushes again in STREAM_RETRY_MS while any stream has pieces waiting for room. */
+  #retrySoon(): void {
+    if (this.#retry !== undefined) return;
+    this.#retry = setTimeout(() => {
+      this.#retry = undefined;
+      for (const slot of this.#slots) slot.stream?.flush();
+      if (this.#slots.some((s) => (s.stream?.queued ?? 0) > 0)) this.#retrySoon();
+    }, STREAM_RETRY_MS);
   }
 
   #pollStreams(): void {
@@ -391,7 +421,7 @@ export class Supervisor {
   #pollSlot(slot: Slot): void {
     const stream = slot.stream;
     if (stream === undefined) return;
-    if (stream.queued > 0 && stream.flush() > 0) this.#wake(slot);
+    if (stream.queued > 0) stream.flush();
     const state = stream.receive((bytes, fds) => {
       try {
         this.#onMessage(slot, bytes, fds);

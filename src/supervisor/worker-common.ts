@@ -1,7 +1,8 @@
 /**
  * What both kinds of worker do as they start (protocol.ts's diagram): take the supervisor's
  * stream from fd 3 — refusing to run when fd 3 is not a SEQPACKET socket, i.e. when a user
- * started `stoa supervisor worker` by hand — and drop privileges to `--user` for good.
+ * started `stoa supervisor worker` by hand — with its doorbell, a byte on stdout (a pipe the
+ * supervisor reads; stream.ts), and drop privileges to `--user` for good.
  */
 import { StoaError } from "../core/errors.ts";
 import { OwnedFd } from "../ffi/fdpass.ts";
@@ -11,6 +12,8 @@ import { MessageStream } from "./stream.ts";
 
 /** Where Bun.spawn's fourth stdio entry puts the worker's end of its stream. */
 export const STREAM_FD = 3;
+/** stdout: a pipe to the supervisor, the worker's doorbell. */
+const DOORBELL_FD = 1;
 
 const SOL_SOCKET = 1;
 const SO_TYPE = 3;
@@ -20,7 +23,10 @@ const SOCK_RAW = 3;
 const F_SETFL = 4;
 const O_NONBLOCK = 0o4000;
 
-/** The supervisor's stream on fd 3 (made non-blocking), or a usage error for a worker started by hand. */
+/**
+ * The supervisor's stream on fd 3 (made non-blocking), ringing the supervisor's doorbell on fd 1
+ * after each flush, or a usage error for a worker started by hand.
+ */
 export function supervisorStream(): MessageStream {
   const type = new Int32Array(1);
   const length = new Uint32Array([4]);
@@ -28,7 +34,10 @@ export function supervisorStream(): MessageStream {
     throw new StoaError("usage", "stoa supervisor worker runs only as a child of stoa supervisor run (it needs the supervisor's stream on fd 3); start stoa supervisor run instead");
   }
   if (libc().fcntl(STREAM_FD, F_SETFL, O_NONBLOCK) !== 0) throw new StoaError("io", `fcntl O_NONBLOCK on fd 3: ${strerror(errno())}`);
-  return new MessageStream(new OwnedFd(STREAM_FD, "the supervisor's stream"), "the supervisor");
+  // Never block on the doorbell: a full pipe means the supervisor has wake-ups waiting already.
+  if (libc().fcntl(DOORBELL_FD, F_SETFL, O_NONBLOCK) !== 0) throw new StoaError("io", `fcntl O_NONBLOCK on fd 1: ${strerror(errno())}`);
+  const bell = new Uint8Array([1]);
+  return new MessageStream(new OwnedFd(STREAM_FD, "the supervisor's stream"), "the supervisor", () => void libc().write(DOORBELL_FD, bell, 1));
 }
 
 /**
