@@ -1,13 +1,15 @@
 /**
  * io_uring through libc `syscall()` and `mmap()`: `probeIoUring()` (whether this kernel lets
  * this process create a ring at all; `stoa doctor` asks) and `IoUring`, a minimal ring for the
- * supervisor's data plane — RECV/SEND on sockets, READ on an eventfd, ASYNC_CANCEL of one
- * operation by its user_data, submit and wait with a bounded timeout, reap completions by their
- * user_data.
+ * supervisor's data plane — RECV/SEND on sockets, a multishot POLL_ADD on a socket, READ on an
+ * eventfd, ASYNC_CANCEL of one operation by its user_data, submit and wait with a bounded
+ * timeout, reap completions by their user_data.
  *
- * Opcodes used (enum io_uring_op in linux/io_uring.h): ASYNC_CANCEL 14 (sqe.fd -1, sqe.addr =
- * the user_data of the operation to cancel; Linux ≥ 5.5, older than `create` accepts), READ 22, SEND 26,
- * RECV 27.
+ * Opcodes used (enum io_uring_op in linux/io_uring.h): POLL_ADD 6 (sqe.len IORING_POLL_ADD_MULTI:
+ * one completion per readiness event, each flagged IORING_CQE_F_MORE while it stays armed;
+ * Linux ≥ 5.13), ASYNC_CANCEL 14 (sqe.fd -1, sqe.addr = the user_data of the operation to
+ * cancel), READ 22, SEND 26, RECV 27 (with MSG_DONTWAIT in its flags it never waits: no data is
+ * -EAGAIN at once, instead of a poll armed inside the kernel for it).
  *
  * Layouts (linux/io_uring.h; all little-endian, the same on x86_64 and aarch64):
  *
@@ -108,7 +110,14 @@ const IORING_OFF_SQ_RING = 0n;
 const IORING_OFF_CQ_RING = 0x8000000n;
 const IORING_OFF_SQES = 0x10000000n;
 
+const IORING_OP_POLL_ADD = 6;
 const IORING_OP_ASYNC_CANCEL = 14;
+const IORING_POLL_ADD_MULTI = 1 << 0;
+/** cqe.flags: the operation stays armed and will complete again (a multishot poll). */
+export const IORING_CQE_F_MORE = 1 << 1;
+/** poll.h */
+export const POLLIN = 0x1;
+
 const IORING_OP_READ = 22;
 const IORING_OP_SEND = 26;
 const IORING_OP_RECV = 27;
@@ -262,9 +271,18 @@ export class IoUring {
     return this.#sqEntries - ((this.#tail - Atomics.load(this.#sq, this.#sqHead)) >>> 0);
   }
 
-  /** Queues a RECV of up to `len` bytes into `buf` on socket `fd`; its completion carries `userData`. */
-  prepRecv(fd: number, buf: number, len: number, userData: bigint): void {
-    this.#prep(IORING_OP_RECV, fd, buf, len, false, 0, userData);
+  /** Queues a RECV of up to `len` bytes into `buf` on socket `fd` (`msgFlags`: MSG_DONTWAIT to never wait); its completion carries `userData`. */
+  prepRecv(fd: number, buf: number, len: number, userData: bigint, msgFlags = 0): void {
+    this.#prep(IORING_OP_RECV, fd, buf, len, false, msgFlags, userData);
+  }
+
+  /**
+   * Queues a multishot POLL_ADD for `events` (POLLIN) on `fd`: a completion (res = the events)
+   * each time the file becomes ready, with IORING_CQE_F_MORE while the poll stays armed; one
+   * without it is the last (cancelled, or ended by the kernel: arm it again).
+   */
+  prepPollMultishot(fd: number, events: number, userData: bigint): void {
+    this.#prep(IORING_OP_POLL_ADD, fd, 0, IORING_POLL_ADD_MULTI, false, events, userData);
   }
 
   /** Queues a SEND of `len` bytes from `buf` on socket `fd` (MSG_NOSIGNAL). */

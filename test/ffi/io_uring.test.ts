@@ -2,7 +2,8 @@
  * The io_uring ring against this host's kernel: RECVs on AF_UNIX datagram socket pairs with
  * their buffer index in user_data, completions out of submission order (issue 14: the seed read
  * every completion from buffer 0), an eventfd READ woken from another thread, the bounded wait,
- * SEND, ASYNC_CANCEL of an idle RECV, close, and no fd or mapping left behind. Skipped, with the reason printed, where the
+ * SEND, ASYNC_CANCEL of an idle RECV, a multishot POLL_ADD and a RECV with MSG_DONTWAIT, close,
+ * and no fd or mapping left behind. Skipped, with the reason printed, where the
  * kernel refuses io_uring.
  */
 import { afterEach, describe, expect, test } from "bun:test";
@@ -10,7 +11,7 @@ import { ptr } from "bun:ffi";
 import { readFileSync, readdirSync } from "node:fs";
 import { StoaError } from "../../src/core/errors.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MSG_DONTWAIT } from "../../src/ffi/epoll.ts";
-import { IoUring, MAX_WAIT_MS, probeIoUring } from "../../src/ffi/io_uring.ts";
+import { IORING_CQE_F_MORE, IoUring, MAX_WAIT_MS, POLLIN, probeIoUring } from "../../src/ffi/io_uring.ts";
 import { errno, libc, strerror } from "../../src/ffi/libc.ts";
 
 const probe = probeIoUring();
@@ -298,5 +299,45 @@ describe("IoUring", () => {
     }
     expect(fds()).toBe(fdsBefore);
     expect(ringMaps()).toBe(mapsBefore);
+  });
+
+  ringTest("a multishot poll completes once per readiness with IORING_CQE_F_MORE, a RECV with MSG_DONTWAIT answers -EAGAIN at once on an empty socket, and a cancel ends the poll with a last completion without F_MORE", () => {
+    const r = ring(16);
+    const [mine, theirs] = socketPair();
+    const buffer = new Uint8Array(BUFFER_BYTES);
+    const got: { userData: bigint; res: number; flags: number }[] = [];
+    const collect = (userData: bigint, res: number, flags: number): void => void got.push({ userData, res, flags });
+    r.prepPollMultishot(mine, POLLIN, 7n);
+    r.prepRecv(mine, ptr(buffer), buffer.length, 8n, MSG_DONTWAIT);
+    r.submitAndWait(1, WAIT_MS);
+    r.reap(collect);
+    expect(got).toEqual([{ userData: 8n, res: -11, flags: 0 }]); // nothing queued: -EAGAIN, no wait
+    for (let round = 0; round < 3; round++) {
+      got.length = 0;
+      const msg = new Uint8Array([round]);
+      expect(libc().send(theirs, ptr(msg), 1, 0)).toBe(1);
+      r.submitAndWait(1, WAIT_MS);
+      r.reap(collect);
+      expect(got.length).toBe(1);
+      expect(got[0]!.userData).toBe(7n);
+      expect(got[0]!.res & POLLIN).toBe(POLLIN);
+      expect(got[0]!.flags & IORING_CQE_F_MORE).toBe(IORING_CQE_F_MORE);
+      got.length = 0;
+      r.prepRecv(mine, ptr(buffer), buffer.length, 9n, MSG_DONTWAIT);
+      r.submitAndWait(1, WAIT_MS);
+      r.reap(collect);
+      expect(got).toEqual([{ userData: 9n, res: 1, flags: 0 }]);
+      expect(buffer[0]).toBe(round);
+    }
+    got.length = 0;
+    r.prepCancel(7n, 10n);
+    for (let i = 0; i < 5 && got.length < 2; i++) {
+      r.submitAndWait(1, WAIT_MS);
+      r.reap(collect);
+    }
+    const last = got.find((c) => c.userData === 7n)!;
+    expect(last.res).toBe(-125); // -ECANCELED
+    expect(last.flags & IORING_CQE_F_MORE).toBe(0);
+    expect(got.find((c) => c.userData === 10n)?.res).toBe(0);
   });
 });

@@ -2,8 +2,10 @@
  * The data-plane loop (src/supervisor/dataplane.ts): the user_data encoding; completions of SEND
  * and RECV in any order against a scripted ring, each naming the buffer it held (each copy
  * checked when its SEND completes, so a buffer given back early shows as a corrupt payload);
- * the removal of an interface's last rule (each RECV cancelled, late frames dropped, the fd
- * closed once the last completion is reaped), scripted and on the real ring over AF_UNIX
+ * the ingress's poll and bursts (one poll per socket, no RECV left waiting, bursts that double
+ * while full and shrink after -EAGAIN, a poll that fires during a burst); the removal of an
+ * interface's last rule (its poll and RECVs cancelled, late frames dropped, the fd closed once
+ * the last completion is reaped), scripted and on the real ring over AF_UNIX
  * datagram pairs (frames in, payload copies out, counters, commands through the eventfd, sockets
  * closed once); and, with root and network namespaces, 1,000 ×
  * 1,400 B relayed gen → relay → sink through AF_PACKET with ≥ 99 % arriving intact.
@@ -14,9 +16,9 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { StoaError } from "../../src/core/errors.ts";
 import { EFD_CLOEXEC, MSG_DONTWAIT } from "../../src/ffi/epoll.ts";
-import { probeIoUring } from "../../src/ffi/io_uring.ts";
+import { IORING_CQE_F_MORE, probeIoUring } from "../../src/ffi/io_uring.ts";
 import { errno, libc, strerror } from "../../src/ffi/libc.ts";
-import { DataPlane, MAX_INPUTS, RECV_BATCH, type Ring, SEND_BUFFERS, UserDataKind, decodeUserData, encodeUserData } from "../../src/supervisor/dataplane.ts";
+import { DataPlane, MAX_INPUTS, MIN_BURST, RECV_BATCH, type Ring, SEND_BUFFERS, UserDataKind, decodeUserData, encodeUserData } from "../../src/supervisor/dataplane.ts";
 import type { Rule, WorkerCounters } from "../../src/supervisor/protocol.ts";
 import { canUseNetns, createNet, type Net } from "../helpers/netns.ts";
 import { prng } from "../helpers/prng.ts";
@@ -62,7 +64,7 @@ describe("user_data", () => {
         expect(decodeUserData(u)).toEqual({ kind, index });
       }
     }
-    expect(new Set(Object.values(UserDataKind)).size).toBe(4);
+    expect(new Set(Object.values(UserDataKind)).size).toBe(5);
     expect(Object.values(UserDataKind)).not.toContain(0);
     expect(() => encodeUserData(UserDataKind.RECV, 2 ** 32)).toThrow(RangeError);
     expect(() => encodeUserData(UserDataKind.SEND, -1)).toThrow(RangeError);
@@ -70,7 +72,7 @@ describe("user_data", () => {
 });
 
 interface Op {
-  op: "recv" | "send" | "read" | "cancel";
+  op: "recv" | "send" | "read" | "cancel" | "poll";
   fd: number;
   addr: number;
   len: number;
@@ -85,7 +87,7 @@ interface Op {
 class ScriptedRing implements Ring {
   prepared: Op[] = [];
   inFlight: Op[] = [];
-  ready: { userData: bigint; res: number }[] = [];
+  ready: { userData: bigint; res: number; flags: number }[] = [];
   closed = 0;
   get sqSpace(): number {
     return 64 - this.prepared.length;
@@ -95,6 +97,9 @@ class ScriptedRing implements Ring {
   }
   prepSend(fd: number, addr: number, len: number, userData: bigint): void {
     this.prepared.push({ op: "send", fd, addr, len, userData, bytes: memory(addr, len).slice() });
+  }
+  prepPollMultishot(fd: number, _events: number, userData: bigint): void {
+    this.prepared.push({ op: "poll", fd, addr: 0, len: 0, userData });
   }
   prepRead(fd: number, addr: number, len: number, userData: bigint): void {
     this.prepared.push({ op: "read", fd, addr, len, userData });
@@ -106,13 +111,13 @@ class ScriptedRing implements Ring {
     const submitted = this.prepared.length;
     this.inFlight.push(...this.prepared.splice(0));
     // Ownership: no two operations in flight ever share a buffer.
-    const addrs = this.inFlight.filter((o) => o.op !== "cancel").map((o) => o.addr);
+    const addrs = this.inFlight.filter((o) => o.op !== "cancel" && o.op !== "poll").map((o) => o.addr);
     if (new Set(addrs).size !== addrs.length) throw new Error("two operations in flight hold the same buffer");
     return { submitted, ready: this.ready.length };
   }
   reap(cb: (userData: bigint, res: number, flags: number) => void): number {
     const ready = this.ready.splice(0);
-    for (const c of ready) cb(c.userData, c.res, 0);
+    for (const c of ready) cb(c.userData, c.res, c.flags);
     return ready.length;
   }
   close(): void {
@@ -126,8 +131,18 @@ class ScriptedRing implements Ring {
   complete(i: number, res: number): Op {
     const [op] = this.inFlight.splice(i, 1);
     if (op === undefined) throw new Error(`no operation ${i} in flight`);
-    this.ready.push({ userData: op.userData, res });
+    this.ready.push({ userData: op.userData, res, flags: 0 });
     return op;
+  }
+  /** The multishot poll of fd `fd` reports readiness (and stays in flight). */
+  fire(fd: number): void {
+    const op = this.inFlight.find((o) => o.op === "poll" && o.fd === fd);
+    if (op === undefined) throw new Error(`no poll on fd ${fd} in flight`);
+    this.ready.push({ userData: op.userData, res: 1, flags: IORING_CQE_F_MORE });
+  }
+  /** Completes every in-flight RECV with -EAGAIN: the socket's queue is empty. */
+  empty(): void {
+    for (let r = this.of("recv")[0]; r !== undefined; r = this.of("recv")[0]) this.complete(r[1], -11);
   }
 }
 
@@ -163,10 +178,15 @@ describe("completions in any order (scripted ring)", () => {
       ring.complete(i, res);
     };
     plane.runOnce(0);
+    let most = 0;
+    let eagain = 0;
     for (let step = 0; step < 400; step++) {
       for (let k = random.int(6); k > 0; k--) {
         const recvs = ring.of("recv");
         const sends = ring.of("send");
+        most = Math.max(most, recvs.length);
+        if (recvs.length === 0) ring.fire(input!); // the socket became readable again
+        else if (random.int(25) === 0) ring.fire(input!); // a poll event while a burst is out
         if (sends.length > 0 && random.int(2) === 0) {
           const [op, i] = random.pick(sends);
           const fail = random.int(20) === 0;
@@ -174,7 +194,11 @@ describe("completions in any order (scripted ring)", () => {
           finishSend(op, i, fail ? -111 : op.len); // -ECONNREFUSED: counted, not fatal
         } else if (recvs.length > 0) {
           const [op, i] = random.pick(recvs);
-          if (random.int(10) === 0) {
+          const roll = random.int(12);
+          if (roll === 0) {
+            eagain++;
+            ring.complete(i, -11); // the queue is empty: no frame, not an error
+          } else if (roll === 1) {
             junk++;
             deliver(ring, op, i, frame({ proto: 6 }));
           } else deliver(ring, op, i, seqFrame(frames++, 46 + random.int(1400)));
@@ -182,14 +206,16 @@ describe("completions in any order (scripted ring)", () => {
       }
       plane.runOnce(0);
     }
-    // Drain: every SEND completes; then every send buffer is back and RECV_BATCH are still posted.
+    // Drain: every SEND completes; then every send buffer is back and only the RECVs in the ring hold receive buffers.
     for (let sends = ring.of("send"); sends.length > 0; sends = ring.of("send")) {
       const [op, i] = sends[0]!;
       finishSend(op, i, op.len);
       plane.runOnce(0);
     }
-    expect(plane.buffersInUse()).toEqual({ recv: RECV_BATCH, send: 0 });
-    expect(ring.of("recv").length).toBe(RECV_BATCH);
+    expect(plane.buffersInUse()).toEqual({ recv: ring.of("recv").length, send: 0 });
+    expect(most).toBeGreaterThan(MIN_BURST);
+    expect(most).toBeLessThanOrEqual(RECV_BATCH);
+    expect(eagain).toBeGreaterThan(5);
     expect(frames).toBeGreaterThan(100);
     expect([...copies.keys()].sort((x, y) => x - y)).toEqual(Array.from({ length: frames }, (_, i) => i));
     expect([...copies.values()].every((n) => n === 2)).toBe(true);
@@ -200,7 +226,7 @@ describe("completions in any order (scripted ring)", () => {
     expect(ring.closed).toBe(1);
   });
 
-  test("an empty send pool drops the copy and counts buffer_exhausted; the RECV batch never shrinks", () => {
+  test("an empty send pool drops the copy and counts buffer_exhausted; receiving goes on", () => {
     const ring = new ScriptedRing();
     const plane = new DataPlane({ ring });
     const [input, out0] = placeholders(2);
@@ -208,28 +234,29 @@ describe("completions in any order (scripted ring)", () => {
     plane.runOnce(0);
     const frames = SEND_BUFFERS + 10;
     for (let n = 0; n < frames; n++) {
+      if (ring.of("recv").length === 0) plane.runOnce(0); // the next burst is prepared: submit it
       const [op, i] = ring.of("recv")[0]!;
       deliver(ring, op, i, seqFrame(n, 100));
       plane.runOnce(0);
     }
     expect(plane.counters()).toMatchObject({ received: frames, matched: frames, buffer_exhausted: 10, sent: 0 });
-    expect(plane.buffersInUse()).toEqual({ recv: RECV_BATCH, send: SEND_BUFFERS });
-    expect([...ring.inFlight, ...ring.prepared].filter((o) => o.op === "recv").length).toBe(RECV_BATCH);
+    const posted = [...ring.inFlight, ...ring.prepared].filter((o) => o.op === "recv").length;
+    expect(posted).toBeGreaterThan(0);
+    expect(plane.buffersInUse()).toEqual({ recv: posted, send: SEND_BUFFERS });
     plane.close();
   });
 
-  test("the last rule's removal cancels each RECV of its socket; frames that still come are dropped; the fd closes once the last completion is reaped", () => {
+  test("the last rule's removal cancels its poll and each RECV of its socket; frames that still come are dropped; the fd closes once the last completion is reaped", () => {
     const ring = new ScriptedRing();
     const plane = new DataPlane({ ring });
     const [input, out0] = placeholders(2);
     plane.addRule(rule("r", 5000, 1), input!, [out0!]);
     plane.runOnce(0);
-    // One RECV completes just before the removal: its copy and its re-posted RECV are prepared, not yet submitted.
+    expect(ring.of("recv").length).toBe(MIN_BURST);
+    // One RECV of the burst completes just before the removal: its copy is prepared, not yet submitted.
     const [first, at] = ring.of("recv")[0]!;
     deliver(ring, first, at, seqFrame(0, 64));
     plane.runOnce(0);
-    const reposted = ring.prepared.find((o) => o.op === "recv")!;
-    expect(reposted.userData).toBe(first.userData);
     expect(plane.removeRule("r")).toBe(true);
     expect(existsSync(`/proc/self/fd/${out0}`)).toBe(false);
     expect(existsSync(`/proc/self/fd/${input}`)).toBe(true);
@@ -237,31 +264,87 @@ describe("completions in any order (scripted ring)", () => {
     const [send, sendAt] = ring.of("send")[0]!;
     ring.complete(sendAt, send.len);
     const recvs = ring.of("recv").map(([o]) => o);
+    const [poll] = ring.of("poll").map(([o]) => o);
     const cancels = ring.of("cancel").map(([o]) => o);
-    expect(recvs.length).toBe(RECV_BATCH);
-    // Each cancel is submitted after the RECV it aims at (the re-posted one too).
+    expect(recvs.length).toBe(MIN_BURST - 1);
+    // Each cancel is submitted after the operation it aims at: the poll and every RECV still out.
     for (const c of cancels) expect(ring.inFlight.indexOf(c)).toBeGreaterThan(ring.inFlight.findIndex((o) => o.userData === c.target));
-    expect(cancels.map((c) => c.target).sort()).toEqual(recvs.map((r) => r.userData).sort());
-    for (const c of cancels) expect(decodeUserData(c.userData)).toEqual({ kind: UserDataKind.CANCEL, index: decodeUserData(c.target!).index });
-    // Two frames win the race (dropped, not counted); one cancel finds its RECV done (-ENOENT, not an error).
-    for (let k = 0; k < 2; k++) {
-      const [op, i] = ring.of("recv")[0]!;
-      deliver(ring, op, i, seqFrame(1 + k, 64));
-    }
-    ring.complete(ring.of("cancel")[0]![1], -2);
-    for (let left = ring.of("recv").length; left > 1; left--) {
-      ring.complete(ring.of("recv")[0]![1], -125);
-      ring.complete(ring.of("cancel")[0]![1], 0);
-      plane.runOnce(0);
-      expect(existsSync(`/proc/self/fd/${input}`)).toBe(true);
-    }
-    ring.complete(ring.of("recv")[0]![1], -125);
+    expect(cancels.map((c) => c.target).sort()).toEqual([poll!.userData, ...recvs.map((r) => r.userData)].sort());
+    for (const c of cancels) expect(decodeUserData(c.userData).kind).toBe(UserDataKind.CANCEL);
+    // The frame wins the race (dropped, not counted); its cancel finds the RECV done (-ENOENT, not an error).
+    const [late, lateAt] = ring.of("recv")[0]!;
+    deliver(ring, late, lateAt, seqFrame(1, 64));
+    for (let c = ring.of("cancel")[0]; c !== undefined; c = ring.of("cancel")[0]) ring.complete(c[1], c[0].target === poll!.userData ? 0 : -2);
+    plane.runOnce(0);
+    // Its RECVs are all back, but the poll's last completion is not: the fd stays open.
+    expect(existsSync(`/proc/self/fd/${input}`)).toBe(true);
+    ring.complete(ring.of("poll")[0]![1], -125); // -ECANCELED, without IORING_CQE_F_MORE: its last
     plane.runOnce(0);
     expect(existsSync(`/proc/self/fd/${input}`)).toBe(false);
-    // Nothing was re-posted on the drained socket, every buffer is back, and the late frames were not counted.
-    expect([...ring.inFlight, ...ring.prepared].filter((o) => o.op === "recv")).toEqual([]);
+    // Nothing was posted on the drained socket again, every buffer is back, and the late frame was not counted.
+    expect([...ring.inFlight, ...ring.prepared].filter((o) => o.op === "recv" || o.op === "poll")).toEqual([]);
     expect(plane.buffersInUse()).toEqual({ recv: 0, send: 0 });
     expect(plane.counters()).toEqual({ received: 1, matched: 1, sent: 1, filtered: 0, no_match: 0, buffer_exhausted: 0, errors: 0 } satisfies WorkerCounters);
+    plane.close();
+  });
+
+  test("ingress: one multishot poll per socket, no RECV left waiting on an empty one; bursts double while full, shrink after -EAGAIN, and a poll during a burst starts the next at once", () => {
+    const ring = new ScriptedRing();
+    const plane = new DataPlane({ ring });
+    const [input, out0] = placeholders(2);
+    plane.addRule(rule("r", 5000, 1), input!, [out0!]);
+    let seq = 0;
+    const fill = (n: number): void => {
+      const recvs = ring.of("recv").slice(0, n);
+      // Deliver from the last position down, so earlier positions stay valid.
+      for (const [op, i] of recvs.reverse()) deliver(ring, op, i, seqFrame(seq++, 64));
+    };
+    // The RECVs in flight once what the last batch prepared is submitted (a batch with nothing to reap).
+    const burst = (): number => {
+      plane.runOnce(0);
+      return ring.of("recv").length;
+    };
+    plane.runOnce(0);
+    expect(ring.of("poll").length).toBe(1);
+    expect(burst()).toBe(MIN_BURST); // readable at first: frames may wait since the socket was opened
+    ring.empty();
+    plane.runOnce(0);
+    expect(burst()).toBe(0); // an empty socket: nothing waits in the kernel but the poll
+    expect(plane.buffersInUse().recv).toBe(0);
+    ring.fire(input!);
+    plane.runOnce(0);
+    expect(burst()).toBe(MIN_BURST);
+    const sizes: number[] = [];
+    for (let k = 0; k < 8; k++) {
+      fill(burst());
+      plane.runOnce(0);
+      sizes.push(burst());
+      for (let s = ring.of("send")[0]; s !== undefined; s = ring.of("send")[0]) ring.complete(s[1], s[0].len);
+    }
+    expect(sizes).toEqual([4, 8, 16, 32, 64, 64, 64, 64].map((n) => Math.min(n, RECV_BATCH)));
+    // 3 frames, then the queue is empty: the burst ends, and the next one is sized 2 × 3.
+    fill(3);
+    ring.empty();
+    plane.runOnce(0);
+    expect(burst()).toBe(0);
+    expect(ring.of("poll").length).toBe(1);
+    ring.fire(input!);
+    plane.runOnce(0);
+    expect(burst()).toBe(6);
+    // The poll fires while the burst is out: when it comes back empty, another burst goes at once.
+    ring.fire(input!);
+    plane.runOnce(0);
+    ring.empty();
+    plane.runOnce(0);
+    expect(burst()).toBe(MIN_BURST);
+    expect(ring.of("poll").length).toBe(1); // still the one poll
+    // A poll ended by the kernel (no IORING_CQE_F_MORE) is armed again.
+    ring.complete(ring.of("poll")[0]![1], 1);
+    plane.runOnce(0); // reaps it
+    plane.runOnce(0); // arms and submits a new one
+    expect(ring.of("poll").length).toBe(1);
+    expect(plane.counters().errors).toBe(0);
+    expect(plane.counters().matched).toBe(seq);
     plane.close();
   });
 });
@@ -379,7 +462,7 @@ describe.skipIf(!probe.ok)("the loop on a real ring (AF_UNIX datagram pairs stan
     plane.close();
   });
 
-  test("removing the last rule on an ingress cancels its RECVs: the socket is released after a few batches, buffers back, later frames not counted", () => {
+  test("removing the last rule on an ingress cancels its poll: the socket is released after a few batches, buffers back, later frames not counted", () => {
     const plane = new DataPlane();
     const [input, feed] = pair();
     const [a, aPeer] = pair();
@@ -389,10 +472,11 @@ describe.skipIf(!probe.ok)("the loop on a real ring (AF_UNIX datagram pairs stan
     push(feed, seqFrame(0, 64));
     runUntil(plane, () => got.length === 1 && plane.counters().sent === 1, outs);
     const idle = { recv: 0, send: 0 };
-    expect(plane.buffersInUse()).toEqual({ recv: RECV_BATCH, send: 0 });
+    // Every RECV completed inside its submit (MSG_DONTWAIT): none waits in the kernel, only the poll.
+    expect(plane.buffersInUse()).toEqual(idle);
     const before = plane.counters();
     expect(plane.removeRule("r")).toBe(true);
-    // Its RECVs are still in the ring: the fd stays open until they are reaped. A frame now may complete one of them: dropped.
+    // Its poll is still in the ring: the fd stays open until its last completion is reaped. A frame now is dropped.
     expect(existsSync(`/proc/self/fd/${input}`)).toBe(true);
     push(feed, seqFrame(1, 64));
     let batches = 0;
