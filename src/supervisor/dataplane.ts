@@ -196,7 +196,8 @@ export class DataPlane {
     this.#event = new OwnedFd(efd, "the data plane's eventfd");
     this.#eventNumber = efd;
     try {
-      this.#ring = o.ring ?? IoUring.create(RING_ENTRIES);
+      // One thread submits and waits: completions' task work runs when it waits (DEFER_TASKRUN), not as interrupts.
+      this.#ring = o.ring ?? IoUring.create(RING_ENTRIES, { singleIssuer: true });
     } catch (err) {
       this.#event.close();
       throw err;
