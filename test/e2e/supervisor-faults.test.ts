@@ -7,18 +7,16 @@
  * behind; the CLI's error paths say what is wrong. The hostile-input tests run first, on workers
  * that never restarted, so "same pids, restarts 0" means what it says.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { beforeEach, describe, expect, test } from "bun:test";
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { StoaError } from "../../src/core/errors.ts";
 import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts";
-import { probeIoUring } from "../../src/ffi/io_uring.ts";
 import { supervisorRequest } from "../../src/supervisor/control-client.ts";
 import { type ControlAnswer, type ControlRequest, MAX_CONTROL_FRAME_BYTES, codecs } from "../../src/supervisor/protocol.ts";
-import { GROUP, type Stats, SupervisorLab, type WorkerRow } from "../fixtures/supervisor-lab.ts";
+import { GROUP, type Stats, SupervisorLab, type WorkerRow, labProblem, useLab } from "../fixtures/supervisor-lab.ts";
 import { eventually } from "../helpers/eventually.ts";
-import { canUseNetns } from "../helpers/netns.ts";
 import { fuzzSeed, mutate, prng, type Prng } from "../helpers/prng.ts";
 import { STOA } from "../helpers/stoa.ts";
 
@@ -30,10 +28,7 @@ const CONNECTIONS = 16;
 /** How long a restarted worker may take to run again: backoff 250 ms, a process start, its hello. */
 const RESTART_WITHIN_MS = 5_000;
 
-const can = canUseNetns();
-const probe = probeIoUring();
-if (!can.ok) console.log(`skipping stoa supervisor's fault tests: ${can.reason}`);
-else if (!probe.ok) console.log(`skipping stoa supervisor's fault tests: io_uring unavailable (${probe.reason})`);
+const problem = labProblem("stoa supervisor's fault tests");
 
 const byRole = (list: WorkerRow[], role: WorkerRow["role"], index: number): WorkerRow | undefined => list.find((w) => w.role === role && w.index === index);
 const sum = (s: Stats, k: "received" | "filtered" | "matched" | "errors") => s.workers.reduce((a, w) => a + w[k], 0);
@@ -151,15 +146,11 @@ function fuzzFrames(rng: Prng, count: number, templates: Uint8Array[], expected:
   return { payloads, answers };
 }
 
-describe.skipIf(!can.ok || !probe.ok)("stoa supervisor under faults: gen → relay → sinks", () => {
+describe.skipIf(problem !== null)("stoa supervisor under faults: gen → relay → sinks", () => {
+  const use = useLab({ workers: 2 });
   let lab: SupervisorLab;
-
-  beforeAll(async () => {
-    lab = await SupervisorLab.start({ workers: 2 });
-  }, 60_000);
-
-  afterAll(async () => {
-    await lab?.destroy();
+  beforeEach(() => {
+    lab = use();
   });
 
   describe("hostile input never crashes a process", () => {

@@ -6,29 +6,20 @@
  * byte by byte in the sinks. Faults (kill -9, SIGTERM, random frames and packets) are in
  * supervisor-faults.test.ts.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { beforeEach, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { probeIoUring } from "../../src/ffi/io_uring.ts";
-import { canUseNetns } from "../helpers/netns.ts";
-import { SupervisorLab, type Stats } from "../fixtures/supervisor-lab.ts";
+import { SupervisorLab, type Stats, labProblem, useLab } from "../fixtures/supervisor-lab.ts";
 
-const can = canUseNetns();
-const probe = probeIoUring();
-if (!can.ok) console.log(`skipping stoa supervisor's end-to-end tests: ${can.reason}`);
-else if (!probe.ok) console.log(`skipping stoa supervisor's end-to-end tests: io_uring unavailable (${probe.reason})`);
+const problem = labProblem("stoa supervisor's end-to-end tests");
 
 const sum = (s: Stats, k: "received" | "matched" | "sent" | "filtered" | "no_match" | "buffer_exhausted" | "errors") => s.workers.reduce((a, w) => a + w[k], 0);
 
-describe.skipIf(!can.ok || !probe.ok)("stoa supervisor in namespaces: gen → relay → sinks", () => {
+describe.skipIf(problem !== null)("stoa supervisor in namespaces: gen → relay → sinks", () => {
+  const use = useLab({ workers: 2 });
   let lab: SupervisorLab;
-
-  beforeAll(async () => {
-    lab = await SupervisorLab.start({ workers: 2 });
-  }, 60_000);
-
-  afterAll(async () => {
-    await lab?.destroy();
+  beforeEach(() => {
+    lab = use();
   });
 
   test("ping, and the workers: one control, two data, all running as nobody without capabilities", async () => {
