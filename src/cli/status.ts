@@ -1,5 +1,5 @@
-import { bool, defineCommand, str } from "./command.ts";
-import { clientLogFlags, clientLogLevel, startService } from "./common.ts";
+import { bool, defineCommand, list, str } from "./command.ts";
+import { clientLogFlags, clientLogLevel, splitList, startService } from "./common.ts";
 import { runDirFlag, stateDirFlag } from "./flags.ts";
 import { Duration } from "../core/duration.ts";
 import { StoaError } from "../core/errors.ts";
@@ -20,8 +20,9 @@ export default defineCommand({
     "and every hotlink daemon of the run dir for its relay connection and channels. Exits 0 only\n" +
     "when all of it is healthy; otherwise 1, with one line on stderr per problem: no gateway, a\n" +
     "route down, a publisher of this gateway not live, a hotlink daemon off its relay, a metaserver\n" +
-    "named with --meta that does not answer. --wait D asks again until healthy or D has passed,\n" +
-    "so 'stoa up & stoa status --wait 10s' is how a script waits for a node.",
+    "named with --meta that does not answer, a --hotlink user with no daemon. --wait D asks again\n" +
+    "until healthy or D has passed, so 'stoa up & stoa status --wait 10s' is how a script waits for\n" +
+    "a node, and --hotlink alice,bob also for daemons started in the background.",
   flags: {
     json: bool("the whole report as one JSON object (also when unhealthy)"),
     wait: str("ask again until healthy, for up to this long", { default: "0", placeholder: "duration", schema: Duration }),
@@ -29,9 +30,15 @@ export default defineCommand({
     meta: str(`metaserver URL (default ${DEFAULT_META_URL}, not a problem when nothing answers there)`, { placeholder: "url" }),
     tokenFile: str("token for a metaserver whose reads need one", { placeholder: "file" }),
     stateDir: stateDirFlag("where a local stoa up/meta keeps meta.token"),
+    hotlink: list("a user whose hotlink daemon must run here, on its relay (repeat, or comma-separated)", { placeholder: "user" }),
     ...clientLogFlags(),
   },
-  examples: ["stoa status", "stoa up & stoa status --wait 10s && run-the-smoke-test", "stoa status --json | jq '.meta.publishers[].name'"],
+  examples: [
+    "stoa status",
+    "stoa up & stoa status --wait 10s && run-the-smoke-test",
+    "stoa hotlink connect --user alice … & stoa status --wait 10s --hotlink alice",
+    "stoa status --json | jq '.meta.publishers[].name'",
+  ],
   async run({ flags }) {
     startService("status", { logLevel: clientLogLevel(flags), logFormat: flags.logFormat });
     const metaUrl = flags.meta ?? DEFAULT_META_URL;
@@ -40,6 +47,7 @@ export default defineCommand({
       metaUrl,
       metaRequired: flags.meta !== undefined,
       metaToken: clientToken({ metaUrl, tokenFile: flags.tokenFile, stateDir: flags.stateDir ?? defaultStateDir() }),
+      hotlinkUsers: splitList(flags.hotlink),
     };
     const deadline = performance.now() + flags.wait;
     let pause = WAIT_FIRST_RETRY_MS;

@@ -6,8 +6,9 @@
  *
  * `problems` says, one line each, what is not healthy: no gateway (or one draining), a route
  * marked down, a publisher routed here that the metaserver does not show live, an unreachable
- * metaserver that was asked for by URL, a hotlink daemon without its relay. No problems is
- * the exit status 0 of `stoa status`.
+ * metaserver that was asked for by URL, a hotlink daemon without its relay, a hotlink user asked
+ * for (`--hotlink USER`) with no daemon in the run dir. No problems is the exit status 0 of
+ * `stoa status`.
  */
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
@@ -31,6 +32,8 @@ interface StatusOptions {
   /** Whether the metaserver was named (`--meta`): then not reaching it is a problem. */
   metaRequired: boolean;
   metaToken?: MetaToken;
+  /** Users whose hotlink daemon must be there (and on its relay): a script that started them in the background waits for them. */
+  hotlinkUsers?: readonly string[];
 }
 
 export interface StatusReport {
@@ -65,6 +68,9 @@ export async function collectStatus(options: StatusOptions): Promise<StatusRepor
   for (const h of hotlink) {
     if ("error" in h) problems.push(h.error);
     else if (!h.status.connected) problems.push(`hotlink daemon of ${h.status.user} is not connected to its relay ${h.status.server}`);
+  }
+  for (const user of options.hotlinkUsers ?? []) {
+    if (!hotlink.some((h) => "status" in h && h.status.user === user)) problems.push(`no hotlink daemon of ${user} runs in ${options.runDir} (yet?)`);
   }
   return { healthy: problems.length === 0, problems, gateway, meta, hotlink };
 }
