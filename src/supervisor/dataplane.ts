@@ -31,9 +31,11 @@
  *
  * Buffers: two pools, so a burst of SENDs can never take the buffers the RECVs live on —
  * RECV_BUFFERS frames (RECV_BATCH per ingress socket, MAX_INPUTS sockets) and SEND_BUFFERS
- * payload copies. A receive buffer goes back as soon as its frame is parsed and copied; a send
- * buffer when its SEND completes. An empty send pool drops that copy and counts
- * `buffer_exhausted`.
+ * payload copies in two size classes (SEND_CLASSES: small payloads — telemetry, market data —
+ * take 256-byte buffers first, so a burst of them cannot use up the room of full-size ones; a
+ * class that is empty lends from the larger one). A receive buffer goes back as soon as its
+ * frame is parsed and copied; a send buffer when its SEND completes. An empty send pool drops
+ * that copy and counts `buffer_exhausted`.
  *
  * One `runOnce`: arm the poll of every ingress socket that has none, post a burst on each
  * readable one, and one READ on the eventfd; submit and wait for at least one completion
@@ -71,9 +73,12 @@ export const MAX_INPUTS = MAX_INPUT_INTERFACES;
 /** A received frame: Ethernet + one VLAN tag + a 1500-byte IPv4 packet fit, with room. */
 const RECV_BUFFER_BYTES = 2048;
 const RECV_BUFFERS = RECV_BATCH * MAX_INPUTS;
-/** A payload copy: the largest payload a RECV buffer can hold fits. */
-const SEND_BUFFER_BYTES = 2048;
-export const SEND_BUFFERS = 512;
+/** Payload copies: small ones, and ones the largest payload a RECV buffer can hold fits. */
+const SEND_CLASSES = [
+  { size: 256, count: 512 },
+  { size: 2048, count: 512 },
+] as const;
+export const SEND_BUFFERS = SEND_CLASSES.reduce((n, c) => n + c.count, 0);
 /**
  * SQ entries (the CQ gets twice as many): every operation that can be in flight at once —
  * RECV_BUFFERS, a cancel for each, SEND_BUFFERS, 1 READ, a poll and its cancel per ingress —
@@ -159,7 +164,7 @@ export interface DataPlaneOptions {
 export class DataPlane {
   readonly #ring: Ring;
   readonly #recvPool = new BufferPool([{ size: RECV_BUFFER_BYTES, count: RECV_BUFFERS }]);
-  readonly #sendPool = new BufferPool([{ size: SEND_BUFFER_BYTES, count: SEND_BUFFERS }]);
+  readonly #sendPool = new BufferPool(SEND_CLASSES);
   /** Per buffer, made once: its bytes, its address, its user_data (nothing allocated per packet). */
   readonly #recvViews: Uint8Array[];
   readonly #recvAddrs: number[];
@@ -230,7 +235,8 @@ export class DataPlane {
 
   /** Buffers held now (by operations in the ring): for checks that every one comes back. */
   buffersInUse(): { recv: number; send: number } {
-    return { recv: RECV_BUFFERS - this.#recvPool.freeCounts()[0]!, send: SEND_BUFFERS - this.#sendPool.freeCounts()[0]! };
+    const free = (pool: BufferPool): number => pool.freeCounts().reduce((n, k) => n + k, 0);
+    return { recv: RECV_BUFFERS - free(this.#recvPool), send: SEND_BUFFERS - free(this.#sendPool) };
   }
 
   /** Makes the next (or the current) `runOnce` call `onCommand`. */

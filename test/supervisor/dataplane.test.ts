@@ -226,7 +226,7 @@ describe("completions in any order (scripted ring)", () => {
     expect(ring.closed).toBe(1);
   });
 
-  test("an empty send pool drops the copy and counts buffer_exhausted; receiving goes on", () => {
+  test("small copies borrow full-size buffers when theirs run out; an empty send pool drops the copy and counts buffer_exhausted; receiving goes on", () => {
     const ring = new ScriptedRing();
     const plane = new DataPlane({ ring });
     const [input, out0] = placeholders(2);
