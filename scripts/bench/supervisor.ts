@@ -46,30 +46,53 @@
  * to show other work on the machine). A relay that cannot run here (stoa without a supervisor
  * command, socat not installed) gets one line saying why, and the others still run.
  *
+ * Layouts (--layout; default both: the whole ramp in each, shared first, each printed under its
+ * own heading): shared — the scheduler places the generator, the relay and the sink on any CPU,
+ * as described above; pinned — the relay's whole process tree (stoa's supervisor and every
+ * worker, the C relay, socat, Bun) on CPU 0 alone (`taskset -c 0` on the `ip netns exec`
+ * process before it starts, inherited by its children, checked at each step's end by their
+ * Cpus_allowed_list), the generator and the sink on CPU 1, and the receive work of the sink
+ * namespace's veths (sr, sg) steered to CPU 1 by RPS (rps_cpus written in that namespace's own
+ * sysfs and read back; when it cannot be set the output says why, and that the pinned CPU
+ * figures include the sink's work). Pinned, the relay's receive side still runs in the
+ * generator's context (as in the shared layout) and the sink's delivery on CPU 1, so a relay's
+ * CPU is its own work: reading, checking, sending, down to handing each datagram to CPU 1 (the
+ * RPS enqueue and, per burst, an interrupt to CPU 1). Its CPU % is its share of CPU 0 — CPU 0's
+ * busy % is printed beside it (softirq share in brackets), 100 − that is the headroom — and
+ * "relay capacity" = 1e6 ÷ CPU µs per packet, the pps one core would relay at that cost (printed
+ * in both layouts). That the sink's delivery left CPU 0 is checked at every step from
+ * softnet_stat (receive processing run on CPU 0 per packet relayed: at most 1 in 100), with the
+ * RPS interrupts CPU 1 got, and the C relay's CPU per packet in both layouts printed beside it.
+ * On 2 CPUs the pinned layout's CPU 1 carries the generator, the relays' receive side, the sink's
+ * delivery and the sink, so the generator offers less there at the higher steps.
+ *
  * The direct path's generator does the sink's receive work in its own context too, so its
  * maximum is lower than the relayed paths' and it loses nothing by construction; from the step
  * where the generator falls short of the target (pointed out under the step) the paths are
  * offered different loads.
  *
- * Goals, per step, from this run's figures: stoa's loss within 0.5 points of the direct path's
- * and below socat's (or no more than the direct path's, when nothing is left to beat); relay CPU
- * ≤ 3.3 µs per relayed packet per worker (= 300k pps per core), judged on the whole tree's CPU ÷
- * packets relayed (each packet passes one worker). Beside that absolute goal, stoa's CPU per
- * packet is shown as a multiple of the C relay's at the same step (information, not a goal: the
- * C relay's CPU includes the same softirq delivery into the sink, so it is the floor here).
+ * Goals, per step, from this run's figures, for each layout: stoa's loss within 0.5 points of
+ * that layout's direct path's and below its socat's (or no more than the direct path's, when
+ * nothing is left to beat). Relay CPU ≤ 3.3 µs per relayed packet per worker (= 300k pps per
+ * core), judged on the whole tree's CPU ÷ packets relayed (each packet passes one worker) in the
+ * pinned layout — the relay's own work — with the shared layout's figure beside it (on the shared
+ * layout when only it ran). Beside that absolute goal, stoa's CPU per packet is shown as a
+ * multiple of the C relay's at the same step, in each layout (information, not a goal: the C
+ * relay's CPU includes what stoa's does — in the shared layout the sink's delivery too — so it
+ * is the floor here).
  * The C relay's counters (received, filtered, no_match, matched, sent, errors, and its AF_PACKET
  * socket's drops, over its whole run, warm-up included) are printed after the tables. Needs root. Namespaces are `stoa-b-<pid>-…`; they and every process in them are removed at
  * exit, on errors and Ctrl-C too (and those of earlier runs that died are swept at start).
  *
  *   sudo bun scripts/bench/supervisor.ts [--json] [--seconds 3] [--steps 25000,50000,100000,200000,max]
- *        [--size 1024] [--flows 8] [--only direct,c,stoa,socat,bun] [--stoa dist/stoa]
+ *        [--size 1024] [--flows 8] [--only direct,c,stoa,socat,bun] [--layout shared|pinned|both] [--stoa dist/stoa]
  */
 import type { Subprocess } from "bun";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { type Topology, backlogDrops, clockTicksPerSecond, createTopology, machineCpu, sweepStale, treeCpuByProcess, udpRcvbufErrors } from "./lib/relay-net.ts";
+import { type Topology, backlogDrops, clockTicksPerSecond, createTopology, machineCpu, softnet, steerReceive, sweepStale, treeAffinity, treeCpuByProcess, udpRcvbufErrors } from "./lib/relay-net.ts";
 
 const { values } = parseArgs({
   options: {
@@ -79,12 +102,14 @@ const { values } = parseArgs({
     size: { type: "string", default: "1024" },
     flows: { type: "string", default: "8" },
     only: { type: "string", default: "direct,c,stoa,socat,bun" },
+    layout: { type: "string", default: "both" },
     stoa: { type: "string" },
   },
 });
 const root = join(import.meta.dir, "..", "..");
 const stoaBin = values.stoa ?? join(root, "dist", "stoa");
 const ip = Bun.which("ip") ?? "/usr/sbin/ip";
+const taskset = Bun.which("taskset") ?? "/usr/bin/taskset";
 const stepSeconds = Number(values.seconds);
 const size = Number(values.size);
 const flows = Number(values.flows);
@@ -92,6 +117,9 @@ const steps = String(values.steps)
   .split(",")
   .map((s) => (s.trim() === "max" ? 0 : Number(s)));
 const only = new Set(String(values.only).split(",").map((s) => s.trim()));
+const LAYOUTS = ["shared", "pinned"] as const;
+type Layout = (typeof LAYOUTS)[number];
+const layouts: Layout[] = LAYOUTS.filter((l) => values.layout === l || values.layout === "both");
 
 const GROUP = "239.1.1.1";
 const PORT = 5000;
@@ -123,7 +151,34 @@ const ONLY_NAMES = ["direct", "c", "stoa", "socat", "bun"];
 /** The C relay's counters, printed to its stderr when it stops (lib/udp-relay.c). */
 const C_COUNTERS = ["received", "filtered", "no_match", "matched", "sent", "errors", "socket_drops"] as const;
 type CCounters = Record<(typeof C_COUNTERS)[number], number>;
+/**
+ * The pinned layout: the relay's whole tree on relayCpu alone, the generator and the sink on
+ * peerCpu, and the sink namespace's veths' receive work steered to peerCpu (RPS).
+ */
+const PINNED = { relayCpu: 0, peerCpu: 1 } as const;
+/** The sink's interfaces whose receive work the pinned layout steers: from the relay, from the generator (direct). */
+const SINK_IFS = ["sr", "sg"] as const;
+/** Pinned: receive processing of at most this many packets per 100 relayed on the relay's CPU, and the sink's delivery counts as elsewhere. */
+const RECEIVED_ON_RELAY_CPU_MAX_PCT = 1;
+/** Where a layout runs things: the CPU lists `taskset -c` gets; undefined = wherever the scheduler puts them. */
+interface Placement {
+  layout: Layout;
+  relayCpus?: string;
+  peerCpus?: string;
+}
+const PLACEMENT: Record<Layout, Placement> = {
+  shared: { layout: "shared" },
+  pinned: { layout: "pinned", relayCpus: String(PINNED.relayCpu), peerCpus: String(PINNED.peerCpu) },
+};
 
+if (layouts.length === 0) {
+  console.error(`supervisor bench: --layout takes shared, pinned or both (got "${values.layout}")`);
+  process.exit(2);
+}
+if (layouts.includes("pinned") && (navigator.hardwareConcurrency < 2 || !existsSync(taskset))) {
+  console.error(`supervisor bench: the pinned layout needs 2 CPUs (${navigator.hardwareConcurrency} here) and taskset (apt-get install util-linux): run --layout shared`);
+  process.exit(2);
+}
 if (!(stepSeconds > 0) || !Number.isInteger(size) || size < 4 || size > MAX_UDP_PAYLOAD || !(flows >= 1 && flows <= 64) || steps.some((r) => !(r >= 0))) {
   console.error(`supervisor bench: --seconds > 0, --size 4..${MAX_UDP_PAYLOAD}, --flows 1..64, --steps a list of pps or "max"`);
   process.exit(2);
@@ -165,13 +220,15 @@ async function waitUntil(ok: () => boolean, what: string, gone?: () => string | 
   }
 }
 
-function spawnIn(ns: string, argv: string[]) {
-  return Bun.spawn([ip, "netns", "exec", ns, ...argv], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+/** Starts a command in a namespace; on the CPUs of `cpus` only (taskset -c, inherited by its children) when given. */
+function spawnIn(ns: string, argv: string[], cpus?: string) {
+  const pin = cpus === undefined ? [] : [taskset, "-c", cpus];
+  return Bun.spawn([...pin, ip, "netns", "exec", ns, ...argv], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
 }
 
 /** Runs a command in a namespace to its end, bounded; throws with its stderr when it fails. */
-async function runIn(ns: string, argv: string[], timeoutMs: number): Promise<string> {
-  const proc = spawnIn(ns, argv);
+async function runIn(ns: string, argv: string[], timeoutMs: number, cpus?: string): Promise<string> {
+  const proc = spawnIn(ns, argv, cpus);
   const out = collect(proc);
   const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
   const code = await proc.exited;
@@ -225,6 +282,7 @@ interface StopReport {
 }
 
 interface Row {
+  layout: Layout;
   relay: RelayName;
   label: string;
   step: string;
@@ -240,6 +298,21 @@ interface Row {
   /** The same by process of the relay's tree ("main", "control 0", "data 0", …). */
   cpu_us_per_packet_by_process: Record<string, number> | null;
   cpu_pct: number | null;
+  /** 1e6 ÷ cpu_us_per_packet: the packets per second one core could relay at this cost. */
+  relay_capacity_pps: number | null;
+  /**
+   * Pinned layout: how busy the relay's CPU was over the step — the relay, softirq work run
+   * there, anything else on the machine that ran there — and of that in softirq (tick-sampled);
+   * null in the shared layout.
+   */
+  relay_cpu_busy_pct: number | null;
+  relay_cpu_softirq_pct: number | null;
+  /** Pinned layout: packets whose receive processing ran on the relay's CPU over the step (softnet_stat); null in the shared layout. */
+  relay_cpu_received: number | null;
+  /** Pinned layout: the RPS interrupts the generator's and sink's CPU got over the step (from the relay's CPU, for the sink's delivery); null in the shared layout. */
+  peer_cpu_rps_ipis: number | null;
+  /** Pinned layout: the distinct CPU lists the relay's processes may run on at the step's end (Cpus_allowed_list). */
+  relay_affinity: string[] | null;
   relay_rcvbuf_drops: number | null;
   sink_rcvbuf_drops: number;
   backlog_drops: number;
@@ -281,13 +354,13 @@ function tempDir(): string {
   return dir;
 }
 
-async function startStoa(net: Topology, workers: number): Promise<Running> {
+async function startStoa(net: Topology, workers: number, cpus: string | undefined): Promise<Running> {
   const missing = stoaMissing();
   if (missing !== undefined) throw new Error(missing);
   const dir = tempDir();
   const control = `unix:${join(dir, "sup.sock")}`;
   const readyFile = join(dir, "ready.json");
-  const proc = spawnIn(net.relay, [stoaBin, "supervisor", "run", "--workers", String(workers), "--control", control, "--user", "nobody", "--ready-file", readyFile]);
+  const proc = spawnIn(net.relay, [stoaBin, "supervisor", "run", "--workers", String(workers), "--control", control, "--user", "nobody", "--ready-file", readyFile], cpus);
   const out = collect(proc);
   let pid = 0;
   try {
@@ -326,25 +399,25 @@ async function startStoa(net: Topology, workers: number): Promise<Running> {
   };
 }
 
-async function startSocat(net: Topology): Promise<Running> {
+async function startSocat(net: Topology, cpus: string | undefined): Promise<Running> {
   const socat = Bun.which("socat");
   if (socat === null) throw new Error("socat not installed (apt-get install socat)");
-  const proc = spawnIn(net.relay, [socat, "-u", `UDP4-RECV:${PORT},reuseaddr,ip-add-membership=${GROUP}:${net.addr.relayIn}`, `UDP4-SENDTO:${net.addr.sinkFromRelay}:${PORT}`]);
+  const proc = spawnIn(net.relay, [socat, "-u", `UDP4-RECV:${PORT},reuseaddr,ip-add-membership=${GROUP}:${net.addr.relayIn}`, `UDP4-SENDTO:${net.addr.sinkFromRelay}:${PORT}`], cpus);
   const out = collect(proc);
   await waitUntil(() => udpBound(proc.pid, PORT), "socat", () => (proc.exitCode === null ? undefined : `exited ${proc.exitCode}: ${out.err().trim()}`));
   return { pid: proc.pid, genIfindex: net.ifindex.gr, sinkArgs: [], stop: async () => void (await stopProcess(proc, "SIGTERM", STOP_TIMEOUT_MS)) };
 }
 
-async function startBun(net: Topology): Promise<Running> {
+async function startBun(net: Topology, cpus: string | undefined): Promise<Running> {
   const script = join(import.meta.dir, "lib", "bun-udp-relay.ts");
-  const proc = spawnIn(net.relay, [process.execPath, script, GROUP, String(PORT), net.addr.relayIn, net.addr.sinkFromRelay, String(PORT)]);
+  const proc = spawnIn(net.relay, [process.execPath, script, GROUP, String(PORT), net.addr.relayIn, net.addr.sinkFromRelay, String(PORT)], cpus);
   const out = collect(proc);
   await waitUntil(() => out.text().includes("ready\n"), "bun relay", () => (proc.exitCode === null ? undefined : `exited ${proc.exitCode}: ${out.err().trim()}`));
   return { pid: proc.pid, genIfindex: net.ifindex.gr, sinkArgs: [], stop: async () => void (await stopProcess(proc, "SIGTERM", STOP_TIMEOUT_MS)) };
 }
 
-async function startC(net: Topology, bin: string): Promise<Running> {
-  const proc = spawnIn(net.relay, [bin, "rg", GROUP, String(PORT), "rs", net.addr.sinkFromRelay, String(PORT)]);
+async function startC(net: Topology, bin: string, cpus: string | undefined): Promise<Running> {
+  const proc = spawnIn(net.relay, [bin, "rg", GROUP, String(PORT), "rs", net.addr.sinkFromRelay, String(PORT)], cpus);
   const out = collect(proc);
   await waitUntil(() => out.text().includes("ready\n"), "udp-relay", () => (proc.exitCode === null ? undefined : `exited ${proc.exitCode}: ${out.err().trim()}`));
   let counters: CCounters | undefined;
@@ -372,8 +445,9 @@ function startDirect(net: Topology): Running {
 
 const stepName = (rate: number) => (rate === 0 ? "max" : `${rate / 1000}k`);
 
-async function measureStep(net: Topology, bins: Bins, relay: RelayName, run: Running, rate: number, ticksPerS: number, seconds = stepSeconds): Promise<Row> {
-  const sink = spawnIn(net.sink, [bins.sink, "--port", String(PORT), "--size", String(size), ...run.sinkArgs]);
+async function measureStep(net: Topology, bins: Bins, relay: RelayName, run: Running, rate: number, ticksPerS: number, place: Placement, seconds = stepSeconds): Promise<Row> {
+  const sink = spawnIn(net.sink, [bins.sink, "--port", String(PORT), "--size", String(size), ...run.sinkArgs], place.peerCpus);
+  const pinned = place.layout === "pinned";
   const sinkOut = collect(sink);
   try {
     await waitUntil(() => sinkOut.text().includes("ready\n"), "udp-sink", () => (sink.exitCode === null ? undefined : `exited ${sink.exitCode}: ${sinkOut.err().trim()}`));
@@ -383,8 +457,10 @@ async function measureStep(net: Topology, bins: Bins, relay: RelayName, run: Run
     const sinkDrops0 = udpRcvbufErrors(sink.pid);
     const backlog0 = backlogDrops();
     const machine0 = machineCpu();
+    const relayCpu0 = pinned ? machineCpu(PINNED.relayCpu) : null;
+    const softnet0 = pinned ? { relay: softnet(PINNED.relayCpu), peer: softnet(PINNED.peerCpu) } : null;
     const genArgs = ["--dst", GROUP, "--port", String(PORT), "--ifindex", String(run.genIfindex), "--rate", String(rate), "--seconds", String(seconds), "--size", String(size), "--flows", String(flows)];
-    const gen = JSON.parse(await runIn(net.gen, [bins.gen, ...genArgs], seconds * 1000 + GEN_GRACE_MS)) as { sent: number; elapsed_s: number; cpu_s: number };
+    const gen = JSON.parse(await runIn(net.gen, [bins.gen, ...genArgs], seconds * 1000 + GEN_GRACE_MS, place.peerCpus)) as { sent: number; elapsed_s: number; cpu_s: number };
     await Bun.sleep(DRAIN_MS);
     const cpu1 = run.pid === null ? new Map<string, number>() : treeCpuByProcess(run.pid);
     const cpuByProcess = [...cpu1].map(([label, ticks]) => [label, ticks - (cpu0.get(label) ?? 0)] as const);
@@ -393,13 +469,19 @@ async function measureStep(net: Topology, bins: Bins, relay: RelayName, run: Run
     const sinkDrops = udpRcvbufErrors(sink.pid) - sinkDrops0;
     const backlog = backlogDrops() - backlog0;
     const machine1 = machineCpu();
+    const relayCpu1 = pinned ? machineCpu(PINNED.relayCpu) : null;
+    const softnet1 = pinned ? { relay: softnet(PINNED.relayCpu), peer: softnet(PINNED.peerCpu) } : null;
+    const affinity = pinned && run.pid !== null ? treeAffinity(run.pid) : null;
     sink.kill("SIGUSR1");
     await sink.exited;
     await sinkOut.done;
     const counts = JSON.parse(sinkOut.text().trim().split("\n").slice(-1)[0] ?? "{}") as { unique: number; duplicates: number; wrong_size: number };
     const w1 = await run.workers?.();
     const cpuS = cpuTicks / ticksPerS;
+    const cpuUs = run.pid === null || counts.unique === 0 ? null : (cpuS * 1e6) / counts.unique;
+    const relayCpuPct = (of: "busy" | "softirq") => (relayCpu0 === null || relayCpu1 === null ? null : ((relayCpu1[of] - relayCpu0[of]) / Math.max(1, relayCpu1.total - relayCpu0.total)) * 100);
     return {
+      layout: place.layout,
       relay,
       label: LABEL[relay],
       step: stepName(rate),
@@ -411,9 +493,15 @@ async function measureStep(net: Topology, bins: Bins, relay: RelayName, run: Run
       unique: counts.unique,
       duplicates: counts.duplicates,
       wrong_size: counts.wrong_size,
-      cpu_us_per_packet: run.pid === null || counts.unique === 0 ? null : (cpuS * 1e6) / counts.unique,
+      cpu_us_per_packet: cpuUs,
       cpu_us_per_packet_by_process: run.pid === null || counts.unique === 0 ? null : Object.fromEntries(cpuByProcess.map(([label, ticks]) => [label, (ticks / ticksPerS / counts.unique) * 1e6])),
       cpu_pct: run.pid === null ? null : (cpuS / (gen.elapsed_s + DRAIN_MS / 1000)) * 100,
+      relay_capacity_pps: cpuUs === null || cpuUs === 0 ? null : 1e6 / cpuUs,
+      relay_cpu_busy_pct: relayCpuPct("busy"),
+      relay_cpu_softirq_pct: relayCpuPct("softirq"),
+      relay_cpu_received: softnet0 === null || softnet1 === null ? null : softnet1.relay.received - softnet0.relay.received,
+      peer_cpu_rps_ipis: softnet0 === null || softnet1 === null ? null : softnet1.peer.rpsIpis - softnet0.peer.rpsIpis,
+      relay_affinity: affinity,
       relay_rcvbuf_drops: relayDrops,
       sink_rcvbuf_drops: sinkDrops,
       backlog_drops: backlog,
@@ -449,6 +537,7 @@ function compile(dir: string): Bins {
 }
 
 interface Goal {
+  layout: Layout;
   step: string;
   relay: RelayName;
   what: string;
@@ -462,47 +551,165 @@ interface Goal {
   ratio?: number;
 }
 
-function judge(rows: Row[]): Goal[] {
+/** One layout's ramp: its rows, and how its relays started and stopped. */
+interface LayoutRun {
+  layout: Layout;
+  rows: Row[];
+  unavailable: Partial<Record<RelayName, string>>;
+  stops: Partial<Record<RelayName, StopReport>>;
+  cRelay: { stop: StopReport; counters: CCounters | null } | null;
+  /** Pinned: the sink's interfaces' RPS as read back, or why it could not be set; null in the shared layout. */
+  rps: { ok: boolean; lines: string[] } | null;
+}
+
+/** Whether a layout's relay CPU is the relay's own work: pinned, with the sink's receive work steered off the relay's CPU. */
+const ownWork = (run: LayoutRun) => run.layout === "pinned" && run.rps?.ok === true;
+
+function judge(runs: LayoutRun[]): Goal[] {
   const goals: Goal[] = [];
   const pts = (x: number) => `${x.toFixed(2)} %`;
-  for (const row of rows.filter((r) => r.relay === "stoa1" || r.relay === "stoa2")) {
-    const direct = rows.find((r) => r.relay === "direct" && r.step === row.step);
-    const socat = rows.find((r) => r.relay === "socat" && r.step === row.step);
-    const base = { step: row.step, relay: row.relay };
-    goals.push(
-      direct === undefined
-        ? { ...base, what: "loss vs direct", value: pts(row.loss_pct), goal: "no direct row", met: null }
-        : { ...base, what: "loss vs direct", value: `${pts(row.loss_pct)} (direct ${pts(direct.loss_pct)})`, goal: `≤ direct + ${GOAL.lossPoints} pt`, met: row.loss_pct - direct.loss_pct <= GOAL.lossPoints },
-    );
-    goals.push(
-      socat === undefined
-        ? { ...base, what: "loss vs socat", value: pts(row.loss_pct), goal: "no socat row", met: null }
-        : {
-            ...base,
-            what: "loss vs socat",
-            value: `${pts(row.loss_pct)} (socat ${pts(socat.loss_pct)})`,
-            goal: "< socat (or ≤ direct)",
-            met: row.loss_pct < socat.loss_pct || (direct !== undefined && row.loss_pct <= direct.loss_pct),
-          },
-    );
-    const cpu = row.cpu_us_per_packet;
-    goals.push({ ...base, what: "relay CPU per packet", value: cpu === null ? "—" : `${cpu.toFixed(2)} µs`, goal: `≤ ${GOAL.cpuUsPerPacket} µs`, met: cpu === null ? null : cpu <= GOAL.cpuUsPerPacket });
-    const floor = rows.find((r) => r.relay === "c" && r.step === row.step)?.cpu_us_per_packet ?? null;
-    goals.push(
-      cpu === null || floor === null || floor === 0
-        ? { ...base, what: "CPU vs the C relay", value: cpu === null ? "—" : `${cpu.toFixed(2)} µs`, goal: "no C relay row", met: null, info: true }
-        : {
-            ...base,
-            what: "CPU vs the C relay",
-            value: `${cpu.toFixed(2)} µs = ${(cpu / floor).toFixed(2)}× the C relay's ${floor.toFixed(2)} µs`,
-            goal: "(the floor here)",
-            met: null,
-            info: true,
-            ratio: cpu / floor,
-          },
-    );
+  const us = (x: number) => `${x.toFixed(2)} µs`;
+  // The absolute CPU goal is about the relay's own work: judged on the pinned layout when it ran.
+  const cpuRun = runs.find((r) => r.layout === "pinned") ?? runs[0];
+  const sharedRows = runs.find((r) => r.layout === "shared")?.rows ?? [];
+  for (const run of runs) {
+    const rows = run.rows;
+    for (const row of rows.filter((r) => r.relay === "stoa1" || r.relay === "stoa2")) {
+      const direct = rows.find((r) => r.relay === "direct" && r.step === row.step);
+      const socat = rows.find((r) => r.relay === "socat" && r.step === row.step);
+      const base = { layout: run.layout, step: row.step, relay: row.relay };
+      goals.push(
+        direct === undefined
+          ? { ...base, what: "loss vs direct", value: pts(row.loss_pct), goal: "no direct row", met: null }
+          : { ...base, what: "loss vs direct", value: `${pts(row.loss_pct)} (direct ${pts(direct.loss_pct)})`, goal: `≤ direct + ${GOAL.lossPoints} pt`, met: row.loss_pct - direct.loss_pct <= GOAL.lossPoints },
+      );
+      goals.push(
+        socat === undefined
+          ? { ...base, what: "loss vs socat", value: pts(row.loss_pct), goal: "no socat row", met: null }
+          : {
+              ...base,
+              what: "loss vs socat",
+              value: `${pts(row.loss_pct)} (socat ${pts(socat.loss_pct)})`,
+              goal: "< socat (or ≤ direct)",
+              met: row.loss_pct < socat.loss_pct || (direct !== undefined && row.loss_pct <= direct.loss_pct),
+            },
+      );
+      const cpu = row.cpu_us_per_packet;
+      if (run === cpuRun) {
+        const shared = run.layout === "pinned" ? sharedRows.find((r) => r.relay === row.relay && r.step === row.step)?.cpu_us_per_packet : undefined;
+        const beside = shared === undefined || shared === null ? "" : ` (shared ${us(shared)})`;
+        const caveat = ownWork(run) ? "" : " incl. sink";
+        goals.push({ ...base, what: "relay CPU per packet", value: cpu === null ? "—" : `${us(cpu)}${caveat}${beside}`, goal: `≤ ${GOAL.cpuUsPerPacket} µs`, met: cpu === null ? null : cpu <= GOAL.cpuUsPerPacket });
+      }
+      const floor = rows.find((r) => r.relay === "c" && r.step === row.step)?.cpu_us_per_packet ?? null;
+      goals.push(
+        cpu === null || floor === null || floor === 0
+          ? { ...base, what: "CPU vs the C relay", value: cpu === null ? "—" : us(cpu), goal: "no C relay row", met: null, info: true }
+          : {
+              ...base,
+              what: "CPU vs the C relay",
+              value: `${us(cpu)} = ${(cpu / floor).toFixed(2)}× the C relay's ${us(floor)}`,
+              goal: "(the floor here)",
+              met: null,
+              info: true,
+              ratio: cpu / floor,
+            },
+      );
+    }
   }
   return goals;
+}
+
+/**
+ * Whether the pinned layout's relay CPU excludes the sink's delivery: RPS read back, and the
+ * receive processing that ran on the relay's CPU (softnet_stat) per packet relayed, over every
+ * relayed row of the pinned layout; beside it the C relay's CPU per packet in both layouts.
+ */
+interface DeliveryCheck {
+  /** The most receive processing on the relay's CPU at any pinned step, per 100 packets relayed. */
+  max_received_on_relay_cpu_pct: number | null;
+  c_relay: { step: string; shared_us: number | null; pinned_us: number; pinned_received_on_relay_cpu_pct: number | null; pinned_rps_ipis_pct: number | null }[];
+  /** true: RPS took and the relay's CPU did (almost) no receive processing; false: not; null: not checked. */
+  excluded: boolean | null;
+  verdict: string;
+}
+
+function deliveryCheck(runs: LayoutRun[]): DeliveryCheck {
+  const shared = runs.find((r) => r.layout === "shared");
+  const pinned = runs.find((r) => r.layout === "pinned");
+  const none = { max_received_on_relay_cpu_pct: null, c_relay: [] };
+  if (pinned === undefined) return { ...none, excluded: null, verdict: "not checked: the pinned layout did not run" };
+  if (pinned.rps?.ok !== true) return { ...none, excluded: false, verdict: `no: RPS could not be set (${pinned.rps?.lines.join("; ")}), the pinned layout's relay CPU includes the sink's receive work` };
+  const per100 = (r: Row, count: number | null) => (count === null || r.unique === 0 ? null : (count / r.unique) * 100);
+  const pct = (r: Row) => per100(r, r.relay_cpu_received);
+  const c_relay = pinned.rows
+    .filter((r) => r.relay === "c" && r.cpu_us_per_packet !== null)
+    .map((p) => ({ step: p.step, shared_us: shared?.rows.find((r) => r.relay === "c" && r.step === p.step)?.cpu_us_per_packet ?? null, pinned_us: p.cpu_us_per_packet!, pinned_received_on_relay_cpu_pct: pct(p), pinned_rps_ipis_pct: per100(p, p.peer_cpu_rps_ipis) }));
+  const shares = pinned.rows.filter((r) => r.relay !== "direct").map(pct).filter((x) => x !== null);
+  if (shares.length === 0) return { ...none, c_relay, excluded: null, verdict: "RPS took; not checked: no relayed row in the pinned layout" };
+  const most = Math.max(...shares);
+  const excluded = most <= RECEIVED_ON_RELAY_CPU_MAX_PCT;
+  const rps = pinned.rps.lines.map((l) => l.split(" (")[0]).join(", ");
+  return {
+    max_received_on_relay_cpu_pct: most,
+    c_relay,
+    excluded,
+    verdict: excluded
+      ? `yes: RPS took (${rps}), and CPU ${PINNED.relayCpu} ran the receive processing of at most ${most.toFixed(2)} packets per 100 relayed at any step (softnet_stat): the sink's delivery ran on CPU ${PINNED.peerCpu}`
+      : `NO: RPS took (${rps}), but CPU ${PINNED.relayCpu} ran the receive processing of up to ${most.toFixed(1)} packets per 100 relayed (softnet_stat; above ${RECEIVED_ON_RELAY_CPU_MAX_PCT}): the pinned layout's relay CPU may include the sink's delivery`,
+  };
+}
+
+/** One layout's ramp through every selected relay, in the namespaces of `net`. */
+async function runLayout(net: Topology, bins: Bins, place: Placement, ticksPerS: number): Promise<LayoutRun> {
+  const result: LayoutRun = { layout: place.layout, rows: [], unavailable: {}, stops: {}, cRelay: null, rps: null };
+  if (place.layout === "pinned") {
+    const lines: string[] = [];
+    let ok = true;
+    for (const dev of SINK_IFS) {
+      const r = steerReceive(net.sink, dev, 1 << PINNED.peerCpu);
+      ok &&= r.ok;
+      lines.push(r.ok ? `${dev}: rps_cpus reads back ${r.readBack.toString(16)} (CPU ${PINNED.peerCpu})` : `${dev}: ${r.why}`);
+    }
+    result.rps = { ok, lines };
+    log(`pinned layout: the sink's receive work ${ok ? "steered" : "NOT steered"} to CPU ${PINNED.peerCpu}: ${lines.join("; ")}`);
+  }
+  const selected = RELAYS.filter((r) => only.has(r.startsWith("stoa") ? "stoa" : r));
+  for (const relay of selected) {
+    let run: Running;
+    try {
+      run =
+        relay === "direct"
+          ? startDirect(net)
+          : relay === "c"
+            ? await startC(net, bins.relay, place.relayCpus)
+            : relay === "socat"
+              ? await startSocat(net, place.relayCpus)
+              : relay === "bun"
+                ? await startBun(net, place.relayCpus)
+                : await startStoa(net, relay === "stoa1" ? 1 : 2, place.relayCpus);
+    } catch (err) {
+      result.unavailable[relay] = err instanceof Error ? err.message : String(err);
+      log(`${place.layout} ${LABEL[relay]}: not available (${result.unavailable[relay]})`);
+      continue;
+    }
+    try {
+      await measureStep(net, bins, relay, run, WARMUP.pps, ticksPerS, place, WARMUP.seconds);
+      for (const rate of steps) {
+        const row = await measureStep(net, bins, relay, run, rate, ticksPerS, place);
+        result.rows.push(row);
+        log(`${place.layout} ${row.label.padEnd(23)} ${row.step.padStart(5)}: offered ${row.offered_pps} pps, relayed ${row.relayed_pps} pps, loss ${row.loss_pct.toFixed(2)} %${row.cpu_us_per_packet === null ? "" : `, ${row.cpu_us_per_packet.toFixed(2)} µs CPU/pkt`}`);
+      }
+    } catch (err) {
+      result.unavailable[relay] = `failed during the ramp: ${err instanceof Error ? err.message : String(err)}`;
+      log(`${place.layout} ${LABEL[relay]}: ${result.unavailable[relay]}`);
+    } finally {
+      const stopped = await run.stop();
+      if (stopped !== undefined && relay.startsWith("stoa")) result.stops[relay] = stopped;
+      if (stopped !== undefined && relay === "c") result.cRelay = { stop: stopped, counters: run.counters?.() ?? null };
+    }
+  }
+  return result;
 }
 
 async function main() {
@@ -528,112 +735,123 @@ async function main() {
   await Bun.sleep(IDLE_SAMPLE_MS);
   const idle1 = machineCpu();
   const busyBefore = ((idle1.busy - idle0.busy) / Math.max(1, idle1.total - idle0.total)) * 100;
-  const rows: Row[] = [];
-  const unavailable: Partial<Record<RelayName, string>> = {};
-  const stops: Partial<Record<RelayName, StopReport>> = {};
-  let cRelay: { stop: StopReport; counters: CCounters | null } | null = null;
-  const selected = RELAYS.filter((r) => only.has(r.startsWith("stoa") ? "stoa" : r));
+  const runs: LayoutRun[] = [];
   try {
-    for (const relay of selected) {
-      let run: Running;
-      try {
-        run =
-          relay === "direct"
-            ? startDirect(net)
-            : relay === "c"
-              ? await startC(net, bins.relay)
-              : relay === "socat"
-                ? await startSocat(net)
-                : relay === "bun"
-                  ? await startBun(net)
-                  : await startStoa(net, relay === "stoa1" ? 1 : 2);
-      } catch (err) {
-        unavailable[relay] = err instanceof Error ? err.message : String(err);
-        log(`${LABEL[relay]}: not available (${unavailable[relay]})`);
-        continue;
-      }
-      try {
-        await measureStep(net, bins, relay, run, WARMUP.pps, ticksPerS, WARMUP.seconds);
-        for (const rate of steps) {
-          const row = await measureStep(net, bins, relay, run, rate, ticksPerS);
-          rows.push(row);
-          log(`${row.label.padEnd(23)} ${row.step.padStart(5)}: offered ${row.offered_pps} pps, relayed ${row.relayed_pps} pps, loss ${row.loss_pct.toFixed(2)} %${row.cpu_us_per_packet === null ? "" : `, ${row.cpu_us_per_packet.toFixed(2)} µs CPU/pkt`}`);
-        }
-      } catch (err) {
-        unavailable[relay] = `failed during the ramp: ${err instanceof Error ? err.message : String(err)}`;
-        log(`${LABEL[relay]}: ${unavailable[relay]}`);
-      } finally {
-        const stopped = await run.stop();
-        if (stopped !== undefined && relay.startsWith("stoa")) stops[relay] = stopped;
-        if (stopped !== undefined && relay === "c") cRelay = { stop: stopped, counters: run.counters?.() ?? null };
-      }
-    }
+    // The shared layout first: the pinned one leaves RPS set on the sink's veths.
+    for (const layout of layouts) runs.push(await runLayout(net, bins, PLACEMENT[layout], ticksPerS));
   } finally {
     cleanup();
   }
-  return { rows, unavailable, stops, cRelay, ticksPerS, busyBefore };
+  return { runs, ticksPerS, busyBefore };
 }
 
-const { rows, unavailable, stops, cRelay, ticksPerS, busyBefore } = await main().catch((err: unknown) => {
+const { runs, ticksPerS, busyBefore } = await main().catch((err: unknown) => {
   console.error(`supervisor bench failed: ${err instanceof Error ? err.message : String(err)}`);
   process.exit(1);
 });
-const goals = judge(rows);
-const config = { seconds: stepSeconds, size, flows, steps: steps.map(stepName), group: `${GROUP}:${PORT}`, kernel: readFileSync("/proc/sys/kernel/osrelease", "utf8").trim(), cpus: navigator.hardwareConcurrency, clock_ticks_per_s: ticksPerS, machine_busy_before_pct: busyBefore };
+const goals = judge(runs);
+const check = deliveryCheck(runs);
+const config = {
+  seconds: stepSeconds,
+  size,
+  flows,
+  steps: steps.map(stepName),
+  layouts,
+  pinned: { relay_cpu: PINNED.relayCpu, generator_and_sink_cpu: PINNED.peerCpu, rps_on: SINK_IFS },
+  group: `${GROUP}:${PORT}`,
+  kernel: readFileSync("/proc/sys/kernel/osrelease", "utf8").trim(),
+  cpus: navigator.hardwareConcurrency,
+  clock_ticks_per_s: ticksPerS,
+  machine_busy_before_pct: busyBefore,
+};
+const LAYOUT_TITLE: Record<Layout, string> = {
+  shared: "shared layout — the scheduler places everything on any CPU; a relay's CPU includes the sink's delivery of its datagrams",
+  pinned: `pinned layout — the relay's whole process tree on CPU ${PINNED.relayCpu} alone, the generator and the sink on CPU ${PINNED.peerCpu}, the sink's receive work steered to CPU ${PINNED.peerCpu}`,
+};
 
 if (values.json) {
-  console.log(JSON.stringify({ config, rows, unavailable, stoa_stop: stops, c_relay: cRelay, goals }));
+  const byLayout = Object.fromEntries(runs.map((r) => [r.layout, { rows: r.rows, unavailable: r.unavailable, stoa_stop: r.stops, c_relay: r.cRelay, rps: r.rps }]));
+  console.log(JSON.stringify({ config, layouts: byLayout, sink_delivery_check: check, goals }));
 } else {
   const n = (x: number) => Math.round(x).toLocaleString("en-US");
-  console.log(`supervisor benchmark — ${size.toLocaleString("en-US")} B UDP to ${GROUP}:${PORT}, ${flows} flows, ${stepSeconds} s per step; kernel ${config.kernel}, ${config.cpus} CPUs`);
+  console.log(`supervisor benchmark — ${size.toLocaleString("en-US")} B UDP to ${GROUP}:${PORT}, ${flows} flows, ${stepSeconds} s per step; kernel ${config.kernel}, ${config.cpus} CPUs; layouts: ${layouts.join(", ")}`);
   const busyNote = busyBefore > BUSY_WARN_PCT ? " — other work is running, the figures are noisy" : "";
   console.log(`machine busy before the ramp (nothing of this bench running): ${busyBefore.toFixed(0)} % of all CPUs${busyNote}`);
-  console.log("loss = 1 − unique datagrams at the sink ÷ datagrams the generator sent; CPU = utime+stime of the relay's process tree ÷ packets relayed");
-  const head = ["relay", "target", "offered pps", "relayed pps", "loss %", "Δ direct", "dup", "CPU µs/pkt", "CPU %", "gen µs/pkt", "machine busy", "drops relay/sink/backlog", "per worker"];
-  const widths = [23, 7, 11, 11, 7, 8, 4, 10, 6, 10, 12, 24, 0];
+  console.log("loss = 1 − unique datagrams at the sink ÷ datagrams the generator sent; CPU = utime+stime of the relay's process tree ÷ packets relayed; relay capacity = 1e6 ÷ CPU µs/pkt, pps per core");
+  const head = ["relay", "target", "offered pps", "relayed pps", "loss %", "Δ direct", "dup", "CPU µs/pkt", "CPU %", "relay capacity", `CPU${PINNED.relayCpu} busy (si)`, "gen µs/pkt", "machine busy", "drops relay/sink/backlog", "per worker"];
+  const widths = [23, 7, 11, 11, 7, 8, 4, 10, 6, 14, 15, 10, 12, 24, 0];
   const fmt = (cells: string[]) => `  ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ")}`;
-  for (const rate of steps) {
-    const step = stepName(rate);
-    console.log(`\nstep ${step}${rate === 0 ? " (unpaced: the generator's maximum on each path)" : " pps"}`);
-    console.log(fmt(head));
-    const direct = rows.find((r) => r.relay === "direct" && r.step === step);
-    for (const r of rows.filter((x) => x.step === step)) {
-      const share = r.worker_sent === null ? "" : r.worker_sent.map((s) => `${Math.round((s / Math.max(1, r.worker_sent!.reduce((a, b) => a + b, 0))) * 100)}%`).join("/");
+  for (const run of runs) {
+    console.log(`\n══ ${LAYOUT_TITLE[run.layout]}`);
+    if (run.layout === "pinned") {
+      console.log(`  CPU % is the relay's share of CPU ${PINNED.relayCpu}, CPU${PINNED.relayCpu} busy all of CPU ${PINNED.relayCpu}'s use (softirq sampled by tick in brackets): 100 − it is the relay's headroom`);
+      for (const line of run.rps?.lines ?? []) console.log(`  RPS ${line}`);
+      if (run.rps?.ok !== true) console.log(`  RPS could NOT be set: the pinned layout's CPU figures INCLUDE the sink's receive work, as the shared layout's`);
+      const stray = run.rows.filter((r) => r.relay_affinity !== null && r.relay_affinity.some((a) => a !== PLACEMENT.pinned.relayCpus));
       console.log(
-        fmt([
-          r.label,
-          r.target_pps === null ? "max" : n(r.target_pps),
-          n(r.offered_pps),
-          n(r.relayed_pps),
-          r.loss_pct.toFixed(2),
-          direct === undefined || r.relay === "direct" ? "—" : `${r.loss_pct - direct.loss_pct >= 0 ? "+" : ""}${(r.loss_pct - direct.loss_pct).toFixed(2)}`,
-          String(r.duplicates),
-          r.cpu_us_per_packet === null ? "—" : r.cpu_us_per_packet.toFixed(2),
-          r.cpu_pct === null ? "—" : r.cpu_pct.toFixed(0),
-          r.gen_cpu_us_per_packet.toFixed(2),
-          `${r.machine_busy_pct.toFixed(0)} %`,
-          `${r.relay_rcvbuf_drops ?? "—"}/${r.sink_rcvbuf_drops}/${r.backlog_drops}`,
-          share,
-        ]),
+        stray.length === 0
+          ? `  every process of each relay's tree was allowed on CPU ${PINNED.relayCpu} only at the end of every step (Cpus_allowed_list)`
+          : `  NOT pinned: ${stray.map((r) => `${r.label} ${r.step} allowed on ${r.relay_affinity!.join(" | ")}`).join(", ")}`,
       );
-      const by = r.cpu_us_per_packet_by_process;
-      if (by !== null && Object.keys(by).length > 1) console.log(`  ${"".padEnd(widths[0]!)}  CPU µs/pkt by process: ${Object.entries(by).map(([p, us]) => `${p} ${us.toFixed(2)}`).join(", ")}`);
-      if (r.stoa_counters !== null) console.log(`  ${"".padEnd(widths[0]!)}  stoa counters: ${COUNTERS.map((c) => `${c} ${n(r.stoa_counters![c])}`).join(", ")}`);
     }
-    const short = rows.filter((r) => r.step === step && r.target_pps !== null && r.offered_pps < r.target_pps * OFFERED_SHORT);
-    if (short.length > 0) console.log(`  the generator did not reach ${n(rate)} pps on: ${short.map((r) => `${r.label} (${Math.round((r.offered_pps / rate) * 100)} %)`).join(", ")}`);
+    console.log("  the relays' receive side (delivery of the generator's frames into their sockets) runs in the generator's context in both layouts");
+    for (const rate of steps) {
+      const step = stepName(rate);
+      const rows = run.rows.filter((x) => x.step === step);
+      console.log(`\n${run.layout} step ${step}${rate === 0 ? " (unpaced: the generator's maximum on each path)" : " pps"}`);
+      console.log(fmt(head));
+      const direct = rows.find((r) => r.relay === "direct");
+      for (const r of rows) {
+        const share = r.worker_sent === null ? "" : r.worker_sent.map((s) => `${Math.round((s / Math.max(1, r.worker_sent!.reduce((a, b) => a + b, 0))) * 100)}%`).join("/");
+        console.log(
+          fmt([
+            r.label,
+            r.target_pps === null ? "max" : n(r.target_pps),
+            n(r.offered_pps),
+            n(r.relayed_pps),
+            r.loss_pct.toFixed(2),
+            direct === undefined || r.relay === "direct" ? "—" : `${r.loss_pct - direct.loss_pct >= 0 ? "+" : ""}${(r.loss_pct - direct.loss_pct).toFixed(2)}`,
+            String(r.duplicates),
+            r.cpu_us_per_packet === null ? "—" : r.cpu_us_per_packet.toFixed(2),
+            r.cpu_pct === null ? "—" : r.cpu_pct.toFixed(0),
+            r.relay_capacity_pps === null ? "—" : n(r.relay_capacity_pps),
+            r.relay_cpu_busy_pct === null ? "—" : `${r.relay_cpu_busy_pct.toFixed(0)} % (${(r.relay_cpu_softirq_pct ?? 0).toFixed(0)})`,
+            r.gen_cpu_us_per_packet.toFixed(2),
+            `${r.machine_busy_pct.toFixed(0)} %`,
+            `${r.relay_rcvbuf_drops ?? "—"}/${r.sink_rcvbuf_drops}/${r.backlog_drops}`,
+            share,
+          ]),
+        );
+        const by = r.cpu_us_per_packet_by_process;
+        if (by !== null && Object.keys(by).length > 1) console.log(`  ${"".padEnd(widths[0]!)}  CPU µs/pkt by process: ${Object.entries(by).map(([p, us]) => `${p} ${us.toFixed(2)}`).join(", ")}`);
+        if (r.stoa_counters !== null) console.log(`  ${"".padEnd(widths[0]!)}  stoa counters: ${COUNTERS.map((c) => `${c} ${n(r.stoa_counters![c])}`).join(", ")}`);
+      }
+      const short = rows.filter((r) => r.target_pps !== null && r.offered_pps < r.target_pps * OFFERED_SHORT);
+      if (short.length > 0) console.log(`  the generator did not reach ${n(rate)} pps on: ${short.map((r) => `${r.label} (${Math.round((r.offered_pps / rate) * 100)} %)`).join(", ")}`);
+    }
+    if (Object.keys(run.unavailable).length > 0) console.log("");
+    for (const [relay, why] of Object.entries(run.unavailable)) console.log(`${run.layout} ${LABEL[relay as RelayName]}: not available (${why})`);
+    const c = run.cRelay;
+    if (c !== null) {
+      const counts = c.counters === null ? "printed no counters" : `counters over its run (warm-up included): ${C_COUNTERS.map((k) => `${k} ${n(c.counters![k])}`).join(", ")}`;
+      console.log(`${run.layout} ${LABEL.c}: SIGTERM → exit ${c.stop.exitCode ?? "none (killed)"} in ${c.stop.ms} ms; ${counts}`);
+    }
+    for (const [relay, s] of Object.entries(run.stops)) console.log(`${run.layout} ${LABEL[relay as RelayName]}: SIGTERM → exit ${s.exitCode ?? "none (killed)"} in ${s.ms} ms (${s.withinTimeout ? "within" : "NOT within"} ${STOP_TIMEOUT_MS} ms)`);
   }
-  if (Object.keys(unavailable).length > 0) console.log("");
-  for (const [relay, why] of Object.entries(unavailable)) console.log(`${LABEL[relay as RelayName]}: not available (${why})`);
-  if (cRelay !== null) {
-    const counts = cRelay.counters === null ? "printed no counters" : `counters over its run (warm-up included): ${C_COUNTERS.map((c) => `${c} ${n(cRelay!.counters![c])}`).join(", ")}`;
-    console.log(`${LABEL.c}: SIGTERM → exit ${cRelay.stop.exitCode ?? "none (killed)"} in ${cRelay.stop.ms} ms; ${counts}`);
+  console.log(`\ndoes the pinned layout's relay CPU exclude the sink's delivery? ${check.verdict}`);
+  if (check.c_relay.length > 0) console.log("  the C relay's CPU per packet, shared → pinned (pinning also moves the generator off its CPU, and it sleeps and wakes there alone):");
+  for (const c of check.c_relay) {
+    const delta = c.shared_us === null ? "" : ` (${c.pinned_us - c.shared_us >= 0 ? "+" : "−"}${Math.abs(c.pinned_us - c.shared_us).toFixed(2)})`;
+    const recv = c.pinned_received_on_relay_cpu_pct === null ? "" : `; per 100 relayed: receive processing on CPU ${PINNED.relayCpu} ${c.pinned_received_on_relay_cpu_pct.toFixed(2)}, RPS interrupts to CPU ${PINNED.peerCpu} ${c.pinned_rps_ipis_pct?.toFixed(1) ?? "—"}`;
+    console.log(`  ${c.step.padStart(5)}: ${c.shared_us === null ? "—" : c.shared_us.toFixed(2)} µs shared → ${c.pinned_us.toFixed(2)} µs pinned${delta}${recv}`);
   }
-  for (const [relay, s] of Object.entries(stops)) console.log(`${LABEL[relay as RelayName]}: SIGTERM → exit ${s.exitCode ?? "none (killed)"} in ${s.ms} ms (${s.withinTimeout ? "within" : "NOT within"} ${STOP_TIMEOUT_MS} ms)`);
-  if (goals.length > 0) {
-    console.log(`\n  ${"goal".padEnd(44)} ${"measured".padStart(44)}  ${"goal".padEnd(22)}`);
-    for (const g of goals) console.log(`  ${`${g.step} ${LABEL[g.relay]}: ${g.what}`.padEnd(44)} ${g.value.padStart(44)}  ${g.goal.padEnd(22)} ${g.info ? "info" : g.met === null ? "n/a" : g.met ? "PASS" : "FAIL"}`);
-  } else {
-    console.log("\ngoals: not judged (no stoa row)");
+  if (goals.length === 0) console.log("\ngoals: not judged (no stoa row)");
+  for (const run of runs) {
+    const mine = goals.filter((g) => g.layout === run.layout);
+    if (mine.length === 0) continue;
+    const whose = run.layout === "pinned" ? "relay CPU judged here: the relay's own work; loss against this layout's direct path" : "loss against this layout's direct path";
+    console.log(`\n  goals — ${run.layout} layout (${whose})`);
+    console.log(`  ${"goal".padEnd(44)} ${"measured".padStart(44)}  ${"goal".padEnd(22)}`);
+    for (const g of mine) console.log(`  ${`${g.step} ${LABEL[g.relay]}: ${g.what}`.padEnd(44)} ${g.value.padStart(44)}  ${g.goal.padEnd(22)} ${g.info ? "info" : g.met === null ? "n/a" : g.met ? "PASS" : "FAIL"}`);
   }
 }

@@ -187,6 +187,9 @@ export class DataPlane {
   readonly #eventBuffer = new BigUint64Array(1);
   readonly #eventData = encodeUserData(UserDataKind.EVENT, 0);
   #eventPosted = false;
+  /** RECVs and SENDs prepared since the last submit (see runOnce's wait). */
+  #preparedRecvs = 0;
+  #preparedSends = 0;
   #commandPending = false;
   readonly #onCommand: ((plane: DataPlane) => void) | undefined;
   readonly #udp: UdpView = { dst: 0, dstPort: 0, srcPort: 0, payloadOffset: 0, payloadLength: 0 };
@@ -329,7 +332,14 @@ export class DataPlane {
       this.#ring.prepRead(this.#eventNumber, ptr(this.#eventBuffer), 8, this.#eventData);
       this.#eventPosted = true;
     }
-    this.#ring.submitAndWait(1, timeoutMs);
+    // A batch of SENDs alone completes inside the submit (UDP copies the payload at once): wait
+    // for them and one event more, so the same io_uring_enter that sends also sleeps until the
+    // next frame or command (a syscall per relayed packet less when traffic is light). A batch
+    // with RECVs waits for one: they too complete inside the submit, and are handled at once.
+    const min = this.#preparedRecvs > 0 ? 1 : 1 + this.#preparedSends;
+    this.#preparedRecvs = 0;
+    this.#preparedSends = 0;
+    this.#ring.submitAndWait(min, timeoutMs);
     const handled = this.#ring.reap(this.#onCompletion);
     if (this.#commandPending) {
       this.#commandPending = false;
@@ -411,11 +421,15 @@ export class DataPlane {
     this.#recvOwner[index] = ingress;
     ingress.outstanding++;
     this.#ring.prepRecv(ingress.number, this.#recvAddrs[index]!, RECV_BUFFER_BYTES, this.#recvData[index]!, MSG_DONTWAIT);
+    this.#preparedRecvs++;
   }
 
   /** Hands the prepared SQEs to the kernel when the SQ is full (no wait). */
   #room(): void {
-    if (this.#ring.sqSpace === 0) this.#ring.submitAndWait(0, 0);
+    if (this.#ring.sqSpace !== 0) return;
+    this.#ring.submitAndWait(0, 0);
+    this.#preparedRecvs = 0;
+    this.#preparedSends = 0;
   }
 
   #complete(userData: bigint, res: number, flags: number): void {
@@ -504,6 +518,7 @@ export class DataPlane {
       this.#sendViews[s]!.set(payload);
       this.#room();
       this.#ring.prepSend(fd, this.#sendAddrs[s]!, udp.payloadLength, this.#sendData[s]!);
+      this.#preparedSends++;
     }
   }
 

@@ -35,9 +35,17 @@ const SO_RCVBUFFORCE = 33;
 /**
  * An ingress socket's receive queue: frames wait here while the worker's RECVs are all busy
  * (a burst, a worker being restarted). The default (~208 KiB) holds ~150 frames of 1,400 B; this
- * holds ~3,000. SO_RCVBUFFORCE, so net.core.rmem_max does not cap it (the supervisor is root).
+ * holds ~3,000. SO_RCVBUFFORCE, so net.core.rmem_max does not cap it (root; with CAP_NET_RAW
+ * alone the capped SO_RCVBUF).
  */
 export const INGRESS_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
+const SO_SNDBUFFORCE = 32;
+/**
+ * An output socket's send queue: a worker's SENDs wait here while the output is slower than the
+ * input for a moment; the default (~208 KiB, ~150 copies of 1,400 B) would fail SENDs into the
+ * send pool's limit instead (buffer_exhausted at a burst). This holds a worker's whole send pool.
+ */
+export const OUTPUT_SEND_BUFFER_BYTES = 4 * 1024 * 1024;
 const IPPROTO_IP = 0;
 const IP_MULTICAST_TTL = 33;
 const IP_MULTICAST_LOOP = 34;
@@ -52,6 +60,20 @@ function fail(what: string): never {
   const code = errno();
   if (code === Errno.EPERM || code === Errno.EACCES) throw new StoaError("permission", `${what}: ${strerror(code)} (the supervisor needs root, or CAP_NET_RAW for AF_PACKET)`);
   throw new StoaError("io", `${what}: ${strerror(code)}`);
+}
+
+const SO_SNDBUF = 7;
+const SO_RCVBUF = 8;
+
+/**
+ * A socket buffer of `bytes`: the FORCE option (past net.core.[rw]mem_max) needs CAP_NET_ADMIN;
+ * without it (a supervisor with CAP_NET_RAW alone) the plain option, which the kernel caps.
+ */
+function setBuffer(fd: number, kind: "send" | "receive", bytes: number, what: string): void {
+  const [force, plain] = kind === "send" ? [SO_SNDBUFFORCE, SO_SNDBUF] : [SO_RCVBUFFORCE, SO_RCVBUF];
+  const v = new Int32Array([bytes]);
+  if (libc().setsockopt(fd, SOL_SOCKET, force, v, 4) === 0) return;
+  setInt(fd, SOL_SOCKET, plain, bytes, what);
 }
 
 function setInt(fd: number, level: number, option: number, value: number, what: string): void {
@@ -86,7 +108,7 @@ export function openPacketSocket(ifname: string, fanoutId: number): number {
     throw new StoaError("io", message);
   }
   setInt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1, `PACKET_IGNORE_OUTGOING on ${ifname}`);
-  setInt(fd, SOL_SOCKET, SO_RCVBUFFORCE, INGRESS_RECEIVE_BUFFER_BYTES, `SO_RCVBUFFORCE on ${ifname}'s AF_PACKET socket`);
+  setBuffer(fd, "receive", INGRESS_RECEIVE_BUFFER_BYTES, `the receive buffer of ${ifname}'s AF_PACKET socket`);
   const mode = fanoutId === 0 ? PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID : PACKET_FANOUT_HASH;
   setInt(fd, SOL_PACKET, PACKET_FANOUT, (fanoutId & 0xffff) | (mode << 16), `PACKET_FANOUT group ${fanoutId === 0 ? "(new)" : fanoutId} on ${ifname}`);
   return fd;
@@ -115,6 +137,7 @@ export function openOutputSocket(ifname: string, group: string, port: number): n
     if (code === Errno.EPERM) throw new StoaError("permission", `SO_BINDTODEVICE ${ifname}: ${strerror(code)} (needs CAP_NET_RAW)`);
     throw new StoaError("io", `SO_BINDTODEVICE ${ifname}: ${strerror(code)}`);
   }
+  setBuffer(fd, "send", OUTPUT_SEND_BUFFER_BYTES, `the send buffer of the output socket to ${group}:${port}`);
   const first = Number(group.split(".")[0]);
   if (first >= 224 && first <= 239) {
     setInt(fd, IPPROTO_IP, IP_MULTICAST_TTL, OUTPUT_MULTICAST_TTL, `IP_MULTICAST_TTL for ${group}`);

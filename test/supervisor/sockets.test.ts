@@ -3,6 +3,7 @@
  * the AF_PACKET socket capturing in one, the output socket sending from the other.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { canUseNetns, createNet, type Net } from "../helpers/netns.ts";
 import { ipv4ToNumber } from "../../src/supervisor/packet-wire.ts";
@@ -42,6 +43,20 @@ describe.skipIf(!can.ok)("supervisor sockets", () => {
     const lines = out.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { dst: number; dstPort: number; payload: string });
     expect(lines.map((l) => l.payload)).toEqual(["one", "two", "three"]);
     for (const l of lines) expect(l).toMatchObject({ dst: ipv4ToNumber(target), dstPort: 5000 });
+  }, 30_000);
+
+  test("buffers: 4 MiB of receive queue on the AF_PACKET socket and of send queue on an output socket (FORCE as root); with CAP_NET_RAW alone the kernel's capped size, not an error", async () => {
+    const iface = net.iface("relay", "gen");
+    const target = net.addr("gen", "relay", 4);
+    const root = await net.exec("relay", [process.execPath, FIXTURE, "buffers", iface, target]);
+    expect(root.stderr).toBe("");
+    expect(JSON.parse(root.stdout)).toEqual({ receive: 8 * 1024 * 1024, send: 8 * 1024 * 1024 }); // twice 4 MiB, as the kernel reports
+    const raw = await net.exec("relay", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all,+net_raw", "--ambient-caps=-all,+net_raw", process.execPath, FIXTURE, "buffers", iface, target]);
+    expect(raw.stderr).toBe("");
+    // SO_RCVBUF/SO_SNDBUF: the kernel takes min(asked, net.core.[rw]mem_max) and reports twice that.
+    const max = (name: string) => Number(readFileSync(`/proc/sys/net/core/${name}`, "utf8"));
+    const fourMiB = 4 * 1024 * 1024;
+    expect(JSON.parse(raw.stdout)).toEqual({ receive: 2 * Math.min(fourMiB, max("rmem_max")), send: 2 * Math.min(fourMiB, max("wmem_max")) });
   }, 30_000);
 
   test("clear errors: no such interface; an AF_PACKET socket without CAP_NET_RAW is a permission error", async () => {

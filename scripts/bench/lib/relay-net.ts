@@ -10,9 +10,11 @@
  * deletes them; it is idempotent and synchronous, so it can run from an "exit" handler or a
  * signal handler. `sweepStale()` removes the namespaces of earlier runs whose pid is gone.
  *
+ * `steerReceive(ns, dev, mask)` moves a veth's receive work to other CPUs (RPS).
+ *
  * `treeCpuTicks(pid)` is utime+stime (/proc/<pid>/stat, in clock ticks: `CLK_TCK`) of a process
  * and all its descendants — a relay's whole process tree; `treeCpuByProcess(pid)` the same per
- * process of the tree.
+ * process of the tree; `treeAffinity(pid)` the CPUs the tree's processes may run on.
  */
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 
@@ -170,6 +172,20 @@ export function processTree(root: number): number[] {
   return seen;
 }
 
+/** The distinct CPU lists the processes of a tree may run on (Cpus_allowed_list of /proc/<pid>/status: "0", "0-1"). */
+export function treeAffinity(root: number): string[] {
+  const lists = new Set<string>();
+  for (const pid of processTree(root)) {
+    try {
+      const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("Cpus_allowed_list:"));
+      if (line !== undefined) lists.add(line.split(/\s+/)[1] ?? "");
+    } catch {
+      // gone
+    }
+  }
+  return [...lists];
+}
+
 /** utime+stime of a process tree, in clock ticks. */
 export function treeCpuTicks(root: number): number {
   return processTree(root).reduce((sum, pid) => sum + (stat(pid)?.ticks ?? 0), 0);
@@ -223,9 +239,45 @@ export function backlogDrops(): number {
     .reduce((sum, line) => sum + Number.parseInt(line.split(" ")[1] ?? "0", 16), 0);
 }
 
-/** The machine's CPU time so far, busy (everything but idle and iowait) and in all, in ticks (/proc/stat). */
-export function machineCpu(): { busy: number; total: number } {
-  const fields = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "").trim().split(/\s+/).slice(1, 9).map(Number);
+/**
+ * Of one CPU, so far (its /proc/net/softnet_stat line: the one whose CPU id, column 13, is `cpu`;
+ * the cpu-th line on kernels without that column): `received`, packets whose receive processing
+ * (IP/UDP receive, socket delivery) ran on it, column 1; `rpsIpis`, the interrupts other CPUs
+ * sent it to process packets they steered to it (RPS), column 10.
+ */
+export function softnet(cpu: number): { received: number; rpsIpis: number } {
+  const lines = readFileSync("/proc/net/softnet_stat", "utf8").split("\n").filter(Boolean).map((l) => l.split(" "));
+  const withIds = (lines[0]?.length ?? 0) > 12;
+  const line = withIds ? lines.find((f) => Number.parseInt(f[12] ?? "", 16) === cpu) : lines[cpu];
+  if (line === undefined) throw new Error(`/proc/net/softnet_stat has no line for CPU ${cpu}: is it online?`);
+  return { received: Number.parseInt(line[0] ?? "0", 16), rpsIpis: Number.parseInt(line[9] ?? "0", 16) };
+}
+
+/**
+ * CPU time so far, in ticks (/proc/stat): busy (everything but idle and iowait), of that in
+ * softirq, and in all — of the whole machine, or of one CPU when `cpu` is given.
+ */
+export function machineCpu(cpu?: number): { busy: number; softirq: number; total: number } {
+  const name = cpu === undefined ? "cpu" : `cpu${cpu}`;
+  const line = readFileSync("/proc/stat", "utf8").split("\n").find((l) => l.split(" ")[0] === name);
+  if (line === undefined) throw new Error(`/proc/stat has no ${name} line: is there a CPU ${cpu}?`);
+  const fields = line.trim().split(/\s+/).slice(1, 9).map(Number);
   const total = fields.reduce((a, b) => a + b, 0);
-  return { busy: total - (fields[3] ?? 0) - (fields[4] ?? 0), total };
+  return { busy: total - (fields[3] ?? 0) - (fields[4] ?? 0), softirq: fields[6] ?? 0, total };
+}
+
+/**
+ * Steers the receive work of `dev` in namespace `ns` to the CPUs of `mask` (RPS: writes
+ * /sys/class/net/<dev>/queues/rx-0/rps_cpus in the namespace's own sysfs, which `ip netns exec`
+ * mounts) and reads it back: the mask read back, or why it could not be set.
+ */
+export function steerReceive(ns: string, dev: string, mask: number): { ok: true; readBack: number } | { ok: false; why: string } {
+  const path = `/sys/class/net/${dev}/queues/rx-0/rps_cpus`;
+  const sh = (script: string) => Bun.spawnSync([ip, "netns", "exec", ns, "sh", "-c", script, "sh", path, mask.toString(16)], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const set = sh('echo "$2" > "$1"');
+  if (set.exitCode !== 0) return { ok: false, why: `writing ${path} in ${ns} failed: ${set.stderr.toString().trim() || `exit ${set.exitCode}`}` };
+  const got = sh('cat "$1"');
+  const readBack = Number.parseInt(got.stdout.toString().trim().replaceAll(",", ""), 16);
+  if (got.exitCode !== 0 || readBack !== mask) return { ok: false, why: `${path} in ${ns} reads back "${got.stdout.toString().trim() || got.stderr.toString().trim()}", not ${mask.toString(16)}` };
+  return { ok: true, readBack };
 }
