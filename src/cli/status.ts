@@ -13,20 +13,22 @@ const DEFAULT_META_URL = `http://[::1]:${DEFAULT_META_PORT}`;
 
 export default defineCommand({
   name: "status",
-  summary: "show this host's gateway, publishers and hotlink daemons; exit 0 when healthy",
+  summary: "show this host's gateway, publishers, hotlink daemons and relay; exit 0 when healthy",
   description:
     "Asks this host's gateway (its control socket in the run dir) for its ports, routes with their\n" +
     "health and open connections, the metaserver for its publishers (name, pub_id, state, URL),\n" +
-    "and every hotlink daemon of the run dir for its relay connection and channels. Exits 0 only\n" +
+    "every hotlink daemon of the run dir for its relay connection and channels, and the packet\n" +
+    "relay (stoa supervisor run) for its workers when its control socket is there. Exits 0 only\n" +
     "when all of it is healthy; otherwise 1, with one line on stderr per problem: no gateway, a\n" +
     "route down, a publisher of this gateway not live, a hotlink daemon off its relay, a metaserver\n" +
-    "named with --meta that does not answer, a --hotlink user with no daemon. --wait D asks again\n" +
-    "until healthy or D has passed, so 'stoa up & stoa status --wait 10s' is how a script waits for\n" +
-    "a node, and --hotlink alice,bob also for daemons started in the background.",
+    "named with --meta that does not answer, a relay worker not running, a --hotlink user with no\n" +
+    "daemon. --wait D asks again until healthy or D has passed, so 'stoa up & stoa status --wait\n" +
+    "10s' is how a script waits for a node, and --hotlink alice,bob also for daemons started in\n" +
+    "the background.",
   flags: {
     json: bool("the whole report as one JSON object (also when unhealthy)"),
     wait: str("ask again until healthy, for up to this long", { default: "0", placeholder: "duration", schema: Duration }),
-    runDir: runDirFlag("run dir of the gateway and hotlink daemons"),
+    runDir: runDirFlag("run dir of the gateway, hotlink daemons and relay"),
     meta: str(`metaserver URL (default ${DEFAULT_META_URL}, not a problem when nothing answers there)`, { placeholder: "url" }),
     tokenFile: str("token for a metaserver whose reads need one", { placeholder: "file" }),
     stateDir: stateDirFlag("where a local stoa up/meta keeps meta.token"),
@@ -96,6 +98,15 @@ function render(r: StatusReport): string {
         const s = h.status;
         out.push(`  ${s.user} via ${s.server}: ${s.connected ? "connected" : "NOT connected"}, ${s.tunnels.length} tunnel(s), ${s.ipc.length} ipc channel(s)`);
       }
+    }
+  }
+  const sup = r.supervisor;
+  if (sup !== null) {
+    if ("error" in sup) out.push(`supervisor  ${sup.socket}: ${sup.error}`);
+    else {
+      const data = sup.workers.filter((w) => w.role === "data");
+      out.push(`supervisor  pid ${sup.pid}, up ${Math.round(sup.uptime_ms / 1000)}s, ${data.length} data-plane worker(s); control ${sup.socket}`);
+      out.push(...table(["ROLE", "INDEX", "PID", "STATE", "RESTARTS"], sup.workers.map((w) => [w.role, String(w.index), String(w.pid), w.state, String(w.restarts)])));
     }
   }
   out.push(r.healthy ? "healthy" : `NOT healthy: ${r.problems.length} problem(s)`);

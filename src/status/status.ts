@@ -2,23 +2,27 @@
  * What `stoa status` reports about this host, gathered through the clients that exist already:
  * the gateway's control socket (`info`, `health`, `list`: ports, routes with health,
  * connections), the metaserver's API (publishers, every page), and the control socket of each
- * hotlink daemon under `<run dir>/hotlink/`.
+ * hotlink daemon under `<run dir>/hotlink/`, and the supervisor's (`stoa supervisor run`) when
+ * its control socket is in the run dir.
  *
  * `problems` says, one line each, what is not healthy: no gateway (or one draining), a route
  * marked down, a publisher routed here that the metaserver does not show live, an unreachable
- * metaserver that was asked for by URL, a hotlink daemon without its relay, a hotlink user asked
+ * metaserver that was asked for by URL, a hotlink daemon without its relay, a supervisor that
+ * does not answer or has a worker not running (restarting after a crash), a hotlink user asked
  * for (`--hotlink USER`) with no daemon in the run dir. No problems is the exit status 0 of
  * `stoa status`.
  */
-import { readdirSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describeError } from "../core/errors.ts";
-import { RUN_DIR_SUBTREES } from "../core/paths.ts";
+import { RUN_DIR_SUBTREES, supervisorControlPath } from "../core/paths.ts";
 import { controlRequest } from "../gateway/control.ts";
 import type { ResponseFor, RouteEntry } from "../gateway/protocol.ts";
 import { hotlinkControlRequest } from "../hotlink/control.ts";
 import type { DaemonStatus } from "../hotlink/protocol.ts";
 import { MetaClient, type MetaToken } from "../meta/client.ts";
+import { supervisorRequest } from "../supervisor/control-client.ts";
+import type { WorkerInfo } from "../supervisor/protocol.ts";
 import type { Health, PublisherInfo } from "../meta/protocol.ts";
 
 /** Most publishers a status report lists (the metaserver may hold far more: the rest are counted). */
@@ -44,12 +48,14 @@ export interface StatusReport {
     | { run_dir: string; error: string };
   meta: { url: string; health: Health; publishers: PublisherInfo[]; more: boolean } | { url: string; error: string };
   hotlink: ({ socket: string; status: DaemonStatus } | { socket: string; error: string })[];
+  /** `stoa supervisor run`'s, when its control socket is in the run dir. */
+  supervisor: { socket: string; pid: number; uptime_ms: number; workers: WorkerInfo[] } | { socket: string; error: string } | null;
 }
 
 /** Gathers the report; never throws for what it finds down (that is in `problems`). */
 export async function collectStatus(options: StatusOptions): Promise<StatusReport> {
   const problems: string[] = [];
-  const [gateway, meta, hotlink] = await Promise.all([gatewayPart(options.runDir), metaPart(options), hotlinkPart(options.runDir)]);
+  const [gateway, meta, hotlink, supervisor] = await Promise.all([gatewayPart(options.runDir), metaPart(options), hotlinkPart(options.runDir), supervisorPart(options.runDir)]);
   if ("error" in gateway) problems.push(gateway.error);
   else {
     if (gateway.health.status !== "serving") problems.push(`the gateway (pid ${gateway.health.pid}) is ${gateway.health.status}`);
@@ -69,10 +75,18 @@ export async function collectStatus(options: StatusOptions): Promise<StatusRepor
     if ("error" in h) problems.push(h.error);
     else if (!h.status.connected) problems.push(`hotlink daemon of ${h.status.user} is not connected to its relay ${h.status.server}`);
   }
+  if (supervisor !== null) {
+    if ("error" in supervisor) problems.push(supervisor.error);
+    else {
+      for (const w of supervisor.workers) {
+        if (w.state !== "running") problems.push(`supervisor (pid ${supervisor.pid}): the ${w.role} worker ${w.index} is ${w.state} (${w.restarts} restart(s))`);
+      }
+    }
+  }
   for (const user of options.hotlinkUsers ?? []) {
     if (!hotlink.some((h) => "status" in h && h.status.user === user)) problems.push(`no hotlink daemon of ${user} runs in ${options.runDir} (yet?)`);
   }
-  return { healthy: problems.length === 0, problems, gateway, meta, hotlink };
+  return { healthy: problems.length === 0, problems, gateway, meta, hotlink, supervisor };
 }
 
 async function gatewayPart(runDir: string): Promise<StatusReport["gateway"]> {
@@ -129,4 +143,18 @@ async function hotlinkPart(runDir: string): Promise<StatusReport["hotlink"]> {
       }
     }),
   );
+}
+
+async function supervisorPart(runDir: string): Promise<StatusReport["supervisor"]> {
+  const socket = supervisorControlPath(runDir);
+  if (!existsSync(socket)) return null; // no supervisor has run here
+  try {
+    const [ping, list] = await Promise.all([
+      supervisorRequest(socket, { type: "ping" }, STATUS_REQUEST_TIMEOUT_MS),
+      supervisorRequest(socket, { type: "list_workers" }, STATUS_REQUEST_TIMEOUT_MS),
+    ]);
+    return { socket, pid: ping.pid, uptime_ms: ping.uptime_ms, workers: list.workers };
+  } catch (err) {
+    return { socket, error: `supervisor: ${describeError(err)}` };
+  }
 }

@@ -10,6 +10,7 @@ import { beforeEach, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { SupervisorLab, type Stats, labProblem, useLab } from "../fixtures/supervisor-lab.ts";
+import { STOA } from "../helpers/stoa.ts";
 
 const problem = labProblem("stoa supervisor's end-to-end tests");
 
@@ -178,5 +179,23 @@ describe.skipIf(problem !== null)("stoa supervisor in namespaces: gen → relay 
     expect((await lab.cli(["remove-rule", a])).code).toBe(0);
     expect((await lab.cli(["remove-rule", b])).code).toBe(0);
     expect(JSON.parse(readFileSync(file, "utf8"))).toEqual(await lab.json<unknown[]>(["list-rules"]));
+  }, 60_000);
+
+  test("stoa status shows a supervisor whose control socket is in the run dir, its workers running; one that is gone is a problem", async () => {
+    const runDir = join(lab.dir, "run");
+    const d = await lab.run("status", ["--workers", "1", "--user", "nobody"], { control: join(runDir, "supervisor", "control.sock") });
+    const status = async () => {
+      const r = await lab.net.exec("relay", [STOA, "status", "--run-dir", runDir, "--json"]);
+      return JSON.parse(r.stdout) as { healthy: boolean; problems: string[]; supervisor: { pid?: number; workers?: { role: string; state: string }[]; error?: string } | null };
+    };
+    const up = await status();
+    expect(up.supervisor?.pid).toBe(d.proc.pid);
+    expect(up.supervisor?.workers?.map((w) => `${w.role}:${w.state}`)).toEqual(["control:running", "data:running"]);
+    expect(up.problems.filter((p) => p.includes("supervisor"))).toEqual([]);
+    d.proc.kill("SIGKILL"); // its socket file stays behind, answering nothing
+    await d.proc.exited;
+    const gone = await status();
+    expect(gone.supervisor?.error).toMatch(/no supervisor is running/);
+    expect(gone.problems.some((p) => p.startsWith("supervisor: "))).toBe(true);
   }, 60_000);
 });
