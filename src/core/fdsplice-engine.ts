@@ -15,7 +15,7 @@
  * when bytes flow and at most one read per direction when a reader is slow.
  */
 import { ptr } from "bun:ffi";
-import { errno, libc, strerror } from "../ffi/libc.ts";
+import { MSG_DONTWAIT, MSG_NOSIGNAL, errno, libc, strerror } from "../ffi/libc.ts";
 import {
   EPOLL_CLOEXEC,
   EPOLL_CTL_ADD,
@@ -27,8 +27,6 @@ import {
   EPOLLHUP,
   EPOLLIN,
   EPOLLOUT,
-  MSG_DONTWAIT,
-  MSG_NOSIGNAL,
   SHUT_WR,
   epollCtl,
   setLingerReset,

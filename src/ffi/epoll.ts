@@ -7,7 +7,7 @@
  * once); nothing here allocates on the hot path.
  */
 import { ptr } from "bun:ffi";
-import { Errno, errno, libc } from "./libc.ts";
+import { Errno, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, errno, libc } from "./libc.ts";
 
 export const EPOLL_CLOEXEC = 0o2000000;
 export const EPOLL_CTL_ADD = 1;
@@ -19,11 +19,8 @@ export const EPOLLERR = 0x008;
 export const EPOLLHUP = 0x010;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
-export const MSG_DONTWAIT = 0x40;
-export const MSG_NOSIGNAL = 0x4000;
 export const SHUT_WR = 1;
 const F_DUPFD_CLOEXEC = 1030;
-const SOL_SOCKET = 1;
 const SO_LINGER = 13;
 
 /**

@@ -39,7 +39,7 @@
  */
 import { ptr } from "bun:ffi";
 import { StoaError } from "../core/errors.ts";
-import { Errno, errno, libc, strerror } from "./libc.ts";
+import { AF_UNIX, Errno, MSG_NOSIGNAL, MSG_TRUNC, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_SEQPACKET, SOL_SOCKET, errno, libc, strerror } from "./libc.ts";
 
 /** The most descriptors one message carries (ours; the kernel's SCM_MAX_FD is 253). */
 export const MAX_FDS_PER_MESSAGE = 16;
@@ -49,20 +49,11 @@ export const MAX_FDS_PER_MESSAGE = 16;
  */
 export const MAX_MESSAGE_BYTES = 64 * 1024;
 
-const AF_UNIX = 1;
-const SOCK_SEQPACKET = 5;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
-/** socket.h: no SIGPIPE for a peer that went away (EPIPE instead). */
-const MSG_NOSIGNAL = 0x4000;
 /** socket.h: received descriptors are close-on-exec from the start (no fork/exec race). */
 const MSG_CMSG_CLOEXEC = 0x4000_0000;
 /** msg_flags on return: control data (descriptors) did not fit and were dropped. */
 const MSG_CTRUNC = 0x8;
-/** msg_flags on return: the message was longer than the buffer; the rest is gone. */
-const MSG_TRUNC = 0x20;
 
 const IOVEC_BYTES = 16;
 const MSGHDR_BYTES = 56;

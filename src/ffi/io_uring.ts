@@ -54,7 +54,7 @@
  */
 import { ptr, toArrayBuffer } from "bun:ffi";
 import { StoaError } from "../core/errors.ts";
-import { Errno, errno, libc, strerror } from "./libc.ts";
+import { Errno, MSG_NOSIGNAL, errno, libc, strerror } from "./libc.ts";
 
 /** io_uring_setup(2): the same number on x86_64 and aarch64 (unified syscall table, ≥ 425). */
 const SYS_io_uring_setup = 425;
@@ -139,8 +139,6 @@ const CQE_FLAGS = 12;
 
 const PROT_READ_WRITE = 0x1 | 0x2;
 const MAP_SHARED_POPULATE = 0x01 | 0x8000;
-/** SEND: no SIGPIPE when the peer of a stream socket went away (socket.h). */
-const MSG_NOSIGNAL = 0x4000;
 const U32_MAX = 0xffff_ffff;
 /** io_uring_enter's "the timeout expired" (errno.h). */
 const ETIME = 62;

@@ -143,6 +143,32 @@ function toRlim(v: number): bigint {
   return v === Number.POSITIVE_INFINITY ? RLIM_INFINITY : BigInt(Math.floor(v));
 }
 
+/**
+ * Numbers of socket.h and fcntl.h that several bindings use, defined once: Linux's, the same on
+ * every architecture stoa builds for (x86_64, aarch64). A constant only one module needs stays
+ * there.
+ */
+export const AF_UNIX = 1;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const AF_NETLINK = 16;
+export const AF_PACKET = 17;
+export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
+export const SOCK_RAW = 3;
+export const SOCK_SEQPACKET = 5;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+/** recv/send: do not wait (EAGAIN instead). */
+export const MSG_DONTWAIT = 0x40;
+/** send: no SIGPIPE for a peer that went away (EPIPE instead). */
+export const MSG_NOSIGNAL = 0x4000;
+/** msg_flags on return: the message was longer than the buffer; the rest is gone. */
+export const MSG_TRUNC = 0x20;
+export const F_SETFL = 4;
+export const O_NONBLOCK = 0o4000;
+
 /** Linux errno values stoa reacts to (asm-generic/errno-base.h, errno.h). */
 export const Errno = {
   EPERM: 1,

@@ -17,7 +17,7 @@
  *   EPERM → CAP_NET_ADMIN, EEXIST, ENODEV, EADDRNOTAVAIL, ESRCH, EINVAL (+ the kernel's own words).
  */
 import { StoaError, type ErrorCode } from "../core/errors.ts";
-import { Errno, cString, errno, libc, strerror } from "./libc.ts";
+import { AF_NETLINK, Errno, MSG_TRUNC, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET, cString, errno, libc, strerror } from "./libc.ts";
 import {
   AF_INET,
   AF_INET6,
@@ -42,21 +42,13 @@ import {
   u32Attr,
 } from "./netlink-codec.ts";
 
-/** socket(2) arguments, linux/socket.h, linux/net.h, linux/netlink.h. */
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
 const NETLINK_ROUTE = 0;
 /** sizeof(struct sockaddr_nl): u16 family, u16 pad, u32 port id, u32 groups. */
 const SOCKADDR_NL_LEN = 12;
-/** setsockopt levels and names: asm-generic/socket.h, linux/socket.h, linux/netlink.h. */
-const SOL_SOCKET = 1;
 const SO_RCVTIMEO = 20; // SO_RCVTIMEO_OLD: struct timeval of two longs (64-bit Linux)
 const SOL_NETLINK = 270;
 const NETLINK_CAP_ACK = 10; // ACKs do not echo our request back
 const NETLINK_EXT_ACK = 11; // errors carry the kernel's own message
-/** recv flag: return the datagram's real length, so truncation is detected (netlink honours it). */
-const MSG_TRUNC = 0x20;
 /** Linux IFNAMSIZ (16) minus the NUL. */
 const IFNAME_MAX = 15;
 

@@ -5,11 +5,9 @@
  * `F_DUPFD_CLOEXEC` copy and the inherited one stays open for the next bind.
  */
 import { ptr } from "bun:ffi";
-import { errno, libc, strerror } from "./libc.ts";
+import { AF_INET, AF_INET6, errno, libc, strerror } from "./libc.ts";
 
 const F_DUPFD_CLOEXEC = 1030;
-const AF_INET = 2;
-const AF_INET6 = 10;
 /** sizeof(struct sockaddr_storage). */
 const SOCKADDR_STORAGE_BYTES = 128;
 

@@ -9,15 +9,8 @@
  */
 import { ptr } from "bun:ffi";
 import { describeError } from "../core/errors.ts";
-import { errno, libc, strerror } from "./libc.ts";
+import { AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, errno, libc, strerror } from "./libc.ts";
 
-const AF_UNIX = 1;
-const SOCK_DGRAM = 2;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-/** No SIGPIPE if the receiver went away (socket.h). */
-const MSG_NOSIGNAL = 0x4000;
-const MSG_DONTWAIT = 0x40;
 /** sizeof(sun_path). */
 const SUN_PATH_BYTES = 108;
 

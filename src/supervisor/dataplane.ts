@@ -55,10 +55,10 @@
  */
 import { ptr } from "bun:ffi";
 import { StoaError } from "../core/errors.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, MSG_DONTWAIT, signalEventfd } from "../ffi/epoll.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, signalEventfd } from "../ffi/epoll.ts";
 import { OwnedFd } from "../ffi/fdpass.ts";
 import { IORING_CQE_F_MORE, IoUring, POLLIN } from "../ffi/io_uring.ts";
-import { errno, libc, strerror } from "../ffi/libc.ts";
+import { MSG_DONTWAIT, errno, libc, strerror } from "../ffi/libc.ts";
 import { BufferPool } from "./buffers.ts";
 import { parseUdpFrame, type UdpView } from "./packet-wire.ts";
 import { MAX_INPUT_INTERFACES, type Rule, type WorkerCounters } from "./protocol.ts";

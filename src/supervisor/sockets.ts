@@ -13,16 +13,9 @@
  */
 import { StoaError } from "../core/errors.ts";
 import { interfaceIndex } from "../ffi/netlink.ts";
-import { Errno, cString, errno, libc, strerror } from "../ffi/libc.ts";
+import { AF_INET, AF_PACKET, Errno, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET, cString, errno, libc, strerror } from "../ffi/libc.ts";
 
-const AF_INET = 2;
-const AF_PACKET = 17;
-const SOCK_DGRAM = 2;
-const SOCK_RAW = 3;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
 const ETH_P_IP = 0x0800;
-const SOL_SOCKET = 1;
 const SO_BINDTODEVICE = 25;
 const SOL_PACKET = 263;
 const PACKET_FANOUT = 18;

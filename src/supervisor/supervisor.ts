@@ -35,7 +35,7 @@ import { selfArgv } from "../core/self.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
 import { dupCloexec, signalEventfd } from "../ffi/epoll.ts";
 import { MAX_FDS_PER_MESSAGE, OwnedFd, socketPair } from "../ffi/fdpass.ts";
-import { errno, libc, strerror } from "../ffi/libc.ts";
+import { AF_UNIX, SOCK_CLOEXEC, SOCK_STREAM, errno, libc, strerror } from "../ffi/libc.ts";
 import { interfaceIndex } from "../ffi/netlink.ts";
 import {
   type ControlAnswer,
@@ -121,9 +121,6 @@ interface FdListener {
 }
 
 function listenFd(path: string): FdListener {
-  const AF_UNIX = 1;
-  const SOCK_STREAM = 1;
-  const SOCK_CLOEXEC = 0o2000000;
   const BACKLOG = 128;
   const fd = libc().socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new StoaError("io", `socket(AF_UNIX) for the control socket: ${strerror(errno())}`);

@@ -6,7 +6,7 @@
  */
 import { StoaError } from "../core/errors.ts";
 import { OwnedFd } from "../ffi/fdpass.ts";
-import { errno, libc, strerror } from "../ffi/libc.ts";
+import { AF_PACKET, F_SETFL, O_NONBLOCK, SOCK_RAW, SOCK_SEQPACKET, SOL_SOCKET, errno, libc, strerror } from "../ffi/libc.ts";
 import { dropPrivileges, lookupUser } from "../ffi/privileges.ts";
 import { MessageStream } from "./stream.ts";
 
@@ -15,13 +15,7 @@ export const STREAM_FD = 3;
 /** stdout: a pipe to the supervisor, the worker's doorbell. */
 const DOORBELL_FD = 1;
 
-const SOL_SOCKET = 1;
 const SO_TYPE = 3;
-const SOCK_SEQPACKET = 5;
-const AF_PACKET = 17;
-const SOCK_RAW = 3;
-const F_SETFL = 4;
-const O_NONBLOCK = 0o4000;
 
 /**
  * The supervisor's stream on fd 3 (made non-blocking), ringing the supervisor's doorbell on fd 1

@@ -10,9 +10,9 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { ptr } from "bun:ffi";
 import { readFileSync, readdirSync } from "node:fs";
 import { StoaError } from "../../src/core/errors.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, MSG_DONTWAIT } from "../../src/ffi/epoll.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK } from "../../src/ffi/epoll.ts";
 import { IORING_CQE_F_MORE, IoUring, MAX_WAIT_MS, POLLIN, probeIoUring } from "../../src/ffi/io_uring.ts";
-import { errno, libc, strerror } from "../../src/ffi/libc.ts";
+import { MSG_DONTWAIT, errno, libc, strerror } from "../../src/ffi/libc.ts";
 
 const probe = probeIoUring();
 if (!probe.ok) console.log(`io_uring tests skipped: ${probe.reason}`);
