@@ -125,6 +125,12 @@ describe("stoa gateway under systemd", () => {
     // A client that has not sent its first line yet keeps the drain going.
     const held = connect({ host: "127.0.0.1", port: service });
     await new Promise((resolve) => held.once("connect", resolve));
+    // "connect" is the kernel's handshake: wait until the gateway has accepted it too, or a stop
+    // that comes first finds nothing to drain and exits at once (seen once in a full run).
+    await eventually("the gateway counting the held connection", async () => {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      return /^stoa_gateway_connections_open\{kind="service"\} 1$/m.test(text);
+    });
     gw.proc.kill("SIGTERM");
     await gw.waitFor("err", /draining/);
     const ready = await fetch(`http://127.0.0.1:${metricsPort}/ready`);
