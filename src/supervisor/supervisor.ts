@@ -12,9 +12,10 @@
  *       └──no hello in HELLO_TIMEOUT_MS: killed                   reset after a clean 30 s run)
  *   any ──stop()──▶ stopping ──exit──▶ stopped
  *
- * A starting worker gets, after its `hello`, what it needs: the control worker a copy of the
- * listening control socket (`listen`); a data worker every current rule with freshly opened
- * sockets (`add_rule`). Rule changes go to every data worker that said hello — and are answered
+ * A starting worker gets, after its `hello`, what it needs: a data worker every current rule with
+ * freshly opened sockets (`add_rule`); the control worker a copy of the listening control socket
+ * (`listen`) — at the first start only once every data worker runs, so no request is answered
+ * before the relay can relay. Rule changes go to every data worker that said hello — and are answered
  * once each has confirmed (`sync`) that it applied them; one still starting gets them with the
  * rest once it does. Health: every HEALTH_EVERY_MS each running worker is sent
  * `health`; one that has not answered for HEALTH_TIMEOUT_MS is killed (and so restarted).
@@ -493,17 +494,26 @@ export class Supervisor {
           this.#log.error("cannot give a rule to a data worker", { index: slot.index, rule_id: rule.rule_id, err });
         }
       }
-    } else {
-      const listener = this.#control;
-      if (listener === undefined) throw new StoaError("closed", "the control socket is closed");
-      this.#send(slot, { type: "listen" }, [new OwnedFd(dupCloexec(listener.server.fd.fd), "a copy of the control socket")]);
     }
     slot.state = "running";
     this.#log.info("worker running", { role: slot.role, index: slot.index, pid: slot.pid, restarts: slot.restarts });
-    if (!this.#isReady && this.#slots.every((s) => s.state === "running")) {
+    // The control socket is served only once every data worker runs: an add-rule answered before
+    // would have no worker to read its input yet, and a script's next packet would be lost. A
+    // client that comes early waits in the listening socket's backlog (or retries, --wait).
+    if (this.#isReady) {
+      if (slot.role === "control") this.#listen(slot);
+    } else if (this.#slots.every((s) => s.state === "running")) {
       this.#isReady = true;
+      for (const s of this.#slots) if (s.role === "control") this.#listen(s);
       this.#ready.resolve();
     }
+  }
+
+  /** Hands the control worker its copy of the listening control socket. */
+  #listen(slot: Slot): void {
+    const listener = this.#control;
+    if (listener === undefined) throw new StoaError("closed", "the control socket is closed");
+    this.#send(slot, { type: "listen" }, [new OwnedFd(dupCloexec(listener.server.fd.fd), "a copy of the control socket")]);
   }
 
   /** Opens `rule`'s sockets for one data worker and sends them with it (see protocol.ts). */

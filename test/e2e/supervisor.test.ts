@@ -11,6 +11,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { SupervisorLab, type Stats, labProblem, useLab } from "../fixtures/supervisor-lab.ts";
 import { STOA } from "../helpers/stoa.ts";
+import { eventually } from "../helpers/eventually.ts";
+import { supervisorRequest } from "../../src/supervisor/control-client.ts";
 
 const problem = labProblem("stoa supervisor's end-to-end tests");
 
@@ -197,5 +199,23 @@ describe.skipIf(problem !== null)("stoa supervisor in namespaces: gen → relay 
     const gone = await status();
     expect(gone.supervisor?.error).toMatch(/no supervisor is running/);
     expect(gone.problems.some((p) => p.startsWith("supervisor: "))).toBe(true);
+  }, 60_000);
+
+  test("the control socket answers only once every data worker runs: the first answer a client gets already sees them all (an add-rule before would leave the next packet unread)", async () => {
+    const control = join(lab.dir, "early.sock");
+    const proc = lab.net.spawn("relay", [STOA, "supervisor", "run", "--workers", "2", "--user", "nobody", "--control", `unix:${control}`], { stdout: "ignore", stderr: "ignore", stdin: "ignore" });
+    try {
+      const first = await eventually("the first answer of a new supervisor", async () => {
+        try {
+          return await supervisorRequest(control, { type: "list_workers" }, 2_000);
+        } catch {
+          return undefined; // not serving yet
+        }
+      }, { everyMs: 2, timeoutMs: 20_000 });
+      expect(first.workers.map((w) => `${w.role}:${w.state}`)).toEqual(["control:running", "data:running", "data:running"]);
+    } finally {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    }
   }, 60_000);
 });
