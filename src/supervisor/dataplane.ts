@@ -288,6 +288,7 @@ export class DataPlane {
       ingress.rules.add(rule.rule_id);
       const old = this.#sockets.get(rule.rule_id);
       if (old !== undefined) {
+        this.#submitPrepared();
         for (const fd of old.outputs) fd.close();
         if (old.ingress !== ingress) this.#leave(old.ingress, rule.rule_id);
       }
@@ -307,9 +308,22 @@ export class DataPlane {
     if (sockets === undefined) return false;
     this.#sockets.delete(id);
     this.#table.remove(id);
+    this.#submitPrepared();
     for (const fd of sockets.outputs) fd.close();
     this.#leave(sockets.ingress, id);
     return true;
+  }
+
+  /**
+   * Hands every prepared SQE to the kernel (no wait) before an output socket is closed: a
+   * prepared SEND names its socket by fd number, which the kernel resolves only at submit — closed
+   * first, it would fail (EBADF), or reach whatever socket got that number next. A submitted
+   * SEND holds the socket itself until it completes.
+   */
+  #submitPrepared(): void {
+    this.#ring.submitAndWait(0, 0);
+    this.#preparedRecvs = 0;
+    this.#preparedSends = 0;
   }
 
   /**
@@ -426,10 +440,7 @@ export class DataPlane {
 
   /** Hands the prepared SQEs to the kernel when the SQ is full (no wait). */
   #room(): void {
-    if (this.#ring.sqSpace !== 0) return;
-    this.#ring.submitAndWait(0, 0);
-    this.#preparedRecvs = 0;
-    this.#preparedSends = 0;
+    if (this.#ring.sqSpace === 0) this.#submitPrepared();
   }
 
   #complete(userData: bigint, res: number, flags: number): void {

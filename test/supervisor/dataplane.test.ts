@@ -288,6 +288,31 @@ describe("completions in any order (scripted ring)", () => {
     plane.close();
   });
 
+  test("removing (or replacing) a rule first submits the SENDs prepared for its outputs, then closes them: a SEND never names a closed fd", () => {
+    const ring = new ScriptedRing();
+    const plane = new DataPlane({ ring });
+    const [input, out0, out1] = placeholders(3);
+    plane.addRule(rule("r", 5000, 1), input!, [out0!]);
+    plane.runOnce(0);
+    const [op, i] = ring.of("recv")[0]!;
+    deliver(ring, op, i, seqFrame(0, 64));
+    plane.runOnce(0); // reaps the frame: its SEND is prepared, not yet submitted
+    expect(ring.prepared.filter((o) => o.op === "send").map((o) => o.fd)).toEqual([out0!]);
+    plane.addRule(rule("r", 5000, 1), undefined, [out1!]); // replaced: out0 goes
+    expect(ring.prepared.filter((o) => o.op === "send")).toEqual([]);
+    expect(ring.of("send").map(([o]) => o.fd)).toEqual([out0!]);
+    expect(existsSync(`/proc/self/fd/${out0}`)).toBe(false);
+    const [op2, i2] = ring.of("recv")[0]!;
+    deliver(ring, op2, i2, seqFrame(1, 64));
+    plane.runOnce(0);
+    expect(ring.prepared.filter((o) => o.op === "send").map((o) => o.fd)).toEqual([out1!]);
+    expect(plane.removeRule("r")).toBe(true);
+    expect(ring.prepared.filter((o) => o.op === "send")).toEqual([]);
+    expect(ring.of("send").map(([o]) => o.fd)).toEqual([out0!, out1!]);
+    expect(existsSync(`/proc/self/fd/${out1}`)).toBe(false);
+    plane.close();
+  });
+
   test("ingress: one multishot poll per socket, no RECV left waiting on an empty one; bursts double while full, shrink after -EAGAIN, and a poll during a burst starts the next at once", () => {
     const ring = new ScriptedRing();
     const plane = new DataPlane({ ring });
