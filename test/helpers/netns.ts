@@ -395,6 +395,34 @@ class Net {
   }
 
   /**
+   * Starts `argv` inside `host` and resolves once it printed a line "ready"; `done` then resolves
+   * with everything it printed after that line once it exits 0 (rejects, with its stderr, when it
+   * ends before "ready" or exits otherwise).
+   */
+  async startReady(host: string, argv: string[]): Promise<{ proc: Subprocess<"ignore", "pipe", "pipe">; done: Promise<string> }> {
+    const proc = this.spawn(host, argv, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    const reader = proc.stdout.getReader();
+    const decoder = new TextDecoder();
+    let out = "";
+    while (!out.includes("ready\n")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`${argv.join(" ")} ended before it was ready: ${await new Response(proc.stderr).text()}`);
+      out += decoder.decode(value);
+    }
+    const done = (async () => {
+      for (;;) {
+        const { value, done: end } = await reader.read();
+        if (end) break;
+        out += decoder.decode(value);
+      }
+      const code = await proc.exited;
+      if (code !== 0) throw new Error(`${argv.join(" ")} exited ${code}: ${await new Response(proc.stderr).text()}`);
+      return out.slice(out.indexOf("ready\n") + "ready\n".length);
+    })();
+    return { proc, done };
+  }
+
+  /**
    * Starts a TCP listener inside `host` on `address` (port 0 = any free port) that greets each
    * connection with "hello <label>\n" and echoes; resolves once it is bound.
    */

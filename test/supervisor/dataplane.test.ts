@@ -578,27 +578,7 @@ describe.skipIf(!can.ok || !probe.ok)("relaying across namespaces: gen → relay
   });
 
   /** Starts `argv` in `host` and waits for its "ready" line. */
-  async function start(host: string, argv: string[]): Promise<{ done: Promise<string>; proc: ReturnType<Net["spawn"]> }> {
-    const proc = net.spawn(host, argv, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-    const reader = proc.stdout.getReader();
-    let out = "";
-    while (!out.includes("ready\n")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`${argv.join(" ")} ended before it was ready: ${await new Response(proc.stderr).text()}`);
-      out += new TextDecoder().decode(value);
-    }
-    const done = (async () => {
-      for (;;) {
-        const { value, done: end } = await reader.read();
-        if (end) break;
-        out += new TextDecoder().decode(value);
-      }
-      const code = await proc.exited;
-      if (code !== 0) throw new Error(`${argv.join(" ")} exited ${code}: ${await new Response(proc.stderr).text()}`);
-      return out.slice(out.indexOf("ready\n") + "ready\n".length);
-    })();
-    return { done, proc };
-  }
+  const start = (host: string, argv: string[]) => net.startReady(host, argv);
 
   test("1,000 × 1,400 B at 1,000 pps: ≥ 99 % relayed, payloads intact, counters consistent", async () => {
     const N = 1000;

@@ -22,24 +22,12 @@ describe.skipIf(!can.ok)("supervisor sockets", () => {
   });
 
   test("the output socket sends out of its interface to host:port; the AF_PACKET socket on the other end reads each datagram, parsed", async () => {
-    const capture = net.spawn("relay", [process.execPath, FIXTURE, "capture", net.iface("relay", "gen"), "3", "5000"], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-    const reader = capture.stdout.getReader();
-    let out = "";
-    while (!out.includes("ready\n")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`the capture ended before it was ready: ${await new Response(capture.stderr).text()}`);
-      out += new TextDecoder().decode(value);
-    }
+    const capture = await net.startReady("relay", [process.execPath, FIXTURE, "capture", net.iface("relay", "gen"), "3", "5000"]);
     const target = net.addr("relay", "gen", 4);
     const sent = await net.exec("gen", [process.execPath, FIXTURE, "send", net.iface("gen", "relay"), target, "5000", "one", "two", "three"]);
     expect(sent.stderr).toBe("");
     expect(sent.stdout.trim()).toBe("sent");
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      out += new TextDecoder().decode(value);
-    }
-    await capture.exited;
+    const out = await capture.done;
     const lines = out.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { dst: number; dstPort: number; payload: string });
     expect(lines.map((l) => l.payload)).toEqual(["one", "two", "three"]);
     for (const l of lines) expect(l).toMatchObject({ dst: ipv4ToNumber(target), dstPort: 5000 });
