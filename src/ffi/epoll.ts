@@ -7,7 +7,7 @@
  * once); nothing here allocates on the hot path.
  */
 import { ptr } from "bun:ffi";
-import { Errno, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, errno, libc } from "./libc.ts";
+import { Errno, SOL_SOCKET, errno, libc } from "./libc.ts";
 
 export const EPOLL_CLOEXEC = 0o2000000;
 export const EPOLL_CTL_ADD = 1;

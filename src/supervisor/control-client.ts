@@ -7,7 +7,7 @@ import { connectErrorCode, framedRequest } from "../core/framed-socket.ts";
 import { type ControlAnswer, type ControlRequest, MAX_CONTROL_FRAME_BYTES, codecs } from "./protocol.ts";
 
 /** How long a CLI waits for an answer (get_stats asks every data worker, up to 1 s). */
-export const CLIENT_TIMEOUT_MS = 15_000;
+const CLIENT_TIMEOUT_MS = 15_000;
 
 type AnswerFor<T extends ControlRequest["type"]> = Extract<ControlAnswer, { type: T }>;
 

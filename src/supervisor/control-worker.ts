@@ -20,7 +20,7 @@ import { STREAM_RETRY_MS } from "./stream.ts";
 import { dropTo, supervisorStream } from "./worker-common.ts";
 
 /** How long a request may wait for the supervisor's answer. */
-export const REQUEST_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 10_000;
 
 export async function runControlWorker(o: { index: number; user: string | undefined; controlPath: string; log: Logger }): Promise<number> {
   const log = o.log;

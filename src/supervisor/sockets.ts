@@ -31,14 +31,14 @@ const SO_RCVBUFFORCE = 33;
  * holds ~3,000. SO_RCVBUFFORCE, so net.core.rmem_max does not cap it (root; with CAP_NET_RAW
  * alone the capped SO_RCVBUF).
  */
-export const INGRESS_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
+const INGRESS_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
 const SO_SNDBUFFORCE = 32;
 /**
  * An output socket's send queue: a worker's SENDs wait here while the output is slower than the
  * input for a moment; the default (~208 KiB, ~150 copies of 1,400 B) would fail SENDs into the
  * send pool's limit instead (buffer_exhausted at a burst). This holds a worker's whole send pool.
  */
-export const OUTPUT_SEND_BUFFER_BYTES = 4 * 1024 * 1024;
+const OUTPUT_SEND_BUFFER_BYTES = 4 * 1024 * 1024;
 const IPPROTO_IP = 0;
 const IP_MULTICAST_TTL = 33;
 const IP_MULTICAST_LOOP = 34;

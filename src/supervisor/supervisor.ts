@@ -59,15 +59,15 @@ import { fanoutIdOf, openOutputSocket, openPacketSocket } from "./sockets.ts";
 import { MessageStream, STREAM_RETRY_MS } from "./stream.ts";
 
 /** A running worker that has not answered `health` for this long is killed and restarted. */
-export const HEALTH_TIMEOUT_MS = 2_000;
+const HEALTH_TIMEOUT_MS = 2_000;
 /** The byte a doorbell pipe carries (its value means nothing: any byte is a wake-up). */
 const DOORBELL = new Uint8Array([1]);
 /** A started worker that has not said hello within this is killed and restarted. */
-export const HELLO_TIMEOUT_MS = 10_000;
+const HELLO_TIMEOUT_MS = 10_000;
 /** How long add-rule and remove-rule wait for each data worker to confirm it applied the change. */
-export const SYNC_TIMEOUT_MS = 2_000;
+const SYNC_TIMEOUT_MS = 2_000;
 /** How long `get_stats` waits for each data worker's counters. */
-export const STATS_TIMEOUT_MS = 1_000;
+const STATS_TIMEOUT_MS = 1_000;
 /** Data-plane workers: at least one, at most this many. */
 export const MAX_DATA_WORKERS = 64;
 

@@ -11,7 +11,7 @@ import { dropPrivileges, lookupUser } from "../ffi/privileges.ts";
 import { MessageStream } from "./stream.ts";
 
 /** Where Bun.spawn's fourth stdio entry puts the worker's end of its stream. */
-export const STREAM_FD = 3;
+const STREAM_FD = 3;
 /** stdout: a pipe to the supervisor, the worker's doorbell. */
 const DOORBELL_FD = 1;
 
