@@ -35,10 +35,11 @@
  * `'rhai_tasks:' .. circle`): single-instance Redis, not Cluster.
  * The worker measures a play's time left from `created_at` (the server's clock): keep clocks in sync.
  */
-import { RedisClient } from "bun";
+import type { RedisClient } from "bun";
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { describeError } from "../core/errors.ts";
+import { LuaScripts, RedisLink, shownRedisUrl } from "../core/redis.ts";
 import type { Logger } from "../core/log.ts";
 import type { TaskStatus } from "./protocol.ts";
 import { type PlayOutcome, type PlaySubmission, STOPPING, type TaskQueue, drainWithin } from "./queue.ts";
@@ -50,10 +51,6 @@ const SUBMIT_BATCH = 64;
 export const CLAIM_BATCH = 16;
 /** BLMOVE's block, seconds: how long a stopping worker may wait for its blocked read to end. */
 export const REDIS_BLOCK_S = 1;
-/** A connection attempt fails after this long (a host that drops packets). */
-export const REDIS_CONNECT_TIMEOUT_MS = 2_000;
-/** Pause before trying Redis again after a failure. */
-export const REDIS_RETRY_MS = 250;
 /** A worker unheard of this long is dead: its claimed plays are requeued (or failed). */
 export const HEARTBEAT_TTL_MS = 3_000;
 /** How often a process refreshes its workers' heartbeats and looks for dead workers. */
@@ -212,9 +209,7 @@ return n`,
 } as const;
 type ScriptName = keyof typeof LUA;
 
-const SHA = Object.fromEntries(
-  Object.entries(LUA).map(([name, text]) => [name, new Bun.CryptoHasher("sha1").update(text).digest("hex")]),
-) as Record<ScriptName, string>;
+const SCRIPTS = new LuaScripts(LUA);
 
 /** A play for SUBMIT. */
 export interface NewTask {
@@ -258,13 +253,8 @@ export class RedisScripts {
     this.#client = client;
   }
 
-  async #run(name: ScriptName, keys: string[], args: string[]): Promise<unknown> {
-    try {
-      return await this.#client.send("EVALSHA", [SHA[name], String(keys.length), ...keys, ...args]);
-    } catch (err) {
-      if (!describeError(err).includes("NOSCRIPT")) throw err;
-      return await this.#client.send("EVAL", [LUA[name], String(keys.length), ...keys, ...args]);
-    }
+  #run(name: ScriptName, keys: string[], args: string[]): Promise<unknown> {
+    return SCRIPTS.run(this.#client, name, keys, args);
   }
 
   /** Queues `tasks` (any circles), in order, in one round trip; their replies go to `replyTo`. */
@@ -299,93 +289,6 @@ export class RedisScripts {
   async release(circle: string, worker: string): Promise<number> {
     const keys = [redisKeys.workers(circle), redisKeys.heartbeat(worker), redisKeys.processing(circle, worker), redisKeys.tasks(circle)];
     return (await this.#run("release", keys, [worker, String(Date.now())])) as number;
-  }
-}
-
-/**
- * A Redis URL as messages, logs and /health show it: its password (`redis://:secret@…`,
- * `redis://user:secret@…`) replaced by `***` — plays' error messages reach every client.
- */
-export function shownRedisUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password === "") return url;
-    parsed.password = "***";
-    return parsed.toString();
-  } catch {
-    return url.replace(/\/\/[^@/]*@/, "//***@");
-  }
-}
-
-function newClient(url: string): RedisClient {
-  return new RedisClient(url, { autoReconnect: false, enableOfflineQueue: false, connectionTimeout: REDIS_CONNECT_TIMEOUT_MS });
-}
-
-/**
- * A connection that comes back: on close it says so (`onDown`) and dials again every
- * REDIS_RETRY_MS until it is up (`onUp`). Commands while down fail at once (no offline queue).
- */
-class RedisLink {
-  #url: string;
-  #client: RedisClient | null = null;
-  #closed = false;
-  #down: string | null = "not connected yet";
-  #onUp: (client: RedisClient) => Promise<void> | void;
-  #onDown: (reason: string) => void;
-  #retry: Timer | null = null;
-
-  constructor(url: string, handlers: { onUp?: (client: RedisClient) => Promise<void> | void; onDown?: (reason: string) => void } = {}) {
-    this.#url = url;
-    this.#onUp = handlers.onUp ?? (() => {});
-    this.#onDown = handlers.onDown ?? (() => {});
-  }
-
-  /** The client while connected, else null. */
-  get client(): RedisClient | null {
-    return this.#down === null ? this.#client : null;
-  }
-
-  /** Why it is down, or null. */
-  get down(): string | null {
-    return this.#down;
-  }
-
-  /** Connects once; on failure keeps trying in the background. */
-  async start(): Promise<void> {
-    await this.#dial();
-  }
-
-  async #dial(): Promise<void> {
-    this.#retry = null;
-    if (this.#closed) return;
-    const client = newClient(this.#url);
-    try {
-      await client.connect();
-      if (this.#closed) return client.close();
-      this.#client = client;
-      client.onclose = (err) => this.#lost(client, describeError(err));
-      await this.#onUp(client);
-      this.#down = null;
-    } catch (err) {
-      client.close();
-      this.#lost(client, describeError(err));
-    }
-  }
-
-  #lost(client: RedisClient, reason: string): void {
-    if (this.#closed || (this.#client !== null && this.#client !== client)) return;
-    this.#client = null;
-    const first = this.#down === null;
-    this.#down = reason;
-    if (first) this.#onDown(reason);
-    this.#retry ??= setTimeout(() => void this.#dial(), REDIS_RETRY_MS);
-  }
-
-  close(): void {
-    this.#closed = true;
-    if (this.#retry !== null) clearTimeout(this.#retry);
-    this.#client?.close();
-    this.#client = null;
   }
 }
 

@@ -19,13 +19,14 @@
  * claiming again. Stop: the play running finishes and is completed, claimed plays not started go
  * back to the list.
  */
-import { RedisClient } from "bun";
+import type { RedisClient } from "bun";
 import { describeError } from "../core/errors.ts";
 import { SqliteKv, RedisKv } from "./kv.ts";
 import { MAX_ERROR_TEXT_BYTES, MAX_OUTPUT_BYTES, decodeTaskRecord, type TaskRecord, type TaskStatus } from "./protocol.ts";
 import { type PlayResult, Sandbox } from "./sandbox.ts";
 import { CODE, type FromWorker, type ToWorker } from "./embedded-queue.ts";
-import { CLAIM_BATCH, type Completion, REDIS_BLOCK_S, REDIS_CONNECT_TIMEOUT_MS, REDIS_RETRY_MS, RedisScripts, redisKeys, shownRedisUrl } from "./redis-queue.ts";
+import { CLAIM_BATCH, type Completion, REDIS_BLOCK_S, RedisScripts, redisKeys } from "./redis-queue.ts";
+import { newRedisClient, REDIS_RETRY_MS, shownRedisUrl } from "../core/redis.ts";
 
 declare const self: Worker;
 
@@ -97,7 +98,7 @@ interface RedisState {
 }
 
 async function connect(url: string): Promise<RedisClient> {
-  const client = new RedisClient(url, { autoReconnect: false, enableOfflineQueue: false, connectionTimeout: REDIS_CONNECT_TIMEOUT_MS });
+  const client = newRedisClient(url);
   try {
     await client.connect();
     return client;
