@@ -9,6 +9,7 @@ import { startGateway } from "../gateway/gateway.ts";
 import { DEFAULT_META_PORT } from "../meta/protocol.ts";
 import { announceReady } from "../core/daemon.ts";
 import { isLoopback } from "../core/hostaddr.ts";
+import { defaultStoreSpec } from "../meta/store.ts";
 import { startMetaThread } from "../meta/thread.ts";
 
 /**
@@ -49,12 +50,11 @@ export default defineCommand({
     const log = startService("up", flags, { shutdownTimeoutMs: UP_DRAIN_MS + 5_000, daemon: true });
     const runDir = flags.runDir ?? defaultRunDir();
     const stateDir = flags.stateDir ?? defaultStateDir();
-    const db = join(stateDir, "meta.db");
     const listen = splitList(flags.listen);
     const { auth, banner } = metaAuth(flags, stateDir, log.child({ part: "meta" }));
     // Its own thread: a slow query or a big list page never holds up router 0 on this one.
     const meta = await startMetaThread(
-      { listen: flags.metaListen, db, auth },
+      { listen: flags.metaListen, store: defaultStoreSpec(stateDir), auth },
       { level: flags.logLevel, format: flags.logFormat, name: "up", fields: { part: "meta" } },
       (reason) => {
         log.error(reason);
@@ -90,7 +90,7 @@ export default defineCommand({
     process.stdout.write(
       [
         `stoa up: gateway on ${gw.listen.join(", ")} ports service ${service}, string ${string}, ping ${ping} (${reach(gw.listen.every(isLoopback), "--listen ::")}; run dir ${runDir})`,
-        `         metaserver ${meta.url}/v1 (${reach(isLoopback(flags.metaListen.hostname), "--meta-listen [::]:8090")}; db ${db}; ${banner})`,
+        `         metaserver ${meta.url}/v1 (${reach(isLoopback(flags.metaListen.hostname), "--meta-listen [::]:8090")}; db ${join(stateDir, "meta.db")}; ${banner})`,
         `try:     seq 1 100 | stoa pub demo/counter --stay ${opts}`,
         `         stoa sub demo/counter --meta ${meta.url}`,
         "",

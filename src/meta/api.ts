@@ -44,16 +44,20 @@ import {
   RegisterRequest,
 } from "./protocol.ts";
 import type { Writer } from "./owners.ts";
-import type { MetaStore } from "./store.ts";
+import { type Store, treeOf } from "./store.ts";
 
 /** Entries per chunk of a streamed list page. */
 const LIST_CHUNK = 256;
+/** A confirmation lease outlives the ping timeout by this much (the write after the ping). */
+const LEASE_MARGIN_MS = 1_000;
+/** How often a confirmation waiting on another metaserver's ping looks at the outcome. */
+const LEASE_POLL_MS = 50;
 
 /** What the server adds to each request: the client's address (for --no-auth quotas). */
 type ApiEnv = { Bindings: { ip?: string }; Variables: { writer: Writer } };
 
 interface ApiOptions {
-  store: MetaStore;
+  store: Store;
   log: Logger;
   metrics: Registry;
   ttlMs: number;
@@ -139,15 +143,15 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
     const parsed = RegisterRequest.safeParse(body);
     if (!parsed.success) throw validationError(parsed.error.issues, body);
     const pubId = parsed.data.pub_id ?? newPubId();
-    const { info, created } = store.register({ ...parsed.data, pub_id: pubId }, c.get("writer"));
+    const { info, created } = await store.register({ ...parsed.data, pub_id: pubId }, c.get("writer"));
     log.info(created ? "registered" : "registered again", { publisher: info.name, pub_id: pubId, host: info.host });
     return json(info, created ? 201 : 200, { Location: `/v1/publishers/${pubId}` });
   });
 
   app.post("/v1/publishers/:pub_id/confirm", async (c) => {
     const pubId = pubIdParam(c.req.param("pub_id"));
-    if (!store.authorize(pubId, c.get("writer"))) throw notFound(pubId);
-    const current = store.get(pubId);
+    if (!(await store.authorize(pubId, c.get("writer")))) throw notFound(pubId);
+    const current = await store.get(pubId);
     if (current === null) throw notFound(pubId);
     const key = `${pubId}#${current.generation}`;
     let pending = inFlight.get(key);
@@ -171,25 +175,35 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
   });
 
   // The network call happens here, between a read and a conditional write: no store state is
-  // held across it, so other requests (and the sweeper) run on while it waits.
+  // held across it, so other requests (and the sweeper) run on while it waits. The lease only
+  // says who pings (another metaserver over the same Redis waits for that ping's outcome); it
+  // ends by itself after the ping timeout.
   async function confirm(info: PublisherInfo, generation: number): Promise<ConfirmResult> {
+    const leaseMs = options.confirmTimeoutMs + LEASE_MARGIN_MS;
+    if (!(await store.lease(info.pub_id, generation, leaseMs))) return await confirmedElsewhere(info, generation, leaseMs);
+    try {
+      return await ping(info, generation);
+    } finally {
+      await store.release(info.pub_id, generation).catch(() => {});
+    }
+  }
+
+  async function ping(info: PublisherInfo, generation: number): Promise<ConfirmResult> {
     const started = performance.now();
     const outcome = await options.ping(
       { host: info.host, port: info.ports.ping, pubId: info.pub_id },
       { timeoutMs: options.confirmTimeoutMs, signal: options.shutdown },
     );
     confirmSeconds.observe((performance.now() - started) / 1000);
-    if (options.shutdown.aborted) {
-      return { ok: false, error: new MetaApiError("shutting_down", "the metaserver is shutting down; confirm again once it is back") };
-    }
+    if (options.shutdown.aborted) return { ok: false, error: shuttingDown() };
     if (outcome.ok) {
       confirmations.inc({ result: "ok" });
-      const live = store.markLive(info.pub_id, generation);
+      const live = await store.markLive(info.pub_id, generation);
       if (live !== null) {
         log.info("confirmed", { publisher: info.name, pub_id: info.pub_id, host: info.host });
         return { ok: true, info: live };
       }
-      return { ok: false, error: changedMeanwhile(info.pub_id) };
+      return { ok: false, error: await changedMeanwhile(info.pub_id) };
     }
     if (fdPressure()) {
       // Bun reports its own EMFILE as a refused connection (core/fdlimit.ts): not the publisher's fault.
@@ -197,7 +211,7 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
       return { ok: false, error: outOfFds() };
     }
     confirmations.inc({ result: outcome.timedOut ? "timeout" : "failed" });
-    const removed = store.removeIf(info.pub_id, generation);
+    const removed = await store.removeIf(info.pub_id, generation);
     log.warn("confirmation failed", { publisher: info.name, pub_id: info.pub_id, host: info.host, reason: outcome.reason });
     const what = removed ? "so its registration was removed" : "and its registration had changed meanwhile";
     return {
@@ -208,6 +222,53 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
         outcome.timedOut ? 504 : 502,
       ),
     };
+  }
+
+  /**
+   * Another metaserver holds the lease: wait for its ping's outcome (the registration turns
+   * live, or goes away). Its lease given back or ended (it died mid-ping) with the registration
+   * still unconfirmed, this metaserver takes the lease and pings itself.
+   */
+  async function confirmedElsewhere(info: PublisherInfo, generation: number, leaseMs: number): Promise<ConfirmResult> {
+    confirmations.inc({ result: "elsewhere" });
+    const deadline = now() + leaseMs;
+    for (;;) {
+      await Bun.sleep(LEASE_POLL_MS);
+      const outcome = await outcomeElsewhere(info, generation);
+      if (outcome !== null) return outcome;
+      if (options.shutdown.aborted) return { ok: false, error: shuttingDown() };
+      if (await store.lease(info.pub_id, generation, leaseMs)) {
+        try {
+          // The other metaserver may have written and given the lease back just now.
+          return (await outcomeElsewhere(info, generation)) ?? (await ping(info, generation));
+        } finally {
+          await store.release(info.pub_id, generation).catch(() => {});
+        }
+      }
+      if (now() >= deadline) {
+        return { ok: false, error: new MetaApiError("busy", `publisher ${info.pub_id} is being confirmed by another metaserver; confirm again in a few seconds`) };
+      }
+    }
+  }
+
+  /** What another metaserver's ping made of the registration: live, gone, or null (still pending). */
+  async function outcomeElsewhere(info: PublisherInfo, generation: number): Promise<ConfirmResult | null> {
+    const found = await store.get(info.pub_id);
+    if (found === null || found.generation !== generation) {
+      return {
+        ok: false,
+        error: new MetaApiError(
+          "confirm_failed",
+          `could not confirm ${info.name} (pub_id ${info.pub_id}): another metaserver pinged it, and its registration was removed or replaced`,
+          502,
+        ),
+      };
+    }
+    return found.info.state === "live" ? { ok: true, info: found.info } : null;
+  }
+
+  function shuttingDown(): MetaApiError {
+    return new MetaApiError("shutting_down", "the metaserver is shutting down; confirm again once it is back");
   }
 
   /** Counts one confirmation ping of `pubId` against its rate limit, or throws 429. */
@@ -232,68 +293,70 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
     return new MetaApiError("out_of_fds", "server out of file descriptors; the registration is kept, confirm again shortly");
   }
 
-  function changedMeanwhile(pubId: string): MetaApiError {
-    return store.get(pubId) === null
+  async function changedMeanwhile(pubId: string): Promise<MetaApiError> {
+    return (await store.get(pubId)) === null
       ? new MetaApiError("not_found", `publisher ${pubId} was deregistered while it was being confirmed`)
       : new MetaApiError("changed", `publisher ${pubId} registered again while it was being confirmed; confirm again`);
   }
 
-  app.post("/v1/publishers/:pub_id/heartbeat", (c) => {
+  app.post("/v1/publishers/:pub_id/heartbeat", async (c) => {
     const pubId = pubIdParam(c.req.param("pub_id"));
-    const info = store.heartbeat(pubId, c.get("writer"));
+    const info = await store.heartbeat(pubId, c.get("writer"));
     if (info === null) throw notFound(pubId);
     return json(info, 200);
   });
 
-  app.get("/v1/publishers/:pub_id", (c) => {
+  app.get("/v1/publishers/:pub_id", async (c) => {
     const pubId = pubIdParam(c.req.param("pub_id"));
-    const found = store.get(pubId);
+    const found = await store.get(pubId);
     if (found === null) throw notFound(pubId);
     return json(found.info, 200);
   });
 
-  app.get("/v1/publishers", (c) => {
+  app.get("/v1/publishers", async (c) => {
     const name = c.req.query("name");
     if (name !== undefined) {
       if (c.req.query("prefix") !== undefined || c.req.query("cursor") !== undefined) {
         throw new MetaApiError("bad_request", "name= looks up one publisher; it goes without prefix= and cursor=");
       }
-      const found = store.byName(parseName(name));
+      const found = await store.byName(parseName(name));
       return json({ publishers: found === null ? [] : [found], next_cursor: null }, 200);
     }
     const prefix = parsePrefix(c.req.query("prefix"));
-    const page = store.page(prefix, parseLimit(c.req.query("limit")), parseCursor(c.req.query("cursor")));
+    const page = await store.page(prefix, parseLimit(c.req.query("limit")), parseCursor(c.req.query("cursor")));
     return streamedList(page.publishers, page.next === null ? null : encodeCursor(page.next));
   });
 
-  app.get("/v1/tree", (c) => {
+  app.get("/v1/tree", async (c) => {
     const prefix = parsePrefix(c.req.query("prefix"));
-    const page = store.tree(prefix, parseLimit(c.req.query("limit")), parseCursor(c.req.query("cursor")));
-    return json({ tree: page.tree, next_cursor: page.next === null ? null : encodeCursor(page.next) }, 200);
+    const page = await store.page(prefix, parseLimit(c.req.query("limit")), parseCursor(c.req.query("cursor")));
+    return json({ tree: treeOf(page.publishers), next_cursor: page.next === null ? null : encodeCursor(page.next) }, 200);
   });
 
-  app.delete("/v1/publishers/:pub_id", (c) => {
+  app.delete("/v1/publishers/:pub_id", async (c) => {
     const pubId = pubIdParam(c.req.param("pub_id"));
-    const removed = store.remove(pubId, c.get("writer"));
+    const removed = await store.remove(pubId, c.get("writer"));
     if (removed === null) throw notFound(pubId);
     log.info("deregistered", { publisher: removed.name, pub_id: pubId });
     return json(removed, 200);
   });
 
-  app.get("/v1/health", () => {
+  app.get("/v1/health", async () => {
     const health: Health = {
       status: "ok",
-      publishers: store.counts(),
+      publishers: await store.counts(),
       ttl_ms: options.ttlMs,
       deregister_after_ms: options.deregisterAfterMs,
+      store: store.description,
     };
     return json(health, 200);
   });
 
-  app.get("/metrics", () => {
-    for (const [state, n] of Object.entries(store.counts())) publishers.set({ state }, n);
+  app.get("/metrics", async () => {
+    for (const [state, n] of Object.entries(await store.counts())) publishers.set({ state }, n);
     return new Response(metrics.render(), { headers: { "Content-Type": CONTENT_TYPE } });
   });
+
 
   app.notFound((c) => {
     const route = `${c.req.method} ${new URL(c.req.url).pathname}`.slice(0, 200);

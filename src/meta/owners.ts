@@ -61,51 +61,84 @@ export const DEFAULT_QUOTAS: Quotas = {
   nonAdminPending: NON_ADMIN_MAX_PENDING,
 };
 
+/** The limits a store applies to one more registration. */
+export type QuotaLimits = Quotas & { maxPublishers: number; adminOwner: string };
+
+/** Which limit a registration would break. */
+export type QuotaBreach = "writer" | "writer_pending" | "others" | "others_pending" | "full";
+
+/** The error for a breached limit: `n` held now, `limit` the limit. */
+export function quotaError(breach: QuotaBreach, n: number, limit: number): MetaApiError {
+  switch (breach) {
+    case "writer":
+      return new MetaApiError(
+        "quota_exceeded",
+        `this writer already holds ${n} registrations, its limit of ${limit}; deregister unused ones, or ask the metaserver's operator for a token of its own`,
+      );
+    case "writer_pending":
+      return new MetaApiError(
+        "quota_exceeded",
+        `this writer already has ${n} registrations waiting for confirmation, its limit of ${limit}; confirm them (or let them expire) and try again`,
+      );
+    case "others":
+      return new MetaApiError(
+        "quota_exceeded",
+        `writers other than the admin already hold ${n} registrations, their limit of ${limit}; deregister unused ones and try again`,
+      );
+    case "others_pending":
+      return new MetaApiError(
+        "quota_exceeded",
+        `${n} registrations of writers other than the admin wait for confirmation, their limit of ${limit}; try again in a few seconds`,
+      );
+    case "full":
+      return new MetaApiError("full", `the metaserver holds its maximum of ${limit} publishers; deregister unused ones and try again`);
+  }
+}
+
+/** What the quota rules need counted, after the registration being replaced was taken out. */
+export interface QuotaCounts {
+  /** Held by the writer, and those never confirmed. */
+  mine: number;
+  minePending: number;
+  /** Held by writers other than the admin, and those never confirmed. */
+  others: number;
+  othersPending: number;
+  total: number;
+}
+
 /**
  * Quotas for one more pending registration of `writer` (a replacement is not one more
- * registration, only one more pending). Runs inside register's transaction, after the row
- * being replaced was deleted.
+ * registration, only one more pending): the breach and its numbers, or null. "Pending" is
+ * unconfirmed, whatever the state: a stale unconfirmed entry is as much a squat as a pending one.
  */
-export function checkQuotas(db: Database, limits: Quotas & { maxPublishers: number; adminOwner: string }, writer: Writer, replacement: boolean): void {
+export function quotaBreach(c: QuotaCounts, q: QuotaLimits, writer: Writer, replacement: boolean): [QuotaBreach, number, number] | null {
+  if (!writer.admin) {
+    if (!replacement && c.mine >= q.writerPublishers) return ["writer", c.mine, q.writerPublishers];
+    if (c.minePending >= q.writerPending) return ["writer_pending", c.minePending, q.writerPending];
+    if (!replacement && c.others >= q.nonAdminPublishers) return ["others", c.others, q.nonAdminPublishers];
+    if (c.othersPending >= q.nonAdminPending) return ["others_pending", c.othersPending, q.nonAdminPending];
+  }
+  if (!replacement && c.total >= q.maxPublishers) return ["full", c.total, q.maxPublishers];
+  return null;
+}
+
+/**
+ * SQLite's quota check, inside register's transaction, after the row being replaced was
+ * deleted: index lookups only ("owner != ?" would scan every row, so totals minus the admin's).
+ */
+export function checkQuotas(db: Database, limits: QuotaLimits, writer: Writer, replacement: boolean): void {
   const count = (where: string, ...args: string[]) =>
     db.query<{ n: number }, string[]>(`SELECT count(*) AS n FROM publishers ${where}`).get(...args)?.n ?? 0;
-  const q = limits;
-  if (!writer.admin) {
-    const mine = count("WHERE owner = ?", writer.owner);
-    if (!replacement && mine >= q.writerPublishers) {
-      throw new MetaApiError(
-        "quota_exceeded",
-        `this writer already holds ${mine} registrations, its limit of ${q.writerPublishers}; deregister unused ones, or ask the metaserver's operator for a token of its own`,
-      );
-    }
-    // Unconfirmed, whatever the state: a stale unconfirmed entry is as much a squat as a pending one.
-    const minePending = count("WHERE owner = ? AND confirmed = 0", writer.owner);
-    if (minePending >= q.writerPending) {
-      throw new MetaApiError(
-        "quota_exceeded",
-        `this writer already has ${minePending} registrations waiting for confirmation, its limit of ${q.writerPending}; confirm them (or let them expire) and try again`,
-      );
-    }
-    // Totals minus the admin's: index lookups, where "owner != ?" would scan every row.
-    const others = count("") - count("WHERE owner = ?", limits.adminOwner);
-    if (!replacement && others >= q.nonAdminPublishers) {
-      throw new MetaApiError(
-        "quota_exceeded",
-        `writers other than the admin already hold ${others} registrations, their limit of ${q.nonAdminPublishers}; deregister unused ones and try again`,
-      );
-    }
-    const othersPending = count("WHERE confirmed = 0") - count("WHERE owner = ? AND confirmed = 0", limits.adminOwner);
-    if (othersPending >= q.nonAdminPending) {
-      throw new MetaApiError(
-        "quota_exceeded",
-        `${othersPending} registrations of writers other than the admin wait for confirmation, their limit of ${q.nonAdminPending}; try again in a few seconds`,
-      );
-    }
-  }
-  if (!replacement && count("") >= limits.maxPublishers) {
-    throw new MetaApiError(
-      "full",
-      `the metaserver holds its maximum of ${limits.maxPublishers} publishers; deregister unused ones and try again`,
-    );
-  }
+  const total = count("");
+  const counts: QuotaCounts = writer.admin
+    ? { mine: 0, minePending: 0, others: 0, othersPending: 0, total }
+    : {
+        mine: count("WHERE owner = ?", writer.owner),
+        minePending: count("WHERE owner = ? AND confirmed = 0", writer.owner),
+        others: total - count("WHERE owner = ?", limits.adminOwner),
+        othersPending: count("WHERE confirmed = 0") - count("WHERE owner = ? AND confirmed = 0", limits.adminOwner),
+        total,
+      };
+  const breach = quotaBreach(counts, limits, writer, replacement);
+  if (breach !== null) throw quotaError(...breach);
 }

@@ -14,6 +14,7 @@
  *   GET    /v1/tree[?prefix=a/b&limit=n&cursor=c] → 200 {"tree": [TreeNode, …], "next_cursor": c|null}
  *   DELETE /v1/publishers/{pub_id}          → 200 PublisherInfo (as it was before removal)
  *   GET    /v1/health                       → 200 Health
+ *   GET    /v1/watch?prefix=a/b             → 200 text/event-stream of changes (watch.ts)
  *   GET    /metrics                         → Prometheus text format
  *
  * Authentication: writes — register, confirm, heartbeat, delete — carry
@@ -283,6 +284,8 @@ export const Health = z.object({
   publishers: z.object({ pending: z.number(), live: z.number(), stale: z.number() }),
   ttl_ms: z.number(),
   deregister_after_ms: z.number(),
+  /** Where the registrations are: `sqlite:PATH` or the Redis URL (password hidden). */
+  store: z.string().optional(),
 });
 export type Health = z.infer<typeof Health>;
 
@@ -314,6 +317,7 @@ const ERROR_STATUS = {
   busy: 503,
   shutting_down: 503,
   out_of_fds: 503,
+  store_unavailable: 503,
 } as const;
 export type ApiErrorCode = keyof typeof ERROR_STATUS;
 

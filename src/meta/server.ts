@@ -16,8 +16,9 @@ import {
   DEFAULT_DEREGISTER_AFTER_MS,
   DEFAULT_TTL_MS,
   MAX_BODY_BYTES,
+  MetaApiError,
 } from "./protocol.ts";
-import { MetaStore, type StoreOptions } from "./store.ts";
+import { openStore, type StoreOptions, type StoreSpec } from "./store.ts";
 import { urlHost } from "../core/endpoint.ts";
 
 /** What a client gets while the metaserver is out of file descriptors. */
@@ -29,8 +30,10 @@ const CLOSE_GRACE_MS = 5_000;
 export interface MetaOptions {
   /** Where to listen; port 0 picks a free one (see `port` on the handle). */
   listen: { hostname: string; port: number };
-  /** SQLite file (created with its directory), or `:memory:`. */
-  db: string;
+  /** Where registrations are kept: SQLite (a file, created with its directory, or `:memory:`) or Redis. */
+  store: StoreSpec;
+  /** Store settings for tests (Redis key prefix and key grace). */
+  storeOptions?: Pick<StoreOptions, "keyPrefix" | "keyGraceMs">;
   /** Heartbeat TTL (default 15 s). */
   ttlMs?: number;
   /** How long a stale registration is kept before removal (default 60 s). */
@@ -56,6 +59,8 @@ export interface MetaServer {
   readonly url: string;
   readonly hostname: string;
   readonly port: number;
+  /** The store as shown in logs: `sqlite:PATH` or the Redis URL without its password. */
+  readonly store: string;
   /** Stops accepting, ends confirmations in flight, lets requests finish, closes the database. */
   close(): Promise<void>;
   /** Replaces the writer tokens (digests, hex) for the next requests: SIGHUP re-reads `--tokens-file`. */
@@ -63,24 +68,26 @@ export interface MetaServer {
 }
 
 /**
- * Opens the store and serves the API. Throws `StoaError` ("in_use", "io", "config") when the
- * database or the port cannot be had.
+ * Opens the store and serves the API. Rejects with `StoaError` ("in_use", "io", "config") when the store or the port cannot be had.
  *
  * @example
  * ```ts
- * const meta = startMeta({ listen: { hostname: "::", port: 8090 }, db: "/var/lib/stoa/meta.db", log });
+ * const meta = await startMeta({ listen: { hostname: "::", port: 8090 }, store: { kind: "sqlite", path: "/var/lib/stoa/meta.db" }, log });
  * console.log(`metaserver on ${meta.url}`);
  * onShutdown("meta", () => meta.close());
  * ```
  */
-export function startMeta(options: MetaOptions): MetaServer {
+export async function startMeta(options: MetaOptions): Promise<MetaServer> {
   const ttlMs = options.ttlMs ?? DEFAULT_TTL_MS;
   const deregisterAfterMs = options.deregisterAfterMs ?? DEFAULT_DEREGISTER_AFTER_MS;
   const confirmTimeoutMs = options.confirm?.timeoutMs ?? CONFIRM_TIMEOUT_MS;
   const registry = options.metrics ?? sharedMetrics;
   const log = options.log;
   const auth = new Authority(options.auth ?? NO_AUTH);
-  const store = MetaStore.open(options.db, {
+  const store = await openStore(options.store, {
+    ...options.storeOptions,
+    retainMs: ttlMs + deregisterAfterMs,
+    log,
     maxPublishers: options.maxPublishers,
     quotas: options.quotas,
     pendingExpiryMs: options.pendingExpiryMs,
@@ -114,7 +121,7 @@ export function startMeta(options: MetaOptions): MetaServer {
   try {
     server = serve(options.listen.port);
   } catch (err) {
-    store.close();
+    await store.close();
     throw listenError(err, `${urlHost(options.listen.hostname)}:${options.listen.port}`, {
       inUse: "another stoa meta or stoa up? pick another with --listen",
     });
@@ -143,9 +150,17 @@ export function startMeta(options: MetaOptions): MetaServer {
 
   const expired = registry.counter("stoa_meta_expired_total", "Registrations that missed their TTL, by what happened.", ["to"]);
   const sweepEvery = options.sweepIntervalMs ?? Math.min(1_000, Math.max(50, Math.floor(ttlMs / 5)));
-  const sweeper = setInterval(() => {
+  // One sweep at a time (a slow store must not pile them up); a store that cannot be reached is
+  // logged once when it goes and once when it is back.
+  let sweeping = false;
+  let storeDown: string | null = null;
+  const sweeper = setInterval(async () => {
+    if (sweeping) return;
+    sweeping = true;
     try {
-      const { staled, removed, expired: unconfirmed } = store.sweep(ttlMs, deregisterAfterMs);
+      const { staled, removed, expired: unconfirmed } = await store.sweep(ttlMs, deregisterAfterMs);
+      if (storeDown !== null) log.info("the store answers again", { store: store.description });
+      storeDown = null;
       for (const info of unconfirmed) log.info("removed: never confirmed", { publisher: info.name, pub_id: info.pub_id });
       if (unconfirmed.length > 0) expired.inc({ to: "unconfirmed" }, unconfirmed.length);
       for (const info of staled) log.info("stale: no heartbeat within the TTL", { publisher: info.name, pub_id: info.pub_id });
@@ -153,7 +168,15 @@ export function startMeta(options: MetaOptions): MetaServer {
       if (staled.length > 0) expired.inc({ to: "stale" }, staled.length);
       if (removed.length > 0) expired.inc({ to: "removed" }, removed.length);
     } catch (err) {
-      log.error("sweep failed", { error: err });
+      const why = err instanceof Error ? err.message : String(err);
+      if (err instanceof MetaApiError && err.error === "store_unavailable") {
+        if (storeDown === null) log.warn("sweep: the store cannot be reached; retrying", { store: store.description, error: why });
+        storeDown = why;
+      } else {
+        log.error("sweep failed", { error: err });
+      }
+    } finally {
+      sweeping = false;
     }
   }, sweepEvery);
   sweeper.unref();
@@ -165,6 +188,7 @@ export function startMeta(options: MetaOptions): MetaServer {
     url: `http://${urlHost(shown)}:${port}`,
     hostname,
     port,
+    store: store.description,
     setWriters: (writers) => auth.setWriters(writers),
     close() {
       closing ??= (async () => {
@@ -175,7 +199,8 @@ export function startMeta(options: MetaOptions): MetaServer {
         const graceful = server.stop(false);
         const timer = new Promise<"late">((r) => setTimeout(() => r("late"), CLOSE_GRACE_MS).unref());
         if ((await Promise.race([graceful.then(() => "done" as const), timer])) === "late") await server.stop(true);
-        store.close();
+        while (sweeping) await Bun.sleep(5);
+        await store.close();
       })();
       return closing;
     },

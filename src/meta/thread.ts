@@ -30,7 +30,7 @@ export type ToMetaThread =
 type MetaThread = MetaServer & { setLog(log: { level: LogLevel; format: LogFormat }): void };
 
 export type FromMetaThread =
-  | { type: "ready"; url: string; hostname: string; port: number }
+  | { type: "ready"; url: string; hostname: string; port: number; store: string }
   | { type: "failed"; code: ErrorCode; message: string }
   | { type: "closed" };
 
@@ -85,6 +85,7 @@ export async function startMetaThread(
     url: ready.url,
     hostname: ready.hostname,
     port: ready.port,
+    store: ready.store,
     setWriters(writers) {
       // No answer: the worker handles messages in order, so the next request sees them.
       worker.postMessage({ type: "writers", writers: [...writers] } satisfies ToMetaThread);

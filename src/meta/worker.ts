@@ -23,8 +23,8 @@ self.onmessage = async (event: MessageEvent<ToMetaThread>) => {
     try {
       log = createLogger({ level: msg.log.level, format: msg.log.format, name: msg.log.name }).child(msg.log.fields);
       const { confirmTimeoutMs, ...options } = msg.options;
-      meta = startMeta({ ...options, log, confirm: confirmTimeoutMs === undefined ? undefined : { timeoutMs: confirmTimeoutMs } });
-      post({ type: "ready", url: meta.url, hostname: meta.hostname, port: meta.port });
+      meta = await startMeta({ ...options, log, confirm: confirmTimeoutMs === undefined ? undefined : { timeoutMs: confirmTimeoutMs } });
+      post({ type: "ready", url: meta.url, hostname: meta.hostname, port: meta.port, store: meta.store });
     } catch (err) {
       post(err instanceof StoaError ? { type: "failed", code: err.code, message: err.message } : { type: "failed", code: "internal", message: String(err) });
     }

@@ -1,8 +1,14 @@
+/**
+ * MetaClient: errors passed through from a real metaserver (once per store, meta-stores.ts
+ * `forEachStore`), lookups by name, URLs it takes, and what it says about servers that are
+ * missing, silent, or not a metaserver.
+ */
 import { describe, expect, test } from "bun:test";
 import { StoaError } from "../../src/core/errors.ts";
 import { MetaClient } from "../../src/meta/client.ts";
 import { MetaApiError } from "../../src/meta/protocol.ts";
 import { startTestMeta } from "../fixtures/meta-helpers.ts";
+import { forEachStore } from "../fixtures/meta-stores.ts";
 
 async function failure(p: Promise<unknown>): Promise<StoaError> {
   try {
@@ -14,58 +20,62 @@ async function failure(p: Promise<unknown>): Promise<StoaError> {
   throw new Error("expected the call to fail");
 }
 
+forEachStore((kind) => {
+  describe("MetaClient against a metaserver", () => {
+    test("passes the server's error through with its status, code and message", async () => {
+      const t = await startTestMeta({ kind });
+      try {
+        await t.client.register({ name: "a/b", pub_id: "p1", host: "h" });
+        const err = await failure(t.client.register({ name: "a/b/c", host: "h" }));
+        expect(err).toBeInstanceOf(MetaApiError);
+        expect(err.code).toBe("usage");
+        expect(err.message).toBe("name a/b/c lies below publisher a/b (pub_id p1); publishers are leaves, so choose a name outside a/b/");
+        const gone = await failure(t.client.heartbeat("p2"));
+        expect([(gone as MetaApiError).status, (gone as MetaApiError).error, gone.code]).toEqual([404, "not_found", "closed"]);
+        const dup = await failure(t.client.register({ name: "a/b", host: "h" }));
+        expect([(dup as MetaApiError).status, dup.code]).toEqual([409, "in_use"]);
+      } finally {
+        await t.meta.close();
+      }
+    });
+
+    test("finds a publisher by its exact name, and explains a directory or a miss", async () => {
+      const t = await startTestMeta({ kind });
+      try {
+        await t.client.register({ name: "lab/temp", host: "h" });
+        await t.client.register({ name: "lab/temperature", host: "h" });
+        await t.client.register({ name: "lab/hum/in", host: "h" });
+        expect((await t.client.findByName("lab/temp"))?.name).toBe("lab/temp");
+        expect(await t.client.findByName("lab/hum")).toBeNull();
+        expect(await t.client.findByName("lab/tem")).toBeNull();
+        expect((await t.client.lookup("lab/temperature")).name).toBe("lab/temperature");
+        expect((await failure(t.client.lookup("lab"))).message).toBe(
+          "lab is a directory, not a publisher; it holds 3: lab/hum/in, lab/temp, lab/temperature",
+        );
+        const miss = await failure(t.client.lookup("nope"));
+        expect([miss.code, miss.message]).toEqual(["closed", `no publisher named nope is registered at ${t.meta.url}; is it running?`]);
+        expect((await failure(t.client.findByName("a//b"))).code).toBe("usage");
+      } finally {
+        await t.meta.close();
+      }
+    });
+
+    test("takes a base URL with or without scheme and trailing slash", async () => {
+      const t = await startTestMeta({ kind });
+      try {
+        const bare = new MetaClient(`127.0.0.1:${t.meta.port}/`);
+        expect(bare.baseUrl).toBe(`http://127.0.0.1:${t.meta.port}`);
+        expect((await bare.health()).status).toBe("ok");
+        expect(() => new MetaClient("ftp://x")).toThrow(/http:\/\/ or https:\/\//);
+        expect(() => new MetaClient("http://x/?q=1")).toThrow(/no \?query/);
+      } finally {
+        await t.meta.close();
+      }
+    });
+  });
+});
+
 describe("MetaClient", () => {
-  test("passes the server's error through with its status, code and message", async () => {
-    const t = startTestMeta();
-    try {
-      await t.client.register({ name: "a/b", pub_id: "p1", host: "h" });
-      const err = await failure(t.client.register({ name: "a/b/c", host: "h" }));
-      expect(err).toBeInstanceOf(MetaApiError);
-      expect(err.code).toBe("usage");
-      expect(err.message).toBe("name a/b/c lies below publisher a/b (pub_id p1); publishers are leaves, so choose a name outside a/b/");
-      const gone = await failure(t.client.heartbeat("p2"));
-      expect([(gone as MetaApiError).status, (gone as MetaApiError).error, gone.code]).toEqual([404, "not_found", "closed"]);
-      const dup = await failure(t.client.register({ name: "a/b", host: "h" }));
-      expect([(dup as MetaApiError).status, dup.code]).toEqual([409, "in_use"]);
-    } finally {
-      await t.meta.close();
-    }
-  });
-
-  test("finds a publisher by its exact name, and explains a directory or a miss", async () => {
-    const t = startTestMeta();
-    try {
-      await t.client.register({ name: "lab/temp", host: "h" });
-      await t.client.register({ name: "lab/temperature", host: "h" });
-      await t.client.register({ name: "lab/hum/in", host: "h" });
-      expect((await t.client.findByName("lab/temp"))?.name).toBe("lab/temp");
-      expect(await t.client.findByName("lab/hum")).toBeNull();
-      expect(await t.client.findByName("lab/tem")).toBeNull();
-      expect((await t.client.lookup("lab/temperature")).name).toBe("lab/temperature");
-      expect((await failure(t.client.lookup("lab"))).message).toBe(
-        "lab is a directory, not a publisher; it holds 3: lab/hum/in, lab/temp, lab/temperature",
-      );
-      const miss = await failure(t.client.lookup("nope"));
-      expect([miss.code, miss.message]).toEqual(["closed", `no publisher named nope is registered at ${t.meta.url}; is it running?`]);
-      expect((await failure(t.client.findByName("a//b"))).code).toBe("usage");
-    } finally {
-      await t.meta.close();
-    }
-  });
-
-  test("takes a base URL with or without scheme and trailing slash", async () => {
-    const t = startTestMeta();
-    try {
-      const bare = new MetaClient(`127.0.0.1:${t.meta.port}/`);
-      expect(bare.baseUrl).toBe(`http://127.0.0.1:${t.meta.port}`);
-      expect((await bare.health()).status).toBe("ok");
-      expect(() => new MetaClient("ftp://x")).toThrow(/http:\/\/ or https:\/\//);
-      expect(() => new MetaClient("http://x/?q=1")).toThrow(/no \?query/);
-    } finally {
-      await t.meta.close();
-    }
-  });
-
   test("refuses an invalid pub_id before it could be resolved into another route", async () => {
     const client = new MetaClient("http://127.0.0.1:1");
     expect(() => client.get("..")).toThrow(/pub_id "\.\." is not valid/);

@@ -1,3 +1,8 @@
+/**
+ * Confirmation: a real metaserver (once per store, meta-stores.ts `forEachStore`) pinging a fake
+ * gateway — live, removed, timed out, raced by a deregistration or a re-registration, shared,
+ * ended by close — and the ping client against servers that misbehave in every way it reads.
+ */
 import { describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import type { Socket } from "bun";
@@ -6,6 +11,7 @@ import { MetaApiError } from "../../src/meta/protocol.ts";
 import { MAX_PING_REPLY_BYTES, PUB_ID_HEADER } from "../../src/stream/protocol.ts";
 import { fakeGateway } from "../fixtures/meta-gateway.ts";
 import { startTestMeta } from "../fixtures/meta-helpers.ts";
+import { forEachStore } from "../fixtures/meta-stores.ts";
 import { eventually } from "../helpers/eventually.ts";
 
 /** A port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
@@ -26,163 +32,165 @@ async function rejection(p: Promise<unknown>): Promise<MetaApiError> {
   throw new Error("expected the call to fail");
 }
 
-describe("confirmation through the host's gateway", () => {
-  test("a publisher that answers the ping on [::1] becomes live", async () => {
-    const gw = fakeGateway({ hostname: "::1", serves: ["abc"] });
-    const t = startTestMeta();
-    try {
-      const reg = await t.client.register({ name: "lab/temp", pub_id: "abc", host: "::1", ports: { ping: gw.port, service: 1, string: 2 } });
-      expect(reg.urls.ping).toBe(`ws://[::1]:${gw.port}/pub/abc`);
-      expect((await t.client.confirm("abc")).state).toBe("live");
-      expect(gw.pings).toEqual(["abc"]);
-      expect((await t.client.get("abc")).state).toBe("live");
-    } finally {
-      await t.meta.close();
-      await gw.stop();
-    }
-  });
-
-  test("nothing listening on the host: 502, the registration is removed, the message suggests the gateway", async () => {
-    const t = startTestMeta();
-    const port = freePort();
-    try {
-      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: port, service: 1, string: 2 } });
-      const err = await rejection(t.client.confirm("abc"));
-      expect([err.status, err.error]).toEqual([502, "confirm_failed"]);
-      expect(err.message).toBe(
-        `could not confirm x (pub_id abc), so its registration was removed: no stoa gateway answered at 127.0.0.1:${port} ` +
-          "(nothing listening, unreachable, silent, or another service); check the registered host and ping port, and that stoa gateway (or stoa up) runs there",
-      );
-      expect((await rejection(t.client.get("abc"))).status).toBe(404);
-    } finally {
-      await t.meta.close();
-    }
-  });
-
-  test("a gateway that does not serve the pub_id: 502 naming the gateway's 404 (its message is not quoted)", async () => {
-    const gw = fakeGateway({ serves: [] });
-    const t = startTestMeta();
-    try {
-      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-      const err = await rejection(t.client.confirm("abc"));
-      expect(err.status).toBe(502);
-      expect(err.message).toContain("the stoa gateway on host 127.0.0.1 does not serve publisher abc (404)");
-      expect(err.message).not.toContain("no publisher abc on this host");
-      expect(await t.client.list("")).toEqual([]);
-    } finally {
-      await t.meta.close();
-      await gw.stop();
-    }
-  });
-
-  test("a publisher that upgrades but never answers: 504 after the timeout, removed", async () => {
-    const gw = fakeGateway({ serves: ["abc"], mode: "silent" });
-    const t = startTestMeta({ confirm: { timeoutMs: 300 } });
-    try {
-      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-      const err = await rejection(t.client.confirm("abc"));
-      expect([err.status, err.error, err.code]).toEqual([504, "confirm_failed", "timeout"]);
-      expect(err.message).toContain(`publisher abc accepted the WebSocket at ws://127.0.0.1:${gw.port}/pub/abc but did not answer the ping within 0.3s`);
-      expect(await t.client.list("")).toEqual([]);
-      expect(gw.pings).toEqual(["abc"]);
-    } finally {
-      await t.meta.close();
-      await gw.stop();
-    }
-  });
-
-  test("a slow confirmation does not hold up other requests", async () => {
-    const gw = fakeGateway({ serves: ["slow"], delayMs: 1_000 });
-    const t = startTestMeta();
-    try {
-      await t.client.register({ name: "slow", pub_id: "slow", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-      let confirmed = false;
-      const confirming = t.client.confirm("slow").then((info) => {
-        confirmed = true;
-        return info;
-      });
-      await eventually("the ping to be in flight", () => gw.pings.length > 0);
-      const during: boolean[] = [];
-      for (let i = 0; i < 10; i++) {
-        const { pub_id } = await t.client.register({ name: `other/${i}`, host: "h" });
-        await t.client.heartbeat(pub_id);
-        await t.client.list("other");
-        await t.client.get("slow");
-        await t.client.deregister(pub_id);
-        during.push(confirmed);
+forEachStore((kind) => {
+  describe("confirmation through the host's gateway", () => {
+    test("a publisher that answers the ping on [::1] becomes live", async () => {
+      const t = await startTestMeta({ kind });
+      const gw = fakeGateway({ hostname: "::1", serves: ["abc"] });
+      try {
+        const reg = await t.client.register({ name: "lab/temp", pub_id: "abc", host: "::1", ports: { ping: gw.port, service: 1, string: 2 } });
+        expect(reg.urls.ping).toBe(`ws://[::1]:${gw.port}/pub/abc`);
+        expect((await t.client.confirm("abc")).state).toBe("live");
+        expect(gw.pings).toEqual(["abc"]);
+        expect((await t.client.get("abc")).state).toBe("live");
+      } finally {
+        await t.meta.close();
+        await gw.stop();
       }
-      expect(during.every((done) => !done)).toBe(true);
-      expect((await confirming).state).toBe("live");
-    } finally {
-      await t.meta.close();
-      await gw.stop();
-    }
-  });
+    });
 
-  test("a registration deregistered while its confirmation runs: 404 saying so", async () => {
-    const gw = fakeGateway({ serves: ["abc"], delayMs: 200 });
-    const t = startTestMeta();
-    try {
-      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-      const confirming = rejection(t.client.confirm("abc"));
-      await eventually("the ping to be in flight", () => gw.pings.length > 0);
-      await t.client.deregister("abc");
-      const err = await confirming;
-      expect(err.status).toBe(404);
-      expect(err.message).toBe("publisher abc was deregistered while it was being confirmed");
-    } finally {
-      await t.meta.close();
-      await gw.stop();
-    }
-  });
+    test("nothing listening on the host: 502, the registration is removed, the message suggests the gateway", async () => {
+      const t = await startTestMeta({ kind });
+      const port = freePort();
+      try {
+        await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: port, service: 1, string: 2 } });
+        const err = await rejection(t.client.confirm("abc"));
+        expect([err.status, err.error]).toEqual([502, "confirm_failed"]);
+        expect(err.message).toBe(
+          `could not confirm x (pub_id abc), so its registration was removed: no stoa gateway answered at 127.0.0.1:${port} ` +
+            "(nothing listening, unreachable, silent, or another service); check the registered host and ping port, and that stoa gateway (or stoa up) runs there",
+        );
+        expect((await rejection(t.client.get("abc"))).status).toBe(404);
+      } finally {
+        await t.meta.close();
+      }
+    });
 
-  test("a registration replaced while its confirmation runs is left alone: 409", async () => {
-    const gw = fakeGateway({ serves: ["abc"], delayMs: 200 });
-    const t = startTestMeta();
-    try {
-      const ports = { ping: gw.port, service: 1, string: 2 };
-      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
-      const confirming = rejection(t.client.confirm("abc"));
-      await eventually("the ping to be in flight", () => gw.pings.length > 0);
-      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
-      const err = await confirming;
-      expect([err.status, err.error]).toEqual([409, "changed"]);
-      expect((await t.client.get("abc")).state).toBe("pending");
-    } finally {
-      await t.meta.close();
-      await gw.stop();
-    }
-  });
+    test("a gateway that does not serve the pub_id: 502 naming the gateway's 404 (its message is not quoted)", async () => {
+      const t = await startTestMeta({ kind });
+      const gw = fakeGateway({ serves: [] });
+      try {
+        await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+        const err = await rejection(t.client.confirm("abc"));
+        expect(err.status).toBe(502);
+        expect(err.message).toContain("the stoa gateway on host 127.0.0.1 does not serve publisher abc (404)");
+        expect(err.message).not.toContain("no publisher abc on this host");
+        expect(await t.client.list("")).toEqual([]);
+      } finally {
+        await t.meta.close();
+        await gw.stop();
+      }
+    });
 
-  test("two confirmations of one registration share one ping", async () => {
-    const gw = fakeGateway({ serves: ["abc"], delayMs: 100 });
-    const t = startTestMeta();
-    try {
-      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-      const both = await Promise.all([t.client.confirm("abc"), t.client.confirm("abc")]);
-      expect(both.map((i) => i.state)).toEqual(["live", "live"]);
-      expect(gw.pings).toEqual(["abc"]);
-    } finally {
-      await t.meta.close();
-      await gw.stop();
-    }
-  });
+    test("a publisher that upgrades but never answers: 504 after the timeout, removed", async () => {
+      const t = await startTestMeta({ kind, confirm: { timeoutMs: 300 } });
+      const gw = fakeGateway({ serves: ["abc"], mode: "silent" });
+      try {
+        await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+        const err = await rejection(t.client.confirm("abc"));
+        expect([err.status, err.error, err.code]).toEqual([504, "confirm_failed", "timeout"]);
+        expect(err.message).toContain(`publisher abc accepted the WebSocket at ws://127.0.0.1:${gw.port}/pub/abc but did not answer the ping within 0.3s`);
+        expect(await t.client.list("")).toEqual([]);
+        expect(gw.pings).toEqual(["abc"]);
+      } finally {
+        await t.meta.close();
+        await gw.stop();
+      }
+    });
 
-  test("closing the metaserver ends a confirmation in flight", async () => {
-    const gw = fakeGateway({ serves: ["abc"], mode: "silent" });
-    const t = startTestMeta({ confirm: { timeoutMs: 10_000 } });
-    try {
-      await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-      const confirming = t.client.confirm("abc").then(
-        () => "confirmed",
-        (err: Error) => err.message,
-      );
-      await eventually("the ping to be in flight", () => gw.pings.length > 0);
-      await t.meta.close();
-      expect(await confirming).toMatch(/shutting down|cannot reach/);
-    } finally {
-      await gw.stop();
-    }
+    test("a slow confirmation does not hold up other requests", async () => {
+      const t = await startTestMeta({ kind });
+      const gw = fakeGateway({ serves: ["slow"], delayMs: 1_000 });
+      try {
+        await t.client.register({ name: "slow", pub_id: "slow", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+        let confirmed = false;
+        const confirming = t.client.confirm("slow").then((info) => {
+          confirmed = true;
+          return info;
+        });
+        await eventually("the ping to be in flight", () => gw.pings.length > 0);
+        const during: boolean[] = [];
+        for (let i = 0; i < 10; i++) {
+          const { pub_id } = await t.client.register({ name: `other/${i}`, host: "h" });
+          await t.client.heartbeat(pub_id);
+          await t.client.list("other");
+          await t.client.get("slow");
+          await t.client.deregister(pub_id);
+          during.push(confirmed);
+        }
+        expect(during.every((done) => !done)).toBe(true);
+        expect((await confirming).state).toBe("live");
+      } finally {
+        await t.meta.close();
+        await gw.stop();
+      }
+    });
+
+    test("a registration deregistered while its confirmation runs: 404 saying so", async () => {
+      const t = await startTestMeta({ kind });
+      const gw = fakeGateway({ serves: ["abc"], delayMs: 200 });
+      try {
+        await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+        const confirming = rejection(t.client.confirm("abc"));
+        await eventually("the ping to be in flight", () => gw.pings.length > 0);
+        await t.client.deregister("abc");
+        const err = await confirming;
+        expect(err.status).toBe(404);
+        expect(err.message).toBe("publisher abc was deregistered while it was being confirmed");
+      } finally {
+        await t.meta.close();
+        await gw.stop();
+      }
+    });
+
+    test("a registration replaced while its confirmation runs is left alone: 409", async () => {
+      const t = await startTestMeta({ kind });
+      const gw = fakeGateway({ serves: ["abc"], delayMs: 200 });
+      try {
+        const ports = { ping: gw.port, service: 1, string: 2 };
+        await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
+        const confirming = rejection(t.client.confirm("abc"));
+        await eventually("the ping to be in flight", () => gw.pings.length > 0);
+        await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
+        const err = await confirming;
+        expect([err.status, err.error]).toEqual([409, "changed"]);
+        expect((await t.client.get("abc")).state).toBe("pending");
+      } finally {
+        await t.meta.close();
+        await gw.stop();
+      }
+    });
+
+    test("two confirmations of one registration share one ping", async () => {
+      const t = await startTestMeta({ kind });
+      const gw = fakeGateway({ serves: ["abc"], delayMs: 100 });
+      try {
+        await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+        const both = await Promise.all([t.client.confirm("abc"), t.client.confirm("abc")]);
+        expect(both.map((i) => i.state)).toEqual(["live", "live"]);
+        expect(gw.pings).toEqual(["abc"]);
+      } finally {
+        await t.meta.close();
+        await gw.stop();
+      }
+    });
+
+    test("closing the metaserver ends a confirmation in flight", async () => {
+      const t = await startTestMeta({ kind, confirm: { timeoutMs: 10_000 } });
+      const gw = fakeGateway({ serves: ["abc"], mode: "silent" });
+      try {
+        await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
+        const confirming = t.client.confirm("abc").then(
+          () => "confirmed",
+          (err: Error) => err.message,
+        );
+        await eventually("the ping to be in flight", () => gw.pings.length > 0);
+        await t.meta.close();
+        expect(await confirming).toMatch(/shutting down|cannot reach/);
+      } finally {
+        await gw.stop();
+      }
+    });
   });
 });
 

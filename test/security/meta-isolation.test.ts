@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { join } from "node:path";
-import { MetaStore } from "../../src/meta/store.ts";
+import { SqliteStore } from "../../src/meta/sqlite-store.ts";
 import { freePorts, type Proc, requireBinary, Scope } from "../fixtures/e2e-helpers.ts";
 import { pingViaPrelude } from "../fixtures/gateway-helpers.ts";
 
@@ -40,8 +40,8 @@ async function ping(port: number, id: string): Promise<number> {
   return performance.now() - started;
 }
 
-function populate(db: string): void {
-  MetaStore.open(db).close(); // the schema
+async function populate(db: string): Promise<void> {
+  await SqliteStore.open(db).close(); // the schema
   const sql = new Database(db);
   sql.transaction(() => {
     const insert = sql.query(
@@ -57,7 +57,7 @@ beforeAll(async () => {
   requireBinary();
   runDir = scope.tempDir();
   stateDir = scope.tempDir();
-  populate(join(stateDir, "meta.db"));
+  await populate(join(stateDir, "meta.db"));
   const [s = 0, t = 0, p = 0, m = 0] = freePorts(4);
   ports = { service: s, string: t, ping: p };
   metaUrl = `http://127.0.0.1:${m}`;
@@ -111,12 +111,13 @@ describe("the metaserver in stoa up is off the gateway's thread", () => {
     await load.exited;
     up.proc.kill("SIGINT");
     expect(await up.exitWithin(15_000)).toBe(0);
-    const store = MetaStore.open(join(stateDir, "meta.db")); // the lock is free again
+    const store = SqliteStore.open(join(stateDir, "meta.db")); // the lock is free again
     try {
-      expect(store.counts().live + store.counts().stale + store.counts().pending).toBe(REGISTRATIONS + 1);
-      expect(store.get(pubId)?.info.name).toBe("iso/ping");
+      const counts = await store.counts();
+      expect(counts.live + counts.stale + counts.pending).toBe(REGISTRATIONS + 1);
+      expect((await store.get(pubId))?.info.name).toBe("iso/ping");
     } finally {
-      store.close();
+      await store.close();
     }
   }, 30_000);
 });
