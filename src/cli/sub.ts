@@ -9,7 +9,8 @@ import { clientToken, MetaClient } from "../meta/client.ts";
 import { DEFAULT_META_PORT } from "../meta/protocol.ts";
 import { describeRefusal } from "../core/ws.ts";
 import { FROM_WORDS } from "../stream/protocol.ts";
-import { latest, subscribe } from "../stream/subscriber.ts";
+import { follow } from "../stream/follow.ts";
+import { latest } from "../stream/subscriber.ts";
 import { valueText, valueToJson } from "../stream/value.ts";
 import { waitForMeta, waitForPublisher } from "../status/reach.ts";
 
@@ -22,9 +23,11 @@ export default defineCommand({
     "Looks NAME up in the metaserver, connects through the publisher's gateway and prints each\n" +
     "value on its own line, reconnecting with backoff: the latest value first (--from), then live\n" +
     "ones. Values missed (a slow reader, a reconnect longer than the publisher's --history) are\n" +
-    "reported on stderr, and so is a refusal by the gateway (e.g. 502 target_down). --latest asks\n" +
-    "for the latest value once and exits. It waits up to --wait for the metaserver and for NAME\n" +
-    "to be registered (a script may start the publisher just before); -v logs what it does.",
+    "reported on stderr, and so is a refusal by the gateway (e.g. 502 target_down). It follows\n" +
+    "the publisher when it moves to another host or restarts under a new pub_id (it watches NAME\n" +
+    "in the metaserver), from that publisher's oldest value. --latest asks for the latest value\n" +
+    "once and exits. It waits up to --wait for the metaserver and for NAME to be registered (a\n" +
+    "script may start the publisher just before); -v logs what it does.",
   config: true,
   positionals: [{ name: "name", description: "the publisher's name, e.g. lab/sensors/temp", required: true }],
   flags: {
@@ -69,24 +72,31 @@ export default defineCommand({
     let seen = 0;
     const done = Promise.withResolvers<number>();
     let refusal = "";
-    const sub = subscribe(info.urls.service, {
+    // Subscribed, and watching NAME: a new registration of it (another pub_id or host) is followed.
+    const sub = follow({
+      meta: new MetaClient(flags.meta, { token }),
+      info,
+      log,
       from: { at: flags.from },
       // Each new answer once at warning level (a dead publisher's 502 and its message), its
       // repeats while retrying at info.
-      onRefused: (r) => {
+      onRefused: (r, publisher) => {
         const text = describeRefusal(r);
-        if (text !== refusal) log.warn(`the gateway refused the subscription: ${text}; retrying`, { url: info.urls.service });
+        if (text !== refusal) log.warn(`the gateway refused the subscription: ${text}; retrying`, { url: publisher.urls.service });
         else log.info(`still refused: ${text}; retrying`);
         refusal = text;
+      },
+      onMoved: () => {
+        refusal = "";
       },
       onValue: ({ seq, ts, value }) => {
         process.stdout.write(flags.json ? `${JSON.stringify({ seq, ts, value: valueToJson(value) })}\n` : `${valueText(value)}\n`);
         if (flags.count !== undefined && ++seen >= flags.count) done.resolve(0);
       },
       onGap: ({ next, dropped, reason }) => log.warn("missed values", { dropped, next, reason }),
-      onOpen: () => {
+      onOpen: (_open, publisher) => {
         refusal = "";
-        log.info("subscribed", { publisher: info.name, url: info.urls.service });
+        log.info("subscribed", { publisher: publisher.name, pub_id: publisher.pub_id, url: publisher.urls.service });
       },
       onClose: (code, reason, willRetry) => log.info("connection closed", { code, reason, retrying: willRetry }),
     });

@@ -45,6 +45,7 @@ import {
 } from "./protocol.ts";
 import type { Writer } from "./owners.ts";
 import { type Store, treeOf } from "./store.ts";
+import { watchHandler } from "./watch.ts";
 
 /** Entries per chunk of a streamed list page. */
 const LIST_CHUNK = 256;
@@ -54,7 +55,11 @@ const LEASE_MARGIN_MS = 1_000;
 const LEASE_POLL_MS = 50;
 
 /** What the server adds to each request: the client's address (for --no-auth quotas). */
-type ApiEnv = { Bindings: { ip?: string }; Variables: { writer: Writer } };
+type ApiEnv = {
+  /** `keepOpen` lifts the server's idle timeout for a streaming response (watch.ts). */
+  Bindings: { ip?: string; keepOpen?: () => void };
+  Variables: { writer: Writer };
+};
 
 interface ApiOptions {
   store: Store;
@@ -357,6 +362,7 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
     return new Response(metrics.render(), { headers: { "Content-Type": CONTENT_TYPE } });
   });
 
+  app.get("/v1/watch", watchHandler({ store, log, metrics, shutdown: options.shutdown }));
 
   app.notFound((c) => {
     const route = `${c.req.method} ${new URL(c.req.url).pathname}`.slice(0, 200);

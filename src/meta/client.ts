@@ -9,6 +9,11 @@
  *
  * With a `token` every request carries `Authorization: Bearer <token>` (never logged, never in
  * a URL). Lists follow `next_cursor` page by page; lookups by name ask for that name only.
+ *
+ * `watch` follows changes (GET /v1/watch) over one connection: it resolves when the server ends
+ * the stream or the caller's signal aborts, and rejects like any request when it cannot be had,
+ * when the stream is not one (watch-wire.ts's limits and schemas) or goes silent for
+ * `WATCH_IDLE_MS`. Reconnecting is the caller's (stream/follow.ts).
  */
 import { StoaError, describeError, errnoCode } from "../core/errors.ts";
 import { readBodyLimited } from "../core/http-body.ts";
@@ -33,6 +38,7 @@ import {
   TreeResponse,
 } from "./protocol.ts";
 import type { z } from "zod";
+import { type ChangeEvent, SseDecoder, WATCH_IDLE_MS, watchEventOf } from "./watch-wire.ts";
 
 /** Per-request deadline, by default; a confirmation gets the ping timeout on top. */
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
@@ -161,6 +167,113 @@ export class MetaClient {
     throw new StoaError("closed", `no publisher named ${name} is registered at ${this.baseUrl}; is it running?`);
   }
 
+  /**
+   * Follows the registrations named `prefix` or below it ("" for all): `onOpen` once the watch
+   * is in place (look up from then on and nothing is missed), `onEvent` for each change after.
+   * Resolves when the server ends the stream (watch again) or `signal` aborts.
+   *
+   * @example
+   * ```ts
+   * const stop = new AbortController();
+   * await meta.watch("lab", { onEvent: (e) => console.log(e.type, e.publisher.name), signal: stop.signal });
+   * ```
+   */
+  async watch(
+    prefix: string,
+    handlers: { onEvent: (event: ChangeEvent) => void; onOpen?: (prefix: string) => void; signal?: AbortSignal },
+  ): Promise<void> {
+    const path = `/v1/watch${listQuery(prefix)}`;
+    const { signal } = handlers;
+    if (signal?.aborted) return;
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    // Until the answer's head: the request deadline; then a silence of WATCH_IDLE_MS.
+    let timedOut = false;
+    let timer = setTimeout(() => {
+      timedOut = true;
+      stop.abort();
+    }, this.#timeoutMs);
+    const quiet = (ms: number) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        timedOut = true;
+        stop.abort();
+      }, ms);
+    };
+    try {
+      let response: Response;
+      try {
+        response = await fetch(this.baseUrl + path, { headers: this.#headers(false, "text/event-stream"), signal: stop.signal, redirect: "error" });
+      } catch (err) {
+        if (signal?.aborted) return;
+        throw this.#transportError(timedOut ? timeoutError() : err, "GET", path, this.#timeoutMs);
+      }
+      if (!response.ok) throw this.#httpError(response.status, await readCapped(response).catch(() => ""), "GET", path);
+      if (!(response.headers.get("content-type") ?? "").startsWith("text/event-stream") || response.body === null) {
+        await response.body?.cancel().catch(() => {});
+        throw new StoaError("schema", `the metaserver at ${this.baseUrl} answered GET ${path} with something other than an event stream; is it a stoa metaserver of this version?`);
+      }
+      quiet(WATCH_IDLE_MS);
+      const decoder = new SseDecoder();
+      const reader = response.body.getReader();
+      try {
+        for (;;) {
+          let chunk: Awaited<ReturnType<typeof reader.read>>;
+          try {
+            chunk = await reader.read();
+          } catch (err) {
+            if (signal?.aborted) return;
+            if (timedOut) {
+              throw new StoaError("timeout", `the watch at ${this.baseUrl} sent nothing for ${WATCH_IDLE_MS / 1000}s, not even a keepalive; watch again`);
+            }
+            throw this.#transportError(err, "GET", path, this.#timeoutMs);
+          }
+          if (chunk.done) return;
+          quiet(WATCH_IDLE_MS);
+          for (const sse of decoder.push(chunk.value)) {
+            const event = watchEventOf(sse);
+            if (event === null) continue;
+            if (event.type === "watching") handlers.onOpen?.(event.prefix);
+            else handlers.onEvent(event);
+            if (signal?.aborted) return;
+          }
+        }
+      } finally {
+        reader.cancel().catch(() => {});
+      }
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      stop.abort();
+    }
+  }
+
+  #headers(json: boolean, accept?: string): Record<string, string> {
+    const headers: Record<string, string> = json ? { "Content-Type": "application/json" } : {};
+    if (accept !== undefined) headers.Accept = accept;
+    const token = typeof this.#token === "function" ? this.#token() : this.#token;
+    if (token !== undefined) headers.Authorization = `Bearer ${token}`;
+    return headers;
+  }
+
+  /** A non-2xx answer: the server's own error when it sent one, else what the status suggests. */
+  #httpError(status: number, text: string, method: string, path: string): MetaApiError {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    const error = ApiErrorBody.safeParse(json);
+    if (error.success) return new MetaApiError(error.data.error, error.data.message, status);
+    return new MetaApiError(
+      `http_${status}`,
+      `the metaserver at ${this.baseUrl} answered ${method} ${path} with HTTP ${status}; is that URL a stoa metaserver?`,
+      status,
+    );
+  }
+
   async #call<S extends z.ZodType>(
     method: string,
     path: string,
@@ -171,12 +284,9 @@ export class MetaClient {
     const url = this.baseUrl + path;
     let response: Response;
     try {
-      const headers: Record<string, string> = body === undefined ? {} : { "Content-Type": "application/json" };
-      const token = typeof this.#token === "function" ? this.#token() : this.#token;
-      if (token !== undefined) headers.Authorization = `Bearer ${token}`;
       response = await fetch(url, {
         method,
-        headers,
+        headers: this.#headers(body !== undefined),
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(timeoutMs),
         redirect: "error",
@@ -190,20 +300,12 @@ export class MetaClient {
     } catch (err) {
       throw err instanceof StoaError ? err : this.#transportError(err, method, path, timeoutMs);
     }
+    if (!response.ok) throw this.#httpError(response.status, text, method, path);
     let json: unknown;
     try {
       json = JSON.parse(text);
     } catch {
       json = undefined;
-    }
-    if (!response.ok) {
-      const error = ApiErrorBody.safeParse(json);
-      if (error.success) throw new MetaApiError(error.data.error, error.data.message, response.status);
-      throw new MetaApiError(
-        `http_${response.status}`,
-        `the metaserver at ${this.baseUrl} answered ${method} ${path} with HTTP ${response.status}; is that URL a stoa metaserver?`,
-        response.status,
-      );
     }
     const parsed = schema.safeParse(json);
     if (!parsed.success) {
@@ -227,6 +329,12 @@ export class MetaClient {
       cause: err,
     });
   }
+}
+
+function timeoutError(): Error {
+  const err = new Error("timed out");
+  err.name = "TimeoutError";
+  return err;
 }
 
 function listQuery(prefix: string, limit?: number, cursor?: string | null): string {

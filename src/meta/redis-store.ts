@@ -672,6 +672,10 @@ export class RedisStore implements Store {
     return this.#events.add(listener);
   }
 
+  get eventsUp(): boolean {
+    return this.#subscriber.down === null;
+  }
+
   onLost(listener: () => void): () => void {
     this.#lost.add(listener);
     return () => this.#lost.delete(listener);

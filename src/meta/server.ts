@@ -110,7 +110,9 @@ export async function startMeta(options: MetaOptions): Promise<MetaServer> {
     Bun.serve({
       hostname: options.listen.hostname,
       port,
-      fetch: (req, srv) => app.fetch(req, { ip: srv.requestIP(req)?.address }),
+      // A watch streams for as long as its client stays: Bun's idle timeout counts from the
+      // request, not the last write, so the watch lifts it for its own request.
+      fetch: (req, srv) => app.fetch(req, { ip: srv.requestIP(req)?.address, keepOpen: () => srv.timeout(req, 0) }),
       // Our reader answers 413 with a JSON body up to MAX_BODY_BYTES; this is Bun's backstop.
       maxRequestBodySize: MAX_BODY_BYTES * 16,
       // A confirmation may take the whole ping timeout; the connection must outlive it.

@@ -345,6 +345,8 @@ export class SqliteStore implements Store {
     return this.#events.add(listener);
   }
 
+  readonly eventsUp = true;
+
   /** In one process every change is heard: the feed never breaks. */
   onLost(_listener: () => void): () => void {
     return () => {};

@@ -142,6 +142,8 @@ export interface Store {
    * reconnect and look up again. Returns the unsubscribe. SQLite never calls it.
    */
   onLost(listener: () => void): () => void;
+  /** Whether changes are heard now (Redis: the subscription is connected); a watch needs it. */
+  readonly eventsUp: boolean;
   /** Closes the store (SQLite: checkpointed and unlocked; Redis: connections closed). */
   close(): Promise<void>;
 }
