@@ -1,6 +1,7 @@
 /**
  * README.md's quick start and the walkthroughs ("A first stream", "A first tunnel", "A first circle",
- * "A first relay", "A first service mesh" — after starting Open vSwitch the way its service does), taken
+ * "A first relay", "Many hosts" — with redis-server installed —, "A first service mesh" — after starting
+ * Open vSwitch the way its service does), taken
  * from the file and run as printed, pasted one after the other into one `sh -e` — the way a new
  * user tries them. They run as root with the defaults they print (/run/stoa, /var/lib/stoa,
  * ports 8081-8083, 8090, 8470), so the script gets a private mount namespace (tmpfs on those
@@ -39,12 +40,14 @@ function quickStart(text: string): string {
 
 const canRun = process.getuid?.() === 0 && Bun.which("unshare") !== null && Bun.which("flock") !== null && Bun.which("socat") !== null;
 const haveOvs = existsSync("/usr/sbin/ovs-vswitchd") && Bun.which("ovs-vsctl") !== null;
+const haveRedis = Bun.which("redis-server") !== null && Bun.which("curl") !== null;
+if (canRun && !haveRedis) console.warn("readme.test.ts leaves out 'Many hosts': redis-server or curl is not installed (apt install redis-server curl)");
 if (canRun && !haveOvs) console.warn("readme.test.ts leaves out 'A first service mesh': Open vSwitch is not installed (apt install openvswitch-switch)");
 if (!canRun) console.warn("readme.test.ts needs root, unshare, flock and socat (apt install socat)");
 
 describe.if(canRun)("README.md as a script", () => {
   test(
-    "the quick start, 'A first stream', 'A first tunnel', 'A first circle', 'A first relay' and 'A first service mesh' pasted as one script all succeed and do what the README says",
+    "the quick start, 'A first stream', 'A first tunnel', 'A first circle', 'A first relay', 'Many hosts' and 'A first service mesh' pasted as one script all succeed and do what the README says",
     async () => {
       const readme = readFileSync(join(ROOT, "README.md"), "utf8");
       const work = mkdtempSync(join(tmpdir(), "stoa-readme-"));
@@ -78,6 +81,7 @@ describe.if(canRun)("README.md as a script", () => {
           block(readme, "A first relay"),
           "sleep 0.2", // socat's output in the sink namespace, written as the datagram arrives
           "echo '--- relay done'",
+          ...(haveRedis ? [block(readme, "Many hosts"), "echo '--- many hosts done'"] : []),
           // Open vSwitch as the openvswitch-switch service runs it, on its default paths (private
           // tmpfs), with the userspace datapath the walkthrough names (no kernel module here).
           ...(haveOvs
@@ -134,6 +138,12 @@ describe.if(canRun)("README.md as a script", () => {
         expect(relay).toMatch(/^hello, relay$/m);
         expect(relay).toMatch(/^WORKER +PID +RECEIVED +MATCHED +SENT/m);
         expect(relay).toMatch(/^r1 +1 +13 /m);
+        // Many hosts: registered through h1, two values found through h2, live on h2.
+        if (haveRedis) {
+          const many = (out.split(/^--- relay done$/m)[1] ?? "").split(/^--- many hosts done$/m)[0] ?? "";
+          expect(many.match(/^\d\d:\d\d:\d\d$/gm)?.length).toBe(2);
+          expect(many).toMatch(/^"state":"live"$/m);
+        }
         // A first service mesh: the query, the client's request through the flows, the seed's create.
         if (haveOvs) {
           const mesh = out.split(/^--- relay done$/m)[1] ?? "";
