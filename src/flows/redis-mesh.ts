@@ -1,7 +1,8 @@
 /**
  * The mesh through Redis (`stoa flows serve --redis-url URL`), for meshes that outgrow a peer
  * list: every node writes its own exposed services under a key that expires unless refreshed,
- * and reads everyone else's. Keys (Bun's RedisClient, one connection per server):
+ * and reads everyone else's. Keys (core/redis.ts: a command connection and a subscription, each
+ * coming back by itself):
  *
  *   stoa:flows:node:<node>   JSON {node, services}, PX PEER_TTL_MS, rewritten every sync and on change
  *   stoa:flows:nodes         set of node names that wrote (a name whose key expired is dropped on read)
@@ -10,8 +11,9 @@
  * Each node is authoritative for its own key; a node that stops refreshing (down, cut off) drops
  * out of every other node's answers within PEER_TTL_MS.
  */
-import { RedisClient } from "bun";
+import type { RedisClient } from "bun";
 import { describeError } from "../core/errors.ts";
+import { RedisLink } from "../core/redis.ts";
 import type { Logger } from "../core/log.ts";
 import type { ServiceLocation } from "./model.ts";
 
@@ -29,42 +31,49 @@ export interface MeshNode {
 }
 
 export class RedisMesh {
-  #client: RedisClient;
-  #subscriber: RedisClient;
+  #commands: RedisLink;
+  #subscriber: RedisLink;
   #node: string;
   #ttlMs: number;
   #log: Logger;
 
-  private constructor(url: string, node: string, ttlMs: number, log: Logger) {
-    // Commands while disconnected fail at once (the next sync retries); the client reconnects by itself.
-    const options = { enableOfflineQueue: false, connectionTimeout: CONNECT_TIMEOUT_MS };
-    this.#client = new RedisClient(url, options);
-    this.#subscriber = new RedisClient(url, options);
-    this.#node = node;
-    this.#ttlMs = ttlMs;
-    this.#log = log;
+  private constructor(o: { url: string; node: string; ttlMs: number; log: Logger; onChange: (node: string) => void }) {
+    // Commands while disconnected fail at once (the next sync retries); both links dial again by themselves.
+    this.#commands = new RedisLink(o.url);
+    this.#subscriber = new RedisLink(o.url, {
+      onUp: async (client) => {
+        await client.subscribe(CHANNEL, (message) => {
+          if (message !== o.node) o.onChange(message);
+        });
+      },
+    });
+    this.#node = o.node;
+    this.#ttlMs = o.ttlMs;
+    this.#log = o.log;
   }
 
   /** Connects both connections; `onChange` hears of another node's change (to read at once). */
   static async connect(o: { url: string; node: string; ttlMs: number; log: Logger; onChange: (node: string) => void }): Promise<RedisMesh> {
-    const mesh = new RedisMesh(o.url, o.node, o.ttlMs, o.log);
-    let timer: Timer | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
-    });
-    try {
-      await Promise.race([Promise.all([mesh.#client.connect(), mesh.#subscriber.connect()]), late]);
-    } catch (err) {
-      mesh.#client.close();
-      mesh.#subscriber.close();
-      throw err;
-    } finally {
-      clearTimeout(timer);
+    const mesh = new RedisMesh(o);
+    await Promise.all([mesh.#commands.start(), mesh.#subscriber.start()]);
+    const deadline = Date.now() + CONNECT_TIMEOUT_MS;
+    for (;;) {
+      const down = mesh.#commands.down ?? mesh.#subscriber.down;
+      if (down === null) return mesh;
+      if (Date.now() >= deadline) {
+        mesh.#commands.close();
+        mesh.#subscriber.close();
+        throw new Error(`no answer within ${CONNECT_TIMEOUT_MS / 1000} s (${down})`);
+      }
+      await Bun.sleep(50);
     }
-    await mesh.#subscriber.subscribe(CHANNEL, (message) => {
-      if (message !== o.node) o.onChange(message);
-    });
-    return mesh;
+  }
+
+  /** The command connection, or an error saying why it is down. */
+  get #client(): RedisClient {
+    const client = this.#commands.client;
+    if (client === null) throw new Error(`Redis is not connected: ${this.#commands.down ?? "closed"}`);
+    return client;
   }
 
   /** Writes this node's services (refreshing their expiry); with `announce`, tells the others at once. */
@@ -110,6 +119,6 @@ export class RedisMesh {
       // Redis gone: the entry expires by itself.
     }
     this.#subscriber.close();
-    this.#client.close();
+    this.#commands.close();
   }
 }
