@@ -56,8 +56,8 @@ const LEASE_POLL_MS = 50;
 
 /** What the server adds to each request: the client's address (for --no-auth quotas). */
 type ApiEnv = {
-  /** `keepOpen` lifts the server's idle timeout for a streaming response (watch.ts). */
-  Bindings: { ip?: string; keepOpen?: () => void };
+  /** The request's connection (server.ts): the client's address, asked only when needed; `keepOpen` lifts the idle timeout for a streaming response (watch.ts). */
+  Bindings: { ip?: () => string | undefined; keepOpen?: () => void };
   Variables: { writer: Writer };
 };
 
@@ -110,27 +110,47 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
 
   const app = new Hono<ApiEnv>();
 
+  // One middleware for every request (each one more is a closure and an await per request):
+  // counted by route and status once answered; an oversize body refused on every route alike
+  // (only registration reads one); then authentication before anything is read or looked up —
+  // writes need a writer, reads a reader when the server has a read token. Health and metrics
+  // stay open for probes.
   app.use("*", async (c, next) => {
+    try {
+      const read = c.req.method === "GET" || c.req.method === "HEAD";
+      // (A GET's headers are not even looked at for it: materializing them costs a lookup 4 µs.)
+      if (!read && Number(c.req.header("content-length") ?? "0") > MAX_BODY_BYTES) throw tooLarge();
+      authenticate(c, !read);
+    } catch (err) {
+      // Answered as onError answers, counted here like any other answer.
+      c.res = answerError(err as Error, c);
+      count(c);
+      return c.res;
+    }
     await next();
+    count(c);
+  });
+
+  function answerError(err: Error, c: Context<ApiEnv>): Response {
+    if (err instanceof MetaApiError) {
+      const headers: Record<string, string> | undefined = err.status === 401 ? { "WWW-Authenticate": `Bearer realm="${AUTH_REALM}"` } : undefined;
+      return json(err.body(), err.status, headers);
+    }
+    log.error("request failed", { method: c.req.method, path: c.req.path.slice(0, 200), error: err });
+    return json({ error: "internal", message: `internal error: ${err.message}` }, 500);
+  }
+
+  function count(c: Context<ApiEnv>): void {
     const route = routePath(c, -1);
     // Unmatched requests end on the catch-all middleware: one label, whatever the path.
     requests.inc({ route: route.startsWith("/v1/") || route === "/metrics" ? route : "unmatched", status: c.res.status });
-  });
+  }
 
-  // Only registration reads a body, but an oversize one is refused on every route alike.
-  app.use("*", async (c, next) => {
-    if (Number(c.req.header("content-length") ?? "0") > MAX_BODY_BYTES) throw tooLarge();
-    await next();
-  });
-
-  // Authentication before anything is read or looked up: writes need a writer, reads a reader
-  // when the server has a read token. Health and metrics stay open for probes.
-  app.use("/v1/*", async (c, next) => {
-    const path = new URL(c.req.url).pathname;
-    if (path === "/v1/health") return next();
-    const write = c.req.method !== "GET" && c.req.method !== "HEAD";
-    if (!write && !auth.readRequired) return next();
-    const caller = auth.caller(c.req.header("authorization"), c.env?.ip ?? "unknown");
+  function authenticate(c: Context<ApiEnv>, write: boolean): void {
+    if (!write && !auth.readRequired) return;
+    const path = c.req.path;
+    if (!path.startsWith("/v1/") || path === "/v1/health") return;
+    const caller = auth.caller(c.req.header("authorization"), c.env?.ip?.() ?? "unknown");
     if (caller.kind === "none") {
       refused.inc({ status: 401 });
       throw unauthorized(caller.why, write);
@@ -140,8 +160,7 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
       throw new MetaApiError("forbidden", "this token may only read; writes need the metaserver's admin token or a writer token from its --tokens-file");
     }
     if (caller.kind === "writer") c.set("writer", caller.writer);
-    return next();
-  });
+  }
 
   app.post("/v1/publishers", async (c) => {
     const body = await readJson(c);
@@ -369,23 +388,15 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
     return json({ error: "not_found", message: `no route ${route}; the API is under /v1 (try GET /v1/health)` }, 404);
   });
 
-  app.onError((err, c) => {
-    if (err instanceof MetaApiError) {
-      const headers: Record<string, string> = err.status === 401 ? { "WWW-Authenticate": `Bearer realm="${AUTH_REALM}"` } : {};
-      return json(err.body(), err.status, headers);
-    }
-    log.error("request failed", { method: c.req.method, path: new URL(c.req.url).pathname.slice(0, 200), error: err });
-    return json({ error: "internal", message: `internal error: ${err.message}` }, 500);
-  });
+  app.onError(answerError);
 
   return app;
 }
 
-function json(data: unknown, status: number, headers: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(data), {
-    status,
-    headers: { "Content-Type": "application/json; charset=utf-8", ...headers },
-  });
+const JSON_HEADERS = { "Content-Type": "application/json; charset=utf-8" };
+
+function json(data: unknown, status: number, headers?: Record<string, string>): Response {
+  return new Response(JSON.stringify(data), { status, headers: headers === undefined ? JSON_HEADERS : { ...JSON_HEADERS, ...headers } });
 }
 
 /** One page of publishers as a JSON stream, chunk by chunk: never one string of the whole page. */

@@ -57,6 +57,7 @@ import {
   ancestorsOf,
   belowRange,
   EventFanout,
+  InfoCache,
   type Page,
   ruleErrors,
   type Store,
@@ -431,6 +432,7 @@ export class RedisStore implements Store {
   readonly #graceMs: number;
   readonly #log: Logger | undefined;
   readonly #events = new EventFanout();
+  readonly #infos = new InfoCache();
   readonly #lost = new Set<() => void>();
   readonly #commands: RedisLink;
   readonly #subscriber: RedisLink;
@@ -553,7 +555,7 @@ export class RedisStore implements Store {
     const [status, ...rest] = reply;
     switch (status) {
       case "ok":
-        return { info: toInfo(rest.slice(0, 12)), created: rest[12] === "1" };
+        return { info: this.#info(rest.slice(0, 12)), created: rest[12] === "1" };
       case "forbidden":
         throw notOwner(rest[0] ?? "", rest[1] ?? "");
       case "duplicate_pub_id":
@@ -579,7 +581,7 @@ export class RedisStore implements Store {
     const fields = values as (string | null)[];
     if (fields[0] === null || fields[0] === undefined) return null;
     const row = [pubId, ...fields.map((v) => v ?? "")];
-    return { info: toInfo(row), generation: Number(row[11]), lastSeen: Number(row[9]), owner: row[10] ?? "" };
+    return { info: this.#info(row), generation: Number(row[11]), lastSeen: Number(row[9]), owner: row[10] ?? "" };
   }
 
   async authorize(pubId: string, writer: Writer): Promise<boolean> {
@@ -609,12 +611,12 @@ export class RedisStore implements Store {
 
   async byName(name: string): Promise<PublisherInfo | null> {
     const row = await this.#run("byName", [String(this.#now()), name]);
-    return row.length === 0 ? null : toInfo(row);
+    return row.length === 0 ? null : this.#info(row);
   }
 
   async heartbeat(pubId: string, writer: Writer = ANYONE): Promise<PublisherInfo | null> {
     const row = await this.#owned("heartbeat", pubId, writer, this.#expiryArgs());
-    return row === null ? null : toInfo(row);
+    return row === null ? null : this.#info(row);
   }
 
   async lease(pubId: string, generation: number, ms: number): Promise<boolean> {
@@ -629,7 +631,7 @@ export class RedisStore implements Store {
 
   async markLive(pubId: string, generation: number): Promise<PublisherInfo | null> {
     const [status, ...row] = await this.#run("markLive", [String(this.#now()), pubId, String(generation), ...this.#expiryArgs()]);
-    return status === "ok" ? toInfo(row) : null;
+    return status === "ok" ? this.#info(row) : null;
   }
 
   async removeIf(pubId: string, generation: number): Promise<boolean> {
@@ -639,7 +641,7 @@ export class RedisStore implements Store {
 
   async remove(pubId: string, writer: Writer = ANYONE): Promise<PublisherInfo | null> {
     const row = await this.#owned("remove", pubId, writer, []);
-    return row === null ? null : toInfo(row);
+    return row === null ? null : this.#info(row);
   }
 
   async sweep(ttlMs: number, deregisterAfterMs: number): Promise<SweepResult> {
@@ -700,7 +702,7 @@ export class RedisStore implements Store {
       this.#log?.warn("an event on the Redis store's channel is not one this metaserver knows; ignored", { store: this.description });
       return;
     }
-    this.#events.emit(type, toInfo(row.map(String)));
+    this.#events.emit(type, this.#info(row.map(String)));
   }
 
   /** The command connection came (back): after an outage, every TTL clock restarts. */
@@ -724,6 +726,11 @@ export class RedisStore implements Store {
         this.#forgiving = null;
       }
     })();
+  }
+
+  /** The API's view of a script's row, built once per registration and state. */
+  #info(row: readonly string[]): PublisherInfo {
+    return this.#infos.of(Number(row[11]), row[6] as PublisherState, () => toInfo(row));
   }
 
   /** A script that checks the writer first: the row, null when missing; 403 when not the owner's. */

@@ -15,12 +15,12 @@
  *   the others are taken over only by the admin (`mayWrite`, `claim`). Quotas (protocol.ts)
  *   count registrations by owner; "pending" there means never confirmed, whatever the state.
  */
-import { Database } from "bun:sqlite";
+import { Database, type SQLQueryBindings } from "bun:sqlite";
 import { chmodSync, existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { StoaError, describeError, errnoCode } from "../core/errors.ts";
 import { ANYONE, checkQuotas, DEFAULT_QUOTAS, mayWrite, notOwner, type Quotas, type Writer } from "./owners.ts";
-import { ancestorsOf, belowRange, EventFanout, type Page, ruleErrors, type Store, type StoreEvent, type StoredPublisher, type StoreOptions, type SweepResult } from "./store.ts";
+import { ancestorsOf, belowRange, EventFanout, InfoCache, type Page, ruleErrors, type Store, type StoreEvent, type StoredPublisher, type StoreOptions, type SweepResult } from "./store.ts";
 import {
   MAX_PUBLISHERS,
   MetaApiError,
@@ -81,6 +81,10 @@ interface Row {
 
 const COLUMNS =
   "generation, pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen, owner";
+// The lookups every request makes, as constants: built once, so bun:sqlite's statement cache
+// finds them without a new string per call.
+const BY_NAME = `SELECT ${COLUMNS} FROM publishers WHERE name = ?`;
+const BY_PUB_ID = `SELECT ${COLUMNS} FROM publishers WHERE pub_id = ?`;
 
 /**
  * The registrations, on SQLite.
@@ -102,6 +106,7 @@ export class SqliteStore implements Store {
   readonly description: string;
   readonly #db: Database;
   readonly #events = new EventFanout();
+  readonly #infos = new InfoCache();
   /** Confirmation leases: key → when it ends (one process: the API's own in-flight map does the rest). */
   readonly #leases = new Map<string, number>();
 
@@ -178,13 +183,13 @@ export class SqliteStore implements Store {
       const byId = this.#rowByPubId(reg.pub_id);
       if (byId !== null && mayWrite(byId.owner, writer) === "no") throw notOwner(byId.pub_id, byId.name);
       if (byId !== null && byId.name !== reg.name) throw ruleErrors.duplicatePubId(reg.pub_id, byId.name);
-      const byName = byId ?? this.#db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(reg.name);
+      const byName = byId ?? this.#db.query<Row, [string]>(BY_NAME).get(reg.name);
       if (byName !== null && byName.pub_id !== reg.pub_id) {
         if (byName.state !== "stale" || mayWrite(byName.owner, writer) === "no") {
           throw ruleErrors.duplicateName(reg.name, { pub_id: byName.pub_id, state: byName.state, lastSeen: byName.last_seen }, now);
         }
         this.#db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
-        taken.push(toInfo(byName));
+        taken.push(this.#info(byName));
       }
       this.#checkLeaf(reg.name);
       const replaced = byName !== null && byName.pub_id === reg.pub_id;
@@ -193,14 +198,13 @@ export class SqliteStore implements Store {
       // re-registering every few seconds would keep an unconfirmable entry forever.
       const since = replaced && byName.confirmed === 0 ? byName.registered_at : now;
       checkQuotas(this.#db, { ...this.#quotas, maxPublishers: this.#maxPublishers, adminOwner: this.#adminOwner }, writer, replaced);
-      const row = this.#db
-        .query<Row, [string, string, string, number, number, number, number, number, string]>(
+      const row = this.#returning(
           `INSERT INTO publishers (pub_id, name, host, port_service, port_string, port_ping, state, confirmed, registered_at, last_seen, owner)
            VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) RETURNING ${COLUMNS}`,
-        )
-        .get(reg.pub_id, reg.name, reg.host, reg.ports.service, reg.ports.string, reg.ports.ping, since, now, writer.owner);
+          reg.pub_id, reg.name, reg.host, reg.ports.service, reg.ports.string, reg.ports.ping, since, now, writer.owner,
+        );
       if (row === null) throw new StoaError("internal", "INSERT … RETURNING returned no row");
-      return { info: toInfo(row), created: !replaced };
+      return { info: this.#info(row), created: !replaced };
     });
     const result = run.immediate();
     for (const info of taken) this.#events.emit("removed", info);
@@ -210,7 +214,7 @@ export class SqliteStore implements Store {
 
   async get(pubId: string): Promise<StoredPublisher | null> {
     const row = this.#rowByPubId(pubId);
-    return row === null ? null : { info: toInfo(row), generation: row.generation, lastSeen: row.last_seen, owner: row.owner };
+    return row === null ? null : { info: this.#info(row), generation: row.generation, lastSeen: row.last_seen, owner: row.owner };
   }
 
   async page(prefix: string, limit: number, after: string | null): Promise<Page> {
@@ -223,7 +227,7 @@ export class SqliteStore implements Store {
       // `prefix` itself sorts before everything below it; names between the two ("a-x" for "a")
       // are not scanned: two index lookups instead of one range with a filter.
       if (prefix > from) {
-        const exact = this.#db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(prefix);
+        const exact = this.#db.query<Row, [string]>(BY_NAME).get(prefix);
         if (exact !== null) rows.push(exact);
       }
       const [lo, hi] = belowRange(prefix);
@@ -241,22 +245,22 @@ export class SqliteStore implements Store {
   }
 
   async byName(name: string): Promise<PublisherInfo | null> {
-    const row = this.#db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE name = ?`).get(name);
-    return row === null ? null : toInfo(row);
+    const row = this.#db.query<Row, [string]>(BY_NAME).get(name);
+    return row === null ? null : this.#info(row);
   }
 
   async heartbeat(pubId: string, writer: Writer = ANYONE): Promise<PublisherInfo | null> {
     const before = this.#authorize(pubId, writer);
     if (before === null) return null;
-    const row = this.#db
-      .query<Row, [number, string]>(
-        `UPDATE publishers SET last_seen = ?,
-           state = CASE WHEN state = 'stale' THEN (CASE WHEN confirmed = 1 THEN 'live' ELSE 'pending' END) ELSE state END
-         WHERE pub_id = ? RETURNING ${COLUMNS}`,
-      )
-      .get(this.#now(), pubId);
+    const row = this.#returning(
+      `UPDATE publishers SET last_seen = ?,
+         state = CASE WHEN state = 'stale' THEN (CASE WHEN confirmed = 1 THEN 'live' ELSE 'pending' END) ELSE state END
+       WHERE pub_id = ? RETURNING ${COLUMNS}`,
+      this.#now(),
+      pubId,
+    );
     if (row === null) return null;
-    const info = toInfo(row);
+    const info = this.#info(row);
     if (before.state === "stale") this.#events.emit(info.state === "live" ? "confirmed" : "registered", info);
     return info;
   }
@@ -276,30 +280,31 @@ export class SqliteStore implements Store {
   }
 
   async markLive(pubId: string, generation: number): Promise<PublisherInfo | null> {
-    const row = this.#db
-      .query<Row, [number, string, number]>(
-        `UPDATE publishers SET state = 'live', confirmed = 1, last_seen = ?
-         WHERE pub_id = ? AND generation = ? RETURNING ${COLUMNS}`,
-      )
-      .get(this.#now(), pubId, generation);
+    const row = this.#returning(
+      `UPDATE publishers SET state = 'live', confirmed = 1, last_seen = ?
+       WHERE pub_id = ? AND generation = ? RETURNING ${COLUMNS}`,
+      this.#now(),
+      pubId,
+      generation,
+    );
     if (row === null) return null;
-    const info = toInfo(row);
+    const info = this.#info(row);
     this.#events.emit("confirmed", info);
     return info;
   }
 
   async removeIf(pubId: string, generation: number): Promise<boolean> {
-    const row = this.#db.query<Row, [string, number]>(`DELETE FROM publishers WHERE pub_id = ? AND generation = ? RETURNING ${COLUMNS}`).get(pubId, generation);
+    const row = this.#returning(`DELETE FROM publishers WHERE pub_id = ? AND generation = ? RETURNING ${COLUMNS}`, pubId, generation);
     if (row === null) return false;
-    this.#events.emit("removed", toInfo(row));
+    this.#events.emit("removed", this.#info(row));
     return true;
   }
 
   async remove(pubId: string, writer: Writer = ANYONE): Promise<PublisherInfo | null> {
     if (this.#authorize(pubId, writer) === null) return null;
-    const row = this.#db.query<Row, [string]>(`DELETE FROM publishers WHERE pub_id = ? RETURNING ${COLUMNS}`).get(pubId);
+    const row = this.#returning(`DELETE FROM publishers WHERE pub_id = ? RETURNING ${COLUMNS}`, pubId);
     if (row === null) return null;
-    const info = toInfo(row);
+    const info = this.#info(row);
     this.#events.emit("removed", info);
     return info;
   }
@@ -372,8 +377,22 @@ export class SqliteStore implements Store {
     return row;
   }
 
+  /**
+   * The one row a write with RETURNING gives, or null. Always `.all()`: a RETURNING statement
+   * stepped once (`.get()`) stays active and holds a read snapshot, so no checkpoint can
+   * restart the WAL, which then grows by every write (420 MB after 20,000 heartbeats).
+   */
+  #returning(sql: string, ...args: SQLQueryBindings[]): Row | null {
+    return this.#db.query<Row, SQLQueryBindings[]>(sql).all(...args)[0] ?? null;
+  }
+
+  /** The API's view of a row, built once per registration and state. */
+  #info(row: Row): PublisherInfo {
+    return this.#infos.of(row.generation, row.state, () => toInfo(row));
+  }
+
   #rowByPubId(pubId: string): Row | null {
-    return this.#db.query<Row, [string]>(`SELECT ${COLUMNS} FROM publishers WHERE pub_id = ?`).get(pubId);
+    return this.#db.query<Row, [string]>(BY_PUB_ID).get(pubId);
   }
 
   /** Names are leaves: nothing registered above `name`, nothing below it. */
