@@ -85,6 +85,8 @@ const COLUMNS =
 // finds them without a new string per call.
 const BY_NAME = `SELECT ${COLUMNS} FROM publishers WHERE name = ?`;
 const BY_PUB_ID = `SELECT ${COLUMNS} FROM publishers WHERE pub_id = ?`;
+/** Rows the read cache holds at most. */
+const ROW_CACHE_MAX = 20_000;
 
 /**
  * The registrations, on SQLite.
@@ -107,6 +109,13 @@ export class SqliteStore implements Store {
   readonly #db: Database;
   readonly #events = new EventFanout();
   readonly #infos = new InfoCache();
+  /**
+   * Rows read lately, by pub_id and by name: this process is the file's only writer (the
+   * exclusive lock), and every write forgets the rows it touches, so a hit is the row as stored
+   * — a lookup without a query (a sixth of its CPU). Only rows that exist; emptied when full.
+   */
+  readonly #byId = new Map<string, Row>();
+  readonly #byName = new Map<string, Row>();
   /** Confirmation leases: key → when it ends (one process: the API's own in-flight map does the rest). */
   readonly #leases = new Map<string, number>();
 
@@ -183,17 +192,21 @@ export class SqliteStore implements Store {
       const byId = this.#rowByPubId(reg.pub_id);
       if (byId !== null && mayWrite(byId.owner, writer) === "no") throw notOwner(byId.pub_id, byId.name);
       if (byId !== null && byId.name !== reg.name) throw ruleErrors.duplicatePubId(reg.pub_id, byId.name);
-      const byName = byId ?? this.#db.query<Row, [string]>(BY_NAME).get(reg.name);
+      const byName = byId ?? this.#rowByName(reg.name);
       if (byName !== null && byName.pub_id !== reg.pub_id) {
         if (byName.state !== "stale" || mayWrite(byName.owner, writer) === "no") {
           throw ruleErrors.duplicateName(reg.name, { pub_id: byName.pub_id, state: byName.state, lastSeen: byName.last_seen }, now);
         }
         this.#db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
+        this.#forget(byName);
         taken.push(this.#info(byName));
       }
       this.#checkLeaf(reg.name);
       const replaced = byName !== null && byName.pub_id === reg.pub_id;
-      if (replaced) this.#db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
+      if (replaced) {
+        this.#db.query("DELETE FROM publishers WHERE generation = ?").run(byName.generation);
+        this.#forget(byName);
+      }
       // Registering again does not restart the pending clock of one never confirmed: otherwise
       // re-registering every few seconds would keep an unconfirmable entry forever.
       const since = replaced && byName.confirmed === 0 ? byName.registered_at : now;
@@ -245,7 +258,7 @@ export class SqliteStore implements Store {
   }
 
   async byName(name: string): Promise<PublisherInfo | null> {
-    const row = this.#db.query<Row, [string]>(BY_NAME).get(name);
+    const row = this.#rowByName(name);
     return row === null ? null : this.#info(row);
   }
 
@@ -332,6 +345,7 @@ export class SqliteStore implements Store {
       return { staled, removed, expired };
     });
     const result = run.immediate();
+    for (const info of [...result.removed, ...result.expired, ...result.staled]) this.#forget(info);
     for (const info of [...result.removed, ...result.expired]) this.#events.emit("removed", info);
     for (const info of result.staled) this.#events.emit("stale", info);
     return result;
@@ -373,7 +387,10 @@ export class SqliteStore implements Store {
     const may = mayWrite(row.owner, writer);
     if (may === "no") throw notOwner(row.pub_id, row.name);
     // No token owner yet (made under --no-auth, or by schema 1): the admin takes it over.
-    if (may === "claim") this.#db.query("UPDATE publishers SET owner = ? WHERE pub_id = ? AND owner NOT LIKE 't:%'").run(writer.owner, pubId);
+    if (may === "claim") {
+      this.#db.query("UPDATE publishers SET owner = ? WHERE pub_id = ? AND owner NOT LIKE 't:%'").run(writer.owner, pubId);
+      this.#forget(row);
+    }
     return row;
   }
 
@@ -383,7 +400,9 @@ export class SqliteStore implements Store {
    * restart the WAL, which then grows by every write (420 MB after 20,000 heartbeats).
    */
   #returning(sql: string, ...args: SQLQueryBindings[]): Row | null {
-    return this.#db.query<Row, SQLQueryBindings[]>(sql).all(...args)[0] ?? null;
+    const row = this.#db.query<Row, SQLQueryBindings[]>(sql).all(...args)[0] ?? null;
+    if (row !== null) this.#forget(row);
+    return row;
   }
 
   /** The API's view of a row, built once per registration and state. */
@@ -392,7 +411,34 @@ export class SqliteStore implements Store {
   }
 
   #rowByPubId(pubId: string): Row | null {
-    return this.#db.query<Row, [string]>(BY_PUB_ID).get(pubId);
+    const hit = this.#byId.get(pubId);
+    if (hit !== undefined) return hit;
+    const row = this.#db.query<Row, [string]>(BY_PUB_ID).get(pubId);
+    if (row !== null) this.#remember(row);
+    return row;
+  }
+
+  #rowByName(name: string): Row | null {
+    const hit = this.#byName.get(name);
+    if (hit !== undefined) return hit;
+    const row = this.#db.query<Row, [string]>(BY_NAME).get(name);
+    if (row !== null) this.#remember(row);
+    return row;
+  }
+
+  #remember(row: Row): void {
+    if (this.#byId.size >= ROW_CACHE_MAX) {
+      this.#byId.clear();
+      this.#byName.clear();
+    }
+    this.#byId.set(row.pub_id, row);
+    this.#byName.set(row.name, row);
+  }
+
+  /** After every write to a row (its pub_id and name never change within it). */
+  #forget(row: Pick<Row, "pub_id" | "name">): void {
+    this.#byId.delete(row.pub_id);
+    this.#byName.delete(row.name);
   }
 
   /** Names are leaves: nothing registered above `name`, nothing below it. */

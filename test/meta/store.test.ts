@@ -519,3 +519,39 @@ describe("sqlite only: the write-ahead log", () => {
     }
   }, 60_000);
 });
+
+describe("sqlite only: the row cache", () => {
+  test("a read after every kind of write sees that write: each write forgets the rows it touches", async () => {
+    const clock = { now: 1_000_000 };
+    const store = SqliteStore.open(":memory:", { clock: () => clock.now });
+    try {
+      await store.register(reg("cache/a", "a"));
+      expect((await store.byName("cache/a"))?.state).toBe("pending");
+      const first = (await store.get("a"))?.generation ?? -1;
+      await store.markLive("a", first);
+      expect([(await store.byName("cache/a"))?.state, (await store.get("a"))?.info.state]).toEqual(["live", "live"]);
+      clock.now += 20_000;
+      await store.sweep(15_000, 60_000);
+      expect([(await store.byName("cache/a"))?.state, (await store.get("a"))?.info.state]).toEqual(["stale", "stale"]);
+      await store.heartbeat("a");
+      expect((await store.byName("cache/a"))?.state).toBe("live");
+      await store.register(reg("cache/a", "a", "fd00::9"));
+      expect((await store.get("a"))?.generation).not.toBe(first);
+      expect((await store.byName("cache/a"))?.host).toBe("fd00::9");
+      // A claim (the admin takes over a registration without a token owner) changes its owner.
+      expect((await store.get("a"))?.owner).toBe("");
+      expect(await store.authorize("a", { owner: "t:admin", admin: true, enforce: true })).toBe(true);
+      expect((await store.get("a"))?.owner).toBe("t:admin");
+      await store.remove("a");
+      expect([await store.byName("cache/a"), await store.get("a")]).toEqual([null, null]);
+      // A stale name taken over by another pub_id: the old one is gone from both lookups.
+      await store.register(reg("cache/b", "b1"));
+      clock.now += 20_000;
+      await store.sweep(15_000, 600_000);
+      await store.register(reg("cache/b", "b2"));
+      expect([(await store.byName("cache/b"))?.pub_id, await store.get("b1")]).toEqual(["b2", null]);
+    } finally {
+      await store.close();
+    }
+  });
+});
