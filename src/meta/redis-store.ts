@@ -75,6 +75,10 @@ const DEFAULT_KEY_GRACE_MS = 60_000;
 const SWEEP_BATCH = 1_000;
 /** A sweep runs its script again while a list filled its batch, this many times at most. */
 const SWEEP_ROUNDS = 10;
+/** A row read by name is answered from memory for at most this long (ms), while no event says otherwise. */
+const LOOKUP_CACHE_MS = 1_000;
+/** Rows kept for lookups by name at most. */
+const LOOKUP_CACHE_MAX = 20_000;
 /** How long opening the store waits for Redis to answer. */
 const OPEN_WAIT_MS = 10_000;
 /** Outages shorter than this do not restart the TTL clocks. */
@@ -417,6 +421,9 @@ return 0`,
 
 type ScriptName = Parameters<typeof SCRIPTS.run>[1];
 
+/** The scripts that change registrations (the lookup cache forgets what they touch). */
+const WRITES: ReadonlySet<ScriptName> = new Set<ScriptName>(["register", "authorize", "heartbeat", "markLive", "removeIf", "remove", "sweep", "forgive"]);
+
 /** A row as the scripts return it (`flat`): pub_id first, then the hash's fields in order. */
 type FlatRow = string[];
 
@@ -433,6 +440,10 @@ export class RedisStore implements Store {
   readonly #log: Logger | undefined;
   readonly #events = new EventFanout();
   readonly #infos = new InfoCache();
+  /** Rows read by name lately (`byName`), and when; forgotten at their name's next event. */
+  readonly #lookups = new Map<string, { row: FlatRow; at: number }>();
+  /** Events heard so far: a read that overlapped one is not kept. */
+  #heardCount = 0;
   readonly #lost = new Set<() => void>();
   readonly #commands: RedisLink;
   readonly #subscriber: RedisLink;
@@ -464,8 +475,9 @@ export class RedisStore implements Store {
       onUp: async (client) => {
         await client.subscribe(`${this.#prefix}events`, (message) => this.#heard(message));
       },
-      // Changes published while it is down are not heard: watchers must resync.
+      // Changes published while it is down are not heard: watchers must resync, lookups go to Redis.
       onDown: () => {
+        this.#lookups.clear();
         for (const listener of this.#lost) {
           try {
             listener();
@@ -609,9 +621,25 @@ export class RedisStore implements Store {
     return { publishers: shown, next: more ? (shown.at(-1)?.name ?? null) : null };
   }
 
+  /**
+   * Lookups by name are answered from memory when they can be (`LOOKUP_CACHE_MS`): a row read
+   * here is kept until its name's next event, and used only while the subscription is up and no
+   * event has arrived since the read began. So a lookup lags a change made through another
+   * metaserver only by the time that change's event takes to arrive (under a millisecond on one
+   * network), never by more than LOOKUP_CACHE_MS; through this one, not at all (its writes forget
+   * the name at once). Misses are not kept.
+   */
   async byName(name: string): Promise<PublisherInfo | null> {
+    const hit = this.#lookups.get(name);
+    if (hit !== undefined && this.eventsUp && performance.now() - hit.at < LOOKUP_CACHE_MS) return this.#info(hit.row);
+    const heardBefore = this.#heardCount;
     const row = await this.#run("byName", [String(this.#now()), name]);
-    return row.length === 0 ? null : this.#info(row);
+    if (row.length === 0) return null;
+    if (this.#heardCount === heardBefore && this.eventsUp) {
+      if (this.#lookups.size >= LOOKUP_CACHE_MAX) this.#lookups.clear();
+      this.#lookups.set(name, { row, at: performance.now() });
+    }
+    return this.#info(row);
   }
 
   async heartbeat(pubId: string, writer: Writer = ANYONE): Promise<PublisherInfo | null> {
@@ -702,7 +730,10 @@ export class RedisStore implements Store {
       this.#log?.warn("an event on the Redis store's channel is not one this metaserver knows; ignored", { store: this.description });
       return;
     }
-    this.#events.emit(type, this.#info(row.map(String)));
+    const strings = row.map(String);
+    this.#heardCount++;
+    this.#lookups.delete(strings[1] ?? "");
+    this.#events.emit(type, this.#info(strings));
   }
 
   /** The command connection came (back): after an outage, every TTL clock restarts. */
@@ -755,7 +786,19 @@ export class RedisStore implements Store {
 
   async #run(name: ScriptName, args: string[]): Promise<string[]> {
     const client = this.#client();
-    return (await this.#call(() => SCRIPTS.run(client, name, [], [this.#prefix, ...args]))) as string[];
+    const write = WRITES.has(name);
+    // A lookup that overlaps a write through this metaserver is not kept; the written name is
+    // forgotten at once (its event comes later).
+    if (write) this.#heardCount++;
+    const reply = (await this.#call(() => SCRIPTS.run(client, name, [], [this.#prefix, ...args]))) as string[];
+    if (write) {
+      this.#heardCount++;
+      if (name === "register") this.#lookups.delete(args[2] ?? "");
+      else if (name === "sweep") {
+        if ((reply as unknown as FlatRow[][]).some((rows) => rows.length > 0)) this.#lookups.clear();
+      } else if (reply[0] === "ok") this.#lookups.delete(reply[2] ?? "");
+    }
+    return reply;
   }
 
   #client(): RedisClient {

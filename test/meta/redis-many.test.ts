@@ -5,6 +5,7 @@
  * The same across hosts and processes: test/e2e/meta-redis.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { RedisClient } from "bun";
 import type { PingOutcome } from "../../src/meta/confirm.ts";
 import { DEFAULT_PORTS, MetaApiError } from "../../src/meta/protocol.ts";
 import { RedisStore } from "../../src/meta/redis-store.ts";
@@ -146,6 +147,33 @@ describe.if(missing === null)("metaservers over one Redis", () => {
       await eventually("lab/six stale after a TTL of silence", async () => (await a.client.get("six")).state === "stale", { timeoutMs: 10_000 });
       expect(a.logs.some((l) => l.includes("the Redis store answers again"))).toBe(true);
     } finally {
+      await close();
+    }
+  });
+
+  test("lookups by name through another metaserver follow every change (answered from memory until the change's event)", { timeout: 20_000 }, async () => {
+    const { a, b, keyPrefix, close } = await pair([{ confirm: { ping: async () => ANSWERED } }, {}]);
+    const raw = new RedisClient(redis.url);
+    try {
+      await a.client.register(reg("lab/eight", "eight"));
+      expect((await b.client.findByName("lab/eight"))?.state).toBe("pending");
+      expect((await b.client.findByName("lab/eight"))?.state).toBe("pending");
+      await a.client.confirm("eight");
+      await eventually("b sees it live", async () => (await b.client.findByName("lab/eight"))?.state === "live");
+      await a.client.deregister("eight");
+      await eventually("b sees it gone", async () => (await b.client.findByName("lab/eight")) === null);
+      // Through the metaserver that wrote it, at once.
+      await b.client.register(reg("lab/nine", "nine"));
+      expect((await b.client.findByName("lab/nine"))?.state).toBe("pending");
+      await b.client.deregister("nine");
+      expect(await b.client.findByName("lab/nine")).toBeNull();
+      // A change no event told of (written around the scripts) shows within the cache's second.
+      await a.client.register(reg("lab/ten", "ten"));
+      expect((await b.client.findByName("lab/ten"))?.state).toBe("pending");
+      await raw.send("HSET", [`${keyPrefix}pub:ten`, "state", "stale"]);
+      await eventually("the unannounced change", async () => (await b.client.findByName("lab/ten"))?.state === "stale", { timeoutMs: 5_000 });
+    } finally {
+      raw.close();
       await close();
     }
   });
