@@ -9,16 +9,9 @@ import { MetaClient } from "../../src/meta/client.ts";
 import { MetaApiError } from "../../src/meta/protocol.ts";
 import { startTestMeta } from "../fixtures/meta-helpers.ts";
 import { forEachStore } from "../fixtures/meta-stores.ts";
+import { rejection } from "../helpers/rejection.ts";
 
-async function failure(p: Promise<unknown>): Promise<StoaError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof StoaError) return err;
-    throw err;
-  }
-  throw new Error("expected the call to fail");
-}
+const failure = (p: Promise<unknown>): Promise<StoaError> => rejection(p, StoaError);
 
 forEachStore((kind) => {
   describe("MetaClient against a metaserver", () => {

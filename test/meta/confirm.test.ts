@@ -13,6 +13,7 @@ import { fakeGateway } from "../fixtures/meta-gateway.ts";
 import { startTestMeta } from "../fixtures/meta-helpers.ts";
 import { forEachStore } from "../fixtures/meta-stores.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { rejection } from "../helpers/rejection.ts";
 
 /** A port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
 function freePort(): number {
@@ -22,15 +23,6 @@ function freePort(): number {
   return port;
 }
 
-async function rejection(p: Promise<unknown>): Promise<MetaApiError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof MetaApiError) return err;
-    throw err;
-  }
-  throw new Error("expected the call to fail");
-}
 
 forEachStore((kind) => {
   describe("confirmation through the host's gateway", () => {
@@ -54,13 +46,13 @@ forEachStore((kind) => {
       const port = freePort();
       try {
         await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: port, service: 1, string: 2 } });
-        const err = await rejection(t.client.confirm("abc"));
+        const err = await rejection(t.client.confirm("abc"), MetaApiError);
         expect([err.status, err.error]).toEqual([502, "confirm_failed"]);
         expect(err.message).toBe(
           `could not confirm x (pub_id abc), so its registration was removed: no stoa gateway answered at 127.0.0.1:${port} ` +
             "(nothing listening, unreachable, silent, or another service); check the registered host and ping port, and that stoa gateway (or stoa up) runs there",
         );
-        expect((await rejection(t.client.get("abc"))).status).toBe(404);
+        expect((await rejection(t.client.get("abc"), MetaApiError)).status).toBe(404);
       } finally {
         await t.meta.close();
       }
@@ -71,7 +63,7 @@ forEachStore((kind) => {
       const gw = fakeGateway({ serves: [] });
       try {
         await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-        const err = await rejection(t.client.confirm("abc"));
+        const err = await rejection(t.client.confirm("abc"), MetaApiError);
         expect(err.status).toBe(502);
         expect(err.message).toContain("the stoa gateway on host 127.0.0.1 does not serve publisher abc (404)");
         expect(err.message).not.toContain("no publisher abc on this host");
@@ -87,7 +79,7 @@ forEachStore((kind) => {
       const gw = fakeGateway({ serves: ["abc"], mode: "silent" });
       try {
         await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-        const err = await rejection(t.client.confirm("abc"));
+        const err = await rejection(t.client.confirm("abc"), MetaApiError);
         expect([err.status, err.error, err.code]).toEqual([504, "confirm_failed", "timeout"]);
         expect(err.message).toContain(`publisher abc accepted the WebSocket at ws://127.0.0.1:${gw.port}/pub/abc but did not answer the ping within 0.3s`);
         expect(await t.client.list("")).toEqual([]);
@@ -131,7 +123,7 @@ forEachStore((kind) => {
       const gw = fakeGateway({ serves: ["abc"], delayMs: 200 });
       try {
         await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports: { ping: gw.port, service: 1, string: 2 } });
-        const confirming = rejection(t.client.confirm("abc"));
+        const confirming = rejection(t.client.confirm("abc"), MetaApiError);
         await eventually("the ping to be in flight", () => gw.pings.length > 0);
         await t.client.deregister("abc");
         const err = await confirming;
@@ -149,7 +141,7 @@ forEachStore((kind) => {
       try {
         const ports = { ping: gw.port, service: 1, string: 2 };
         await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
-        const confirming = rejection(t.client.confirm("abc"));
+        const confirming = rejection(t.client.confirm("abc"), MetaApiError);
         await eventually("the ping to be in flight", () => gw.pings.length > 0);
         await t.client.register({ name: "x", pub_id: "abc", host: "127.0.0.1", ports });
         const err = await confirming;

@@ -13,21 +13,13 @@ import { startTestMeta, type TestMetaOptions } from "../fixtures/meta-helpers.ts
 import { freshKeyPrefix, redisMissing } from "../fixtures/meta-stores.ts";
 import { startRedis, type TestRedis } from "../fixtures/redis.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { rejection } from "../helpers/rejection.ts";
 
 const missing = redisMissing();
 if (missing !== null) console.log(`skipping redis-many.test.ts: ${missing}`);
 
 const ANSWERED: PingOutcome = { ok: true, reply: { value: null, seq: 0, ts: "t" } };
 
-async function rejection(p: Promise<unknown>): Promise<MetaApiError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof MetaApiError) return err;
-    throw err;
-  }
-  throw new Error("expected the call to fail");
-}
 
 describe.if(missing === null)("metaservers over one Redis", () => {
   let redis: TestRedis;
@@ -78,7 +70,7 @@ describe.if(missing === null)("metaservers over one Redis", () => {
     const { a, b, close } = await pair([{ confirm: { ping } }, { confirm: { ping } }]);
     try {
       await a.client.register(reg("lab/two", "two"));
-      const [viaA, viaB] = await Promise.all([rejection(a.client.confirm("two")), rejection(b.client.confirm("two"))]);
+      const [viaA, viaB] = await Promise.all([rejection(a.client.confirm("two"), MetaApiError), rejection(b.client.confirm("two"), MetaApiError)]);
       expect([viaA.status, viaA.error, viaB.status, viaB.error]).toEqual([502, "confirm_failed", 502, "confirm_failed"]);
       expect(pinged).toBe(1);
       expect(await a.client.findByName("lab/two")).toBeNull();
@@ -117,10 +109,10 @@ describe.if(missing === null)("metaservers over one Redis", () => {
       await a.client.register(reg("lab/four", "four"));
       await a.client.confirm("four");
       await redis.stop();
-      const down = await rejection(b.client.get("four"));
+      const down = await rejection(b.client.get("four"), MetaApiError);
       expect([down.status, down.error]).toEqual([503, "store_unavailable"]);
       expect(down.message).toContain(redis.url);
-      const writing = await rejection(a.client.register(reg("lab/five", "five")));
+      const writing = await rejection(a.client.register(reg("lab/five", "five")), MetaApiError);
       expect([writing.status, writing.error]).toEqual([503, "store_unavailable"]);
       await redis.start();
       // Persistence on: the registration survived the restart; both metaservers reconnect.

@@ -21,6 +21,7 @@ import { SqliteStore } from "../../src/meta/sqlite-store.ts";
 import { startTestMeta, type TestMeta, type TestMetaOptions } from "../fixtures/meta-helpers.ts";
 import { durableStore, forEachStore, redisUrl, type TestStoreOptions } from "../fixtures/meta-stores.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { rejection } from "../helpers/rejection.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "stoa-meta-sec-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -54,15 +55,7 @@ function as(t: TestMeta, token: string | undefined): MetaClient {
   return new MetaClient(t.meta.url, { token });
 }
 
-async function failure(p: Promise<unknown>): Promise<MetaApiError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof MetaApiError) return err;
-    throw err;
-  }
-  throw new Error("expected the request to fail");
-}
+const failure = (p: Promise<unknown>): Promise<MetaApiError> => rejection(p, MetaApiError);
 
 async function raw(url: string, method: string, path: string, headers: Record<string, string> = {}, body?: unknown) {
   const res = await fetch(url + path, {

@@ -10,6 +10,7 @@
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { waitForPort } from "./client.ts";
+import { readLines } from "./lines.ts";
 
 /** How long a spawned process may take to say it is ready. */
 const READY_TIMEOUT_MS = 15_000;
@@ -78,18 +79,6 @@ export class Procs {
     for (const child of this.#children.toReversed()) {
       child.kill("SIGTERM");
       await child.exited;
-    }
-  }
-}
-
-async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  const decoder = new TextDecoder();
-  let buffered = "";
-  for await (const chunk of stream) {
-    buffered += decoder.decode(chunk, { stream: true });
-    for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
-      yield buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
     }
   }
 }

@@ -13,6 +13,7 @@ import type { Subprocess } from "bun";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Job, JobResult } from "./meta-load.ts";
+import { readLines } from "./lines.ts";
 
 /** How long a process may take to be ready. */
 const READY_TIMEOUT_MS = 15_000;
@@ -176,16 +177,4 @@ export async function startLoader(children: Children): Promise<Loader> {
       return result;
     },
   };
-}
-
-async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  const decoder = new TextDecoder();
-  let buffered = "";
-  for await (const chunk of stream) {
-    buffered += decoder.decode(chunk, { stream: true });
-    for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
-      yield buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-    }
-  }
 }
