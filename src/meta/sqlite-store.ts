@@ -109,6 +109,8 @@ export class SqliteStore implements Store {
   readonly #db: Database;
   readonly #events = new EventFanout();
   readonly #infos = new InfoCache();
+  /** Heartbeats waiting for this turn's commit (`heartbeat`). */
+  readonly #beats: { pubId: string; writer: Writer; resolve: (info: PublisherInfo | null) => void; reject: (error: unknown) => void }[] = [];
   /**
    * Rows read lately, by pub_id and by name: this process is the file's only writer (the
    * exclusive lock), and every write forgets the rows it touches, so a hit is the row as stored
@@ -262,9 +264,52 @@ export class SqliteStore implements Store {
     return row === null ? null : this.#info(row);
   }
 
-  async heartbeat(pubId: string, writer: Writer = ANYONE): Promise<PublisherInfo | null> {
+  /**
+   * Heartbeats are committed together: those that arrive in one turn of the event loop share
+   * one transaction (a commit costs more than the update itself), each answered once it is
+   * committed, each failing alone (403) without the others.
+   */
+  heartbeat(pubId: string, writer: Writer = ANYONE): Promise<PublisherInfo | null> {
+    return new Promise((resolve, reject) => {
+      this.#beats.push({ pubId, writer, resolve, reject });
+      if (this.#beats.length === 1) setImmediate(() => this.#commitBeats());
+    });
+  }
+
+  #commitBeats(): void {
+    const batch = this.#beats.splice(0);
+    if (batch.length === 0) return;
+    const outcomes: ({ ok: true; info: PublisherInfo | null; revived: boolean } | { ok: false; error: unknown })[] = [];
+    try {
+      this.#db
+        .transaction(() => {
+          for (const beat of batch) {
+            try {
+              outcomes.push({ ok: true, ...this.#beat(beat.pubId, beat.writer) });
+            } catch (error) {
+              outcomes.push({ ok: false, error });
+            }
+          }
+        })
+        .immediate();
+    } catch (error) {
+      for (const beat of batch) beat.reject(error);
+      return;
+    }
+    batch.forEach((beat, i) => {
+      const outcome = outcomes[i];
+      if (outcome === undefined) return beat.reject(new StoaError("internal", "a heartbeat of the batch has no outcome"));
+      if (!outcome.ok) return beat.reject(outcome.error);
+      const { info, revived } = outcome;
+      if (info !== null && revived) this.#events.emit(info.state === "live" ? "confirmed" : "registered", info);
+      beat.resolve(info);
+    });
+  }
+
+  /** One heartbeat, inside the batch's transaction: the row after it, and whether it was stale. */
+  #beat(pubId: string, writer: Writer): { info: PublisherInfo | null; revived: boolean } {
     const before = this.#authorize(pubId, writer);
-    if (before === null) return null;
+    if (before === null) return { info: null, revived: false };
     const row = this.#returning(
       `UPDATE publishers SET last_seen = ?,
          state = CASE WHEN state = 'stale' THEN (CASE WHEN confirmed = 1 THEN 'live' ELSE 'pending' END) ELSE state END
@@ -272,11 +317,9 @@ export class SqliteStore implements Store {
       this.#now(),
       pubId,
     );
-    if (row === null) return null;
-    const info = this.#info(row);
-    if (before.state === "stale") this.#events.emit(info.state === "live" ? "confirmed" : "registered", info);
-    return info;
+    return { info: row === null ? null : this.#info(row), revived: before.state === "stale" };
   }
+
 
   async lease(pubId: string, generation: number, ms: number): Promise<boolean> {
     const key = `${pubId}#${generation}`;
@@ -373,6 +416,7 @@ export class SqliteStore implements Store {
 
   /** Closes the database (a file database is checkpointed and its lock released). */
   async close(): Promise<void> {
+    this.#commitBeats(); // heartbeats already asked for are committed, not dropped
     this.#db.close();
   }
 

@@ -555,3 +555,43 @@ describe("sqlite only: the row cache", () => {
     }
   });
 });
+
+describe("sqlite only: heartbeats committed together", () => {
+  test("heartbeats of one turn share a commit, each answered on its own: one refused (403) or missing fails alone", async () => {
+    const clock = { now: 1_000_000 };
+    const store = SqliteStore.open(":memory:", { clock: () => clock.now });
+    const mine = { owner: "t:mine", admin: false, enforce: true };
+    const theirs = { owner: "t:theirs", admin: false, enforce: true };
+    try {
+      await store.register(reg("beat/a", "a"), mine);
+      await store.register(reg("beat/b", "b"), mine);
+      clock.now += 5_000;
+      const outcomes = await Promise.allSettled([store.heartbeat("a", mine), store.heartbeat("b", theirs), store.heartbeat("nobody", mine), store.heartbeat("b", mine)]);
+      expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "rejected", "fulfilled", "fulfilled"]);
+      expect(outcomes[1]?.status === "rejected" && (outcomes[1].reason as MetaApiError).status).toBe(403);
+      expect(outcomes[2]?.status === "fulfilled" && outcomes[2].value).toBeNull();
+      expect([(await store.get("a"))?.lastSeen, (await store.get("b"))?.lastSeen]).toEqual([1_005_000, 1_005_000]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test("close() commits the heartbeats already asked for", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "stoa-meta-beats-"));
+    const file = join(dir, "meta.db");
+    const clock = { now: 1_000_000 };
+    try {
+      const store = SqliteStore.open(file, { clock: () => clock.now });
+      await store.register(reg("beat/c", "c"));
+      clock.now += 7_000;
+      const beat = store.heartbeat("c");
+      await store.close();
+      expect((await beat)?.pub_id).toBe("c");
+      const again = SqliteStore.open(file, { clock: () => 0 });
+      expect((await again.get("c"))?.lastSeen).toBe(1_007_000);
+      await again.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
