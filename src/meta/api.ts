@@ -338,16 +338,18 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
   });
 
   app.get("/v1/publishers", async (c) => {
-    const name = c.req.query("name");
+    // One parse of the query for all its parameters (each c.req.query(k) parses it again).
+    const query = c.req.query();
+    const name = query.name;
     if (name !== undefined) {
-      if (c.req.query("prefix") !== undefined || c.req.query("cursor") !== undefined) {
+      if (query.prefix !== undefined || query.cursor !== undefined) {
         throw new MetaApiError("bad_request", "name= looks up one publisher; it goes without prefix= and cursor=");
       }
       const found = await store.byName(parseName(name));
       return json({ publishers: found === null ? [] : [found], next_cursor: null }, 200);
     }
-    const prefix = parsePrefix(c.req.query("prefix"));
-    const page = await store.page(prefix, parseLimit(c.req.query("limit")), parseCursor(c.req.query("cursor")));
+    const prefix = parsePrefix(query.prefix);
+    const page = await store.page(prefix, parseLimit(query.limit), parseCursor(query.cursor));
     return streamedList(page.publishers, page.next === null ? null : encodeCursor(page.next));
   });
 
@@ -393,10 +395,12 @@ export function createApi(options: ApiOptions): Hono<ApiEnv> {
   return app;
 }
 
-const JSON_HEADERS = { "Content-Type": "application/json; charset=utf-8" };
+const JSON_TYPE = { "Content-Type": "application/json; charset=utf-8" };
+/** One Headers for every plain JSON answer: a Response copies it, which costs less than building one from an object. */
+const JSON_HEADERS = new Headers(JSON_TYPE);
 
 function json(data: unknown, status: number, headers?: Record<string, string>): Response {
-  return new Response(JSON.stringify(data), { status, headers: headers === undefined ? JSON_HEADERS : { ...JSON_HEADERS, ...headers } });
+  return new Response(JSON.stringify(data), { status, headers: headers === undefined ? JSON_HEADERS : { ...JSON_TYPE, ...headers } });
 }
 
 /** One page of publishers as a JSON stream, chunk by chunk: never one string of the whole page. */
