@@ -19,6 +19,7 @@ import { MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES, startHotlinkServer } from "
 import { addUser, loadUsers, removeUser } from "../hotlink/users.ts";
 import { connect } from "./hotlink-connect.ts";
 import { closeCommand, ipcCommand, lsCommand, tunnelCommand } from "./hotlink-control.ts";
+import { startStunServer } from "../hotlink/stun.ts";
 
 const usersFlag = (example: string) => str("the users file, JSON with hashed tokens", { placeholder: "file", required: { example } });
 
@@ -37,10 +38,12 @@ const serve = defineCommand({
     "needing a restart). Limits:\n" +
     `a connection that sends no Hello within ${HELLO_TIMEOUT_MS / 1000} s is closed; a user holds at most ${MAX_CONNECTIONS_PER_USER} connections\n` +
     `(more get 429) and ${MAX_SESSIONS_PER_USER} sessions, ${MAX_SESSIONS_PER_CONNECTION} per connection. Prints 'hotlink: <url>' when ready;\n` +
-    "/v1/health answers without a token.",
+    "/v1/health answers without a token. --stun-listen also answers STUN binding requests (RFC 5389)\n" +
+    "on a UDP port, so peers behind NATs learn their public address from the relay's host.",
   config: true,
   flags: {
     listen: str("address and port to serve on", { placeholder: "host:port", schema: HostPort, required: { example: "[::]:8470" } }),
+    stunListen: str("answer STUN binding requests on this UDP HOST:PORT (3478 is STUN's port)", { placeholder: "host:port", schema: HostPort }),
     users: usersFlag("/etc/stoa/hotlink-users.json"),
     acl: str("ACL file (JSON rules); without it only owners have access", { placeholder: "file" }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
@@ -56,6 +59,7 @@ const serve = defineCommand({
     "stoa hotlink user add alice@example.org --users /etc/stoa/hotlink-users.json",
     "stoa hotlink serve --listen [::]:8470 --users /etc/stoa/hotlink-users.json",
     "stoa hotlink serve --listen :8470 --users users.json --acl acl.json --metrics-listen 127.0.0.1:9470",
+    "stoa hotlink serve --listen [::]:8470 --stun-listen [::]:3478 --users users.json   # relay + STUN for hole punching",
     "kill -HUP $relay_pid   # re-read the users and ACL files",
   ],
   async run(ctx) {
@@ -72,6 +76,10 @@ const serve = defineCommand({
       }),
     );
     onShutdown("hotlink relay", () => relay.close());
+    if (flags.stunListen !== undefined) {
+      const stun = await startStunServer({ hostname: flags.stunListen.hostname, port: flags.stunListen.port, log });
+      onShutdown("stun", () => stun.close());
+    }
     serveMetrics(flags.metricsListen, log);
     // The config file's log settings and users/ACL paths; other changes need a restart (logged).
     let fresh = false; // the config reload read the users and ACL already
