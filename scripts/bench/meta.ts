@@ -82,8 +82,19 @@ const { values } = parseArgs({
     pin: { type: "boolean", default: false },
     /** Another build to measure instead of dist/stoa, e.g. the previous commit's, for a before/after. */
     stoa: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
   },
 });
+if (values.help) {
+  process.stdout.write(
+    "usage: bun scripts/bench/meta.ts [--json] [--seconds 5] [--warmup 1] [--rounds 3] [--clients 32] [--publishers 1000]\n" +
+      "                                 [--loaders 1] [--only sqlite,redis1,redis2] [--pin] [--stoa PATH]\n" +
+      "lookups/s, heartbeats/s and registrations/s of stoa meta over SQLite, Redis and two metaservers over one Redis,\n" +
+      "with each process's CPU and each shape's CPU ceiling; goals: >= 20,000 lookups/s and >= 5,000 heartbeats/s per\n" +
+      "metaserver, Redis x2 >= 1.6x Redis x1. Needs dist/stoa (bun run build) and /usr/bin/redis-server.\n",
+  );
+  process.exit(0);
+}
 const root = join(import.meta.dir, "..", "..");
 const stoaBin = values.stoa ?? join(root, "dist", "stoa");
 const seconds = Number(values.seconds);
