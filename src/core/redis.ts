@@ -14,6 +14,26 @@ export const REDIS_CONNECT_TIMEOUT_MS = 2_000;
 export const REDIS_RETRY_MS = 250;
 
 /**
+ * Whether a Redis answers PING at `hostname`:`port` within `timeoutMs`: one raw RESP exchange on
+ * its own connection (no client, no retries), for waiting until a redis-server just started is up.
+ */
+export async function redisAnswersPing(port: number, hostname = "127.0.0.1", timeoutMs = 500): Promise<boolean> {
+  const { promise: reply, resolve } = Promise.withResolvers<string>();
+  const timer = setTimeout(() => resolve(""), timeoutMs);
+  try {
+    const socket = await Bun.connect({ hostname, port, socket: { data: (_s, chunk) => resolve(chunk.toString()), close: () => resolve("") } });
+    socket.write("PING\r\n");
+    const answer = await reply;
+    socket.end();
+    return answer.startsWith("+PONG");
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * Named Lua scripts, run with EVALSHA and sent whole (EVAL) only when Redis does not have them
  * (a restarted or flushed Redis answers NOSCRIPT).
  */

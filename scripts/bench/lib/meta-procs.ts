@@ -14,6 +14,7 @@ import { closeSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Job, JobResult } from "./meta-load.ts";
 import { readLines } from "./lines.ts";
+import { redisAnswersPing } from "../../../src/core/redis.ts";
 
 /** How long a process may take to be ready. */
 const READY_TIMEOUT_MS = 15_000;
@@ -114,21 +115,6 @@ export async function startMeta(children: Children, stoa: string, port: number, 
   }
 }
 
-async function answersPing(port: number): Promise<boolean> {
-  const { promise: reply, resolve } = Promise.withResolvers<string>();
-  const timer = setTimeout(() => resolve(""), 500);
-  try {
-    const socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data: (_s, chunk) => resolve(chunk.toString()), close: () => resolve("") } });
-    socket.write("PING\r\n");
-    const answer = await reply;
-    socket.end();
-    return answer.startsWith("+PONG");
-  } catch {
-    return false;
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** A private redis-server on 127.0.0.1:<port>, no persistence, its files in `dir`; resolves with its pid once it answers PING. */
 export async function startRedis(children: Children, port: number, dir: string): Promise<number> {
@@ -136,7 +122,7 @@ export async function startRedis(children: Children, port: number, dir: string):
   const argv = [REDIS_SERVER, "--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "", "--loglevel", "warning"];
   const child = children.spawn(argv, { stdout: "ignore", stderrFile: log });
   const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (!(await answersPing(port))) {
+  while (!(await redisAnswersPing(port))) {
     if (child.exitCode !== null) throw new Error(`redis-server exited (${child.exitCode}) before answering PING on port ${port}: ${tail(log)}`);
     if (Date.now() > deadline) throw new Error(`redis-server did not answer PING on port ${port} within ${READY_TIMEOUT_MS} ms`);
     await Bun.sleep(20);
