@@ -138,22 +138,14 @@ interface Round {
   cpuUsPerOp: number;
 }
 
-interface Row {
+/** A case over its rounds: the medians of a Round's figures (errors and misses over all rounds, not the warm-up). */
+interface Row extends Omit<Round, "ok"> {
   config: ConfigKey;
   label: string;
   workload: Workload;
   metas: number;
-  rate: number;
   low: number;
   high: number;
-  p50: number;
-  p99: number;
-  /** Over all rounds (not the warm-up). */
-  errors: Record<string, number>;
-  misses: number;
-  cpuPct: Record<string, number>;
-  machineBusyPct: number;
-  cpuUsPerOp: number;
   /** The rate at cpuUsPerOp with every CPU of this machine on it. */
   cpuCeiling: number;
   rounds: Round[];

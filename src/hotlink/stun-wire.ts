@@ -17,6 +17,7 @@
  * with `xorAddress`/`readXorAddress`.
  */
 import { isIPv4, isIPv6 } from "node:net";
+import { formatIPv6, parseIPv6 } from "../core/ipv6.ts";
 
 export const STUN_MAGIC_COOKIE = 0x2112a442;
 export const STUN_HEADER_BYTES = 20;
@@ -160,7 +161,7 @@ export function xorAddress(address: string, port: number, transactionId: Uint8Ar
   const plain = plainAddress(address);
   const v4 = isIPv4(plain);
   if (!v4 && !isIPv6(plain)) throw new RangeError(`not an IP address: ${address}`);
-  const bytes = v4 ? ipv4Bytes(plain) : ipv6Bytes(plain);
+  const bytes = v4 ? ipv4Bytes(plain) : (parseIPv6(plain) ?? new Uint8Array(16));
   const out = new Uint8Array(4 + bytes.length);
   const view = new DataView(out.buffer);
   out[1] = v4 ? 0x01 : 0x02;
@@ -180,9 +181,7 @@ export function readXorAddress(value: Uint8Array, transactionId: Uint8Array, xor
   const pad = xor ? xorPad(transactionId) : new Uint8Array(16);
   const bytes = value.slice(4).map((b, i) => b ^ (pad[i] ?? 0));
   if (family === 0x01) return { family: "IPv4", address: [...bytes].join("."), port };
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16));
-  return { family: "IPv6", address: compressIpv6(groups), port };
+  return { family: "IPv6", address: formatIPv6(bytes), port };
 }
 
 /** An ERROR-CODE value: class and number, and a reason phrase. */
@@ -210,44 +209,6 @@ function xorPad(transactionId: Uint8Array): Uint8Array {
 
 function ipv4Bytes(address: string): Uint8Array {
   return Uint8Array.from(address.split(".").map(Number));
-}
-
-function ipv6Bytes(address: string): Uint8Array {
-  const [head = "", tail] = address.split("::");
-  const parse = (part: string) => (part === "" ? [] : part.split(":"));
-  let groups = parse(head);
-  if (tail !== undefined) {
-    const rest = parse(tail);
-    groups = [...groups, ...Array<string>(8 - groups.length - rest.length).fill("0"), ...rest];
-  }
-  const out = new Uint8Array(16);
-  groups.forEach((g, i) => {
-    const n = Number.parseInt(g, 16);
-    out[i * 2] = n >> 8;
-    out[i * 2 + 1] = n & 0xff;
-  });
-  return out;
-}
-
-/** RFC 5952: the longest run of two or more zero groups becomes "::". */
-function compressIpv6(groups: string[]): string {
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < groups.length; ) {
-    if (groups[i] !== "0") {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < groups.length && groups[j] === "0") j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (best < 0) return groups.join(":");
-  return `${groups.slice(0, best).join(":")}::${groups.slice(best + bestLen).join(":")}`;
 }
 
 /** CRC-32 (ISO 3309, zlib's), as FINGERPRINT uses it. */
