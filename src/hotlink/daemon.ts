@@ -17,7 +17,7 @@ import { StoaError } from "../core/errors.ts";
 import { RelayLink } from "./link.ts";
 import { IpcChannel, type IpcSpec } from "./ipc.ts";
 import { type ChannelOrigin, type DaemonStatus, type HotlinkMessage, MAX_CHANNELS, MessageType } from "./protocol.ts";
-import type { Incoming } from "./sessions.ts";
+import { type Incoming, SessionTable } from "./sessions.ts";
 import { startTelemetry } from "./telemetry.ts";
 import { Tunnel, type TunnelSpec } from "./tunnel.ts";
 
@@ -45,6 +45,8 @@ export class HotlinkDaemon {
   readonly #options: DaemonOptions;
   readonly #log: Logger;
   readonly link: RelayLink;
+  /** Every session of this daemon, its path settings and counters (sessions.ts). */
+  readonly sessions: SessionTable;
   readonly #tunnels = new Map<string, Tunnel>();
   readonly #ipc = new Map<string, IpcChannel>();
   readonly #origins = new Map<string, ChannelOrigin>();
@@ -72,12 +74,13 @@ export class HotlinkDaemon {
       },
       onMessage: (message) => this.#dispatch(message),
     });
+    this.sessions = new SessionTable(this.link);
     if (options.direct !== undefined) {
-      this.link.direct = {
+      this.sessions.direct = {
         listen: options.direct.listen,
         ...(options.direct.advertise === undefined ? {} : { advertise: options.direct.advertise }),
         log: options.log,
-        counters: this.link.counters,
+        counters: this.sessions.counters,
       };
     }
   }
@@ -92,7 +95,7 @@ export class HotlinkDaemon {
         const link = daemon.link;
         daemon.#telemetry = startTelemetry(
           options.telemetry,
-          { connected: () => link.up, counters: link.counters, sessions: () => ({ tunnels: daemon.status().tunnels, ipc: daemon.status().ipc }) },
+          { connected: () => link.up, counters: daemon.sessions.counters, sessions: () => ({ tunnels: daemon.status().tunnels, ipc: daemon.status().ipc }) },
           options.log,
         );
       }
@@ -115,7 +118,7 @@ export class HotlinkDaemon {
    */
   addTunnel(spec: TunnelSpec, origin: ChannelOrigin = "flag"): Tunnel {
     this.#checkNew(spec.channel);
-    const tunnel = new Tunnel(spec, this.link, this.#log);
+    const tunnel = new Tunnel(spec, this.sessions, this.#log);
     try {
       tunnel.listen();
     } catch (err) {
@@ -129,7 +132,7 @@ export class HotlinkDaemon {
   /** Declares an HLNK IPC channel and binds its socket; throws like `addTunnel`. */
   async addIpc(spec: IpcSpec, origin: ChannelOrigin = "flag"): Promise<IpcChannel> {
     this.#checkNew(spec.channel);
-    const channel = new IpcChannel(spec, this.link, this.#log);
+    const channel = new IpcChannel(spec, this.sessions, this.#log);
     // Declared before the await, so that a concurrent add of the same channel is refused.
     this.#ipc.set(spec.channel, channel);
     this.#origins.set(spec.channel, origin);
@@ -186,14 +189,14 @@ export class HotlinkDaemon {
 
   status(): DaemonStatus {
     const origin = (channel: string): ChannelOrigin => this.#origins.get(channel) ?? "flag";
-    const c = this.link.counters;
+    const c = this.sessions.counters;
     return {
       user: this.#options.user,
       server: this.#options.server,
       connected: this.link.up,
       tunnels: [...this.#tunnels.values()].map((t) => ({ ...t.status(), port: t.port, origin: origin(t.spec.channel) })),
       ipc: [...this.#ipc.values()].map((ch) => ({ ...ch.status(), origin: origin(ch.spec.channel) })),
-      sessions: { outgoing: this.link.outgoing.size, incoming: this.link.incoming.size },
+      sessions: { outgoing: this.sessions.outgoing.size, incoming: this.sessions.incoming.size },
       counters: {
         relay: { ...c.relay },
         direct: { ...c.direct },
@@ -216,13 +219,14 @@ export class HotlinkDaemon {
 
   #dispatch(message: HotlinkMessage): void {
     const link = this.link;
+    const table = this.sessions;
     switch (message.t) {
       case MessageType.Open: {
         const { sid, pth, frm } = message;
         const tunnel = this.#tunnels.get(pth);
         const ipc = tunnel === undefined ? this.#ipc.get(pth) : undefined;
         let session: Incoming | string;
-        if (link.incoming.has(sid)) session = `session ${sid} is already open here`;
+        if (table.incoming.has(sid)) session = `session ${sid} is already open here`;
         else if (tunnel !== undefined) session = tunnel.offer(sid, frm);
         else if (ipc !== undefined) session = ipc.offer(sid, frm);
         else session = `no tunnel or channel ${pth} is declared on ${this.#options.user}'s daemon`;
@@ -232,35 +236,35 @@ export class HotlinkDaemon {
       }
       case MessageType.Data:
         // A session we already left is dropped here; the server knows we left.
-        link.incoming.get(message.sid)?.onData(message);
+        table.incoming.get(message.sid)?.onData(message);
         return;
       case MessageType.Close: {
-        const s = link.incoming.get(message.sid);
+        const s = table.incoming.get(message.sid);
         if (s !== undefined) s.onClose(message.rsn, message.lst);
-        else link.outgoing.get(message.sid)?.onClose(message.rsn);
+        else table.outgoing.get(message.sid)?.onClose(message.rsn);
         return;
       }
       case MessageType.Accept:
-        link.outgoing.get(message.sid)?.onAccept(message.frm);
+        table.outgoing.get(message.sid)?.onAccept(message.frm);
         return;
       case MessageType.Reject:
-        link.outgoing.get(message.sid)?.onReject(message.rsn);
+        table.outgoing.get(message.sid)?.onReject(message.rsn);
         return;
       case MessageType.Error:
         this.#log.warn("the relay server reported an error", { code: message.code, msg: message.msg, sid: message.sid });
         if (message.sid !== undefined) {
-          link.outgoing.get(message.sid)?.onClose(`${message.code}: ${message.msg}`);
-          link.incoming.get(message.sid)?.onClose(`${message.code}: ${message.msg}`, undefined);
+          table.outgoing.get(message.sid)?.onClose(`${message.code}: ${message.msg}`);
+          table.incoming.get(message.sid)?.onClose(`${message.code}: ${message.msg}`, undefined);
         }
         return;
       case MessageType.Signal:
         // Direct upgrades (direct.ts): an offer is for a session we send on, an answer for one we receive.
         if (message.knd === "direct_offer") {
-          const out = link.outgoing.get(message.sid);
+          const out = table.outgoing.get(message.sid);
           if (out !== undefined) out.onDirectOffer(message);
           else link.send({ t: MessageType.Signal, sid: message.sid, knd: "direct_answer", err: "no such session on the sending daemon" });
         } else if (message.knd === "direct_answer") {
-          link.incoming.get(message.sid)?.onDirectAnswer(message.err);
+          table.incoming.get(message.sid)?.onDirectAnswer(message.err);
         }
         return;
       default:

@@ -19,7 +19,7 @@
  * acknowledgement (one that does not advance, or a seq over 2^53-1) cuts the connection and
  * falls back to the relay.
  * No loss on failure: the sender keeps every frame it sent directly until it is acknowledged
- * (at most `DIRECT_RETAIN_BYTES`; past that the source is not read). If the direct connection
+ * (transport.ts `PathSender`, shared with the ICE path). If the direct connection
  * fails, the session falls back to the relay and the unacknowledged frames are sent again there
  * with the same seqs; the receiver's reorder buffer drops whatever arrives twice. Close stays
  * on the relay and carries `lst`, so it cannot overtake the last direct frames.
@@ -32,20 +32,17 @@ import { networkInterfaces } from "node:os";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { DIRECT_TLS_SERVER_NAME, createSessionCertificate, verifyPinnedPeer } from "./cert.ts";
-import { AckReader, HelloReader, encodeDirectAck } from "./direct-wire.ts";
-import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
+import { HelloReader, encodeDirectAck, encodeDirectHello } from "./direct-wire.ts";
+import { HlnkDecoder } from "./hlnk.ts";
 import type { DataMessage } from "./protocol.ts";
 import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
 import type { DaemonCounters } from "./telemetry.ts";
+import { type FramePipe, PathSender } from "./transport.ts";
 import { describeError } from "../core/errors.ts";
 
 const DIRECT_DIAL_TIMEOUT_MS = 1_500;
 /** How long a receiver waits for the sender to dial before it closes its listener. */
 const DIRECT_ACCEPT_TIMEOUT_MS = 10_000;
-/** Frames sent directly and not yet acknowledged, at most (then the source waits). */
-const DIRECT_RETAIN_BYTES = 32 * 1024 * 1024;
-/** Unwritten bytes on the direct socket above which the source waits. */
-const DIRECT_HIGH_WATER = 4 * 1024 * 1024;
 /** How long an accepted connection may take to send its whole hello before it is closed. */
 export const DIRECT_HELLO_TIMEOUT_MS = 5_000;
 /** Random bytes of a direct token: 32 characters of base64url, within the offer's limits. */
@@ -67,8 +64,6 @@ interface DirectOffer {
   tok: string;
   fpr: string;
 }
-
-const encoder = new TextEncoder();
 
 function candidates(config: DirectConfig, port: number): string[] {
   let hosts = config.advertise;
@@ -274,16 +269,6 @@ function sameToken(got: string, expected: string): boolean {
 
 // ---------------------------------------------------------------- sender side
 
-interface Retained {
-  seq: number;
-  pay: Uint8Array;
-  pth: string | undefined;
-  etg: string | undefined;
-}
-
-/** What an acknowledged slot of the retention array holds until the array is compacted. */
-const ACKNOWLEDGED: Retained = { seq: 0, pay: new Uint8Array(0), pth: undefined, etg: undefined };
-
 /**
  * Dials an offer: its first `MAX_DIALED_CANDIDATES` candidates in turn (the rest are the
  * peer's to waste, not ours to dial), each only while `wanted()` (the session still open);
@@ -367,111 +352,79 @@ export async function dialDirect(
   return { ok: false, error: errors.join("; ").slice(0, 1000) || "no usable candidate" };
 }
 
-/** The sender's side of a direct connection: frames out, acknowledgements in, retention. */
-export class DirectSender {
+/**
+ * A dialled TLS connection as a `FramePipe` (transport.ts): frames and the hello go through one
+ * outbox, in order; `flush()` belongs in the socket's drain handler.
+ */
+export class TlsPipe implements FramePipe {
   readonly #socket: Socket<undefined>;
-  readonly #pth: string;
-  readonly #counters: DaemonCounters;
-  readonly #log: Logger;
   readonly #outbox: Outbox;
-  #retained: Retained[] = [];
-  #retainedHead = 0;
-  #retainedBytes = 0;
-  readonly #acks = new AckReader();
-  #waiters: (() => void)[] = [];
-  #ackWaiters: (() => void)[] = [];
-  failed = false;
 
   /** `hello`: `encodeDirectHello(sid, tok)` for a connection `dialDirect` made, written before any frame. */
-  constructor(socket: Socket<undefined>, pth: string, config: Pick<DirectConfig, "counters" | "log">, hello?: Uint8Array) {
+  constructor(socket: Socket<undefined>, hello?: Uint8Array) {
     this.#socket = socket;
     this.#outbox = new Outbox(socket);
     if (hello !== undefined) this.#outbox.write(hello);
-    this.#pth = pth;
-    this.#counters = config.counters;
-    this.#log = config.log;
   }
 
-  get busy(): boolean {
-    return this.#outbox.queued > DIRECT_HIGH_WATER || this.#retainedBytes > DIRECT_RETAIN_BYTES;
+  writeFrame(header: Uint8Array, payload: Uint8Array): void {
+    this.#outbox.write(header);
+    this.#outbox.write(payload);
   }
 
-  whenWritable(fn: () => void): void {
-    if (!this.busy || this.failed) fn();
-    else this.#waiters.push(fn);
+  get queued(): number {
+    return this.#outbox.queued;
   }
 
-  send(seq: number, pay: Uint8Array, pth: string | undefined, etg: string | undefined): void {
-    const path = encoder.encode(pth ?? this.#pth);
-    const etag = encoder.encode(etg ?? "");
-    this.#outbox.write(hlnkHeader(path, etag, pay.byteLength, BigInt(seq)));
-    this.#outbox.write(pay);
-    this.#retained.push({ seq, pay, pth, etg });
-    this.#retainedBytes += pay.byteLength;
-    this.#counters.direct.txPackets++;
-    this.#counters.direct.txBytes += pay.byteLength;
-  }
-
-  /** Calls `fn` once every frame sent is acknowledged, or the connection failed. */
-  whenAcknowledged(fn: () => void): void {
-    if (this.failed || this.#retainedHead >= this.#retained.length) fn();
-    else this.#ackWaiters.push(fn);
-  }
-
-  /** Frames not acknowledged yet, in seq order (for the relay after a failure). */
-  unacknowledged(): Retained[] {
-    return this.#retained.slice(this.#retainedHead);
-  }
-
-  /** Bytes from the receiver: acknowledgements. A malformed one cuts the connection (the
-   * session then falls back to the relay and resends what is not acknowledged). */
-  onAck(bytes: Uint8Array): void {
-    const read = this.#acks.push(bytes);
-    if (!read.ok) {
-      this.#log.warn("the direct connection carried a malformed acknowledgement; back to the relay", { pth: this.#pth, err: read.error });
-      this.cut();
-      return;
-    }
-    const acked = read.acked;
-    const r = this.#retained;
-    while (this.#retainedHead < r.length && (r[this.#retainedHead]?.seq ?? Infinity) <= acked) {
-      this.#retainedBytes -= r[this.#retainedHead]?.pay.byteLength ?? 0;
-      // Let go of the payload now, not when the array is next compacted: 1,024 acknowledged
-      // 512 KiB reads would otherwise stay reachable (half a gigabyte).
-      r[this.#retainedHead] = ACKNOWLEDGED;
-      this.#retainedHead++;
-    }
-    if (this.#retainedHead > 1024 && this.#retainedHead * 2 > r.length) {
-      this.#retained = r.slice(this.#retainedHead);
-      this.#retainedHead = 0;
-    }
-    this.#wake();
-  }
-
-  onDrain(): void {
+  flush(): void {
     this.#outbox.flush();
-    this.#wake();
   }
 
   close(): void {
     this.#socket.end();
-    this.#wake();
   }
 
-  /** Resets the connection (its close event then makes the session fall back to the relay). */
   cut(): void {
     this.#socket.terminate();
   }
+}
 
-  #wake(): void {
-    if (this.failed || this.#retainedHead >= this.#retained.length) {
-      const a = this.#ackWaiters;
-      this.#ackWaiters = [];
-      for (const fn of a) fn();
-    }
-    if (this.busy && !this.failed) return;
-    const w = this.#waiters;
-    this.#waiters = [];
-    for (const fn of w) fn();
+/**
+ * Dials a session's offer and, when a candidate answers with the pinned certificate, returns the
+ * session's TLS `PathSender`. `closed` is called once if that path's connection closes later
+ * (the session then falls back); `wanted()` is asked before each candidate and after the dial.
+ */
+export async function dialTlsPath(
+  sid: string,
+  pth: string,
+  offer: DirectOffer,
+  config: Pick<DirectConfig, "counters" | "log">,
+  wanted: () => boolean,
+  closed: (sender: PathSender) => void,
+): Promise<{ ok: true; sender: PathSender; via: string } | { ok: false; error: string }> {
+  let pipe: TlsPipe | null = null;
+  let sender: PathSender | null = null;
+  const result = await dialDirect(
+    sid,
+    offer,
+    {
+      data: (ack) => sender?.onAck(ack),
+      drain: () => {
+        pipe?.flush();
+        sender?.onDrain();
+      },
+      close: () => {
+        if (sender !== null) closed(sender);
+      },
+    },
+    wanted,
+  );
+  if (!result.ok) return result;
+  if (!wanted()) {
+    result.socket.end();
+    return { ok: false, error: "the session changed while dialling" };
   }
+  pipe = new TlsPipe(result.socket, encodeDirectHello(sid, offer.tok));
+  sender = new PathSender("tls", pipe, pth, config.counters.direct, config.log);
+  return { ok: true, sender, via: result.via };
 }

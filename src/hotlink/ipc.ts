@@ -25,9 +25,8 @@ import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
 import { HlnkDecoder, encodeHlnk } from "./hlnk.ts";
-import type { RelayLink } from "./link.ts";
 import type { IpcStatus } from "./protocol.ts";
-import { type Delivery, Incoming, Outgoing } from "./sessions.ts";
+import { type Delivery, Incoming, Outgoing, type SessionTable } from "./sessions.ts";
 import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
 
 /** Frame bytes waiting for the session to be accepted before applications stop being read. */
@@ -54,7 +53,7 @@ interface Pending {
 
 export class IpcChannel {
   readonly spec: IpcSpec;
-  readonly #link: RelayLink;
+  readonly #table: SessionTable;
   readonly #log: Logger;
   #binding: UnixBinding<{ stop(closeActive?: boolean): void }> | null = null;
   readonly #apps = new Set<App>();
@@ -71,9 +70,9 @@ export class IpcChannel {
   #holdingLink = false;
   readonly counters = { txFrames: 0, txBytes: 0, rxFrames: 0, rxBytes: 0, badApps: 0 };
 
-  constructor(spec: IpcSpec, link: RelayLink, log: Logger) {
+  constructor(spec: IpcSpec, table: SessionTable, log: Logger) {
     this.spec = spec;
-    this.#link = link;
+    this.#table = table;
     this.#log = log.child({ ipc: spec.channel });
   }
 
@@ -94,7 +93,7 @@ export class IpcChannel {
   }
 
   offer(sid: string, frm: string | undefined): Incoming {
-    const session: Incoming = new Incoming(this.#link, sid, this.spec.channel, frm, {
+    const session: Incoming = new Incoming(this.#table, sid, this.spec.channel, frm, {
       deliver: (item) => this.#deliver(item),
       ended: (reason) => {
         this.#ins.delete(session);
@@ -159,7 +158,7 @@ export class IpcChannel {
     const frames = s.data.decoder.push(chunk);
     if (s.data.decoder.skipped > 0) return this.#badApp(s, "it wrote bytes that are not HLNK frames");
     const channel = this.spec.channel;
-    const max = this.#link.maxPayload;
+    const max = this.#table.link.maxPayload;
     for (const f of frames) {
       if (f.path !== channel && !f.path.startsWith(`${channel}/`)) {
         return this.#badApp(s, `it wrote a frame for ${JSON.stringify(f.path)}, outside the channel ${channel}`);
@@ -200,8 +199,8 @@ export class IpcChannel {
   }
 
   #openOut(): void {
-    if (!this.#link.up) return; // onLinkUp opens it
-    const out: Outgoing = new Outgoing(this.#link, this.spec.channel, undefined, {
+    if (!this.#table.link.up) return; // onLinkUp opens it
+    const out: Outgoing = new Outgoing(this.#table, this.spec.channel, undefined, {
       accepted: () => {
         this.#openingSince = 0;
         const pending = this.#pending;
@@ -247,7 +246,7 @@ export class IpcChannel {
   #resumeApps(): void {
     if (!this.#appsPaused || this.#pendingBytes > PENDING_BYTES) return;
     // The transport the session uses (its direct connection or the relay), or the relay.
-    const transport = this.#out ?? this.#link;
+    const transport = this.#out ?? this.#table.link;
     if (transport.busy) {
       transport.whenWritable(() => this.#resumeApps());
       return;
@@ -299,10 +298,10 @@ export class IpcChannel {
     for (const app of this.#apps) if ((app.data.outbox?.queued ?? 0) > APP_HIGH_WATER) behind = true;
     if (behind && !this.#holdingLink) {
       this.#holdingLink = true;
-      this.#link.hold(this);
+      this.#table.hold(this);
     } else if (!behind && this.#holdingLink) {
       this.#holdingLink = false;
-      this.#link.release(this);
+      this.#table.release(this);
     }
   }
 }

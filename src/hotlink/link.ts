@@ -11,16 +11,14 @@
  * - Flow control, both ways. Outgoing: `busy` is true while the socket holds more than
  *   `LINK_HIGH_WATER` unsent bytes; `whenWritable(fn)` calls `fn` once it is below
  *   `LINK_LOW_WATER` (Bun's client WebSocket has no drain event, so this polls, only while
- *   someone waits); a session on a direct connection asks its Outgoing instead (its `busy`
- *   covers that connection). Incoming: `hold(key)` stops reading the socket and every incoming
- *   session's direct connection until every holder called `release(key)`, so a slow local
- *   application pushes back through the server, or the direct connection, to the sender.
+ *   someone waits). Incoming: `pause()` stops reading the socket (also across a reconnect)
+ *   until `resume()`; sessions.ts `SessionTable.hold` uses it.
+ * - It is the relay rung's `Transport` (transport.ts), shared by every session on it; it knows
+ *   nothing of sessions (sessions.ts keeps them, in the daemon's `SessionTable`).
  */
 import type { Logger } from "../core/log.ts";
 import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
-import type { DirectConfig } from "./direct.ts";
-import type { Incoming, Outgoing } from "./sessions.ts";
-import { DaemonCounters } from "./telemetry.ts";
+import type { Transport } from "./transport.ts";
 import { formatAuthorization } from "./users.ts";
 import {
   type HotlinkMessage,
@@ -55,7 +53,8 @@ interface LinkOptions {
   minDelayMs?: number;
 }
 
-export class RelayLink {
+export class RelayLink implements Transport {
+  readonly rung = "relay";
   readonly #options: LinkOptions;
   readonly #conn: ReconnectingWebSocket;
   #stopping = false;
@@ -67,19 +66,10 @@ export class RelayLink {
   #saidStep = 0;
   #waiters: (() => void)[] = [];
   #poll: ReturnType<typeof setTimeout> | undefined;
-  readonly #holders = new Set<unknown>();
+  #paused = false;
   readonly #scratch: EncodeScratch = { buffer: new Uint8Array(0) };
-  /**
-   * The sessions on this link by sid, kept by the sessions themselves (sessions.ts): they
-   * register when they start and leave when they end, so dispatch is one lookup.
-   */
-  readonly outgoing = new Map<string, Outgoing>();
-  /** Direct paths (direct.ts): null when off. Set by the daemon. */
-  direct: DirectConfig | null = null;
-  readonly incoming = new Map<string, Incoming>();
-  /** Messages on this link, and the daemon's telemetry counters (telemetry.ts). */
+  /** Messages on this link. */
   readonly messages = { tx: 0, txBytes: 0, rx: 0, rxBytes: 0 };
-  readonly counters = new DaemonCounters();
 
   constructor(options: LinkOptions) {
     this.#options = options;
@@ -182,28 +172,15 @@ export class RelayLink {
     if (this.#poll === undefined) this.#poll = setTimeout(() => this.#check(), POLL_MS);
   }
 
-  /**
-   * Stop reading from the server, and every incoming session's direct connection, until every
-   * `hold` is released: a local application that does not keep up stops what feeds it on both
-   * paths (a direct connection accepted meanwhile starts paused: see `held`).
-   */
-  hold(key: unknown): void {
-    const first = this.#holders.size === 0;
-    this.#holders.add(key);
+  /** Stop reading from the server until `resume()`, also on the next connection. */
+  pause(): void {
+    this.#paused = true;
     this.#ws?.pause();
-    if (first) for (const s of this.incoming.values()) s.pauseDirect();
   }
 
-  release(key: unknown): void {
-    if (!this.#holders.delete(key)) return;
-    if (this.#holders.size > 0) return;
+  resume(): void {
+    this.#paused = false;
     this.#ws?.resume();
-    for (const s of this.incoming.values()) s.resumeDirect();
-  }
-
-  /** True while someone holds the link: incoming data waits in the kernel. */
-  get held(): boolean {
-    return this.#holders.size > 0;
   }
 
   close(): Promise<void> {
@@ -254,7 +231,7 @@ export class RelayLink {
       this.#refused = false;
       this.#saidStep = 0;
       this.#lastFailure = "";
-      if (this.#holders.size > 0) this.#ws?.pause();
+      if (this.#paused) this.#ws?.pause();
       this.#options.onUp(message);
       return;
     }

@@ -17,15 +17,59 @@
 import { randomUUID } from "node:crypto";
 import { describeError } from "../core/errors.ts";
 import type { RelayLink } from "./link.ts";
-import { DirectReceiver, DirectSender, dialDirect } from "./direct.ts";
-import { encodeDirectHello } from "./direct-wire.ts";
+import { type DirectConfig, DirectReceiver, dialTlsPath } from "./direct.ts";
 import { type DataMessage, MessageType } from "./protocol.ts";
 import { ReorderBuffer } from "./reorder.ts";
+import { DaemonCounters } from "./telemetry.ts";
+import type { PathSender, Rung, Transport } from "./transport.ts";
 
 /** Frames a receiver holds while waiting for a gap (relay and direct paths can interleave). */
 const REORDER_MAX_FRAMES = 65_536;
 /** Bytes a receiver holds while waiting for a gap. */
 const REORDER_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The daemon's sessions by sid, its path settings and its counters: the daemon owns one, the
+ * sessions register in it when they start and leave when they end (so dispatch is one lookup),
+ * and the relay link under it knows none of this.
+ */
+export class SessionTable {
+  readonly link: RelayLink;
+  readonly outgoing = new Map<string, Outgoing>();
+  readonly incoming = new Map<string, Incoming>();
+  readonly counters = new DaemonCounters();
+  /** Direct paths (direct.ts): null when off. Set by the daemon. */
+  direct: DirectConfig | null = null;
+  readonly #holders = new Set<unknown>();
+
+  constructor(link: RelayLink) {
+    this.link = link;
+  }
+
+  /**
+   * Stop reading from the server, and every incoming session's own path, until every `hold` is
+   * released: a local application that does not keep up stops what feeds it on every path (a
+   * path connected meanwhile starts paused: see `held`).
+   */
+  hold(key: unknown): void {
+    const first = this.#holders.size === 0;
+    this.#holders.add(key);
+    this.link.pause();
+    if (first) for (const s of this.incoming.values()) s.pauseDirect();
+  }
+
+  release(key: unknown): void {
+    if (!this.#holders.delete(key)) return;
+    if (this.#holders.size > 0) return;
+    this.link.resume();
+    for (const s of this.incoming.values()) s.resumeDirect();
+  }
+
+  /** True while someone holds the table: incoming data waits in the kernel. */
+  get held(): boolean {
+    return this.#holders.size > 0;
+  }
+}
 
 /** What an incoming session delivers, in seq order. */
 export interface Delivery {
@@ -49,6 +93,7 @@ export class Outgoing {
   readonly to: string | undefined;
   state: "opening" | "open" | "closed" = "opening";
   #seq = 0;
+  readonly #table: SessionTable;
   readonly #link: RelayLink;
   readonly #events: OutgoingEvents;
   /** Bytes and frames sent, for telemetry. */
@@ -57,14 +102,16 @@ export class Outgoing {
   #receivers = 0;
   /** The user of the first receiver that accepted (the server's `frm`). */
   #acceptedBy: string | undefined;
-  #direct: DirectSender | null = null;
+  /** The session's own path while it carries the Data (a rung above the relay). */
+  #path: PathSender | null = null;
   /** A direct offer came: a session dials for one offer at most. */
   #offered = false;
   /** finish() was called while direct frames were unacknowledged: Close waits for them. */
   #finishing = false;
 
-  constructor(link: RelayLink, pth: string, to: string | undefined, events: OutgoingEvents) {
-    this.#link = link;
+  constructor(table: SessionTable, pth: string, to: string | undefined, events: OutgoingEvents) {
+    this.#table = table;
+    this.#link = table.link;
     this.pth = pth;
     this.to = to;
     this.#events = events;
@@ -76,26 +123,30 @@ export class Outgoing {
 
   /** Sends the Open; false when the link is down (the session is then already ended). */
   open(): boolean {
-    this.#link.outgoing.set(this.sid, this);
+    this.#table.outgoing.set(this.sid, this);
     const ok = this.#link.send({ t: MessageType.Open, sid: this.sid, pth: this.pth, ...(this.to === undefined ? {} : { to: this.to }) });
     if (!ok) this.#end("the relay server is not connected", false);
     return ok;
   }
 
-  /** "direct" once the session's Data goes on a direct connection, else "relay". */
-  get path(): "relay" | "direct" {
-    return this.#direct === null ? "relay" : "direct";
+  /** The transport that carries the session's Data now: its own path, else the relay. */
+  get transport(): Transport {
+    return this.#path ?? this.#link;
+  }
+
+  /** The rung of the ladder the session is on (transport.ts). */
+  get rung(): Rung {
+    return this.transport.rung;
   }
 
   /** The source should stop for now: the transport in use holds too much unsent. */
   get busy(): boolean {
-    return this.#direct !== null ? this.#direct.busy : this.#link.busy;
+    return this.transport.busy;
   }
 
   /** Calls `fn` once the transport in use can take more. */
   whenWritable(fn: () => void): void {
-    if (this.#direct !== null) this.#direct.whenWritable(fn);
-    else this.#link.whenWritable(fn);
+    this.transport.whenWritable(fn);
   }
 
   /**
@@ -104,32 +155,27 @@ export class Outgoing {
    */
   send(pay: Uint8Array, pth?: string, etg?: string): boolean {
     if (this.state !== "open") return false;
-    const seq = ++this.#seq;
     const started = performance.now();
-    const direct = this.#direct;
-    if (direct !== null) {
-      direct.send(seq, pay, pth, etg);
-      this.sentBytes += pay.byteLength;
-      this.#link.counters.send.add((performance.now() - started) * 1000);
-      return true;
-    }
-    return this.#sendRelay(seq, pay, pth, etg, started);
+    // One object of one shape, no spreads: this runs for every message (less garbage, fewer GCs).
+    // A path keeps it until acknowledged, and resends it on the relay after a failure.
+    const message: DataMessage = { t: MessageType.Data, sid: this.sid, seq: ++this.#seq, pay, pth, etg };
+    const path = this.#path;
+    if (path !== null) path.sendData(message);
+    else if (!this.#sendRelay(message)) return false;
+    this.sentBytes += pay.byteLength;
+    this.#table.counters.send.add((performance.now() - started) * 1000);
+    return true;
   }
 
-  #sendRelay(seq: number, pay: Uint8Array, pth: string | undefined, etg: string | undefined, started: number): boolean {
-    // One object of one shape, no spreads: this runs for every message (less garbage, fewer GCs).
-    const message: DataMessage = { t: MessageType.Data, sid: this.sid, seq, pay, pth, etg };
-    const ok = this.#link.sendData(message);
-    if (!ok) {
+  #sendRelay(message: DataMessage): boolean {
+    if (!this.#link.sendData(message)) {
       this.#end("the relay server connection was lost", false);
       this.#forget();
       return false;
     }
-    this.sentBytes += pay.byteLength;
-    const c = this.#link.counters;
-    c.send.add((performance.now() - started) * 1000);
-    c.relay.txPackets++;
-    c.relay.txBytes += pay.byteLength;
+    const c = this.#table.counters.relay;
+    c.txPackets++;
+    c.txBytes += message.pay.byteLength;
     return true;
   }
 
@@ -146,23 +192,27 @@ export class Outgoing {
   }
 
   #closeWhenAcknowledged(): void {
-    const direct = this.#direct;
-    if (direct !== null && direct.unacknowledged().length > 0) {
-      direct.whenAcknowledged(() => this.#closeWhenAcknowledged());
+    const path = this.#path;
+    if (path !== null && path.unacknowledged().length > 0) {
+      path.whenAcknowledged(() => this.#closeWhenAcknowledged());
       return;
     }
     this.#link.send({ t: MessageType.Close, sid: this.sid, lst: this.#seq });
     this.#forget();
-    this.#direct?.close();
-    this.#direct = null;
+    this.#dropPath();
+  }
+
+  /** Closes the session's own path, if any (an orderly close: nothing is owed on it). */
+  #dropPath(): void {
+    this.#path?.close();
+    this.#path = null;
   }
 
   abort(reason: string): void {
     if (this.state === "closed" && !this.#finishing) return;
     this.#finishing = false;
     this.#link.send({ t: MessageType.Close, sid: this.sid, rsn: reason });
-    this.#direct?.close();
-    this.#direct = null;
+    this.#dropPath();
     this.#end(reason, false);
     this.#forget();
   }
@@ -171,7 +221,7 @@ export class Outgoing {
   onAccept(frm: string | undefined): void {
     this.#receivers++;
     if (this.#receivers === 1) this.#acceptedBy = frm;
-    if (this.#receivers > 1 && this.#direct !== null) this.#fallBack("a second receiver accepted the session");
+    if (this.#receivers > 1 && this.#path !== null) this.#fallBack("a second receiver accepted the session");
     if (this.state !== "opening") return;
     this.state = "open";
     this.#events.accepted(frm);
@@ -180,7 +230,7 @@ export class Outgoing {
   /** A receiver offered a direct path (Signal direct_offer); see the module header for when it is dialled. */
   onDirectOffer(offer: { adr: string[]; tok: string; fpr: string; frm?: string | undefined }): void {
     const link = this.#link;
-    const config = link.direct;
+    const config = this.#table.direct;
     const answer = (err?: string): void => {
       link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_answer", ...(err === undefined ? {} : { err }) });
     };
@@ -191,31 +241,17 @@ export class Outgoing {
     if (offer.frm !== undefined && offer.frm !== this.#acceptedBy) {
       return answer(`the offer came from ${offer.frm}, not from the receiver that accepted the session`);
     }
-    const wanted = (): boolean => this.state === "open" && this.#receivers === 1;
-    let sender: DirectSender | null = null;
-    void dialDirect(
-      this.sid,
-      offer,
-      {
-        data: (ack) => sender?.onAck(ack),
-        drain: () => sender?.onDrain(),
-        close: () => {
-          if (sender !== null && this.#direct === sender) this.#fallBack("the direct connection closed");
-        },
-      },
-      wanted,
-    ).then((result) => {
+    const wanted = (): boolean => this.state === "open" && this.#receivers === 1 && this.#path === null;
+    const closed = (sender: PathSender): void => {
+      if (this.#path === sender) this.#fallBack("the direct connection closed");
+    };
+    void dialTlsPath(this.sid, this.pth, offer, config, wanted, closed).then((result) => {
       if (!result.ok) {
         config.counters.direct.failures++;
         config.log.info("no direct path; the session stays on the relay", { sid: this.sid, err: result.error });
         return answer(result.error);
       }
-      if (!wanted()) {
-        result.socket.end();
-        return answer("the session changed while dialling");
-      }
-      sender = new DirectSender(result.socket, this.pth, config, encodeDirectHello(this.sid, offer.tok));
-      this.#direct = sender;
+      this.#path = result.sender;
       config.counters.direct.answers++;
       config.log.info("session upgraded to a direct connection", { sid: this.sid, via: result.via });
       answer();
@@ -227,32 +263,32 @@ export class Outgoing {
    * relay, resending what was not acknowledged. False when the session is not direct.
    */
   cutDirect(): boolean {
-    const direct = this.#direct;
-    if (direct === null) return false;
-    direct.cut();
+    const path = this.#path;
+    if (path === null) return false;
+    path.cut();
     return true;
   }
 
-  /** The direct connection failed: resend what it did not acknowledge on the relay, stay there. */
+  /** The session's own path failed: resend what it did not acknowledge on the relay, stay there. */
   #fallBack(why: string): void {
-    const direct = this.#direct;
-    if (direct === null) return;
-    this.#direct = null;
-    direct.failed = true;
-    const config = this.#link.direct;
+    const path = this.#path;
+    if (path === null) return;
+    this.#path = null;
+    path.failed = true;
+    const config = this.#table.direct;
     if (config !== null) {
       config.counters.direct.fallbacks++;
-      config.log.info("back to the relay", { sid: this.sid, reason: why });
+      config.log.info("back to the relay", { sid: this.sid, from: path.rung, reason: why });
     }
-    for (const f of direct.unacknowledged()) {
-      if (!this.#sendRelay(f.seq, f.pay, f.pth, f.etg, performance.now())) break;
+    for (const f of path.unacknowledged()) {
+      if (!this.#sendRelay(f)) break;
     }
-    direct.close();
+    path.close();
     if (this.#finishing) this.#closeWhenAcknowledged();
   }
 
   #forget(): void {
-    if (this.#link.outgoing.get(this.sid) === this) this.#link.outgoing.delete(this.sid);
+    if (this.#table.outgoing.get(this.sid) === this) this.#table.outgoing.delete(this.sid);
   }
 
   onReject(reason: string): void {
@@ -262,8 +298,7 @@ export class Outgoing {
 
   onClose(reason: string | undefined): void {
     this.#finishing = false;
-    this.#direct?.close();
-    this.#direct = null;
+    this.#dropPath();
     this.#end(reason ?? "closed by the receiver", false);
     this.#forget();
   }
@@ -271,8 +306,7 @@ export class Outgoing {
   /** The link went down: the server has dropped the session. */
   onLinkDown(reason: string): void {
     this.#finishing = false;
-    this.#direct?.close();
-    this.#direct = null;
+    this.#dropPath();
     this.#end(`the relay server connection was lost (${reason})`, false);
     this.#forget();
   }
@@ -295,6 +329,7 @@ export class Incoming {
   readonly pth: string;
   readonly frm: string | undefined;
   state: "open" | "closed" = "open";
+  readonly #table: SessionTable;
   readonly #link: RelayLink;
   readonly #events: IncomingEvents;
   readonly #reorder = new ReorderBuffer<Delivery>({ maxFrames: REORDER_MAX_FRAMES, maxBytes: REORDER_MAX_BYTES });
@@ -302,13 +337,14 @@ export class Incoming {
   #last: number | null = null;
   #direct: DirectReceiver | null = null;
 
-  constructor(link: RelayLink, sid: string, pth: string, frm: string | undefined, events: IncomingEvents) {
-    this.#link = link;
+  constructor(table: SessionTable, sid: string, pth: string, frm: string | undefined, events: IncomingEvents) {
+    this.#table = table;
+    this.#link = table.link;
     this.sid = sid;
     this.pth = pth;
     this.frm = frm;
     this.#events = events;
-    link.incoming.set(sid, this);
+    table.incoming.set(sid, this);
   }
 
   get delivered(): number {
@@ -327,7 +363,7 @@ export class Incoming {
   accept(): boolean {
     const link = this.#link;
     if (!link.send({ t: MessageType.Accept, sid: this.sid })) return false;
-    const config = link.direct;
+    const config = this.#table.direct;
     if (config !== null) {
       const direct = DirectReceiver.start(this.sid, this.pth, config, {
         data: (m) => this.onData(m, true),
@@ -335,7 +371,7 @@ export class Incoming {
       });
       if (direct !== null) {
         this.#direct = direct;
-        if (link.held) direct.pause();
+        if (this.#table.held) direct.pause();
         config.counters.direct.offers++;
         link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_offer", ...direct.offer });
       }
@@ -343,7 +379,7 @@ export class Incoming {
     return true;
   }
 
-  /** Stop reading the direct connection (the link is held: see RelayLink.hold). */
+  /** Stop reading the direct connection (the table is held: see SessionTable.hold). */
   pauseDirect(): void {
     this.#direct?.pause();
   }
@@ -355,7 +391,7 @@ export class Incoming {
   /** The sender's answer to our offer: on an error it stays on the relay. */
   onDirectAnswer(err: string | undefined): void {
     if (err === undefined || this.#direct === null) return;
-    this.#link.direct?.log.info("the sender could not use the direct path; staying on the relay", { sid: this.sid, err });
+    this.#table.direct?.log.info("the sender could not use the direct path; staying on the relay", { sid: this.sid, err });
     if (!this.#direct.connected) {
       this.#direct.close();
       this.#direct = null;
@@ -365,7 +401,7 @@ export class Incoming {
   /** Data from the relay, or (`direct`) from the direct connection (counted there). */
   onData(message: DataMessage, direct = false): void {
     if (this.state === "closed") return;
-    const c = this.#link.counters;
+    const c = this.#table.counters;
     if (!direct) {
       c.relay.rxPackets++;
       c.relay.rxBytes += message.pay.byteLength;
@@ -423,7 +459,7 @@ export class Incoming {
     this.state = "closed";
     this.#direct?.close();
     this.#direct = null;
-    if (this.#link.incoming.get(this.sid) === this) this.#link.incoming.delete(this.sid);
+    if (this.#table.incoming.get(this.sid) === this) this.#table.incoming.delete(this.sid);
     this.#events.ended(reason);
   }
 }

@@ -31,9 +31,17 @@ class LatencyStat {
   }
 }
 
+/** Packets and bytes of session Data on one path. */
+export interface PathCounters {
+  txPackets: number;
+  txBytes: number;
+  rxPackets: number;
+  rxBytes: number;
+}
+
 /** Counters every part of the daemon adds to. */
 export class DaemonCounters {
-  readonly relay = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 };
+  readonly relay: PathCounters = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 };
   readonly direct = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, offers: 0, answers: 0, failures: 0, fallbacks: 0 };
   readonly send = new LatencyStat();
   readonly write = new LatencyStat();

@@ -24,9 +24,8 @@
 import type { Socket, TCPSocketListener } from "bun";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
-import type { RelayLink } from "./link.ts";
 import type { TunnelStatus } from "./protocol.ts";
-import { type Delivery, Incoming, Outgoing } from "./sessions.ts";
+import { type Delivery, Incoming, Outgoing, type SessionTable } from "./sessions.ts";
 
 export const HOLD_BYTES = 64 * 1024 * 1024;
 export const HOLD_MS = 30_000;
@@ -46,7 +45,7 @@ type App = Socket<{ tunnel: Tunnel }>;
 
 export class Tunnel {
   readonly spec: TunnelSpec;
-  readonly #link: RelayLink;
+  readonly #table: SessionTable;
   readonly #log: Logger;
   #listener: TCPSocketListener<{ tunnel: Tunnel }> | null = null;
   #app: App | null = null;
@@ -68,9 +67,9 @@ export class Tunnel {
   /** Counters for telemetry. */
   readonly counters = { connections: 0, txBytes: 0, rxBytes: 0, resets: 0 };
 
-  constructor(spec: TunnelSpec, link: RelayLink, log: Logger) {
+  constructor(spec: TunnelSpec, table: SessionTable, log: Logger) {
     this.spec = spec;
-    this.#link = link;
+    this.#table = table;
     this.#log = log.child({ tunnel: spec.channel });
   }
 
@@ -100,7 +99,7 @@ export class Tunnel {
   offer(sid: string, frm: string | undefined): Incoming | string {
     if (this.spec.peer !== undefined && frm !== this.spec.peer) return `tunnel ${this.spec.channel} here pairs with ${this.spec.peer}, not ${frm ?? "?"}`;
     if (this.#in !== null || this.#inFinished) return `tunnel ${this.spec.channel} is busy with another connection`;
-    const session = new Incoming(this.#link, sid, this.spec.channel, frm, {
+    const session = new Incoming(this.#table, sid, this.spec.channel, frm, {
       deliver: (item) => this.#deliver(item),
       ended: (reason) => this.#onInEnded(session, reason),
     });
@@ -190,8 +189,8 @@ export class Tunnel {
   }
 
   #openOut(): void {
-    if (!this.#link.up) return; // onLinkUp opens it
-    const out = new Outgoing(this.#link, this.spec.channel, this.spec.peer, {
+    if (!this.#table.link.up) return; // onLinkUp opens it
+    const out = new Outgoing(this.#table, this.spec.channel, this.spec.peer, {
       accepted: () => {
         this.#openingSince = 0;
         if (this.#app === null || this.#out !== out) return;
@@ -291,7 +290,7 @@ export class Tunnel {
     outbox.write(chunk);
     if (outbox.queued > APP_HIGH_WATER && !this.#holdingLink) {
       this.#holdingLink = true;
-      this.#link.hold(this);
+      this.#table.hold(this);
     }
   }
 
@@ -302,7 +301,7 @@ export class Tunnel {
     outbox.flush();
     if (this.#holdingLink && outbox.queued < APP_HIGH_WATER / 4) {
       this.#holdingLink = false;
-      this.#link.release(this);
+      this.#table.release(this);
     }
     if (outbox.queued === 0 && this.#inFinished) {
       app.shutdown();
@@ -385,7 +384,7 @@ export class Tunnel {
     this.#outbox = null;
     if (this.#holdingLink) {
       this.#holdingLink = false;
-      this.#link.release(this);
+      this.#table.release(this);
     }
     if (this.#in !== null) this.#startHoldTimer();
   }

@@ -3,10 +3,11 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
-import { DIRECT_HELLO_TIMEOUT_MS, DirectReceiver, DirectSender } from "../../src/hotlink/direct.ts";
+import { DIRECT_HELLO_TIMEOUT_MS, DirectReceiver, TlsPipe } from "../../src/hotlink/direct.ts";
+import { PathSender } from "../../src/hotlink/transport.ts";
 import { encodeDirectAck, encodeDirectHello } from "../../src/hotlink/direct-wire.ts";
 import { encodeHlnk } from "../../src/hotlink/hlnk.ts";
-import type { DataMessage } from "../../src/hotlink/protocol.ts";
+import { type DataMessage, MessageType } from "../../src/hotlink/protocol.ts";
 import { DaemonCounters } from "../../src/hotlink/telemetry.ts";
 import { TOKEN, app, sha256hex } from "../fixtures/hotlink-apps.ts";
 import { eventually } from "../helpers/eventually.ts";
@@ -58,8 +59,8 @@ describe("direct upgrade", () => {
     await bobApp.ended;
     expect(bobApp.bytes()).toBe(payload.length);
     expect(sha(bobApp.received())).toBe(sha(payload));
-    const a = alice.link.counters.direct;
-    const b = bob.link.counters.direct;
+    const a = alice.sessions.counters.direct;
+    const b = bob.sessions.counters.direct;
     expect(b.offers).toBeGreaterThanOrEqual(1);
     expect(a.answers).toBeGreaterThanOrEqual(1);
     expect(a.failures).toBe(0);
@@ -79,9 +80,9 @@ describe("direct upgrade", () => {
     bobApp.sock.shutdown();
     await bobApp.ended;
     expect(sha(bobApp.received())).toBe(sha(payload));
-    await eventually("the failed direct dial to be counted", () => alice.link.counters.direct.failures >= 1);
-    expect(bob.link.counters.direct.rxBytes).toBe(0);
-    expect(bob.link.counters.relay.rxBytes).toBe(payload.length);
+    await eventually("the failed direct dial to be counted", () => alice.sessions.counters.direct.failures >= 1);
+    expect(bob.sessions.counters.direct.rxBytes).toBe(0);
+    expect(bob.sessions.counters.relay.rxBytes).toBe(payload.length);
   }, 60_000);
 
   test("the direct connection cut mid-stream: the session falls back to the relay and nothing is lost", async () => {
@@ -92,8 +93,8 @@ describe("direct upgrade", () => {
     let cut = false;
     for (let at = 0; at < payload.length; at += 256 * 1024) {
       await aliceApp.send(payload.subarray(at, at + 256 * 1024));
-      if (!cut && at > 8 * 1024 * 1024 && bob.link.counters.direct.rxBytes > 0) {
-        for (const out of alice.link.outgoing.values()) cut = out.cutDirect() || cut;
+      if (!cut && at > 8 * 1024 * 1024 && bob.sessions.counters.direct.rxBytes > 0) {
+        for (const out of alice.sessions.outgoing.values()) cut = out.cutDirect() || cut;
       }
     }
     expect(cut).toBe(true);
@@ -102,10 +103,10 @@ describe("direct upgrade", () => {
     await bobApp.ended;
     expect(bobApp.bytes()).toBe(payload.length);
     expect(sha(bobApp.received())).toBe(sha(payload));
-    expect(alice.link.counters.direct.fallbacks).toBe(1);
+    expect(alice.sessions.counters.direct.fallbacks).toBe(1);
     // Both paths carried part of the stream.
-    expect(bob.link.counters.direct.rxBytes).toBeGreaterThan(0);
-    expect(bob.link.counters.relay.rxBytes).toBeGreaterThan(0);
+    expect(bob.sessions.counters.direct.rxBytes).toBeGreaterThan(0);
+    expect(bob.sessions.counters.relay.rxBytes).toBeGreaterThan(0);
   }, 60_000);
 
   test("a receiving application that stops reading pauses the sending one through the direct connection; nothing is lost", async () => {
@@ -115,7 +116,7 @@ describe("direct upgrade", () => {
     // Upgrade first, with bob's application reading.
     const first = randomBytes(4 * 1024 * 1024);
     await aliceApp.send(first);
-    await eventually("the session on its direct connection", () => bobApp.bytes() === first.length && bob.link.counters.direct.rxBytes > 0, { timeoutMs: 10_000 });
+    await eventually("the session on its direct connection", () => bobApp.bytes() === first.length && bob.sessions.counters.direct.rxBytes > 0, { timeoutMs: 10_000 });
     bobApp.sock.pause();
     const payload = randomBytes(160 * 1024 * 1024);
     let accepted = 0;
@@ -147,21 +148,24 @@ describe("direct upgrade", () => {
     await bobApp.ended;
     expect(bobApp.bytes()).toBe(first.length + payload.length);
     expect(sha(bobApp.received())).toBe(sha(Buffer.concat([first, payload])));
-    expect(alice.link.counters.direct.fallbacks).toBe(0);
-    expect(bob.link.counters.direct.rxBytes).toBeGreaterThan(payload.length);
+    expect(alice.sessions.counters.direct.fallbacks).toBe(0);
+    expect(bob.sessions.counters.direct.rxBytes).toBeGreaterThan(payload.length);
   }, 90_000);
 });
+
+/** One Data of a session, as Outgoing builds it. */
+const data = (seq: number, pay: Uint8Array): DataMessage => ({ t: MessageType.Data, sid: "s", seq, pay, pth: undefined, etg: undefined });
 
 describe("the sender's retention", () => {
   test("regression (628ab60: alice at 3.7 GB RSS on a 4 GiB transfer): acknowledged payloads are let go at once, not when the retention array is compacted", async () => {
     const socket = { write: (b: Uint8Array) => b.byteLength, end() {}, terminate() {} } as unknown as Socket<undefined>;
-    const sender = new DirectSender(socket, CHANNEL, { counters: new DaemonCounters(), log });
+    const sender = new PathSender("tls", new TlsPipe(socket), CHANNEL, new DaemonCounters().direct, log);
     const refs: WeakRef<Uint8Array>[] = [];
     // Fewer frames than the compaction threshold, so only the per-frame release can free them.
     for (let seq = 1; seq <= 100; seq++) {
       const pay = new Uint8Array(64 * 1024);
       refs.push(new WeakRef(pay));
-      sender.send(seq, pay, undefined, undefined);
+      sender.sendData(data(seq, pay));
     }
     const ack = new Uint8Array(8);
     new DataView(ack.buffer).setBigUint64(0, 90n);
@@ -274,8 +278,8 @@ describe("the sender's acknowledgements", () => {
     let cut = 0;
     const socket = { write: (b: Uint8Array) => b.byteLength, end() {}, terminate: () => void cut++ } as unknown as Socket<undefined>;
     const { lines, log: warnings } = capturedLog();
-    const sender = new DirectSender(socket, CHANNEL, { counters: new DaemonCounters(), log: warnings });
-    for (let seq = 1; seq <= 3; seq++) sender.send(seq, new Uint8Array(10), undefined, undefined);
+    const sender = new PathSender("tls", new TlsPipe(socket), CHANNEL, new DaemonCounters().direct, warnings);
+    for (let seq = 1; seq <= 3; seq++) sender.sendData(data(seq, new Uint8Array(10)));
     sender.onAck(Buffer.concat([encodeDirectAck(2), encodeDirectAck(2).subarray(0, 3)]));
     expect(sender.unacknowledged().map((f) => f.seq)).toEqual([3]);
     expect(cut).toBe(0);

@@ -306,6 +306,6 @@ describe("D10: a peer's direct offers", () => {
     expect(answer.knd === "direct_answer" ? answer.err : "").toContain("no such session");
     await Bun.sleep(300);
     expect(trap.attempts()).toBe(0);
-    expect(daemon.link.counters.direct.failures).toBe(0);
+    expect(daemon.sessions.counters.direct.failures).toBe(0);
   }, 30_000);
 });

@@ -1,0 +1,174 @@
+/**
+ * The one narrow interface a session's Data goes through, whatever carries it (spec: "Transports
+ * and the upgrade ladder"), and the sender's half that every per-session path shares.
+ *
+ * - `Transport`: what an `Outgoing` (sessions.ts) needs of a path — send one Data in seq order,
+ *   say when it is too full (`busy`), call back once it is not (`whenWritable`). The relay link
+ *   (link.ts `RelayLink`, one for all sessions) is one; a `PathSender` over a TLS connection
+ *   (direct.ts) or a data channel (ice.ts) is another. Like derp's Client, a transport knows
+ *   nothing of sessions, peers or the ladder: the session picks one and falls back.
+ * - `FramePipe`: what a `PathSender` needs of the connection under it — write one HLNK frame,
+ *   without loss, in order; how much is still queued; an orderly close and a cut.
+ * - `PathSender`: HLNK frames out, acknowledgements in (direct-wire.ts: 8-byte big-endian
+ *   integers, each the highest seq the receiver delivered in order), and retention: every frame
+ *   stays until acknowledged (at most `PATH_RETAIN_BYTES`; past that the source waits), so when
+ *   the path fails the session resends `unacknowledged()` on the relay with the same seqs and the
+ *   receiver's reorder buffer drops what arrives twice. A malformed acknowledgement cuts the path.
+ */
+import type { Logger } from "../core/log.ts";
+import { AckReader } from "./direct-wire.ts";
+import { hlnkHeader } from "./hlnk.ts";
+import { type DataMessage, MessageType } from "./protocol.ts";
+import type { PathCounters } from "./telemetry.ts";
+
+/**
+ * The rungs of the ladder, best first: a TLS connection dialled directly, a data channel over
+ * ICE between host or server-reflexive candidates, the same through a TURN server's relay
+ * candidate, and the WebSocket relay, which always works.
+ */
+export type Rung = "tls" | "ice" | "turn" | "relay";
+
+export interface Transport {
+  readonly rung: Rung;
+  /** The source should stop for now: this transport holds too much unsent. */
+  readonly busy: boolean;
+  /** Calls `fn` once this transport can take more (or has failed). */
+  whenWritable(fn: () => void): void;
+  /**
+   * Sends one Data of the session, in seq order. False when this transport can no longer carry
+   * it (the relay link is down); a per-session path that fails later says so through its
+   * owner's close event instead, and keeps what it did not deliver for `unacknowledged()`.
+   */
+  sendData(message: DataMessage): boolean;
+}
+
+/** A per-session connection under a `PathSender`. */
+export interface FramePipe {
+  /** Writes one HLNK frame: its header, then its payload (not copied: nobody reuses it). Never drops. */
+  writeFrame(header: Uint8Array, payload: Uint8Array): void;
+  /** Bytes written and not yet taken by the kernel or the network stack. */
+  readonly queued: number;
+  /** The orderly end (what was written still goes). */
+  close(): void;
+  /** The abrupt end, as a network failure would be; the owner then falls back. */
+  cut(): void;
+}
+
+/** Frames sent on a path and not yet acknowledged, at most (then the source waits). */
+export const PATH_RETAIN_BYTES = 32 * 1024 * 1024;
+/** Unwritten bytes on a path above which the source waits. */
+export const PATH_HIGH_WATER = 4 * 1024 * 1024;
+
+/** What an acknowledged slot of the retention array holds until the array is compacted. */
+const ACKNOWLEDGED: DataMessage = { t: MessageType.Data, sid: "", seq: 0, pay: new Uint8Array(0), pth: undefined, etg: undefined };
+
+const encoder = new TextEncoder();
+
+/** The sender's side of a per-session path: frames out, acknowledgements in, retention. */
+export class PathSender implements Transport {
+  readonly rung: Rung;
+  readonly #pipe: FramePipe;
+  readonly #pth: string;
+  readonly #counters: PathCounters;
+  readonly #log: Logger;
+  #retained: DataMessage[] = [];
+  #retainedHead = 0;
+  #retainedBytes = 0;
+  readonly #acks = new AckReader();
+  #waiters: (() => void)[] = [];
+  #ackWaiters: (() => void)[] = [];
+  /** Set by the session when it fell back: waiters are woken, nothing more is expected. */
+  failed = false;
+
+  /** `pth`: the session's path (a frame carries it when its Data had none). */
+  constructor(rung: Rung, pipe: FramePipe, pth: string, counters: PathCounters, log: Logger) {
+    this.rung = rung;
+    this.#pipe = pipe;
+    this.#pth = pth;
+    this.#counters = counters;
+    this.#log = log;
+  }
+
+  get busy(): boolean {
+    return this.#pipe.queued > PATH_HIGH_WATER || this.#retainedBytes > PATH_RETAIN_BYTES;
+  }
+
+  whenWritable(fn: () => void): void {
+    if (!this.busy || this.failed) fn();
+    else this.#waiters.push(fn);
+  }
+
+  sendData(message: DataMessage): boolean {
+    const pay = message.pay;
+    const path = encoder.encode(message.pth ?? this.#pth);
+    const etag = encoder.encode(message.etg ?? "");
+    this.#pipe.writeFrame(hlnkHeader(path, etag, pay.byteLength, BigInt(message.seq)), pay);
+    this.#retained.push(message);
+    this.#retainedBytes += pay.byteLength;
+    this.#counters.txPackets++;
+    this.#counters.txBytes += pay.byteLength;
+    return true;
+  }
+
+  /** Calls `fn` once every frame sent is acknowledged, or the path failed. */
+  whenAcknowledged(fn: () => void): void {
+    if (this.failed || this.#retainedHead >= this.#retained.length) fn();
+    else this.#ackWaiters.push(fn);
+  }
+
+  /** Frames not acknowledged yet, in seq order (for the relay after a failure). */
+  unacknowledged(): DataMessage[] {
+    return this.#retained.slice(this.#retainedHead);
+  }
+
+  /** Bytes from the receiver: acknowledgements. A malformed one cuts the path. */
+  onAck(bytes: Uint8Array): void {
+    const read = this.#acks.push(bytes);
+    if (!read.ok) {
+      this.#log.warn(`the ${this.rung} path carried a malformed acknowledgement; back to the relay`, { pth: this.#pth, err: read.error });
+      this.cut();
+      return;
+    }
+    const acked = read.acked;
+    const r = this.#retained;
+    while (this.#retainedHead < r.length && (r[this.#retainedHead]?.seq ?? Infinity) <= acked) {
+      this.#retainedBytes -= r[this.#retainedHead]?.pay.byteLength ?? 0;
+      // Let go of the payload now, not when the array is next compacted: 1,024 acknowledged
+      // 512 KiB reads would otherwise stay reachable (half a gigabyte).
+      r[this.#retainedHead] = ACKNOWLEDGED;
+      this.#retainedHead++;
+    }
+    if (this.#retainedHead > 1024 && this.#retainedHead * 2 > r.length) {
+      this.#retained = r.slice(this.#retainedHead);
+      this.#retainedHead = 0;
+    }
+    this.#wake();
+  }
+
+  /** The pipe took what was queued: waiting sources may go on. */
+  onDrain(): void {
+    this.#wake();
+  }
+
+  close(): void {
+    this.#pipe.close();
+    this.#wake();
+  }
+
+  /** Ends the path abruptly (its close event then makes the session fall back to the relay). */
+  cut(): void {
+    this.#pipe.cut();
+  }
+
+  #wake(): void {
+    if (this.failed || this.#retainedHead >= this.#retained.length) {
+      const a = this.#ackWaiters;
+      this.#ackWaiters = [];
+      for (const fn of a) fn();
+    }
+    if (this.busy && !this.failed) return;
+    const w = this.#waiters;
+    this.#waiters = [];
+    for (const fn of w) fn();
+  }
+}
