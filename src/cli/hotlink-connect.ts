@@ -14,6 +14,7 @@ import { WAIT_QUIET_MS } from "../core/wait.ts";
 import { prepareUnixPath } from "../core/unixsock.ts";
 import { type HotlinkControl, hotlinkControlPath, startHotlinkControl } from "../hotlink/control.ts";
 import { HotlinkDaemon, relayUrl } from "../hotlink/daemon.ts";
+import { ICE_SERVERS_ENV, parseIceServers } from "../hotlink/ice-servers.ts";
 import { MAX_DIALED_CANDIDATES } from "../hotlink/protocol.ts";
 import { parseIpcSpec, parseTunnelSpec } from "../hotlink/specs.ts";
 import { userNameProblem } from "../hotlink/users.ts";
@@ -50,9 +51,14 @@ export const connect = defineCommand({
     "{user: port}} into tunnels (listening on 127.0.0.1:ports[user]), started and stopped as the\n" +
     "files come and go. The control socket (<run-dir>/hotlink/<user>.sock, mode 0600) lets\n" +
     "'stoa hotlink tunnel|ipc|ls|close' change the running daemon; one daemon per user and run dir.\n" +
-    "With --direct on (the default) a receiving daemon offers each session a direct TLS connection\n" +
-    "(per-session certificate pinned by fingerprint); data moves there when the sender can reach it,\n" +
-    "and falls back to the relay without loss when it cannot or the connection fails. A sender\n" +
+    "Each session climbs a ladder, automatically. With --direct on (the default) a receiving daemon\n" +
+    "offers a direct TLS connection (per-session certificate pinned by fingerprint); when the sender\n" +
+    "cannot reach it, a WebRTC data channel over ICE: host and server-reflexive candidates (STUN\n" +
+    "hole punching through NATs), then a TURN server's relay candidate; else the session stays on\n" +
+    "the relay. A rung that fails or drops mid-stream falls back to the relay without loss.\n" +
+    "--direct tls or ice keeps only that rung, off keeps every session on the relay. STUN/TURN\n" +
+    `servers come from --ice-servers, else $${ICE_SERVERS_ENV}, else the relay server's own list.\n` +
+    "'stoa hotlink ls' shows the rung of each session and why the rungs above it failed. A sender\n" +
     `dials only its own sessions' first offer, and at most ${MAX_DIALED_CANDIDATES} of the addresses in it.`,
   config: true,
   flags: {
@@ -63,7 +69,8 @@ export const connect = defineCommand({
     ipc: list("an HLNK socket CHANNEL=unix:PATH", { placeholder: "spec" }),
     watch: str("start and stop tunnels from stream.tcp marker files under this directory", { placeholder: "dir" }),
     telemetry: str("rewrite this JSON file every second with counters and latencies", { placeholder: "file" }),
-    direct: str("upgrade sessions to a direct TLS connection between the peers when one is reachable", { default: "on", choices: ["on", "off"] }),
+    direct: str("upgrade sessions off the relay: on (TLS, then ICE), tls, ice, or off", { default: "on", choices: ["on", "off", "tls", "ice"] }),
+    iceServers: str(`STUN/TURN servers for ICE: stun:HOST[:PORT],turn:USER:PASS@HOST[:PORT] (default $${ICE_SERVERS_ENV}, else the relay's)`, { placeholder: "list" }),
     directListen: str("address to accept direct connections on (:: for all)", { default: "::", placeholder: "addr" }),
     directAdvertise: list(`address to offer peers for direct connections (default: this host's addresses; the first ${MAX_DIALED_CANDIDATES} are offered)`, { placeholder: "addr" }),
     ...waitFlag("the relay server (the first connection; later losses are retried for ever)"),
@@ -78,6 +85,8 @@ export const connect = defineCommand({
       "    --ipc alice/bench/ipc=unix:/tmp/bob.sock --telemetry /tmp/bob-telemetry.json",
     "stoa hotlink connect --server wss://relay.example.org --user alice --token-file alice.token \\\n" +
       "    --watch ~/datasites   # tunnels from DIR/alice/mpc/run1/0_to_1/stream.tcp and the like",
+    "stoa hotlink connect --server ws://relay:8470 --user bob --token-file bob.token \\\n" +
+      "    --ice-servers stun:relay:3478,turn:bob:s3cret@relay:3478 --tunnel alice/mpc/run1/1_to_0=127.0.0.1:10002@alice",
   ],
   async run({ flags, path }) {
     const { server, user } = flags;
@@ -86,6 +95,9 @@ export const connect = defineCommand({
     if (problem !== null) throw new StoaError("usage", `${path}: --user ${problem}`);
     const token = readTokenFile(flags.tokenFile, "one token on one line (as printed by 'stoa hotlink user add')");
     const tunnels = flags.tunnel.map(parseTunnelSpec);
+    // The flag, else the seed's environment variable; neither: the relay's list from Welcome.
+    const iceText = flags.iceServers ?? process.env[ICE_SERVERS_ENV];
+    const iceServers = iceText === undefined ? undefined : parseIceServers(iceText, flags.iceServers === undefined ? `$${ICE_SERVERS_ENV}` : "--ice-servers");
     const ipc = flags.ipc.map(parseIpcSpec);
     // No channel at start is fine: the control socket and --watch add them later.
     const socket = flags.control ?? hotlinkControlPath(flags.runDir ?? defaultRunDir(), user);
@@ -102,14 +114,15 @@ export const connect = defineCommand({
       ipc,
       log,
       ...(flags.telemetry === undefined ? {} : { telemetry: flags.telemetry }),
-      ...(flags.direct === "off"
-        ? {}
-        : {
+      ...(flags.direct === "on" || flags.direct === "tls"
+        ? {
             direct: {
               listen: flags.directListen.replace(/^\[(.*)\]$/, "$1"),
               ...(flags.directAdvertise.length === 0 ? {} : { advertise: splitList(flags.directAdvertise) }),
             },
-          }),
+          }
+        : {}),
+      ...(flags.direct === "on" || flags.direct === "ice" ? { ice: iceServers === undefined ? {} : { servers: iceServers } } : {}),
     });
     let control: HotlinkControl | null = null;
     let watcher: MarkerWatcher | null = null;

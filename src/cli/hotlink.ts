@@ -19,6 +19,7 @@ import { MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES, startHotlinkServer } from "
 import { addUser, loadUsers, removeUser } from "../hotlink/users.ts";
 import { connect } from "./hotlink-connect.ts";
 import { closeCommand, ipcCommand, lsCommand, tunnelCommand } from "./hotlink-control.ts";
+import { parseIceServers } from "../hotlink/ice-servers.ts";
 import { startStunServer } from "../hotlink/stun.ts";
 
 const usersFlag = (example: string) => str("the users file, JSON with hashed tokens", { placeholder: "file", required: { example } });
@@ -39,11 +40,14 @@ const serve = defineCommand({
     `a connection that sends no Hello within ${HELLO_TIMEOUT_MS / 1000} s is closed; a user holds at most ${MAX_CONNECTIONS_PER_USER} connections\n` +
     `(more get 429) and ${MAX_SESSIONS_PER_USER} sessions, ${MAX_SESSIONS_PER_CONNECTION} per connection. Prints 'hotlink: <url>' when ready;\n` +
     "/v1/health answers without a token. --stun-listen also answers STUN binding requests (RFC 5389)\n" +
-    "on a UDP port, so peers behind NATs learn their public address from the relay's host.",
+    "on a UDP port, so peers behind NATs learn their public address from the relay's host;\n" +
+    "--ice-servers is sent to every daemon when it connects (its own --ice-servers wins), so clients\n" +
+    "need no flag for hole punching or a TURN server.",
   config: true,
   flags: {
     listen: str("address and port to serve on", { placeholder: "host:port", schema: HostPort, required: { example: "[::]:8470" } }),
     stunListen: str("answer STUN binding requests on this UDP HOST:PORT (3478 is STUN's port)", { placeholder: "host:port", schema: HostPort }),
+    iceServers: str("STUN/TURN servers to tell the daemons: stun:HOST[:PORT],turn:USER:PASS@HOST[:PORT]", { placeholder: "list" }),
     users: usersFlag("/etc/stoa/hotlink-users.json"),
     acl: str("ACL file (JSON rules); without it only owners have access", { placeholder: "file" }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
@@ -60,6 +64,8 @@ const serve = defineCommand({
     "stoa hotlink serve --listen [::]:8470 --users /etc/stoa/hotlink-users.json",
     "stoa hotlink serve --listen :8470 --users users.json --acl acl.json --metrics-listen 127.0.0.1:9470",
     "stoa hotlink serve --listen [::]:8470 --stun-listen [::]:3478 --users users.json   # relay + STUN for hole punching",
+    "stoa hotlink serve --listen [::]:8470 --stun-listen [::]:3478 --users users.json \\\n" +
+      "    --ice-servers stun:relay.example.org:3478,turn:peer:s3cret@relay.example.org:3479   # what daemons use for ICE",
     "kill -HUP $relay_pid   # re-read the users and ACL files",
   ],
   async run(ctx) {
@@ -72,6 +78,7 @@ const serve = defineCommand({
         usersFile: flags.users,
         aclFile: flags.acl,
         maxMessageBytes: flags.maxMessageBytes,
+        ...(flags.iceServers === undefined ? {} : { iceServers: parseIceServers(flags.iceServers) }),
         log,
       }),
     );

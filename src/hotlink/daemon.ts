@@ -15,6 +15,7 @@
 import type { Logger } from "../core/log.ts";
 import { StoaError } from "../core/errors.ts";
 import { RelayLink } from "./link.ts";
+import { type IceServer, parseIceServers } from "./ice-servers.ts";
 import { IpcChannel, type IpcSpec } from "./ipc.ts";
 import { type ChannelOrigin, type DaemonStatus, type HotlinkMessage, MAX_CHANNELS, MessageType } from "./protocol.ts";
 import { type Incoming, SessionTable } from "./sessions.ts";
@@ -39,6 +40,12 @@ interface DaemonOptions {
    * offers of the sessions it sends. Absent: relay only.
    */
   direct?: { listen: string; advertise?: string[] };
+  /**
+   * The ICE rungs (ice.ts): offer an ICE path for the sessions this daemon receives when TLS
+   * failed or is off, and answer the offers of those it sends. `servers`: STUN/TURN servers;
+   * absent, the relay server's from Welcome. Absent: no ICE.
+   */
+  ice?: { servers?: IceServer[] };
 }
 
 export class HotlinkDaemon {
@@ -51,6 +58,8 @@ export class HotlinkDaemon {
   readonly #ipc = new Map<string, IpcChannel>();
   readonly #origins = new Map<string, ChannelOrigin>();
   #upWaiters: (() => void)[] = [];
+  /** The relay server's ICE servers, from its last Welcome. */
+  #welcomeIce: IceServer[] = [];
   #telemetry: { stop(): void } | null = null;
 
   private constructor(options: DaemonOptions) {
@@ -64,6 +73,7 @@ export class HotlinkDaemon {
       minDelayMs: options.minDelayMs,
       onUp: (welcome) => {
         this.#log.info("connected to the relay server", { server: options.server, user: welcome.usr });
+        this.#welcomeIce = welcomeIceServers(welcome.ice, this.#log);
         for (const t of this.#tunnels.values()) t.onLinkUp();
         for (const c of this.#ipc.values()) c.onLinkUp();
         for (const w of this.#upWaiters.splice(0)) w();
@@ -82,6 +92,10 @@ export class HotlinkDaemon {
         log: options.log,
         counters: this.sessions.counters,
       };
+    }
+    if (options.ice !== undefined) {
+      const own = options.ice.servers;
+      this.sessions.ice = { servers: () => own ?? this.#welcomeIce, log: options.log, counters: this.sessions.counters };
     }
   }
 
@@ -200,6 +214,8 @@ export class HotlinkDaemon {
       counters: {
         relay: { ...c.relay },
         direct: { ...c.direct },
+        ice: { ...c.ice },
+        turn: { ...c.turn },
         latency_us: { send_avg: c.send.avgUs, send_max: c.send.maxUs, write_avg: c.write.avgUs, write_max: c.write.maxUs },
       },
       link: { ...this.link.messages },
@@ -265,11 +281,32 @@ export class HotlinkDaemon {
           else link.send({ t: MessageType.Signal, sid: message.sid, knd: "direct_answer", err: "no such session on the sending daemon" });
         } else if (message.knd === "direct_answer") {
           table.incoming.get(message.sid)?.onDirectAnswer(message.err);
+        } else if (message.knd === "sdp_offer") {
+          // ICE (ice.ts): the receiver offers, the sender answers; candidates and errors go to whichever side has the sid.
+          const out = table.outgoing.get(message.sid);
+          if (out !== undefined) out.onIceOffer(message);
+          else link.send({ t: MessageType.Signal, sid: message.sid, knd: "webrtc_error", err: "no such session on the sending daemon" });
+        } else if (message.knd === "sdp_answer") {
+          table.incoming.get(message.sid)?.onIceSignal(message);
+        } else {
+          table.outgoing.get(message.sid)?.onIceSignal(message);
+          table.incoming.get(message.sid)?.onIceSignal(message);
         }
         return;
       default:
         return;
     }
+  }
+}
+
+/** The ICE servers a Welcome carries; a list this daemon cannot read is logged and ignored. */
+function welcomeIceServers(text: string | undefined, log: Logger): IceServer[] {
+  if (text === undefined) return [];
+  try {
+    return parseIceServers(text, "the relay server's ICE servers");
+  } catch (err) {
+    log.warn("ignored the relay server's ICE servers", { err });
+    return [];
   }
 }
 

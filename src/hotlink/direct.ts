@@ -33,11 +33,10 @@ import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { DIRECT_TLS_SERVER_NAME, createSessionCertificate, verifyPinnedPeer } from "./cert.ts";
 import { HelloReader, encodeDirectAck, encodeDirectHello } from "./direct-wire.ts";
-import { HlnkDecoder } from "./hlnk.ts";
 import type { DataMessage } from "./protocol.ts";
 import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
 import type { DaemonCounters } from "./telemetry.ts";
-import { type FramePipe, PathSender } from "./transport.ts";
+import { FrameIntake, type FramePipe, type PathReceiver, PathSender } from "./transport.ts";
 import { describeError } from "../core/errors.ts";
 
 const DIRECT_DIAL_TIMEOUT_MS = 1_500;
@@ -100,16 +99,14 @@ interface DirectConn {
   hello: HelloReader | null;
   /** Closes the connection if its hello is not complete within `DIRECT_HELLO_TIMEOUT_MS`. */
   deadline: ReturnType<typeof setTimeout> | undefined;
-  decoder: HlnkDecoder;
+  intake: FrameIntake;
 }
 
-const newDirectConn = (): DirectConn => ({ hello: new HelloReader(), deadline: undefined, decoder: new HlnkDecoder({ views: true }) });
-
 /** The receiver's listener and connection for one session. */
-export class DirectReceiver {
+export class DirectReceiver implements PathReceiver {
+  readonly rung = "tls";
   readonly offer: DirectOffer;
   readonly #sid: string;
-  readonly #pth: string;
   readonly #config: DirectConfig;
   readonly #events: DirectReceiverEvents;
   readonly #token: string;
@@ -122,7 +119,6 @@ export class DirectReceiver {
 
   private constructor(sid: string, pth: string, config: DirectConfig, events: DirectReceiverEvents) {
     this.#sid = sid;
-    this.#pth = pth;
     this.#config = config;
     this.#events = events;
     this.#token = randomBytes(DIRECT_TOKEN_BYTES).toString("base64url");
@@ -131,10 +127,10 @@ export class DirectReceiver {
       hostname: config.listen,
       port: 0,
       tls: { cert: cert.certPem, key: cert.keyPem },
-      data: newDirectConn(),
+      data: undefined as unknown as DirectConn, // set in open(), before any other event
       socket: {
         open: (s) => {
-          s.data = newDirectConn();
+          s.data = { hello: new HelloReader(), deadline: undefined, intake: new FrameIntake(sid, pth, config.counters.direct, events.data) };
           s.data.deadline = setTimeout(() => {
             config.log.warn("closed a direct connection that sent no complete hello in time", { sid, ms: DIRECT_HELLO_TIMEOUT_MS });
             s.terminate();
@@ -224,20 +220,7 @@ export class DirectReceiver {
       chunk = read.rest;
     }
     if (s !== this.#conn) return;
-    const counters = this.#config.counters;
-    for (const f of s.data.decoder.push(chunk)) {
-      counters.direct.rxPackets++;
-      counters.direct.rxBytes += f.payload.byteLength;
-      this.#events.data({
-        t: MessageType.Data,
-        sid: this.#sid,
-        seq: Number(f.seq),
-        pay: f.payload,
-        pth: f.path === this.#pth ? undefined : f.path,
-        etg: f.etag === "" ? undefined : f.etag,
-      });
-    }
-    if (s.data.decoder.skipped > 0) {
+    if (!s.data.intake.push(chunk)) {
       this.#config.log.warn("the direct connection carried bytes that are not HLNK frames; closing it", { sid: this.#sid });
       s.terminate();
       return;

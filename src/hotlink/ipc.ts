@@ -119,8 +119,8 @@ export class IpcChannel {
       channel: this.spec.channel,
       path: this.spec.path,
       apps: this.#apps.size,
-      out: out === null ? null : { sid: out.sid, state: out.state, seq: out.seq, bytes: out.sentBytes },
-      in: [...this.#ins].map((s) => ({ sid: s.sid, from: s.frm, delivered: s.delivered, bytes: s.deliveredBytes, duplicates: s.duplicates })),
+      out: out === null ? null : out.status(),
+      in: [...this.#ins].map((s) => ({ ...s.status(), from: s.frm })),
       held: this.#heldBytes,
     };
   }

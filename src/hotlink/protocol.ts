@@ -31,7 +31,7 @@
  * Message types (the seed's numbers 9–14; 1–5 are new, 6–8 unused):
  *   1  Hello   {v, agt?}                 client → server, first message. `v`: the version the
  *                                        client speaks; `agt`: its software, for logs.
- *   2  Welcome {v, usr, mmb, mpb}        server → client, reply to Hello. `usr`: who the token
+ *   2  Welcome {v, usr, mmb, mpb, ice?}  server → client, reply to Hello. `usr`: who the token
  *                                        authenticated; `mmb`: largest message the server
  *                                        accepts; `mpb`: largest Data `pay` that fits in it.
  *   3  Ping    {n}                       either way; the other side answers at once with
@@ -126,8 +126,18 @@
  *                 direct-wire.ts); with `err`, it failed and the session stays on the relay.
  * On any failure the session stays on, or returns to, the relay; seq numbering is shared by
  * both paths, so nothing is lost or duplicated that the reorder buffer cannot fix.
- *   sdp_offer, sdp_answer, ice_candidate {tok?, err?}  reserved for WebRTC (a later step):
- *                 `tok` carries the JSON SDP or ICE candidate (≤ 16 Ki characters).
+ * ICE, the next rungs (ice.ts): when the TLS offer failed (direct_answer with `err`), or the
+ * receiver makes none (`--direct ice`), a receiver with ICE on offers a WebRTC data channel. The
+ * sender takes it under the rules of direct_offer (a session it opened, open with this one
+ * receiver, the first sdp_offer) and otherwise answers webrtc_error. `tok` carries JSON
+ * (≤ 16 Ki characters):
+ *   sdp_offer     {tok}  receiver → sender: {type: "offer", sdp}
+ *   sdp_answer    {tok}  sender → receiver: {type: "answer", sdp}
+ *   ice_candidate {tok}  both ways, trickled: {candidate, sdpMid, sdpMLineIndex} (RTCIceCandidateInit)
+ *   webrtc_error  {err}  either way: this side gave up on ICE; the session stays on the relay.
+ * The channel (negotiated, id 0, ordered, reliable) carries one HLNK frame per message, sender
+ * → receiver, and the receiver's acknowledgements (direct-wire.ts, 8 bytes each) back, exactly
+ * as on a TLS direct connection; a failure falls back to the relay the same way.
  *
  * Limits: a message is at most `MAX_MESSAGE_BYTES` (8 MiB of payload + `MAX_ENVELOPE_BYTES`)
  * unless both ends agree otherwise (Welcome.mmb); decoders check it before decoding. An HLNK
@@ -146,7 +156,7 @@
  *   {type: "ipc", spec}       → {ok: true, type: "ipc", ipc}        spec as --ipc: CHANNEL=unix:PATH
  *   {type: "ls"}              → {ok: true, type: "ls", status}      the daemon's status
  *                                (`DaemonStatus`): user, server, connected, tunnels, ipc,
- *                                sessions, counters {relay, direct, latency_us}, link
+ *                                sessions, counters {relay, direct, ice, turn, latency_us}, link
  *   {type: "close", channel}  → {ok: true, type: "close", channel, kind: "tunnel" | "ipc"}
  * or {ok: false, code, message}, code a StoaError code: "usage" (bad spec), "exists",
  * "in_use" (port or socket taken), "not_found" (close of an unknown channel), "too_large",
@@ -169,6 +179,7 @@ import { StoaError, describeError } from "../core/errors.ts";
 import { MAX_CONTROL_ANSWER_BYTES, MAX_CONTROL_REQUEST_BYTES } from "../core/framed-socket.ts";
 import { MAX_PATH_BYTES, pathProblem } from "./acl.ts";
 import { MAX_HLNK_ETAG_BYTES } from "./hlnk.ts";
+import { MAX_ICE_SERVER_LENGTH, MAX_ICE_SERVERS } from "./ice-servers.ts";
 import { UserName } from "./users.ts";
 
 /** Protocol version in Hello and Welcome; changes only incompatibly. */
@@ -306,6 +317,8 @@ const Welcome = z.object({
   usr: UserName,
   mmb: z.number().int().min(1024).max(0xffff_ffff),
   mpb: z.number().int().min(0).max(0xffff_ffff),
+  /** The server's ICE servers (ice-servers.ts form), for daemons not given their own. */
+  ice: z.string().max(MAX_ICE_SERVERS * (MAX_ICE_SERVER_LENGTH + 1)).optional(),
 });
 
 const Ping = z.object({ t: z.literal(MessageType.Ping), n: Count });
@@ -366,7 +379,7 @@ const Signal = z.discriminatedUnion("knd", [
   z.object({ ...signal, knd: z.literal("direct_answer"), err: Reason.optional() }),
   z.object({
     ...signal,
-    knd: z.enum(["sdp_offer", "sdp_answer", "ice_candidate"]),
+    knd: z.enum(["sdp_offer", "sdp_answer", "ice_candidate", "webrtc_error"]),
     tok: z.string().max(MAX_SIGNAL_TOKEN_LENGTH).optional(),
     err: Reason.optional(),
   }),
@@ -744,11 +757,34 @@ const Micros = z.number().min(0);
 const ChannelOrigin = z.enum(["flag", "control", "watch"]);
 export type ChannelOrigin = z.output<typeof ChannelOrigin>;
 
-/** A channel's outgoing session (sessions.ts `Outgoing`): its state, last seq, bytes sent. */
-const OutgoingStatus = z.object({ sid: SessionId, state: z.enum(["opening", "open", "closed"]), seq: Count, bytes: Count });
+/** Rung failures in a session's status, at most, and the characters of each. */
+export const MAX_RUNG_FAILURES = 4;
+export const MAX_RUNG_FAILURE_LENGTH = 200;
 
-/** An incoming session (sessions.ts `Incoming`): seqs and bytes delivered, duplicates dropped. */
-const IncomingStatus = z.object({ sid: SessionId, delivered: Count, bytes: Count, duplicates: Count });
+/** A rung of the ladder (transport.ts `Rung`). */
+const Rung = z.enum(["tls", "ice", "turn", "relay"]);
+
+/** Why a rung above the one in use did not carry the session (or stopped carrying it). */
+const RungFailure = z.object({ rung: Rung, error: z.string().max(MAX_RUNG_FAILURE_LENGTH) });
+export type RungFailure = z.output<typeof RungFailure>;
+
+/**
+ * A channel's outgoing session (sessions.ts `Outgoing`): its state, last seq, bytes sent, the
+ * rung that carries its Data now and why the rungs above it failed, in the order tried.
+ */
+const OutgoingStatus = z.object({
+  sid: SessionId,
+  state: z.enum(["opening", "open", "closed"]),
+  seq: Count,
+  bytes: Count,
+  rung: Rung,
+  failed: z.array(RungFailure).max(MAX_RUNG_FAILURES),
+});
+export type OutgoingStatus = z.output<typeof OutgoingStatus>;
+
+/** An incoming session (sessions.ts `Incoming`): seqs and bytes delivered, duplicates dropped, the rung its Data comes on now. */
+const IncomingStatus = z.object({ sid: SessionId, delivered: Count, bytes: Count, duplicates: Count, rung: Rung });
+export type IncomingStatus = z.output<typeof IncomingStatus>;
 
 /** A tunnel as `Tunnel.status()` reports it (tunnel.ts); `held`: bytes held for its application. */
 export const TunnelStatus = z.object({
@@ -798,7 +834,7 @@ export const DaemonStatus = z.object({
   ipc: z.array(IpcEntry).max(MAX_CHANNELS),
   /** Sessions open on the relay link now. */
   sessions: z.object({ outgoing: Count, incoming: Count }),
-  counters: z.object({ relay: RelayCounters, direct: DirectCounters, latency_us: LatencyCounters }),
+  counters: z.object({ relay: RelayCounters, direct: DirectCounters, ice: DirectCounters, turn: RelayCounters, latency_us: LatencyCounters }),
   link: LinkCounters,
 });
 export type DaemonStatus = z.output<typeof DaemonStatus>;

@@ -30,6 +30,7 @@
  * compression (it costs latency and the payloads are the application's). Bun pings idle
  * connections and closes those that stop answering after `IDLE_TIMEOUT_S`.
  */
+import { type IceServer, formatIceServers } from "./ice-servers.ts";
 import type { Server } from "bun";
 import { StoaError, describeError, listenError } from "../core/errors.ts";
 import { type Logger, createLogger } from "../core/log.ts";
@@ -105,6 +106,8 @@ export interface HotlinkServerOptions {
   maxSessionsPerUser?: number;
   /** Sessions one connection may send (default `MAX_SESSIONS_PER_CONNECTION`, 4,096). */
   maxSessionsPerConnection?: number;
+  /** ICE servers (ice-servers.ts) sent to every client in Welcome, for daemons not given their own. */
+  iceServers?: IceServer[];
   /** Default: warnings and errors on stderr. */
   log?: Logger;
   /** Where metrics go (default the process's shared registry). */
@@ -157,6 +160,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     maxMessageBytes,
     highWaterBytes,
     stuckTimeoutMs,
+    ...(options.iceServers === undefined || options.iceServers.length === 0 ? {} : { ice: formatIceServers(options.iceServers) }),
     helloTimeoutMs: checkInt("helloTimeoutMs", options.helloTimeoutMs ?? HELLO_TIMEOUT_MS, 1, 2 ** 31 - 1),
     maxConnectionsPerUser: checkInt("maxConnectionsPerUser", options.maxConnectionsPerUser ?? MAX_CONNECTIONS_PER_USER, 1, U32_MAX),
     maxSessionsPerUser: checkInt("maxSessionsPerUser", options.maxSessionsPerUser ?? MAX_SESSIONS_PER_USER, 1, U32_MAX),

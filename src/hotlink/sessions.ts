@@ -18,10 +18,21 @@ import { randomUUID } from "node:crypto";
 import { describeError } from "../core/errors.ts";
 import type { RelayLink } from "./link.ts";
 import { type DirectConfig, DirectReceiver, dialTlsPath } from "./direct.ts";
-import { type DataMessage, MessageType } from "./protocol.ts";
+import { type IceConfig, IceDialer, IceReceiver, type IceSignal, type IceSignalIn } from "./ice.ts";
+// A session remembers at most MAX_RUNG_FAILURES (tls, ice, turn and one fallback), each cut to
+// MAX_RUNG_FAILURE_LENGTH (the whole reason is logged), so `ls` of thousands stays small.
+import {
+  type DataMessage,
+  type IncomingStatus,
+  MAX_RUNG_FAILURE_LENGTH,
+  MAX_RUNG_FAILURES,
+  MessageType,
+  type OutgoingStatus,
+  type RungFailure,
+} from "./protocol.ts";
 import { ReorderBuffer } from "./reorder.ts";
 import { DaemonCounters } from "./telemetry.ts";
-import type { PathSender, Rung, Transport } from "./transport.ts";
+import type { PathReceiver, PathSender, Rung, Transport } from "./transport.ts";
 
 /** Frames a receiver holds while waiting for a gap (relay and direct paths can interleave). */
 const REORDER_MAX_FRAMES = 65_536;
@@ -38,8 +49,10 @@ export class SessionTable {
   readonly outgoing = new Map<string, Outgoing>();
   readonly incoming = new Map<string, Incoming>();
   readonly counters = new DaemonCounters();
-  /** Direct paths (direct.ts): null when off. Set by the daemon. */
+  /** The TLS direct rung (direct.ts): null when off. Set by the daemon. */
   direct: DirectConfig | null = null;
+  /** The ICE rungs (ice.ts): null when off. Set by the daemon. */
+  ice: IceConfig | null = null;
   readonly #holders = new Set<unknown>();
 
   constructor(link: RelayLink) {
@@ -106,8 +119,14 @@ export class Outgoing {
   #path: PathSender | null = null;
   /** A direct offer came: a session dials for one offer at most. */
   #offered = false;
+  /** An ICE offer came: a session answers one at most. */
+  #iceOffered = false;
+  /** The ICE answer while it connects. */
+  #ice: IceDialer | null = null;
   /** finish() was called while direct frames were unacknowledged: Close waits for them. */
   #finishing = false;
+  /** Why the rungs above the one in use did not carry the session, in the order tried. */
+  readonly failed: RungFailure[] = [];
 
   constructor(table: SessionTable, pth: string, to: string | undefined, events: OutgoingEvents) {
     this.#table = table;
@@ -137,6 +156,16 @@ export class Outgoing {
   /** The rung of the ladder the session is on (transport.ts). */
   get rung(): Rung {
     return this.transport.rung;
+  }
+
+  /** What `ls` shows of the session (protocol.ts `OutgoingStatus`). */
+  status(): OutgoingStatus {
+    return { sid: this.sid, state: this.state, seq: this.#seq, bytes: this.sentBytes, rung: this.rung, failed: [...this.failed] };
+  }
+
+  /** Records why a rung failed (bounded: a session tries each rung once, falls back at most once per rung). */
+  #noteFailure(rung: Rung, error: string): void {
+    if (this.failed.length < MAX_RUNG_FAILURES) this.failed.push({ rung, error: error.slice(0, MAX_RUNG_FAILURE_LENGTH) });
   }
 
   /** The source should stop for now: the transport in use holds too much unsent. */
@@ -202,10 +231,69 @@ export class Outgoing {
     this.#dropPath();
   }
 
-  /** Closes the session's own path, if any (an orderly close: nothing is owed on it). */
+  /** Closes the session's own path, if any (an orderly close: nothing is owed on it), and an ICE attempt. */
   #dropPath(): void {
     this.#path?.close();
     this.#path = null;
+    this.#ice?.close();
+    this.#ice = null;
+  }
+
+  /** Sends a Signal of this session (ICE's kinds) to its receiver. */
+  readonly #signal: IceSignal = (knd, fields) => {
+    this.#link.send({ t: MessageType.Signal, sid: this.sid, knd, ...fields });
+  };
+
+  /**
+   * The receiver offered an ICE path (sdp_offer): answered under the rules of a direct offer
+   * (module header), else refused with webrtc_error.
+   */
+  onIceOffer(offer: IceSignalIn & { frm?: string | undefined }): void {
+    const ice = this.#table.ice;
+    const refuse = (err: string): void => this.#signal("webrtc_error", { err });
+    if (!this.#offered && !this.#iceOffered) this.#noteFailure("tls", "the receiver offered no direct TLS connection");
+    if (ice === null) {
+      this.#noteFailure("ice", "ICE is off on this daemon");
+      return refuse("ICE is off on the sending daemon");
+    }
+    if (this.#iceOffered) return refuse("a session takes one ICE offer; this one was not answered");
+    this.#iceOffered = true;
+    if (this.state !== "open" || this.#receivers !== 1) return refuse("the session has more than one receiver, or is not open");
+    if (offer.frm !== undefined && offer.frm !== this.#acceptedBy) {
+      return refuse(`the offer came from ${offer.frm}, not from the receiver that accepted the session`);
+    }
+    if (this.#path !== null) return refuse(`the session is already on its ${this.#path.rung} path`);
+    const servers = ice.servers();
+    let dialer: IceDialer;
+    try {
+      dialer = new IceDialer(this.sid, this.pth, ice, this.#signal);
+    } catch (err) {
+      ice.log.warn("cannot start ICE; the session stays on the relay", { sid: this.sid, err });
+      this.#noteFailure("ice", describeError(err));
+      return refuse("the sending daemon cannot start ICE");
+    }
+    this.#ice = dialer;
+    const wanted = (): boolean => this.state === "open" && this.#receivers === 1 && this.#path === null && this.#ice === dialer;
+    const closed = (sender: PathSender): void => {
+      if (this.#path === sender) this.#fallBack("the ICE path failed");
+    };
+    void dialer.answer(offer.tok, wanted, closed).then((result) => {
+      if (this.#ice === dialer) this.#ice = null;
+      if (!result.ok) {
+        ice.counters.ice.failures++;
+        ice.log.info("no ICE path; the session stays on the relay", { sid: this.sid, err: result.error });
+        this.#noteFailure("ice", result.error);
+        if (!servers.some((s) => s.kind === "turn")) this.#noteFailure("turn", "no TURN server is configured (--ice-servers turn:USER:PASS@HOST:PORT)");
+        return;
+      }
+      this.#path = result.sender;
+      ice.counters.ice.answers++;
+    });
+  }
+
+  /** The receiver's ice_candidate or webrtc_error, for the ICE answer in progress. */
+  onIceSignal(message: IceSignalIn): void {
+    this.#ice?.onSignal(message);
   }
 
   abort(reason: string): void {
@@ -234,7 +322,10 @@ export class Outgoing {
     const answer = (err?: string): void => {
       link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_answer", ...(err === undefined ? {} : { err }) });
     };
-    if (config === null) return answer("direct paths are off on the sending daemon");
+    if (config === null) {
+      this.#noteFailure("tls", "direct paths are off on this daemon");
+      return answer("direct paths are off on the sending daemon");
+    }
     if (this.#offered) return answer("a session takes one direct offer; this one was not dialled");
     this.#offered = true;
     if (this.state !== "open" || this.#receivers !== 1) return answer("the session has more than one receiver, or is not open");
@@ -249,6 +340,7 @@ export class Outgoing {
       if (!result.ok) {
         config.counters.direct.failures++;
         config.log.info("no direct path; the session stays on the relay", { sid: this.sid, err: result.error });
+        this.#noteFailure("tls", result.error);
         return answer(result.error);
       }
       this.#path = result.sender;
@@ -275,11 +367,11 @@ export class Outgoing {
     if (path === null) return;
     this.#path = null;
     path.failed = true;
-    const config = this.#table.direct;
-    if (config !== null) {
-      config.counters.direct.fallbacks++;
-      config.log.info("back to the relay", { sid: this.sid, from: path.rung, reason: why });
-    }
+    this.#noteFailure(path.rung, why);
+    const c = this.#table.counters;
+    if (path.rung === "tls") c.direct.fallbacks++;
+    else c.ice.fallbacks++;
+    (this.#table.direct ?? this.#table.ice)?.log.info("back to the relay", { sid: this.sid, from: path.rung, reason: why });
     for (const f of path.unacknowledged()) {
       if (!this.#sendRelay(f)) break;
     }
@@ -335,7 +427,8 @@ export class Incoming {
   readonly #reorder = new ReorderBuffer<Delivery>({ maxFrames: REORDER_MAX_FRAMES, maxBytes: REORDER_MAX_BYTES });
   /** Set by an orderly Close: the session ends once every seq up to it was delivered. */
   #last: number | null = null;
-  #direct: DirectReceiver | null = null;
+  /** The session's own path into this daemon: the TLS listener, or later the ICE offer. */
+  #direct: PathReceiver | null = null;
 
   constructor(table: SessionTable, sid: string, pth: string, frm: string | undefined, events: IncomingEvents) {
     this.#table = table;
@@ -359,6 +452,17 @@ export class Incoming {
     return this.#reorder.duplicates;
   }
 
+  /** The rung the session's Data comes on now. */
+  get rung(): Rung {
+    const path = this.#direct;
+    return path !== null && path.connected ? path.rung : "relay";
+  }
+
+  /** What `ls` shows of the session (protocol.ts `IncomingStatus`). */
+  status(): IncomingStatus {
+    return { sid: this.sid, delivered: this.delivered, bytes: this.deliveredBytes, duplicates: this.duplicates, rung: this.rung };
+  }
+
   /** Accepts, and offers a direct path when the daemon has them on (direct.ts). */
   accept(): boolean {
     const link = this.#link;
@@ -374,9 +478,41 @@ export class Incoming {
         if (this.#table.held) direct.pause();
         config.counters.direct.offers++;
         link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_offer", ...direct.offer });
+        return true;
       }
     }
+    this.#offerIce();
     return true;
+  }
+
+  /** The next rung after TLS: offer an ICE path, when ICE is on here. */
+  #offerIce(): void {
+    const ice = this.#table.ice;
+    if (ice === null || this.state === "closed") return;
+    const signal: IceSignal = (knd, fields) => {
+      this.#link.send({ t: MessageType.Signal, sid: this.sid, knd, ...fields });
+    };
+    const receiver: IceReceiver | null = IceReceiver.start(this.sid, this.pth, ice, signal, {
+      data: (m) => this.onData(m, true),
+      delivered: () => this.#reorder.nextSeq - 1,
+      failed: (error) => {
+        ice.counters.ice.failures++;
+        ice.log.info("no ICE path; the session stays on the relay", { sid: this.sid, err: error });
+        if (this.#direct === receiver) {
+          this.#direct = null;
+          receiver?.close();
+        }
+      },
+    });
+    if (receiver === null) return;
+    this.#direct = receiver;
+    if (this.#table.held) receiver.pause();
+  }
+
+  /** The sender's sdp_answer, ice_candidate or webrtc_error, for the ICE offer in progress. */
+  onIceSignal(message: IceSignalIn): void {
+    const path = this.#direct;
+    if (path instanceof IceReceiver) path.onSignal(message);
   }
 
   /** Stop reading the direct connection (the table is held: see SessionTable.hold). */
@@ -388,14 +524,15 @@ export class Incoming {
     this.#direct?.resume();
   }
 
-  /** The sender's answer to our offer: on an error it stays on the relay. */
+  /** The sender's answer to our TLS offer: on an error, the next rung (ICE) or the relay. */
   onDirectAnswer(err: string | undefined): void {
-    if (err === undefined || this.#direct === null) return;
-    this.#table.direct?.log.info("the sender could not use the direct path; staying on the relay", { sid: this.sid, err });
-    if (!this.#direct.connected) {
-      this.#direct.close();
-      this.#direct = null;
-    }
+    const path = this.#direct;
+    if (err === undefined || !(path instanceof DirectReceiver)) return;
+    this.#table.direct?.log.info("the sender could not use the direct path", { sid: this.sid, err, next: this.#table.ice === null ? "relay" : "ice" });
+    if (path.connected) return;
+    path.close();
+    this.#direct = null;
+    this.#offerIce();
   }
 
   /** Data from the relay, or (`direct`) from the direct connection (counted there). */

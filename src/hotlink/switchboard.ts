@@ -124,6 +124,8 @@ interface SwitchboardOptions {
   log: Logger;
   registry: Registry;
   maxMessageBytes: number;
+  /** ICE servers for Welcome (ice-servers.ts form). */
+  ice?: string;
   highWaterBytes: number;
   stuckTimeoutMs: number;
   /** Default `HELLO_TIMEOUT_MS`. */
@@ -169,6 +171,7 @@ export class Switchboard {
   readonly #log: Logger;
   readonly #parseOptions: { maxBytes?: number };
   readonly #maxMessageBytes: number;
+  readonly #ice: string | undefined;
   readonly #highWater: number;
   readonly #lowWater: number;
   readonly #stuckTimeoutMs: number;
@@ -204,6 +207,7 @@ export class Switchboard {
     this.#acl = options.acl;
     this.#log = options.log;
     this.#maxMessageBytes = options.maxMessageBytes;
+    this.#ice = options.ice;
     // The default limit lets protocol.ts use its prebuilt codec.
     this.#parseOptions = options.maxMessageBytes === MAX_MESSAGE_BYTES ? {} : { maxBytes: options.maxMessageBytes };
     this.#highWater = options.highWaterBytes;
@@ -447,7 +451,8 @@ export class Switchboard {
     this.#m.connections.inc({ state: "ready" });
     this.#log.info("connected", { conn: conn.id, user: conn.user, remote: conn.remote, agent });
     const mpb = Math.max(0, this.#maxMessageBytes - MAX_ENVELOPE_BYTES);
-    this.#send(conn, conn, this.#encode({ t: MessageType.Welcome, v: PROTOCOL_VERSION, usr: conn.user, mmb: this.#maxMessageBytes, mpb }));
+    const ice = this.#ice === undefined ? {} : { ice: this.#ice };
+    this.#send(conn, conn, this.#encode({ t: MessageType.Welcome, v: PROTOCOL_VERSION, usr: conn.user, mmb: this.#maxMessageBytes, mpb, ...ice }));
   }
 
   #open(conn: SwitchboardConn, msg: OpenMessage): void {

@@ -42,7 +42,12 @@ export interface PathCounters {
 /** Counters every part of the daemon adds to. */
 export class DaemonCounters {
   readonly relay: PathCounters = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 };
+  /** The TLS direct path: its Data, and its offers, upgrades, failed dials and fallbacks. */
   readonly direct = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, offers: 0, answers: 0, failures: 0, fallbacks: 0 };
+  /** ICE between host or server-reflexive candidates: its Data, and its attempts and outcomes (TURN's too). */
+  readonly ice = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, offers: 0, answers: 0, failures: 0, fallbacks: 0 };
+  /** ICE through a TURN server's relay candidate: its Data. */
+  readonly turn: PathCounters = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 };
   readonly send = new LatencyStat();
   readonly write = new LatencyStat();
 }

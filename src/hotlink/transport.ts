@@ -14,10 +14,14 @@
  *   stays until acknowledged (at most `PATH_RETAIN_BYTES`; past that the source waits), so when
  *   the path fails the session resends `unacknowledged()` on the relay with the same seqs and the
  *   receiver's reorder buffer drops what arrives twice. A malformed acknowledgement cuts the path.
+ * - `FrameIntake`: the receiver's half — bytes of a path (a TLS stream, or data channel
+ *   messages, which may split a frame) → the session's Data, counted; false once they are not
+ *   HLNK frames (the path is then closed: it carried something else).
+ * - `PathReceiver`: what an `Incoming` needs of its path (direct.ts `DirectReceiver`, ice.ts).
  */
 import type { Logger } from "../core/log.ts";
 import { AckReader } from "./direct-wire.ts";
-import { hlnkHeader } from "./hlnk.ts";
+import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
 import { type DataMessage, MessageType } from "./protocol.ts";
 import type { PathCounters } from "./telemetry.ts";
 
@@ -52,6 +56,55 @@ export interface FramePipe {
   close(): void;
   /** The abrupt end, as a network failure would be; the owner then falls back. */
   cut(): void;
+}
+
+/** A receiver's per-session path, as its `Incoming` sees it. */
+export interface PathReceiver {
+  /** The rung it is, once connected ("ice" or "turn" is known only then). */
+  readonly rung: Rung;
+  /** True while connected to the sender: its Data may come here. */
+  readonly connected: boolean;
+  /** Stop taking Data from the sender (the local application is behind) until `resume()`. */
+  pause(): void;
+  resume(): void;
+  /** Acknowledges what was delivered in order, if that advanced. */
+  ack(): void;
+  close(): void;
+}
+
+/** The receiver's half of a path: HLNK bytes in, the session's Data out. */
+export class FrameIntake {
+  readonly #sid: string;
+  readonly #pth: string;
+  /** Where frames are counted (an ICE path learns whether it is "ice" or "turn" once open). */
+  counters: PathCounters;
+  readonly #decoder = new HlnkDecoder({ views: true });
+  readonly #data: (message: DataMessage) => void;
+
+  constructor(sid: string, pth: string, counters: PathCounters, data: (message: DataMessage) => void) {
+    this.#sid = sid;
+    this.#pth = pth;
+    this.counters = counters;
+    this.#data = data;
+  }
+
+  /** Decodes `chunk` and hands on every whole frame; false when the bytes are not HLNK frames. */
+  push(chunk: Uint8Array): boolean {
+    const counters = this.counters;
+    for (const f of this.#decoder.push(chunk)) {
+      counters.rxPackets++;
+      counters.rxBytes += f.payload.byteLength;
+      this.#data({
+        t: MessageType.Data,
+        sid: this.#sid,
+        seq: Number(f.seq),
+        pay: f.payload,
+        pth: f.path === this.#pth ? undefined : f.path,
+        etg: f.etag === "" ? undefined : f.etag,
+      });
+    }
+    return this.#decoder.skipped === 0;
+  }
 }
 
 /** Frames sent on a path and not yet acknowledged, at most (then the source waits). */
@@ -102,11 +155,13 @@ export class PathSender implements Transport {
     const pay = message.pay;
     const path = encoder.encode(message.pth ?? this.#pth);
     const etag = encoder.encode(message.etg ?? "");
-    this.#pipe.writeFrame(hlnkHeader(path, etag, pay.byteLength, BigInt(message.seq)), pay);
+    // Retained first: a pipe that finds itself closed makes the session fall back from inside
+    // writeFrame, and the fallback resends what is retained.
     this.#retained.push(message);
     this.#retainedBytes += pay.byteLength;
     this.#counters.txPackets++;
     this.#counters.txBytes += pay.byteLength;
+    this.#pipe.writeFrame(hlnkHeader(path, etag, pay.byteLength, BigInt(message.seq)), pay);
     return true;
   }
 

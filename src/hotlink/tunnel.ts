@@ -127,8 +127,8 @@ export class Tunnel {
       listen: `${this.spec.host}:${this.port}`,
       peer: this.spec.peer ?? null,
       app: this.#app !== null,
-      out: out === null ? null : { sid: out.sid, state: out.state, seq: out.seq, bytes: out.sentBytes },
-      in: inc === null ? null : { sid: inc.sid, delivered: inc.delivered, bytes: inc.deliveredBytes, duplicates: inc.duplicates },
+      out: out === null ? null : out.status(),
+      in: inc === null ? null : inc.status(),
       held: this.#heldBytes,
     };
   }

@@ -74,7 +74,7 @@ class FakeDaemon implements ControlTarget {
         path: c.path,
         apps: 0,
         out: null,
-        in: [{ sid: "s1", from: undefined, delivered: 0, bytes: 0, duplicates: 0 }],
+        in: [{ sid: "s1", from: undefined, delivered: 0, bytes: 0, duplicates: 0, rung: "relay" as const }],
         held: 0,
         origin: "control" as const,
       })),
@@ -82,6 +82,8 @@ class FakeDaemon implements ControlTarget {
       counters: {
         relay: { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 },
         direct: { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, offers: 0, answers: 0, failures: 0, fallbacks: 0 },
+        ice: { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, offers: 0, answers: 0, failures: 0, fallbacks: 0 },
+        turn: { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 },
         latency_us: { send_avg: 0, send_max: 0, write_avg: 0, write_max: 0 },
       },
       link: { tx: 0, txBytes: 0, rx: 0, rxBytes: 0 },

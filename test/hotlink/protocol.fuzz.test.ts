@@ -85,11 +85,13 @@ describe("hotlink message fuzzing", () => {
 const counters = (rng: Prng) => ({
   relay: { txPackets: rng.int(9), txBytes: rng.next(), rxPackets: 0, rxBytes: 2 ** 40 },
   direct: { txPackets: 1, txBytes: 2, rxPackets: 3, rxBytes: 4, offers: 5, answers: 6, failures: 7, fallbacks: 8 },
+  ice: { txPackets: 8, txBytes: 7, rxPackets: 6, rxBytes: 5, offers: 4, answers: 3, failures: 2, fallbacks: 1 },
+  turn: { txPackets: rng.int(3), txBytes: 2 ** 33, rxPackets: 0, rxBytes: 1 },
   latency_us: { send_avg: rng.next() / 7, send_max: 12.5, write_avg: 0, write_max: 3 },
 });
 
 function randomAnswer(rng: Prng): ControlAnswer {
-  const out = rng.pick([null, { sid: "s1", state: rng.pick(["opening", "open", "closed"] as const), seq: rng.int(9), bytes: rng.next() }]);
+  const out = rng.pick([null, { sid: "s1", state: rng.pick(["opening", "open", "closed"] as const), seq: rng.int(9), bytes: rng.next(), rung: rng.pick(["tls", "ice", "turn", "relay"] as const), failed: rng.pick([[], [{ rung: "tls" as const, error: "10.0.0.2:4000: closed" }, { rung: "ice" as const, error: "no candidate pair within 10 s" }]]) }]);
   const tunnel = {
     channel: "alice/x",
     listen: "127.0.0.1:4000",
@@ -97,11 +99,11 @@ function randomAnswer(rng: Prng): ControlAnswer {
     peer: rng.pick([null, "bob"]),
     app: rng.int(2) === 0,
     out,
-    in: rng.pick([null, { sid: "s2", delivered: 3, bytes: 4, duplicates: 0 }]),
+    in: rng.pick([null, { sid: "s2", delivered: 3, bytes: 4, duplicates: 0, rung: "ice" as const }]),
     held: rng.int(100),
     origin: rng.pick(["flag", "control", "watch"] as const),
   };
-  const ipc = { channel: "alice/i", path: "/tmp/i.sock", apps: 2, out, in: [{ sid: "s3", from: "bob", delivered: 1, bytes: 1, duplicates: 1 }], held: 0, origin: "flag" as const };
+  const ipc = { channel: "alice/i", path: "/tmp/i.sock", apps: 2, out, in: [{ sid: "s3", from: "bob", delivered: 1, bytes: 1, duplicates: 1, rung: "relay" as const }], held: 0, origin: "flag" as const };
   switch (rng.int(5)) {
     case 0:
       return { ok: true, type: "tunnel", tunnel };

@@ -288,8 +288,8 @@ describe("the control socket's messages", () => {
     port: 4000,
     peer: "bob",
     app: true,
-    out: { sid: "s1", state: "open", seq: 7, bytes: 4096 },
-    in: { sid: "s2", delivered: 3, bytes: 99, duplicates: 1 },
+    out: { sid: "s1", state: "open", seq: 7, bytes: 4096, rung: "turn", failed: [{ rung: "tls", error: "10.0.0.2:4000: closed" }, { rung: "ice", error: "no candidate pair" }] },
+    in: { sid: "s2", delivered: 3, bytes: 99, duplicates: 1, rung: "tls" },
     held: 0,
     origin: "control",
   };
@@ -298,11 +298,13 @@ describe("the control socket's messages", () => {
     server: "ws://127.0.0.1:8090/v1/hotlink",
     connected: true,
     tunnels: [tunnel],
-    ipc: [{ channel: "alice/i", path: "/tmp/i.sock", apps: 1, out: null, in: [{ sid: "s3", delivered: 1, bytes: 2, duplicates: 0 }], held: 5, origin: "flag" }],
+    ipc: [{ channel: "alice/i", path: "/tmp/i.sock", apps: 1, out: null, in: [{ sid: "s3", delivered: 1, bytes: 2, duplicates: 0, rung: "relay" }], held: 5, origin: "flag" }],
     sessions: { outgoing: 1, incoming: 2 },
     counters: {
       relay: { txPackets: 1, txBytes: 2, rxPackets: 3, rxBytes: 4 },
       direct: { txPackets: 5, txBytes: 6, rxPackets: 7, rxBytes: 8, offers: 1, answers: 1, failures: 0, fallbacks: 0 },
+      ice: { txPackets: 9, txBytes: 10, rxPackets: 11, rxBytes: 12, offers: 2, answers: 1, failures: 1, fallbacks: 1 },
+      turn: { txPackets: 13, txBytes: 14, rxPackets: 15, rxBytes: 16 },
       latency_us: { send_avg: 12.5, send_max: 40, write_avg: 3.25, write_max: 9 },
     },
     link: { tx: 10, txBytes: 20, rx: 30, rxBytes: 40 },
@@ -338,7 +340,7 @@ describe("the control socket's messages", () => {
   });
 
   test(`a status lists at most MAX_CHANNELS (${MAX_CHANNELS}) tunnels`, () => {
-    const many = { ...status, tunnels: Array.from({ length: MAX_CHANNELS + 1 }, () => tunnel) };
+    const many = { ...status, tunnels: Array.from({ length: MAX_CHANNELS + 1 }, () => ({ ...tunnel, out: null, in: null })) };
     const result = controlAnswerCodec.safeDecode(encode({ ok: true, type: "ls", status: many }));
     expect(result.ok).toBe(false);
   });

@@ -1,0 +1,431 @@
+/**
+ * The ICE rungs of a session (spec: "Transports and the upgrade ladder"; protocol.ts has the
+ * Signal kinds): a WebRTC data channel between the two daemons, through host or
+ * server-reflexive candidates (STUN: rung "ice") or a TURN server's relay candidate ("turn").
+ *
+ * - The receiver offers (`IceReceiver`): after its TLS offer failed, or when it makes none, it
+ *   creates the peer connection and one negotiated data channel (id 0, ordered, reliable),
+ *   sends sdp_offer and trickles ice_candidate; the sender answers (`IceDialer`) only under the
+ *   rules of direct_offer (sessions.ts checks them), else webrtc_error.
+ * - Either side gives up after `ICE_CONNECT_TIMEOUT_MS` without an open channel, or on
+ *   webrtc_error, and says so with webrtc_error; the session stays on the relay.
+ * - On the channel: the sender's `PathSender` (transport.ts) writes HLNK frames — one message
+ *   each, or `MAX_CHANNEL_MESSAGE` pieces of a larger one (the channel is ordered, so the
+ *   receiver's `FrameIntake` sees one byte stream) — and the receiver answers 8-byte
+ *   acknowledgements (direct-wire.ts). A receiver held by its application (`pause()`) stops
+ *   acknowledging, so the sender's retention bound stops the sender: the data channel has no
+ *   read side to stop.
+ * - The path fails when the channel closes or the connection goes to disconnected, failed or
+ *   closed (a NAT that stops passing UDP: ICE consent checks lapse); the session then falls
+ *   back to the relay and resends what was not acknowledged.
+ * - The WebRTC library is behind `RtcPeer` (rtc.ts), loaded on first use.
+ */
+import type { Logger } from "../core/log.ts";
+import { describeError } from "../core/errors.ts";
+import { encodeDirectAck } from "./direct-wire.ts";
+import { type IceServer, rtcIceServers } from "./ice-servers.ts";
+import type { DataMessage } from "./protocol.ts";
+import { type RtcCandidate, type RtcChannel, type RtcPeer, type SelectedPair, openRtcPeer } from "./rtc.ts";
+import type { DaemonCounters } from "./telemetry.ts";
+import { FrameIntake, type FramePipe, PATH_HIGH_WATER, type PathReceiver, PathSender, type Rung } from "./transport.ts";
+
+/** How long either side waits for the data channel to open before it gives up on ICE. */
+export const ICE_CONNECT_TIMEOUT_MS = 10_000;
+/** The largest message sent on the channel; a larger frame goes in pieces of this size. */
+export const MAX_CHANNEL_MESSAGE = 64 * 1024;
+/** The channel's unsent bytes under which a waiting source may go on. */
+const CHANNEL_LOW_WATER = 1024 * 1024;
+/** Remote candidates held before the remote description is set, at most. */
+const MAX_PENDING_CANDIDATES = 64;
+/** ICE candidates a side takes from its peer in one session, at most. */
+const MAX_REMOTE_CANDIDATES = 256;
+
+/** How a daemon uses the ICE rungs (`--direct on|ice`, `--ice-servers`). */
+export interface IceConfig {
+  /** The ICE servers now: the daemon's own, else the relay server's from Welcome. */
+  servers(): IceServer[];
+  log: Logger;
+  counters: DaemonCounters;
+}
+
+/** Sends a Signal of this session to the peer (over the relay). */
+export type IceSignal = (knd: "sdp_offer" | "sdp_answer" | "ice_candidate" | "webrtc_error", fields: { tok?: string; err?: string }) => void;
+
+/** An ICE Signal that came for the session. */
+export interface IceSignalIn {
+  knd: string;
+  tok?: string | undefined;
+  err?: string | undefined;
+}
+
+type Outcome = { ok: true; rung: Rung; via: string } | { ok: false; error: string };
+
+/**
+ * One side's peer connection while it connects: signalling in and out, candidates held until
+ * the remote description is set, the timeout, and the outcome once.
+ */
+class IceAttempt {
+  readonly peer: RtcPeer;
+  readonly channel: RtcChannel;
+  readonly #signal: IceSignal;
+  readonly #log: Logger;
+  readonly #sid: string;
+  #pending: RtcCandidate[] | null = [];
+  #remoteCandidates = 0;
+  #settled = false;
+  #timer: ReturnType<typeof setTimeout>;
+  readonly #done = Promise.withResolvers<Outcome>();
+  /** Called once if the connection fails after the channel opened. */
+  onLost: (why: string) => void = () => {};
+
+  constructor(sid: string, config: IceConfig, signal: IceSignal) {
+    this.#sid = sid;
+    this.#signal = signal;
+    this.#log = config.log;
+    this.peer = openRtcPeer(rtcIceServers(config.servers()));
+    this.channel = this.peer.channel();
+    this.peer.onCandidate((c) => signal("ice_candidate", { tok: JSON.stringify(c) }));
+    this.peer.onState((state) => {
+      if (state !== "disconnected" && state !== "failed" && state !== "closed") return;
+      if (!this.#settled) this.fail(`the ICE connection is ${state}`, true);
+      else this.onLost(`the ICE connection is ${state}`);
+    });
+    this.channel.onOpen(() => void this.#opened());
+    this.channel.onClose(() => {
+      if (!this.#settled) this.fail("the data channel closed before it opened", true);
+      else this.onLost("the data channel closed");
+    });
+    this.#timer = setTimeout(() => this.fail(`no data channel within ${ICE_CONNECT_TIMEOUT_MS / 1000} s (no candidate pair answered)`, true), ICE_CONNECT_TIMEOUT_MS);
+  }
+
+  get outcome(): Promise<Outcome> {
+    return this.#done.promise;
+  }
+
+  /** The remote description is set: held candidates go in now. */
+  remoteSet(): void {
+    const held = this.#pending ?? [];
+    this.#pending = null;
+    for (const c of held) this.#add(c);
+  }
+
+  /** A Signal from the peer: a candidate, or its webrtc_error. */
+  onSignal(message: IceSignalIn): void {
+    if (message.knd === "webrtc_error") {
+      this.fail(`the peer gave up on ICE: ${message.err ?? "no reason given"}`, false);
+      return;
+    }
+    if (message.knd !== "ice_candidate" || this.#settled) return;
+    if (++this.#remoteCandidates > MAX_REMOTE_CANDIDATES) return this.fail(`the peer sent more than ${MAX_REMOTE_CANDIDATES} candidates`, true);
+    const c = parseCandidate(message.tok);
+    if (c === null) return this.fail("the peer sent a malformed ICE candidate", true);
+    if (this.#pending === null) this.#add(c);
+    else if (this.#pending.length < MAX_PENDING_CANDIDATES) this.#pending.push(c);
+  }
+
+  /** Gives up (once): closes the connection and, when `tell`, sends webrtc_error to the peer. */
+  fail(why: string, tell: boolean): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    if (tell) this.#signal("webrtc_error", { err: why });
+    this.peer.close();
+    this.#done.resolve({ ok: false, error: why });
+  }
+
+  close(): void {
+    clearTimeout(this.#timer);
+    this.#settled = true;
+    this.#done.resolve({ ok: false, error: "the session ended" });
+    this.peer.close();
+  }
+
+  #add(c: RtcCandidate): void {
+    this.peer.addCandidate(c).catch((err: unknown) => this.#log.debug("an ICE candidate was not usable", { sid: this.#sid, err }));
+  }
+
+  async #opened(): Promise<void> {
+    if (this.#settled) return;
+    let pair: SelectedPair | null = null;
+    try {
+      pair = await this.peer.selectedPair();
+    } catch (err) {
+      this.#log.debug("no statistics for the ICE pair", { sid: this.#sid, err });
+    }
+    if (this.#settled) return;
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    const relayed = pair !== null && (pair.local.type === "relay" || pair.remote.type === "relay");
+    const via = pair === null ? "an ICE pair" : `${pair.local.address}:${pair.local.port} (${pair.local.type}) -> ${pair.remote.address}:${pair.remote.port} (${pair.remote.type})`;
+    this.#done.resolve({ ok: true, rung: relayed ? "turn" : "ice", via });
+  }
+}
+
+/** A candidate from a Signal's JSON, or null when it is not one. */
+function parseCandidate(tok: string | undefined): RtcCandidate | null {
+  if (tok === undefined) return null;
+  try {
+    const value: unknown = JSON.parse(tok);
+    if (typeof value !== "object" || value === null) return null;
+    const { candidate, sdpMid, sdpMLineIndex } = value as Record<string, unknown>;
+    if (typeof candidate !== "string" || candidate.length > 1024) return null;
+    if (sdpMid !== undefined && sdpMid !== null && (typeof sdpMid !== "string" || sdpMid.length > 64)) return null;
+    if (sdpMLineIndex !== undefined && sdpMLineIndex !== null && (!Number.isInteger(sdpMLineIndex) || (sdpMLineIndex as number) < 0 || (sdpMLineIndex as number) > 64)) return null;
+    return { candidate, sdpMid: (sdpMid as string | null | undefined) ?? null, sdpMLineIndex: (sdpMLineIndex as number | null | undefined) ?? null };
+  } catch {
+    return null;
+  }
+}
+
+/** An SDP from a Signal's JSON ({type, sdp}), or null. */
+function parseDescription(tok: string | undefined, type: "offer" | "answer"): string | null {
+  if (tok === undefined) return null;
+  try {
+    const value: unknown = JSON.parse(tok);
+    if (typeof value !== "object" || value === null) return null;
+    const d = value as Record<string, unknown>;
+    return d.type === type && typeof d.sdp === "string" ? d.sdp : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------- receiver side (offerer)
+
+interface IceReceiverEvents {
+  data(message: DataMessage): void;
+  /** The highest seq delivered in order, for acknowledgements. */
+  delivered(): number;
+  /** The ICE attempt ended without a channel (the session stays on the relay). */
+  failed(error: string): void;
+}
+
+/** The receiver's ICE path for one session. */
+export class IceReceiver implements PathReceiver {
+  readonly #attempt: IceAttempt;
+  readonly #events: IceReceiverEvents;
+  readonly #intake: FrameIntake;
+  #rung: Rung = "ice";
+  #connected = false;
+  #closed = false;
+  #paused = false;
+  #acked = 0;
+
+  private constructor(sid: string, pth: string, config: IceConfig, signal: IceSignal, events: IceReceiverEvents) {
+    this.#events = events;
+    this.#attempt = new IceAttempt(sid, config, signal);
+    this.#intake = new FrameIntake(sid, pth, config.counters.ice, events.data);
+    const channel = this.#attempt.channel;
+    channel.onMessage((bytes) => {
+      if (!this.#connected) return;
+      if (!this.#intake.push(bytes)) {
+        config.log.warn("the data channel carried bytes that are not HLNK frames; closing it", { sid });
+        this.close();
+        return;
+      }
+      this.ack();
+    });
+    this.#attempt.onLost = () => {
+      this.#connected = false;
+    };
+    void this.#attempt.outcome.then((outcome) => {
+      if (this.#closed) return;
+      if (!outcome.ok) return events.failed(outcome.error);
+      this.#rung = outcome.rung;
+      if (outcome.rung === "turn") this.#intake.counters = config.counters.turn;
+      this.#connected = true;
+      config.counters.ice.answers++;
+      config.log.info("the session's ICE path is open", { sid, rung: outcome.rung, via: outcome.via });
+    });
+    void this.#offer(signal);
+  }
+
+  /** Starts the attempt: sdp_offer goes out once the local description is ready. */
+  static start(sid: string, pth: string, config: IceConfig, signal: IceSignal, events: IceReceiverEvents): IceReceiver | null {
+    try {
+      const r = new IceReceiver(sid, pth, config, signal, events);
+      config.counters.ice.offers++;
+      return r;
+    } catch (err) {
+      config.log.warn("cannot start ICE; the session stays on the relay", { sid, err });
+      return null;
+    }
+  }
+
+  async #offer(signal: IceSignal): Promise<void> {
+    try {
+      const sdp = await this.#attempt.peer.createOffer();
+      if (!this.#closed) signal("sdp_offer", { tok: JSON.stringify({ type: "offer", sdp }) });
+    } catch (err) {
+      this.#attempt.fail(`cannot create an SDP offer: ${describeError(err)}`, true);
+    }
+  }
+
+  get rung(): Rung {
+    return this.#rung;
+  }
+
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  /** The sender's sdp_answer, ice_candidate or webrtc_error. */
+  onSignal(message: IceSignalIn): void {
+    if (message.knd !== "sdp_answer") return this.#attempt.onSignal(message);
+    const sdp = parseDescription(message.tok, "answer");
+    if (sdp === null) return this.#attempt.fail("the sender's SDP answer is malformed", true);
+    this.#attempt.peer.acceptAnswer(sdp).then(
+      () => this.#attempt.remoteSet(),
+      (err: unknown) => this.#attempt.fail(`the sender's SDP answer was refused: ${describeError(err)}`, true),
+    );
+  }
+
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+    this.ack();
+  }
+
+  ack(): void {
+    if (!this.#connected || this.#paused) return;
+    const delivered = this.#events.delivered();
+    if (delivered <= this.#acked) return;
+    this.#acked = delivered;
+    this.#attempt.channel.send(encodeDirectAck(delivered));
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#connected = false;
+    this.#attempt.close();
+  }
+}
+
+// ---------------------------------------------------------------- sender side (answerer)
+
+/** A data channel as a `FramePipe`: frames as messages, unsent bytes as `bufferedAmount`. */
+class ChannelPipe implements FramePipe {
+  readonly #attempt: IceAttempt;
+  /** Wakes the `PathSender` once the channel's unsent bytes are low again. */
+  drained: () => void = () => {};
+  #poll: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(attempt: IceAttempt) {
+    this.#attempt = attempt;
+  }
+
+  writeFrame(header: Uint8Array, payload: Uint8Array): void {
+    const channel = this.#attempt.channel;
+    const size = header.byteLength + payload.byteLength;
+    let sent: boolean;
+    if (size <= MAX_CHANNEL_MESSAGE) {
+      const message = new Uint8Array(size);
+      message.set(header, 0);
+      message.set(payload, header.byteLength);
+      sent = channel.send(message);
+    } else {
+      sent = channel.send(header);
+      for (let at = 0; sent && at < payload.byteLength; at += MAX_CHANNEL_MESSAGE) sent = channel.send(payload.subarray(at, at + MAX_CHANNEL_MESSAGE));
+    }
+    // The frame stays retained by the PathSender: the fallback resends it on the relay.
+    if (!sent) this.#attempt.onLost("the data channel closed");
+    else if (channel.bufferedAmount > PATH_HIGH_WATER) this.#watch();
+  }
+
+  get queued(): number {
+    return this.#attempt.channel.bufferedAmount;
+  }
+
+  /** Polls (1 ms, only while over the low-water mark) where the library has no bufferedamountlow. */
+  #watch(): void {
+    if (this.#poll !== undefined) return;
+    const check = (): void => {
+      this.#poll = undefined;
+      if (this.#attempt.channel.bufferedAmount > CHANNEL_LOW_WATER && this.#attempt.channel.open) {
+        this.#poll = setTimeout(check, 1);
+        return;
+      }
+      this.drained();
+    };
+    this.#poll = setTimeout(check, 1);
+  }
+
+  close(): void {
+    clearTimeout(this.#poll);
+    this.#attempt.close();
+  }
+
+  cut(): void {
+    clearTimeout(this.#poll);
+    this.#attempt.onLost("the path was cut");
+    this.#attempt.close();
+  }
+}
+
+/** The sender's side while it answers an offer, then its path. */
+export class IceDialer {
+  readonly #sid: string;
+  readonly #pth: string;
+  readonly #config: IceConfig;
+  readonly #attempt: IceAttempt;
+
+  constructor(sid: string, pth: string, config: IceConfig, signal: IceSignal) {
+    this.#sid = sid;
+    this.#pth = pth;
+    this.#config = config;
+    this.#attempt = new IceAttempt(sid, config, signal);
+    this.#signalOut = signal;
+  }
+
+  readonly #signalOut: IceSignal;
+
+  /**
+   * Answers the receiver's sdp_offer and waits for the channel. `closed` is called once if the
+   * path fails after it opened; `wanted()` is asked once it opened.
+   */
+  async answer(offerTok: string | undefined, wanted: () => boolean, closed: (sender: PathSender) => void): Promise<{ ok: true; sender: PathSender; via: string } | { ok: false; error: string }> {
+    const sdp = parseDescription(offerTok, "offer");
+    if (sdp === null) {
+      this.#attempt.fail("the receiver's SDP offer is malformed", true);
+      return { ok: false, error: "the receiver's SDP offer is malformed" };
+    }
+    try {
+      const answer = await this.#attempt.peer.answer(sdp);
+      this.#attempt.remoteSet();
+      this.#signalOut("sdp_answer", { tok: JSON.stringify({ type: "answer", sdp: answer }) });
+    } catch (err) {
+      this.#attempt.fail(`cannot answer the SDP offer: ${describeError(err)}`, true);
+    }
+    const outcome = await this.#attempt.outcome;
+    if (!outcome.ok) return outcome;
+    if (!wanted()) {
+      this.#attempt.close();
+      return { ok: false, error: "the session changed while ICE connected" };
+    }
+    const pipe = new ChannelPipe(this.#attempt);
+    const counters = outcome.rung === "turn" ? this.#config.counters.turn : this.#config.counters.ice;
+    const sender = new PathSender(outcome.rung, pipe, this.#pth, counters, this.#config.log);
+    pipe.drained = () => sender.onDrain();
+    this.#attempt.channel.onMessage((bytes) => sender.onAck(bytes));
+    let lost = false;
+    this.#attempt.onLost = () => {
+      if (lost) return;
+      lost = true;
+      closed(sender);
+    };
+    this.#config.log.info("the session's ICE path is open", { sid: this.#sid, rung: outcome.rung, via: outcome.via });
+    return { ok: true, sender, via: outcome.via };
+  }
+
+  /** The receiver's ice_candidate or webrtc_error. */
+  onSignal(message: IceSignalIn): void {
+    this.#attempt.onSignal(message);
+  }
+
+  close(): void {
+    this.#attempt.close();
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * The WebRTC library behind the ICE rungs (ice.ts), as the few calls they make: one peer
+ * connection with one negotiated data channel (id 0, ordered, reliable, binary), trickled
+ * candidates, the connection's state, and the selected candidate pair (which says whether a
+ * TURN relay carries it). The library is @roamhq/wrtc — libwebrtc as a native addon, chosen by
+ * measurement over werift (ARCHITECTURE.md, scripts/bench/lib/bare-datachannel.ts) — loaded on
+ * first use, so a daemon that never tries ICE never maps it; `bun build --compile` embeds its
+ * `.node` file in the single binary.
+ */
+import { StoaError, describeError } from "../core/errors.ts";
+
+export interface RtcCandidate {
+  candidate: string;
+  sdpMid: string | null;
+  sdpMLineIndex: number | null;
+}
+
+export interface RtcChannel {
+  /** Queues one message (libwebrtc copies it); false, and nothing sent, once the channel is not open. */
+  send(bytes: Uint8Array): boolean;
+  /** Bytes queued and not yet sent. */
+  readonly bufferedAmount: number;
+  readonly open: boolean;
+  onOpen(fn: () => void): void;
+  onClose(fn: () => void): void;
+  onMessage(fn: (bytes: Uint8Array) => void): void;
+}
+
+/** One end of the pair ICE selected. `type`: host, srflx, prflx or relay. */
+export interface PairEnd {
+  type: string;
+  address: string;
+  port: number;
+}
+
+export interface SelectedPair {
+  local: PairEnd;
+  remote: PairEnd;
+}
+
+export interface RtcPeer {
+  /** The session's data channel (the same one on both sides: negotiated, id 0). */
+  channel(): RtcChannel;
+  onCandidate(fn: (c: RtcCandidate) => void): void;
+  /** The connection's state as it changes: new, connecting, connected, disconnected, failed, closed. */
+  onState(fn: (state: string) => void): void;
+  /** Offerer: the local offer's SDP. */
+  createOffer(): Promise<string>;
+  /** Answerer: takes the offer, returns the answer's SDP. */
+  answer(offerSdp: string): Promise<string>;
+  /** Offerer: takes the answer. */
+  acceptAnswer(answerSdp: string): Promise<void>;
+  addCandidate(c: RtcCandidate): Promise<void>;
+  selectedPair(): Promise<SelectedPair | null>;
+  close(): void;
+}
+
+export interface RtcIceServer {
+  urls: string;
+  username?: string;
+  credential?: string;
+}
+
+// The library's own API is the browser's; these are the parts used here.
+interface WrtcDataChannel {
+  binaryType: string;
+  readyState: string;
+  bufferedAmount: number;
+  send(data: Uint8Array): void;
+  onopen: (() => void) | null;
+  onclose: (() => void) | null;
+  onmessage: ((e: { data: ArrayBuffer | string }) => void) | null;
+}
+
+interface WrtcPeerConnection {
+  createDataChannel(label: string, init: { negotiated: boolean; id: number; ordered: boolean }): WrtcDataChannel;
+  createOffer(): Promise<{ type: string; sdp: string }>;
+  createAnswer(): Promise<{ type: string; sdp: string }>;
+  setLocalDescription(d: { type: string; sdp: string }): Promise<void>;
+  setRemoteDescription(d: { type: string; sdp: string }): Promise<void>;
+  addIceCandidate(c: RtcCandidate): Promise<void>;
+  getStats(): Promise<{ forEach(fn: (stat: Record<string, unknown>) => void): void }>;
+  readonly localDescription: { sdp: string } | null;
+  readonly connectionState: string;
+  readonly iceConnectionState: string;
+  onicecandidate: ((e: { candidate: { candidate: string; sdpMid?: string | null; sdpMLineIndex?: number | null } | null }) => void) | null;
+  onconnectionstatechange: (() => void) | null;
+  oniceconnectionstatechange: (() => void) | null;
+  close(): void;
+}
+
+interface Wrtc {
+  RTCPeerConnection: new (config: { iceServers: RtcIceServer[] }) => WrtcPeerConnection;
+}
+
+let wrtc: Wrtc | null = null;
+
+function library(): Wrtc {
+  if (wrtc !== null) return wrtc;
+  try {
+    // A static specifier, so that `bun build --compile` embeds the addon.
+    const mod = require("@roamhq/wrtc") as Wrtc & { default?: Wrtc };
+    wrtc = mod.default ?? mod;
+    return wrtc;
+  } catch (err) {
+    throw new StoaError("internal", `cannot load the WebRTC library (@roamhq/wrtc) for ICE: ${describeError(err)}; run with --direct tls to go without ICE`, { cause: err });
+  }
+}
+
+/** A peer connection with the session's data channel. Throws StoaError("internal") without the library. */
+export function openRtcPeer(iceServers: RtcIceServer[]): RtcPeer {
+  const pc = new (library().RTCPeerConnection)({ iceServers });
+  const dc = pc.createDataChannel("hlnk", { negotiated: true, id: 0, ordered: true });
+  dc.binaryType = "arraybuffer";
+  const channel: RtcChannel = {
+    send(bytes) {
+      if (dc.readyState !== "open") return false;
+      try {
+        dc.send(bytes);
+        return true;
+      } catch {
+        return false; // closed meanwhile: its close event follows
+      }
+    },
+    get bufferedAmount() {
+      return dc.bufferedAmount;
+    },
+    get open() {
+      return dc.readyState === "open";
+    },
+    onOpen(fn) {
+      if (dc.readyState === "open") queueMicrotask(fn);
+      else dc.onopen = fn;
+    },
+    onClose(fn) {
+      dc.onclose = fn;
+    },
+    onMessage(fn) {
+      dc.onmessage = (e) => fn(typeof e.data === "string" ? new TextEncoder().encode(e.data) : new Uint8Array(e.data));
+    },
+  };
+  let closed = false;
+  return {
+    channel: () => channel,
+    onCandidate(fn) {
+      pc.onicecandidate = (e) => {
+        const c = e.candidate;
+        if (c === null || c.candidate === "") return; // the end of gathering
+        fn({ candidate: c.candidate, sdpMid: c.sdpMid ?? null, sdpMLineIndex: c.sdpMLineIndex ?? null });
+      };
+    },
+    onState(fn) {
+      // Both: libwebrtc moves the ICE state first when a path stops answering.
+      pc.onconnectionstatechange = () => fn(pc.connectionState);
+      pc.oniceconnectionstatechange = () => {
+        const s = pc.iceConnectionState;
+        if (s === "disconnected" || s === "failed" || s === "closed") fn(s);
+      };
+    },
+    async createOffer() {
+      await pc.setLocalDescription(await pc.createOffer());
+      return pc.localDescription?.sdp ?? "";
+    },
+    async answer(offerSdp) {
+      await pc.setRemoteDescription({ type: "offer", sdp: offerSdp });
+      await pc.setLocalDescription(await pc.createAnswer());
+      return pc.localDescription?.sdp ?? "";
+    },
+    acceptAnswer: (answerSdp) => pc.setRemoteDescription({ type: "answer", sdp: answerSdp }),
+    addCandidate: (c) => pc.addIceCandidate(c),
+    async selectedPair() {
+      const stats = new Map<string, Record<string, unknown>>();
+      (await pc.getStats()).forEach((s) => void stats.set(String(s.id), s));
+      let pairId: unknown;
+      for (const s of stats.values()) if (s.type === "transport" && typeof s.selectedCandidatePairId === "string") pairId = s.selectedCandidatePairId;
+      let pair = pairId === undefined ? undefined : stats.get(String(pairId));
+      if (pair === undefined) {
+        for (const s of stats.values()) if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated === true) pair = s;
+      }
+      if (pair === undefined) return null;
+      const end = (id: unknown): PairEnd | null => {
+        const c = stats.get(String(id));
+        if (c === undefined) return null;
+        return { type: String(c.candidateType ?? "unknown"), address: String(c.address ?? c.ip ?? "?"), port: Number(c.port ?? 0) };
+      };
+      const local = end(pair.localCandidateId);
+      const remote = end(pair.remoteCandidateId);
+      return local === null || remote === null ? null : { local, remote };
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      pc.close();
+    },
+  };
+}
