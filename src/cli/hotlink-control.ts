@@ -120,7 +120,9 @@ export const lsCommand = defineCommand({
   description:
     "Asks a running 'stoa hotlink connect' for its status: whether it is connected to the relay,\n" +
     "its tunnels and IPC channels (where each came from: flag, control or watch), the sessions\n" +
-    "open now and the relay counters. --json prints the daemon's whole answer.",
+    "open now and the relay counters; PATH is the rung that carries each session (tls, ice, turn or\n" +
+    "relay), and a line under the table says why each rung above it failed. --json prints the\n" +
+    "daemon's whole answer.",
   flags: { ...pickFlags(), json: json('{"status": {user, server, connected, tunnels, ipc, sessions, counters}}') },
   examples: ["stoa hotlink ls", "stoa hotlink ls --user bob --json | jq -r '.status.tunnels[] | \"\\(.channel) \\(.port)\"'"],
   async run({ flags, path }) {
@@ -154,24 +156,33 @@ function formatStatus(status: DaemonStatus): string {
       `sessions ${status.sessions.outgoing} out, ${status.sessions.incoming} in; ` +
       `relay tx ${num("txPackets")} msgs ${bytes(num("txBytes"))}, rx ${num("rxPackets")} msgs ${bytes(num("rxBytes"))}`,
   ];
-  const rows: string[][] = [["KIND", "CHANNEL", "LOCAL", "PEER", "ORIGIN", "APPS", "OUT", "SENT", "RECEIVED", "HELD"]];
+  const rows: string[][] = [["KIND", "CHANNEL", "LOCAL", "PEER", "ORIGIN", "APPS", "OUT", "PATH", "SENT", "RECEIVED", "HELD"]];
+  // Why the rungs above a sending session's path failed, one line each under the table.
+  const why: string[] = [];
+  const failures = (channel: string, out: { failed: { rung: string; error: string }[] } | null): void => {
+    for (const f of out?.failed ?? []) why.push(`${channel}: ${f.rung}: ${f.error}`);
+  };
   for (const t of status.tunnels) {
     rows.push([
       "tunnel", t.channel, t.listen, t.peer ?? "*", t.origin, t.app ? "1" : "0",
-      t.out?.state ?? "-", bytes(t.out?.bytes ?? 0), bytes(t.in?.bytes ?? 0), bytes(t.held),
+      t.out?.state ?? "-", t.out?.rung ?? t.in?.rung ?? "-", bytes(t.out?.bytes ?? 0), bytes(t.in?.bytes ?? 0), bytes(t.held),
     ]);
+    failures(t.channel, t.out);
   }
   for (const c of status.ipc) {
     const received = c.in.reduce((sum, s) => sum + s.bytes, 0);
+    const paths = [...new Set([c.out?.rung, ...c.in.map((s) => s.rung)].filter((r) => r !== undefined))];
     rows.push([
       "ipc", c.channel, `unix:${c.path}`, "*", c.origin, String(c.apps),
-      c.out?.state ?? "-", bytes(c.out?.bytes ?? 0), bytes(received), bytes(c.held),
+      c.out?.state ?? "-", paths.join(",") || "-", bytes(c.out?.bytes ?? 0), bytes(received), bytes(c.held),
     ]);
+    failures(c.channel, c.out);
   }
   if (rows.length === 1) lines.push("no tunnels or IPC channels (add one with 'stoa hotlink tunnel' or 'stoa hotlink ipc')");
   else {
     const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
     for (const r of rows) lines.push(r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  "));
+    if (why.length > 0) lines.push("rungs that failed (the path above is what carries each session now):", ...why.map((w) => `  ${w}`));
   }
   return `${lines.join("\n")}\n`;
 }

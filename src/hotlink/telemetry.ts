@@ -3,11 +3,12 @@
  * hotlink_telemetry.json: rewritten atomically (core/atomicfile.ts, so a reader never sees half
  * a file) every `TELEMETRY_INTERVAL_MS`, and once more at stop.
  *
- * Fields: `time`; `mode` ("relay" — "direct" and "mixed" once direct paths carry data);
- * `connected`; `tx`/`rx` {packets, bytes} over every path, and `relay`/`direct` with the same
- * split per path; `latency_us` {send_avg, send_max, write_avg, write_max} — send: encoding and
+ * Fields: `time`; `mode` ("relay" — "direct" and "mixed" once a path of its own carries a
+ * session's data); `connected`; `tx`/`rx` {packets, bytes} over every path, and `relay`,
+ * `direct` (TLS), `ice` and `turn` with the same split per path; `latency_us` {send_avg, send_max, write_avg, write_max} — send: encoding and
  * handing one Data to the relay socket; write: handing one delivery to the local application;
- * `direct` {offers, answers, failures, fallbacks}; `sessions`: the tunnels' and channels' status.
+ * `direct` and `ice` also {offers, answers, failures, fallbacks}; `sessions`: the tunnels' and
+ * channels' status, with each session's rung and why the rungs above it failed.
  */
 import { writeFileAtomic } from "../core/atomicfile.ts";
 import type { Logger } from "../core/log.ts";
@@ -61,23 +62,22 @@ interface TelemetrySource {
 function telemetrySnapshot(source: TelemetrySource): Record<string, unknown> {
   const c = source.counters;
   const r = c.relay;
-  const d = c.direct;
-  const mode = d.txPackets + d.rxPackets === 0 ? "relay" : r.txPackets + r.rxPackets === 0 ? "direct" : "mixed";
+  const paths = [c.direct, c.ice, c.turn];
+  const off = paths.reduce((n, p) => n + p.txPackets + p.rxPackets, 0);
+  const mode = off === 0 ? "relay" : r.txPackets + r.rxPackets === 0 ? "direct" : "mixed";
+  const sum = (key: "txPackets" | "txBytes" | "rxPackets" | "rxBytes"): number => r[key] + paths.reduce((n, p) => n + p[key], 0);
+  const split = (p: PathCounters) => ({ tx: { packets: p.txPackets, bytes: p.txBytes }, rx: { packets: p.rxPackets, bytes: p.rxBytes } });
+  const upgrades = (d: DaemonCounters["direct"]) => ({ offers: d.offers, answers: d.answers, failures: d.failures, fallbacks: d.fallbacks });
   return {
     time: new Date().toISOString(),
     mode,
     connected: source.connected(),
-    tx: { packets: r.txPackets + d.txPackets, bytes: r.txBytes + d.txBytes },
-    rx: { packets: r.rxPackets + d.rxPackets, bytes: r.rxBytes + d.rxBytes },
-    relay: { tx: { packets: r.txPackets, bytes: r.txBytes }, rx: { packets: r.rxPackets, bytes: r.rxBytes } },
-    direct: {
-      tx: { packets: d.txPackets, bytes: d.txBytes },
-      rx: { packets: d.rxPackets, bytes: d.rxBytes },
-      offers: d.offers,
-      answers: d.answers,
-      failures: d.failures,
-      fallbacks: d.fallbacks,
-    },
+    tx: { packets: sum("txPackets"), bytes: sum("txBytes") },
+    rx: { packets: sum("rxPackets"), bytes: sum("rxBytes") },
+    relay: split(r),
+    direct: { ...split(c.direct), ...upgrades(c.direct) },
+    ice: { ...split(c.ice), ...upgrades(c.ice) },
+    turn: split(c.turn),
     latency_us: {
       send_avg: round(c.send.avgUs),
       send_max: round(c.send.maxUs),
