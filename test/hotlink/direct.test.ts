@@ -9,7 +9,7 @@ import { encodeDirectAck, encodeDirectHello } from "../../src/hotlink/direct-wir
 import { encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import { type DataMessage, MessageType } from "../../src/hotlink/protocol.ts";
 import { DaemonCounters } from "../../src/hotlink/telemetry.ts";
-import { TOKEN, app, sha256hex } from "../fixtures/hotlink-apps.ts";
+import { TOKEN, app, checkSeedChunks, seedChunks, sha256hex } from "../fixtures/hotlink-apps.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 
@@ -68,6 +68,18 @@ describe("direct upgrade", () => {
     expect(b.rxBytes).toBeGreaterThan(payload.length / 2);
     expect(a.txBytes).toBe(b.rxBytes);
   }, 60_000);
+
+  test("the seed's 20 × 4096 tunnel test on the TLS rung: every chunk in order and intact, all on the direct connection", async () => {
+    const { alice, bob, alicePort, bobPort } = await pair({ listen: "127.0.0.1" });
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    await eventually("the session to be on TLS", () => [...alice.sessions.outgoing.values()].some((s) => s.rung === "tls"), { timeoutMs: 10_000 });
+    for (const c of seedChunks(20)) await aliceApp.send(c);
+    await eventually("81,920 bytes at bob's application", () => bobApp.bytes() >= 20 * 4096, { timeoutMs: 10_000 });
+    checkSeedChunks(bobApp.received(), 20);
+    expect(bob.sessions.counters.direct.rxBytes).toBe(20 * 4096);
+    expect(bob.sessions.counters.relay.rxBytes).toBe(0);
+  }, 30_000);
 
   test("an unreachable direct address: the transfer completes over the relay with nothing lost", async () => {
     // bob listens on 127.0.0.1 but offers 127.0.0.3, where nothing listens: every dial fails.
