@@ -9,10 +9,10 @@
  *   rules of direct_offer (sessions.ts checks them), else webrtc_error.
  * - Either side gives up after `ICE_CONNECT_TIMEOUT_MS` without an open channel, or on
  *   webrtc_error, and says so with webrtc_error; the session stays on the relay.
- * - On the channel: the sender's `PathSender` (transport.ts) writes HLNK frames — one message
- *   each, or `MAX_CHANNEL_MESSAGE` pieces of a larger one (the channel is ordered, so the
- *   receiver's `FrameIntake` sees one byte stream) — and the receiver answers 8-byte
- *   acknowledgements (direct-wire.ts). A receiver held by its application (`pause()`) stops
+ * - On the channel: the sender's `PathSender` (transport.ts) writes HLNK frames, packed into
+ *   messages of up to `MAX_CHANNEL_MESSAGE` (the channel is ordered, so the receiver's
+ *   `FrameIntake` reads one byte stream), and the receiver answers 8-byte acknowledgements
+ *   (direct-wire.ts). A receiver held by its application (`pause()`) stops
  *   acknowledging, so the sender's retention bound stops the sender: the data channel has no
  *   read side to stop.
  * - The path fails when the channel closes or the connection goes to disconnected, failed or
@@ -31,8 +31,11 @@ import { FrameIntake, type FramePipe, PATH_HIGH_WATER, type PathReceiver, PathSe
 
 /** How long either side waits for the data channel to open before it gives up on ICE. */
 export const ICE_CONNECT_TIMEOUT_MS = 10_000;
-/** The largest message sent on the channel; a larger frame goes in pieces of this size. */
-export const MAX_CHANNEL_MESSAGE = 64 * 1024;
+/**
+ * The largest message sent on the channel (libwebrtc's SDP offers a max-message-size of 256 KiB):
+ * frames are packed into messages of this size (see `ChannelPipe`).
+ */
+export const MAX_CHANNEL_MESSAGE = 255 * 1024;
 /** The channel's unsent bytes under which a waiting source may go on. */
 const CHANNEL_LOW_WATER = 1024 * 1024;
 /** Remote candidates held before the remote description is set, at most. */
@@ -306,40 +309,79 @@ export class IceReceiver implements PathReceiver {
 
 // ---------------------------------------------------------------- sender side (answerer)
 
-/** A data channel as a `FramePipe`: frames as messages, unsent bytes as `bufferedAmount`. */
+/**
+ * A data channel as a `FramePipe`: frames written in one turn of the event loop are packed, in
+ * order, into messages of up to `MAX_CHANNEL_MESSAGE` bytes (a message may hold several frames,
+ * or part of a large one: the channel is ordered, and the receiver's decoder reads a stream).
+ * Measured with bare channels here: 64 KiB messages 40 MiB/s, 255 KiB 52 MiB/s. Unsent bytes
+ * are the channel's `bufferedAmount`.
+ */
 class ChannelPipe implements FramePipe {
   readonly #attempt: IceAttempt;
   /** Wakes the `PathSender` once the channel's unsent bytes are low again. */
   drained: () => void = () => {};
   #poll: ReturnType<typeof setTimeout> | undefined;
+  /** Frames' pieces written this turn and not yet sent. */
+  #pending: Uint8Array[] = [];
+  #pendingBytes = 0;
+  #flushQueued = false;
+  #failed = false;
 
   constructor(attempt: IceAttempt) {
     this.#attempt = attempt;
   }
 
   writeFrame(header: Uint8Array, payload: Uint8Array): void {
-    const channel = this.#attempt.channel;
-    const size = header.byteLength + payload.byteLength;
-    let sent: boolean;
-    if (size <= MAX_CHANNEL_MESSAGE) {
-      const message = new Uint8Array(size);
-      message.set(header, 0);
-      message.set(payload, header.byteLength);
-      sent = channel.send(message);
-    } else {
-      sent = channel.send(header);
-      for (let at = 0; sent && at < payload.byteLength; at += MAX_CHANNEL_MESSAGE) sent = channel.send(payload.subarray(at, at + MAX_CHANNEL_MESSAGE));
+    if (this.#failed) return; // retained by the PathSender: the fallback resends it
+    this.#pending.push(header, payload);
+    this.#pendingBytes += header.byteLength + payload.byteLength;
+    if (this.#pendingBytes >= MAX_CHANNEL_MESSAGE) this.#flush();
+    else if (!this.#flushQueued) {
+      this.#flushQueued = true;
+      queueMicrotask(() => this.#flush());
     }
-    // The frame stays retained by the PathSender: the fallback resends it on the relay.
-    if (!sent) this.#attempt.onLost("the data channel closed");
-    else if (channel.bufferedAmount > PATH_HIGH_WATER) this.#watch();
   }
 
   get queued(): number {
-    return this.#attempt.channel.bufferedAmount;
+    return this.#attempt.channel.bufferedAmount + this.#pendingBytes;
   }
 
-  /** Polls (1 ms, only while over the low-water mark) where the library has no bufferedamountlow. */
+  /** Sends what is pending as messages of up to MAX_CHANNEL_MESSAGE bytes. */
+  #flush(): void {
+    this.#flushQueued = false;
+    const pieces = this.#pending;
+    let left = this.#pendingBytes;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    if (left === 0 || this.#failed) return;
+    const channel = this.#attempt.channel;
+    let message = new Uint8Array(Math.min(left, MAX_CHANNEL_MESSAGE));
+    let at = 0;
+    for (const piece of pieces) {
+      let from = 0;
+      while (from < piece.byteLength) {
+        const n = Math.min(piece.byteLength - from, message.byteLength - at);
+        message.set(piece.subarray(from, from + n), at);
+        at += n;
+        from += n;
+        left -= n;
+        if (at === message.byteLength) {
+          if (!channel.send(message)) return this.#lost();
+          if (left > 0) message = new Uint8Array(Math.min(left, MAX_CHANNEL_MESSAGE));
+          at = 0;
+        }
+      }
+    }
+    if (channel.bufferedAmount > PATH_HIGH_WATER) this.#watch();
+  }
+
+  /** The channel closed under a write: the frames stay retained, and the session falls back. */
+  #lost(): void {
+    this.#failed = true;
+    this.#attempt.onLost("the data channel closed");
+  }
+
+  /** Polls (1 ms, only while over the low-water mark): libwebrtc's binding has no bufferedamountlow. */
   #watch(): void {
     if (this.#poll !== undefined) return;
     const check = (): void => {
@@ -354,11 +396,13 @@ class ChannelPipe implements FramePipe {
   }
 
   close(): void {
+    this.#flush(); // what was written still goes (an orderly close)
     clearTimeout(this.#poll);
     this.#attempt.close();
   }
 
   cut(): void {
+    this.#failed = true;
     clearTimeout(this.#poll);
     this.#attempt.onLost("the path was cut");
     this.#attempt.close();

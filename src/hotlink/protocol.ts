@@ -135,9 +135,10 @@
  *   sdp_answer    {tok}  sender → receiver: {type: "answer", sdp}
  *   ice_candidate {tok}  both ways, trickled: {candidate, sdpMid, sdpMLineIndex} (RTCIceCandidateInit)
  *   webrtc_error  {err}  either way: this side gave up on ICE; the session stays on the relay.
- * The channel (negotiated, id 0, ordered, reliable) carries one HLNK frame per message, sender
- * → receiver, and the receiver's acknowledgements (direct-wire.ts, 8 bytes each) back, exactly
- * as on a TLS direct connection; a failure falls back to the relay the same way.
+ * The channel (negotiated, id 0, ordered, reliable) carries HLNK frames sender → receiver,
+ * packed into messages of up to 255 KiB (ice.ts: a message may hold several frames or part of
+ * one; the receiver reads a stream), and the receiver's acknowledgements (direct-wire.ts, 8 bytes
+ * each) back, exactly as on a TLS direct connection; a failure falls back to the relay the same way.
  *
  * Limits: a message is at most `MAX_MESSAGE_BYTES` (8 MiB of payload + `MAX_ENVELOPE_BYTES`)
  * unless both ends agree otherwise (Welcome.mmb); decoders check it before decoding. An HLNK
