@@ -24,6 +24,7 @@ import type { Logger } from "./log.ts";
 import { writeReadyFile } from "./readyfile.ts";
 // AF_UNIX datagrams: Bun.udpSocket takes only IP addresses (measured on 1.4.5: a path gives
 // "Expected port"), so the datagram goes out through libc (opened lazily, on the first send).
+import { monotonicMicros } from "../ffi/libc.ts";
 import { sendUnixDatagram } from "../ffi/unixdgram.ts";
 import { onShutdown, onShutdownStart, shutdown } from "./shutdown.ts";
 
@@ -86,7 +87,7 @@ export function onReload(name: string, fn: ReloadHook): () => void {
 /** Runs every reload hook in registration order; logs one line with the outcome. */
 export async function reload(reason = "SIGHUP"): Promise<{ ok: boolean; reloaded: string[]; failed: string[] }> {
   // MONOTONIC_USEC: systemd ≥ 253 pairs the reload with this clock reading (CLOCK_MONOTONIC).
-  if (state === "serving") notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}`);
+  if (state === "serving") notify(`RELOADING=1\nMONOTONIC_USEC=${monotonicMicros()}`);
   const reloaded: string[] = [];
   const failed: string[] = [];
   for (const { name, fn } of [...reloadHooks]) {

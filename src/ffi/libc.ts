@@ -73,6 +73,9 @@ const symbols = {
   setgroups: { args: [FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   setresgid: { args: [FFIType.u32, FFIType.u32, FFIType.u32], returns: FFIType.i32 },
   setresuid: { args: [FFIType.u32, FFIType.u32, FFIType.u32], returns: FFIType.i32 },
+  // int clock_gettime(clockid_t, struct timespec *): CLOCK_MONOTONIC for systemd's MONOTONIC_USEC
+  // (Bun's process.hrtime counts from the process's start, not from boot).
+  clock_gettime: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
   strerror: { args: [FFIType.i32], returns: FFIType.cstring },
 } as const;
@@ -103,6 +106,16 @@ export function strerror(code: number): string {
 /** A NUL-terminated copy of `text` for a `const char *` argument (keep it referenced during the call). */
 export function cString(text: string): Buffer {
   return Buffer.from(`${text}\0`, "utf8");
+}
+
+const CLOCK_MONOTONIC = 1;
+
+/** clock_gettime(CLOCK_MONOTONIC) in microseconds: the clock systemd and every process share. */
+export function monotonicMicros(): bigint {
+  // struct timespec { time_t tv_sec; long tv_nsec; }: two i64 on 64-bit Linux.
+  const ts = new BigInt64Array(2);
+  if (libc().clock_gettime(CLOCK_MONOTONIC, ts) !== 0) throw new Error(`clock_gettime: ${strerror(errno())}`);
+  return (ts[0] ?? 0n) * 1_000_000n + (ts[1] ?? 0n) / 1000n;
 }
 
 /** `RLIMIT_NOFILE` (asm-generic/resource.h): one more than the highest fd number a process may open. */
