@@ -2,7 +2,8 @@
  * monotonicMicros (ffi/libc.ts) is CLOCK_MONOTONIC — the clock systemd reads MONOTONIC_USEC
  * against (core/daemon.ts's RELOADING=1) — shared by every process, unlike Bun's process.hrtime,
  * which counts from the process's start: a child's reading falls between two of the parent's,
- * and the clock agrees with /proc/uptime (the same clock, in centiseconds).
+ * and the clock agrees with /proc/uptime (CLOCK_BOOTTIME: the same as CLOCK_MONOTONIC on a machine
+ * that never suspended, as test machines do not).
  */
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
