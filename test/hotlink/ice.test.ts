@@ -2,8 +2,8 @@
  * The ICE rungs on loopback (ice.ts, sessions.ts): two daemons on a test relay, no NAT (the NAT
  * lab tests are in test/e2e/hotlink-nat.test.ts). With TLS off (`direct` absent), a session moves
  * to a data channel over host candidates and a 32 MiB stream arrives intact, mostly on ICE; the
- * ICE path cut mid-stream falls back to the relay with nothing lost or duplicated; a sender with
- * ICE off refuses the offer with webrtc_error and the session stays on the relay, saying why.
+ * ICE path cut mid-stream falls back to the relay with nothing lost or duplicated; a receiving
+ * application that stops reading pauses the sender through the ICE path; a sender with ICE off refuses the offer with webrtc_error and the session stays on the relay, saying why.
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
@@ -101,6 +101,45 @@ describe("ICE on loopback", () => {
     expect(bob.sessions.counters.ice.rxBytes).toBeGreaterThan(0);
     expect(bob.sessions.counters.relay.rxBytes).toBeGreaterThan(0);
   }, 60_000);
+
+  test("a receiving application that stops reading pauses the sending one through the ICE path (the receiver stops acknowledging); nothing is lost", async () => {
+    const { alice, bob, alicePort, bobPort } = await pair({ alice: { ice: {} }, bob: { ice: {} } });
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    await eventually("the session to be on ICE", () => [...alice.sessions.outgoing.values()].some((s) => s.rung === "ice"), { timeoutMs: 15_000 });
+    const first = randomBytes(4 * 1024 * 1024);
+    await aliceApp.send(first);
+    await eventually("the first 4 MiB at bob's application", () => bobApp.bytes() === first.length, { timeoutMs: 10_000 });
+    bobApp.sock.pause();
+    const payload = randomBytes(160 * 1024 * 1024);
+    let accepted = 0;
+    const pump = (async () => {
+      for (let at = 0; at < payload.length; at += 1024 * 1024) {
+        await aliceApp.send(payload.subarray(at, at + 1024 * 1024));
+        accepted = at + 1024 * 1024;
+      }
+    })();
+    // Accepted bytes stop growing: the sender's unacknowledged frames (PATH_RETAIN_BYTES), the
+    // channel's buffer and what bob's daemon holds for its application bound it.
+    let last = -1;
+    await eventually("the sending application to be paused", async () => {
+      const now = accepted;
+      const still = now === last;
+      last = now;
+      await Bun.sleep(300);
+      return still && now > 0;
+    }, { timeoutMs: 30_000 });
+    expect(accepted).toBeLessThan(100 * 1024 * 1024);
+    bobApp.sock.resume();
+    await pump;
+    aliceApp.sock.shutdown();
+    bobApp.sock.shutdown();
+    await bobApp.ended;
+    expect(bobApp.bytes()).toBe(first.length + payload.length);
+    expect(sha256hex(bobApp.received())).toBe(sha256hex(Buffer.concat([first, payload])));
+    expect(alice.sessions.counters.ice.fallbacks).toBe(0);
+    expect(bob.sessions.counters.ice.rxBytes).toBeGreaterThan(payload.length);
+  }, 90_000);
 
   test("a sender with ICE off answers webrtc_error: the session stays on the relay and says why", async () => {
     const { alice, bob, alicePort, bobPort } = await pair({ alice: {}, bob: { ice: {} } });
