@@ -95,7 +95,7 @@ export class HotlinkDaemon {
     }
     if (options.ice !== undefined) {
       const own = options.ice.servers;
-      this.sessions.ice = { servers: () => own ?? this.#welcomeIce, log: options.log, counters: this.sessions.counters };
+      this.sessions.ice = { servers: () => own ?? this.#welcomeIce, log: options.log, counters: this.sessions.counters, open: { count: 0 } };
     }
   }
 

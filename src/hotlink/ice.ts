@@ -43,12 +43,25 @@ const MAX_PENDING_CANDIDATES = 64;
 /** ICE candidates a side takes from its peer in one session, at most. */
 const MAX_REMOTE_CANDIDATES = 256;
 
+/**
+ * Peer connections a daemon holds at once, at most (each has a few libwebrtc threads and
+ * sockets, released when the connection is collected): past it, a session stays on its rung.
+ */
+export const MAX_ICE_PATHS = 128;
+
 /** How a daemon uses the ICE rungs (`--direct on|ice`, `--ice-servers`). */
 export interface IceConfig {
   /** The ICE servers now: the daemon's own, else the relay server's from Welcome. */
   servers(): IceServer[];
   log: Logger;
   counters: DaemonCounters;
+  /** Peer connections open now (kept by ice.ts; `MAX_ICE_PATHS` at most). */
+  open: { count: number };
+}
+
+/** Why this daemon cannot start another ICE path now, or null. */
+export function iceFull(config: IceConfig): string | null {
+  return config.open.count >= MAX_ICE_PATHS ? `this daemon already has ${MAX_ICE_PATHS} ICE paths open` : null;
 }
 
 /** Sends a Signal of this session to the peer (over the relay). */
@@ -78,6 +91,8 @@ class IceAttempt {
   #settled = false;
   #timer: ReturnType<typeof setTimeout>;
   readonly #done = Promise.withResolvers<Outcome>();
+  readonly #open: { count: number };
+  #released = false;
   /** Called once if the connection fails after the channel opened. */
   onLost: (why: string) => void = () => {};
 
@@ -85,7 +100,9 @@ class IceAttempt {
     this.#sid = sid;
     this.#signal = signal;
     this.#log = config.log;
+    this.#open = config.open;
     this.peer = openRtcPeer(rtcIceServers(config.servers()));
+    this.#open.count++;
     this.channel = this.peer.channel();
     this.peer.onCandidate((c) => signal("ice_candidate", { tok: JSON.stringify(c) }));
     this.peer.onState((state) => {
@@ -132,7 +149,7 @@ class IceAttempt {
     this.#settled = true;
     clearTimeout(this.#timer);
     if (tell) this.#signal("webrtc_error", { err: why });
-    this.peer.close();
+    this.#closePeer();
     this.#done.resolve({ ok: false, error: why });
   }
 
@@ -140,7 +157,14 @@ class IceAttempt {
     clearTimeout(this.#timer);
     this.#settled = true;
     this.#done.resolve({ ok: false, error: "the session ended" });
+    this.#closePeer();
+  }
+
+  #closePeer(): void {
     this.peer.close();
+    if (this.#released) return;
+    this.#released = true;
+    this.#open.count--;
   }
 
   #add(c: RtcCandidate): void {

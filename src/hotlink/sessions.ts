@@ -18,7 +18,7 @@ import { randomUUID } from "node:crypto";
 import { describeError } from "../core/errors.ts";
 import type { RelayLink } from "./link.ts";
 import { type DirectConfig, DirectReceiver, dialTlsPath } from "./direct.ts";
-import { type IceConfig, IceDialer, IceReceiver, type IceSignal, type IceSignalIn } from "./ice.ts";
+import { type IceConfig, IceDialer, IceReceiver, type IceSignal, type IceSignalIn, iceFull } from "./ice.ts";
 // A session remembers at most MAX_RUNG_FAILURES (tls, ice, turn and one fallback), each cut to
 // MAX_RUNG_FAILURE_LENGTH (the whole reason is logged), so `ls` of thousands stays small.
 import {
@@ -263,6 +263,11 @@ export class Outgoing {
       return refuse(`the offer came from ${offer.frm}, not from the receiver that accepted the session`);
     }
     if (this.#path !== null) return refuse(`the session is already on its ${this.#path.rung} path`);
+    const full = iceFull(ice);
+    if (full !== null) {
+      this.#noteFailure("ice", full);
+      return refuse(`the sending daemon is full: ${full}`);
+    }
     const servers = ice.servers();
     let dialer: IceDialer;
     try {
@@ -489,6 +494,11 @@ export class Incoming {
   #offerIce(): void {
     const ice = this.#table.ice;
     if (ice === null || this.state === "closed") return;
+    const full = iceFull(ice);
+    if (full !== null) {
+      ice.log.info("no ICE path offered; the session stays on the relay", { sid: this.sid, reason: full });
+      return;
+    }
     const signal: IceSignal = (knd, fields) => {
       this.#link.send({ t: MessageType.Signal, sid: this.sid, knd, ...fields });
     };

@@ -9,6 +9,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
+import { MAX_ICE_PATHS } from "../../src/hotlink/ice.ts";
 import { TOKEN, app, sha256hex } from "../fixtures/hotlink-apps.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 import { eventually } from "../helpers/eventually.ts";
@@ -76,6 +77,8 @@ describe("ICE on loopback", () => {
     expect(b.ice.rxBytes).toBeGreaterThan(more.length / 2);
     expect(a.ice.txBytes).toBe(b.ice.rxBytes);
     expect(a.direct.txBytes + b.direct.rxBytes).toBe(0);
+    // Every peer connection is let go once its session ended.
+    await eventually("no peer connection left open", () => alice.sessions.ice?.open.count === 0 && bob.sessions.ice?.open.count === 0, { timeoutMs: 5_000 });
   }, 60_000);
 
   test("the ICE path cut mid-stream: back to the relay, nothing lost, nothing duplicated", async () => {
@@ -140,6 +143,21 @@ describe("ICE on loopback", () => {
     expect(alice.sessions.counters.ice.fallbacks).toBe(0);
     expect(bob.sessions.counters.ice.rxBytes).toBeGreaterThan(payload.length);
   }, 90_000);
+
+  test(`a sending daemon with MAX_ICE_PATHS (${MAX_ICE_PATHS}) peer connections open refuses another; the session stays on the relay and says why`, async () => {
+    const { alice, alicePort, bobPort } = await pair({ alice: { ice: {} }, bob: { ice: {} } });
+    const ice = alice.sessions.ice;
+    if (ice === null) throw new Error("alice has ICE on");
+    ice.open.count = MAX_ICE_PATHS;
+    const { payload, bobApp, aliceApp } = await transfer(alicePort, bobPort, 1024 * 1024);
+    await eventually("alice to note why ICE was not used", () => [...alice.sessions.outgoing.values()].some((s) => s.failed.some((f) => f.rung === "ice")), { timeoutMs: 15_000 });
+    expect([...alice.sessions.outgoing.values()][0]?.status()).toMatchObject({ rung: "relay", failed: [{ rung: "tls" }, { rung: "ice", error: `this daemon already has ${MAX_ICE_PATHS} ICE paths open` }] });
+    aliceApp.sock.shutdown();
+    bobApp.sock.shutdown();
+    await bobApp.ended;
+    expect(sha256hex(bobApp.received())).toBe(sha256hex(payload));
+    ice.open.count = 0;
+  }, 60_000);
 
   test("a sender with ICE off answers webrtc_error: the session stays on the relay and says why", async () => {
     const { alice, bob, alicePort, bobPort } = await pair({ alice: {}, bob: { ice: {} } });
