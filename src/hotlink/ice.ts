@@ -189,7 +189,7 @@ class IceAttempt {
 }
 
 /** A candidate from a Signal's JSON, or null when it is not one. */
-function parseCandidate(tok: string | undefined): RtcCandidate | null {
+export function parseCandidate(tok: string | undefined): RtcCandidate | null {
   if (tok === undefined) return null;
   try {
     const value: unknown = JSON.parse(tok);
@@ -205,7 +205,7 @@ function parseCandidate(tok: string | undefined): RtcCandidate | null {
 }
 
 /** An SDP from a Signal's JSON ({type, sdp}), or null. */
-function parseDescription(tok: string | undefined, type: "offer" | "answer"): string | null {
+export function parseDescription(tok: string | undefined, type: "offer" | "answer"): string | null {
   if (tok === undefined) return null;
   try {
     const value: unknown = JSON.parse(tok);
