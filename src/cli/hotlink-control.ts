@@ -155,6 +155,8 @@ function formatStatus(status: DaemonStatus): string {
     `${status.user} via ${status.server}: ${status.connected ? "connected" : "NOT connected (retrying)"}; ` +
       `sessions ${status.sessions.outgoing} out, ${status.sessions.incoming} in; ` +
       `relay tx ${num("txPackets")} msgs ${bytes(num("txBytes"))}, rx ${num("rxPackets")} msgs ${bytes(num("rxBytes"))}`,
+    `rungs: ${[...status.rungs, "relay"].join(" > ")}` +
+      (status.rungs.includes("ice") ? `; ICE servers: ${status.ice_servers.length === 0 ? "none (host candidates only)" : status.ice_servers.join(", ")}` : ""),
   ];
   const rows: string[][] = [["KIND", "CHANNEL", "LOCAL", "PEER", "ORIGIN", "APPS", "OUT", "PATH", "SENT", "RECEIVED", "HELD"]];
   // Why the rungs above a sending session's path failed, one line each under the table.

@@ -15,7 +15,7 @@
 import type { Logger } from "../core/log.ts";
 import { StoaError } from "../core/errors.ts";
 import { RelayLink } from "./link.ts";
-import { type IceServer, parseIceServers } from "./ice-servers.ts";
+import { type IceServer, parseIceServers, shownIceServer } from "./ice-servers.ts";
 import { IpcChannel, type IpcSpec } from "./ipc.ts";
 import { type ChannelOrigin, type DaemonStatus, type HotlinkMessage, MAX_CHANNELS, MessageType } from "./protocol.ts";
 import { type Incoming, SessionTable } from "./sessions.ts";
@@ -218,6 +218,8 @@ export class HotlinkDaemon {
         turn: { ...c.turn },
         latency_us: { send_avg: c.send.avgUs, send_max: c.send.maxUs, write_avg: c.write.avgUs, write_max: c.write.maxUs },
       },
+      rungs: [...(this.sessions.direct === null ? [] : ["tls" as const]), ...(this.sessions.ice === null ? [] : ["ice" as const])],
+      ice_servers: (this.sessions.ice?.servers() ?? []).map(shownIceServer),
       link: { ...this.link.messages },
     };
   }

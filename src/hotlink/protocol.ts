@@ -157,7 +157,8 @@
  *   {type: "ipc", spec}       → {ok: true, type: "ipc", ipc}        spec as --ipc: CHANNEL=unix:PATH
  *   {type: "ls"}              → {ok: true, type: "ls", status}      the daemon's status
  *                                (`DaemonStatus`): user, server, connected, tunnels, ipc,
- *                                sessions, counters {relay, direct, ice, turn, latency_us}, link
+ *                                sessions, counters {relay, direct, ice, turn, latency_us},
+ *                                rungs, ice_servers, link
  *   {type: "close", channel}  → {ok: true, type: "close", channel, kind: "tunnel" | "ipc"}
  * or {ok: false, code, message}, code a StoaError code: "usage" (bad spec), "exists",
  * "in_use" (port or socket taken), "not_found" (close of an unknown channel), "too_large",
@@ -836,6 +837,9 @@ export const DaemonStatus = z.object({
   /** Sessions open on the relay link now. */
   sessions: z.object({ outgoing: Count, incoming: Count }),
   counters: z.object({ relay: RelayCounters, direct: DirectCounters, ice: DirectCounters, turn: RelayCounters, latency_us: LatencyCounters }),
+  /** The rungs on (`--direct`), and the STUN/TURN servers ICE uses now, passwords hidden (ice-servers.ts `shownIceServer`). */
+  rungs: z.array(z.enum(["tls", "ice"])).max(2),
+  ice_servers: z.array(z.string().max(MAX_ICE_SERVER_LENGTH)).max(MAX_ICE_SERVERS),
   link: LinkCounters,
 });
 export type DaemonStatus = z.output<typeof DaemonStatus>;

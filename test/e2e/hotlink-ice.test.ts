@@ -3,9 +3,11 @@
  * no node_modules anywhere above it, must still load libwebrtc (the addon is embedded at build
  * time: patches/@roamhq%2Fwrtc@0.10.0.patch makes its require static). A relay and two daemons
  * with `--direct ice` on loopback; a 4 MiB stream through the tunnel arrives intact and `ls`
- * shows the session on the ICE rung.
+ * shows the session on the ICE rung. Then where a daemon's STUN/TURN servers come from — the
+ * flag, the seed's environment variable, the relay's Welcome — as `ls` shows them, and the usage
+ * errors of a bad list from each source.
  */
-import { afterAll, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { chmodSync, copyFileSync, existsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -69,3 +71,50 @@ test("a copy of dist/stoa alone in an empty directory carries a session on ICE",
   expect(sha256hex(bobApp.received())).toBe(sha256hex(payload));
   expect(alice.err).not.toContain("cannot load the WebRTC library");
 }, 60_000);
+
+describe("where a daemon's ICE servers come from: --ice-servers, else $SYFTBOX_HOTLINK_ICE_SERVERS, else the relay's Welcome", () => {
+  test("each source in turn, as ls shows them (passwords hidden); a bad list is a usage error naming its source", async () => {
+    requireBinary();
+    const dir = scope.tempDir();
+    const users = join(dir, "users.json");
+    const run = Bun.spawnSync([STOA, "hotlink", "user", "add", "alice", "--users", users]);
+    expect(run.exitCode).toBe(0);
+    const token = join(dir, "alice.token");
+    writeFileSync(token, `${run.stdout.toString().trim().split("\n").at(-1)}\n`);
+    chmodSync(token, 0o600);
+    const [relayPort] = freePorts(1);
+    const welcome = "stun:198.51.100.7:3478,turn:peer:w3lcome@198.51.100.7:3479";
+    const server = scope.stoa("server-ice", ["hotlink", "serve", "--listen", `127.0.0.1:${relayPort}`, "--users", users, "--ice-servers", welcome]);
+    await server.waitFor("out", /ws:\/\//);
+    const daemon = async (name: string, extra: string[], env: Record<string, string> = {}): Promise<string> => {
+      const runDir = join(dir, `run-${name}`);
+      const d = scope.stoa(name, ["hotlink", "connect", "--server", `ws://127.0.0.1:${relayPort}`, "--user", "alice", "--token-file", token, "--run-dir", runDir, ...extra], { env });
+      await d.waitFor("out", /^hotlink: /m);
+      const ls = Bun.spawnSync([STOA, "hotlink", "ls", "--user", "alice", "--run-dir", runDir]);
+      expect(ls.exitCode).toBe(0);
+      d.proc.kill("SIGTERM");
+      await d.exitWithin(5_000);
+      return ls.stdout.toString();
+    };
+    const fromWelcome = await daemon("welcome", []);
+    expect(fromWelcome).toContain("rungs: tls > ice > relay; ICE servers: stun:198.51.100.7:3478, turn:peer:***@198.51.100.7:3479");
+    expect(fromWelcome).not.toContain("w3lcome");
+    const fromEnv = await daemon("env", [], { SYFTBOX_HOTLINK_ICE_SERVERS: "stun:192.0.2.1:19302" });
+    expect(fromEnv).toContain("ICE servers: stun:192.0.2.1:19302");
+    const fromFlag = await daemon("flag", ["--ice-servers", "stun:[2001:db8::9]:3478", "--direct", "ice"], { SYFTBOX_HOTLINK_ICE_SERVERS: "stun:192.0.2.1:19302" });
+    expect(fromFlag).toContain("rungs: ice > relay; ICE servers: stun:[2001:db8::9]:3478");
+    expect(await daemon("tls", ["--direct", "tls"])).toContain("rungs: tls > relay\n");
+
+    const bad = (args: string[], env: Record<string, string> = {}) =>
+      Bun.spawnSync([STOA, "hotlink", "connect", "--server", `ws://127.0.0.1:${relayPort}`, "--user", "alice", "--token-file", token, "--run-dir", join(dir, "run-bad"), ...args], { env: { ...process.env, ...env } });
+    const flag = bad(["--ice-servers", "turn:nopass@host"]);
+    expect(flag.exitCode).toBe(2);
+    expect(flag.stderr.toString()).toContain("--ice-servers: ");
+    const env = bad([], { SYFTBOX_HOTLINK_ICE_SERVERS: "stun:host:99999" });
+    expect(env.exitCode).toBe(2);
+    expect(env.stderr.toString()).toContain("$SYFTBOX_HOTLINK_ICE_SERVERS: ");
+    const serve = Bun.spawnSync([STOA, "hotlink", "serve", "--listen", "127.0.0.1:0", "--users", users, "--ice-servers", "stun:"]);
+    expect(serve.exitCode).toBe(2);
+    expect(serve.stderr.toString()).toContain("--ice-servers");
+  }, 60_000);
+});

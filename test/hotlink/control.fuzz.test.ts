@@ -86,6 +86,8 @@ class FakeDaemon implements ControlTarget {
         turn: { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0 },
         latency_us: { send_avg: 0, send_max: 0, write_avg: 0, write_max: 0 },
       },
+      rungs: ["tls" as const, "ice" as const],
+      ice_servers: ["stun:10.0.0.1:3478"],
       link: { tx: 0, txBytes: 0, rx: 0, rxBytes: 0 },
     };
   }

@@ -123,6 +123,8 @@ function randomAnswer(rng: Prng): ControlAnswer {
           ipc: rng.int(2) === 0 ? [] : [ipc],
           sessions: { outgoing: rng.int(4), incoming: rng.int(4) },
           counters: counters(rng),
+          rungs: rng.pick([[], ["tls" as const], ["ice" as const], ["tls" as const, "ice" as const]]),
+          ice_servers: rng.pick([[], ["stun:[2001:db8::1]:3478", "turn:u:***@relay.example:3479"]]),
           link: { tx: 1, txBytes: 2, rx: 3, rxBytes: 4 },
         },
       };

@@ -307,6 +307,8 @@ describe("the control socket's messages", () => {
       turn: { txPackets: 13, txBytes: 14, rxPackets: 15, rxBytes: 16 },
       latency_us: { send_avg: 12.5, send_max: 40, write_avg: 3.25, write_max: 9 },
     },
+    rungs: ["tls", "ice"],
+    ice_servers: ["stun:203.0.113.1:3478", "turn:peer:***@203.0.113.1:3479"],
     link: { tx: 10, txBytes: 20, rx: 30, rxBytes: 40 },
   };
 
