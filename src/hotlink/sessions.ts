@@ -34,6 +34,12 @@ import { ReorderBuffer } from "./reorder.ts";
 import { DaemonCounters } from "./telemetry.ts";
 import type { PathReceiver, PathSender, Rung, Transport } from "./transport.ts";
 
+/**
+ * How long a receiver waits for the sender's answer to its TLS offer before it offers ICE too:
+ * on a LAN the TLS dial answers well within it; a dial to a private address across NATs fails
+ * fast (unreachable) or only after its timeout (dropped), and ICE goes ahead meanwhile.
+ */
+export const ICE_AFTER_TLS_MS = 100;
 /** Frames a receiver holds while waiting for a gap (relay and direct paths can interleave). */
 const REORDER_MAX_FRAMES = 65_536;
 /** Bytes a receiver holds while waiting for a gap. */
@@ -284,6 +290,7 @@ export class Outgoing {
     };
     void dialer.answer(offer.tok, wanted, closed).then((result) => {
       if (this.#ice === dialer) this.#ice = null;
+      if (!result.ok && this.#path?.rung === "tls") return; // TLS connected meanwhile: not a failure
       if (!result.ok) {
         ice.counters.ice.failures++;
         ice.log.info("no ICE path; the session stays on the relay", { sid: this.sid, err: result.error });
@@ -291,7 +298,12 @@ export class Outgoing {
         if (!servers.some((s) => s.kind === "turn")) this.#noteFailure("turn", "no TURN server is configured (--ice-servers turn:USER:PASS@HOST:PORT)");
         return;
       }
-      this.#path = result.sender;
+      if (this.#path !== null) {
+        // TLS connected first: it carries the session, this path is not needed.
+        result.sender.close();
+        return;
+      }
+      this.#adopt(result.sender);
       ice.counters.ice.answers++;
     });
   }
@@ -337,7 +349,9 @@ export class Outgoing {
     if (offer.frm !== undefined && offer.frm !== this.#acceptedBy) {
       return answer(`the offer came from ${offer.frm}, not from the receiver that accepted the session`);
     }
-    const wanted = (): boolean => this.state === "open" && this.#receivers === 1 && this.#path === null;
+    // Dialled even while the session is on ICE (the receiver offers ICE too when TLS is slow to
+    // answer): TLS, the better rung, takes over when it connects.
+    const wanted = (): boolean => this.state === "open" && this.#receivers === 1 && this.#path?.rung !== "tls";
     const closed = (sender: PathSender): void => {
       if (this.#path === sender) this.#fallBack("the direct connection closed");
     };
@@ -348,7 +362,7 @@ export class Outgoing {
         this.#noteFailure("tls", result.error);
         return answer(result.error);
       }
-      this.#path = result.sender;
+      this.#adopt(result.sender);
       config.counters.direct.answers++;
       config.log.info("session upgraded to a direct connection", { sid: this.sid, via: result.via });
       answer();
@@ -364,6 +378,21 @@ export class Outgoing {
     if (path === null) return false;
     path.cut();
     return true;
+  }
+
+  /**
+   * `next` carries the session's Data from now on. When another path did until now (ICE, and TLS
+   * connected later), what that one did not acknowledge goes again on `next`, with the same seqs
+   * (the receiver drops what arrives twice), and it is closed.
+   */
+  #adopt(next: PathSender): void {
+    const prev = this.#path;
+    this.#path = next;
+    if (prev === null) return;
+    prev.failed = true;
+    for (const f of prev.unacknowledged()) next.sendData(f);
+    prev.close();
+    (this.#table.direct ?? this.#table.ice)?.log.info("the session moved to a better path", { sid: this.sid, from: prev.rung, to: next.rung });
   }
 
   /** The session's own path failed: resend what it did not acknowledge on the relay, stay there. */
@@ -432,8 +461,12 @@ export class Incoming {
   readonly #reorder = new ReorderBuffer<Delivery>({ maxFrames: REORDER_MAX_FRAMES, maxBytes: REORDER_MAX_BYTES });
   /** Set by an orderly Close: the session ends once every seq up to it was delivered. */
   #last: number | null = null;
-  /** The session's own path into this daemon: the TLS listener, or later the ICE offer. */
-  #direct: PathReceiver | null = null;
+  /** The session's own paths into this daemon: the TLS listener, and the ICE offer. */
+  #tls: DirectReceiver | null = null;
+  #ice: IceReceiver | null = null;
+  /** ICE is offered once per session: after the TLS answer failed, or `ICE_AFTER_TLS_MS` without one. */
+  #iceOffered = false;
+  #iceTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(table: SessionTable, sid: string, pth: string, frm: string | undefined, events: IncomingEvents) {
     this.#table = table;
@@ -457,10 +490,11 @@ export class Incoming {
     return this.#reorder.duplicates;
   }
 
-  /** The rung the session's Data comes on now. */
+  /** The rung the session's Data comes on now (the better one while two are connected). */
   get rung(): Rung {
-    const path = this.#direct;
-    return path !== null && path.connected ? path.rung : "relay";
+    if (this.#tls?.connected === true) return "tls";
+    if (this.#ice?.connected === true) return this.#ice.rung;
+    return "relay";
   }
 
   /** What `ls` shows of the session (protocol.ts `IncomingStatus`). */
@@ -468,21 +502,34 @@ export class Incoming {
     return { sid: this.sid, delivered: this.delivered, bytes: this.deliveredBytes, duplicates: this.duplicates, rung: this.rung };
   }
 
-  /** Accepts, and offers a direct path when the daemon has them on (direct.ts). */
+  #paths(): PathReceiver[] {
+    const paths: PathReceiver[] = [];
+    if (this.#tls !== null) paths.push(this.#tls);
+    if (this.#ice !== null) paths.push(this.#ice);
+    return paths;
+  }
+
+  /**
+   * Accepts, and offers the rungs this daemon has on: TLS (direct.ts) first; ICE (ice.ts) once
+   * the sender's TLS answer is an error, or after `ICE_AFTER_TLS_MS` without one — a dial to an
+   * address that drops packets takes seconds to fail, and ICE should not wait for it. If TLS
+   * connects later, the sender moves there.
+   */
   accept(): boolean {
     const link = this.#link;
     if (!link.send({ t: MessageType.Accept, sid: this.sid })) return false;
     const config = this.#table.direct;
     if (config !== null) {
-      const direct = DirectReceiver.start(this.sid, this.pth, config, {
+      const tls = DirectReceiver.start(this.sid, this.pth, config, {
         data: (m) => this.onData(m, true),
         delivered: () => this.#reorder.nextSeq - 1,
       });
-      if (direct !== null) {
-        this.#direct = direct;
-        if (this.#table.held) direct.pause();
+      if (tls !== null) {
+        this.#tls = tls;
+        if (this.#table.held) tls.pause();
         config.counters.direct.offers++;
-        link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_offer", ...direct.offer });
+        link.send({ t: MessageType.Signal, sid: this.sid, knd: "direct_offer", ...tls.offer });
+        if (this.#table.ice !== null) this.#iceTimer = setTimeout(() => this.#offerIce(), ICE_AFTER_TLS_MS);
         return true;
       }
     }
@@ -490,10 +537,12 @@ export class Incoming {
     return true;
   }
 
-  /** The next rung after TLS: offer an ICE path, when ICE is on here. */
+  /** The next rung after TLS: offer an ICE path (once), when ICE is on here. */
   #offerIce(): void {
+    clearTimeout(this.#iceTimer);
     const ice = this.#table.ice;
-    if (ice === null || this.state === "closed") return;
+    if (ice === null || this.state === "closed" || this.#iceOffered || this.#tls?.connected === true) return;
+    this.#iceOffered = true;
     const full = iceFull(ice);
     if (full !== null) {
       ice.log.info("no ICE path offered; the session stays on the relay", { sid: this.sid, reason: full });
@@ -506,42 +555,53 @@ export class Incoming {
       data: (m) => this.onData(m, true),
       delivered: () => this.#reorder.nextSeq - 1,
       failed: (error) => {
-        ice.counters.ice.failures++;
-        ice.log.info("no ICE path; the session stays on the relay", { sid: this.sid, err: error });
-        if (this.#direct === receiver) {
-          this.#direct = null;
+        // Not a failure when TLS connected meanwhile (the sender then refuses or drops ICE).
+        if (this.#tls?.connected !== true) {
+          ice.counters.ice.failures++;
+          ice.log.info("no ICE path; the session stays on the relay", { sid: this.sid, err: error });
+        }
+        if (this.#ice === receiver) {
+          this.#ice = null;
           receiver?.close();
         }
       },
     });
     if (receiver === null) return;
-    this.#direct = receiver;
+    this.#ice = receiver;
     if (this.#table.held) receiver.pause();
   }
 
   /** The sender's sdp_answer, ice_candidate or webrtc_error, for the ICE offer in progress. */
   onIceSignal(message: IceSignalIn): void {
-    const path = this.#direct;
-    if (path instanceof IceReceiver) path.onSignal(message);
+    this.#ice?.onSignal(message);
   }
 
-  /** Stop reading the direct connection (the table is held: see SessionTable.hold). */
+  /** Stop reading the session's own paths (the table is held: see SessionTable.hold). */
   pauseDirect(): void {
-    this.#direct?.pause();
+    for (const p of this.#paths()) p.pause();
   }
 
   resumeDirect(): void {
-    this.#direct?.resume();
+    for (const p of this.#paths()) p.resume();
   }
 
   /** The sender's answer to our TLS offer: on an error, the next rung (ICE) or the relay. */
   onDirectAnswer(err: string | undefined): void {
-    const path = this.#direct;
-    if (err === undefined || !(path instanceof DirectReceiver)) return;
+    const tls = this.#tls;
+    if (tls === null) return;
+    if (err === undefined) {
+      // TLS carries it: no ICE, and an attempt still connecting is dropped.
+      clearTimeout(this.#iceTimer);
+      if (this.#ice !== null && !this.#ice.connected) {
+        this.#ice.close();
+        this.#ice = null;
+      }
+      return;
+    }
     this.#table.direct?.log.info("the sender could not use the direct path", { sid: this.sid, err, next: this.#table.ice === null ? "relay" : "ice" });
-    if (path.connected) return;
-    path.close();
-    this.#direct = null;
+    if (tls.connected) return;
+    tls.close();
+    this.#tls = null;
     this.#offerIce();
   }
 
@@ -567,7 +627,8 @@ export class Incoming {
       c.write.add((performance.now() - started) * 1000);
       if (this.#ended()) return; // the sink may end the session (e.g. over its hold bound)
     }
-    if (!direct && ready.length > 0) this.#direct?.ack();
+    // Every path hears what was delivered: a frame from one can complete a gap another is waiting on.
+    if (ready.length > 0) for (const p of this.#paths()) p.ack();
     this.#checkLast();
   }
 
@@ -604,8 +665,10 @@ export class Incoming {
   #end(reason: string | null): void {
     if (this.state === "closed") return;
     this.state = "closed";
-    this.#direct?.close();
-    this.#direct = null;
+    clearTimeout(this.#iceTimer);
+    for (const p of this.#paths()) p.close();
+    this.#tls = null;
+    this.#ice = null;
     if (this.#table.incoming.get(this.sid) === this) this.#table.incoming.delete(this.sid);
     this.#events.ended(reason);
   }
