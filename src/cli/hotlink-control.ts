@@ -161,9 +161,11 @@ function formatStatus(status: DaemonStatus): string {
   const rows: string[][] = [["KIND", "CHANNEL", "LOCAL", "PEER", "ORIGIN", "APPS", "OUT", "PATH", "SENT", "RECEIVED", "HELD"]];
   // Why the rungs above a sending session's path failed, one line each under the table.
   const why: string[] = [];
-  const failures = (channel: string, out: { failed: { rung: string; error: string }[] } | null): void => {
+  const failures = (channel: string, out: { rung: string; via?: string | undefined; failed: { rung: string; error: string }[] } | null): void => {
+    if (out?.via !== undefined) via.push(`${channel}: ${out.rung} via ${out.via}`);
     for (const f of out?.failed ?? []) why.push(`${channel}: ${f.rung}: ${f.error}`);
   };
+  const via: string[] = [];
   for (const t of status.tunnels) {
     rows.push([
       "tunnel", t.channel, t.listen, t.peer ?? "*", t.origin, t.app ? "1" : "0",
@@ -184,6 +186,7 @@ function formatStatus(status: DaemonStatus): string {
   else {
     const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
     for (const r of rows) lines.push(r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  "));
+    if (via.length > 0) lines.push("paths of the sessions sent from here:", ...via.map((v) => `  ${v}`));
     if (why.length > 0) lines.push("rungs that failed (the path above is what carries each session now):", ...why.map((w) => `  ${w}`));
   }
   return `${lines.join("\n")}\n`;

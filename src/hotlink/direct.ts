@@ -409,5 +409,6 @@ export async function dialTlsPath(
   }
   pipe = new TlsPipe(result.socket, encodeDirectHello(sid, offer.tok));
   sender = new PathSender("tls", pipe, pth, config.counters.direct, config.log);
+  sender.via = result.via;
   return { ok: true, sender, via: result.via };
 }

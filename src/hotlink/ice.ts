@@ -476,6 +476,7 @@ export class IceDialer {
     const pipe = new ChannelPipe(this.#attempt);
     const counters = outcome.rung === "turn" ? this.#config.counters.turn : this.#config.counters.ice;
     const sender = new PathSender(outcome.rung, pipe, this.#pth, counters, this.#config.log);
+    sender.via = outcome.via;
     pipe.drained = () => sender.onDrain();
     this.#attempt.channel.onMessage((bytes) => sender.onAck(bytes));
     let lost = false;

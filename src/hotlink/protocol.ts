@@ -762,6 +762,8 @@ export type ChannelOrigin = z.output<typeof ChannelOrigin>;
 /** Rung failures in a session's status, at most, and the characters of each. */
 export const MAX_RUNG_FAILURES = 4;
 export const MAX_RUNG_FAILURE_LENGTH = 200;
+/** The characters of a session's `via`: what carries it, e.g. "10.0.0.2:4000 (srflx) -> 10.0.1.2:5000 (srflx)". */
+export const MAX_PATH_VIA_LENGTH = 200;
 
 /** A rung of the ladder (transport.ts `Rung`). */
 const Rung = z.enum(["tls", "ice", "turn", "relay"]);
@@ -780,6 +782,8 @@ const OutgoingStatus = z.object({
   seq: Count,
   bytes: Count,
   rung: Rung,
+  /** On a rung above the relay: the address dialled (tls) or the ICE candidate pair, with their types. */
+  via: z.string().max(MAX_PATH_VIA_LENGTH).optional(),
   failed: z.array(RungFailure).max(MAX_RUNG_FAILURES),
 });
 export type OutgoingStatus = z.output<typeof OutgoingStatus>;

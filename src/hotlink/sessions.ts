@@ -25,6 +25,7 @@ import {
   type DataMessage,
   type IncomingStatus,
   MAX_RUNG_FAILURE_LENGTH,
+  MAX_PATH_VIA_LENGTH,
   MAX_RUNG_FAILURES,
   MessageType,
   type OutgoingStatus,
@@ -166,7 +167,8 @@ export class Outgoing {
 
   /** What `ls` shows of the session (protocol.ts `OutgoingStatus`). */
   status(): OutgoingStatus {
-    return { sid: this.sid, state: this.state, seq: this.#seq, bytes: this.sentBytes, rung: this.rung, failed: [...this.failed] };
+    const via = this.#path?.via.slice(0, MAX_PATH_VIA_LENGTH);
+    return { sid: this.sid, state: this.state, seq: this.#seq, bytes: this.sentBytes, rung: this.rung, ...(via ? { via } : {}), failed: [...this.failed] };
   }
 
   /** Records why a rung failed (bounded: a session tries each rung once, falls back at most once per rung). */

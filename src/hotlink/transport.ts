@@ -132,6 +132,8 @@ export class PathSender implements Transport {
   #ackWaiters: (() => void)[] = [];
   /** Set by the session when it fell back: waiters are woken, nothing more is expected. */
   failed = false;
+  /** What carries it, for `ls`: the address dialled (TLS) or the candidate pair (ICE). */
+  via = "";
 
   /** `pth`: the session's path (a frame carries it when its Data had none). */
   constructor(rung: Rung, pipe: FramePipe, pth: string, counters: PathCounters, log: Logger) {

@@ -46,6 +46,7 @@ type ChannelName = keyof typeof CHANNELS;
 
 interface SessionView {
   rung: string;
+  via?: string;
   failed?: { rung: string; error: string }[];
 }
 interface TunnelView {
@@ -247,7 +248,9 @@ describe.if(can.ok && turnserver !== null)("the ladder behind NATs: alice and bo
   test("port-preserving NATs both sides: the sessions punch through with ICE; 64 MiB both ways arrive intact, most bytes on ICE", async () => {
     const before = { alice: lab.telemetry("alice"), bob: lab.telemetry("bob") };
     await lab.bothWays("ab", "alice", "bob", 64 * MIB, async () => {
-      await lab.onRung("alice", "ab", "ice");
+      const t = await lab.onRung("alice", "ab", "ice");
+      // Hole punching: server-reflexive candidates at both ends, the NATs' public addresses.
+      expect(t.out?.via).toMatch(new RegExp(`^${lab.lab.publicAddr("alice").replaceAll(".", "\\.")}:\\d+ \\(srflx\\) -> ${lab.lab.publicAddr("bob").replaceAll(".", "\\.")}:\\d+ \\(srflx\\)$`));
       expect(await lab.failedRungs("alice", "ab", ["tls"])).toEqual(["tls"]); // the private address did not answer
       await lab.onRung("bob", "ab", "ice");
     });
@@ -268,7 +271,8 @@ describe.if(can.ok && turnserver !== null)("the ladder behind NATs: alice and bo
 
   test("a symmetric NAT: hole punching fails and the session takes the TURN relay candidate; transfers intact", async () => {
     await lab.bothWays("ac", "alice", "carol", 16 * MIB, async () => {
-      await lab.onRung("alice", "ac", "turn", 20_000);
+      const t = await lab.onRung("alice", "ac", "turn", 20_000);
+      expect(t.out?.via).toContain("(relay)"); // a TURN relay candidate at one end at least
       expect(await lab.failedRungs("alice", "ac", ["tls"])).toEqual(["tls"]);
       await lab.onRung("carol", "ac", "turn", 20_000);
     });

@@ -288,7 +288,7 @@ describe("the control socket's messages", () => {
     port: 4000,
     peer: "bob",
     app: true,
-    out: { sid: "s1", state: "open", seq: 7, bytes: 4096, rung: "turn", failed: [{ rung: "tls", error: "10.0.0.2:4000: closed" }, { rung: "ice", error: "no candidate pair" }] },
+    out: { sid: "s1", state: "open", seq: 7, bytes: 4096, rung: "turn", via: "203.0.113.9:50000 (srflx) -> 198.51.100.1:49200 (relay)", failed: [{ rung: "tls", error: "10.0.0.2:4000: closed" }, { rung: "ice", error: "no candidate pair" }] },
     in: { sid: "s2", delivered: 3, bytes: 99, duplicates: 1, rung: "tls" },
     held: 0,
     origin: "control",
