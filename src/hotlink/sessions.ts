@@ -292,7 +292,8 @@ export class Outgoing {
     };
     void dialer.answer(offer.tok, wanted, closed).then((result) => {
       if (this.#ice === dialer) this.#ice = null;
-      if (!result.ok && this.#path?.rung === "tls") return; // TLS connected meanwhile: not a failure
+      // Not failures: TLS connected meanwhile, or the session ended while ICE connected.
+      if (!result.ok && (this.#path?.rung === "tls" || this.state === "closed")) return;
       if (!result.ok) {
         ice.counters.ice.failures++;
         ice.log.info("no ICE path; the session stays on the relay", { sid: this.sid, err: result.error });
