@@ -1,40 +1,107 @@
 #!/usr/bin/env bun
 /**
- * hotlink benchmark (issue 5, spec hotlink.md), the seed's method: three stoa processes — the
- * relay server and the daemons of alice and bob — and this process as both applications. It
- * writes HLNK frames into alice's IPC socket with the first 8 payload bytes a little-endian
- * nanosecond timestamp and reads them at bob's IPC socket; latency = time read minus the stamp
- * (one-way; both ends are this process, so one clock). One frame in flight at a time, so the
- * figures are the path's latency, not queueing; 3,000 warm-up frames, then 20 unmeasured frames
- * of each size go first. Percentiles are nearest-rank-low: sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
- * Then tunnel throughput: --mib MiB through a TCP tunnel, alice's port to bob's, with the CPU
- * seconds each process spent per GiB (from /proc: where the time goes), and next to it the
- * ceiling of the path's shape on this machine, measured in the same pass with bare Bun
- * pass-through processes (lib/passthrough.ts): three plain TCP hops and the same over Bun's
- * WebSocket for the relay, two hops with TLS between them for direct.
- * Twice: every process pinned to CPU 0 (`taskset -c 0`; the figures the goals refer to — a
- * cross-CPU wake-up costs tens of µs here) and unpinned.
- * Reference (seed, Go client, relay): P50 ≈ 330 µs, P99 ≈ 1.1 ms.
- * Each pass runs twice: daemons with `--direct off` (everything over the relay) and with
- * `--direct on` (sessions upgraded to a TLS connection between the daemons after the warm-up).
- * Goals: relay P50 ≤ 110 µs and P99 ≤ 1 ms; direct P50 ≤ 60 µs; tunnel ≥ 300 MB/s over the
- * relay, ≥ 600 MB/s direct.
+ * hotlink benchmark (issues 5 and 16, spec hotlink.md): one-way latency and tunnel throughput on
+ * each rung of the upgrade ladder — relay, TLS direct, ICE (host and server-reflexive
+ * candidates), ICE via TURN — and, in the same run, a bare WebRTC data channel between two Bun
+ * processes (lib/bare-datachannel.ts --lib wrtc: the ceiling of the ICE rungs).
  *
- *   bun scripts/bench/hotlink.ts [--json] [--mib 1024] [--stoa path/to/stoa]
+ * Latency, the seed's method: the relay server, the daemons of alice and bob, and this process
+ * as both applications. It writes HLNK frames into alice's IPC socket with the first 8 payload
+ * bytes a little-endian nanosecond timestamp and reads them at bob's IPC socket; latency = time
+ * read minus the stamp (one-way; both ends are this process, so one clock — also in the NAT lab:
+ * the IPC sockets are files, which every namespace shares). One frame in flight at a time, so
+ * the figures are the path's latency, not queueing. The first frame opens the session; then it
+ * waits until the session is on the pass's rung at both ends (`ls` of each daemon over its
+ * control socket: the answer `stoa hotlink ls --json` prints — alice's `ipc[].out.rung` and
+ * bob's `ipc[].in[].rung`; the sender's alone is not enough: a receiver whose side of the data
+ * channel is not yet "connected" drops what arrives on it), sends 3,000 warm-up
+ * frames, then 20 unmeasured frames of each size. Percentiles are nearest-rank-low:
+ * sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
+ * After the cases `ls` is asked again: a session that left its rung meanwhile is flagged.
+ *
+ * Tunnel throughput: MiB through a TCP tunnel, alice's application to bob's, started only once
+ * both directions' sessions are on the pass's rung; MB/s from the first write to the last byte
+ * received, the bytes each rung carried (bob's daemon counters: all of them must be on the
+ * rung, none on the relay), and the CPU seconds each process spent per GiB (from /proc).
+ *
+ * Passes, each a fresh copy of this script (`--inner`):
+ *   relay, direct — loopback, daemons with `--direct off` and `--direct on` (TLS). Twice: every
+ *           process pinned to CPU 0 (`taskset -c 0`; the figures the issue-5 goals refer to — a
+ *           cross-CPU wake-up costs tens of µs here) and unpinned. --mib MiB through the tunnel,
+ *           and next to it the ceiling of the path's shape measured in the same pass with bare
+ *           Bun pass-through processes (lib/passthrough.ts): three plain TCP hops and the same
+ *           over Bun's WebSocket for the relay, two hops with TLS between them for direct.
+ *   ice-lo — loopback, `--direct ice`, no ICE servers: host candidates. Unpinned (libwebrtc
+ *           runs its own threads), --ice-mib MiB.
+ *   ice    — the NAT lab (lib/hotlink-nat.ts): alice and bob behind port-preserving NATs, the
+ *           relay with its STUN port in pub, `--direct ice`: server-reflexive candidates, hole
+ *           punching. Unpinned, --ice-mib MiB. The applications of the tunnel run inside the
+ *           peers' namespaces (lib/hotlink-app.ts), their clocks made one with
+ *           `performance.timeOrigin`.
+ *   turn   — the NAT lab with bob behind a symmetric NAT and coturn in pub: the TURN rung.
+ *   ttfb   — in the ice lab: time from the application's connect (which opens the tunnel's
+ *           session) to the arrival at bob's application of the first byte that travelled on ICE,
+ *           for --sessions sessions one after another, with `--direct ice` and with
+ *           `--direct on` (the ladder: bob's daemon offers TLS first, at its private address,
+ *           which alice cannot reach, and ICE once that failed or went unanswered for
+ *           ICE_AFTER_TLS_MS, src/hotlink/sessions.ts; that time counts). alice's application writes a 16-byte stamped record every ms from its
+ *           connect; this process polls alice's `ls` every POLL_MS ms; the first record written
+ *           after the poll that saw the session on "ice" is the figure (an upper bound: the switch
+ *           happened since the previous poll, `resolution` says how long before). Bob's
+ *           application is connected first, so the tunnel's other session climbs meanwhile too.
+ *   bare   — lib/bare-datachannel.ts --lib wrtc --json --mib --bare-mib, --bare-runs times back
+ *           to back right before the ICE passes (so that it sees the machine as they do); each
+ *           figure is the median of the runs (its 1 KiB ×2000 P50/P99, and per message size the
+ *           MiB/s; "best" is the faster size), each run's shown beside.
+ * Goals (issue 5, pinned, 1 KB ×2000): relay P50 ≤ 110 µs and P99 ≤ 1 ms; direct P50 ≤ 60 µs;
+ * tunnel ≥ 300 MB/s over the relay, ≥ 600 MB/s direct. (Issue 16, each against its baseline
+ * from this run): ICE one-way P50 within 1.5× of the bare data channel's; ICE tunnel above the
+ * seed's WebRTC path (≈ 30 MiB/s) and within 1.5× of the bare data channel's best; open to
+ * first byte on ICE ≤ 500 ms in the namespaces. Reference (seed, Go client, relay): P50 ≈ 330 µs,
+ * P99 ≈ 1.1 ms.
+ *
+ *   bun scripts/bench/hotlink.ts [--json] [--only relay,direct,ice-lo,ice,turn,ttfb,bare]
+ *       [--mib 1024] [--ice-mib 256] [--bare-mib 64] [--bare-runs 3] [--sessions 10] [--stoa path/to/stoa]
+ * The NAT lab parts need root, iproute2 and iptables (turn: coturn's turnserver); without them
+ * they are reported as skipped, with the reason.
  */
 import type { Socket } from "bun";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
-import { freePort, waitForPort } from "./lib/client.ts";
+import type { DaemonStatus } from "../../src/hotlink/protocol.ts";
+import { freePort, percentile, waitForPort } from "./lib/client.ts";
+import { IPC_CHANNEL, NatRig, TUNNEL_CHANNEL, natLabProblem } from "./lib/hotlink-nat.ts";
+import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
 import { passthroughChain, wsChain } from "./lib/passthrough.ts";
+
+const PARTS = ["relay", "direct", "ice-lo", "ice", "turn", "ttfb", "bare"] as const;
+type Part = (typeof PARTS)[number];
+const USAGE = `usage: bun scripts/bench/hotlink.ts [--json] [--only PARTS] [--mib N] [--ice-mib N] [--bare-mib N] [--bare-runs N] [--sessions N] [--stoa PATH]
+  --only      comma-separated parts to run (default all): ${PARTS.join(",")}
+              relay, direct: loopback, pinned and unpinned; ice-lo: ICE on loopback (host candidates);
+              ice: ICE in the NAT lab (port-preserving NATs, STUN); turn: the NAT lab with a symmetric NAT and coturn;
+              ttfb: session open → first byte on ICE in the NAT lab, --direct ice and --direct on; bare: the bare wrtc data channel
+  --mib       MiB through the tunnel on the relay and direct passes (default 1024)
+  --ice-mib   MiB through the tunnel on the ice-lo, ice and turn passes (default 256)
+  --bare-mib  MiB per throughput transfer of the bare data channel (default 64)
+  --bare-runs runs of the bare data channel, back to back before the ICE passes; its figures are their medians (default 3)
+  --sessions  sessions per ttfb measurement (default 10)
+  --stoa      the stoa binary (default dist/stoa; build it with 'bun run build')
+  --json      one JSON object instead of the tables`;
 
 const { values } = parseArgs({
   options: {
     json: { type: "boolean", default: false },
     mib: { type: "string", default: "1024" },
+    "ice-mib": { type: "string", default: "256" },
+    "bare-mib": { type: "string", default: "64" },
+    "bare-runs": { type: "string", default: "3" },
+    sessions: { type: "string", default: "10" },
+    only: { type: "string", default: PARTS.join(",") },
     stoa: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
     inner: { type: "boolean", default: false },
     path: { type: "string", default: "relay" },
   },
@@ -49,6 +116,33 @@ const CASES: [string, number, number][] = [
   ["100 KB ×5", 100_000, 5],
   ["1 KB ×2000", 1000, 2000],
 ];
+const MIB = 1024 * 1024;
+/** The seed's WebRTC path's tunnel throughput (issue 16). */
+const SEED_WEBRTC_MIBPS = 30;
+/** `ls` polls while timing open → first byte on ICE. */
+const POLL_MS = 5;
+/** How long a ttfb session may take to reach its rung before it counts as failed. */
+const TTFB_LIMIT_MS = 20_000;
+const WARM_UP_FRAMES = 3000;
+
+function wholeNumber(name: string, text: string | undefined): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0) {
+    console.error(`--${name} must be a whole number above 0, not ${JSON.stringify(text)}\n${USAGE}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+function selectedParts(text: string): Set<Part> {
+  const parts = text.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const bad = parts.filter((p) => !(PARTS as readonly string[]).includes(p));
+  if (bad.length > 0 || parts.length === 0) {
+    console.error(`--only takes parts among ${PARTS.join(",")}; ${bad.length > 0 ? `unknown: ${bad.join(",")}` : "none given"}\n${USAGE}`);
+    process.exit(2);
+  }
+  return new Set(parts as Part[]);
+}
 
 interface CaseResult {
   name: string;
@@ -60,24 +154,146 @@ interface CaseResult {
   max: number;
 }
 
-const WARM_UP_FRAMES = 3000;
-
-const rank = (sorted: number[], p: number): number => sorted[Math.floor((sorted.length - 1) * p)] ?? Number.NaN;
-
-/** CPU seconds (user + system) a process has used so far, from /proc. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
-}
-
 interface TunnelCpu {
-  /** CPU seconds per GiB moved, by process. */
+  /** CPU seconds per GiB moved, by process (apps: both applications). */
   apps: number;
   server: number;
   alice: number;
   bob: number;
+  coturn?: number;
 }
+
+/** Bytes of the tunnel transfer bob's daemon received on the pass's rung and on the relay. */
+interface Carried {
+  rung: number;
+  relay: number;
+}
+
+interface PassResult {
+  where: "loopback" | "NAT lab";
+  rung: Rung;
+  cases: CaseResult[];
+  /** The IPC session's rung when the cases were done: the pass's rung unless it fell back. */
+  rungAfter: Rung | null;
+  tunnelMBps: number;
+  tunnelMiBps: number;
+  tunnelMiB: number;
+  carried: Carried;
+  cpu: TunnelCpu;
+  /** What carried alice's tunnel session, as `ls` says (`out.via`: the address or the ICE candidate pair). */
+  via?: string;
+  /** relay and direct only: bare pass-through processes of the same shape, MB/s. */
+  floorMBps?: number;
+  wsFloorMBps?: number | null;
+  ttfb?: TtfbResult[];
+}
+
+interface TtfbSample {
+  /** connect → arrival of the first record written after the poll that saw the rung. */
+  ms: number;
+  /** connect → the poll that saw the rung. */
+  rungMs: number;
+  /** How long before `rungMs` the switch may have happened (the previous poll). */
+  resolutionMs: number;
+  /** Why the rungs above failed, as `ls` said. */
+  failed: string[];
+}
+
+interface TtfbResult {
+  direct: DirectMode;
+  rung: Rung;
+  samples: TtfbSample[];
+  /** Sessions that did not reach the rung within TTFB_LIMIT_MS, with what ls said. */
+  errors: string[];
+  median: number;
+  max: number;
+}
+
+/** What lib/bare-datachannel.ts --json prints (the fields used here). */
+interface BareRun {
+  setupMs: number;
+  latencyUs: { size: number; count: number; p50: number; p99: number; avg: number };
+  throughput: { size: number; mib: number; status: string; mibPerS: number | null }[];
+}
+
+/** The bare data channel's runs and, per figure, their median (what the goals compare with). */
+interface BareResult extends BareRun {
+  runs: BareRun[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency: HLNK frames alice's IPC socket → bob's IPC socket, this process on both ends.
+
+/**
+ * The latency cases through the two IPC sockets. `onRung` is awaited after the first frame
+ * (which opens the session) and before the warm-up; `rungNow` after the cases.
+ */
+async function latency(aliceSock: string, bobSock: string, onRung: () => Promise<unknown>, rungNow: () => Promise<Rung | null>): Promise<{ cases: CaseResult[]; rungAfter: Rung | null }> {
+  const decoder = new HlnkDecoder();
+  let arrived: ((ns: number) => void) | null = null;
+  const reader = await Bun.connect({
+    unix: bobSock,
+    socket: {
+      data(_s, chunk) {
+        const now = Bun.nanoseconds();
+        for (const f of decoder.push(chunk)) {
+          const stamp = Number(new DataView(f.payload.buffer, f.payload.byteOffset, 8).getBigUint64(0, true));
+          arrived?.(now - stamp);
+        }
+      },
+    },
+  });
+  let writable: (() => void) | null = null;
+  const writer = await Bun.connect({ unix: aliceSock, socket: { data() {}, drain: () => writable?.() } });
+  const sendOne = async (size: number): Promise<number> => {
+    const payload = new Uint8Array(size);
+    const done = new Promise<number>((resolve) => (arrived = resolve));
+    new DataView(payload.buffer).setBigUint64(0, BigInt(Bun.nanoseconds()), true);
+    const frame = encodeHlnk({ path: CHANNEL, etag: "", seq: 0n, payload });
+    // A short write waits for drain: spinning here would starve the daemons on a pinned CPU.
+    for (let at = 0; at < frame.byteLength; ) {
+      at += Math.max(0, writer.write(frame.subarray(at)));
+      if (at < frame.byteLength) await new Promise<void>((r) => (writable = r));
+    }
+    return done;
+  };
+  try {
+    await sendOne(1000); // opens the session; it climbs while nothing is in flight
+    await onRung();
+    // Warm-up: the JIT settles. With 300 frames the daemons' hot paths were still being compiled
+    // during the measured frames (slow samples at the same indices run after run, on a CPU the
+    // compiler threads share); 3,000 is past that.
+    for (let i = 0; i < WARM_UP_FRAMES; i++) await sendOne(1000);
+    const cases: CaseResult[] = [];
+    for (const [name, size, n] of CASES) {
+      // Steady state, not the first large frames' allocations and compilation: 20 unmeasured first.
+      for (let i = 0; i < 20; i++) await sendOne(size);
+      const us: number[] = [];
+      for (let i = 0; i < n; i++) us.push((await sendOne(size)) / 1000);
+      us.sort((a, b) => a - b);
+      cases.push({ name, n, p50: percentile(us, 0.5), p90: percentile(us, 0.9), p95: percentile(us, 0.95), p99: percentile(us, 0.99), max: us[us.length - 1] ?? 0 });
+    }
+    return { cases, rungAfter: await rungNow() };
+  } finally {
+    reader.end();
+    writer.end();
+  }
+}
+
+/** Bob's daemon counters' received bytes on `rung` (tls is `direct`) and on the relay. */
+function rxBytes(status: DaemonStatus, rung: Rung): Carried {
+  const c = status.counters;
+  const on = rung === "tls" ? c.direct : rung === "ice" ? c.ice : rung === "turn" ? c.turn : c.relay;
+  return { rung: on.rxBytes, relay: c.relay.rxBytes };
+}
+
+/** CPU seconds so far of each named pid (null pids are left out). */
+function cpuOf(pids: Record<string, number | null>): Record<string, number> {
+  return Object.fromEntries(Object.entries(pids).flatMap(([k, pid]) => (pid === null ? [] : [[k, cpuSeconds(pid)]])));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loopback passes: relay, direct (TLS), ice-lo.
 
 interface SinkHandlers {
   data(s: Socket<undefined>, d: Uint8Array): void;
@@ -86,12 +302,14 @@ interface SinkHandlers {
 
 /**
  * Streams `bytes` from a source connected to `sourcePort` to a sink `openSink` sets up (it gets
- * the handlers to install); MB/s from the first write to the last byte at the sink.
+ * the handlers to install); `ready` is awaited once both are connected, before the first write.
+ * MB/s from the first write to the last byte at the sink.
  */
 async function stream(
   bytes: number,
   sourcePort: number,
   openSink: (handlers: SinkHandlers) => Promise<() => void>,
+  ready: () => Promise<unknown> = async () => {},
 ): Promise<{ mbps: number; got: number }> {
   let got = 0;
   const finished = Promise.withResolvers<void>();
@@ -110,6 +328,7 @@ async function stream(
     allowHalfOpen: true,
     socket: { data() {}, drain: () => drained?.() },
   });
+  await ready();
   const started = performance.now();
   for (let sent = 0; sent < bytes; ) {
     const n = Math.max(0, source.write(chunk.subarray(0, Math.min(chunk.byteLength, bytes - sent))));
@@ -150,163 +369,461 @@ async function floorMBps(path: string, bytes: number, overWebSocket = false): Pr
   }
 }
 
-async function inner(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu; floorMBps: number; wsFloorMBps: number | null }> {
-  const measured = await measure();
-  const bytes = Number(values.mib) * 1024 * 1024;
-  return {
-    ...measured,
-    floorMBps: await floorMBps(values.path, bytes),
-    wsFloorMBps: values.path === "relay" ? await floorMBps(values.path, bytes, true) : null,
-  };
-}
+const LOOPBACK: Record<string, { direct: DirectMode; rung: Rung }> = {
+  relay: { direct: "off", rung: "relay" },
+  direct: { direct: "on", rung: "tls" },
+  "ice-lo": { direct: "ice", rung: "ice" },
+};
 
-async function measure(): Promise<{ cases: CaseResult[]; tunnelMBps: number; cpu: TunnelCpu }> {
+async function loopbackPass(path: string, mib: number): Promise<PassResult> {
+  const spec = LOOPBACK[path];
+  if (spec === undefined) throw new Error(`no loopback pass ${path}`);
   if (!existsSync(stoaBin)) throw new Error(`${stoaBin} is missing: run 'bun run build' first`);
   const dir = mkdtempSync("/tmp/hlb-");
-  const children: ReturnType<typeof Bun.spawn>[] = [];
-  const spawn = (argv: string[]) => {
-    const child = Bun.spawn(argv, { stdout: "pipe", stderr: "inherit", stdin: "ignore" });
+  const runDir = join(dir, "run");
+  const children: Proc[] = [];
+  const spawn = (name: string, argv: string[]) => {
+    const child = new Proc(name, Bun.spawn(argv, { stdout: "pipe", stderr: "pipe", stdin: "ignore" }));
     children.push(child);
     return child;
   };
   try {
-    const users = join(dir, "users.json");
-    const token = (user: string): string => {
-      const run = Bun.spawnSync([stoaBin, "hotlink", "user", "add", user, "--users", users]);
-      if (run.exitCode !== 0) throw new Error(`user add failed: ${run.stderr.toString()}`);
-      const file = join(dir, `${user}.token`);
-      writeFileSync(file, `${run.stdout.toString().trim().split("\n").pop() ?? ""}\n`);
-      chmodSync(file, 0o600);
-      return file;
-    };
-    const tokens = { alice: token("alice"), bob: token("bob") };
-    const acl = join(dir, "acl.json");
-    writeFileSync(acl, JSON.stringify({ rules: [{ pattern: "alice/bench/**", read: ["bob"], write: ["bob"] }] }));
+    const acc = accounts(stoaBin, dir, ["alice", "bob"], "alice/bench/**");
     const relay = freePort();
-    spawn([stoaBin, "hotlink", "serve", "--listen", `127.0.0.1:${relay}`, "--users", users, "--acl", acl, "--log-level", "warn"]);
-    await waitForPort("127.0.0.1", relay);
+    const server = spawn("relay", [stoaBin, "hotlink", "serve", "--listen", `127.0.0.1:${relay}`, "--users", acc.users, "--acl", acc.acl, "--log-level", "warn"]);
+    await server.line(/^hotlink: ws:\/\//);
     const [alicePort, bobPort] = [freePort(), freePort()];
+    const daemons: Proc[] = [];
     for (const [user, peer, port] of [["alice", "bob", alicePort], ["bob", "alice", bobPort]] as const) {
-      spawn([
-        stoaBin, "hotlink", "connect", "--server", `ws://127.0.0.1:${relay}`, "--user", user, "--token-file", tokens[user],
-        "--ipc", `${CHANNEL}=unix:${join(dir, `${user}.sock`)}`, "--tunnel", `${TUNNEL}=127.0.0.1:${port}@${peer}`, "--log-level", "warn",
-        "--direct", values.path === "direct" ? "on" : "off", "--direct-listen", "127.0.0.1",
-        "--run-dir", join(dir, "run"), // not the host's: a daemon of the same user may run there
-      ]);
+      daemons.push(spawn(`daemon-${user}`, daemonArgv(stoaBin, {
+        server: `ws://127.0.0.1:${relay}`, user, tokenFile: acc.tokens[user] ?? "", runDir, direct: spec.direct, directListen: "127.0.0.1",
+        ipc: [[CHANNEL, join(dir, `${user}.sock`)]], tunnels: [[TUNNEL, `127.0.0.1:${port}`, peer]],
+      })));
       await waitForPort("127.0.0.1", port);
     }
-    await Bun.sleep(300); // both daemons connected to the relay
+    for (const d of daemons) await d.line(/^hotlink: /);
+    const { cases, rungAfter } = await latency(
+      join(dir, "alice.sock"),
+      join(dir, "bob.sock"),
+      () => waitForRung(runDir, "alice", "bob", "ipc", CHANNEL, spec.rung),
+      async () => outgoing(await ls(runDir, "alice"), "ipc", CHANNEL)?.rung ?? null,
+    );
 
-    // The receiving application: bob's IPC socket.
-    const decoder = new HlnkDecoder();
-    let arrived: ((ns: number) => void) | null = null;
-    const reader = await Bun.connect({
-      unix: join(dir, "bob.sock"),
-      socket: {
-        data(_s, chunk) {
-          const now = Bun.nanoseconds();
-          for (const f of decoder.push(chunk)) {
-            const stamp = Number(new DataView(f.payload.buffer, f.payload.byteOffset, 8).getBigUint64(0, true));
-            arrived?.(now - stamp);
-          }
-        },
+    // Tunnel throughput: bob's application connects first and counts, alice's writes once both
+    // directions' sessions are on the rung.
+    const bytes = mib * MIB;
+    const pids = { apps: process.pid, server: server.pid, alice: daemons[0]?.pid ?? 0, bob: daemons[1]?.pid ?? 0 };
+    let cpuBefore: Record<string, number> = {};
+    let carriedBefore: Carried = { rung: 0, relay: 0 };
+    let via: string | undefined;
+    const { mbps: tunnelMBps, got } = await stream(
+      bytes,
+      alicePort,
+      async (sink) => {
+        const s = await Bun.connect({ hostname: "127.0.0.1", port: bobPort, allowHalfOpen: true, socket: sink });
+        return () => s.end();
       },
-    });
-    let writable: (() => void) | null = null;
-    const writer = await Bun.connect({ unix: join(dir, "alice.sock"), socket: { data() {}, drain: () => writable?.() } });
-    const sendOne = async (size: number): Promise<number> => {
-      const payload = new Uint8Array(size);
-      const done = new Promise<number>((resolve) => (arrived = resolve));
-      new DataView(payload.buffer).setBigUint64(0, BigInt(Bun.nanoseconds()), true);
-      const frame = encodeHlnk({ path: CHANNEL, etag: "", seq: 0n, payload });
-      // A short write waits for drain: spinning here would starve the daemons on a pinned CPU.
-      for (let at = 0; at < frame.byteLength; ) {
-        at += Math.max(0, writer.write(frame.subarray(at)));
-        if (at < frame.byteLength) await new Promise<void>((r) => (writable = r));
-      }
-      return done;
-    };
-    // Warm-up: the session opens on the first frame, and the JIT settles. With 300 frames the
-    // daemons' hot paths were still being compiled during the measured frames (slow samples at
-    // the same indices run after run, on a CPU the compiler threads share); 3,000 is past that.
-    for (let i = 0; i < WARM_UP_FRAMES; i++) await sendOne(1000);
-    const cases: CaseResult[] = [];
-    for (const [name, size, n] of CASES) {
-      // Steady state, not the first large frames' allocations and compilation: 20 unmeasured first.
-      for (let i = 0; i < 20; i++) await sendOne(size);
-      const us: number[] = [];
-      for (let i = 0; i < n; i++) us.push((await sendOne(size)) / 1000);
-      us.sort((a, b) => a - b);
-      cases.push({ name, n, p50: rank(us, 0.5), p90: rank(us, 0.9), p95: rank(us, 0.95), p99: rank(us, 0.99), max: us[us.length - 1] ?? 0 });
-    }
-    reader.end();
-    writer.end();
-
-    // Tunnel throughput: bob's application connects first and counts, alice's writes.
-    const bytes = Number(values.mib) * 1024 * 1024;
-    const pids = { apps: process.pid, server: children[0]?.pid ?? 0, alice: children[1]?.pid ?? 0, bob: children[2]?.pid ?? 0 };
-    const cpuBefore = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
-    const { mbps: tunnelMBps, got } = await stream(bytes, alicePort, async (sink) => {
-      const s = await Bun.connect({ hostname: "127.0.0.1", port: bobPort, allowHalfOpen: true, socket: sink });
-      return () => s.end();
-    });
+      async () => {
+        via = (await waitForRung(runDir, "alice", "bob", "tunnel", TUNNEL, spec.rung)).via;
+        await waitForRung(runDir, "bob", "alice", "tunnel", TUNNEL, spec.rung);
+        carriedBefore = rxBytes(await ls(runDir, "bob"), spec.rung);
+        cpuBefore = cpuOf(pids);
+      },
+    );
     const gib = got / 2 ** 30;
-    const cpu = Object.fromEntries(
-      Object.entries(pids).map(([k, pid]) => [k, (cpuSeconds(pid) - (cpuBefore[k] ?? 0)) / gib]),
-    ) as unknown as TunnelCpu;
-    return { cases, tunnelMBps, cpu };
+    const cpuAfter = cpuOf(pids);
+    const cpu = Object.fromEntries(Object.keys(pids).map((k) => [k, ((cpuAfter[k] ?? 0) - (cpuBefore[k] ?? 0)) / gib])) as unknown as TunnelCpu;
+    const carriedAfter = rxBytes(await ls(runDir, "bob"), spec.rung);
+    const carried = { rung: carriedAfter.rung - carriedBefore.rung, relay: carriedAfter.relay - carriedBefore.relay };
+    const result: PassResult = {
+      where: "loopback", rung: spec.rung, cases, rungAfter, tunnelMBps, tunnelMiBps: (tunnelMBps * 1e6) / MIB, tunnelMiB: mib, carried, cpu,
+      ...(via === undefined ? {} : { via }),
+    };
+    if (path === "relay" || path === "direct") {
+      result.floorMBps = await floorMBps(path, bytes);
+      result.wsFloorMBps = path === "relay" ? await floorMBps(path, bytes, true) : null;
+    }
+    return result;
+  } catch (err) {
+    throw new Error(`${err instanceof Error ? err.message : String(err)}\n${children.map((c) => c.describe()).join("\n")}`);
   } finally {
-    for (const child of children) child.kill("SIGTERM");
-    await Promise.all(children.map((c) => c.exited));
+    for (const child of children) await child.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-if (values.inner) {
-  console.log(JSON.stringify(await inner()));
-} else {
-  const run = async (pinned: boolean, path: "relay" | "direct") => {
-    const argv = [process.execPath, import.meta.path, "--inner", "--path", path, "--mib", String(values.mib), "--stoa", stoaBin];
-    const proc = Bun.spawn(pinned ? ["taskset", "-c", "0", ...argv] : argv, { stdout: "pipe", stderr: "inherit" });
-    const out = await new Response(proc.stdout).text();
-    if ((await proc.exited) !== 0) throw new Error("benchmark pass failed");
-    return JSON.parse(out.trim().split("\n").pop() ?? "{}") as Awaited<ReturnType<typeof inner>>;
+// ---------------------------------------------------------------------------------------------
+// NAT lab passes: ice (port-preserving NATs, STUN) with ttfb, turn (symmetric NAT, coturn).
+
+/** --ice-mib MiB through the tunnel, applications in alice's and bob's namespaces. */
+async function natTunnel(rig: NatRig, rung: Rung, mib: number): Promise<Pick<PassResult, "tunnelMBps" | "tunnelMiBps" | "tunnelMiB" | "carried" | "cpu" | "via">> {
+  const bytes = mib * MIB;
+  const sink = await rig.app("bob", ["sink", String(bytes)]);
+  const source = await rig.app("alice", ["source", String(bytes)], true);
+  const { via } = await waitForRung(rig.runDir, "alice", "bob", "tunnel", TUNNEL_CHANNEL, rung, 30_000);
+  await waitForRung(rig.runDir, "bob", "alice", "tunnel", TUNNEL_CHANNEL, rung, 30_000);
+  const pids = rig.pids;
+  const daemonPids = { server: pids.server, alice: pids.alice, bob: pids.bob, coturn: pids.coturn };
+  const carriedBefore = rxBytes(await ls(rig.runDir, "bob"), rung);
+  const cpuBefore = cpuOf(daemonPids);
+  source.tell("go");
+  const limitMs = (bytes / (2 * MIB)) * 1000 + 30_000; // slower than 2 MiB/s is a failure
+  const sent = await source.json<{ startAt: number; cpuS: number }>("sent", limitMs);
+  const done = await sink.json<{ bytes: number; lastAt: number; cpuS: number }>("done", limitMs);
+  const cpuAfter = cpuOf(daemonPids);
+  const carriedAfter = rxBytes(await ls(rig.runDir, "bob"), rung);
+  await Promise.all([source.exited, sink.exited]);
+  if (done.bytes < bytes) throw new Error(`bob's application got ${done.bytes} of ${bytes} bytes\n${rig.describe()}`);
+  const seconds = (done.lastAt - sent.startAt) / 1000;
+  const gib = done.bytes / 2 ** 30;
+  const cpu: TunnelCpu = {
+    apps: (sent.cpuS + done.cpuS) / gib,
+    server: ((cpuAfter.server ?? 0) - (cpuBefore.server ?? 0)) / gib,
+    alice: ((cpuAfter.alice ?? 0) - (cpuBefore.alice ?? 0)) / gib,
+    bob: ((cpuAfter.bob ?? 0) - (cpuBefore.bob ?? 0)) / gib,
+    ...(pids.coturn === null ? {} : { coturn: ((cpuAfter.coturn ?? 0) - (cpuBefore.coturn ?? 0)) / gib }),
   };
-  const result = {
-    pinned: { relay: await run(true, "relay"), direct: await run(true, "direct") },
-    unpinned: { relay: await run(false, "relay"), direct: await run(false, "direct") },
+  return {
+    tunnelMBps: done.bytes / 1e6 / seconds,
+    tunnelMiBps: done.bytes / MIB / seconds,
+    tunnelMiB: mib,
+    carried: { rung: carriedAfter.rung - carriedBefore.rung, relay: carriedAfter.relay - carriedBefore.relay },
+    cpu,
+    ...(via === undefined ? {} : { via }),
   };
-  if (values.json) {
-    console.log(JSON.stringify(result));
-  } else {
-    console.log("hotlink benchmark — one-way latency (µs), HLNK frames alice's IPC socket → bob's IPC socket");
-    console.log("(seed method; nearest-rank-low percentiles; reference: seed's Go client over the relay P50 ≈ 330 µs, P99 ≈ 1.1 ms)");
-    for (const [label, byPath] of [["pinned to CPU 0 (taskset -c 0)", result.pinned], ["unpinned", result.unpinned]] as const) {
-      for (const path of ["relay", "direct"] as const) {
-        const r = byPath[path];
-        console.log(`\n${label} — ${path === "relay" ? "relay (--direct off)" : "direct (TLS between the daemons)"}`);
-        console.log(`  ${"case".padEnd(12)} ${"n".padStart(5)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p95".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)}`);
-        for (const c of r.cases) {
-          const f = (x: number) => x.toFixed(1).padStart(8);
-          console.log(`  ${c.name.padEnd(12)} ${String(c.n).padStart(5)} ${f(c.p50)} ${f(c.p90)} ${f(c.p95)} ${f(c.p99)} ${f(c.max)}`);
-        }
-        const c = r.cpu;
-        console.log(
-          `  tunnel: ${r.tunnelMBps.toFixed(0)} MB/s (${values.mib} MiB); CPU s per GiB: apps ${c.apps.toFixed(2)}, ` +
-            `server ${c.server.toFixed(2)}, alice ${c.alice.toFixed(2)}, bob ${c.bob.toFixed(2)}`,
-        );
-        console.log(
-          `  ceiling of this shape: ${r.floorMBps.toFixed(0)} MB/s — bare Bun pass-through processes, ` +
-            (path === "relay" ? "three plain hops" : "two hops with TLS between them") + ", no protocol",
-        );
-        if (r.wsFloorMBps !== null) {
-          console.log(
-            `  ceiling over Bun's WebSocket: ${r.wsFloorMBps.toFixed(0)} MB/s — TCP → client → server → client → TCP, ` +
-              "raw bytes as messages, no protocol (client frames masked, as RFC 6455 requires)",
-          );
-        }
+}
+
+/** How long bob's application may take to see the end of alice's records after "stop". */
+const TTFB_END_MS = 5_000;
+
+/**
+ * One session: connect → the first record bob's application got that travelled on `rung`. A
+ * string says why there is no figure; `stalled` means the session never ended (the daemons
+ * must be restarted before the next one: the tunnel is stuck).
+ */
+async function ttfbSession(rig: NatRig, rung: Rung): Promise<TtfbSample | { error: string; stalled: boolean }> {
+  await rig.tunnelIdle();
+  const sink = await rig.app("bob", ["tick-sink"]);
+  const source = await rig.app("alice", ["ticks"], true);
+  const start = wallMs();
+  let lastMissAt = start;
+  let seenAt = Number.NaN;
+  let view = null as ReturnType<typeof outgoing>;
+  while (Number.isNaN(seenAt)) {
+    const asked = wallMs();
+    view = outgoing(await ls(rig.runDir, "alice"), "tunnel", TUNNEL_CHANNEL);
+    if (view?.rung === rung) seenAt = wallMs();
+    else if (asked - start > TTFB_LIMIT_MS) break;
+    else {
+      lastMissAt = asked;
+      await Bun.sleep(POLL_MS);
+    }
+  }
+  await Bun.sleep(30); // a few records on the rung
+  source.tell("stop");
+  const { connectAt } = await source.json<{ connectAt: number }>("ticks");
+  const arrived = await sink.json<{ arrivals: [number, number][] }>("arrivals", TTFB_END_MS).catch(() => null);
+  if (arrived === null) {
+    const [a, b] = [await ls(rig.runDir, "alice"), await ls(rig.runDir, "bob")];
+    const out = a.tunnels.find((t) => t.channel === TUNNEL_CHANNEL)?.out;
+    const into = b.tunnels.find((t) => t.channel === TUNNEL_CHANNEL)?.in;
+    await Promise.all([source.stop(), sink.stop()]);
+    return {
+      stalled: true,
+      error:
+        `the session stalled: bob's application saw no end ${TTFB_END_MS} ms after alice's did; alice's session: state ${out?.state}, seq ${out?.seq}, ` +
+        `rung ${out?.rung}; bob delivered ${into?.delivered} (rung ${into?.rung}); ${a.counters.ice.txPackets} ICE packets sent by alice, ${b.counters.ice.rxPackets} received by bob`,
+    };
+  }
+  await Promise.all([source.exited, sink.exited]);
+  const failed = (view?.failed ?? []).map((f) => `${f.rung}: ${f.error}`);
+  if (Number.isNaN(seenAt)) return { stalled: false, error: `not on ${rung} within ${TTFB_LIMIT_MS} ms: ${JSON.stringify(view)}` };
+  const first = arrived.arrivals.find(([sendAt]) => sendAt >= seenAt);
+  if (first === undefined) return { stalled: false, error: `no record written after the session was on ${rung} arrived (${arrived.arrivals.length} arrived)` };
+  return { ms: first[1] - connectAt, rungMs: seenAt - connectAt, resolutionMs: seenAt - lastMissAt, failed };
+}
+
+async function ttfb(rig: NatRig, direct: DirectMode, rung: Rung, sessions: number): Promise<TtfbResult> {
+  const samples: TtfbSample[] = [];
+  const errors: string[] = [];
+  for (let i = 0; i < sessions; i++) {
+    const s = await ttfbSession(rig, rung);
+    if ("error" in s) {
+      errors.push(s.error);
+      if (s.stalled) await rig.restartDaemons(direct);
+    } else samples.push(s);
+  }
+  const ms = samples.map((s) => s.ms).sort((a, b) => a - b);
+  return { direct, rung, samples, errors, median: percentile(ms, 0.5), max: ms.at(-1) ?? Number.NaN };
+}
+
+async function natPass(path: "ice" | "turn", parts: Set<Part>, mib: number, sessions: number): Promise<PassResult | { skipped: string }> {
+  const turn = path === "turn";
+  const problem = natLabProblem(turn);
+  if (problem !== null) return { skipped: problem };
+  if (!existsSync(stoaBin)) throw new Error(`${stoaBin} is missing: run 'bun run build' first`);
+  const rung: Rung = turn ? "turn" : "ice";
+  const rig = await NatRig.start({ stoa: stoaBin, turn, direct: "ice" });
+  try {
+    const measured = parts.has(path);
+    const { cases, rungAfter } = measured
+      ? await latency(
+          rig.ipcPath("alice"),
+          rig.ipcPath("bob"),
+          () => waitForRung(rig.runDir, "alice", "bob", "ipc", IPC_CHANNEL, rung, 30_000),
+          async () => outgoing(await ls(rig.runDir, "alice"), "ipc", IPC_CHANNEL)?.rung ?? null,
+        )
+      : { cases: [], rungAfter: null };
+    const tunnel = measured
+      ? await natTunnel(rig, rung, mib)
+      : { tunnelMBps: Number.NaN, tunnelMiBps: Number.NaN, tunnelMiB: 0, carried: { rung: 0, relay: 0 }, cpu: { apps: 0, server: 0, alice: 0, bob: 0 } };
+    const result: PassResult = { where: "NAT lab", rung, cases, rungAfter, ...tunnel };
+    if (path === "ice" && parts.has("ttfb")) {
+      result.ttfb = [await ttfb(rig, "ice", rung, sessions)];
+      await rig.restartDaemons("on");
+      result.ttfb.push(await ttfb(rig, "on", rung, sessions));
+    }
+    return result;
+  } catch (err) {
+    throw new Error(`${err instanceof Error ? err.message : String(err)}\n${rig.describe()}`);
+  } finally {
+    await rig.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run: each pass in a fresh process, the bare data channel, the tables.
+
+async function inner(): Promise<PassResult | { skipped: string }> {
+  const parts = selectedParts(values.only);
+  const path = values.path;
+  if (path === "ice" || path === "turn") return natPass(path, parts, wholeNumber("ice-mib", values["ice-mib"]), wholeNumber("sessions", values.sessions));
+  return loopbackPass(path, path === "ice-lo" ? wholeNumber("ice-mib", values["ice-mib"]) : wholeNumber("mib", values.mib));
+}
+
+/**
+ * A copy of the stoa binary for the run, so that every pass runs the same one even when
+ * `bun run build` replaces dist/stoa meanwhile (the binary embeds everything it needs).
+ */
+function snapshotStoa(): { path: string; built: string; remove: () => void } {
+  if (!existsSync(stoaBin)) throw new Error(`${stoaBin} is missing: run 'bun run build' first`);
+  const dir = mkdtempSync("/tmp/hlb-stoa-");
+  const path = join(dir, "stoa");
+  copyFileSync(stoaBin, path);
+  return { path, built: statSync(stoaBin).mtime.toISOString(), remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Runs one pass (`--inner --path path`) in a fresh process, pinned to CPU 0 or not. */
+async function pass(path: string, pinned: boolean, stoa: string): Promise<PassResult | { skipped: string }> {
+  const argv = [
+    process.execPath, import.meta.path, "--inner", "--path", path, "--only", values.only, "--mib", values.mib, "--ice-mib", values["ice-mib"],
+    "--sessions", values.sessions, "--stoa", stoa,
+  ];
+  const proc = Bun.spawn(pinned ? ["taskset", "-c", "0", ...argv] : argv, { stdout: "pipe", stderr: "inherit" });
+  const out = await new Response(proc.stdout).text();
+  if ((await proc.exited) !== 0) throw new Error(`benchmark pass ${path}${pinned ? " (pinned)" : ""} failed`);
+  return JSON.parse(out.trim().split("\n").pop() ?? "{}") as PassResult | { skipped: string };
+}
+
+async function bareRun(mib: string): Promise<BareRun> {
+  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "lib", "bare-datachannel.ts"), "--lib", "wrtc", "--json", "--mib", mib], { stdout: "pipe", stderr: "inherit" });
+  const out = await new Response(proc.stdout).text();
+  if ((await proc.exited) !== 0) throw new Error("lib/bare-datachannel.ts --lib wrtc failed");
+  return JSON.parse(out.trim().split("\n").pop() ?? "{}") as BareRun;
+}
+
+/** `runs` bare data channels one after another, and the median of each figure. */
+async function bare(mib: string, runs: number): Promise<BareResult> {
+  const all: BareRun[] = [];
+  for (let i = 0; i < runs; i++) all.push(await bareRun(mib));
+  const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 0.5);
+  const first = all[0] as BareRun;
+  return {
+    runs: all,
+    setupMs: median(all.map((r) => r.setupMs)),
+    latencyUs: {
+      ...first.latencyUs,
+      p50: median(all.map((r) => r.latencyUs.p50)),
+      p99: median(all.map((r) => r.latencyUs.p99)),
+      avg: median(all.map((r) => r.latencyUs.avg)),
+    },
+    throughput: first.throughput.map((t, i) => {
+      const ok = all.flatMap((r) => (r.throughput[i]?.mibPerS == null ? [] : [r.throughput[i]?.mibPerS ?? 0]));
+      return { ...t, status: ok.length === all.length ? "ok" : `${all.length - ok.length} of ${all.length} runs not ok`, mibPerS: ok.length === 0 ? null : median(ok) };
+    }),
+  };
+}
+
+type Passes = Partial<Record<"relay" | "direct" | "iceLoopback" | "ice" | "turn", PassResult | { skipped: string }>>;
+
+interface Goal {
+  goal: string;
+  value: number;
+  baseline: number | null;
+  /** value / baseline (or value when there is no baseline), and the bound it must meet. */
+  ratio: number;
+  bound: string;
+  met: boolean;
+}
+
+const done = (r: PassResult | { skipped: string } | undefined): PassResult | undefined => (r !== undefined && !("skipped" in r) ? r : undefined);
+const lat2000 = (r: PassResult | undefined) => r?.cases.find((c) => c.n === 2000);
+const bareBest = (b: BareRun | undefined): number | undefined => {
+  const ok = (b?.throughput ?? []).flatMap((t) => (t.mibPerS === null ? [] : [t.mibPerS]));
+  return ok.length === 0 ? undefined : Math.max(...ok);
+};
+
+/** The issue-16 goals, each with its baseline from this run. */
+function goals(unpinned: Passes, b: BareResult | undefined): Goal[] {
+  const out: Goal[] = [];
+  const best = bareBest(b);
+  for (const [key, label] of [["ice", "ICE (NAT lab)"], ["iceLoopback", "ICE (loopback)"]] as const) {
+    const r = done(unpinned[key]);
+    const p50 = lat2000(r)?.p50;
+    if (p50 !== undefined && b !== undefined) {
+      const ratio = p50 / b.latencyUs.p50;
+      out.push({ goal: `${label} one-way P50 within 1.5× of the bare data channel's`, value: p50, baseline: b.latencyUs.p50, ratio, bound: "≤ 1.5", met: ratio <= 1.5 });
+    }
+    if (r !== undefined && Number.isFinite(r.tunnelMiBps)) {
+      out.push({ goal: `${label} tunnel above the seed's WebRTC path (${SEED_WEBRTC_MIBPS} MiB/s)`, value: r.tunnelMiBps, baseline: SEED_WEBRTC_MIBPS, ratio: r.tunnelMiBps / SEED_WEBRTC_MIBPS, bound: "> 1", met: r.tunnelMiBps > SEED_WEBRTC_MIBPS });
+      if (best !== undefined) {
+        const ratio = best / r.tunnelMiBps;
+        out.push({ goal: `${label} tunnel within 1.5× of the bare data channel's best`, value: r.tunnelMiBps, baseline: best, ratio, bound: "bare/ICE ≤ 1.5", met: ratio <= 1.5 });
       }
     }
-    console.log("\ngoals (1 KB ×2000, pinned): relay P50 ≤ 110 µs, P99 ≤ 1 ms; direct P50 ≤ 60 µs; tunnel ≥ 300 MB/s relay, ≥ 600 MB/s direct");
+  }
+  for (const t of done(unpinned.ice)?.ttfb ?? []) {
+    for (const [what, v] of [["median", t.median], ["max", t.max]] as const) {
+      const missing = t.errors.length === 0 ? "" : ` (and ${t.errors.length} of ${t.samples.length + t.errors.length} sessions without a figure: not met)`;
+      out.push({ goal: `open → first byte on ICE ≤ 500 ms (NAT lab, --direct ${t.direct}), ${what} of ${t.samples.length}${missing}`, value: v, baseline: 500, ratio: v / 500, bound: "≤ 1", met: v <= 500 && t.errors.length === 0 });
+    }
+  }
+  return out;
+}
+
+const f1 = (x: number | undefined, w = 8) => (x === undefined || !Number.isFinite(x) ? "—" : x.toFixed(1)).padStart(w);
+
+function printDetail(label: string, title: string, r: PassResult | { skipped: string } | undefined): void {
+  if (r === undefined) return;
+  console.log(`\n${label} — ${title}`);
+  if ("skipped" in r) {
+    console.log(`  skipped: ${r.skipped}`);
+    return;
+  }
+  if (r.cases.length > 0) {
+    console.log(`  ${"case".padEnd(12)} ${"n".padStart(5)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p95".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)}`);
+    for (const c of r.cases) console.log(`  ${c.name.padEnd(12)} ${String(c.n).padStart(5)} ${f1(c.p50)} ${f1(c.p90)} ${f1(c.p95)} ${f1(c.p99)} ${f1(c.max)}`);
+    if (r.rungAfter !== r.rung) console.log(`  !! the IPC session was on ${r.rungAfter} after the cases, not ${r.rung}: the figures mix rungs`);
+  }
+  if (Number.isFinite(r.tunnelMBps)) {
+    const c = r.cpu;
+    console.log(
+      `  tunnel: ${r.tunnelMBps.toFixed(0)} MB/s = ${r.tunnelMiBps.toFixed(1)} MiB/s (${r.tunnelMiB} MiB, sent once both sessions were on ${r.rung}); ` +
+        `bob received ${(r.carried.rung / MIB).toFixed(1)} MiB on ${r.rung}${r.rung === "relay" ? "" : `, ${(r.carried.relay / MIB).toFixed(1)} MiB on the relay`}`,
+    );
+    if (r.via !== undefined && r.via !== "") console.log(`  tunnel session's path (ls via): ${r.via}`);
+    console.log(
+      `  CPU s per GiB: apps ${c.apps.toFixed(2)}, server ${c.server.toFixed(2)}, alice ${c.alice.toFixed(2)}, bob ${c.bob.toFixed(2)}` +
+        (c.coturn === undefined ? "" : `, coturn ${c.coturn.toFixed(2)}`),
+    );
+  }
+  if (r.floorMBps !== undefined) {
+    console.log(
+      `  ceiling of this shape: ${r.floorMBps.toFixed(0)} MB/s — bare Bun pass-through processes, ` +
+        (r.rung === "relay" ? "three plain hops" : "two hops with TLS between them") + ", no protocol",
+    );
+  }
+  if (r.wsFloorMBps !== undefined && r.wsFloorMBps !== null) {
+    console.log(
+      `  ceiling over Bun's WebSocket: ${r.wsFloorMBps.toFixed(0)} MB/s — TCP → client → server → client → TCP, ` +
+        "raw bytes as messages, no protocol (client frames masked, as RFC 6455 requires)",
+    );
+  }
+  for (const t of r.ttfb ?? []) {
+    console.log(
+      `  open → first byte on ${t.rung}, --direct ${t.direct}: median ${t.median.toFixed(0)} ms, max ${t.max.toFixed(0)} ms over ${t.samples.length} sessions` +
+        (t.errors.length > 0 ? `; ${t.errors.length} without a figure:` : ""),
+    );
+    for (const e of t.errors) console.log(`    !! ${e}`);
+    console.log(`    each (ms): ${t.samples.map((s) => s.ms.toFixed(0)).join(" ")}; on the rung by (ls): ${t.samples.map((s) => s.rungMs.toFixed(0)).join(" ")}; poll resolution ≤ ${Math.max(0, ...t.samples.map((s) => s.resolutionMs)).toFixed(0)} ms`);
+    const failed = [...new Set(t.samples.flatMap((s) => s.failed))];
+    if (failed.length > 0) console.log(`    rungs that failed first: ${failed.join("; ")}`);
+  }
+}
+
+function printTable(pinned: Passes, unpinned: Passes, b: BareResult | undefined): void {
+  console.log("\nper rung — one-way latency 1 KB ×2000 (µs), tunnel MiB/s");
+  console.log(`  ${"rung".padEnd(7)} ${"where".padEnd(52)} ${"P50".padStart(8)} ${"P99".padStart(8)} ${"MiB/s".padStart(8)}`);
+  const row = (rung: string, where: string, r: PassResult | { skipped: string } | undefined) => {
+    if (r === undefined) return;
+    if ("skipped" in r) return console.log(`  ${rung.padEnd(7)} ${where.padEnd(52)} skipped: ${r.skipped}`);
+    const c = lat2000(r);
+    console.log(`  ${rung.padEnd(7)} ${where.padEnd(52)} ${f1(c?.p50)} ${f1(c?.p99)} ${f1(r.tunnelMiBps)}`);
+  };
+  row("relay", "loopback, pinned to CPU 0", pinned.relay);
+  row("relay", "loopback, unpinned", unpinned.relay);
+  row("tls", "loopback, pinned to CPU 0", pinned.direct);
+  row("tls", "loopback, unpinned", unpinned.direct);
+  row("ice", "loopback, host candidates, unpinned", unpinned.iceLoopback);
+  row("ice", "NAT lab, port-preserving NATs, STUN, unpinned", unpinned.ice);
+  row("turn", "NAT lab, bob's NAT symmetric, coturn, unpinned", unpinned.turn);
+  if (b !== undefined) {
+    const tp = b.throughput.map((t) => `${t.size / 1024} KiB msgs ${t.mibPerS === null ? t.status : t.mibPerS.toFixed(1)}`).join(", ");
+    console.log(`  ${"bare DC".padEnd(7)} ${"wrtc, two Bun processes, 127.0.0.1 (the ICE ceiling)".padEnd(52)} ${f1(b.latencyUs.p50)} ${f1(b.latencyUs.p99)} ${f1(bareBest(b))}`);
+    console.log(`          bare data channel, median of ${b.runs.length} runs: setup ${b.setupMs.toFixed(0)} ms; throughput ${tp} MiB/s (${b.throughput[0]?.mib ?? "?"} MiB each)`);
+    const each = (f: (r: BareRun) => number | null | undefined) => b.runs.map((r) => { const v = f(r); return v == null ? "—" : v.toFixed(0); }).join(", ");
+    console.log(`          each run: P50 ${each((r) => r.latencyUs.p50)} µs; P99 ${each((r) => r.latencyUs.p99)} µs; best MiB/s ${each((r) => bareBest(r))}`);
+  }
+}
+
+if (values.help) {
+  console.log(USAGE);
+} else if (values.inner) {
+  console.log(JSON.stringify(await inner()));
+} else {
+  const parts = selectedParts(values.only);
+  for (const name of ["mib", "ice-mib", "bare-mib", "bare-runs", "sessions"] as const) wholeNumber(name, values[name]);
+  const pinned: Passes = {};
+  const unpinned: Passes = {};
+  const stoa = snapshotStoa();
+  let bareResult: BareResult | undefined;
+  try {
+    if (parts.has("relay")) pinned.relay = await pass("relay", true, stoa.path);
+    if (parts.has("direct")) pinned.direct = await pass("direct", true, stoa.path);
+    if (parts.has("relay")) unpinned.relay = await pass("relay", false, stoa.path);
+    if (parts.has("direct")) unpinned.direct = await pass("direct", false, stoa.path);
+    // Right before the ICE passes, so that the baseline sees the machine as they do.
+    if (parts.has("bare")) bareResult = await bare(values["bare-mib"], wholeNumber("bare-runs", values["bare-runs"]));
+    if (parts.has("ice-lo")) unpinned.iceLoopback = await pass("ice-lo", false, stoa.path);
+    if (parts.has("ice") || parts.has("ttfb")) unpinned.ice = await pass("ice", false, stoa.path);
+    if (parts.has("turn")) unpinned.turn = await pass("turn", false, stoa.path);
+  } finally {
+    stoa.remove();
+  }
+  const goalList = goals(unpinned, bareResult);
+  if (values.json) {
+    console.log(JSON.stringify({ stoa: { path: stoaBin, built: stoa.built }, pinned, unpinned, bare: bareResult, goals: goalList }));
+  } else {
+    console.log("hotlink benchmark — one-way latency (µs), HLNK frames alice's IPC socket → bob's IPC socket, and tunnel throughput, per rung");
+    console.log("(seed method; nearest-rank-low percentiles; reference: seed's Go client over the relay P50 ≈ 330 µs, P99 ≈ 1.1 ms)");
+    console.log(`stoa: a copy of ${stoaBin} built ${stoa.built}`);
+    printDetail("pinned to CPU 0 (taskset -c 0)", "relay (--direct off)", pinned.relay);
+    printDetail("pinned to CPU 0 (taskset -c 0)", "direct (TLS between the daemons, --direct on)", pinned.direct);
+    printDetail("unpinned", "relay (--direct off)", unpinned.relay);
+    printDetail("unpinned", "direct (TLS between the daemons, --direct on)", unpinned.direct);
+    printDetail("unpinned", "ICE on loopback (--direct ice, host candidates)", unpinned.iceLoopback);
+    printDetail("unpinned", "ICE in the NAT lab (--direct ice, port-preserving NATs, STUN in pub)", unpinned.ice);
+    printDetail("unpinned", "TURN in the NAT lab (--direct ice, bob behind a symmetric NAT, coturn in pub)", unpinned.turn);
+    printTable(pinned, unpinned, bareResult);
+    if (pinned.relay !== undefined || pinned.direct !== undefined) {
+      console.log("\ngoals, issue 5 (1 KB ×2000, pinned): relay P50 ≤ 110 µs, P99 ≤ 1 ms; direct P50 ≤ 60 µs; tunnel ≥ 300 MB/s relay, ≥ 600 MB/s direct");
+    }
+    if (goalList.length > 0) {
+      console.log("goals, issue 16 (baselines from this run):");
+      for (const g of goalList) {
+        const base = g.baseline === null ? "" : ` vs ${g.baseline.toFixed(1)}`;
+        console.log(`  ${g.met ? "met    " : "NOT MET"} ${g.goal}: ${g.value.toFixed(1)}${base} → ${g.ratio.toFixed(2)} (${g.bound})`);
+      }
+    }
   }
 }

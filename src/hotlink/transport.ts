@@ -13,7 +13,8 @@
  *   integers, each the highest seq the receiver delivered in order), and retention: every frame
  *   stays until acknowledged (at most `PATH_RETAIN_BYTES`; past that the source waits), so when
  *   the path fails the session resends `unacknowledged()` on the relay with the same seqs and the
- *   receiver's reorder buffer drops what arrives twice. A malformed acknowledgement cuts the path.
+ *   receiver's reorder buffer drops what arrives twice. A malformed acknowledgement cuts the path,
+ *   and so do `PATH_ACK_TIMEOUT_MS` without one while frames wait.
  * - `FrameIntake`: the receiver's half — bytes of a path (a TLS stream, or data channel
  *   messages, which may split a frame) → the session's Data, counted; false once they are not
  *   HLNK frames (the path is then closed: it carried something else).
@@ -111,6 +112,13 @@ export class FrameIntake {
 export const PATH_RETAIN_BYTES = 32 * 1024 * 1024;
 /** Unwritten bytes on a path above which the source waits. */
 export const PATH_HIGH_WATER = 4 * 1024 * 1024;
+/**
+ * Frames unacknowledged this long with no acknowledgement coming: the path is cut and the session
+ * falls back (a path that stopped delivering without closing must not hold a session for ever;
+ * a receiver that only holds its acknowledgements for a slow application loses nothing by it:
+ * the relay carries on, flow-controlled).
+ */
+export const PATH_ACK_TIMEOUT_MS = 20_000;
 
 /** What an acknowledged slot of the retention array holds until the array is compacted. */
 const ACKNOWLEDGED: DataMessage = { t: MessageType.Data, sid: "", seq: 0, pay: new Uint8Array(0), pth: undefined, etg: undefined };
@@ -132,6 +140,9 @@ export class PathSender implements Transport {
   #ackWaiters: (() => void)[] = [];
   /** Set by the session when it fell back: waiters are woken, nothing more is expected. */
   failed = false;
+  /** When acknowledgements last made progress (or frames began to wait for one). */
+  #progressAt = 0;
+  #stallTimer: ReturnType<typeof setInterval> | undefined;
   /** What carries it, for `ls`: the address dialled (TLS) or the candidate pair (ICE). */
   via = "";
 
@@ -159,6 +170,7 @@ export class PathSender implements Transport {
     const etag = encoder.encode(message.etg ?? "");
     // Retained first: a pipe that finds itself closed makes the session fall back from inside
     // writeFrame, and the fallback resends what is retained.
+    if (this.#retainedHead >= this.#retained.length) this.#watchAcks();
     this.#retained.push(message);
     this.#retainedBytes += pay.byteLength;
     this.#counters.txPackets++;
@@ -195,6 +207,7 @@ export class PathSender implements Transport {
       r[this.#retainedHead] = ACKNOWLEDGED;
       this.#retainedHead++;
     }
+    this.#progressAt = performance.now();
     if (this.#retainedHead > 1024 && this.#retainedHead * 2 > r.length) {
       this.#retained = r.slice(this.#retainedHead);
       this.#retainedHead = 0;
@@ -208,8 +221,29 @@ export class PathSender implements Transport {
   }
 
   close(): void {
+    clearInterval(this.#stallTimer);
+    this.#stallTimer = undefined;
     this.#pipe.close();
     this.#wake();
+  }
+
+  /** From the first frame waiting for an acknowledgement: a check each second for PATH_ACK_TIMEOUT_MS. */
+  #watchAcks(): void {
+    this.#progressAt = performance.now();
+    if (this.#stallTimer !== undefined) return;
+    this.#stallTimer = setInterval(() => {
+      if (this.#retainedHead >= this.#retained.length || this.failed) {
+        clearInterval(this.#stallTimer);
+        this.#stallTimer = undefined;
+        return;
+      }
+      if (performance.now() - this.#progressAt < PATH_ACK_TIMEOUT_MS) return;
+      clearInterval(this.#stallTimer);
+      this.#stallTimer = undefined;
+      this.#log.warn(`the ${this.rung} path acknowledged nothing for ${PATH_ACK_TIMEOUT_MS / 1000} s; back to the relay`, { pth: this.#pth });
+      this.cut();
+    }, 1000);
+    this.#stallTimer.unref?.();
   }
 
   /** Ends the path abruptly (its close event then makes the session fall back to the relay). */

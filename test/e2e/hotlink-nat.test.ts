@@ -266,7 +266,7 @@ describe.if(can.ok && turnserver !== null)("the ladder behind NATs: alice and bo
   test("the seed's 20 × 4096 tunnel test on the ICE rung", async () => {
     const before = lab.telemetry("bob").ice.rx.bytes;
     await lab.seed("abSeed", "alice", "bob", "ice");
-    await eventually("bob's telemetry to count the seed on ICE", () => lab.telemetry("bob").ice.rx.bytes - before >= SEED_BYTES);
+    await lab.telemetryWhen("bob", "the seed counted on ICE", (t) => t.ice.rx.bytes - before >= SEED_BYTES);
   }, 60_000);
 
   test("a symmetric NAT: hole punching fails and the session takes the TURN relay candidate; transfers intact", async () => {
