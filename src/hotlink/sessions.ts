@@ -266,10 +266,8 @@ export class Outgoing {
     }
     if (this.#iceOffered) return refuse("a session takes one ICE offer; this one was not answered");
     this.#iceOffered = true;
-    if (this.state !== "open" || this.#receivers !== 1) return refuse("the session has more than one receiver, or is not open");
-    if (offer.frm !== undefined && offer.frm !== this.#acceptedBy) {
-      return refuse(`the offer came from ${offer.frm}, not from the receiver that accepted the session`);
-    }
+    const problem = this.#offerProblem(offer.frm);
+    if (problem !== null) return refuse(problem);
     if (this.#path !== null) return refuse(`the session is already on its ${this.#path.rung} path`);
     const full = iceFull(ice);
     if (full !== null) {
@@ -335,6 +333,13 @@ export class Outgoing {
     this.#events.accepted(frm);
   }
 
+  /** Why an offer from `frm` is not taken (the module header's rules for any rung), or null. */
+  #offerProblem(frm: string | undefined): string | null {
+    if (this.state !== "open" || this.#receivers !== 1) return "the session has more than one receiver, or is not open";
+    if (frm !== undefined && frm !== this.#acceptedBy) return `the offer came from ${frm}, not from the receiver that accepted the session`;
+    return null;
+  }
+
   /** A receiver offered a direct path (Signal direct_offer); see the module header for when it is dialled. */
   onDirectOffer(offer: { adr: string[]; tok: string; fpr: string; frm?: string | undefined }): void {
     const link = this.#link;
@@ -348,10 +353,8 @@ export class Outgoing {
     }
     if (this.#offered) return answer("a session takes one direct offer; this one was not dialled");
     this.#offered = true;
-    if (this.state !== "open" || this.#receivers !== 1) return answer("the session has more than one receiver, or is not open");
-    if (offer.frm !== undefined && offer.frm !== this.#acceptedBy) {
-      return answer(`the offer came from ${offer.frm}, not from the receiver that accepted the session`);
-    }
+    const problem = this.#offerProblem(offer.frm);
+    if (problem !== null) return answer(problem);
     // Dialled even while the session is on ICE (the receiver offers ICE too when TLS is slow to
     // answer): TLS, the better rung, takes over when it connects.
     const wanted = (): boolean => this.state === "open" && this.#receivers === 1 && this.#path?.rung !== "tls";

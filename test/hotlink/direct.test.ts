@@ -9,7 +9,7 @@ import { encodeDirectAck, encodeDirectHello } from "../../src/hotlink/direct-wir
 import { encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import { type DataMessage, MessageType } from "../../src/hotlink/protocol.ts";
 import { DaemonCounters } from "../../src/hotlink/telemetry.ts";
-import { TOKEN, app, checkSeedChunks, seedChunks, sha256hex } from "../fixtures/hotlink-apps.ts";
+import { TOKEN, app, checkSeedChunks, seedChunks, sha256hex, writeUntilStalled } from "../fixtures/hotlink-apps.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 
@@ -131,27 +131,9 @@ describe("direct upgrade", () => {
     await eventually("the session on its direct connection", () => bobApp.bytes() === first.length && bob.sessions.counters.direct.rxBytes > 0, { timeoutMs: 10_000 });
     bobApp.sock.pause();
     const payload = randomBytes(160 * 1024 * 1024);
-    let accepted = 0;
-    const pump = (async () => {
-      for (let at = 0; at < payload.length; at += 1024 * 1024) {
-        await aliceApp.send(payload.subarray(at, at + 1024 * 1024));
-        accepted = at + 1024 * 1024;
-      }
-    })();
-    // Accepted bytes stop growing: kernel buffers, the daemons' bounded queues and the
-    // sender's unacknowledged frames (DIRECT_RETAIN_BYTES) fill, then alice's app is not read.
-    let last = -1;
-    await eventually(
-      "the sending application to be paused",
-      async () => {
-        const now = accepted;
-        const still = now === last;
-        last = now;
-        await Bun.sleep(300);
-        return still && now > 0;
-      },
-      { timeoutMs: 30_000 },
-    );
+    // Accepted bytes stop growing: kernel buffers, the daemons' bounded queues and the sender's
+    // unacknowledged frames (PATH_RETAIN_BYTES) fill, then alice's app is not read.
+    const { accepted, pump } = await writeUntilStalled(aliceApp, payload);
     expect(accepted).toBeLessThan(100 * 1024 * 1024);
     bobApp.sock.resume();
     await pump;

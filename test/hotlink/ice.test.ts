@@ -10,7 +10,7 @@ import { randomBytes } from "node:crypto";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import { MAX_ICE_PATHS } from "../../src/hotlink/ice.ts";
-import { TOKEN, app, sha256hex } from "../fixtures/hotlink-apps.ts";
+import { TOKEN, app, sha256hex, writeUntilStalled } from "../fixtures/hotlink-apps.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 import { eventually } from "../helpers/eventually.ts";
 
@@ -115,23 +115,9 @@ describe("ICE on loopback", () => {
     await eventually("the first 4 MiB at bob's application", () => bobApp.bytes() === first.length, { timeoutMs: 10_000 });
     bobApp.sock.pause();
     const payload = randomBytes(160 * 1024 * 1024);
-    let accepted = 0;
-    const pump = (async () => {
-      for (let at = 0; at < payload.length; at += 1024 * 1024) {
-        await aliceApp.send(payload.subarray(at, at + 1024 * 1024));
-        accepted = at + 1024 * 1024;
-      }
-    })();
-    // Accepted bytes stop growing: the sender's unacknowledged frames (PATH_RETAIN_BYTES), the
-    // channel's buffer and what bob's daemon holds for its application bound it.
-    let last = -1;
-    await eventually("the sending application to be paused", async () => {
-      const now = accepted;
-      const still = now === last;
-      last = now;
-      await Bun.sleep(300);
-      return still && now > 0;
-    }, { timeoutMs: 30_000 });
+    // Accepted bytes stop growing: kernel buffers, the daemons' bounded queues and the sender's
+    // unacknowledged frames (PATH_RETAIN_BYTES) fill, then alice's app is not read.
+    const { accepted, pump } = await writeUntilStalled(aliceApp, payload);
     expect(accepted).toBeLessThan(100 * 1024 * 1024);
     bobApp.sock.resume();
     await pump;
