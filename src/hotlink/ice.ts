@@ -27,7 +27,7 @@ import { type IceServer, rtcIceServers } from "./ice-servers.ts";
 import type { DataMessage } from "./protocol.ts";
 import { type RtcCandidate, type RtcChannel, type RtcPeer, type SelectedPair, openRtcPeer } from "./rtc.ts";
 import type { DaemonCounters } from "./telemetry.ts";
-import { FrameIntake, type FramePipe, PATH_HIGH_WATER, type PathReceiver, PathSender, type Rung } from "./transport.ts";
+import { FrameIntake, type FramePipe, type PathReceiver, PathSender, type Rung } from "./transport.ts";
 
 /** How long either side waits for the data channel to open before it gives up on ICE. */
 export const ICE_CONNECT_TIMEOUT_MS = 10_000;
@@ -36,14 +36,17 @@ export const ICE_CONNECT_TIMEOUT_MS = 10_000;
  * frames are packed into messages of this size (see `ChannelPipe`).
  */
 export const MAX_CHANNEL_MESSAGE = 255 * 1024;
-/** A receiver acknowledges at least every this many frames delivered ... */
-const ACK_EVERY_FRAMES = 32;
+/**
+ * Unacknowledged bytes past which a sender on a data channel waits. libwebrtc closes a channel
+ * whose send queue passes 16 MiB, and what is queued is never more than what is unacknowledged.
+ */
+export const CHANNEL_RETAIN_BYTES = 8 * 1024 * 1024;
+/** A receiver acknowledges once this many bytes arrived since its last acknowledgement ... */
+const ACK_EVERY_BYTES = CHANNEL_RETAIN_BYTES / 8;
 /** ... and at most this long after the first frame it has not acknowledged. */
 const ACK_DELAY_MS = 10;
-/** Unsent bytes under which the channel counts as idle: frames go at once, not batched. */
+/** Unacknowledged bytes under which the path counts as idle: frames go at once, not batched. */
 const CHANNEL_IDLE_BYTES = 64 * 1024;
-/** The channel's unsent bytes under which a waiting source may go on. */
-const CHANNEL_LOW_WATER = 1024 * 1024;
 /** Remote candidates held before the remote description is set, at most. */
 const MAX_PENDING_CANDIDATES = 64;
 /** ICE candidates a side takes from its peer in one session, at most. */
@@ -243,6 +246,8 @@ export class IceReceiver implements PathReceiver {
   #closed = false;
   #paused = false;
   #acked = 0;
+  /** Bytes that arrived since the last acknowledgement. */
+  #arrived = 0;
   #ackTimer: ReturnType<typeof setTimeout> | undefined;
 
   private constructor(sid: string, pth: string, config: IceConfig, signal: IceSignal, events: IceReceiverEvents) {
@@ -257,6 +262,7 @@ export class IceReceiver implements PathReceiver {
     });
     channel.onMessage((bytes) => {
       if (this.#closed) return;
+      this.#arrived += bytes.byteLength;
       if (!this.#intake.push(bytes)) {
         config.log.warn("the data channel carried bytes that are not HLNK frames; closing it", { sid });
         this.close();
@@ -329,15 +335,15 @@ export class IceReceiver implements PathReceiver {
   }
 
   /**
-   * Acknowledges what was delivered, every `ACK_EVERY_FRAMES` frames or `ACK_DELAY_MS` after the
-   * first unacknowledged one: each send into libwebrtc blocks on its thread (~0.2 ms measured),
-   * and the sender's retention is far larger than what arrives in that time.
+   * Acknowledges what was delivered, once `ACK_EVERY_BYTES` arrived or `ACK_DELAY_MS` after the
+   * first unacknowledged frame: each send into libwebrtc blocks the event loop (up to
+   * milliseconds under load), and the sender's window is 8 such steps.
    */
   ack(): void {
     if (!this.#connected || this.#paused) return;
     const delivered = this.#events.delivered();
     if (delivered <= this.#acked) return;
-    if (delivered - this.#acked >= ACK_EVERY_FRAMES) return this.#sendAck();
+    if (this.#arrived >= ACK_EVERY_BYTES) return this.#sendAck();
     this.#ackTimer ??= setTimeout(() => this.#sendAck(), ACK_DELAY_MS);
   }
 
@@ -348,6 +354,7 @@ export class IceReceiver implements PathReceiver {
     const delivered = this.#events.delivered();
     if (delivered <= this.#acked) return;
     this.#acked = delivered;
+    this.#arrived = 0;
     this.#attempt.channel.send(encodeDirectAck(delivered));
   }
 
@@ -365,25 +372,22 @@ export class IceReceiver implements PathReceiver {
  * A data channel as a `FramePipe`: frames written in one turn of the event loop are packed, in
  * order, into messages of up to `MAX_CHANNEL_MESSAGE` bytes (a message may hold several frames,
  * or part of a large one: the channel is ordered, and the receiver's decoder reads a stream).
- * Measured with bare channels here: 64 KiB messages 40 MiB/s, 255 KiB 52 MiB/s. Unsent bytes
- * are the channel's `bufferedAmount`, read only when they may matter (every call into the
- * binding blocks on a libwebrtc thread: ~50 µs for a read, ~0.2 ms for a send, measured).
+ * Every call into the binding blocks the event loop until libwebrtc's network thread takes it,
+ * which under load is milliseconds (profiled: a tunnel's sending daemon spent 41 % of its time
+ * reading `bufferedAmount` and 40 % in `send`), so the pipe never reads the channel's queue:
+ * what the receiver has not acknowledged bounds it (`retainLimit`), and acknowledgements wake
+ * the source.
  */
 class ChannelPipe implements FramePipe {
   readonly #attempt: IceAttempt;
-  /** Wakes the `PathSender` once the channel's unsent bytes are low again. */
-  drained: () => void = () => {};
-  #poll: ReturnType<typeof setTimeout> | undefined;
+  /** The sender's unacknowledged bytes (set once the `PathSender` exists). */
+  unacknowledged: () => number = () => 0;
+  readonly retainLimit = CHANNEL_RETAIN_BYTES;
   /** Frames' pieces written this turn and not yet sent. */
   #pending: Uint8Array[] = [];
   #pendingBytes = 0;
   #flushQueued = false;
   #failed = false;
-  /**
-   * The channel's unsent bytes as last read, plus what was sent since: an upper bound, read
-   * again (each read blocks on libwebrtc's thread) only once it passes `CHANNEL_IDLE_BYTES`.
-   */
-  #buffered = 0;
 
   constructor(attempt: IceAttempt) {
     this.#attempt = attempt;
@@ -395,16 +399,17 @@ class ChannelPipe implements FramePipe {
     this.#pendingBytes += header.byteLength + payload.byteLength;
     if (this.#pendingBytes >= MAX_CHANNEL_MESSAGE) this.#flush();
     else if (!this.#flushQueued) {
-      // An idle channel sends at the end of this task (latency); a busy one after this turn's
-      // I/O, so that the reads of one wake-up (a tunnel's 64 KiB chunks) share messages.
+      // An idle path sends at the end of this task (latency); a busy one after this turn's I/O,
+      // so that the reads of one wake-up (a tunnel's 64 KiB chunks) share messages.
       this.#flushQueued = true;
-      if (this.#buffered < CHANNEL_IDLE_BYTES) queueMicrotask(() => this.#flush());
+      if (this.unacknowledged() < CHANNEL_IDLE_BYTES) queueMicrotask(() => this.#flush());
       else setImmediate(() => this.#flush());
     }
   }
 
+  /** Only what waits for this turn's flush: the channel's own queue is bounded by `retainLimit`. */
   get queued(): number {
-    return this.#buffered + this.#pendingBytes;
+    return this.#pendingBytes;
   }
 
   /** Sends what is pending as messages of up to MAX_CHANNEL_MESSAGE bytes. */
@@ -428,14 +433,11 @@ class ChannelPipe implements FramePipe {
         left -= n;
         if (at === message.byteLength) {
           if (!channel.send(message)) return this.#lost();
-          this.#buffered += message.byteLength;
           if (left > 0) message = new Uint8Array(Math.min(left, MAX_CHANNEL_MESSAGE));
           at = 0;
         }
       }
     }
-    if (this.#buffered > CHANNEL_IDLE_BYTES) this.#buffered = channel.bufferedAmount;
-    if (this.#buffered > PATH_HIGH_WATER) this.#watch();
   }
 
   /** The channel closed under a write: the frames stay retained, and the session falls back. */
@@ -444,30 +446,13 @@ class ChannelPipe implements FramePipe {
     this.#attempt.onLost("the data channel closed");
   }
 
-  /** Polls (1 ms, only while over the low-water mark): libwebrtc's binding has no bufferedamountlow. */
-  #watch(): void {
-    if (this.#poll !== undefined) return;
-    const check = (): void => {
-      this.#poll = undefined;
-      this.#buffered = this.#attempt.channel.bufferedAmount;
-      if (this.#buffered > CHANNEL_LOW_WATER && this.#attempt.channel.open) {
-        this.#poll = setTimeout(check, 1);
-        return;
-      }
-      this.drained();
-    };
-    this.#poll = setTimeout(check, 1);
-  }
-
   close(): void {
     this.#flush(); // what was written still goes (an orderly close)
-    clearTimeout(this.#poll);
     this.#attempt.close();
   }
 
   cut(): void {
     this.#failed = true;
-    clearTimeout(this.#poll);
     this.#attempt.onLost("the path was cut");
     this.#attempt.close();
   }
@@ -517,7 +502,7 @@ export class IceDialer {
     const counters = outcome.rung === "turn" ? this.#config.counters.turn : this.#config.counters.ice;
     const sender = new PathSender(outcome.rung, pipe, this.#pth, counters, this.#config.log);
     sender.via = outcome.via;
-    pipe.drained = () => sender.onDrain();
+    pipe.unacknowledged = () => sender.unacknowledgedBytes;
     this.#attempt.channel.onMessage((bytes) => sender.onAck(bytes));
     let lost = false;
     this.#attempt.onLost = () => {

@@ -53,6 +53,12 @@ export interface FramePipe {
   writeFrame(header: Uint8Array, payload: Uint8Array): void;
   /** Bytes written and not yet taken by the kernel or the network stack. */
   readonly queued: number;
+  /**
+   * Unacknowledged bytes past which the source waits, when lower than `PATH_RETAIN_BYTES`: a
+   * pipe whose queue cannot be read cheaply (a data channel) is bounded by what the receiver
+   * has not acknowledged, which is always at least what is still queued.
+   */
+  readonly retainLimit?: number;
   /** The orderly end (what was written still goes). */
   close(): void;
   /** The abrupt end, as a network failure would be; the owner then falls back. */
@@ -124,12 +130,15 @@ export const PATH_ACK_TIMEOUT_MS = 20_000;
 const ACKNOWLEDGED: DataMessage = { t: MessageType.Data, sid: "", seq: 0, pay: new Uint8Array(0), pth: undefined, etg: undefined };
 
 const encoder = new TextEncoder();
+const NO_BYTES = new Uint8Array(0);
 
 /** The sender's side of a per-session path: frames out, acknowledgements in, retention. */
 export class PathSender implements Transport {
   readonly rung: Rung;
   readonly #pipe: FramePipe;
   readonly #pth: string;
+  /** The session's path as UTF-8, encoded once. */
+  readonly #pthBytes: Uint8Array;
   readonly #counters: PathCounters;
   readonly #log: Logger;
   #retained: DataMessage[] = [];
@@ -151,12 +160,18 @@ export class PathSender implements Transport {
     this.rung = rung;
     this.#pipe = pipe;
     this.#pth = pth;
+    this.#pthBytes = encoder.encode(pth);
     this.#counters = counters;
     this.#log = log;
   }
 
   get busy(): boolean {
-    return this.#pipe.queued > PATH_HIGH_WATER || this.#retainedBytes > PATH_RETAIN_BYTES;
+    return this.#pipe.queued > PATH_HIGH_WATER || this.#retainedBytes > (this.#pipe.retainLimit ?? PATH_RETAIN_BYTES);
+  }
+
+  /** Payload bytes sent and not yet acknowledged. */
+  get unacknowledgedBytes(): number {
+    return this.#retainedBytes;
   }
 
   whenWritable(fn: () => void): void {
@@ -166,8 +181,8 @@ export class PathSender implements Transport {
 
   sendData(message: DataMessage): boolean {
     const pay = message.pay;
-    const path = encoder.encode(message.pth ?? this.#pth);
-    const etag = encoder.encode(message.etg ?? "");
+    const path = message.pth === undefined ? this.#pthBytes : encoder.encode(message.pth);
+    const etag = message.etg === undefined || message.etg === "" ? NO_BYTES : encoder.encode(message.etg);
     // Retained first: a pipe that finds itself closed makes the session fall back from inside
     // writeFrame, and the fallback resends what is retained.
     if (this.#retainedHead >= this.#retained.length) this.#watchAcks();

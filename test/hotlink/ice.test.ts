@@ -9,7 +9,8 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
-import { MAX_ICE_PATHS } from "../../src/hotlink/ice.ts";
+import { CHANNEL_RETAIN_BYTES, MAX_ICE_PATHS } from "../../src/hotlink/ice.ts";
+import { PathSender } from "../../src/hotlink/transport.ts";
 import { TOKEN, app, sha256hex, writeUntilStalled } from "../fixtures/hotlink-apps.ts";
 import { startTestRelay } from "../fixtures/hotlink-relay.ts";
 import { eventually } from "../helpers/eventually.ts";
@@ -116,9 +117,16 @@ describe("ICE on loopback", () => {
     bobApp.sock.pause();
     const payload = randomBytes(160 * 1024 * 1024);
     // Accepted bytes stop growing: kernel buffers, the daemons' bounded queues and the sender's
-    // unacknowledged frames (PATH_RETAIN_BYTES) fill, then alice's app is not read.
+    // unacknowledged frames (CHANNEL_RETAIN_BYTES: the data channel's queue is never read) fill,
+    // then alice's app is not read.
     const { accepted, pump } = await writeUntilStalled(aliceApp, payload);
     expect(accepted).toBeLessThan(100 * 1024 * 1024);
+    const path = [...alice.sessions.outgoing.values()].find((s) => s.rung === "ice")?.transport;
+    if (!(path instanceof PathSender)) throw new Error("the session left its ICE path");
+    // The window holds (libwebrtc closes a channel whose queue passes 16 MiB): at most one read
+    // of the application past it.
+    expect(path.unacknowledgedBytes).toBeGreaterThan(CHANNEL_RETAIN_BYTES / 2);
+    expect(path.unacknowledgedBytes).toBeLessThanOrEqual(CHANNEL_RETAIN_BYTES + 1024 * 1024);
     bobApp.sock.resume();
     await pump;
     aliceApp.sock.shutdown();
