@@ -3,7 +3,8 @@
  * hotlink benchmark (issues 5 and 16, spec hotlink.md): one-way latency and tunnel throughput on
  * each rung of the upgrade ladder — relay, TLS direct, ICE (host and server-reflexive
  * candidates), ICE via TURN — and, in the same run, a bare WebRTC data channel between two Bun
- * processes (lib/bare-datachannel.ts --lib wrtc: the ceiling of the ICE rungs).
+ * processes (lib/bare-datachannel.ts --lib wrtc: the ceiling of the ICE rungs), alone and with a
+ * Unix socket before and after it (the ICE rung's shape with no protocol).
  *
  * Latency, the seed's method: the relay server, the daemons of alice and bob, and this process
  * as both applications. It writes HLNK frames into alice's IPC socket with the first 8 payload
@@ -52,12 +53,24 @@
  *   bare   — lib/bare-datachannel.ts --lib wrtc --json --mib --bare-mib, --bare-runs times back
  *           to back right before the ICE passes (so that it sees the machine as they do); each
  *           figure is the median of the runs (its 1 KiB ×2000 P50/P99, and per message size the
- *           MiB/s; "best" is the faster size), each run's shown beside.
+ *           MiB/s; "best" is the faster size), each run's shown beside. Its "chain" figure: the
+ *           same 1 KiB ×2000 from a third process through a Unix socket into the sender, the
+ *           channel, and a Unix socket from the receiver back to that process — the two IPC hops
+ *           the ICE rung adds to the channel, with no protocol: the floor of the rung's shape.
+ *           Each ICE pass's P50 is shown against it (information; the goal is the bare channel's).
+ *           With ice, the same --bare-runs runs also inside the ice pass's NAT lab, once the rig
+ *           is up and before stoa's cases (its daemons idle): the sender in alice's namespace,
+ *           the receiver in bob's (`--answer-netns`), every candidate, the relay's STUN server
+ *           (`--candidates all --ice-servers stun:…`), so the pair is srflx ↔ srflx through both
+ *           NATs like the ice rung's — the table's "bare DC (NAT lab)" rows, with each run's
+ *           selected pair from getStats. Loopback bare vs NAT-lab ICE would charge the NATs'
+ *           and veths' cost to stoa.
  * Goals (issue 5, pinned, 1 KB ×2000): relay P50 ≤ 110 µs and P99 ≤ 1 ms; direct P50 ≤ 60 µs;
  * tunnel ≥ 300 MB/s over the relay, ≥ 600 MB/s direct. (Issue 16, each against its baseline
  * from this run): ICE one-way P50 within 1.5× of the bare data channel's; ICE tunnel above the
- * seed's WebRTC path (≈ 30 MiB/s) and within 1.5× of the bare data channel's best; open to
- * first byte on ICE ≤ 500 ms in the namespaces. Reference (seed, Go client, relay): P50 ≈ 330 µs,
+ * seed's WebRTC path (≈ 30 MiB/s) and within 1.5× of the bare data channel's best — the NAT
+ * lab's bare channel for the NAT-lab ICE pass, the loopback one for ice-lo; open to first byte
+ * on ICE ≤ 500 ms in the namespaces. Reference (seed, Go client, relay): P50 ≈ 330 µs,
  * P99 ≈ 1.1 ms.
  *
  *   bun scripts/bench/hotlink.ts [--json] [--only relay,direct,ice-lo,ice,turn,ttfb,bare]
@@ -71,6 +84,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import type { DaemonStatus } from "../../src/hotlink/protocol.ts";
+import type { SelectedPair } from "../../src/hotlink/rtc.ts";
 import { freePort, percentile, waitForPort } from "./lib/client.ts";
 import { IPC_CHANNEL, NatRig, TUNNEL_CHANNEL, natLabProblem } from "./lib/hotlink-nat.ts";
 import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
@@ -86,7 +100,7 @@ const USAGE = `usage: bun scripts/bench/hotlink.ts [--json] [--only PARTS] [--mi
   --mib       MiB through the tunnel on the relay and direct passes (default 1024)
   --ice-mib   MiB through the tunnel on the ice-lo, ice and turn passes (default 256)
   --bare-mib  MiB per throughput transfer of the bare data channel (default 64)
-  --bare-runs runs of the bare data channel, back to back before the ICE passes; its figures are their medians (default 3)
+  --bare-runs runs of the bare data channel, back to back before the ICE passes and again in the ice pass's NAT lab; its figures are their medians (default 3)
   --sessions  sessions per ttfb measurement (default 10)
   --stoa      the stoa binary (default dist/stoa; build it with 'bun run build')
   --json      one JSON object instead of the tables`;
@@ -186,6 +200,8 @@ interface PassResult {
   floorMBps?: number;
   wsFloorMBps?: number | null;
   ttfb?: TtfbResult[];
+  /** NAT lab ice pass with bare: the bare data channel from alice's namespace to bob's, same NATs and STUN. */
+  labBare?: BareResult;
 }
 
 interface TtfbSample {
@@ -213,11 +229,15 @@ interface TtfbResult {
 interface BareRun {
   setupMs: number;
   latencyUs: { size: number; count: number; p50: number; p99: number; avg: number };
+  /** app → Unix socket → channel → Unix socket → app */
+  chainLatencyUs: { size: number; count: number; p50: number; p99: number; avg: number };
   throughput: { size: number; mib: number; status: string; mibPerS: number | null }[];
+  /** The sender's selected candidate pair after the last phase. */
+  pair: SelectedPair | null;
 }
 
 /** The bare data channel's runs and, per figure, their median (what the goals compare with). */
-interface BareResult extends BareRun {
+interface BareResult extends Omit<BareRun, "pair"> {
   runs: BareRun[];
 }
 
@@ -566,6 +586,10 @@ async function natPass(path: "ice" | "turn", parts: Set<Part>, mib: number, sess
   const rig = await NatRig.start({ stoa: stoaBin, turn, direct: "ice" });
   try {
     const measured = parts.has(path);
+    // The ICE rung's baseline over the same path, before stoa's sessions: the daemons are idle.
+    const labBare = path === "ice" && measured && parts.has("bare")
+      ? await bare(wholeNumber("bare-runs", values["bare-runs"]), () => labBareRun(rig, wholeNumber("bare-mib", values["bare-mib"])))
+      : undefined;
     const { cases, rungAfter } = measured
       ? await latency(
           rig.ipcPath("alice"),
@@ -577,7 +601,7 @@ async function natPass(path: "ice" | "turn", parts: Set<Part>, mib: number, sess
     const tunnel = measured
       ? await natTunnel(rig, rung, mib)
       : { tunnelMBps: Number.NaN, tunnelMiBps: Number.NaN, tunnelMiB: 0, carried: { rung: 0, relay: 0 }, cpu: { apps: 0, server: 0, alice: 0, bob: 0 } };
-    const result: PassResult = { where: "NAT lab", rung, cases, rungAfter, ...tunnel };
+    const result: PassResult = { where: "NAT lab", rung, cases, rungAfter, ...tunnel, ...(labBare === undefined ? {} : { labBare }) };
     if (path === "ice" && parts.has("ttfb")) {
       result.ttfb = [await ttfb(rig, "ice", rung, sessions)];
       await rig.restartDaemons("on");
@@ -617,7 +641,7 @@ function snapshotStoa(): { path: string; built: string; remove: () => void } {
 async function pass(path: string, pinned: boolean, stoa: string): Promise<PassResult | { skipped: string }> {
   const argv = [
     process.execPath, import.meta.path, "--inner", "--path", path, "--only", values.only, "--mib", values.mib, "--ice-mib", values["ice-mib"],
-    "--sessions", values.sessions, "--stoa", stoa,
+    "--bare-mib", values["bare-mib"], "--bare-runs", values["bare-runs"], "--sessions", values.sessions, "--stoa", stoa,
   ];
   const proc = Bun.spawn(pinned ? ["taskset", "-c", "0", ...argv] : argv, { stdout: "pipe", stderr: "inherit" });
   const out = await new Response(proc.stdout).text();
@@ -625,17 +649,33 @@ async function pass(path: string, pinned: boolean, stoa: string): Promise<PassRe
   return JSON.parse(out.trim().split("\n").pop() ?? "{}") as PassResult | { skipped: string };
 }
 
+const BARE_ARGV = [process.execPath, join(import.meta.dir, "lib", "bare-datachannel.ts"), "--lib", "wrtc", "--json"];
+
+/** One bare data channel on loopback, in this namespace. */
 async function bareRun(mib: string): Promise<BareRun> {
-  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "lib", "bare-datachannel.ts"), "--lib", "wrtc", "--json", "--mib", mib], { stdout: "pipe", stderr: "inherit" });
+  const proc = Bun.spawn([...BARE_ARGV, "--mib", mib], { stdout: "pipe", stderr: "inherit" });
   const out = await new Response(proc.stdout).text();
   if ((await proc.exited) !== 0) throw new Error("lib/bare-datachannel.ts --lib wrtc failed");
   return JSON.parse(out.trim().split("\n").pop() ?? "{}") as BareRun;
 }
 
-/** `runs` bare data channels one after another, and the median of each figure. */
-async function bare(mib: string, runs: number): Promise<BareResult> {
+/**
+ * One bare data channel in the NAT lab: the sender in alice's namespace, the receiver in bob's,
+ * every candidate and the relay's STUN server, as the daemons have them.
+ */
+async function labBareRun(rig: NatRig, mib: number): Promise<BareRun> {
+  const argv = [...BARE_ARGV, "--mib", String(mib), "--candidates", "all", "--ice-servers", rig.stunUrl, "--answer-netns", rig.netns("bob")];
+  const limitMs = mib * 1000 + 120_000; // two transfers of `mib` MiB: slower than 2 MiB/s is a failure
+  const r = await rig.exec("alice", argv, limitMs);
+  if (r.code !== 0) throw new Error(`lib/bare-datachannel.ts --lib wrtc in the NAT lab failed (${r.signal ?? `exit ${r.code}`}): ${r.stderr.trim()}`);
+  if (r.stderr.trim() !== "") console.error(r.stderr.trim());
+  return JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}") as BareRun;
+}
+
+/** `runs` bare data channels one after another (`run` does one), and the median of each figure. */
+async function bare(runs: number, run: () => Promise<BareRun>): Promise<BareResult> {
   const all: BareRun[] = [];
-  for (let i = 0; i < runs; i++) all.push(await bareRun(mib));
+  for (let i = 0; i < runs; i++) all.push(await run());
   const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 0.5);
   const first = all[0] as BareRun;
   return {
@@ -646,6 +686,12 @@ async function bare(mib: string, runs: number): Promise<BareResult> {
       p50: median(all.map((r) => r.latencyUs.p50)),
       p99: median(all.map((r) => r.latencyUs.p99)),
       avg: median(all.map((r) => r.latencyUs.avg)),
+    },
+    chainLatencyUs: {
+      ...first.chainLatencyUs,
+      p50: median(all.map((r) => r.chainLatencyUs.p50)),
+      p99: median(all.map((r) => r.chainLatencyUs.p99)),
+      avg: median(all.map((r) => r.chainLatencyUs.avg)),
     },
     throughput: first.throughput.map((t, i) => {
       const ok = all.flatMap((r) => (r.throughput[i]?.mibPerS == null ? [] : [r.throughput[i]?.mibPerS ?? 0]));
@@ -668,27 +714,37 @@ interface Goal {
 
 const done = (r: PassResult | { skipped: string } | undefined): PassResult | undefined => (r !== undefined && !("skipped" in r) ? r : undefined);
 const lat2000 = (r: PassResult | undefined) => r?.cases.find((c) => c.n === 2000);
-const bareBest = (b: BareRun | undefined): number | undefined => {
+const bareBest = (b: Pick<BareRun, "throughput"> | undefined): number | undefined => {
   const ok = (b?.throughput ?? []).flatMap((t) => (t.mibPerS === null ? [] : [t.mibPerS]));
   return ok.length === 0 ? undefined : Math.max(...ok);
 };
 
+/**
+ * The bare data channel each ICE pass is held to: the NAT lab's, measured in that pass over the
+ * same NATs and STUN, for the NAT lab; the loopback one for loopback.
+ */
+function bareFor(key: "ice" | "iceLoopback", unpinned: Passes, loopbackBare: BareResult | undefined): BareResult | undefined {
+  return key === "ice" ? done(unpinned.ice)?.labBare : loopbackBare;
+}
+
 /** The issue-16 goals, each with its baseline from this run. */
-function goals(unpinned: Passes, b: BareResult | undefined): Goal[] {
+function goals(unpinned: Passes, loopbackBare: BareResult | undefined): Goal[] {
   const out: Goal[] = [];
-  const best = bareBest(b);
   for (const [key, label] of [["ice", "ICE (NAT lab)"], ["iceLoopback", "ICE (loopback)"]] as const) {
     const r = done(unpinned[key]);
+    const b = bareFor(key, unpinned, loopbackBare);
+    const best = bareBest(b);
+    const which = key === "ice" ? "the NAT lab's bare data channel's" : "the bare data channel's";
     const p50 = lat2000(r)?.p50;
     if (p50 !== undefined && b !== undefined) {
       const ratio = p50 / b.latencyUs.p50;
-      out.push({ goal: `${label} one-way P50 within 1.5× of the bare data channel's`, value: p50, baseline: b.latencyUs.p50, ratio, bound: "≤ 1.5", met: ratio <= 1.5 });
+      out.push({ goal: `${label} one-way P50 within 1.5× of ${which}`, value: p50, baseline: b.latencyUs.p50, ratio, bound: "≤ 1.5", met: ratio <= 1.5 });
     }
     if (r !== undefined && Number.isFinite(r.tunnelMiBps)) {
       out.push({ goal: `${label} tunnel above the seed's WebRTC path (${SEED_WEBRTC_MIBPS} MiB/s)`, value: r.tunnelMiBps, baseline: SEED_WEBRTC_MIBPS, ratio: r.tunnelMiBps / SEED_WEBRTC_MIBPS, bound: "> 1", met: r.tunnelMiBps > SEED_WEBRTC_MIBPS });
       if (best !== undefined) {
         const ratio = best / r.tunnelMiBps;
-        out.push({ goal: `${label} tunnel within 1.5× of the bare data channel's best`, value: r.tunnelMiBps, baseline: best, ratio, bound: "bare/ICE ≤ 1.5", met: ratio <= 1.5 });
+        out.push({ goal: `${label} tunnel within 1.5× of ${which} best`, value: r.tunnelMiBps, baseline: best, ratio, bound: "bare/ICE ≤ 1.5", met: ratio <= 1.5 });
       }
     }
   }
@@ -751,14 +807,36 @@ function printDetail(label: string, title: string, r: PassResult | { skipped: st
   }
 }
 
+/** Width of the per-rung table's first column ("bare DC chain (NAT lab)"). */
+const RUNG_WIDTH = 23;
+
+/** The distinct selected pairs of the runs, `type address ↔ type address` (ports differ per run). */
+function barePairs(b: BareResult, withAddress: boolean): string {
+  const text = (p: SelectedPair | null) => (p === null ? "not read" : [p.local, p.remote].map((e) => (withAddress ? `${e.type} ${e.address}` : e.type)).join(" ↔ "));
+  return [...new Set(b.runs.map((r) => text(r.pair)))].join(" / ");
+}
+
+/** A bare data channel's two rows of the per-rung table (`suffix` after the rung) and its details. */
+function printBare(suffix: string, where: string, b: BareResult): void {
+  const tp = b.throughput.map((t) => `${t.size / 1024} KiB msgs ${t.mibPerS === null ? t.status : t.mibPerS.toFixed(1)}`).join(", ");
+  const indent = " ".repeat(RUNG_WIDTH + 3);
+  console.log(`  ${`bare DC${suffix}`.padEnd(RUNG_WIDTH)} ${where.padEnd(52)} ${f1(b.latencyUs.p50)} ${f1(b.latencyUs.p99)} ${f1(bareBest(b))}`);
+  console.log(`  ${`bare DC chain${suffix}`.padEnd(RUNG_WIDTH)} ${"app → unix → DC → unix → app (the ICE rung's shape)".padEnd(52)} ${f1(b.chainLatencyUs.p50)} ${f1(b.chainLatencyUs.p99)} ${f1(undefined)}`);
+  console.log(`${indent}bare data channel, median of ${b.runs.length} runs: setup ${b.setupMs.toFixed(0)} ms; throughput ${tp} MiB/s (${b.throughput[0]?.mib ?? "?"} MiB each)`);
+  const each = (f: (r: BareRun) => number | null | undefined) => b.runs.map((r) => { const v = f(r); return v == null ? "—" : v.toFixed(0); }).join(", ");
+  console.log(`${indent}each run: P50 ${each((r) => r.latencyUs.p50)} µs; P99 ${each((r) => r.latencyUs.p99)} µs; best MiB/s ${each((r) => bareBest(r))}`);
+  console.log(`${indent}each run, chain: P50 ${each((r) => r.chainLatencyUs.p50)} µs; P99 ${each((r) => r.chainLatencyUs.p99)} µs`);
+  console.log(`${indent}selected pair (getStats, the sender's): ${barePairs(b, true)}`);
+}
+
 function printTable(pinned: Passes, unpinned: Passes, b: BareResult | undefined): void {
   console.log("\nper rung — one-way latency 1 KB ×2000 (µs), tunnel MiB/s");
-  console.log(`  ${"rung".padEnd(7)} ${"where".padEnd(52)} ${"P50".padStart(8)} ${"P99".padStart(8)} ${"MiB/s".padStart(8)}`);
+  console.log(`  ${"rung".padEnd(RUNG_WIDTH)} ${"where".padEnd(52)} ${"P50".padStart(8)} ${"P99".padStart(8)} ${"MiB/s".padStart(8)}`);
   const row = (rung: string, where: string, r: PassResult | { skipped: string } | undefined) => {
     if (r === undefined) return;
-    if ("skipped" in r) return console.log(`  ${rung.padEnd(7)} ${where.padEnd(52)} skipped: ${r.skipped}`);
+    if ("skipped" in r) return console.log(`  ${rung.padEnd(RUNG_WIDTH)} ${where.padEnd(52)} skipped: ${r.skipped}`);
     const c = lat2000(r);
-    console.log(`  ${rung.padEnd(7)} ${where.padEnd(52)} ${f1(c?.p50)} ${f1(c?.p99)} ${f1(r.tunnelMiBps)}`);
+    console.log(`  ${rung.padEnd(RUNG_WIDTH)} ${where.padEnd(52)} ${f1(c?.p50)} ${f1(c?.p99)} ${f1(r.tunnelMiBps)}`);
   };
   row("relay", "loopback, pinned to CPU 0", pinned.relay);
   row("relay", "loopback, unpinned", unpinned.relay);
@@ -767,13 +845,9 @@ function printTable(pinned: Passes, unpinned: Passes, b: BareResult | undefined)
   row("ice", "loopback, host candidates, unpinned", unpinned.iceLoopback);
   row("ice", "NAT lab, port-preserving NATs, STUN, unpinned", unpinned.ice);
   row("turn", "NAT lab, bob's NAT symmetric, coturn, unpinned", unpinned.turn);
-  if (b !== undefined) {
-    const tp = b.throughput.map((t) => `${t.size / 1024} KiB msgs ${t.mibPerS === null ? t.status : t.mibPerS.toFixed(1)}`).join(", ");
-    console.log(`  ${"bare DC".padEnd(7)} ${"wrtc, two Bun processes, 127.0.0.1 (the ICE ceiling)".padEnd(52)} ${f1(b.latencyUs.p50)} ${f1(b.latencyUs.p99)} ${f1(bareBest(b))}`);
-    console.log(`          bare data channel, median of ${b.runs.length} runs: setup ${b.setupMs.toFixed(0)} ms; throughput ${tp} MiB/s (${b.throughput[0]?.mib ?? "?"} MiB each)`);
-    const each = (f: (r: BareRun) => number | null | undefined) => b.runs.map((r) => { const v = f(r); return v == null ? "—" : v.toFixed(0); }).join(", ");
-    console.log(`          each run: P50 ${each((r) => r.latencyUs.p50)} µs; P99 ${each((r) => r.latencyUs.p99)} µs; best MiB/s ${each((r) => bareBest(r))}`);
-  }
+  if (b !== undefined) printBare("", "wrtc, two Bun processes, 127.0.0.1 (the ICE ceiling)", b);
+  const lab = done(unpinned.ice)?.labBare;
+  if (lab !== undefined) printBare(" (NAT lab)", `wrtc, alice → bob through both NATs, ${barePairs(lab, false)}`, lab);
 }
 
 if (values.help) {
@@ -793,7 +867,7 @@ if (values.help) {
     if (parts.has("relay")) unpinned.relay = await pass("relay", false, stoa.path);
     if (parts.has("direct")) unpinned.direct = await pass("direct", false, stoa.path);
     // Right before the ICE passes, so that the baseline sees the machine as they do.
-    if (parts.has("bare")) bareResult = await bare(values["bare-mib"], wholeNumber("bare-runs", values["bare-runs"]));
+    if (parts.has("bare")) bareResult = await bare(wholeNumber("bare-runs", values["bare-runs"]), () => bareRun(values["bare-mib"]));
     if (parts.has("ice-lo")) unpinned.iceLoopback = await pass("ice-lo", false, stoa.path);
     if (parts.has("ice") || parts.has("ttfb")) unpinned.ice = await pass("ice", false, stoa.path);
     if (parts.has("turn")) unpinned.turn = await pass("turn", false, stoa.path);
@@ -824,6 +898,15 @@ if (values.help) {
         const base = g.baseline === null ? "" : ` vs ${g.baseline.toFixed(1)}`;
         console.log(`  ${g.met ? "met    " : "NOT MET"} ${g.goal}: ${g.value.toFixed(1)}${base} → ${g.ratio.toFixed(2)} (${g.bound})`);
       }
+    }
+    // Against the floor of the ICE rung's shape: how much of the gap to the bare channel is the
+    // two IPC hops and how much stoa's own. Information only; the goal is the one above.
+    for (const [key, label] of [["ice", "ICE (NAT lab)"], ["iceLoopback", "ICE (loopback)"]] as const) {
+      const p50 = lat2000(done(unpinned[key]))?.p50;
+      const b = bareFor(key, unpinned, bareResult);
+      if (p50 === undefined || b === undefined) continue;
+      const chain = b.chainLatencyUs.p50;
+      console.log(`  (info)  ${label} one-way P50 against the ${key === "ice" ? "NAT lab's " : ""}bare DC chain's (the rung's shape, no protocol): ${p50.toFixed(1)} vs ${chain.toFixed(1)} → ${(p50 / chain).toFixed(2)}`);
     }
   }
 }

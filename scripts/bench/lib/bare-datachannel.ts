@@ -4,9 +4,15 @@
  * transport for the hotlink on this machine, per library — werift (pure TypeScript) or
  * @roamhq/wrtc (libwebrtc as a native addon). This process is the offerer and the sender; it
  * starts a copy of itself with `--answer` as the receiver, and the two signal over the child's
- * stdin/stdout (one JSON object a line). Host candidates on 127.0.0.1 only (every other
- * candidate is dropped from the signalling and the SDP), no STUN/TURN, one data channel,
- * ordered and reliable, binary messages. One run measures:
+ * stdin/stdout (one JSON object a line). By default host candidates on 127.0.0.1 only (every
+ * other candidate is dropped from the signalling and the SDP), no STUN/TURN; one data channel,
+ * ordered and reliable, binary messages. In a network lab (wrtc only; scripts/bench/hotlink.ts
+ * runs it in the NAT lab, lib/hotlink-nat.ts): `--candidates all` lets every gathered candidate
+ * through, `--ice-servers stun:HOST:PORT` gives the STUN server for server-reflexive ones, and
+ * `--answer-netns NAME` starts the receiver with `ip netns exec NAME` — the caller starts this
+ * process in the other namespace. Behind two port-preserving NATs that makes the pair
+ * srflx ↔ srflx, as hotlink's daemons' is; `pair` (the sender's getStats, read as
+ * src/hotlink/rtc.ts does) says which pair carried it. One run measures:
  *   setup      — createOffer() on the sender until the channel's `open` there (ICE, DTLS, SCTP
  *                and the DCEP open), after both processes have loaded the library (load: ms to
  *                import it, the receiver's figure beside it)
@@ -18,6 +24,16 @@
  *                monotonic base; checked against clock_gettime(CLOCK_MONOTONIC) to agree within
  *                ≈ 2 µs between processes). Not `process.hrtime.bigint()`: in Bun 1.4.5 it counts
  *                from the process's start, not CLOCK_MONOTONIC, so it differs per process
+ *   chain      — the same messages and counts, with a Unix stream socket before and after the
+ *                channel: the shape of hotlink's ICE rung (application → IPC socket → daemon →
+ *                data channel → daemon → IPC socket → application) with no protocol. A third
+ *                process, the probe (a copy of this script with `--probe DIR`), writes each
+ *                stamped message into a socket the sender serves; the sender sends each 1 KiB it
+ *                reads as one message (reads of other sizes are cut or joined to 1 KiB); the
+ *                receiver writes each message into a socket the probe serves; the probe takes
+ *                receive − stamp (one clock) and writes the next message once it got the last.
+ *                The sockets are in a mkdtemp directory under /tmp, removed after the phase (paths,
+ *                not abstract sockets: they work across network namespaces too)
  *   throughput — --mib MiB (64) of random bytes in 16 KiB and in 64 KiB messages, the sender
  *                waiting whenever bufferedAmount passes 4 MiB until it is down to 1 MiB (werift:
  *                `bufferedamountlow`; wrtc has none, so a 1 ms poll), so nothing is queued
@@ -34,12 +50,16 @@
  * too), so the script runs with only one of the two installed.
  *
  *   bun scripts/bench/lib/bare-datachannel.ts --lib werift|wrtc [--json] [--mib 64]
+ *       [--candidates loopback|all] [--ice-servers stun:HOST:PORT,...] [--answer-netns NAME]
  * `--json` prints one JSON object (the `Result` interface) instead of the text.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { readdirSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { describeError } from "../../../src/core/errors.ts";
+import { Outbox } from "../../../src/core/outbox.ts";
+import type { PairEnd, SelectedPair } from "../../../src/hotlink/rtc.ts";
 
 const LIBS = { werift: "werift", wrtc: "@roamhq/wrtc" } as const;
 type LibName = keyof typeof LIBS;
@@ -55,10 +75,15 @@ const STEP_TIMEOUT_MS = 120_000;
 const STALL_MS = 20_000;
 
 const USAGE = `usage: bun scripts/bench/lib/bare-datachannel.ts --lib werift|wrtc [--json] [--mib 64]
-  --lib    the WebRTC library: werift (${LIBS.werift}) or wrtc (${LIBS.wrtc}); it must be installed
-           in node_modules next to this repository (or on NODE_PATH)
-  --json   print one JSON object with the figures instead of text
-  --mib    MiB per throughput transfer (default 64)`;
+       [--candidates loopback|all] [--ice-servers stun:HOST:PORT,...] [--answer-netns NAME]
+  --lib          the WebRTC library: werift (${LIBS.werift}) or wrtc (${LIBS.wrtc}); it must be installed
+                 in node_modules next to this repository (or on NODE_PATH)
+  --json         print one JSON object with the figures instead of text
+  --mib          MiB per throughput transfer (default 64)
+  --candidates   loopback (default): host candidates on 127.0.0.1 only; all: every candidate gathered
+  --ice-servers  comma-separated ICE server URLs, each an RTCIceServer {urls} (default none)
+  --answer-netns start the receiver in this network namespace (ip netns exec; needs root)
+  The last three need --lib wrtc.`;
 
 /** A candidate as it travels in the signalling. */
 interface Candidate {
@@ -86,11 +111,13 @@ interface Peer {
   answer(offerSdp: string): Promise<string>;
   acceptAnswer(answerSdp: string): Promise<void>;
   addCandidate(c: Candidate): Promise<void>;
+  /** The candidate pair ICE selected, from getStats as src/hotlink/rtc.ts reads it; wrtc only. */
+  selectedPair?(): Promise<SelectedPair | null>;
   close(): Promise<void>;
 }
 
 /** Loads `lib` and returns a factory of peers; the error says what to install. */
-async function loadLib(lib: LibName): Promise<() => Peer> {
+async function loadLib(lib: LibName, place: Placement): Promise<() => Peer> {
   const specifier: string = LIBS[lib];
   let mod: any;
   try {
@@ -98,22 +125,39 @@ async function loadLib(lib: LibName): Promise<() => Peer> {
   } catch (err) {
     throw new Error(`cannot import ${specifier} (${describeError(err)}): install it (bun add ${specifier}) or point NODE_PATH at a node_modules that has it`);
   }
-  return lib === "werift" ? () => weriftPeer(mod) : () => wrtcPeer(mod.default ?? mod);
+  return lib === "werift" ? () => weriftPeer(mod) : () => wrtcPeer(mod.default ?? mod, place);
 }
 
 const LOOPBACK = "127.0.0.1";
+/**
+ * Which candidates travel in the signalling and the SDP: "loopback", host candidates on
+ * 127.0.0.1 only; "all", every one the library gathered (as the hotlink daemons send them).
+ */
+const CANDIDATE_POLICIES = ["loopback", "all"] as const;
+type CandidatePolicy = (typeof CANDIDATE_POLICIES)[number];
 
-/** True for an ICE candidate line whose connection address is 127.0.0.1. */
-function isLoopbackCandidate(candidate: string): boolean {
-  // candidate:<foundation> <component> <transport> <priority> <address> <port> typ …
-  return candidate.replace(/^a=/, "").split(" ")[4] === LOOPBACK;
+/** Where the channel runs: the candidates it may use, its ICE servers, the receiver's namespace. */
+interface Placement {
+  candidates: CandidatePolicy;
+  /** ICE server URLs (`stun:HOST:PORT`), each one RTCIceServer `{urls}`. */
+  iceServers: string[];
+  /** The network namespace the receiver runs in (`ip netns exec`), or null: this process's. */
+  answerNetns: string | null;
 }
 
-/** The SDP with every a=candidate line that is not on 127.0.0.1 removed. */
-function loopbackOnly(sdp: string): string {
+const LOOPBACK_PLACEMENT: Placement = { candidates: "loopback", iceServers: [], answerNetns: null };
+
+/** True for an ICE candidate line `policy` lets through. */
+function keeps(policy: CandidatePolicy, candidate: string): boolean {
+  // candidate:<foundation> <component> <transport> <priority> <address> <port> typ …
+  return policy === "all" || candidate.replace(/^a=/, "").split(" ")[4] === LOOPBACK;
+}
+
+/** The SDP without the a=candidate lines `policy` drops. */
+function keptSdp(policy: CandidatePolicy, sdp: string): string {
   return sdp
     .split("\r\n")
-    .filter((line) => !line.startsWith("a=candidate:") || isLoopbackCandidate(line))
+    .filter((line) => !line.startsWith("a=candidate:") || keeps(policy, line))
     .join("\r\n");
 }
 
@@ -152,12 +196,12 @@ function weriftPeer(mod: any): Peer {
       pc.onIceCandidate.subscribe((c: any) => c?.candidate && candidate({ candidate: c.candidate, sdpMid: c.sdpMid ?? null, sdpMLineIndex: c.sdpMLineIndex ?? null })),
     async createOffer() {
       await pc.setLocalDescription(await pc.createOffer());
-      return loopbackOnly(pc.localDescription.sdp);
+      return keptSdp("loopback", pc.localDescription.sdp);
     },
     async answer(offerSdp) {
       await pc.setRemoteDescription({ type: "offer", sdp: offerSdp });
       await pc.setLocalDescription(await pc.createAnswer());
-      return loopbackOnly(pc.localDescription.sdp);
+      return keptSdp("loopback", pc.localDescription.sdp);
     },
     acceptAnswer: (answerSdp) => pc.setRemoteDescription({ type: "answer", sdp: answerSdp }),
     addCandidate: (c) => pc.addIceCandidate(c),
@@ -165,8 +209,8 @@ function weriftPeer(mod: any): Peer {
   };
 }
 
-function wrtcPeer(wrtc: any): Peer {
-  const pc = new wrtc.RTCPeerConnection({ iceServers: [] });
+function wrtcPeer(wrtc: any, place: Placement): Peer {
+  const pc = new wrtc.RTCPeerConnection({ iceServers: place.iceServers.map((urls) => ({ urls })) });
   const wrap = (dc: any): Channel => {
     dc.binaryType = "arraybuffer";
     return {
@@ -199,15 +243,33 @@ function wrtcPeer(wrtc: any): Peer {
     },
     async createOffer() {
       await pc.setLocalDescription(await pc.createOffer());
-      return loopbackOnly(pc.localDescription.sdp);
+      return keptSdp(place.candidates, pc.localDescription.sdp);
     },
     async answer(offerSdp) {
       await pc.setRemoteDescription({ type: "offer", sdp: offerSdp });
       await pc.setLocalDescription(await pc.createAnswer());
-      return loopbackOnly(pc.localDescription.sdp);
+      return keptSdp(place.candidates, pc.localDescription.sdp);
     },
     acceptAnswer: (answerSdp) => pc.setRemoteDescription({ type: "answer", sdp: answerSdp }),
     addCandidate: (c) => pc.addIceCandidate(c),
+    async selectedPair() {
+      const stats = new Map<string, Record<string, unknown>>();
+      (await pc.getStats()).forEach((s: Record<string, unknown>) => void stats.set(String(s.id), s));
+      let pairId: unknown;
+      for (const s of stats.values()) if (s.type === "transport" && typeof s.selectedCandidatePairId === "string") pairId = s.selectedCandidatePairId;
+      let pair = pairId === undefined ? undefined : stats.get(String(pairId));
+      if (pair === undefined) {
+        for (const s of stats.values()) if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated === true) pair = s;
+      }
+      if (pair === undefined) return null;
+      const end = (id: unknown): PairEnd | null => {
+        const c = stats.get(String(id));
+        return c === undefined ? null : { type: String(c.candidateType ?? "unknown"), address: String(c.address ?? c.ip ?? "?"), port: Number(c.port ?? 0) };
+      };
+      const local = end(pair.localCandidateId);
+      const remote = end(pair.remoteCandidateId);
+      return local === null || remote === null ? null : { local, remote };
+    },
     async close() {
       pc.close();
     },
@@ -221,6 +283,7 @@ type Signal =
   | { type: "answer"; sdp: string }
   | { type: "candidate"; c: Candidate }
   | { type: "latency" }
+  | { type: "chain"; socket: string }
   | { type: "throughput"; bytes: number }
   | { type: "ready" }
   | { type: "latencies"; us: number[] }
@@ -331,17 +394,17 @@ function cpuSeconds(): number {
 const SETTLE_MS = 500;
 
 /** The receiver: answers the offer, records what each phase the sender announces sends. */
-async function receiver(lib: LibName): Promise<void> {
+async function receiver(lib: LibName, place: Placement): Promise<void> {
   const out = (s: Signal) => process.stdout.write(`${JSON.stringify(s)}\n`);
   const threadsBefore = threadCount();
   const t0 = performance.now();
-  const newPeer = await loadLib(lib);
+  const newPeer = await loadLib(lib, place);
   out({ type: "loaded", loadMs: performance.now() - t0, threads: threadsBefore, timeOrigin: performance.timeOrigin });
   const signals = new SignalReader(Bun.stdin.stream(), "the sender");
   const peer = newPeer();
   const sink = candidateSink(peer, "receiver");
   signals.candidates = sink.add;
-  peer.onCandidate((c) => isLoopbackCandidate(c.candidate) && out({ type: "candidate", c }));
+  peer.onCandidate((c) => keeps(place.candidates, c.candidate) && out({ type: "candidate", c }));
   const channel = new Promise<Channel>((resolve) => peer.onChannel(resolve));
   const offer = await signals.next("offer");
   const answerSdp = await peer.answer(offer.sdp);
@@ -354,7 +417,7 @@ async function receiver(lib: LibName): Promise<void> {
   ch.onMessage((bytes) => onMessage(bytes));
   const ack = new Uint8Array(1);
   for (;;) {
-    const s = await signals.next("latency", "throughput", "close");
+    const s = await signals.next("latency", "chain", "throughput", "close");
     if (s.type === "latency") {
       const us: number[] = [];
       let n = 0;
@@ -366,6 +429,12 @@ async function receiver(lib: LibName): Promise<void> {
         ch.send(ack);
         if (n === LATENCY_WARMUP + LATENCY_COUNT) out({ type: "latencies", us });
       };
+    } else if (s.type === "chain") {
+      // The chain's last hop: each message into the probe's socket as it arrives; the probe
+      // closes the connection when it is done.
+      const conn = await Bun.connect({ unix: s.socket, socket: { data() {}, drain: () => void toProbe.flush() } });
+      const toProbe = new Outbox(conn);
+      onMessage = (bytes) => void toProbe.write(bytes);
     } else if (s.type === "throughput") {
       const hash = createHash("sha256");
       let got = 0;
@@ -399,11 +468,24 @@ interface ThreadCounts {
   closed: number;
 }
 
+interface LatencyUs {
+  size: number;
+  count: number;
+  p50: number;
+  p99: number;
+  avg: number;
+}
+
 interface Result {
   lib: LibName;
+  placement: Placement;
+  /** The sender's selected candidate pair after the last phase; null with werift (not read). */
+  pair: SelectedPair | null;
   loadMs: { sender: number; receiver: number };
   setupMs: number;
-  latencyUs: { size: number; count: number; p50: number; p99: number; avg: number };
+  latencyUs: LatencyUs;
+  /** probe → Unix socket → sender → channel → receiver → Unix socket → probe */
+  chainLatencyUs: LatencyUs;
   /**
    * One per message size. "stalled": the channel stopped taking data (bufferedAmount stuck above
    * LOW_WATER for STALL_MS) after `stalledAtBytes`; the sizes after it are "skipped", as the
@@ -427,6 +509,98 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.floor((sorted.length - 1) * p)] ?? Number.NaN;
 }
 
+/** The figures of LATENCY_SIZE-byte latencies, µs. */
+function latencySummary(us: number[]): LatencyUs {
+  const sorted = [...us].sort((a, b) => a - b);
+  return { size: LATENCY_SIZE, count: sorted.length, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), avg: sorted.reduce((a, b) => a + b, 0) / sorted.length };
+}
+
+/**
+ * Cuts a byte stream into `size`-byte messages whatever the sizes of its reads: call the result
+ * with each read; `message` gets each whole message, as a view of the read or, for one that
+ * spans reads, a buffer of its own.
+ */
+function messages(size: number, message: (bytes: Uint8Array) => void): (read: Uint8Array) => void {
+  let partial = new Uint8Array(size);
+  let have = 0;
+  return (read) => {
+    let at = 0;
+    if (have > 0) {
+      at = Math.min(size - have, read.byteLength);
+      partial.set(read.subarray(0, at), have);
+      have += at;
+      if (have < size) return;
+      message(partial);
+      partial = new Uint8Array(size);
+      have = 0;
+    }
+    for (; at + size <= read.byteLength; at += size) message(read.subarray(at, at + size));
+    partial.set(read.subarray(at), 0);
+    have = read.byteLength - at;
+  };
+}
+
+/** The probe's socket and the sender's, in the chain's directory. */
+const probeSocket = (dir: string) => join(dir, "probe.sock");
+const senderSocket = (dir: string) => join(dir, "sender.sock");
+
+/**
+ * The probe of the chain: serves probeSocket(dir) for the receiver, and once it connected,
+ * writes stamped messages into senderSocket(dir), one in flight; prints the latencies (µs, its
+ * own clock) as a signal, closes both connections and ends.
+ */
+async function probe(dir: string): Promise<void> {
+  const out = (s: Signal) => process.stdout.write(`${JSON.stringify(s)}\n`);
+  let arrived: ((us: number) => void) | null = null;
+  const take = messages(LATENCY_SIZE, (m) => {
+    const now = performance.now();
+    arrived?.((now - new DataView(m.buffer, m.byteOffset, 8).getFloat64(0, true)) * 1000);
+  });
+  const connected = Promise.withResolvers<void>();
+  const server = Bun.listen({ unix: probeSocket(dir), socket: { open: () => connected.resolve(), data: (_s, read) => take(read) } });
+  out({ type: "ready" });
+  await within(connected.promise, "the receiver's connection to the probe");
+  const conn = await Bun.connect({ unix: senderSocket(dir), socket: { data() {}, drain: () => void toSender.flush() } });
+  // Queued as a view of `message`: it is stamped again only once it came back, so all was written.
+  const toSender = new Outbox(conn);
+  const message = new Uint8Array(LATENCY_SIZE).fill(0x55);
+  const stamp = new DataView(message.buffer);
+  const us: number[] = [];
+  for (let i = 0; i < LATENCY_WARMUP + LATENCY_COUNT; i++) {
+    const back = new Promise<number>((resolve) => (arrived = resolve));
+    stamp.setFloat64(0, performance.now(), true);
+    toSender.write(message);
+    const x = await within(back, `chain message ${i + 1}`);
+    if (i >= LATENCY_WARMUP) us.push(x);
+  }
+  out({ type: "latencies", us });
+  conn.end();
+  server.stop(true);
+}
+
+/** The chain phase (see the module header), with the probe as a third process. */
+async function chainLatency(ch: Channel, tellReceiver: (s: Signal) => void, receiverSignals: SignalReader): Promise<LatencyUs> {
+  const dir = mkdtempSync("/tmp/bare-dc-");
+  let probeProc: Bun.Subprocess<"ignore", "pipe", "inherit"> | null = null;
+  try {
+    const forward = messages(LATENCY_SIZE, (m) => ch.send(m));
+    const server = Bun.listen({ unix: senderSocket(dir), socket: { data: (_s, read) => forward(read) } });
+    probeProc = Bun.spawn([process.execPath, import.meta.path, "--probe", dir], { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+    const probeSignals = new SignalReader(probeProc.stdout, "the probe");
+    await probeSignals.next("ready");
+    tellReceiver({ type: "chain", socket: probeSocket(dir) });
+    await receiverSignals.next("ready");
+    const { us } = await probeSignals.next("latencies");
+    const code = await within(probeProc.exited, "the probe's exit");
+    if (code !== 0) throw new Error(`the probe exited with code ${code}`);
+    server.stop(true);
+    return latencySummary(us);
+  } finally {
+    if (probeProc !== null && probeProc.exitCode === null) probeProc.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /**
  * Sends `data` in `size`-byte messages; past HIGH_WATER buffered, waits for LOW_WATER. Returns
  * null, or the bytes handed to the channel when it stopped draining for STALL_MS (a stall).
@@ -446,12 +620,18 @@ async function sendAll(ch: Channel, data: Uint8Array, size: number): Promise<num
 }
 
 /** The sender: starts the receiver, connects, runs the phases, closes; returns the figures. */
-async function sender(lib: LibName, mib: number): Promise<Result> {
+async function sender(lib: LibName, mib: number, place: Placement): Promise<Result> {
   const threadsBefore = threadCount();
   const t0 = performance.now();
-  const newPeer = await loadLib(lib);
+  const newPeer = await loadLib(lib, place);
   const loadMs = performance.now() - t0;
-  const child = Bun.spawn([process.execPath, import.meta.path, "--answer", "--lib", lib], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
+  const answerer = [
+    process.execPath, import.meta.path, "--answer", "--lib", lib, "--candidates", place.candidates,
+    ...(place.iceServers.length === 0 ? [] : ["--ice-servers", place.iceServers.join(",")]),
+  ];
+  // `ip netns exec` execs the command: the child's pid is the receiver's, so kill() reaches it.
+  const netns = place.answerNetns === null ? [] : [Bun.which("ip") ?? "/usr/sbin/ip", "netns", "exec", place.answerNetns];
+  const child = Bun.spawn([...netns, ...answerer], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
   const send = (s: Signal) => {
     child.stdin.write(`${JSON.stringify(s)}\n`);
     void child.stdin.flush();
@@ -462,7 +642,7 @@ async function sender(lib: LibName, mib: number): Promise<Result> {
     const peer = newPeer();
     const sink = candidateSink(peer, "sender");
     signals.candidates = sink.add;
-    peer.onCandidate((c) => isLoopbackCandidate(c.candidate) && send({ type: "candidate", c }));
+    peer.onCandidate((c) => keeps(place.candidates, c.candidate) && send({ type: "candidate", c }));
     const ch = peer.createChannel("bench");
     const open = opened(ch);
 
@@ -490,8 +670,8 @@ async function sender(lib: LibName, mib: number): Promise<Result> {
     acked = null;
     // The receiver's performance.now() minus the sender's, at one instant.
     const originMs = loaded.timeOrigin - performance.timeOrigin;
-    const us = (await signals.next("latencies")).us.map((x) => x + originMs * 1000).sort((a, b) => a - b);
-    const latencyUs = { size: LATENCY_SIZE, count: us.length, p50: percentile(us, 0.5), p99: percentile(us, 0.99), avg: us.reduce((a, b) => a + b, 0) / us.length };
+    const latencyUs = latencySummary((await signals.next("latencies")).us.map((x) => x + originMs * 1000));
+    const chainLatencyUs = await chainLatency(ch, send, signals);
 
     const data = new Uint8Array(randomBytes(mib * 1024 * 1024));
     const sha256 = createHash("sha256").update(data).digest("hex");
@@ -520,6 +700,8 @@ async function sender(lib: LibName, mib: number): Promise<Result> {
       throughput.push({ size, mib, status: "ok", stalledAtBytes: null, mibPerS: mib / seconds, cpuSPerGiB: { sender: cpuS / gib, receiver: got.cpuS / gib } });
     }
 
+    // After every phase: the pair that carried the last transfer.
+    const pair = (await peer.selectedPair?.()) ?? null;
     const threadsOpen = threadCount();
     send({ type: "close" });
     const closed = await signals.next("closed");
@@ -533,9 +715,12 @@ async function sender(lib: LibName, mib: number): Promise<Result> {
     await Bun.sleep(SETTLE_MS);
     return {
       lib,
+      placement: place,
+      pair,
       loadMs: { sender: loadMs, receiver: loaded.loadMs },
       setupMs,
       latencyUs,
+      chainLatencyUs,
       throughput,
       threads: {
         sender: { before: threadsBefore, open: threadsOpen, closed: threadCount() },
@@ -551,11 +736,17 @@ async function sender(lib: LibName, mib: number): Promise<Result> {
 function format(r: Result): string {
   const f = (n: number, digits = 0) => n.toFixed(digits);
   const t = r.threads;
+  const p = r.placement;
+  const where = p.candidates === "loopback" ? "127.0.0.1" : `${p.candidates} candidates`;
+  const servers = p.iceServers.length === 0 ? "" : `, ICE servers ${p.iceServers.join(" ")}`;
+  const end = (e: PairEnd) => `${e.type} ${e.address}:${e.port}`;
   return [
-    `bare data channel, ${LIBS[r.lib]} (two Bun processes, 127.0.0.1, ordered + reliable)`,
+    `bare data channel, ${LIBS[r.lib]} (two Bun processes, ${where}${servers}, ordered + reliable${p.answerNetns === null ? "" : `; receiver in netns ${p.answerNetns}`})`,
+    ...(r.pair === null ? [] : [`  pair          ${end(r.pair.local)} ↔ ${end(r.pair.remote)} (the sender's selected pair after the last phase)`]),
     `  load          sender ${f(r.loadMs.sender)} ms, receiver ${f(r.loadMs.receiver)} ms`,
     `  setup         ${f(r.setupMs)} ms (createOffer → open)`,
     `  latency       ${r.latencyUs.size} B ×${r.latencyUs.count}: P50 ${f(r.latencyUs.p50)} µs, P99 ${f(r.latencyUs.p99)} µs, avg ${f(r.latencyUs.avg)} µs`,
+    `  chain         ${r.chainLatencyUs.size} B ×${r.chainLatencyUs.count}: P50 ${f(r.chainLatencyUs.p50)} µs, P99 ${f(r.chainLatencyUs.p99)} µs, avg ${f(r.chainLatencyUs.avg)} µs (probe → unix → DC → unix → probe)`,
     ...r.throughput.map((x) => {
       const what = `  throughput    ${x.mib} MiB in ${x.size / 1024} KiB messages:`;
       if (x.status === "skipped") return `${what} skipped (the channel stalled before)`;
@@ -575,7 +766,11 @@ async function main(): Promise<void> {
       lib: { type: "string" },
       json: { type: "boolean", default: false },
       mib: { type: "string", default: "64" },
+      candidates: { type: "string", default: "loopback" },
+      "ice-servers": { type: "string" },
+      "answer-netns": { type: "string" },
       answer: { type: "boolean", default: false },
+      probe: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -583,18 +778,34 @@ async function main(): Promise<void> {
     console.log(USAGE);
     return;
   }
+  if (values.probe !== undefined) return probe(values.probe);
   const lib = values.lib;
   if (lib !== "werift" && lib !== "wrtc") {
     console.error(`--lib must be werift or wrtc${lib === undefined ? "" : `, not ${JSON.stringify(lib)}`}\n${USAGE}`);
     process.exit(2);
   }
-  if (values.answer) return receiver(lib);
+  const candidates = values.candidates as CandidatePolicy;
+  if (!CANDIDATE_POLICIES.includes(candidates)) {
+    console.error(`--candidates must be ${CANDIDATE_POLICIES.join(" or ")}, not ${JSON.stringify(values.candidates)}\n${USAGE}`);
+    process.exit(2);
+  }
+  const place: Placement = {
+    candidates,
+    iceServers: (values["ice-servers"] ?? "").split(",").filter((u) => u !== ""),
+    answerNetns: values["answer-netns"] ?? null,
+  };
+  // werift's peer is built for 127.0.0.1 only and its selected pair is not read here.
+  if (lib === "werift" && JSON.stringify(place) !== JSON.stringify(LOOPBACK_PLACEMENT)) {
+    console.error(`--candidates, --ice-servers and --answer-netns need --lib wrtc\n${USAGE}`);
+    process.exit(2);
+  }
+  if (values.answer) return receiver(lib, place);
   const mib = Number(values.mib);
   if (!Number.isInteger(mib) || mib <= 0) {
     console.error(`--mib must be a whole number of MiB above 0, not ${JSON.stringify(values.mib)}\n${USAGE}`);
     process.exit(2);
   }
-  const result = await sender(lib, mib);
+  const result = await sender(lib, mib, place);
   console.log(values.json ? JSON.stringify(result) : format(result));
   // Everything is closed; a library that still holds the event loop must not hang the caller.
   setTimeout(() => {

@@ -12,13 +12,15 @@
  * Each daemon declares one IPC channel (`IPC_CHANNEL`, a Unix socket in the rig's directory: the
  * filesystem is shared, so the benchmark process connects to both ends itself) and one tunnel
  * (`TUNNEL_CHANNEL`, port `TUNNEL_PORT` on each namespace's own loopback: the applications run
- * inside, lib/hotlink-app.ts, started with `app()`). `restartDaemons(direct)` starts them again
+ * inside, lib/hotlink-app.ts, started with `app()`; other programs, such as the bare data channel,
+ * with `exec()`, `netns()` and `stunUrl`). `restartDaemons(direct)` starts them again
  * with another `--direct`. `stop()` ends every process and removes the namespaces and the
  * directory; the netns helper's reaper removes the namespaces if this process dies first.
  */
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { type NatLab, canUseNatLab, createNatLab } from "../../../test/fixtures/nat-lab.ts";
+import type { ExecResult } from "../../../test/helpers/netns.ts";
 import { type DirectMode, Proc, accounts, daemonArgv, ls } from "./hotlink-rig.ts";
 
 export const IPC_CHANNEL = "alice/bench/ipc";
@@ -92,6 +94,21 @@ export class NatRig {
     return join(this.dir, `${user}.sock`);
   }
 
+  /** The relay's STUN port as an ICE server URL, the `stun:` the relay hands the daemons. */
+  get stunUrl(): string {
+    return `stun:${this.lab.pubAddr}:${STUN_PORT}`;
+  }
+
+  /** `user`'s network namespace, for a process that enters it itself (`ip netns exec NAME`). */
+  netns(user: User): string {
+    return this.lab.net.ns(user);
+  }
+
+  /** Runs `argv` in `user`'s namespace to completion, killed after `timeoutMs` (and by stop()). */
+  exec(user: User, argv: string[], timeoutMs: number): Promise<ExecResult> {
+    return this.lab.net.exec(user, argv, { timeoutMs });
+  }
+
   #spawn(host: string, name: string, argv: string[], stdin = false): Proc {
     const proc = this.lab.net.spawn(host, argv, { stdin: stdin ? "pipe" : "ignore", stdout: "pipe", stderr: "pipe" });
     return new Proc(`${name}@${host}`, proc);
@@ -115,7 +132,7 @@ export class NatRig {
       ]);
       await this.coturn.line(/Total General servers/, 10_000);
     }
-    const ice = [`stun:${pub}:${STUN_PORT}`, ...(turn ? [`turn:${TURN_USER}:${TURN_PASS}@${pub}:${TURN_PORT}`] : [])].join(",");
+    const ice = [this.stunUrl, ...(turn ? [`turn:${TURN_USER}:${TURN_PASS}@${pub}:${TURN_PORT}`] : [])].join(",");
     this.server = this.#spawn("pub", "relay", [
       stoa, "hotlink", "serve", "--listen", `${pub}:${RELAY_PORT}`, "--stun-listen", `${pub}:${STUN_PORT}`, "--ice-servers", ice,
       "--users", acc.users, "--acl", acc.acl, "--log-level", "warn",
