@@ -36,7 +36,7 @@ import { HelloReader, encodeDirectAck, encodeDirectHello } from "./direct-wire.t
 import type { DataMessage } from "./protocol.ts";
 import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
 import type { DaemonCounters } from "./telemetry.ts";
-import { FrameIntake, type FramePipe, type PathReceiver, PathSender } from "./transport.ts";
+import { AckPacer, FrameIntake, type FramePipe, type PathReceiver, PathSender } from "./transport.ts";
 import { describeError } from "../core/errors.ts";
 
 const DIRECT_DIAL_TIMEOUT_MS = 1_500;
@@ -113,7 +113,7 @@ export class DirectReceiver implements PathReceiver {
   #listener: TCPSocketListener<DirectConn> | null;
   #conn: Socket<DirectConn> | null = null;
   #timer: ReturnType<typeof setTimeout> | undefined;
-  #acked = 0;
+  readonly #acks: AckPacer;
   #closed = false;
   #paused = false;
 
@@ -122,6 +122,12 @@ export class DirectReceiver implements PathReceiver {
     this.#config = config;
     this.#events = events;
     this.#token = randomBytes(DIRECT_TOKEN_BYTES).toString("base64url");
+    this.#acks = new AckPacer({
+      delivered: events.delivered,
+      ready: () => this.#conn !== null,
+      // 8 bytes: a short write here would need a full send buffer the other way.
+      send: (delivered) => void this.#conn?.write(encodeDirectAck(delivered)),
+    });
     const cert = createSessionCertificate();
     this.#listener = Bun.listen({
       hostname: config.listen,
@@ -184,6 +190,7 @@ export class DirectReceiver implements PathReceiver {
 
   close(): void {
     this.#closed = true;
+    this.#acks.stop();
     this.#stopListening();
     this.#conn?.end();
     this.#conn = null;
@@ -220,6 +227,7 @@ export class DirectReceiver implements PathReceiver {
       chunk = read.rest;
     }
     if (s !== this.#conn) return;
+    this.#acks.arrived(chunk.byteLength);
     if (!s.data.intake.push(chunk)) {
       this.#config.log.warn("the direct connection carried bytes that are not HLNK frames; closing it", { sid: this.#sid });
       s.terminate();
@@ -229,17 +237,12 @@ export class DirectReceiver implements PathReceiver {
   }
 
   /**
-   * Acknowledges what was delivered in order so far, if that advanced. Also called for frames
-   * that came on the relay: a direct frame can wait in the reorder buffer for one of those, and
-   * the sender must hear when it was delivered.
+   * Acknowledges what was delivered in order so far, if that advanced (transport.ts `AckPacer`).
+   * Also called for frames that came on the relay: a direct frame can wait in the reorder
+   * buffer for one of those, and the sender must hear when it was delivered.
    */
   ack(): void {
-    const conn = this.#conn;
-    if (conn === null) return;
-    const delivered = this.#events.delivered();
-    if (delivered <= this.#acked) return;
-    this.#acked = delivered;
-    conn.write(encodeDirectAck(delivered)); // 8 bytes: a short write here would need a full send buffer the other way
+    this.#acks.ack();
   }
 }
 
@@ -335,6 +338,9 @@ export async function dialDirect(
   return { ok: false, error: errors.join("; ").slice(0, 1000) || "no usable candidate" };
 }
 
+/** The most a TLS record holds (RFC 8446 5.1): a frame up to this size goes as one write. */
+const ONE_RECORD_BYTES = 16 * 1024;
+
 /**
  * A dialled TLS connection as a `FramePipe` (transport.ts): frames and the hello go through one
  * outbox, in order; `flush()` belongs in the socket's drain handler.
@@ -351,8 +357,17 @@ export class TlsPipe implements FramePipe {
   }
 
   writeFrame(header: Uint8Array, payload: Uint8Array): void {
-    this.#outbox.write(header);
-    this.#outbox.write(payload);
+    if (payload.byteLength > ONE_RECORD_BYTES) {
+      this.#outbox.write(header);
+      this.#outbox.write(payload);
+      return;
+    }
+    // One write, one TLS record and one syscall for a small frame, not two of each: the copy
+    // costs less than either.
+    const frame = new Uint8Array(header.byteLength + payload.byteLength);
+    frame.set(header);
+    frame.set(payload, header.byteLength);
+    this.#outbox.write(frame);
   }
 
   get queued(): number {

@@ -27,7 +27,7 @@ import { type IceServer, rtcIceServers } from "./ice-servers.ts";
 import type { DataMessage } from "./protocol.ts";
 import { type RtcCandidate, type RtcChannel, type RtcPeer, type SelectedPair, openRtcPeer } from "./rtc.ts";
 import type { DaemonCounters } from "./telemetry.ts";
-import { FrameIntake, type FramePipe, type PathReceiver, PathSender, type Rung } from "./transport.ts";
+import { AckPacer, FrameIntake, type FramePipe, type PathReceiver, PathSender, type Rung } from "./transport.ts";
 
 /** How long either side waits for the data channel to open before it gives up on ICE. */
 export const ICE_CONNECT_TIMEOUT_MS = 10_000;
@@ -41,10 +41,6 @@ export const MAX_CHANNEL_MESSAGE = 255 * 1024;
  * whose send queue passes 16 MiB, and what is queued is never more than what is unacknowledged.
  */
 export const CHANNEL_RETAIN_BYTES = 8 * 1024 * 1024;
-/** A receiver acknowledges once this many bytes arrived since its last acknowledgement ... */
-const ACK_EVERY_BYTES = CHANNEL_RETAIN_BYTES / 8;
-/** ... and at most this long after the first frame it has not acknowledged. */
-const ACK_DELAY_MS = 10;
 /** Unacknowledged bytes under which the path counts as idle: frames go at once, not batched. */
 const CHANNEL_IDLE_BYTES = 64 * 1024;
 /** Remote candidates held before the remote description is set, at most. */
@@ -245,16 +241,19 @@ export class IceReceiver implements PathReceiver {
   #connected = false;
   #closed = false;
   #paused = false;
-  #acked = 0;
-  /** Bytes that arrived since the last acknowledgement. */
-  #arrived = 0;
-  #ackTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #acks: AckPacer;
 
   private constructor(sid: string, pth: string, config: IceConfig, signal: IceSignal, events: IceReceiverEvents) {
     this.#events = events;
     this.#attempt = new IceAttempt(sid, config, signal);
     this.#intake = new FrameIntake(sid, pth, config.counters.ice, events.data);
     const channel = this.#attempt.channel;
+    // A receiver held by its application (`pause()`) does not acknowledge: the sender's window stops it.
+    this.#acks = new AckPacer({
+      delivered: events.delivered,
+      ready: () => this.#connected && !this.#paused,
+      send: (delivered) => void channel.send(encodeDirectAck(delivered)),
+    });
     // Connected once the channel is open: the sender may send before this side's outcome (which
     // waits for the pair's statistics) is known, and a frame dropped here would never come again.
     channel.onOpen(() => {
@@ -262,7 +261,7 @@ export class IceReceiver implements PathReceiver {
     });
     channel.onMessage((bytes) => {
       if (this.#closed) return;
-      this.#arrived += bytes.byteLength;
+      this.#acks.arrived(bytes.byteLength);
       if (!this.#intake.push(bytes)) {
         config.log.warn("the data channel carried bytes that are not HLNK frames; closing it", { sid });
         this.close();
@@ -334,32 +333,13 @@ export class IceReceiver implements PathReceiver {
     this.ack();
   }
 
-  /**
-   * Acknowledges what was delivered, once `ACK_EVERY_BYTES` arrived or `ACK_DELAY_MS` after the
-   * first unacknowledged frame: each send into libwebrtc blocks the event loop (up to
-   * milliseconds under load), and the sender's window is 8 such steps.
-   */
+  /** Acknowledges what was delivered (transport.ts `AckPacer`: each send blocks the event loop, up to ms under load). */
   ack(): void {
-    if (!this.#connected || this.#paused) return;
-    const delivered = this.#events.delivered();
-    if (delivered <= this.#acked) return;
-    if (this.#arrived >= ACK_EVERY_BYTES) return this.#sendAck();
-    this.#ackTimer ??= setTimeout(() => this.#sendAck(), ACK_DELAY_MS);
-  }
-
-  #sendAck(): void {
-    clearTimeout(this.#ackTimer);
-    this.#ackTimer = undefined;
-    if (!this.#connected || this.#paused) return;
-    const delivered = this.#events.delivered();
-    if (delivered <= this.#acked) return;
-    this.#acked = delivered;
-    this.#arrived = 0;
-    this.#attempt.channel.send(encodeDirectAck(delivered));
+    this.#acks.ack();
   }
 
   close(): void {
-    clearTimeout(this.#ackTimer);
+    this.#acks.stop();
     this.#closed = true;
     this.#connected = false;
     this.#attempt.close();
