@@ -1,6 +1,6 @@
 #!/usr/bin/env bun
 /**
- * hotlink benchmark (issues 5 and 16, spec hotlink.md): one-way latency and tunnel throughput on
+ * hotlink benchmark (issues 5, 16 and 17, spec hotlink.md): one-way latency and tunnel throughput on
  * each rung of the upgrade ladder — relay, TLS direct, ICE (host and server-reflexive
  * candidates), ICE via TURN — and, in the same run, a bare WebRTC data channel between two Bun
  * processes (lib/bare-datachannel.ts --lib wrtc: the ceiling of the ICE rungs), alone and with a
@@ -19,6 +19,15 @@
  * frames, then 20 unmeasured frames of each size. Percentiles are nearest-rank-low:
  * sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
  * After the cases `ls` is asked again: a session that left its rung meanwhile is flagged.
+ * Then, on the relay and direct passes, "1 KB ×10 fresh": the first 10 frames of each of
+ * --fresh new sessions on the same daemons, each timed from the frame that opens it (its Open
+ * and Accept included). An IPC channel's outgoing session opens on the first frame an
+ * application writes and lasts while the channel does — applications leaving do not end it —
+ * so each one is ended by removing alice's channel and declaring it again over her control
+ * socket (`stoa hotlink close` and `stoa hotlink ipc`); once neither daemon lists a session,
+ * the application reconnects and writes. alice's `ls` must show a sid not seen before after
+ * the 10 frames (its rung then is shown: direct sessions start on the relay and climb), and the
+ * session reaches the pass's rung before the next one.
  *
  * Tunnel throughput: MiB through a TCP tunnel, alice's application to bob's, started only once
  * both directions' sessions are on the pass's rung; MB/s from the first write to the last byte
@@ -27,11 +36,18 @@
  *
  * Passes, each a fresh copy of this script (`--inner`):
  *   relay, direct — loopback, daemons with `--direct off` and `--direct on` (TLS). Twice: every
- *           process pinned to CPU 0 (`taskset -c 0`; the figures the issue-5 goals refer to — a
- *           cross-CPU wake-up costs tens of µs here) and unpinned. --mib MiB through the tunnel,
- *           and next to it the ceiling of the path's shape measured in the same pass with bare
- *           Bun pass-through processes (lib/passthrough.ts): three plain TCP hops and the same
- *           over Bun's WebSocket for the relay, two hops with TLS between them for direct.
+ *           process pinned to CPU 0 (`taskset -c 0`; the figures the issue-5 and issue-17 goals
+ *           refer to — a cross-CPU wake-up costs tens of µs here) and unpinned. Right after
+ *           stoa's latency cases, in the same process (the same machine state), the floor of the
+ *           path's shape: lib/chain-latency.ts, bare Bun pass-through processes with Unix sockets
+ *           at both ends — app → unix → hop → TCP → hop → TCP → hop → unix → app for the relay,
+ *           app → unix → hop ⇒ TLS ⇒ hop → unix → app for direct — with the same probe (1 KiB,
+ *           one in flight, 3,000 warm-up, 2,000 measured) and the first 10 messages of each of
+ *           --fresh new connections; shown beside stoa's with stoa ÷ chain. --mib MiB through
+ *           the tunnel, and next to it the throughput ceiling of the shape measured in the same
+ *           pass with bare Bun pass-through processes (lib/passthrough.ts): three plain TCP hops
+ *           and the same over Bun's WebSocket for the relay, two hops with TLS between them for
+ *           direct.
  *   ice-lo — loopback, `--direct ice`, no ICE servers: host candidates. Unpinned (libwebrtc
  *           runs its own threads), --ice-mib MiB.
  *   ice    — the NAT lab (lib/hotlink-nat.ts): alice and bob behind port-preserving NATs, the
@@ -66,7 +82,11 @@
  *           selected pair from getStats. Loopback bare vs NAT-lab ICE would charge the NATs'
  *           and veths' cost to stoa.
  * Goals (issue 5, pinned, 1 KB ×2000): relay P50 ≤ 110 µs and P99 ≤ 1 ms; direct P50 ≤ 60 µs;
- * tunnel ≥ 300 MB/s over the relay, ≥ 600 MB/s direct. (Issue 16, each against its baseline
+ * tunnel ≥ 300 MB/s over the relay, ≥ 600 MB/s direct. (Issue 17, pinned, each against its
+ * baseline from the same pass — absolute µs differ up to 4× between machines): relay P50
+ * ≤ 1.3× the bare relay-shape chain's P50 and P99 ≤ 2× its P99; direct P50 ≤ 1.3× the bare
+ * direct-shape chain's P50; the first 10 frames' P50 ≤ 2× the warm P50 (stoa's own 1 KB ×2000),
+ * relay and direct. (Issue 16, each against its baseline
  * from this run): ICE one-way P50 within 1.5× of the bare data channel's; ICE tunnel above the
  * seed's WebRTC path (≈ 30 MiB/s) and within 1.5× of the bare data channel's best — the NAT
  * lab's bare channel for the NAT-lab ICE pass, the loopback one for ice-lo; open to first byte
@@ -74,7 +94,7 @@
  * P99 ≈ 1.1 ms.
  *
  *   bun scripts/bench/hotlink.ts [--json] [--only relay,direct,ice-lo,ice,turn,ttfb,bare]
- *       [--mib 1024] [--ice-mib 256] [--bare-mib 64] [--bare-runs 3] [--sessions 10] [--stoa path/to/stoa]
+ *       [--mib 1024] [--ice-mib 256] [--bare-mib 64] [--bare-runs 3] [--sessions 10] [--fresh 5] [--stoa path/to/stoa]
  * The NAT lab parts need root, iproute2 and iptables (turn: coturn's turnserver); without them
  * they are reported as skipped, with the reason.
  */
@@ -87,12 +107,13 @@ import type { DaemonStatus } from "../../src/hotlink/protocol.ts";
 import type { SelectedPair } from "../../src/hotlink/rtc.ts";
 import { freePort, percentile, waitForPort } from "./lib/client.ts";
 import { IPC_CHANNEL, NatRig, TUNNEL_CHANNEL, natLabProblem } from "./lib/hotlink-nat.ts";
-import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
+import { type ChainLatency, FIRST as FIRST_FRAMES, chainLatency } from "./lib/chain-latency.ts";
+import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, redeclareIpc, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
 import { passthroughChain, wsChain } from "./lib/passthrough.ts";
 
 const PARTS = ["relay", "direct", "ice-lo", "ice", "turn", "ttfb", "bare"] as const;
 type Part = (typeof PARTS)[number];
-const USAGE = `usage: bun scripts/bench/hotlink.ts [--json] [--only PARTS] [--mib N] [--ice-mib N] [--bare-mib N] [--bare-runs N] [--sessions N] [--stoa PATH]
+const USAGE = `usage: bun scripts/bench/hotlink.ts [--json] [--only PARTS] [--mib N] [--ice-mib N] [--bare-mib N] [--bare-runs N] [--sessions N] [--fresh N] [--stoa PATH]
   --only      comma-separated parts to run (default all): ${PARTS.join(",")}
               relay, direct: loopback, pinned and unpinned; ice-lo: ICE on loopback (host candidates);
               ice: ICE in the NAT lab (port-preserving NATs, STUN); turn: the NAT lab with a symmetric NAT and coturn;
@@ -102,6 +123,7 @@ const USAGE = `usage: bun scripts/bench/hotlink.ts [--json] [--only PARTS] [--mi
   --bare-mib  MiB per throughput transfer of the bare data channel (default 64)
   --bare-runs runs of the bare data channel, back to back before the ICE passes and again in the ice pass's NAT lab; its figures are their medians (default 3)
   --sessions  sessions per ttfb measurement (default 10)
+  --fresh     fresh sessions whose first ${FIRST_FRAMES} frames are timed on the relay and direct passes, stoa's and the bare chain's (default 5)
   --stoa      the stoa binary (default dist/stoa; build it with 'bun run build')
   --json      one JSON object instead of the tables`;
 
@@ -113,6 +135,7 @@ const { values } = parseArgs({
     "bare-mib": { type: "string", default: "64" },
     "bare-runs": { type: "string", default: "3" },
     sessions: { type: "string", default: "10" },
+    fresh: { type: "string", default: "5" },
     only: { type: "string", default: PARTS.join(",") },
     stoa: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
@@ -124,11 +147,13 @@ const root = join(import.meta.dir, "..", "..");
 const stoaBin = values.stoa ?? join(root, "dist", "stoa");
 const CHANNEL = "alice/bench/ipc";
 const TUNNEL = "alice/bench/tunnel";
+/** Frames of the warm case the goals use (1 KB ×2000), and the bare chain's measured messages. */
+const LATENCY_N = 2000;
 const CASES: [string, number, number][] = [
   ["1 KB ×10", 1000, 10],
   ["10 KB ×10", 10_000, 10],
   ["100 KB ×5", 100_000, 5],
-  ["1 KB ×2000", 1000, 2000],
+  ["1 KB ×2000", 1000, LATENCY_N],
 ];
 const MIB = 1024 * 1024;
 /** The seed's WebRTC path's tunnel throughput (issue 16). */
@@ -168,6 +193,12 @@ interface CaseResult {
   max: number;
 }
 
+/** The first frames of fresh sessions: FIRST_FRAMES of each, together. */
+interface FreshResult extends CaseResult {
+  /** Each session's sid and its rung right after its last measured frame (alice's ls). */
+  sessions: { sid: string; rung: Rung }[];
+}
+
 interface TunnelCpu {
   /** CPU seconds per GiB moved, by process (apps: both applications). */
   apps: number;
@@ -196,6 +227,10 @@ interface PassResult {
   cpu: TunnelCpu;
   /** What carried alice's tunnel session, as `ls` says (`out.via`: the address or the ICE candidate pair). */
   via?: string;
+  /** relay and direct only: the first frames of --fresh new sessions on the same daemons. */
+  fresh?: FreshResult;
+  /** relay and direct only: latency through bare pass-through processes of the same shape, right after stoa's. */
+  chain?: ChainLatency;
   /** relay and direct only: bare pass-through processes of the same shape, MB/s. */
   floorMBps?: number;
   wsFloorMBps?: number | null;
@@ -244,11 +279,28 @@ interface BareResult extends Omit<BareRun, "pair"> {
 // ---------------------------------------------------------------------------------------------
 // Latency: HLNK frames alice's IPC socket → bob's IPC socket, this process on both ends.
 
+function caseResult(name: string, us: number[]): CaseResult {
+  us.sort((a, b) => a - b);
+  return { name, n: us.length, p50: percentile(us, 0.5), p90: percentile(us, 0.9), p95: percentile(us, 0.95), p99: percentile(us, 0.99), max: us[us.length - 1] ?? 0 };
+}
+
+/** How `latency` gets fresh sessions on the relay and direct passes. */
+interface FreshSessions {
+  sessions: number;
+  /** Ends the channel's session so that the next frame opens a new one; resolves once the old one is gone at both ends. */
+  renew: () => Promise<void>;
+  /** alice's outgoing session now (her `ls`). */
+  now: () => Promise<{ sid: string; rung: Rung } | null>;
+}
+
 /**
  * The latency cases through the two IPC sockets. `onRung` is awaited after the first frame
- * (which opens the session) and before the warm-up; `rungNow` after the cases.
+ * (which opens the session) and before the warm-up, and after each fresh session's first
+ * frames (so that the next one starts with the machine settled); `rungNow` after the cases.
  */
-async function latency(aliceSock: string, bobSock: string, onRung: () => Promise<unknown>, rungNow: () => Promise<Rung | null>): Promise<{ cases: CaseResult[]; rungAfter: Rung | null }> {
+async function latency(
+  aliceSock: string, bobSock: string, onRung: () => Promise<unknown>, rungNow: () => Promise<Rung | null>, fresh?: FreshSessions,
+): Promise<{ cases: CaseResult[]; rungAfter: Rung | null; fresh?: FreshResult }> {
   const decoder = new HlnkDecoder();
   let arrived: ((ns: number) => void) | null = null;
   const reader = await Bun.connect({
@@ -264,7 +316,8 @@ async function latency(aliceSock: string, bobSock: string, onRung: () => Promise
     },
   });
   let writable: (() => void) | null = null;
-  const writer = await Bun.connect({ unix: aliceSock, socket: { data() {}, drain: () => writable?.() } });
+  const connectWriter = () => Bun.connect({ unix: aliceSock, socket: { data() {}, drain: () => writable?.() } });
+  let writer = await connectWriter();
   const sendOne = async (size: number): Promise<number> => {
     const payload = new Uint8Array(size);
     const done = new Promise<number>((resolve) => (arrived = resolve));
@@ -290,10 +343,29 @@ async function latency(aliceSock: string, bobSock: string, onRung: () => Promise
       for (let i = 0; i < 20; i++) await sendOne(size);
       const us: number[] = [];
       for (let i = 0; i < n; i++) us.push((await sendOne(size)) / 1000);
-      us.sort((a, b) => a - b);
-      cases.push({ name, n, p50: percentile(us, 0.5), p90: percentile(us, 0.9), p95: percentile(us, 0.95), p99: percentile(us, 0.99), max: us[us.length - 1] ?? 0 });
+      cases.push(caseResult(name, us));
     }
-    return { cases, rungAfter: await rungNow() };
+    const rungAfter = await rungNow();
+    if (fresh === undefined) return { cases, rungAfter };
+    // The first frames of new sessions, each timed from the frame that opens it (its Open and
+    // Accept included), on the daemons that just ran the cases.
+    const seen = new Set([(await fresh.now())?.sid]);
+    const us: number[] = [];
+    const sessions: { sid: string; rung: Rung }[] = [];
+    for (let i = 0; i < fresh.sessions; i++) {
+      writer.end();
+      await fresh.renew();
+      writer = await connectWriter();
+      for (let k = 0; k < FIRST_FRAMES; k++) us.push((await sendOne(1000)) / 1000);
+      const now = await fresh.now();
+      if (now === null || seen.has(now.sid)) {
+        throw new Error(`fresh session ${i + 1}: after its first frames alice's ls shows ${now === null ? "no outgoing session" : `sid ${now.sid}, an earlier one's`}`);
+      }
+      seen.add(now.sid);
+      sessions.push(now);
+      await onRung();
+    }
+    return { cases, rungAfter, fresh: { ...caseResult(`1 KB ×${FIRST_FRAMES} fresh`, us), sessions } };
   } finally {
     reader.end();
     writer.end();
@@ -395,6 +467,18 @@ const LOOPBACK: Record<string, { direct: DirectMode; rung: Rung }> = {
   "ice-lo": { direct: "ice", rung: "ice" },
 };
 
+/** Waits until neither alice's nor bob's IPC channel has a session left (after `redeclareIpc`). */
+async function ipcIdle(runDir: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const out = outgoing(await ls(runDir, "alice"), "ipc", CHANNEL);
+    const into = (await ls(runDir, "bob")).ipc.find((c) => c.channel === CHANNEL)?.in ?? [];
+    if (out === null && into.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`the IPC channel's session did not end within ${timeoutMs} ms: alice's ${JSON.stringify(out)}, bob's ${JSON.stringify(into)}`);
+    await Bun.sleep(5);
+  }
+}
+
 async function loopbackPass(path: string, mib: number): Promise<PassResult> {
   const spec = LOOPBACK[path];
   if (spec === undefined) throw new Error(`no loopback pass ${path}`);
@@ -422,12 +506,27 @@ async function loopbackPass(path: string, mib: number): Promise<PassResult> {
       await waitForPort("127.0.0.1", port);
     }
     for (const d of daemons) await d.line(/^hotlink: /);
-    const { cases, rungAfter } = await latency(
+    const shape = path === "relay" || path === "direct" ? path : null;
+    const aliceOut = async () => outgoing(await ls(runDir, "alice"), "ipc", CHANNEL);
+    const { cases, rungAfter, fresh } = await latency(
       join(dir, "alice.sock"),
       join(dir, "bob.sock"),
       () => waitForRung(runDir, "alice", "bob", "ipc", CHANNEL, spec.rung),
-      async () => outgoing(await ls(runDir, "alice"), "ipc", CHANNEL)?.rung ?? null,
+      async () => (await aliceOut())?.rung ?? null,
+      shape === null ? undefined : {
+        sessions: wholeNumber("fresh", values.fresh),
+        renew: async () => {
+          await redeclareIpc(runDir, "alice", CHANNEL, join(dir, "alice.sock"));
+          await ipcIdle(runDir);
+        },
+        now: async () => {
+          const out = await aliceOut();
+          return out === null ? null : { sid: out.sid, rung: out.rung };
+        },
+      },
     );
+    // The floor of the shape's latency, right after stoa's: the same machine state.
+    const chain = shape === null ? undefined : await chainLatency(shape, LATENCY_N, wholeNumber("fresh", values.fresh));
 
     // Tunnel throughput: bob's application connects first and counts, alice's writes once both
     // directions' sessions are on the rung.
@@ -457,7 +556,7 @@ async function loopbackPass(path: string, mib: number): Promise<PassResult> {
     const carried = { rung: carriedAfter.rung - carriedBefore.rung, relay: carriedAfter.relay - carriedBefore.relay };
     const result: PassResult = {
       where: "loopback", rung: spec.rung, cases, rungAfter, tunnelMBps, tunnelMiBps: (tunnelMBps * 1e6) / MIB, tunnelMiB: mib, carried, cpu,
-      ...(via === undefined ? {} : { via }),
+      ...(via === undefined ? {} : { via }), ...(fresh === undefined ? {} : { fresh }), ...(chain === undefined ? {} : { chain }),
     };
     if (path === "relay" || path === "direct") {
       result.floorMBps = await floorMBps(path, bytes);
@@ -641,7 +740,7 @@ function snapshotStoa(): { path: string; built: string; remove: () => void } {
 async function pass(path: string, pinned: boolean, stoa: string): Promise<PassResult | { skipped: string }> {
   const argv = [
     process.execPath, import.meta.path, "--inner", "--path", path, "--only", values.only, "--mib", values.mib, "--ice-mib", values["ice-mib"],
-    "--bare-mib", values["bare-mib"], "--bare-runs", values["bare-runs"], "--sessions", values.sessions, "--stoa", stoa,
+    "--bare-mib", values["bare-mib"], "--bare-runs", values["bare-runs"], "--sessions", values.sessions, "--fresh", values.fresh, "--stoa", stoa,
   ];
   const proc = Bun.spawn(pinned ? ["taskset", "-c", "0", ...argv] : argv, { stdout: "pipe", stderr: "inherit" });
   const out = await new Response(proc.stdout).text();
@@ -713,7 +812,7 @@ interface Goal {
 }
 
 const done = (r: PassResult | { skipped: string } | undefined): PassResult | undefined => (r !== undefined && !("skipped" in r) ? r : undefined);
-const lat2000 = (r: PassResult | undefined) => r?.cases.find((c) => c.n === 2000);
+const lat2000 = (r: PassResult | undefined) => r?.cases.find((c) => c.n === LATENCY_N);
 const bareBest = (b: Pick<BareRun, "throughput"> | undefined): number | undefined => {
   const ok = (b?.throughput ?? []).flatMap((t) => (t.mibPerS === null ? [] : [t.mibPerS]));
   return ok.length === 0 ? undefined : Math.max(...ok);
@@ -725,6 +824,28 @@ const bareBest = (b: Pick<BareRun, "throughput"> | undefined): number | undefine
  */
 function bareFor(key: "ice" | "iceLoopback", unpinned: Passes, loopbackBare: BareResult | undefined): BareResult | undefined {
   return key === "ice" ? done(unpinned.ice)?.labBare : loopbackBare;
+}
+
+/**
+ * The issue-17 goals (pinned): stoa against the bare chain of its path's shape, and a fresh
+ * session's first frames against its own warm frames, all from the same pass.
+ */
+function goals17(pinned: Passes): Goal[] {
+  const out: Goal[] = [];
+  const bound = (goal: string, value: number | undefined, baseline: number | undefined, most: number) => {
+    if (value === undefined || baseline === undefined) return;
+    const ratio = value / baseline;
+    out.push({ goal, value, baseline, ratio, bound: `≤ ${most}`, met: ratio <= most });
+  };
+  const relay = done(pinned.relay);
+  const direct = done(pinned.direct);
+  bound("relay one-way P50 ≤ 1.3× the bare relay-shape chain's", lat2000(relay)?.p50, relay?.chain?.warm.p50, 1.3);
+  bound("relay one-way P99 ≤ 2× the bare relay-shape chain's", lat2000(relay)?.p99, relay?.chain?.warm.p99, 2);
+  bound("direct one-way P50 ≤ 1.3× the bare direct-shape chain's", lat2000(direct)?.p50, direct?.chain?.warm.p50, 1.3);
+  for (const [label, r] of [["relay", relay], ["direct", direct]] as const) {
+    bound(`${label} first-${FIRST_FRAMES}-frames P50 ≤ 2× the warm P50 (1 KB ×${LATENCY_N})`, r?.fresh?.p50, lat2000(r)?.p50, 2);
+  }
+  return out;
 }
 
 /** The issue-16 goals, each with its baseline from this run. */
@@ -758,6 +879,8 @@ function goals(unpinned: Passes, loopbackBare: BareResult | undefined): Goal[] {
 }
 
 const f1 = (x: number | undefined, w = 8) => (x === undefined || !Number.isFinite(x) ? "—" : x.toFixed(1)).padStart(w);
+/** a ÷ b as "2.10×", or "—". */
+const times = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined || !Number.isFinite(a / b) ? "—" : `${(a / b).toFixed(2)}×`);
 
 function printDetail(label: string, title: string, r: PassResult | { skipped: string } | undefined): void {
   if (r === undefined) return;
@@ -767,9 +890,26 @@ function printDetail(label: string, title: string, r: PassResult | { skipped: st
     return;
   }
   if (r.cases.length > 0) {
-    console.log(`  ${"case".padEnd(12)} ${"n".padStart(5)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p95".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)}`);
-    for (const c of r.cases) console.log(`  ${c.name.padEnd(12)} ${String(c.n).padStart(5)} ${f1(c.p50)} ${f1(c.p90)} ${f1(c.p95)} ${f1(c.p99)} ${f1(c.max)}`);
+    console.log(`  ${"case".padEnd(14)} ${"n".padStart(5)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p95".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)}`);
+    for (const c of [...r.cases, ...(r.fresh === undefined ? [] : [r.fresh])]) {
+      console.log(`  ${c.name.padEnd(14)} ${String(c.n).padStart(5)} ${f1(c.p50)} ${f1(c.p90)} ${f1(c.p95)} ${f1(c.p99)} ${f1(c.max)}`);
+    }
     if (r.rungAfter !== r.rung) console.log(`  !! the IPC session was on ${r.rungAfter} after the cases, not ${r.rung}: the figures mix rungs`);
+  }
+  if (r.fresh !== undefined) {
+    console.log(
+      `  fresh: the first ${FIRST_FRAMES} frames of each of ${r.fresh.sessions.length} new sessions (a new sid each, by ls), from the frame that opens it; ` +
+        `on ${r.fresh.sessions.map((s) => s.rung).join(" ")} after their ${FIRST_FRAMES}th`,
+    );
+  }
+  if (r.chain !== undefined) {
+    const ch = r.chain;
+    const c = lat2000(r);
+    console.log(
+      `  bare chain of this shape (lib/chain-latency.ts, ${r.rung === "relay" ? "3 hops, TCP between" : "2 hops, TLS between"}, unix ends, no protocol): ` +
+        `1 KiB ×${ch.warm.n} P50 ${ch.warm.p50.toFixed(1)} P99 ${ch.warm.p99.toFixed(1)}; first ${FIRST_FRAMES} of fresh connections (n ${ch.first10.n}) P50 ${ch.first10.p50.toFixed(1)} P99 ${ch.first10.p99.toFixed(1)}`,
+    );
+    console.log(`  stoa ÷ chain: P50 ${times(c?.p50, ch.warm.p50)}, P99 ${times(c?.p99, ch.warm.p99)}; first ${FIRST_FRAMES} P50 ${times(r.fresh?.p50, ch.first10.p50)}`);
   }
   if (Number.isFinite(r.tunnelMBps)) {
     const c = r.cpu;
@@ -830,18 +970,33 @@ function printBare(suffix: string, where: string, b: BareResult): void {
 }
 
 function printTable(pinned: Passes, unpinned: Passes, b: BareResult | undefined): void {
-  console.log("\nper rung — one-way latency 1 KB ×2000 (µs), tunnel MiB/s");
-  console.log(`  ${"rung".padEnd(RUNG_WIDTH)} ${"where".padEnd(52)} ${"P50".padStart(8)} ${"P99".padStart(8)} ${"MiB/s".padStart(8)}`);
+  console.log(`\nper rung — one-way latency 1 KB ×${LATENCY_N} (µs), tunnel MiB/s, P50 of the first ${FIRST_FRAMES} frames of fresh sessions (µs)`);
+  console.log(`  ${"rung".padEnd(RUNG_WIDTH)} ${"where".padEnd(52)} ${"P50".padStart(8)} ${"P99".padStart(8)} ${"MiB/s".padStart(8)} ${"1st 10".padStart(8)}`);
   const row = (rung: string, where: string, r: PassResult | { skipped: string } | undefined) => {
     if (r === undefined) return;
     if ("skipped" in r) return console.log(`  ${rung.padEnd(RUNG_WIDTH)} ${where.padEnd(52)} skipped: ${r.skipped}`);
     const c = lat2000(r);
-    console.log(`  ${rung.padEnd(RUNG_WIDTH)} ${where.padEnd(52)} ${f1(c?.p50)} ${f1(c?.p99)} ${f1(r.tunnelMiBps)}`);
+    console.log(`  ${rung.padEnd(RUNG_WIDTH)} ${where.padEnd(52)} ${f1(c?.p50)} ${f1(c?.p99)} ${f1(r.tunnelMiBps)} ${f1(r.fresh?.p50)}`);
+  };
+  /** The bare chain measured in pass `r`, and stoa's figures as multiples of it. */
+  const chainRow = (where: string, r: PassResult | { skipped: string } | undefined) => {
+    const d = done(r);
+    const ch = d?.chain;
+    if (d === undefined || ch === undefined) return;
+    const c = lat2000(d);
+    console.log(
+      `  ${"bare chain".padEnd(RUNG_WIDTH)} ${where.padEnd(52)} ${f1(ch.warm.p50)} ${f1(ch.warm.p99)} ${f1(undefined)} ${f1(ch.first10.p50)}` +
+        `  stoa ÷ chain: ${times(c?.p50, ch.warm.p50)} ${times(c?.p99, ch.warm.p99)} first ${times(d.fresh?.p50, ch.first10.p50)}`,
+    );
   };
   row("relay", "loopback, pinned to CPU 0", pinned.relay);
+  chainRow("relay shape, 3 hops, unix ends, pinned", pinned.relay);
   row("relay", "loopback, unpinned", unpinned.relay);
+  chainRow("relay shape, 3 hops, unix ends, unpinned", unpinned.relay);
   row("tls", "loopback, pinned to CPU 0", pinned.direct);
+  chainRow("direct shape, 2 hops, TLS, unix ends, pinned", pinned.direct);
   row("tls", "loopback, unpinned", unpinned.direct);
+  chainRow("direct shape, 2 hops, TLS, unix ends, unpinned", unpinned.direct);
   row("ice", "loopback, host candidates, unpinned", unpinned.iceLoopback);
   row("ice", "NAT lab, port-preserving NATs, STUN, unpinned", unpinned.ice);
   row("turn", "NAT lab, bob's NAT symmetric, coturn, unpinned", unpinned.turn);
@@ -856,7 +1011,7 @@ if (values.help) {
   console.log(JSON.stringify(await inner()));
 } else {
   const parts = selectedParts(values.only);
-  for (const name of ["mib", "ice-mib", "bare-mib", "bare-runs", "sessions"] as const) wholeNumber(name, values[name]);
+  for (const name of ["mib", "ice-mib", "bare-mib", "bare-runs", "sessions", "fresh"] as const) wholeNumber(name, values[name]);
   const pinned: Passes = {};
   const unpinned: Passes = {};
   const stoa = snapshotStoa();
@@ -875,8 +1030,15 @@ if (values.help) {
     stoa.remove();
   }
   const goalList = goals(unpinned, bareResult);
+  const goalList17 = goals17(pinned);
+  const printGoals = (list: Goal[]) => {
+    for (const g of list) {
+      const base = g.baseline === null ? "" : ` vs ${g.baseline.toFixed(1)}`;
+      console.log(`  ${g.met ? "met    " : "NOT MET"} ${g.goal}: ${g.value.toFixed(1)}${base} → ${g.ratio.toFixed(2)} (${g.bound})`);
+    }
+  };
   if (values.json) {
-    console.log(JSON.stringify({ stoa: { path: stoaBin, built: stoa.built }, pinned, unpinned, bare: bareResult, goals: goalList }));
+    console.log(JSON.stringify({ stoa: { path: stoaBin, built: stoa.built }, pinned, unpinned, bare: bareResult, goals: goalList, goalsIssue17: goalList17 }));
   } else {
     console.log("hotlink benchmark — one-way latency (µs), HLNK frames alice's IPC socket → bob's IPC socket, and tunnel throughput, per rung");
     console.log("(seed method; nearest-rank-low percentiles; reference: seed's Go client over the relay P50 ≈ 330 µs, P99 ≈ 1.1 ms)");
@@ -892,12 +1054,13 @@ if (values.help) {
     if (pinned.relay !== undefined || pinned.direct !== undefined) {
       console.log("\ngoals, issue 5 (1 KB ×2000, pinned): relay P50 ≤ 110 µs, P99 ≤ 1 ms; direct P50 ≤ 60 µs; tunnel ≥ 300 MB/s relay, ≥ 600 MB/s direct");
     }
+    if (goalList17.length > 0) {
+      console.log("goals, issue 17 (pinned; baselines from the same pass, µs):");
+      printGoals(goalList17);
+    }
     if (goalList.length > 0) {
       console.log("goals, issue 16 (baselines from this run):");
-      for (const g of goalList) {
-        const base = g.baseline === null ? "" : ` vs ${g.baseline.toFixed(1)}`;
-        console.log(`  ${g.met ? "met    " : "NOT MET"} ${g.goal}: ${g.value.toFixed(1)}${base} → ${g.ratio.toFixed(2)} (${g.bound})`);
-      }
+      printGoals(goalList);
     }
     // Against the floor of the ICE rung's shape: how much of the gap to the bare channel is the
     // two IPC hops and how much stoa's own. Information only; the goal is the one above.

@@ -3,7 +3,8 @@
  * (lib/hotlink-nat.ts): users, tokens and the ACL; a daemon's argv; a child process whose
  * output is read line by line (`Proc`); and the daemons' view of their sessions — the `ls`
  * answer of a daemon's control socket (the same answer `stoa hotlink ls --json` prints, asked
- * in-process so that it can be polled every few ms) and a wait until a session is on a rung.
+ * in-process so that it can be polled every few ms), a wait until a session is on a rung, and
+ * an IPC channel declared anew (so that its next frame opens a new session).
  */
 import type { Subprocess } from "bun";
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
@@ -206,6 +207,19 @@ export async function waitForRung(
     }
     await Bun.sleep(everyMs);
   }
+}
+
+/**
+ * Removes `user`'s IPC channel and declares it again at `socketPath`, as `stoa hotlink close`
+ * and `stoa hotlink ipc` do over the control socket: the channel's outgoing session ends (its
+ * Close reaches the receivers) and its applications' connections are closed; the next frame an
+ * application writes opens a new session. Nothing else ends an IPC channel's outgoing session
+ * short of the relay link going down (src/hotlink/ipc.ts): applications leaving do not.
+ */
+export async function redeclareIpc(runDir: string, user: string, channel: string, socketPath: string): Promise<void> {
+  const control = hotlinkControlPath(runDir, user);
+  await hotlinkControlRequest(control, { type: "close", channel });
+  await hotlinkControlRequest(control, { type: "ipc", spec: `${channel}=unix:${socketPath}` });
 }
 
 /** CPU seconds (user + system) a process has used so far, from /proc. */

@@ -11,14 +11,14 @@
  *            (client frames are masked, RFC 6455 5.3, and the server unmasks them)
  *   direct — two hops, TLS between them (application → alice ⇒ bob → application)
  *
- *   bun scripts/bench/lib/passthrough.ts --listen PORT --to PORT [--tls-in] [--tls-out]
+ *   bun scripts/bench/lib/passthrough.ts --listen PORT|unix:PATH --to PORT|unix:PATH [--tls-in] [--tls-out]
  *   bun scripts/bench/lib/passthrough.ts --tcp-to-ws PORT --to WS_PORT
  *   bun scripts/bench/lib/passthrough.ts --ws-server PORT
  *   bun scripts/bench/lib/passthrough.ts --ws-to-tcp WS_PORT --to PORT
  * `passthroughChain` and `wsChain` start the processes; they inherit the caller's CPU affinity
  * (a benchmark run under `taskset -c 0` pins them too).
  */
-import type { Socket } from "bun";
+import type { Socket, SocketHandler } from "bun";
 import { parseArgs } from "node:util";
 import { Outbox } from "../../../src/core/outbox.ts";
 import { createSessionCertificate } from "../../../src/hotlink/cert.ts";
@@ -48,65 +48,85 @@ function flush(hop: Hop): void {
   if (hop.outbox.queued === 0) hop.source?.resume();
 }
 
-function hop(listen: number, to: number, tlsIn: boolean, tlsOut: boolean): void {
+/** A hop's end: a TCP port on 127.0.0.1, or a Unix socket (`unix:PATH`). */
+type End = { port: number } | { unix: string };
+
+function parseEnd(text: string): End {
+  return text.startsWith("unix:") ? { unix: text.slice("unix:".length) } : { port: Number(text) };
+}
+
+function hop(listen: End, to: End, tlsIn: boolean, tlsOut: boolean): void {
   const cert = tlsIn ? createSessionCertificate() : null;
-  Bun.listen<Hop>({
-    hostname: "127.0.0.1",
-    port: listen,
-    ...(cert === null ? {} : { tls: { cert: cert.certPem, key: cert.keyPem } }),
-    data: newHop(null),
-    socket: {
-      open(s) {
-        const state = newHop(s);
-        s.data = state;
-        void Bun.connect<Hop>({
-          hostname: "127.0.0.1",
-          port: to,
-          ...(tlsOut ? { tls: { rejectUnauthorized: false } } : {}),
-          data: state,
-          socket: {
-            data() {},
-            drain: () => flush(state),
-            close: () => void s.end(),
-          },
-        }).then((peer) => {
-          state.peer = peer;
-          flush(state);
-        });
-      },
-      data: (s, chunk) => forward(s.data, chunk),
-      close: (s) => void s.data.peer?.end(),
+  const onward: SocketHandler<Hop> = { data() {}, drain: (s) => flush(s.data), close: (s) => void s.data.source?.end() };
+  const handlers: SocketHandler<Hop> = {
+    open(s) {
+      const state = newHop(s);
+      s.data = state;
+      const connected = (peer: Socket<Hop>): void => {
+        // No Nagle on TCP: a 1 KiB message must not wait for the previous one's ACK.
+        if ("port" in to) peer.setNoDelay(true);
+        state.peer = peer;
+        flush(state);
+      };
+      if ("unix" in to) void Bun.connect<Hop>({ unix: to.unix, data: state, socket: onward }).then(connected);
+      else void Bun.connect<Hop>({ hostname: "127.0.0.1", port: to.port, ...(tlsOut ? { tls: { rejectUnauthorized: false } } : {}), data: state, socket: onward }).then(connected);
     },
-  });
-  console.log("ready");
+    data: (s, chunk) => forward(s.data, chunk),
+    close: (s) => void s.data.peer?.end(),
+  };
+  if ("unix" in listen) {
+    Bun.listen<Hop>({ unix: listen.unix, data: newHop(null), socket: handlers });
+    console.log("ready");
+  } else {
+    Bun.listen<Hop>({ hostname: "127.0.0.1", port: listen.port, ...(cert === null ? {} : { tls: { cert: cert.certPem, key: cert.keyPem } }), data: newHop(null), socket: handlers });
+  }
 }
 
 /**
- * Starts `hops` pass-through processes in a chain ending at `sinkPort`; TLS on the link after
- * hop `tlsAfter` (1-based), if given. Returns the first hop's port and a stop function.
+ * Starts `hops` pass-through processes in a chain ending at `sinkPort` (or the Unix socket
+ * `unixOut`); TLS on the link after hop `tlsAfter` (1-based), if given; the first hop listens on
+ * a Unix socket at `unixIn` when given (the shape of a hotlink path: application → Unix socket →
+ * daemon … daemon → Unix socket → application). Returns the first hop's port (0 with `unixIn`)
+ * and a stop function.
  */
 export async function passthroughChain(
   hops: number,
   sinkPort: number,
-  options: { tlsAfter?: number } = {},
+  options: { tlsAfter?: number; unixIn?: string; unixOut?: string } = {},
 ): Promise<{ port: number; pids: number[]; stop: () => Promise<void> }> {
   const ports = Array.from({ length: hops }, () => freePort());
   const children: ReturnType<typeof Bun.spawn>[] = [];
   for (let i = hops - 1; i >= 0; i--) {
-    const argv = [process.execPath, import.meta.path, "--listen", String(ports[i]), "--to", String(i === hops - 1 ? sinkPort : ports[i + 1])];
+    const listen = i === 0 && options.unixIn !== undefined ? `unix:${options.unixIn}` : String(ports[i]);
+    const last = options.unixOut !== undefined ? `unix:${options.unixOut}` : String(sinkPort);
+    const argv = [process.execPath, import.meta.path, "--listen", listen, "--to", i === hops - 1 ? last : String(ports[i + 1])];
     if (options.tlsAfter === i + 1) argv.push("--tls-out");
     if (options.tlsAfter === i) argv.push("--tls-in");
-    children.push(Bun.spawn(argv, { stdout: "ignore", stderr: "inherit" }));
-    await waitForPort("127.0.0.1", ports[i] ?? 0);
+    const child = Bun.spawn(argv, { stdout: "pipe", stderr: "inherit" });
+    children.push(child);
+    if (listen.startsWith("unix:")) await untilReady(child, argv.slice(2).join(" "));
+    else await waitForPort("127.0.0.1", ports[i] ?? 0);
   }
   return {
-    port: ports[0] ?? 0,
+    port: options.unixIn !== undefined ? 0 : (ports[0] ?? 0),
     pids: children.map((c) => c.pid),
     stop: async () => {
       for (const c of children) c.kill("SIGTERM");
       await Promise.all(children.map((c) => c.exited));
     },
   };
+}
+
+/** Waits for a child's "ready" line (a probe connection would take a client's place). */
+async function untilReady(child: Bun.Subprocess<"ignore", "pipe", "inherit">, what: string): Promise<void> {
+  const reader = child.stdout.getReader();
+  let said = "";
+  while (!said.includes("ready")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`passthrough ${what} exited before it was ready`);
+    said += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
 }
 
 const WS_HIGH_WATER = 4 * 1024 * 1024;
@@ -213,14 +233,7 @@ export async function wsChain(sinkPort: number): Promise<{ port: number; stop: (
   const start = async (args: string[]) => {
     const child = Bun.spawn([process.execPath, import.meta.path, ...args], { stdout: "pipe", stderr: "inherit" });
     children.push(child);
-    const reader = child.stdout.getReader();
-    let said = "";
-    while (!said.includes("ready")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`passthrough ${args.join(" ")} exited before it was ready`);
-      said += new TextDecoder().decode(value);
-    }
-    reader.releaseLock();
+    await untilReady(child, args.join(" "));
   };
   await start(["--ws-server", String(wsPort)]);
   await start(["--ws-to-tcp", String(wsPort), "--to", String(sinkPort)]);
@@ -253,9 +266,9 @@ if (import.meta.main) {
   } else if (values["ws-to-tcp"] !== undefined && values.to !== undefined) {
     await wsToTcp(Number(values["ws-to-tcp"]), Number(values.to));
   } else if (values.listen === undefined || values.to === undefined) {
-    console.error("usage: passthrough.ts --listen PORT --to PORT [--tls-in] [--tls-out]");
+    console.error("usage: passthrough.ts --listen PORT|unix:PATH --to PORT|unix:PATH [--tls-in] [--tls-out]");
     process.exit(2);
   } else {
-    hop(Number(values.listen), Number(values.to), values["tls-in"], values["tls-out"]);
+    hop(parseEnd(values.listen), parseEnd(values.to), values["tls-in"], values["tls-out"]);
   }
 }
