@@ -4,6 +4,12 @@
  * binding vs `ip -6 addr add/del` on the same interface in one run (goal: ≥ 50× faster), then
  * the cost of one add with 0, 1,000 and 10,000 addresses already on the interface.
  *
+ * The floor (issue 17): lib/addr-baseline.c sends the same two requests from C on one netlink
+ * socket, built with the system compiler (`cc`, else `gcc`) into a temp dir — the figure is
+ * omitted, with the reason, when there is none. It runs on the same interface, the same number
+ * of pairs, in rounds alternating with stoa's (other load on the machine, and every namespace's
+ * rtnl_lock users, then weigh on both alike); goal: stoa's add+del p50 ≤ 1.5× the C program's.
+ *
  * Safe by default: it creates its own network namespace with a dummy interface (a veth pair
  * where the kernel has no dummy driver), re-runs itself inside with `ip netns exec`, and deletes
  * the namespace at the end — the host's interfaces are never touched. `--dev IF` measures on an
@@ -13,9 +19,12 @@
  *   sudo bun scripts/bench/addr.ts [--json] [--count 2000] [--ip-count 200] [--sizes 0,1000,10000]
  *   sudo bun scripts/bench/addr.ts --dev eth0
  */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { parseIPv6, randomAddressIn } from "../../src/addr/ipv6.ts";
-import { addAddress, closeNetlink, deleteAddress, interfaceIndex } from "../../src/ffi/netlink.ts";
+import { contains, parseIPv6, parsePrefix, randomAddressIn } from "../../src/addr/ipv6.ts";
+import { addAddress, closeNetlink, deleteAddress, interfaceIndex, listAddresses } from "../../src/ffi/netlink.ts";
 import { percentile } from "./lib/client.ts";
 
 const { values } = parseArgs({
@@ -37,6 +46,10 @@ const WARMUP = 100;
 const SETTLE_MS = 4_000;
 /** Yield to the event loop this often, so Ctrl-C is noticed and cleanup runs. */
 const YIELD_EVERY = 250;
+/** stoa's and the C program's pairs are taken in this many alternating rounds. */
+const ROUNDS = 5;
+/** The goal of issue 17: stoa's add+del p50 at most this many times the C program's. */
+const C_GOAL = 1.5;
 
 let aborted = false;
 const stop = () => {
@@ -66,6 +79,8 @@ const micros = (fromNs: number) => (Bun.nanoseconds() - fromNs) / 1000;
 async function measure(dev: string) {
   const ifindex = interfaceIndex(dev);
   const space = runPrefix();
+  // The C program's addresses come from a /64 of their own, so a sweep of it finds only theirs.
+  const cSpace = space.replace(":b::/64", ":c::/64");
   const present: Uint8Array[] = [];
   const subject = { object: "benchmark address", dev };
   const fresh = (): Uint8Array => parseIPv6(randomAddressIn(space)) ?? new Uint8Array(16);
@@ -79,17 +94,22 @@ async function measure(dev: string) {
     if (!values.json) process.stderr.write(`${line}\n`);
   };
 
+  const c = buildBaseline();
   try {
     for (let i = 0; i < WARMUP; i++) {
       const a = fresh();
       add(a);
       del(a);
     }
-    log(`stoa: ${count} add+del of a /128 nodad on ${dev}…`);
+    log(`stoa: ${count} add+del of a /128 nodad on ${dev}${"bin" in c ? ", in rounds with the C program's" : ""}…`);
+    if ("reason" in c) log(`  C baseline omitted: ${c.reason}`);
     const pair: number[] = [];
     const adds: number[] = [];
     const dels: number[] = [];
+    const cRuns: { add: number; del: number }[] = [];
+    const perRound = Math.ceil(count / ROUNDS);
     for (let i = 0; i < count; i++) {
+      if ("bin" in c && i % perRound === 0) cRuns.push(...(await baseline(c.bin, ifindex, cSpace, Math.min(perRound, count - i))));
       await checkpoint(i);
       const a = fresh();
       const t0 = Bun.nanoseconds();
@@ -144,6 +164,7 @@ async function measure(dev: string) {
 
     const stoa = stats(pair);
     const ipStats = stats(ipPair);
+    const cStats = cRuns.length > 0 ? stats(cRuns.map((r) => r.add + r.del)) : undefined;
     const cleanup = removeAll();
     return {
       dev,
@@ -154,6 +175,15 @@ async function measure(dev: string) {
       stoa_add_del_p99_us: stoa.p99,
       stoa_add_p50_us: stats(adds).p50,
       stoa_del_p50_us: stats(dels).p50,
+      c_iterations: cRuns.length,
+      c_add_del_p50_us: cStats?.p50 ?? null,
+      c_add_del_p99_us: cStats?.p99 ?? null,
+      c_add_p50_us: cStats ? stats(cRuns.map((r) => r.add)).p50 : null,
+      c_del_p50_us: cStats ? stats(cRuns.map((r) => r.del)).p50 : null,
+      /** stoa's add+del p50 over the C program's; the goal is ≤ c_goal. */
+      c_ratio: cStats ? Math.round((stoa.p50 / cStats.p50) * 100) / 100 : null,
+      c_goal: C_GOAL,
+      c_omitted: "reason" in c ? c.reason : null,
       ip_add_del_p50_us: ipStats.p50,
       ip_add_del_p99_us: ipStats.p99,
       speedup: round(ipStats.p50 / stoa.p50),
@@ -163,7 +193,22 @@ async function measure(dev: string) {
   } finally {
     // Always: every address this run added goes, even after an error or Ctrl-C.
     removeAll();
+    sweep(cSpace);
     closeNetlink();
+    if ("dir" in c) rmSync(c.dir, { recursive: true, force: true });
+  }
+
+  /** Deletes whatever a killed C program may have left in its /64 (it removes its own otherwise). */
+  function sweep(prefix: string): void {
+    const p = parsePrefix(prefix);
+    for (const entry of listAddresses()) {
+      if (entry.index !== ifindex || !contains(p, entry.address)) continue;
+      try {
+        del(entry.address);
+      } catch {
+        // already gone
+      }
+    }
   }
 
   function removeAll(): { addresses: number; del_avg_us: number } {
@@ -183,6 +228,37 @@ async function measure(dev: string) {
     return { addresses: n, del_avg_us: round(us / n) };
   }
 }
+
+/** lib/addr-baseline.c compiled into a temp dir, or why the C figure is left out. */
+function buildBaseline(): { bin: string; dir: string } | { reason: string } {
+  const cc = Bun.which("cc") ?? Bun.which("gcc");
+  if (cc === null) return { reason: "no C compiler (cc or gcc) on PATH" };
+  const dir = mkdtempSync(join(tmpdir(), "stoa-addr-"));
+  const bin = join(dir, "addr-baseline");
+  const r = Bun.spawnSync([cc, "-O2", "-Wall", "-o", bin, join(import.meta.dir, "lib", "addr-baseline.c")], { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode === 0) return { bin, dir };
+  rmSync(dir, { recursive: true, force: true });
+  return { reason: `${cc} failed on lib/addr-baseline.c: ${r.stderr.toString().trim().split("\n")[0]}` };
+}
+
+/** `count` timed add+del pairs of the C program (after its own warm-up), in µs. */
+async function baseline(bin: string, ifindex: number, prefix: string, count: number): Promise<{ add: number; del: number }[]> {
+  const net = formatPrefixAddress(prefix);
+  const child = Bun.spawn([bin, String(ifindex), net, String(count), String(WARMUP)], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const [out, err, code] = await Promise.all([child.stdout.text(), child.stderr.text(), child.exited]);
+  if (aborted) throw new Aborted("interrupted");
+  if (code !== 0) throw new Error(`addr-baseline exited ${code}: ${err.trim()}`);
+  return out
+    .trim()
+    .split("\n")
+    .map((line) => {
+      const [add, del] = line.split(" ").map((ns) => Number(ns) / 1000);
+      return { add: add ?? Number.NaN, del: del ?? Number.NaN };
+    });
+}
+
+/** "fd12:3456:789a:c::/64" → "fd12:3456:789a:c::", the form inet_pton takes. */
+const formatPrefixAddress = (prefix: string): string => prefix.slice(0, prefix.indexOf("/"));
 
 /** A random ULA /64 for this run's addresses, so parallel runs never collide. */
 function runPrefix(): string {
@@ -234,7 +310,13 @@ try {
   } else {
     console.log(`add+del of a /128 nodad on ${result.dev} (kernel ${result.kernel}):`);
     console.log(`  stoa (netlink via bun:ffi)  p50 ${result.stoa_add_del_p50_us} µs  p99 ${result.stoa_add_del_p99_us} µs  (add ${result.stoa_add_p50_us}, del ${result.stoa_del_p50_us}; ${result.stoa_iterations} runs)`);
+    if (result.c_omitted === null) {
+      console.log(`  C program, same requests    p50 ${result.c_add_del_p50_us} µs  p99 ${result.c_add_del_p99_us} µs  (add ${result.c_add_p50_us}, del ${result.c_del_p50_us}; ${result.c_iterations} runs)`);
+    } else {
+      console.log(`  C baseline omitted: ${result.c_omitted}`);
+    }
     console.log(`  ip -6 addr add/del          p50 ${result.ip_add_del_p50_us} µs  p99 ${result.ip_add_del_p99_us} µs  (${result.ip_iterations} runs)`);
+    if (result.c_ratio !== null) console.log(`  stoa / C p50 ${result.c_ratio}× (goal ≤ ${C_GOAL}×)`);
     console.log(`  speedup ${result.speedup}× (goal ≥ 50×)`);
     console.log("one add with N addresses already present:");
     for (const [size, s] of Object.entries(result.add_with_present)) console.log(`  N=${size.padEnd(6)} p50 ${s.p50} µs  p99 ${s.p99} µs  (filled in ${s.fill_s} s)`);

@@ -113,7 +113,8 @@ class RouteSocket {
   #seq = Math.floor(Math.random() * 0x7fff_ffff);
   // Kept for the life of the socket: FFI reads and writes them during each call.
   readonly #buf = new Uint8Array(MAX_DATAGRAM_BYTES);
-  readonly #from = new Uint8Array(SOCKADDR_NL_LEN);
+  /** struct sockaddr_nl as host-order u32s: [family | pad, port id, groups]. */
+  readonly #from = new Uint32Array(SOCKADDR_NL_LEN / 4);
   readonly #fromLen = new Uint32Array(1);
 
   #fd: number;
@@ -171,7 +172,7 @@ class RouteSocket {
       }
       if (n > this.#buf.length) throw new StoaError("too_large", `netlink: a ${n}-byte reply exceeds the ${this.#buf.length}-byte buffer`);
       // Port id 0 is the kernel; anything else is another process writing to our port.
-      if (new DataView(this.#from.buffer).getUint32(4, true) !== 0) continue;
+      if (this.#from[1] !== 0) continue;
       reply.feed(this.#buf.subarray(0, n));
     }
   }

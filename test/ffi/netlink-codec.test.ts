@@ -69,6 +69,19 @@ describe("building requests", () => {
     expect(parseAttrs(msg.subarray(16)).get(8)).toEqual(Uint8Array.of(9, 0, 0, 0));
   });
 
+  test("each request is its own copy, however long: the shared scratch buffer never leaks between calls", () => {
+    const first = encodeRequest(MsgType.RTM_DELADDR, Flag.REQUEST, 1, new Uint8Array(8), [{ type: Ifa.LOCAL, value: ADDR }]);
+    const copy = Uint8Array.from(first);
+    const long = encodeRequest(MsgType.RTM_NEWADDR, 0, 2, new Uint8Array(8), [{ type: Ifa.LABEL, value: new Uint8Array(300).fill(0xff) }]);
+    const short = encodeRequest(1, 0, 3, new Uint8Array(0), [u32Attr(8, 9)]);
+    expect(first).toEqual(copy);
+    expect(long.length).toBe(16 + 8 + 304);
+    expect(new DataView(long.buffer).getUint32(0, true)).toBe(long.length);
+    // Zeroed where nothing was written: nlmsg_pid and the padding after an odd-length value.
+    expect([...short.subarray(12, 16)]).toEqual([0, 0, 0, 0]);
+    expect([...encodeRequest(1, 0, 4, new Uint8Array(0), [{ type: 3, value: Uint8Array.of(7) }]).subarray(21)]).toEqual([0, 0, 0]);
+  });
+
   test("rtmsg of a local route: table local, scope host, type local", () => {
     expect([...rtmsg({ family: AF_INET6, dstLen: 64, table: RT_TABLE_LOCAL, protocol: 83, scope: RT_SCOPE_HOST, type: RTN_LOCAL })]).toEqual([
       10, 64, 0, 0, 255, 83, 254, 2, 0, 0, 0, 0,
@@ -204,6 +217,13 @@ describe("collecting the replies to one request", () => {
     const intr = new ReplyCollector(1, true, MsgType.RTM_NEWADDR);
     intr.feed(concat(addrMessage({ seq: 1, address: ADDR, multi: true, extraFlags: Flag.DUMP_INTR }), doneMessage(1)));
     expect(intr.interrupted).toBe(true);
+  });
+
+  test("the whole datagram's framing is checked, also past the ACK", () => {
+    const reply = new ReplyCollector(5, false);
+    const err = decodeFailure(() => reply.feed(concat(errorMessage({ seq: 5, errno: 0 }), Uint8Array.of(1, 2, 3))));
+    expect(err.message).toContain("3 trailing bytes");
+    expect(reply.done).toBe(false);
   });
 
   test("an overrun, or NLMSG_DONE for a plain request, is a decode error", () => {
