@@ -5,10 +5,17 @@
  *   (a) a client straight to the publisher's Unix socket,
  *   (b) through `stoa gateway` (raw prelude `STOA1 <pub_id>\n`), on its default epoll data path
  *       and, for comparison, with `--data-path bun` (Bun's sockets),
- *   (c) through nginx's stream proxy to the same socket, when nginx is installed.
- * Twice: every process pinned to one CPU (`taskset -c 0`; the figures the goal refers to — a
+ *   (c) through nginx's stream proxy to the same socket, when nginx is installed (Debian: nginx
+ *       and libnginx-mod-stream),
+ *   (d) through HAProxy to the same socket, when it is installed (Debian: haproxy): `mode tcp`,
+ *       one process (`-db`, no master), `nbthread 1` in both passes — one thread like nginx's
+ *       one worker and stoa's one router, so the pinned pass is not three threads on one CPU —
+ *       and its defaults otherwise (no kernel splicing: `option splice-*` is off by default).
+ * Twice: every process pinned to one CPU (`taskset -c 0`; the figures the goals refer to — a
  * cross-CPU wake-up costs tens of µs here and drowns the difference) and unpinned.
- * Goal: stoa's p50 ≤ nginx's, throughput ≥ nginx's.
+ * Added latency is a path's p50 less the direct p50: what the proxy itself costs.
+ * Goals (issue 17, pinned): stoa's added latency ≤ 0.8× the best of nginx's and HAProxy's;
+ * stoa's stream ≥ 1.3× nginx's MB/s; and in both passes stoa at or ahead of nginx (p50 ≤, MB/s ≥).
  *
  * This machine's speed drifts (a VM: the same direct round trip takes 8.5 µs for a while, then
  * 12.5 µs), so the paths are measured interleaved rather than one after the other: a pass runs
@@ -45,6 +52,11 @@ const root = join(import.meta.dir, "..", "..");
 const stoaBin = values.stoa ?? join(root, "dist", "stoa");
 const nginxBin = ["/usr/sbin/nginx", "/usr/bin/nginx"].find(existsSync) ?? Bun.which("nginx");
 const streamModule = "/usr/lib/nginx/modules/ngx_stream_module.so";
+const haproxyBin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].find(existsSync) ?? Bun.which("haproxy");
+const DIRECT = "direct Unix socket";
+const STOA = "stoa gateway";
+const NGINX = "nginx stream proxy";
+const HAPROXY = "HAProxy (mode tcp)";
 
 /** One path's figures: medians over the rounds, and every round's own figures. */
 interface Row {
@@ -91,8 +103,8 @@ async function inner(): Promise<Row[]> {
     cleanupDirs.push(bunDir);
 
     const targets: [string, (pub: "echo" | "sink") => Target][] = [
-      ["direct Unix socket", (pub) => ({ unix: publisherSocketPath(dir, pub, "service") })],
-      ["stoa gateway", (pub) => ({ hostname: "127.0.0.1", port: svc, prelude: `STOA1 ${pub}\n` })],
+      [DIRECT, (pub) => ({ unix: publisherSocketPath(dir, pub, "service") })],
+      [STOA, (pub) => ({ hostname: "127.0.0.1", port: svc, prelude: `STOA1 ${pub}\n` })],
       ["stoa --data-path bun", (pub) => ({ hostname: "127.0.0.1", port: bunSvc, prelude: `STOA1 ${pub}\n` })],
     ];
     if (nginxBin) {
@@ -113,7 +125,33 @@ stream {
       );
       spawn([nginxBin, "-p", dir, "-c", conf]);
       await waitForPort("127.0.0.1", echoPort);
-      targets.push(["nginx stream proxy", (pub) => ({ hostname: "127.0.0.1", port: pub === "echo" ? echoPort : sinkPort })]);
+      targets.push([NGINX, (pub) => ({ hostname: "127.0.0.1", port: pub === "echo" ? echoPort : sinkPort })]);
+    }
+    if (haproxyBin) {
+      const [echoPort, sinkPort] = [freePort(), freePort()];
+      const conf = join(dir, "haproxy.cfg");
+      const proxy = (name: string, port: number) => `
+listen ${name}
+  bind 127.0.0.1:${port}
+  server ${name} unix@${publisherSocketPath(dir, name, "service")}
+`;
+      // Timeouts are required (HAProxy warns without them); an hour never fires in a run.
+      writeFileSync(
+        conf,
+        `global
+  nbthread 1
+  maxconn 1024
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+${proxy("echo", echoPort)}${proxy("sink", sinkPort)}`,
+      );
+      spawn([haproxyBin, "-db", "-q", "-f", conf]);
+      await waitForPort("127.0.0.1", echoPort);
+      await waitForPort("127.0.0.1", sinkPort);
+      targets.push([HAPROXY, (pub) => ({ hostname: "127.0.0.1", port: pub === "echo" ? echoPort : sinkPort })]);
     }
 
     const count = Number(values.count);
@@ -189,10 +227,55 @@ async function run(pinned: boolean): Promise<Row[]> {
   return JSON.parse(out) as Row[];
 }
 
+/** Added latency (p50 less the direct p50) per path, µs; the direct path's own is 0. */
+function added(rows: Row[]): Record<string, number> {
+  const direct = rows.find((r) => r.path === DIRECT)?.p50 ?? Number.NaN;
+  return Object.fromEntries(rows.map((r) => [r.path, r.p50 - direct]));
+}
+
+interface Goal {
+  goal: string;
+  /** stoa's figure over the baseline's; NaN when the baseline was not measured. */
+  ratio: number;
+  target: string;
+  met: boolean | null;
+}
+
+/** The issue's goals, from the figures of one run. */
+function goals(pinned: Row[], unpinned: Row[]): Goal[] {
+  const out: Goal[] = [];
+  const by = (rows: Row[], path: string) => rows.find((r) => r.path === path);
+  const push = (goal: string, ratio: number, target: string, ok: (r: number) => boolean) =>
+    out.push({ goal, ratio, target, met: Number.isFinite(ratio) ? ok(ratio) : null });
+  const add = added(pinned);
+  const others = [NGINX, HAPROXY].filter((p) => by(pinned, p) !== undefined);
+  const best = Math.min(...others.map((p) => add[p] ?? Number.NaN));
+  const bestPath = others.find((p) => add[p] === best) ?? "none measured";
+  push(`pinned added latency, stoa / best of nginx and HAProxy (${bestPath})`, (add[STOA] ?? Number.NaN) / best, "≤ 0.80", (r) => r <= 0.8);
+  push("pinned stream MB/s, stoa / nginx", (by(pinned, STOA)?.mbps ?? Number.NaN) / (by(pinned, NGINX)?.mbps ?? Number.NaN), "≥ 1.30", (r) => r >= 1.3);
+  // Nothing regresses: at or ahead of nginx everywhere (the pinned stream is covered above).
+  for (const [label, rows] of [["pinned", pinned], ["unpinned", unpinned]] as const) {
+    const stoa = by(rows, STOA);
+    const nginx = by(rows, NGINX);
+    push(`${label} p50, stoa / nginx`, (stoa?.p50 ?? Number.NaN) / (nginx?.p50 ?? Number.NaN), "≤ 1.00", (r) => r <= 1);
+    if (label === "unpinned") push(`${label} stream MB/s, stoa / nginx`, (stoa?.mbps ?? Number.NaN) / (nginx?.mbps ?? Number.NaN), "≥ 1.00", (r) => r >= 1);
+  }
+  return out;
+}
+
 if (values.inner) {
   console.log(JSON.stringify(await inner()));
 } else {
-  const result = { pinned: await run(true), unpinned: await run(false), nginx: Boolean(nginxBin) };
+  const pinned = await run(true);
+  const unpinned = await run(false);
+  const result = {
+    pinned,
+    unpinned,
+    nginx: Boolean(nginxBin),
+    haproxy: Boolean(haproxyBin),
+    added: { pinned: added(pinned), unpinned: added(unpinned) },
+    goals: goals(pinned, unpinned),
+  };
   if (values.json) {
     console.log(JSON.stringify(result));
   } else {
@@ -202,16 +285,22 @@ if (values.inner) {
     const spread = (xs: number[], digits: number) => `[${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}]`;
     for (const [label, rows] of [["pinned to CPU 0 (taskset -c 0)", result.pinned], ["unpinned", result.unpinned]] as const) {
       console.log(`\n${label}`);
-      console.log(`  ${"path".padEnd(22)} ${"p50".padStart(8)} ${"".padEnd(13)} ${"p99".padStart(8)} ${"MB/s".padStart(8)}`);
+      console.log(`  ${"path".padEnd(22)} ${"p50".padStart(8)} ${"".padEnd(13)} ${"added".padStart(6)} ${"p99".padStart(8)} ${"MB/s".padStart(8)}`);
+      const add = added(rows);
       for (const r of rows) {
         const p50s = spread(r.rounds.map((x) => x.p50), 1);
         const mbpss = spread(r.rounds.map((x) => x.mbps), 0);
         console.log(
-          `  ${r.path.padEnd(22)} ${r.p50.toFixed(1).padStart(8)} ${p50s.padEnd(13)} ${r.p99.toFixed(1).padStart(8)} ${r.mbps.toFixed(0).padStart(8)} ${mbpss}`,
+          `  ${r.path.padEnd(22)} ${r.p50.toFixed(1).padStart(8)} ${p50s.padEnd(13)} ${(add[r.path] ?? Number.NaN).toFixed(1).padStart(6)} ${r.p99.toFixed(1).padStart(8)} ${r.mbps.toFixed(0).padStart(8)} ${mbpss}`,
         );
       }
     }
-    if (!nginxBin) console.log("\nnginx is not installed (apt-get install nginx): no nginx comparison in this run");
-    console.log("\ngoal: stoa gateway p50 ≤ nginx stream proxy p50, throughput ≥ nginx's");
+    if (!nginxBin) console.log("\nnginx is not installed (apt-get install nginx libnginx-mod-stream): no nginx comparison in this run");
+    if (!haproxyBin) console.log("\nHAProxy is not installed (apt-get install haproxy): no HAProxy comparison in this run");
+    console.log("\ngoals (added latency = p50 − direct p50)");
+    for (const g of result.goals) {
+      const verdict = g.met === null ? "not measured" : g.met ? "met" : "NOT met";
+      console.log(`  ${g.goal.padEnd(72)} ${g.ratio.toFixed(2).padStart(5)}  goal ${g.target}  ${verdict}`);
+    }
   }
 }

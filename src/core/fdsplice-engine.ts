@@ -1,6 +1,6 @@
 /**
  * The splice engine: the loop that runs in fdsplice's Worker thread and moves bytes between the
- * two sockets of each splice with epoll + recv/send through bun:ffi (the contract, and why, are
+ * two sockets of each splice with epoll + splice(2) through bun:ffi (the contract, and why, are
  * in fdsplice.ts). This module holds the loop and its state; fdsplice-worker.ts is the Worker
  * entry that feeds it messages.
  *
@@ -9,10 +9,19 @@
  * set: when the eventfd fires and a message is outstanding, `run()` returns so Bun can deliver
  * it, and the message handler calls `run()` again once no message is outstanding.
  *
- * Per direction there is one shared read buffer: a read is written to the destination at once,
- * and only the part the destination did not take is copied into that destination's queue; the
- * source is then paused (no EPOLLIN) until the queue is written. So memory per splice is zero
- * when bytes flow and at most one read per direction when a reader is slow.
+ * A direction that carries bulk bytes moves them in the kernel: splice(2) from the source socket
+ * into a pipe, then from the pipe into the destination socket, so no byte is copied through this
+ * thread. The pipe belongs to the destination end (made on the first bulk read, closed with the
+ * end); what the destination did not take stays in the pipe and the source is paused (no
+ * EPOLLIN) until the pipe is empty. Small messages (and a direction that can have no pipe, out of
+ * descriptors, or whose destination is gone, its input read and dropped) take recv/send on one
+ * shared read buffer: a read is written to the destination at once, and only the part the
+ * destination did not take is copied into that destination's queue, again pausing the source.
+ * Which of the two a direction uses follows the size of its reads (`SPLICE_FROM_BYTES`). The
+ * bytes the host read before handing over (the first line's tail) start in the queue, so they are
+ * written before any spliced byte. An end holds bytes in its queue or its pipe, never both (a
+ * source is read only when its destination holds nothing, and while the pipe holds bytes into
+ * the pipe): at most one read per direction.
  */
 import { ptr } from "bun:ffi";
 import { MSG_DONTWAIT, MSG_NOSIGNAL, errno, libc, strerror } from "../ffi/libc.ts";
@@ -29,13 +38,36 @@ import {
   EPOLLOUT,
   SHUT_WR,
   epollCtl,
+  openPipe,
   setLingerReset,
+  spliceFds,
   wouldBlock,
 } from "../ffi/epoll.ts";
 import { describeError } from "./errors.ts";
+import { fdLimit, fdReserve } from "./fdlimit.ts";
 
 /** Bytes read per recv(); a full read is followed by another before going back to epoll. */
 export const SPLICE_READ_BYTES = 256 * 1024;
+/**
+ * Capacity asked of each pipe (F_SETPIPE_SZ), and bytes per splice(2) into it. A one-way stream
+ * through the gateway, pinned to one CPU, moved 1,411 MB/s with the default 64 KiB pipe, 1,607
+ * with 256 KiB and 1,785 with 1 MiB (recv/send: 1,228; scripts/bench/gateway.ts, one run). 256 KiB
+ * keeps what a slow reader costs at one read per direction, as with recv/send (here in the
+ * kernel), and costs 64 pages of the user's pipe quota (fs.pipe-user-pages-soft, 16,384 by
+ * default) per bulk direction; past that quota the kernel hands out smaller pipes, which work the
+ * same, slower.
+ */
+const PIPE_BYTES = 256 * 1024;
+/**
+ * A recv() at least this large turns its direction to splice(2); a splice(2) smaller than
+ * `RECV_BELOW_BYTES` turns it back. Small messages are cheaper on recv/send: a 1 KiB echo round
+ * trip through the gateway took ~1 µs longer with every direction spliced (a small skb's bytes
+ * are copied into a page for the pipe anyway, and the pipe adds its own bookkeeping), while bulk
+ * reads are where splicing pays. Nor does a direction that only ever carries small messages
+ * take a pipe (two descriptors) at all.
+ */
+const SPLICE_FROM_BYTES = 64 * 1024;
+const RECV_BELOW_BYTES = 16 * 1024;
 /** Reads in a row from one socket before others get a turn. */
 const READS_PER_TURN = 4;
 const MAX_EVENTS = 256;
@@ -77,6 +109,16 @@ interface End {
   /** Bytes waiting to be written to this socket (copies of reads it could not take at once). */
   queue: Uint8Array[];
   queued: number;
+  /** The pipe carrying bytes to this socket (-1 until its first splice, and once closed). */
+  pipeR: number;
+  pipeW: number;
+  /** Bytes in that pipe, not yet written to this socket. */
+  piped: number;
+  /** No pipe could be made for this direction: it moves bytes with recv/send. */
+  noPipe: boolean;
+  /** Bytes come to this socket in bulk (large reads): they move by splice(2). */
+  bulk: boolean;
+  /** Most bytes held for this socket at once, in its queue or its pipe. */
   maxQueued: number;
   written: number;
   readEnded: boolean;
@@ -252,14 +294,16 @@ export class SpliceEngine {
   }
 
   #onEvent(end: End, events: number): void {
-    if ((events & EPOLLOUT) !== 0 && end.queued > 0) {
+    if ((events & EPOLLOUT) !== 0 && held(end) > 0) {
       this.#flush(end);
       if (end.closed) return;
     }
     if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) === 0) return;
     if (!end.readEnded) {
-      const paused = !end.peer.closed && end.peer.queued > 0;
-      if (paused && (events & (EPOLLIN | EPOLLERR)) === 0) this.#park(end);
+      const peer = end.peer;
+      const paused = !peer.closed && held(peer) > 0;
+      // A paused source read after an error would need room in a pipe that is full: it waits too.
+      if (paused && ((events & (EPOLLIN | EPOLLERR)) === 0 || peer.piped > 0)) this.#park(end);
       else this.#read(end);
     } else if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
       // Nothing more to read, and the other end is gone entirely (a hang-up or an error):
@@ -272,6 +316,32 @@ export class SpliceEngine {
   #read(src: End): void {
     const dst = src.peer;
     for (let turn = 0; turn < READS_PER_TURN; turn++) {
+      // Bytes in the pipe go first: while it holds any, a read goes there too (order kept).
+      if (!dst.closed && (dst.piped > 0 || (dst.bulk && dst.queued === 0 && this.#hasPipe(dst)))) {
+        // The pipe is empty here (a source is read only then; after a hang-up it is parked while
+        // the pipe holds bytes), so EAGAIN means the socket is.
+        const r = spliceFds(src.fd, dst.pipeW, PIPE_BYTES);
+        if (r < 0) {
+          if (!wouldBlock()) this.#fail(src, strerror(errno()));
+          return;
+        }
+        if (r === 0) {
+          this.#eof(src);
+          return;
+        }
+        dst.piped += r;
+        this.#drainPipe(dst);
+        if (dst.closed) continue; // src is now the survivor: its data is discarded from here on
+        if (dst.piped > 0) {
+          if (dst.piped > dst.maxQueued) dst.maxQueued = dst.piped;
+          this.#updateInterest(dst);
+          this.#updateInterest(src);
+          return;
+        }
+        if (r < RECV_BELOW_BYTES) dst.bulk = false;
+        if (r < PIPE_BYTES) return;
+        continue;
+      }
       const r = S.recv(src.fd, this.#bufPtr, SPLICE_READ_BYTES, MSG_DONTWAIT);
       if (r < 0) {
         if (wouldBlock()) return;
@@ -283,6 +353,7 @@ export class SpliceEngine {
         return;
       }
       if (dst.closed) continue; // the survivor's input is read and dropped (fdsplice.ts)
+      if (r >= SPLICE_FROM_BYTES) dst.bulk = true;
       if (dst.queued > 0) {
         // Only after a hang-up of a paused source: keep what it had sent, bounded.
         this.#enqueue(dst, this.#buf.slice(0, r));
@@ -331,6 +402,37 @@ export class SpliceEngine {
     }
   }
 
+  /** True when `dst` has a pipe to splice into, made now if need be (false: use recv/send). */
+  #hasPipe(dst: End): boolean {
+    if (dst.pipeR >= 0) return true;
+    if (dst.noPipe) return false;
+    const fds = openPipe(PIPE_BYTES);
+    if (fds === null) {
+      dst.noPipe = true;
+      return false;
+    }
+    // A pipe only saves copies: it never takes descriptors from the reserve (core/fdlimit.ts).
+    if (Math.max(...fds) >= fdLimit() - fdReserve()) {
+      S.close(fds[0]);
+      S.close(fds[1]);
+      dst.noPipe = true;
+      return false;
+    }
+    [dst.pipeR, dst.pipeW] = fds;
+    return true;
+  }
+
+  /** Splices what `dst`'s pipe holds into `dst`; what it does not take stays there. */
+  #drainPipe(dst: End): void {
+    const w = spliceFds(dst.pipeR, dst.fd, dst.piped);
+    if (w < 0) {
+      if (!wouldBlock()) this.#fail(dst, strerror(errno()));
+      return;
+    }
+    this.#count(dst, w);
+    dst.piped -= w;
+  }
+
   /** Writes what is queued for `dst`. */
   #flush(dst: End): void {
     while (dst.queue.length > 0) {
@@ -350,7 +452,11 @@ export class SpliceEngine {
       }
       dst.queue.shift();
     }
-    if (dst.queued === 0) {
+    if (dst.piped > 0) {
+      this.#drainPipe(dst);
+      if (dst.closed) return;
+    }
+    if (held(dst) === 0) {
       const src = dst.peer;
       if (src.readEnded || src.closed) this.#shutWrite(dst);
     }
@@ -372,7 +478,7 @@ export class SpliceEngine {
     if (src.readEnded) return;
     src.readEnded = true;
     const dst = src.peer;
-    if (dst.queued === 0) this.#shutWrite(dst);
+    if (held(dst) === 0) this.#shutWrite(dst);
     this.#settle(src);
     if (!src.closed) this.#updateInterest(src);
   }
@@ -399,6 +505,7 @@ export class SpliceEngine {
     if (error !== null && splice.error === null) splice.error = error;
     end.queue = [];
     end.queued = 0;
+    end.piped = 0;
     this.#closeEnd(end, true);
   }
 
@@ -411,6 +518,14 @@ export class SpliceEngine {
     if (reset) setLingerReset(end.fd, true);
     S.close(end.fd);
     if (this.#ends[end.fd] === end) this.#ends[end.fd] = undefined;
+    // Its pipe goes with it: what it held was for this socket only.
+    if (end.pipeR >= 0) {
+      S.close(end.pipeR);
+      S.close(end.pipeW);
+      end.pipeR = -1;
+      end.pipeW = -1;
+    }
+    end.piped = 0;
     const other = end.peer;
     const splice = end.splice;
     if (other.closed) {
@@ -418,7 +533,7 @@ export class SpliceEngine {
       return;
     }
     // The survivor: forward the FIN once its queue is written, read and drop its input.
-    if (other.queued === 0) this.#shutWrite(other);
+    if (held(other) === 0) this.#shutWrite(other);
     if (other.closed) return;
     this.#updateInterest(other);
     if (splice.lingerAt === 0) {
@@ -434,6 +549,7 @@ export class SpliceEngine {
     for (const end of [splice.a, splice.b]) {
       end.queue = [];
       end.queued = 0;
+      end.piped = 0;
       end.writeShut = true; // no FIN to the second end: before its reset it would make a cut stream look complete
     }
     this.#closeEnd(splice.a, true);
@@ -463,8 +579,8 @@ export class SpliceEngine {
   #updateInterest(end: End): void {
     if (end.closed) return;
     let want = 0;
-    if (!end.readEnded && (end.peer.closed || end.peer.queued === 0)) want |= EPOLLIN;
-    if (end.queued > 0) want |= EPOLLOUT;
+    if (!end.readEnded && (end.peer.closed || held(end.peer) === 0)) want |= EPOLLIN;
+    if (held(end) > 0) want |= EPOLLOUT;
     if (end.parked) {
       if (want === 0) return;
       // Its peer caught up: back into the set, and no longer idle.
@@ -497,10 +613,15 @@ export class SpliceEngine {
       this.#lingering.delete(s);
       for (const end of [s.a, s.b]) {
         // Graceful if nothing is left to write, else a reset (its bytes cannot be delivered).
-        if (!end.closed) this.#closeEnd(end, end.queued > 0);
+        if (!end.closed) this.#closeEnd(end, held(end) > 0);
       }
     }
   }
+}
+
+/** Bytes held for `end`: in its queue or in its pipe (never both at once). */
+function held(end: End): number {
+  return end.queued + end.piped;
 }
 
 function newEnd(fd: number, side: "a" | "b", splice: Splice): End {
@@ -511,6 +632,11 @@ function newEnd(fd: number, side: "a" | "b", splice: Splice): End {
     splice,
     queue: [],
     queued: 0,
+    pipeR: -1,
+    pipeW: -1,
+    piped: 0,
+    noPipe: false,
+    bulk: false,
     maxQueued: 0,
     written: 0,
     readEnded: false,

@@ -1,7 +1,7 @@
 /**
- * Splice bytes between pairs of sockets on a dedicated thread with epoll and recv/send through
- * bun:ffi, bypassing Bun's socket layer: the fast data path of an L4 proxy once it has decided
- * where a connection goes.
+ * Splice bytes between pairs of sockets on a dedicated thread with epoll and splice(2) (bulk) or
+ * recv/send (small messages) through bun:ffi, bypassing Bun's socket layer: the fast data path of
+ * an L4 proxy once it has decided where a connection goes (fdsplice-engine.ts says which when).
  *
  * Why: Bun's sockets cost several microseconds of user time per event, copy every read into a
  * new buffer (and the garbage that makes), and in 1.4.5 pause()/resume() each add a spurious
@@ -13,7 +13,7 @@
  *   close them again). `takeSocketFd()` turns a Bun socket into such an fd.
  * - Backpressure: a read goes straight to the other socket; what it does not take is queued and
  *   the source is not read again until the queue is written. At most one read (256 KiB) per
- *   direction is held; `maxQueueBytes` caps a source that goes on sending after a hang-up.
+ *   direction is held (in a queue, or in the kernel in the direction's pipe); `maxQueueBytes` caps a source that goes on sending after a hang-up.
  * - A FIN becomes a write half-close of the other side once its queued bytes are written; a
  *   socket that has both read a FIN and sent one is closed.
  * - When one side fails or hangs up, bytes queued for it are dropped; the survivor still gets

@@ -55,6 +55,10 @@ const symbols = {
   eventfd: { args: [FFIType.u32, FFIType.i32], returns: FFIType.i32 },
   read: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
   write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+  // ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t len, unsigned
+  // flags): socket → pipe → socket in the kernel (epoll.ts); offsets are always null (no file
+  // offsets on sockets and pipes), the result an i32 as for recv/send (at most a pipe's size).
+  splice: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.u32], returns: FFIType.i32 },
   // io_uring.ts: void *mmap(void *, size_t, int prot, int flags, int fd, off_t) maps a ring;
   // declared to return i64 so MAP_FAILED ((void *)-1) arrives as -1, not as a pointer.
   mmap: { args: [FFIType.u64, FFIType.u64, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i64], returns: FFIType.i64 },
