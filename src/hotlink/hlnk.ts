@@ -127,14 +127,24 @@ const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
 });
 
 /**
- * Encodes one frame into one new buffer (a single allocation: one write, one syscall).
+ * A buffer `encodeHlnk` may write into instead of allocating a frame each time; it grows to the
+ * largest frame seen. The result is then a view of it, valid until the next encode with the
+ * same scratch: only for a writer that copies what it keeps (`Outbox.write(…, { copy: true })`).
+ */
+export interface HlnkScratch {
+  buffer: Uint8Array;
+}
+
+/**
+ * Encodes one frame into one new buffer (a single allocation: one write, one syscall), or into
+ * `scratch`.
  * Throws `StoaError` "too_large" for a path, etag or payload over its limit, and "schema" for
  * a path or etag that is not well-formed Unicode (a lone surrogate would silently become
  * U+FFFD) or a seq outside 0..2^64-1.
  * @example
  * socket.write(encodeHlnk({ path: "alice/mpc/run1/0_to_1", seq: 1n, payload }));
  */
-export function encodeHlnk(frame: HlnkFrameInput, limits?: HlnkLimits): Uint8Array {
+export function encodeHlnk(frame: HlnkFrameInput, limits?: HlnkLimits, scratch?: HlnkScratch): Uint8Array {
   const l = resolveLimits(limits);
   const etag = frame.etag ?? "";
   const pathLen = textBytes(frame.path, "path", l.path);
@@ -142,7 +152,13 @@ export function encodeHlnk(frame: HlnkFrameInput, limits?: HlnkLimits): Uint8Arr
   checkPayload(frame.payload.byteLength, l.payload);
   checkSeq(frame.seq);
   const headLen = HLNK_HEADER_BYTES + pathLen + etagLen;
-  const out = new Uint8Array(headLen + frame.payload.byteLength);
+  const size = headLen + frame.payload.byteLength;
+  let out: Uint8Array;
+  if (scratch === undefined) out = new Uint8Array(size);
+  else {
+    if (scratch.buffer.byteLength < size) scratch.buffer = new Uint8Array(Math.max(size, scratch.buffer.byteLength * 2));
+    out = scratch.buffer.subarray(0, size);
+  }
   writeHeader(out, pathLen, etagLen, frame.payload.byteLength, frame.seq);
   if (pathLen > 0) encoder.encodeInto(frame.path, out.subarray(HLNK_HEADER_BYTES, HLNK_HEADER_BYTES + pathLen));
   if (etagLen > 0) encoder.encodeInto(etag, out.subarray(HLNK_HEADER_BYTES + pathLen, headLen));

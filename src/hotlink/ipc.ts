@@ -24,13 +24,15 @@ import type { Socket } from "bun";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
-import { HlnkDecoder, encodeHlnk } from "./hlnk.ts";
+import { HlnkDecoder, type HlnkScratch, encodeHlnk } from "./hlnk.ts";
 import type { IpcStatus } from "./protocol.ts";
 import { type Delivery, Incoming, Outgoing, type SessionTable } from "./sessions.ts";
 import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
 
 /** Frame bytes waiting for the session to be accepted before applications stop being read. */
 const PENDING_BYTES = 16 * 1024 * 1024;
+/** Payloads up to this size are framed for the applications in a reused buffer (larger ones in their own). */
+const SCRATCH_PAYLOAD_BYTES = 64 * 1024;
 
 export interface IpcSpec {
   channel: string;
@@ -65,6 +67,7 @@ export class IpcChannel {
   #appsPaused = false;
   readonly #ins = new Set<Incoming>();
   #held: Uint8Array[] = [];
+  readonly #scratch: HlnkScratch = { buffer: new Uint8Array(0) };
   #heldBytes = 0;
   #holdTimer: ReturnType<typeof setTimeout> | undefined;
   #holdingLink = false;
@@ -256,34 +259,38 @@ export class IpcChannel {
   }
 
   #deliver(item: Delivery): void {
-    const frame = encodeHlnk({ path: item.pth ?? this.spec.channel, etag: item.etg ?? "", seq: BigInt(item.seq), payload: item.pay });
     this.counters.rxFrames++;
     this.counters.rxBytes += item.byteLength;
-    if (this.#apps.size === 0) {
-      if (this.#heldBytes + frame.byteLength > HOLD_BYTES) {
-        for (const s of [...this.#ins]) s.close(`no application connected to ${this.spec.path} and ${HOLD_BYTES} bytes already held`);
-        return;
-      }
-      this.#held.push(frame);
-      this.#heldBytes += frame.byteLength;
-      if (this.#holdTimer === undefined) {
-        this.#holdTimer = setTimeout(() => {
-          this.#holdTimer = undefined;
-          if (this.#apps.size > 0) return;
-          const why = `no application connected to ${this.spec.path} within ${HOLD_MS / 1000} s`;
-          this.#log.error("dropping held frames", { reason: why, bytes: this.#heldBytes });
-          this.#held = [];
-          this.#heldBytes = 0;
-          for (const s of [...this.#ins]) s.close(why);
-        }, HOLD_MS);
-      }
+    const input = { path: item.pth ?? this.spec.channel, etag: item.etg ?? "", seq: BigInt(item.seq), payload: item.pay };
+    if (this.#apps.size > 0) {
+      // A small frame goes through one reused buffer: the socket takes it whole almost always,
+      // and the outbox copies what it does not (no garbage per delivery, fewer collections).
+      const frame = encodeHlnk(input, undefined, item.byteLength <= SCRATCH_PAYLOAD_BYTES ? this.#scratch : undefined);
+      for (const app of this.#apps) this.#writeApp(app, frame);
       return;
     }
-    for (const app of this.#apps) this.#writeApp(app, frame);
+    const frame = encodeHlnk(input);
+    if (this.#heldBytes + frame.byteLength > HOLD_BYTES) {
+      for (const s of [...this.#ins]) s.close(`no application connected to ${this.spec.path} and ${HOLD_BYTES} bytes already held`);
+      return;
+    }
+    this.#held.push(frame);
+    this.#heldBytes += frame.byteLength;
+    if (this.#holdTimer === undefined) {
+      this.#holdTimer = setTimeout(() => {
+        this.#holdTimer = undefined;
+        if (this.#apps.size > 0) return;
+        const why = `no application connected to ${this.spec.path} within ${HOLD_MS / 1000} s`;
+        this.#log.error("dropping held frames", { reason: why, bytes: this.#heldBytes });
+        this.#held = [];
+        this.#heldBytes = 0;
+        for (const s of [...this.#ins]) s.close(why);
+      }, HOLD_MS);
+    }
   }
 
   #writeApp(app: App, frame: Uint8Array): void {
-    app.data.outbox?.write(frame);
+    app.data.outbox?.write(frame, { copy: true });
     this.#updateLinkHold();
   }
 

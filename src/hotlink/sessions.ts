@@ -40,7 +40,7 @@ import type { PathReceiver, PathSender, Rung, Transport } from "./transport.ts";
  * on a LAN the TLS dial answers well within it; a dial to a private address across NATs fails
  * fast (unreachable) or only after its timeout (dropped), and ICE goes ahead meanwhile.
  */
-export const ICE_AFTER_TLS_MS = 100;
+export const ICE_AFTER_TLS_MS = 50;
 /** Frames a receiver holds while waiting for a gap (relay and direct paths can interleave). */
 const REORDER_MAX_FRAMES = 65_536;
 /** Bytes a receiver holds while waiting for a gap. */

@@ -94,6 +94,21 @@ function errorOf(fn: () => unknown): StoaError {
 }
 
 describe("encoding", () => {
+  test("into a scratch buffer: the same bytes as a fresh frame, in one buffer grown to the largest frame and reused", () => {
+    const scratch = { buffer: new Uint8Array(0) };
+    const big = { path: "a/b", etag: "e", seq: 7n, payload: new Uint8Array(5000).fill(3) };
+    const small = { path: "a", seq: 8n, payload: Uint8Array.of(1, 2) };
+    const first = encodeHlnk(big, undefined, scratch);
+    expect(Array.from(first)).toEqual(Array.from(encodeHlnk(big)));
+    const grown = scratch.buffer;
+    expect(grown.byteLength).toBeGreaterThanOrEqual(first.byteLength);
+    const second = encodeHlnk(small, undefined, scratch);
+    expect(Array.from(second)).toEqual(Array.from(encodeHlnk(small)));
+    expect(scratch.buffer).toBe(grown);
+    expect(second.buffer).toBe(first.buffer); // a view of the same memory: valid until the next encode
+    expect(decodeHlnkOne(second).seq).toBe(8n);
+  });
+
   test("writes the seed's 21-byte big-endian header, then path, etag and payload", () => {
     const frame = encodeHlnk({ path: "a/b", etag: "e1", seq: 0x0102030405060708n, payload: Uint8Array.of(9, 8, 7) });
     expect(Array.from(frame)).toEqual([
