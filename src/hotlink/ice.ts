@@ -43,6 +43,10 @@ export const MAX_CHANNEL_MESSAGE = 255 * 1024;
 export const CHANNEL_RETAIN_BYTES = 8 * 1024 * 1024;
 /** Unacknowledged bytes under which the path counts as idle: frames go at once, not batched. */
 const CHANNEL_IDLE_BYTES = 64 * 1024;
+/** First re-read of the selected candidate pair after the channel opened (then 2×, 4×, …). */
+const PAIR_RECHECK_MS = 500;
+/** Re-reads of the selected pair, at most (the last one ~30 s after the open). */
+const PAIR_RECHECKS = 6;
 /** Remote candidates held before the remote description is set, at most. */
 const MAX_PENDING_CANDIDATES = 64;
 /** ICE candidates a side takes from its peer in one session, at most. */
@@ -100,6 +104,11 @@ class IceAttempt {
   #released = false;
   /** Called once if the connection fails after the channel opened. */
   onLost: (why: string) => void = () => {};
+  /** Called when, after the channel opened, the connection moved to another candidate pair. */
+  onMoved: (rung: Rung, via: string) => void = () => {};
+  #pairTimer: ReturnType<typeof setTimeout> | undefined;
+  #pairChecks = 0;
+  #via = "";
 
   constructor(sid: string, config: IceConfig, signal: IceSignal) {
     this.#sid = sid;
@@ -166,6 +175,7 @@ class IceAttempt {
   }
 
   #closePeer(): void {
+    clearTimeout(this.#pairTimer);
     this.peer.close();
     if (this.#released) return;
     this.#released = true;
@@ -187,10 +197,46 @@ class IceAttempt {
     if (this.#settled) return;
     this.#settled = true;
     clearTimeout(this.#timer);
-    const relayed = pair !== null && (pair.local.type === "relay" || pair.remote.type === "relay");
-    const via = pair === null ? "an ICE pair" : `${pair.local.address}:${pair.local.port} (${pair.local.type}) -> ${pair.remote.address}:${pair.remote.port} (${pair.remote.type})`;
-    this.#done.resolve({ ok: true, rung: relayed ? "turn" : "ice", via });
+    const { rung, via } = describePair(pair);
+    this.#via = via;
+    this.#done.resolve({ ok: true, rung, via });
+    this.#watchPair();
   }
+
+  /**
+   * The pair a channel opens on is the first that answered, which may be a TURN relay while a
+   * direct (server-reflexive) pair is still being checked; libwebrtc moves to the better one
+   * later. So the pair is read again `PAIR_RECHECK_MS` after the open, each interval twice as
+   * long, `PAIR_RECHECKS` times; a change moves the path's rung and `via` (ls, counters).
+   */
+  #watchPair(): void {
+    if (this.#pairChecks >= PAIR_RECHECKS || this.#released) return;
+    this.#pairTimer = setTimeout(() => {
+      this.#pairTimer = undefined;
+      this.#pairChecks++;
+      this.peer.selectedPair().then(
+        (pair) => {
+          if (this.#released || pair === null) return;
+          const { rung, via } = describePair(pair);
+          if (via !== this.#via) {
+            this.#via = via;
+            this.onMoved(rung, via);
+          }
+          this.#watchPair();
+        },
+        () => this.#watchPair(),
+      );
+    }, PAIR_RECHECK_MS * 2 ** this.#pairChecks);
+    this.#pairTimer.unref?.();
+  }
+}
+
+/** The rung a candidate pair makes ("turn" when either end is a TURN relay candidate) and how `ls` shows it. */
+function describePair(pair: SelectedPair | null): { rung: Rung; via: string } {
+  if (pair === null) return { rung: "ice", via: "an ICE pair" };
+  const relayed = pair.local.type === "relay" || pair.remote.type === "relay";
+  const end = (e: SelectedPair["local"]): string => `${e.address}:${e.port} (${e.type})`;
+  return { rung: relayed ? "turn" : "ice", via: `${end(pair.local)} -> ${end(pair.remote)}` };
 }
 
 /** A candidate from a Signal's JSON, or null when it is not one. */
@@ -271,6 +317,11 @@ export class IceReceiver implements PathReceiver {
     });
     this.#attempt.onLost = () => {
       this.#connected = false;
+    };
+    this.#attempt.onMoved = (rung, via) => {
+      this.#rung = rung;
+      this.#intake.counters = rung === "turn" ? config.counters.turn : config.counters.ice;
+      config.log.info("the session's ICE path moved to another candidate pair", { sid, rung, via });
     };
     void this.#attempt.outcome.then((outcome) => {
       if (this.#closed) return;
@@ -483,6 +534,10 @@ export class IceDialer {
     const sender = new PathSender(outcome.rung, pipe, this.#pth, counters, this.#config.log);
     sender.via = outcome.via;
     pipe.unacknowledged = () => sender.unacknowledgedBytes;
+    this.#attempt.onMoved = (rung, via) => {
+      sender.moved(rung, via, rung === "turn" ? this.#config.counters.turn : this.#config.counters.ice);
+      this.#config.log.info("the session's ICE path moved to another candidate pair", { sid: this.#sid, rung, via });
+    };
     this.#attempt.channel.onMessage((bytes) => sender.onAck(bytes));
     let lost = false;
     this.#attempt.onLost = () => {

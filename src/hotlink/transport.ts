@@ -189,12 +189,13 @@ const NO_BYTES = new Uint8Array(0);
 
 /** The sender's side of a per-session path: frames out, acknowledgements in, retention. */
 export class PathSender implements Transport {
-  readonly rung: Rung;
+  /** Changes only on ICE, when the connection moves to another candidate pair (`moved`). */
+  rung: Rung;
   readonly #pipe: FramePipe;
   readonly #pth: string;
   /** The session's path as UTF-8, encoded once. */
   readonly #pthBytes: Uint8Array;
-  readonly #counters: PathCounters;
+  #counters: PathCounters;
   readonly #log: Logger;
   #retained: DataMessage[] = [];
   #retainedHead = 0;
@@ -218,6 +219,13 @@ export class PathSender implements Transport {
     this.#pthBytes = encoder.encode(pth);
     this.#counters = counters;
     this.#log = log;
+  }
+
+  /** The path now runs on `rung` through `via`, counted in `counters` from now on (ICE: another candidate pair). */
+  moved(rung: Rung, via: string, counters: PathCounters): void {
+    this.rung = rung;
+    this.via = via;
+    this.#counters = counters;
   }
 
   get busy(): boolean {
