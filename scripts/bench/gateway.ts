@@ -50,8 +50,10 @@ const { values } = parseArgs({
 });
 const root = join(import.meta.dir, "..", "..");
 const stoaBin = values.stoa ?? join(root, "dist", "stoa");
-const nginxBin = ["/usr/sbin/nginx", "/usr/bin/nginx"].find(existsSync) ?? Bun.which("nginx");
 const streamModule = "/usr/lib/nginx/modules/ngx_stream_module.so";
+const nginxFound = ["/usr/sbin/nginx", "/usr/bin/nginx"].find(existsSync) ?? Bun.which("nginx");
+/** nginx, when it can proxy TCP: its stream module loadable (Debian: libnginx-mod-stream) or built in. */
+const nginxBin = nginxFound && (existsSync(streamModule) || /--with-stream(?=\s|$)/.test(Bun.spawnSync([nginxFound, "-V"]).stderr.toString())) ? nginxFound : undefined;
 const haproxyBin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].find(existsSync) ?? Bun.which("haproxy");
 const DIRECT = "direct Unix socket";
 const STOA = "stoa gateway";
@@ -295,7 +297,7 @@ if (values.inner) {
         );
       }
     }
-    if (!nginxBin) console.log("\nnginx is not installed (apt-get install nginx libnginx-mod-stream): no nginx comparison in this run");
+    if (!nginxBin) console.log(`\n${nginxFound ? "nginx has no stream module" : "nginx is not installed"} (apt-get install nginx libnginx-mod-stream): no nginx comparison in this run`);
     if (!haproxyBin) console.log("\nHAProxy is not installed (apt-get install haproxy): no HAProxy comparison in this run");
     console.log("\ngoals (added latency = p50 − direct p50)");
     for (const g of result.goals) {
