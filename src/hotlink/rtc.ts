@@ -108,6 +108,30 @@ function library(): Wrtc {
 }
 
 /**
+ * The candidate pair a connection's statistics (RTCStatsReport entries) say carries it: the
+ * transport's selected pair, else a nominated one that succeeded; null when there is none yet.
+ */
+export function pairFromStats(entries: Iterable<Record<string, unknown>>): SelectedPair | null {
+  const stats = new Map<string, Record<string, unknown>>();
+  for (const s of entries) stats.set(String(s.id), s);
+  let pairId: unknown;
+  for (const s of stats.values()) if (s.type === "transport" && typeof s.selectedCandidatePairId === "string") pairId = s.selectedCandidatePairId;
+  let pair = pairId === undefined ? undefined : stats.get(String(pairId));
+  if (pair === undefined) {
+    for (const s of stats.values()) if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated === true) pair = s;
+  }
+  if (pair === undefined) return null;
+  const end = (id: unknown): PairEnd | null => {
+    const c = stats.get(String(id));
+    if (c === undefined) return null;
+    return { type: String(c.candidateType ?? "unknown"), address: String(c.address ?? c.ip ?? "?"), port: Number(c.port ?? 0) };
+  };
+  const local = end(pair.localCandidateId);
+  const remote = end(pair.remoteCandidateId);
+  return local === null || remote === null ? null : { local, remote };
+}
+
+/**
  * Closed peer connections after which their threads and sockets are released. libwebrtc lets
  * go of a closed connection's (measured: 4 threads and 8 descriptors each) only when the
  * binding's object is collected, and a daemon that allocates little may not collect for hours:
@@ -210,23 +234,9 @@ export function openRtcPeer(iceServers: RtcIceServer[]): RtcPeer {
     acceptAnswer: (answerSdp) => pc.setRemoteDescription({ type: "answer", sdp: answerSdp }),
     addCandidate: (c) => pc.addIceCandidate(c),
     async selectedPair() {
-      const stats = new Map<string, Record<string, unknown>>();
-      (await pc.getStats()).forEach((s) => void stats.set(String(s.id), s));
-      let pairId: unknown;
-      for (const s of stats.values()) if (s.type === "transport" && typeof s.selectedCandidatePairId === "string") pairId = s.selectedCandidatePairId;
-      let pair = pairId === undefined ? undefined : stats.get(String(pairId));
-      if (pair === undefined) {
-        for (const s of stats.values()) if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated === true) pair = s;
-      }
-      if (pair === undefined) return null;
-      const end = (id: unknown): PairEnd | null => {
-        const c = stats.get(String(id));
-        if (c === undefined) return null;
-        return { type: String(c.candidateType ?? "unknown"), address: String(c.address ?? c.ip ?? "?"), port: Number(c.port ?? 0) };
-      };
-      const local = end(pair.localCandidateId);
-      const remote = end(pair.remoteCandidateId);
-      return local === null || remote === null ? null : { local, remote };
+      const stats: Record<string, unknown>[] = [];
+      (await pc.getStats()).forEach((stat) => void stats.push(stat));
+      return pairFromStats(stats);
     },
     close() {
       if (closed) return;

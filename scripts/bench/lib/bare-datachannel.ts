@@ -59,7 +59,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { describeError } from "../../../src/core/errors.ts";
 import { Outbox } from "../../../src/core/outbox.ts";
-import type { PairEnd, SelectedPair } from "../../../src/hotlink/rtc.ts";
+import { type PairEnd, type SelectedPair, pairFromStats } from "../../../src/hotlink/rtc.ts";
 
 const LIBS = { werift: "werift", wrtc: "@roamhq/wrtc" } as const;
 type LibName = keyof typeof LIBS;
@@ -253,22 +253,9 @@ function wrtcPeer(wrtc: any, place: Placement): Peer {
     acceptAnswer: (answerSdp) => pc.setRemoteDescription({ type: "answer", sdp: answerSdp }),
     addCandidate: (c) => pc.addIceCandidate(c),
     async selectedPair() {
-      const stats = new Map<string, Record<string, unknown>>();
-      (await pc.getStats()).forEach((s: Record<string, unknown>) => void stats.set(String(s.id), s));
-      let pairId: unknown;
-      for (const s of stats.values()) if (s.type === "transport" && typeof s.selectedCandidatePairId === "string") pairId = s.selectedCandidatePairId;
-      let pair = pairId === undefined ? undefined : stats.get(String(pairId));
-      if (pair === undefined) {
-        for (const s of stats.values()) if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated === true) pair = s;
-      }
-      if (pair === undefined) return null;
-      const end = (id: unknown): PairEnd | null => {
-        const c = stats.get(String(id));
-        return c === undefined ? null : { type: String(c.candidateType ?? "unknown"), address: String(c.address ?? c.ip ?? "?"), port: Number(c.port ?? 0) };
-      };
-      const local = end(pair.localCandidateId);
-      const remote = end(pair.remoteCandidateId);
-      return local === null || remote === null ? null : { local, remote };
+      const stats: Record<string, unknown>[] = [];
+      (await pc.getStats()).forEach((stat: Record<string, unknown>) => void stats.push(stat));
+      return pairFromStats(stats);
     },
     async close() {
       pc.close();
