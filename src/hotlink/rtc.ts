@@ -18,8 +18,6 @@ export interface RtcCandidate {
 export interface RtcChannel {
   /** Queues one message (libwebrtc copies it); false, and nothing sent, once the channel is not open. */
   send(bytes: Uint8Array): boolean;
-  /** Bytes queued and not yet sent. */
-  readonly bufferedAmount: number;
   readonly open: boolean;
   onOpen(fn: () => void): void;
   onClose(fn: () => void): void;
@@ -65,7 +63,6 @@ export interface RtcIceServer {
 interface WrtcDataChannel {
   binaryType: string;
   readyState: string;
-  bufferedAmount: number;
   send(data: Uint8Array): void;
   onopen: (() => void) | null;
   onclose: (() => void) | null;
@@ -186,9 +183,6 @@ export function openRtcPeer(iceServers: RtcIceServer[]): RtcPeer {
         state = "closed"; // closed under us: its close event follows
         return false;
       }
-    },
-    get bufferedAmount() {
-      return state === "open" ? dc.bufferedAmount : 0;
     },
     get open() {
       return state === "open";
