@@ -16,7 +16,11 @@
  * control socket: the answer `stoa hotlink ls --json` prints — alice's `ipc[].out.rung` and
  * bob's `ipc[].in[].rung`; the sender's alone is not enough: a receiver whose side of the data
  * channel is not yet "connected" drops what arrives on it), sends 3,000 warm-up
- * frames, then 20 unmeasured frames of each size. Percentiles are nearest-rank-low:
+ * frames, stays idle 1 s (the compilers finish what the warm-up queued: a daemon's compiler
+ * threads run at idle priority while its event loop is latency-bound, core/runtime.ts, and a
+ * one-in-flight stream leaves them little idle CPU), then 20 unmeasured frames of each size.
+ * This process's own compiler threads follow the same rule (`adaptRuntimeThreads`), for stoa's
+ * figures and the bare chain's alike. Percentiles are nearest-rank-low:
  * sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
  * After the cases `ls` is asked again: a session that left its rung meanwhile is flagged.
  * Then, on the relay and direct passes, "1 KB ×10 fresh": the first 10 frames of each of
@@ -107,7 +111,8 @@ import type { DaemonStatus } from "../../src/hotlink/protocol.ts";
 import type { SelectedPair } from "../../src/hotlink/rtc.ts";
 import { freePort, percentile, waitForPort } from "./lib/client.ts";
 import { IPC_CHANNEL, NatRig, TUNNEL_CHANNEL, natLabProblem } from "./lib/hotlink-nat.ts";
-import { type ChainLatency, FIRST as FIRST_FRAMES, chainLatency } from "./lib/chain-latency.ts";
+import { type ChainLatency, FIRST as FIRST_FRAMES, SETTLE_AFTER_WARM_UP_MS, chainLatency } from "./lib/chain-latency.ts";
+import { adaptRuntimeThreads } from "../../src/core/runtime.ts";
 import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, redeclareIpc, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
 import { passthroughChain, wsChain } from "./lib/passthrough.ts";
 
@@ -337,6 +342,7 @@ async function latency(
     // during the measured frames (slow samples at the same indices run after run, on a CPU the
     // compiler threads share); 3,000 is past that.
     for (let i = 0; i < WARM_UP_FRAMES; i++) await sendOne(1000);
+    await Bun.sleep(SETTLE_AFTER_WARM_UP_MS); // the compilers finish what the warm-up queued (lib/chain-latency.ts)
     const cases: CaseResult[] = [];
     for (const [name, size, n] of CASES) {
       // Steady state, not the first large frames' allocations and compilation: 20 unmeasured first.
@@ -1008,6 +1014,9 @@ function printTable(pinned: Passes, unpinned: Passes, b: BareResult | undefined)
 if (values.help) {
   console.log(USAGE);
 } else if (values.inner) {
+  // The probe is a Bun process as well: its own compiler threads kept out of its event loop's way
+  // the same way, for stoa's measurement and the bare chain's alike.
+  adaptRuntimeThreads();
   console.log(JSON.stringify(await inner()));
 } else {
   const parts = selectedParts(values.only);

@@ -18,6 +18,7 @@ import { DEFAULT_PORTS, parsePorts } from "../gateway/protocol.ts";
 import { CONTENT_TYPE, metrics } from "../core/metrics.ts";
 import { installSignalHandlers, onShutdown } from "../core/shutdown.ts";
 import { installDaemon, onReload, readiness } from "../core/daemon.ts";
+import { adaptRuntimeThreads } from "../core/runtime.ts";
 import { guardServer, outOfFdsResponse } from "../core/fdguard.ts";
 
 /** `--log-level` and `--log-format`, spread into a command's flags. */
@@ -91,6 +92,8 @@ export function startService(
   const log = createLogger({ level: flags.logLevel, format: flags.logFormat, name });
   installSignalHandlers({ log, timeoutMs: options.shutdownTimeoutMs });
   installDaemon(log, options.daemon === true ? "daemon" : "client");
+  // The runtime's compiler and purge threads never keep a woken event loop waiting.
+  adaptRuntimeThreads((error) => log.warn("could not set the scheduling policy of the runtime's background threads", { error }));
   try {
     const { from, to, hard, error } = raiseFdLimit();
     if (error !== undefined) log.warn("could not raise the file descriptor limit", { from, hard, error });

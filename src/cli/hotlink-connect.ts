@@ -3,6 +3,7 @@
  * of the `hotlink` group (cli/hotlink.ts) because it is the largest subcommand.
  */
 import { configFlag, defineCommand, list, str } from "./command.ts";
+import { collectStartupGarbage } from "../core/runtime.ts";
 import { logFlags, splitList, startService, waitFlag } from "./common.ts";
 import { hotlinkControlFlags } from "./flags.ts";
 import { StoaError } from "../core/errors.ts";
@@ -159,6 +160,7 @@ export const connect = defineCommand({
     for (const c of daemon.status().ipc) process.stdout.write(`ipc ${c.channel}: unix:${c.path}\n`);
     process.stdout.write(`control: ${control.path}\n`);
     if (flags.watch !== undefined) process.stdout.write(`watch: ${flags.watch}\n`);
+    collectStartupGarbage();
     process.stdout.write(`hotlink: ${user} via ${server}\n`);
     await new Promise(() => {}); // runs until a signal; shutdown exits the process
   },

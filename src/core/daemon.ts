@@ -19,6 +19,7 @@
  * Wire format of `$NOTIFY_SOCKET` (sd_notify(3)): one AF_UNIX datagram of newline-separated
  * `KEY=VALUE` lines; the address is a path, or `@name` for the abstract namespace.
  */
+import { collectStartupGarbage } from "./runtime.ts";
 import { describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { writeReadyFile } from "./readyfile.ts";
@@ -51,6 +52,7 @@ export function readiness(): Readiness {
  */
 export function announceReady(options: { status?: string; readyFile?: string; fields?: Record<string, unknown> } = {}): void {
   if (state !== "starting") return;
+  collectStartupGarbage();
   if (options.readyFile !== undefined) onShutdown("ready file", writeReadyFile(options.readyFile, options.fields ?? {}));
   state = "serving";
   notify(options.status === undefined ? "READY=1" : `READY=1\nSTATUS=${oneLine(options.status)}`);

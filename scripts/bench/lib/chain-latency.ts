@@ -11,7 +11,8 @@
  * The hops are lib/passthrough.ts: they copy bytes and do nothing else. This process is both
  * applications: it writes 1 KiB messages into the first hop's socket with `performance.now()`
  * in the first 8 bytes and takes the time each arrives whole at the last hop's; one message in
- * flight. Warm: `WARMUP` messages on one connection, then `count` measured. First frames: the
+ * flight. Warm: `WARMUP` messages on one connection, `SETTLE_AFTER_WARM_UP_MS` idle, then `count`
+ * measured. First frames: the
  * first 10 messages of each of `fresh` new connections (each hop connects onward when a
  * connection arrives, as a session's first frame waits for the session to open). Percentiles
  * nearest-rank-low, µs.
@@ -28,6 +29,12 @@ import { passthroughChain } from "./passthrough.ts";
 
 /** Warm-up messages before the measured ones: the hotlink benchmark's. */
 export const WARMUP = 3000;
+/**
+ * Idle time between the warm-up and the measured messages, here and in the hotlink benchmark: the
+ * compilers finish what the warm-up queued (stoa's compiler threads run at idle priority while a
+ * daemon is latency-bound, src/core/runtime.ts; a one-in-flight stream leaves them little idle CPU).
+ */
+export const SETTLE_AFTER_WARM_UP_MS = 1000;
 const SIZE = 1024;
 /** Messages measured on each fresh connection: the hotlink benchmark's first frames of a session. */
 export const FIRST = 10;
@@ -88,6 +95,7 @@ export async function chainLatency(shape: "relay" | "direct", count: number, fre
   try {
     const sock = await connect();
     for (let i = 0; i < WARMUP; i++) await one(sock);
+    await Bun.sleep(SETTLE_AFTER_WARM_UP_MS);
     const warm: number[] = [];
     for (let i = 0; i < count; i++) warm.push(await one(sock));
     sock.end();

@@ -1,0 +1,168 @@
+/**
+ * The runtime's own work kept out of the data path's way.
+ *
+ * Background threads. A Bun process runs, beside its event loop, JavaScriptCore's compiler
+ * threads (`JITWorker`, optimising hot functions), a memory purge thread (`mi-scavenger`) and
+ * `JSCWarmUp`. On a CPU the event loop shares with them — a pinned daemon, a busy machine — a
+ * woken event loop waits behind whichever of them holds the CPU for the rest of its time slice.
+ * In the hotlink benchmark (every process pinned to one CPU, one message in flight) one frame in
+ * fifty waited 0.3–3 ms behind a compiler or purge thread of the relay server, a daemon or the
+ * probe itself (`perf sched timehist`).
+ *
+ * While the event loop is latency-bound — it sleeps most of the time, and runs soon after it is
+ * woken — those threads run under `SCHED_IDLE` (sched(7)): whenever nothing else wants the CPU,
+ * and never instead of a woken event loop. A throughput-bound event loop (runnable — running, or
+ * waiting for a CPU — for most of the time) needs its hot paths compiled more than it needs its
+ * wake-ups served at once, and an idle-policy compiler on a saturated CPU is all but starved
+ * (measured: a pinned relay tunnel 13 % slower), so there they are `SCHED_OTHER` again. The
+ * choice is made every `SAMPLE_MS` from the main thread's scheduler statistics
+ * (/proc/self/task/PID/schedstat: time run and time waited on a run queue; a one-in-flight relay
+ * daemon pinned with three other processes is runnable 30 % of the time, the same daemon moving
+ * a tunnel's bulk ~100 %). The collector's helper
+ * threads are left alone: the event loop waits for them at the end of a collection.
+ *
+ * The threads start lazily (the first compilation starts a `JITWorker`) and JSC ends one that sat
+ * idle and starts another later; each sample also reads /proc/self/task, and the name of a thread
+ * not seen before. Linux only; elsewhere, or without /proc, nothing happens.
+ *
+ * Start-up garbage: `collectStartupGarbage` — one full collection once a service is up.
+ */
+import { readFileSync, readdirSync } from "node:fs";
+import { errno, libc, strerror } from "../ffi/libc.ts";
+
+/** The runtime threads whose policy follows the event loop's load, by the name they give themselves (/proc/self/task/TID/comm). */
+export const BACKGROUND_THREADS: ReadonlySet<string> = new Set(["JITWorker", "mi-scavenger", "JSCWarmUp"]);
+/** How often the load is sampled and the thread list read again. */
+export const SAMPLE_MS = 250;
+/** Throughput-bound: the main thread was runnable (running, or waiting on a run queue) for more than this share of the interval. */
+export const BUSY_SHARE = 0.5;
+/** sched.h */
+export const SCHED_OTHER = 0;
+export const SCHED_IDLE = 5;
+
+type Policy = typeof SCHED_OTHER | typeof SCHED_IDLE;
+
+/** Background threads by tid, with the policy last set; other tids seen, so a sample reads only new names. */
+const background = new Map<number, Policy>();
+const others = new Set<number>();
+let timer: ReturnType<typeof setInterval> | null = null;
+
+/** The main thread's scheduler statistics: ns run, ns waited on a run queue (proc(5) schedstat). */
+export function mainThreadSchedstat(): { runNs: number; waitNs: number } | null {
+  try {
+    const [run, wait] = readFileSync(`/proc/self/task/${process.pid}/schedstat`, "latin1").split(" ");
+    const runNs = Number(run);
+    const waitNs = Number(wait);
+    return Number.isFinite(runNs) && Number.isFinite(waitNs) ? { runNs, waitNs } : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The policy the background threads get for an interval of `intervalNs` in which the main thread ran `runNs` and waited `waitNs`. */
+export function policyFor(intervalNs: number, runNs: number, waitNs: number): Policy {
+  return runNs + waitNs > BUSY_SHARE * intervalNs ? SCHED_OTHER : SCHED_IDLE;
+}
+
+/** What one pass over this process's threads did. */
+export interface ThreadPass {
+  /** Background threads whose policy this pass set. */
+  changed: number;
+  /** The first failure, if any (e.g. a seccomp filter refusing sched_setscheduler). */
+  error?: string;
+}
+
+/**
+ * Gives every background runtime thread `policy`: those new since the last pass, and the others
+ * when the policy differs from the one they have. A thread that ended meanwhile is forgotten.
+ */
+export function setBackgroundPolicy(policy: Policy): ThreadPass {
+  const pass: ThreadPass = { changed: 0 };
+  let tids: string[];
+  try {
+    tids = readdirSync("/proc/self/task");
+  } catch {
+    return pass;
+  }
+  const alive = new Set<number>();
+  const param = new Int32Array(1); // struct sched_param { int sched_priority; }: 0 for both policies
+  for (const name of tids) {
+    const tid = Number(name);
+    if (!Number.isInteger(tid)) continue;
+    alive.add(tid);
+    if (others.has(tid)) continue;
+    if (!background.has(tid)) {
+      let comm: string;
+      try {
+        comm = readFileSync(`/proc/self/task/${name}/comm`, "latin1").trimEnd();
+      } catch {
+        continue; // it ended meanwhile
+      }
+      if (!BACKGROUND_THREADS.has(comm)) {
+        others.add(tid);
+        continue;
+      }
+    }
+    if (background.get(tid) === policy) continue;
+    if (libc().sched_setscheduler(tid, policy, param) === 0) {
+      background.set(tid, policy);
+      pass.changed++;
+    } else {
+      background.set(tid, policy); // not again every sample
+      pass.error ??= `sched_setscheduler(${tid}, ${policy === SCHED_IDLE ? "SCHED_IDLE" : "SCHED_OTHER"}): ${strerror(errno())}`;
+    }
+  }
+  for (const tid of background.keys()) if (!alive.has(tid)) background.delete(tid);
+  for (const tid of others) if (!alive.has(tid)) others.delete(tid);
+  return pass;
+}
+
+/**
+ * Background threads at SCHED_IDLE while the event loop is latency-bound, SCHED_OTHER while it
+ * is throughput-bound (see the module header), sampled every `SAMPLE_MS` for the life of the
+ * process (an unref'd timer). `onError` hears the first failure, once. Every long-running
+ * command does this (`cli/common.ts startService`).
+ */
+export function adaptRuntimeThreads(onError: (error: string) => void = () => {}): void {
+  if (timer !== null || process.platform !== "linux") return;
+  let told = false;
+  let last = mainThreadSchedstat();
+  let lastAt = Bun.nanoseconds();
+  const apply = (policy: Policy) => {
+    const { error } = setBackgroundPolicy(policy);
+    if (error !== undefined && !told) {
+      told = true;
+      onError(error);
+    }
+  };
+  apply(SCHED_IDLE);
+  timer = setInterval(() => {
+    const now = mainThreadSchedstat();
+    const at = Bun.nanoseconds();
+    if (now === null || last === null) return;
+    apply(policyFor(at - lastAt, now.runNs - last.runNs, now.waitNs - last.waitNs));
+    last = now;
+    lastAt = at;
+  }, SAMPLE_MS);
+  timer.unref();
+}
+
+/** The scheduling policy of thread `tid` (sched.h numbers), for tests. */
+export function threadPolicy(tid: number): number {
+  return libc().sched_getscheduler(tid);
+}
+
+let collected = false;
+
+/**
+ * One full collection, once, when a service has started and before it says so. What start-up
+ * built and dropped (module initialisation, schemas, parsed configuration, certificates) has been
+ * promoted to the old generation by then, and the first full collection the traffic triggers
+ * would mark it — on the event loop, in increments of about a millisecond every few messages.
+ * Costs a few ms at start (5 ms for the gateway here).
+ */
+export function collectStartupGarbage(): void {
+  if (collected) return;
+  collected = true;
+  Bun.gc(true);
+}
