@@ -19,8 +19,9 @@
  * frames, stays idle 1 s (the compilers finish what the warm-up queued: a daemon's compiler
  * threads run at idle priority while its event loop is latency-bound, core/runtime.ts, and a
  * one-in-flight stream leaves them little idle CPU), then 20 unmeasured frames of each size.
- * This process's own compiler threads follow the same rule (`adaptRuntimeThreads`), for stoa's
- * figures and the bare chain's alike. Percentiles are nearest-rank-low:
+ * This process's own compiler threads follow the same rule (`adaptRuntimeThreads`), and the probe
+ * (lib/latency-probe.ts, the bare chains' too) runs its own code 20,000 times through an
+ * in-process socket before anything is measured — for stoa's figures and the chain's alike. Percentiles are nearest-rank-low:
  * sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
  * After the cases `ls` is asked again: a session that left its rung meanwhile is flagged.
  * Then, on the relay and direct passes, "1 KB ×10 fresh": the first 10 frames of each of
@@ -106,13 +107,13 @@ import type { Socket } from "bun";
 import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import type { DaemonStatus } from "../../src/hotlink/protocol.ts";
 import type { SelectedPair } from "../../src/hotlink/rtc.ts";
 import { freePort, percentile, waitForPort } from "./lib/client.ts";
 import { IPC_CHANNEL, NatRig, TUNNEL_CHANNEL, natLabProblem } from "./lib/hotlink-nat.ts";
 import { type ChainLatency, FIRST as FIRST_FRAMES, SETTLE_AFTER_WARM_UP_MS, chainLatency } from "./lib/chain-latency.ts";
 import { adaptRuntimeThreads } from "../../src/core/runtime.ts";
+import { LatencyProbe, warmLatencyProbe } from "./lib/latency-probe.ts";
 import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, redeclareIpc, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
 import { passthroughChain, wsChain } from "./lib/passthrough.ts";
 
@@ -306,35 +307,11 @@ interface FreshSessions {
 async function latency(
   aliceSock: string, bobSock: string, onRung: () => Promise<unknown>, rungNow: () => Promise<Rung | null>, fresh?: FreshSessions,
 ): Promise<{ cases: CaseResult[]; rungAfter: Rung | null; fresh?: FreshResult }> {
-  const decoder = new HlnkDecoder();
-  let arrived: ((ns: number) => void) | null = null;
-  const reader = await Bun.connect({
-    unix: bobSock,
-    socket: {
-      data(_s, chunk) {
-        const now = Bun.nanoseconds();
-        for (const f of decoder.push(chunk)) {
-          const stamp = Number(new DataView(f.payload.buffer, f.payload.byteOffset, 8).getBigUint64(0, true));
-          arrived?.(now - stamp);
-        }
-      },
-    },
-  });
-  let writable: (() => void) | null = null;
-  const connectWriter = () => Bun.connect({ unix: aliceSock, socket: { data() {}, drain: () => writable?.() } });
-  let writer = await connectWriter();
-  const sendOne = async (size: number): Promise<number> => {
-    const payload = new Uint8Array(size);
-    const done = new Promise<number>((resolve) => (arrived = resolve));
-    new DataView(payload.buffer).setBigUint64(0, BigInt(Bun.nanoseconds()), true);
-    const frame = encodeHlnk({ path: CHANNEL, etag: "", seq: 0n, payload });
-    // A short write waits for drain: spinning here would starve the daemons on a pinned CPU.
-    for (let at = 0; at < frame.byteLength; ) {
-      at += Math.max(0, writer.write(frame.subarray(at)));
-      if (at < frame.byteLength) await new Promise<void>((r) => (writable = r));
-    }
-    return done;
-  };
+  await warmLatencyProbe(CHANNEL);
+  const probe = new LatencyProbe(CHANNEL);
+  const reader = await Bun.connect({ unix: bobSock, socket: { data: (_s, chunk) => probe.receive(chunk) } });
+  await probe.connect(aliceSock);
+  const sendOne = (size: number) => probe.one(size);
   try {
     await sendOne(1000); // opens the session; it climbs while nothing is in flight
     await onRung();
@@ -359,9 +336,9 @@ async function latency(
     const us: number[] = [];
     const sessions: { sid: string; rung: Rung }[] = [];
     for (let i = 0; i < fresh.sessions; i++) {
-      writer.end();
+      probe.end();
       await fresh.renew();
-      writer = await connectWriter();
+      await probe.connect(aliceSock);
       for (let k = 0; k < FIRST_FRAMES; k++) us.push((await sendOne(1000)) / 1000);
       const now = await fresh.now();
       if (now === null || seen.has(now.sid)) {
@@ -374,7 +351,7 @@ async function latency(
     return { cases, rungAfter, fresh: { ...caseResult(`1 KB ×${FIRST_FRAMES} fresh`, us), sessions } };
   } finally {
     reader.end();
-    writer.end();
+    probe.end();
   }
 }
 

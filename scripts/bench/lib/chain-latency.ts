@@ -9,22 +9,21 @@
  *   direct — application → Unix socket → hop ⇒ TLS ⇒ hop → Unix socket → application
  *
  * The hops are lib/passthrough.ts: they copy bytes and do nothing else. This process is both
- * applications: it writes 1 KiB messages into the first hop's socket with `performance.now()`
- * in the first 8 bytes and takes the time each arrives whole at the last hop's; one message in
- * flight. Warm: `WARMUP` messages on one connection, `SETTLE_AFTER_WARM_UP_MS` idle, then `count`
- * measured. First frames: the
- * first 10 messages of each of `fresh` new connections (each hop connects onward when a
- * connection arrives, as a session's first frame waits for the session to open). Percentiles
- * nearest-rank-low, µs.
+ * applications, measuring with the hotlink benchmark's own probe (lib/latency-probe.ts, warmed
+ * first): 1 KB HLNK frames stamped with the time they are written into the first hop's socket,
+ * timed when they arrive whole at the last hop's; one in flight. Warm: `WARMUP` frames on one
+ * connection, `SETTLE_AFTER_WARM_UP_MS` idle, then `count` measured. First frames: the first 10
+ * of each of `fresh` new connections (each hop connects onward when a connection arrives, as a
+ * session's first frame waits for the session to open). Percentiles nearest-rank-low, µs.
  *
  *   bun scripts/bench/lib/chain-latency.ts [--shape relay|direct] [--count 2000] [--fresh 5]
  * prints one JSON object (`ChainLatency`); it runs under the caller's CPU affinity.
  */
-import type { Socket } from "bun";
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { percentile } from "./client.ts";
+import { LatencyProbe, warmLatencyProbe } from "./latency-probe.ts";
 import { passthroughChain } from "./passthrough.ts";
 
 /** Warm-up messages before the measured ones: the hotlink benchmark's. */
@@ -35,7 +34,10 @@ export const WARMUP = 3000;
  * daemon is latency-bound, src/core/runtime.ts; a one-in-flight stream leaves them little idle CPU).
  */
 export const SETTLE_AFTER_WARM_UP_MS = 1000;
-const SIZE = 1024;
+/** The payload of each message: the hotlink benchmark's 1 KB frames. */
+const SIZE = 1000;
+/** The HLNK path the probe's frames carry (the hops do not read it). */
+const CHANNEL = "chain/bench/ipc";
 /** Messages measured on each fresh connection: the hotlink benchmark's first frames of a session. */
 export const FIRST = 10;
 
@@ -63,48 +65,23 @@ export async function chainLatency(shape: "relay" | "direct", count: number, fre
   const dir = mkdtempSync("/tmp/hlb-chain-");
   const sinkPath = join(dir, "out.sock");
   const inPath = join(dir, "in.sock");
-  let arrived: ((us: number) => void) | null = null;
-  let pending = new Uint8Array(0);
-  const sink = Bun.listen<undefined>({
-    unix: sinkPath,
-    socket: {
-      data(_s, chunk) {
-        const now = performance.now();
-        // Reassemble whole messages: a read may hold part of one, or more than one.
-        const all = pending.byteLength === 0 ? chunk : Buffer.concat([pending, chunk]);
-        let at = 0;
-        for (; at + SIZE <= all.byteLength; at += SIZE) {
-          const stamp = new DataView(all.buffer, all.byteOffset + at, 8).getFloat64(0, true);
-          arrived?.((now - stamp) * 1000);
-        }
-        pending = all.subarray(at).slice();
-      },
-    },
-  });
+  await warmLatencyProbe(CHANNEL);
+  const probe = new LatencyProbe(CHANNEL);
+  const sink = Bun.listen<undefined>({ unix: sinkPath, socket: { data: (_s, chunk) => probe.receive(chunk) } });
   const chain = await passthroughChain(shape === "relay" ? 3 : 2, 0, { unixIn: inPath, unixOut: sinkPath, ...(shape === "direct" ? { tlsAfter: 1 } : {}) });
-  const connect = (): Promise<Socket<undefined>> => Bun.connect<undefined>({ unix: inPath, socket: { data() {} } });
-  const message = new Uint8Array(SIZE);
-  const view = new DataView(message.buffer);
-  const one = (sock: Socket<undefined>): Promise<number> =>
-    new Promise<number>((resolve) => {
-      arrived = resolve;
-      view.setFloat64(0, performance.now(), true);
-      // 1 KiB into an empty Unix socket buffer is taken whole; anything else is a broken run.
-      if (sock.write(message) !== SIZE) throw new Error("a 1 KiB write into the chain was short");
-    });
+  const us = async () => (await probe.one(SIZE)) / 1000;
   try {
-    const sock = await connect();
-    for (let i = 0; i < WARMUP; i++) await one(sock);
+    await probe.connect(inPath);
+    for (let i = 0; i < WARMUP; i++) await us();
     await Bun.sleep(SETTLE_AFTER_WARM_UP_MS);
     const warm: number[] = [];
-    for (let i = 0; i < count; i++) warm.push(await one(sock));
-    sock.end();
+    for (let i = 0; i < count; i++) warm.push(await us());
     const first: number[] = [];
     for (let c = 0; c < fresh; c++) {
-      const s = await connect();
-      for (let i = 0; i < FIRST; i++) first.push(await one(s));
-      s.end();
+      await probe.connect(inPath);
+      for (let i = 0; i < FIRST; i++) first.push(await us());
     }
+    probe.end();
     return { shape, warm: figures(warm), first10: figures(first) };
   } finally {
     await chain.stop();
