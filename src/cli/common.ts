@@ -93,7 +93,8 @@ export function startService(
   installSignalHandlers({ log, timeoutMs: options.shutdownTimeoutMs });
   installDaemon(log, options.daemon === true ? "daemon" : "client");
   // The runtime's compiler and purge threads never keep a woken event loop waiting.
-  adaptRuntimeThreads((error) => log.warn("could not set the scheduling policy of the runtime's background threads", { error }));
+  // An optimisation only: a refusal (a seccomp filter, a container without the capability) is told at debug level.
+  adaptRuntimeThreads((error) => log.debug("could not set the scheduling policy of the runtime's background threads", { error }));
   try {
     const { from, to, hard, error } = raiseFdLimit();
     if (error !== undefined) log.warn("could not raise the file descriptor limit", { from, hard, error });

@@ -12,10 +12,11 @@ import {
   BUSY_SHARE,
   SCHED_IDLE,
   SCHED_OTHER,
-  mainThreadSchedstat,
+  adaptRuntimeThreads,
   policyFor,
   setBackgroundPolicy,
   threadPolicy,
+  threadSchedstat,
 } from "../../src/core/runtime.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { STOA } from "../helpers/stoa.ts";
@@ -53,11 +54,11 @@ test("latency-bound (runnable under half the interval) → SCHED_IDLE; throughpu
   expect(policyFor(100, (BUSY_SHARE * 100) / 2, (BUSY_SHARE * 100) / 2 + 1)).toBe(SCHED_OTHER);
 });
 
-test.if(linux)("the main thread's scheduler statistics advance while it runs", () => {
-  const a = mainThreadSchedstat();
+test.if(linux)("a thread's scheduler statistics advance while it runs", () => {
+  const a = threadSchedstat(process.pid);
   let x = 0;
   for (let i = 0; i < 2e6; i++) x += Math.sqrt(i);
-  const b = mainThreadSchedstat();
+  const b = threadSchedstat(process.pid);
   expect(x).toBeGreaterThan(0);
   expect(a).not.toBeNull();
   expect(b!.runNs).toBeGreaterThan(a!.runNs);
@@ -117,4 +118,57 @@ test.if(linux && existsSync(STOA))("an idle daemon's compiler and purge threads 
     await proc.exited;
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+const asRoot = linux && process.getuid?.() === 0 && Bun.which("unshare") !== null;
+if (linux && !asRoot) console.log("runtime.test.ts: the PID-namespace case needs root and unshare(1); skipped");
+
+test.if(asRoot && existsSync(STOA))("in a PID namespace of its own under the host's /proc, a daemon still finds and sets its threads (NSpid)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "stoa-runtime-ns-"));
+  const ready = join(dir, "ready");
+  const ports = [0, 0, 0].map(() => {
+    const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = l.port;
+    l.stop(true);
+    return port;
+  });
+  // --fork without --mount-proc: the gateway is pid 1 of its namespace, /proc still the host's.
+  let child = 0;
+  const proc = Bun.spawn(["unshare", "--pid", "--fork", "--kill-child", STOA, "gateway", "--run-dir", join(dir, "run"), "--ports", ports.join(","), "--ready-file", ready, "--log-level", "debug"], {
+    stdout: "ignore",
+    stderr: "pipe",
+    stdin: "ignore",
+  });
+  try {
+    await eventually("the gateway's ready file", () => existsSync(ready));
+    child = Number(readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, "latin1").trim().split(" ")[0]);
+    expect(child).toBeGreaterThan(1);
+    await eventually("background threads under SCHED_IDLE", () => {
+      const bg = threads(child).filter((t) => BACKGROUND_THREADS.has(t.comm));
+      return bg.length > 0 && bg.every((t) => policyOf(child, t.tid) === SCHED_IDLE);
+    });
+  } finally {
+    // unshare waits for its child: the gateway is stopped, and unshare exits with it.
+    if (child > 1) process.kill(child, "SIGTERM");
+    else proc.kill("SIGKILL");
+    await proc.exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const stderr = await new Response(proc.stderr).text();
+  expect(stderr).not.toContain("could not set the scheduling policy");
+});
+
+test.if(linux)("a saturated Worker's event loop puts the compiler threads back to SCHED_OTHER, and idle ones to SCHED_IDLE again", async () => {
+  adaptRuntimeThreads();
+  const background = () => threads("self").filter((t) => BACKGROUND_THREADS.has(t.comm));
+  const all = (policy: number) => background().length > 0 && background().every((t) => threadPolicy(t.tid) === policy);
+  await eventually("background threads under SCHED_IDLE while nothing is busy", () => all(SCHED_IDLE));
+  // The main thread stays idle (it only awaits); a Worker spins: the busiest thread decides.
+  const worker = new Worker(URL.createObjectURL(new Blob(["const end = Date.now() + 20000; let x = 0; while (Date.now() < end) x++; postMessage(x);"], { type: "text/javascript" })));
+  try {
+    await eventually("background threads under SCHED_OTHER while a Worker is busy", () => all(SCHED_OTHER), { timeoutMs: 5000 });
+  } finally {
+    worker.terminate();
+  }
+  await eventually("background threads under SCHED_IDLE once it ended", () => all(SCHED_IDLE), { timeoutMs: 5000 });
 });
