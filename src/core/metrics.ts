@@ -44,6 +44,12 @@ abstract class Metric<S> {
   readonly #series = new Map<string, { values: string[]; state: S }>();
   /** Updates to label sets beyond `MAX_SERIES_PER_METRIC`, not recorded. */
   overflowed = 0;
+  /** The label-less series once created. */
+  #unlabeled: { values: string[]; state: S } | undefined;
+  /** The label object last used, its key and series: a hot path that passes the same constant object again skips building the key. */
+  #lastLabels: Labels | undefined;
+  #lastKey = "";
+  #last: { values: string[]; state: S } | undefined;
 
   constructor(
     readonly name: string,
@@ -55,6 +61,11 @@ abstract class Metric<S> {
   abstract renderSeries(out: string[]): void;
 
   protected stateFor(labels: Labels | undefined): S {
+    // The label-less series, and the last label set used: no key built for a repeat (a relay
+    // server counts every message it forwards).
+    if (labels === undefined && this.labelNames.length === 0 && this.#unlabeled !== undefined) return this.#unlabeled.state;
+    const last = this.#last;
+    if (labels !== undefined && labels === this.#lastLabels && last !== undefined && this.#unchanged(labels, last.values) && this.#series.get(this.#lastKey) === last) return last.state;
     const values = this.#labelValues(labels);
     const key = values.join("\u0000");
     let entry = this.#series.get(key);
@@ -66,7 +77,20 @@ abstract class Metric<S> {
       entry = { values, state: this.fresh() };
       this.#series.set(key, entry);
     }
+    if (labels === undefined) this.#unlabeled = entry;
+    else {
+      this.#lastLabels = labels;
+      this.#lastKey = key;
+      this.#last = entry;
+    }
     return entry.state;
+  }
+
+  /** Whether `labels` (the object last used) still holds `values` (a caller may have changed it since). */
+  #unchanged(labels: Labels, values: readonly string[]): boolean {
+    const names = this.labelNames;
+    for (let i = 0; i < names.length; i++) if (String(labels[names[i] as string]) !== values[i]) return false;
+    return true;
   }
 
   /** Forgets one label set (e.g. a publisher that closed), so series do not pile up. */

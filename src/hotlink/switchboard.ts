@@ -164,6 +164,9 @@ export interface SwitchboardStats {
 const TYPE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
   Object.entries(MessageType).map(([name, t]) => [t, name.toLowerCase()]),
 );
+/** The `type` label of each message type, one constant object each (core/metrics.ts keys a repeated label object without rebuilding it). */
+const TYPE_LABELS: Readonly<Record<number, { type: string }>> = Object.fromEntries(Object.entries(TYPE_NAMES).map(([t, name]) => [t, { type: name }]));
+const UNKNOWN_TYPE = { type: "unknown" };
 
 /** The relay's state and message handling (see the module header). */
 export class Switchboard {
@@ -390,7 +393,7 @@ export class Switchboard {
       return;
     }
     const msg = parsed.value;
-    this.#m.messages.inc({ type: TYPE_NAMES[msg.t] ?? "unknown" });
+    this.#m.messages.inc(TYPE_LABELS[msg.t] ?? UNKNOWN_TYPE);
     if (conn.state === "new") {
       if (msg.t === MessageType.Hello) this.#hello(conn, msg.v, msg.agt);
       else this.#error(conn, "protocol", "send Hello first");

@@ -209,3 +209,47 @@ describe("the process metrics of the shared registry", () => {
     expect(later).toBeGreaterThan(value("process_cpu_seconds_total"));
   });
 });
+
+describe("repeated label objects (the relay counts every message with one constant object per type)", () => {
+  test("the same object again counts into its series; another set into its own", () => {
+    const r = new Registry();
+    const c = r.counter("stoa_msgs_total", "Messages.", ["type"]);
+    const data = { type: "data" };
+    const open = { type: "open" };
+    for (let i = 0; i < 5; i++) c.inc(data);
+    c.inc(open);
+    c.inc(data, 2);
+    const text = r.render();
+    expect(text).toContain('stoa_msgs_total{type="data"} 7');
+    expect(text).toContain('stoa_msgs_total{type="open"} 1');
+  });
+
+  test("an object changed since its last use counts into the series of what it holds now", () => {
+    const r = new Registry();
+    const c = r.counter("stoa_msgs_total", "Messages.", ["type"]);
+    const labels: { type: string } = { type: "data" };
+    c.inc(labels);
+    labels.type = "close";
+    c.inc(labels);
+    const text = r.render();
+    expect(text).toContain('stoa_msgs_total{type="data"} 1');
+    expect(text).toContain('stoa_msgs_total{type="close"} 1');
+  });
+
+  test("after remove(), the same object starts a new series at zero", () => {
+    const r = new Registry();
+    const c = r.counter("stoa_msgs_total", "Messages.", ["type"]);
+    const data = { type: "data" };
+    c.inc(data, 3);
+    c.remove(data);
+    c.inc(data);
+    expect(r.render()).toContain('stoa_msgs_total{type="data"} 1');
+  });
+
+  test("a label-less counter keeps one series", () => {
+    const r = new Registry();
+    const c = r.counter("stoa_bytes_total", "Bytes.");
+    for (let i = 0; i < 3; i++) c.inc(10);
+    expect(r.render()).toContain("stoa_bytes_total 30");
+  });
+});
