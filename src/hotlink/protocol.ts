@@ -587,8 +587,68 @@ function writeHead(out: Uint8Array, at: number, major: number, value: number): n
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-/** The last path `parseDataFast` checked: a session's Data carries the same few paths. */
+/** The last sid and path `parseDataFast` decoded and checked: a session's Data carries the same ones. */
+let lastGoodSid = "";
 let lastGoodPath = "";
+
+/** Where `parseDataFast`'s readers are in its buffer (module state, not closures: no allocation per message). */
+let cursor = 0;
+
+/** A head of `major` at the cursor: its value, or -1 for anything but a definite, shortest head. */
+function fastHead(bytes: Uint8Array, n: number, major: number): number {
+  const at = cursor;
+  const ib = bytes[at];
+  if (ib === undefined || ib >> 5 !== major) return -1;
+  const ai = ib & 0x1f;
+  if (ai < 24) {
+    cursor = at + 1;
+    return ai;
+  }
+  if (ai === 24 && at + 1 < n) {
+    const v = bytes[at + 1] ?? 0;
+    cursor = at + 2;
+    return v >= 24 ? v : -1;
+  }
+  if (ai === 25 && at + 2 < n) {
+    const v = ((bytes[at + 1] ?? 0) << 8) | (bytes[at + 2] ?? 0);
+    cursor = at + 3;
+    return v > 0xff ? v : -1;
+  }
+  if (ai === 26 && at + 4 < n) {
+    const v = (bytes[at + 1] ?? 0) * 0x100_0000 + (((bytes[at + 2] ?? 0) << 16) | ((bytes[at + 3] ?? 0) << 8) | (bytes[at + 4] ?? 0));
+    cursor = at + 5;
+    return v > 0xffff ? v : -1;
+  }
+  return -1; // 8-byte heads (a seq over 2^32-1, a giant payload) go the slow way
+}
+
+/** Whether the `len` bytes at `at` are the characters of `known` (an ASCII string decoded before). */
+function sameAscii(bytes: Uint8Array, at: number, len: number, known: string): boolean {
+  if (len !== known.length) return false;
+  for (let i = 0; i < len; i++) if (bytes[at + i] !== known.charCodeAt(i)) return false;
+  return true;
+}
+
+/** A text string of strict UTF-8 at the cursor, or null. */
+function fastText(bytes: Uint8Array, n: number): string | null {
+  const len = fastHead(bytes, n, MAJOR_TEXT);
+  if (len < 0 || cursor + len > n) return null;
+  try {
+    const s = strictUtf8.decode(bytes.subarray(cursor, cursor + len));
+    cursor += len;
+    return s;
+  } catch {
+    return null;
+  }
+}
+
+/** The keys of Data, as their bytes: `t`, and the three-letter ones big-endian in 24 bits. */
+const KEY_T = 0x74;
+const KEY_SID = 0x736964;
+const KEY_SEQ = 0x736571;
+const KEY_PTH = 0x707468;
+const KEY_ETG = 0x657467;
+const KEY_PAY = 0x706179;
 
 /**
  * Data without a copy of its payload: the hot path of the server and the daemons. It reads only
@@ -605,44 +665,7 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): 
   if (b0 >> 5 !== MAJOR_MAP) return null;
   const entries = b0 & 0x1f;
   if (entries < 4 || entries > 6) return null;
-  let at = 1;
-  // Reads a head of `major`; returns its value, or -1 for anything but a definite, shortest head.
-  const head = (major: number): number => {
-    const ib = bytes[at];
-    if (ib === undefined || ib >> 5 !== major) return -1;
-    const ai = ib & 0x1f;
-    if (ai < 24) {
-      at += 1;
-      return ai;
-    }
-    if (ai === 24 && at + 1 < n) {
-      const v = bytes[at + 1] ?? 0;
-      at += 2;
-      return v >= 24 ? v : -1;
-    }
-    if (ai === 25 && at + 2 < n) {
-      const v = ((bytes[at + 1] ?? 0) << 8) | (bytes[at + 2] ?? 0);
-      at += 3;
-      return v > 0xff ? v : -1;
-    }
-    if (ai === 26 && at + 4 < n) {
-      const v = ((bytes[at + 1] ?? 0) * 0x100_0000) + (((bytes[at + 2] ?? 0) << 16) | ((bytes[at + 3] ?? 0) << 8) | (bytes[at + 4] ?? 0));
-      at += 5;
-      return v > 0xffff ? v : -1;
-    }
-    return -1; // 8-byte heads (a seq over 2^32-1, a giant payload) go the slow way
-  };
-  const text = (): string | null => {
-    const len = head(MAJOR_TEXT);
-    if (len < 0 || at + len > n) return null;
-    try {
-      const s = strictUtf8.decode(bytes.subarray(at, at + len));
-      at += len;
-      return s;
-    } catch {
-      return null;
-    }
-  };
+  cursor = 1;
   let t = -1;
   let sid: string | null = null;
   let seq = -1;
@@ -650,59 +673,76 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): 
   let etg: string | undefined;
   let pay: Uint8Array | null = null;
   for (let i = 0; i < entries; i++) {
-    const klen = head(MAJOR_TEXT);
-    if (klen < 1 || klen > 3 || at + klen > n) return null;
-    let key = "";
-    for (let k = 0; k < klen; k++) key += String.fromCharCode(bytes[at + k] ?? 0);
-    at += klen;
+    const klen = fastHead(bytes, n, MAJOR_TEXT);
+    const k = cursor;
+    if (k + klen > n) return null;
+    const key = klen === 1 ? (bytes[k] ?? 0) : klen === 3 ? ((bytes[k] ?? 0) << 16) | ((bytes[k + 1] ?? 0) << 8) | (bytes[k + 2] ?? 0) : -1;
+    cursor = k + klen;
     switch (key) {
-      case "t":
+      case KEY_T:
         if (t !== -1) return null;
-        t = head(MAJOR_UINT);
+        t = fastHead(bytes, n, MAJOR_UINT);
         if (t !== MessageType.Data) return null;
         break;
-      case "sid":
+      case KEY_SID: {
         if (sid !== null) return null;
-        sid = text();
-        if (sid === null || !SID_RE.test(sid)) return null;
+        const len = fastHead(bytes, n, MAJOR_TEXT);
+        if (len < 0 || cursor + len > n) return null;
+        if (sameAscii(bytes, cursor, len, lastGoodSid)) {
+          sid = lastGoodSid;
+          cursor += len;
+        } else {
+          cursor -= headSize(len); // read it again as text
+          sid = fastText(bytes, n);
+          if (sid === null || !SID_RE.test(sid)) return null;
+          lastGoodSid = sid;
+        }
         break;
-      case "seq":
+      }
+      case KEY_SEQ:
         if (seq !== -1) return null;
-        seq = head(MAJOR_UINT);
+        seq = fastHead(bytes, n, MAJOR_UINT);
         if (seq < 1) return null;
         break;
-      case "pth": {
+      case KEY_PTH: {
         if (pth !== undefined) return null;
-        const p = text();
-        if (p === null) return null;
-        if (p !== lastGoodPath) {
-          if (pathProblem(p) !== null) return null;
-          lastGoodPath = p;
+        const len = fastHead(bytes, n, MAJOR_TEXT);
+        if (len < 0 || cursor + len > n) return null;
+        if (lastGoodPath !== "" && sameAscii(bytes, cursor, len, lastGoodPath)) {
+          pth = lastGoodPath;
+          cursor += len;
+          break;
         }
+        cursor -= headSize(len);
+        const p = fastText(bytes, n);
+        if (p === null || pathProblem(p) !== null) return null;
+        // Only an ASCII path is compared byte by byte next time (sameAscii).
+        if (/^[\x00-\x7f]*$/.test(p)) lastGoodPath = p;
         pth = p;
         break;
       }
-      case "etg": {
+      case KEY_ETG: {
         if (etg !== undefined) return null;
-        const e = text();
+        const e = fastText(bytes, n);
         if (e === null || Buffer.byteLength(e, "utf8") > MAX_HLNK_ETAG_BYTES) return null;
         etg = e;
         break;
       }
-      case "pay": {
+      case KEY_PAY: {
         if (pay !== null) return null;
-        const len = head(MAJOR_BYTES);
-        if (len < 0 || at + len > n) return null;
-        pay = bytes.subarray(at, at + len);
-        at += len;
+        const len = fastHead(bytes, n, MAJOR_BYTES);
+        if (len < 0 || cursor + len > n) return null;
+        pay = bytes.subarray(cursor, cursor + len);
+        cursor += len;
         break;
       }
       default:
         return null;
     }
   }
-  if (at !== n || t !== MessageType.Data || sid === null || seq < 1 || pay === null) return null;
-  return { t: MessageType.Data, sid, seq, pay, ...(pth === undefined ? {} : { pth }), ...(etg === undefined ? {} : { etg }) };
+  if (cursor !== n || t !== MessageType.Data || sid === null || seq < 1 || pay === null) return null;
+  // One shape for every Data (absent fields undefined), as the daemons build theirs: no spread.
+  return { t: MessageType.Data, sid, seq, pay, pth, etg };
 }
 
 // ---------------------------------------------------------------------------------------------
