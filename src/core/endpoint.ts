@@ -19,6 +19,7 @@
  */
 import { Buffer } from "node:buffer";
 import { StoaError } from "./errors.ts";
+import { formatIPv6, parseIPv6 } from "./ipv6.ts";
 
 /** A parsed endpoint. For "ws", `url` is the canonical URL and `path` includes the query. */
 export type Endpoint =
@@ -183,15 +184,9 @@ function canonicalIpv6(text: string): string | null {
   const zone = percent < 0 ? "" : text.slice(percent + 1);
   // Interface names: IFNAMSIZ is 16 bytes with the NUL.
   if (percent >= 0 && !/^[A-Za-z0-9_.-]{1,15}$/.test(zone)) return null;
-  if (!/^[0-9A-Fa-f:.]+$/.test(address)) return null;
-  let hostname: string;
-  try {
-    // The WHATWG URL parser has a complete IPv6 parser and serializer; reuse it.
-    hostname = new URL(`http://[${address}]/`).hostname;
-  } catch {
-    return null;
-  }
-  return hostname.slice(1, -1) + (zone === "" ? "" : `%${zone}`);
+  const bytes = parseIPv6(address);
+  if (bytes === undefined) return null;
+  return formatIPv6(bytes) + (zone === "" ? "" : `%${zone}`);
 }
 
 /** Checks a lower-case host name or IPv4 address; returns the problem, or null. */

@@ -1,7 +1,8 @@
 /**
  * IPv6 addresses as text and as 16 network-order bytes: RFC 4291 input (an embedded IPv4 tail
  * allowed), RFC 5952 canonical output. The one conversion for every subsystem (stoa addr's
- * arithmetic in addr/ipv6.ts, STUN's addresses in hotlink/stun-wire.ts). No zone ids (`%eth0`).
+ * arithmetic in addr/ipv6.ts, STUN's addresses in hotlink/stun-wire.ts, OpenFlow match values in
+ * flows/flow-values.ts, tcp:[…] endpoints in core/endpoint.ts). No zone ids (`%eth0`).
  */
 import { StoaError } from "./errors.ts";
 
@@ -52,9 +53,18 @@ function parseIPv4(text: string): [number, number, number, number] | undefined {
   return [out[0] ?? 0, out[1] ?? 0, out[2] ?? 0, out[3] ?? 0];
 }
 
-/** RFC 5952 text: lower case, no leading zeros, the longest run (≥ 2) of zero groups as `::`. */
-export function formatIPv6(bytes: Uint8Array): string {
+/** The first 12 bytes of an IPv4-mapped address (::ffff:0:0/96, RFC 4291 2.5.5.2). */
+const IPV4_MAPPED_PREFIX = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/**
+ * RFC 5952 text: lower case, no leading zeros, the longest run (≥ 2) of zero groups as `::`.
+ * With `ipv4Mapped`, an IPv4-mapped address ends in its IPv4 address (`::ffff:192.0.2.1`,
+ * RFC 5952 section 5), as inet_ntop and so ovs-ofctl print it. Off by default, matching the
+ * WHATWG URL serializer that every URL (and so every endpoint) goes through.
+ */
+export function formatIPv6(bytes: Uint8Array, { ipv4Mapped = false }: { ipv4Mapped?: boolean } = {}): string {
   if (bytes.length !== 16) throw new StoaError("internal", `an IPv6 address is 16 bytes, got ${bytes.length}`);
+  if (ipv4Mapped && IPV4_MAPPED_PREFIX.every((b, i) => bytes[i] === b)) return `::ffff:${bytes.subarray(12).join(".")}`;
   const groups = Array.from({ length: 8 }, (_, i) => ((bytes[2 * i] ?? 0) << 8) | (bytes[2 * i + 1] ?? 0));
   let bestAt = -1;
   let bestLen = 1;

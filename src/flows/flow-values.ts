@@ -5,6 +5,7 @@
  * prefixes, flag sets, ports), and subfields (`NXM_OF_ETH_DST[]`, `reg0[0..15]`).
  */
 import { StoaError } from "../core/errors.ts";
+import { formatIPv6, parseIPv6 } from "../core/ipv6.ts";
 
 /**
  * A flow stoa cannot read; the message says which and what is wrong. A user's flow spec is a
@@ -170,8 +171,8 @@ export function fieldValue(f: Field, text: string, ports: Ports): string | null 
         m === undefined ? formatIpv4(n) : `${formatIpv4(n)}/${prefixOf(m, 32) ?? formatIpv4(m)}`,
       );
     case "ipv6":
-      return masked(parseIpv6(value, f.name), mask === undefined ? undefined : ipv6Mask(mask, f.name), 128, (n, m) =>
-        m === undefined ? formatIpv6(n) : `${formatIpv6(n)}/${prefixOf(m, 128) ?? formatIpv6(m)}`,
+      return masked(parseIpv6Bits(value, f.name), mask === undefined ? undefined : ipv6Mask(mask, f.name), 128, (n, m) =>
+        m === undefined ? formatIpv6Bits(n) : `${formatIpv6Bits(n)}/${prefixOf(m, 128) ?? formatIpv6Bits(m)}`,
       );
     case "dec":
     case "hex": {
@@ -267,7 +268,7 @@ function ipv4Mask(text: string, what: string): bigint {
 
 function ipv6Mask(text: string, what: string): bigint {
   if (/^[0-9]{1,3}$/.test(text)) return prefixMask(Number(text), 128, what);
-  return parseIpv6(text, what);
+  return parseIpv6Bits(text, what);
 }
 
 function prefixMask(prefix: number, bits: number, what: string): bigint {
@@ -285,48 +286,22 @@ export function formatIpv4(n: bigint): string {
   return [24n, 16n, 8n, 0n].map((s) => ((n >> s) & 0xffn).toString()).join(".");
 }
 
-function parseIpv6(text: string, what: string): bigint {
-  const bad = (): FlowSyntaxError => new FlowSyntaxError(`${what}: "${text}" is not an IPv6 address`);
-  if (text.length > 45 || !/^[0-9a-f:.]+$/i.test(text)) throw bad();
-  let groups: string[];
-  const halves = text.split("::");
-  if (halves.length > 2) throw bad();
-  const split = (s: string): string[] => (s === "" ? [] : s.split(":"));
-  const head = split(halves[0] ?? "");
-  const tail = halves.length === 2 ? split(halves[1] ?? "") : [];
-  const expand = (gs: string[]): string[] => {
-    const last = gs[gs.length - 1];
-    if (last === undefined || !last.includes(".")) return gs;
-    const v4 = parseIpv4(last, what);
-    return [...gs.slice(0, -1), (v4 >> 16n).toString(16), (v4 & 0xffffn).toString(16)];
-  };
-  const h = halves.length === 2 ? head : expand(head);
-  const t = expand(tail);
-  if (halves.length === 2) {
-    if (h.length + t.length > 7) throw bad();
-    groups = [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
-  } else {
-    groups = h;
+function parseIpv6Bits(text: string, what: string): bigint {
+  const bytes = parseIPv6(text);
+  if (bytes === undefined) {
+    // A bad IPv4 tail (`::ffff:10.0.0.300`) of what could otherwise be an address (at most one
+    // `::`, 45 address characters) is named as such; anything else, the whole address.
+    const last = text.slice(text.lastIndexOf(":") + 1);
+    if (last.includes(".") && text.split("::").length <= 2 && /^[0-9a-f:.]{1,45}$/i.test(text)) parseIpv4(last, what);
+    throw new FlowSyntaxError(`${what}: "${text}" is not an IPv6 address`);
   }
-  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-f]{1,4}$/i.test(g))) throw bad();
-  return groups.reduce((acc, g) => (acc << 16n) | BigInt(`0x${g}`), 0n);
+  return bytes.reduce((acc, b) => (acc << 8n) | BigInt(b), 0n);
 }
 
-/** RFC 5952: lower case, no leading zeros, the longest run of two or more zero groups as `::`; IPv4-mapped as `::ffff:a.b.c.d`. */
-function formatIpv6(n: bigint): string {
-  if (n >> 32n === 0xffffn) return `::ffff:${formatIpv4(n & 0xffffffffn)}`;
-  const groups = Array.from({ length: 8 }, (_, i) => Number((n >> BigInt(112 - 16 * i)) & 0xffffn));
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) [best, bestLen] = [i, j - i];
-    i = j === i ? i + 1 : j;
-  }
-  const hexes = groups.map((g) => g.toString(16));
-  if (best < 0) return hexes.join(":");
-  return `${hexes.slice(0, best).join(":")}::${hexes.slice(best + bestLen).join(":")}`;
+/** RFC 5952, IPv4-mapped addresses as `::ffff:a.b.c.d` (as ovs-ofctl prints them). */
+function formatIpv6Bits(n: bigint): string {
+  const bytes = Uint8Array.from({ length: 16 }, (_, i) => Number((n >> BigInt(120 - 8 * i)) & 0xffn));
+  return formatIPv6(bytes, { ipv4Mapped: true });
 }
 
 /** A subfield (`NXM_OF_ETH_DST[]`, `eth_dst[0..15]`, `reg0[3]`, `in_port`) as OVS prints it. */

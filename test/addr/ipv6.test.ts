@@ -83,6 +83,17 @@ describe("formatting IPv6 (RFC 5952)", () => {
     expect(canonical("1:0:0:0:0:0:0:0")).toBe("1::");
   });
 
+  test("ipv4Mapped writes an IPv4-mapped address with its IPv4 tail, and nothing else", () => {
+    const mapped = (text: string) => formatIPv6(parseIPv6(text) ?? new Uint8Array(16), { ipv4Mapped: true });
+    expect(canonical("::ffff:192.0.2.1")).toBe("::ffff:c000:201");
+    expect(mapped("::ffff:192.0.2.1")).toBe("::ffff:192.0.2.1");
+    expect(mapped("0:0:0:0:0:FFFF:0:0")).toBe("::ffff:0.0.0.0");
+    expect(mapped("::ffff:255.255.255.255")).toBe("::ffff:255.255.255.255");
+    expect(mapped("::1.2.3.4")).toBe("::102:304");
+    expect(mapped("::1:ffff:1.2.3.4")).toBe("::1:ffff:102:304");
+    expect(mapped("ffff::1")).toBe("ffff::1");
+  });
+
   test("round-trips random addresses, agreeing with the URL parser's canonical form", () => {
     const rng = prng(fuzzSeed(0x5952));
     for (let i = 0; i < 5_000; i++) {

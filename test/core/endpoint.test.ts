@@ -36,6 +36,8 @@ const accepted: [string, Endpoint, string][] = [
   ["tcp:[2001:DB8:0:0::1]:80", { kind: "tcp", host: "2001:db8::1", port: 80 }, "tcp:[2001:db8::1]:80"],
   ["tcp:[fe80::1%eth0]:9000", { kind: "tcp", host: "fe80::1%eth0", port: 9000 }, "tcp:[fe80::1%eth0]:9000"],
   ["tcp:[::ffff:192.0.2.1]:1", { kind: "tcp", host: "::ffff:c000:201", port: 1 }, "tcp:[::ffff:c000:201]:1"],
+  // Bun 1.4's URL parser refuses this one (four groups, "::" and an IPv4 tail); RFC 4291 and node:net take it.
+  ["tcp:[1::2:3:4:1.2.3.4]:1", { kind: "tcp", host: "1::2:3:4:102:304", port: 1 }, "tcp:[1::2:3:4:102:304]:1"],
   [
     "ws://meta.example/v1/register",
     { kind: "ws", url: "ws://meta.example/v1/register", secure: false, host: "meta.example", port: 80, path: "/v1/register" },
@@ -98,6 +100,7 @@ const rejected: [string, string][] = [
   ["tcp:[::g]:80", "not a valid IPv6"],
   ["tcp:[::1%]:80", "not a valid IPv6"],
   ["tcp:[::1%a/b]:80", "not a valid IPv6"],
+  ["tcp:[::1:]:80", "not a valid IPv6"], // Bun 1.4's URL parser reads it as ::1
   ["tcp:256.1.1.1:80", "dotted-quad"],
   ["tcp:010.0.0.1:80", "dotted-quad"],
   ["tcp:127.1:80", "dotted-quad"],

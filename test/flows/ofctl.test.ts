@@ -302,6 +302,16 @@ describe("flow text for a plan and for ovs-ofctl", () => {
     expect(() => parseFlowSpec("tcp,udp,actions=drop")).toThrow("contradicts");
     expect(() => parseFlowSpec("nw_dst=10.0.0.300,ip,actions=drop")).toThrow("not an IPv4 address");
   });
+
+  test("IPv6 values as ovs-ofctl prints them (core/ipv6.ts's grammar, IPv4-mapped with its IPv4 tail)", () => {
+    expect(parseFlowSpec("ipv6,ipv6_dst=0:0:0:0:0:FFFF:0A00:0001,actions=drop").match).toBe("ipv6,ipv6_dst=::ffff:10.0.0.1");
+    expect(parseFlowSpec("ipv6,ipv6_src=2001:DB8::/ffff:ffff::,actions=drop").match).toBe("ipv6,ipv6_src=2001:db8::/32");
+    expect(parseFlowSpec("ipv6,ipv6_src=2001:DB8::1/ffff::ffff:0:0,actions=drop").match).toBe("ipv6,ipv6_src=2001::/ffff::ffff:0:0");
+    expect(() => parseFlowSpec("ipv6,ipv6_dst=::ffff:10.0.0.300,actions=drop")).toThrow('ipv6_dst: "10.0.0.300" is not an IPv4 address');
+    // ovs-ofctl (inet_pton) refuses leading zeros in the IPv4 tail too.
+    expect(() => parseFlowSpec("ipv6,ipv6_dst=::ffff:10.0.0.01,actions=drop")).toThrow('ipv6_dst: "::ffff:10.0.0.01" is not an IPv6 address');
+    expect(() => parseFlowSpec("ipv6,ipv6_dst=1::2::3,actions=drop")).toThrow('ipv6_dst: "1::2::3" is not an IPv6 address');
+  });
 });
 
 function big(_key: string, value: unknown): unknown {
