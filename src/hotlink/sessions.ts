@@ -634,7 +634,10 @@ export class Incoming {
       if (this.#ended()) return; // the sink may end the session (e.g. over its hold bound)
     }
     // Every path hears what was delivered: a frame from one can complete a gap another is waiting on.
-    if (ready.length > 0) for (const p of this.#paths()) p.ack();
+    if (ready.length > 0) {
+      this.#tls?.ack();
+      this.#ice?.ack();
+    }
     this.#checkLast();
   }
 
