@@ -21,8 +21,8 @@
  * one-in-flight stream leaves them little idle CPU), then 20 unmeasured frames of each size.
  * This process's own compiler threads follow the same rule (`adaptRuntimeThreads`), and the probe
  * (lib/latency-probe.ts, the bare chains' too) runs its own code 20,000 times through an
- * in-process socket before anything is measured — for stoa's figures and the chain's alike. Percentiles are nearest-rank-low:
- * sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
+ * in-process socket before anything is measured — for stoa's figures and the chain's alike.
+ * Percentiles are nearest-rank-low: sorted[floor((n-1)p)]. Cases: the seed's (1 KB ×10, 10 KB ×10, 100 KB ×5) and 1 KB ×2000.
  * After the cases `ls` is asked again: a session that left its rung meanwhile is flagged.
  * Then, on the relay and direct passes, "1 KB ×10 fresh": the first 10 frames of each of
  * --fresh new sessions on the same daemons, each timed from the frame that opens it (its Open
@@ -111,7 +111,7 @@ import type { DaemonStatus } from "../../src/hotlink/protocol.ts";
 import type { SelectedPair } from "../../src/hotlink/rtc.ts";
 import { freePort, percentile, waitForPort } from "./lib/client.ts";
 import { IPC_CHANNEL, NatRig, TUNNEL_CHANNEL, natLabProblem } from "./lib/hotlink-nat.ts";
-import { type ChainLatency, FIRST as FIRST_FRAMES, SETTLE_AFTER_WARM_UP_MS, chainLatency } from "./lib/chain-latency.ts";
+import { type ChainLatency, FIRST as FIRST_FRAMES, SETTLE_AFTER_WARM_UP_MS, WARMUP as WARM_UP_FRAMES, chainLatency } from "./lib/chain-latency.ts";
 import { adaptRuntimeThreads } from "../../src/core/runtime.ts";
 import { LatencyProbe, warmLatencyProbe } from "./lib/latency-probe.ts";
 import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, redeclareIpc, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
@@ -168,7 +168,6 @@ const SEED_WEBRTC_MIBPS = 30;
 const POLL_MS = 5;
 /** How long a ttfb session may take to reach its rung before it counts as failed. */
 const TTFB_LIMIT_MS = 20_000;
-const WARM_UP_FRAMES = 3000;
 
 function wholeNumber(name: string, text: string | undefined): number {
   const n = Number(text);

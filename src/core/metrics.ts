@@ -44,9 +44,7 @@ abstract class Metric<S> {
   readonly #series = new Map<string, { values: string[]; state: S }>();
   /** Updates to label sets beyond `MAX_SERIES_PER_METRIC`, not recorded. */
   overflowed = 0;
-  /** The label-less series once created. */
-  #unlabeled: { values: string[]; state: S } | undefined;
-  /** The label object last used, its key and series: a hot path that passes the same constant object again skips building the key. */
+  /** The label object last used (undefined for a label-less metric), its key and series: a hot path that passes the same constant object again skips building the key. */
   #lastLabels: Labels | undefined;
   #lastKey = "";
   #last: { values: string[]; state: S } | undefined;
@@ -61,11 +59,11 @@ abstract class Metric<S> {
   abstract renderSeries(out: string[]): void;
 
   protected stateFor(labels: Labels | undefined): S {
-    // The label-less series, and the last label set used: no key built for a repeat (a relay
-    // server counts every message it forwards).
-    if (labels === undefined && this.labelNames.length === 0 && this.#unlabeled !== undefined) return this.#unlabeled.state;
+    // The last label set used again: no key built (a relay server counts every message it forwards).
     const last = this.#last;
-    if (labels !== undefined && labels === this.#lastLabels && last !== undefined && this.#unchanged(labels, last.values) && this.#series.get(this.#lastKey) === last) return last.state;
+    if (last !== undefined && labels === this.#lastLabels && (labels === undefined || this.#unchanged(labels, last.values)) && this.#series.get(this.#lastKey) === last) {
+      return last.state;
+    }
     const values = this.#labelValues(labels);
     const key = values.join("\u0000");
     let entry = this.#series.get(key);
@@ -77,12 +75,9 @@ abstract class Metric<S> {
       entry = { values, state: this.fresh() };
       this.#series.set(key, entry);
     }
-    if (labels === undefined) this.#unlabeled = entry;
-    else {
-      this.#lastLabels = labels;
-      this.#lastKey = key;
-      this.#last = entry;
-    }
+    this.#lastLabels = labels;
+    this.#lastKey = key;
+    this.#last = entry;
     return entry.state;
   }
 

@@ -38,7 +38,7 @@ import { errno, libc, strerror } from "../ffi/libc.ts";
 export const BACKGROUND_THREADS: ReadonlySet<string> = new Set(["JITWorker", "mi-scavenger", "JSCWarmUp"]);
 /** How often the load is sampled and the thread list read again. */
 export const SAMPLE_MS = 250;
-/** Throughput-bound: the main thread was runnable (running, or waiting on a run queue) for more than this share of the interval. */
+/** Throughput-bound: the busiest thread (not a background one) was runnable — running, or waiting on a run queue — for more than this share of the interval. */
 export const BUSY_SHARE = 0.5;
 /** sched.h */
 export const SCHED_OTHER = 0;
@@ -46,11 +46,10 @@ export const SCHED_IDLE = 5;
 
 type Policy = typeof SCHED_OTHER | typeof SCHED_IDLE;
 
-/** Background threads by tid, with the policy last set; other tids seen, so a sample reads only new names. */
-const background = new Map<number, Policy>();
+/** Background threads by their id in /proc: their id in this process's own PID namespace and the policy last set. */
+const background = new Map<number, { ownTid: number; policy: Policy | null }>();
+/** Every other thread seen (the load is read from them; their names are not read again). */
 const others = new Set<number>();
-/** A background thread's id in this process's own PID namespace, by its id in /proc's. */
-const own = new Map<number, number>();
 let timer: ReturnType<typeof setInterval> | null = null;
 
 /** Thread `tid`'s scheduler statistics (proc(5) schedstat): ns run, ns waited on a run queue; null once it ended. */
@@ -115,38 +114,32 @@ export function setBackgroundPolicy(policy: Policy): ThreadPass {
     if (!Number.isInteger(tid)) continue;
     alive.add(tid);
     if (others.has(tid)) continue;
-    if (!background.has(tid)) {
-      const thread = threadIdentity(name);
-      if (thread === null) continue; // it ended meanwhile
-      if (!BACKGROUND_THREADS.has(thread.comm)) {
+    let thread = background.get(tid);
+    if (thread === undefined) {
+      const identity = threadIdentity(name);
+      if (identity === null) continue; // it ended meanwhile
+      if (!BACKGROUND_THREADS.has(identity.comm)) {
         others.add(tid);
         continue;
       }
-      own.set(tid, thread.ownTid);
+      thread = { ownTid: identity.ownTid, policy: null };
+      background.set(tid, thread);
     }
-    if (background.get(tid) === policy) continue;
-    if (libc().sched_setscheduler(own.get(tid) ?? tid, policy, param) === 0) {
-      background.set(tid, policy);
-      pass.changed++;
-    } else {
-      background.set(tid, policy); // not again every sample
-      pass.error ??= `sched_setscheduler(${tid}, ${policy === SCHED_IDLE ? "SCHED_IDLE" : "SCHED_OTHER"}): ${strerror(errno())}`;
-    }
+    if (thread.policy === policy) continue;
+    thread.policy = policy; // also after a failure: not tried again every sample
+    if (libc().sched_setscheduler(thread.ownTid, policy, param) === 0) pass.changed++;
+    else pass.error ??= `sched_setscheduler(${thread.ownTid}, ${policy === SCHED_IDLE ? "SCHED_IDLE" : "SCHED_OTHER"}): ${strerror(errno())}`;
   }
-  for (const tid of background.keys()) {
-    if (alive.has(tid)) continue;
-    background.delete(tid);
-    own.delete(tid);
-  }
+  for (const tid of background.keys()) if (!alive.has(tid)) background.delete(tid);
   for (const tid of others) if (!alive.has(tid)) others.delete(tid);
   return pass;
 }
 
 /**
  * Background threads at SCHED_IDLE while every event loop of the process is latency-bound,
- * SCHED_OTHER while one is throughput-bound (see the module header), sampled every `SAMPLE_MS` for the life of the
- * process (an unref'd timer). `onError` hears the first failure, once. Every long-running
- * command does this (`cli/common.ts startService`).
+ * SCHED_OTHER while one is throughput-bound (see the module header), sampled every `SAMPLE_MS`
+ * for the life of the process (an unref'd timer). `onError` hears the first failure, once. Every
+ * long-running command does this (`cli/common.ts startService`).
  */
 export function adaptRuntimeThreads(onError: (error: string) => void = () => {}): void {
   if (timer !== null || process.platform !== "linux") return;

@@ -81,7 +81,7 @@ const symbols = {
   // (Bun's process.hrtime counts from the process's start, not from boot).
   clock_gettime: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
   // int sched_setscheduler(pid_t, int policy, const struct sched_param *); int sched_getscheduler(pid_t):
-  // given a thread id, glibc's act on that thread alone (core/runtime-threads.ts).
+  // given a thread id, glibc's act on that thread alone (core/runtime.ts).
   sched_setscheduler: { args: [FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
   sched_getscheduler: { args: [FFIType.i32], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },

@@ -632,7 +632,11 @@ function sameAscii(bytes: Uint8Array, at: number, len: number, known: string): b
 /** A text string of strict UTF-8 at the cursor, or null. */
 function fastText(bytes: Uint8Array, n: number): string | null {
   const len = fastHead(bytes, n, MAJOR_TEXT);
-  if (len < 0 || cursor + len > n) return null;
+  return len < 0 || cursor + len > n ? null : fastTextBody(bytes, len);
+}
+
+/** The `len` bytes at the cursor (in bounds) as strict UTF-8, or null. */
+function fastTextBody(bytes: Uint8Array, len: number): string | null {
   try {
     const s = strictUtf8.decode(bytes.subarray(cursor, cursor + len));
     cursor += len;
@@ -692,8 +696,7 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): 
           sid = lastGoodSid;
           cursor += len;
         } else {
-          cursor -= headSize(len); // read it again as text
-          sid = fastText(bytes, n);
+          sid = fastTextBody(bytes, len);
           if (sid === null || !SID_RE.test(sid)) return null;
           lastGoodSid = sid;
         }
@@ -713,8 +716,7 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): 
           cursor += len;
           break;
         }
-        cursor -= headSize(len);
-        const p = fastText(bytes, n);
+        const p = fastTextBody(bytes, len);
         if (p === null || pathProblem(p) !== null) return null;
         // Only an ASCII path is compared byte by byte next time (sameAscii).
         if (/^[\x00-\x7f]*$/.test(p)) lastGoodPath = p;

@@ -91,7 +91,10 @@ test.if(linux)("this process's compiler threads go to SCHED_IDLE and back; other
   for (const t of threads("self").filter((t) => BACKGROUND_THREADS.has(t.comm))) expect(threadPolicy(t.tid)).toBe(SCHED_OTHER);
 });
 
-test.if(linux && existsSync(STOA))("an idle daemon's compiler and purge threads are SCHED_IDLE, its event loop SCHED_OTHER", async () => {
+if (linux && !existsSync(STOA)) console.log(`runtime.test.ts: the daemon cases need ${STOA} (bun run build); skipped`);
+
+/** A gateway's argv on three free loopback ports, with its ready file, in a fresh directory. */
+function gateway(logLevel: string): { dir: string; ready: string; argv: string[] } {
   const dir = mkdtempSync(join(tmpdir(), "stoa-runtime-"));
   const ready = join(dir, "ready");
   const ports = [0, 0, 0].map(() => {
@@ -100,17 +103,25 @@ test.if(linux && existsSync(STOA))("an idle daemon's compiler and purge threads 
     l.stop(true);
     return port;
   });
-  const proc = Bun.spawn([STOA, "gateway", "--run-dir", join(dir, "run"), "--ports", ports.join(","), "--ready-file", ready, "--log-level", "warn"], {
+  return { dir, ready, argv: [STOA, "gateway", "--run-dir", join(dir, "run"), "--ports", ports.join(","), "--ready-file", ready, "--log-level", logLevel] };
+}
+
+/** Whether process `pid` has background threads and all of them are under SCHED_IDLE. */
+function backgroundIdle(pid: number): boolean {
+  const bg = threads(pid).filter((t) => BACKGROUND_THREADS.has(t.comm));
+  return bg.length > 0 && bg.every((t) => policyOf(pid, t.tid) === SCHED_IDLE);
+}
+
+test.if(linux && existsSync(STOA))("an idle daemon's compiler and purge threads are SCHED_IDLE, its event loop SCHED_OTHER", async () => {
+  const { dir, ready, argv } = gateway("warn");
+  const proc = Bun.spawn(argv, {
     stdout: "ignore",
     stderr: "pipe",
     stdin: "ignore",
   });
   try {
     await eventually("the gateway's ready file", () => existsSync(ready));
-    await eventually("background threads under SCHED_IDLE", () => {
-      const bg = threads(proc.pid).filter((t) => BACKGROUND_THREADS.has(t.comm));
-      return bg.length > 0 && bg.every((t) => policyOf(proc.pid, t.tid) === SCHED_IDLE);
-    });
+    await eventually("background threads under SCHED_IDLE", () => backgroundIdle(proc.pid));
     expect(policyOf(proc.pid, proc.pid)).toBe(SCHED_OTHER);
     for (const t of threads(proc.pid).filter((t) => t.comm === "HeapHelper")) expect(policyOf(proc.pid, t.tid)).toBe(SCHED_OTHER);
   } finally {
@@ -124,17 +135,10 @@ const asRoot = linux && process.getuid?.() === 0 && Bun.which("unshare") !== nul
 if (linux && !asRoot) console.log("runtime.test.ts: the PID-namespace case needs root and unshare(1); skipped");
 
 test.if(asRoot && existsSync(STOA))("in a PID namespace of its own under the host's /proc, a daemon still finds and sets its threads (NSpid)", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "stoa-runtime-ns-"));
-  const ready = join(dir, "ready");
-  const ports = [0, 0, 0].map(() => {
-    const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const port = l.port;
-    l.stop(true);
-    return port;
-  });
+  const { dir, ready, argv } = gateway("debug");
   // --fork without --mount-proc: the gateway is pid 1 of its namespace, /proc still the host's.
   let child = 0;
-  const proc = Bun.spawn(["unshare", "--pid", "--fork", "--kill-child", STOA, "gateway", "--run-dir", join(dir, "run"), "--ports", ports.join(","), "--ready-file", ready, "--log-level", "debug"], {
+  const proc = Bun.spawn(["unshare", "--pid", "--fork", "--kill-child", ...argv], {
     stdout: "ignore",
     stderr: "pipe",
     stdin: "ignore",
@@ -143,10 +147,7 @@ test.if(asRoot && existsSync(STOA))("in a PID namespace of its own under the hos
     await eventually("the gateway's ready file", () => existsSync(ready));
     child = Number(readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, "latin1").trim().split(" ")[0]);
     expect(child).toBeGreaterThan(1);
-    await eventually("background threads under SCHED_IDLE", () => {
-      const bg = threads(child).filter((t) => BACKGROUND_THREADS.has(t.comm));
-      return bg.length > 0 && bg.every((t) => policyOf(child, t.tid) === SCHED_IDLE);
-    });
+    await eventually("background threads under SCHED_IDLE", () => backgroundIdle(child));
   } finally {
     // unshare waits for its child: the gateway is stopped, and unshare exits with it.
     if (child > 1) process.kill(child, "SIGTERM");

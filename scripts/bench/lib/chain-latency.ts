@@ -26,7 +26,7 @@ import { percentile } from "./client.ts";
 import { LatencyProbe, warmLatencyProbe } from "./latency-probe.ts";
 import { passthroughChain } from "./passthrough.ts";
 
-/** Warm-up messages before the measured ones: the hotlink benchmark's. */
+/** Warm-up messages before the measured ones, here and in the hotlink benchmark. */
 export const WARMUP = 3000;
 /**
  * Idle time between the warm-up and the measured messages, here and in the hotlink benchmark: the
