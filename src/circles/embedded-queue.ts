@@ -87,6 +87,8 @@ class Thread {
   outbox: Task[] = [];
   flushScheduled = false;
   stopped: (() => void) | null = null;
+  /** Ends the thread's start (its timer, the promise `start` waits on): ready, failed or killed. */
+  startDone: () => void = () => {};
 
   constructor() {
     this.worker = new Worker(circleWorkerEntry());
@@ -149,15 +151,17 @@ class CircleWorker {
     for (const task of tasks) this.#assign(thread, task);
     const timer = setTimeout(() => {
       this.#fail(`the worker thread of circle ${this.circle} did not start within ${START_TIMEOUT_MS} ms`);
-      resolve();
     }, START_TIMEOUT_MS);
+    thread.startDone = () => {
+      clearTimeout(timer);
+      resolve();
+    };
     const died = (reason: string): void => {
       if (thread.dead) return;
       thread.dead = true;
-      clearTimeout(timer);
       worker.terminate();
       thread.stopped?.();
-      resolve();
+      thread.startDone();
       // One that dies before it is ready would die again: no restart loop.
       if (!thread.ready && !this.#closing) this.#fail(`the worker thread of circle ${this.circle} died starting: ${reason}`);
       else this.#lost(thread, reason);
@@ -169,15 +173,12 @@ class CircleWorker {
           this.#answer(thread, msg.seq, msg.code, msg.text);
           return;
         case "ready":
-          clearTimeout(timer);
           thread.ready = true;
           this.#scheduleFlush(thread);
-          resolve();
+          thread.startDone();
           return;
         case "failed":
-          clearTimeout(timer);
           this.#fail(`the worker thread of circle ${this.circle} could not start: ${msg.message}`);
-          resolve();
           return;
         case "log":
           this.#log[msg.level](msg.msg, msg.fields);
@@ -254,9 +255,11 @@ class CircleWorker {
   #fail(message: string): void {
     this.#broken = message;
     this.#log.error("circle worker unavailable", { circle: this.circle, reason: message });
+    // Every thread goes, and so does every start still waiting (a pool's other threads).
     for (const thread of this.#threads) {
       thread.dead = true;
       thread.worker.terminate();
+      thread.startDone();
     }
     this.#threads = [];
     for (const task of [...this.#tasks.values()]) this.#settle(task, { ok: false, kind: "execution", message });

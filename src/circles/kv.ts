@@ -116,10 +116,11 @@ export class SqliteKv implements CircleKv {
     // Create the file with its mode before SQLite does (SQLite would use the umask's).
     closeSync(openSync(this.path, "a", 0o600));
     this.#db = new Database(this.path, { strict: true });
+    // First: a pool's threads open one file at once, and the switch to WAL and the schema take its lock.
+    this.#db.run(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
     this.#db.run("PRAGMA journal_mode = WAL");
     // WAL with synchronous=NORMAL: a commit survives a crash of the process, not of the machine; no fsync per play.
     this.#db.run("PRAGMA synchronous = NORMAL");
-    this.#db.run(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
     this.#quotaBytes = quotaBytes;
     // The file's own page size (4096 unless it was made otherwise): max_page_count counts pages.
     const pageBytes = this.#db.query<{ page_size: number }, []>("PRAGMA page_size").get()?.page_size ?? SQLITE_DEFAULT_PAGE_BYTES;

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EmbeddedQueue } from "../../src/circles/embedded-queue.ts";
@@ -144,6 +144,40 @@ describe("a pool of threads per circle", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe("a pool of threads per circle, starting", () => {
+  test("8 threads opening one fresh db file at once all start (regression: one got 'database is locked' switching it to WAL)", async () => {
+    for (let round = 0; round < 4; round++) {
+      const dir = mkdtempSync(join(tmpdir(), "stoa-embedded-race-"));
+      const pool = await EmbeddedQueue.start({ circles: [A], stateDir: dir, log, threadsPerCircle: 8 });
+      try {
+        expect(await pool.healthy()).toEqual({ ok: true, detail: "embedded queue: 1 circle worker up" });
+        expect(await pool.submit({ circle: A, caller: "", script: 'db.set("k", "v"); db.get("k")', timeoutMs: 2_000 })).toEqual({ ok: true, output: "v" });
+      } finally {
+        await pool.close(0);
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }, 30_000);
+
+  test("a pool whose threads cannot open the db fails its start with the reason, without waiting out the other threads' start timers", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "stoa-embedded-broken-"));
+    // circles/ is a file: no thread can make its db there.
+    writeFileSync(join(dir, "circles"), "");
+    try {
+      const started = Date.now();
+      const error = await EmbeddedQueue.start({ circles: [A], stateDir: dir, log, threadsPerCircle: 4 }).then(
+        () => null,
+        (e: unknown) => e as Error,
+      );
+      expect(error?.message).toMatch(/worker thread of circle .* could not start/);
+      // The start timer of a thread is 10 s: the failure ends every thread's start at once.
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 15_000);
 });
 
 describe("health and close", () => {
