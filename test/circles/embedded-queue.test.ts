@@ -133,10 +133,15 @@ describe("a pool of threads per circle", () => {
     const dir = mkdtempSync(join(tmpdir(), "stoa-embedded-pool-"));
     const pool = await EmbeddedQueue.start({ circles: [A], stateDir: dir, log, threadsPerCircle: 2 });
     try {
-      const started = Date.now();
-      const outcomes = await Promise.all([0, 1].map((i) => pool.submit({ circle: A, caller: "", script: `${busy(500, "")}; db.set("k${i}", "v"); ${i}`, timeoutMs: 5_000 })));
-      expect(outcomes).toEqual([{ ok: true, output: "0" }, { ok: true, output: "1" }]);
-      expect(Date.now() - started).toBeLessThan(1_000);
+      // Each play answers when it ran; side by side, the two spans overlap (one after the other, they could not).
+      const span = (i: number) => `const from = Date.now(); ${busy(500, "")}; db.set("k${i}", "v"); from + "," + Date.now()`;
+      const outcomes = await Promise.all([0, 1].map((i) => pool.submit({ circle: A, caller: "", script: span(i), timeoutMs: 5_000 })));
+      const spans = outcomes.map((outcome) => {
+        expect(outcome.ok).toBe(true);
+        return (outcome.ok ? outcome.output : "").split(",").map(Number) as [number, number];
+      });
+      const [[from0, to0], [from1, to1]] = spans as [[number, number], [number, number]];
+      expect(from0 < to1 && from1 < to0).toBe(true);
       expect(await pool.submit({ circle: A, caller: "", script: 'db.list("k").join()', timeoutMs: 2_000 })).toEqual({ ok: true, output: "k0,k1" });
       expect(await pool.healthy()).toEqual({ ok: true, detail: "embedded queue: 1 circle worker up" });
     } finally {
