@@ -18,6 +18,17 @@
  * - The path fails when the channel closes or the connection goes to disconnected, failed or
  *   closed (a NAT that stops passing UDP: ICE consent checks lapse); the session then falls
  *   back to the relay and resends what was not acknowledged.
+ * - Letting go: closing a connection closes the peer's channel under the peer's own sends,
+ *   which can crash the peer (rtc.ts `close`). So a side closes an open channel at once only
+ *   when the peer sends nothing more on it, and otherwise stops sending and keeps the
+ *   connection until the peer closes its end (or the connection fails). The sender, done with
+ *   its path (TLS took over, the relay did, the session ended), always waits so: its receiver
+ *   acknowledges every delivery, whatever path brought it. The receiver closes at once when the
+ *   sender has stopped writing on the channel: a frame came on TLS (the sender writes on one
+ *   path at a time and never goes back down the ladder; it left the channel before its first
+ *   TLS frame), or the session ended in order (the sender's Close follows its last frame).
+ *   Otherwise (its application left, the relay connection was lost) the receiver waits up to
+ *   `ICE_LINGER_MS`, time for the sender to hear of the end over the relay and stop.
  * - The WebRTC library is behind `RtcPeer` (rtc.ts), loaded on first use.
  */
 import type { Logger } from "../core/log.ts";
@@ -31,6 +42,11 @@ import { AckPacer, FrameIntake, type FramePipe, type PathReceiver, PathSender, t
 
 /** How long either side waits for the data channel to open before it gives up on ICE. */
 export const ICE_CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * How long a receiver done with an open channel keeps the connection for the sender to close
+ * its end first, when the sender may still be writing (module header, "Letting go").
+ */
+export const ICE_LINGER_MS = 5_000;
 /**
  * The largest message sent on the channel (libwebrtc's SDP offers a max-message-size of 256 KiB):
  * frames are packed into messages of this size (see `ChannelPipe`).
@@ -109,6 +125,9 @@ class IceAttempt {
   #pairTimer: ReturnType<typeof setTimeout> | undefined;
   #pairChecks = 0;
   #via = "";
+  /** This side is done with the connection and waits for the peer to close its end (`close`). */
+  #leaving = false;
+  #lingerTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(sid: string, config: IceConfig, signal: IceSignal) {
     this.#sid = sid;
@@ -121,11 +140,14 @@ class IceAttempt {
     this.peer.onCandidate((c) => signal("ice_candidate", { tok: JSON.stringify(c) }));
     this.peer.onState((state) => {
       if (state !== "disconnected" && state !== "failed" && state !== "closed") return;
+      // Letting go: no packet reaches the peer any more, so closing cannot close its channel under it.
+      if (this.#leaving && state !== "disconnected") return this.#closeSoon();
       if (!this.#settled) this.fail(`the ICE connection is ${state}`, true);
       else this.onLost(`the ICE connection is ${state}`);
     });
     this.channel.onOpen(() => void this.#opened());
     this.channel.onClose(() => {
+      if (this.#leaving) return this.#closeSoon(); // the peer let go of its end
       if (!this.#settled) this.fail("the data channel closed before it opened", true);
       else this.onLost("the data channel closed");
     });
@@ -157,25 +179,51 @@ class IceAttempt {
     else if (this.#pending.length < MAX_PENDING_CANDIDATES) this.#pending.push(c);
   }
 
-  /** Gives up (once): closes the connection and, when `tell`, sends webrtc_error to the peer. */
+  /** Gives up (once): lets go of the connection and, when `tell`, sends webrtc_error to the peer. */
   fail(why: string, tell: boolean): void {
     if (this.#settled) return;
     this.#settled = true;
     clearTimeout(this.#timer);
     if (tell) this.#signal("webrtc_error", { err: why });
-    this.#closePeer();
     this.#done.resolve({ ok: false, error: why });
+    // The channel is open only if it failed while its pair's statistics were read: the peer
+    // hears webrtc_error over the relay meanwhile.
+    this.close({ lingerMs: ICE_LINGER_MS });
   }
 
-  close(): void {
+  /**
+   * This side is done with the connection (module header, "Letting go"). It is closed now when
+   * the channel never opened or `peerDone` (the peer sends nothing more on it); otherwise
+   * nothing more is sent and it is closed once the peer closed its end, the connection failed,
+   * or `lingerMs` passed (without it: only the peer's close or a failure end the wait).
+   */
+  close(options: { peerDone?: boolean; lingerMs?: number } = {}): void {
     clearTimeout(this.#timer);
+    clearTimeout(this.#pairTimer);
     this.#settled = true;
     this.#done.resolve({ ok: false, error: "the session ended" });
-    this.#closePeer();
+    if (this.#released) return;
+    if (options.peerDone === true || !this.channel.open) return this.#closePeer();
+    // Unbounded once any caller said so: the wait is as long as the longest asked for.
+    const first = !this.#leaving;
+    this.#leaving = true;
+    if (options.lingerMs === undefined) {
+      clearTimeout(this.#lingerTimer);
+      this.#lingerTimer = undefined;
+    } else if (first) {
+      this.#lingerTimer = setTimeout(() => this.#closePeer(), options.lingerMs);
+      this.#lingerTimer.unref?.();
+    }
+  }
+
+  /** Closes on the next turn, out of the library's event dispatch. */
+  #closeSoon(): void {
+    setImmediate(() => this.#closePeer());
   }
 
   #closePeer(): void {
     clearTimeout(this.#pairTimer);
+    clearTimeout(this.#lingerTimer);
     this.peer.close();
     if (this.#released) return;
     this.#released = true;
@@ -210,13 +258,13 @@ class IceAttempt {
    * long, `PAIR_RECHECKS` times; a change moves the path's rung and `via` (ls, counters).
    */
   #watchPair(): void {
-    if (this.#pairChecks >= PAIR_RECHECKS || this.#released) return;
+    if (this.#pairChecks >= PAIR_RECHECKS || this.#released || this.#leaving) return;
     this.#pairTimer = setTimeout(() => {
       this.#pairTimer = undefined;
       this.#pairChecks++;
       this.peer.selectedPair().then(
         (pair) => {
-          if (this.#released || pair === null) return;
+          if (this.#released || this.#leaving || pair === null) return;
           const { rung, via } = describePair(pair);
           if (via !== this.#via) {
             this.#via = via;
@@ -389,11 +437,16 @@ export class IceReceiver implements PathReceiver {
     this.#acks.ack();
   }
 
-  close(): void {
+  /**
+   * Nothing more is acknowledged on the channel. `senderDone`: the sender writes nothing more on
+   * it (a frame came on TLS, or the session ended in order), so the connection is closed now;
+   * otherwise it waits up to `ICE_LINGER_MS` for the sender to close its end (module header).
+   */
+  close(senderDone = false): void {
     this.#acks.stop();
     this.#closed = true;
     this.#connected = false;
-    this.#attempt.close();
+    this.#attempt.close(senderDone ? { peerDone: true } : { lingerMs: ICE_LINGER_MS });
   }
 }
 
@@ -477,15 +530,23 @@ class ChannelPipe implements FramePipe {
     this.#attempt.onLost("the data channel closed");
   }
 
+  /**
+   * Nothing more is written, not even what waits for this turn's flush: the `PathSender` still
+   * retains it, and the session resends it on the path it moves to (or has ended; an orderly
+   * end waits until everything was acknowledged). The receiver acknowledges on the channel
+   * until it closes its end, so the connection is kept until then (module header, "Letting go").
+   */
   close(): void {
-    this.#flush(); // what was written still goes (an orderly close)
+    this.#failed = true;
+    this.#pending = [];
+    this.#pendingBytes = 0;
     this.#attempt.close();
   }
 
   cut(): void {
     this.#failed = true;
     this.#attempt.onLost("the path was cut");
-    this.#attempt.close();
+    this.close();
   }
 }
 
@@ -526,7 +587,7 @@ export class IceDialer {
     const outcome = await this.#attempt.outcome;
     if (!outcome.ok) return outcome;
     if (!wanted()) {
-      this.#attempt.close();
+      this.#attempt.close(); // kept until the receiver closes its end (it may acknowledge TLS's deliveries on it)
       return { ok: false, error: "the session changed while ICE connected" };
     }
     const pipe = new ChannelPipe(this.#attempt);
@@ -554,6 +615,7 @@ export class IceDialer {
     this.#attempt.onSignal(message);
   }
 
+  /** While it connects (an open path is closed through its `PathSender`). */
   close(): void {
     this.#attempt.close();
   }

@@ -50,6 +50,14 @@ export interface RtcPeer {
   acceptAnswer(answerSdp: string): Promise<void>;
   addCandidate(c: RtcCandidate): Promise<void>;
   selectedPair(): Promise<SelectedPair | null>;
+  /**
+   * Closes the connection; its channel sends nothing more. The peer's channel then closes on
+   * the peer's libwebrtc signalling thread, and in the binding that races a `send` on the
+   * peer's event loop: `RTCDataChannel::Send` checks the native channel, copies the message,
+   * then reads the channel again, which the close has cleared meanwhile (a segfault of the
+   * peer's main thread, seen at 1 ICE-to-TLS handover in 30). So a side closes an open
+   * channel only once its peer sends nothing more on it (ice.ts, "Letting go").
+   */
   close(): void;
 }
 
@@ -235,11 +243,18 @@ export function openRtcPeer(iceServers: RtcIceServer[]): RtcPeer {
     close() {
       if (closed) return;
       closed = true;
-      pc.close();
+      // Nothing goes into the binding's channel from here on, and no event comes out: they are
+      // dispatched on a later tick, read from the handlers then.
+      state = "closed";
+      opened.length = 0;
+      closedFns.length = 0;
       pc.onicecandidate = null;
       pc.onconnectionstatechange = null;
       pc.oniceconnectionstatechange = null;
+      dc.onopen = null;
+      dc.onclose = null;
       dc.onmessage = null;
+      pc.close();
       releaseClosed();
     },
   };

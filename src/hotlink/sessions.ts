@@ -389,7 +389,8 @@ export class Outgoing {
   /**
    * `next` carries the session's Data from now on. When another path did until now (ICE, and TLS
    * connected later), what that one did not acknowledge goes again on `next`, with the same seqs
-   * (the receiver drops what arrives twice), and it is closed.
+   * (the receiver drops what arrives twice), and it is closed: it writes nothing more, and its
+   * connection goes once the receiver closed its end, at the first frame `next` brings (ice.ts).
    */
   #adopt(next: PathSender): void {
     const prev = this.#path;
@@ -527,7 +528,10 @@ export class Incoming {
     const config = this.#table.direct;
     if (config !== null) {
       const tls = DirectReceiver.start(this.sid, this.pth, config, {
-        data: (m) => this.onData(m, true),
+        data: (m) => {
+          this.#dropIceForTls();
+          this.onData(m, true);
+        },
         delivered: () => this.#reorder.nextSeq - 1,
       });
       if (tls !== null) {
@@ -580,6 +584,19 @@ export class Incoming {
   /** The sender's sdp_answer, ice_candidate or webrtc_error, for the ICE offer in progress. */
   onIceSignal(message: IceSignalIn): void {
     this.#ice?.onSignal(message);
+  }
+
+  /**
+   * A frame came on TLS: the sender left its ICE path for good before writing it (it writes on
+   * one path at a time, and TLS is the top rung), and keeps that connection until this side
+   * closes its end (ice.ts, "Letting go"). Closed here before this frame is acknowledged, so
+   * nothing more goes on the channel.
+   */
+  #dropIceForTls(): void {
+    const ice = this.#ice;
+    if (ice === null) return;
+    this.#ice = null;
+    ice.close(true);
   }
 
   /** Stop reading the session's own paths (the table is held: see SessionTable.hold). */
@@ -675,7 +692,10 @@ export class Incoming {
     if (this.state === "closed") return;
     this.state = "closed";
     clearTimeout(this.#iceTimer);
-    for (const p of this.#paths()) p.close();
+    this.#tls?.close();
+    // An orderly end (the sender's Close came after its last frame): it writes nothing more on
+    // the channel, which is closed now; else it is kept a while for the sender to stop (ice.ts).
+    this.#ice?.close(reason === null);
     this.#tls = null;
     this.#ice = null;
     if (this.#table.incoming.get(this.sid) === this) this.#table.incoming.delete(this.sid);
