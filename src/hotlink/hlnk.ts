@@ -27,7 +27,8 @@
  * Memory per decoder: one head buffer of 21 + path limit + etag limit bytes (allocated on the
  * first split header) and the payload of the frame being received, allocated at its announced
  * length (at most the payload limit) when its header is complete, so each payload byte is
- * copied exactly once. `decodeHlnkOne` is for message-oriented transports, where one message
+ * copied exactly once — or, with `views`, none: a payload is a view of its chunk, or the views
+ * of the chunks it spans (`HlnkFrame.parts`). `decodeHlnkOne` is for message-oriented transports, where one message
  * is one whole frame.
  */
 import { Buffer, isUtf8 } from "node:buffer";
@@ -76,6 +77,15 @@ export interface HlnkFrame {
   etag: string;
   seq: bigint;
   payload: Uint8Array;
+  /**
+   * Only from a decoder with `views`: a payload that arrived in several chunks, as views of
+   * them in order (two or more, `payloadLength` bytes in all). `payload` then joins them when
+   * first read (one copy); a consumer that can write the pieces one after another takes `parts`
+   * and never reads `payload`, so those bytes are never copied.
+   */
+  parts?: readonly Uint8Array[];
+  /** With `parts`: the payload's length (the sum of theirs). */
+  payloadLength?: number;
 }
 
 /** What a frame to encode may leave out: the etag defaults to "". */
@@ -109,9 +119,44 @@ interface HlnkDecoderOptions extends HlnkLimits {
   /**
    * The caller's chunks are fresh and nobody writes them after `push` (a Bun socket's data
    * event): a frame that lies whole in one chunk gets a view of it as its payload instead of a
-   * copy. Off by default: a payload must not change under its frame.
+   * copy, and one that spans chunks gets `parts`, views of each (it keeps those chunks alive
+   * until it is dropped). Off by default: a payload must not change under its frame.
    */
   views?: boolean;
+}
+
+/** A frame whose payload is `parts`; its `payload` is their join, made once when asked for. */
+class PartsFrame implements HlnkFrame {
+  readonly path: string;
+  readonly etag: string;
+  readonly seq: bigint;
+  readonly parts: readonly Uint8Array[];
+  readonly payloadLength: number;
+  #joined: Uint8Array | null = null;
+
+  constructor(path: string, etag: string, seq: bigint, parts: readonly Uint8Array[], payloadLength: number) {
+    this.path = path;
+    this.etag = etag;
+    this.seq = seq;
+    this.parts = parts;
+    this.payloadLength = payloadLength;
+  }
+
+  get payload(): Uint8Array {
+    this.#joined ??= joinParts(this.parts, this.payloadLength);
+    return this.#joined;
+  }
+}
+
+/** One new buffer holding `parts` one after another (`length` bytes in all). */
+export function joinParts(parts: readonly Uint8Array[], length: number): Uint8Array {
+  const out = uninitializedBytes(length);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.byteLength;
+  }
+  return out;
 }
 
 interface Limits {
@@ -255,6 +300,8 @@ export class HlnkDecoder {
   /** The payload of the frame being received, allocated at its full length. */
   #payload: Uint8Array | null = null;
   #payloadFill = 0;
+  /** With `views`, instead of `#payload`: the views of the chunks that hold the payload so far. */
+  #parts: Uint8Array[] | null = null;
   #skipped = 0;
   #resyncs = 0;
   #frames = 0;
@@ -285,7 +332,7 @@ export class HlnkDecoder {
   /** Bytes received for an incomplete frame (or a possible magic at the end of garbage).
    * When the stream ends, `buffered > 0` means it stopped in the middle of a frame. */
   get buffered(): number {
-    if (this.#payload !== null) return this.#head.headLen + this.#payloadFill;
+    if (this.#payload !== null || this.#parts !== null) return this.#head.headLen + this.#payloadFill;
     return this.#stashFill;
   }
 
@@ -297,7 +344,9 @@ export class HlnkDecoder {
     const end = buf.byteLength;
     let pos = 0;
     while (pos < end) {
-      if (this.#payload !== null) {
+      if (this.#parts !== null) {
+        pos = this.#fillParts(buf, pos, end, frames);
+      } else if (this.#payload !== null) {
         pos = this.#fillPayload(buf, pos, end, frames);
       } else if (this.#stashFill > 0) {
         pos = this.#fillStash(buf, pos, end, frames);
@@ -307,7 +356,7 @@ export class HlnkDecoder {
     }
     // Bytes pushed into the stash above may hold whole frames or garbage; settle them now,
     // so a complete frame is never held back waiting for the next chunk.
-    while (this.#stashFill > 0 && this.#payload === null && this.#settleStash(frames)) {
+    while (this.#stashFill > 0 && this.#payload === null && this.#parts === null && this.#settleStash(frames)) {
       // each round consumes bytes from the stash
     }
     return frames;
@@ -324,6 +373,10 @@ export class HlnkDecoder {
       if (stop <= end) {
         frames.push(this.#frame(this.#views ? buf.subarray(start, stop) : buf.slice(start, stop)));
         return stop;
+      }
+      if (this.#views) {
+        this.#beginParts(buf.subarray(start, end));
+        return end;
       }
       this.#beginPayload().set(buf.subarray(start, end));
       this.#payloadFill = end - start;
@@ -374,8 +427,12 @@ export class HlnkDecoder {
         this.#consumeStash(stop);
         return true;
       }
-      this.#beginPayload().set(stash.subarray(head.headLen, fill));
-      this.#payloadFill = fill - head.headLen;
+      // The stash is the decoder's own: its bytes are copied (fewer than a head's) either way.
+      if (this.#views) this.#beginParts(stash.slice(head.headLen, fill));
+      else {
+        this.#beginPayload().set(stash.subarray(head.headLen, fill));
+        this.#payloadFill = fill - head.headLen;
+      }
       this.#stashFill = 0;
       return true;
     }
@@ -406,6 +463,32 @@ export class HlnkDecoder {
     this.#payload = payload;
     this.#payloadFill = 0;
     return payload;
+  }
+
+  /** Starts gathering a payload as views (`first`: what the chunk with its head held, maybe none). */
+  #beginParts(first: Uint8Array): void {
+    this.#parts = first.byteLength > 0 ? [first] : [];
+    this.#payloadFill = first.byteLength;
+  }
+
+  #fillParts(buf: Uint8Array, pos: number, end: number, frames: HlnkFrame[]): number {
+    const parts = this.#parts as Uint8Array[];
+    const length = this.#head.payloadLen;
+    const take = Math.min(length - this.#payloadFill, end - pos);
+    parts.push(buf.subarray(pos, pos + take));
+    this.#payloadFill += take;
+    if (this.#payloadFill === length) {
+      this.#parts = null;
+      this.#payloadFill = 0;
+      if (parts.length === 1) {
+        frames.push(this.#frame(parts[0] as Uint8Array));
+      } else {
+        this.#frames++;
+        const head = this.#head;
+        frames.push(new PartsFrame(head.path, head.etag, head.seq, parts, length));
+      }
+    }
+    return pos + take;
   }
 
   #fillPayload(buf: Uint8Array, pos: number, end: number, frames: HlnkFrame[]): number {

@@ -24,15 +24,16 @@ import type { Socket } from "bun";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
-import { HlnkDecoder, type HlnkScratch, encodeHlnk } from "./hlnk.ts";
+import { HlnkDecoder, type HlnkScratch, encodeHlnk, hlnkHeader } from "./hlnk.ts";
 import type { IpcStatus } from "./protocol.ts";
 import { type Delivery, Incoming, Outgoing, type SessionTable } from "./sessions.ts";
 import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
 
 /** Frame bytes waiting for the session to be accepted before applications stop being read. */
 const PENDING_BYTES = 16 * 1024 * 1024;
-/** Payloads up to this size are framed for the applications in a reused buffer (larger ones in their own). */
+/** Payloads up to this size are framed for the applications in a reused buffer (larger ones go as their head, then themselves). */
 const SCRATCH_PAYLOAD_BYTES = 64 * 1024;
+const encoder = new TextEncoder();
 
 export interface IpcSpec {
   channel: string;
@@ -147,7 +148,7 @@ export class IpcChannel {
     const held = this.#held;
     this.#held = [];
     this.#heldBytes = 0;
-    for (const frame of held) this.#writeApp(s, frame);
+    for (const bytes of held) this.#writeApp(s, bytes, false);
   }
 
   #onAppClose(s: App): void {
@@ -261,21 +262,30 @@ export class IpcChannel {
   #deliver(item: Delivery): void {
     this.counters.rxFrames++;
     this.counters.rxBytes += item.byteLength;
-    const input = { path: item.pth ?? this.spec.channel, etag: item.etg ?? "", seq: BigInt(item.seq), payload: item.pay };
-    if (this.#apps.size > 0) {
+    const path = item.pth ?? this.spec.channel;
+    const etag = item.etg ?? "";
+    const seq = BigInt(item.seq);
+    if (this.#apps.size > 0 && item.byteLength <= SCRATCH_PAYLOAD_BYTES && item.parts === undefined) {
       // A small frame goes through one reused buffer: the socket takes it whole almost always,
       // and the outbox copies what it does not (no garbage per delivery, fewer collections).
-      const frame = encodeHlnk(input, undefined, item.byteLength <= SCRATCH_PAYLOAD_BYTES ? this.#scratch : undefined);
-      for (const app of this.#apps) this.#writeApp(app, frame);
+      const frame = encodeHlnk({ path, etag, seq, payload: item.pay }, undefined, this.#scratch);
+      for (const app of this.#apps) this.#writeApp(app, frame, true);
       return;
     }
-    const frame = encodeHlnk(input);
-    if (this.#heldBytes + frame.byteLength > HOLD_BYTES) {
+    // A large one goes as its head, then its payload as it came (a view, or the views of the
+    // reads it spanned): those bytes are never copied on the way to the applications.
+    const pieces = [hlnkHeader(encoder.encode(path), encoder.encode(etag), item.byteLength, seq), ...(item.parts ?? [item.pay])];
+    if (this.#apps.size > 0) {
+      for (const app of this.#apps) for (const piece of pieces) this.#writeApp(app, piece, false);
+      return;
+    }
+    const bytes = (pieces[0]?.byteLength ?? 0) + item.byteLength;
+    if (this.#heldBytes + bytes > HOLD_BYTES) {
       for (const s of [...this.#ins]) s.close(`no application connected to ${this.spec.path} and ${HOLD_BYTES} bytes already held`);
       return;
     }
-    this.#held.push(frame);
-    this.#heldBytes += frame.byteLength;
+    this.#held.push(...pieces);
+    this.#heldBytes += bytes;
     if (this.#holdTimer === undefined) {
       this.#holdTimer = setTimeout(() => {
         this.#holdTimer = undefined;
@@ -289,8 +299,9 @@ export class IpcChannel {
     }
   }
 
-  #writeApp(app: App, frame: Uint8Array): void {
-    app.data.outbox?.write(frame, { copy: true });
+  /** `copy`: `bytes` is the reused scratch buffer (what the socket does not take is copied). */
+  #writeApp(app: App, bytes: Uint8Array, copy: boolean): void {
+    app.data.outbox?.write(bytes, { copy });
     this.#updateLinkHold();
   }
 

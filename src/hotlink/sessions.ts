@@ -33,7 +33,7 @@ import {
 } from "./protocol.ts";
 import { ReorderBuffer } from "./reorder.ts";
 import { DaemonCounters } from "./telemetry.ts";
-import type { PathReceiver, PathSender, Rung, Transport } from "./transport.ts";
+import type { PathData, PathReceiver, PathSender, Rung, Transport } from "./transport.ts";
 
 /**
  * How long a receiver waits for the sender's answer to its TLS offer before it offers ICE too:
@@ -94,7 +94,10 @@ export class SessionTable {
 /** What an incoming session delivers, in seq order. */
 export interface Delivery {
   readonly seq: number;
+  /** The payload; with `parts`, their join, made when read (a sink that can write pieces takes `parts`). */
   readonly pay: Uint8Array;
+  /** A payload that spanned a path's reads: views of them, in order (transport.ts `PathData`). */
+  readonly parts: readonly Uint8Array[] | undefined;
   readonly pth: string | undefined;
   readonly etg: string | undefined;
   readonly byteLength: number;
@@ -629,14 +632,18 @@ export class Incoming {
   }
 
   /** Data from the relay, or (`direct`) from the direct connection (counted there). */
-  onData(message: DataMessage, direct = false): void {
+  onData(message: PathData, direct = false): void {
     if (this.state === "closed") return;
     const c = this.#table.counters;
     if (!direct) {
       c.relay.rxPackets++;
       c.relay.rxBytes += message.pay.byteLength;
     }
-    const item: Delivery = { seq: message.seq, pay: message.pay, pth: message.pth, etg: message.etg, byteLength: message.pay.byteLength };
+    const parts = message.parts;
+    const item: Delivery =
+      parts === undefined
+        ? { seq: message.seq, pay: message.pay, parts, pth: message.pth, etg: message.etg, byteLength: message.pay.byteLength }
+        : { seq: message.seq, get pay() { return message.pay; }, parts, pth: message.pth, etg: message.etg, byteLength: message.length ?? 0 };
     let ready: Delivery[];
     try {
       ready = this.#reorder.push(message.seq, item);

@@ -79,6 +79,13 @@ export interface PathReceiver {
   close(): void;
 }
 
+/**
+ * A Data that came on a path. A payload that spanned the path's reads comes as `parts` (views
+ * of them, `length` bytes in all); its `pay` then joins them when read, a copy a sink that
+ * writes the pieces one by one never makes.
+ */
+export type PathData = DataMessage & { readonly parts?: readonly Uint8Array[]; readonly length?: number };
+
 /** The receiver's half of a path: HLNK bytes in, the session's Data out. */
 export class FrameIntake {
   readonly #sid: string;
@@ -86,9 +93,9 @@ export class FrameIntake {
   /** Where frames are counted (an ICE path learns whether it is "ice" or "turn" once open). */
   counters: PathCounters;
   readonly #decoder = new HlnkDecoder({ views: true });
-  readonly #data: (message: DataMessage) => void;
+  readonly #data: (message: PathData) => void;
 
-  constructor(sid: string, pth: string, counters: PathCounters, data: (message: DataMessage) => void) {
+  constructor(sid: string, pth: string, counters: PathCounters, data: (message: PathData) => void) {
     this.#sid = sid;
     this.#pth = pth;
     this.counters = counters;
@@ -100,15 +107,18 @@ export class FrameIntake {
     const counters = this.counters;
     for (const f of this.#decoder.push(chunk)) {
       counters.rxPackets++;
-      counters.rxBytes += f.payload.byteLength;
-      this.#data({
-        t: MessageType.Data,
-        sid: this.#sid,
-        seq: Number(f.seq),
-        pay: f.payload,
-        pth: f.path === this.#pth ? undefined : f.path,
-        etg: f.etag === "" ? undefined : f.etag,
-      });
+      const pth = f.path === this.#pth ? undefined : f.path;
+      const etg = f.etag === "" ? undefined : f.etag;
+      const parts = f.parts;
+      if (parts === undefined) {
+        counters.rxBytes += f.payload.byteLength;
+        this.#data({ t: MessageType.Data, sid: this.#sid, seq: Number(f.seq), pay: f.payload, pth, etg });
+        continue;
+      }
+      // A frame that spanned reads: its payload stays the views of them (`pay` joins them only if read).
+      const length = f.payloadLength ?? 0;
+      counters.rxBytes += length;
+      this.#data({ t: MessageType.Data, sid: this.#sid, seq: Number(f.seq), get pay() { return f.payload; }, pth, etg, parts, length });
     }
     return this.#decoder.skipped === 0;
   }

@@ -277,11 +277,14 @@ export class Tunnel {
         this.#dropHeld(`no application connected to ${this.spec.host}:${this.port} and ${HOLD_BYTES} bytes already held`);
         return;
       }
-      this.#held.push(item.pay);
+      if (item.parts === undefined) this.#held.push(item.pay);
+      else this.#held.push(...item.parts);
       this.#heldBytes += item.byteLength;
       return;
     }
-    this.#write(item.pay);
+    // A payload that spanned a path's reads goes as those reads' views: never joined, never copied.
+    if (item.parts === undefined) this.#write(item.pay);
+    else for (const part of item.parts) this.#write(part);
   }
 
   #write(chunk: Uint8Array): void {

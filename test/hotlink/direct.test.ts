@@ -1,12 +1,14 @@
 import type { Socket } from "bun";
 import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import { DIRECT_HELLO_TIMEOUT_MS, DirectReceiver, TlsPipe } from "../../src/hotlink/direct.ts";
 import { PathSender } from "../../src/hotlink/transport.ts";
 import { encodeDirectAck, encodeDirectHello } from "../../src/hotlink/direct-wire.ts";
-import { encodeHlnk } from "../../src/hotlink/hlnk.ts";
+import { type HlnkFrame, HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import { type DataMessage, MessageType } from "../../src/hotlink/protocol.ts";
 import { DaemonCounters } from "../../src/hotlink/telemetry.ts";
 import { TOKEN, app, checkSeedChunks, seedChunks, sha256hex, writeUntilStalled } from "../fixtures/hotlink-apps.ts";
@@ -284,3 +286,95 @@ describe("the sender's acknowledgements", () => {
     expect(sender.unacknowledged().map((f) => f.seq)).toEqual([3]); // kept for the relay
   });
 });
+
+describe("HLNK IPC channels on the TLS rung", () => {
+  const channel = "alice/bench/ipc";
+
+  async function ipcPair() {
+    const relay = startTestRelay();
+    cleanups.push(() => relay.close());
+    const dir = mkdtempSync("/tmp/hl-ipc-");
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const start = async (user: string) => {
+      const d = await HotlinkDaemon.start({
+        server: relay.url, user, token: TOKEN, ipc: [{ channel, path: join(dir, `${user}.sock`) }], log, minDelayMs: 20, direct: { listen: "127.0.0.1" },
+      });
+      cleanups.push(() => d.close());
+      await d.connected();
+      return d;
+    };
+    const alice = await start("alice");
+    const bob = await start("bob");
+    return { alice, bob, dir };
+  }
+
+  async function reader(path: string) {
+    const dec = new HlnkDecoder();
+    const frames: HlnkFrame[] = [];
+    const s = await Bun.connect({ unix: path, socket: { data: (_s, d) => void frames.push(...dec.push(d)) } });
+    cleanups.push(() => s.terminate());
+    return frames;
+  }
+
+  /** Frames of 1 MiB and more (each spans the TLS connection's reads at bob), with small ones between. */
+  function frames(count: number, from = 0) {
+    return Array.from({ length: count }, (_, i) => ({
+      path: i % 3 === 0 ? `${channel}/sub` : channel,
+      etag: `e${from + i}`,
+      seq: BigInt(from + i),
+      payload: i % 4 === 3 ? randomBytes(100) : randomBytes(1024 * 1024 + i * 4099),
+    }));
+  }
+
+  test("large frames spanning the connection's reads reach the application whole, in order and intact (head, then the payload's pieces)", async () => {
+    const { alice, bob, dir } = await ipcPair();
+    const got = await reader(join(dir, "bob.sock"));
+    const w = await Bun.connect({ unix: join(dir, "alice.sock"), socket: { data: () => {} } });
+    cleanups.push(() => w.terminate());
+    // Until the session is on TLS, then the frames that are checked.
+    w.write(encodeHlnk({ path: channel, seq: 0n, payload: new Uint8Array(10) }));
+    await eventually("the session on TLS", () => [...alice.sessions.outgoing.values()].some((s) => s.rung === "tls"), { timeoutMs: 10_000 });
+    await eventually("the first frame", () => got.length === 1);
+    const sent = frames(24, 1);
+    const sink = writeAll(w, sent.map((f) => encodeHlnk(f)));
+    await eventually("24 more frames at bob's application", () => got.length === 25, { timeoutMs: 30_000 });
+    await sink;
+    sent.forEach((f, i) => {
+      const g = got[i + 1] as HlnkFrame;
+      expect([g.path, g.etag]).toEqual([f.path, f.etag]);
+      expect(g.payload.byteLength).toBe(f.payload.byteLength);
+      expect(sha(g.payload)).toBe(sha(f.payload));
+    });
+    expect(bob.sessions.counters.direct.rxBytes).toBeGreaterThan(18 * 1024 * 1024);
+  }, 60_000);
+
+  test("large frames that arrive before any application connects are held as they came, and delivered whole when one does", async () => {
+    const { alice, dir } = await ipcPair();
+    const w = await Bun.connect({ unix: join(dir, "alice.sock"), socket: { data: () => {} } });
+    cleanups.push(() => w.terminate());
+    w.write(encodeHlnk({ path: channel, seq: 0n, payload: new Uint8Array(10) }));
+    await eventually("the session on TLS", () => [...alice.sessions.outgoing.values()].some((s) => s.rung === "tls"), { timeoutMs: 10_000 });
+    const sent = frames(8, 1);
+    await writeAll(w, sent.map((f) => encodeHlnk(f)));
+    await Bun.sleep(300);
+    const got = await reader(join(dir, "bob.sock"));
+    await eventually("the held frames at the application", () => got.length === 9, { timeoutMs: 10_000 });
+    sent.forEach((f, i) => {
+      const g = got[i + 1] as HlnkFrame;
+      expect([g.path, g.etag, g.payload.byteLength]).toEqual([f.path, f.etag, f.payload.byteLength]);
+      expect(sha(g.payload)).toBe(sha(f.payload));
+    });
+  }, 60_000);
+});
+
+/** Writes `chunks` in order through short writes, waiting for drain. */
+async function writeAll(s: Socket<undefined>, chunks: Uint8Array[]): Promise<void> {
+  for (const chunk of chunks) {
+    let rest = chunk;
+    while (rest.byteLength > 0) {
+      const n = s.write(rest);
+      rest = rest.subarray(Math.max(0, n));
+      if (rest.byteLength > 0) await Bun.sleep(1);
+    }
+  }
+}

@@ -31,8 +31,18 @@ function decode(chunks: Uint8Array[], limits: HlnkLimits): Run {
 
     onGarbage: (bytes) => garbage.push({ before: decoder.frames, bytes: bytes.slice() }),
   });
-  const frames = chunks.flatMap((chunk) => decoder.push(chunk));
+  const frames = chunks.flatMap((chunk) => decoder.push(chunk)).map(plainFrame);
   return { frames, garbage, skipped: decoder.skipped, resyncs: decoder.resyncs, buffered: decoder.buffered };
+}
+
+/** A frame as a plain object (a views decoder's frame spanning chunks holds `parts`; checked here). */
+function plainFrame(f: HlnkFrame): HlnkFrame {
+  if (f.parts !== undefined) {
+    expect(f.parts.length).toBeGreaterThanOrEqual(2);
+    expect(f.parts.reduce((n, p) => n + p.byteLength, 0)).toBe(f.payloadLength ?? -1);
+    expect(f.payload).toEqual(concat([...f.parts]));
+  }
+  return { path: f.path, etag: f.etag, seq: f.seq, payload: f.payload };
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {
