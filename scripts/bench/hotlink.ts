@@ -91,7 +91,7 @@
  * baseline from the same pass — absolute µs differ up to 4× between machines): relay P50
  * ≤ 1.3× the bare relay-shape chain's P50 and P99 ≤ 2× its P99; direct P50 ≤ 1.3× the bare
  * direct-shape chain's P50; the first 10 frames' P50 ≤ 2× the warm P50 (stoa's own 1 KB ×2000),
- * relay and direct. (Issue 16, each against its baseline
+ * relay and direct; the relay tunnel ≥ 300 MB/s and the direct tunnel ≥ 1.5× the relay's. (Issue 16, each against its baseline
  * from this run): ICE one-way P50 within 1.5× of the bare data channel's; ICE tunnel above the
  * seed's WebRTC path (≈ 30 MiB/s) and within 1.5× of the bare data channel's best — the NAT
  * lab's bare channel for the NAT-lab ICE pass, the loopback one for ice-lo; open to first byte
@@ -826,6 +826,14 @@ function goals17(pinned: Passes): Goal[] {
   bound("direct one-way P50 ≤ 1.3× the bare direct-shape chain's", lat2000(direct)?.p50, direct?.chain?.warm.p50, 1.3);
   for (const [label, r] of [["relay", relay], ["direct", direct]] as const) {
     bound(`${label} first-${FIRST_FRAMES}-frames P50 ≤ 2× the warm P50 (1 KB ×${LATENCY_N})`, r?.fresh?.p50, lat2000(r)?.p50, 2);
+  }
+  // Throughput (MB/s): the relay's against a fixed floor, the direct path's against the relay's.
+  if (relay !== undefined && Number.isFinite(relay.tunnelMBps)) {
+    out.push({ goal: "relay tunnel ≥ 300 MB/s", value: relay.tunnelMBps, baseline: null, ratio: relay.tunnelMBps, bound: "≥ 300", met: relay.tunnelMBps >= 300 });
+  }
+  if (relay !== undefined && direct !== undefined && Number.isFinite(relay.tunnelMBps) && Number.isFinite(direct.tunnelMBps)) {
+    const ratio = direct.tunnelMBps / relay.tunnelMBps;
+    out.push({ goal: "direct tunnel ≥ 1.5× the relay tunnel (MB/s)", value: direct.tunnelMBps, baseline: relay.tunnelMBps, ratio, bound: "≥ 1.5", met: ratio >= 1.5 });
   }
   return out;
 }

@@ -191,16 +191,18 @@ export class Outgoing {
 
   /**
    * Sends one Data; only while open. The payload is not copied when it goes direct: pass a
-   * buffer nobody reuses (Bun's read chunks and decoded frames are fresh).
+   * buffer nobody reuses (Bun's read chunks and decoded frames are fresh). `owned`: the caller
+   * keeps no reference to `pay` nor to its buffer (a tunnel's read), so a direct path may free
+   * that buffer once it is acknowledged (transport.ts `PathSender.sendData`).
    */
-  send(pay: Uint8Array, pth?: string, etg?: string): boolean {
+  send(pay: Uint8Array, pth?: string, etg?: string, owned = false): boolean {
     if (this.state !== "open") return false;
     const started = performance.now();
     // One object of one shape, no spreads: this runs for every message (less garbage, fewer GCs).
     // A path keeps it until acknowledged, and resends it on the relay after a failure.
     const message: DataMessage = { t: MessageType.Data, sid: this.sid, seq: ++this.#seq, pay, pth, etg };
     const path = this.#path;
-    if (path !== null) path.sendData(message);
+    if (path !== null) path.sendData(message, owned);
     else if (!this.#sendRelay(message)) return false;
     this.sentBytes += pay.byteLength;
     this.#table.counters.send.add((performance.now() - started) * 1000);

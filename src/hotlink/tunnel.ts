@@ -197,8 +197,8 @@ export class Tunnel {
         const early = this.#early;
         this.#early = [];
         for (const chunk of early) {
-          out.send(chunk);
           this.counters.txBytes += chunk.byteLength;
+          out.send(chunk, undefined, undefined, true);
         }
         if (this.#appEnded) out.finish();
         else this.#readApp();
@@ -229,8 +229,9 @@ export class Tunnel {
       s.pause();
       return;
     }
-    out.send(chunk);
+    // The read is the session's from here (nothing else holds it): see Outgoing.send's `owned`.
     this.counters.txBytes += chunk.byteLength;
+    out.send(chunk, undefined, undefined, true);
     if (out.busy) {
       s.pause();
       out.whenWritable(() => this.#readApp());

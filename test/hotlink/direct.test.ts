@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { createLogger } from "../../src/core/log.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import { DIRECT_HELLO_TIMEOUT_MS, DirectReceiver, TlsPipe } from "../../src/hotlink/direct.ts";
-import { PathSender } from "../../src/hotlink/transport.ts";
+import { PathSender, RELEASE_MIN_BYTES } from "../../src/hotlink/transport.ts";
 import { encodeDirectAck, encodeDirectHello } from "../../src/hotlink/direct-wire.ts";
 import { type HlnkFrame, HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import { type DataMessage, MessageType } from "../../src/hotlink/protocol.ts";
@@ -176,6 +176,52 @@ describe("the sender's retention", () => {
     expect(alive.slice(90).every((a) => a)).toBe(true);
     expect(alive.slice(0, 90).filter((a) => a).length).toBeLessThan(10);
     expect(sender.unacknowledged()).toHaveLength(10); // the sender itself stays reachable until here
+  });
+
+  test("an acknowledged payload its owner gave away whole (a tunnel's read) is freed at once; any other is left to the collector", () => {
+    const socket = { write: (b: Uint8Array) => b.byteLength, end() {}, terminate() {} } as unknown as Socket<undefined>;
+    const sender = new PathSender("tls", new TlsPipe(socket), CHANNEL, new DaemonCounters().direct, log);
+    const big = () => new Uint8Array(RELEASE_MIN_BYTES);
+    const owned = big();
+    const notOwned = big();
+    const small = new Uint8Array(RELEASE_MIN_BYTES - 1);
+    const shared = new Uint8Array(2 * RELEASE_MIN_BYTES);
+    const view = shared.subarray(0, RELEASE_MIN_BYTES); // a view into a buffer that holds more
+    const unacked = big();
+    sender.sendData(data(1, owned), true);
+    sender.sendData(data(2, notOwned));
+    sender.sendData(data(3, small), true);
+    sender.sendData(data(4, view), true);
+    sender.sendData(data(5, unacked), true);
+    const ack = (seq: number) => {
+      const bytes = new Uint8Array(8);
+      new DataView(bytes.buffer).setBigUint64(0, BigInt(seq));
+      return bytes;
+    };
+    sender.onAck(ack(4));
+    expect(owned.buffer.detached).toBe(true);
+    expect([notOwned, small, view].map((b) => b.buffer.detached)).toEqual([false, false, false]);
+    expect(shared.byteLength).toBe(2 * RELEASE_MIN_BYTES);
+    // Not acknowledged: kept whole, for a fallback to resend.
+    expect(unacked.buffer.detached).toBe(false);
+    expect(sender.unacknowledged().map((f) => f.pay.byteLength)).toEqual([RELEASE_MIN_BYTES]);
+  });
+
+  test("a path that was left (the session moved on or fell back) frees nothing: its frames may be in the next path's queue", () => {
+    const socket = { write: (b: Uint8Array) => b.byteLength, end() {}, terminate() {} } as unknown as Socket<undefined>;
+    const first = new PathSender("ice", new TlsPipe(socket), CHANNEL, new DaemonCounters().direct, log);
+    const next = new PathSender("tls", new TlsPipe(socket), CHANNEL, new DaemonCounters().direct, log);
+    const pay = new Uint8Array(RELEASE_MIN_BYTES);
+    first.sendData(data(1, pay), true);
+    // As Outgoing.#adopt does: the first path is failed, its unacknowledged frames go again on the next.
+    first.failed = true;
+    for (const f of first.unacknowledged()) next.sendData(f);
+    const ack = new Uint8Array(8);
+    new DataView(ack.buffer).setBigUint64(0, 1n);
+    first.onAck(ack); // a late acknowledgement on the path left
+    expect(pay.buffer.detached).toBe(false);
+    next.onAck(ack); // resent without ownership: the next path does not free it either
+    expect(pay.buffer.detached).toBe(false);
   });
 });
 
