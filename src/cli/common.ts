@@ -83,21 +83,20 @@ export function portsFlag(what: string) {
  * `daemon: true` (servers): SIGHUP runs the `onReload` hooks and never exits, and the systemd
  * watchdog is pinged when `$WATCHDOG_USEC` asks; the command calls `announceReady()` once it
  * serves. Otherwise (clients: pub, sub) SIGHUP, a terminal hangup, shuts down like SIGINT.
- * The runtime's background threads follow the load (core/runtime.ts `adaptRuntimeThreads`) unless
- * `adaptThreads: false`.
+ * The runtime's background threads follow the load (core/runtime.ts `adaptRuntimeThreads`).
  */
 export function startService(
   name: string,
   flags: { logLevel: LogLevel; logFormat: LogFormat },
-  options: { shutdownTimeoutMs?: number; daemon?: boolean; adaptThreads?: boolean } = {},
+  options: { shutdownTimeoutMs?: number; daemon?: boolean } = {},
 ): Logger {
   const log = createLogger({ level: flags.logLevel, format: flags.logFormat, name });
   installSignalHandlers({ log, timeoutMs: options.shutdownTimeoutMs });
   installDaemon(log, options.daemon === true ? "daemon" : "client");
-  // The runtime's compiler and purge threads never keep a woken event loop waiting (core/runtime.ts;
-  // `adaptThreads: false` where it must not). An optimisation only: a refusal (a seccomp filter, a
-  // container without the capability) is told at debug level.
-  if (options.adaptThreads !== false) adaptRuntimeThreads((error) => log.debug("could not set the scheduling policy of the runtime's background threads", { error }));
+  // The runtime's compiler and purge threads never keep a woken event loop waiting (core/runtime.ts).
+  // An optimisation only: a refusal (a seccomp filter, a container without the capability) is told
+  // at debug level.
+  adaptRuntimeThreads((error) => log.debug("could not set the scheduling policy of the runtime's background threads", { error }));
   try {
     const { from, to, hard, error } = raiseFdLimit();
     if (error !== undefined) log.warn("could not raise the file descriptor limit", { from, hard, error });

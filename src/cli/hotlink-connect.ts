@@ -106,10 +106,7 @@ export const connect = defineCommand({
     await prepareUnixPath(socket).catch((err: unknown) => {
       throw inUse(err, path, user, socket);
     });
-    // Not where libwebrtc runs (ICE on), until the binding's crash is understood: Bun segfaults in a
-    // daemon's main thread in about one ICE-to-TLS handover in thirty (test/e2e/hotlink-handover,
-    // yesterday's build too), and in three in thirty with the runtime's threads under SCHED_IDLE.
-    const log = startService("hotlink", flags, { adaptThreads: flags.direct === "off" || flags.direct === "tls" });
+    const log = startService("hotlink", flags);
     const daemon = await HotlinkDaemon.start({
       server,
       user,
