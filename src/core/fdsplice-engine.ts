@@ -24,6 +24,7 @@
  * the pipe): at most one read per direction.
  */
 import { ptr } from "bun:ffi";
+import { availableParallelism } from "node:os";
 import { MSG_DONTWAIT, MSG_NOSIGNAL, errno, libc, strerror } from "../ffi/libc.ts";
 import {
   EPOLL_CLOEXEC,
@@ -46,6 +47,16 @@ import {
 import { describeError } from "./errors.ts";
 import { fdLimit, fdReserve } from "./fdlimit.ts";
 
+/**
+ * How long the loop polls without sleeping after events (`#spin`). Unpinned on this 2-CPU VM, a
+ * 1 KiB echo through the gateway took 86–91 µs (nginx 88–90) and 52 with a 50 µs spin. Not on one
+ * CPU: there a spin only keeps the answering process from running.
+ */
+const SPIN_US = 50;
+const SPIN = availableParallelism() > 1;
+/** Fruitless spins in a row after which spinning stops for `SPIN_OFF_MS` (at most 0.4 % of a CPU lost so). */
+const SPIN_FRUITLESS = 8;
+const SPIN_OFF_MS = 100;
 /** Bytes read per recv(); a full read is followed by another before going back to epoll. */
 export const SPLICE_READ_BYTES = 256 * 1024;
 /**
@@ -162,6 +173,10 @@ export class SpliceEngine {
   #processed = 0;
   #running = false;
   #stopped = false;
+  /** The last epoll_wait found events; spinning state (`#spin`). */
+  #active = false;
+  #fruitless = 0;
+  #spinOffUntil = 0;
   readonly #ends: (End | undefined)[] = [];
   readonly #splices = new Map<number, Splice>();
   readonly #lingering = new Set<Splice>();
@@ -252,14 +267,41 @@ export class SpliceEngine {
     for (const end of [a, b]) this.#updateInterest(end);
   }
 
+  /**
+   * Right after events, polls epoll without sleeping for up to `SPIN_US` (when the thread may run
+   * on more than one CPU): the other side's answer usually comes within that, and then it does
+   * not wait for this thread to be woken on another CPU (tens of µs in a VM). Spins that find
+   * nothing `SPIN_FRUITLESS` times in a row turn it off for `SPIN_OFF_MS`, so a connection that
+   * does not answer quickly costs at most that share of a CPU. Returns the events found (0: block).
+   */
+  #spin(): number {
+    if (!SPIN || !this.#active) return 0;
+    const now = performance.now();
+    if (now < this.#spinOffUntil) return 0;
+    const until = now + SPIN_US / 1000;
+    do {
+      const n = S.epoll_wait(this.#ep, this.#eventsPtr, MAX_EVENTS, 0);
+      if (n !== 0) {
+        this.#fruitless = 0;
+        return n;
+      }
+    } while (performance.now() < until);
+    if (++this.#fruitless >= SPIN_FRUITLESS) {
+      this.#fruitless = 0;
+      this.#spinOffUntil = performance.now() + SPIN_OFF_MS;
+    }
+    return 0;
+  }
+
   /** The loop; returns when a host message is outstanding. */
   #run(): void {
     if (this.#running || this.#stopped) return;
     this.#running = true;
     try {
       for (;;) {
-        const timeout = this.#lingerTimeout();
-        const n = S.epoll_wait(this.#ep, this.#eventsPtr, MAX_EVENTS, timeout);
+        let n = this.#spin();
+        if (n === 0) n = S.epoll_wait(this.#ep, this.#eventsPtr, MAX_EVENTS, this.#lingerTimeout());
+        this.#active = n > 0;
         if (n < 0) {
           if (wouldBlock()) continue;
           throw new Error(`epoll_wait: ${strerror(errno())}`);
