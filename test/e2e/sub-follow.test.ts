@@ -177,7 +177,13 @@ describe("on one host", () => {
         if (url.pathname === "/v1/watch" && proxyMode === "no-watch") return error(404, "not_found");
         const stop = new AbortController();
         if (url.pathname === "/v1/watch") watches.add(stop);
-        const res = await fetch(upstream + url.pathname + url.search, { method: req.method, headers: req.headers, body: req.body, signal: stop.signal });
+        let res: Response;
+        try {
+          res = await fetch(upstream + url.pathname + url.search, { method: req.method, headers: req.headers, body: req.body, signal: stop.signal });
+        } catch {
+          // Cut (the proxy went down) before the metaserver answered: as a down metaserver would.
+          return error(503, "store_unavailable");
+        }
         return new Response(cuttable(res.body), { status: res.status, headers: res.headers });
       },
     });
