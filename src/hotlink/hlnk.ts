@@ -149,7 +149,7 @@ class PartsFrame implements HlnkFrame {
 }
 
 /** One new buffer holding `parts` one after another (`length` bytes in all). */
-export function joinParts(parts: readonly Uint8Array[], length: number): Uint8Array {
+function joinParts(parts: readonly Uint8Array[], length: number): Uint8Array {
   const out = uninitializedBytes(length);
   let at = 0;
   for (const part of parts) {
