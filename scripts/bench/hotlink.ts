@@ -130,6 +130,7 @@ const USAGE = `usage: bun scripts/bench/hotlink.ts [--json] [--only PARTS] [--mi
   --bare-runs runs of the bare data channel, back to back before the ICE passes and again in the ice pass's NAT lab; its figures are their medians (default 3)
   --sessions  sessions per ttfb measurement (default 10)
   --fresh     fresh sessions whose first ${FIRST_FRAMES} frames are timed on the relay and direct passes, stoa's and the bare chain's (default 5)
+  --relay-link tcp (default): the relay serves its framed TCP link (--link-listen) and the daemons take it; ws: the WebSocket
   --stoa      the stoa binary (default dist/stoa; build it with 'bun run build')
   --json      one JSON object instead of the tables`;
 
@@ -144,11 +145,17 @@ const { values } = parseArgs({
     fresh: { type: "string", default: "5" },
     only: { type: "string", default: PARTS.join(",") },
     stoa: { type: "string" },
+    "relay-link": { type: "string", default: "tcp" },
     help: { type: "boolean", short: "h", default: false },
     inner: { type: "boolean", default: false },
     path: { type: "string", default: "relay" },
   },
 });
+if (values["relay-link"] !== "tcp" && values["relay-link"] !== "ws") {
+  console.error(`--relay-link takes tcp or ws, not ${JSON.stringify(values["relay-link"])}\n${USAGE}`);
+  process.exit(2);
+}
+const relayLink = values["relay-link"];
 const root = join(import.meta.dir, "..", "..");
 const stoaBin = values.stoa ?? join(root, "dist", "stoa");
 const CHANNEL = "alice/bench/ipc";
@@ -476,18 +483,21 @@ async function loopbackPass(path: string, mib: number): Promise<PassResult> {
   try {
     const acc = accounts(stoaBin, dir, ["alice", "bob"], "alice/bench/**");
     const relay = freePort();
-    const server = spawn("relay", [stoaBin, "hotlink", "serve", "--listen", `127.0.0.1:${relay}`, "--users", acc.users, "--acl", acc.acl, "--log-level", "warn"]);
+    const link = relayLink === "tcp" ? ["--link-listen", `127.0.0.1:${freePort()}`] : [];
+    const server = spawn("relay", [stoaBin, "hotlink", "serve", "--listen", `127.0.0.1:${relay}`, ...link, "--users", acc.users, "--acl", acc.acl, "--log-level", "warn"]);
     await server.line(/^hotlink: ws:\/\//);
     const [alicePort, bobPort] = [freePort(), freePort()];
     const daemons: Proc[] = [];
     for (const [user, peer, port] of [["alice", "bob", alicePort], ["bob", "alice", bobPort]] as const) {
       daemons.push(spawn(`daemon-${user}`, daemonArgv(stoaBin, {
-        server: `ws://127.0.0.1:${relay}`, user, tokenFile: acc.tokens[user] ?? "", runDir, direct: spec.direct, directListen: "127.0.0.1",
+        server: `ws://127.0.0.1:${relay}`, user, tokenFile: acc.tokens[user] ?? "", runDir, direct: spec.direct, directListen: "127.0.0.1", relayLink: relayLink === "tcp" ? "auto" : "ws",
         ipc: [[CHANNEL, join(dir, `${user}.sock`)]], tunnels: [[TUNNEL, `127.0.0.1:${port}`, peer]],
       })));
       await waitForPort("127.0.0.1", port);
     }
     for (const d of daemons) await d.line(/^hotlink: /);
+    const linkOf = (await ls(runDir, "alice")).relay_link ?? "";
+    if (linkOf !== (relayLink === "tcp" ? "tcp" : "ws")) throw new Error(`alice's relay link is ${JSON.stringify(linkOf)}, not ${relayLink}`);
     const shape = path === "relay" || path === "direct" ? path : null;
     const aliceOut = async () => outgoing(await ls(runDir, "alice"), "ipc", CHANNEL);
     const { cases, rungAfter, fresh } = await latency(
@@ -722,7 +732,7 @@ function snapshotStoa(): { path: string; built: string; remove: () => void } {
 async function pass(path: string, pinned: boolean, stoa: string): Promise<PassResult | { skipped: string }> {
   const argv = [
     process.execPath, import.meta.path, "--inner", "--path", path, "--only", values.only, "--mib", values.mib, "--ice-mib", values["ice-mib"],
-    "--bare-mib", values["bare-mib"], "--bare-runs", values["bare-runs"], "--sessions", values.sessions, "--fresh", values.fresh, "--stoa", stoa,
+    "--bare-mib", values["bare-mib"], "--bare-runs", values["bare-runs"], "--sessions", values.sessions, "--fresh", values.fresh, "--stoa", stoa, "--relay-link", relayLink,
   ];
   const proc = Bun.spawn(pinned ? ["taskset", "-c", "0", ...argv] : argv, { stdout: "pipe", stderr: "inherit" });
   const out = await new Response(proc.stdout).text();

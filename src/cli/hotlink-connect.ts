@@ -40,8 +40,10 @@ export const connect = defineCommand({
   name: "connect",
   summary: "run the client daemon: tunnels and HLNK sockets over the relay",
   description:
-    "Keeps one WebSocket to the relay server (reconnecting with backoff, said at info once per\n" +
-    "backoff step while it is unreachable) and serves this peer's channels; at start it waits up to\n" +
+    "Keeps one connection to the relay server (reconnecting with backoff, said at info once per\n" +
+    "backoff step while it is unreachable) and serves this peer's channels: the relay's framed TCP\n" +
+    "link when it offers one (serve --link-listen) and the URL is ws://, else the WebSocket\n" +
+    "(--relay-link ws: always the WebSocket). At start it waits up to\n" +
     "--wait for the relay's first welcome, prints its lines on stdout, or fails. This peer's\n" +
     "--tunnel CHANNEL=HOST:PORT[@PEER] listens on HOST:PORT; the peer declares the same\n" +
     "channel with its own port, and an application connection on each side become one full-duplex\n" +
@@ -71,6 +73,7 @@ export const connect = defineCommand({
     watch: str("start and stop tunnels from stream.tcp marker files under this directory", { placeholder: "dir" }),
     telemetry: str("rewrite this JSON file every second with counters and latencies", { placeholder: "file" }),
     direct: str("upgrade sessions off the relay: on (TLS, then ICE), tls, ice, or off", { default: "on", choices: ["on", "off", "tls", "ice"] }),
+    relayLink: str("how to reach the relay: auto (its framed TCP link when offered, for ws:// URLs) or ws", { default: "auto", choices: ["auto", "ws"] }),
     iceServers: str(`STUN/TURN servers for ICE: stun:HOST[:PORT],turn:USER:PASS@HOST[:PORT] (default $${ICE_SERVERS_ENV}, else the relay's)`, { placeholder: "list" }),
     directListen: str("address to accept direct connections on (:: for all)", { default: "::", placeholder: "addr" }),
     directAdvertise: list(`address to offer peers for direct connections (default: this host's addresses; the first ${MAX_DIALED_CANDIDATES} are offered)`, { placeholder: "addr" }),
@@ -114,6 +117,7 @@ export const connect = defineCommand({
       tunnels,
       ipc,
       log,
+      linkMode: flags.relayLink,
       ...(flags.telemetry === undefined ? {} : { telemetry: flags.telemetry }),
       ...(flags.direct === "on" || flags.direct === "tls"
         ? {

@@ -152,7 +152,7 @@ function formatStatus(status: DaemonStatus): string {
   const relay = record(status.counters.relay);
   const num = (key: string): number => (typeof relay[key] === "number" ? relay[key] : 0);
   const lines = [
-    `${status.user} via ${status.server}: ${status.connected ? "connected" : "NOT connected (retrying)"}; ` +
+    `${status.user} via ${status.server}: ${status.connected ? `connected${status.relay_link === "tcp" ? " (framed TCP link)" : status.relay_link === "ws" ? " (WebSocket)" : ""}` : "NOT connected (retrying)"}; ` +
       `sessions ${status.sessions.outgoing} out, ${status.sessions.incoming} in; ` +
       `relay tx ${num("txPackets")} msgs ${bytes(num("txBytes"))}, rx ${num("rxPackets")} msgs ${bytes(num("rxBytes"))}`,
     `rungs: ${[...status.rungs, "relay"].join(" > ")}` +

@@ -38,14 +38,19 @@ const serve = defineCommand({
     "--config file (log level and format, --users and --acl paths; other changes are logged as\n" +
     "needing a restart). Limits:\n" +
     `a connection that sends no Hello within ${HELLO_TIMEOUT_MS / 1000} s is closed; a user holds at most ${MAX_CONNECTIONS_PER_USER} connections\n` +
-    `(more get 429) and ${MAX_SESSIONS_PER_USER} sessions, ${MAX_SESSIONS_PER_CONNECTION} per connection. Prints 'hotlink: <url>' when ready;\n` +
-    "/v1/health answers without a token. --stun-listen also answers STUN binding requests (RFC 5389)\n" +
-    "on a UDP port, so peers behind NATs learn their public address from the relay's host;\n" +
+    `(more get 429) and ${MAX_SESSIONS_PER_USER} sessions, ${MAX_SESSIONS_PER_CONNECTION} per connection. Prints 'hotlink: <url>' when ready\n` +
+    "(and 'hotlink link: tcp port N'); /v1/health answers without a token. --link-listen also\n" +
+    "serves the same messages in length-delimited frames over TCP (no WebSocket framing or\n" +
+    "masking: the relay's fast path), offered to daemons that dial ws:// (a wss:// relay keeps its\n" +
+    "TLS WebSocket); the same tokens, ACLs, limits and backpressure apply. --stun-listen also\n" +
+    "answers STUN binding requests (RFC 5389) on a UDP port, so peers behind NATs learn their\n" +
+    "public address from the relay's host;\n" +
     "--ice-servers is sent to every daemon when it connects (its own --ice-servers wins), so clients\n" +
     "need no flag for hole punching or a TURN server.",
   config: true,
   flags: {
     listen: str("address and port to serve on", { placeholder: "host:port", schema: HostPort, required: { example: "[::]:8470" } }),
+    linkListen: str("also serve framed TCP relay links here, offered to daemons dialing ws:// (faster than the WebSocket)", { placeholder: "host:port", schema: HostPort }),
     stunListen: str("answer STUN binding requests on this UDP HOST:PORT (3478 is STUN's port)", { placeholder: "host:port", schema: HostPort }),
     iceServers: str("STUN/TURN servers to tell the daemons: stun:HOST[:PORT],turn:USER:PASS@HOST[:PORT]", { placeholder: "list" }),
     users: usersFlag("/etc/stoa/hotlink-users.json"),
@@ -63,6 +68,7 @@ const serve = defineCommand({
     "stoa hotlink user add alice@example.org --users /etc/stoa/hotlink-users.json",
     "stoa hotlink serve --listen [::]:8470 --users /etc/stoa/hotlink-users.json",
     "stoa hotlink serve --listen :8470 --users users.json --acl acl.json --metrics-listen 127.0.0.1:9470",
+    "stoa hotlink serve --listen [::]:8470 --link-listen [::]:8471 --users users.json   # + the framed TCP link",
     "stoa hotlink serve --listen [::]:8470 --stun-listen [::]:3478 --users users.json   # relay + STUN for hole punching",
     "stoa hotlink serve --listen [::]:8470 --stun-listen [::]:3478 --users users.json \\\n" +
       "    --ice-servers stun:relay.example.org:3478,turn:peer:s3cret@relay.example.org:3479   # what daemons use for ICE",
@@ -78,6 +84,7 @@ const serve = defineCommand({
         usersFile: flags.users,
         aclFile: flags.acl,
         maxMessageBytes: flags.maxMessageBytes,
+        ...(flags.linkListen === undefined ? {} : { linkListen: { hostname: flags.linkListen.hostname, port: flags.linkListen.port } }),
         ...(flags.iceServers === undefined ? {} : { iceServers: parseIceServers(flags.iceServers) }),
         log,
       }),
@@ -108,8 +115,9 @@ const serve = defineCommand({
       const { ok, errors } = relay.reload(); // logs what it did, and keeps the old files' content on error
       if (!ok) throw new Error(errors.join("; "));
     });
-    log.info("hotlink relay listening", { url: relay.url });
+    log.info("hotlink relay listening", { url: relay.url, link_port: relay.linkPort });
     process.stdout.write(`hotlink: ${relay.url}\n`);
+    if (relay.linkPort !== undefined) process.stdout.write(`hotlink link: tcp port ${relay.linkPort}\n`);
     announceReady({ status: `hotlink relay ${relay.url}` });
     await new Promise(() => {}); // runs until a signal; shutdown exits the process
   },

@@ -96,7 +96,8 @@ function render(r: StatusReport): string {
       if ("error" in h) out.push(`  ${h.socket}: ${h.error}`);
       else {
         const s = h.status;
-        out.push(`  ${s.user} via ${s.server}: ${s.connected ? "connected" : "NOT connected"}, ${s.tunnels.length} tunnel(s), ${s.ipc.length} ipc channel(s)`);
+        const link = s.relay_link === "tcp" ? " (framed TCP link)" : s.relay_link === "ws" ? " (WebSocket)" : "";
+        out.push(`  ${s.user} via ${s.server}: ${s.connected ? `connected${link}` : "NOT connected"}, ${s.tunnels.length} tunnel(s), ${s.ipc.length} ipc channel(s)`);
       }
     }
   }

@@ -18,6 +18,7 @@
  * list of chunk copies would cost an object per read: a peer trickling one byte per read could
  * make a 16 MiB frame cost over a gigabyte.)
  */
+import { uninitializedBytes } from "./bytes.ts";
 import { StoaError } from "./errors.ts";
 
 /** Bytes in a frame header: a big-endian u32 payload length. */
@@ -36,6 +37,52 @@ const LARGEST_EXPRESSIBLE = 0xffff_ffff;
 /** Options for framing; `maxBytes` (payload limit) defaults to `MAX_FRAME_BYTES`. */
 interface FrameOptions {
   maxBytes?: number;
+}
+
+interface DecoderOptions extends FrameOptions {
+  /**
+   * Each frame comes as a view that starts `FRAME_HEADER_BYTES` into a fresh buffer holding
+   * its header first, so a forwarder writes `framedView(frame)` — header and payload — in one
+   * write, without building the frame again. Off: each frame is its own buffer, offset 0.
+   */
+  keepHeader?: boolean;
+  /**
+   * A split frame's buffer is its whole length, taken when its header is read, instead of
+   * growing with the bytes received: one copy of each byte and one allocation per frame. Only
+   * for a peer already authenticated, whose frames `maxBytes` bounds (the framed relay link).
+   */
+  preallocate?: boolean;
+  /**
+   * Frames are lent, not given: each is valid only until the next `push` (or until the
+   * caller's chunk is reused). A frame whole in one chunk is a view of that chunk (with
+   * `keepHeader`, when its header is in the same chunk); a split one is gathered into one of
+   * two buffers the decoder keeps, whole-frame sized (implies `preallocate`). No allocation
+   * and at most one copy per frame: for a forwarder that writes each frame before the next read
+   * and copies whatever it must keep (the framed relay link's relay).
+   */
+  lend?: boolean;
+}
+
+/**
+ * The frame around `payload` — header and payload as one view — when the 4 bytes before it in
+ * its buffer hold its length (a `keepHeader` decoder's frames, an encoder that left room),
+ * else null. Whatever the buffer's history, a non-null answer is a valid frame of `payload`.
+ */
+export function framedView(payload: Uint8Array): Uint8Array | null {
+  const at = payload.byteOffset - FRAME_HEADER_BYTES;
+  if (at < 0) return null;
+  const n = payload.byteLength;
+  const b = new Uint8Array(payload.buffer, at, FRAME_HEADER_BYTES + n);
+  if (b[0] !== n >>> 24 || b[1] !== ((n >>> 16) & 0xff) || b[2] !== ((n >>> 8) & 0xff) || b[3] !== (n & 0xff)) return null;
+  return b;
+}
+
+/** Writes `length` as a frame header at `at` of `into`. */
+export function writeFrameHeader(into: Uint8Array, at: number, length: number): void {
+  into[at] = length >>> 24;
+  into[at + 1] = (length >>> 16) & 0xff;
+  into[at + 2] = (length >>> 8) & 0xff;
+  into[at + 3] = length & 0xff;
 }
 
 /**
@@ -60,7 +107,8 @@ export function encodeFrame(payload: Uint8Array, options: FrameOptions = {}): Ui
  * Splits a byte stream into frames.
  *
  * `push` copies whatever it keeps, so the caller may reuse `chunk` as soon as `push` returns;
- * returned frames are fresh buffers the caller owns and may keep. When the stream ends,
+ * returned frames are fresh buffers the caller owns and may keep (with `keepHeader`, views of
+ * fresh buffers that start with the frame's header). When the stream ends,
  * `buffered > 0` means the peer stopped in the middle of a frame.
  * @example
  * const frames = new FrameDecoder({ maxBytes: 1 << 20 });
@@ -73,17 +121,27 @@ export function encodeFrame(payload: Uint8Array, options: FrameOptions = {}): Ui
  */
 export class FrameDecoder {
   readonly #maxBytes: number;
+  /** Bytes kept before each payload: the header with `keepHeader`, else 0. */
+  readonly #room: number;
+  readonly #preallocate: boolean;
+  readonly #lend: boolean;
+  /** With `lend`: the two gather buffers, and which one the next split frame goes into. */
+  readonly #spares: Uint8Array[] = [new Uint8Array(0), new Uint8Array(0)];
+  #spare = 0;
   readonly #header = new Uint8Array(FRAME_HEADER_BYTES);
   #headerFill = 0;
   /** Payload length of the frame being read, or -1 while reading a header. */
   #length = -1;
-  /** The split frame being gathered: `#fill` bytes received, capacity <= `#length`. */
-  #payload = new Uint8Array(0);
+  /** The split frame being gathered (after `#room` bytes): `#fill` bytes received, capacity <= `#room + #length` (a lent spare may be larger). */
+  #payload: Uint8Array = new Uint8Array(0);
   #fill = 0;
   #failure: StoaError | null = null;
 
-  constructor(options: FrameOptions = {}) {
+  constructor(options: DecoderOptions = {}) {
     this.#maxBytes = checkMaxBytes(options.maxBytes);
+    this.#room = options.keepHeader === true ? FRAME_HEADER_BYTES : 0;
+    this.#lend = options.lend === true;
+    this.#preallocate = options.preallocate === true || this.#lend;
   }
 
   /** Bytes received for the incomplete frame, header included. Memory held for it is at most
@@ -101,8 +159,11 @@ export class FrameDecoder {
     if (this.#failure !== null) throw this.#failure;
     const frames: Uint8Array[] = [];
     let offset = 0;
+    /** Where the header of the frame being read began in this chunk; -1: in an earlier one. */
+    let headerAt = -1;
     while (offset < chunk.byteLength) {
       if (this.#length < 0) {
+        headerAt = this.#headerFill === 0 ? offset : -1;
         const take = Math.min(FRAME_HEADER_BYTES - this.#headerFill, chunk.byteLength - offset);
         this.#header.set(chunk.subarray(offset, offset + take), this.#headerFill);
         this.#headerFill += take;
@@ -113,7 +174,7 @@ export class FrameDecoder {
         if (length > this.#maxBytes) this.#fail(length);
         this.#headerFill = 0;
         if (length === 0) {
-          frames.push(new Uint8Array(0));
+          frames.push(this.#room === 0 ? new Uint8Array(0) : new Uint8Array(FRAME_HEADER_BYTES).subarray(FRAME_HEADER_BYTES));
           continue;
         }
         this.#length = length;
@@ -124,20 +185,26 @@ export class FrameDecoder {
       if (available < wanted) {
         // Copied, not kept as a view: the caller may reuse the chunk once we return.
         this.#reserve(this.#fill + available);
-        this.#payload.set(chunk.subarray(offset), this.#fill);
+        this.#payload.set(chunk.subarray(offset), this.#room + this.#fill);
         this.#fill += available;
         break;
       }
       const tail = chunk.subarray(offset, offset + wanted);
       offset += wanted;
-      if (this.#fill === 0) {
+      if (this.#lend && this.#fill === 0 && (this.#room === 0 || headerAt >= 0)) {
+        // Lent: the chunk's own bytes (its header right before them with keepHeader).
+        frames.push(tail);
+      } else if (this.#fill === 0 && this.#room === 0) {
         // Uint8Array.prototype.slice copies even when `chunk` is a Buffer, whose own slice()
         // would return a view of the caller's (reusable) memory.
         frames.push(Uint8Array.prototype.slice.call(tail));
       } else {
         this.#reserve(this.#length);
-        this.#payload.set(tail, this.#fill);
-        frames.push(this.#payload);
+        this.#payload.set(tail, this.#room + this.#fill);
+        if (this.#room !== 0) writeFrameHeader(this.#payload, 0, this.#length);
+        const whole = this.#room + this.#length;
+        frames.push(this.#payload.byteLength === whole && this.#room === 0 ? this.#payload : this.#payload.subarray(this.#room, whole));
+        if (this.#lend) this.#spare ^= 1; // the next split frame goes into the other buffer
         this.#payload = new Uint8Array(0);
         this.#fill = 0;
       }
@@ -146,13 +213,24 @@ export class FrameDecoder {
     return frames;
   }
 
-  /** Grows the gather buffer to hold `needed` bytes; capacity never exceeds the frame length,
-   * so once full the buffer is exactly the frame. */
+  /** Grows the gather buffer to hold `needed` payload bytes (after `#room`); capacity never
+   * exceeds the frame, so once full the buffer is exactly the frame (with its header room). */
   #reserve(needed: number): void {
-    if (needed <= this.#payload.byteLength) return;
-    const capacity = Math.min(this.#length, Math.max(needed, this.#payload.byteLength * 2, MIN_GATHER_BYTES));
-    const grown = new Uint8Array(capacity);
-    grown.set(this.#payload.subarray(0, this.#fill));
+    const room = this.#room;
+    if (room + needed <= this.#payload.byteLength) return;
+    if (this.#lend) {
+      let spare = this.#spares[this.#spare] ?? new Uint8Array(0);
+      if (spare.byteLength < room + this.#length) {
+        spare = uninitializedBytes(room + this.#length);
+        this.#spares[this.#spare] = spare;
+      }
+      this.#payload = spare;
+      return;
+    }
+    const capacity = room + (this.#preallocate ? this.#length : Math.min(this.#length, Math.max(needed, (this.#payload.byteLength - room) * 2, MIN_GATHER_BYTES)));
+    // No zero fill: a frame is handed out only once every byte of it has been written.
+    const grown = uninitializedBytes(capacity);
+    if (this.#fill > 0 || room > 0) grown.set(this.#payload.subarray(0, room + this.#fill));
     this.#payload = grown;
   }
 

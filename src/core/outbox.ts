@@ -3,7 +3,8 @@
  * given and drops the rest, so what it does not take is queued here, in order, and written by
  * `flush()` from the socket's `drain` handler. Every writer of a Bun socket that can be short
  * queues here: core/pipe.ts, core/framed-socket.ts, the gateway's answers, hotlink's IPC, tunnel
- * and direct connections. (core/fdsplice-engine.ts, on raw fds and send(2), keeps its own.)
+ * and direct connections, the framed relay link (`CopyingOutbox`, below, for a writer whose
+ * every write is a reused buffer). (core/fdsplice-engine.ts, on raw fds and send(2), keeps its own.)
  *
  * - Nothing is written past a queue: while bytes wait, later writes queue behind them.
  * - Only the unwritten tail of a write is queued: as a view of the caller's buffer by default
@@ -111,6 +112,100 @@ export class Outbox {
     this.#queue = [];
     this.#queued = 0;
     this.#clears++;
+  }
+
+  #put(bytes: Uint8Array): number {
+    const n = Math.max(0, this.#sock.write(bytes));
+    this.#written += n;
+    return n;
+  }
+}
+
+/** The most a `CopyingOutbox` keeps while nothing is queued. */
+const RETAINED_BYTES = 8 * 1024 * 1024;
+
+/**
+ * The same contract as `Outbox` for a writer that reuses its buffer (`copy: true` on every
+ * write): what the socket does not take is copied into one buffer kept for the connection
+ * (grown to the most ever queued, compacted as it drains) instead of a fresh allocation per
+ * short write, and `flush()` writes all of it in one call. The framed relay link's client
+ * queues here: its messages come from one reused encode buffer. A buffer over
+ * `RETAINED_BYTES` is let go when the queue empties, so an idle connection keeps little.
+ */
+export class CopyingOutbox {
+  readonly #sock: OutboxSocket;
+  readonly #cap: number;
+  #buf = new Uint8Array(0);
+  #start = 0;
+  #end = 0;
+  #highWater = 0;
+  #written = 0;
+  #clears = 0;
+
+  constructor(sock: OutboxSocket, options: OutboxOptions = {}) {
+    this.#sock = sock;
+    this.#cap = options.maxQueuedBytes ?? Infinity;
+  }
+
+  get queued(): number {
+    return this.#end - this.#start;
+  }
+
+  get maxQueued(): number {
+    return this.#highWater;
+  }
+
+  get written(): number {
+    return this.#written;
+  }
+
+  /** Writes `bytes` after whatever is queued; copies what the socket does not take. False past the cap. */
+  write(bytes: Uint8Array): boolean {
+    let rest = bytes;
+    if (this.queued === 0) {
+      const clears = this.#clears;
+      const n = this.#put(rest);
+      if (n === rest.byteLength || clears !== this.#clears) return true;
+      rest = rest.subarray(n);
+    }
+    const queued = this.queued;
+    if (queued + rest.byteLength > this.#cap) return false;
+    if (this.#end + rest.byteLength > this.#buf.byteLength) {
+      if (queued + rest.byteLength <= this.#buf.byteLength) {
+        this.#buf.copyWithin(0, this.#start, this.#end);
+      } else {
+        const grown = new Uint8Array(Math.max(queued + rest.byteLength, this.#buf.byteLength * 2));
+        grown.set(this.#buf.subarray(this.#start, this.#end));
+        this.#buf = grown;
+      }
+      this.#start = 0;
+      this.#end = queued;
+    }
+    this.#buf.set(rest, this.#end);
+    this.#end += rest.byteLength;
+    if (this.queued > this.#highWater) this.#highWater = this.queued;
+    return true;
+  }
+
+  /** Writes what the socket takes of the queue, in one call; true once it is empty. */
+  flush(): boolean {
+    if (this.queued === 0) return true;
+    const clears = this.#clears;
+    const n = this.#put(this.#buf.subarray(this.#start, this.#end));
+    if (clears !== this.#clears) return this.queued === 0;
+    this.#start += n;
+    if (this.#start === this.#end) this.#emptied();
+    return this.queued === 0;
+  }
+
+  clear(): void {
+    this.#emptied();
+    this.#clears++;
+  }
+
+  #emptied(): void {
+    this.#start = this.#end = 0;
+    if (this.#buf.byteLength > RETAINED_BYTES) this.#buf = new Uint8Array(0);
   }
 
   #put(bytes: Uint8Array): number {

@@ -241,6 +241,12 @@ export interface ReconnectOptions extends Partial<BackoffOptions> {
   onRefused?: (refusal: UpgradeRefusal) => void;
   /** The URL for each dial (e.g. to resume where the last connection stopped); default `url`. */
   urlFor?: () => string | URL;
+  /**
+   * Opens each connection instead of Bun's `WebSocket`: an object with the part of its
+   * interface used here (on* handlers, send, close, terminate, readyState, bufferedAmount,
+   * binaryType) — hotlink's framed relay link (hotlink/framed-link.ts). Not with `onRefused`.
+   */
+  dial?: (url: string, headers: Record<string, string>) => WebSocket;
 }
 
 /**
@@ -388,7 +394,9 @@ export class ReconnectingWebSocket {
     try {
       const onRefused = this.#options.onRefused;
       const init: Bun.WebSocketOptions = { headers: this.#options.headers ?? {} };
-      if (onRefused !== undefined) {
+      if (this.#options.dial !== undefined) {
+        ws = this.#options.dial(url, this.#options.headers ?? {});
+      } else if (onRefused !== undefined) {
         ws = dialWebSocket(url, { headers: this.#options.headers, protocols: this.#options.protocols }, (refusal) => {
           if (this.#current !== ws) return;
           refused = describeRefusal(refusal);

@@ -15,6 +15,7 @@
 import type { Logger } from "../core/log.ts";
 import { StoaError } from "../core/errors.ts";
 import { RelayLink } from "./link.ts";
+import type { RelayLinkMode } from "./framed-link.ts";
 import { type IceServer, parseIceServers, shownIceServer } from "./ice-servers.ts";
 import { IpcChannel, type IpcSpec } from "./ipc.ts";
 import { type ChannelOrigin, type DaemonStatus, type HotlinkMessage, MAX_CHANNELS, MessageType } from "./protocol.ts";
@@ -32,6 +33,8 @@ interface DaemonOptions {
   log: Logger;
   /** Reconnect backoff floor in ms. */
   minDelayMs?: number;
+  /** The relay link (link.ts): "auto" (default) takes the relay's framed link when offered. */
+  linkMode?: RelayLinkMode;
   /** Rewrite this JSON file every second (telemetry.ts). */
   telemetry?: string;
   /**
@@ -71,8 +74,9 @@ export class HotlinkDaemon {
       token: options.token,
       log: options.log,
       minDelayMs: options.minDelayMs,
+      ...(options.linkMode === undefined ? {} : { linkMode: options.linkMode }),
       onUp: (welcome) => {
-        this.#log.info("connected to the relay server", { server: options.server, user: welcome.usr });
+        this.#log.info("connected to the relay server", { server: options.server, user: welcome.usr, link: this.link.transport });
         this.#welcomeIce = welcomeIceServers(welcome.ice, this.#log);
         for (const t of this.#tunnels.values()) t.onLinkUp();
         for (const c of this.#ipc.values()) c.onLinkUp();
@@ -208,6 +212,7 @@ export class HotlinkDaemon {
       user: this.#options.user,
       server: this.#options.server,
       connected: this.link.up,
+      relay_link: this.link.up ? this.link.transport : "",
       tunnels: [...this.#tunnels.values()].map((t) => ({ ...t.status(), port: t.port, origin: origin(t.spec.channel) })),
       ipc: [...this.#ipc.values()].map((ch) => ({ ...ch.status(), origin: origin(ch.spec.channel) })),
       sessions: { outgoing: this.sessions.outgoing.size, incoming: this.sessions.incoming.size },

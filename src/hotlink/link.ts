@@ -1,6 +1,7 @@
 /**
- * A client daemon's connection to the relay server: one WebSocket (core/ws.ts, reconnecting
- * with jittered backoff), Hello → Welcome, then hotlink messages both ways.
+ * A client daemon's connection to the relay server: one connection (core/ws.ts, reconnecting
+ * with jittered backoff) — the framed TCP link when the relay offers it and `linkMode` is
+ * "auto" (framed-link.ts), else the WebSocket — Hello → Welcome, then hotlink messages both ways.
  *
  * Contract:
  * - `onUp(welcome)` after every successful Hello/Welcome; `onDown(reason)` when that connection
@@ -11,13 +12,14 @@
  * - Flow control, both ways. Outgoing: `busy` is true while the socket holds more than
  *   `LINK_HIGH_WATER` unsent bytes; `whenWritable(fn)` calls `fn` once it is below
  *   `LINK_LOW_WATER` (Bun's client WebSocket has no drain event, so this polls, only while
- *   someone waits). Incoming: `pause()` stops reading the socket (also across a reconnect)
+ *   someone waits; the framed link's drain calls it). Incoming: `pause()` stops reading the socket (also across a reconnect)
  *   until `resume()`; sessions.ts `SessionTable.hold` uses it.
  * - It is the relay rung's `Transport` (transport.ts), shared by every session on it; it knows
  *   nothing of sessions (sessions.ts keeps them, in the daemon's `SessionTable`).
  */
 import type { Logger } from "../core/log.ts";
 import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
+import { RelaySocket, type RelayLinkMode } from "./framed-link.ts";
 import type { Transport } from "./transport.ts";
 import { formatAuthorization } from "./users.ts";
 import {
@@ -51,6 +53,8 @@ interface LinkOptions {
   onMessage(message: HotlinkMessage): void;
   /** Reconnect backoff floor, ms (tests use small values). */
   minDelayMs?: number;
+  /** "auto" (default): the framed link when the relay offers it; "ws": the WebSocket always. */
+  linkMode?: RelayLinkMode;
 }
 
 export class RelayLink implements Transport {
@@ -59,6 +63,8 @@ export class RelayLink implements Transport {
   readonly #conn: ReconnectingWebSocket;
   #stopping = false;
   #ws: WebSocket | null = null;
+  /** The connection is a framed link: Data is encoded with its frame header in front. */
+  #framed = false;
   #welcome: WelcomeMessage | null = null;
   #refused = false;
   /** Why the last dial failed, and the backoff step last said at info (0: none since the last Welcome). */
@@ -75,18 +81,25 @@ export class RelayLink implements Transport {
     this.#options = options;
     const log = options.log;
     const backoff = { minDelayMs: options.minDelayMs ?? 200, maxDelayMs: 5_000, factor: 2, jitter: "none" as const };
+    const mode = options.linkMode ?? "auto";
     this.#conn = new ReconnectingWebSocket(options.url, {
       headers: { Authorization: formatAuthorization(options.user, options.token) },
+      dial: (url, headers) => new RelaySocket(url, headers, mode) as unknown as WebSocket,
       minDelayMs: backoff.minDelayMs,
       maxDelayMs: backoff.maxDelayMs,
       onOpen: (ws) => {
         this.#ws = ws;
+        const sock = ws as unknown as RelaySocket;
+        this.#framed = sock.kind === "tcp";
+        // The framed link says when its queue empties; the WebSocket is polled (whenWritable).
+        if (this.#framed) sock.ondrain = () => this.#check();
         ws.send(encodeMessage({ t: MessageType.Hello, v: PROTOCOL_VERSION, agt: "stoa" }));
       },
       onMessage: (data) => this.#onData(data),
       onClose: (code, reason, willRetry) => {
         const was = this.#welcome !== null;
         this.#ws = null;
+        this.#framed = false;
         this.#welcome = null;
         if (was) {
           // Our own close (the daemon stopping) is no loss worth a warning.
@@ -121,6 +134,11 @@ export class RelayLink implements Transport {
     return this.#lastFailure;
   }
 
+  /** What carries the link now: "tcp" (the framed link), "ws", or "" while down. */
+  get transport(): "" | "tcp" | "ws" {
+    return this.#ws === null ? "" : this.#framed ? "tcp" : "ws";
+  }
+
   /** True between Welcome and the loss of that connection. */
   get up(): boolean {
     return this.#welcome !== null;
@@ -142,11 +160,12 @@ export class RelayLink implements Transport {
   /**
    * Data built from checked values (sessions.ts): encoded without the schema pass, into one
    * buffer reused message after message (the client WebSocket's send() copies what it is given,
-   * measured: no allocation, page faults or garbage per message).
+   * measured: no allocation, page faults or garbage per message; the framed link writes it with
+   * the frame header the encoder put in front, and copies only what the socket did not take).
    */
   sendData(message: DataMessage): boolean {
     if (this.#ws === null || this.#welcome === null) return false;
-    return this.sendEncoded(encodeDataMessage(message, this.#welcome.mmb, this.#scratch));
+    return this.sendEncoded(encodeDataMessage(message, this.#welcome.mmb, this.#scratch, this.#framed));
   }
 
   sendEncoded(bytes: Uint8Array): boolean {
@@ -169,6 +188,7 @@ export class RelayLink implements Transport {
   /** Calls `fn` once the socket's unsent bytes are below the low-water mark (or the link is down). */
   whenWritable(fn: () => void): void {
     this.#waiters.push(fn);
+    if (this.#framed && this.buffered > 0) return; // its drain calls #check
     if (this.#poll === undefined) this.#poll = setTimeout(() => this.#check(), POLL_MS);
   }
 
@@ -192,9 +212,10 @@ export class RelayLink implements Transport {
   }
 
   #check(): void {
+    clearTimeout(this.#poll);
     this.#poll = undefined;
     if (this.#ws !== null && this.buffered > LINK_LOW_WATER) {
-      this.#poll = setTimeout(() => this.#check(), POLL_MS);
+      if (!this.#framed) this.#poll = setTimeout(() => this.#check(), POLL_MS);
       return;
     }
     this.#wake();

@@ -7,6 +7,8 @@
  *   relay upgrade     `GET /v1/hotlink`, Bearer auth, 401/426/429  here ("Transport"); HTTP
  *                     answers in server.ts, `Authorization` and tokens in users.ts
  *   session messages  CBOR maps over that WebSocket, Hello…Signal  here (below)
+ *   framed relay link the same messages in length-delimited frames  framed-link.ts (offer,
+ *                     over TCP: offer, auth and status, close frames  auth, close, idle)
  *   HLNK frames       IPC sockets and direct connections           hlnk.ts
  *   direct hello      "HLD1 <sid> <tok>\n", sender → receiver      direct-wire.ts (direct.ts uses it)
  *   direct acks       u64 seqs, receiver → sender                  direct-wire.ts
@@ -19,7 +21,9 @@
  *   telemetry file    JSON, rewritten every second                 telemetry.ts
  *   marker files      `stream.tcp` JSON under --watch DIR          watch.ts
  *
- * Transport. One WebSocket per client daemon, `GET /v1/hotlink` (`HOTLINK_WS_PATH`), with
+ * Transport. One connection per client daemon: a WebSocket, or the framed TCP link a relay
+ * with `--link-listen` offers (framed-link.ts: the same messages and rules, one per frame, and
+ * the same token check and caps before it opens). The WebSocket: `GET /v1/hotlink` (`HOTLINK_WS_PATH`), with
  * `Authorization: Bearer <user>:<token>` (users.ts). A wrong or missing token gets 401 before
  * the upgrade; a user already holding `MAX_CONNECTIONS_PER_USER` (64) connections gets 429.
  * The client sends Hello within `HELLO_TIMEOUT_MS` (5 s) of the upgrade, or the server closes
@@ -178,6 +182,7 @@ import { uninitializedBytes } from "../core/bytes.ts";
 import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { StoaError, describeError } from "../core/errors.ts";
+import { FRAME_HEADER_BYTES, writeFrameHeader } from "../core/frame.ts";
 import { MAX_CONTROL_ANSWER_BYTES, MAX_CONTROL_REQUEST_BYTES } from "../core/framed-socket.ts";
 import { MAX_PATH_BYTES, pathProblem } from "./acl.ts";
 import { MAX_HLNK_ETAG_BYTES } from "./hlnk.ts";
@@ -462,14 +467,16 @@ export function safeParseMessage(bytes: Uint8Array | ArrayBuffer, options: Codec
  * a declared channel's path, an etag from a decoded HLNK frame): `encodeMessage` without the
  * schema pass, for the sending hot path. Throws "too_large" over `maxBytes`.
  */
-export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_BYTES, scratch?: EncodeScratch): Uint8Array {
-  return encodeData(message, maxBytes, scratch);
+export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_BYTES, scratch?: EncodeScratch, framed = false): Uint8Array {
+  return encodeData(message, maxBytes, scratch, framed ? FRAME_HEADER_BYTES : 0);
 }
 
 /**
  * A buffer `encodeDataMessage` may write into instead of allocating one per message; it grows
  * to the largest message seen. The result is then a view of it, valid until the next encode
  * with the same scratch: only for a consumer that copies at once (a WebSocket's send()).
+ * `framed`: the message is preceded in its buffer by its length-delimited frame header
+ * (core/frame.ts `framedView`), for the framed relay link (framed-link.ts).
  */
 export interface EncodeScratch {
   buffer: Uint8Array;
@@ -480,7 +487,7 @@ export interface EncodeScratch {
  * codec would copy it out again. The same data model as the codec (text keys, shortest
  * lengths; a seq over 2^32-1 as an 8-byte integer, which the schema accepts back).
  */
-function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScratch): Uint8Array {
+function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScratch, room = 0): Uint8Array {
   const sidLen = message.sid.length; // ASCII, by the schema
   const pthLen = message.pth === undefined ? -1 : Buffer.byteLength(message.pth, "utf8");
   const etgLen = message.etg === undefined ? -1 : Buffer.byteLength(message.etg, "utf8");
@@ -502,13 +509,15 @@ function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScra
   }
   // Every byte is written below (the size is exact), so no zero fill: that memset was a tenth
   // of a relay sender's CPU time.
-  let out: Uint8Array;
-  if (scratch !== undefined && scratch.buffer.byteLength >= size) {
-    out = scratch.buffer.subarray(0, size);
+  let whole: Uint8Array;
+  if (scratch !== undefined && scratch.buffer.byteLength >= room + size) {
+    whole = scratch.buffer;
   } else {
-    out = uninitializedBytes(size);
-    if (scratch !== undefined) scratch.buffer = out;
+    whole = uninitializedBytes(room + size);
+    if (scratch !== undefined) scratch.buffer = whole;
   }
+  if (room !== 0) writeFrameHeader(whole, 0, size);
+  const out = whole.subarray(room, room + size);
   let at = 0;
   const head = (major: number, value: number): void => {
     at = writeHead(out, at, major, value);
@@ -878,6 +887,8 @@ export const DaemonStatus = z.object({
   user: z.string().max(MAX_STATUS_USER_LENGTH),
   server: z.string().max(MAX_STATUS_SERVER_LENGTH),
   connected: z.boolean(),
+  /** What carries the relay link: "tcp" (the framed link, framed-link.ts), "ws", "" while down. Optional: older daemons. */
+  relay_link: z.enum(["", "tcp", "ws"]).optional(),
   tunnels: z.array(TunnelEntry).max(MAX_CHANNELS),
   ipc: z.array(IpcEntry).max(MAX_CHANNELS),
   /** Sessions open on the relay link now. */

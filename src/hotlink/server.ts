@@ -49,6 +49,7 @@ import {
   PROTOCOL_VERSION,
 } from "./protocol.ts";
 import { Switchboard, type SwitchboardConn, type SwitchboardStats } from "./switchboard.ts";
+import { LINK_OFFER_HEADER, offerBody, serveFramedLinks } from "./framed-link.ts";
 import { loadUsers, parseAuthorization } from "./users.ts";
 import { urlHost } from "../core/endpoint.ts";
 
@@ -106,6 +107,10 @@ export interface HotlinkServerOptions {
   maxSessionsPerUser?: number;
   /** Sessions one connection may send (default `MAX_SESSIONS_PER_CONNECTION`, 4,096). */
   maxSessionsPerConnection?: number;
+  /** Also serve framed relay links (framed-link.ts) on this address; port 0 picks a free one. */
+  linkListen?: { hostname: string; port: number };
+  /** A framed link silent this long is closed, half of it pinged (default `LINK_IDLE_TIMEOUT_MS`, 60 s). */
+  linkIdleTimeoutMs?: number;
   /** ICE servers (ice-servers.ts) sent to every client in Welcome, for daemons not given their own. */
   iceServers?: IceServer[];
   /** Default: warnings and errors on stderr. */
@@ -122,6 +127,8 @@ export interface HotlinkServer {
   readonly url: string;
   readonly hostname: string;
   readonly port: number;
+  /** The framed links' port (`linkListen`), or undefined. */
+  readonly linkPort: number | undefined;
   readonly sessionCount: number;
   stats(): HotlinkStats;
   /**
@@ -183,24 +190,42 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     return new Response(OUT_OF_FDS_TEXT, { status: 503, headers: { "Retry-After": "1", Connection: "close" } });
   };
 
+  /** The checks every connection passes, WebSocket or framed, in this order; null when it may connect. */
+  const refusal = (authorization: string | null): { status: number; text: string; headers?: Record<string, string> } | null => {
+    // Authentication comes first: nothing else is said to a client without a valid token.
+    const auth = parseAuthorization(authorization);
+    if (auth === null || !users.verify(auth.user, auth.token)) {
+      return {
+        status: 401,
+        text: "unauthorized: send Authorization: Bearer <user>:<token> with a token from 'stoa hotlink user add'\n",
+        headers: { "WWW-Authenticate": 'Bearer realm="stoa hotlink"' },
+      };
+    }
+    if (closing) return { status: 503, text: "the relay is stopping; try again shortly\n" };
+    const full = board.refuseConnection(auth.user);
+    if (full !== null) return { status: 429, text: `${full}\n`, headers: { "Retry-After": "5" } };
+    return null;
+  };
+
+  let links: ReturnType<typeof serveFramedLinks<SwitchboardConn>> | undefined;
+
   const fetch = (req: Request, server: Server<SwitchboardConn>): Response | undefined => {
     // Before anything else: a WebSocket costs a descriptor for as long as it lives (fdlimit.ts).
     if (fdPressure()) return outOfFds();
     const path = new URL(req.url).pathname;
     if (path === "/v1/health") return Response.json({ ok: !closing, v: PROTOCOL_VERSION });
     if (path !== HOTLINK_WS_PATH) return new Response(`not found: the hotlink endpoint is ${HOTLINK_WS_PATH}\n`, { status: 404 });
-    // Authentication comes first: nothing else is said to a client without a valid token.
-    const auth = parseAuthorization(req.headers.get("authorization"));
-    if (auth === null || !users.verify(auth.user, auth.token)) {
-      return new Response("unauthorized: send Authorization: Bearer <user>:<token> with a token from 'stoa hotlink user add'\n", {
-        status: 401,
-        headers: { "WWW-Authenticate": 'Bearer realm="stoa hotlink"' },
-      });
-    }
-    if (closing) return new Response("the relay is stopping; try again shortly\n", { status: 503 });
+    const authorization = req.headers.get("authorization");
+    const auth = parseAuthorization(authorization);
+    const no = refusal(authorization);
+    if (no !== null && no.status !== 429) return new Response(no.text, { status: no.status, headers: no.headers });
     if (req.method !== "GET") return new Response("method not allowed: use GET with a WebSocket upgrade\n", { status: 405, headers: { Allow: "GET" } });
-    const full = board.refuseConnection(auth.user);
-    if (full !== null) return new Response(`${full}\n`, { status: 429, headers: { "Retry-After": "5" } });
+    if (no !== null) return new Response(no.text, { status: no.status, headers: no.headers });
+    if (auth === null) throw new StoaError("internal", "authorization passed the check but does not parse");
+    // The framed link's offer (framed-link.ts): asked for without an upgrade.
+    if (links !== undefined && req.headers.get(LINK_OFFER_HEADER)?.toLowerCase() === "tcp" && req.headers.get("upgrade") === null) {
+      return new Response(offerBody(links.port), { status: 200, headers: { "Content-Type": "application/json", "Cache-Control": "no-store" } });
+    }
     const ip = server.requestIP(req);
     const remote = ip === null ? "?" : ip.family === "IPv6" ? `[${ip.address}]:${ip.port}` : `${ip.address}:${ip.port}`;
     if (server.upgrade(req, { data: board.createConn(auth.user, auth.token, remote) })) return undefined;
@@ -246,6 +271,39 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
       server = serve(port);
     },
   });
+  if (options.linkListen !== undefined) {
+    try {
+      links = serveFramedLinks<SwitchboardConn>({
+        hostname: options.linkListen.hostname,
+        port: options.linkListen.port,
+        maxFrameBytes: maxMessageBytes + OVERSIZE_SLACK_BYTES,
+        maxQueuedBytes: Math.min(U32_MAX, highWaterBytes + BACKPRESSURE_MESSAGES * maxMessageBytes),
+        authTimeoutMs: checkInt("helloTimeoutMs", options.helloTimeoutMs ?? HELLO_TIMEOUT_MS, 1, 2 ** 31 - 1),
+        ...(options.linkIdleTimeoutMs === undefined ? {} : { idleTimeoutMs: checkInt("linkIdleTimeoutMs", options.linkIdleTimeoutMs, 20, 2 ** 31 - 1) }),
+        log,
+        onOutOfFds: countOutOfFds,
+        authorize: (authorization, remote) => {
+          if (fdPressure()) {
+            countOutOfFds();
+            return { status: 503, text: OUT_OF_FDS_TEXT.trim() };
+          }
+          const no = refusal(authorization);
+          if (no !== null) return { status: no.status, text: no.text.trim() };
+          const auth = parseAuthorization(authorization);
+          if (auth === null) return { status: 401, text: "unauthorized" };
+          return { conn: board.createConn(auth.user, auth.token, remote) };
+        },
+        opened: (conn, link) => board.opened(conn, link),
+        message: (conn, data) => board.message(conn, data),
+        drained: (conn) => board.drained(conn),
+        closed: (conn, code, reason) => board.closed(conn, code, reason),
+      });
+    } catch (err) {
+      fdGuard.stop();
+      void server.stop(true);
+      throw err;
+    }
+  }
   const shown = options.hostname === "::" ? "::1" : options.hostname === "0.0.0.0" ? "127.0.0.1" : options.hostname;
   let stopped: Promise<void> | undefined;
 
@@ -253,6 +311,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     url: `ws://${urlHost(shown)}:${port}${HOTLINK_WS_PATH}`,
     hostname: options.hostname,
     port,
+    linkPort: links?.port,
     get sessionCount() {
       return board.sessionCount;
     },
@@ -290,6 +349,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
       stopped ??= (async () => {
         closing = true;
         fdGuard.stop();
+        links?.stop();
         fdRefusals.stop();
         board.closeAll(1001, "relay stopping");
         const graceful = server.stop(false);

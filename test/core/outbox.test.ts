@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { Outbox } from "../../src/core/outbox.ts";
+import { CopyingOutbox, Outbox } from "../../src/core/outbox.ts";
 
 /** A socket that takes at most `room` bytes per write, like a full Bun socket. */
 function stingySocket(room: number) {
@@ -196,5 +196,53 @@ describe("Outbox clear", () => {
     expect(writes).toEqual([3, 3]); // the second chunk was never tried
     expect(out.queued).toBe(0);
     expect(out.written).toBe(1);
+  });
+});
+
+describe("CopyingOutbox", () => {
+  test("copies what a short write did not take, so the writer may reuse its buffer; order holds across many short writes", () => {
+    const sock = stingySocket(3);
+    const out = new CopyingOutbox(sock);
+    const reused = new Uint8Array(5);
+    const expected: number[] = [];
+    let next = 0;
+    for (let round = 0; round < 200; round++) {
+      for (let i = 0; i < reused.length; i++) reused[i] = next++ & 0xff;
+      expected.push(...reused);
+      out.write(reused);
+      reused.fill(0xee); // the writer reuses its buffer at once
+      sock.room = round % 7;
+      out.flush();
+    }
+    sock.room = 1 << 20;
+    expect(out.flush()).toBe(true);
+    expect(sock.got).toEqual(expected);
+    expect(out.queued).toBe(0);
+    expect(out.written).toBe(expected.length);
+    expect(out.maxQueued).toBeGreaterThan(0);
+  });
+
+  test("flush writes the whole queue in one call", () => {
+    const sizes: number[] = [];
+    const sock = { room: 0, write(d: Uint8Array) { sizes.push(d.byteLength); return Math.min(this.room, d.byteLength); } };
+    const out = new CopyingOutbox(sock);
+    for (let i = 0; i < 5; i++) out.write(new Uint8Array(10));
+    sock.room = 1000;
+    sizes.length = 0;
+    expect(out.flush()).toBe(true);
+    expect(sizes).toEqual([50]);
+  });
+
+  test("a write past the cap queues nothing of it and returns false; clear empties it", () => {
+    const sock = stingySocket(0);
+    const out = new CopyingOutbox(sock, { maxQueuedBytes: 8 });
+    expect(out.write(new Uint8Array(6))).toBe(true);
+    expect(out.write(new Uint8Array(3))).toBe(false);
+    expect(out.queued).toBe(6);
+    out.clear();
+    expect(out.queued).toBe(0);
+    sock.room = 10;
+    expect(out.write(Uint8Array.of(9))).toBe(true);
+    expect(sock.got).toEqual([9]);
   });
 });

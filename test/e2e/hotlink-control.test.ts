@@ -101,7 +101,7 @@ describe("stoa hotlink tunnel | ls | close against running daemons", () => {
     expect(status.tunnels).toEqual([expect.objectContaining({ channel: CHANNEL, port: alicePort, origin: "control" })]);
     const table = run(["hotlink", "ls", "--user", "alice", "--run-dir", runDir]);
     expect(table.code).toBe(0);
-    expect(table.out).toMatch(/^alice via ws:\/\/.*: connected;/);
+    expect(table.out).toMatch(/^alice via ws:\/\/.*: connected \(WebSocket\);/);
     expect(table.out).toMatch(new RegExp(`^tunnel\\s+${CHANNEL}\\s+127\\.0\\.0\\.1:${alicePort}\\s+bob\\s+control`, "m"));
 
     const closed = run(["hotlink", "close", CHANNEL, "--user", "alice", "--run-dir", runDir]);

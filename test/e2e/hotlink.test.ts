@@ -29,12 +29,14 @@ async function setUp() {
   const tokens = { alice: tokenFile("alice"), bob: tokenFile("bob") };
   const acl = join(dir, "acl.json");
   writeFileSync(acl, JSON.stringify({ rules: [{ pattern: "alice/mpc/**", read: ["bob"], write: ["bob"] }] }));
-  const [relayPort, metricsPort, alicePort, bobPort] = freePorts(4);
+  const [relayPort, metricsPort, alicePort, bobPort, linkPort] = freePorts(5);
+  // The relay offers its framed TCP link too; the daemons (--relay-link auto) take it.
   const server = scope.stoa("server", [
-    "hotlink", "serve", "--listen", `127.0.0.1:${relayPort}`, "--users", users, "--acl", acl,
+    "hotlink", "serve", "--listen", `127.0.0.1:${relayPort}`, "--link-listen", `127.0.0.1:${linkPort}`, "--users", users, "--acl", acl,
     "--metrics-listen", `127.0.0.1:${metricsPort}`,
   ]);
   await server.waitFor("out", /ws:\/\//);
+  await server.waitFor("out", new RegExp(`^hotlink link: tcp port ${linkPort}$`, "m"));
   const url = `ws://127.0.0.1:${relayPort}`;
   const daemon = (user: "alice" | "bob", port: number, peer: string) =>
     scope.stoa(user, [
@@ -62,6 +64,14 @@ const own = (): void => {};
 describe("stoa hotlink: relay server and two daemons as separate processes", () => {
   test("the seed's tunnel test, then 256 MiB of random bytes both ways at once (SHA-256 equal)", async () => {
     const { alicePort, bobPort, sessions, dir, server, alice, bob } = await setUp();
+    // Both daemons on the relay's framed link, as ls says.
+    for (const user of ["alice", "bob"]) {
+      const ls = Bun.spawnSync([STOA, "hotlink", "ls", "--json", "--user", user, "--run-dir", join(dir, "run")]);
+      expect(ls.exitCode).toBe(0);
+      expect((JSON.parse(ls.stdout.toString()) as { status: { relay_link?: string } }).status.relay_link).toBe("tcp");
+      const table = Bun.spawnSync([STOA, "hotlink", "ls", "--user", user, "--run-dir", join(dir, "run")]);
+      expect(table.stdout.toString()).toContain("connected (framed TCP link)");
+    }
     // The seed's test: bob's application connected first; 20 chunks of 4096 bytes in order.
     const bobApp = await app(bobPort, own);
     await eventually("bob's session on the server", async () => (await sessions()) === 1, { timeoutMs: 10_000 });

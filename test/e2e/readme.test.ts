@@ -126,8 +126,9 @@ describe.if(canRun)("README.md as a script", () => {
         expect(json).toBeDefined();
         expect(JSON.stringify(JSON.parse(json ?? "{}").value)).toMatch(/\d\d:\d\d:\d\d/);
         // A first tunnel: both daemons on the relay (status healthy after them), bytes both ways.
-        expect(tunnel).toMatch(/alice via ws:\/\/127\.0\.0\.1:8470: connected/);
-        expect(tunnel).toMatch(/bob via ws:\/\/127\.0\.0\.1:8470: connected/);
+        // The relay offers its framed link (--link-listen) and the daemons took it.
+        expect(tunnel).toMatch(/alice via ws:\/\/127\.0\.0\.1:8470: connected \(framed TCP link\)/);
+        expect(tunnel).toMatch(/bob via ws:\/\/127\.0\.0\.1:8470: connected \(framed TCP link\)/);
         expect(out).toContain("tunnel ok");
         // A first circle: 42, alpha's own db value, and nothing of it in beta's db.
         const circle = out.split(/^tunnel ok$/m)[1] ?? "";

@@ -155,6 +155,8 @@ export interface DaemonSpec {
   tunnels?: [channel: string, listen: string, peer: string][];
   directListen?: string;
   iceServers?: string;
+  /** `--relay-link` (default: the daemon's, auto). */
+  relayLink?: "auto" | "ws";
 }
 
 /** `stoa hotlink connect …` for `d`, logging warnings only (or at $HLB_LOG_LEVEL, for debugging a run). */
@@ -163,6 +165,7 @@ export function daemonArgv(stoa: string, d: DaemonSpec): string[] {
     stoa, "hotlink", "connect", "--server", d.server, "--user", d.user, "--token-file", d.tokenFile, "--run-dir", d.runDir,
     "--direct", d.direct, "--log-level", process.env.HLB_LOG_LEVEL ?? "warn",
     ...(d.directListen === undefined ? [] : ["--direct-listen", d.directListen]),
+    ...(d.relayLink === undefined ? [] : ["--relay-link", d.relayLink]),
     ...(d.iceServers === undefined ? [] : ["--ice-servers", d.iceServers]),
     ...(d.ipc ?? []).flatMap(([c, path]) => ["--ipc", `${c}=unix:${path}`]),
     ...(d.tunnels ?? []).flatMap(([c, listen, peer]) => ["--tunnel", `${c}=${listen}@${peer}`]),
