@@ -38,7 +38,7 @@
  * sender); `drain` reports a drained queue.
  */
 import type { Socket, TCPSocketListener } from "bun";
-import { StoaError, describeError, listenError } from "../core/errors.ts";
+import { describeError, listenError } from "../core/errors.ts";
 import { FdWatch } from "../core/fdguard.ts";
 import { overFdBudget } from "../core/fdlimit.ts";
 import { socketFd } from "../core/fdsplice.ts";
@@ -275,8 +275,7 @@ export class RelaySocket implements SocketEvents {
 
   terminate(): void {
     if (this.#ws !== null) {
-      (this.#ws as unknown as { terminate?: () => void }).terminate?.();
-      this.#ws.close();
+      this.#ws.terminate();
       return;
     }
     this.#offerAbort.abort();
@@ -289,9 +288,8 @@ export class RelaySocket implements SocketEvents {
     http.protocol = "http:";
     let port: number | null = null;
     try {
-      const timer = setTimeout(() => this.#offerAbort.abort(), OFFER_TIMEOUT_MS);
-      const res = await fetch(http, { headers: { ...this.headers, [LINK_OFFER_HEADER]: "tcp" }, signal: this.#offerAbort.signal, redirect: "manual" });
-      clearTimeout(timer);
+      const signal = AbortSignal.any([this.#offerAbort.signal, AbortSignal.timeout(OFFER_TIMEOUT_MS)]);
+      const res = await fetch(http, { headers: { ...this.headers, [LINK_OFFER_HEADER]: "tcp" }, signal, redirect: "manual" });
       const body = await res.text();
       if (this.#state !== RelaySocket.CONNECTING) return;
       if (res.status === 200) port = parseOffer(body);
