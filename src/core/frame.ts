@@ -18,7 +18,7 @@
  * list of chunk copies would cost an object per read: a peer trickling one byte per read could
  * make a 16 MiB frame cost over a gigabyte.)
  */
-import { uninitializedBytes } from "./bytes.ts";
+import { copyBytes, uninitializedBytes } from "./bytes.ts";
 import { StoaError } from "./errors.ts";
 
 /** Bytes in a frame header: a big-endian u32 payload length. */
@@ -46,6 +46,12 @@ interface DecoderOptions extends FrameOptions {
    * write, without building the frame again. Off: each frame is its own buffer, offset 0.
    */
   keepHeader?: boolean;
+  /**
+   * Like `keepHeader`, but each frame comes with its header: the view starts at the 4-byte
+   * length, the payload `FRAME_HEADER_BYTES` into it. A forwarder writes it as it is, and reads
+   * the payload at that offset (no second view per frame).
+   */
+  withHeader?: boolean;
   /**
    * A split frame's buffer is its whole length, taken when its header is read, instead of
    * growing with the bytes received: one copy of each byte and one allocation per frame. Only
@@ -125,6 +131,8 @@ export class FrameDecoder {
   readonly #room: number;
   readonly #preallocate: boolean;
   readonly #lend: boolean;
+  /** `withHeader`: frames are handed out from their header on. */
+  readonly #whole: boolean;
   /** With `lend`: the two gather buffers, and which one the next split frame goes into. */
   readonly #spares: Uint8Array[] = [new Uint8Array(0), new Uint8Array(0)];
   #spare = 0;
@@ -139,7 +147,8 @@ export class FrameDecoder {
 
   constructor(options: DecoderOptions = {}) {
     this.#maxBytes = checkMaxBytes(options.maxBytes);
-    this.#room = options.keepHeader === true ? FRAME_HEADER_BYTES : 0;
+    this.#whole = options.withHeader === true;
+    this.#room = options.keepHeader === true || this.#whole ? FRAME_HEADER_BYTES : 0;
     this.#lend = options.lend === true;
     this.#preallocate = options.preallocate === true || this.#lend;
   }
@@ -163,18 +172,26 @@ export class FrameDecoder {
     let headerAt = -1;
     while (offset < chunk.byteLength) {
       if (this.#length < 0) {
-        headerAt = this.#headerFill === 0 ? offset : -1;
-        const take = Math.min(FRAME_HEADER_BYTES - this.#headerFill, chunk.byteLength - offset);
-        this.#header.set(chunk.subarray(offset, offset + take), this.#headerFill);
-        this.#headerFill += take;
-        offset += take;
-        if (this.#headerFill < FRAME_HEADER_BYTES) break;
-        const h = this.#header;
-        const length = ((h[0] ?? 0) * 0x100_0000 + ((h[1] ?? 0) << 16)) + ((h[2] ?? 0) << 8) + (h[3] ?? 0);
+        let length: number;
+        if (this.#headerFill === 0 && chunk.byteLength - offset >= FRAME_HEADER_BYTES) {
+          // The whole header in this chunk (the usual case): read in place, no view.
+          headerAt = offset;
+          length = (chunk[offset] ?? 0) * 0x100_0000 + ((chunk[offset + 1] ?? 0) << 16) + ((chunk[offset + 2] ?? 0) << 8) + (chunk[offset + 3] ?? 0);
+          offset += FRAME_HEADER_BYTES;
+        } else {
+          headerAt = -1;
+          const take = Math.min(FRAME_HEADER_BYTES - this.#headerFill, chunk.byteLength - offset);
+          for (let i = 0; i < take; i++) this.#header[this.#headerFill + i] = chunk[offset + i] ?? 0;
+          this.#headerFill += take;
+          offset += take;
+          if (this.#headerFill < FRAME_HEADER_BYTES) break;
+          const h = this.#header;
+          length = (h[0] ?? 0) * 0x100_0000 + ((h[1] ?? 0) << 16) + ((h[2] ?? 0) << 8) + (h[3] ?? 0);
+        }
         if (length > this.#maxBytes) this.#fail(length);
         this.#headerFill = 0;
         if (length === 0) {
-          frames.push(this.#room === 0 ? new Uint8Array(0) : new Uint8Array(FRAME_HEADER_BYTES).subarray(FRAME_HEADER_BYTES));
+          frames.push(this.#room === 0 ? new Uint8Array(0) : this.#whole ? new Uint8Array(FRAME_HEADER_BYTES) : new Uint8Array(FRAME_HEADER_BYTES).subarray(FRAME_HEADER_BYTES));
           continue;
         }
         this.#length = length;
@@ -189,21 +206,25 @@ export class FrameDecoder {
         this.#fill += available;
         break;
       }
-      const tail = chunk.subarray(offset, offset + wanted);
-      offset += wanted;
       if (this.#lend && this.#fill === 0 && (this.#room === 0 || headerAt >= 0)) {
         // Lent: the chunk's own bytes (its header right before them with keepHeader).
-        frames.push(tail);
-      } else if (this.#fill === 0 && this.#room === 0) {
-        // Uint8Array.prototype.slice copies even when `chunk` is a Buffer, whose own slice()
-        // would return a view of the caller's (reusable) memory.
-        frames.push(Uint8Array.prototype.slice.call(tail));
+        frames.push(this.#whole ? chunk.subarray(headerAt, offset + wanted) : chunk.subarray(offset, offset + wanted));
+        offset += wanted;
+        this.#length = -1;
+        continue;
+      }
+      const tail = chunk.subarray(offset, offset + wanted);
+      offset += wanted;
+      if (this.#fill === 0 && this.#room === 0) {
+        // A copy (Buffer's own slice() would return a view of the caller's reusable memory).
+        frames.push(copyBytes(tail));
       } else {
         this.#reserve(this.#length);
         this.#payload.set(tail, this.#room + this.#fill);
         if (this.#room !== 0) writeFrameHeader(this.#payload, 0, this.#length);
         const whole = this.#room + this.#length;
-        frames.push(this.#payload.byteLength === whole && this.#room === 0 ? this.#payload : this.#payload.subarray(this.#room, whole));
+        const from = this.#whole ? 0 : this.#room;
+        frames.push(this.#payload.byteLength === whole && from === 0 ? this.#payload : this.#payload.subarray(from, whole));
         if (this.#lend) this.#spare ^= 1; // the next split frame goes into the other buffer
         this.#payload = new Uint8Array(0);
         this.#fill = 0;

@@ -172,6 +172,33 @@ export class Counter extends ValueMetric {
     if (!(by >= 0)) throw new StoaError("internal", `counter ${this.name} cannot go down (inc by ${by})`);
     this.stateFor(labels).value += by;
   }
+
+  /**
+   * The series of `labels` (none for a label-less counter) as a handle whose `inc` is one
+   * addition: for a hot path that counts every message into a label set it never removes (a
+   * removed series' handle counts into nothing). `n` must not be negative.
+   * @example
+   * ```ts
+   * const data = messages.series({ type: "data" }); // once
+   * data.inc();                                    // per message
+   * ```
+   */
+  series(labels?: Labels): CounterSeries {
+    return new CounterSeries(this.stateFor(labels));
+  }
+}
+
+/** One series of a `Counter` (`Counter.series`). */
+export class CounterSeries {
+  readonly #state: { value: number };
+
+  constructor(state: { value: number }) {
+    this.#state = state;
+  }
+
+  inc(n = 1): void {
+    this.#state.value += n;
+  }
 }
 
 /** A value that goes up and down (open connections, queue depth). */

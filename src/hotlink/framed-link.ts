@@ -42,7 +42,7 @@ import { describeError, listenError } from "../core/errors.ts";
 import { FdWatch } from "../core/fdguard.ts";
 import { overFdBudget } from "../core/fdlimit.ts";
 import { socketFd } from "../core/fdsplice.ts";
-import { FRAME_HEADER_BYTES, FrameDecoder, framedView, writeFrameHeader } from "../core/frame.ts";
+import { FRAME_HEADER_BYTES, FrameDecoder, writeFrameHeader } from "../core/frame.ts";
 import type { Logger } from "../core/log.ts";
 import { CopyingOutbox } from "../core/outbox.ts";
 import { urlHost } from "../core/endpoint.ts";
@@ -96,10 +96,10 @@ export function closeFrame(code: number, reason: string): Uint8Array {
 }
 
 /** A close frame's code and reason, or null when `frame` is not one. */
-export function parseCloseFrame(frame: Uint8Array): { code: number; reason: string } | null {
-  if (frame.byteLength < 3 || frame[0] !== CLOSE_FRAME_TAG) return null;
-  const code = ((frame[1] ?? 0) << 8) | (frame[2] ?? 0);
-  return { code, reason: clean(utf8.decode(frame.subarray(3, MAX_STATUS_FRAME_BYTES))) };
+export function parseCloseFrame(frame: Uint8Array, at = 0): { code: number; reason: string } | null {
+  if (frame.byteLength - at < 3 || frame[at] !== CLOSE_FRAME_TAG) return null;
+  const code = ((frame[at + 1] ?? 0) << 8) | (frame[at + 2] ?? 0);
+  return { code, reason: clean(utf8.decode(frame.subarray(at + 3, at + MAX_STATUS_FRAME_BYTES))) };
 }
 
 /** A status frame's parts: "<3 digits> <text>". Null for anything else. */
@@ -176,6 +176,11 @@ export class RelaySocket implements SocketEvents {
   onopen: ((event: Event) => void) | null = null;
   onmessage: ((event: { data: ArrayBuffer | string }) => void) | null = null;
   onerror: ((event: { message: string }) => void) | null = null;
+  /**
+   * The framed link's messages as they are decoded — each its own fresh buffer, which the
+   * handler may keep — instead of `onmessage`'s ArrayBuffer (no wrapping per message).
+   */
+  onframe: ((message: Uint8Array) => void) | null = null;
   onclose: ((event: { code: number; reason: string }) => void) | null = null;
   binaryType = "arraybuffer";
   /** "tcp" once a framed connection carries it, "ws" once a WebSocket does, "" before. */
@@ -230,16 +235,25 @@ export class RelaySocket implements SocketEvents {
     if (this.#state !== RelaySocket.OPEN || this.#out === null) return;
     // No text frames here: a string goes as its UTF-8 bytes (the relay reads a message from them, or refuses it).
     const bytes = typeof data === "string" ? utf8Encoder.encode(data) : data instanceof Uint8Array ? data : new Uint8Array(data);
-    let frame = framedView(bytes);
-    if (frame === null) {
-      const need = FRAME_HEADER_BYTES + bytes.byteLength;
-      if (this.#scratch.byteLength < need) this.#scratch = new Uint8Array(Math.max(need, 64 * 1024));
-      frame = this.#scratch.subarray(0, need);
-      writeFrameHeader(frame, 0, bytes.byteLength);
-      frame.set(bytes, FRAME_HEADER_BYTES);
-    }
-    // What waits is copied: a caller (link.ts's scratch, our own) reuses its buffer.
+    const need = FRAME_HEADER_BYTES + bytes.byteLength;
+    if (this.#scratch.byteLength < need) this.#scratch = new Uint8Array(Math.max(need, 64 * 1024));
+    const frame = this.#scratch.subarray(0, need);
+    writeFrameHeader(frame, 0, bytes.byteLength);
+    frame.set(bytes, FRAME_HEADER_BYTES);
+    // What waits is copied: the scratch is reused.
     this.#out.write(frame);
+  }
+
+  /**
+   * Sends a frame its caller built whole — the 4-byte length header, then the message
+   * (protocol.ts `encodeDataMessage` with `framed`) — as it is, in one write; what the socket
+   * does not take is copied (the caller may reuse its buffer). Only on the framed link
+   * (`kind` "tcp"); false when it is not open.
+   */
+  sendFrame(frame: Uint8Array): boolean {
+    if (this.#state !== RelaySocket.OPEN || this.#out === null) return false;
+    this.#out.write(frame);
+    return true;
   }
 
   /** Stops reading (also before the connection opens); true, as Bun's WebSocket answers. */
@@ -407,6 +421,11 @@ export class RelaySocket implements SocketEvents {
         this.#endWhenFlushed(sock, close.code, close.reason);
         return;
       }
+      const onframe = this.onframe;
+      if (onframe !== null) {
+        onframe(frame);
+        continue;
+      }
       // A decoder's frame is its own buffer, whole: hand it over as one.
       const data = frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength ? frame.buffer : frame.slice().buffer;
       this.onmessage?.({ data: data as ArrayBuffer });
@@ -460,7 +479,8 @@ interface FramedLinkHandlers<C> {
   /** The `Authorization` value and the peer's address; called once per connection. */
   authorize(authorization: string, remote: string): Admission<C>;
   opened(conn: C, link: FramedLink): void;
-  message(conn: C, data: Uint8Array): void;
+  /** One message, lent (valid until the next read): `frame` from its 4-byte length header on, the message after it. */
+  message(conn: C, frame: Uint8Array): void;
   drained(conn: C): void;
   closed(conn: C, code: number, reason: string): void;
 }
@@ -503,14 +523,18 @@ export class FramedLink {
   #closing = false;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   /** performance.now() of the last bytes read. */
-  lastRead = performance.now();
+  /** Reads so far (counted, not timed: no clock per read); the idle sweep notes when it changes. */
+  reads = 0;
+  /** The sweep's: `reads` when it last looked, and since when it has not changed. */
+  seenReads = 0;
+  quietSince = performance.now();
   pinged = false;
 
   constructor(sock: Socket<ConnData>, maxFrameBytes: number, maxQueuedBytes: number) {
     this.#sock = sock;
     this.#out = new CopyingOutbox(sock, { maxQueuedBytes });
     // Lent frames: each is written (what waits, copied) before the next read.
-    this.#decoder = new FrameDecoder({ maxBytes: maxFrameBytes, keepHeader: true, lend: true });
+    this.#decoder = new FrameDecoder({ maxBytes: maxFrameBytes, withHeader: true, lend: true });
     this.#maxFrameBytes = maxFrameBytes;
   }
 
@@ -521,9 +545,15 @@ export class FramedLink {
   sendBinary(data: Uint8Array): number {
     if (this.#closing) return 0;
     // A frame that came in on a framed link goes out as it came: header and all, one write.
-    const frame = framedView(data) ?? frameOf(data);
-    if (!this.#out.write(frame)) return 0;
+    if (!this.#out.write(frameOf(data))) return 0;
     return this.#out.queued > 0 ? -1 : data.byteLength;
+  }
+
+  /** A frame that came in on a framed link goes out as it came: header and all, one write. */
+  sendFrame(frame: Uint8Array): number {
+    if (this.#closing) return 0;
+    if (!this.#out.write(frame)) return 0;
+    return this.#out.queued > 0 ? -1 : frame.byteLength - FRAME_HEADER_BYTES;
   }
 
   getBufferedAmount(): number {
@@ -549,8 +579,7 @@ export class FramedLink {
 
   /** The frames of a read; throws `StoaError` "too_large" when one is over the limit. */
   frames(chunk: Uint8Array): Uint8Array[] {
-    this.lastRead = performance.now();
-    this.pinged = false;
+    this.reads++;
     return this.#decoder.push(chunk);
   }
 
@@ -617,7 +646,7 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
     }
     for (const frame of frames) {
       if (link.closing) return;
-      const close = parseCloseFrame(frame);
+      const close = parseCloseFrame(frame, FRAME_HEADER_BYTES);
       if (close !== null) {
         link.close(1000, "");
         options.closed(conn, close.code, close.reason);
@@ -724,7 +753,12 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
     for (const [sock, conn] of conns) {
       const link = sock.data.link;
       if (link === null || link.closing) continue;
-      const silent = now - link.lastRead;
+      if (link.reads !== link.seenReads) {
+        link.seenReads = link.reads;
+        link.quietSince = now;
+        link.pinged = false;
+      }
+      const silent = now - link.quietSince;
       if (silent >= idleMs) {
         link.close(1001, "idle timeout");
         options.closed(conn, 1006, "idle timeout");

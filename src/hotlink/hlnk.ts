@@ -212,6 +212,54 @@ export function encodeHlnk(frame: HlnkFrameInput, limits?: HlnkLimits, scratch?:
 }
 
 /**
+ * Frames for one stream of deliveries (a daemon writing to its applications): the same bytes as
+ * `encodeHlnk`, into one reused buffer, with the last path's and etag's UTF-8 remembered (a
+ * session's frames repeat them) and seq as a number (a session's, 1, 2, …): no per-frame
+ * allocation, no text encoding, no BigInt. The result is a view of the buffer, valid until the
+ * next `encode`: only for a writer that copies what it keeps.
+ */
+export class HlnkStreamEncoder {
+  #buffer = new Uint8Array(0);
+  #path = "";
+  #pathBytes = new Uint8Array(0);
+  #etag = "";
+  #etagBytes = new Uint8Array(0);
+  readonly #limits: Limits;
+
+  constructor(limits?: HlnkLimits) {
+    this.#limits = resolveLimits(limits);
+  }
+
+  /** Throws like `encodeHlnk`; `seq` must be a whole number from 0 to 2^53-1. */
+  encode(path: string, etag: string, seq: number, payload: Uint8Array): Uint8Array {
+    if (path !== this.#path || this.#pathBytes.byteLength === 0) {
+      const length = textBytes(path, "path", this.#limits.path);
+      this.#pathBytes = length === 0 ? new Uint8Array(0) : encoder.encode(path);
+      this.#path = path;
+    }
+    if (etag !== this.#etag) {
+      textBytes(etag, "etag", this.#limits.etag);
+      this.#etagBytes = encoder.encode(etag);
+      this.#etag = etag;
+    }
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new StoaError("schema", `HLNK seq must be a whole number from 0 to 2^53-1 here, got ${seq}`);
+    const payloadLen = payload.byteLength;
+    checkPayload(payloadLen, this.#limits.payload);
+    const pathLen = this.#pathBytes.byteLength;
+    const etagLen = this.#etagBytes.byteLength;
+    const headLen = HLNK_HEADER_BYTES + pathLen + etagLen;
+    const size = headLen + payloadLen;
+    if (this.#buffer.byteLength < size) this.#buffer = new Uint8Array(Math.max(size, this.#buffer.byteLength * 2, 4096));
+    const out = this.#buffer;
+    writeHeaderBytes(out, pathLen, etagLen, payloadLen, Math.floor(seq / 0x1_0000_0000), seq >>> 0);
+    if (pathLen > 0) out.set(this.#pathBytes, HLNK_HEADER_BYTES);
+    if (etagLen > 0) out.set(this.#etagBytes, HLNK_HEADER_BYTES + pathLen);
+    out.set(payload, headLen);
+    return out.subarray(0, size);
+  }
+}
+
+/**
  * Encodes everything before the payload (header, path, etag) for a frame whose payload the
  * caller writes itself, so a large payload is never copied into a frame buffer. Encode the
  * path once per session and reuse its bytes. Throws like `encodeHlnk`; path and etag bytes
@@ -340,7 +388,9 @@ export class HlnkDecoder {
    * on any input (only an exception from `onGarbage` can escape). */
   push(chunk: Uint8Array): HlnkFrame[] {
     const frames: HlnkFrame[] = [];
-    const buf = plainView(chunk);
+    // With views the payloads are views of the chunk anyway (`subarray` is a view for a Buffer
+    // too); only copies must not come from Buffer's aliasing `slice`.
+    const buf = this.#views ? chunk : plainView(chunk);
     const end = buf.byteLength;
     let pos = 0;
     while (pos < end) {
@@ -565,7 +615,7 @@ function readHead(buf: Uint8Array, pos: number, end: number, limits: Limits, tex
   if (etag === null) return bad(head, "etag_utf8");
   head.headLen = headLen;
   head.payloadLen = payloadLen;
-  head.seq = (BigInt(u32(buf, pos + 13)) << 32n) | BigInt(u32(buf, pos + 17));
+  head.seq = seqOf(u32(buf, pos + 13), u32(buf, pos + 17));
   head.path = path;
   head.etag = etag;
   return 0;
@@ -582,6 +632,12 @@ function readPartialHeader(buf: Uint8Array, pos: number, avail: number, limits: 
   if (avail >= 9 && u16(buf, pos + 7) > limits.etag) return bad(head, "etag_length");
   if (avail >= 13 && u32(buf, pos + 9) > limits.payload) return bad(head, "payload_length");
   return HLNK_HEADER_BYTES;
+}
+
+/** The 64-bit seq from its halves: one BigInt for the common small values, none for 0. */
+function seqOf(hi: number, lo: number): bigint {
+  if (hi === 0) return lo === 0 ? 0n : BigInt(lo);
+  return (BigInt(hi) << 32n) | BigInt(lo);
 }
 
 function bad(head: Head, reason: HlnkGarbageReason): -1 {
@@ -683,13 +739,31 @@ function plainView(bytes: Uint8Array): Uint8Array {
 }
 
 function writeHeader(out: Uint8Array, pathLen: number, etagLen: number, payloadLen: number, seq: bigint): void {
-  out.set(MAGIC, 0);
-  const view = new DataView(out.buffer, out.byteOffset, HLNK_HEADER_BYTES);
-  view.setUint8(4, HLNK_VERSION);
-  view.setUint16(5, pathLen);
-  view.setUint16(7, etagLen);
-  view.setUint32(9, payloadLen);
-  view.setBigUint64(13, seq);
+  const small = seq <= 0xffff_ffffn;
+  writeHeaderBytes(out, pathLen, etagLen, payloadLen, small ? 0 : Number(seq >> 32n), small ? Number(seq) : Number(seq & 0xffff_ffffn));
+}
+
+/** The 21-byte header, byte by byte (no DataView: one fewer object and buffer lookup per frame). */
+function writeHeaderBytes(out: Uint8Array, pathLen: number, etagLen: number, payloadLen: number, seqHi: number, seqLo: number): void {
+  out[0] = M0;
+  out[1] = M1;
+  out[2] = M2;
+  out[3] = M3;
+  out[4] = HLNK_VERSION;
+  out[5] = pathLen >>> 8;
+  out[6] = pathLen & 0xff;
+  out[7] = etagLen >>> 8;
+  out[8] = etagLen & 0xff;
+  putU32(out, 9, payloadLen);
+  putU32(out, 13, seqHi);
+  putU32(out, 17, seqLo);
+}
+
+function putU32(out: Uint8Array, at: number, value: number): void {
+  out[at] = value >>> 24;
+  out[at + 1] = (value >>> 16) & 0xff;
+  out[at + 2] = (value >>> 8) & 0xff;
+  out[at + 3] = value & 0xff;
 }
 
 function textBytes(text: string, what: "path" | "etag", limit: number): number {

@@ -24,7 +24,7 @@ import type { Socket } from "bun";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
-import { HlnkDecoder, type HlnkScratch, encodeHlnk, hlnkHeader } from "./hlnk.ts";
+import { HlnkDecoder, HlnkStreamEncoder, hlnkHeader } from "./hlnk.ts";
 import type { IpcStatus } from "./protocol.ts";
 import { type Delivery, Incoming, Outgoing, type SessionTable } from "./sessions.ts";
 import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
@@ -68,7 +68,7 @@ export class IpcChannel {
   #appsPaused = false;
   readonly #ins = new Set<Incoming>();
   #held: Uint8Array[] = [];
-  readonly #scratch: HlnkScratch = { buffer: new Uint8Array(0) };
+  readonly #frames = new HlnkStreamEncoder();
   #heldBytes = 0;
   #holdTimer: ReturnType<typeof setTimeout> | undefined;
   #holdingLink = false;
@@ -264,17 +264,16 @@ export class IpcChannel {
     this.counters.rxBytes += item.byteLength;
     const path = item.pth ?? this.spec.channel;
     const etag = item.etg ?? "";
-    const seq = BigInt(item.seq);
     if (this.#apps.size > 0 && item.byteLength <= SCRATCH_PAYLOAD_BYTES && item.parts === undefined) {
       // A small frame goes through one reused buffer: the socket takes it whole almost always,
       // and the outbox copies what it does not (no garbage per delivery, fewer collections).
-      const frame = encodeHlnk({ path, etag, seq, payload: item.pay }, undefined, this.#scratch);
+      const frame = this.#frames.encode(path, etag, item.seq, item.pay);
       for (const app of this.#apps) this.#writeApp(app, frame, true);
       return;
     }
     // A large one goes as its head, then its payload as it came (a view, or the views of the
     // reads it spanned): those bytes are never copied on the way to the applications.
-    const pieces = [hlnkHeader(encoder.encode(path), encoder.encode(etag), item.byteLength, seq), ...(item.parts ?? [item.pay])];
+    const pieces = [hlnkHeader(encoder.encode(path), encoder.encode(etag), item.byteLength, BigInt(item.seq)), ...(item.parts ?? [item.pay])];
     if (this.#apps.size > 0) {
       for (const app of this.#apps) for (const piece of pieces) this.#writeApp(app, piece, false);
       return;

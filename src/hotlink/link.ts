@@ -17,6 +17,7 @@
  * - It is the relay rung's `Transport` (transport.ts), shared by every session on it; it knows
  *   nothing of sessions (sessions.ts keeps them, in the daemon's `SessionTable`).
  */
+import { FRAME_HEADER_BYTES } from "../core/frame.ts";
 import type { Logger } from "../core/log.ts";
 import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
 import { RelaySocket, type RelayLinkMode } from "./framed-link.ts";
@@ -92,7 +93,10 @@ export class RelayLink implements Transport {
         const sock = ws as unknown as RelaySocket;
         this.#framed = sock.kind === "tcp";
         // The framed link says when its queue empties; the WebSocket is polled (whenWritable).
-        if (this.#framed) sock.ondrain = () => this.#check();
+        if (this.#framed) {
+          sock.ondrain = () => this.#check();
+          sock.onframe = (message) => this.#onBytes(message);
+        }
         ws.send(encodeMessage({ t: MessageType.Hello, v: PROTOCOL_VERSION, agt: "stoa" }));
       },
       onMessage: (data) => this.#onData(data),
@@ -160,12 +164,19 @@ export class RelayLink implements Transport {
   /**
    * Data built from checked values (sessions.ts): encoded without the schema pass, into one
    * buffer reused message after message (the client WebSocket's send() copies what it is given,
-   * measured: no allocation, page faults or garbage per message; the framed link writes it with
-   * the frame header the encoder put in front, and copies only what the socket did not take).
+   * measured: no allocation, page faults or garbage per message; on the framed link the encoder
+   * writes the frame header in front and the frame goes as it is, copied only where the socket
+   * did not take it).
    */
   sendData(message: DataMessage): boolean {
-    if (this.#ws === null || this.#welcome === null) return false;
-    return this.sendEncoded(encodeDataMessage(message, this.#welcome.mmb, this.#scratch, this.#framed));
+    const ws = this.#ws;
+    if (ws === null || this.#welcome === null) return false;
+    if (!this.#framed) return this.sendEncoded(encodeDataMessage(message, this.#welcome.mmb, this.#scratch));
+    const frame = encodeDataMessage(message, this.#welcome.mmb, this.#scratch, true);
+    if (!(ws as unknown as RelaySocket).sendFrame(frame)) return false;
+    this.messages.tx++;
+    this.messages.txBytes += frame.byteLength - FRAME_HEADER_BYTES;
+    return true;
   }
 
   sendEncoded(bytes: Uint8Array): boolean {
@@ -232,10 +243,15 @@ export class RelayLink implements Transport {
       this.#options.log.warn("the relay server sent a text frame; ignored");
       return;
     }
+    this.#onBytes(new Uint8Array(data));
+  }
+
+  /** One message from the relay, in a buffer of its own. */
+  #onBytes(data: Uint8Array): void {
     this.messages.rx++;
     this.messages.rxBytes += data.byteLength;
     // Data, the bulk of the traffic, without copying its payload (a message's buffer is fresh).
-    const fast = this.#welcome === null ? null : parseDataFast(new Uint8Array(data), this.#welcome.mmb);
+    const fast = this.#welcome === null ? null : parseDataFast(data, this.#welcome.mmb);
     if (fast !== null) {
       this.#options.onMessage(fast);
       return;

@@ -465,7 +465,9 @@ export function safeParseMessage(bytes: Uint8Array | ArrayBuffer, options: Codec
 /**
  * Encodes a Data message the caller built from values it already checked (its own sid and seq,
  * a declared channel's path, an etag from a decoded HLNK frame): `encodeMessage` without the
- * schema pass, for the sending hot path. Throws "too_large" over `maxBytes`.
+ * schema pass, for the sending hot path. Throws "too_large" over `maxBytes`. `framed`: the
+ * result is the whole length-delimited frame — its 4-byte header, then the message — for the
+ * framed relay link (framed-link.ts `RelaySocket.sendFrame`).
  */
 export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_BYTES, scratch?: EncodeScratch, framed = false): Uint8Array {
   return encodeData(message, maxBytes, scratch, framed ? FRAME_HEADER_BYTES : 0);
@@ -475,8 +477,6 @@ export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_B
  * A buffer `encodeDataMessage` may write into instead of allocating one per message; it grows
  * to the largest message seen. The result is then a view of it, valid until the next encode
  * with the same scratch: only for a consumer that copies at once (a WebSocket's send()).
- * `framed`: the message is preceded in its buffer by its length-delimited frame header
- * (core/frame.ts `framedView`), for the framed relay link (framed-link.ts).
  */
 export interface EncodeScratch {
   buffer: Uint8Array;
@@ -509,47 +509,57 @@ function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScra
   }
   // Every byte is written below (the size is exact), so no zero fill: that memset was a tenth
   // of a relay sender's CPU time.
-  let whole: Uint8Array;
+  let out: Uint8Array;
   if (scratch !== undefined && scratch.buffer.byteLength >= room + size) {
-    whole = scratch.buffer;
+    out = scratch.buffer;
   } else {
-    whole = uninitializedBytes(room + size);
-    if (scratch !== undefined) scratch.buffer = whole;
+    out = uninitializedBytes(room + size);
+    if (scratch !== undefined) scratch.buffer = out;
   }
-  if (room !== 0) writeFrameHeader(whole, 0, size);
-  const out = whole.subarray(room, room + size);
-  let at = 0;
-  const head = (major: number, value: number): void => {
-    at = writeHead(out, at, major, value);
-  };
-  const key = (name: string): void => {
-    head(MAJOR_TEXT, name.length);
-    for (let i = 0; i < name.length; i++) out[at++] = name.charCodeAt(i);
-  };
-  const text = (value: string, length: number): void => {
-    head(MAJOR_TEXT, length);
-    at += encoder.encodeInto(value, out.subarray(at, at + length)).written;
-  };
-  head(MAJOR_MAP, entries);
-  key("t");
-  head(MAJOR_UINT, MessageType.Data);
-  key("sid");
-  text(message.sid, sidLen);
-  key("seq");
-  head(MAJOR_UINT, message.seq);
+  if (room !== 0) writeFrameHeader(out, 0, size);
+  // Written at offsets into `out` by module-level helpers: no closures, no views per message.
+  let at = writeHead(out, room, MAJOR_MAP, entries);
+  at = writeKey(out, at, "t");
+  at = writeHead(out, at, MAJOR_UINT, MessageType.Data);
+  at = writeKey(out, at, "sid");
+  at = writeHead(out, at, MAJOR_TEXT, sidLen);
+  for (let i = 0; i < sidLen; i++) out[at++] = message.sid.charCodeAt(i);
+  at = writeKey(out, at, "seq");
+  at = writeHead(out, at, MAJOR_UINT, message.seq);
   if (message.pth !== undefined) {
-    key("pth");
-    text(message.pth, pthLen);
+    at = writeKey(out, at, "pth");
+    at = writeText(out, at, message.pth, pthLen);
   }
   if (message.etg !== undefined) {
-    key("etg");
-    text(message.etg, etgLen);
+    at = writeKey(out, at, "etg");
+    at = writeText(out, at, message.etg, etgLen);
   }
-  key("pay");
-  head(MAJOR_BYTES, payLen);
+  at = writeKey(out, at, "pay");
+  at = writeHead(out, at, MAJOR_BYTES, payLen);
   out.set(message.pay, at);
-  if (at + payLen !== size) throw new Error(`encodeData: wrote ${at + payLen} of ${size} bytes`); // a bug, never input
-  return out;
+  if (at + payLen !== room + size) throw new Error(`encodeData: wrote ${at + payLen - room} of ${size} bytes`); // a bug, never input
+  // With room, the result starts at the frame header: the framed link writes it as it is.
+  return out.byteLength === room + size ? out : out.subarray(0, room + size);
+}
+
+/** An ASCII key at `at`; returns the offset after it. */
+function writeKey(out: Uint8Array, at: number, name: string): number {
+  let i = writeHead(out, at, MAJOR_TEXT, name.length);
+  for (let k = 0; k < name.length; k++) out[i++] = name.charCodeAt(k);
+  return i;
+}
+
+/** A text of `length` UTF-8 bytes at `at`; returns the offset after it. */
+function writeText(out: Uint8Array, at: number, value: string, length: number): number {
+  const i = writeHead(out, at, MAJOR_TEXT, length);
+  let ascii = true;
+  for (let k = 0; k < value.length && ascii; k++) if (value.charCodeAt(k) > 0x7f) ascii = false;
+  if (ascii && value.length === length) {
+    for (let k = 0; k < length; k++) out[i + k] = value.charCodeAt(k);
+  } else {
+    encoder.encodeInto(value, out.subarray(i, i + length));
+  }
+  return i + length;
 }
 
 const encoder = new TextEncoder();
@@ -565,6 +575,13 @@ function headSize(value: number): number {
   if (value < 0x1_0000) return 3;
   if (value < 0x1_0000_0000) return 5;
   return 9;
+}
+
+function putU32(out: Uint8Array, at: number, value: number): void {
+  out[at] = value >>> 24;
+  out[at + 1] = (value >>> 16) & 0xff;
+  out[at + 2] = (value >>> 8) & 0xff;
+  out[at + 3] = value & 0xff;
 }
 
 function writeHead(out: Uint8Array, at: number, major: number, value: number): number {
@@ -584,18 +601,20 @@ function writeHead(out: Uint8Array, at: number, major: number, value: number): n
     out[at + 2] = value & 0xff;
     return at + 3;
   }
-  const view = new DataView(out.buffer, out.byteOffset + at, Math.min(9, out.byteLength - at));
   if (value < 0x1_0000_0000) {
     out[at] = type | 26;
-    view.setUint32(1, value);
+    putU32(out, at + 1, value);
     return at + 5;
   }
   out[at] = type | 27;
-  view.setBigUint64(1, BigInt(value));
+  putU32(out, at + 1, Math.floor(value / 0x1_0000_0000));
+  putU32(out, at + 5, value >>> 0);
   return at + 9;
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+/** `pay` of a Data parsed without its payload (`parseDataFast` with `withPay` false). */
+const NO_PAY = new Uint8Array(0);
 /** The last sid and path `parseDataFast` decoded and checked: a session's Data carries the same ones. */
 let lastGoodSid = "";
 let lastGoodPath = "";
@@ -669,16 +688,18 @@ const KEY_PAY = 0x706179;
  * among t, sid, seq, pth, etg, pay, each once, with shortest-form heads) and checks every field
  * as the schema would; anything else returns null and goes to `safeParseMessage`, which gives
  * the full checks and errors. `pay` is a VIEW of `bytes`: use it only when nobody reuses them
- * (a WebSocket message's buffer is fresh per message).
+ * (a WebSocket message's buffer is fresh per message). The message is `bytes` from `start` on
+ * (a framed link's frame with its header in front); `withPay` false: `pay` is empty, for a
+ * forwarder that needs the routing fields only (the relay), checked all the same.
  */
-export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): DataMessage | null {
+export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES, start = 0, withPay = true): DataMessage | null {
   const n = bytes.byteLength;
-  if (n > maxBytes || n < 2) return null;
-  const b0 = bytes[0] ?? 0;
+  if (n - start > maxBytes || n - start < 2) return null;
+  const b0 = bytes[start] ?? 0;
   if (b0 >> 5 !== MAJOR_MAP) return null;
   const entries = b0 & 0x1f;
   if (entries < 4 || entries > 6) return null;
-  cursor = 1;
+  cursor = start + 1;
   let t = -1;
   let sid: string | null = null;
   let seq = -1;
@@ -743,7 +764,7 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES): 
         if (pay !== null) return null;
         const len = fastHead(bytes, n, MAJOR_BYTES);
         if (len < 0 || cursor + len > n) return null;
-        pay = bytes.subarray(cursor, cursor + len);
+        pay = withPay ? bytes.subarray(cursor, cursor + len) : NO_PAY;
         cursor += len;
         break;
       }

@@ -52,6 +52,7 @@ import { Switchboard, type SwitchboardConn, type SwitchboardStats } from "./swit
 import { LINK_OFFER_HEADER, offerBody, serveFramedLinks } from "./framed-link.ts";
 import { loadUsers, parseAuthorization } from "./users.ts";
 import { urlHost } from "../core/endpoint.ts";
+import { FRAME_HEADER_BYTES } from "../core/frame.ts";
 
 /** Default buffered bytes for one receiver over which its senders are paused: a few 1 MiB
  * messages in flight keep a fast link busy; more only adds latency and memory. */
@@ -294,7 +295,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
           return { conn: board.createConn(auth.user, auth.token, remote) };
         },
         opened: (conn, link) => board.opened(conn, link),
-        message: (conn, data) => board.message(conn, data),
+        message: (conn, frame) => board.message(conn, frame, FRAME_HEADER_BYTES),
         drained: (conn) => board.drained(conn),
         closed: (conn, code, reason) => board.closed(conn, code, reason),
       });

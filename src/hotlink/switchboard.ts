@@ -44,7 +44,7 @@
 import { Buffer } from "node:buffer";
 import { StoaError, describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
-import type { Counter, Gauge, Registry } from "../core/metrics.ts";
+import type { Counter, CounterSeries, Gauge, Registry } from "../core/metrics.ts";
 import type { Acl } from "./acl.ts";
 import {
   type AcceptMessage,
@@ -79,6 +79,11 @@ const MAX_CLOSE_REASON_BYTES = 123;
 interface Link {
   /** >0: bytes sent; -1: queued behind earlier data; 0: dropped (Bun's buffer limit, or closed). */
   sendBinary(data: Uint8Array): number;
+  /**
+   * A framed link's: sends `frame` — a message with its 4-byte length header in front, as it
+   * came in on a framed link — as it is. Same answers as `sendBinary`.
+   */
+  sendFrame?(frame: Uint8Array): number;
   getBufferedAmount(): number;
   pause(): void;
   resume(): void;
@@ -205,6 +210,9 @@ export class Switchboard {
     paused: Gauge;
     refused: Counter;
   };
+  /** Hot series of #m (one addition per message). */
+  readonly #byType: (CounterSeries | undefined)[] = [];
+  readonly #bytesSeries: CounterSeries;
 
   constructor(options: SwitchboardOptions) {
     this.#acl = options.acl;
@@ -238,6 +246,7 @@ export class Switchboard {
         ["reason"],
       ),
     };
+    this.#bytesSeries = this.#m.bytes.series();
     // Both states from the start, so that a scrape shows 0 rather than nothing.
     this.#m.connections.inc({ state: "awaiting_hello" }, 0);
     this.#m.connections.inc({ state: "ready" }, 0);
@@ -300,10 +309,23 @@ export class Switchboard {
     this.#log.debug("connection open", { conn: conn.id, user: conn.user, remote: conn.remote });
   }
 
-  /** Bun's `message`. Never throws. */
-  message(conn: SwitchboardConn, data: string | Uint8Array): void {
+  /** The messages counter's series of type `t`, made on first use (one addition per message after). */
+  #typeSeries(t: number): CounterSeries {
+    let series = this.#byType[t];
+    if (series === undefined) {
+      series = this.#m.messages.series(TYPE_LABELS[t] ?? UNKNOWN_TYPE);
+      if (TYPE_LABELS[t] !== undefined) this.#byType[t] = series;
+    }
+    return series;
+  }
+
+  /**
+   * Bun's `message`, or a framed link's frame. Never throws. `at`: where the message starts in
+   * `data` (a frame's header length, or 0).
+   */
+  message(conn: SwitchboardConn, data: string | Uint8Array, at = 0): void {
     try {
-      this.#message(conn, data);
+      this.#message(conn, data, at);
     } catch (err) {
       this.#log.error("bug in the hotlink relay: closing the connection", { conn: conn.id, user: conn.user, error: describeError(err) });
       this.#fatal(conn, "internal", "the relay failed on this message; the connection is closed", CLOSE_INTERNAL);
@@ -378,22 +400,28 @@ export class Switchboard {
 
   // --- messages -------------------------------------------------------------------------
 
-  #message(conn: SwitchboardConn, data: string | Uint8Array): void {
+  #message(conn: SwitchboardConn, whole: string | Uint8Array, at: number): void {
     if (conn.state === "gone") return;
-    if (typeof data === "string") {
+    if (typeof whole === "string") {
       this.#fatal(conn, "decode", "text frames are not hotlink messages; send each message as one binary frame of CBOR", CLOSE_POLICY);
       return;
     }
-    // Data without copying its payload (it is forwarded as received anyway).
-    const fast = conn.state === "new" ? null : parseDataFast(data, this.#parseOptions.maxBytes);
-    const parsed = fast !== null ? ({ ok: true, value: fast } as const) : safeParseMessage(data, this.#parseOptions);
+    // Data: its routing fields only, no view of its payload (it is forwarded as received).
+    const fast = conn.state === "new" ? null : parseDataFast(whole, this.#parseOptions.maxBytes, at, false);
+    if (fast !== null) {
+      this.#typeSeries(MessageType.Data).inc();
+      this.#data(conn, fast, whole, at);
+      return;
+    }
+    const data = at === 0 ? whole : whole.subarray(at);
+    const parsed = safeParseMessage(data, this.#parseOptions);
     if (!parsed.ok) {
       const code = parsed.error.code;
       this.#fatal(conn, code === "too_large" || code === "decode" || code === "schema" ? code : "internal", parsed.error.message, code === "too_large" ? CLOSE_TOO_BIG : CLOSE_POLICY);
       return;
     }
     const msg = parsed.value;
-    this.#m.messages.inc(TYPE_LABELS[msg.t] ?? UNKNOWN_TYPE);
+    this.#typeSeries(msg.t).inc();
     if (conn.state === "new") {
       if (msg.t === MessageType.Hello) this.#hello(conn, msg.v, msg.agt);
       else this.#error(conn, "protocol", "send Hello first");
@@ -401,7 +429,7 @@ export class Switchboard {
     }
     switch (msg.t) {
       case MessageType.Data:
-        this.#data(conn, msg, data);
+        this.#data(conn, msg, data, 0);
         return;
       case MessageType.Open:
         this.#open(conn, msg);
@@ -537,7 +565,8 @@ export class Switchboard {
     }
   }
 
-  #data(conn: SwitchboardConn, msg: DataMessage, bytes: Uint8Array): void {
+  /** `bytes` from `at` on is the message (`at` > 0: a frame's header before it). */
+  #data(conn: SwitchboardConn, msg: DataMessage, bytes: Uint8Array, at: number): void {
     const s = this.#sessions.get(msg.sid);
     if (s === undefined) {
       this.#error(conn, "unknown_session", "no such session (it may have ended); open a new one", msg.sid);
@@ -555,11 +584,12 @@ export class Switchboard {
       this.#error(conn, "forbidden", `a Data pth must be the session's path ${s.pth} or below it; the message was not relayed`, msg.sid);
       return;
     }
+    const length = bytes.byteLength - at;
     for (const r of s.accepted) {
-      if (this.#send(conn, r, bytes)) {
+      if (this.#send(conn, r, bytes, at)) {
         this.#relayedMessages++;
-        this.#relayedBytes += bytes.byteLength;
-        this.#m.bytes.inc(bytes.byteLength);
+        this.#relayedBytes += length;
+        this.#bytesSeries.inc(length);
       }
     }
   }
@@ -711,12 +741,14 @@ export class Switchboard {
 
   /**
    * Sends `bytes` to `to`; `from` is the connection whose message caused it (null: the server's
-   * own), which `to`'s backpressure pauses. Returns whether the bytes were taken.
+   * own), which `to`'s backpressure pauses. Returns whether the bytes were taken. `at` > 0:
+   * the message starts there, after its frame header (it came in on a framed link); a framed
+   * link sends it as it is, a WebSocket the message alone.
    */
-  #send(from: SwitchboardConn | null, to: SwitchboardConn, bytes: Uint8Array): boolean {
+  #send(from: SwitchboardConn | null, to: SwitchboardConn, bytes: Uint8Array, at = 0): boolean {
     const link = to.link;
     if (to.state === "gone" || link === undefined) return false;
-    const status = link.sendBinary(bytes);
+    const status = at === 0 ? link.sendBinary(bytes) : link.sendFrame !== undefined ? link.sendFrame(bytes) : link.sendBinary(bytes.subarray(at));
     if (status === 0) {
       // Bun refused the message (its buffer limit, or the socket is closing): the receiver
       // cannot get this stream intact any more, so it leaves every session, with a reason.

@@ -59,14 +59,23 @@ describe("frame decoder fuzzing", () => {
         const maxBytes = rng.pick([0, rng.int(64), rng.int(500), 1000]);
         // keepHeader (the framed relay link's forwarder): the same frames, each after its own header.
         // lend: the same frames, valid until the next push (copied here at once).
+        // withHeader (the relay's decoder): the same frames, each handed out from its header on.
         const keepHeader = rng.int(2) === 0;
+        const withHeader = !keepHeader && rng.int(2) === 0;
         const lend = rng.int(3) === 0;
-        const decoder = new FrameDecoder({ maxBytes, keepHeader, preallocate: rng.int(2) === 0, lend });
+        const decoder = new FrameDecoder({ maxBytes, keepHeader, withHeader, preallocate: rng.int(2) === 0, lend });
         const frames: Uint8Array[] = [];
         let error: unknown = null;
         for (const chunk of split(rng, input)) {
           try {
-            for (const f of decoder.push(chunk)) {
+            for (const framed of decoder.push(chunk)) {
+              let f = framed;
+              if (withHeader) {
+                f = framed.subarray(4);
+                expect(framed).toEqual(encodeFrame(f));
+                frames.push(f.slice());
+                continue;
+              }
               if (keepHeader) expect(framedView(f)).toEqual(encodeFrame(f));
               if (!lend) {
                 expect(f.buffer.byteLength).toBe(f.byteLength + (keepHeader ? 4 : 0));

@@ -253,3 +253,27 @@ describe("repeated label objects (the relay counts every message with one consta
     expect(r.render()).toContain("stoa_bytes_total 30");
   });
 });
+
+describe("a counter's series handle (the relay's per-message counts)", () => {
+  test("counts into the same series as inc() with those labels, and renders with it", () => {
+    const r = new Registry();
+    const c = r.counter("stoa_msgs_total", "Messages.", ["type"]);
+    const data = c.series({ type: "data" });
+    for (let i = 0; i < 4; i++) data.inc();
+    data.inc(10);
+    c.inc({ type: "data" });
+    c.inc({ type: "open" });
+    const text = r.render();
+    expect(text).toContain('stoa_msgs_total{type="data"} 15');
+    expect(text).toContain('stoa_msgs_total{type="open"} 1');
+    const bytes = r.counter("stoa_bytes_total", "Bytes.").series();
+    bytes.inc(1234);
+    expect(r.render()).toContain("stoa_bytes_total 1234");
+  });
+
+  test("wrong labels are refused when the handle is made, not when it counts", () => {
+    const c = new Registry().counter("stoa_msgs_total", "Messages.", ["type"]);
+    expect(() => c.series({ kind: "data" })).toThrow(StoaError);
+    expect(() => c.series()).toThrow(StoaError);
+  });
+});

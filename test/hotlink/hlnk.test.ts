@@ -7,6 +7,7 @@ import {
   type HlnkFrameInput,
   type HlnkGarbageReason,
   HlnkDecoder,
+  HlnkStreamEncoder,
   MAX_HLNK_ETAG_BYTES,
   MAX_HLNK_PATH_BYTES,
   MAX_HLNK_PAYLOAD_BYTES,
@@ -430,5 +431,36 @@ describe("resynchronisation on garbage", () => {
       expect(frames.map((f) => f.seq)).toEqual([0n, 1n, 2n, 3n, 4n]);
       expect(decoder.skipped).toBe(fake.length + filler.length + 1);
     }
+  });
+});
+
+describe("a delivery stream's encoder (HlnkStreamEncoder)", () => {
+  test("writes what encodeHlnk writes, path and etag changing or not, seq up to 2^53-1", () => {
+    const r = prng(fuzzSeed(0x51e4));
+    const enc = new HlnkStreamEncoder();
+    const paths = ["alice/ipc", "alice/ipc/sub", "", "ålice/ünïcode/路径"];
+    const etags = ["", "e1", "ëtag"];
+    let seq = 0;
+    for (let i = 0; i < 500; i++) {
+      const path = r.int(4) === 0 ? (paths[r.int(paths.length)] ?? "") : (paths[0] ?? "");
+      const etag = r.int(4) === 0 ? (etags[r.int(etags.length)] ?? "") : "";
+      seq = r.int(20) === 0 ? Number.MAX_SAFE_INTEGER - r.int(10) : r.int(20) === 0 || seq === Number.MAX_SAFE_INTEGER ? 2 ** 32 + r.int(1000) : seq + 1;
+      const payload = r.bytes(r.int(3000));
+      const got = enc.encode(path, etag, seq, payload);
+      const want = encodeHlnk({ path, etag, seq: BigInt(seq), payload });
+      expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
+      expect(decodeHlnkOne(got).seq).toBe(BigInt(seq));
+    }
+  });
+
+  test("refuses what encodeHlnk refuses, and a seq that is not a whole number in range", () => {
+    const enc = new HlnkStreamEncoder({ maxPathBytes: 8, maxPayloadBytes: 4 });
+    expect(() => enc.encode("a/too/long/path", "", 1, new Uint8Array(1))).toThrow(StoaError);
+    expect(() => enc.encode("a", "", 1, new Uint8Array(5))).toThrow(StoaError);
+    expect(() => enc.encode("a", "", -1, new Uint8Array(1))).toThrow(StoaError);
+    expect(() => enc.encode("a", "", 1.5, new Uint8Array(1))).toThrow(StoaError);
+    expect(() => enc.encode("a", "", 2 ** 53, new Uint8Array(1))).toThrow(StoaError);
+    expect(() => enc.encode("a\ud800", "", 1, new Uint8Array(1))).toThrow(StoaError);
+    expect(decodeHlnkOne(enc.encode("a", "", 7, new Uint8Array(4))).path).toBe("a");
   });
 });

@@ -91,3 +91,31 @@ describe("encodeDataMessage into a reused buffer", () => {
     expect(grown).toBeLessThan(30); // grows with the largest message so far, not per message
   });
 });
+
+describe("the relay's reading of a framed Data", () => {
+  test("at an offset and without its payload: the same routing fields, every check kept", () => {
+    const r = prng(seed + 3);
+    for (let i = 0; i < 200; i++) {
+      const msg = { t: MessageType.Data, sid: "0123456789abcdef0123456789abcdef", seq: 1 + r.int(2 ** 31), pay: r.bytes(r.int(2000)), pth: r.int(2) === 0 ? undefined : "alice/p/q", etg: undefined } as const;
+      const frame = encodeDataMessage(msg, undefined, undefined, true);
+      // The framed form: its 4-byte big-endian length, then the message as encodeDataMessage writes it.
+      const length = ((frame[0] ?? 0) << 24) | ((frame[1] ?? 0) << 16) | ((frame[2] ?? 0) << 8) | (frame[3] ?? 0);
+      expect(length).toBe(frame.byteLength - 4);
+      expect(Buffer.from(frame.subarray(4)).equals(Buffer.from(encodeDataMessage(msg)))).toBe(true);
+      const full = parseDataFast(frame, undefined, 4);
+      const routing = parseDataFast(frame, undefined, 4, false);
+      expect(full?.pay).toEqual(msg.pay);
+      expect(routing?.pay.byteLength).toBe(0);
+      expect({ ...routing, pay: null }).toEqual({ ...full, pay: null });
+      // The limit is the message's, not the frame's.
+      expect(parseDataFast(frame, frame.byteLength - 4, 4, false)).not.toBeNull();
+      expect(parseDataFast(frame, frame.byteLength - 5, 4, false)).toBeNull();
+    }
+    // A bad sid is refused without the payload as with it.
+    const frame = encodeDataMessage({ t: MessageType.Data, sid: "0123456789abcdef0123456789abcdef", seq: 1, pay: new Uint8Array(3) }, undefined, undefined, true);
+    const at = Buffer.from(frame).indexOf("0123456789abcdef");
+    frame[at] = 0x2f; // "/"
+    expect(parseDataFast(frame, undefined, 4, false)).toBeNull();
+    expect(parseDataFast(frame, undefined, 4)).toBeNull();
+  });
+});
