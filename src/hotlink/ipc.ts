@@ -34,6 +34,9 @@ const PENDING_BYTES = 16 * 1024 * 1024;
 /** Payloads up to this size are framed for the applications in a reused buffer (larger ones go as their head, then themselves). */
 const SCRATCH_PAYLOAD_BYTES = 64 * 1024;
 const encoder = new TextEncoder();
+/** Outbox.write's options, one object each (not one per delivery). */
+const COPY = { copy: true } as const;
+const NO_COPY = { copy: false } as const;
 
 export interface IpcSpec {
   channel: string;
@@ -170,7 +173,7 @@ export class IpcChannel {
       if (max > 0 && f.payload.byteLength > max) {
         return this.#badApp(s, `it wrote a ${f.payload.byteLength}-byte payload; the relay server takes at most ${max} per frame`);
       }
-      this.#send({ pay: f.payload, pth: f.path, etg: f.etag });
+      this.#send(f.payload, f.path, f.etag);
     }
   }
 
@@ -180,22 +183,22 @@ export class IpcChannel {
     s.end();
   }
 
-  #send(frame: Pending): void {
+  #send(pay: Uint8Array, pth: string, etg: string): void {
     const out = this.#out;
     if (out !== null && out.state === "open" && this.#pending.length === 0) {
-      this.#transmit(out, frame);
+      this.#transmit(out, pay, pth, etg);
       return;
     }
-    this.#pending.push(frame);
-    this.#pendingBytes += frame.pay.byteLength;
+    this.#pending.push({ pay, pth, etg });
+    this.#pendingBytes += pay.byteLength;
     if (this.#pendingBytes > PENDING_BYTES) this.#pauseApps();
     if (out === null) this.#openOut();
   }
 
-  #transmit(out: Outgoing, frame: Pending): void {
-    out.send(frame.pay, frame.pth === this.spec.channel ? undefined : frame.pth, frame.etg === "" ? undefined : frame.etg);
+  #transmit(out: Outgoing, pay: Uint8Array, pth: string, etg: string): void {
+    out.send(pay, pth === this.spec.channel ? undefined : pth, etg === "" ? undefined : etg);
     this.counters.txFrames++;
-    this.counters.txBytes += frame.pay.byteLength;
+    this.counters.txBytes += pay.byteLength;
     if (out.busy) {
       this.#pauseApps();
       out.whenWritable(() => this.#resumeApps());
@@ -210,7 +213,7 @@ export class IpcChannel {
         const pending = this.#pending;
         this.#pending = [];
         this.#pendingBytes = 0;
-        for (const frame of pending) this.#transmit(out, frame);
+        for (const frame of pending) this.#transmit(out, frame.pay, frame.pth, frame.etg);
         if (!out.busy) this.#resumeApps();
       },
       ended: (reason, rejected) => {
@@ -300,7 +303,10 @@ export class IpcChannel {
 
   /** `copy`: `bytes` is the reused scratch buffer (what the socket does not take is copied). */
   #writeApp(app: App, bytes: Uint8Array, copy: boolean): void {
-    app.data.outbox?.write(bytes, { copy });
+    const outbox = app.data.outbox;
+    outbox?.write(bytes, copy ? COPY : NO_COPY);
+    // Taken whole with the link not held (every delivery, nearly): nothing to look at.
+    if (!this.#holdingLink && (outbox?.queued ?? 0) === 0) return;
     this.#updateLinkHold();
   }
 

@@ -86,6 +86,20 @@ export class ReorderBuffer<T extends Sized = Uint8Array> {
   }
 
   /**
+   * The common case without an array: true when `seq` is the one expected next and nothing is
+   * held — the frame is counted as delivered and the caller delivers it now; false otherwise
+   * (nothing changed: give it to `push`). Throws after a failure, as `push` does.
+   */
+  takeNext(seq: number, byteLength: number): boolean {
+    if (this.#failed !== undefined) throw this.#failed;
+    if (seq !== this.#next || this.#frames !== 0) return false;
+    this.#next = seq + 1;
+    this.#delivered++;
+    this.#deliveredBytes += byteLength;
+    return true;
+  }
+
+  /**
    * Takes one frame; returns the payloads now deliverable, in order (often just this one,
    * `[]` while waiting for a gap or for a duplicate). Throws on overflow — see the module header.
    */

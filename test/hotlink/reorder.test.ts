@@ -220,3 +220,19 @@ describe("bad input", () => {
     }
   });
 });
+
+describe("takeNext: the in-order case without an array", () => {
+  test("takes only the seq expected next with nothing held, and counts it as push would", () => {
+    const r = new ReorderBuffer({ maxFrames: 8, maxBytes: 1 << 20 });
+    expect(r.takeNext(1, 10)).toBe(true);
+    expect(r.takeNext(1, 10)).toBe(false); // a duplicate: for push to count
+    expect(r.takeNext(3, 10)).toBe(false); // ahead: for push to hold
+    expect(r.push(3, new Uint8Array(10))).toEqual([]);
+    expect(r.takeNext(2, 10)).toBe(false); // the gap's frame, but 3 is held: push delivers both
+    expect(r.push(2, new Uint8Array(10)).length).toBe(2);
+    expect(r.takeNext(4, 5)).toBe(true);
+    expect(r.nextSeq).toBe(5);
+    expect(r.delivered).toBe(4);
+    expect(r.deliveredBytes).toBe(35);
+  });
+});
