@@ -340,6 +340,7 @@ export async function dialDirect(
 
 /** The most a TLS record holds (RFC 8446 5.1): a frame up to this size goes as one write. */
 const ONE_RECORD_BYTES = 16 * 1024;
+const COPY = { copy: true } as const;
 
 /**
  * A dialled TLS connection as a `FramePipe` (transport.ts): frames and the hello go through one
@@ -348,6 +349,7 @@ const ONE_RECORD_BYTES = 16 * 1024;
 export class TlsPipe implements FramePipe {
   readonly #socket: Socket<undefined>;
   readonly #outbox: Outbox;
+  #scratch = new Uint8Array(0);
 
   /** `hello`: `encodeDirectHello(sid, tok)` for a connection `dialDirect` made, written before any frame. */
   constructor(socket: Socket<undefined>, hello?: Uint8Array) {
@@ -363,11 +365,13 @@ export class TlsPipe implements FramePipe {
       return;
     }
     // One write, one TLS record and one syscall for a small frame, not two of each: the copy
-    // costs less than either.
-    const frame = new Uint8Array(header.byteLength + payload.byteLength);
+    // costs less than either. Into one reused buffer: the outbox copies what the socket leaves.
+    const size = header.byteLength + payload.byteLength;
+    if (this.#scratch.byteLength < size) this.#scratch = new Uint8Array(Math.max(size, ONE_RECORD_BYTES + 1024));
+    const frame = this.#scratch.subarray(0, size);
     frame.set(header);
     frame.set(payload, header.byteLength);
-    this.#outbox.write(frame);
+    this.#outbox.write(frame, COPY);
   }
 
   get queued(): number {

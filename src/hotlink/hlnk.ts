@@ -232,17 +232,7 @@ export class HlnkStreamEncoder {
 
   /** Throws like `encodeHlnk`; `seq` must be a whole number from 0 to 2^53-1. */
   encode(path: string, etag: string, seq: number, payload: Uint8Array): Uint8Array {
-    if (path !== this.#path || this.#pathBytes.byteLength === 0) {
-      const length = textBytes(path, "path", this.#limits.path);
-      this.#pathBytes = length === 0 ? new Uint8Array(0) : encoder.encode(path);
-      this.#path = path;
-    }
-    if (etag !== this.#etag) {
-      textBytes(etag, "etag", this.#limits.etag);
-      this.#etagBytes = encoder.encode(etag);
-      this.#etag = etag;
-    }
-    if (!Number.isSafeInteger(seq) || seq < 0) throw new StoaError("schema", `HLNK seq must be a whole number from 0 to 2^53-1 here, got ${seq}`);
+    this.#texts(path, etag, seq);
     const payloadLen = payload.byteLength;
     checkPayload(payloadLen, this.#limits.payload);
     const pathLen = this.#pathBytes.byteLength;
@@ -256,6 +246,37 @@ export class HlnkStreamEncoder {
     if (etagLen > 0) out.set(this.#etagBytes, HLNK_HEADER_BYTES + pathLen);
     out.set(payload, headLen);
     return out.subarray(0, size);
+  }
+
+  /**
+   * Everything before a payload of `payloadLength` bytes (as `hlnkHeader` writes it), in a new
+   * buffer of its own (a writer may queue it): for a payload written after it as it is.
+   */
+  head(path: string, etag: string, seq: number, payloadLength: number): Uint8Array {
+    this.#texts(path, etag, seq);
+    checkPayload(payloadLength, this.#limits.payload);
+    const pathLen = this.#pathBytes.byteLength;
+    const etagLen = this.#etagBytes.byteLength;
+    const out = new Uint8Array(HLNK_HEADER_BYTES + pathLen + etagLen);
+    writeHeaderBytes(out, pathLen, etagLen, payloadLength, Math.floor(seq / 0x1_0000_0000), seq >>> 0);
+    if (pathLen > 0) out.set(this.#pathBytes, HLNK_HEADER_BYTES);
+    if (etagLen > 0) out.set(this.#etagBytes, HLNK_HEADER_BYTES + pathLen);
+    return out;
+  }
+
+  /** Checks and remembers the texts' UTF-8 when they changed; checks seq. */
+  #texts(path: string, etag: string, seq: number): void {
+    if (path !== this.#path || this.#pathBytes.byteLength === 0) {
+      const length = textBytes(path, "path", this.#limits.path);
+      this.#pathBytes = length === 0 ? new Uint8Array(0) : encoder.encode(path);
+      this.#path = path;
+    }
+    if (etag !== this.#etag) {
+      textBytes(etag, "etag", this.#limits.etag);
+      this.#etagBytes = encoder.encode(etag);
+      this.#etag = etag;
+    }
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new StoaError("schema", `HLNK seq must be a whole number from 0 to 2^53-1 here, got ${seq}`);
   }
 }
 

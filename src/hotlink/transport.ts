@@ -22,7 +22,7 @@
  */
 import type { Logger } from "../core/log.ts";
 import { AckReader } from "./direct-wire.ts";
-import { HlnkDecoder, hlnkHeader } from "./hlnk.ts";
+import { HlnkDecoder, HlnkStreamEncoder } from "./hlnk.ts";
 import { type DataMessage, MessageType } from "./protocol.ts";
 import type { PathCounters } from "./telemetry.ts";
 
@@ -214,17 +214,14 @@ function release(pay: Uint8Array): void {
 /** What an acknowledged slot of the retention array holds until the array is compacted. */
 const ACKNOWLEDGED: DataMessage = { t: MessageType.Data, sid: "", seq: 0, pay: new Uint8Array(0), pth: undefined, etg: undefined };
 
-const encoder = new TextEncoder();
-const NO_BYTES = new Uint8Array(0);
-
 /** The sender's side of a per-session path: frames out, acknowledgements in, retention. */
 export class PathSender implements Transport {
   /** Changes only on ICE, when the connection moves to another candidate pair (`moved`). */
   rung: Rung;
   readonly #pipe: FramePipe;
   readonly #pth: string;
-  /** The session's path as UTF-8, encoded once. */
-  readonly #pthBytes: Uint8Array;
+  /** Frame heads, with the last path's and etag's UTF-8 remembered. */
+  readonly #heads = new HlnkStreamEncoder();
   #counters: PathCounters;
   readonly #log: Logger;
   #retained: DataMessage[] = [];
@@ -248,7 +245,6 @@ export class PathSender implements Transport {
     this.rung = rung;
     this.#pipe = pipe;
     this.#pth = pth;
-    this.#pthBytes = encoder.encode(pth);
     this.#counters = counters;
     this.#log = log;
   }
@@ -282,8 +278,6 @@ export class PathSender implements Transport {
   sendData(message: DataMessage, owned = false): boolean {
     const pay = message.pay;
     if (owned && pay.byteLength >= RELEASE_MIN_BYTES && pay.byteOffset === 0 && pay.byteLength === pay.buffer.byteLength) this.#owned.add(message);
-    const path = message.pth === undefined ? this.#pthBytes : encoder.encode(message.pth);
-    const etag = message.etg === undefined || message.etg === "" ? NO_BYTES : encoder.encode(message.etg);
     // Retained first: a pipe that finds itself closed makes the session fall back from inside
     // writeFrame, and the fallback resends what is retained.
     if (this.#retainedHead >= this.#retained.length) this.#watchAcks();
@@ -291,7 +285,7 @@ export class PathSender implements Transport {
     this.#retainedBytes += pay.byteLength;
     this.#counters.txPackets++;
     this.#counters.txBytes += pay.byteLength;
-    this.#pipe.writeFrame(hlnkHeader(path, etag, pay.byteLength, BigInt(message.seq)), pay);
+    this.#pipe.writeFrame(this.#heads.head(message.pth ?? this.#pth, message.etg ?? "", message.seq, pay.byteLength), pay);
     return true;
   }
 

@@ -450,6 +450,11 @@ describe("a delivery stream's encoder (HlnkStreamEncoder)", () => {
       const want = encodeHlnk({ path, etag, seq: BigInt(seq), payload });
       expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
       expect(decodeHlnkOne(got).seq).toBe(BigInt(seq));
+      // head(): the same bytes before the payload, as hlnkHeader writes them, in a buffer of its own.
+      const head = enc.head(path, etag, seq, payload.byteLength);
+      expect(Buffer.from(head).equals(Buffer.from(hlnkHeader(new TextEncoder().encode(path), new TextEncoder().encode(etag), payload.byteLength, BigInt(seq))))).toBe(true);
+      expect(head.byteOffset).toBe(0);
+      expect(head.buffer.byteLength).toBe(head.byteLength);
     }
   });
 
