@@ -42,13 +42,17 @@
  * Passes, each a fresh copy of this script (`--inner`):
  *   relay, direct — loopback, daemons with `--direct off` and `--direct on` (TLS). Twice: every
  *           process pinned to CPU 0 (`taskset -c 0`; the figures the issue-5 and issue-17 goals
- *           refer to — a cross-CPU wake-up costs tens of µs here) and unpinned. Right after
- *           stoa's latency cases, in the same process (the same machine state), the floor of the
- *           path's shape: lib/chain-latency.ts, bare Bun pass-through processes with Unix sockets
- *           at both ends — app → unix → hop → TCP → hop → TCP → hop → unix → app for the relay,
- *           app → unix → hop ⇒ TLS ⇒ hop → unix → app for direct — with the same probe (1 KiB,
- *           one in flight, 3,000 warm-up, 2,000 measured) and the first 10 messages of each of
- *           --fresh new connections; shown beside stoa's with stoa ÷ chain. --mib MiB through
+ *           refer to — a cross-CPU wake-up costs tens of µs here) and unpinned. In the same
+ *           process, the floor of the path's shape: lib/chain-latency.ts `ChainRun`, bare Bun
+ *           pass-through processes with Unix sockets at both ends — app → unix → hop → TCP → hop
+ *           → TCP → hop → unix → app for the relay, app → unix → hop ⇒ TLS ⇒ hop → unix → app for
+ *           direct — with the same probe (1 KiB, one in flight, 3,000 warm-up, 2,000 measured)
+ *           and the first 10 messages of each of --fresh new connections; shown beside stoa's
+ *           with stoa ÷ chain. The chain is up and warmed before stoa's cases, and the 2,000
+ *           measured frames of each are taken in 10 alternating blocks of 200 (5 unmeasured
+ *           frames before each): the machine's speed drifts within a minute here, and measured
+ *           one after the other the ratio moved with it (1 KB ×2000 relay ÷ chain 0.98–1.85 in
+ *           five runs of one build). --mib MiB through
  *           the tunnel, and next to it the throughput ceiling of the shape measured in the same
  *           pass with bare Bun pass-through processes (lib/passthrough.ts): three plain TCP hops
  *           and the same over Bun's WebSocket for the relay, two hops with TLS between them for
@@ -111,7 +115,7 @@ import type { DaemonStatus } from "../../src/hotlink/protocol.ts";
 import type { SelectedPair } from "../../src/hotlink/rtc.ts";
 import { freePort, percentile, waitForPort } from "./lib/client.ts";
 import { IPC_CHANNEL, NatRig, TUNNEL_CHANNEL, natLabProblem } from "./lib/hotlink-nat.ts";
-import { type ChainLatency, FIRST as FIRST_FRAMES, SETTLE_AFTER_WARM_UP_MS, WARMUP as WARM_UP_FRAMES, chainLatency } from "./lib/chain-latency.ts";
+import { type ChainLatency, ChainRun, FIRST as FIRST_FRAMES, SETTLE_AFTER_WARM_UP_MS, WARMUP as WARM_UP_FRAMES, chainFigures } from "./lib/chain-latency.ts";
 import { adaptRuntimeThreads } from "../../src/core/runtime.ts";
 import { LatencyProbe, warmLatencyProbe } from "./lib/latency-probe.ts";
 import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, redeclareIpc, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
@@ -162,6 +166,10 @@ const CHANNEL = "alice/bench/ipc";
 const TUNNEL = "alice/bench/tunnel";
 /** Frames of the warm case the goals use (1 KB ×2000), and the bare chain's measured messages. */
 const LATENCY_N = 2000;
+/** The 1 KB ×2000 case and the bare chain's, in this many alternating blocks (see `latency`). */
+const INTERLEAVED_BLOCKS = 10;
+/** Unmeasured frames before each block. */
+const BLOCK_LEAD_IN = 5;
 const CASES: [string, number, number][] = [
   ["1 KB ×10", 1000, 10],
   ["10 KB ×10", 10_000, 10],
@@ -311,7 +319,7 @@ interface FreshSessions {
  * frames (so that the next one starts with the machine settled); `rungNow` after the cases.
  */
 async function latency(
-  aliceSock: string, bobSock: string, onRung: () => Promise<unknown>, rungNow: () => Promise<Rung | null>, fresh?: FreshSessions,
+  aliceSock: string, bobSock: string, onRung: () => Promise<unknown>, rungNow: () => Promise<Rung | null>, fresh?: FreshSessions, chain?: ChainRun,
 ): Promise<{ cases: CaseResult[]; rungAfter: Rung | null; fresh?: FreshResult }> {
   await warmLatencyProbe(CHANNEL);
   const probe = new LatencyProbe(CHANNEL);
@@ -331,7 +339,18 @@ async function latency(
       // Steady state, not the first large frames' allocations and compilation: 20 unmeasured first.
       for (let i = 0; i < 20; i++) await sendOne(size);
       const us: number[] = [];
-      for (let i = 0; i < n; i++) us.push((await sendOne(size)) / 1000);
+      if (chain !== undefined && n === LATENCY_N) {
+        // Blocks of stoa's frames and the bare chain's, taken in turn (the machine's speed drifts
+        // within a minute here: one after the other, the ratio measured the drift too); each
+        // block after a few unmeasured frames, for both alike (the other path ran meanwhile).
+        for (let b = 0; b < INTERLEAVED_BLOCKS; b++) {
+          for (let i = 0; i < BLOCK_LEAD_IN; i++) await sendOne(size);
+          for (let i = 0; i < n / INTERLEAVED_BLOCKS; i++) us.push((await sendOne(size)) / 1000);
+          await chain.block(n / INTERLEAVED_BLOCKS, BLOCK_LEAD_IN);
+        }
+      } else {
+        for (let i = 0; i < n; i++) us.push((await sendOne(size)) / 1000);
+      }
       cases.push(caseResult(name, us));
     }
     const rungAfter = await rungNow();
@@ -475,6 +494,7 @@ async function loopbackPass(path: string, mib: number): Promise<PassResult> {
   const dir = mkdtempSync("/tmp/hlb-");
   const runDir = join(dir, "run");
   const children: Proc[] = [];
+  let stopChain = async (): Promise<void> => {};
   const spawn = (name: string, argv: string[]) => {
     const child = new Proc(name, Bun.spawn(argv, { stdout: "pipe", stderr: "pipe", stdin: "ignore" }));
     children.push(child);
@@ -499,6 +519,9 @@ async function loopbackPass(path: string, mib: number): Promise<PassResult> {
     const linkOf = (await ls(runDir, "alice")).relay_link ?? "";
     if (linkOf !== (relayLink === "tcp" ? "tcp" : "ws")) throw new Error(`alice's relay link is ${JSON.stringify(linkOf)}, not ${relayLink}`);
     const shape = path === "relay" || path === "direct" ? path : null;
+    // The floor of the shape: up and warmed now, measured in blocks between stoa's (`latency`).
+    const chainRun = shape === null ? undefined : await ChainRun.start(shape);
+    stopChain = () => chainRun?.stop() ?? Promise.resolve();
     const aliceOut = async () => outgoing(await ls(runDir, "alice"), "ipc", CHANNEL);
     const { cases, rungAfter, fresh } = await latency(
       join(dir, "alice.sock"),
@@ -516,9 +539,15 @@ async function loopbackPass(path: string, mib: number): Promise<PassResult> {
           return out === null ? null : { sid: out.sid, rung: out.rung };
         },
       },
+      chainRun,
     );
-    // The floor of the shape's latency, right after stoa's: the same machine state.
-    const chain = shape === null ? undefined : await chainLatency(shape, LATENCY_N, wholeNumber("fresh", values.fresh));
+    let chain: ChainLatency | undefined;
+    if (chainRun !== undefined && shape !== null) {
+      const first = await chainRun.first(wholeNumber("fresh", values.fresh));
+      chain = { shape, warm: chainFigures(chainRun.warm), first10: chainFigures(first) };
+      await chainRun.stop();
+      stopChain = async () => {};
+    }
 
     // Tunnel throughput: bob's application connects first and counts, alice's writes once both
     // directions' sessions are on the rung.
@@ -558,6 +587,7 @@ async function loopbackPass(path: string, mib: number): Promise<PassResult> {
   } catch (err) {
     throw new Error(`${err instanceof Error ? err.message : String(err)}\n${children.map((c) => c.describe()).join("\n")}`);
   } finally {
+    await stopChain();
     for (const child of children) await child.stop();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -55,38 +55,90 @@ export interface ChainLatency {
   first10: LatencyFigures;
 }
 
-function figures(us: number[]): LatencyFigures {
+/** n, P50, P99 and max of `us` (nearest-rank-low). */
+export function chainFigures(us: number[]): LatencyFigures {
   const s = [...us].sort((a, b) => a - b);
   return { n: s.length, p50: percentile(s, 0.5), p99: percentile(s, 0.99), max: s[s.length - 1] ?? Number.NaN };
 }
 
-/** Measures the chain of `shape` (see the module header). */
-export async function chainLatency(shape: "relay" | "direct", count: number, fresh: number): Promise<ChainLatency> {
-  const dir = mkdtempSync("/tmp/hlb-chain-");
-  const sinkPath = join(dir, "out.sock");
-  const inPath = join(dir, "in.sock");
-  await warmLatencyProbe(CHANNEL);
-  const probe = new LatencyProbe(CHANNEL);
-  const sink = Bun.listen<undefined>({ unix: sinkPath, socket: { data: (_s, chunk) => probe.receive(chunk) } });
-  const chain = await passthroughChain(shape === "relay" ? 3 : 2, 0, { unixIn: inPath, unixOut: sinkPath, ...(shape === "direct" ? { tlsAfter: 1 } : {}) });
-  const us = async () => (await probe.one(SIZE)) / 1000;
-  try {
-    await probe.connect(inPath);
-    for (let i = 0; i < WARMUP; i++) await us();
-    await Bun.sleep(SETTLE_AFTER_WARM_UP_MS);
-    const warm: number[] = [];
-    for (let i = 0; i < count; i++) warm.push(await us());
+/**
+ * A chain of `shape` set up and warmed (`WARMUP` messages, `SETTLE_AFTER_WARM_UP_MS` idle), whose
+ * measured messages come in blocks: the hotlink benchmark interleaves them with stoa's, so that
+ * both see the machine in the same state (its speed drifts within a minute here).
+ */
+export class ChainRun {
+  readonly shape: "relay" | "direct";
+  readonly warm: number[] = [];
+  readonly #dir: string;
+  readonly #inPath: string;
+  readonly #probe: LatencyProbe;
+  readonly #sink: ReturnType<typeof Bun.listen<undefined>>;
+  readonly #chain: Awaited<ReturnType<typeof passthroughChain>>;
+
+  private constructor(shape: "relay" | "direct", dir: string, probe: LatencyProbe, sink: ReturnType<typeof Bun.listen<undefined>>, chain: Awaited<ReturnType<typeof passthroughChain>>) {
+    this.shape = shape;
+    this.#dir = dir;
+    this.#inPath = join(dir, "in.sock");
+    this.#probe = probe;
+    this.#sink = sink;
+    this.#chain = chain;
+  }
+
+  static async start(shape: "relay" | "direct"): Promise<ChainRun> {
+    const dir = mkdtempSync("/tmp/hlb-chain-");
+    await warmLatencyProbe(CHANNEL);
+    const probe = new LatencyProbe(CHANNEL);
+    const sink = Bun.listen<undefined>({ unix: join(dir, "out.sock"), socket: { data: (_s, chunk) => probe.receive(chunk) } });
+    const chain = await passthroughChain(shape === "relay" ? 3 : 2, 0, { unixIn: join(dir, "in.sock"), unixOut: join(dir, "out.sock"), ...(shape === "direct" ? { tlsAfter: 1 } : {}) });
+    const run = new ChainRun(shape, dir, probe, sink, chain);
+    try {
+      await probe.connect(run.#inPath);
+      for (let i = 0; i < WARMUP; i++) await run.#us();
+      await Bun.sleep(SETTLE_AFTER_WARM_UP_MS);
+    } catch (err) {
+      await run.stop();
+      throw err;
+    }
+    return run;
+  }
+
+  async #us(): Promise<number> {
+    return (await this.#probe.one(SIZE)) / 1000;
+  }
+
+  /** `count` measured messages, added to `warm`, after `leadIn` unmeasured ones. */
+  async block(count: number, leadIn = 0): Promise<void> {
+    for (let i = 0; i < leadIn; i++) await this.#us();
+    for (let i = 0; i < count; i++) this.warm.push(await this.#us());
+  }
+
+  /** The first `FIRST` messages of each of `fresh` new connections. */
+  async first(fresh: number): Promise<number[]> {
     const first: number[] = [];
     for (let c = 0; c < fresh; c++) {
-      await probe.connect(inPath);
-      for (let i = 0; i < FIRST; i++) first.push(await us());
+      await this.#probe.connect(this.#inPath);
+      for (let i = 0; i < FIRST; i++) first.push(await this.#us());
     }
-    probe.end();
-    return { shape, warm: figures(warm), first10: figures(first) };
+    return first;
+  }
+
+  async stop(): Promise<void> {
+    this.#probe.end();
+    await this.#chain.stop();
+    this.#sink.stop(true);
+    rmSync(this.#dir, { recursive: true, force: true });
+  }
+}
+
+/** Measures the chain of `shape` (see the module header): `count` messages in one block. */
+export async function chainLatency(shape: "relay" | "direct", count: number, fresh: number): Promise<ChainLatency> {
+  const run = await ChainRun.start(shape);
+  try {
+    await run.block(count);
+    const first = await run.first(fresh);
+    return { shape, warm: chainFigures(run.warm), first10: chainFigures(first) };
   } finally {
-    await chain.stop();
-    sink.stop(true);
-    rmSync(dir, { recursive: true, force: true });
+    await run.stop();
   }
 }
 
