@@ -24,3 +24,14 @@ export function copyBytes(bytes: Uint8Array): Uint8Array {
   out.set(bytes);
   return out;
 }
+
+/**
+ * `value` (0..2^32-1) as 4 big-endian bytes at `at`, byte by byte: no DataView, whose
+ * ArrayBuffer lookup costs more than the write (frame headers, HLNK and CBOR heads).
+ */
+export function putU32BE(out: Uint8Array, at: number, value: number): void {
+  out[at] = value >>> 24;
+  out[at + 1] = (value >>> 16) & 0xff;
+  out[at + 2] = (value >>> 8) & 0xff;
+  out[at + 3] = value & 0xff;
+}

@@ -18,7 +18,7 @@
  * list of chunk copies would cost an object per read: a peer trickling one byte per read could
  * make a 16 MiB frame cost over a gigabyte.)
  */
-import { copyBytes, uninitializedBytes } from "./bytes.ts";
+import { copyBytes, putU32BE, uninitializedBytes } from "./bytes.ts";
 import { StoaError } from "./errors.ts";
 
 /** Bytes in a frame header: a big-endian u32 payload length. */
@@ -41,15 +41,10 @@ interface FrameOptions {
 
 interface DecoderOptions extends FrameOptions {
   /**
-   * Each frame comes as a view that starts `FRAME_HEADER_BYTES` into a fresh buffer holding
-   * its header first, so a forwarder writes `framedView(frame)` — header and payload — in one
-   * write, without building the frame again. Off: each frame is its own buffer, offset 0.
-   */
-  keepHeader?: boolean;
-  /**
-   * Like `keepHeader`, but each frame comes with its header: the view starts at the 4-byte
-   * length, the payload `FRAME_HEADER_BYTES` into it. A forwarder writes it as it is, and reads
-   * the payload at that offset (no second view per frame).
+   * Each frame comes with its header: the view starts at the 4-byte length, the payload
+   * `FRAME_HEADER_BYTES` into it, so a forwarder writes it as it is — header and payload, one
+   * write, the frame not built again — and reads the payload at that offset. Off: each frame
+   * is the payload alone, its own buffer, offset 0.
    */
   withHeader?: boolean;
   /**
@@ -61,7 +56,7 @@ interface DecoderOptions extends FrameOptions {
   /**
    * Frames are lent, not given: each is valid only until the next `push` (or until the
    * caller's chunk is reused). A frame whole in one chunk is a view of that chunk (with
-   * `keepHeader`, when its header is in the same chunk); a split one is gathered into one of
+   * `withHeader`, when its header is in the same chunk); a split one is gathered into one of
    * two buffers the decoder keeps, whole-frame sized (implies `preallocate`). No allocation
    * and at most one copy per frame: for a forwarder that writes each frame before the next read
    * and copies whatever it must keep (the framed relay link's relay).
@@ -69,26 +64,9 @@ interface DecoderOptions extends FrameOptions {
   lend?: boolean;
 }
 
-/**
- * The frame around `payload` — header and payload as one view — when the 4 bytes before it in
- * its buffer hold its length (a `keepHeader` decoder's frames, an encoder that left room),
- * else null. Whatever the buffer's history, a non-null answer is a valid frame of `payload`.
- */
-export function framedView(payload: Uint8Array): Uint8Array | null {
-  const at = payload.byteOffset - FRAME_HEADER_BYTES;
-  if (at < 0) return null;
-  const n = payload.byteLength;
-  const b = new Uint8Array(payload.buffer, at, FRAME_HEADER_BYTES + n);
-  if (b[0] !== n >>> 24 || b[1] !== ((n >>> 16) & 0xff) || b[2] !== ((n >>> 8) & 0xff) || b[3] !== (n & 0xff)) return null;
-  return b;
-}
-
 /** Writes `length` as a frame header at `at` of `into`. */
 export function writeFrameHeader(into: Uint8Array, at: number, length: number): void {
-  into[at] = length >>> 24;
-  into[at + 1] = (length >>> 16) & 0xff;
-  into[at + 2] = (length >>> 8) & 0xff;
-  into[at + 3] = length & 0xff;
+  putU32BE(into, at, length);
 }
 
 /**
@@ -113,8 +91,8 @@ export function encodeFrame(payload: Uint8Array, options: FrameOptions = {}): Ui
  * Splits a byte stream into frames.
  *
  * `push` copies whatever it keeps, so the caller may reuse `chunk` as soon as `push` returns;
- * returned frames are fresh buffers the caller owns and may keep (with `keepHeader`, views of
- * fresh buffers that start with the frame's header). When the stream ends,
+ * returned frames are fresh buffers the caller owns and may keep (with `withHeader`, each
+ * with its header in front). When the stream ends,
  * `buffered > 0` means the peer stopped in the middle of a frame.
  * @example
  * const frames = new FrameDecoder({ maxBytes: 1 << 20 });
@@ -127,12 +105,10 @@ export function encodeFrame(payload: Uint8Array, options: FrameOptions = {}): Ui
  */
 export class FrameDecoder {
   readonly #maxBytes: number;
-  /** Bytes kept before each payload: the header with `keepHeader`, else 0. */
+  /** Bytes kept before each payload: the header with `withHeader`, else 0. */
   readonly #room: number;
   readonly #preallocate: boolean;
   readonly #lend: boolean;
-  /** `withHeader`: frames are handed out from their header on. */
-  readonly #whole: boolean;
   /** With `lend`: the two gather buffers, and which one the next split frame goes into. */
   readonly #spares: Uint8Array[] = [new Uint8Array(0), new Uint8Array(0)];
   #spare = 0;
@@ -147,8 +123,7 @@ export class FrameDecoder {
 
   constructor(options: DecoderOptions = {}) {
     this.#maxBytes = checkMaxBytes(options.maxBytes);
-    this.#whole = options.withHeader === true;
-    this.#room = options.keepHeader === true || this.#whole ? FRAME_HEADER_BYTES : 0;
+    this.#room = options.withHeader === true ? FRAME_HEADER_BYTES : 0;
     this.#lend = options.lend === true;
     this.#preallocate = options.preallocate === true || this.#lend;
   }
@@ -191,7 +166,7 @@ export class FrameDecoder {
         if (length > this.#maxBytes) this.#fail(length);
         this.#headerFill = 0;
         if (length === 0) {
-          frames.push(this.#room === 0 ? new Uint8Array(0) : this.#whole ? new Uint8Array(FRAME_HEADER_BYTES) : new Uint8Array(FRAME_HEADER_BYTES).subarray(FRAME_HEADER_BYTES));
+          frames.push(new Uint8Array(this.#room));
           continue;
         }
         this.#length = length;
@@ -207,8 +182,8 @@ export class FrameDecoder {
         break;
       }
       if (this.#lend && this.#fill === 0 && (this.#room === 0 || headerAt >= 0)) {
-        // Lent: the chunk's own bytes (its header right before them with keepHeader).
-        frames.push(this.#whole ? chunk.subarray(headerAt, offset + wanted) : chunk.subarray(offset, offset + wanted));
+        // Lent: the chunk's own bytes (from its header on, with withHeader).
+        frames.push(chunk.subarray(this.#room === 0 ? offset : headerAt, offset + wanted));
         offset += wanted;
         this.#length = -1;
         continue;
@@ -223,8 +198,7 @@ export class FrameDecoder {
         this.#payload.set(tail, this.#room + this.#fill);
         if (this.#room !== 0) writeFrameHeader(this.#payload, 0, this.#length);
         const whole = this.#room + this.#length;
-        const from = this.#whole ? 0 : this.#room;
-        frames.push(this.#payload.byteLength === whole && from === 0 ? this.#payload : this.#payload.subarray(from, whole));
+        frames.push(this.#payload.byteLength === whole ? this.#payload : this.#payload.subarray(0, whole));
         if (this.#lend) this.#spare ^= 1; // the next split frame goes into the other buffer
         this.#payload = new Uint8Array(0);
         this.#fill = 0;

@@ -522,7 +522,6 @@ export class FramedLink {
   readonly #maxFrameBytes: number;
   #closing = false;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
-  /** performance.now() of the last bytes read. */
   /** Reads so far (counted, not timed: no clock per read); the idle sweep notes when it changes. */
   reads = 0;
   /** The sweep's: `reads` when it last looked, and since when it has not changed. */
@@ -542,9 +541,9 @@ export class FramedLink {
     return this.#closing;
   }
 
+  /** A message (the relay's own, or one from a WebSocket): framed, then written. */
   sendBinary(data: Uint8Array): number {
     if (this.#closing) return 0;
-    // A frame that came in on a framed link goes out as it came: header and all, one write.
     if (!this.#out.write(frameOf(data))) return 0;
     return this.#out.queued > 0 ? -1 : data.byteLength;
   }

@@ -32,7 +32,7 @@
  * is one whole frame.
  */
 import { Buffer, isUtf8 } from "node:buffer";
-import { uninitializedBytes } from "../core/bytes.ts";
+import { putU32BE, uninitializedBytes } from "../core/bytes.ts";
 import { StoaError } from "../core/errors.ts";
 
 /** Bytes of the fixed header: magic 4 + version 1 + path_len 2 + etag_len 2 + payload_len 4 + seq 8. */
@@ -775,16 +775,9 @@ function writeHeaderBytes(out: Uint8Array, pathLen: number, etagLen: number, pay
   out[6] = pathLen & 0xff;
   out[7] = etagLen >>> 8;
   out[8] = etagLen & 0xff;
-  putU32(out, 9, payloadLen);
-  putU32(out, 13, seqHi);
-  putU32(out, 17, seqLo);
-}
-
-function putU32(out: Uint8Array, at: number, value: number): void {
-  out[at] = value >>> 24;
-  out[at + 1] = (value >>> 16) & 0xff;
-  out[at + 2] = (value >>> 8) & 0xff;
-  out[at + 3] = value & 0xff;
+  putU32BE(out, 9, payloadLen);
+  putU32BE(out, 13, seqHi);
+  putU32BE(out, 17, seqLo);
 }
 
 function textBytes(text: string, what: "path" | "etag", limit: number): number {

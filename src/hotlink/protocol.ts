@@ -178,7 +178,7 @@
  */
 import { Buffer } from "node:buffer";
 import { z } from "zod";
-import { uninitializedBytes } from "../core/bytes.ts";
+import { putU32BE, uninitializedBytes } from "../core/bytes.ts";
 import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { StoaError, describeError } from "../core/errors.ts";
@@ -577,13 +577,6 @@ function headSize(value: number): number {
   return 9;
 }
 
-function putU32(out: Uint8Array, at: number, value: number): void {
-  out[at] = value >>> 24;
-  out[at + 1] = (value >>> 16) & 0xff;
-  out[at + 2] = (value >>> 8) & 0xff;
-  out[at + 3] = value & 0xff;
-}
-
 function writeHead(out: Uint8Array, at: number, major: number, value: number): number {
   const type = major << 5;
   if (value < 24) {
@@ -603,12 +596,12 @@ function writeHead(out: Uint8Array, at: number, major: number, value: number): n
   }
   if (value < 0x1_0000_0000) {
     out[at] = type | 26;
-    putU32(out, at + 1, value);
+    putU32BE(out, at + 1, value);
     return at + 5;
   }
   out[at] = type | 27;
-  putU32(out, at + 1, Math.floor(value / 0x1_0000_0000));
-  putU32(out, at + 5, value >>> 0);
+  putU32BE(out, at + 1, Math.floor(value / 0x1_0000_0000));
+  putU32BE(out, at + 5, value >>> 0);
   return at + 9;
 }
 

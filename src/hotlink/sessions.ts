@@ -646,28 +646,26 @@ export class Incoming {
       parts === undefined
         ? { seq: message.seq, pay: message.pay, parts, pth: message.pth, etg: message.etg, byteLength: message.pay.byteLength }
         : { seq: message.seq, get pay() { return message.pay; }, parts, pth: message.pth, etg: message.etg, byteLength: message.length ?? 0 };
-    let ready: Delivery[];
+    // In order with nothing held (nearly always): `takeNext`, delivered now, no array.
+    let ready: Delivery[] | null = null;
     try {
-      if (this.#reorder.takeNext(message.seq, item.byteLength)) {
-        // In order with nothing held (nearly always): delivered now, no array.
-        this.#deliverOne(item, c);
-        if (this.#ended()) return;
-        this.#tls?.ack();
-        this.#ice?.ack();
-        this.#checkLast();
-        return;
-      }
-      ready = this.#reorder.push(message.seq, item);
+      if (!this.#reorder.takeNext(message.seq, item.byteLength)) ready = this.#reorder.push(message.seq, item);
     } catch (err) {
       this.close(describeError(err));
       return;
     }
-    for (const r of ready) {
-      this.#deliverOne(r, c);
-      if (this.#ended()) return; // the sink may end the session (e.g. over its hold bound)
+    // The sink may end the session (e.g. over its hold bound): nothing more after that.
+    if (ready === null) {
+      this.#deliverOne(item, c);
+      if (this.#ended()) return;
+    } else {
+      for (const r of ready) {
+        this.#deliverOne(r, c);
+        if (this.#ended()) return;
+      }
     }
     // Every path hears what was delivered: a frame from one can complete a gap another is waiting on.
-    if (ready.length > 0) {
+    if (ready === null || ready.length > 0) {
       this.#tls?.ack();
       this.#ice?.ack();
     }
