@@ -55,7 +55,10 @@ export default defineCommand({
     "by the pub_id in its first line (GET /pub/<pub_id> … or the raw prelude 'STOA1 <pub_id>') to\n" +
     "the publisher's Unix socket <run dir>/pub/<pub_id>/<kind>.sock (only a socket owned by the\n" +
     "gateway's own user, reached without following symlinks; anything else is 404), or to a target\n" +
-    "registered on the control socket <run dir>/gateway.sock. Starting a gateway on the ports and\n" +
+    "registered on the control socket <run dir>/gateway.sock. A publisher that also listens on\n" +
+    "<run dir>/pub/<pub_id>/handoff.sock (SOCK_SEQPACKET) is given each plain-TCP connection itself\n" +
+    "(SCM_RIGHTS, with the bytes read so far) and serves it directly; the gateway is then out of\n" +
+    "its data path (--handoff off: always proxy). Starting a gateway on the ports and\n" +
     "run dir of a running one takes over without dropping connections: the old one drains and exits.\n" +
     "GET /ready and GET /healthz on the ports are answered by the gateway itself. SIGHUP re-reads\n" +
     "the TLS files (checked as a pair; new connections get the new certificate on every worker,\n" +
@@ -78,6 +81,10 @@ export default defineCommand({
     dataPath: str("how routed bytes move: epoll (raw sockets in a splicer thread per worker) or bun (Bun's sockets; always used with TLS)", {
       default: "epoll",
       choices: ["epoll", "bun"],
+    }),
+    handoff: str("give a plain-TCP connection to its publisher when the publisher listens on <run dir>/pub/<pub_id>/handoff.sock (the gateway then leaves its data path), or always proxy", {
+      default: "on",
+      choices: ["on", "off"],
     }),
     metricsListen: str("serve Prometheus /metrics on this HOST:PORT", { placeholder: "host:port", schema: HostPort }),
     readyFile: str("once serving, write this file (JSON: pid, ports, listen, run dir) atomically; removed at exit", { placeholder: "file" }),
@@ -109,6 +116,7 @@ export default defineCommand({
       drainTimeoutMs: flags.drainTimeout,
       tls: flags.tlsCert && flags.tlsKey ? { cert: flags.tlsCert, key: flags.tlsKey } : undefined,
       dataPath: flags.dataPath,
+      handoff: flags.handoff === "on",
       log,
     });
     onShutdown("gateway", async () => {

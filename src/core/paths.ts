@@ -90,6 +90,14 @@ export function publisherSocketPath(runDir: string, pubId: string, kind: Kind): 
   return join(runDir, RUN_DIR_SUBTREES.publishers, pubId, `${kind}.sock`);
 }
 
+/**
+ * `<run_dir>/pub/<pub_id>/handoff.sock`: where a publisher that takes its connections over
+ * from the gateway listens (SOCK_SEQPACKET; gateway/handoff.ts). The caller has validated pub_id.
+ */
+export function publisherHandoffPath(runDir: string, pubId: string): string {
+  return join(runDir, RUN_DIR_SUBTREES.publishers, pubId, "handoff.sock");
+}
+
 /** `<run_dir>/hotlink/<user>.sock`: the control socket of `user`'s hotlink daemon. */
 export function hotlinkControlPath(runDir: string, user: string): string {
   return join(runDir, RUN_DIR_SUBTREES.hotlink, `${user}.sock`);

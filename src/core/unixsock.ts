@@ -116,6 +116,8 @@ async function probe(path: string, timeoutMs: number): Promise<ProbeResult> {
   } catch (err) {
     const code = errnoCode(err);
     if (code === "ECONNREFUSED") return "refused";
+    // A live socket of another type (a SOCK_SEQPACKET listener refuses a stream connect so).
+    if (code === "EPROTOTYPE") return "live";
     if (code === "ENOENT") return "gone";
     throw new StoaError(
       "io",

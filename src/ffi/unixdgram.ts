@@ -1,30 +1,12 @@
 /**
  * AF_UNIX datagram sockets through libc, for what Bun cannot do: `Bun.udpSocket` takes IP
  * addresses only (1.4.5). Used to send sd_notify messages (core/daemon.ts) and, in tests, to
- * receive them.
- *
- * `struct sockaddr_un` (sys/un.h): `sa_family_t sun_family` (u16, AF_UNIX) then
- * `char sun_path[108]`. A path address is NUL-terminated; an abstract one (`@name` in
- * NOTIFY_SOCKET) starts with a NUL and its length is exactly what is given.
+ * receive them. Addresses (`/path` or `@abstract`): sockets.ts `unixSockaddr`.
  */
 import { ptr } from "bun:ffi";
 import { describeError } from "../core/errors.ts";
+import { unixSockaddr as sockaddr } from "./sockets.ts";
 import { AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, errno, libc, strerror } from "./libc.ts";
-
-/** sizeof(sun_path). */
-const SUN_PATH_BYTES = 108;
-
-/** `address` (`/path` or `@abstract`) as a sockaddr_un and its length. */
-function sockaddr(address: string): { addr: Buffer; len: number } {
-  const abstract = address.startsWith("@");
-  const name = Buffer.from(abstract ? address.slice(1) : address, "utf8");
-  // A path needs room for its NUL; an abstract name has a leading NUL instead.
-  if (name.length + 1 > SUN_PATH_BYTES) throw new Error(`unix socket address too long (${name.length} bytes): ${address}`);
-  const addr = Buffer.alloc(2 + SUN_PATH_BYTES);
-  addr.writeUInt16LE(AF_UNIX, 0);
-  name.copy(addr, abstract ? 3 : 2);
-  return { addr, len: 2 + name.length + 1 };
-}
 
 /** Sends one datagram to `address`; returns null or what went wrong. Never throws. */
 export function sendUnixDatagram(address: string, data: Uint8Array): string | null {

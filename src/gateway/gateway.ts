@@ -73,6 +73,11 @@ export interface GatewayOptions {
    */
   dataPath?: DataPath;
   /**
+   * Give plain-TCP connections to publishers that listen on handoff.sock (handoff.ts; default
+   * true); false keeps the gateway in every connection's data path.
+   */
+  handoff?: boolean;
+  /**
    * Socket activation: serve on these inherited sockets (gateway/activation.ts) instead of
    * binding `listen` × `ports`, which are then ignored.
    */
@@ -136,6 +141,7 @@ const Options = z.object({
   tls: z.object({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
   takeOver: z.boolean().default(true),
   dataPath: z.enum(["epoll", "bun"]).default("epoll"),
+  handoff: z.boolean().default(true),
 });
 
 /**
@@ -194,6 +200,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       connectTimeoutMs: o.connectTimeoutMs,
       maxFirstLineBytes: MAX_FIRST_LINE_BYTES,
       dataPath: o.dataPath,
+      handoff: o.handoff,
     });
     if (previous !== null) {
       const answer = await controlRequest(

@@ -6,6 +6,9 @@
  *   line     bytes go to a `FirstLineParser`; an error is answered at once, and so is a
  *            health check (`GET /ready`, `GET /healthz`: protocol.ts)
  *   dialing  the client is paused; the target (explicit or conventional) is connected
+ *   handed   the publisher takes connections over (it listens on handoff.sock: handoff.ts), so
+ *            the client's socket itself was sent to it with the forwarded bytes; the gateway
+ *            holds nothing more of this connection
  *   spliced  both sockets were handed to the router's `FdSplicer` (core/fdsplice.ts): the data
  *            path runs on raw fds in the splicer's thread, starting with the forwarded bytes
  *   piping   the fallback data path (TLS, `dataPath: "bun"`, or anything unusual at hand-over):
@@ -30,6 +33,9 @@ import { libc } from "../ffi/libc.ts";
 import { dupFd } from "../ffi/sockets.ts";
 import { Pipe, pipeHandlers, type PipeEnd, type PipeStats, hasEarlyEvents } from "../core/pipe.ts";
 import { FirstLineParser } from "./firstline.ts";
+import { MAX_HANDOFF_PREFIX_BYTES, connectHandoff, encodeHandoff, sendHandoff } from "./handoff.ts";
+import { OwnedFd } from "../ffi/fdpass.ts";
+import { publisherHandoffPath } from "../core/paths.ts";
 import { HealthReporter, type HealthEvent } from "./health.ts";
 import {
   ERROR_LINGER_MS,
@@ -41,7 +47,7 @@ import {
   routeErrorResponse,
   type Target,
 } from "./protocol.ts";
-import { conventionalTargetProblem, type RouteTable } from "./routes.ts";
+import { conventionalTargetProblem, handoffTargetProblem, type RouteTable } from "./routes.ts";
 import { type RouterSnapshot, Tally } from "./stats.ts";
 import { urlHost } from "../core/endpoint.ts";
 
@@ -68,6 +74,8 @@ export interface RouterConfig {
    * "bun": through Bun's sockets (`Pipe`). TLS connections always take the Bun path.
    */
   dataPath: DataPath;
+  /** Hand plain-TCP connections to publishers that listen on handoff.sock (handoff.ts). */
+  handoff: boolean;
 }
 
 export type DataPath = "epoll" | "bun";
@@ -79,7 +87,7 @@ interface RouterHooks {
   onIdle(): void;
 }
 
-type Phase = "line" | "dialing" | "piping" | "spliced" | "rejecting";
+type Phase = "line" | "dialing" | "piping" | "spliced" | "handed" | "rejecting";
 
 /** Per-client state, in `socket.data`; a `PipeEnd` so the Pipe can find itself. */
 interface RouterConn extends PipeEnd {
@@ -403,7 +411,7 @@ export class Router {
     this.#conns.delete(sock);
     if (conn.refusedForFds) this.#lingeringRefusals--;
     // Handed over: the socket Bun closed is a second descriptor; the connection lives on.
-    if (conn.phase === "spliced") return;
+    if (conn.phase === "spliced" || conn.phase === "handed") return;
     if (conn.phase === "piping") conn.pipe?.onClose("a", err);
     conn.parser = null;
     conn.pending = null;
@@ -449,6 +457,7 @@ export class Router {
           if (this.#log.enabled("debug")) this.#log.debug("not a publisher socket", { kind, pub_id: pubId, problem });
           return this.#reject(sock, "unknown_pub_id", `no publisher "${pubId}" with a ${kind} endpoint on this host`);
         }
+        if (this.#handOff(sock, forward)) return;
       }
       const started = performance.now();
       let upstream: Socket<PipeEnd>;
@@ -511,6 +520,59 @@ export class Router {
       this.#log.error("routing failed unexpectedly", { kind, pub_id: pubId, err });
       sock.terminate();
     }
+  }
+
+  /**
+   * Gives the client's connection to the publisher when it takes hand-offs (handoff.ts); false
+   * (nothing changed) when it does not, or cannot now: the caller routes it as before. Runs
+   * before the first await of `#dial`, so nothing arrived after `forward`.
+   */
+  #handOff(sock: Client, forward: Uint8Array): boolean {
+    const conn = sock.data;
+    if (!this.#config.handoff || this.#config.tls !== null || conn.pending !== null) return false;
+    if (forward.byteLength > MAX_HANDOFF_PREFIX_BYTES) return false;
+    const { pubId, kind } = conn;
+    if (handoffTargetProblem(this.#config.runDir, pubId) !== null) return false;
+    const path = publisherHandoffPath(this.#config.runDir, pubId);
+    const link = connectHandoff(path);
+    if (typeof link === "string") {
+      if (this.#log.enabled("debug")) this.#log.debug("hand-off declined; proxying", { kind, pub_id: pubId, why: link });
+      return false;
+    }
+    try {
+      conn.phase = "handed"; // before takeSocketFd: Bun fires close() from inside it
+      const fd = takeSocketFd(sock);
+      if (fd < 0) {
+        // No descriptor for the copy (EMFILE) and Bun still holds the client: route it as before.
+        if (socketFd(sock) >= 0) {
+          conn.phase = "dialing";
+          return false;
+        }
+        this.#endHandoff(conn);
+        return true;
+      }
+      const client = new OwnedFd(fd, "a handed-off client connection");
+      const failed = sendHandoff(link, encodeHandoff({ kind, pubId, prefix: forward }), client);
+      client.close();
+      if (failed !== null) {
+        // The publisher went away between connect and send: this connection is lost with it.
+        this.#tally.handoffFailures++;
+        this.#log.warn("hand-off failed; the client's connection is closed", { kind, pub_id: pubId, why: failed });
+      } else {
+        this.#tally.handedOff++;
+        this.#tally.routedTo(kind, pubId);
+        if (this.#log.enabled("debug")) this.#log.debug("routed", { kind, pub_id: pubId, data_path: "handoff" });
+      }
+      this.#endHandoff(conn);
+      return true;
+    } finally {
+      link.close();
+    }
+  }
+
+  #endHandoff(conn: RouterConn): void {
+    this.#tally.open[conn.kind]--;
+    this.#checkIdle();
   }
 
   /**

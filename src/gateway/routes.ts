@@ -14,7 +14,7 @@
  */
 import { lstatSync, type Stats } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
-import { publisherDir, publishersDir, publisherSocketPath } from "../core/paths.ts";
+import { publisherDir, publisherHandoffPath, publishersDir, publisherSocketPath } from "../core/paths.ts";
 import { isValidPubId } from "../stream/names.ts";
 import { KINDS, type Kind, parseTarget, type Registration, type Target } from "./protocol.ts";
 import { errnoCode, describeError } from "../core/errors.ts";
@@ -109,6 +109,19 @@ export function conventionalTargetProblem(runDir: string, pubId: string, kind: K
     if (dir.uid !== uid) return `the publisher directory belongs to uid ${dir.uid}, not ${uid}`;
     const sock = lstatSync(publisherSocketPath(runDir, pubId, kind), { throwIfNoEntry: false });
     return socketProblem(sock, uid);
+  } catch (err) {
+    return `cannot inspect it (${errnoCode(err) || describeError(err)})`;
+  }
+}
+
+/**
+ * Whether a publisher takes connections over (gateway/handoff.ts): null when
+ * `<run_dir>/pub/<pub_id>/handoff.sock` is a real socket owned by `uid`, else why not. Asked
+ * after `conventionalTargetProblem` passed for the kind, which vouched for the directory.
+ */
+export function handoffTargetProblem(runDir: string, pubId: string, uid = PUBLISHER_UID): string | null {
+  try {
+    return socketProblem(lstatSync(publisherHandoffPath(runDir, pubId), { throwIfNoEntry: false }), uid);
   } catch (err) {
     return `cannot inspect it (${errnoCode(err) || describeError(err)})`;
   }

@@ -14,6 +14,10 @@
  *   stoa_gateway_upstream_connect_seconds{kind}    time to connect to a target
  *   stoa_gateway_spliced_connections_total         routed connections handed to the epoll data
  *       path (router.ts); the others went through Bun's sockets (TLS, --data-path bun)
+ *   stoa_gateway_handed_off_connections_total      routed connections given to the publisher
+ *       itself (handoff.ts): no bytes of theirs are counted above
+ *   stoa_gateway_handoff_failures_total            hand-offs that failed after connecting to the
+ *       publisher's handoff.sock (it went away meanwhile): those clients' connections were lost
  *   stoa_gateway_pub_connections_total{kind,pub_id} routed connections per publisher, for the
  *       first `MAX_PUB_ID_LABELS` pub_ids seen; later ones are counted under pub_id="_other", so
  *       a long-lived gateway with publishers coming and going cannot grow without bound.
@@ -46,6 +50,10 @@ export interface RouterSnapshot {
   connects: number;
   /** Connections handed to the epoll data path. */
   spliced: number;
+  /** Connections given to their publisher (handoff.ts). */
+  handedOff: number;
+  /** Hand-offs that failed once connected (each lost its client connection). */
+  handoffFailures: number;
   /** Since the previous snapshot: connect latencies in seconds, with their kinds. */
   latencies: { kind: Kind; seconds: number }[];
   /** Since the previous snapshot: routed connections per `kind\0pub_id`. */
@@ -62,6 +70,9 @@ export interface GatewayStats {
   upstreamConnects: number;
   /** Routed connections whose bytes moved on the epoll data path. */
   splicedConnections: number;
+  /** Routed connections given to their publisher (handoff.ts). */
+  handedOffConnections: number;
+  handoffFailures: number;
   routers: { router: number; accepted: number; open: number }[];
 }
 
@@ -75,6 +86,8 @@ export class Tally {
   readonly errors: Partial<Record<RouteError, number>> = {};
   connects = 0;
   spliced = 0;
+  handedOff = 0;
+  handoffFailures = 0;
   #latencies: { kind: Kind; seconds: number }[] = [];
   #routed = new Map<string, number>();
 
@@ -89,6 +102,11 @@ export class Tally {
   connected(kind: Kind, pubId: string, seconds: number): void {
     this.connects++;
     if (this.#latencies.length < MAX_LATENCY_SAMPLES) this.#latencies.push({ kind, seconds });
+    this.routedTo(kind, pubId);
+  }
+
+  /** One more connection routed to `pubId`'s `kind`. */
+  routedTo(kind: Kind, pubId: string): void {
     let k = `${kind}\u0000${pubId}`;
     if (!this.#routed.has(k) && this.#routed.size >= MAX_PUB_COUNTS) k = `${kind}\u0000${OTHER}`;
     this.#routed.set(k, (this.#routed.get(k) ?? 0) + 1);
@@ -105,6 +123,8 @@ export class Tally {
       errors: { ...this.errors },
       connects: this.connects,
       spliced: this.spliced,
+      handedOff: this.handedOff,
+      handoffFailures: this.handoffFailures,
       latencies: this.#latencies,
       routed: [...this.#routed],
     };
@@ -122,6 +142,8 @@ interface Series {
   connect: Histogram;
   pub: Counter;
   spliced: Counter;
+  handedOff: Counter;
+  handoffFailures: Counter;
 }
 
 /** Main-thread aggregation of router snapshots into Prometheus metrics and `GatewayStats`. */
@@ -159,6 +181,14 @@ export class GatewayMetrics {
         "stoa_gateway_spliced_connections_total",
         "Routed connections whose bytes moved on the epoll data path (the rest used Bun's sockets).",
       ),
+      handedOff: registry.counter(
+        "stoa_gateway_handed_off_connections_total",
+        "Routed connections given to the publisher itself (its handoff.sock); their bytes are not counted here.",
+      ),
+      handoffFailures: registry.counter(
+        "stoa_gateway_handoff_failures_total",
+        "Hand-offs that failed after connecting to the publisher's handoff.sock; each lost its client connection.",
+      ),
     };
   }
 
@@ -179,6 +209,10 @@ export class GatewayMetrics {
     }
     const splicedDelta = snap.spliced - (prev?.spliced ?? 0);
     if (splicedDelta > 0) s.spliced.inc({}, splicedDelta);
+    const handedDelta = snap.handedOff - (prev?.handedOff ?? 0);
+    if (handedDelta > 0) s.handedOff.inc({}, handedDelta);
+    const failedDelta = snap.handoffFailures - (prev?.handoffFailures ?? 0);
+    if (failedDelta > 0) s.handoffFailures.inc({}, failedDelta);
     for (const { kind, seconds } of snap.latencies) s.connect.observe({ kind }, seconds);
     for (const [k, n] of snap.routed) {
       const [kind = "service", pubId = OTHER] = k.split("\u0000");
@@ -208,6 +242,8 @@ export class GatewayMetrics {
       errors: {},
       upstreamConnects: 0,
       splicedConnections: 0,
+      handedOffConnections: 0,
+      handoffFailures: 0,
       routers: [],
     };
     for (const snap of this.#last.values()) {
@@ -223,6 +259,8 @@ export class GatewayMetrics {
       }
       out.upstreamConnects += snap.connects;
       out.splicedConnections += snap.spliced;
+      out.handedOffConnections += snap.handedOff;
+      out.handoffFailures += snap.handoffFailures;
       for (const [error, n] of Object.entries(snap.errors) as [RouteError, number][]) {
         out.errors[error] = (out.errors[error] ?? 0) + n;
       }

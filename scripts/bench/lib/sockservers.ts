@@ -4,11 +4,14 @@
  * with the client being timed:
  *   <dir>/pub/echo/service.sock  echoes every byte back (round-trip latency)
  *   <dir>/pub/sink/service.sock  counts bytes until the peer's FIN, answers the count as u64be, ends
+ * and each also takes connections over from a gateway on <dir>/pub/<name>/handoff.sock
+ * (src/gateway/handoff.ts), with the same handlers, for a gateway run with --handoff on.
  * (DIR is the gateway's run dir; the layout is src/core/paths.ts'.)
  * Prints "ready" on stdout once both listen; stops on SIGTERM/SIGINT, removing the sockets.
  */
 import { mkdirSync, rmSync } from "node:fs";
-import { publisherDir, publisherSocketPath } from "../../../src/core/paths.ts";
+import { publisherDir, publisherHandoffPath, publisherSocketPath } from "../../../src/core/paths.ts";
+import { serveHandoffs } from "../../../src/gateway/handoff.ts";
 
 const dir = process.argv[2];
 if (!dir) {
@@ -24,8 +27,18 @@ function listen(name: string, socket: Parameters<typeof Bun.listen<EchoState & {
   const path = publisherSocketPath(dir as string, name, "service");
   mkdirSync(publisherDir(dir as string, name), { recursive: true, mode: 0o700 });
   rmSync(path, { force: true });
+  rmSync(publisherHandoffPath(dir as string, name), { force: true });
+  handoffs.push(
+    serveHandoffs<EchoState & { count: number }>(publisherHandoffPath(dir as string, name), {
+      allowHalfOpen: true,
+      socket,
+      onRefused: (why) => console.error(`sockservers: ${name}: hand-off refused: ${why}`),
+    }),
+  );
   return Bun.listen<EchoState & { count: number }>({ unix: path, allowHalfOpen: true, socket, data: { pending: [], count: 0 } });
 }
+
+const handoffs: Promise<{ remove(): boolean }>[] = [];
 
 function flush(s: { write(b: Uint8Array): number; data: EchoState; resume(): void }): void {
   while (s.data.pending.length > 0) {
@@ -77,9 +90,11 @@ const sink = listen("sink", {
   },
 });
 
+const bound = await Promise.all(handoffs);
 const stop = () => {
   echo.stop(true);
   sink.stop(true);
+  for (const b of bound) b.remove();
   process.exit(0);
 };
 process.on("SIGTERM", stop);
