@@ -1,3 +1,5 @@
+import { ptr } from "bun:ffi";
+
 /**
  * Bytes without a zero fill, for a buffer the caller writes in full before anyone reads it (a
  * message encoded to its exact size, a payload gathered to its announced length). Its own
@@ -21,8 +23,53 @@ const ZERO_FILL_BELOW = 4096;
  */
 export function copyBytes(bytes: Uint8Array): Uint8Array {
   const out = uninitializedBytes(bytes.byteLength);
-  out.set(bytes);
+  copyInto(out, 0, bytes);
   return out;
+}
+
+/** Page size of the aliasing rule in `copyInto` (x86's 4 KiB store-to-load check). */
+const ALIAS_PAGE = 4096;
+/** A destination this few bytes ahead of the source, modulo `ALIAS_PAGE`, takes the slow copy. */
+const ALIAS_WINDOW = 64;
+/** Copies below this go straight to `set`: the slow case costs little on them. */
+const ALIAS_CHECKED_FROM = 1024;
+/** The bounce buffer's size: a copy goes through it in pieces of this many bytes. */
+const BOUNCE_BYTES = 64 * 1024;
+let bounce: Uint8Array | null = null;
+
+/**
+ * `dst.set(src, at)`, at full speed whatever the two addresses are. The engine's copy (rep movsb)
+ * runs 12–16× slower when the destination is 1–63 bytes ahead of the source modulo 4 KiB, each
+ * load waiting on the store before it (measured here: 64 KiB in 22 µs against 1.5 µs). That
+ * is no corner case on a data path: a frame's payload copied to offset 4 of a fresh buffer
+ * from a page-aligned socket chunk lands there. Such a copy goes through a bounce buffer placed
+ * half a page away from both: two fast copies instead of one slow one. `src` must not overlap
+ * `dst` (use `copyWithin` inside one buffer).
+ */
+export function copyInto(dst: Uint8Array, at: number, src: Uint8Array): void {
+  const n = src.byteLength;
+  if (n < ALIAS_CHECKED_FROM) {
+    dst.set(src, at);
+    return;
+  }
+  // set's own check, made before any piece below is written.
+  if (!(at >= 0 && at + n <= dst.byteLength)) throw new RangeError(`copyInto: ${n} bytes at ${at} do not fit ${dst.byteLength}`);
+  const from = ptr(src);
+  // `&` works on the low 32 bits, which hold the distance modulo a page.
+  const distance = (ptr(dst, at) - from) & (ALIAS_PAGE - 1);
+  if (distance === 0 || distance >= ALIAS_WINDOW) {
+    dst.set(src, at);
+    return;
+  }
+  bounce ??= new Uint8Array(BOUNCE_BYTES + ALIAS_PAGE);
+  // Half a page from the source (pieces start a whole number of pages into it, so one offset
+  // serves all), so half a page from the destination too.
+  const o = (from + ALIAS_PAGE / 2 - ptr(bounce)) & (ALIAS_PAGE - 1);
+  for (let done = 0; done < n; done += BOUNCE_BYTES) {
+    const size = Math.min(BOUNCE_BYTES, n - done);
+    bounce.set(src.subarray(done, done + size), o);
+    dst.set(bounce.subarray(o, o + size), at + done);
+  }
 }
 
 /**

@@ -18,7 +18,7 @@
  * list of chunk copies would cost an object per read: a peer trickling one byte per read could
  * make a 16 MiB frame cost over a gigabyte.)
  */
-import { copyBytes, putU32BE, uninitializedBytes } from "./bytes.ts";
+import { copyBytes, copyInto, putU32BE, uninitializedBytes } from "./bytes.ts";
 import { StoaError } from "./errors.ts";
 
 /** Bytes in a frame header: a big-endian u32 payload length. */
@@ -177,7 +177,7 @@ export class FrameDecoder {
       if (available < wanted) {
         // Copied, not kept as a view: the caller may reuse the chunk once we return.
         this.#reserve(this.#fill + available);
-        this.#payload.set(chunk.subarray(offset), this.#room + this.#fill);
+        copyInto(this.#payload, this.#room + this.#fill, chunk.subarray(offset));
         this.#fill += available;
         break;
       }
@@ -195,7 +195,7 @@ export class FrameDecoder {
         frames.push(copyBytes(tail));
       } else {
         this.#reserve(this.#length);
-        this.#payload.set(tail, this.#room + this.#fill);
+        copyInto(this.#payload, this.#room + this.#fill, tail);
         if (this.#room !== 0) writeFrameHeader(this.#payload, 0, this.#length);
         const whole = this.#room + this.#length;
         frames.push(this.#payload.byteLength === whole ? this.#payload : this.#payload.subarray(0, whole));
@@ -225,7 +225,7 @@ export class FrameDecoder {
     const capacity = room + (this.#preallocate ? this.#length : Math.min(this.#length, Math.max(needed, (this.#payload.byteLength - room) * 2, MIN_GATHER_BYTES)));
     // No zero fill: a frame is handed out only once every byte of it has been written.
     const grown = uninitializedBytes(capacity);
-    if (this.#fill > 0 || room > 0) grown.set(this.#payload.subarray(0, room + this.#fill));
+    if (this.#fill > 0 || room > 0) copyInto(grown, 0, this.#payload.subarray(0, room + this.#fill));
     this.#payload = grown;
   }
 

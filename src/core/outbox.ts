@@ -25,6 +25,7 @@
  * // the destination's drain:
  * if (out.flush()) source.resume();
  */
+import { copyBytes, copyInto } from "./bytes.ts";
 
 /** What an outbox needs of a socket; every Bun `Socket` has it. */
 interface OutboxSocket {
@@ -82,8 +83,8 @@ export class Outbox {
     }
     if (rest.byteLength === 0) return true;
     if (this.#queued + rest.byteLength > this.#cap) return false;
-    // `new Uint8Array(view)` copies; `slice()` would not for a Buffer (Bun's data event chunks).
-    this.#queue.push(options.copy === true ? new Uint8Array(rest) : rest);
+    // A copy of our own (`slice()` would not copy a Buffer, Bun's data event chunks).
+    this.#queue.push(options.copy === true ? copyBytes(rest) : rest);
     this.#queued += rest.byteLength;
     if (this.#queued > this.#highWater) this.#highWater = this.#queued;
     return true;
@@ -175,13 +176,13 @@ export class CopyingOutbox {
         this.#buf.copyWithin(0, this.#start, this.#end);
       } else {
         const grown = new Uint8Array(Math.max(queued + rest.byteLength, this.#buf.byteLength * 2));
-        grown.set(this.#buf.subarray(this.#start, this.#end));
+        copyInto(grown, 0, this.#buf.subarray(this.#start, this.#end));
         this.#buf = grown;
       }
       this.#start = 0;
       this.#end = queued;
     }
-    this.#buf.set(rest, this.#end);
+    copyInto(this.#buf, this.#end, rest);
     this.#end += rest.byteLength;
     if (this.queued > this.#highWater) this.#highWater = this.queued;
     return true;

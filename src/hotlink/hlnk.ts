@@ -32,7 +32,7 @@
  * is one whole frame.
  */
 import { Buffer, isUtf8 } from "node:buffer";
-import { putU32BE, uninitializedBytes } from "../core/bytes.ts";
+import { copyInto, putU32BE, uninitializedBytes } from "../core/bytes.ts";
 import { StoaError } from "../core/errors.ts";
 
 /** Bytes of the fixed header: magic 4 + version 1 + path_len 2 + etag_len 2 + payload_len 4 + seq 8. */
@@ -207,7 +207,7 @@ export function encodeHlnk(frame: HlnkFrameInput, limits?: HlnkLimits, scratch?:
   writeHeader(out, pathLen, etagLen, frame.payload.byteLength, frame.seq);
   if (pathLen > 0) encoder.encodeInto(frame.path, out.subarray(HLNK_HEADER_BYTES, HLNK_HEADER_BYTES + pathLen));
   if (etagLen > 0) encoder.encodeInto(etag, out.subarray(HLNK_HEADER_BYTES + pathLen, headLen));
-  out.set(frame.payload, headLen);
+  copyInto(out, headLen, frame.payload);
   return out;
 }
 
@@ -244,7 +244,7 @@ export class HlnkStreamEncoder {
     writeHeaderBytes(out, pathLen, etagLen, payloadLen, Math.floor(seq / 0x1_0000_0000), seq >>> 0);
     if (pathLen > 0) out.set(this.#pathBytes, HLNK_HEADER_BYTES);
     if (etagLen > 0) out.set(this.#etagBytes, HLNK_HEADER_BYTES + pathLen);
-    out.set(payload, headLen);
+    copyInto(out, headLen, payload);
     return out.subarray(0, size);
   }
 

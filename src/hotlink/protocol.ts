@@ -178,7 +178,7 @@
  */
 import { Buffer } from "node:buffer";
 import { z } from "zod";
-import { putU32BE, uninitializedBytes } from "../core/bytes.ts";
+import { copyInto, putU32BE, uninitializedBytes } from "../core/bytes.ts";
 import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { StoaError, describeError } from "../core/errors.ts";
@@ -536,7 +536,7 @@ function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScra
   }
   at = writeKey(out, at, "pay");
   at = writeHead(out, at, MAJOR_BYTES, payLen);
-  out.set(message.pay, at);
+  copyInto(out, at, message.pay);
   if (at + payLen !== room + size) throw new Error(`encodeData: wrote ${at + payLen - room} of ${size} bytes`); // a bug, never input
   // With room, the result starts at the frame header: the framed link writes it as it is.
   return out.byteLength === room + size ? out : out.subarray(0, room + size);
