@@ -56,7 +56,10 @@
  *           the tunnel, and next to it the throughput ceiling of the shape measured in the same
  *           pass with bare Bun pass-through processes (lib/passthrough.ts): three plain TCP hops
  *           and the same over Bun's WebSocket for the relay, two hops with TLS between them for
- *           direct.
+ *           direct; and both shapes again with lib/c-hop.c as the hops (C, poll(2), OpenSSL for
+ *           the TLS; built with the system compiler, left out with the reason where it cannot
+ *           be): the ceiling of any data plane of the shape, native included, with the same Bun
+ *           applications at the ends.
  *   ice-lo — loopback, `--direct ice`, no ICE servers: host candidates. Unpinned (libwebrtc
  *           runs its own threads), --ice-mib MiB.
  *   ice    — the NAT lab (lib/hotlink-nat.ts): alice and bob behind port-preserving NATs, the
@@ -119,7 +122,7 @@ import { type ChainLatency, ChainRun, FIRST as FIRST_FRAMES, SETTLE_AFTER_WARM_U
 import { adaptRuntimeThreads } from "../../src/core/runtime.ts";
 import { LatencyProbe, warmLatencyProbe } from "./lib/latency-probe.ts";
 import { type DirectMode, Proc, type Rung, accounts, cpuSeconds, daemonArgv, ls, outgoing, redeclareIpc, waitForRung, wallMs } from "./lib/hotlink-rig.ts";
-import { passthroughChain, wsChain } from "./lib/passthrough.ts";
+import { nativeChain, passthroughChain, wsChain } from "./lib/passthrough.ts";
 
 const PARTS = ["relay", "direct", "ice-lo", "ice", "turn", "ttfb", "bare"] as const;
 type Part = (typeof PARTS)[number];
@@ -254,6 +257,10 @@ interface PassResult {
   /** relay and direct only: bare pass-through processes of the same shape, MB/s. */
   floorMBps?: number;
   wsFloorMBps?: number | null;
+  /** relay and direct only: the same shape with lib/c-hop.c as the hops (OpenSSL for the TLS), MB/s — the floor of any data plane. */
+  cFloorMBps?: number;
+  /** Why the native floor was left out. */
+  cFloorSkipped?: string;
   ttfb?: TtfbResult[];
   /** NAT lab ice pass with bare: the bare data channel from alice's namespace to bob's, same NATs and STUN. */
   labBare?: BareResult;
@@ -447,16 +454,19 @@ async function stream(
  * (lib/passthrough.ts) — three plain hops like the relay path, or two with TLS between them
  * like the direct one — with no protocol at all.
  */
-async function floorMBps(path: string, bytes: number, overWebSocket = false): Promise<number> {
+async function floorMBps(path: string, bytes: number, hops: "bun" | "ws" | "c" = "bun"): Promise<number | { reason: string }> {
   const sink = Bun.listen<undefined>({
     hostname: "127.0.0.1",
     port: 0,
     socket: { data: (s, d) => handlers?.data(s, d), close: () => handlers?.end() },
   });
   let handlers: SinkHandlers | null = null;
-  const chain = overWebSocket
-    ? await wsChain(sink.port)
-    : await passthroughChain(path === "direct" ? 2 : 3, sink.port, path === "direct" ? { tlsAfter: 1 } : {});
+  const shape: [number, { tlsAfter?: number }] = path === "direct" ? [2, { tlsAfter: 1 }] : [3, {}];
+  const chain = hops === "ws" ? await wsChain(sink.port) : hops === "c" ? await nativeChain(shape[0], sink.port, shape[1]) : await passthroughChain(shape[0], sink.port, shape[1]);
+  if ("reason" in chain) {
+    sink.stop(true);
+    return chain;
+  }
   try {
     const { mbps } = await stream(bytes, chain.port, async (h) => {
       handlers = h;
@@ -580,8 +590,12 @@ async function loopbackPass(path: string, mib: number): Promise<PassResult> {
       ...(via === undefined ? {} : { via }), ...(fresh === undefined ? {} : { fresh }), ...(chain === undefined ? {} : { chain }),
     };
     if (path === "relay" || path === "direct") {
-      result.floorMBps = await floorMBps(path, bytes);
-      result.wsFloorMBps = path === "relay" ? await floorMBps(path, bytes, true) : null;
+      const mbps = (f: number | { reason: string }): number => (typeof f === "number" ? f : Number.NaN);
+      result.floorMBps = mbps(await floorMBps(path, bytes));
+      result.wsFloorMBps = path === "relay" ? mbps(await floorMBps(path, bytes, "ws")) : null;
+      const native = await floorMBps(path, bytes, "c");
+      if (typeof native === "number") result.cFloorMBps = native;
+      else result.cFloorSkipped = native.reason;
     }
     return result;
   } catch (err) {
@@ -957,6 +971,14 @@ function printDetail(label: string, title: string, r: PassResult | { skipped: st
     console.log(
       `  ceiling of this shape: ${r.floorMBps.toFixed(0)} MB/s — bare Bun pass-through processes, ` +
         (r.rung === "relay" ? "three plain hops" : "two hops with TLS between them") + ", no protocol",
+    );
+  }
+  if (r.cFloorMBps !== undefined || r.cFloorSkipped !== undefined) {
+    const what = r.rung === "relay" ? "three plain hops" : "two hops with OpenSSL TLS between them";
+    console.log(
+      r.cFloorMBps !== undefined
+        ? `  native ceiling of this shape: ${r.cFloorMBps.toFixed(0)} MB/s — lib/c-hop.c processes, ${what}, no protocol (the applications are still Bun)`
+        : `  native ceiling of this shape: left out — ${r.cFloorSkipped}`,
     );
   }
   if (r.wsFloorMBps !== undefined && r.wsFloorMBps !== null) {

@@ -10,6 +10,8 @@
  *            with the flow control a relay needs: the ceiling of any relay over Bun's WebSocket
  *            (client frames are masked, RFC 6455 5.3, and the server unmasks them)
  *   direct — two hops, TLS between them (application → alice ⇒ bob → application)
+ * `nativeChain` runs the same shapes with lib/c-hop.c as the hops (OpenSSL for the TLS): the
+ * floor of any data plane, not only a Bun one, with the same applications at the ends.
  *
  *   bun scripts/bench/lib/passthrough.ts --listen PORT|unix:PATH --to PORT|unix:PATH [--tls-in] [--tls-out]
  *   bun scripts/bench/lib/passthrough.ts --tcp-to-ws PORT --to WS_PORT
@@ -19,6 +21,9 @@
  * (a benchmark run under `taskset -c 0` pins them too).
  */
 import type { Socket, SocketHandler } from "bun";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Outbox } from "../../../src/core/outbox.ts";
 import { createSessionCertificate } from "../../../src/hotlink/cert.ts";
@@ -115,6 +120,61 @@ export async function passthroughChain(
       await Promise.all(children.map((c) => c.exited));
     },
   };
+}
+
+/** lib/c-hop.c built once per process, or why it cannot be. */
+let nativeHop: { bin: string } | { reason: string } | undefined;
+
+function buildNativeHop(): { bin: string } | { reason: string } {
+  if (nativeHop !== undefined) return nativeHop;
+  const cc = Bun.which("cc") ?? Bun.which("gcc");
+  if (cc === null) return (nativeHop = { reason: "no C compiler (cc or gcc) on PATH" });
+  const dir = mkdtempSync(join(tmpdir(), "stoa-c-hop-"));
+  const bin = join(dir, "c-hop");
+  const r = Bun.spawnSync([cc, "-O2", "-Wall", "-o", bin, join(import.meta.dir, "c-hop.c"), "-lssl", "-lcrypto"], { stdout: "pipe", stderr: "pipe" });
+  process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
+  if (r.exitCode === 0) return (nativeHop = { bin });
+  const first = r.stderr.toString().trim().split("\n")[0] ?? "";
+  return (nativeHop = { reason: `${cc} failed on lib/c-hop.c (OpenSSL's headers come with libssl-dev): ${first}` });
+}
+
+/** Why lib/c-hop.c cannot be built here, or null when it can. */
+export function nativeHopProblem(): string | null {
+  const built = buildNativeHop();
+  return "reason" in built ? built.reason : null;
+}
+
+/**
+ * `passthroughChain`'s shape with lib/c-hop.c for the hops (TCP ends only): the floor of any
+ * data plane of that shape, native included. Returns why not when it cannot be built.
+ */
+export async function nativeChain(
+  hops: number,
+  sinkPort: number,
+  options: { tlsAfter?: number } = {},
+): Promise<{ port: number; pids: number[]; stop: () => Promise<void> } | { reason: string }> {
+  const built = buildNativeHop();
+  if ("reason" in built) return built;
+  const ports = Array.from({ length: hops }, () => freePort());
+  const children: Bun.Subprocess<"ignore", "pipe", "inherit">[] = [];
+  const stop = async () => {
+    for (const c of children) c.kill("SIGTERM");
+    await Promise.all(children.map((c) => c.exited));
+  };
+  try {
+    for (let i = hops - 1; i >= 0; i--) {
+      const argv = [built.bin, "--listen", String(ports[i]), "--to", String(i === hops - 1 ? sinkPort : ports[i + 1])];
+      if (options.tlsAfter === i + 1) argv.push("--tls-out");
+      if (options.tlsAfter === i) argv.push("--tls-in");
+      const child = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+      children.push(child);
+      await untilReady(child, argv.slice(1).join(" "));
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { port: ports[0] ?? 0, pids: children.map((c) => c.pid), stop };
 }
 
 /** Waits for a child's "ready" line (a probe connection would take a client's place). */
