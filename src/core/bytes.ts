@@ -72,6 +72,17 @@ export function copyInto(dst: Uint8Array, at: number, src: Uint8Array): void {
   }
 }
 
+/** A new buffer of `length` bytes with `parts` one after another from its start (past their sum it is left unwritten). */
+export function joinBytes(parts: readonly Uint8Array[], length: number): Uint8Array {
+  const joined = uninitializedBytes(length);
+  let at = 0;
+  for (const part of parts) {
+    copyInto(joined, at, part);
+    at += part.byteLength;
+  }
+  return joined;
+}
+
 /**
  * `value` (0..2^32-1) as 4 big-endian bytes at `at`, byte by byte: no DataView, whose
  * ArrayBuffer lookup costs more than the write (frame headers, HLNK and CBOR heads).

@@ -18,7 +18,7 @@
  * list of chunk copies would cost an object per read: a peer trickling one byte per read could
  * make a 16 MiB frame cost over a gigabyte.)
  */
-import { copyBytes, copyInto, putU32BE, uninitializedBytes } from "./bytes.ts";
+import { copyBytes, copyInto, joinBytes, putU32BE, uninitializedBytes } from "./bytes.ts";
 import { StoaError } from "./errors.ts";
 
 /** Bytes in a frame header: a big-endian u32 payload length. */
@@ -62,7 +62,26 @@ interface DecoderOptions extends FrameOptions {
    * and copies whatever it must keep (the framed relay link's relay).
    */
   lend?: boolean;
+  /**
+   * The caller's chunks are fresh and nobody writes them after `push` (a Bun socket's data
+   * event): `pushViews` hands out views of them instead of copies — a frame whole in one chunk
+   * as one view, a frame that spans chunks as the views of each (`FrameParts`), which keep
+   * those chunks alive while they are held. No copy and no allocation per frame. A frame split
+   * over more than `MAX_FRAME_PARTS` reads is gathered into one buffer of its length instead
+   * (one copy; implies `preallocate`): a peer trickling a frame costs no object per read. Only
+   * for a peer already authenticated, whose frames `maxBytes` bounds; without `withHeader`.
+   */
+  views?: boolean;
 }
+
+/** A frame that spanned reads, as `pushViews` hands it out: views of each read, in order (`byteLength` bytes in all). */
+export interface FrameParts {
+  readonly parts: readonly Uint8Array[];
+  readonly byteLength: number;
+}
+
+/** `pushViews` gathers a frame into one buffer once it spans more reads than this. */
+export const MAX_FRAME_PARTS = 32;
 
 /** Writes `length` as a frame header at `at` of `into`. */
 export function writeFrameHeader(into: Uint8Array, at: number, length: number): void {
@@ -119,13 +138,18 @@ export class FrameDecoder {
   /** The split frame being gathered (after `#room` bytes): `#fill` bytes received, capacity <= `#room + #length` (a lent spare may be larger). */
   #payload: Uint8Array = new Uint8Array(0);
   #fill = 0;
+  readonly #views: boolean;
+  /** With `views`: the views of the split frame being received (empty while gathering by copy or between frames). */
+  #parts: Uint8Array[] = [];
   #failure: StoaError | null = null;
 
   constructor(options: DecoderOptions = {}) {
     this.#maxBytes = checkMaxBytes(options.maxBytes);
     this.#room = options.withHeader === true ? FRAME_HEADER_BYTES : 0;
     this.#lend = options.lend === true;
-    this.#preallocate = options.preallocate === true || this.#lend;
+    this.#views = options.views === true;
+    if (this.#views && (this.#room !== 0 || this.#lend)) throw new Error("FrameDecoder: views goes without withHeader and lend");
+    this.#preallocate = options.preallocate === true || this.#lend || this.#views;
   }
 
   /** Bytes received for the incomplete frame, header included. Memory held for it is at most
@@ -147,29 +171,12 @@ export class FrameDecoder {
     let headerAt = -1;
     while (offset < chunk.byteLength) {
       if (this.#length < 0) {
-        let length: number;
-        if (this.#headerFill === 0 && chunk.byteLength - offset >= FRAME_HEADER_BYTES) {
-          // The whole header in this chunk (the usual case): read in place, no view.
-          headerAt = offset;
-          length = (chunk[offset] ?? 0) * 0x100_0000 + ((chunk[offset + 1] ?? 0) << 16) + ((chunk[offset + 2] ?? 0) << 8) + (chunk[offset + 3] ?? 0);
-          offset += FRAME_HEADER_BYTES;
-        } else {
-          headerAt = -1;
-          const take = Math.min(FRAME_HEADER_BYTES - this.#headerFill, chunk.byteLength - offset);
-          for (let i = 0; i < take; i++) this.#header[this.#headerFill + i] = chunk[offset + i] ?? 0;
-          this.#headerFill += take;
-          offset += take;
-          if (this.#headerFill < FRAME_HEADER_BYTES) break;
-          const h = this.#header;
-          length = (h[0] ?? 0) * 0x100_0000 + ((h[1] ?? 0) << 16) + ((h[2] ?? 0) << 8) + (h[3] ?? 0);
-        }
-        if (length > this.#maxBytes) this.#fail(length);
-        this.#headerFill = 0;
-        if (length === 0) {
+        headerAt = this.#headerFill === 0 && chunk.byteLength - offset >= FRAME_HEADER_BYTES ? offset : -1;
+        offset = this.#readHeader(chunk, offset);
+        if (this.#length === 0) {
           frames.push(new Uint8Array(this.#room));
-          continue;
+          this.#length = -1;
         }
-        this.#length = length;
         continue;
       }
       const wanted = this.#length - this.#fill;
@@ -206,6 +213,82 @@ export class FrameDecoder {
       this.#length = -1;
     }
     return frames;
+  }
+
+  /**
+   * With `views`: like `push`, but each frame is a view of `chunk` (a frame whole in it) or
+   * `FrameParts` (a frame that spanned reads), nothing copied — see the `views` option. The
+   * chunks must stay unwritten while their frames are held.
+   */
+  pushViews(chunk: Uint8Array): (Uint8Array | FrameParts)[] {
+    if (!this.#views) throw new Error("FrameDecoder.pushViews: the decoder was made without views");
+    if (this.#failure !== null) throw this.#failure;
+    const frames: (Uint8Array | FrameParts)[] = [];
+    let offset = 0;
+    while (offset < chunk.byteLength) {
+      if (this.#length < 0) {
+        offset = this.#readHeader(chunk, offset);
+        if (this.#length === 0) {
+          frames.push(new Uint8Array(0));
+          this.#length = -1;
+        }
+        continue;
+      }
+      const take = Math.min(this.#length - this.#fill, chunk.byteLength - offset);
+      const view = chunk.subarray(offset, offset + take);
+      offset += take;
+      if (this.#fill === 0 && take === this.#length) {
+        frames.push(view);
+        this.#length = -1;
+        continue;
+      }
+      if (this.#payload.byteLength > 0) {
+        copyInto(this.#payload, this.#fill, view);
+      } else {
+        this.#parts.push(view);
+        if (this.#parts.length > MAX_FRAME_PARTS) {
+          // Trickled: gathered by copy from here on (its length, checked, taken once).
+          const gathered = joinBytes(this.#parts, this.#length);
+          this.#payload = gathered;
+          this.#parts = [];
+        }
+      }
+      this.#fill += take;
+      if (this.#fill < this.#length) continue;
+      if (this.#payload.byteLength > 0) frames.push(this.#payload);
+      else frames.push({ parts: this.#parts, byteLength: this.#length });
+      this.#payload = new Uint8Array(0);
+      this.#parts = [];
+      this.#fill = 0;
+      this.#length = -1;
+    }
+    return frames;
+  }
+
+  /**
+   * Reads (the rest of) a frame header from `chunk` at `offset`; returns the offset after what
+   * it took. Once the header is whole, `#length` is its length (checked against the limit),
+   * else it stays -1 and the chunk is used up.
+   */
+  #readHeader(chunk: Uint8Array, offset: number): number {
+    let length: number;
+    if (this.#headerFill === 0 && chunk.byteLength - offset >= FRAME_HEADER_BYTES) {
+      // The whole header in this chunk (the usual case): read in place, no view.
+      length = (chunk[offset] ?? 0) * 0x100_0000 + ((chunk[offset + 1] ?? 0) << 16) + ((chunk[offset + 2] ?? 0) << 8) + (chunk[offset + 3] ?? 0);
+      offset += FRAME_HEADER_BYTES;
+    } else {
+      const take = Math.min(FRAME_HEADER_BYTES - this.#headerFill, chunk.byteLength - offset);
+      for (let i = 0; i < take; i++) this.#header[this.#headerFill + i] = chunk[offset + i] ?? 0;
+      this.#headerFill += take;
+      offset += take;
+      if (this.#headerFill < FRAME_HEADER_BYTES) return offset;
+      const h = this.#header;
+      length = (h[0] ?? 0) * 0x100_0000 + ((h[1] ?? 0) << 16) + ((h[2] ?? 0) << 8) + (h[3] ?? 0);
+    }
+    if (length > this.#maxBytes) this.#fail(length);
+    this.#headerFill = 0;
+    this.#length = length;
+    return offset;
   }
 
   /** Grows the gather buffer to hold `needed` payload bytes (after `#room`); capacity never

@@ -42,7 +42,8 @@ import { describeError, listenError } from "../core/errors.ts";
 import { FdWatch } from "../core/fdguard.ts";
 import { overFdBudget } from "../core/fdlimit.ts";
 import { socketFd } from "../core/fdsplice.ts";
-import { FRAME_HEADER_BYTES, FrameDecoder, writeFrameHeader } from "../core/frame.ts";
+import { copyBytes, joinBytes } from "../core/bytes.ts";
+import { FRAME_HEADER_BYTES, FrameDecoder, type FrameParts, writeFrameHeader } from "../core/frame.ts";
 import type { Logger } from "../core/log.ts";
 import { CopyingOutbox } from "../core/outbox.ts";
 import { urlHost } from "../core/endpoint.ts";
@@ -177,10 +178,17 @@ export class RelaySocket implements SocketEvents {
   onmessage: ((event: { data: ArrayBuffer | string }) => void) | null = null;
   onerror: ((event: { message: string }) => void) | null = null;
   /**
-   * The framed link's messages as they are decoded — each its own fresh buffer, which the
-   * handler may keep — instead of `onmessage`'s ArrayBuffer (no wrapping per message).
+   * The framed link's messages as they are decoded — each a view of a read, which nobody
+   * writes again, so the handler may keep it — instead of `onmessage`'s ArrayBuffer (no
+   * wrapping per message).
    */
   onframe: ((message: Uint8Array) => void) | null = null;
+  /**
+   * With `onframe`: a message that spanned reads, as the views of each (core/frame.ts
+   * `FrameParts`, `byteLength` bytes in all), which the handler may keep; unset, such a message
+   * is joined and goes to `onframe`.
+   */
+  onparts: ((message: FrameParts) => void) | null = null;
   onclose: ((event: { code: number; reason: string }) => void) | null = null;
   binaryType = "arraybuffer";
   /** "tcp" once a framed connection carries it, "ws" once a WebSocket does, "" before. */
@@ -396,7 +404,8 @@ export class RelaySocket implements SocketEvents {
       }
       this.#authed = true;
       this.#status = null;
-      this.#decoder = new FrameDecoder({ maxBytes: CLIENT_MAX_FRAME_BYTES, preallocate: true });
+      // A Bun socket's chunks are fresh and never written again: messages are views of them.
+      this.#decoder = new FrameDecoder({ maxBytes: CLIENT_MAX_FRAME_BYTES, views: true });
       this.#state = RelaySocket.OPEN;
       this.onopen?.(new Event("open"));
       if (first.rest.byteLength === 0 || this.#state !== RelaySocket.OPEN) return;
@@ -404,17 +413,28 @@ export class RelaySocket implements SocketEvents {
     }
     const decoder = this.#decoder;
     if (decoder === null) return;
-    let frames: Uint8Array[];
+    let frames: (Uint8Array | FrameParts)[];
     try {
-      frames = decoder.push(chunk);
+      frames = decoder.pushViews(chunk);
     } catch (err) {
       this.onerror?.({ message: `the relay broke the framing: ${describeError(err)}` });
       sock.terminate();
       this.#finish(1002, "framing error");
       return;
     }
-    for (const frame of frames) {
+    for (let piece of frames) {
       if (this.#state !== RelaySocket.OPEN) return;
+      if (!(piece instanceof Uint8Array)) {
+        // Data, nearly always: its payload stays the views of the reads. A close frame, or any
+        // message without a handler for parts, is joined.
+        const onparts = this.onparts;
+        if (onparts !== null && this.onframe !== null && piece.parts[0]?.[0] !== CLOSE_FRAME_TAG) {
+          onparts(piece);
+          continue;
+        }
+        piece = joinBytes(piece.parts, piece.byteLength);
+      }
+      const frame = piece;
       const close = parseCloseFrame(frame);
       if (close !== null) {
         this.#state = RelaySocket.CLOSING;
@@ -426,8 +446,9 @@ export class RelaySocket implements SocketEvents {
         onframe(frame);
         continue;
       }
-      // A decoder's frame is its own buffer, whole: hand it over as one.
-      const data = frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength ? frame.buffer : frame.slice().buffer;
+      // A frame that is a whole buffer goes as it is; a view (of a read) as a copy of its own
+      // (not `slice`, which is a view of the same memory on a Buffer).
+      const data = frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength ? frame.buffer : copyBytes(frame).buffer;
       this.onmessage?.({ data: data as ArrayBuffer });
     }
   }

@@ -32,7 +32,7 @@
  * is one whole frame.
  */
 import { Buffer, isUtf8 } from "node:buffer";
-import { copyInto, putU32BE, uninitializedBytes } from "../core/bytes.ts";
+import { copyInto, joinBytes, putU32BE, uninitializedBytes } from "../core/bytes.ts";
 import { StoaError } from "../core/errors.ts";
 
 /** Bytes of the fixed header: magic 4 + version 1 + path_len 2 + etag_len 2 + payload_len 4 + seq 8. */
@@ -143,20 +143,9 @@ class PartsFrame implements HlnkFrame {
   }
 
   get payload(): Uint8Array {
-    this.#joined ??= joinParts(this.parts, this.payloadLength);
+    this.#joined ??= joinBytes(this.parts, this.payloadLength);
     return this.#joined;
   }
-}
-
-/** One new buffer holding `parts` one after another (`length` bytes in all). */
-function joinParts(parts: readonly Uint8Array[], length: number): Uint8Array {
-  const out = uninitializedBytes(length);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.byteLength;
-  }
-  return out;
 }
 
 interface Limits {

@@ -17,11 +17,12 @@
  * - It is the relay rung's `Transport` (transport.ts), shared by every session on it; it knows
  *   nothing of sessions (sessions.ts keeps them, in the daemon's `SessionTable`).
  */
-import { FRAME_HEADER_BYTES } from "../core/frame.ts";
+import { joinBytes } from "../core/bytes.ts";
+import { FRAME_HEADER_BYTES, type FrameParts } from "../core/frame.ts";
 import type { Logger } from "../core/log.ts";
 import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
 import { RelaySocket, type RelayLinkMode } from "./framed-link.ts";
-import type { Transport } from "./transport.ts";
+import type { PathData, Transport } from "./transport.ts";
 import { formatAuthorization } from "./users.ts";
 import {
   type HotlinkMessage,
@@ -96,6 +97,7 @@ export class RelayLink implements Transport {
         if (this.#framed) {
           sock.ondrain = () => this.#check();
           sock.onframe = (message) => this.#onBytes(message);
+          sock.onparts = (message) => this.#onParts(message);
         }
         ws.send(encodeMessage({ t: MessageType.Hello, v: PROTOCOL_VERSION, agt: "stoa" }));
       },
@@ -244,6 +246,41 @@ export class RelayLink implements Transport {
       return;
     }
     this.#onBytes(new Uint8Array(data));
+  }
+
+  /**
+   * A message from the relay that spanned the link's reads: a Data whose fields lie in the first
+   * read goes on as `PathData` with its payload the views of the reads (never joined on the way
+   * to a tunnel or an IPC application); anything else is joined and read as one.
+   */
+  #onParts(message: FrameParts): void {
+    const { parts, byteLength } = message;
+    const first = parts[0];
+    const head = this.#welcome === null || first === undefined ? null : parseDataFast(first, this.#welcome.mmb, 0, true, byteLength);
+    if (head === null) {
+      this.#onBytes(joinBytes(parts, byteLength));
+      return;
+    }
+    this.messages.rx++;
+    this.messages.rxBytes += byteLength;
+    const pieces = head.pay.byteLength > 0 ? [head.pay, ...parts.slice(1)] : parts.slice(1);
+    let length = 0;
+    for (const p of pieces) length += p.byteLength;
+    let joined: Uint8Array | null = null;
+    const data: PathData = {
+      t: MessageType.Data,
+      sid: head.sid,
+      seq: head.seq,
+      get pay() {
+        joined ??= joinBytes(pieces, length);
+        return joined;
+      },
+      pth: head.pth,
+      etg: head.etg,
+      parts: pieces,
+      length,
+    };
+    this.#options.onMessage(data);
   }
 
   /** One message from the relay, in a buffer of its own. */

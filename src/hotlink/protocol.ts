@@ -683,11 +683,16 @@ const KEY_PAY = 0x706179;
  * the full checks and errors. `pay` is a VIEW of `bytes`: use it only when nobody reuses them
  * (a WebSocket message's buffer is fresh per message). The message is `bytes` from `start` on
  * (a framed link's frame with its header in front); `withPay` false: `pay` is empty, for a
- * forwarder that needs the routing fields only (the relay), checked all the same.
+ * forwarder that needs the routing fields only (the relay), checked all the same. `total` ≥ 0:
+ * `bytes` holds only the message's first bytes (from `start`) and the message is `total` bytes
+ * long (a frame that spanned reads); every field but the payload must lie in them, the payload
+ * must be the last and run to the message's end, and `pay` is its first piece, up to the end
+ * of `bytes`. Else null (the caller joins the pieces and asks again).
  */
-export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES, start = 0, withPay = true): DataMessage | null {
+export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES, start = 0, withPay = true, total = -1): DataMessage | null {
   const n = bytes.byteLength;
-  if (n - start > maxBytes || n - start < 2) return null;
+  const size = total < 0 ? n - start : total;
+  if (size > maxBytes || size < 2 || n - start > size) return null;
   const b0 = bytes[start] ?? 0;
   if (b0 >> 5 !== MAJOR_MAP) return null;
   const entries = b0 & 0x1f;
@@ -756,9 +761,16 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES, s
       case KEY_PAY: {
         if (pay !== null) return null;
         const len = fastHead(bytes, n, MAJOR_BYTES);
-        if (len < 0 || cursor + len > n) return null;
-        pay = withPay ? bytes.subarray(cursor, cursor + len) : NO_PAY;
-        cursor += len;
+        if (len < 0) return null;
+        if (total < 0) {
+          if (cursor + len > n) return null;
+          pay = withPay ? bytes.subarray(cursor, cursor + len) : NO_PAY;
+          cursor += len;
+          break;
+        }
+        if (i !== entries - 1 || cursor - start + len !== total) return null;
+        pay = withPay ? bytes.subarray(cursor) : NO_PAY;
+        cursor = n;
         break;
       }
       default:

@@ -637,11 +637,12 @@ export class Incoming {
   onData(message: PathData, direct = false): void {
     if (this.state === "closed") return;
     const c = this.#table.counters;
+    const parts = message.parts;
     if (!direct) {
       c.relay.rxPackets++;
-      c.relay.rxBytes += message.pay.byteLength;
+      // Not `pay` of a payload in parts: reading it would join them.
+      c.relay.rxBytes += parts === undefined ? message.pay.byteLength : (message.length ?? 0);
     }
-    const parts = message.parts;
     const item: Delivery =
       parts === undefined
         ? { seq: message.seq, pay: message.pay, parts, pth: message.pth, etg: message.etg, byteLength: message.pay.byteLength }

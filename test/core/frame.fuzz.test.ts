@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { StoaError } from "../../src/core/errors.ts";
-import { FrameDecoder, encodeFrame } from "../../src/core/frame.ts";
+import { type FrameParts, FrameDecoder, MAX_FRAME_PARTS, encodeFrame } from "../../src/core/frame.ts";
 import { type Prng, fuzzSeed, mutate, prng } from "../helpers/prng.ts";
 
 const ITERATIONS = 100_000;
@@ -99,5 +99,68 @@ describe("frame decoder fuzzing", () => {
     }
     expect(failures).toBeGreaterThan(1000);
     expect(failures).toBeLessThan(ITERATIONS - 1000);
+  }, FUZZ_TIMEOUT_MS);
+
+  test(`${ITERATIONS / 2} streams through pushViews in fresh chunks: the same frames, views only, the chunks never copied from but trickled ones`, () => {
+    const seed = fuzzSeed(0xf4a3f);
+    const rng = prng(seed);
+    let i = 0;
+    let input: Uint8Array = new Uint8Array(0);
+    let asParts = 0;
+    let gathered = 0;
+    try {
+      for (; i < ITERATIONS / 2; i++) {
+        const roll = rng.int(10);
+        input = roll < 7 ? mutate(rng, randomStream(rng)) : roll < 9 ? randomStream(rng) : rng.bytes(rng.int(100));
+        const maxBytes = rng.pick([0, rng.int(64), rng.int(500), 1000]);
+        const decoder = new FrameDecoder({ maxBytes, views: true });
+        // Fresh chunks, as a socket's: each its own buffer.
+        const chunks = split(rng, input).map((c) => c.slice());
+        const buffers = new Set<ArrayBufferLike>(chunks.map((c) => c.buffer));
+        const frames: Uint8Array[] = [];
+        let error: unknown = null;
+        for (const chunk of chunks) {
+          try {
+            for (const f of decoder.pushViews(chunk)) {
+              if (f instanceof Uint8Array) {
+                // A view of a chunk, or (split over more than MAX_FRAME_PARTS reads) its own buffer.
+                if (!buffers.has(f.buffer)) {
+                  gathered++;
+                  expect(f.buffer.byteLength).toBe(f.byteLength);
+                }
+                frames.push(f.slice());
+                continue;
+              }
+              const parts = (f as FrameParts).parts;
+              asParts++;
+              expect(parts.length).toBeGreaterThan(1);
+              expect(parts.length).toBeLessThanOrEqual(MAX_FRAME_PARTS);
+              for (const p of parts) expect(buffers.has(p.buffer)).toBe(true);
+              expect(parts.reduce((n, p) => n + p.byteLength, 0)).toBe(f.byteLength);
+              frames.push(Buffer.concat(parts as Uint8Array[]));
+            }
+          } catch (err) {
+            error = err;
+            break;
+          }
+          expect(decoder.buffered).toBeLessThanOrEqual(4 + maxBytes);
+        }
+        const expected = reference(input, maxBytes);
+        if (error !== null) {
+          expect((error as StoaError).code).toBe("too_large");
+          expect(expected.tooLarge).toBe(true);
+        } else {
+          expect(expected.tooLarge).toBe(false);
+          expect(frames.map((f) => new Uint8Array(f)) as Uint8Array[]).toEqual(expected.frames as Uint8Array[]);
+          expect(decoder.buffered).toBe(expected.rest);
+        }
+      }
+    } catch (err) {
+      console.error(`frame views fuzz failed: STOA_FUZZ_SEED=${seed}, iteration ${i}, input ${Buffer.from(input).toString("hex")}`);
+      throw err;
+    }
+    // Both ways a split frame comes out were taken.
+    expect(asParts).toBeGreaterThan(1000);
+    expect(gathered).toBeGreaterThan(100);
   }, FUZZ_TIMEOUT_MS);
 });

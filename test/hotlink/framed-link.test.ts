@@ -24,6 +24,7 @@ import {
   RelaySocket,
 } from "../../src/hotlink/framed-link.ts";
 import { MessageType, PROTOCOL_VERSION, encodeMessage, parseMessage } from "../../src/hotlink/protocol.ts";
+import { HlnkDecoder, encodeHlnk } from "../../src/hotlink/hlnk.ts";
 import { type HotlinkServer, type HotlinkServerOptions, startHotlinkServer } from "../../src/hotlink/server.ts";
 import { addUser, formatAuthorization } from "../../src/hotlink/users.ts";
 import { type App, app, sha256hex } from "../fixtures/hotlink-apps.ts";
@@ -393,6 +394,47 @@ describe("daemons on the framed link", () => {
     expect(sha256hex(bobApp.received())).toBe(sha256hex(a2b));
     expect(sha256hex(aliceApp.received())).toBe(sha256hex(b2a));
     expect(alice.status().counters.relay.txBytes).toBeGreaterThanOrEqual(size);
+  }, 60_000);
+
+  test("HLNK frames from 1 byte to 3 MiB through an IPC channel reach bob's application exact and in order (a frame spanning the link's reads is delivered as its views)", async () => {
+    const server = serve();
+    const sockDir = mkdtempSync(join(tmpdir(), "hl-framed-ipc-"));
+    own(() => rmSync(sockDir, { recursive: true, force: true }));
+    const channel = "alice/ipc/big";
+    const start = async (user: "alice" | "bob") => {
+      const d = await HotlinkDaemon.start({ server: server.url, user, token: tokens[user], ipc: [{ channel, path: join(sockDir, `${user}.sock`) }], log, minDelayMs: 20 });
+      cleanups.push(() => d.close());
+      await d.connected();
+      expect(d.link.transport).toBe("tcp");
+      return d;
+    };
+    await start("alice");
+    const bob = await start("bob");
+    const decoder = new HlnkDecoder();
+    const got: { seq: bigint; etag: string; payload: Uint8Array }[] = [];
+    const reader = await Bun.connect({ unix: join(sockDir, "bob.sock"), socket: { data: (_s, d) => void got.push(...decoder.push(d)) } });
+    own(() => reader.terminate());
+    const writer = await Bun.connect({ unix: join(sockDir, "alice.sock"), socket: { data() {} } });
+    own(() => writer.terminate());
+    const rng = prng(fuzzSeed(0x1f2a));
+    const sizes = [1, 0, 700, 64 * 1024, 3 * 1024 * 1024, 5, 300 * 1024, 1024 * 1024 + 3, ...Array.from({ length: 40 }, () => rng.pick([1 + rng.int(100), rng.int(70_000), rng.int(2 * 1024 * 1024)]))];
+    const sent = sizes.map((n, i) => ({ seq: BigInt(i + 1), etag: `e${i}`, payload: randomBytes(n) }));
+    for (const f of sent) {
+      const bytes = encodeHlnk({ path: channel, etag: f.etag, seq: f.seq, payload: f.payload });
+      for (let at = 0; at < bytes.byteLength; ) {
+        const n = writer.write(bytes.subarray(at));
+        at += Math.max(0, n);
+        if (at < bytes.byteLength) await Bun.sleep(1);
+      }
+    }
+    const total = sizes.reduce((a, b) => a + b, 0);
+    await eventually("bob's application to get every frame", () => got.length === sent.length || undefined, { timeoutMs: 30_000 });
+    got.forEach((f, i) => {
+      expect(f.etag).toBe(sent[i]?.etag ?? "");
+      expect(f.payload.byteLength).toBe(sent[i]?.payload.byteLength ?? -1);
+      expect(sha256hex(f.payload)).toBe(sha256hex(sent[i]?.payload ?? new Uint8Array(0)));
+    });
+    expect(bob.status().counters.relay.rxBytes).toBeGreaterThanOrEqual(total);
   }, 60_000);
 
   test("the relay restarts on the same ports: the daemons come back on the framed link; linkMode ws keeps the WebSocket", async () => {

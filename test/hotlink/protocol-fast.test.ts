@@ -119,3 +119,53 @@ describe("the relay's reading of a framed Data", () => {
     expect(parseDataFast(frame, undefined, 4)).toBeNull();
   });
 });
+
+describe("a Data that spanned reads: parseDataFast on its first bytes, with the whole length", () => {
+  test("every cut after the fields gives the same fields and the payload's first piece; a cut inside them gives null, never a wrong read", () => {
+    const r = prng(seed + 4);
+    let cutInFields = 0;
+    for (let i = 0; i < 2_000; i++) {
+      const msg = {
+        t: MessageType.Data,
+        sid: `s${r.int(1e9)}`,
+        seq: 1 + r.int(2 ** 31),
+        pay: r.bytes(r.int(3) === 0 ? 0 : 1 + r.int(5000)),
+        ...(r.int(2) === 0 ? { pth: `alice/x/${r.int(1000)}` } : {}),
+        ...(r.int(2) === 0 ? { etg: `e${r.int(1000)}é` } : {}),
+      } as const;
+      const bytes = encodeMessage(msg);
+      const whole = parseDataFast(bytes);
+      expect(whole).not.toBeNull();
+      const payAt = bytes.byteLength - msg.pay.byteLength;
+      const cut = r.int(bytes.byteLength + 1);
+      const head = parseDataFast(bytes.subarray(0, cut), undefined, 0, true, bytes.byteLength);
+      if (cut < payAt) {
+        cutInFields++;
+        expect(head).toBeNull();
+        continue;
+      }
+      expect(head).not.toBeNull();
+      expect({ ...head, pay: null }).toEqual({ ...whole, pay: null });
+      expect(head?.pay).toEqual(msg.pay.subarray(0, cut - payAt));
+      // The limit is the whole message's.
+      expect(parseDataFast(bytes.subarray(0, cut), bytes.byteLength - 1, 0, true, bytes.byteLength)).toBeNull();
+      // A whole length that does not end where the payload does is refused.
+      expect(parseDataFast(bytes.subarray(0, cut), undefined, 0, true, bytes.byteLength + 1)).toBeNull();
+    }
+    expect(cutInFields).toBeGreaterThan(10);
+  });
+
+  test("a payload that is not the last field is refused in pieces (the full parser reads it joined)", () => {
+    // The encoder writes pay last; a peer's own encoder may not: key order by hand.
+    const msg = encodeMessage({ t: MessageType.Data, sid: "abc", seq: 3, pay: new Uint8Array([1, 2, 3]) });
+    const at = Buffer.from(msg).indexOf("pay") - 1; // the key's head
+    const payField = msg.slice(at);
+    const reordered = new Uint8Array(msg.byteLength);
+    reordered[0] = msg[0] ?? 0;
+    reordered.set(payField, 1);
+    reordered.set(msg.subarray(1, at), 1 + payField.byteLength);
+    expect(safeParseMessage(reordered).ok).toBe(true);
+    expect(parseDataFast(reordered)).not.toBeNull();
+    expect(parseDataFast(reordered.subarray(0, reordered.byteLength - 1), undefined, 0, true, reordered.byteLength)).toBeNull();
+  });
+});
