@@ -69,7 +69,9 @@ interface DecoderOptions extends FrameOptions {
    * those chunks alive while they are held. No copy and no allocation per frame. A frame split
    * over more than `MAX_FRAME_PARTS` reads is gathered into one buffer of its length instead
    * (one copy; implies `preallocate`): a peer trickling a frame costs no object per read. Only
-   * for a peer already authenticated, whose frames `maxBytes` bounds; without `withHeader`.
+   * for a peer already authenticated, whose frames `maxBytes` bounds. With `withHeader` a frame
+   * starts at its header, as a view when the header lies right before the payload in one read
+   * (else the header is a part of its own, a copy of its 4 bytes when they spanned reads).
    */
   views?: boolean;
 }
@@ -141,6 +143,8 @@ export class FrameDecoder {
   readonly #views: boolean;
   /** With `views`: the views of the split frame being received (empty while gathering by copy or between frames). */
   #parts: Uint8Array[] = [];
+  /** With `views` and `withHeader`: the header of the frame being received (a view, or a copy of a split one). */
+  #head: Uint8Array = new Uint8Array(0);
   #failure: StoaError | null = null;
 
   constructor(options: DecoderOptions = {}) {
@@ -148,7 +152,7 @@ export class FrameDecoder {
     this.#room = options.withHeader === true ? FRAME_HEADER_BYTES : 0;
     this.#lend = options.lend === true;
     this.#views = options.views === true;
-    if (this.#views && (this.#room !== 0 || this.#lend)) throw new Error("FrameDecoder: views goes without withHeader and lend");
+    if (this.#views && this.#lend) throw new Error("FrameDecoder: views and lend are two ways to hand out frames; choose one");
     this.#preallocate = options.preallocate === true || this.#lend || this.#views;
   }
 
@@ -223,40 +227,49 @@ export class FrameDecoder {
   pushViews(chunk: Uint8Array): (Uint8Array | FrameParts)[] {
     if (!this.#views) throw new Error("FrameDecoder.pushViews: the decoder was made without views");
     if (this.#failure !== null) throw this.#failure;
+    const room = this.#room;
     const frames: (Uint8Array | FrameParts)[] = [];
     let offset = 0;
     while (offset < chunk.byteLength) {
       if (this.#length < 0) {
+        const inPlace = this.#headerFill === 0 && chunk.byteLength - offset >= FRAME_HEADER_BYTES;
+        const headerAt = offset;
         offset = this.#readHeader(chunk, offset);
+        if (this.#length < 0) continue; // the header goes on in the next chunk
+        // withHeader: the header's bytes, where they lie (a copy when they spanned chunks).
+        if (room !== 0) this.#head = inPlace ? chunk.subarray(headerAt, offset) : this.#header.slice();
         if (this.#length === 0) {
-          frames.push(new Uint8Array(0));
+          frames.push(room === 0 ? new Uint8Array(0) : this.#head);
           this.#length = -1;
         }
         continue;
       }
       const take = Math.min(this.#length - this.#fill, chunk.byteLength - offset);
-      const view = chunk.subarray(offset, offset + take);
+      const at = offset;
       offset += take;
+      // With the header in front when it lies right before, in the same chunk.
+      const joined = room !== 0 && this.#fill === 0 && this.#head.buffer === chunk.buffer && this.#head.byteOffset + room === chunk.byteOffset + at;
+      const view = chunk.subarray(joined ? at - room : at, at + take);
       if (this.#fill === 0 && take === this.#length) {
-        frames.push(view);
+        frames.push(room === 0 || joined ? view : { parts: [this.#head, view], byteLength: room + take });
         this.#length = -1;
         continue;
       }
       if (this.#payload.byteLength > 0) {
-        copyInto(this.#payload, this.#fill, view);
+        copyInto(this.#payload, room + this.#fill, view);
       } else {
+        if (room !== 0 && this.#fill === 0 && !joined) this.#parts.push(this.#head);
         this.#parts.push(view);
         if (this.#parts.length > MAX_FRAME_PARTS) {
           // Trickled: gathered by copy from here on (its length, checked, taken once).
-          const gathered = joinBytes(this.#parts, this.#length);
-          this.#payload = gathered;
+          this.#payload = joinBytes(this.#parts, room + this.#length);
           this.#parts = [];
         }
       }
       this.#fill += take;
       if (this.#fill < this.#length) continue;
       if (this.#payload.byteLength > 0) frames.push(this.#payload);
-      else frames.push({ parts: this.#parts, byteLength: this.#length });
+      else frames.push({ parts: this.#parts, byteLength: room + this.#length });
       this.#payload = new Uint8Array(0);
       this.#parts = [];
       this.#fill = 0;

@@ -103,6 +103,16 @@ export function parseCloseFrame(frame: Uint8Array, at = 0): { code: number; reas
   return { code, reason: clean(utf8.decode(frame.subarray(at + 3, at + MAX_STATUS_FRAME_BYTES))) };
 }
 
+/** The first byte after the header of a frame that spanned reads (its first part may be the header alone). */
+function payloadByte(frame: FrameParts): number | undefined {
+  let at = FRAME_HEADER_BYTES;
+  for (const part of frame.parts) {
+    if (at < part.byteLength) return part[at];
+    at -= part.byteLength;
+  }
+  return undefined;
+}
+
 /** A status frame's parts: "<3 digits> <text>". Null for anything else. */
 export function parseStatusFrame(frame: Uint8Array): { status: number; text: string } | null {
   if (frame.byteLength > MAX_STATUS_FRAME_BYTES) return null;
@@ -255,12 +265,16 @@ export class RelaySocket implements SocketEvents {
   /**
    * Sends a frame its caller built whole — the 4-byte length header, then the message
    * (protocol.ts `encodeDataMessage` with `framed`) — as it is, in one write; what the socket
-   * does not take is copied (the caller may reuse its buffer). Only on the framed link
-   * (`kind` "tcp"); false when it is not open.
+   * does not take is copied (the caller may reuse its buffer). `rest`: the frame's last bytes,
+   * written right after (a large payload after its head, protocol.ts `encodeDataHead`: no copy
+   * into one buffer first). Only on the framed link (`kind` "tcp"); false when it is not open.
+   * The queue has no cap here (the link's users hold back on `bufferedAmount`), so a frame is
+   * never cut between its pieces.
    */
-  sendFrame(frame: Uint8Array): boolean {
+  sendFrame(frame: Uint8Array, rest?: Uint8Array): boolean {
     if (this.#state !== RelaySocket.OPEN || this.#out === null) return false;
     this.#out.write(frame);
+    if (rest !== undefined) this.#out.write(rest);
     return true;
   }
 
@@ -500,8 +514,12 @@ interface FramedLinkHandlers<C> {
   /** The `Authorization` value and the peer's address; called once per connection. */
   authorize(authorization: string, remote: string): Admission<C>;
   opened(conn: C, link: FramedLink): void;
-  /** One message, lent (valid until the next read): `frame` from its 4-byte length header on, the message after it. */
-  message(conn: C, frame: Uint8Array): void;
+  /**
+   * One message, from its 4-byte length header on, the message after it: a view of the read it
+   * came in, or (it spanned reads) the views of each (`FrameParts`). Bun's reads are fresh
+   * buffers nobody writes again, so the handler may keep them.
+   */
+  message(conn: C, frame: Uint8Array | FrameParts): void;
   drained(conn: C): void;
   closed(conn: C, code: number, reason: string): void;
 }
@@ -541,6 +559,7 @@ export class FramedLink {
   readonly #out: CopyingOutbox;
   readonly #decoder: FrameDecoder;
   readonly #maxFrameBytes: number;
+  readonly #maxQueuedBytes: number;
   #closing = false;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   /** Reads so far (counted, not timed: no clock per read); the idle sweep notes when it changes. */
@@ -552,9 +571,11 @@ export class FramedLink {
 
   constructor(sock: Socket<ConnData>, maxFrameBytes: number, maxQueuedBytes: number) {
     this.#sock = sock;
+    this.#maxQueuedBytes = maxQueuedBytes;
     this.#out = new CopyingOutbox(sock, { maxQueuedBytes });
-    // Lent frames: each is written (what waits, copied) before the next read.
-    this.#decoder = new FrameDecoder({ maxBytes: maxFrameBytes, withHeader: true, lend: true });
+    // Views of Bun's fresh reads, from each frame's header on: forwarded as they came, never
+    // gathered into a buffer of their own (what the socket does not take is copied).
+    this.#decoder = new FrameDecoder({ maxBytes: maxFrameBytes, withHeader: true, views: true });
     this.#maxFrameBytes = maxFrameBytes;
   }
 
@@ -569,10 +590,18 @@ export class FramedLink {
     return this.#out.queued > 0 ? -1 : data.byteLength;
   }
 
-  /** A frame that came in on a framed link goes out as it came: header and all, one write. */
-  sendFrame(frame: Uint8Array): number {
+  /**
+   * A frame that came in on a framed link goes out as it came: header and all, one write (one
+   * per read it spanned). Refused whole (0) if its bytes would go over the queue's cap.
+   */
+  sendFrame(frame: Uint8Array | FrameParts): number {
     if (this.#closing) return 0;
-    if (!this.#out.write(frame)) return 0;
+    if (frame instanceof Uint8Array) {
+      if (!this.#out.write(frame)) return 0;
+    } else {
+      if (this.#out.queued + frame.byteLength > this.#maxQueuedBytes) return 0;
+      for (const part of frame.parts) this.#out.write(part);
+    }
     return this.#out.queued > 0 ? -1 : frame.byteLength - FRAME_HEADER_BYTES;
   }
 
@@ -598,9 +627,9 @@ export class FramedLink {
   }
 
   /** The frames of a read; throws `StoaError` "too_large" when one is over the limit. */
-  frames(chunk: Uint8Array): Uint8Array[] {
+  frames(chunk: Uint8Array): (Uint8Array | FrameParts)[] {
     this.reads++;
-    return this.#decoder.push(chunk);
+    return this.#decoder.pushViews(chunk);
   }
 
   get maxFrameBytes(): number {
@@ -654,7 +683,7 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
   };
 
   const onFrames = (sock: Socket<ConnData>, link: FramedLink, conn: C, chunk: Uint8Array): void => {
-    let frames: Uint8Array[];
+    let frames: (Uint8Array | FrameParts)[];
     try {
       frames = link.frames(chunk);
     } catch (err) {
@@ -666,7 +695,13 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
     }
     for (const frame of frames) {
       if (link.closing) return;
-      const close = parseCloseFrame(frame, FRAME_HEADER_BYTES);
+      // A close frame is small: one that spanned reads is joined to be read.
+      const close =
+        frame instanceof Uint8Array
+          ? parseCloseFrame(frame, FRAME_HEADER_BYTES)
+          : payloadByte(frame) === CLOSE_FRAME_TAG
+            ? parseCloseFrame(joinBytes(frame.parts, frame.byteLength), FRAME_HEADER_BYTES)
+            : null;
       if (close !== null) {
         link.close(1000, "");
         options.closed(conn, close.code, close.reason);

@@ -474,6 +474,16 @@ export function encodeDataMessage(message: DataMessage, maxBytes = MAX_MESSAGE_B
 }
 
 /**
+ * The framed form of `encodeDataMessage` (`framed` true) up to where its payload begins: the
+ * frame header (whose length counts the payload) and every field, into `scratch`. Written with
+ * the payload right after it, it is the same frame, without the payload copied into it — for a
+ * large payload, which costs more to copy than a second write.
+ */
+export function encodeDataHead(message: DataMessage, maxBytes: number, scratch: EncodeScratch): Uint8Array {
+  return encodeData(message, maxBytes, scratch, FRAME_HEADER_BYTES, true);
+}
+
+/**
  * A buffer `encodeDataMessage` may write into instead of allocating one per message; it grows
  * to the largest message seen. The result is then a view of it, valid until the next encode
  * with the same scratch: only for a consumer that copies at once (a WebSocket's send()).
@@ -487,7 +497,7 @@ export interface EncodeScratch {
  * codec would copy it out again. The same data model as the codec (text keys, shortest
  * lengths; a seq over 2^32-1 as an 8-byte integer, which the schema accepts back).
  */
-function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScratch, room = 0): Uint8Array {
+function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScratch, room = 0, headOnly = false): Uint8Array {
   const sidLen = message.sid.length; // ASCII, by the schema
   const pthLen = message.pth === undefined ? -1 : Buffer.byteLength(message.pth, "utf8");
   const etgLen = message.etg === undefined ? -1 : Buffer.byteLength(message.etg, "utf8");
@@ -509,11 +519,12 @@ function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScra
   }
   // Every byte is written below (the size is exact), so no zero fill: that memset was a tenth
   // of a relay sender's CPU time.
+  const written = headOnly ? room + size - payLen : room + size;
   let out: Uint8Array;
-  if (scratch !== undefined && scratch.buffer.byteLength >= room + size) {
+  if (scratch !== undefined && scratch.buffer.byteLength >= written) {
     out = scratch.buffer;
   } else {
-    out = uninitializedBytes(room + size);
+    out = uninitializedBytes(written);
     if (scratch !== undefined) scratch.buffer = out;
   }
   if (room !== 0) writeFrameHeader(out, 0, size);
@@ -536,6 +547,10 @@ function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScra
   }
   at = writeKey(out, at, "pay");
   at = writeHead(out, at, MAJOR_BYTES, payLen);
+  if (headOnly) {
+    if (at !== written) throw new Error(`encodeData: wrote a head of ${at} of ${written} bytes`); // a bug, never input
+    return out.byteLength === written ? out : out.subarray(0, written);
+  }
   copyInto(out, at, message.pay);
   if (at + payLen !== room + size) throw new Error(`encodeData: wrote ${at + payLen - room} of ${size} bytes`); // a bug, never input
   // With room, the result starts at the frame header: the framed link writes it as it is.

@@ -42,6 +42,8 @@
  * an Open over either is rejected. Every refusal is counted in `stoa_hotlink_refused_total{reason}`.
  */
 import { Buffer } from "node:buffer";
+import { joinBytes } from "../core/bytes.ts";
+import type { FrameParts } from "../core/frame.ts";
 import { StoaError, describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { Counter, CounterSeries, Gauge, Registry } from "../core/metrics.ts";
@@ -83,7 +85,7 @@ interface Link {
    * A framed link's: sends `frame` — a message with its 4-byte length header in front, as it
    * came in on a framed link — as it is. Same answers as `sendBinary`.
    */
-  sendFrame?(frame: Uint8Array): number;
+  sendFrame?(frame: Uint8Array | FrameParts): number;
   getBufferedAmount(): number;
   pause(): void;
   resume(): void;
@@ -320,10 +322,11 @@ export class Switchboard {
   }
 
   /**
-   * Bun's `message`, or a framed link's frame. Never throws. `at`: where the message starts in
-   * `data` (a frame's header length, or 0).
+   * Bun's `message`, or a framed link's frame (a view, or the views of the reads it spanned:
+   * `FrameParts`). Never throws. `at`: where the message starts in `data` (a frame's header
+   * length, or 0).
    */
-  message(conn: SwitchboardConn, data: string | Uint8Array, at = 0): void {
+  message(conn: SwitchboardConn, data: string | Uint8Array | FrameParts, at = 0): void {
     try {
       this.#message(conn, data, at);
     } catch (err) {
@@ -400,8 +403,21 @@ export class Switchboard {
 
   // --- messages -------------------------------------------------------------------------
 
-  #message(conn: SwitchboardConn, whole: string | Uint8Array, at: number): void {
+  #message(conn: SwitchboardConn, whole: string | Uint8Array | FrameParts, at: number): void {
     if (conn.state === "gone") return;
+    if (typeof whole !== "string" && !(whole instanceof Uint8Array)) {
+      // Data that spanned reads, its fields in the first: forwarded as those views. Anything
+      // else (or a Data whose fields were cut) is joined and read as one.
+      const first = whole.parts[0];
+      const head = conn.state === "new" || first === undefined ? null : parseDataFast(first, this.#parseOptions.maxBytes, at, false, whole.byteLength - at);
+      if (head === null) {
+        this.#message(conn, joinBytes(whole.parts, whole.byteLength), at);
+        return;
+      }
+      this.#typeSeries(MessageType.Data).inc();
+      this.#data(conn, head, whole, at);
+      return;
+    }
     if (typeof whole === "string") {
       this.#fatal(conn, "decode", "text frames are not hotlink messages; send each message as one binary frame of CBOR", CLOSE_POLICY);
       return;
@@ -566,7 +582,7 @@ export class Switchboard {
   }
 
   /** `bytes` from `at` on is the message (`at` > 0: a frame's header before it). */
-  #data(conn: SwitchboardConn, msg: DataMessage, bytes: Uint8Array, at: number): void {
+  #data(conn: SwitchboardConn, msg: DataMessage, bytes: Uint8Array | FrameParts, at: number): void {
     const s = this.#sessions.get(msg.sid);
     if (s === undefined) {
       this.#error(conn, "unknown_session", "no such session (it may have ended); open a new one", msg.sid);
@@ -745,10 +761,16 @@ export class Switchboard {
    * the message starts there, after its frame header (it came in on a framed link); a framed
    * link sends it as it is, a WebSocket the message alone.
    */
-  #send(from: SwitchboardConn | null, to: SwitchboardConn, bytes: Uint8Array, at = 0): boolean {
+  #send(from: SwitchboardConn | null, to: SwitchboardConn, bytes: Uint8Array | FrameParts, at = 0): boolean {
     const link = to.link;
     if (to.state === "gone" || link === undefined) return false;
-    const status = at === 0 ? link.sendBinary(bytes) : link.sendFrame !== undefined ? link.sendFrame(bytes) : link.sendBinary(bytes.subarray(at));
+    let status: number;
+    if (link.sendFrame !== undefined && at !== 0) status = link.sendFrame(bytes);
+    else {
+      // A WebSocket takes one buffer: the views of a frame that spanned reads are joined for it.
+      const whole = bytes instanceof Uint8Array ? bytes : joinBytes(bytes.parts, bytes.byteLength);
+      status = link.sendBinary(at === 0 ? whole : whole.subarray(at));
+    }
     if (status === 0) {
       // Bun refused the message (its buffer limit, or the socket is closing): the receiver
       // cannot get this stream intact any more, so it leaves every session, with a reason.

@@ -113,31 +113,51 @@ describe("frame decoder fuzzing", () => {
         const roll = rng.int(10);
         input = roll < 7 ? mutate(rng, randomStream(rng)) : roll < 9 ? randomStream(rng) : rng.bytes(rng.int(100));
         const maxBytes = rng.pick([0, rng.int(64), rng.int(500), 1000]);
-        const decoder = new FrameDecoder({ maxBytes, views: true });
+        const withHeader = rng.int(2) === 0;
+        const decoder = new FrameDecoder({ maxBytes, views: true, withHeader });
         // Fresh chunks, as a socket's: each its own buffer.
-        const chunks = split(rng, input).map((c) => c.slice());
+        // A quarter of the streams trickle in 1-3 bytes a read: frames over MAX_FRAME_PARTS reads.
+        const trickle = (data: Uint8Array) => {
+          const out: Uint8Array[] = [];
+          for (let at = 0; at < data.length; ) {
+            const n = 1 + rng.int(3);
+            out.push(data.subarray(at, at + n));
+            at += n;
+          }
+          return out;
+        };
+        const chunks = (rng.int(4) === 0 ? trickle(input) : split(rng, input)).map((c) => c.slice());
         const buffers = new Set<ArrayBufferLike>(chunks.map((c) => c.buffer));
         const frames: Uint8Array[] = [];
         let error: unknown = null;
         for (const chunk of chunks) {
           try {
             for (const f of decoder.pushViews(chunk)) {
+              let whole: Uint8Array;
               if (f instanceof Uint8Array) {
-                // A view of a chunk, or (split over more than MAX_FRAME_PARTS reads) its own buffer.
+                // A view of a chunk, or (split over more than MAX_FRAME_PARTS reads, or a
+                // withHeader empty frame whose header spanned reads) its own buffer.
                 if (!buffers.has(f.buffer)) {
-                  gathered++;
+                  if (f.byteLength > 4) gathered++;
                   expect(f.buffer.byteLength).toBe(f.byteLength);
                 }
-                frames.push(f.slice());
-                continue;
+                whole = f.slice();
+              } else {
+                const parts = (f as FrameParts).parts;
+                asParts++;
+                expect(parts.length).toBeGreaterThan(1);
+                expect(parts.length).toBeLessThanOrEqual(MAX_FRAME_PARTS + 1);
+                // Views of the chunks; only a header that spanned reads is a copy (4 bytes, first).
+                parts.forEach((p, k) => expect(buffers.has(p.buffer) || (withHeader && k === 0 && p.byteLength === 4)).toBe(true));
+                expect(parts.reduce((n, p) => n + p.byteLength, 0)).toBe(f.byteLength);
+                whole = Buffer.concat(parts as Uint8Array[]);
               }
-              const parts = (f as FrameParts).parts;
-              asParts++;
-              expect(parts.length).toBeGreaterThan(1);
-              expect(parts.length).toBeLessThanOrEqual(MAX_FRAME_PARTS);
-              for (const p of parts) expect(buffers.has(p.buffer)).toBe(true);
-              expect(parts.reduce((n, p) => n + p.byteLength, 0)).toBe(f.byteLength);
-              frames.push(Buffer.concat(parts as Uint8Array[]));
+              if (withHeader) {
+                const payload = whole.subarray(4);
+                expect(Buffer.from(whole).equals(Buffer.from(encodeFrame(payload)))).toBe(true);
+                whole = payload;
+              }
+              frames.push(whole);
             }
           } catch (err) {
             error = err;

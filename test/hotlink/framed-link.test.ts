@@ -396,16 +396,17 @@ describe("daemons on the framed link", () => {
     expect(alice.status().counters.relay.txBytes).toBeGreaterThanOrEqual(size);
   }, 60_000);
 
-  test("HLNK frames from 1 byte to 3 MiB through an IPC channel reach bob's application exact and in order (a frame spanning the link's reads is delivered as its views)", async () => {
+  test.each(["tcp", "ws"] as const)("HLNK frames from 1 byte to 3 MiB through an IPC channel reach bob's application exact and in order, bob on the %s link (a frame spanning reads goes on as their views; a WebSocket gets it joined)", async (bobLink) => {
     const server = serve();
     const sockDir = mkdtempSync(join(tmpdir(), "hl-framed-ipc-"));
     own(() => rmSync(sockDir, { recursive: true, force: true }));
     const channel = "alice/ipc/big";
     const start = async (user: "alice" | "bob") => {
-      const d = await HotlinkDaemon.start({ server: server.url, user, token: tokens[user], ipc: [{ channel, path: join(sockDir, `${user}.sock`) }], log, minDelayMs: 20 });
+      const linkMode = user === "bob" && bobLink === "ws" ? { linkMode: "ws" as const } : {};
+      const d = await HotlinkDaemon.start({ server: server.url, user, token: tokens[user], ipc: [{ channel, path: join(sockDir, `${user}.sock`) }], log, minDelayMs: 20, ...linkMode });
       cleanups.push(() => d.close());
       await d.connected();
-      expect(d.link.transport).toBe("tcp");
+      expect(d.link.transport).toBe(user === "bob" ? bobLink : "tcp");
       return d;
     };
     await start("alice");

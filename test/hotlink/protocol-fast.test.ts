@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type EncodeScratch, MessageType, encodeDataMessage, encodeMessage, parseDataFast, safeParseMessage } from "../../src/hotlink/protocol.ts";
+import { type EncodeScratch, MessageType, encodeDataHead, encodeDataMessage, encodeMessage, parseDataFast, safeParseMessage } from "../../src/hotlink/protocol.ts";
 import { prng } from "../helpers/prng.ts";
 
 const seed = Number(process.env.STOA_FUZZ_SEED ?? 20261122);
@@ -167,5 +167,27 @@ describe("a Data that spanned reads: parseDataFast on its first bytes, with the 
     expect(safeParseMessage(reordered).ok).toBe(true);
     expect(parseDataFast(reordered)).not.toBeNull();
     expect(parseDataFast(reordered.subarray(0, reordered.byteLength - 1), undefined, 0, true, reordered.byteLength)).toBeNull();
+  });
+});
+
+describe("encodeDataHead: a framed Data up to its payload", () => {
+  test("followed by the payload it is byte for byte the framed message; the limit is the whole message's", () => {
+    const r = prng(seed + 5);
+    const scratch: EncodeScratch = { buffer: new Uint8Array(0) };
+    for (let i = 0; i < 300; i++) {
+      const msg = {
+        t: MessageType.Data,
+        sid: `s${r.int(1e9)}`,
+        seq: 1 + r.int(2 ** 32),
+        pay: r.bytes(r.int(2) === 0 ? r.int(300) : r.int(200_000)),
+        pth: r.int(2) === 0 ? undefined : "alice/p/q",
+        etg: r.int(2) === 0 ? undefined : "e1é",
+      } as const;
+      const whole = encodeDataMessage(msg, undefined, undefined, true);
+      const head = encodeDataHead(msg, 8 * 1024 * 1024, scratch);
+      expect(head.byteLength).toBe(whole.byteLength - msg.pay.byteLength);
+      expect(Buffer.concat([head, msg.pay]).equals(Buffer.from(whole))).toBe(true);
+      expect(() => encodeDataHead(msg, whole.byteLength - 5, scratch)).toThrow(/over the/);
+    }
   });
 });
