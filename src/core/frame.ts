@@ -66,7 +66,8 @@ interface DecoderOptions extends FrameOptions {
    * The caller's chunks are fresh and nobody writes them after `push` (a Bun socket's data
    * event): `pushViews` hands out views of them instead of copies — a frame whole in one chunk
    * as one view, a frame that spans chunks as the views of each (`FrameParts`), which keep
-   * those chunks alive while they are held. No copy and no allocation per frame. A frame split
+   * those chunks alive while they are held (a frame under a quarter of the reads it would pin
+   * is copied instead). No copy and no allocation per large frame. A frame split
    * over more than `MAX_FRAME_PARTS` reads is gathered into one buffer of its length instead
    * (one copy; implies `preallocate`): a peer trickling a frame costs no object per read. Only
    * for a peer already authenticated, whose frames `maxBytes` bounds. With `withHeader` a frame
@@ -81,6 +82,10 @@ export interface FrameParts {
   readonly parts: readonly Uint8Array[];
   readonly byteLength: number;
 }
+
+/** `pushViews` copies a frame whose bytes are less than 1/PINNED_SHARE of the reads its views would keep alive. */
+const PINNED_SHARE = 4;
+const EMPTY = new Uint8Array(0);
 
 /** `pushViews` gathers a frame into one buffer once it spans more reads than this. */
 export const MAX_FRAME_PARTS = 32;
@@ -239,7 +244,8 @@ export class FrameDecoder {
         // withHeader: the header's bytes, where they lie (a copy when they spanned chunks).
         if (room !== 0) this.#head = inPlace ? chunk.subarray(headerAt, offset) : this.#header.slice();
         if (this.#length === 0) {
-          frames.push(room === 0 ? new Uint8Array(0) : this.#head);
+          frames.push(room === 0 ? new Uint8Array(0) : this.#head.slice());
+          this.#head = EMPTY;
           this.#length = -1;
         }
         continue;
@@ -248,10 +254,14 @@ export class FrameDecoder {
       const at = offset;
       offset += take;
       // With the header in front when it lies right before, in the same chunk.
-      const joined = room !== 0 && this.#fill === 0 && this.#head.buffer === chunk.buffer && this.#head.byteOffset + room === chunk.byteOffset + at;
+      const joined = room !== 0 && this.#fill === 0 && at >= room && this.#head.buffer === chunk.buffer && this.#head.byteOffset + room === chunk.byteOffset + at;
       const view = chunk.subarray(joined ? at - room : at, at + take);
       if (this.#fill === 0 && take === this.#length) {
-        frames.push(room === 0 || joined ? view : { parts: [this.#head, view], byteLength: room + take });
+        const whole = room === 0 || joined ? view : joinBytes([this.#head, view], room + take);
+        // A view pins its whole read: a frame that is a small share of it is copied instead, so
+        // what a holder counts (payload bytes) bounds what it keeps alive.
+        frames.push(whole.byteLength * PINNED_SHARE < whole.buffer.byteLength ? copyBytes(whole) : whole);
+        this.#head = EMPTY;
         this.#length = -1;
         continue;
       }
@@ -269,7 +279,13 @@ export class FrameDecoder {
       this.#fill += take;
       if (this.#fill < this.#length) continue;
       if (this.#payload.byteLength > 0) frames.push(this.#payload);
-      else frames.push({ parts: this.#parts, byteLength: room + this.#length });
+      else {
+        let pinned = 0;
+        for (const part of this.#parts) pinned += part.buffer.byteLength;
+        const byteLength = room + this.#length;
+        frames.push(byteLength * PINNED_SHARE < pinned ? joinBytes(this.#parts, byteLength) : { parts: this.#parts, byteLength });
+      }
+      this.#head = EMPTY;
       this.#payload = new Uint8Array(0);
       this.#parts = [];
       this.#fill = 0;

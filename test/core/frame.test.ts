@@ -311,3 +311,26 @@ describe("FrameDecoder over a real TCP connection", () => {
     }
   });
 });
+
+describe("FrameDecoder views: what a frame keeps alive", () => {
+  test("a small frame in a large read is a copy; a frame that is most of its read is a view of it", () => {
+    const d = new FrameDecoder({ views: true });
+    const small = encodeFrame(new Uint8Array(10).fill(1));
+    const read = new Uint8Array(4096);
+    read.set(small, 0);
+    writeFrameHeader(read, small.byteLength, read.byteLength - small.byteLength - 4);
+    const [a, b] = d.pushViews(read) as Uint8Array[];
+    expect(a?.buffer).not.toBe(read.buffer);
+    expect(a).toEqual(new Uint8Array(10).fill(1));
+    expect(b?.buffer).toBe(read.buffer);
+  });
+
+  test("reads that are slices of one buffer: a header ending one read is never taken for bytes before the next (regression)", () => {
+    const d = new FrameDecoder({ views: true, withHeader: true });
+    const stream = encodeFrame(Uint8Array.from({ length: 10 }, (_, i) => i + 1));
+    const frames = [...d.pushViews(stream.subarray(0, 4)), ...d.pushViews(stream.subarray(4))];
+    expect(frames).toHaveLength(1);
+    const f = frames[0] as Uint8Array;
+    expect(f).toEqual(stream);
+  });
+});
