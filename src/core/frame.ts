@@ -73,6 +73,10 @@ interface DecoderOptions extends FrameOptions {
    * for a peer already authenticated, whose frames `maxBytes` bounds. With `withHeader` a frame
    * starts at its header, as a view when the header lies right before the payload in one read
    * (else the header is a part of its own, a copy of its 4 bytes when they spanned reads).
+   * A frame that is its whole chunk is that chunk, no view made: the first view of a fresh Bun
+   * read gives it an ArrayBuffer of its own (~0.6 µs here, and garbage), which cost a relayed
+   * frame more than the rest of its handling at the relay, where a read is one frame when
+   * messages come one at a time.
    */
   views?: boolean;
 }
@@ -148,8 +152,11 @@ export class FrameDecoder {
   readonly #views: boolean;
   /** With `views`: the views of the split frame being received (empty while gathering by copy or between frames). */
   #parts: Uint8Array[] = [];
-  /** With `views` and `withHeader`: the header of the frame being received (a view, or a copy of a split one). */
+  /** With `views` and `withHeader`: the header of the frame being received when it spanned reads (a copy), else EMPTY. */
   #head: Uint8Array = new Uint8Array(0);
+  /** With `views` and `withHeader`: the read the header lies in (null: it is `#head`, a copy), and where. */
+  #headChunk: Uint8Array | null = null;
+  #headAt = 0;
   #failure: StoaError | null = null;
 
   constructor(options: DecoderOptions = {}) {
@@ -241,11 +248,20 @@ export class FrameDecoder {
         const headerAt = offset;
         offset = this.#readHeader(chunk, offset);
         if (this.#length < 0) continue; // the header goes on in the next chunk
-        // withHeader: the header's bytes, where they lie (a copy when they spanned chunks).
-        if (room !== 0) this.#head = inPlace ? chunk.subarray(headerAt, offset) : this.#header.slice();
+        // withHeader: where the header's bytes lie (a copy when they spanned chunks); no view
+        // of them is made unless the frame spans reads.
+        if (room !== 0) {
+          if (inPlace) {
+            this.#headChunk = chunk;
+            this.#headAt = headerAt;
+          } else {
+            this.#headChunk = null;
+            this.#head = this.#header.slice();
+          }
+        }
         if (this.#length === 0) {
-          frames.push(room === 0 ? new Uint8Array(0) : this.#head.slice());
-          this.#head = EMPTY;
+          frames.push(room === 0 ? new Uint8Array(0) : inPlace ? copyBytes(chunk.subarray(headerAt, offset)) : this.#head);
+          this.#dropHead();
           this.#length = -1;
         }
         continue;
@@ -254,21 +270,31 @@ export class FrameDecoder {
       const at = offset;
       offset += take;
       // With the header in front when it lies right before, in the same chunk.
-      const joined = room !== 0 && this.#fill === 0 && at >= room && this.#head.buffer === chunk.buffer && this.#head.byteOffset + room === chunk.byteOffset + at;
-      const view = chunk.subarray(joined ? at - room : at, at + take);
+      const joined = room !== 0 && this.#fill === 0 && this.#headChunk === chunk && this.#headAt + room === at;
+      const from = joined ? at - room : at;
       if (this.#fill === 0 && take === this.#length) {
-        const whole = room === 0 || joined ? view : joinBytes([this.#head, view], room + take);
+        // A frame that is its whole read is that read (no view made: a view of a fresh read
+        // gives it an ArrayBuffer of its own, which costs more than the rest of a relayed frame).
+        if (from === 0 && offset === chunk.byteLength && (room === 0 || joined)) {
+          frames.push(chunk);
+          this.#dropHead();
+          this.#length = -1;
+          continue;
+        }
+        const view = chunk.subarray(from, offset);
+        const whole = room === 0 || joined ? view : joinBytes([this.#headView(), view], room + take);
         // A view pins its whole read: a frame that is a small share of it is copied instead, so
         // what a holder counts (payload bytes) bounds what it keeps alive.
         frames.push(whole.byteLength * PINNED_SHARE < whole.buffer.byteLength ? copyBytes(whole) : whole);
-        this.#head = EMPTY;
+        this.#dropHead();
         this.#length = -1;
         continue;
       }
+      const view = chunk.subarray(from, offset);
       if (this.#payload.byteLength > 0) {
         copyInto(this.#payload, room + this.#fill, view);
       } else {
-        if (room !== 0 && this.#fill === 0 && !joined) this.#parts.push(this.#head);
+        if (room !== 0 && this.#fill === 0 && !joined) this.#parts.push(this.#headView());
         this.#parts.push(view);
         if (this.#parts.length > MAX_FRAME_PARTS) {
           // Trickled: gathered by copy from here on (its length, checked, taken once).
@@ -285,13 +311,24 @@ export class FrameDecoder {
         const byteLength = room + this.#length;
         frames.push(byteLength * PINNED_SHARE < pinned ? joinBytes(this.#parts, byteLength) : { parts: this.#parts, byteLength });
       }
-      this.#head = EMPTY;
+      this.#dropHead();
       this.#payload = new Uint8Array(0);
       this.#parts = [];
       this.#fill = 0;
       this.#length = -1;
     }
     return frames;
+  }
+
+  /** With `withHeader`: the header of the frame being received, as bytes (a view of its read, or its copy). */
+  #headView(): Uint8Array {
+    const chunk = this.#headChunk;
+    return chunk === null ? this.#head : chunk.subarray(this.#headAt, this.#headAt + FRAME_HEADER_BYTES);
+  }
+
+  #dropHead(): void {
+    this.#head = EMPTY;
+    this.#headChunk = null;
   }
 
   /**

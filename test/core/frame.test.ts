@@ -334,3 +334,45 @@ describe("FrameDecoder views: what a frame keeps alive", () => {
     expect(f).toEqual(stream);
   });
 });
+
+describe("FrameDecoder views: no view of a read that is one frame", () => {
+  test("with withHeader, a read that is exactly one frame comes back as that read; frames sharing a read are views of it", () => {
+    const d = new FrameDecoder({ views: true, withHeader: true });
+    const one = encodeFrame(new Uint8Array(2000).fill(7));
+    const [f] = d.pushViews(one);
+    expect(f).toBe(one);
+    const two = new Uint8Array(one.byteLength * 2);
+    two.set(one, 0);
+    two.set(one, one.byteLength);
+    const [a, b] = d.pushViews(two) as Uint8Array[];
+    expect(a).not.toBe(two);
+    expect(a?.buffer).toBe(two.buffer);
+    expect(b?.byteOffset).toBe(one.byteLength);
+    expect(a).toEqual(one);
+    expect(b).toEqual(one);
+  });
+
+  test("without withHeader the frame is its payload, a view; a header split over reads still yields the whole frame", () => {
+    const d = new FrameDecoder({ views: true });
+    const one = encodeFrame(new Uint8Array(2000).fill(3));
+    const [p] = d.pushViews(one) as Uint8Array[];
+    expect(p?.byteLength).toBe(2000);
+    expect(p?.buffer).toBe(one.buffer);
+    const h = new FrameDecoder({ views: true, withHeader: true });
+    const frames = [...h.pushViews(one.slice(0, 2)), ...h.pushViews(one.slice(2))];
+    expect(frames).toHaveLength(1);
+    const f = frames[0];
+    // The split header and the payload after it, joined into one frame.
+    expect(f).toBeInstanceOf(Uint8Array);
+    expect(f).toEqual(one);
+  });
+
+  test("an empty frame with its header in place is a copy of the header, not a view of the read", () => {
+    const d = new FrameDecoder({ views: true, withHeader: true });
+    const read = new Uint8Array([0, 0, 0, 0, ...encodeFrame(new Uint8Array(3000).fill(1))]);
+    const [empty, full] = d.pushViews(read) as Uint8Array[];
+    expect(empty).toEqual(new Uint8Array(4));
+    expect(empty?.buffer).not.toBe(read.buffer);
+    expect(full?.byteLength).toBe(3004);
+  });
+});
