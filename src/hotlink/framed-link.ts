@@ -188,15 +188,16 @@ export class RelaySocket implements SocketEvents {
   onmessage: ((event: { data: ArrayBuffer | string }) => void) | null = null;
   onerror: ((event: { message: string }) => void) | null = null;
   /**
-   * The framed link's messages as they are decoded — each a view of a read, which nobody
-   * writes again, so the handler may keep it — instead of `onmessage`'s ArrayBuffer (no
+   * The framed link's frames as they are decoded, each with its 4-byte header in front (the
+   * message follows it) — the read itself when it is one frame, else a view of it; nobody
+   * writes a read again, so the handler may keep it — instead of `onmessage`'s ArrayBuffer (no
    * wrapping per message).
    */
-  onframe: ((message: Uint8Array) => void) | null = null;
+  onframe: ((frame: Uint8Array) => void) | null = null;
   /**
-   * With `onframe`: a message that spanned reads, as the views of each (core/frame.ts
-   * `FrameParts`, `byteLength` bytes in all), which the handler may keep; unset, such a message
-   * is joined and goes to `onframe`.
+   * With `onframe`: a frame that spanned reads, header first, as the views of each
+   * (core/frame.ts `FrameParts`, `byteLength` bytes in all), which the handler may keep; unset,
+   * such a frame is joined and goes to `onframe`.
    */
   onparts: ((message: FrameParts) => void) | null = null;
   onclose: ((event: { code: number; reason: string }) => void) | null = null;
@@ -418,8 +419,9 @@ export class RelaySocket implements SocketEvents {
       }
       this.#authed = true;
       this.#status = null;
-      // A Bun socket's chunks are fresh and never written again: messages are views of them.
-      this.#decoder = new FrameDecoder({ maxBytes: CLIENT_MAX_FRAME_BYTES, views: true });
+      // A Bun socket's chunks are fresh and never written again: frames are views of them,
+      // header and all (a read that is one frame is that read: no view of it made).
+      this.#decoder = new FrameDecoder({ maxBytes: CLIENT_MAX_FRAME_BYTES, views: true, withHeader: true });
       this.#state = RelaySocket.OPEN;
       this.onopen?.(new Event("open"));
       if (first.rest.byteLength === 0 || this.#state !== RelaySocket.OPEN) return;
@@ -442,14 +444,14 @@ export class RelaySocket implements SocketEvents {
         // Data, nearly always: its payload stays the views of the reads. A close frame, or any
         // message without a handler for parts, is joined.
         const onparts = this.onparts;
-        if (onparts !== null && this.onframe !== null && piece.parts[0]?.[0] !== CLOSE_FRAME_TAG) {
+        if (onparts !== null && this.onframe !== null && payloadByte(piece) !== CLOSE_FRAME_TAG) {
           onparts(piece);
           continue;
         }
         piece = joinBytes(piece.parts, piece.byteLength);
       }
       const frame = piece;
-      const close = parseCloseFrame(frame);
+      const close = parseCloseFrame(frame, FRAME_HEADER_BYTES);
       if (close !== null) {
         this.#state = RelaySocket.CLOSING;
         this.#endWhenFlushed(sock, close.code, close.reason);
@@ -460,9 +462,9 @@ export class RelaySocket implements SocketEvents {
         onframe(frame);
         continue;
       }
-      // A frame that is a whole buffer goes as it is; a view (of a read) as a copy of its own
-      // (not `slice`, which is a view of the same memory on a Buffer).
-      const data = frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength ? frame.buffer : copyBytes(frame).buffer;
+      // The message, after its header, as a copy of its own (not `slice`, which is a view of
+      // the same memory on a Buffer).
+      const data = copyBytes(frame.subarray(FRAME_HEADER_BYTES)).buffer;
       this.onmessage?.({ data: data as ArrayBuffer });
     }
   }

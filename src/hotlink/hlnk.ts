@@ -32,7 +32,7 @@
  * is one whole frame.
  */
 import { Buffer, isUtf8 } from "node:buffer";
-import { copyInto, joinBytes, putU32BE, uninitializedBytes } from "../core/bytes.ts";
+import { copyInto, copyRange, joinBytes, putU32BE, uninitializedBytes } from "../core/bytes.ts";
 import { StoaError } from "../core/errors.ts";
 
 /** Bytes of the fixed header: magic 4 + version 1 + path_len 2 + etag_len 2 + payload_len 4 + seq 8. */
@@ -221,8 +221,12 @@ export class HlnkStreamEncoder {
 
   /** Throws like `encodeHlnk`; `seq` must be a whole number from 0 to 2^53-1. */
   encode(path: string, etag: string, seq: number, payload: Uint8Array): Uint8Array {
+    return this.encodeRange(path, etag, seq, payload, 0, payload.byteLength);
+  }
+
+  /** `encode` of the payload `source[start, start + payloadLen)`, copied from there (core/bytes.ts `copyRange`: no view of `source` made). */
+  encodeRange(path: string, etag: string, seq: number, source: Uint8Array, start: number, payloadLen: number): Uint8Array {
     this.#texts(path, etag, seq);
-    const payloadLen = payload.byteLength;
     checkPayload(payloadLen, this.#limits.payload);
     const pathLen = this.#pathBytes.byteLength;
     const etagLen = this.#etagBytes.byteLength;
@@ -233,7 +237,7 @@ export class HlnkStreamEncoder {
     writeHeaderBytes(out, pathLen, etagLen, payloadLen, Math.floor(seq / 0x1_0000_0000), seq >>> 0);
     if (pathLen > 0) out.set(this.#pathBytes, HLNK_HEADER_BYTES);
     if (etagLen > 0) out.set(this.#etagBytes, HLNK_HEADER_BYTES + pathLen);
-    copyInto(out, headLen, payload);
+    copyRange(out, headLen, source, start, start + payloadLen);
     return out.subarray(0, size);
   }
 

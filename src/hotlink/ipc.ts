@@ -270,7 +270,8 @@ export class IpcChannel {
     if (this.#apps.size > 0 && item.byteLength <= SCRATCH_PAYLOAD_BYTES && item.parts === undefined) {
       // A small frame goes through one reused buffer: the socket takes it whole almost always,
       // and the outbox copies what it does not (no garbage per delivery, fewer collections).
-      const frame = this.#frames.encode(path, etag, item.seq, item.pay);
+      const src = item.src;
+      const frame = src === undefined ? this.#frames.encode(path, etag, item.seq, item.pay) : this.#frames.encodeRange(path, etag, item.seq, src, item.srcAt ?? 0, item.byteLength);
       for (const app of this.#apps) this.#writeApp(app, frame, true);
       return;
     }

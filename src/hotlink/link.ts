@@ -22,7 +22,7 @@ import { FRAME_HEADER_BYTES, type FrameParts } from "../core/frame.ts";
 import type { Logger } from "../core/log.ts";
 import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
 import { RelaySocket, type RelayLinkMode } from "./framed-link.ts";
-import type { PathData, Transport } from "./transport.ts";
+import { InPlaceData, type PathData, type Transport } from "./transport.ts";
 import { formatAuthorization } from "./users.ts";
 import {
   type HotlinkMessage,
@@ -35,6 +35,7 @@ import {
   type EncodeScratch,
   encodeDataMessage,
   encodeDataHead,
+  lastPayload,
   parseDataFast,
   safeParseMessage,
 } from "./protocol.ts";
@@ -100,7 +101,7 @@ export class RelayLink implements Transport {
         // The framed link says when its queue empties; the WebSocket is polled (whenWritable).
         if (this.#framed) {
           sock.ondrain = () => this.#check();
-          sock.onframe = (message) => this.#onBytes(message);
+          sock.onframe = (frame) => this.#onFrame(frame);
           sock.onparts = (message) => this.#onParts(message);
         }
         ws.send(encodeMessage({ t: MessageType.Hello, v: PROTOCOL_VERSION, agt: "stoa" }));
@@ -269,13 +270,15 @@ export class RelayLink implements Transport {
   #onParts(message: FrameParts): void {
     const { parts, byteLength } = message;
     const first = parts[0];
-    const head = this.#welcome === null || first === undefined ? null : parseDataFast(first, this.#welcome.mmb, 0, true, byteLength);
+    // Each frame from its header on (the framed link's decoder keeps them: see `#onFrame`).
+    const total = byteLength - FRAME_HEADER_BYTES;
+    const head = this.#welcome === null || first === undefined ? null : parseDataFast(first, this.#welcome.mmb, FRAME_HEADER_BYTES, true, total);
     if (head === null) {
-      this.#onBytes(joinBytes(parts, byteLength));
+      this.#onBytes(joinBytes(parts, byteLength).subarray(FRAME_HEADER_BYTES));
       return;
     }
     this.messages.rx++;
-    this.messages.rxBytes += byteLength;
+    this.messages.rxBytes += total;
     const pieces = head.pay.byteLength > 0 ? [head.pay, ...parts.slice(1)] : parts.slice(1);
     let length = 0;
     for (const p of pieces) length += p.byteLength;
@@ -294,6 +297,21 @@ export class RelayLink implements Transport {
       length,
     };
     this.#options.onMessage(data);
+  }
+
+  /**
+   * A frame of the framed link, its header in front: a Data goes on read in place
+   * (`InPlaceData`, no view of the read made), anything else as its message.
+   */
+  #onFrame(frame: Uint8Array): void {
+    const fast = this.#welcome === null ? null : parseDataFast(frame, this.#welcome.mmb, FRAME_HEADER_BYTES, false);
+    if (fast === null) {
+      this.#onBytes(frame.subarray(FRAME_HEADER_BYTES));
+      return;
+    }
+    this.messages.rx++;
+    this.messages.rxBytes += frame.byteLength - FRAME_HEADER_BYTES;
+    this.#options.onMessage(new InPlaceData(fast.sid, fast.seq, fast.pth, fast.etg, frame, lastPayload.at, lastPayload.length));
   }
 
   /** One message from the relay, in a buffer of its own. */

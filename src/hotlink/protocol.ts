@@ -630,6 +630,13 @@ let lastGoodPath = "";
 /** Where `parseDataFast`'s readers are in its buffer (module state, not closures: no allocation per message). */
 let cursor = 0;
 
+/**
+ * Where the payload of the Data `parseDataFast` last returned lies in the bytes it was given
+ * (`at`, `length`; with `total`, `length` is the whole payload's, past the end of those bytes):
+ * for a reader that copies it from there instead of taking `pay` (with `withPay` false, empty).
+ */
+export const lastPayload = { at: 0, length: 0 };
+
 /** A head of `major` at the cursor: its value, or -1 for anything but a definite, shortest head. */
 function fastHead(bytes: Uint8Array, n: number, major: number): number {
   const at = cursor;
@@ -719,6 +726,8 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES, s
   let pth: string | undefined;
   let etg: string | undefined;
   let pay: Uint8Array | null = null;
+  let payAt = 0;
+  let payLength = 0;
   for (let i = 0; i < entries; i++) {
     const klen = fastHead(bytes, n, MAJOR_TEXT);
     const k = cursor;
@@ -780,11 +789,15 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES, s
         if (total < 0) {
           if (cursor + len > n) return null;
           pay = withPay ? bytes.subarray(cursor, cursor + len) : NO_PAY;
+          payAt = cursor;
+          payLength = len;
           cursor += len;
           break;
         }
         if (i !== entries - 1 || cursor - start + len !== total) return null;
         pay = withPay ? bytes.subarray(cursor) : NO_PAY;
+        payAt = cursor;
+        payLength = len;
         cursor = n;
         break;
       }
@@ -793,6 +806,8 @@ export function parseDataFast(bytes: Uint8Array, maxBytes = MAX_MESSAGE_BYTES, s
     }
   }
   if (cursor !== n || t !== MessageType.Data || sid === null || seq < 1 || pay === null) return null;
+  lastPayload.at = payAt;
+  lastPayload.length = payLength;
   // One shape for every Data (absent fields undefined), as the daemons build theirs: no spread.
   return { t: MessageType.Data, sid, seq, pay, pth, etg };
 }

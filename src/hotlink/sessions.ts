@@ -33,7 +33,7 @@ import {
 } from "./protocol.ts";
 import { ReorderBuffer } from "./reorder.ts";
 import { DaemonCounters } from "./telemetry.ts";
-import type { PathData, PathReceiver, PathSender, Rung, Transport } from "./transport.ts";
+import { InPlaceData, type PathData, type PathReceiver, type PathSender, type Rung, type Transport } from "./transport.ts";
 
 /**
  * How long a receiver waits for the sender's answer to its TLS offer before it offers ICE too:
@@ -101,6 +101,9 @@ export interface Delivery {
   readonly pth: string | undefined;
   readonly etg: string | undefined;
   readonly byteLength: number;
+  /** With `srcAt`: the payload is `src` from `srcAt` on (`byteLength` bytes), for a sink that copies it from there without reading `pay` (transport.ts `InPlaceData`). */
+  readonly src?: Uint8Array;
+  readonly srcAt?: number;
 }
 
 interface OutgoingEvents {
@@ -638,15 +641,18 @@ export class Incoming {
     if (this.state === "closed") return;
     const c = this.#table.counters;
     const parts = message.parts;
+    // Not `pay` of a payload in parts or in place: reading it would join them, or make a view.
+    const length = message.length ?? message.pay.byteLength;
     if (!direct) {
       c.relay.rxPackets++;
-      // Not `pay` of a payload in parts: reading it would join them.
-      c.relay.rxBytes += parts === undefined ? message.pay.byteLength : (message.length ?? 0);
+      c.relay.rxBytes += length;
     }
     const item: Delivery =
-      parts === undefined
-        ? { seq: message.seq, pay: message.pay, parts, pth: message.pth, etg: message.etg, byteLength: message.pay.byteLength }
-        : { seq: message.seq, get pay() { return message.pay; }, parts, pth: message.pth, etg: message.etg, byteLength: message.length ?? 0 };
+      message instanceof InPlaceData
+        ? message
+        : parts === undefined
+          ? { seq: message.seq, pay: message.pay, parts, pth: message.pth, etg: message.etg, byteLength: length }
+          : { seq: message.seq, get pay() { return message.pay; }, parts, pth: message.pth, etg: message.etg, byteLength: length };
     // In order with nothing held (nearly always): `takeNext`, delivered now, no array.
     let ready: Delivery[] | null = null;
     try {

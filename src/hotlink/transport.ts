@@ -84,7 +84,45 @@ export interface PathReceiver {
  * of them, `length` bytes in all); its `pay` then joins them when read, a copy a sink that
  * writes the pieces one by one never makes.
  */
-export type PathData = DataMessage & { readonly parts?: readonly Uint8Array[]; readonly length?: number };
+export type PathData = DataMessage & {
+  readonly parts?: readonly Uint8Array[];
+  readonly length?: number;
+  /** With `srcAt`: the payload is `src` from `srcAt`, `length` bytes (`InPlaceData`). */
+  readonly src?: Uint8Array;
+  readonly srcAt?: number;
+};
+
+/**
+ * A Data read in place from the frame it came in (the framed relay link's, which is its whole
+ * read when messages come one at a time): its payload is a range of that frame, and a view of
+ * it is made only if `pay` is read. A sink that copies the payload (an IPC channel's small
+ * frames) copies the range (core/bytes.ts `copyRange`): no view of the read is made on the
+ * way, which would give it an ArrayBuffer of its own. It is its own `Delivery` too.
+ */
+export class InPlaceData {
+  readonly t = MessageType.Data;
+  readonly parts = undefined;
+  #view: Uint8Array | null = null;
+
+  constructor(
+    readonly sid: string,
+    readonly seq: number,
+    readonly pth: string | undefined,
+    readonly etg: string | undefined,
+    readonly src: Uint8Array,
+    readonly srcAt: number,
+    readonly length: number,
+  ) {}
+
+  get byteLength(): number {
+    return this.length;
+  }
+
+  get pay(): Uint8Array {
+    this.#view ??= this.src.subarray(this.srcAt, this.srcAt + this.length);
+    return this.#view;
+  }
+}
 
 /** The receiver's half of a path: HLNK bytes in, the session's Data out. */
 export class FrameIntake {

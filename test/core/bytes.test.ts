@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { ptr } from "bun:ffi";
-import { copyBytes, copyInto, putU32BE, uninitializedBytes } from "../../src/core/bytes.ts";
+import { copyBytes, copyInto, copyRange, putU32BE, uninitializedBytes } from "../../src/core/bytes.ts";
 
 /** A deterministic byte pattern, different for each `seed`. */
 function pattern(n: number, seed: number): Uint8Array {
@@ -80,5 +80,32 @@ describe("copyBytes, uninitializedBytes, putU32BE", () => {
     const out = new Uint8Array(6);
     putU32BE(out, 1, 0xdeadbeef);
     expect([...out]).toEqual([0, 0xde, 0xad, 0xbe, 0xef, 0]);
+  });
+});
+
+describe("copyRange", () => {
+  test("copies a range of a Buffer or a plain Uint8Array, short (no view) and long (through copyInto), to any offset", () => {
+    for (const n of [0, 1, 100, 1023, 1024, 5000, 70_000]) {
+      const plain = Uint8Array.from({ length: n + 30 }, (_, i) => (i * 7 + 3) & 0xff);
+      for (const src of [plain, Buffer.from(plain)]) {
+        for (const at of [0, 1, 63, 4096 - 5]) {
+          const dst = new Uint8Array(at + n + 8).fill(0xee);
+          copyRange(dst, at, src, 13, 13 + n);
+          expect(Buffer.from(dst.subarray(at, at + n)).equals(Buffer.from(plain.subarray(13, 13 + n)))).toBe(true);
+          expect(dst.subarray(0, at).every((b) => b === 0xee)).toBe(true);
+          expect(dst.subarray(at + n).every((b) => b === 0xee)).toBe(true);
+        }
+      }
+    }
+  });
+
+  test("a range outside the source or past the destination throws RangeError and writes nothing", () => {
+    const src = new Uint8Array(10).fill(1);
+    const dst = new Uint8Array(10);
+    expect(() => copyRange(dst, 0, src, 5, 11)).toThrow(RangeError);
+    expect(() => copyRange(dst, 0, src, -1, 3)).toThrow(RangeError);
+    expect(() => copyRange(dst, 0, src, 6, 5)).toThrow(RangeError);
+    expect(() => copyRange(dst, 8, src, 0, 3)).toThrow(RangeError);
+    expect(dst.every((b) => b === 0)).toBe(true);
   });
 });

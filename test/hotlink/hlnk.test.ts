@@ -450,6 +450,10 @@ describe("a delivery stream's encoder (HlnkStreamEncoder)", () => {
       const want = encodeHlnk({ path, etag, seq: BigInt(seq), payload });
       expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
       expect(decodeHlnkOne(got).seq).toBe(BigInt(seq));
+      // encodeRange(): the same bytes, the payload copied from a range of a larger buffer.
+      const around = new Uint8Array(payload.byteLength + 9);
+      around.set(payload, 5);
+      expect(Buffer.from(enc.encodeRange(path, etag, seq, Buffer.from(around), 5, payload.byteLength)).equals(Buffer.from(want))).toBe(true);
       // head(): the same bytes before the payload, as hlnkHeader writes them, in a buffer of its own.
       const head = enc.head(path, etag, seq, payload.byteLength);
       expect(Buffer.from(head).equals(Buffer.from(hlnkHeader(new TextEncoder().encode(path), new TextEncoder().encode(etag), payload.byteLength, BigInt(seq))))).toBe(true);

@@ -191,3 +191,26 @@ describe("encodeDataHead: a framed Data up to its payload", () => {
     }
   });
 });
+
+describe("parseDataFast: where the payload lies (lastPayload), read in place", () => {
+  test("after a parse, lastPayload is the payload's offset and length in the bytes given, header or not; InPlaceData's pay is that range", async () => {
+    const { lastPayload } = await import("../../src/hotlink/protocol.ts");
+    const { InPlaceData } = await import("../../src/hotlink/transport.ts");
+    const r = prng(seed + 7);
+    for (let i = 0; i < 2_000; i++) {
+      const pay = r.bytes(r.int(3000));
+      const msg = { t: MessageType.Data, sid: "0123456789abcdef0123456789abcdef", seq: 1 + r.int(1_000_000), pay, ...(r.int(2) === 0 ? { pth: "alice/x/y" } : {}) } as const;
+      const framed = i % 2 === 0;
+      const bytes = encodeDataMessage(msg, undefined, undefined, framed);
+      const at = framed ? 4 : 0;
+      const parsed = parseDataFast(bytes, undefined, at, false);
+      expect(parsed).not.toBeNull();
+      expect(parsed?.pay.byteLength).toBe(0);
+      expect(lastPayload.length).toBe(pay.byteLength);
+      const d = new InPlaceData(parsed?.sid ?? "", parsed?.seq ?? 0, parsed?.pth, parsed?.etg, bytes, lastPayload.at, lastPayload.length);
+      expect(d.byteLength).toBe(pay.byteLength);
+      expect(Buffer.from(d.pay).equals(Buffer.from(pay))).toBe(true);
+      expect(d.pay).toBe(d.pay); // one view, made once
+    }
+  });
+});
