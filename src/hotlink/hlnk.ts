@@ -84,8 +84,16 @@ export interface HlnkFrame {
    * and never reads `payload`, so those bytes are never copied.
    */
   parts?: readonly Uint8Array[];
-  /** With `parts`: the payload's length (the sum of theirs). */
+  /** With `parts` or `src`: the payload's length (the sum of the parts'). */
   payloadLength?: number;
+  /**
+   * Only from a decoder with `views`: a payload whole in one chunk is that chunk from `srcAt`
+   * on (`payloadLength` bytes), and `payload` a view of it made when first read. A consumer
+   * that copies the payload copies the range (core/bytes.ts `copyRange`) and never reads
+   * `payload`: the first view of a fresh Bun read gives it an ArrayBuffer of its own.
+   */
+  src?: Uint8Array;
+  srcAt?: number;
 }
 
 /** What a frame to encode may leave out: the etag defaults to "". */
@@ -118,8 +126,8 @@ interface HlnkDecoderOptions extends HlnkLimits {
   onGarbage?: (bytes: Uint8Array, reason: HlnkGarbageReason) => void;
   /**
    * The caller's chunks are fresh and nobody writes them after `push` (a Bun socket's data
-   * event): a frame that lies whole in one chunk gets a view of it as its payload instead of a
-   * copy, and one that spans chunks gets `parts`, views of each (it keeps those chunks alive
+   * event): a frame that lies whole in one chunk gets its payload as a range of it instead of a
+   * copy (`src`, `payload` a view of it made when read), and one that spans chunks gets `parts`, views of each (it keeps those chunks alive
    * until it is dropped). Off by default: a payload must not change under its frame.
    */
   views?: boolean;
@@ -145,6 +153,31 @@ class PartsFrame implements HlnkFrame {
   get payload(): Uint8Array {
     this.#joined ??= joinBytes(this.parts, this.payloadLength);
     return this.#joined;
+  }
+}
+
+/** A frame whose payload lies whole in one chunk (`views`): see `HlnkFrame.src`. */
+class InPlaceFrame implements HlnkFrame {
+  readonly path: string;
+  readonly etag: string;
+  readonly seq: bigint;
+  readonly src: Uint8Array;
+  readonly srcAt: number;
+  readonly payloadLength: number;
+  #view: Uint8Array | null = null;
+
+  constructor(path: string, etag: string, seq: bigint, src: Uint8Array, srcAt: number, payloadLength: number) {
+    this.path = path;
+    this.etag = etag;
+    this.seq = seq;
+    this.src = src;
+    this.srcAt = srcAt;
+    this.payloadLength = payloadLength;
+  }
+
+  get payload(): Uint8Array {
+    this.#view ??= this.src.subarray(this.srcAt, this.srcAt + this.payloadLength);
+    return this.#view;
   }
 }
 
@@ -435,7 +468,12 @@ export class HlnkDecoder {
       const start = pos + head.headLen;
       const stop = start + head.payloadLen;
       if (stop <= end) {
-        frames.push(this.#frame(this.#views ? buf.subarray(start, stop) : buf.slice(start, stop)));
+        if (this.#views) {
+          this.#frames++;
+          frames.push(new InPlaceFrame(head.path, head.etag, head.seq, buf, start, head.payloadLen));
+        } else {
+          frames.push(this.#frame(buf.slice(start, stop)));
+        }
         return stop;
       }
       if (this.#views) {

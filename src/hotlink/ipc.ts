@@ -24,7 +24,7 @@ import type { Socket } from "bun";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
-import { HlnkDecoder, HlnkStreamEncoder, hlnkHeader } from "./hlnk.ts";
+import { HlnkDecoder, type HlnkFrame, HlnkStreamEncoder, hlnkHeader } from "./hlnk.ts";
 import type { IpcStatus } from "./protocol.ts";
 import { type Delivery, Incoming, Outgoing, type SessionTable } from "./sessions.ts";
 import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
@@ -52,7 +52,8 @@ interface AppState {
 type App = Socket<AppState>;
 
 interface Pending {
-  pay: Uint8Array;
+  /** The application's frame (its payload as it came: `HlnkFrame.src`, `parts`, or `payload`). */
+  f: HlnkFrame;
   pth: string;
   etg: string;
 }
@@ -170,10 +171,11 @@ export class IpcChannel {
       if (f.path !== channel && !f.path.startsWith(`${channel}/`)) {
         return this.#badApp(s, `it wrote a frame for ${JSON.stringify(f.path)}, outside the channel ${channel}`);
       }
-      if (max > 0 && f.payload.byteLength > max) {
-        return this.#badApp(s, `it wrote a ${f.payload.byteLength}-byte payload; the relay server takes at most ${max} per frame`);
+      const length = f.payloadLength ?? f.payload.byteLength;
+      if (max > 0 && length > max) {
+        return this.#badApp(s, `it wrote a ${length}-byte payload; the relay server takes at most ${max} per frame`);
       }
-      this.#send(f.payload, f.path, f.etag);
+      this.#send(f, f.path, f.etag);
     }
   }
 
@@ -183,22 +185,34 @@ export class IpcChannel {
     s.end();
   }
 
-  #send(pay: Uint8Array, pth: string, etg: string): void {
+  /** `f`'s payload (a range of its read, or its parts: `pay` is read only for those). */
+  #send(f: HlnkFrame, pth: string, etg: string): void {
     const out = this.#out;
     if (out !== null && out.state === "open" && this.#pending.length === 0) {
-      this.#transmit(out, pay, pth, etg);
+      this.#transmit(out, f, pth, etg);
       return;
     }
-    this.#pending.push({ pay, pth, etg });
-    this.#pendingBytes += pay.byteLength;
+    this.#pending.push({ f, pth, etg });
+    this.#pendingBytes += f.payloadLength ?? f.payload.byteLength;
     if (this.#pendingBytes > PENDING_BYTES) this.#pauseApps();
     if (out === null) this.#openOut();
   }
 
-  #transmit(out: Outgoing, pay: Uint8Array, pth: string, etg: string): void {
-    out.send(pay, pth === this.spec.channel ? undefined : pth, etg === "" ? undefined : etg);
+  #transmit(out: Outgoing, f: HlnkFrame, pth: string, etg: string): void {
+    const path = pth === this.spec.channel ? undefined : pth;
+    const etag = etg === "" ? undefined : etg;
+    const src = f.src;
+    let length: number;
+    if (src !== undefined) {
+      length = f.payloadLength ?? 0;
+      out.sendInPlace(src, f.srcAt ?? 0, length, path, etag);
+    } else {
+      const pay = f.payload;
+      length = pay.byteLength;
+      out.send(pay, path, etag);
+    }
     this.counters.txFrames++;
-    this.counters.txBytes += pay.byteLength;
+    this.counters.txBytes += length;
     if (out.busy) {
       this.#pauseApps();
       out.whenWritable(() => this.#resumeApps());
@@ -213,7 +227,7 @@ export class IpcChannel {
         const pending = this.#pending;
         this.#pending = [];
         this.#pendingBytes = 0;
-        for (const frame of pending) this.#transmit(out, frame.pay, frame.pth, frame.etg);
+        for (const frame of pending) this.#transmit(out, frame.f, frame.pth, frame.etg);
         if (!out.busy) this.#resumeApps();
       },
       ended: (reason, rejected) => {

@@ -22,7 +22,7 @@ import { FRAME_HEADER_BYTES, type FrameParts } from "../core/frame.ts";
 import type { Logger } from "../core/log.ts";
 import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
 import { RelaySocket, type RelayLinkMode } from "./framed-link.ts";
-import { InPlaceData, type PathData, type Transport } from "./transport.ts";
+import type { PathData, Transport } from "./transport.ts";
 import { formatAuthorization } from "./users.ts";
 import {
   type HotlinkMessage,
@@ -35,7 +35,9 @@ import {
   type EncodeScratch,
   encodeDataMessage,
   encodeDataHead,
+  InPlaceData,
   lastPayload,
+  payloadLength,
   parseDataFast,
   safeParseMessage,
 } from "./protocol.ts";
@@ -180,12 +182,13 @@ export class RelayLink implements Transport {
     if (ws === null || this.#welcome === null) return false;
     if (!this.#framed) return this.sendEncoded(encodeDataMessage(message, this.#welcome.mmb, this.#scratch));
     const sock = ws as unknown as RelaySocket;
-    if (message.pay.byteLength >= UNCOPIED_PAYLOAD_BYTES) {
+    const length = payloadLength(message);
+    if (length >= UNCOPIED_PAYLOAD_BYTES) {
       // Its head, then the payload as it is: two writes, but no copy of the payload.
       const head = encodeDataHead(message, this.#welcome.mmb, this.#scratch);
       if (!sock.sendFrame(head, message.pay)) return false;
       this.messages.tx++;
-      this.messages.txBytes += head.byteLength - FRAME_HEADER_BYTES + message.pay.byteLength;
+      this.messages.txBytes += head.byteLength - FRAME_HEADER_BYTES + length;
       return true;
     }
     const frame = encodeDataMessage(message, this.#welcome.mmb, this.#scratch, true);

@@ -178,7 +178,7 @@
  */
 import { Buffer } from "node:buffer";
 import { z } from "zod";
-import { copyInto, putU32BE, uninitializedBytes } from "../core/bytes.ts";
+import { copyInto, copyRange, putU32BE, uninitializedBytes } from "../core/bytes.ts";
 import { type CodecOptions, type DecodeResult, createCodec, encode, safeDecodeMessage } from "../core/codec.ts";
 import { parseEndpoint } from "../core/endpoint.ts";
 import { StoaError, describeError } from "../core/errors.ts";
@@ -463,6 +463,45 @@ export function safeParseMessage(bytes: Uint8Array | ArrayBuffer, options: Codec
 }
 
 /**
+ * A Data whose payload is a range of a read it came in — a frame of the framed relay link on
+ * the receiving daemon, an application's HLNK frame on the sending one (each the whole read
+ * when messages come one at a time): a view of it is made only if `pay` is read. Whoever
+ * copies the payload (the encoder, `encodeData`; an IPC channel framing it for its
+ * applications) copies the range (core/bytes.ts `copyRange`): no view of the read is made on
+ * the way, which would give it an ArrayBuffer of its own (~0.6 µs here, and garbage). On the
+ * receiving daemon it is its own sessions.ts `Delivery` too.
+ */
+export class InPlaceData {
+  readonly t = MessageType.Data;
+  readonly parts = undefined;
+  #view: Uint8Array | null = null;
+
+  constructor(
+    readonly sid: string,
+    readonly seq: number,
+    readonly pth: string | undefined,
+    readonly etg: string | undefined,
+    readonly src: Uint8Array,
+    readonly srcAt: number,
+    readonly length: number,
+  ) {}
+
+  get byteLength(): number {
+    return this.length;
+  }
+
+  get pay(): Uint8Array {
+    this.#view ??= this.src.subarray(this.srcAt, this.srcAt + this.length);
+    return this.#view;
+  }
+}
+
+/** A Data's payload length, without making a view of an in-place one. */
+export function payloadLength(message: DataMessage): number {
+  return message instanceof InPlaceData ? message.length : message.pay.byteLength;
+}
+
+/**
  * Encodes a Data message the caller built from values it already checked (its own sid and seq,
  * a declared channel's path, an etag from a decoded HLNK frame): `encodeMessage` without the
  * schema pass, for the sending hot path. Throws "too_large" over `maxBytes`. `framed`: the
@@ -501,7 +540,7 @@ function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScra
   const sidLen = message.sid.length; // ASCII, by the schema
   const pthLen = message.pth === undefined ? -1 : Buffer.byteLength(message.pth, "utf8");
   const etgLen = message.etg === undefined ? -1 : Buffer.byteLength(message.etg, "utf8");
-  const payLen = message.pay.byteLength;
+  const payLen = payloadLength(message);
   const entries = 4 + (pthLen >= 0 ? 1 : 0) + (etgLen >= 0 ? 1 : 0);
   const size =
     1 +
@@ -551,7 +590,8 @@ function encodeData(message: DataMessage, maxBytes: number, scratch?: EncodeScra
     if (at !== written) throw new Error(`encodeData: wrote a head of ${at} of ${written} bytes`); // a bug, never input
     return out.byteLength === written ? out : out.subarray(0, written);
   }
-  copyInto(out, at, message.pay);
+  if (message instanceof InPlaceData) copyRange(out, at, message.src, message.srcAt, message.srcAt + payLen);
+  else copyInto(out, at, message.pay);
   if (at + payLen !== room + size) throw new Error(`encodeData: wrote ${at + payLen - room} of ${size} bytes`); // a bug, never input
   // With room, the result starts at the frame header: the framed link writes it as it is.
   return out.byteLength === room + size ? out : out.subarray(0, room + size);

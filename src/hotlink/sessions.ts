@@ -23,17 +23,19 @@ import { type IceConfig, IceDialer, IceReceiver, type IceSignal, type IceSignalI
 // MAX_RUNG_FAILURE_LENGTH (the whole reason is logged), so `ls` of thousands stays small.
 import {
   type DataMessage,
+  InPlaceData,
   type IncomingStatus,
   MAX_RUNG_FAILURE_LENGTH,
   MAX_PATH_VIA_LENGTH,
   MAX_RUNG_FAILURES,
   MessageType,
   type OutgoingStatus,
+  payloadLength,
   type RungFailure,
 } from "./protocol.ts";
 import { ReorderBuffer } from "./reorder.ts";
 import { DaemonCounters } from "./telemetry.ts";
-import { InPlaceData, type PathData, type PathReceiver, type PathSender, type Rung, type Transport } from "./transport.ts";
+import type { PathData, PathReceiver, PathSender, Rung, Transport } from "./transport.ts";
 
 /**
  * How long a receiver waits for the sender's answer to its TLS offer before it offers ICE too:
@@ -204,15 +206,30 @@ export class Outgoing {
     // One object of one shape, no spreads: this runs for every message (less garbage, fewer GCs).
     // A path keeps it until acknowledged, and resends it on the relay after a failure.
     const message: DataMessage = { t: MessageType.Data, sid: this.sid, seq: ++this.#seq, pay, pth, etg };
+    return this.#sendMessage(message, pay.byteLength, owned, started);
+  }
+
+  /**
+   * `send` of the payload `src[srcAt, srcAt + length)`, a range of a read nobody writes again
+   * (an application's HLNK frame in its read): no view of it is made unless a direct path needs
+   * one (protocol.ts `InPlaceData`).
+   */
+  sendInPlace(src: Uint8Array, srcAt: number, length: number, pth?: string, etg?: string): boolean {
+    if (this.state !== "open") return false;
+    const started = performance.now();
+    return this.#sendMessage(new InPlaceData(this.sid, ++this.#seq, pth, etg, src, srcAt, length), length, false, started);
+  }
+
+  #sendMessage(message: DataMessage, length: number, owned: boolean, started: number): boolean {
     const path = this.#path;
     if (path !== null) path.sendData(message, owned);
-    else if (!this.#sendRelay(message)) return false;
-    this.sentBytes += pay.byteLength;
+    else if (!this.#sendRelay(message, length)) return false;
+    this.sentBytes += length;
     this.#table.counters.send.add((performance.now() - started) * 1000);
     return true;
   }
 
-  #sendRelay(message: DataMessage): boolean {
+  #sendRelay(message: DataMessage, length: number): boolean {
     if (!this.#link.sendData(message)) {
       this.#end("the relay server connection was lost", false);
       this.#forget();
@@ -220,7 +237,7 @@ export class Outgoing {
     }
     const c = this.#table.counters.relay;
     c.txPackets++;
-    c.txBytes += message.pay.byteLength;
+    c.txBytes += length;
     return true;
   }
 
@@ -422,7 +439,7 @@ export class Outgoing {
     else c.ice.fallbacks++;
     (this.#table.direct ?? this.#table.ice)?.log.info("back to the relay", { sid: this.sid, from: path.rung, reason: why });
     for (const f of path.unacknowledged()) {
-      if (!this.#sendRelay(f)) break;
+      if (!this.#sendRelay(f, payloadLength(f))) break;
     }
     path.close();
     if (this.#finishing) this.#closeWhenAcknowledged();

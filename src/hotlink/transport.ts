@@ -23,7 +23,7 @@
 import type { Logger } from "../core/log.ts";
 import { AckReader } from "./direct-wire.ts";
 import { HlnkDecoder, HlnkStreamEncoder } from "./hlnk.ts";
-import { type DataMessage, MessageType } from "./protocol.ts";
+import { type DataMessage, InPlaceData, MessageType } from "./protocol.ts";
 import type { PathCounters } from "./telemetry.ts";
 
 /**
@@ -92,37 +92,6 @@ export type PathData = DataMessage & {
   readonly srcAt?: number;
 };
 
-/**
- * A Data read in place from the frame it came in (the framed relay link's, which is its whole
- * read when messages come one at a time): its payload is a range of that frame, and a view of
- * it is made only if `pay` is read. A sink that copies the payload (an IPC channel's small
- * frames) copies the range (core/bytes.ts `copyRange`): no view of the read is made on the
- * way, which would give it an ArrayBuffer of its own. It is its own `Delivery` too.
- */
-export class InPlaceData {
-  readonly t = MessageType.Data;
-  readonly parts = undefined;
-  #view: Uint8Array | null = null;
-
-  constructor(
-    readonly sid: string,
-    readonly seq: number,
-    readonly pth: string | undefined,
-    readonly etg: string | undefined,
-    readonly src: Uint8Array,
-    readonly srcAt: number,
-    readonly length: number,
-  ) {}
-
-  get byteLength(): number {
-    return this.length;
-  }
-
-  get pay(): Uint8Array {
-    this.#view ??= this.src.subarray(this.srcAt, this.srcAt + this.length);
-    return this.#view;
-  }
-}
 
 /** The receiver's half of a path: HLNK bytes in, the session's Data out. */
 export class FrameIntake {
@@ -148,6 +117,14 @@ export class FrameIntake {
       const pth = f.path === this.#pth ? undefined : f.path;
       const etg = f.etag === "" ? undefined : f.etag;
       const parts = f.parts;
+      const src = f.src;
+      if (src !== undefined) {
+        // Whole in its read: read in place, no view of the read made (protocol.ts `InPlaceData`).
+        const length = f.payloadLength ?? 0;
+        counters.rxBytes += length;
+        this.#data(new InPlaceData(this.#sid, Number(f.seq), pth, etg, src, f.srcAt ?? 0, length));
+        continue;
+      }
       if (parts === undefined) {
         counters.rxBytes += f.payload.byteLength;
         this.#data({ t: MessageType.Data, sid: this.#sid, seq: Number(f.seq), pay: f.payload, pth, etg });

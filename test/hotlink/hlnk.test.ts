@@ -302,8 +302,14 @@ describe("streaming decoder", () => {
     // One chunk holding the whole stream: every non-empty payload is a view of it.
     const whole = new Uint8Array(stream);
     const frames = new HlnkDecoder({ views: true }).push(whole);
-    expect(frames).toEqual(all);
-    for (const f of frames) if (f.payload.byteLength > 0) expect(f.payload.buffer).toBe(whole.buffer);
+    expect(frames.map((f) => ({ path: f.path, etag: f.etag, seq: f.seq, payload: f.payload }))).toEqual(all);
+    for (const f of frames) {
+      // Its payload as a range of the chunk (src, srcAt, payloadLength), a view of it when read.
+      expect(f.src).toBe(whole);
+      expect(f.payloadLength).toBe(f.payload.byteLength);
+      expect(Buffer.from(whole.subarray(f.srcAt ?? -1, (f.srcAt ?? 0) + (f.payloadLength ?? 0))).equals(Buffer.from(f.payload))).toBe(true);
+      if (f.payload.byteLength > 0) expect(f.payload.buffer).toBe(whole.buffer);
+    }
   });
 
   test("reports a frame in progress as buffered until it completes", () => {

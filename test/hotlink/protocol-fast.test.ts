@@ -195,7 +195,7 @@ describe("encodeDataHead: a framed Data up to its payload", () => {
 describe("parseDataFast: where the payload lies (lastPayload), read in place", () => {
   test("after a parse, lastPayload is the payload's offset and length in the bytes given, header or not; InPlaceData's pay is that range", async () => {
     const { lastPayload } = await import("../../src/hotlink/protocol.ts");
-    const { InPlaceData } = await import("../../src/hotlink/transport.ts");
+    const { InPlaceData } = await import("../../src/hotlink/protocol.ts");
     const r = prng(seed + 7);
     for (let i = 0; i < 2_000; i++) {
       const pay = r.bytes(r.int(3000));
@@ -211,6 +211,25 @@ describe("parseDataFast: where the payload lies (lastPayload), read in place", (
       expect(d.byteLength).toBe(pay.byteLength);
       expect(Buffer.from(d.pay).equals(Buffer.from(pay))).toBe(true);
       expect(d.pay).toBe(d.pay); // one view, made once
+    }
+  });
+});
+
+describe("encodeDataMessage of a payload in place", () => {
+  test("an InPlaceData encodes to the same bytes as the Data with its payload, framed or not, short and long payloads", async () => {
+    const { InPlaceData } = await import("../../src/hotlink/protocol.ts");
+    const r = prng(seed + 11);
+    for (let i = 0; i < 500; i++) {
+      const pay = r.bytes(r.int(4) === 0 ? r.int(100_000) : r.int(2000));
+      const read = Buffer.from(new Uint8Array([...r.bytes(r.int(40)), ...pay, ...r.bytes(r.int(40))]));
+      const at = read.indexOf(Buffer.from(pay)) >= 0 ? read.indexOf(Buffer.from(pay)) : 0;
+      const pth = r.int(2) === 0 ? "alice/x" : undefined;
+      const msg = { t: MessageType.Data, sid: "0123456789abcdef0123456789abcdef", seq: 1 + r.int(1_000_000), pay, pth, etg: undefined } as const;
+      const inPlace = new InPlaceData(msg.sid, msg.seq, pth, undefined, read, at, pay.byteLength);
+      for (const framed of [false, true]) {
+        const want = Buffer.from(encodeDataMessage(msg, undefined, undefined, framed));
+        expect(Buffer.from(encodeDataMessage(inPlace, undefined, undefined, framed)).equals(want)).toBe(true);
+      }
     }
   });
 });
