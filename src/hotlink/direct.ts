@@ -29,12 +29,13 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { networkInterfaces } from "node:os";
+import { copyRange } from "../core/bytes.ts";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { DIRECT_TLS_SERVER_NAME, createSessionCertificate, verifyPinnedPeer } from "./cert.ts";
 import { HelloReader, encodeDirectAck, encodeDirectHello } from "./direct-wire.ts";
 import type { DataMessage } from "./protocol.ts";
-import { MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
+import { InPlaceData, MAX_DIALED_CANDIDATES, MessageType } from "./protocol.ts";
 import type { DaemonCounters } from "./telemetry.ts";
 import { AckPacer, FrameIntake, type FramePipe, type PathReceiver, PathSender } from "./transport.ts";
 import { describeError } from "../core/errors.ts";
@@ -358,19 +359,22 @@ export class TlsPipe implements FramePipe {
     if (hello !== undefined) this.#outbox.write(hello);
   }
 
-  writeFrame(header: Uint8Array, payload: Uint8Array): void {
-    if (payload.byteLength > ONE_RECORD_BYTES) {
+  writeFrame(header: Uint8Array, payload: Uint8Array | InPlaceData): void {
+    const length = payload instanceof InPlaceData ? payload.length : payload.byteLength;
+    if (length > ONE_RECORD_BYTES) {
       this.#outbox.write(header);
-      this.#outbox.write(payload);
+      this.#outbox.write(payload instanceof InPlaceData ? payload.pay : payload);
       return;
     }
     // One write, one TLS record and one syscall for a small frame, not two of each: the copy
     // costs less than either. Into one reused buffer: the outbox copies what the socket leaves.
-    const size = header.byteLength + payload.byteLength;
+    // An in-place payload is copied from its read's range (no view of the read made).
+    const size = header.byteLength + length;
     if (this.#scratch.byteLength < size) this.#scratch = new Uint8Array(Math.max(size, ONE_RECORD_BYTES + 1024));
     const frame = this.#scratch.subarray(0, size);
     frame.set(header);
-    frame.set(payload, header.byteLength);
+    if (payload instanceof InPlaceData) copyRange(frame, header.byteLength, payload.src, payload.srcAt, payload.srcAt + length);
+    else frame.set(payload, header.byteLength);
     this.#outbox.write(frame, COPY);
   }
 

@@ -35,7 +35,7 @@ import type { Logger } from "../core/log.ts";
 import { describeError } from "../core/errors.ts";
 import { encodeDirectAck } from "./direct-wire.ts";
 import { type IceServer, rtcIceServers } from "./ice-servers.ts";
-import type { DataMessage } from "./protocol.ts";
+import { type DataMessage, InPlaceData } from "./protocol.ts";
 import { type RtcCandidate, type RtcChannel, type RtcPeer, type SelectedPair, openRtcPeer } from "./rtc.ts";
 import type { DaemonCounters } from "./telemetry.ts";
 import { AckPacer, FrameIntake, type FramePipe, type PathReceiver, PathSender, type Rung } from "./transport.ts";
@@ -477,8 +477,9 @@ class ChannelPipe implements FramePipe {
     this.#attempt = attempt;
   }
 
-  writeFrame(header: Uint8Array, payload: Uint8Array): void {
+  writeFrame(header: Uint8Array, frame: Uint8Array | InPlaceData): void {
     if (this.#failed) return; // retained by the PathSender: the fallback resends it
+    const payload = frame instanceof InPlaceData ? frame.pay : frame;
     this.#pending.push(header, payload);
     this.#pendingBytes += header.byteLength + payload.byteLength;
     if (this.#pendingBytes >= MAX_CHANNEL_MESSAGE) this.#flush();

@@ -23,7 +23,7 @@
 import type { Logger } from "../core/log.ts";
 import { AckReader } from "./direct-wire.ts";
 import { HlnkDecoder, HlnkStreamEncoder } from "./hlnk.ts";
-import { type DataMessage, InPlaceData, MessageType } from "./protocol.ts";
+import { type DataMessage, InPlaceData, MessageType, payloadLength } from "./protocol.ts";
 import type { PathCounters } from "./telemetry.ts";
 
 /**
@@ -50,7 +50,7 @@ export interface Transport {
 /** A per-session connection under a `PathSender`. */
 export interface FramePipe {
   /** Writes one HLNK frame: its header, then its payload (not copied: nobody reuses it). Never drops. */
-  writeFrame(header: Uint8Array, payload: Uint8Array): void;
+  writeFrame(header: Uint8Array, payload: Uint8Array | InPlaceData): void;
   /** Bytes written and not yet taken by the kernel or the network stack. */
   readonly queued: number;
   /**
@@ -291,16 +291,21 @@ export class PathSender implements Transport {
    * left first (then its frames may be in another path's queue: the collector frees them).
    */
   sendData(message: DataMessage, owned = false): boolean {
-    const pay = message.pay;
-    if (owned && pay.byteLength >= RELEASE_MIN_BYTES && pay.byteOffset === 0 && pay.byteLength === pay.buffer.byteLength) this.#owned.add(message);
+    // An in-place payload (an application's frame in its read) is not made a view of here: the
+    // pipe copies its range (direct.ts) or takes `pay` when it must (ice.ts).
+    const length = payloadLength(message);
+    if (owned && length >= RELEASE_MIN_BYTES) {
+      const pay = message.pay;
+      if (pay.byteOffset === 0 && pay.byteLength === pay.buffer.byteLength) this.#owned.add(message);
+    }
     // Retained first: a pipe that finds itself closed makes the session fall back from inside
     // writeFrame, and the fallback resends what is retained.
     if (this.#retainedHead >= this.#retained.length) this.#watchAcks();
     this.#retained.push(message);
-    this.#retainedBytes += pay.byteLength;
+    this.#retainedBytes += length;
     this.#counters.txPackets++;
-    this.#counters.txBytes += pay.byteLength;
-    this.#pipe.writeFrame(this.#heads.head(message.pth ?? this.#pth, message.etg ?? "", message.seq, pay.byteLength), pay);
+    this.#counters.txBytes += length;
+    this.#pipe.writeFrame(this.#heads.head(message.pth ?? this.#pth, message.etg ?? "", message.seq, length), message instanceof InPlaceData ? message : message.pay);
     return true;
   }
 
@@ -327,7 +332,7 @@ export class PathSender implements Transport {
     const r = this.#retained;
     while (this.#retainedHead < r.length && (r[this.#retainedHead]?.seq ?? Infinity) <= acked) {
       const frame = r[this.#retainedHead] as DataMessage;
-      this.#retainedBytes -= frame.pay.byteLength;
+      this.#retainedBytes -= payloadLength(frame);
       // Delivered: no path resends it. Only while this path is the session's (see sendData).
       if (this.#owned.delete(frame) && !this.failed) release(frame.pay);
       // Let go of the payload now, not when the array is next compacted: 1,024 acknowledged
