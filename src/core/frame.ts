@@ -81,6 +81,17 @@ interface DecoderOptions extends FrameOptions {
   views?: boolean;
 }
 
+/**
+ * Where the message of a frame in parts (from its header on, `withHeader`) begins: the part its
+ * first bytes are in, their offset there, and the index of the part after it. The first part
+ * is the header alone when the header ended a read (or spanned two).
+ */
+export function messageStart(frame: FrameParts): { part: Uint8Array | undefined; at: number; next: number } {
+  const first = frame.parts[0];
+  if (first !== undefined && first.byteLength === FRAME_HEADER_BYTES) return { part: frame.parts[1], at: 0, next: 2 };
+  return { part: first, at: FRAME_HEADER_BYTES, next: 1 };
+}
+
 /** A frame that spanned reads, as `pushViews` hands it out: views of each read, in order (`byteLength` bytes in all). */
 export interface FrameParts {
   readonly parts: readonly Uint8Array[];
@@ -282,10 +293,21 @@ export class FrameDecoder {
           continue;
         }
         const view = chunk.subarray(from, offset);
-        const whole = room === 0 || joined ? view : joinBytes([this.#headView(), view], room + take);
         // A view pins its whole read: a frame that is a small share of it is copied instead, so
         // what a holder counts (payload bytes) bounds what it keeps alive.
-        frames.push(whole.byteLength * PINNED_SHARE < whole.buffer.byteLength ? copyBytes(whole) : whole);
+        const small = (room + take) * PINNED_SHARE < view.buffer.byteLength;
+        if (room !== 0 && !joined && !small) {
+          // Its header ended an earlier read: the header (4 bytes of its own, pinning no read),
+          // then the payload's view, not a copy of the whole frame; the message starts in the
+          // second part (`messageStart`).
+          const head = this.#headChunk === null ? this.#head : copyBytes(this.#headView());
+          frames.push({ parts: [head, view], byteLength: room + take });
+          this.#dropHead();
+          this.#length = -1;
+          continue;
+        }
+        const whole = room === 0 || joined ? view : joinBytes([this.#headView(), view], room + take);
+        frames.push(small && whole === view ? copyBytes(whole) : whole);
         this.#dropHead();
         this.#length = -1;
         continue;

@@ -189,7 +189,8 @@ export class RelaySocket implements SocketEvents {
   onerror: ((event: { message: string }) => void) | null = null;
   /**
    * The framed link's frames as they are decoded, each with its 4-byte header in front (the
-   * message follows it) — the read itself when it is one frame, else a view of it; nobody
+   * message follows it) — the read itself when it is one frame, else a view of it (or a copy,
+   * for a small frame in a large read or one whose header was split); nobody
    * writes a read again, so the handler may keep it — instead of `onmessage`'s ArrayBuffer (no
    * wrapping per message).
    */

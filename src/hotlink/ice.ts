@@ -477,9 +477,9 @@ class ChannelPipe implements FramePipe {
     this.#attempt = attempt;
   }
 
-  writeFrame(header: Uint8Array, frame: Uint8Array | InPlaceData): void {
+  writeFrame(header: Uint8Array, data: Uint8Array | InPlaceData): void {
     if (this.#failed) return; // retained by the PathSender: the fallback resends it
-    const payload = frame instanceof InPlaceData ? frame.pay : frame;
+    const payload = data instanceof InPlaceData ? data.pay : data;
     this.#pending.push(header, payload);
     this.#pendingBytes += header.byteLength + payload.byteLength;
     if (this.#pendingBytes >= MAX_CHANNEL_MESSAGE) this.#flush();

@@ -18,7 +18,7 @@
  *   nothing of sessions (sessions.ts keeps them, in the daemon's `SessionTable`).
  */
 import { joinBytes } from "../core/bytes.ts";
-import { FRAME_HEADER_BYTES, type FrameParts } from "../core/frame.ts";
+import { FRAME_HEADER_BYTES, type FrameParts, messageStart } from "../core/frame.ts";
 import type { Logger } from "../core/log.ts";
 import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
 import { RelaySocket, type RelayLinkMode } from "./framed-link.ts";
@@ -272,17 +272,18 @@ export class RelayLink implements Transport {
    */
   #onParts(message: FrameParts): void {
     const { parts, byteLength } = message;
-    const first = parts[0];
-    // Each frame from its header on (the framed link's decoder keeps them: see `#onFrame`).
+    // Each frame from its header on (the framed link's decoder keeps them: see `#onFrame`); the
+    // header alone is the first part when it ended a read.
+    const { part: first, at, next } = messageStart(message);
     const total = byteLength - FRAME_HEADER_BYTES;
-    const head = this.#welcome === null || first === undefined ? null : parseDataFast(first, this.#welcome.mmb, FRAME_HEADER_BYTES, true, total);
+    const head = this.#welcome === null || first === undefined ? null : parseDataFast(first, this.#welcome.mmb, at, true, total);
     if (head === null) {
       this.#onBytes(joinBytes(parts, byteLength).subarray(FRAME_HEADER_BYTES));
       return;
     }
     this.messages.rx++;
     this.messages.rxBytes += total;
-    const pieces = head.pay.byteLength > 0 ? [head.pay, ...parts.slice(1)] : parts.slice(1);
+    const pieces = head.pay.byteLength > 0 ? [head.pay, ...parts.slice(next)] : parts.slice(next);
     let length = 0;
     for (const p of pieces) length += p.byteLength;
     let joined: Uint8Array | null = null;

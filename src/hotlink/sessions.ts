@@ -103,7 +103,7 @@ export interface Delivery {
   readonly pth: string | undefined;
   readonly etg: string | undefined;
   readonly byteLength: number;
-  /** With `srcAt`: the payload is `src` from `srcAt` on (`byteLength` bytes), for a sink that copies it from there without reading `pay` (transport.ts `InPlaceData`). */
+  /** With `srcAt`: the payload is `src` from `srcAt` on (`byteLength` bytes), for a sink that copies it from there without reading `pay` (protocol.ts `InPlaceData`). */
   readonly src?: Uint8Array;
   readonly srcAt?: number;
 }

@@ -43,7 +43,7 @@
  */
 import { Buffer } from "node:buffer";
 import { joinBytes } from "../core/bytes.ts";
-import type { FrameParts } from "../core/frame.ts";
+import { FRAME_HEADER_BYTES, type FrameParts, messageStart } from "../core/frame.ts";
 import { StoaError, describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { Counter, CounterSeries, Gauge, Registry } from "../core/metrics.ts";
@@ -408,8 +408,8 @@ export class Switchboard {
     if (typeof whole !== "string" && !(whole instanceof Uint8Array)) {
       // Data that spanned reads, its fields in the first: forwarded as those views. Anything
       // else (or a Data whose fields were cut) is joined and read as one.
-      const first = whole.parts[0];
-      const head = conn.state === "new" || first === undefined ? null : parseDataFast(first, this.#parseOptions.maxBytes, at, false, whole.byteLength - at);
+      const { part: first, at: start } = at === FRAME_HEADER_BYTES ? messageStart(whole) : { part: whole.parts[0], at };
+      const head = conn.state === "new" || first === undefined ? null : parseDataFast(first, this.#parseOptions.maxBytes, start, false, whole.byteLength - at);
       if (head === null) {
         this.#message(conn, joinBytes(whole.parts, whole.byteLength), at);
         return;

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { StoaError } from "../../src/core/errors.ts";
-import { FRAME_HEADER_BYTES, FrameDecoder, MAX_FRAME_BYTES, encodeFrame, writeFrameHeader } from "../../src/core/frame.ts";
+import { FRAME_HEADER_BYTES, FrameDecoder, type FrameParts, MAX_FRAME_BYTES, encodeFrame, messageStart, writeFrameHeader } from "../../src/core/frame.ts";
+import { joinBytes } from "../../src/core/bytes.ts";
 
 const bytes = (...values: number[]): Uint8Array => Uint8Array.from(values);
 
@@ -330,8 +331,10 @@ describe("FrameDecoder views: what a frame keeps alive", () => {
     const stream = encodeFrame(Uint8Array.from({ length: 10 }, (_, i) => i + 1));
     const frames = [...d.pushViews(stream.subarray(0, 4)), ...d.pushViews(stream.subarray(4))];
     expect(frames).toHaveLength(1);
-    const f = frames[0] as Uint8Array;
-    expect(f).toEqual(stream);
+    // The header that ended the first read, then the payload: the stream's bytes, in two parts.
+    const f = frames[0] as FrameParts;
+    expect(f.parts).toHaveLength(2);
+    expect(joinBytes(f.parts, f.byteLength)).toEqual(stream);
   });
 });
 
@@ -361,10 +364,11 @@ describe("FrameDecoder views: no view of a read that is one frame", () => {
     const h = new FrameDecoder({ views: true, withHeader: true });
     const frames = [...h.pushViews(one.slice(0, 2)), ...h.pushViews(one.slice(2))];
     expect(frames).toHaveLength(1);
-    const f = frames[0];
-    // The split header and the payload after it, joined into one frame.
-    expect(f).toBeInstanceOf(Uint8Array);
-    expect(f).toEqual(one);
+    // The split header (a copy of its 4 bytes) and the payload after it (a view): the frame in two parts.
+    const f = frames[0] as FrameParts;
+    expect(f.parts).toHaveLength(2);
+    expect(f.parts[0]?.byteLength).toBe(4);
+    expect(joinBytes(f.parts, f.byteLength)).toEqual(one);
   });
 
   test("an empty frame with its header in place is a copy of the header, not a view of the read", () => {
@@ -374,5 +378,34 @@ describe("FrameDecoder views: no view of a read that is one frame", () => {
     expect(empty).toEqual(new Uint8Array(4));
     expect(empty?.buffer).not.toBe(read.buffer);
     expect(full?.byteLength).toBe(3004);
+  });
+});
+
+describe("FrameDecoder views: a header that ended a read", () => {
+  test("a large frame whose header ended the previous read is the header (a copy) and its payload's view, not a copy of the frame; messageStart finds the message", () => {
+    const payload = Uint8Array.from({ length: 100_000 }, (_, i) => i & 0xff);
+    const frame = encodeFrame(payload);
+    for (const cut of [4, 1, 2, 3]) {
+      const d = new FrameDecoder({ views: true, withHeader: true });
+      const a = new Uint8Array(frame.subarray(0, cut));
+      const b = new Uint8Array(frame.subarray(cut));
+      const out = [...d.pushViews(a), ...d.pushViews(b)];
+      expect(out).toHaveLength(1);
+      const f = out[0] as FrameParts;
+      if (cut === 4) {
+        expect(f.parts).toHaveLength(2);
+        expect(f.parts[0]?.buffer).not.toBe(a.buffer);
+        expect(f.parts[1]?.buffer).toBe(b.buffer);
+        const s = messageStart(f);
+        expect(s).toEqual({ part: f.parts[1], at: 0, next: 2 });
+      }
+      expect(f.byteLength).toBe(frame.byteLength);
+      expect(joinBytes(f.parts, f.byteLength)).toEqual(frame);
+    }
+  });
+
+  test("messageStart: a first part longer than the header holds the message from offset 4", () => {
+    const parts = [new Uint8Array(10), new Uint8Array(5)];
+    expect(messageStart({ parts, byteLength: 15 })).toEqual({ part: parts[0], at: 4, next: 1 });
   });
 });
