@@ -96,6 +96,11 @@ export interface HlnkFrame {
   srcAt?: number;
 }
 
+/** A frame's payload length, without joining its parts or making a view of an in-place payload. */
+export function hlnkPayloadLength(f: HlnkFrame): number {
+  return f.payloadLength ?? f.payload.byteLength;
+}
+
 /** What a frame to encode may leave out: the etag defaults to "". */
 export interface HlnkFrameInput {
   path: string;

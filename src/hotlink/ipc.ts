@@ -24,7 +24,7 @@ import type { Socket } from "bun";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import { type UnixBinding, bindUnix } from "../core/unixsock.ts";
-import { HlnkDecoder, type HlnkFrame, HlnkStreamEncoder, hlnkHeader } from "./hlnk.ts";
+import { HlnkDecoder, type HlnkFrame, HlnkStreamEncoder, hlnkHeader, hlnkPayloadLength } from "./hlnk.ts";
 import type { IpcStatus } from "./protocol.ts";
 import { type Delivery, Incoming, Outgoing, type SessionTable } from "./sessions.ts";
 import { APP_HIGH_WATER, HOLD_BYTES, HOLD_MS, OPEN_RETRY_MS } from "./tunnel.ts";
@@ -171,7 +171,7 @@ export class IpcChannel {
       if (f.path !== channel && !f.path.startsWith(`${channel}/`)) {
         return this.#badApp(s, `it wrote a frame for ${JSON.stringify(f.path)}, outside the channel ${channel}`);
       }
-      const length = f.payloadLength ?? f.payload.byteLength;
+      const length = hlnkPayloadLength(f);
       if (max > 0 && length > max) {
         return this.#badApp(s, `it wrote a ${length}-byte payload; the relay server takes at most ${max} per frame`);
       }
@@ -193,7 +193,7 @@ export class IpcChannel {
       return;
     }
     this.#pending.push({ f, pth, etg });
-    this.#pendingBytes += f.payloadLength ?? f.payload.byteLength;
+    this.#pendingBytes += hlnkPayloadLength(f);
     if (this.#pendingBytes > PENDING_BYTES) this.#pauseApps();
     if (out === null) this.#openOut();
   }
@@ -202,15 +202,9 @@ export class IpcChannel {
     const path = pth === this.spec.channel ? undefined : pth;
     const etag = etg === "" ? undefined : etg;
     const src = f.src;
-    let length: number;
-    if (src !== undefined) {
-      length = f.payloadLength ?? 0;
-      out.sendInPlace(src, f.srcAt ?? 0, length, path, etag);
-    } else {
-      const pay = f.payload;
-      length = pay.byteLength;
-      out.send(pay, path, etag);
-    }
+    const length = hlnkPayloadLength(f);
+    if (src !== undefined) out.sendInPlace(src, f.srcAt ?? 0, length, path, etag);
+    else out.send(f.payload, path, etag);
     this.counters.txFrames++;
     this.counters.txBytes += length;
     if (out.busy) {
