@@ -2,7 +2,9 @@
 /**
  * stoa's entry point: the command table and nothing else. Each entry is loaded lazily, so a
  * command pays only for its own code. To add a command: create src/cli/<name>.ts exporting a
- * `defineCommand(...)` default and add one line here (keep the summary in step with its help).
+ * `defineCommand(...)` default and add one line here (keep the summary in step with its help;
+ * `movesBytes` marks a daemon that moves bulk bytes through Bun's sockets until stopped — its
+ * allocator is set for that: core/runtime.ts `execWithServiceAllocator`).
  */
 import type { CommandEntry } from "./cli/command.ts";
 import { runCli } from "./cli/run.ts";
@@ -13,7 +15,7 @@ const commands: CommandEntry[] = [
   { name: "pub", summary: "publish stdin as a stream under a name", load: () => import("./cli/pub.ts") },
   { name: "sub", summary: "subscribe to a stream by name and print its values", load: () => import("./cli/sub.ts") },
   { name: "meta", summary: "run the metaserver: who publishes what, on which host", load: () => import("./cli/meta.ts") },
-  { name: "hotlink", summary: "lowest-latency peer data path: relay server, TCP tunnels, HLNK sockets", load: () => import("./cli/hotlink.ts") },
+  { name: "hotlink", summary: "lowest-latency peer data path: relay server, TCP tunnels, HLNK sockets", load: () => import("./cli/hotlink.ts"), movesBytes: ["serve", "connect"] },
   { name: "circles", summary: "many circles on one WebSocket port: secp256k1 auth, sandboxed scripts over a queue", load: () => import("./cli/circles.ts") },
   { name: "flows", summary: "services to OpenFlow on Open vSwitch, applied atomically", load: () => import("./cli/flows.ts") },
   { name: "supervisor", summary: "a UDP/multicast packet relay: supervisor, control plane, one io_uring data plane per core", load: () => import("./cli/supervisor.ts") },

@@ -169,6 +169,12 @@ export interface CommandEntry {
   readonly name: string;
   readonly summary: string;
   readonly load: () => Promise<{ default: Command }>;
+  /**
+   * A daemon that moves bulk bytes through Bun's sockets until stopped (true), or a group's
+   * subcommands that do: run with the allocator's setting for that (core/runtime.ts
+   * `execWithServiceAllocator`, from run.ts).
+   */
+  readonly movesBytes?: true | readonly string[];
 }
 
 export interface LeafCommand<F extends FlagMap = FlagMap> {

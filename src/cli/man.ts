@@ -134,6 +134,7 @@ async function manPage(entries: readonly CommandEntry[]): Promise<string> {
     ".SH ENVIRONMENT",
     ".TP", bold("STOA_CONFIG"), esc("the JSON config file, when --config is not given (commands with --config)"),
     ".TP", bold("STOA_DEBUG"), esc("1: print the stack trace of an error (like --log-level debug)"),
+    ".TP", bold("MIMALLOC_PURGE_DELAY"), esc("how long freed memory stays with the process, in ms; hotlink serve and hotlink connect set 10000 for themselves (one exec at start, same PID) unless it is set already"),
     ".TP", bold(META_TOKEN_ENV), esc(`the metaserver's token, when --token-file is not given (stoa meta, up, pub, sub)`),
     ".TP", bold("NOTIFY_SOCKET"), esc("set by systemd for Type=notify: daemons send READY=1 once serving, RELOADING=1 on SIGHUP, STOPPING=1 at shutdown"),
     ".TP", bold("WATCHDOG_USEC"), esc("set by systemd with WatchdogSec=: daemons send WATCHDOG=1 every half of it from their event loop"),

@@ -47,8 +47,20 @@ async function dispatch(entries: readonly CommandEntry[], argv: string[]): Promi
     const what = first.startsWith("-") ? `unknown flag ${first}` : `unknown command '${first}'`;
     throw new StoaError("usage", `${PROGRAM}: ${what}${hint ? ` (did you mean '${hint}'?)` : ""} (see '${PROGRAM} --help')`);
   }
+  if (movesBytes(entry, rest)) {
+    // Before the command's module loads: the exec (when there is one) starts it over.
+    const failed = (await import("../core/runtime.ts")).execWithServiceAllocator();
+    if (failed !== null && process.env.STOA_DEBUG === "1") process.stderr.write(`${PROGRAM}: the allocator keeps its default: ${failed}\n`);
+  }
   const cmd = (await entry.load()).default;
   return runCommand(cmd, rest, `${PROGRAM} ${entry.name}`, entries);
+}
+
+/** Whether `argv` (after the command's name) runs one of `entry`'s `movesBytes` daemons; help is not one. */
+export function movesBytes(entry: CommandEntry, argv: readonly string[]): boolean {
+  const marked = entry.movesBytes;
+  if (marked === undefined || argv.some((a) => a === "-h" || a === "--help")) return false;
+  return marked === true || (argv[0] !== undefined && marked.includes(argv[0]));
 }
 
 async function runCommand(cmd: Command, argv: string[], path: string, entries: readonly CommandEntry[]): Promise<number> {

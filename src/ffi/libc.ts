@@ -84,6 +84,9 @@ const symbols = {
   // given a thread id, glibc's act on that thread alone (core/runtime.ts).
   sched_setscheduler: { args: [FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
   sched_getscheduler: { args: [FFIType.i32], returns: FFIType.i32 },
+  // int execve(const char *path, char *const argv[], char *const envp[]): a service execs itself
+  // once with its allocator's setting in the environment (core/runtime.ts).
+  execve: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
   strerror: { args: [FFIType.i32], returns: FFIType.cstring },
 } as const;

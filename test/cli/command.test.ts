@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bool, configFlag, defineCommand, kebab, list, parseCommandLine, str, type LeafCommand } from "../../src/cli/command.ts";
 import { commandHelp } from "../../src/cli/help.ts";
+import { movesBytes } from "../../src/cli/run.ts";
 import { StoaError } from "../../src/core/errors.ts";
 
 const cmd = defineCommand({
@@ -174,5 +175,23 @@ describe("flags from the environment and a config file", () => {
 
   test("help says how the environment and the file apply", () => {
     expect(commandHelp(layered, "stoa serve")).toContain("STOA_PORT");
+  });
+});
+
+describe("movesBytes (run.ts): which invocations get the allocator's bulk setting", () => {
+  const load = async () => ({ default: defineCommand({ name: "x", summary: "x", flags: {}, examples: [], run: () => 0 }) });
+  test("a marked command, or a marked subcommand of a group; never its help; nothing unmarked", () => {
+    const whole = { name: "gw", summary: "", load, movesBytes: true as const };
+    const group = { name: "hl", summary: "", load, movesBytes: ["serve", "connect"] };
+    expect(movesBytes(whole, [])).toBe(true);
+    expect(movesBytes(whole, ["--listen", "x"])).toBe(true);
+    expect(movesBytes(whole, ["--help"])).toBe(false);
+    expect(movesBytes(group, ["serve", "--listen", "x"])).toBe(true);
+    expect(movesBytes(group, ["connect"])).toBe(true);
+    expect(movesBytes(group, ["connect", "-h"])).toBe(false);
+    expect(movesBytes(group, ["ls"])).toBe(false);
+    expect(movesBytes(group, [])).toBe(false);
+    expect(movesBytes(group, ["--json", "serve"])).toBe(false);
+    expect(movesBytes({ name: "v", summary: "", load }, ["serve"])).toBe(false);
   });
 });

@@ -10,9 +10,11 @@ import { join } from "node:path";
 import {
   BACKGROUND_THREADS,
   BUSY_SHARE,
+  PURGE_DELAY_VARIABLE,
   SCHED_IDLE,
   SCHED_OTHER,
   adaptRuntimeThreads,
+  execWithServiceAllocator,
   policyFor,
   setBackgroundPolicy,
   threadPolicy,
@@ -172,4 +174,15 @@ test.if(linux)("a saturated Worker's event loop puts the compiler threads back t
     worker.terminate();
   }
   await eventually("background threads under SCHED_IDLE once it ended", () => all(SCHED_IDLE), { timeoutMs: 5000 });
+});
+
+test("execWithServiceAllocator does nothing, and returns null, when the purge delay is set already (the exec before, or the user)", () => {
+  const before = process.env[PURGE_DELAY_VARIABLE];
+  process.env[PURGE_DELAY_VARIABLE] = "10";
+  try {
+    expect(execWithServiceAllocator()).toBeNull(); // still this process: it would not have returned after an exec
+  } finally {
+    if (before === undefined) delete process.env[PURGE_DELAY_VARIABLE];
+    else process.env[PURGE_DELAY_VARIABLE] = before;
+  }
 });

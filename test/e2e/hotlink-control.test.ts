@@ -1,7 +1,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
-import { chmodSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { PURGE_DELAY_VARIABLE, SERVICE_PURGE_DELAY_MS } from "../../src/core/runtime.ts";
 import { Scope, cleanEnv, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
 import { STOA } from "../helpers/stoa.ts";
 import { eventually } from "../helpers/eventually.ts";
@@ -73,6 +74,9 @@ async function exchange(port: number, data: Uint8Array): Promise<{ sock: Socket<
 describe("stoa hotlink tunnel | ls | close against running daemons", () => {
   test("a tunnel added with the CLI carries bytes, is listed, and is closed", async () => {
     const { runDir, daemon, alice, bob } = await setUp();
+    // connect moves bulk bytes: it runs with the allocator's setting for that (src/main.ts movesBytes).
+    const delay = process.env[PURGE_DELAY_VARIABLE] ?? String(SERVICE_PURGE_DELAY_MS); // a value of the caller's stands
+    expect(readFileSync(`/proc/${alice.pid}/environ`, "latin1").split("\0")).toContain(`${PURGE_DELAY_VARIABLE}=${delay}`);
     const a = run(["hotlink", "tunnel", `${CHANNEL}=127.0.0.1:0@bob`, "--user", "alice", "--run-dir", runDir, "--json"]);
     expect(a.err).toBe("");
     expect(a.code).toBe(0);

@@ -3,8 +3,9 @@ import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { MessageType, PROTOCOL_VERSION, encodeMessage, parseMessage } from "../../src/hotlink/protocol.ts";
 import { formatAuthorization } from "../../src/hotlink/users.ts";
+import { PURGE_DELAY_VARIABLE, SERVICE_PURGE_DELAY_MS } from "../../src/core/runtime.ts";
 import { Scope, freePorts, requireBinary } from "../fixtures/e2e-helpers.ts";
-import { stoa } from "../helpers/stoa.ts";
+import { STOA, stoa } from "../helpers/stoa.ts";
 import { eventually } from "../helpers/eventually.ts";
 
 const scope = new Scope();
@@ -93,6 +94,27 @@ describe("stoa hotlink", () => {
 
     relay.proc.kill("SIGTERM");
     expect(await relay.exitWithin(10_000)).toBe(0);
+  }, 30_000);
+
+  test("serve runs with the allocator's setting for bulk bytes: one exec, same PID, arguments and standard streams; a value in the environment stands", async () => {
+    requireBinary();
+    const users = join(scope.tempDir(), "users.json");
+    expect(stoa(["hotlink", "user", "add", "alice", "--users", users]).code).toBe(0);
+    const environ = (pid: number) => readFileSync(`/proc/${pid}/environ`, "latin1").split("\0");
+    const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, "latin1").split("\0").slice(1, -1);
+    for (const given of [undefined, "250"]) {
+      const env = { [PURGE_DELAY_VARIABLE]: given };
+      const args = ["hotlink", "serve", "--listen", "127.0.0.1:0", "--users", users, "--log-level", "warn"];
+      const relay = scope.spawn(`hotlink serve, ${PURGE_DELAY_VARIABLE}=${given}`, [STOA, ...args], { env });
+      // The URL line comes from the process Bun.spawn started (its stdout pipe), now the exec'd one.
+      await relay.waitFor("out", /^hotlink: ws:\S+$/m);
+      expect(environ(relay.pid)).toContain(`${PURGE_DELAY_VARIABLE}=${given ?? SERVICE_PURGE_DELAY_MS}`);
+      expect(environ(relay.pid).filter((v) => v.startsWith(`${PURGE_DELAY_VARIABLE}=`))).toHaveLength(1);
+      expect(cmdline(relay.pid)).toEqual(args);
+      relay.proc.kill("SIGTERM");
+      expect(await relay.exitWithin(10_000)).toBe(0);
+      expect(relay.err).toBe("");
+    }
   }, 30_000);
 
   test("serve without --users is a usage error", () => {
