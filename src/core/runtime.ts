@@ -38,6 +38,7 @@
 import { readFileSync, readdirSync } from "node:fs";
 import { ptr } from "bun:ffi";
 import { errno, libc, strerror } from "../ffi/libc.ts";
+import { describeError } from "./errors.ts";
 
 /** The runtime threads whose policy follows the event loop's load, by the name they give themselves (/proc/self/task/TID/comm). */
 export const BACKGROUND_THREADS: ReadonlySet<string> = new Set(["JITWorker", "mi-scavenger", "JSCWarmUp"]);
@@ -207,14 +208,15 @@ export function collectStartupGarbage(): void {
 export const PURGE_DELAY_VARIABLE = "MIMALLOC_PURGE_DELAY";
 
 /**
- * The purge delay of a daemon that moves bulk bytes (src/main.ts `movesBytes`). A process moving bytes through Bun sockets gets a fresh buffer per
- * read, freed at the next collection; with mimalloc's 10 ms those pages have gone back to the
- * kernel by the time the next reads are allocated, and each is a page fault again (zeroed, in a
- * VM a trap to the hypervisor). Measured on a pinned relay tunnel (scripts/bench/hotlink.ts
- * shape, 8 interleaved runs each): the relay server and both daemons took 40–70k page faults per
- * GiB each with the default (the bare Bun chain's hops ~18k); with 10 s, 13–26k; their CPU per
- * GiB went from a median 3.55 s to 2.9 s, the tunnel from 240 to 266 MB/s. Memory a burst left
- * still goes back once unused this long.
+ * The purge delay of a daemon that moves bulk bytes (src/main.ts `movesBytes`). A process
+ * moving bytes through Bun sockets gets a fresh buffer per read, freed at the next collection;
+ * with mimalloc's 10 ms those pages have gone back to the kernel by the time the next reads are
+ * allocated, and each is a page fault again (zeroed, in a VM a trap to the hypervisor). Measured
+ * on a pinned relay tunnel (the scripts/bench/hotlink.ts shape, 6 interleaved runs each): the
+ * relay server and both daemons took 40–70k page faults per GiB each with the default (the bare
+ * Bun chain's hops ~18k), 13–26k with 10 s; their CPU per GiB went from a median 3.53 s to
+ * 3.25 s, the tunnel from 242 to 258 MB/s. Memory a burst left still goes back once unused
+ * this long.
  */
 export const SERVICE_PURGE_DELAY_MS = 10_000;
 
@@ -236,7 +238,7 @@ export function execWithServiceAllocator(): string | null {
     argv = readFileSync("/proc/self/cmdline");
     envp = Buffer.concat([readFileSync("/proc/self/environ"), Buffer.from(`${PURGE_DELAY_VARIABLE}=${SERVICE_PURGE_DELAY_MS}\0`)]);
   } catch (err) {
-    return `cannot read /proc/self: ${String(err)}`;
+    return `cannot read /proc/self: ${describeError(err)}`;
   }
   const path = Buffer.from("/proc/self/exe\0");
   const argvTable = pointerTable(argv);
