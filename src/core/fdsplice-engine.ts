@@ -100,6 +100,7 @@ export type ToEngine =
       toB: Uint8Array | null;
       aEnded: boolean;
       bEnded: boolean;
+      abortive: boolean;
     }
   | { type: "destroy"; id: number; reason: string }
   | { type: "destroyAll"; reason: string }
@@ -157,6 +158,11 @@ interface Splice {
   /** performance.now() deadline for the surviving side once the other closed; 0 = none. */
   lingerAt: number;
   finished: boolean;
+  /**
+   * A failure of either socket resets the other at once (no FIN), and both carry SO_LINGER 0
+   * until they close in order, so that even this process dying resets them (fdsplice.ts).
+   */
+  readonly abortive: boolean;
 }
 
 /** The libc calls, looked up once: this module only ever runs in the engine's thread. */
@@ -240,7 +246,12 @@ export class SpliceEngine {
       error: null,
       lingerAt: 0,
       finished: false,
+      abortive: msg.abortive,
     };
+    if (msg.abortive) {
+      setLingerReset(msg.a, true);
+      setLingerReset(msg.b, true);
+    }
     const a = newEnd(msg.a, "a", splice);
     const b = newEnd(msg.b, "b", splice);
     a.peer = b;
@@ -544,6 +555,10 @@ export class SpliceEngine {
   #fail(end: End, error: string | null): void {
     if (end.closed) return;
     const splice = end.splice;
+    if (error !== null && splice.abortive) {
+      this.#destroy(splice, error);
+      return;
+    }
     if (error !== null && splice.error === null) splice.error = error;
     end.queue = [];
     end.queued = 0;
@@ -557,7 +572,9 @@ export class SpliceEngine {
     end.readEnded = true;
     if (!end.parked) epollCtl(this.#ep, EPOLL_CTL_DEL, end.fd, 0);
     end.parked = false;
+    // An abortive splice's sockets carry SO_LINGER 0 from the start: only a reset keeps it.
     if (reset) setLingerReset(end.fd, true);
+    else if (end.splice.abortive) setLingerReset(end.fd, false);
     S.close(end.fd);
     if (this.#ends[end.fd] === end) this.#ends[end.fd] = undefined;
     // Its pipe goes with it: what it held was for this socket only.

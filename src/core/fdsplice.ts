@@ -45,6 +45,13 @@ export interface SpliceOptions {
   bEnded?: boolean;
   lingerMs?: number;
   maxQueueBytes?: number;
+  /**
+   * A stream that must never look complete when it was cut (a tunnel): a reset or error of
+   * either socket resets the other at once, instead of the survivor's FIN; and both sockets
+   * carry SO_LINGER 0 until they close in order, so that this process dying (its descriptors
+   * closed by the kernel) resets them too. A FIN is forwarded as ever. Default false.
+   */
+  abortive?: boolean;
 }
 
 export interface Splice {
@@ -136,6 +143,7 @@ export class FdSplicer {
       toB: options.toB ?? null,
       aEnded: options.aEnded ?? false,
       bEnded: options.bEnded ?? false,
+      abortive: options.abortive ?? false,
     });
     return { id, done };
   }

@@ -692,6 +692,91 @@ describe("failures", () => {
   );
 });
 
+describe("abortive", () => {
+  test("a client that resets: the server is reset too, never sent a FIN", async () => {
+    const server = serve("tcp");
+    const proxy = startProxy(server.where, { splice: { abortive: true } });
+    const client = await connect(proxy.where);
+    const splice = await proxy.next();
+    const upstream = await server.next();
+    client.out.write("hello");
+    await upstream.waitFor(5);
+    client.sock.terminate();
+    const err = await upstream.closed;
+    expect(upstream.finSeen).toBe(false);
+    expect(err).toBeDefined();
+    const stats = await splice.done;
+    expect(stats.error).toMatchObject({ code: "io" });
+  });
+
+  test("a server that resets: the client is reset too, never sent a FIN", async () => {
+    const server = serve("tcp");
+    const proxy = startProxy(server.where, { splice: { abortive: true } });
+    const client = await connect(proxy.where);
+    const splice = await proxy.next();
+    const upstream = await server.next();
+    upstream.out.write("partial");
+    await client.waitFor(7);
+    upstream.sock.terminate();
+    const err = await client.closed;
+    expect(client.finSeen).toBe(false);
+    expect(err).toBeDefined();
+    expect((await splice.done).error).not.toBeNull();
+  });
+
+  test("FINs still travel both ways, and the close after them is orderly: a client reading late gets every byte", async () => {
+    const server = serve("tcp", echo);
+    const proxy = startProxy(server.where, { splice: { abortive: true } });
+    const client = await connect(proxy.where);
+    const splice = await proxy.next();
+    const body = randomBytes(64 * 1024);
+    client.sock.pause();
+    client.out.write(body);
+    client.out.finish("shutdown");
+    // The echo and its FIN wait in the client's kernel buffer while the splicer closes its sockets.
+    const stats = await splice.done;
+    expect(stats).toMatchObject({ bytesAtoB: body.byteLength, bytesBtoA: body.byteLength, error: null });
+    await Bun.sleep(50);
+    client.sock.resume();
+    await client.ended;
+    expect(sha256(client.received())).toBe(sha256(body));
+    client.sock.end();
+    expect(await client.closed).toBeUndefined();
+  });
+
+  test("the process holding the splice dying resets both sockets (SO_LINGER 0 until an orderly close)", async () => {
+    // A child process splices two connections it accepted; SIGKILL closes its descriptors.
+    const script = join(dir, "child.ts");
+    await Bun.write(
+      script,
+      `import { FdSplicer, takeSocketFd } from ${JSON.stringify(join(import.meta.dir, "../../src/core/fdsplice.ts"))};
+const splicer = new FdSplicer();
+const held: any[] = [];
+const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open(s) { s.pause(); held.push(s); if (held.length === 2) { splicer.splice(takeSocketFd(held[0]), takeSocketFd(held[1]), { abortive: true }); console.log("spliced"); } }, data() {} } });
+console.log(l.port);
+setInterval(() => {}, 1000);
+`,
+    );
+    const child = Bun.spawn([process.execPath, script], { stdout: "pipe", stderr: "inherit" });
+    cleanups.push(() => child.kill("SIGKILL"));
+    const reader = child.stdout.getReader();
+    let out = "";
+    while (!out.includes("\n")) out += new TextDecoder().decode((await reader.read()).value);
+    const port = Number(out.split("\n")[0]);
+    const a = await connect({ port });
+    const b = await connect({ port });
+    while (!out.includes("spliced")) out += new TextDecoder().decode((await reader.read()).value);
+    a.out.write("ping");
+    await b.waitFor(4);
+    child.kill("SIGKILL");
+    const [ea, eb] = await Promise.all([a.closed, b.closed]);
+    expect(a.finSeen).toBe(false);
+    expect(b.finSeen).toBe(false);
+    expect(ea).toBeDefined();
+    expect(eb).toBeDefined();
+  });
+});
+
 describe("linger", () => {
   test("closes a client that neither reads nor closes lingerMs after the server hung up", async () => {
     const lingerMs = 300;
