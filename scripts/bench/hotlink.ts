@@ -387,11 +387,12 @@ async function latency(
   }
 }
 
-/** Bob's daemon counters' received bytes on `rung` (tls is `direct`) and on the relay. */
+/** Bob's daemon counters' received bytes on `rung` (tls is `direct`) and on the relay (its relay streams' included). */
 function rxBytes(status: DaemonStatus, rung: Rung): Carried {
   const c = status.counters;
-  const on = rung === "tls" ? c.direct : rung === "ice" ? c.ice : rung === "turn" ? c.turn : c.relay;
-  return { rung: on.rxBytes, relay: c.relay.rxBytes };
+  const relay = c.relay.rxBytes + (c.stream?.rxBytes ?? 0);
+  const on = rung === "tls" ? c.direct.rxBytes : rung === "ice" ? c.ice.rxBytes : rung === "turn" ? c.turn.rxBytes : relay;
+  return { rung: on, relay };
 }
 
 /** CPU seconds so far of each named pid (null pids are left out). */

@@ -61,6 +61,9 @@ export const connect = defineCommand({
     "the relay. A rung that fails or drops mid-stream falls back to the relay without loss.\n" +
     "--direct tls or ice keeps only that rung, off keeps every session on the relay. STUN/TURN\n" +
     `servers come from --ice-servers, else $${ICE_SERVERS_ENV}, else the relay server's own list.\n` +
+    "On the relay's framed link, a tunnel whose sending daemon runs with --direct off carries its\n" +
+    "connection on a relay stream: a TCP connection of its own to the relay's link port, spliced in\n" +
+    "the kernel at both daemons and the relay (--relay-streams off: Data messages, as on a WebSocket).\n" +
     "'stoa hotlink ls' shows the rung of each session and why the rungs above it failed. A sender\n" +
     `dials only its own sessions' first offer, and at most ${MAX_DIALED_CANDIDATES} of the addresses in it.`,
   config: true,
@@ -74,6 +77,10 @@ export const connect = defineCommand({
     telemetry: str("rewrite this JSON file every second with counters and latencies", { placeholder: "file" }),
     direct: str("upgrade sessions off the relay: on (TLS, then ICE), tls, ice, or off", { default: "on", choices: ["on", "off", "tls", "ice"] }),
     relayLink: str("how to reach the relay: auto (its framed TCP link when offered, for ws:// URLs) or ws", { default: "auto", choices: ["auto", "ws"] }),
+    relayStreams: str("on the framed link, carry each tunnel connection on a TCP stream of its own, spliced in the kernel (on), or in messages (off)", {
+      default: "on",
+      choices: ["on", "off"],
+    }),
     iceServers: str(`STUN/TURN servers for ICE: stun:HOST[:PORT],turn:USER:PASS@HOST[:PORT] (default $${ICE_SERVERS_ENV}, else the relay's)`, { placeholder: "list" }),
     directListen: str("address to accept direct connections on (:: for all)", { default: "::", placeholder: "addr" }),
     directAdvertise: list(`address to offer peers for direct connections (default: this host's addresses; the first ${MAX_DIALED_CANDIDATES} are offered)`, { placeholder: "addr" }),
@@ -118,6 +125,7 @@ export const connect = defineCommand({
       ipc,
       log,
       linkMode: flags.relayLink,
+      relayStreams: flags.relayStreams === "on",
       ...(flags.telemetry === undefined ? {} : { telemetry: flags.telemetry }),
       ...(flags.direct === "on" || flags.direct === "tls"
         ? {

@@ -35,6 +35,8 @@ interface DaemonOptions {
   minDelayMs?: number;
   /** The relay link (link.ts): "auto" (default) takes the relay's framed link when offered. */
   linkMode?: RelayLinkMode;
+  /** Tunnels ride relay streams when the relay offers them (relay-stream.ts). Default true. */
+  relayStreams?: boolean;
   /** Rewrite this JSON file every second (telemetry.ts). */
   telemetry?: string;
   /**
@@ -89,6 +91,7 @@ export class HotlinkDaemon {
       onMessage: (message) => this.#dispatch(message),
     });
     this.sessions = new SessionTable(this.link);
+    this.sessions.streams = options.relayStreams ?? true;
     if (options.direct !== undefined) {
       this.sessions.direct = {
         listen: options.direct.listen,
@@ -113,7 +116,12 @@ export class HotlinkDaemon {
         const link = daemon.link;
         daemon.#telemetry = startTelemetry(
           options.telemetry,
-          { connected: () => link.up, counters: daemon.sessions.counters, sessions: () => ({ tunnels: daemon.status().tunnels, ipc: daemon.status().ipc }) },
+          {
+            connected: () => link.up,
+            counters: daemon.sessions.counters,
+            sessions: () => ({ tunnels: daemon.status().tunnels, ipc: daemon.status().ipc }),
+            streams: () => daemon.sessions.streamCounters(),
+          },
           options.log,
         );
       }
@@ -222,6 +230,7 @@ export class HotlinkDaemon {
         ice: { ...c.ice },
         turn: { ...c.turn },
         latency_us: { send_avg: c.send.avgUs, send_max: c.send.maxUs, write_avg: c.write.avgUs, write_max: c.write.maxUs },
+        stream: this.sessions.streamCounters(),
       },
       rungs: [...(this.sessions.direct === null ? [] : ["tls" as const]), ...(this.sessions.ice === null ? [] : ["ice" as const])],
       ice_servers: (this.sessions.ice?.servers() ?? []).map(shownIceServer),
@@ -237,6 +246,7 @@ export class HotlinkDaemon {
     this.#tunnels.clear();
     this.#ipc.clear();
     this.#origins.clear();
+    await this.sessions.closeSplicer();
     await this.link.close();
   }
 
@@ -245,16 +255,16 @@ export class HotlinkDaemon {
     const table = this.sessions;
     switch (message.t) {
       case MessageType.Open: {
-        const { sid, pth, frm } = message;
+        const { sid, pth, frm, stm } = message;
         const tunnel = this.#tunnels.get(pth);
         const ipc = tunnel === undefined ? this.#ipc.get(pth) : undefined;
         let session: Incoming | string;
         if (table.incoming.has(sid)) session = `session ${sid} is already open here`;
-        else if (tunnel !== undefined) session = tunnel.offer(sid, frm);
+        else if (tunnel !== undefined) session = tunnel.offer(sid, frm, stm === true);
         else if (ipc !== undefined) session = ipc.offer(sid, frm);
         else session = `no tunnel or channel ${pth} is declared on ${this.#options.user}'s daemon`;
         if (typeof session === "string") link.send({ t: MessageType.Reject, sid, rsn: session });
-        else session.accept();
+        else if (session.accept() && tunnel !== undefined) tunnel.accepted(session);
         return;
       }
       case MessageType.Data:
@@ -268,7 +278,7 @@ export class HotlinkDaemon {
         return;
       }
       case MessageType.Accept:
-        table.outgoing.get(message.sid)?.onAccept(message.frm);
+        table.outgoing.get(message.sid)?.onAccept(message.frm, message.stm);
         return;
       case MessageType.Reject:
         table.outgoing.get(message.sid)?.onReject(message.rsn);

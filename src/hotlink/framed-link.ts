@@ -41,13 +41,14 @@ import type { Socket, TCPSocketListener } from "bun";
 import { describeError, listenError } from "../core/errors.ts";
 import { FdWatch } from "../core/fdguard.ts";
 import { overFdBudget } from "../core/fdlimit.ts";
-import { socketFd } from "../core/fdsplice.ts";
+import { socketFd, takeSocketFd } from "../core/fdsplice.ts";
 import { copyBytes, joinBytes } from "../core/bytes.ts";
 import { FRAME_HEADER_BYTES, FrameDecoder, type FrameParts, writeFrameHeader } from "../core/frame.ts";
 import type { Logger } from "../core/log.ts";
 import { CopyingOutbox } from "../core/outbox.ts";
 import { urlHost } from "../core/endpoint.ts";
 import { MessageType, encodeMessage } from "./protocol.ts";
+import type { PendingAttach } from "./relay-stream.ts";
 
 /** The request header that asks a relay for its framed link. */
 export const LINK_OFFER_HEADER = "Stoa-Link";
@@ -81,8 +82,29 @@ function frameOf(payload: Uint8Array): Uint8Array {
 }
 
 /** A frame of UTF-8 `text`. */
-function textFrame(text: string): Uint8Array {
+export function textFrame(text: string): Uint8Array {
   return frameOf(utf8Encoder.encode(text));
+}
+
+/** First byte of a stream's attach frame (relay-stream.ts): never the first of a CBOR map either. */
+export const ATTACH_FRAME_TAG = 0xfe;
+/** An attach: the tag, the sid, and for a receiver a space and its key (relay-stream.ts). */
+const ATTACH_RE = /^([A-Za-z0-9_-]{1,64})(?: ([A-Za-z0-9_-]{16,64}))?$/;
+
+/** The attach frame for session `sid`, a receiver's with its `key`. */
+export function attachFrame(sid: string, key?: string): Uint8Array {
+  const text = utf8Encoder.encode(key === undefined ? sid : `${sid} ${key}`);
+  const body = new Uint8Array(1 + text.byteLength);
+  body[0] = ATTACH_FRAME_TAG;
+  body.set(text, 1);
+  return frameOf(body);
+}
+
+/** The sid and key (null: the sender's) of an attach frame, from its header on; null when it is no valid one. */
+export function parseAttachFrame(frame: Uint8Array): { sid: string; key: string | null } | null {
+  if (frame[FRAME_HEADER_BYTES] !== ATTACH_FRAME_TAG || frame.byteLength > FRAME_HEADER_BYTES + 1 + 64 + 1 + 64) return null;
+  const m = ATTACH_RE.exec(utf8.decode(frame.subarray(FRAME_HEADER_BYTES + 1)));
+  return m === null ? null : { sid: m[1] ?? "", key: m[2] ?? null };
 }
 
 /** A close frame: tag, code, reason cut to fit. */
@@ -104,6 +126,11 @@ export function parseCloseFrame(frame: Uint8Array, at = 0): { code: number; reas
 }
 
 /** The first byte after the header of a frame that spanned reads (its first part may be the header alone). */
+/** The first byte of a frame's payload (after its header). */
+function firstByte(frame: Uint8Array | FrameParts): number | undefined {
+  return frame instanceof Uint8Array ? frame[FRAME_HEADER_BYTES] : payloadByte(frame);
+}
+
 function payloadByte(frame: FrameParts): number | undefined {
   let at = FRAME_HEADER_BYTES;
   for (const part of frame.parts) {
@@ -205,6 +232,8 @@ export class RelaySocket implements SocketEvents {
   binaryType = "arraybuffer";
   /** "tcp" once a framed connection carries it, "ws" once a WebSocket does, "" before. */
   kind: "" | "tcp" | "ws" = "";
+  /** The framed connection's address (where relay streams attach too), once dialled. */
+  framedAt: { hostname: string; port: number } | null = null;
   /** A framed connection's queue emptied (a WebSocket has no such event: poll `bufferedAmount`). */
   ondrain: (() => void) | null = null;
 
@@ -369,6 +398,7 @@ export class RelaySocket implements SocketEvents {
 
   #dialTcp(hostname: string, port: number): void {
     this.kind = "tcp";
+    this.framedAt = { hostname, port };
     const authorization = this.headers.Authorization ?? this.headers.authorization ?? "";
     Bun.connect<undefined>({
       hostname,
@@ -523,6 +553,12 @@ interface FramedLinkHandlers<C> {
    * buffers nobody writes again, so the handler may keep them.
    */
   message(conn: C, frame: Uint8Array | FrameParts): void;
+  /**
+   * The connection's first frame was a stream attach for `sid` (relay-stream.ts): from here the
+   * connection is no link (`closed` is not called for it); its socket is paused, and `pending`
+   * answers it or hands it over. Without this handler an attach is refused (404).
+   */
+  attach?(conn: C, sid: string, key: string | null, pending: PendingAttach): void;
   drained(conn: C): void;
   closed(conn: C, code: number, reason: string): void;
 }
@@ -551,6 +587,8 @@ interface FramedLinkServer {
 
 interface ConnData {
   link: FramedLink | null;
+  /** An attach waiting for its answer (relay-stream.ts): the socket is paused and nothing may come. */
+  stream: PendingAttach | null;
   /** The authorization frame until it is complete (null once read or refused). */
   auth: FirstFrame | null;
   timer: ReturnType<typeof setTimeout> | undefined;
@@ -567,6 +605,8 @@ export class FramedLink {
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   /** Reads so far (counted, not timed: no clock per read); the idle sweep notes when it changes. */
   reads = 0;
+  /** Frames taken so far (only the first may be a stream attach). */
+  framesSeen = 0;
   /** The sweep's: `reads` when it last looked, and since when it has not changed. */
   seenReads = 0;
   quietSince = performance.now();
@@ -639,6 +679,11 @@ export class FramedLink {
     return this.#maxFrameBytes;
   }
 
+  /** Bytes of a frame not complete yet. */
+  get pendingBytes(): number {
+    return this.#decoder.buffered;
+  }
+
   /** The socket drained: write what waits; true when nothing does. */
   flush(): boolean {
     const empty = this.#out.flush();
@@ -698,6 +743,10 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
     }
     for (const frame of frames) {
       if (link.closing) return;
+      if (link.framesSeen++ === 0 && firstByte(frame) === ATTACH_FRAME_TAG) {
+        onAttach(sock, conn, frame, frames.length === 1 && link.pendingBytes === 0);
+        return;
+      }
       // A close frame is small: one that spanned reads is joined to be read.
       const close =
         frame instanceof Uint8Array
@@ -714,8 +763,52 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
     }
   };
 
+  /** A stream attach (relay-stream.ts): the connection leaves the links, its owner answers it. */
+  const onAttach = (sock: Socket<ConnData>, conn: C, frame: Uint8Array | FrameParts, alone: boolean): void => {
+    sock.pause();
+    sock.data.link?.gone();
+    sock.data.link = null;
+    const parsed = parseAttachFrame(frame instanceof Uint8Array ? frame : joinBytes(frame.parts, frame.byteLength));
+    conns.delete(sock);
+    const attach = options.attach;
+    if (parsed === null || !alone || attach === undefined) {
+      options.closed(conn, 1002, "stream attach refused");
+      const text =
+        parsed === null
+          ? "400 an attach frame is 0xFE, a session id (1-64 of A-Z a-z 0-9 _ -) and, from a receiver, a space and its key (16-64 of them)"
+          : !alone
+            ? "400 nothing may follow an attach before its answer"
+            : "404 this relay pairs no streams";
+      refuse(sock, Number(text.slice(0, 3)), text.slice(4));
+      return;
+    }
+    let answered = false;
+    const pending: PendingAttach = {
+      take: () => {
+        if (answered || sock.data.stream !== pending) return -1;
+        answered = true;
+        sock.data.stream = null;
+        return takeSocketFd(sock);
+      },
+      refuse: (status, text) => {
+        if (answered) return;
+        answered = true;
+        sock.data.stream = null;
+        refuse(sock, status, text);
+      },
+      onGone: null,
+    };
+    sock.data.stream = pending;
+    attach(conn, parsed.sid, parsed.key, pending);
+  };
+
   const onData = (sock: Socket<ConnData>, chunk: Uint8Array): void => {
     const d = sock.data;
+    if (d.stream !== null) {
+      // Paused, yet Bun may deliver what it had read: a client that does not wait for the answer.
+      d.stream.refuse(400, "nothing may follow an attach before its answer");
+      return;
+    }
     const link = d.link;
     if (link !== null) {
       const conn = conns.get(sock);
@@ -742,7 +835,7 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
       port,
       socket: {
         open: (sock) => {
-          sock.data = { link: null, auth: new FirstFrame(MAX_AUTH_FRAME_BYTES), timer: undefined };
+          sock.data = { link: null, stream: null, auth: new FirstFrame(MAX_AUTH_FRAME_BYTES), timer: undefined };
           if (overFdBudget(socketFd(sock))) {
             options.onOutOfFds();
             refuse(sock, 503, "server out of file descriptors; try again shortly");
@@ -772,6 +865,9 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
         },
         close: (sock, err) => {
           clearTimeout(sock.data.timer);
+          const stream = sock.data.stream;
+          sock.data.stream = null;
+          stream?.onGone?.();
           sock.data.link?.gone();
           const conn = conns.get(sock);
           conns.delete(sock);

@@ -23,6 +23,7 @@ import type { Logger } from "../core/log.ts";
 import { backoffDelay, ReconnectingWebSocket } from "../core/ws.ts";
 import { RelaySocket, type RelayLinkMode } from "./framed-link.ts";
 import type { PathData, Transport } from "./transport.ts";
+import type { StreamEndpoint } from "./relay-stream.ts";
 import { formatAuthorization } from "./users.ts";
 import {
   type HotlinkMessage,
@@ -159,6 +160,16 @@ export class RelayLink implements Transport {
 
   get welcome(): WelcomeMessage | null {
     return this.#welcome;
+  }
+
+  /**
+   * Where this daemon attaches relay streams (relay-stream.ts): on a framed link whose relay
+   * said `stm` in its Welcome; else null.
+   */
+  get streamEndpoint(): StreamEndpoint | null {
+    const at = this.#framed && this.#welcome?.stm === true ? (this.#ws as unknown as RelaySocket | null)?.framedAt : null;
+    if (at === null || at === undefined) return null;
+    return { ...at, authorization: formatAuthorization(this.#options.user, this.#options.token) };
   }
 
   /** Largest Data payload the server takes (from Welcome). */

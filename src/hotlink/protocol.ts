@@ -9,6 +9,8 @@
  *   session messages  CBOR maps over that WebSocket, Hello…Signal  here (below)
  *   framed relay link the same messages in length-delimited frames  framed-link.ts (offer,
  *                     over TCP: offer, auth and status, close frames  auth, close, idle)
+ *   relay streams     a tunnel's bytes on their own TCP connection,   relay-stream.ts
+ *                     attached by sid on the framed-link port
  *   HLNK frames       IPC sockets and direct connections           hlnk.ts
  *   direct hello      "HLD1 <sid> <tok>\n", sender → receiver      direct-wire.ts (direct.ts uses it)
  *   direct acks       u64 seqs, receiver → sender                  direct-wire.ts
@@ -35,15 +37,22 @@
  * Message types (the seed's numbers 9–14; 1–5 are new, 6–8 unused):
  *   1  Hello   {v, agt?}                 client → server, first message. `v`: the version the
  *                                        client speaks; `agt`: its software, for logs.
- *   2  Welcome {v, usr, mmb, mpb, ice?}  server → client, reply to Hello. `usr`: who the token
- *                                        authenticated; `mmb`: largest message the server
- *                                        accepts; `mpb`: largest Data `pay` that fits in it.
+ *   2  Welcome {v, usr, mmb, mpb, ice?, stm?} server → client, reply to Hello. `usr`: who the
+ *                                        token authenticated; `mmb`: largest message the server
+ *                                        accepts; `mpb`: largest Data `pay` that fits in it;
+ *                                        `stm`: true on a framed link whose relay pairs relay
+ *                                        streams (relay-stream.ts).
  *   3  Ping    {n}                       either way; the other side answers at once with
  *   4  Pong    {n}                       the same `n` (RTT, liveness of the relay path).
  *   5  Error   {code, msg, sid?}         either way: the peer did something wrong (below).
- *   9  Open    {sid, pth, to?, frm?}     sender opens session `sid` for path `pth`, for user
- *                                        `to` only if given.
- *  10  Accept  {sid, frm?}               a receiver takes the session.
+ *   9  Open    {sid, pth, to?, frm?, stm?} sender opens session `sid` for path `pth`, for
+ *                                        user `to` only if given; `stm`: its bytes would go
+ *                                        on a relay stream (relay-stream.ts; the server
+ *                                        forwards it to framed links only).
+ *  10  Accept  {sid, frm?, stm?, stk?}   a receiver takes the session; with `stm` (only for an
+ *                                        Open with it) on a relay stream, `stk` the key of its
+ *                                        attach (not forwarded): the session's first Accept
+ *                                        decides, and a stream has that one receiver.
  *  11  Reject  {sid, rsn}                a receiver (or the server) refuses it.
  *  12  Data    {sid, seq, pth?, etg?, pay} one payload; `pth`/`etg` as in HLNK frames.
  *  13  Close   {sid, rsn?, lst?}         the session (or one receiver's part in it) ends; from the
@@ -326,6 +335,8 @@ const Welcome = z.object({
   mpb: z.number().int().min(0).max(0xffff_ffff),
   /** The server's ICE servers (ice-servers.ts form), for daemons not given their own. */
   ice: z.string().max(MAX_ICE_SERVERS * (MAX_ICE_SERVER_LENGTH + 1)).optional(),
+  /** The server pairs relay streams on this (framed) link (relay-stream.ts). */
+  stm: z.boolean().optional(),
 });
 
 const Ping = z.object({ t: z.literal(MessageType.Ping), n: Count });
@@ -346,9 +357,19 @@ const Open = z.object({
   pth: HotlinkPath,
   to: UserName.optional(),
   frm: UserName.optional(),
+  /** The sender would carry the session's bytes on a relay stream (relay-stream.ts). */
+  stm: z.boolean().optional(),
 });
 
-const Accept = z.object({ t: z.literal(MessageType.Accept), sid: SessionId, frm: UserName.optional() });
+const Accept = z.object({
+  t: z.literal(MessageType.Accept),
+  sid: SessionId,
+  frm: UserName.optional(),
+  /** The receiver takes the session's bytes on a relay stream: no Data follows (relay-stream.ts). */
+  stm: z.boolean().optional(),
+  /** With `stm`, from the receiver: the key its attach carries (the server does not forward it). */
+  stk: z.string().regex(/^[A-Za-z0-9_-]{16,64}$/, "a stream key is 16–64 of A-Z a-z 0-9 _ -").optional(),
+});
 
 const Reject = z.object({ t: z.literal(MessageType.Reject), sid: SessionId, rsn: Reason.min(1) });
 
@@ -948,6 +969,8 @@ export const TunnelStatus = z.object({
   out: OutgoingStatus.nullable(),
   in: IncomingStatus.nullable(),
   held: Count,
+  /** The application connection rides a relay stream (relay-stream.ts): attaching, or spliced. */
+  stream: z.enum(["attaching", "spliced"]).optional(),
 });
 export type TunnelStatus = z.output<typeof TunnelStatus>;
 
@@ -989,7 +1012,15 @@ export const DaemonStatus = z.object({
   ipc: z.array(IpcEntry).max(MAX_CHANNELS),
   /** Sessions open on the relay link now. */
   sessions: z.object({ outgoing: Count, incoming: Count }),
-  counters: z.object({ relay: RelayCounters, direct: DirectCounters, ice: DirectCounters, turn: RelayCounters, latency_us: LatencyCounters }),
+  counters: z.object({
+    relay: RelayCounters,
+    direct: DirectCounters,
+    ice: DirectCounters,
+    turn: RelayCounters,
+    latency_us: LatencyCounters,
+    /** Tunnel connections carried on relay streams (relay-stream.ts), and their bytes so far. Optional: older daemons. */
+    stream: z.object({ connections: Count, txBytes: Count, rxBytes: Count }).optional(),
+  }),
   /** The rungs on (`--direct`), and the STUN/TURN servers ICE uses now, passwords hidden (ice-servers.ts `shownIceServer`). */
   rungs: z.array(z.enum(["tls", "ice"])).max(2),
   ice_servers: z.array(z.string().max(MAX_ICE_SERVER_LENGTH)).max(MAX_ICE_SERVERS),

@@ -50,6 +50,7 @@ import {
 } from "./protocol.ts";
 import { Switchboard, type SwitchboardConn, type SwitchboardStats } from "./switchboard.ts";
 import { LINK_OFFER_HEADER, offerBody, serveFramedLinks } from "./framed-link.ts";
+import { StreamPairer } from "./relay-stream.ts";
 import { loadUsers, parseAuthorization } from "./users.ts";
 import { urlHost } from "../core/endpoint.ts";
 import { FRAME_HEADER_BYTES } from "../core/frame.ts";
@@ -121,7 +122,8 @@ export interface HotlinkServerOptions {
 }
 
 /** `stats()` of a running server. */
-type HotlinkStats = SwitchboardStats;
+/** The switchboard's counters, and the relay streams' (relay-stream.ts; zero without a framed-link port). */
+type HotlinkStats = SwitchboardStats & { streams: { paired: number; active: number; waiting: number; bytes: number; resets: number } };
 
 export interface HotlinkServer {
   /** `ws://host:port/v1/hotlink`; an unspecified listen address is shown as loopback. */
@@ -161,7 +163,10 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
   let usersFile = options.usersFile;
   let users = loadUsers(usersFile);
   const acl: Acl = options.aclFile === undefined ? parseAcl({ rules: [] }) : loadAcl(options.aclFile);
+  // Relay streams ride the framed-link port (relay-stream.ts): only with one.
+  const streams = options.linkListen === undefined ? undefined : new StreamPairer(log, options.registry ?? sharedMetrics);
   const board = new Switchboard({
+    ...(streams === undefined ? {} : { streams }),
     acl,
     log,
     registry: options.registry ?? sharedMetrics,
@@ -296,6 +301,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
         },
         opened: (conn, link) => board.opened(conn, link),
         message: (conn, frame) => board.message(conn, frame, FRAME_HEADER_BYTES),
+        attach: (conn, sid, key, pending) => board.attach(conn, sid, key, pending),
         drained: (conn) => board.drained(conn),
         closed: (conn, code, reason) => board.closed(conn, code, reason),
       });
@@ -316,7 +322,10 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
     get sessionCount() {
       return board.sessionCount;
     },
-    stats: () => board.stats(),
+    stats: () => ({
+      ...board.stats(),
+      streams: { ...(streams?.stats ?? { paired: 0, bytes: 0, resets: 0 }), active: streams?.active ?? 0, waiting: streams?.waiting ?? 0 },
+    }),
     reload(files) {
       const errors: string[] = [];
       let usersReloaded = false;
@@ -353,6 +362,7 @@ export function startHotlinkServer(options: HotlinkServerOptions): HotlinkServer
         links?.stop();
         fdRefusals.stop();
         board.closeAll(1001, "relay stopping");
+        await streams?.close();
         const graceful = server.stop(false);
         const late = new Promise<"late">((resolve) => setTimeout(() => resolve("late"), CLOSE_GRACE_MS).unref());
         if ((await Promise.race([graceful.then(() => "done" as const), late])) === "late") await server.stop(true);

@@ -16,7 +16,9 @@
  */
 import { randomUUID } from "node:crypto";
 import { describeError } from "../core/errors.ts";
+import { FdSplicer } from "../core/fdsplice.ts";
 import type { RelayLink } from "./link.ts";
+import type { StreamEndpoint } from "./relay-stream.ts";
 import { type DirectConfig, DirectReceiver, dialTlsPath } from "./direct.ts";
 import { type IceConfig, IceDialer, IceReceiver, type IceSignal, type IceSignalIn, iceFull } from "./ice.ts";
 // A session remembers at most MAX_RUNG_FAILURES (tls, ice, turn and one fallback), each cut to
@@ -62,7 +64,10 @@ export class SessionTable {
   direct: DirectConfig | null = null;
   /** The ICE rungs (ice.ts): null when off. Set by the daemon. */
   ice: IceConfig | null = null;
+  /** Tunnels may ride relay streams (relay-stream.ts) when the relay offers them. Set by the daemon. */
+  streams = true;
   readonly #holders = new Set<unknown>();
+  #splicer: FdSplicer | null = null;
 
   constructor(link: RelayLink) {
     this.link = link;
@@ -90,6 +95,39 @@ export class SessionTable {
   /** True while someone holds the table: incoming data waits in the kernel. */
   get held(): boolean {
     return this.#holders.size > 0;
+  }
+
+  /** Where a tunnel's relay stream attaches now, or null when it cannot have one. */
+  get streamEndpoint(): StreamEndpoint | null {
+    return this.streams ? this.link.streamEndpoint : null;
+  }
+
+  /** A sending tunnel asks for a relay stream only when no direct rung is on here: those are what its user asked for. */
+  get opensStreams(): boolean {
+    return this.direct === null && this.ice === null && this.streamEndpoint !== null;
+  }
+
+  /** The splice engine of this daemon's relay streams, started on first use. */
+  splicer(): FdSplicer {
+    this.#splicer ??= new FdSplicer();
+    return this.#splicer;
+  }
+
+  /** Tunnel connections that went on a relay stream, and the bytes of all of them so far (both ways). */
+  streamCounters(): { connections: number; txBytes: number; rxBytes: number } {
+    // Every splice here is an application ↔ stream one: a is the application.
+    const t = this.#splicer?.totals(0) ?? { aToB: 0, bToA: 0 };
+    return { connections: this.streamConnections, txBytes: t.aToB, rxBytes: t.bToA };
+  }
+
+  /** Counted by the tunnels as they splice. */
+  streamConnections = 0;
+
+  /** Stops the splice engine (its streams are reset). */
+  async closeSplicer(): Promise<void> {
+    const splicer = this.#splicer;
+    this.#splicer = null;
+    await splicer?.close();
   }
 }
 
@@ -142,6 +180,10 @@ export class Outgoing {
   #finishing = false;
   /** Why the rungs above the one in use did not carry the session, in the order tried. */
   readonly failed: RungFailure[] = [];
+  /** Set before `open`: ask for a relay stream (Open `stm`). */
+  wantStream = false;
+  /** The receiver accepted a relay stream: the session carries no Data (relay-stream.ts). */
+  streamAccepted = false;
 
   constructor(table: SessionTable, pth: string, to: string | undefined, events: OutgoingEvents) {
     this.#table = table;
@@ -158,7 +200,13 @@ export class Outgoing {
   /** Sends the Open; false when the link is down (the session is then already ended). */
   open(): boolean {
     this.#table.outgoing.set(this.sid, this);
-    const ok = this.#link.send({ t: MessageType.Open, sid: this.sid, pth: this.pth, ...(this.to === undefined ? {} : { to: this.to }) });
+    const ok = this.#link.send({
+      t: MessageType.Open,
+      sid: this.sid,
+      pth: this.pth,
+      ...(this.to === undefined ? {} : { to: this.to }),
+      ...(this.wantStream ? { stm: true } : {}),
+    });
     if (!ok) this.#end("the relay server is not connected", false);
     return ok;
   }
@@ -349,9 +397,12 @@ export class Outgoing {
   }
 
   /** From the server: */
-  onAccept(frm: string | undefined): void {
+  onAccept(frm: string | undefined, stm?: boolean): void {
     this.#receivers++;
-    if (this.#receivers === 1) this.#acceptedBy = frm;
+    if (this.#receivers === 1) {
+      this.#acceptedBy = frm;
+      this.streamAccepted = this.wantStream && stm === true;
+    }
     if (this.#receivers > 1 && this.#path !== null) this.#fallBack("a second receiver accepted the session");
     if (this.state !== "opening") return;
     this.state = "open";
@@ -499,6 +550,8 @@ export class Incoming {
   /** ICE is offered once per session: after the TLS answer failed, or `ICE_AFTER_TLS_MS` without one. */
   #iceOffered = false;
   #iceTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Set before `accept`: take the session on a relay stream with this attach key (relay-stream.ts). */
+  streamKey: string | null = null;
 
   constructor(table: SessionTable, sid: string, pth: string, frm: string | undefined, events: IncomingEvents) {
     this.#table = table;
@@ -549,7 +602,10 @@ export class Incoming {
    */
   accept(): boolean {
     const link = this.#link;
-    if (!link.send({ t: MessageType.Accept, sid: this.sid })) return false;
+    const stream = this.streamKey === null ? {} : { stm: true, stk: this.streamKey };
+    if (!link.send({ t: MessageType.Accept, sid: this.sid, ...stream })) return false;
+    // A relay stream carries no Data: no rung above it to offer.
+    if (this.streamKey !== null) return true;
     const config = this.#table.direct;
     if (config !== null) {
       const tls = DirectReceiver.start(this.sid, this.pth, config, {

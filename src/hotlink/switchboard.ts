@@ -48,6 +48,7 @@ import { StoaError, describeError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { Counter, CounterSeries, Gauge, Registry } from "../core/metrics.ts";
 import type { Acl } from "./acl.ts";
+import type { PendingAttach, StreamPairer } from "./relay-stream.ts";
 import {
   type AcceptMessage,
   type CloseMessage,
@@ -124,6 +125,12 @@ interface Session {
   readonly sender: SwitchboardConn;
   readonly pending: Set<SwitchboardConn>;
   readonly accepted: Set<SwitchboardConn>;
+  /**
+   * Opened with `stm` on a framed link (relay-stream.ts): null otherwise, and once its first
+   * Accept came without it. `receiver`: the one receiver that accepted with `stm` (then no other
+   * is admitted).
+   */
+  stream: { receiver: SwitchboardConn | null } | null;
 }
 
 interface SwitchboardOptions {
@@ -143,6 +150,8 @@ interface SwitchboardOptions {
   maxSessionsPerUser?: number;
   /** Default `MAX_SESSIONS_PER_CONNECTION`. */
   maxSessionsPerConnection?: number;
+  /** Pairs stream attaches on the framed links (relay-stream.ts); without it no session has a stream. */
+  streams?: StreamPairer;
 }
 
 /** Why the relay refused a connection or session, or closed one, for a limit (the metric's label). */
@@ -196,6 +205,7 @@ export class Switchboard {
   readonly #maxConnectionsPerUser: number;
   readonly #maxSessionsPerUser: number;
   readonly #maxSessionsPerConnection: number;
+  readonly #streams: StreamPairer | undefined;
   #nextId = 1;
   #awaitingHello = 0;
   #paused = 0;
@@ -230,6 +240,7 @@ export class Switchboard {
     this.#maxConnectionsPerUser = options.maxConnectionsPerUser ?? MAX_CONNECTIONS_PER_USER;
     this.#maxSessionsPerUser = options.maxSessionsPerUser ?? MAX_SESSIONS_PER_USER;
     this.#maxSessionsPerConnection = options.maxSessionsPerConnection ?? MAX_SESSIONS_PER_CONNECTION;
+    this.#streams = options.streams;
     const r = options.registry;
     this.#m = {
       connections: r.gauge(
@@ -353,6 +364,35 @@ export class Switchboard {
       this.#detach(conn, "peer gone");
     } catch (err) {
       this.#log.error("bug in the hotlink relay (close)", { conn: conn.id, error: describeError(err) });
+    }
+  }
+
+  /**
+   * A framed connection's first frame was a stream attach (relay-stream.ts): it is no link (it
+   * leaves the connections quietly); the attach is answered here, or paired.
+   */
+  attach(conn: SwitchboardConn, sid: string, key: string | null, pending: PendingAttach): void {
+    try {
+      this.#detach(conn, undefined);
+      const s = this.#sessions.get(sid);
+      if (this.#streams === undefined) return pending.refuse(404, "this relay pairs no streams");
+      if (s === undefined || s.stream === null) return pending.refuse(404, "no session with this sid has a stream (it may have ended)");
+      // The sender attaches once it has the Accept; a receiver may come before the relay read
+      // its Accept, so any receiver the session was offered to may wait — only the key of the
+      // one that accepted gets paired.
+      const receiver = s.stream.receiver;
+      const party =
+        key === null
+          ? conn.user === s.sender.user
+          : receiver !== null
+            ? receiver.user === conn.user
+            : [...s.pending].some((r) => r.user === conn.user);
+      if (!party) return pending.refuse(403, `you are not the ${key === null ? "sender" : "receiver"} of this session`);
+      this.#log.debug("stream attach", { sid, user: conn.user, role: key === null ? "sender" : "receiver" });
+      this.#streams.attach(sid, key, pending);
+    } catch (err) {
+      this.#log.error("bug in the hotlink relay (stream attach)", { conn: conn.id, error: describeError(err) });
+      pending.refuse(500, "internal error");
     }
   }
 
@@ -499,7 +539,8 @@ export class Switchboard {
     this.#log.info("connected", { conn: conn.id, user: conn.user, remote: conn.remote, agent });
     const mpb = Math.max(0, this.#maxMessageBytes - MAX_ENVELOPE_BYTES);
     const ice = this.#ice === undefined ? {} : { ice: this.#ice };
-    this.#send(conn, conn, this.#encode({ t: MessageType.Welcome, v: PROTOCOL_VERSION, usr: conn.user, mmb: this.#maxMessageBytes, mpb, ...ice }));
+    const stm = this.#streams !== undefined && framed(conn) ? { stm: true } : {};
+    this.#send(conn, conn, this.#encode({ t: MessageType.Welcome, v: PROTOCOL_VERSION, usr: conn.user, mmb: this.#maxMessageBytes, mpb, ...ice, ...stm }));
   }
 
   #open(conn: SwitchboardConn, msg: OpenMessage): void {
@@ -527,15 +568,19 @@ export class Switchboard {
       for (const [user, conns] of this.#byUser) offer(user, conns);
     }
     if (receivers.length === 0) return refuse("no receiver");
-    const session: Session = { sid, pth, sender: conn, pending: new Set(receivers), accepted: new Set() };
+    const stream = msg.stm === true && this.#streams !== undefined && framed(conn) ? { receiver: null } : null;
+    const session: Session = { sid, pth, sender: conn, pending: new Set(receivers), accepted: new Set(), stream };
     this.#sessions.set(sid, session);
     conn.sending.set(sid, session);
     owner.sending++;
     for (const r of receivers) r.receiving.set(sid, session);
     this.#m.sessions.inc();
     this.#log.debug("session open", { sid, pth, from: conn.user, to, receivers: receivers.length });
-    const bytes = this.#encode({ t: MessageType.Open, sid, pth, ...(to === undefined ? {} : { to }), frm: conn.user });
-    for (const r of receivers) this.#send(conn, r, bytes);
+    const open: HotlinkMessageInput = { t: MessageType.Open, sid, pth, ...(to === undefined ? {} : { to }), frm: conn.user };
+    const bytes = this.#encode(open);
+    // `stm` only to receivers that can attach (their link is framed too).
+    const streamBytes = stream === null ? bytes : this.#encode({ ...open, stm: true });
+    for (const r of receivers) this.#send(conn, r, framed(r) ? streamBytes : bytes);
   }
 
   #accept(conn: SwitchboardConn, msg: AcceptMessage): void {
@@ -553,9 +598,25 @@ export class Switchboard {
       this.#error(conn, "forbidden", `you have no read access to ${s.pth}`, s.sid);
       return;
     }
+    const stream = s.stream;
+    const key = msg.stm === true ? msg.stk : undefined;
+    if (stream !== null && (stream.receiver !== null || (msg.stm === true && (!framed(conn) || key === undefined)))) {
+      // A stream has one receiver, and only a framed link with a key can attach.
+      this.#removeReceiver(s, conn, MessageType.Reject, "the session's stream has its receiver");
+      this.#error(conn, "protocol", stream.receiver !== null ? "the session's stream has its receiver already" : "a stream is accepted on a framed link, with stk", s.sid);
+      return;
+    }
+    if (stream !== null && key === undefined) {
+      // Its receiver takes Data: a session as any other (an early attach is refused).
+      s.stream = null;
+      this.#streams?.ended(s.sid, false);
+    } else if (stream !== null && key !== undefined) {
+      stream.receiver = conn;
+      this.#streams?.accepted(s.sid, key);
+    }
     s.pending.delete(conn);
     s.accepted.add(conn);
-    this.#send(conn, s.sender, this.#encode({ t: MessageType.Accept, sid: s.sid, frm: conn.user }));
+    this.#send(conn, s.sender, this.#encode({ t: MessageType.Accept, sid: s.sid, frm: conn.user, ...(s.stream === null ? {} : { stm: true }) }));
   }
 
   #reject(conn: SwitchboardConn, msg: RejectMessage): void {
@@ -638,7 +699,7 @@ export class Switchboard {
 
   /** The sender ends the session (or it goes): every receiver gets Close (`bytes` if given). */
   #endSession(s: Session, rsn: string | undefined, bytes?: Uint8Array): void {
-    const receivers = this.#forget(s);
+    const receivers = this.#forget(s, rsn === undefined);
     const close = bytes ?? this.#encode({ t: MessageType.Close, sid: s.sid, ...(rsn === undefined ? {} : { rsn }) });
     for (const r of receivers) this.#send(null, r, close);
   }
@@ -649,7 +710,7 @@ export class Switchboard {
     s.accepted.delete(r);
     r.receiving.delete(s.sid);
     if (s.pending.size > 0 || s.accepted.size > 0) return;
-    this.#forget(s);
+    this.#forget(s, false);
     const message: HotlinkMessageInput =
       kind === MessageType.Reject
         ? { t: MessageType.Reject, sid: s.sid, rsn: rsn || "rejected" }
@@ -657,10 +718,14 @@ export class Switchboard {
     this.#send(null, s.sender, this.#encode(message));
   }
 
-  /** Removes a session from every index; returns the receivers it had. */
-  #forget(s: Session): SwitchboardConn[] {
+  /**
+   * Removes a session from every index; returns the receivers it had. Its stream, if any,
+   * finishes by itself after an `orderly` end (the sender's Close), else it is reset.
+   */
+  #forget(s: Session, orderly: boolean): SwitchboardConn[] {
     if (this.#sessions.get(s.sid) !== s) return [];
     this.#sessions.delete(s.sid);
+    if (s.stream !== null) this.#streams?.ended(s.sid, orderly);
     this.#m.sessions.dec();
     s.sender.sending.delete(s.sid);
     this.#userLeft(s.sender.user, 0, 1);
@@ -707,11 +772,11 @@ export class Switchboard {
     conn.blockedBy.clear();
     if (wasPaused) this.#setPaused(-1);
     for (const s of [...conn.sending.values()]) {
-      if (rsn === undefined) this.#forget(s);
+      if (rsn === undefined) this.#forget(s, false);
       else this.#endSession(s, rsn);
     }
     for (const s of [...conn.receiving.values()]) {
-      if (rsn === undefined) this.#forget(s);
+      if (rsn === undefined) this.#forget(s, false);
       else this.#removeReceiver(s, conn, MessageType.Close, rsn);
     }
   }
@@ -875,6 +940,11 @@ export class Switchboard {
 }
 
 /** `text` cut to what a WebSocket close frame can carry, on a character boundary. */
+/** The connection is a framed link (it can attach streams). */
+function framed(conn: SwitchboardConn): boolean {
+  return conn.link?.sendFrame !== undefined;
+}
+
 function closeReason(text: string): string {
   if (Buffer.byteLength(text, "utf8") <= MAX_CLOSE_REASON_BYTES) return text;
   let cut = text.slice(0, MAX_CLOSE_REASON_BYTES - 3);

@@ -57,6 +57,8 @@ interface TelemetrySource {
   connected(): boolean;
   counters: DaemonCounters;
   sessions(): unknown;
+  /** Relay streams (relay-stream.ts): connections carried and their bytes; absent, none. */
+  streams?(): { connections: number; txBytes: number; rxBytes: number };
 }
 
 function telemetrySnapshot(source: TelemetrySource): Record<string, unknown> {
@@ -65,7 +67,9 @@ function telemetrySnapshot(source: TelemetrySource): Record<string, unknown> {
   const paths = [c.direct, c.ice, c.turn];
   const off = paths.reduce((n, p) => n + p.txPackets + p.rxPackets, 0);
   const mode = off === 0 ? "relay" : r.txPackets + r.rxPackets === 0 ? "direct" : "mixed";
-  const sum = (key: "txPackets" | "txBytes" | "rxPackets" | "rxBytes"): number => r[key] + paths.reduce((n, p) => n + p[key], 0);
+  const st = source.streams?.() ?? { connections: 0, txBytes: 0, rxBytes: 0 };
+  const streamBytes = { txPackets: 0, rxPackets: 0, txBytes: st.txBytes, rxBytes: st.rxBytes };
+  const sum = (key: "txPackets" | "txBytes" | "rxPackets" | "rxBytes"): number => r[key] + streamBytes[key] + paths.reduce((n, p) => n + p[key], 0);
   const split = (p: PathCounters) => ({ tx: { packets: p.txPackets, bytes: p.txBytes }, rx: { packets: p.rxPackets, bytes: p.rxBytes } });
   const upgrades = (d: DaemonCounters["direct"]) => ({ offers: d.offers, answers: d.answers, failures: d.failures, fallbacks: d.fallbacks });
   return {
@@ -78,6 +82,7 @@ function telemetrySnapshot(source: TelemetrySource): Record<string, unknown> {
     direct: { ...split(c.direct), ...upgrades(c.direct) },
     ice: { ...split(c.ice), ...upgrades(c.ice) },
     turn: split(c.turn),
+    stream: { connections: st.connections, tx: { bytes: st.txBytes }, rx: { bytes: st.rxBytes } },
     latency_us: {
       send_avg: round(c.send.avgUs),
       send_max: round(c.send.maxUs),

@@ -22,9 +22,15 @@
  * This is the TCP path only; IPC channels (ipc.ts) are separate code (seed 003, lesson 4).
  */
 import type { Socket, TCPSocketListener } from "bun";
+import { randomBytes } from "node:crypto";
+import { joinBytes } from "../core/bytes.ts";
+import { describeError } from "../core/errors.ts";
+import { takeSocketFd } from "../core/fdsplice.ts";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
+import type { PipeStats } from "../core/pipe.ts";
 import type { TunnelStatus } from "./protocol.ts";
+import { type AttachedStream, attachStream } from "./relay-stream.ts";
 import { type Delivery, Incoming, Outgoing, type SessionTable } from "./sessions.ts";
 
 export const HOLD_BYTES = 64 * 1024 * 1024;
@@ -42,6 +48,16 @@ export interface TunnelSpec {
 }
 
 type App = Socket<{ tunnel: Tunnel }>;
+
+/** The application connection's relay stream (relay-stream.ts), from the attach to its end. */
+interface Stream {
+  readonly role: "sender" | "receiver";
+  /** The session it belongs to (no longer `#out` or `#in`: its end is the stream's). */
+  readonly session: Outgoing | Incoming;
+  readonly abort: AbortController;
+  /** The splice once paired (the application's socket and the stream's are the engine's then). */
+  spliceId: number | null;
+}
 
 export class Tunnel {
   readonly spec: TunnelSpec;
@@ -64,6 +80,7 @@ export class Tunnel {
   /** Bytes for the application that its socket did not take yet. */
   #outbox: Outbox | null = null;
   #holdingLink = false;
+  #stream: Stream | null = null;
   /** Counters for telemetry. */
   readonly counters = { connections: 0, txBytes: 0, rxBytes: 0, resets: 0 };
 
@@ -96,16 +113,33 @@ export class Tunnel {
   }
 
   /** An Open for this channel from the peer: accept it (or say why not). */
-  offer(sid: string, frm: string | undefined): Incoming | string {
+  offer(sid: string, frm: string | undefined, stream = false): Incoming | string {
     if (this.spec.peer !== undefined && frm !== this.spec.peer) return `tunnel ${this.spec.channel} here pairs with ${this.spec.peer}, not ${frm ?? "?"}`;
-    if (this.#in !== null || this.#inFinished) return `tunnel ${this.spec.channel} is busy with another connection`;
+    if (this.#in !== null || this.#inFinished || this.#stream !== null) return `tunnel ${this.spec.channel} is busy with another connection`;
+    // A relay stream carries both directions: taken unless this side's own session carries
+    // Data, or is a stream too and wins (the lower sid; both sides decide the same).
+    const out = this.#out;
+    let streamed = stream && this.#table.streamEndpoint !== null && (out === null || out.wantStream);
+    if (streamed && out !== null) {
+      if (out.state !== "opening" || sid > out.sid) return `tunnel ${this.spec.channel}: crossed with session ${out.sid} from this side, which carries the stream`;
+      // Theirs carries it: ours goes, the application stays.
+      this.#out = null;
+      out.abort(`crossed with session ${sid}, which carries the stream`);
+    }
+    if (!stream) streamed = false;
     const session = new Incoming(this.#table, sid, this.spec.channel, frm, {
       deliver: (item) => this.#deliver(item),
       ended: (reason) => this.#onInEnded(session, reason),
     });
+    if (streamed) session.streamKey = randomBytes(18).toString("base64url");
     this.#in = session;
     if (this.#app === null) this.#startHoldTimer();
     return session;
+  }
+
+  /** The daemon sent the Accept of `session`: a stream's receiver attaches now if its application is here. */
+  accepted(session: Incoming): void {
+    if (this.#in === session && session.streamKey !== null && this.#app !== null) this.#startStream("receiver", session);
   }
 
   /** The relay connection came back: an application waiting for its session gets one now. */
@@ -115,21 +149,24 @@ export class Tunnel {
 
   /** The relay connection is gone, and every session with it. */
   onLinkDown(reason: string): void {
+    this.#abortStream(`the relay server connection was lost (${reason})`);
     this.#out?.onLinkDown(reason);
     this.#in?.onLinkDown(reason);
   }
 
   status(): TunnelStatus {
-    const out = this.#out;
-    const inc = this.#in;
+    const stream = this.#stream;
+    const out = this.#out ?? (stream?.session instanceof Outgoing ? stream.session : null);
+    const inc = this.#in ?? (stream?.session instanceof Incoming ? stream.session : null);
     return {
       channel: this.spec.channel,
       listen: `${this.spec.host}:${this.port}`,
       peer: this.spec.peer ?? null,
-      app: this.#app !== null,
+      app: this.#app !== null || stream?.spliceId != null,
       out: out === null ? null : out.status(),
       in: inc === null ? null : inc.status(),
       held: this.#heldBytes,
+      ...(stream === null ? {} : { stream: stream.spliceId === null ? "attaching" : "spliced" }),
     };
   }
 
@@ -137,6 +174,7 @@ export class Tunnel {
   close(reason: string): void {
     this.#listener?.stop(true);
     this.#listener = null;
+    this.#abortStream(reason);
     this.#out?.abort(reason);
     this.#closeIn(reason);
     this.#app?.terminate();
@@ -185,15 +223,25 @@ export class Tunnel {
     this.#heldBytes = 0;
     for (const chunk of held) this.#write(chunk);
     if (this.#inFinished && this.#queued === 0) this.#app.shutdown();
+    const inc = this.#in;
+    if (inc !== null && inc.streamKey !== null) {
+      this.#startStream("receiver", inc);
+      return;
+    }
     this.#openOut();
   }
 
   #openOut(): void {
     if (!this.#table.link.up) return; // onLinkUp opens it
+    if (this.#stream !== null || (this.#in !== null && this.#in.streamKey !== null)) return; // the stream carries both ways
     const out = new Outgoing(this.#table, this.spec.channel, this.spec.peer, {
       accepted: () => {
         this.#openingSince = 0;
         if (this.#app === null || this.#out !== out) return;
+        if (out.streamAccepted) {
+          this.#startStream("sender", out);
+          return;
+        }
         const early = this.#early;
         this.#early = [];
         for (const chunk of early) {
@@ -205,6 +253,7 @@ export class Tunnel {
       },
       ended: (reason, rejected) => this.#onOutEnded(out, reason, rejected),
     });
+    out.wantStream = this.#table.opensStreams;
     this.#out = out;
     if (this.#openingSince === 0) this.#openingSince = performance.now();
     out.open();
@@ -256,6 +305,12 @@ export class Tunnel {
    */
   #onAppClose(s: App, err?: Error): void {
     if (s !== this.#app) return;
+    if (this.#stream !== null) {
+      // Gone before its stream was paired: the stream has nothing to carry.
+      this.#app = null;
+      this.#abortStream(err === undefined ? "the application closed before its relay stream was paired" : "the application connection was reset");
+      return;
+    }
     this.#app = null;
     const out = this.#out;
     if (out !== null && out.state !== "closed") {
@@ -319,6 +374,11 @@ export class Tunnel {
   }
 
   #onInEnded(session: Incoming, reason: string | null): void {
+    if (this.#stream?.session === session) {
+      // The sender's orderly Close: the stream finishes by itself.
+      if (reason !== null) this.#abortStream(reason);
+      return;
+    }
     if (this.#in !== session) return;
     this.#in = null;
     if (reason !== null) {
@@ -338,6 +398,10 @@ export class Tunnel {
   }
 
   #onOutEnded(out: Outgoing, reason: string | null, rejected: boolean): void {
+    if (this.#stream?.session === out) {
+      if (reason !== null) this.#abortStream(reason);
+      return;
+    }
     if (this.#out !== out) return;
     if (reason === null) return; // finished by us: the application sent its FIN
     this.#out = null;
@@ -348,12 +412,118 @@ export class Tunnel {
       // The peer daemon (or its tunnel) is not there yet: try again, the application waits.
       this.#log.debug("session not accepted yet; retrying", { reason });
       this.#retry = setTimeout(() => {
-        if (this.#app === app && this.#out === null) this.#openOut();
+        if (this.#app === app && this.#out === null && this.#stream === null) this.#openOut();
       }, OPEN_RETRY_MS);
       return;
     }
     this.#log.warn("the tunnel's session ended abnormally; resetting the application connection", { reason });
     this.#fail();
+  }
+
+  // --- the relay stream (relay-stream.ts) ---------------------------------------------------
+
+  /** `session` carries the application connection on a relay stream: attach, then splice. */
+  #startStream(role: "sender" | "receiver", session: Outgoing | Incoming): void {
+    const endpoint = this.#table.streamEndpoint;
+    const app = this.#app;
+    if (role === "sender") this.#out = null;
+    else this.#in = null;
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
+    const stream: Stream = { role, session, abort: new AbortController(), spliceId: null };
+    this.#stream = stream;
+    if (app === null || endpoint === null) {
+      this.#streamFailed(stream, app === null ? "no application connection" : "the relay link cannot attach streams any more");
+      return;
+    }
+    app.pause();
+    const key = session instanceof Incoming ? (session.streamKey ?? undefined) : undefined;
+    attachStream(endpoint, session.sid, key, stream.abort.signal).then(
+      (attached) => this.#splice(stream, attached),
+      (err: unknown) => this.#streamFailed(stream, describeError(err)),
+    );
+  }
+
+  /** Paired: the application's socket and the stream's go to the splice engine, with what was read of each. */
+  #splice(stream: Stream, attached: AttachedStream): void {
+    const app = this.#app;
+    if (this.#stream !== stream || app === null) {
+      attached.sock.terminate();
+      return;
+    }
+    // From here Bun's close of the application socket is the hand-over's, not the application's.
+    this.#app = null;
+    const early = this.#early.length === 0 ? undefined : joinBytes(this.#early, this.#early.reduce((n, c) => n + c.byteLength, 0));
+    this.#early = [];
+    const appFd = takeSocketFd(app);
+    const streamFd = takeSocketFd(attached.sock);
+    if (appFd < 0 || streamFd < 0) {
+      this.#stream = null;
+      this.#endSession(stream, "the application or the stream closed while they were handed over");
+      this.#resetConnection();
+      return;
+    }
+    const splice = this.#table.splicer().splice(appFd, streamFd, {
+      abortive: true,
+      ...(early === undefined ? {} : { toB: early }),
+      ...(attached.rest.byteLength === 0 ? {} : { toA: attached.rest }),
+      aEnded: this.#appEnded,
+    });
+    stream.spliceId = splice.id;
+    this.#table.streamConnections++;
+    this.#log.debug("tunnel connection on a relay stream", { sid: stream.session.sid, role: stream.role });
+    void splice.done.then((stats) => this.#onStreamDone(stream, stats));
+  }
+
+  #onStreamDone(stream: Stream, stats: PipeStats): void {
+    this.counters.txBytes += stats.bytesAtoB;
+    this.counters.rxBytes += stats.bytesBtoA;
+    if (this.#stream !== stream) return; // aborted: said and counted there
+    this.#stream = null;
+    if (stats.error === null) {
+      // Both FINs went through: the sender's orderly Close ends the session.
+      if (stream.session instanceof Outgoing) stream.session.finish();
+    } else {
+      this.counters.resets++;
+      this.#log.warn("the tunnel's relay stream was reset", { error: stats.error.message });
+      this.#endSession(stream, `the relay stream was reset: ${stats.error.message}`);
+    }
+    this.#resetConnection();
+  }
+
+  /** The stream could not be paired: its session ends with why, the application is reset. */
+  #streamFailed(stream: Stream, why: string): void {
+    if (this.#stream !== stream) return;
+    this.#stream = null;
+    this.#log.warn("no relay stream for the tunnel connection; resetting the application connection", { reason: why });
+    this.#endSession(stream, why);
+    this.counters.resets++;
+    const app = this.#app;
+    this.#app = null;
+    app?.terminate();
+    this.#resetConnection();
+  }
+
+  /** The stream's session ended abnormally (or the tunnel stops): the stream is reset everywhere. */
+  #abortStream(reason: string): void {
+    const stream = this.#stream;
+    if (stream === null) return;
+    this.#stream = null;
+    stream.abort.abort(new Error(reason));
+    this.#endSession(stream, reason);
+    this.counters.resets++;
+    this.#log.warn("the tunnel's relay stream ended abnormally; resetting the application connection", { reason });
+    if (stream.spliceId !== null) this.#table.splicer().destroy(stream.spliceId, reason);
+    const app = this.#app;
+    this.#app = null;
+    app?.terminate();
+    this.#resetConnection();
+  }
+
+  /** Ends the stream's session with `reason` (a no-op once it is closed). */
+  #endSession(stream: Stream, reason: string): void {
+    if (stream.session instanceof Outgoing) stream.session.abort(reason);
+    else stream.session.close(reason);
   }
 
   /** Reset the application connection: its stream cannot be completed faithfully. */

@@ -13,7 +13,7 @@ afterAll(() => scope.cleanup());
 const CHANNEL = "alice/mpc/run1/0_to_1";
 
 /** A relay server and the daemons of alice and bob with one tunnel between them, all compiled stoa processes. */
-async function setUp() {
+async function setUp(daemonArgs: string[] = []) {
   requireBinary();
   const dir = scope.tempDir();
   const users = join(dir, "users.json");
@@ -44,6 +44,7 @@ async function setUp() {
       "--tunnel", `${CHANNEL}=127.0.0.1:${port}@${peer}`, "--telemetry", join(dir, `${user}.json`),
       // Each set-up its own run dir: one daemon per user and run dir (the control socket's rule).
       "--run-dir", join(dir, "run"),
+      ...daemonArgs,
     ]);
   const alice = daemon("alice", alicePort ?? 0, "bob");
   const bob = daemon("bob", bobPort ?? 0, "alice");
@@ -54,7 +55,7 @@ async function setUp() {
     const m = text.match(/^stoa_hotlink_sessions (\d+)/m);
     return m === null ? -1 : Number(m[1]);
   };
-  return { dir, server, alice, bob, alicePort: alicePort ?? 0, bobPort: bobPort ?? 0, sessions };
+  return { dir, server, alice, bob, alicePort: alicePort ?? 0, bobPort: bobPort ?? 0, sessions, metricsPort };
 }
 
 const sha = sha256hex;
@@ -134,6 +135,63 @@ describe("stoa hotlink: relay server and two daemons as separate processes", () 
     await eventually("both directions' sessions on the server", async () => (await sessions()) === 2, { timeoutMs: 10_000 });
     alice.proc.kill("SIGKILL");
     // A FIN would tell bob's application that alice's stream ended complete.
+    await bobApp.ended;
+    expect(bobApp.finSeen()).toBe(false);
+    expect(await bobApp.closed).toBeInstanceOf(Error);
+    await eventually("the server to hold no session", async () => (await sessions()) === 0, { timeoutMs: 10_000 });
+  }, 60_000);
+});
+
+describe("stoa hotlink: a tunnel on a relay stream (--direct off, the framed link)", () => {
+  test("64 MiB both ways ride one spliced stream: intact, ls --json says so, telemetry counts it, the relay's metrics too", async () => {
+    const { dir, alicePort, bobPort, sessions, metricsPort } = await setUp(["--direct", "off"]);
+    const lsJson = (user: string) => {
+      const ls = Bun.spawnSync([STOA, "hotlink", "ls", "--json", "--user", user, "--run-dir", join(dir, "run")]);
+      expect(ls.exitCode).toBe(0);
+      return (JSON.parse(ls.stdout.toString()) as { status: { tunnels: { stream?: string }[]; counters: { relay: { rxBytes: number }; stream?: { connections: number; rxBytes: number } } } }).status;
+    };
+    const size = 64 * 1024 * 1024;
+    const a2b = randomBytes(size);
+    const b2a = randomBytes(size);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    await eventually("both spliced", () => (lsJson("alice").tunnels[0]?.stream === "spliced" && lsJson("bob").tunnels[0]?.stream === "spliced") || undefined, { timeoutMs: 10_000 });
+    // One session carries both directions.
+    expect(await sessions()).toBe(1);
+    const pump = async (a: App, data: Uint8Array) => {
+      for (let at = 0; at < data.length; at += 1024 * 1024) await a.send(data.subarray(at, at + 1024 * 1024));
+      a.sock.shutdown();
+    };
+    await Promise.all([pump(aliceApp, a2b), pump(bobApp, b2a), aliceApp.ended, bobApp.ended]);
+    expect(sha(bobApp.received())).toBe(sha(a2b));
+    expect(sha(aliceApp.received())).toBe(sha(b2a));
+    expect(await aliceApp.closed).toBeUndefined();
+    expect(await bobApp.closed).toBeUndefined();
+    await eventually("the server to hold no session", async () => (await sessions()) === 0);
+    const bob = lsJson("bob");
+    expect(bob.counters.stream).toMatchObject({ connections: 1, rxBytes: size });
+    expect(bob.counters.relay.rxBytes).toBe(0);
+    const telemetry = await eventually("telemetry with the bytes", async () => {
+      const t = (await Bun.file(join(dir, "bob.json")).json()) as { rx: { bytes: number }; mode: string; stream: { connections: number; tx: { bytes: number }; rx: { bytes: number } } };
+      return t.rx.bytes >= size ? t : undefined;
+    });
+    expect(telemetry.mode).toBe("relay");
+    expect(telemetry.stream).toEqual({ connections: 1, tx: { bytes: size }, rx: { bytes: size } });
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/^stoa_hotlink_streams 0$/m);
+    expect(metrics).toMatch(/^stoa_hotlink_streams_total\{outcome="orderly"\} 1$/m);
+    expect(metrics).toContain(`stoa_hotlink_stream_bytes_total ${2 * size}\n`);
+  }, 120_000);
+
+  test("the sender's daemon killed mid-stream: its sockets are reset by the kernel, so bob's application is reset too, and the server holds no session", async () => {
+    const { dir, alice, alicePort, bobPort, sessions } = await setUp(["--direct", "off"]);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    await aliceApp.send(new Uint8Array(100_000));
+    await eventually("the first bytes at bob's application", () => bobApp.bytes() >= 100_000, { timeoutMs: 10_000 });
+    const ls = Bun.spawnSync([STOA, "hotlink", "ls", "--json", "--user", "alice", "--run-dir", join(dir, "run")]);
+    expect((JSON.parse(ls.stdout.toString()) as { status: { tunnels: { stream?: string }[] } }).status.tunnels[0]?.stream).toBe("spliced");
+    alice.proc.kill("SIGKILL");
     await bobApp.ended;
     expect(bobApp.finSeen()).toBe(false);
     expect(await bobApp.closed).toBeInstanceOf(Error);

@@ -14,8 +14,10 @@ import { createLogger } from "../../src/core/log.ts";
 import { Registry } from "../../src/core/metrics.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
 import {
+  attachFrame,
   closeFrame,
   FirstFrame,
+  parseAttachFrame,
   LINK_OFFER_HEADER,
   MAX_AUTH_FRAME_BYTES,
   parseCloseFrame,
@@ -351,7 +353,7 @@ describe("the framed listener over raw TCP", () => {
 describe("daemons on the framed link", () => {
   const CHANNEL = "alice/mpc/run1/0_to_1";
 
-  async function pair(server: HotlinkServer, mode?: "auto" | "ws") {
+  async function pair(server: HotlinkServer, mode?: "auto" | "ws", relayStreams = true) {
     const start = async (user: "alice" | "bob", peer: string) => {
       const d = await HotlinkDaemon.start({
         server: server.url,
@@ -360,6 +362,7 @@ describe("daemons on the framed link", () => {
         tunnels: [{ channel: CHANNEL, host: "127.0.0.1", port: 0, peer }],
         log,
         minDelayMs: 20,
+        relayStreams,
         ...(mode === undefined ? {} : { linkMode: mode }),
       });
       cleanups.push(() => d.close());
@@ -374,9 +377,9 @@ describe("daemons on the framed link", () => {
 
   const own = (cleanup: () => void): void => void cleanups.push(cleanup);
 
-  test("64 MiB both ways at once through a tunnel on the relay (no direct path) arrive intact, and ls says framed TCP link", async () => {
+  test("64 MiB both ways at once through a tunnel in Data messages (--relay-streams off, no direct path) arrive intact, and ls says framed TCP link", async () => {
     const server = serve();
-    const { alice, bob, alicePort, bobPort } = await pair(server);
+    const { alice, bob, alicePort, bobPort } = await pair(server, undefined, false);
     expect(alice.link.transport).toBe("tcp");
     expect(bob.status().relay_link).toBe("tcp");
     const size = 64 * 1024 * 1024;
@@ -455,4 +458,212 @@ describe("daemons on the framed link", () => {
     expect(ws.link.transport).toBe("ws");
     expect(ws.status().relay_link).toBe("ws");
   }, 30_000);
+});
+
+describe("relay streams (relay-stream.ts)", () => {
+  const CHANNEL = "alice/mpc/run1/0_to_1";
+  const own = (cleanup: () => void): void => void cleanups.push(cleanup);
+
+  async function daemons(server: HotlinkServer, options: { bob?: Partial<Parameters<typeof HotlinkDaemon.start>[0]> } = {}) {
+    const start = async (user: "alice" | "bob", peer: string, extra = {}) => {
+      const d = await HotlinkDaemon.start({
+        server: server.url,
+        user,
+        token: tokens[user],
+        tunnels: [{ channel: CHANNEL, host: "127.0.0.1", port: 0, peer }],
+        log,
+        minDelayMs: 20,
+        ...extra,
+      });
+      cleanups.push(() => d.close());
+      await d.connected();
+      return d;
+    };
+    const alice = await start("alice", "bob");
+    const bob = await start("bob", "alice", options.bob ?? {});
+    const port = (d: HotlinkDaemon) => d.tunnel(CHANNEL)?.port ?? 0;
+    return { alice, bob, alicePort: port(alice), bobPort: port(bob) };
+  }
+
+  const streamOf = (d: HotlinkDaemon) => d.status().tunnels.find((t) => t.channel === CHANNEL)?.stream;
+
+  test("64 MiB both ways at once ride one spliced stream: intact, no Data message on the links, every byte counted", async () => {
+    const server = serve();
+    const { alice, bob, alicePort, bobPort } = await daemons(server);
+    const size = 64 * 1024 * 1024;
+    const a2b = randomBytes(size);
+    const b2a = randomBytes(size);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    await eventually("both sides spliced", () => (streamOf(alice) === "spliced" && streamOf(bob) === "spliced") || undefined);
+    const pump = async (a: App, data: Uint8Array) => {
+      for (let at = 0; at < data.length; at += 1024 * 1024) await a.send(data.subarray(at, at + 1024 * 1024));
+      a.sock.shutdown();
+    };
+    await Promise.all([pump(aliceApp, a2b), pump(bobApp, b2a), aliceApp.ended, bobApp.ended]);
+    // Orderly at both ends (Bun folds a FIN after our own into close, so no reset is the check).
+    expect(await aliceApp.closed).toBeUndefined();
+    expect(await bobApp.closed).toBeUndefined();
+    expect(sha256hex(bobApp.received())).toBe(sha256hex(a2b));
+    expect(sha256hex(aliceApp.received())).toBe(sha256hex(b2a));
+    // Not one byte as Data on either daemon's link; the relay moved them all on its splice.
+    expect(alice.status().counters.relay.txBytes).toBe(0);
+    expect(bob.status().counters.relay.rxBytes).toBe(0);
+    await eventually("the relay's stream to finish", () => (server.stats().streams.active === 0 && server.stats().streams.bytes > 0) || undefined);
+    expect(server.stats().streams).toMatchObject({ paired: 1, active: 0, waiting: 0, bytes: 2 * size, resets: 0 });
+    await eventually("the tunnels to be free again, their bytes counted", () => {
+      const t = alice.status().tunnels[0];
+      return (t !== undefined && t.stream === undefined && t.out === null && t.in === null && streamOf(bob) === undefined) || undefined;
+    });
+    expect(alice.status().counters.stream).toEqual({ connections: 1, txBytes: size, rxBytes: size });
+    expect(bob.status().counters.stream).toEqual({ connections: 1, txBytes: size, rxBytes: size });
+    expect(alice.tunnel(CHANNEL)?.counters).toMatchObject({ connections: 1, txBytes: size, rxBytes: size, resets: 0 });
+    expect(server.sessionCount).toBe(0);
+    // The tunnel takes the next connection the same way.
+    const again = randomBytes(100_000);
+    const bob2 = await app(bobPort, own);
+    const alice2 = await app(alicePort, own);
+    await alice2.send(again);
+    alice2.sock.shutdown();
+    await bob2.ended;
+    expect(sha256hex(bob2.received())).toBe(sha256hex(again));
+    bob2.sock.shutdown();
+    await alice2.ended;
+    expect(server.stats().streams.paired).toBe(2);
+  }, 60_000);
+
+  test("what the sender writes before the receiver's application connects waits in the kernel and all arrives", async () => {
+    const server = serve();
+    const { alice, alicePort, bobPort } = await daemons(server);
+    const early = randomBytes(3 * 1024 * 1024);
+    const aliceApp = await app(alicePort, own);
+    const sending = aliceApp.send(early).then(() => aliceApp.sock.shutdown());
+    await eventually("alice attaching", () => streamOf(alice) === "attaching" || undefined);
+    await Bun.sleep(300);
+    const bobApp = await app(bobPort, own);
+    await sending;
+    await eventually("every early byte at bob's application", () => bobApp.bytes() >= early.byteLength || undefined);
+    await bobApp.ended;
+    expect(bobApp.finSeen()).toBe(true);
+    expect(sha256hex(bobApp.received())).toBe(sha256hex(early));
+    bobApp.sock.shutdown();
+    await aliceApp.closed;
+  }, 30_000);
+
+  test("an application's reset becomes a reset at the other end, never a FIN", async () => {
+    const server = serve();
+    const { alice, alicePort, bobPort } = await daemons(server);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    await aliceApp.send(text("partial"));
+    await eventually("bob to get the first bytes", () => bobApp.bytes() >= 7 || undefined);
+    aliceApp.sock.terminate();
+    const err = await bobApp.closed;
+    expect(bobApp.finSeen()).toBe(false);
+    expect(err).toBeDefined();
+    await eventually("alice to count the reset", () => ((alice.tunnel(CHANNEL)?.counters.resets ?? 0) > 0 && server.stats().streams.resets === 1) || undefined);
+    await eventually("the session to be gone on the relay", () => server.sessionCount === 0 || undefined);
+  }, 30_000);
+
+  test("a relay that stops mid-stream resets both applications", async () => {
+    const server = serve();
+    const { alice, bob, alicePort, bobPort } = await daemons(server);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    await eventually("both sides spliced", () => (streamOf(alice) === "spliced" && streamOf(bob) === "spliced") || undefined);
+    await aliceApp.send(randomBytes(1024 * 1024));
+    await server.close();
+    const [ea, eb] = await Promise.all([aliceApp.closed, bobApp.closed]);
+    expect(aliceApp.finSeen()).toBe(false);
+    expect(bobApp.finSeen()).toBe(false);
+    expect(ea).toBeDefined();
+    expect(eb).toBeDefined();
+  }, 30_000);
+
+  test("both applications connecting at once (crossed Opens): one stream, both ways intact, every time", async () => {
+    const server = serve();
+    const { alicePort, bobPort } = await daemons(server);
+    for (let round = 0; round < 5; round++) {
+      const [aliceApp, bobApp] = await Promise.all([app(alicePort, own), app(bobPort, own)]);
+      const a2b = randomBytes(200_000 + round);
+      const b2a = randomBytes(300_000 + round);
+      await Promise.all([aliceApp.send(a2b), bobApp.send(b2a)]);
+      aliceApp.sock.shutdown();
+      bobApp.sock.shutdown();
+      await Promise.all([aliceApp.ended, bobApp.ended]);
+      expect(sha256hex(bobApp.received())).toBe(sha256hex(a2b));
+      expect(sha256hex(aliceApp.received())).toBe(sha256hex(b2a));
+      expect(await aliceApp.closed).toBeUndefined();
+      expect(await bobApp.closed).toBeUndefined();
+      await eventually("the sessions to end", () => server.sessionCount === 0 || undefined);
+    }
+    expect(server.stats().streams.paired).toBe(5);
+  }, 60_000);
+
+  test("a receiver on the WebSocket takes Data: the session is a message session, intact", async () => {
+    const server = serve();
+    const { alice, alicePort, bobPort } = await daemons(server, { bob: { linkMode: "ws" } });
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    const body = randomBytes(2 * 1024 * 1024);
+    await aliceApp.send(body);
+    aliceApp.sock.shutdown();
+    await eventually("bob's bytes", () => bobApp.bytes() >= body.byteLength || undefined);
+    expect(sha256hex(bobApp.received())).toBe(sha256hex(body));
+    expect(alice.status().counters.relay.txBytes).toBeGreaterThanOrEqual(body.byteLength);
+    expect(server.stats().streams.paired).toBe(0);
+  }, 30_000);
+
+  test("attaches the relay refuses: no such stream session, not a party, a bad frame, bytes before the answer", async () => {
+    const server = serve();
+    const refusal = async (user: keyof typeof tokens, frame: Uint8Array): Promise<string> => {
+      const c = await raw(server.linkPort);
+      c.write(authFrame(user));
+      await eventually("200 ok", () => c.frames.length >= 1 || undefined);
+      c.write(frame);
+      await eventually("an answer", () => c.frames.length >= 2 || undefined);
+      const status = statusOf(c.frames[1]);
+      await c.closed;
+      return `${status?.status} ${status?.text}`;
+    };
+    expect(await refusal("alice", attachFrame("nosuchsession"))).toMatch(/^404 /);
+    expect(await refusal("alice", attachFrame("nosuchsession", "k".repeat(24)))).toMatch(/^404 /);
+    expect(await refusal("alice", encodeFrame(new Uint8Array([0xfe, 0x20, 0x21])))).toMatch(/^400 an attach frame/);
+    const attachThenBytes = new Uint8Array([...attachFrame("abc"), 1, 2, 3]);
+    expect(await refusal("alice", attachThenBytes)).toMatch(/^400 nothing may follow/);
+    // A live stream session between alice and bob: mallory is no party, and a second sender attach is refused.
+    const { alice, alicePort, bobPort } = await daemons(server);
+    const aliceApp = await app(alicePort, own);
+    await eventually("alice attaching", () => streamOf(alice) === "attaching" || undefined);
+    const sid = alice.status().tunnels[0]?.out?.sid ?? "";
+    expect(sid).not.toBe("");
+    expect(await refusal("mallory", attachFrame(sid))).toMatch(/^403 /);
+    expect(await refusal("alice", attachFrame(sid))).toMatch(/^409 /);
+    expect(server.stats().connections).toBe(2);
+    // Still pairs: the refusals changed nothing for the real parties.
+    const bobApp = await app(bobPort, own);
+    await aliceApp.send(text("still fine"));
+    aliceApp.sock.shutdown();
+    await bobApp.ended;
+    expect(bobApp.received().toString()).toBe("still fine");
+  }, 30_000);
+
+  test("parseAttachFrame: a sid, a key for a receiver; anything else (random bytes included) is null, never a throw", () => {
+    expect(parseAttachFrame(attachFrame("abc_DEF-1"))).toEqual({ sid: "abc_DEF-1", key: null });
+    expect(parseAttachFrame(attachFrame("s", "K".repeat(16)))).toEqual({ sid: "s", key: "K".repeat(16) });
+    expect(parseAttachFrame(attachFrame("s", "K".repeat(15)))).toBeNull();
+    expect(parseAttachFrame(attachFrame("s".repeat(65)))).toBeNull();
+    expect(parseAttachFrame(attachFrame("a b"))).toBeNull();
+    expect(parseAttachFrame(encodeFrame(new Uint8Array([0xff, 0x61])))).toBeNull();
+    const rng = prng(fuzzSeed(0xa77a));
+    for (let i = 0; i < 20_000; i++) {
+      const body = rng.bytes(rng.int(140));
+      if (rng.int(2) === 0 && body.byteLength > 0) body[0] = 0xfe;
+      const got = parseAttachFrame(encodeFrame(body));
+      if (got !== null) {
+        expect(got.sid).toMatch(/^[A-Za-z0-9_-]{1,64}$/);
+        if (got.key !== null) expect(got.key).toMatch(/^[A-Za-z0-9_-]{16,64}$/);
+      }
+    }
+  });
 });

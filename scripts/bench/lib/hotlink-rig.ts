@@ -191,6 +191,11 @@ export function incomingRung(status: DaemonStatus, kind: ChannelKind, channel: s
   return status.ipc.find((c) => c.channel === channel)?.in[0]?.rung ?? null;
 }
 
+/** `channel`'s tunnel connection rides a relay stream, spliced, in `status`. */
+function spliced(status: DaemonStatus, channel: string): boolean {
+  return status.tunnels.find((c) => c.channel === channel)?.stream === "spliced";
+}
+
 /**
  * Waits until the session `from` opened on `channel` is on `rung` at both ends — `from`'s
  * outgoing session and `to`'s incoming one (polling `ls` every `everyMs`) — so that what is
@@ -202,9 +207,17 @@ export async function waitForRung(
 ): Promise<OutgoingStatus> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const out = outgoing(await ls(runDir, from), kind, channel);
-    const into = incomingRung(await ls(runDir, to), kind, channel);
+    const fromStatus = await ls(runDir, from);
+    const toStatus = await ls(runDir, to);
+    const out = outgoing(fromStatus, kind, channel);
+    const into = incomingRung(toStatus, kind, channel);
     if (out?.rung === rung && out.state === "open" && into === rung) return out;
+    // A relay stream (src/hotlink/relay-stream.ts) carries both directions of a tunnel in one
+    // session, opened by either side: spliced at both ends is the relay rung, both ways.
+    if (kind === "tunnel" && rung === "relay" && spliced(fromStatus, channel) && spliced(toStatus, channel)) {
+      const t = fromStatus.tunnels.find((c) => c.channel === channel);
+      return t?.out ?? { sid: t?.in?.sid ?? "", state: "open", seq: 0, bytes: 0, rung: "relay", failed: [] };
+    }
     if (Date.now() > deadline) {
       throw new Error(`${from}'s session on ${channel} is not on ${rung} at both ends after ${timeoutMs} ms: ${from}'s ${JSON.stringify(out)}, ${to}'s rung ${into}`);
     }
