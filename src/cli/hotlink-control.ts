@@ -154,7 +154,10 @@ function formatStatus(status: DaemonStatus): string {
   const lines = [
     `${status.user} via ${status.server}: ${status.connected ? `connected${status.relay_link === "tcp" ? " (framed TCP link)" : status.relay_link === "ws" ? " (WebSocket)" : ""}` : "NOT connected (retrying)"}; ` +
       `sessions ${status.sessions.outgoing} out, ${status.sessions.incoming} in; ` +
-      `relay tx ${num("txPackets")} msgs ${bytes(num("txBytes"))}, rx ${num("rxPackets")} msgs ${bytes(num("rxBytes"))}`,
+      `relay tx ${num("txPackets")} msgs ${bytes(num("txBytes"))}, rx ${num("rxPackets")} msgs ${bytes(num("rxBytes"))}` +
+      (status.counters.stream === undefined || status.counters.stream.connections === 0
+        ? ""
+        : `; relay streams ${status.counters.stream.connections}, tx ${bytes(status.counters.stream.txBytes)}, rx ${bytes(status.counters.stream.rxBytes)}`),
     `rungs: ${[...status.rungs, "relay"].join(" > ")}` +
       (status.rungs.includes("ice") ? `; ICE servers: ${status.ice_servers.length === 0 ? "none (host candidates only)" : status.ice_servers.join(", ")}` : ""),
   ];
@@ -169,7 +172,10 @@ function formatStatus(status: DaemonStatus): string {
   for (const t of status.tunnels) {
     rows.push([
       "tunnel", t.channel, t.listen, t.peer ?? "*", t.origin, t.app ? "1" : "0",
-      t.out?.state ?? "-", t.out?.rung ?? t.in?.rung ?? "-", bytes(t.out?.bytes ?? 0), bytes(t.in?.bytes ?? 0), bytes(t.held),
+      t.out?.state ?? "-",
+      // A relay stream (src/hotlink/relay-stream.ts) carries both directions; its bytes are in the summary line.
+      t.stream === "spliced" ? "relay-stream" : t.stream === "attaching" ? "relay-stream(attaching)" : (t.out?.rung ?? t.in?.rung ?? "-"),
+      bytes(t.out?.bytes ?? 0), bytes(t.in?.bytes ?? 0), bytes(t.held),
     ]);
     failures(t.channel, t.out);
   }

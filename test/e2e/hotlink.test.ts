@@ -171,6 +171,8 @@ describe("stoa hotlink: a tunnel on a relay stream (--direct off, the framed lin
     const bob = lsJson("bob");
     expect(bob.counters.stream).toMatchObject({ connections: 1, rxBytes: size });
     expect(bob.counters.relay.rxBytes).toBe(0);
+    const table = Bun.spawnSync([STOA, "hotlink", "ls", "--user", "bob", "--run-dir", join(dir, "run")]).stdout.toString();
+    expect(table).toContain("; relay streams 1, tx 64.0 MiB, rx 64.0 MiB");
     const telemetry = await eventually("telemetry with the bytes", async () => {
       const t = (await Bun.file(join(dir, "bob.json")).json()) as { rx: { bytes: number }; mode: string; stream: { connections: number; tx: { bytes: number }; rx: { bytes: number } } };
       return t.rx.bytes >= size ? t : undefined;
@@ -191,6 +193,7 @@ describe("stoa hotlink: a tunnel on a relay stream (--direct off, the framed lin
     await eventually("the first bytes at bob's application", () => bobApp.bytes() >= 100_000, { timeoutMs: 10_000 });
     const ls = Bun.spawnSync([STOA, "hotlink", "ls", "--json", "--user", "alice", "--run-dir", join(dir, "run")]);
     expect((JSON.parse(ls.stdout.toString()) as { status: { tunnels: { stream?: string }[] } }).status.tunnels[0]?.stream).toBe("spliced");
+    expect(Bun.spawnSync([STOA, "hotlink", "ls", "--user", "alice", "--run-dir", join(dir, "run")]).stdout.toString()).toMatch(/^tunnel +alice\/mpc\/run1\/0_to_1 .* relay-stream /m);
     alice.proc.kill("SIGKILL");
     await bobApp.ended;
     expect(bobApp.finSeen()).toBe(false);
