@@ -112,6 +112,11 @@ export class FdSplicer {
     });
   }
 
+  /** False once the engine stopped or failed: every splice() ends at once then (make a new one). */
+  get alive(): boolean {
+    return this.#alive && this.#stopped === null;
+  }
+
   /** Splices running now. */
   get active(): number {
     return this.#pending.size;
@@ -125,8 +130,14 @@ export class FdSplicer {
       throw new StoaError("usage", `splice tag must be an integer in [0, ${SPLICE_TAGS}), got ${tag}`);
     }
     if (!this.#alive || this.#stopped !== null) {
-      libc().close(a);
-      libc().close(b);
+      // Closed the way the splice would have ended them: an abortive one resets.
+      if (options.abortive === true) {
+        closeReset(a);
+        closeReset(b);
+      } else {
+        libc().close(a);
+        libc().close(b);
+      }
       const error = new StoaError("closed", `the splice engine is gone${this.#fatal === null ? "" : `: ${this.#fatal}`}`);
       return { id, done: Promise.resolve(emptyStats(error)) };
     }
@@ -236,6 +247,12 @@ export class FdSplicer {
 
 function emptyStats(error: Error): PipeStats {
   return { bytesAtoB: 0, bytesBtoA: 0, maxQueuedAtoB: 0, maxQueuedBtoA: 0, error };
+}
+
+/** Closes a descriptor of ours (never handed to a splicer) with a reset: a stream that cannot go on must not look complete. */
+export function closeReset(fd: number): void {
+  setLingerReset(fd, true);
+  libc().close(fd);
 }
 
 /** A Bun socket's descriptor (Bun's own; not to be closed or kept), or -1 once it is closed. */

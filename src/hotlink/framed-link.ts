@@ -795,6 +795,10 @@ export function serveFramedLinks<C>(options: FramedLinkServerOptions<C>): Framed
         answered = true;
         sock.data.stream = null;
         refuse(sock, status, text);
+        // Whoever holds it lets go (the pairer, when the refusal is not its own).
+        const gone = pending.onGone;
+        pending.onGone = null;
+        gone?.();
       },
       onGone: null,
     };

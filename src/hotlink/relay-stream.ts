@@ -21,8 +21,9 @@
  *                     before it read the Accept, from a user the session was offered to).
  *   server → client   frame: "200 paired" once the other party of the session attached too,
  *                     or "<status> <text>" and the close: 404 no such stream session, 403 not a
- *                     party to it, 409 that party attached already, 408 the other party did not
- *                     attach within `ATTACH_TIMEOUT_MS`, 410 the session ended meanwhile.
+ *                     party to it, 409 that party attached already, 429 too many receivers'
+ *                     attaches (`MAX_RECEIVER_ATTACHES`), 408 the other party did not attach
+ *                     within `ATTACH_TIMEOUT_MS`, 410 the session ended meanwhile.
  *   both ways         the tunnel's bytes, nothing else; FIN is the application's FIN.
  * The two parties are the session's sender and its one accepted receiver (the key tells that
  * daemon from another of the same user); the server pairs their attaches by sid and splices
@@ -34,14 +35,13 @@
  * reset; an aborted session, a lost link or a stopping relay resets the stream everywhere.
  */
 import type { Socket } from "bun";
+import { joinBytes } from "../core/bytes.ts";
 import { describeError, StoaError } from "../core/errors.ts";
-import { FdSplicer } from "../core/fdsplice.ts";
+import { FdSplicer, closeReset } from "../core/fdsplice.ts";
 import type { PipeStats } from "../core/pipe.ts";
 import type { Logger } from "../core/log.ts";
 import type { Counter, Gauge, Registry } from "../core/metrics.ts";
 import { urlHost } from "../core/endpoint.ts";
-import { setLingerReset } from "../ffi/epoll.ts";
-import { libc } from "../ffi/libc.ts";
 import { FirstFrame, attachFrame, parseStatusFrame, textFrame } from "./framed-link.ts";
 
 /** How long an attach waits for the other party's. */
@@ -61,10 +61,11 @@ export interface StreamEndpoint {
   authorization: string;
 }
 
-/** A paired stream: its socket, paused, and the bytes of the last read past the answer. */
+/** A paired stream: its socket, paused, and what it read past the answer (the other party's first bytes). */
 export interface AttachedStream {
   sock: Socket<undefined>;
-  rest: Uint8Array;
+  /** Every byte read past the answer so far (Bun may deliver a read after pause()), in order. */
+  rest(): Uint8Array;
 }
 
 /**
@@ -97,7 +98,14 @@ export function attachStream(endpoint: StreamEndpoint, sid: string, key: string 
       return;
     }
     signal.addEventListener("abort", onAbort, { once: true });
+    /** Bytes past the answer, once paired. */
+    const late: Uint8Array[] = [];
+    let paired = false;
     const onData = (s: Socket<undefined>, chunk: Uint8Array): void => {
+      if (paired) {
+        late.push(new Uint8Array(chunk));
+        return;
+      }
       while (stage !== "done") {
         const got = first.push(chunk);
         if (got === null) return;
@@ -116,10 +124,12 @@ export function attachStream(endpoint: StreamEndpoint, sid: string, key: string 
           continue;
         }
         stage = "done";
+        paired = true;
         signal.removeEventListener("abort", onAbort);
         s.pause();
-        // The other party's first bytes may have come in the same read: a copy (Bun's chunk is ours, but small).
-        resolve({ sock: s, rest: got === "too_large" ? new Uint8Array(0) : new Uint8Array(got.rest) });
+        // The other party's first bytes may have come in the same read.
+        if (got !== "too_large" && got.rest.byteLength > 0) late.push(new Uint8Array(got.rest));
+        resolve({ sock: s, rest: () => joinBytes(late, late.reduce((n, c) => n + c.byteLength, 0)) });
         return;
       }
     };
@@ -160,19 +170,29 @@ export interface PendingAttach {
   onGone: (() => void) | null;
 }
 
-interface Waiting {
-  sender: PendingAttach | null;
-  /** Receivers' attaches by their key: one may come before the relay read its Accept. */
-  receivers: Map<string, PendingAttach>;
-  /** The key of the receiver that accepted (from its Accept), once known. */
-  key: string | null;
-  timer: ReturnType<typeof setTimeout>;
+/** An attach held for its partner, with its own deadline. */
+interface Held {
+  readonly pending: PendingAttach;
+  readonly timer: ReturnType<typeof setTimeout>;
 }
+
+interface Waiting {
+  sender: Held | null;
+  /** Receivers' attaches by their key: one may come before the relay read its Accept. */
+  receivers: Map<string, Held>;
+}
+
+/** Receivers' attaches one session holds at most (a daemon of each user it was offered to, and slack). */
+export const MAX_RECEIVER_ATTACHES = 4;
+/** How long a stream may run on after its session's orderly end (the sender's Close follows its own splice's end, so only a last flush is left). */
+export const ORDERLY_GRACE_MS = 120_000;
 
 /** The relay's pairing of attaches and its splices (one engine thread, made on first use). */
 export class StreamPairer {
   readonly #log: Logger;
   readonly #waiting = new Map<string, Waiting>();
+  /** The key of each session's accepted stream receiver (from its Accept), until the session ends. */
+  readonly #keys = new Map<string, string>();
   /** Splice ids of paired streams, by sid. */
   readonly #spliced = new Map<string, number>();
   #splicer: FdSplicer | null = null;
@@ -204,60 +224,66 @@ export class StreamPairer {
     return n;
   }
 
-  #entry(sid: string): Waiting {
-    let w = this.#waiting.get(sid);
-    if (w === undefined) {
-      const timer = setTimeout(() => this.#expire(sid), ATTACH_TIMEOUT_MS);
-      timer.unref?.();
-      w = { sender: null, receivers: new Map(), key: null, timer };
-      this.#waiting.set(sid, w);
-    }
-    return w;
-  }
-
   /**
    * An attach to session `sid` (the switchboard checked that it may be a party): the sender's
-   * (`key` null), or a receiver's with the key it will send (or sent) in its Accept.
+   * (`key` null), or a receiver's with the key it will send (or sent) in its Accept. Each waits
+   * at most `ATTACH_TIMEOUT_MS` for its partner.
    */
   attach(sid: string, key: string | null, pending: PendingAttach): void {
     if (this.#closed) return pending.refuse(503, "the relay is stopping");
     const role = key === null ? "sender" : "receiver";
     if (this.#spliced.has(sid)) return pending.refuse(409, `the ${role} of this session attached already`);
-    const w = this.#entry(sid);
-    if (key === null ? w.sender !== null : w.receivers.has(key)) return pending.refuse(409, `the ${role} of this session attached already`);
-    if (key === null) w.sender = pending;
-    else w.receivers.set(key, pending);
-    pending.onGone = () => {
-      if (key === null ? w.sender !== pending : w.receivers.get(key) !== pending) return;
-      if (key === null) w.sender = null;
-      else w.receivers.delete(key);
-      if (w.sender === null && w.receivers.size === 0 && this.#waiting.get(sid) === w) {
-        clearTimeout(w.timer);
-        this.#waiting.delete(sid);
-      }
+    let w = this.#waiting.get(sid);
+    if (w === undefined) {
+      w = { sender: null, receivers: new Map() };
+      this.#waiting.set(sid, w);
+    }
+    const entry = w;
+    if (key === null ? entry.sender !== null : entry.receivers.has(key)) return pending.refuse(409, `the ${role} of this session attached already`);
+    if (key !== null && entry.receivers.size >= MAX_RECEIVER_ATTACHES) return pending.refuse(429, `a session holds at most ${MAX_RECEIVER_ATTACHES} receivers' attaches`);
+    const drop = (): boolean => {
+      const held = key === null ? entry.sender : entry.receivers.get(key);
+      if (held?.pending !== pending) return false;
+      clearTimeout(held.timer);
+      if (key === null) entry.sender = null;
+      else entry.receivers.delete(key);
+      if (entry.sender === null && entry.receivers.size === 0 && this.#waiting.get(sid) === entry) this.#waiting.delete(sid);
+      return true;
     };
-    this.#tryPair(sid, w);
+    const timer = setTimeout(() => {
+      if (drop()) pending.refuse(408, `the other party of the session did not attach within ${ATTACH_TIMEOUT_MS / 1000} s`);
+    }, ATTACH_TIMEOUT_MS);
+    timer.unref?.();
+    const held: Held = { pending, timer };
+    if (key === null) entry.sender = held;
+    else entry.receivers.set(key, held);
+    pending.onGone = () => void drop();
+    this.#tryPair(sid);
   }
 
   /** Session `sid`'s stream receiver accepted with `key`: only its attach is paired. */
   accepted(sid: string, key: string): void {
     if (this.#closed) return;
-    const w = this.#entry(sid);
-    w.key = key;
-    this.#tryPair(sid, w);
+    this.#keys.set(sid, key);
+    this.#tryPair(sid);
   }
 
-  #tryPair(sid: string, w: Waiting): void {
-    const sender = w.sender;
-    const receiver = w.key === null ? undefined : w.receivers.get(w.key);
-    if (sender === null || receiver === undefined) return;
-    clearTimeout(w.timer);
+  #tryPair(sid: string): void {
+    const w = this.#waiting.get(sid);
+    const key = this.#keys.get(sid);
+    const sender = w?.sender ?? null;
+    const receiver = key === undefined ? undefined : w?.receivers.get(key);
+    if (w === undefined || sender === null || receiver === undefined) return;
     this.#waiting.delete(sid);
-    for (const [key, other] of w.receivers) if (key !== w.key) other.refuse(409, "another receiver took this session's stream");
-    sender.onGone = null;
-    receiver.onGone = null;
-    const a = sender.take();
-    const b = receiver.take();
+    clearTimeout(sender.timer);
+    for (const [k, other] of w.receivers) {
+      clearTimeout(other.timer);
+      if (k !== key) other.pending.refuse(409, "another receiver took this session's stream");
+    }
+    sender.pending.onGone = null;
+    receiver.pending.onGone = null;
+    const a = sender.pending.take();
+    const b = receiver.pending.take();
     if (a < 0 || b < 0) {
       // One went in the meantime: the other is reset, as the stream would be.
       if (a >= 0) closeReset(a);
@@ -267,7 +293,7 @@ export class StreamPairer {
     const paired = textFrame("200 paired");
     let splice: { id: number; done: Promise<PipeStats> };
     try {
-      this.#splicer ??= new FdSplicer();
+      if (this.#splicer === null || !this.#splicer.alive) this.#splicer = new FdSplicer();
       splice = this.#splicer.splice(a, b, { abortive: true, toA: paired, toB: paired });
     } catch (err) {
       this.#log.error("cannot splice a relay stream; both parties are reset", { sid, error: describeError(err) });
@@ -292,30 +318,35 @@ export class StreamPairer {
     });
   }
 
-  #expire(sid: string): void {
-    const w = this.#waiting.get(sid);
-    if (w === undefined) return;
-    this.#waiting.delete(sid);
-    const text = `the other party of the session did not attach within ${ATTACH_TIMEOUT_MS / 1000} s`;
-    w.sender?.refuse(408, text);
-    for (const r of w.receivers.values()) r.refuse(408, text);
-  }
-
   /**
    * Session `sid` ended, or has no stream after all. In order (the sender's orderly Close): a
-   * running stream finishes by itself; attaches still waiting are refused. Otherwise the stream
-   * is reset.
+   * running stream finishes by itself, within `ORDERLY_GRACE_MS` (after that it is reset: it
+   * answers to no session any more); attaches still waiting are refused. Otherwise the stream
+   * is reset at once.
    */
   ended(sid: string, orderly: boolean): void {
+    this.#keys.delete(sid);
     const w = this.#waiting.get(sid);
     if (w !== undefined) {
-      clearTimeout(w.timer);
       this.#waiting.delete(sid);
-      w.sender?.refuse(410, "the session ended, or has no stream");
-      for (const r of w.receivers.values()) r.refuse(410, "the session ended, or has no stream");
+      for (const held of [w.sender, ...w.receivers.values()]) {
+        if (held === null) continue;
+        clearTimeout(held.timer);
+        held.pending.refuse(410, "the session ended, or has no stream");
+      }
     }
     const id = this.#spliced.get(sid);
-    if (id === undefined || orderly) return;
+    if (id === undefined) return;
+    if (orderly) {
+      const grace = setTimeout(() => {
+        if (this.#spliced.get(sid) !== id) return;
+        this.#spliced.delete(sid);
+        this.#log.info("reset a relay stream still running after its session's orderly end", { sid, graceMs: ORDERLY_GRACE_MS });
+        this.#splicer?.destroy(id, "still running after its session ended");
+      }, ORDERLY_GRACE_MS);
+      grace.unref?.();
+      return;
+    }
     this.#spliced.delete(sid);
     this.#splicer?.destroy(id, "the session was aborted");
   }
@@ -323,15 +354,9 @@ export class StreamPairer {
   /** Refuses what waits, resets every stream and stops the engine. */
   async close(): Promise<void> {
     this.#closed = true;
-    for (const sid of [...this.#waiting.keys()]) this.ended(sid, true);
+    for (const sid of [...this.#waiting.keys()]) this.ended(sid, false);
     this.#spliced.clear();
     await this.#splicer?.close();
     this.#splicer = null;
   }
-}
-
-/** Closes a descriptor that never reached the engine with a reset, as the stream would end. */
-function closeReset(fd: number): void {
-  setLingerReset(fd, true);
-  libc().close(fd);
 }

@@ -109,7 +109,8 @@ export class SessionTable {
 
   /** The splice engine of this daemon's relay streams, started on first use. */
   splicer(): FdSplicer {
-    this.#splicer ??= new FdSplicer();
+    // One that failed is replaced: its splices ended with it, the next ones need a live engine.
+    if (this.#splicer === null || !this.#splicer.alive) this.#splicer = new FdSplicer();
     return this.#splicer;
   }
 

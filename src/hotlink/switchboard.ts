@@ -600,6 +600,12 @@ export class Switchboard {
     }
     const stream = s.stream;
     const key = msg.stm === true ? msg.stk : undefined;
+    if (stream === null && msg.stm === true) {
+      // Its daemon would wait for a stream that will not be paired: no Data would reach it either.
+      this.#removeReceiver(s, conn, MessageType.Reject, "the session has no stream (its first receiver took Data)");
+      this.#error(conn, "protocol", "this session has no stream: accept it without stm", s.sid);
+      return;
+    }
     if (stream !== null && (stream.receiver !== null || (msg.stm === true && (!framed(conn) || key === undefined)))) {
       // A stream has one receiver, and only a framed link with a key can attach.
       this.#removeReceiver(s, conn, MessageType.Reject, "the session's stream has its receiver");
@@ -706,6 +712,16 @@ export class Switchboard {
 
   /** One receiver leaves; when it was the last, the sender gets its Reject or Close. */
   #removeReceiver(s: Session, r: SwitchboardConn, kind: typeof MessageType.Reject | typeof MessageType.Close, rsn: string | undefined): void {
+    if (s.stream !== null && s.stream.receiver === r) {
+      // A stream has its one receiver: when it goes, so does the session (and the stream).
+      const others = [...s.pending].filter((p) => p !== r);
+      for (const p of others) {
+        s.pending.delete(p);
+        p.receiving.delete(s.sid);
+      }
+      const close = this.#encode({ t: MessageType.Close, sid: s.sid, rsn: "the session's stream receiver left" });
+      for (const p of others) this.#send(null, p, close);
+    }
     s.pending.delete(r);
     s.accepted.delete(r);
     r.receiving.delete(s.sid);

@@ -25,7 +25,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { randomBytes } from "node:crypto";
 import { joinBytes } from "../core/bytes.ts";
 import { describeError } from "../core/errors.ts";
-import { takeSocketFd } from "../core/fdsplice.ts";
+import { closeReset, takeSocketFd } from "../core/fdsplice.ts";
 import type { Logger } from "../core/log.ts";
 import { Outbox } from "../core/outbox.ts";
 import type { PipeStats } from "../core/pipe.ts";
@@ -205,7 +205,8 @@ export class Tunnel {
   }
 
   #onAppOpen(s: App): void {
-    if (this.#app !== null) {
+    // A spliced connection is no longer `#app`, but it is the tunnel's one connection still.
+    if (this.#app !== null || this.#stream !== null) {
       this.#log.warn("refused a second application connection: a tunnel carries one at a time", { peer: s.remoteAddress });
       s.end();
       return;
@@ -438,10 +439,12 @@ export class Tunnel {
     }
     app.pause();
     const key = session instanceof Incoming ? (session.streamKey ?? undefined) : undefined;
-    attachStream(endpoint, session.sid, key, stream.abort.signal).then(
-      (attached) => this.#splice(stream, attached),
-      (err: unknown) => this.#streamFailed(stream, describeError(err)),
-    );
+    attachStream(endpoint, session.sid, key, stream.abort.signal)
+      .then(
+        (attached) => this.#splice(stream, attached),
+        (err: unknown) => this.#streamFailed(stream, describeError(err)),
+      )
+      .catch((err: unknown) => this.#log.error("bug in the tunnel's relay stream", { error: describeError(err) }));
   }
 
   /** Paired: the application's socket and the stream's go to the splice engine, with what was read of each. */
@@ -457,22 +460,36 @@ export class Tunnel {
     this.#early = [];
     const appFd = takeSocketFd(app);
     const streamFd = takeSocketFd(attached.sock);
-    if (appFd < 0 || streamFd < 0) {
+    const rest = attached.rest();
+    let splice: { id: number; done: Promise<PipeStats> } | null = null;
+    if (appFd >= 0 && streamFd >= 0) {
+      try {
+        splice = this.#table.splicer().splice(appFd, streamFd, {
+          abortive: true,
+          ...(early === undefined ? {} : { toB: early }),
+          ...(rest.byteLength === 0 ? {} : { toA: rest }),
+          aEnded: this.#appEnded,
+        });
+      } catch (err) {
+        this.#log.error("cannot splice the tunnel connection", { error: describeError(err) });
+      }
+    }
+    if (splice === null) {
+      // Whichever descriptor we hold is reset, as the stream would be.
+      if (appFd >= 0) closeReset(appFd);
+      if (streamFd >= 0) closeReset(streamFd);
       this.#stream = null;
-      this.#endSession(stream, "the application or the stream closed while they were handed over");
+      this.counters.resets++;
+      this.#endSession(stream, "the tunnel connection could not be handed to the splice engine");
       this.#resetConnection();
       return;
     }
-    const splice = this.#table.splicer().splice(appFd, streamFd, {
-      abortive: true,
-      ...(early === undefined ? {} : { toB: early }),
-      ...(attached.rest.byteLength === 0 ? {} : { toA: attached.rest }),
-      aEnded: this.#appEnded,
-    });
     stream.spliceId = splice.id;
     this.#table.streamConnections++;
     this.#log.debug("tunnel connection on a relay stream", { sid: stream.session.sid, role: stream.role });
-    void splice.done.then((stats) => this.#onStreamDone(stream, stats));
+    void splice.done
+      .then((stats) => this.#onStreamDone(stream, stats))
+      .catch((err: unknown) => this.#log.error("bug in the tunnel's relay stream", { error: describeError(err) }));
   }
 
   #onStreamDone(stream: Stream, stats: PipeStats): void {

@@ -13,6 +13,7 @@ import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts";
 import { createLogger } from "../../src/core/log.ts";
 import { Registry } from "../../src/core/metrics.ts";
 import { HotlinkDaemon } from "../../src/hotlink/daemon.ts";
+import { MAX_RECEIVER_ATTACHES } from "../../src/hotlink/relay-stream.ts";
 import {
   attachFrame,
   closeFrame,
@@ -518,7 +519,7 @@ describe("relay streams (relay-stream.ts)", () => {
     expect(alice.status().counters.stream).toEqual({ connections: 1, txBytes: size, rxBytes: size });
     expect(bob.status().counters.stream).toEqual({ connections: 1, txBytes: size, rxBytes: size });
     expect(alice.tunnel(CHANNEL)?.counters).toMatchObject({ connections: 1, txBytes: size, rxBytes: size, resets: 0 });
-    expect(server.sessionCount).toBe(0);
+    await eventually("the sender's Close at the relay", () => server.sessionCount === 0 || undefined);
     // The tunnel takes the next connection the same way.
     const again = randomBytes(100_000);
     const bob2 = await app(bobPort, own);
@@ -646,6 +647,59 @@ describe("relay streams (relay-stream.ts)", () => {
     aliceApp.sock.shutdown();
     await bobApp.ended;
     expect(bobApp.received().toString()).toBe("still fine");
+  }, 30_000);
+
+  test("a second application connection while one is spliced is refused, and the spliced one goes on intact", async () => {
+    const server = serve();
+    const { alice, bob, alicePort, bobPort } = await daemons(server);
+    const bobApp = await app(bobPort, own);
+    const aliceApp = await app(alicePort, own);
+    await eventually("both sides spliced", () => (streamOf(alice) === "spliced" && streamOf(bob) === "spliced") || undefined);
+    const intruder = await app(alicePort, own);
+    await intruder.ended;
+    expect(intruder.finSeen()).toBe(true);
+    expect(intruder.bytes()).toBe(0);
+    intruder.sock.end();
+    const body = randomBytes(1024 * 1024);
+    await aliceApp.send(body);
+    aliceApp.sock.shutdown();
+    await eventually("bob's bytes", () => bobApp.bytes() >= body.byteLength || undefined);
+    expect(sha256hex(bobApp.received())).toBe(sha256hex(body));
+    bobApp.sock.shutdown();
+    expect(await aliceApp.closed).toBeUndefined();
+    expect(alice.tunnel(CHANNEL)?.counters.resets).toBe(0);
+  }, 30_000);
+
+  test("a session holds at most MAX_RECEIVER_ATTACHES receivers' attaches; one that goes frees its place", async () => {
+    const server = serve();
+    const { alice, alicePort, bobPort } = await daemons(server);
+    const aliceApp = await app(alicePort, own);
+    await eventually("alice attaching", () => streamOf(alice) === "attaching" || undefined);
+    const sid = alice.status().tunnels[0]?.out?.sid ?? "";
+    // Bob accepted the stream; attaches as bob with keys of their own wait (they could be bob's Accept's)…
+    const held: Raw[] = [];
+    for (let i = 0; i < MAX_RECEIVER_ATTACHES; i++) {
+      const c = await raw(server.linkPort);
+      c.write(authFrame("bob"));
+      await eventually("200 ok", () => c.frames.length >= 1 || undefined);
+      c.write(attachFrame(sid, `bogus${i}`.padEnd(16, "x")));
+      held.push(c);
+    }
+    await eventually("the attaches held", () => server.stats().streams.waiting === 1 + MAX_RECEIVER_ATTACHES || undefined);
+    const extra = await raw(server.linkPort);
+    extra.write(authFrame("bob"));
+    await eventually("200 ok", () => extra.frames.length >= 1 || undefined);
+    extra.write(attachFrame(sid, "one-too-many-key"));
+    await eventually("the refusal", () => extra.frames.length >= 2 || undefined);
+    expect(statusOf(extra.frames[1])?.status).toBe(429);
+    // They go; bob's daemon's own attach then pairs.
+    for (const c of held) c.sock.terminate();
+    await eventually("their places freed", () => server.stats().streams.waiting === 1 || undefined);
+    const bobApp = await app(bobPort, own);
+    await aliceApp.send(text("through"));
+    aliceApp.sock.shutdown();
+    await bobApp.ended;
+    expect(bobApp.received().toString()).toBe("through");
   }, 30_000);
 
   test("parseAttachFrame: a sid, a key for a receiver; anything else (random bytes included) is null, never a throw", () => {
