@@ -37,7 +37,12 @@
  * Tunnel throughput: MiB through a TCP tunnel, alice's application to bob's, started only once
  * both directions' sessions are on the pass's rung; MB/s from the first write to the last byte
  * received, the bytes each rung carried (bob's daemon counters: all of them must be on the
- * rung, none on the relay), and the CPU seconds each process spent per GiB (from /proc).
+ * rung, none on the relay), and the CPU seconds each process spent per GiB (from /proc). On
+ * the relay pass with the framed link (the default) the tunnel rides a relay stream
+ * (src/hotlink/relay-stream.ts: one session, spliced in the kernel at both daemons and the
+ * relay — "on relay" then means that, and its bytes are the daemons' stream counters); the
+ * bare chains beside it are still Bun and C processes copying through user space, the
+ * floors of a user-space data plane, which the splice is not.
  *
  * Passes, each a fresh copy of this script (`--inner`):
  *   relay, direct — loopback, daemons with `--direct off` and `--direct on` (TLS). Twice: every
