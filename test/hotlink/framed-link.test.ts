@@ -702,6 +702,52 @@ describe("relay streams (relay-stream.ts)", () => {
     expect(bobApp.received().toString()).toBe("through");
   }, 30_000);
 
+  test("switchboard rules: the first Accept decides; a stream has one receiver, and its leaving ends the session", async () => {
+    const server = serve();
+    const join = async (user: "alice" | "bob") => {
+      const p = await HotlinkPeer.open(server.url, user, tokens[user], peers, "tcp");
+      p.send({ t: MessageType.Hello, v: PROTOCOL_VERSION });
+      expect((await p.take(MessageType.Welcome)).stm).toBe(true);
+      return p;
+    };
+    const alice = await join("alice");
+    const bob1 = await join("bob");
+    const bob2 = await join("bob");
+    // A stream session: both of bob's connections get the Open with stm.
+    alice.send({ t: MessageType.Open, sid: "s1", pth: CHANNEL, to: "bob", stm: true });
+    expect((await bob1.take(MessageType.Open)).stm).toBe(true);
+    expect((await bob2.take(MessageType.Open)).stm).toBe(true);
+    bob1.send({ t: MessageType.Accept, sid: "s1", stm: true, stk: "key-of-bob1-0000" });
+    expect(await alice.take(MessageType.Accept)).toMatchObject({ sid: "s1", frm: "bob", stm: true });
+    // The stream receiver leaves while bob2 is still offered the session: it ends, the sender is told, bob2 too.
+    bob1.send({ t: MessageType.Close, sid: "s1", rsn: "gone" });
+    expect(await alice.take(MessageType.Close, (m) => m.sid === "s1")).toMatchObject({ rsn: "gone" });
+    expect(await bob2.take(MessageType.Close, (m) => m.sid === "s1")).toMatchObject({ rsn: "the session's stream receiver left" });
+    await eventually("no session", () => server.sessionCount === 0 || undefined);
+    // A second receiver of a stream is refused (and the key is not forwarded).
+    alice.send({ t: MessageType.Open, sid: "s3", pth: CHANNEL, to: "bob", stm: true });
+    await bob1.take(MessageType.Open, (m) => m.sid === "s3");
+    await bob2.take(MessageType.Open, (m) => m.sid === "s3");
+    bob1.send({ t: MessageType.Accept, sid: "s3", stm: true, stk: "key-of-bob1-0001" });
+    const accept = await alice.take(MessageType.Accept, (m) => m.sid === "s3");
+    expect(accept.stk).toBeUndefined();
+    bob2.send({ t: MessageType.Accept, sid: "s3", stm: true, stk: "key-of-bob2-0000" });
+    expect(await bob2.take(MessageType.Error, (m) => m.sid === "s3")).toMatchObject({ code: "protocol" });
+    alice.send({ t: MessageType.Close, sid: "s3" });
+    // A session whose first Accept took Data has no stream: an stm Accept after it is refused.
+    alice.send({ t: MessageType.Open, sid: "s2", pth: CHANNEL, to: "bob", stm: true });
+    await bob1.take(MessageType.Open, (m) => m.sid === "s2");
+    await bob2.take(MessageType.Open, (m) => m.sid === "s2");
+    bob1.send({ t: MessageType.Accept, sid: "s2" });
+    const plain = await alice.take(MessageType.Accept, (m) => m.sid === "s2");
+    expect(plain.stm).toBeUndefined();
+    bob2.send({ t: MessageType.Accept, sid: "s2", stm: true, stk: "key-of-bob2-0001" });
+    expect(await bob2.take(MessageType.Error, (m) => m.sid === "s2")).toMatchObject({ code: "protocol" });
+    // bob1 still receives Data on it.
+    alice.send({ t: MessageType.Data, sid: "s2", seq: 1, pay: text("data") });
+    expect((await bob1.take(MessageType.Data)).seq).toBe(1);
+  }, 30_000);
+
   test("parseAttachFrame: a sid, a key for a receiver; anything else (random bytes included) is null, never a throw", () => {
     expect(parseAttachFrame(attachFrame("abc_DEF-1"))).toEqual({ sid: "abc_DEF-1", key: null });
     expect(parseAttachFrame(attachFrame("s", "K".repeat(16)))).toEqual({ sid: "s", key: "K".repeat(16) });
