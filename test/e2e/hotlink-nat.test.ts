@@ -194,10 +194,15 @@ class Lab {
   }
 
   /** Waits until `user`'s sending session on `c` is on `rung`. */
-  onRung(user: string, c: ChannelName, rung: string, timeoutMs = 15_000): Promise<TunnelView> {
-    return eventually(`${user}'s session on ${CHANNELS[c].channel} to be on ${rung}`, () => {
+  /**
+   * `user`'s sending session on `c` (`side` "in": its receiving one) on `rung`. Each end counts
+   * an ICE path's bytes by its own selected candidate pair, and the two ends' pairs can differ
+   * for a moment (one end on a TURN pair that the other has already left).
+   */
+  onRung(user: string, c: ChannelName, rung: string, timeoutMs = 15_000, side: "out" | "in" = "out"): Promise<TunnelView> {
+    return eventually(`${user}'s ${side === "out" ? "sending" : "receiving"} session on ${CHANNELS[c].channel} to be on ${rung}`, () => {
       const t = this.tunnel(user, c);
-      return t?.out?.rung === rung ? t : undefined;
+      return t?.[side]?.rung === rung ? t : undefined;
     }, { timeoutMs, everyMs: 50 }).catch((err: unknown) => {
       throw new Error(`${String(err)}\nls: ${JSON.stringify(this.tunnel(user, c))}\n${this.describe()}`);
     });
@@ -253,6 +258,9 @@ describe.if(can.ok && turnserver !== null)("the ladder behind NATs: alice and bo
       expect(t.out?.via).toMatch(new RegExp(`^${lab.lab.publicAddr("alice").replaceAll(".", "\\.")}:\\d+ \\(srflx\\) -> ${lab.lab.publicAddr("bob").replaceAll(".", "\\.")}:\\d+ \\(srflx\\)$`));
       expect(await lab.failedRungs("alice", "ab", ["tls"])).toEqual(["tls"]); // the private address did not answer
       await lab.onRung("bob", "ab", "ice");
+      // Both receiving ends too: every byte is counted on ICE at both ends.
+      await lab.onRung("alice", "ab", "ice", 15_000, "in");
+      await lab.onRung("bob", "ab", "ice", 15_000, "in");
     });
     // Each direction went on ICE, all of it (the bulk waited for the upgrade), nothing on the relay.
     const d = (t: Telemetry, u: "alice" | "bob") => ({ tx: t.ice.tx.bytes - before[u].ice.tx.bytes, rx: t.ice.rx.bytes - before[u].ice.rx.bytes });
