@@ -25,6 +25,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { contains, parseIPv6, parsePrefix, randomAddressIn } from "../../src/addr/ipv6.ts";
 import { addAddress, closeNetlink, deleteAddress, interfaceIndex, listAddresses } from "../../src/ffi/netlink.ts";
+import { type Built, buildC } from "./lib/cbuild.ts";
 import { percentile } from "./lib/client.ts";
 
 const { values } = parseArgs({
@@ -195,7 +196,6 @@ async function measure(dev: string) {
     removeAll();
     sweep(cSpace);
     closeNetlink();
-    if ("dir" in c) rmSync(c.dir, { recursive: true, force: true });
   }
 
   /** Deletes whatever a killed C program may have left in its /64 (it removes its own otherwise). */
@@ -229,16 +229,9 @@ async function measure(dev: string) {
   }
 }
 
-/** lib/addr-baseline.c compiled into a temp dir, or why the C figure is left out. */
-function buildBaseline(): { bin: string; dir: string } | { reason: string } {
-  const cc = Bun.which("cc") ?? Bun.which("gcc");
-  if (cc === null) return { reason: "no C compiler (cc or gcc) on PATH" };
-  const dir = mkdtempSync(join(tmpdir(), "stoa-addr-"));
-  const bin = join(dir, "addr-baseline");
-  const r = Bun.spawnSync([cc, "-O2", "-Wall", "-o", bin, join(import.meta.dir, "lib", "addr-baseline.c")], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode === 0) return { bin, dir };
-  rmSync(dir, { recursive: true, force: true });
-  return { reason: `${cc} failed on lib/addr-baseline.c: ${r.stderr.toString().trim().split("\n")[0]}` };
+/** lib/addr-baseline.c built (lib/cbuild.ts), or why the C figure is left out. */
+function buildBaseline(): Built {
+  return buildC("addr-baseline");
 }
 
 /** `count` timed add+del pairs of the C program (after its own warm-up), in µs. */

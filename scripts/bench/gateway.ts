@@ -13,7 +13,10 @@
  *   (d) through HAProxy to the same socket, when it is installed (Debian: haproxy): `mode tcp`,
  *       one process (`-db`, no master), `nbthread 1` in both passes — one thread like nginx's
  *       one worker and stoa's one router, so the pinned pass is not three threads on one CPU —
- *       and its defaults otherwise (no kernel splicing: `option splice-*` is off by default).
+ *       and its defaults otherwise (no kernel splicing: `option splice-*` is off by default),
+ *   (e) through lib/c-proxy.c, when a C compiler is present: the same TCP → Unix proxying in C
+ *       with nothing else (one thread, epoll, recv/send) — the floor of any user-space proxy of
+ *       this shape with these clients and publishers, printed beside the goals as "the floor".
  * Twice: every process pinned to one CPU (`taskset -c 0`; the figures the goals refer to — a
  * cross-CPU wake-up costs tens of µs here and drowns the difference) and unpinned.
  * Added latency is a path's p50 less the direct p50: what the proxy itself costs.
@@ -37,6 +40,7 @@ import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "nod
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { publishersDir, publisherSocketPath } from "../../src/core/paths.ts";
+import { buildC } from "./lib/cbuild.ts";
 import { type EchoConnection, type Target, freePort, openEcho, percentile, throughput, waitForPort } from "./lib/client.ts";
 
 const { values } = parseArgs({
@@ -64,6 +68,7 @@ const STOA = "stoa gateway";
 const HANDOFF = "stoa gateway, hand-off";
 const NGINX = "nginx stream proxy";
 const HAPROXY = "HAProxy (mode tcp)";
+const CPROXY = "C epoll proxy (floor)";
 
 /** One path's figures: medians over the rounds, and every round's own figures. */
 interface Row {
@@ -167,6 +172,15 @@ ${proxy("echo", echoPort)}${proxy("sink", sinkPort)}`,
       await waitForPort("127.0.0.1", echoPort);
       await waitForPort("127.0.0.1", sinkPort);
       targets.push([HAPROXY, (pub) => ({ hostname: "127.0.0.1", port: pub === "echo" ? echoPort : sinkPort })]);
+    }
+    const cProxy = buildC("c-proxy");
+    if ("bin" in cProxy) {
+      const [echoPort, sinkPort] = [freePort(), freePort()];
+      spawn([cProxy.bin, `${echoPort}=${publisherSocketPath(dir, "echo", "service")}`, `${sinkPort}=${publisherSocketPath(dir, "sink", "service")}`]);
+      await waitForPort("127.0.0.1", echoPort);
+      targets.push([CPROXY, (pub) => ({ hostname: "127.0.0.1", port: pub === "echo" ? echoPort : sinkPort })]);
+    } else {
+      process.stderr.write(`no C proxy floor in this run: ${cProxy.reason}\n`);
     }
 
     const count = Number(values.count);
@@ -314,6 +328,12 @@ if (values.inner) {
     }
     if (!nginxBin) console.log(`\n${nginxFound ? "nginx has no stream module" : "nginx is not installed"} (apt-get install nginx libnginx-mod-stream): no nginx comparison in this run`);
     if (!haproxyBin) console.log("\nHAProxy is not installed (apt-get install haproxy): no HAProxy comparison in this run");
+    const floor = result.added.pinned[CPROXY];
+    if (floor !== undefined) {
+      const a = result.added.pinned;
+      const of = (path: string) => ((a[path] ?? Number.NaN) / floor).toFixed(2);
+      console.log(`\nthe floor: pinned added latency ÷ the C epoll proxy's (${floor.toFixed(1)} µs): stoa ${of(STOA)}, hand-off ${of(HANDOFF)}, nginx ${of(NGINX)}, HAProxy ${of(HAPROXY)}`);
+    }
     console.log("\ngoals (added latency = p50 − direct p50)");
     for (const g of result.goals) {
       const verdict = g.met === null ? "not measured" : g.met ? "met" : "NOT met";

@@ -92,6 +92,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { buildC } from "./lib/cbuild.ts";
 import { type Topology, backlogDrops, clockTicksPerSecond, createTopology, machineCpu, softnet, steerReceive, sweepStale, treeAffinity, treeCpuByProcess, udpRcvbufErrors } from "./lib/relay-net.ts";
 
 const { values } = parseArgs({
@@ -525,15 +526,13 @@ function counterDelta(before: WorkerStats[], after: WorkerStats[]): Counters {
   return sum;
 }
 
-function compile(dir: string): Bins {
-  const cc = Bun.which("cc") ?? Bun.which("gcc");
-  if (cc === null) throw new Error("no C compiler: install one (apt-get install gcc)");
-  const out = { gen: join(dir, "udp-gen"), sink: join(dir, "udp-sink"), relay: join(dir, "udp-relay") };
-  for (const [name, bin] of Object.entries(out)) {
-    const r = Bun.spawnSync([cc, "-O2", "-Wall", "-o", bin, join(import.meta.dir, "lib", `udp-${name}.c`)], { stdout: "pipe", stderr: "pipe" });
-    if (r.exitCode !== 0) throw new Error(`cc udp-${name}.c: ${r.stderr.toString().trim()}`);
-  }
-  return out;
+function compile(): Bins {
+  const bin = (name: string) => {
+    const built = buildC(`udp-${name}`);
+    if ("reason" in built) throw new Error(`${built.reason} (install gcc: apt-get install gcc)`);
+    return built.bin;
+  };
+  return { gen: bin("gen"), sink: bin("sink"), relay: bin("relay") };
 }
 
 interface Goal {
@@ -726,7 +725,7 @@ async function main() {
       process.exit(130);
     });
   }
-  const bins = compile(tempDir());
+  const bins = compile();
   const swept = sweepStale();
   if (swept.length > 0) log(`removed ${swept.length} namespaces left by earlier runs`);
   net = createTopology();

@@ -27,6 +27,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Outbox } from "../../../src/core/outbox.ts";
 import { createSessionCertificate } from "../../../src/hotlink/cert.ts";
+import { type Built, buildC } from "./cbuild.ts";
 import { freePort, waitForPort } from "./client.ts";
 
 /** One direction of a hop: bytes for `peer` (null until connected), through core's Outbox. */
@@ -122,20 +123,8 @@ export async function passthroughChain(
   };
 }
 
-/** lib/c-hop.c built once per process, or why it cannot be. */
-let nativeHop: { bin: string } | { reason: string } | undefined;
-
-function buildNativeHop(): { bin: string } | { reason: string } {
-  if (nativeHop !== undefined) return nativeHop;
-  const cc = Bun.which("cc") ?? Bun.which("gcc");
-  if (cc === null) return (nativeHop = { reason: "no C compiler (cc or gcc) on PATH" });
-  const dir = mkdtempSync(join(tmpdir(), "stoa-c-hop-"));
-  const bin = join(dir, "c-hop");
-  const r = Bun.spawnSync([cc, "-O2", "-Wall", "-o", bin, join(import.meta.dir, "c-hop.c"), "-lssl", "-lcrypto"], { stdout: "pipe", stderr: "pipe" });
-  process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
-  if (r.exitCode === 0) return (nativeHop = { bin });
-  const first = r.stderr.toString().trim().split("\n")[0] ?? "";
-  return (nativeHop = { reason: `${cc} failed on lib/c-hop.c (OpenSSL's headers come with libssl-dev): ${first}` });
+function buildNativeHop(): Built {
+  return buildC("c-hop", { libs: ["-lssl", "-lcrypto"], hint: "OpenSSL's headers come with libssl-dev" });
 }
 
 /** Why lib/c-hop.c cannot be built here, or null when it can. */
