@@ -19,8 +19,6 @@
  *   sudo bun scripts/bench/addr.ts [--json] [--count 2000] [--ip-count 200] [--sizes 0,1000,10000]
  *   sudo bun scripts/bench/addr.ts --dev eth0
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { contains, parseIPv6, parsePrefix, randomAddressIn } from "../../src/addr/ipv6.ts";

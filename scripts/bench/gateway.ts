@@ -345,7 +345,7 @@ if (values.inner) {
         const p50s = spread(r.rounds.map((x) => x.p50), 1);
         const mbpss = Number.isNaN(r.mbps) ? "(echo only)" : spread(r.rounds.map((x) => x.mbps), 0);
         console.log(
-          `  ${r.path.padEnd(24)} ${r.p50.toFixed(1).padStart(8)} ${p50s.padEnd(13)} ${(add[r.path] ?? Number.NaN).toFixed(1).padStart(6)} ${r.p99.toFixed(1).padStart(8)} ${r.mbps.toFixed(0).padStart(8)} ${mbpss}`,
+          `  ${r.path.padEnd(24)} ${r.p50.toFixed(1).padStart(8)} ${p50s.padEnd(13)} ${(add[r.path] ?? Number.NaN).toFixed(1).padStart(6)} ${r.p99.toFixed(1).padStart(8)} ${(Number.isNaN(r.mbps) ? "—" : r.mbps.toFixed(0)).padStart(8)} ${mbpss}`,
         );
       }
     }

@@ -21,8 +21,6 @@
  * (a benchmark run under `taskset -c 0` pins them too).
  */
 import type { Socket, SocketHandler } from "bun";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Outbox } from "../../../src/core/outbox.ts";
